@@ -1,0 +1,51 @@
+"""The `facewatch` command. Subcommands of other packages (e.g. `train`) join through the
+`facewatch.commands` entry point group, so this module never imports them."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from importlib.metadata import entry_points
+
+from daemon import __version__, detect_cli
+
+logger = logging.getLogger(__name__)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="facewatch",
+        description="Real-time face detection and recognition: MTCNN + FaceNet on ONNX Runtime.",
+    )
+    parser.add_argument("--version", action="version", version=f"facewatch {__version__}")
+    parser.add_argument(
+        "--log-level",
+        default="WARNING",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="log verbosity on stderr (default: WARNING)",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    detect_cli.register(commands)
+    for entry in entry_points(group="facewatch.commands"):
+        try:
+            entry.load()(commands)
+        except ImportError as exc:
+            logger.debug("command group %s unavailable: %s", entry.name, exc)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,288 @@
+"""`facewatch detect PATH...`: faces and landmarks in images, videos and folders."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from engines import BACKENDS, EngineError
+from engines.images import ImageError, read_image
+from engines.mtcnn import MTCNN, FrameDetections
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".pgm", ".ppm", ".gif"}
+VIDEO_SUFFIXES = {".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v", ".ts"}
+
+
+def default_models_dir() -> Path:
+    """$FACEWATCH_MODELS, else the repository's models/ folder."""
+    env = os.environ.get("FACEWATCH_MODELS")
+    return Path(env) if env else Path(__file__).resolve().parent.parent / "models"
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "detect",
+        help="find faces and 5 landmarks in images, videos and folders",
+        description="Detect faces with MTCNN. Prints one line per image or video frame; "
+        "a bad file is reported and skipped, and the exit status is 1 if any file failed.",
+    )
+    p.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="images, videos or folders")
+    p.add_argument(
+        "--json", action="store_true", help="one JSON object per image / frame on stdout"
+    )
+    p.add_argument(
+        "--annotate", type=Path, metavar="DIR", help="write images (and videos) with boxes drawn"
+    )
+    p.add_argument(
+        "--models",
+        type=Path,
+        default=None,
+        help="folder with pnet/rnet/onet .onnx (default: models/mtcnn)",
+    )
+    p.add_argument(
+        "--backend", choices=BACKENDS, default="opencv", help="engine backend (default: opencv)"
+    )
+    p.add_argument(
+        "--threads", type=int, default=0, help="CPU threads for inference (0: all cores)"
+    )
+    p.add_argument(
+        "--min-face-size",
+        type=float,
+        default=20.0,
+        help="smallest face to find, pixels (default 20)",
+    )
+    p.add_argument(
+        "--thresholds",
+        type=float,
+        nargs=3,
+        default=(0.6, 0.7, 0.7),
+        metavar=("P", "R", "O"),
+        help="P-Net, R-Net, O-Net score thresholds (default 0.6 0.7 0.7)",
+    )
+    p.add_argument(
+        "--scale-factor", type=float, default=0.709, help="image pyramid step (default 0.709)"
+    )
+    p.add_argument(
+        "--batch", type=int, default=8, help="video frames per detector call (default 8)"
+    )
+    p.add_argument(
+        "--every", type=int, default=1, metavar="N", help="videos: detect on every Nth frame"
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+@dataclass
+class Summary:
+    files: int = 0
+    frames: int = 0
+    faces: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.batch < 1 or args.every < 1:
+        print("error: --batch and --every must be >= 1", file=sys.stderr)
+        return 2
+    models = args.models or default_models_dir() / "mtcnn"
+    try:
+        detector = MTCNN.load(
+            models,
+            backend=args.backend,
+            threads=args.threads,
+            min_face_size=args.min_face_size,
+            thresholds=tuple(args.thresholds),
+            scale_factor=args.scale_factor,
+        )
+    except (EngineError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.annotate:
+        args.annotate.mkdir(parents=True, exist_ok=True)
+    summary = Summary()
+    started = time.monotonic()
+    files = list(_expand(args.paths, summary))
+    show_bar = not args.no_progress and len(files) > 1
+    for path in tqdm(files, desc="files", unit="file", disable=not show_bar, file=sys.stderr):
+        try:
+            if path.suffix.lower() in VIDEO_SUFFIXES:
+                _detect_video(detector, path, args, summary)
+            else:
+                _detect_image(detector, path, args, summary)
+            summary.files += 1
+        except (ImageError, VideoError) as exc:
+            summary.errors.append(str(exc))
+            tqdm.write(f"error: {exc}", file=sys.stderr)
+    _print_summary(summary, time.monotonic() - started)
+    return 1 if summary.errors else 0
+
+
+class VideoError(RuntimeError):
+    """A video that cannot be opened or decoded."""
+
+
+def _expand(paths: list[Path], summary: Summary) -> Iterator[Path]:
+    """Files as given; folders become their images and videos, sorted."""
+    for path in paths:
+        if path.is_dir():
+            found = sorted(
+                p
+                for p in path.rglob("*")
+                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES
+            )
+            if not found:
+                summary.errors.append(f"{path}: folder holds no images or videos")
+                print(f"error: {path}: folder holds no images or videos", file=sys.stderr)
+            yield from found
+        elif path.exists():
+            yield path
+        else:
+            summary.errors.append(f"{path}: no such file or folder")
+            print(f"error: {path}: no such file or folder", file=sys.stderr)
+
+
+def _emit(
+    args: argparse.Namespace,
+    source: Path,
+    frame: int | None,
+    hw: tuple[int, ...],
+    found: FrameDetections,
+) -> None:
+    if args.json:
+        record = {
+            "source": str(source),
+            "frame": frame,
+            "image_hw": list(hw[:2]),
+            "faces": found.to_json(),
+        }
+        print(json.dumps(record), flush=False)
+    elif frame is None:
+        scores = ", ".join(f"{s:.3f}" for s in found.score)
+        plural = "s" if len(found) != 1 else ""
+        tqdm.write(
+            f"{source}: {len(found)} face{plural}" + (f" (scores {scores})" if scores else ""),
+            file=sys.stdout,
+        )
+
+
+def _detect_image(detector: MTCNN, path: Path, args: argparse.Namespace, summary: Summary) -> None:
+    image = read_image(str(path))
+    found = detector.detect([image])[0]
+    summary.frames += 1
+    summary.faces += len(found)
+    _emit(args, path, None, image.shape, found)
+    if args.annotate:
+        out = _unique(args.annotate / f"{path.stem}.jpg")
+        cv2.imwrite(str(out), draw(image, found))
+
+
+def _detect_video(detector: MTCNN, path: Path, args: argparse.Namespace, summary: Summary) -> None:
+    capture = cv2.VideoCapture(str(path))
+    if not capture.isOpened():
+        raise VideoError(f"{path}: cannot open as a video")
+    total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
+    fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
+    writer = None
+    faces_before = summary.faces
+    bar = tqdm(
+        total=total,
+        desc=path.name,
+        unit="frame",
+        disable=args.no_progress,
+        file=sys.stderr,
+        leave=False,
+    )
+    index, batch, numbers = 0, [], []
+    try:
+        while True:
+            ok, frame = capture.read()
+            if ok and index % args.every == 0:
+                batch.append(frame)
+                numbers.append(index)
+            if batch and (not ok or len(batch) == args.batch):
+                for number, image, found in zip(
+                    numbers, batch, detector.detect(batch), strict=True
+                ):
+                    summary.frames += 1
+                    summary.faces += len(found)
+                    _emit(args, path, number, image.shape, found)
+                    if args.annotate:
+                        writer = writer or _video_writer(
+                            args.annotate, path, image.shape, fps / args.every
+                        )
+                        writer.write(draw(image, found))
+                bar.update(numbers[-1] + 1 - bar.n)
+                batch, numbers = [], []
+            if not ok:
+                break
+            index += 1
+    finally:
+        bar.close()
+        capture.release()
+        if writer is not None:
+            writer.release()
+    if index == 0:
+        raise VideoError(f"{path}: no frame could be decoded")
+    if not args.json:
+        tqdm.write(f"{path}: {index} frames, {summary.faces - faces_before} faces", file=sys.stdout)
+
+
+def _video_writer(
+    folder: Path, source: Path, shape: tuple[int, ...], fps: float
+) -> cv2.VideoWriter:
+    out = _unique(folder / f"{source.stem}.mp4")
+    fourcc = cv2.VideoWriter.fourcc(*"mp4v")
+    return cv2.VideoWriter(str(out), fourcc, fps, (shape[1], shape[0]))
+
+
+def _unique(path: Path) -> Path:
+    candidate, k = path, 1
+    while candidate.exists():
+        candidate = path.with_name(f"{path.stem}-{k}{path.suffix}")
+        k += 1
+    return candidate
+
+
+def draw(image: np.ndarray, found: FrameDetections) -> np.ndarray:
+    """A copy of ``image`` with each face's box, score and landmarks drawn."""
+    out = image.copy()
+    thickness = max(1, round(max(image.shape[:2]) / 600))
+    for box, score, points in zip(found.bbox_xyxy, found.score, found.landmarks, strict=True):
+        x1, y1, x2, y2 = (round(float(v)) for v in box)
+        cv2.rectangle(out, (x1, y1), (x2, y2), (0, 255, 0), thickness)
+        cv2.putText(
+            out,
+            f"{score:.2f}",
+            (x1, max(y1 - 4, 10)),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            0.4 * thickness,
+            (0, 255, 0),
+            thickness,
+        )
+        for x, y in points:
+            cv2.circle(out, (round(float(x)), round(float(y))), thickness + 1, (0, 0, 255), -1)
+    return out
+
+
+def _print_summary(summary: Summary, seconds: float) -> None:
+    rate = summary.frames / seconds if seconds > 0 else 0.0
+    print(
+        f"summary: {summary.files} file(s), {summary.frames} image(s)/frame(s), {summary.faces} face(s), "
+        f"{len(summary.errors)} error(s), {seconds:.1f} s ({rate:.1f} frames/s)",
+        file=sys.stderr,
+    )
+    for error in summary.errors:
+        print(f"  failed: {error}", file=sys.stderr)

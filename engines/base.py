@@ -1,0 +1,96 @@
+"""The engine interface, tensor specs and the model sidecar (ModelMetadata)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+
+class EngineError(RuntimeError):
+    """A model could not be loaded or run; the message names the file and the reason."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One input or output of an engine. Dynamic dimensions are None."""
+
+    name: str
+    shape: tuple[int | None, ...]
+    dtype: str
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """What every backend provides: named tensors in, named tensors out."""
+
+    @property
+    def inputs(self) -> list[TensorSpec]: ...
+
+    @property
+    def outputs(self) -> list[TensorSpec]: ...
+
+    def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class ModelMetadata:
+    """The JSON sidecar written next to every model file (`<model>.json`).
+
+    Preprocessing constants come from here, never from guessing:
+    ``input = (pixel[channel_order] - mean) / std`` in NCHW layout.
+    """
+
+    name: str
+    kind: str  # "mtcnn-pnet" | "mtcnn-rnet" | "mtcnn-onet" | "facenet"
+    input_size_hw: tuple[int, int] | None  # None: dynamic (P-Net)
+    mean: float = 127.5
+    std: float = 128.0
+    channel_order: str = "RGB"
+    opset: int = 17
+    embedding_size: int | None = None
+    outputs: list[str] = field(default_factory=list)
+    training_data: str = ""
+    source: str = ""
+    license: str = ""
+    lfw_accuracy: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def sidecar_path(cls, model_path: str | Path) -> Path:
+        return Path(model_path).with_suffix(".json")
+
+    @classmethod
+    def load(cls, model_path: str | Path) -> ModelMetadata:
+        """Read the sidecar of ``model_path`` (``x.onnx`` -> ``x.json``)."""
+        path = cls.sidecar_path(model_path)
+        try:
+            raw = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise EngineError(f"{path}: model sidecar missing (every model needs one)") from None
+        except (OSError, json.JSONDecodeError) as exc:
+            raise EngineError(f"{path}: cannot read model sidecar: {exc}") from None
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise EngineError(f"{path}: unknown sidecar keys {unknown}")
+        try:
+            meta = cls(**raw)
+        except TypeError as exc:
+            raise EngineError(f"{path}: bad sidecar: {exc}") from None
+        if meta.input_size_hw is not None:
+            meta.input_size_hw = (int(meta.input_size_hw[0]), int(meta.input_size_hw[1]))
+        return meta
+
+    def save(self, model_path: str | Path) -> Path:
+        path = self.sidecar_path(model_path)
+        path.write_text(json.dumps(asdict(self), indent=2) + "\n")
+        return path

@@ -1,0 +1,145 @@
+"""Box arithmetic for MTCNN, pure numpy: pyramid, candidates, NMS, regression, squaring, crops.
+
+Boxes are float arrays in ``xyxy`` pixel coordinates. MTCNN's conventions are kept where
+they matter for matching the published detector: P-Net windows are 12 px cells at stride 2,
+R-Net / O-Net regressions use inclusive widths (``x2 - x1 + 1``), and crops take integer
+windows in 1-based inclusive coordinates, zero-padded where they leave the image.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+PNET_STRIDE = 2
+PNET_CELL = 12
+
+
+def pyramid_scales(
+    image_hw: tuple[int, int], min_face_size: float, scale_factor: float
+) -> list[float]:
+    """Scales at which P-Net (a 12 px detector) sees faces from ``min_face_size`` upwards."""
+    scale = 12.0 / min_face_size
+    side = min(image_hw) * scale
+    scales = []
+    while side >= 12:
+        scales.append(scale)
+        scale *= scale_factor
+        side *= scale_factor
+    return scales
+
+
+def scaled_size_hw(image_hw: tuple[int, int], scale: float) -> tuple[int, int]:
+    """Size of the pyramid level for ``scale`` (MTCNN rounds up by one pixel)."""
+    return int(image_hw[0] * scale + 1), int(image_hw[1] * scale + 1)
+
+
+def pnet_candidates(
+    reg: np.ndarray, prob: np.ndarray, scale: float, threshold: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Turn P-Net maps into candidate windows in image coordinates.
+
+    ``reg`` is (N, 4, H, W), ``prob`` the face probability (N, H, W). Returns
+    ``(boxes, image_idx)``: boxes (K, 9) = x1, y1, x2, y2, score, then the 4 regressions.
+    """
+    image_idx, ys, xs = np.nonzero(prob >= threshold)
+    score = prob[image_idx, ys, xs]
+    offsets = reg[image_idx, :, ys, xs]
+    cells = np.stack([xs, ys], axis=1).astype(np.float32)
+    s = np.float32(scale)
+    top_left = np.floor((PNET_STRIDE * cells + 1) / s)
+    bottom_right = np.floor((PNET_STRIDE * cells + PNET_CELL) / s)
+    boxes = np.concatenate([top_left, bottom_right, score[:, None], offsets], axis=1)
+    return boxes.astype(np.float32), image_idx.astype(np.int64)
+
+
+def nms(
+    boxes_xyxy: np.ndarray,
+    scores: np.ndarray,
+    threshold: float,
+    groups: np.ndarray | None = None,
+    mode: str = "union",
+    inclusive: bool = False,
+) -> np.ndarray:
+    """Greedy non-maximum suppression; returns kept indices, best score first.
+
+    ``groups`` (e.g. the image index) keeps boxes of different groups apart. ``mode`` is
+    "union" (IoU) or "min" (intersection over the smaller box). ``inclusive`` adds one pixel
+    to widths and heights, as MTCNN's final stage does. A box is dropped when its overlap
+    with a kept box exceeds ``threshold``.
+    """
+    if len(boxes_xyxy) == 0:
+        return np.zeros(0, dtype=np.int64)
+    boxes = boxes_xyxy.astype(np.float64)
+    if groups is not None and len(boxes):
+        # Shift each group far apart so boxes of different groups never overlap.
+        span = float(boxes.max() - boxes.min()) + 2.0
+        boxes = boxes + (groups.astype(np.float64) * span)[:, None]
+    one = 1.0 if inclusive else 0.0
+    x1, y1, x2, y2 = boxes.T
+    area = (x2 - x1 + one) * (y2 - y1 + one)
+    order = np.argsort(-scores, kind="stable")
+    keep = []
+    while order.size:
+        i = order[0]
+        keep.append(i)
+        rest = order[1:]
+        w = np.maximum(0.0, np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]) + one)
+        h = np.maximum(0.0, np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]) + one)
+        inter = w * h
+        if mode == "min":
+            overlap = inter / np.minimum(area[i], area[rest])
+        else:
+            overlap = inter / (area[i] + area[rest] - inter)
+        order = rest[overlap <= threshold]
+    return np.asarray(keep, dtype=np.int64)
+
+
+def regress(boxes_xyxy: np.ndarray, reg: np.ndarray, inclusive: bool) -> np.ndarray:
+    """Apply MTCNN's box regression (offsets relative to the box size)."""
+    one = 1.0 if inclusive else 0.0
+    w = boxes_xyxy[:, 2] - boxes_xyxy[:, 0] + one
+    h = boxes_xyxy[:, 3] - boxes_xyxy[:, 1] + one
+    size = np.stack([w, h, w, h], axis=1)
+    return (boxes_xyxy + reg * size).astype(np.float32)
+
+
+def square(boxes_xyxy: np.ndarray) -> np.ndarray:
+    """Grow each box to a square around its centre (side = the longer side)."""
+    w = boxes_xyxy[:, 2] - boxes_xyxy[:, 0]
+    h = boxes_xyxy[:, 3] - boxes_xyxy[:, 1]
+    side = np.maximum(w, h)
+    x1 = boxes_xyxy[:, 0] + w * 0.5 - side * 0.5
+    y1 = boxes_xyxy[:, 1] + h * 0.5 - side * 0.5
+    return np.stack([x1, y1, x1 + side, y1 + side], axis=1).astype(np.float32)
+
+
+def crop_windows(boxes_xyxy: np.ndarray) -> np.ndarray:
+    """Integer crop windows (K, 4) = x0, y0, x1, y1 (0-based, end exclusive) of each box.
+
+    MTCNN truncates box corners to integers and reads them as 1-based inclusive pixel
+    coordinates, so the window is ``[x1 - 1, x2)`` by ``[y1 - 1, y2)``.
+    """
+    corners = np.trunc(boxes_xyxy).astype(np.int64)
+    return np.stack([corners[:, 0] - 1, corners[:, 1] - 1, corners[:, 2], corners[:, 3]], axis=1)
+
+
+def landmarks_from_offsets(boxes_xyxy: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """O-Net landmark outputs (K, 10: 5 x then 5 y, relative) -> (K, 5, 2) pixels."""
+    w = boxes_xyxy[:, 2] - boxes_xyxy[:, 0] + 1
+    h = boxes_xyxy[:, 3] - boxes_xyxy[:, 1] + 1
+    xs = offsets[:, :5] * w[:, None] + boxes_xyxy[:, 0:1] - 1
+    ys = offsets[:, 5:] * h[:, None] + boxes_xyxy[:, 1:2] - 1
+    return np.stack([xs, ys], axis=2).astype(np.float32)
+
+
+def iou_matrix(a_xyxy: np.ndarray, b_xyxy: np.ndarray) -> np.ndarray:
+    """Pairwise IoU (len(a), len(b))."""
+    a = a_xyxy[:, None, :].astype(np.float64)
+    b = b_xyxy[None, :, :].astype(np.float64)
+    w = np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0, None)
+    h = np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0, None)
+    inter = w * h
+    area_a = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1])
+    area_b = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
+    union = area_a + area_b - inter
+    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)

@@ -1,0 +1,106 @@
+"""Bring any decoded image to what the models take: HxWx3 uint8 BGR (OpenCV's order)."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+
+class ImageError(ValueError):
+    """An image that cannot be used; the message says why."""
+
+
+def as_bgr8(image: np.ndarray) -> np.ndarray:
+    """Grayscale, BGRA and 16-bit images become 8-bit BGR; a 3-channel uint8 image is returned as is."""
+    if not isinstance(image, np.ndarray):
+        raise ImageError(f"expected a numpy array, got {type(image).__name__}")
+    if image.ndim == 2:
+        image = image[:, :, None]
+    if image.ndim != 3 or image.shape[2] not in (1, 3, 4):
+        raise ImageError(f"expected HxW, HxWx1, HxWx3 or HxWx4 pixels, got shape {image.shape}")
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise ImageError(f"image is empty ({image.shape[1]}x{image.shape[0]} pixels)")
+    if image.dtype == np.uint16:
+        image = (image >> 8).astype(np.uint8)
+    elif image.dtype != np.uint8:
+        raise ImageError(f"expected uint8 or uint16 pixels, got {image.dtype}")
+    channels = image.shape[2]
+    if channels == 1:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    if channels == 4:
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
+    return image
+
+
+def read_image(path: str) -> np.ndarray:
+    """Read an image file as 8-bit BGR; raises ImageError naming the file."""
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError as exc:
+        raise ImageError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    if data.size == 0:
+        raise ImageError(f"{path}: empty file")
+    if _is_truncated(data):
+        raise ImageError(f"{path}: truncated image file (the end of the image data is missing)")
+    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise ImageError(f"{path}: not a readable image (corrupt, truncated or unknown format)")
+    try:
+        return as_bgr8(image)
+    except ImageError as exc:
+        raise ImageError(f"{path}: {exc}") from None
+
+
+def _is_truncated(data: np.ndarray) -> bool:
+    """JPEG without its end-of-image marker, or PNG without its IEND chunk.
+
+    Decoders return a half-grey picture for such files instead of failing.
+    """
+    head = data[:8].tobytes()
+    tail = data[-4096:].tobytes()
+    if head.startswith(b"\xff\xd8"):
+        return b"\xff\xd9" not in tail
+    if head.startswith(b"\x89PNG"):
+        return b"IEND" not in tail
+    return False
+
+
+def integral_image(image: np.ndarray) -> np.ndarray:
+    """(H+1, W+1, C) running sums of a uint8 image, as uint32.
+
+    Rectangle sums are differences of four entries; uint32 arithmetic wraps modulo 2**32,
+    so the differences stay exact even when the totals of a very large frame overflow.
+    """
+    if image.shape[0] * image.shape[1] * 255 < 2**31:
+        return cv2.integral(image, sdepth=cv2.CV_32S).view(np.uint32)
+    sums = np.zeros((image.shape[0] + 1, image.shape[1] + 1, image.shape[2]), np.uint32)
+    np.cumsum(image, axis=0, dtype=np.uint32, out=sums[1:, 1:])
+    np.cumsum(sums[1:, 1:], axis=1, dtype=np.uint32, out=sums[1:, 1:])
+    return sums
+
+
+def _bins(
+    start: np.ndarray, length: np.ndarray, size: int, limit: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Adaptive-average-pooling bins (K, size) ``[start + floor(i*n/size), start + ceil((i+1)*n/size))``
+    clipped to ``[0, limit]``, and each bin's unclipped width."""
+    i = np.arange(size + 1, dtype=np.int64)
+    n = length[:, None]
+    lo = start[:, None] + (i[None, :-1] * n) // size
+    hi = start[:, None] + (i[None, 1:] * n + size - 1) // size
+    return np.clip(lo, 0, limit), np.clip(hi, 0, limit), hi - lo
+
+
+def area_crops(sums: np.ndarray, windows_xyxy: np.ndarray, size: int) -> np.ndarray:
+    """Crop windows (K, 4: x0, y0, x1, y1, end exclusive, may leave the image) and resize each
+    to size x size by area averaging (PyTorch's ``interpolate(mode="area")``), with zeros outside
+    the image. ``sums`` is the frame's ``integral_image``. Returns (K, size, size, C) float32."""
+    h, w = sums.shape[0] - 1, sums.shape[1] - 1
+    x0, y0, x1, y1 = (windows_xyxy[:, k].astype(np.int64) for k in range(4))
+    ylo, yhi, ycount = _bins(y0, np.maximum(y1 - y0, 1), size, h)
+    xlo, xhi, xcount = _bins(x0, np.maximum(x1 - x0, 1), size, w)
+    r0, r1 = ylo[:, :, None], yhi[:, :, None]
+    c0, c1 = xlo[:, None, :], xhi[:, None, :]
+    total = sums[r1, c1] - sums[r0, c1] - sums[r1, c0] + sums[r0, c0]
+    count = (ycount[:, :, None] * xcount[:, None, :]).astype(np.float32)
+    return total.astype(np.int32).astype(np.float32) / count[..., None]

@@ -1,0 +1,248 @@
+"""MTCNN face detection (P-Net -> R-Net -> O-Net) on any engine, batched across frames.
+
+P-Net runs once per pyramid scale on every frame of the batch that has the same size;
+R-Net and O-Net each run once on the candidates of all frames together.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from engines import boxes as bx
+from engines.base import Engine, EngineError, ModelMetadata
+from engines.images import area_crops, as_bgr8, integral_image
+from engines.loader import load_engine
+
+logger = logging.getLogger(__name__)
+
+PNET_SCALE_NMS = 0.5  # within one scale of one frame (IoU)
+PNET_FRAME_NMS = 0.7  # across the scales of one frame (IoU)
+RNET_NMS = 0.7
+ONET_NMS = 0.7  # intersection over the smaller box
+
+
+@dataclass(frozen=True)
+class MTCNNConfig:
+    """Detection settings; the defaults are the published MTCNN's."""
+
+    min_face_size: float = 20.0
+    thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7)
+    scale_factor: float = 0.709
+
+    def __post_init__(self) -> None:
+        if not self.min_face_size >= 12:
+            raise ValueError(f"min_face_size must be >= 12 pixels, got {self.min_face_size}")
+        if not 0 < self.scale_factor < 1:
+            raise ValueError(f"scale_factor must be in (0, 1), got {self.scale_factor}")
+        if len(self.thresholds) != 3 or not all(0 <= t <= 1 for t in self.thresholds):
+            raise ValueError(f"thresholds must be three numbers in [0, 1], got {self.thresholds}")
+
+
+@dataclass
+class FrameDetections:
+    """Faces found in one frame: ``bbox_xyxy`` (K, 4), ``score`` (K,), ``landmarks`` (K, 5, 2).
+
+    Landmarks: left eye, right eye, nose, left mouth corner, right mouth corner (as seen in
+    the image), in pixels.
+    """
+
+    bbox_xyxy: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
+    score: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    landmarks: np.ndarray = field(default_factory=lambda: np.zeros((0, 5, 2), np.float32))
+
+    def __len__(self) -> int:
+        return len(self.score)
+
+    def to_json(self) -> list[dict[str, Any]]:
+        """One dict per face, floats rounded to 0.01 px / 1e-4."""
+        return [
+            {
+                "bbox_xyxy": [round(float(v), 2) for v in self.bbox_xyxy[k]],
+                "score": round(float(self.score[k]), 4),
+                "landmarks": [
+                    [round(float(x), 2), round(float(y), 2)] for x, y in self.landmarks[k]
+                ],
+            }
+            for k in range(len(self))
+        ]
+
+
+@dataclass
+class _Candidates:
+    """Boxes of all frames in flight between stages; ``frame`` says whose each box is."""
+
+    boxes: np.ndarray  # (K, 4) xyxy
+    score: np.ndarray  # (K,)
+    frame: np.ndarray  # (K,) index into the batch
+
+    def take(self, keep: np.ndarray) -> _Candidates:
+        return _Candidates(self.boxes[keep], self.score[keep], self.frame[keep])
+
+
+class MTCNN:
+    """Face detector. ``detect(frames)`` takes a list of HxWx3 uint8 BGR frames."""
+
+    def __init__(
+        self,
+        pnet: Engine,
+        rnet: Engine,
+        onet: Engine,
+        config: MTCNNConfig | None = None,
+        channel_order: str = "RGB",
+    ) -> None:
+        self.pnet, self.rnet, self.onet = pnet, rnet, onet
+        self.config = config or MTCNNConfig()
+        self._swap_rb = channel_order.upper() == "RGB"
+
+    @classmethod
+    def load(
+        cls,
+        models_dir: str | Path,
+        backend: str = "opencv",
+        threads: int = 0,
+        **config: Any,
+    ) -> MTCNN:
+        """Open ``pnet``, ``rnet`` and ``onet`` (.onnx + .json sidecar) from ``models_dir``.
+
+        ``config`` holds MTCNNConfig fields (min_face_size, thresholds, scale_factor).
+        """
+        if "thresholds" in config:
+            config["thresholds"] = tuple(config["thresholds"])
+        settings = MTCNNConfig(**config)
+        models_dir = Path(models_dir)
+        engines: dict[str, Engine] = {}
+        for name in ("pnet", "rnet", "onet"):
+            path = models_dir / f"{name}.onnx"
+            meta = ModelMetadata.load(path)
+            if meta.kind != f"mtcnn-{name}":
+                raise EngineError(
+                    f"{path}: sidecar says kind {meta.kind!r}, expected 'mtcnn-{name}'"
+                )
+            engines[name] = load_engine(path, backend=backend, threads=threads)
+        return cls(**engines, config=settings, channel_order=meta.channel_order)
+
+    def detect(self, frames: Sequence[np.ndarray]) -> list[FrameDetections]:
+        """Detect faces in every frame; returns one FrameDetections per frame, in order."""
+        images = [as_bgr8(frame) for frame in frames]
+        if not images:
+            return []
+        cand = self._propose(images)
+        if len(cand.score):
+            cand = self._refine(images, cand)
+        results: list[FrameDetections] = [FrameDetections() for _ in images]
+        if len(cand.score):
+            self._output(images, cand, results)
+        return results
+
+    # -- stage 1: P-Net over the pyramid -----------------------------------------------
+
+    def _propose(self, images: list[np.ndarray]) -> _Candidates:
+        by_size: dict[tuple[int, int], list[int]] = {}
+        for i, image in enumerate(images):
+            by_size.setdefault(image.shape[:2], []).append(i)
+        parts = [self._propose_same_size(images, idx) for idx in by_size.values()]
+        cand = _concat(parts)
+        keep = bx.nms(cand.boxes[:, :4], cand.score, PNET_FRAME_NMS, groups=cand.frame)
+        cand = cand.take(keep)
+        return cand
+
+    def _propose_same_size(self, images: list[np.ndarray], indices: list[int]) -> _Candidates:
+        """P-Net on frames of one size: one engine call per scale for all of them.
+
+        Returns boxes (K, 4) already moved by P-Net's regression and squared.
+        """
+        image_hw = images[indices[0]].shape[:2]
+        cfg = self.config
+        boxes_all, frames_all = [], []
+        for scale in bx.pyramid_scales(image_hw, cfg.min_face_size, cfg.scale_factor):
+            h, w = bx.scaled_size_hw(image_hw, scale)
+            level = [cv2.resize(images[i], (w, h), interpolation=cv2.INTER_AREA) for i in indices]
+            out = self.pnet.infer({"image": self._blob(level)})
+            boxes, local = bx.pnet_candidates(
+                out["reg"], out["prob"][:, 1], scale, cfg.thresholds[0]
+            )
+            keep = bx.nms(boxes[:, :4], boxes[:, 4], PNET_SCALE_NMS, groups=local)
+            boxes_all.append(boxes[keep])
+            frames_all.append(np.asarray(indices, dtype=np.int64)[local[keep]])
+        if not boxes_all:
+            return _Candidates(
+                np.zeros((0, 9), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64)
+            )
+        boxes = np.concatenate(boxes_all)
+        frame = np.concatenate(frames_all)
+        return _Candidates(boxes, boxes[:, 4].copy(), frame)
+
+    # -- stages 2 and 3 ------------------------------------------------------------------
+
+    def _refine(self, images: list[np.ndarray], cand: _Candidates) -> _Candidates:
+        """P-Net regression, then R-Net on all candidates of all frames in one call."""
+        regressed = bx.regress(cand.boxes[:, :4], cand.boxes[:, 5:9], inclusive=False)
+        cand = _Candidates(bx.square(regressed), cand.score, cand.frame)
+        out = self.rnet.infer({"image": self._crops(images, cand, 24)})
+        score = out["prob"][:, 1]
+        passed = score > self.config.thresholds[1]
+        cand = _Candidates(cand.boxes[passed], score[passed], cand.frame[passed])
+        reg = out["reg"][passed]
+        keep = bx.nms(cand.boxes, cand.score, RNET_NMS, groups=cand.frame)
+        cand, reg = cand.take(keep), reg[keep]
+        cand.boxes = bx.square(bx.regress(cand.boxes, reg, inclusive=True))
+        return cand
+
+    def _output(
+        self, images: list[np.ndarray], cand: _Candidates, results: list[FrameDetections]
+    ) -> None:
+        """O-Net on all remaining candidates; fills ``results`` per frame."""
+        out = self.onet.infer({"image": self._crops(images, cand, 48)})
+        score = out["prob"][:, 1]
+        passed = score > self.config.thresholds[2]
+        cand = _Candidates(cand.boxes[passed], score[passed], cand.frame[passed])
+        landmarks = bx.landmarks_from_offsets(cand.boxes, out["landmarks"][passed])
+        cand.boxes = bx.regress(cand.boxes, out["reg"][passed], inclusive=True)
+        keep = bx.nms(
+            cand.boxes, cand.score, ONET_NMS, groups=cand.frame, mode="min", inclusive=True
+        )
+        cand, landmarks = cand.take(keep), landmarks[keep]
+        for i in range(len(results)):
+            mine = np.flatnonzero(cand.frame == i)
+            results[i] = FrameDetections(
+                cand.boxes[mine].astype(np.float32),
+                cand.score[mine].astype(np.float32),
+                landmarks[mine],
+            )
+
+    # -- tensors -------------------------------------------------------------------------
+
+    def _blob(self, images: list[np.ndarray]) -> np.ndarray:
+        """uint8 HxWx3 images of one size -> normalised NCHW float32."""
+        return cv2.dnn.blobFromImages(
+            images, scalefactor=1 / 128.0, mean=(127.5, 127.5, 127.5), swapRB=self._swap_rb
+        )
+
+    def _crops(self, images: list[np.ndarray], cand: _Candidates, size: int) -> np.ndarray:
+        """Square crops of every candidate, zero-padded at image borders, area-resized to size.
+
+        Crops are averaged from each frame's integral image, all crops of a frame at once.
+        """
+        windows = bx.crop_windows(cand.boxes)
+        pixels = np.empty((len(windows), size, size, 3), np.float32)
+        for f in np.unique(cand.frame):
+            mine = cand.frame == f
+            pixels[mine] = area_crops(integral_image(images[f]), windows[mine], size)
+        order = [2, 1, 0] if self._swap_rb else [0, 1, 2]
+        blob = pixels[..., order].transpose(0, 3, 1, 2)
+        return np.ascontiguousarray((blob - 127.5) * (1 / 128.0), dtype=np.float32)
+
+
+def _concat(parts: list[_Candidates]) -> _Candidates:
+    return _Candidates(
+        np.concatenate([p.boxes for p in parts]),
+        np.concatenate([p.score for p in parts]),
+        np.concatenate([p.frame for p in parts]),
+    )

@@ -1,0 +1,77 @@
+"""The ONNX Runtime backend (CPU by default)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engines.base import EngineError, TensorSpec
+
+logger = logging.getLogger(__name__)
+
+_ORT_TYPES = {
+    "tensor(float)": "float32",
+    "tensor(float16)": "float16",
+    "tensor(double)": "float64",
+    "tensor(int64)": "int64",
+    "tensor(int32)": "int32",
+    "tensor(uint8)": "uint8",
+}
+
+
+def _spec(arg: Any) -> TensorSpec:
+    shape = tuple(d if isinstance(d, int) else None for d in arg.shape)
+    return TensorSpec(str(arg.name), shape, _ORT_TYPES.get(arg.type, str(arg.type)))
+
+
+class OrtEngine:
+    """Runs one ONNX model with ONNX Runtime.
+
+    ``threads`` is the intra-op thread count (0 lets ONNX Runtime choose); inter-op
+    parallelism stays at 1 because the scheduler already runs one model at a time.
+    """
+
+    def __init__(
+        self, model_path: str | Path, threads: int = 0, providers: list[str] | None = None
+    ) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:  # pragma: no cover - onnxruntime is a core dependency
+            raise EngineError("the onnxruntime backend needs the onnxruntime package") from exc
+        path = Path(model_path)
+        if not path.is_file():
+            raise EngineError(f"{path}: model file not found")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        try:
+            self._session: Any = ort.InferenceSession(
+                str(path), options, providers=providers or ["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # onnxruntime raises several private exception types
+            raise EngineError(f"{path}: ONNX Runtime cannot load the model: {exc}") from None
+        self.path = path
+        self._inputs = [_spec(a) for a in self._session.get_inputs()]
+        self._outputs = [_spec(a) for a in self._session.get_outputs()]
+        self._output_names = [o.name for o in self._outputs]
+        logger.debug("loaded %s with %d threads", path, threads)
+
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        return self._inputs
+
+    @property
+    def outputs(self) -> list[TensorSpec]:
+        return self._outputs
+
+    def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        results = self._session.run(self._output_names, feeds)
+        return dict(zip(self._output_names, results, strict=True))
+
+    def close(self) -> None:
+        self._session = None

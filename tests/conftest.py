@@ -1,0 +1,28 @@
+"""Shared fixtures: the repository's models and the shared data folder (../shared/data)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+MODELS = REPO / "models"
+SHARED_DATA = REPO.parent / "shared" / "data"
+GOLDEN = REPO / "tests" / "golden"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """../shared/data, or skip: the test needs the shared face images and videos."""
+    if not (SHARED_DATA / "README.md").is_file():
+        pytest.skip(f"shared data not found at {SHARED_DATA} (tests read real faces from there)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def detector():
+    """The shipped MTCNN on the default backend, 2 threads (one per CI core)."""
+    from engines.mtcnn import MTCNN
+
+    return MTCNN.load(MODELS / "mtcnn", threads=2)

@@ -1,0 +1,131 @@
+"""Box arithmetic: pure numpy, checked against hand-computed cases."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from engines import boxes as bx
+from engines.images import area_crops, integral_image
+
+
+@pytest.mark.parametrize(
+    ("image_hw", "min_face", "expected_first", "expected_count"),
+    [
+        ((1080, 1920), 20, 0.6, 12),  # 648 px short side -> 12 levels
+        ((12, 12), 12, 1.0, 1),  # exactly one level
+        ((11, 500), 12, None, 0),  # too small for any level
+        ((360, 640), 40, 0.3, 7),  # 108 px -> 108 * 0.709**6 = 13.5 >= 12
+    ],
+)
+def test_pyramid_scales(image_hw, min_face, expected_first, expected_count):
+    scales = bx.pyramid_scales(image_hw, min_face, 0.709)
+    assert len(scales) == expected_count
+    if scales:
+        assert scales[0] == pytest.approx(expected_first)
+        assert np.allclose(np.diff(np.log(scales)), np.log(0.709))
+        assert min(image_hw) * scales[-1] >= 12
+
+
+def test_nms_keeps_best_of_overlapping_and_separate_boxes():
+    boxes = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [50, 50, 60, 60], [0, 0, 10, 10]], np.float32)
+    scores = np.array([0.9, 0.95, 0.5, 0.1], np.float32)
+    keep = bx.nms(boxes, scores, 0.5)
+    assert keep.tolist() == [1, 2]  # best first; the duplicates of box 1 are gone
+
+
+def test_nms_threshold_is_strict_and_groups_are_separate():
+    boxes = np.array([[0, 0, 10, 10], [0, 0, 10, 5]], np.float32)  # IoU exactly 0.5
+    scores = np.array([0.9, 0.8], np.float32)
+    assert bx.nms(boxes, scores, 0.5).tolist() == [0, 1]  # overlap == threshold survives
+    assert bx.nms(boxes, scores, 0.49).tolist() == [0]
+    # same boxes in two different frames never suppress each other
+    assert sorted(bx.nms(boxes, scores, 0.1, groups=np.array([0, 1])).tolist()) == [0, 1]
+
+
+def test_nms_min_mode_removes_box_inside_a_larger_one():
+    boxes = np.array([[0, 0, 100, 100], [10, 10, 30, 30]], np.float32)
+    scores = np.array([0.9, 0.8], np.float32)
+    assert bx.nms(boxes, scores, 0.7).tolist() == [0, 1]  # IoU is small
+    assert bx.nms(boxes, scores, 0.7, mode="min").tolist() == [0]  # fully inside
+
+
+def test_nms_empty():
+    assert bx.nms(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), 0.5).size == 0
+
+
+def test_pnet_candidates_maps_cells_to_image_windows():
+    prob = np.zeros((2, 3, 4), np.float32)
+    prob[1, 2, 3] = 0.9
+    reg = np.zeros((2, 4, 3, 4), np.float32)
+    reg[1, :, 2, 3] = [0.1, 0.2, 0.3, 0.4]
+    boxes, image_idx = bx.pnet_candidates(reg, prob, scale=0.5, threshold=0.6)
+    assert image_idx.tolist() == [1]
+    # cell (x=3, y=2) at stride 2, 12 px wide, at scale 0.5
+    assert boxes[0, :4].tolist() == [
+        np.floor(7 / 0.5),
+        np.floor(5 / 0.5),
+        np.floor(18 / 0.5),
+        np.floor(16 / 0.5),
+    ]
+    assert boxes[0, 4] == pytest.approx(0.9)
+    assert boxes[0, 5:].tolist() == pytest.approx([0.1, 0.2, 0.3, 0.4])
+
+
+def test_square_keeps_centre_and_takes_longer_side():
+    squared = bx.square(np.array([[10, 20, 30, 60]], np.float32))
+    assert squared[0].tolist() == [0, 20, 40, 60]
+
+
+@pytest.mark.parametrize("inclusive", [False, True])
+def test_regress_moves_edges_by_fractions_of_size(inclusive):
+    box = np.array([[10, 10, 20, 30]], np.float32)
+    out = bx.regress(box, np.array([[0.1, -0.1, 0.0, 0.5]], np.float32), inclusive)
+    w, h = (11, 21) if inclusive else (10, 20)
+    assert out[0].tolist() == pytest.approx([10 + 0.1 * w, 10 - 0.1 * h, 20, 30 + 0.5 * h])
+
+
+def test_crop_windows_are_one_based_inclusive():
+    windows = bx.crop_windows(
+        np.array([[10.7, 20.2, 33.9, 43.5], [-5.5, -3.2, 8.0, 9.9]], np.float32)
+    )
+    assert windows.tolist() == [[9, 19, 33, 43], [-6, -4, 8, 9]]
+
+
+def test_landmarks_from_offsets():
+    boxes = np.array([[9, 19, 28, 38]], np.float32)  # 20 x 20 inclusive
+    offsets = np.array([[0, 0.5, 1, 0, 0, 0, 0, 0.5, 1, 1]], np.float32)
+    points = bx.landmarks_from_offsets(boxes, offsets)
+    assert points[0, :, 0].tolist() == [8, 18, 28, 8, 8]
+    assert points[0, :, 1].tolist() == [18, 18, 28, 38, 38]
+
+
+def test_area_crops_match_naive_average_with_zero_padding():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    windows = np.array([[0, 0, 48, 48], [-4, -4, 20, 20], [30, 20, 54, 44], [5, 5, 8, 9]])
+    crops = area_crops(integral_image(image), windows, 24)
+    padded = np.zeros((60, 70, 3), np.float64)
+    padded[10:50, 10:60] = image
+    for k, (x0, y0, x1, y1) in enumerate(windows):
+        region = padded[y0 + 10 : y1 + 10, x0 + 10 : x1 + 10]
+        h, w = region.shape[:2]
+        for i in (0, 7, 23):
+            for j in (0, 11, 23):
+                r0, r1 = (i * h) // 24, -(-(i + 1) * h // 24)
+                c0, c1 = (j * w) // 24, -(-(j + 1) * w // 24)
+                expected = region[r0:r1, c0:c1].mean(axis=(0, 1))
+                assert crops[k, i, j] == pytest.approx(expected, abs=1e-3)
+
+
+def test_integral_of_huge_frame_wraps_but_rectangle_sums_stay_exact():
+    image = np.full((3000, 3000, 3), 255, np.uint8)  # total overflows 31 bits
+    sums = integral_image(image)
+    crops = area_crops(sums, np.array([[2900, 2900, 3000, 3000]]), 4)
+    assert np.all(crops == 255)
+
+
+def test_iou_matrix():
+    a = np.array([[0, 0, 10, 10]], np.float32)
+    b = np.array([[0, 0, 10, 10], [5, 0, 15, 10], [20, 20, 30, 30]], np.float32)
+    assert bx.iou_matrix(a, b)[0].tolist() == pytest.approx([1.0, 1 / 3, 0.0])

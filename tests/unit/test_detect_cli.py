@@ -1,0 +1,121 @@
+"""`facewatch detect`: what a user sees on the command line."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import pytest
+
+from daemon.cli import main
+
+
+def run_cli(capsys, *args: str) -> tuple[int, str, str]:
+    code = main(["detect", "--no-progress", *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_bad_files_are_reported_and_the_others_still_processed(shared_data, tmp_path, capsys):
+    good = [shared_data / "images" / "two_people.jpg", shared_data / "images" / "obama-240p.jpg"]
+    corrupt = tmp_path / "corrupt.jpg"
+    corrupt.write_bytes(b"\xff\xd8\xff\xe0 definitely not a jpeg \xff\xd9")
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    truncated = tmp_path / "truncated.jpg"
+    data = good[0].read_bytes()
+    truncated.write_bytes(data[: len(data) // 3])
+    missing = tmp_path / "missing.jpg"
+    code, out, err = run_cli(
+        capsys,
+        "--json",
+        str(corrupt),
+        str(good[0]),
+        str(empty),
+        str(truncated),
+        str(missing),
+        str(good[1]),
+    )
+    assert code == 1
+    records = [json.loads(line) for line in out.splitlines()]
+    assert [r["source"] for r in records] == [str(p) for p in good]
+    assert [len(r["faces"]) for r in records] == [2, 1]
+    for bad in (corrupt, empty, truncated, missing):
+        assert str(bad) in err
+    assert "2 file(s)" in err and "4 error(s)" in err
+
+
+def test_json_record_layout(shared_data, capsys):
+    code, out, _ = run_cli(capsys, "--json", str(shared_data / "images" / "obama-240p.jpg"))
+    assert code == 0
+    record = json.loads(out)
+    assert record["frame"] is None and len(record["image_hw"]) == 2
+    face = record["faces"][0]
+    assert set(face) == {"bbox_xyxy", "score", "landmarks"}
+    assert len(face["bbox_xyxy"]) == 4 and len(face["landmarks"]) == 5 and 0.9 < face["score"] <= 1
+
+
+def test_folder_and_video_with_annotations(shared_data, tmp_path, capsys):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(shared_data / "images" / "multiface.jpg", folder)
+    shutil.copy(shared_data / "people" / "hamilton" / "alex-lacamoire.png", folder)
+    video = shared_data / "videos" / "hamilton_360p.mp4"
+    out_dir = tmp_path / "annotated"
+    code, out, err = run_cli(
+        capsys,
+        "--json",
+        "--every",
+        "25",
+        "--batch",
+        "4",
+        "--annotate",
+        str(out_dir),
+        str(folder),
+        str(video),
+    )
+    assert code == 0, err
+    records = [json.loads(line) for line in out.splitlines()]
+    frames = [r["frame"] for r in records if r["source"] == str(video)]
+    assert frames == list(range(0, 275, 25))
+    assert sum(len(r["faces"]) for r in records if r["source"] == str(video)) > 0
+    assert (out_dir / "multiface.jpg").is_file() and (out_dir / "alex-lacamoire.jpg").is_file()
+    annotated = cv2.VideoCapture(str(out_dir / "hamilton_360p.mp4"))
+    assert int(annotated.get(cv2.CAP_PROP_FRAME_COUNT)) == len(frames)
+    assert "3 file(s)" in err
+
+
+def test_a_file_that_is_not_video_is_an_error(tmp_path, capsys):
+    fake = tmp_path / "clip.mp4"
+    fake.write_bytes(b"not a video")
+    code, _, err = run_cli(capsys, str(fake))
+    assert code == 1 and str(fake) in err
+
+
+def test_missing_models_are_named(tmp_path, capsys, shared_data):
+    code, _, err = run_cli(
+        capsys, "--models", str(tmp_path), str(shared_data / "images" / "obama.jpg")
+    )
+    assert code == 2
+    assert str(tmp_path / "pnet") in err
+
+
+@pytest.mark.parametrize("args", [["--help"], ["detect", "--help"]])
+def test_help_explains(args):
+    result = subprocess.run(
+        [sys.executable, "-m", "daemon.cli", *args], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0
+    assert "detect" in result.stdout
+    if "detect" in args:
+        assert "--annotate" in result.stdout and "--min-face-size" in result.stdout
+
+
+def test_daemon_package_is_ours_not_python_daemon():
+    import daemon
+
+    assert Path(daemon.__file__).resolve().parent.parent == Path(__file__).resolve().parents[2]

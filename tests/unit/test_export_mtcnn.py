@@ -1,0 +1,68 @@
+"""Importing the pretrained MTCNN weights and exporting them to ONNX (needs the train extra)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="the train extra (torch) is not installed")
+
+from engines.base import ModelMetadata  # noqa: E402
+from engines.loader import load_engine  # noqa: E402
+from tests.conftest import MODELS  # noqa: E402
+from training.export_mtcnn import SPECS, export_all, real_inputs  # noqa: E402
+from training.mtcnn_nets import load_net  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def exported(shared_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("mtcnn")
+    images = [shared_data / "images" / n for n in ("obama.jpg", "two_people.jpg", "multiface.jpg")]
+    diffs = export_all(shared_data / "weights" / "mtcnn", out, images)
+    return out, diffs, images, shared_data
+
+
+def test_pretrained_state_dicts_load_unchanged(shared_data):
+    for spec in SPECS:
+        state = torch.load(shared_data / "weights" / "mtcnn" / f"{spec.name}.pt", weights_only=True)
+        net = load_net(spec.name, shared_data / "weights" / "mtcnn" / f"{spec.name}.pt")
+        assert set(net.state_dict()) == set(state)
+
+
+def test_export_matches_pytorch_on_real_faces(exported):
+    out, diffs, _, _ = exported
+    assert set(diffs) == {"pnet", "rnet", "onet"}
+    assert max(diffs.values()) <= 1e-4
+    for spec in SPECS:
+        meta = ModelMetadata.load(out / f"{spec.name}.onnx")
+        assert meta.kind == f"mtcnn-{spec.name}" and meta.channel_order == "RGB"
+        assert meta.outputs == list(spec.outputs)
+
+
+@pytest.mark.parametrize("batch", [1, 5])
+def test_committed_models_are_the_exported_weights(exported, batch):
+    _, _, images, shared = exported
+    for spec in SPECS:
+        x = real_inputs(spec, images)[:batch]
+        committed = load_engine(MODELS / "mtcnn" / f"{spec.name}.onnx").infer({"image": x})
+        with torch.no_grad():
+            net = load_net(spec.name, shared / "weights" / "mtcnn" / f"{spec.name}.pt")
+            expected = net(torch.from_numpy(x))
+        for name, value in zip(spec.outputs, expected, strict=True):
+            assert np.abs(committed[name] - value.numpy()).max() <= 1e-4
+
+
+def test_pnet_takes_any_image_size(exported):
+    out, _, _, _ = exported
+    engine = load_engine(out / "pnet.onnx")
+    for h, w in [(12, 12), (37, 101), (240, 320)]:
+        result = engine.infer({"image": np.zeros((2, 3, h, w), np.float32)})
+        assert result["prob"].shape == (2, 2, (h - 2 + 1) // 2 - 4, (w - 2 + 1) // 2 - 4)
+
+
+def test_sidecar_is_plain_json(exported):
+    out, _, _, _ = exported
+    data = json.loads((out / "pnet.json").read_text())
+    assert data["input_size_hw"] is None and data["mean"] == 127.5 and data["std"] == 128.0

@@ -1,0 +1,41 @@
+"""The dependency direction of DESIGN.md: training -> engines <- daemon."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+
+def imported_after(statement: str) -> set[str]:
+    code = f"import sys; {statement}; print(' '.join(sorted({{m.split('.')[0] for m in sys.modules}})))"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True
+    )
+    return set(result.stdout.split())
+
+
+def test_engines_import_neither_torch_nor_daemon():
+    loaded = imported_after(
+        "import engines, engines.mtcnn, engines.ort, engines.opencv_dnn, engines.images"
+    )
+    assert not loaded & {"torch", "daemon", "training", "tensorrt"}
+
+
+def test_daemon_imports_no_training_and_no_torch():
+    loaded = imported_after("import daemon, daemon.cli, daemon.detect_cli")
+    assert not loaded & {"torch", "training"}
+
+
+def test_selecting_an_unknown_or_missing_backend_is_one_clear_error(tmp_path):
+    from engines import EngineError, load_engine
+
+    with pytest.raises(EngineError, match="unknown engine backend 'cuda'"):
+        load_engine(tmp_path / "x.onnx", backend="cuda")
+    with pytest.raises(EngineError, match="tensorrt"):
+        load_engine(tmp_path / "x.onnx", backend="tensorrt")
+    with pytest.raises(EngineError, match=r"x\.onnx: model file not found"):
+        load_engine(tmp_path / "x.onnx", backend="onnxruntime")

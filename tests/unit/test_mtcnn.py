@@ -1,0 +1,167 @@
+"""The MTCNN detector on the shipped models and real faces."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from engines.boxes import iou_matrix
+from engines.images import read_image
+from engines.mtcnn import MTCNN, MTCNNConfig
+from tests.conftest import MODELS
+
+
+def video_frames(
+    path: Path, indices: list[int], size_wh: tuple[int, int] | None = None
+) -> list[np.ndarray]:
+    capture = cv2.VideoCapture(str(path))
+    frames, index = [], 0
+    while index <= max(indices):
+        ok, frame = capture.read()
+        if not ok:
+            break
+        if index in indices:
+            frames.append(
+                frame
+                if size_wh is None
+                else cv2.resize(frame, size_wh, interpolation=cv2.INTER_AREA)
+            )
+        index += 1
+    capture.release()
+    assert len(frames) == len(indices), f"{path}: could not decode frames {indices}"
+    return frames
+
+
+def assert_same_faces(a, b, min_iou=0.99, max_point_px=0.5):
+    assert len(a) == len(b)
+    if len(a):
+        iou = iou_matrix(a.bbox_xyxy, b.bbox_xyxy)
+        best = iou.argmax(axis=1)
+        assert iou.max(axis=1).min() >= min_iou
+        assert np.abs(a.landmarks - b.landmarks[best]).max() <= max_point_px
+
+
+def test_finds_each_face_of_a_group_photo(detector, shared_data):
+    found = detector.detect([read_image(str(shared_data / "images" / "multiface.jpg"))])[0]
+    assert len(found) == 6
+    assert found.bbox_xyxy.shape == (6, 4) and found.landmarks.shape == (6, 5, 2)
+    assert found.score.min() > 0.9
+    # eyes above the mouth, left eye left of the right eye, all inside their box
+    eyes_y = found.landmarks[:, :2, 1].mean(axis=1)
+    mouth_y = found.landmarks[:, 3:, 1].mean(axis=1)
+    assert np.all(eyes_y < mouth_y)
+    assert np.all(found.landmarks[:, 0, 0] < found.landmarks[:, 1, 0])
+    inside_x = (found.landmarks[..., 0] >= found.bbox_xyxy[:, None, 0]) & (
+        found.landmarks[..., 0] <= found.bbox_xyxy[:, None, 2]
+    )
+    assert inside_x.all()
+
+
+def test_batch_gives_the_same_faces_as_one_frame_at_a_time(detector, shared_data):
+    frames = video_frames(shared_data / "videos" / "hamilton_360p.mp4", [0, 40, 120, 200, 260])
+    photo = read_image(
+        str(shared_data / "images" / "two_people.jpg")
+    )  # another size in the same batch
+    batch = [*frames, photo]
+    together = detector.detect(batch)
+    for frame, result in zip(batch, together, strict=True):
+        assert_same_faces(result, detector.detect([frame])[0])
+    assert sum(len(r) for r in together) >= 6
+
+
+def test_frame_too_small_for_the_pyramid_gives_no_faces(detector):
+    found = detector.detect([np.full((11, 300, 3), 128, np.uint8), np.zeros((1, 1, 3), np.uint8)])
+    assert [len(f) for f in found] == [0, 0]
+
+
+def test_grayscale_and_rgba_frames_are_accepted(detector, shared_data):
+    bgr = read_image(str(shared_data / "images" / "two_people.jpg"))
+    gray = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
+    bgra = cv2.cvtColor(bgr, cv2.COLOR_BGR2BGRA)
+    found = detector.detect([gray, bgra, bgr])
+    assert [len(f) for f in found] == [2, 2, 2]
+
+
+@pytest.mark.slow
+def test_8k_frame(detector, shared_data):
+    photo = read_image(str(shared_data / "images" / "obama-1080p.jpg"))
+    small = detector.detect([photo])[0]
+    factor = 7680 / photo.shape[1]
+    big = cv2.resize(photo, (7680, round(photo.shape[0] * factor)), interpolation=cv2.INTER_LINEAR)
+    found = detector.detect([big])[0]
+    assert len(small) == 1
+    # the face is found at the same place; at 8K, min_face_size=20 may add tiny extra finds
+    assert iou_matrix(small.bbox_xyxy * factor, found.bbox_xyxy).max() > 0.8
+
+
+def test_backends_agree(shared_data):
+    image = read_image(str(shared_data / "images" / "multiface.jpg"))
+    ort = MTCNN.load(MODELS / "mtcnn", backend="onnxruntime", threads=2).detect([image])[0]
+    ocv = MTCNN.load(MODELS / "mtcnn", backend="opencv", threads=2).detect([image])[0]
+    assert_same_faces(ort, ocv, min_iou=0.98, max_point_px=1.0)
+
+
+def test_thresholds_and_min_face_size_are_honoured(shared_data):
+    image = read_image(str(shared_data / "images" / "multiface.jpg"))
+    default = MTCNN.load(MODELS / "mtcnn", threads=2).detect([image])[0]
+    strict = MTCNN.load(MODELS / "mtcnn", threads=2, thresholds=(0.6, 0.7, 0.99999)).detect(
+        [image]
+    )[0]
+    big_only = MTCNN.load(MODELS / "mtcnn", threads=2, min_face_size=400).detect([image])[0]
+    assert len(strict) < len(default) and np.all(strict.score > 0.99999)
+    assert len(big_only) == 0
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"min_face_size": 5},
+        {"scale_factor": 1.2},
+        {"thresholds": (0.6, 0.7)},
+        {"thresholds": (0.6, 0.7, 2)},
+    ],
+)
+def test_bad_config_is_refused(bad):
+    with pytest.raises(ValueError):
+        MTCNNConfig(**bad)
+
+
+def _dlib_boxes(xml: Path) -> dict[str, np.ndarray]:
+    boxes = {}
+    for image in ET.parse(xml).getroot().iter("image"):
+        rows = [
+            [
+                int(b.get("left")),
+                int(b.get("top")),
+                int(b.get("left")) + int(b.get("width")),
+                int(b.get("top")) + int(b.get("height")),
+            ]
+            for b in image.iter("box")
+            if b.get("ignore") != "1"
+        ]
+        boxes[image.get("file")] = np.array(rows, np.float32).reshape(-1, 4)
+    return boxes
+
+
+def test_recall_on_dlib_hand_labelled_faces(detector, shared_data):
+    folder = shared_data / "detection" / "dlib"
+    truth = {**_dlib_boxes(folder / "training.xml"), **_dlib_boxes(folder / "testing.xml")}
+    matched = total = false_positives = 0
+    for name, boxes in truth.items():
+        found = detector.detect([read_image(str(folder / name))])[0]
+        iou = iou_matrix(boxes, found.bbox_xyxy) if len(found) else np.zeros((len(boxes), 0))
+        used: set[int] = set()
+        for row in iou:
+            order = [j for j in np.argsort(-row) if row[j] >= 0.3 and j not in used]
+            if order:
+                used.add(order[0])
+                matched += 1
+        total += len(boxes)
+        false_positives += len(found) - len(used)
+    assert total == 43
+    assert matched >= 42, f"recall {matched}/{total}"
+    assert false_positives == 0

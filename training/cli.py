@@ -1,0 +1,55 @@
+"""`facewatch train ...` subcommands. Registered through the `facewatch.commands` entry point,
+so the daemon's CLI never imports this package."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PARITY_IMAGES = ("obama.jpg", "two_people.jpg", "multiface.jpg")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `train` command group to the top-level parser."""
+    train = subparsers.add_parser(
+        "train", help="training tools: import/export MTCNN, train and validate FaceNet"
+    )
+    commands = train.add_subparsers(dest="train_command", metavar="COMMAND", required=True)
+
+    p = commands.add_parser(
+        "export-mtcnn",
+        help="import the pretrained MTCNN weights (*.pt) and write ONNX models + sidecars",
+        description="Write pnet/rnet/onet .onnx + .json from facenet-pytorch state dicts, "
+        "and check ONNX Runtime against PyTorch on real images (max abs diff <= 1e-4).",
+    )
+    p.add_argument(
+        "--weights-dir", type=Path, required=True, help="folder with pnet.pt, rnet.pt, onet.pt"
+    )
+    p.add_argument(
+        "--out-dir", type=Path, default=Path("models/mtcnn"), help="where to write the models"
+    )
+    p.add_argument(
+        "--images",
+        type=Path,
+        nargs="+",
+        required=True,
+        help="real photos used for the parity check",
+    )
+    p.set_defaults(func=_export_mtcnn)
+
+
+def _export_mtcnn(args: argparse.Namespace) -> int:
+    from training.export_mtcnn import export_all
+
+    diffs = export_all(args.weights_dir, args.out_dir, args.images)
+    for name, diff in diffs.items():
+        print(f"{name}: ONNX Runtime vs PyTorch max abs diff {diff:.2e}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit("use: facewatch train ...")
