@@ -41,6 +41,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.set_defaults(func=_export_mtcnn)
 
+    from training.cli_facenet import register_facenet
+
+    register_facenet(commands)
+
 
 def _export_mtcnn(args: argparse.Namespace) -> int:
     from training.export_mtcnn import export_all
