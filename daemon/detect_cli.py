@@ -76,6 +76,13 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--scale-factor", type=float, default=0.709, help="image pyramid step (default 0.709)"
     )
     p.add_argument(
+        "--border",
+        choices=("pad", "clip"),
+        default="pad",
+        help="faces at the image edge: zero-pad their crops (default, as MTCNN's authors) "
+        "or clip them (as facenet-pytorch)",
+    )
+    p.add_argument(
         "--batch", type=int, default=8, help="video frames per detector call (default 8)"
     )
     p.add_argument(
@@ -106,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
             min_face_size=args.min_face_size,
             thresholds=tuple(args.thresholds),
             scale_factor=args.scale_factor,
+            border=args.border,
         )
     except (EngineError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -104,3 +104,42 @@ def area_crops(sums: np.ndarray, windows_xyxy: np.ndarray, size: int) -> np.ndar
     total = sums[r1, c1] - sums[r0, c1] - sums[r1, c0] + sums[r0, c0]
     count = (ycount[:, :, None] * xcount[:, None, :]).astype(np.float32)
     return total.astype(np.int32).astype(np.float32) / count[..., None]
+
+
+def _bin_edges(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
+    """Start and end (exclusive) of each adaptive-average-pooling bin along one axis."""
+    i = np.arange(n_out + 1, dtype=np.int64)
+    return (i[:-1] * n_in) // n_out, (i[1:] * n_in + n_out - 1) // n_out
+
+
+def _running_sum(image: np.ndarray) -> np.ndarray:
+    """Sums of rows ``[0, r)`` for r = 0..H: shape (H+1, W, C), int32."""
+    sums = np.empty((image.shape[0] + 1, *image.shape[1:]), np.int32)
+    sums[0] = 0
+    np.cumsum(image, axis=0, dtype=np.int32, out=sums[1:])
+    return sums
+
+
+class AreaPyramid:
+    """Downscales of one frame by area averaging, exactly as PyTorch's
+    ``interpolate(mode="area")`` (adaptive average pooling), which MTCNN's reference uses.
+
+    The running sum over rows is computed once and shared by every level. Each level takes
+    its row bins from it, then does the same along the (transposed) columns, in integer
+    arithmetic. Frames up to 2**23 / 255 rows and columns stay exact.
+    """
+
+    def __init__(self, image: np.ndarray) -> None:
+        self.image_hw = image.shape[:2]
+        self._rows = _running_sum(image)
+
+    def level(self, size_hw: tuple[int, int]) -> np.ndarray:
+        """The frame resized to ``size_hw`` as (h, w, C) float32."""
+        (h_in, w_in), (h, w) = self.image_hw, size_hw
+        r0, r1 = _bin_edges(h_in, h)
+        c0, c1 = _bin_edges(w_in, w)
+        row_bins = self._rows[r1] - self._rows[r0]  # (h, W, C)
+        cols = _running_sum(row_bins.transpose(1, 0, 2))  # (W+1, h, C)
+        total = (cols[c1] - cols[c0]).transpose(1, 0, 2)  # (h, w, C)
+        count = ((r1 - r0)[:, None] * (c1 - c0)[None, :]).astype(np.float32)
+        return total.astype(np.float32) / count[:, :, None]

@@ -17,7 +17,7 @@ import numpy as np
 
 from engines import boxes as bx
 from engines.base import Engine, EngineError, ModelMetadata
-from engines.images import area_crops, as_bgr8, integral_image
+from engines.images import AreaPyramid, area_crops, as_bgr8, integral_image
 from engines.loader import load_engine
 
 logger = logging.getLogger(__name__)
@@ -35,12 +35,17 @@ class MTCNNConfig:
     min_face_size: float = 20.0
     thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7)
     scale_factor: float = 0.709
+    # "pad": R-Net / O-Net see a border face zero-padded, as the MTCNN paper's code does;
+    # "clip": the crop is cut at the image edge and stretched, as facenet-pytorch does.
+    border: str = "pad"
 
     def __post_init__(self) -> None:
         if not self.min_face_size >= 12:
             raise ValueError(f"min_face_size must be >= 12 pixels, got {self.min_face_size}")
         if not 0 < self.scale_factor < 1:
             raise ValueError(f"scale_factor must be in (0, 1), got {self.scale_factor}")
+        if self.border not in ("pad", "clip"):
+            raise ValueError(f"border must be 'pad' or 'clip', got {self.border!r}")
         if len(self.thresholds) != 3 or not all(0 <= t <= 1 for t in self.thresholds):
             raise ValueError(f"thresholds must be three numbers in [0, 1], got {self.thresholds}")
 
@@ -160,11 +165,11 @@ class MTCNN:
         """
         image_hw = images[indices[0]].shape[:2]
         cfg = self.config
+        pyramids = [AreaPyramid(images[i]) for i in indices]
         boxes_all, frames_all = [], []
         for scale in bx.pyramid_scales(image_hw, cfg.min_face_size, cfg.scale_factor):
-            h, w = bx.scaled_size_hw(image_hw, scale)
-            level = [cv2.resize(images[i], (w, h), interpolation=cv2.INTER_AREA) for i in indices]
-            out = self.pnet.infer({"image": self._blob(level)})
+            size_hw = bx.scaled_size_hw(image_hw, scale)
+            out = self.pnet.infer({"image": self._blob([p.level(size_hw) for p in pyramids])})
             boxes, local = bx.pnet_candidates(
                 out["reg"], out["prob"][:, 1], scale, cfg.thresholds[0]
             )
@@ -220,7 +225,7 @@ class MTCNN:
     # -- tensors -------------------------------------------------------------------------
 
     def _blob(self, images: list[np.ndarray]) -> np.ndarray:
-        """uint8 HxWx3 images of one size -> normalised NCHW float32."""
+        """HxWx3 images (uint8 or float32) of one size -> normalised NCHW float32."""
         return cv2.dnn.blobFromImages(
             images, scalefactor=1 / 128.0, mean=(127.5, 127.5, 127.5), swapRB=self._swap_rb
         )
@@ -231,6 +236,8 @@ class MTCNN:
         Crops are averaged from each frame's integral image, all crops of a frame at once.
         """
         windows = bx.crop_windows(cand.boxes)
+        if self.config.border == "clip":
+            windows = _clip_windows(windows, images, cand.frame)
         pixels = np.empty((len(windows), size, size, 3), np.float32)
         for f in np.unique(cand.frame):
             mine = cand.frame == f
@@ -238,6 +245,16 @@ class MTCNN:
         order = [2, 1, 0] if self._swap_rb else [0, 1, 2]
         blob = pixels[..., order].transpose(0, 3, 1, 2)
         return np.ascontiguousarray((blob - 127.5) * (1 / 128.0), dtype=np.float32)
+
+
+def _clip_windows(windows: np.ndarray, images: list[np.ndarray], frame: np.ndarray) -> np.ndarray:
+    """Cut each crop window at its frame's edges (keeping at least one pixel)."""
+    hw = np.array([images[f].shape[:2] for f in frame], np.int64).reshape(-1, 2)
+    x0 = np.clip(windows[:, 0], 0, hw[:, 1] - 1)
+    y0 = np.clip(windows[:, 1], 0, hw[:, 0] - 1)
+    x1 = np.clip(windows[:, 2], x0 + 1, hw[:, 1])
+    y1 = np.clip(windows[:, 3], y0 + 1, hw[:, 0])
+    return np.stack([x0, y0, x1, y1], axis=1)
 
 
 def _concat(parts: list[_Candidates]) -> _Candidates:

@@ -73,6 +73,27 @@ def test_batch_gives_the_same_faces_as_one_frame_at_a_time(detector, shared_data
     assert sum(len(r) for r in together) >= 6
 
 
+@pytest.mark.parametrize(
+    ("name", "offset_x"), [("obama_partial_face.jpg", 419), ("obama_partial_face2.jpg", 0)]
+)
+def test_a_face_cut_by_the_image_edge_keeps_its_size_and_place(
+    detector, shared_data, name, offset_x
+):
+    """Both photos are obama.jpg cut through the face. Zero-padded crops (the default) find
+    the face where the whole photo has it; crops clipped at the edge and stretched (the
+    facenet-pytorch reference) give a box a third too large or shifted."""
+    whole = detector.detect([read_image(str(shared_data / "images" / "obama.jpg"))])[0]
+    truth = whole.bbox_xyxy[whole.score.argmax()][None] - np.array(
+        [offset_x, 0, offset_x, 0], np.float32
+    )
+    cut = read_image(str(shared_data / "images" / name))
+    padded = detector.detect([cut])[0]
+    clipped = MTCNN.load(MODELS / "mtcnn", threads=2, border="clip").detect([cut])[0]
+    assert len(padded) == len(clipped) == 1
+    assert iou_matrix(truth, padded.bbox_xyxy)[0, 0] >= 0.8
+    assert iou_matrix(truth, clipped.bbox_xyxy)[0, 0] < 0.7
+
+
 def test_frame_too_small_for_the_pyramid_gives_no_faces(detector):
     found = detector.detect([np.full((11, 300, 3), 128, np.uint8), np.zeros((1, 1, 3), np.uint8)])
     assert [len(f) for f in found] == [0, 0]
