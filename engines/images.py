@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import cv2
 import numpy as np
 
@@ -106,40 +108,47 @@ def area_crops(sums: np.ndarray, windows_xyxy: np.ndarray, size: int) -> np.ndar
     return total.astype(np.int32).astype(np.float32) / count[..., None]
 
 
+@functools.lru_cache(maxsize=64)
+def _pool_geometry(
+    image_hw: tuple[int, int], size_hw: tuple[int, int], channels: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """For one pyramid level: row bin edges, flat column indices of the bin edges in a
+    (rows, columns * channels) view, and 1 / bin area per output value."""
+    (h_in, w_in), (h, w) = image_hw, size_hw
+    r0, r1 = _bin_edges(h_in, h)
+    c0, c1 = _bin_edges(w_in, w)
+    lanes = np.arange(channels)
+    flat0 = (c0[:, None] * channels + lanes).ravel()
+    flat1 = (c1[:, None] * channels + lanes).ravel()
+    area = ((r1 - r0)[:, None] * (c1 - c0)[None, :]).astype(np.float32)
+    inverse_area = np.repeat(1.0 / area, channels, axis=1)
+    return r0, r1, flat0, flat1, inverse_area
+
+
 def _bin_edges(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
     """Start and end (exclusive) of each adaptive-average-pooling bin along one axis."""
     i = np.arange(n_out + 1, dtype=np.int64)
     return (i[:-1] * n_in) // n_out, (i[1:] * n_in + n_out - 1) // n_out
 
 
-def _running_sum(image: np.ndarray) -> np.ndarray:
-    """Sums of rows ``[0, r)`` for r = 0..H: shape (H+1, W, C), int32."""
-    sums = np.empty((image.shape[0] + 1, *image.shape[1:]), np.int32)
-    sums[0] = 0
-    np.cumsum(image, axis=0, dtype=np.int32, out=sums[1:])
-    return sums
-
-
 class AreaPyramid:
     """Downscales of one frame by area averaging, exactly as PyTorch's
     ``interpolate(mode="area")`` (adaptive average pooling), which MTCNN's reference uses.
 
-    The running sum over rows is computed once and shared by every level. Each level takes
-    its row bins from it, then does the same along the (transposed) columns, in integer
-    arithmetic. Frames up to 2**23 / 255 rows and columns stay exact.
+    Each level's bin sums are four lookups in the frame's integral image, which is computed
+    once and also serves the R-Net / O-Net crops (``area_crops``).
     """
 
     def __init__(self, image: np.ndarray) -> None:
-        self.image_hw = image.shape[:2]
-        self._rows = _running_sum(image)
+        self.image_hw: tuple[int, int] = (image.shape[0], image.shape[1])
+        self.sums = integral_image(image)
 
     def level(self, size_hw: tuple[int, int]) -> np.ndarray:
         """The frame resized to ``size_hw`` as (h, w, C) float32."""
-        (h_in, w_in), (h, w) = self.image_hw, size_hw
-        r0, r1 = _bin_edges(h_in, h)
-        c0, c1 = _bin_edges(w_in, w)
-        row_bins = self._rows[r1] - self._rows[r0]  # (h, W, C)
-        cols = _running_sum(row_bins.transpose(1, 0, 2))  # (W+1, h, C)
-        total = (cols[c1] - cols[c0]).transpose(1, 0, 2)  # (h, w, C)
-        count = ((r1 - r0)[:, None] * (c1 - c0)[None, :]).astype(np.float32)
-        return total.astype(np.float32) / count[:, :, None]
+        channels = self.sums.shape[2]
+        r0, r1, flat0, flat1, inverse_area = _pool_geometry(self.image_hw, size_hw, channels)
+        rows = (self.sums[r1] - self.sums[r0]).reshape(len(r0), -1)  # running sums per row bin
+        total = np.take(rows, flat1, axis=1) - np.take(rows, flat0, axis=1)
+        level = total.astype(np.float32)
+        level *= inverse_area
+        return level.reshape(size_hw[0], size_hw[1], channels)

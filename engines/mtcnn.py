@@ -17,7 +17,7 @@ import numpy as np
 
 from engines import boxes as bx
 from engines.base import Engine, EngineError, ModelMetadata
-from engines.images import AreaPyramid, area_crops, as_bgr8, integral_image
+from engines.images import AreaPyramid, area_crops, as_bgr8
 from engines.loader import load_engine
 
 logger = logging.getLogger(__name__)
@@ -135,41 +135,41 @@ class MTCNN:
 
     def detect(self, frames: Sequence[np.ndarray]) -> list[FrameDetections]:
         """Detect faces in every frame; returns one FrameDetections per frame, in order."""
-        images = [as_bgr8(frame) for frame in frames]
-        if not images:
+        pyramids = [AreaPyramid(as_bgr8(frame)) for frame in frames]
+        if not pyramids:
             return []
-        cand = self._propose(images)
+        cand = self._propose(pyramids)
         if len(cand.score):
-            cand = self._refine(images, cand)
-        results: list[FrameDetections] = [FrameDetections() for _ in images]
+            cand = self._refine(pyramids, cand)
+        results: list[FrameDetections] = [FrameDetections() for _ in pyramids]
         if len(cand.score):
-            self._output(images, cand, results)
+            self._output(pyramids, cand, results)
         return results
 
     # -- stage 1: P-Net over the pyramid -----------------------------------------------
 
-    def _propose(self, images: list[np.ndarray]) -> _Candidates:
+    def _propose(self, pyramids: list[AreaPyramid]) -> _Candidates:
         by_size: dict[tuple[int, int], list[int]] = {}
-        for i, image in enumerate(images):
-            by_size.setdefault(image.shape[:2], []).append(i)
-        parts = [self._propose_same_size(images, idx) for idx in by_size.values()]
+        for i, pyramid in enumerate(pyramids):
+            by_size.setdefault(pyramid.image_hw, []).append(i)
+        parts = [self._propose_same_size(pyramids, idx) for idx in by_size.values()]
         cand = _concat(parts)
         keep = bx.nms(cand.boxes[:, :4], cand.score, PNET_FRAME_NMS, groups=cand.frame)
         cand = cand.take(keep)
         return cand
 
-    def _propose_same_size(self, images: list[np.ndarray], indices: list[int]) -> _Candidates:
+    def _propose_same_size(self, pyramids: list[AreaPyramid], indices: list[int]) -> _Candidates:
         """P-Net on frames of one size: one engine call per scale for all of them.
 
         Returns boxes (K, 4) already moved by P-Net's regression and squared.
         """
-        image_hw = images[indices[0]].shape[:2]
+        image_hw = pyramids[indices[0]].image_hw
         cfg = self.config
-        pyramids = [AreaPyramid(images[i]) for i in indices]
         boxes_all, frames_all = [], []
         for scale in bx.pyramid_scales(image_hw, cfg.min_face_size, cfg.scale_factor):
             size_hw = bx.scaled_size_hw(image_hw, scale)
-            out = self.pnet.infer({"image": self._blob([p.level(size_hw) for p in pyramids])})
+            levels = [pyramids[i].level(size_hw) for i in indices]
+            out = self.pnet.infer({"image": self._blob(levels)})
             boxes, local = bx.pnet_candidates(
                 out["reg"], out["prob"][:, 1], scale, cfg.thresholds[0]
             )
@@ -186,11 +186,11 @@ class MTCNN:
 
     # -- stages 2 and 3 ------------------------------------------------------------------
 
-    def _refine(self, images: list[np.ndarray], cand: _Candidates) -> _Candidates:
+    def _refine(self, pyramids: list[AreaPyramid], cand: _Candidates) -> _Candidates:
         """P-Net regression, then R-Net on all candidates of all frames in one call."""
         regressed = bx.regress(cand.boxes[:, :4], cand.boxes[:, 5:9], inclusive=False)
         cand = _Candidates(bx.square(regressed), cand.score, cand.frame)
-        out = self.rnet.infer({"image": self._crops(images, cand, 24)})
+        out = self.rnet.infer({"image": self._crops(pyramids, cand, 24)})
         score = out["prob"][:, 1]
         passed = score > self.config.thresholds[1]
         cand = _Candidates(cand.boxes[passed], score[passed], cand.frame[passed])
@@ -201,10 +201,10 @@ class MTCNN:
         return cand
 
     def _output(
-        self, images: list[np.ndarray], cand: _Candidates, results: list[FrameDetections]
+        self, pyramids: list[AreaPyramid], cand: _Candidates, results: list[FrameDetections]
     ) -> None:
         """O-Net on all remaining candidates; fills ``results`` per frame."""
-        out = self.onet.infer({"image": self._crops(images, cand, 48)})
+        out = self.onet.infer({"image": self._crops(pyramids, cand, 48)})
         score = out["prob"][:, 1]
         passed = score > self.config.thresholds[2]
         cand = _Candidates(cand.boxes[passed], score[passed], cand.frame[passed])
@@ -230,26 +230,28 @@ class MTCNN:
             images, scalefactor=1 / 128.0, mean=(127.5, 127.5, 127.5), swapRB=self._swap_rb
         )
 
-    def _crops(self, images: list[np.ndarray], cand: _Candidates, size: int) -> np.ndarray:
+    def _crops(self, pyramids: list[AreaPyramid], cand: _Candidates, size: int) -> np.ndarray:
         """Square crops of every candidate, zero-padded at image borders, area-resized to size.
 
         Crops are averaged from each frame's integral image, all crops of a frame at once.
         """
         windows = bx.crop_windows(cand.boxes)
         if self.config.border == "clip":
-            windows = _clip_windows(windows, images, cand.frame)
+            windows = _clip_windows(windows, pyramids, cand.frame)
         pixels = np.empty((len(windows), size, size, 3), np.float32)
         for f in np.unique(cand.frame):
             mine = cand.frame == f
-            pixels[mine] = area_crops(integral_image(images[f]), windows[mine], size)
+            pixels[mine] = area_crops(pyramids[f].sums, windows[mine], size)
         order = [2, 1, 0] if self._swap_rb else [0, 1, 2]
         blob = pixels[..., order].transpose(0, 3, 1, 2)
         return np.ascontiguousarray((blob - 127.5) * (1 / 128.0), dtype=np.float32)
 
 
-def _clip_windows(windows: np.ndarray, images: list[np.ndarray], frame: np.ndarray) -> np.ndarray:
+def _clip_windows(
+    windows: np.ndarray, pyramids: list[AreaPyramid], frame: np.ndarray
+) -> np.ndarray:
     """Cut each crop window at its frame's edges (keeping at least one pixel)."""
-    hw = np.array([images[f].shape[:2] for f in frame], np.int64).reshape(-1, 2)
+    hw = np.array([pyramids[f].image_hw for f in frame], np.int64).reshape(-1, 2)
     x0 = np.clip(windows[:, 0], 0, hw[:, 1] - 1)
     y0 = np.clip(windows[:, 1], 0, hw[:, 0] - 1)
     x1 = np.clip(windows[:, 2], x0 + 1, hw[:, 1])
