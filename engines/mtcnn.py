@@ -6,11 +6,13 @@ R-Net and O-Net each run once on the candidates of all frames together.
 
 from __future__ import annotations
 
+import itertools
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import cv2
 import numpy as np
@@ -21,6 +23,9 @@ from engines.images import AreaPyramid, area_crops, as_bgr8
 from engines.loader import load_engine
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 PNET_SCALE_NMS = 0.5  # within one scale of one frame (IoU)
 PNET_FRAME_NMS = 0.7  # across the scales of one frame (IoU)
@@ -105,6 +110,14 @@ class MTCNN:
         self.pnet, self.rnet, self.onet = pnet, rnet, onet
         self.config = config or MTCNNConfig()
         self._swap_rb = channel_order.upper() == "RGB"
+        self._lanes: list[MTCNN] = []
+        self._pool: ThreadPoolExecutor | None = None
+
+    def _set_lanes(self, lanes: list[MTCNN]) -> None:
+        """Extra detectors with engines of their own: a batch of frames is split between
+        this one and its lanes, which run in parallel threads (engines release the GIL)."""
+        self._lanes = lanes
+        self._pool = ThreadPoolExecutor(len(lanes)) if lanes else None
 
     @classmethod
     def load(
@@ -112,17 +125,24 @@ class MTCNN:
         models_dir: str | Path,
         backend: str = "opencv",
         threads: int = 0,
+        lanes: int = 1,
         **config: Any,
     ) -> MTCNN:
         """Open ``pnet``, ``rnet`` and ``onet`` (.onnx + .json sidecar) from ``models_dir``.
 
-        ``config`` holds MTCNNConfig fields (min_face_size, thresholds, scale_factor).
+        ``config`` holds MTCNNConfig fields (min_face_size, thresholds, scale_factor, border).
+        ``lanes`` > 1 processes the frames of a batch in that many parallel lanes, each with
+        its own engines and ``threads // lanes`` threads.
         """
+        if lanes < 1:
+            raise ValueError(f"lanes must be >= 1, got {lanes}")
         if "thresholds" in config:
             config["thresholds"] = tuple(config["thresholds"])
         settings = MTCNNConfig(**config)
         models_dir = Path(models_dir)
-        engines: dict[str, Engine] = {}
+        lane_threads = max(1, threads // lanes) if threads > 0 else 0
+        order = ""
+        replicas: list[dict[str, Engine]] = [{} for _ in range(lanes)]
         for name in ("pnet", "rnet", "onet"):
             path = models_dir / f"{name}.onnx"
             meta = ModelMetadata.load(path)
@@ -130,11 +150,37 @@ class MTCNN:
                 raise EngineError(
                     f"{path}: sidecar says kind {meta.kind!r}, expected 'mtcnn-{name}'"
                 )
-            engines[name] = load_engine(path, backend=backend, threads=threads)
-        return cls(**engines, config=settings, channel_order=meta.channel_order)
+            order = meta.channel_order
+            for engines in replicas:
+                engines[name] = load_engine(path, backend=backend, threads=lane_threads)
+        detectors = [
+            cls(e["pnet"], e["rnet"], e["onet"], config=settings, channel_order=order)
+            for e in replicas
+        ]
+        detectors[0]._set_lanes(detectors[1:])
+        return detectors[0]
 
     def detect(self, frames: Sequence[np.ndarray]) -> list[FrameDetections]:
-        """Detect faces in every frame; returns one FrameDetections per frame, in order."""
+        """Detect faces in every frame; returns one FrameDetections per frame, in order.
+
+        With lanes, a batch of at least as many frames as lanes is split by frames; a
+        smaller one has its pyramid levels and R-Net / O-Net candidates split instead.
+        """
+        if self._pool is None or len(frames) <= len(self._lanes):
+            return self._detect_serial(frames)
+        workers = [self, *self._lanes]
+        bounds = np.linspace(0, len(frames), len(workers) + 1).round().astype(int)
+        chunks = [list(frames[a:b]) for a, b in itertools.pairwise(bounds)]
+        futures = [
+            self._pool.submit(lane._detect_serial, chunk)
+            for lane, chunk in zip(workers[1:], chunks[1:], strict=True)
+        ]
+        results = self._detect_serial(chunks[0])
+        for future in futures:
+            results.extend(future.result())
+        return results
+
+    def _detect_serial(self, frames: Sequence[np.ndarray]) -> list[FrameDetections]:
         pyramids = [AreaPyramid(as_bgr8(frame)) for frame in frames]
         if not pyramids:
             return []
@@ -165,17 +211,24 @@ class MTCNN:
         """
         image_hw = pyramids[indices[0]].image_hw
         cfg = self.config
-        boxes_all, frames_all = [], []
-        for scale in bx.pyramid_scales(image_hw, cfg.min_face_size, cfg.scale_factor):
-            size_hw = bx.scaled_size_hw(image_hw, scale)
-            levels = [pyramids[i].level(size_hw) for i in indices]
-            out = self.pnet.infer({"image": self._blob(levels)})
-            boxes, local = bx.pnet_candidates(
-                out["reg"], out["prob"][:, 1], scale, cfg.thresholds[0]
-            )
-            keep = bx.nms(boxes[:, :4], boxes[:, 4], PNET_SCALE_NMS, groups=local)
-            boxes_all.append(boxes[keep])
-            frames_all.append(np.asarray(indices, dtype=np.int64)[local[keep]])
+        scales = bx.pyramid_scales(image_hw, cfg.min_face_size, cfg.scale_factor)
+
+        def run(lane: MTCNN, part: list[float]) -> list[tuple[np.ndarray, np.ndarray]]:
+            found = []
+            for scale in part:
+                size_hw = bx.scaled_size_hw(image_hw, scale)
+                levels = [pyramids[i].level(size_hw) for i in indices]
+                out = lane.pnet.infer({"image": self._blob(levels)})
+                boxes, local = bx.pnet_candidates(
+                    out["reg"], out["prob"][:, 1], scale, cfg.thresholds[0]
+                )
+                keep = bx.nms(boxes[:, :4], boxes[:, 4], PNET_SCALE_NMS, groups=local)
+                found.append((boxes[keep], np.asarray(indices, dtype=np.int64)[local[keep]]))
+            return found
+
+        per_scale = self._spread(scales, lambda s: s * s, run)
+        boxes_all = [boxes for boxes, _ in per_scale]
+        frames_all = [frames for _, frames in per_scale]
         if not boxes_all:
             return _Candidates(
                 np.zeros((0, 9), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64)
@@ -190,7 +243,7 @@ class MTCNN:
         """P-Net regression, then R-Net on all candidates of all frames in one call."""
         regressed = bx.regress(cand.boxes[:, :4], cand.boxes[:, 5:9], inclusive=False)
         cand = _Candidates(bx.square(regressed), cand.score, cand.frame)
-        out = self.rnet.infer({"image": self._crops(pyramids, cand, 24)})
+        out = self._infer_spread("rnet", pyramids, cand, 24)
         score = out["prob"][:, 1]
         passed = score > self.config.thresholds[1]
         cand = _Candidates(cand.boxes[passed], score[passed], cand.frame[passed])
@@ -204,7 +257,7 @@ class MTCNN:
         self, pyramids: list[AreaPyramid], cand: _Candidates, results: list[FrameDetections]
     ) -> None:
         """O-Net on all remaining candidates; fills ``results`` per frame."""
-        out = self.onet.infer({"image": self._crops(pyramids, cand, 48)})
+        out = self._infer_spread("onet", pyramids, cand, 48)
         score = out["prob"][:, 1]
         passed = score > self.config.thresholds[2]
         cand = _Candidates(cand.boxes[passed], score[passed], cand.frame[passed])
@@ -221,6 +274,48 @@ class MTCNN:
                 cand.score[mine].astype(np.float32),
                 landmarks[mine],
             )
+
+    # -- parallel lanes ------------------------------------------------------------------
+
+    def _spread(
+        self, items: list[T], cost: Callable[[T], float], work: Callable[[MTCNN, list[T]], list[R]]
+    ) -> list[R]:
+        """``work(lane, part)`` on parts of ``items`` balanced by ``cost``, this detector
+        and its lanes in parallel; the results come back in the order of ``items``."""
+        workers = [self, *self._lanes]
+        if self._pool is None or len(items) < 2:
+            return work(self, items)
+        parts: list[list[int]] = [[] for _ in workers]
+        load = [0.0] * len(workers)
+        for i in sorted(range(len(items)), key=lambda i: -cost(items[i])):
+            k = load.index(min(load))
+            parts[k].append(i)
+            load[k] += cost(items[i])
+        futures = [
+            self._pool.submit(work, lane, [items[i] for i in part])
+            for lane, part in zip(workers[1:], parts[1:], strict=True)
+        ]
+        done: dict[int, R] = dict(
+            zip(parts[0], work(self, [items[i] for i in parts[0]]), strict=True)
+        )
+        for part, future in zip(parts[1:], futures, strict=True):
+            done.update(zip(part, future.result(), strict=True))
+        return [done[i] for i in range(len(items))]
+
+    def _infer_spread(
+        self, net: str, pyramids: list[AreaPyramid], cand: _Candidates, size: int
+    ) -> dict[str, np.ndarray]:
+        """R-Net or O-Net on the crops of all candidates, split between the lanes."""
+        chunks = np.array_split(np.arange(len(cand.score)), len(self._lanes) + 1)
+
+        def run(lane: MTCNN, part: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
+            engine = lane.rnet if net == "rnet" else lane.onet
+            return [
+                engine.infer({"image": self._crops(pyramids, cand.take(c), size)}) for c in part
+            ]
+
+        outputs = self._spread([c for c in chunks if len(c)], len, run)
+        return {key: np.concatenate([o[key] for o in outputs]) for key in outputs[0]}
 
     # -- tensors -------------------------------------------------------------------------
 

@@ -186,3 +186,15 @@ def test_recall_on_dlib_hand_labelled_faces(detector, shared_data):
     assert total == 43
     assert matched >= 42, f"recall {matched}/{total}"
     assert false_positives == 0
+
+
+def test_parallel_lanes_give_the_same_faces(detector, shared_data):
+    frames = video_frames(shared_data / "videos" / "crowd_1080p.mp4", [0, 30, 60])
+    laned = MTCNN.load(MODELS / "mtcnn", threads=2, lanes=2)
+    # one frame: pyramid levels and candidates are split between the lanes
+    assert_same_faces(laned.detect(frames[:1])[0], detector.detect(frames[:1])[0])
+    # three frames: the batch is split by frames
+    for a, b in zip(laned.detect(frames), detector.detect(frames), strict=True):
+        assert_same_faces(a, b)
+    with pytest.raises(ValueError, match="lanes"):
+        MTCNN.load(MODELS / "mtcnn", lanes=0)
