@@ -56,7 +56,11 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--backend", choices=BACKENDS, default="opencv", help="engine backend (default: opencv)"
     )
     p.add_argument(
-        "--threads", type=int, default=0, help="CPU threads for inference (0: all cores)"
+        "--threads",
+        type=int,
+        default=0,
+        help="CPU threads (0: all cores); each runs its own copy of the networks on part of "
+        "the work (frames, pyramid levels, candidates)",
     )
     p.add_argument(
         "--min-face-size",
@@ -101,15 +105,17 @@ class Summary:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.batch < 1 or args.every < 1:
-        print("error: --batch and --every must be >= 1", file=sys.stderr)
+    if args.batch < 1 or args.every < 1 or args.threads < 0:
+        print("error: --batch and --every must be >= 1, --threads >= 0", file=sys.stderr)
         return 2
     models = args.models or default_models_dir() / "mtcnn"
+    threads = args.threads if args.threads > 0 else (os.cpu_count() or 1)
     try:
         detector = MTCNN.load(
             models,
             backend=args.backend,
-            threads=args.threads,
+            threads=threads,
+            lanes=threads,
             min_face_size=args.min_face_size,
             thresholds=tuple(args.thresholds),
             scale_factor=args.scale_factor,
