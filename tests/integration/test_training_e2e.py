@@ -1,0 +1,262 @@
+"""A tiny real run: align CelebA photos -> 2 epochs of triplet training -> LFW validation
+-> ONNX export -> the engines give the checkpoint's embeddings. Also: a crash mid-epoch
+resumes from the last checkpoint and ends exactly where an uninterrupted run ends."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from training.align import AlignOptions, align_dataset  # noqa: E402
+from training.cli_facenet import main as cli  # noqa: E402
+
+SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+REPO = Path(__file__).resolve().parents[2]
+IDENTITIES, IMAGES_PER_IDENTITY = 6, 8
+TRAIN = [
+    "--image-size", "80", "--batch-size", "12", "--people-per-batch", "4",
+    "--images-per-person", "3", "--epoch-size", "2", "--max-nrof-epochs", "2",
+    "--random-crop", "--random-flip", "--workers", "0", "--gpu", "cpu",
+    "--moving-average-decay", "0.99", "--embedding-size", "32", "--seed", "7",
+]  # fmt: skip
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not (SHARED / "celeba").is_dir(), reason=f"shared data not found at {SHARED}"
+    ),
+]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _no_onednn_warmup():
+    """oneDNN compiles kernels per input shape (tens of seconds on 2 cores); the plain CPU
+    kernels give the same numbers and keep the test short."""
+    before = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = False
+    yield
+    torch.backends.mkldnn.enabled = before
+
+
+@pytest.fixture(scope="module")
+def raw(tmp_path_factory) -> Path:
+    """A few CelebA identities (linked), plus one photo without a face and one corrupt file."""
+    root = tmp_path_factory.mktemp("raw")
+    people = sorted(
+        p for p in (SHARED / "celeba").iterdir() if len(list(p.iterdir())) >= IMAGES_PER_IDENTITY
+    )
+    for person in people[:IDENTITIES]:
+        (root / person.name).mkdir()
+        for image in sorted(person.iterdir())[:IMAGES_PER_IDENTITY]:
+            (root / person.name / image.name).symlink_to(image)
+    cv2.imwrite(str(root / people[0].name / "blank.png"), np.full((120, 120, 3), 128, np.uint8))
+    (root / people[1].name / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg at all")
+    return root
+
+
+@pytest.fixture(scope="module")
+def aligned(raw: Path, tmp_path_factory) -> tuple[Path, object]:
+    out = tmp_path_factory.mktemp("aligned")
+    summary = align_dataset(
+        raw, out, AlignOptions(image_size=96, margin=16, threads=2), REPO / "models" / "mtcnn"
+    )
+    return out, summary
+
+
+def test_align_writes_crops_reports_failures_and_resumes(aligned, raw) -> None:
+    out, summary = aligned
+    assert summary.images == IDENTITIES * IMAGES_PER_IDENTITY + 2
+    assert [p.name for p in summary.without_face] == ["blank.png"]
+    assert len(summary.unreadable) == 1 and "corrupt.jpg" in summary.unreadable[0][1]
+    crops = sorted(out.glob("*/*.png"))
+    assert len(crops) == summary.aligned >= IDENTITIES * IMAGES_PER_IDENTITY - 3
+    assert all(cv2.imread(str(c)).shape == (96, 96, 3) for c in crops[:5])
+    boxes = (out / "bounding_boxes.txt").read_text().splitlines()
+    assert sum(len(line.split()) == 5 for line in boxes) == len(crops)
+    assert json.loads((out / "alignment.json").read_text())["margin"] == 16
+    again = align_dataset(
+        raw, out, AlignOptions(image_size=96, margin=16, threads=2), REPO / "models" / "mtcnn"
+    )
+    assert again.aligned == 0 and again.skipped == summary.aligned + 1  # crops and the blank
+    assert (out / "bounding_boxes.txt").read_text().splitlines() == boxes
+
+
+@pytest.fixture(scope="module")
+def trained(aligned, tmp_path_factory) -> Path:
+    base = tmp_path_factory.mktemp("runs")
+    argv = ["triplet", "--data-dir", str(aligned[0]), "--models-base-dir", str(base / "models"),
+            "--logs-base-dir", str(base / "logs"), "--run-name", "full", *TRAIN]  # fmt: skip
+    assert cli(argv) == 0
+    return base / "models" / "full"
+
+
+def test_training_writes_checkpoints_and_events(trained: Path) -> None:
+    from training.checkpoint import Checkpoint
+
+    ckpt = Checkpoint.load(trained / "latest.pt")
+    assert (ckpt.epoch, ckpt.step) == (2, 4)
+    assert (trained / "epoch-0001.pt").is_file()
+    assert ckpt.extra["margin"] == 16  # from the aligned dataset's alignment.json
+    events = list((trained.parent.parent / "logs" / "full").glob("events.out.tfevents.*"))
+    pytest.importorskip("torch.utils.tensorboard")
+    assert events
+
+
+def _mini_pairs(path: Path) -> Path:
+    """Two folds of 5 same + 5 different pairs from the real LFW pairs.txt."""
+    lines = (SHARED / "lfw" / "pairs.txt").read_text().splitlines()
+    fold = [lines[1:6] + lines[301:306], lines[6:11] + lines[306:311]]
+    path.write_text("2\t5\n" + "\n".join(fold[0] + fold[1]) + "\n")
+    return path
+
+
+MTCNN_ARGS = ["--align", "--mtcnn-dir", str(REPO / "models" / "mtcnn")]
+
+
+def _lfw_args(tmp_path: Path) -> list[str]:
+    pairs = _mini_pairs(tmp_path / "pairs.txt")
+    lfw = str(SHARED / "lfw" / "images")
+    return ["--lfw-dir", lfw, "--lfw-pairs", str(pairs), "--lfw-nrof-folds", "2"]
+
+
+def _validate_checkpoint(checkpoint: Path, lfw_args: list[str], out_dir: Path) -> dict:
+    assert (
+        cli(["validate", str(checkpoint), *lfw_args, *MTCNN_ARGS, "--out-dir", str(out_dir)]) == 0
+    )
+    report = json.loads((out_dir / "lfw.json").read_text())
+    assert 0.0 <= report["accuracy_mean"] <= 1.0 and len(report["fold_accuracies"]) == 2
+    assert cv2.imread(str(out_dir / "roc.png")) is not None
+    return report
+
+
+def _export(checkpoint: Path, onnx_path: Path, crops_dir: Path, report: Path) -> None:
+    from engines import ModelMetadata
+
+    argv = ["export", str(checkpoint), "--out", str(onnx_path), "--parity-images", str(crops_dir)]
+    assert cli([*argv, "--lfw-report", str(report)]) == 0
+    meta = ModelMetadata.load(onnx_path)
+    assert (meta.kind, meta.input_size_hw, meta.embedding_size) == ("facenet", (80, 80), 32)
+    assert meta.extra["alignment"] == "margin" and meta.extra["parity_max_abs_diff"] < 1e-4
+    assert meta.lfw_accuracy == json.loads(report.read_text())["accuracy_mean"]
+    assert onnx_path.with_suffix(".md").is_file()
+    meta.lfw_accuracy = None  # forget it: `validate --record` must write it back
+    meta.save(onnx_path)
+
+
+def _engine_matches_checkpoint(onnx_path: Path, checkpoint: Path, crops_dir: Path) -> None:
+    from engines import ModelMetadata, load_engine
+    from training.embedders import TorchEmbedder
+
+    files = sorted(crops_dir.glob("*/*.png"))[:10]
+    crops = np.stack(
+        [cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB)[8:88, 8:88] for p in files]
+    )
+    expected = TorchEmbedder.from_checkpoint(checkpoint).embed_rgb(crops)
+    meta = ModelMetadata.load(onnx_path)
+    engine = load_engine(onnx_path, threads=2)
+    x = ((crops.astype(np.float32) - meta.mean) / meta.std).transpose(0, 3, 1, 2)
+    got = engine.infer({engine.inputs[0].name: np.ascontiguousarray(x)})[engine.outputs[0].name]
+    assert got.shape == (10, 32)
+    assert np.abs(got - expected).max() < 1e-4
+    assert np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)  # L2-norm in the graph
+
+
+def test_validate_export_and_engine_parity(trained: Path, aligned, tmp_path: Path) -> None:
+    from engines import ModelMetadata
+
+    checkpoint, onnx_path, lfw_args = (
+        trained / "latest.pt",
+        tmp_path / "facenet.onnx",
+        _lfw_args(tmp_path),
+    )
+    report = _validate_checkpoint(checkpoint, lfw_args, tmp_path / "val")
+    _export(checkpoint, onnx_path, aligned[0], tmp_path / "val" / "lfw.json")
+    _engine_matches_checkpoint(onnx_path, checkpoint, aligned[0])
+    # the ONNX model validates like its checkpoint, and --record writes the figures down
+    assert cli(["validate", str(onnx_path), *lfw_args, *MTCNN_ARGS, "--record"]) == 0
+    recorded = ModelMetadata.load(onnx_path)
+    assert recorded.extra["lfw"]["fold_accuracies"] == report["fold_accuracies"]
+    assert recorded.lfw_accuracy == report["accuracy_mean"]
+    assert (
+        "LFW measured with: `facewatch train validate" in onnx_path.with_suffix(".md").read_text()
+    )
+
+
+class _Crash(RuntimeError):
+    pass
+
+
+def test_crash_mid_epoch_resumes_from_the_last_checkpoint(
+    trained: Path, aligned, tmp_path: Path
+) -> None:
+    from training.checkpoint import Checkpoint
+    from training.train import train
+    from training.train_options import build_parser
+
+    argv = ["--data-dir", str(aligned[0]), "--models-base-dir", str(tmp_path / "models"),
+            "--logs-base-dir", str(tmp_path / "logs"), "--run-name", "crashy", *TRAIN]  # fmt: skip
+
+    def crash(epoch: int, batch: int, step: int, loss: float) -> None:
+        if epoch == 1 and batch == 1:  # second epoch, after its first step
+            raise _Crash("power cut")
+
+    with pytest.raises(_Crash):
+        train(build_parser().parse_args(argv), on_step=crash)
+    run_dir = tmp_path / "models" / "crashy"
+    assert Checkpoint.load(run_dir / "latest.pt").epoch == 1
+
+    steps: list[tuple[int, int]] = []
+    resumed = build_parser().parse_args([*argv, "--resume", str(run_dir)])
+    train(resumed, on_step=lambda e, b, s, loss: steps.append((e, s)))
+    assert steps == [(1, 3), (1, 4)]  # only the second epoch ran again
+    final, reference = (
+        Checkpoint.load(run_dir / "latest.pt"),
+        Checkpoint.load(trained / "latest.pt"),
+    )
+    assert final.epoch == 2
+    for name, tensor in reference.model.items():
+        assert torch.equal(final.model[name], tensor), name  # same as never having crashed
+
+
+def test_center_and_distill_losses_train(trained: Path, aligned, tmp_path: Path) -> None:
+    from training.checkpoint import Checkpoint
+    from training.export_facenet import export_checkpoint
+    from training.train import train
+    from training.train_options import build_parser
+
+    teacher, _ = export_checkpoint(trained / "latest.pt", tmp_path / "teacher.onnx")
+    cache = tmp_path / "teacher.npz"
+    assert cli(["embed", str(aligned[0]), "--model", str(teacher), "--out", str(cache)]) == 0
+    base = ["--data-dir", str(aligned[0]), "--models-base-dir", str(tmp_path / "m"),
+            "--logs-base-dir", str(tmp_path / "l"), "--max-nrof-epochs", "1", "--epoch-size", "2",
+            *TRAIN[:2], "--workers", "0", "--gpu", "cpu", "--batch-size", "8"]  # fmt: skip
+    runs = {
+        "center": ["--loss", "center"],
+        "distill": ["--loss", "distill", "--teacher", str(teacher)],
+        "distill-npz": ["--loss", "distill", "--teacher", str(cache)],
+    }
+    losses: dict[str, list[float]] = {name: [] for name in runs}
+    for name, extra in runs.items():
+        args = build_parser().parse_args([*base, "--run-name", name, *extra])
+        train(args, on_step=lambda e, b, s, value, k=name: losses[k].append(value))
+    assert all(len(v) == 2 and np.all(np.isfinite(v)) for v in losses.values())
+    center = Checkpoint.load(tmp_path / "m" / "center" / "latest.pt")
+    assert center.model["logits.weight"].shape == (IDENTITIES, 128)  # one class per identity
+    assert center.extra["centers"].abs().sum() > 0  # the centers moved
+    assert losses["distill"][0] > 0 and losses["distill-npz"][0] > 0  # not yet the teacher
+
+
+def test_teacher_file_missing_images_is_an_error(aligned, tmp_path: Path) -> None:
+    from training.data import DataError, load_dataset
+    from training.teacher import load_teacher
+
+    dataset = load_dataset(aligned[0])
+    np.savez(tmp_path / "t.npz", paths=np.array(["nobody/0.png"]), embeddings=np.ones((1, 4)))
+    with pytest.raises(DataError, match=r"t.npz: no teacher embedding for \d+ image"):
+        load_teacher(tmp_path / "t.npz", dataset, aligned[0])

@@ -1,0 +1,205 @@
+"""Bad inputs give clear errors naming the thing; augmentation and recipes behave."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+
+from training.data import Augment, DataError, FaceImages, load_dataset, load_rgb
+from training.schedule import learning_rate, read_schedule
+from training.train_options import OptionError, apply_config, build_parser, check_options
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _face_png(path: Path, value: int = 100, size: int = 100) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = np.full((size, size, 3), value, np.uint8)
+    image[:, : size // 2] = 255 - value  # left half differs, so flips are visible
+    cv2.imwrite(str(path), image)
+    return path
+
+
+def test_empty_identity_folder_is_named(tmp_path) -> None:
+    _face_png(tmp_path / "anna" / "1.png")
+    (tmp_path / "bert").mkdir()
+    with pytest.raises(DataError, match=r"bert: identity folder holds no images"):
+        load_dataset(tmp_path)
+
+
+def test_missing_dataset_and_no_identities(tmp_path) -> None:
+    with pytest.raises(DataError, match="nowhere: dataset directory not found"):
+        load_dataset(tmp_path / "nowhere")
+    with pytest.raises(DataError, match="no identity folders"):
+        load_dataset(tmp_path)
+
+
+def test_corrupt_image_is_named(tmp_path) -> None:
+    bad = tmp_path / "anna" / "broken.jpg"
+    bad.parent.mkdir()
+    bad.write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg")
+    with pytest.raises(DataError, match=r"broken.jpg"):
+        load_rgb(bad)
+    images = FaceImages([bad], [0], Augment(image_size=80))
+    with pytest.raises(DataError, match=r"broken.jpg"):
+        images[0]
+
+
+def test_classes_are_sorted_and_small_ones_left_out(tmp_path) -> None:
+    for name, n in [("zed", 3), ("amy", 2), ("bob", 1)]:
+        for i in range(n):
+            _face_png(tmp_path / name / f"{i}.png")
+    dataset = load_dataset(tmp_path, min_images=2)
+    assert [(c.name, len(c)) for c in dataset] == [("amy", 2), ("zed", 3)]
+
+
+def test_centre_crop_random_crop_and_flip() -> None:
+    image = np.arange(100 * 100 * 3, dtype=np.uint32).reshape(100, 100, 3).astype(np.uint8)
+    fixed = Augment(image_size=80)
+    a = fixed(image, np.random.default_rng(0))
+    b = fixed(image, np.random.default_rng(1))
+    assert a.shape == (3, 80, 80) and np.array_equal(a, b)  # centre crop: no randomness
+    expected = ((image[10:90, 10:90].astype(np.float32) - 127.5) / 128).transpose(2, 0, 1)
+    assert np.allclose(a, expected)
+    crops = {
+        Augment(80, random_crop=True)(image, np.random.default_rng(s)).tobytes() for s in range(6)
+    }
+    assert len(crops) > 1
+    flips = [Augment(80, random_flip=True)(image, np.random.default_rng(s)) for s in range(8)]
+    mirrored = [np.array_equal(f, a[:, :, ::-1]) for f in flips]
+    plain = [np.array_equal(f, a) for f in flips]
+    assert (
+        any(mirrored) and any(plain) and all(m or p for m, p in zip(mirrored, plain, strict=True))
+    )
+
+
+def _args(*extra: str):
+    return build_parser().parse_args(["--data-dir", "x", *extra])
+
+
+def test_original_defaults_and_spellings() -> None:
+    args = _args("--people_per_batch", "30", "--max-nrof-epochs", "7")
+    assert (args.batch_size, args.image_size, args.images_per_person, args.epoch_size) == (
+        90,
+        160,
+        40,
+        1000,
+    )
+    assert (args.alpha, args.embedding_size, args.keep_probability, args.optimizer) == (
+        0.2,
+        128,
+        1.0,
+        "ADAGRAD",
+    )
+    assert (args.learning_rate, args.moving_average_decay, args.seed, args.lfw_nrof_folds) == (
+        0.1,
+        0.9999,
+        666,
+        10,
+    )
+    assert (args.people_per_batch, args.max_nrof_epochs) == (30, 7)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--image-size", "60"], "--image-size 60: must be >= 75"),
+        (["--batch-size", "91"], "--batch-size 91: must be a multiple of 3"),
+        (["--keep-probability", "1.5"], "--keep-probability 1.5: must be in (0, 1]"),
+        (["--images-per-person", "1"], "--images-per-person 1: must be >= 2"),
+        (["--moving-average-decay", "1"], "--moving-average-decay 1.0: must be in [0, 1)"),
+        (["--loss", "distill"], "--loss distill needs --teacher"),
+        (
+            ["--learning-rate", "-1", "--learning-rate-schedule-file", "/no/such"],
+            "/no/such does not exist",
+        ),
+    ],
+)
+def test_options_out_of_range_are_named(argv: list[str], message: str) -> None:
+    with pytest.raises(OptionError) as err:
+        check_options(_args(*argv))
+    assert message in str(err.value)
+
+
+def test_out_of_range_option_fails_the_command(capsys) -> None:
+    from training.cli_facenet import main
+
+    assert main(["triplet", "--data-dir", "x", "--alpha", "0"]) == 2
+    assert "--alpha 0.0: must be > 0" in capsys.readouterr().err
+
+
+def test_schedule_file_and_decay(tmp_path) -> None:
+    schedule = tmp_path / "lr.txt"
+    schedule.write_text("# epoch: rate\n0: 0.1\n3: 0.01  # later\n6: -\n")
+    assert [read_schedule(schedule, e) for e in (0, 2, 3, 5, 6)] == [0.1, 0.1, 0.01, 0.01, None]
+    args = _args(
+        "--learning-rate",
+        "-1",
+        "--learning-rate-schedule-file",
+        str(schedule),
+        "--epoch-size",
+        "10",
+    )
+    assert learning_rate(args, epoch=4, step=40) == pytest.approx(0.01)
+    args = _args(
+        "--learning-rate",
+        "0.5",
+        "--learning-rate-decay-epochs",
+        "2",
+        "--learning-rate-decay-factor",
+        "0.1",
+        "--epoch-size",
+        "10",
+    )
+    assert [learning_rate(args, 0, s) for s in (0, 19, 20, 45)] == pytest.approx(
+        [0.5, 0.5, 0.05, 0.005]
+    )
+
+
+def test_recipe_fills_defaults_but_not_the_command_line(tmp_path) -> None:
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("image-size: 96\nbatch_size: 30\noptimizer: adam\n")
+    args = _args("--config", str(recipe), "--batch-size", "12")
+    apply_config(args, build_parser())
+    assert (args.image_size, args.batch_size, args.optimizer) == (96, 12, "ADAM")
+    recipe.write_text("image_sise: 96\n")
+    with pytest.raises(OptionError, match="unknown option 'image_sise'"):
+        apply_config(_args("--config", str(recipe)), build_parser())
+
+
+@pytest.mark.parametrize(
+    "recipe", sorted((REPO / "configs" / "training").glob("*.yaml")), ids=lambda p: p.name
+)
+def test_shipped_recipes_are_valid(recipe: Path) -> None:
+    args = _args("--config", str(recipe))
+    apply_config(args, build_parser())
+    if args.learning_rate > 0:
+        check_options(args)
+
+
+def test_one_persistent_loader_serves_changing_batches(tmp_path) -> None:
+    import torch
+    from torch.utils.data import DataLoader
+
+    from training.data import BatchPlan
+
+    paths = [_face_png(tmp_path / "p" / f"{i}.png", value=20 * i) for i in range(6)]
+    images = FaceImages(
+        paths, list(range(6)), Augment(80, random_crop=True, random_flip=True), seed=3
+    )
+    plan = BatchPlan()
+    loader = DataLoader(images, batch_sampler=plan, num_workers=2, persistent_workers=True)
+    for batches in ([[(0, 1), (5, 1)], [(2, 1)]], [[(3, 7), (3, 8), (1, 7)]]):
+        plan.batches = batches
+        got = list(loader)
+        assert [b[2].tolist() for b in got] == [[k[0] for k in batch] for batch in batches]
+        for (x, _, _), batch in zip(got, batches, strict=True):
+            expected = torch.stack([images[k][0] for k in batch])
+            assert torch.equal(x, expected)  # same augmentation in a worker as in-process
+    # the round is part of the key: another round, another random crop of the same image
+    assert not torch.equal(images[(3, 7)][0], images[(3, 8)][0])

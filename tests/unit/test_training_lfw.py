@@ -1,0 +1,104 @@
+"""The LFW protocol's fold arithmetic on hand-computed pairs, and pairs.txt errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+
+from training.data import DataError
+from training.lfw import auc, equal_error_rate, evaluate_distances, plot_roc, read_pairs
+
+GRID = np.array([0.5, 1.5, 2.5])
+# fold 1: pairs 0-3, fold 2: pairs 4-7
+DIST = np.array([0.2, 1.0, 2.0, 3.0, 1.0, 2.0, 0.4, 3.0])
+SAME = np.array([True, True, False, False, True, True, False, False])
+
+
+def _result():
+    return evaluate_distances(
+        DIST, SAME, nrof_folds=2, far_target=0.5, thresholds=GRID, val_thresholds=GRID
+    )
+
+
+def test_accuracy_uses_the_threshold_chosen_on_the_other_folds() -> None:
+    # Test fold 1: on fold 2 the accuracies at 0.5/1.5/2.5 are 1/4, 2/4, 3/4 -> 2.5;
+    #   on fold 1, d < 2.5 gets pairs 0, 1, 3 right -> 0.75.
+    # Test fold 2: on fold 1 they are 3/4, 4/4, 3/4 -> 1.5; on fold 2 -> pairs 4, 7 -> 0.5.
+    result = _result()
+    assert result.fold_accuracies == pytest.approx((0.75, 0.5))
+    assert result.accuracy_mean == pytest.approx(0.625)
+    assert result.accuracy_std == pytest.approx(0.125)
+    assert result.best_threshold == pytest.approx(1.5)  # 6/8 on all pairs (first best)
+
+
+def test_val_at_far_interpolates_the_training_folds_far() -> None:
+    # Test fold 1: fold 2's FAR is 0.5 at every threshold -> threshold 0.5 ->
+    #   VAL 1/2 (0.2 < 0.5, 1.0 not), FAR 0.
+    # Test fold 2: fold 1's FAR is 0, 0, 0.5 -> threshold 2.5 -> VAL 1, FAR 1/2.
+    result = _result()
+    assert result.val_mean == pytest.approx(0.75)
+    assert result.val_std == pytest.approx(0.25)
+    assert result.far_mean == pytest.approx(0.25)
+
+
+def test_auc_and_eer_of_a_known_curve() -> None:
+    fpr, tpr = np.array([0.0, 0.5, 1.0]), np.array([0.5, 1.0, 1.0])
+    assert auc(fpr, tpr) == pytest.approx(0.875)
+    assert equal_error_rate(fpr, tpr) == pytest.approx(0.25)
+
+
+def test_perfect_separation() -> None:
+    dist = np.tile([0.1, 0.2, 3.0, 3.5], 5)
+    same = np.tile([True, True, False, False], 5)
+    result = evaluate_distances(dist, same, nrof_folds=5)
+    assert result.accuracy_mean == 1.0 and result.auc == pytest.approx(1.0) and result.eer == 0.0
+
+
+def test_folds_out_of_range() -> None:
+    with pytest.raises(ValueError, match="nrof_folds"):
+        evaluate_distances(DIST, SAME, nrof_folds=1)
+
+
+def _lfw(tmp_path):
+    for name, n in [("Ann_A", 2), ("Bob_B", 1)]:
+        (tmp_path / "lfw" / name).mkdir(parents=True)
+        for i in range(1, n + 1):
+            (tmp_path / "lfw" / name / f"{name}_{i:04d}.jpg").write_bytes(b"x")
+    return tmp_path / "lfw"
+
+
+def test_pairs_file_is_parsed(tmp_path) -> None:
+    lfw = _lfw(tmp_path)
+    (tmp_path / "pairs.txt").write_text("1\t1\nAnn_A\t1\t2\nAnn_A\t1\tBob_B\t1\n")
+    pairs, folds = read_pairs(tmp_path / "pairs.txt", lfw)
+    assert folds == 1
+    assert [(p.path_a.name, p.path_b.name, p.same) for p in pairs] == [
+        ("Ann_A_0001.jpg", "Ann_A_0002.jpg", True),
+        ("Ann_A_0001.jpg", "Bob_B_0001.jpg", False),
+    ]
+
+
+def test_pairs_naming_missing_images_say_which(tmp_path) -> None:
+    lfw = _lfw(tmp_path)
+    (tmp_path / "pairs.txt").write_text("1\t1\nAnn_A\t1\t3\nAnn_A\t1\tCid_C\t1\n")
+    with pytest.raises(DataError) as err:
+        read_pairs(tmp_path / "pairs.txt", lfw)
+    assert "2 image(s)" in str(err.value)
+    assert "Ann_A_0003.jpg" in str(err.value) and "Cid_C_0001.jpg" in str(err.value)
+
+
+def test_malformed_pairs_line_names_the_line(tmp_path) -> None:
+    lfw = _lfw(tmp_path)
+    (tmp_path / "pairs.txt").write_text("1\t1\nAnn_A\t1\t2\nAnn_A\tone\n")
+    with pytest.raises(DataError, match=r"pairs.txt:3"):
+        read_pairs(tmp_path / "pairs.txt", lfw)
+
+
+def test_roc_png_is_written(tmp_path) -> None:
+    import cv2
+
+    path = plot_roc(_result(), tmp_path / "roc.png")
+    image = cv2.imread(str(path))
+    assert image is not None and image.shape[0] >= 300

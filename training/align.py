@@ -1,0 +1,223 @@
+"""`facewatch train align`: a folder-per-identity photo collection -> aligned face crops.
+
+What the FaceNet project's ``align_dataset_mtcnn.py`` does, through the engines' MTCNN:
+for every image, detect faces; keep the main face (largest, nearest the centre) or, with
+``--detect-multiple-faces``, every face (``name_0.png``, ``name_1.png``, ...; ``--format jpg`` for smaller files); crop it
+with ``--margin`` pixels around the box (or ``--alignment similarity``: 5-point warp) to
+``--image-size``; write PNGs under ``output_dir/<identity>/`` and one line per crop to
+the bounding-box list file (``bounding_boxes.txt``: path x0 y0 x1 y1, or the path alone
+when no face was found). Images whose output exists, or that the list file records as
+without a face, are skipped, so an interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from engines.align import align_similarity, crop_with_margin, margin_box, pick_main_face
+from engines.images import ImageError, read_image
+from training.data import DataError, list_images
+
+logger = logging.getLogger(__name__)
+
+ALIGNMENTS = ("margin", "similarity")
+SETTINGS_FILE = "alignment.json"
+
+
+@dataclass
+class AlignSummary:
+    images: int = 0
+    aligned: int = 0  # images with at least one face written this run
+    skipped: int = 0  # done in an earlier run
+    without_face: list[Path] = field(default_factory=list)
+    unreadable: list[tuple[Path, str]] = field(default_factory=list)
+
+    def text(self) -> str:
+        lines = [
+            f"images: {self.images}, aligned now: {self.aligned}, already done: {self.skipped}, "
+            f"without a face: {len(self.without_face)}, unreadable: {len(self.unreadable)}"
+        ]
+        lines += [f"  no face: {p}" for p in self.without_face[:20]]
+        lines += [f"  unreadable: {reason}" for _, reason in self.unreadable[:20]]
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class AlignOptions:
+    image_size: int = 182
+    margin: int = 44
+    random_order: bool = False
+    detect_multiple_faces: bool = False
+    alignment: str = "margin"
+    min_face_size: float = 20.0
+    threads: int = 0
+    image_format: str = "png"  # or "jpg" (smaller, lossy)
+    jpeg_quality: int = 90
+
+    @property
+    def ext(self) -> str:
+        return "." + self.image_format
+
+    def check(self) -> None:
+        if self.image_size < 1:
+            raise ValueError(f"--image-size {self.image_size}: must be >= 1")
+        if self.margin < 0:
+            raise ValueError(f"--margin {self.margin}: must be >= 0")
+        if self.image_format not in ("png", "jpg"):
+            raise ValueError(f"--format {self.image_format}: expected png or jpg")
+        if not 1 <= self.jpeg_quality <= 100:
+            raise ValueError(f"--jpeg-quality {self.jpeg_quality}: must be in [1, 100]")
+        if self.alignment not in ALIGNMENTS:
+            raise ValueError(f"--alignment {self.alignment}: expected one of {ALIGNMENTS}")
+
+
+def _crop(
+    rgb: np.ndarray, found: object, k: int, opts: AlignOptions
+) -> tuple[np.ndarray, np.ndarray]:
+    box = found.bbox_xyxy[k]  # type: ignore[attr-defined]
+    if opts.alignment == "similarity":
+        face = align_similarity(rgb, found.landmarks[k], opts.image_size)  # type: ignore[attr-defined]
+    else:
+        face = crop_with_margin(rgb, box, opts.margin, opts.image_size)
+    return face, margin_box(box, rgb.shape[:2], opts.margin)
+
+
+def _outputs(src: Path, out_class: Path, count: int, multiple: bool, ext: str) -> list[Path]:
+    if multiple:
+        return [out_class / f"{src.stem}_{k}{ext}" for k in range(count)]
+    return [out_class / f"{src.stem}{ext}"]
+
+
+def _done(src: Path, out_class: Path, no_face: set[str], ext: str) -> bool:
+    if str(out_class / f"{src.stem}{ext}") in no_face:
+        return True
+    return (out_class / f"{src.stem}{ext}").exists() or (out_class / f"{src.stem}_0{ext}").exists()
+
+
+def _recorded_without_face(boxes_path: Path) -> set[str]:
+    """Outputs the list file records without a box: images where an earlier run found no face."""
+    if not boxes_path.is_file():
+        return set()
+    return {
+        line.strip()
+        for line in boxes_path.read_text().splitlines()
+        if line.strip() and len(line.split()) == 1
+    }
+
+
+def _write(path: Path, rgb: np.ndarray, jpeg_quality: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".partial" + path.suffix)
+    params = [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality] if path.suffix == ".jpg" else []
+    if not cv2.imwrite(str(tmp), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), params):
+        raise OSError(f"{path}: cannot write the aligned image")
+    tmp.replace(path)
+
+
+def align_image(
+    detector: object, src: Path, out_class: Path, opts: AlignOptions
+) -> list[tuple[Path, np.ndarray]]:
+    """Detect, crop and write one image's faces; returns (output path, crop box) per face.
+
+    Raises ImageError for an unreadable image; returns [] when there is no face.
+    """
+    bgr = read_image(str(src))
+    found = detector.detect([bgr])[0]  # type: ignore[attr-defined]
+    if len(found) == 0:
+        return []
+    rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    keep = (
+        list(range(len(found)))
+        if opts.detect_multiple_faces
+        else [pick_main_face(found.bbox_xyxy, rgb.shape[:2])]
+    )
+    written = []
+    for path, k in zip(
+        _outputs(src, out_class, len(keep), opts.detect_multiple_faces, opts.ext), keep, strict=True
+    ):
+        face, box = _crop(rgb, found, k, opts)
+        _write(path, face, opts.jpeg_quality)
+        written.append((path, box))
+    return written
+
+
+def _jobs(input_dir: Path, output_dir: Path, random_order: bool) -> list[tuple[Path, Path]]:
+    if not input_dir.is_dir():
+        raise DataError(f"{input_dir}: input directory not found")
+    classes = sorted(p for p in input_dir.iterdir() if p.is_dir())
+    if not classes:
+        raise DataError(
+            f"{input_dir}: no identity folders (expected {input_dir}/<identity>/<image>)"
+        )
+    if random_order:
+        random.shuffle(classes)
+    return [(src, output_dir / cls.name) for cls in classes for src in list_images(cls)]
+
+
+def _record_settings(output_dir: Path, opts: AlignOptions) -> None:
+    """``alignment.json``: how the crops were made; training records it for export."""
+    settings = {"image_size": opts.image_size, "margin": opts.margin, "alignment": opts.alignment}
+    path = output_dir / SETTINGS_FILE
+    if path.is_file():
+        before = json.loads(path.read_text())
+        if before != settings:
+            raise ValueError(
+                f"{output_dir} was aligned with {before}; this run asks for {settings}"
+            )
+    path.write_text(json.dumps(settings) + "\n")
+
+
+def read_settings(data_dir: str | Path) -> dict[str, object] | None:
+    """The ``alignment.json`` of an aligned dataset, if it has one."""
+    path = Path(data_dir).expanduser() / SETTINGS_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def align_dataset(
+    input_dir: str | Path,
+    output_dir: str | Path,
+    opts: AlignOptions,
+    mtcnn_dir: str | Path = "models/mtcnn",
+    detector: object | None = None,
+) -> AlignSummary:
+    """Align every image of ``input_dir`` into ``output_dir`` (see the module doc)."""
+    opts.check()
+    input_dir, output_dir = Path(input_dir).expanduser(), Path(output_dir).expanduser()
+    if detector is None:
+        from engines.mtcnn import MTCNN
+
+        detector = MTCNN.load(mtcnn_dir, threads=opts.threads, min_face_size=opts.min_face_size)
+    jobs = _jobs(input_dir, output_dir, opts.random_order)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    _record_settings(output_dir, opts)
+    summary = AlignSummary(images=len(jobs))
+    boxes_path = output_dir / "bounding_boxes.txt"
+    no_face = _recorded_without_face(boxes_path)
+    with open(boxes_path, "a") as boxes_file:
+        for src, out_class in tqdm(jobs, desc="aligning", unit="img"):
+            if _done(src, out_class, no_face, opts.ext):
+                summary.skipped += 1
+                continue
+            try:
+                written = align_image(detector, src, out_class, opts)
+            except ImageError as exc:
+                summary.unreadable.append((src, str(exc)))
+                continue
+            if not written:
+                summary.without_face.append(src)
+                boxes_file.write(f"{out_class / (src.stem + opts.ext)}\n")
+                continue
+            summary.aligned += 1
+            for path, box in written:
+                boxes_file.write(f"{path} {box[0]} {box[1]} {box[2]} {box[3]}\n")
+            boxes_file.flush()
+    logger.info("alignment done: %s", summary.text().splitlines()[0])
+    return summary

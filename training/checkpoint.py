@@ -1,0 +1,113 @@
+"""Checkpoints (one per epoch, resumable) and the moving average of the weights."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+LATEST = "latest.pt"
+
+
+class WeightAverage:
+    """Exponential moving average of the trainable weights, as TensorFlow's
+    ``ExponentialMovingAverage(decay, num_updates=step)`` the original project used:
+    ``decay_t = min(decay, (1 + t) / (10 + t))``; buffers (batch-norm statistics) are
+    copied, not averaged. ``decay <= 0`` disables averaging (the raw weights are used).
+    """
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        if not decay < 1.0:
+            raise ValueError(f"moving_average_decay must be < 1, got {decay}")
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, step: int) -> None:
+        decay = min(self.decay, (1.0 + step) / (10.0 + step)) if self.decay > 0 else 0.0
+        own = dict(self.model.named_parameters())
+        for name, param in model.named_parameters():
+            own[name].mul_(decay).add_(param.detach(), alpha=1.0 - decay)
+        own_buffers = dict(self.model.named_buffers())
+        for name, buf in model.named_buffers():
+            own_buffers[name].copy_(buf)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.model.state_dict()
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.model.load_state_dict(state)
+
+
+@dataclass
+class Checkpoint:
+    """Everything needed to resume, validate or export a run."""
+
+    model: dict[str, torch.Tensor]
+    average: dict[str, torch.Tensor] | None
+    optimizer: dict[str, Any] | None
+    epoch: int  # epochs completed
+    step: int  # optimiser steps completed
+    options: dict[str, Any]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def save(self, path: Path) -> None:
+        """Write atomically (a crash mid-write leaves the previous file intact)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        torch.save(self.__dict__, tmp)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Checkpoint:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: checkpoint not found")
+        try:
+            raw = torch.load(path, map_location="cpu", weights_only=True)  # no code runs
+        except Exception as exc:  # torch raises several types for a damaged file
+            raise ValueError(f"{path}: not a readable checkpoint: {exc}") from None
+        if not isinstance(raw, dict) or "model" not in raw or "options" not in raw:
+            raise ValueError(f"{path}: not a facewatch training checkpoint")
+        return cls(**raw)
+
+    def eval_weights(self) -> dict[str, torch.Tensor]:
+        """The averaged weights when there are any, else the raw ones."""
+        return self.average if self.average is not None else self.model
+
+
+def save_epoch(ckpt: Checkpoint, model_dir: Path, keep_every_epoch: bool = True) -> Path:
+    """``model_dir/epoch-NNNN.pt`` (optional) and ``model_dir/latest.pt``."""
+    latest = model_dir / LATEST
+    ckpt.save(latest)
+    if keep_every_epoch:
+        ckpt.save(model_dir / f"epoch-{ckpt.epoch:04d}.pt")
+    logger.info("saved %s (epoch %d, step %d)", latest, ckpt.epoch, ckpt.step)
+    return latest
+
+
+def resolve_resume(resume: str, models_base_dir: Path) -> Path:
+    """``--resume``: a checkpoint file, a run directory, or ``auto`` (newest run's latest)."""
+    if resume == "auto":
+        runs = sorted(
+            models_base_dir.expanduser().glob(f"*/{LATEST}"), key=lambda p: p.stat().st_mtime
+        )
+        if not runs:
+            raise FileNotFoundError(f"{models_base_dir}: no run with a {LATEST} to resume")
+        return runs[-1]
+    path = Path(resume).expanduser()
+    if path.is_dir():
+        path = path / LATEST
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint to resume not found")
+    return path

@@ -1,0 +1,340 @@
+"""`facewatch train align | triplet | validate | export | embed`: the FaceNet workflow.
+
+``register_facenet(commands)`` adds them to the `facewatch train` group (training/cli.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shlex
+import sys
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+
+def register_facenet(commands: argparse._SubParsersAction) -> None:
+    """Add the FaceNet subcommands to the `facewatch train` sub-parsers."""
+    _add_align(commands)
+    _add_triplet(commands)
+    _add_validate(commands)
+    _add_export(commands)
+    _add_embed(commands)
+
+
+def _fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+def _add_align(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "align",
+        help="align a folder-per-identity dataset with MTCNN (align_dataset_mtcnn)",
+        description="Detect faces with MTCNN and write aligned crops, one folder per identity. "
+        "Resumable: outputs that exist are skipped. For LFW use --image-size 160 --margin 32; "
+        "for training data the original project used 182 / 44 and --random-crop 160.",
+    )
+    p.add_argument("input_dir", type=Path, help="unaligned images, <identity>/<image>")
+    p.add_argument("output_dir", type=Path, help="where the aligned crops go")
+    p.add_argument(
+        "--image-size",
+        "--image_size",
+        dest="image_size",
+        type=int,
+        default=182,
+        help="crop size in pixels",
+    )
+    p.add_argument(
+        "--margin", type=int, default=44, help="pixels added around the box (half on each side)"
+    )
+    p.add_argument(
+        "--random-order",
+        "--random_order",
+        dest="random_order",
+        action="store_true",
+        help="shuffle the identities (several aligners can share one dataset)",
+    )
+    p.add_argument(
+        "--detect-multiple-faces",
+        "--detect_multiple_faces",
+        dest="detect_multiple_faces",
+        action="store_true",
+        help="write every face, not only the main one",
+    )
+    p.add_argument(
+        "--alignment",
+        choices=("margin", "similarity"),
+        default="margin",
+        help="margin crop (FaceNet) or 5-point similarity warp",
+    )
+    p.add_argument("--mtcnn-dir", type=Path, default=Path("models/mtcnn"), help="MTCNN models")
+    p.add_argument(
+        "--min-face-size", type=float, default=20.0, help="smallest face to detect (pixels)"
+    )
+    p.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (0: automatic)")
+    p.add_argument("--format", choices=("png", "jpg"), default="png", help="output image format")
+    p.add_argument("--jpeg-quality", type=int, default=90, help="JPEG quality with --format jpg")
+    p.set_defaults(func=_align)
+
+
+def _align(args: argparse.Namespace) -> int:
+    from training.align import AlignOptions, align_dataset
+    from training.data import DataError
+
+    try:
+        opts = AlignOptions(
+            image_size=args.image_size,
+            margin=args.margin,
+            random_order=args.random_order,
+            detect_multiple_faces=args.detect_multiple_faces,
+            alignment=args.alignment,
+            min_face_size=args.min_face_size,
+            threads=args.threads,
+            image_format=args.format,
+            jpeg_quality=args.jpeg_quality,
+        )
+        summary = align_dataset(args.input_dir, args.output_dir, opts, args.mtcnn_dir)
+    except (DataError, ValueError) as exc:
+        return _fail(str(exc))
+    print(summary.text())
+    return 0
+
+
+def _add_triplet(commands: argparse._SubParsersAction) -> None:
+    from training.train_options import build_parser
+
+    p = commands.add_parser(
+        "triplet",
+        aliases=["facenet"],
+        help="train FaceNet (triplet loss; --loss center / distill)",
+        description="Train Inception-ResNet-v1 with the options of the original "
+        "train_tripletloss.py. Multi-GPU: torchrun --nproc-per-node N -m training.cli_facenet "
+        "triplet ...",
+    )
+    build_parser(p)
+    p.set_defaults(func=_triplet, _parser=p)
+
+
+def _triplet(args: argparse.Namespace) -> int:
+    from training.data import DataError
+    from training.train import train
+    from training.train_options import OptionError, apply_config
+
+    parser = args._parser
+    del args._parser, args.func
+    try:
+        apply_config(args, parser)
+        model_dir = train(args)
+    except (OptionError, DataError, FileNotFoundError) as exc:
+        return _fail(str(exc))
+    if os.environ.get("RANK", "0") == "0":
+        print(f"checkpoints: {model_dir}")
+    return 0
+
+
+def _add_validate(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "validate",
+        help="LFW protocol on a checkpoint or an ONNX model",
+        description="10-fold accuracy ± std, VAL@FAR=1e-3, AUC, EER, best threshold, ROC plot.",
+    )
+    p.add_argument("model", type=Path, help="checkpoint (.pt) or ONNX model (.onnx with sidecar)")
+    p.add_argument(
+        "--lfw-dir",
+        "--lfw_dir",
+        dest="lfw_dir",
+        type=Path,
+        required=True,
+        help="LFW images (aligned crops, or raw with --align)",
+    )
+    p.add_argument(
+        "--lfw-pairs", "--lfw_pairs", dest="lfw_pairs", type=Path, required=True, help="pairs.txt"
+    )
+    p.add_argument(
+        "--lfw-nrof-folds",
+        "--lfw_nrof_folds",
+        dest="lfw_nrof_folds",
+        type=int,
+        default=10,
+        help="folds",
+    )
+    p.add_argument(
+        "--align", action="store_true", help="the images are raw: align them on the fly with MTCNN"
+    )
+    p.add_argument(
+        "--mtcnn-dir", type=Path, default=Path("models/mtcnn"), help="MTCNN models for --align"
+    )
+    p.add_argument("--batch-size", type=int, default=100, help="images per embedding batch")
+    p.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (0: automatic)")
+    p.add_argument("--out-dir", type=Path, default=None, help="write lfw.json and roc.png here")
+    p.add_argument(
+        "--record",
+        action="store_true",
+        help="ONNX models: write the figures into the model's sidecar and model card",
+    )
+    p.set_defaults(func=_validate)
+
+
+def run_validate(args: argparse.Namespace) -> tuple[object, int]:
+    from training.embedders import load_embedder
+    from training.validate import MtcnnAligner, evaluate_pairs
+
+    if args.lfw_nrof_folds < 2:
+        raise ValueError(f"--lfw-nrof-folds {args.lfw_nrof_folds}: must be >= 2")
+    embedder = load_embedder(args.model, threads=args.threads)
+    aligner = None
+    if args.align:
+        aligner = MtcnnAligner(
+            args.mtcnn_dir,
+            embedder.image_size,
+            embedder.alignment,
+            getattr(embedder, "margin", 32),
+            args.threads,
+        )
+    return evaluate_pairs(
+        embedder, args.lfw_pairs, args.lfw_dir, args.lfw_nrof_folds, args.batch_size, aligner
+    )
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from training.data import DataError
+    from training.validate import write_report
+
+    try:
+        result, no_face = run_validate(args)
+    except (DataError, ValueError, FileNotFoundError) as exc:
+        return _fail(str(exc))
+    print(f"{args.model}: {result.summary()}")  # type: ignore[attr-defined]
+    if no_face:
+        print(f"{no_face} image(s) without a detected face were centre-cropped")
+    if args.out_dir is not None:
+        paths = write_report(result, no_face, args.out_dir, str(args.model))  # type: ignore[arg-type]
+        print(f"report: {paths['json']}, ROC: {paths['roc']}")
+    if args.record:
+        if args.model.suffix.lower() != ".onnx":
+            return _fail("--record needs an ONNX model (checkpoints keep their figures in extra)")
+        from training.export_facenet import record_lfw
+
+        figures = {**result.to_json(), "images_without_face": no_face}  # type: ignore[attr-defined]
+        figures["command"] = "facewatch train validate " + shlex.join(_argv_after("validate"))
+        record_lfw(args.model, figures)
+        print(f"recorded in {args.model.with_suffix('.json')} and {args.model.with_suffix('.md')}")
+    return 0
+
+
+def _argv_after(command: str) -> list[str]:
+    return sys.argv[sys.argv.index(command) + 1 :] if command in sys.argv else []
+
+
+def _add_export(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "export",
+        help="checkpoint -> ONNX embedding model + sidecar + model card, with a parity check",
+    )
+    p.add_argument("checkpoint", type=Path, help="training checkpoint (latest.pt or epoch-NNNN.pt)")
+    p.add_argument(
+        "--out", type=Path, default=Path("models/facenet/facenet.onnx"), help="ONNX file to write"
+    )
+    p.add_argument("--name", default="facenet", help="model name in the sidecar")
+    p.add_argument(
+        "--parity-images",
+        type=Path,
+        default=None,
+        help="folder (searched recursively) of face crops for the ONNX Runtime vs PyTorch check",
+    )
+    p.add_argument("--parity-count", type=int, default=16, help="crops used for the parity check")
+    p.add_argument(
+        "--lfw-report",
+        type=Path,
+        default=None,
+        help="lfw.json from `validate --out-dir` to record in the sidecar and card",
+    )
+    p.add_argument("--fp16", action="store_true", help="store weights as fp16 (half the size)")
+    p.add_argument(
+        "--training-data", default=None, help="describe the training data in the sidecar and card"
+    )
+    p.set_defaults(func=_export)
+
+
+def _parity_crops(folder: Path | None, count: int, size: int) -> object:
+    import numpy as np
+
+    from training.data import IMAGE_SUFFIXES, crop_square, load_rgb
+
+    if folder is None:
+        rng = np.random.default_rng(0)
+        return rng.integers(0, 256, (count, size, size, 3), dtype=np.uint8)
+    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)[:count]
+    if not paths:
+        raise FileNotFoundError(f"{folder}: no images for the parity check")
+    return np.stack([crop_square(load_rgb(p), size, None) for p in paths])
+
+
+def _export(args: argparse.Namespace) -> int:
+    import json
+
+    from training.checkpoint import Checkpoint
+    from training.data import DataError
+    from training.export_facenet import export_checkpoint
+
+    try:
+        size = int(Checkpoint.load(args.checkpoint).options["image_size"])
+        crops = _parity_crops(args.parity_images, args.parity_count, size)
+        lfw = json.loads(args.lfw_report.read_text()) if args.lfw_report else None
+        if lfw is not None:
+            lfw = {k: v for k, v in lfw.items() if k not in ("tpr", "fpr", "model")}
+        tail = _argv_after("export") or [str(args.checkpoint)]
+        command = "facewatch train export " + shlex.join(tail)
+        path, diff = export_checkpoint(
+            args.checkpoint,
+            args.out,
+            crops,  # type: ignore[arg-type]
+            args.name,
+            lfw,
+            args.fp16,
+            command,
+            args.training_data,
+        )
+    except (DataError, ValueError, FileNotFoundError, RuntimeError) as exc:
+        return _fail(str(exc))
+    print(f"wrote {path} (+ sidecar, model card); ONNX Runtime vs PyTorch max abs diff {diff:.2e}")
+    return 0
+
+
+def _add_embed(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "embed",
+        help="embed a folder-per-identity dataset with an ONNX model into a .npz teacher file",
+    )
+    p.add_argument("data_dir", type=Path, help="aligned crops, <identity>/<image>")
+    p.add_argument("--model", type=Path, required=True, help="ONNX embedding model (with sidecar)")
+    p.add_argument("--out", type=Path, required=True, help=".npz to write (paths, embeddings)")
+    p.set_defaults(func=_embed)
+
+
+def _embed(args: argparse.Namespace) -> int:
+    from training.data import DataError, load_dataset
+    from training.teacher import write_cache
+
+    try:
+        out = write_cache(args.model, load_dataset(args.data_dir), args.data_dir, args.out)
+    except (DataError, ValueError, FileNotFoundError) as exc:
+        return _fail(str(exc))
+    print(f"wrote {out}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry for ``torchrun -m training.cli_facenet triplet ...`` (multi-process training)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    parser = argparse.ArgumentParser(prog="python -m training.cli_facenet")
+    register_facenet(parser.add_subparsers(dest="train_command", required=True))
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

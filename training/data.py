@@ -1,0 +1,180 @@
+"""Folder-per-identity face datasets, image loading and augmentation.
+
+A dataset directory holds one sub-directory per identity, each with that person's images
+(``data_dir/<identity>/<image>``), as the FaceNet project's aligned datasets do.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from engines.images import ImageError, read_image
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".ppm", ".tif", ".tiff", ".webp"}
+)
+STANDARDIZATIONS = ("fixed", "prewhiten")
+
+
+class DataError(ValueError):
+    """A dataset, image or pairs file that cannot be used; the message names it."""
+
+
+@dataclass(frozen=True)
+class ImageClass:
+    """One identity: its name and its image paths (sorted)."""
+
+    name: str
+    image_paths: tuple[Path, ...]
+
+    def __len__(self) -> int:
+        return len(self.image_paths)
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files directly inside ``folder``, sorted by name."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def load_dataset(data_dir: str | Path, min_images: int = 1) -> list[ImageClass]:
+    """Read a folder-per-identity dataset.
+
+    Raises DataError naming the directory when it is missing, has no identity folders, or
+    when an identity folder holds no images. Identities with fewer than ``min_images``
+    images are left out (with a log line).
+    """
+    root = Path(data_dir).expanduser()
+    if not root.is_dir():
+        raise DataError(f"{root}: dataset directory not found")
+    folders = sorted(p for p in root.iterdir() if p.is_dir())
+    if not folders:
+        raise DataError(f"{root}: no identity folders (expected {root}/<identity>/<image>)")
+    classes = []
+    for folder in folders:
+        paths = list_images(folder)
+        if not paths:
+            raise DataError(f"{folder}: identity folder holds no images")
+        if len(paths) < min_images:
+            logger.info("%s: %d images < %d, left out", folder, len(paths), min_images)
+            continue
+        classes.append(ImageClass(folder.name, tuple(paths)))
+    if not classes:
+        raise DataError(f"{root}: no identity has at least {min_images} images")
+    return classes
+
+
+def flatten(dataset: list[ImageClass]) -> tuple[list[Path], list[int]]:
+    """All image paths and their class indices."""
+    paths: list[Path] = []
+    labels: list[int] = []
+    for index, cls in enumerate(dataset):
+        paths.extend(cls.image_paths)
+        labels.extend([index] * len(cls))
+    return paths, labels
+
+
+def load_rgb(path: str | Path) -> np.ndarray:
+    """Read an image as HxWx3 uint8 RGB; DataError naming the file when it cannot be used."""
+    try:
+        bgr = read_image(str(path))
+    except ImageError as exc:
+        raise DataError(str(exc)) from None
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def crop_square(image: np.ndarray, image_size: int, rng: np.random.Generator | None) -> np.ndarray:
+    """A random (``rng`` given) or central ``image_size`` crop; smaller images are resized up."""
+    height, width = image.shape[:2]
+    if height < image_size or width < image_size:
+        return cv2.resize(image, (image_size, image_size), interpolation=cv2.INTER_LINEAR)
+    if rng is None:
+        y0, x0 = (height - image_size) // 2, (width - image_size) // 2
+    else:
+        y0 = int(rng.integers(0, height - image_size + 1))
+        x0 = int(rng.integers(0, width - image_size + 1))
+    return image[y0 : y0 + image_size, x0 : x0 + image_size]
+
+
+def standardize(images: np.ndarray, method: str = "fixed") -> np.ndarray:
+    """uint8 (..., H, W, 3) -> float32 in the network's input range.
+
+    ``fixed``: (x - 127.5) / 128 (facenet-pytorch). ``prewhiten``: per image, subtract the
+    mean and divide by max(std, 1/sqrt(pixels)) (the original FaceNet project).
+    """
+    x = images.astype(np.float32)
+    if method == "fixed":
+        return (x - 127.5) / 128.0
+    if method == "prewhiten":
+        axes = (-3, -2, -1)
+        mean = x.mean(axis=axes, keepdims=True)
+        std = x.std(axis=axes, keepdims=True)
+        floor = 1.0 / np.sqrt(x.shape[-3] * x.shape[-2] * x.shape[-1])
+        return (x - mean) / np.maximum(std, floor)
+    raise ValueError(f"unknown standardization {method!r}; expected one of {STANDARDIZATIONS}")
+
+
+@dataclass(frozen=True)
+class Augment:
+    """What the training loader does to each image: crop to ``image_size``, maybe flip."""
+
+    image_size: int = 160
+    random_crop: bool = False
+    random_flip: bool = False
+    standardization: str = "fixed"
+
+    def __call__(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        image = crop_square(image, self.image_size, rng if self.random_crop else None)
+        if self.random_flip and rng.random() < 0.5:
+            image = image[:, ::-1]
+        chw = standardize(np.ascontiguousarray(image), self.standardization).transpose(2, 0, 1)
+        return np.ascontiguousarray(chw)
+
+
+class FaceImages(Dataset):
+    """Images by path, augmented. A key is an image index or (image index, round);
+    items are (CHW float32 tensor, label, image index).
+
+    Each item draws its augmentation from a generator seeded by (``seed``, round, index),
+    so runs repeat exactly with any number of loader workers, and one long-lived loader
+    serves every round (the round travels in the key).
+    """
+
+    def __init__(
+        self, paths: list[Path], labels: list[int], augment: Augment, seed: int = 0
+    ) -> None:
+        if len(paths) != len(labels):
+            raise ValueError(f"{len(paths)} paths but {len(labels)} labels")
+        self.paths, self.labels, self.augment = list(paths), list(labels), augment
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int, int]:
+        index, round_id = (key, 0) if isinstance(key, int) else (int(key[0]), int(key[1]))
+        rng = np.random.default_rng((self.seed, round_id, index))
+        image = self.augment(load_rgb(self.paths[index]), rng)
+        return torch.from_numpy(image), self.labels[index], index
+
+
+class BatchPlan:
+    """A batch sampler whose batches the training loop sets before each pass, so a
+    DataLoader with persistent workers can serve changing batches."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[tuple[int, int]]] = []
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(list(self.batches))
+
+    def __len__(self) -> int:
+        return len(self.batches)

@@ -1,0 +1,240 @@
+"""`facewatch train export`: a training checkpoint -> ONNX embedding model + sidecar + card.
+
+The graph takes ``image`` (N, 3, H, W) float32 (dynamic N) and returns ``embedding``
+(N, D), L2-normalised inside the graph. Weights are the moving average when the run kept
+one. After writing, ONNX Runtime is checked against PyTorch on the given face crops.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from engines.base import ModelMetadata
+from training.checkpoint import Checkpoint
+from training.embedders import OnnxEmbedder, TorchEmbedder
+from training.facenet_nets import build_model
+
+logger = logging.getLogger(__name__)
+
+OPSET = 17
+PARITY_TOLERANCE = 1e-4  # the fp32 graph against PyTorch
+FP16_TOLERANCE = 5e-3  # fp16-stored weights against the fp32 PyTorch model (unit vectors)
+
+
+class _Normalised(nn.Module):
+    """Inference graph: embedding network + L2 normalisation (never the classifier)."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.net.features(x), p=2, dim=1)
+
+
+def _net_from(ckpt: Checkpoint) -> nn.Module:
+    opts = ckpt.options
+    net = build_model(opts["model_def"], opts["embedding_size"], 1.0, ckpt.extra.get("num_classes"))
+    net.load_state_dict(ckpt.eval_weights())
+    return net.eval()
+
+
+def metadata(ckpt: Checkpoint, name: str, lfw: dict[str, Any] | None, fp16: bool) -> ModelMetadata:
+    opts, extra = ckpt.options, ckpt.extra
+    prewhiten = opts.get("standardization", "fixed") == "prewhiten"
+    info: dict[str, Any] = {
+        "alignment": extra.get("alignment", "margin"),
+        "margin": extra.get("margin", 32),
+        "distance": "squared euclidean on L2-normalised embeddings",
+        "epochs": ckpt.epoch,
+        "loss": opts.get("loss", "triplet"),
+        "fp16_weights": fp16,
+    }
+    if prewhiten:
+        info["prewhiten"] = True
+    if lfw:
+        info["lfw"] = lfw
+    size = int(opts["image_size"])
+    return ModelMetadata(
+        name=name,
+        kind="facenet",
+        input_size_hw=(size, size),
+        mean=0.0 if prewhiten else 127.5,
+        std=1.0 if prewhiten else 128.0,
+        channel_order="RGB",
+        opset=OPSET,
+        embedding_size=int(opts["embedding_size"]),
+        outputs=["embedding"],
+        training_data=str(extra.get("training_data", opts.get("data_dir", ""))),
+        source="facewatch training (Inception-ResNet-v1, FaceNet)",
+        license="",
+        lfw_accuracy=None if not lfw else float(lfw["accuracy_mean"]),
+        extra=info,
+    )
+
+
+def export_onnx(net: nn.Module, out_path: Path, image_size: int) -> Path:
+    """Write the normalised graph with a dynamic batch axis."""
+    graph = _Normalised(net).eval()
+    dummy = torch.zeros(2, 3, image_size, image_size)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    torch.onnx.export(
+        graph,
+        (dummy,),
+        str(out_path),
+        input_names=["image"],
+        output_names=["embedding"],
+        dynamic_axes={"image": {0: "batch"}, "embedding": {0: "batch"}},
+        opset_version=OPSET,
+        dynamo=False,
+    )
+    return out_path
+
+
+def _weights_to_fp16(path: Path) -> None:
+    """Store float initialisers as fp16, cast back to fp32 in the graph (half the file size,
+    fp32 arithmetic)."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    casts = []
+    for init in graph.initializer:
+        if init.data_type != onnx.TensorProto.FLOAT:
+            continue
+        half = numpy_helper.from_array(
+            numpy_helper.to_array(init).astype(np.float16), init.name + "_fp16"
+        )
+        init.CopyFrom(half)
+        casts.append(
+            helper.make_node(
+                "Cast", [init.name], [init.name[: -len("_fp16")]], to=onnx.TensorProto.FLOAT
+            )
+        )
+    for node in reversed(casts):
+        graph.node.insert(0, node)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+
+
+def parity(net: nn.Module, onnx_path: Path, crops: np.ndarray, opts: dict[str, Any]) -> float:
+    """Max abs difference of the embeddings, ONNX Runtime vs PyTorch, on uint8 RGB crops."""
+    torch_emb = TorchEmbedder(
+        net, int(opts["image_size"]), opts.get("standardization", "fixed")
+    ).embed_rgb(crops)
+    onnx_emb = OnnxEmbedder(onnx_path).embed_rgb(crops)
+    return float(np.abs(torch_emb - onnx_emb).max())
+
+
+def _checked_parity(
+    net: nn.Module, path: Path, crops: np.ndarray, opts: dict[str, Any], tolerance: float
+) -> float:
+    diff = parity(net, path, crops, opts)
+    if diff > tolerance:
+        raise RuntimeError(
+            f"{path}: ONNX Runtime differs from PyTorch by {diff:.2e} (tolerance {tolerance:.0e})"
+        )
+    return diff
+
+
+def _fmt(value: float | None, digits: int = 4) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def model_card(meta: ModelMetadata, onnx_path: Path) -> str:
+    """A short markdown card, entirely from the sidecar."""
+    lfw = meta.extra.get("lfw") or {}
+    folds = len(lfw.get("fold_accuracies", ())) or "n/a"
+    acc = "not measured"
+    if lfw:
+        acc = f"{lfw['accuracy_mean'] * 100:.2f} % ± {lfw['accuracy_std'] * 100:.2f}"
+    size_hw = meta.input_size_hw or (0, 0)
+    prep = (
+        "per-image prewhitened"
+        if meta.extra.get("prewhiten")
+        else f"(x - {meta.mean}) / {meta.std}"
+    )
+    diff = meta.extra.get("parity_max_abs_diff")
+    storage = "fp32"
+    if meta.extra.get("fp16_weights"):
+        storage = f"fp16 (max abs diff {meta.extra.get('fp16_max_abs_diff', float('nan')):.2e})"
+    rows = [
+        f"# {meta.name}",
+        "",
+        "FaceNet face embedding model (Inception-ResNet-v1) trained with facewatch.",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| file | `{onnx_path.name}` (+ `{onnx_path.with_suffix('.json').name}` sidecar) |",
+        f"| input | `image` N x 3 x {size_hw[0]} x {size_hw[1]} RGB, {prep} |",
+        f"| output | `embedding` N x {meta.embedding_size}, L2-normalised |",
+        f"| face crop | {meta.extra.get('alignment')} (margin {meta.extra.get('margin')} px) |",
+        f"| training data | {meta.training_data} |",
+        f"| epochs, loss | {meta.extra.get('epochs')}, {meta.extra.get('loss')} |",
+        f"| LFW accuracy ({folds}-fold) | {acc} |",
+        f"| VAL @ FAR=1e-3 | {_fmt(lfw.get('val_mean'))} ± {_fmt(lfw.get('val_std'))} |",
+        f"| ONNX Runtime vs PyTorch | max abs diff {'n/a' if diff is None else f'{diff:.2e}'} |",
+        f"| weights stored as | {storage} |",
+        "",
+        "Matching: squared Euclidean distance between embeddings; same person below the",
+        f"threshold (LFW best threshold: {_fmt(lfw.get('best_threshold'), 2)}).",
+        "",
+        f"Exported with: `{meta.extra.get('export_command', 'n/a')}`",
+    ]
+    if lfw.get("command"):
+        rows.append(f"LFW measured with: `{lfw['command']}`")
+    return "\n".join([*rows, ""])
+
+
+def record_lfw(onnx_path: str | Path, lfw: dict[str, Any]) -> ModelMetadata:
+    """Write LFW figures into a model's sidecar and rewrite its card."""
+    onnx_path = Path(onnx_path)
+    meta = ModelMetadata.load(onnx_path)
+    meta.extra["lfw"] = {k: v for k, v in lfw.items() if k not in ("tpr", "fpr", "model")}
+    meta.lfw_accuracy = float(lfw["accuracy_mean"])
+    meta.save(onnx_path)
+    onnx_path.with_suffix(".md").write_text(model_card(meta, onnx_path))
+    return meta
+
+
+def export_checkpoint(
+    checkpoint: str | Path,
+    out_path: str | Path,
+    parity_crops: np.ndarray | None = None,
+    name: str = "facenet",
+    lfw: dict[str, Any] | None = None,
+    fp16: bool = False,
+    command: str = "facewatch train export",
+    training_data: str | None = None,
+) -> tuple[Path, float]:
+    """Export, write sidecar and model card, check parity; returns (ONNX path, max abs diff)."""
+    ckpt = Checkpoint.load(checkpoint)
+    out_path = Path(out_path)
+    net = _net_from(ckpt)
+    export_onnx(net, out_path, int(ckpt.options["image_size"]))
+    meta = metadata(ckpt, name, lfw if lfw is not None else ckpt.extra.get("lfw"), fp16)
+    if training_data:
+        meta.training_data = training_data
+    meta.save(out_path)
+    diff = float("nan")
+    if parity_crops is not None:
+        diff = _checked_parity(net, out_path, parity_crops, ckpt.options, PARITY_TOLERANCE)
+        meta.extra["parity_max_abs_diff"] = diff
+    if fp16:
+        _weights_to_fp16(out_path)
+        if parity_crops is not None:
+            diff16 = _checked_parity(net, out_path, parity_crops, ckpt.options, FP16_TOLERANCE)
+            meta.extra["fp16_max_abs_diff"] = diff16
+    meta.extra["export_command"] = command
+    meta.save(out_path)
+    out_path.with_suffix(".md").write_text(model_card(meta, out_path))
+    logger.info("wrote %s (parity %.2e)", out_path, diff)
+    return out_path, diff

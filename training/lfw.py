@@ -1,0 +1,272 @@
+"""The LFW verification protocol: pairs.txt, 10-fold accuracy, VAL@FAR, AUC, EER, ROC plot.
+
+Distances are squared Euclidean between L2-normalised embeddings (0..4), as in the
+FaceNet project's ``lfw.evaluate``. Folds are consecutive blocks of pairs in file order
+(pairs.txt is written fold by fold), never shuffled.
+
+- accuracy: for each fold, the threshold (grid 0, 0.01, ..., 3.99) with the best accuracy
+  on the *other* folds is applied to this fold; mean ± std over folds.
+- VAL@FAR: for each fold, the threshold at which the other folds' false accept rate
+  equals the target (linear interpolation of FAR over the 0.001 grid) is applied to this
+  fold; VAL and FAR are means over folds.
+- ROC (TPR, FPR averaged over folds at each threshold), AUC (trapezoids), EER (where
+  FPR = 1 - TPR, interpolated), best threshold (best accuracy on all pairs).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from training.data import DataError
+
+logger = logging.getLogger(__name__)
+
+ACCURACY_THRESHOLDS = np.arange(0, 4, 0.01)
+VAL_THRESHOLDS = np.arange(0, 4, 0.001)
+
+
+@dataclass(frozen=True)
+class Pair:
+    path_a: Path
+    path_b: Path
+    same: bool
+
+
+def _image_path(lfw_dir: Path, name: str, number: str) -> Path:
+    stem = f"{name}_{int(number):04d}"
+    for ext in (".png", ".jpg", ".jpeg"):
+        path = lfw_dir / name / (stem + ext)
+        if path.is_file():
+            return path
+    return lfw_dir / name / (stem + ".jpg")
+
+
+def _parse_line(fields: list[str], where: str) -> tuple[tuple[str, str], tuple[str, str], bool]:
+    try:
+        if len(fields) == 3:
+            int(fields[1]), int(fields[2])
+            return (fields[0], fields[1]), (fields[0], fields[2]), True
+        if len(fields) == 4:
+            int(fields[1]), int(fields[3])
+            return (fields[0], fields[1]), (fields[2], fields[3]), False
+    except ValueError:
+        pass
+    raise DataError(
+        f"{where}: expected 'name n1 n2' or 'name1 n1 name2 n2', got {' '.join(fields)!r}"
+    )
+
+
+def read_pairs(pairs_file: str | Path, lfw_dir: str | Path) -> tuple[list[Pair], int]:
+    """Parse pairs.txt; returns the pairs and the number of folds its header declares.
+
+    Raises DataError naming the file and line for a malformed line, and listing the
+    missing images when any named image does not exist under ``lfw_dir``.
+    """
+    pairs_file, lfw_dir = Path(pairs_file).expanduser(), Path(lfw_dir).expanduser()
+    if not pairs_file.is_file():
+        raise DataError(f"{pairs_file}: pairs file not found")
+    if not lfw_dir.is_dir():
+        raise DataError(f"{lfw_dir}: LFW image directory not found")
+    lines = [ln.split() for ln in pairs_file.read_text().splitlines()]
+    folds = 0
+    if lines and len(lines[0]) in (1, 2) and all(f.isdigit() for f in lines[0]):
+        folds = int(lines[0][0])
+        lines = lines[1:]
+    pairs, missing = [], []
+    for number, fields in enumerate(lines, start=2 if folds else 1):
+        if not fields:
+            continue
+        a, b, same = _parse_line(fields, f"{pairs_file}:{number}")
+        pa, pb = _image_path(lfw_dir, *a), _image_path(lfw_dir, *b)
+        missing.extend(p for p in (pa, pb) if not p.is_file())
+        pairs.append(Pair(pa, pb, same))
+    if missing:
+        shown = ", ".join(str(p) for p in sorted(set(missing))[:5])
+        raise DataError(
+            f"{pairs_file}: {len(set(missing))} image(s) named in the pairs are missing "
+            f"under {lfw_dir}, e.g. {shown}"
+        )
+    if not pairs:
+        raise DataError(f"{pairs_file}: no pairs")
+    return pairs, folds
+
+
+def fold_slices(n: int, nrof_folds: int) -> list[np.ndarray]:
+    """Consecutive test-fold indices, sizes differing by at most one (as KFold does)."""
+    if not 2 <= nrof_folds <= n:
+        raise ValueError(f"nrof_folds must be in [2, {n}] for {n} pairs, got {nrof_folds}")
+    return np.array_split(np.arange(n), nrof_folds)
+
+
+def _rates(dist: np.ndarray, same: np.ndarray, threshold: float) -> tuple[float, float, float]:
+    """(true positive rate, false positive rate, accuracy) of ``dist < threshold``."""
+    predict = dist < threshold
+    tp = np.sum(predict & same)
+    fp = np.sum(predict & ~same)
+    tn = np.sum(~predict & ~same)
+    positives, negatives = np.sum(same), np.sum(~same)
+    tpr = tp / positives if positives else 0.0
+    fpr = fp / negatives if negatives else 0.0
+    return float(tpr), float(fpr), float((tp + tn) / len(dist))
+
+
+def _far_threshold(
+    dist: np.ndarray, same: np.ndarray, far_target: float, grid: np.ndarray
+) -> float:
+    fars = np.array([_rates(dist, same, t)[1] for t in grid])
+    if fars.max() < far_target:
+        return 0.0
+    unique_far, first = np.unique(fars, return_index=True)
+    return float(np.interp(far_target, unique_far, grid[first]))
+
+
+@dataclass(frozen=True)
+class LfwResult:
+    accuracy_mean: float
+    accuracy_std: float
+    fold_accuracies: tuple[float, ...]
+    val_mean: float
+    val_std: float
+    far_mean: float
+    far_target: float
+    auc: float
+    eer: float
+    best_threshold: float
+    tpr: tuple[float, ...]
+    fpr: tuple[float, ...]
+
+    def summary(self) -> str:
+        return (
+            f"accuracy {self.accuracy_mean:.4f} ± {self.accuracy_std:.4f}, "
+            f"VAL {self.val_mean:.4f} ± {self.val_std:.4f} @ FAR {self.far_mean:.5f}, "
+            f"AUC {self.auc:.4f}, EER {self.eer:.4f}, best threshold {self.best_threshold:.2f}"
+        )
+
+    def to_json(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def evaluate_distances(
+    dist: np.ndarray,
+    same: np.ndarray,
+    nrof_folds: int = 10,
+    far_target: float = 1e-3,
+    thresholds: np.ndarray = ACCURACY_THRESHOLDS,
+    val_thresholds: np.ndarray = VAL_THRESHOLDS,
+) -> LfwResult:
+    """The protocol on precomputed pair distances (see the module doc)."""
+    dist, same = np.asarray(dist, dtype=np.float64), np.asarray(same, dtype=bool)
+    folds = fold_slices(len(dist), nrof_folds)
+    accuracies, vals, fars = [], [], []
+    tprs = np.zeros((len(folds), len(thresholds)))
+    fprs = np.zeros_like(tprs)
+    for k, test in enumerate(folds):
+        train = np.setdiff1d(np.arange(len(dist)), test)
+        train_acc = [_rates(dist[train], same[train], t)[2] for t in thresholds]
+        best = thresholds[int(np.argmax(train_acc))]
+        for j, t in enumerate(thresholds):
+            tprs[k, j], fprs[k, j], _ = _rates(dist[test], same[test], t)
+        accuracies.append(_rates(dist[test], same[test], best)[2])
+        t_far = _far_threshold(dist[train], same[train], far_target, val_thresholds)
+        val, far, _ = _rates(dist[test], same[test], t_far)
+        vals.append(val)
+        fars.append(far)
+    tpr, fpr = tprs.mean(axis=0), fprs.mean(axis=0)
+    all_acc = [_rates(dist, same, t)[2] for t in thresholds]
+    return LfwResult(
+        accuracy_mean=float(np.mean(accuracies)),
+        accuracy_std=float(np.std(accuracies)),
+        fold_accuracies=tuple(accuracies),
+        val_mean=float(np.mean(vals)),
+        val_std=float(np.std(vals)),
+        far_mean=float(np.mean(fars)),
+        far_target=far_target,
+        auc=auc(fpr, tpr),
+        eer=equal_error_rate(fpr, tpr),
+        best_threshold=float(thresholds[int(np.argmax(all_acc))]),
+        tpr=tuple(float(v) for v in tpr),
+        fpr=tuple(float(v) for v in fpr),
+    )
+
+
+def auc(fpr: np.ndarray, tpr: np.ndarray) -> float:
+    """Area under the ROC curve (trapezoids over FPR, with (0,0) and (1,1) added)."""
+    order = np.lexsort((tpr, fpr))
+    x = np.concatenate([[0.0], np.asarray(fpr)[order], [1.0]])
+    y = np.concatenate([[0.0], np.asarray(tpr)[order], [1.0]])
+    return float(np.sum((x[1:] - x[:-1]) * (y[1:] + y[:-1]) / 2))
+
+
+def equal_error_rate(fpr: np.ndarray, tpr: np.ndarray) -> float:
+    """The FPR where FPR = 1 - TPR, interpolated between ROC points."""
+    order = np.lexsort((tpr, fpr))
+    x = np.concatenate([[0.0], np.asarray(fpr)[order], [1.0]])
+    y = np.concatenate([[0.0], np.asarray(tpr)[order], [1.0]])
+    gap = 1.0 - y - x  # decreasing along the curve; the EER is its zero
+    k = int(np.flatnonzero(gap <= 0)[0])
+    if k == 0 or gap[k] == 0:
+        return float(x[k])
+    w = gap[k - 1] / (gap[k - 1] - gap[k])
+    return float(x[k - 1] + w * (x[k] - x[k - 1]))
+
+
+def pair_distances(emb_a: np.ndarray, emb_b: np.ndarray) -> np.ndarray:
+    return np.sum((np.asarray(emb_a) - np.asarray(emb_b)) ** 2, axis=1)
+
+
+def plot_roc(result: LfwResult, path: str | Path, title: str = "LFW ROC") -> Path:
+    """Write the ROC curve as a PNG (matplotlib when installed, else OpenCV drawing)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return _plot_roc_cv2(result, path, title)
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot(result.fpr, result.tpr, label=f"AUC {result.auc:.4f}")
+    ax.plot([0, 1], [1, 0], ":", color="grey", label=f"EER {result.eer:.4f}")
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", title=title)
+    ax.legend(loc="lower right")
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _plot_roc_cv2(result: LfwResult, path: Path, title: str) -> Path:
+    size, pad = 500, 50
+    canvas = np.full((size, size, 3), 255, np.uint8)
+    span = size - 2 * pad
+
+    def to_px(x: float, y: float) -> tuple[int, int]:
+        return int(pad + x * span), int(size - pad - y * span)
+
+    cv2.rectangle(canvas, to_px(0, 0), to_px(1, 1), (0, 0, 0), 1)
+    cv2.line(canvas, to_px(0, 1), to_px(1, 0), (160, 160, 160), 1)
+    order = np.argsort(result.fpr, kind="stable")
+    points = np.array([to_px(result.fpr[i], result.tpr[i]) for i in order], np.int32)
+    cv2.polylines(canvas, [points], False, (200, 80, 0), 2)
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    cv2.putText(canvas, title, (pad, 30), font, 0.6, (0, 0, 0), 1, cv2.LINE_AA)
+    cv2.putText(
+        canvas,
+        f"AUC {result.auc:.4f}  EER {result.eer:.4f}",
+        (pad + 10, size - pad - 10),
+        font,
+        0.5,
+        (0, 0, 0),
+        1,
+        cv2.LINE_AA,
+    )
+    cv2.putText(canvas, "FPR", (size // 2 - 15, size - 15), font, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+    cv2.putText(canvas, "TPR", (5, size // 2), font, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+    if not cv2.imwrite(str(path), canvas):
+        raise OSError(f"{path}: cannot write the ROC plot")
+    return path

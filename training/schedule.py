@@ -1,0 +1,55 @@
+"""Learning rate: the initial rate (or a schedule file) decayed in stairs, as the original
+``train_tripletloss.py`` computes it."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from training.train_options import OptionError
+
+logger = logging.getLogger(__name__)
+
+
+def read_schedule(path: Path, epoch: int) -> float | None:
+    """Learning rate for ``epoch`` (0-based) from 'epoch: rate' lines; None means stop ('-')."""
+    rate: float | None = None
+    seen = False
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as exc:
+        raise OptionError(f"{path}: cannot read learning rate schedule: {exc}") from None
+    for number, line in enumerate(lines, start=1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        try:
+            first, value = (part.strip() for part in line.split(":"))
+            start, lr = int(first), (None if value == "-" else float(value))
+        except ValueError:
+            raise OptionError(
+                f"{path}:{number}: expected 'epoch: learning_rate', got {line!r}"
+            ) from None
+        if start > epoch:
+            break
+        rate, seen = lr, True
+    if not seen:
+        raise OptionError(
+            f"{path}: no learning rate given for epoch {epoch} (the first line must be for epoch 0)"
+        )
+    return rate
+
+
+def learning_rate(args: argparse.Namespace, epoch: int, step: int) -> float | None:
+    """The rate for this step: the initial (or scheduled) rate decayed in stairs of
+    ``learning_rate_decay_epochs * epoch_size`` steps by ``learning_rate_decay_factor``."""
+    base = (
+        args.learning_rate
+        if args.learning_rate > 0
+        else read_schedule(args.learning_rate_schedule_file, epoch)
+    )
+    if base is None:
+        return None
+    stairs = step // (args.learning_rate_decay_epochs * args.epoch_size)
+    return base * args.learning_rate_decay_factor**stairs

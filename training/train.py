@@ -1,0 +1,281 @@
+"""`facewatch train triplet`: train FaceNet (Inception-ResNet-v1) as train_tripletloss.py does.
+
+Per epoch: ``epoch_size`` batches (triplet: sample people x images, embed, select triplets,
+train on them; center / distill: random batches), then a checkpoint
+(``<models_base_dir>/<run>/latest.pt`` and ``epoch-NNNN.pt``) and, with ``--lfw-dir``, the
+LFW protocol on the moving-average weights. Event files go to ``<logs_base_dir>/<run>``
+when TensorBoard is installed. Under torchrun each process trains on its share (DDP).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from training.align import read_settings
+from training.checkpoint import Checkpoint, WeightAverage, resolve_resume, save_epoch
+from training.data import load_dataset
+from training.distributed import DistContext, convert_sync_batchnorm, init_from_env, shutdown
+from training.facenet_nets import build_model, load_pretrained
+from training.lfw import read_pairs
+from training.losses import CenterLoss
+from training.train_loops import EPOCHS, FeaturesHead, Run, StepHook
+from training.train_options import check_options, options_dict
+
+logger = logging.getLogger(__name__)
+
+
+def make_optimizer(
+    name: str, net: nn.Module, lr: float, weight_decay: float
+) -> torch.optim.Optimizer:
+    """The original project's optimisers with its hyper-parameters (TensorFlow's defaults).
+
+    Weight decay applies to convolution and linear weights only (as the original's
+    regularisers did), not to biases or batch-norm parameters.
+    """
+    decay = [p for p in net.parameters() if p.requires_grad and p.dim() > 1]
+    rest = [p for p in net.parameters() if p.requires_grad and p.dim() <= 1]
+    groups: list[dict[str, Any]] = [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": rest, "weight_decay": 0.0},
+    ]
+    if name == "ADAGRAD":
+        return torch.optim.Adagrad(groups, lr=lr, initial_accumulator_value=0.1)
+    if name == "ADADELTA":
+        return torch.optim.Adadelta(groups, lr=lr, rho=0.9, eps=1e-6)
+    if name == "ADAM":
+        return torch.optim.Adam(groups, lr=lr, betas=(0.9, 0.999), eps=0.1)
+    if name == "RMSPROP":
+        return torch.optim.RMSprop(groups, lr=lr, alpha=0.9, momentum=0.9, eps=1.0)
+    if name == "MOM":
+        return torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True)
+    raise ValueError(f"unknown optimizer {name!r}")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _tensorboard(log_dir: Path, ctx: DistContext) -> Any:
+    if not ctx.is_main:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        logger.info("tensorboard is not installed; no event files")
+        return None
+    return SummaryWriter(str(log_dir))
+
+
+def _run_dirs(
+    args: argparse.Namespace, resume: Checkpoint | None, resume_path: Path | None
+) -> tuple[Path, Path]:
+    if resume_path is not None:
+        model_dir = resume_path.parent
+    else:
+        name = args.run_name or time.strftime("%Y%m%d-%H%M%S")
+        model_dir = Path(args.models_base_dir).expanduser() / name
+    log_dir = Path(args.logs_base_dir).expanduser() / model_dir.name
+    return model_dir, log_dir
+
+
+def _build_net(
+    args: argparse.Namespace, num_classes: int | None, resume: Checkpoint | None
+) -> nn.Module:
+    net = build_model(args.model_def, args.embedding_size, args.keep_probability, num_classes)
+    if resume is not None:
+        net.load_state_dict(resume.model)
+    elif args.pretrained_model is not None:
+        load_pretrained(net, args.pretrained_model, strict=False)
+        logger.info("started from %s", args.pretrained_model)
+    return net
+
+
+def _loss_state(run: Run) -> None:
+    """The AMP scaler, the center loss's centers, the distillation teacher."""
+    args, ctx = run.args, run.ctx
+    run.scaler = torch.amp.GradScaler("cuda") if args.amp and ctx.device.type == "cuda" else None
+    if args.amp and run.scaler is None:
+        logger.warning("--amp needs CUDA; training in fp32 on %s", ctx.device)
+    if args.loss == "center":
+        center = CenterLoss(len(run.dataset), args.embedding_size, args.center_loss_alfa)
+        run.center = center.to(ctx.device)
+    if args.loss == "distill":
+        from training.teacher import load_teacher
+
+        run.teacher = load_teacher(args.teacher, run.dataset, args.data_dir)
+
+
+def build_run(args: argparse.Namespace, ctx: DistContext, on_step: StepHook | None = None) -> Run:
+    """Everything a training run needs, resumed from a checkpoint when asked."""
+    resume_path = resolve_resume(args.resume, Path(args.models_base_dir)) if args.resume else None
+    resume = Checkpoint.load(resume_path) if resume_path is not None else None
+    dataset = load_dataset(args.data_dir, args.min_nrof_images_per_class)
+    if args.lfw_dir:
+        read_pairs(args.lfw_pairs, args.lfw_dir)  # fail now, not after the first epoch
+    num_classes = len(dataset) if args.loss == "center" else None
+    if resume is not None and num_classes != resume.extra.get("num_classes"):
+        raise ValueError(
+            f"{resume_path}: trained on {resume.extra.get('num_classes')} classes, the data has {num_classes}"
+        )
+    seed_everything(args.seed)
+    net = _build_net(args, num_classes, resume)
+    average = (
+        WeightAverage(net, args.moving_average_decay) if args.moving_average_decay > 0 else None
+    )
+    net.to(ctx.device)
+    if average is not None:
+        average.model.to(ctx.device)
+        if resume is not None and resume.average is not None:
+            average.load_state_dict(resume.average)
+    model: nn.Module = FeaturesHead(net)
+    if ctx.enabled:
+        convert_sync_batchnorm(net, ctx.device)
+        ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+        model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    optimizer = make_optimizer(
+        args.optimizer, net, max(args.learning_rate, 1e-12), args.weight_decay
+    )
+    model_dir, log_dir = _run_dirs(args, resume, resume_path)
+    if resume is None and (model_dir / "latest.pt").is_file():
+        logger.warning(
+            "%s holds a run already; starting over (use --resume to continue it)", model_dir
+        )
+    run = Run(args, ctx, dataset, net, model, optimizer, average, model_dir, on_step=on_step)
+    _loss_state(run)
+    if resume is not None:
+        _restore(run, resume, resume_path)
+    run.writer = _tensorboard(log_dir, ctx)
+    return run
+
+
+def _restore(run: Run, ckpt: Checkpoint, path: Path | None) -> None:
+    if ckpt.optimizer is not None:
+        run.optimizer.load_state_dict(ckpt.optimizer)
+    if run.center is not None and "centers" in ckpt.extra:
+        run.center.centers.copy_(ckpt.extra["centers"])
+    if run.scaler is not None and "scaler" in ckpt.extra:
+        run.scaler.load_state_dict(ckpt.extra["scaler"])
+    run.epoch, run.step = ckpt.epoch, ckpt.step
+    logger.info("resumed %s at epoch %d, step %d", path, run.epoch, run.step)
+
+
+def checkpoint_of(run: Run, lfw: dict[str, Any] | None = None) -> Checkpoint:
+    aligned = read_settings(run.args.data_dir) or {}
+    extra: dict[str, Any] = {
+        "num_classes": len(run.dataset) if run.args.loss == "center" else None,
+        "alignment": aligned.get("alignment", "margin"),
+        "margin": aligned.get("margin", run.args.margin),
+        "identities": len(run.dataset),
+        "training_data": str(run.args.data_dir),
+    }
+    if run.center is not None:
+        extra["centers"] = run.center.centers.detach().cpu()
+    if run.scaler is not None:
+        extra["scaler"] = run.scaler.state_dict()
+    if lfw is not None:
+        extra["lfw"] = lfw
+    return Checkpoint(
+        model={k: v.detach().cpu() for k, v in run.net.state_dict().items()},
+        average=None
+        if run.average is None
+        else {k: v.cpu() for k, v in run.average.state_dict().items()},
+        optimizer=run.optimizer.state_dict(),
+        epoch=run.epoch,
+        step=run.step,
+        options=options_dict(run.args),
+        extra=extra,
+    )
+
+
+def _prune(model_dir: Path, keep: int) -> None:
+    files = sorted(model_dir.glob("epoch-*.pt"))
+    for old in files[: max(len(files) - keep, 0)]:
+        old.unlink()
+
+
+def _evaluate_lfw(run: Run) -> dict[str, Any] | None:
+    if not run.args.lfw_dir or not run.ctx.is_main:
+        return None
+    from training.embedders import TorchEmbedder
+    from training.validate import evaluate_aligned
+
+    net = run.average.model if run.average is not None else run.net
+    embedder = TorchEmbedder(net, run.args.image_size, run.args.standardization, run.ctx.device)
+    result = evaluate_aligned(
+        embedder,
+        run.args.lfw_pairs,
+        run.args.lfw_dir,
+        run.args.lfw_nrof_folds,
+        run.args.lfw_batch_size,
+    )
+    run.net.train()
+    logger.info("epoch %d LFW: %s", run.epoch, result.summary())
+    if run.writer is not None:
+        run.writer.add_scalar("lfw/accuracy", result.accuracy_mean, run.step)
+        run.writer.add_scalar("lfw/val_rate", result.val_mean, run.step)
+        run.writer.add_scalar("lfw/auc", result.auc, run.step)
+    return {k: v for k, v in result.to_json().items() if k not in ("tpr", "fpr")}
+
+
+def _epoch_end(run: Run) -> None:
+    lfw = _evaluate_lfw(run)
+    if run.ctx.is_main:
+        save_epoch(
+            checkpoint_of(run, lfw), run.model_dir, keep_every_epoch=run.args.keep_checkpoints > 0
+        )
+        _prune(run.model_dir, run.args.keep_checkpoints)
+    if run.ctx.enabled:
+        torch.distributed.barrier()
+
+
+def train_run(run: Run) -> Path:
+    """Run epochs from ``run.epoch`` to ``max_nrof_epochs``; returns the run's model directory."""
+    args = run.args
+    run.model_dir.mkdir(parents=True, exist_ok=True)
+    epoch_fn = EPOCHS[args.loss]
+    started = time.monotonic()
+    while run.epoch < args.max_nrof_epochs and not run.stop:
+        torch.manual_seed(args.seed * 1000 + run.epoch)
+        with tqdm(
+            total=args.epoch_size,
+            desc=f"epoch {run.epoch + 1}/{args.max_nrof_epochs}",
+            disable=not run.ctx.is_main,
+        ) as bar:
+            epoch_fn(run, bar)
+        if run.stop:
+            logger.info("learning rate schedule says stop at epoch %d", run.epoch)
+            break
+        run.epoch += 1
+        _epoch_end(run)
+        if args.time_limit_min and time.monotonic() - started > 60 * args.time_limit_min:
+            logger.info(
+                "time limit of %.1f min reached after epoch %d", args.time_limit_min, run.epoch
+            )
+            break
+    if run.writer is not None:
+        run.writer.close()
+    return run.model_dir
+
+
+def train(args: argparse.Namespace, on_step: StepHook | None = None) -> Path:
+    """Check the options, join the process group when under torchrun, train."""
+    check_options(args)
+    ctx = init_from_env(args.gpu)
+    try:
+        run = build_run(args, ctx, on_step)
+        return train_run(run)
+    finally:
+        if ctx.enabled:
+            shutdown()

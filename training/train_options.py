@@ -1,0 +1,385 @@
+"""Options of `facewatch train triplet`: the original ``train_tripletloss.py`` options with
+the same meaning and defaults (``--max-nrof-epochs`` and ``--max_nrof_epochs`` both work),
+plus facewatch's: --gpu, --resume, --amp, --workers, --loss, --teacher, --config.
+
+A YAML recipe (``--config``) gives values for any option (keys with - or _); a value given
+on the command line that differs from the built-in default wins over the recipe.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from training.data import STANDARDIZATIONS
+from training.facenet_nets import MIN_INPUT_SIZE, MODEL_DEFS
+from training.triplet import RULES
+
+logger = logging.getLogger(__name__)
+
+OPTIMIZERS = ("ADAGRAD", "ADADELTA", "ADAM", "RMSPROP", "MOM")
+LOSSES = ("triplet", "center", "distill")
+
+
+class OptionError(ValueError):
+    """An option value out of range; the message names the option."""
+
+
+def _opt(parser: argparse.ArgumentParser, name: str, **kwargs: Any) -> None:
+    """Add ``--name-with-dashes`` and its original ``--name_with_underscores`` spelling."""
+    dashed = "--" + name.replace("_", "-")
+    flags = [dashed] if "_" not in name else [dashed, "--" + name]
+    parser.add_argument(*flags, dest=name, **kwargs)
+
+
+ORIGINAL_OPTIONS: tuple[tuple[str, dict[str, Any]], ...] = (
+    (
+        "logs_base_dir",
+        {
+            "type": Path,
+            "default": Path("~/logs/facenet"),
+            "help": "event logs go under here (one run directory per run)",
+        },
+    ),
+    (
+        "models_base_dir",
+        {
+            "type": Path,
+            "default": Path("~/models/facenet"),
+            "help": "checkpoints go under here (one run directory per run)",
+        },
+    ),
+    (
+        "gpu_memory_fraction",
+        {
+            "type": float,
+            "default": 1.0,
+            "help": "accepted for compatibility and ignored (PyTorch allocates on demand); use --gpu",
+        },
+    ),
+    (
+        "pretrained_model",
+        {
+            "type": Path,
+            "default": None,
+            "help": "state dict or checkpoint to start from (facenet-pytorch .pt files load too)",
+        },
+    ),
+    (
+        "data_dir",
+        {
+            "type": Path,
+            "default": Path("~/datasets/casia/casia_maxpy_mtcnnalign_182_160"),
+            "help": "aligned face crops, one folder per identity",
+        },
+    ),
+    (
+        "model_def",
+        {
+            "default": "models.inception_resnet_v1",
+            "choices": sorted(MODEL_DEFS),
+            "help": "network definition",
+        },
+    ),
+    ("max_nrof_epochs", {"type": int, "default": 500, "help": "number of epochs to run"}),
+    (
+        "batch_size",
+        {
+            "type": int,
+            "default": 90,
+            "help": "images per training batch (a multiple of 3: whole triplets)",
+        },
+    ),
+    ("image_size", {"type": int, "default": 160, "help": "network input size in pixels (square)"}),
+    (
+        "people_per_batch",
+        {"type": int, "default": 45, "help": "people sampled for each triplet selection"},
+    ),
+    ("images_per_person", {"type": int, "default": 40, "help": "images sampled per person"}),
+    ("epoch_size", {"type": int, "default": 1000, "help": "batches per epoch"}),
+    ("alpha", {"type": float, "default": 0.2, "help": "triplet loss margin"}),
+    ("embedding_size", {"type": int, "default": 128, "help": "dimensions of the embedding"}),
+    (
+        "random_crop",
+        {
+            "action": "store_true",
+            "help": "random crops of image_size from larger training images (else centre crop)",
+        },
+    ),
+    ("random_flip", {"action": "store_true", "help": "random horizontal flips of training images"}),
+    (
+        "keep_probability",
+        {"type": float, "default": 1.0, "help": "dropout keep probability of the last layer"},
+    ),
+    (
+        "weight_decay",
+        {
+            "type": float,
+            "default": 0.0,
+            "help": "L2 weight regularisation (on conv / linear weights)",
+        },
+    ),
+    (
+        "optimizer",
+        {"type": str.upper, "default": "ADAGRAD", "choices": OPTIMIZERS, "help": "optimiser"},
+    ),
+    (
+        "learning_rate",
+        {
+            "type": float,
+            "default": 0.1,
+            "help": "initial learning rate; negative: use --learning-rate-schedule-file",
+        },
+    ),
+    (
+        "learning_rate_decay_epochs",
+        {"type": int, "default": 100, "help": "epochs between learning rate decays"},
+    ),
+    (
+        "learning_rate_decay_factor",
+        {"type": float, "default": 1.0, "help": "learning rate decay factor"},
+    ),
+    (
+        "moving_average_decay",
+        {
+            "type": float,
+            "default": 0.9999,
+            "help": "exponential moving average decay of the weights (evaluation and export use the average; 0 disables)",
+        },
+    ),
+    ("seed", {"type": int, "default": 666, "help": "random seed"}),
+    (
+        "learning_rate_schedule_file",
+        {
+            "type": Path,
+            "default": Path("data/learning_rate_schedule.txt"),
+            "help": "'epoch: learning_rate' lines (used when --learning-rate is negative; '-' stops)",
+        },
+    ),
+    ("lfw_pairs", {"type": Path, "default": Path("data/pairs.txt"), "help": "LFW pairs file"}),
+    (
+        "lfw_dir",
+        {
+            "type": str,
+            "default": "",
+            "help": "aligned LFW crops; when set, LFW is evaluated after every epoch",
+        },
+    ),
+    ("lfw_nrof_folds", {"type": int, "default": 10, "help": "LFW cross-validation folds"}),
+    ("lfw_batch_size", {"type": int, "default": 100, "help": "images per LFW evaluation batch"}),
+)
+
+
+def add_original_options(p: argparse.ArgumentParser) -> None:
+    """The options of the original train_tripletloss.py (same names, meaning, defaults)."""
+    for name, kwargs in ORIGINAL_OPTIONS:
+        _opt(p, name, **kwargs)
+
+
+FACEWATCH_OPTIONS: tuple[tuple[str, dict[str, Any]], ...] = (
+    (
+        "config",
+        {
+            "type": Path,
+            "default": None,
+            "help": "YAML recipe giving option values (configs/training/*.yaml)",
+        },
+    ),
+    (
+        "run_name",
+        {"default": "", "help": "run directory name (default: the start time, YYYYmmdd-HHMMSS)"},
+    ),
+    (
+        "gpu",
+        {
+            "default": None,
+            "help": "CUDA device index, or 'cpu' (default: CUDA 0 when present). Under torchrun: LOCAL_RANK",
+        },
+    ),
+    (
+        "resume",
+        {
+            "default": None,
+            "help": "checkpoint file, run directory, or 'auto' (newest run in --models-base-dir)",
+        },
+    ),
+    ("amp", {"action": "store_true", "help": "mixed precision (CUDA only)"}),
+    (
+        "workers",
+        {
+            "type": int,
+            "default": 4,
+            "help": "data loader worker processes (0: load in the main process)",
+        },
+    ),
+    (
+        "loss",
+        {
+            "default": "triplet",
+            "choices": LOSSES,
+            "help": "triplet (online selection), center (softmax + center loss) or distill (to --teacher)",
+        },
+    ),
+    (
+        "triplet_rule",
+        {
+            "default": "vggface",
+            "choices": RULES,
+            "help": "negative selection rule (see training/triplet.py)",
+        },
+    ),
+    (
+        "center_loss_factor",
+        {"type": float, "default": 0.01, "help": "center loss weight for --loss center"},
+    ),
+    (
+        "center_loss_alfa",
+        {"type": float, "default": 0.95, "help": "center update rate for --loss center"},
+    ),
+    (
+        "teacher",
+        {
+            "type": Path,
+            "default": None,
+            "help": "for --loss distill: an ONNX embedding model (with sidecar), or a .npz of "
+            "precomputed embeddings (`facewatch train embed`; see training/teacher.py)",
+        },
+    ),
+    (
+        "standardization",
+        {
+            "default": "fixed",
+            "choices": STANDARDIZATIONS,
+            "help": "fixed: (x-127.5)/128; prewhiten: per-image mean/std",
+        },
+    ),
+    (
+        "margin",
+        {
+            "type": int,
+            "default": 32,
+            "help": "margin the crops were aligned with (recorded for export)",
+        },
+    ),
+    (
+        "keep_checkpoints",
+        {"type": int, "default": 3, "help": "epoch-NNNN.pt files kept (latest.pt is always kept)"},
+    ),
+    (
+        "time_limit_min",
+        {
+            "type": float,
+            "default": 0.0,
+            "help": "stop after the first epoch that ends past this many minutes (0: no limit)",
+        },
+    ),
+    (
+        "min_nrof_images_per_class",
+        {"type": int, "default": 1, "help": "leave out identities with fewer images"},
+    ),
+)
+
+
+def add_facewatch_options(p: argparse.ArgumentParser) -> None:
+    for name, kwargs in FACEWATCH_OPTIONS:
+        _opt(p, name, **kwargs)
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    parser = parser or argparse.ArgumentParser(prog="facewatch train triplet")
+    add_original_options(parser)
+    add_facewatch_options(parser)
+    return parser
+
+
+def apply_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """Fill options from ``args.config`` where the command line left the default."""
+    if args.config is None:
+        return
+    path = Path(args.config)
+    try:
+        recipe = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise OptionError(f"{path}: cannot read recipe: {exc}") from None
+    if not isinstance(recipe, dict):
+        raise OptionError(f"{path}: a recipe is a mapping of option: value")
+    known = {a.dest: a for a in parser._actions}
+    for key, value in recipe.items():
+        dest = str(key).replace("-", "_")
+        if dest not in known or dest in ("config", "help"):
+            raise OptionError(f"{path}: unknown option {key!r}")
+        if getattr(args, dest) != parser.get_default(dest):
+            continue
+        action = known[dest]
+        if value is not None and action.type is not None and not isinstance(value, bool):
+            value = action.type(value)  # type: ignore[operator]
+        if action.choices is not None and value not in action.choices:
+            raise OptionError(f"{path}: {key}: {value!r} is not one of {sorted(action.choices)}")
+        setattr(args, dest, value)
+
+
+_RANGES: tuple[tuple[str, str, Any], ...] = (
+    ("max_nrof_epochs", "must be >= 1", lambda v: v >= 1),
+    ("batch_size", "must be >= 1", lambda v: v >= 1),
+    (
+        "image_size",
+        f"must be >= {MIN_INPUT_SIZE} pixels (Inception-ResNet-v1's smallest input)",
+        lambda v: v >= MIN_INPUT_SIZE,
+    ),
+    ("people_per_batch", "must be >= 2 (negatives come from other people)", lambda v: v >= 2),
+    ("images_per_person", "must be >= 2 (positives come from the same person)", lambda v: v >= 2),
+    ("epoch_size", "must be >= 1", lambda v: v >= 1),
+    ("alpha", "must be > 0", lambda v: v > 0),
+    ("embedding_size", "must be >= 1", lambda v: v >= 1),
+    ("keep_probability", "must be in (0, 1]", lambda v: 0 < v <= 1),
+    ("weight_decay", "must be >= 0", lambda v: v >= 0),
+    ("learning_rate_decay_epochs", "must be >= 1", lambda v: v >= 1),
+    ("learning_rate_decay_factor", "must be > 0", lambda v: v > 0),
+    ("moving_average_decay", "must be in [0, 1)", lambda v: 0 <= v < 1),
+    ("lfw_nrof_folds", "must be >= 2", lambda v: v >= 2),
+    ("lfw_batch_size", "must be >= 1", lambda v: v >= 1),
+    ("workers", "must be >= 0", lambda v: v >= 0),
+    ("center_loss_alfa", "must be in [0, 1]", lambda v: 0 <= v <= 1),
+    ("center_loss_factor", "must be >= 0", lambda v: v >= 0),
+    ("margin", "must be >= 0", lambda v: v >= 0),
+    ("keep_checkpoints", "must be >= 0", lambda v: v >= 0),
+    ("min_nrof_images_per_class", "must be >= 1", lambda v: v >= 1),
+    ("time_limit_min", "must be >= 0", lambda v: v >= 0),
+)
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """Raise OptionError naming the first option out of range."""
+    for name, rule, ok in _RANGES:
+        value = getattr(args, name)
+        if not ok(value):
+            raise OptionError(f"--{name.replace('_', '-')} {value}: {rule}")
+    if args.loss == "triplet" and args.batch_size % 3:
+        raise OptionError(
+            f"--batch-size {args.batch_size}: must be a multiple of 3 for --loss triplet (whole triplets)"
+        )
+    if args.learning_rate <= 0 and not Path(args.learning_rate_schedule_file).is_file():
+        raise OptionError(
+            f"--learning-rate {args.learning_rate} asks for a schedule, but "
+            f"--learning-rate-schedule-file {args.learning_rate_schedule_file} does not exist"
+        )
+    if args.loss == "distill" and args.teacher is None:
+        raise OptionError("--loss distill needs --teacher MODEL.onnx or EMBEDDINGS.npz")
+    onnx_teacher = args.teacher is not None and Path(args.teacher).suffix.lower() != ".npz"
+    if args.loss == "distill" and onnx_teacher and args.standardization != "fixed":
+        raise OptionError(
+            "--loss distill needs --standardization fixed (the teacher sees the same pixels)"
+        )
+    if args.amp and args.gpu is not None and str(args.gpu).lower() == "cpu":
+        raise OptionError("--amp needs a CUDA device (mixed precision is CUDA only)")
+
+
+def options_dict(args: argparse.Namespace) -> dict[str, Any]:
+    """JSON-friendly copy of the options (paths as strings, no callables)."""
+    return {
+        k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if not callable(v)
+    }

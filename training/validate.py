@@ -1,0 +1,125 @@
+"""`facewatch train validate`: the LFW protocol on any model (checkpoint or ONNX).
+
+The LFW images are either already aligned crops (``--lfw-dir`` made by `facewatch train
+align`) or raw LFW photos aligned on the fly (``--align``) with MTCNN and the model's
+own alignment (its sidecar's ``extra["alignment"]``: margin crop or 5-point similarity).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from engines.align import align_similarity, crop_with_margin, pick_main_face
+from training.data import DataError, load_rgb
+from training.embedders import Embedder
+from training.lfw import LfwResult, evaluate_distances, pair_distances, plot_roc, read_pairs
+
+logger = logging.getLogger(__name__)
+
+
+def _unique_images(pairs_paths: list[tuple[Path, Path]]) -> list[Path]:
+    return sorted({p for pair in pairs_paths for p in pair})
+
+
+class MtcnnAligner:
+    """Raw photo -> one aligned face crop, the way the model was trained to see faces."""
+
+    def __init__(
+        self, mtcnn_dir: str | Path, image_size: int, alignment: str, margin: int, threads: int = 0
+    ):
+        from engines.mtcnn import MTCNN
+
+        self.detector = MTCNN.load(mtcnn_dir, threads=threads)
+        self.image_size, self.alignment, self.margin = image_size, alignment, margin
+
+    def __call__(self, rgb: np.ndarray) -> np.ndarray | None:
+        bgr = np.ascontiguousarray(rgb[..., ::-1])
+        found = self.detector.detect([bgr])[0]
+        if len(found) == 0:
+            return None
+        k = pick_main_face(found.bbox_xyxy, rgb.shape[:2])
+        if self.alignment == "similarity":
+            return align_similarity(rgb, found.landmarks[k], self.image_size)
+        return crop_with_margin(rgb, found.bbox_xyxy[k], self.margin, self.image_size)
+
+
+def _centre_crop(rgb: np.ndarray, image_size: int, margin: int) -> np.ndarray:
+    """Fallback when MTCNN finds no face: LFW photos are centred on the face, so the
+    central square (half the image plus the margin) stands in for the detection."""
+    h, w = rgb.shape[:2]
+    side = min(h, w) // 2 + margin
+    box = [(w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2]
+    return crop_with_margin(rgb, box, 0, image_size)
+
+
+def load_faces(
+    paths: list[Path], aligner: MtcnnAligner | None, size: int
+) -> tuple[np.ndarray, int]:
+    """uint8 RGB crops of every path; returns the crops and how many had no detected face."""
+    crops, no_face = [], 0
+    first_shape: tuple[int, ...] | None = None
+    for path in tqdm(paths, desc="LFW images", disable=len(paths) < 200):
+        rgb = load_rgb(path)
+        if aligner is not None:
+            face = aligner(rgb)
+            if face is None:
+                no_face += 1
+                face = _centre_crop(rgb, size, aligner.margin)
+            rgb = face
+        if first_shape is None:
+            first_shape = rgb.shape
+        elif rgb.shape != first_shape:
+            raise DataError(
+                f"{path}: {rgb.shape[1]}x{rgb.shape[0]} differs from the other crops ({first_shape[1]}x{first_shape[0]})"
+            )
+        crops.append(rgb)
+    return np.stack(crops), no_face
+
+
+def evaluate_pairs(
+    embedder: Embedder,
+    pairs_file: str | Path,
+    lfw_dir: str | Path,
+    nrof_folds: int = 10,
+    batch_size: int = 100,
+    aligner: MtcnnAligner | None = None,
+) -> tuple[LfwResult, int]:
+    """Embed every image the pairs name once, then run the protocol. Returns the result
+    and the number of images where no face was found (0 for aligned crops)."""
+    pairs, declared = read_pairs(pairs_file, lfw_dir)
+    if declared and declared != nrof_folds:
+        logger.info("%s declares %d folds; evaluating with %d", pairs_file, declared, nrof_folds)
+    images = _unique_images([(p.path_a, p.path_b) for p in pairs])
+    crops, no_face = load_faces(images, aligner, embedder.image_size)
+    embeddings = embedder.embed_rgb(crops, batch_size=batch_size)  # type: ignore[call-arg]
+    row = {p: i for i, p in enumerate(images)}
+    a = embeddings[[row[p.path_a] for p in pairs]]
+    b = embeddings[[row[p.path_b] for p in pairs]]
+    same = np.array([p.same for p in pairs])
+    return evaluate_distances(pair_distances(a, b), same, nrof_folds), no_face
+
+
+def evaluate_aligned(
+    embedder: Embedder,
+    pairs_file: str | Path,
+    lfw_dir: str | Path,
+    nrof_folds: int = 10,
+    batch_size: int = 100,
+) -> LfwResult:
+    """The protocol on LFW crops aligned beforehand."""
+    return evaluate_pairs(embedder, pairs_file, lfw_dir, nrof_folds, batch_size)[0]
+
+
+def write_report(result: LfwResult, no_face: int, out_dir: Path, model: str) -> dict[str, Path]:
+    """``lfw.json`` (all figures) and ``roc.png`` in ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = {"model": model, "images_without_face": no_face, **result.to_json()}
+    json_path = out_dir / "lfw.json"
+    json_path.write_text(json.dumps(report, indent=2) + "\n")
+    png = plot_roc(result, out_dir / "roc.png", title=f"LFW ROC: {Path(model).name}")
+    return {"json": json_path, "roc": png}
