@@ -118,7 +118,7 @@ def standardize(images: np.ndarray, method: str = "fixed") -> np.ndarray:
         mean = x.mean(axis=axes, keepdims=True)
         std = x.std(axis=axes, keepdims=True)
         floor = 1.0 / np.sqrt(x.shape[-3] * x.shape[-2] * x.shape[-1])
-        return (x - mean) / np.maximum(std, floor)
+        return ((x - mean) / np.maximum(std, np.float32(floor))).astype(np.float32)
     raise ValueError(f"unknown standardization {method!r}; expected one of {STANDARDIZATIONS}")
 
 

@@ -203,3 +203,14 @@ def test_one_persistent_loader_serves_changing_batches(tmp_path) -> None:
             assert torch.equal(x, expected)  # same augmentation in a worker as in-process
     # the round is part of the key: another round, another random crop of the same image
     assert not torch.equal(images[(3, 7)][0], images[(3, 8)][0])
+
+
+@pytest.mark.parametrize("method", ["fixed", "prewhiten"])
+def test_standardize_gives_float32_the_network_accepts(method):
+    from training.data import standardize
+
+    images = np.random.default_rng(0).integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)
+    out = standardize(images, method)
+    assert out.dtype == np.float32 and out.shape == images.shape
+    if method == "prewhiten":
+        assert np.allclose(out.reshape(2, -1).mean(axis=1), 0, atol=1e-5)
