@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from importlib.metadata import entry_points
 
-from daemon import __version__, detect_cli
+from daemon import __version__, detect_cli, engines_cli, recognition_cli
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     detect_cli.register(commands)
+    recognition_cli.register(commands)
+    engines_cli.register(commands)
     for entry in entry_points(group="facewatch.commands"):
         try:
             entry.load()(commands)

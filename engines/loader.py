@@ -6,7 +6,7 @@ from pathlib import Path
 
 from engines.base import Engine, EngineError
 
-BACKENDS = ("onnxruntime", "opencv", "tensorrt")
+BACKENDS = ("onnxruntime", "opencv", "tensorrt", "torch")
 
 
 def load_engine(model_path: str | Path, backend: str = "onnxruntime", threads: int = 0) -> Engine:
@@ -20,7 +20,13 @@ def load_engine(model_path: str | Path, backend: str = "onnxruntime", threads: i
 
         return OpenCVEngine(model_path, threads=threads)
     if backend == "tensorrt":
-        raise EngineError(
-            "backend 'tensorrt' is not available in this build yet; use backend: onnxruntime"
-        )
+        # An .onnx path opens its newest cached plan (`facewatch engines build`); a .plan directly.
+        from engines.tensorrt import open_plan_for
+
+        return open_plan_for(model_path)
+    if backend == "torch":
+        # The torch.export program (.pt2) saved next to the ONNX model; CUDA when available.
+        from engines.torch_backend import from_environment
+
+        return from_environment(model_path, threads=threads)
     raise EngineError(f"unknown engine backend {backend!r}; expected one of {', '.join(BACKENDS)}")

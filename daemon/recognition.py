@@ -1,0 +1,143 @@
+"""Recognition pieces shared by the commands and the daemon: enrollment quality gates and
+threshold calibration from the enrolled people themselves.
+
+Pure numpy + OpenCV on detections (``engines.mtcnn.FrameDetections``) and embeddings.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from engines.mtcnn import FrameDetections
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MIN_FACE_PX = 40.0  # shorter side of the detector box
+DEFAULT_MIN_SHARPNESS = 25.0  # variance of the Laplacian of the aligned grey crop
+DEFAULT_TARGET_FAR = 0.01
+MAX_DISTANCE = 4.0  # squared L2 between unit vectors
+
+
+class Rejected(ValueError):
+    """An image that must not be enrolled; the message is the reason, for people."""
+
+
+@dataclass(frozen=True)
+class QualityGates:
+    """What a photo must pass to be enrolled. ``largest``: several faces are allowed and the
+    largest is taken (else exactly one face). 0 disables a numeric gate."""
+
+    min_face_px: float = DEFAULT_MIN_FACE_PX
+    min_sharpness: float = DEFAULT_MIN_SHARPNESS
+    largest: bool = False
+
+    def choose_face(self, found: FrameDetections) -> int:
+        """Index of the face to enroll, or Rejected with the reason."""
+        if len(found) == 0:
+            raise Rejected("no face found")
+        sides = np.minimum(
+            found.bbox_xyxy[:, 2] - found.bbox_xyxy[:, 0],
+            found.bbox_xyxy[:, 3] - found.bbox_xyxy[:, 1],
+        )
+        if len(found) > 1 and not self.largest:
+            raise Rejected(
+                f"{len(found)} faces found, expected exactly one "
+                "(pass --largest to enroll the largest face)"
+            )
+        k = int(np.argmax(sides))
+        if sides[k] < self.min_face_px:
+            raise Rejected(
+                f"face too small: {sides[k]:.0f} px, the minimum is {self.min_face_px:.0f} px "
+                "(--min-face-px)"
+            )
+        return k
+
+    def check_sharpness(self, crop: np.ndarray) -> float:
+        """The crop's blur score; Rejected when below the minimum."""
+        score = sharpness(crop)
+        if score < self.min_sharpness:
+            raise Rejected(
+                f"too blurry: sharpness {score:.1f}, the minimum is {self.min_sharpness:.1f} "
+                "(--min-sharpness)"
+            )
+        return score
+
+
+def sharpness(crop: np.ndarray) -> float:
+    """Variance of the Laplacian of the grey image: low for blurred faces."""
+    grey = cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY) if crop.ndim == 3 else crop
+    return float(cv2.Laplacian(grey, cv2.CV_64F).var())
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """A threshold chosen from enrolled embeddings, and its expected error rates.
+
+    Leave-one-out over the enrolled faces: each one in turn is a probe against all the
+    others. Its *genuine* distance is to the nearest other face of the same person (a false
+    reject when not below the threshold); its *impostor* distance is to the nearest face of
+    anyone else, as if the person were not enrolled (a false accept when below).
+    """
+
+    threshold: float
+    far: float  # expected false-accept rate at the threshold
+    frr: float  # expected false-reject rate at the threshold
+    target_far: float
+    genuine: int  # probes with another face of their own person
+    impostor: int  # probes (every face, against everyone else)
+    people: int
+
+    @property
+    def far_resolution(self) -> float:
+        """The smallest non-zero FAR these many impostor probes can measure."""
+        return 1.0 / self.impostor if self.impostor else 1.0
+
+
+def _nearest_distances(vectors: np.ndarray, owners: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per face: squared L2 to the nearest other face of the same owner (inf if none) and
+    to the nearest face of another owner. Rows in chunks, so memory stays O(chunk x M)."""
+    genuine = np.full(len(vectors), np.inf, np.float32)
+    impostor = np.full(len(vectors), np.inf, np.float32)
+    for start in range(0, len(vectors), 1024):
+        rows = slice(start, start + 1024)
+        dist = np.maximum(2.0 - 2.0 * vectors[rows] @ vectors.T, 0.0)
+        same = owners[rows, None] == owners[None, :]
+        dist[np.arange(dist.shape[0]), np.arange(start, start + dist.shape[0])] = np.inf
+        genuine[rows] = np.where(same, dist, np.inf).min(axis=1)
+        impostor[rows] = np.where(same, np.inf, dist).min(axis=1)
+    return genuine, impostor
+
+
+def calibrate(
+    vectors: np.ndarray, owners: list[str], target_far: float = DEFAULT_TARGET_FAR
+) -> Calibration:
+    """The largest threshold whose leave-one-out false-accept rate is at most ``target_far``."""
+    if not 0.0 <= target_far < 1.0:
+        raise ValueError(f"target FAR must be in [0, 1), got {target_far}")
+    names = np.array(owners)
+    people = len(set(owners))
+    if people < 2:
+        raise ValueError(f"calibration needs at least 2 enrolled people, the gallery has {people}")
+    unit = np.asarray(vectors, np.float32)
+    unit = unit / np.maximum(np.linalg.norm(unit, axis=1, keepdims=True), 1e-12)
+    genuine, impostor = _nearest_distances(unit, names)
+    genuine = genuine[np.isfinite(genuine)]
+    if len(genuine) == 0:
+        raise ValueError("calibration needs at least one person enrolled with 2 or more images")
+    ordered = np.sort(impostor)
+    allowed = int(np.floor(target_far * len(ordered) + 1e-9))  # false accepts we may have
+    threshold = float(ordered[allowed]) if allowed < len(ordered) else MAX_DISTANCE
+    threshold = min(max(threshold, 1e-6), MAX_DISTANCE)
+    return Calibration(
+        threshold=threshold,
+        far=float(np.mean(impostor < threshold)),
+        frr=float(np.mean(genuine >= threshold)),
+        target_far=target_far,
+        genuine=len(genuine),
+        impostor=len(impostor),
+        people=people,
+    )

@@ -1,0 +1,343 @@
+"""`facewatch enroll` and `facewatch identify`: who is known, and who is in a photo.
+
+Both detect faces with the shipped MTCNN, cut them the way the FaceNet model's sidecar says,
+and embed them; the `gallery` commands (daemon/gallery_cli.py) manage what is enrolled.
+Exit status: 0 done, 1 an image or the gallery refused (the reason is printed), 2 a model or
+argument problem.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from daemon import gallery_cli
+from daemon.detect_cli import IMAGE_SUFFIXES, _unique, default_models_dir
+from daemon.gallery import Enrollment, Gallery, GalleryError, Match
+from daemon.recognition import (
+    DEFAULT_MIN_FACE_PX,
+    DEFAULT_MIN_SHARPNESS,
+    QualityGates,
+    Rejected,
+)
+from engines import BACKENDS, EngineError
+from engines.facenet import FaceNet, file_sha256
+from engines.images import ImageError, read_image
+from engines.mtcnn import MTCNN, FrameDetections
+
+logger = logging.getLogger(__name__)
+
+NO_DEFAULT_MODEL = (
+    "facewatch ships no default FaceNet model yet. Train one and export it there "
+    "(facewatch train triplet ... then: facewatch train export RUN_DIR/latest.pt --out {path}), "
+    "or pass --model PATH to a FaceNet .onnx with its .json sidecar"
+)
+
+
+def default_model_path() -> Path:
+    """models/facenet/facenet.onnx under $FACEWATCH_MODELS or the repository's models/."""
+    return default_models_dir() / "facenet" / "facenet.onnx"
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    _add_enroll(commands)
+    _add_identify(commands)
+    gallery_cli.register(commands)
+
+
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    gallery_cli.add_gallery_option(p)
+    p.add_argument(
+        "--model",
+        type=Path,
+        default=None,
+        help=f"FaceNet .onnx with its .json sidecar (default: {default_model_path()})",
+    )
+    p.add_argument(
+        "--backend", choices=BACKENDS, default="onnxruntime", help="FaceNet engine backend"
+    )
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: all cores)")
+    p.add_argument(
+        "--flip",
+        action="store_true",
+        help="average each face's embedding with its mirror image's (a gallery remembers "
+        "this: enroll and identify must agree)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _add_enroll(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "enroll",
+        help="add people to the gallery from photos",
+        description="Enroll one person from photos (--name NAME IMAGE...) or many from a "
+        "folder with one sub-folder per person (--dir DIR). Every photo must show exactly one "
+        "face (or use --largest), large and sharp enough; a rejected photo is reported with "
+        "its reason and then nothing is enrolled, unless --skip-bad.",
+    )
+    p.add_argument("images", nargs="*", type=Path, metavar="IMAGE", help="photos of --name")
+    p.add_argument("--name", help="who the photos show")
+    p.add_argument("--dir", type=Path, help="folder of per-person sub-folders (name = folder)")
+    p.add_argument("--largest", action="store_true", help="several faces: enroll the largest")
+    p.add_argument(
+        "--min-face-px",
+        type=float,
+        default=DEFAULT_MIN_FACE_PX,
+        help=f"shortest side of the face box, pixels (default {DEFAULT_MIN_FACE_PX:.0f})",
+    )
+    p.add_argument(
+        "--min-sharpness",
+        type=float,
+        default=DEFAULT_MIN_SHARPNESS,
+        help="blur gate: variance of the Laplacian of the aligned grey face crop "
+        f"(default {DEFAULT_MIN_SHARPNESS:.0f}; 0 disables)",
+    )
+    p.add_argument(
+        "--skip-bad", action="store_true", help="enroll the good photos even if others fail"
+    )
+    add_model_options(p)
+    p.set_defaults(func=run_enroll)
+
+
+def _add_identify(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "identify",
+        help="name every face in photos (or say unknown)",
+        description="Detect every face and match it against the gallery: the identity, or "
+        "unknown, with the squared L2 distance to the nearest enrolled face.",
+    )
+    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
+    p.add_argument("--json", action="store_true", help="one JSON object per image on stdout")
+    p.add_argument("--annotate", type=Path, metavar="DIR", help="write images with names drawn")
+    add_model_options(p)
+    p.set_defaults(func=run_identify)
+
+
+@dataclass
+class Models:
+    detector: MTCNN
+    facenet: FaceNet
+
+
+def load_models(args: argparse.Namespace) -> Models:
+    """The detector and the FaceNet model, or EngineError with what to do."""
+    if args.threads < 0:
+        raise EngineError("--threads must be >= 0")
+    path = args.model or default_model_path()
+    if not path.is_file() and args.model is None:
+        raise EngineError(f"{path}: no FaceNet model. " + NO_DEFAULT_MODEL.format(path=path))
+    threads = args.threads if args.threads > 0 else (os.cpu_count() or 1)
+    facenet = FaceNet.load(path, backend=args.backend, threads=threads, flip=args.flip)
+    detector = MTCNN.load(default_models_dir() / "mtcnn", threads=threads)
+    return Models(detector, facenet)
+
+
+# -- enroll -----------------------------------------------------------------------------
+
+
+def _enroll_jobs(args: argparse.Namespace) -> list[tuple[str, Path]]:
+    """(name, image) pairs from the arguments; ValueError on a usage mistake."""
+    if args.dir is not None:
+        if args.name or args.images:
+            raise ValueError("--dir takes no --name and no IMAGE arguments")
+        if not args.dir.is_dir():
+            raise ValueError(f"{args.dir}: no such folder")
+        people = sorted(p for p in args.dir.iterdir() if p.is_dir())
+        if not people:
+            raise ValueError(f"{args.dir}: no sub-folders (one per person expected)")
+        return [(person.name, image) for person in people for image in _images_in(person)]
+    if not args.name or not args.name.strip():
+        raise ValueError("give --name NAME with IMAGE arguments, or --dir DIR")
+    if not args.images:
+        raise ValueError(f"no images given for {args.name!r}")
+    return [(args.name, image) for image in args.images]
+
+
+def _images_in(folder: Path) -> list[Path]:
+    found = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    return found or [folder]  # an empty folder is reported as a rejected "image"
+
+
+def _enroll_crop(models: Models, gates: QualityGates, path: Path) -> np.ndarray:
+    """The aligned crop of the one face to enroll from ``path``; Rejected / ImageError."""
+    if path.is_dir():
+        raise Rejected("folder holds no images")
+    image = read_image(str(path))
+    found = models.detector.detect([image])[0]
+    k = gates.choose_face(found)
+    crop = models.facenet.align(image, found, [k])
+    gates.check_sharpness(crop[0])
+    return crop[0]
+
+
+def _check_gallery(path: Path, model_id: str) -> None:
+    """Refuse early (before any work) a gallery of another model or one we cannot write."""
+    if path.exists():
+        Gallery.open(path, model_id, writable=True).close()
+
+
+def run_enroll(args: argparse.Namespace) -> int:
+    try:
+        jobs = _enroll_jobs(args)
+        models = load_models(args)
+    except (ValueError, EngineError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    gallery_path = gallery_cli.gallery_path(args)
+    gates = QualityGates(args.min_face_px, args.min_sharpness, args.largest)
+    try:
+        _check_gallery(gallery_path, models.facenet.model_id)
+    except GalleryError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    crops, accepted, rejected = [], [], []
+    show = not args.no_progress and len(jobs) > 1
+    for name, path in tqdm(jobs, desc="enroll", unit="image", disable=not show, file=sys.stderr):
+        try:
+            crops.append(_enroll_crop(models, gates, path))
+            accepted.append((name, path))
+        except (Rejected, ImageError, ValueError, OSError) as exc:
+            reason = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
+            rejected.append(reason)
+            tqdm.write(f"rejected: {reason}", file=sys.stderr)
+    if rejected and not args.skip_bad:
+        print(
+            f"error: {len(rejected)} of {len(jobs)} image(s) rejected; nothing was enrolled "
+            "(fix or drop them, or pass --skip-bad to enroll the others)",
+            file=sys.stderr,
+        )
+        return 1
+    if not accepted:
+        print("error: no image could be enrolled", file=sys.stderr)
+        return 1
+    return _store(args, gallery_path, models, crops, accepted, len(rejected))
+
+
+def _store(
+    args: argparse.Namespace,
+    gallery_path: Path,
+    models: Models,
+    crops: list[np.ndarray],
+    accepted: list[tuple[str, Path]],
+    n_rejected: int,
+) -> int:
+    embeddings = models.facenet.embed(np.stack(crops))
+    faces = [
+        Enrollment(name, vector, file_sha256(path))
+        for (name, path), vector in zip(accepted, embeddings, strict=True)
+    ]
+    net = models.facenet
+    try:
+        with Gallery.open_or_create(
+            gallery_path, net.model_id, net.embedding_size, **_threshold_of(net)
+        ) as gallery:
+            added = gallery.enroll(faces)
+    except GalleryError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    names = sorted({name for name, _ in accepted})
+    print(
+        f"enrolled {added} new face(s) of {len(names)} person(s) into {gallery_path}: "
+        + ", ".join(names)
+        + (f" ({len(faces) - added} already enrolled)" if added < len(faces) else "")
+        + (f"; {n_rejected} image(s) skipped" if n_rejected else "")
+    )
+    return 0
+
+
+def _threshold_of(net: FaceNet) -> dict[str, float]:
+    """A new gallery starts at the model's LFW best threshold when its sidecar has one."""
+    lfw = net.meta.extra.get("lfw") or {}
+    best = lfw.get("best_threshold") if isinstance(lfw, dict) else None
+    return {"threshold": float(best)} if best else {}
+
+
+# -- identify -----------------------------------------------------------------------------
+
+
+def run_identify(args: argparse.Namespace) -> int:
+    try:
+        models = load_models(args)
+    except EngineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        gallery = Gallery.open(gallery_cli.gallery_path(args), models.facenet.model_id)
+    except GalleryError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if args.annotate:
+        args.annotate.mkdir(parents=True, exist_ok=True)
+    errors = 0
+    show = not args.no_progress and len(args.images) > 1
+    with gallery:
+        for path in tqdm(args.images, desc="identify", disable=not show, file=sys.stderr):
+            try:
+                _identify_one(models, gallery, path, args)
+            except (ImageError, OSError, ValueError) as exc:
+                errors += 1
+                tqdm.write(f"error: {exc}", file=sys.stderr)
+    if errors:
+        print(f"{errors} of {len(args.images)} image(s) failed", file=sys.stderr)
+    return 1 if errors else 0
+
+
+def _identify_one(models: Models, gallery: Gallery, path: Path, args: argparse.Namespace) -> None:
+    image = read_image(str(path))
+    found = models.detector.detect([image])[0]
+    matches = gallery.match(models.facenet.embed_faces(image, found))
+    faces = [
+        {**face, **_match_json(match)} for face, match in zip(found.to_json(), matches, strict=True)
+    ]
+    if args.json:
+        print(json.dumps({"source": str(path), "image_hw": list(image.shape[:2]), "faces": faces}))
+    else:
+        tqdm.write(f"{path}: {len(faces)} face(s)", file=sys.stdout)
+        for k, face in enumerate(faces, 1):
+            box = " ".join(f"{v:.0f}" for v in face["bbox_xyxy"])
+            tqdm.write(f"  face {k} [{box}]: {_describe(face)}", file=sys.stdout)
+    if args.annotate:
+        cv2.imwrite(str(_unique(args.annotate / f"{path.stem}.jpg")), draw(image, found, matches))
+
+
+def _match_json(match: Match) -> dict[str, object]:
+    finite = np.isfinite(match.distance)
+    return {
+        "identity": match.identity,
+        "distance": round(match.distance, 4) if finite else None,
+        "confidence": round(match.confidence, 4),
+        "nearest": match.nearest,
+    }
+
+
+def _describe(face: dict) -> str:
+    if face["identity"] is not None:
+        return f"{face['identity']} (distance {face['distance']:.3f})"
+    if face["nearest"] is None:
+        return "unknown (the gallery is empty)"
+    return f"unknown (nearest {face['nearest']}, distance {face['distance']:.3f})"
+
+
+def draw(image: np.ndarray, found: FrameDetections, matches: list[Match]) -> np.ndarray:
+    """A copy of ``image`` with each face boxed and labelled (green: known, red: unknown)."""
+    out = image.copy()
+    thickness = max(1, round(max(image.shape[:2]) / 600))
+    for box, match in zip(found.bbox_xyxy, matches, strict=True):
+        x1, y1, x2, y2 = (round(float(v)) for v in box)
+        colour = (0, 200, 0) if match.identity else (0, 0, 255)
+        label = f"{match.identity or 'unknown'} {match.distance:.2f}"
+        cv2.rectangle(out, (x1, y1), (x2, y2), colour, thickness)
+        cv2.putText(
+            out, label, (x1, max(y1 - 4, 10)), cv2.FONT_HERSHEY_SIMPLEX, 0.4 * thickness,
+            colour, thickness,
+        )  # fmt: skip
+    return out

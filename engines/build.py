@@ -1,0 +1,338 @@
+"""TensorRT builder: ONNX -> serialized plan, with optimisation profiles, precision and caches.
+
+The profile, cache-key, cache-path and option logic are pure functions (tested on the CPU);
+``build_engine`` imports TensorRT inside, so this module loads without it. Plans live in a
+cache folder as ``<model>-<key16>.plan`` with a ``.json`` manifest beside each; the key is
+the sha256 of the ONNX bytes, the TensorRT version, the GPU (name and compute capability)
+and the build options, so a plan is rebuilt only when one of those changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engines import boxes as bx
+from engines.base import EngineError, ModelMetadata
+
+logger = logging.getLogger(__name__)
+
+PRECISIONS = ("fp32", "fp16", "int8")
+DEFAULT_BATCH = (1, 8, 32)
+DEFAULT_WORKSPACE_BYTES = 1 << 30
+MIN_WORKSPACE_BYTES = 1 << 20
+PNET_PROFILE_GROUPS = 2  # profiles for P-Net: large levels, small levels
+CACHE_FORMAT = 1  # bump when the plan layout or manifest changes
+
+
+class BuildError(EngineError):
+    """An engine cannot be built: bad options, a parser error, or a failed build."""
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """What a plan is built with. ``camera_hw`` (P-Net only) are the configured camera
+    resolutions as (height, width); they and the detector settings imply P-Net's input sizes."""
+
+    precision: str = "fp32"
+    batch: tuple[int, int, int] = DEFAULT_BATCH
+    camera_hw: tuple[tuple[int, int], ...] = ()
+    min_face_size: float = 20.0
+    scale_factor: float = 0.709
+    workspace_bytes: int = DEFAULT_WORKSPACE_BYTES
+    calib_dir: str | None = None
+    calib_images: int = 256
+
+    def __post_init__(self) -> None:
+        # Canonical form: the same cameras in any order (or repeated) give the same key.
+        cams = tuple(sorted({(int(h), int(w)) for h, w in self.camera_hw}))
+        object.__setattr__(self, "camera_hw", cams)
+        object.__setattr__(self, "batch", tuple(int(b) for b in self.batch))
+        validate_options(self)
+
+    def key_fields(self) -> dict[str, Any]:
+        """The options as JSON-able values (what the cache key and manifest record)."""
+        fields = asdict(self)
+        fields["camera_hw"] = [list(hw) for hw in self.camera_hw]
+        fields["batch"] = list(self.batch)
+        if self.calib_dir is not None:
+            fields["calib_dir"] = str(Path(self.calib_dir).resolve())
+        return fields
+
+
+def validate_options(options: BuildOptions) -> None:
+    """Raise BuildError with the option's name and what was expected."""
+    if options.precision not in PRECISIONS:
+        raise BuildError(
+            f"precision must be one of {', '.join(PRECISIONS)}, got {options.precision!r}"
+        )
+    batch = options.batch
+    if len(batch) != 3 or not 1 <= batch[0] <= batch[1] <= batch[2]:
+        raise BuildError(f"batch must be MIN OPT MAX with 1 <= MIN <= OPT <= MAX, got {batch}")
+    for h, w in options.camera_hw:
+        if h < 12 or w < 12:
+            raise BuildError(f"camera size {w}x{h} is too small: P-Net needs at least 12x12")
+    if not options.min_face_size >= 12:
+        raise BuildError(f"min_face_size must be >= 12 pixels, got {options.min_face_size}")
+    if not 0 < options.scale_factor < 1:
+        raise BuildError(f"scale_factor must be in (0, 1), got {options.scale_factor}")
+    if options.workspace_bytes < MIN_WORKSPACE_BYTES:
+        raise BuildError(
+            f"workspace_bytes must be >= {MIN_WORKSPACE_BYTES} (1 MiB), got {options.workspace_bytes}"
+        )
+    if options.precision == "int8" and not options.calib_dir:
+        raise BuildError("int8 needs calibration images: give calib_dir (--calib-dir DIR)")
+    if options.precision != "int8" and options.calib_dir:
+        raise BuildError(f"calib_dir is only used with int8, not {options.precision}")
+    if options.calib_images < 1:
+        raise BuildError(f"calib_images must be >= 1, got {options.calib_images}")
+
+
+# -- optimisation profiles --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ShapeProfile:
+    """One TensorRT optimisation profile for one input tensor (full NCHW shapes)."""
+
+    name: str
+    min: tuple[int, ...]
+    opt: tuple[int, ...]
+    max: tuple[int, ...]
+
+    def covers(self, shape: tuple[int, ...]) -> bool:
+        return len(shape) == len(self.min) and all(
+            lo <= s <= hi for lo, s, hi in zip(self.min, shape, self.max, strict=True)
+        )
+
+
+def batch_profile(
+    name: str, sample_shape: tuple[int, ...], batch: tuple[int, int, int]
+) -> ShapeProfile:
+    """A profile over the batch axis only (R-Net, O-Net, FaceNet): ``sample_shape`` is CHW."""
+    lo, opt, hi = batch
+    return ShapeProfile(name, (lo, *sample_shape), (opt, *sample_shape), (hi, *sample_shape))
+
+
+def pnet_level_sizes(
+    camera_hw: tuple[tuple[int, int], ...], min_face_size: float, scale_factor: float
+) -> list[tuple[int, int]]:
+    """Every P-Net input size (h, w) the detector asks for at these camera sizes, largest first."""
+    sizes = {
+        bx.scaled_size_hw(hw, scale)
+        for hw in camera_hw
+        for scale in bx.pyramid_scales(hw, min_face_size, scale_factor)
+    }
+    return sorted(sizes, key=lambda s: (-s[0] * s[1], s))
+
+
+def pnet_profiles(
+    name: str,
+    camera_hw: tuple[tuple[int, int], ...],
+    batch: tuple[int, int, int],
+    min_face_size: float,
+    scale_factor: float,
+    groups: int = PNET_PROFILE_GROUPS,
+) -> list[ShapeProfile]:
+    """Profiles that together cover every pyramid level of every camera.
+
+    Levels are split by area into ``groups`` runs (the large levels, where the time goes,
+    get a profile of their own); each profile's opt is its largest level.
+    """
+    sizes = pnet_level_sizes(camera_hw, min_face_size, scale_factor)
+    if not sizes:
+        raise BuildError("P-Net needs camera sizes (--camera WxH) to size its profiles")
+    groups = max(1, min(groups, len(sizes)))
+    bounds = [round(i * len(sizes) / groups) for i in range(groups + 1)]
+    profiles = []
+    for a, b in itertools.pairwise(bounds):
+        part = sizes[a:b]
+        hs, ws = [s[0] for s in part], [s[1] for s in part]
+        profiles.append(
+            ShapeProfile(
+                name,
+                (batch[0], 3, min(hs), min(ws)),
+                (batch[1], 3, part[0][0], part[0][1]),
+                (batch[2], 3, max(hs), max(ws)),
+            )
+        )
+    return profiles
+
+
+def model_profiles(
+    meta: ModelMetadata, input_name: str, options: BuildOptions
+) -> list[ShapeProfile]:
+    """The profiles for a model: P-Net (dynamic H/W) from the cameras, others by batch."""
+    if meta.input_size_hw is None:
+        return pnet_profiles(
+            input_name,
+            options.camera_hw,
+            options.batch,
+            options.min_face_size,
+            options.scale_factor,
+        )
+    return [batch_profile(input_name, (3, *meta.input_size_hw), options.batch)]
+
+
+# -- cache key and paths ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GpuInfo:
+    name: str
+    compute_capability: tuple[int, int]
+
+    def slug(self) -> str:
+        clean = "".join(c if c.isalnum() else "-" for c in self.name.lower()).strip("-")
+        return f"{clean}-sm{self.compute_capability[0]}{self.compute_capability[1]}"
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def cache_key(onnx_sha256: str, trt_version: str, gpu: GpuInfo, options: BuildOptions) -> str:
+    """sha256 over everything a plan depends on; equal inputs give equal keys."""
+    payload = {
+        "format": CACHE_FORMAT,
+        "onnx_sha256": onnx_sha256,
+        "tensorrt": trt_version,
+        "gpu": gpu.name,
+        "compute_capability": list(gpu.compute_capability),
+        "options": options.key_fields(),
+    }
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def default_cache_dir() -> Path:
+    """$FACEWATCH_ENGINE_CACHE, else $XDG_CACHE_HOME/facewatch/engines (~/.cache/...)."""
+    env = os.environ.get("FACEWATCH_ENGINE_CACHE")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "facewatch" / "engines"
+
+
+@dataclass(frozen=True)
+class CachePaths:
+    plan: Path
+    manifest: Path
+    timing_cache: Path
+    calibration_cache: Path
+
+
+def cache_paths(
+    cache_dir: str | Path, model_stem: str, key: str, trt_version: str, gpu: GpuInfo
+) -> CachePaths:
+    """Where a plan, its manifest and the shared timing / calibration caches live."""
+    root = Path(cache_dir)
+    plan = root / f"{model_stem}-{key[:16]}.plan"
+    return CachePaths(
+        plan=plan,
+        manifest=plan.with_suffix(".json"),
+        timing_cache=root / f"timing-trt{trt_version}-{gpu.slug()}.cache",
+        calibration_cache=root / f"{model_stem}-{key[:16]}.calib",
+    )
+
+
+@dataclass
+class Manifest:
+    """What a cached plan was built from (the ``.json`` beside it)."""
+
+    model: str
+    onnx_sha256: str
+    tensorrt: str
+    gpu: str
+    compute_capability: list[int]
+    options: dict[str, Any]
+    profiles: list[dict[str, Any]] = field(default_factory=list)
+    built_at: float = 0.0
+    build_seconds: float = 0.0
+
+
+def read_manifests(cache_dir: str | Path) -> list[tuple[Path, Manifest]]:
+    """Every cached plan that has a readable manifest, newest first."""
+    found = []
+    for path in sorted(Path(cache_dir).glob("*.json")):
+        plan = path.with_suffix(".plan")
+        try:
+            manifest = Manifest(**json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError) as exc:
+            logger.warning("%s: unreadable manifest skipped: %s", path, exc)
+            continue
+        if plan.is_file():
+            found.append((plan, manifest))
+    return sorted(found, key=lambda item: -item[1].built_at)
+
+
+def find_cached_plan(
+    onnx_path: str | Path, cache_dir: str | Path, trt_version: str, gpu: GpuInfo
+) -> Path:
+    """The newest plan built from this ONNX file for this TensorRT and GPU."""
+    sha = sha256_file(onnx_path)
+    for plan, manifest in read_manifests(cache_dir):
+        if (manifest.onnx_sha256, manifest.tensorrt, manifest.gpu) == (sha, trt_version, gpu.name):
+            return plan
+    raise BuildError(
+        f"{onnx_path}: no TensorRT plan in {cache_dir} for TensorRT {trt_version} on {gpu.name}; "
+        f"build one with `facewatch engines build {onnx_path} --cache-dir {cache_dir}`"
+    )
+
+
+# -- the build itself (needs TensorRT and a GPU) -----------------------------------------
+
+
+def build_engine(
+    onnx_path: str | Path,
+    options: BuildOptions,
+    cache_dir: str | Path | None = None,
+    force: bool = False,
+) -> Path:
+    """Compile ``onnx_path`` to a plan in ``cache_dir`` (reused when the key matches)."""
+    from engines.tensorrt import gpu_info, import_tensorrt
+
+    trt = import_tensorrt()
+    onnx_path = Path(onnx_path)
+    if not onnx_path.is_file():
+        raise BuildError(f"{onnx_path}: ONNX model not found")
+    meta = ModelMetadata.load(onnx_path)
+    gpu = gpu_info()
+    key = cache_key(sha256_file(onnx_path), trt.__version__, gpu, options)
+    paths = cache_paths(cache_dir or default_cache_dir(), onnx_path.stem, key, trt.__version__, gpu)
+    if paths.plan.is_file() and not force:
+        logger.info("%s: cached plan %s", onnx_path, paths.plan)
+        return paths.plan
+    paths.plan.parent.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    from engines.trt_build import compile_plan
+
+    plan, profiles = compile_plan(trt, onnx_path, meta, options, paths)
+    tmp = paths.plan.with_suffix(".plan.tmp")
+    tmp.write_bytes(plan)
+    tmp.replace(paths.plan)
+    manifest = Manifest(
+        model=str(onnx_path.resolve()),
+        onnx_sha256=sha256_file(onnx_path),
+        tensorrt=trt.__version__,
+        gpu=gpu.name,
+        compute_capability=list(gpu.compute_capability),
+        options=options.key_fields(),
+        profiles=[asdict(p) for p in profiles],
+        built_at=time.time(),
+        build_seconds=round(time.monotonic() - started, 2),
+    )
+    paths.manifest.write_text(json.dumps(asdict(manifest), indent=2) + "\n")
+    logger.info("built %s in %.1f s", paths.plan, manifest.build_seconds)
+    return paths.plan

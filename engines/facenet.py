@@ -1,0 +1,219 @@
+"""FaceNet embeddings on any engine: aligned face crops in, L2-normalised embeddings out.
+
+Everything the model needs to see a face the way it was trained comes from its sidecar
+(``ModelMetadata``):
+
+- ``input_size_hw``, ``channel_order``; ``mean`` / ``std`` for a fixed ``(x - mean) / std``, or
+  ``extra["prewhiten"]`` for the original project's per-image standardisation;
+- ``extra["alignment"]`` (``"margin"``: the box grown by ``extra["margin"]`` pixels, as
+  ``align_dataset_mtcnn`` cuts it; ``"similarity"``: the 5-landmark warp), both from
+  ``engines.align`` so that training and inference cut faces the same way.
+
+Crops are uint8 BGR (the engines' image convention: what ``read_image`` and cameras give).
+Distances between embeddings are squared Euclidean on the unit vectors (0 .. 4), the scale
+the training module's LFW thresholds are on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from engines.align import align_similarity, crop_with_margin
+from engines.base import Engine, EngineError, ModelMetadata
+from engines.loader import load_engine
+from engines.mtcnn import FrameDetections
+
+logger = logging.getLogger(__name__)
+
+ALIGNMENTS = ("margin", "similarity")
+DEFAULT_MAX_BATCH = 64  # faces per engine call when the model's batch axis is dynamic
+
+
+def _l2_normalise(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def prewhiten(images: np.ndarray) -> np.ndarray:
+    """The original FaceNet's per-image standardisation of (N, H, W, C) pixels:
+    ``(x - mean) / max(std, 1 / sqrt(pixels))`` over each whole image."""
+    x = images.astype(np.float32)
+    axes = (1, 2, 3)
+    mean = x.mean(axis=axes, keepdims=True)
+    std = x.std(axis=axes, keepdims=True)
+    floor = np.float32(1.0 / np.sqrt(float(np.prod(x.shape[1:]))))
+    return ((x - mean) / np.maximum(std, floor)).astype(np.float32)
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes (read in 1 MiB blocks)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class FaceNet:
+    """Face embedding model adapter. ``embed(crops_bgr)`` -> (N, D) unit vectors.
+
+    ``flip=True`` also embeds each crop mirrored and returns the normalised mean of the two.
+    ``model_id`` names the model (and flip setting) that produced an embedding, so stores of
+    embeddings can refuse to mix models; ``FaceNet.load`` derives it from the file's hash.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        meta: ModelMetadata,
+        model_id: str = "",
+        flip: bool = False,
+        max_batch: int = DEFAULT_MAX_BATCH,
+    ) -> None:
+        _check_metadata(meta, "model")
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        self.engine, self.meta, self.flip = engine, meta, flip
+        self.input_name = engine.inputs[0].name
+        names = [o.name for o in engine.outputs]
+        self.output_name = (
+            meta.outputs[0] if meta.outputs and meta.outputs[0] in names else names[0]
+        )
+        fixed = engine.inputs[0].shape[0]
+        self.fixed_batch: int | None = fixed if isinstance(fixed, int) and fixed > 0 else None
+        self.max_batch = self.fixed_batch or max_batch
+        self.image_size_hw: tuple[int, int] = meta.input_size_hw  # type: ignore[assignment]
+        self.alignment = str(meta.extra.get("alignment", "margin"))
+        self.margin = int(meta.extra.get("margin", 32))
+        self.prewhiten = bool(meta.extra.get("prewhiten", False))
+        self.embedding_size = int(meta.embedding_size or engine.outputs[0].shape[-1] or 0)
+        self.model_id = (model_id or meta.name) + ("+flip" if flip else "")
+
+    @classmethod
+    def load(
+        cls,
+        model_path: str | Path,
+        backend: str = "onnxruntime",
+        threads: int = 0,
+        flip: bool = False,
+        max_batch: int = DEFAULT_MAX_BATCH,
+    ) -> FaceNet:
+        """Open ``model_path`` (+ its ``.json`` sidecar, which must say ``kind: facenet``)."""
+        path = Path(model_path)
+        if not path.is_file():
+            raise EngineError(f"{path}: FaceNet model file not found")
+        meta = ModelMetadata.load(path)
+        _check_metadata(meta, str(ModelMetadata.sidecar_path(path)))
+        engine = load_engine(path, backend=backend, threads=threads)
+        model_id = f"{meta.name}@sha256:{file_sha256(path)[:16]}"
+        net = cls(engine, meta, model_id=model_id, flip=flip, max_batch=max_batch)
+        logger.info("FaceNet %s: %s crops, %d-d", net.model_id, net.alignment, net.embedding_size)
+        return net
+
+    # -- alignment ------------------------------------------------------------------------
+
+    def align(
+        self, image: np.ndarray, faces: FrameDetections, indices: Sequence[int] | None = None
+    ) -> np.ndarray:
+        """The model's crops (K, H, W, 3) of ``faces`` (all, or ``indices``) in ``image``."""
+        height, width = self.image_size_hw
+        if height != width:
+            raise EngineError(
+                f"{self.meta.name}: alignment needs a square input, got {height}x{width}"
+            )
+        chosen = range(len(faces)) if indices is None else indices
+        crops = []
+        for k in chosen:
+            if self.alignment == "similarity":
+                crops.append(align_similarity(image, faces.landmarks[k], height))
+            else:
+                crops.append(crop_with_margin(image, faces.bbox_xyxy[k], self.margin, height))
+        if not crops:
+            return np.zeros((0, height, width, *image.shape[2:]), dtype=image.dtype)
+        return np.stack(crops)
+
+    def embed_faces(self, image: np.ndarray, faces: FrameDetections) -> np.ndarray:
+        """Align and embed every face of one frame: (K, D)."""
+        return self.embed(self.align(image, faces))
+
+    def embed_frames(
+        self, frames: Sequence[np.ndarray], detections: Sequence[FrameDetections]
+    ) -> list[np.ndarray]:
+        """Embeddings of the faces of many frames with one pass over the engine; one (K_i, D)
+        array per frame."""
+        if len(frames) != len(detections):
+            raise ValueError(f"{len(frames)} frames but {len(detections)} detection lists")
+        crops = [self.align(f, d) for f, d in zip(frames, detections, strict=True)]
+        counts = [len(c) for c in crops]
+        if sum(counts) == 0:
+            return [np.zeros((0, self.embedding_size), np.float32) for _ in counts]
+        flat = self.embed(np.concatenate([c for c in crops if len(c)]))
+        return np.split(flat, np.cumsum(counts)[:-1])
+
+    # -- embedding ------------------------------------------------------------------------
+
+    def preprocess(self, crops: np.ndarray) -> np.ndarray:
+        """uint8 BGR crops (N, H, W, 3) -> the model's NCHW float32 input."""
+        crops = np.asarray(crops)
+        if crops.ndim != 4 or crops.shape[3] != 3:
+            raise ValueError(f"expected crops of shape (N, H, W, 3), got {crops.shape}")
+        if tuple(crops.shape[1:3]) != tuple(self.image_size_hw):
+            raise ValueError(
+                f"crops are {crops.shape[2]}x{crops.shape[1]} but {self.meta.name} takes "
+                f"{self.image_size_hw[1]}x{self.image_size_hw[0]}; cut them with FaceNet.align"
+            )
+        if self.meta.channel_order.upper() == "RGB":
+            crops = crops[..., ::-1]
+        if self.prewhiten:
+            x = prewhiten(crops)
+        else:
+            x = (crops.astype(np.float32) - self.meta.mean) / self.meta.std
+        return np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype=np.float32)
+
+    def embed(self, crops: np.ndarray, flip: bool | None = None) -> np.ndarray:
+        """L2-normalised embeddings (N, D) float32 of uint8 BGR crops of the model's size."""
+        crops = np.asarray(crops)
+        if len(crops) == 0:
+            return np.zeros((0, self.embedding_size), np.float32)
+        x = self.preprocess(crops)
+        if not (self.flip if flip is None else flip):
+            return self._run(x)
+        both = self._run(np.concatenate([x, x[..., ::-1]]))
+        return _l2_normalise(both[: len(x)] + both[len(x) :])
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        """Split ``x`` into engine-sized batches (a fixed batch gets its last one zero-padded)."""
+        out = []
+        for start in range(0, len(x), self.max_batch):
+            chunk = x[start : start + self.max_batch]
+            real = len(chunk)
+            if self.fixed_batch is not None and real < self.fixed_batch:
+                pad = np.zeros((self.fixed_batch - real, *chunk.shape[1:]), np.float32)
+                chunk = np.concatenate([chunk, pad])
+            result = self.engine.infer({self.input_name: np.ascontiguousarray(chunk)})
+            out.append(np.asarray(result[self.output_name])[:real].reshape(real, -1))
+        return _l2_normalise(np.concatenate(out))
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+def _check_metadata(meta: ModelMetadata, where: str) -> None:
+    if meta.kind != "facenet":
+        raise EngineError(
+            f"{where}: sidecar says kind {meta.kind!r}, expected 'facenet' (an embedding model)"
+        )
+    if meta.input_size_hw is None:
+        raise EngineError(f"{where}: a FaceNet sidecar needs input_size_hw")
+    alignment = meta.extra.get("alignment", "margin")
+    if alignment not in ALIGNMENTS:
+        raise EngineError(
+            f"{where}: unknown alignment {alignment!r} in the sidecar; expected one of {ALIGNMENTS}"
+        )
+    if meta.channel_order.upper() not in ("RGB", "BGR"):
+        raise EngineError(f"{where}: channel_order must be RGB or BGR, got {meta.channel_order!r}")

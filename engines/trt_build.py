@@ -1,0 +1,196 @@
+"""The TensorRT calls of the builder (``engines.build`` holds the pure logic around them).
+
+TensorRT 10 API: ``Builder.create_network(0)`` (explicit batch is the only mode),
+``OnnxParser`` with every error reported with its node, ``IBuilderConfig`` with the
+workspace pool limit, precision flags, optimisation profiles and a timing cache, and an
+``IInt8EntropyCalibrator2`` fed from a folder of images through the sidecar's preprocessing.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from engines.base import ModelMetadata
+from engines.build import BuildError, BuildOptions, CachePaths, ShapeProfile, model_profiles
+from engines.images import ImageError, read_image
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".ppm", ".webp")
+
+
+def parser_errors(parser: Any) -> list[str]:
+    """One line per ONNX parser error: the node index, name and operator, and the message."""
+    lines = []
+    for i in range(parser.num_errors):
+        err = parser.get_error(i)
+        node = err.node()
+        where = f"node {node}" if node >= 0 else "graph"
+        name = getattr(err, "node_name", lambda: "")()
+        op = getattr(err, "node_operator", lambda: "")()
+        if name or op:
+            where += f" ({name or '?'}: {op or '?'})"
+        lines.append(f"{where}: {err.desc()} [code {err.code()}]")
+    return lines
+
+
+def parse_onnx(trt: Any, builder: Any, logger_trt: Any, onnx_path: Path) -> tuple[Any, Any]:
+    """The network of ``onnx_path``; BuildError listing every parser error with its node."""
+    network = builder.create_network(0)
+    parser = trt.OnnxParser(network, logger_trt)
+    ok = parser.parse(onnx_path.read_bytes(), str(onnx_path))
+    if not ok:
+        errors = "\n  ".join(parser_errors(parser)) or "(no details)"
+        raise BuildError(f"{onnx_path}: TensorRT's ONNX parser failed:\n  {errors}")
+    return network, parser
+
+
+def preprocess(
+    bgr_images: list[np.ndarray], meta: ModelMetadata, shape_nchw: tuple[int, ...]
+) -> np.ndarray:
+    """Images -> the model's input at ``shape_nchw`` (area resize, sidecar constants)."""
+    _, _, h, w = shape_nchw
+    out = np.empty((len(bgr_images), 3, h, w), np.float32)
+    for k, image in enumerate(bgr_images):
+        pixels = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA).astype(np.float32)
+        if meta.channel_order.upper() == "RGB":
+            pixels = pixels[..., ::-1]
+        if meta.extra.get("prewhiten"):
+            std = max(float(pixels.std()), 1.0 / np.sqrt(pixels.size))
+            pixels = (pixels - pixels.mean()) / std
+        else:
+            pixels = (pixels - meta.mean) / meta.std
+        out[k] = pixels.transpose(2, 0, 1)
+    return out
+
+
+def calibration_batches(
+    folder: str | Path, meta: ModelMetadata, shape_nchw: tuple[int, ...], limit: int
+) -> list[np.ndarray]:
+    """Full batches of ``shape_nchw`` from up to ``limit`` images of ``folder`` (recursive)."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise BuildError(f"{root}: calibration folder not found")
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)[:limit]
+    images = []
+    for path in files:
+        try:
+            images.append(read_image(str(path)))
+        except ImageError as exc:
+            logger.warning("calibration image skipped: %s", exc)
+    batch = shape_nchw[0]
+    if len(images) < batch:
+        raise BuildError(
+            f"{root}: {len(images)} usable calibration images, need at least one batch of {batch}"
+        )
+    return [
+        preprocess(images[i : i + batch], meta, shape_nchw)
+        for i in range(0, len(images) - batch + 1, batch)
+    ]
+
+
+def make_calibrator(trt: Any, name: str, batches: list[np.ndarray], cache_path: Path) -> Any:
+    """An entropy calibrator (TensorRT's recommended one) with a calibration cache file."""
+    from engines.tensorrt import cuda_check, import_cudart
+
+    cudart = import_cudart()
+
+    class Calibrator(trt.IInt8EntropyCalibrator2):
+        def __init__(self) -> None:
+            trt.IInt8EntropyCalibrator2.__init__(self)
+            self.index = 0
+            self.device = cuda_check(cudart, cudart.cudaMalloc(batches[0].nbytes), "cudaMalloc")
+
+        def get_batch_size(self) -> int:
+            return int(batches[0].shape[0])
+
+        def get_batch(self, names: list[str]) -> list[int] | None:
+            if self.index >= len(batches):
+                return None
+            data = np.ascontiguousarray(batches[self.index])
+            kind = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
+            cuda_check(
+                cudart,
+                cudart.cudaMemcpy(self.device, data.ctypes.data, data.nbytes, kind),
+                "cudaMemcpy",
+            )
+            self.index += 1
+            return [self.device]
+
+        def read_calibration_cache(self) -> bytes | None:
+            return cache_path.read_bytes() if cache_path.is_file() else None
+
+        def write_calibration_cache(self, cache: Any) -> None:
+            cache_path.write_bytes(bytes(cache))
+            logger.info("wrote calibration cache %s", cache_path)
+
+        def free(self) -> None:
+            if self.device:
+                cudart.cudaFree(self.device)
+                self.device = 0
+
+    logger.info("int8 calibration of %s: %d batches", name, len(batches))
+    return Calibrator()
+
+
+def _add_profiles(builder: Any, config: Any, profiles: list[ShapeProfile]) -> Any:
+    first = None
+    for shape in profiles:
+        profile = builder.create_optimization_profile()
+        profile.set_shape(shape.name, shape.min, shape.opt, shape.max)
+        if config.add_optimization_profile(profile) < 0:
+            raise BuildError(f"TensorRT rejected the optimisation profile {shape}")
+        if first is None:
+            first = profile
+    return first
+
+
+def _timing_cache(config: Any, path: Path) -> Any:
+    data = path.read_bytes() if path.is_file() else b""
+    cache = config.create_timing_cache(data)
+    config.set_timing_cache(cache, False)
+    return cache
+
+
+def compile_plan(
+    trt: Any, onnx_path: Path, meta: ModelMetadata, options: BuildOptions, paths: CachePaths
+) -> tuple[bytes, list[ShapeProfile]]:
+    """Parse, configure and build; returns the serialized plan and the profiles used."""
+    logger_trt = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger_trt)
+    network, _parser = parse_onnx(trt, builder, logger_trt, onnx_path)
+    if network.num_inputs != 1:
+        raise BuildError(f"{onnx_path}: expected one input tensor, found {network.num_inputs}")
+    input_name = network.get_input(0).name
+    profiles = model_profiles(meta, input_name, options)
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace_bytes)
+    calib_profile = _add_profiles(builder, config, profiles)
+    calibrator = None
+    if options.precision in ("fp16", "int8"):
+        config.set_flag(trt.BuilderFlag.FP16)
+    if options.precision == "int8":
+        if not getattr(builder, "platform_has_fast_int8", True):
+            logger.warning("this GPU has no fast int8; the plan may not be faster than fp16")
+        config.set_flag(trt.BuilderFlag.INT8)
+        batches = calibration_batches(
+            options.calib_dir or "", meta, profiles[0].opt, options.calib_images
+        )
+        calibrator = make_calibrator(trt, onnx_path.stem, batches, paths.calibration_cache)
+        config.int8_calibrator = calibrator
+        config.set_calibration_profile(calib_profile)
+    _timing_cache(config, paths.timing_cache)
+    try:
+        plan = builder.build_serialized_network(network, config)
+    finally:
+        if calibrator is not None:
+            calibrator.free()
+    if plan is None:
+        raise BuildError(f"{onnx_path}: TensorRT could not build the engine (see its log above)")
+    paths.timing_cache.write_bytes(bytes(config.get_timing_cache().serialize()))
+    return bytes(plan), profiles

@@ -1,0 +1,61 @@
+"""The torch backend on CUDA gives the CPU path's detections and embeddings."""
+
+from __future__ import annotations
+
+import pytest
+
+from engines.mtcnn import MTCNN
+from tests.conftest import MODELS
+from tests.gpu import gpu_helpers as h
+
+torch = pytest.importorskip("torch")
+if not torch.cuda.is_available():
+    pytest.skip("torch sees no CUDA device", allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def programs(shared_data, tmp_path_factory):
+    return h.mtcnn_with_programs(tmp_path_factory.mktemp("mtcnn"), shared_data)
+
+
+@pytest.fixture(scope="module")
+def cpu_detections(shared_data):
+    return MTCNN.load(MODELS / "mtcnn", threads=8).detect(h.sample_images(shared_data))
+
+
+@pytest.mark.parametrize("cuda_graphs", [False, True])
+def test_mtcnn_on_cuda_matches_cpu(programs, cpu_detections, shared_data, cuda_graphs):
+    from engines.torch_backend import TorchEngine
+
+    nets = {
+        n: TorchEngine(programs / f"{n}.pt2", device="cuda", cuda_graphs=cuda_graphs)
+        for n in ("pnet", "rnet", "onet")
+    }
+    detector = MTCNN(**nets)
+    got = detector.detect(h.sample_images(shared_data))
+    assert not h.same_detections(cpu_detections, got)
+    again = detector.detect(h.sample_images(shared_data))  # graphs replayed, not captured
+    assert not h.same_detections(cpu_detections, again)
+
+
+@pytest.fixture(scope="module")
+def facenet(shared_data, tmp_path_factory):
+    crops = h.face_crops_rgb(shared_data, 64)
+    onnx_path = h.standin_facenet_files(tmp_path_factory.mktemp("facenet"), crops)
+    x = h.to_input(crops)
+    return onnx_path, x, h.cpu_embeddings(onnx_path, x)
+
+
+@pytest.mark.parametrize(
+    ("fp16", "cuda_graphs", "threshold"),
+    [(False, False, 0.999), (False, True, 0.999), (True, False, 0.995), (True, True, 0.995)],
+)
+def test_facenet_embeddings_on_cuda_match_cpu(facenet, fp16, cuda_graphs, threshold):
+    from engines.torch_backend import TorchEngine
+
+    onnx_path, x, ref = facenet
+    engine = TorchEngine(onnx_path, device="cuda", fp16=fp16, cuda_graphs=cuda_graphs)
+    for batch in (x, x[:5]):  # a full and a padded (graph) batch
+        got = engine.infer({"image": batch})["embedding"]
+        assert got.shape == (len(batch), 512)
+        assert h.min_cosine(ref[: len(batch)], got) >= threshold

@@ -1,0 +1,289 @@
+"""The TensorRT builder's pure logic: options, profiles, cache keys and paths, clear errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from engines import boxes as bx
+from engines.base import EngineError, ModelMetadata
+from engines.build import (
+    BuildError,
+    BuildOptions,
+    GpuInfo,
+    Manifest,
+    batch_profile,
+    cache_key,
+    cache_paths,
+    find_cached_plan,
+    model_profiles,
+    pnet_level_sizes,
+    pnet_profiles,
+    read_manifests,
+    sha256_file,
+)
+from tests.conftest import MODELS, REPO
+
+H200 = GpuInfo("NVIDIA H200", (9, 0))
+CAMERAS = ((1080, 1920), (720, 1280), (360, 640))
+
+
+# -- options -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"precision": "fp8"}, "precision must be one of fp32, fp16, int8"),
+        ({"batch": (4, 2, 8)}, "MIN <= OPT <= MAX"),
+        ({"batch": (0, 1, 8)}, "1 <= MIN"),
+        ({"batch": (1, 8)}, "MIN OPT MAX"),
+        ({"camera_hw": ((8, 640),)}, "640x8 is too small"),
+        ({"min_face_size": 10}, "min_face_size must be >= 12"),
+        ({"scale_factor": 1.0}, r"scale_factor must be in \(0, 1\)"),
+        ({"workspace_bytes": 1000}, "workspace_bytes must be >= 1048576"),
+        ({"precision": "int8"}, "int8 needs calibration images"),
+        ({"precision": "fp16", "calib_dir": "/x"}, "calib_dir is only used with int8"),
+        ({"precision": "int8", "calib_dir": "/x", "calib_images": 0}, "calib_images must be >= 1"),
+    ],
+)
+def test_bad_options_are_clear_errors(fields, message):
+    with pytest.raises(BuildError, match=message):
+        BuildOptions(**fields)
+
+
+def test_build_error_is_an_engine_error():
+    assert issubclass(BuildError, EngineError)
+
+
+def test_cameras_are_canonical():
+    a = BuildOptions(camera_hw=((720, 1280), (1080, 1920), (720, 1280)))
+    b = BuildOptions(camera_hw=((1080, 1920), (720, 1280)))
+    assert a == b and a.camera_hw == ((720, 1280), (1080, 1920))
+
+
+# -- profiles ----------------------------------------------------------------------------
+
+
+def test_batch_profile():
+    p = batch_profile("image", (3, 24, 24), (1, 16, 256))
+    assert (p.min, p.opt, p.max) == ((1, 3, 24, 24), (16, 3, 24, 24), (256, 3, 24, 24))
+    assert p.covers((100, 3, 24, 24)) and not p.covers((257, 3, 24, 24))
+    assert not p.covers((1, 3, 48, 48))
+
+
+@pytest.mark.parametrize("name", ["rnet", "onet"])
+def test_fixed_size_models_get_one_batch_profile(name):
+    meta = ModelMetadata.load(MODELS / "mtcnn" / f"{name}.onnx")
+    (p,) = model_profiles(meta, "image", BuildOptions(batch=(1, 32, 512)))
+    size = meta.input_size_hw
+    assert p.min == (1, 3, *size) and p.opt == (32, 3, *size) and p.max == (512, 3, *size)
+
+
+def detector_sizes(camera_hw, min_face_size, scale_factor):
+    """What engines.mtcnn asks P-Net for: one size per pyramid scale of each camera."""
+    return {
+        bx.scaled_size_hw(hw, s)
+        for hw in camera_hw
+        for s in bx.pyramid_scales(hw, min_face_size, scale_factor)
+    }
+
+
+@pytest.mark.parametrize(
+    ("cameras", "min_face", "factor", "groups"),
+    [
+        (CAMERAS, 20.0, 0.709, 2),
+        (((1080, 1920),), 40.0, 0.709, 2),
+        (((2234, 3456), (240, 320)), 20.0, 0.5, 3),
+        (((12, 12),), 12.0, 0.709, 2),  # one level only
+        (((480, 640), (640, 480)), 20.0, 0.8, 1),  # portrait and landscape
+    ],
+)
+def test_pnet_profiles_cover_every_pyramid_level(cameras, min_face, factor, groups):
+    sizes = detector_sizes(cameras, min_face, factor)
+    assert set(pnet_level_sizes(cameras, min_face, factor)) == sizes
+    profiles = pnet_profiles("image", cameras, (1, 4, 16), min_face, factor, groups)
+    assert 1 <= len(profiles) <= groups
+    for h, w in sizes:
+        for batch in (1, 4, 16):
+            assert any(p.covers((batch, 3, h, w)) for p in profiles), (h, w, batch)
+    largest_area = max(h * w for h, w in sizes)
+    assert profiles[0].opt[:2] == (4, 3)
+    assert profiles[0].opt[2] * profiles[0].opt[3] == largest_area
+    assert profiles[0].opt[2:] in sizes
+    for p in profiles:
+        assert all(lo <= o <= hi for lo, o, hi in zip(p.min, p.opt, p.max, strict=True))
+
+
+def test_pnet_largest_and_smallest_levels_at_1080p():
+    sizes = pnet_level_sizes(((1080, 1920),), 20.0, 0.709)
+    assert sizes[0] == (649, 1153)  # 1080 * 0.6 + 1, 1920 * 0.6 + 1
+    assert min(h for h, _ in sizes) >= 12
+    profiles = pnet_profiles("image", ((1080, 1920),), (1, 16, 16), 20.0, 0.709)
+    assert profiles[0].max[2:] == (649, 1153)
+    assert profiles[-1].min[2:] == sizes[-1]
+
+
+def test_pnet_without_cameras_is_a_clear_error():
+    meta = ModelMetadata.load(MODELS / "mtcnn" / "pnet.onnx")
+    with pytest.raises(BuildError, match=r"--camera WxH"):
+        model_profiles(meta, "image", BuildOptions())
+
+
+# -- cache key and paths -----------------------------------------------------------------
+
+BASE = {"onnx_sha256": "a" * 64, "trt_version": "10.7.0", "gpu": H200, "options": BuildOptions()}
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"onnx_sha256": "b" * 64},
+        {"trt_version": "10.8.0"},
+        {"gpu": GpuInfo("NVIDIA H100", (9, 0))},
+        {"gpu": GpuInfo("NVIDIA H200", (8, 9))},
+        {"options": BuildOptions(precision="fp16")},
+        {"options": BuildOptions(batch=(1, 8, 64))},
+        {"options": BuildOptions(camera_hw=((720, 1280),))},
+        {"options": BuildOptions(min_face_size=40)},
+        {"options": BuildOptions(scale_factor=0.8)},
+        {"options": BuildOptions(workspace_bytes=2 << 30)},
+        {"options": BuildOptions(precision="int8", calib_dir="/data/calib")},
+        {"options": BuildOptions(precision="int8", calib_dir="/data/calib", calib_images=64)},
+    ],
+)
+def test_cache_key_changes_with_each_input(change):
+    assert cache_key(**{**BASE, **change}) != cache_key(**BASE)
+
+
+def test_cache_key_is_stable_otherwise():
+    key = cache_key(**BASE)
+    assert len(key) == 64 and key == cache_key(**BASE)
+    same = dataclasses.replace(BuildOptions(), camera_hw=())
+    assert cache_key(**{**BASE, "options": same}) == key
+    a = BuildOptions(camera_hw=((1080, 1920), (720, 1280)))
+    b = BuildOptions(camera_hw=((720, 1280), (1080, 1920), (1080, 1920)))
+    assert cache_key(**{**BASE, "options": a}) == cache_key(**{**BASE, "options": b})
+
+
+def test_cache_paths(tmp_path):
+    key = cache_key(**BASE)
+    paths = cache_paths(tmp_path, "pnet", key, "10.7.0", H200)
+    assert paths.plan == tmp_path / f"pnet-{key[:16]}.plan"
+    assert paths.manifest == tmp_path / f"pnet-{key[:16]}.json"
+    assert paths.timing_cache == tmp_path / "timing-trt10.7.0-nvidia-h200-sm90.cache"
+    assert paths.calibration_cache.suffix == ".calib"
+
+
+def test_find_cached_plan_reads_manifests(tmp_path):
+    onnx = MODELS / "mtcnn" / "rnet.onnx"
+    sha = sha256_file(onnx)
+    for i, (trt, built) in enumerate([("10.7.0", 1.0), ("10.7.0", 2.0), ("10.8.0", 3.0)]):
+        (tmp_path / f"rnet-{i}.plan").write_bytes(b"plan")
+        m = Manifest(str(onnx), sha, trt, H200.name, [9, 0], {}, built_at=built)
+        (tmp_path / f"rnet-{i}.json").write_text(json.dumps(dataclasses.asdict(m)))
+    (tmp_path / "broken.json").write_text("{")
+    assert [p.name for p, _ in read_manifests(tmp_path)] == [
+        "rnet-2.plan",
+        "rnet-1.plan",
+        "rnet-0.plan",
+    ]
+    assert find_cached_plan(onnx, tmp_path, "10.7.0", H200).name == "rnet-1.plan"
+    with pytest.raises(BuildError, match="facewatch engines build"):
+        find_cached_plan(onnx, tmp_path, "10.9.0", H200)
+
+
+# -- calibration preprocessing (pure) ----------------------------------------------------
+
+
+def test_calibration_preprocessing_follows_the_sidecar():
+    from engines.trt_build import preprocess
+
+    meta = ModelMetadata.load(MODELS / "mtcnn" / "onet.onnx")
+    bgr = np.zeros((96, 96, 3), np.uint8)
+    bgr[..., 0] = 255  # blue
+    x = preprocess([bgr], meta, (1, 3, 48, 48))
+    assert x.shape == (1, 3, 48, 48) and x.dtype == np.float32
+    assert np.allclose(x[0, 2], (255 - 127.5) / 128) and np.allclose(x[0, 0], -127.5 / 128)
+
+
+def test_calibration_needs_a_full_batch(tmp_path):
+    from engines.trt_build import calibration_batches
+
+    meta = ModelMetadata.load(MODELS / "mtcnn" / "rnet.onnx")
+    with pytest.raises(BuildError, match="calibration folder not found"):
+        calibration_batches(tmp_path / "none", meta, (8, 3, 24, 24), 10)
+    with pytest.raises(BuildError, match="0 usable calibration images"):
+        calibration_batches(tmp_path, meta, (8, 3, 24, 24), 10)
+
+
+# -- missing SDKs ------------------------------------------------------------------------
+
+
+def run_python(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=False
+    )
+
+
+BLOCK = "import sys; sys.modules.update({m: None for m in %r}); "
+
+
+@pytest.mark.parametrize(
+    ("blocked", "call", "message"),
+    [
+        (
+            ["tensorrt"],
+            "load_engine('models/mtcnn/pnet.onnx', 'tensorrt')",
+            "TensorRT Python package",
+        ),
+        (["tensorrt"], "TensorRTEngine('x.plan')", "pypi.nvidia.com tensorrt"),
+        (["tensorrt"], "build_engine('models/mtcnn/rnet.onnx', BuildOptions())", "TensorRT"),
+        (
+            ["cuda", "cuda.bindings", "cuda.bindings.runtime", "cuda.cudart"],
+            "import_cudart()",
+            "cuda-python",
+        ),
+        (["torch"], "load_engine('models/mtcnn/pnet.onnx', 'torch')", "needs PyTorch"),
+    ],
+)
+def test_missing_sdk_is_one_clear_error(blocked, call, message):
+    code = (
+        BLOCK % blocked
+        + "from engines import load_engine, EngineError\n"
+        + "from engines.build import build_engine, BuildOptions\n"
+        + "from engines.tensorrt import TensorRTEngine, import_cudart\n"
+        + f"try:\n    {call}\nexcept EngineError as e:\n    print('ERR', e)\n"
+    )
+    result = run_python(code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("ERR") and message in result.stdout, result.stdout
+
+
+def test_engines_cli_reports_bad_options(capsys):
+    from daemon.cli import main
+
+    assert main(["engines", "build", "models/mtcnn/rnet.onnx", "--batch", "8", "1", "4"]) == 2
+    assert "MIN <= OPT <= MAX" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["engines", "build", "x.onnx", "--camera", "1920by1080"])
+    assert "expected WIDTHxHEIGHT" in capsys.readouterr().err
+
+
+def test_engines_list_shows_cached_plans(tmp_path, capsys):
+    from daemon.cli import main
+
+    assert main(["engines", "list", "--cache-dir", str(tmp_path)]) == 0
+    assert "no plans in" in capsys.readouterr().out
+    options = BuildOptions("fp16", (1, 8, 16), ((1080, 1920),)).key_fields()
+    m = Manifest("/m/pnet.onnx", "a" * 64, "10.7.0", H200.name, [9, 0], options, built_at=1.0)
+    (tmp_path / "pnet-0.plan").write_bytes(b"x" * 2000)
+    (tmp_path / "pnet-0.json").write_text(json.dumps(dataclasses.asdict(m)))
+    assert main(["engines", "list", "--cache-dir", str(tmp_path)]) == 0
+    line = capsys.readouterr().out
+    assert "pnet-0.plan  pnet.onnx  fp16  batch 1/8/16  cameras 1920x1080  TensorRT 10.7.0" in line

@@ -1,0 +1,199 @@
+"""`facewatch enroll | identify | gallery ...`: what a user sees, with a model the tests make
+(random Inception-ResNet-v1 weights: mechanics only, never accuracy)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from daemon.cli import main
+from tests.facenet_model import NEEDS_SHIPPED_MODEL, build_test_model
+
+CELEBA_PEOPLE = 4
+CELEBA_IMAGES = 3
+
+
+@pytest.fixture(scope="session")
+def test_model(tmp_path_factory, shared_data) -> Path:
+    return build_test_model(tmp_path_factory.getbasetemp() / "facenet-test-model", shared_data)
+
+
+@pytest.fixture
+def cli(test_model, tmp_path, capsys):
+    """Run `facewatch ARGS` with the test model and a gallery in tmp_path."""
+    gallery = tmp_path / "gallery.sqlite"
+
+    def run(*args: str, model: bool = True) -> tuple[int, str, str]:
+        extra = ["--gallery", str(gallery)]
+        if model:
+            extra += ["--model", str(test_model), "--threads", "2", "--no-progress"]
+        code = main([*args, *extra])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    run.gallery = gallery  # type: ignore[attr-defined]
+    return run
+
+
+@pytest.fixture
+def images(shared_data, tmp_path) -> dict[str, Path]:
+    src = shared_data / "images"
+    no_face = tmp_path / "wall.png"
+    cv2.imwrite(str(no_face), np.full((200, 200, 3), 128, np.uint8))
+    blurred = tmp_path / "blurred.jpg"
+    cv2.imwrite(str(blurred), cv2.GaussianBlur(cv2.imread(str(src / "obama2.jpg")), (0, 0), 8))
+    corrupt = tmp_path / "corrupt.jpg"
+    corrupt.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg \xff\xd9")
+    return {
+        "obama": src / "obama2.jpg",
+        "obama2": src / "obama3.jpg",
+        "biden": src / "biden.jpg",
+        "two": src / "two_people.jpg",
+        "no_face": no_face,
+        "blurred": blurred,
+        "corrupt": corrupt,
+    }
+
+
+def test_bad_images_are_rejected_with_reasons_and_nothing_written(cli, images) -> None:
+    bad = ["no_face", "two", "corrupt", "blurred"]
+    code, _, err = cli(
+        "enroll", "--name", "x", str(images["obama"]), *(str(images[b]) for b in bad)
+    )
+    assert code == 1
+    assert f"{images['no_face']}: no face found" in err
+    assert f"{images['two']}: 2 faces found, expected exactly one" in err
+    assert str(images["corrupt"]) in err
+    assert f"{images['blurred']}: too blurry" in err
+    assert "4 of 5 image(s) rejected; nothing was enrolled" in err
+    assert not cli.gallery.exists()
+    code, _, err = cli("enroll", "--name", "x", str(images["obama"]), "--min-face-px", "5000")
+    assert code == 1 and "face too small" in err and not cli.gallery.exists()
+
+
+def test_enroll_identify_and_the_gallery_commands(cli, images, tmp_path) -> None:
+    code, out, err = cli("enroll", "--name", "obama", str(images["obama"]), str(images["obama2"]))
+    assert code == 0, err
+    assert "enrolled 2 new face(s) of 1 person(s)" in out
+    assert stat.S_IMODE(cli.gallery.stat().st_mode) == 0o600
+    code, out, err = cli("enroll", "--name", "biden", str(images["biden"]), str(images["two"]))
+    assert code == 1 and "--largest" in err
+    code, out, _ = cli("enroll", "--name", "biden", "--largest", str(images["biden"]))
+    assert code == 0
+    code, out, _ = cli("enroll", "--name", "obama", str(images["obama"]))
+    assert code == 0 and "1 already enrolled" in out
+
+    annotated = tmp_path / "annotated"
+    code, out, _ = cli("identify", "--json", "--annotate", str(annotated), str(images["obama"]), str(images["two"]))  # fmt: skip
+    assert code == 0
+    first, second = (json.loads(line) for line in out.splitlines())
+    assert first["source"] == str(images["obama"]) and len(first["image_hw"]) == 2
+    face = first["faces"][0]
+    keys = {"bbox_xyxy", "score", "landmarks", "identity", "distance", "confidence", "nearest"}
+    assert set(face) == keys
+    assert face["identity"] == "obama" and face["distance"] < 1e-4  # the enrolled photo itself
+    assert len(second["faces"]) == 2
+    assert sorted(p.name for p in annotated.iterdir()) == ["obama2.jpg", "two_people.jpg"]
+    code, out, _ = cli("identify", str(images["two"]))
+    assert code == 0 and out.splitlines()[0] == f"{images['two']}: 2 face(s)"
+    assert all(line.startswith("  face ") for line in out.splitlines()[1:])
+
+
+def test_list_rename_remove_threshold_export(cli, images, tmp_path) -> None:
+    assert cli("enroll", "--name", "obama", str(images["obama"]), str(images["obama2"]))[0] == 0
+    assert cli("enroll", "--name", "biden", str(images["biden"]))[0] == 0
+    code, out, _ = cli("gallery", "list", "--json", model=False)
+    listed = json.loads(out)
+    assert code == 0 and listed["model_id"].startswith("facenet-test-random@sha256:")
+    assert [(p["name"], p["embeddings"]) for p in listed["identities"]] == [
+        ("biden", 1),
+        ("obama", 2),
+    ]
+    assert cli("gallery", "rename", "biden", "joe", model=False)[0] == 0
+    assert cli("gallery", "threshold", "joe", "0.8", model=False)[0] == 0
+    code, out, _ = cli("gallery", "list", model=False)
+    assert "joe" in out and "biden" not in out and "threshold 0.800" in out
+    code, _, err = cli("gallery", "remove", "nobody", model=False)
+    assert code == 1 and "no identity named 'nobody'" in err
+
+    code, out, _ = cli("gallery", "export", str(tmp_path / "g.json"), model=False)
+    assert code == 0 and "(json)" in out
+    exported = json.loads((tmp_path / "g.json").read_text())
+    assert exported["embedding_size"] == 512 and len(exported["identities"]) == 2
+    assert len(exported["identities"][1]["embeddings"][0]["vector"]) == 512
+    assert stat.S_IMODE((tmp_path / "g.json").stat().st_mode) == 0o600
+    assert cli("gallery", "export", str(tmp_path / "g.npz"), model=False)[0] == 0
+    with np.load(tmp_path / "g.npz") as arrays:
+        assert arrays["vectors"].shape == (3, 512) and list(arrays["names"]) == [
+            "joe",
+            "obama",
+            "obama",
+        ]
+    code, _, err = cli("gallery", "export", str(tmp_path / "g.txt"), model=False)
+    assert code == 1 and ".json" in err and ".npz" in err
+    assert cli("gallery", "remove", "obama", model=False)[0] == 0
+
+
+def test_gallery_of_another_model_read_only_and_missing(cli, images, test_model, tmp_path) -> None:
+    assert cli("enroll", "--name", "obama", str(images["obama"]))[0] == 0
+    before = cli.gallery.read_bytes()
+    code, _, err = cli("enroll", "--flip", "--name", "biden", str(images["biden"]))
+    assert code == 1 and "enrolled with model 'facenet-test-random@sha256:" in err
+    assert "+flip'" in err  # the other model id, named too
+    os.chmod(cli.gallery, 0o400)
+    try:
+        code, _, err = cli("enroll", "--name", "biden", str(images["biden"]))
+        assert code == 1 and "read-only" in err
+        assert cli("identify", str(images["obama"]))[0] == 0  # reading a read-only file is fine
+    finally:
+        os.chmod(cli.gallery, 0o600)
+    assert cli.gallery.read_bytes() == before
+    cli.gallery.unlink()
+    code, _, err = cli("identify", str(images["obama"]))
+    assert code == 1 and "no gallery here" in err
+
+
+def test_missing_default_model_says_none_ships_yet(tmp_path, images, capsys, monkeypatch) -> None:
+    monkeypatch.setenv("FACEWATCH_MODELS", str(tmp_path))
+    code = main(["enroll", "--name", "x", str(images["obama"]), "--gallery", str(tmp_path / "g")])
+    err = capsys.readouterr().err
+    assert code == 2 and "ships no default FaceNet model yet" in err and "train export" in err
+    assert main(["enroll", "--dir", str(tmp_path), "--name", "x"]) == 2
+
+
+def _celeba_folder(shared_data: Path, dest: Path) -> Path:
+    people = sorted(p for p in (shared_data / "celeba").iterdir() if p.is_dir())[:CELEBA_PEOPLE]
+    for person in people:
+        (dest / person.name).mkdir(parents=True)
+        for image in sorted(person.glob("*.jpg"))[:CELEBA_IMAGES]:
+            shutil.copy(image, dest / person.name / image.name)
+    return dest
+
+
+def test_calibrate_on_celeba_identities(cli, shared_data, tmp_path) -> None:
+    folder = _celeba_folder(shared_data, tmp_path / "people")
+    code, out, err = cli("enroll", "--dir", str(folder), "--largest", "--min-face-px", "20", "--skip-bad")  # fmt: skip
+    assert code == 0, err
+    code, out, _ = cli("gallery", "calibrate", "--target-far", "0.1", "--dry-run", model=False)
+    assert code == 0 and "not stored" in out
+    assert json.loads(cli("gallery", "list", "--json", model=False)[1])["threshold"] == 1.1
+    code, out, _ = cli("gallery", "calibrate", "--target-far", "0.1", model=False)
+    assert code == 0 and f"calibrated on {CELEBA_PEOPLE} people" in out
+    assert "expected FAR" in out and "FRR" in out
+    threshold = float(out.split("threshold ")[1].split()[0])
+    stored = json.loads(cli("gallery", "list", "--json", model=False)[1])["threshold"]
+    assert stored == pytest.approx(threshold, abs=1e-4) and 0 < stored <= 4
+
+
+@pytest.mark.skip(reason=NEEDS_SHIPPED_MODEL)
+def test_celeba_rank1_and_unknown_rejection_with_the_shipped_model() -> None:
+    """Enroll a few images of half the CelebA identities, identify their other images (rank-1
+    accuracy) and the never-enrolled half (unknown-rejection rate); assert both stay at or
+    above the figures measured with the shipped model, minus a small margin."""
