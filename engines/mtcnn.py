@@ -6,7 +6,6 @@ R-Net and O-Net each run once on the candidates of all frames together.
 
 from __future__ import annotations
 
-import itertools
 import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +29,7 @@ R = TypeVar("R")
 PNET_SCALE_NMS = 0.5  # within one scale of one frame (IoU)
 PNET_FRAME_NMS = 0.7  # across the scales of one frame (IoU)
 RNET_NMS = 0.7
+PNET_MAX_PIXELS = 1_000_000  # pyramid-level pixels per P-Net call
 ONET_NMS = 0.7  # intersection over the smaller box
 
 
@@ -163,24 +163,9 @@ class MTCNN:
     def detect(self, frames: Sequence[np.ndarray]) -> list[FrameDetections]:
         """Detect faces in every frame; returns one FrameDetections per frame, in order.
 
-        With lanes, a batch of at least as many frames as lanes is split by frames; a
-        smaller one has its pyramid levels and R-Net / O-Net candidates split instead.
+        With lanes, the pyramid levels and the R-Net / O-Net candidates are split between
+        this detector's engines and its lanes' engines, which run in parallel threads.
         """
-        if self._pool is None or len(frames) <= len(self._lanes):
-            return self._detect_serial(frames)
-        workers = [self, *self._lanes]
-        bounds = np.linspace(0, len(frames), len(workers) + 1).round().astype(int)
-        chunks = [list(frames[a:b]) for a, b in itertools.pairwise(bounds)]
-        futures = [
-            self._pool.submit(lane._detect_serial, chunk)
-            for lane, chunk in zip(workers[1:], chunks[1:], strict=True)
-        ]
-        results = self._detect_serial(chunks[0])
-        for future in futures:
-            results.extend(future.result())
-        return results
-
-    def _detect_serial(self, frames: Sequence[np.ndarray]) -> list[FrameDetections]:
         pyramids = [AreaPyramid(as_bgr8(frame)) for frame in frames]
         if not pyramids:
             return []
@@ -217,13 +202,20 @@ class MTCNN:
             found = []
             for scale in part:
                 size_hw = bx.scaled_size_hw(image_hw, scale)
-                levels = [pyramids[i].level(size_hw) for i in indices]
-                out = lane.pnet.infer({"image": self._blob(levels)})
-                boxes, local = bx.pnet_candidates(
-                    out["reg"], out["prob"][:, 1], scale, cfg.thresholds[0]
-                )
-                keep = bx.nms(boxes[:, :4], boxes[:, 4], PNET_SCALE_NMS, groups=local)
-                found.append((boxes[keep], np.asarray(indices, dtype=np.int64)[local[keep]]))
+                # Large levels go a few frames per call: big batches only thrash the cache.
+                step = max(1, PNET_MAX_PIXELS // (size_hw[0] * size_hw[1]))
+                boxes_found, frames_found = [], []
+                for start in range(0, len(indices), step):
+                    chunk = np.asarray(indices[start : start + step], dtype=np.int64)
+                    levels = [pyramids[i].level(size_hw) for i in chunk]
+                    out = lane.pnet.infer({"image": self._blob(levels)})
+                    boxes, local = bx.pnet_candidates(
+                        out["reg"], out["prob"][:, 1], scale, cfg.thresholds[0]
+                    )
+                    keep = bx.nms(boxes[:, :4], boxes[:, 4], PNET_SCALE_NMS, groups=local)
+                    boxes_found.append(boxes[keep])
+                    frames_found.append(chunk[local[keep]])
+                found.append((np.concatenate(boxes_found), np.concatenate(frames_found)))
             return found
 
         per_scale = self._spread(scales, lambda s: s * s, run)

@@ -193,7 +193,7 @@ def test_parallel_lanes_give_the_same_faces(detector, shared_data):
     laned = MTCNN.load(MODELS / "mtcnn", threads=2, lanes=2)
     # one frame: pyramid levels and candidates are split between the lanes
     assert_same_faces(laned.detect(frames[:1])[0], detector.detect(frames[:1])[0])
-    # three frames: the batch is split by frames
+    # three frames: pyramid levels of all of them and all candidates are split
     for a, b in zip(laned.detect(frames), detector.detect(frames), strict=True):
         assert_same_faces(a, b)
     with pytest.raises(ValueError, match="lanes"):
