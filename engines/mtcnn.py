@@ -30,6 +30,7 @@ PNET_SCALE_NMS = 0.5  # within one scale of one frame (IoU)
 PNET_FRAME_NMS = 0.7  # across the scales of one frame (IoU)
 RNET_NMS = 0.7
 PNET_MAX_PIXELS = 1_000_000  # pyramid-level pixels per P-Net call
+CROPS_PER_CALL = 1024  # R-Net / O-Net candidates per call
 ONET_NMS = 0.7  # intersection over the smaller box
 
 
@@ -298,7 +299,9 @@ class MTCNN:
         self, net: str, pyramids: list[AreaPyramid], cand: _Candidates, size: int
     ) -> dict[str, np.ndarray]:
         """R-Net or O-Net on the crops of all candidates, split between the lanes."""
-        chunks = np.array_split(np.arange(len(cand.score)), len(self._lanes) + 1)
+        # At most CROPS_PER_CALL crops per engine call: bounded memory for big batches.
+        count = max(len(self._lanes) + 1, -(-len(cand.score) // CROPS_PER_CALL))
+        chunks = np.array_split(np.arange(len(cand.score)), count)
 
         def run(lane: MTCNN, part: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
             engine = lane.rnet if net == "rnet" else lane.onet
