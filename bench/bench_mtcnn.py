@@ -32,6 +32,10 @@ import cv2
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from engines.boxes import iou_matrix  # noqa: E402  (the work tree's engines)
+
 DEFAULT_DATA = REPO.parent / "shared" / "data"
 DEFAULT_MODELS = REPO / "models" / "mtcnn"
 
@@ -202,18 +206,6 @@ def run_worker(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------- comparison
-
-
-def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of every xyxy box in `a` (N,4) with every box in `b` (M,4)."""
-    if len(a) == 0 or len(b) == 0:
-        return np.zeros((len(a), len(b)))
-    tl = np.maximum(a[:, None, :2], b[None, :, :2])
-    br = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.clip(br - tl, 0, None).prod(axis=2)
-    area_a = (a[:, 2:] - a[:, :2]).prod(axis=1)
-    area_b = (b[:, 2:] - b[:, :2]).prod(axis=1)
-    return inter / (area_a[:, None] + area_b[None, :] - inter)
 
 
 def greedy_match(ref: np.ndarray, ours: np.ndarray, min_iou: float) -> list[tuple[int, int]]:

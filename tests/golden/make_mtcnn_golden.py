@@ -49,6 +49,10 @@ import torchvision
 from facenet_pytorch import MTCNN
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parents[1]))
+
+from engines.boxes import iou_matrix  # noqa: E402  (the work tree's engines, pure numpy)
+
 DEFAULT_DATA = HERE.parents[2] / "shared" / "data"
 DEFAULT_OUT = HERE / "mtcnn_reference.json"
 
@@ -126,18 +130,6 @@ def detect(mtcnn: MTCNN, bgr: np.ndarray) -> list[dict]:
             }
         )
     return faces
-
-
-def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of every xyxy box in `a` (N,4) with every box in `b` (M,4), continuous coordinates."""
-    if len(a) == 0 or len(b) == 0:
-        return np.zeros((len(a), len(b)))
-    tl = np.maximum(a[:, None, :2], b[None, :, :2])
-    br = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.clip(br - tl, 0, None).prod(axis=2)
-    area_a = (a[:, 2:] - a[:, :2]).prod(axis=1)
-    area_b = (b[:, 2:] - b[:, :2]).prod(axis=1)
-    return inter / (area_a[:, None] + area_b[None, :] - inter)
 
 
 def greedy_match(truth: np.ndarray, dets: np.ndarray, min_iou: float) -> list[tuple[int, int]]:
