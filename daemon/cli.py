@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from importlib.metadata import entry_points
 
-from daemon import __version__, detect_cli, engines_cli, recognition_cli
+from daemon import __version__, detect_cli, engines_cli, recognition_cli, run_cli
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     detect_cli.register(commands)
     recognition_cli.register(commands)
     engines_cli.register(commands)
+    run_cli.register(commands)
     for entry in entry_points(group="facewatch.commands"):
         try:
             entry.load()(commands)

@@ -111,6 +111,8 @@ class Gallery:
         self.path, self._conn, self.writable = path, conn, writable
         self._meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
         self._matrix: tuple[np.ndarray, np.ndarray, list[str], np.ndarray] | None = None
+        # the daemon's recognition.threshold, when set, replaces the stored default
+        self.threshold_override: float | None = None
 
     # -- opening ----------------------------------------------------------------------------
 
@@ -237,8 +239,9 @@ class Gallery:
             names = sorted(set(owners))
             index = {name: k for k, name in enumerate(names)}
             own = {i.name: i.threshold for i in self.identities()}
+            default = self.threshold if self.threshold_override is None else self.threshold_override
             thresholds = np.array(
-                [self.threshold if own[n] is None else own[n] for n in names], np.float64
+                [default if own[n] is None else own[n] for n in names], np.float64
             )
             owner = np.array([index[n] for n in owners], np.int64)
             self._matrix = (np.ascontiguousarray(vectors), owner, names, thresholds)

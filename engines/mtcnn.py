@@ -6,6 +6,8 @@ R-Net and O-Net each run once on the candidates of all frames together.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -119,6 +121,14 @@ class MTCNN:
         this one and its lanes, which run in parallel threads (engines release the GIL)."""
         self._lanes = lanes
         self._pool = ThreadPoolExecutor(len(lanes)) if lanes else None
+
+    def with_config(self, **changes: Any) -> MTCNN:
+        """This detector with other settings (MTCNNConfig fields), sharing its engines and
+        lanes: for cameras that override the defaults."""
+        variant = copy.copy(self)
+        variant.config = dataclasses.replace(self.config, **changes)
+        variant._lanes = [lane.with_config(**changes) for lane in self._lanes]
+        return variant
 
     @classmethod
     def load(

@@ -1,0 +1,211 @@
+"""Camera readers: one thread per camera decodes its stream through OpenCV's FFmpeg backend
+(V4L2 for /dev/video*), keeps only the newest frames, and reconnects on any failure.
+
+RTSP goes over TCP with open and read timeouts. A video file plays in a loop at its native
+frame rate (that is how the demo runs). Frames are decimated to the camera's target fps
+before they are queued; when the pipeline is behind, the oldest queued frame is dropped and
+counted, so the scheduler always sees recent frames.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from daemon import metrics
+from daemon.config import CameraConfig
+
+logger = logging.getLogger(__name__)
+
+OPEN_TIMEOUT_MS = 10_000
+READ_TIMEOUT_MS = 10_000
+BACKOFF_MIN_S = 0.5
+BACKOFF_MAX_S = 30.0
+
+
+@dataclass(frozen=True)
+class Frame:
+    camera: str
+    seq: int
+    ts: float  # wall-clock time of capture (seconds since the epoch)
+    image: np.ndarray
+
+
+class FrameQueues:
+    """The newest frames of every camera, and the scheduler's wait for them."""
+
+    def __init__(self, cameras: list[str], per_camera: int) -> None:
+        self._queues: dict[str, deque[Frame]] = {c: deque() for c in cameras}
+        self._per_camera = per_camera
+        self._ready = threading.Condition()
+
+    def put(self, frame: Frame) -> None:
+        with self._ready:
+            queue = self._queues[frame.camera]
+            if len(queue) >= self._per_camera:
+                queue.popleft()
+                metrics.FRAMES_DROPPED.labels(frame.camera).inc()
+            queue.append(frame)
+            self._ready.notify()
+
+    def pending(self) -> int:
+        with self._ready:
+            return sum(len(q) for q in self._queues.values())
+
+    def take(self, max_frames: int, max_wait_s: float, idle_s: float = 0.5) -> list[Frame]:
+        """Up to ``max_frames`` frames, oldest first across cameras in turn. Waits up to
+        ``idle_s`` for a first frame, then up to ``max_wait_s`` more to fill the batch."""
+        with self._ready:
+            if not self._ready.wait_for(self._any, idle_s):
+                return []
+            deadline = time.monotonic() + max_wait_s
+            while self._count() < max_frames:
+                left = deadline - time.monotonic()
+                if left <= 0 or not self._ready.wait(left):
+                    break
+            batch: list[Frame] = []
+            while len(batch) < max_frames and self._any():
+                for queue in self._queues.values():
+                    if queue and len(batch) < max_frames:
+                        batch.append(queue.popleft())
+            return batch
+
+    def _any(self) -> bool:
+        return any(self._queues.values())
+
+    def _count(self) -> int:
+        return sum(len(q) for q in self._queues.values())
+
+
+def source_kind(url: str) -> str:
+    """'stream' (rtsp/http...), 'device' (/dev/videoN) or 'file'."""
+    if "://" in url:
+        return "stream"
+    if url.startswith("/dev/video"):
+        return "device"
+    return "file"
+
+
+def open_capture(url: str) -> cv2.VideoCapture:
+    """An opened capture or OSError naming the source."""
+    kind = source_kind(url)
+    if kind == "device":
+        capture = cv2.VideoCapture(url, cv2.CAP_V4L2)
+    else:
+        if kind == "stream":
+            os.environ.setdefault("OPENCV_FFMPEG_CAPTURE_OPTIONS", "rtsp_transport;tcp")
+        timeouts = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, OPEN_TIMEOUT_MS]
+        timeouts += [cv2.CAP_PROP_READ_TIMEOUT_MSEC, READ_TIMEOUT_MS]
+        capture = cv2.VideoCapture(url, cv2.CAP_FFMPEG, timeouts)
+    if not capture.isOpened():
+        capture.release()
+        if kind == "file" and not Path(url).is_file():
+            raise OSError(f"{url}: no such file")
+        raise OSError(f"{url}: cannot open as video")
+    return capture
+
+
+def check_file_source(url: str) -> None:
+    """For a local file: it exists and holds a decodable frame (a config error otherwise,
+    unlike a stream, which may come up later)."""
+    if source_kind(url) != "file":
+        return
+    capture = open_capture(url)
+    try:
+        ok, _ = capture.read()
+    finally:
+        capture.release()
+    if not ok:
+        raise OSError(f"{url}: no video frame could be decoded")
+
+
+class CameraReader(threading.Thread):
+    def __init__(
+        self,
+        config: CameraConfig,
+        queues: FrameQueues,
+        on_status: Callable[[str, bool], None] | None = None,
+    ) -> None:
+        super().__init__(name=f"camera-{config.name}", daemon=True)
+        self.config, self.queues = config, queues
+        self.on_status = on_status or (lambda camera, up: None)
+        self.kind = source_kind(config.url)
+        self._stop_event = threading.Event()
+        self._seq = 0
+        self.up = False
+
+    def stop(self) -> None:
+        self._stop_event.set()
+
+    def run(self) -> None:
+        failures = 0
+        while not self._stop_event.is_set():
+            try:
+                capture = open_capture(self.config.url)
+            except OSError as exc:
+                self._set_up(False)
+                failures += 1
+                self._backoff(failures, f"cannot open: {exc}")
+                continue
+            try:
+                delivered = self._read(capture)
+            finally:
+                capture.release()
+            if self._stop_event.is_set():
+                break
+            if self.kind == "file" and delivered:
+                failures = 0  # end of a file: play it again at once
+                continue
+            self._set_up(False)
+            failures = 1 if delivered else failures + 1
+            self._backoff(failures, "stream ended or stalled")
+        self._set_up(False)
+
+    def _backoff(self, failures: int, why: str) -> None:
+        delay = min(BACKOFF_MAX_S, BACKOFF_MIN_S * 2 ** min(failures - 1, 10))
+        delay *= random.uniform(0.75, 1.25)  # jitter: cameras that failed together spread out
+        logger.warning("camera %s: %s; retrying in %.1f s", self.config.name, why, delay)
+        metrics.CAMERA_RECONNECTS.labels(self.config.name).inc()
+        self._stop_event.wait(delay)
+
+    def _set_up(self, up: bool) -> None:
+        if up != self.up:
+            self.up = up
+            metrics.CAMERA_UP.labels(self.config.name).set(int(up))
+            logger.info("camera %s: %s", self.config.name, "up" if up else "down")
+            self.on_status(self.config.name, up)
+
+    def _read(self, capture: cv2.VideoCapture) -> int:
+        """Read until the stream fails or ends; returns the number of frames decoded."""
+        native_fps = capture.get(cv2.CAP_PROP_FPS)
+        pace = 1.0 / native_fps if self.kind == "file" and 1 <= native_fps <= 240 else 0.0
+        period = 1.0 / self.config.fps
+        started = time.monotonic()
+        next_due = 0.0
+        decoded = 0
+        while not self._stop_event.is_set():
+            if pace:
+                self._stop_event.wait(max(0.0, started + decoded * pace - time.monotonic()))
+            ok, image = capture.read()
+            if not ok or image is None:
+                return decoded
+            decoded += 1
+            self._set_up(True)
+            now = time.time()
+            if now < next_due:
+                continue
+            next_due = max(next_due + period, now - period)
+            self._seq += 1
+            metrics.FRAMES_READ.labels(self.config.name).inc()
+            self.queues.put(Frame(self.config.name, self._seq, now, image))
+        return decoded

@@ -1,0 +1,325 @@
+"""The daemon's configuration: one YAML file validated against this schema.
+
+Every field has a default, bounds where they make sense, and a one-line description (shown
+by ``facewatch validate-config --schema``). Unknown keys are errors. ``${NAME}`` in a string
+is replaced by the environment variable NAME, and ``${credential:NAME}`` by the systemd
+credential NAME (``$CREDENTIALS_DIRECTORY/NAME``), so secrets stay out of the file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = REPO_ROOT / "configs" / "default.yaml"
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names the file and key path."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _field(default: Any, description: str, **bounds: Any) -> Any:
+    return Field(default=default, description=description, **bounds)
+
+
+class DetectionConfig(_Section):
+    min_face_size: float = _field(20.0, "smallest face to find, in pixels", ge=12, le=1000)
+    thresholds: tuple[float, float, float] = _field(
+        (0.6, 0.7, 0.7), "P-Net, R-Net, O-Net score thresholds, each in (0, 1)"
+    )
+    scale_factor: float = _field(0.709, "image pyramid step", gt=0.1, lt=1.0)
+
+    @field_validator("thresholds")
+    @classmethod
+    def _in_unit_interval(cls, value: tuple[float, float, float]) -> tuple[float, float, float]:
+        if not all(0.0 < t < 1.0 for t in value):
+            raise ValueError(f"each threshold must lie in (0, 1), got {list(value)}")
+        return value
+
+
+class DetectionOverrides(_Section):
+    min_face_size: float | None = _field(None, "this camera's smallest face", ge=12, le=1000)
+
+
+class CameraConfig(_Section):
+    name: str = Field(
+        description="camera name: used in topics, metrics and logs",
+        pattern=r"^[A-Za-z0-9_-]{1,64}$",
+    )
+    url: str = Field(description="rtsp://... URL, a video file, or a V4L2 device (/dev/videoN)")
+    fps: float = _field(5.0, "frames per second to process (the stream is decimated)", gt=0, le=60)
+    enabled: bool = _field(True, "read this camera")
+    detection: DetectionOverrides = _field(DetectionOverrides(), "per-camera detection settings")
+
+
+class RecognitionConfig(_Section):
+    model: str | None = _field(
+        "auto",
+        "FaceNet ONNX model; 'auto' = models/facenet/facenet.onnx when present, else "
+        "detection only; null = detection only",
+    )
+    gallery: str = _field("gallery.sqlite", "enrolled people (SQLite); relative to the config")
+    threshold: float | None = _field(
+        None,
+        "distance threshold; null = the gallery's own (set by `gallery calibrate`)",
+        gt=0,
+        le=4,
+    )
+    flip: bool = _field(False, "also embed mirrored faces and average (2x the FaceNet work)")
+    reembed_every: int = _field(
+        10, "re-embed a resolved track's face every N processed frames", ge=1, le=10000
+    )
+
+
+class BatchingConfig(_Section):
+    max_batch: int = _field(8, "most frames in one detection batch", ge=1, le=256)
+    max_wait_ms: float = _field(
+        50.0, "longest wait to fill a batch after its first frame", ge=0, le=5000
+    )
+    queue_frames: int = _field(
+        2, "newest frames kept per camera; older ones are dropped", ge=1, le=100
+    )
+
+
+class EnginesConfig(_Section):
+    backend: Literal["opencv", "onnxruntime", "tensorrt", "torch"] = _field(
+        "opencv", "backend for MTCNN (FaceNet uses onnxruntime unless tensorrt or torch)"
+    )
+    threads: int = _field(0, "CPU threads for inference (0 = all cores)", ge=0, le=256)
+    mtcnn_dir: str = _field(str(REPO_ROOT / "models" / "mtcnn"), "folder with pnet/rnet/onet.onnx")
+
+
+class TrackingConfig(_Section):
+    iou_threshold: float = _field(0.3, "least IoU to continue a track", gt=0, lt=1)
+    confirm_frames: int = _field(
+        3, "frames a face must be seen before its track is announced", ge=1, le=100
+    )
+    lost_after_s: float = _field(2.0, "a track not seen for this long has left", gt=0, le=3600)
+    vote_window: int = _field(
+        15, "recent recognitions that vote on a track's identity", ge=1, le=1000
+    )
+    min_votes: int = _field(2, "votes an identity needs before it is announced", ge=1, le=1000)
+    snapshots: bool = _field(False, "publish a JPEG of the face with each identity event")
+
+
+class TlsConfig(_Section):
+    ca_file: str | None = _field(None, "CA certificate to trust (PEM); null = system CAs")
+    cert_file: str | None = _field(None, "client certificate (PEM), for brokers that ask")
+    key_file: str | None = _field(None, "client key (PEM)")
+    insecure: bool = _field(False, "skip the host name check (testing only)")
+
+
+class MqttConfig(_Section):
+    enabled: bool = _field(True, "publish to an MQTT broker")
+    host: str = _field("127.0.0.1", "broker host")
+    port: int = _field(1883, "broker port (8883 for TLS, usually)", ge=1, le=65535)
+    username: str | None = _field(None, "user name")
+    password: str | None = _field(None, "password: use ${credential:mqtt_password} or ${ENV}")
+    tls: TlsConfig | None = _field(None, "TLS settings; null = plain TCP")
+    topic_prefix: str = _field("facewatch", "every topic starts with PREFIX/NODE_ID/", min_length=1)
+    keepalive_s: int = _field(30, "MQTT keepalive", ge=5, le=3600)
+    spool_dir: str = _field(
+        "spool", "events wait here while the broker is away; relative to the config"
+    )
+    spool_max_events: int = _field(
+        100_000, "spool bound; when full the oldest event is dropped", ge=10
+    )
+
+
+class MetricsConfig(_Section):
+    enabled: bool = _field(True, "serve Prometheus metrics")
+    address: str = _field("127.0.0.1", "listen address (0.0.0.0 exposes it to the network)")
+    port: int = _field(9708, "listen port", ge=1, le=65535)
+
+
+class EventsConfig(_Section):
+    stdout: bool = _field(False, "also print each event as a JSON line on stdout")
+    jsonl_file: str | None = _field(None, "also append each event to this JSON-lines file")
+
+
+class LoggingConfig(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = _field("INFO", "log verbosity")
+
+
+class Config(_Section):
+    node_id: str = _field(
+        "facewatch", "this daemon's name in topics and metrics", pattern=r"^[A-Za-z0-9_-]{1,64}$"
+    )
+    cameras: Annotated[list[CameraConfig], Field(min_length=1)] = Field(
+        description="the cameras to read (at least one)"
+    )
+    detection: DetectionConfig = _field(DetectionConfig(), "MTCNN settings")
+    recognition: RecognitionConfig = _field(RecognitionConfig(), "FaceNet and the gallery")
+    batching: BatchingConfig = _field(BatchingConfig(), "how frames are grouped for inference")
+    engines: EnginesConfig = _field(EnginesConfig(), "inference backends")
+    tracking: TrackingConfig = _field(TrackingConfig(), "tracks and when events are sent")
+    mqtt: MqttConfig = _field(MqttConfig(), "the MQTT broker")
+    metrics: MetricsConfig = _field(MetricsConfig(), "the Prometheus endpoint")
+    events: EventsConfig = _field(EventsConfig(), "extra event outputs")
+    logging: LoggingConfig = _field(LoggingConfig(), "logging")
+
+    @field_validator("cameras")
+    @classmethod
+    def _unique_names(cls, cameras: list[CameraConfig]) -> list[CameraConfig]:
+        names = [c.name for c in cameras]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"camera names must be unique; repeated: {', '.join(twice)}")
+        return cameras
+
+
+_REFERENCE = re.compile(r"\$\{(credential:)?([A-Za-z_][A-Za-z0-9_.-]*)\}")
+
+
+def _substitute(value: Any, where: str) -> Any:
+    """Replace ``${ENV}`` and ``${credential:NAME}`` in every string of ``value``."""
+    if isinstance(value, dict):
+        return {k: _substitute(v, f"{where}.{k}" if where else str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_substitute(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if not isinstance(value, str):
+        return value
+
+    def lookup(match: re.Match[str]) -> str:
+        name = match.group(2)
+        if match.group(1):
+            return _credential(name, where)
+        if name not in os.environ:
+            raise ConfigError(f"{where}: environment variable {name} is not set")
+        return os.environ[name]
+
+    return _REFERENCE.sub(lookup, value)
+
+
+def _credential(name: str, where: str) -> str:
+    folder = os.environ.get("CREDENTIALS_DIRECTORY")
+    if not folder:
+        raise ConfigError(
+            f"{where}: credential {name!r} asked for, but CREDENTIALS_DIRECTORY is not set "
+            "(give it with LoadCredential= in the systemd unit)"
+        )
+    path = Path(folder) / name
+    try:
+        return path.read_text().rstrip("\n")
+    except OSError as exc:
+        raise ConfigError(f"{where}: credential {name!r}: cannot read {path}: {exc}") from exc
+
+
+def _key_path(loc: tuple[int | str, ...], raw: Any) -> str:
+    """``('cameras', 1, 'fps')`` -> ``cameras[1] (door).fps``."""
+    parts: list[str] = []
+    node = raw
+    for item in loc:
+        if isinstance(item, int):
+            parts[-1] = f"{parts[-1]}[{item}]" if parts else f"[{item}]"
+            node = node[item] if isinstance(node, list) and item < len(node) else None
+            if isinstance(node, dict) and isinstance(node.get("name"), str):
+                parts[-1] += f" ({node['name']})"
+        else:
+            parts.append(str(item))
+            node = node.get(item) if isinstance(node, dict) else None
+    return ".".join(parts) or "(top level)"
+
+
+def _explain(error: dict[str, Any]) -> str:
+    if error["type"] == "extra_forbidden":
+        return "unknown key"
+    if error["type"] == "missing":
+        return "required key is missing"
+    got = error.get("input")
+    shown = "" if isinstance(got, (dict, list)) else f" (got {got!r})"
+    return f"{error['msg']}{shown}"
+
+
+def parse_config(raw: Any, source: str = "config") -> Config:
+    """A validated Config from parsed YAML; ConfigError names every bad key path."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of settings, got {type(raw).__name__}")
+    try:
+        raw = _substitute(raw, "")
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        lines = [f"{_key_path(e['loc'], raw)}: {_explain(dict(e))}" for e in exc.errors()]
+        raise ConfigError(f"{source}: invalid configuration\n  " + "\n  ".join(lines)) from None
+
+
+def load_config(path: str | Path) -> Config:
+    """Read, substitute and validate a YAML file; relative paths in it are made relative to
+    the file's folder."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    return resolve_paths(parse_config(raw, str(path)), path.resolve().parent)
+
+
+def _resolve(base: Path, value: str) -> str:
+    if "://" in value or value.startswith("/dev/"):
+        return value
+    return str((base / os.path.expanduser(value)).resolve())
+
+
+def resolve_paths(config: Config, base: Path) -> Config:
+    """Paths in the config are relative to ``base`` (the config file's folder)."""
+    model = config.recognition.model
+    if model not in (None, "auto"):
+        model = _resolve(base, model)
+    cameras = [c.model_copy(update={"url": _resolve(base, c.url)}) for c in config.cameras]
+    recognition = config.recognition.model_copy(
+        update={"model": model, "gallery": _resolve(base, config.recognition.gallery)}
+    )
+    mqtt = config.mqtt.model_copy(update={"spool_dir": _resolve(base, config.mqtt.spool_dir)})
+    engines = config.engines.model_copy(
+        update={"mtcnn_dir": _resolve(base, config.engines.mtcnn_dir)}
+    )
+    events = config.events
+    if events.jsonl_file:
+        events = events.model_copy(update={"jsonl_file": _resolve(base, events.jsonl_file)})
+    return config.model_copy(
+        update={
+            "cameras": cameras,
+            "recognition": recognition,
+            "mqtt": mqtt,
+            "engines": engines,
+            "events": events,
+        }
+    )
+
+
+def schema_lines(model: type[BaseModel] = Config, prefix: str = "") -> list[str]:
+    """One line per setting: key path, default and description (for --schema)."""
+    lines = []
+    for name, info in model.model_fields.items():
+        key = f"{prefix}{name}"
+        annotation = info.annotation
+        inner = [a for a in getattr(annotation, "__args__", ()) if isinstance(a, type)]
+        section = annotation if isinstance(annotation, type) else None
+        section = section or next((a for a in inner if issubclass(a, _Section)), None)
+        if section is not None and issubclass(section, _Section):
+            lines.append(f"{key}: {info.description}")
+            item = "[]." if name == "cameras" else "."
+            lines += schema_lines(section, key + item)
+            continue
+        default = "required" if info.is_required() else f"default {info.default!r}"
+        lines.append(f"{key} ({default}): {info.description}")
+    return lines

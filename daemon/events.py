@@ -1,0 +1,122 @@
+"""Identity events: their JSON form (schema: daemon/event.schema.json) and where they go.
+
+``EventSinks.emit`` writes each event to the MQTT spool (when MQTT is on), stdout and a
+JSON-lines file (when asked). ``published_ts`` is the time the event left the daemon:
+set by the MQTT publisher at sending, and by the other sinks at writing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any, TextIO
+
+import cv2
+import numpy as np
+
+from daemon import metrics
+from daemon.spool import Spool
+from daemon.tracking import TrackEvent
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_PATH = Path(__file__).with_name("event.schema.json")
+SNAPSHOT_SIZE = 160
+
+
+def _floats(values: np.ndarray, digits: int = 1) -> list[Any]:
+    return np.round(np.asarray(values, dtype=np.float64), digits).tolist()
+
+
+def event_json(
+    event: TrackEvent, node: str, camera: str, frame_ts: float, model_id: str | None, seq: int
+) -> dict[str, Any]:
+    """The event as published (without ``published_ts``, which is set on sending)."""
+    track = event.track
+    return {
+        "event_id": uuid.uuid4().hex,
+        "seq": seq,
+        "type": event.kind,
+        "node": node,
+        "camera": camera,
+        "track_id": track.track_id,
+        "identity": event.identity,
+        "previous_identity": event.previous,
+        "distance": None if event.distance is None else round(event.distance, 4),
+        "confidence": round(float(event.confidence), 4),
+        "bbox_xyxy": _floats(track.bbox_xyxy),
+        "landmarks": _floats(track.landmarks),
+        "first_seen_ts": round(track.first_seen, 3),
+        "frame_ts": round(frame_ts, 3),
+        "model": model_id,
+    }
+
+
+def face_snapshot(image: np.ndarray, bbox_xyxy: np.ndarray) -> bytes:
+    """A JPEG of the face with some context, at most SNAPSHOT_SIZE px on its long side."""
+    x0, y0, x1, y1 = np.asarray(bbox_xyxy, dtype=np.float64)
+    pad = 0.25 * max(x1 - x0, y1 - y0)
+    height, width = image.shape[:2]
+    left, top = int(max(0, x0 - pad)), int(max(0, y0 - pad))
+    right, bottom = int(min(width, x1 + pad)), int(min(height, y1 + pad))
+    crop = image[top:bottom, left:right]
+    if crop.size == 0:
+        return b""
+    scale = SNAPSHOT_SIZE / max(crop.shape[:2])
+    if scale < 1:
+        crop = cv2.resize(crop, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    ok, jpeg = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, 85])
+    return jpeg.tobytes() if ok else b""
+
+
+class EventSinks:
+    """Fan-out of events. Thread-safe; the scheduler thread is the only caller in practice."""
+
+    def __init__(
+        self,
+        spool: Spool | None = None,
+        topic_for: Any = None,
+        snapshot_topic_for: Any = None,
+        on_spooled: Any = None,
+        stdout: bool = False,
+        jsonl_file: str | None = None,
+    ) -> None:
+        self.spool, self.topic_for, self.snapshot_topic_for = spool, topic_for, snapshot_topic_for
+        self.on_spooled = on_spooled or (lambda: None)
+        self._stdout: TextIO | None = sys.stdout if stdout else None
+        self._file: TextIO | None = None
+        if jsonl_file:
+            path = Path(jsonl_file)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = path.open("a", encoding="utf-8")
+        self._lock = threading.Lock()
+
+    def emit(self, event: dict[str, Any], snapshot: bytes | None = None) -> None:
+        metrics.EVENTS.labels(event["camera"], event["type"]).inc()
+        with self._lock:
+            if self.spool is not None:
+                payload = json.dumps(event, separators=(",", ":")).encode()
+                dropped = self.spool.append(self.topic_for(event["camera"]), payload, kind="event")
+                if snapshot and self.snapshot_topic_for is not None:
+                    topic = self.snapshot_topic_for(event["camera"], event["event_id"])
+                    dropped += self.spool.append(topic, snapshot, kind="raw")
+                if dropped:
+                    metrics.MQTT_PUBLISHES.labels("dropped").inc(dropped)
+                metrics.SPOOL_EVENTS.set(len(self.spool))
+                self.on_spooled()
+            for stream in (self._stdout, self._file):
+                if stream is not None:
+                    line = dict(event, published_ts=round(time.time(), 3))
+                    stream.write(json.dumps(line, separators=(",", ":")) + "\n")
+                    stream.flush()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._file is not None:
+                self._file.close()
+                self._file = None

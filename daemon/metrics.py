@@ -1,0 +1,99 @@
+"""Every Prometheus instrument of the daemon, in one place (``facewatch_*``, units in names).
+
+The default registry also carries the client's process collector (CPU seconds, resident
+memory, open files) and the Python GC collector.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+
+from prometheus_client import Counter, Gauge, Histogram, Info, start_http_server
+
+from daemon import __version__
+
+logger = logging.getLogger(__name__)
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+BUILD = Info("facewatch_build", "facewatch version and runtime")
+
+CAMERA_UP = Gauge("facewatch_camera_up", "1 while the camera delivers frames", ["camera"])
+CAMERA_RECONNECTS = Counter(
+    "facewatch_camera_reconnects_total", "reconnection attempts after a failure", ["camera"]
+)
+FRAMES_READ = Counter(
+    "facewatch_frames_read_total", "frames decoded and kept after fps decimation", ["camera"]
+)
+FRAMES_PROCESSED = Counter(
+    "facewatch_frames_processed_total", "frames that went through detection", ["camera"]
+)
+FRAMES_DROPPED = Counter(
+    "facewatch_frames_dropped_total",
+    "frames dropped because the pipeline was behind (newest frames are kept)",
+    ["camera"],
+)
+STAGE_SECONDS = Histogram(
+    "facewatch_stage_seconds",
+    "time per batch in each stage: detect, embed, match, track",
+    ["stage"],
+    buckets=_LATENCY_BUCKETS,
+)
+BATCH_FRAMES = Histogram(
+    "facewatch_batch_frames", "frames per detection batch", buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32)
+)
+FACES_DETECTED = Counter("facewatch_faces_detected_total", "faces found", ["camera"])
+FACES_EMBEDDED = Counter("facewatch_faces_embedded_total", "faces run through FaceNet", ["camera"])
+RECOGNITIONS = Counter(
+    "facewatch_recognitions_total",
+    "recognised faces by identity ('unknown' for faces matching nobody)",
+    ["camera", "identity"],
+)
+EVENTS = Counter("facewatch_events_total", "identity events emitted", ["camera", "type"])
+EVENT_LATENCY = Histogram(
+    "facewatch_frame_to_event_seconds",
+    "from frame capture to the event's publication",
+    buckets=_LATENCY_BUCKETS,
+)
+MQTT_CONNECTED = Gauge("facewatch_mqtt_connected", "1 while connected to the broker")
+MQTT_PUBLISHES = Counter(
+    "facewatch_mqtt_publishes_total",
+    "MQTT publications by outcome: ok, failed (retried), dropped (spool full)",
+    ["outcome"],
+)
+SPOOL_EVENTS = Gauge("facewatch_mqtt_spool_events", "events waiting in the on-disk spool")
+GALLERY_IDENTITIES = Gauge("facewatch_gallery_identities", "people enrolled in the gallery")
+
+for _outcome in ("ok", "failed", "dropped"):
+    MQTT_PUBLISHES.labels(_outcome)
+
+
+def init(cameras: list[str], backend: str, model_id: str) -> None:
+    """Create the per-camera series at zero, so dashboards see them before the first frame."""
+    BUILD.info(
+        {
+            "version": __version__,
+            "python": platform.python_version(),
+            "backend": backend,
+            "model": model_id,
+        }
+    )
+    for camera in cameras:
+        for family in (CAMERA_RECONNECTS, FRAMES_READ, FRAMES_PROCESSED, FRAMES_DROPPED):
+            family.labels(camera)
+        for family in (FACES_DETECTED, FACES_EMBEDDED):
+            family.labels(camera)
+        CAMERA_UP.labels(camera).set(0)
+        RECOGNITIONS.labels(camera, "unknown")
+    for stage in ("detect", "embed", "match", "track"):
+        STAGE_SECONDS.labels(stage)
+
+
+def serve(address: str, port: int) -> None:
+    """Serve /metrics; a port in use is a clear error."""
+    try:
+        start_http_server(port, addr=address)
+    except OSError as exc:
+        raise OSError(f"metrics: cannot listen on {address}:{port}: {exc.strerror or exc}") from exc
+    logger.info("metrics on http://%s:%d/metrics", address, port)

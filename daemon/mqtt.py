@@ -1,0 +1,185 @@
+"""The MQTT publisher (paho-mqtt 2.x): its own thread sends the spool's messages in order.
+
+Topics, under ``PREFIX/NODE``:
+- ``status``: retained ``online`` / ``offline`` (also the last will);
+- ``cameras/CAMERA/status``: retained ``online`` / ``offline``;
+- ``events/CAMERA``: identity events, JSON, QoS 1, not retained;
+- ``snapshots/CAMERA/EVENT_ID``: a JPEG of the face, when snapshots are on.
+
+Delivery is at least once: a message leaves the spool only after the broker's PUBACK, and
+one in flight when the daemon stops is sent again at the next start (``event_id`` lets a
+consumer drop the rare duplicate). Messages are sent one at a time, so order is kept.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import ssl
+import threading
+import time
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+
+from daemon import metrics
+from daemon.config import MqttConfig
+from daemon.spool import Message, Spool
+
+logger = logging.getLogger(__name__)
+
+ONLINE, OFFLINE = "online", "offline"
+
+
+class MqttPublisher:
+    def __init__(self, config: MqttConfig, node_id: str, spool: Spool) -> None:
+        self.config, self.spool = config, spool
+        self.base = f"{config.topic_prefix.rstrip('/')}/{node_id}"
+        self.status_topic = f"{self.base}/status"
+        self.connected = threading.Event()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._camera_status: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self.client = self._make_client(node_id)
+        self._thread = threading.Thread(target=self._run, name="mqtt-publisher", daemon=True)
+
+    def _make_client(self, node_id: str) -> paho.Client:
+        cfg = self.config
+        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"facewatch-{node_id}")
+        client.will_set(self.status_topic, OFFLINE, qos=1, retain=True)
+        if cfg.username is not None:
+            client.username_pw_set(cfg.username, cfg.password)
+        if cfg.tls is not None:
+            client.tls_set(
+                ca_certs=cfg.tls.ca_file,
+                certfile=cfg.tls.cert_file,
+                keyfile=cfg.tls.key_file,
+                cert_reqs=ssl.CERT_REQUIRED,
+            )
+            client.tls_insecure_set(cfg.tls.insecure)
+        client.reconnect_delay_set(min_delay=1, max_delay=30)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        return client
+
+    # -- topics -------------------------------------------------------------------------
+
+    def event_topic(self, camera: str) -> str:
+        return f"{self.base}/events/{camera}"
+
+    def snapshot_topic(self, camera: str, event_id: str) -> str:
+        return f"{self.base}/snapshots/{camera}/{event_id}"
+
+    def camera_status_topic(self, camera: str) -> str:
+        return f"{self.base}/cameras/{camera}/status"
+
+    # -- life cycle ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        cfg = self.config
+        logger.info("MQTT: connecting to %s:%d%s", cfg.host, cfg.port, " (TLS)" if cfg.tls else "")
+        self.client.connect_async(cfg.host, cfg.port, keepalive=cfg.keepalive_s)
+        self.client.loop_start()
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Stop sending, publish ``offline`` (node and cameras), disconnect. Unsent messages
+        stay in the spool for the next start."""
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout_s)
+        if self.connected.is_set():
+            infos = [self.client.publish(self.status_topic, OFFLINE, qos=1, retain=True)]
+            for camera in self._camera_status:
+                topic = self.camera_status_topic(camera)
+                infos.append(self.client.publish(topic, OFFLINE, qos=1, retain=True))
+            deadline = time.monotonic() + timeout_s
+            for info in infos:
+                _wait(info, max(0.0, deadline - time.monotonic()))
+        self.client.disconnect()
+        self.client.loop_stop()
+        metrics.MQTT_CONNECTED.set(0)
+
+    def notify(self) -> None:
+        """New messages are in the spool."""
+        self._wake.set()
+
+    def set_camera_status(self, camera: str, up: bool) -> None:
+        """Retained camera status; republished on every (re)connection."""
+        state = ONLINE if up else OFFLINE
+        with self._lock:
+            if self._camera_status.get(camera) == state:
+                return
+            self._camera_status[camera] = state
+        if self.connected.is_set():
+            self.client.publish(self.camera_status_topic(camera), state, qos=1, retain=True)
+
+    # -- callbacks (paho's network thread) ------------------------------------------------
+
+    def _on_connect(
+        self, client: paho.Client, userdata: object, flags: object, reason: object, props: object
+    ) -> None:
+        if getattr(reason, "is_failure", False):
+            logger.warning("MQTT: broker refused the connection: %s", reason)
+            return
+        logger.info("MQTT: connected to %s:%d", self.config.host, self.config.port)
+        client.publish(self.status_topic, ONLINE, qos=1, retain=True)
+        with self._lock:
+            states = dict(self._camera_status)
+        for camera, state in states.items():
+            client.publish(self.camera_status_topic(camera), state, qos=1, retain=True)
+        self.connected.set()
+        metrics.MQTT_CONNECTED.set(1)
+        self._wake.set()
+
+    def _on_disconnect(
+        self, client: paho.Client, userdata: object, flags: object, reason: object, props: object
+    ) -> None:
+        if self.connected.is_set():
+            logger.warning("MQTT: disconnected (%s); events are spooled until it is back", reason)
+        self.connected.clear()
+        metrics.MQTT_CONNECTED.set(0)
+
+    # -- the sending thread ---------------------------------------------------------------
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            metrics.SPOOL_EVENTS.set(len(self.spool))
+            if not self.connected.wait(0.5):
+                continue
+            pending = self.spool.peek(1)
+            if not pending:
+                self._wake.wait(0.5)
+                self._wake.clear()
+                continue
+            self._send(pending[0])
+
+    def _send(self, message: Message) -> None:
+        payload = message.payload
+        if message.kind == "event":
+            event = json.loads(payload)
+            event["published_ts"] = round(time.time(), 3)
+            payload = json.dumps(event, separators=(",", ":")).encode()
+        info = self.client.publish(message.topic, payload, qos=message.qos, retain=message.retain)
+        # paho keeps a QoS 1 message it could not send and sends it again after reconnecting:
+        # wait for that rather than publish a second copy.
+        while not self._stop.is_set():
+            if _wait(info, 1.0):
+                self.spool.delete(message.row_id)
+                metrics.MQTT_PUBLISHES.labels("ok").inc()
+                if message.kind == "event":
+                    metrics.EVENT_LATENCY.observe(max(0.0, time.time() - event["frame_ts"]))
+                return
+            if info.rc == paho.MQTT_ERR_QUEUE_SIZE:
+                break
+        metrics.MQTT_PUBLISHES.labels("failed").inc()
+
+
+def _wait(info: paho.MQTTMessageInfo, timeout_s: float) -> bool:
+    """True once the broker acknowledged the message."""
+    try:
+        info.wait_for_publish(timeout_s)
+    except (RuntimeError, ValueError):
+        time.sleep(min(timeout_s, 0.2))
+    return info.is_published()

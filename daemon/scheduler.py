@@ -1,0 +1,220 @@
+"""The hot path: one thread owns the engines. It gathers frames from every camera, detects
+faces on the whole batch, embeds the faces that need it in one call, matches them against
+the gallery, updates each camera's tracks and emits the events that are due.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from daemon import metrics
+from daemon.cameras import Frame, FrameQueues
+from daemon.config import Config
+from daemon.events import EventSinks, event_json, face_snapshot
+from daemon.gallery import Gallery, GalleryError
+from daemon.tracking import Track, Tracker, TrackEvent
+from engines.facenet import FaceNet
+from engines.mtcnn import MTCNN, FrameDetections
+
+logger = logging.getLogger(__name__)
+
+EXPIRE_EVERY_S = 0.25
+
+
+@dataclass
+class _Face:
+    frame: Frame
+    detections: FrameDetections
+    index: int
+    track: Track
+
+
+class Pipeline:
+    """Detection -> tracking -> embedding -> matching -> events, for batches of frames."""
+
+    def __init__(
+        self,
+        config: Config,
+        detector: MTCNN,
+        facenet: FaceNet | None,
+        sinks: EventSinks,
+        gallery: Gallery | None = None,
+    ) -> None:
+        self.config, self.detector, self.facenet, self.sinks = config, detector, facenet, sinks
+        self.gallery = gallery
+        self.trackers = {
+            c.name: Tracker(c.name, config.tracking, config.recognition.reembed_every)
+            for c in config.cameras
+        }
+        self._detectors: dict[str, MTCNN] = {}
+        for camera in config.cameras:
+            size = camera.detection.min_face_size
+            self._detectors[camera.name] = (
+                detector if size is None else detector.with_config(min_face_size=size)
+            )
+        self._seq = 0
+        self.model_id = facenet.model_id if facenet is not None else None
+
+    # -- one batch ------------------------------------------------------------------------
+
+    def process(self, frames: list[Frame]) -> None:
+        metrics.BATCH_FRAMES.observe(len(frames))
+        with metrics.STAGE_SECONDS.labels("detect").time():
+            found = self._detect(frames)
+        faces: list[_Face] = []
+        with metrics.STAGE_SECONDS.labels("track").time():
+            for frame, detections in zip(frames, found, strict=True):
+                metrics.FRAMES_PROCESSED.labels(frame.camera).inc()
+                metrics.FACES_DETECTED.labels(frame.camera).inc(len(detections))
+                tracks = self.trackers[frame.camera].update(frame.ts, detections)
+                faces += [_Face(frame, detections, k, t) for k, t in enumerate(tracks)]
+        if self.facenet is not None:
+            self._recognise(faces)
+        self._emit_due(frames, faces)
+
+    def _detect(self, frames: list[Frame]) -> list[FrameDetections]:
+        """One detector call per group of cameras sharing settings (usually one)."""
+        results: list[FrameDetections | None] = [None] * len(frames)
+        groups: dict[int, list[int]] = {}
+        for k, frame in enumerate(frames):
+            groups.setdefault(id(self._detectors[frame.camera]), []).append(k)
+        for members in groups.values():
+            detector = self._detectors[frames[members[0]].camera]
+            for k, found in zip(
+                members, detector.detect([frames[k].image for k in members]), strict=True
+            ):
+                results[k] = found
+        return [r if r is not None else FrameDetections() for r in results]
+
+    def _recognise(self, faces: list[_Face]) -> None:
+        facenet = self.facenet
+        if facenet is None:
+            return
+        wanted = [f for f in faces if self.trackers[f.frame.camera].wants_embedding(f.track)]
+        if not wanted:
+            return
+        with metrics.STAGE_SECONDS.labels("embed").time():
+            crops = np.concatenate(
+                [facenet.align(f.frame.image, f.detections, [f.index]) for f in wanted]
+            )
+            embeddings = facenet.embed(crops)
+        with metrics.STAGE_SECONDS.labels("match").time():
+            matches = self.gallery.match(embeddings) if self.gallery is not None else None
+        for k, face in enumerate(wanted):
+            camera = face.frame.camera
+            metrics.FACES_EMBEDDED.labels(camera).inc()
+            identity, distance = (None, float("inf"))
+            if matches is not None:
+                identity, distance = matches[k].identity, matches[k].distance
+            metrics.RECOGNITIONS.labels(camera, identity or "unknown").inc()
+            self.trackers[camera].record(face.track, identity, distance)
+
+    def _emit_due(self, frames: list[Frame], faces: list[_Face]) -> None:
+        by_frame: dict[int, list[Track]] = {}
+        for face in faces:
+            by_frame.setdefault(id(face.frame), []).append(face.track)
+        for frame in frames:
+            for event in self.trackers[frame.camera].decide(by_frame.get(id(frame), [])):
+                self._emit(event, frame.camera, frame.ts, frame)
+
+    def expire(self, now: float) -> None:
+        for camera, tracker in self.trackers.items():
+            for event in tracker.expire(now):
+                self._emit(event, camera, event.track.last_seen, None)
+
+    def _emit(self, event: TrackEvent, camera: str, frame_ts: float, frame: Frame | None) -> None:
+        self._seq += 1
+        payload = event_json(event, self.config.node_id, camera, frame_ts, self.model_id, self._seq)
+        snapshot = None
+        if self.config.tracking.snapshots and frame is not None:
+            snapshot = face_snapshot(frame.image, event.track.bbox_xyxy)
+        self.sinks.emit(payload, snapshot)
+
+    # -- the gallery ----------------------------------------------------------------------
+
+    def reload_gallery(self) -> None:
+        """Re-read the gallery file (SIGHUP); on failure the old one stays in use."""
+        if self.facenet is None:
+            return
+        try:
+            fresh = open_gallery(self.config, self.facenet.model_id)
+        except GalleryError as exc:
+            logger.error("gallery not reloaded: %s", exc)
+            return
+        if self.gallery is not None:
+            self.gallery.close()
+        self.gallery = fresh
+        logger.info("gallery reloaded")
+
+
+def open_gallery(config: Config, model_id: str) -> Gallery | None:
+    """The configured gallery, checked against the model; None (all faces unknown) when the
+    file does not exist yet."""
+    path = config.recognition.gallery
+    try:
+        gallery = Gallery.open(path, model_id=model_id)
+    except GalleryError:
+        if Path(path).exists():
+            raise
+        logger.warning(
+            "no gallery at %s: every face is unknown until people are enrolled "
+            "(facewatch enroll --gallery %s ...; then SIGHUP the daemon)",
+            path,
+            path,
+        )
+        metrics.GALLERY_IDENTITIES.set(0)
+        return None
+    gallery.threshold_override = config.recognition.threshold
+    metrics.GALLERY_IDENTITIES.set(len(gallery.identities()))
+    return gallery
+
+
+class BatchScheduler(threading.Thread):
+    """The one thread that runs the engines."""
+
+    def __init__(
+        self, pipeline: Pipeline, queues: FrameQueues, on_batch: Callable[[], None]
+    ) -> None:
+        super().__init__(name="batch-scheduler", daemon=True)
+        self.pipeline, self.queues, self.on_batch = pipeline, queues, on_batch
+        self._stop_event = threading.Event()
+        self._reload = threading.Event()
+        self.error: BaseException | None = None
+        self.batches = 0
+
+    def stop(self) -> None:
+        self._stop_event.set()
+
+    def request_reload(self) -> None:
+        self._reload.set()
+
+    def run(self) -> None:
+        batching = self.pipeline.config.batching
+        last_expire = 0.0
+        try:
+            while True:
+                if self._reload.is_set():
+                    self._reload.clear()
+                    self.pipeline.reload_gallery()
+                stopping = self._stop_event.is_set()
+                frames = self.queues.take(batching.max_batch, batching.max_wait_ms / 1000, 0.2)
+                if frames:
+                    self.pipeline.process(frames)
+                    self.batches += 1
+                    self.on_batch()
+                now = time.time()
+                if now - last_expire >= EXPIRE_EVERY_S:
+                    self.pipeline.expire(now)
+                    last_expire = now
+                if stopping and not frames:
+                    return  # drained: the cameras are stopped and the queues are empty
+        except BaseException as exc:  # the service stops and reports it
+            logger.exception("batch scheduler failed")
+            self.error = exc

@@ -1,0 +1,234 @@
+"""The daemon's life cycle: build every piece from the config, start them in order, serve
+until SIGTERM, then stop them in reverse order, draining what is in flight.
+
+systemd: ``READY=1`` once the engines are warm, ``WATCHDOG=1`` only while batches are being
+processed, ``STOPPING=1`` on the way out (written to ``$NOTIFY_SOCKET`` directly).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+from types import FrameType
+
+import numpy as np
+
+from daemon import metrics
+from daemon.cameras import CameraReader, FrameQueues, check_file_source
+from daemon.config import REPO_ROOT, Config, ConfigError
+from daemon.events import EventSinks
+from daemon.mqtt import MqttPublisher
+from daemon.scheduler import BatchScheduler, Pipeline, open_gallery
+from daemon.spool import Spool
+from engines.base import EngineError
+from engines.facenet import FaceNet
+from engines.mtcnn import MTCNN
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_FACENET = REPO_ROOT / "models" / "facenet" / "facenet.onnx"
+STALL_S = 30.0  # no batch for this long: the watchdog is no longer fed
+
+
+def sd_notify(message: str) -> bool:
+    """Send ``message`` to systemd's notification socket, if there is one."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return False
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.connect(address)
+            sock.sendall(message.encode())
+    except OSError as exc:
+        logger.warning("cannot notify systemd (%s): %s", address, exc)
+        return False
+    return True
+
+
+def resolve_model(config: Config) -> Path | None:
+    """The FaceNet model file to use, or None for detection only."""
+    model = config.recognition.model
+    if model is None:
+        return None
+    if model == "auto":
+        if DEFAULT_FACENET.is_file():
+            return DEFAULT_FACENET
+        logger.warning(
+            "no FaceNet model at %s: running detection and tracking only (events carry "
+            "identity null); set recognition.model to a model file to recognise people",
+            DEFAULT_FACENET,
+        )
+        return None
+    path = Path(model)
+    if not path.is_file():
+        raise ConfigError(f"recognition.model: {path}: FaceNet model file not found")
+    return path
+
+
+def check_cameras(config: Config) -> None:
+    """Local video files must exist and decode (streams may come up later)."""
+    for k, camera in enumerate(config.cameras):
+        if not camera.enabled:
+            continue
+        try:
+            check_file_source(camera.url)
+        except OSError as exc:
+            raise ConfigError(f"cameras[{k}] ({camera.name}).url: {exc}") from None
+
+
+class Service:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self._stop = threading.Event()
+        self._hup = threading.Event()
+        self.publisher: MqttPublisher | None = None
+        self.spool: Spool | None = None
+        self.readers: list[CameraReader] = []
+        self._last_batch = 0.0
+
+    # -- building -----------------------------------------------------------------------
+
+    def _load_engines(self) -> tuple[MTCNN, FaceNet | None]:
+        cfg = self.config
+        threads = cfg.engines.threads or os.cpu_count() or 1
+        detection = cfg.detection
+        try:
+            detector = MTCNN.load(
+                cfg.engines.mtcnn_dir,
+                backend=cfg.engines.backend,
+                threads=threads,
+                lanes=threads if cfg.engines.backend in ("opencv", "onnxruntime") else 1,
+                min_face_size=detection.min_face_size,
+                thresholds=detection.thresholds,
+                scale_factor=detection.scale_factor,
+            )
+            model = resolve_model(cfg)
+            facenet = None
+            if model is not None:
+                backend = cfg.engines.backend if cfg.engines.backend != "opencv" else "onnxruntime"
+                facenet = FaceNet.load(
+                    model, backend=backend, threads=threads, flip=cfg.recognition.flip
+                )
+        except EngineError as exc:
+            raise ConfigError(str(exc)) from None
+        self._warm_up(detector, facenet)
+        return detector, facenet
+
+    def _warm_up(self, detector: MTCNN, facenet: FaceNet | None) -> None:
+        started = time.monotonic()
+        rng = np.random.default_rng(0)
+        detector.detect([rng.integers(0, 255, (240, 320, 3), dtype=np.uint8)])
+        if facenet is not None:
+            height, width = facenet.image_size_hw
+            facenet.embed(np.zeros((2, height, width, 3), np.uint8))
+        logger.info("engines warm in %.1f s", time.monotonic() - started)
+
+    def _start_outputs(self) -> EventSinks:
+        cfg = self.config
+        if not cfg.mqtt.enabled:
+            return EventSinks(stdout=cfg.events.stdout, jsonl_file=cfg.events.jsonl_file)
+        self.spool = Spool(cfg.mqtt.spool_dir, cfg.mqtt.spool_max_events)
+        publisher = MqttPublisher(cfg.mqtt, cfg.node_id, self.spool)
+        self.publisher = publisher
+        for camera in cfg.cameras:
+            if camera.enabled:
+                publisher.set_camera_status(camera.name, False)
+        publisher.start()
+        return EventSinks(
+            spool=self.spool,
+            topic_for=publisher.event_topic,
+            snapshot_topic_for=publisher.snapshot_topic,
+            on_spooled=publisher.notify,
+            stdout=cfg.events.stdout,
+            jsonl_file=cfg.events.jsonl_file,
+        )
+
+    # -- running ------------------------------------------------------------------------
+
+    def run(self) -> int:
+        cfg = self.config
+        check_cameras(cfg)
+        detector, facenet = self._load_engines()
+        gallery = open_gallery(cfg, facenet.model_id) if facenet is not None else None
+        cameras = [c for c in cfg.cameras if c.enabled]
+        metrics.init(
+            [c.name for c in cameras], cfg.engines.backend, facenet.model_id if facenet else ""
+        )
+        if cfg.metrics.enabled:
+            metrics.serve(cfg.metrics.address, cfg.metrics.port)
+        sinks = self._start_outputs()
+        pipeline = Pipeline(cfg, detector, facenet, sinks, gallery)
+        queues = FrameQueues([c.name for c in cameras], cfg.batching.queue_frames)
+        scheduler = BatchScheduler(pipeline, queues, self._batch_done)
+        on_status = self.publisher.set_camera_status if self.publisher else None
+        self.readers = [CameraReader(c, queues, on_status) for c in cameras]
+        scheduler.start()
+        for reader in self.readers:
+            reader.start()
+        self._install_signals()
+        sd_notify("READY=1")
+        logger.info("facewatch running: %d camera(s), node %s", len(cameras), cfg.node_id)
+        try:
+            self._serve(scheduler)
+        finally:
+            self._shutdown(scheduler, sinks)
+        return 1 if scheduler.error is not None else 0
+
+    def _batch_done(self) -> None:
+        self._last_batch = time.monotonic()
+
+    def _serve(self, scheduler: BatchScheduler) -> None:
+        watchdog_s = int(os.environ.get("WATCHDOG_USEC", "0")) / 1e6
+        ping_every = watchdog_s / 2 if watchdog_s else 1.0
+        while not self._stop.wait(ping_every):
+            if self._hup.is_set():
+                self._hup.clear()
+                scheduler.request_reload()
+            if not scheduler.is_alive():
+                logger.error("the batch scheduler stopped: %s", scheduler.error)
+                return
+            flowing = time.monotonic() - self._last_batch < max(STALL_S, watchdog_s)
+            if watchdog_s and flowing:
+                sd_notify("WATCHDOG=1")
+
+    def _install_signals(self) -> None:
+        def stop(signum: int, frame: FrameType | None) -> None:
+            logger.info("%s: stopping", signal.Signals(signum).name)
+            self._stop.set()
+
+        def reload(signum: int, frame: FrameType | None) -> None:
+            self._hup.set()  # the serve loop passes it on within a second
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGHUP, reload)
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def _shutdown(self, scheduler: BatchScheduler, sinks: EventSinks) -> None:
+        sd_notify("STOPPING=1")
+        for reader in self.readers:
+            reader.stop()
+        for reader in self.readers:
+            reader.join(timeout=15)
+        scheduler.stop()
+        scheduler.join(timeout=30)
+        if self.publisher is not None:
+            self.publisher.stop()
+        if self.spool is not None:
+            left = len(self.spool)
+            if left:
+                logger.warning(
+                    "%d event(s) kept in the spool %s for the next start", left, self.spool.path
+                )
+            self.spool.close()
+        sinks.close()
+        logger.info("facewatch stopped")

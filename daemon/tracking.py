@@ -1,0 +1,159 @@
+"""Per-camera face tracks: IoU association, an identity vote over each track, and the
+decisions of when an event is due.
+
+Events (``TrackEvent.kind``):
+- ``confirmed``: a face has been seen in ``confirm_frames`` frames (identity may be null);
+- ``identified``: a confirmed track's identity is resolved (null -> name);
+- ``changed``: a resolved identity becomes another one, or unknown;
+- ``left``: a confirmed track has not been seen for ``lost_after_s``.
+
+A track's identity is the plurality of its last ``vote_window`` recognitions ("unknown"
+votes included) once it has at least ``min_votes`` of them. Its confidence is the share of
+the window that agrees.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter, deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from daemon.config import TrackingConfig
+from engines.boxes import iou_matrix
+from engines.mtcnn import FrameDetections
+
+logger = logging.getLogger(__name__)
+
+UNKNOWN = ""  # the vote of a face that matched nobody
+
+
+@dataclass
+class Vote:
+    identity: str  # UNKNOWN for no match
+    distance: float
+
+
+@dataclass
+class Track:
+    track_id: int
+    bbox_xyxy: np.ndarray
+    landmarks: np.ndarray
+    first_seen: float
+    last_seen: float
+    hits: int = 1
+    confirmed: bool = False
+    identity: str | None = None  # announced identity (None: unknown or not yet resolved)
+    resolved: bool = False  # a vote has reached min_votes
+    since_embed: int = 0  # processed frames since the face was last embedded
+    embedded: bool = False
+    votes: deque[Vote] = field(default_factory=deque)
+
+    def verdict(self, min_votes: int) -> tuple[str | None, float, float | None] | None:
+        """(identity, confidence, mean distance) of the vote, or None while undecided."""
+        if not self.votes:
+            return None
+        counts = Counter(v.identity for v in self.votes)
+        winner, n = counts.most_common(1)[0]
+        if n < min_votes:
+            return None
+        distances = [v.distance for v in self.votes if v.identity == winner]
+        finite = [d for d in distances if np.isfinite(d)]
+        distance = float(np.mean(finite)) if finite else None
+        return (winner or None), n / len(self.votes), distance
+
+
+@dataclass(frozen=True)
+class TrackEvent:
+    kind: str
+    track: Track
+    identity: str | None
+    confidence: float
+    distance: float | None
+    previous: str | None = None
+
+
+class Tracker:
+    """The tracks of one camera. Owned by the scheduler thread (not thread-safe)."""
+
+    def __init__(self, camera: str, config: TrackingConfig, reembed_every: int = 10) -> None:
+        self.camera, self.config, self.reembed_every = camera, config, reembed_every
+        self.tracks: list[Track] = []
+        self._next_id = 1
+
+    def update(self, ts: float, faces: FrameDetections) -> list[Track]:
+        """Match ``faces`` of a frame taken at ``ts`` to tracks (greedy by IoU), start tracks
+        for the rest; returns the track of each face, in order."""
+        assigned: list[Track | None] = [None] * len(faces)
+        live = [t for t in self.tracks if t.last_seen < ts]
+        if live and len(faces):
+            iou = iou_matrix(faces.bbox_xyxy, np.stack([t.bbox_xyxy for t in live]))
+            taken: set[int] = set()
+            for flat in np.argsort(-iou, axis=None):
+                i, j = (int(k) for k in np.unravel_index(flat, iou.shape))
+                if iou[i, j] < self.config.iou_threshold:
+                    break
+                if assigned[i] is None and j not in taken:
+                    assigned[i] = live[j]
+                    taken.add(j)
+        result = []
+        for i, track in enumerate(assigned):
+            if track is None:
+                track = Track(self._next_id, faces.bbox_xyxy[i], faces.landmarks[i], ts, ts)
+                self._next_id += 1
+                self.tracks.append(track)
+            else:
+                track.bbox_xyxy, track.landmarks = faces.bbox_xyxy[i], faces.landmarks[i]
+                track.last_seen = ts
+                track.hits += 1
+                track.since_embed += 1
+            result.append(track)
+        return result
+
+    def wants_embedding(self, track: Track) -> bool:
+        """New tracks, undecided ones, and every ``reembed_every`` frames."""
+        return not track.embedded or not track.resolved or track.since_embed >= self.reembed_every
+
+    def record(self, track: Track, identity: str | None, distance: float) -> None:
+        """One recognition of the track's face (identity None: matched nobody)."""
+        track.embedded, track.since_embed = True, 0
+        track.votes.append(Vote(identity or UNKNOWN, distance))
+        while len(track.votes) > self.config.vote_window:
+            track.votes.popleft()
+
+    def decide(self, tracks: list[Track]) -> list[TrackEvent]:
+        """Events due for the tracks just updated by a frame."""
+        events = []
+        for track in tracks:
+            verdict = track.verdict(self.config.min_votes)
+            if verdict is not None:
+                track.resolved = True
+            if not track.confirmed:
+                if track.hits >= self.config.confirm_frames:
+                    track.confirmed = True
+                    who, confidence, distance = verdict or (None, 0.0, None)
+                    track.identity = who
+                    events.append(TrackEvent("confirmed", track, who, confidence, distance))
+                continue
+            if verdict is None or verdict[0] == track.identity:
+                continue
+            who, confidence, distance = verdict
+            kind = "identified" if track.identity is None and who is not None else "changed"
+            events.append(TrackEvent(kind, track, who, confidence, distance, track.identity))
+            track.identity = who
+        return events
+
+    def expire(self, now: float) -> list[TrackEvent]:
+        """Drop tracks not seen for ``lost_after_s``; ``left`` for the confirmed ones."""
+        gone = [t for t in self.tracks if now - t.last_seen > self.config.lost_after_s]
+        if not gone:
+            return []
+        self.tracks = [t for t in self.tracks if t not in gone]
+        events = []
+        for track in gone:
+            if track.confirmed:
+                verdict = track.verdict(self.config.min_votes)
+                confidence, distance = (verdict[1], verdict[2]) if verdict else (0.0, None)
+                events.append(TrackEvent("left", track, track.identity, confidence, distance))
+        return events
