@@ -26,3 +26,13 @@ def detector():
     from engines.mtcnn import MTCNN
 
     return MTCNN.load(MODELS / "mtcnn", threads=2)
+
+
+@pytest.fixture(scope="session")
+def test_model(tmp_path_factory) -> Path:
+    """A random-weight FaceNet exported like a trained one (tests/facenet_model.py): for
+    the mechanics of recognition, not its accuracy."""
+    from tests.facenet_model import build_test_model
+
+    data = SHARED_DATA if (SHARED_DATA / "README.md").is_file() else None
+    return build_test_model(tmp_path_factory.getbasetemp() / "facenet-test-model", data)

@@ -14,15 +14,10 @@ import numpy as np
 import pytest
 
 from daemon.cli import main
-from tests.facenet_model import NEEDS_SHIPPED_MODEL, build_test_model
+from tests.facenet_model import NEEDS_SHIPPED_MODEL
 
 CELEBA_PEOPLE = 4
 CELEBA_IMAGES = 3
-
-
-@pytest.fixture(scope="session")
-def test_model(tmp_path_factory, shared_data) -> Path:
-    return build_test_model(tmp_path_factory.getbasetemp() / "facenet-test-model", shared_data)
 
 
 @pytest.fixture

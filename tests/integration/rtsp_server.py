@@ -1,0 +1,127 @@
+"""A real RTSP server for the tests and benchmarks: GStreamer's RTSP server (gst-rtsp-server)
+serving H.264 video files in an endless loop, paced at their native frame rate.
+
+Runs under the system Python, which has GStreamer's introspection bindings:
+
+    /usr/bin/python3 tests/integration/rtsp_server.py --port 8554 cam1=clip.mp4 cam2=other.mp4
+
+serves rtsp://127.0.0.1:8554/cam1 and /cam2. Each file's encoded frames are read once (no
+re-encoding: the server costs almost no CPU) and replayed with shifted timestamps, so a
+client sees one continuous stream. Prints "ready" on stdout once it listens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+import time
+from dataclasses import dataclass
+
+import gi
+
+gi.require_version("Gst", "1.0")
+gi.require_version("GstRtspServer", "1.0")
+from gi.repository import GLib, Gst, GstRtspServer  # noqa: E402
+
+SERVED = (
+    "( appsrc name=src is-live=true format=time do-timestamp=false "
+    "! h264parse ! rtph264pay name=pay0 pt=96 config-interval=1 )"
+)
+
+
+@dataclass
+class Clip:
+    caps: Gst.Caps
+    units: list[tuple[bytes, int, int, int, bool]]  # data, pts, dts, duration (ns), delta
+    length_ns: int
+
+
+def read_clip(path: str) -> Clip:
+    """Every H.264 access unit of an MP4 file, as Annex B byte stream with SPS/PPS inline."""
+    pipeline = Gst.parse_launch(
+        f'filesrc location="{path}" ! qtdemux ! h264parse config-interval=-1 '
+        "! video/x-h264,stream-format=byte-stream,alignment=au ! appsink name=sink sync=false"
+    )
+    sink = pipeline.get_by_name("sink")
+    pipeline.set_state(Gst.State.PLAYING)
+    units, caps = [], None
+    while True:
+        sample = sink.emit("pull-sample")
+        if sample is None:
+            break
+        caps = caps or sample.get_caps()
+        buf = sample.get_buffer()
+        delta = bool(buf.get_flags() & Gst.BufferFlags.DELTA_UNIT)
+        data = buf.extract_dup(0, buf.get_size())
+        units.append((data, buf.pts, buf.dts, buf.duration, delta))
+    pipeline.set_state(Gst.State.NULL)
+    if not units or caps is None:
+        raise SystemExit(f"{path}: no H.264 video found")
+    last = units[-1]
+    length = max(u[1] for u in units) + (last[3] if last[3] != Gst.CLOCK_TIME_NONE else 0)
+    return Clip(caps, units, length)
+
+
+def feed(appsrc: Gst.Element, clip: Clip, stop: threading.Event) -> None:
+    """Push the clip's units forever, paced by the wall clock."""
+    started = time.monotonic()
+    loop = 0
+    while not stop.is_set():
+        offset = loop * clip.length_ns
+        for data, pts, dts, duration, delta in clip.units:
+            when = started + (offset + pts) / 1e9
+            time.sleep(max(0.0, when - time.monotonic() - 0.005))
+            buf = Gst.Buffer.new_wrapped(data)
+            buf.pts = offset + pts
+            buf.dts = offset + dts if dts != Gst.CLOCK_TIME_NONE else Gst.CLOCK_TIME_NONE
+            buf.duration = duration
+            if delta:
+                buf.set_flags(Gst.BufferFlags.DELTA_UNIT)
+            if appsrc.emit("push-buffer", buf) != Gst.FlowReturn.OK:
+                return  # the media was torn down
+        loop += 1
+
+
+class LoopingFactory(GstRtspServer.RTSPMediaFactory):
+    def __init__(self, clip: Clip) -> None:
+        super().__init__()
+        self.clip = clip
+        self.set_launch(SERVED)
+        self.set_shared(True)
+        self.connect("media-configure", self._configure)
+
+    def _configure(
+        self, factory: GstRtspServer.RTSPMediaFactory, media: GstRtspServer.RTSPMedia
+    ) -> None:
+        appsrc = media.get_element().get_child_by_name("src")
+        appsrc.set_property("caps", self.clip.caps)
+        stop = threading.Event()
+        media.connect("unprepared", lambda *_: stop.set())
+        threading.Thread(target=feed, args=(appsrc, self.clip, stop), daemon=True).start()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=8554)
+    parser.add_argument("--address", default="127.0.0.1")
+    parser.add_argument("mounts", nargs="+", metavar="NAME=FILE.mp4")
+    args = parser.parse_args()
+    Gst.init(None)
+    server = GstRtspServer.RTSPServer()
+    server.set_address(args.address)
+    server.set_service(str(args.port))
+    points = server.get_mount_points()
+    for spec in args.mounts:
+        name, _, path = spec.partition("=")
+        points.add_factory(f"/{name}", LoopingFactory(read_clip(path)))
+    if server.attach(None) == 0:
+        print(f"cannot listen on {args.address}:{args.port}", file=sys.stderr)
+        return 1
+    print("ready", flush=True)
+    GLib.MainLoop().run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

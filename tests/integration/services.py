@@ -1,0 +1,204 @@
+"""Real services for the integration tests, started on 127.0.0.1 and stopped by the tests:
+mosquitto, GStreamer's RTSP server, the facewatch daemon, and an MQTT subscriber."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as paho
+import pytest
+import yaml
+from paho.mqtt.enums import CallbackAPIVersion
+
+from tests.conftest import REPO
+
+RTSP_SERVER = Path(__file__).with_name("rtsp_server.py")
+SYSTEM_PYTHON = "/usr/bin/python3"
+FACEWATCH = Path(sys.executable).with_name("facewatch")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(predicate: Any, timeout_s: float, what: str, every_s: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every_s)
+    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+class Process:
+    """A child process with its output in a file; ``stop`` is SIGTERM then SIGKILL."""
+
+    def __init__(self, args: list[str], log: Path, env: dict[str, str] | None = None) -> None:
+        self.args, self.log_path, self.env = args, log, env
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        out = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            self.args, stdout=out, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
+        )
+        out.close()
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 20) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return None if self.proc is None else self.proc.returncode
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+class Mosquitto(Process):
+    def __init__(self, folder: Path, port: int | None = None, extra_conf: str = "") -> None:
+        binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        if not Path(binary).exists():
+            pytest.skip("mosquitto is not installed (apt-get install mosquitto; .ci/run does)")
+        self.port = port or free_port()
+        conf = folder / f"mosquitto-{self.port}.conf"
+        conf.write_text(
+            f"listener {self.port} 127.0.0.1\npersistence false\nlog_type error\n"
+            + (extra_conf or "allow_anonymous true\n")
+        )
+        super().__init__([binary, "-c", str(conf)], folder / f"mosquitto-{self.port}.log")
+
+    def start(self) -> None:
+        super().start()
+        wait_for(lambda: _port_open(self.port), 10, f"mosquitto on port {self.port}")
+
+
+class RtspServer(Process):
+    def __init__(self, folder: Path, clips: dict[str, Path], port: int | None = None) -> None:
+        if (
+            not Path(SYSTEM_PYTHON).exists()
+            or subprocess.run(
+                [SYSTEM_PYTHON, "-c", "import gi; gi.require_version('GstRtspServer', '1.0')"],
+                capture_output=True,
+            ).returncode
+        ):
+            pytest.skip("GStreamer's RTSP server is not installed (gir1.2-gst-rtsp-server-1.0)")
+        self.port = port or free_port()
+        mounts = [f"{name}={path}" for name, path in clips.items()]
+        args = [SYSTEM_PYTHON, str(RTSP_SERVER), "--port", str(self.port), *mounts]
+        super().__init__(args, folder / f"rtsp-{self.port}.log")
+
+    def url(self, name: str) -> str:
+        return f"rtsp://127.0.0.1:{self.port}/{name}"
+
+    def start(self) -> None:
+        super().start()
+        wait_for(lambda: "ready" in self.log(), 30, "the RTSP server")
+
+
+class Daemon(Process):
+    """``facewatch run`` on a config written from ``settings``."""
+
+    def __init__(
+        self, folder: Path, settings: dict[str, Any], env: dict[str, str] | None = None
+    ) -> None:
+        self.folder = folder
+        self.config_path = folder / "facewatch.yaml"
+        self.config_path.write_text(yaml.safe_dump(settings))
+        self.metrics_port = settings.get("metrics", {}).get("port")
+        full_env = dict(os.environ, **(env or {}))
+        args = [str(FACEWATCH), "run", "--config", str(self.config_path)]
+        super().__init__(args, folder / "daemon.log", env=full_env)
+
+    def metrics(self) -> dict[str, float]:
+        """The /metrics page as {'name{labels}': value}."""
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            text = response.read().decode()
+        values = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                key, _, value = line.rpartition(" ")
+                values[key] = float(value)
+        return values
+
+    def metric(self, name: str) -> float:
+        try:
+            return self.metrics().get(name, 0.0)
+        except OSError:
+            return 0.0
+
+
+class Subscriber:
+    """An MQTT client that records every message under ``topic``."""
+
+    def __init__(self, port: int, topic: str = "#", **tls: Any) -> None:
+        self.messages: list[tuple[str, bytes, bool]] = []
+        self._lock = threading.Lock()
+        self.client = paho.Client(CallbackAPIVersion.VERSION2)
+        if tls.get("username"):
+            self.client.username_pw_set(tls["username"], tls.get("password"))
+        if tls.get("ca_file"):
+            self.client.tls_set(ca_certs=tls["ca_file"])
+        self.client.on_message = self._on_message
+        self.client.on_connect = lambda c, *a: c.subscribe(topic, qos=1)
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+
+    def _on_message(self, client: Any, userdata: Any, message: paho.MQTTMessage) -> None:
+        with self._lock:
+            self.messages.append((message.topic, bytes(message.payload), bool(message.retain)))
+
+    def events(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [json.loads(p) for t, p, _ in self.messages if "/events/" in t]
+
+    def last(self, topic: str) -> bytes | None:
+        with self._lock:
+            found = [p for t, p, _ in self.messages if t == topic]
+        return found[-1] if found else None
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def daemon_settings(
+    cameras: list[dict[str, Any]], mqtt_port: int, folder: Path, **sections: Any
+) -> dict[str, Any]:
+    """A daemon config for the tests: detection only unless ``recognition`` is given."""
+    settings: dict[str, Any] = {
+        "node_id": "test",
+        "cameras": cameras,
+        "recognition": {"model": None},
+        "engines": {"threads": 2, "mtcnn_dir": str(REPO / "models" / "mtcnn")},
+        "mqtt": {"port": mqtt_port, "spool_dir": str(folder / "spool"), "keepalive_s": 5},
+        "metrics": {"port": free_port()},
+        "tracking": {"confirm_frames": 2, "lost_after_s": 1.0},
+        "logging": {"level": "INFO"},
+    }
+    for name, value in sections.items():
+        settings[name] = {**settings.get(name, {}), **value}
+    return settings

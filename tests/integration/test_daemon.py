@@ -1,0 +1,286 @@
+"""The daemon end to end with real parts: GStreamer's RTSP server, mosquitto, Prometheus
+scrapes of /metrics, systemd's notification socket, and faults injected into each."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from daemon.cli import main
+from daemon.events import SCHEMA_PATH
+from tests.conftest import REPO
+from tests.integration.services import (
+    FACEWATCH,
+    Daemon,
+    Mosquitto,
+    RtspServer,
+    Subscriber,
+    daemon_settings,
+    wait_for,
+)
+
+pytestmark = pytest.mark.slow
+
+CLIP = REPO / "configs" / "demo" / "hamilton_360p.mp4"
+PEOPLE = REPO / "configs" / "demo" / "people"
+SCHEMA = json.loads(SCHEMA_PATH.read_text())
+
+
+@pytest.fixture
+def broker(tmp_path):
+    server = Mosquitto(tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def rtsp(tmp_path):
+    server = RtspServer(tmp_path, {"cam1": CLIP, "cam2": CLIP})
+    server.start()
+    yield server
+    server.stop()
+
+
+def _enroll(model: Path, gallery: Path, person: str) -> None:
+    code = main(
+        ["enroll", "--name", person, str(PEOPLE / person / "reference.png"), "--model", str(model),
+         "--gallery", str(gallery), "--threads", "2", "--no-progress"]
+    )  # fmt: skip
+    assert code == 0
+
+
+def test_two_rtsp_cameras_to_mqtt_with_gallery_reload_and_clean_stop(
+    tmp_path, broker, rtsp, test_model
+) -> None:
+    gallery = tmp_path / "gallery.sqlite"
+    cameras = [{"name": n, "url": rtsp.url(n), "fps": 5} for n in ("cam1", "cam2")]
+    # threshold 4 (the largest squared distance between unit vectors): every face matches
+    # its nearest enrolled person. The test model is untrained; this checks the plumbing.
+    settings = daemon_settings(
+        cameras,
+        broker.port,
+        tmp_path,
+        recognition={"model": str(test_model), "gallery": str(gallery), "threshold": 4.0},
+    )
+    subscriber = Subscriber(broker.port, "facewatch/test/#")
+    daemon = Daemon(tmp_path, settings)
+    daemon.start()
+    try:
+        wait_for(lambda: subscriber.last("facewatch/test/status") == b"online", 60, "online status")
+        wait_for(
+            lambda: len({e["camera"] for e in subscriber.events()}) == 2,
+            60,
+            "events of both cameras",
+        )
+        assert all(e["identity"] is None for e in subscriber.events()), (
+            "no gallery yet: all unknown"
+        )
+        assert "no gallery at" in daemon.log()
+
+        _enroll(test_model, gallery, "lin-manuel-miranda")
+        daemon.proc.send_signal(signal.SIGHUP)  # type: ignore[union-attr]
+        wait_for(
+            lambda: any(e["identity"] == "lin-manuel-miranda" for e in subscriber.events()),
+            60,
+            "an event naming the enrolled person after SIGHUP",
+        )
+        for event in subscriber.events():
+            jsonschema.validate(event, SCHEMA)
+        named = [e for e in subscriber.events() if e["identity"] == "lin-manuel-miranda"]
+        assert {e["type"] for e in named} & {"confirmed", "identified", "changed"}
+        assert all(e["model"] and e["model"].startswith("facenet-test-random") for e in named)
+        for camera in ("cam1", "cam2"):
+            assert subscriber.last(f"facewatch/test/cameras/{camera}/status") == b"online"
+
+        scraped = daemon.metrics()
+        for camera in ("cam1", "cam2"):
+            assert scraped[f'facewatch_frames_processed_total{{camera="{camera}"}}'] > 5
+            assert scraped[f'facewatch_camera_up{{camera="{camera}"}}'] == 1
+        key = 'facewatch_recognitions_total{camera="cam1",identity="lin-manuel-miranda"}'
+        assert scraped.get(key, 0) + scraped.get(key.replace("cam1", "cam2"), 0) > 0
+        assert scraped['facewatch_mqtt_publishes_total{outcome="ok"}'] >= len(subscriber.events())
+        assert scraped["facewatch_frame_to_event_seconds_count"] > 0
+        assert scraped["facewatch_gallery_identities"] == 1
+    finally:
+        code = daemon.stop()
+        time.sleep(0.5)
+        subscriber.close()
+    assert code == 0, daemon.log()[-3000:]
+    assert subscriber.last("facewatch/test/status") == b"offline"
+    assert subscriber.last("facewatch/test/cameras/cam1/status") == b"offline"
+    seqs = [e["seq"] for e in subscriber.events()]
+    assert seqs == sorted(seqs)
+
+
+def _spooled(folder: Path) -> int:
+    with sqlite3.connect(folder / "spool" / "mqtt-spool.sqlite") as db:
+        return int(db.execute("SELECT COUNT(*) FROM messages").fetchone()[0])
+
+
+def test_broker_down_events_spool_and_arrive_in_order(tmp_path, broker) -> None:
+    """The broker dies mid-stream: events are spooled (also across a daemon restart) and
+    delivered later, none lost, in order."""
+    cameras = [{"name": "cam1", "url": str(CLIP), "fps": 5}]
+    settings = daemon_settings(cameras, broker.port, tmp_path)
+    first = Subscriber(broker.port, "facewatch/test/events/#")
+    daemon = Daemon(tmp_path, settings)
+    daemon.start()
+    try:
+        wait_for(lambda: len(first.events()) >= 3, 60, "first events")
+        broker.stop(signal.SIGKILL)
+        wait_for(lambda: daemon.metric("facewatch_mqtt_spool_events") >= 3, 60, "events spooled")
+        assert daemon.metric("facewatch_mqtt_connected") == 0
+    finally:
+        assert daemon.stop() == 0, daemon.log()[-3000:]
+    first.client.loop_stop()
+    spooled = _spooled(tmp_path)
+    assert spooled >= 3, "SIGTERM with the broker down keeps the events on disk"
+    assert "kept in the spool" in daemon.log()
+
+    broker.start()
+    second = Subscriber(broker.port, "facewatch/test/events/#")
+    restarted_at = time.time()
+    restarted = Daemon(tmp_path, settings)
+    restarted.start()
+    try:
+        wait_for(
+            lambda: len(second.events()) >= spooled + 2, 90, "the spooled events, then new ones"
+        )
+    finally:
+        assert restarted.stop() == 0
+        second.close()
+    # the first run's events: those seen before the broker died, then the spooled ones,
+    # which arrive before anything of the second run
+    arrived = [
+        e for e in second.events() if e["event_id"] not in {x["event_id"] for x in first.events()}
+    ]
+    old = [e for e in arrived if e["frame_ts"] < restarted_at]
+    assert arrived[: len(old)] == old, "the spool is delivered before new events"
+    run_one = first.events() + old
+    assert [e["seq"] for e in run_one] == list(range(1, len(run_one) + 1)), "no gap, no reorder"
+    assert len(old) >= spooled - 1  # one may have reached the broker before it died
+    assert _spooled(tmp_path) == 0
+
+
+def test_rtsp_server_restart_reconnects_while_the_other_camera_goes_on(
+    tmp_path, broker, rtsp
+) -> None:
+    other = RtspServer(tmp_path, {"solo": CLIP})
+    other.start()
+    cameras = [
+        {"name": "cam1", "url": rtsp.url("cam1"), "fps": 5},
+        {"name": "solo", "url": other.url("solo"), "fps": 5},
+    ]
+    subscriber = Subscriber(broker.port, "facewatch/test/cameras/#")
+    daemon = Daemon(tmp_path, daemon_settings(cameras, broker.port, tmp_path))
+    daemon.start()
+    solo_frames = 'facewatch_frames_processed_total{camera="solo"}'
+    try:
+        wait_for(lambda: daemon.metric('facewatch_camera_up{camera="solo"}') == 1, 60, "solo up")
+        other.stop(signal.SIGKILL)
+        wait_for(lambda: daemon.metric('facewatch_camera_up{camera="solo"}') == 0, 30, "solo down")
+        wait_for(
+            lambda: subscriber.last("facewatch/test/cameras/solo/status") == b"offline",
+            10,
+            "status",
+        )
+        before = daemon.metric('facewatch_frames_processed_total{camera="cam1"}')
+        time.sleep(3)
+        assert daemon.metric('facewatch_frames_processed_total{camera="cam1"}') > before + 5
+        stalled = daemon.metric(solo_frames)
+        other.start()
+        wait_for(lambda: daemon.metric(solo_frames) > stalled + 5, 90, "solo frames again")
+        assert daemon.metric('facewatch_camera_reconnects_total{camera="solo"}') >= 1
+        assert subscriber.last("facewatch/test/cameras/solo/status") == b"online"
+        assert daemon.proc.poll() is None  # type: ignore[union-attr]
+    finally:
+        daemon.stop()
+        other.stop()
+        subscriber.close()
+
+
+def test_unreachable_camera_at_start_and_systemd_notifications(tmp_path, broker) -> None:
+    """A camera that never answers does not stop the daemon; READY, WATCHDOG and STOPPING
+    reach the notification socket."""
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+    cameras = [
+        {"name": "gone", "url": f"rtsp://127.0.0.1:{closed.getsockname()[1]}/x"},
+        {"name": "file", "url": str(CLIP), "fps": 5},
+    ]
+    notify_path = tmp_path / "notify.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(str(notify_path))
+    listener.settimeout(60)
+    env = {"NOTIFY_SOCKET": str(notify_path), "WATCHDOG_USEC": "2000000"}
+    daemon = Daemon(tmp_path, daemon_settings(cameras, broker.port, tmp_path), env=env)
+    daemon.start()
+    messages: list[str] = []
+    try:
+        while "WATCHDOG=1" not in messages:
+            messages.append(listener.recv(256).decode())
+        assert messages[0] == "READY=1"
+        wait_for(
+            lambda: daemon.metric('facewatch_camera_reconnects_total{camera="gone"}') >= 2,
+            30,
+            "retries",
+        )
+        assert daemon.metric('facewatch_camera_up{camera="gone"}') == 0
+        assert daemon.metric('facewatch_frames_processed_total{camera="file"}') > 0
+    finally:
+        assert daemon.stop() == 0
+        closed.close()
+    listener.settimeout(5)
+    while "STOPPING=1" not in messages:
+        messages.append(listener.recv(256).decode())
+    assert "camera gone: cannot open" in daemon.log()
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "expected"),
+    [
+        ("cameras: [{name: a, url: x.mp4}\n", "not valid YAML"),
+        ("cameras: [{name: a, url: x.mp4}]\nbatching: {max_batch: 8, max_wiat_ms: 5}\n", "batching.max_wiat_ms: unknown key"),
+        ("cameras: [{name: a, url: x.mp4, fps: fast}]\n", "cameras[0] (a).fps"),
+        ("cameras: [{name: a, url: x.mp4, fps: 0}]\n", "cameras[0] (a).fps: Input should be greater than 0"),
+        ("cameras: []\n", "cameras"),
+        ("node_id: n\n", "cameras: required key is missing"),
+        ("cameras: [{name: a, url: x.mp4}]\nmqtt: {password: '${FACEWATCH_UNSET_VAR}'}\n", "mqtt.password: environment variable FACEWATCH_UNSET_VAR is not set"),
+    ],
+)  # fmt: skip
+def test_bad_config_files_are_named_with_the_key(tmp_path, capsys, yaml_text, expected) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml_text)
+    assert main(["validate-config", str(path)]) == 2
+    assert main(["run", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert str(path) in err and expected in err, err
+
+
+def test_run_refuses_a_missing_model_and_a_camera_that_is_not_video(tmp_path) -> None:
+    text_file = tmp_path / "notes.txt"
+    text_file.write_text("not a video")
+    cases = {
+        "recognition.model: ": {"recognition": {"model": str(tmp_path / "nope.onnx")}},
+        f"cameras[1] (notes).url: {text_file}": {},
+    }
+    for expected, sections in cases.items():
+        cameras = [{"name": "clip", "url": str(CLIP)}]
+        if "notes" in expected:
+            cameras.append({"name": "notes", "url": str(text_file)})
+        daemon = Daemon(tmp_path, daemon_settings(cameras, 1, tmp_path, **sections))
+        result = subprocess.run(daemon.args, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 2, result.stderr
+        assert expected in result.stderr
+        if "nope.onnx" in json.dumps(sections):
+            assert "nope.onnx: FaceNet model file not found" in result.stderr
+    assert FACEWATCH.exists()
