@@ -237,7 +237,8 @@ def _explain(error: dict[str, Any]) -> str:
     if error["type"] == "missing":
         return "required key is missing"
     got = error.get("input")
-    shown = "" if isinstance(got, (dict, list)) else f" (got {got!r})"
+    secret = any("password" in str(part) for part in error["loc"])
+    shown = "" if secret or isinstance(got, (dict, list)) else f" (got {got!r})"
     return f"{error['msg']}{shown}"
 
 

@@ -136,7 +136,7 @@ class MqttPublisher:
     def _on_disconnect(
         self, client: paho.Client, userdata: object, flags: object, reason: object, props: object
     ) -> None:
-        if self.connected.is_set():
+        if self.connected.is_set() and not self._stop.is_set():
             logger.warning("MQTT: disconnected (%s); events are spooled until it is back", reason)
         self.connected.clear()
         metrics.MQTT_CONNECTED.set(0)

@@ -26,6 +26,12 @@ def register(commands: Any) -> None:
     run.add_argument(
         "--config", "-c", default=str(DEFAULT_CONFIG), help="YAML file (default: %(default)s)"
     )
+    run.add_argument(
+        "--run-for",
+        type=float,
+        metavar="SECONDS",
+        help="stop cleanly after this many seconds (default: run until SIGTERM / Ctrl-C)",
+    )
     run.set_defaults(func=_run)
 
     check = commands.add_parser(
@@ -65,7 +71,7 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     logging.getLogger().setLevel(config.logging.level)
     try:
-        return Service(config).run()
+        return Service(config, run_for_s=args.run_for).run()
     except ConfigError as exc:
         print(f"error: {args.config}: {exc}", file=sys.stderr)
         return 2

@@ -84,8 +84,8 @@ def check_cameras(config: Config) -> None:
 
 
 class Service:
-    def __init__(self, config: Config) -> None:
-        self.config = config
+    def __init__(self, config: Config, run_for_s: float | None = None) -> None:
+        self.config, self.run_for_s = config, run_for_s
         self._stop = threading.Event()
         self._hup = threading.Event()
         self.publisher: MqttPublisher | None = None
@@ -187,7 +187,11 @@ class Service:
     def _serve(self, scheduler: BatchScheduler) -> None:
         watchdog_s = int(os.environ.get("WATCHDOG_USEC", "0")) / 1e6
         ping_every = watchdog_s / 2 if watchdog_s else 1.0
-        while not self._stop.wait(ping_every):
+        deadline = time.monotonic() + self.run_for_s if self.run_for_s else float("inf")
+        while not self._stop.wait(min(ping_every, max(0.0, deadline - time.monotonic()))):
+            if time.monotonic() >= deadline:
+                logger.info("--run-for %.0f s reached: stopping", self.run_for_s)
+                return
             if self._hup.is_set():
                 self._hup.clear()
                 scheduler.request_reload()

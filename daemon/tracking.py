@@ -112,8 +112,11 @@ class Tracker:
         return result
 
     def wants_embedding(self, track: Track) -> bool:
-        """New tracks, undecided ones, and every ``reembed_every`` frames."""
-        return not track.embedded or not track.resolved or track.since_embed >= self.reembed_every
+        """New tracks, undecided or unknown ones, and every ``reembed_every`` frames (an
+        unknown face may become recognisable as it turns or comes closer)."""
+        if not track.embedded or not track.resolved or track.identity is None:
+            return True
+        return track.since_embed >= self.reembed_every
 
     def record(self, track: Track, identity: str | None, distance: float) -> None:
         """One recognition of the track's face (identity None: matched nobody)."""

@@ -1,0 +1,94 @@
+"""The daemon's configuration: defaults, bounds, key paths in errors, secrets."""
+
+from __future__ import annotations
+
+import pytest
+
+from daemon.config import DEFAULT_CONFIG, ConfigError, load_config, parse_config, schema_lines
+
+CAMERA = {"name": "door", "url": "rtsp://cam/stream"}
+
+
+def test_defaults_fill_everything_but_the_cameras() -> None:
+    config = parse_config({"cameras": [CAMERA]})
+    assert config.batching.max_batch == 8 and config.mqtt.port == 1883
+    assert config.metrics.address == "127.0.0.1", "metrics stay on loopback unless asked"
+    assert config.cameras[0].fps == 5.0 and config.cameras[0].enabled
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"cameras": [CAMERA], "mqtt": {"prot": 1}}, "mqtt.prot: unknown key"),
+        ({"cameras": [CAMERA, {"name": "yard", "url": "x", "fps": -1}]}, "cameras[1] (yard).fps"),
+        ({"cameras": [CAMERA, CAMERA]}, "repeated: door"),
+        (
+            {"cameras": [{"name": "bad name!", "url": "x"}]},
+            "cameras[0] (bad name!).name: String should match pattern",
+        ),
+        (
+            {"cameras": [CAMERA], "detection": {"thresholds": [0.6, 0.7, 1.5]}},
+            "detection.thresholds",
+        ),
+        ({"cameras": [CAMERA], "batching": {"max_batch": "eight"}}, "batching.max_batch"),
+        ({"cameras": [{"url": "x"}]}, "cameras[0].name: required key is missing"),
+        ([1, 2], "expected a mapping"),
+    ],
+)
+def test_errors_name_the_key_path(raw, message) -> None:
+    with pytest.raises(ConfigError) as error:
+        parse_config(raw, "cam.yaml")
+    assert "cam.yaml" in str(error.value) and message in str(error.value)
+
+
+def test_environment_and_systemd_credentials(tmp_path, monkeypatch) -> None:
+    (tmp_path / "mqtt_password").write_text("s3cret\n")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
+    monkeypatch.setenv("BROKER", "broker.lan")
+    raw = {
+        "cameras": [CAMERA],
+        "mqtt": {"host": "${BROKER}", "password": "${credential:mqtt_password}"},
+    }
+    config = parse_config(raw)
+    assert (config.mqtt.host, config.mqtt.password) == ("broker.lan", "s3cret")
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY")
+    with pytest.raises(
+        ConfigError, match=r"mqtt.password: credential .mqtt_password.*LoadCredential"
+    ):
+        parse_config(raw)
+
+
+def test_paths_are_relative_to_the_config_file(tmp_path) -> None:
+    path = tmp_path / "sub" / "f.yaml"
+    path.parent.mkdir()
+    path.write_text("cameras: [{name: a, url: clip.mp4}, {name: b, url: 'rtsp://h/s'}]\n")
+    config = load_config(path)
+    assert config.cameras[0].url == str(path.parent / "clip.mp4")
+    assert config.cameras[1].url == "rtsp://h/s"
+    assert config.mqtt.spool_dir == str(path.parent / "spool")
+
+
+def test_the_demo_config_is_valid_and_every_setting_is_described() -> None:
+    config = load_config(DEFAULT_CONFIG)
+    assert config.cameras[0].url.endswith("hamilton_360p.mp4")
+    lines = schema_lines()
+    assert any(line.startswith("cameras[].fps (default 5.0): ") for line in lines)
+    assert all(line.split(": ", 1)[1].strip() for line in lines)
+
+
+def test_the_rtsp_example_is_valid_with_its_secrets(tmp_path, monkeypatch) -> None:
+    (tmp_path / "mqtt_password").write_text("pw")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
+    monkeypatch.setenv("CAMERA_PASSWORD", "cam-pw")
+    config = load_config(DEFAULT_CONFIG.with_name("rtsp-example.yaml"))
+    assert config.cameras[0].url.startswith("rtsp://viewer:cam-pw@")
+    assert config.cameras[1].detection.min_face_size == 40
+    assert config.mqtt.password == "pw" and config.mqtt.tls is not None
+
+
+def test_a_badly_typed_password_is_not_echoed() -> None:
+    with pytest.raises(ConfigError) as error:
+        parse_config({"cameras": [CAMERA], "mqtt": {"password": ["hunter2"]}})
+    with pytest.raises(ConfigError) as error:
+        parse_config({"cameras": [CAMERA], "mqtt": {"password": 123456789}})
+    assert "mqtt.password" in str(error.value) and "123456789" not in str(error.value)

@@ -1,0 +1,92 @@
+"""Tracking decisions, the spool and the frame queues, on hand-built inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from daemon.cameras import Frame, FrameQueues
+from daemon.config import TrackingConfig
+from daemon.spool import Spool
+from daemon.tracking import Tracker
+from engines.mtcnn import FrameDetections
+
+
+def faces(*boxes: tuple[float, float, float, float]) -> FrameDetections:
+    bbox = np.array(boxes, np.float32).reshape(-1, 4)
+    return FrameDetections(
+        bbox, np.ones(len(bbox), np.float32), np.zeros((len(bbox), 5, 2), np.float32)
+    )
+
+
+def run(tracker: Tracker, ts: float, found: FrameDetections, who: list[str | None]) -> list:
+    tracks = tracker.update(ts, found)
+    for track, name in zip(tracks, who, strict=True):
+        if tracker.wants_embedding(track):
+            tracker.record(track, name, 0.5 if name else 1.5)
+    return [(e.kind, e.track.track_id, e.identity) for e in tracker.decide(tracks)]
+
+
+def test_a_track_is_confirmed_identified_changed_and_leaves() -> None:
+    tracker = Tracker(
+        "cam", TrackingConfig(confirm_frames=2, min_votes=2, vote_window=3, lost_after_s=1.0)
+    )
+    a, b = (10, 10, 50, 50), (200, 10, 240, 50)
+    assert run(tracker, 0.0, faces(a, b), [None, "bob"]) == []
+    assert run(tracker, 0.1, faces(a, b), [None, "bob"]) == [
+        ("confirmed", 1, None),
+        ("confirmed", 2, "bob"),
+    ]
+    moved = (14, 12, 54, 52)  # IoU with a is high: same track
+    assert run(tracker, 0.2, faces(moved), ["ann"]) == []
+    assert run(tracker, 0.3, faces(moved), ["ann"]) == [("identified", 1, "ann")]
+    assert tracker.expire(0.9) == []
+    left = tracker.expire(1.21)
+    assert [(e.kind, e.track.track_id) for e in left] == [("left", 2)]
+    assert [t.track_id for t in tracker.tracks] == [1]
+
+
+def test_resolved_tracks_are_embedded_only_every_n_frames() -> None:
+    tracker = Tracker("cam", TrackingConfig(confirm_frames=1, min_votes=2), reembed_every=3)
+    box = faces((0, 0, 40, 40))
+    embedded = []
+    for k in range(9):
+        track = tracker.update(float(k), box)[0]
+        embedded.append(tracker.wants_embedding(track))
+        if embedded[-1]:
+            tracker.record(track, "ann", 0.3)
+        tracker.decide([track])
+    assert embedded == [True, True, False, False, True, False, False, True, False]
+
+
+def test_spool_is_bounded_fifo_and_survives_reopening(tmp_path) -> None:
+    spool = Spool(tmp_path / "spool", max_messages=10)
+    dropped = sum(spool.append("t", str(k).encode()) for k in range(12))
+    assert dropped == 2 and len(spool) == 10
+    first = spool.peek(3)
+    assert [m.payload for m in first] == [b"2", b"3", b"4"]
+    spool.delete(first[0].row_id)
+    spool.close()
+    again = Spool(tmp_path / "spool", max_messages=10)
+    assert len(again) == 9 and again.peek(1)[0].payload == b"3"
+    assert oct(again.path.stat().st_mode & 0o777) == "0o600"
+    assert oct(again.folder.stat().st_mode & 0o777) == "0o700"
+
+
+def test_frame_queues_keep_the_newest_and_count_drops() -> None:
+    queues = FrameQueues(["a", "b"], per_camera=2)
+    image = np.zeros((2, 2, 3), np.uint8)
+    for seq in range(1, 5):
+        queues.put(Frame("a", seq, float(seq), image))
+    queues.put(Frame("b", 1, 1.0, image))
+    batch = queues.take(max_frames=8, max_wait_s=0.0)
+    assert [(f.camera, f.seq) for f in batch] == [("a", 3), ("b", 1), ("a", 4)]
+    assert queues.take(8, 0.0, idle_s=0.01) == []
+
+
+@pytest.mark.parametrize("max_frames", [1, 2])
+def test_frame_queues_respect_max_batch(max_frames) -> None:
+    queues = FrameQueues(["a"], per_camera=4)
+    for seq in range(3):
+        queues.put(Frame("a", seq, 0.0, np.zeros((1, 1, 3), np.uint8)))
+    assert len(queues.take(max_frames, 0.0)) == max_frames
