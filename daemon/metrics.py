@@ -53,7 +53,8 @@ RECOGNITIONS = Counter(
 EVENTS = Counter("facewatch_events_total", "identity events emitted", ["camera", "type"])
 EVENT_LATENCY = Histogram(
     "facewatch_frame_to_event_seconds",
-    "from frame capture to the event's publication",
+    "from frame capture to the event's publication (all events but 'left', which waits "
+    "tracking.lost_after_s by design)",
     buckets=_LATENCY_BUCKETS,
 )
 MQTT_CONNECTED = Gauge("facewatch_mqtt_connected", "1 while connected to the broker")

@@ -168,7 +168,7 @@ class MqttPublisher:
             if _wait(info, 1.0):
                 self.spool.delete(message.row_id)
                 metrics.MQTT_PUBLISHES.labels("ok").inc()
-                if message.kind == "event":
+                if message.kind == "event" and event["type"] != "left":  # left: waits by design
                     metrics.EVENT_LATENCY.observe(max(0.0, time.time() - event["frame_ts"]))
                 return
             if info.rc == paho.MQTT_ERR_QUEUE_SIZE:

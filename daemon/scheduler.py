@@ -199,6 +199,7 @@ class BatchScheduler(threading.Thread):
         batching = self.pipeline.config.batching
         last_expire = 0.0
         try:
+            self.pipeline.reload_gallery()  # opened here: SQLite connections are per thread
             while True:
                 if self._reload.is_set():
                     self._reload.clear()

@@ -156,7 +156,10 @@ class Service:
         cfg = self.config
         check_cameras(cfg)
         detector, facenet = self._load_engines()
-        gallery = open_gallery(cfg, facenet.model_id) if facenet is not None else None
+        if facenet is not None:
+            gallery = open_gallery(cfg, facenet.model_id)  # fail now on a wrong gallery;
+            if gallery is not None:  # the scheduler thread opens its own (SQLite is per thread)
+                gallery.close()
         cameras = [c for c in cfg.cameras if c.enabled]
         metrics.init(
             [c.name for c in cameras], cfg.engines.backend, facenet.model_id if facenet else ""
@@ -164,7 +167,7 @@ class Service:
         if cfg.metrics.enabled:
             metrics.serve(cfg.metrics.address, cfg.metrics.port)
         sinks = self._start_outputs()
-        pipeline = Pipeline(cfg, detector, facenet, sinks, gallery)
+        pipeline = Pipeline(cfg, detector, facenet, sinks)
         queues = FrameQueues([c.name for c in cameras], cfg.batching.queue_frames)
         scheduler = BatchScheduler(pipeline, queues, self._batch_done)
         on_status = self.publisher.set_camera_status if self.publisher else None

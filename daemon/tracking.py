@@ -112,9 +112,9 @@ class Tracker:
         return result
 
     def wants_embedding(self, track: Track) -> bool:
-        """New tracks, undecided or unknown ones, and every ``reembed_every`` frames (an
-        unknown face may become recognisable as it turns or comes closer)."""
-        if not track.embedded or not track.resolved or track.identity is None:
+        """New tracks, undecided ones (no identity, known or unknown, has ``min_votes``
+        yet), and every ``reembed_every`` frames."""
+        if not track.embedded or not track.resolved:
             return True
         return track.since_embed >= self.reembed_every
 

@@ -121,6 +121,25 @@ def test_two_rtsp_cameras_to_mqtt_with_gallery_reload_and_clean_stop(
     assert seqs == sorted(seqs)
 
 
+def test_a_gallery_present_at_start_names_people(tmp_path, broker, test_model) -> None:
+    gallery = tmp_path / "gallery.sqlite"
+    _enroll(test_model, gallery, "alex-lacamoire")
+    cameras = [{"name": "clip", "url": str(CLIP), "fps": 5}]
+    recognition = {"model": str(test_model), "gallery": str(gallery), "threshold": 4.0}
+    subscriber = Subscriber(broker.port, "facewatch/test/events/#")
+    daemon = Daemon(tmp_path, daemon_settings(cameras, broker.port, tmp_path, recognition=recognition))
+    daemon.start()
+    try:
+        wait_for(
+            lambda: any(e["identity"] == "alex-lacamoire" for e in subscriber.events()),
+            60,
+            "an event naming the person enrolled before the start",
+        )
+    finally:
+        assert daemon.stop() == 0, daemon.log()[-3000:]
+        subscriber.close()
+
+
 def _spooled(folder: Path) -> int:
     with sqlite3.connect(folder / "spool" / "mqtt-spool.sqlite") as db:
         return int(db.execute("SELECT COUNT(*) FROM messages").fetchone()[0])

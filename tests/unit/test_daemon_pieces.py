@@ -28,9 +28,8 @@ def run(tracker: Tracker, ts: float, found: FrameDetections, who: list[str | Non
 
 
 def test_a_track_is_confirmed_identified_changed_and_leaves() -> None:
-    tracker = Tracker(
-        "cam", TrackingConfig(confirm_frames=2, min_votes=2, vote_window=3, lost_after_s=1.0)
-    )
+    config = TrackingConfig(confirm_frames=2, min_votes=2, vote_window=3, lost_after_s=1.0)
+    tracker = Tracker("cam", config, reembed_every=1)
     a, b = (10, 10, 50, 50), (200, 10, 240, 50)
     assert run(tracker, 0.0, faces(a, b), [None, "bob"]) == []
     assert run(tracker, 0.1, faces(a, b), [None, "bob"]) == [
