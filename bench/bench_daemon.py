@@ -1,0 +1,251 @@
+"""The real daemon on N RTSP cameras: sustained rate, drops, frame->event latency, RSS,
+CPU time per stage.
+
+Each camera is GStreamer's RTSP server looping ``crowd_1080p.mp4`` resized to 720p (3-7
+faces per frame), read at ``--fps`` (default 5). A real mosquitto receives the events; the
+latency is ``published_ts - frame_ts`` of every event received. Recognition runs with the
+test FaceNet (random Inception-ResNet-v1 weights: the same computation as a trained one) and
+a gallery of one person. Run from the repository root:
+
+    .venv/bin/python bench/bench_daemon.py --cameras 1 2 4 --seconds 60
+
+Writes bench/results/daemon.json and prints a table. It measures; it asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests.facenet_model import build_test_model  # noqa: E402
+from tests.integration.services import (  # noqa: E402
+    Daemon,
+    Mosquitto,
+    RtspServer,
+    Subscriber,
+    daemon_settings,
+    wait_for,
+)
+
+SOURCE = REPO.parent / "shared" / "data" / "videos" / "crowd_1080p.mp4"
+CACHE = REPO / "bench" / ".cache"
+STAGES = ("detect", "track", "embed", "match")
+
+
+def clip_720p() -> Path:
+    """crowd_1080p.mp4 scaled to 1280x720 H.264 once (GStreamer, no re-encode later)."""
+    out = CACHE / "crowd_720p.mp4"
+    if out.is_file():
+        return out
+    CACHE.mkdir(parents=True, exist_ok=True)
+    pipeline = (
+        f'filesrc location="{SOURCE}" ! qtdemux ! h264parse ! avdec_h264 ! videoconvert '
+        "! videoscale ! video/x-raw,width=1280,height=720 ! x264enc speed-preset=medium "
+        f'key-int-max=25 bframes=0 ! h264parse ! mp4mux ! filesink location="{out}"'
+    )
+    subprocess.run(["gst-launch-1.0", "-q", *pipeline.split()], check=True)
+    return out
+
+
+def sample_rss(pid: int, stop: threading.Event, into: list[float]) -> None:
+    status = Path(f"/proc/{pid}/status")
+    while not stop.wait(0.5):
+        try:
+            for line in status.read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    into.append(int(line.split()[1]) / 1024)
+        except OSError:
+            return
+
+
+def delta(after: dict[str, float], before: dict[str, float], key: str) -> float:
+    return after.get(key, 0.0) - before.get(key, 0.0)
+
+
+def run(
+    n: int,
+    seconds: float,
+    fps: float,
+    warmup_s: float,
+    folder: Path,
+    model: Path,
+    gallery: Path,
+    min_face: float,
+) -> dict:
+    clip = clip_720p()
+    names = [f"cam{k + 1}" for k in range(n)]
+    broker = Mosquitto(folder)
+    broker.start()
+    rtsp = RtspServer(folder, dict.fromkeys(names, clip))
+    rtsp.start()
+    cameras = [{"name": c, "url": rtsp.url(c), "fps": fps} for c in names]
+    settings = daemon_settings(
+        cameras,
+        broker.port,
+        folder,
+        recognition={"model": str(model), "gallery": str(gallery)},
+        detection={"min_face_size": min_face},
+        logging={"level": "WARNING"},
+    )
+    subscriber = Subscriber(broker.port, "facewatch/test/events/#")
+    daemon = Daemon(folder, settings)
+    daemon.start()
+    rss: list[float] = []
+    stop = threading.Event()
+    try:
+        wait_for(lambda: daemon.metric("facewatch_batch_frames_count") > 0, 120, "first batch")
+        time.sleep(warmup_s)
+        before, t0 = daemon.metrics(), time.monotonic()
+        n_events = len(subscriber.events())
+        sampler = threading.Thread(target=sample_rss, args=(daemon.proc.pid, stop, rss))  # type: ignore[union-attr]
+        sampler.start()
+        time.sleep(seconds)
+        after, elapsed = daemon.metrics(), time.monotonic() - t0
+        events = subscriber.events()[n_events:]
+    except Exception:
+        print(daemon.log()[-3000:], file=sys.stderr)
+        raise
+    finally:
+        stop.set()
+        daemon.stop()
+        subscriber.close()
+        rtsp.stop()
+        broker.stop()
+    per_camera = {
+        c: {
+            "read_fps": delta(after, before, f'facewatch_frames_read_total{{camera="{c}"}}')
+            / elapsed,
+            "processed_fps": delta(
+                after, before, f'facewatch_frames_processed_total{{camera="{c}"}}'
+            )
+            / elapsed,
+            "dropped": delta(after, before, f'facewatch_frames_dropped_total{{camera="{c}"}}'),
+        }
+        for c in names
+    }
+    frames = sum(
+        delta(after, before, f'facewatch_frames_processed_total{{camera="{c}"}}') for c in names
+    )
+    # "left" events wait tracking.lost_after_s after the last frame by design: not latency
+    latency = np.array([e["published_ts"] - e["frame_ts"] for e in events if e["type"] != "left"])
+    cpu = delta(after, before, "process_cpu_seconds_total")
+    return {
+        "cameras": n,
+        "target_fps": fps,
+        "min_face_size": min_face,
+        "seconds": round(elapsed, 1),
+        "per_camera": per_camera,
+        "events": len(events),
+        "latency_p50_ms": round(float(np.percentile(latency, 50)) * 1000, 1)
+        if len(latency)
+        else None,
+        "latency_p99_ms": round(float(np.percentile(latency, 99)) * 1000, 1)
+        if len(latency)
+        else None,
+        "latency_max_ms": round(float(latency.max()) * 1000, 1) if len(latency) else None,
+        "rss_max_mb": round(max(rss), 1) if rss else None,
+        "rss_first_last_mb": [round(rss[0], 1), round(rss[-1], 1)] if rss else None,
+        "cpu_s_per_s": round(cpu / elapsed, 2),
+        "cpu_ms_per_frame": round(1000 * cpu / max(frames, 1), 1),
+        "stage_ms_per_frame": {
+            s: round(
+                1000
+                * delta(after, before, f'facewatch_stage_seconds_sum{{stage="{s}"}}')
+                / max(frames, 1),
+                1,
+            )
+            for s in STAGES
+        },
+        "mean_batch_frames": round(
+            delta(after, before, "facewatch_batch_frames_sum")
+            / max(delta(after, before, "facewatch_batch_frames_count"), 1),
+            2,
+        ),
+        "faces_per_frame": round(
+            sum(
+                delta(after, before, f'facewatch_faces_detected_total{{camera="{c}"}}')
+                for c in names
+            )
+            / max(frames, 1),
+            2,
+        ),
+        "embedded_per_frame": round(
+            sum(
+                delta(after, before, f'facewatch_faces_embedded_total{{camera="{c}"}}')
+                for c in names
+            )
+            / max(frames, 1),
+            2,
+        ),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cameras", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--seconds", type=float, default=60)
+    parser.add_argument("--warmup", type=float, default=10)
+    parser.add_argument("--fps", type=float, default=5)
+    parser.add_argument("--min-face-size", type=float, default=20, help="detection.min_face_size")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "daemon.json")
+    args = parser.parse_args()
+    if not SOURCE.is_file():
+        print(f"{SOURCE} not found (the shared data folder)", file=sys.stderr)
+        return 1
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        model = build_test_model(folder / "model", REPO.parent / "shared" / "data")
+        from daemon.cli import main as facewatch
+
+        gallery = folder / "gallery.sqlite"
+        person = REPO / "configs" / "demo" / "people" / "lin-manuel-miranda" / "reference.png"
+        facewatch(
+            [
+                "enroll",
+                "--name",
+                "lmm",
+                str(person),
+                "--model",
+                str(model),
+                "--gallery",
+                str(gallery),
+                "--no-progress",
+            ]
+        )
+        for n in args.cameras:
+            run_dir = folder / f"run{n}"
+            run_dir.mkdir()
+            result = run(
+                n, args.seconds, args.fps, args.warmup, run_dir, model, gallery, args.min_face_size
+            )
+            results.append(result)
+            print(json.dumps(result), flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=1) + "\n")
+    print(
+        f"\n{'cams':>4} {'fps/cam':>8} {'dropped':>8} {'p50 ms':>7} {'p99 ms':>7} {'RSS MB':>7} {'CPU s/s':>7}  ms/frame by stage"
+    )
+    for r in results:
+        fps_cam = np.mean([c["processed_fps"] for c in r["per_camera"].values()])
+        dropped = sum(c["dropped"] for c in r["per_camera"].values())
+        print(
+            f"{r['cameras']:>4} {fps_cam:>8.2f} {dropped:>8.0f} {r['latency_p50_ms']!s:>7} {r['latency_p99_ms']!s:>7} "
+            f"{r['rss_max_mb']!s:>7} {r['cpu_s_per_s']:>7}  {r['stage_ms_per_frame']}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
