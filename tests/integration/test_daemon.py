@@ -127,7 +127,9 @@ def test_a_gallery_present_at_start_names_people(tmp_path, broker, test_model) -
     cameras = [{"name": "clip", "url": str(CLIP), "fps": 5}]
     recognition = {"model": str(test_model), "gallery": str(gallery), "threshold": 4.0}
     subscriber = Subscriber(broker.port, "facewatch/test/events/#")
-    daemon = Daemon(tmp_path, daemon_settings(cameras, broker.port, tmp_path, recognition=recognition))
+    daemon = Daemon(
+        tmp_path, daemon_settings(cameras, broker.port, tmp_path, recognition=recognition)
+    )
     daemon.start()
     try:
         wait_for(
