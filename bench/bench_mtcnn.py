@@ -34,7 +34,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from engines.boxes import iou_matrix  # noqa: E402  (the work tree's engines)
+from engines.boxes import greedy_match  # noqa: E402  (the work tree's engines)
 
 DEFAULT_DATA = REPO.parent / "shared" / "data"
 DEFAULT_MODELS = REPO / "models" / "mtcnn"
@@ -206,21 +206,6 @@ def run_worker(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------- comparison
-
-
-def greedy_match(ref: np.ndarray, ours: np.ndarray, min_iou: float) -> list[tuple[int, int]]:
-    """(ref index, ours index) pairs, best IoU first, each box used at most once."""
-    ious = iou_matrix(ref, ours)
-    pairs, used_r, used_o = [], set(), set()
-    for flat in np.argsort(-ious, axis=None, kind="stable"):
-        r, o = np.unravel_index(flat, ious.shape)
-        if ious[r, o] < min_iou:
-            break
-        if r not in used_r and o not in used_o:
-            used_r.add(r)
-            used_o.add(o)
-            pairs.append((int(r), int(o)))
-    return pairs
 
 
 def compare(ref: list[dict], ours: list[dict], first_frame: int) -> dict:

@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -80,9 +81,9 @@ class EventSinks:
     def __init__(
         self,
         spool: Spool | None = None,
-        topic_for: Any = None,
-        snapshot_topic_for: Any = None,
-        on_spooled: Any = None,
+        topic_for: Callable[[str], str] | None = None,
+        snapshot_topic_for: Callable[[str, str], str] | None = None,
+        on_spooled: Callable[[], None] | None = None,
         stdout: bool = False,
         jsonl_file: str | None = None,
     ) -> None:
@@ -99,7 +100,7 @@ class EventSinks:
     def emit(self, event: dict[str, Any], snapshot: bytes | None = None) -> None:
         metrics.EVENTS.labels(event["camera"], event["type"]).inc()
         with self._lock:
-            if self.spool is not None:
+            if self.spool is not None and self.topic_for is not None:
                 payload = json.dumps(event, separators=(",", ":")).encode()
                 dropped = self.spool.append(self.topic_for(event["camera"]), payload, kind="event")
                 if snapshot and self.snapshot_topic_for is not None:

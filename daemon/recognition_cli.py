@@ -30,7 +30,8 @@ from daemon.recognition import (
     Rejected,
 )
 from engines import BACKENDS, EngineError
-from engines.facenet import FaceNet, file_sha256
+from engines.base import file_sha256
+from engines.facenet import FaceNet
 from engines.images import ImageError, read_image
 from engines.mtcnn import MTCNN, FrameDetections
 

@@ -151,7 +151,8 @@ class Pipeline:
         if self.gallery is not None:
             self.gallery.close()
         self.gallery = fresh
-        logger.info("gallery reloaded")
+        if fresh is not None:
+            logger.info("gallery %s: %d people", fresh.path, len(fresh.identities()))
 
 
 def open_gallery(config: Config, model_id: str) -> Gallery | None:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from daemon.config import TrackingConfig
-from engines.boxes import iou_matrix
+from engines.boxes import greedy_match
 from engines.mtcnn import FrameDetections
 
 logger = logging.getLogger(__name__)
@@ -87,16 +87,10 @@ class Tracker:
         for the rest; returns the track of each face, in order."""
         assigned: list[Track | None] = [None] * len(faces)
         live = [t for t in self.tracks if t.last_seen < ts]
-        if live and len(faces):
-            iou = iou_matrix(faces.bbox_xyxy, np.stack([t.bbox_xyxy for t in live]))
-            taken: set[int] = set()
-            for flat in np.argsort(-iou, axis=None):
-                i, j = (int(k) for k in np.unravel_index(flat, iou.shape))
-                if iou[i, j] < self.config.iou_threshold:
-                    break
-                if assigned[i] is None and j not in taken:
-                    assigned[i] = live[j]
-                    taken.add(j)
+        if live:
+            previous = np.stack([t.bbox_xyxy for t in live])
+            for i, j in greedy_match(faces.bbox_xyxy, previous, self.config.iou_threshold):
+                assigned[i] = live[j]
         result = []
         for i, track in enumerate(assigned):
             if track is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import asdict, dataclass, field
@@ -39,6 +40,22 @@ class Engine(Protocol):
     def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
     def close(self) -> None: ...
+
+
+class SpecsFromLoad:
+    """For backends: ``inputs`` / ``outputs`` are the specs found when the model was loaded
+    (set ``self._inputs`` and ``self._outputs`` in ``__init__``)."""
+
+    _inputs: list[TensorSpec]
+    _outputs: list[TensorSpec]
+
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        return self._inputs
+
+    @property
+    def outputs(self) -> list[TensorSpec]:
+        return self._outputs
 
 
 @dataclass
@@ -94,3 +111,12 @@ class ModelMetadata:
         path = self.sidecar_path(model_path)
         path.write_text(json.dumps(asdict(self), indent=2) + "\n")
         return path
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes (read in 1 MiB blocks)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -143,3 +143,23 @@ def iou_matrix(a_xyxy: np.ndarray, b_xyxy: np.ndarray) -> np.ndarray:
     area_b = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
     union = area_a + area_b - inter
     return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
+
+
+def greedy_match(a_xyxy: np.ndarray, b_xyxy: np.ndarray, min_iou: float) -> list[tuple[int, int]]:
+    """(index in a, index in b) pairs, highest IoU first, each box used at most once, none
+    below ``min_iou``."""
+    if len(a_xyxy) == 0 or len(b_xyxy) == 0:
+        return []
+    ious = iou_matrix(a_xyxy, b_xyxy)
+    pairs: list[tuple[int, int]] = []
+    used_a: set[int] = set()
+    used_b: set[int] = set()
+    for flat in np.argsort(-ious, axis=None, kind="stable"):
+        i, j = (int(k) for k in np.unravel_index(flat, ious.shape))
+        if ious[i, j] < min_iou:
+            break
+        if i not in used_a and j not in used_b:
+            used_a.add(i)
+            used_b.add(j)
+            pairs.append((i, j))
+    return pairs

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from engines import boxes as bx
-from engines.base import EngineError, ModelMetadata
+from engines.base import EngineError, ModelMetadata, file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -194,14 +194,6 @@ class GpuInfo:
         return f"{clean}-sm{self.compute_capability[0]}{self.compute_capability[1]}"
 
 
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def cache_key(onnx_sha256: str, trt_version: str, gpu: GpuInfo, options: BuildOptions) -> str:
     """sha256 over everything a plan depends on; equal inputs give equal keys."""
     payload = {
@@ -281,7 +273,7 @@ def find_cached_plan(
     onnx_path: str | Path, cache_dir: str | Path, trt_version: str, gpu: GpuInfo
 ) -> Path:
     """The newest plan built from this ONNX file for this TensorRT and GPU."""
-    sha = sha256_file(onnx_path)
+    sha = file_sha256(onnx_path)
     for plan, manifest in read_manifests(cache_dir):
         if (manifest.onnx_sha256, manifest.tensorrt, manifest.gpu) == (sha, trt_version, gpu.name):
             return plan
@@ -309,7 +301,7 @@ def build_engine(
         raise BuildError(f"{onnx_path}: ONNX model not found")
     meta = ModelMetadata.load(onnx_path)
     gpu = gpu_info()
-    key = cache_key(sha256_file(onnx_path), trt.__version__, gpu, options)
+    key = cache_key(file_sha256(onnx_path), trt.__version__, gpu, options)
     paths = cache_paths(cache_dir or default_cache_dir(), onnx_path.stem, key, trt.__version__, gpu)
     if paths.plan.is_file() and not force:
         logger.info("%s: cached plan %s", onnx_path, paths.plan)
@@ -324,7 +316,7 @@ def build_engine(
     tmp.replace(paths.plan)
     manifest = Manifest(
         model=str(onnx_path.resolve()),
-        onnx_sha256=sha256_file(onnx_path),
+        onnx_sha256=file_sha256(onnx_path),
         tensorrt=trt.__version__,
         gpu=gpu.name,
         compute_capability=list(gpu.compute_capability),

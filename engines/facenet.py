@@ -16,7 +16,6 @@ the training module's LFW thresholds are on.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from engines.align import align_similarity, crop_with_margin
-from engines.base import Engine, EngineError, ModelMetadata
+from engines.base import Engine, EngineError, ModelMetadata, file_sha256
 from engines.loader import load_engine
 from engines.mtcnn import FrameDetections
 
@@ -48,15 +47,6 @@ def prewhiten(images: np.ndarray) -> np.ndarray:
     std = x.std(axis=axes, keepdims=True)
     floor = np.float32(1.0 / np.sqrt(float(np.prod(x.shape[1:]))))
     return ((x - mean) / np.maximum(std, floor)).astype(np.float32)
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex SHA-256 of a file's bytes (read in 1 MiB blocks)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class FaceNet:

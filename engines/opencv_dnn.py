@@ -15,12 +15,12 @@ from typing import Any
 import cv2
 import numpy as np
 
-from engines.base import EngineError, ModelMetadata, TensorSpec
+from engines.base import EngineError, ModelMetadata, SpecsFromLoad, TensorSpec
 
 logger = logging.getLogger(__name__)
 
 
-class OpenCVEngine:
+class OpenCVEngine(SpecsFromLoad):
     """One ONNX model on cv2.dnn. Input and output names come from the model's sidecar."""
 
     def __init__(self, model_path: str | Path, threads: int = 0) -> None:
@@ -43,14 +43,6 @@ class OpenCVEngine:
         self._inputs = [TensorSpec("image", (None, 3, *(hw or (None, None))), "float32")]
         self._outputs = [TensorSpec(name, (None,), "float32") for name in meta.outputs]
         self._output_names = list(meta.outputs)
-
-    @property
-    def inputs(self) -> list[TensorSpec]:
-        return self._inputs
-
-    @property
-    def outputs(self) -> list[TensorSpec]:
-        return self._outputs
 
     def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         (name, value), *rest = feeds.items()

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from engines.base import EngineError, TensorSpec
+from engines.base import EngineError, SpecsFromLoad, TensorSpec
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ def _spec(arg: Any) -> TensorSpec:
     return TensorSpec(str(arg.name), shape, _ORT_TYPES.get(arg.type, str(arg.type)))
 
 
-class OrtEngine:
+class OrtEngine(SpecsFromLoad):
     """Runs one ONNX model with ONNX Runtime.
 
     ``threads`` is the intra-op thread count (0 lets ONNX Runtime choose); inter-op
@@ -60,14 +60,6 @@ class OrtEngine:
         self._outputs = [_spec(a) for a in self._session.get_outputs()]
         self._output_names = [o.name for o in self._outputs]
         logger.debug("loaded %s with %d threads", path, threads)
-
-    @property
-    def inputs(self) -> list[TensorSpec]:
-        return self._inputs
-
-    @property
-    def outputs(self) -> list[TensorSpec]:
-        return self._outputs
 
     def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         results = self._session.run(self._output_names, feeds)

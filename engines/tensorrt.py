@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from engines.base import EngineError, TensorSpec
+from engines.base import EngineError, SpecsFromLoad, TensorSpec
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ class _Binding:
     host: np.ndarray | None = None
 
 
-class TensorRTEngine:
+class TensorRTEngine(SpecsFromLoad):
     """One TensorRT plan (``.plan``) on one CUDA stream; implements the Engine protocol."""
 
     def __init__(self, plan_path: str | Path, warmup: bool = True) -> None:
@@ -196,14 +196,6 @@ class TensorRTEngine:
             self.infer(feeds)
 
     # -- Engine protocol ------------------------------------------------------------------
-
-    @property
-    def inputs(self) -> list[TensorSpec]:
-        return self._inputs
-
-    @property
-    def outputs(self) -> list[TensorSpec]:
-        return self._outputs
 
     def _profile_for(self, feeds: dict[str, np.ndarray]) -> int:
         shapes = {spec.name: tuple(feeds[spec.name].shape) for spec in self._inputs}

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from engines.base import EngineError, TensorSpec
+from engines.base import EngineError, SpecsFromLoad, TensorSpec
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ def _bucket(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
-class TorchEngine:
+class TorchEngine(SpecsFromLoad):
     """One exported program on one device; implements the Engine protocol."""
 
     def __init__(
@@ -133,14 +133,6 @@ class TorchEngine:
         if self.device.type == "cuda":
             module = module.to(memory_format=self._torch.channels_last)
         return module, spec
-
-    @property
-    def inputs(self) -> list[TensorSpec]:
-        return self._inputs
-
-    @property
-    def outputs(self) -> list[TensorSpec]:
-        return self._outputs
 
     def _run(self, tensors: list[Any]) -> list[Any]:
         torch = self._torch

@@ -21,7 +21,7 @@ from torch import nn
 from torch.export import Dim
 from torch.nn import functional as F
 
-from engines.build import sha256_file
+from engines.base import file_sha256
 from engines.torch_backend import SPEC_FILE, program_path
 from training.mtcnn_nets import load_net
 
@@ -75,7 +75,7 @@ def export_module(
     spec = {
         "inputs": _tensor_specs([input_name], [example], {0: "batch", **out_axes}),
         "outputs": _tensor_specs(output_names, outs, out_axes),
-        "onnx_sha256": sha256_file(onnx_path) if onnx_path else None,
+        "onnx_sha256": file_sha256(onnx_path) if onnx_path else None,
         "torch": torch.__version__,
     }
     out_path = Path(out_path)

@@ -51,7 +51,7 @@ from facenet_pytorch import MTCNN
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
 
-from engines.boxes import iou_matrix  # noqa: E402  (the work tree's engines, pure numpy)
+from engines.boxes import greedy_match, iou_matrix  # noqa: E402  (the work tree's engines, pure numpy)
 
 DEFAULT_DATA = HERE.parents[2] / "shared" / "data"
 DEFAULT_OUT = HERE / "mtcnn_reference.json"
@@ -130,22 +130,6 @@ def detect(mtcnn: MTCNN, bgr: np.ndarray) -> list[dict]:
             }
         )
     return faces
-
-
-def greedy_match(truth: np.ndarray, dets: np.ndarray, min_iou: float) -> list[tuple[int, int]]:
-    """(truth index, detection index) pairs, best IoU first, each side used at most once."""
-    ious = iou_matrix(truth, dets)
-    pairs = []
-    used_t, used_d = set(), set()
-    for flat in np.argsort(-ious, axis=None, kind="stable"):
-        t, d = np.unravel_index(flat, ious.shape)
-        if ious[t, d] < min_iou:
-            break
-        if t not in used_t and d not in used_d:
-            used_t.add(t)
-            used_d.add(d)
-            pairs.append((int(t), int(d)))
-    return pairs
 
 
 def read_dlib_boxes(data: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:

@@ -129,3 +129,11 @@ def test_iou_matrix():
     a = np.array([[0, 0, 10, 10]], np.float32)
     b = np.array([[0, 0, 10, 10], [5, 0, 15, 10], [20, 20, 30, 30]], np.float32)
     assert bx.iou_matrix(a, b)[0].tolist() == pytest.approx([1.0, 1 / 3, 0.0])
+
+
+def test_greedy_match_takes_best_pairs_first_and_each_box_once():
+    a = np.array([[0, 0, 10, 10], [20, 0, 30, 10], [100, 100, 110, 110]], np.float32)
+    b = np.array([[1, 0, 11, 10], [0, 0, 10, 10], [21, 0, 31, 10]], np.float32)
+    assert bx.greedy_match(a, b, 0.5) == [(0, 1), (1, 2)]
+    assert bx.greedy_match(a, b, 0.95) == [(0, 1)]
+    assert bx.greedy_match(a[:0], b, 0.5) == []

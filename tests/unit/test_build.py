@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from engines import boxes as bx
-from engines.base import EngineError, ModelMetadata
+from engines.base import EngineError, ModelMetadata, file_sha256
 from engines.build import (
     BuildError,
     BuildOptions,
@@ -25,7 +25,6 @@ from engines.build import (
     pnet_level_sizes,
     pnet_profiles,
     read_manifests,
-    sha256_file,
 )
 from tests.conftest import MODELS, REPO
 
@@ -182,7 +181,7 @@ def test_cache_paths(tmp_path):
 
 def test_find_cached_plan_reads_manifests(tmp_path):
     onnx = MODELS / "mtcnn" / "rnet.onnx"
-    sha = sha256_file(onnx)
+    sha = file_sha256(onnx)
     for i, (trt, built) in enumerate([("10.7.0", 1.0), ("10.7.0", 2.0), ("10.8.0", 3.0)]):
         (tmp_path / f"rnet-{i}.plan").write_bytes(b"plan")
         m = Manifest(str(onnx), sha, trt, H200.name, [9, 0], {}, built_at=built)
