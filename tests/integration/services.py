@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -21,8 +22,10 @@ import pytest
 import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 
+from daemon.cli import main as facewatch_main
 from tests.conftest import REPO
 
+PEOPLE = REPO / "configs" / "demo" / "people"
 RTSP_SERVER = Path(__file__).with_name("rtsp_server.py")
 SYSTEM_PYTHON = "/usr/bin/python3"
 FACEWATCH = Path(sys.executable).with_name("facewatch")
@@ -202,3 +205,60 @@ def daemon_settings(
     for name, value in sections.items():
         settings[name] = {**settings.get(name, {}), **value}
     return settings
+
+
+def enroll(model: Path, gallery: Path, person: str) -> None:
+    """Enroll one of the demo people (configs/demo/people) into ``gallery``."""
+    code = facewatch_main(
+        ["enroll", "--name", person, str(PEOPLE / person / "reference.png"), "--model", str(model),
+         "--gallery", str(gallery), "--threads", "2", "--no-progress"]
+    )  # fmt: skip
+    assert code == 0
+
+
+class Prometheus(Process):
+    """A real Prometheus (Debian package) scraping ``targets`` every second, with the shipped
+    scrape config (configs/prometheus/prometheus.yml) and alert rules."""
+
+    def __init__(self, folder: Path, targets: list[str]) -> None:
+        binary = shutil.which("prometheus") or "/usr/bin/prometheus"
+        if not Path(binary).exists():
+            pytest.skip("Prometheus is not installed (apt-get install prometheus; .ci/run does)")
+        shipped = REPO / "configs" / "prometheus" / "prometheus.yml"
+        config = yaml.safe_load(shipped.read_text())
+        config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
+        config["rule_files"] = [str(shipped.parent / name) for name in config["rule_files"]]
+        config["scrape_configs"][0]["static_configs"] = [{"targets": targets}]
+        config_path = folder / "prometheus.yml"
+        config_path.write_text(yaml.safe_dump(config))
+        self.port = free_port()
+        args = [
+            binary,
+            f"--config.file={config_path}",
+            f"--storage.tsdb.path={folder / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{self.port}",
+        ]
+        super().__init__(args, folder / "prometheus.log")
+
+    def api(self, path: str, **params: Any) -> Any:
+        """GET /api/v1/PATH; the ``data`` of a successful answer."""
+        query = urllib.parse.urlencode(params, doseq=True)
+        url = f"http://127.0.0.1:{self.port}/api/v1/{path}?{query}"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            answer = json.load(response)
+        assert answer["status"] == "success", answer
+        return answer["data"]
+
+    def start(self) -> None:
+        super().start()
+
+        def ready() -> bool:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"Prometheus exited:\n{self.log()[-2000:]}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/-/ready", timeout=2):
+                    return True
+            except OSError:
+                return False
+
+        wait_for(ready, 30, "Prometheus to be ready", every_s=0.3)

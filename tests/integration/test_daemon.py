@@ -20,26 +20,17 @@ from tests.conftest import REPO
 from tests.integration.services import (
     FACEWATCH,
     Daemon,
-    Mosquitto,
     RtspServer,
     Subscriber,
     daemon_settings,
+    enroll,
     wait_for,
 )
 
 pytestmark = pytest.mark.slow
 
 CLIP = REPO / "configs" / "demo" / "hamilton_360p.mp4"
-PEOPLE = REPO / "configs" / "demo" / "people"
 SCHEMA = json.loads(SCHEMA_PATH.read_text())
-
-
-@pytest.fixture
-def broker(tmp_path):
-    server = Mosquitto(tmp_path)
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture
@@ -48,14 +39,6 @@ def rtsp(tmp_path):
     server.start()
     yield server
     server.stop()
-
-
-def _enroll(model: Path, gallery: Path, person: str) -> None:
-    code = main(
-        ["enroll", "--name", person, str(PEOPLE / person / "reference.png"), "--model", str(model),
-         "--gallery", str(gallery), "--threads", "2", "--no-progress"]
-    )  # fmt: skip
-    assert code == 0
 
 
 def test_two_rtsp_cameras_to_mqtt_with_gallery_reload_and_clean_stop(
@@ -86,7 +69,7 @@ def test_two_rtsp_cameras_to_mqtt_with_gallery_reload_and_clean_stop(
         )
         assert "no gallery at" in daemon.log()
 
-        _enroll(test_model, gallery, "lin-manuel-miranda")
+        enroll(test_model, gallery, "lin-manuel-miranda")
         daemon.proc.send_signal(signal.SIGHUP)  # type: ignore[union-attr]
         wait_for(
             lambda: any(e["identity"] == "lin-manuel-miranda" for e in subscriber.events()),
@@ -123,7 +106,7 @@ def test_two_rtsp_cameras_to_mqtt_with_gallery_reload_and_clean_stop(
 
 def test_a_gallery_present_at_start_names_people(tmp_path, broker, test_model) -> None:
     gallery = tmp_path / "gallery.sqlite"
-    _enroll(test_model, gallery, "alex-lacamoire")
+    enroll(test_model, gallery, "alex-lacamoire")
     cameras = [{"name": "clip", "url": str(CLIP), "fps": 5}]
     recognition = {"model": str(test_model), "gallery": str(gallery), "threshold": 4.0}
     subscriber = Subscriber(broker.port, "facewatch/test/events/#")

@@ -1,0 +1,280 @@
+"""Builds configs/grafana/facewatch.json with Grafana's Foundation SDK (the `dev` extra).
+
+Edit the panels here, then run:  .venv/bin/python configs/grafana/build_dashboard.py
+tests/unit/test_dashboard.py fails while the committed JSON differs from what this writes;
+tests/integration/test_dashboard.py runs every query against a Prometheus scraping the daemon.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from grafana_foundation_sdk.builders import dashboard as db
+from grafana_foundation_sdk.builders import prometheus, stat, statetimeline, timeseries
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models.dashboard import (
+    DashboardCursorSync,
+    DataSourceRef,
+    VariableOption,
+    VariableRefresh,
+    VariableSort,
+)
+
+OUTPUT = Path(__file__).with_name("facewatch.json")
+UID = "facewatch-daemon"
+DATASOURCE = DataSourceRef(type_val="prometheus", uid="${datasource}")
+# label filters every query carries: the node(s) and camera(s) picked at the top
+NODE = 'instance=~"$instance"'
+CAM = f'{NODE}, camera=~"$camera"'
+RATE = "[$__rate_interval]"
+
+Panel = timeseries.Panel | stat.Panel | statetimeline.Panel
+
+
+def query(expr: str, legend: str, ref: str) -> prometheus.Dataquery:
+    return (
+        prometheus.Dataquery().expr(expr).legend_format(legend).ref_id(ref).datasource(DATASOURCE)
+    )
+
+
+def with_queries(panel: Panel, title: str, help_text: str, *queries: tuple[str, str]) -> Panel:
+    panel.title(title).description(help_text).datasource(DATASOURCE)
+    for index, (expr, legend) in enumerate(queries):
+        panel.with_target(query(expr, legend, chr(ord("A") + index)))
+    return panel
+
+
+def graph(title: str, unit: str, help_text: str, *queries: tuple[str, str]) -> Panel:
+    panel = timeseries.Panel().unit(unit).min(0).height(8).span(12)
+    return with_queries(panel, title, help_text, *queries)
+
+
+def state(title: str, help_text: str, *queries: tuple[str, str]) -> Panel:
+    panel = statetimeline.Panel().min(0).max(1).height(6).span(12)
+    return with_queries(panel, title, help_text, *queries)
+
+
+def quantiles(metric: str, by: str, legend: str) -> list[tuple[str, str]]:
+    """p50 and p99 of a histogram, summed over the selected nodes (and cameras)."""
+    selector = f"{metric}_bucket{{{NODE}}}"
+    return [
+        (
+            f"histogram_quantile({q}, sum by (le{by}) (rate({selector}{RATE})))",
+            f"{legend} p{round(q * 100)}",
+        )
+        for q in (0.5, 0.99)
+    ]
+
+
+def process(metric: str) -> str:
+    """A process_* series of the facewatch nodes only (other jobs export the same names)."""
+    return f"{metric} and on (instance, job) facewatch_build_info{{{NODE}}}"
+
+
+def cameras_row() -> list[Panel]:
+    return [
+        state(
+            "Camera up",
+            "1 while the camera delivers frames (facewatch_camera_up).",
+            (f"facewatch_camera_up{{{CAM}}}", "{{camera}}"),
+        ),
+        graph(
+            "Reconnects",
+            "short",
+            "Reconnection attempts after a failure, per camera and window.",
+            (f"increase(facewatch_camera_reconnects_total{{{CAM}}}{RATE})", "{{camera}}"),
+        ),
+        graph(
+            "Frames per second",
+            "short",
+            "Frames kept after fps decimation (read), through detection (processed), and "
+            "dropped because the pipeline was behind.",
+            (f"rate(facewatch_frames_read_total{{{CAM}}}{RATE})", "{{camera}} read"),
+            (f"rate(facewatch_frames_processed_total{{{CAM}}}{RATE})", "{{camera}} processed"),
+            (f"rate(facewatch_frames_dropped_total{{{CAM}}}{RATE})", "{{camera}} dropped"),
+        ),
+        graph(
+            "Dropped frames",
+            "percentunit",
+            "Share of the frames read that were dropped (newest frames are kept).",
+            (
+                f"rate(facewatch_frames_dropped_total{{{CAM}}}{RATE}) / "
+                f"clamp_min(rate(facewatch_frames_read_total{{{CAM}}}{RATE}), 1e-9)",
+                "{{camera}}",
+            ),
+        ),
+    ]
+
+
+def pipeline_row() -> list[Panel]:
+    return [
+        graph(
+            "Stage latency per batch",
+            "s",
+            "Time per batch in detect, embed, match and track (p50, p99).",
+            *quantiles("facewatch_stage_seconds", ", stage", "{{stage}}"),
+        ),
+        graph(
+            "Frame to event latency",
+            "s",
+            "From frame capture to the event's publication ('left' events excluded).",
+            *quantiles("facewatch_frame_to_event_seconds", "", "frame→event"),
+        ),
+        graph(
+            "Batch size",
+            "short",
+            "Frames per detection batch, across all cameras.",
+            (
+                f"sum(rate(facewatch_batch_frames_sum{{{NODE}}}{RATE})) / "
+                f"sum(rate(facewatch_batch_frames_count{{{NODE}}}{RATE}))",
+                "mean",
+            ),
+            *quantiles("facewatch_batch_frames", "", "frames")[1:],
+        ),
+        graph(
+            "Faces per second",
+            "short",
+            "Faces found by MTCNN and faces run through FaceNet, per camera.",
+            (f"rate(facewatch_faces_detected_total{{{CAM}}}{RATE})", "{{camera}} detected"),
+            (f"rate(facewatch_faces_embedded_total{{{CAM}}}{RATE})", "{{camera}} embedded"),
+        ),
+    ]
+
+
+def recognition_row() -> list[Panel]:
+    recognitions = f"facewatch_recognitions_total{{{CAM}}}"
+    unknown = f'facewatch_recognitions_total{{{CAM}, identity="unknown"}}'
+    return [
+        graph(
+            "Recognitions per second",
+            "short",
+            "Recognised faces by camera and identity ('unknown' matches nobody).",
+            (f"sum by (camera, identity) (rate({recognitions}{RATE}))", "{{camera}} {{identity}}"),
+        ),
+        graph(
+            "Unknown faces",
+            "percentunit",
+            "Share of the recognitions that matched nobody in the gallery.",
+            (
+                f"sum by (camera) (rate({unknown}{RATE})) / "
+                f"sum by (camera) (rate({recognitions}{RATE}))",
+                "{{camera}}",
+            ),
+        ),
+        graph(
+            "Events per second",
+            "short",
+            "Identity events by type: confirmed, identified, changed, left.",
+            (
+                f"sum by (camera, type) (rate(facewatch_events_total{{{CAM}}}{RATE}))",
+                "{{camera}} {{type}}",
+            ),
+        ),
+        with_queries(
+            stat.Panel().height(8).span(12),
+            "Enrolled people",
+            "Identities in the gallery (reloaded on SIGHUP).",
+            (f"facewatch_gallery_identities{{{NODE}}}", "{{instance}}"),
+        ),
+    ]
+
+
+def mqtt_row() -> list[Panel]:
+    return [
+        state(
+            "MQTT connected",
+            "1 while connected to the broker; events spool on disk while it is 0.",
+            (f"facewatch_mqtt_connected{{{NODE}}}", "{{instance}}"),
+        ),
+        graph(
+            "Spool depth",
+            "short",
+            "Events waiting in the on-disk spool for the broker.",
+            (f"facewatch_mqtt_spool_events{{{NODE}}}", "{{instance}}"),
+        ),
+        graph(
+            "MQTT publications",
+            "short",
+            "Publications per second by outcome: ok, failed (retried), dropped (spool full).",
+            (
+                f"sum by (outcome) (rate(facewatch_mqtt_publishes_total{{{NODE}}}{RATE}))",
+                "{{outcome}}",
+            ),
+        ),
+    ]
+
+
+def process_row() -> list[Panel]:
+    return [
+        graph(
+            "CPU",
+            "percentunit",
+            "CPU time of the daemon process (1 = one core busy).",
+            (process(f"rate(process_cpu_seconds_total{RATE})"), "{{instance}}"),
+        ),
+        graph(
+            "Memory",
+            "bytes",
+            "Resident memory of the daemon process.",
+            (process("process_resident_memory_bytes"), "{{instance}}"),
+        ),
+    ]
+
+
+def variables() -> list[db.DatasourceVariable | db.QueryVariable]:
+    def labels(name: str, label: str, query_text: str) -> db.QueryVariable:
+        return (
+            db.QueryVariable(name)
+            .label(label)
+            .datasource(DATASOURCE)
+            .query(query_text)
+            .refresh(VariableRefresh.ON_TIME_RANGE_CHANGED)
+            .sort(VariableSort.ALPHABETICAL_ASC)
+            .multi(True)
+            .include_all(True)
+            .all_value(".*")
+            .current(VariableOption(selected=True, text="All", value="$__all"))
+        )
+
+    return [
+        db.DatasourceVariable("datasource").label("Prometheus").type("prometheus"),
+        labels("instance", "Node", "label_values(facewatch_build_info, instance)"),
+        labels("camera", "Camera", f"label_values(facewatch_camera_up{{{NODE}}}, camera)"),
+    ]
+
+
+def build() -> db.Dashboard:
+    board = (
+        db.Dashboard("facewatch")
+        .uid(UID)
+        .description("The facewatch daemon: cameras, pipeline, recognition, MQTT, process.")
+        .tags(["facewatch", "face-recognition"])
+        .refresh("30s")
+        .time("now-1h", "now")
+        .tooltip(DashboardCursorSync.CROSSHAIR)
+        .variables(variables())  # type: ignore[arg-type]
+    )
+    rows = [
+        ("Cameras", cameras_row()),
+        ("Pipeline", pipeline_row()),
+        ("Recognition", recognition_row()),
+        ("MQTT", mqtt_row()),
+        ("Process", process_row()),
+    ]
+    ids = iter(range(1, 100))
+    for title, panels in rows:
+        board.with_row(db.Row(title).id(next(ids)))
+        for panel in panels:
+            board.with_panel(panel.id(next(ids)))
+    return board
+
+
+def render() -> str:
+    return json.dumps(build().build(), cls=JSONEncoder, indent=2, sort_keys=True) + "\n"
+
+
+if __name__ == "__main__":
+    OUTPUT.write_text(render())
+    print(f"wrote {OUTPUT}", file=sys.stderr)

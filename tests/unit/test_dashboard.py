@@ -1,0 +1,115 @@
+"""The Grafana dashboard's structure: what the builder writes, what Grafana's own schema
+types accept, variables, layout, and queries that only name metrics the daemon exports.
+(tests/integration/test_dashboard.py runs the queries against real data.)"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import sys
+
+import pytest
+import yaml
+from prometheus_client.metrics import MetricWrapperBase
+
+import daemon.metrics
+from tests.conftest import REPO
+
+GRAFANA = REPO / "configs" / "grafana"
+DASHBOARD = json.loads((GRAFANA / "facewatch.json").read_text())
+PANELS = [p for p in DASHBOARD["panels"] if p["type"] != "row"]
+sdk = pytest.importorskip(
+    "grafana_foundation_sdk", reason="grafana-foundation-sdk is not installed (the dev extra)"
+)
+
+
+def _builder():  # configs/grafana/build_dashboard.py, imported from its path
+    spec = importlib.util.spec_from_file_location("build_dashboard", GRAFANA / "build_dashboard.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["build_dashboard"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_committed_json_is_what_the_builder_writes() -> None:
+    assert (GRAFANA / "facewatch.json").read_text() == _builder().render(), (
+        "run .venv/bin/python configs/grafana/build_dashboard.py and commit the result"
+    )
+
+
+def test_grafana_schema_types_keep_every_key() -> None:
+    """Grafana's Foundation SDK decodes the JSON into its dashboard schema types; a key it
+    does not know (a typo, a field of another version) would be lost on the way back."""
+    from grafana_foundation_sdk.cog.encoder import JSONEncoder
+    from grafana_foundation_sdk.models.dashboard import Dashboard
+
+    decoded = Dashboard.from_json(DASHBOARD)
+    assert json.loads(json.dumps(decoded, cls=JSONEncoder)) == DASHBOARD
+
+
+def test_variables_datasource_node_and_camera() -> None:
+    variables = {v["name"]: v for v in DASHBOARD["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == "prometheus"
+    for name in ("instance", "camera"):
+        assert variables[name]["type"] == "query"
+        assert variables[name]["multi"] and variables[name]["includeAll"]
+        assert variables[name]["datasource"]["uid"] == "${datasource}"
+    assert "facewatch_camera_up" in variables["camera"]["query"]
+
+
+def test_layout_ids_and_datasources() -> None:
+    ids = [p["id"] for p in DASHBOARD["panels"]]
+    assert len(ids) == len(set(ids))
+    cells: set[tuple[int, int]] = set()
+    for panel in DASHBOARD["panels"]:
+        pos = panel["gridPos"]
+        assert pos["x"] >= 0 and pos["x"] + pos["w"] <= 24, panel["title"]
+        area = {(x, y) for x in range(pos["x"], pos["x"] + pos["w"])
+                for y in range(pos["y"], pos["y"] + pos["h"])}  # fmt: skip
+        assert not cells & area, f"panel {panel['title']!r} overlaps another"
+        cells |= area
+    for panel in PANELS:
+        assert panel["description"], panel["title"]
+        assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
+        for target in panel["targets"]:
+            assert target["datasource"]["uid"] == "${datasource}", panel["title"]
+
+
+def test_queries_name_only_exported_metrics_and_honour_the_variables() -> None:
+    families = [v for v in vars(daemon.metrics).values() if isinstance(v, MetricWrapperBase)]
+    suffixes = {"counter": ["_total"], "info": ["_info"], "gauge": [""],
+                "histogram": ["_bucket", "_sum", "_count"]}  # fmt: skip
+    exported = {"process_cpu_seconds_total", "process_resident_memory_bytes"}
+    per_camera = set()
+    for family in families:
+        (described,) = family.describe()
+        names = {described.name + suffix for suffix in suffixes[described.type]}
+        exported |= names
+        if "camera" in family._labelnames:  # no public accessor for a family's labels
+            per_camera |= names
+    titles = set()
+    for panel in PANELS:
+        titles.add(panel["title"])
+        for target in panel["targets"]:
+            expr = target["expr"]
+            names = set(re.findall(r"\b((?:facewatch|process)_\w+)", expr))
+            assert names and names <= exported, f"{panel['title']}: {names - exported}"
+            assert 'instance=~"$instance"' in expr, panel["title"]
+            if names & per_camera:
+                assert 'camera=~"$camera"' in expr, panel["title"]
+    for wanted in (
+        "Camera up", "Reconnects", "Frames per second", "Stage latency per batch", "Batch size",
+        "Faces per second", "Recognitions per second", "Unknown faces", "Frame to event latency",
+        "MQTT publications", "Spool depth", "CPU", "Memory",
+    ):  # fmt: skip
+        assert wanted in titles
+
+
+def test_provisioning_files() -> None:
+    datasources = yaml.safe_load((GRAFANA / "provisioning" / "datasources.yaml").read_text())
+    assert datasources["datasources"][0]["type"] == "prometheus"
+    providers = yaml.safe_load((GRAFANA / "provisioning" / "dashboards.yaml").read_text())
+    assert providers["providers"][0]["type"] == "file"
