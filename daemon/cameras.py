@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 
 from daemon import metrics
-from daemon.config import CameraConfig
+from daemon.config import CameraConfig, redact_url
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ def open_capture(url: str) -> cv2.VideoCapture:
         capture.release()
         if kind == "file" and not Path(url).is_file():
             raise OSError(f"{url}: no such file")
-        raise OSError(f"{url}: cannot open as video")
+        raise OSError(f"{redact_url(url)}: cannot open as video")
     return capture
 
 

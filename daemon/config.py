@@ -231,6 +231,14 @@ def _key_path(loc: tuple[int | str, ...], raw: Any) -> str:
     return ".".join(parts) or "(top level)"
 
 
+_URL_PASSWORD = re.compile(r"(?<=://)([^/@:\s]*):[^/@\s]*@")
+
+
+def redact_url(text: str) -> str:
+    """``text`` with the password of every ``scheme://user:password@host`` in it masked."""
+    return _URL_PASSWORD.sub(r"\1:***@", text)
+
+
 def _explain(error: dict[str, Any]) -> str:
     if error["type"] == "extra_forbidden":
         return "unknown key"
@@ -238,7 +246,7 @@ def _explain(error: dict[str, Any]) -> str:
         return "required key is missing"
     got = error.get("input")
     secret = any("password" in str(part) for part in error["loc"])
-    shown = "" if secret or isinstance(got, (dict, list)) else f" (got {got!r})"
+    shown = "" if secret or isinstance(got, (dict, list)) else f" (got {redact_url(repr(got))})"
     return f"{error['msg']}{shown}"
 
 

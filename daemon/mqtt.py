@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import ssl
 import threading
 import time
@@ -41,6 +42,7 @@ class MqttPublisher:
         self._stop = threading.Event()
         self._camera_status: dict[str, str] = {}
         self._lock = threading.Lock()
+        self._connect_failures = 0
         self.client = self._make_client(node_id)
         self._thread = threading.Thread(target=self._run, name="mqtt-publisher", daemon=True)
 
@@ -60,6 +62,7 @@ class MqttPublisher:
             client.tls_insecure_set(cfg.tls.insecure)
         client.reconnect_delay_set(min_delay=1, max_delay=30)
         client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
         return client
 
@@ -121,9 +124,12 @@ class MqttPublisher:
         self, client: paho.Client, userdata: object, flags: object, reason: object, props: object
     ) -> None:
         if getattr(reason, "is_failure", False):
-            logger.warning("MQTT: broker refused the connection: %s", reason)
+            if self._connect_failures == 0:
+                logger.warning("MQTT: broker refused the connection: %s; retrying", reason)
+            self._connect_failures += 1
             return
         logger.info("MQTT: connected to %s:%d", self.config.host, self.config.port)
+        self._connect_failures = 0
         client.publish(self.status_topic, ONLINE, qos=1, retain=True)
         with self._lock:
             states = dict(self._camera_status)
@@ -132,6 +138,34 @@ class MqttPublisher:
         self.connected.set()
         metrics.MQTT_CONNECTED.set(1)
         self._wake.set()
+
+    def _on_connect_fail(self, client: paho.Client, userdata: object) -> None:
+        """paho retries silently; say why once per outage (it does not tell: ask again)."""
+        if self._connect_failures == 0:
+            logger.warning(
+                "MQTT: cannot connect to %s:%d: %s; retrying, events are spooled until then",
+                self.config.host,
+                self.config.port,
+                self._diagnose(),
+            )
+        self._connect_failures += 1
+
+    def _diagnose(self) -> str:
+        """Why a connection fails: a plain TCP connection and TLS handshake with the same
+        settings, for its error message."""
+        cfg = self.config
+        try:
+            with socket.create_connection((cfg.host, cfg.port), timeout=5) as sock:
+                if cfg.tls is None:
+                    return "the broker closed the connection"
+                context = ssl.create_default_context(cafile=cfg.tls.ca_file)
+                if cfg.tls.cert_file:
+                    context.load_cert_chain(cfg.tls.cert_file, cfg.tls.key_file)
+                context.check_hostname = not cfg.tls.insecure
+                with context.wrap_socket(sock, server_hostname=cfg.host):
+                    return "the broker closed the connection after the TLS handshake"
+        except OSError as exc:  # ssl.SSLError included
+            return str(exc)
 
     def _on_disconnect(
         self, client: paho.Client, userdata: object, flags: object, reason: object, props: object

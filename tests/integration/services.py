@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -89,6 +90,9 @@ class Mosquitto(Process):
         conf = folder / f"mosquitto-{self.port}.conf"
         conf.write_text(
             f"listener {self.port} 127.0.0.1\npersistence false\nlog_type error\n"
+            # run as root, mosquitto would become user 'mosquitto' before reading the
+            # password file in the test's private folder
+            f"user {pwd.getpwuid(os.geteuid()).pw_name}\n"
             + (extra_conf or "allow_anonymous true\n")
         )
         super().__init__([binary, "-c", str(conf)], folder / f"mosquitto-{self.port}.log")

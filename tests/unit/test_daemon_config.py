@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from daemon.config import DEFAULT_CONFIG, ConfigError, load_config, parse_config, schema_lines
+from daemon.config import (
+    DEFAULT_CONFIG,
+    ConfigError,
+    load_config,
+    parse_config,
+    redact_url,
+    schema_lines,
+)
 
 CAMERA = {"name": "door", "url": "rtsp://cam/stream"}
 
@@ -92,3 +99,20 @@ def test_a_badly_typed_password_is_not_echoed() -> None:
     with pytest.raises(ConfigError) as error:
         parse_config({"cameras": [CAMERA], "mqtt": {"password": 123456789}})
     assert "mqtt.password" in str(error.value) and "123456789" not in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("rtsp://viewer:s3cr:et@10.0.0.5:554/s1", "rtsp://viewer:***@10.0.0.5:554/s1"),
+        (
+            "cannot open rtsp://u:p@h/x and http://a:b@c/",
+            "cannot open rtsp://u:***@h/x and http://a:***@c/",
+        ),
+        ("rtsp://10.0.0.5/stream", "rtsp://10.0.0.5/stream"),
+        ("rtsp://token@10.0.0.5/stream", "rtsp://token@10.0.0.5/stream"),
+        ("/dev/video0", "/dev/video0"),
+    ],
+)
+def test_redact_url_masks_passwords_only(text: str, shown: str) -> None:
+    assert redact_url(text) == shown

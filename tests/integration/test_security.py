@@ -1,0 +1,222 @@
+"""Security end to end: MQTT over TLS with a password (a real mosquitto and a self-signed CA),
+bad credentials and an untrusted CA reported clearly, and no secret in any log or message."""
+
+from __future__ import annotations
+
+import stat
+import subprocess
+import time
+from pathlib import Path
+
+import paho.mqtt.client as paho
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from daemon.cli import main
+from tests.conftest import REPO
+from tests.integration.services import (
+    Daemon,
+    Mosquitto,
+    RtspServer,
+    Subscriber,
+    daemon_settings,
+    enroll,
+    wait_for,
+)
+
+pytestmark = pytest.mark.slow
+
+CLIP = REPO / "configs" / "demo" / "hamilton_360p.mp4"
+MQTT_SECRET = "mqtt-Secret-7f3a9"
+CAMERA_SECRET = "cam-Secret-51c2e"
+USER = "facewatch"
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def _certificate_authority(folder: Path, name: str) -> Path:
+    """A self-signed CA (NAME.crt, NAME.key) in ``folder``."""
+    _openssl(
+        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", f"/CN={name}",
+        "-keyout", f"{name}.key", "-out", f"{name}.crt", cwd=folder,
+    )  # fmt: skip
+    return folder / f"{name}.crt"
+
+
+@pytest.fixture
+def tls_broker(tmp_path):
+    """mosquitto with TLS only, no anonymous clients, one user with MQTT_SECRET."""
+    folder = tmp_path / "broker"
+    folder.mkdir()
+    _certificate_authority(folder, "ca")
+    _openssl(
+        "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
+        "-keyout", "server.key", "-out", "server.csr", cwd=folder,
+    )  # fmt: skip
+    (folder / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    _openssl(
+        "x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+        "-CAcreateserial", "-days", "2", "-extfile", "san.ext", "-out", "server.crt", cwd=folder,
+    )  # fmt: skip
+    passwords = folder / "passwords"
+    subprocess.run(["mosquitto_passwd", "-b", "-c", str(passwords), USER, MQTT_SECRET], check=True)
+    passwords.chmod(0o600)
+    server = Mosquitto(
+        folder,
+        extra_conf=(
+            f"cafile {folder / 'ca.crt'}\ncertfile {folder / 'server.crt'}\n"
+            f"keyfile {folder / 'server.key'}\n"
+            f"allow_anonymous false\npassword_file {passwords}\n"
+        ),
+    )
+    server.ca_file = folder / "ca.crt"  # type: ignore[attr-defined]
+    server.start()
+    yield server
+    server.stop()
+
+
+def _credentials(folder: Path, password: str) -> dict[str, str]:
+    """A systemd credentials folder holding the MQTT password, as the unit's LoadCredential=
+    makes it; the environment the daemon gets."""
+    folder.mkdir()
+    (folder / "mqtt_password").write_text(password + "\n")
+    return {"CREDENTIALS_DIRECTORY": str(folder)}
+
+
+def _tls_settings(broker, folder: Path, cameras: list[dict], ca_file: Path) -> dict:
+    return daemon_settings(
+        cameras,
+        broker.port,
+        folder,
+        mqtt={
+            "username": USER,
+            "password": "${credential:mqtt_password}",
+            "tls": {"ca_file": str(ca_file)},
+        },
+        logging={"level": "DEBUG"},
+    )
+
+
+def _refused_without_password(port: int, ca_file: Path) -> bool:
+    outcome: list[object] = []
+    client = paho.Client(CallbackAPIVersion.VERSION2)
+    client.tls_set(ca_certs=str(ca_file))
+    client.on_connect = lambda c, u, f, reason, p: outcome.append(reason)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    try:
+        wait_for(lambda: outcome, 10, "the broker's answer to an anonymous client")
+    finally:
+        client.loop_stop()
+        client.disconnect()
+    return bool(getattr(outcome[0], "is_failure", False))
+
+
+def _assert_no_secret(text: str, where: str) -> None:
+    for secret in (MQTT_SECRET, CAMERA_SECRET):
+        assert secret not in text, f"{where} shows a secret:\n{text[-3000:]}"
+
+
+def test_tls_and_password_end_to_end_with_nothing_secret_logged(
+    tmp_path, tls_broker, test_model
+) -> None:
+    assert _refused_without_password(tls_broker.port, tls_broker.ca_file)
+    rtsp = RtspServer(tmp_path, {"cam1": CLIP})
+    rtsp.start()
+    gallery = tmp_path / "state" / "gallery.sqlite"
+    enroll(test_model, gallery, "lin-manuel-miranda")
+    with_user = rtsp.url("cam1").replace("rtsp://", f"rtsp://viewer:{CAMERA_SECRET}@")
+    cameras = [
+        {"name": "door", "url": with_user, "fps": 5},
+        {"name": "gate", "url": f"rtsp://viewer:{CAMERA_SECRET}@127.0.0.1:9/none", "fps": 5},
+    ]
+    settings = _tls_settings(tls_broker, tmp_path, cameras, tls_broker.ca_file)
+    settings["recognition"] = {"model": str(test_model), "gallery": str(gallery)}
+    settings["mqtt"]["spool_dir"] = str(tmp_path / "state" / "spool")
+    env = _credentials(tmp_path / "credentials", MQTT_SECRET)
+    subscriber = Subscriber(
+        tls_broker.port, "facewatch/test/#", username=USER, password=MQTT_SECRET,
+        ca_file=str(tls_broker.ca_file),
+    )  # fmt: skip
+    daemon = Daemon(tmp_path, settings, env=env)
+    daemon.start()
+    try:
+        wait_for(lambda: subscriber.last("facewatch/test/status") == b"online", 60, "online")
+        wait_for(lambda: subscriber.events(), 90, "events over TLS")
+        wait_for(lambda: "camera gate: cannot open" in daemon.log(), 30, "the dead camera's log")
+        assert daemon.metric("facewatch_mqtt_connected") == 1
+    finally:
+        assert daemon.stop() == 0
+        subscriber.close()
+        rtsp.stop()
+    assert subscriber.last("facewatch/test/status") == b"offline"
+    log = daemon.log()
+    assert "MQTT: connected to 127.0.0.1" in log and "DEBUG" in log
+    assert "rtsp://viewer:***@127.0.0.1:9/none" in log  # the URL is named, its password not
+    _assert_no_secret(log, "the daemon's log")
+    payloads = b"".join(payload for _, payload, _ in subscriber.messages)
+    _assert_no_secret(payloads.decode(errors="replace"), "the MQTT messages")
+
+    # the gallery and the spool: owner-only
+    spool = tmp_path / "state" / "spool"
+    assert stat.S_IMODE(spool.stat().st_mode) == 0o700
+    for path in [gallery, *spool.iterdir()]:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+
+
+def test_wrong_password_and_untrusted_ca_are_named_without_the_secret(tmp_path, tls_broker) -> None:
+    camera = [{"name": "door", "url": str(CLIP), "fps": 2}]
+    other_ca_folder = tmp_path / "other-ca"
+    other_ca_folder.mkdir()
+    other_ca = _certificate_authority(other_ca_folder, "other")
+    daemons = []
+    for name, ca_file, password in (
+        ("wrong-password", tls_broker.ca_file, CAMERA_SECRET),
+        ("untrusted-ca", other_ca, MQTT_SECRET),
+    ):
+        folder = tmp_path / name
+        folder.mkdir()
+        settings = _tls_settings(tls_broker, folder, camera, ca_file)
+        settings["node_id"] = name
+        daemon = Daemon(folder, settings, env=_credentials(folder / "credentials", password))
+        daemon.start()
+        daemons.append(daemon)
+    try:
+        wait_for(
+            lambda: "MQTT: broker refused the connection: Not authorized" in daemons[0].log(),
+            60,
+            "the broker's refusal in the log",
+        )
+        wait_for(
+            lambda: "certificate verify failed" in daemons[1].log(), 60, "the TLS error in the log"
+        )
+        time.sleep(3)  # more retries: each outage is reported once
+        for daemon in daemons:
+            assert daemon.metric("facewatch_mqtt_connected") == 0
+            wait_for(lambda d=daemon: d.metric("facewatch_mqtt_spool_events") > 0, 60, "spool")
+    finally:
+        for daemon in daemons:
+            daemon.stop()
+    for daemon in daemons:
+        log = daemon.log()
+        _assert_no_secret(log, "the daemon's log")
+        assert log.count("MQTT: broker refused") + log.count("MQTT: cannot connect") == 1, log
+
+
+@pytest.mark.parametrize("command", ["validate-config", "run"])
+def test_config_errors_do_not_echo_secrets(tmp_path, capsys, command) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text(
+        "cameras:\n"
+        f"  - {{name: door, url: 'rtsp://viewer:{CAMERA_SECRET}@10.0.0.5/s', fps: 0}}\n"
+        f"  - {{name: gate, url: {{bad: 'rtsp://u:{CAMERA_SECRET}@h/'}}}}\n"
+        "mqtt:\n"
+        f"  password: ['{MQTT_SECRET}']\n"
+    )
+    assert main([command, str(config)] if command == "validate-config" else
+                [command, "--config", str(config)]) == 2  # fmt: skip
+    out = capsys.readouterr()
+    assert "cameras[0] (door).fps" in out.err and "mqtt.password" in out.err, out.err
+    _assert_no_secret(out.out + out.err, f"facewatch {command}")
