@@ -1,0 +1,253 @@
+"""Soak test with faults: the daemon on 2 looping RTSP cameras for 30 minutes while the MQTT
+broker and one camera are restarted every few minutes. Run from the repository root:
+
+    .venv/bin/python bench/soak.py                  # 30 minutes (+ about 2 to set up and drain)
+    .venv/bin/python bench/soak.py --minutes 5      # a short one
+
+Each camera is its own GStreamer RTSP server looping the demo clip (configs/demo), so one can
+be restarted while the other goes on. Recognition runs with the test FaceNet (random weights:
+the same computation as a trained one) and a gallery of one person. Every --fault-every
+seconds, alternately, the broker or camera 2 goes away for --outage seconds.
+
+Reports (and writes to bench/results/soak.json): resident memory over time, with the growth
+between the first and the last 5 minutes after warm-up; events emitted (the daemon's own
+JSON-lines log) against events delivered to a persistent MQTT subscriber (lost, duplicated);
+camera and broker reconnections. Exit status 1 when an event was lost or memory grew by
+more than --max-growth-mb. The logs of the daemon, the broker and the cameras are kept in
+bench/.cache/soak/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests.facenet_model import build_test_model  # noqa: E402
+from tests.integration.services import (  # noqa: E402
+    Daemon,
+    Mosquitto,
+    RtspServer,
+    daemon_settings,
+    enroll,
+    free_port,
+    wait_for,
+)
+
+CLIP = REPO / "configs" / "demo" / "hamilton_360p.mp4"
+SHARED_DATA = REPO.parent / "shared" / "data"
+CAMERAS = ("cam1", "cam2")
+LOGS = REPO / "bench" / ".cache" / "soak"  # the logs of the last run
+
+
+class PersistentSubscriber:
+    """A QoS 1 subscriber with a persistent session: the broker keeps its subscription and
+    queues messages across the subscriber's and the broker's own restarts."""
+
+    def __init__(self, port: int, topic: str) -> None:
+        self.ids: list[str] = []
+        self._lock = threading.Lock()
+        self.client = paho.Client(
+            CallbackAPIVersion.VERSION2, client_id="facewatch-soak", clean_session=False
+        )
+        self.client.on_connect = lambda c, *a: c.subscribe(topic, qos=1)
+        self.client.on_message = self._on_message
+        self.client.reconnect_delay_set(1, 2)
+        self.client.connect_async("127.0.0.1", port)
+        self.client.loop_start()
+
+    def _on_message(self, client: Any, userdata: Any, message: paho.MQTTMessage) -> None:
+        event = json.loads(message.payload)
+        with self._lock:
+            self.ids.append(event["event_id"])
+
+    def received(self) -> list[str]:
+        with self._lock:
+            return list(self.ids)
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def emitted(jsonl: Path) -> list[str]:
+    if not jsonl.is_file():
+        return []
+    return [json.loads(line)["event_id"] for line in jsonl.read_text().splitlines() if line]
+
+
+def soak(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
+    data = SHARED_DATA if (SHARED_DATA / "README.md").is_file() else None
+    model = build_test_model(folder / "model", data)
+    gallery = folder / "gallery.sqlite"
+    enroll(model, gallery, "lin-manuel-miranda")
+
+    persistence = folder / "broker-db"
+    persistence.mkdir()
+    broker = Mosquitto(
+        folder,
+        extra_conf=(
+            "allow_anonymous true\npersistence true\n"
+            f"persistence_location {persistence}/\nmax_queued_messages 0\n"
+        ),
+    )
+    servers = {c: RtspServer(folder, {c: CLIP}, port=free_port()) for c in CAMERAS}
+    jsonl = folder / "events.jsonl"
+    settings = daemon_settings(
+        [{"name": c, "url": servers[c].url(c), "fps": args.fps} for c in CAMERAS],
+        broker.port,
+        folder,
+        recognition={"model": str(model), "gallery": str(gallery)},
+        events={"jsonl_file": str(jsonl)},
+        tracking={"confirm_frames": 3, "lost_after_s": 2.0},
+    )
+    daemon = Daemon(folder, settings)
+    broker.start()
+    for server in servers.values():
+        server.start()
+    subscriber = PersistentSubscriber(broker.port, "facewatch/test/events/#")
+    daemon.start()
+    samples: list[dict[str, Any]] = []
+    faults: list[dict[str, Any]] = []
+    try:
+        wait_for(lambda: daemon.metric("facewatch_batch_frames_count") > 0, 180, "first batch")
+        assert daemon.proc is not None
+        started = time.monotonic()
+        end = started + args.minutes * 60
+        next_fault = started + args.fault_every
+        turn = 0
+        while time.monotonic() < end:
+            now = time.monotonic()
+            if now >= next_fault and now + args.outage < end:
+                target = broker if turn % 2 == 0 else servers["cam2"]
+                name = "broker" if turn % 2 == 0 else "cam2"
+                target.stop()
+                time.sleep(args.outage)
+                target.start()
+                faults.append({"t_s": round(now - started), "restarted": name})
+                print(f"[{(now - started) / 60:5.1f} min] restarted {name}", flush=True)
+                turn += 1
+                next_fault = now + args.fault_every
+            values = daemon.metrics()
+            samples.append(
+                {
+                    "t_s": round(time.monotonic() - started, 1),
+                    "rss_mb": round(rss_mb(daemon.proc.pid), 1),
+                    "spool": values.get("facewatch_mqtt_spool_events", 0.0),
+                    "events": len(emitted(jsonl)),
+                    "received": len(subscriber.received()),
+                }
+            )
+            if len(samples) % 30 == 1:
+                last = samples[-1]
+                print(
+                    f"[{last['t_s'] / 60:5.1f} min] RSS {last['rss_mb']:.0f} MB, events "
+                    f"{last['events']}, received {last['received']}, spool {last['spool']:.0f}",
+                    flush=True,
+                )
+            time.sleep(args.sample_every)
+
+        # drain: cameras off (open tracks leave), everything in the spool delivered
+        final = daemon.metrics()
+        for server in servers.values():
+            server.stop()
+        time.sleep(5)
+        wait_for(
+            lambda: set(emitted(jsonl)) <= set(subscriber.received()),
+            180,
+            "every emitted event to reach the subscriber",
+            every_s=1,
+        )
+        rc = daemon.stop()
+    finally:
+        subscriber.close()
+        daemon.stop()
+        for server in servers.values():
+            server.stop()
+        broker.stop()
+
+    ids, received = emitted(jsonl), subscriber.received()
+    log = daemon.log()
+    LOGS.mkdir(parents=True, exist_ok=True)
+    for process in (daemon, broker, *servers.values()):
+        (LOGS / process.log_path.name).write_text(process.log())
+    warm = [s["rss_mb"] for s in samples if s["t_s"] >= args.warmup_s]
+    window = max(1, int(300 / args.sample_every))  # 5 minutes of samples
+    first, last = statistics.median(warm[:window]), statistics.median(warm[-window:])
+    return {
+        "minutes": args.minutes,
+        "fps": args.fps,
+        "faults": faults,
+        "events_emitted": len(ids),
+        "events_delivered": len(set(received)),
+        "events_lost": len(set(ids) - set(received)),
+        "duplicates_received": len(received) - len(set(received)),
+        "camera_reconnects": {
+            c: final.get(f'facewatch_camera_reconnects_total{{camera="{c}"}}', 0.0) for c in CAMERAS
+        },
+        "mqtt_connections": log.count("MQTT: connected to"),
+        "frames_processed": {
+            c: final.get(f'facewatch_frames_processed_total{{camera="{c}"}}', 0.0) for c in CAMERAS
+        },
+        "frames_dropped": {
+            c: final.get(f'facewatch_frames_dropped_total{{camera="{c}"}}', 0.0) for c in CAMERAS
+        },
+        "rss_mb_first_5min": round(first, 1),
+        "rss_mb_last_5min": round(last, 1),
+        "rss_growth_mb": round(last - first, 1),
+        "rss_mb_max": max(warm),
+        "exit_status": rc,
+        "tracebacks_in_log": log.count("Traceback"),
+        "samples": samples,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--minutes", type=float, default=30, help="soak length (default 30)")
+    parser.add_argument("--fault-every", type=float, default=150, help="seconds between faults")
+    parser.add_argument("--outage", type=float, default=20, help="seconds each fault lasts")
+    parser.add_argument("--fps", type=float, default=5, help="camera fps (default 5)")
+    parser.add_argument("--sample-every", type=float, default=10, help="seconds between samples")
+    parser.add_argument("--warmup-s", type=float, default=120, help="RSS samples ignored first")
+    parser.add_argument("--max-growth-mb", type=float, default=50, help="RSS growth that fails")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "soak.json")
+    args = parser.parse_args()
+    if args.minutes * 60 < args.warmup_s + 60:
+        parser.error("--minutes must leave at least a minute after --warmup-s")
+    with tempfile.TemporaryDirectory() as tmp:
+        result = soak(args, Path(tmp))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    summary = {k: v for k, v in result.items() if k not in ("samples", "faults")}
+    print(json.dumps(summary, indent=1))
+    print(f"faults: {len(result['faults'])}; samples in {args.out}")
+    failed = result["events_lost"] > 0 or result["rss_growth_mb"] > args.max_growth_mb
+    failed = failed or result["exit_status"] != 0 or result["tracebacks_in_log"] > 0
+    print("FAILED" if failed else "OK")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
