@@ -181,10 +181,11 @@ class BatchScheduler(threading.Thread):
     """The one thread that runs the engines."""
 
     def __init__(
-        self, pipeline: Pipeline, queues: FrameQueues, on_batch: Callable[[], None]
+        self, pipeline: Pipeline, queues: FrameQueues, on_tick: Callable[[], None]
     ) -> None:
+        """``on_tick`` is called on every round of the loop, batch or not (a heartbeat)."""
         super().__init__(name="batch-scheduler", daemon=True)
-        self.pipeline, self.queues, self.on_batch = pipeline, queues, on_batch
+        self.pipeline, self.queues, self.on_tick = pipeline, queues, on_tick
         self._stop_event = threading.Event()
         self._reload = threading.Event()
         self.error: BaseException | None = None
@@ -210,7 +211,7 @@ class BatchScheduler(threading.Thread):
                 if frames:
                     self.pipeline.process(frames)
                     self.batches += 1
-                    self.on_batch()
+                self.on_tick()
                 now = time.time()
                 if now - last_expire >= EXPIRE_EVERY_S:
                     self.pipeline.expire(now)

@@ -1,8 +1,9 @@
 """The daemon's life cycle: build every piece from the config, start them in order, serve
 until SIGTERM, then stop them in reverse order, draining what is in flight.
 
-systemd: ``READY=1`` once the engines are warm, ``WATCHDOG=1`` only while batches are being
-processed, ``STOPPING=1`` on the way out (written to ``$NOTIFY_SOCKET`` directly).
+systemd: ``READY=1`` once the engines are warm, ``WATCHDOG=1`` while the batch scheduler
+comes round (at least every 0.2 s when there are no frames: a hung engine call stops it, cameras
+that are all down do not), ``STOPPING=1`` on the way out (written to ``$NOTIFY_SOCKET``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from daemon import metrics
 from daemon.cameras import CameraReader, FrameQueues, check_file_source
 from daemon.config import REPO_ROOT, Config, ConfigError
 from daemon.events import EventSinks
+from daemon.gallery import GalleryError
 from daemon.mqtt import MqttPublisher
 from daemon.scheduler import BatchScheduler, Pipeline, open_gallery
 from daemon.spool import Spool
@@ -32,7 +34,7 @@ from engines.mtcnn import MTCNN
 logger = logging.getLogger(__name__)
 
 DEFAULT_FACENET = REPO_ROOT / "models" / "facenet" / "facenet.onnx"
-STALL_S = 30.0  # no batch for this long: the watchdog is no longer fed
+STALL_S = 30.0  # the scheduler has not come round for this long: the watchdog is no longer fed
 
 
 def sd_notify(message: str) -> bool:
@@ -91,7 +93,7 @@ class Service:
         self.publisher: MqttPublisher | None = None
         self.spool: Spool | None = None
         self.readers: list[CameraReader] = []
-        self._last_batch = 0.0
+        self._last_tick = 0.0
 
     # -- building -----------------------------------------------------------------------
 
@@ -116,9 +118,9 @@ class Service:
                 facenet = FaceNet.load(
                     model, backend=backend, threads=threads, flip=cfg.recognition.flip
                 )
+            self._warm_up(detector, facenet)
         except EngineError as exc:
             raise ConfigError(str(exc)) from None
-        self._warm_up(detector, facenet)
         return detector, facenet
 
     def _warm_up(self, detector: MTCNN, facenet: FaceNet | None) -> None:
@@ -134,7 +136,10 @@ class Service:
         cfg = self.config
         if not cfg.mqtt.enabled:
             return EventSinks(stdout=cfg.events.stdout, jsonl_file=cfg.events.jsonl_file)
-        self.spool = Spool(cfg.mqtt.spool_dir, cfg.mqtt.spool_max_events)
+        try:
+            self.spool = Spool(cfg.mqtt.spool_dir, cfg.mqtt.spool_max_events)
+        except OSError as exc:
+            raise ConfigError(f"mqtt.spool_dir: {exc}") from None
         publisher = MqttPublisher(cfg.mqtt, cfg.node_id, self.spool)
         self.publisher = publisher
         for camera in cfg.cameras:
@@ -157,8 +162,11 @@ class Service:
         check_cameras(cfg)
         detector, facenet = self._load_engines()
         if facenet is not None:
-            gallery = open_gallery(cfg, facenet.model_id)  # fail now on a wrong gallery;
-            if gallery is not None:  # the scheduler thread opens its own (SQLite is per thread)
+            try:  # fail now on a wrong gallery; the scheduler thread opens its own (SQLite
+                gallery = open_gallery(cfg, facenet.model_id)  # connections are per thread)
+            except GalleryError as exc:
+                raise ConfigError(f"recognition.gallery: {exc}") from None
+            if gallery is not None:
                 gallery.close()
         cameras = [c for c in cfg.cameras if c.enabled]
         metrics.init(
@@ -169,7 +177,7 @@ class Service:
         sinks = self._start_outputs()
         pipeline = Pipeline(cfg, detector, facenet, sinks)
         queues = FrameQueues([c.name for c in cameras], cfg.batching.queue_frames)
-        scheduler = BatchScheduler(pipeline, queues, self._batch_done)
+        scheduler = BatchScheduler(pipeline, queues, self._tick)
         on_status = self.publisher.set_camera_status if self.publisher else None
         self.readers = [CameraReader(c, queues, on_status) for c in cameras]
         scheduler.start()
@@ -184,8 +192,8 @@ class Service:
             self._shutdown(scheduler, sinks)
         return 1 if scheduler.error is not None else 0
 
-    def _batch_done(self) -> None:
-        self._last_batch = time.monotonic()
+    def _tick(self) -> None:
+        self._last_tick = time.monotonic()
 
     def _serve(self, scheduler: BatchScheduler) -> None:
         watchdog_s = int(os.environ.get("WATCHDOG_USEC", "0")) / 1e6
@@ -201,8 +209,8 @@ class Service:
             if not scheduler.is_alive():
                 logger.error("the batch scheduler stopped: %s", scheduler.error)
                 return
-            flowing = time.monotonic() - self._last_batch < max(STALL_S, watchdog_s)
-            if watchdog_s and flowing:
+            alive = time.monotonic() - self._last_tick < max(STALL_S, watchdog_s)
+            if watchdog_s and alive:
                 sd_notify("WATCHDOG=1")
 
     def _install_signals(self) -> None:

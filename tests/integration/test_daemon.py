@@ -16,6 +16,7 @@ import pytest
 
 from daemon.cli import main
 from daemon.events import SCHEMA_PATH
+from daemon.gallery import Gallery
 from tests.conftest import REPO
 from tests.integration.services import (
     FACEWATCH,
@@ -249,6 +250,30 @@ def test_unreachable_camera_at_start_and_systemd_notifications(tmp_path, broker)
     assert "camera gone: cannot open" in daemon.log()
 
 
+def test_the_watchdog_is_fed_while_every_camera_is_down(tmp_path, broker) -> None:
+    """Cameras that are all away are not a hung daemon: systemd must not restart it."""
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    cameras = [{"name": "gone", "url": f"rtsp://127.0.0.1:{closed.getsockname()[1]}/x"}]
+    notify_path = tmp_path / "notify.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(str(notify_path))
+    listener.settimeout(60)
+    env = {"NOTIFY_SOCKET": str(notify_path), "WATCHDOG_USEC": "1000000"}
+    daemon = Daemon(tmp_path, daemon_settings(cameras, broker.port, tmp_path), env=env)
+    daemon.start()
+    try:
+        assert listener.recv(256) == b"READY=1"
+        listener.settimeout(2)
+        pings = [listener.recv(256) for _ in range(6)]
+        assert pings == [b"WATCHDOG=1"] * 6
+        assert daemon.metric('facewatch_frames_processed_total{camera="gone"}') == 0
+        assert daemon.metric('facewatch_camera_up{camera="gone"}') == 0
+    finally:
+        assert daemon.stop() == 0
+        closed.close()
+
+
 @pytest.mark.parametrize(
     ("yaml_text", "expected"),
     [
@@ -270,12 +295,18 @@ def test_bad_config_files_are_named_with_the_key(tmp_path, capsys, yaml_text, ex
     assert str(path) in err and expected in err, err
 
 
-def test_run_refuses_a_missing_model_and_a_camera_that_is_not_video(tmp_path) -> None:
+def test_run_refuses_what_it_cannot_use_naming_the_key(tmp_path, test_model) -> None:
+    """A missing model, a camera file that is not video, a gallery of another model, a spool
+    folder it cannot write: exit status 2 (systemd does not restart it) and the key named."""
     text_file = tmp_path / "notes.txt"
     text_file.write_text("not a video")
+    other = tmp_path / "other.sqlite"
+    Gallery.create(other, model_id="another-model", embedding_size=128).close()
     cases = {
         "recognition.model: ": {"recognition": {"model": str(tmp_path / "nope.onnx")}},
         f"cameras[1] (notes).url: {text_file}": {},
+        "recognition.gallery: ": {"recognition": {"model": str(test_model), "gallery": str(other)}},
+        "mqtt.spool_dir: ": {"mqtt": {"spool_dir": str(text_file / "spool")}},
     }
     for expected, sections in cases.items():
         cameras = [{"name": "clip", "url": str(CLIP)}]
@@ -285,6 +316,9 @@ def test_run_refuses_a_missing_model_and_a_camera_that_is_not_video(tmp_path) ->
         result = subprocess.run(daemon.args, capture_output=True, text=True, timeout=120)
         assert result.returncode == 2, result.stderr
         assert expected in result.stderr
+        assert "Traceback" not in result.stderr, result.stderr
         if "nope.onnx" in json.dumps(sections):
             assert "nope.onnx: FaceNet model file not found" in result.stderr
+        if "another-model" in expected or "gallery" in expected:
+            assert "another-model" in result.stderr, result.stderr
     assert FACEWATCH.exists()
