@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.integration.services import Mosquitto
+from tests.integration.services import Mosquitto, Process
 
 
 @pytest.fixture
@@ -14,3 +14,11 @@ def broker(tmp_path):
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(autouse=True)
+def _stop_leftover_processes():
+    """Whatever a test started and did not stop (it failed half-way) is stopped after it."""
+    yield
+    for process in list(Process.running):
+        process.stop()

@@ -16,7 +16,7 @@ import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import paho.mqtt.client as paho
 import pytest
@@ -54,7 +54,10 @@ def _port_open(port: int) -> bool:
 
 
 class Process:
-    """A child process with its output in a file; ``stop`` is SIGTERM then SIGKILL."""
+    """A child process with its output in a file; ``stop`` is SIGTERM then SIGKILL.
+    ``Process.running`` holds the started ones, for the tests' clean-up."""
+
+    running: ClassVar[set[Process]] = set()
 
     def __init__(self, args: list[str], log: Path, env: dict[str, str] | None = None) -> None:
         self.args, self.log_path, self.env = args, log, env
@@ -66,8 +69,10 @@ class Process:
             self.args, stdout=out, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
         )
         out.close()
+        Process.running.add(self)
 
     def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 20) -> int | None:
+        Process.running.discard(self)
         if self.proc is None or self.proc.poll() is not None:
             return None if self.proc is None else self.proc.returncode
         self.proc.send_signal(sig)

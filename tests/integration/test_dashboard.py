@@ -99,8 +99,8 @@ def test_every_dashboard_query_returns_data_from_the_running_daemon(
     subscriber = Subscriber(broker.port, "facewatch/test/events/#")
     started = time.time()
     daemon.start()
-    prometheus.start()
     try:
+        prometheus.start()
         wait_for(lambda: len(subscriber.events()) >= 3, 120, "events from the daemon")
         wait_for(
             lambda: daemon.metric('facewatch_camera_reconnects_total{camera="yard"}') >= 2,
