@@ -9,11 +9,13 @@ import time
 from pathlib import Path
 
 from engines import EngineError
+from engines.base import ModelMetadata
 from engines.build import (
     DEFAULT_BATCH,
     DEFAULT_WORKSPACE_BYTES,
     BuildOptions,
     build_engine,
+    default_batch,
     default_cache_dir,
     read_manifests,
 )
@@ -43,7 +45,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     _register_build(sub)
     ls = sub.add_parser("list", help="list cached plans")
     ls.add_argument(
-        "--cache-dir", type=Path, default=None, help="plan cache (default: %(default)s)"
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="plan cache (default: $FACEWATCH_ENGINE_CACHE, else ~/.cache/facewatch/engines)",
     )
     ls.set_defaults(func=run_list)
 
@@ -61,8 +66,10 @@ def _register_build(sub: argparse._SubParsersAction) -> None:
         type=int,
         nargs=3,
         metavar=("MIN", "OPT", "MAX"),
-        default=list(DEFAULT_BATCH),
-        help="batch sizes of the optimisation profile (default: %(default)s)",
+        default=None,
+        help="batch sizes of the optimisation profile (default: what the daemon asks of the "
+        f"model: P-Net {' '.join(map(str, DEFAULT_BATCH))} frames, R-Net / O-Net 1 128 1024 "
+        "candidates, FaceNet 1 16 64 faces)",
     )
     b.add_argument(
         "--camera",
@@ -81,7 +88,7 @@ def _register_build(sub: argparse._SubParsersAction) -> None:
         "--cache-dir",
         type=Path,
         default=None,
-        help="plan cache (default: ~/.cache/facewatch/engines)",
+        help="plan cache (default: $FACEWATCH_ENGINE_CACHE, else ~/.cache/facewatch/engines)",
     )
     b.add_argument("--force", action="store_true", help="rebuild even if a cached plan matches")
     b.set_defaults(func=run_build)
@@ -91,7 +98,7 @@ def options_from_args(args: argparse.Namespace) -> BuildOptions:
     precision = "int8" if args.int8 else "fp16" if args.fp16 else "fp32"
     return BuildOptions(
         precision=precision,
-        batch=tuple(args.batch),
+        batch=tuple(args.batch) if args.batch else default_batch(ModelMetadata.load(args.model)),
         camera_hw=tuple(args.camera),
         min_face_size=args.min_face_size,
         scale_factor=args.scale_factor,

@@ -20,6 +20,7 @@ from engines.build import (
     batch_profile,
     cache_key,
     cache_paths,
+    default_batch,
     find_cached_plan,
     model_profiles,
     pnet_level_sizes,
@@ -82,6 +83,19 @@ def test_fixed_size_models_get_one_batch_profile(name):
     (p,) = model_profiles(meta, "image", BuildOptions(batch=(1, 32, 512)))
     size = meta.input_size_hw
     assert p.min == (1, 3, *size) and p.opt == (32, 3, *size) and p.max == (512, 3, *size)
+
+
+def test_default_batch_covers_what_the_engines_ask(test_model):
+    """Without --batch a plan takes the largest call the daemon makes of that model."""
+    from engines.facenet import DEFAULT_MAX_BATCH
+    from engines.mtcnn import CROPS_PER_CALL
+
+    for name in ("rnet", "onet"):
+        assert default_batch(ModelMetadata.load(MODELS / "mtcnn" / f"{name}.onnx"))[2] == (
+            CROPS_PER_CALL
+        )
+    assert default_batch(ModelMetadata.load(MODELS / "mtcnn" / "pnet.onnx"))[2] >= 8
+    assert default_batch(ModelMetadata.load(test_model))[2] == DEFAULT_MAX_BATCH
 
 
 def detector_sizes(camera_hw, min_face_size, scale_factor):
