@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -180,12 +179,11 @@ def open_gallery(config: Config, model_id: str) -> Gallery | None:
 class BatchScheduler(threading.Thread):
     """The one thread that runs the engines."""
 
-    def __init__(
-        self, pipeline: Pipeline, queues: FrameQueues, on_tick: Callable[[], None]
-    ) -> None:
-        """``on_tick`` is called on every round of the loop, batch or not (a heartbeat)."""
+    def __init__(self, pipeline: Pipeline, queues: FrameQueues) -> None:
         super().__init__(name="batch-scheduler", daemon=True)
-        self.pipeline, self.queues, self.on_tick = pipeline, queues, on_tick
+        self.pipeline, self.queues = pipeline, queues
+        # time.monotonic() of the last round of the loop (batch or not) and the last batch
+        self.last_round = self.last_batch = time.monotonic()
         self._stop_event = threading.Event()
         self._reload = threading.Event()
         self.error: BaseException | None = None
@@ -211,7 +209,8 @@ class BatchScheduler(threading.Thread):
                 if frames:
                     self.pipeline.process(frames)
                     self.batches += 1
-                self.on_tick()
+                    self.last_batch = time.monotonic()
+                self.last_round = time.monotonic()
                 now = time.time()
                 if now - last_expire >= EXPIRE_EVERY_S:
                     self.pipeline.expire(now)

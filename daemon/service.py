@@ -1,9 +1,8 @@
 """The daemon's life cycle: build every piece from the config, start them in order, serve
 until SIGTERM, then stop them in reverse order, draining what is in flight.
 
-systemd: ``READY=1`` once the engines are warm, ``WATCHDOG=1`` while the batch scheduler
-comes round (at least every 0.2 s when there are no frames: a hung engine call stops it, cameras
-that are all down do not), ``STOPPING=1`` on the way out (written to ``$NOTIFY_SOCKET``).
+systemd: ``READY=1`` once the engines are warm, ``WATCHDOG=1`` only while frames flow (see
+``watchdog_healthy``), ``STOPPING=1`` on the way out (written to ``$NOTIFY_SOCKET``).
 """
 
 from __future__ import annotations
@@ -34,7 +33,7 @@ from engines.mtcnn import MTCNN
 logger = logging.getLogger(__name__)
 
 DEFAULT_FACENET = REPO_ROOT / "models" / "facenet" / "facenet.onnx"
-STALL_S = 30.0  # the scheduler has not come round for this long: the watchdog is no longer fed
+STALL_S = 30.0  # frames have not flowed for this long: the watchdog is no longer fed
 
 
 def sd_notify(message: str) -> bool:
@@ -85,6 +84,18 @@ def check_cameras(config: Config) -> None:
             raise ConfigError(f"cameras[{k}] ({camera.name}).url: {exc}") from None
 
 
+def watchdog_healthy(
+    now: float, last_round: float, last_batch: float, cameras_up: bool, stall_s: float
+) -> bool:
+    """Whether to feed systemd's watchdog: frames flow. The scheduler must come round (a
+    hung engine call stops it) and, while any camera delivers, batches must go through.
+    With every camera down there is nothing to process, and a restart would not bring
+    them back: the cameras' own reconnection and the CameraDown alert deal with that."""
+    if now - last_round >= stall_s:
+        return False
+    return not cameras_up or now - last_batch < stall_s
+
+
 class Service:
     def __init__(self, config: Config, run_for_s: float | None = None) -> None:
         self.config, self.run_for_s = config, run_for_s
@@ -93,7 +104,6 @@ class Service:
         self.publisher: MqttPublisher | None = None
         self.spool: Spool | None = None
         self.readers: list[CameraReader] = []
-        self._last_tick = 0.0
 
     # -- building -----------------------------------------------------------------------
 
@@ -177,7 +187,7 @@ class Service:
         sinks = self._start_outputs()
         pipeline = Pipeline(cfg, detector, facenet, sinks)
         queues = FrameQueues([c.name for c in cameras], cfg.batching.queue_frames)
-        scheduler = BatchScheduler(pipeline, queues, self._tick)
+        scheduler = BatchScheduler(pipeline, queues)
         on_status = self.publisher.set_camera_status if self.publisher else None
         self.readers = [CameraReader(c, queues, on_status) for c in cameras]
         scheduler.start()
@@ -192,13 +202,11 @@ class Service:
             self._shutdown(scheduler, sinks)
         return 1 if scheduler.error is not None else 0
 
-    def _tick(self) -> None:
-        self._last_tick = time.monotonic()
-
     def _serve(self, scheduler: BatchScheduler) -> None:
         watchdog_s = int(os.environ.get("WATCHDOG_USEC", "0")) / 1e6
         ping_every = watchdog_s / 2 if watchdog_s else 1.0
         deadline = time.monotonic() + self.run_for_s if self.run_for_s else float("inf")
+        was_up = False
         while not self._stop.wait(min(ping_every, max(0.0, deadline - time.monotonic()))):
             if time.monotonic() >= deadline:
                 logger.info("--run-for %.0f s reached: stopping", self.run_for_s)
@@ -209,8 +217,17 @@ class Service:
             if not scheduler.is_alive():
                 logger.error("the batch scheduler stopped: %s", scheduler.error)
                 return
-            alive = time.monotonic() - self._last_tick < max(STALL_S, watchdog_s)
-            if watchdog_s and alive:
+            cameras_up = any(reader.up for reader in self.readers)
+            if cameras_up and not was_up:  # give the first frames time to arrive
+                scheduler.last_batch = max(scheduler.last_batch, time.monotonic())
+            was_up = cameras_up
+            if watchdog_s and watchdog_healthy(
+                time.monotonic(),
+                scheduler.last_round,
+                scheduler.last_batch,
+                cameras_up,
+                max(STALL_S, watchdog_s),
+            ):
                 sd_notify("WATCHDOG=1")
 
     def _install_signals(self) -> None:

@@ -7,6 +7,7 @@ import pytest
 
 from daemon.cameras import Frame, FrameQueues
 from daemon.config import TrackingConfig
+from daemon.service import watchdog_healthy
 from daemon.spool import Spool
 from daemon.tracking import Tracker
 from engines.mtcnn import FrameDetections
@@ -89,3 +90,16 @@ def test_frame_queues_respect_max_batch(max_frames) -> None:
     for seq in range(3):
         queues.put(Frame("a", seq, 0.0, np.zeros((1, 1, 3), np.uint8)))
     assert len(queues.take(max_frames, 0.0)) == max_frames
+
+
+@pytest.mark.parametrize(
+    ("last_round", "last_batch", "cameras_up", "fed"),
+    [
+        (99.8, 99.0, True, True),  # frames flow
+        (99.8, 50.0, True, False),  # a camera delivers but no batch for 50 s: stalled
+        (99.8, 50.0, False, True),  # every camera down: nothing to process, no restart
+        (40.0, 39.0, False, False),  # the scheduler itself stopped coming round
+    ],
+)
+def test_watchdog_is_fed_only_while_frames_flow(last_round, last_batch, cameras_up, fed) -> None:
+    assert watchdog_healthy(100.0, last_round, last_batch, cameras_up, 30.0) is fed
