@@ -101,6 +101,13 @@ class EnginesConfig(_Section):
 
 class TrackingConfig(_Section):
     iou_threshold: float = _field(0.3, "least IoU to continue a track", gt=0, lt=1)
+    max_shift: float = _field(
+        1.0,
+        "a face whose box no longer overlaps still continues its track when it moved at most "
+        "this many face widths (low fps, fast motion); 0 = IoU only",
+        ge=0,
+        le=5,
+    )
     confirm_frames: int = _field(
         3, "frames a face must be seen before its track is announced", ge=1, le=100
     )

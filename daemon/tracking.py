@@ -21,12 +21,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from daemon.config import TrackingConfig
-from engines.boxes import greedy_match
+from engines.boxes import center_shift_matrix, greedy_match, greedy_pairs
 from engines.mtcnn import FrameDetections
 
 logger = logging.getLogger(__name__)
 
 UNKNOWN = ""  # the vote of a face that matched nobody
+MAX_SIZE_CHANGE = 1.5  # a face matched by its centre alone keeps its size within this factor
 
 
 @dataclass
@@ -91,6 +92,7 @@ class Tracker:
             previous = np.stack([t.bbox_xyxy for t in live])
             for i, j in greedy_match(faces.bbox_xyxy, previous, self.config.iou_threshold):
                 assigned[i] = live[j]
+            self._match_moved(faces.bbox_xyxy, live, assigned)
         result = []
         for i, track in enumerate(assigned):
             if track is None:
@@ -104,6 +106,26 @@ class Tracker:
                 track.since_embed += 1
             result.append(track)
         return result
+
+    def _match_moved(
+        self, boxes: np.ndarray, live: list[Track], assigned: list[Track | None]
+    ) -> None:
+        """Second pass for faces whose box no longer overlaps their track's (low fps, fast
+        motion): the nearest centre within ``max_shift`` face widths, size within 1.5x."""
+        faces = [i for i, t in enumerate(assigned) if t is None]
+        taken = {id(t) for t in assigned if t is not None}
+        tracks = [t for t in live if id(t) not in taken]
+        if not faces or not tracks or self.config.max_shift <= 0:
+            return
+        old = np.stack([t.bbox_xyxy for t in tracks])
+        shift = center_shift_matrix(boxes[faces], old)
+        width_new = boxes[faces, 2] - boxes[faces, 0]
+        ratio = width_new[:, None] / np.maximum(old[None, :, 2] - old[None, :, 0], 1e-9)
+        scores = np.where(
+            (ratio > 1 / MAX_SIZE_CHANGE) & (ratio < MAX_SIZE_CHANGE), -shift, -np.inf
+        )
+        for i, j in greedy_pairs(scores, -self.config.max_shift):
+            assigned[faces[i]] = tracks[j]
 
     def wants_embedding(self, track: Track) -> bool:
         """New tracks, undecided ones (no identity, known or unknown, has ``min_votes``

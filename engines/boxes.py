@@ -150,16 +150,31 @@ def greedy_match(a_xyxy: np.ndarray, b_xyxy: np.ndarray, min_iou: float) -> list
     below ``min_iou``."""
     if len(a_xyxy) == 0 or len(b_xyxy) == 0:
         return []
-    ious = iou_matrix(a_xyxy, b_xyxy)
+    return greedy_pairs(iou_matrix(a_xyxy, b_xyxy), min_iou)
+
+
+def greedy_pairs(scores: np.ndarray, min_score: float) -> list[tuple[int, int]]:
+    """(row, column) pairs of a score matrix, highest score first, each row and column used
+    at most once, none below ``min_score``."""
     pairs: list[tuple[int, int]] = []
     used_a: set[int] = set()
     used_b: set[int] = set()
-    for flat in np.argsort(-ious, axis=None, kind="stable"):
-        i, j = (int(k) for k in np.unravel_index(flat, ious.shape))
-        if ious[i, j] < min_iou:
+    for flat in np.argsort(-scores, axis=None, kind="stable"):
+        i, j = (int(k) for k in np.unravel_index(flat, scores.shape))
+        if not scores[i, j] >= min_score:
             break
         if i not in used_a and j not in used_b:
             used_a.add(i)
             used_b.add(j)
             pairs.append((i, j))
     return pairs
+
+
+def center_shift_matrix(a_xyxy: np.ndarray, b_xyxy: np.ndarray) -> np.ndarray:
+    """Pairwise distance between box centres (len(a), len(b)), in box widths (the geometric
+    mean of the two widths)."""
+    a, b = a_xyxy.astype(np.float64), b_xyxy.astype(np.float64)
+    ca = (a[:, None, :2] + a[:, None, 2:4]) / 2
+    cb = (b[None, :, :2] + b[None, :, 2:4]) / 2
+    wa, wb = a[:, None, 2] - a[:, None, 0], b[None, :, 2] - b[None, :, 0]
+    return np.linalg.norm(ca - cb, axis=2) / np.sqrt(np.maximum(wa * wb, 1e-9))

@@ -103,3 +103,28 @@ def test_frame_queues_respect_max_batch(max_frames) -> None:
 )
 def test_watchdog_is_fed_only_while_frames_flow(last_round, last_batch, cameras_up, fed) -> None:
     assert watchdog_healthy(100.0, last_round, last_batch, cameras_up, 30.0) is fed
+
+
+def test_a_face_that_moved_past_any_overlap_keeps_its_track() -> None:
+    """At low fps a walking face moves more than its width between processed frames: the
+    centre pass continues the track; a face that moved farther, or changed size too much,
+    or the same motion with max_shift 0 (IoU only), starts a new one."""
+    tracker = Tracker("cam", TrackingConfig())
+    (a, b) = tracker.update(0.0, faces((100, 100, 150, 150), (400, 100, 450, 150)))
+    # a: 45 px right (0.9 widths, no overlap); b: 80 px right (1.6 widths)
+    (a2, b2) = tracker.update(0.5, faces((145, 100, 195, 150), (480, 100, 530, 150)))
+    assert a2 is a and b2 is not b
+    (a3,) = tracker.update(1.0, faces((180, 100, 280, 200)))  # twice as large: new
+    assert a3 is not a
+    iou_only = Tracker("cam", TrackingConfig(max_shift=0))
+    (c,) = iou_only.update(0.0, faces((100, 100, 150, 150)))
+    (c2,) = iou_only.update(0.5, faces((145, 100, 195, 150)))
+    assert c2 is not c
+
+
+def test_two_moving_faces_are_not_swapped() -> None:
+    tracker = Tracker("cam", TrackingConfig())
+    left, right = tracker.update(0.0, faces((100, 100, 150, 150), (300, 100, 350, 150)))
+    # both moved 40 px towards each other; each stays nearer its own track
+    new_left, new_right = tracker.update(0.5, faces((140, 100, 190, 150), (260, 100, 310, 150)))
+    assert new_left is left and new_right is right
