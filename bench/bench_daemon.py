@@ -82,6 +82,7 @@ def run(
     model: Path,
     gallery: Path,
     min_face: float,
+    full_scan_every: int = 1,
 ) -> dict:
     clip = clip_720p()
     names = [f"cam{k + 1}" for k in range(n)]
@@ -95,7 +96,7 @@ def run(
         broker.port,
         folder,
         recognition={"model": str(model), "gallery": str(gallery)},
-        detection={"min_face_size": min_face},
+        detection={"min_face_size": min_face, "full_scan_every": full_scan_every},
         logging={"level": "WARNING"},
     )
     subscriber = Subscriber(broker.port, "facewatch/test/events/#")
@@ -144,6 +145,7 @@ def run(
         "cameras": n,
         "target_fps": fps,
         "min_face_size": min_face,
+        "full_scan_every": full_scan_every,
         "seconds": round(elapsed, 1),
         "per_camera": per_camera,
         "events": len(events),
@@ -198,6 +200,9 @@ def main() -> int:
     parser.add_argument("--warmup", type=float, default=10)
     parser.add_argument("--fps", type=float, default=5)
     parser.add_argument("--min-face-size", type=float, default=20, help="detection.min_face_size")
+    parser.add_argument(
+        "--full-scan-every", type=int, default=1, help="detection.full_scan_every (default 1)"
+    )
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "daemon.json")
     args = parser.parse_args()
     if not SOURCE.is_file():
@@ -228,7 +233,15 @@ def main() -> int:
             run_dir = folder / f"run{n}"
             run_dir.mkdir()
             result = run(
-                n, args.seconds, args.fps, args.warmup, run_dir, model, gallery, args.min_face_size
+                n,
+                args.seconds,
+                args.fps,
+                args.warmup,
+                run_dir,
+                model,
+                gallery,
+                args.min_face_size,
+                args.full_scan_every,
             )
             results.append(result)
             print(json.dumps(result), flush=True)

@@ -38,6 +38,13 @@ class DetectionConfig(_Section):
         (0.6, 0.7, 0.7), "P-Net, R-Net, O-Net score thresholds, each in (0, 1)"
     )
     scale_factor: float = _field(0.709, "image pyramid step", gt=0.1, lt=1.0)
+    full_scan_every: int = _field(
+        1,
+        "search each camera's whole frame every N frames, and in between only around the "
+        "faces just seen (N > 1: a fraction of the CPU; new faces found up to N-1 frames later)",
+        ge=1,
+        le=100,
+    )
 
     @field_validator("thresholds")
     @classmethod

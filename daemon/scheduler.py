@@ -60,6 +60,7 @@ class Pipeline:
             )
         self._seq = 0
         self.model_id = facenet.model_id if facenet is not None else None
+        self._since_full_scan = {c.name: config.detection.full_scan_every for c in config.cameras}
 
     # -- one batch ------------------------------------------------------------------------
 
@@ -84,13 +85,24 @@ class Pipeline:
         groups: dict[int, list[int]] = {}
         for k, frame in enumerate(frames):
             groups.setdefault(id(self._detectors[frame.camera]), []).append(k)
+        priors = [self._prior(frame.camera) for frame in frames]
         for members in groups.values():
             detector = self._detectors[frames[members[0]].camera]
-            for k, found in zip(
-                members, detector.detect([frames[k].image for k in members]), strict=True
-            ):
-                results[k] = found
+            images = [frames[k].image for k in members]
+            found = detector.detect(images, priors=[priors[k] for k in members])
+            for k, detections in zip(members, found, strict=True):
+                results[k] = detections
         return [r if r is not None else FrameDetections() for r in results]
+
+    def _prior(self, camera: str) -> np.ndarray | None:
+        """None: search the whole frame (every ``full_scan_every`` frames of a camera);
+        else the boxes of the camera's tracks, to search only around them."""
+        self._since_full_scan[camera] += 1
+        if self._since_full_scan[camera] >= self.config.detection.full_scan_every:
+            self._since_full_scan[camera] = 0
+            return None
+        tracks = self.trackers[camera].tracks
+        return np.stack([t.bbox_xyxy for t in tracks]) if tracks else np.zeros((0, 4))
 
     def _recognise(self, faces: list[_Face]) -> None:
         facenet = self.facenet

@@ -34,6 +34,11 @@ RNET_NMS = 0.7
 PNET_MAX_PIXELS = 1_000_000  # pyramid-level pixels per P-Net call
 CROPS_PER_CALL = 1024  # R-Net / O-Net candidates per call
 ONET_NMS = 0.7  # intersection over the smaller box
+# Search around a known face (detect(..., priors=)): a square region ROI_SIDE face sizes
+# wide, given to P-Net at three canvas sizes, so that P-Net's 12-pixel window sees faces of
+# 1.41, 1 and 0.71 times the prior's size (ROI_SIDE * 12 / canvas).
+ROI_SIDE = 3.0
+ROI_CANVAS = (26, 36, 51)
 
 
 @dataclass(frozen=True)
@@ -171,16 +176,30 @@ class MTCNN:
         detectors[0]._set_lanes(detectors[1:])
         return detectors[0]
 
-    def detect(self, frames: Sequence[np.ndarray]) -> list[FrameDetections]:
+    def detect(
+        self, frames: Sequence[np.ndarray], priors: Sequence[np.ndarray | None] | None = None
+    ) -> list[FrameDetections]:
         """Detect faces in every frame; returns one FrameDetections per frame, in order.
 
         With lanes, the pyramid levels and the R-Net / O-Net candidates are split between
         this detector's engines and its lanes' engines, which run in parallel threads.
+
+        ``priors``, one per frame, are boxes (K, 4) where faces were just seen in that
+        frame's camera: such a frame skips the pyramid and P-Net searches only a region
+        around each of them (faces that moved up to a face width, or grew or shrank by up to
+        1.4x, are found; new faces elsewhere are not). None for a frame: the whole pyramid.
         """
         pyramids = [AreaPyramid(as_bgr8(frame)) for frame in frames]
         if not pyramids:
             return []
-        cand = self._propose(pyramids)
+        if priors is not None and len(priors) != len(pyramids):
+            raise ValueError(f"{len(priors)} priors for {len(pyramids)} frames")
+        full = [i for i in range(len(pyramids)) if priors is None or priors[i] is None]
+        around = {i: p for i, p in enumerate(priors or []) if p is not None and len(p)}
+        parts = [self._propose(pyramids, full)] if full else []
+        if around:
+            parts.append(self._propose_around(pyramids, around))
+        cand = _concat(parts) if parts else _no_candidates()
         if len(cand.score):
             cand = self._refine(pyramids, cand)
         results: list[FrameDetections] = [FrameDetections() for _ in pyramids]
@@ -190,10 +209,11 @@ class MTCNN:
 
     # -- stage 1: P-Net over the pyramid -----------------------------------------------
 
-    def _propose(self, pyramids: list[AreaPyramid]) -> _Candidates:
+    def _propose(self, pyramids: list[AreaPyramid], indices: list[int]) -> _Candidates:
+        """P-Net over the whole pyramid of the frames ``indices``."""
         by_size: dict[tuple[int, int], list[int]] = {}
-        for i, pyramid in enumerate(pyramids):
-            by_size.setdefault(pyramid.image_hw, []).append(i)
+        for i in indices:
+            by_size.setdefault(pyramids[i].image_hw, []).append(i)
         parts = [self._propose_same_size(pyramids, idx) for idx in by_size.values()]
         cand = _concat(parts)
         keep = bx.nms(cand.boxes[:, :4], cand.score, PNET_FRAME_NMS, groups=cand.frame)
@@ -233,12 +253,41 @@ class MTCNN:
         boxes_all = [boxes for boxes, _ in per_scale]
         frames_all = [frames for _, frames in per_scale]
         if not boxes_all:
-            return _Candidates(
-                np.zeros((0, 9), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64)
-            )
+            return _no_candidates()
         boxes = np.concatenate(boxes_all)
         frame = np.concatenate(frames_all)
         return _Candidates(boxes, boxes[:, 4].copy(), frame)
+
+    def _propose_around(
+        self, pyramids: list[AreaPyramid], priors: dict[int, np.ndarray]
+    ) -> _Candidates:
+        """P-Net on a square region ROI_SIDE face sizes wide around each prior face, at
+        each ROI_CANVAS size: all regions of all frames in one call per canvas size."""
+        frame = np.concatenate([np.full(len(b), i, np.int64) for i, b in priors.items()])
+        square = bx.square(np.concatenate([b[:, :4] for b in priors.values()]).astype(np.float32))
+        half = (square[:, 2] - square[:, 0]) * ROI_SIDE / 2
+        cx, cy = (square[:, 0] + square[:, 2]) / 2, (square[:, 1] + square[:, 3]) / 2
+        windows = np.round(np.stack([cx - half, cy - half, cx + half, cy + half], 1))
+        windows = windows.astype(np.int64)
+        side = np.maximum(windows[:, 2] - windows[:, 0], 1).astype(np.float32)
+        found: list[np.ndarray] = []
+        whose: list[np.ndarray] = []
+        for canvas in ROI_CANVAS:
+            out = self.pnet.infer({"image": self._window_blob(pyramids, windows, frame, canvas)})
+            boxes, region = bx.pnet_candidates(
+                out["reg"], out["prob"][:, 1], 1.0, self.config.thresholds[0]
+            )
+            keep = bx.nms(boxes[:, :4], boxes[:, 4], PNET_SCALE_NMS, groups=region)
+            boxes, region = boxes[keep], region[keep]
+            # canvas pixels -> frame pixels
+            boxes[:, :4] = boxes[:, :4] * (side[region] / canvas)[:, None]
+            boxes[:, :4] += windows[region][:, [0, 1, 0, 1]]
+            found.append(boxes)
+            whose.append(frame[region])
+        boxes = np.concatenate(found)
+        cand = _Candidates(boxes, boxes[:, 4].copy(), np.concatenate(whose))
+        keep = bx.nms(cand.boxes[:, :4], cand.score, PNET_FRAME_NMS, groups=cand.frame)
+        return cand.take(keep)
 
     # -- stages 2 and 3 ------------------------------------------------------------------
 
@@ -338,9 +387,16 @@ class MTCNN:
         windows = bx.crop_windows(cand.boxes)
         if self.config.border == "clip":
             windows = _clip_windows(windows, pyramids, cand.frame)
+        return self._window_blob(pyramids, windows, cand.frame, size)
+
+    def _window_blob(
+        self, pyramids: list[AreaPyramid], windows: np.ndarray, frame: np.ndarray, size: int
+    ) -> np.ndarray:
+        """Integer windows (K, 4: x0, y0, x1, y1, end exclusive) of the frames ``frame``,
+        zero outside the image, area-resized to size x size: a normalised NCHW blob."""
         pixels = np.empty((len(windows), size, size, 3), np.float32)
-        for f in np.unique(cand.frame):
-            mine = cand.frame == f
+        for f in np.unique(frame):
+            mine = frame == f
             pixels[mine] = area_crops(pyramids[f].sums, windows[mine], size)
         order = [2, 1, 0] if self._swap_rb else [0, 1, 2]
         blob = pixels[..., order].transpose(0, 3, 1, 2)
@@ -357,6 +413,10 @@ def _clip_windows(
     x1 = np.clip(windows[:, 2], x0 + 1, hw[:, 1])
     y1 = np.clip(windows[:, 3], y0 + 1, hw[:, 0])
     return np.stack([x0, y0, x1, y1], axis=1)
+
+
+def _no_candidates() -> _Candidates:
+    return _Candidates(np.zeros((0, 9), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64))
 
 
 def _concat(parts: list[_Candidates]) -> _Candidates:

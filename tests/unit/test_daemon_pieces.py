@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 
 from daemon.cameras import Frame, FrameQueues
-from daemon.config import TrackingConfig
+from daemon.config import TrackingConfig, parse_config
+from daemon.events import EventSinks
+from daemon.scheduler import Pipeline
 from daemon.service import watchdog_healthy
 from daemon.spool import Spool
 from daemon.tracking import Tracker
 from engines.mtcnn import FrameDetections
+from tests.conftest import REPO
 
 
 def faces(*boxes: tuple[float, float, float, float]) -> FrameDetections:
@@ -128,3 +132,26 @@ def test_two_moving_faces_are_not_swapped() -> None:
     # both moved 40 px towards each other; each stays nearer its own track
     new_left, new_right = tracker.update(0.5, faces((140, 100, 190, 150), (260, 100, 310, 150)))
     assert new_left is left and new_right is right
+
+
+def test_full_scan_every_n_frames_and_search_around_tracks_in_between(detector) -> None:
+    config = parse_config(
+        {
+            "cameras": [{"name": "door", "url": "x.mp4"}],
+            "detection": {"full_scan_every": 3},
+            "recognition": {"model": None},
+        }
+    )
+    pipeline = Pipeline(config, detector, None, EventSinks())
+    clip = cv2.VideoCapture(str(REPO / "configs" / "demo" / "hamilton_360p.mp4"))
+    seen = []
+    for k in range(7):
+        ok, image = clip.read()
+        assert ok
+        prior = pipeline._prior("door")
+        seen.append(None if prior is None else len(prior))
+        pipeline.trackers["door"].update(float(k), detector.detect([image])[0])
+    faces = len(pipeline.trackers["door"].tracks)
+    assert faces > 0
+    assert seen[0] is None and seen[3] is None and seen[6] is None
+    assert all(n is not None and n > 0 for n in (seen[1], seen[2], seen[4], seen[5]))

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from engines.boxes import iou_matrix
+from engines.boxes import center_shift_matrix, iou_matrix
 from engines.images import read_image
 from engines.mtcnn import MTCNN, MTCNNConfig
 from tests.conftest import MODELS
@@ -198,3 +198,35 @@ def test_parallel_lanes_give_the_same_faces(detector, shared_data):
         assert_same_faces(a, b)
     with pytest.raises(ValueError, match="lanes"):
         MTCNN.load(MODELS / "mtcnn", lanes=0)
+
+
+def test_search_around_prior_faces_finds_them_where_they_went(detector, shared_data):
+    """priors=: the faces of a crowd seen 0.2 s earlier are found again around their old
+    places (as the full pyramid finds them), nothing else is; no prior, no search."""
+    indices = [0, 5, 30, 35, 60, 65, 90, 95]
+    frames = video_frames(shared_data / "videos" / "crowd_1080p.mp4", indices, (1280, 720))
+    full = detector.detect(frames)
+    expected = found = 0
+    for k in range(0, len(frames), 2):
+        before, after = full[k], full[k + 1]
+        (local,) = detector.detect([frames[k + 1]], priors=[before.bbox_xyxy])
+        if len(local):  # nothing that the full search does not find
+            assert iou_matrix(local.bbox_xyxy, after.bbox_xyxy).max(axis=1).min() >= 0.5
+        # the faces that were already there (a face within a face width 0.2 s before)
+        near = [f for f in range(len(after)) if len(before) and
+                center_shift_matrix(after.bbox_xyxy[f : f + 1], before.bbox_xyxy).min() < 1]  # fmt: skip
+        expected += len(near)
+        if near and len(local):
+            found += int(
+                (iou_matrix(after.bbox_xyxy[near], local.bbox_xyxy).max(axis=1) >= 0.7).sum()
+            )
+    assert expected >= 12
+    assert found >= 0.9 * expected, (found, expected)
+
+    assert_same_faces(detector.detect(frames[:2], priors=[None, None])[1], full[1])
+    assert [len(r) for r in detector.detect(frames[:2], priors=[np.zeros((0, 4)), None])] == [
+        0,
+        len(full[1]),
+    ]
+    with pytest.raises(ValueError, match="priors"):
+        detector.detect(frames[:2], priors=[None])
