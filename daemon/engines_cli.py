@@ -15,10 +15,11 @@ from engines.build import (
     DEFAULT_WORKSPACE_BYTES,
     BuildOptions,
     build_engine,
-    default_batch,
     default_cache_dir,
     read_manifests,
 )
+from engines.facenet import DEFAULT_MAX_BATCH
+from engines.mtcnn import CROPS_PER_CALL
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +93,17 @@ def _register_build(sub: argparse._SubParsersAction) -> None:
     )
     b.add_argument("--force", action="store_true", help="rebuild even if a cached plan matches")
     b.set_defaults(func=run_build)
+
+
+def default_batch(meta: ModelMetadata) -> tuple[int, int, int]:
+    """The batch profile (min, opt, max) that covers what facewatch asks of a model: P-Net
+    one call per batch of frames, R-Net / O-Net up to ``CROPS_PER_CALL`` face candidates per
+    call, FaceNet up to ``DEFAULT_MAX_BATCH`` faces per call."""
+    if meta.input_size_hw is None:  # P-Net: frames per batch
+        return DEFAULT_BATCH
+    if meta.kind == "facenet":
+        return (1, 16, DEFAULT_MAX_BATCH)
+    return (1, 128, CROPS_PER_CALL)
 
 
 def options_from_args(args: argparse.Namespace) -> BuildOptions:

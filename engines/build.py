@@ -113,20 +113,6 @@ class ShapeProfile:
         )
 
 
-def default_batch(meta: ModelMetadata) -> tuple[int, int, int]:
-    """The batch profile (min, opt, max) that covers what facewatch asks of a model: P-Net
-    one call per batch of frames, R-Net / O-Net up to ``CROPS_PER_CALL`` face candidates per
-    call, FaceNet up to ``DEFAULT_MAX_BATCH`` faces per call."""
-    from engines.facenet import DEFAULT_MAX_BATCH
-    from engines.mtcnn import CROPS_PER_CALL
-
-    if meta.input_size_hw is None:  # P-Net: frames per batch
-        return DEFAULT_BATCH
-    if meta.kind == "facenet":
-        return (1, 16, DEFAULT_MAX_BATCH)
-    return (1, 128, CROPS_PER_CALL)
-
-
 def batch_profile(
     name: str, sample_shape: tuple[int, ...], batch: tuple[int, int, int]
 ) -> ShapeProfile:

@@ -35,6 +35,26 @@ SCHEMA = json.loads(SCHEMA_PATH.read_text())
 
 
 @pytest.fixture
+def refused_url():
+    """An rtsp:// URL whose port is bound but never listens: connections are refused."""
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    yield f"rtsp://127.0.0.1:{closed.getsockname()[1]}/x"
+    closed.close()
+
+
+@pytest.fixture
+def notify_socket(tmp_path):
+    """systemd's notification socket, as (listener, path)."""
+    path = tmp_path / "notify.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(str(path))
+    listener.settimeout(60)
+    yield listener, path
+    listener.close()
+
+
+@pytest.fixture
 def rtsp(tmp_path):
     server = RtspServer(tmp_path, {"cam1": CLIP, "cam2": CLIP})
     server.start()
@@ -213,19 +233,16 @@ def test_rtsp_server_restart_reconnects_while_the_other_camera_goes_on(
         subscriber.close()
 
 
-def test_unreachable_camera_at_start_and_systemd_notifications(tmp_path, broker) -> None:
+def test_unreachable_camera_at_start_and_systemd_notifications(
+    tmp_path, broker, refused_url, notify_socket
+) -> None:
     """A camera that never answers does not stop the daemon; READY, WATCHDOG and STOPPING
     reach the notification socket."""
-    closed = socket.socket()
-    closed.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+    listener, notify_path = notify_socket
     cameras = [
-        {"name": "gone", "url": f"rtsp://127.0.0.1:{closed.getsockname()[1]}/x"},
+        {"name": "gone", "url": refused_url},
         {"name": "file", "url": str(CLIP), "fps": 5},
     ]
-    notify_path = tmp_path / "notify.sock"
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    listener.bind(str(notify_path))
-    listener.settimeout(60)
     env = {"NOTIFY_SOCKET": str(notify_path), "WATCHDOG_USEC": "2000000"}
     daemon = Daemon(tmp_path, daemon_settings(cameras, broker.port, tmp_path), env=env)
     daemon.start()
@@ -243,22 +260,18 @@ def test_unreachable_camera_at_start_and_systemd_notifications(tmp_path, broker)
         assert daemon.metric('facewatch_frames_processed_total{camera="file"}') > 0
     finally:
         assert daemon.stop() == 0
-        closed.close()
     listener.settimeout(5)
     while "STOPPING=1" not in messages:
         messages.append(listener.recv(256).decode())
     assert "camera gone: cannot open" in daemon.log()
 
 
-def test_the_watchdog_is_fed_while_every_camera_is_down(tmp_path, broker) -> None:
+def test_the_watchdog_is_fed_while_every_camera_is_down(
+    tmp_path, broker, refused_url, notify_socket
+) -> None:
     """Cameras that are all away are not a hung daemon: systemd must not restart it."""
-    closed = socket.socket()
-    closed.bind(("127.0.0.1", 0))
-    cameras = [{"name": "gone", "url": f"rtsp://127.0.0.1:{closed.getsockname()[1]}/x"}]
-    notify_path = tmp_path / "notify.sock"
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    listener.bind(str(notify_path))
-    listener.settimeout(60)
+    listener, notify_path = notify_socket
+    cameras = [{"name": "gone", "url": refused_url}]
     env = {"NOTIFY_SOCKET": str(notify_path), "WATCHDOG_USEC": "1000000"}
     daemon = Daemon(tmp_path, daemon_settings(cameras, broker.port, tmp_path), env=env)
     daemon.start()
@@ -271,7 +284,6 @@ def test_the_watchdog_is_fed_while_every_camera_is_down(tmp_path, broker) -> Non
         assert daemon.metric('facewatch_camera_up{camera="gone"}') == 0
     finally:
         assert daemon.stop() == 0
-        closed.close()
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 
+from daemon.engines_cli import default_batch
 from engines import boxes as bx
 from engines.base import EngineError, ModelMetadata, file_sha256
 from engines.build import (
@@ -20,7 +21,6 @@ from engines.build import (
     batch_profile,
     cache_key,
     cache_paths,
-    default_batch,
     find_cached_plan,
     model_profiles,
     pnet_level_sizes,
