@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -83,6 +84,7 @@ def run(
     gallery: Path,
     min_face: float,
     full_scan_every: int = 1,
+    overrides: dict[str, dict[str, object]] | None = None,
 ) -> dict:
     clip = clip_720p()
     names = [f"cam{k + 1}" for k in range(n)]
@@ -99,6 +101,8 @@ def run(
         detection={"min_face_size": min_face, "full_scan_every": full_scan_every},
         logging={"level": "WARNING"},
     )
+    for section, values in (overrides or {}).items():
+        settings[section] = {**settings.get(section, {}), **values}
     subscriber = Subscriber(broker.port, "facewatch/test/events/#")
     daemon = Daemon(folder, settings)
     daemon.start()
@@ -146,6 +150,7 @@ def run(
         "target_fps": fps,
         "min_face_size": min_face,
         "full_scan_every": full_scan_every,
+        "overrides": overrides or {},
         "seconds": round(elapsed, 1),
         "per_camera": per_camera,
         "events": len(events),
@@ -203,11 +208,25 @@ def main() -> int:
     parser.add_argument(
         "--full-scan-every", type=int, default=1, help="detection.full_scan_every (default 1)"
     )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="any other daemon setting, e.g. batching.max_batch=2 (repeatable)",
+    )
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "daemon.json")
     args = parser.parse_args()
     if not SOURCE.is_file():
         print(f"{SOURCE} not found (the shared data folder)", file=sys.stderr)
         return 1
+    overrides: dict[str, dict[str, object]] = {}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        section, _, name = key.partition(".")
+        if not (section and name and value):
+            parser.error(f"--set {item}: expected SECTION.KEY=VALUE")
+        overrides.setdefault(section, {})[name] = yaml.safe_load(value)
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -242,6 +261,7 @@ def main() -> int:
                 gallery,
                 args.min_face_size,
                 args.full_scan_every,
+                overrides,
             )
             results.append(result)
             print(json.dumps(result), flush=True)

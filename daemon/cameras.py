@@ -196,14 +196,16 @@ class CameraReader(threading.Thread):
         while not self._stop_event.is_set():
             if pace:
                 self._stop_event.wait(max(0.0, started + decoded * pace - time.monotonic()))
-            ok, image = capture.read()
-            if not ok or image is None:
+            if not capture.grab():  # decoded; converted to BGR only when it is kept
                 return decoded
             decoded += 1
             self._set_up(True)
             now = time.time()
             if now < next_due:
                 continue
+            ok, image = capture.retrieve()
+            if not ok or image is None:
+                return decoded
             next_due = max(next_due + period, now - period)
             self._seq += 1
             metrics.FRAMES_READ.labels(self.config.name).inc()

@@ -89,9 +89,19 @@ class RecognitionConfig(_Section):
 
 
 class BatchingConfig(_Section):
-    max_batch: int = _field(8, "most frames in one detection batch", ge=1, le=256)
+    max_batch: int = _field(
+        2,
+        "most frames in one detection batch: 2 on the CPU (larger batches are slower per "
+        "frame there), 8-16 on a GPU",
+        ge=1,
+        le=256,
+    )
     max_wait_ms: float = _field(
-        50.0, "longest wait to fill a batch after its first frame", ge=0, le=5000
+        0.0,
+        "longest wait to fill a batch after its first frame: 0 on the CPU (take what is "
+        "there), 10-50 on a GPU",
+        ge=0,
+        le=5000,
     )
     queue_frames: int = _field(
         2, "newest frames kept per camera; older ones are dropped", ge=1, le=100

@@ -18,7 +18,7 @@ CAMERA = {"name": "door", "url": "rtsp://cam/stream"}
 
 def test_defaults_fill_everything_but_the_cameras() -> None:
     config = parse_config({"cameras": [CAMERA]})
-    assert config.batching.max_batch == 8 and config.mqtt.port == 1883
+    assert config.batching.max_batch == 2 and config.mqtt.port == 1883
     assert config.metrics.address == "127.0.0.1", "metrics stay on loopback unless asked"
     assert config.cameras[0].fps == 5.0 and config.cameras[0].enabled
 
