@@ -46,6 +46,7 @@ class FrameQueues:
 
     def __init__(self, cameras: list[str], per_camera: int) -> None:
         self._queues: dict[str, deque[Frame]] = {c: deque() for c in cameras}
+        self._turns: deque[str] = deque(cameras)  # served longest ago first
         self._per_camera = per_camera
         self._ready = threading.Condition()
 
@@ -63,8 +64,10 @@ class FrameQueues:
             return sum(len(q) for q in self._queues.values())
 
     def take(self, max_frames: int, max_wait_s: float, idle_s: float = 0.5) -> list[Frame]:
-        """Up to ``max_frames`` frames, oldest first across cameras in turn. Waits up to
-        ``idle_s`` for a first frame, then up to ``max_wait_s`` more to fill the batch."""
+        """Up to ``max_frames`` frames, one per camera in turn, starting with the cameras
+        served longest ago (a batch smaller than the number of cameras does not starve the
+        last ones). Waits up to ``idle_s`` for a first frame, then up to ``max_wait_s`` more
+        to fill the batch."""
         with self._ready:
             if not self._ready.wait_for(self._any, idle_s):
                 return []
@@ -75,9 +78,12 @@ class FrameQueues:
                     break
             batch: list[Frame] = []
             while len(batch) < max_frames and self._any():
-                for queue in self._queues.values():
+                for camera in list(self._turns):
+                    queue = self._queues[camera]
                     if queue and len(batch) < max_frames:
                         batch.append(queue.popleft())
+                        self._turns.remove(camera)  # to the back of the line
+                        self._turns.append(camera)
             return batch
 
     def _any(self) -> bool:

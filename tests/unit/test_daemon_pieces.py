@@ -155,3 +155,19 @@ def test_full_scan_every_n_frames_and_search_around_tracks_in_between(detector) 
     assert faces > 0
     assert seen[0] is None and seen[3] is None and seen[6] is None
     assert all(n is not None and n > 0 for n in (seen[1], seen[2], seen[4], seen[5]))
+
+
+def test_frame_queues_serve_every_camera_when_batches_are_smaller() -> None:
+    """Four cameras, batches of two: the oldest frames go first, so no camera starves."""
+    names = ["a", "b", "c", "d"]
+    queues = FrameQueues(names, per_camera=2)
+    image = np.zeros((1, 1, 3), np.uint8)
+    served: dict[str, int] = dict.fromkeys(names, 0)
+    ts = 0.0
+    for _ in range(20):
+        for name in names:  # every camera delivers a frame per round
+            ts += 0.01
+            queues.put(Frame(name, 0, ts, image))
+        for frame in queues.take(2, 0.0):  # the pipeline keeps up with half of them
+            served[frame.camera] += 1
+    assert min(served.values()) >= 8, served
