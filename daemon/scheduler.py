@@ -60,7 +60,12 @@ class Pipeline:
             )
         self._seq = 0
         self.model_id = facenet.model_id if facenet is not None else None
-        self._since_full_scan = {c.name: config.detection.full_scan_every for c in config.cameras}
+        # cameras take their full scans in different batches (a full scan costs several
+        # local ones): camera k's first full scan is its (k mod N)+1-th frame
+        every = config.detection.full_scan_every
+        self._since_full_scan = {
+            c.name: every - 1 - k % every for k, c in enumerate(config.cameras)
+        }
 
     # -- one batch ------------------------------------------------------------------------
 

@@ -156,6 +156,12 @@ def test_full_scan_every_n_frames_and_search_around_tracks_in_between(detector) 
     assert seen[0] is None and seen[3] is None and seen[6] is None
     assert all(n is not None and n > 0 for n in (seen[1], seen[2], seen[4], seen[5]))
 
+    # several cameras: their full scans fall in different batches
+    config.cameras.extend(config.cameras[0].model_copy(update={"name": n}) for n in "bc")
+    pipeline = Pipeline(config, detector, None, EventSinks())
+    rounds = [[pipeline._prior(c) is None for c in ("door", "b", "c")] for _ in range(6)]
+    assert rounds == [[True, False, False], [False, True, False], [False, False, True]] * 2
+
 
 def test_frame_queues_serve_every_camera_when_batches_are_smaller() -> None:
     """Four cameras, batches of two: the oldest frames go first, so no camera starves."""
