@@ -2,7 +2,7 @@
 
 Edit the panels here, then run:  .venv/bin/python configs/grafana/build_dashboard.py
 tests/unit/test_dashboard.py fails while the committed JSON differs from what this writes;
-tests/integration/test_dashboard.py runs every query against a Prometheus scraping the daemon.
+tests/integration/test_dashboard_prometheus.py runs every query against a Prometheus scraping the daemon.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The Grafana dashboard's structure: what the builder writes, what Grafana's own schema
 types accept, variables, layout, and queries that only name metrics the daemon exports.
-(tests/integration/test_dashboard.py runs the queries against real data.)"""
+(tests/integration/test_dashboard_prometheus.py runs the queries against real data.)"""
 
 from __future__ import annotations
 
