@@ -253,7 +253,8 @@ def bench_facenet(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
     import torch
 
     from engines.torch_backend import TorchEngine
-    from training.export_torch import NormalisedEmbedding, export_module, standin_facenet
+    from training.export_torch import export_module, standin_facenet
+    from training.facenet_nets import NormalisedEmbedding
 
     n, dev = args.faces_batch, torch.device(args.device)
     x = torch.randn(n, 3, 160, 160, device=dev)

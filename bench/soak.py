@@ -24,13 +24,9 @@ import json
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
-
-import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -40,6 +36,7 @@ from tests.integration.services import (  # noqa: E402
     Daemon,
     Mosquitto,
     RtspServer,
+    Subscriber,
     daemon_settings,
     enroll,
     free_port,
@@ -52,34 +49,9 @@ CAMERAS = ("cam1", "cam2")
 LOGS = REPO / "bench" / ".cache" / "soak"  # the logs of the last run
 
 
-class PersistentSubscriber:
-    """A QoS 1 subscriber with a persistent session: the broker keeps its subscription and
-    queues messages across the subscriber's and the broker's own restarts."""
-
-    def __init__(self, port: int, topic: str) -> None:
-        self.ids: list[str] = []
-        self._lock = threading.Lock()
-        self.client = paho.Client(
-            CallbackAPIVersion.VERSION2, client_id="facewatch-soak", clean_session=False
-        )
-        self.client.on_connect = lambda c, *a: c.subscribe(topic, qos=1)
-        self.client.on_message = self._on_message
-        self.client.reconnect_delay_set(1, 2)
-        self.client.connect_async("127.0.0.1", port)
-        self.client.loop_start()
-
-    def _on_message(self, client: Any, userdata: Any, message: paho.MQTTMessage) -> None:
-        event = json.loads(message.payload)
-        with self._lock:
-            self.ids.append(event["event_id"])
-
-    def received(self) -> list[str]:
-        with self._lock:
-            return list(self.ids)
-
-    def close(self) -> None:
-        self.client.loop_stop()
-        self.client.disconnect()
+def received(subscriber: Subscriber) -> list[str]:
+    """The event ids delivered so far, repeats included."""
+    return [event["event_id"] for event in subscriber.events()]
 
 
 def rss_mb(pid: int) -> float:
@@ -124,7 +96,7 @@ def soak(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     broker.start()
     for server in servers.values():
         server.start()
-    subscriber = PersistentSubscriber(broker.port, "facewatch/test/events/#")
+    subscriber = Subscriber(broker.port, "facewatch/test/events/#", persistent_id="soak")
     daemon.start()
     samples: list[dict[str, Any]] = []
     faults: list[dict[str, Any]] = []
@@ -154,7 +126,7 @@ def soak(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
                     "rss_mb": round(rss_mb(daemon.proc.pid), 1),
                     "spool": values.get("facewatch_mqtt_spool_events", 0.0),
                     "events": len(emitted(jsonl)),
-                    "received": len(subscriber.received()),
+                    "received": len(received(subscriber)),
                 }
             )
             if len(samples) % 30 == 1:
@@ -172,7 +144,7 @@ def soak(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
             server.stop()
         time.sleep(5)
         wait_for(
-            lambda: set(emitted(jsonl)) <= set(subscriber.received()),
+            lambda: set(emitted(jsonl)) <= set(received(subscriber)),
             180,
             "every emitted event to reach the subscriber",
             every_s=1,
@@ -185,7 +157,7 @@ def soak(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
             server.stop()
         broker.stop()
 
-    ids, received = emitted(jsonl), subscriber.received()
+    ids, delivered = emitted(jsonl), received(subscriber)
     log = daemon.log()
     LOGS.mkdir(parents=True, exist_ok=True)
     for process in (daemon, broker, *servers.values()):
@@ -198,9 +170,9 @@ def soak(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
         "fps": args.fps,
         "faults": faults,
         "events_emitted": len(ids),
-        "events_delivered": len(set(received)),
-        "events_lost": len(set(ids) - set(received)),
-        "duplicates_received": len(received) - len(set(received)),
+        "events_delivered": len(set(delivered)),
+        "events_lost": len(set(ids) - set(delivered)),
+        "duplicates_received": len(delivered) - len(set(delivered)),
         "camera_reconnects": {
             c: final.get(f'facewatch_camera_reconnects_total{{camera="{c}"}}', 0.0) for c in CAMERAS
         },

@@ -14,29 +14,17 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from engines.base import ModelMetadata
 from training.checkpoint import Checkpoint
 from training.embedders import OnnxEmbedder, TorchEmbedder
-from training.facenet_nets import build_model
+from training.facenet_nets import NormalisedEmbedding, build_model
 
 logger = logging.getLogger(__name__)
 
 OPSET = 17
 PARITY_TOLERANCE = 1e-4  # the fp32 graph against PyTorch
 FP16_TOLERANCE = 5e-3  # fp16-stored weights against the fp32 PyTorch model (unit vectors)
-
-
-class _Normalised(nn.Module):
-    """Inference graph: embedding network + L2 normalisation (never the classifier)."""
-
-    def __init__(self, net: nn.Module) -> None:
-        super().__init__()
-        self.net = net
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.net.features(x), p=2, dim=1)
 
 
 def _net_from(ckpt: Checkpoint) -> nn.Module:
@@ -82,7 +70,7 @@ def metadata(ckpt: Checkpoint, name: str, lfw: dict[str, Any] | None, fp16: bool
 
 def export_onnx(net: nn.Module, out_path: Path, image_size: int) -> Path:
     """Write the normalised graph with a dynamic batch axis."""
-    graph = _Normalised(net).eval()
+    graph = NormalisedEmbedding(net).eval()
     dummy = torch.zeros(2, 3, image_size, image_size)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     torch.onnx.export(

@@ -19,10 +19,10 @@ import numpy as np
 import torch
 from torch import nn
 from torch.export import Dim
-from torch.nn import functional as F
 
 from engines.base import file_sha256
 from engines.torch_backend import SPEC_FILE, program_path
+from training.facenet_nets import NormalisedEmbedding
 from training.mtcnn_nets import load_net
 
 logger = logging.getLogger(__name__)
@@ -149,17 +149,6 @@ def fit_batchnorm_stats(module: nn.Module, batch: torch.Tensor) -> nn.Module:
     with torch.no_grad():
         module(batch)
     return module.eval()
-
-
-class NormalisedEmbedding(nn.Module):
-    """An embedding network's inference graph: ``features`` then L2 normalisation."""
-
-    def __init__(self, net: nn.Module) -> None:
-        super().__init__()
-        self.net = net
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.net.features(x), p=2, dim=1)
 
 
 def standin_facenet(batch: torch.Tensor, seed: int = 0, embedding_size: int = 512) -> nn.Module:

@@ -211,6 +211,18 @@ MODEL_DEFS = {
 }
 
 
+class NormalisedEmbedding(nn.Module):
+    """An embedding network's inference graph: ``features`` then L2 normalisation (never the
+    classifier). What both exporters (ONNX, torch.export) write."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.net.features(x), p=2, dim=1)
+
+
 def build_model(
     model_def: str = "inception_resnet_v1",
     embedding_size: int = 128,

@@ -166,10 +166,21 @@ class Daemon(Process):
 class Subscriber:
     """An MQTT client that records every message under ``topic``."""
 
-    def __init__(self, port: int, topic: str = "#", **tls: Any) -> None:
+    def __init__(
+        self, port: int, topic: str = "#", persistent_id: str | None = None, **tls: Any
+    ) -> None:
+        """``persistent_id``: a persistent session under that client id, which the broker
+        keeps (subscription and queued messages) across the subscriber's and, with
+        persistence, its own restarts."""
         self.messages: list[tuple[str, bytes, bool]] = []
         self._lock = threading.Lock()
-        self.client = paho.Client(CallbackAPIVersion.VERSION2)
+        if persistent_id:
+            self.client = paho.Client(
+                CallbackAPIVersion.VERSION2, client_id=persistent_id, clean_session=False
+            )
+            self.client.reconnect_delay_set(1, 2)
+        else:
+            self.client = paho.Client(CallbackAPIVersion.VERSION2)
         if tls.get("username"):
             self.client.username_pw_set(tls["username"], tls.get("password"))
         if tls.get("ca_file"):
