@@ -1,4 +1,4 @@
-"""Box arithmetic for MTCNN, pure numpy: pyramid, candidates, NMS, regression, squaring, crops.
+"""Box arithmetic for MTCNN in numpy (NMS by OpenCV): pyramid, candidates, NMS, regression, squaring, crops.
 
 Boxes are float arrays in ``xyxy`` pixel coordinates. MTCNN's conventions are kept where
 they matter for matching the published detector: P-Net windows are 12 px cells at stride 2,
@@ -8,6 +8,7 @@ windows in 1-based inclusive coordinates, zero-padded where they leave the image
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 PNET_STRIDE = 2
@@ -75,6 +76,22 @@ def nms(
         span = float(boxes.max() - boxes.min()) + 2.0
         boxes = boxes + (groups.astype(np.float64) * span)[:, None]
     one = 1.0 if inclusive else 0.0
+    if mode == "union" and scores.min() > 0:
+        # OpenCV's greedy NMS is the same algorithm (best score first, ties in index order,
+        # dropped when IoU > threshold) in C++: P-Net's cross-scale pass keeps most of its
+        # ~800 boxes per 1080p frame, where a Python loop per kept box costs 14 ms.
+        rects = np.stack(
+            [
+                boxes[:, 0],
+                boxes[:, 1],
+                boxes[:, 2] - boxes[:, 0] + one,
+                boxes[:, 3] - boxes[:, 1] + one,
+            ],
+            axis=1,
+        )
+        # (the stubs say sequences; the binding takes (N, 4) float64 and (N,) float32 arrays)
+        kept = cv2.dnn.NMSBoxes(rects, scores.astype(np.float32), 0.0, float(threshold))  # type: ignore[arg-type]
+        return np.asarray(kept, dtype=np.int64).reshape(-1)
     x1, y1, x2, y2 = boxes.T
     area = (x2 - x1 + one) * (y2 - y1 + one)
     order = np.argsort(-scores, kind="stable")

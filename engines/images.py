@@ -101,11 +101,18 @@ def area_crops(sums: np.ndarray, windows_xyxy: np.ndarray, size: int) -> np.ndar
     x0, y0, x1, y1 = (windows_xyxy[:, k].astype(np.int64) for k in range(4))
     ylo, yhi, ycount = _bins(y0, np.maximum(y1 - y0, 1), size, h)
     xlo, xhi, xcount = _bins(x0, np.maximum(x1 - x0, 1), size, w)
-    r0, r1 = ylo[:, :, None], yhi[:, :, None]
+    # Flat indices into the (H+1)*(W+1) pixels of the integral image: one gather per corner.
+    flat = sums.reshape(-1, sums.shape[2])
+    r0, r1 = ylo[:, :, None] * (w + 1), yhi[:, :, None] * (w + 1)
     c0, c1 = xlo[:, None, :], xhi[:, None, :]
-    total = sums[r1, c1] - sums[r0, c1] - sums[r1, c0] + sums[r0, c0]
+    total = np.take(flat, r1 + c1, axis=0)
+    total -= np.take(flat, r0 + c1, axis=0)
+    total -= np.take(flat, r1 + c0, axis=0)
+    total += np.take(flat, r0 + c0, axis=0)
     count = (ycount[:, :, None] * xcount[:, None, :]).astype(np.float32)
-    return total.astype(np.int32).astype(np.float32) / count[..., None]
+    pixels = total.view(np.int32).astype(np.float32)
+    pixels /= count[..., None]
+    return pixels
 
 
 @functools.lru_cache(maxsize=64)

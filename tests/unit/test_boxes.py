@@ -50,6 +50,44 @@ def test_nms_min_mode_removes_box_inside_a_larger_one():
     assert bx.nms(boxes, scores, 0.7, mode="min").tolist() == [0]  # fully inside
 
 
+def greedy_nms(boxes, scores, threshold, inclusive):
+    """Textbook greedy NMS, one box at a time, to check the fast paths against."""
+    one = 1.0 if inclusive else 0.0
+    kept: list[int] = []
+    for i in sorted(range(len(scores)), key=lambda i: -scores[i]):  # stable: ties by index
+        ok = True
+        for j in kept:
+            w = min(boxes[i, 2], boxes[j, 2]) - max(boxes[i, 0], boxes[j, 0]) + one
+            h = min(boxes[i, 3], boxes[j, 3]) - max(boxes[i, 1], boxes[j, 1]) + one
+            inter = max(w, 0.0) * max(h, 0.0)
+            area_i = (boxes[i, 2] - boxes[i, 0] + one) * (boxes[i, 3] - boxes[i, 1] + one)
+            area_j = (boxes[j, 2] - boxes[j, 0] + one) * (boxes[j, 3] - boxes[j, 1] + one)
+            if inter / (area_i + area_j - inter) > threshold:
+                ok = False
+                break
+        if ok:
+            kept.append(i)
+    return kept
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_nms_fast_paths_equal_textbook_greedy(seed):
+    # Crowded P-Net-like boxes (integer corners, tied scores): the OpenCV path (positive
+    # scores) and the numpy path (a zero score) must both equal one-box-at-a-time NMS.
+    rng = np.random.default_rng(seed)
+    n = 300
+    corner = np.floor(rng.uniform(0, 200, (n, 2)))
+    boxes = np.concatenate([corner, corner + np.floor(rng.uniform(8, 40, (n, 1)))], axis=1)
+    scores = np.round(rng.uniform(0.6, 1.0, n), 2).astype(np.float32)
+    inclusive = bool(seed % 2)
+    threshold = (0.5, 0.7, 0.3)[seed % 3]
+    expected = greedy_nms(boxes.astype(np.float64), scores, threshold, inclusive)
+    assert bx.nms(boxes, scores, threshold, inclusive=inclusive).tolist() == expected
+    scores[-1] = 0.0
+    expected = greedy_nms(boxes.astype(np.float64), scores, threshold, inclusive)
+    assert bx.nms(boxes, scores, threshold, inclusive=inclusive).tolist() == expected
+
+
 def test_nms_empty():
     assert bx.nms(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), 0.5).size == 0
 
