@@ -109,9 +109,11 @@ def reference_detector(threads: int) -> Detector:
     return detect
 
 
-def facewatch_detector(models: Path, threads: int, border: str | None) -> Detector:
-    """facewatch's MTCNN (default backend, one lane per thread); takes BGR frames as they
-    come from OpenCV."""
+def facewatch_detector(
+    models: Path, threads: int, border: str | None, backend: str | None, lanes: int | None
+) -> Detector:
+    """facewatch's MTCNN (default backend and lanes unless told otherwise); takes BGR frames
+    as they come from OpenCV."""
     sys.path.insert(0, str(REPO))
     import onnxruntime
 
@@ -121,8 +123,9 @@ def facewatch_detector(models: Path, threads: int, border: str | None) -> Detect
 
     det = MTCNN.load(
         str(models),
+        **({"backend": backend} if backend else {}),
         threads=threads,
-        lanes=threads,
+        lanes=lanes,
         min_face_size=MIN_FACE_SIZE,
         thresholds=THRESHOLDS,
         scale_factor=SCALE_FACTOR,
@@ -173,7 +176,9 @@ def run_worker(args: argparse.Namespace) -> int:
     if args.worker == "reference":
         detect = reference_detector(args.threads)
     else:
-        detect = facewatch_detector(args.models, args.threads, args.border)
+        detect = facewatch_detector(
+            args.models, args.threads, args.border, args.backend, args.lanes
+        )
     rss_loaded = max_rss_mb()
     fps, calls_ms, detections = time_detector(detect, frames, args)
     result = {
@@ -267,6 +272,10 @@ def run_one(args: argparse.Namespace, impl: str, clip: str, batch: int) -> dict:
         ]  # fmt: skip
         if args.border:
             cmd += ["--border", args.border]
+        if args.backend:
+            cmd += ["--backend", args.backend]
+        if args.lanes:
+            cmd += ["--lanes", str(args.lanes)]
         print(f"[bench] {impl} {clip} batch {batch} ...", file=sys.stderr, flush=True)
         proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
@@ -351,6 +360,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="facewatch's border crops (default 'clip', what facenet-pytorch does, so the "
         "detections can agree; 'pad' is facewatch's own default, same speed)",
     )
+    p.add_argument("--backend", help="facewatch's MTCNN backend (default: MTCNN.load's)")
+    p.add_argument("--lanes", type=int, help="facewatch's parallel lanes (default: the backend's)")
     p.add_argument("--python-ref", default=sys.executable, help="interpreter with facenet-pytorch")
     p.add_argument("--python-ours", default=sys.executable, help="interpreter for facewatch")
     p.add_argument("--json", help="write the results here")

@@ -109,8 +109,8 @@ class BatchingConfig(_Section):
 
 
 class EnginesConfig(_Section):
-    backend: Literal["opencv", "onnxruntime", "tensorrt", "torch"] = _field(
-        "opencv", "backend for MTCNN (FaceNet uses onnxruntime unless tensorrt or torch)"
+    backend: Literal["openvino", "opencv", "onnxruntime", "tensorrt", "torch"] = _field(
+        "openvino", "backend for MTCNN (FaceNet uses onnxruntime unless tensorrt or torch)"
     )
     threads: int = _field(0, "CPU threads for inference (0 = all cores)", ge=0, le=256)
     mtcnn_dir: str = _field(str(REPO_ROOT / "models" / "mtcnn"), "folder with pnet/rnet/onet.onnx")

@@ -53,7 +53,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="folder with pnet/rnet/onet .onnx (default: models/mtcnn)",
     )
     p.add_argument(
-        "--backend", choices=BACKENDS, default="opencv", help="engine backend (default: opencv)"
+        "--backend", choices=BACKENDS, default="openvino", help="engine backend (default: openvino)"
     )
     p.add_argument(
         "--threads",
@@ -115,7 +115,6 @@ def run(args: argparse.Namespace) -> int:
             models,
             backend=args.backend,
             threads=threads,
-            lanes=threads,
             min_face_size=args.min_face_size,
             thresholds=tuple(args.thresholds),
             scale_factor=args.scale_factor,

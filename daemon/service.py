@@ -116,7 +116,6 @@ class Service:
                 cfg.engines.mtcnn_dir,
                 backend=cfg.engines.backend,
                 threads=threads,
-                lanes=threads if cfg.engines.backend in ("opencv", "onnxruntime") else 1,
                 min_face_size=detection.min_face_size,
                 thresholds=detection.thresholds,
                 scale_factor=detection.scale_factor,
@@ -124,7 +123,8 @@ class Service:
             model = resolve_model(cfg)
             facenet = None
             if model is not None:
-                backend = cfg.engines.backend if cfg.engines.backend != "opencv" else "onnxruntime"
+                cpu = ("openvino", "opencv")
+                backend = cfg.engines.backend if cfg.engines.backend not in cpu else "onnxruntime"
                 facenet = FaceNet.load(
                     model, backend=backend, threads=threads, flip=cfg.recognition.flip
                 )

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from engines.base import Engine, EngineError
 
-BACKENDS = ("onnxruntime", "opencv", "tensorrt", "torch")
+BACKENDS = ("onnxruntime", "opencv", "openvino", "tensorrt", "torch")
 
 
 def load_engine(model_path: str | Path, backend: str = "onnxruntime", threads: int = 0) -> Engine:
@@ -19,6 +19,10 @@ def load_engine(model_path: str | Path, backend: str = "onnxruntime", threads: i
         from engines.opencv_dnn import OpenCVEngine
 
         return OpenCVEngine(model_path, threads=threads)
+    if backend == "openvino":
+        from engines.openvino_backend import OpenVinoEngine
+
+        return OpenVinoEngine(model_path, threads=threads)
     if backend == "tensorrt":
         # An .onnx path opens its newest cached plan (`facewatch engines build`); a .plan directly.
         from engines.tensorrt import open_plan_for

@@ -263,6 +263,7 @@ BLOCK = "import sys; sys.modules.update({m: None for m in %r}); "
             "cuda-python",
         ),
         (["torch"], "load_engine('models/mtcnn/pnet.onnx', 'torch')", "needs PyTorch"),
+        (["openvino"], "load_engine('models/mtcnn/pnet.onnx', 'openvino')", "openvino package"),
     ],
 )
 def test_missing_sdk_is_one_clear_error(blocked, call, message):

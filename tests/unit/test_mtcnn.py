@@ -119,11 +119,33 @@ def test_8k_frame(detector, shared_data):
     assert iou_matrix(small.bbox_xyxy * factor, found.bbox_xyxy).max() > 0.8
 
 
-def test_backends_agree(shared_data):
+@pytest.mark.parametrize("backend", ["opencv", "openvino"])
+def test_backends_agree(shared_data, backend):
     image = read_image(str(shared_data / "images" / "multiface.jpg"))
     ort = MTCNN.load(MODELS / "mtcnn", backend="onnxruntime", threads=2).detect([image])[0]
-    ocv = MTCNN.load(MODELS / "mtcnn", backend="opencv", threads=2).detect([image])[0]
-    assert_same_faces(ort, ocv, min_iou=0.98, max_point_px=1.0)
+    other = MTCNN.load(MODELS / "mtcnn", backend=backend, threads=2).detect([image])[0]
+    assert len(ort) > 3
+    assert_same_faces(ort, other, min_iou=0.98, max_point_px=1.0)
+
+
+def test_openvino_engine_names_the_model_in_errors(tmp_path):
+    from engines.base import EngineError
+    from engines.loader import load_engine
+
+    with pytest.raises(EngineError, match=r"nope\.onnx: model file not found"):
+        load_engine(tmp_path / "nope.onnx", backend="openvino")
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not a model")
+    with pytest.raises(EngineError, match=r"broken\.onnx: OpenVINO cannot load the model"):
+        load_engine(broken, backend="openvino")
+    pnet = load_engine(MODELS / "mtcnn" / "pnet.onnx", backend="openvino", threads=1)
+    assert [s.name for s in pnet.inputs] == ["image"]
+    assert pnet.inputs[0].shape == (None, 3, None, None)
+    with pytest.raises(EngineError, match=r"pnet\.onnx: unknown inputs \['img'\]"):
+        pnet.infer({"img": np.zeros((1, 3, 12, 12), np.float32)})
+    out = pnet.infer({"image": np.zeros((2, 3, 30, 40), np.float32)})
+    assert out["prob"].shape == (2, 2, 10, 15) and out["reg"].shape == (2, 4, 10, 15)
+    assert all(len(v) == 0 for v in pnet.infer({"image": np.zeros((0, 3, 12, 12))}).values())
 
 
 def test_thresholds_and_min_face_size_are_honoured(shared_data):
