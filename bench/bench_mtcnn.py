@@ -116,10 +116,11 @@ def facewatch_detector(
     as they come from OpenCV."""
     sys.path.insert(0, str(REPO))
     import onnxruntime
+    import openvino
 
     from engines.mtcnn import MTCNN
 
-    VERSIONS.update(onnxruntime=onnxruntime.__version__)
+    VERSIONS.update(onnxruntime=onnxruntime.__version__, openvino=openvino.__version__)
 
     det = MTCNN.load(
         str(models),

@@ -25,7 +25,7 @@ PIP=("$VENV/bin/pip" install --quiet --disable-pip-version-check)
 
 "${PIP[@]}" "$TORCH" "$TORCHVISION"
 "${PIP[@]}" --no-deps "$FACENET"
-"${PIP[@]}" pillow opencv-python-headless numpy onnxruntime tqdm requests pyyaml
+"${PIP[@]}" pillow opencv-python-headless numpy onnxruntime openvino tqdm requests pyyaml
 # The project itself (its dependencies are all above); editable, so engines/ is the work tree's.
 "${PIP[@]}" --no-deps -e "$REPO"
 
