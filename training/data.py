@@ -16,13 +16,13 @@ import torch
 from torch.utils.data import Dataset
 
 from engines.images import ImageError, read_image
+from training.choices import STANDARDIZATIONS
 
 logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".ppm", ".tif", ".tiff", ".webp"}
 )
-STANDARDIZATIONS = ("fixed", "prewhiten")
 
 
 class DataError(ValueError):

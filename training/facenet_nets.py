@@ -15,6 +15,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from training.choices import MODEL_DEF_NAMES
+
 logger = logging.getLogger(__name__)
 
 BN_EPS = 0.001  # the TensorFlow value the published weights were trained with
@@ -140,9 +142,6 @@ class Mixed_7a(nn.Module):
         return torch.cat(parts, 1)
 
 
-MIN_INPUT_SIZE = 75  # smaller inputs vanish before Mixed_7a
-
-
 class InceptionResnetV1(nn.Module):
     """FaceNet's embedding network.
 
@@ -205,10 +204,8 @@ class InceptionResnetV1(nn.Module):
         return F.normalize(x, p=2, dim=1)
 
 
-MODEL_DEFS = {
-    "inception_resnet_v1": InceptionResnetV1,
-    "models.inception_resnet_v1": InceptionResnetV1,  # the original project's spelling
-}
+# "models.inception_resnet_v1": the original project's spelling
+MODEL_DEFS = dict.fromkeys(MODEL_DEF_NAMES, InceptionResnetV1)
 
 
 class NormalisedEmbedding(nn.Module):

@@ -15,9 +15,7 @@ from typing import Any
 
 import yaml
 
-from training.data import STANDARDIZATIONS
-from training.facenet_nets import MIN_INPUT_SIZE, MODEL_DEFS
-from training.triplet import RULES
+from training.choices import MIN_INPUT_SIZE, MODEL_DEF_NAMES, RULES, STANDARDIZATIONS
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +79,7 @@ ORIGINAL_OPTIONS: tuple[tuple[str, dict[str, Any]], ...] = (
         "model_def",
         {
             "default": "models.inception_resnet_v1",
-            "choices": sorted(MODEL_DEFS),
+            "choices": sorted(MODEL_DEF_NAMES),
             "help": "network definition",
         },
     ),

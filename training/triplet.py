@@ -21,11 +21,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from training.choices import RULES
 from training.data import ImageClass
 
 logger = logging.getLogger(__name__)
-
-RULES = ("vggface", "semihard")
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,14 @@ def test_daemon_imports_no_training_and_no_torch():
     assert not loaded & {"torch", "training"}
 
 
+def test_the_command_line_loads_no_torch():
+    """`facewatch` builds every subcommand's parser (the training ones come through an entry
+    point) at each start, `facewatch run` included: that must not load PyTorch."""
+    loaded = imported_after("from daemon.cli import build_parser; build_parser()")
+    assert "training" in loaded  # the training commands were registered...
+    assert "torch" not in loaded  # ...without importing torch
+
+
 def test_selecting_an_unknown_or_missing_backend_is_one_clear_error(tmp_path):
     from engines import EngineError, load_engine
 
