@@ -78,7 +78,25 @@ class OpenVinoEngine(SpecsFromLoad):
         self._inputs = [_spec(port) for port in compiled.inputs]
         self._outputs = [_spec(port) for port in compiled.outputs]
         self._input_names = {spec.name for spec in self._inputs}
+        self._first_call()
         logger.debug("loaded %s on OpenVINO with %d threads", path, threads)
+
+    def _first_call(self) -> None:
+        """One inference on zeros, here in the loading thread. OpenVINO's Python bindings
+        initialise shared state on the first inference of the process, and two threads
+        making that first call at once (the detector's lanes) can deadlock: a daemon hung
+        at start-up about once in six starts on a loaded 2-core machine."""
+        feeds = {
+            spec.name: np.zeros(
+                [
+                    d if d is not None else (1 if axis == 0 else 48)
+                    for axis, d in enumerate(spec.shape)
+                ],
+                spec.dtype,
+            )
+            for spec in self._inputs
+        }
+        self.infer(feeds)
 
     def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         unknown = set(feeds) - self._input_names
