@@ -42,7 +42,7 @@ class MqttPublisher:
         self._stop = threading.Event()
         self._camera_status: dict[str, str] = {}
         self._lock = threading.Lock()
-        self._connect_failures = 0
+        self._last_failure: str | None = None  # what was logged for this outage
         self.client = self._make_client(node_id)
         self._thread = threading.Thread(target=self._run, name="mqtt-publisher", daemon=True)
 
@@ -124,12 +124,10 @@ class MqttPublisher:
         self, client: paho.Client, userdata: object, flags: object, reason: object, props: object
     ) -> None:
         if getattr(reason, "is_failure", False):
-            if self._connect_failures == 0:
-                logger.warning("MQTT: broker refused the connection: %s; retrying", reason)
-            self._connect_failures += 1
+            self._failed(f"broker refused the connection: {reason}; retrying")
             return
         logger.info("MQTT: connected to %s:%d", self.config.host, self.config.port)
-        self._connect_failures = 0
+        self._last_failure = None
         client.publish(self.status_topic, ONLINE, qos=1, retain=True)
         with self._lock:
             states = dict(self._camera_status)
@@ -140,15 +138,19 @@ class MqttPublisher:
         self._wake.set()
 
     def _on_connect_fail(self, client: paho.Client, userdata: object) -> None:
-        """paho retries silently; say why once per outage (it does not tell: ask again)."""
-        if self._connect_failures == 0:
-            logger.warning(
-                "MQTT: cannot connect to %s:%d: %s; retrying, events are spooled until then",
-                self.config.host,
-                self.config.port,
-                self._diagnose(),
-            )
-        self._connect_failures += 1
+        """paho retries silently and does not say why: ask again (``_diagnose``)."""
+        cfg = self.config
+        self._failed(
+            f"cannot connect to {cfg.host}:{cfg.port}: {self._diagnose()}; retrying, "
+            "events are spooled until then"
+        )
+
+    def _failed(self, why: str) -> None:
+        """Log a failed connection once per outage, and again only when the reason changes
+        (e.g. the broker was still starting, then refuses the password)."""
+        if why != self._last_failure:
+            logger.warning("MQTT: %s", why)
+            self._last_failure = why
 
     def _diagnose(self) -> str:
         """Why a connection fails: a plain TCP connection and TLS handshake with the same

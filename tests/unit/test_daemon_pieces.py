@@ -177,3 +177,22 @@ def test_frame_queues_serve_every_camera_when_batches_are_smaller() -> None:
         for frame in queues.take(2, 0.0):  # the pipeline keeps up with half of them
             served[frame.camera] += 1
     assert min(served.values()) >= 8, served
+
+
+def test_mqtt_failures_are_logged_once_per_outage_and_when_the_reason_changes(
+    tmp_path, caplog
+) -> None:
+    from daemon.config import MqttConfig
+    from daemon.mqtt import MqttPublisher
+
+    publisher = MqttPublisher(MqttConfig(port=1), "node", Spool(tmp_path / "spool", 10))
+    with caplog.at_level("WARNING", logger="daemon.mqtt"):
+        for _ in range(3):  # paho retries: nothing listens on port 1
+            publisher._on_connect_fail(publisher.client, None)
+        publisher._failed("broker refused the connection: Not authorized; retrying")
+        publisher._failed("broker refused the connection: Not authorized; retrying")
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 2, messages
+    assert messages[0].startswith("MQTT: cannot connect to 127.0.0.1:1: ")
+    assert "refused" in messages[0] and "events are spooled until then" in messages[0]
+    assert messages[1] == "MQTT: broker refused the connection: Not authorized; retrying"
