@@ -52,7 +52,8 @@ class OpenVinoEngine(SpecsFromLoad):
             import openvino  # noqa: F401
         except ImportError:
             raise EngineError(
-                "the openvino backend needs the openvino package: pip install 'facewatch[openvino]'"
+                "the openvino backend needs the openvino package (a facewatch dependency): "
+                "pip install openvino"
             ) from None
         path = Path(model_path)
         if not path.is_file():
