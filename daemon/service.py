@@ -28,6 +28,7 @@ from daemon.scheduler import BatchScheduler, Pipeline, open_gallery
 from daemon.spool import Spool
 from engines.base import EngineError
 from engines.facenet import FaceNet
+from engines.loader import CPU_BACKENDS
 from engines.mtcnn import MTCNN
 
 logger = logging.getLogger(__name__)
@@ -123,8 +124,10 @@ class Service:
             model = resolve_model(cfg)
             facenet = None
             if model is not None:
-                cpu = ("openvino", "opencv")
-                backend = cfg.engines.backend if cfg.engines.backend not in cpu else "onnxruntime"
+                # On the CPU FaceNet's wide layers run best on ONNX Runtime (bench/README.md).
+                backend = cfg.engines.backend
+                if backend in CPU_BACKENDS:
+                    backend = "onnxruntime"
                 facenet = FaceNet.load(
                     model, backend=backend, threads=threads, flip=cfg.recognition.flip
                 )

@@ -7,6 +7,7 @@ from pathlib import Path
 from engines.base import Engine, EngineError
 
 BACKENDS = ("onnxruntime", "opencv", "openvino", "tensorrt", "torch")
+CPU_BACKENDS = ("onnxruntime", "opencv", "openvino")  # the others run on a GPU when there is one
 
 
 def load_engine(model_path: str | Path, backend: str = "onnxruntime", threads: int = 0) -> Engine:

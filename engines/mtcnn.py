@@ -21,7 +21,7 @@ import numpy as np
 from engines import boxes as bx
 from engines.base import Engine, EngineError, ModelMetadata
 from engines.images import AreaPyramid, area_crops, as_bgr8
-from engines.loader import load_engine
+from engines.loader import CPU_BACKENDS, load_engine
 
 logger = logging.getLogger(__name__)
 
@@ -411,7 +411,7 @@ def default_lanes(backend: str, threads: int) -> int:
     share of the pyramid levels and candidates single-threaded (MTCNN's small convolutions
     scale poorly over threads: a 1080p frame on OpenVINO takes 150 ms with one lane of two
     threads, 120 ms with two lanes of one); GPU backends need one."""
-    if backend in ("openvino", "opencv", "onnxruntime"):
+    if backend in CPU_BACKENDS:
         return max(1, threads)
     return 1
 
