@@ -39,3 +39,23 @@ def test_distillation_is_zero_only_when_matching_the_teacher() -> None:
     # dimensions differ: only the relational term, still zero for the same geometry
     rotated = torch.cat([teacher, torch.zeros(6, 4)], 1)
     assert float(distillation_loss(rotated, teacher)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_a_teacher_in_a_narrow_cone_is_centred_so_one_fixed_output_does_not_fit_it() -> None:
+    import numpy as np
+
+    from training.teacher import centred
+
+    rng = np.random.default_rng(0)
+    cone = rng.normal(size=(64, 16)) * 0.1 + np.eye(16)[0]  # pairwise cosine ~0.87, as dlib's
+    cone /= np.linalg.norm(cone, axis=1, keepdims=True)
+    fixed = torch.nn.functional.normalize(torch.ones(64, 16) * torch.eye(16)[0], dim=1)
+    # raw, a student answering one fixed direction is already close to every target ...
+    assert float(distillation_loss(fixed, torch.from_numpy(cone).float())) < 0.15
+    # ... centred, it is not, and the targets are unit vectors again
+    targets = centred(cone)
+    assert np.allclose(np.linalg.norm(targets, axis=1), 1.0, atol=1e-5)
+    assert float(distillation_loss(fixed, torch.from_numpy(targets).float())) > 0.5
+    # differences between faces keep their direction: centring only moves the origin
+    raw_diff, centred_diff = cone[1] - cone[0], (cone - cone.mean(0))[1] - (cone - cone.mean(0))[0]
+    assert np.allclose(raw_diff, centred_diff)
