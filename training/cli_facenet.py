@@ -262,6 +262,11 @@ def _add_export(commands: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--training-data", default=None, help="describe the training data in the sidecar and card"
     )
+    p.add_argument(
+        "--license",
+        default="",
+        help="the model's licence and any terms its training data imposes (sidecar and card)",
+    )
     p.set_defaults(func=_export)
 
 
@@ -303,6 +308,7 @@ def _export(args: argparse.Namespace) -> int:
             args.fp16,
             command,
             args.training_data,
+            args.license,
         )
     except (DataError, ValueError, FileNotFoundError, RuntimeError) as exc:
         return _fail(str(exc))

@@ -166,6 +166,7 @@ def model_card(meta: ModelMetadata, onnx_path: Path) -> str:
         f"| output | `embedding` N x {meta.embedding_size}, L2-normalised |",
         f"| face crop | {meta.extra.get('alignment')} (margin {meta.extra.get('margin')} px) |",
         f"| training data | {meta.training_data} |",
+        f"| licence | {meta.license or 'not stated'} |",
         f"| epochs, loss | {meta.extra.get('epochs')}, {meta.extra.get('loss')} |",
         f"| LFW accuracy ({folds}-fold) | {acc} |",
         f"| VAL @ FAR=1e-3 | {_fmt(lfw.get('val_mean'))} ± {_fmt(lfw.get('val_std'))} |",
@@ -202,6 +203,7 @@ def export_checkpoint(
     fp16: bool = False,
     command: str = "facewatch train export",
     training_data: str | None = None,
+    license: str = "",
 ) -> tuple[Path, float]:
     """Export, write sidecar and model card, check parity; returns (ONNX path, max abs diff)."""
     ckpt = Checkpoint.load(checkpoint)
@@ -211,6 +213,7 @@ def export_checkpoint(
     meta = metadata(ckpt, name, lfw if lfw is not None else ckpt.extra.get("lfw"), fp16)
     if training_data:
         meta.training_data = training_data
+    meta.license = license
     meta.save(out_path)
     diff = float("nan")
     if parity_crops is not None:

@@ -139,8 +139,10 @@ def _export(checkpoint: Path, onnx_path: Path, crops_dir: Path, report: Path) ->
     from engines import ModelMetadata
 
     argv = ["export", str(checkpoint), "--out", str(onnx_path), "--parity-images", str(crops_dir)]
-    assert cli([*argv, "--lfw-report", str(report)]) == 0
+    assert cli([*argv, "--lfw-report", str(report), "--license", "CC0 (test)"]) == 0
     meta = ModelMetadata.load(onnx_path)
+    assert meta.license == "CC0 (test)"
+    assert "| licence | CC0 (test) |" in onnx_path.with_suffix(".md").read_text()
     assert (meta.kind, meta.input_size_hw, meta.embedding_size) == ("facenet", (80, 80), 32)
     assert meta.extra["alignment"] == "margin" and meta.extra["parity_max_abs_diff"] < 1e-4
     assert meta.lfw_accuracy == json.loads(report.read_text())["accuracy_mean"]
