@@ -21,6 +21,17 @@ def shared_data() -> Path:
 
 
 @pytest.fixture(scope="session")
+def shipped_model() -> Path:
+    """models/facenet/facenet.onnx, the FaceNet facewatch ships, or skip."""
+    from tests.facenet_model import NEEDS_SHIPPED_MODEL
+
+    model = MODELS / "facenet" / "facenet.onnx"
+    if not model.is_file():
+        pytest.skip(NEEDS_SHIPPED_MODEL)
+    return model
+
+
+@pytest.fixture(scope="session")
 def detector():
     """The shipped MTCNN on the default backend, 2 threads (one per CI core)."""
     from engines.mtcnn import MTCNN

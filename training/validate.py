@@ -48,7 +48,7 @@ class MtcnnAligner:
         return crop_with_margin(rgb, found.bbox_xyxy[k], self.margin, self.image_size)
 
 
-def _centre_crop(rgb: np.ndarray, image_size: int, margin: int) -> np.ndarray:
+def centre_crop(rgb: np.ndarray, image_size: int, margin: int) -> np.ndarray:
     """Fallback when MTCNN finds no face: LFW photos are centred on the face, so the
     central square (half the image plus the margin) stands in for the detection."""
     h, w = rgb.shape[:2]
@@ -69,7 +69,7 @@ def load_faces(
             face = aligner(rgb)
             if face is None:
                 no_face += 1
-                face = _centre_crop(rgb, size, aligner.margin)
+                face = centre_crop(rgb, size, aligner.margin)
             rgb = face
         if first_shape is None:
             first_shape = rgb.shape
