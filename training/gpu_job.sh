@@ -38,6 +38,9 @@
 # `facewatch train embed .gpu_data/crops --model T.onnx --out .gpu_data/teacher.npz` for an
 # ONNX teacher, or with dlib's compute_face_descriptor for dlib -- then run the device phase
 # with TRAIN_ARGS="--loss distill --teacher .gpu_data/teacher.npz", carrying that file too.
+# The trainer centres a .npz teacher's embeddings (training/teacher.py: dlib's fill a narrow
+# cone, and uncentred they taught a CPU run nothing). training/cpu_job.sh runs this whole
+# route on 2 CPU cores at 96 px: its figures, in its header, are the floor to beat here.
 #
 # The dlib distillation route, step by step (1-5 here on the CPU, 6 the device call, 7 here):
 #  1. dlib in its own venv (not a project dependency; training/teacher_dlib.py), once:
