@@ -260,6 +260,13 @@ def _add_export(commands: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--fp16", action="store_true", help="store weights as fp16 (half the size)")
     p.add_argument(
+        "--int8",
+        action="store_true",
+        help="quantise to int8 (about 3x faster on CPUs with VNNI), calibrated on half of the "
+        "--parity-images crops and checked on the other half (min cosine 0.98 to fp32); "
+        "give it a few hundred crops with --parity-count",
+    )
+    p.add_argument(
         "--training-data", default=None, help="describe the training data in the sidecar and card"
     )
     p.add_argument(
@@ -278,7 +285,8 @@ def _parity_crops(folder: Path | None, count: int, size: int) -> object:
     if folder is None:
         rng = np.random.default_rng(0)
         return rng.integers(0, 256, (count, size, size, 3), dtype=np.uint8)
-    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)[:count]
+    found = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    paths = found[:: max(1, len(found) // count)][:count]  # spread over the folder's people
     if not paths:
         raise FileNotFoundError(f"{folder}: no images for the parity check")
     return np.stack([crop_square(load_rgb(p), size, None) for p in paths])
@@ -291,6 +299,8 @@ def _export(args: argparse.Namespace) -> int:
     from training.data import DataError
     from training.export_facenet import export_checkpoint
 
+    if args.int8 and args.parity_images is None:
+        return _fail("--int8 needs --parity-images: face crops to calibrate the quantisation on")
     try:
         size = int(Checkpoint.load(args.checkpoint).options["image_size"])
         crops = _parity_crops(args.parity_images, args.parity_count, size)
@@ -309,10 +319,16 @@ def _export(args: argparse.Namespace) -> int:
             command,
             args.training_data,
             args.license,
+            args.int8,
         )
     except (DataError, ValueError, FileNotFoundError, RuntimeError) as exc:
         return _fail(str(exc))
     print(f"wrote {path} (+ sidecar, model card); ONNX Runtime vs PyTorch max abs diff {diff:.2e}")
+    if args.int8:
+        from engines.base import ModelMetadata
+
+        cosine = ModelMetadata.load(path).extra["int8_min_cosine"]
+        print(f"quantised to int8: lowest cosine to the fp32 embeddings {cosine:.4f}")
     return 0
 
 

@@ -25,6 +25,7 @@ logger = logging.getLogger(__name__)
 OPSET = 17
 PARITY_TOLERANCE = 1e-4  # the fp32 graph against PyTorch
 FP16_TOLERANCE = 5e-3  # fp16-stored weights against the fp32 PyTorch model (unit vectors)
+INT8_MIN_COSINE = 0.98  # int8 embeddings against the fp32 PyTorch model, on held-back crops
 
 
 def _net_from(ckpt: Checkpoint) -> nn.Module:
@@ -113,6 +114,53 @@ def _weights_to_fp16(path: Path) -> None:
     onnx.save(model, str(path))
 
 
+def _quantize_int8(path: Path, calibration: np.ndarray) -> None:
+    """Replace ``path`` by its int8 version: ONNX Runtime static quantisation (QDQ, weights
+    int8 per output channel, activations uint8) calibrated on ``calibration`` face crops
+    (uint8 RGB). On CPUs with VNNI it runs about 3x faster than fp32."""
+    import tempfile
+
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    embedder = OnnxEmbedder(path)
+    batches = [embedder.preprocess(calibration[i : i + 8]) for i in range(0, len(calibration), 8)]
+
+    class Crops(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.feeds = iter([{embedder.input_name: b} for b in batches])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.feeds, None)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        quant_pre_process(str(path), str(prepared))
+        quantize_static(
+            str(prepared),
+            str(path),
+            Crops(),
+            quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+        )
+
+
+def min_cosine(net: nn.Module, onnx_path: Path, crops: np.ndarray, opts: dict[str, Any]) -> float:
+    """Lowest cosine similarity of the embeddings, ONNX Runtime vs PyTorch."""
+    torch_emb = TorchEmbedder(
+        net, int(opts["image_size"]), opts.get("standardization", "fixed")
+    ).embed_rgb(crops)
+    onnx_emb = OnnxEmbedder(onnx_path).embed_rgb(crops)
+    return float(np.sum(torch_emb * onnx_emb, axis=1).min())
+
+
 def parity(net: nn.Module, onnx_path: Path, crops: np.ndarray, opts: dict[str, Any]) -> float:
     """Max abs difference of the embeddings, ONNX Runtime vs PyTorch, on uint8 RGB crops."""
     torch_emb = TorchEmbedder(
@@ -152,6 +200,8 @@ def model_card(meta: ModelMetadata, onnx_path: Path) -> str:
     )
     diff = meta.extra.get("parity_max_abs_diff")
     storage = "fp32"
+    if meta.extra.get("int8"):
+        storage = f"int8, calibrated (min cosine to fp32 {meta.extra.get('int8_min_cosine', float('nan')):.4f})"
     if meta.extra.get("fp16_weights"):
         storage = f"fp16 (max abs diff {meta.extra.get('fp16_max_abs_diff', float('nan')):.2e})"
     rows = [
@@ -204,8 +254,12 @@ def export_checkpoint(
     command: str = "facewatch train export",
     training_data: str | None = None,
     license: str = "",
+    int8: bool = False,
 ) -> tuple[Path, float]:
-    """Export, write sidecar and model card, check parity; returns (ONNX path, max abs diff)."""
+    """Export, write sidecar and model card, check parity; returns (ONNX path, max abs diff).
+    ``int8``: quantise, calibrated on half of ``parity_crops`` and checked on the other half."""
+    if int8 and (fp16 or parity_crops is None or len(parity_crops) < 2):
+        raise ValueError("int8 export needs face crops to calibrate on (and excludes fp16)")
     ckpt = Checkpoint.load(checkpoint)
     out_path = Path(out_path)
     net = _net_from(ckpt)
@@ -224,6 +278,16 @@ def export_checkpoint(
         if parity_crops is not None:
             diff16 = _checked_parity(net, out_path, parity_crops, ckpt.options, FP16_TOLERANCE)
             meta.extra["fp16_max_abs_diff"] = diff16
+    if int8:
+        assert parity_crops is not None
+        _quantize_int8(out_path, parity_crops[0::2])
+        cosine = min_cosine(net, out_path, parity_crops[1::2], ckpt.options)
+        if cosine < INT8_MIN_COSINE:
+            raise RuntimeError(
+                f"{out_path}: int8 embeddings reach only cosine {cosine:.4f} of fp32 "
+                f"(needs {INT8_MIN_COSINE}): keep this model in fp32 or fp16"
+            )
+        meta.extra.update(int8=True, int8_min_cosine=cosine)
     meta.extra["export_command"] = command
     meta.save(out_path)
     out_path.with_suffix(".md").write_text(model_card(meta, out_path))

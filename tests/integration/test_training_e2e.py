@@ -190,6 +190,31 @@ def test_validate_export_and_engine_parity(trained: Path, aligned, tmp_path: Pat
     )
 
 
+def test_int8_export_is_calibrated_checked_and_runs_in_the_engines(
+    trained: Path, aligned, tmp_path: Path
+) -> None:
+    from engines import ModelMetadata
+    from engines.facenet import FaceNet
+    from training.embedders import TorchEmbedder
+
+    out = tmp_path / "int8.onnx"
+    argv = ["export", str(trained / "latest.pt"), "--out", str(out), "--int8",
+            "--parity-images", str(aligned[0]), "--parity-count", "24"]  # fmt: skip
+    assert cli(argv) == 0
+    meta = ModelMetadata.load(out)
+    assert meta.extra["int8"] and meta.extra["int8_min_cosine"] >= 0.98
+    assert "| weights stored as | int8, calibrated" in out.with_suffix(".md").read_text()
+    # the daemon's adapter runs it and agrees with the checkpoint on faces it never calibrated on
+    files = sorted(aligned[0].glob("*/*.png"))[1::2][:8]
+    rgb = np.stack([cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB)[8:88, 8:88] for p in files])
+    expected = TorchEmbedder.from_checkpoint(trained / "latest.pt").embed_rgb(rgb)
+    got = FaceNet.load(out, threads=2).embed(np.ascontiguousarray(rgb[..., ::-1]))
+    assert np.sum(expected * got, axis=1).min() >= 0.97
+    # an int8 model needs crops to calibrate on, and is not also fp16
+    assert cli(["export", str(trained / "latest.pt"), "--out", str(out), "--int8"]) == 2
+    assert cli([*argv, "--fp16"]) != 0
+
+
 class _Crash(RuntimeError):
     pass
 
