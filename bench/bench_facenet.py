@@ -3,13 +3,14 @@ InceptionResnetV1 in eager PyTorch, and gallery matching against a large gallery
 
 Each side runs in its own subprocess with the same thread count (so neither's thread pool
 spins while the other works): facewatch's ``FaceNet`` on ONNX Runtime at batch 1 and 16,
-facenet-pytorch at batch 1 and 16 (both fp32, 160x160 crops of real faces when the shared
-data is there, else random pixels), then ``Gallery.match`` of 1 face against a gallery of
+facenet-pytorch at batch 1 and 16 (facenet-pytorch fp32 at 160x160; facewatch at the
+model's input size and storage, fp32 or int8 (`train export --int8`); crops of real faces
+when the shared data is there, else random pixels), then ``Gallery.match`` of 1 face against a gallery of
 ``--gallery-size`` random unit embeddings (a real SQLite gallery file). Benchmarks measure;
 they do not assert timings.
 
     .venv/bin/python bench/bench_facenet.py [--model models/facenet/facenet.onnx] [--threads 2]
-        [--seconds 5] [--gallery-size 100000] [--json OUT]
+        [--seconds 5] [--gallery-size 100000] [--match-dim 128] [--json OUT]
 
 Without ``--model`` and no default model, a randomly initialised Inception-ResNet-v1 is
 exported to a temporary folder: speed does not depend on the weights.
@@ -61,11 +62,17 @@ def timed(run: Callable[[], object], seconds: float, warmup: int = 2) -> dict[st
 
 
 def worker_ort(args: argparse.Namespace) -> dict[str, Any]:
+    import cv2
+
     from engines.facenet import FaceNet
 
     net = FaceNet.load(args.model, threads=args.threads)
-    crops = crops_bgr()
-    out = {}
+    height, width = net.image_size_hw
+    crops = np.stack(
+        [cv2.resize(c, (width, height), interpolation=cv2.INTER_AREA) for c in crops_bgr()]
+    )
+    storage = "int8" if net.meta.extra.get("int8") else "fp32"
+    out: dict[str, Any] = {"input": f"{height} px, {storage}"}
     for batch in BATCHES:
         stats = timed(lambda b=batch: net.embed(crops[:b]), args.seconds)
         out[f"batch{batch}"] = {**stats, "faces_per_s": batch / stats["median_s"]}
@@ -96,7 +103,7 @@ def worker_match(args: argparse.Namespace) -> dict[str, Any]:
     from daemon.gallery import Enrollment, Gallery
     from engines.base import ModelMetadata
 
-    size = int(ModelMetadata.load(args.model).embedding_size or 512)
+    size = args.match_dim or int(ModelMetadata.load(args.model).embedding_size or 512)
     rng = np.random.default_rng(0)
     vectors = rng.normal(size=(args.gallery_size, size)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
@@ -129,6 +136,8 @@ def run_worker(kind: str, args: argparse.Namespace) -> dict[str, Any]:
     argv = [sys.executable, __file__, "--worker", kind, "--model", str(args.model)]
     argv += ["--threads", str(args.threads), "--seconds", str(args.seconds)]
     argv += ["--gallery-size", str(args.gallery_size)]
+    if args.match_dim:
+        argv += ["--match-dim", str(args.match_dim)]
     done = subprocess.run(argv, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         return {"error": done.stderr.strip().splitlines()[-1] if done.stderr else "failed"}
@@ -137,20 +146,22 @@ def run_worker(kind: str, args: argparse.Namespace) -> dict[str, Any]:
 
 def table(results: dict[str, Any], args: argparse.Namespace) -> str:
     rows = [f"FaceNet benchmark, {args.threads} thread(s), model {args.model}", ""]
-    rows.append(f"{'implementation':<34} {'batch 1':>14} {'batch 16':>14}")
+    rows.append(f"{'implementation':<48} {'batch 1':>14} {'batch 16':>14}")
     for kind, label in (
         ("ort", "facewatch FaceNet, ONNX Runtime"),
-        ("torch", "facenet-pytorch, eager"),
+        ("torch", "facenet-pytorch, eager (160 px, fp32)"),
     ):
         r = results[kind]
+        if "input" in r:
+            label += f" ({r['input']})"
         if "error" in r:
-            rows.append(f"{label:<34} error: {r['error']}")
+            rows.append(f"{label:<48} error: {r['error']}")
             continue
         cells = [f"{r[f'batch{b}']['faces_per_s']:9.1f} f/s" for b in BATCHES]
-        rows.append(f"{label:<34} {cells[0]:>14} {cells[1]:>14}")
+        rows.append(f"{label:<48} {cells[0]:>14} {cells[1]:>14}")
     if "error" not in results["ort"] and "error" not in results["torch"]:
         ratio = [results["ort"][f"batch{b}"]["faces_per_s"] / results["torch"][f"batch{b}"]["faces_per_s"] for b in BATCHES]  # fmt: skip
-        rows.append(f"{'speed-up':<34} {ratio[0]:>13.2f}x {ratio[1]:>13.2f}x")
+        rows.append(f"{'speed-up':<48} {ratio[0]:>13.2f}x {ratio[1]:>13.2f}x")
     m = results["match"]
     rows.append("")
     if "error" in m:
@@ -172,6 +183,13 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seconds", type=float, default=5.0, help="timing per measurement")
     p.add_argument("--gallery-size", type=int, default=100_000)
+    p.add_argument(
+        "--match-dim",
+        type=int,
+        default=None,
+        help="embedding size of the gallery matched against (default: the model's; "
+        "facewatch's recipes train 128)",
+    )
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     p.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     args = p.parse_args()
