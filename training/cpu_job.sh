@@ -46,17 +46,8 @@ DLIB_PY=.venv-dlib/bin/python
 export PYTHONUNBUFFERED=1
 
 prepare() {
-  mkdir -p "$WORK/crops182"
-  grep -qx "/$STAGE/" .git/info/exclude 2>/dev/null || echo "/$STAGE/" >> .git/info/exclude
-  for src in $SOURCES; do
-    case "$src" in *lfw*) echo "refusing to train on LFW ($src): it is the validation set" >&2; exit 2 ;; esac
-    name=$(basename "$src")
-    "$PY" -m training.cli_facenet align "$src" "$STAGE/aligned/$name" \
-      --image-size 182 --margin 44 --format jpg --jpeg-quality 90
-    for person in "$STAGE/aligned/$name"/*/; do
-      ln -sfn "$(realpath "$person")" "$WORK/crops182/${name}_$(basename "$person")"
-    done
-  done
+  # shellcheck disable=SC2086
+  PY="$PY" training/align_sources.sh "$WORK/crops182" 182 44 90 $SOURCES
 }
 
 teacher() {

@@ -121,17 +121,8 @@ PY=${PY:-python3}
 [ -x .venv/bin/python ] && [ "${1:-}" != device ] && PY=.venv/bin/python
 
 prepare() {
-  mkdir -p "$STAGE/crops"
-  grep -qx "/$STAGE/" .git/info/exclude 2>/dev/null || echo "/$STAGE/" >> .git/info/exclude
-  for src in $SOURCES; do
-    case "$src" in *lfw*) echo "refusing to train on LFW ($src): it is the validation set" >&2; exit 2 ;; esac
-    name=$(basename "$src")
-    "$PY" -m training.cli_facenet align "$src" "$STAGE/aligned/$name" \
-      --image-size "$CROP_SIZE" --margin "$CROP_MARGIN" --format jpg --jpeg-quality "$JPEG_QUALITY"
-    for person in "$STAGE/aligned/$name"/*/; do
-      ln -sfn "$(realpath "$person")" "$STAGE/crops/${name}_$(basename "$person")"
-    done
-  done
+  # shellcheck disable=SC2086
+  PY="$PY" training/align_sources.sh "$STAGE/crops" "$CROP_SIZE" "$CROP_MARGIN" "$JPEG_QUALITY" $SOURCES
   cp "$STAGE/aligned/$(basename "${SOURCES%% *}")/alignment.json" "$STAGE/crops/alignment.json"
   tar -chf "$STAGE/train.tar" -C "$STAGE" crops
   size=$(( $(stat -c %s "$STAGE/train.tar") / 1048576 ))
