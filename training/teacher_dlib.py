@@ -284,11 +284,14 @@ class EmbedSummary:
     def text(self) -> str:
         lines = [
             f"{self.out}: {self.total - len(self.unreadable)} of {self.total} images "
-            f"({self.reused} reused, {self.embedded} embedded now)",
-            f"dlib's detector found no face in {len(self.undetected)}: the expected box was "
-            "used (the .npz's 'detected' array marks them)",
+            f"({self.reused} reused, {self.embedded} embedded now)"
         ]
-        lines += [f"  e.g. {p}" for p in self.undetected[:5]]
+        if self.undetected:
+            lines.append(
+                f"dlib's detector found no face in {len(self.undetected)}: the expected box "
+                "was used (the .npz's 'detected' array marks them)"
+            )
+            lines += [f"  e.g. {p}" for p in self.undetected[:5]]
         if self.unreadable:
             lines.append(
                 f"{len(self.unreadable)} unreadable image(s), left out of the file; delete them "
@@ -408,7 +411,8 @@ def embed_dataset(
     final = {n: done[n] for n in names if n in done}
     done.clear()
     done.update(final)
-    summary.undetected = [n for n in names if n in done and not done[n][1]]
+    if settings.locate == "detect":  # otherwise the detector never ran
+        summary.undetected = [n for n in names if n in done and not done[n][1]]
     save(out)
     partial.unlink(missing_ok=True)
     return summary
