@@ -16,7 +16,7 @@
 # (20,039 crops, 20-28 a second), student 9 s, lfw 2 min, then 8.3 minutes per training epoch
 # (55 crops a second) plus 1 for LFW, 82 minutes for the 8 epochs. LFW after each: 65.7,
 # 69.1, 70.3, 71.3, 71.1, 71.9, 72.2, 72.6 % (the rate decays after epochs 3 and 6), with the
-# training loss still at 0.72: short of compute. Two cores cannot get near the 95 % the
+# training loss still at 0.74: short of compute. Two cores cannot get near the 95 % the
 # shipped model needs: this recipe proves the pipeline and sets a floor; the GPU trains it.
 #
 # Before: dlib in its own venv, and the extra sources fetched and extracted (steps 1 and 2
