@@ -215,6 +215,22 @@ def equal_error_rate(fpr: np.ndarray, tpr: np.ndarray) -> float:
     return float(x[k - 1] + w * (x[k] - x[k - 1]))
 
 
+def pair_images(pairs: list[Pair]) -> list[Path]:
+    """Every image the pairs name, once, sorted: what to embed for the protocol."""
+    return sorted({p for pair in pairs for p in (pair.path_a, pair.path_b)})
+
+
+def evaluate_embedded(
+    pairs: list[Pair], images: list[Path], embeddings: np.ndarray, nrof_folds: int = 10
+) -> LfwResult:
+    """The protocol on ``embeddings`` of ``images`` (row i embeds images[i])."""
+    row = {p: i for i, p in enumerate(images)}
+    a = embeddings[[row[p.path_a] for p in pairs]]
+    b = embeddings[[row[p.path_b] for p in pairs]]
+    same = np.array([p.same for p in pairs])
+    return evaluate_distances(pair_distances(a, b), same, nrof_folds)
+
+
 def pair_distances(emb_a: np.ndarray, emb_b: np.ndarray) -> np.ndarray:
     return np.sum((np.asarray(emb_a) - np.asarray(emb_b)) ** 2, axis=1)
 

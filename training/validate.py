@@ -17,13 +17,9 @@ from tqdm import tqdm
 from engines.align import align_similarity, crop_with_margin, pick_main_face
 from training.data import DataError, load_rgb
 from training.embedders import Embedder
-from training.lfw import LfwResult, evaluate_distances, pair_distances, plot_roc, read_pairs
+from training.lfw import LfwResult, evaluate_embedded, pair_images, plot_roc, read_pairs
 
 logger = logging.getLogger(__name__)
-
-
-def _unique_images(pairs_paths: list[tuple[Path, Path]]) -> list[Path]:
-    return sorted({p for pair in pairs_paths for p in pair})
 
 
 class MtcnnAligner:
@@ -94,14 +90,10 @@ def evaluate_pairs(
     pairs, declared = read_pairs(pairs_file, lfw_dir)
     if declared and declared != nrof_folds:
         logger.info("%s declares %d folds; evaluating with %d", pairs_file, declared, nrof_folds)
-    images = _unique_images([(p.path_a, p.path_b) for p in pairs])
+    images = pair_images(pairs)
     crops, no_face = load_faces(images, aligner, embedder.image_size)
     embeddings = embedder.embed_rgb(crops, batch_size=batch_size)  # type: ignore[call-arg]
-    row = {p: i for i, p in enumerate(images)}
-    a = embeddings[[row[p.path_a] for p in pairs]]
-    b = embeddings[[row[p.path_b] for p in pairs]]
-    same = np.array([p.same for p in pairs])
-    return evaluate_distances(pair_distances(a, b), same, nrof_folds), no_face
+    return evaluate_embedded(pairs, images, embeddings, nrof_folds), no_face
 
 
 def evaluate_aligned(

@@ -171,13 +171,13 @@ def test_lfw_through_detect_align_embed_matches_training_validation(
 ) -> None:
     """LFW the daemon's way (BGR frames, MTCNN, the adapter's alignment, ONNX Runtime) within
     LFW_AGREEMENT points of `facewatch train validate`'s figure in the shipped sidecar."""
-    from training.lfw import evaluate_distances, pair_distances, read_pairs
+    from training.lfw import evaluate_embedded, pair_images, read_pairs
     from training.validate import centre_crop
 
     recorded = json.loads(ModelMetadata.sidecar_path(shipped_model).read_text())["extra"]["lfw"]
     lfw_dir = shared_data / "lfw" / "images"
     pairs, _ = read_pairs(shared_data / "lfw" / "pairs.txt", lfw_dir)
-    images = sorted({p for pair in pairs for p in (pair.path_a, pair.path_b)})
+    images = pair_images(pairs)
     net = FaceNet.load(shipped_model, threads=2)
     crops = []
     for path in images:
@@ -189,11 +189,7 @@ def test_lfw_through_detect_align_embed_matches_training_validation(
             )
         else:  # what the training module's validation does
             crops.append(centre_crop(image, net.image_size_hw[0], net.margin))
-    embeddings = net.embed(np.stack(crops))
-    row = {p: i for i, p in enumerate(images)}
-    a = embeddings[[row[p.path_a] for p in pairs]]
-    b = embeddings[[row[p.path_b] for p in pairs]]
-    result = evaluate_distances(pair_distances(a, b), np.array([p.same for p in pairs]), 10)
+    result = evaluate_embedded(pairs, images, net.embed(np.stack(crops)), 10)
     assert abs(result.accuracy_mean - recorded["accuracy_mean"]) <= LFW_AGREEMENT / 100, (
         f"{result.accuracy_mean:.4f} here, {recorded['accuracy_mean']:.4f} in the sidecar"
     )
