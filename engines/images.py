@@ -150,12 +150,15 @@ class AreaPyramid:
         self.image_hw: tuple[int, int] = (image.shape[0], image.shape[1])
         self.sums = integral_image(image)
 
-    def level(self, size_hw: tuple[int, int]) -> np.ndarray:
-        """The frame resized to ``size_hw`` as (h, w, C) float32."""
+    def level(self, size_hw: tuple[int, int], rows: tuple[int, int] | None = None) -> np.ndarray:
+        """The frame resized to ``size_hw`` as (h, w, C) float32; with ``rows`` = (start,
+        end), only those rows of it (a band, the same pixels as in the whole level)."""
         channels = self.sums.shape[2]
         r0, r1, flat0, flat1, inverse_area = _pool_geometry(self.image_hw, size_hw, channels)
-        rows = (self.sums[r1] - self.sums[r0]).reshape(len(r0), -1)  # running sums per row bin
-        total = np.take(rows, flat1, axis=1) - np.take(rows, flat0, axis=1)
+        band = slice(*rows) if rows is not None else slice(None)
+        r0, r1, inverse_area = r0[band], r1[band], inverse_area[band]
+        sums = (self.sums[r1] - self.sums[r0]).reshape(len(r0), -1)  # running sums per row bin
+        total = np.take(sums, flat1, axis=1) - np.take(sums, flat0, axis=1)
         level = total.astype(np.float32)
         level *= inverse_area
-        return level.reshape(size_hw[0], size_hw[1], channels)
+        return level.reshape(len(r0), size_hw[1], channels)

@@ -9,8 +9,9 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
+import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -32,7 +33,10 @@ PNET_SCALE_NMS = 0.5  # within one scale of one frame (IoU)
 PNET_FRAME_NMS = 0.7  # across the scales of one frame (IoU)
 RNET_NMS = 0.7
 PNET_MAX_PIXELS = 350_000  # pyramid-level pixels per P-Net call (one 720p level at scale 0.6)
+PNET_MIN_TILE_PIXELS = 50_000  # with lanes, P-Net calls may be smaller (_pnet_tiles)
+PNET_CALL_PIXELS = 2_000  # what one P-Net call costs besides its pixels, in pixels' time
 CROPS_PER_CALL = 1024  # R-Net / O-Net candidates per call
+LANE_CROPS_PER_CALL = 256  # ... with lanes (the CPU), where smaller calls are as fast
 ONET_NMS = 0.7  # intersection over the smaller box
 # Search around a known face (detect(..., priors=)): a square region ROI_SIDE face sizes
 # wide, given to P-Net at three canvas sizes, so that P-Net's 12-pixel window sees faces of
@@ -90,6 +94,20 @@ class FrameDetections:
             }
             for k in range(len(self))
         ]
+
+
+@dataclass(frozen=True)
+class _Tile:
+    """One P-Net call: pyramid level ``scale`` (an index) of ``frames``, all its rows or the
+    map rows ``map_rows`` = (first, end) only; ``pixels`` is the level pixels it reads."""
+
+    scale: int
+    frames: np.ndarray
+    map_rows: tuple[int, int] | None
+    pixels: int
+
+    def cost(self) -> float:
+        return self.pixels + PNET_CALL_PIXELS
 
 
 @dataclass
@@ -224,42 +242,79 @@ class MTCNN:
         return cand
 
     def _propose_same_size(self, pyramids: list[AreaPyramid], indices: list[int]) -> _Candidates:
-        """P-Net on frames of one size: one engine call per scale for all of them.
+        """P-Net on frames of one size, in tiles (``_pnet_tiles``) spread over the lanes.
 
-        Returns boxes (K, 4) already moved by P-Net's regression and squared.
+        Returns boxes (K, 9) in frame pixels with their score and P-Net's regression.
         """
         image_hw = pyramids[indices[0]].image_hw
         cfg = self.config
         scales = bx.pyramid_scales(image_hw, cfg.min_face_size, cfg.scale_factor)
+        tiles = self._pnet_tiles(image_hw, scales, indices)
 
-        def run(lane: MTCNN, part: list[float]) -> list[tuple[np.ndarray, np.ndarray]]:
+        def run(lane: MTCNN, part: list[_Tile]) -> list[_Candidates]:
             found = []
-            for scale in part:
-                size_hw = bx.scaled_size_hw(image_hw, scale)
-                # Large levels go a few frames per call: big batches only thrash the cache.
-                step = max(1, PNET_MAX_PIXELS // (size_hw[0] * size_hw[1]))
-                boxes_found, frames_found = [], []
-                for start in range(0, len(indices), step):
-                    chunk = np.asarray(indices[start : start + step], dtype=np.int64)
-                    levels = [pyramids[i].level(size_hw) for i in chunk]
-                    out = lane.pnet.infer({"image": self._blob(levels)})
-                    boxes, local = bx.pnet_candidates(
-                        out["reg"], out["prob"][:, 1], scale, cfg.thresholds[0]
-                    )
-                    keep = bx.nms(boxes[:, :4], boxes[:, 4], PNET_SCALE_NMS, groups=local)
-                    boxes_found.append(boxes[keep])
-                    frames_found.append(chunk[local[keep]])
-                found.append((np.concatenate(boxes_found), np.concatenate(frames_found)))
+            for tile in part:
+                size_hw = bx.scaled_size_hw(image_hw, scales[tile.scale])
+                rows = None
+                if tile.map_rows is not None:
+                    rows = bx.pnet_band(size_hw[0], *tile.map_rows)
+                levels = [pyramids[i].level(size_hw, rows) for i in tile.frames]
+                out = lane.pnet.infer({"image": self._blob(levels)})
+                boxes, local = bx.pnet_candidates(
+                    out["reg"],
+                    out["prob"][:, 1],
+                    scales[tile.scale],
+                    cfg.thresholds[0],
+                    first_row=tile.map_rows[0] if tile.map_rows else 0,
+                )
+                cand = _Candidates(boxes, boxes[:, 4].copy(), tile.frames[local])
+                found.append(cand if rows else _scale_nms(cand))
             return found
 
-        per_scale = self._spread(scales, lambda s: s * s, run)
-        boxes_all = [boxes for boxes, _ in per_scale]
-        frames_all = [frames for _, frames in per_scale]
-        if not boxes_all:
-            return _no_candidates()
-        boxes = np.concatenate(boxes_all)
-        frame = np.concatenate(frames_all)
-        return _Candidates(boxes, boxes[:, 4].copy(), frame)
+        per_tile = self._spread(tiles, _Tile.cost, run)
+        # The bands of a level are put together before their NMS (whole levels had theirs).
+        banded = {tile.scale for tile in tiles if tile.map_rows}
+        parts = [cand for tile, cand in zip(tiles, per_tile, strict=True) if not tile.map_rows]
+        for k in sorted(banded):
+            mine = [cand for tile, cand in zip(tiles, per_tile, strict=True) if tile.scale == k]
+            parts.append(_scale_nms(_concat(mine)))
+        return _concat(parts) if parts else _no_candidates()
+
+    def _pnet_tiles(
+        self, image_hw: tuple[int, int], scales: list[float], indices: list[int]
+    ) -> list[_Tile]:
+        """P-Net calls for the pyramid of frames of one size: small levels go several frames
+        per call (up to ``PNET_MAX_PIXELS``; more only thrashes the cache). With lanes, no
+        call holds more than half a lane's share of all the pixels: larger levels are cut
+        into bands of rows, which give the same map rows as the whole level, so that the
+        lanes can share the work evenly (a band repeats 10 rows of the one above it, so
+        there are no more bands than that needs)."""
+        frames = np.asarray(indices, dtype=np.int64)
+        limit = PNET_MAX_PIXELS
+        if self._lanes:
+            sizes = [bx.scaled_size_hw(image_hw, scale) for scale in scales]
+            total = len(frames) * sum(h * w for h, w in sizes)
+            limit = min(limit, max(PNET_MIN_TILE_PIXELS, total // (2 * (len(self._lanes) + 1))))
+        tiles = []
+        for k, scale in enumerate(scales):
+            h, w = bx.scaled_size_hw(image_hw, scale)
+            if h * w <= limit or not self._lanes:
+                step = max(1, limit // (h * w))
+                for start in range(0, len(frames), step):
+                    chunk = frames[start : start + step]
+                    tiles.append(_Tile(k, chunk, None, len(chunk) * h * w))
+                continue
+            map_rows = bx.pnet_map_rows(h)
+            bands = -(-h * w // limit)
+            per_band = -(-map_rows // bands)
+            for first in range(0, map_rows, per_band):
+                end = min(first + per_band, map_rows)
+                start, stop = bx.pnet_band(h, first, end)
+                tiles += [
+                    _Tile(k, frames[j : j + 1], (first, end), (stop - start) * w)
+                    for j in range(len(frames))
+                ]
+        return tiles
 
     def _propose_around(
         self, pyramids: list[AreaPyramid], priors: dict[int, np.ndarray]
@@ -335,34 +390,45 @@ class MTCNN:
     def _spread(
         self, items: list[T], cost: Callable[[T], float], work: Callable[[MTCNN, list[T]], list[R]]
     ) -> list[R]:
-        """``work(lane, part)`` on parts of ``items`` balanced by ``cost``, this detector
-        and its lanes in parallel; the results come back in the order of ``items``."""
-        workers = [self, *self._lanes]
+        """``work(lane, [item])`` for every item, this detector and its lanes in parallel,
+        each taking the next item, costliest first, as soon as it is free (so that a lane
+        slowed by anything ends no later than one small item after the others); the results
+        come back in the order of ``items``."""
         if self._pool is None or len(items) < 2:
             return work(self, items)
-        parts: list[list[int]] = [[] for _ in workers]
-        load = [0.0] * len(workers)
-        for i in sorted(range(len(items)), key=lambda i: -cost(items[i])):
-            k = load.index(min(load))
-            parts[k].append(i)
-            load[k] += cost(items[i])
-        futures = [
-            self._pool.submit(work, lane, [items[i] for i in part])
-            for lane, part in zip(workers[1:], parts[1:], strict=True)
-        ]
-        done: dict[int, R] = dict(
-            zip(parts[0], work(self, [items[i] for i in parts[0]]), strict=True)
-        )
-        for part, future in zip(parts[1:], futures, strict=True):
-            done.update(zip(part, future.result(), strict=True))
+        pending = iter(sorted(range(len(items)), key=lambda i: -cost(items[i])))
+        lock = threading.Lock()
+        done: dict[int, R] = {}
+
+        def drain(lane: MTCNN) -> None:
+            while True:
+                with lock:
+                    i = next(pending, None)
+                if i is None:
+                    return
+                done[i] = work(lane, [items[i]])[0]
+
+        futures = [self._pool.submit(drain, lane) for lane in self._lanes]
+        try:
+            drain(self)
+        finally:  # never leave a lane running into the next call, even after an error
+            wait(futures)
+        for future in futures:
+            future.result()
         return [done[i] for i in range(len(items))]
 
     def _infer_spread(
         self, net: str, pyramids: list[AreaPyramid], cand: _Candidates, size: int
     ) -> dict[str, np.ndarray]:
         """R-Net or O-Net on the crops of all candidates, split between the lanes."""
-        # At most CROPS_PER_CALL crops per engine call: bounded memory for big batches.
-        count = max(len(self._lanes) + 1, -(-len(cand.score) // CROPS_PER_CALL))
+        # At most CROPS_PER_CALL crops per engine call: bounded memory for big batches. With
+        # lanes, at most LANE_CROPS_PER_CALL and at least two calls per lane, as many for
+        # each lane: they take them as each is free.
+        count = -(-len(cand.score) // CROPS_PER_CALL)
+        if self._lanes:
+            workers = len(self._lanes) + 1
+            count = max(2 * workers, -(-len(cand.score) // LANE_CROPS_PER_CALL))
+            count = min(len(cand.score), -(-count // workers) * workers)
         chunks = np.array_split(np.arange(len(cand.score)), count)
 
         def run(lane: MTCNN, part: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
@@ -426,6 +492,11 @@ def _clip_windows(
     x1 = np.clip(windows[:, 2], x0 + 1, hw[:, 1])
     y1 = np.clip(windows[:, 3], y0 + 1, hw[:, 0])
     return np.stack([x0, y0, x1, y1], axis=1)
+
+
+def _scale_nms(cand: _Candidates) -> _Candidates:
+    """P-Net's NMS within one pyramid level of each frame."""
+    return cand.take(bx.nms(cand.boxes[:, :4], cand.score, PNET_SCALE_NMS, groups=cand.frame))
 
 
 def _no_candidates() -> _Candidates:
