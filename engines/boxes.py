@@ -91,11 +91,11 @@ def nms(
         # so the ~800 boxes of each of 8 frames cost 8 times less apart than together.
         order = np.argsort(groups, kind="stable")
         starts = np.flatnonzero(np.diff(groups[order])) + 1
-        kept = [
+        per_group = [
             members[nms(boxes_xyxy[members], scores[members], threshold, None, mode, inclusive)]
             for members in np.split(order, starts)
         ]
-        return np.concatenate(kept)
+        return np.concatenate(per_group)
     boxes = boxes_xyxy.astype(np.float64)
     one = 1.0 if inclusive else 0.0
     if mode == "union" and scores.min() > 0:
