@@ -97,6 +97,17 @@ def area_crops(sums: np.ndarray, windows_xyxy: np.ndarray, size: int) -> np.ndar
     """Crop windows (K, 4: x0, y0, x1, y1, end exclusive, may leave the image) and resize each
     to size x size by area averaging (PyTorch's ``interpolate(mode="area")``), with zeros outside
     the image. ``sums`` is the frame's ``integral_image``. Returns (K, size, size, C) float32."""
+    total, count = area_crop_sums(sums, windows_xyxy, size)
+    pixels = total.astype(np.float32)
+    pixels /= count[..., None]
+    return pixels
+
+
+def area_crop_sums(
+    sums: np.ndarray, windows_xyxy: np.ndarray, size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """What ``area_crops`` averages: the pixel sums (K, size, size, C) int32 of each output
+    pixel's bin and the bin areas (K, size, size) float32."""
     h, w = sums.shape[0] - 1, sums.shape[1] - 1
     x0, y0, x1, y1 = (windows_xyxy[:, k].astype(np.int64) for k in range(4))
     ylo, yhi, ycount = _bins(y0, np.maximum(y1 - y0, 1), size, h)
@@ -110,9 +121,7 @@ def area_crops(sums: np.ndarray, windows_xyxy: np.ndarray, size: int) -> np.ndar
     total -= np.take(flat, r1 + c0, axis=0)
     total += np.take(flat, r0 + c0, axis=0)
     count = (ycount[:, :, None] * xcount[:, None, :]).astype(np.float32)
-    pixels = total.view(np.int32).astype(np.float32)
-    pixels /= count[..., None]
-    return pixels
+    return total.view(np.int32), count
 
 
 @functools.lru_cache(maxsize=64)
