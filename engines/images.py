@@ -129,7 +129,7 @@ def _pool_geometry(
     image_hw: tuple[int, int], size_hw: tuple[int, int], channels: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """For one pyramid level: row bin edges, flat column indices of the bin edges in a
-    (rows, columns * channels) view, and 1 / bin area per output value."""
+    (rows, columns * channels) view, and each output pixel's bin area (h, w)."""
     (h_in, w_in), (h, w) = image_hw, size_hw
     r0, r1 = _bin_edges(h_in, h)
     c0, c1 = _bin_edges(w_in, w)
@@ -137,8 +137,7 @@ def _pool_geometry(
     flat0 = (c0[:, None] * channels + lanes).ravel()
     flat1 = (c1[:, None] * channels + lanes).ravel()
     area = ((r1 - r0)[:, None] * (c1 - c0)[None, :]).astype(np.float32)
-    inverse_area = np.repeat(1.0 / area, channels, axis=1)
-    return r0, r1, flat0, flat1, inverse_area
+    return r0, r1, flat0, flat1, area
 
 
 def _bin_edges(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
@@ -158,16 +157,32 @@ class AreaPyramid:
     def __init__(self, image: np.ndarray) -> None:
         self.image_hw: tuple[int, int] = (image.shape[0], image.shape[1])
         self.sums = integral_image(image)
+        # The same sums modulo 2**16: their differences are still exact where a bin holds
+        # at most 257 pixels (255 * 257 < 2**16), which is every level but the smallest few,
+        # and gathering them moves half the bytes.
+        self.sums16 = self.sums.astype(np.uint16)
 
     def level(self, size_hw: tuple[int, int], rows: tuple[int, int] | None = None) -> np.ndarray:
         """The frame resized to ``size_hw`` as (h, w, C) float32; with ``rows`` = (start,
         end), only those rows of it (a band, the same pixels as in the whole level)."""
-        channels = self.sums.shape[2]
-        r0, r1, flat0, flat1, inverse_area = _pool_geometry(self.image_hw, size_hw, channels)
-        band = slice(*rows) if rows is not None else slice(None)
-        r0, r1, inverse_area = r0[band], r1[band], inverse_area[band]
-        sums = (self.sums[r1] - self.sums[r0]).reshape(len(r0), -1)  # running sums per row bin
-        total = np.take(sums, flat1, axis=1) - np.take(sums, flat0, axis=1)
+        total, area = self.level_sums(size_hw, rows)
         level = total.astype(np.float32)
-        level *= inverse_area
-        return level.reshape(len(r0), size_hw[1], channels)
+        level /= area[..., None]
+        return level
+
+    def level_sums(
+        self, size_hw: tuple[int, int], rows: tuple[int, int] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """What ``level`` averages: the pixel sums (h, w, C) of each output pixel's bin
+        (uint16 or uint32), and the bin areas (h, w) float32."""
+        channels = self.sums.shape[2]
+        r0, r1, flat0, flat1, area = _pool_geometry(self.image_hw, size_hw, channels)
+        band = slice(*rows) if rows is not None else slice(None)
+        r0, r1, area = r0[band], r1[band], area[band]
+        table = self.sums16 if area.max() * 255 < 2**16 else self.sums
+        sums = np.take(table, r1, axis=0)
+        sums -= np.take(table, r0, axis=0)  # running sums along each row bin
+        sums = sums.reshape(len(r0), -1)
+        total = np.take(sums, flat1, axis=1)
+        total -= np.take(sums, flat0, axis=1)
+        return total.reshape(len(r0), size_hw[1], channels), area

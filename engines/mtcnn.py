@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-import cv2
 import numpy as np
 
 from engines import boxes as bx
@@ -258,8 +257,11 @@ class MTCNN:
                 rows = None
                 if tile.map_rows is not None:
                     rows = bx.pnet_band(size_hw[0], *tile.map_rows)
-                levels = [pyramids[i].level(size_hw, rows) for i in tile.frames]
-                out = lane.pnet.infer({"image": self._blob(levels)})
+                levels = [pyramids[i].level_sums(size_hw, rows) for i in tile.frames]
+                blob = np.empty((len(levels), 3, *levels[0][1].shape), np.float32)
+                for image, (sums, area) in zip(blob, levels, strict=True):
+                    self._normalise(sums, area, out=image)
+                out = lane.pnet.infer({"image": blob})
                 boxes, local = bx.pnet_candidates(
                     out["reg"],
                     out["prob"][:, 1],
@@ -443,11 +445,15 @@ class MTCNN:
 
     # -- tensors -------------------------------------------------------------------------
 
-    def _blob(self, images: list[np.ndarray]) -> np.ndarray:
-        """HxWx3 images (uint8 or float32) of one size -> normalised NCHW float32."""
-        return cv2.dnn.blobFromImages(
-            images, scalefactor=1 / 128.0, mean=(127.5, 127.5, 127.5), swapRB=self._swap_rb
-        )
+    def _normalise(self, sums: np.ndarray, area: np.ndarray, out: np.ndarray) -> None:
+        """Bin sums (..., H, W, 3) int32 and bin areas (..., H, W) -> the networks' input
+        (mean / area - 127.5) / 128 in channels-first order, written into ``out``."""
+        channels_first = np.moveaxis(sums, -1, -3)
+        if self._swap_rb:
+            channels_first = channels_first[..., ::-1, :, :]
+        scale = np.float32(1 / 128.0) / area[..., None, :, :]
+        np.multiply(channels_first, scale, out=out, dtype=np.float32, casting="unsafe")
+        out -= np.float32(127.5 / 128.0)
 
     def _crops(self, pyramids: list[AreaPyramid], cand: _Candidates, size: int) -> np.ndarray:
         """Square crops of every candidate, zero-padded at image borders, area-resized to size.
@@ -468,13 +474,9 @@ class MTCNN:
         frames = np.unique(frame)
         for f in frames:
             mine = frame == f
-            total, count = area_crop_sums(pyramids[f].sums, windows[mine], size)
-            # (sum / count - 127.5) / 128 in two passes, written straight in NCHW order
-            nchw = total.transpose(0, 3, 1, 2)
-            nchw = nchw[:, ::-1] if self._swap_rb else nchw
-            part = blob if len(frames) == 1 else np.empty((len(total), 3, size, size), np.float32)
-            np.multiply(nchw, (1 / 128.0) / count[:, None], out=part, casting="unsafe")
-            part -= 127.5 / 128.0
+            part = blob if len(frames) == 1 else np.empty((mine.sum(), 3, size, size), np.float32)
+            sums, area = area_crop_sums(pyramids[f].sums, windows[mine], size)
+            self._normalise(sums, area, out=part)
             if part is not blob:
                 blob[mine] = part
         return blob
