@@ -104,14 +104,18 @@ def area_crops(sums: np.ndarray, windows_xyxy: np.ndarray, size: int) -> np.ndar
 
 
 def area_crop_sums(
-    sums: np.ndarray, windows_xyxy: np.ndarray, size: int
+    sums: np.ndarray, windows_xyxy: np.ndarray, size: int, sums16: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """What ``area_crops`` averages: the pixel sums (K, size, size, C) int32 of each output
-    pixel's bin and the bin areas (K, size, size) float32."""
+    """What ``area_crops`` averages: the pixel sums (K, size, size, C) of each output pixel's
+    bin (uint16 or uint32) and the bin areas (K, size, size) float32. ``sums16``, the integral
+    image modulo 2**16, is used instead of ``sums`` when no bin holds more than 257 pixels."""
     h, w = sums.shape[0] - 1, sums.shape[1] - 1
     x0, y0, x1, y1 = (windows_xyxy[:, k].astype(np.int64) for k in range(4))
     ylo, yhi, ycount = _bins(y0, np.maximum(y1 - y0, 1), size, h)
     xlo, xhi, xcount = _bins(x0, np.maximum(x1 - x0, 1), size, w)
+    count = (ycount[:, :, None] * xcount[:, None, :]).astype(np.float32)
+    if sums16 is not None and count.max(initial=0) * 255 < 2**16:
+        sums = sums16
     # Flat indices into the (H+1)*(W+1) pixels of the integral image: one gather per corner.
     flat = sums.reshape(-1, sums.shape[2])
     r0, r1 = ylo[:, :, None] * (w + 1), yhi[:, :, None] * (w + 1)
@@ -120,8 +124,7 @@ def area_crop_sums(
     total -= np.take(flat, r0 + c1, axis=0)
     total -= np.take(flat, r1 + c0, axis=0)
     total += np.take(flat, r0 + c0, axis=0)
-    count = (ycount[:, :, None] * xcount[:, None, :]).astype(np.float32)
-    return total.view(np.int32), count
+    return total, count
 
 
 @functools.lru_cache(maxsize=64)

@@ -475,7 +475,8 @@ class MTCNN:
         for f in frames:
             mine = frame == f
             part = blob if len(frames) == 1 else np.empty((mine.sum(), 3, size, size), np.float32)
-            sums, area = area_crop_sums(pyramids[f].sums, windows[mine], size)
+            pyramid = pyramids[f]
+            sums, area = area_crop_sums(pyramid.sums, windows[mine], size, pyramid.sums16)
             self._normalise(sums, area, out=part)
             if part is not blob:
                 blob[mine] = part
