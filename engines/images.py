@@ -67,18 +67,22 @@ def _is_truncated(data: np.ndarray) -> bool:
     return False
 
 
-def integral_image(image: np.ndarray) -> np.ndarray:
-    """(H+1, W+1, C) running sums of a uint8 image, as uint32.
+def integral_image(image: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """(H+1, W+1, C) running sums of a uint8 image, as uint32, written into ``out`` when it
+    has that shape and type (a large frame's fresh pages cost more than the sums).
 
     Rectangle sums are differences of four entries; uint32 arithmetic wraps modulo 2**32,
     so the differences stay exact even when the totals of a very large frame overflow.
     """
+    shape = (image.shape[0] + 1, image.shape[1] + 1, image.shape[2])
+    if out is None or out.shape != shape or out.dtype != np.uint32:
+        out = np.empty(shape, np.uint32)
     if image.shape[0] * image.shape[1] * 255 < 2**31:
-        return cv2.integral(image, sdepth=cv2.CV_32S).view(np.uint32)
-    sums = np.zeros((image.shape[0] + 1, image.shape[1] + 1, image.shape[2]), np.uint32)
-    np.cumsum(image, axis=0, dtype=np.uint32, out=sums[1:, 1:])
-    np.cumsum(sums[1:, 1:], axis=1, dtype=np.uint32, out=sums[1:, 1:])
-    return sums
+        return cv2.integral(image, sum=out.view(np.int32), sdepth=cv2.CV_32S).view(np.uint32)
+    out[0], out[:, 0] = 0, 0
+    np.cumsum(image, axis=0, dtype=np.uint32, out=out[1:, 1:])
+    np.cumsum(out[1:, 1:], axis=1, dtype=np.uint32, out=out[1:, 1:])
+    return out
 
 
 def _bins(
@@ -157,13 +161,21 @@ class AreaPyramid:
     once and also serves the R-Net / O-Net crops (``area_crops``).
     """
 
-    def __init__(self, image: np.ndarray) -> None:
+    sums: np.ndarray
+    sums16: np.ndarray
+
+    def __init__(self, image: np.ndarray, reuse: AreaPyramid | None = None) -> None:
+        """``reuse``: a pyramid no longer needed, whose memory this one may take over."""
         self.image_hw: tuple[int, int] = (image.shape[0], image.shape[1])
-        self.sums = integral_image(image)
+        self.sums = integral_image(image, reuse.sums if reuse else None)
         # The same sums modulo 2**16: their differences are still exact where a bin holds
         # at most 257 pixels (255 * 257 < 2**16), which is every level but the smallest few,
         # and gathering them moves half the bytes.
-        self.sums16 = self.sums.astype(np.uint16)
+        if reuse is not None and reuse.sums16.shape == self.sums.shape:
+            self.sums16 = reuse.sums16
+            np.copyto(self.sums16, self.sums, casting="unsafe")
+        else:
+            self.sums16 = self.sums.astype(np.uint16)
 
     def level(self, size_hw: tuple[int, int], rows: tuple[int, int] | None = None) -> np.ndarray:
         """The frame resized to ``size_hw`` as (h, w, C) float32; with ``rows`` = (start,

@@ -137,6 +137,7 @@ class MTCNN:
         self._swap_rb = channel_order.upper() == "RGB"
         self._lanes: list[MTCNN] = []
         self._pool: ThreadPoolExecutor | None = None
+        self._spare: list[AreaPyramid] = []  # the last call's pyramids, whose memory is reused
 
     def _set_lanes(self, lanes: list[MTCNN]) -> None:
         """Extra detectors with engines of their own: a batch of frames is split between
@@ -150,6 +151,7 @@ class MTCNN:
         variant = copy.copy(self)
         variant.config = dataclasses.replace(self.config, **changes)
         variant._lanes = [lane.with_config(**changes) for lane in self._lanes]
+        variant._spare = []
         return variant
 
     @classmethod
@@ -209,7 +211,7 @@ class MTCNN:
         around each of them (faces that moved up to a face width, or grew or shrank by up to
         1.4x, are found; new faces elsewhere are not). None for a frame: the whole pyramid.
         """
-        pyramids = [AreaPyramid(as_bgr8(frame)) for frame in frames]
+        pyramids = self._pyramids(frames)
         if not pyramids:
             return []
         if priors is not None and len(priors) != len(pyramids):
@@ -226,6 +228,20 @@ class MTCNN:
         if len(cand.score):
             self._output(pyramids, cand, results)
         return results
+
+    def _pyramids(self, frames: Sequence[np.ndarray]) -> list[AreaPyramid]:
+        """The frames' integral images, made by the lanes in parallel in the memory of the
+        previous call's (fresh pages for a batch of eight 1080p frames cost 60 ms)."""
+        images = [as_bgr8(frame) for frame in frames]
+        spare = self._spare
+
+        def build(lane: MTCNN, part: list[int]) -> list[AreaPyramid]:
+            return [AreaPyramid(images[k], spare[k] if k < len(spare) else None) for k in part]
+
+        self._spare = []  # (a failed call leaves nothing half-overwritten behind)
+        pyramids = self._spread(list(range(len(images))), lambda k: 1.0, build)
+        self._spare = pyramids
+        return pyramids
 
     # -- stage 1: P-Net over the pyramid -----------------------------------------------
 
