@@ -35,7 +35,8 @@ PNET_MAX_PIXELS = 350_000  # pyramid-level pixels per P-Net call (one 720p level
 PNET_MIN_TILE_PIXELS = 50_000  # with lanes, P-Net calls may be smaller (_pnet_tiles)
 PNET_CALL_PIXELS = 2_000  # what one P-Net call costs besides its pixels, in pixels' time
 CROPS_PER_CALL = 1024  # R-Net / O-Net candidates per call
-LANE_CROPS_PER_CALL = {"rnet": 64, "onet": 8}  # ... with lanes (the CPU): as fast per crop
+# ... with lanes (the CPU), one of these sizes, each as fast per crop as any larger one
+LANE_CROPS_PER_CALL = {"rnet": (16, 32, 64), "onet": (4, 8)}
 ONET_NMS = 0.7  # intersection over the smaller box
 # Search around a known face (detect(..., priors=)): a square region ROI_SIDE face sizes
 # wide, given to P-Net at three canvas sizes, so that P-Net's 12-pixel window sees faces of
@@ -443,8 +444,11 @@ class MTCNN:
         if self._lanes:
             # Calls of one size (but the last) that the lanes take as each is free: CPU
             # runtimes prepare each new input shape (OpenVINO: R-Net +40%, O-Net +50% when
-            # the size changes every call), and these sizes run as fast as any larger one.
-            step = LANE_CROPS_PER_CALL[net]
+            # the size changes every call). The size: the largest of a few, each as fast per
+            # crop as any larger one, that still gives each lane two calls.
+            sizes = LANE_CROPS_PER_CALL[net]
+            enough = [n for n in sizes if -(-total // n) >= 2 * (len(self._lanes) + 1)]
+            step = max(enough, default=min(sizes))
             chunks = [np.arange(i, min(i + step, total)) for i in range(0, total, step)]
         else:
             # At most CROPS_PER_CALL crops per call: bounded memory for big batches.
