@@ -1,4 +1,4 @@
-"""Side-by-side MTCNN benchmark: facewatch (OpenCV DNN) against facenet-pytorch 2.6.0 (PyTorch).
+"""Side-by-side MTCNN benchmark: facewatch (OpenVINO, by default) against facenet-pytorch 2.6.0 (PyTorch).
 
 Both run on the same decoded frames with the same thread count, each implementation + clip +
 batch size in its own subprocess (so its peak RSS is its own, and torch is never imported on
@@ -25,7 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import cv2
@@ -61,20 +61,23 @@ VERSIONS: dict[str, str] = {"numpy": np.__version__, "opencv": cv2.__version__}
 
 def decode_clip(data: Path, clip: str, n_frames: int) -> list[np.ndarray]:
     """The first n_frames BGR frames of a clip, resized with INTER_AREA where the clip says so."""
+    return list(iter_clip(data, clip, n_frames))
+
+
+def iter_clip(data: Path, clip: str, n_frames: int) -> Iterator[np.ndarray]:
+    """decode_clip one frame at a time."""
     video, resize_wh = CLIPS[clip]
     cap = cv2.VideoCapture(str(data / video))
     if not cap.isOpened():
         raise SystemExit(f"cannot open {data / video}")
-    frames = []
-    while len(frames) < n_frames:
+    for _ in range(n_frames):
         ok, frame = cap.read()
         if not ok:
             break
         if resize_wh is not None:
             frame = cv2.resize(frame, resize_wh, interpolation=cv2.INTER_AREA)
-        frames.append(frame)
+        yield frame
     cap.release()
-    return frames
 
 
 def reference_detector(threads: int) -> Detector:
@@ -169,11 +172,11 @@ def time_detector(detect: Detector, frames: list[np.ndarray], args: argparse.Nam
 
 
 def run_worker(args: argparse.Namespace) -> int:
-    """One implementation on one clip at one batch size; writes its result JSON to --result."""
-    frames = decode_clip(args.data, args.clip, args.frames)
-    if len(frames) <= args.warmup:
-        raise SystemExit(f"{args.clip}: only {len(frames)} frames, need more than --warmup")
-    rss_decoded = max_rss_mb()
+    """One implementation on one clip at one batch size; writes its result JSON to --result.
+
+    Before the timed run, a one-frame-per-call worker also runs --stream-frames frames as a
+    camera daemon would, each decoded just before it is detected, and notes its peak RSS
+    then, before the frames for the timing are decoded and held."""
     if args.worker == "reference":
         detect = reference_detector(args.threads)
     else:
@@ -181,6 +184,15 @@ def run_worker(args: argparse.Namespace) -> int:
             args.models, args.threads, args.border, args.backend, args.lanes
         )
     rss_loaded = max_rss_mb()
+    rss_stream = None
+    if args.batch == 1 and args.stream_frames > 0:
+        for frame in iter_clip(args.data, args.clip, args.stream_frames):
+            detect([frame])
+        rss_stream = max_rss_mb()
+    frames = decode_clip(args.data, args.clip, args.frames)
+    if len(frames) <= args.warmup:
+        raise SystemExit(f"{args.clip}: only {len(frames)} frames, need more than --warmup")
+    rss_decoded = max_rss_mb()
     fps, calls_ms, detections = time_detector(detect, frames, args)
     result = {
         "impl": args.worker,
@@ -195,8 +207,9 @@ def run_worker(args: argparse.Namespace) -> int:
         "fps": fps,
         "call_ms_median": statistics.median(calls_ms),
         "call_ms_max": max(calls_ms),
-        "rss_after_decode_mb": rss_decoded,
         "rss_after_load_mb": rss_loaded,
+        "rss_stream_peak_mb": rss_stream,
+        "rss_after_decode_mb": rss_decoded,
         "rss_peak_mb": max_rss_mb(),
         "detections": [
             {
@@ -270,6 +283,7 @@ def run_one(args: argparse.Namespace, impl: str, clip: str, batch: int) -> dict:
             "--batch", str(batch), "--threads", str(args.threads), "--frames", str(args.frames),
             "--warmup", str(args.warmup), "--repeat", str(args.repeat), "--data", str(args.data),
             "--models", str(args.models), "--result", out.name,
+            "--stream-frames", str(args.stream_frames),
         ]  # fmt: skip
         if args.border:
             cmd += ["--border", args.border]
@@ -294,30 +308,61 @@ def table(rows: list[dict], batch: int) -> str:
     """The markdown summary table."""
     head = (
         f"| clip | resolution | reference fps | facewatch fps (b1) | facewatch fps (b{batch}) "
-        f"| speed-up b1 / b{batch} | peak RSS MB ref / b1 / b{batch} | agreement b1 (b{batch}) |"
+        f"| speed-up b1 / b{batch} | peak RSS MB streaming ref / b1 "
+        f"| peak RSS MB with the clip held ref / b1 / b{batch} | agreement b1 (b{batch}) |"
     )
-    lines = [head, "|" + "---|" * 8]
+    lines = [head, "|" + "---|" * 9]
     for row in rows:
         ref, b1, bb = row["reference"], row["ours_b1"], row["ours_bB"]
         fps = [r.get("fps") for r in (ref, b1, bb)]
         speed = [None if f is None or fps[0] is None else f / fps[0] for f in fps[1:]]
+        stream = "/".join(fmt(r.get("rss_stream_peak_mb"), ".0f") for r in (ref, b1))
         rss = "/".join(fmt(r.get("rss_peak_mb"), ".0f") for r in (ref, b1, bb))
         res = ref.get("resolution_wh") or b1.get("resolution_wh")
         agree = f"{agreement_text(row['agree_b1'])} ({agreement_text(row['agree_bB'])})"
         lines.append(
             f"| {row['clip']} | {'x'.join(map(str, res)) if res else 'n/a'} "
-            f"| {fmt(fps[0], '.2f')} | {fmt(fps[1], '.2f')} | {fmt(fps[2], '.2f')} "
-            f"| {fmt(speed[0], '.2f')}x / {fmt(speed[1], '.2f')}x | {rss} | {agree} |"
+            f"| {fps_text(ref)} | {fps_text(b1)} | {fps_text(bb)} "
+            f"| {fmt(speed[0], '.2f')}x / {fmt(speed[1], '.2f')}x | {stream} | {rss} | {agree} |"
         )
     return "\n".join(lines)
+
+
+def fps_text(result: dict) -> str:
+    """Frames/s; over several rounds the median, with the range."""
+    rounds = result.get("fps_rounds") or []
+    text = fmt(result.get("fps"), ".2f")
+    if len(rounds) > 1:
+        text += f" ({min(rounds):.2f}-{max(rounds):.2f})"
+    return text
+
+
+def merge_rounds(results: list[dict]) -> dict:
+    """One worker's results over the rounds: the median fps, the highest RSS, the first
+    round's detections and the rest."""
+    ok = [r for r in results if "fps" in r]
+    if not ok:
+        return results[0]
+    merged = dict(ok[0])
+    merged["fps_rounds"] = [r["fps"] for r in ok]
+    merged["fps"] = statistics.median(merged["fps_rounds"])
+    for key in ("rss_peak_mb", "rss_stream_peak_mb", "rss_after_load_mb", "rss_after_decode_mb"):
+        values = [r[key] for r in ok if r.get(key) is not None]
+        merged[key] = max(values) if values else None
+    return merged
 
 
 def run_driver(args: argparse.Namespace) -> int:
     rows = []
     for clip in args.clips:
-        ref = run_one(args, "reference", clip, 1)
-        b1 = run_one(args, "facewatch", clip, 1)
-        bb = run_one(args, "facewatch", clip, args.batch) if args.batch > 1 else b1
+        runs: dict[str, list[dict]] = {"reference": [], "ours_b1": [], "ours_bB": []}
+        for _ in range(args.rounds):  # the three side by side, again and again
+            runs["reference"].append(run_one(args, "reference", clip, 1))
+            runs["ours_b1"].append(run_one(args, "facewatch", clip, 1))
+            if args.batch > 1:
+                runs["ours_bB"].append(run_one(args, "facewatch", clip, args.batch))
+        ref, b1 = merge_rounds(runs["reference"]), merge_rounds(runs["ours_b1"])
+        bb = merge_rounds(runs["ours_bB"]) if args.batch > 1 else b1
         row = {"clip": clip, "reference": ref, "ours_b1": b1, "ours_bB": bb}
         for key, ours in (("agree_b1", b1), ("agree_bB", bb)):
             ok = "detections" in ref and "detections" in ours
@@ -350,6 +395,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--frames", type=int, default=40, help="frames decoded per clip")
     p.add_argument("--warmup", type=int, default=2, help="untimed frames first")
     p.add_argument("--repeat", type=int, default=1, help="timed passes; the best one counts")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run each clip's reference and facewatch workers this many times, alternating; "
+        "the median frames/s counts (this machine's speed drifts by about 10%% over minutes)",
+    )
+    p.add_argument(
+        "--stream-frames",
+        type=int,
+        default=10,
+        help="one-frame-per-call workers first detect this many frames decoded one at a time, "
+        "for the streaming peak RSS (0: skip)",
+    )
     p.add_argument("--threads", type=int, default=2, help="threads for both implementations")
     p.add_argument("--batch", type=int, default=8, help="facewatch frames per call (besides 1)")
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="shared data folder")
