@@ -88,6 +88,34 @@ def test_nms_fast_paths_equal_textbook_greedy(seed):
     assert bx.nms(boxes, scores, threshold, inclusive=inclusive).tolist() == expected
 
 
+@pytest.mark.parametrize("mode", ["union", "min"])
+def test_nms_with_groups_is_nms_of_each_group_alone(mode):
+    # Eight frames of crowded boxes at the same places: each frame's kept boxes are what
+    # NMS keeps of that frame alone, best first, frame after frame.
+    rng = np.random.default_rng(7)
+    corner = np.floor(rng.uniform(0, 100, (400, 2)))
+    boxes = np.concatenate([corner, corner + np.floor(rng.uniform(8, 40, (400, 1)))], axis=1)
+    scores = np.round(rng.uniform(0.6, 1.0, 400), 2).astype(np.float32)
+    groups = rng.integers(0, 8, 400)
+    keep = bx.nms(boxes, scores, 0.5, groups=groups, mode=mode)
+    for g in range(8):
+        alone = np.flatnonzero(groups == g)
+        expected = alone[bx.nms(boxes[alone], scores[alone], 0.5, mode=mode)]
+        assert keep[groups[keep] == g].tolist() == expected.tolist()
+    assert groups[keep].tolist() == sorted(groups[keep].tolist())
+
+
+def test_pnet_bands_cover_the_map_rows_with_the_rows_they_need():
+    for level_rows in (12, 13, 100, 433, 649):
+        map_rows = bx.pnet_map_rows(level_rows)
+        assert map_rows == (level_rows - 2 + 1) // 2 - 4  # conv, ceil-mode pool, conv, conv
+        start, stop = bx.pnet_band(level_rows, 0, map_rows)
+        assert (start, stop) == (0, level_rows)  # one band: the whole level
+        if map_rows > 3:
+            start, stop = bx.pnet_band(level_rows, 1, 3)  # map rows 1, 2: level rows 2..17
+            assert (start, stop) == (2, 2 * 3 + 10)
+
+
 def test_nms_empty():
     assert bx.nms(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), 0.5).size == 0
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -9,8 +10,10 @@ import cv2
 import numpy as np
 import pytest
 
+from engines import boxes as bx
 from engines.boxes import center_shift_matrix, iou_matrix
-from engines.images import read_image
+from engines.images import AreaPyramid, read_image
+from engines.loader import load_engine
 from engines.mtcnn import MTCNN, MTCNNConfig
 from tests.conftest import MODELS
 
@@ -212,14 +215,37 @@ def test_recall_on_dlib_hand_labelled_faces(detector, shared_data):
 
 def test_parallel_lanes_give_the_same_faces(detector, shared_data):
     frames = video_frames(shared_data / "videos" / "crowd_1080p.mp4", [0, 30, 60])
-    laned = MTCNN.load(MODELS / "mtcnn", threads=2, lanes=2)
-    # one frame: pyramid levels and candidates are split between the lanes
-    assert_same_faces(laned.detect(frames[:1])[0], detector.detect(frames[:1])[0])
-    # three frames: pyramid levels of all of them and all candidates are split
-    for a, b in zip(laned.detect(frames), detector.detect(frames), strict=True):
+    assert len(detector._lanes) == 1  # two lanes (threads=2)
+    one_lane = MTCNN.load(MODELS / "mtcnn", threads=1)
+    assert one_lane._lanes == []
+    # one frame: the largest levels are cut into bands, and the bands, the other levels and
+    # the candidates are shared between the lanes
+    assert_same_faces(detector.detect(frames[:1])[0], one_lane.detect(frames[:1])[0])
+    # three frames: the levels of all of them and all candidates are shared
+    for a, b in zip(detector.detect(frames), one_lane.detect(frames), strict=True):
         assert_same_faces(a, b)
     with pytest.raises(ValueError, match="lanes"):
         MTCNN.load(MODELS / "mtcnn", lanes=0)
+
+
+@pytest.mark.parametrize("level_hw", [(649, 1153), (433, 769), (60, 107)])
+def test_pnet_on_bands_of_a_level_gives_the_whole_levels_map(shared_data, level_hw):
+    frame = video_frames(shared_data / "videos" / "crowd_1080p.mp4", [0])[0]
+    level = AreaPyramid(frame).level(level_hw)
+    blob = np.ascontiguousarray(((level[..., ::-1] - 127.5) / 128).transpose(2, 0, 1)[None])
+    pnet = load_engine(MODELS / "mtcnn" / "pnet.onnx", backend="openvino", threads=1)
+    whole = pnet.infer({"image": blob})
+    map_rows = bx.pnet_map_rows(level_hw[0])
+    assert whole["prob"].shape[2] == map_rows
+    edges = [0, 1, map_rows // 3, map_rows // 3 + 7, map_rows]  # uneven bands, one of 1 row
+    parts = []
+    for first, end in itertools.pairwise(edges):
+        start, stop = bx.pnet_band(level_hw[0], first, end)
+        parts.append(pnet.infer({"image": np.ascontiguousarray(blob[:, :, start:stop])}))
+    for key in ("prob", "reg"):
+        banded = np.concatenate([p[key] for p in parts], axis=2)
+        assert banded.shape == whole[key].shape
+        assert np.abs(banded - whole[key]).max() <= 1e-6
 
 
 def test_search_around_prior_faces_finds_them_where_they_went(detector, shared_data):
