@@ -14,12 +14,12 @@ from engines.build import (
     DEFAULT_BATCH,
     DEFAULT_WORKSPACE_BYTES,
     BuildOptions,
-    build_engine,
     default_cache_dir,
     read_manifests,
 )
 from engines.facenet import DEFAULT_MAX_BATCH
 from engines.mtcnn import CROPS_PER_CALL
+from engines.trt_build import build_engine
 
 logger = logging.getLogger(__name__)
 

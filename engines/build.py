@@ -1,7 +1,7 @@
 """TensorRT builder: ONNX -> serialized plan, with optimisation profiles, precision and caches.
 
-The profile, cache-key, cache-path and option logic are pure functions (tested on the CPU);
-``build_engine`` imports TensorRT inside, so this module loads without it. Plans live in a
+The profile, cache-key, cache-path and option logic are pure functions (tested on the CPU):
+this module needs no TensorRT; ``engines.trt_build.build_engine`` compiles. Plans live in a
 cache folder as ``<model>-<key16>.plan`` with a ``.json`` manifest beside each; the key is
 the sha256 of the ONNX bytes, the TensorRT version, the GPU (name and compute capability)
 and the build options, so a plan is rebuilt only when one of those changed.
@@ -14,7 +14,6 @@ import itertools
 import json
 import logging
 import os
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -281,50 +280,3 @@ def find_cached_plan(
         f"{onnx_path}: no TensorRT plan in {cache_dir} for TensorRT {trt_version} on {gpu.name}; "
         f"build one with `facewatch engines build {onnx_path} --cache-dir {cache_dir}`"
     )
-
-
-# -- the build itself (needs TensorRT and a GPU) -----------------------------------------
-
-
-def build_engine(
-    onnx_path: str | Path,
-    options: BuildOptions,
-    cache_dir: str | Path | None = None,
-    force: bool = False,
-) -> Path:
-    """Compile ``onnx_path`` to a plan in ``cache_dir`` (reused when the key matches)."""
-    from engines.tensorrt import gpu_info, import_tensorrt
-
-    trt = import_tensorrt()
-    onnx_path = Path(onnx_path)
-    if not onnx_path.is_file():
-        raise BuildError(f"{onnx_path}: ONNX model not found")
-    meta = ModelMetadata.load(onnx_path)
-    gpu = gpu_info()
-    key = cache_key(file_sha256(onnx_path), trt.__version__, gpu, options)
-    paths = cache_paths(cache_dir or default_cache_dir(), onnx_path.stem, key, trt.__version__, gpu)
-    if paths.plan.is_file() and not force:
-        logger.info("%s: cached plan %s", onnx_path, paths.plan)
-        return paths.plan
-    paths.plan.parent.mkdir(parents=True, exist_ok=True)
-    started = time.monotonic()
-    from engines.trt_build import compile_plan
-
-    plan, profiles = compile_plan(trt, onnx_path, meta, options, paths)
-    tmp = paths.plan.with_suffix(".plan.tmp")
-    tmp.write_bytes(plan)
-    tmp.replace(paths.plan)
-    manifest = Manifest(
-        model=str(onnx_path.resolve()),
-        onnx_sha256=file_sha256(onnx_path),
-        tensorrt=trt.__version__,
-        gpu=gpu.name,
-        compute_capability=list(gpu.compute_capability),
-        options=options.key_fields(),
-        profiles=[asdict(p) for p in profiles],
-        built_at=time.time(),
-        build_seconds=round(time.monotonic() - started, 2),
-    )
-    paths.manifest.write_text(json.dumps(asdict(manifest), indent=2) + "\n")
-    logger.info("built %s in %.1f s", paths.plan, manifest.build_seconds)
-    return paths.plan

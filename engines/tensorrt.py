@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from engines.base import EngineError, SpecsFromLoad, TensorSpec
+from engines.build import GpuInfo, default_cache_dir, find_cached_plan
 
 logger = logging.getLogger(__name__)
 
@@ -68,10 +69,8 @@ def cuda_check(cudart: Any, result: Any, what: str) -> Any:
     return values[0] if len(values) == 1 else tuple(values)
 
 
-def gpu_info(device: int = 0) -> Any:
-    """Name and compute capability of a CUDA device (a ``build.GpuInfo``)."""
-    from engines.build import GpuInfo
-
+def gpu_info(device: int = 0) -> GpuInfo:
+    """Name and compute capability of a CUDA device."""
     cudart = import_cudart()
     count = cuda_check(cudart, cudart.cudaGetDeviceCount(), "cudaGetDeviceCount")
     if device >= count:
@@ -278,8 +277,6 @@ def _within(profile: tuple[tuple[int, ...], ...], shape: tuple[int, ...]) -> boo
 
 def open_plan_for(model_path: str | Path, cache_dir: str | Path | None = None) -> TensorRTEngine:
     """A ``.plan`` opens directly; an ``.onnx`` opens its newest cached plan for this GPU."""
-    from engines.build import default_cache_dir, find_cached_plan
-
     path = Path(model_path)
     if path.suffix.lower() != ".onnx":
         return TensorRTEngine(path)

@@ -1,4 +1,5 @@
-"""The TensorRT calls of the builder (``engines.build`` holds the pure logic around them).
+"""The TensorRT side of the builder: ``build_engine`` and its TensorRT calls
+(``engines.build`` holds the pure logic around them).
 
 TensorRT 10 API: ``Builder.create_network(0)`` (explicit batch is the only mode),
 ``OnnxParser`` with every error reported with its node, ``IBuilderConfig`` with the
@@ -8,16 +9,30 @@ workspace pool limit, precision flags, optimisation profiles and a timing cache,
 
 from __future__ import annotations
 
+import json
 import logging
+import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 
-from engines.base import ModelMetadata
-from engines.build import BuildError, BuildOptions, CachePaths, ShapeProfile, model_profiles
+from engines.base import ModelMetadata, file_sha256
+from engines.build import (
+    BuildError,
+    BuildOptions,
+    CachePaths,
+    Manifest,
+    ShapeProfile,
+    cache_key,
+    cache_paths,
+    default_cache_dir,
+    model_profiles,
+)
 from engines.images import ImageError, read_image
+from engines.tensorrt import cuda_check, gpu_info, import_cudart, import_tensorrt
 
 logger = logging.getLogger(__name__)
 
@@ -96,8 +111,6 @@ def calibration_batches(
 
 def make_calibrator(trt: Any, name: str, batches: list[np.ndarray], cache_path: Path) -> Any:
     """An entropy calibrator (TensorRT's recommended one) with a calibration cache file."""
-    from engines.tensorrt import cuda_check, import_cudart
-
     cudart = import_cudart()
 
     class Calibrator(trt.IInt8EntropyCalibrator2):
@@ -194,3 +207,43 @@ def compile_plan(
         raise BuildError(f"{onnx_path}: TensorRT could not build the engine (see its log above)")
     paths.timing_cache.write_bytes(bytes(config.get_timing_cache().serialize()))
     return bytes(plan), profiles
+
+
+def build_engine(
+    onnx_path: str | Path,
+    options: BuildOptions,
+    cache_dir: str | Path | None = None,
+    force: bool = False,
+) -> Path:
+    """Compile ``onnx_path`` to a plan in ``cache_dir`` (reused when the key matches)."""
+    trt = import_tensorrt()
+    onnx_path = Path(onnx_path)
+    if not onnx_path.is_file():
+        raise BuildError(f"{onnx_path}: ONNX model not found")
+    meta = ModelMetadata.load(onnx_path)
+    gpu = gpu_info()
+    key = cache_key(file_sha256(onnx_path), trt.__version__, gpu, options)
+    paths = cache_paths(cache_dir or default_cache_dir(), onnx_path.stem, key, trt.__version__, gpu)
+    if paths.plan.is_file() and not force:
+        logger.info("%s: cached plan %s", onnx_path, paths.plan)
+        return paths.plan
+    paths.plan.parent.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    plan, profiles = compile_plan(trt, onnx_path, meta, options, paths)
+    tmp = paths.plan.with_suffix(".plan.tmp")
+    tmp.write_bytes(plan)
+    tmp.replace(paths.plan)
+    manifest = Manifest(
+        model=str(onnx_path.resolve()),
+        onnx_sha256=file_sha256(onnx_path),
+        tensorrt=trt.__version__,
+        gpu=gpu.name,
+        compute_capability=list(gpu.compute_capability),
+        options=options.key_fields(),
+        profiles=[asdict(p) for p in profiles],
+        built_at=time.time(),
+        build_seconds=round(time.monotonic() - started, 2),
+    )
+    paths.manifest.write_text(json.dumps(asdict(manifest), indent=2) + "\n")
+    logger.info("built %s in %.1f s", paths.plan, manifest.build_seconds)
+    return paths.plan

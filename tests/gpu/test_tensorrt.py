@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from engines.build import BuildOptions, build_engine
+from engines.build import BuildOptions
 from engines.mtcnn import MTCNN
+from engines.trt_build import build_engine
 from tests.conftest import MODELS
 from tests.gpu import gpu_helpers as h
 

@@ -270,7 +270,8 @@ def test_missing_sdk_is_one_clear_error(blocked, call, message):
     code = (
         BLOCK % blocked
         + "from engines import load_engine, EngineError\n"
-        + "from engines.build import build_engine, BuildOptions\n"
+        + "from engines.build import BuildOptions\n"
+        + "from engines.trt_build import build_engine\n"
         + "from engines.tensorrt import TensorRTEngine, import_cudart\n"
         + f"try:\n    {call}\nexcept EngineError as e:\n    print('ERR', e)\n"
     )
