@@ -274,17 +274,8 @@ class MTCNN:
                 rows = None
                 if tile.map_rows is not None:
                     rows = bx.pnet_band(size_hw[0], *tile.map_rows)
-                levels = [pyramids[i].level_sums(size_hw, rows) for i in tile.frames]
-                blob = np.empty((len(levels), 3, *levels[0][1].shape), np.float32)
-                for image, (sums, area) in zip(blob, levels, strict=True):
-                    self._normalise(sums, area, out=image)
-                out = lane.pnet.infer({"image": blob})
-                boxes, local = bx.pnet_candidates(
-                    out["reg"],
-                    out["prob"][:, 1],
-                    scales[tile.scale],
-                    cfg.thresholds[0],
-                    first_row=tile.map_rows[0] if tile.map_rows else 0,
+                boxes, local = lane._pnet_candidates(
+                    pyramids, tile.frames, size_hw, rows, scales[tile.scale]
                 )
                 cand = _Candidates(boxes, boxes[:, 4].copy(), tile.frames[local])
                 found.append(cand if rows else _scale_nms(cand))
@@ -335,6 +326,26 @@ class MTCNN:
                 ]
         return tiles
 
+    def _pnet_candidates(
+        self,
+        pyramids: list[AreaPyramid],
+        frames: np.ndarray,
+        size_hw: tuple[int, int],
+        rows: tuple[int, int] | None,
+        scale: float,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """P-Net on the pyramid level ``size_hw`` of ``frames`` (its level rows ``rows``
+        only, when given): ``bx.pnet_candidates``' boxes and their index into ``frames``."""
+        levels = [pyramids[i].level_sums(size_hw, rows) for i in frames]
+        blob = np.empty((len(levels), 3, *levels[0][1].shape), np.float32)
+        for image, (sums, area) in zip(blob, levels, strict=True):
+            self._normalise(sums, area, out=image)
+        out = self.pnet.infer({"image": blob})
+        first_row = rows[0] // bx.PNET_STRIDE if rows else 0
+        return bx.pnet_candidates(
+            out["reg"], out["prob"][:, 1], scale, self.config.thresholds[0], first_row
+        )
+
     def _propose_around(
         self, pyramids: list[AreaPyramid], priors: dict[int, np.ndarray]
     ) -> _Candidates:
@@ -350,7 +361,7 @@ class MTCNN:
         found: list[np.ndarray] = []
         whose: list[np.ndarray] = []
         for canvas in ROI_CANVAS:
-            out = self.pnet.infer({"image": self._window_blob(pyramids, windows, frame, canvas)})
+            out = self._infer_windows(self.pnet, pyramids, windows, frame, canvas)
             boxes, region = bx.pnet_candidates(
                 out["reg"], out["prob"][:, 1], 1.0, self.config.thresholds[0]
             )
@@ -456,9 +467,7 @@ class MTCNN:
 
         def run(lane: MTCNN, part: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
             engine = lane.rnet if net == "rnet" else lane.onet
-            return [
-                engine.infer({"image": self._crops(pyramids, cand.take(c), size)}) for c in part
-            ]
+            return [lane._infer_crops(engine, pyramids, cand.take(c), size) for c in part]
 
         outputs = self._spread(chunks, len, run)
         return {key: np.concatenate([o[key] for o in outputs]) for key in outputs[0]}
@@ -475,15 +484,26 @@ class MTCNN:
         np.multiply(channels_first, scale, out=out, dtype=np.float32, casting="unsafe")
         out -= np.float32(127.5 / 128.0)
 
-    def _crops(self, pyramids: list[AreaPyramid], cand: _Candidates, size: int) -> np.ndarray:
-        """Square crops of every candidate, zero-padded at image borders, area-resized to size.
-
-        Crops are averaged from each frame's integral image, all crops of a frame at once.
-        """
+    def _infer_crops(
+        self, engine: Engine, pyramids: list[AreaPyramid], cand: _Candidates, size: int
+    ) -> dict[str, np.ndarray]:
+        """R-Net or O-Net on square crops of every candidate, zero-padded at image borders
+        (or cut there, ``border="clip"``), area-resized to size x size."""
         windows = bx.crop_windows(cand.boxes)
         if self.config.border == "clip":
             windows = _clip_windows(windows, pyramids, cand.frame)
-        return self._window_blob(pyramids, windows, cand.frame, size)
+        return self._infer_windows(engine, pyramids, windows, cand.frame, size)
+
+    def _infer_windows(
+        self,
+        engine: Engine,
+        pyramids: list[AreaPyramid],
+        windows: np.ndarray,
+        frame: np.ndarray,
+        size: int,
+    ) -> dict[str, np.ndarray]:
+        """``engine`` on the windows of the frames, as ``_window_blob`` cuts them."""
+        return engine.infer({"image": self._window_blob(pyramids, windows, frame, size)})
 
     def _window_blob(
         self, pyramids: list[AreaPyramid], windows: np.ndarray, frame: np.ndarray, size: int
