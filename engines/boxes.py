@@ -60,12 +60,20 @@ def pnet_candidates(
     image_idx, ys, xs = np.nonzero(prob >= threshold)
     score = prob[image_idx, ys, xs]
     offsets = reg[image_idx, :, ys, xs]
-    cells = np.stack([xs, ys + first_row], axis=1).astype(np.float32)
+    return pnet_boxes(xs, ys + first_row, score, offsets, scale), image_idx.astype(np.int64)
+
+
+def pnet_boxes(
+    xs: np.ndarray, ys: np.ndarray, score: np.ndarray, offsets: np.ndarray, scale: float
+) -> np.ndarray:
+    """P-Net map cells (column ``xs``, row ``ys``) with their score and regression (K, 4)
+    -> boxes (K, 9) as ``pnet_candidates`` gives them."""
+    cells = np.stack([xs, ys], axis=1).astype(np.float32)
     s = np.float32(scale)
     top_left = np.floor((PNET_STRIDE * cells + 1) / s)
     bottom_right = np.floor((PNET_STRIDE * cells + PNET_CELL) / s)
     boxes = np.concatenate([top_left, bottom_right, score[:, None], offsets], axis=1)
-    return boxes.astype(np.float32), image_idx.astype(np.int64)
+    return boxes.astype(np.float32)
 
 
 def nms(

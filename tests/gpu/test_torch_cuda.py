@@ -24,14 +24,18 @@ def cpu_detections(shared_data):
 
 
 @pytest.mark.parametrize("cuda_graphs", [False, True])
-def test_mtcnn_on_cuda_matches_cpu(programs, cpu_detections, shared_data, cuda_graphs):
+@pytest.mark.parametrize("pipeline", ["host", "device"])
+def test_mtcnn_on_cuda_matches_cpu(programs, cpu_detections, shared_data, cuda_graphs, pipeline):
+    """host: the networks on CUDA, the rest on the host; device: the frames stay on CUDA
+    (engines.torch_mtcnn, what MTCNN.load(backend="torch") gives)."""
     from engines.torch_backend import TorchEngine
+    from engines.torch_mtcnn import DeviceMTCNN
 
     nets = {
         n: TorchEngine(programs / f"{n}.pt2", device="cuda", cuda_graphs=cuda_graphs)
         for n in ("pnet", "rnet", "onet")
     }
-    detector = MTCNN(**nets)
+    detector = (DeviceMTCNN if pipeline == "device" else MTCNN)(**nets)
     got = detector.detect(h.sample_images(shared_data))
     assert not h.same_detections(cpu_detections, got)
     again = detector.detect(h.sample_images(shared_data))  # graphs replayed, not captured

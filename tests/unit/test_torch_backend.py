@@ -89,3 +89,33 @@ def test_engines_stay_torch_free_until_the_torch_backend_is_chosen():
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True
     )
     assert result.stdout.strip() == "False"
+
+
+def test_device_pipeline_gives_the_cpu_paths_faces_on_video_frames(exported, shared_data):
+    """Frames on the torch engines' device (here the CPU): pyramid, P-Net cells, integral
+    images, crops and networks there, boxes on the host: the same faces as the default path,
+    for a batch of frames of two sizes and for the search around known faces."""
+    import cv2
+
+    from engines.torch_mtcnn import DeviceMTCNN
+
+    folder, _ = exported
+    capture = cv2.VideoCapture(str(shared_data / "videos" / "crowd_1080p.mp4"))
+    crowd = [capture.read()[1] for _ in range(2)]
+    capture.release()
+    frames = [cv2.resize(f, (1280, 720), interpolation=cv2.INTER_AREA) for f in crowd]
+    frames.append(read_image(str(shared_data / "images" / "multiface.jpg")))
+    device = MTCNN.load(folder, backend="torch", threads=2, border="clip")
+    assert isinstance(device, DeviceMTCNN)
+    cpu = MTCNN.load(MODELS / "mtcnn", threads=2, border="clip")
+    found = cpu.detect(frames)
+    assert sum(len(f) for f in found) > 20
+    for ours, ref in zip(device.detect(frames), found, strict=True):
+        assert len(ours) == len(ref)
+        iou = iou_matrix(ref.bbox_xyxy, ours.bbox_xyxy)
+        assert iou.max(axis=1).min() >= 0.9
+        best = iou.argmax(axis=1)
+        assert np.abs(ours.landmarks[best] - ref.landmarks).max() <= 2.0
+    priors = [found[0].bbox_xyxy, None, None]
+    around = device.detect(frames, priors=priors)[0]
+    assert len(around) == len(cpu.detect(frames, priors=priors)[0]) >= len(found[0]) - 2

@@ -1,0 +1,138 @@
+"""MTCNN with the frames kept on the torch backend's device: the GPU pipeline.
+
+Each frame of a batch goes to the device once, as uint8. There, and only there: the pyramid
+levels (PyTorch's area interpolation, the resampling of the reference MTCNN), P-Net and the
+choice of its candidate cells, each frame's integral image and the R-Net / O-Net crops cut
+from it, and the three networks. What comes back to the host after each network is the
+candidates' numbers (boxes, scores, regressions: a few kB): NMS, regression and squaring run
+there in ``engines.boxes``, the very code of the CPU path, so both paths give the same faces.
+No transfer is made per face.
+
+``MTCNN.load(..., backend="torch")`` returns this detector; the device is the engines' (see
+``engines.torch_backend``: CUDA when available, else the CPU, where the tests run it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from engines import boxes as bx
+from engines.base import Engine, EngineError
+from engines.images import as_bgr8
+from engines.mtcnn import MTCNN
+
+
+class DevicePyramid:
+    """One frame on the device: the whole frame for the pyramid levels (1, 3, H, W) float32
+    and its integral image (H+1, W+1, 3) int64 for the crops, both in the models' channel
+    order."""
+
+    def __init__(self, frame_bgr: np.ndarray, device: Any, swap_rb: bool) -> None:
+        self.image_hw: tuple[int, int] = (frame_bgr.shape[0], frame_bgr.shape[1])
+        pixels = torch.from_numpy(np.ascontiguousarray(frame_bgr)).to(device, non_blocking=True)
+        if swap_rb:
+            pixels = pixels.flip(2)
+        self.image = pixels.permute(2, 0, 1).unsqueeze(0).float()
+        height, width, channels = pixels.shape
+        self.sums = torch.zeros((height + 1, width + 1, channels), dtype=torch.int64, device=device)
+        self.sums[1:, 1:] = pixels.cumsum(0, dtype=torch.int64).cumsum(1)
+
+
+def area_crops(sums: Any, windows_xyxy: Any, size: int) -> Any:
+    """``engines.images.area_crops`` on the device: windows (K, 4) int64 (x0, y0, x1, y1, end
+    exclusive, may leave the image) of a frame's integral image ``sums``, each resized to
+    size x size by area averaging, zeros outside the image. Returns (K, C, size, size)."""
+    height, width, channels = sums.shape[0] - 1, sums.shape[1] - 1, sums.shape[2]
+    steps = torch.arange(size + 1, device=sums.device)
+
+    def bins(start: Any, length: Any, limit: int) -> tuple[Any, Any, Any]:
+        lo = start[:, None] + torch.div(
+            steps[None, :-1] * length[:, None], size, rounding_mode="floor"
+        )
+        hi = start[:, None] + torch.div(
+            steps[None, 1:] * length[:, None] + size - 1, size, rounding_mode="floor"
+        )
+        return lo.clamp(0, limit), hi.clamp(0, limit), hi - lo
+
+    x0, y0, x1, y1 = windows_xyxy.unbind(1)
+    ylo, yhi, ycount = bins(y0, (y1 - y0).clamp(min=1), height)
+    xlo, xhi, xcount = bins(x0, (x1 - x0).clamp(min=1), width)
+    flat = sums.reshape(-1, channels)
+
+    def corner(rows: Any, columns: Any) -> Any:
+        return flat[(rows[:, :, None] * (width + 1) + columns[:, None, :]).reshape(-1)]
+
+    total = corner(yhi, xhi) - corner(ylo, xhi) - corner(yhi, xlo) + corner(ylo, xlo)
+    count = (ycount[:, :, None] * xcount[:, None, :]).unsqueeze(-1)
+    pixels = total.reshape(len(windows_xyxy), size, size, channels).float() / count
+    return pixels.permute(0, 3, 1, 2)
+
+
+def _normalise(pixels: Any) -> Any:
+    return (pixels - 127.5) * (1 / 128.0)
+
+
+class DeviceMTCNN(MTCNN):
+    """``MTCNN`` whose image side runs on the device of its torch engines."""
+
+    def __init__(self, pnet: Engine, rnet: Engine, onet: Engine, **kwargs: Any) -> None:
+        for engine in (pnet, rnet, onet):
+            if not hasattr(engine, "infer_tensors"):
+                raise EngineError(
+                    f"{type(engine).__name__}: the device pipeline needs the torch backend's "
+                    "engines (infer_tensors)"
+                )
+        super().__init__(pnet, rnet, onet, **kwargs)
+        self.device = pnet.device  # type: ignore[attr-defined]
+
+    def _pyramids(self, frames: Sequence[np.ndarray]) -> list[DevicePyramid]:  # type: ignore[override]
+        return [DevicePyramid(as_bgr8(f), self.device, self._swap_rb) for f in frames]
+
+    def _pnet_candidates(  # type: ignore[override]
+        self,
+        pyramids: list[DevicePyramid],
+        frames: np.ndarray,
+        size_hw: tuple[int, int],
+        rows: tuple[int, int] | None,
+        scale: float,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        with torch.inference_mode():
+            images = torch.cat([pyramids[i].image for i in frames])
+            level = F.interpolate(images, size=size_hw, mode="area")
+            if rows is not None:
+                level = level[:, :, rows[0] : rows[1]]
+            out = self._run(self.pnet, _normalise(level))
+            prob = out["prob"][:, 1]
+            index, ys, xs = (prob >= self.config.thresholds[0]).nonzero(as_tuple=True)
+            score, offsets = prob[index, ys, xs], out["reg"].permute(0, 2, 3, 1)[index, ys, xs]
+            found = [t.cpu().numpy() for t in (index, ys, xs, score, offsets)]
+        index, ys, xs, score, offsets = found
+        first_row = rows[0] // bx.PNET_STRIDE if rows else 0
+        return bx.pnet_boxes(xs, ys + first_row, score, offsets, scale), index.astype(np.int64)
+
+    def _infer_windows(  # type: ignore[override]
+        self,
+        engine: Engine,
+        pyramids: list[DevicePyramid],
+        windows: np.ndarray,
+        frame: np.ndarray,
+        size: int,
+    ) -> dict[str, np.ndarray]:
+        with torch.inference_mode():
+            on_device = torch.from_numpy(np.ascontiguousarray(windows, np.int64)).to(self.device)
+            blob = torch.empty((len(windows), 3, size, size), device=self.device)
+            for f in np.unique(frame):
+                mine = torch.from_numpy(np.flatnonzero(frame == f)).to(self.device)
+                blob[mine] = _normalise(area_crops(pyramids[f].sums, on_device[mine], size))
+            out = self._run(engine, blob)
+            return {name: value.cpu().numpy() for name, value in out.items()}
+
+    @staticmethod
+    def _run(engine: Engine, blob: Any) -> dict[str, Any]:
+        outputs = engine.infer_tensors([blob])  # type: ignore[attr-defined]
+        return {spec.name: t for spec, t in zip(engine.outputs, outputs, strict=True)}
