@@ -38,6 +38,7 @@ class DevicePyramid:
         if swap_rb:
             pixels = pixels.flip(2)
         self.image = pixels.permute(2, 0, 1).unsqueeze(0).float()
+        self.stacks: dict[tuple[int, ...], Any] = {}  # see DeviceMTCNN._stack
         height, width, channels = pixels.shape
         self.sums = torch.zeros((height + 1, width + 1, channels), dtype=torch.int64, device=device)
         self.sums[1:, 1:] = pixels.cumsum(0, dtype=torch.int64).cumsum(1)
@@ -93,6 +94,17 @@ class DeviceMTCNN(MTCNN):
     def _pyramids(self, frames: Sequence[np.ndarray]) -> list[DevicePyramid]:  # type: ignore[override]
         return [DevicePyramid(as_bgr8(f), self.device, self._swap_rb) for f in frames]
 
+    @staticmethod
+    def _stack(pyramids: list[DevicePyramid], frames: np.ndarray) -> Any:
+        """The frames of one P-Net call as one (N, 3, H, W) tensor, made once per call of
+        ``detect`` (kept by the first frame's pyramid)."""
+        key = tuple(int(i) for i in frames)
+        stacks = pyramids[key[0]].stacks
+        if key not in stacks:
+            images = [pyramids[i].image for i in key]
+            stacks[key] = images[0] if len(images) == 1 else torch.cat(images)
+        return stacks[key]
+
     def _pnet_candidates(  # type: ignore[override]
         self,
         pyramids: list[DevicePyramid],
@@ -102,8 +114,7 @@ class DeviceMTCNN(MTCNN):
         scale: float,
     ) -> tuple[np.ndarray, np.ndarray]:
         with torch.inference_mode():
-            images = torch.cat([pyramids[i].image for i in frames])
-            level = F.interpolate(images, size=size_hw, mode="area")
+            level = F.interpolate(self._stack(pyramids, frames), size=size_hw, mode="area")
             if rows is not None:
                 level = level[:, :, rows[0] : rows[1]]
             out = self._run(self.pnet, _normalise(level))

@@ -116,6 +116,11 @@ def test_device_pipeline_gives_the_cpu_paths_faces_on_video_frames(exported, sha
         assert iou.max(axis=1).min() >= 0.9
         best = iou.argmax(axis=1)
         assert np.abs(ours.landmarks[best] - ref.landmarks).max() <= 2.0
+    # two lanes: the largest levels cut into bands, which the device pipeline takes too
+    laned = MTCNN.load(folder, backend="torch", threads=2, lanes=2, border="clip")
+    ours = laned.detect(frames[:1])[0]
+    assert len(ours) == len(found[0])
+    assert iou_matrix(found[0].bbox_xyxy, ours.bbox_xyxy).max(axis=1).min() >= 0.9
     priors = [found[0].bbox_xyxy, None, None]
     around = device.detect(frames, priors=priors)[0]
     assert len(around) == len(cpu.detect(frames, priors=priors)[0]) >= len(found[0]) - 2
