@@ -119,12 +119,16 @@ class DeviceMTCNN(MTCNN):
                 level = level[:, :, rows[0] : rows[1]]
             out = self._run(self.pnet, _normalise(level))
             prob = out["prob"][:, 1]
-            index, ys, xs = (prob >= self.config.thresholds[0]).nonzero(as_tuple=True)
-            score, offsets = prob[index, ys, xs], out["reg"].permute(0, 2, 3, 1)[index, ys, xs]
-            found = [t.cpu().numpy() for t in (index, ys, xs, score, offsets)]
-        index, ys, xs, score, offsets = found
+            cells = (prob >= self.config.thresholds[0]).nonzero()  # (K, 3): frame, row, column
+            index, ys, xs = cells.unbind(1)
+            offsets = out["reg"].permute(0, 2, 3, 1)[index, ys, xs]
+            # one transfer: cell numbers (exact in float32 below 2**24), score, regression
+            score = prob[index, ys, xs].unsqueeze(1)
+            found = torch.cat([cells.float(), score, offsets], 1).cpu().numpy()
+        index, ys, xs = found[:, :3].astype(np.int64).T
         first_row = rows[0] // bx.PNET_STRIDE if rows else 0
-        return bx.pnet_boxes(xs, ys + first_row, score, offsets, scale), index.astype(np.int64)
+        boxes = bx.pnet_boxes(xs, ys + first_row, found[:, 3], found[:, 4:], scale)
+        return boxes, index
 
     def _infer_windows(  # type: ignore[override]
         self,
