@@ -72,10 +72,10 @@ def reference_mtcnn(device: str) -> Detect:
 
 
 def facewatch_mtcnn(models: Path, backend: str, env: dict[str, str], lanes: int) -> Detect:
-    from engines.mtcnn import MTCNN
+    from engines.detectors import load_detector
 
     os.environ.update(env)
-    det = MTCNN.load(
+    det = load_detector(
         models,
         backend=backend,
         threads=lanes,

@@ -126,11 +126,11 @@ def facewatch_detector(
     import onnxruntime
     import openvino
 
-    from engines.mtcnn import MTCNN
+    from engines.detectors import load_detector
 
     VERSIONS.update(onnxruntime=onnxruntime.__version__, openvino=openvino.__version__)
 
-    det = MTCNN.load(
+    det = load_detector(
         str(models),
         **({"backend": backend} if backend else {}),
         threads=threads,

@@ -17,6 +17,7 @@ import numpy as np
 from tqdm import tqdm
 
 from engines import BACKENDS, EngineError
+from engines.detectors import load_detector
 from engines.images import ImageError, read_image
 from engines.mtcnn import MTCNN, FrameDetections
 
@@ -111,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
     models = args.models or default_models_dir() / "mtcnn"
     threads = args.threads if args.threads > 0 else (os.cpu_count() or 1)
     try:
-        detector = MTCNN.load(
+        detector = load_detector(
             models,
             backend=args.backend,
             threads=threads,

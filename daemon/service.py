@@ -27,6 +27,7 @@ from daemon.mqtt import MqttPublisher
 from daemon.scheduler import BatchScheduler, Pipeline, open_gallery
 from daemon.spool import Spool
 from engines.base import EngineError
+from engines.detectors import load_detector
 from engines.facenet import FaceNet
 from engines.loader import CPU_BACKENDS
 from engines.mtcnn import MTCNN
@@ -113,7 +114,7 @@ class Service:
         threads = cfg.engines.threads or os.cpu_count() or 1
         detection = cfg.detection
         try:
-            detector = MTCNN.load(
+            detector = load_detector(
                 cfg.engines.mtcnn_dir,
                 backend=cfg.engines.backend,
                 threads=threads,

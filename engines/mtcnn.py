@@ -192,13 +192,8 @@ class MTCNN:
             order = meta.channel_order
             for engines in replicas:
                 engines[name] = load_engine(path, backend=backend, threads=lane_threads)
-        detector_class = cls
-        if backend == "torch":  # frames stay on the engines' device (torch imported here only)
-            from engines.torch_mtcnn import DeviceMTCNN
-
-            detector_class = DeviceMTCNN
         detectors = [
-            detector_class(e["pnet"], e["rnet"], e["onet"], config=settings, channel_order=order)
+            cls(e["pnet"], e["rnet"], e["onet"], config=settings, channel_order=order)
             for e in replicas
         ]
         detectors[0]._set_lanes(detectors[1:])

@@ -8,8 +8,9 @@ candidates' numbers (boxes, scores, regressions: a few kB): NMS, regression and 
 there in ``engines.boxes``, the very code of the CPU path, so both paths give the same faces.
 No transfer is made per face.
 
-``MTCNN.load(..., backend="torch")`` returns this detector; the device is the engines' (see
-``engines.torch_backend``: CUDA when available, else the CPU, where the tests run it).
+``engines.detectors.load_detector(..., backend="torch")`` (or ``DeviceMTCNN.load``) gives
+this detector; the device is the engines' (see ``engines.torch_backend``: CUDA when
+available, else the CPU, where the tests run it).
 """
 
 from __future__ import annotations

@@ -97,6 +97,7 @@ def test_device_pipeline_gives_the_cpu_paths_faces_on_video_frames(exported, sha
     for a batch of frames of two sizes and for the search around known faces."""
     import cv2
 
+    from engines.detectors import load_detector
     from engines.torch_mtcnn import DeviceMTCNN
 
     folder, _ = exported
@@ -105,7 +106,7 @@ def test_device_pipeline_gives_the_cpu_paths_faces_on_video_frames(exported, sha
     capture.release()
     frames = [cv2.resize(f, (1280, 720), interpolation=cv2.INTER_AREA) for f in crowd]
     frames.append(read_image(str(shared_data / "images" / "multiface.jpg")))
-    device = MTCNN.load(folder, backend="torch", threads=2, border="clip")
+    device = load_detector(folder, backend="torch", threads=2, border="clip")
     assert isinstance(device, DeviceMTCNN)
     cpu = MTCNN.load(MODELS / "mtcnn", threads=2, border="clip")
     found = cpu.detect(frames)
@@ -117,7 +118,7 @@ def test_device_pipeline_gives_the_cpu_paths_faces_on_video_frames(exported, sha
         best = iou.argmax(axis=1)
         assert np.abs(ours.landmarks[best] - ref.landmarks).max() <= 2.0
     # two lanes: the largest levels cut into bands, which the device pipeline takes too
-    laned = MTCNN.load(folder, backend="torch", threads=2, lanes=2, border="clip")
+    laned = load_detector(folder, backend="torch", threads=2, lanes=2, border="clip")
     ours = laned.detect(frames[:1])[0]
     assert len(ours) == len(found[0])
     assert iou_matrix(found[0].bbox_xyxy, ours.bbox_xyxy).max(axis=1).min() >= 0.9
