@@ -43,7 +43,7 @@ def program_path(model_path: str | Path) -> Path:
     return path if path.suffix == ".pt2" else path.with_suffix(".pt2")
 
 
-def _import_torch() -> Any:
+def import_torch() -> Any:
     try:
         import torch
     except ImportError as exc:
@@ -87,7 +87,7 @@ class TorchEngine(SpecsFromLoad):
         cuda_graphs: bool = False,
         threads: int = 0,
     ) -> None:
-        torch = self._torch = _import_torch()
+        torch = self._torch = import_torch()
         self.path = program_path(model_path)
         if not self.path.is_file():
             raise EngineError(

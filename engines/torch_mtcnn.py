@@ -19,13 +19,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from engines import boxes as bx
 from engines.base import Engine, EngineError
 from engines.images import as_bgr8
 from engines.mtcnn import MTCNN
+from engines.torch_backend import import_torch
 
 
 class DevicePyramid:
@@ -34,6 +33,7 @@ class DevicePyramid:
     order."""
 
     def __init__(self, frame_bgr: np.ndarray, device: Any, swap_rb: bool) -> None:
+        torch = import_torch()
         self.image_hw: tuple[int, int] = (frame_bgr.shape[0], frame_bgr.shape[1])
         pixels = torch.from_numpy(np.ascontiguousarray(frame_bgr)).to(device, non_blocking=True)
         if swap_rb:
@@ -49,6 +49,7 @@ def area_crops(sums: Any, windows_xyxy: Any, size: int) -> Any:
     """``engines.images.area_crops`` on the device: windows (K, 4) int64 (x0, y0, x1, y1, end
     exclusive, may leave the image) of a frame's integral image ``sums``, each resized to
     size x size by area averaging, zeros outside the image. Returns (K, C, size, size)."""
+    torch = import_torch()
     height, width, channels = sums.shape[0] - 1, sums.shape[1] - 1, sums.shape[2]
     steps = torch.arange(size + 1, device=sums.device)
 
@@ -103,7 +104,7 @@ class DeviceMTCNN(MTCNN):
         stacks = pyramids[key[0]].stacks
         if key not in stacks:
             images = [pyramids[i].image for i in key]
-            stacks[key] = images[0] if len(images) == 1 else torch.cat(images)
+            stacks[key] = images[0] if len(images) == 1 else import_torch().cat(images)
         return stacks[key]
 
     def _pnet_candidates(  # type: ignore[override]
@@ -114,8 +115,11 @@ class DeviceMTCNN(MTCNN):
         rows: tuple[int, int] | None,
         scale: float,
     ) -> tuple[np.ndarray, np.ndarray]:
+        torch = import_torch()
         with torch.inference_mode():
-            level = F.interpolate(self._stack(pyramids, frames), size=size_hw, mode="area")
+            level = torch.nn.functional.interpolate(
+                self._stack(pyramids, frames), size=size_hw, mode="area"
+            )
             if rows is not None:
                 level = level[:, :, rows[0] : rows[1]]
             out = self._run(self.pnet, _normalise(level))
@@ -139,6 +143,7 @@ class DeviceMTCNN(MTCNN):
         frame: np.ndarray,
         size: int,
     ) -> dict[str, np.ndarray]:
+        torch = import_torch()
         with torch.inference_mode():
             on_device = torch.from_numpy(np.ascontiguousarray(windows, np.int64)).to(self.device)
             blob = torch.empty((len(windows), 3, size, size), device=self.device)
