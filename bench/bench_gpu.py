@@ -5,7 +5,8 @@
   backend, frames kept on the device (fp32; fp32 + CUDA graphs; fp16 + CUDA graphs; the last
   also with parallel lanes) and on TensorRT when it is installed. Agreement with the reference: faces matched at
   IoU >= 0.9 (reported, never asserted).
-- A cProfile of facewatch's MTCNN on one 1080p batch: where the time goes.
+- A cProfile and a torch.profiler table (device time per operator on CUDA) of facewatch's
+  MTCNN on one 1080p batch: where the time goes.
 - InceptionResnetV1 faces/s at batch ``--faces-batch`` (default 512): facenet-pytorch fp32
   and fp16 autocast, facewatch's torch backend fp32 / fp16 (+ CUDA graphs), input already on
   the device (like the reference) and from host numpy (the Engine API).
@@ -213,7 +214,30 @@ def profile_mtcnn(args: argparse.Namespace, models: Path) -> str:
     pstats.Stats(prof, stream=text).sort_stats("cumulative").print_stats(30)
     text.write("== by own time ==\n")
     pstats.Stats(prof, stream=text).sort_stats("tottime").print_stats(25)
+    text.write(kernel_profile(lambda: detect(frames)))
     return text.getvalue()
+
+
+def kernel_profile(run: Callable[[], Any]) -> str:
+    """torch.profiler over one call of ``run``: the operators by device time on CUDA (what
+    cProfile cannot see: kernels run asynchronously), by CPU time elsewhere."""
+    import torch
+
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if torch.cuda.is_available():
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as kernels:
+        run()
+        sync()
+    averages = kernels.key_averages()
+    for sort in ("device_time_total", "cuda_time_total", "cpu_time_total"):
+        if sort.startswith("cpu") or torch.cuda.is_available():
+            try:
+                table = averages.table(sort_by=sort, row_limit=30)
+            except (AttributeError, KeyError, ValueError, RuntimeError):
+                continue
+            return f"== torch.profiler, by {sort} ==\n{table}\n"
+    return "== torch.profiler: no table ==\n"
 
 
 def time_calls(fn: Callable[[], Any], iters: int) -> float:
