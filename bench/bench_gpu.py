@@ -3,8 +3,8 @@
 - MTCNN frames/s on batches of ``--batch`` frames (default 16) of crowd_1080p, crowd_720p
   and hamilton_360p: facenet-pytorch 2.6.0 on CUDA, and facewatch's MTCNN on the torch
   backend, frames kept on the device (fp32; fp32 + CUDA graphs; fp16 + CUDA graphs; the last
-  also with parallel lanes) and on TensorRT when it is installed. Agreement with the reference: faces matched at
-  IoU >= 0.9 (reported, never asserted).
+  also with parallel lanes) and on TensorRT when it is installed. Agreement with the
+  reference: faces matched at IoU >= 0.9 (reported, never asserted).
 - A cProfile and a torch.profiler table (device time per operator on CUDA) of facewatch's
   MTCNN on one 1080p batch: where the time goes.
 - InceptionResnetV1 faces/s at batch ``--faces-batch`` (default 512): facenet-pytorch fp32
