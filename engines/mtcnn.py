@@ -537,7 +537,7 @@ def _clip_windows(
     windows: np.ndarray, pyramids: list[AreaPyramid], frame: np.ndarray
 ) -> np.ndarray:
     """Cut each crop window at its frame's edges (keeping at least one pixel)."""
-    hw = np.array([pyramids[f].image_hw for f in frame], np.int64).reshape(-1, 2)
+    hw = np.array([p.image_hw for p in pyramids], np.int64)[frame]
     x0 = np.clip(windows[:, 0], 0, hw[:, 1] - 1)
     y0 = np.clip(windows[:, 1], 0, hw[:, 0] - 1)
     x1 = np.clip(windows[:, 2], x0 + 1, hw[:, 1])
