@@ -48,6 +48,7 @@ def event_json(
         "track_id": track.track_id,
         "identity": event.identity,
         "previous_identity": event.previous,
+        "reason": event.reason,
         "distance": None if event.distance is None else round(event.distance, 4),
         "confidence": round(float(event.confidence), 4),
         "bbox_xyxy": _floats(track.bbox_xyxy),

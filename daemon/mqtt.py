@@ -6,9 +6,11 @@ Topics, under ``PREFIX/NODE``:
 - ``events/CAMERA``: identity events, JSON, QoS 1, not retained;
 - ``snapshots/CAMERA/EVENT_ID``: a JPEG of the face, when snapshots are on.
 
-Delivery is at least once: a message leaves the spool only after the broker's PUBACK, and
-one in flight when the daemon stops is sent again at the next start (``event_id`` lets a
-consumer drop the rare duplicate). Messages are sent one at a time, so order is kept.
+Delivery is at least once: a message leaves the spool only after the broker's PUBACK. A
+clean stop first sends what the spool holds (for at most ``DRAIN_ON_STOP_S``, while the
+broker is reachable); a message in flight or still unsent then is sent at the next start
+(``event_id`` lets a consumer drop the rare duplicate). Messages are sent one at a time, so
+order is kept.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from daemon.spool import Message, Spool
 logger = logging.getLogger(__name__)
 
 ONLINE, OFFLINE = "online", "offline"
+DRAIN_ON_STOP_S = 10.0  # a clean stop sends the spool for at most this long
 
 
 class MqttPublisher:
@@ -86,9 +89,14 @@ class MqttPublisher:
         self.client.loop_start()
         self._thread.start()
 
-    def stop(self, timeout_s: float = 5.0) -> None:
-        """Stop sending, publish ``offline`` (node and cameras), disconnect. Unsent messages
-        stay in the spool for the next start."""
+    def stop(self, timeout_s: float = 5.0, drain_s: float = DRAIN_ON_STOP_S) -> None:
+        """While the broker is connected, send what the spool holds (for at most ``drain_s``);
+        then stop sending, publish ``offline`` (node and cameras) and disconnect. Messages still
+        unsent stay in the spool for the next start."""
+        deadline = time.monotonic() + drain_s
+        self._wake.set()
+        while self.connected.is_set() and len(self.spool) and time.monotonic() < deadline:
+            time.sleep(0.02)
         self._stop.set()
         self._wake.set()
         self._thread.join(timeout_s)

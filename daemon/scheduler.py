@@ -140,9 +140,10 @@ class Pipeline:
             for event in self.trackers[frame.camera].decide(by_frame.get(id(frame), [])):
                 self._emit(event, frame.camera, frame.ts, frame)
 
-    def expire(self, now: float) -> None:
+    def expire(self, now: float, stopping: bool = False) -> None:
+        """``left`` for the tracks gone (for every open one when ``stopping``)."""
         for camera, tracker in self.trackers.items():
-            for event in tracker.expire(now):
+            for event in tracker.expire(now, stopping):
                 self._emit(event, camera, event.track.last_seen, None)
 
     def _emit(self, event: TrackEvent, camera: str, frame_ts: float, frame: Frame | None) -> None:
@@ -232,8 +233,9 @@ class BatchScheduler(threading.Thread):
                 if now - last_expire >= EXPIRE_EVERY_S:
                     self.pipeline.expire(now)
                     last_expire = now
-                if stopping and not frames:
-                    return  # drained: the cameras are stopped and the queues are empty
+                if stopping and not frames:  # drained: cameras stopped, queues empty
+                    self.pipeline.expire(time.time(), stopping=True)
+                    return
         except BaseException as exc:  # the service stops and reports it
             logger.exception("batch scheduler failed")
             self.error = exc

@@ -5,7 +5,8 @@ Events (``TrackEvent.kind``):
 - ``confirmed``: a face has been seen in ``confirm_frames`` frames (identity may be null);
 - ``identified``: a confirmed track's identity is resolved (null -> name);
 - ``changed``: a resolved identity becomes another one, or unknown;
-- ``left``: a confirmed track has not been seen for ``lost_after_s``.
+- ``left``: a confirmed track has not been seen for ``lost_after_s`` (reason ``lost``), or
+  the daemon stops while it is open (reason ``stopped``).
 
 A track's identity is the plurality of its last ``vote_window`` recognitions ("unknown"
 votes included) once it has at least ``min_votes`` of them. Its confidence is the share of
@@ -73,6 +74,7 @@ class TrackEvent:
     confidence: float
     distance: float | None
     previous: str | None = None
+    reason: str | None = None  # left: "lost" or "stopped"
 
 
 class Tracker:
@@ -163,16 +165,23 @@ class Tracker:
             track.identity = who
         return events
 
-    def expire(self, now: float) -> list[TrackEvent]:
-        """Drop tracks not seen for ``lost_after_s``; ``left`` for the confirmed ones."""
-        gone = [t for t in self.tracks if now - t.last_seen > self.config.lost_after_s]
+    def expire(self, now: float, stopping: bool = False) -> list[TrackEvent]:
+        """Drop tracks not seen for ``lost_after_s`` (every track when ``stopping``);
+        ``left`` for the confirmed ones."""
+        if stopping:
+            gone = self.tracks
+        else:
+            gone = [t for t in self.tracks if now - t.last_seen > self.config.lost_after_s]
         if not gone:
             return []
         self.tracks = [t for t in self.tracks if t not in gone]
+        reason = "stopped" if stopping else "lost"
         events = []
         for track in gone:
             if track.confirmed:
                 verdict = track.verdict(self.config.min_votes)
                 confidence, distance = (verdict[1], verdict[2]) if verdict else (0.0, None)
-                events.append(TrackEvent("left", track, track.identity, confidence, distance))
+                events.append(
+                    TrackEvent("left", track, track.identity, confidence, distance, reason=reason)
+                )
         return events

@@ -121,8 +121,17 @@ def test_two_rtsp_cameras_to_mqtt_with_gallery_reload_and_clean_stop(
     assert code == 0, daemon.log()[-3000:]
     assert subscriber.last("facewatch/test/status") == b"offline"
     assert subscriber.last("facewatch/test/cameras/cam1/status") == b"offline"
-    seqs = [e["seq"] for e in subscriber.events()]
+    events = subscriber.events()
+    seqs = [e["seq"] for e in events]
     assert seqs == sorted(seqs)
+    # the clean stop ends every open track with a left event and leaves nothing spooled
+    confirmed = {(e["camera"], e["track_id"]) for e in events if e["type"] == "confirmed"}
+    left = [(e["camera"], e["track_id"]) for e in events if e["type"] == "left"]
+    assert sorted(left) == sorted(confirmed), "one left event per confirmed track"
+    stopped = [e for e in events if e["reason"] == "stopped"]
+    assert stopped and all(e["type"] == "left" for e in stopped), "faces on screen at the stop"
+    assert _spooled(tmp_path) == 0
+    assert "kept in the spool" not in daemon.log()
 
 
 def test_a_gallery_present_at_start_names_people(tmp_path, broker, test_model) -> None:

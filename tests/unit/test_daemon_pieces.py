@@ -46,8 +46,14 @@ def test_a_track_is_confirmed_identified_changed_and_leaves() -> None:
     assert run(tracker, 0.3, faces(moved), ["ann"]) == [("identified", 1, "ann")]
     assert tracker.expire(0.9) == []
     left = tracker.expire(1.21)
-    assert [(e.kind, e.track.track_id) for e in left] == [("left", 2)]
+    assert [(e.kind, e.track.track_id, e.reason) for e in left] == [("left", 2, "lost")]
     assert [t.track_id for t in tracker.tracks] == [1]
+    run(tracker, 1.3, faces(a, b), [None, None])  # track 3 starts, not confirmed yet
+    stopped = tracker.expire(1.31, stopping=True)
+    assert [(e.kind, e.track.track_id, e.identity, e.reason) for e in stopped] == [
+        ("left", 1, "ann", "stopped")
+    ], "a stop ends every open track; only confirmed ones were announced, so only they leave"
+    assert tracker.tracks == []
 
 
 def test_resolved_tracks_are_embedded_only_every_n_frames() -> None:
