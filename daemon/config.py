@@ -14,7 +14,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+
+from engines.loader import CPU_BACKENDS
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "default.yaml"
@@ -83,6 +92,12 @@ class RecognitionConfig(_Section):
         le=4,
     )
     flip: bool = _field(False, "also embed mirrored faces and average (2x the FaceNet work)")
+    precision: Literal["auto", "fp32", "bf16"] = _field(
+        "auto",
+        "FaceNet arithmetic on the CPU backends: bf16 runs it on OpenVINO, about 2x faster on "
+        "CPUs with native bf16 (AVX512_BF16, AMX), embeddings within a cosine of about 0.999 "
+        "of fp32 (the same gallery serves both); auto = bf16 where the CPU has it, else fp32",
+    )
     reembed_every: int = _field(
         10, "re-embed a resolved track's face every N processed frames", ge=1, le=10000
     )
@@ -191,6 +206,18 @@ class Config(_Section):
     metrics: MetricsConfig = _field(MetricsConfig(), "the Prometheus endpoint")
     events: EventsConfig = _field(EventsConfig(), "extra event outputs")
     logging: LoggingConfig = _field(LoggingConfig(), "logging")
+
+    @field_validator("engines")
+    @classmethod
+    def _precision_fits_backend(cls, engines: EnginesConfig, info: ValidationInfo) -> EnginesConfig:
+        recognition = info.data.get("recognition")
+        bf16 = recognition is not None and recognition.precision == "bf16"
+        if bf16 and engines.backend not in CPU_BACKENDS:
+            raise ValueError(
+                f"backend {engines.backend} runs FaceNet on the GPU: recognition.precision "
+                "bf16 is for the CPU backends (use auto or fp32)"
+            )
+        return engines
 
     @field_validator("cameras")
     @classmethod

@@ -33,6 +33,7 @@ from engines import BACKENDS, EngineError
 from engines.base import file_sha256
 from engines.facenet import FaceNet
 from engines.images import ImageError, read_image
+from engines.loader import PRECISIONS
 from engines.mtcnn import MTCNN, FrameDetections
 
 logger = logging.getLogger(__name__)
@@ -67,6 +68,13 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
         "--backend", choices=BACKENDS, default="onnxruntime", help="FaceNet engine backend"
     )
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: all cores)")
+    p.add_argument(
+        "--precision",
+        choices=("auto", *PRECISIONS),
+        default="auto",
+        help="bf16: FaceNet on OpenVINO in bf16, about 2x faster on CPUs with native bf16 "
+        "(AVX512_BF16, AMX), same gallery as fp32; auto (default): bf16 where the CPU has it",
+    )
     p.add_argument(
         "--flip",
         action="store_true",
@@ -137,7 +145,9 @@ def load_models(args: argparse.Namespace) -> Models:
     if not path.is_file() and args.model is None:
         raise EngineError(f"{path}: no FaceNet model. " + NO_DEFAULT_MODEL.format(path=path))
     threads = args.threads if args.threads > 0 else (os.cpu_count() or 1)
-    facenet = FaceNet.load(path, backend=args.backend, threads=threads, flip=args.flip)
+    facenet = FaceNet.load(
+        path, backend=args.backend, threads=threads, flip=args.flip, precision=args.precision
+    )
     detector = MTCNN.load(default_models_dir() / "mtcnn", threads=threads)
     return Models(detector, facenet)
 

@@ -130,7 +130,11 @@ class Service:
                 if backend in CPU_BACKENDS:
                     backend = "onnxruntime"
                 facenet = FaceNet.load(
-                    model, backend=backend, threads=threads, flip=cfg.recognition.flip
+                    model,
+                    backend=backend,
+                    threads=threads,
+                    flip=cfg.recognition.flip,
+                    precision=cfg.recognition.precision,
                 )
             self._warm_up(detector, facenet)
         except EngineError as exc:

@@ -24,8 +24,9 @@ import numpy as np
 
 from engines.align import align_similarity, crop_with_margin
 from engines.base import Engine, EngineError, ModelMetadata, file_sha256
-from engines.loader import load_engine
+from engines.loader import CPU_BACKENDS, load_engine
 from engines.mtcnn import FrameDetections
+from engines.openvino_backend import cpu_has_bf16
 
 logger = logging.getLogger(__name__)
 
@@ -92,17 +93,32 @@ class FaceNet:
         threads: int = 0,
         flip: bool = False,
         max_batch: int = DEFAULT_MAX_BATCH,
+        precision: str = "fp32",
     ) -> FaceNet:
-        """Open ``model_path`` (+ its ``.json`` sidecar, which must say ``kind: facenet``)."""
+        """Open ``model_path`` (+ its ``.json`` sidecar, which must say ``kind: facenet``).
+        ``precision`` bf16 runs it on OpenVINO in place of a CPU ``backend`` (CPUs with native
+        bf16 only); its embeddings match fp32's, so a gallery serves both. ``auto`` is bf16
+        for a CPU backend on such a CPU, else fp32."""
         path = Path(model_path)
         if not path.is_file():
             raise EngineError(f"{path}: FaceNet model file not found")
         meta = ModelMetadata.load(path)
         _check_metadata(meta, str(ModelMetadata.sidecar_path(path)))
-        engine = load_engine(path, backend=backend, threads=threads)
+        if precision == "auto":
+            precision = "bf16" if backend in CPU_BACKENDS and cpu_has_bf16() else "fp32"
+        if precision == "bf16" and backend in CPU_BACKENDS:
+            backend = "openvino"
+        engine = load_engine(path, backend=backend, threads=threads, precision=precision)
         model_id = f"{meta.name}@sha256:{file_sha256(path)[:16]}"
         net = cls(engine, meta, model_id=model_id, flip=flip, max_batch=max_batch)
-        logger.info("FaceNet %s: %s crops, %d-d", net.model_id, net.alignment, net.embedding_size)
+        logger.info(
+            "FaceNet %s: %s crops, %d-d, %s on %s",
+            net.model_id,
+            net.alignment,
+            net.embedding_size,
+            precision,
+            backend,
+        )
         return net
 
     # -- alignment ------------------------------------------------------------------------

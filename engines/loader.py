@@ -10,8 +10,18 @@ BACKENDS = ("onnxruntime", "opencv", "openvino", "tensorrt", "torch")
 CPU_BACKENDS = ("onnxruntime", "opencv", "openvino")  # the others run on a GPU when there is one
 
 
-def load_engine(model_path: str | Path, backend: str = "onnxruntime", threads: int = 0) -> Engine:
-    """Open ``model_path`` on ``backend``. A missing SDK or file is one clear EngineError."""
+PRECISIONS = ("fp32", "bf16")  # bf16: the openvino backend, on CPUs with native bf16
+
+
+def load_engine(
+    model_path: str | Path, backend: str = "onnxruntime", threads: int = 0, precision: str = "fp32"
+) -> Engine:
+    """Open ``model_path`` on ``backend``. A missing SDK or file is one clear EngineError.
+    ``precision`` other than fp32 is for the openvino backend only."""
+    if precision not in PRECISIONS:
+        raise EngineError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision != "fp32" and backend != "openvino":
+        raise EngineError(f"precision {precision} needs the openvino backend, not {backend}")
     if backend == "onnxruntime":
         from engines.ort import OrtEngine
 
@@ -23,7 +33,7 @@ def load_engine(model_path: str | Path, backend: str = "onnxruntime", threads: i
     if backend == "openvino":
         from engines.openvino_backend import OpenVinoEngine
 
-        return OpenVinoEngine(model_path, threads=threads)
+        return OpenVinoEngine(model_path, threads=threads, precision=precision)
     if backend == "tensorrt":
         # An .onnx path opens its newest cached plan (`facewatch engines build`); a .plan directly.
         from engines.tensorrt import open_plan_for

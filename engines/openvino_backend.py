@@ -5,9 +5,12 @@ as OpenCV DNN's and ONNX Runtime's on MTCNN's small layers (bench/README.md). Th
 keeps its dynamic dimensions: OpenVINO prepares each new input shape on its first call and
 reuses that work afterwards, so a camera's fixed pyramid sizes cost a slow first frame only.
 
-Inference is in float32 (OpenVINO would otherwise pick bf16 on CPUs that have it, which
-moves boxes and scores). One infer request per engine: not thread-safe, one thread per
-engine, which is how the detector's lanes and the scheduler use engines.
+Inference is in float32 unless ``precision="bf16"`` is asked for (OpenVINO would otherwise
+pick bf16 by itself on CPUs that have it, which moves MTCNN's boxes and scores). bf16 needs a
+CPU with native bf16 (AVX512_BF16 or AMX): FaceNet's embeddings then run about twice as fast,
+within a cosine of about 0.999 of float32 (bench/README.md). One infer request per
+engine: not thread-safe, one thread per engine, which is how the detector's lanes and the
+scheduler use engines.
 """
 
 from __future__ import annotations
@@ -41,13 +44,35 @@ def _core() -> Any:
     return ov.Core()
 
 
+def cpu_has_bf16() -> bool:
+    """Whether OpenVINO can run bf16 natively on this CPU (AVX512_BF16 or AMX)."""
+    try:
+        return "BF16" in _core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    except Exception:  # no openvino, or a plugin that cannot say
+        return False
+
+
+def _precision_hint(precision: str) -> str:
+    if precision == "fp32":
+        return "f32"
+    if precision != "bf16":
+        raise EngineError(f"the openvino backend runs fp32 or bf16, not {precision!r}")
+    if not cpu_has_bf16():
+        raise EngineError(
+            "precision bf16 needs a CPU with native bf16 (AVX512_BF16 or AMX), which this one "
+            "lacks: use fp32"
+        )
+    return "bf16"
+
+
 class OpenVinoEngine(SpecsFromLoad):
     """One ONNX model compiled for OpenVINO's CPU plugin.
 
-    ``threads`` is the number of inference threads (0 lets OpenVINO choose).
+    ``threads`` is the number of inference threads (0 lets OpenVINO choose); ``precision``
+    is fp32 or bf16.
     """
 
-    def __init__(self, model_path: str | Path, threads: int = 0) -> None:
+    def __init__(self, model_path: str | Path, threads: int = 0, precision: str = "fp32") -> None:
         try:
             import openvino  # noqa: F401
         except ImportError:
@@ -60,7 +85,7 @@ class OpenVinoEngine(SpecsFromLoad):
             raise EngineError(f"{path}: model file not found")
         config: dict[str, Any] = {
             "PERFORMANCE_HINT": "LATENCY",
-            "INFERENCE_PRECISION_HINT": "f32",
+            "INFERENCE_PRECISION_HINT": _precision_hint(precision),
             "NUM_STREAMS": 1,
             # Pinned, the one-thread engines of the detector's lanes all ran on the same
             # core: two lanes were 1.4x slower than one instead of 1.25x faster.

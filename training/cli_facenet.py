@@ -175,6 +175,13 @@ def _add_validate(commands: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--batch-size", type=int, default=100, help="images per embedding batch")
     p.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (0: automatic)")
+    p.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        default="fp32",
+        help="ONNX models: bf16 runs them on OpenVINO in bf16, as the daemon's "
+        "recognition.precision: bf16 does (CPUs with native bf16)",
+    )
     p.add_argument("--out-dir", type=Path, default=None, help="write lfw.json and roc.png here")
     p.add_argument(
         "--record",
@@ -190,7 +197,7 @@ def run_validate(args: argparse.Namespace) -> tuple[object, int]:
 
     if args.lfw_nrof_folds < 2:
         raise ValueError(f"--lfw-nrof-folds {args.lfw_nrof_folds}: must be >= 2")
-    embedder = load_embedder(args.model, threads=args.threads)
+    embedder = load_embedder(args.model, threads=args.threads, precision=args.precision)
     aligner = None
     if args.align:
         aligner = MtcnnAligner(
@@ -206,12 +213,13 @@ def run_validate(args: argparse.Namespace) -> tuple[object, int]:
 
 
 def _validate(args: argparse.Namespace) -> int:
+    from engines import EngineError
     from training.data import DataError
     from training.validate import write_report
 
     try:
         result, no_face = run_validate(args)
-    except (DataError, ValueError, FileNotFoundError) as exc:
+    except (DataError, ValueError, FileNotFoundError, EngineError) as exc:
         return _fail(str(exc))
     print(f"{args.model}: {result.summary()}")  # type: ignore[attr-defined]
     if no_face:

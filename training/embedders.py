@@ -53,11 +53,19 @@ def _l2(x: np.ndarray) -> np.ndarray:
 class OnnxEmbedder:
     """An embedding model file (``*.onnx`` + sidecar) on an engine backend."""
 
-    def __init__(self, model_path: str | Path, backend: str = "onnxruntime", threads: int = 0):
+    def __init__(
+        self,
+        model_path: str | Path,
+        backend: str = "onnxruntime",
+        threads: int = 0,
+        precision: str = "fp32",
+    ):
         self.meta = ModelMetadata.load(model_path)
         if self.meta.input_size_hw is None:
             raise ValueError(f"{model_path}: sidecar has no input_size_hw; not an embedding model")
-        self.engine = load_engine(model_path, backend=backend, threads=threads)
+        if precision == "bf16":  # as the daemon's recognition.precision: OpenVINO
+            backend = "openvino"
+        self.engine = load_engine(model_path, backend=backend, threads=threads, precision=precision)
         self.input_name = self.engine.inputs[0].name
         self.output_name = self.engine.outputs[0].name
         self.image_size = int(self.meta.input_size_hw[0])
@@ -131,12 +139,18 @@ class TorchEmbedder:
 
 
 def load_embedder(
-    model: str | Path, threads: int = 0, device: torch.device | None = None
+    model: str | Path,
+    threads: int = 0,
+    device: torch.device | None = None,
+    precision: str = "fp32",
 ) -> Embedder:
-    """An ONNX file (``.onnx``) or a training checkpoint (anything else)."""
+    """An ONNX file (``.onnx``, in ``precision`` fp32 or bf16) or a training checkpoint
+    (anything else, fp32)."""
     path = Path(model)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: model not found")
     if path.suffix.lower() == ".onnx":
-        return OnnxEmbedder(path, threads=threads)
+        return OnnxEmbedder(path, threads=threads, precision=precision)
+    if precision != "fp32":
+        raise ValueError(f"{path}: --precision {precision} is for ONNX models")
     return TorchEmbedder.from_checkpoint(path, device)

@@ -38,6 +38,16 @@ def test_defaults_fill_everything_but_the_cameras() -> None:
             "detection.thresholds",
         ),
         ({"cameras": [CAMERA], "batching": {"max_batch": "eight"}}, "batching.max_batch"),
+        (
+            {
+                "cameras": [CAMERA],
+                "recognition": {"precision": "bf16"},
+                "engines": {"backend": "torch"},
+            },
+            "engines: Value error, backend torch runs FaceNet on the GPU: recognition.precision "
+            "bf16 is for the CPU backends",
+        ),
+        ({"cameras": [CAMERA], "recognition": {"precision": "fp16"}}, "recognition.precision"),
         ({"cameras": [{"url": "x"}]}, "cameras[0].name: required key is missing"),
         ([1, 2], "expected a mapping"),
     ],
