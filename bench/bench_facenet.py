@@ -3,6 +3,7 @@ InceptionResnetV1 in eager PyTorch, and gallery matching against a large gallery
 
 Each side runs in its own subprocess with the same thread count (so neither's thread pool
 spins while the other works): facewatch's ``FaceNet`` on ONNX Runtime at batch 1 and 16,
+and on OpenVINO in bf16 (``recognition.precision: bf16``, on CPUs with native bf16),
 facenet-pytorch at batch 1 and 16 (facenet-pytorch fp32 at 160x160; facewatch at the
 model's input size and storage, fp32 or int8 (`train export --int8`); crops of real faces
 when the shared data is there, else random pixels), then ``Gallery.match`` of 1 face against a gallery of
@@ -61,17 +62,20 @@ def timed(run: Callable[[], object], seconds: float, warmup: int = 2) -> dict[st
     return {"median_s": statistics.median(times), "calls": len(times)}
 
 
-def worker_ort(args: argparse.Namespace) -> dict[str, Any]:
+def worker_ort(args: argparse.Namespace, precision: str = "fp32") -> dict[str, Any]:
     import cv2
 
     from engines.facenet import FaceNet
+    from engines.openvino_backend import cpu_has_bf16
 
-    net = FaceNet.load(args.model, threads=args.threads)
+    if precision == "bf16" and not cpu_has_bf16():
+        return {"error": "this CPU has no native bf16 (AVX512_BF16 or AMX)"}
+    net = FaceNet.load(args.model, threads=args.threads, precision=precision)
     height, width = net.image_size_hw
     crops = np.stack(
         [cv2.resize(c, (width, height), interpolation=cv2.INTER_AREA) for c in crops_bgr()]
     )
-    storage = "int8" if net.meta.extra.get("int8") else "fp32"
+    storage = "int8" if net.meta.extra.get("int8") else precision
     out: dict[str, Any] = {"input": f"{height} px, {storage}"}
     for batch in BATCHES:
         stats = timed(lambda b=batch: net.embed(crops[:b]), args.seconds)
@@ -122,7 +126,12 @@ def worker_match(args: argparse.Namespace) -> dict[str, Any]:
     return {"embedding_size": size, "enroll_s": enroll_s, "first_match_s": load_s, **stats}
 
 
-WORKERS = {"ort": worker_ort, "torch": worker_torch, "match": worker_match}
+def worker_bf16(args: argparse.Namespace) -> dict[str, Any]:
+    return worker_ort(args, "bf16")
+
+
+WORKERS = {"ort": worker_ort, "bf16": worker_bf16, "torch": worker_torch, "match": worker_match}
+KINDS = ("ort", "bf16", "torch", "match")
 
 
 def random_model(folder: Path) -> Path:
@@ -149,6 +158,7 @@ def table(results: dict[str, Any], args: argparse.Namespace) -> str:
     rows.append(f"{'implementation':<48} {'batch 1':>14} {'batch 16':>14}")
     for kind, label in (
         ("ort", "facewatch FaceNet, ONNX Runtime"),
+        ("bf16", "facewatch FaceNet, OpenVINO"),
         ("torch", "facenet-pytorch, eager (160 px, fp32)"),
     ):
         r = results[kind]
@@ -159,9 +169,10 @@ def table(results: dict[str, Any], args: argparse.Namespace) -> str:
             continue
         cells = [f"{r[f'batch{b}']['faces_per_s']:9.1f} f/s" for b in BATCHES]
         rows.append(f"{label:<48} {cells[0]:>14} {cells[1]:>14}")
-    if "error" not in results["ort"] and "error" not in results["torch"]:
-        ratio = [results["ort"][f"batch{b}"]["faces_per_s"] / results["torch"][f"batch{b}"]["faces_per_s"] for b in BATCHES]  # fmt: skip
-        rows.append(f"{'speed-up':<48} {ratio[0]:>13.2f}x {ratio[1]:>13.2f}x")
+    for kind, label in (("ort", "speed-up, ONNX Runtime"), ("bf16", "speed-up, OpenVINO bf16")):
+        if "error" not in results[kind] and "error" not in results["torch"]:
+            ratio = [results[kind][f"batch{b}"]["faces_per_s"] / results["torch"][f"batch{b}"]["faces_per_s"] for b in BATCHES]  # fmt: skip
+            rows.append(f"{label:<48} {ratio[0]:>13.2f}x {ratio[1]:>13.2f}x")
     m = results["match"]
     rows.append("")
     if "error" in m:
@@ -199,7 +210,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as folder:
         if args.model is None:
             args.model = DEFAULT_MODEL if DEFAULT_MODEL.is_file() else random_model(Path(folder))
-        results = {kind: run_worker(kind, args) for kind in ("ort", "torch", "match")}
+        results = {kind: run_worker(kind, args) for kind in KINDS}
         print(table(results, args))
     if args.json:
         args.json.write_text(json.dumps({"threads": args.threads, **results}, indent=2) + "\n")
