@@ -20,6 +20,7 @@ exported to a temporary folder: speed does not depend on the weights.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import subprocess
@@ -39,13 +40,21 @@ DATA = REPO.parent / "shared" / "data"
 BATCHES = (1, 16)
 
 
+def read_bgr(path: Path) -> np.ndarray:
+    import cv2
+
+    image = cv2.imread(str(path))
+    if image is None:
+        raise SystemExit(f"{path}: cannot read the image")
+    return image
+
+
 def crops_bgr(count: int = 16) -> np.ndarray:
     """160x160 uint8 BGR crops: centres of LFW photos when present, else random pixels."""
-    import cv2
 
     photos = sorted((DATA / "lfw" / "images").glob("*/*_0001.jpg"))[:count]
     if len(photos) == count:
-        return np.stack([cv2.imread(str(p))[45:205, 45:205] for p in photos])
+        return np.stack([read_bgr(p)[45:205, 45:205] for p in photos])
     return np.random.default_rng(0).integers(0, 256, (count, 160, 160, 3), dtype=np.uint8)
 
 
@@ -78,7 +87,7 @@ def worker_ort(args: argparse.Namespace, precision: str = "fp32") -> dict[str, A
     storage = "int8" if net.meta.extra.get("int8") else precision
     out: dict[str, Any] = {"input": f"{height} px, {storage}"}
     for batch in BATCHES:
-        stats = timed(lambda b=batch: net.embed(crops[:b]), args.seconds)
+        stats = timed(functools.partial(net.embed, crops[:batch]), args.seconds)
         out[f"batch{batch}"] = {**stats, "faces_per_s": batch / stats["median_s"]}
     return out
 
@@ -98,7 +107,7 @@ def worker_torch(args: argparse.Namespace) -> dict[str, Any]:
     out = {}
     with torch.inference_mode():
         for batch in BATCHES:
-            stats = timed(lambda b=batch: net(tensor[:b]), args.seconds)
+            stats = timed(functools.partial(net, tensor[:batch]), args.seconds)
             out[f"batch{batch}"] = {**stats, "faces_per_s": batch / stats["median_s"]}
     return out
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import functools
 import io
 import json
 import os
@@ -148,9 +149,10 @@ def tensorrt_available() -> bool:
 
 def tensorrt_mtcnn(models: Path, camera_hw: tuple[int, int], batch: int, precision: str) -> Detect:
     """MTCNN on TensorRT plans built (or taken from the cache) for this camera size."""
-    from engines.build import BuildOptions, build_engine
+    from engines.build import BuildOptions
     from engines.mtcnn import MTCNN
     from engines.tensorrt import TensorRTEngine
+    from engines.trt_build import build_engine
 
     cache = models / "plans"
     options = {
@@ -161,7 +163,7 @@ def tensorrt_mtcnn(models: Path, camera_hw: tuple[int, int], batch: int, precisi
     nets = {
         n: TensorRTEngine(build_engine(models / f"{n}.onnx", o, cache)) for n, o in options.items()
     }
-    det = MTCNN(**nets)
+    det = MTCNN(nets["pnet"], nets["rnet"], nets["onet"])
     return lambda frames: [(r.bbox_xyxy, r.score) for r in det.detect(frames)]
 
 
@@ -174,8 +176,8 @@ def bench_mtcnn(args: argparse.Namespace, models: Path) -> list[dict[str, Any]]:
         if args.device == "cuda" and tensorrt_available():
             hw = frames[0].shape[:2]
             for precision in ("fp32", "fp16"):
-                variants[f"facewatch tensorrt {precision}"] = lambda p=precision, hw=hw: (
-                    tensorrt_mtcnn(models, hw, args.batch, p)
+                variants[f"facewatch tensorrt {precision}"] = functools.partial(
+                    tensorrt_mtcnn, models, hw, args.batch, precision
                 )
         for name, make in variants.items():
             try:
@@ -302,13 +304,13 @@ def bench_facenet(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
         rows.append(
             {
                 "impl": f"{label}, on device",
-                "s": time_calls(lambda e=engine: e.infer_tensors([x]), args.iters),
+                "s": time_calls(functools.partial(engine.infer_tensors, [x]), args.iters),
             }
         )
         rows.append(
             {
                 "impl": f"{label}, from host",
-                "s": time_calls(lambda e=engine: e.infer({"image": host}), args.iters),
+                "s": time_calls(functools.partial(engine.infer, {"image": host}), args.iters),
             }
         )
     if args.device == "cuda" and tensorrt_available():
@@ -324,8 +326,9 @@ def tensorrt_facenet(pt2: Path, x: Any, n: int, iters: int) -> list[dict[str, An
     import torch
 
     from engines.base import ModelMetadata
-    from engines.build import BuildOptions, build_engine
+    from engines.build import BuildOptions
     from engines.tensorrt import TensorRTEngine
+    from engines.trt_build import build_engine
     from training.export_facenet import export_onnx
     from training.export_torch import standin_facenet
 
@@ -339,7 +342,7 @@ def tensorrt_facenet(pt2: Path, x: Any, n: int, iters: int) -> list[dict[str, An
         rows.append(
             {
                 "impl": f"facewatch tensorrt {precision}, from host",
-                "s": time_calls(lambda e=engine: e.infer({"image": host}), iters),
+                "s": time_calls(functools.partial(engine.infer, {"image": host}), iters),
             }
         )
     return rows
