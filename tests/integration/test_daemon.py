@@ -15,8 +15,11 @@ import jsonschema
 import pytest
 
 from daemon.cli import main
+from daemon.config import MqttConfig
 from daemon.events import SCHEMA_PATH
 from daemon.gallery import Gallery
+from daemon.mqtt import MqttPublisher
+from daemon.spool import Spool
 from tests.conftest import REPO
 from tests.integration.services import (
     FACEWATCH,
@@ -203,6 +206,37 @@ def test_broker_down_events_spool_and_arrive_in_order(tmp_path, broker) -> None:
     assert [e["seq"] for e in run_one] == list(range(1, len(run_one) + 1)), "no gap, no reorder"
     assert len(old) >= spooled - 1  # one may have reached the broker before it died
     assert _spooled(tmp_path) == 0
+
+
+def test_a_clean_stop_sends_the_spool_before_going_offline(tmp_path, broker) -> None:
+    """Messages still spooled when the publisher stops reach the broker, in order, before
+    the retained ``offline``; the spool is left empty."""
+    subscriber = Subscriber(broker.port, "facewatch/node/#")
+    probe = "facewatch/node/probe"
+
+    def subscribed() -> bool:  # a probe comes back once the subscription is active
+        subscriber.client.publish(probe, b"?")
+        return subscriber.last(probe) == b"?"
+
+    wait_for(subscribed, 10, "the subscription")
+    spool = Spool(tmp_path / "spool", 10_000)
+    publisher = MqttPublisher(MqttConfig(port=broker.port), "node", spool)
+    topic = publisher.event_topic("cam")
+    sent = [str(k).encode() for k in range(3000)]
+    for payload in sent:
+        spool.append(topic, payload)
+    publisher.start()
+    wait_for(publisher.connected.is_set, 30, "the publisher connected", every_s=0.005)
+    publisher.stop()  # at once: the backlog is still spooled
+    assert len(spool) == 0
+    wait_for(lambda: subscriber.last(publisher.status_topic) == b"offline", 10, "offline")
+    with subscriber._lock:
+        got = [payload for t, payload, _ in subscriber.messages if t == topic]
+        last_topic = subscriber.messages[-1][0]
+    subscriber.close()
+    spool.close()
+    assert got == sent
+    assert last_topic == publisher.status_topic, "offline comes after the spooled messages"
 
 
 def test_rtsp_server_restart_reconnects_while_the_other_camera_goes_on(
