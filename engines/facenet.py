@@ -24,9 +24,8 @@ import numpy as np
 
 from engines.align import align_similarity, crop_with_margin
 from engines.base import Engine, EngineError, ModelMetadata, file_sha256
-from engines.loader import CPU_BACKENDS, load_engine
+from engines.loader import cpu_precision, load_engine
 from engines.mtcnn import FrameDetections
-from engines.openvino_backend import cpu_has_bf16
 
 logger = logging.getLogger(__name__)
 
@@ -104,10 +103,7 @@ class FaceNet:
             raise EngineError(f"{path}: FaceNet model file not found")
         meta = ModelMetadata.load(path)
         _check_metadata(meta, str(ModelMetadata.sidecar_path(path)))
-        if precision == "auto":
-            precision = "bf16" if backend in CPU_BACKENDS and cpu_has_bf16() else "fp32"
-        if precision == "bf16" and backend in CPU_BACKENDS:
-            backend = "openvino"
+        backend, precision = cpu_precision(backend, precision)
         engine = load_engine(path, backend=backend, threads=threads, precision=precision)
         model_id = f"{meta.name}@sha256:{file_sha256(path)[:16]}"
         net = cls(engine, meta, model_id=model_id, flip=flip, max_batch=max_batch)

@@ -13,6 +13,19 @@ CPU_BACKENDS = ("onnxruntime", "opencv", "openvino")  # the others run on a GPU 
 PRECISIONS = ("fp32", "bf16")  # bf16: the openvino backend, on CPUs with native bf16
 
 
+def cpu_precision(backend: str, precision: str) -> tuple[str, str]:
+    """(backend, precision) that a FaceNet-style model runs with: ``auto`` becomes bf16 for a
+    CPU backend on a CPU with native bf16, else fp32; bf16 on a CPU backend means OpenVINO
+    (the one that runs bf16). GPU backends and fp32 pass through unchanged."""
+    if precision == "auto":
+        from engines.openvino_backend import cpu_has_bf16
+
+        precision = "bf16" if backend in CPU_BACKENDS and cpu_has_bf16() else "fp32"
+    if precision == "bf16" and backend in CPU_BACKENDS:
+        backend = "openvino"
+    return backend, precision
+
+
 def load_engine(
     model_path: str | Path, backend: str = "onnxruntime", threads: int = 0, precision: str = "fp32"
 ) -> Engine:

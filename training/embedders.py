@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from engines import ModelMetadata, load_engine
+from engines.loader import cpu_precision
 from training.checkpoint import Checkpoint
 from training.data import standardize
 from training.facenet_nets import build_model
@@ -63,8 +64,7 @@ class OnnxEmbedder:
         self.meta = ModelMetadata.load(model_path)
         if self.meta.input_size_hw is None:
             raise ValueError(f"{model_path}: sidecar has no input_size_hw; not an embedding model")
-        if precision == "bf16":  # as the daemon's recognition.precision: OpenVINO
-            backend = "openvino"
+        backend, precision = cpu_precision(backend, precision)  # as FaceNet.load
         self.engine = load_engine(model_path, backend=backend, threads=threads, precision=precision)
         self.input_name = self.engine.inputs[0].name
         self.output_name = self.engine.outputs[0].name
