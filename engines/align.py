@@ -52,7 +52,8 @@ def crop_with_margin(
     margin: int = 32,
     image_size: int = 160,
 ) -> np.ndarray:
-    """Crop ``bbox_xyxy`` grown by ``margin`` pixels and resize to ``image_size`` square.
+    """Crop ``bbox_xyxy`` grown by ``margin`` pixels and resize to ``image_size`` square
+    (bilinear, as OpenCV's INTER_LINEAR: half-pixel centres, no antialiasing).
 
     Raises ValueError when the window is empty (a box entirely outside the image).
     """
@@ -66,7 +67,15 @@ def crop_with_margin(
             f"face box {list(bbox_xyxy)} lies outside the {image.shape[1]}x{image.shape[0]} image"
         )
     cropped = image[y0:y1, x0:x1]
-    return cv2.resize(cropped, (image_size, image_size), interpolation=cv2.INTER_LINEAR)
+    if image.dtype != np.uint8:
+        return cv2.resize(cropped, (image_size, image_size), interpolation=cv2.INTER_LINEAR)
+    # Bilinear in float, then rounded: OpenCV's uint8 path rounds its weights to 1/2048 and
+    # leaves about one pixel value in eight 1 off the exact result, which the crops cut on a
+    # GPU (engines.torch_facenet) compute.
+    resized = cv2.resize(
+        cropped.astype(np.float32), (image_size, image_size), interpolation=cv2.INTER_LINEAR
+    )
+    return np.rint(resized).astype(np.uint8)
 
 
 def reference_landmarks(image_size: int = 160) -> np.ndarray:
