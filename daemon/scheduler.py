@@ -117,10 +117,9 @@ class Pipeline:
         if not wanted:
             return
         with metrics.STAGE_SECONDS.labels("embed").time():
-            crops = np.concatenate(
-                [facenet.align(f.frame.image, f.detections, [f.index]) for f in wanted]
+            embeddings = facenet.embed_picks(
+                [(f.frame.image, f.detections, f.index) for f in wanted]
             )
-            embeddings = facenet.embed(crops)
         with metrics.STAGE_SECONDS.labels("match").time():
             matches = self.gallery.match(embeddings) if self.gallery is not None else None
         for k, face in enumerate(wanted):

@@ -32,6 +32,9 @@ logger = logging.getLogger(__name__)
 ALIGNMENTS = ("margin", "similarity")
 DEFAULT_MAX_BATCH = 64  # faces per engine call when the model's batch axis is dynamic
 
+FacePick = tuple[np.ndarray, FrameDetections, int]
+"""One face to embed: the frame, its detections, and which of them."""
+
 
 def _l2_normalise(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
@@ -106,6 +109,10 @@ class FaceNet:
         backend, precision = cpu_precision(backend, precision)
         engine = load_engine(path, backend=backend, threads=threads, precision=precision)
         model_id = f"{meta.name}@sha256:{file_sha256(path)[:16]}"
+        if backend == "torch" and cls is FaceNet:  # crops cut on the engine's device
+            from engines.torch_facenet import DeviceFaceNet
+
+            cls = DeviceFaceNet
         net = cls(engine, meta, model_id=model_id, flip=flip, max_batch=max_batch)
         logger.info(
             "FaceNet %s: %s crops, %d-d, %s on %s",
@@ -141,7 +148,7 @@ class FaceNet:
 
     def embed_faces(self, image: np.ndarray, faces: FrameDetections) -> np.ndarray:
         """Align and embed every face of one frame: (K, D)."""
-        return self.embed(self.align(image, faces))
+        return self.embed_picks([(image, faces, k) for k in range(len(faces))])
 
     def embed_frames(
         self, frames: Sequence[np.ndarray], detections: Sequence[FrameDetections]
@@ -150,12 +157,17 @@ class FaceNet:
         array per frame."""
         if len(frames) != len(detections):
             raise ValueError(f"{len(frames)} frames but {len(detections)} detection lists")
-        crops = [self.align(f, d) for f, d in zip(frames, detections, strict=True)]
-        counts = [len(c) for c in crops]
-        if sum(counts) == 0:
-            return [np.zeros((0, self.embedding_size), np.float32) for _ in counts]
-        flat = self.embed(np.concatenate([c for c in crops if len(c)]))
-        return np.split(flat, np.cumsum(counts)[:-1])
+        if not frames:
+            return []
+        picks = [(f, d, k) for f, d in zip(frames, detections, strict=True) for k in range(len(d))]
+        counts = [len(d) for d in detections]
+        return np.split(self.embed_picks(picks), np.cumsum(counts)[:-1])
+
+    def embed_picks(self, picks: Sequence[FacePick]) -> np.ndarray:
+        """Align and embed the chosen faces of any frames in one pass: (K, D), in order."""
+        if not picks:
+            return np.zeros((0, self.embedding_size), np.float32)
+        return self.embed(np.concatenate([self.align(f, d, [k]) for f, d, k in picks]))
 
     # -- embedding ------------------------------------------------------------------------
 

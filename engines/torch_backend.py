@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from engines.base import EngineError, SpecsFromLoad, TensorSpec
+from engines.base import EngineError, SpecsFromLoad, TensorSpec, file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -92,8 +92,8 @@ class TorchEngine(SpecsFromLoad):
         if not self.path.is_file():
             raise EngineError(
                 f"{self.path}: exported program not found; write it with "
-                f"`python -m training.export_torch mtcnn WEIGHTS_DIR {self.path.parent}` "
-                "(or export_torch.export_module for other models)"
+                f"`python -m training.export_torch mtcnn WEIGHTS_DIR {self.path.parent}` for "
+                "MTCNN, `facewatch train export CHECKPOINT --torch-program` for FaceNet"
             )
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if self.device.type == "cuda" and not torch.cuda.is_available():
@@ -129,10 +129,23 @@ class TorchEngine(SpecsFromLoad):
             spec = json.loads(extra[SPEC_FILE])
         except ValueError:
             raise EngineError(f"{self.path}: no {SPEC_FILE} inside; re-export it") from None
+        self._check_source(spec)
         module = program.module().to(self.device)
         if self.device.type == "cuda":
             module = module.to(memory_format=self._torch.channels_last)
         return module, spec
+
+    def _check_source(self, spec: dict[str, Any]) -> None:
+        """A program must come from the ONNX model beside it: after a re-export of the ONNX
+        alone, the old program would run the old weights under the new model's id."""
+        onnx_path = self.path.with_suffix(".onnx")
+        recorded = spec.get("onnx_sha256")
+        if recorded and onnx_path.is_file() and file_sha256(onnx_path) != recorded:
+            raise EngineError(
+                f"{self.path}: exported from another version of {onnx_path.name} (the ONNX "
+                "changed since); export the program again (`facewatch train export "
+                "--torch-program`, or training.export_torch for MTCNN)"
+            )
 
     def _run(self, tensors: list[Any]) -> list[Any]:
         torch = self._torch

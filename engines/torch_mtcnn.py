@@ -6,7 +6,8 @@ choice of its candidate cells, each frame's integral image and the R-Net / O-Net
 from it, and the three networks. What comes back to the host after each network is the
 candidates' numbers (boxes, scores, regressions: a few kB): NMS, regression and squaring run
 there in ``engines.boxes``, the very code of the CPU path, so both paths give the same faces.
-No transfer is made per face.
+No transfer is made per face. The uploads stay for the batch in ``engines.torch_frames``,
+where ``engines.torch_facenet.DeviceFaceNet`` cuts the FaceNet crops from them.
 
 ``engines.detectors.load_detector(..., backend="torch")`` (or ``DeviceMTCNN.load``) gives
 this detector; the device is the engines' (see ``engines.torch_backend``: CUDA when
@@ -22,27 +23,9 @@ import numpy as np
 
 from engines import boxes as bx
 from engines.base import Engine, EngineError
-from engines.images import as_bgr8
 from engines.mtcnn import MTCNN
 from engines.torch_backend import import_torch
-
-
-class DevicePyramid:
-    """One frame on the device: the whole frame for the pyramid levels (1, 3, H, W) float32
-    and its integral image (H+1, W+1, 3) int64 for the crops, both in the models' channel
-    order."""
-
-    def __init__(self, frame_bgr: np.ndarray, device: Any, swap_rb: bool) -> None:
-        torch = import_torch()
-        self.image_hw: tuple[int, int] = (frame_bgr.shape[0], frame_bgr.shape[1])
-        pixels = torch.from_numpy(np.ascontiguousarray(frame_bgr)).to(device, non_blocking=True)
-        if swap_rb:
-            pixels = pixels.flip(2)
-        self.image = pixels.permute(2, 0, 1).unsqueeze(0).float()
-        self.stacks: dict[tuple[int, ...], Any] = {}  # see DeviceMTCNN._stack
-        height, width, channels = pixels.shape
-        self.sums = torch.zeros((height + 1, width + 1, channels), dtype=torch.int64, device=device)
-        self.sums[1:, 1:] = pixels.cumsum(0, dtype=torch.int64).cumsum(1)
+from engines.torch_frames import DEVICE_FRAMES, DeviceFrame
 
 
 def area_crops(sums: Any, windows_xyxy: Any, size: int) -> Any:
@@ -93,13 +76,14 @@ class DeviceMTCNN(MTCNN):
         super().__init__(pnet, rnet, onet, **kwargs)
         self.device = pnet.device  # type: ignore[attr-defined]
 
-    def _pyramids(self, frames: Sequence[np.ndarray]) -> list[DevicePyramid]:  # type: ignore[override]
-        return [DevicePyramid(as_bgr8(f), self.device, self._swap_rb) for f in frames]
+    def _pyramids(self, frames: Sequence[np.ndarray]) -> list[DeviceFrame]:  # type: ignore[override]
+        DEVICE_FRAMES.start_batch()  # the frames of earlier calls may have changed since
+        return [DEVICE_FRAMES.get(f, self.device, self._swap_rb) for f in frames]
 
     @staticmethod
-    def _stack(pyramids: list[DevicePyramid], frames: np.ndarray) -> Any:
+    def _stack(pyramids: list[DeviceFrame], frames: np.ndarray) -> Any:
         """The frames of one P-Net call as one (N, 3, H, W) tensor, made once per call of
-        ``detect`` (kept by the first frame's pyramid)."""
+        ``detect`` (kept by the first frame's upload, which is this call's)."""
         key = tuple(int(i) for i in frames)
         stacks = pyramids[key[0]].stacks
         if key not in stacks:
@@ -109,7 +93,7 @@ class DeviceMTCNN(MTCNN):
 
     def _pnet_candidates(  # type: ignore[override]
         self,
-        pyramids: list[DevicePyramid],
+        pyramids: list[DeviceFrame],
         frames: np.ndarray,
         size_hw: tuple[int, int],
         rows: tuple[int, int] | None,
@@ -138,7 +122,7 @@ class DeviceMTCNN(MTCNN):
     def _infer_windows(  # type: ignore[override]
         self,
         engine: Engine,
-        pyramids: list[DevicePyramid],
+        pyramids: list[DeviceFrame],
         windows: np.ndarray,
         frame: np.ndarray,
         size: int,

@@ -96,9 +96,10 @@ def reference_network(model: Path) -> Any:
     return net.eval()
 
 
-def build_test_model(folder: Path, data: Path | None = None) -> Path:
+def build_test_model(folder: Path, data: Path | None = None, torch_program: bool = False) -> Path:
     """``folder/facenet.onnx`` (+ sidecar), exported once per folder; returns its path.
-    ``data``: the shared data folder, whose LFW photos settle the batch-norm statistics."""
+    ``data``: the shared data folder, whose LFW photos settle the batch-norm statistics.
+    ``torch_program``: the ``.pt2`` beside it too (the torch backend's file)."""
     out = folder / "facenet.onnx"
     if out.is_file():
         return out
@@ -127,5 +128,7 @@ def build_test_model(folder: Path, data: Path | None = None) -> Path:
         extra={"alignment": "margin", "margin": 32, "training_data": "none (random weights)"},
     )
     checkpoint.save(folder / "random.pt")
-    export_checkpoint(folder / "random.pt", out, name=MODEL_NAME, command="tests")
+    export_checkpoint(
+        folder / "random.pt", out, name=MODEL_NAME, command="tests", torch_program=torch_program
+    )
     return out

@@ -275,6 +275,12 @@ def _add_export(commands: argparse._SubParsersAction) -> None:
         "give it a few hundred crops with --parity-count",
     )
     p.add_argument(
+        "--torch-program",
+        action="store_true",
+        help="also write the torch.export program (.pt2) beside the ONNX, checked against it, "
+        "for `engines.backend: torch` (GPU boxes without TensorRT)",
+    )
+    p.add_argument(
         "--training-data", default=None, help="describe the training data in the sidecar and card"
     )
     p.add_argument(
@@ -328,6 +334,7 @@ def _export(args: argparse.Namespace) -> int:
             args.training_data,
             args.license,
             args.int8,
+            args.torch_program,
         )
     except (DataError, ValueError, FileNotFoundError, RuntimeError) as exc:
         return _fail(str(exc))

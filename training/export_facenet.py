@@ -201,6 +201,35 @@ def _checked_parity(
     return diff
 
 
+def _write_torch_program(
+    net: nn.Module, onnx_path: Path, crops: np.ndarray | None, size: int, tolerance: float
+) -> dict[str, Any]:
+    """The ``.pt2`` beside ``onnx_path`` (its final form: it records the file's hash, and the
+    torch backend refuses a program whose ONNX has changed since), checked against it on the
+    CPU on ``crops`` (uint8 RGB; random pixels when None)."""
+    from engines.torch_backend import program_path
+    from training.export_torch import export_module, parity_with_onnx
+
+    if crops is None:
+        crops = np.random.default_rng(0).integers(0, 256, (4, size, size, 3), dtype=np.uint8)
+    graph = NormalisedEmbedding(net).eval()
+    pt2 = export_module(
+        graph,
+        torch.zeros(2, 3, size, size),
+        program_path(onnx_path),
+        "image",
+        ["embedding"],
+        onnx_path=onnx_path,
+    )
+    diff = parity_with_onnx(pt2, onnx_path, OnnxEmbedder(onnx_path).preprocess(crops))
+    if diff > tolerance:
+        raise RuntimeError(
+            f"{pt2}: the torch program differs from {onnx_path.name} by {diff:.2e} "
+            f"(tolerance {tolerance:.0e})"
+        )
+    return {"file": pt2.name, "max_abs_diff": diff}
+
+
 def _fmt(value: float | None, digits: int = 4) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
@@ -275,11 +304,17 @@ def export_checkpoint(
     training_data: str | None = None,
     license: str = "",
     int8: bool = False,
+    torch_program: bool = False,
 ) -> tuple[Path, float]:
     """Export, write sidecar and model card, check parity; returns (ONNX path, max abs diff).
-    ``int8``: quantise, calibrated on half of ``parity_crops`` and checked on the other half."""
+    ``int8``: quantise, calibrated on half of ``parity_crops`` and checked on the other half.
+    ``torch_program``: also write the ``.pt2`` beside it, for the torch engine backend."""
     if int8 and (fp16 or parity_crops is None or len(parity_crops) < 2):
         raise ValueError("int8 export needs face crops to calibrate on (and excludes fp16)")
+    if int8 and torch_program:
+        raise ValueError(
+            "an int8 model has no torch program: int8 is for CPUs, the torch backend for GPUs"
+        )
     ckpt = Checkpoint.load(checkpoint)
     out_path = Path(out_path)
     net = _net_from(ckpt)
@@ -302,6 +337,11 @@ def export_checkpoint(
         assert parity_crops is not None
         cosine = _to_int8(net, out_path, parity_crops, ckpt.options)
         meta.extra.update(int8=True, int8_min_cosine=cosine)
+    if torch_program:
+        tolerance = FP16_TOLERANCE if fp16 else PARITY_TOLERANCE
+        meta.extra["torch_program"] = _write_torch_program(
+            net, out_path, parity_crops, int(ckpt.options["image_size"]), tolerance
+        )
     meta.extra["export_command"] = command
     meta.save(out_path)
     out_path.with_suffix(".md").write_text(model_card(meta, out_path))

@@ -125,3 +125,142 @@ def test_device_pipeline_gives_the_cpu_paths_faces_on_video_frames(exported, sha
     priors = [found[0].bbox_xyxy, None, None]
     around = device.detect(frames, priors=priors)[0]
     assert len(around) == len(cpu.detect(frames, priors=priors)[0]) >= len(found[0]) - 2
+
+
+# -- FaceNet on the device ---------------------------------------------------------------
+
+DEVICE_COSINE = 0.9999  # the device crops and the host's differ by at most 1 in a few pixels
+
+
+@pytest.fixture(scope="module")
+def facenet_program(tmp_path_factory, shared_data):
+    """The random-weight test FaceNet exported with ``torch_program``: ONNX + .pt2."""
+    from tests.facenet_model import build_test_model
+
+    return build_test_model(tmp_path_factory.mktemp("facenet-pt2"), shared_data, True)
+
+
+@pytest.fixture(scope="module")
+def faces(shared_data, detector):
+    """Frames with faces of many sizes (a crowd at 1080p, photos) and their detections."""
+    import cv2
+
+    names = ["images/obama.jpg", "images/two_people.jpg", "images/multiface.jpg"]
+    frames = [read_image(str(shared_data / name)) for name in names]
+    capture = cv2.VideoCapture(str(shared_data / "videos" / "crowd_1080p.mp4"))
+    frames.append(capture.read()[1])
+    capture.release()
+    found = detector.detect(frames)
+    assert sum(len(f) for f in found) >= 15
+    return frames, found
+
+
+def _with_sidecar(model, folder, **extra):
+    """The model's ONNX, program and sidecar copied to ``folder``, sidecar extras changed."""
+    import json
+
+    for suffix in (".onnx", ".pt2", ".json"):
+        shutil.copy(model.with_suffix(suffix), folder)
+    sidecar = folder / model.with_suffix(".json").name
+    meta = json.loads(sidecar.read_text())
+    meta["extra"].update(extra)
+    sidecar.write_text(json.dumps(meta))
+    return folder / model.name
+
+
+@pytest.mark.parametrize("alignment", ["margin", "similarity"])
+def test_device_crops_are_the_host_crops(facenet_program, faces, tmp_path, alignment):
+    """The crops cut on the device (sampling grids over the uploaded frame) are the host's
+    OpenCV crops: faces small and large, at the frame's edge, both alignments."""
+    from engines.facenet import FaceNet
+    from engines.torch_facenet import DeviceFaceNet, sample_points
+    from engines.torch_frames import DEVICE_FRAMES
+
+    model = _with_sidecar(facenet_program, tmp_path, alignment=alignment)
+    host = FaceNet.load(model, threads=2)
+    device = FaceNet.load(model, backend="torch", threads=2)
+    assert isinstance(device, DeviceFaceNet)
+    frames, found = faces
+    picks = [(f, d, k) for f, d in zip(frames, found, strict=True) for k in range(len(d))]
+    points = torch.from_numpy(sample_points(picks, alignment, host.margin, 160))
+    for k, (frame, detections, index) in enumerate(picks):
+        expected = host.align(frame, detections, [index])[0].astype(np.int16)
+        uploaded = DEVICE_FRAMES.get(frame, device.device, rgb=True)
+        cut = device._sample(uploaded.image, points[k : k + 1], uploaded.image_hw)
+        got = cut[0].permute(1, 2, 0).flip(2).numpy().astype(np.int16)  # RGB CHW -> BGR HWC
+        difference = np.abs(got - expected)
+        assert difference.max() <= 1
+        assert (difference > 0).mean() < 0.01
+
+
+@pytest.mark.parametrize(
+    "extra, flip",
+    [({}, False), ({}, True), ({"prewhiten": True}, False), ({"alignment": "similarity"}, False)],
+    ids=["margin", "flip", "prewhiten", "similarity"],
+)
+def test_device_facenet_gives_the_host_paths_embeddings(
+    facenet_program, faces, tmp_path, extra, flip
+):
+    from engines.facenet import FaceNet
+
+    model = _with_sidecar(facenet_program, tmp_path, **extra)
+    host = FaceNet.load(model, threads=2, flip=flip)
+    device = FaceNet.load(model, backend="torch", threads=2, flip=flip, max_batch=8)
+    assert device.model_id == host.model_id  # one gallery serves both
+    frames, found = faces
+    for ours, ref in zip(
+        device.embed_frames(frames, found), host.embed_frames(frames, found), strict=True
+    ):
+        assert ours.shape == ref.shape
+        if len(ref):
+            assert (ours * ref).sum(axis=1).min() >= DEVICE_COSINE
+    assert device.embed_picks([]).shape == (0, host.embedding_size)
+
+
+def test_a_batch_goes_to_the_device_once(exported, facenet_program, faces):
+    """The device detector uploads each frame of a batch; FaceNet cuts its crops from that
+    upload (no second copy), and the next batch uploads afresh, even into a reused array."""
+    from engines.detectors import load_detector
+    from engines.facenet import FaceNet
+    from engines.torch_frames import DEVICE_FRAMES
+
+    folder, _ = exported
+    detector = load_detector(folder, backend="torch", threads=2)
+    facenet = FaceNet.load(facenet_program, backend="torch", threads=2)
+    frames = [f.copy() for f in faces[0]]
+    before = DEVICE_FRAMES.uploads
+    found = detector.detect(frames)
+    first = facenet.embed_frames(frames, found)
+    assert DEVICE_FRAMES.uploads - before == len(frames)
+    frames[0][:] = frames[0][:, ::-1].copy()  # a buffer refilled: the photo mirrored
+    refound = detector.detect(frames)
+    again = facenet.embed_frames(frames, refound)
+    assert DEVICE_FRAMES.uploads - before == 2 * len(frames)
+    assert np.allclose(again[3], first[3], atol=1e-6)  # an unchanged frame, the same faces
+    host = FaceNet.load(facenet_program, threads=2).embed_frames(frames, refound)
+    assert (again[0] * host[0]).sum(axis=1).min() >= DEVICE_COSINE  # the new pixels
+
+
+def test_a_program_older_than_its_onnx_is_refused(facenet_program, tmp_path):
+    """Re-exporting the ONNX alone must not leave the old weights running under its id."""
+    from engines.torch_backend import TorchEngine
+    from tests.facenet_model import build_test_model
+
+    other = build_test_model(tmp_path / "other", None)  # other batch-norm statistics
+    shutil.copy(facenet_program.with_suffix(".pt2"), other.with_suffix(".pt2"))
+    with pytest.raises(EngineError, match=r"exported from another version of facenet\.onnx"):
+        TorchEngine(other, device="cpu")
+
+
+def test_an_int8_export_has_no_torch_program(facenet_program, tmp_path):
+    from training.export_facenet import export_checkpoint
+
+    crops = np.zeros((4, 160, 160, 3), np.uint8)
+    with pytest.raises(ValueError, match="int8 model has no torch program"):
+        export_checkpoint(
+            facenet_program.parent / "random.pt",
+            tmp_path / "x.onnx",
+            crops,
+            int8=True,
+            torch_program=True,
+        )
