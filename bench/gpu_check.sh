@@ -1,19 +1,22 @@
 #!/usr/bin/env bash
 # The GPU check of the engines (issue 6), as ONE prepared run on a CUDA machine:
 # pytest tests/gpu, then bench/bench_gpu.py (facewatch's GPU backends side by side with
-# facenet-pytorch on the same GPU), everything written to $OUT.
+# facenet-pytorch on the same GPU), then bench/bench_streams.py (the daemon's scheduler fed
+# by 16 cameras of decoded 1080p at 25 fps on the torch backend, fp16 + CUDA graphs: drops,
+# p99 latency, stage times and a profile of the scheduler thread), everything written to $OUT.
 #
 # The device machine reaches nothing outside it and gets only this repository's working
 # tree (../shared/data does not travel), so there are two phases:
 #
 #   bash bench/gpu_check.sh prepare   # here: copy the data the check reads (images, MTCNN
-#                                     # weights, two clips) and the facenet-pytorch wheel
-#                                     # into .gpu_data/check/ (~8 MB; .gpu_data/ is ignored)
+#                                     # weights, two clips), the facenet-pytorch wheel and
+#                                     # pydantic's (for bench_streams) into .gpu_data/check/
+#                                     # (~10 MB; .gpu_data/ is ignored)
 #   bash bench/gpu_check.sh device    # there, the one device command:
 #       run(command="bash bench/gpu_check.sh device", carry=[".gpu_data/check"], timeout_s=560)
 #
 # then read $OUT's files (files_at): pytest_gpu.log, bench_gpu.md / .json, profile_mtcnn.txt,
-# bench.log, env.txt.
+# bench.log, streams.json, profile_streams.txt, streams.log, env.txt.
 #
 # The device image has torch, torchvision, cuda-python (cuda-bindings), onnx and
 # onnxruntime; facenet-pytorch travels as a wheel (installed --no-deps: its pins on torch
@@ -21,14 +24,17 @@
 # there (its libraries download only from NVIDIA's index): the TensorRT tests skip with
 # that reason, and the benchmark leaves the TensorRT rows out.
 #
-# Settings: DATA (default ../shared/data), PYTEST_S / BENCH_S (time limits of the two
-# phases, default 240 / 270 s), BENCH_ARGS (extra bench_gpu.py options, e.g. "--frames 32").
+# Settings: DATA (default ../shared/data), PYTEST_S / BENCH_S / STREAMS_S (time limits of the
+# three parts, default 200 / 250 / 110 s: 560 s in all, under one call's 600), BENCH_ARGS /
+# STREAMS_ARGS (extra options, e.g. "--frames 32" / "--seconds 15"), PARTS (default
+# "tests bench streams": run some of them, e.g. a second call with PARTS=streams).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DATA=${DATA:-../shared/data}
 STAGE=.gpu_data/check
 FACENET_WHEEL=facenet-pytorch==2.6.0
+DAEMON_WHEELS="pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5"
 
 prepare() {
   grep -qx "/.gpu_data/" .git/info/exclude 2>/dev/null || echo "/.gpu_data/" >> .git/info/exclude
@@ -39,6 +45,12 @@ prepare() {
   cp -r "$DATA/weights/mtcnn" "$STAGE/data/weights/"
   cp "$DATA/videos/crowd_1080p.mp4" "$DATA/videos/hamilton_360p.mp4" "$STAGE/data/videos/"
   python3 -m pip download --quiet --no-deps --only-binary=:all: -d "$STAGE/whl" "$FACENET_WHEEL"
+  # bench_streams runs the daemon's scheduler, whose config needs pydantic: the device image
+  # (Python 3.12) has prometheus-client, PyYAML and typing-extensions, not these
+  # shellcheck disable=SC2086
+  python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
+    --implementation cp --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+    -d "$STAGE/whl" $DAEMON_WHEELS
   du -sh "$STAGE"
 }
 
@@ -61,15 +73,30 @@ device() {
     "$PY" -c "import tensorrt; print('tensorrt', tensorrt.__version__)" 2>&1 | tail -1 || true
   } > "$OUT/env.txt" 2>&1
   cat "$OUT/env.txt"
+  parts=${PARTS:-tests bench streams}
+  tests=skipped bench=skipped streams=skipped
   set +e
-  timeout "${PYTEST_S:-240}" "$PY" -m pytest -q -rs -p no:cacheprovider --durations=10 tests/gpu 2>&1 | tee "$OUT/pytest_gpu.log"
-  tests=${PIPESTATUS[0]}
-  # shellcheck disable=SC2086
-  timeout "${BENCH_S:-270}" "$PY" bench/bench_gpu.py --out "$OUT" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log"
-  bench=${PIPESTATUS[0]}
+  if [[ " $parts " == *" tests "* ]]; then
+    timeout "${PYTEST_S:-200}" "$PY" -m pytest -q -rs -p no:cacheprovider --durations=10 tests/gpu 2>&1 | tee "$OUT/pytest_gpu.log"
+    tests=${PIPESTATUS[0]}
+  fi
+  if [[ " $parts " == *" bench "* ]]; then
+    # shellcheck disable=SC2086
+    timeout "${BENCH_S:-250}" "$PY" bench/bench_gpu.py --out "$OUT" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log"
+    bench=${PIPESTATUS[0]}
+  fi
+  if [[ " $parts " == *" streams "* ]]; then
+    # shellcheck disable=SC2086
+    timeout "${STREAMS_S:-110}" "$PY" bench/bench_streams.py --backend torch --fp16 --graphs \
+      --streams 16 --fps 25 --clip crowd_1080p --seconds 20 --warmup 10 \
+      --json "$OUT/streams.json" --profile "$OUT/profile_streams.txt" ${STREAMS_ARGS:-} 2>&1 | tee "$OUT/streams.log"
+    streams=${PIPESTATUS[0]}
+  fi
   set -e
-  echo "pytest tests/gpu exit $tests, bench exit $bench" | tee -a "$OUT/env.txt"
-  [ "$tests" = 0 ] && [ "$bench" = 0 ]
+  echo "pytest tests/gpu exit $tests, bench exit $bench, streams exit $streams" | tee -a "$OUT/env.txt"
+  for status in "$tests" "$bench" "$streams"; do
+    [ "$status" = 0 ] || [ "$status" = skipped ] || return 1
+  done
 }
 
 case "${1:-}" in

@@ -63,3 +63,44 @@ def test_facenet_embeddings_on_cuda_match_cpu(facenet, fp16, cuda_graphs, thresh
         got = engine.infer({"image": batch})["embedding"]
         assert got.shape == (len(batch), 512)
         assert h.min_cosine(ref[: len(batch)], got) >= threshold
+
+
+@pytest.fixture(scope="module")
+def facenet_program(shared_data, tmp_path_factory):
+    """The test FaceNet (random weights) as ONNX + .pt2, as `train export --torch-program`."""
+    from tests.facenet_model import build_test_model
+
+    return build_test_model(tmp_path_factory.mktemp("facenet-pt2"), shared_data, True)
+
+
+@pytest.mark.parametrize(
+    ("fp16", "cuda_graphs", "threshold"), [(False, False, 0.999), (True, True, 0.995)]
+)
+def test_facenet_crops_cut_on_cuda_match_the_cpu_path(
+    programs, facenet_program, cpu_detections, shared_data, fp16, cuda_graphs, threshold
+):
+    """engines.torch_facenet: crops cut from the frames on CUDA, then the network there,
+    against the host's OpenCV crops on ONNX Runtime; and with the device detector first, the
+    frames go to CUDA once for both."""
+    from engines.base import ModelMetadata
+    from engines.facenet import FaceNet
+    from engines.torch_backend import TorchEngine
+    from engines.torch_facenet import DeviceFaceNet
+    from engines.torch_frames import DEVICE_FRAMES
+    from engines.torch_mtcnn import DeviceMTCNN
+
+    images = h.sample_images(shared_data)
+    ref = FaceNet.load(facenet_program, threads=8).embed_frames(images, cpu_detections)
+    engine = TorchEngine(facenet_program, device="cuda", fp16=fp16, cuda_graphs=cuda_graphs)
+    device = DeviceFaceNet(engine, ModelMetadata.load(facenet_program))
+    got = device.embed_frames(images, cpu_detections)
+    assert sum(len(r) for r in ref) >= 8
+    for ours, theirs in zip(got, ref, strict=True):
+        assert ours.shape == theirs.shape
+        if len(theirs):
+            assert h.min_cosine(theirs, ours) >= threshold
+    nets = {n: TorchEngine(programs / f"{n}.pt2", device="cuda") for n in ("pnet", "rnet", "onet")}
+    uploads = DEVICE_FRAMES.uploads
+    found = DeviceMTCNN(**nets).detect(images)
+    assert sum(len(e) for e in device.embed_frames(images, found)) == sum(len(f) for f in found)
+    assert DEVICE_FRAMES.uploads - uploads == len(images)
