@@ -23,7 +23,7 @@ from daemon.cameras import CameraReader, FrameQueues, check_file_source
 from daemon.config import REPO_ROOT, Config, ConfigError
 from daemon.events import EventSinks
 from daemon.gallery import GalleryError
-from daemon.mqtt import MqttPublisher
+from daemon.mqtt import DRAIN_ON_STOP_S, MqttPublisher
 from daemon.scheduler import BatchScheduler, Pipeline, open_gallery
 from daemon.spool import Spool
 from engines.base import EngineError
@@ -36,6 +36,10 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_FACENET = REPO_ROOT / "models" / "facenet" / "facenet.onnx"
 STALL_S = 30.0  # frames have not flowed for this long: the watchdog is no longer fed
+# A stop's deadlines (the unit's TimeoutStopSec=60s must not be reached: systemd would kill):
+STOP_BUDGET_S = 50.0  # the whole stop
+READERS_STOP_S = 15.0  # the cameras, all together (a stream read can block)
+PUBLISHER_STOP_S = 15.0  # kept to last for MQTT: sending the spool, then `offline`
 
 
 def sd_notify(message: str) -> bool:
@@ -254,15 +258,30 @@ class Service:
         self._stop.set()
 
     def _shutdown(self, scheduler: BatchScheduler, sinks: EventSinks) -> None:
+        """Cameras, then the scheduler (it processes what is queued and sends ``left`` for
+        open tracks), then MQTT, each within its share of ``STOP_BUDGET_S``."""
         sd_notify("STOPPING=1")
+        end = time.monotonic() + STOP_BUDGET_S
         for reader in self.readers:
             reader.stop()
+        readers_end = time.monotonic() + READERS_STOP_S
         for reader in self.readers:
-            reader.join(timeout=15)
+            reader.join(timeout=max(0.0, readers_end - time.monotonic()))
+        stuck = [r.name for r in self.readers if r.is_alive()]
+        if stuck:
+            logger.warning(
+                "%s did not stop within %.0f s (a stream read blocks); left behind",
+                ", ".join(stuck),
+                READERS_STOP_S,
+            )
         scheduler.stop()
-        scheduler.join(timeout=30)
+        scheduler.join(timeout=max(0.0, end - PUBLISHER_STOP_S - time.monotonic()))
+        if scheduler.is_alive():
+            logger.warning("the batch scheduler did not finish in time; queued frames are dropped")
         if self.publisher is not None:
-            self.publisher.stop()
+            left_s = max(0.0, end - time.monotonic())
+            drain_s = min(DRAIN_ON_STOP_S, max(0.0, left_s - 10.0))
+            self.publisher.stop(timeout_s=min(5.0, left_s / 3), drain_s=drain_s)
         if self.spool is not None:
             left = len(self.spool)
             if left:

@@ -202,3 +202,47 @@ def test_mqtt_failures_are_logged_once_per_outage_and_when_the_reason_changes(
     assert messages[0].startswith("MQTT: cannot connect to 127.0.0.1:1: ")
     assert "refused" in messages[0] and "events are spooled until then" in messages[0]
     assert messages[1] == "MQTT: broker refused the connection: Not authorized; retrying"
+
+
+def test_a_stop_keeps_its_deadline_when_cameras_hang(monkeypatch, caplog) -> None:
+    """16 cameras whose stream reads block share one reader deadline (not 16 in a row), the
+    scheduler's wait is cut to what the budget leaves, and the stuck cameras are named: a
+    stop ends before systemd's TimeoutStopSec would kill the daemon."""
+    import threading
+    import time
+
+    from daemon import service
+
+    monkeypatch.setattr(service, "STOP_BUDGET_S", 3.0)
+    monkeypatch.setattr(service, "READERS_STOP_S", 1.0)
+    monkeypatch.setattr(service, "PUBLISHER_STOP_S", 1.0)
+    release = threading.Event()
+
+    class HungReader(threading.Thread):
+        def __init__(self, k: int) -> None:
+            super().__init__(name=f"camera-cam{k}", daemon=True)
+
+        def run(self) -> None:
+            release.wait(60)
+
+        def stop(self) -> None:
+            pass  # a read blocked in the stream: the flag is not looked at
+
+    class BusyScheduler(HungReader):
+        pass
+
+    config = parse_config({"cameras": [{"name": "cam0", "url": "x.mp4"}]})
+    daemon = service.Service(config)
+    daemon.readers = [HungReader(k) for k in range(16)]
+    scheduler = BusyScheduler(99)
+    for thread in [*daemon.readers, scheduler]:
+        thread.start()
+    started = time.monotonic()
+    try:
+        daemon._shutdown(scheduler, EventSinks())  # type: ignore[arg-type]
+        took = time.monotonic() - started
+    finally:
+        release.set()
+    assert 1.9 <= took < 3.5  # readers 1 s together, scheduler until budget - publisher's 1 s
+    assert "camera-cam0, camera-cam1" in caplog.text and "did not stop within 1 s" in caplog.text
+    assert "the batch scheduler did not finish in time" in caplog.text
