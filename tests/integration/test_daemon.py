@@ -4,6 +4,7 @@ scrapes of /metrics, systemd's notification socket, and faults injected into eac
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import socket
 import sqlite3
@@ -156,6 +157,46 @@ def test_a_gallery_present_at_start_names_people(tmp_path, broker, test_model) -
     finally:
         assert daemon.stop() == 0, daemon.log()[-3000:]
         subscriber.close()
+
+
+def test_the_torch_backend_names_people_with_a_gallery_made_on_the_cpu(
+    tmp_path, broker, shared_data
+) -> None:
+    """``engines.backend: torch``, the GPU boxes' setting without TensorRT, here on the CPU:
+    MTCNN and FaceNet as torch.export programs, frames and face crops on the engines' device.
+    A gallery enrolled with ONNX Runtime serves it (one model id), and it names the person."""
+    from tests.facenet_model import build_test_model
+    from training.export_torch import export_mtcnn
+
+    model = build_test_model(tmp_path / "facenet", shared_data, torch_program=True)
+    mtcnn = tmp_path / "mtcnn"
+    mtcnn.mkdir()
+    for name in ("pnet", "rnet", "onet"):
+        for suffix in (".onnx", ".json"):
+            shutil.copy(REPO / "models" / "mtcnn" / f"{name}{suffix}", mtcnn)
+    export_mtcnn(shared_data / "weights" / "mtcnn", mtcnn)
+    gallery = tmp_path / "gallery.sqlite"
+    enroll(model, gallery, "alex-lacamoire")  # ONNX Runtime
+    cameras = [{"name": "clip", "url": str(CLIP), "fps": 5}]
+    recognition = {"model": str(model), "gallery": str(gallery), "threshold": 4.0}
+    engines = {"backend": "torch", "mtcnn_dir": str(mtcnn)}
+    subscriber = Subscriber(broker.port, "facewatch/test/events/#")
+    settings = daemon_settings(
+        cameras, broker.port, tmp_path, recognition=recognition, engines=engines
+    )
+    daemon = Daemon(tmp_path, settings)
+    daemon.start()
+    try:
+        wait_for(
+            lambda: any(e["identity"] == "alex-lacamoire" for e in subscriber.events()),
+            90,
+            "an event naming the enrolled person, from the torch backend",
+        )
+    finally:
+        assert daemon.stop() == 0, daemon.log()[-3000:]
+        subscriber.close()
+    log = daemon.log()
+    assert "pnet.pt2 on cpu" in log and "facenet.pt2 on cpu" in log, log[-3000:]
 
 
 def _spooled(folder: Path) -> int:
