@@ -27,24 +27,27 @@ from engines.torch_backend import import_torch
 from engines.torch_frames import DEVICE_FRAMES
 
 
-def sample_points(picks: Sequence[FacePick], alignment: str, margin: int, size: int) -> np.ndarray:
-    """Where each crop pixel comes from in its frame: (K, size, size, 2) float32 pixel
-    coordinates (x, y; pixel centres at integers) of the picked faces, for bilinear sampling.
+def sampling_maps(
+    picks: Sequence[FacePick], alignment: str, margin: int, size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Where each crop pixel comes from in its frame, as a few numbers per face: ``maps``
+    (K, 2, 3), the affine map from a crop pixel (column, row, 1) to frame coordinates (x, y;
+    pixel centres at integers), and ``bounds`` (K, 4) (x_lo, y_lo, x_hi, y_hi) to clamp
+    them to.
 
     ``margin``: the window of ``engines.align.margin_box`` resized as OpenCV's INTER_LINEAR
-    does (half-pixel centres, no antialiasing; the window's own edge pixels repeated), so
-    the points stay inside the window. ``similarity``: the inverse of the warp that puts the
-    landmarks on the template, as ``cv2.warpAffine`` maps each output pixel.
+    does (half-pixel centres, no antialiasing), clamped to the window (its edge pixels
+    repeated). ``similarity``: the inverse of the warp that puts the landmarks on the
+    template, as ``cv2.warpAffine`` maps each output pixel; not clamped (zeros outside).
     """
-    grid = np.arange(size, dtype=np.float64)
-    points = np.empty((len(picks), size, size, 2), np.float64)
+    maps = np.zeros((len(picks), 2, 3), np.float64)
+    bounds = np.tile(np.array([-np.inf, -np.inf, np.inf, np.inf]), (len(picks), 1))
     for k, (image, faces, index) in enumerate(picks):
         if alignment == "similarity":
             forward = similarity_matrix(
                 np.asarray(faces.landmarks[index]).reshape(5, 2), reference_landmarks(size)
             )
-            inverse = np.linalg.inv(np.vstack([forward, [0.0, 0.0, 1.0]]))[:2]
-            points[k] = np.stack(np.meshgrid(grid, grid), -1) @ inverse[:, :2].T + inverse[:, 2]
+            maps[k] = np.linalg.inv(np.vstack([forward, [0.0, 0.0, 1.0]]))[:2]
             continue
         x0, y0, x1, y1 = margin_box(faces.bbox_xyxy[index], image.shape[:2], margin).tolist()
         if x1 <= x0 or y1 <= y0:
@@ -52,11 +55,10 @@ def sample_points(picks: Sequence[FacePick], alignment: str, margin: int, size: 
                 f"face box {list(faces.bbox_xyxy[index])} lies outside the "
                 f"{image.shape[1]}x{image.shape[0]} image"
             )
-        xs = np.clip(x0 + (grid + 0.5) * (x1 - x0) / size - 0.5, x0, x1 - 1)
-        ys = np.clip(y0 + (grid + 0.5) * (y1 - y0) / size - 0.5, y0, y1 - 1)
-        points[k, ..., 0] = xs[None, :]
-        points[k, ..., 1] = ys[:, None]
-    return points.astype(np.float32)
+        sx, sy = (x1 - x0) / size, (y1 - y0) / size
+        maps[k] = [[sx, 0.0, x0 + 0.5 * sx - 0.5], [0.0, sy, y0 + 0.5 * sy - 0.5]]
+        bounds[k] = [x0, y0, x1 - 1, y1 - 1]
+    return maps, bounds
 
 
 class DeviceFaceNet(FaceNet):
@@ -81,28 +83,43 @@ class DeviceFaceNet(FaceNet):
         if not picks:
             return np.zeros((0, self.embedding_size), np.float32)
         torch = import_torch()
-        height, width = self.image_size_hw
-        if height != width:
-            raise EngineError(
-                f"{self.meta.name}: alignment needs a square input, got {height}x{width}"
-            )
-        points = sample_points(picks, self.alignment, self.margin, height)
         with torch.inference_mode():
-            grid = torch.from_numpy(points).to(self.device, non_blocking=True)
-            crops = torch.empty((len(picks), 3, height, width), device=self.device)
-            by_frame: dict[int, list[int]] = {}
-            for k, (image, _, _) in enumerate(picks):
-                by_frame.setdefault(id(image), []).append(k)
-            for members in by_frame.values():
-                frame = DEVICE_FRAMES.get(picks[members[0]][0], self.device, rgb=True)
-                crops[members] = self._sample(frame.image, grid[members], frame.image_hw)
-            x = self._normalise(crops)
+            x = self._normalise(self.crops(picks))
             if self.flip:
                 both = self._infer(torch.cat([x, x.flip(3)]))
                 embeddings = both[: len(x)] + both[len(x) :]
             else:
                 embeddings = self._infer(x)
             return torch.nn.functional.normalize(embeddings, dim=1).cpu().numpy()
+
+    def crops(self, picks: Sequence[FacePick]) -> Any:
+        """The picked faces cut from their frames on the device: (K, 3, S, S) float32 RGB
+        pixel values, whole numbers as the host's uint8 crops are."""
+        torch = import_torch()
+        height, width = self.image_size_hw
+        if height != width:
+            raise EngineError(
+                f"{self.meta.name}: alignment needs a square input, got {height}x{width}"
+            )
+        maps, bounds = sampling_maps(picks, self.alignment, self.margin, height)
+        with torch.inference_mode():
+            steps = torch.arange(height, device=self.device, dtype=torch.float32)
+            maps_d = torch.from_numpy(maps.astype(np.float32)).to(self.device)
+            bounds_d = torch.from_numpy(bounds.astype(np.float32)).to(self.device)
+            rows = steps[None, :, None, None]  # (1, S, 1, 1)
+            columns = steps[None, None, :, None]  # (1, 1, S, 1)
+            m = maps_d[:, None, None]  # (K, 1, 1, 2, 3); broadcast, no matmul (TF32-proof)
+            points = m[..., 0] * columns + m[..., 1] * rows + m[..., 2]  # (K, S, S, 2): x, y
+            points = torch.maximum(points, bounds_d[:, None, None, :2])
+            points = torch.minimum(points, bounds_d[:, None, None, 2:])
+            out = torch.empty((len(picks), 3, height, width), device=self.device)
+            by_frame: dict[int, list[int]] = {}
+            for k, (image, _, _) in enumerate(picks):
+                by_frame.setdefault(id(image), []).append(k)
+            for members in by_frame.values():
+                frame = DEVICE_FRAMES.get(picks[members[0]][0], self.device, rgb=True)
+                out[members] = self._sample(frame.image, points[members], frame.image_hw)
+            return out
 
     @staticmethod
     def _sample(image: Any, points: Any, image_hw: tuple[int, int]) -> Any:

@@ -173,8 +173,7 @@ def test_device_crops_are_the_host_crops(facenet_program, faces, tmp_path, align
     """The crops cut on the device (sampling grids over the uploaded frame) are the host's
     OpenCV crops: faces small and large, at the frame's edge, both alignments."""
     from engines.facenet import FaceNet
-    from engines.torch_facenet import DeviceFaceNet, sample_points
-    from engines.torch_frames import DEVICE_FRAMES
+    from engines.torch_facenet import DeviceFaceNet
 
     model = _with_sidecar(facenet_program, tmp_path, alignment=alignment)
     host = FaceNet.load(model, threads=2)
@@ -182,15 +181,11 @@ def test_device_crops_are_the_host_crops(facenet_program, faces, tmp_path, align
     assert isinstance(device, DeviceFaceNet)
     frames, found = faces
     picks = [(f, d, k) for f, d in zip(frames, found, strict=True) for k in range(len(d))]
-    points = torch.from_numpy(sample_points(picks, alignment, host.margin, 160))
-    for k, (frame, detections, index) in enumerate(picks):
-        expected = host.align(frame, detections, [index])[0].astype(np.int16)
-        uploaded = DEVICE_FRAMES.get(frame, device.device, rgb=True)
-        cut = device._sample(uploaded.image, points[k : k + 1], uploaded.image_hw)
-        got = cut[0].permute(1, 2, 0).flip(2).numpy().astype(np.int16)  # RGB CHW -> BGR HWC
-        difference = np.abs(got - expected)
-        assert difference.max() <= 1
-        assert (difference > 0).mean() < 0.01
+    cut = device.crops(picks).permute(0, 2, 3, 1).flip(3).numpy()  # RGB NCHW -> BGR NHWC
+    expected = np.concatenate([host.align(f, d, [k]) for f, d, k in picks])
+    difference = np.abs(cut.astype(np.int16) - expected.astype(np.int16))
+    assert difference.max() <= 1
+    assert (difference > 0).mean() < 0.01
 
 
 @pytest.mark.parametrize(
