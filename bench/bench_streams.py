@@ -49,8 +49,7 @@ from daemon.cameras import Frame, FrameQueues  # noqa: E402
 from daemon.config import Config, parse_config  # noqa: E402
 from daemon.events import EventSinks  # noqa: E402
 from daemon.scheduler import BatchScheduler, Pipeline  # noqa: E402
-from engines.detectors import load_detector  # noqa: E402
-from engines.facenet import FaceNet  # noqa: E402
+from engines.detectors import load_detector, load_facenet  # noqa: E402
 
 STAGES = ("detect", "track", "embed", "match")
 
@@ -114,26 +113,12 @@ def stand_in_facenet(folder: Path, backend: str) -> Path:
     """The stand-in FaceNet as ONNX + sidecar (+ the .pt2 for the torch backend)."""
     import torch
 
-    from training.export_facenet import export_onnx
-    from training.export_torch import export_facenet, standin_facenet
+    from training.export_facenet import export_network
+    from training.export_torch import standin_facenet
 
     torch.manual_seed(0)
     net = standin_facenet((torch.rand(16, 3, 160, 160) - 0.5) * 2)
-    onnx_path = folder / "facenet.onnx"
-    if backend == "torch":
-        export_facenet(net, onnx_path)
-    else:
-        from engines.base import ModelMetadata
-
-        export_onnx(net, onnx_path, 160)
-        ModelMetadata(
-            name="facenet-standin",
-            kind="facenet",
-            input_size_hw=(160, 160),
-            embedding_size=512,
-            outputs=["embedding"],
-        ).save(onnx_path)
-    return onnx_path
+    return export_network(net, folder / "facenet.onnx", torch_program=backend == "torch")
 
 
 def mtcnn_folder(folder: Path, backend: str, data: Path) -> Path:
@@ -175,7 +160,7 @@ def build(args: argparse.Namespace, work: Path) -> tuple[Config, TimedPipeline]:
     )
     facenet_backend = "onnxruntime" if args.backend in ("openvino", "opencv") else args.backend
     assert config.recognition.model is not None
-    facenet = FaceNet.load(config.recognition.model, backend=facenet_backend, threads=threads)
+    facenet = load_facenet(config.recognition.model, backend=facenet_backend, threads=threads)
     return config, TimedPipeline(config, detector, facenet, EventSinks())
 
 

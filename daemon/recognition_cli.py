@@ -31,6 +31,7 @@ from daemon.recognition import (
 )
 from engines import BACKENDS, EngineError
 from engines.base import file_sha256
+from engines.detectors import load_facenet
 from engines.facenet import FaceNet
 from engines.images import ImageError, read_image
 from engines.loader import PRECISIONS
@@ -145,7 +146,7 @@ def load_models(args: argparse.Namespace) -> Models:
     if not path.is_file() and args.model is None:
         raise EngineError(f"{path}: no FaceNet model. " + NO_DEFAULT_MODEL.format(path=path))
     threads = args.threads if args.threads > 0 else (os.cpu_count() or 1)
-    facenet = FaceNet.load(
+    facenet = load_facenet(
         path, backend=args.backend, threads=threads, flip=args.flip, precision=args.precision
     )
     detector = MTCNN.load(default_models_dir() / "mtcnn", threads=threads)

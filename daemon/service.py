@@ -27,7 +27,7 @@ from daemon.mqtt import DRAIN_ON_STOP_S, MqttPublisher
 from daemon.scheduler import BatchScheduler, Pipeline, open_gallery
 from daemon.spool import Spool
 from engines.base import EngineError
-from engines.detectors import load_detector
+from engines.detectors import load_detector, load_facenet
 from engines.facenet import FaceNet
 from engines.loader import CPU_BACKENDS
 from engines.mtcnn import MTCNN
@@ -133,7 +133,7 @@ class Service:
                 backend = cfg.engines.backend
                 if backend in CPU_BACKENDS:
                     backend = "onnxruntime"
-                facenet = FaceNet.load(
+                facenet = load_facenet(
                     model,
                     backend=backend,
                     threads=threads,

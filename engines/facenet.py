@@ -109,10 +109,6 @@ class FaceNet:
         backend, precision = cpu_precision(backend, precision)
         engine = load_engine(path, backend=backend, threads=threads, precision=precision)
         model_id = f"{meta.name}@sha256:{file_sha256(path)[:16]}"
-        if backend == "torch" and cls is FaceNet:  # crops cut on the engine's device
-            from engines.torch_facenet import DeviceFaceNet
-
-            cls = DeviceFaceNet
         net = cls(engine, meta, model_id=model_id, flip=flip, max_batch=max_batch)
         logger.info(
             "FaceNet %s: %s crops, %d-d, %s on %s",

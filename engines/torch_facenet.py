@@ -10,7 +10,8 @@ have, the channel order and normalisation of the model's sidecar, flip averaging
 network. What crosses to the device per batch is the boxes or the warps (a few numbers per
 face); what comes back is the embeddings. No transfer is made per face.
 
-``FaceNet.load(..., backend="torch")`` gives this class.
+``engines.detectors.load_facenet(..., backend="torch")`` (or ``DeviceFaceNet.load``) gives
+this class.
 """
 
 from __future__ import annotations

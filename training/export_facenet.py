@@ -201,6 +201,30 @@ def _checked_parity(
     return diff
 
 
+def export_network(
+    net: nn.Module, onnx_path: str | Path, image_size: int = 160, torch_program: bool = True
+) -> Path:
+    """Write ``onnx_path`` (+ sidecar) for an embedding network without a checkpoint (a
+    stand-in for speed and parity checks), and with ``torch_program`` the ``.pt2`` beside it."""
+    onnx_path = Path(onnx_path)
+    export_onnx(net, onnx_path, image_size)
+    meta = ModelMetadata(
+        name=onnx_path.stem,
+        kind="facenet",
+        input_size_hw=(image_size, image_size),
+        embedding_size=int(net.last_linear.out_features),
+        outputs=["embedding"],
+        source="facewatch export_network (an Inception-ResNet-v1 without a checkpoint)",
+    )
+    meta.save(onnx_path)
+    if torch_program:
+        meta.extra["torch_program"] = _write_torch_program(
+            net, onnx_path, None, image_size, PARITY_TOLERANCE
+        )
+        meta.save(onnx_path)
+    return onnx_path
+
+
 def _write_torch_program(
     net: nn.Module, onnx_path: Path, crops: np.ndarray | None, size: int, tolerance: float
 ) -> dict[str, Any]:

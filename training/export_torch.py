@@ -22,7 +22,6 @@ from torch.export import Dim
 
 from engines.base import file_sha256
 from engines.torch_backend import SPEC_FILE, program_path
-from training.facenet_nets import NormalisedEmbedding
 from training.mtcnn_nets import load_net
 
 logger = logging.getLogger(__name__)
@@ -159,28 +158,6 @@ def standin_facenet(batch: torch.Tensor, seed: int = 0, embedding_size: int = 51
     torch.manual_seed(seed)
     net = InceptionResnetV1(embedding_size=embedding_size, keep_probability=1.0)
     return fit_batchnorm_stats(net, batch)
-
-
-def export_facenet(net: nn.Module, onnx_path: str | Path, image_size: int = 160) -> Path:
-    """Write ``onnx_path`` (+ sidecar) and the ``.pt2`` beside it for an embedding network."""
-    from engines.base import ModelMetadata
-    from training.export_facenet import export_onnx
-
-    onnx_path = Path(onnx_path)
-    export_onnx(net, onnx_path, image_size)
-    ModelMetadata(
-        name=onnx_path.stem,
-        kind="facenet",
-        input_size_hw=(image_size, image_size),
-        embedding_size=int(net.last_linear.out_features),
-        outputs=["embedding"],
-        source="facewatch export_torch (stand-in or trained Inception-ResNet-v1)",
-    ).save(onnx_path)
-    example = torch.zeros(2, 3, image_size, image_size)
-    graph = NormalisedEmbedding(net).eval()
-    return export_module(
-        graph, example, program_path(onnx_path), "image", ["embedding"], False, onnx_path
-    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

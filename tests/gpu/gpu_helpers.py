@@ -59,11 +59,12 @@ def standin_facenet_files(folder: Path, crops_rgb: np.ndarray) -> Path:
     """A stand-in Inception-ResNet-v1 (BatchNorm fitted to the crops) as ONNX + .pt2."""
     import torch
 
-    from training.export_torch import export_facenet, standin_facenet
+    from training.export_facenet import export_network
+    from training.export_torch import standin_facenet
 
     net = standin_facenet(torch.from_numpy(to_input(crops_rgb[:32])))
     onnx_path = folder / "facenet.onnx"
-    export_facenet(net, onnx_path)
+    export_network(net, onnx_path)
     return onnx_path
 
 

@@ -172,12 +172,13 @@ def _with_sidecar(model, folder, **extra):
 def test_device_crops_are_the_host_crops(facenet_program, faces, tmp_path, alignment):
     """The crops cut on the device (sampling grids over the uploaded frame) are the host's
     OpenCV crops: faces small and large, at the frame's edge, both alignments."""
+    from engines.detectors import load_facenet
     from engines.facenet import FaceNet
     from engines.torch_facenet import DeviceFaceNet
 
     model = _with_sidecar(facenet_program, tmp_path, alignment=alignment)
     host = FaceNet.load(model, threads=2)
-    device = FaceNet.load(model, backend="torch", threads=2)
+    device = load_facenet(model, backend="torch", threads=2)
     assert isinstance(device, DeviceFaceNet)
     frames, found = faces
     picks = [(f, d, k) for f, d in zip(frames, found, strict=True) for k in range(len(d))]
@@ -196,11 +197,12 @@ def test_device_crops_are_the_host_crops(facenet_program, faces, tmp_path, align
 def test_device_facenet_gives_the_host_paths_embeddings(
     facenet_program, faces, tmp_path, extra, flip
 ):
+    from engines.detectors import load_facenet
     from engines.facenet import FaceNet
 
     model = _with_sidecar(facenet_program, tmp_path, **extra)
     host = FaceNet.load(model, threads=2, flip=flip)
-    device = FaceNet.load(model, backend="torch", threads=2, flip=flip, max_batch=8)
+    device = load_facenet(model, backend="torch", threads=2, flip=flip, max_batch=8)
     assert device.model_id == host.model_id  # one gallery serves both
     frames, found = faces
     for ours, ref in zip(
@@ -215,13 +217,13 @@ def test_device_facenet_gives_the_host_paths_embeddings(
 def test_a_batch_goes_to_the_device_once(exported, facenet_program, faces):
     """The device detector uploads each frame of a batch; FaceNet cuts its crops from that
     upload (no second copy), and the next batch uploads afresh, even into a reused array."""
-    from engines.detectors import load_detector
+    from engines.detectors import load_detector, load_facenet
     from engines.facenet import FaceNet
     from engines.torch_frames import DEVICE_FRAMES
 
     folder, _ = exported
     detector = load_detector(folder, backend="torch", threads=2)
-    facenet = FaceNet.load(facenet_program, backend="torch", threads=2)
+    facenet = load_facenet(facenet_program, backend="torch", threads=2)
     frames = [f.copy() for f in faces[0]]
     before = DEVICE_FRAMES.uploads
     found = detector.detect(frames)
