@@ -2,7 +2,7 @@
 
 Each camera is a thread that hands the scheduler a decoded frame every 1/F seconds, on a
 fixed clock, stamped with the time the frame was due: a distinct copy of the clip per camera,
-each starting at another frame. Behind it runs what the daemon runs (``daemon.scheduler``:
+each starting at another frame, the cameras' clocks spread evenly over one frame interval. Behind it runs what the daemon runs (``daemon.scheduler``:
 frame queues that drop the oldest frame when a camera gets ahead, batches, detection with
 full scans and searches around tracks, tracking, FaceNet on the faces that need it, events),
 with the engines the config names. No RTSP and no broker: this is what the GPU must sustain
@@ -49,7 +49,7 @@ from daemon.cameras import Frame, FrameQueues  # noqa: E402
 from daemon.config import Config, parse_config  # noqa: E402
 from daemon.events import EventSinks  # noqa: E402
 from daemon.scheduler import BatchScheduler, Pipeline  # noqa: E402
-from engines.detectors import load_detector, load_facenet  # noqa: E402
+from daemon.service import Service  # noqa: E402
 
 STAGES = ("detect", "track", "embed", "match")
 
@@ -144,23 +144,17 @@ def build(args: argparse.Namespace, work: Path) -> tuple[Config, TimedPipeline]:
                 "queue_frames": args.queue_frames,
             },
             "detection": {"full_scan_every": args.full_scan_every},
-            "recognition": {"model": str(stand_in_facenet(work, args.backend))},
+            "recognition": {
+                "model": str(stand_in_facenet(work, args.backend)),
+                "precision": args.precision,
+            },
             "mqtt": {"enabled": False},
         },
         "bench_streams",
     )
     os.environ["FACEWATCH_TORCH_FP16"] = "1" if args.fp16 else "0"
     os.environ["FACEWATCH_TORCH_CUDA_GRAPHS"] = "1" if args.graphs else "0"
-    threads = args.threads or os.cpu_count() or 1
-    detector = load_detector(
-        config.engines.mtcnn_dir,
-        backend=args.backend,
-        threads=threads,
-        min_face_size=config.detection.min_face_size,
-    )
-    facenet_backend = "onnxruntime" if args.backend in ("openvino", "opencv") else args.backend
-    assert config.recognition.model is not None
-    facenet = load_facenet(config.recognition.model, backend=facenet_backend, threads=threads)
+    detector, facenet = Service(config).load_engines()  # as the daemon loads them
     return config, TimedPipeline(config, detector, facenet, EventSinks())
 
 
@@ -183,11 +177,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         start = time.time() + 1.0
         pipeline.measure_from = start + args.warmup
         stop = start + args.warmup + args.seconds
+        # cameras are not in step: camera k's frames come k / (fps * streams) s after cam00's
+        phase = 1.0 / (args.fps * len(names))
         cameras = [
             threading.Thread(
-                target=camera, args=(n, copies[n], queues, args.fps, start, stop, offered)
+                target=camera,
+                args=(n, copies[n], queues, args.fps, start + k * phase, stop, offered),
             )
-            for n in names
+            for k, n in enumerate(names)
         ]
         scheduler.start()
         for thread in cameras:
@@ -209,6 +206,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "backend": args.backend,
         "fp16": args.fp16,
         "cuda_graphs": args.graphs,
+        "facenet_precision": args.precision,
         "clip": args.clip,
         "frame_hw": list(clip[0].shape[:2]),
         "streams": args.streams,
@@ -269,6 +267,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--queue-frames", type=int, default=2, help="batching.queue_frames")
     p.add_argument("--full-scan-every", type=int, default=5, help="detection.full_scan_every")
     p.add_argument("--threads", type=int, default=0, help="engines.threads (0 = all cores)")
+    p.add_argument(
+        "--precision", default="auto", help="recognition.precision on the CPU (auto, fp32, bf16)"
+    )
     p.add_argument("--fp16", action="store_true", help="torch backend: fp16 autocast")
     p.add_argument("--graphs", action="store_true", help="torch backend: CUDA graphs")
     p.add_argument("--data", type=Path, default=bm.DEFAULT_DATA)

@@ -113,7 +113,9 @@ class Service:
 
     # -- building -----------------------------------------------------------------------
 
-    def _load_engines(self) -> tuple[MTCNN, FaceNet | None]:
+    def load_engines(self) -> tuple[MTCNN, FaceNet | None]:
+        """The config's detector and FaceNet (None without a model), warmed up; a
+        ConfigError names what is wrong."""
         cfg = self.config
         threads = cfg.engines.threads or os.cpu_count() or 1
         detection = cfg.detection
@@ -182,7 +184,7 @@ class Service:
     def run(self) -> int:
         cfg = self.config
         check_cameras(cfg)
-        detector, facenet = self._load_engines()
+        detector, facenet = self.load_engines()
         if facenet is not None:
             try:  # fail now on a wrong gallery; the scheduler thread opens its own (SQLite
                 gallery = open_gallery(cfg, facenet.model_id)  # connections are per thread)
