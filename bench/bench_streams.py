@@ -137,6 +137,11 @@ def build(args: argparse.Namespace, work: Path) -> tuple[Config, TimedPipeline]:
                 "backend": args.backend,
                 "threads": args.threads,
                 "mtcnn_dir": str(mtcnn_folder(work, args.backend, args.data)),
+                **(
+                    {"fp16": args.fp16, "cuda_graphs": args.graphs}
+                    if args.backend == "torch"
+                    else {}
+                ),
             },
             "batching": {
                 "max_batch": args.max_batch,
@@ -152,8 +157,6 @@ def build(args: argparse.Namespace, work: Path) -> tuple[Config, TimedPipeline]:
         },
         "bench_streams",
     )
-    os.environ["FACEWATCH_TORCH_FP16"] = "1" if args.fp16 else "0"
-    os.environ["FACEWATCH_TORCH_CUDA_GRAPHS"] = "1" if args.graphs else "0"
     detector, facenet = Service(config).load_engines()  # as the daemon loads them
     return config, TimedPipeline(config, detector, facenet, EventSinks())
 

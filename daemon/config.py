@@ -129,6 +129,34 @@ class EnginesConfig(_Section):
     )
     threads: int = _field(0, "CPU threads for inference (0 = all cores)", ge=0, le=256)
     mtcnn_dir: str = _field(str(REPO_ROOT / "models" / "mtcnn"), "folder with pnet/rnet/onet.onnx")
+    torch_device: str | None = _field(
+        None,
+        "torch backend: cuda, cuda:N or cpu (default: $FACEWATCH_TORCH_DEVICE, else cuda "
+        "when available)",
+        pattern=r"^(cpu|cuda(:[0-9]+)?)$",
+    )
+    fp16: bool | None = _field(
+        None,
+        "torch backend: fp16 autocast on CUDA, embeddings within a cosine of 0.995 of fp32 "
+        "(default: $FACEWATCH_TORCH_FP16, else off)",
+    )
+    cuda_graphs: bool | None = _field(
+        None,
+        "torch backend: replay each input shape as a CUDA graph (fewer kernel launches; "
+        "default: $FACEWATCH_TORCH_CUDA_GRAPHS, else off)",
+    )
+
+    def torch_environment(self) -> dict[str, str]:
+        """The FACEWATCH_TORCH_* variables the torch backend reads, for the keys that are set
+        (the others leave the environment's)."""
+        values = {
+            "FACEWATCH_TORCH_DEVICE": self.torch_device,
+            "FACEWATCH_TORCH_FP16": None if self.fp16 is None else str(int(self.fp16)),
+            "FACEWATCH_TORCH_CUDA_GRAPHS": (
+                None if self.cuda_graphs is None else str(int(self.cuda_graphs))
+            ),
+        }
+        return {name: value for name, value in values.items() if value is not None}
 
 
 class TrackingConfig(_Section):
@@ -209,7 +237,15 @@ class Config(_Section):
 
     @field_validator("engines")
     @classmethod
-    def _precision_fits_backend(cls, engines: EnginesConfig, info: ValidationInfo) -> EnginesConfig:
+    def _engine_settings_fit_backend(
+        cls, engines: EnginesConfig, info: ValidationInfo
+    ) -> EnginesConfig:
+        if engines.backend != "torch":
+            for key in ("torch_device", "fp16", "cuda_graphs"):
+                if getattr(engines, key) is not None:
+                    raise ValueError(
+                        f"{key} is a setting of the torch backend, not {engines.backend}"
+                    )
         recognition = info.data.get("recognition")
         bf16 = recognition is not None and recognition.precision == "bf16"
         if bf16 and engines.backend not in CPU_BACKENDS:

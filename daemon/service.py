@@ -118,6 +118,7 @@ class Service:
         ConfigError names what is wrong."""
         cfg = self.config
         threads = cfg.engines.threads or os.cpu_count() or 1
+        os.environ.update(cfg.engines.torch_environment())  # what the torch backend reads
         detection = cfg.detection
         try:
             detector = load_detector(

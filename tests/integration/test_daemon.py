@@ -16,10 +16,11 @@ import jsonschema
 import pytest
 
 from daemon.cli import main
-from daemon.config import MqttConfig
+from daemon.config import ConfigError, MqttConfig, parse_config
 from daemon.events import SCHEMA_PATH
 from daemon.gallery import Gallery
 from daemon.mqtt import MqttPublisher
+from daemon.service import Service
 from daemon.spool import Spool
 from tests.conftest import REPO
 from tests.integration.services import (
@@ -160,7 +161,7 @@ def test_a_gallery_present_at_start_names_people(tmp_path, broker, test_model) -
 
 
 def test_the_torch_backend_names_people_with_a_gallery_made_on_the_cpu(
-    tmp_path, broker, shared_data
+    tmp_path, broker, shared_data, monkeypatch
 ) -> None:
     """``engines.backend: torch``, the GPU boxes' setting without TensorRT, here on the CPU:
     MTCNN and FaceNet as torch.export programs, frames and face crops on the engines' device.
@@ -179,7 +180,7 @@ def test_the_torch_backend_names_people_with_a_gallery_made_on_the_cpu(
     enroll(model, gallery, "alex-lacamoire")  # ONNX Runtime
     cameras = [{"name": "clip", "url": str(CLIP), "fps": 5}]
     recognition = {"model": str(model), "gallery": str(gallery), "threshold": 4.0}
-    engines = {"backend": "torch", "mtcnn_dir": str(mtcnn)}
+    engines = {"backend": "torch", "mtcnn_dir": str(mtcnn), "torch_device": "cpu"}
     subscriber = Subscriber(broker.port, "facewatch/test/events/#")
     settings = daemon_settings(
         cameras, broker.port, tmp_path, recognition=recognition, engines=engines
@@ -197,6 +198,13 @@ def test_the_torch_backend_names_people_with_a_gallery_made_on_the_cpu(
         subscriber.close()
     log = daemon.log()
     assert "pnet.pt2 on cpu" in log and "facenet.pt2 on cpu" in log, log[-3000:]
+
+    # engines.fp16 asks for CUDA: on a machine without it, one clear error at the start
+    for name in ("FACEWATCH_TORCH_DEVICE", "FACEWATCH_TORCH_FP16", "FACEWATCH_TORCH_CUDA_GRAPHS"):
+        monkeypatch.setenv(name, "")  # restored after the test: the check below sets them
+    settings["engines"]["fp16"] = True
+    with pytest.raises(ConfigError, match=r"pnet\.pt2: fp16 needs a CUDA device, not cpu"):
+        Service(parse_config(settings)).load_engines()
 
 
 def _spooled(folder: Path) -> int:

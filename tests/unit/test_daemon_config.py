@@ -48,6 +48,14 @@ def test_defaults_fill_everything_but_the_cameras() -> None:
             "bf16 is for the CPU backends",
         ),
         ({"cameras": [CAMERA], "recognition": {"precision": "fp16"}}, "recognition.precision"),
+        (
+            {"cameras": [CAMERA], "engines": {"fp16": True}},
+            "engines: Value error, fp16 is a setting of the torch backend, not openvino",
+        ),
+        (
+            {"cameras": [CAMERA], "engines": {"backend": "torch", "torch_device": "gpu0"}},
+            "engines.torch_device: String should match pattern",
+        ),
         ({"cameras": [{"url": "x"}]}, "cameras[0].name: required key is missing"),
         ([1, 2], "expected a mapping"),
     ],
