@@ -139,12 +139,14 @@ def _export(checkpoint: Path, onnx_path: Path, crops_dir: Path, report: Path) ->
     from engines import ModelMetadata
 
     argv = ["export", str(checkpoint), "--out", str(onnx_path), "--parity-images", str(crops_dir)]
-    assert cli([*argv, "--lfw-report", str(report), "--license", "CC0 (test)"]) == 0
+    argv += ["--lfw-report", str(report), "--license", "CC0 (test)", "--torch-program"]
+    assert cli(argv) == 0
     meta = ModelMetadata.load(onnx_path)
     assert meta.license == "CC0 (test)"
     assert "| licence | CC0 (test) |" in onnx_path.with_suffix(".md").read_text()
     assert (meta.kind, meta.input_size_hw, meta.embedding_size) == ("facenet", (80, 80), 32)
     assert meta.extra["alignment"] == "margin" and meta.extra["parity_max_abs_diff"] < 1e-4
+    assert meta.extra["torch_program"]["max_abs_diff"] < 1e-4
     assert meta.lfw_accuracy == json.loads(report.read_text())["accuracy_mean"]
     assert onnx_path.with_suffix(".md").is_file()
     meta.lfw_accuracy = None  # forget it: `validate --record` must write it back
@@ -161,12 +163,14 @@ def _engine_matches_checkpoint(onnx_path: Path, checkpoint: Path, crops_dir: Pat
     )
     expected = TorchEmbedder.from_checkpoint(checkpoint).embed_rgb(crops)
     meta = ModelMetadata.load(onnx_path)
-    engine = load_engine(onnx_path, threads=2)
     x = ((crops.astype(np.float32) - meta.mean) / meta.std).transpose(0, 3, 1, 2)
-    got = engine.infer({engine.inputs[0].name: np.ascontiguousarray(x)})[engine.outputs[0].name]
-    assert got.shape == (10, 32)
-    assert np.abs(got - expected).max() < 1e-4
-    assert np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)  # L2-norm in the graph
+    for backend in ("onnxruntime", "torch"):  # the ONNX, and the .pt2 of --torch-program
+        engine = load_engine(onnx_path, backend=backend, threads=2)
+        feeds = {engine.inputs[0].name: np.ascontiguousarray(x)}
+        got = engine.infer(feeds)[engine.outputs[0].name]
+        assert got.shape == (10, 32)
+        assert np.abs(got - expected).max() < 1e-4
+        assert np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)  # L2-norm in the graph
 
 
 def test_validate_export_and_engine_parity(trained: Path, aligned, tmp_path: Path) -> None:
@@ -188,6 +192,7 @@ def test_validate_export_and_engine_parity(trained: Path, aligned, tmp_path: Pat
     assert (
         "LFW measured with: `facewatch train validate" in onnx_path.with_suffix(".md").read_text()
     )
+    _engine_matches_checkpoint(onnx_path, checkpoint, aligned[0])  # the .pt2 still fits
 
 
 def test_int8_export_is_calibrated_checked_and_runs_in_the_engines(
