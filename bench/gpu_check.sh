@@ -39,7 +39,8 @@ DAEMON_WHEELS="pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typ
 prepare() {
   grep -qx "/.gpu_data/" .git/info/exclude 2>/dev/null || echo "/.gpu_data/" >> .git/info/exclude
   rm -rf "$STAGE"
-  mkdir -p "$STAGE/data/images" "$STAGE/data/videos" "$STAGE/data/weights" "$STAGE/whl"
+  mkdir -p "$STAGE/data/images" "$STAGE/data/videos" "$STAGE/data/weights" "$STAGE/whl" \
+    "$STAGE/whl-daemon"
   cp "$DATA/README.md" "$STAGE/data/"
   cp "$DATA"/images/*.jpg "$DATA"/images/*.png "$STAGE/data/images/"
   cp -r "$DATA/weights/mtcnn" "$STAGE/data/weights/"
@@ -50,7 +51,7 @@ prepare() {
   # shellcheck disable=SC2086
   python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
     --implementation cp --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-    -d "$STAGE/whl" $DAEMON_WHEELS
+    -d "$STAGE/whl-daemon" $DAEMON_WHEELS
   du -sh "$STAGE"
 }
 
@@ -65,6 +66,11 @@ device() {
   fi
   site=${SITE:-/tmp/facewatch-site}
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" "$STAGE"/whl/*.whl
+  if ! "$PY" -c "import pydantic" 2>/dev/null; then  # for bench_streams (the daemon's config)
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+      --target "$site" "$STAGE"/whl-daemon/*.whl ||
+      echo "pydantic's wheels (Python 3.12) do not install here: bench_streams will fail" >&2
+  fi
   export PYTHONPATH="$site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
   {
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
