@@ -20,6 +20,7 @@ from typing import Any
 
 from engines import boxes as bx
 from engines.base import EngineError, ModelMetadata, file_sha256
+from engines.mtcnn import CROPS_PER_CALL, ROI_CANVAS
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +29,7 @@ DEFAULT_BATCH = (1, 8, 32)
 DEFAULT_WORKSPACE_BYTES = 1 << 30
 MIN_WORKSPACE_BYTES = 1 << 20
 PNET_PROFILE_GROUPS = 2  # profiles for P-Net: large levels, small levels
-CACHE_FORMAT = 1  # bump when the plan layout or manifest changes
+CACHE_FORMAT = 2  # bump when the plan layout or manifest changes (2: P-Net region profile)
 
 
 class BuildError(EngineError):
@@ -140,7 +141,8 @@ def pnet_profiles(
     scale_factor: float,
     groups: int = PNET_PROFILE_GROUPS,
 ) -> list[ShapeProfile]:
-    """Profiles that together cover every pyramid level of every camera.
+    """Profiles that together cover every pyramid level of every camera, and last the
+    regions searched around known faces (``pnet_region_profile``).
 
     Levels are split by area into ``groups`` runs (the large levels, where the time goes,
     get a profile of their own); each profile's opt is its largest level.
@@ -162,7 +164,19 @@ def pnet_profiles(
                 (batch[2], 3, max(hs), max(ws)),
             )
         )
-    return profiles
+    return [*profiles, pnet_region_profile(name, batch[0])]
+
+
+def pnet_region_profile(name: str, min_batch: int = 1) -> ShapeProfile:
+    """P-Net's calls in the search around known faces (``detection.full_scan_every`` > 1):
+    square regions at each ``ROI_CANVAS`` size, up to ``CROPS_PER_CALL`` per call (the
+    regions of all faces of all frames of a batch)."""
+    lo, hi = min(ROI_CANVAS), max(ROI_CANVAS)
+    mid = sorted(ROI_CANVAS)[len(ROI_CANVAS) // 2]
+    opt = max(min_batch, min(64, CROPS_PER_CALL))
+    return ShapeProfile(
+        name, (min_batch, 3, lo, lo), (opt, 3, mid, mid), (CROPS_PER_CALL, 3, hi, hi)
+    )
 
 
 def model_profiles(

@@ -361,7 +361,13 @@ class MTCNN:
         found: list[np.ndarray] = []
         whose: list[np.ndarray] = []
         for canvas in ROI_CANVAS:
-            out = self._infer_windows(self.pnet, pyramids, windows, frame, canvas)
+            parts = []
+            for start in range(0, len(windows), CROPS_PER_CALL):  # TensorRT's profile max
+                part = slice(start, start + CROPS_PER_CALL)
+                parts.append(
+                    self._infer_windows(self.pnet, pyramids, windows[part], frame[part], canvas)
+                )
+            out = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
             boxes, region = bx.pnet_candidates(
                 out["reg"], out["prob"][:, 1], 1.0, self.config.thresholds[0]
             )

@@ -27,6 +27,7 @@ from engines.build import (
     pnet_profiles,
     read_manifests,
 )
+from engines.mtcnn import CROPS_PER_CALL, ROI_CANVAS
 from tests.conftest import MODELS, REPO
 
 H200 = GpuInfo("NVIDIA H200", (9, 0))
@@ -121,10 +122,14 @@ def test_pnet_profiles_cover_every_pyramid_level(cameras, min_face, factor, grou
     sizes = detector_sizes(cameras, min_face, factor)
     assert set(pnet_level_sizes(cameras, min_face, factor)) == sizes
     profiles = pnet_profiles("image", cameras, (1, 4, 16), min_face, factor, groups)
-    assert 1 <= len(profiles) <= groups
+    assert 2 <= len(profiles) <= groups + 1
     for h, w in sizes:
         for batch in (1, 4, 16):
             assert any(p.covers((batch, 3, h, w)) for p in profiles), (h, w, batch)
+    # the search around known faces: up to CROPS_PER_CALL regions at each canvas size
+    for canvas in ROI_CANVAS:
+        for batch in (1, 37, CROPS_PER_CALL):
+            assert any(p.covers((batch, 3, canvas, canvas)) for p in profiles), (canvas, batch)
     largest_area = max(h * w for h, w in sizes)
     assert profiles[0].opt[:2] == (4, 3)
     assert profiles[0].opt[2] * profiles[0].opt[3] == largest_area
@@ -139,7 +144,7 @@ def test_pnet_largest_and_smallest_levels_at_1080p():
     assert min(h for h, _ in sizes) >= 12
     profiles = pnet_profiles("image", ((1080, 1920),), (1, 16, 16), 20.0, 0.709)
     assert profiles[0].max[2:] == (649, 1153)
-    assert profiles[-1].min[2:] == sizes[-1]
+    assert profiles[-2].min[2:] == sizes[-1]
 
 
 def test_pnet_without_cameras_is_a_clear_error():

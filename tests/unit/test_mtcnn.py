@@ -278,3 +278,28 @@ def test_search_around_prior_faces_finds_them_where_they_went(detector, shared_d
     ]
     with pytest.raises(ValueError, match="priors"):
         detector.detect(frames[:2], priors=[None])
+
+
+def test_search_around_faces_calls_p_net_with_bounded_batches(shared_data, monkeypatch):
+    """The regions around all faces of a batch go to P-Net CROPS_PER_CALL at a time (a
+    TensorRT plan's profile ends there): the same faces as one call with all of them."""
+    import engines.mtcnn as mtcnn_module
+
+    frames = video_frames(shared_data / "videos" / "crowd_1080p.mp4", [0, 5, 30], (1280, 720))
+    detector = MTCNN.load(MODELS / "mtcnn", threads=2)
+    priors = [f.bbox_xyxy for f in detector.detect(frames)]
+    assert sum(len(p) for p in priors) >= 9
+    whole = detector.detect(frames, priors=priors)
+    batches: list[int] = []
+    infer = detector.pnet.infer
+
+    def recording(feeds):
+        batches.append(len(feeds["image"]))
+        return infer(feeds)
+
+    monkeypatch.setattr(detector.pnet, "infer", recording)
+    monkeypatch.setattr(mtcnn_module, "CROPS_PER_CALL", 4)
+    chunked = detector.detect(frames, priors=priors)
+    assert batches and max(batches) == 4 and len(batches) > len(mtcnn_module.ROI_CANVAS)
+    for ours, ref in zip(chunked, whole, strict=True):
+        assert_same_faces(ours, ref)
