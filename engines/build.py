@@ -29,7 +29,7 @@ DEFAULT_BATCH = (1, 8, 32)
 DEFAULT_WORKSPACE_BYTES = 1 << 30
 MIN_WORKSPACE_BYTES = 1 << 20
 PNET_PROFILE_GROUPS = 2  # profiles for P-Net: large levels, small levels
-CACHE_FORMAT = 2  # bump when the plan layout or manifest changes (2: P-Net region profile)
+CACHE_FORMAT = 3  # bump when the plan layout changes (2: P-Net regions, 3: P-Net down to 12)
 
 
 class BuildError(EngineError):
@@ -141,26 +141,31 @@ def pnet_profiles(
     scale_factor: float,
     groups: int = PNET_PROFILE_GROUPS,
 ) -> list[ShapeProfile]:
-    """Profiles that together cover every pyramid level of every camera, and last the
-    regions searched around known faces (``pnet_region_profile``).
+    """Profiles that together take every P-Net input up to the largest pyramid level of the
+    cameras, and last the regions searched around known faces (``pnet_region_profile``).
 
     Levels are split by area into ``groups`` runs (the large levels, where the time goes,
-    get a profile of their own); each profile's opt is its largest level.
+    get a profile of their own); each profile's opt is its largest level and its max the
+    bounding box of its levels. Every profile reaches down to P-Net's 12 x 12 window, so
+    levels that fall between the runs are taken too: those of a camera with a larger
+    ``min_face_size`` (a per-camera override), another aspect ratio, or a smaller frame
+    than the ones given.
     """
     sizes = pnet_level_sizes(camera_hw, min_face_size, scale_factor)
     if not sizes:
         raise BuildError("P-Net needs camera sizes (--camera WxH) to size its profiles")
     groups = max(1, min(groups, len(sizes)))
     bounds = [round(i * len(sizes) / groups) for i in range(groups + 1)]
+    cell = bx.PNET_CELL
     profiles = []
     for a, b in itertools.pairwise(bounds):
-        part = sizes[a:b]
+        part = sizes[a:] if a == 0 else sizes[a:b]  # the first takes every level
         hs, ws = [s[0] for s in part], [s[1] for s in part]
         profiles.append(
             ShapeProfile(
                 name,
-                (batch[0], 3, min(hs), min(ws)),
-                (batch[1], 3, part[0][0], part[0][1]),
+                (batch[0], 3, cell, cell),
+                (batch[1], 3, sizes[a][0], sizes[a][1]),
                 (batch[2], 3, max(hs), max(ws)),
             )
         )

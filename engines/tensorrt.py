@@ -198,9 +198,14 @@ class TensorRTEngine(SpecsFromLoad):
 
     def _profile_for(self, feeds: dict[str, np.ndarray]) -> int:
         shapes = {spec.name: tuple(feeds[spec.name].shape) for spec in self._inputs}
-        for p in [self._profile, *range(self._engine.num_optimization_profiles)]:
-            if all(_within(self._profile_shapes(n)[p], s) for n, s in shapes.items()):
-                return p
+        per_input = {name: self._profile_shapes(name) for name in shapes}
+        ranges = [
+            {name: per_input[name][p] for name in shapes}
+            for p in range(self._engine.num_optimization_profiles)
+        ]
+        chosen = pick_profile(ranges, shapes, self._profile)
+        if chosen is not None:
+            return chosen
         raise EngineError(
             f"{self.path}: input shapes {shapes} are outside every optimisation profile; "
             "rebuild the plan with larger --batch or the cameras in use (--camera WxH)"
@@ -268,6 +273,29 @@ class TensorRTEngine(SpecsFromLoad):
             self._stream = None
         self._context = None
         self._engine = None
+
+
+def pick_profile(
+    ranges: list[dict[str, tuple[tuple[int, ...], ...]]],
+    shapes: dict[str, tuple[int, ...]],
+    current: int,
+) -> int | None:
+    """The optimisation profile for these input shapes, given each profile's (min, opt, max)
+    per input: of the profiles that take them, the one with the smallest max (its kernels
+    were chosen for shapes nearest to them; profiles may nest), the current one on a tie.
+    None when no profile takes them."""
+    fitting = [
+        p
+        for p, profile in enumerate(ranges)
+        if all(_within(profile[name], shape) for name, shape in shapes.items())
+    ]
+    if not fitting:
+        return None
+
+    def size(p: int) -> int:
+        return sum(int(np.prod(ranges[p][name][2])) for name in shapes)
+
+    return min(fitting, key=lambda p: (size(p), p != current))
 
 
 def _within(profile: tuple[tuple[int, ...], ...], shape: tuple[int, ...]) -> bool:

@@ -126,6 +126,13 @@ def test_pnet_profiles_cover_every_pyramid_level(cameras, min_face, factor, grou
     for h, w in sizes:
         for batch in (1, 4, 16):
             assert any(p.covers((batch, 3, h, w)) for p in profiles), (h, w, batch)
+    # levels the build was not given: other min_face_size (a camera's override), another
+    # aspect ratio, a smaller frame; all at most the largest camera given
+    largest = max(cameras, key=lambda hw: hw[0] * hw[1])
+    others = [largest, (largest[0] * 3 // 4, largest[1] // 2), (largest[0] // 2, largest[1] // 2)]
+    for face in (min_face, min_face * 1.2, min_face * 1.5, min_face * 2.7):
+        for h, w in detector_sizes([hw for hw in others if min(hw) >= 12], face, factor):
+            assert any(p.covers((1, 3, h, w)) for p in profiles), (face, h, w)
     # the search around known faces: up to CROPS_PER_CALL regions at each canvas size
     for canvas in ROI_CANVAS:
         for batch in (1, 37, CROPS_PER_CALL):
@@ -144,7 +151,23 @@ def test_pnet_largest_and_smallest_levels_at_1080p():
     assert min(h for h, _ in sizes) >= 12
     profiles = pnet_profiles("image", ((1080, 1920),), (1, 16, 16), 20.0, 0.709)
     assert profiles[0].max[2:] == (649, 1153)
-    assert profiles[-2].min[2:] == sizes[-1]
+    assert profiles[-2].max[2:] == sizes[len(sizes) // 2]  # the small levels' own profile
+    assert all(p.min[2:] == (12, 12) for p in profiles[:-1])  # P-Net's window, at the least
+
+
+def test_the_runner_picks_the_tightest_profile_that_takes_the_shapes():
+    from engines.tensorrt import pick_profile
+
+    big = {"image": ((1, 3, 12, 12), (8, 3, 649, 1153), (32, 3, 649, 1153))}
+    small = {"image": ((1, 3, 12, 12), (8, 3, 59, 104), (32, 3, 59, 104))}
+    regions = {"image": ((1, 3, 26, 26), (64, 3, 36, 36), (1024, 3, 51, 51))}
+    ranges = [big, small, regions]
+    assert pick_profile(ranges, {"image": (8, 3, 400, 700)}, 1) == 0
+    assert pick_profile(ranges, {"image": (8, 3, 40, 70)}, 0) == 1  # both take it: the smaller
+    assert pick_profile(ranges, {"image": (200, 3, 36, 36)}, 0) == 2
+    assert pick_profile(ranges, {"image": (8, 3, 36, 36)}, 0) == 1  # smaller max than regions'
+    assert pick_profile([big, big], {"image": (1, 3, 20, 20)}, 1) == 1  # a tie: stay
+    assert pick_profile(ranges, {"image": (64, 3, 400, 700)}, 0) is None
 
 
 def test_pnet_without_cameras_is_a_clear_error():

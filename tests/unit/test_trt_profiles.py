@@ -59,8 +59,11 @@ def test_the_daemons_calls_fit_the_documented_plans(shared_data, test_model) -> 
     crowd = [capture.read()[1] for _ in range(6)]
     capture.release()
     small = [cv2.resize(f, (640, 360), interpolation=cv2.INTER_AREA) for f in crowd]
-    # 16 cameras, as a GPU box runs them: 2 of 1080p, 14 of 360p
-    streams = {f"big{k}": crowd for k in range(2)} | {f"cam{k}": small for k in range(14)}
+    odd = [cv2.resize(f, (640, 480), interpolation=cv2.INTER_AREA) for f in crowd]
+    # 16 cameras, as a GPU box runs them: 2 of 1080p, 13 of 360p, and one 4:3 camera that
+    # the build was not told of, with its own min_face_size (levels between the profiles')
+    streams = {f"big{k}": crowd for k in range(2)} | {f"cam{k}": small for k in range(13)}
+    streams["odd"] = odd
     cameras_hw = ((1080, 1920), (360, 640), WARM_UP_HW)
     calls: dict[str, list[tuple]] = {"pnet": [], "rnet": [], "onet": [], "facenet": []}
     detector = MTCNN.load(MODELS / "mtcnn", backend="onnxruntime", threads=2, lanes=1)
@@ -78,7 +81,8 @@ def test_the_daemons_calls_fit_the_documented_plans(shared_data, test_model) -> 
     )
     config = parse_config(
         {
-            "cameras": [{"name": name, "url": "decoded"} for name in streams],
+            "cameras": [{"name": name, "url": "decoded"} for name in streams if name != "odd"]
+            + [{"name": "odd", "url": "decoded", "detection": {"min_face_size": 24}}],
             "batching": {"max_batch": 16},
             "detection": {"full_scan_every": 3},
             "recognition": {"model": str(test_model)},
