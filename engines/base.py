@@ -42,6 +42,14 @@ class Engine(Protocol):
     def close(self) -> None: ...
 
 
+def batch_limit(engine: Engine, wanted: int) -> int:
+    """``wanted``, or less where the engine takes at most a smaller batch: backends whose
+    inputs stop at some batch size below what callers may send (a TensorRT plan, at the
+    end of its profiles) say so with a ``max_batch`` attribute; callers split to it."""
+    limit = getattr(engine, "max_batch", None)
+    return max(1, min(wanted, int(limit))) if limit else wanted
+
+
 class SpecsFromLoad:
     """For backends: ``inputs`` / ``outputs`` are the specs found when the model was loaded
     (set ``self._inputs`` and ``self._outputs`` in ``__init__``)."""

@@ -20,7 +20,7 @@ from typing import Any
 
 from engines import boxes as bx
 from engines.base import EngineError, ModelMetadata, file_sha256
-from engines.mtcnn import CROPS_PER_CALL, ROI_CANVAS
+from engines.mtcnn import ROI_CANVAS
 
 logger = logging.getLogger(__name__)
 
@@ -169,19 +169,16 @@ def pnet_profiles(
                 (batch[2], 3, max(hs), max(ws)),
             )
         )
-    return [*profiles, pnet_region_profile(name, batch[0])]
+    return [*profiles, pnet_region_profile(name, batch)]
 
 
-def pnet_region_profile(name: str, min_batch: int = 1) -> ShapeProfile:
+def pnet_region_profile(name: str, batch: tuple[int, int, int]) -> ShapeProfile:
     """P-Net's calls in the search around known faces (``detection.full_scan_every`` > 1):
-    square regions at each ``ROI_CANVAS`` size, up to ``CROPS_PER_CALL`` per call (the
-    regions of all faces of all frames of a batch)."""
+    square regions at each ``ROI_CANVAS`` size, as many per call as the other profiles
+    take frames (MTCNN splits a batch's regions to the plan's ``max_batch``)."""
     lo, hi = min(ROI_CANVAS), max(ROI_CANVAS)
     mid = sorted(ROI_CANVAS)[len(ROI_CANVAS) // 2]
-    opt = max(min_batch, min(64, CROPS_PER_CALL))
-    return ShapeProfile(
-        name, (min_batch, 3, lo, lo), (opt, 3, mid, mid), (CROPS_PER_CALL, 3, hi, hi)
-    )
+    return ShapeProfile(name, (batch[0], 3, lo, lo), (batch[1], 3, mid, mid), (batch[2], 3, hi, hi))
 
 
 def model_profiles(

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from engines.align import align_similarity, crop_with_margin
-from engines.base import Engine, EngineError, ModelMetadata, file_sha256
+from engines.base import Engine, EngineError, ModelMetadata, batch_limit, file_sha256
 from engines.loader import cpu_precision, load_engine
 from engines.mtcnn import FrameDetections
 
@@ -79,7 +79,7 @@ class FaceNet:
         )
         fixed = engine.inputs[0].shape[0]
         self.fixed_batch: int | None = fixed if isinstance(fixed, int) and fixed > 0 else None
-        self.max_batch = self.fixed_batch or max_batch
+        self.max_batch = self.fixed_batch or batch_limit(engine, max_batch)
         self.image_size_hw: tuple[int, int] = meta.input_size_hw  # type: ignore[assignment]
         self.alignment = str(meta.extra.get("alignment", "margin"))
         self.margin = int(meta.extra.get("margin", 32))

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from engines import boxes as bx
-from engines.base import Engine, EngineError, ModelMetadata
+from engines.base import Engine, EngineError, ModelMetadata, batch_limit
 from engines.images import AreaPyramid, area_crop_sums, as_bgr8
 from engines.loader import CPU_BACKENDS, load_engine
 
@@ -309,7 +309,7 @@ class MTCNN:
         for k, scale in enumerate(scales):
             h, w = bx.scaled_size_hw(image_hw, scale)
             if h * w <= limit or not self._lanes:
-                step = max(1, limit // (h * w))
+                step = batch_limit(self.pnet, max(1, limit // (h * w)))
                 for start in range(0, len(frames), step):
                     chunk = frames[start : start + step]
                     tiles.append(_Tile(k, chunk, None, len(chunk) * h * w))
@@ -362,8 +362,9 @@ class MTCNN:
         whose: list[np.ndarray] = []
         for canvas in ROI_CANVAS:
             parts = []
-            for start in range(0, len(windows), CROPS_PER_CALL):  # TensorRT's profile max
-                part = slice(start, start + CROPS_PER_CALL)
+            step = batch_limit(self.pnet, CROPS_PER_CALL)
+            for start in range(0, len(windows), step):
+                part = slice(start, start + step)
                 parts.append(
                     self._infer_windows(self.pnet, pyramids, windows[part], frame[part], canvas)
                 )
@@ -458,6 +459,7 @@ class MTCNN:
     ) -> dict[str, np.ndarray]:
         """R-Net or O-Net on the crops of all candidates, split between the lanes."""
         total = len(cand.score)
+        engine = self.rnet if net == "rnet" else self.onet
         if self._lanes:
             # Calls of one size (but the last) that the lanes take as each is free: CPU
             # runtimes prepare each new input shape (OpenVINO: R-Net +40%, O-Net +50% when
@@ -465,11 +467,12 @@ class MTCNN:
             # crop as any larger one, that still gives each lane two calls.
             sizes = LANE_CROPS_PER_CALL[net]
             enough = [n for n in sizes if -(-total // n) >= 2 * (len(self._lanes) + 1)]
-            step = max(enough, default=min(sizes))
+            step = batch_limit(engine, max(enough, default=min(sizes)))
             chunks = [np.arange(i, min(i + step, total)) for i in range(0, total, step)]
         else:
             # At most CROPS_PER_CALL crops per call: bounded memory for big batches.
-            chunks = np.array_split(np.arange(total), -(-total // CROPS_PER_CALL))
+            per_call = batch_limit(engine, CROPS_PER_CALL)
+            chunks = np.array_split(np.arange(total), -(-total // per_call))
 
         def run(lane: MTCNN, part: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
             engine = lane.rnet if net == "rnet" else lane.onet

@@ -115,6 +115,12 @@ class TensorRTEngine(SpecsFromLoad):
         self._bindings: dict[str, _Binding] = {}
         try:
             self._allocate()
+            # the largest batch every profile takes: callers split to it (base.batch_limit)
+            self.max_batch = min(
+                shapes[2][0]
+                for name in self._io_names()[0]
+                for shapes in self._profile_shapes(name)
+            )
             if warmup:
                 self._warm_up()
         except Exception:

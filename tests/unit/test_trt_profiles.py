@@ -13,6 +13,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+import pytest
 
 from daemon.cameras import Frame
 from daemon.config import parse_config
@@ -34,6 +35,7 @@ class ProfileChecked:
     def __init__(self, engine: Any, profiles: list[ShapeProfile], calls: list[tuple]) -> None:
         self.engine, self.profiles, self.calls = engine, profiles, calls
         self.inputs, self.outputs = engine.inputs, engine.outputs
+        self.max_batch = min(p.max[0] for p in profiles)  # as engines.tensorrt says it
 
     def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         shape = tuple(next(iter(feeds.values())).shape)
@@ -45,16 +47,20 @@ class ProfileChecked:
         self.engine.close()
 
 
-def _profiles(onnx_name: str, cameras: tuple[tuple[int, int], ...]) -> list[ShapeProfile]:
-    """The profiles of `facewatch engines build MODEL [--camera WxH ...]` (docs/operations.md)."""
-    meta = ModelMetadata.load(MODELS / "mtcnn" / onnx_name)
-    options = BuildOptions(
-        batch=default_batch(meta), camera_hw=cameras if onnx_name == "pnet.onnx" else ()
-    )
+def _profiles(
+    meta: ModelMetadata, cameras: tuple[tuple[int, int], ...], batch: tuple[int, int, int] | None
+) -> list[ShapeProfile]:
+    """The profiles of `facewatch engines build MODEL [--camera WxH ...] [--batch ...]`."""
+    options = BuildOptions(batch=batch or default_batch(meta), camera_hw=cameras)
     return model_profiles(meta, "image", options)
 
 
-def test_the_daemons_calls_fit_the_documented_plans(shared_data, test_model) -> None:
+@pytest.mark.parametrize(
+    "batch", [None, (1, 2, 4)], ids=["documented commands", "with --batch 1 2 4"]
+)
+def test_the_daemons_calls_fit_the_plans(shared_data, test_model, batch) -> None:
+    """Built as docs/operations.md says, every call fits; built with smaller batches too:
+    the engines split their calls to the plan's largest batch (``max_batch``)."""
     capture = cv2.VideoCapture(str(shared_data / "videos" / "crowd_1080p.mp4"))
     crowd = [capture.read()[1] for _ in range(6)]
     capture.release()
@@ -68,17 +74,15 @@ def test_the_daemons_calls_fit_the_documented_plans(shared_data, test_model) -> 
     calls: dict[str, list[tuple]] = {"pnet": [], "rnet": [], "onet": [], "facenet": []}
     detector = MTCNN.load(MODELS / "mtcnn", backend="onnxruntime", threads=2, lanes=1)
     for net in ("pnet", "rnet", "onet"):
-        checked = ProfileChecked(
-            getattr(detector, net), _profiles(f"{net}.onnx", cameras_hw), calls[net]
-        )
-        setattr(detector, net, checked)
-    facenet = FaceNet.load(test_model, threads=2)
-    meta = ModelMetadata.load(test_model)
-    facenet.engine = ProfileChecked(  # type: ignore[assignment]
-        facenet.engine,
-        model_profiles(meta, "image", BuildOptions(batch=default_batch(meta))),
+        meta = ModelMetadata.load(MODELS / "mtcnn" / f"{net}.onnx")
+        profiles = _profiles(meta, cameras_hw if net == "pnet" else (), batch)
+        setattr(detector, net, ProfileChecked(getattr(detector, net), profiles, calls[net]))
+    checked = ProfileChecked(
+        FaceNet.load(test_model, threads=2).engine,
+        _profiles(ModelMetadata.load(test_model), (), batch),
         calls["facenet"],
     )
+    facenet = FaceNet(checked, ModelMetadata.load(test_model))  # type: ignore[arg-type]
     config = parse_config(
         {
             "cameras": [{"name": name, "url": "decoded"} for name in streams if name != "odd"]
@@ -94,7 +98,11 @@ def test_the_daemons_calls_fit_the_documented_plans(shared_data, test_model) -> 
         pipeline.process([Frame(n, k, time.time(), f[k]) for n, f in streams.items()])
     # every call fitted (ProfileChecked); and they were the ones that matter:
     levels = [shape[0] for shape in calls["pnet"] if shape[2] != shape[3]]
-    assert 2 <= max(levels) <= 16  # small pyramid levels of several frames in one call
     regions = [shape[0] for shape in calls["pnet"] if shape[2] == shape[3]]
-    assert max(regions) > 32  # the search around known faces: all of a batch's at once
+    if batch is None:
+        assert 2 <= max(levels) <= 16  # small pyramid levels of several frames in one call
+        assert max(regions) == 32  # a batch's regions around known faces, split to MAX
+    else:
+        assert max(levels) == max(regions) == 4  # split to the plan's largest batch
+        assert max(shape[0] for shape in calls["facenet"]) == 4
     assert calls["rnet"] and calls["onet"] and calls["facenet"]
