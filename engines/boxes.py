@@ -13,6 +13,11 @@ import numpy as np
 
 PNET_STRIDE = 2
 PNET_CELL = 12
+# Search around a known face (MTCNN.detect(..., priors=)): a square region ROI_SIDE face
+# sizes wide, given to P-Net at three canvas sizes, so that P-Net's 12-pixel window sees
+# faces of 1.41, 1 and 0.71 times the prior's size (ROI_SIDE * 12 / canvas).
+ROI_SIDE = 3.0
+ROI_CANVAS = (26, 36, 51)
 
 
 def pyramid_scales(

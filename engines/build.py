@@ -20,7 +20,6 @@ from typing import Any
 
 from engines import boxes as bx
 from engines.base import EngineError, ModelMetadata, file_sha256
-from engines.mtcnn import ROI_CANVAS
 
 logger = logging.getLogger(__name__)
 
@@ -174,10 +173,10 @@ def pnet_profiles(
 
 def pnet_region_profile(name: str, batch: tuple[int, int, int]) -> ShapeProfile:
     """P-Net's calls in the search around known faces (``detection.full_scan_every`` > 1):
-    square regions at each ``ROI_CANVAS`` size, as many per call as the other profiles
+    square regions at each ``bx.ROI_CANVAS`` size, as many per call as the other profiles
     take frames (MTCNN splits a batch's regions to the plan's ``max_batch``)."""
-    lo, hi = min(ROI_CANVAS), max(ROI_CANVAS)
-    mid = sorted(ROI_CANVAS)[len(ROI_CANVAS) // 2]
+    lo, hi = min(bx.ROI_CANVAS), max(bx.ROI_CANVAS)
+    mid = sorted(bx.ROI_CANVAS)[len(bx.ROI_CANVAS) // 2]
     return ShapeProfile(name, (batch[0], 3, lo, lo), (batch[1], 3, mid, mid), (batch[2], 3, hi, hi))
 
 

@@ -38,11 +38,6 @@ CROPS_PER_CALL = 1024  # R-Net / O-Net candidates per call
 # ... with lanes (the CPU), one of these sizes, each as fast per crop as any larger one
 LANE_CROPS_PER_CALL = {"rnet": (16, 32, 64), "onet": (4, 8)}
 ONET_NMS = 0.7  # intersection over the smaller box
-# Search around a known face (detect(..., priors=)): a square region ROI_SIDE face sizes
-# wide, given to P-Net at three canvas sizes, so that P-Net's 12-pixel window sees faces of
-# 1.41, 1 and 0.71 times the prior's size (ROI_SIDE * 12 / canvas).
-ROI_SIDE = 3.0
-ROI_CANVAS = (26, 36, 51)
 
 
 @dataclass(frozen=True)
@@ -349,18 +344,19 @@ class MTCNN:
     def _propose_around(
         self, pyramids: list[AreaPyramid], priors: dict[int, np.ndarray]
     ) -> _Candidates:
-        """P-Net on a square region ROI_SIDE face sizes wide around each prior face, at
-        each ROI_CANVAS size: all regions of all frames in one call per canvas size."""
+        """P-Net on a square region ``bx.ROI_SIDE`` face sizes wide around each prior face,
+        at each ``bx.ROI_CANVAS`` size: the regions of all frames in as few calls as the
+        engine takes."""
         frame = np.concatenate([np.full(len(b), i, np.int64) for i, b in priors.items()])
         square = bx.square(np.concatenate([b[:, :4] for b in priors.values()]).astype(np.float32))
-        half = (square[:, 2] - square[:, 0]) * ROI_SIDE / 2
+        half = (square[:, 2] - square[:, 0]) * bx.ROI_SIDE / 2
         cx, cy = (square[:, 0] + square[:, 2]) / 2, (square[:, 1] + square[:, 3]) / 2
         windows = np.round(np.stack([cx - half, cy - half, cx + half, cy + half], 1))
         windows = windows.astype(np.int64)
         side = np.maximum(windows[:, 2] - windows[:, 0], 1).astype(np.float32)
         found: list[np.ndarray] = []
         whose: list[np.ndarray] = []
-        for canvas in ROI_CANVAS:
+        for canvas in bx.ROI_CANVAS:
             parts = []
             step = batch_limit(self.pnet, CROPS_PER_CALL)
             for start in range(0, len(windows), step):

@@ -27,7 +27,6 @@ from engines.build import (
     pnet_profiles,
     read_manifests,
 )
-from engines.mtcnn import ROI_CANVAS
 from tests.conftest import MODELS, REPO
 
 H200 = GpuInfo("NVIDIA H200", (9, 0))
@@ -134,7 +133,7 @@ def test_pnet_profiles_cover_every_pyramid_level(cameras, min_face, factor, grou
         for h, w in detector_sizes([hw for hw in others if min(hw) >= 12], face, factor):
             assert any(p.covers((1, 3, h, w)) for p in profiles), (face, h, w)
     # the search around known faces: regions at each canvas size, up to MAX a call
-    for canvas in ROI_CANVAS:
+    for canvas in bx.ROI_CANVAS:
         for batch in (1, 4, 16):
             assert any(p.covers((batch, 3, canvas, canvas)) for p in profiles), (canvas, batch)
     largest_area = max(h * w for h, w in sizes)

@@ -300,6 +300,6 @@ def test_search_around_faces_calls_p_net_with_bounded_batches(shared_data, monke
     monkeypatch.setattr(detector.pnet, "infer", recording)
     monkeypatch.setattr(mtcnn_module, "CROPS_PER_CALL", 4)
     chunked = detector.detect(frames, priors=priors)
-    assert batches and max(batches) == 4 and len(batches) > len(mtcnn_module.ROI_CANVAS)
+    assert batches and max(batches) == 4 and len(batches) > len(bx.ROI_CANVAS)
     for ours, ref in zip(chunked, whole, strict=True):
         assert_same_faces(ours, ref)
