@@ -225,17 +225,30 @@ def kernel_profile(run: Callable[[], Any]) -> str:
     cProfile cannot see: kernels run asynchronously), by CPU time elsewhere."""
     import torch
 
+    with torch.profiler.profile(activities=profiler_activities()) as kernels:
+        run()
+        sync()
+    return kernel_table(kernels)
+
+
+def profiler_activities() -> list[Any]:
+    import torch
+
     activities = [torch.profiler.ProfilerActivity.CPU]
     if torch.cuda.is_available():
         activities.append(torch.profiler.ProfilerActivity.CUDA)
-    with torch.profiler.profile(activities=activities) as kernels:
-        run()
-        sync()
+    return activities
+
+
+def kernel_table(kernels: Any, rows: int = 30) -> str:
+    """A finished torch.profiler's operators, by device time where there was a GPU."""
+    import torch
+
     averages = kernels.key_averages()
     for sort in ("device_time_total", "cuda_time_total", "cpu_time_total"):
         if sort.startswith("cpu") or torch.cuda.is_available():
             try:
-                table = averages.table(sort_by=sort, row_limit=30)
+                table = averages.table(sort_by=sort, row_limit=rows)
             except (AttributeError, KeyError, ValueError, RuntimeError):
                 continue
             return f"== torch.profiler, by {sort} ==\n{table}\n"

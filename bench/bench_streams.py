@@ -13,8 +13,10 @@ Reported: frames offered, processed and dropped, latency from the frame's due ti
 of its batch (p50 / p95 / p99 / max), the mean batch, and the time per batch of each stage
 (the daemon's own facewatch_stage_seconds). ``--profile FILE``: a cProfile of the scheduler
 thread over the measured part (with ``--backend torch`` on CUDA, the time the host waits for
-the device shows in the calls that copy results back). FaceNet is the stand-in
-Inception-ResNet-v1 (random weights, the same computation as a trained one); no gallery.
+the device shows in the calls that copy results back), and with the torch backend a
+torch.profiler table of the first 10 measured batches: the operators by device time on
+CUDA. FaceNet is the stand-in Inception-ResNet-v1 (random weights, the same computation as
+a trained one); no gallery.
 It measures; it asserts nothing.
 
     python bench/bench_streams.py --backend torch --streams 16 --fps 25 --clip crowd_1080p \\
@@ -43,6 +45,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "bench")]
 
 import bench_mtcnn as bm  # noqa: E402  (the clips and their decoding)
+from bench_gpu import kernel_table, profiler_activities, sync  # noqa: E402
 from prometheus_client import REGISTRY  # noqa: E402
 
 from daemon.cameras import Frame, FrameQueues  # noqa: E402
@@ -52,6 +55,7 @@ from daemon.scheduler import BatchScheduler, Pipeline  # noqa: E402
 from daemon.service import Service  # noqa: E402
 
 STAGES = ("detect", "track", "embed", "match")
+KERNEL_BATCHES = 10  # batches under torch.profiler (torch backend, --profile)
 
 
 class TimedPipeline(Pipeline):
@@ -64,12 +68,21 @@ class TimedPipeline(Pipeline):
         self.batches: list[int] = []
         self.processed = 0
         self.profile: cProfile.Profile | None = None
+        self.kernels: Any = None  # torch.profiler over the first KERNEL_BATCHES measured
+        self.kernel_batches = 0
 
     def process(self, frames: list[Frame]) -> None:
         measured = frames[0].ts >= self.measure_from
         if measured and self.profile is not None:
             self.profile.enable()
+        if measured and self.kernels is not None and self.kernel_batches == 0:
+            self.kernels.start()
         super().process(frames)
+        if measured and self.kernels is not None and self.kernel_batches < KERNEL_BATCHES:
+            self.kernel_batches += 1
+            if self.kernel_batches == KERNEL_BATCHES:
+                sync()
+                self.kernels.stop()
         if measured and self.profile is not None:
             self.profile.disable()
         done = time.time()
@@ -176,6 +189,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         scheduler = BatchScheduler(pipeline, queues)
         if args.profile:
             pipeline.profile = cProfile.Profile()
+            if args.backend == "torch":
+                import torch
+
+                pipeline.kernels = torch.profiler.profile(activities=profiler_activities())
         offered: dict[str, int] = {}
         start = time.time() + 1.0
         pipeline.measure_from = start + args.warmup
@@ -241,6 +258,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         stats.sort_stats("cumulative").print_stats(35)
         text.write("== by own time ==\n")
         stats.sort_stats("tottime").print_stats(25)
+        if pipeline.kernels is not None and pipeline.kernel_batches == KERNEL_BATCHES:
+            text.write(f"== the first {KERNEL_BATCHES} measured batches ==\n")
+            text.write(kernel_table(pipeline.kernels, rows=40))
         Path(args.profile).write_text(text.getvalue())
     return result
 
