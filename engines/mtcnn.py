@@ -356,9 +356,9 @@ class MTCNN:
         side = np.maximum(windows[:, 2] - windows[:, 0], 1).astype(np.float32)
         found: list[np.ndarray] = []
         whose: list[np.ndarray] = []
+        step = batch_limit(self.pnet, CROPS_PER_CALL)  # regions per P-Net call
         for canvas in bx.ROI_CANVAS:
             parts = []
-            step = batch_limit(self.pnet, CROPS_PER_CALL)
             for start in range(0, len(windows), step):
                 part = slice(start, start + step)
                 parts.append(

@@ -155,6 +155,7 @@ class DeviceFaceNet(FaceNet):
         """The engine over ``x`` in chunks of at most ``max_batch`` (zero-padded to a fixed
         batch), device tensors in and out."""
         torch = import_torch()
+        output = [o.name for o in self.engine.outputs].index(self.output_name)
         out = []
         for start in range(0, len(x), self.max_batch):
             chunk = x[start : start + self.max_batch]
@@ -163,6 +164,5 @@ class DeviceFaceNet(FaceNet):
                 pad = chunk.new_zeros((self.fixed_batch - real, *chunk.shape[1:]))
                 chunk = torch.cat([chunk, pad])
             result = self.engine.infer_tensors([chunk.contiguous()])  # type: ignore[attr-defined]
-            names = [o.name for o in self.engine.outputs]
-            out.append(result[names.index(self.output_name)][:real].reshape(real, -1))
+            out.append(result[output][:real].reshape(real, -1))
         return torch.cat(out)
