@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -23,10 +24,12 @@ from pydantic import (
     field_validator,
 )
 
+from engines.build import PlanRequest, default_cache_dir
 from engines.loader import CPU_BACKENDS
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "default.yaml"
+WARM_UP_HW = (240, 320)  # the frame the daemon warms its engines up with
 
 
 class ConfigError(ValueError):
@@ -123,6 +126,45 @@ class BatchingConfig(_Section):
     )
 
 
+class TensorRTConfig(_Section):
+    precision: Literal["fp32", "fp16", "int8"] = _field(
+        "fp16",
+        "arithmetic of the plans: fp16 is about twice fp32's speed on the GPU; int8 "
+        "needs calib_dir",
+    )
+    camera_sizes: Annotated[list[str], Field(min_length=1)] = _field(
+        ["1920x1080"],
+        "frame sizes (WxH) P-Net's plan is built for: it takes any frame up to the largest "
+        "width and height here; a camera sending larger frames is skipped, with an error",
+    )
+    build: Literal["auto", "never"] = _field(
+        "auto",
+        "auto: build a missing plan at start (minutes: after a change of model, TensorRT, GPU "
+        "or these settings); never: stop instead, naming `facewatch engines build --config`",
+    )
+    workspace_mb: int = _field(1024, "TensorRT's builder workspace", ge=1, le=1 << 20)
+    calib_dir: str | None = _field(
+        None, "int8: folder of camera images to calibrate with; relative to the config"
+    )
+    calib_images: int = _field(256, "int8: at most this many of them", ge=1, le=100_000)
+
+    @field_validator("camera_sizes")
+    @classmethod
+    def _sizes(cls, sizes: list[str]) -> list[str]:
+        for size in sizes:
+            match = re.fullmatch(r"([0-9]+)x([0-9]+)", size)
+            if match is None or min(int(match.group(1)), int(match.group(2))) < 12:
+                raise ValueError(
+                    f"expected WIDTHxHEIGHT of at least 12x12, e.g. 1920x1080, got {size!r}"
+                )
+        return sizes
+
+    def camera_hw(self) -> tuple[tuple[int, int], ...]:
+        """``camera_sizes`` as (height, width) pairs."""
+        pairs = (size.split("x") for size in self.camera_sizes)
+        return tuple((int(h), int(w)) for w, h in pairs)
+
+
 class EnginesConfig(_Section):
     backend: Literal["openvino", "opencv", "onnxruntime", "tensorrt", "torch"] = _field(
         "openvino", "backend for MTCNN (FaceNet uses onnxruntime unless tensorrt or torch)"
@@ -144,6 +186,9 @@ class EnginesConfig(_Section):
         None,
         "torch backend: replay each input shape as a CUDA graph (fewer kernel launches; "
         "default: $FACEWATCH_TORCH_CUDA_GRAPHS, else off)",
+    )
+    tensorrt: TensorRTConfig = _field(
+        TensorRTConfig(), "tensorrt backend: how the daemon's plans are built and found"
     )
 
     def torch_environment(self) -> dict[str, str]:
@@ -246,6 +291,17 @@ class Config(_Section):
                     raise ValueError(
                         f"{key} is a setting of the torch backend, not {engines.backend}"
                     )
+        if engines.backend != "tensorrt" and "tensorrt" in engines.model_fields_set:
+            raise ValueError(
+                f"tensorrt holds settings of the tensorrt backend, not {engines.backend}"
+            )
+        trt = engines.tensorrt
+        if (trt.precision == "int8") != (trt.calib_dir is not None):
+            raise ValueError(
+                "tensorrt.precision int8 needs tensorrt.calib_dir (images to calibrate with)"
+                if trt.precision == "int8"
+                else f"tensorrt.calib_dir is for int8 only, not {trt.precision}"
+            )
         recognition = info.data.get("recognition")
         bf16 = recognition is not None and recognition.precision == "bf16"
         if bf16 and engines.backend not in CPU_BACKENDS:
@@ -263,6 +319,37 @@ class Config(_Section):
         if twice:
             raise ValueError(f"camera names must be unique; repeated: {', '.join(twice)}")
         return cameras
+
+
+def plan_request(
+    config: Config,
+    config_path: str | Path | None = None,
+    on_build: Callable[[Path], None] | None = None,
+) -> PlanRequest:
+    """The TensorRT plans this config's daemon opens (and `facewatch engines build --config`
+    builds): ``engines.tensorrt``'s precision and camera sizes (and the warm-up frame's), the
+    smallest ``min_face_size`` of any enabled camera, ``batching.max_batch`` frames per
+    P-Net call."""
+    trt = config.engines.tensorrt
+    faces = [config.detection.min_face_size] + [
+        c.detection.min_face_size
+        for c in config.cameras
+        if c.enabled and c.detection.min_face_size is not None
+    ]
+    return PlanRequest(
+        precision=trt.precision,
+        camera_hw=(*trt.camera_hw(), WARM_UP_HW),
+        min_face_size=min(faces),
+        scale_factor=config.detection.scale_factor,
+        frames_per_call=config.batching.max_batch,
+        workspace_bytes=trt.workspace_mb << 20,
+        calib_dir=trt.calib_dir,
+        calib_images=trt.calib_images,
+        cache_dir=str(default_cache_dir()),
+        build=trt.build == "auto",
+        build_command=f"facewatch engines build --config {config_path or 'CONFIG'}",
+        on_build=on_build,
+    )
 
 
 _REFERENCE = re.compile(r"\$\{(credential:)?([A-Za-z_][A-Za-z0-9_.-]*)\}")
@@ -385,8 +472,11 @@ def resolve_paths(config: Config, base: Path) -> Config:
         update={"model": model, "gallery": _resolve(base, config.recognition.gallery)}
     )
     mqtt = config.mqtt.model_copy(update={"spool_dir": _resolve(base, config.mqtt.spool_dir)})
+    tensorrt = config.engines.tensorrt
+    if tensorrt.calib_dir:
+        tensorrt = tensorrt.model_copy(update={"calib_dir": _resolve(base, tensorrt.calib_dir)})
     engines = config.engines.model_copy(
-        update={"mtcnn_dir": _resolve(base, config.engines.mtcnn_dir)}
+        update={"mtcnn_dir": _resolve(base, config.engines.mtcnn_dir), "tensorrt": tensorrt}
     )
     events = config.events
     if events.jsonl_file:

@@ -8,18 +8,34 @@ import sys
 import time
 from pathlib import Path
 
+from daemon.config import ConfigError, load_config, plan_request
 from engines import EngineError
 from engines.base import ModelMetadata
 from engines.build import (
     DEFAULT_BATCH,
     DEFAULT_WORKSPACE_BYTES,
     BuildOptions,
+    PlanRequest,
+    default_batch,
     default_cache_dir,
     read_manifests,
 )
 from engines.facenet import DEFAULT_MAX_BATCH
 from engines.mtcnn import CROPS_PER_CALL
 from engines.trt_build import build_engine
+
+# the options that --config takes from the file instead (engines.tensorrt and the detector)
+PLAN_FLAGS = {
+    "fp16": "--fp16",
+    "int8": "--int8",
+    "calib_dir": "--calib-dir",
+    "calib_images": "--calib-images",
+    "batch": "--batch",
+    "camera": "--camera",
+    "min_face_size": "--min-face-size",
+    "scale_factor": "--scale-factor",
+    "workspace_bytes": "--workspace-bytes",
+}
 
 logger = logging.getLogger(__name__)
 
@@ -55,13 +71,28 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def _register_build(sub: argparse._SubParsersAction) -> None:
-    b = sub.add_parser("build", help="compile an ONNX model (with its .json sidecar) to a plan")
-    b.add_argument("model", type=Path, metavar="MODEL.onnx")
+    b = sub.add_parser(
+        "build",
+        help="compile an ONNX model (with its .json sidecar), or a daemon config's models, to plans",
+        description="Compile MODEL.onnx with the options given, or with --config every model "
+        "a daemon configuration opens (P-Net, R-Net, O-Net and its FaceNet) with the options "
+        "it asks for (engines.tensorrt, detection, batching.max_batch): the plans the daemon "
+        "then finds in the cache. A plan already built with the same options is reused.",
+    )
+    b.add_argument("model", type=Path, nargs="?", metavar="MODEL.onnx")
+    b.add_argument(
+        "--config",
+        "-c",
+        type=Path,
+        help="a daemon YAML file: build the plans it opens (instead of MODEL.onnx and options)",
+    )
     precision = b.add_mutually_exclusive_group()
-    precision.add_argument("--fp16", action="store_true", help="allow fp16 kernels")
-    precision.add_argument("--int8", action="store_true", help="int8 with entropy calibration")
+    precision.add_argument("--fp16", action="store_true", default=None, help="allow fp16 kernels")
+    precision.add_argument(
+        "--int8", action="store_true", default=None, help="int8 with entropy calibration"
+    )
     b.add_argument("--calib-dir", type=Path, help="images for int8 calibration (with --int8)")
-    b.add_argument("--calib-images", type=int, default=256, help="at most this many (default 256)")
+    b.add_argument("--calib-images", type=int, help="at most this many (default 256)")
     b.add_argument(
         "--batch",
         type=int,
@@ -69,22 +100,22 @@ def _register_build(sub: argparse._SubParsersAction) -> None:
         metavar=("MIN", "OPT", "MAX"),
         default=None,
         help="batch sizes of the optimisation profile (default: what the daemon asks of the "
-        f"model: P-Net {' '.join(map(str, DEFAULT_BATCH))} frames, R-Net / O-Net 1 128 1024 "
-        "candidates, FaceNet 1 16 64 faces)",
+        f"model: P-Net {' '.join(map(str, DEFAULT_BATCH))} frames, R-Net / O-Net 1 128 "
+        f"{CROPS_PER_CALL} candidates, FaceNet 1 16 {DEFAULT_MAX_BATCH} faces)",
     )
     b.add_argument(
         "--camera",
         type=parse_wh,
         action="append",
-        default=[],
+        default=None,
         metavar="WxH",
         help="a camera resolution (P-Net: its pyramid sizes go into the profiles); repeatable",
     )
-    b.add_argument("--min-face-size", type=float, default=20.0, help="as the detector (default 20)")
+    b.add_argument("--min-face-size", type=float, help="as the detector (default 20)")
+    b.add_argument("--scale-factor", type=float, help="as the detector (default 0.709)")
     b.add_argument(
-        "--scale-factor", type=float, default=0.709, help="as the detector (default 0.709)"
+        "--workspace-bytes", type=int, help=f"builder workspace (default {DEFAULT_WORKSPACE_BYTES})"
     )
-    b.add_argument("--workspace-bytes", type=int, default=DEFAULT_WORKSPACE_BYTES)
     b.add_argument(
         "--cache-dir",
         type=Path,
@@ -95,39 +126,66 @@ def _register_build(sub: argparse._SubParsersAction) -> None:
     b.set_defaults(func=run_build)
 
 
-def default_batch(meta: ModelMetadata) -> tuple[int, int, int]:
-    """The batch profile (min, opt, max) that covers what facewatch asks of a model: P-Net
-    one call per batch of frames, R-Net / O-Net up to ``CROPS_PER_CALL`` face candidates per
-    call, FaceNet up to ``DEFAULT_MAX_BATCH`` faces per call."""
-    if meta.input_size_hw is None:  # P-Net: frames per batch
-        return DEFAULT_BATCH
-    if meta.kind == "facenet":
-        return (1, 16, DEFAULT_MAX_BATCH)
-    return (1, 128, CROPS_PER_CALL)
-
-
 def options_from_args(args: argparse.Namespace) -> BuildOptions:
+    """The options of `engines build MODEL ...`; those not given keep BuildOptions' defaults."""
     precision = "int8" if args.int8 else "fp16" if args.fp16 else "fp32"
+    given = {
+        "camera_hw": tuple(args.camera) if args.camera else None,
+        "min_face_size": args.min_face_size,
+        "scale_factor": args.scale_factor,
+        "workspace_bytes": args.workspace_bytes,
+        "calib_dir": str(args.calib_dir) if args.calib_dir else None,
+        "calib_images": args.calib_images,
+    }
     return BuildOptions(
         precision=precision,
         batch=tuple(args.batch) if args.batch else default_batch(ModelMetadata.load(args.model)),
-        camera_hw=tuple(args.camera),
-        min_face_size=args.min_face_size,
-        scale_factor=args.scale_factor,
-        workspace_bytes=args.workspace_bytes,
-        calib_dir=str(args.calib_dir) if args.calib_dir else None,
-        calib_images=args.calib_images,
+        **{key: value for key, value in given.items() if value is not None},
     )
+
+
+def config_models(config_path: Path) -> tuple[list[Path], PlanRequest]:
+    """The ONNX models a daemon config opens, and what it asks of the tensorrt backend."""
+    from daemon.service import resolve_model  # the daemon's own choice of FaceNet
+
+    config = load_config(config_path)
+    if config.engines.backend != "tensorrt":
+        raise ConfigError(
+            f"{config_path}: engines.backend is {config.engines.backend}: the daemon opens no "
+            "TensorRT plans (set engines.backend: tensorrt)"
+        )
+    models = [Path(config.engines.mtcnn_dir) / f"{name}.onnx" for name in ("pnet", "rnet", "onet")]
+    facenet = resolve_model(config)
+    if facenet is not None:
+        models.append(facenet)
+    return models, plan_request(config, config_path)
 
 
 def run_build(args: argparse.Namespace) -> int:
     try:
-        options = options_from_args(args)
-        plan = build_engine(args.model, options, args.cache_dir, force=args.force)
-    except EngineError as exc:
+        if args.config is not None:
+            given = [flag for key, flag in PLAN_FLAGS.items() if getattr(args, key) is not None]
+            if args.model is not None or given:
+                raise ConfigError(
+                    f"--config takes the models and their options from {args.config}; "
+                    f"leave out {' '.join(given) or 'MODEL.onnx'}"
+                )
+            models, request = config_models(args.config)
+            cache_dir = args.cache_dir or request.cache_dir
+            plans = [
+                build_engine(
+                    model, request.options_for(ModelMetadata.load(model)), cache_dir, args.force
+                )
+                for model in models
+            ]
+        elif args.model is None:
+            raise ConfigError("give MODEL.onnx, or --config FILE for a daemon's models")
+        else:
+            plans = [build_engine(args.model, options_from_args(args), args.cache_dir, args.force)]
+    except (EngineError, ConfigError) as exc:
         print(f"facewatch engines build: {exc}", file=sys.stderr)
         return 2
-    print(plan)
+    print("\n".join(map(str, plans)))
     return 0
 
 

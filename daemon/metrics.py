@@ -34,6 +34,12 @@ FRAMES_DROPPED = Counter(
     "frames dropped because the pipeline was behind (newest frames are kept)",
     ["camera"],
 )
+FRAMES_REFUSED = Counter(
+    "facewatch_frames_refused_total",
+    "frames skipped because the engines cannot take their size (larger than the TensorRT "
+    "plan was built for: engines.tensorrt.camera_sizes; the log names the size)",
+    ["camera"],
+)
 STAGE_SECONDS = Histogram(
     "facewatch_stage_seconds",
     "time per batch in each stage: detect, embed, match, track",
@@ -83,7 +89,7 @@ def init(cameras: list[str], backend: str, model_id: str) -> None:
     for camera in cameras:
         for family in (CAMERA_RECONNECTS, FRAMES_READ, FRAMES_PROCESSED, FRAMES_DROPPED):
             family.labels(camera)
-        for family in (FACES_DETECTED, FACES_EMBEDDED):
+        for family in (FRAMES_REFUSED, FACES_DETECTED, FACES_EMBEDDED):
             family.labels(camera)
         CAMERA_UP.labels(camera).set(0)
         RECOGNITIONS.labels(camera, "unknown")

@@ -71,7 +71,7 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     logging.getLogger().setLevel(config.logging.level)
     try:
-        return Service(config, run_for_s=args.run_for).run()
+        return Service(config, run_for_s=args.run_for, config_path=args.config).run()
     except ConfigError as exc:
         print(f"error: {args.config}: {exc}", file=sys.stderr)
         return 2

@@ -58,6 +58,7 @@ class Pipeline:
             self._detectors[camera.name] = (
                 detector if size is None else detector.with_config(min_face_size=size)
             )
+        self._refusals: dict[tuple[str, tuple[int, ...]], str | None] = {}
         self._seq = 0
         self.model_id = facenet.model_id if facenet is not None else None
         # cameras take their full scans in different batches (a full scan costs several
@@ -70,6 +71,9 @@ class Pipeline:
     # -- one batch ------------------------------------------------------------------------
 
     def process(self, frames: list[Frame]) -> None:
+        frames = [frame for frame in frames if self._takes(frame)]
+        if not frames:
+            return
         metrics.BATCH_FRAMES.observe(len(frames))
         with metrics.STAGE_SECONDS.labels("detect").time():
             found = self._detect(frames)
@@ -83,6 +87,31 @@ class Pipeline:
         if self.facenet is not None:
             self._recognise(faces)
         self._emit_due(frames, faces)
+
+    def _takes(self, frame: Frame) -> bool:
+        """Whether the detector can take this camera's frames: not those larger than its
+        TensorRT plan was built for (``engines.tensorrt.camera_sizes``), which would stop
+        every camera. They are skipped and counted, with an error once per camera and size."""
+        hw = frame.image.shape[:2]
+        key = (frame.camera, hw)
+        if key not in self._refusals:
+            reason = self._detectors[frame.camera].refuses((hw[0], hw[1]))
+            self._refusals[key] = reason
+            if reason is not None:
+                logger.error(
+                    "camera %s: its %dx%d frames are skipped: %s; add %dx%d to "
+                    "engines.tensorrt.camera_sizes and restart (the plan is rebuilt)",
+                    frame.camera,
+                    hw[1],
+                    hw[0],
+                    reason,
+                    hw[1],
+                    hw[0],
+                )
+        if self._refusals[key] is None:
+            return True
+        metrics.FRAMES_REFUSED.labels(frame.camera).inc()
+        return False
 
     def _detect(self, frames: list[Frame]) -> list[FrameDetections]:
         """One detector call per group of cameras sharing settings (usually one)."""

@@ -1,7 +1,8 @@
 """The daemon's life cycle: build every piece from the config, start them in order, serve
 until SIGTERM, then stop them in reverse order, draining what is in flight.
 
-systemd: ``READY=1`` once the engines are warm, ``WATCHDOG=1`` only while frames flow (see
+systemd: ``READY=1`` once the engines are warm (the start timeout is extended while a
+TensorRT plan is built), ``WATCHDOG=1`` only while frames flow (see
 ``watchdog_healthy``), ``STOPPING=1`` on the way out (written to ``$NOTIFY_SOCKET``).
 """
 
@@ -20,7 +21,7 @@ import numpy as np
 
 from daemon import metrics
 from daemon.cameras import CameraReader, FrameQueues, check_file_source
-from daemon.config import REPO_ROOT, Config, ConfigError
+from daemon.config import REPO_ROOT, WARM_UP_HW, Config, ConfigError, plan_request
 from daemon.events import EventSinks
 from daemon.gallery import GalleryError
 from daemon.mqtt import DRAIN_ON_STOP_S, MqttPublisher
@@ -40,6 +41,7 @@ STALL_S = 30.0  # frames have not flowed for this long: the watchdog is no longe
 STOP_BUDGET_S = 50.0  # the whole stop
 READERS_STOP_S = 15.0  # the cameras, all together (a stream read can block)
 PUBLISHER_STOP_S = 15.0  # kept to last for MQTT: sending the spool, then `offline`
+PLAN_BUILD_S = 1800  # systemd's start timeout is extended by this for each TensorRT build
 
 
 def sd_notify(message: str) -> bool:
@@ -79,6 +81,17 @@ def resolve_model(config: Config) -> Path | None:
     return path
 
 
+def _building_plan(onnx_path: Path) -> None:
+    """Before a TensorRT plan is built at start: say so, and give systemd the time."""
+    logger.warning(
+        "building the TensorRT plan for %s (minutes; once, until the model, TensorRT, the GPU "
+        "or engines.tensorrt changes; `facewatch engines build --config` does it ahead)",
+        onnx_path,
+    )
+    sd_notify(f"EXTEND_TIMEOUT_USEC={PLAN_BUILD_S * 1_000_000}")
+    sd_notify(f"STATUS=building the TensorRT plan for {onnx_path.name}")
+
+
 def check_cameras(config: Config) -> None:
     """Local video files must exist and decode (streams may come up later)."""
     for k, camera in enumerate(config.cameras):
@@ -103,8 +116,10 @@ def watchdog_healthy(
 
 
 class Service:
-    def __init__(self, config: Config, run_for_s: float | None = None) -> None:
-        self.config, self.run_for_s = config, run_for_s
+    def __init__(
+        self, config: Config, run_for_s: float | None = None, config_path: str | None = None
+    ) -> None:
+        self.config, self.run_for_s, self.config_path = config, run_for_s, config_path
         self._stop = threading.Event()
         self._hup = threading.Event()
         self.publisher: MqttPublisher | None = None
@@ -120,11 +135,15 @@ class Service:
         threads = cfg.engines.threads or os.cpu_count() or 1
         os.environ.update(cfg.engines.torch_environment())  # what the torch backend reads
         detection = cfg.detection
+        trt_plans = None
+        if cfg.engines.backend == "tensorrt":
+            trt_plans = plan_request(cfg, self.config_path, on_build=_building_plan)
         try:
             detector = load_detector(
                 cfg.engines.mtcnn_dir,
                 backend=cfg.engines.backend,
                 threads=threads,
+                trt_plans=trt_plans,
                 min_face_size=detection.min_face_size,
                 thresholds=detection.thresholds,
                 scale_factor=detection.scale_factor,
@@ -142,6 +161,7 @@ class Service:
                     threads=threads,
                     flip=cfg.recognition.flip,
                     precision=cfg.recognition.precision,
+                    trt_plans=trt_plans,
                 )
             self._warm_up(detector, facenet)
         except EngineError as exc:
@@ -151,7 +171,7 @@ class Service:
     def _warm_up(self, detector: MTCNN, facenet: FaceNet | None) -> None:
         started = time.monotonic()
         rng = np.random.default_rng(0)
-        detector.detect([rng.integers(0, 255, (240, 320, 3), dtype=np.uint8)])
+        detector.detect([rng.integers(0, 255, (*WARM_UP_HW, 3), dtype=np.uint8)])
         if facenet is not None:
             height, width = facenet.image_size_hw
             facenet.embed(np.zeros((2, height, width, 3), np.uint8))

@@ -50,6 +50,14 @@ def batch_limit(engine: Engine, wanted: int) -> int:
     return max(1, min(wanted, int(limit))) if limit else wanted
 
 
+def input_limits(engine: Engine) -> list[tuple[int, ...]] | None:
+    """The largest shapes of an engine's first input, one per optimisation profile, where
+    there is a limit (a TensorRT plan says so with a ``max_input_shapes`` attribute); None
+    when the engine takes any shape."""
+    limits = getattr(engine, "max_input_shapes", None)
+    return [tuple(int(d) for d in shape) for shape in limits] if limits else None
+
+
 class SpecsFromLoad:
     """For backends: ``inputs`` / ``outputs`` are the specs found when the model was loaded
     (set ``self._inputs`` and ``self._outputs`` in ``__init__``)."""

@@ -14,12 +14,15 @@ import itertools
 import json
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from engines import boxes as bx
 from engines.base import EngineError, ModelMetadata, file_sha256
+from engines.facenet import DEFAULT_MAX_BATCH
+from engines.mtcnn import CROPS_PER_CALL
 
 logger = logging.getLogger(__name__)
 
@@ -180,6 +183,17 @@ def pnet_region_profile(name: str, batch: tuple[int, int, int]) -> ShapeProfile:
     return ShapeProfile(name, (batch[0], 3, lo, lo), (batch[1], 3, mid, mid), (batch[2], 3, hi, hi))
 
 
+def default_batch(meta: ModelMetadata) -> tuple[int, int, int]:
+    """The batch profile (min, opt, max) that covers what facewatch asks of a model: P-Net
+    one call per batch of frames, R-Net / O-Net up to ``CROPS_PER_CALL`` face candidates per
+    call, FaceNet up to ``DEFAULT_MAX_BATCH`` faces per call."""
+    if meta.input_size_hw is None:  # P-Net: frames per batch
+        return DEFAULT_BATCH
+    if meta.kind == "facenet":
+        return (1, 16, DEFAULT_MAX_BATCH)
+    return (1, 128, CROPS_PER_CALL)
+
+
 def model_profiles(
     meta: ModelMetadata, input_name: str, options: BuildOptions
 ) -> list[ShapeProfile]:
@@ -283,10 +297,80 @@ def read_manifests(cache_dir: str | Path) -> list[tuple[Path, Manifest]]:
     return sorted(found, key=lambda item: -item[1].built_at)
 
 
+def cached_plan(
+    onnx_path: str | Path,
+    options: BuildOptions,
+    cache_dir: str | Path,
+    trt_version: str,
+    gpu: GpuInfo,
+) -> Path | None:
+    """The plan built from this ONNX file with exactly these options for this TensorRT and
+    GPU (what ``engines.trt_build.build_engine`` writes), or None."""
+    key = cache_key(file_sha256(onnx_path), trt_version, gpu, options)
+    plan = cache_paths(cache_dir, Path(onnx_path).stem, key, trt_version, gpu).plan
+    return plan if plan.is_file() else None
+
+
+@dataclass(frozen=True)
+class PlanRequest:
+    """The plans a long-running caller (the daemon) opens with the tensorrt backend: for each
+    ONNX model, the one built with ``options_for(its metadata)``, so that a change of cameras,
+    face size, batch or precision gives a plan that fits it rather than an old one.
+
+    A missing plan is built first when ``build`` is set (``on_build`` is told before each
+    build: minutes), else it is a BuildError that names ``build_command``.
+    """
+
+    precision: str = "fp16"
+    camera_hw: tuple[tuple[int, int], ...] = ()  # P-Net: every frame size up to these
+    min_face_size: float = 20.0
+    scale_factor: float = 0.709
+    frames_per_call: int = DEFAULT_BATCH[1]  # P-Net's opt batch (the daemon's max_batch)
+    workspace_bytes: int = DEFAULT_WORKSPACE_BYTES
+    calib_dir: str | None = None
+    calib_images: int = 256
+    cache_dir: str | None = None  # None: default_cache_dir()
+    build: bool = True
+    build_command: str = "facewatch engines build --config CONFIG"
+    on_build: Callable[[Path], None] | None = field(default=None, compare=False)
+
+    def options_for(self, meta: ModelMetadata) -> BuildOptions:
+        """P-Net: the cameras, face size and frames per call; the others: their default
+        batch (what ``facewatch engines build MODEL`` gives them at this precision)."""
+        common: dict[str, Any] = {
+            "precision": self.precision,
+            "workspace_bytes": self.workspace_bytes,
+            "calib_dir": self.calib_dir,
+            "calib_images": self.calib_images,
+        }
+        if meta.input_size_hw is not None:
+            return BuildOptions(batch=default_batch(meta), **common)
+        frames = self.frames_per_call
+        return BuildOptions(
+            batch=(1, frames, max(frames, DEFAULT_BATCH[2])),
+            camera_hw=self.camera_hw,
+            min_face_size=self.min_face_size,
+            scale_factor=self.scale_factor,
+            **common,
+        )
+
+    def missing(self, onnx_path: str | Path, options: BuildOptions, cache_dir: str | Path) -> str:
+        """Why a plan cannot be opened when it is missing and ``build`` is off."""
+        summary = f"{options.precision}, batch {'/'.join(map(str, options.batch))}"
+        if options.camera_hw:
+            cams = ", ".join(f"{w}x{h}" for h, w in options.camera_hw)
+            summary += f", cameras {cams}, min_face_size {options.min_face_size:g}"
+        return (
+            f"{onnx_path}: no TensorRT plan built for these settings ({summary}) in "
+            f"{cache_dir}; build it with `{self.build_command}`"
+        )
+
+
 def find_cached_plan(
     onnx_path: str | Path, cache_dir: str | Path, trt_version: str, gpu: GpuInfo
 ) -> Path:
-    """The newest plan built from this ONNX file for this TensorRT and GPU."""
+    """The newest plan built from this ONNX file for this TensorRT and GPU, whatever its
+    options (the one-off commands; the daemon asks for its own with a PlanRequest)."""
     sha = file_sha256(onnx_path)
     for plan, manifest in read_manifests(cache_dir):
         if (manifest.onnx_sha256, manifest.tensorrt, manifest.gpu) == (sha, trt_version, gpu.name):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -26,6 +27,9 @@ from engines.align import align_similarity, crop_with_margin
 from engines.base import Engine, EngineError, ModelMetadata, batch_limit, file_sha256
 from engines.loader import cpu_precision, load_engine
 from engines.mtcnn import FrameDetections
+
+if TYPE_CHECKING:
+    from engines.build import PlanRequest
 
 logger = logging.getLogger(__name__)
 
@@ -96,18 +100,22 @@ class FaceNet:
         flip: bool = False,
         max_batch: int = DEFAULT_MAX_BATCH,
         precision: str = "fp32",
+        trt_plans: PlanRequest | None = None,
     ) -> FaceNet:
         """Open ``model_path`` (+ its ``.json`` sidecar, which must say ``kind: facenet``).
         ``precision`` bf16 runs it on OpenVINO in place of a CPU ``backend`` (CPUs with native
         bf16 only); its embeddings match fp32's, so a gallery serves both. ``auto`` is bf16
-        for a CPU backend on such a CPU, else fp32."""
+        for a CPU backend on such a CPU, else fp32. ``trt_plans``: which TensorRT plan the
+        tensorrt backend opens (``load_engine``)."""
         path = Path(model_path)
         if not path.is_file():
             raise EngineError(f"{path}: FaceNet model file not found")
         meta = ModelMetadata.load(path)
         _check_metadata(meta, str(ModelMetadata.sidecar_path(path)))
         backend, precision = cpu_precision(backend, precision)
-        engine = load_engine(path, backend=backend, threads=threads, precision=precision)
+        engine = load_engine(
+            path, backend=backend, threads=threads, precision=precision, trt_plans=trt_plans
+        )
         model_id = f"{meta.name}@sha256:{file_sha256(path)[:16]}"
         net = cls(engine, meta, model_id=model_id, flip=flip, max_batch=max_batch)
         logger.info(

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from engines.base import Engine, EngineError
+
+if TYPE_CHECKING:
+    from engines.build import PlanRequest
 
 BACKENDS = ("onnxruntime", "opencv", "openvino", "tensorrt", "torch")
 CPU_BACKENDS = ("onnxruntime", "opencv", "openvino")  # the others run on a GPU when there is one
@@ -27,10 +31,15 @@ def cpu_precision(backend: str, precision: str) -> tuple[str, str]:
 
 
 def load_engine(
-    model_path: str | Path, backend: str = "onnxruntime", threads: int = 0, precision: str = "fp32"
+    model_path: str | Path,
+    backend: str = "onnxruntime",
+    threads: int = 0,
+    precision: str = "fp32",
+    trt_plans: PlanRequest | None = None,
 ) -> Engine:
     """Open ``model_path`` on ``backend``. A missing SDK or file is one clear EngineError.
-    ``precision`` other than fp32 is for the openvino backend only."""
+    ``precision`` other than fp32 is for the openvino backend only. ``trt_plans`` says which
+    cached TensorRT plan an ``.onnx`` opens (default: the newest; tensorrt backend only)."""
     if precision not in PRECISIONS:
         raise EngineError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if precision != "fp32" and backend != "openvino":
@@ -48,10 +57,10 @@ def load_engine(
 
         return OpenVinoEngine(model_path, threads=threads, precision=precision)
     if backend == "tensorrt":
-        # An .onnx path opens its newest cached plan (`facewatch engines build`); a .plan directly.
+        # An .onnx path opens a cached plan (`facewatch engines build`); a .plan directly.
         from engines.tensorrt import open_plan_for
 
-        return open_plan_for(model_path)
+        return open_plan_for(model_path, trt_plans)
     if backend == "torch":
         # The torch.export program (.pt2) saved next to the ONNX model; CUDA when available.
         from engines.torch_backend import from_environment

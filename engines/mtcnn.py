@@ -14,14 +14,17 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
 from engines import boxes as bx
-from engines.base import Engine, EngineError, ModelMetadata, batch_limit
+from engines.base import Engine, EngineError, ModelMetadata, batch_limit, input_limits
 from engines.images import AreaPyramid, area_crop_sums, as_bgr8
 from engines.loader import CPU_BACKENDS, load_engine
+
+if TYPE_CHECKING:
+    from engines.build import PlanRequest
 
 logger = logging.getLogger(__name__)
 
@@ -157,11 +160,13 @@ class MTCNN:
         backend: str = "openvino",
         threads: int = 0,
         lanes: int | None = None,
+        trt_plans: PlanRequest | None = None,
         **config: Any,
     ) -> MTCNN:
         """Open ``pnet``, ``rnet`` and ``onet`` (.onnx + .json sidecar) from ``models_dir``.
 
         ``config`` holds MTCNNConfig fields (min_face_size, thresholds, scale_factor, border).
+        ``trt_plans``: which TensorRT plans the tensorrt backend opens (``load_engine``).
         ``lanes`` > 1 processes the frames of a batch in that many parallel lanes, each with
         its own engines and ``threads // lanes`` threads; None: what suits ``backend``
         (``default_lanes``).
@@ -186,13 +191,33 @@ class MTCNN:
                 )
             order = meta.channel_order
             for engines in replicas:
-                engines[name] = load_engine(path, backend=backend, threads=lane_threads)
+                engines[name] = load_engine(
+                    path, backend=backend, threads=lane_threads, trt_plans=trt_plans
+                )
         detectors = [
             cls(e["pnet"], e["rnet"], e["onet"], config=settings, channel_order=order)
             for e in replicas
         ]
         detectors[0]._set_lanes(detectors[1:])
         return detectors[0]
+
+    def refuses(self, frame_hw: tuple[int, int]) -> str | None:
+        """Why P-Net's engine cannot take frames of this size, or None. Only a TensorRT plan
+        has a limit: the pyramid levels of the camera sizes it was built for
+        (``base.input_limits``); a frame whose levels are larger would stop ``detect``."""
+        limits = input_limits(self.pnet)
+        if limits is None:
+            return None
+        settings = self.config
+        for scale in bx.pyramid_scales(frame_hw, settings.min_face_size, settings.scale_factor):
+            h, w = bx.scaled_size_hw(frame_hw, scale)
+            if not any(h <= limit[2] and w <= limit[3] for limit in limits):
+                most = max(limits, key=lambda limit: limit[2] * limit[3])
+                return (
+                    f"at min_face_size {settings.min_face_size:g} its pyramid level {w}x{h} "
+                    f"is larger than P-Net's TensorRT plan takes ({most[3]}x{most[2]} at most)"
+                )
+        return None
 
     def detect(
         self, frames: Sequence[np.ndarray], priors: Sequence[np.ndarray | None] | None = None

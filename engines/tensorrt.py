@@ -18,8 +18,15 @@ from typing import Any
 
 import numpy as np
 
-from engines.base import EngineError, SpecsFromLoad, TensorSpec
-from engines.build import GpuInfo, default_cache_dir, find_cached_plan
+from engines.base import EngineError, ModelMetadata, SpecsFromLoad, TensorSpec
+from engines.build import (
+    BuildError,
+    GpuInfo,
+    PlanRequest,
+    cached_plan,
+    default_cache_dir,
+    find_cached_plan,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -121,6 +128,9 @@ class TensorRTEngine(SpecsFromLoad):
                 for name in self._io_names()[0]
                 for shapes in self._profile_shapes(name)
             )
+            # the largest shape of the first input in each profile (base.input_limits)
+            first = self._io_names()[0][0]
+            self.max_input_shapes = [shapes[2] for shapes in self._profile_shapes(first)]
             if warmup:
                 self._warm_up()
         except Exception:
@@ -309,11 +319,26 @@ def _within(profile: tuple[tuple[int, ...], ...], shape: tuple[int, ...]) -> boo
     return len(shape) == len(lo) and all(a <= s <= b for a, s, b in zip(lo, shape, hi, strict=True))
 
 
-def open_plan_for(model_path: str | Path, cache_dir: str | Path | None = None) -> TensorRTEngine:
-    """A ``.plan`` opens directly; an ``.onnx`` opens its newest cached plan for this GPU."""
+def open_plan_for(model_path: str | Path, request: PlanRequest | None = None) -> TensorRTEngine:
+    """A ``.plan`` opens directly. An ``.onnx`` opens its cached plan for this TensorRT and
+    GPU: the one ``request`` asks for (built first when missing and ``request.build``), or
+    without a request the newest one."""
     path = Path(model_path)
     if path.suffix.lower() != ".onnx":
         return TensorRTEngine(path)
     trt = import_tensorrt()
-    plan = find_cached_plan(path, cache_dir or default_cache_dir(), trt.__version__, gpu_info())
+    gpu = gpu_info()
+    cache_dir = Path((request and request.cache_dir) or default_cache_dir())
+    if request is None:
+        return TensorRTEngine(find_cached_plan(path, cache_dir, trt.__version__, gpu))
+    options = request.options_for(ModelMetadata.load(path))
+    plan = cached_plan(path, options, cache_dir, trt.__version__, gpu)
+    if plan is None:
+        if not request.build:
+            raise BuildError(request.missing(path, options, cache_dir))
+        if request.on_build is not None:
+            request.on_build(path)
+        from engines.trt_build import build_engine
+
+        plan = build_engine(path, options, cache_dir)
     return TensorRTEngine(plan)

@@ -89,11 +89,13 @@ def cameras_row() -> list[Panel]:
         graph(
             "Frames per second",
             "short",
-            "Frames kept after fps decimation (read), through detection (processed), and "
-            "dropped because the pipeline was behind.",
+            "Frames kept after fps decimation (read), through detection (processed), "
+            "dropped because the pipeline was behind, and refused because they are larger "
+            "than the TensorRT plan takes (engines.tensorrt.camera_sizes).",
             (f"rate(facewatch_frames_read_total{{{CAM}}}{RATE})", "{{camera}} read"),
             (f"rate(facewatch_frames_processed_total{{{CAM}}}{RATE})", "{{camera}} processed"),
             (f"rate(facewatch_frames_dropped_total{{{CAM}}}{RATE})", "{{camera}} dropped"),
+            (f"rate(facewatch_frames_refused_total{{{CAM}}}{RATE})", "{{camera}} refused"),
         ),
         graph(
             "Dropped frames",

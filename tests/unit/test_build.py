@@ -10,7 +10,6 @@ import sys
 import numpy as np
 import pytest
 
-from daemon.engines_cli import default_batch
 from engines import boxes as bx
 from engines.base import EngineError, ModelMetadata, file_sha256
 from engines.build import (
@@ -18,9 +17,12 @@ from engines.build import (
     BuildOptions,
     GpuInfo,
     Manifest,
+    PlanRequest,
     batch_profile,
     cache_key,
     cache_paths,
+    cached_plan,
+    default_batch,
     find_cached_plan,
     model_profiles,
     pnet_level_sizes,
@@ -238,6 +240,123 @@ def test_find_cached_plan_reads_manifests(tmp_path):
         find_cached_plan(onnx, tmp_path, "10.9.0", H200)
 
 
+# -- the plans the daemon asks for (PlanRequest) -----------------------------------------
+
+
+def _meta(name: str) -> ModelMetadata:
+    return ModelMetadata.load(MODELS / "mtcnn" / f"{name}.onnx")
+
+
+def _cli_options(*argv: str) -> BuildOptions:
+    """The options `facewatch engines build ARGV` builds with."""
+    from daemon.cli import build_parser
+    from daemon.engines_cli import options_from_args
+
+    return options_from_args(build_parser().parse_args(["engines", "build", *argv]))
+
+
+def test_plan_request_options_are_those_of_the_documented_commands():
+    """A plan built by hand with `facewatch engines build` and the same settings is the one
+    the daemon asks for: same options, so the same cache key."""
+    request = PlanRequest("fp16", ((1080, 1920), (240, 320)), 20.0, 0.709, frames_per_call=8)
+    pnet = "models/mtcnn/pnet.onnx --fp16 --camera 1920x1080 --camera 320x240 --batch 1 8 32"
+    assert request.options_for(_meta("pnet")) == _cli_options(*pnet.split())
+    for name in ("rnet", "onet"):
+        cli = _cli_options(f"models/mtcnn/{name}.onnx", "--fp16")
+        assert request.options_for(_meta(name)) == cli
+        assert cli.camera_hw == () and cli.batch == default_batch(_meta(name))
+    # settings that change P-Net's plan leave the others' alone (their plans are shared)
+    other = dataclasses.replace(request, camera_hw=((720, 1280),), min_face_size=40)
+    assert other.options_for(_meta("rnet")) == request.options_for(_meta("rnet"))
+    assert other.options_for(_meta("pnet")) != request.options_for(_meta("pnet"))
+
+
+def test_plan_request_batch_follows_the_frames_per_call():
+    assert PlanRequest(frames_per_call=2).options_for(_meta("pnet")).batch == (1, 2, 32)
+    assert PlanRequest(frames_per_call=64).options_for(_meta("pnet")).batch == (1, 64, 64)
+    request = PlanRequest("int8", calib_dir="/calib", calib_images=64)
+    assert request.options_for(_meta("onet")).calib_dir == "/calib"
+
+
+def _fake_plan(cache, onnx, options, built_at):
+    key = cache_key(file_sha256(onnx), "10.7.0", H200, options)
+    paths = cache_paths(cache, onnx.stem, key, "10.7.0", H200)
+    paths.plan.write_bytes(b"plan")
+    m = Manifest(str(onnx), file_sha256(onnx), "10.7.0", H200.name, [9, 0], options.key_fields())
+    m.built_at = built_at
+    paths.manifest.write_text(json.dumps(dataclasses.asdict(m)))
+    return paths.plan
+
+
+def test_cached_plan_is_the_one_built_with_the_options(tmp_path):
+    onnx = MODELS / "mtcnn" / "pnet.onnx"
+    wanted = BuildOptions("fp16", (1, 8, 32), ((1080, 1920),))
+    assert cached_plan(onnx, wanted, tmp_path, "10.7.0", H200) is None
+    plan = _fake_plan(tmp_path, onnx, wanted, built_at=1.0)
+    newer = _fake_plan(tmp_path, onnx, BuildOptions("fp16", (1, 8, 32), ((360, 640),)), 2.0)
+    assert find_cached_plan(onnx, tmp_path, "10.7.0", H200) == newer  # the one-off commands
+    assert cached_plan(onnx, wanted, tmp_path, "10.7.0", H200) == plan  # the daemon
+    assert cached_plan(onnx, wanted, tmp_path, "10.8.0", H200) is None
+    assert cached_plan(MODELS / "mtcnn" / "rnet.onnx", wanted, tmp_path, "10.7.0", H200) is None
+
+
+@pytest.fixture
+def tensorrt_here(monkeypatch):
+    """engines.tensorrt's choice of plan, with TensorRT's version, the GPU, the runner and
+    the builder replaced by recorders: what is tested is which plan it opens or builds."""
+    import types
+
+    from engines import tensorrt, trt_build
+
+    calls: dict[str, list] = {"opened": [], "built": []}
+    monkeypatch.setattr(
+        tensorrt, "import_tensorrt", lambda: types.SimpleNamespace(__version__="10.7.0")
+    )
+    monkeypatch.setattr(tensorrt, "gpu_info", lambda device=0: H200)
+    monkeypatch.setattr(tensorrt, "TensorRTEngine", lambda path: calls["opened"].append(path))
+
+    def build(onnx, options, cache_dir, force=False):
+        calls["built"].append(options)
+        return _fake_plan(cache_dir, onnx, options, 3.0)
+
+    monkeypatch.setattr(trt_build, "build_engine", build)
+    return calls
+
+
+def test_the_daemon_opens_its_own_plan_and_builds_a_missing_one(tmp_path, tensorrt_here):
+    from engines.tensorrt import open_plan_for
+
+    onnx = MODELS / "mtcnn" / "pnet.onnx"
+    told: list = []
+    request = PlanRequest("fp16", ((1080, 1920),), cache_dir=str(tmp_path), on_build=told.append)
+    _fake_plan(tmp_path, onnx, BuildOptions("fp16", (1, 8, 32), ((360, 640),)), 5.0)  # newest
+    open_plan_for(onnx, request)  # not built for 1080p: built now, and opened
+    wanted = request.options_for(_meta("pnet"))
+    assert tensorrt_here["built"] == [wanted] and told == [onnx]
+    assert tensorrt_here["opened"] == [cached_plan(onnx, wanted, tmp_path, "10.7.0", H200)]
+    open_plan_for(onnx, request)  # found in the cache: not built again
+    assert len(tensorrt_here["built"]) == 1 and len(tensorrt_here["opened"]) == 2
+
+
+def test_a_missing_plan_without_build_names_the_command(tmp_path, tensorrt_here):
+    from engines.tensorrt import open_plan_for
+
+    request = PlanRequest(
+        "fp16",
+        ((1080, 1920),),
+        cache_dir=str(tmp_path),
+        build=False,
+        build_command="facewatch engines build --config /etc/facewatch/facewatch.yaml",
+    )
+    with pytest.raises(BuildError) as error:
+        open_plan_for(MODELS / "mtcnn" / "pnet.onnx", request)
+    message = str(error.value)
+    assert "pnet.onnx: no TensorRT plan built for these settings (fp16, batch 1/8/32, " in message
+    assert "cameras 1920x1080, min_face_size 20)" in message
+    assert message.endswith("`facewatch engines build --config /etc/facewatch/facewatch.yaml`")
+    assert tensorrt_here == {"opened": [], "built": []}
+
+
 # -- calibration preprocessing (pure) ----------------------------------------------------
 
 
@@ -315,6 +434,39 @@ def test_engines_cli_reports_bad_options(capsys):
     with pytest.raises(SystemExit):
         main(["engines", "build", "x.onnx", "--camera", "1920by1080"])
     assert "expected WIDTHxHEIGHT" in capsys.readouterr().err
+
+
+def test_engines_build_config_errors(tmp_path, capsys):
+    from daemon.cli import main
+
+    config = tmp_path / "facewatch.yaml"
+    config.write_text("cameras: [{name: door, url: rtsp://cam/1}]\n")
+    assert main(["engines", "build", "--config", str(config)]) == 2
+    assert (
+        "engines.backend is openvino: the daemon opens no TensorRT plans" in capsys.readouterr().err
+    )
+    config.write_text("cameras: [{name: door, url: rtsp://cam/1}]\nengines: {backend: tensorrt}\n")
+    assert main(["engines", "build", "--config", str(config), "--fp16", "--camera", "64x64"]) == 2
+    assert "leave out --fp16 --camera" in capsys.readouterr().err
+    assert main(["engines", "build"]) == 2
+    assert "give MODEL.onnx, or --config FILE" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [["engines", "build", "-c"], ["run", "-c"]])
+def test_the_tensorrt_backend_without_tensorrt_is_one_clear_error(tmp_path, command):
+    """`engines build --config` and the daemon itself: exit status 2 and what to install."""
+    config = tmp_path / "facewatch.yaml"
+    config.write_text(
+        "cameras: [{name: door, url: rtsp://cam/1}]\n"
+        "engines: {backend: tensorrt, tensorrt: {camera_sizes: [1280x720]}}\n"
+        "recognition: {model: null}\n"
+    )
+    argv = [*command, str(config)]
+    result = run_python(
+        BLOCK % ["tensorrt"] + f"from daemon.cli import main; raise SystemExit(main({argv!r}))"
+    )
+    assert result.returncode == 2, result.stderr
+    assert "the tensorrt backend needs the TensorRT Python package" in result.stderr
 
 
 def test_engines_list_shows_cached_plans(tmp_path, capsys):

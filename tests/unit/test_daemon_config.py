@@ -6,9 +6,11 @@ import pytest
 
 from daemon.config import (
     DEFAULT_CONFIG,
+    WARM_UP_HW,
     ConfigError,
     load_config,
     parse_config,
+    plan_request,
     redact_url,
     schema_lines,
 )
@@ -56,6 +58,31 @@ def test_defaults_fill_everything_but_the_cameras() -> None:
             {"cameras": [CAMERA], "engines": {"backend": "torch", "torch_device": "gpu0"}},
             "engines.torch_device: String should match pattern",
         ),
+        (
+            {"cameras": [CAMERA], "engines": {"tensorrt": {"precision": "fp32"}}},
+            "engines: Value error, tensorrt holds settings of the tensorrt backend, not openvino",
+        ),
+        (
+            {
+                "cameras": [CAMERA],
+                "engines": {"backend": "tensorrt", "tensorrt": {"precision": "int8"}},
+            },
+            "tensorrt.precision int8 needs tensorrt.calib_dir",
+        ),
+        (
+            {
+                "cameras": [CAMERA],
+                "engines": {"backend": "tensorrt", "tensorrt": {"calib_dir": "calib"}},
+            },
+            "tensorrt.calib_dir is for int8 only, not fp16",
+        ),
+        (
+            {
+                "cameras": [CAMERA],
+                "engines": {"backend": "tensorrt", "tensorrt": {"camera_sizes": ["1920*1080"]}},
+            },
+            "engines.tensorrt.camera_sizes: Value error, expected WIDTHxHEIGHT of at least 12x12",
+        ),
         ({"cameras": [{"url": "x"}]}, "cameras[0].name: required key is missing"),
         ([1, 2], "expected a mapping"),
     ],
@@ -91,6 +118,31 @@ def test_paths_are_relative_to_the_config_file(tmp_path) -> None:
     assert config.cameras[0].url == str(path.parent / "clip.mp4")
     assert config.cameras[1].url == "rtsp://h/s"
     assert config.mqtt.spool_dir == str(path.parent / "spool")
+
+
+def test_the_tensorrt_plans_follow_the_config(tmp_path, monkeypatch) -> None:
+    """What the daemon asks of TensorRT: the camera sizes (and the warm-up frame's), the
+    smallest face size of any enabled camera, max_batch frames a call, the precision."""
+    monkeypatch.setenv("FACEWATCH_ENGINE_CACHE", str(tmp_path / "plans"))
+    path = tmp_path / "facewatch.yaml"
+    path.write_text(
+        "cameras:\n"
+        "  - {name: door, url: rtsp://h/1, detection: {min_face_size: 40}}\n"
+        "  - {name: yard, url: rtsp://h/2, detection: {min_face_size: 16}}\n"
+        "  - {name: gate, url: rtsp://h/3, enabled: false, detection: {min_face_size: 12}}\n"
+        "batching: {max_batch: 12}\n"
+        "engines:\n"
+        "  backend: tensorrt\n"
+        "  tensorrt: {precision: int8, calib_dir: calib, camera_sizes: [2560x1440, 640x360]}\n"
+    )
+    request = plan_request(load_config(path), path)
+    assert request.camera_hw == ((1440, 2560), (360, 640), WARM_UP_HW)
+    assert request.min_face_size == 16 and request.frames_per_call == 12
+    assert (request.precision, request.calib_dir) == ("int8", str(tmp_path / "calib"))
+    assert request.cache_dir == str(tmp_path / "plans") and request.build
+    assert request.build_command == f"facewatch engines build --config {path}"
+    default = plan_request(parse_config({"cameras": [CAMERA], "engines": {"backend": "tensorrt"}}))
+    assert default.precision == "fp16" and default.camera_hw == ((1080, 1920), WARM_UP_HW)
 
 
 def test_the_demo_config_is_valid_and_every_setting_is_described() -> None:

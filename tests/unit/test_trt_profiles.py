@@ -8,6 +8,8 @@ TensorRT itself cannot be installed on the machines available to us; this is the
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import time
 from typing import Any
 
@@ -16,8 +18,7 @@ import numpy as np
 import pytest
 
 from daemon.cameras import Frame
-from daemon.config import parse_config
-from daemon.engines_cli import default_batch
+from daemon.config import WARM_UP_HW, parse_config, plan_request
 from daemon.events import EventSinks
 from daemon.scheduler import Pipeline
 from engines.base import ModelMetadata
@@ -26,8 +27,6 @@ from engines.facenet import FaceNet
 from engines.mtcnn import MTCNN
 from tests.conftest import MODELS
 
-WARM_UP_HW = (240, 320)  # the frame the daemon warms the engines up with
-
 
 class ProfileChecked:
     """An engine that refuses, as TensorRT would, an input outside the plan's profiles."""
@@ -35,7 +34,8 @@ class ProfileChecked:
     def __init__(self, engine: Any, profiles: list[ShapeProfile], calls: list[tuple]) -> None:
         self.engine, self.profiles, self.calls = engine, profiles, calls
         self.inputs, self.outputs = engine.inputs, engine.outputs
-        self.max_batch = min(p.max[0] for p in profiles)  # as engines.tensorrt says it
+        self.max_batch = min(p.max[0] for p in profiles)  # as engines.tensorrt says them
+        self.max_input_shapes = [p.max for p in profiles]
 
     def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         shape = tuple(next(iter(feeds.values())).shape)
@@ -47,42 +47,45 @@ class ProfileChecked:
         self.engine.close()
 
 
-def _profiles(
-    meta: ModelMetadata, cameras: tuple[tuple[int, int], ...], batch: tuple[int, int, int] | None
-) -> list[ShapeProfile]:
-    """The profiles of `facewatch engines build MODEL [--camera WxH ...] [--batch ...]`."""
-    options = BuildOptions(batch=batch or default_batch(meta), camera_hw=cameras)
-    return model_profiles(meta, "image", options)
+def _checked(
+    test_model: Any, options_for: Any, calls: dict[str, list[tuple]]
+) -> tuple[MTCNN, FaceNet]:
+    """The daemon's engines (ONNX Runtime) refusing what plans built with
+    ``options_for(meta)`` would refuse; each call's input shape goes to ``calls``."""
+    detector = MTCNN.load(MODELS / "mtcnn", backend="onnxruntime", threads=2, lanes=1)
+    for net in ("pnet", "rnet", "onet"):
+        meta = ModelMetadata.load(MODELS / "mtcnn" / f"{net}.onnx")
+        profiles = model_profiles(meta, "image", options_for(meta))
+        setattr(detector, net, ProfileChecked(getattr(detector, net), profiles, calls[net]))
+    meta = ModelMetadata.load(test_model)
+    checked = ProfileChecked(
+        FaceNet.load(test_model, threads=2).engine,
+        model_profiles(meta, "image", options_for(meta)),
+        calls["facenet"],
+    )
+    return detector, FaceNet(checked, meta)  # type: ignore[arg-type]
+
+
+def _crowd(shared_data: Any, frames: int) -> list[np.ndarray]:
+    capture = cv2.VideoCapture(str(shared_data / "videos" / "crowd_1080p.mp4"))
+    crowd = [capture.read()[1] for _ in range(frames)]
+    capture.release()
+    return crowd
 
 
 @pytest.mark.parametrize(
-    "batch", [None, (1, 2, 4)], ids=["documented commands", "with --batch 1 2 4"]
+    "batch", [None, (1, 2, 4)], ids=["the daemon's plans", "with --batch 1 2 4"]
 )
 def test_the_daemons_calls_fit_the_plans(shared_data, test_model, batch) -> None:
-    """Built as docs/operations.md says, every call fits; built with smaller batches too:
-    the engines split their calls to the plan's largest batch (``max_batch``)."""
-    capture = cv2.VideoCapture(str(shared_data / "videos" / "crowd_1080p.mp4"))
-    crowd = [capture.read()[1] for _ in range(6)]
-    capture.release()
+    """Built as the daemon asks (``engines.tensorrt``), every call fits; built by hand with
+    smaller batches too: the engines split their calls to the plan's largest batch."""
+    crowd = _crowd(shared_data, 6)
     small = [cv2.resize(f, (640, 360), interpolation=cv2.INTER_AREA) for f in crowd]
     odd = [cv2.resize(f, (640, 480), interpolation=cv2.INTER_AREA) for f in crowd]
     # 16 cameras, as a GPU box runs them: 2 of 1080p, 13 of 360p, and one 4:3 camera that
     # the build was not told of, with its own min_face_size (levels between the profiles')
     streams = {f"big{k}": crowd for k in range(2)} | {f"cam{k}": small for k in range(13)}
     streams["odd"] = odd
-    cameras_hw = ((1080, 1920), (360, 640), WARM_UP_HW)
-    calls: dict[str, list[tuple]] = {"pnet": [], "rnet": [], "onet": [], "facenet": []}
-    detector = MTCNN.load(MODELS / "mtcnn", backend="onnxruntime", threads=2, lanes=1)
-    for net in ("pnet", "rnet", "onet"):
-        meta = ModelMetadata.load(MODELS / "mtcnn" / f"{net}.onnx")
-        profiles = _profiles(meta, cameras_hw if net == "pnet" else (), batch)
-        setattr(detector, net, ProfileChecked(getattr(detector, net), profiles, calls[net]))
-    checked = ProfileChecked(
-        FaceNet.load(test_model, threads=2).engine,
-        _profiles(ModelMetadata.load(test_model), (), batch),
-        calls["facenet"],
-    )
-    facenet = FaceNet(checked, ModelMetadata.load(test_model))  # type: ignore[arg-type]
     config = parse_config(
         {
             "cameras": [{"name": name, "url": "decoded"} for name in streams if name != "odd"]
@@ -90,8 +93,21 @@ def test_the_daemons_calls_fit_the_plans(shared_data, test_model, batch) -> None
             "batching": {"max_batch": 16},
             "detection": {"full_scan_every": 3},
             "recognition": {"model": str(test_model)},
+            "engines": {
+                "backend": "tensorrt",
+                "tensorrt": {"camera_sizes": ["1920x1080", "640x360"]},
+            },
         }
     )
+    request = plan_request(config)
+
+    def options_for(meta: ModelMetadata) -> BuildOptions:
+        if batch is None:
+            return request.options_for(meta)
+        return dataclasses.replace(request.options_for(meta), batch=batch)
+
+    calls: dict[str, list[tuple]] = {"pnet": [], "rnet": [], "onet": [], "facenet": []}
+    detector, facenet = _checked(test_model, options_for, calls)
     pipeline = Pipeline(config, detector, facenet, EventSinks())
     detector.detect([np.zeros((*WARM_UP_HW, 3), np.uint8)])  # the daemon's warm-up
     for k in range(len(crowd)):
@@ -106,3 +122,43 @@ def test_the_daemons_calls_fit_the_plans(shared_data, test_model, batch) -> None
         assert max(levels) == max(regions) == 4  # split to the plan's largest batch
         assert max(shape[0] for shape in calls["facenet"]) == 4
     assert calls["rnet"] and calls["onet"] and calls["facenet"]
+
+
+def test_a_camera_larger_than_the_plan_is_skipped_not_the_daemon(
+    shared_data, test_model, caplog
+) -> None:
+    """A camera sending frames larger than ``engines.tensorrt.camera_sizes`` would stop every
+    camera at P-Net's first call; its frames are skipped instead, counted and logged once,
+    and the other cameras go on."""
+    from daemon import metrics
+
+    crowd = _crowd(shared_data, 3)
+    small = [cv2.resize(f, (640, 360), interpolation=cv2.INTER_AREA) for f in crowd]
+    config = parse_config(
+        {
+            "cameras": [{"name": "lobby", "url": "decoded"}, {"name": "hall", "url": "decoded"}],
+            "recognition": {"model": str(test_model)},
+            "engines": {"backend": "tensorrt", "tensorrt": {"camera_sizes": ["1280x720"]}},
+        }
+    )
+    calls: dict[str, list[tuple]] = {"pnet": [], "rnet": [], "onet": [], "facenet": []}
+    detector, facenet = _checked(test_model, plan_request(config).options_for, calls)
+    assert detector.refuses((720, 1280)) is None and detector.refuses((720, 960)) is None
+    assert "pyramid level 1153x649 is larger than P-Net's TensorRT plan takes" in str(
+        detector.refuses((1080, 1920))
+    )
+    pipeline = Pipeline(config, detector, facenet, EventSinks())
+    refused = metrics.FRAMES_REFUSED.labels("lobby")
+    before = refused._value.get()
+    with caplog.at_level(logging.ERROR, logger="daemon.scheduler"):
+        for k in range(len(crowd)):
+            now = time.time()
+            pipeline.process([Frame("lobby", k, now, crowd[k]), Frame("hall", k, now, small[k])])
+    assert refused._value.get() - before == len(crowd)
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and errors[0].startswith(
+        "camera lobby: its 1920x1080 frames are skipped"
+    )
+    assert "add 1920x1080 to engines.tensorrt.camera_sizes" in errors[0]
+    assert calls["pnet"] and all(shape[3] <= 641 for shape in calls["pnet"])  # hall's only
+    assert pipeline.trackers["hall"].tracks, "the other camera's faces are tracked"
