@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -230,7 +231,8 @@ def build_engine(
     paths.plan.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     plan, profiles = compile_plan(trt, onnx_path, meta, options, paths)
-    tmp = paths.plan.with_suffix(".plan.tmp")
+    # a daemon and `engines build` may build the same plan at once: each writes its own file
+    tmp = paths.plan.with_suffix(f".plan.{os.getpid()}.tmp")
     tmp.write_bytes(plan)
     tmp.replace(paths.plan)
     manifest = Manifest(
