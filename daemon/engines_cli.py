@@ -10,7 +10,7 @@ from pathlib import Path
 
 from daemon.config import ConfigError, load_config, plan_request
 from engines import EngineError
-from engines.base import ModelMetadata
+from engines.base import CROPS_PER_CALL, DEFAULT_MAX_BATCH, ModelMetadata
 from engines.build import (
     DEFAULT_BATCH,
     DEFAULT_WORKSPACE_BYTES,
@@ -20,8 +20,6 @@ from engines.build import (
     default_cache_dir,
     read_manifests,
 )
-from engines.facenet import DEFAULT_MAX_BATCH
-from engines.mtcnn import CROPS_PER_CALL
 from engines.trt_build import build_engine
 
 # the options that --config takes from the file instead (engines.tensorrt and the detector)

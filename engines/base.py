@@ -42,6 +42,12 @@ class Engine(Protocol):
     def close(self) -> None: ...
 
 
+# What the engines' callers send per call where the model's batch axis is dynamic; TensorRT
+# plans are sized for it (engines.build.default_batch).
+CROPS_PER_CALL = 1024  # R-Net / O-Net face candidates (engines.mtcnn)
+DEFAULT_MAX_BATCH = 64  # faces (engines.facenet)
+
+
 def batch_limit(engine: Engine, wanted: int) -> int:
     """``wanted``, or less where the engine takes at most a smaller batch: backends whose
     inputs stop at some batch size below what callers may send (a TensorRT plan, at the

@@ -20,9 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from engines import boxes as bx
-from engines.base import EngineError, ModelMetadata, file_sha256
-from engines.facenet import DEFAULT_MAX_BATCH
-from engines.mtcnn import CROPS_PER_CALL
+from engines.base import (
+    CROPS_PER_CALL,
+    DEFAULT_MAX_BATCH,
+    EngineError,
+    ModelMetadata,
+    file_sha256,
+)
 
 logger = logging.getLogger(__name__)
 

@@ -24,7 +24,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from engines.align import align_similarity, crop_with_margin
-from engines.base import Engine, EngineError, ModelMetadata, batch_limit, file_sha256
+from engines.base import (
+    DEFAULT_MAX_BATCH,
+    Engine,
+    EngineError,
+    ModelMetadata,
+    batch_limit,
+    file_sha256,
+)
 from engines.loader import cpu_precision, load_engine
 from engines.mtcnn import FrameDetections
 
@@ -34,7 +41,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 ALIGNMENTS = ("margin", "similarity")
-DEFAULT_MAX_BATCH = 64  # faces per engine call when the model's batch axis is dynamic
 
 FacePick = tuple[np.ndarray, FrameDetections, int]
 """One face to embed: the frame, its detections, and which of them."""

@@ -58,7 +58,7 @@ def load_engine(
         return OpenVinoEngine(model_path, threads=threads, precision=precision)
     if backend == "tensorrt":
         # An .onnx path opens a cached plan (`facewatch engines build`); a .plan directly.
-        from engines.tensorrt import open_plan_for
+        from engines.trt_build import open_plan_for
 
         return open_plan_for(model_path, trt_plans)
     if backend == "torch":

@@ -19,7 +19,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 
 from engines import boxes as bx
-from engines.base import Engine, EngineError, ModelMetadata, batch_limit, input_limits
+from engines.base import (
+    CROPS_PER_CALL,
+    Engine,
+    EngineError,
+    ModelMetadata,
+    batch_limit,
+    input_limits,
+)
 from engines.images import AreaPyramid, area_crop_sums, as_bgr8
 from engines.loader import CPU_BACKENDS, load_engine
 
@@ -37,7 +44,6 @@ RNET_NMS = 0.7
 PNET_MAX_PIXELS = 350_000  # pyramid-level pixels per P-Net call (one 720p level at scale 0.6)
 PNET_MIN_TILE_PIXELS = 50_000  # with lanes, P-Net calls may be smaller (_pnet_tiles)
 PNET_CALL_PIXELS = 2_000  # what one P-Net call costs besides its pixels, in pixels' time
-CROPS_PER_CALL = 1024  # R-Net / O-Net candidates per call
 # ... with lanes (the CPU), one of these sizes, each as fast per crop as any larger one
 LANE_CROPS_PER_CALL = {"rnet": (16, 32, 64), "onet": (4, 8)}
 ONET_NMS = 0.7  # intersection over the smaller box

@@ -18,15 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from engines.base import EngineError, ModelMetadata, SpecsFromLoad, TensorSpec
-from engines.build import (
-    BuildError,
-    GpuInfo,
-    PlanRequest,
-    cached_plan,
-    default_cache_dir,
-    find_cached_plan,
-)
+from engines.base import EngineError, SpecsFromLoad, TensorSpec
+from engines.build import GpuInfo
 
 logger = logging.getLogger(__name__)
 
@@ -317,28 +310,3 @@ def pick_profile(
 def _within(profile: tuple[tuple[int, ...], ...], shape: tuple[int, ...]) -> bool:
     lo, _, hi = profile
     return len(shape) == len(lo) and all(a <= s <= b for a, s, b in zip(lo, shape, hi, strict=True))
-
-
-def open_plan_for(model_path: str | Path, request: PlanRequest | None = None) -> TensorRTEngine:
-    """A ``.plan`` opens directly. An ``.onnx`` opens its cached plan for this TensorRT and
-    GPU: the one ``request`` asks for (built first when missing and ``request.build``), or
-    without a request the newest one."""
-    path = Path(model_path)
-    if path.suffix.lower() != ".onnx":
-        return TensorRTEngine(path)
-    trt = import_tensorrt()
-    gpu = gpu_info()
-    cache_dir = Path((request and request.cache_dir) or default_cache_dir())
-    if request is None:
-        return TensorRTEngine(find_cached_plan(path, cache_dir, trt.__version__, gpu))
-    options = request.options_for(ModelMetadata.load(path))
-    plan = cached_plan(path, options, cache_dir, trt.__version__, gpu)
-    if plan is None:
-        if not request.build:
-            raise BuildError(request.missing(path, options, cache_dir))
-        if request.on_build is not None:
-            request.on_build(path)
-        from engines.trt_build import build_engine
-
-        plan = build_engine(path, options, cache_dir)
-    return TensorRTEngine(plan)

@@ -1,5 +1,6 @@
 """The TensorRT side of the builder: ``build_engine`` and its TensorRT calls
-(``engines.build`` holds the pure logic around them).
+(``engines.build`` holds the pure logic around them), and ``open_plan_for``, which opens
+the plan of an ONNX model (building it first when asked) with ``engines.tensorrt``.
 
 TensorRT 10 API: ``Builder.create_network(0)`` (explicit batch is the only mode),
 ``OnnxParser`` with every error reported with its node, ``IBuilderConfig`` with the
@@ -26,14 +27,23 @@ from engines.build import (
     BuildOptions,
     CachePaths,
     Manifest,
+    PlanRequest,
     ShapeProfile,
     cache_key,
     cache_paths,
+    cached_plan,
     default_cache_dir,
+    find_cached_plan,
     model_profiles,
 )
 from engines.images import ImageError, read_image
-from engines.tensorrt import cuda_check, gpu_info, import_cudart, import_tensorrt
+from engines.tensorrt import (
+    TensorRTEngine,
+    cuda_check,
+    gpu_info,
+    import_cudart,
+    import_tensorrt,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -249,3 +259,26 @@ def build_engine(
     paths.manifest.write_text(json.dumps(asdict(manifest), indent=2) + "\n")
     logger.info("built %s in %.1f s", paths.plan, manifest.build_seconds)
     return paths.plan
+
+
+def open_plan_for(model_path: str | Path, request: PlanRequest | None = None) -> TensorRTEngine:
+    """A ``.plan`` opens directly. An ``.onnx`` opens its cached plan for this TensorRT and
+    GPU: the one ``request`` asks for (built first when missing and ``request.build``), or
+    without a request the newest one."""
+    path = Path(model_path)
+    if path.suffix.lower() != ".onnx":
+        return TensorRTEngine(path)
+    trt = import_tensorrt()
+    gpu = gpu_info()
+    cache_dir = Path((request and request.cache_dir) or default_cache_dir())
+    if request is None:
+        return TensorRTEngine(find_cached_plan(path, cache_dir, trt.__version__, gpu))
+    options = request.options_for(ModelMetadata.load(path))
+    plan = cached_plan(path, options, cache_dir, trt.__version__, gpu)
+    if plan is None:
+        if not request.build:
+            raise BuildError(request.missing(path, options, cache_dir))
+        if request.on_build is not None:
+            request.on_build(path)
+        plan = build_engine(path, options, cache_dir)
+    return TensorRTEngine(plan)

@@ -306,14 +306,14 @@ def tensorrt_here(monkeypatch):
     the builder replaced by recorders: what is tested is which plan it opens or builds."""
     import types
 
-    from engines import tensorrt, trt_build
+    from engines import trt_build
 
     calls: dict[str, list] = {"opened": [], "built": []}
     monkeypatch.setattr(
-        tensorrt, "import_tensorrt", lambda: types.SimpleNamespace(__version__="10.7.0")
+        trt_build, "import_tensorrt", lambda: types.SimpleNamespace(__version__="10.7.0")
     )
-    monkeypatch.setattr(tensorrt, "gpu_info", lambda device=0: H200)
-    monkeypatch.setattr(tensorrt, "TensorRTEngine", lambda path: calls["opened"].append(path))
+    monkeypatch.setattr(trt_build, "gpu_info", lambda device=0: H200)
+    monkeypatch.setattr(trt_build, "TensorRTEngine", lambda path: calls["opened"].append(path))
 
     def build(onnx, options, cache_dir, force=False):
         calls["built"].append(options)
@@ -324,7 +324,7 @@ def tensorrt_here(monkeypatch):
 
 
 def test_the_daemon_opens_its_own_plan_and_builds_a_missing_one(tmp_path, tensorrt_here):
-    from engines.tensorrt import open_plan_for
+    from engines.trt_build import open_plan_for
 
     onnx = MODELS / "mtcnn" / "pnet.onnx"
     told: list = []
@@ -339,7 +339,7 @@ def test_the_daemon_opens_its_own_plan_and_builds_a_missing_one(tmp_path, tensor
 
 
 def test_a_missing_plan_without_build_names_the_command(tmp_path, tensorrt_here):
-    from engines.tensorrt import open_plan_for
+    from engines.trt_build import open_plan_for
 
     request = PlanRequest(
         "fp16",
