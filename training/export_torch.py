@@ -4,7 +4,10 @@ Each program takes and returns the same named tensors as its ONNX model (recorde
 ``facewatch.json`` extra file inside the archive), has a dynamic batch axis (and dynamic
 height / width for P-Net), and is checked against ONNX Runtime on the CPU after writing.
 
-    python -m training.export_torch mtcnn WEIGHTS_DIR MODELS_DIR   # pnet/rnet/onet.pt2
+    python -m training.export_torch mtcnn [MODELS_DIR] [--weights-dir DIR]   # pnet/rnet/onet.pt2
+
+The MTCNN weights come from the ONNX models themselves (those that ship in models/mtcnn), or
+from facenet-pytorch's state dicts (``--weights-dir``: pnet.pt, rnet.pt, onet.pt).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -27,6 +31,7 @@ from training.mtcnn_nets import load_net
 logger = logging.getLogger(__name__)
 
 PARITY_TOLERANCE = 1e-4
+DEFAULT_MTCNN_DIR = Path(__file__).resolve().parent.parent / "models" / "mtcnn"
 MTCNN_NETS = {
     "pnet": (None, ("reg", "prob")),
     "rnet": ((24, 24), ("reg", "prob")),
@@ -115,17 +120,20 @@ def _check(pt2: Path, onnx_path: Path, x: np.ndarray) -> float:
 
 
 def export_mtcnn(
-    weights_dir: str | Path, models_dir: str | Path, seed: int = 0
+    weights_dir: str | Path | None, models_dir: str | Path, seed: int = 0
 ) -> dict[str, float]:
-    """Write pnet/rnet/onet.pt2 next to the ONNX files in ``models_dir``; returns parity diffs."""
-    weights_dir, models_dir = Path(weights_dir), Path(models_dir)
+    """Write pnet/rnet/onet.pt2 next to the ONNX files in ``models_dir``, with the weights of
+    facenet-pytorch's state dicts in ``weights_dir`` or, when None, those of the ONNX files;
+    returns the parity diffs against ONNX Runtime."""
+    models_dir = Path(models_dir)
     rng = np.random.default_rng(seed)
     diffs = {}
     for name, (hw, outputs) in MTCNN_NETS.items():
         onnx_path = models_dir / f"{name}.onnx"
         if not onnx_path.is_file():
             raise FileNotFoundError(f"{onnx_path}: ONNX model not found (export it first)")
-        net = load_net(name, weights_dir / f"{name}.pt")
+        weights = onnx_path if weights_dir is None else Path(weights_dir) / f"{name}.pt"
+        net = load_net(name, weights)
         example = torch.zeros(2, 3, *(hw or (64, 80)))
         pt2 = export_module(
             net, example, program_path(onnx_path), "image", outputs, hw is None, onnx_path
@@ -164,11 +172,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.export_torch", description=__doc__)
     sub = parser.add_subparsers(dest="what", required=True)
     p = sub.add_parser("mtcnn", help="export P-Net, R-Net and O-Net next to their ONNX files")
-    p.add_argument("weights_dir", type=Path, help="folder with pnet.pt, rnet.pt, onet.pt")
-    p.add_argument("models_dir", type=Path, help="folder with pnet.onnx, rnet.onnx, onet.onnx")
+    p.add_argument(
+        "models_dir",
+        type=Path,
+        nargs="?",
+        default=DEFAULT_MTCNN_DIR,
+        help=f"folder with pnet.onnx, rnet.onnx, onet.onnx (default {DEFAULT_MTCNN_DIR})",
+    )
+    p.add_argument(
+        "--weights-dir",
+        type=Path,
+        help="facenet-pytorch's pnet.pt, rnet.pt, onet.pt (default: the ONNX models' weights)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level="INFO", format="%(levelname)s %(name)s: %(message)s")
-    diffs = export_mtcnn(args.weights_dir, args.models_dir)
+    try:
+        diffs = export_mtcnn(args.weights_dir, args.models_dir)
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     for name, diff in diffs.items():
         print(f"{name}: max abs diff vs ONNX Runtime {diff:.2e}")
     return 0

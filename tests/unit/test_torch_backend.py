@@ -31,6 +31,27 @@ def exported(shared_data, tmp_path_factory):
     return folder, diffs
 
 
+def test_programs_from_the_shipped_models_alone(tmp_path, shared_data, capsys):
+    """A GPU box without facenet-pytorch's weights makes the MTCNN programs from the ONNX
+    models that ship: the same weights, to the bit, as facenet-pytorch's state dicts."""
+    from training.export_torch import main
+    from training.mtcnn_nets import state_from_onnx
+
+    for name in ("pnet", "rnet", "onet"):
+        shipped = state_from_onnx(MODELS / "mtcnn" / f"{name}.onnx")
+        original = torch.load(shared_data / "weights" / "mtcnn" / f"{name}.pt", weights_only=True)
+        assert shipped.keys() == original.keys(), name
+        assert all(torch.equal(shipped[k], original[k]) for k in original), name
+        for suffix in (".onnx", ".json"):
+            shutil.copy(MODELS / "mtcnn" / f"{name}{suffix}", tmp_path)
+    assert main(["mtcnn", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["pnet", "rnet", "onet"]
+    assert all(float(line.rsplit(" ", 1)[1]) <= 1e-5 for line in lines), lines
+    assert main(["mtcnn", str(tmp_path / "absent")]) == 2
+    assert "pnet.onnx: ONNX model not found" in capsys.readouterr().err
+
+
 def test_export_matches_onnx_runtime(exported):
     folder, diffs = exported
     assert set(diffs) == {"pnet", "rnet", "onet"}
