@@ -129,8 +129,8 @@ class BatchingConfig(_Section):
 class TensorRTConfig(_Section):
     precision: Literal["fp32", "fp16", "int8"] = _field(
         "fp16",
-        "arithmetic of the plans: fp16 is about twice fp32's speed on the GPU; int8 "
-        "needs calib_dir",
+        "arithmetic of the plans: fp16 is about twice fp32's speed on the GPU; int8 (P-Net "
+        "only, calibrated on calib_dir's frames; the others run fp16)",
     )
     camera_sizes: Annotated[list[str], Field(min_length=1)] = _field(
         ["1920x1080"],

@@ -340,15 +340,16 @@ class PlanRequest:
 
     def options_for(self, meta: ModelMetadata) -> BuildOptions:
         """P-Net: the cameras, face size and frames per call; the others: their default
-        batch (what ``facewatch engines build MODEL`` gives them at this precision)."""
-        common: dict[str, Any] = {
-            "precision": self.precision,
-            "workspace_bytes": self.workspace_bytes,
-            "calib_dir": self.calib_dir,
-            "calib_images": self.calib_images,
-        }
+        batch (what ``facewatch engines build MODEL`` gives them at this precision). int8 is
+        for P-Net only, which sees whole frames as the calibration images are; the others
+        see face crops, and run fp16."""
+        common: dict[str, Any] = {"workspace_bytes": self.workspace_bytes}
         if meta.input_size_hw is not None:
-            return BuildOptions(batch=default_batch(meta), **common)
+            precision = "fp16" if self.precision == "int8" else self.precision
+            return BuildOptions(precision=precision, batch=default_batch(meta), **common)
+        common["precision"] = self.precision
+        if self.precision == "int8":
+            common.update(calib_dir=self.calib_dir, calib_images=self.calib_images)
         frames = self.frames_per_call
         return BuildOptions(
             batch=(1, frames, max(frames, DEFAULT_BATCH[2])),

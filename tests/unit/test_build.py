@@ -275,7 +275,11 @@ def test_plan_request_batch_follows_the_frames_per_call():
     assert PlanRequest(frames_per_call=2).options_for(_meta("pnet")).batch == (1, 2, 32)
     assert PlanRequest(frames_per_call=64).options_for(_meta("pnet")).batch == (1, 64, 64)
     request = PlanRequest("int8", calib_dir="/calib", calib_images=64)
-    assert request.options_for(_meta("onet")).calib_dir == "/calib"
+    pnet = request.options_for(_meta("pnet"))
+    assert (pnet.precision, pnet.calib_dir, pnet.calib_images) == ("int8", "/calib", 64)
+    onet = request.options_for(_meta("onet"))  # sees face crops, not frames: fp16
+    assert (onet.precision, onet.calib_dir) == ("fp16", None)
+    assert onet == PlanRequest("fp16").options_for(_meta("onet"))
 
 
 def _fake_plan(cache, onnx, options, built_at):
