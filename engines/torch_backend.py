@@ -92,9 +92,8 @@ class TorchEngine(SpecsFromLoad):
         if not self.path.is_file():
             raise EngineError(
                 f"{self.path}: exported program not found; write it with "
-                f"`python -m training.export_torch mtcnn {self.path.parent}` for MTCNN (from "
-                "its ONNX models), `facewatch train export CHECKPOINT --torch-program` for "
-                "FaceNet"
+                f"`facewatch train torch-program {self.path.with_suffix('.onnx')}` (from the "
+                "weights inside the ONNX model)"
             )
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if self.device.type == "cuda" and not torch.cuda.is_available():
@@ -145,7 +144,7 @@ class TorchEngine(SpecsFromLoad):
             raise EngineError(
                 f"{self.path}: exported from another version of {onnx_path.name} (the ONNX "
                 "changed since); export the program again (`facewatch train export "
-                "--torch-program`, or `python -m training.export_torch mtcnn` for MTCNN)"
+                "--torch-program`, or `facewatch train torch-program MODEL.onnx`)"
             )
 
     def _run(self, tensors: list[Any]) -> list[Any]:

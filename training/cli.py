@@ -41,6 +41,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.set_defaults(func=_export_mtcnn)
 
+    p = commands.add_parser(
+        "torch-program",
+        help="write the torch backend's program (.pt2) beside exported ONNX models",
+        description="For `engines.backend: torch`: write MODEL.pt2 beside each MODEL.onnx "
+        "(MTCNN's P-Net, R-Net, O-Net or a FaceNet that facewatch exported, e.g. the shipped "
+        "ones), from the weights inside the ONNX file, and check it against ONNX Runtime. "
+        "Run it with the PyTorch the daemon will use.",
+    )
+    p.add_argument("models", type=Path, nargs="+", metavar="MODEL.onnx")
+    p.set_defaults(func=_torch_program)
+
     from training.cli_facenet import register_facenet
 
     register_facenet(commands)
@@ -52,6 +63,26 @@ def _export_mtcnn(args: argparse.Namespace) -> int:
     diffs = export_all(args.weights_dir, args.out_dir, args.images)
     for name, diff in diffs.items():
         print(f"{name}: ONNX Runtime vs PyTorch max abs diff {diff:.2e}")
+    return 0
+
+
+def _torch_program(args: argparse.Namespace) -> int:
+    from engines.base import EngineError, ModelMetadata
+    from training.export_facenet import torch_program_from_onnx
+    from training.export_torch import MTCNN_NETS, mtcnn_program
+
+    for path in args.models:
+        try:
+            kind = ModelMetadata.load(path).kind
+            if kind.removeprefix("mtcnn-") in MTCNN_NETS:
+                pt2, diff = mtcnn_program(kind.removeprefix("mtcnn-"), path, path)
+            else:
+                info = torch_program_from_onnx(path)
+                pt2, diff = path.with_name(info["file"]), info["max_abs_diff"]
+        except (EngineError, ValueError, FileNotFoundError, RuntimeError) as exc:
+            print(f"facewatch train torch-program: {exc}", file=sys.stderr)
+            return 2
+        print(f"wrote {pt2}: max abs diff vs ONNX Runtime {diff:.2e}")
     return 0
 
 

@@ -4,18 +4,15 @@ Each program takes and returns the same named tensors as its ONNX model (recorde
 ``facewatch.json`` extra file inside the archive), has a dynamic batch axis (and dynamic
 height / width for P-Net), and is checked against ONNX Runtime on the CPU after writing.
 
-    python -m training.export_torch mtcnn [MODELS_DIR] [--weights-dir DIR]   # pnet/rnet/onet.pt2
-
-The MTCNN weights come from the ONNX models themselves (those that ship in models/mtcnn), or
-from facenet-pytorch's state dicts (``--weights-dir``: pnet.pt, rnet.pt, onet.pt).
+The command is ``facewatch train torch-program MODEL.onnx ...`` (``training.cli``): it makes
+each program from the weights inside the ONNX model (``training.onnx_weights``), so the
+shipped models need nothing else; ``export_mtcnn`` also takes facenet-pytorch's state dicts.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -31,7 +28,6 @@ from training.mtcnn_nets import load_net
 logger = logging.getLogger(__name__)
 
 PARITY_TOLERANCE = 1e-4
-DEFAULT_MTCNN_DIR = Path(__file__).resolve().parent.parent / "models" / "mtcnn"
 MTCNN_NETS = {
     "pnet": (None, ("reg", "prob")),
     "rnet": ((24, 24), ("reg", "prob")),
@@ -126,23 +122,33 @@ def export_mtcnn(
     facenet-pytorch's state dicts in ``weights_dir`` or, when None, those of the ONNX files;
     returns the parity diffs against ONNX Runtime."""
     models_dir = Path(models_dir)
-    rng = np.random.default_rng(seed)
     diffs = {}
-    for name, (hw, outputs) in MTCNN_NETS.items():
+    for name in MTCNN_NETS:
         onnx_path = models_dir / f"{name}.onnx"
-        if not onnx_path.is_file():
-            raise FileNotFoundError(f"{onnx_path}: ONNX model not found (export it first)")
         weights = onnx_path if weights_dir is None else Path(weights_dir) / f"{name}.pt"
-        net = load_net(name, weights)
-        example = torch.zeros(2, 3, *(hw or (64, 80)))
-        pt2 = export_module(
-            net, example, program_path(onnx_path), "image", outputs, hw is None, onnx_path
-        )
-        check_hw = hw or (75, 101)
-        x = rng.uniform(-1, 1, (3, 3, *check_hw)).astype(np.float32)
-        diffs[name] = _check(pt2, onnx_path, x)
-        logger.info("%s: max abs diff vs ONNX Runtime %.2e", pt2, diffs[name])
+        diffs[name] = mtcnn_program(name, weights, onnx_path, seed)[1]
     return diffs
+
+
+def mtcnn_program(
+    name: str, weights: str | Path, onnx_path: str | Path, seed: int = 0
+) -> tuple[Path, float]:
+    """``name``'s (pnet, rnet, onet) program beside ``onnx_path``, with the weights of a
+    facenet-pytorch state dict or of an ONNX file; (path, max abs diff vs ONNX Runtime)."""
+    onnx_path = Path(onnx_path)
+    if not onnx_path.is_file():
+        raise FileNotFoundError(f"{onnx_path}: ONNX model not found (export it first)")
+    hw, outputs = MTCNN_NETS[name]
+    net = load_net(name, weights)
+    example = torch.zeros(2, 3, *(hw or (64, 80)))
+    pt2 = export_module(
+        net, example, program_path(onnx_path), "image", outputs, hw is None, onnx_path
+    )
+    check_hw = hw or (75, 101)
+    x = np.random.default_rng(seed).uniform(-1, 1, (3, 3, *check_hw)).astype(np.float32)
+    diff = _check(pt2, onnx_path, x)
+    logger.info("%s: max abs diff vs ONNX Runtime %.2e", pt2, diff)
+    return pt2, diff
 
 
 def fit_batchnorm_stats(module: nn.Module, batch: torch.Tensor) -> nn.Module:
@@ -166,35 +172,3 @@ def standin_facenet(batch: torch.Tensor, seed: int = 0, embedding_size: int = 51
     torch.manual_seed(seed)
     net = InceptionResnetV1(embedding_size=embedding_size, keep_probability=1.0)
     return fit_batchnorm_stats(net, batch)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.export_torch", description=__doc__)
-    sub = parser.add_subparsers(dest="what", required=True)
-    p = sub.add_parser("mtcnn", help="export P-Net, R-Net and O-Net next to their ONNX files")
-    p.add_argument(
-        "models_dir",
-        type=Path,
-        nargs="?",
-        default=DEFAULT_MTCNN_DIR,
-        help=f"folder with pnet.onnx, rnet.onnx, onet.onnx (default {DEFAULT_MTCNN_DIR})",
-    )
-    p.add_argument(
-        "--weights-dir",
-        type=Path,
-        help="facenet-pytorch's pnet.pt, rnet.pt, onet.pt (default: the ONNX models' weights)",
-    )
-    args = parser.parse_args(argv)
-    logging.basicConfig(level="INFO", format="%(levelname)s %(name)s: %(message)s")
-    try:
-        diffs = export_mtcnn(args.weights_dir, args.models_dir)
-    except FileNotFoundError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    for name, diff in diffs.items():
-        print(f"{name}: max abs diff vs ONNX Runtime {diff:.2e}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -12,6 +12,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from training.onnx_weights import load_onnx_weights
+
 
 class PNet(nn.Module):
     """Proposal net: fully convolutional, any input size >= 12x12, stride 2, cell 12."""
@@ -107,29 +109,7 @@ def load_net(name: str, weights: str | Path) -> nn.Module:
     ships in models/mtcnn)."""
     net = NETS[name]()
     if Path(weights).suffix.lower() == ".onnx":
-        state = state_from_onnx(weights)
-    else:
-        state = torch.load(Path(weights), map_location="cpu", weights_only=True)
+        return load_onnx_weights(net, weights)
+    state = torch.load(Path(weights), map_location="cpu", weights_only=True)
     net.load_state_dict(state, strict=True)
     return net.eval()
-
-
-def state_from_onnx(onnx_path: str | Path) -> dict[str, torch.Tensor]:
-    """The state dict inside an MTCNN network's ONNX export: its initializers keep the
-    parameter names, but for the PReLU slopes the exporter reshaped to (C, 1, 1) and renamed;
-    those are found through their PReLU node (``/preluK/PRelu``)."""
-    import onnx
-    from onnx import numpy_helper
-
-    graph = onnx.load(str(onnx_path)).graph
-    arrays = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
-    renamed = {
-        node.input[1]: node.name.split("/")[1] + ".weight"
-        for node in graph.node
-        if node.op_type == "PRelu" and node.name.count("/") == 2
-    }
-    state = {}
-    for name, array in arrays.items():
-        tensor = torch.from_numpy(array.copy())
-        state[renamed.get(name, name)] = tensor.reshape(-1) if name in renamed else tensor
-    return state

@@ -34,22 +34,65 @@ def exported(shared_data, tmp_path_factory):
 def test_programs_from_the_shipped_models_alone(tmp_path, shared_data, capsys):
     """A GPU box without facenet-pytorch's weights makes the MTCNN programs from the ONNX
     models that ship: the same weights, to the bit, as facenet-pytorch's state dicts."""
-    from training.export_torch import main
-    from training.mtcnn_nets import state_from_onnx
+    from daemon.cli import main
+    from training.onnx_weights import onnx_state
 
     for name in ("pnet", "rnet", "onet"):
-        shipped = state_from_onnx(MODELS / "mtcnn" / f"{name}.onnx")
+        shipped = onnx_state(MODELS / "mtcnn" / f"{name}.onnx")
         original = torch.load(shared_data / "weights" / "mtcnn" / f"{name}.pt", weights_only=True)
         assert shipped.keys() == original.keys(), name
         assert all(torch.equal(shipped[k], original[k]) for k in original), name
         for suffix in (".onnx", ".json"):
             shutil.copy(MODELS / "mtcnn" / f"{name}{suffix}", tmp_path)
-    assert main(["mtcnn", str(tmp_path)]) == 0
+    models = [str(tmp_path / f"{name}.onnx") for name in ("pnet", "rnet", "onet")]
+    assert main(["train", "torch-program", *models]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert [line.split(":")[0] for line in lines] == ["pnet", "rnet", "onet"]
+    assert [line.split(":")[0] for line in lines] == [
+        f"wrote {tmp_path / name}.pt2" for name in ("pnet", "rnet", "onet")
+    ]
     assert all(float(line.rsplit(" ", 1)[1]) <= 1e-5 for line in lines), lines
-    assert main(["mtcnn", str(tmp_path / "absent")]) == 2
-    assert "pnet.onnx: ONNX model not found" in capsys.readouterr().err
+    assert main(["train", "torch-program", str(tmp_path / "absent.onnx")]) == 2
+    assert "absent.json: model sidecar missing" in capsys.readouterr().err
+
+
+def test_facenet_program_from_the_onnx_alone(test_model, tmp_path, capsys):
+    """`facewatch train torch-program` on an exported FaceNet (as the shipped one will be):
+    the checkpoint's weights read back bit for bit, also from an fp16 export, and a program
+    that ONNX Runtime agrees with. An export with BatchNorm folded is refused, by name."""
+    from daemon.cli import main
+    from tests.facenet_model import reference_network
+    from training.export_facenet import export_checkpoint, export_onnx
+    from training.facenet_nets import NormalisedEmbedding, build_model
+    from training.onnx_weights import load_onnx_weights
+
+    reference = reference_network(test_model)
+    fp32 = tmp_path / "fp32" / "facenet.onnx"
+    fp32.parent.mkdir()
+    for suffix in (".onnx", ".json"):
+        shutil.copy(test_model.with_suffix(suffix), fp32.with_suffix(suffix))
+    fp16, _ = export_checkpoint(test_model.parent / "random.pt", tmp_path / "fp16.onnx", fp16=True)
+    for onnx_path, exact in ((fp32, True), (fp16, False)):
+        net = build_model("inception_resnet_v1", 512, 1.0)
+        load_onnx_weights(NormalisedEmbedding(net), onnx_path)
+        got, want = net.state_dict(), reference.state_dict()
+        for key in (k for k in want if not k.endswith("num_batches_tracked")):
+            expected = want[key] if exact else want[key].half().float()
+            assert torch.equal(got[key], expected), (onnx_path.name, key)
+    assert main(["train", "torch-program", str(fp32), str(fp16)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines] == [
+        f"wrote {fp32.with_suffix('.pt2')}",
+        f"wrote {fp16.with_suffix('.pt2')}",
+    ]
+    assert all(float(line.rsplit(" ", 1)[1]) <= 1e-5 for line in lines), lines
+
+    folded = tmp_path / "folded.onnx"
+    ours = build_model("inception_resnet_v1", 512, 1.0)
+    ours.load_state_dict(reference.state_dict())
+    export_onnx(ours.eval(), folded, 160, fold_batchnorm=True)
+    shutil.copy(test_model.with_suffix(".json"), folded.with_suffix(".json"))
+    assert main(["train", "torch-program", str(folded)]) == 2
+    assert "export with BatchNorm folded into the convolutions" in capsys.readouterr().err
 
 
 def test_export_matches_onnx_runtime(exported):
