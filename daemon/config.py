@@ -355,21 +355,30 @@ def plan_request(
 _REFERENCE = re.compile(r"\$\{(credential:)?([A-Za-z_][A-Za-z0-9_.-]*)\}")
 
 
-def _substitute(value: Any, where: str) -> Any:
-    """Replace ``${ENV}`` and ``${credential:NAME}`` in every string of ``value``."""
+def _substitute(value: Any, where: str, secrets: bool = True) -> Any:
+    """Replace ``${ENV}`` and ``${credential:NAME}`` in every string of ``value``; with
+    ``secrets`` off, a reference that cannot be resolved stays as it is."""
     if isinstance(value, dict):
-        return {k: _substitute(v, f"{where}.{k}" if where else str(k)) for k, v in value.items()}
+        return {
+            k: _substitute(v, f"{where}.{k}" if where else str(k), secrets)
+            for k, v in value.items()
+        }
     if isinstance(value, list):
-        return [_substitute(v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return [_substitute(v, f"{where}[{i}]", secrets) for i, v in enumerate(value)]
     if not isinstance(value, str):
         return value
 
     def lookup(match: re.Match[str]) -> str:
         name = match.group(2)
-        if match.group(1):
-            return _credential(name, where)
-        if name not in os.environ:
-            raise ConfigError(f"{where}: environment variable {name} is not set")
+        try:
+            if match.group(1):
+                return _credential(name, where)
+            if name not in os.environ:
+                raise ConfigError(f"{where}: environment variable {name} is not set")
+        except ConfigError:
+            if secrets:
+                raise
+            return match.group(0)
         return os.environ[name]
 
     return _REFERENCE.sub(lookup, value)
@@ -424,14 +433,16 @@ def _explain(error: dict[str, Any]) -> str:
     return f"{error['msg']}{shown}"
 
 
-def parse_config(raw: Any, source: str = "config") -> Config:
-    """A validated Config from parsed YAML; ConfigError names every bad key path."""
+def parse_config(raw: Any, source: str = "config", secrets: bool = True) -> Config:
+    """A validated Config from parsed YAML; ConfigError names every bad key path. With
+    ``secrets`` off, ``${...}`` references that cannot be resolved stay as they are (for
+    commands that use no camera or broker, e.g. `engines build --config`)."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping of settings, got {type(raw).__name__}")
     try:
-        raw = _substitute(raw, "")
+        raw = _substitute(raw, "", secrets)
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
     try:
@@ -441,9 +452,9 @@ def parse_config(raw: Any, source: str = "config") -> Config:
         raise ConfigError(f"{source}: invalid configuration\n  " + "\n  ".join(lines)) from None
 
 
-def load_config(path: str | Path) -> Config:
+def load_config(path: str | Path, secrets: bool = True) -> Config:
     """Read, substitute and validate a YAML file; relative paths in it are made relative to
-    the file's folder."""
+    the file's folder. ``secrets``: as ``parse_config``."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -453,7 +464,7 @@ def load_config(path: str | Path) -> Config:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    return resolve_paths(parse_config(raw, str(path)), path.resolve().parent)
+    return resolve_paths(parse_config(raw, str(path), secrets), path.resolve().parent)
 
 
 def _resolve(base: Path, value: str) -> str:

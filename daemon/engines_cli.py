@@ -146,7 +146,7 @@ def config_models(config_path: Path) -> tuple[list[Path], PlanRequest]:
     """The ONNX models a daemon config opens, and what it asks of the tensorrt backend."""
     from daemon.service import resolve_model  # the daemon's own choice of FaceNet
 
-    config = load_config(config_path)
+    config = load_config(config_path, secrets=False)  # builds need no camera or broker
     if config.engines.backend != "tensorrt":
         raise ConfigError(
             f"{config_path}: engines.backend is {config.engines.backend}: the daemon opens no "

@@ -110,6 +110,21 @@ def test_environment_and_systemd_credentials(tmp_path, monkeypatch) -> None:
         parse_config(raw)
 
 
+def test_commands_that_use_no_camera_or_broker_leave_secrets_unresolved(monkeypatch) -> None:
+    """`engines build --config` reads the daemon's file without its secrets at hand."""
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    monkeypatch.delenv("CAMERA_PASSWORD", raising=False)
+    raw = {
+        "cameras": [{"name": "door", "url": "rtsp://viewer:${CAMERA_PASSWORD}@cam/1"}],
+        "mqtt": {"password": "${credential:mqtt_password}"},
+    }
+    with pytest.raises(ConfigError, match="environment variable CAMERA_PASSWORD is not set"):
+        parse_config(raw)
+    config = parse_config(raw, secrets=False)
+    assert config.cameras[0].url == "rtsp://viewer:${CAMERA_PASSWORD}@cam/1"
+    assert config.mqtt.password == "${credential:mqtt_password}"
+
+
 def test_paths_are_relative_to_the_config_file(tmp_path) -> None:
     path = tmp_path / "sub" / "f.yaml"
     path.parent.mkdir()
