@@ -14,10 +14,13 @@ import itertools
 import json
 import logging
 import os
+import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
+
+from tqdm import tqdm
 
 from engines import boxes as bx
 from engines.base import (
@@ -211,6 +214,55 @@ def model_profiles(
             options.scale_factor,
         )
     return [batch_profile(input_name, (3, *meta.input_size_hw), options.batch)]
+
+
+# -- progress of a build ---------------------------------------------------------------
+
+
+class BuildProgress:
+    """What TensorRT's builder reports through its progress monitor (phases, each of some
+    steps, nested), shown while a plan builds (minutes): a bar per phase on a terminal,
+    else a log line as each top-level phase starts and ends (the daemon's journal).
+    TensorRT calls it from its own threads."""
+
+    def __init__(self, label: str, stream: IO[str] | None = None) -> None:
+        self.label, self.stream = label, stream
+        self._lock = threading.Lock()
+        self._depth: dict[str, int] = {}
+        self._bars: dict[str, tqdm] = {}
+
+    def phase_start(self, name: str, parent: str | None, steps: int) -> None:
+        with self._lock:
+            depth = self._depth.get(parent, -1) + 1 if parent else 0
+            self._depth[name] = depth
+            if self.stream is not None:
+                self._bars[name] = tqdm(
+                    total=steps,
+                    desc=f"{self.label}: {name}",
+                    unit="step",
+                    position=depth,
+                    leave=depth == 0,
+                    file=self.stream,
+                )
+            elif depth == 0:
+                logger.info("%s: %s (%d steps)", self.label, name, steps)
+
+    def step_complete(self, name: str, step: int) -> bool:
+        """Step ``step`` (from 0) of ``name`` is done; True: go on (never cancels)."""
+        with self._lock:
+            bar = self._bars.get(name)
+            if bar is not None:
+                bar.update(step + 1 - bar.n)
+        return True
+
+    def phase_finish(self, name: str) -> None:
+        with self._lock:
+            bar = self._bars.pop(name, None)
+            if bar is not None:
+                bar.close()
+            elif self._depth.get(name) == 0:
+                logger.info("%s: %s done", self.label, name)
+            self._depth.pop(name, None)
 
 
 # -- cache key and paths ----------------------------------------------------------------

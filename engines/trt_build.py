@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -25,6 +26,7 @@ from engines.base import ModelMetadata, file_sha256
 from engines.build import (
     BuildError,
     BuildOptions,
+    BuildProgress,
     CachePaths,
     Manifest,
     PlanRequest,
@@ -162,6 +164,30 @@ def make_calibrator(trt: Any, name: str, batches: list[np.ndarray], cache_path: 
     return Calibrator()
 
 
+def attach_progress(trt: Any, config: Any, progress: BuildProgress) -> Any:
+    """Report the build's progress to ``progress`` (TensorRT 10's ``IProgressMonitor``);
+    returns the monitor, which must outlive the build. None where TensorRT has none."""
+    if not hasattr(trt, "IProgressMonitor"):
+        return None
+
+    class Monitor(trt.IProgressMonitor):
+        def __init__(self) -> None:
+            trt.IProgressMonitor.__init__(self)
+
+        def phase_start(self, phase_name: str, parent_phase: str | None, num_steps: int) -> None:
+            progress.phase_start(phase_name, parent_phase, num_steps)
+
+        def step_complete(self, phase_name: str, step: int) -> bool:
+            return progress.step_complete(phase_name, step)
+
+        def phase_finish(self, phase_name: str) -> None:
+            progress.phase_finish(phase_name)
+
+    monitor = Monitor()
+    config.progress_monitor = monitor
+    return monitor
+
+
 def _add_profiles(builder: Any, config: Any, profiles: list[ShapeProfile]) -> Any:
     first = None
     for shape in profiles:
@@ -209,6 +235,10 @@ def compile_plan(
         config.int8_calibrator = calibrator
         config.set_calibration_profile(calib_profile)
     _timing_cache(config, paths.timing_cache)
+    stream = sys.stderr if sys.stderr.isatty() else None  # bars on a terminal, else the log
+    _monitor = attach_progress(
+        trt, config, BuildProgress(onnx_path.name, stream)
+    )  # held to the end
     try:
         plan = builder.build_serialized_network(network, config)
     finally:

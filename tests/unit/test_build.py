@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import subprocess
 import sys
 
@@ -15,6 +16,7 @@ from engines.base import EngineError, ModelMetadata, file_sha256
 from engines.build import (
     BuildError,
     BuildOptions,
+    BuildProgress,
     GpuInfo,
     Manifest,
     PlanRequest,
@@ -359,6 +361,40 @@ def test_a_missing_plan_without_build_names_the_command(tmp_path, tensorrt_here)
     assert "cameras 1920x1080, min_face_size 20)" in message
     assert message.endswith("`facewatch engines build --config /etc/facewatch/facewatch.yaml`")
     assert tensorrt_here == {"opened": [], "built": []}
+
+
+# -- progress of a build -----------------------------------------------------------------
+
+
+def _a_build(progress):
+    """Calls as TensorRT's builder makes them: nested phases, steps from 0."""
+    progress.phase_start("Building engine", None, 3)
+    progress.phase_start("Tactic selection", "Building engine", 40)
+    for step in range(40):
+        assert progress.step_complete("Tactic selection", step) is True  # never cancels
+    progress.phase_finish("Tactic selection")
+    for step in range(3):
+        progress.step_complete("Building engine", step)
+    progress.phase_finish("Building engine")
+
+
+def test_build_progress_bars_on_a_terminal():
+    import io
+
+    stream = io.StringIO()
+    _a_build(BuildProgress("pnet.onnx", stream))
+    shown = stream.getvalue()
+    assert "pnet.onnx: Building engine: 100%" in shown and "| 3/3 " in shown
+    assert "pnet.onnx: Tactic selection:   0%" in shown and "| 0/40 " in shown  # then cleared
+
+
+def test_build_progress_in_the_log_otherwise(caplog):
+    with caplog.at_level(logging.INFO, logger="engines.build"):
+        _a_build(BuildProgress("pnet.onnx"))
+    assert [r.getMessage() for r in caplog.records] == [
+        "pnet.onnx: Building engine (3 steps)",
+        "pnet.onnx: Building engine done",
+    ]
 
 
 # -- calibration preprocessing (pure) ----------------------------------------------------
