@@ -10,15 +10,19 @@ from pathlib import Path
 
 from daemon.config import ConfigError, load_config, plan_request
 from engines import EngineError
-from engines.base import CROPS_PER_CALL, DEFAULT_MAX_BATCH, ModelMetadata
+from engines.base import CROPS_PER_CALL, DEFAULT_MAX_BATCH, ModelMetadata, file_sha256
 from engines.build import (
     DEFAULT_BATCH,
     DEFAULT_WORKSPACE_BYTES,
     BuildOptions,
     PlanRequest,
+    cache_key,
+    cache_paths,
     default_batch,
     default_cache_dir,
     read_manifests,
+    remove_plan,
+    stale_plans,
 )
 from engines.trt_build import build_engine
 
@@ -52,9 +56,10 @@ def parse_wh(text: str) -> tuple[int, int]:
 def register(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser(
         "engines",
-        help="build TensorRT engines from ONNX models and list cached ones",
+        help="build TensorRT engines from ONNX models, list and prune cached ones",
         description="Compile ONNX models to TensorRT plans (cached by ONNX hash, TensorRT "
-        "version, GPU and build options) and list the plans in the cache.",
+        "version, GPU and build options), list the plans in the cache, and delete those "
+        "this machine will not open again.",
     )
     sub = p.add_subparsers(dest="engines_command", metavar="ACTION", required=True)
     _register_build(sub)
@@ -66,6 +71,17 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="plan cache (default: $FACEWATCH_ENGINE_CACHE, else ~/.cache/facewatch/engines)",
     )
     ls.set_defaults(func=run_list)
+    pr = sub.add_parser(
+        "prune",
+        help="delete cached plans this machine will not open again",
+        description="Delete the plans built for another TensorRT version or GPU (after an "
+        "upgrade), and with --config every plan that configuration does not open (after "
+        "changes of cameras or precision). Needs TensorRT, to know its version and the GPU.",
+    )
+    pr.add_argument("--config", "-c", type=Path, help="keep only the plans this daemon opens")
+    pr.add_argument("--cache-dir", type=Path, default=None, help="plan cache (as for list)")
+    pr.add_argument("--dry-run", action="store_true", help="say what would go, delete nothing")
+    pr.set_defaults(func=run_prune)
 
 
 def _register_build(sub: argparse._SubParsersAction) -> None:
@@ -184,6 +200,32 @@ def run_build(args: argparse.Namespace) -> int:
         print(f"facewatch engines build: {exc}", file=sys.stderr)
         return 2
     print("\n".join(map(str, plans)))
+    return 0
+
+
+def run_prune(args: argparse.Namespace) -> int:
+    from engines.tensorrt import gpu_info, import_tensorrt
+
+    try:
+        trt, gpu = import_tensorrt(), gpu_info()
+        keep = None
+        cache_dir = args.cache_dir or default_cache_dir()
+        if args.config is not None:
+            models, request = config_models(args.config)
+            keep = set()
+            for model in models:
+                options = request.options_for(ModelMetadata.load(model))
+                key = cache_key(file_sha256(model), trt.__version__, gpu, options)
+                keep.add(cache_paths(cache_dir, model.stem, key, trt.__version__, gpu).plan)
+        stale = stale_plans(cache_dir, trt.__version__, gpu, keep)
+    except (EngineError, ConfigError) as exc:
+        print(f"facewatch engines prune: {exc}", file=sys.stderr)
+        return 2
+    freed = 0
+    for plan in stale:
+        freed += plan.stat().st_size if args.dry_run else remove_plan(plan)
+        print(f"{'would delete' if args.dry_run else 'deleted'} {plan}")
+    print(f"{len(stale)} plan(s), {freed / 1e6:.1f} MB{' (dry run)' if args.dry_run else ''}")
     return 0
 
 

@@ -353,6 +353,30 @@ def read_manifests(cache_dir: str | Path) -> list[tuple[Path, Manifest]]:
     return sorted(found, key=lambda item: -item[1].built_at)
 
 
+def stale_plans(
+    cache_dir: str | Path, trt_version: str, gpu: GpuInfo, keep: set[Path] | None = None
+) -> list[Path]:
+    """The cached plans this machine will not open again: those built for another TensorRT
+    version or GPU, and with ``keep`` (the plans a config opens) every other one too."""
+    kept = None if keep is None else {p.resolve() for p in keep}
+    return [
+        plan
+        for plan, manifest in read_manifests(cache_dir)
+        if (manifest.tensorrt, manifest.gpu) != (trt_version, gpu.name)
+        or (kept is not None and plan.resolve() not in kept)
+    ]
+
+
+def remove_plan(plan: Path) -> int:
+    """Delete a cached plan with its manifest and calibration cache; the bytes freed."""
+    freed = 0
+    for path in (plan, plan.with_suffix(".json"), plan.with_suffix(".calib")):
+        if path.is_file():
+            freed += path.stat().st_size
+            path.unlink()
+    return freed
+
+
 def cached_plan(
     onnx_path: str | Path,
     options: BuildOptions,

@@ -363,6 +363,47 @@ def test_a_missing_plan_without_build_names_the_command(tmp_path, tensorrt_here)
     assert tensorrt_here == {"opened": [], "built": []}
 
 
+def test_engines_prune_keeps_what_this_machine_opens(tmp_path, monkeypatch, capsys):
+    """After a TensorRT upgrade, the old plans go; with --config, also those the daemon's
+    config no longer opens (other cameras); --dry-run deletes nothing."""
+    import types
+
+    from daemon.cli import main
+    from daemon.config import load_config, plan_request
+    from engines import tensorrt
+
+    monkeypatch.setattr(
+        tensorrt, "import_tensorrt", lambda: types.SimpleNamespace(__version__="10.7.0")
+    )
+    monkeypatch.setattr(tensorrt, "gpu_info", lambda device=0: H200)
+    cache = tmp_path / "plans"
+    cache.mkdir()
+    config = tmp_path / "facewatch.yaml"
+    config.write_text(
+        "cameras: [{name: door, url: rtsp://cam/1}]\n"
+        "engines: {backend: tensorrt}\nrecognition: {model: null}\n"
+    )
+    pnet = MODELS / "mtcnn" / "pnet.onnx"
+    wanted = plan_request(load_config(config)).options_for(_meta("pnet"))
+    used = _fake_plan(cache, pnet, wanted, 1.0)
+    other_cameras = _fake_plan(
+        cache, pnet, dataclasses.replace(wanted, camera_hw=((360, 640),)), 2.0
+    )
+    old_trt = _fake_plan(cache, MODELS / "mtcnn" / "rnet.onnx", BuildOptions("fp16"), 3.0)
+    manifest = json.loads(old_trt.with_suffix(".json").read_text())
+    old_trt.with_suffix(".json").write_text(json.dumps({**manifest, "tensorrt": "10.6.0"}))
+
+    assert main(["engines", "prune", "--cache-dir", str(cache)]) == 0
+    assert capsys.readouterr().out.startswith(f"deleted {old_trt}\n1 plan(s)")
+    assert not old_trt.exists() and not old_trt.with_suffix(".json").exists()
+    args = ["engines", "prune", "--cache-dir", str(cache), "--config", str(config)]
+    assert main([*args, "--dry-run"]) == 0
+    assert capsys.readouterr().out.startswith(f"would delete {other_cameras}\n")
+    assert other_cameras.exists()
+    assert main(args) == 0
+    assert not other_cameras.exists() and used.exists() and used.with_suffix(".json").exists()
+
+
 # -- progress of a build -----------------------------------------------------------------
 
 
