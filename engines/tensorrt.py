@@ -113,6 +113,7 @@ class TensorRTEngine(SpecsFromLoad):
         self._stream = cuda_check(self._cudart, self._cudart.cudaStreamCreate(), "cudaStreamCreate")
         self._profile = 0
         self._bindings: dict[str, _Binding] = {}
+        self._profiles: dict[str, list[tuple[tuple[int, ...], ...]]] = {}  # _profile_shapes
         try:
             self._allocate()
             # the largest batch every profile takes: callers split to it (base.batch_limit)
@@ -140,11 +141,15 @@ class TensorRTEngine(SpecsFromLoad):
         return inputs, [n for n in names if n not in inputs]
 
     def _profile_shapes(self, name: str) -> list[tuple[tuple[int, ...], ...]]:
-        """(min, opt, max) of input ``name`` in each optimisation profile."""
-        return [
-            tuple(tuple(int(d) for d in s) for s in self._engine.get_tensor_profile_shape(name, p))
-            for p in range(self._engine.num_optimization_profiles)
-        ]
+        """(min, opt, max) of input ``name`` in each optimisation profile (asked of TensorRT
+        once: every ``infer`` picks its profile from them)."""
+        if name not in self._profiles:
+            engine = self._engine
+            self._profiles[name] = [
+                tuple(tuple(int(d) for d in s) for s in engine.get_tensor_profile_shape(name, p))
+                for p in range(engine.num_optimization_profiles)
+            ]
+        return self._profiles[name]
 
     def _max_elements(self, inputs: list[str], outputs: list[str]) -> dict[str, int]:
         """Largest element count of every tensor over all profiles (outputs: inputs at max)."""

@@ -27,6 +27,7 @@ OPSET = 17
 PARITY_TOLERANCE = 1e-4  # the fp32 graph against PyTorch
 FP16_TOLERANCE = 5e-3  # fp16-stored weights against the fp32 PyTorch model (unit vectors)
 INT8_MIN_COSINE = 0.98  # int8 embeddings against the fp32 PyTorch model, on held-back crops
+INT8_NO_PROGRAM = "an int8 model has no torch program: int8 is for CPUs, the torch backend for GPUs"
 
 
 def _net_from(ckpt: Checkpoint) -> nn.Module:
@@ -245,10 +246,7 @@ def torch_program_from_onnx(onnx_path: str | Path) -> dict[str, Any]:
     if meta.kind != "facenet" or meta.input_size_hw is None:
         raise ValueError(f"{onnx_path}: not a FaceNet model (its sidecar says {meta.kind!r})")
     if meta.extra.get("int8"):
-        raise ValueError(
-            f"{onnx_path}: an int8 model has no torch program: int8 is for CPUs, the torch "
-            "backend for GPUs (export the fp32 or fp16 model)"
-        )
+        raise ValueError(f"{onnx_path}: {INT8_NO_PROGRAM} (export the fp32 or fp16 model)")
     net = build_model("inception_resnet_v1", int(meta.embedding_size or 128), 1.0)
     load_onnx_weights(NormalisedEmbedding(net), onnx_path)
     return _write_torch_program(
@@ -372,9 +370,7 @@ def export_checkpoint(
     if int8 and (fp16 or parity_crops is None or len(parity_crops) < 2):
         raise ValueError("int8 export needs face crops to calibrate on (and excludes fp16)")
     if int8 and torch_program:
-        raise ValueError(
-            "an int8 model has no torch program: int8 is for CPUs, the torch backend for GPUs"
-        )
+        raise ValueError(INT8_NO_PROGRAM)
     ckpt = Checkpoint.load(checkpoint)
     out_path = Path(out_path)
     net = _net_from(ckpt)
