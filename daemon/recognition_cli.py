@@ -40,8 +40,9 @@ from engines.mtcnn import MTCNN, FrameDetections
 logger = logging.getLogger(__name__)
 
 NO_DEFAULT_MODEL = (
-    "facewatch ships no default FaceNet model yet. Train one and export it there "
-    "(facewatch train triplet ... then: facewatch train export RUN_DIR/latest.pt --out {path}), "
+    "facewatch ships no default FaceNet model yet. Export one there from facenet-pytorch's "
+    "published weights (facewatch train export 20180402-114759-vggface2.pt --out {path}) or "
+    "from your own training run (facewatch train export RUN_DIR/latest.pt --out {path}), "
     "or pass --model PATH to a FaceNet .onnx with its .json sidecar"
 )
 

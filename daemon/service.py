@@ -71,7 +71,8 @@ def resolve_model(config: Config) -> Path | None:
             return DEFAULT_FACENET
         logger.warning(
             "no FaceNet model at %s: running detection and tracking only (events carry "
-            "identity null); set recognition.model to a model file to recognise people",
+            "identity null); set recognition.model to a model file to recognise people "
+            "(`facewatch train export` makes one from facenet-pytorch's published weights)",
             DEFAULT_FACENET,
         )
         return None

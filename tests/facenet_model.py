@@ -1,8 +1,8 @@
 """A FaceNet model the tests make themselves (no default FaceNet ships yet, see issue 3).
 
 facenet-pytorch's ``InceptionResnetV1`` with random weights (seed 0) and batch-norm
-statistics measured on real faces, exported through ``training.export_facenet`` exactly as
-a trained checkpoint would be. It tells faces apart only by accident: tests on it check
+statistics measured on real faces, saved as a state dict (as facenet-pytorch publishes its
+weights) and exported through ``training.export_facenet``, as a user imports those. It tells faces apart only by accident: tests on it check
 mechanics; accuracy tests need the shipped model.
 """
 
@@ -92,7 +92,7 @@ def reference_network(model: Path) -> Any:
     torch = pytest.importorskip("torch")
     net = _network()
     state = torch.load(model.parent / "random.pt", map_location="cpu", weights_only=True)
-    net.load_state_dict(state["model"], strict=True)
+    net.load_state_dict(state, strict=True)
     return net.eval()
 
 
@@ -105,7 +105,6 @@ def build_test_model(folder: Path, data: Path | None = None, torch_program: bool
         return out
     pytest.importorskip("torch")
     pytest.importorskip("onnx")
-    from training.checkpoint import Checkpoint
     from training.export_facenet import export_checkpoint
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -113,22 +112,13 @@ def build_test_model(folder: Path, data: Path | None = None, torch_program: bool
     torch.manual_seed(0)
     net = _network()
     _settle_batch_norm(net, data)
-    checkpoint = Checkpoint(
-        model=net.state_dict(),
-        average=None,
-        optimizer=None,
-        epoch=0,
-        step=0,
-        options={
-            "model_def": "inception_resnet_v1",
-            "embedding_size": 512,
-            "image_size": 160,
-            "standardization": "fixed",
-        },
-        extra={"alignment": "margin", "margin": 32, "training_data": "none (random weights)"},
-    )
-    checkpoint.save(folder / "random.pt")
+    torch.save(net.state_dict(), folder / "random.pt")  # as facenet-pytorch's weights come
     export_checkpoint(
-        folder / "random.pt", out, name=MODEL_NAME, command="tests", torch_program=torch_program
+        folder / "random.pt",
+        out,
+        name=MODEL_NAME,
+        command="tests",
+        training_data="none (random weights)",
+        torch_program=torch_program,
     )
     return out

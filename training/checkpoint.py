@@ -12,6 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from training.facenet_nets import build_model
+
 logger = logging.getLogger(__name__)
 
 LATEST = "latest.pt"
@@ -70,20 +72,99 @@ class Checkpoint:
 
     @classmethod
     def load(cls, path: str | Path) -> Checkpoint:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: checkpoint not found")
-        try:
-            raw = torch.load(path, map_location="cpu", weights_only=True)  # no code runs
-        except Exception as exc:  # torch raises several types for a damaged file
-            raise ValueError(f"{path}: not a readable checkpoint: {exc}") from None
-        if not isinstance(raw, dict) or "model" not in raw or "options" not in raw:
+        raw = _read(path)
+        if not _is_checkpoint(raw):
             raise ValueError(f"{path}: not a facewatch training checkpoint")
         return cls(**raw)
 
     def eval_weights(self) -> dict[str, torch.Tensor]:
         """The averaged weights when there are any, else the raw ones."""
         return self.average if self.average is not None else self.model
+
+    def network(self) -> nn.Module:
+        """The network with the weights to evaluate, in eval mode (dropout off)."""
+        opts = self.options
+        net = build_model(
+            opts["model_def"], opts["embedding_size"], 1.0, self.extra.get("num_classes")
+        )
+        net.load_state_dict(self.eval_weights())
+        return net.eval()
+
+
+def _read(path: str | Path) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint not found")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)  # no code runs
+    except Exception as exc:  # torch raises several types for a damaged file
+        raise ValueError(f"{path}: not a readable checkpoint: {exc}") from None
+
+
+def _is_checkpoint(raw: Any) -> bool:
+    return isinstance(raw, dict) and "model" in raw and "options" in raw
+
+
+def load_model_file(path: str | Path) -> Checkpoint:
+    """A facewatch training checkpoint, or a facenet-pytorch ``InceptionResnetV1`` state dict
+    (its published VGGFace2 / CASIA-WebFace weights, say) as a checkpoint of zero epochs.
+
+    The state dict's classifier head (``logits.*``) is dropped: only embeddings are kept. Its
+    preprocessing is that of the published weights (David Sandberg's 2018 FaceNet models,
+    which facenet-pytorch converted): 160 px crops of the MTCNN box with a margin of 32 px,
+    ``(x - 127.5) / 128``.
+    """
+    raw = _read(path)
+    if _is_checkpoint(raw):
+        return Checkpoint(**raw)
+    if (
+        not isinstance(raw, dict)
+        or not raw
+        or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in raw.items())
+    ):
+        raise ValueError(
+            f"{path}: neither a facewatch training checkpoint nor a PyTorch state dict"
+        )
+    state = {k: v for k, v in raw.items() if not k.startswith("logits.")}
+    head = state.get("last_linear.weight")
+    if head is None or head.dim() != 2:
+        raise ValueError(
+            f"{path}: a state dict without `last_linear.weight`: not an Inception-ResNet-v1 "
+            "with facenet-pytorch's parameter names"
+        )
+    net = build_model("inception_resnet_v1", int(head.shape[0]), 1.0)
+    missing = sorted(set(net.state_dict()) - set(state))
+    unexpected = sorted(set(state) - set(net.state_dict()))
+    if missing or unexpected:
+        raise ValueError(
+            f"{path}: not an Inception-ResNet-v1 state dict with facenet-pytorch's parameter "
+            f"names: {len(missing)} missing (e.g. {missing[:3]}), {len(unexpected)} unexpected "
+            f"(e.g. {unexpected[:3]})"
+        )
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as exc:  # a shape differs
+        raise ValueError(f"{path}: does not fit Inception-ResNet-v1: {exc}") from None
+    return Checkpoint(
+        model=state,
+        average=None,
+        optimizer=None,
+        epoch=0,
+        step=0,
+        options={
+            "model_def": "inception_resnet_v1",
+            "embedding_size": int(head.shape[0]),
+            "image_size": 160,
+            "standardization": "fixed",
+            "loss": "none (imported)",
+        },
+        extra={
+            "alignment": "margin",
+            "margin": 32,
+            "training_data": "not stated (imported weights)",
+            "source": f"facenet-pytorch InceptionResnetV1 state dict {Path(path).name}",
+        },
+    )
 
 
 def save_epoch(ckpt: Checkpoint, model_dir: Path, keep_every_epoch: bool = True) -> Path:

@@ -147,7 +147,11 @@ def _add_validate(commands: argparse._SubParsersAction) -> None:
         help="LFW protocol on a checkpoint or an ONNX model",
         description="10-fold accuracy ± std, VAL@FAR=1e-3, AUC, EER, best threshold, ROC plot.",
     )
-    p.add_argument("model", type=Path, help="checkpoint (.pt) or ONNX model (.onnx with sidecar)")
+    p.add_argument(
+        "model",
+        type=Path,
+        help="checkpoint or facenet-pytorch state dict (.pt), or ONNX model (.onnx with sidecar)",
+    )
     p.add_argument(
         "--lfw-dir",
         "--lfw_dir",
@@ -247,8 +251,15 @@ def _add_export(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser(
         "export",
         help="checkpoint -> ONNX embedding model + sidecar + model card, with a parity check",
+        description="Export a training checkpoint, or a facenet-pytorch InceptionResnetV1 state "
+        "dict (e.g. its published 20180402-114759-vggface2.pt: 160 px crops, margin 32, "
+        "(x - 127.5) / 128, as those weights were trained), to the ONNX model the daemon runs.",
     )
-    p.add_argument("checkpoint", type=Path, help="training checkpoint (latest.pt or epoch-NNNN.pt)")
+    p.add_argument(
+        "checkpoint",
+        type=Path,
+        help="training checkpoint (latest.pt or epoch-NNNN.pt) or facenet-pytorch state dict",
+    )
     p.add_argument(
         "--out", type=Path, default=Path("models/facenet/facenet.onnx"), help="ONNX file to write"
     )
@@ -309,14 +320,14 @@ def _parity_crops(folder: Path | None, count: int, size: int) -> object:
 def _export(args: argparse.Namespace) -> int:
     import json
 
-    from training.checkpoint import Checkpoint
+    from training.checkpoint import load_model_file
     from training.data import DataError
     from training.export_facenet import export_checkpoint
 
     if args.int8 and args.parity_images is None:
         return _fail("--int8 needs --parity-images: face crops to calibrate the quantisation on")
     try:
-        size = int(Checkpoint.load(args.checkpoint).options["image_size"])
+        size = int(load_model_file(args.checkpoint).options["image_size"])
         crops = _parity_crops(args.parity_images, args.parity_count, size)
         lfw = json.loads(args.lfw_report.read_text()) if args.lfw_report else None
         if lfw is not None:

@@ -17,9 +17,8 @@ import torch
 
 from engines import ModelMetadata, load_engine
 from engines.loader import cpu_precision
-from training.checkpoint import Checkpoint
+from training.checkpoint import load_model_file
 from training.data import standardize
-from training.facenet_nets import build_model
 
 logger = logging.getLogger(__name__)
 
@@ -112,14 +111,10 @@ class TorchEmbedder:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: torch.device | None = None) -> TorchEmbedder:
-        ckpt = Checkpoint.load(path)
+        ckpt = load_model_file(path)
         opts = ckpt.options
-        model = build_model(
-            opts["model_def"], opts["embedding_size"], 1.0, ckpt.extra.get("num_classes")
-        )
-        model.load_state_dict(ckpt.eval_weights())
         return cls(
-            model,
+            ckpt.network(),
             int(opts["image_size"]),
             opts.get("standardization", "fixed"),
             device,
@@ -144,8 +139,8 @@ def load_embedder(
     device: torch.device | None = None,
     precision: str = "fp32",
 ) -> Embedder:
-    """An ONNX file (``.onnx``, in ``precision`` fp32 or bf16) or a training checkpoint
-    (anything else, fp32)."""
+    """An ONNX file (``.onnx``, in ``precision`` fp32 or bf16), or a training checkpoint or a
+    facenet-pytorch state dict (anything else, fp32)."""
     path = Path(model)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: model not found")

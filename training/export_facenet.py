@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from engines.base import ModelMetadata
-from training.checkpoint import Checkpoint
+from training.checkpoint import Checkpoint, load_model_file
 from training.embedders import OnnxEmbedder, TorchEmbedder
 from training.facenet_nets import NormalisedEmbedding, build_model
 from training.onnx_weights import load_onnx_weights
@@ -27,14 +27,8 @@ OPSET = 17
 PARITY_TOLERANCE = 1e-4  # the fp32 graph against PyTorch
 FP16_TOLERANCE = 5e-3  # fp16-stored weights against the fp32 PyTorch model (unit vectors)
 INT8_MIN_COSINE = 0.98  # int8 embeddings against the fp32 PyTorch model, on held-back crops
+TRAINED_HERE = "facewatch training (Inception-ResNet-v1, FaceNet)"
 INT8_NO_PROGRAM = "an int8 model has no torch program: int8 is for CPUs, the torch backend for GPUs"
-
-
-def _net_from(ckpt: Checkpoint) -> nn.Module:
-    opts = ckpt.options
-    net = build_model(opts["model_def"], opts["embedding_size"], 1.0, ckpt.extra.get("num_classes"))
-    net.load_state_dict(ckpt.eval_weights())
-    return net.eval()
 
 
 def metadata(ckpt: Checkpoint, name: str, lfw: dict[str, Any] | None, fp16: bool) -> ModelMetadata:
@@ -44,7 +38,7 @@ def metadata(ckpt: Checkpoint, name: str, lfw: dict[str, Any] | None, fp16: bool
         "alignment": extra.get("alignment", "margin"),
         "margin": extra.get("margin", 32),
         "distance": "squared euclidean on L2-normalised embeddings",
-        "epochs": ckpt.epoch,
+        "epochs": ckpt.epoch if "source" not in extra else None,
         "loss": opts.get("loss", "triplet"),
         "fp16_weights": fp16,
     }
@@ -64,7 +58,7 @@ def metadata(ckpt: Checkpoint, name: str, lfw: dict[str, Any] | None, fp16: bool
         embedding_size=int(opts["embedding_size"]),
         outputs=["embedding"],
         training_data=str(extra.get("training_data", opts.get("data_dir", ""))),
-        source="facewatch training (Inception-ResNet-v1, FaceNet)",
+        source=str(extra.get("source", TRAINED_HERE)),
         license="",
         lfw_accuracy=None if not lfw else float(lfw["accuracy_mean"]),
         extra=info,
@@ -287,6 +281,10 @@ def _fmt(value: float | None, digits: int = 4) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
+def _fmt_epochs(epochs: int | None) -> str:
+    return "n/a" if epochs is None else str(epochs)
+
+
 def model_card(meta: ModelMetadata, onnx_path: Path) -> str:
     """A short markdown card, entirely from the sidecar."""
     lfw = meta.extra.get("lfw") or {}
@@ -309,7 +307,8 @@ def model_card(meta: ModelMetadata, onnx_path: Path) -> str:
     rows = [
         f"# {meta.name}",
         "",
-        "FaceNet face embedding model (Inception-ResNet-v1) trained with facewatch.",
+        "FaceNet face embedding model (Inception-ResNet-v1) "
+        + ("trained with facewatch." if meta.source == TRAINED_HERE else f"from {meta.source}."),
         "",
         "| | |",
         "|---|---|",
@@ -319,7 +318,7 @@ def model_card(meta: ModelMetadata, onnx_path: Path) -> str:
         f"| face crop | {meta.extra.get('alignment')} (margin {meta.extra.get('margin')} px) |",
         f"| training data | {meta.training_data} |",
         f"| licence | {meta.license or 'not stated'} |",
-        f"| epochs, loss | {meta.extra.get('epochs')}, {meta.extra.get('loss')} |",
+        f"| epochs, loss | {_fmt_epochs(meta.extra.get('epochs'))}, {meta.extra.get('loss')} |",
         f"| LFW accuracy ({folds}-fold) | {acc} |",
         f"| VAL @ FAR=1e-3 | {_fmt(lfw.get('val_mean'))} ± {_fmt(lfw.get('val_std'))} |",
         f"| ONNX Runtime vs PyTorch | max abs diff {'n/a' if diff is None else f'{diff:.2e}'} |",
@@ -371,9 +370,9 @@ def export_checkpoint(
         raise ValueError("int8 export needs face crops to calibrate on (and excludes fp16)")
     if int8 and torch_program:
         raise ValueError(INT8_NO_PROGRAM)
-    ckpt = Checkpoint.load(checkpoint)
+    ckpt = load_model_file(checkpoint)
     out_path = Path(out_path)
-    net = _net_from(ckpt)
+    net = ckpt.network()
     export_onnx(net, out_path, int(ckpt.options["image_size"]), fold_batchnorm=int8)
     meta = metadata(ckpt, name, lfw if lfw is not None else ckpt.extra.get("lfw"), fp16)
     if training_data:

@@ -226,3 +226,72 @@ def test_lfw_through_detect_align_embed_matches_training_validation(
     assert abs(result.accuracy_mean - recorded["accuracy_mean"]) <= LFW_AGREEMENT / 100, (
         f"{result.accuracy_mean:.4f} here, {recorded['accuracy_mean']:.4f} in the sidecar"
     )
+
+
+def test_facenet_pytorch_weights_become_the_daemons_model_in_one_command(
+    tmp_path, crops, capsys
+) -> None:
+    """Users who own facenet-pytorch's published weights (VGGFace2, CASIA-WebFace: a state
+    dict with a classifier head) export them with `facewatch train export`, and the engines
+    give facenet-pytorch's own embeddings of real faces."""
+    from daemon.cli import main
+    from tests.facenet_model import facenet_pytorch_class
+
+    cls = facenet_pytorch_class()
+    if cls is None:
+        pytest.skip("facenet-pytorch is not installed (pip install --no-deps facenet-pytorch)")
+    torch.manual_seed(1)
+    reference = cls(pretrained=None, classify=True, num_classes=7).eval()
+    for module in reference.modules():
+        if isinstance(module, torch.nn.BatchNorm1d | torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.1, 0.1)
+            module.running_var.uniform_(0.5, 1.5)
+    weights = tmp_path / "20180402-114759-vggface2.pt"
+    torch.save(reference.state_dict(), weights)
+    onnx_path = tmp_path / "models" / "facenet.onnx"
+    code = main(
+        ["train", "export", str(weights), "--out", str(onnx_path), "--training-data", "VGGFace2"]
+    )
+    assert code == 0, capsys.readouterr().err
+    meta = ModelMetadata.load(onnx_path)
+    assert (meta.input_size_hw, meta.mean, meta.std, meta.embedding_size) == (
+        (160, 160),
+        127.5,
+        128.0,
+        512,
+    )
+    assert (meta.extra["alignment"], meta.extra["margin"], meta.training_data) == (
+        "margin",
+        32,
+        "VGGFace2",
+    )
+    assert meta.source == f"facenet-pytorch InceptionResnetV1 state dict {weights.name}"
+    assert f"from {meta.source}." in onnx_path.with_suffix(".md").read_text()
+
+    reference.classify = False  # its embeddings, not its logits
+    got = FaceNet.load(onnx_path, threads=2).embed(crops)
+    assert np.abs(got - _torch_embed(reference, crops)).max() <= PARITY
+
+
+def test_export_names_a_file_that_is_not_facenet_weights(tmp_path, shared_data, capsys) -> None:
+    from daemon.cli import main
+
+    text = tmp_path / "notes.pt"
+    text.write_text("not weights")
+    partial = tmp_path / "partial.pt"
+    torch.save({"last_linear.weight": torch.zeros(128, 1792)}, partial)
+    cases = [
+        (text, "notes.pt: not a readable checkpoint"),
+        (
+            shared_data / "weights" / "mtcnn" / "pnet.pt",
+            "pnet.pt: a state dict without `last_linear.weight`",
+        ),
+        (
+            partial,
+            "partial.pt: not an Inception-ResNet-v1 state dict with facenet-pytorch's parameter names: ",
+        ),
+    ]
+    for path, message in cases:
+        assert main(["train", "export", str(path), "--out", str(tmp_path / "x.onnx")]) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "x.onnx").exists()
