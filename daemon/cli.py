@@ -17,7 +17,8 @@ logger = logging.getLogger(__name__)
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="facewatch",
-        description="Real-time face detection and recognition: MTCNN + FaceNet on ONNX Runtime.",
+        description="Real-time face detection and recognition for IP cameras: MTCNN + FaceNet on "
+        "the CPU (OpenVINO, ONNX Runtime) or an NVIDIA GPU (TensorRT, PyTorch CUDA).",
     )
     parser.add_argument("--version", action="version", version=f"facewatch {__version__}")
     parser.add_argument(

@@ -21,15 +21,11 @@
 #
 # Before: dlib in its own venv, and the extra sources fetched and extracted (steps 1 and 2
 # of training/gpu_job.sh's header). SOURCES defaults to the shared CelebA subset, the 200
-# CelebA identities of github:Nikhil4902/CelebA_Dataset and 12,000 UTKFace faces chosen at
-# random (github:mattans/AgeProgression; no identities, which distillation does not need):
-#   S=.gpu_data/sources; mkdir -p $S/utk12k/unlabeled && ls $S/utkface/unlabeled |
-#     shuf -n 12000 --random-source=<(yes) | while read -r f; do
-#       ln -s "$PWD/$S/utkface/unlabeled/$f" $S/utk12k/unlabeled/; done
-# The last HOLD_OUT (40) identities of the shared CelebA subset, by name, stay out of the
-# student's data (the teacher may describe them: it is not trained): the recognition tests
-# (tests/unit/test_recognition_cli.py) enroll and identify people the model never saw.
-# celeb_181 of the 200 is 7429 of the shared subset (same photos), so it stays out too.
+# CelebA identities of github:Nikhil4902/CelebA_Dataset and utk12k, 12,000 UTKFace faces
+# chosen at random (github:mattans/AgeProgression; no identities, which distillation does not
+# need; the GPU job takes the other 11,707 too).
+# The identities of training/held_out.sh stay out of the student's data (the teacher may
+# describe them: it is not trained).
 # Every phase is resumable: done crops and descriptors are kept.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,12 +35,13 @@ SOURCES=${SOURCES:-"$DATA/celeba .gpu_data/sources/celeba200 .gpu_data/sources/u
 RECIPE=${RECIPE:-configs/training/facenet_default_cpu.yaml}
 TRAINING_DATA=${TRAINING_DATA:-"19,187 face crops: CelebA (259 identities; the last 40 of the shared subset held out) and 12,000 UTKFace faces, distilled from dlib's ResNet face descriptor (CC0); recipe training/cpu_job.sh"}
 LICENSE=${LICENSE:-"MIT, as facewatch. Trained on CelebA and UTKFace, which their owners release for non-commercial research only: check their terms before commercial use"}
-HOLD_OUT=${HOLD_OUT:-40}
 STAGE=.gpu_data
 WORK=$STAGE/cpu
 PY=.venv/bin/python
 DLIB_PY=.venv-dlib/bin/python
 export PYTHONUNBUFFERED=1
+# shellcheck source=training/held_out.sh
+. training/held_out.sh
 
 prepare() {
   # shellcheck disable=SC2086
@@ -57,8 +54,8 @@ teacher() {
 }
 
 student() {
-  held_out=$(ls "$DATA/celeba" | sort | tail -n "$HOLD_OUT" | sed 's/^/celeba_/')
-  "$PY" - "$WORK/crops182" "$WORK/crops110" celeba200_celeb_181 $held_out <<'PY'
+  # shellcheck disable=SC2046
+  "$PY" - "$WORK/crops182" "$WORK/crops110" $(held_out_identities "$DATA") <<'PY'
 import sys
 from pathlib import Path
 

@@ -1,48 +1,60 @@
 #!/usr/bin/env bash
-# Train the FaceNet model facewatch ships (models/facenet/) on one CUDA GPU.
+# Train the FaceNet model facewatch ships (models/facenet/) on one CUDA GPU: Inception-ResNet-v1
+# at 160 px, distilled from dlib's ResNet face descriptor (CC0).
 #
-# The device machine reaches nothing outside it: it gets this repository's working tree
-# (at most 64 MiB, ignored paths only when carried), finds PyTorch, onnx, onnxruntime,
-# OpenCV, tqdm, PyYAML and tensorboard installed, and gives back at most 8 files of
-# 16 MiB each. So the job has three phases:
+# The device machine reaches nothing outside it. Each call gets this repository's working
+# tree plus the carried files (at most 64 MiB together), the machine keeps the files of
+# earlier calls while it stays warm (30 s after a call), and gives back at most 8 files of
+# 16 MiB each. It has PyTorch, onnx, onnxruntime, OpenCV, tqdm, PyYAML and tensorboard. So:
 #
-#   training/gpu_job.sh prepare   # here, on the CPU: align the training photos into small
-#                                 # JPEG crops and pack them into .gpu_data/train.tar
-#   training/gpu_job.sh device    # on the GPU machine, the one `run` command: unpack,
-#                                 # train, export fp16 ONNX, split it into parts in $OUT
-#   training/gpu_job.sh finish    # here: join the parts into models/facenet/, run the
+#   training/gpu_job.sh prepare   # here, on the CPU: align the training photos (resumable),
+#                                 # leave out the held-out people (training/held_out.sh),
+#                                 # re-encode the crops and pack them into parts of at most
+#                                 # PART_MIB, .gpu_data/parts/train.NN.tar (training/pack.py),
+#                                 # and print the device calls to make
+#   training/gpu_job.sh receive   # on the GPU machine, one call per part but the last: it
+#                                 # only lists the parts that have arrived
+#   training/gpu_job.sh device    # on the GPU machine, with the last part, parts.txt and
+#                                 # the teacher: unpack every part, train, export fp16
+#                                 # ONNX, split it into pieces in $OUT
+#   training/gpu_job.sh finish    # here: join the pieces into models/facenet/, run the
 #                                 # 10-fold LFW protocol, record it in sidecar and card
 #
-# The device call, from the repository root (carry the packed crops, not all of .gpu_data:
-# it also holds the unpacked crops):
-#   run(command="bash training/gpu_job.sh device", carry=[".gpu_data/train.tar"], timeout_s=590)
+# The calls, back to back (a pause of over 30 s gives the machine back, and the parts with it:
+# `device` then stops at once, naming the missing parts), from the repository root:
+#   run(command="bash training/gpu_job.sh receive", carry=[".gpu_data/parts/train.01.tar"], timeout_s=120)
+#   ... the same for each part but the last, then:
+#   run(command="bash training/gpu_job.sh device", carry=[".gpu_data/parts/train.NN.tar",
+#       ".gpu_data/parts/parts.txt", ".gpu_data/teacher.npz"], timeout_s=590)
 # then copy the returned files (files_at) into .gpu_data/returned/ and run `finish`.
 #
 # Settings (environment variables, all optional):
-#   SOURCES    folder-per-identity photo collections to align, space-separated
-#              (default: the shared CelebA subset). LFW must never be among them. The
-#              other sources ../shared/data/README.md lists are extracted first with
-#              `git --git-dir=... archive COMMIT PATH | tar -x -C DEST` (see there).
+#   SOURCES    folder-per-identity photo collections to align, space-separated (default: the
+#              shared CelebA subset, and, from step 2 below, 200 more CelebA identities and all
+#              23,707 UTKFace faces, without identities, which distillation does not need).
+#              LFW must never be among them.
 #   DATA       the shared data folder (default: ../shared/data)
-#   CROP_SIZE, CROP_MARGIN, JPEG_QUALITY   the training crops (default 182, 44, 85)
+#   CROP_SIZE, CROP_MARGIN   the aligned crops (default 182, 44: the original project's
+#              160-of-182 random crops)
+#   JPEG_QUALITY   of the packed crops (default 60: ~4.5 KB a crop)
+#   PART_MIB   largest part (default 52: a part, the teacher file and the tree fit in a call)
 #   RECIPE     training recipe (default configs/training/facenet_default_gpu.yaml)
 #   TRAINING_DATA  what the sidecar and model card say the model was trained on
-#   TRAIN_ARGS extra `facewatch train triplet` options for the device phase, e.g.
-#              "--time-limit-min 6" or "--loss distill --teacher teacher.onnx"
-#   PACK_LIMIT_MIB   refuse to pack more than this (default 56: the tree must stay < 64)
-#   KEEP_CROPS=1     keep .gpu_data/crops after packing (to compute a teacher file from)
+#   TRAIN_ARGS `facewatch train triplet` options for the device phase (default:
+#              "--loss distill --teacher .gpu_data/teacher.npz"; add e.g. "--time-limit-min 6")
+#   ALLOW_MISSING_PARTS=1   let `device` train on the parts that arrived
 #
-# Distillation from a teacher (`--loss distill`; the licence of the teacher must allow it,
-# e.g. dlib's CC0 ResNet): run `prepare` with KEEP_CROPS=1, write .gpu_data/teacher.npz
-# with `paths` (<identity>/<file> under .gpu_data/crops) and `embeddings` (N, D) -- with
-# `facewatch train embed .gpu_data/crops --model T.onnx --out .gpu_data/teacher.npz` for an
-# ONNX teacher, or with dlib's compute_face_descriptor for dlib -- then run the device phase
-# with TRAIN_ARGS="--loss distill --teacher .gpu_data/teacher.npz", carrying that file too.
-# The trainer centres a .npz teacher's embeddings (training/teacher.py: dlib's fill a narrow
-# cone, and uncentred they taught a CPU run nothing). training/cpu_job.sh runs this whole
-# route on 2 CPU cores at 96 px: its figures, in its header, are the floor to beat here.
+# The teacher file (`--loss distill`; the licence of the teacher must allow it, e.g. dlib's
+# CC0 ResNet): .gpu_data/teacher.npz with `paths` (<identity>/<file> under .gpu_data/crops) and
+# `embeddings` (N, D) -- `facewatch train embed .gpu_data/crops --model T.onnx --out
+# .gpu_data/teacher.npz` for an ONNX teacher, `embed-dlib` (step 4) for dlib. The trainer
+# centres a .npz teacher's embeddings (training/teacher.py: dlib's fill a narrow cone, and
+# uncentred they taught a CPU run nothing). training/cpu_job.sh runs this whole route on 2
+# CPU cores at 96 px: its figures, in its header, are the floor to beat here.
 #
-# The dlib distillation route, step by step (1-5 here on the CPU, 6 the device call, 7 here):
+# Step by step (1-5 here on the CPU, 6 the device calls, 7 here). Staged on 2026-11-29:
+# .gpu_data/crops (31,640 crops: 302 identity folders, 2 of them UTKFace's) and its
+# .gpu_data/teacher.npz are in place on this machine; rerun step 3 to pack them.
 #  1. dlib in its own venv (not a project dependency; training/teacher_dlib.py), once:
 #       .venv/bin/python -m venv .venv-dlib
 #       echo "$PWD/.venv/lib/python3.11/site-packages" \
@@ -58,39 +70,35 @@
 #       mkdir -p $S/utkface && mv $S/tmp/data/UTKFace/unlabeled $S/utkface/ && rm -rf $S/tmp
 #       (that archive prints "invalid object ... for 'doc/losses.gif'", a blob the mirror lacks
 #       outside the path: harmless, all 23,707 faces come out)
-#       mkdir -p $S/utk3k/unlabeled && ls $S/utkface/unlabeled | shuf -n 3000 --random-source=<(yes) |
-#         while read -r f; do ln -s "$PWD/$S/utkface/unlabeled/$f" $S/utk3k/unlabeled/; done
+#     UTKFace in two halves, utk12k (the 12,000 faces cpu_job.sh trains on) and utkrest:
+#       mkdir -p $S/utk12k/unlabeled $S/utkrest/unlabeled
+#       ls $S/utkface/unlabeled | shuf -n 12000 --random-source=<(yes) | while read -r f; do
+#         ln -s "$PWD/$S/utkface/unlabeled/$f" $S/utk12k/unlabeled/; done
+#       comm -23 <(ls $S/utkface/unlabeled | sort) <(ls $S/utk12k/unlabeled | sort) |
+#         while read -r f; do ln -s "$PWD/$S/utkface/unlabeled/$f" $S/utkrest/unlabeled/; done
 #     celeba200: 6,000 photos (178x218), 200 people x 30, 53 MB; utkface: 23,707 faces (200x200),
-#     no identities, 179 MB. UTKFace is one pseudo-identity folder (utk3k_unlabeled among the
-#     crops): distillation ignores labels, but do not use such a folder with --loss triplet or
-#     center. (Extended Yale B, Uranium2/recognition @ 55008b5f CroppedYale/: MTCNN finds a
-#     face in only ~20 % of those tight grayscale crops; left out.)
-#  3. prepare (about 11,200 crops; 182 px / margin 44 at JPEG quality 60 is ~4.5 KB a crop
-#     plus ~0.8 KB of tar overhead; quality 85 would not fit). Crops aligned before at other
-#     settings are kept as they are (align skips done files, and refuses another size or
-#     margin): remove .gpu_data/aligned/<source> first to re-encode one.
-#       rm -rf .gpu_data/aligned/celeba
-#       KEEP_CROPS=1 JPEG_QUALITY=60 \
-#         SOURCES="../shared/data/celeba .gpu_data/sources/celeba200 .gpu_data/sources/utk3k" \
-#         training/gpu_job.sh prepare
-#  4. the teacher file, from the very crops packed (5-10 crops/s with 2 workers on 2 busy
-#     cores, so 20-35 min for 11,200; rerun the same command to resume after a stop):
+#     179 MB. Each UTKFace half is one pseudo-identity folder among the crops: distillation
+#     ignores labels, but do not use them with --loss triplet or center. (Extended Yale B,
+#     Uranium2/recognition @ 55008b5f CroppedYale/: MTCNN finds a face in only ~20 % of those
+#     tight grayscale crops; left out.)
+#  3. prepare: aligning 23,707 UTKFace faces takes ~4 min, the CelebA photos ~3 (done crops are
+#     skipped; crops aligned before at other settings are refused: remove .gpu_data/aligned/<source>
+#     to redo one); packing 31,640 crops at quality 60, ~2 min, gives 3 parts:
+#       training/gpu_job.sh prepare
+#  4. the teacher file, from the aligned crops (20-28 crops/s with 2 workers, so ~25 min for
+#     31,640; rerun the same command to resume after a stop, and copy a teacher file made with
+#     the same settings, such as cpu_job.sh's, to .gpu_data/teacher.npz first to reuse its
+#     descriptors):
 #       .venv-dlib/bin/python -m training.cli_facenet embed-dlib .gpu_data/crops \
-#         --out .gpu_data/teacher.npz --workers 2 --pad 0.2 --float16
+#         --out .gpu_data/teacher.npz --workers 2 --locate box --pad 0.2 --float16
 #     (--float16 halves the file, ~0.27 KB a crop; the trainer L2-normalises in float32.
-#     --pad 0.2 mirrors the crop's edges where dlib's chip reaches past them, instead of
-#     black: +0.1 point on LFW crops. The summary names crops where dlib's detector found
-#     no face, often MTCNN false positives; the .npz's `detected` array marks them.)
-#  5. the size check: tree + train.tar + teacher.npz must stay under 64 MiB (67108864 B):
-#       { git ls-files -co --exclude-standard -z; printf '%s\0' .gpu_data/train.tar \
-#         .gpu_data/teacher.npz; } | du --files0-from=- -bc | tail -1
-#     over it: fewer UTKFace faces (step 2), or a lower JPEG_QUALITY, then 3-5 again.
-#  6. the device call:
-#       run(command="TRAIN_ARGS='--loss distill --teacher .gpu_data/teacher.npz'
-#                    TRAINING_DATA='CelebA (294 identities, 8,200 photos) + 3,000 UTKFace
-#                    faces, distilled from dlib ResNet (CC0); non-commercial research data'
-#                    bash training/gpu_job.sh device",   # (one line)
-#           carry=[".gpu_data/train.tar", ".gpu_data/teacher.npz"], timeout_s=590)
+#     --locate box takes the face where alignment put it (dlib's detector misses many tight
+#     crops); --pad 0.2 mirrors the crop's edges where dlib's chip reaches past them, instead
+#     of black: +0.1 point on LFW crops.)
+#  5. `prepare` prints the device calls with the parts' names, and checks that each call's
+#     load (tree + part, + parts.txt and the teacher for the last) is under 64 MiB.
+#  6. the device calls (step 5's), back to back, the last with TRAINING_DATA if the sources
+#     differ from the default's.
 #  7. copy the returned files (files_at) into .gpu_data/returned/, then
 #       training/gpu_job.sh finish
 # The teacher's own LFW figures (10 folds, L2-normalised descriptors): the student's ceiling.
@@ -108,30 +116,78 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DATA=${DATA:-../shared/data}
-SOURCES=${SOURCES:-$DATA/celeba}
+STAGE=.gpu_data
+SOURCES=${SOURCES:-"$DATA/celeba $STAGE/sources/celeba200 $STAGE/sources/utk12k $STAGE/sources/utkrest"}
 CROP_SIZE=${CROP_SIZE:-182}
 CROP_MARGIN=${CROP_MARGIN:-44}
-JPEG_QUALITY=${JPEG_QUALITY:-85}
+JPEG_QUALITY=${JPEG_QUALITY:-60}
+PART_MIB=${PART_MIB:-52}
 RECIPE=${RECIPE:-configs/training/facenet_default_gpu.yaml}
-TRAIN_ARGS=${TRAIN_ARGS:-}
-TRAINING_DATA=${TRAINING_DATA:-"CelebA subset (100 identities, 2,208 photos; non-commercial research)"}
-PACK_LIMIT_MIB=${PACK_LIMIT_MIB:-56}
-STAGE=.gpu_data
+TRAIN_ARGS=${TRAIN_ARGS:-"--loss distill --teacher $STAGE/teacher.npz"}
+TRAINING_DATA=${TRAINING_DATA:-"CelebA (259 identities; the last 40 of the shared subset held out) and 23,707 UTKFace faces, distilled from dlib's ResNet face descriptor (CC0); recipe training/gpu_job.sh"}
+PARTS=$STAGE/parts
+CALL_LIMIT=67108864  # bytes a device call may carry, the working tree included
 PY=${PY:-python3}
-[ -x .venv/bin/python ] && [ "${1:-}" != device ] && PY=.venv/bin/python
+[ -x .venv/bin/python ] && [ "${1:-}" != device ] && [ "${1:-}" != receive ] && PY=.venv/bin/python
+# shellcheck source=training/held_out.sh
+. training/held_out.sh
 
 prepare() {
+  # aligned at quality 90 (kept for the teacher, and re-encoded smaller when packed)
   # shellcheck disable=SC2086
-  PY="$PY" training/align_sources.sh "$STAGE/crops" "$CROP_SIZE" "$CROP_MARGIN" "$JPEG_QUALITY" $SOURCES
+  PY="$PY" training/align_sources.sh "$STAGE/crops" "$CROP_SIZE" "$CROP_MARGIN" 90 $SOURCES
   cp "$STAGE/aligned/$(basename "${SOURCES%% *}")/alignment.json" "$STAGE/crops/alignment.json"
-  tar -chf "$STAGE/train.tar" -C "$STAGE" crops
-  size=$(( $(stat -c %s "$STAGE/train.tar") / 1048576 ))
-  echo "packed $(find -L "$STAGE/crops" -name '*.jpg' | wc -l) crops of $(ls -d "$STAGE"/crops/*/ | wc -l) identities: $size MiB"
-  if [ "$size" -gt "$PACK_LIMIT_MIB" ]; then
-    echo "$STAGE/train.tar is $size MiB > $PACK_LIMIT_MIB MiB: lower CROP_SIZE or JPEG_QUALITY, or use fewer sources" >&2
-    exit 2
+  # shellcheck disable=SC2046
+  "$PY" -m training.pack "$STAGE/crops" "$PARTS" --quality "$JPEG_QUALITY" \
+    --part-mib "$PART_MIB" --exclude $(held_out_identities "$DATA")
+  cp "$STAGE/crops/alignment.json" "$PARTS/alignment.json"
+  calls
+}
+
+calls() {
+  # the device calls for the parts in parts.txt, each checked against the 64 MiB a call carries
+  tree=$(git ls-files -co --exclude-standard -z | du --files0-from=- -bc | tail -1 | cut -f1)
+  mapfile -t parts < <(cut -d' ' -f1 "$PARTS/parts.txt")
+  [ -f "$STAGE/teacher.npz" ] || echo "note: no $STAGE/teacher.npz yet (step 4)" >&2
+  echo "the device calls, back to back:"
+  for i in "${!parts[@]}"; do
+    part=$PARTS/${parts[$i]}
+    if [ "$i" -lt $(( ${#parts[@]} - 1 )) ]; then
+      load=$(( tree + $(stat -c %s "$part") ))
+      echo "  run(command=\"bash training/gpu_job.sh receive\", carry=[\"$part\"], timeout_s=120)"
+    else
+      load=$(( tree + $(stat -c %s "$part" "$PARTS/parts.txt" "$PARTS/alignment.json" \
+        "$STAGE/teacher.npz" 2>/dev/null | awk '{ s += $1 } END { print s }') ))
+      echo "  run(command=\"bash training/gpu_job.sh device\", carry=[\"$part\", \"$PARTS/parts.txt\", \"$PARTS/alignment.json\", \"$STAGE/teacher.npz\"], timeout_s=590)"
+    fi
+    if [ "$load" -gt "$CALL_LIMIT" ]; then
+      echo "that call would carry $load bytes > $CALL_LIMIT: lower PART_MIB or JPEG_QUALITY" >&2
+      exit 2
+    fi
+  done
+}
+
+receive() {
+  echo "parts on this machine:"
+  ls -l "$PARTS"/train.*.tar
+}
+
+unpack() {
+  # every part that parts.txt names into $1; a missing part stops here unless allowed
+  missing=0
+  while read -r name count _; do
+    if [ -f "$PARTS/$name" ]; then
+      tar -xf "$PARTS/$name" -C "$1" && echo "unpacked $name ($count crops)"
+    else
+      echo "missing $name ($count crops): the machine went back between the calls?"
+      missing=1
+    fi
+  done < "$PARTS/parts.txt"
+  if [ "$missing" = 1 ] && [ "${ALLOW_MISSING_PARTS:-0}" != 1 ]; then
+    echo "parts are missing: send them again, or set ALLOW_MISSING_PARTS=1" >&2
+    exit 3
   fi
-  [ "${KEEP_CROPS:-0}" = 1 ] || rm -rf "$STAGE/crops"  # only train.tar travels
+  cp "$PARTS/alignment.json" "$1/crops/alignment.json"
 }
 
 device() {
@@ -139,12 +195,12 @@ device() {
   export PYTHONUNBUFFERED=1
   work=/tmp/facewatch-train
   mkdir -p "$work"
-  tar -xf "$STAGE/train.tar" -C "$work"
+  unpack "$work" 2>&1 | tee "$OUT/train.log"
   nvidia-smi --query-gpu=name,memory.total --format=csv,noheader > "$OUT/gpu.txt" || echo "no nvidia-smi" > "$OUT/gpu.txt"
   # shellcheck disable=SC2086
   if ! "$PY" -m training.cli_facenet triplet --config "$RECIPE" --data-dir "$work/crops" \
     --models-base-dir "$work/models" --logs-base-dir "$work/logs" --run-name default \
-    $TRAIN_ARGS 2>&1 | tr '\r' '\n' | sed -e '/it\/s/d' -e '/s\/it/d' | tee "$OUT/train.log"; then
+    $TRAIN_ARGS 2>&1 | tr '\r' '\n' | sed -e '/it\/s/d' -e '/s\/it/d' | tee -a "$OUT/train.log"; then
     echo "training stopped with an error; exporting the last complete epoch" | tee -a "$OUT/train.log"
   fi
   [ -f "$work/models/default/latest.pt" ] || { echo "no checkpoint to export" >&2; exit 1; }
@@ -169,7 +225,9 @@ finish() {
 
 case "${1:-}" in
   prepare) prepare ;;
+  calls) calls ;;
+  receive) receive ;;
   device) device ;;
   finish) finish ;;
-  *) echo "usage: $0 prepare|device|finish (read the header of this script)" >&2; exit 2 ;;
+  *) echo "usage: $0 prepare|calls|receive|device|finish (read the header of this script)" >&2; exit 2 ;;
 esac
