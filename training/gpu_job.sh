@@ -25,8 +25,12 @@
 #   run(command="bash training/gpu_job.sh receive", carry=[".gpu_data/parts/train.01.tar"], timeout_s=120)
 #   ... the same for each part but the last, then:
 #   run(command="bash training/gpu_job.sh device", carry=[".gpu_data/parts/train.NN.tar",
-#       ".gpu_data/parts/parts.txt", ".gpu_data/teacher.npz"], timeout_s=590)
+#       ".gpu_data/parts/parts.txt", ".gpu_data/parts/alignment.json", ".gpu_data/teacher.npz",
+#       ".gpu_data/check"], timeout_s=590)
 # then copy the returned files (files_at) into .gpu_data/returned/ and run `finish`.
+# With .gpu_data/check carried (`bash bench/gpu_check.sh prepare` makes it, ~14 MB), the GPU
+# tests of issue 6 (tests/gpu) run beside the training and come back as pytest_gpu.log and
+# env.txt; leave it out when the call would carry more than 64 MiB (`prepare` checks).
 #
 # Settings (environment variables, all optional):
 #   SOURCES    folder-per-identity photo collections to align, space-separated (default: the
@@ -156,9 +160,12 @@ calls() {
       load=$(( tree + $(stat -c %s "$part") ))
       echo "  run(command=\"bash training/gpu_job.sh receive\", carry=[\"$part\"], timeout_s=120)"
     else
-      load=$(( tree + $(stat -c %s "$part" "$PARTS/parts.txt" "$PARTS/alignment.json" \
+      check=$(du -sb "$STAGE/check" 2>/dev/null | cut -f1)
+      load=$(( tree + ${check:-0} + $(stat -c %s "$part" "$PARTS/parts.txt" "$PARTS/alignment.json" \
         "$STAGE/teacher.npz" 2>/dev/null | awk '{ s += $1 } END { print s }') ))
-      echo "  run(command=\"bash training/gpu_job.sh device\", carry=[\"$part\", \"$PARTS/parts.txt\", \"$PARTS/alignment.json\", \"$STAGE/teacher.npz\"], timeout_s=590)"
+      carry="\"$part\", \"$PARTS/parts.txt\", \"$PARTS/alignment.json\", \"$STAGE/teacher.npz\""
+      [ -z "$check" ] || carry="$carry, \"$STAGE/check\""
+      echo "  run(command=\"bash training/gpu_job.sh device\", carry=[$carry], timeout_s=590)"
     fi
     if [ "$load" -gt "$CALL_LIMIT" ]; then
       echo "that call would carry $load bytes > $CALL_LIMIT: lower PART_MIB or JPEG_QUALITY" >&2
@@ -195,8 +202,15 @@ device() {
   export PYTHONUNBUFFERED=1
   work=/tmp/facewatch-train
   mkdir -p "$work"
-  unpack "$work" 2>&1 | tee "$OUT/train.log"
-  nvidia-smi --query-gpu=name,memory.total --format=csv,noheader > "$OUT/gpu.txt" || echo "no nvidia-smi" > "$OUT/gpu.txt"
+  { nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || echo "no nvidia-smi"; } > "$OUT/train.log"
+  unpack "$work" 2>&1 | tee -a "$OUT/train.log"
+  check=
+  if [ -d .gpu_data/check ]; then
+    # carried too: issue 6's GPU tests run beside the training (bench/gpu_check.sh; its
+    # benchmarks need the GPU to themselves, so they wait for a call of their own)
+    PARTS=tests PYTEST_S=${PYTEST_S:-450} bash bench/gpu_check.sh device > "$OUT/gpu_check.log" 2>&1 &
+    check=$!
+  fi
   # shellcheck disable=SC2086
   if ! "$PY" -m training.cli_facenet triplet --config "$RECIPE" --data-dir "$work/crops" \
     --models-base-dir "$work/models" --logs-base-dir "$work/logs" --run-name default \
@@ -209,6 +223,10 @@ device() {
     --training-data "$TRAINING_DATA" | tee -a "$OUT/train.log"
   cp "$work/export/facenet.json" "$OUT/"
   split -b 15M -d "$work/export/facenet.onnx" "$OUT/facenet.onnx.part"
+  if [ -n "$check" ]; then
+    wait "$check" || echo "the GPU tests failed: see pytest_gpu.log" | tee -a "$OUT/train.log"
+    rm -f "$OUT/gpu_check.log"  # the same as pytest_gpu.log and env.txt (8 files come back)
+  fi
   ls -l "$OUT"
 }
 
