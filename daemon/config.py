@@ -24,8 +24,9 @@ from pydantic import (
     field_validator,
 )
 
-from engines.build import PlanRequest, default_cache_dir
+from engines.build import PlanRequest
 from engines.loader import CPU_BACKENDS
+from engines.plan_cache import default_cache_dir
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "default.yaml"

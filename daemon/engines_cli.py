@@ -16,9 +16,11 @@ from engines.build import (
     DEFAULT_WORKSPACE_BYTES,
     BuildOptions,
     PlanRequest,
+    default_batch,
+)
+from engines.plan_cache import (
     cache_key,
     cache_paths,
-    default_batch,
     default_cache_dir,
     read_manifests,
     remove_plan,

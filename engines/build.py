@@ -1,19 +1,15 @@
-"""TensorRT builder: ONNX -> serialized plan, with optimisation profiles, precision and caches.
+"""TensorRT builder: what a plan is built with (options, optimisation profiles, precision)
+and which plans the daemon asks for (``PlanRequest``).
 
-The profile, cache-key, cache-path and option logic are pure functions (tested on the CPU):
-this module needs no TensorRT; ``engines.trt_build.build_engine`` compiles. Plans live in a
-cache folder as ``<model>-<key16>.plan`` with a ``.json`` manifest beside each; the key is
-the sha256 of the ONNX bytes, the TensorRT version, the GPU (name and compute capability)
-and the build options, so a plan is rebuilt only when one of those changed.
+The profile and option logic are pure functions (tested on the CPU): this module needs no
+TensorRT; ``engines.trt_build.build_engine`` compiles, into the cache of
+``engines.plan_cache``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import itertools
-import json
 import logging
-import os
 import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -28,7 +24,6 @@ from engines.base import (
     DEFAULT_MAX_BATCH,
     EngineError,
     ModelMetadata,
-    file_sha256,
 )
 
 logger = logging.getLogger(__name__)
@@ -38,7 +33,6 @@ DEFAULT_BATCH = (1, 8, 32)
 DEFAULT_WORKSPACE_BYTES = 1 << 30
 MIN_WORKSPACE_BYTES = 1 << 20
 PNET_PROFILE_GROUPS = 2  # profiles for P-Net: large levels, small levels
-CACHE_FORMAT = 3  # bump when the plan layout changes (2: P-Net regions, 3: P-Net down to 12)
 
 
 class BuildError(EngineError):
@@ -265,132 +259,6 @@ class BuildProgress:
             self._depth.pop(name, None)
 
 
-# -- cache key and paths ----------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class GpuInfo:
-    name: str
-    compute_capability: tuple[int, int]
-
-    def slug(self) -> str:
-        clean = "".join(c if c.isalnum() else "-" for c in self.name.lower()).strip("-")
-        return f"{clean}-sm{self.compute_capability[0]}{self.compute_capability[1]}"
-
-
-def cache_key(onnx_sha256: str, trt_version: str, gpu: GpuInfo, options: BuildOptions) -> str:
-    """sha256 over everything a plan depends on; equal inputs give equal keys."""
-    payload = {
-        "format": CACHE_FORMAT,
-        "onnx_sha256": onnx_sha256,
-        "tensorrt": trt_version,
-        "gpu": gpu.name,
-        "compute_capability": list(gpu.compute_capability),
-        "options": options.key_fields(),
-    }
-    text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def default_cache_dir() -> Path:
-    """$FACEWATCH_ENGINE_CACHE, else $XDG_CACHE_HOME/facewatch/engines (~/.cache/...)."""
-    env = os.environ.get("FACEWATCH_ENGINE_CACHE")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "facewatch" / "engines"
-
-
-@dataclass(frozen=True)
-class CachePaths:
-    plan: Path
-    manifest: Path
-    timing_cache: Path
-    calibration_cache: Path
-
-
-def cache_paths(
-    cache_dir: str | Path, model_stem: str, key: str, trt_version: str, gpu: GpuInfo
-) -> CachePaths:
-    """Where a plan, its manifest and the shared timing / calibration caches live."""
-    root = Path(cache_dir)
-    plan = root / f"{model_stem}-{key[:16]}.plan"
-    return CachePaths(
-        plan=plan,
-        manifest=plan.with_suffix(".json"),
-        timing_cache=root / f"timing-trt{trt_version}-{gpu.slug()}.cache",
-        calibration_cache=root / f"{model_stem}-{key[:16]}.calib",
-    )
-
-
-@dataclass
-class Manifest:
-    """What a cached plan was built from (the ``.json`` beside it)."""
-
-    model: str
-    onnx_sha256: str
-    tensorrt: str
-    gpu: str
-    compute_capability: list[int]
-    options: dict[str, Any]
-    profiles: list[dict[str, Any]] = field(default_factory=list)
-    built_at: float = 0.0
-    build_seconds: float = 0.0
-
-
-def read_manifests(cache_dir: str | Path) -> list[tuple[Path, Manifest]]:
-    """Every cached plan that has a readable manifest, newest first."""
-    found = []
-    for path in sorted(Path(cache_dir).glob("*.json")):
-        plan = path.with_suffix(".plan")
-        try:
-            manifest = Manifest(**json.loads(path.read_text()))
-        except (OSError, ValueError, TypeError) as exc:
-            logger.warning("%s: unreadable manifest skipped: %s", path, exc)
-            continue
-        if plan.is_file():
-            found.append((plan, manifest))
-    return sorted(found, key=lambda item: -item[1].built_at)
-
-
-def stale_plans(
-    cache_dir: str | Path, trt_version: str, gpu: GpuInfo, keep: set[Path] | None = None
-) -> list[Path]:
-    """The cached plans this machine will not open again: those built for another TensorRT
-    version or GPU, and with ``keep`` (the plans a config opens) every other one too."""
-    kept = None if keep is None else {p.resolve() for p in keep}
-    return [
-        plan
-        for plan, manifest in read_manifests(cache_dir)
-        if (manifest.tensorrt, manifest.gpu) != (trt_version, gpu.name)
-        or (kept is not None and plan.resolve() not in kept)
-    ]
-
-
-def remove_plan(plan: Path) -> int:
-    """Delete a cached plan with its manifest and calibration cache; the bytes freed."""
-    freed = 0
-    for path in (plan, plan.with_suffix(".json"), plan.with_suffix(".calib")):
-        if path.is_file():
-            freed += path.stat().st_size
-            path.unlink()
-    return freed
-
-
-def cached_plan(
-    onnx_path: str | Path,
-    options: BuildOptions,
-    cache_dir: str | Path,
-    trt_version: str,
-    gpu: GpuInfo,
-) -> Path | None:
-    """The plan built from this ONNX file with exactly these options for this TensorRT and
-    GPU (what ``engines.trt_build.build_engine`` writes), or None."""
-    key = cache_key(file_sha256(onnx_path), trt_version, gpu, options)
-    plan = cache_paths(cache_dir, Path(onnx_path).stem, key, trt_version, gpu).plan
-    return plan if plan.is_file() else None
-
-
 @dataclass(frozen=True)
 class PlanRequest:
     """The plans a long-running caller (the daemon) opens with the tensorrt backend: for each
@@ -445,18 +313,3 @@ class PlanRequest:
             f"{onnx_path}: no TensorRT plan built for these settings ({summary}) in "
             f"{cache_dir}; build it with `{self.build_command}`"
         )
-
-
-def find_cached_plan(
-    onnx_path: str | Path, cache_dir: str | Path, trt_version: str, gpu: GpuInfo
-) -> Path:
-    """The newest plan built from this ONNX file for this TensorRT and GPU, whatever its
-    options (the one-off commands; the daemon asks for its own with a PlanRequest)."""
-    sha = file_sha256(onnx_path)
-    for plan, manifest in read_manifests(cache_dir):
-        if (manifest.onnx_sha256, manifest.tensorrt, manifest.gpu) == (sha, trt_version, gpu.name):
-            return plan
-    raise BuildError(
-        f"{onnx_path}: no TensorRT plan in {cache_dir} for TensorRT {trt_version} on {gpu.name}; "
-        f"build one with `facewatch engines build {onnx_path} --cache-dir {cache_dir}`"
-    )

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from engines.base import EngineError, SpecsFromLoad, TensorSpec
-from engines.build import GpuInfo
+from engines.plan_cache import GpuInfo
 
 logger = logging.getLogger(__name__)
 

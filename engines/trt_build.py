@@ -27,18 +27,20 @@ from engines.build import (
     BuildError,
     BuildOptions,
     BuildProgress,
-    CachePaths,
-    Manifest,
     PlanRequest,
     ShapeProfile,
+    model_profiles,
+)
+from engines.images import ImageError, read_image
+from engines.plan_cache import (
+    CachePaths,
+    Manifest,
     cache_key,
     cache_paths,
     cached_plan,
     default_cache_dir,
     find_cached_plan,
-    model_profiles,
 )
-from engines.images import ImageError, read_image
 from engines.tensorrt import (
     TensorRTEngine,
     cuda_check,

@@ -17,18 +17,20 @@ from engines.build import (
     BuildError,
     BuildOptions,
     BuildProgress,
-    GpuInfo,
-    Manifest,
     PlanRequest,
     batch_profile,
-    cache_key,
-    cache_paths,
-    cached_plan,
     default_batch,
-    find_cached_plan,
     model_profiles,
     pnet_level_sizes,
     pnet_profiles,
+)
+from engines.plan_cache import (
+    GpuInfo,
+    Manifest,
+    cache_key,
+    cache_paths,
+    cached_plan,
+    find_cached_plan,
     read_manifests,
 )
 from tests.conftest import MODELS, REPO

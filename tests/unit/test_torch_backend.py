@@ -146,7 +146,7 @@ def test_missing_program_or_fp16_on_cpu_is_a_clear_error(tmp_path, exported):
 
 def test_engines_stay_torch_free_until_the_torch_backend_is_chosen():
     code = (
-        "import sys, engines, engines.build, engines.tensorrt, engines.torch_backend, "
+        "import sys, engines, engines.build, engines.plan_cache, engines.tensorrt, engines.torch_backend, "
         "engines.trt_build, daemon.engines_cli; print('torch' in sys.modules)"
     )
     result = subprocess.run(
