@@ -57,12 +57,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     register_facenet(commands)
 
 
-def fail(message: str) -> int:
-    """Say why a command was refused, on stderr; returns its exit status (2)."""
-    print(f"error: {message}", file=sys.stderr)
-    return 2
-
-
 def _export_mtcnn(args: argparse.Namespace) -> int:
     from training.export_mtcnn import export_all
 

@@ -14,7 +14,6 @@ import shlex
 import sys
 from pathlib import Path
 
-from training.cli import fail
 from training.cli_teacher import register_teacher
 
 logger = logging.getLogger(__name__)
@@ -27,6 +26,11 @@ def register_facenet(commands: argparse._SubParsersAction) -> None:
     _add_validate(commands)
     _add_export(commands)
     register_teacher(commands)
+
+
+def _fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
 
 
 def _add_align(commands: argparse._SubParsersAction) -> None:
@@ -98,7 +102,7 @@ def _align(args: argparse.Namespace) -> int:
         )
         summary = align_dataset(args.input_dir, args.output_dir, opts, args.mtcnn_dir)
     except (DataError, ValueError) as exc:
-        return fail(str(exc))
+        return _fail(str(exc))
     print(summary.text())
     return 0
 
@@ -129,7 +133,7 @@ def _triplet(args: argparse.Namespace) -> int:
         apply_config(args, parser)
         model_dir = train(args)
     except (OptionError, DataError, FileNotFoundError) as exc:
-        return fail(str(exc))
+        return _fail(str(exc))
     if os.environ.get("RANK", "0") == "0":
         print(f"checkpoints: {model_dir}")
     return 0
@@ -218,7 +222,7 @@ def _validate(args: argparse.Namespace) -> int:
     try:
         result, no_face = run_validate(args)
     except (DataError, ValueError, FileNotFoundError, EngineError) as exc:
-        return fail(str(exc))
+        return _fail(str(exc))
     print(f"{args.model}: {result.summary()}")  # type: ignore[attr-defined]
     if no_face:
         print(f"{no_face} image(s) without a detected face were centre-cropped")
@@ -227,7 +231,7 @@ def _validate(args: argparse.Namespace) -> int:
         print(f"report: {paths['json']}, ROC: {paths['roc']}")
     if args.record:
         if args.model.suffix.lower() != ".onnx":
-            return fail("--record needs an ONNX model (checkpoints keep their figures in extra)")
+            return _fail("--record needs an ONNX model (checkpoints keep their figures in extra)")
         from training.export_facenet import record_lfw
 
         figures = {**result.to_json(), "images_without_face": no_face}  # type: ignore[attr-defined]
@@ -320,7 +324,7 @@ def _export(args: argparse.Namespace) -> int:
     from training.export_facenet import export_checkpoint
 
     if args.int8 and args.parity_images is None:
-        return fail("--int8 needs --parity-images: face crops to calibrate the quantisation on")
+        return _fail("--int8 needs --parity-images: face crops to calibrate the quantisation on")
     try:
         size = int(load_model_file(args.checkpoint).options["image_size"])
         crops = _parity_crops(args.parity_images, args.parity_count, size)
@@ -343,7 +347,7 @@ def _export(args: argparse.Namespace) -> int:
             args.torch_program,
         )
     except (DataError, ValueError, FileNotFoundError, RuntimeError) as exc:
-        return fail(str(exc))
+        return _fail(str(exc))
     print(f"wrote {path} (+ sidecar, model card); ONNX Runtime vs PyTorch max abs diff {diff:.2e}")
     if args.int8:
         from engines.base import ModelMetadata

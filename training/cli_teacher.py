@@ -6,10 +6,9 @@ protocol on dlib's descriptor, the distillation teacher's ceiling.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
-
-from training.cli import fail
 
 if TYPE_CHECKING:
     from training.teacher_dlib import DlibSettings
@@ -19,6 +18,11 @@ def register_teacher(commands: argparse._SubParsersAction) -> None:
     """Add the teacher subcommands to the `facewatch train` sub-parsers."""
     _add_embed(commands)
     _add_dlib(commands)
+
+
+def _fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
 
 
 def _add_embed(commands: argparse._SubParsersAction) -> None:
@@ -39,7 +43,7 @@ def _embed(args: argparse.Namespace) -> int:
     try:
         out = write_cache(args.model, load_dataset(args.data_dir), args.data_dir, args.out)
     except (DataError, ValueError, FileNotFoundError) as exc:
-        return fail(str(exc))
+        return _fail(str(exc))
     print(f"wrote {out}")
     return 0
 
@@ -144,7 +148,7 @@ def _embed_dlib(args: argparse.Namespace) -> int:
             dtype="float16" if args.float16 else "float32",
         )
     except (DlibMissing, DataError, ValueError, FileNotFoundError) as exc:
-        return fail(str(exc))
+        return _fail(str(exc))
     print(summary.text())
     return 1 if summary.unreadable else 0
 
@@ -169,7 +173,7 @@ def _validate_dlib(args: argparse.Namespace) -> int:
         )
         raw = raw_distance_result(embedder, args.lfw_pairs, args.lfw_dir, args.lfw_nrof_folds)
     except (DlibMissing, DataError, ValueError, FileNotFoundError) as exc:
-        return fail(str(exc))
+        return _fail(str(exc))
     print(f"dlib ResNet ({args.locate}), L2-normalised: {result.summary()}")
     print(f"dlib ResNet ({args.locate}), raw descriptors: {raw.summary()}")
     undetected = int((~embedder.detected).sum())

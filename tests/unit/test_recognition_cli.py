@@ -195,7 +195,7 @@ def test_calibrate_on_celeba_identities(cli, shared_data, tmp_path) -> None:
 
 
 def _held_out_people(shared_data: Path) -> list[Path]:
-    """The identities training/cpu_job.sh keeps out of the shipped model's training data:
+    """The identities training/held_out.sh keeps out of the shipped model's training data:
     the last HELD_OUT of the shared CelebA subset, by name."""
     people = sorted(p for p in (shared_data / "celeba").iterdir() if p.is_dir())
     return people[-HELD_OUT:]
