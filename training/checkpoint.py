@@ -94,7 +94,7 @@ class Checkpoint:
 def _read(path: str | Path) -> Any:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint not found")
+        raise FileNotFoundError(f"{path}: not found")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)  # no code runs
     except Exception as exc:  # torch raises several types for a damaged file

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -55,6 +56,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     from training.cli_facenet import register_facenet
 
     register_facenet(commands)
+    for command in commands.choices.values():
+        command.set_defaults(func=_needs_extras(command.get_default("func")))
+
+
+TRAIN_EXTRAS = frozenset({"torch", "onnx", "tensorboard"})  # pyproject's `train` extra
+
+
+def _needs_extras(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """``func``, but a missing PyTorch or onnx (a daemon-only install) is one clear error."""
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return func(args)
+        except ModuleNotFoundError as exc:
+            if (exc.name or "").split(".")[0] not in TRAIN_EXTRAS:
+                raise
+            print(
+                f"facewatch train {args.train_command}: needs the training extras, which are "
+                f"not installed (no module {exc.name!r}): pip install -e '.[train]'",
+                file=sys.stderr,
+            )
+            return 2
+
+    return run
 
 
 def _export_mtcnn(args: argparse.Namespace) -> int:

@@ -57,3 +57,26 @@ def test_selecting_an_unknown_or_missing_backend_is_one_clear_error(tmp_path):
         load_engine(tmp_path / "x.onnx", backend="tensorrt")
     with pytest.raises(EngineError, match=r"x\.onnx: model file not found"):
         load_engine(tmp_path / "x.onnx", backend="onnxruntime")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["train", "export", "weights.pt"],
+        ["train", "torch-program", "models/mtcnn/pnet.onnx"],
+        ["train", "triplet", "--data-dir", "crops"],
+    ],
+)
+def test_train_commands_without_pytorch_say_what_to_install(argv):
+    """A daemon-only install (no `train` extras) gets one line naming the extras, no
+    traceback, and exit status 2."""
+    code = (
+        "import sys; sys.modules['torch'] = None; from daemon.cli import main; "
+        f"sys.exit(main({argv!r}))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == (
+        f"facewatch train {argv[1]}: needs the training extras, which are not installed "
+        "(no module 'torch'): pip install -e '.[train]'"
+    )
