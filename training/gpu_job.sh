@@ -31,6 +31,10 @@
 # With .gpu_data/check carried (`bash bench/gpu_check.sh prepare` makes it, ~14 MB), the GPU
 # tests of issue 6 (tests/gpu) run beside the training and come back as pytest_gpu.log and
 # env.txt; leave it out when the call would carry more than 64 MiB (`prepare` checks).
+# The lease's last minutes, if the machine is still warm (30 s) and over 2.5 minutes of device
+# time remain: issue 6's benchmark at 1080p only, on the check data already there:
+#   run(command="PARTS=bench BENCH_S=110 BENCH_ARGS='--clips crowd_1080p --frames 32
+#       --iters 5' bash bench/gpu_check.sh device", carry=[".gpu_data/check"], timeout_s=130)
 #
 # Settings (environment variables, all optional):
 #   SOURCES    folder-per-identity photo collections to align, space-separated (default: the
