@@ -51,6 +51,8 @@
 #   TRAIN_ARGS `facewatch train triplet` options for the device phase (default:
 #              "--loss distill --teacher .gpu_data/teacher.npz"; add e.g. "--time-limit-min 6")
 #   ALLOW_MISSING_PARTS=1   let `device` train on the parts that arrived
+#   TRAIN_S    stop training after this many seconds whatever the recipe says (default 490:
+#              the export of the last complete epoch still fits in the 590 s call)
 #
 # The teacher file (`--loss distill`; the licence of the teacher must allow it, e.g. dlib's
 # CC0 ResNet): .gpu_data/teacher.npz with `paths` (<identity>/<file> under .gpu_data/crops) and
@@ -134,6 +136,7 @@ RECIPE=${RECIPE:-configs/training/facenet_default_gpu.yaml}
 TRAIN_ARGS=${TRAIN_ARGS:-"--loss distill --teacher $STAGE/teacher.npz"}
 TRAINING_DATA=${TRAINING_DATA:-"CelebA (259 identities; the last 40 of the shared subset held out) and 23,707 UTKFace faces, distilled from dlib's ResNet face descriptor (CC0); recipe training/gpu_job.sh"}
 PARTS=$STAGE/parts
+TRAIN_S=${TRAIN_S:-490}  # the device call's training at most, in seconds (the call has 590)
 CALL_LIMIT=67108864  # bytes a device call may carry, the working tree included
 PY=${PY:-python3}
 [ -x .venv/bin/python ] && [ "${1:-}" != device ] && [ "${1:-}" != receive ] && PY=.venv/bin/python
@@ -216,10 +219,14 @@ device() {
     check=$!
   fi
   # shellcheck disable=SC2086
-  if ! "$PY" -m training.cli_facenet triplet --config "$RECIPE" --data-dir "$work/crops" \
-    --models-base-dir "$work/models" --logs-base-dir "$work/logs" --run-name default \
-    $TRAIN_ARGS 2>&1 | tr '\r' '\n' | sed -e '/it\/s/d' -e '/s\/it/d' | tee -a "$OUT/train.log"; then
-    echo "training stopped with an error; exporting the last complete epoch" | tee -a "$OUT/train.log"
+  # The recipe's --time-limit-min ends training after the epoch that passes it; TRAIN_S stops
+  # it regardless (epochs slower than planned), so that the export still fits in the call.
+  if ! timeout "$TRAIN_S" "$PY" -m training.cli_facenet triplet --config "$RECIPE" \
+    --data-dir "$work/crops" --models-base-dir "$work/models" --logs-base-dir "$work/logs" \
+    --run-name default $TRAIN_ARGS 2>&1 | tr '\r' '\n' | sed -e '/it\/s/d' -e '/s\/it/d' |
+    tee -a "$OUT/train.log"; then
+    echo "training stopped (an error, or past TRAIN_S=$TRAIN_S s); exporting the last complete epoch" |
+      tee -a "$OUT/train.log"
   fi
   [ -f "$work/models/default/latest.pt" ] || { echo "no checkpoint to export" >&2; exit 1; }
   "$PY" -m training.cli_facenet export "$work/models/default/latest.pt" \
