@@ -229,6 +229,24 @@ def _evaluate_lfw(run: Run) -> dict[str, Any] | None:
     return {k: v for k, v in result.to_json().items() if k not in ("tpr", "fpr")}
 
 
+def _log_epoch(run: Run, seconds: float) -> None:
+    """One line per epoch (the progress bar's figures, for logs without a terminal)."""
+    if not run.ctx.is_main or not run.losses:
+        return
+    steps = len(run.losses)
+    rate = steps * run.args.batch_size * run.ctx.world / max(seconds, 1e-9)
+    logger.info(
+        "epoch %d: loss %.4f (mean of %d steps, last %.4f), lr %.3g, %.0f s, ~%.0f images/s",
+        run.epoch,
+        sum(run.losses) / steps,
+        steps,
+        run.losses[-1],
+        run.optimizer.param_groups[0]["lr"],
+        seconds,
+        rate,
+    )
+
+
 def _epoch_end(run: Run) -> None:
     lfw = _evaluate_lfw(run)
     if run.ctx.is_main:
@@ -248,6 +266,8 @@ def train_run(run: Run) -> Path:
     started = time.monotonic()
     while run.epoch < args.max_nrof_epochs and not run.stop:
         torch.manual_seed(args.seed * 1000 + run.epoch)
+        run.losses.clear()
+        epoch_started = time.monotonic()
         with tqdm(
             total=args.epoch_size,
             desc=f"epoch {run.epoch + 1}/{args.max_nrof_epochs}",
@@ -258,6 +278,7 @@ def train_run(run: Run) -> Path:
             logger.info("learning rate schedule says stop at epoch %d", run.epoch)
             break
         run.epoch += 1
+        _log_epoch(run, time.monotonic() - epoch_started)
         _epoch_end(run)
         if args.time_limit_min and time.monotonic() - started > 60 * args.time_limit_min:
             logger.info(

@@ -71,6 +71,7 @@ class Run:
     step: int = 0
     on_step: StepHook | None = None
     stop: bool = False
+    losses: list[float] = field(default_factory=list)  # the current epoch's, one per step
     _loader: DataLoader | None = None
     _plan: BatchPlan = field(default_factory=BatchPlan)
     _offsets: np.ndarray | None = None
@@ -128,6 +129,7 @@ def triplet_step(run: Run, images: torch.Tensor) -> float:
 
 def _after_step(run: Run, batch: int, loss: float) -> None:
     run.step += 1
+    run.losses.append(loss)
     if run.average is not None:
         run.average.update(run.net, run.step)
     if run.writer is not None and run.ctx.is_main:

@@ -5,6 +5,7 @@ resumes from the last checkpoint and ends exactly where an uninterrupted run end
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import cv2
@@ -267,7 +268,7 @@ def test_crash_mid_epoch_resumes_from_the_last_checkpoint(
         assert torch.equal(final.model[name], tensor), name  # same as never having crashed
 
 
-def test_center_and_distill_losses_train(trained: Path, aligned, tmp_path: Path) -> None:
+def test_center_and_distill_losses_train(trained: Path, aligned, tmp_path: Path, caplog) -> None:
     from training.checkpoint import Checkpoint
     from training.export_facenet import export_checkpoint
     from training.train import train
@@ -287,8 +288,15 @@ def test_center_and_distill_losses_train(trained: Path, aligned, tmp_path: Path)
     losses: dict[str, list[float]] = {name: [] for name in runs}
     for name, extra in runs.items():
         args = build_parser().parse_args([*base, "--run-name", name, *extra])
-        train(args, on_step=lambda e, b, s, value, k=name: losses[k].append(value))
+        with caplog.at_level(logging.INFO, logger="training.train"):
+            train(args, on_step=lambda e, b, s, value, k=name: losses[k].append(value))
     assert all(len(v) == 2 and np.all(np.isfinite(v)) for v in losses.values())
+    # one line per epoch says what the progress bar said (logs without a terminal)
+    summaries = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch 1:")]
+    assert [m.split(" (")[0] for m in summaries] == [
+        f"epoch 1: loss {sum(v) / 2:.4f}" for v in losses.values()
+    ]
+    assert all("mean of 2 steps" in m and "images/s" in m for m in summaries)
     center = Checkpoint.load(tmp_path / "m" / "center" / "latest.pt")
     assert center.model["logits.weight"].shape == (IDENTITIES, 128)  # one class per identity
     assert center.extra["centers"].abs().sum() > 0  # the centers moved
