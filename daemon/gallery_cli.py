@@ -58,9 +58,20 @@ def register(commands: argparse._SubParsersAction) -> None:
         "export": ("write every embedding to FILE (.json or .npz, by its suffix)", _export),
         "calibrate": ("choose the match threshold from the enrolled people", _calibrate),
     }
+    descriptions = {
+        "calibrate": "Choose the gallery's default match threshold from the enrolled people "
+        "themselves: each enrolled face in turn is matched against all the others (leave one "
+        "out), its distance to the nearest face of another person is an impostor trial, to "
+        "the nearest other face of its own person a genuine one. The largest threshold whose "
+        "false-accept rate stays at or under --target-far is stored, with the false-reject "
+        "rate it costs. People need two faces or more to count as genuine trials; identities "
+        "with their own threshold keep it.",
+    }
     parsers = {}
     for name, (help_text, func) in actions.items():
-        parsers[name] = sub.add_parser(name, help=help_text, description=help_text)
+        parsers[name] = sub.add_parser(
+            name, help=help_text, description=descriptions.get(name, help_text)
+        )
         add_gallery_option(parsers[name])
         parsers[name].set_defaults(func=_guarded(func))
     parsers["list"].add_argument("--json", action="store_true", help="JSON on stdout")
