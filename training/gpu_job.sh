@@ -93,9 +93,10 @@
 #     tight grayscale crops; left out.)
 #  3. prepare: aligning 23,707 UTKFace faces takes ~4 min, the CelebA photos ~3 (done crops are
 #     skipped; crops aligned before at other settings are refused: remove .gpu_data/aligned/<source>
-#     to redo one); packing 31,640 crops at quality 60, ~2 min, gives 3 parts:
+#     to redo one); packing the 30,788 crops that are not held out, at quality 60, takes
+#     ~20 s and gives 3 parts (52, 52 and 35 MiB):
 #       training/gpu_job.sh prepare
-#  4. the teacher file, from the aligned crops (20-28 crops/s with 2 workers, so ~25 min for
+#  4. the teacher file, from the aligned crops (~26 crops/s with 2 workers, so ~20 min for
 #     31,640; rerun the same command to resume after a stop, and copy a teacher file made with
 #     the same settings, such as cpu_job.sh's, to .gpu_data/teacher.npz first to reuse its
 #     descriptors):
