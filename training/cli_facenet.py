@@ -326,7 +326,8 @@ def _export(args: argparse.Namespace) -> int:
     if args.int8 and args.parity_images is None:
         return _fail("--int8 needs --parity-images: face crops to calibrate the quantisation on")
     try:
-        size = int(load_model_file(args.checkpoint).options["image_size"])
+        checkpoint = load_model_file(args.checkpoint)
+        size = int(checkpoint.options["image_size"])
         crops = _parity_crops(args.parity_images, args.parity_count, size)
         lfw = json.loads(args.lfw_report.read_text()) if args.lfw_report else None
         if lfw is not None:
@@ -334,7 +335,7 @@ def _export(args: argparse.Namespace) -> int:
         tail = _argv_after("export") or [str(args.checkpoint)]
         command = "facewatch train export " + shlex.join(tail)
         path, diff = export_checkpoint(
-            args.checkpoint,
+            checkpoint,
             args.out,
             crops,  # type: ignore[arg-type]
             args.name,

@@ -351,7 +351,7 @@ def record_lfw(onnx_path: str | Path, lfw: dict[str, Any]) -> ModelMetadata:
 
 
 def export_checkpoint(
-    checkpoint: str | Path,
+    checkpoint: str | Path | Checkpoint,
     out_path: str | Path,
     parity_crops: np.ndarray | None = None,
     name: str = "facenet",
@@ -363,14 +363,15 @@ def export_checkpoint(
     int8: bool = False,
     torch_program: bool = False,
 ) -> tuple[Path, float]:
-    """Export, write sidecar and model card, check parity; returns (ONNX path, max abs diff).
+    """Export a checkpoint (a file ``load_model_file`` reads, or one already read), write
+    sidecar and model card, check parity; returns (ONNX path, max abs diff).
     ``int8``: quantise, calibrated on half of ``parity_crops`` and checked on the other half.
     ``torch_program``: also write the ``.pt2`` beside it, for the torch engine backend."""
     if int8 and (fp16 or parity_crops is None or len(parity_crops) < 2):
         raise ValueError("int8 export needs face crops to calibrate on (and excludes fp16)")
     if int8 and torch_program:
         raise ValueError(INT8_NO_PROGRAM)
-    ckpt = load_model_file(checkpoint)
+    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_model_file(checkpoint)
     out_path = Path(out_path)
     net = ckpt.network()
     export_onnx(net, out_path, int(ckpt.options["image_size"]), fold_batchnorm=int8)
