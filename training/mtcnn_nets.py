@@ -15,6 +15,19 @@ from torch import nn
 from training.onnx_weights import load_onnx_weights
 
 
+class CeilMaxPool2x2(nn.Module):
+    """``nn.MaxPool2d(2, 2, ceil_mode=True)`` as an even-sized floor-mode pool: odd heights and
+    widths get one row / column of -inf, so the last cell pools what is left, the same numbers.
+    A ``torch.export`` program with dynamic height and width made with it stays valid for odd
+    and even sizes. PyTorch 2.11's export (the GPU machine's) bakes the example's parity into
+    a program that pools odd-or-even sizes as they come, in ceil and floor mode alike, and that
+    program then fails on every pyramid level of the other parity."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = nn.functional.pad(x, (0, x.shape[3] % 2, 0, x.shape[2] % 2), value=float("-inf"))
+        return nn.functional.max_pool2d(x, 2, 2)
+
+
 class PNet(nn.Module):
     """Proposal net: fully convolutional, any input size >= 12x12, stride 2, cell 12."""
 

@@ -66,3 +66,16 @@ def test_sidecar_is_plain_json(exported):
     out, _, _, _ = exported
     data = json.loads((out / "pnet.json").read_text())
     assert data["input_size_hw"] is None and data["mean"] == 127.5 and data["std"] == 128.0
+
+
+def test_the_slice_pool_is_ceil_mode_max_pooling() -> None:
+    """CeilMaxPool2x2 (what P-Net's torch program pools with) gives MaxPool2d(2, 2,
+    ceil_mode=True)'s numbers exactly, on every parity of height and width, 1 px up."""
+    from training.mtcnn_nets import CeilMaxPool2x2
+
+    reference = torch.nn.MaxPool2d(2, 2, ceil_mode=True)
+    generator = torch.Generator().manual_seed(0)
+    for h in range(1, 8):
+        for w in range(1, 8):
+            x = torch.randn(2, 3, h, w, generator=generator)
+            assert torch.equal(CeilMaxPool2x2()(x), reference(x)), (h, w)

@@ -103,6 +103,10 @@ def test_export_matches_onnx_runtime(exported):
 
 
 def test_engine_specs_and_dynamic_shapes(exported):
+    """P-Net's one program runs every pyramid level: odd and even heights and widths (it was
+    exported at 64x80), down to 12x12, each as ONNX Runtime computes it."""
+    import onnxruntime as ort
+
     from engines.torch_backend import TorchEngine
 
     folder, _ = exported
@@ -110,9 +114,14 @@ def test_engine_specs_and_dynamic_shapes(exported):
     assert [s.name for s in pnet.inputs] == ["image"]
     assert [s.name for s in pnet.outputs] == ["reg", "prob"]
     assert pnet.inputs[0].shape == (None, 3, None, None)
-    for shape in [(1, 3, 12, 12), (5, 3, 13, 31), (2, 3, 100, 60)]:
-        out = pnet.infer({"image": np.zeros(shape, np.float32)})
-        assert out["prob"].shape[:2] == (shape[0], 2) and out["reg"].shape[1] == 4
+    session = ort.InferenceSession(str(folder / "pnet.onnx"), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    for shape in [(1, 3, 12, 12), (5, 3, 13, 31), (2, 3, 100, 60), (1, 3, 57, 14), (3, 3, 23, 23)]:
+        image = rng.uniform(-1, 1, shape).astype(np.float32)
+        out = pnet.infer({"image": image})
+        reg, prob = session.run(["reg", "prob"], {"image": image})
+        assert out["prob"].shape == prob.shape and out["reg"].shape == reg.shape, shape
+        assert np.abs(out["prob"] - prob).max() < 1e-5 and np.abs(out["reg"] - reg).max() < 1e-5
     onet = TorchEngine(folder / "onet.pt2", device="cpu")
     assert onet.inputs[0].shape == (None, 3, 48, 48)
     out = onet.infer({"image": np.zeros((1, 3, 48, 48), np.float32)})
