@@ -36,13 +36,18 @@ class WeightAverage:
 
     @torch.no_grad()
     def update(self, model: nn.Module, step: int) -> None:
+        """One step: ``average = decay * average + (1 - decay) * weight``, in a few multi-tensor
+        kernels rather than two per weight (Inception-ResNet-v1 has ~700 weights and buffers:
+        launched one by one on a GPU, this update would cost as much as the training step)."""
         decay = min(self.decay, (1.0 + step) / (10.0 + step)) if self.decay > 0 else 0.0
         own = dict(self.model.named_parameters())
-        for name, param in model.named_parameters():
-            own[name].mul_(decay).add_(param.detach(), alpha=1.0 - decay)
+        names = [name for name, _ in model.named_parameters()]
+        torch._foreach_lerp_(
+            [own[n] for n in names], [p.detach() for p in model.parameters()], 1.0 - decay
+        )
         own_buffers = dict(self.model.named_buffers())
-        for name, buf in model.named_buffers():
-            own_buffers[name].copy_(buf)
+        buffers = list(model.named_buffers())
+        torch._foreach_copy_([own_buffers[n] for n, _ in buffers], [b for _, b in buffers])
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return self.model.state_dict()

@@ -112,6 +112,14 @@ def optimise(run: Run, loss: torch.Tensor) -> None:
         run.optimizer.step()
 
 
+def to_device(images: torch.Tensor, run: Run) -> torch.Tensor:
+    """A batch of images on the training device: channels-last on CUDA, as the network's
+    weights are there (training.train.build_run), copied from pinned memory without waiting."""
+    if run.ctx.device.type != "cuda":
+        return images
+    return images.to(run.ctx.device, non_blocking=True, memory_format=torch.channels_last)
+
+
 def _autocast(run: Run) -> Any:
     enabled = run.scaler is not None and run.ctx.device.type == "cuda"
     return torch.autocast(run.ctx.device.type, dtype=torch.float16, enabled=enabled)
@@ -121,7 +129,7 @@ def triplet_step(run: Run, images: torch.Tensor) -> float:
     """Train on one batch of triplets (rows a0, p0, n0, a1, ...); returns the global mean loss."""
     run.model.train()
     with _autocast(run):
-        features, _ = run.model(images.to(run.ctx.device, non_blocking=True))
+        features, _ = run.model(to_device(images, run))
     loss = triplet_loss_stacked(F.normalize(features.float(), dim=1), run.args.alpha)
     optimise(run, loss)
     return mean_across(float(loss.detach()), run.ctx)
@@ -160,7 +168,7 @@ def embed_images(run: Run, images: np.ndarray, round_id: int) -> np.ndarray:
     head.train()
     for x, _, _ in run.load([[keys[i] for i in chunk] for chunk in chunks]):
         with _autocast(run):
-            features, _ = head(x.to(run.ctx.device))
+            features, _ = head(to_device(x, run))
         parts.append(F.normalize(features.float(), dim=1))
     gathered = all_gather_rows(torch.cat(parts), run.ctx, per * run.ctx.world)
     return unshard_rows(gathered, len(images), run.ctx).cpu().numpy()
@@ -255,7 +263,7 @@ def classifier_epoch(run: Run, bar: tqdm) -> None:
             return
         run.model.train()
         with _autocast(run):
-            features, logits = run.model(x.to(run.ctx.device))
+            features, logits = run.model(to_device(x, run))
         labels = y.to(run.ctx.device)
         loss, parts = softmax_center_loss(
             logits.float(), features.float(), labels, run.center, run.args.center_loss_factor
@@ -276,7 +284,7 @@ def distill_epoch(run: Run, bar: tqdm) -> None:
         target = run.teacher(x, indices).to(run.ctx.device)
         run.model.train()
         with _autocast(run):
-            features, _ = run.model(x.to(run.ctx.device))
+            features, _ = run.model(to_device(x, run))
         loss = distillation_loss(F.normalize(features.float(), dim=1), target)
         optimise(run, loss)
         value = mean_across(float(loss.detach()), run.ctx)

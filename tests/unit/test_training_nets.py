@@ -8,6 +8,7 @@ import sys
 import types
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -90,3 +91,79 @@ def test_bad_settings_are_refused() -> None:
         InceptionResnetV1(keep_probability=0.0)
     with pytest.raises(ValueError, match="unknown model_def 'resnet'"):
         build_model("resnet")
+
+
+def test_weight_average_follows_tensorflows_formula() -> None:
+    """After each step the averaged weights are TensorFlow's ExponentialMovingAverage with
+    num_updates, decay_t = min(decay, (1 + t) / (10 + t)) (both sides of the min within
+    three steps at decay 0.2), and the batch-norm statistics are copied, not averaged."""
+    from training.checkpoint import WeightAverage
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    average = WeightAverage(net, 0.2)
+    expected = {k: v.detach().clone() for k, v in net.named_parameters()}
+    for step in range(1, 4):
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(torch.randn_like(p))
+            net.train()(torch.randn(2, 3, 8, 8))  # moves the running statistics
+        decay = min(0.2, (1 + step) / (10 + step))
+        for k, p in net.named_parameters():
+            expected[k] = decay * expected[k] + (1 - decay) * p.detach()
+        average.update(net, step)
+        got = dict(average.model.named_parameters())
+        assert all(torch.allclose(got[k], expected[k], atol=1e-6) for k in expected), step
+        copied = dict(average.model.named_buffers())
+        assert all(torch.equal(copied[k], b) for k, b in net.named_buffers()), step
+
+
+def test_the_gpu_settings_train_as_the_defaults_do() -> None:
+    """What build_run turns on for CUDA, tried on the CPU: Inception-ResNet-v1 in channels-last
+    layout gives the plain network's loss and gradients (in float64: in float32 the two
+    summation orders differ by up to 5 % in the first layers' gradients, at batch 6), and
+    the fused ADAM takes the plain ADAM's steps (three steps: the same losses)."""
+    import copy
+
+    import torch.nn.functional as F
+
+    from training.train import make_optimizer
+
+    torch.manual_seed(0)
+    plain = build_model("inception_resnet_v1", 128, 0.8)
+    images = torch.randn(6, 3, 80, 80)
+    target = F.normalize(torch.randn(6, 128), dim=1)
+
+    def loss_of(net: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return (1 - (F.normalize(net.train()(x), dim=1) * target.to(x.dtype)).sum(1)).mean()
+
+    exact = copy.deepcopy(plain).double()
+    fast = copy.deepcopy(exact).to(memory_format=torch.channels_last)
+    wide = images.double()
+    grads = []
+    for net, x in ((exact, wide), (fast, wide.to(memory_format=torch.channels_last))):
+        torch.manual_seed(1)  # the same dropout masks
+        loss = loss_of(net, x)
+        loss.backward()
+        grads.append((loss.item(), {k: p.grad.clone() for k, p in net.named_parameters()}))
+        net.zero_grad()
+    (plain_loss, plain_grads), (fast_loss, fast_grads) = grads
+    assert abs(plain_loss - fast_loss) < 1e-12
+    for key, grad in plain_grads.items():
+        assert torch.allclose(grad, fast_grads[key], rtol=1e-9, atol=1e-12), key
+
+    runs = []
+    for fused in (False, True):
+        net = copy.deepcopy(plain)
+        optimizer = make_optimizer("ADAM", net, 0.01, 1e-4, fused=fused)
+        torch.manual_seed(1)
+        losses = []
+        for _ in range(3):
+            loss = loss_of(net, images)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+        runs.append(losses)
+    assert np.allclose(runs[0], runs[1], atol=1e-5), runs
+    assert runs[0][2] < runs[0][0]
