@@ -72,8 +72,14 @@ class CachedTeacher:
             )
         self.embeddings = torch.from_numpy(centred(table[[row[k] for k in keys]]))
 
+    def to(self, device: torch.device) -> CachedTeacher:
+        """Keep the table on the training device (a copy of each batch's targets from host
+        memory would wait for the GPU at every step)."""
+        self.embeddings = self.embeddings.to(device)
+        return self
+
     def __call__(self, x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
-        return self.embeddings[indices]
+        return self.embeddings[indices.to(self.embeddings.device, non_blocking=True)]
 
 
 def load_teacher(

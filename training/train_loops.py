@@ -136,14 +136,23 @@ def triplet_step(run: Run, images: torch.Tensor) -> float:
 
 
 def _after_step(run: Run, batch: int, loss: float) -> None:
+    _advance(run)
+    _report(run, batch, run.step, loss)
+
+
+def _advance(run: Run) -> None:
+    """Count the optimiser step and move the weight average (right after the step)."""
     run.step += 1
-    run.losses.append(loss)
     if run.average is not None:
         run.average.update(run.net, run.step)
+
+
+def _report(run: Run, batch: int, step: int, loss: float) -> None:
+    run.losses.append(loss)
     if run.writer is not None and run.ctx.is_main:
-        run.writer.add_scalar("loss", loss, run.step)
+        run.writer.add_scalar("loss", loss, step)
     if run.on_step is not None:
-        run.on_step(run.epoch, batch, run.step, loss)
+        run.on_step(run.epoch, batch, step, loss)
 
 
 def _set_lr(run: Run) -> bool:
@@ -276,21 +285,35 @@ def classifier_epoch(run: Run, bar: tqdm) -> None:
 
 
 def distill_epoch(run: Run, bar: tqdm) -> None:
-    """Match the teacher's embeddings of the same images (see training/teacher.py)."""
+    """Match the teacher's embeddings of the same images (see training/teacher.py).
+
+    Each step's loss is read (and reported) once the next step is queued: reading it waits
+    for the GPU, and right after its own step that wait would leave the GPU idle while the
+    next batch is taken and launched."""
+    pending: list[tuple[int, int, torch.Tensor]] = []
+
+    def report() -> None:
+        for batch, step, loss in pending:
+            value = mean_across(float(loss), run.ctx)
+            _report(run, batch, step, value)
+            bar.update(1)
+            bar.set_postfix(loss=f"{value:.4f}")
+        pending.clear()
+
     for batch, x, _, indices in _image_batches(run):
         if not _set_lr(run):
             run.stop = True
-            return
-        target = run.teacher(x, indices).to(run.ctx.device)
+            break
+        target = run.teacher(x, indices).to(run.ctx.device, non_blocking=True)
         run.model.train()
         with _autocast(run):
             features, _ = run.model(to_device(x, run))
         loss = distillation_loss(F.normalize(features.float(), dim=1), target)
         optimise(run, loss)
-        value = mean_across(float(loss.detach()), run.ctx)
-        _after_step(run, batch, value)
-        bar.update(1)
-        bar.set_postfix(loss=f"{value:.4f}")
+        _advance(run)
+        report()
+        pending.append((batch, run.step, loss.detach()))
+    report()
 
 
 EPOCHS: dict[str, Callable[[Run, tqdm], None]] = {

@@ -286,11 +286,19 @@ def test_center_and_distill_losses_train(trained: Path, aligned, tmp_path: Path,
         "distill-npz": ["--loss", "distill", "--teacher", str(cache)],
     }
     losses: dict[str, list[float]] = {name: [] for name in runs}
+    steps: dict[str, list[tuple[int, int, int]]] = {name: [] for name in runs}
+
+    def hook(epoch: int, batch: int, step: int, value: float, name: str) -> None:
+        losses[name].append(value)
+        steps[name].append((epoch, batch, step))
+
     for name, extra in runs.items():
         args = build_parser().parse_args([*base, "--run-name", name, *extra])
         with caplog.at_level(logging.INFO, logger="training.train"):
-            train(args, on_step=lambda e, b, s, value, k=name: losses[k].append(value))
+            train(args, on_step=lambda e, b, s, value, k=name: hook(e, b, s, value, k))
     assert all(len(v) == 2 and np.all(np.isfinite(v)) for v in losses.values())
+    # each step reported once, in order (distillation reports a step after the next is queued)
+    assert all(v == [(0, 1, 1), (0, 2, 2)] for v in steps.values()), steps
     # one line per epoch says what the progress bar said (logs without a terminal)
     summaries = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch 1:")]
     assert [m.split(" (")[0] for m in summaries] == [
