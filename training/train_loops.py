@@ -95,6 +95,9 @@ class Run:
                 num_workers=a.workers,
                 pin_memory=self.ctx.device.type == "cuda",
                 persistent_workers=a.workers > 0,
+                # its own generator: drawing the workers' seeds from the global one would move
+                # the dropout masks differently for each number of workers
+                generator=torch.Generator().manual_seed(a.seed),
             )
         self._plan.batches = batches
         return iter(self._loader)

@@ -268,6 +268,29 @@ def test_crash_mid_epoch_resumes_from_the_last_checkpoint(
         assert torch.equal(final.model[name], tensor), name  # same as never having crashed
 
 
+def test_loader_workers_change_nothing(aligned, tmp_path: Path) -> None:
+    """Two epochs with dropout, with the images loaded in the training process and by two
+    worker processes: the same losses, step by step, and the same weights."""
+    from training.checkpoint import Checkpoint
+    from training.train import train
+    from training.train_options import build_parser
+
+    results = {}
+    for workers in ("0", "2"):
+        argv = ["--data-dir", str(aligned[0]), "--models-base-dir", str(tmp_path / "m"),
+                "--logs-base-dir", str(tmp_path / "l"), "--run-name", f"w{workers}", *TRAIN,
+                "--workers", workers, "--keep-probability", "0.6"]  # fmt: skip
+        losses: list[float] = []
+        train(
+            build_parser().parse_args(argv),
+            on_step=lambda e, b, s, loss, out=losses: out.append(loss),
+        )
+        results[workers] = (losses, Checkpoint.load(tmp_path / "m" / f"w{workers}" / "latest.pt"))
+    (losses0, final0), (losses2, final2) = results["0"], results["2"]
+    assert len(losses0) == 4 and losses0 == losses2
+    assert all(torch.equal(final0.model[k], final2.model[k]) for k in final0.model)
+
+
 def test_center_and_distill_losses_train(trained: Path, aligned, tmp_path: Path, caplog) -> None:
     from training.checkpoint import Checkpoint
     from training.export_facenet import export_checkpoint
