@@ -209,6 +209,17 @@ unpack() {
   cp "$PARTS/alignment.json" "$1/crops/alignment.json"
 }
 
+train() {
+  # train for at most $1 seconds; the rest are extra `facewatch train triplet` options
+  limit=$1
+  shift
+  # shellcheck disable=SC2086
+  timeout "$limit" "$PY" -m training.cli_facenet triplet --config "$RECIPE" \
+    --data-dir "$work/crops" --models-base-dir "$work/models" --logs-base-dir "$work/logs" \
+    --run-name default $TRAIN_ARGS "$@" 2>&1 | tr '\r' '\n' | sed -e '/it\/s/d' -e '/s\/it/d' |
+    tee -a "$OUT/train.log"
+}
+
 device() {
   : "${OUT:?device phase: run it through the device tool, which sets OUT}"
   export PYTHONUNBUFFERED=1
@@ -223,15 +234,19 @@ device() {
     PARTS=tests PYTEST_S=${PYTEST_S:-450} bash bench/gpu_check.sh device > "$OUT/gpu_check.log" 2>&1 &
     check=$!
   fi
-  # shellcheck disable=SC2086
   # The recipe's --time-limit-min ends training after the epoch that passes it; TRAIN_S stops
   # it regardless (epochs slower than planned), so that the export still fits in the call.
-  if ! timeout "$TRAIN_S" "$PY" -m training.cli_facenet triplet --config "$RECIPE" \
-    --data-dir "$work/crops" --models-base-dir "$work/models" --logs-base-dir "$work/logs" \
-    --run-name default $TRAIN_ARGS 2>&1 | tr '\r' '\n' | sed -e '/it\/s/d' -e '/s\/it/d' |
-    tee -a "$OUT/train.log"; then
+  { echo "cores: $(nproc)"; df -h /dev/shm | tail -1; } >> "$OUT/train.log" 2>&1 || true
+  started=$SECONDS
+  if ! train "$TRAIN_S"; then
     echo "training stopped (an error, or past TRAIN_S=$TRAIN_S s); exporting the last complete epoch" |
       tee -a "$OUT/train.log"
+    left=$(( TRAIN_S - (SECONDS - started) ))
+    if [ ! -f "$work/models/default/latest.pt" ] && [ "$left" -gt 120 ]; then
+      # no epoch finished: perhaps the loader's workers (shared memory); once more without them
+      echo "no checkpoint: training again with --workers 0 for the $left s left" | tee -a "$OUT/train.log"
+      train "$left" --workers 0 || true
+    fi
   fi
   [ -f "$work/models/default/latest.pt" ] || { echo "no checkpoint to export" >&2; exit 1; }
   "$PY" -m training.cli_facenet export "$work/models/default/latest.pt" \
