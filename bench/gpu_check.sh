@@ -18,8 +18,8 @@
 # then read $OUT's files (files_at): pytest_gpu.log, bench_gpu.md / .json, profile_mtcnn.txt,
 # bench.log, streams.json, profile_streams.txt, streams.log, env.txt.
 #
-# The device image's PyTorch is 2.11.0: the torch backend's unit tests pass with it here (a
-# venv of its own; P-Net's program needed CeilMaxPool2x2 for it, training/mtcnn_nets.py).
+# The device image's PyTorch is 2.11.0: training/device_precheck.sh runs the torch backend's
+# unit tests with it here (P-Net's program needed CeilMaxPool2x2 for it, training/mtcnn_nets.py).
 # The device image has torch, torchvision, cuda-python (cuda-bindings), onnx and
 # onnxruntime; facenet-pytorch travels as a wheel (installed --no-deps: its pins on torch
 # 2.2 / numpy < 2 are stale, its code runs on today's torch). TensorRT is not installable

@@ -2,9 +2,8 @@
 # Train the FaceNet model facewatch ships (models/facenet/) on one CUDA GPU: Inception-ResNet-v1
 # at 160 px, distilled from dlib's ResNet face descriptor (CC0).
 #
-# Checked here before a lease, with the device's PyTorch (2.11.0; this machine's .venv has
-# 2.13.0) in a venv of its own: the device phase, with a CPU copy of the recipe (gpu cpu, amp
-# false, tiny epochs) and PY pointing at that venv, and the unit tests of training/ and engines/.
+# Before a lease, run training/device_precheck.sh here: the device phase (on the CPU, tiny) and
+# the torch code's tests, with the device's PyTorch (2.11.0; this machine's .venv has 2.13.0).
 #
 # The device machine reaches nothing outside it. Each call gets this repository's working
 # tree plus the carried files (at most 64 MiB together), the machine keeps the files of

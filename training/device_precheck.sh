@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Before a GPU lease, here on the CPU: the device phase of training/gpu_job.sh and the unit tests
+# of the torch code (training/, the torch backend, the device pipeline), with the GPU machine's
+# PyTorch rather than this machine's. A lease is one try of about 15 minutes; a difference
+# between PyTorch versions should show up here, not there. (Once it did: PyTorch 2.11's
+# torch.export baked the example's parity into P-Net's program; see CeilMaxPool2x2.)
+#
+#   training/device_precheck.sh            # ~3 min once the venv exists (~1 min to make it)
+#
+# Settings: TORCH (default 2.11.0, as /work/.library/device/KINDS.md lists the device image;
+# the device's Python is 3.12, this venv uses this machine's), VENV (default .venv-device).
+# Needs .gpu_data/parts and .gpu_data/teacher.npz (`training/gpu_job.sh prepare`) for the
+# dry run; without them only the tests run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+TORCH=${TORCH:-2.11.0}
+VENV=${VENV:-.venv-device}
+if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '$TORCH')"; then
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q "torch==$TORCH" onnx onnxruntime onnxscript opencv-python-headless \
+    pyyaml tqdm tensorboard pytest pydantic "paho-mqtt>=2.1,<3" prometheus-client openvino \
+    jsonschema requests
+  "$VENV/bin/pip" install -q --no-deps facenet-pytorch==2.6.0
+fi
+"$VENV/bin/python" -c "import torch; print('torch', torch.__version__)"
+
+# systemd's verify needs the installed `facewatch` command, which this venv does not have
+"$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/unit/test_torch_backend.py \
+  tests/unit/test_export_mtcnn.py tests/unit/test_facenet.py tests/unit/test_training_*.py \
+  tests/integration/test_training_e2e.py tests/gpu --disable-warnings 2>&1 | grep -v DEBUG | tail -4
+
+if [ -f .gpu_data/parts/parts.txt ] && [ -f .gpu_data/teacher.npz ]; then
+  recipe=$(mktemp --suffix .yaml)
+  out=$(mktemp -d)
+  trap 'rm -rf "$recipe" "$out" /tmp/facewatch-train' EXIT
+  # the GPU recipe on the CPU, tiny: 2 epochs of 3 batches of 30
+  sed -e 's/^gpu: .*/gpu: cpu/' -e 's/^amp: .*/amp: false/' -e 's/^workers: .*/workers: 2/' \
+    -e 's/^epoch_size: .*/epoch_size: 3/' -e 's/^batch_size: .*/batch_size: 30/' \
+    -e 's/^max_nrof_epochs: .*/max_nrof_epochs: 2/' configs/training/facenet_default_gpu.yaml > "$recipe"
+  rm -rf /tmp/facewatch-train
+  OUT=$out PY=$VENV/bin/python RECIPE=$recipe TRAIN_S=200 bash training/gpu_job.sh device > "$out/job.log" 2>&1 ||
+    { tail -30 "$out/job.log"; echo "the device phase failed (above)" >&2; exit 1; }
+  grep -E "unpacked|epoch [0-9]+:|parity" "$out/job.log"
+  ls "$out"
+else
+  echo "no .gpu_data/parts or teacher.npz: the device phase was not tried (training/gpu_job.sh prepare)"
+fi
