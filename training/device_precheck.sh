@@ -1,25 +1,28 @@
 #!/usr/bin/env bash
-# Before a GPU lease, here on the CPU: the device phase of training/gpu_job.sh and the unit tests
-# of the torch code (training/, the torch backend, the device pipeline), with the GPU machine's
-# PyTorch rather than this machine's. A lease is one try of about 15 minutes; a difference
+# Before a GPU lease, here on the CPU: the device phase of training/gpu_job.sh, the unit tests
+# of the torch code (training/, the torch backend, the device pipeline) and bench/gpu_check.sh's
+# two benchmarks (--quick, on the CPU), with the GPU machine's PyTorch and torchvision rather
+# than this machine's. A lease is one try of about 15 minutes; a difference
 # between PyTorch versions should show up here, not there. (Once it did: PyTorch 2.11's
 # torch.export baked the example's parity into P-Net's program; see CeilMaxPool2x2.)
 #
-#   training/device_precheck.sh            # ~3 min once the venv exists (~1 min to make it)
+#   training/device_precheck.sh            # ~4 min once the venv exists (~1 min to make it)
 #
-# Settings: TORCH (default 2.11.0, as /work/.library/device/KINDS.md lists the device image;
-# the device's Python is 3.12, this venv uses this machine's), VENV (default .venv-device).
+# Settings: TORCH and TORCHVISION (default 2.11.0 and 0.26.0, as
+# /work/.library/device/KINDS.md lists the device image; the device's Python is 3.12, this venv
+# uses this machine's), VENV (default .venv-device).
 # Needs .gpu_data/parts and .gpu_data/teacher.npz (`training/gpu_job.sh prepare`) for the
 # dry run; without them only the tests run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 TORCH=${TORCH:-2.11.0}
+TORCHVISION=${TORCHVISION:-0.26.0}
 VENV=${VENV:-.venv-device}
 if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '$TORCH')"; then
   python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q "torch==$TORCH" onnx onnxruntime onnxscript opencv-python-headless \
-    pyyaml tqdm tensorboard pytest pydantic "paho-mqtt>=2.1,<3" prometheus-client openvino \
+  "$VENV/bin/pip" install -q "torch==$TORCH" "torchvision==$TORCHVISION" onnx onnxruntime \
+    onnxscript opencv-python-headless pyyaml tqdm tensorboard pytest pydantic "paho-mqtt>=2.1,<3" prometheus-client openvino \
     jsonschema requests
   "$VENV/bin/pip" install -q --no-deps facenet-pytorch==2.6.0
 fi
@@ -29,6 +32,14 @@ fi
 "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/unit/test_torch_backend.py \
   tests/unit/test_export_mtcnn.py tests/unit/test_facenet.py tests/unit/test_training_*.py \
   tests/integration/test_training_e2e.py tests/gpu --disable-warnings 2>&1 | grep -v DEBUG | tail -4
+
+bench_out=$(mktemp -d)
+"$VENV/bin/python" bench/bench_gpu.py --out "$bench_out" --quick --device cpu > "$bench_out/log" 2>&1 &&
+  echo "bench_gpu.py --quick: ok" || { tail -20 "$bench_out/log"; echo "bench_gpu.py failed" >&2; exit 1; }
+"$VENV/bin/python" bench/bench_streams.py --quick --backend torch > "$bench_out/log" 2>&1 &&
+  echo "bench_streams.py --quick --backend torch: ok" ||
+  { tail -20 "$bench_out/log"; echo "bench_streams.py failed" >&2; exit 1; }
+rm -rf "$bench_out"
 
 if [ -f .gpu_data/parts/parts.txt ] && [ -f .gpu_data/teacher.npz ]; then
   recipe=$(mktemp --suffix .yaml)
