@@ -19,16 +19,17 @@ cd "$(dirname "$0")/.."
 TORCH=${TORCH:-2.11.0}
 TORCHVISION=${TORCHVISION:-0.26.0}
 VENV=${VENV:-.venv-device}
-if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '$TORCH')"; then
+have=$("$VENV/bin/python" -c "import torch; print(torch.__version__.split('+')[0])" 2>/dev/null || true)
+if [ "$have" != "$TORCH" ]; then
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q "torch==$TORCH" "torchvision==$TORCHVISION" onnx onnxruntime \
-    onnxscript opencv-python-headless pyyaml tqdm tensorboard pytest pydantic "paho-mqtt>=2.1,<3" prometheus-client openvino \
-    jsonschema requests
+    onnxscript opencv-python-headless pyyaml tqdm tensorboard pytest pydantic jsonschema \
+    "paho-mqtt>=2.1,<3" prometheus-client openvino requests
   "$VENV/bin/pip" install -q --no-deps facenet-pytorch==2.6.0
 fi
 "$VENV/bin/python" -c "import torch; print('torch', torch.__version__)"
 
-# systemd's verify needs the installed `facewatch` command, which this venv does not have
+# (not test_systemd_unit.py: systemd's verify needs the `facewatch` command, not in this venv)
 "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/unit/test_torch_backend.py \
   tests/unit/test_export_mtcnn.py tests/unit/test_facenet.py tests/unit/test_training_*.py \
   tests/integration/test_training_e2e.py tests/gpu --disable-warnings 2>&1 | grep -v DEBUG | tail -4
