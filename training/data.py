@@ -122,26 +122,40 @@ def standardize(images: np.ndarray, method: str = "fixed") -> np.ndarray:
     raise ValueError(f"unknown standardization {method!r}; expected one of {STANDARDIZATIONS}")
 
 
+def standardize_batch(images: torch.Tensor, method: str = "fixed") -> torch.Tensor:
+    """``standardize`` for a uint8 (N, 3, H, W) batch where it is (the training device):
+    float32 in the network's input range, in the batch's memory layout."""
+    x = images.float()
+    if method == "fixed":
+        return (x - 127.5) / 128.0
+    if method == "prewhiten":
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        std = x.std(dim=(1, 2, 3), keepdim=True, correction=0)
+        floor = 1.0 / float(np.sqrt(x[0].numel()))
+        return (x - mean) / std.clamp(min=floor)
+    raise ValueError(f"unknown standardization {method!r}; expected one of {STANDARDIZATIONS}")
+
+
 @dataclass(frozen=True)
 class Augment:
-    """What the training loader does to each image: crop to ``image_size``, maybe flip."""
+    """What the training loader does to each image: crop to ``image_size``, maybe flip.
+    Items stay uint8 (CHW): a quarter of float32's bytes through the loader's shared memory
+    and onto the GPU; the training loop standardises each batch there (``standardize_batch``)."""
 
     image_size: int = 160
     random_crop: bool = False
     random_flip: bool = False
-    standardization: str = "fixed"
 
     def __call__(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         image = crop_square(image, self.image_size, rng if self.random_crop else None)
         if self.random_flip and rng.random() < 0.5:
             image = image[:, ::-1]
-        chw = standardize(np.ascontiguousarray(image), self.standardization).transpose(2, 0, 1)
-        return np.ascontiguousarray(chw)
+        return np.ascontiguousarray(image.transpose(2, 0, 1))
 
 
 class FaceImages(Dataset):
     """Images by path, augmented. A key is an image index or (image index, round);
-    items are (CHW float32 tensor, label, image index).
+    items are (CHW uint8 tensor, label, image index).
 
     Each item draws its augmentation from a generator seeded by (``seed``, round, index),
     so runs repeat exactly with any number of loader workers, and one long-lived loader

@@ -43,8 +43,7 @@ class OnnxTeacher:
         self.embedder = OnnxEmbedder(model_path)
 
     def __call__(self, x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
-        pixels = (x.numpy().transpose(0, 2, 3, 1) * 128.0 + 127.5).round()
-        rgb = np.clip(pixels, 0, 255).astype(np.uint8)  # undo the fixed standardisation
+        rgb = np.ascontiguousarray(x.numpy().transpose(0, 2, 3, 1))  # the loader's uint8 NCHW
         return torch.from_numpy(self.embedder.embed_rgb(rgb))
 
 

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from training.checkpoint import WeightAverage
-from training.data import Augment, BatchPlan, FaceImages, ImageClass, flatten
+from training.data import Augment, BatchPlan, FaceImages, ImageClass, flatten, standardize_batch
 from training.distributed import (
     DistContext,
     all_gather_rows,
@@ -88,7 +88,7 @@ class Run:
         if self._loader is None:
             a = self.args
             paths, labels = flatten(self.dataset)
-            augment = Augment(a.image_size, a.random_crop, a.random_flip, a.standardization)
+            augment = Augment(a.image_size, a.random_crop, a.random_flip)
             self._loader = DataLoader(
                 FaceImages(paths, labels, augment, a.seed),
                 batch_sampler=self._plan,
@@ -116,11 +116,12 @@ def optimise(run: Run, loss: torch.Tensor) -> None:
 
 
 def to_device(images: torch.Tensor, run: Run) -> torch.Tensor:
-    """A batch of images on the training device: channels-last on CUDA, as the network's
-    weights are there (training.train.build_run), copied from pinned memory without waiting."""
-    if run.ctx.device.type != "cuda":
-        return images
-    return images.to(run.ctx.device, non_blocking=True, memory_format=torch.channels_last)
+    """The loader's uint8 batch as the network's input, standardised on the training device:
+    on CUDA copied from pinned memory without waiting, channels-last as the network's weights
+    are there (training.train.build_run)."""
+    if run.ctx.device.type == "cuda":
+        images = images.to(run.ctx.device, non_blocking=True, memory_format=torch.channels_last)
+    return standardize_batch(images, run.args.standardization)
 
 
 def _autocast(run: Run) -> Any:

@@ -64,8 +64,7 @@ def test_centre_crop_random_crop_and_flip() -> None:
     a = fixed(image, np.random.default_rng(0))
     b = fixed(image, np.random.default_rng(1))
     assert a.shape == (3, 80, 80) and np.array_equal(a, b)  # centre crop: no randomness
-    expected = ((image[10:90, 10:90].astype(np.float32) - 127.5) / 128).transpose(2, 0, 1)
-    assert np.allclose(a, expected)
+    assert a.dtype == np.uint8 and np.array_equal(a, image[10:90, 10:90].transpose(2, 0, 1))
     crops = {
         Augment(80, random_crop=True)(image, np.random.default_rng(s)).tobytes() for s in range(6)
     }
@@ -203,6 +202,27 @@ def test_one_persistent_loader_serves_changing_batches(tmp_path) -> None:
             assert torch.equal(x, expected)  # same augmentation in a worker as in-process
     # the round is part of the key: another round, another random crop of the same image
     assert not torch.equal(images[(3, 7)][0], images[(3, 8)][0])
+
+
+@pytest.mark.parametrize("method", ["fixed", "prewhiten"])
+def test_batches_are_standardised_as_single_images_are(method) -> None:
+    """The training loop standardises the loader's uint8 batches (on the GPU, there) as the
+    embedders standardise photos: the same numbers, also for a flat image (prewhitening's
+    floor on the standard deviation) and in channels-last layout."""
+    import torch
+
+    from training.data import standardize, standardize_batch
+
+    images = np.random.default_rng(0).integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
+    images[2] = 77
+    expected = standardize(images, method).transpose(0, 3, 1, 2)
+    batch = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+    for layout in (torch.contiguous_format, torch.channels_last):
+        got = standardize_batch(batch.contiguous(memory_format=layout), method)
+        assert got.dtype == torch.float32
+        assert np.allclose(got.numpy(), expected, atol=1e-5), layout
+    with pytest.raises(ValueError, match="unknown standardization 'none'"):
+        standardize_batch(batch, "none")
 
 
 @pytest.mark.parametrize("method", ["fixed", "prewhiten"])

@@ -23,9 +23,9 @@ SIZE = 80
 
 
 def _batch() -> torch.Tensor:
-    """TRIPLETS triplets, rows (a0, p0, n0, a1, ...), fixed content."""
+    """TRIPLETS triplets, rows (a0, p0, n0, a1, ...), fixed content, uint8 as the loader's."""
     gen = torch.Generator().manual_seed(1)
-    return torch.randn(TRIPLETS * 3, 3, SIZE, SIZE, generator=gen)
+    return torch.randint(0, 256, (TRIPLETS * 3, 3, SIZE, SIZE), generator=gen, dtype=torch.uint8)
 
 
 def _one_step(ctx: DistContext, images: torch.Tensor) -> tuple[float, torch.Tensor, torch.Tensor]:
@@ -36,7 +36,7 @@ def _one_step(ctx: DistContext, images: torch.Tensor) -> tuple[float, torch.Tens
         convert_sync_batchnorm(net, ctx.device)
         model = torch.nn.parallel.DistributedDataParallel(model)
     optimizer = make_optimizer("MOM", net, lr=0.5, weight_decay=0.0)
-    args = argparse.Namespace(alpha=0.5)
+    args = argparse.Namespace(alpha=0.5, standardization="fixed")
     run = Run(args, ctx, [], net, model, optimizer, None, Path("."))
     loss = triplet_step(run, images)
     return (
