@@ -141,6 +141,8 @@ def build_run(args: argparse.Namespace, ctx: DistContext, on_step: StepHook | No
     net.to(ctx.device)
     if average is not None:
         average.model.to(ctx.device)
+        if resume is not None and resume.average is not None:
+            average.load_state_dict(resume.average)
     on_gpu = ctx.device.type == "cuda"
     if on_gpu:
         # one crop size: cuDNN times its algorithms once; channels-last is the layout tensor
@@ -148,8 +150,6 @@ def build_run(args: argparse.Namespace, ctx: DistContext, on_step: StepHook | No
         torch.backends.cudnn.benchmark = True
         for module in [net] + ([average.model] if average is not None else []):
             module.to(memory_format=torch.channels_last)
-        if resume is not None and resume.average is not None:
-            average.load_state_dict(resume.average)
     model: nn.Module = FeaturesHead(net)
     if ctx.enabled:
         convert_sync_batchnorm(net, ctx.device)

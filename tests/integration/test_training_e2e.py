@@ -266,6 +266,9 @@ def test_crash_mid_epoch_resumes_from_the_last_checkpoint(
     assert final.epoch == 2
     for name, tensor in reference.model.items():
         assert torch.equal(final.model[name], tensor), name  # same as never having crashed
+    assert final.average is not None and reference.average is not None
+    for name, tensor in reference.average.items():  # the weight average resumed too
+        assert torch.equal(final.average[name], tensor), name
 
 
 def test_loader_workers_change_nothing(aligned, tmp_path: Path) -> None:
