@@ -40,13 +40,11 @@ class WeightAverage:
         kernels rather than two per weight (Inception-ResNet-v1 has ~700 weights and buffers:
         launched one by one on a GPU, this update would cost as much as the training step)."""
         decay = min(self.decay, (1.0 + step) / (10.0 + step)) if self.decay > 0 else 0.0
-        own = dict(self.model.named_parameters())
-        names = [name for name, _ in model.named_parameters()]
+        own, own_buffers = dict(self.model.named_parameters()), dict(self.model.named_buffers())
+        params, buffers = list(model.named_parameters()), list(model.named_buffers())
         torch._foreach_lerp_(
-            [own[n] for n in names], [p.detach() for p in model.parameters()], 1.0 - decay
+            [own[n] for n, _ in params], [p.detach() for _, p in params], 1 - decay
         )
-        own_buffers = dict(self.model.named_buffers())
-        buffers = list(model.named_buffers())
         torch._foreach_copy_([own_buffers[n] for n, _ in buffers], [b for _, b in buffers])
 
     def state_dict(self) -> dict[str, torch.Tensor]:
