@@ -37,8 +37,8 @@ class WeightAverage:
     @torch.no_grad()
     def update(self, model: nn.Module, step: int) -> None:
         """One step: ``average = decay * average + (1 - decay) * weight``, in a few multi-tensor
-        kernels rather than two per weight (Inception-ResNet-v1 has ~700 weights and buffers:
-        launched one by one on a GPU, this update would cost as much as the training step)."""
+        kernels rather than two per weight and one per buffer (for Inception-ResNet-v1's 378
+        weights and 336 buffers, 1,092 kernel launches a step on a GPU)."""
         decay = min(self.decay, (1.0 + step) / (10.0 + step)) if self.decay > 0 else 0.0
         own, own_buffers = dict(self.model.named_parameters()), dict(self.model.named_buffers())
         params, buffers = list(model.named_parameters()), list(model.named_buffers())
