@@ -41,8 +41,8 @@ def make_optimizer(
 
     Weight decay applies to convolution and linear weights only (as the original's
     regularisers did), not to biases or batch-norm parameters. ``fused`` (on CUDA) makes
-    ADAM one kernel per step, which also spares the AMP scaler its wait for the GPU before
-    each step (it hands its checks to the kernel instead).
+    ADAM's step a few multi-tensor kernels, and spares the AMP scaler its wait for the GPU
+    before each step (the fused kernel skips a step with inf gradients itself).
     """
     decay = [p for p in net.parameters() if p.requires_grad and p.dim() > 1]
     rest = [p for p in net.parameters() if p.requires_grad and p.dim() <= 1]
@@ -145,8 +145,8 @@ def build_run(args: argparse.Namespace, ctx: DistContext, on_step: StepHook | No
             average.load_state_dict(resume.average)
     on_gpu = ctx.device.type == "cuda"
     if on_gpu:
-        # one crop size: cuDNN times its algorithms once; channels-last is the layout tensor
-        # cores read (with NCHW every convolution transposes its input and output)
+        # one crop size: cuDNN times its algorithms once; channels-last is the layout that
+        # cuDNN's tensor-core convolutions prefer for fp16
         torch.backends.cudnn.benchmark = True
         for module in [net] + ([average.model] if average is not None else []):
             module.to(memory_format=torch.channels_last)
