@@ -52,3 +52,39 @@ def test_amp_training_on_cuda(tmp_path: Path) -> None:
         tmp_path / "m" / "amp" / "latest.pt", torch.device("cuda")
     ).embed_rgb(crops)
     assert np.abs(cpu - gpu).max() < 1e-3
+
+
+def test_distillation_on_cuda_takes_the_cpus_steps(tmp_path: Path) -> None:
+    """The default model's route, --loss distill with a .npz teacher, on CUDA in fp32: the
+    CUDA settings (channels-last, fused ADAM, cuDNN autotuning, the teacher's table on the
+    GPU, each loss read a step late) give the CPU's losses step by step, within TF32's
+    rounding, and report every step once, in order."""
+    from training.train import train
+    from training.train_options import build_parser
+
+    data = _synthetic_faces(tmp_path / "data")
+    paths = sorted(p.relative_to(data).as_posix() for p in data.glob("*/*.png"))
+    embeddings = np.random.default_rng(1).normal(size=(len(paths), 16)).astype(np.float32)
+    np.savez(tmp_path / "teacher.npz", paths=np.array(paths), embeddings=embeddings)
+    runs = {}
+    for gpu in ("cpu", "0"):
+        argv = ["--data-dir", str(data), "--models-base-dir", str(tmp_path / "m"),
+                "--logs-base-dir", str(tmp_path / "l"), "--run-name", f"distill-{gpu}",
+                "--gpu", gpu, "--loss", "distill", "--teacher", str(tmp_path / "teacher.npz"),
+                "--image-size", "80", "--batch-size", "12", "--epoch-size", "3",
+                "--max-nrof-epochs", "2", "--random-crop", "--random-flip", "--workers", "2",
+                "--embedding-size", "16", "--optimizer", "ADAM", "--learning-rate", "0.001"]  # fmt: skip
+        steps: list[tuple[int, int, int, float]] = []
+        train(
+            build_parser().parse_args(argv),
+            on_step=lambda e, b, s, loss, out=steps: out.append((e, b, s, loss)),
+        )
+        runs[gpu] = steps
+    cpu, cuda = runs["cpu"], runs["0"]
+    assert (
+        [s[:3] for s in cuda]
+        == [s[:3] for s in cpu]
+        == [(e, b, 3 * e + b) for e in range(2) for b in range(1, 4)]
+    )
+    assert abs(cuda[0][3] - cpu[0][3]) < 5e-3  # same weights, same batch: the forward pass
+    assert np.allclose([s[3] for s in cuda], [s[3] for s in cpu], atol=0.05)
