@@ -6,7 +6,7 @@
 # between PyTorch versions should show up here, not there. (Once it did: PyTorch 2.11's
 # torch.export baked the example's parity into P-Net's program; see CeilMaxPool2x2.)
 #
-#   training/device_precheck.sh            # ~4 min once the venv exists (~1 min to make it)
+#   training/device_precheck.sh            # ~4.5 min once the venv exists (~1 min and 5.3 GB to make)
 #
 # Settings: TORCH and TORCHVISION (default 2.11.0 and 0.26.0, as
 # /work/.library/device/KINDS.md lists the device image; the device's Python is 3.12, this venv
