@@ -42,6 +42,10 @@ class OnnxTeacher:
 
         self.embedder = OnnxEmbedder(model_path)
 
+    def to(self, device: torch.device) -> OnnxTeacher:
+        """Runs on the CPU (ONNX Runtime) wherever the student trains."""
+        return self
+
     def __call__(self, x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
         rgb = np.ascontiguousarray(x.numpy().transpose(0, 2, 3, 1))  # the loader's uint8 NCHW
         return torch.from_numpy(self.embedder.embed_rgb(rgb))

@@ -114,11 +114,9 @@ def _loss_state(run: Run) -> None:
         center = CenterLoss(len(run.dataset), args.embedding_size, args.center_loss_alfa)
         run.center = center.to(ctx.device)
     if args.loss == "distill":
-        from training.teacher import CachedTeacher, load_teacher
+        from training.teacher import load_teacher
 
-        run.teacher = load_teacher(args.teacher, run.dataset, args.data_dir)
-        if isinstance(run.teacher, CachedTeacher):
-            run.teacher.to(ctx.device)
+        run.teacher = load_teacher(args.teacher, run.dataset, args.data_dir).to(ctx.device)
 
 
 def build_run(args: argparse.Namespace, ctx: DistContext, on_step: StepHook | None = None) -> Run:
