@@ -101,9 +101,10 @@ class TensorRTEngine(SpecsFromLoad):
         self.path = Path(plan_path)
         if not self.path.is_file():
             raise EngineError(f"{self.path}: TensorRT plan not found")
+        # TensorRT's rule: a factory outlives what it made, and the logger outlives both
         self._logger = self._trt.Logger(self._trt.Logger.WARNING)
-        runtime = self._trt.Runtime(self._logger)
-        self._engine = runtime.deserialize_cuda_engine(self.path.read_bytes())
+        self._runtime = self._trt.Runtime(self._logger)
+        self._engine = self._runtime.deserialize_cuda_engine(self.path.read_bytes())
         if self._engine is None:
             raise EngineError(
                 f"{self.path}: TensorRT cannot deserialize the plan (built for another "
@@ -287,6 +288,7 @@ class TensorRTEngine(SpecsFromLoad):
             self._stream = None
         self._context = None
         self._engine = None
+        self._runtime = None
 
 
 def pick_profile(
