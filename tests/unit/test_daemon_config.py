@@ -178,6 +178,21 @@ def test_the_rtsp_example_is_valid_with_its_secrets(tmp_path, monkeypatch) -> No
     assert config.mqtt.password == "pw" and config.mqtt.tls is not None
 
 
+def test_the_jetson_example_is_valid_and_asks_for_plans_of_its_cameras(
+    tmp_path, monkeypatch
+) -> None:
+    for name in ("mqtt_password", "camera_password"):
+        (tmp_path / name).write_text("pw")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
+    config = load_config(DEFAULT_CONFIG.with_name("jetson-example.yaml"))
+    assert config.engines.backend == "tensorrt" and len(config.cameras) == 3
+    request = plan_request(config, "/etc/facewatch/facewatch.yaml")
+    assert request.precision == "fp16" and request.frames_per_call == 4
+    assert {(1080, 1920), (720, 1280)} <= set(request.camera_hw)
+    assert request.workspace_bytes == 512 << 20 and request.build
+    assert request.build_command == "facewatch engines build --config /etc/facewatch/facewatch.yaml"
+
+
 def test_a_badly_typed_password_is_not_echoed() -> None:
     with pytest.raises(ConfigError) as error:
         parse_config({"cameras": [CAMERA], "mqtt": {"password": ["hunter2"]}})
