@@ -65,9 +65,12 @@
 # uncentred they taught a CPU run nothing). training/cpu_job.sh runs this whole route on 2
 # CPU cores at 96 px: its figures, in its header, are the floor to beat here.
 #
-# Step by step (1-5 here on the CPU, 6 the device calls, 7 here). Staged on 2026-11-29:
-# .gpu_data/crops (31,640 crops: 302 identity folders, 2 of them UTKFace's) and its
-# .gpu_data/teacher.npz are in place on this machine; rerun step 3 to pack them.
+# Step by step (1-5 here on the CPU, 6 the device calls, 7 here). Steps 1-5 are one command,
+# resumable, about 45 minutes on 2 cores from nothing (a new checkout has no .gpu_data), after
+# the search tool's fetch of the two repositories of step 2:
+#   training/gpu_job.sh stage
+# It makes .gpu_data/crops (31,640 crops: 302 identity folders, 2 of them UTKFace's), the parts,
+# .gpu_data/teacher.npz and .gpu_data/check (bench/gpu_check.sh prepare), and prints the calls.
 #  1. dlib in its own venv (not a project dependency; training/teacher_dlib.py), once:
 #       .venv/bin/python -m venv .venv-dlib
 #       echo "$PWD/.venv/lib/python3.11/site-packages" \
@@ -156,6 +159,61 @@ prepare() {
   "$PY" -m training.pack "$STAGE/crops" "$PARTS" --quality "$JPEG_QUALITY" \
     --part-mib "$PART_MIB" --exclude $(held_out_identities "$DATA")
   cp "$STAGE/crops/alignment.json" "$PARTS/alignment.json"
+}
+
+dlib_venv() {
+  # step 1: dlib in its own venv, seeing the project's venv through a .pth file
+  [ -x .venv-dlib/bin/python ] && .venv-dlib/bin/python -c "import dlib, face_recognition_models" 2>/dev/null && return
+  .venv/bin/python -m venv .venv-dlib
+  site=$(.venv-dlib/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+  .venv/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])" > "$site/facewatch-dev-venv.pth"
+  .venv-dlib/bin/python -m pip install -q dlib-bin face-recognition-models
+}
+
+sources() {
+  # step 2, from the repositories the search tool's fetch brought
+  mirror=${MIRROR:-/work/.mirror} src=$STAGE/sources
+  for repo in Nikhil4902+CelebA_Dataset mattans+AgeProgression; do
+    [ -d "$mirror/$repo/repo" ] || { echo "fetch github:${repo/+//} first (the search tool's fetch)" >&2; exit 2; }
+  done
+  mkdir -p "$src"
+  if [ ! -d "$src/celeba200" ]; then
+    rm -rf "$src/tmp" && mkdir -p "$src/tmp"
+    git --git-dir="$mirror/Nikhil4902+CelebA_Dataset/repo" archive 22ed0908 Datasets | tar -x -C "$src/tmp"
+    for d in "$src"/tmp/Datasets/*_dataset/*/; do  # train and test hold the same 200 people
+      mkdir -p "$src/celeba200.part/$(basename "$d")" && mv "$d"*.jpg "$src/celeba200.part/$(basename "$d")/"
+    done
+    mv "$src/celeba200.part" "$src/celeba200" && rm -rf "$src/tmp"
+  fi
+  if [ ! -d "$src/utkrest" ]; then
+    rm -rf "$src/tmp" "$src/utkface" "$src/utk12k" && mkdir -p "$src/tmp" "$src/utkface"
+    git --git-dir="$mirror/mattans+AgeProgression/repo" archive 2d937c61 data/UTKFace/unlabeled \
+      | tar -x -C "$src/tmp" || true  # a blob outside the path is missing: harmless
+    mv "$src/tmp/data/UTKFace/unlabeled" "$src/utkface/" && rm -rf "$src/tmp"
+    mkdir -p "$src/utk12k/unlabeled" "$src/utkrest.part/unlabeled"
+    ls "$src/utkface/unlabeled" | shuf -n 12000 --random-source=<(yes) | while read -r f; do
+      ln -s "$PWD/$src/utkface/unlabeled/$f" "$src/utk12k/unlabeled/"; done
+    comm -23 <(ls "$src/utkface/unlabeled" | sort) <(ls "$src/utk12k/unlabeled" | sort) |
+      while read -r f; do ln -s "$PWD/$src/utkface/unlabeled/$f" "$src/utkrest.part/unlabeled/"; done
+    mv "$src/utkrest.part" "$src/utkrest"
+  fi
+  echo "sources: $(find "$src/celeba200" -name '*.jpg' | wc -l) CelebA photos," \
+    "$(ls "$src/utkface/unlabeled" | wc -l) UTKFace faces"
+}
+
+teacher() {
+  # step 4: dlib's descriptor of every crop (resumable)
+  .venv-dlib/bin/python -m training.cli_facenet embed-dlib "$STAGE/crops" \
+    --out "$STAGE/teacher.npz" --workers 2 --locate box --pad 0.2 --float16
+}
+
+stage() {
+  # steps 1-5 on this machine, each resumable: everything the device calls carry
+  dlib_venv
+  sources
+  prepare
+  teacher
+  [ -d "$STAGE/check" ] || bash bench/gpu_check.sh prepare
   calls
 }
 
@@ -272,10 +330,11 @@ finish() {
 }
 
 case "${1:-}" in
-  prepare) prepare ;;
+  stage) stage ;;
+  prepare) prepare && calls ;;
   calls) calls ;;
   receive) receive ;;
   device) device ;;
   finish) finish ;;
-  *) echo "usage: $0 prepare|calls|receive|device|finish (read the header of this script)" >&2; exit 2 ;;
+  *) echo "usage: $0 stage|prepare|calls|receive|device|finish (read the header of this script)" >&2; exit 2 ;;
 esac
