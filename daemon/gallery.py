@@ -19,46 +19,31 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import sqlite3
-import stat
+import unicodedata
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
+from daemon.gallery_file import (
+    META_KEYS,
+    SCHEMA_VERSION,
+    GalleryError,
+    check_writable,
+    create_private,
+    now_iso,
+    translate,
+    write_schema,
+)
+
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
 DEFAULT_THRESHOLD = 1.1  # squared L2 on unit vectors; FaceNet's usual same/different cut
 DEFAULT_LOCK_TIMEOUT_S = 5.0
-
-_SCHEMA = """
-CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE identities (
-    id INTEGER PRIMARY KEY,
-    name TEXT NOT NULL UNIQUE,
-    threshold REAL,
-    created TEXT NOT NULL,
-    updated TEXT NOT NULL
-);
-CREATE TABLE embeddings (
-    id INTEGER PRIMARY KEY,
-    identity_id INTEGER NOT NULL REFERENCES identities(id) ON DELETE CASCADE,
-    model_id TEXT NOT NULL,
-    vector BLOB NOT NULL,
-    source_sha256 TEXT NOT NULL,
-    created TEXT NOT NULL,
-    UNIQUE (identity_id, source_sha256)
-);
-CREATE INDEX embeddings_identity ON embeddings(identity_id);
-"""
-
-
-class GalleryError(RuntimeError):
-    """A gallery that cannot be used as asked; the message names the file and the reason."""
+MAX_NAME_CHARS = 100
+RESERVED_NAMES = ("unknown",)  # what identify, events and metrics call a face nobody matches
 
 
 @dataclass(frozen=True)
@@ -92,16 +77,29 @@ class Enrollment:
     source_sha256: str
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+def lookup_name(name: str) -> str:
+    """A name as the gallery compares it: Unicode NFC (the same letters typed on any system,
+    or taken from a folder name on macOS, are one name), without surrounding spaces."""
+    return unicodedata.normalize("NFC", name).strip()
 
 
-def _create_private(path: Path) -> None:
-    """An empty file only its owner may read or write (its folder made 0700 if new)."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-    os.close(fd)
-    os.chmod(path, 0o600)
+def clean_name(name: str) -> str:
+    """A new person's name as stored (``lookup_name``); GalleryError for an empty, over-long
+    or reserved name, or one with control characters (line breaks, tabs, terminal escapes)."""
+    text = lookup_name(name)
+    if not text:
+        raise GalleryError("a person needs a non-empty name")
+    if any(unicodedata.category(c) == "Cc" for c in text):
+        raise GalleryError(
+            f"name {text!r}: control characters (line breaks, tabs, escapes) are not allowed"
+        )
+    if len(text) > MAX_NAME_CHARS:
+        raise GalleryError(f"name {text[:20]!r}...: longer than {MAX_NAME_CHARS} characters")
+    if text.casefold() in RESERVED_NAMES:
+        raise GalleryError(
+            f"name {text!r} is reserved: facewatch calls the faces it does not know {text!r}"
+        )
+    return text
 
 
 class Gallery:
@@ -126,20 +124,19 @@ class Gallery:
     ) -> Gallery:
         """Open an existing gallery; ``model_id`` (when given) must be the one it was made with."""
         path = Path(path)
+        if path.is_dir():
+            raise GalleryError(f"{path}: a folder, not a gallery file")
         if not path.is_file():
             raise GalleryError(f"{path}: no gallery here (enroll someone first: facewatch enroll)")
-        if writable and not _may_write(path):
-            raise GalleryError(
-                f"{path}: gallery file is read-only; make it writable "
-                f"(chmod u+w) or use a copy to change it"
-            )
+        if writable:
+            check_writable(path)
         uri = f"{path.resolve().as_uri()}?mode={'rw' if writable else 'ro'}"
         try:
             conn = sqlite3.connect(uri, uri=True, timeout=lock_timeout_s, isolation_level=None)
             conn.execute("PRAGMA foreign_keys = ON")
             gallery = cls(path, conn, writable)
         except sqlite3.DatabaseError as exc:
-            raise _translate(path, exc) from None
+            raise translate(path, exc) from None
         gallery._check(model_id)
         return gallery
 
@@ -156,13 +153,16 @@ class Gallery:
         path = Path(path)
         if path.exists():
             raise GalleryError(f"{path}: already exists")
-        _create_private(path)
+        try:
+            create_private(path)
+        except OSError as exc:
+            raise GalleryError(f"{path}: cannot create the gallery: {exc.strerror}") from None
         try:
             conn = sqlite3.connect(path, timeout=lock_timeout_s, isolation_level=None)
-            _write_schema(conn, model_id, embedding_size, threshold)
+            write_schema(conn, model_id, embedding_size, threshold)
         except sqlite3.DatabaseError as exc:
             path.unlink(missing_ok=True)
-            raise _translate(path, exc) from None
+            raise translate(path, exc) from None
         conn.close()
         return cls.open(path, model_id, writable=True, lock_timeout_s=lock_timeout_s)
 
@@ -175,6 +175,9 @@ class Gallery:
         return cls.create(path, model_id, embedding_size, **kwargs)
 
     def _check(self, model_id: str | None) -> None:
+        missing = [key for key in META_KEYS if key not in self._meta]
+        if missing:
+            raise GalleryError(f"{self.path}: not a facewatch gallery (no {', '.join(missing)})")
         if self._meta.get("schema_version") != str(SCHEMA_VERSION):
             raise GalleryError(
                 f"{self.path}: gallery schema version {self._meta.get('schema_version')!r}, "
@@ -230,6 +233,16 @@ class Gallery:
             vectors[k] = np.frombuffer(row[1], dtype="<f4")
         return vectors, [r[0] for r in rows], [r[2] for r in rows], [r[3] for r in rows]
 
+    def sources(self) -> dict[str, set[str]]:
+        """Who has a face enrolled from each source image (by its SHA-256)."""
+        holders: dict[str, set[str]] = {}
+        for name, source in self._read(
+            "SELECT i.name, e.source_sha256 FROM embeddings e JOIN identities i "
+            "ON i.id = e.identity_id"
+        ):
+            holders.setdefault(source, set()).add(name)
+        return holders
+
     # -- matching ---------------------------------------------------------------------------
 
     def _loaded(self) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray]:
@@ -279,13 +292,13 @@ class Gallery:
         try:
             self._conn.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
-            raise _translate(self.path, exc) from None
+            raise translate(self.path, exc) from None
         try:
             yield self._conn
             self._conn.execute("COMMIT")
         except sqlite3.DatabaseError as exc:
             self._conn.execute("ROLLBACK")
-            raise _translate(self.path, exc) from None
+            raise translate(self.path, exc) from None
         except BaseException:
             self._conn.execute("ROLLBACK")
             raise
@@ -305,27 +318,40 @@ class Gallery:
                         f"values expected {self.embedding_size}; nothing was enrolled"
                     )
                 identity_id = self._identity_id(conn, face.name, create=True)
+                other = conn.execute(
+                    "SELECT i.name FROM embeddings e JOIN identities i ON i.id = e.identity_id "
+                    "WHERE e.source_sha256 = ? AND e.identity_id != ?",
+                    (face.source_sha256, identity_id),
+                ).fetchone()
+                if other is not None:
+                    raise GalleryError(
+                        f"{self.path}: a photo of {face.name!r} is already enrolled as "
+                        f"{other[0]!r}; nothing was enrolled"
+                    )
                 cursor = conn.execute(
                     "INSERT OR IGNORE INTO embeddings "
                     "(identity_id, model_id, vector, source_sha256, created) VALUES (?,?,?,?,?)",
-                    (identity_id, self.model_id, vector.tobytes(), face.source_sha256, _now()),
+                    (identity_id, self.model_id, vector.tobytes(), face.source_sha256, now_iso()),
                 )
-                added += cursor.rowcount
+                if cursor.rowcount:
+                    added += 1
+                    conn.execute(
+                        "UPDATE identities SET updated = ? WHERE id = ?", (now_iso(), identity_id)
+                    )
         return added
 
     def _identity_id(self, conn: sqlite3.Connection, name: str, create: bool = False) -> int:
-        row = conn.execute("SELECT id FROM identities WHERE name = ?", (name,)).fetchone()
+        row = conn.execute(
+            "SELECT id FROM identities WHERE name = ?", (lookup_name(name),)
+        ).fetchone()
         if row is not None:
-            conn.execute("UPDATE identities SET updated = ? WHERE id = ?", (_now(), row[0]))
             return int(row[0])
         if not create:
             raise GalleryError(f"{self.path}: no identity named {name!r}")
-        if not name.strip():
-            raise GalleryError(f"{self.path}: an identity needs a non-empty name")
-        now = _now()
+        now = now_iso()
         cursor = conn.execute(
             "INSERT INTO identities (name, threshold, created, updated) VALUES (?, NULL, ?, ?)",
-            (name, now, now),
+            (clean_name(name), now, now),
         )
         return int(cursor.lastrowid or 0)
 
@@ -342,11 +368,15 @@ class Gallery:
     def rename(self, old: str, new: str) -> None:
         with self._transaction() as conn:
             identity_id = self._identity_id(conn, old)
+            new = clean_name(new)
+            if new == lookup_name(old):
+                raise GalleryError(f"{self.path}: {old!r} is already called {new!r}")
             if conn.execute("SELECT 1 FROM identities WHERE name = ?", (new,)).fetchone():
                 raise GalleryError(f"{self.path}: an identity named {new!r} already exists")
-            if not new.strip():
-                raise GalleryError(f"{self.path}: an identity needs a non-empty name")
-            conn.execute("UPDATE identities SET name = ? WHERE id = ?", (new, identity_id))
+            conn.execute(
+                "UPDATE identities SET name = ?, updated = ? WHERE id = ?",
+                (new, now_iso(), identity_id),
+            )
 
     def set_threshold(self, name: str | None, threshold: float | None) -> None:
         """The threshold of one identity (None: use the default), or with ``name`` None the
@@ -371,44 +401,4 @@ class Gallery:
         try:
             return self._conn.execute(sql).fetchall()
         except sqlite3.DatabaseError as exc:
-            raise _translate(self.path, exc) from None
-
-
-def _write_schema(
-    conn: sqlite3.Connection, model_id: str, embedding_size: int, threshold: float
-) -> None:
-    conn.execute("BEGIN")
-    for statement in _SCHEMA.split(";"):
-        if statement.strip():
-            conn.execute(statement)
-    conn.executemany(
-        "INSERT INTO meta (key, value) VALUES (?, ?)",
-        [
-            ("schema_version", str(SCHEMA_VERSION)),
-            ("model_id", model_id),
-            ("embedding_size", str(int(embedding_size))),
-            ("threshold", repr(float(threshold))),
-            ("created", _now()),
-        ],
-    )
-    conn.execute("COMMIT")
-
-
-def _may_write(path: Path) -> bool:
-    """Writable by us, and not marked read-only (root ignores permission bits; we don't)."""
-    mode = path.stat().st_mode
-    return os.access(path, os.W_OK) and bool(mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
-
-
-def _translate(path: Path, exc: sqlite3.DatabaseError) -> GalleryError:
-    text = str(exc).lower()
-    if "locked" in text or "busy" in text:
-        return GalleryError(
-            f"{path}: gallery is locked by another writer (another facewatch enroll or "
-            "gallery command?); try again when it has finished"
-        )
-    if "readonly" in text or "read-only" in text:
-        return GalleryError(f"{path}: gallery file is read-only ({exc})")
-    if "not a database" in text or "no such table" in text or "malformed" in text:
-        return GalleryError(f"{path}: not a facewatch gallery ({exc})")
-    return GalleryError(f"{path}: gallery error: {exc}")
+            raise translate(self.path, exc) from None

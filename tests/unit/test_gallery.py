@@ -1,10 +1,16 @@
-"""daemon/gallery.py and the calibration maths: pure, on vectors the tests choose."""
+"""daemon/gallery.py, the calibration maths and the gallery commands, on vectors the tests choose."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import sqlite3
 import stat
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -168,3 +174,147 @@ def test_calibration_keeps_the_false_accept_rate_under_the_target() -> None:
         calibrate(vectors[:5], owners[:5])
     with pytest.raises(ValueError, match="2 or more images"):
         calibrate(vectors[::5], owners[::5])
+
+
+def test_names_are_normalised_and_checked(gallery) -> None:
+    nfd = "Zoe\u0308"  # "Zoë" as macOS spells folder names
+    gallery.enroll([Enrollment(" Zo\u00eb ", axis(3), "z1")])
+    gallery.enroll([Enrollment(nfd, axis(3), "z2")])
+    assert [i.embeddings for i in gallery.identities() if i.name == "Zo\u00eb"] == [2]
+    for bad, reason in [
+        ("two\nlines", "control characters"),
+        ("\x1b[31mred", "control characters"),
+        ("   ", "non-empty name"),
+        ("Unknown", "reserved"),
+        ("x" * 101, "longer than 100"),
+    ]:
+        with pytest.raises(GalleryError, match=reason):
+            gallery.enroll([Enrollment(bad, axis(4), "bad")])
+        with pytest.raises(GalleryError, match=reason):
+            gallery.rename("bob", bad)
+    assert gallery.remove(nfd) == 2  # found by either spelling
+    with pytest.raises(GalleryError, match="already called"):
+        gallery.rename("bob", " bob")
+
+
+def test_one_photo_belongs_to_one_person(gallery) -> None:
+    with pytest.raises(GalleryError, match="already enrolled as 'bob'; nothing was enrolled"):
+        gallery.enroll([Enrollment("dave", axis(3), "d1"), Enrollment("joe", axis(1), "b1")])
+    assert {i.name for i in gallery.identities()} == {"alice", "bob", "carol"}
+    assert gallery.sources()["b1"] == {"bob"}
+
+
+def test_a_folder_and_a_foreign_sqlite_file_are_named(tmp_path) -> None:
+    with pytest.raises(GalleryError, match="a folder, not a gallery file"):
+        Gallery.open(tmp_path)
+    other = tmp_path / "other.sqlite"
+    conn = sqlite3.connect(other)
+    conn.execute("CREATE TABLE meta (key TEXT, value TEXT)")
+    conn.execute("INSERT INTO meta VALUES ('schema_version', '1')")
+    conn.commit()
+    conn.close()
+    with pytest.raises(GalleryError, match=r"not a facewatch gallery \(no model_id"):
+        Gallery.open(other)
+
+
+def test_a_read_only_folder_is_named(gallery) -> None:
+    """SQLite writes its journal beside the file: a writable file in a folder we may not write
+    is refused up front, naming the folder (as a normal user: root writes anywhere)."""
+    path = gallery.path
+    gallery.close()
+    if os.geteuid() != 0:
+        os.chmod(path.parent, 0o500)
+        try:
+            with pytest.raises(GalleryError, match=r"its folder .* is not writable"):
+                Gallery.open(path, MODEL, writable=True)
+        finally:
+            os.chmod(path.parent, 0o700)
+        return
+    if shutil.which("setpriv") is None:
+        pytest.skip("running as root without setpriv to drop to a normal user")
+    folder = Path(tempfile.mkdtemp(dir="/tmp"))  # tmp_path's parents are root-only
+    try:
+        shutil.copy(path, folder / "g.sqlite")
+        os.chown(folder / "g.sqlite", 65534, 65534)
+        os.chmod(folder, 0o755)  # root's folder: nobody may read it, not write it
+        code = f"from daemon.gallery import Gallery; Gallery.open({str(folder / 'g.sqlite')!r}, writable=True)"  # fmt: skip
+        done = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c", code],
+            capture_output=True, text=True, cwd=Path(__file__).parents[2],
+        )  # fmt: skip
+        assert done.returncode != 0 and "is not writable" in done.stderr, done.stderr
+    finally:
+        shutil.rmtree(folder)
+
+
+def gallery_cli(path: Path, capsys, *args: str) -> tuple[int, str, str]:
+    """`facewatch gallery ARGS --gallery PATH` (these commands need no model)."""
+    from daemon.cli import main
+
+    try:
+        code = main(["gallery", *args, "--gallery", str(path)])
+    except SystemExit as exc:  # argparse's usage errors
+        code = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_export_never_overwrites_by_accident(gallery, capsys) -> None:
+    path = gallery.path
+    gallery.close()
+    target = path.with_name("people.json")
+    target.write_text("precious")
+    os.chmod(target, 0o644)
+    code, _, err = gallery_cli(path, capsys, "export", str(target))
+    assert code == 1 and "already exists; pass --force" in err
+    assert target.read_text() == "precious"
+    code, _, err = gallery_cli(path, capsys, "export", str(path.with_suffix(".json")))
+    assert code == 0 and stat.S_IMODE(path.with_suffix(".json").stat().st_mode) == 0o600
+    code, _, _ = gallery_cli(path, capsys, "export", str(target), "--force")
+    assert code == 0 and stat.S_IMODE(target.stat().st_mode) == 0o600
+    assert {p["name"] for p in json.loads(target.read_text())["identities"]} == {"alice", "bob", "carol"}  # fmt: skip
+    twin = path.with_name("twin.json")
+    os.link(path, twin)  # the gallery under an export's name: refused even with --force
+    code, _, err = gallery_cli(path, capsys, "export", str(twin), "--force")
+    assert code == 1 and "the gallery itself" in err
+    code, _, err = gallery_cli(path, capsys, "export", str(path.parent / "no" / "x.json"))
+    assert code == 1 and "no folder" in err
+    assert Gallery.open(path).identities()  # untouched
+    assert not list(path.parent.glob(".*.part"))
+
+
+def test_threshold_of_a_person_and_the_default(gallery, capsys) -> None:
+    path = gallery.path
+    gallery.close()
+    assert gallery_cli(path, capsys, "threshold", "--default", "0.9")[0] == 0
+    assert gallery_cli(path, capsys, "threshold", "bob", "0.5")[0] == 0
+    with Gallery.open(path) as reader:
+        assert reader.threshold == 0.9
+        assert {i.name: i.threshold for i in reader.identities()}["bob"] == 0.5
+    assert gallery_cli(path, capsys, "threshold", "bob", "default")[0] == 0
+    assert gallery_cli(path, capsys, "threshold", "bob")[0] == 2  # no value
+    assert gallery_cli(path, capsys, "threshold", "--default", "bob", "1")[0] == 2
+    code, _, err = gallery_cli(path, capsys, "threshold", "--default", "default")
+    assert code == 1 and "not a number" in err
+    with Gallery.open(path) as reader:
+        assert {i.name: i.threshold for i in reader.identities()}["bob"] is None
+
+
+def test_calibrate_refuses_a_threshold_that_misses_its_target(tmp_path, capsys) -> None:
+    path = tmp_path / "g.sqlite"
+    with Gallery.create(path, MODEL, D) as g:
+        # every face of one person is as near another person as its own: no threshold
+        # separates them
+        g.enroll(
+            [
+                Enrollment("ann", axis(0), "a1"),
+                Enrollment("ann", unit(1, 1), "a2"),
+                Enrollment("ben", unit(1, 0.01), "b1"),
+                Enrollment("ben", unit(0.01, 1), "b2"),
+            ]
+        )
+    code, out, err = gallery_cli(path, capsys, "calibrate", "--target-far", "0.1")
+    assert code == 1 and "not stored" in err and "expected FAR" in out
+    with Gallery.open(path) as reader:
+        assert reader.threshold == DEFAULT_THRESHOLD
+    assert gallery_cli(path, capsys, "calibrate", "--target-far", "1.5")[0] == 2
