@@ -48,17 +48,24 @@ def add_gallery_option(p: argparse.ArgumentParser) -> None:
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    p = commands.add_parser("gallery", help="list, remove, rename, export enrolled people")
+    p = commands.add_parser(
+        "gallery", help="list, remove, rename, set thresholds, export, calibrate enrolled people"
+    )
     sub = p.add_subparsers(dest="gallery_command", metavar="ACTION", required=True)
     actions = {
         "list": ("who is enrolled", _list),
         "remove": ("forget a person and all their faces", _remove),
         "rename": ("rename a person", _rename),
-        "threshold": ("set one person's threshold (or 'default')", _threshold),
+        "threshold": ("set one person's match threshold, or the gallery default", _threshold),
         "export": ("write every embedding to FILE (.json or .npz, by its suffix)", _export),
         "calibrate": ("choose the match threshold from the enrolled people", _calibrate),
     }
     descriptions = {
+        "threshold": "NAME VALUE sets NAME's own threshold (squared L2 in (0, 4]: a face "
+        "matches NAME when closer than this); NAME default makes NAME use the gallery default "
+        "again; --default VALUE sets the gallery default (what `gallery calibrate` chooses).",
+        "export": "Write every enrolled embedding, with names, thresholds and the model id, to "
+        "FILE (owner-only: these are biometric data). An existing FILE is kept unless --force.",
         "calibrate": "Choose the gallery's default match threshold from the enrolled people "
         "themselves: each enrolled face in turn is matched against all the others (leave one "
         "out), its distance to the nearest face of another person is an impostor trial, to "
@@ -75,20 +82,32 @@ def register(commands: argparse._SubParsersAction) -> None:
         add_gallery_option(parsers[name])
         parsers[name].set_defaults(func=_guarded(func))
     parsers["list"].add_argument("--json", action="store_true", help="JSON on stdout")
-    parsers["remove"].add_argument("name")
-    parsers["rename"].add_argument("old")
-    parsers["rename"].add_argument("new")
-    parsers["threshold"].add_argument("name")
-    parsers["threshold"].add_argument("value", help="squared L2 in (0, 4], or 'default'")
+    parsers["remove"].add_argument("name", help="the person to forget, as `gallery list` shows")
+    parsers["rename"].add_argument("old", help="the person's name now")
+    parsers["rename"].add_argument("new", help="the new name")
+    threshold = parsers["threshold"]
+    threshold.add_argument("words", nargs="+", metavar="NAME VALUE | --default VALUE")
+    threshold.add_argument("--default", action="store_true", help="set the gallery default")
     parsers["export"].add_argument("file", type=Path, help="output: FILE.json or FILE.npz")
+    parsers["export"].add_argument("--force", action="store_true", help="replace FILE if it exists")
     calib = parsers["calibrate"]
     calib.add_argument(
         "--target-far",
-        type=float,
+        type=_rate,
         default=DEFAULT_TARGET_FAR,
-        help=f"false-accept rate to stay under (default {DEFAULT_TARGET_FAR})",
+        help=f"false-accept rate to stay under, in [0, 1) (default {DEFAULT_TARGET_FAR})",
     )
     calib.add_argument("--dry-run", action="store_true", help="report, do not store")
+
+
+def _rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is outside [0, 1)")
+    return value
 
 
 def _guarded(func: Any) -> Any:
@@ -146,10 +165,20 @@ def _rename(args: argparse.Namespace) -> int:
 
 
 def _threshold(args: argparse.Namespace) -> int:
-    value = None if args.value == "default" else _float(args.value)
+    if args.default != (len(args.words) == 1) or len(args.words) > 2:
+        print(
+            "usage: facewatch gallery threshold NAME VALUE|default, or --default VALUE",
+            file=sys.stderr,
+        )
+        return 2
+    name, text = (None, args.words[0]) if args.default else args.words
+    value = None if name is not None and text == "default" else _float(text)
     with Gallery.open(gallery_path(args), writable=True) as gallery:
-        gallery.set_threshold(args.name, value)
-    print(f"{args.name}: threshold {'default' if value is None else value}")
+        gallery.set_threshold(name, value)
+    if name is None:
+        print(f"default threshold {value} in {gallery.path}")
+    else:
+        print(f"{name}: threshold {'default' if value is None else value}")
     return 0
 
 
@@ -157,7 +186,7 @@ def _float(text: str) -> float:
     try:
         return float(text)
     except ValueError:
-        raise GalleryError(f"threshold {text!r} is neither a number nor 'default'") from None
+        raise GalleryError(f"threshold {text!r} is not a number") from None
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -166,6 +195,7 @@ def _export(args: argparse.Namespace) -> int:
         raise GalleryError(
             f"{args.file}: say the format by the suffix: .json (readable) or .npz (numpy arrays)"
         )
+    _check_export_path(args.file, gallery_path(args), args.force)
     with Gallery.open(gallery_path(args)) as gallery:
         vectors, owners, sources, created = gallery.embeddings()
         people = gallery.identities()
@@ -175,7 +205,44 @@ def _export(args: argparse.Namespace) -> int:
             "threshold": gallery.threshold,
             "distance": "squared euclidean on L2-normalised embeddings",
         }
-    fd = os.open(args.file, os.O_CREAT | os.O_TRUNC | os.O_WRONLY, 0o600)  # biometric data
+    # biometric data: owner-only, written aside and moved into place (never half a file)
+    part = args.file.with_name(f".{args.file.name}.{os.getpid()}.part")
+    try:
+        fd = os.open(part, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except OSError as exc:
+        raise GalleryError(f"{args.file}: cannot write the export: {exc.strerror}") from None
+    try:
+        _write_export(fd, suffix, header, people, vectors, owners, sources, created)
+        os.replace(part, args.file)
+    finally:
+        part.unlink(missing_ok=True)
+    print(
+        f"exported {len(people)} person(s), {len(vectors)} embedding(s) to {args.file} ({suffix[1:]})"
+    )
+    return 0
+
+
+def _check_export_path(target: Path, gallery: Path, force: bool) -> None:
+    if target.is_dir():
+        raise GalleryError(f"{target}: a folder; name the export file (FILE.json or FILE.npz)")
+    if target.exists() and gallery.exists() and target.samefile(gallery):
+        raise GalleryError(f"{target}: that is the gallery itself; export to another file")
+    if target.exists() and not force:
+        raise GalleryError(f"{target}: already exists; pass --force to replace it")
+    if not target.parent.is_dir():
+        raise GalleryError(f"{target}: no folder {target.parent}")
+
+
+def _write_export(
+    fd: int,
+    suffix: str,
+    header: dict[str, Any],
+    people: list[Any],
+    vectors: np.ndarray,
+    owners: list[str],
+    sources: list[str],
+    created: list[str],
+) -> None:
     with os.fdopen(fd, "wb") as handle:
         if suffix == ".npz":
             np.savez(
@@ -194,10 +261,6 @@ def _export(args: argparse.Namespace) -> int:
             handle.write(
                 json.dumps(_export_json(header, people, vectors, owners, sources, created)).encode()
             )
-    print(
-        f"exported {len(people)} person(s), {len(vectors)} embedding(s) to {args.file} ({suffix[1:]})"
-    )
-    return 0
 
 
 def _export_json(
@@ -233,7 +296,8 @@ def _calibrate(args: argparse.Namespace) -> int:
             result = calibrate(vectors, owners, args.target_far)
         except ValueError as exc:
             raise GalleryError(f"{gallery.path}: {exc}") from None
-        if not args.dry_run:
+        unusable = _unusable(result)
+        if not args.dry_run and not unusable:
             gallery.set_threshold(None, result.threshold)
     print(
         f"calibrated on {result.people} people, {result.impostor} faces "
@@ -246,5 +310,24 @@ def _calibrate(args: argparse.Namespace) -> int:
             f"note: {result.impostor} faces cannot measure a FAR below "
             f"{result.far_resolution:.2%}; enroll more people for a finer estimate"
         )
+    if unusable:
+        print(
+            f"error: not stored: {unusable}; enroll more people and more photos of each "
+            "(or set one with `gallery threshold --default VALUE`)",
+            file=sys.stderr,
+        )
+        return 1
     print("not stored (--dry-run)" if args.dry_run else f"stored as the default in {gallery.path}")
     return 0
+
+
+def _unusable(result: Any) -> str:
+    """Why a calibrated threshold must not be stored ('' when it may be)."""
+    if result.far > result.target_far:
+        return (
+            f"no threshold keeps the false-accept rate at {result.target_far:g} on these "
+            "people (faces of different people are as close as faces of one person)"
+        )
+    if result.frr >= 1.0:
+        return "that threshold would reject every enrolled person"
+    return ""
