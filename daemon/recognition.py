@@ -19,6 +19,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_MIN_FACE_PX = 40.0  # shorter side of the detector box
 DEFAULT_MIN_SHARPNESS = 25.0  # variance of the Laplacian of the aligned grey crop
 DEFAULT_TARGET_FAR = 0.01
+MAX_FACE_OUTSIDE = 0.1  # of the face box's area beyond the photo's edges
 MAX_DISTANCE = 4.0  # squared L2 between unit vectors
 
 
@@ -35,7 +36,7 @@ class QualityGates:
     min_sharpness: float = DEFAULT_MIN_SHARPNESS
     largest: bool = False
 
-    def choose_face(self, found: FrameDetections) -> int:
+    def choose_face(self, found: FrameDetections, image_hw: tuple[int, int]) -> int:
         """Index of the face to enroll, or Rejected with the reason."""
         if len(found) == 0:
             raise Rejected("no face found")
@@ -54,6 +55,12 @@ class QualityGates:
                 f"face too small: {sides[k]:.0f} px, the minimum is {self.min_face_px:.0f} px "
                 "(--min-face-px)"
             )
+        outside = outside_fraction(found.bbox_xyxy[k], image_hw)
+        if outside > MAX_FACE_OUTSIDE:
+            raise Rejected(
+                f"face cut off by the photo's edge ({outside:.0%} of it outside); "
+                "use a photo that shows the whole face"
+            )
         return k
 
     def check_sharpness(self, crop: np.ndarray) -> float:
@@ -65,6 +72,15 @@ class QualityGates:
                 "(--min-sharpness)"
             )
         return score
+
+
+def outside_fraction(box_xyxy: np.ndarray, image_hw: tuple[int, int]) -> float:
+    """How much of a box's area lies beyond the image's edges (0 .. 1)."""
+    x1, y1, x2, y2 = (float(v) for v in box_xyxy)
+    h, w = image_hw
+    area = max((x2 - x1) * (y2 - y1), 1e-9)
+    inside = max(0.0, min(x2, w) - max(x1, 0.0)) * max(0.0, min(y2, h) - max(y1, 0.0))
+    return 1.0 - inside / area
 
 
 def sharpness(crop: np.ndarray) -> float:

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from daemon import gallery_cli
 from daemon.detect_cli import IMAGE_SUFFIXES, _unique, default_models_dir
-from daemon.gallery import Enrollment, Gallery, GalleryError, Match
+from daemon.gallery import Enrollment, Gallery, GalleryError, Match, clean_name
 from daemon.recognition import (
     DEFAULT_MIN_FACE_PX,
     DEFAULT_MIN_SHARPNESS,
@@ -95,19 +95,30 @@ def _add_enroll(commands: argparse._SubParsersAction) -> None:
         "face (or use --largest), large and sharp enough; a rejected photo is reported with "
         "its reason and then nothing is enrolled, unless --skip-bad.",
     )
-    p.add_argument("images", nargs="*", type=Path, metavar="IMAGE", help="photos of --name")
+    p.add_argument(
+        "images",
+        nargs="*",
+        type=Path,
+        metavar="IMAGE",
+        help="photos of --name (or folders of them)",
+    )
     p.add_argument("--name", help="who the photos show")
-    p.add_argument("--dir", type=Path, help="folder of per-person sub-folders (name = folder)")
+    p.add_argument(
+        "--dir",
+        type=Path,
+        help="folder of per-person sub-folders (name = folder; the photos anywhere inside it; "
+        "hidden and @ folders such as .thumbnails and @eaDir are skipped)",
+    )
     p.add_argument("--largest", action="store_true", help="several faces: enroll the largest")
     p.add_argument(
         "--min-face-px",
-        type=float,
+        type=_non_negative,
         default=DEFAULT_MIN_FACE_PX,
         help=f"shortest side of the face box, pixels (default {DEFAULT_MIN_FACE_PX:.0f})",
     )
     p.add_argument(
         "--min-sharpness",
-        type=float,
+        type=_non_negative,
         default=DEFAULT_MIN_SHARPNESS,
         help="blur gate: variance of the Laplacian of the aligned grey face crop "
         f"(default {DEFAULT_MIN_SHARPNESS:.0f}; 0 disables)",
@@ -126,11 +137,27 @@ def _add_identify(commands: argparse._SubParsersAction) -> None:
         description="Detect every face and match it against the gallery: the identity, or "
         "unknown, with the squared L2 distance to the nearest enrolled face.",
     )
-    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
-    p.add_argument("--json", action="store_true", help="one JSON object per image on stdout")
+    p.add_argument(
+        "images", nargs="+", type=Path, metavar="IMAGE", help="photos, or folders of them"
+    )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="one JSON object per image on stdout ({source, error} for an image that failed)",
+    )
     p.add_argument("--annotate", type=Path, metavar="DIR", help="write images with names drawn")
     add_model_options(p)
     p.set_defaults(func=run_identify)
+
+
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value >= 0.0:
+        raise argparse.ArgumentTypeError(f"{text} is negative (0 disables the gate)")
+    return value
 
 
 @dataclass
@@ -163,21 +190,48 @@ def _enroll_jobs(args: argparse.Namespace) -> list[tuple[str, Path]]:
         if args.name or args.images:
             raise ValueError("--dir takes no --name and no IMAGE arguments")
         if not args.dir.is_dir():
-            raise ValueError(f"{args.dir}: no such folder")
-        people = sorted(p for p in args.dir.iterdir() if p.is_dir())
+            what = "not a folder" if args.dir.exists() else "no such folder"
+            raise ValueError(f"{args.dir}: {what} (one sub-folder per person expected)")
+        entries = sorted(p for p in args.dir.iterdir() if not _hidden(p.name))
+        people = [p for p in entries if p.is_dir()]
         if not people:
             raise ValueError(f"{args.dir}: no sub-folders (one per person expected)")
-        return [(person.name, image) for person in people for image in _images_in(person)]
-    if not args.name or not args.name.strip():
+        for loose in (p for p in entries if not p.is_dir()):
+            print(f"skipped {loose}: not in a person's folder", file=sys.stderr)
+        return [(_name(p.name, p), image) for p in people for image in _photos(p)]
+    if not args.name:
         raise ValueError("give --name NAME with IMAGE arguments, or --dir DIR")
+    name = _name(args.name, None)
     if not args.images:
-        raise ValueError(f"no images given for {args.name!r}")
-    return [(args.name, image) for image in args.images]
+        raise ValueError(f"no images given for {name!r}")
+    return [(name, image) for path in args.images for image in _photos(path)]
 
 
-def _images_in(folder: Path) -> list[Path]:
-    found = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    return found or [folder]  # an empty folder is reported as a rejected "image"
+def _name(name: str, folder: Path | None) -> str:
+    try:
+        return clean_name(name)
+    except GalleryError as exc:
+        raise ValueError(f"{folder}: {exc}" if folder else f"--name: {exc}") from None
+
+
+def _hidden(name: str) -> bool:
+    """Dot files and folders, macOS's ._ files, a NAS's @eaDir: never people or photos."""
+    return name.startswith((".", "@"))
+
+
+def _photos(path: Path) -> list[Path]:
+    """A file as given; a folder's images at any depth (not in hidden folders), sorted. A
+    folder without any is kept, to be reported as a rejected image."""
+    if not path.is_dir():
+        return [path]
+    found = sorted(
+        p
+        for p in path.rglob("*")
+        if p.suffix.lower() in IMAGE_SUFFIXES
+        and not any(_hidden(part) for part in p.relative_to(path).parts)
+        and p.is_file()
+    )
+    return found or [path]
 
 
 def _enroll_crop(models: Models, gates: QualityGates, path: Path) -> np.ndarray:
@@ -186,16 +240,30 @@ def _enroll_crop(models: Models, gates: QualityGates, path: Path) -> np.ndarray:
         raise Rejected("folder holds no images")
     image = read_image(str(path))
     found = models.detector.detect([image])[0]
-    k = gates.choose_face(found)
+    k = gates.choose_face(found, image.shape[:2])
     crop = models.facenet.align(image, found, [k])
     gates.check_sharpness(crop[0])
     return crop[0]
 
 
-def _check_gallery(path: Path, model_id: str) -> None:
-    """Refuse early (before any work) a gallery of another model or one we cannot write."""
-    if path.exists():
-        Gallery.open(path, model_id, writable=True).close()
+def _check_gallery(path: Path, model_id: str) -> dict[str, set[str]]:
+    """Refuse early (before any work) a gallery of another model or one we cannot write;
+    returns who holds each photo already enrolled (by SHA-256)."""
+    if not path.exists() and not path.is_symlink():
+        return {}
+    with Gallery.open(path, model_id, writable=True) as gallery:
+        return gallery.sources()
+
+
+def _check_photo(holders: dict[str, set[str]], name: str, path: Path) -> str:
+    """The photo's SHA-256; Rejected when it is enrolled (or being enrolled) as someone else:
+    one photo, one person."""
+    sha = file_sha256(path)
+    others = sorted(holders.get(sha, set()) - {name})
+    if others:
+        raise Rejected(f"the same photo is enrolled as {', '.join(others)}")
+    holders.setdefault(sha, set()).add(name)
+    return sha
 
 
 def run_enroll(args: argparse.Namespace) -> int:
@@ -208,7 +276,7 @@ def run_enroll(args: argparse.Namespace) -> int:
     gallery_path = gallery_cli.gallery_path(args)
     gates = QualityGates(args.min_face_px, args.min_sharpness, args.largest)
     try:
-        _check_gallery(gallery_path, models.facenet.model_id)
+        holders = _check_gallery(gallery_path, models.facenet.model_id)
     except GalleryError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -216,8 +284,9 @@ def run_enroll(args: argparse.Namespace) -> int:
     show = not args.no_progress and len(jobs) > 1
     for name, path in tqdm(jobs, desc="enroll", unit="image", disable=not show, file=sys.stderr):
         try:
-            crops.append(_enroll_crop(models, gates, path))
-            accepted.append((name, path))
+            crop = _enroll_crop(models, gates, path)
+            accepted.append((name, path, _check_photo(holders, name, path)))
+            crops.append(crop)
         except (Rejected, ImageError, ValueError, OSError) as exc:
             reason = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
             rejected.append(reason)
@@ -232,32 +301,34 @@ def run_enroll(args: argparse.Namespace) -> int:
     if not accepted:
         print("error: no image could be enrolled", file=sys.stderr)
         return 1
-    return _store(args, gallery_path, models, crops, accepted, len(rejected))
+    return _store(gallery_path, models, crops, accepted, len(rejected))
 
 
 def _store(
-    args: argparse.Namespace,
     gallery_path: Path,
     models: Models,
     crops: list[np.ndarray],
-    accepted: list[tuple[str, Path]],
+    accepted: list[tuple[str, Path, str]],
     n_rejected: int,
 ) -> int:
     embeddings = models.facenet.embed(np.stack(crops))
     faces = [
-        Enrollment(name, vector, file_sha256(path))
-        for (name, path), vector in zip(accepted, embeddings, strict=True)
+        Enrollment(name, vector, sha)
+        for (name, _, sha), vector in zip(accepted, embeddings, strict=True)
     ]
     net = models.facenet
+    new = not gallery_path.exists()
     try:
         with Gallery.open_or_create(
             gallery_path, net.model_id, net.embedding_size, **_threshold_of(net)
         ) as gallery:
             added = gallery.enroll(faces)
     except GalleryError as exc:
+        if new and gallery_path.is_file():
+            gallery_path.unlink()  # nothing was enrolled: leave no empty gallery behind
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    names = sorted({name for name, _ in accepted})
+    names = sorted({name for name, _, _ in accepted})
     print(
         f"enrolled {added} new face(s) of {len(names)} person(s) into {gallery_path}: "
         + ", ".join(names)
@@ -289,18 +360,28 @@ def run_identify(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     if args.annotate:
-        args.annotate.mkdir(parents=True, exist_ok=True)
+        try:
+            args.annotate.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            print(f"error: --annotate {args.annotate}: {exc.strerror}", file=sys.stderr)
+            return 2
+    paths = [photo for path in args.images for photo in _photos(path)]
     errors = 0
-    show = not args.no_progress and len(args.images) > 1
+    show = not args.no_progress and len(paths) > 1
     with gallery:
-        for path in tqdm(args.images, desc="identify", disable=not show, file=sys.stderr):
+        for path in tqdm(paths, desc="identify", disable=not show, file=sys.stderr):
             try:
+                if path.is_dir():
+                    raise ImageError(f"{path}: folder holds no images")
                 _identify_one(models, gallery, path, args)
             except (ImageError, OSError, ValueError) as exc:
                 errors += 1
-                tqdm.write(f"error: {exc}", file=sys.stderr)
+                reason = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
+                tqdm.write(f"error: {reason}", file=sys.stderr)
+                if args.json:
+                    print(json.dumps({"source": str(path), "error": reason}))
     if errors:
-        print(f"{errors} of {len(args.images)} image(s) failed", file=sys.stderr)
+        print(f"{errors} of {len(paths)} image(s) failed", file=sys.stderr)
     return 1 if errors else 0
 
 
@@ -319,7 +400,9 @@ def _identify_one(models: Models, gallery: Gallery, path: Path, args: argparse.N
             box = " ".join(f"{v:.0f}" for v in face["bbox_xyxy"])
             tqdm.write(f"  face {k} [{box}]: {_describe(face)}", file=sys.stdout)
     if args.annotate:
-        cv2.imwrite(str(_unique(args.annotate / f"{path.stem}.jpg")), draw(image, found, matches))
+        out = _unique(args.annotate / f"{path.stem}.jpg")
+        if not cv2.imwrite(str(out), draw(image, found, matches)):
+            raise OSError(f"{out}: cannot write the annotated image")
 
 
 def _match_json(match: Match) -> dict[str, object]:

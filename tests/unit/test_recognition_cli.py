@@ -36,7 +36,10 @@ def cli(test_model, tmp_path, capsys):
         extra = ["--gallery", str(gallery)]
         if model:
             extra += ["--model", str(test_model), "--threads", "2", "--no-progress"]
-        code = main([*args, *extra])
+        try:
+            code = main([*args, *extra])
+        except SystemExit as exc:  # argparse's usage errors
+            code = int(exc.code or 0)
         out, err = capsys.readouterr()
         return code, out, err
 
@@ -143,6 +146,50 @@ def test_list_rename_remove_threshold_export(cli, images, tmp_path) -> None:
     assert cli("gallery", "remove", "obama", model=False)[0] == 0
 
 
+def test_enroll_folders_names_and_one_photo_one_person(cli, images, shared_data, tmp_path) -> None:
+    people = tmp_path / "people"
+    (people / "Ada Lovelace" / "2019").mkdir(parents=True)
+    shutil.copy(images["obama"], people / "Ada Lovelace" / "2019" / "a.jpg")  # nested: found
+    shutil.copy(images["obama"], people / "Ada Lovelace" / "._a.jpg")  # macOS metadata: skipped
+    for junk in (".thumbnails", "@eaDir"):  # never people
+        (people / junk).mkdir()
+        shutil.copy(images["biden"], people / junk / "b.jpg")
+    shutil.copy(images["biden"], people / "loose.jpg")
+    code, out, err = cli("enroll", "--dir", str(people))
+    assert code == 0, err
+    assert "enrolled 1 new face(s) of 1 person(s)" in out and "Ada Lovelace" in out
+    assert f"skipped {people / 'loose.jpg'}: not in a person's folder" in err
+    # the same photo (same bytes, any file name) as another person: rejected, named
+    code, _, err = cli("enroll", "--name", "Joe", str(images["obama"]))
+    assert code == 1 and "the same photo is enrolled as Ada Lovelace" in err
+    code, _, err = cli("enroll", "--name", "two\nlines", str(images["biden"]))
+    assert code == 2 and "control characters" in err
+    (people / "unknown").mkdir()
+    code, _, err = cli("enroll", "--dir", str(people))
+    assert code == 2 and f"{people / 'unknown'}: name 'unknown' is reserved" in err
+    assert cli("enroll", "--name", "x", str(images["biden"]), "--min-face-px", "-5")[0] == 2
+    # a face cut off by the photo's edge makes a poor reference
+    code, _, err = cli("enroll", "--name", "Obama", str(shared_data / "images" / "obama_partial_face.jpg"))  # fmt: skip
+    assert code == 1 and "cut off by the photo's edge" in err
+    assert [p["name"] for p in json.loads(cli("gallery", "list", "--json", model=False)[1])["identities"]] == ["Ada Lovelace"]  # fmt: skip
+
+
+def test_identify_folders_json_errors_and_annotate_problems(cli, images, tmp_path) -> None:
+    assert cli("enroll", "--name", "obama", str(images["obama"]))[0] == 0
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    shutil.copy(images["biden"], folder / "b.jpg")
+    shutil.copy(images["corrupt"], folder / "c.jpg")
+    code, out, _ = cli("identify", "--json", str(folder))
+    records = {Path(r["source"]).name: r for r in map(json.loads, out.splitlines())}
+    assert code == 1 and len(records["b.jpg"]["faces"]) == 1
+    assert "c.jpg" in records["c.jpg"]["error"]
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    code, _, err = cli("identify", "--annotate", str(afile), str(images["obama"]))
+    assert code == 2 and f"--annotate {afile}" in err
+
+
 def test_gallery_of_another_model_read_only_and_missing(cli, images, test_model, tmp_path) -> None:
     assert cli("enroll", "--name", "obama", str(images["obama"]))[0] == 0
     before = cli.gallery.read_bytes()
@@ -183,10 +230,12 @@ def test_calibrate_on_celeba_identities(cli, shared_data, tmp_path) -> None:
     folder = _celeba_folder(shared_data, tmp_path / "people")
     code, out, err = cli("enroll", "--dir", str(folder), "--largest", "--min-face-px", "20", "--skip-bad")  # fmt: skip
     assert code == 0, err
-    code, out, _ = cli("gallery", "calibrate", "--target-far", "0.1", "--dry-run", model=False)
+    # the random test model keeps a target FAR of 0.1 only by rejecting everyone (refused:
+    # tests/unit/test_gallery.py); 0.5 it can
+    code, out, _ = cli("gallery", "calibrate", "--target-far", "0.5", "--dry-run", model=False)
     assert code == 0 and "not stored" in out
     assert json.loads(cli("gallery", "list", "--json", model=False)[1])["threshold"] == 1.1
-    code, out, _ = cli("gallery", "calibrate", "--target-far", "0.1", model=False)
+    code, out, _ = cli("gallery", "calibrate", "--target-far", "0.5", model=False)
     assert code == 0 and f"calibrated on {CELEBA_PEOPLE} people" in out
     assert "expected FAR" in out and "FRR" in out
     threshold = float(out.split("threshold ")[1].split()[0])
