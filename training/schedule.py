@@ -13,7 +13,8 @@ logger = logging.getLogger(__name__)
 
 
 def read_schedule(path: Path, epoch: int) -> float | None:
-    """Learning rate for ``epoch`` (0-based) from 'epoch: rate' lines; None means stop ('-')."""
+    """Learning rate for ``epoch`` (0-based) from 'epoch: rate' lines; None means stop: a rate
+    of '-' or, as in the original project's schedule files (``276: -1``), one <= 0."""
     rate: float | None = None
     seen = False
     try:
@@ -27,6 +28,8 @@ def read_schedule(path: Path, epoch: int) -> float | None:
         try:
             first, value = (part.strip() for part in line.split(":"))
             start, lr = int(first), (None if value == "-" else float(value))
+            if lr is not None and lr <= 0:
+                lr = None
         except ValueError:
             raise OptionError(
                 f"{path}:{number}: expected 'epoch: learning_rate', got {line!r}"

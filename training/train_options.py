@@ -2,8 +2,8 @@
 the same meaning and defaults (``--max-nrof-epochs`` and ``--max_nrof_epochs`` both work),
 plus facewatch's: --gpu, --resume, --amp, --workers, --loss, --teacher, --config.
 
-A YAML recipe (``--config``) gives values for any option (keys with - or _); a value given
-on the command line that differs from the built-in default wins over the recipe.
+A YAML recipe (``--config``) gives values for any option (keys with - or _); an option given
+on the command line wins over the recipe, even when it repeats the built-in default.
 """
 
 from __future__ import annotations
@@ -287,15 +287,37 @@ def add_facewatch_options(p: argparse.ArgumentParser) -> None:
         _opt(p, name, **kwargs)
 
 
+GIVEN = "_given"  # the namespace attribute naming the options the command line gave
+
+
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     parser = parser or argparse.ArgumentParser(prog="facewatch train triplet")
     add_original_options(parser)
     add_facewatch_options(parser)
+    for action in parser._actions:
+        if action.option_strings and action.dest != "help":
+            action.__class__ = _recording(type(action))
     return parser
 
 
+def _recording(kind: type[argparse.Action]) -> type[argparse.Action]:
+    """``kind``, also noting its option as given on the command line (so that a recipe never
+    overrides it, even where the command line repeats the default)."""
+
+    class Recording(kind):  # type: ignore[valid-type,misc]
+        def __call__(self, parser: Any, namespace: Any, values: Any, option: Any = None) -> None:
+            given = set(getattr(namespace, GIVEN, ()))
+            setattr(namespace, GIVEN, given | {self.dest})
+            super().__call__(parser, namespace, values, option)
+
+    return Recording
+
+
 def apply_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
-    """Fill options from ``args.config`` where the command line left the default."""
+    """Fill options from ``args.config`` where the command line gave none."""
+    given = set(getattr(args, GIVEN, ()))
+    if hasattr(args, GIVEN):
+        delattr(args, GIVEN)
     if args.config is None:
         return
     path = Path(args.config)
@@ -310,7 +332,7 @@ def apply_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> N
         dest = str(key).replace("-", "_")
         if dest not in known or dest in ("config", "help"):
             raise OptionError(f"{path}: unknown option {key!r}")
-        if getattr(args, dest) != parser.get_default(dest):
+        if dest in given:
             continue
         action = known[dest]
         if value is not None and action.type is not None and not isinstance(value, bool):
@@ -379,5 +401,7 @@ def check_options(args: argparse.Namespace) -> None:
 def options_dict(args: argparse.Namespace) -> dict[str, Any]:
     """JSON-friendly copy of the options (paths as strings, no callables)."""
     return {
-        k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if not callable(v)
+        k: (str(v) if isinstance(v, Path) else v)
+        for k, v in vars(args).items()
+        if not callable(v) and not k.startswith("_")
     }

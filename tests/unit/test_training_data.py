@@ -136,6 +136,9 @@ def test_schedule_file_and_decay(tmp_path) -> None:
     schedule = tmp_path / "lr.txt"
     schedule.write_text("# epoch: rate\n0: 0.1\n3: 0.01  # later\n6: -\n")
     assert [read_schedule(schedule, e) for e in (0, 2, 3, 5, 6)] == [0.1, 0.1, 0.01, 0.01, None]
+    original = tmp_path / "learning_rate_schedule_classifier_vggface2.txt"  # its last line
+    original.write_text("0: 0.05\n100: 0.005\n276: -1\n")
+    assert [read_schedule(original, e) for e in (99, 100, 275, 276)] == [0.05, 0.005, 0.005, None]
     args = _args(
         "--learning-rate",
         "-1",
@@ -166,6 +169,11 @@ def test_recipe_fills_defaults_but_not_the_command_line(tmp_path) -> None:
     args = _args("--config", str(recipe), "--batch-size", "12")
     apply_config(args, build_parser())
     assert (args.image_size, args.batch_size, args.optimizer) == (96, 12, "ADAM")
+    # the command line wins even where it repeats the built-in default
+    args = _args("--config", str(recipe), "--optimizer", "ADAGRAD", "--image-size", "160")
+    apply_config(args, build_parser())
+    assert (args.image_size, args.batch_size, args.optimizer) == (160, 30, "ADAGRAD")
+    assert "_given" not in vars(args)
     recipe.write_text("image_sise: 96\n")
     with pytest.raises(OptionError, match="unknown option 'image_sise'"):
         apply_config(_args("--config", str(recipe)), build_parser())
