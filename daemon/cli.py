@@ -24,9 +24,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"facewatch {__version__}")
     parser.add_argument(
         "--log-level",
-        default="WARNING",
+        default=None,
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        help="log verbosity on stderr (default: WARNING)",
+        help="log verbosity on stderr (default: WARNING; INFO for `train`, whose per-epoch "
+        "loss, learning rate and LFW figures are INFO lines)",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     detect_cli.register(commands)
@@ -44,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
+    level = args.log_level or ("INFO" if args.command == "train" else "WARNING")
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

@@ -19,18 +19,13 @@ from tqdm import tqdm
 from engines import BACKENDS, EngineError
 from engines.detectors import load_detector
 from engines.images import ImageError, read_image
+from engines.loader import default_models_dir
 from engines.mtcnn import MTCNN, FrameDetections
 
 logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".pgm", ".ppm", ".gif"}
 VIDEO_SUFFIXES = {".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v", ".ts"}
-
-
-def default_models_dir() -> Path:
-    """$FACEWATCH_MODELS, else the repository's models/ folder."""
-    env = os.environ.get("FACEWATCH_MODELS")
-    return Path(env) if env else Path(__file__).resolve().parent.parent / "models"
 
 
 def register(commands: argparse._SubParsersAction) -> None:

@@ -21,7 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from daemon import gallery_cli
-from daemon.detect_cli import IMAGE_SUFFIXES, _unique, default_models_dir
+from daemon.detect_cli import IMAGE_SUFFIXES, _unique
 from daemon.gallery import Enrollment, Gallery, GalleryError, Match, clean_name
 from daemon.recognition import (
     DEFAULT_MIN_FACE_PX,
@@ -34,7 +34,7 @@ from engines.base import file_sha256
 from engines.detectors import load_facenet
 from engines.facenet import FaceNet
 from engines.images import ImageError, read_image
-from engines.loader import PRECISIONS
+from engines.loader import PRECISIONS, default_models_dir
 from engines.mtcnn import MTCNN, FrameDetections
 
 logger = logging.getLogger(__name__)

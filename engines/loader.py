@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -12,6 +13,12 @@ if TYPE_CHECKING:
 
 BACKENDS = ("onnxruntime", "opencv", "openvino", "tensorrt", "torch")
 CPU_BACKENDS = ("onnxruntime", "opencv", "openvino")  # the others run on a GPU when there is one
+
+
+def default_models_dir() -> Path:
+    """$FACEWATCH_MODELS, else the repository's models/ folder (beside this package)."""
+    env = os.environ.get("FACEWATCH_MODELS")
+    return Path(env) if env else Path(__file__).resolve().parent.parent / "models"
 
 
 PRECISIONS = ("fp32", "bf16")  # bf16: the openvino backend, on CPUs with native bf16

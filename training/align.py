@@ -90,16 +90,17 @@ def _crop(
     return face, margin_box(box, rgb.shape[:2], opts.margin)
 
 
-def _outputs(src: Path, out_class: Path, count: int, multiple: bool, ext: str) -> list[Path]:
+def _outputs(out_base: Path, count: int, multiple: bool, ext: str) -> list[Path]:
+    """The files of one image's faces: ``out_base`` (a path without suffix) + ``ext``, or
+    numbered ``_0``, ``_1``... with --detect-multiple-faces."""
     if multiple:
-        return [out_class / f"{src.stem}_{k}{ext}" for k in range(count)]
-    return [out_class / f"{src.stem}{ext}"]
+        return [out_base.with_name(f"{out_base.name}_{k}{ext}") for k in range(count)]
+    return [out_base.with_name(out_base.name + ext)]
 
 
-def _done(src: Path, out_class: Path, no_face: set[str], ext: str) -> bool:
-    if str(out_class / f"{src.stem}{ext}") in no_face:
-        return True
-    return (out_class / f"{src.stem}{ext}").exists() or (out_class / f"{src.stem}_0{ext}").exists()
+def _done(out_base: Path, no_face: set[str], ext: str) -> bool:
+    first = out_base.with_name(out_base.name + ext)
+    return str(first) in no_face or first.exists() or _outputs(out_base, 1, True, ext)[0].exists()
 
 
 def _recorded_without_face(boxes_path: Path) -> set[str]:
@@ -123,9 +124,10 @@ def _write(path: Path, rgb: np.ndarray, jpeg_quality: int) -> None:
 
 
 def align_image(
-    detector: object, src: Path, out_class: Path, opts: AlignOptions
+    detector: object, src: Path, out_base: Path, opts: AlignOptions
 ) -> list[tuple[Path, np.ndarray]]:
-    """Detect, crop and write one image's faces; returns (output path, crop box) per face.
+    """Detect, crop and write one image's faces as ``out_base`` + suffix (see ``_outputs``);
+    returns (output path, crop box) per face.
 
     Raises ImageError for an unreadable image; returns [] when there is no face.
     """
@@ -141,7 +143,7 @@ def align_image(
     )
     written = []
     for path, k in zip(
-        _outputs(src, out_class, len(keep), opts.detect_multiple_faces, opts.ext), keep, strict=True
+        _outputs(out_base, len(keep), opts.detect_multiple_faces, opts.ext), keep, strict=True
     ):
         face, box = _crop(rgb, found, k, opts)
         _write(path, face, opts.jpeg_quality)
@@ -159,7 +161,19 @@ def _jobs(input_dir: Path, output_dir: Path, random_order: bool) -> list[tuple[P
         )
     if random_order:
         random.shuffle(classes)
-    return [(src, output_dir / cls.name) for cls in classes for src in list_images(cls)]
+    return [(src, base) for cls in classes for src, base in _bases(cls, output_dir / cls.name)]
+
+
+def _bases(folder: Path, out_class: Path) -> list[tuple[Path, Path]]:
+    """Each image of ``folder`` and its output path without suffix: its stem, or, for an image
+    whose stem an earlier one of the folder has (a.jpg, then a.png), stem_suffix (a_png)."""
+    seen: set[str] = set()
+    pairs = []
+    for src in list_images(folder):
+        stem = src.stem if src.stem not in seen else f"{src.stem}_{src.suffix[1:].lower()}"
+        seen.add(stem)
+        pairs.append((src, out_class / stem))
+    return pairs
 
 
 def _record_settings(output_dir: Path, opts: AlignOptions) -> None:
@@ -202,18 +216,18 @@ def align_dataset(
     boxes_path = output_dir / "bounding_boxes.txt"
     no_face = _recorded_without_face(boxes_path)
     with open(boxes_path, "a") as boxes_file:
-        for src, out_class in tqdm(jobs, desc="aligning", unit="img"):
-            if _done(src, out_class, no_face, opts.ext):
+        for src, out_base in tqdm(jobs, desc="aligning", unit="img"):
+            if _done(out_base, no_face, opts.ext):
                 summary.skipped += 1
                 continue
             try:
-                written = align_image(detector, src, out_class, opts)
+                written = align_image(detector, src, out_base, opts)
             except ImageError as exc:
                 summary.unreadable.append((src, str(exc)))
                 continue
             if not written:
                 summary.without_face.append(src)
-                boxes_file.write(f"{out_class / (src.stem + opts.ext)}\n")
+                boxes_file.write(f"{out_base.with_name(out_base.name + opts.ext)}\n")
                 continue
             summary.aligned += 1
             for path, box in written:

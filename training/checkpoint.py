@@ -195,3 +195,45 @@ def resolve_resume(resume: str, models_base_dir: Path) -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint to resume not found")
     return path
+
+
+# Options a run keeps for life: they decide the network, its optimizer state or its inputs.
+FIXED_ON_RESUME = (
+    "model_def",
+    "embedding_size",
+    "loss",
+    "optimizer",
+    "image_size",
+    "standardization",
+)
+# Options of this process and machine, never taken from the checkpoint.
+LOCAL_OPTIONS = frozenset({"resume", "config", "gpu", "workers", "gpu_memory_fraction"})
+
+
+def adopt_run_options(args: Any, saved: dict[str, Any], source: Path) -> None:
+    """``--resume``: the run continues with its own options. Those the command line did not
+    give come from the checkpoint; one it gave differently is refused when the run keeps it
+    for life (FIXED_ON_RESUME) and otherwise used, with a warning."""
+    from training.train_options import GIVEN, OptionError, build_parser
+
+    paths = {a.dest for a in build_parser()._actions if a.type is Path}
+    given = getattr(args, GIVEN, set())
+    refused = []
+    for key, value in saved.items():
+        if key in LOCAL_OPTIONS or key.startswith("_") or not hasattr(args, key):
+            continue
+        ours = getattr(args, key)
+        theirs = Path(value) if key in paths and value is not None else value
+        if key not in given:
+            setattr(args, key, theirs)
+        elif ours != theirs:
+            flag = "--" + key.replace("_", "-")
+            if key in FIXED_ON_RESUME:
+                refused.append(f"{flag} {ours} (the run has {theirs})")
+            else:
+                logger.warning("resuming with %s %s; the run had %s", flag, ours, theirs)
+    if refused:
+        raise OptionError(
+            f"{source}: cannot resume with {'; '.join(refused)}: the run keeps these for life; "
+            "drop them to continue it, or start a new run (--run-name)"
+        )

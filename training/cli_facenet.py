@@ -14,6 +14,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from engines.loader import default_models_dir
 from training.cli_teacher import register_teacher
 
 logger = logging.getLogger(__name__)
@@ -31,6 +32,21 @@ def register_facenet(commands: argparse._SubParsersAction) -> None:
 def _fail(message: str) -> int:
     print(f"error: {message}", file=sys.stderr)
     return 2
+
+
+def _count(least: int) -> object:
+    """An argparse type: an integer of at least ``least``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"{value}: must be >= {least}")
+        return value
+
+    return parse
 
 
 def _add_align(commands: argparse._SubParsersAction) -> None:
@@ -74,17 +90,22 @@ def _add_align(commands: argparse._SubParsersAction) -> None:
         default="margin",
         help="margin crop (FaceNet) or 5-point similarity warp",
     )
-    p.add_argument("--mtcnn-dir", type=Path, default=Path("models/mtcnn"), help="MTCNN models")
+    p.add_argument(
+        "--mtcnn-dir", type=Path, default=default_models_dir() / "mtcnn", help="MTCNN models"
+    )
     p.add_argument(
         "--min-face-size", type=float, default=20.0, help="smallest face to detect (pixels)"
     )
-    p.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (0: automatic)")
+    p.add_argument(
+        "--threads", type=_count(0), default=0, help="ONNX Runtime threads (0: automatic)"
+    )
     p.add_argument("--format", choices=("png", "jpg"), default="png", help="output image format")
     p.add_argument("--jpeg-quality", type=int, default=90, help="JPEG quality with --format jpg")
     p.set_defaults(func=_align)
 
 
 def _align(args: argparse.Namespace) -> int:
+    from engines.base import EngineError
     from training.align import AlignOptions, align_dataset
     from training.data import DataError
 
@@ -101,7 +122,7 @@ def _align(args: argparse.Namespace) -> int:
             jpeg_quality=args.jpeg_quality,
         )
         summary = align_dataset(args.input_dir, args.output_dir, opts, args.mtcnn_dir)
-    except (DataError, ValueError) as exc:
+    except (DataError, ValueError, EngineError) as exc:
         return _fail(str(exc))
     print(summary.text())
     return 0
@@ -123,6 +144,7 @@ def _add_triplet(commands: argparse._SubParsersAction) -> None:
 
 
 def _triplet(args: argparse.Namespace) -> int:
+    from engines.base import EngineError
     from training.data import DataError
     from training.train import train
     from training.train_options import OptionError, apply_config
@@ -132,7 +154,8 @@ def _triplet(args: argparse.Namespace) -> int:
     try:
         apply_config(args, parser)
         model_dir = train(args)
-    except (OptionError, DataError, FileNotFoundError) as exc:
+    except (OptionError, DataError, FileNotFoundError, EngineError, ValueError) as exc:
+        logger.debug("details", exc_info=True)
         return _fail(str(exc))
     if os.environ.get("RANK", "0") == "0":
         print(f"checkpoints: {model_dir}")
@@ -165,18 +188,31 @@ def _add_validate(commands: argparse._SubParsersAction) -> None:
         "--lfw-nrof-folds",
         "--lfw_nrof_folds",
         dest="lfw_nrof_folds",
-        type=int,
+        type=_count(2),
         default=10,
-        help="folds",
+        help="folds (10: the LFW protocol)",
     )
     p.add_argument(
         "--align", action="store_true", help="the images are raw: align them on the fly with MTCNN"
     )
     p.add_argument(
-        "--mtcnn-dir", type=Path, default=Path("models/mtcnn"), help="MTCNN models for --align"
+        "--mtcnn-dir",
+        type=Path,
+        default=default_models_dir() / "mtcnn",
+        help="MTCNN models for --align",
     )
-    p.add_argument("--batch-size", type=int, default=100, help="images per embedding batch")
-    p.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (0: automatic)")
+    p.add_argument(
+        "--batch-size",
+        "--lfw-batch-size",
+        "--lfw_batch_size",
+        dest="batch_size",
+        type=_count(1),
+        default=100,
+        help="images per embedding batch",
+    )
+    p.add_argument(
+        "--threads", type=_count(0), default=0, help="ONNX Runtime threads (0: automatic)"
+    )
     p.add_argument(
         "--precision",
         choices=("fp32", "bf16"),
@@ -219,6 +255,8 @@ def _validate(args: argparse.Namespace) -> int:
     from training.data import DataError
     from training.validate import write_report
 
+    if args.record and args.model.suffix.lower() != ".onnx":
+        return _fail("--record needs an ONNX model (checkpoints keep their figures in extra)")
     try:
         result, no_face = run_validate(args)
     except (DataError, ValueError, FileNotFoundError, EngineError) as exc:
@@ -227,14 +265,12 @@ def _validate(args: argparse.Namespace) -> int:
     if no_face:
         print(f"{no_face} image(s) without a detected face were centre-cropped")
     if args.out_dir is not None:
-        paths = write_report(result, no_face, args.out_dir, str(args.model))  # type: ignore[arg-type]
+        paths = write_report(result, no_face, args.out_dir, str(args.model), str(args.lfw_pairs))  # type: ignore[arg-type]
         print(f"report: {paths['json']}, ROC: {paths['roc']}")
     if args.record:
-        if args.model.suffix.lower() != ".onnx":
-            return _fail("--record needs an ONNX model (checkpoints keep their figures in extra)")
         from training.export_facenet import record_lfw
 
-        figures = {**result.to_json(), "images_without_face": no_face}  # type: ignore[attr-defined]
+        figures = {**result.to_json(), "images_without_face": no_face, "pairs": str(args.lfw_pairs)}  # type: ignore[attr-defined]
         figures["command"] = "facewatch train validate " + shlex.join(_argv_after("validate"))
         record_lfw(args.model, figures)
         print(f"recorded in {args.model.with_suffix('.json')} and {args.model.with_suffix('.md')}")
@@ -269,7 +305,9 @@ def _add_export(commands: argparse._SubParsersAction) -> None:
         default=None,
         help="folder (searched recursively) of face crops for the ONNX Runtime vs PyTorch check",
     )
-    p.add_argument("--parity-count", type=int, default=16, help="crops used for the parity check")
+    p.add_argument(
+        "--parity-count", type=_count(1), default=16, help="crops used for the parity check"
+    )
     p.add_argument(
         "--lfw-report",
         type=Path,
@@ -316,8 +354,31 @@ def _parity_crops(folder: Path | None, count: int, size: int) -> object:
     return np.stack([crop_square(load_rgb(p), size, None) for p in paths])
 
 
-def _export(args: argparse.Namespace) -> int:
+def _lfw_report(report: Path, model: Path) -> dict[str, object]:
+    """The figures of ``report`` (an lfw.json), which must have been measured on ``model``."""
     import json
+
+    from engines.base import file_sha256
+
+    try:
+        figures = json.loads(report.read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"--lfw-report {report}: cannot read it ({exc})") from None
+    measured = figures.get("model_sha256")
+    same = (
+        measured == file_sha256(model)
+        if measured
+        else Path(str(figures.get("model"))).resolve() == model.resolve()
+    )
+    if not same:
+        raise ValueError(
+            f"--lfw-report {report}: measured on {figures.get('model')}, another model file "
+            f"than {model}; validate this one (facewatch train validate {model} --out-dir DIR)"
+        )
+    return {k: v for k, v in figures.items() if k not in ("tpr", "fpr", "model", "model_sha256")}
+
+
+def _export(args: argparse.Namespace) -> int:
 
     from training.checkpoint import load_model_file
     from training.data import DataError
@@ -329,9 +390,7 @@ def _export(args: argparse.Namespace) -> int:
         checkpoint = load_model_file(args.checkpoint)
         size = int(checkpoint.options["image_size"])
         crops = _parity_crops(args.parity_images, args.parity_count, size)
-        lfw = json.loads(args.lfw_report.read_text()) if args.lfw_report else None
-        if lfw is not None:
-            lfw = {k: v for k, v in lfw.items() if k not in ("tpr", "fpr", "model")}
+        lfw = _lfw_report(args.lfw_report, args.checkpoint) if args.lfw_report else None
         tail = _argv_after("export") or [str(args.checkpoint)]
         command = "facewatch train export " + shlex.join(tail)
         path, diff = export_checkpoint(

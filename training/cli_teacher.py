@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from engines.loader import default_models_dir
+
 if TYPE_CHECKING:
     from training.teacher_dlib import DlibSettings
 
@@ -126,7 +128,10 @@ def _add_dlib(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--image-size", type=int, default=182, help="crop size with --align")
     p.add_argument("--margin", type=int, default=44, help="crop margin with --align")
     p.add_argument(
-        "--mtcnn-dir", type=Path, default=Path("models/mtcnn"), help="MTCNN models for --align"
+        "--mtcnn-dir",
+        type=Path,
+        default=default_models_dir() / "mtcnn",
+        help="MTCNN models for --align",
     )
     p.add_argument("--out-dir", type=Path, default=None, help="write lfw.json and roc.png here")
     _dlib_options(p, "0.27,0.32,0.70,0.75", 1)

@@ -49,20 +49,24 @@ def load_dataset(data_dir: str | Path, min_images: int = 1) -> list[ImageClass]:
     """Read a folder-per-identity dataset.
 
     Raises DataError naming the directory when it is missing, has no identity folders, or
-    when an identity folder holds no images. Identities with fewer than ``min_images``
-    images are left out (with a log line).
+    when an identity folder holds no images (unless ``min_images`` > 1 asks to leave small
+    identities out). Identities with fewer than ``min_images`` images are left out (with a
+    log line). Hidden folders (``.name``) are not identities.
     """
     root = Path(data_dir).expanduser()
     if not root.is_dir():
         raise DataError(f"{root}: dataset directory not found")
-    folders = sorted(p for p in root.iterdir() if p.is_dir())
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not folders:
         raise DataError(f"{root}: no identity folders (expected {root}/<identity>/<image>)")
     classes = []
     for folder in folders:
         paths = list_images(folder)
-        if not paths:
-            raise DataError(f"{folder}: identity folder holds no images")
+        if not paths and min_images <= 1:
+            raise DataError(
+                f"{folder}: identity folder holds no images (remove it, or leave out small "
+                "identities with --min-nrof-images-per-class N)"
+            )
         if len(paths) < min_images:
             logger.info("%s: %d images < %d, left out", folder, len(paths), min_images)
             continue

@@ -9,6 +9,7 @@ classifier head (``logits``) are configurable.
 from __future__ import annotations
 
 import logging
+import pickle
 from pathlib import Path
 
 import torch
@@ -246,9 +247,15 @@ def load_pretrained(model: nn.Module, path: str | Path, strict: bool = False) ->
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: pretrained model not found")
-    raw = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ValueError(f"{path}: not a PyTorch state dict or checkpoint ({first})") from None
     if isinstance(raw, dict) and "model" in raw and isinstance(raw["model"], dict):
         raw = raw["model"]
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: not a state dict (a {type(raw).__name__})")
     if strict:
         model.load_state_dict(raw, strict=True)
         return []
@@ -256,6 +263,11 @@ def load_pretrained(model: nn.Module, path: str | Path, strict: bool = False) ->
     usable = {k: v for k, v in raw.items() if k in own and own[k].shape == v.shape}
     model.load_state_dict(usable, strict=False)
     skipped = sorted(set(own) - set(usable))
+    if len(usable) < len(own) // 2:
+        raise ValueError(
+            f"{path}: only {len(usable)} of this network's {len(own)} tensors are in it with "
+            "the same name and shape: a state dict of another network?"
+        )
     if skipped:
         logger.warning("%s: %d tensors not loaded (%s ...)", path, len(skipped), skipped[:3])
     return skipped

@@ -139,6 +139,7 @@ class LfwResult:
     best_threshold: float
     tpr: tuple[float, ...]
     fpr: tuple[float, ...]
+    nrof_pairs: int = 0  # LFW's pairs.txt has 6,000; fewer is a subset, not the protocol
 
     def summary(self) -> str:
         return (
@@ -191,6 +192,7 @@ def evaluate_distances(
         best_threshold=float(thresholds[int(np.argmax(all_acc))]),
         tpr=tuple(float(v) for v in tpr),
         fpr=tuple(float(v) for v in fpr),
+        nrof_pairs=len(dist),
     )
 
 

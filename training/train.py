@@ -22,14 +22,20 @@ from torch import nn
 from tqdm import tqdm
 
 from training.align import read_settings
-from training.checkpoint import Checkpoint, WeightAverage, resolve_resume, save_epoch
+from training.checkpoint import (
+    Checkpoint,
+    WeightAverage,
+    adopt_run_options,
+    resolve_resume,
+    save_epoch,
+)
 from training.data import load_dataset
 from training.distributed import DistContext, convert_sync_batchnorm, init_from_env, shutdown
 from training.facenet_nets import build_model, load_pretrained
 from training.lfw import read_pairs
 from training.losses import CenterLoss
 from training.train_loops import EPOCHS, FeaturesHead, Run, StepHook
-from training.train_options import check_options, options_dict
+from training.train_options import OptionError, check_options, options_dict
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +75,9 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _tensorboard(log_dir: Path, ctx: DistContext) -> Any:
+def _tensorboard(log_dir: Path, ctx: DistContext, step: int) -> Any:
+    """The event writer; a resumed run first drops the events logged after its checkpoint
+    (the steps of the interrupted epoch are logged again)."""
     if not ctx.is_main:
         return None
     try:
@@ -77,7 +85,7 @@ def _tensorboard(log_dir: Path, ctx: DistContext) -> Any:
     except ImportError:
         logger.info("tensorboard is not installed; no event files")
         return None
-    return SummaryWriter(str(log_dir))
+    return SummaryWriter(str(log_dir), purge_step=step or None)
 
 
 def _run_dirs(
@@ -123,13 +131,22 @@ def build_run(args: argparse.Namespace, ctx: DistContext, on_step: StepHook | No
     """Everything a training run needs, resumed from a checkpoint when asked."""
     resume_path = resolve_resume(args.resume, Path(args.models_base_dir)) if args.resume else None
     resume = Checkpoint.load(resume_path) if resume_path is not None else None
+    if resume is not None:
+        adopt_run_options(args, resume.options, resume_path)
+        check_options(args)
     dataset = load_dataset(args.data_dir, args.min_nrof_images_per_class)
+    if args.loss == "triplet" and sum(len(c.image_paths) >= 2 for c in dataset) < 1:
+        raise OptionError(
+            f"--loss triplet needs identities with 2 or more images (anchor and positive); "
+            f"none of the {len(dataset)} in {args.data_dir} has"
+        )
     if args.lfw_dir:
         read_pairs(args.lfw_pairs, args.lfw_dir)  # fail now, not after the first epoch
     num_classes = len(dataset) if args.loss == "center" else None
     if resume is not None and num_classes != resume.extra.get("num_classes"):
-        raise ValueError(
-            f"{resume_path}: trained on {resume.extra.get('num_classes')} classes, the data has {num_classes}"
+        raise OptionError(
+            f"{resume_path}: trained on {resume.extra.get('num_classes')} classes, "
+            f"{args.data_dir} has {num_classes}"
         )
     seed_everything(args.seed)
     net = _build_net(args, num_classes, resume)
@@ -165,7 +182,7 @@ def build_run(args: argparse.Namespace, ctx: DistContext, on_step: StepHook | No
     _loss_state(run)
     if resume is not None:
         _restore(run, resume, resume_path)
-    run.writer = _tensorboard(log_dir, ctx)
+    run.writer = _tensorboard(log_dir, ctx, run.step)
     return run
 
 

@@ -155,6 +155,7 @@ def _report(run: Run, batch: int, step: int, loss: float) -> None:
     run.losses.append(loss)
     if run.writer is not None and run.ctx.is_main:
         run.writer.add_scalar("loss", loss, step)
+        run.writer.add_scalar("learning_rate", run.optimizer.param_groups[0]["lr"], step)
     if run.on_step is not None:
         run.on_step(run.epoch, batch, step, loss)
 

@@ -316,8 +316,6 @@ def _recording(kind: type[argparse.Action]) -> type[argparse.Action]:
 def apply_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     """Fill options from ``args.config`` where the command line gave none."""
     given = set(getattr(args, GIVEN, ()))
-    if hasattr(args, GIVEN):
-        delattr(args, GIVEN)
     if args.config is None:
         return
     path = Path(args.config)
@@ -336,7 +334,10 @@ def apply_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> N
             continue
         action = known[dest]
         if value is not None and action.type is not None and not isinstance(value, bool):
-            value = action.type(value)  # type: ignore[operator]
+            try:
+                value = action.type(value)  # type: ignore[operator]
+            except (TypeError, ValueError):
+                raise OptionError(f"{path}: {key}: {value!r} is not a valid value") from None
         if action.choices is not None and value not in action.choices:
             raise OptionError(f"{path}: {key}: {value!r} is not one of {sorted(action.choices)}")
         setattr(args, dest, value)

@@ -15,6 +15,7 @@ import numpy as np
 from tqdm import tqdm
 
 from engines.align import align_similarity, crop_with_margin, pick_main_face
+from engines.base import file_sha256
 from training.data import DataError, load_rgb
 from training.embedders import Embedder
 from training.lfw import LfwResult, evaluate_embedded, pair_images, plot_roc, read_pairs
@@ -107,10 +108,20 @@ def evaluate_aligned(
     return evaluate_pairs(embedder, pairs_file, lfw_dir, nrof_folds, batch_size)[0]
 
 
-def write_report(result: LfwResult, no_face: int, out_dir: Path, model: str) -> dict[str, Path]:
-    """``lfw.json`` (all figures) and ``roc.png`` in ``out_dir``."""
+def write_report(
+    result: LfwResult, no_face: int, out_dir: Path, model: str, pairs: str = ""
+) -> dict[str, Path]:
+    """``lfw.json`` (all figures, the model file's SHA-256, the pairs file) and ``roc.png``
+    in ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    report = {"model": model, "images_without_face": no_face, **result.to_json()}
+    sha = file_sha256(model) if Path(model).is_file() else None
+    report = {
+        "model": model,
+        "model_sha256": sha,
+        "pairs": pairs,
+        "images_without_face": no_face,
+        **result.to_json(),
+    }
     json_path = out_dir / "lfw.json"
     json_path.write_text(json.dumps(report, indent=2) + "\n")
     png = plot_roc(result, out_dir / "roc.png", title=f"LFW ROC: {Path(model).name}")

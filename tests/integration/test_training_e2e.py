@@ -194,6 +194,11 @@ def test_validate_export_and_engine_parity(trained: Path, aligned, tmp_path: Pat
         "LFW measured with: `facewatch train validate" in onnx_path.with_suffix(".md").read_text()
     )
     _engine_matches_checkpoint(onnx_path, checkpoint, aligned[0])  # the .pt2 still fits
+    assert recorded.extra["lfw"]["nrof_pairs"] == 20 and recorded.extra["lfw"]["pairs"]
+    # the figures of one model are never recorded for another
+    other = ["export", str(trained / "epoch-0001.pt"), "--out", str(tmp_path / "o.onnx")]
+    assert cli([*other, "--lfw-report", str(tmp_path / "val" / "lfw.json")]) == 2
+    assert not (tmp_path / "o.onnx").exists()
 
 
 def test_int8_export_is_calibrated_checked_and_runs_in_the_engines(
@@ -269,6 +274,62 @@ def test_crash_mid_epoch_resumes_from_the_last_checkpoint(
     assert final.average is not None and reference.average is not None
     for name, tensor in reference.average.items():  # the weight average resumed too
         assert torch.equal(final.average[name], tensor), name
+
+
+def test_resume_continues_with_the_runs_own_options(
+    trained: Path, aligned, tmp_path: Path, capsys
+) -> None:
+    from training.checkpoint import Checkpoint, adopt_run_options
+    from training.train_options import OptionError, build_parser
+
+    saved = Checkpoint.load(trained / "latest.pt").options
+    args = build_parser().parse_args(["--data-dir", str(aligned[0]), "--resume", str(trained)])
+    adopt_run_options(args, saved, trained)
+    assert (args.image_size, args.embedding_size, args.alpha) == (80, 32, 0.2)
+    assert args.models_base_dir == Path(saved["models_base_dir"])
+    args = build_parser().parse_args(["--data-dir", str(aligned[0]), "--max-nrof-epochs", "5"])
+    adopt_run_options(args, saved, trained)  # allowed to change, with a warning
+    assert args.max_nrof_epochs == 5 and args.image_size == 80
+    args = build_parser().parse_args(["--data-dir", "x", "--embedding-size", "64", "--optimizer", "ADAM"])  # fmt: skip
+    with pytest.raises(
+        OptionError, match=r"--embedding-size 64 \(the run has 32\); --optimizer ADAM"
+    ):
+        adopt_run_options(args, saved, trained)
+    before = (trained / "latest.pt").read_bytes()
+    argv = [
+        "triplet",
+        "--resume",
+        str(trained),
+        "--data-dir",
+        str(aligned[0]),
+        "--image-size",
+        "96",
+    ]
+    assert cli(argv) == 2
+    assert "cannot resume with --image-size 96 (the run has 80)" in capsys.readouterr().err
+    assert (trained / "latest.pt").read_bytes() == before
+
+
+def test_align_keeps_photos_that_share_a_name(tmp_path: Path) -> None:
+    face = cv2.imread(str(SHARED / "images" / "obama.jpg"))
+    (tmp_path / "in" / "barack").mkdir(parents=True)
+    cv2.imwrite(str(tmp_path / "in" / "barack" / "a.jpg"), face)
+    cv2.imwrite(str(tmp_path / "in" / "barack" / "a.png"), cv2.flip(face, 1))
+    opts = AlignOptions(image_size=96, margin=16, threads=2)
+    first = align_dataset(tmp_path / "in", tmp_path / "out", opts, REPO / "models" / "mtcnn")
+    assert first.aligned == 2
+    assert sorted(p.name for p in (tmp_path / "out" / "barack").iterdir()) == ["a.png", "a_png.png"]
+    again = align_dataset(tmp_path / "in", tmp_path / "out", opts, REPO / "models" / "mtcnn")
+    assert (again.aligned, again.skipped) == (0, 2)
+
+
+def test_triplet_loss_needs_someone_with_two_images(tmp_path: Path, capsys) -> None:
+    for person in ("ann", "ben", "cid"):
+        (tmp_path / "one" / person).mkdir(parents=True)
+        cv2.imwrite(str(tmp_path / "one" / person / "x.png"), np.zeros((96, 96, 3), np.uint8))
+    argv = ["triplet", "--data-dir", str(tmp_path / "one"), "--models-base-dir", str(tmp_path)]
+    assert cli([*argv, *TRAIN]) == 2
+    assert "needs identities with 2 or more images" in capsys.readouterr().err
 
 
 def test_loader_workers_change_nothing(aligned, tmp_path: Path) -> None:

@@ -86,6 +86,15 @@ def test_pretrained_with_other_embedding_size_skips_only_the_head(tmp_path) -> N
     assert torch.equal(target.conv2d_1a.conv.weight, source.conv2d_1a.conv.weight)
 
 
+def test_a_state_dict_of_another_network_is_refused(shared_data, tmp_path) -> None:
+    net = build_model("inception_resnet_v1", 128, 0.8)
+    with pytest.raises(ValueError, match=r"only 0 of this network's \d+ tensors"):
+        load_pretrained(net, shared_data / "weights" / "mtcnn" / "pnet.pt")
+    (tmp_path / "x.onnx").write_bytes(b"\x08\x07not a pickle")
+    with pytest.raises(ValueError, match="not a PyTorch state dict"):
+        load_pretrained(net, tmp_path / "x.onnx")
+
+
 def test_bad_settings_are_refused() -> None:
     with pytest.raises(ValueError, match="keep_probability"):
         InceptionResnetV1(keep_probability=0.0)
