@@ -100,6 +100,13 @@ def _add_align(commands: argparse._SubParsersAction) -> None:
         "--threads", type=_count(0), default=0, help="ONNX Runtime threads (0: automatic)"
     )
     p.add_argument("--format", choices=("png", "jpg"), default="png", help="output image format")
+    p.add_argument(
+        "--gpu-memory-fraction",
+        "--gpu_memory_fraction",
+        type=float,
+        default=None,
+        help="accepted for compatibility with the original's scripts and ignored",
+    )
     p.add_argument("--jpeg-quality", type=int, default=90, help="JPEG quality with --format jpg")
     p.set_defaults(func=_align)
 
@@ -384,6 +391,8 @@ def _export(args: argparse.Namespace) -> int:
     from training.data import DataError
     from training.export_facenet import export_checkpoint
 
+    if args.out.suffix.lower() != ".onnx":
+        return _fail(f"--out {args.out}: name the file MODEL.onnx (its sidecar is MODEL.json)")
     if args.int8 and args.parity_images is None:
         return _fail("--int8 needs --parity-images: face crops to calibrate the quantisation on")
     try:

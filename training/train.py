@@ -140,6 +140,15 @@ def build_run(args: argparse.Namespace, ctx: DistContext, on_step: StepHook | No
             f"--loss triplet needs identities with 2 or more images (anchor and positive); "
             f"none of the {len(dataset)} in {args.data_dir} has"
         )
+    crops = (read_settings(args.data_dir) or {}).get("image_size")
+    if isinstance(crops, int) and crops < args.image_size:
+        logger.warning(
+            "%s holds %d px crops: --image-size %d enlarges them (and --random-crop has "
+            "nothing to crop); align at a larger --image-size",
+            args.data_dir,
+            crops,
+            args.image_size,
+        )
     if args.lfw_dir:
         read_pairs(args.lfw_pairs, args.lfw_dir)  # fail now, not after the first epoch
     num_classes = len(dataset) if args.loss == "center" else None
