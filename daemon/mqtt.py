@@ -10,7 +10,9 @@ Delivery is at least once: a message leaves the spool only after the broker's PU
 clean stop first sends what the spool holds (for at most ``DRAIN_ON_STOP_S``, while the
 broker is reachable); a message in flight or still unsent then is sent at the next start
 (``event_id`` lets a consumer drop the rare duplicate). Messages are sent one at a time, so
-order is kept.
+order is kept. A message handed to paho just as the connection drops is sent again once it
+is back (paho may deliver its own copy too: another rare duplicate). The sending thread
+never stops on an error: it logs it and tries again.
 """
 
 from __future__ import annotations
@@ -188,16 +190,26 @@ class MqttPublisher:
     # -- the sending thread ---------------------------------------------------------------
 
     def _run(self) -> None:
+        last_error = ""
         while not self._stop.is_set():
-            metrics.SPOOL_EVENTS.set(len(self.spool))
-            if not self.connected.wait(0.5):
-                continue
-            pending = self.spool.peek(1)
-            if not pending:
-                self._wake.wait(0.5)
-                self._wake.clear()
-                continue
-            self._send(pending[0])
+            try:
+                self._step()
+            except Exception as exc:  # never die: a dead sender would spool forever
+                if repr(exc) != last_error:
+                    logger.exception("MQTT: sending failed; trying again")
+                    last_error = repr(exc)
+                self._stop.wait(1.0)
+
+    def _step(self) -> None:
+        metrics.SPOOL_EVENTS.set(len(self.spool))
+        if not self.connected.wait(0.5):
+            return
+        pending = self.spool.peek(1)
+        if not pending:
+            self._wake.wait(0.5)
+            self._wake.clear()
+            return
+        self._send(pending[0])
 
     def _send(self, message: Message) -> None:
         payload = message.payload
@@ -215,15 +227,17 @@ class MqttPublisher:
                 if message.kind == "event" and event["type"] != "left":  # left: waits by design
                     metrics.EVENT_LATENCY.observe(max(0.0, time.time() - event["frame_ts"]))
                 return
-            if info.rc == paho.MQTT_ERR_QUEUE_SIZE:
-                break
+            if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_AGAIN):
+                break  # not sent (no connection, queue full): the spool keeps it for later
         metrics.MQTT_PUBLISHES.labels("failed").inc()
 
 
 def _wait(info: paho.MQTTMessageInfo, timeout_s: float) -> bool:
-    """True once the broker acknowledged the message."""
+    """True once the broker acknowledged the message; False when it has not (yet), or when
+    paho could not send it (``info.rc`` says why)."""
     try:
         info.wait_for_publish(timeout_s)
+        return info.is_published()
     except (RuntimeError, ValueError):
         time.sleep(min(timeout_s, 0.2))
-    return info.is_published()
+        return False

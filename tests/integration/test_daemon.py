@@ -288,6 +288,29 @@ def test_a_clean_stop_sends_the_spool_before_going_offline(tmp_path, broker) -> 
     assert last_topic == publisher.status_topic, "offline comes after the spooled messages"
 
 
+def test_broker_killed_again_and_again_during_a_backlog_loses_nothing(tmp_path, broker) -> None:
+    """The broker dies (SIGKILL) and comes back every second while a backlog drains: a
+    message handed to paho as the connection drops must not end the sending thread (it once
+    did, silently: the spool then grew for ever, with the connection metric at 1). Every
+    message leaves the spool only when a broker acknowledged it."""
+    spool = Spool(tmp_path / "spool", 100_000)
+    publisher = MqttPublisher(MqttConfig(port=broker.port), "node", spool)
+    publisher.client.reconnect_delay_set(min_delay=1, max_delay=1)
+    topic = publisher.event_topic("cam")
+    for k in range(30_000):
+        spool.append(topic, str(k).encode())
+    publisher.start()
+    for _ in range(12):
+        time.sleep(0.7)
+        broker.stop(signal.SIGKILL)
+        broker.start()
+        assert publisher._thread.is_alive()
+    wait_for(lambda: len(spool) == 0, 120, "the spool to drain", every_s=0.5)
+    assert publisher._thread.is_alive()
+    publisher.stop()
+    spool.close()
+
+
 def test_rtsp_server_restart_reconnects_while_the_other_camera_goes_on(
     tmp_path, broker, rtsp
 ) -> None:

@@ -246,3 +246,18 @@ def test_a_stop_keeps_its_deadline_when_cameras_hang(monkeypatch, caplog) -> Non
     assert 1.9 <= took < 3.5  # readers 1 s together, scheduler until budget - publisher's 1 s
     assert "camera-cam0, camera-cam1" in caplog.text and "did not stop within 1 s" in caplog.text
     assert "the batch scheduler did not finish in time" in caplog.text
+
+
+def test_a_message_paho_could_not_send_is_not_acknowledged_and_raises_nothing() -> None:
+    """paho's info for a publish made as the connection dropped raises on every question;
+    the sender must read it as 'not acknowledged' (and send again), not die."""
+    import paho.mqtt.client as paho
+
+    from daemon.mqtt import _wait
+
+    info = paho.MQTTMessageInfo(7)
+    info.rc = paho.MQTT_ERR_NO_CONN
+    assert _wait(info, 0.05) is False
+    queued = paho.MQTTMessageInfo(8)
+    queued.rc = paho.MQTT_ERR_QUEUE_SIZE
+    assert _wait(queued, 0.05) is False
