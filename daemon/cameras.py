@@ -178,8 +178,9 @@ class CameraReader(threading.Thread):
         self._set_up(False)
 
     def _backoff(self, failures: int, why: str) -> None:
-        delay = min(BACKOFF_MAX_S, BACKOFF_MIN_S * 2 ** min(failures - 1, 10))
+        delay = BACKOFF_MIN_S * 2 ** min(failures - 1, 10)
         delay *= random.uniform(0.75, 1.25)  # jitter: cameras that failed together spread out
+        delay = min(BACKOFF_MAX_S, delay)
         logger.warning("camera %s: %s; retrying in %.1f s", self.config.name, why, delay)
         metrics.CAMERA_RECONNECTS.labels(self.config.name).inc()
         self._stop_event.wait(delay)

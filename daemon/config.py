@@ -241,6 +241,14 @@ class MqttConfig(_Section):
     tls: TlsConfig | None = _field(None, "TLS settings; null = plain TCP")
     topic_prefix: str = _field("facewatch", "every topic starts with PREFIX/NODE_ID/", min_length=1)
     keepalive_s: int = _field(30, "MQTT keepalive", ge=5, le=3600)
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _no_wildcards(cls, prefix: str) -> str:
+        if any(c in prefix for c in "+#\0"):
+            raise ValueError("MQTT topics cannot hold the wildcards + and # (or NUL)")
+        return prefix
+
     spool_dir: str = _field(
         "spool", "events wait here while the broker is away; relative to the config"
     )
@@ -319,6 +327,8 @@ class Config(_Section):
         twice = sorted({n for n in names if names.count(n) > 1})
         if twice:
             raise ValueError(f"camera names must be unique; repeated: {', '.join(twice)}")
+        if not any(c.enabled for c in cameras):
+            raise ValueError("every camera is disabled (enabled: false): enable at least one")
         return cameras
 
 
@@ -458,14 +468,34 @@ def load_config(path: str | Path, secrets: bool = True) -> Config:
     the file's folder. ``secrets``: as ``parse_config``."""
     path = Path(path)
     try:
-        text = path.read_text()
+        with open(path) as stream:  # YAML's messages then name the file
+            raw = yaml.load(stream, _StrictLoader)  # a SafeLoader
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    try:
-        raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     return resolve_paths(parse_config(raw, str(path), secrets), path.resolve().parent)
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """Safe YAML that refuses a key given twice in one mapping (YAML keeps the last one,
+    silently: a second `metrics:` block would replace the first)."""
+
+
+def _mapping_once(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                "while reading a mapping", node.start_mark, f"{key!r} is given twice",
+                key_node.start_mark,
+            )  # fmt: skip
+        seen.add(key)
+    return loader.construct_mapping(node)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_once)
 
 
 def _resolve(base: Path, value: str) -> str:

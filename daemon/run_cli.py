@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from typing import Any
 
@@ -28,7 +29,7 @@ def register(commands: Any) -> None:
     )
     run.add_argument(
         "--run-for",
-        type=float,
+        type=_seconds,
         metavar="SECONDS",
         help="stop cleanly after this many seconds (default: run until SIGTERM / Ctrl-C)",
     )
@@ -45,6 +46,16 @@ def register(commands: Any) -> None:
         "--schema", action="store_true", help="list every setting with its default and meaning"
     )
     check.set_defaults(func=_validate)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text}: must be a positive number of seconds")
+    return value
 
 
 def _validate(args: argparse.Namespace) -> int:

@@ -8,6 +8,7 @@ TensorRT plan is built), ``WATCHDOG=1`` only while frames flow (see
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import signal
@@ -104,6 +105,29 @@ def check_cameras(config: Config) -> None:
             raise ConfigError(f"cameras[{k}] ({camera.name}).url: {exc}") from None
 
 
+def check_files(config: Config) -> None:
+    """Files the config names that must be there before anything starts: MTCNN's models, the
+    TLS files, the JSON-lines file's folder; a ConfigError names the key."""
+    for name in ("pnet", "rnet", "onet"):
+        model = Path(config.engines.mtcnn_dir) / f"{name}.onnx"
+        if not model.is_file():
+            raise ConfigError(f"engines.mtcnn_dir: {model}: not found (MTCNN's {name})")
+    tls = config.mqtt.tls
+    if config.mqtt.enabled and tls is not None:
+        for key in ("ca_file", "cert_file", "key_file"):
+            value = getattr(tls, key)
+            if value is not None and not os.access(value, os.R_OK):
+                why = "cannot be read" if Path(value).is_file() else "not found"
+                raise ConfigError(f"mqtt.tls.{key}: {value}: {why}")
+    if config.events.jsonl_file:
+        out = Path(config.events.jsonl_file)
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.open("a").close()
+        except OSError as exc:
+            raise ConfigError(f"events.jsonl_file: {out}: {exc.strerror or exc}") from None
+
+
 def watchdog_healthy(
     now: float, last_round: float, last_batch: float, cameras_up: bool, stall_s: float
 ) -> bool:
@@ -186,13 +210,15 @@ class Service:
             self.spool = Spool(cfg.mqtt.spool_dir, cfg.mqtt.spool_max_events)
         except OSError as exc:
             raise ConfigError(f"mqtt.spool_dir: {exc}") from None
-        publisher = MqttPublisher(cfg.mqtt, cfg.node_id, self.spool)
+        try:
+            publisher = MqttPublisher(cfg.mqtt, cfg.node_id, self.spool)
+        except (OSError, ValueError) as exc:  # ssl: a CA, certificate or key it cannot use
+            raise ConfigError(f"mqtt.tls: {exc}") from None
         self.publisher = publisher
         for camera in cfg.cameras:
             if camera.enabled:
                 publisher.set_camera_status(camera.name, False)
-        publisher.start()
-        return EventSinks(
+        sinks = EventSinks(
             spool=self.spool,
             topic_for=publisher.event_topic,
             snapshot_topic_for=publisher.snapshot_topic,
@@ -200,12 +226,15 @@ class Service:
             stdout=cfg.events.stdout,
             jsonl_file=cfg.events.jsonl_file,
         )
+        publisher.start()  # last: `online` only once everything else is in place
+        return sinks
 
     # -- running ------------------------------------------------------------------------
 
     def run(self) -> int:
         cfg = self.config
         check_cameras(cfg)
+        check_files(cfg)
         detector, facenet = self.load_engines()
         if facenet is not None:
             try:  # fail now on a wrong gallery; the scheduler thread opens its own (SQLite
@@ -219,7 +248,16 @@ class Service:
             [c.name for c in cameras], cfg.engines.backend, facenet.model_id if facenet else ""
         )
         if cfg.metrics.enabled:
-            metrics.serve(cfg.metrics.address, cfg.metrics.port)
+            try:
+                metrics.serve(cfg.metrics.address, cfg.metrics.port)
+            except OSError as exc:
+                cause = exc.__cause__  # not an address, or not one of this host's: the config's
+                if (
+                    isinstance(cause, socket.gaierror)
+                    or getattr(cause, "errno", 0) == errno.EADDRNOTAVAIL
+                ):
+                    raise ConfigError(f"metrics.address: {exc}") from None
+                raise
         sinks = self._start_outputs()
         pipeline = Pipeline(cfg, detector, facenet, sinks)
         queues = FrameQueues([c.name for c in cameras], cfg.batching.queue_frames)

@@ -12,6 +12,7 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,6 +53,7 @@ class Spool:
         except (OSError, sqlite3.Error) as exc:
             raise OSError(f"MQTT spool {self.path}: cannot open: {exc}") from exc
         self._lock = threading.Lock()
+        self._dropped, self._next_drop_log = 0, 0.0
         self._count = self._db.execute("SELECT COUNT(*) FROM messages").fetchone()[0]
         if self._count:
             logger.info(
@@ -74,9 +76,14 @@ class Spool:
                     (dropped,),
                 )
                 self._count -= dropped
-                logger.warning(
-                    "MQTT spool full (%d): dropped the oldest message", self.max_messages
-                )
+                self._dropped += dropped
+                if time.monotonic() >= self._next_drop_log:  # once a minute, not per message
+                    logger.warning(
+                        "MQTT spool full (%d): dropped the oldest message (%d so far)",
+                        self.max_messages,
+                        self._dropped,
+                    )
+                    self._next_drop_log = time.monotonic() + 60.0
             self._db.execute(
                 "INSERT INTO messages (topic, payload, qos, retain, kind) VALUES (?, ?, ?, ?, ?)",
                 (topic, payload, qos, int(retain), kind),

@@ -411,6 +411,9 @@ def test_the_watchdog_is_fed_while_every_camera_is_down(
         ("cameras: []\n", "cameras"),
         ("node_id: n\n", "cameras: required key is missing"),
         ("cameras: [{name: a, url: x.mp4}]\nmqtt: {password: '${FACEWATCH_UNSET_VAR}'}\n", "mqtt.password: environment variable FACEWATCH_UNSET_VAR is not set"),
+        ("cameras: [{name: a, url: x.mp4}]\nmetrics: {port: 9000}\nmetrics: {port: 9001}\n", "'metrics' is given twice"),
+        ("cameras: [{name: a, url: x.mp4}]\nmqtt: {topic_prefix: 'home/#'}\n", "mqtt.topic_prefix: Value error, MQTT topics cannot hold the wildcards"),
+        ("cameras: [{name: a, url: x.mp4, enabled: false}]\n", "every camera is disabled"),
     ],
 )  # fmt: skip
 def test_bad_config_files_are_named_with_the_key(tmp_path, capsys, yaml_text, expected) -> None:
@@ -434,6 +437,10 @@ def test_run_refuses_what_it_cannot_use_naming_the_key(tmp_path, test_model) -> 
         f"cameras[1] (notes).url: {text_file}": {},
         "recognition.gallery: ": {"recognition": {"model": str(test_model), "gallery": str(other)}},
         "mqtt.spool_dir: ": {"mqtt": {"spool_dir": str(text_file / "spool")}},
+        "mqtt.tls.ca_file: ": {"mqtt": {"tls": {"ca_file": str(tmp_path / "no-ca.pem")}}},
+        "events.jsonl_file: ": {"events": {"jsonl_file": str(text_file / "events.jsonl")}},
+        "engines.mtcnn_dir: ": {"engines": {"mtcnn_dir": str(tmp_path)}},
+        "metrics.address: ": {"metrics": {"address": "not-an-address.invalid"}},
     }
     for expected, sections in cases.items():
         cameras = [{"name": "clip", "url": str(CLIP)}]
