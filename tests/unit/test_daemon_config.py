@@ -164,7 +164,11 @@ def test_the_demo_config_is_valid_and_every_setting_is_described() -> None:
     config = load_config(DEFAULT_CONFIG)
     assert config.cameras[0].url.endswith("hamilton_360p.mp4")
     lines = schema_lines()
-    assert any(line.startswith("cameras[].fps (default 5.0): ") for line in lines)
+    assert any(line.startswith("cameras[].fps (default 5.0; > 0, <= 60): ") for line in lines)
+    # defaults as YAML spells them, so a line can be pasted into the file
+    assert any(line.startswith("recognition.threshold (default null; > 0, <= 4): ") for line in lines)  # fmt: skip
+    assert any(line.startswith("detection.thresholds (default [0.6, 0.7, 0.7]): ") for line in lines)  # fmt: skip
+    assert any("(default openvino; one of openvino, opencv, onnxruntime, tensorrt, torch)" in line for line in lines)  # fmt: skip
     assert all(line.split(": ", 1)[1].strip() for line in lines)
 
 
