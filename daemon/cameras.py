@@ -104,6 +104,8 @@ def source_kind(url: str) -> str:
 
 def open_capture(url: str) -> cv2.VideoCapture:
     """An opened capture or OSError naming the source."""
+    # OpenCV's own warnings name no camera: the reader logs its failures, with the camera
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
     kind = source_kind(url)
     if kind == "device":
         capture = cv2.VideoCapture(url, cv2.CAP_V4L2)
