@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -197,14 +197,13 @@ def _export(args: argparse.Namespace) -> int:
         )
     _check_export_path(args.file, gallery_path(args), args.force)
     with Gallery.open(gallery_path(args)) as gallery:
-        vectors, owners, sources, created = gallery.embeddings()
-        people = gallery.identities()
         header = {
             "model_id": gallery.model_id,
             "embedding_size": gallery.embedding_size,
             "threshold": gallery.threshold,
             "distance": "squared euclidean on L2-normalised embeddings",
         }
+        rows = Rows(header, gallery.identities(), *gallery.embeddings())
     # biometric data: owner-only, written aside and moved into place (never half a file)
     part = args.file.with_name(f".{args.file.name}.{os.getpid()}.part")
     try:
@@ -212,12 +211,13 @@ def _export(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise GalleryError(f"{args.file}: cannot write the export: {exc.strerror}") from None
     try:
-        _write_export(fd, suffix, header, people, vectors, owners, sources, created)
+        _write_export(fd, suffix, rows)
         os.replace(part, args.file)
     finally:
         part.unlink(missing_ok=True)
     print(
-        f"exported {len(people)} person(s), {len(vectors)} embedding(s) to {args.file} ({suffix[1:]})"
+        f"exported {len(rows.people)} person(s), {len(rows.vectors)} embedding(s) to {args.file} "
+        f"({suffix[1:]})"
     )
     return 0
 
@@ -233,46 +233,43 @@ def _check_export_path(target: Path, gallery: Path, force: bool) -> None:
         raise GalleryError(f"{target}: no folder {target.parent}")
 
 
-def _write_export(
-    fd: int,
-    suffix: str,
-    header: dict[str, Any],
-    people: list[Any],
-    vectors: np.ndarray,
-    owners: list[str],
-    sources: list[str],
-    created: list[str],
-) -> None:
+class Rows(NamedTuple):
+    """What an export holds: the gallery's header, its people, and per embedding the
+    vector, its person, source image hash and time."""
+
+    header: dict[str, Any]
+    people: list[Any]
+    vectors: np.ndarray
+    owners: list[str]
+    sources: list[str]
+    created: list[str]
+
+
+def _write_export(fd: int, suffix: str, rows: Rows) -> None:
+    people = rows.people
     with os.fdopen(fd, "wb") as handle:
         if suffix == ".npz":
             np.savez(
                 handle,
-                vectors=vectors,
-                names=np.array(owners, dtype=str),
-                source_sha256=np.array(sources, dtype=str),
-                created=np.array(created, dtype=str),
+                vectors=rows.vectors,
+                names=np.array(rows.owners, dtype=str),
+                source_sha256=np.array(rows.sources, dtype=str),
+                created=np.array(rows.created, dtype=str),
                 identity_names=np.array([p.name for p in people], dtype=str),
                 identity_thresholds=np.array(
                     [np.nan if p.threshold is None else p.threshold for p in people], np.float32
                 ),
-                header=np.array(json.dumps(header)),
+                header=np.array(json.dumps(rows.header)),
             )
         else:
-            handle.write(
-                json.dumps(_export_json(header, people, vectors, owners, sources, created)).encode()
-            )
+            handle.write(json.dumps(_export_json(rows)).encode())
 
 
-def _export_json(
-    header: dict[str, Any],
-    people: list[Any],
-    vectors: np.ndarray,
-    owners: list[str],
-    sources: list[str],
-    created: list[str],
-) -> dict[str, Any]:
+def _export_json(rows: Rows) -> dict[str, Any]:
+    people, header = rows.people, rows.header
     by_name: dict[str, list[dict[str, Any]]] = {p.name: [] for p in people}
-    for vector, owner, source, when in zip(vectors, owners, sources, created, strict=True):
+    zipped = zip(rows.vectors, rows.owners, rows.sources, rows.created, strict=True)
+    for vector, owner, source, when in zipped:
         by_name[owner].append(
             {"vector": [float(v) for v in vector], "source_sha256": source, "created": when}
         )
