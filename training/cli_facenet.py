@@ -221,6 +221,29 @@ def _add_validate(commands: argparse._SubParsersAction) -> None:
         "--threads", type=_count(0), default=0, help="ONNX Runtime threads (0: automatic)"
     )
     p.add_argument(
+        "--distance-metric",
+        "--distance_metric",
+        dest="distance_metric",
+        type=int,
+        choices=(0, 1),
+        default=0,
+        help="as the original: 0 squared euclidean (default), 1 angular (angle / pi)",
+    )
+    p.add_argument(
+        "--use-flipped-images",
+        "--use_flipped_images",
+        dest="use_flipped_images",
+        action="store_true",
+        help="embed each image and its mirror, concatenated (as the original)",
+    )
+    p.add_argument(
+        "--subtract-mean",
+        "--subtract_mean",
+        dest="subtract_mean",
+        action="store_true",
+        help="take the mean embedding away before the distances (as the original)",
+    )
+    p.add_argument(
         "--precision",
         choices=("fp32", "bf16"),
         default="fp32",
@@ -253,7 +276,15 @@ def run_validate(args: argparse.Namespace) -> tuple[object, int]:
             args.threads,
         )
     return evaluate_pairs(
-        embedder, args.lfw_pairs, args.lfw_dir, args.lfw_nrof_folds, args.batch_size, aligner
+        embedder,
+        args.lfw_pairs,
+        args.lfw_dir,
+        args.lfw_nrof_folds,
+        args.batch_size,
+        aligner,
+        args.distance_metric,
+        args.subtract_mean,
+        args.use_flipped_images,
     )
 
 

@@ -222,19 +222,46 @@ def pair_images(pairs: list[Pair]) -> list[Path]:
     return sorted({p for pair in pairs for p in (pair.path_a, pair.path_b)})
 
 
+DISTANCE_METRICS = (0, 1)  # the original's --distance_metric: squared euclidean, angular
+
+
 def evaluate_embedded(
-    pairs: list[Pair], images: list[Path], embeddings: np.ndarray, nrof_folds: int = 10
+    pairs: list[Pair],
+    images: list[Path],
+    embeddings: np.ndarray,
+    nrof_folds: int = 10,
+    distance_metric: int = 0,
+    subtract_mean: bool = False,
 ) -> LfwResult:
     """The protocol on ``embeddings`` of ``images`` (row i embeds images[i])."""
     row = {p: i for i, p in enumerate(images)}
     a = embeddings[[row[p.path_a] for p in pairs]]
     b = embeddings[[row[p.path_b] for p in pairs]]
     same = np.array([p.same for p in pairs])
-    return evaluate_distances(pair_distances(a, b), same, nrof_folds)
+    return evaluate_distances(
+        pair_distances(a, b, distance_metric, subtract_mean), same, nrof_folds
+    )
 
 
-def pair_distances(emb_a: np.ndarray, emb_b: np.ndarray) -> np.ndarray:
-    return np.sum((np.asarray(emb_a) - np.asarray(emb_b)) ** 2, axis=1)
+def pair_distances(
+    emb_a: np.ndarray, emb_b: np.ndarray, distance_metric: int = 0, subtract_mean: bool = False
+) -> np.ndarray:
+    """Per pair, as the original validate_on_lfw.py: metric 0 the squared euclidean
+    distance, 1 the angle over pi (0 .. 1); ``subtract_mean`` first takes the mean of all
+    the pairs' embeddings away (the original does it per fold's training half; over all
+    pairs here, which uses no labels)."""
+    a, b = np.asarray(emb_a, np.float64), np.asarray(emb_b, np.float64)
+    if subtract_mean:
+        mean = np.concatenate([a, b]).mean(axis=0)
+        a, b = a - mean, b - mean
+    if distance_metric == 0:
+        return np.sum((a - b) ** 2, axis=1)
+    if distance_metric == 1:
+        cos = np.sum(a * b, axis=1) / np.maximum(
+            np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12
+        )
+        return np.arccos(np.clip(cos, -1.0, 1.0)) / np.pi
+    raise ValueError(f"distance_metric {distance_metric}: 0 (squared euclidean) or 1 (angular)")
 
 
 def plot_roc(result: LfwResult, path: str | Path, title: str = "LFW ROC") -> Path:

@@ -85,16 +85,28 @@ def evaluate_pairs(
     nrof_folds: int = 10,
     batch_size: int = 100,
     aligner: MtcnnAligner | None = None,
+    distance_metric: int = 0,
+    subtract_mean: bool = False,
+    flipped: bool = False,
 ) -> tuple[LfwResult, int]:
     """Embed every image the pairs name once, then run the protocol. Returns the result
-    and the number of images where no face was found (0 for aligned crops)."""
+    and the number of images where no face was found (0 for aligned crops). ``flipped``:
+    as the original's --use_flipped_images, each image's embedding and its mirror's,
+    concatenated."""
     pairs, declared = read_pairs(pairs_file, lfw_dir)
     if declared and declared != nrof_folds:
         logger.info("%s declares %d folds; evaluating with %d", pairs_file, declared, nrof_folds)
     images = pair_images(pairs)
     crops, no_face = load_faces(images, aligner, embedder.image_size)
     embeddings = embedder.embed_rgb(crops, batch_size=batch_size)  # type: ignore[call-arg]
-    return evaluate_embedded(pairs, images, embeddings, nrof_folds), no_face
+    if flipped:
+        mirrored = np.ascontiguousarray(crops[:, :, ::-1])
+        mirror = embedder.embed_rgb(mirrored, batch_size=batch_size)  # type: ignore[call-arg]
+        embeddings = np.concatenate([embeddings, mirror], axis=1)
+    result = evaluate_embedded(
+        pairs, images, embeddings, nrof_folds, distance_metric, subtract_mean
+    )
+    return result, no_face
 
 
 def evaluate_aligned(

@@ -195,6 +195,12 @@ def test_validate_export_and_engine_parity(trained: Path, aligned, tmp_path: Pat
     )
     _engine_matches_checkpoint(onnx_path, checkpoint, aligned[0])  # the .pt2 still fits
     assert recorded.extra["lfw"]["nrof_pairs"] == 20 and recorded.extra["lfw"]["pairs"]
+    # the original's validate_on_lfw.py options, spelled as it spells them
+    original = ["--use_flipped_images", "--distance_metric", "1", "--subtract_mean"]
+    out = tmp_path / "original"
+    assert cli(["validate", str(onnx_path), *lfw_args, *MTCNN_ARGS, *original, "--out-dir", str(out)]) == 0  # fmt: skip
+    angular = json.loads((out / "lfw.json").read_text())
+    assert 0.0 <= angular["best_threshold"] <= 1.0 and len(angular["fold_accuracies"]) == 2
     # the figures of one model are never recorded for another
     other = ["export", str(trained / "epoch-0001.pt"), "--out", str(tmp_path / "o.onnx")]
     assert cli([*other, "--lfw-report", str(tmp_path / "val" / "lfw.json")]) == 2

@@ -8,7 +8,14 @@ import pytest
 pytest.importorskip("torch")
 
 from training.data import DataError
-from training.lfw import auc, equal_error_rate, evaluate_distances, plot_roc, read_pairs
+from training.lfw import (
+    auc,
+    equal_error_rate,
+    evaluate_distances,
+    pair_distances,
+    plot_roc,
+    read_pairs,
+)
 
 GRID = np.array([0.5, 1.5, 2.5])
 # fold 1: pairs 0-3, fold 2: pairs 4-7
@@ -102,3 +109,19 @@ def test_roc_png_is_written(tmp_path) -> None:
     path = plot_roc(_result(), tmp_path / "roc.png")
     image = cv2.imread(str(path))
     assert image is not None and image.shape[0] >= 300
+
+
+def test_the_originals_distance_metrics_and_mean_subtraction() -> None:
+    a = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 2.0]])
+    b = np.array([[0.0, 1.0], [-1.0, 0.0], [0.0, 1.0]])
+    assert pair_distances(a, b).tolist() == pytest.approx([2.0, 4.0, 1.0])  # squared L2
+    assert pair_distances(a, b, 1).tolist() == pytest.approx([0.5, 1.0, 0.0])  # angle / pi
+    # the mean of all six embeddings is (1/6, 4/6); taken away, the third pair is no longer
+    # collinear: its angle grows
+    centred = pair_distances(a, b, 1, subtract_mean=True)
+    mean = np.concatenate([a, b]).mean(axis=0)
+    u, v = a[2] - mean, b[2] - mean
+    expected = np.arccos(u @ v / np.linalg.norm(u) / np.linalg.norm(v)) / np.pi
+    assert centred[2] == pytest.approx(expected) and centred[2] > 0.05
+    with pytest.raises(ValueError, match="distance_metric 2"):
+        pair_distances(a, b, 2)
