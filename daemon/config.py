@@ -485,8 +485,14 @@ class _StrictLoader(yaml.SafeLoader):
 def _mapping_once(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
     seen: set[Any] = set()
     for key_node, _ in node.value:
-        key = loader.construct_object(key_node)
-        if key in seen:
+        if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor`: YAML's own business
+            continue
+        try:
+            key = loader.construct_object(key_node)
+            twice = key in seen
+        except TypeError:  # an unhashable key: construct_mapping says so
+            continue
+        if twice:
             raise yaml.constructor.ConstructorError(
                 "while reading a mapping", node.start_mark, f"{key!r} is given twice",
                 key_node.start_mark,

@@ -240,7 +240,7 @@ class Gallery:
             "SELECT i.name, e.source_sha256 FROM embeddings e JOIN identities i "
             "ON i.id = e.identity_id"
         ):
-            holders.setdefault(source, set()).add(name)
+            holders.setdefault(source, set()).add(lookup_name(name))
         return holders
 
     # -- matching ---------------------------------------------------------------------------
@@ -341,11 +341,9 @@ class Gallery:
         return added
 
     def _identity_id(self, conn: sqlite3.Connection, name: str, create: bool = False) -> int:
-        row = conn.execute(
-            "SELECT id FROM identities WHERE name = ?", (lookup_name(name),)
-        ).fetchone()
-        if row is not None:
-            return int(row[0])
+        found = _find(conn, name)
+        if found is not None:
+            return found
         if not create:
             raise GalleryError(f"{self.path}: no identity named {name!r}")
         now = now_iso()
@@ -371,7 +369,7 @@ class Gallery:
             new = clean_name(new)
             if new == lookup_name(old):
                 raise GalleryError(f"{self.path}: {old!r} is already called {new!r}")
-            if conn.execute("SELECT 1 FROM identities WHERE name = ?", (new,)).fetchone():
+            if _find(conn, new) is not None:
                 raise GalleryError(f"{self.path}: an identity named {new!r} already exists")
             conn.execute(
                 "UPDATE identities SET name = ?, updated = ? WHERE id = ?",
@@ -402,3 +400,13 @@ class Gallery:
             return self._conn.execute(sql).fetchall()
         except sqlite3.DatabaseError as exc:
             raise translate(self.path, exc) from None
+
+
+def _find(conn: sqlite3.Connection, name: str) -> int | None:
+    """The id of the identity called ``name``, compared as ``lookup_name`` spells both (a
+    gallery written before names were normalised may hold a macOS NFD name, or spaces)."""
+    wanted = lookup_name(name)
+    for identity_id, stored in conn.execute("SELECT id, name FROM identities"):
+        if lookup_name(stored) == wanted:
+            return int(identity_id)
+    return None

@@ -165,15 +165,18 @@ def _jobs(input_dir: Path, output_dir: Path, random_order: bool) -> list[tuple[P
 
 
 def _bases(folder: Path, out_class: Path) -> list[tuple[Path, Path]]:
-    """Each image of ``folder`` and its output path without suffix: its stem, or, for an image
-    whose stem an earlier one of the folder has (a.jpg, then a.png), stem_suffix (a_png)."""
-    seen: set[str] = set()
-    pairs = []
-    for src in list_images(folder):
-        stem = src.stem if src.stem not in seen else f"{src.stem}_{src.suffix[1:].lower()}"
-        seen.add(stem)
-        pairs.append((src, out_class / stem))
-    return pairs
+    """Each image of ``folder`` and its output path without suffix (its stem, as the
+    original's). Photos that share a stem (a.jpg, a.png) would share one crop, the second
+    taken for done: a DataError names them, before anything is aligned."""
+    images = list_images(folder)
+    stems = [src.stem for src in images]
+    shared = sorted(src.name for src in images if stems.count(src.stem) > 1)
+    if shared:
+        raise DataError(
+            f"{folder}: {', '.join(shared)} share a name, and so would their aligned crop: "
+            "rename them apart"
+        )
+    return [(src, out_class / src.stem) for src in images]
 
 
 def _record_settings(output_dir: Path, opts: AlignOptions) -> None:

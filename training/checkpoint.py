@@ -207,7 +207,8 @@ FIXED_ON_RESUME = (
     "standardization",
 )
 # Options of this process and machine, never taken from the checkpoint.
-LOCAL_OPTIONS = frozenset({"resume", "config", "gpu", "workers", "gpu_memory_fraction"})
+LOCAL_OPTIONS = frozenset({"resume", "config", "gpu", "workers", "gpu_memory_fraction", "amp"})
+SAME_NETWORK = {"models.inception_resnet_v1": "inception_resnet_v1"}  # --model-def spellings
 
 
 def adopt_run_options(args: Any, saved: dict[str, Any], source: Path) -> None:
@@ -226,7 +227,7 @@ def adopt_run_options(args: Any, saved: dict[str, Any], source: Path) -> None:
         theirs = Path(value) if key in paths and value is not None else value
         if key not in given:
             setattr(args, key, theirs)
-        elif ours != theirs:
+        elif SAME_NETWORK.get(ours, ours) != SAME_NETWORK.get(theirs, theirs):
             flag = "--" + key.replace("_", "-")
             if key in FIXED_ON_RESUME:
                 refused.append(f"{flag} {ours} (the run has {theirs})")

@@ -161,9 +161,11 @@ def _triplet(args: argparse.Namespace) -> int:
     try:
         apply_config(args, parser)
         model_dir = train(args)
-    except (OptionError, DataError, FileNotFoundError, EngineError, ValueError) as exc:
-        logger.debug("details", exc_info=True)
+    except (OptionError, DataError, FileNotFoundError, EngineError) as exc:
         return _fail(str(exc))
+    except ValueError as exc:  # ours name the file or option; the traceback, if it is a bug
+        logger.debug("details", exc_info=True)
+        return _fail(f"{exc} (facewatch --log-level DEBUG train ... shows where)")
     if os.environ.get("RANK", "0") == "0":
         print(f"checkpoints: {model_dir}")
     return 0
@@ -403,12 +405,12 @@ def _lfw_report(report: Path, model: Path) -> dict[str, object]:
     except (OSError, ValueError) as exc:
         raise ValueError(f"--lfw-report {report}: cannot read it ({exc})") from None
     measured = figures.get("model_sha256")
-    same = (
-        measured == file_sha256(model)
-        if measured
-        else Path(str(figures.get("model"))).resolve() == model.resolve()
-    )
-    if not same:
+    if not measured:
+        raise ValueError(
+            f"--lfw-report {report}: does not say which model file it measured (an older "
+            f"facewatch wrote it): validate again (facewatch train validate {model} --out-dir DIR)"
+        )
+    if measured != file_sha256(model):
         raise ValueError(
             f"--lfw-report {report}: measured on {figures.get('model')}, another model file "
             f"than {model}; validate this one (facewatch train validate {model} --out-dir DIR)"

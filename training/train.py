@@ -327,7 +327,8 @@ def train_run(run: Run) -> Path:
 
 def train(args: argparse.Namespace, on_step: StepHook | None = None) -> Path:
     """Check the options, join the process group when under torchrun, train."""
-    check_options(args)
+    if not args.resume:
+        check_options(args)  # a resumed run's are checked once its own are adopted
     ctx = init_from_env(args.gpu)
     try:
         run = build_run(args, ctx, on_step)

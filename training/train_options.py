@@ -28,7 +28,10 @@ class OptionError(ValueError):
 
 
 def _opt(parser: argparse.ArgumentParser, name: str, **kwargs: Any) -> None:
-    """Add ``--name-with-dashes`` and its original ``--name_with_underscores`` spelling."""
+    """Add ``--name-with-dashes`` and its original ``--name_with_underscores`` spelling; an
+    on/off flag also gets its ``--no-`` form (to turn off what a recipe or a run turned on)."""
+    if kwargs.get("action") == "store_true":
+        kwargs = {**kwargs, "action": argparse.BooleanOptionalAction, "default": False}
     dashed = "--" + name.replace("_", "-")
     flags = [dashed] if "_" not in name else [dashed, "--" + name]
     parser.add_argument(*flags, dest=name, **kwargs)
@@ -332,6 +335,7 @@ def apply_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> N
             raise OptionError(f"{path}: unknown option {key!r}")
         if dest in given:
             continue
+        given.add(dest)  # a recipe's value, like the command line's, is the user's choice
         action = known[dest]
         if value is not None and action.type is not None and not isinstance(value, bool):
             try:
@@ -341,6 +345,7 @@ def apply_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> N
         if action.choices is not None and value not in action.choices:
             raise OptionError(f"{path}: {key}: {value!r} is not one of {sorted(action.choices)}")
         setattr(args, dest, value)
+    setattr(args, GIVEN, given)
 
 
 _RANGES: tuple[tuple[str, str, Any], ...] = (

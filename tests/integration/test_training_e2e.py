@@ -286,7 +286,7 @@ def test_resume_continues_with_the_runs_own_options(
     trained: Path, aligned, tmp_path: Path, capsys
 ) -> None:
     from training.checkpoint import Checkpoint, adopt_run_options
-    from training.train_options import OptionError, build_parser
+    from training.train_options import OptionError, apply_config, build_parser
 
     saved = Checkpoint.load(trained / "latest.pt").options
     args = build_parser().parse_args(["--data-dir", str(aligned[0]), "--resume", str(trained)])
@@ -296,6 +296,16 @@ def test_resume_continues_with_the_runs_own_options(
     args = build_parser().parse_args(["--data-dir", str(aligned[0]), "--max-nrof-epochs", "5"])
     adopt_run_options(args, saved, trained)  # allowed to change, with a warning
     assert args.max_nrof_epochs == 5 and args.image_size == 80
+    # a recipe's values count as given; flags can be turned off; --model-def's two spellings
+    # are one network
+    recipe = tmp_path / "longer.yaml"
+    recipe.write_text("max_nrof_epochs: 7\nimage_size: 80\n")
+    parser = build_parser()
+    argv = ["--data-dir", "d", "--config", str(recipe), "--no-random-crop", "--model-def", "models.inception_resnet_v1"]  # fmt: skip
+    args = parser.parse_args(argv)
+    apply_config(args, parser)
+    adopt_run_options(args, saved, trained)
+    assert (args.max_nrof_epochs, args.random_crop, args.random_flip) == (7, False, True)
     args = build_parser().parse_args(["--data-dir", "x", "--embedding-size", "64", "--optimizer", "ADAM"])  # fmt: skip
     with pytest.raises(
         OptionError, match=r"--embedding-size 64 \(the run has 32\); --optimizer ADAM"
@@ -316,17 +326,17 @@ def test_resume_continues_with_the_runs_own_options(
     assert (trained / "latest.pt").read_bytes() == before
 
 
-def test_align_keeps_photos_that_share_a_name(tmp_path: Path) -> None:
+def test_align_refuses_photos_that_would_share_a_crop(tmp_path: Path) -> None:
+    from training.data import DataError
+
     face = cv2.imread(str(SHARED / "images" / "obama.jpg"))
     (tmp_path / "in" / "barack").mkdir(parents=True)
     cv2.imwrite(str(tmp_path / "in" / "barack" / "a.jpg"), face)
     cv2.imwrite(str(tmp_path / "in" / "barack" / "a.png"), cv2.flip(face, 1))
     opts = AlignOptions(image_size=96, margin=16, threads=2)
-    first = align_dataset(tmp_path / "in", tmp_path / "out", opts, REPO / "models" / "mtcnn")
-    assert first.aligned == 2
-    assert sorted(p.name for p in (tmp_path / "out" / "barack").iterdir()) == ["a.png", "a_png.png"]
-    again = align_dataset(tmp_path / "in", tmp_path / "out", opts, REPO / "models" / "mtcnn")
-    assert (again.aligned, again.skipped) == (0, 2)
+    with pytest.raises(DataError, match=r"barack: a\.jpg, a\.png share a name"):
+        align_dataset(tmp_path / "in", tmp_path / "out", opts, REPO / "models" / "mtcnn")
+    assert not (tmp_path / "out" / "barack").exists()  # nothing half done
 
 
 def test_triplet_loss_needs_someone_with_two_images(tmp_path: Path, capsys) -> None:

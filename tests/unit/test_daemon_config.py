@@ -220,3 +220,20 @@ def test_a_badly_typed_password_is_not_echoed() -> None:
 )
 def test_redact_url_masks_passwords_only(text: str, shown: str) -> None:
     assert redact_url(text) == shown
+
+
+def test_yaml_anchors_and_merge_keys_load_and_a_repeated_key_is_refused(tmp_path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "defaults: &cam {url: rtsp://h/1, fps: 4}\n"  # an anchor is an unknown key: refused
+    )
+    with pytest.raises(ConfigError, match="defaults"):
+        load_config(path)
+    path.write_text(
+        "cameras:\n  - &door {name: door, url: rtsp://h/1, fps: 4}\n  - <<: *door\n    name: gate\n"
+    )
+    config = load_config(path)
+    assert [(c.name, c.fps) for c in config.cameras] == [("door", 4.0), ("gate", 4.0)]
+    path.write_text("cameras: [{name: a, url: rtsp://h/1}]\nmqtt: {port: 1}\nmqtt: {port: 2}\n")
+    with pytest.raises(ConfigError, match=r"(?s)c\.yaml.*'mqtt' is given twice.*line 3"):
+        load_config(path)

@@ -318,3 +318,21 @@ def test_calibrate_refuses_a_threshold_that_misses_its_target(tmp_path, capsys) 
     with Gallery.open(path) as reader:
         assert reader.threshold == DEFAULT_THRESHOLD
     assert gallery_cli(path, capsys, "calibrate", "--target-far", "1.5")[0] == 2
+
+
+def test_names_stored_before_normalisation_are_still_found(gallery) -> None:
+    """An older facewatch stored names as typed: a macOS (NFD) folder name, trailing spaces."""
+    path = gallery.path
+    gallery.close()
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("UPDATE identities SET name = ? WHERE name = 'bob'", ("Jose\u0301",))
+    conn.execute("UPDATE identities SET name = ? WHERE name = 'carol'", ("Ada ",))
+    conn.close()
+    with Gallery.open(path, MODEL, writable=True) as g:
+        assert g.enroll([Enrollment("Jos\u00e9", axis(5), "j2")]) == 1  # the same person
+        assert len(g.identities()) == 3
+        assert g.sources()["b1"] == {"Jos\u00e9"}
+        g.set_threshold("Ada", 0.5)
+        g.rename("Ada", "Ada Lovelace")
+        assert g.remove("Jos\u00e9") == 2
+        assert [i.name for i in g.identities()] == ["Ada Lovelace", "alice"]
