@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from engines import BACKENDS, EngineError
 from engines.detectors import load_detector
-from engines.images import ImageError, read_image
+from engines.images import ImageError, cv_path, read_image, write_image
 from engines.loader import default_models_dir
 from engines.mtcnn import MTCNN, FrameDetections
 
@@ -132,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
             else:
                 _detect_image(detector, path, args, summary)
             summary.files += 1
-        except (ImageError, VideoError) as exc:
+        except (ImageError, VideoError, OSError) as exc:
             summary.errors.append(str(exc))
             tqdm.write(f"error: {exc}", file=sys.stderr)
     _print_summary(summary, time.monotonic() - started)
@@ -194,12 +194,11 @@ def _detect_image(detector: MTCNN, path: Path, args: argparse.Namespace, summary
     summary.faces += len(found)
     _emit(args, path, None, image.shape, found)
     if args.annotate:
-        out = _unique(args.annotate / f"{path.stem}.jpg")
-        cv2.imwrite(str(out), draw(image, found))
+        write_image(_unique(args.annotate / f"{path.stem}.jpg"), draw(image, found))
 
 
 def _detect_video(detector: MTCNN, path: Path, args: argparse.Namespace, summary: Summary) -> None:
-    capture = cv2.VideoCapture(str(path))
+    capture = cv2.VideoCapture(cv_path(path))
     if not capture.isOpened():
         raise VideoError(f"{path}: cannot open as a video")
     total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
@@ -245,6 +244,11 @@ def _detect_video(detector: MTCNN, path: Path, args: argparse.Namespace, summary
             writer.release()
     if index == 0:
         raise VideoError(f"{path}: no frame could be decoded")
+    if total and index < 0.9 * total:  # the header's count is approximate, not this far off
+        raise VideoError(
+            f"{path}: only {index} of its {total} frames could be decoded (truncated or "
+            "corrupt?); the faces of those are above"
+        )
     if not args.json:
         tqdm.write(f"{path}: {index} frames, {summary.faces - faces_before} faces", file=sys.stdout)
 
@@ -254,7 +258,10 @@ def _video_writer(
 ) -> cv2.VideoWriter:
     out = _unique(folder / f"{source.stem}.mp4")
     fourcc = cv2.VideoWriter.fourcc(*"mp4v")
-    return cv2.VideoWriter(str(out), fourcc, fps, (shape[1], shape[0]))
+    writer = cv2.VideoWriter(cv_path(out), fourcc, fps, (shape[1], shape[0]))
+    if not writer.isOpened():
+        raise VideoError(f"{out}: cannot write the annotated video")
+    return writer
 
 
 def _unique(path: Path) -> Path:

@@ -33,7 +33,7 @@ from engines import BACKENDS, EngineError
 from engines.base import file_sha256
 from engines.detectors import load_facenet
 from engines.facenet import FaceNet
-from engines.images import ImageError, read_image
+from engines.images import ImageError, read_image, write_image
 from engines.loader import PRECISIONS, default_models_dir
 from engines.mtcnn import MTCNN, FrameDetections
 
@@ -400,9 +400,7 @@ def _identify_one(models: Models, gallery: Gallery, path: Path, args: argparse.N
             box = " ".join(f"{v:.0f}" for v in face["bbox_xyxy"])
             tqdm.write(f"  face {k} [{box}]: {_describe(face)}", file=sys.stdout)
     if args.annotate:
-        out = _unique(args.annotate / f"{path.stem}.jpg")
-        if not cv2.imwrite(str(out), draw(image, found, matches)):
-            raise OSError(f"{out}: cannot write the annotated image")
+        write_image(_unique(args.annotate / f"{path.stem}.jpg"), draw(image, found, matches))
 
 
 def _match_json(match: Match) -> dict[str, object]:

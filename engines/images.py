@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -34,6 +35,33 @@ def as_bgr8(image: np.ndarray) -> np.ndarray:
     return image
 
 
+def shown(path: str | Path) -> str:
+    """A file name fit to print: bytes that are not UTF-8 as the replacement character."""
+    return str(path).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def cv_path(path: str | Path) -> str:
+    """``path`` for OpenCV's file functions, which crash the process (not fail) on a name
+    that is not valid UTF-8: an ImageError naming it instead."""
+    text = str(path)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ImageError(f"{shown(text)}: the file name is not valid UTF-8; rename it") from None
+    return text
+
+
+def write_image(path: str | Path, bgr: np.ndarray, params: tuple[int, ...] = ()) -> None:
+    """Write an image (format by the suffix); OSError naming the file when it cannot."""
+    ok, encoded = cv2.imencode(Path(path).suffix or ".jpg", bgr, list(params))
+    if not ok:
+        raise OSError(f"{shown(path)}: cannot encode the image")
+    try:
+        Path(path).write_bytes(encoded.tobytes())
+    except OSError as exc:
+        raise OSError(f"{shown(path)}: cannot write: {exc.strerror or exc}") from None
+
+
 def read_image(path: str) -> np.ndarray:
     """Read an image file as 8-bit BGR; raises ImageError naming the file."""
     try:
@@ -44,7 +72,11 @@ def read_image(path: str) -> np.ndarray:
         raise ImageError(f"{path}: empty file")
     if _is_truncated(data):
         raise ImageError(f"{path}: truncated image file (the end of the image data is missing)")
-    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    try:
+        image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    except cv2.error as exc:  # e.g. more pixels than OpenCV decodes (CV_IO_MAX_IMAGE_PIXELS)
+        reason = str(exc).strip().splitlines()[-1]
+        raise ImageError(f"{path}: cannot decode: {reason}") from None
     if image is None:
         raise ImageError(f"{path}: not a readable image (corrupt, truncated or unknown format)")
     try:

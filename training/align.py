@@ -23,7 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from engines.align import align_similarity, crop_with_margin, margin_box, pick_main_face
-from engines.images import ImageError, read_image
+from engines.images import ImageError, read_image, write_image
 from training.data import DataError, list_images
 
 logger = logging.getLogger(__name__)
@@ -117,9 +117,8 @@ def _recorded_without_face(boxes_path: Path) -> set[str]:
 def _write(path: Path, rgb: np.ndarray, jpeg_quality: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.stem + ".partial" + path.suffix)
-    params = [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality] if path.suffix == ".jpg" else []
-    if not cv2.imwrite(str(tmp), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), params):
-        raise OSError(f"{path}: cannot write the aligned image")
+    params = (cv2.IMWRITE_JPEG_QUALITY, jpeg_quality) if path.suffix == ".jpg" else ()
+    write_image(tmp, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), params)
     tmp.replace(path)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import cv2
 import pytest
 
 from daemon.cli import main
+from engines.images import write_image
 
 
 def run_cli(capsys, *args: str) -> tuple[int, str, str]:
@@ -119,3 +121,28 @@ def test_daemon_package_is_ours_not_python_daemon():
     import daemon
 
     assert Path(daemon.__file__).resolve().parent.parent == Path(__file__).resolve().parents[2]
+
+
+def test_names_opencv_cannot_take_truncated_videos_and_unwritable_output(
+    shared_data, tmp_path, capsys
+):
+    """A video whose name is not UTF-8 once killed the process inside OpenCV; a video cut in
+    half passed as complete; an annotation that could not be written was a silent loss."""
+    clip = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter.fourcc(*"MJPG"), 10, (320, 240))
+    face = cv2.resize(cv2.imread(str(shared_data / "images" / "obama.jpg")), (320, 240))
+    for _ in range(60):
+        writer.write(face)
+    writer.release()
+    data = clip.read_bytes()
+    (tmp_path / "half.avi").write_bytes(data[: len(data) // 2])
+    odd = Path(os.fsdecode(bytes(tmp_path / "clip") + b"\xe9.avi"))
+    shutil.copy(clip, odd)
+    code, out, err = run_cli(capsys, str(tmp_path / "half.avi"), str(odd), str(clip), "--every", "20")  # fmt: skip
+    assert code == 1 and f"{clip}: 60 frames" in out  # the good one still processed
+    assert "half.avi: only " in err and "of its 60 frames could be decoded" in err
+    assert "the file name is not valid UTF-8; rename it" in err
+    blocker = tmp_path / "afile"
+    blocker.write_text("")
+    with pytest.raises(OSError, match=r"afile/x\.jpg: cannot write"):
+        write_image(blocker / "x.jpg", face)
