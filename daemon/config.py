@@ -441,7 +441,8 @@ def _explain(error: dict[str, Any]) -> str:
     got = error.get("input")
     secret = any("password" in str(part) for part in error["loc"])
     shown = "" if secret or isinstance(got, (dict, list)) else f" (got {redact_url(repr(got))})"
-    return f"{error['msg']}{shown}"
+    message = str(error["msg"]).removeprefix("Value error, ")  # pydantic's, for our checks
+    return f"{message}{shown}"
 
 
 def parse_config(raw: Any, source: str = "config", secrets: bool = True) -> Config:
@@ -472,6 +473,8 @@ def load_config(path: str | Path, secrets: bool = True) -> Config:
             raw = yaml.load(stream, _StrictLoader)  # a SafeLoader
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}): save it as UTF-8") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     return resolve_paths(parse_config(raw, str(path), secrets), path.resolve().parent)

@@ -32,8 +32,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser(
         "detect",
         help="find faces and 5 landmarks in images, videos and folders",
-        description="Detect faces with MTCNN. Prints one line per image or video frame; "
-        "a bad file is reported and skipped, and the exit status is 1 if any file failed.",
+        description="Detect faces with MTCNN. Prints one line per image and per video (with "
+        "--json one object per image or video frame); a bad file is reported and skipped, and "
+        "the exit status is 1 if any file failed.",
     )
     p.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="images, videos or folders")
     p.add_argument(

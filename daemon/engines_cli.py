@@ -115,9 +115,10 @@ def _register_build(sub: argparse._SubParsersAction) -> None:
         nargs=3,
         metavar=("MIN", "OPT", "MAX"),
         default=None,
-        help="batch sizes of the optimisation profile (default: what the daemon asks of the "
-        f"model: P-Net {' '.join(map(str, DEFAULT_BATCH))} frames, R-Net / O-Net 1 128 "
-        f"{CROPS_PER_CALL} candidates, FaceNet 1 16 {DEFAULT_MAX_BATCH} faces)",
+        help="batch sizes of the optimisation profile (default: P-Net "
+        f"{' '.join(map(str, DEFAULT_BATCH))} frames, R-Net / O-Net 1 128 {CROPS_PER_CALL} "
+        f"candidates, FaceNet 1 16 {DEFAULT_MAX_BATCH} faces; --config FILE builds exactly the "
+        "plans that config's daemon opens)",
     )
     b.add_argument(
         "--camera",

@@ -114,6 +114,11 @@ class ModelMetadata:
         try:
             raw = json.loads(path.read_text())
         except FileNotFoundError:
+            model = Path(model_path)
+            if not model.exists() and not model.parent.is_dir():
+                raise EngineError(f"{model.parent}: no such folder") from None
+            if not model.exists():
+                raise EngineError(f"{model}: no such model file") from None
             raise EngineError(f"{path}: model sidecar missing (every model needs one)") from None
         except (OSError, json.JSONDecodeError) as exc:
             raise EngineError(f"{path}: cannot read model sidecar: {exc}") from None

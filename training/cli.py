@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import pickle
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -104,7 +105,13 @@ def _torch_program(args: argparse.Namespace) -> int:
             else:
                 info = torch_program_from_onnx(path)
                 pt2, diff = path.with_name(info["file"]), info["max_abs_diff"]
-        except (EngineError, ValueError, FileNotFoundError, RuntimeError) as exc:
+        except (
+            EngineError,
+            ValueError,
+            FileNotFoundError,
+            RuntimeError,
+            pickle.UnpicklingError,
+        ) as exc:
             print(f"facewatch train torch-program: {exc}", file=sys.stderr)
             return 2
         print(f"wrote {pt2}: max abs diff vs ONNX Runtime {diff:.2e}")

@@ -46,13 +46,13 @@ def test_defaults_fill_everything_but_the_cameras() -> None:
                 "recognition": {"precision": "bf16"},
                 "engines": {"backend": "torch"},
             },
-            "engines: Value error, backend torch runs FaceNet on the GPU: recognition.precision "
+            "engines: backend torch runs FaceNet on the GPU: recognition.precision "
             "bf16 is for the CPU backends",
         ),
         ({"cameras": [CAMERA], "recognition": {"precision": "fp16"}}, "recognition.precision"),
         (
             {"cameras": [CAMERA], "engines": {"fp16": True}},
-            "engines: Value error, fp16 is a setting of the torch backend, not openvino",
+            "engines: fp16 is a setting of the torch backend, not openvino",
         ),
         (
             {"cameras": [CAMERA], "engines": {"backend": "torch", "torch_device": "gpu0"}},
@@ -60,7 +60,7 @@ def test_defaults_fill_everything_but_the_cameras() -> None:
         ),
         (
             {"cameras": [CAMERA], "engines": {"tensorrt": {"precision": "fp32"}}},
-            "engines: Value error, tensorrt holds settings of the tensorrt backend, not openvino",
+            "engines: tensorrt holds settings of the tensorrt backend, not openvino",
         ),
         (
             {
@@ -81,7 +81,7 @@ def test_defaults_fill_everything_but_the_cameras() -> None:
                 "cameras": [CAMERA],
                 "engines": {"backend": "tensorrt", "tensorrt": {"camera_sizes": ["1920*1080"]}},
             },
-            "engines.tensorrt.camera_sizes: Value error, expected WIDTHxHEIGHT of at least 12x12",
+            "engines.tensorrt.camera_sizes: expected WIDTHxHEIGHT of at least 12x12",
         ),
         ({"cameras": [{"url": "x"}]}, "cameras[0].name: required key is missing"),
         ([1, 2], "expected a mapping"),
@@ -174,8 +174,8 @@ def test_the_demo_config_is_valid_and_every_setting_is_described() -> None:
 
 def test_the_rtsp_example_is_valid_with_its_secrets(tmp_path, monkeypatch) -> None:
     (tmp_path / "mqtt_password").write_text("pw")
+    (tmp_path / "camera_password").write_text("cam-pw\n")
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
-    monkeypatch.setenv("CAMERA_PASSWORD", "cam-pw")
     config = load_config(DEFAULT_CONFIG.with_name("rtsp-example.yaml"))
     assert config.cameras[0].url.startswith("rtsp://viewer:cam-pw@")
     assert config.cameras[1].detection.min_face_size == 40
@@ -236,4 +236,11 @@ def test_yaml_anchors_and_merge_keys_load_and_a_repeated_key_is_refused(tmp_path
     assert [(c.name, c.fps) for c in config.cameras] == [("door", 4.0), ("gate", 4.0)]
     path.write_text("cameras: [{name: a, url: rtsp://h/1}]\nmqtt: {port: 1}\nmqtt: {port: 2}\n")
     with pytest.raises(ConfigError, match=r"(?s)c\.yaml.*'mqtt' is given twice.*line 3"):
+        load_config(path)
+
+
+def test_a_config_that_is_not_utf8_is_named(tmp_path) -> None:
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("node_id: café\ncameras: [{name: a, url: rtsp://h/1}]\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin1\.yaml: not UTF-8 text"):
         load_config(path)

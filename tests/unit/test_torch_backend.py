@@ -52,7 +52,7 @@ def test_programs_from_the_shipped_models_alone(tmp_path, shared_data, capsys):
     ]
     assert all(float(line.rsplit(" ", 1)[1]) <= 1e-5 for line in lines), lines
     assert main(["train", "torch-program", str(tmp_path / "absent.onnx")]) == 2
-    assert "absent.json: model sidecar missing" in capsys.readouterr().err
+    assert "absent.onnx: no such model file" in capsys.readouterr().err
 
 
 def test_facenet_program_from_the_onnx_alone(test_model, tmp_path, capsys):
