@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from engines import BACKENDS, EngineError
 from engines.detectors import load_detector
-from engines.images import ImageError, cv_path, read_image, write_image
+from engines.images import ImageError, cv_path, read_image, shown, write_image
 from engines.loader import default_models_dir
 from engines.mtcnn import MTCNN, FrameDetections
 
@@ -102,8 +102,11 @@ class Summary:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.batch < 1 or args.every < 1 or args.threads < 0:
-        print("error: --batch and --every must be >= 1, --threads >= 0", file=sys.stderr)
+    if args.batch < 1 or args.every < 1 or not 0 <= args.threads <= 256:
+        print("error: --batch and --every must be >= 1, --threads in 0..256", file=sys.stderr)
+        return 2
+    if args.annotate is not None and args.annotate.exists() and not args.annotate.is_dir():
+        print(f"error: --annotate {args.annotate}: not a folder", file=sys.stderr)
         return 2
     models = args.models or default_models_dir() / "mtcnn"
     threads = args.threads if args.threads > 0 else (os.cpu_count() or 1)
@@ -136,6 +139,8 @@ def run(args: argparse.Namespace) -> int:
         except (ImageError, VideoError, OSError) as exc:
             summary.errors.append(str(exc))
             tqdm.write(f"error: {exc}", file=sys.stderr)
+            if args.json:  # consumers of the JSON lines see the failure too
+                print(json.dumps({"source": shown(path), "error": shown(str(exc))}))
     _print_summary(summary, time.monotonic() - started)
     return 1 if summary.errors else 0
 

@@ -239,7 +239,7 @@ def run_list(args: argparse.Namespace) -> int:
         print(f"no plans in {cache_dir}")
         return 0
     for plan, m in plans:
-        opts = m.options
+        opts = m.options if isinstance(m.options, dict) else {}
         built = time.strftime("%Y-%m-%d %H:%M", time.localtime(m.built_at))
         cams = ",".join(f"{w}x{h}" for h, w in opts.get("camera_hw", [])) or "-"
         print(

@@ -142,6 +142,10 @@ def test_names_opencv_cannot_take_truncated_videos_and_unwritable_output(
     assert code == 1 and f"{clip}: 60 frames" in out  # the good one still processed
     assert "half.avi: only " in err and "of its 60 frames could be decoded" in err
     assert "the file name is not valid UTF-8; rename it" in err
+    code, out, _ = run_cli(capsys, "--json", str(tmp_path / "half.avi"))
+    record = json.loads(out.splitlines()[-1])
+    assert code == 1 and record["source"].endswith("half.avi") and "frames" in record["error"]
+    assert run_cli(capsys, str(clip), "--annotate", str(clip))[0] == 2  # a file, not a folder
     blocker = tmp_path / "afile"
     blocker.write_text("")
     with pytest.raises(OSError, match=r"afile/x\.jpg: cannot write"):
