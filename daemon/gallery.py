@@ -307,9 +307,16 @@ class Gallery:
 
     def enroll(self, faces: Sequence[Enrollment]) -> int:
         """Add every face in one transaction (all or nothing); returns how many were new
-        (a source image already enrolled for that identity is not added twice)."""
+        (a source image already enrolled for that identity is not added twice; one enrolled
+        as another identity is refused)."""
         added = 0
         with self._transaction() as conn:
+            names = dict(conn.execute("SELECT id, name FROM identities").fetchall())
+            ids = {lookup_name(name): identity_id for identity_id, name in names.items()}
+            holders: dict[str, set[int]] = {}
+            touched: set[int] = set()
+            for source, holder in conn.execute("SELECT source_sha256, identity_id FROM embeddings"):
+                holders.setdefault(source, set()).add(holder)
             for face in faces:
                 vector = np.asarray(face.embedding, dtype="<f4").reshape(-1)
                 if vector.size != self.embedding_size or not np.all(np.isfinite(vector)):
@@ -317,17 +324,18 @@ class Gallery:
                         f"{self.path}: embedding for {face.name!r} has {vector.size} finite "
                         f"values expected {self.embedding_size}; nothing was enrolled"
                     )
-                identity_id = self._identity_id(conn, face.name, create=True)
-                other = conn.execute(
-                    "SELECT i.name FROM embeddings e JOIN identities i ON i.id = e.identity_id "
-                    "WHERE e.source_sha256 = ? AND e.identity_id != ?",
-                    (face.source_sha256, identity_id),
-                ).fetchone()
-                if other is not None:
+                identity_id = ids.get(lookup_name(face.name))
+                if identity_id is None:
+                    identity_id = _create_identity(conn, face.name)
+                    ids[lookup_name(face.name)] = identity_id
+                    names[identity_id] = clean_name(face.name)
+                others = holders.setdefault(face.source_sha256, set()) - {identity_id}
+                if others:
                     raise GalleryError(
                         f"{self.path}: a photo of {face.name!r} is already enrolled as "
-                        f"{other[0]!r}; nothing was enrolled"
+                        f"{names[min(others)]!r}; nothing was enrolled"
                     )
+                holders[face.source_sha256].add(identity_id)
                 cursor = conn.execute(
                     "INSERT OR IGNORE INTO embeddings "
                     "(identity_id, model_id, vector, source_sha256, created) VALUES (?,?,?,?,?)",
@@ -335,23 +343,18 @@ class Gallery:
                 )
                 if cursor.rowcount:
                     added += 1
-                    conn.execute(
-                        "UPDATE identities SET updated = ? WHERE id = ?", (now_iso(), identity_id)
-                    )
+                    touched.add(identity_id)
+            now = now_iso()
+            conn.executemany(
+                "UPDATE identities SET updated = ? WHERE id = ?", [(now, i) for i in touched]
+            )
         return added
 
-    def _identity_id(self, conn: sqlite3.Connection, name: str, create: bool = False) -> int:
+    def _identity_id(self, conn: sqlite3.Connection, name: str) -> int:
         found = _find(conn, name)
-        if found is not None:
-            return found
-        if not create:
+        if found is None:
             raise GalleryError(f"{self.path}: no identity named {name!r}")
-        now = now_iso()
-        cursor = conn.execute(
-            "INSERT INTO identities (name, threshold, created, updated) VALUES (?, NULL, ?, ?)",
-            (clean_name(name), now, now),
-        )
-        return int(cursor.lastrowid or 0)
+        return found
 
     def remove(self, name: str) -> int:
         """Delete an identity and its embeddings; returns how many embeddings went."""
@@ -410,3 +413,12 @@ def _find(conn: sqlite3.Connection, name: str) -> int | None:
         if lookup_name(stored) == wanted:
             return int(identity_id)
     return None
+
+
+def _create_identity(conn: sqlite3.Connection, name: str) -> int:
+    now = now_iso()
+    cursor = conn.execute(
+        "INSERT INTO identities (name, threshold, created, updated) VALUES (?, NULL, ?, ?)",
+        (clean_name(name), now, now),
+    )
+    return int(cursor.lastrowid or 0)
