@@ -8,6 +8,7 @@ credential NAME (``$CREDENTIALS_DIRECTORY/NAME``), so secrets stay out of the fi
 
 from __future__ import annotations
 
+import io
 import os
 import re
 from collections.abc import Callable
@@ -469,8 +470,10 @@ def load_config(path: str | Path, secrets: bool = True) -> Config:
     the file's folder. ``secrets``: as ``parse_config``."""
     path = Path(path)
     try:
-        with open(path) as stream:  # YAML's messages then name the file
-            raw = yaml.load(stream, _StrictLoader)  # a SafeLoader
+        text = path.read_bytes().decode("utf-8")  # whatever the locale says
+        stream = io.StringIO(text)
+        stream.name = str(path)  # YAML's messages then name the file
+        raw = yaml.load(stream, _StrictLoader)  # a SafeLoader
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
     except UnicodeDecodeError as exc:

@@ -178,7 +178,7 @@ def _emit(
 ) -> None:
     if args.json:
         record = {
-            "source": str(source),
+            "source": shown(source),
             "frame": frame,
             "image_hw": list(hw[:2]),
             "faces": found.to_json(),
@@ -250,10 +250,11 @@ def _detect_video(detector: MTCNN, path: Path, args: argparse.Namespace, summary
             writer.release()
     if index == 0:
         raise VideoError(f"{path}: no frame could be decoded")
-    if total and index < 0.9 * total:  # the header's count is approximate, not this far off
-        raise VideoError(
-            f"{path}: only {index} of its {total} frames could be decoded (truncated or "
-            "corrupt?); the faces of those are above"
+    if total and index < 0.9 * total:  # a header's count is an estimate, seldom this far off
+        tqdm.write(
+            f"warning: {path}: {index} of the {total} frames its header announces could be "
+            "decoded (truncated or corrupt?)",
+            file=sys.stderr,
         )
     if not args.json:
         tqdm.write(f"{path}: {index} frames, {summary.faces - faces_before} faces", file=sys.stdout)

@@ -311,8 +311,10 @@ class Gallery:
         as another identity is refused)."""
         added = 0
         with self._transaction() as conn:
-            names = dict(conn.execute("SELECT id, name FROM identities").fetchall())
-            ids = {lookup_name(name): identity_id for identity_id, name in names.items()}
+            names = dict(conn.execute("SELECT id, name FROM identities ORDER BY id").fetchall())
+            ids: dict[str, int] = {}
+            for identity_id, name in names.items():  # the first of names equal once normalised,
+                ids.setdefault(lookup_name(name), identity_id)  # as _find picks
             holders: dict[str, set[int]] = {}
             touched: set[int] = set()
             for source, holder in conn.execute("SELECT source_sha256, identity_id FROM embeddings"):
@@ -409,7 +411,7 @@ def _find(conn: sqlite3.Connection, name: str) -> int | None:
     """The id of the identity called ``name``, compared as ``lookup_name`` spells both (a
     gallery written before names were normalised may hold a macOS NFD name, or spaces)."""
     wanted = lookup_name(name)
-    for identity_id, stored in conn.execute("SELECT id, name FROM identities"):
+    for identity_id, stored in conn.execute("SELECT id, name FROM identities ORDER BY id"):
         if lookup_name(stored) == wanted:
             return int(identity_id)
     return None

@@ -341,7 +341,12 @@ def _store(
 def _threshold_of(net: FaceNet) -> dict[str, float]:
     """A new gallery starts at the model's LFW best threshold when its sidecar has one."""
     lfw = net.meta.extra.get("lfw") or {}
-    best = lfw.get("best_threshold") if isinstance(lfw, dict) else None
+    on_our_scale = (
+        isinstance(lfw, dict)
+        and lfw.get("distance_metric", 0) == 0
+        and not lfw.get("use_flipped_images", False)
+    )  # else it is an angle, or a distance between concatenated embeddings
+    best = lfw.get("best_threshold") if on_our_scale else None
     return {"threshold": float(best)} if best else {}
 
 

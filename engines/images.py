@@ -53,7 +53,10 @@ def cv_path(path: str | Path) -> str:
 
 def write_image(path: str | Path, bgr: np.ndarray, params: tuple[int, ...] = ()) -> None:
     """Write an image (format by the suffix); OSError naming the file when it cannot."""
-    ok, encoded = cv2.imencode(Path(path).suffix or ".jpg", bgr, list(params))
+    try:
+        ok, encoded = cv2.imencode(Path(path).suffix or ".jpg", bgr, list(params))
+    except cv2.error:
+        ok = False
     if not ok:
         raise OSError(f"{shown(path)}: cannot encode the image")
     try:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -160,22 +161,18 @@ def _jobs(input_dir: Path, output_dir: Path, random_order: bool) -> list[tuple[P
         )
     if random_order:
         random.shuffle(classes)
-    return [(src, base) for cls in classes for src, base in _bases(cls, output_dir / cls.name)]
-
-
-def _bases(folder: Path, out_class: Path) -> list[tuple[Path, Path]]:
-    """Each image of ``folder`` and its output path without suffix (its stem, as the
-    original's). Photos that share a stem (a.jpg, a.png) would share one crop, the second
-    taken for done: a DataError names them, before anything is aligned."""
-    images = list_images(folder)
-    stems = [src.stem for src in images]
-    shared = sorted(src.name for src in images if stems.count(src.stem) > 1)
-    if shared:
+    jobs, shared = [], []
+    for cls in classes:
+        images = list_images(cls)
+        stems = Counter(src.stem for src in images)
+        shared += [str(src) for src in images if stems[src.stem] > 1]
+        jobs += [(src, output_dir / cls.name / src.stem) for src in images]
+    if shared:  # they would share one crop (outputs are named by stem, as the original's)
         raise DataError(
-            f"{folder}: {', '.join(shared)} share a name, and so would their aligned crop: "
-            "rename them apart"
+            f"photos that share a name but for the suffix would share one aligned crop: "
+            f"{', '.join(shared)}; rename them apart"
         )
-    return [(src, out_class / src.stem) for src in images]
+    return jobs
 
 
 def _record_settings(output_dir: Path, opts: AlignOptions) -> None:

@@ -243,7 +243,8 @@ def _add_validate(commands: argparse._SubParsersAction) -> None:
         "--subtract_mean",
         dest="subtract_mean",
         action="store_true",
-        help="take the mean embedding away before the distances (as the original)",
+        help="take the mean embedding away before the distances (as the original; it changes "
+        "only the angular metric's distances)",
     )
     p.add_argument(
         "--precision",

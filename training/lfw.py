@@ -15,6 +15,7 @@ FaceNet project's ``lfw.evaluate``. Folds are consecutive blocks of pairs in fil
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -140,6 +141,11 @@ class LfwResult:
     tpr: tuple[float, ...]
     fpr: tuple[float, ...]
     nrof_pairs: int = 0  # LFW's pairs.txt has 6,000; fewer is a subset, not the protocol
+    # how the distances were taken (validate's original options): best_threshold is on the
+    # daemon's scale (squared L2 between unit embeddings) only with metric 0 and no flips
+    distance_metric: int = 0
+    use_flipped_images: bool = False
+    subtract_mean: bool = False
 
     def summary(self) -> str:
         return (
@@ -238,9 +244,9 @@ def evaluate_embedded(
     a = embeddings[[row[p.path_a] for p in pairs]]
     b = embeddings[[row[p.path_b] for p in pairs]]
     same = np.array([p.same for p in pairs])
-    return evaluate_distances(
-        pair_distances(a, b, distance_metric, subtract_mean), same, nrof_folds
-    )
+    distances = pair_distances(a, b, distance_metric, subtract_mean)
+    result = evaluate_distances(distances, same, nrof_folds)
+    return dataclasses.replace(result, distance_metric=distance_metric, subtract_mean=subtract_mean)
 
 
 def pair_distances(

@@ -7,6 +7,7 @@ own alignment (its sidecar's ``extra["alignment"]``: margin crop or 5-point simi
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -106,7 +107,7 @@ def evaluate_pairs(
     result = evaluate_embedded(
         pairs, images, embeddings, nrof_folds, distance_metric, subtract_mean
     )
-    return result, no_face
+    return dataclasses.replace(result, use_flipped_images=flipped), no_face
 
 
 def evaluate_aligned(

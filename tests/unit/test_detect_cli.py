@@ -130,7 +130,7 @@ def test_names_opencv_cannot_take_truncated_videos_and_unwritable_output(
     shared_data, tmp_path, capsys
 ):
     """A video whose name is not UTF-8 once killed the process inside OpenCV; a video cut in
-    half passed as complete; an annotation that could not be written was a silent loss."""
+    half passed unremarked; an annotation that could not be written was a silent loss."""
     clip = tmp_path / "clip.avi"
     writer = cv2.VideoWriter(str(clip), cv2.VideoWriter.fourcc(*"MJPG"), 10, (320, 240))
     face = cv2.resize(cv2.imread(str(shared_data / "images" / "obama.jpg")), (320, 240))
@@ -143,11 +143,12 @@ def test_names_opencv_cannot_take_truncated_videos_and_unwritable_output(
     shutil.copy(clip, odd)
     code, out, err = run_cli(capsys, str(tmp_path / "half.avi"), str(odd), str(clip), "--every", "20")  # fmt: skip
     assert code == 1 and f"{clip}: 60 frames" in out  # the good one still processed
-    assert "half.avi: only " in err and "of its 60 frames could be decoded" in err
     assert "the file name is not valid UTF-8; rename it" in err
-    code, out, _ = run_cli(capsys, "--json", str(tmp_path / "half.avi"))
+    # a header's frame count is an estimate: far short of it is a warning, not a failure
+    assert "warning: " in err and "half.avi: " in err and "of the 60 frames its header" in err
+    code, out, _ = run_cli(capsys, "--json", str(odd))
     record = json.loads(out.splitlines()[-1])
-    assert code == 1 and record["source"].endswith("half.avi") and "frames" in record["error"]
+    assert code == 1 and "not valid UTF-8" in record["error"]
     assert run_cli(capsys, str(clip), "--annotate", str(clip))[0] == 2  # a file, not a folder
     blocker = tmp_path / "afile"
     blocker.write_text("")

@@ -297,3 +297,18 @@ def test_celeba_rank1_and_unknown_rejection_with_the_shipped_model(
         pytest.fail("a FaceNet model ships: set MEASURED_RANK1 / MEASURED_REJECTION to its figures")
     assert rank1 >= MEASURED_RANK1 - MARGIN, f"rank-1 {rank1:.3f}"
     assert rejection >= MEASURED_REJECTION - MARGIN, f"unknown rejection {rejection:.3f}"
+
+
+def test_a_new_gallery_starts_at_the_lfw_threshold_only_on_its_own_scale() -> None:
+    """A sidecar's LFW best threshold seeds a new gallery only when it was measured as the
+    gallery measures (squared L2 of single embeddings), not as an angle or on flipped pairs."""
+    from types import SimpleNamespace
+
+    from daemon.recognition_cli import _threshold_of
+
+    def net(**lfw: object) -> object:
+        return SimpleNamespace(meta=SimpleNamespace(extra={"lfw": {"best_threshold": 0.9, **lfw}}))
+
+    assert _threshold_of(net()) == {"threshold": 0.9}  # type: ignore[arg-type]
+    assert _threshold_of(net(distance_metric=1)) == {}  # type: ignore[arg-type]
+    assert _threshold_of(net(use_flipped_images=True)) == {}  # type: ignore[arg-type]

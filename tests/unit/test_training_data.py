@@ -241,3 +241,14 @@ def test_standardize_gives_float32_the_network_accepts(method):
     assert out.dtype == np.float32 and out.shape == images.shape
     if method == "prewhiten":
         assert np.allclose(out.reshape(2, -1).mean(axis=1), 0, atol=1e-5)
+
+
+def test_a_recipe_flag_takes_true_or_false(tmp_path) -> None:
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("random_flip: 'false'\n")
+    with pytest.raises(OptionError, match="random_flip: 'false': an on/off option takes true or false"):  # fmt: skip
+        apply_config(_args("--config", str(recipe)), build_parser())
+    recipe.write_text("random_flip: true\n")
+    args = _args("--config", str(recipe), "--no-random-flip")
+    apply_config(args, build_parser())
+    assert args.random_flip is False  # the command line's --no- form wins
