@@ -367,16 +367,16 @@ def plan_request(
 _REFERENCE = re.compile(r"\$\{(credential:)?([A-Za-z_][A-Za-z0-9_.-]*)\}")
 
 
-def _substitute(value: Any, where: str, secrets: bool = True) -> Any:
-    """Replace ``${ENV}`` and ``${credential:NAME}`` in every string of ``value``; with
-    ``secrets`` off, a reference that cannot be resolved stays as it is."""
+def _substitute(value: Any, where: str, missing: list[str] | None = None) -> Any:
+    """Replace ``${ENV}`` and ``${credential:NAME}`` in every string of ``value``. A reference
+    that cannot be resolved stays as it is, and its reason joins ``missing`` (when given)."""
     if isinstance(value, dict):
         return {
-            k: _substitute(v, f"{where}.{k}" if where else str(k), secrets)
+            k: _substitute(v, f"{where}.{k}" if where else str(k), missing)
             for k, v in value.items()
         }
     if isinstance(value, list):
-        return [_substitute(v, f"{where}[{i}]", secrets) for i, v in enumerate(value)]
+        return [_substitute(v, f"{where}[{i}]", missing) for i, v in enumerate(value)]
     if not isinstance(value, str):
         return value
 
@@ -387,9 +387,9 @@ def _substitute(value: Any, where: str, secrets: bool = True) -> Any:
                 return _credential(name, where)
             if name not in os.environ:
                 raise ConfigError(f"{where}: environment variable {name} is not set")
-        except ConfigError:
-            if secrets:
-                raise
+        except ConfigError as exc:
+            if missing is not None:
+                missing.append(str(exc))
             return match.group(0)
         return os.environ[name]
 
@@ -454,10 +454,10 @@ def parse_config(raw: Any, source: str = "config", secrets: bool = True) -> Conf
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping of settings, got {type(raw).__name__}")
-    try:
-        raw = _substitute(raw, "", secrets)
-    except ConfigError as exc:
-        raise ConfigError(f"{source}: {exc}") from None
+    missing: list[str] = []
+    raw = _substitute(raw, "", missing if secrets else None)
+    if missing:  # every one of them, not only the first
+        raise ConfigError(f"{source}: " + "\n  ".join(missing))
     try:
         return Config.model_validate(raw)
     except ValidationError as exc:

@@ -86,7 +86,11 @@ def _needs_extras(func: Callable[[argparse.Namespace], int]) -> Callable[[argpar
 def _export_mtcnn(args: argparse.Namespace) -> int:
     from training.export_mtcnn import export_all
 
-    diffs = export_all(args.weights_dir, args.out_dir, args.images)
+    try:
+        diffs = export_all(args.weights_dir, args.out_dir, args.images)
+    except (FileNotFoundError, RuntimeError) as exc:
+        print(f"facewatch train export-mtcnn: {exc}", file=sys.stderr)
+        return 2
     for name, diff in diffs.items():
         print(f"{name}: ONNX Runtime vs PyTorch max abs diff {diff:.2e}")
     return 0

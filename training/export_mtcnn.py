@@ -123,6 +123,9 @@ def parity_check(spec: NetSpec, onnx_path: Path, weights_dir: Path, images: list
 
 def export_all(weights_dir: Path, out_dir: Path, images: list[Path]) -> dict[str, float]:
     """Export the three networks and check them; raises if any differs by more than 1e-4."""
+    unreadable = [str(p) for p in images if not Path(p).is_file()]
+    if unreadable:  # before anything is written over the models
+        raise FileNotFoundError(f"parity images not found: {', '.join(unreadable)}")
     out_dir.mkdir(parents=True, exist_ok=True)
     diffs = {}
     for spec in SPECS:

@@ -244,3 +244,11 @@ def test_a_config_that_is_not_utf8_is_named(tmp_path) -> None:
     path.write_bytes("node_id: café\ncameras: [{name: a, url: rtsp://h/1}]\n".encode("latin-1"))
     with pytest.raises(ConfigError, match=r"latin1\.yaml: not UTF-8 text"):
         load_config(path)
+
+
+def test_every_missing_secret_is_named_at_once(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))  # holds neither
+    with pytest.raises(ConfigError) as error:
+        load_config(DEFAULT_CONFIG.with_name("rtsp-example.yaml"))
+    assert "credential 'camera_password'" in str(error.value)
+    assert "credential 'mqtt_password'" in str(error.value)

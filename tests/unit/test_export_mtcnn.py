@@ -79,3 +79,13 @@ def test_the_slice_pool_is_ceil_mode_max_pooling() -> None:
         for w in range(1, 8):
             x = torch.randn(2, 3, h, w, generator=generator)
             assert torch.equal(CeilMaxPool2x2()(x), reference(x)), (h, w)
+
+
+def test_missing_parity_images_stop_it_before_anything_is_written(shared_data, tmp_path) -> None:
+    from daemon.cli import main
+
+    out = tmp_path / "mtcnn"
+    weights = shared_data / "weights" / "mtcnn"
+    argv = ["train", "export-mtcnn", "--weights-dir", str(weights), "--out-dir", str(out)]
+    assert main([*argv, "--images", str(tmp_path / "nope.jpg")]) == 2
+    assert not out.exists()
