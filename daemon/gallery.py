@@ -311,10 +311,7 @@ class Gallery:
         as another identity is refused)."""
         added = 0
         with self._transaction() as conn:
-            names = dict(conn.execute("SELECT id, name FROM identities ORDER BY id").fetchall())
-            ids: dict[str, int] = {}
-            for identity_id, name in names.items():  # the first of names equal once normalised,
-                ids.setdefault(lookup_name(name), identity_id)  # as _find picks
+            ids = _ids_by_name(conn)
             holders: dict[str, set[int]] = {}
             touched: set[int] = set()
             for source, holder in conn.execute("SELECT source_sha256, identity_id FROM embeddings"):
@@ -330,12 +327,14 @@ class Gallery:
                 if identity_id is None:
                     identity_id = _create_identity(conn, face.name)
                     ids[lookup_name(face.name)] = identity_id
-                    names[identity_id] = clean_name(face.name)
                 others = holders.setdefault(face.source_sha256, set()) - {identity_id}
                 if others:
+                    (holder,) = conn.execute(
+                        "SELECT name FROM identities WHERE id = ?", (min(others),)
+                    ).fetchone()
                     raise GalleryError(
                         f"{self.path}: a photo of {face.name!r} is already enrolled as "
-                        f"{names[min(others)]!r}; nothing was enrolled"
+                        f"{holder!r}; nothing was enrolled"
                     )
                 holders[face.source_sha256].add(identity_id)
                 cursor = conn.execute(
@@ -407,14 +406,17 @@ class Gallery:
             raise translate(self.path, exc) from None
 
 
-def _find(conn: sqlite3.Connection, name: str) -> int | None:
-    """The id of the identity called ``name``, compared as ``lookup_name`` spells both (a
-    gallery written before names were normalised may hold a macOS NFD name, or spaces)."""
-    wanted = lookup_name(name)
+def _ids_by_name(conn: sqlite3.Connection) -> dict[str, int]:
+    """Identity ids by name as ``lookup_name`` spells it (a gallery written before names
+    were normalised may hold a macOS NFD name, or spaces); the first row wins a tie."""
+    ids: dict[str, int] = {}
     for identity_id, stored in conn.execute("SELECT id, name FROM identities ORDER BY id"):
-        if lookup_name(stored) == wanted:
-            return int(identity_id)
-    return None
+        ids.setdefault(lookup_name(stored), int(identity_id))
+    return ids
+
+
+def _find(conn: sqlite3.Connection, name: str) -> int | None:
+    return _ids_by_name(conn).get(lookup_name(name))
 
 
 def _create_identity(conn: sqlite3.Connection, name: str) -> int:
