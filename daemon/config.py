@@ -233,6 +233,24 @@ class TlsConfig(_Section):
     insecure: bool = _field(False, "skip the host name check (testing only)")
 
 
+def _no_wildcards(topic: str) -> str:
+    if any(c in topic for c in "+#\0"):
+        raise ValueError("MQTT topics cannot hold the wildcards + and # (or NUL)")
+    return topic
+
+
+class HomeAssistantConfig(_Section):
+    enabled: bool = _field(
+        False,
+        "announce each camera's entities to Home Assistant (MQTT discovery): camera "
+        "connected, face in view, number of faces, people in view",
+    )
+    discovery_prefix: str = _field(
+        "homeassistant", "Home Assistant's discovery prefix (its MQTT settings)", min_length=1
+    )
+    _topic = field_validator("discovery_prefix")(_no_wildcards)
+
+
 class MqttConfig(_Section):
     enabled: bool = _field(True, "publish to an MQTT broker")
     host: str = _field("127.0.0.1", "broker host")
@@ -243,18 +261,16 @@ class MqttConfig(_Section):
     topic_prefix: str = _field("facewatch", "every topic starts with PREFIX/NODE_ID/", min_length=1)
     keepalive_s: int = _field(30, "MQTT keepalive", ge=5, le=3600)
 
-    @field_validator("topic_prefix")
-    @classmethod
-    def _no_wildcards(cls, prefix: str) -> str:
-        if any(c in prefix for c in "+#\0"):
-            raise ValueError("MQTT topics cannot hold the wildcards + and # (or NUL)")
-        return prefix
+    _topic = field_validator("topic_prefix")(_no_wildcards)
 
     spool_dir: str = _field(
         "spool", "events wait here while the broker is away; relative to the config"
     )
     spool_max_events: int = _field(
         100_000, "spool bound; when full the oldest event is dropped", ge=10
+    )
+    home_assistant: HomeAssistantConfig = _field(
+        HomeAssistantConfig(), "Home Assistant MQTT discovery"
     )
 
 

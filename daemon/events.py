@@ -59,6 +59,18 @@ def event_json(
     }
 
 
+def in_view_json(camera: str, identities: list[str | None], ts: float) -> dict[str, Any]:
+    """Who a camera sees now (retained on ``cameras/CAMERA/faces``): its confirmed faces,
+    the names among them and how many are unknown, as of ``ts``."""
+    return {
+        "camera": camera,
+        "faces": len(identities),
+        "people": sorted({name for name in identities if name is not None}),
+        "unknown": sum(name is None for name in identities),
+        "ts": round(ts, 3),
+    }
+
+
 def face_snapshot(image: np.ndarray, bbox_xyxy: np.ndarray) -> bytes:
     """A JPEG of the face with some context, at most SNAPSHOT_SIZE px on its long side."""
     x0, y0, x1, y1 = np.asarray(bbox_xyxy, dtype=np.float64)
@@ -85,11 +97,13 @@ class EventSinks:
         topic_for: Callable[[str], str] | None = None,
         snapshot_topic_for: Callable[[str, str], str] | None = None,
         on_spooled: Callable[[], None] | None = None,
+        on_in_view: Callable[[str, dict[str, Any]], None] | None = None,
         stdout: bool = False,
         jsonl_file: str | None = None,
     ) -> None:
         self.spool, self.topic_for, self.snapshot_topic_for = spool, topic_for, snapshot_topic_for
         self.on_spooled = on_spooled or (lambda: None)
+        self.on_in_view = on_in_view or (lambda camera, state: None)
         self._stdout: TextIO | None = sys.stdout if stdout else None
         self._file: TextIO | None = None
         if jsonl_file:
@@ -116,6 +130,10 @@ class EventSinks:
                     line = dict(event, published_ts=round(time.time(), 3))
                     stream.write(json.dumps(line, separators=(",", ":")) + "\n")
                     stream.flush()
+
+    def in_view(self, camera: str, state: dict[str, Any]) -> None:
+        """Who ``camera`` sees now (``in_view_json``), after its events changed it."""
+        self.on_in_view(camera, state)
 
     def close(self) -> None:
         with self._lock:

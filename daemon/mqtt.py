@@ -3,6 +3,7 @@
 Topics, under ``PREFIX/NODE``:
 - ``status``: retained ``online`` / ``offline`` (also the last will);
 - ``cameras/CAMERA/status``: retained ``online`` / ``offline``;
+- ``cameras/CAMERA/faces``: retained JSON, who the camera sees now (``events.in_view_json``);
 - ``events/CAMERA``: identity events, JSON, QoS 1, not retained;
 - ``snapshots/CAMERA/EVENT_ID``: a JPEG of the face, when snapshots are on.
 
@@ -13,6 +14,10 @@ broker is reachable); a message in flight or still unsent then is sent at the ne
 order is kept. A message handed to paho just as the connection drops is sent again once it
 is back (paho may deliver its own copy too: another rare duplicate). The sending thread
 never stops on an error: it logs it and tries again.
+
+Retained state (the camera topics) and announcements (Home Assistant's discovery configs)
+do not go through the spool: the latest of each is kept here and sent again at every
+connection.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import socket
 import ssl
 import threading
 import time
+from typing import Any
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
@@ -45,7 +51,10 @@ class MqttPublisher:
         self.connected = threading.Event()
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._camera_status: dict[str, str] = {}
+        self._cameras: set[str] = set()
+        self._retained: dict[str, bytes] = {}  # topic -> latest payload
+        self._announcements: list[tuple[str, bytes]] = []
+        self._birth_topic: str | None = None
         self._lock = threading.Lock()
         self._last_failure: str | None = None  # what was logged for this outage
         self.client = self._make_client(node_id)
@@ -69,6 +78,7 @@ class MqttPublisher:
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
         return client
 
     # -- topics -------------------------------------------------------------------------
@@ -81,6 +91,9 @@ class MqttPublisher:
 
     def camera_status_topic(self, camera: str) -> str:
         return f"{self.base}/cameras/{camera}/status"
+
+    def in_view_topic(self, camera: str) -> str:
+        return f"{self.base}/cameras/{camera}/faces"
 
     # -- life cycle ---------------------------------------------------------------------
 
@@ -104,7 +117,7 @@ class MqttPublisher:
         self._thread.join(timeout_s)
         if self.connected.is_set():
             infos = [self.client.publish(self.status_topic, OFFLINE, qos=1, retain=True)]
-            for camera in self._camera_status:
+            for camera in self._cameras:
                 topic = self.camera_status_topic(camera)
                 infos.append(self.client.publish(topic, OFFLINE, qos=1, retain=True))
             deadline = time.monotonic() + timeout_s
@@ -120,13 +133,26 @@ class MqttPublisher:
 
     def set_camera_status(self, camera: str, up: bool) -> None:
         """Retained camera status; republished on every (re)connection."""
-        state = ONLINE if up else OFFLINE
+        self._cameras.add(camera)
+        self._retain(self.camera_status_topic(camera), (ONLINE if up else OFFLINE).encode())
+
+    def set_in_view(self, camera: str, state: dict[str, Any]) -> None:
+        """Retained in-view state of a camera; republished on every (re)connection."""
+        self._retain(self.in_view_topic(camera), json.dumps(state, separators=(",", ":")).encode())
+
+    def _retain(self, topic: str, payload: bytes) -> None:
         with self._lock:
-            if self._camera_status.get(camera) == state:
+            if self._retained.get(topic) == payload:
                 return
-            self._camera_status[camera] = state
+            self._retained[topic] = payload
         if self.connected.is_set():
-            self.client.publish(self.camera_status_topic(camera), state, qos=1, retain=True)
+            self.client.publish(topic, payload, qos=1, retain=True)
+
+    def announce(self, messages: list[tuple[str, bytes]], birth_topic: str) -> None:
+        """Retained messages sent at every connection, before the node's ``online``, and
+        again whenever ``birth_topic`` receives ``online`` (Home Assistant's discovery
+        configs and its birth message). Call before ``start``."""
+        self._announcements, self._birth_topic = list(messages), birth_topic
 
     # -- callbacks (paho's network thread) ------------------------------------------------
 
@@ -138,14 +164,26 @@ class MqttPublisher:
             return
         logger.info("MQTT: connected to %s:%d", self.config.host, self.config.port)
         self._last_failure = None
+        if self._birth_topic is not None:
+            client.subscribe(self._birth_topic, qos=1)
+        self._send_announcements(client)
         client.publish(self.status_topic, ONLINE, qos=1, retain=True)
         with self._lock:
-            states = dict(self._camera_status)
-        for camera, state in states.items():
-            client.publish(self.camera_status_topic(camera), state, qos=1, retain=True)
+            states = dict(self._retained)
+        for topic, payload in states.items():
+            client.publish(topic, payload, qos=1, retain=True)
         self.connected.set()
         metrics.MQTT_CONNECTED.set(1)
         self._wake.set()
+
+    def _send_announcements(self, client: paho.Client) -> None:
+        for topic, payload in self._announcements:
+            client.publish(topic, payload, qos=1, retain=True)
+
+    def _on_message(self, client: paho.Client, userdata: object, message: paho.MQTTMessage) -> None:
+        if message.topic == self._birth_topic and message.payload == ONLINE.encode():
+            logger.info("MQTT: %s is online: announcing the entities again", message.topic)
+            self._send_announcements(client)
 
     def _on_connect_fail(self, client: paho.Client, userdata: object) -> None:
         """paho retries silently and does not say why: ask again (``_diagnose``)."""

@@ -16,7 +16,7 @@ import numpy as np
 from daemon import metrics
 from daemon.cameras import Frame, FrameQueues
 from daemon.config import Config
-from daemon.events import EventSinks, event_json, face_snapshot
+from daemon.events import EventSinks, event_json, face_snapshot, in_view_json
 from daemon.gallery import Gallery, GalleryError
 from daemon.tracking import Track, Tracker, TrackEvent
 from engines.facenet import FaceNet
@@ -165,14 +165,23 @@ class Pipeline:
         for face in faces:
             by_frame.setdefault(id(face.frame), []).append(face.track)
         for frame in frames:
-            for event in self.trackers[frame.camera].decide(by_frame.get(id(frame), [])):
+            events = self.trackers[frame.camera].decide(by_frame.get(id(frame), []))
+            for event in events:
                 self._emit(event, frame.camera, frame.ts, frame)
+            if events:
+                self._in_view(frame.camera, frame.ts)
 
     def expire(self, now: float, stopping: bool = False) -> None:
         """``left`` for the tracks gone (for every open one when ``stopping``)."""
         for camera, tracker in self.trackers.items():
-            for event in tracker.expire(now, stopping):
+            events = tracker.expire(now, stopping)
+            for event in events:
                 self._emit(event, camera, event.track.last_seen, None)
+            if events:
+                self._in_view(camera, now)
+
+    def _in_view(self, camera: str, ts: float) -> None:
+        self.sinks.in_view(camera, in_view_json(camera, self.trackers[camera].in_view(), ts))
 
     def _emit(self, event: TrackEvent, camera: str, frame_ts: float, frame: Frame | None) -> None:
         self._seq += 1

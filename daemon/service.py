@@ -20,10 +20,10 @@ from types import FrameType
 
 import numpy as np
 
-from daemon import metrics
+from daemon import home_assistant, metrics
 from daemon.cameras import CameraReader, FrameQueues, check_file_source
 from daemon.config import REPO_ROOT, WARM_UP_HW, Config, ConfigError, plan_request
-from daemon.events import EventSinks
+from daemon.events import EventSinks, in_view_json
 from daemon.gallery import GalleryError
 from daemon.mqtt import DRAIN_ON_STOP_S, MqttPublisher
 from daemon.scheduler import BatchScheduler, Pipeline, open_gallery
@@ -215,14 +215,28 @@ class Service:
         except (OSError, ValueError) as exc:  # ssl: a CA, certificate or key it cannot use
             raise ConfigError(f"mqtt.tls: {exc}") from None
         self.publisher = publisher
+        started = time.time()
         for camera in cfg.cameras:
             if camera.enabled:
                 publisher.set_camera_status(camera.name, False)
+                publisher.set_in_view(camera.name, in_view_json(camera.name, [], started))
+        ha = cfg.mqtt.home_assistant
+        if ha.enabled:
+            messages = home_assistant.discovery_messages(
+                ha,
+                cfg.node_id,
+                cfg.cameras,
+                publisher.status_topic,
+                publisher.camera_status_topic,
+                publisher.in_view_topic,
+            )
+            publisher.announce(messages, home_assistant.birth_topic(ha))
         sinks = EventSinks(
             spool=self.spool,
             topic_for=publisher.event_topic,
             snapshot_topic_for=publisher.snapshot_topic,
             on_spooled=publisher.notify,
+            on_in_view=publisher.set_in_view,
             stdout=cfg.events.stdout,
             jsonl_file=cfg.events.jsonl_file,
         )

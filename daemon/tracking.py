@@ -165,6 +165,10 @@ class Tracker:
             track.identity = who
         return events
 
+    def in_view(self) -> list[str | None]:
+        """The announced identity of each confirmed track still open (None: unknown)."""
+        return [t.identity for t in self.tracks if t.confirmed]
+
     def expire(self, now: float, stopping: bool = False) -> list[TrackEvent]:
         """Drop tracks not seen for ``lost_after_s`` (every track when ``stopping``);
         ``left`` for the confirmed ones."""

@@ -8,7 +8,7 @@ import pytest
 
 from daemon.cameras import Frame, FrameQueues
 from daemon.config import TrackingConfig, parse_config
-from daemon.events import EventSinks
+from daemon.events import EventSinks, in_view_json
 from daemon.scheduler import Pipeline
 from daemon.service import watchdog_healthy
 from daemon.spool import Spool
@@ -37,10 +37,12 @@ def test_a_track_is_confirmed_identified_changed_and_leaves() -> None:
     tracker = Tracker("cam", config, reembed_every=1)
     a, b = (10, 10, 50, 50), (200, 10, 240, 50)
     assert run(tracker, 0.0, faces(a, b), [None, "bob"]) == []
+    assert tracker.in_view() == [], "nothing is in view before it is confirmed"
     assert run(tracker, 0.1, faces(a, b), [None, "bob"]) == [
         ("confirmed", 1, None),
         ("confirmed", 2, "bob"),
     ]
+    assert tracker.in_view() == [None, "bob"]
     moved = (14, 12, 54, 52)  # IoU with a is high: same track
     assert run(tracker, 0.2, faces(moved), ["ann"]) == []
     assert run(tracker, 0.3, faces(moved), ["ann"]) == [("identified", 1, "ann")]
@@ -48,12 +50,35 @@ def test_a_track_is_confirmed_identified_changed_and_leaves() -> None:
     left = tracker.expire(1.21)
     assert [(e.kind, e.track.track_id, e.reason) for e in left] == [("left", 2, "lost")]
     assert [t.track_id for t in tracker.tracks] == [1]
+    assert tracker.in_view() == ["ann"]
     run(tracker, 1.3, faces(a, b), [None, None])  # track 3 starts, not confirmed yet
+    assert tracker.in_view() == ["ann"]
     stopped = tracker.expire(1.31, stopping=True)
     assert [(e.kind, e.track.track_id, e.identity, e.reason) for e in stopped] == [
         ("left", 1, "ann", "stopped")
     ], "a stop ends every open track; only confirmed ones were announced, so only they leave"
     assert tracker.tracks == []
+    assert tracker.in_view() == []
+
+
+@pytest.mark.parametrize(
+    ("identities", "people", "unknown"),
+    [
+        ([], [], 0),
+        ([None], [], 1),
+        (["zoe", None, "ann", None], ["ann", "zoe"], 2),
+        (["ann", "ann"], ["ann"], 0),  # two faces voted the same name: one name, two faces
+    ],
+)
+def test_in_view_state_counts_faces_names_and_unknowns(identities, people, unknown) -> None:
+    state = in_view_json("door", identities, 12.34567)
+    assert state == {
+        "camera": "door",
+        "faces": len(identities),
+        "people": people,
+        "unknown": unknown,
+        "ts": 12.346,
+    }
 
 
 def test_resolved_tracks_are_embedded_only_every_n_frames() -> None:

@@ -1,0 +1,112 @@
+"""Home Assistant's view of the daemon, through a real mosquitto: the discovery configs, the
+states their templates give while a person is in view and after the stop, and the configs
+sent again when Home Assistant restarts on a broker that lost them."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import paho.mqtt.publish as mqtt_publish
+import pytest
+
+from tests.conftest import REPO
+from tests.integration.services import Daemon, Subscriber, daemon_settings, enroll, wait_for
+from tests.unit.test_home_assistant import render
+
+pytestmark = pytest.mark.slow
+
+CLIP = REPO / "configs" / "demo" / "hamilton_360p.mp4"
+DISCOVERY = "homeassistant/+/facewatch_test/+/config"
+FACES = "facewatch/test/cameras/clip/faces"
+
+
+def _discovered(subscriber: Subscriber) -> dict[str, Any]:
+    """The latest config of each entity, as Home Assistant keeps them (None: removed)."""
+    found: dict[str, Any] = {}
+    for topic, payload, _ in list(subscriber.messages):
+        if topic.startswith("homeassistant/") and topic.endswith("/config"):
+            found[topic] = json.loads(payload) if payload else None
+    return found
+
+
+def _state(subscriber: Subscriber, entity: dict[str, Any]) -> str | None:
+    """The entity's state from the latest message on its state topic, as Home Assistant
+    would show it."""
+    payload = subscriber.last(entity["state_topic"])
+    if payload is None:
+        return None
+    if "value_template" in entity:
+        return render(entity["value_template"], payload)
+    return {entity["payload_on"]: "ON", entity["payload_off"]: "OFF"}[payload.decode()]
+
+
+def test_home_assistant_sees_who_is_in_view_and_keeps_the_entities_across_its_restart(
+    tmp_path, broker, test_model
+) -> None:
+    gallery = tmp_path / "gallery.sqlite"
+    enroll(test_model, gallery, "alex-lacamoire")
+    cameras = [
+        {"name": "clip", "url": str(CLIP), "fps": 5},
+        {"name": "attic", "url": str(CLIP), "enabled": False},
+    ]
+    settings = daemon_settings(
+        cameras,
+        broker.port,
+        tmp_path,
+        # threshold 4: every face matches the one enrolled person (the test model is untrained)
+        recognition={"model": str(test_model), "gallery": str(gallery), "threshold": 4.0},
+        mqtt={"home_assistant": {"enabled": True}},
+    )
+    subscriber = Subscriber(broker.port, "#")
+    daemon = Daemon(tmp_path, settings)
+    daemon.start()
+    try:
+        wait_for(lambda: subscriber.last("facewatch/test/status") == b"online", 60, "online")
+        found = _discovered(subscriber)
+        clip = {t.rsplit("/", 2)[1]: c for t, c in found.items() if "/clip_" in t}
+        assert sorted(clip) == ["clip_connected", "clip_face", "clip_faces", "clip_people"]
+        assert all(config is not None for config in clip.values())
+        attic = [c for t, c in found.items() if "/attic_" in t]
+        assert len(attic) == 4 and all(c is None for c in attic), "a disabled camera: removed"
+        for entity in clip.values():
+            assert entity["availability"][0]["topic"] == "facewatch/test/status"
+            assert subscriber.last(entity["state_topic"]) is not None, entity["state_topic"]
+
+        wait_for(
+            lambda: _state(subscriber, clip["clip_people"]) == "alex-lacamoire",
+            60,
+            "the people sensor naming the enrolled person",
+        )
+        assert _state(subscriber, clip["clip_face"]) == "ON"
+        assert int(_state(subscriber, clip["clip_faces"]) or 0) >= 1
+        assert _state(subscriber, clip["clip_connected"]) == "ON"
+        named = [e for e in subscriber.events() if e["identity"] == "alex-lacamoire"]
+        assert named, "the in-view state follows the events"
+
+        # Home Assistant restarts on a broker that lost its retained messages: it says
+        # online on its birth topic, and the daemon sends the configs again
+        people_topic = "homeassistant/sensor/facewatch_test/clip_people/config"
+        mqtt_publish.single(people_topic, b"", retain=True, port=broker.port)
+        wait_for(lambda: _discovered(subscriber)[people_topic] is None, 10, "the config cleared")
+        mqtt_publish.single("homeassistant/status", b"online", port=broker.port)
+        wait_for(lambda: _discovered(subscriber)[people_topic], 10, "the config sent again")
+    finally:
+        code = daemon.stop()
+        subscriber.close()
+    assert code == 0, daemon.log()[-3000:]
+
+    # after the stop, what a Home Assistant starting now reads from the broker (retained)
+    late = Subscriber(broker.port, "#")
+    try:
+        wait_for(lambda: late.last("facewatch/test/status") == b"offline", 10, "offline")
+        wait_for(lambda: late.last(FACES), 10, "the retained in-view state")
+        found = _discovered(late)
+        assert len(found) == 4, "the enabled camera's 4 configs are retained, the attic's gone"
+        by_key = {t.rsplit("/", 2)[1]: c for t, c in found.items()}
+        assert _state(late, by_key["clip_people"]) == "nobody", "the stop ended every track"
+        assert _state(late, by_key["clip_face"]) == "OFF"
+        assert _state(late, by_key["clip_faces"]) == "0"
+        assert _state(late, by_key["clip_connected"]) == "OFF"
+    finally:
+        late.close()

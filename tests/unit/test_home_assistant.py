@@ -1,0 +1,102 @@
+"""Home Assistant discovery configs: their topics and fields, and the states their templates
+give (rendered with Jinja2, Home Assistant's template engine, on the daemon's payloads)."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import pytest
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from daemon.config import ConfigError, parse_config
+from daemon.events import in_view_json
+from daemon.home_assistant import birth_topic, discovery_messages
+
+BASE = "facewatch/garage"
+
+
+def render(template: str, payload: bytes) -> str:
+    """What Home Assistant's MQTT entities do: the template with ``value_json`` the payload."""
+    environment = ImmutableSandboxedEnvironment()
+    return environment.from_string(template).render(value_json=json.loads(payload)).strip()
+
+
+def configs(**mqtt: Any) -> dict[str, Any]:
+    config = parse_config(
+        {
+            "node_id": "garage",
+            "cameras": [
+                {"name": "front-door", "url": "rtsp://cam/1"},
+                {"name": "attic", "url": "rtsp://cam/2", "enabled": False},
+            ],
+            "recognition": {"model": None},
+            "mqtt": {"home_assistant": {"enabled": True, **mqtt}},
+        }
+    )
+    messages = discovery_messages(
+        config.mqtt.home_assistant,
+        config.node_id,
+        config.cameras,
+        f"{BASE}/status",
+        lambda camera: f"{BASE}/cameras/{camera}/status",
+        lambda camera: f"{BASE}/cameras/{camera}/faces",
+    )
+    return {topic: json.loads(payload) if payload else None for topic, payload in messages}
+
+
+def test_each_enabled_camera_is_four_entities_of_the_node_device() -> None:
+    found = configs()
+    enabled = {t: c for t, c in found.items() if "/front-door_" in t}
+    assert sorted(enabled) == [
+        "homeassistant/binary_sensor/facewatch_garage/front-door_connected/config",
+        "homeassistant/binary_sensor/facewatch_garage/front-door_face/config",
+        "homeassistant/sensor/facewatch_garage/front-door_faces/config",
+        "homeassistant/sensor/facewatch_garage/front-door_people/config",
+    ]
+    # Home Assistant's discovery topic: <prefix>/<component>/[<node_id>/]<object_id>/config
+    pattern = re.compile(r"^homeassistant/(binary_sensor|sensor)/[\w-]+/[\w-]+/config$")
+    assert all(pattern.match(topic) for topic in found)
+    entities = list(enabled.values())
+    assert len({e["unique_id"] for e in entities}) == 4
+    assert all(e["device"]["identifiers"] == ["facewatch_garage"] for e in entities)
+    assert all(e["availability"][0]["topic"] == f"{BASE}/status" for e in entities)
+    connected = enabled["homeassistant/binary_sensor/facewatch_garage/front-door_connected/config"]
+    assert connected["state_topic"] == f"{BASE}/cameras/front-door/status"
+    assert (connected["payload_on"], connected["payload_off"]) == ("online", "offline")
+    others = [e for e in entities if e is not connected]
+    assert {e["state_topic"] for e in others} == {f"{BASE}/cameras/front-door/faces"}
+
+
+def test_a_disabled_cameras_entities_are_removed() -> None:
+    """An empty retained config is how Home Assistant is told to delete an entity."""
+    attic = {t: c for t, c in configs().items() if "/attic_" in t}
+    assert len(attic) == 4
+    assert all(config is None for config in attic.values())
+
+
+def test_the_discovery_prefix_is_configurable_and_checked() -> None:
+    assert all(t.startswith("ha/") for t in configs(discovery_prefix="ha"))
+    with pytest.raises(ConfigError, match=r"mqtt\.home_assistant\.discovery_prefix"):
+        configs(discovery_prefix="ha/#")
+    assert birth_topic(
+        parse_config({"cameras": [{"name": "a", "url": "x"}]}).mqtt.home_assistant
+    ) == ("homeassistant/status")
+
+
+@pytest.mark.parametrize(
+    ("identities", "face", "faces", "people"),
+    [
+        ([], "OFF", "0", "nobody"),
+        ([None], "ON", "1", "unknown"),
+        (["zoe", None, "Ada Lovelace"], "ON", "3", "Ada Lovelace, zoe"),
+    ],
+)
+def test_the_entities_states_from_the_in_view_payload(identities, face, faces, people) -> None:
+    found = configs()
+    payload = json.dumps(in_view_json("front-door", identities, 1.0)).encode()
+    prefix = "homeassistant/{}/facewatch_garage/front-door_{}/config"
+    assert render(found[prefix.format("binary_sensor", "face")]["value_template"], payload) == face
+    assert render(found[prefix.format("sensor", "faces")]["value_template"], payload) == faces
+    assert render(found[prefix.format("sensor", "people")]["value_template"], payload) == people
