@@ -250,7 +250,7 @@ class Service:
         check_cameras(cfg)
         check_files(cfg)
         detector, facenet = self.load_engines()
-        if facenet is not None:
+        if facenet is not None and Path(cfg.recognition.gallery).exists():
             try:  # fail now on a wrong gallery; the scheduler thread opens its own (SQLite
                 gallery = open_gallery(cfg, facenet.model_id)  # connections are per thread)
             except GalleryError as exc:
