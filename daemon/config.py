@@ -23,6 +23,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 from engines.build import PlanRequest
@@ -248,7 +249,14 @@ class HomeAssistantConfig(_Section):
     discovery_prefix: str = _field(
         "homeassistant", "Home Assistant's discovery prefix (its MQTT settings)", min_length=1
     )
-    _topic = field_validator("discovery_prefix")(_no_wildcards)
+
+    @field_validator("discovery_prefix")
+    @classmethod
+    def _topic_root(cls, prefix: str) -> str:
+        prefix = _no_wildcards(prefix).strip("/")
+        if not prefix:
+            raise ValueError("expected a topic such as homeassistant")
+        return prefix
 
 
 class MqttConfig(_Section):
@@ -272,6 +280,12 @@ class MqttConfig(_Section):
     home_assistant: HomeAssistantConfig = _field(
         HomeAssistantConfig(), "Home Assistant MQTT discovery"
     )
+
+    @model_validator(mode="after")
+    def _home_assistant_needs_mqtt(self) -> MqttConfig:
+        if self.home_assistant.enabled and not self.enabled:
+            raise ValueError("home_assistant.enabled needs MQTT: set mqtt.enabled: true")
+        return self
 
 
 class MetricsConfig(_Section):

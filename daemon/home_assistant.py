@@ -1,18 +1,19 @@
-"""Home Assistant MQTT discovery (``mqtt.home_assistant``): with it on, each enabled camera
-appears in Home Assistant as four entities of one device, the facewatch node, with no YAML
-to write:
+"""Home Assistant MQTT discovery (``mqtt.home_assistant``): with it on, the daemon appears in
+Home Assistant by itself, with no YAML to write. The node is a device with one entity,
+*status* (connectivity: the node's ``status``, whose last will says ``offline``), and each
+enabled camera is a device, connected via the node, with four entities:
 
-- ``binary_sensor`` *CAMERA camera* (connectivity): the camera's ``status`` topic;
-- ``binary_sensor`` *CAMERA face* (occupancy): on while a confirmed face is in view;
-- ``sensor`` *CAMERA faces*: how many confirmed faces are in view;
-- ``sensor`` *CAMERA people*: the names in view, ``unknown`` when only faces nobody
-  matches are, ``nobody`` when none is; the in-view state is its attributes.
+- ``binary_sensor`` *camera* (connectivity): the camera's ``status`` topic;
+- ``binary_sensor`` *face* (occupancy): on while a confirmed face is in view;
+- ``sensor`` *faces*: how many confirmed faces are in view;
+- ``sensor`` *people*: the names in view, ``unknown`` when only faces nobody matches are,
+  ``nobody`` when none is; the in-view state is its attributes.
 
 Their states come from the retained ``cameras/CAMERA/status`` and ``cameras/CAMERA/faces``
-topics, and the node's ``status`` (its last will says ``offline``) is their availability.
-The configs are retained; the publisher sends them at every connection and again when
-Home Assistant announces itself (``DISCOVERY_PREFIX/status`` ``online``). A disabled camera's
-configs are sent empty, which removes its entities.
+topics, and they are available while the node's ``status`` says ``online``. The configs are
+retained; the publisher sends them at every connection and again when Home Assistant
+announces itself (``DISCOVERY_PREFIX/status`` ``online``). A disabled camera's configs are
+sent empty, which removes its entities.
 """
 
 from __future__ import annotations
@@ -24,10 +25,12 @@ from typing import Any
 from daemon import __version__
 from daemon.config import CameraConfig, HomeAssistantConfig
 
+# Home Assistant refuses a state longer than 255 characters (the full list is an attribute)
 PEOPLE_TEMPLATE = (
-    "{% if value_json.people %}{{ value_json.people | join(', ') }}"
+    "{% if value_json.people %}{{ (value_json.people | join(', '))[:255] }}"
     "{% elif value_json.faces %}unknown{% else %}nobody{% endif %}"
 )
+ORIGIN = {"name": "facewatch", "sw_version": __version__}
 
 
 def birth_topic(config: HomeAssistantConfig) -> str:
@@ -35,12 +38,12 @@ def birth_topic(config: HomeAssistantConfig) -> str:
     return f"{config.discovery_prefix}/status"
 
 
-def _entities(status_topic: str, in_view_topic: str, camera: str) -> dict[str, dict[str, Any]]:
-    """Each entity's platform and settings, by key."""
+def _camera_entities(status_topic: str, in_view_topic: str) -> dict[str, dict[str, Any]]:
+    """A camera's entities (with their platform), by key."""
     return {
         "connected": {
             "platform": "binary_sensor",
-            "name": f"{camera} camera",
+            "name": "camera",
             "state_topic": status_topic,
             "payload_on": "online",
             "payload_off": "offline",
@@ -49,14 +52,14 @@ def _entities(status_topic: str, in_view_topic: str, camera: str) -> dict[str, d
         },
         "face": {
             "platform": "binary_sensor",
-            "name": f"{camera} face",
+            "name": "face",
             "state_topic": in_view_topic,
             "value_template": "{{ 'ON' if value_json.faces > 0 else 'OFF' }}",
             "device_class": "occupancy",
         },
         "faces": {
             "platform": "sensor",
-            "name": f"{camera} faces",
+            "name": "faces",
             "state_topic": in_view_topic,
             "value_template": "{{ value_json.faces }}",
             "state_class": "measurement",
@@ -64,13 +67,26 @@ def _entities(status_topic: str, in_view_topic: str, camera: str) -> dict[str, d
         },
         "people": {
             "platform": "sensor",
-            "name": f"{camera} people",
+            "name": "people",
             "state_topic": in_view_topic,
             "value_template": PEOPLE_TEMPLATE,
             "json_attributes_topic": in_view_topic,
             "icon": "mdi:account-group",
         },
     }
+
+
+def _config(
+    prefix: str, node_id: str, names: list[str], entity: dict[str, Any]
+) -> tuple[str, bytes]:
+    """The discovery topic and payload of one entity, named by ``names`` under the node:
+    joined by ``_`` in the topic (its own level per node) and by ``:`` in ``unique_id``
+    (which node and camera names cannot hold, so no two entities share one)."""
+    platform = entity.pop("platform")
+    topic = f"{prefix}/{platform}/facewatch_{node_id}/{'_'.join(names)}/config"
+    unique_id = ":".join(["facewatch", node_id, *names])
+    payload = {"unique_id": unique_id, **entity, "origin": ORIGIN, "qos": 1}
+    return topic, json.dumps(payload, separators=(",", ":")).encode()
 
 
 def discovery_messages(
@@ -82,33 +98,43 @@ def discovery_messages(
     in_view_topic: Callable[[str], str],
 ) -> list[tuple[str, bytes]]:
     """(topic, payload) of every entity's discovery config, to be published retained."""
-    device = {
-        "identifiers": [f"facewatch_{node_id}"],
-        "name": f"facewatch {node_id}",
-        "manufacturer": "facewatch",
-        "model": "face recognition daemon",
-        "sw_version": __version__,
+    prefix = config.discovery_prefix
+    node_device = f"facewatch:{node_id}"
+    node = {
+        "platform": "binary_sensor",
+        "name": "status",
+        "state_topic": node_status_topic,
+        "payload_on": "online",
+        "payload_off": "offline",
+        "device_class": "connectivity",
+        "device": {
+            "identifiers": [node_device],
+            "name": node_id if node_id == "facewatch" else f"facewatch {node_id}",
+            "manufacturer": "facewatch",
+            "model": "face recognition daemon",
+            "sw_version": __version__,
+        },
     }
-    common = {
-        "availability": [
-            {
-                "topic": node_status_topic,
-                "payload_available": "online",
-                "payload_not_available": "offline",
-            }
-        ],
-        "device": device,
-        "origin": {"name": "facewatch", "sw_version": __version__},
-        "qos": 1,
-    }
-    messages = []
+    messages = [_config(prefix, node_id, ["status"], node)]
+    availability = [
+        {
+            "topic": node_status_topic,
+            "payload_available": "online",
+            "payload_not_available": "offline",
+        }
+    ]
     for camera in cameras:
         name = camera.name
-        entities = _entities(camera_status_topic(name), in_view_topic(name), name)
-        for key, settings in entities.items():
-            platform = settings.pop("platform")
-            topic = f"{config.discovery_prefix}/{platform}/facewatch_{node_id}/{name}_{key}/config"
-            entity = {"unique_id": f"facewatch_{node_id}_{name}_{key}", **settings, **common}
-            payload = json.dumps(entity, separators=(",", ":")).encode() if camera.enabled else b""
-            messages.append((topic, payload))
+        device = {
+            "identifiers": [f"{node_device}:{name}"],
+            "name": name,
+            "manufacturer": "facewatch",
+            "model": "camera",
+            "via_device": node_device,
+        }
+        entities = _camera_entities(camera_status_topic(name), in_view_topic(name))
+        for key, entity in entities.items():
+            entity.update(device=device, availability=availability)
+            topic, payload = _config(prefix, node_id, [name, key], entity)
+            messages.append((topic, payload if camera.enabled else b""))
     return messages

@@ -40,6 +40,9 @@ from daemon.spool import Message, Spool
 logger = logging.getLogger(__name__)
 
 ONLINE, OFFLINE = "online", "offline"
+# Retained state goes at QoS 0: its latest value is sent again at every connection, and paho
+# must not keep an older one, sent into a link that died unnoticed, to resend after it.
+STATE_QOS = 0
 DRAIN_ON_STOP_S = 10.0  # a clean stop sends the spool for at most this long
 
 
@@ -140,13 +143,18 @@ class MqttPublisher:
         """Retained in-view state of a camera; republished on every (re)connection."""
         self._retain(self.in_view_topic(camera), json.dumps(state, separators=(",", ":")).encode())
 
+    def forget_camera(self, camera: str) -> None:
+        """A disabled camera: its retained topics are emptied, which deletes them."""
+        for topic in (self.camera_status_topic(camera), self.in_view_topic(camera)):
+            self._retain(topic, b"")
+
     def _retain(self, topic: str, payload: bytes) -> None:
-        with self._lock:
+        with self._lock:  # with _on_connect's: no change slips between its copy and `connected`
             if self._retained.get(topic) == payload:
                 return
             self._retained[topic] = payload
-        if self.connected.is_set():
-            self.client.publish(topic, payload, qos=1, retain=True)
+            if self.connected.is_set():
+                self.client.publish(topic, payload, qos=STATE_QOS, retain=True)
 
     def announce(self, messages: list[tuple[str, bytes]], birth_topic: str) -> None:
         """Retained messages sent at every connection, before the node's ``online``, and
@@ -169,10 +177,9 @@ class MqttPublisher:
         self._send_announcements(client)
         client.publish(self.status_topic, ONLINE, qos=1, retain=True)
         with self._lock:
-            states = dict(self._retained)
-        for topic, payload in states.items():
-            client.publish(topic, payload, qos=1, retain=True)
-        self.connected.set()
+            for topic, payload in self._retained.items():
+                client.publish(topic, payload, qos=STATE_QOS, retain=True)
+            self.connected.set()
         metrics.MQTT_CONNECTED.set(1)
         self._wake.set()
 

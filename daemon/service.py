@@ -220,6 +220,8 @@ class Service:
             if camera.enabled:
                 publisher.set_camera_status(camera.name, False)
                 publisher.set_in_view(camera.name, in_view_json(camera.name, [], started))
+            else:
+                publisher.forget_camera(camera.name)
         ha = cfg.mqtt.home_assistant
         if ha.enabled:
             messages = home_assistant.discovery_messages(

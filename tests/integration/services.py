@@ -3,6 +3,7 @@ mosquitto, GStreamer's RTSP server, the facewatch daemon, and an MQTT subscriber
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pwd
@@ -84,6 +85,58 @@ class Process:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+class Partition:
+    """A TCP relay to a local port that can cut the link silently. ``cut()``: it relays
+    nothing more and keeps the connections open, so a client notices only by its keepalive,
+    and it refuses new ones. ``heal()``: it closes the cut connections and relays again."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.listener.getsockname()[1])
+        self._cut = threading.Event()
+        self._open: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return  # closed
+            if self._cut.is_set():
+                client.close()
+                continue
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            self._open += [client, upstream]
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._relay, args=(source, sink), daemon=True).start()
+
+    def _relay(self, source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                if self._cut.is_set():
+                    continue  # lost in the partition
+                sink.sendall(data)
+        except OSError:
+            pass
+
+    def cut(self) -> None:
+        self._cut.set()
+
+    def heal(self) -> None:
+        for sock in self._open:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+        self._open.clear()
+        self._cut.clear()
+
+    def close(self) -> None:
+        self.heal()
+        self.listener.close()
 
 
 class Mosquitto(Process):

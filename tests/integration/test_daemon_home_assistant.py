@@ -5,13 +5,24 @@ sent again when Home Assistant restarts on a broker that lost them."""
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import paho.mqtt.publish as mqtt_publish
 import pytest
 
+from daemon.config import MqttConfig
+from daemon.mqtt import MqttPublisher
+from daemon.spool import Spool
 from tests.conftest import REPO
-from tests.integration.services import Daemon, Subscriber, daemon_settings, enroll, wait_for
+from tests.integration.services import (
+    Daemon,
+    Partition,
+    Subscriber,
+    daemon_settings,
+    enroll,
+    wait_for,
+)
 from tests.unit.test_home_assistant import render
 
 pytestmark = pytest.mark.slow
@@ -69,6 +80,9 @@ def test_home_assistant_sees_who_is_in_view_and_keeps_the_entities_across_its_re
         assert all(config is not None for config in clip.values())
         attic = [c for t, c in found.items() if "/attic_" in t]
         assert len(attic) == 4 and all(c is None for c in attic), "a disabled camera: removed"
+        assert subscriber.last("facewatch/test/cameras/attic/faces") == b"", "and its state"
+        node = found["homeassistant/binary_sensor/facewatch_test/status/config"]
+        assert _state(subscriber, node) == "ON"
         for entity in clip.values():
             assert entity["availability"][0]["topic"] == "facewatch/test/status"
             assert subscriber.last(entity["state_topic"]) is not None, entity["state_topic"]
@@ -102,11 +116,43 @@ def test_home_assistant_sees_who_is_in_view_and_keeps_the_entities_across_its_re
         wait_for(lambda: late.last("facewatch/test/status") == b"offline", 10, "offline")
         wait_for(lambda: late.last(FACES), 10, "the retained in-view state")
         found = _discovered(late)
-        assert len(found) == 4, "the enabled camera's 4 configs are retained, the attic's gone"
+        assert len(found) == 5, "the node's and the enabled camera's configs, not the attic's"
         by_key = {t.rsplit("/", 2)[1]: c for t, c in found.items()}
+        assert _state(late, by_key["status"]) == "OFF"
         assert _state(late, by_key["clip_people"]) == "nobody", "the stop ended every track"
         assert _state(late, by_key["clip_face"]) == "OFF"
         assert _state(late, by_key["clip_faces"]) == "0"
         assert _state(late, by_key["clip_connected"]) == "OFF"
     finally:
         late.close()
+
+
+def test_a_state_sent_into_a_silently_dead_link_never_replaces_a_newer_one(
+    tmp_path, broker
+) -> None:
+    """The link to the broker dies without a word (a router reboots): a state published
+    before the client notices is lost with the link, and the one the daemon holds when it
+    reconnects is what the broker keeps, not a stale copy delivered after it."""
+    link = Partition(broker.port)
+    config = MqttConfig(port=link.port, keepalive_s=5)
+    publisher = MqttPublisher(config, "test", Spool(tmp_path / "spool", 100))
+    publisher.set_in_view("cam", {"faces": 0})
+    publisher.start()
+    try:
+        wait_for(publisher.connected.is_set, 10, "the connection")
+        link.cut()
+        publisher.set_in_view("cam", {"faces": 1})  # into the dead link, unnoticed yet
+        wait_for(lambda: not publisher.connected.is_set(), 30, "the client to notice")
+        publisher.set_in_view("cam", {"faces": 2})  # the state at the reconnection
+        link.heal()
+        wait_for(publisher.connected.is_set, 30, "the reconnection")
+        time.sleep(1.0)  # anything the client kept from before is sent again by now
+    finally:
+        publisher.stop(timeout_s=2, drain_s=0)
+        link.close()
+    retained = Subscriber(broker.port, FACES.replace("clip", "cam"))
+    try:
+        found = wait_for(lambda: retained.last(FACES.replace("clip", "cam")), 10, "the state")
+    finally:
+        retained.close()
+    assert json.loads(found) == {"faces": 2}

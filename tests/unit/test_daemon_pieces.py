@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import cv2
 import numpy as np
 import pytest
@@ -233,9 +236,6 @@ def test_a_stop_keeps_its_deadline_when_cameras_hang(monkeypatch, caplog) -> Non
     """16 cameras whose stream reads block share one reader deadline (not 16 in a row), the
     scheduler's wait is cut to what the budget leaves, and the stuck cameras are named: a
     stop ends before systemd's TimeoutStopSec would kill the daemon."""
-    import threading
-    import time
-
     from daemon import service
 
     monkeypatch.setattr(service, "STOP_BUDGET_S", 3.0)
@@ -286,3 +286,33 @@ def test_a_message_paho_could_not_send_is_not_acknowledged_and_raises_nothing() 
     queued = paho.MQTTMessageInfo(8)
     queued.rc = paho.MQTT_ERR_QUEUE_SIZE
     assert _wait(queued, 0.05) is False
+
+
+def test_a_camera_status_changed_while_the_connection_is_set_up_is_not_lost(tmp_path) -> None:
+    """The first frame of a camera often arrives while the publisher is connecting: its
+    ``online`` must reach the broker, not fall between the retained states sent at the
+    connection and the moment the publisher counts as connected."""
+    from daemon.config import MqttConfig
+    from daemon.mqtt import MqttPublisher
+
+    publisher = MqttPublisher(MqttConfig(), "test", Spool(tmp_path / "spool", 10))
+    publisher.set_camera_status("cam", False)
+    sent: list[tuple[str, bytes]] = []
+    camera = threading.Thread(target=publisher.set_camera_status, args=("cam", True))
+
+    class Client:  # records what is published; the camera comes up as its status is sent
+        def publish(self, topic: str, payload: str | bytes, **kwargs: object) -> None:
+            sent.append((topic, payload.encode() if isinstance(payload, str) else payload))
+            if topic.endswith("/cameras/cam/status") and camera.ident is None:
+                camera.start()
+                time.sleep(0.2)  # the camera's thread runs now, mid-connection
+
+        def subscribe(self, topic: str, qos: int) -> None:
+            pass
+
+    client = Client()
+    publisher.client = client  # type: ignore[assignment]
+    publisher._on_connect(client, None, None, None, None)  # type: ignore[arg-type]
+    camera.join(5)
+    status = [payload for topic, payload in sent if topic == "facewatch/test/cameras/cam/status"]
+    assert status[-1] == b"online", status

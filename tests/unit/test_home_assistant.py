@@ -32,7 +32,10 @@ def configs(**mqtt: Any) -> dict[str, Any]:
                 {"name": "attic", "url": "rtsp://cam/2", "enabled": False},
             ],
             "recognition": {"model": None},
-            "mqtt": {"home_assistant": {"enabled": True, **mqtt}},
+            "mqtt": {
+                "enabled": mqtt.pop("enabled", True),
+                "home_assistant": {"enabled": True, **mqtt},
+            },
         }
     )
     messages = discovery_messages(
@@ -46,8 +49,11 @@ def configs(**mqtt: Any) -> dict[str, Any]:
     return {topic: json.loads(payload) if payload else None for topic, payload in messages}
 
 
-def test_each_enabled_camera_is_four_entities_of_the_node_device() -> None:
+def test_the_node_and_each_enabled_camera_are_devices_with_their_entities() -> None:
     found = configs()
+    node = found.pop("homeassistant/binary_sensor/facewatch_garage/status/config")
+    assert node["state_topic"] == f"{BASE}/status" and "availability" not in node
+    assert node["device"]["identifiers"] == ["facewatch:garage"]
     enabled = {t: c for t, c in found.items() if "/front-door_" in t}
     assert sorted(enabled) == [
         "homeassistant/binary_sensor/facewatch_garage/front-door_connected/config",
@@ -59,8 +65,12 @@ def test_each_enabled_camera_is_four_entities_of_the_node_device() -> None:
     pattern = re.compile(r"^homeassistant/(binary_sensor|sensor)/[\w-]+/[\w-]+/config$")
     assert all(pattern.match(topic) for topic in found)
     entities = list(enabled.values())
-    assert len({e["unique_id"] for e in entities}) == 4
-    assert all(e["device"]["identifiers"] == ["facewatch_garage"] for e in entities)
+    assert {e["unique_id"] for e in entities} == {
+        f"facewatch:garage:front-door:{key}" for key in ("connected", "face", "faces", "people")
+    }
+    # the camera is a device of its own (its own area in Home Assistant), via the node
+    assert all(e["device"]["identifiers"] == ["facewatch:garage:front-door"] for e in entities)
+    assert all(e["device"]["via_device"] == "facewatch:garage" for e in entities)
     assert all(e["availability"][0]["topic"] == f"{BASE}/status" for e in entities)
     connected = enabled["homeassistant/binary_sensor/facewatch_garage/front-door_connected/config"]
     assert connected["state_topic"] == f"{BASE}/cameras/front-door/status"
@@ -76,10 +86,32 @@ def test_a_disabled_cameras_entities_are_removed() -> None:
     assert all(config is None for config in attic.values())
 
 
+def test_unique_ids_stay_unique_when_names_hold_underscores() -> None:
+    """node a + camera b_c and node a_b + camera c: one topic level per node, and ``:`` (which
+    names cannot hold) in ``unique_id``."""
+    ids = []
+    for node, camera in (("a", "b_c"), ("a_b", "c")):
+        config = parse_config(
+            {
+                "node_id": node,
+                "cameras": [{"name": camera, "url": "x"}],
+                "recognition": {"model": None},
+            }
+        )
+        messages = discovery_messages(
+            config.mqtt.home_assistant, node, config.cameras, "s", lambda c: c, lambda c: c
+        )
+        ids += [json.loads(payload)["unique_id"] for _, payload in messages]
+    assert len(ids) == len(set(ids)) == 10
+
+
 def test_the_discovery_prefix_is_configurable_and_checked() -> None:
     assert all(t.startswith("ha/") for t in configs(discovery_prefix="ha"))
+    assert all(re.match(r"ha/\w", t) for t in configs(discovery_prefix="ha/"))  # not ha//
     with pytest.raises(ConfigError, match=r"mqtt\.home_assistant\.discovery_prefix"):
         configs(discovery_prefix="ha/#")
+    with pytest.raises(ConfigError, match=r"needs MQTT: set mqtt\.enabled: true"):
+        configs(enabled=False)
     assert birth_topic(
         parse_config({"cameras": [{"name": "a", "url": "x"}]}).mqtt.home_assistant
     ) == ("homeassistant/status")
