@@ -98,12 +98,14 @@ class EventSinks:
         snapshot_topic_for: Callable[[str, str], str] | None = None,
         on_spooled: Callable[[], None] | None = None,
         on_in_view: Callable[[str, dict[str, Any]], None] | None = None,
+        on_snapshot: Callable[[str, bytes], None] | None = None,
         stdout: bool = False,
         jsonl_file: str | None = None,
     ) -> None:
         self.spool, self.topic_for, self.snapshot_topic_for = spool, topic_for, snapshot_topic_for
         self.on_spooled = on_spooled or (lambda: None)
         self.on_in_view = on_in_view or (lambda camera, state: None)
+        self.on_snapshot = on_snapshot or (lambda camera, jpeg: None)
         self._stdout: TextIO | None = sys.stdout if stdout else None
         self._file: TextIO | None = None
         if jsonl_file:
@@ -121,6 +123,7 @@ class EventSinks:
                 if snapshot and self.snapshot_topic_for is not None:
                     topic = self.snapshot_topic_for(event["camera"], event["event_id"])
                     dropped += self.spool.append(topic, snapshot, kind="raw")
+                    self.on_snapshot(event["camera"], snapshot)
                 if dropped:
                     metrics.MQTT_PUBLISHES.labels("dropped").inc(dropped)
                 metrics.SPOOL_EVENTS.set(len(self.spool))

@@ -7,10 +7,12 @@ enabled camera is a device, connected via the node, with four entities:
 - ``binary_sensor`` *face* (occupancy): on while a confirmed face is in view;
 - ``sensor`` *faces*: how many confirmed faces are in view;
 - ``sensor`` *people*: the names in view, ``unknown`` when only faces nobody matches are,
-  ``nobody`` when none is; the in-view state is its attributes.
+  ``nobody`` when none is; the in-view state is its attributes;
+- ``image`` *last face*, with ``tracking.snapshots`` on: the latest face snapshot.
 
-Their states come from the retained ``cameras/CAMERA/status`` and ``cameras/CAMERA/faces``
-topics, and they are available while the node's ``status`` says ``online``. The configs are
+Their states come from the retained ``cameras/CAMERA/status``, ``cameras/CAMERA/faces`` and
+``cameras/CAMERA/snapshot`` topics, and they are available while the node's ``status`` says
+``online``. The configs are
 retained; the publisher sends them at every connection and again when Home Assistant
 announces itself (``DISCOVERY_PREFIX/status`` ``online``). A disabled camera's configs are
 sent empty, which removes its entities.
@@ -19,11 +21,10 @@ sent empty, which removes its entities.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from daemon import __version__
-from daemon.config import CameraConfig, HomeAssistantConfig
+from daemon.config import Config, HomeAssistantConfig
 
 # Home Assistant refuses a state longer than 255 characters (the full list is an attribute)
 PEOPLE_TEMPLATE = (
@@ -33,13 +34,24 @@ PEOPLE_TEMPLATE = (
 ORIGIN = {"name": "facewatch", "sw_version": __version__}
 
 
+class Topics(Protocol):
+    """The daemon's topics (``MqttPublisher``)."""
+
+    status_topic: str
+
+    def camera_status_topic(self, camera: str) -> str: ...
+    def in_view_topic(self, camera: str) -> str: ...
+    def last_snapshot_topic(self, camera: str) -> str: ...
+
+
 def birth_topic(config: HomeAssistantConfig) -> str:
     """Where Home Assistant says ``online`` when it starts."""
     return f"{config.discovery_prefix}/status"
 
 
-def _camera_entities(status_topic: str, in_view_topic: str) -> dict[str, dict[str, Any]]:
+def _camera_entities(topics: Topics, camera: str) -> dict[str, dict[str, Any]]:
     """A camera's entities (with their platform), by key."""
+    status_topic, in_view_topic = topics.camera_status_topic(camera), topics.in_view_topic(camera)
     return {
         "connected": {
             "platform": "binary_sensor",
@@ -73,6 +85,12 @@ def _camera_entities(status_topic: str, in_view_topic: str) -> dict[str, dict[st
             "json_attributes_topic": in_view_topic,
             "icon": "mdi:account-group",
         },
+        "snapshot": {
+            "platform": "image",
+            "name": "last face",
+            "image_topic": topics.last_snapshot_topic(camera),
+            "content_type": "image/jpeg",
+        },
     }
 
 
@@ -89,21 +107,15 @@ def _config(
     return topic, json.dumps(payload, separators=(",", ":")).encode()
 
 
-def discovery_messages(
-    config: HomeAssistantConfig,
-    node_id: str,
-    cameras: list[CameraConfig],
-    node_status_topic: str,
-    camera_status_topic: Callable[[str], str],
-    in_view_topic: Callable[[str], str],
-) -> list[tuple[str, bytes]]:
-    """(topic, payload) of every entity's discovery config, to be published retained."""
-    prefix = config.discovery_prefix
+def discovery_messages(config: Config, topics: Topics) -> list[tuple[str, bytes]]:
+    """(topic, payload) of every entity's discovery config, to be published retained; empty
+    for the entities to remove (a disabled camera's; the snapshot's without snapshots)."""
+    prefix, node_id = config.mqtt.home_assistant.discovery_prefix, config.node_id
     node_device = f"facewatch:{node_id}"
     node = {
         "platform": "binary_sensor",
         "name": "status",
-        "state_topic": node_status_topic,
+        "state_topic": topics.status_topic,
         "payload_on": "online",
         "payload_off": "offline",
         "device_class": "connectivity",
@@ -118,12 +130,12 @@ def discovery_messages(
     messages = [_config(prefix, node_id, ["status"], node)]
     availability = [
         {
-            "topic": node_status_topic,
+            "topic": topics.status_topic,
             "payload_available": "online",
             "payload_not_available": "offline",
         }
     ]
-    for camera in cameras:
+    for camera in config.cameras:
         name = camera.name
         device = {
             "identifiers": [f"{node_device}:{name}"],
@@ -132,9 +144,9 @@ def discovery_messages(
             "model": "camera",
             "via_device": node_device,
         }
-        entities = _camera_entities(camera_status_topic(name), in_view_topic(name))
-        for key, entity in entities.items():
+        for key, entity in _camera_entities(topics, name).items():
             entity.update(device=device, availability=availability)
             topic, payload = _config(prefix, node_id, [name, key], entity)
-            messages.append((topic, payload if camera.enabled else b""))
+            wanted = camera.enabled and (key != "snapshot" or config.tracking.snapshots)
+            messages.append((topic, payload if wanted else b""))
     return messages

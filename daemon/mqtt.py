@@ -4,6 +4,7 @@ Topics, under ``PREFIX/NODE``:
 - ``status``: retained ``online`` / ``offline`` (also the last will);
 - ``cameras/CAMERA/status``: retained ``online`` / ``offline``;
 - ``cameras/CAMERA/faces``: retained JSON, who the camera sees now (``events.in_view_json``);
+- ``cameras/CAMERA/snapshot``: retained JPEG, the latest face snapshot (when they are on);
 - ``events/CAMERA``: identity events, JSON, QoS 1, not retained;
 - ``snapshots/CAMERA/EVENT_ID``: a JPEG of the face, when snapshots are on.
 
@@ -98,6 +99,9 @@ class MqttPublisher:
     def in_view_topic(self, camera: str) -> str:
         return f"{self.base}/cameras/{camera}/faces"
 
+    def last_snapshot_topic(self, camera: str) -> str:
+        return f"{self.base}/cameras/{camera}/snapshot"
+
     # -- life cycle ---------------------------------------------------------------------
 
     def start(self) -> None:
@@ -143,9 +147,17 @@ class MqttPublisher:
         """Retained in-view state of a camera; republished on every (re)connection."""
         self._retain(self.in_view_topic(camera), json.dumps(state, separators=(",", ":")).encode())
 
+    def set_last_snapshot(self, camera: str, jpeg: bytes) -> None:
+        """Retained latest face snapshot of a camera; republished on every (re)connection."""
+        self._retain(self.last_snapshot_topic(camera), jpeg)
+
     def forget_camera(self, camera: str) -> None:
         """A disabled camera: its retained topics are emptied, which deletes them."""
-        for topic in (self.camera_status_topic(camera), self.in_view_topic(camera)):
+        for topic in (
+            self.camera_status_topic(camera),
+            self.in_view_topic(camera),
+            self.last_snapshot_topic(camera),
+        ):
             self._retain(topic, b"")
 
     def _retain(self, topic: str, payload: bytes) -> None:

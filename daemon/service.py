@@ -224,14 +224,7 @@ class Service:
                 publisher.forget_camera(camera.name)
         ha = cfg.mqtt.home_assistant
         if ha.enabled:
-            messages = home_assistant.discovery_messages(
-                ha,
-                cfg.node_id,
-                cfg.cameras,
-                publisher.status_topic,
-                publisher.camera_status_topic,
-                publisher.in_view_topic,
-            )
+            messages = home_assistant.discovery_messages(cfg, publisher)
             publisher.announce(messages, home_assistant.birth_topic(ha))
         sinks = EventSinks(
             spool=self.spool,
@@ -239,6 +232,7 @@ class Service:
             snapshot_topic_for=publisher.snapshot_topic,
             on_spooled=publisher.notify,
             on_in_view=publisher.set_in_view,
+            on_snapshot=publisher.set_last_snapshot,
             stdout=cfg.events.stdout,
             jsonl_file=cfg.events.jsonl_file,
         )

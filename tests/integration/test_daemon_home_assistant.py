@@ -68,6 +68,7 @@ def test_home_assistant_sees_who_is_in_view_and_keeps_the_entities_across_its_re
         # threshold 4: every face matches the one enrolled person (the test model is untrained)
         recognition={"model": str(test_model), "gallery": str(gallery), "threshold": 4.0},
         mqtt={"home_assistant": {"enabled": True}},
+        tracking={"snapshots": True},
     )
     subscriber = Subscriber(broker.port, "#")
     daemon = Daemon(tmp_path, settings)
@@ -76,16 +77,23 @@ def test_home_assistant_sees_who_is_in_view_and_keeps_the_entities_across_its_re
         wait_for(lambda: subscriber.last("facewatch/test/status") == b"online", 60, "online")
         found = _discovered(subscriber)
         clip = {t.rsplit("/", 2)[1]: c for t, c in found.items() if "/clip_" in t}
-        assert sorted(clip) == ["clip_connected", "clip_face", "clip_faces", "clip_people"]
+        assert sorted(clip) == [
+            "clip_connected",
+            "clip_face",
+            "clip_faces",
+            "clip_people",
+            "clip_snapshot",
+        ]
         assert all(config is not None for config in clip.values())
         attic = [c for t, c in found.items() if "/attic_" in t]
-        assert len(attic) == 4 and all(c is None for c in attic), "a disabled camera: removed"
+        assert len(attic) == 5 and all(c is None for c in attic), "a disabled camera: removed"
         assert subscriber.last("facewatch/test/cameras/attic/faces") == b"", "and its state"
         node = found["homeassistant/binary_sensor/facewatch_test/status/config"]
         assert _state(subscriber, node) == "ON"
-        for entity in clip.values():
+        for key, entity in clip.items():
             assert entity["availability"][0]["topic"] == "facewatch/test/status"
-            assert subscriber.last(entity["state_topic"]) is not None, entity["state_topic"]
+            if key != "clip_snapshot":
+                assert subscriber.last(entity["state_topic"]) is not None, entity["state_topic"]
 
         wait_for(
             lambda: _state(subscriber, clip["clip_people"]) == "alex-lacamoire",
@@ -95,6 +103,8 @@ def test_home_assistant_sees_who_is_in_view_and_keeps_the_entities_across_its_re
         assert _state(subscriber, clip["clip_face"]) == "ON"
         assert int(_state(subscriber, clip["clip_faces"]) or 0) >= 1
         assert _state(subscriber, clip["clip_connected"]) == "ON"
+        face = subscriber.last(clip["clip_snapshot"]["image_topic"])
+        assert face is not None and face.startswith(b"\xff\xd8"), "the last face, as a JPEG"
         named = [e for e in subscriber.events() if e["identity"] == "alex-lacamoire"]
         assert named, "the in-view state follows the events"
 
@@ -116,13 +126,14 @@ def test_home_assistant_sees_who_is_in_view_and_keeps_the_entities_across_its_re
         wait_for(lambda: late.last("facewatch/test/status") == b"offline", 10, "offline")
         wait_for(lambda: late.last(FACES), 10, "the retained in-view state")
         found = _discovered(late)
-        assert len(found) == 5, "the node's and the enabled camera's configs, not the attic's"
+        assert len(found) == 6, "the node's and the enabled camera's configs, not the attic's"
         by_key = {t.rsplit("/", 2)[1]: c for t, c in found.items()}
         assert _state(late, by_key["status"]) == "OFF"
         assert _state(late, by_key["clip_people"]) == "nobody", "the stop ended every track"
         assert _state(late, by_key["clip_face"]) == "OFF"
         assert _state(late, by_key["clip_faces"]) == "0"
         assert _state(late, by_key["clip_connected"]) == "OFF"
+        assert (late.last(by_key["clip_snapshot"]["image_topic"]) or b"").startswith(b"\xff\xd8")
     finally:
         late.close()
 

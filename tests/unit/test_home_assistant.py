@@ -23,7 +23,23 @@ def render(template: str, payload: bytes) -> str:
     return environment.from_string(template).render(value_json=json.loads(payload)).strip()
 
 
-def configs(**mqtt: Any) -> dict[str, Any]:
+class Topics:
+    """The daemon's topics, as ``MqttPublisher`` names them (the integration test checks)."""
+
+    def __init__(self, base: str = BASE) -> None:
+        self.base, self.status_topic = base, f"{base}/status"
+
+    def camera_status_topic(self, camera: str) -> str:
+        return f"{self.base}/cameras/{camera}/status"
+
+    def in_view_topic(self, camera: str) -> str:
+        return f"{self.base}/cameras/{camera}/faces"
+
+    def last_snapshot_topic(self, camera: str) -> str:
+        return f"{self.base}/cameras/{camera}/snapshot"
+
+
+def configs(snapshots: bool = False, **mqtt: Any) -> dict[str, Any]:
     config = parse_config(
         {
             "node_id": "garage",
@@ -32,20 +48,14 @@ def configs(**mqtt: Any) -> dict[str, Any]:
                 {"name": "attic", "url": "rtsp://cam/2", "enabled": False},
             ],
             "recognition": {"model": None},
+            "tracking": {"snapshots": snapshots},
             "mqtt": {
                 "enabled": mqtt.pop("enabled", True),
                 "home_assistant": {"enabled": True, **mqtt},
             },
         }
     )
-    messages = discovery_messages(
-        config.mqtt.home_assistant,
-        config.node_id,
-        config.cameras,
-        f"{BASE}/status",
-        lambda camera: f"{BASE}/cameras/{camera}/status",
-        lambda camera: f"{BASE}/cameras/{camera}/faces",
-    )
+    messages = discovery_messages(config, Topics())
     return {topic: json.loads(payload) if payload else None for topic, payload in messages}
 
 
@@ -54,6 +64,8 @@ def test_the_node_and_each_enabled_camera_are_devices_with_their_entities() -> N
     node = found.pop("homeassistant/binary_sensor/facewatch_garage/status/config")
     assert node["state_topic"] == f"{BASE}/status" and "availability" not in node
     assert node["device"]["identifiers"] == ["facewatch:garage"]
+    snapshot = found.pop("homeassistant/image/facewatch_garage/front-door_snapshot/config")
+    assert snapshot is None, "snapshots are off: no image entity"
     enabled = {t: c for t, c in found.items() if "/front-door_" in t}
     assert sorted(enabled) == [
         "homeassistant/binary_sensor/facewatch_garage/front-door_connected/config",
@@ -62,7 +74,7 @@ def test_the_node_and_each_enabled_camera_are_devices_with_their_entities() -> N
         "homeassistant/sensor/facewatch_garage/front-door_people/config",
     ]
     # Home Assistant's discovery topic: <prefix>/<component>/[<node_id>/]<object_id>/config
-    pattern = re.compile(r"^homeassistant/(binary_sensor|sensor)/[\w-]+/[\w-]+/config$")
+    pattern = re.compile(r"^homeassistant/(binary_sensor|sensor|image)/[\w-]+/[\w-]+/config$")
     assert all(pattern.match(topic) for topic in found)
     entities = list(enabled.values())
     assert {e["unique_id"] for e in entities} == {
@@ -82,8 +94,20 @@ def test_the_node_and_each_enabled_camera_are_devices_with_their_entities() -> N
 def test_a_disabled_cameras_entities_are_removed() -> None:
     """An empty retained config is how Home Assistant is told to delete an entity."""
     attic = {t: c for t, c in configs().items() if "/attic_" in t}
-    assert len(attic) == 4
+    assert len(attic) == 5
     assert all(config is None for config in attic.values())
+
+
+def test_with_snapshots_each_camera_shows_its_last_face() -> None:
+    image = configs(snapshots=True)[
+        "homeassistant/image/facewatch_garage/front-door_snapshot/config"
+    ]
+    assert image["image_topic"] == f"{BASE}/cameras/front-door/snapshot"
+    assert image["content_type"] == "image/jpeg" and image["name"] == "last face"
+    assert (
+        configs(snapshots=True)["homeassistant/image/facewatch_garage/attic_snapshot/config"]
+        is None
+    )
 
 
 def test_unique_ids_stay_unique_when_names_hold_underscores() -> None:
@@ -98,10 +122,8 @@ def test_unique_ids_stay_unique_when_names_hold_underscores() -> None:
                 "recognition": {"model": None},
             }
         )
-        messages = discovery_messages(
-            config.mqtt.home_assistant, node, config.cameras, "s", lambda c: c, lambda c: c
-        )
-        ids += [json.loads(payload)["unique_id"] for _, payload in messages]
+        messages = discovery_messages(config, Topics(f"facewatch/{node}"))
+        ids += [json.loads(payload)["unique_id"] for _, payload in messages if payload]
     assert len(ids) == len(set(ids)) == 10
 
 
