@@ -12,8 +12,10 @@ seconds, alternately, the broker or camera 2 goes away for --outage seconds.
 Reports (and writes to bench/results/soak.json): resident memory over time, with the growth
 between the first and the last 5 minutes after warm-up; events emitted (the daemon's own
 JSON-lines log) against events delivered to a persistent MQTT subscriber (lost, duplicated);
-camera and broker reconnections. Exit status 1 when an event was lost or memory grew by
-more than --max-growth-mb. The logs of the daemon, the broker and the cameras are kept in
+camera and broker reconnections; with Home Assistant discovery on, the retained state a
+late subscriber reads once the cameras are off (every camera's ``faces`` must say 0, the
+enrolled person must be seen by no camera, every discovery config must be there). Exit status 1 when an event was lost, that state is wrong,
+or memory grew by more than --max-growth-mb. The logs of the daemon, the broker and the cameras are kept in
 bench/.cache/soak/.
 """
 
@@ -67,6 +69,29 @@ def emitted(jsonl: Path) -> list[str]:
     return [json.loads(line)["event_id"] for line in jsonl.read_text().splitlines() if line]
 
 
+def retained(port: int) -> dict[str, Any]:
+    """What a subscriber connecting now reads: the cameras' ``faces`` states, the people's
+    cameras, and how many Home Assistant discovery configs the broker keeps."""
+    late = Subscriber(port, "#")
+    try:
+        topics = [f"facewatch/test/cameras/{c}/faces" for c in CAMERAS]
+        wait_for(lambda: all(late.last(t) for t in topics), 10, "the retained states")
+        time.sleep(1)  # the rest of the retained messages
+        messages = list(late.messages)
+        configs = {t for t, p, _ in messages if t.endswith("/config") and p}
+        people = {t: p for t, p, _ in messages if t.startswith("facewatch/test/people/") and p}
+        return {
+            "people": {json.loads(p)["name"]: json.loads(p)["cameras"] for p in people.values()},
+            "faces": {
+                c: json.loads(late.last(t) or b"{}")["faces"]
+                for c, t in zip(CAMERAS, topics, strict=True)
+            },
+            "discovery_configs": len(configs),
+        }
+    finally:
+        late.close()
+
+
 def soak(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     data = SHARED_DATA if (SHARED_DATA / "README.md").is_file() else None
     model = build_test_model(folder / "model", data)
@@ -91,6 +116,7 @@ def soak(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
         recognition={"model": str(model), "gallery": str(gallery)},
         events={"jsonl_file": str(jsonl)},
         tracking={"confirm_frames": 3, "lost_after_s": 2.0},
+        mqtt={"home_assistant": {"enabled": True}},
     )
     daemon = Daemon(folder, settings)
     broker.start()
@@ -149,6 +175,7 @@ def soak(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
             "every emitted event to reach the subscriber",
             every_s=1,
         )
+        after_drain = retained(broker.port)
         rc = daemon.stop()
     finally:
         subscriber.close()
@@ -189,6 +216,7 @@ def soak(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
         "rss_mb_max": max(warm),
         "exit_status": rc,
         "tracebacks_in_log": log.count("Traceback"),
+        "retained_after_drain": after_drain,
         "samples": samples,
     }
 
@@ -217,6 +245,14 @@ def main() -> int:
     print(f"faults: {len(result['faults'])}; samples in {args.out}")
     failed = result["events_lost"] > 0 or result["rss_growth_mb"] > args.max_growth_mb
     failed = failed or result["exit_status"] != 0 or result["tracebacks_in_log"] > 0
+    state = result["retained_after_drain"]
+    # the node's status entity, 4 per camera (no snapshots) and the person's; nobody in view
+    expected = {
+        "people": {"lin-manuel-miranda": []},
+        "faces": dict.fromkeys(CAMERAS, 0),
+        "discovery_configs": 1 + 4 * len(CAMERAS) + 1,
+    }
+    failed = failed or state != expected
     print("FAILED" if failed else "OK")
     return 1 if failed else 0
 

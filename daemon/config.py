@@ -243,8 +243,8 @@ def _no_wildcards(topic: str) -> str:
 class HomeAssistantConfig(_Section):
     enabled: bool = _field(
         False,
-        "announce each camera's entities to Home Assistant (MQTT discovery): camera "
-        "connected, face in view, number of faces, people in view",
+        "announce the daemon to Home Assistant (MQTT discovery): per camera, connected, face "
+        "in view, number of faces, people in view, last face; per enrolled person, in view",
     )
     discovery_prefix: str = _field(
         "homeassistant", "Home Assistant's discovery prefix (its MQTT settings)", min_length=1

@@ -7,15 +7,18 @@ set by the MQTT publisher at sending, and by the other sinks at writing.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import re
 import sys
 import threading
 import time
+import unicodedata
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 import cv2
 import numpy as np
@@ -71,6 +74,21 @@ def in_view_json(camera: str, identities: list[str | None], ts: float) -> dict[s
     }
 
 
+def person_key(name: str) -> str:
+    """A person's name as one level of an MQTT topic and a Home Assistant object id: its
+    letters and digits in ASCII, then a hash of the whole name (``Zoë`` and ``Zoe`` are two
+    people; ``张伟`` has no ASCII letters)."""
+    ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
+    slug = re.sub(r"[^a-z0-9]+", "_", ascii_name.lower()).strip("_")[:40]
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    return f"{slug}-{digest}" if slug else digest
+
+
+def person_json(name: str, cameras: list[str], ts: float) -> dict[str, Any]:
+    """Where an enrolled person is in view now (retained on ``people/KEY``), as of ``ts``."""
+    return {"name": name, "cameras": cameras, "ts": round(ts, 3)}
+
+
 def face_snapshot(image: np.ndarray, bbox_xyxy: np.ndarray) -> bytes:
     """A JPEG of the face with some context, at most SNAPSHOT_SIZE px on its long side."""
     x0, y0, x1, y1 = np.asarray(bbox_xyxy, dtype=np.float64)
@@ -88,6 +106,15 @@ def face_snapshot(image: np.ndarray, bbox_xyxy: np.ndarray) -> bytes:
     return jpeg.tobytes() if ok else b""
 
 
+class RetainedState(Protocol):
+    """Where the current state goes, the latest value of each only (the MQTT publisher)."""
+
+    def set_in_view(self, camera: str, state: dict[str, Any]) -> None: ...
+    def set_last_snapshot(self, camera: str, jpeg: bytes) -> None: ...
+    def set_people(self, states: dict[str, dict[str, Any]]) -> None: ...
+    def set_person(self, name: str, state: dict[str, Any]) -> None: ...
+
+
 class EventSinks:
     """Fan-out of events. Thread-safe; the scheduler thread is the only caller in practice."""
 
@@ -97,15 +124,13 @@ class EventSinks:
         topic_for: Callable[[str], str] | None = None,
         snapshot_topic_for: Callable[[str, str], str] | None = None,
         on_spooled: Callable[[], None] | None = None,
-        on_in_view: Callable[[str, dict[str, Any]], None] | None = None,
-        on_snapshot: Callable[[str, bytes], None] | None = None,
+        state: RetainedState | None = None,
         stdout: bool = False,
         jsonl_file: str | None = None,
     ) -> None:
         self.spool, self.topic_for, self.snapshot_topic_for = spool, topic_for, snapshot_topic_for
         self.on_spooled = on_spooled or (lambda: None)
-        self.on_in_view = on_in_view or (lambda camera, state: None)
-        self.on_snapshot = on_snapshot or (lambda camera, jpeg: None)
+        self.state = state
         self._stdout: TextIO | None = sys.stdout if stdout else None
         self._file: TextIO | None = None
         if jsonl_file:
@@ -123,7 +148,8 @@ class EventSinks:
                 if snapshot and self.snapshot_topic_for is not None:
                     topic = self.snapshot_topic_for(event["camera"], event["event_id"])
                     dropped += self.spool.append(topic, snapshot, kind="raw")
-                    self.on_snapshot(event["camera"], snapshot)
+                    if self.state is not None:
+                        self.state.set_last_snapshot(event["camera"], snapshot)
                 if dropped:
                     metrics.MQTT_PUBLISHES.labels("dropped").inc(dropped)
                 metrics.SPOOL_EVENTS.set(len(self.spool))
@@ -136,7 +162,18 @@ class EventSinks:
 
     def in_view(self, camera: str, state: dict[str, Any]) -> None:
         """Who ``camera`` sees now (``in_view_json``), after its events changed it."""
-        self.on_in_view(camera, state)
+        if self.state is not None:
+            self.state.set_in_view(camera, state)
+
+    def people(self, states: dict[str, dict[str, Any]]) -> None:
+        """Every enrolled person's presence (``person_json``), when the gallery is loaded."""
+        if self.state is not None:
+            self.state.set_people(states)
+
+    def person(self, name: str, state: dict[str, Any]) -> None:
+        """One person's presence (``person_json``), after events changed it."""
+        if self.state is not None:
+            self.state.set_person(name, state)
 
     def close(self) -> None:
         with self._lock:

@@ -10,6 +10,10 @@ enabled camera is a device, connected via the node, with four entities:
   ``nobody`` when none is; the in-view state is its attributes;
 - ``image`` *last face*, with ``tracking.snapshots`` on: the latest face snapshot.
 
+Each enrolled person is a ``binary_sensor`` (occupancy) of the node, named after them: on
+while a camera sees them, with the cameras as attributes (``people/KEY``); the list follows
+the gallery at every reload.
+
 Their states come from the retained ``cameras/CAMERA/status``, ``cameras/CAMERA/faces`` and
 ``cameras/CAMERA/snapshot`` topics, and they are available while the node's ``status`` says
 ``online``. The configs are
@@ -25,6 +29,7 @@ from typing import Any, Protocol
 
 from daemon import __version__
 from daemon.config import Config, HomeAssistantConfig
+from daemon.events import person_key
 
 # Home Assistant refuses a state longer than 255 characters (the full list is an attribute)
 PEOPLE_TEMPLATE = (
@@ -42,6 +47,7 @@ class Topics(Protocol):
     def camera_status_topic(self, camera: str) -> str: ...
     def in_view_topic(self, camera: str) -> str: ...
     def last_snapshot_topic(self, camera: str) -> str: ...
+    def person_topic(self, name: str) -> str: ...
 
 
 def birth_topic(config: HomeAssistantConfig) -> str:
@@ -107,6 +113,26 @@ def _config(
     return topic, json.dumps(payload, separators=(",", ":")).encode()
 
 
+def _node_device(node_id: str) -> dict[str, Any]:
+    return {
+        "identifiers": [f"facewatch:{node_id}"],
+        "name": node_id if node_id == "facewatch" else f"facewatch {node_id}",
+        "manufacturer": "facewatch",
+        "model": "face recognition daemon",
+        "sw_version": __version__,
+    }
+
+
+def _availability(topics: Topics) -> list[dict[str, str]]:
+    return [
+        {
+            "topic": topics.status_topic,
+            "payload_available": "online",
+            "payload_not_available": "offline",
+        }
+    ]
+
+
 def discovery_messages(config: Config, topics: Topics) -> list[tuple[str, bytes]]:
     """(topic, payload) of every entity's discovery config, to be published retained; empty
     for the entities to remove (a disabled camera's; the snapshot's without snapshots)."""
@@ -119,22 +145,10 @@ def discovery_messages(config: Config, topics: Topics) -> list[tuple[str, bytes]
         "payload_on": "online",
         "payload_off": "offline",
         "device_class": "connectivity",
-        "device": {
-            "identifiers": [node_device],
-            "name": node_id if node_id == "facewatch" else f"facewatch {node_id}",
-            "manufacturer": "facewatch",
-            "model": "face recognition daemon",
-            "sw_version": __version__,
-        },
+        "device": _node_device(node_id),
     }
     messages = [_config(prefix, node_id, ["status"], node)]
-    availability = [
-        {
-            "topic": topics.status_topic,
-            "payload_available": "online",
-            "payload_not_available": "offline",
-        }
-    ]
+    availability = _availability(topics)
     for camera in config.cameras:
         name = camera.name
         device = {
@@ -149,4 +163,28 @@ def discovery_messages(config: Config, topics: Topics) -> list[tuple[str, bytes]
             topic, payload = _config(prefix, node_id, [name, key], entity)
             wanted = camera.enabled and (key != "snapshot" or config.tracking.snapshots)
             messages.append((topic, payload if wanted else b""))
+    return messages
+
+
+def people_messages(
+    config: Config, topics: Topics, names: set[str], gone: set[str]
+) -> list[tuple[str, bytes]]:
+    """The discovery configs of the enrolled people (an occupancy ``binary_sensor`` each, of
+    the node's device: on while a camera sees them), and empty ones for ``gone``."""
+    prefix, node_id = config.mqtt.home_assistant.discovery_prefix, config.node_id
+    messages = []
+    for name in sorted(names | gone):
+        entity = {
+            "platform": "binary_sensor",
+            "name": name,
+            "state_topic": topics.person_topic(name),
+            "value_template": "{{ 'ON' if value_json.cameras else 'OFF' }}",
+            "json_attributes_topic": topics.person_topic(name),
+            "device_class": "occupancy",
+            "icon": "mdi:account",
+            "device": _node_device(node_id),
+            "availability": _availability(topics),
+        }
+        topic, payload = _config(prefix, node_id, ["person", person_key(name)], entity)
+        messages.append((topic, payload if name in names else b""))
     return messages

@@ -5,6 +5,7 @@ Topics, under ``PREFIX/NODE``:
 - ``cameras/CAMERA/status``: retained ``online`` / ``offline``;
 - ``cameras/CAMERA/faces``: retained JSON, who the camera sees now (``events.in_view_json``);
 - ``cameras/CAMERA/snapshot``: retained JPEG, the latest face snapshot (when they are on);
+- ``people/KEY``: retained JSON, where an enrolled person is in view (``events.person_json``);
 - ``events/CAMERA``: identity events, JSON, QoS 1, not retained;
 - ``snapshots/CAMERA/EVENT_ID``: a JPEG of the face, when snapshots are on.
 
@@ -29,6 +30,7 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -36,6 +38,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from daemon import metrics
 from daemon.config import MqttConfig
+from daemon.events import person_key
 from daemon.spool import Message, Spool
 
 logger = logging.getLogger(__name__)
@@ -57,8 +60,12 @@ class MqttPublisher:
         self._stop = threading.Event()
         self._cameras: set[str] = set()
         self._retained: dict[str, bytes] = {}  # topic -> latest payload
-        self._announcements: list[tuple[str, bytes]] = []
+        self._announcements: dict[str, bytes] = {}  # topic -> payload
         self._birth_topic: str | None = None
+        self._people: set[str] = set()
+        # names enrolled, names gone -> announcements (Home Assistant's per-person configs)
+        self.people_announcements: Callable[[set[str], set[str]], list[tuple[str, bytes]]] | None
+        self.people_announcements = None
         self._lock = threading.Lock()
         self._last_failure: str | None = None  # what was logged for this outage
         self.client = self._make_client(node_id)
@@ -101,6 +108,9 @@ class MqttPublisher:
 
     def last_snapshot_topic(self, camera: str) -> str:
         return f"{self.base}/cameras/{camera}/snapshot"
+
+    def person_topic(self, name: str) -> str:
+        return f"{self.base}/people/{person_key(name)}"
 
     # -- life cycle ---------------------------------------------------------------------
 
@@ -160,6 +170,22 @@ class MqttPublisher:
         ):
             self._retain(topic, b"")
 
+    def set_people(self, states: dict[str, dict[str, Any]]) -> None:
+        """Every enrolled person's presence, at start and at each gallery reload: the retained
+        topics of people no longer enrolled are deleted (and their announcements)."""
+        with self._lock:
+            gone, self._people = self._people - states.keys(), set(states)
+        for name in gone:
+            self._retain(self.person_topic(name), b"")
+        for name, state in states.items():
+            self.set_person(name, state)
+        if self.people_announcements is not None:
+            self.announce(self.people_announcements(set(states), gone))
+
+    def set_person(self, name: str, state: dict[str, Any]) -> None:
+        """Retained presence of one person; republished on every (re)connection."""
+        self._retain(self.person_topic(name), json.dumps(state, separators=(",", ":")).encode())
+
     def _retain(self, topic: str, payload: bytes) -> None:
         with self._lock:  # with _on_connect's: no change slips between its copy and `connected`
             if self._retained.get(topic) == payload:
@@ -168,11 +194,18 @@ class MqttPublisher:
             if self.connected.is_set():
                 self.client.publish(topic, payload, qos=STATE_QOS, retain=True)
 
-    def announce(self, messages: list[tuple[str, bytes]], birth_topic: str) -> None:
-        """Retained messages sent at every connection, before the node's ``online``, and
-        again whenever ``birth_topic`` receives ``online`` (Home Assistant's discovery
-        configs and its birth message). Call before ``start``."""
-        self._announcements, self._birth_topic = list(messages), birth_topic
+    def announce(self, messages: list[tuple[str, bytes]], birth_topic: str | None = None) -> None:
+        """Retained messages (Home Assistant's discovery configs), the latest by topic: sent
+        now when connected, at every connection (before the node's ``online``), and whenever
+        ``birth_topic`` (Home Assistant's birth message; give it before ``start``) says
+        ``online``."""
+        with self._lock:
+            self._birth_topic = birth_topic or self._birth_topic
+            for topic, payload in messages:
+                if self._announcements.get(topic) != payload:
+                    self._announcements[topic] = payload
+                    if self.connected.is_set():
+                        self.client.publish(topic, payload, qos=STATE_QOS, retain=True)
 
     # -- callbacks (paho's network thread) ------------------------------------------------
 
@@ -184,11 +217,11 @@ class MqttPublisher:
             return
         logger.info("MQTT: connected to %s:%d", self.config.host, self.config.port)
         self._last_failure = None
-        if self._birth_topic is not None:
-            client.subscribe(self._birth_topic, qos=1)
-        self._send_announcements(client)
-        client.publish(self.status_topic, ONLINE, qos=1, retain=True)
-        with self._lock:
+        with self._lock:  # no change slips between these copies and `connected`
+            if self._birth_topic is not None:
+                client.subscribe(self._birth_topic, qos=1)
+            self._send_announcements(client)
+            client.publish(self.status_topic, ONLINE, qos=1, retain=True)
             for topic, payload in self._retained.items():
                 client.publish(topic, payload, qos=STATE_QOS, retain=True)
             self.connected.set()
@@ -196,13 +229,14 @@ class MqttPublisher:
         self._wake.set()
 
     def _send_announcements(self, client: paho.Client) -> None:
-        for topic, payload in self._announcements:
-            client.publish(topic, payload, qos=1, retain=True)
+        for topic, payload in self._announcements.items():
+            client.publish(topic, payload, qos=STATE_QOS, retain=True)
 
     def _on_message(self, client: paho.Client, userdata: object, message: paho.MQTTMessage) -> None:
         if message.topic == self._birth_topic and message.payload == ONLINE.encode():
             logger.info("MQTT: %s is online: announcing the entities again", message.topic)
-            self._send_announcements(client)
+            with self._lock:
+                self._send_announcements(client)
 
     def _on_connect_fail(self, client: paho.Client, userdata: object) -> None:
         """paho retries silently and does not say why: ask again (``_diagnose``)."""

@@ -16,7 +16,7 @@ import numpy as np
 from daemon import metrics
 from daemon.cameras import Frame, FrameQueues
 from daemon.config import Config
-from daemon.events import EventSinks, event_json, face_snapshot, in_view_json
+from daemon.events import EventSinks, event_json, face_snapshot, in_view_json, person_json
 from daemon.gallery import Gallery, GalleryError
 from daemon.tracking import Track, Tracker, TrackEvent
 from engines.facenet import FaceNet
@@ -59,6 +59,7 @@ class Pipeline:
                 detector if size is None else detector.with_config(min_face_size=size)
             )
         self._refusals: dict[tuple[str, tuple[int, ...]], str | None] = {}
+        self._enrolled: set[str] = set()  # the gallery's names
         self._seq = 0
         self.model_id = facenet.model_id if facenet is not None else None
         # cameras take their full scans in different batches (a full scan costs several
@@ -168,8 +169,7 @@ class Pipeline:
             events = self.trackers[frame.camera].decide(by_frame.get(id(frame), []))
             for event in events:
                 self._emit(event, frame.camera, frame.ts, frame)
-            if events:
-                self._in_view(frame.camera, frame.ts)
+            self._changed(frame.camera, events, frame.ts)
 
     def expire(self, now: float, stopping: bool = False) -> None:
         """``left`` for the tracks gone (for every open one when ``stopping``)."""
@@ -177,11 +177,19 @@ class Pipeline:
             events = tracker.expire(now, stopping)
             for event in events:
                 self._emit(event, camera, event.track.last_seen, None)
-            if events:
-                self._in_view(camera, now)
+            self._changed(camera, events, now)
 
-    def _in_view(self, camera: str, ts: float) -> None:
+    def _changed(self, camera: str, events: list[TrackEvent], ts: float) -> None:
+        """The state after ``camera``'s events: who it sees, where the people they name are."""
+        if not events:
+            return
         self.sinks.in_view(camera, in_view_json(camera, self.trackers[camera].in_view(), ts))
+        named = {name for e in events for name in (e.identity, e.previous) if name is not None}
+        for name in sorted(named & self._enrolled):
+            self.sinks.person(name, person_json(name, self._cameras_seeing(name), ts))
+
+    def _cameras_seeing(self, name: str) -> list[str]:
+        return sorted(c for c, tracker in self.trackers.items() if name in tracker.in_view())
 
     def _emit(self, event: TrackEvent, camera: str, frame_ts: float, frame: Frame | None) -> None:
         self._seq += 1
@@ -205,8 +213,12 @@ class Pipeline:
         if self.gallery is not None:
             self.gallery.close()
         self.gallery = fresh
+        names = [identity.name for identity in fresh.identities()] if fresh is not None else []
         if fresh is not None:
-            logger.info("gallery %s: %d people", fresh.path, len(fresh.identities()))
+            logger.info("gallery %s: %d people", fresh.path, len(names))
+        now = time.time()
+        self._enrolled = set(names)
+        self.sinks.people({n: person_json(n, self._cameras_seeing(n), now) for n in names})
 
 
 def open_gallery(config: Config, model_id: str) -> Gallery | None:

@@ -15,6 +15,7 @@ import signal
 import socket
 import threading
 import time
+from functools import partial
 from pathlib import Path
 from types import FrameType
 
@@ -226,13 +227,13 @@ class Service:
         if ha.enabled:
             messages = home_assistant.discovery_messages(cfg, publisher)
             publisher.announce(messages, home_assistant.birth_topic(ha))
+            publisher.people_announcements = partial(home_assistant.people_messages, cfg, publisher)
         sinks = EventSinks(
             spool=self.spool,
             topic_for=publisher.event_topic,
             snapshot_topic_for=publisher.snapshot_topic,
             on_spooled=publisher.notify,
-            on_in_view=publisher.set_in_view,
-            on_snapshot=publisher.set_last_snapshot,
+            state=publisher,
             stdout=cfg.events.stdout,
             jsonl_file=cfg.events.jsonl_file,
         )

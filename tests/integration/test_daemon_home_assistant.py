@@ -5,13 +5,16 @@ sent again when Home Assistant restarts on a broker that lost them."""
 from __future__ import annotations
 
 import json
+import signal
 import time
 from typing import Any
 
 import paho.mqtt.publish as mqtt_publish
 import pytest
 
+from daemon.cli import main
 from daemon.config import MqttConfig
+from daemon.events import person_key
 from daemon.mqtt import MqttPublisher
 from daemon.spool import Spool
 from tests.conftest import REPO
@@ -50,6 +53,10 @@ def _state(subscriber: Subscriber, entity: dict[str, Any]) -> str | None:
     if "value_template" in entity:
         return render(entity["value_template"], payload)
     return {entity["payload_on"]: "ON", entity["payload_off"]: "OFF"}[payload.decode()]
+
+
+def _person_config(name: str) -> str:
+    return f"homeassistant/binary_sensor/facewatch_test/person_{person_key(name)}/config"
 
 
 def test_home_assistant_sees_who_is_in_view_and_keeps_the_entities_across_its_restart(
@@ -108,6 +115,21 @@ def test_home_assistant_sees_who_is_in_view_and_keeps_the_entities_across_its_re
         named = [e for e in subscriber.events() if e["identity"] == "alex-lacamoire"]
         assert named, "the in-view state follows the events"
 
+        # each enrolled person is an occupancy sensor, and the list follows the gallery
+        alex, lin = _person_config("alex-lacamoire"), _person_config("lin-manuel-miranda")
+        assert lin not in _discovered(subscriber), "not enrolled yet"
+        wait_for(lambda: _state(subscriber, _discovered(subscriber)[alex]) == "ON", 30, "alex on")
+        alex_topic = _discovered(subscriber)[alex]["state_topic"]
+        assert json.loads(subscriber.last(alex_topic) or b"{}")["cameras"] == ["clip"]
+        enroll(test_model, gallery, "lin-manuel-miranda")
+        assert main(["gallery", "remove", "alex-lacamoire", "--gallery", str(gallery)]) == 0
+        daemon.proc.send_signal(signal.SIGHUP)  # type: ignore[union-attr]
+        wait_for(lambda: _discovered(subscriber).get(lin), 30, "the new person's entity")
+        wait_for(lambda: _discovered(subscriber)[alex] is None, 30, "the removed one's gone")
+        assert subscriber.last(alex_topic) == b"", "and so is the removed one's state"
+        # threshold 4 and one person enrolled: every face is lin-manuel-miranda now
+        wait_for(lambda: _state(subscriber, _discovered(subscriber)[lin]) == "ON", 60, "lin on")
+
         # Home Assistant restarts on a broker that lost its retained messages: it says
         # online on its birth topic, and the daemon sends the configs again
         people_topic = "homeassistant/sensor/facewatch_test/clip_people/config"
@@ -126,13 +148,14 @@ def test_home_assistant_sees_who_is_in_view_and_keeps_the_entities_across_its_re
         wait_for(lambda: late.last("facewatch/test/status") == b"offline", 10, "offline")
         wait_for(lambda: late.last(FACES), 10, "the retained in-view state")
         found = _discovered(late)
-        assert len(found) == 6, "the node's and the enabled camera's configs, not the attic's"
+        assert len(found) == 7, "the node's, the enabled camera's and lin's, not the attic's"
         by_key = {t.rsplit("/", 2)[1]: c for t, c in found.items()}
         assert _state(late, by_key["status"]) == "OFF"
         assert _state(late, by_key["clip_people"]) == "nobody", "the stop ended every track"
         assert _state(late, by_key["clip_face"]) == "OFF"
         assert _state(late, by_key["clip_faces"]) == "0"
         assert _state(late, by_key["clip_connected"]) == "OFF"
+        assert _state(late, found[_person_config("lin-manuel-miranda")]) == "OFF"
         assert (late.last(by_key["clip_snapshot"]["image_topic"]) or b"").startswith(b"\xff\xd8")
     finally:
         late.close()

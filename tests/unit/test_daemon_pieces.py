@@ -316,3 +316,45 @@ def test_a_camera_status_changed_while_the_connection_is_set_up_is_not_lost(tmp_
     camera.join(5)
     status = [payload for topic, payload in sent if topic == "facewatch/test/cameras/cam/status"]
     assert status[-1] == b"online", status
+
+
+def test_a_persons_presence_follows_their_tracks_on_every_camera() -> None:
+    """Ada on two cameras, then gone from one: her state names the other; names not in the
+    gallery (removed since their track began) are not published."""
+    config = parse_config(
+        {
+            "cameras": [{"name": "door", "url": "a.mp4"}, {"name": "yard", "url": "b.mp4"}],
+            "recognition": {"model": None},
+            "tracking": {"confirm_frames": 1, "min_votes": 1, "vote_window": 1, "lost_after_s": 1},
+        }
+    )
+
+    class State:
+        def __init__(self) -> None:
+            self.people: dict[str, list[str]] = {}
+
+        def set_person(self, name: str, state: dict) -> None:
+            self.people[name] = state["cameras"]
+
+        def set_in_view(self, camera: str, state: dict) -> None:
+            pass
+
+    state = State()
+    pipeline = Pipeline(config, None, None, EventSinks(state=state))  # type: ignore[arg-type]
+    pipeline._enrolled = {"Ada"}
+
+    def step(camera: str, ts: float, who: str) -> None:  # a frame with one face, recognised
+        tracker = pipeline.trackers[camera]
+        tracks = tracker.update(ts, faces((10, 10, 50, 50)))
+        tracker.record(tracks[0], who, 0.5)
+        pipeline._changed(camera, tracker.decide(tracks), ts)
+
+    step("door", 0.0, "Ada")
+    assert state.people == {"Ada": ["door"]}
+    step("yard", 0.0, "Bob")
+    assert state.people == {"Ada": ["door"]}, "Bob is not enrolled: not published"
+    step("yard", 0.1, "Ada")  # the yard's face turns out to be Ada
+    assert state.people == {"Ada": ["door", "yard"]}
+    step("yard", 1.0, "Ada")
+    pipeline.expire(1.05)  # the door's face was last seen at 0.0: it left
+    assert state.people == {"Ada": ["yard"]}

@@ -11,8 +11,8 @@ import pytest
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from daemon.config import ConfigError, parse_config
-from daemon.events import in_view_json
-from daemon.home_assistant import birth_topic, discovery_messages
+from daemon.events import in_view_json, person_json, person_key
+from daemon.home_assistant import birth_topic, discovery_messages, people_messages
 
 BASE = "facewatch/garage"
 
@@ -37,6 +37,9 @@ class Topics:
 
     def last_snapshot_topic(self, camera: str) -> str:
         return f"{self.base}/cameras/{camera}/snapshot"
+
+    def person_topic(self, name: str) -> str:
+        return f"{self.base}/people/{person_key(name)}"
 
 
 def configs(snapshots: bool = False, **mqtt: Any) -> dict[str, Any]:
@@ -154,3 +157,51 @@ def test_the_entities_states_from_the_in_view_payload(identities, face, faces, p
     assert render(found[prefix.format("binary_sensor", "face")]["value_template"], payload) == face
     assert render(found[prefix.format("sensor", "faces")]["value_template"], payload) == faces
     assert render(found[prefix.format("sensor", "people")]["value_template"], payload) == people
+
+
+@pytest.mark.parametrize(
+    ("name", "slug"),
+    [
+        ("Ada Lovelace", "ada_lovelace-"),
+        ("Zoë", "zoe-"),
+        ("Zoe", "zoe-"),
+        ("张伟", ""),  # no ASCII letters: the hash alone
+        ("a/b+#c", "a_b_c-"),
+    ],
+)
+def test_a_persons_key_is_one_safe_topic_level_and_tells_names_apart(name, slug) -> None:
+    key = person_key(name)
+    assert re.fullmatch(r"[a-z0-9_-]+", key), key
+    assert key.startswith(slug) and len(key) == len(slug) + 8
+    assert person_key(name) == key, "the same name, the same key"
+    assert person_key("Zoë") != person_key("Zoe")
+
+
+def test_each_enrolled_person_is_an_occupancy_sensor_and_the_gone_are_removed() -> None:
+    config = parse_config(
+        {
+            "node_id": "garage",
+            "cameras": [{"name": "front-door", "url": "x"}],
+            "recognition": {"model": None},
+            "mqtt": {"home_assistant": {"enabled": True}},
+        }
+    )
+    found = dict(people_messages(config, Topics(), {"Ada Lovelace", "Zoë"}, {"Grace"}))
+    assert len(found) == 3
+    gone = f"homeassistant/binary_sensor/facewatch_garage/person_{person_key('Grace')}/config"
+    assert found.pop(gone) == b"", "Grace left the gallery: her entity is removed"
+    entities = {json.loads(p)["name"]: json.loads(p) for p in found.values()}
+    ada = entities["Ada Lovelace"]
+    assert (
+        ada["state_topic"] == ada["json_attributes_topic"] == Topics().person_topic("Ada Lovelace")
+    )
+    assert ada["device_class"] == "occupancy" and ada["device"]["identifiers"] == [
+        "facewatch:garage"
+    ]
+    assert ada["unique_id"] != entities["Zoë"]["unique_id"]
+    seen = json.dumps(person_json("Ada Lovelace", ["front-door"], 5.0)).encode()
+    away = json.dumps(person_json("Ada Lovelace", [], 5.0)).encode()
+    assert (render(ada["value_template"], seen), render(ada["value_template"], away)) == (
+        "ON",
+        "OFF",
+    )
