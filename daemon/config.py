@@ -249,6 +249,9 @@ class HomeAssistantConfig(_Section):
     discovery_prefix: str = _field(
         "homeassistant", "Home Assistant's discovery prefix (its MQTT settings)", min_length=1
     )
+    people: bool = _field(
+        True, "an occupancy sensor per enrolled person (off: none, e.g. for a large gallery)"
+    )
 
     @field_validator("discovery_prefix")
     @classmethod

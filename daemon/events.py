@@ -79,14 +79,16 @@ def person_key(name: str) -> str:
     letters and digits in ASCII, then a hash of the whole name (``Zoë`` and ``Zoe`` are two
     people; ``张伟`` has no ASCII letters)."""
     ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
-    slug = re.sub(r"[^a-z0-9]+", "_", ascii_name.lower()).strip("_")[:40]
-    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    slug = re.sub(r"[^a-z0-9]+", "_", ascii_name.lower())[:40].strip("_")
+    # of the NFC form: a name stored before names were normalised keeps its key when renamed
+    digest = hashlib.sha256(unicodedata.normalize("NFC", name).encode()).hexdigest()[:8]
     return f"{slug}-{digest}" if slug else digest
 
 
-def person_json(name: str, cameras: list[str], ts: float) -> dict[str, Any]:
-    """Where an enrolled person is in view now (retained on ``people/KEY``), as of ``ts``."""
-    return {"name": name, "cameras": cameras, "ts": round(ts, 3)}
+def person_json(name: str, cameras: list[str]) -> dict[str, Any]:
+    """Where an enrolled person is in view now (retained on ``people/KEY``); no time, so an
+    unchanged state is not sent again (the events have the times)."""
+    return {"name": name, "cameras": cameras}
 
 
 def face_snapshot(image: np.ndarray, bbox_xyxy: np.ndarray) -> bytes:

@@ -1,7 +1,7 @@
 """Home Assistant MQTT discovery (``mqtt.home_assistant``): with it on, the daemon appears in
 Home Assistant by itself, with no YAML to write. The node is a device with one entity,
 *status* (connectivity: the node's ``status``, whose last will says ``offline``), and each
-enabled camera is a device, connected via the node, with four entities:
+enabled camera is a device, connected via the node, with five entities:
 
 - ``binary_sensor`` *camera* (connectivity): the camera's ``status`` topic;
 - ``binary_sensor`` *face* (occupancy): on while a confirmed face is in view;
@@ -10,16 +10,16 @@ enabled camera is a device, connected via the node, with four entities:
   ``nobody`` when none is; the in-view state is its attributes;
 - ``image`` *last face*, with ``tracking.snapshots`` on: the latest face snapshot.
 
-Each enrolled person is a ``binary_sensor`` (occupancy) of the node, named after them: on
-while a camera sees them, with the cameras as attributes (``people/KEY``); the list follows
-the gallery at every reload.
+Each enrolled person (unless ``people`` is off) is a ``binary_sensor`` (occupancy) of the
+node, named after them: on while a camera sees them, with the cameras as attributes; the
+list follows the gallery at every reload.
 
-Their states come from the retained ``cameras/CAMERA/status``, ``cameras/CAMERA/faces`` and
-``cameras/CAMERA/snapshot`` topics, and they are available while the node's ``status`` says
-``online``. The configs are
-retained; the publisher sends them at every connection and again when Home Assistant
-announces itself (``DISCOVERY_PREFIX/status`` ``online``). A disabled camera's configs are
-sent empty, which removes its entities.
+Their states come from the retained ``cameras/CAMERA/status``, ``cameras/CAMERA/faces``,
+``cameras/CAMERA/snapshot`` and ``people/KEY`` topics, and they are available while the
+node's ``status`` says ``online``. The configs are retained; the publisher sends them at
+every connection and again when Home Assistant announces itself
+(``DISCOVERY_PREFIX/status`` ``online``). The configs of entities to remove (a disabled
+camera's, a person's no longer enrolled) are sent empty, which deletes them.
 """
 
 from __future__ import annotations
@@ -172,6 +172,8 @@ def people_messages(
     """The discovery configs of the enrolled people (an occupancy ``binary_sensor`` each, of
     the node's device: on while a camera sees them), and empty ones for ``gone``."""
     prefix, node_id = config.mqtt.home_assistant.discovery_prefix, config.node_id
+    if not config.mqtt.home_assistant.people:  # none, and none an earlier run announced
+        names, gone = set(), names | gone
     messages = []
     for name in sorted(names | gone):
         entity = {

@@ -17,9 +17,9 @@ order is kept. A message handed to paho just as the connection drops is sent aga
 is back (paho may deliver its own copy too: another rare duplicate). The sending thread
 never stops on an error: it logs it and tries again.
 
-Retained state (the camera topics) and announcements (Home Assistant's discovery configs)
-do not go through the spool: the latest of each is kept here and sent again at every
-connection.
+Retained state (the camera and people topics) and announcements (Home Assistant's discovery
+configs) do not go through the spool: the latest of each is kept here and sent again at
+every connection.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ class MqttPublisher:
         self._retained: dict[str, bytes] = {}  # topic -> latest payload
         self._announcements: dict[str, bytes] = {}  # topic -> payload
         self._birth_topic: str | None = None
-        self._people: set[str] = set()
+        self._people: set[str] = set(json.loads(spool.recall("people") or "[]"))  # published
         # names enrolled, names gone -> announcements (Home Assistant's per-person configs)
         self.people_announcements: Callable[[set[str], set[str]], list[tuple[str, bytes]]] | None
         self.people_announcements = None
@@ -172,15 +172,17 @@ class MqttPublisher:
 
     def set_people(self, states: dict[str, dict[str, Any]]) -> None:
         """Every enrolled person's presence, at start and at each gallery reload: the retained
-        topics of people no longer enrolled are deleted (and their announcements)."""
+        topics (and announcements) of people no longer enrolled are deleted, also of those
+        removed while the daemon was stopped (the spool remembers who was published)."""
         with self._lock:
             gone, self._people = self._people - states.keys(), set(states)
+        self.spool.remember("people", json.dumps(sorted(states)))
+        if self.people_announcements is not None:  # configs first: no entity reads a ""
+            self.announce(self.people_announcements(set(states), gone))
         for name in gone:
             self._retain(self.person_topic(name), b"")
         for name, state in states.items():
             self.set_person(name, state)
-        if self.people_announcements is not None:
-            self.announce(self.people_announcements(set(states), gone))
 
     def set_person(self, name: str, state: dict[str, Any]) -> None:
         """Retained presence of one person; republished on every (re)connection."""

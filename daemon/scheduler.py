@@ -186,7 +186,7 @@ class Pipeline:
         self.sinks.in_view(camera, in_view_json(camera, self.trackers[camera].in_view(), ts))
         named = {name for e in events for name in (e.identity, e.previous) if name is not None}
         for name in sorted(named & self._enrolled):
-            self.sinks.person(name, person_json(name, self._cameras_seeing(name), ts))
+            self.sinks.person(name, person_json(name, self._cameras_seeing(name)))
 
     def _cameras_seeing(self, name: str) -> list[str]:
         return sorted(c for c, tracker in self.trackers.items() if name in tracker.in_view())
@@ -216,9 +216,8 @@ class Pipeline:
         names = [identity.name for identity in fresh.identities()] if fresh is not None else []
         if fresh is not None:
             logger.info("gallery %s: %d people", fresh.path, len(names))
-        now = time.time()
         self._enrolled = set(names)
-        self.sinks.people({n: person_json(n, self._cameras_seeing(n), now) for n in names})
+        self.sinks.people({n: person_json(n, self._cameras_seeing(n)) for n in names})
 
 
 def open_gallery(config: Config, model_id: str) -> Gallery | None:

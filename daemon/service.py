@@ -24,7 +24,7 @@ import numpy as np
 from daemon import home_assistant, metrics
 from daemon.cameras import CameraReader, FrameQueues, check_file_source
 from daemon.config import REPO_ROOT, WARM_UP_HW, Config, ConfigError, plan_request
-from daemon.events import EventSinks, in_view_json
+from daemon.events import EventSinks, in_view_json, person_json
 from daemon.gallery import GalleryError
 from daemon.mqtt import DRAIN_ON_STOP_S, MqttPublisher
 from daemon.scheduler import BatchScheduler, Pipeline, open_gallery
@@ -203,7 +203,9 @@ class Service:
             facenet.embed(np.zeros((2, height, width, 3), np.uint8))
         logger.info("engines warm in %.1f s", time.monotonic() - started)
 
-    def _start_outputs(self) -> EventSinks:
+    def _start_outputs(self, enrolled: list[str]) -> EventSinks:
+        """The event outputs, and the MQTT publisher started with the state it must show
+        first (``enrolled``: the gallery's names)."""
         cfg = self.config
         if not cfg.mqtt.enabled:
             return EventSinks(stdout=cfg.events.stdout, jsonl_file=cfg.events.jsonl_file)
@@ -216,18 +218,7 @@ class Service:
         except (OSError, ValueError) as exc:  # ssl: a CA, certificate or key it cannot use
             raise ConfigError(f"mqtt.tls: {exc}") from None
         self.publisher = publisher
-        started = time.time()
-        for camera in cfg.cameras:
-            if camera.enabled:
-                publisher.set_camera_status(camera.name, False)
-                publisher.set_in_view(camera.name, in_view_json(camera.name, [], started))
-            else:
-                publisher.forget_camera(camera.name)
-        ha = cfg.mqtt.home_assistant
-        if ha.enabled:
-            messages = home_assistant.discovery_messages(cfg, publisher)
-            publisher.announce(messages, home_assistant.birth_topic(ha))
-            publisher.people_announcements = partial(home_assistant.people_messages, cfg, publisher)
+        self._initial_state(publisher, enrolled)
         sinks = EventSinks(
             spool=self.spool,
             topic_for=publisher.event_topic,
@@ -240,6 +231,27 @@ class Service:
         publisher.start()  # last: `online` only once everything else is in place
         return sinks
 
+    def _initial_state(self, publisher: MqttPublisher, enrolled: list[str]) -> None:
+        """What the broker shows before ``online``: no camera up, nobody in view (which also
+        ends what a crash left), nothing of disabled cameras or of people no longer enrolled,
+        and Home Assistant's configs."""
+        cfg, started = self.config, time.time()
+        ha = cfg.mqtt.home_assistant
+        if ha.enabled:
+            publisher.announce(
+                home_assistant.discovery_messages(cfg, publisher), home_assistant.birth_topic(ha)
+            )
+            publisher.people_announcements = partial(home_assistant.people_messages, cfg, publisher)
+        for camera in cfg.cameras:
+            if not camera.enabled:
+                publisher.forget_camera(camera.name)
+                continue
+            publisher.set_camera_status(camera.name, False)
+            publisher.set_in_view(camera.name, in_view_json(camera.name, [], started))
+            if not cfg.tracking.snapshots:  # one from a run with them on
+                publisher.set_last_snapshot(camera.name, b"")
+        publisher.set_people({name: person_json(name, []) for name in enrolled})
+
     # -- running ------------------------------------------------------------------------
 
     def run(self) -> int:
@@ -247,12 +259,14 @@ class Service:
         check_cameras(cfg)
         check_files(cfg)
         detector, facenet = self.load_engines()
+        enrolled = []
         if facenet is not None and Path(cfg.recognition.gallery).exists():
             try:  # fail now on a wrong gallery; the scheduler thread opens its own (SQLite
                 gallery = open_gallery(cfg, facenet.model_id)  # connections are per thread)
             except GalleryError as exc:
                 raise ConfigError(f"recognition.gallery: {exc}") from None
             if gallery is not None:
+                enrolled = [identity.name for identity in gallery.identities()]
                 gallery.close()
         cameras = [c for c in cfg.cameras if c.enabled]
         metrics.init(
@@ -269,7 +283,7 @@ class Service:
                 ):
                     raise ConfigError(f"metrics.address: {exc}") from None
                 raise
-        sinks = self._start_outputs()
+        sinks = self._start_outputs(enrolled)
         pipeline = Pipeline(cfg, detector, facenet, sinks)
         queues = FrameQueues([c.name for c in cameras], cfg.batching.queue_frames)
         scheduler = BatchScheduler(pipeline, queues)

@@ -4,6 +4,10 @@ Every event goes through it: the scheduler appends, the publisher takes the olde
 deletes it only once the broker acknowledged it. A message is therefore on disk from the
 moment it is created until it is delivered; a crash or a SIGTERM loses nothing. When the
 spool holds ``max_messages``, the oldest is dropped to make room, and that is counted.
+
+It also keeps what the publisher must remember across restarts (``remember`` / ``recall``):
+the people whose retained topics it published, so it can delete those of people removed
+from the gallery while the daemon was stopped.
 """
 
 from __future__ import annotations
@@ -49,6 +53,9 @@ class Spool:
                 "CREATE TABLE IF NOT EXISTS messages (id INTEGER PRIMARY KEY AUTOINCREMENT, "
                 "topic TEXT NOT NULL, payload BLOB NOT NULL, qos INTEGER NOT NULL, "
                 "retain INTEGER NOT NULL, kind TEXT NOT NULL)"
+            )
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
             )
         except (OSError, sqlite3.Error) as exc:
             raise OSError(f"MQTT spool {self.path}: cannot open: {exc}") from exc
@@ -104,6 +111,17 @@ class Spool:
         with self._lock:
             deleted = self._db.execute("DELETE FROM messages WHERE id = ?", (row_id,)).rowcount
             self._count -= deleted
+
+    def remember(self, key: str, value: str) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO state (key, value) VALUES (?, ?)", (key, value)
+            )
+
+    def recall(self, key: str) -> str | None:
+        with self._lock:
+            row = self._db.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
 
     def close(self) -> None:
         with self._lock:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from daemon.config import ConfigError, parse_config
+from daemon.config import Config, ConfigError, parse_config
 from daemon.events import in_view_json, person_json, person_key
 from daemon.home_assistant import birth_topic, discovery_messages, people_messages
 
@@ -174,18 +174,34 @@ def test_a_persons_key_is_one_safe_topic_level_and_tells_names_apart(name, slug)
     assert re.fullmatch(r"[a-z0-9_-]+", key), key
     assert key.startswith(slug) and len(key) == len(slug) + 8
     assert person_key(name) == key, "the same name, the same key"
+
+
+def test_person_keys_tell_apart_what_names_do() -> None:
     assert person_key("Zoë") != person_key("Zoe")
+    nfd = "Zoe\u0308"  # a name stored before names were normalised: the same person
+    assert person_key(nfd) == person_key("Zoë")
+    long = person_key("a" * 39 + " b")  # cut at 40, then no trailing _ before the hash
+    assert re.fullmatch(r"a{39}-[0-9a-f]{8}", long), long
 
 
-def test_each_enrolled_person_is_an_occupancy_sensor_and_the_gone_are_removed() -> None:
-    config = parse_config(
+def garage(**home_assistant: Any) -> Config:
+    return parse_config(
         {
             "node_id": "garage",
             "cameras": [{"name": "front-door", "url": "x"}],
             "recognition": {"model": None},
-            "mqtt": {"home_assistant": {"enabled": True}},
+            "mqtt": {"home_assistant": {"enabled": True, **home_assistant}},
         }
     )
+
+
+def test_people_sensors_can_be_turned_off_and_then_none_is_left() -> None:
+    found = people_messages(garage(people=False), Topics(), {"Ada"}, {"Grace"})
+    assert len(found) == 2 and all(payload == b"" for _, payload in found)
+
+
+def test_each_enrolled_person_is_an_occupancy_sensor_and_the_gone_are_removed() -> None:
+    config = garage()
     found = dict(people_messages(config, Topics(), {"Ada Lovelace", "Zoë"}, {"Grace"}))
     assert len(found) == 3
     gone = f"homeassistant/binary_sensor/facewatch_garage/person_{person_key('Grace')}/config"
@@ -199,8 +215,8 @@ def test_each_enrolled_person_is_an_occupancy_sensor_and_the_gone_are_removed() 
         "facewatch:garage"
     ]
     assert ada["unique_id"] != entities["Zoë"]["unique_id"]
-    seen = json.dumps(person_json("Ada Lovelace", ["front-door"], 5.0)).encode()
-    away = json.dumps(person_json("Ada Lovelace", [], 5.0)).encode()
+    seen = json.dumps(person_json("Ada Lovelace", ["front-door"])).encode()
+    away = json.dumps(person_json("Ada Lovelace", [])).encode()
     assert (render(ada["value_template"], seen), render(ada["value_template"], away)) == (
         "ON",
         "OFF",
