@@ -31,7 +31,6 @@ from tests.unit.test_home_assistant import render
 pytestmark = pytest.mark.slow
 
 CLIP = REPO / "configs" / "demo" / "hamilton_360p.mp4"
-DISCOVERY = "homeassistant/+/facewatch_test/+/config"
 FACES = "facewatch/test/cameras/clip/faces"
 
 

@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import json
 import re
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import pytest
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from daemon.config import Config, ConfigError, parse_config
+from daemon.config import Config, ConfigError, MqttConfig, parse_config
 from daemon.events import in_view_json, person_json, person_key
 from daemon.home_assistant import birth_topic, discovery_messages, people_messages
+from daemon.mqtt import MqttPublisher
+from daemon.spool import Spool
 
 BASE = "facewatch/garage"
 
@@ -23,23 +27,12 @@ def render(template: str, payload: bytes) -> str:
     return environment.from_string(template).render(value_json=json.loads(payload)).strip()
 
 
-class Topics:
-    """The daemon's topics, as ``MqttPublisher`` names them (the integration test checks)."""
+_SPOOLS = tempfile.TemporaryDirectory(prefix="facewatch-ha-test-")
 
-    def __init__(self, base: str = BASE) -> None:
-        self.base, self.status_topic = base, f"{base}/status"
 
-    def camera_status_topic(self, camera: str) -> str:
-        return f"{self.base}/cameras/{camera}/status"
-
-    def in_view_topic(self, camera: str) -> str:
-        return f"{self.base}/cameras/{camera}/faces"
-
-    def last_snapshot_topic(self, camera: str) -> str:
-        return f"{self.base}/cameras/{camera}/snapshot"
-
-    def person_topic(self, name: str) -> str:
-        return f"{self.base}/people/{person_key(name)}"
+def topics(node: str = "garage") -> MqttPublisher:
+    """The daemon's own topic names: a publisher that never connects."""
+    return MqttPublisher(MqttConfig(), node, Spool(Path(_SPOOLS.name) / node, 10))
 
 
 def configs(snapshots: bool = False, **mqtt: Any) -> dict[str, Any]:
@@ -58,7 +51,7 @@ def configs(snapshots: bool = False, **mqtt: Any) -> dict[str, Any]:
             },
         }
     )
-    messages = discovery_messages(config, Topics())
+    messages = discovery_messages(config, topics())
     return {topic: json.loads(payload) if payload else None for topic, payload in messages}
 
 
@@ -125,7 +118,7 @@ def test_unique_ids_stay_unique_when_names_hold_underscores() -> None:
                 "recognition": {"model": None},
             }
         )
-        messages = discovery_messages(config, Topics(f"facewatch/{node}"))
+        messages = discovery_messages(config, topics(node))
         ids += [json.loads(payload)["unique_id"] for _, payload in messages if payload]
     assert len(ids) == len(set(ids)) == 10
 
@@ -196,20 +189,20 @@ def garage(**home_assistant: Any) -> Config:
 
 
 def test_people_sensors_can_be_turned_off_and_then_none_is_left() -> None:
-    found = people_messages(garage(people=False), Topics(), {"Ada"}, {"Grace"})
+    found = people_messages(garage(people=False), topics(), {"Ada"}, {"Grace"})
     assert len(found) == 2 and all(payload == b"" for _, payload in found)
 
 
 def test_each_enrolled_person_is_an_occupancy_sensor_and_the_gone_are_removed() -> None:
     config = garage()
-    found = dict(people_messages(config, Topics(), {"Ada Lovelace", "Zoë"}, {"Grace"}))
+    found = dict(people_messages(config, topics(), {"Ada Lovelace", "Zoë"}, {"Grace"}))
     assert len(found) == 3
     gone = f"homeassistant/binary_sensor/facewatch_garage/person_{person_key('Grace')}/config"
     assert found.pop(gone) == b"", "Grace left the gallery: her entity is removed"
     entities = {json.loads(p)["name"]: json.loads(p) for p in found.values()}
     ada = entities["Ada Lovelace"]
     assert (
-        ada["state_topic"] == ada["json_attributes_topic"] == Topics().person_topic("Ada Lovelace")
+        ada["state_topic"] == ada["json_attributes_topic"] == topics().person_topic("Ada Lovelace")
     )
     assert ada["device_class"] == "occupancy" and ada["device"]["identifiers"] == [
         "facewatch:garage"
