@@ -23,7 +23,6 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
-    model_validator,
 )
 
 from engines.build import PlanRequest
@@ -256,7 +255,7 @@ class HomeAssistantConfig(_Section):
     @field_validator("discovery_prefix")
     @classmethod
     def _topic_root(cls, prefix: str) -> str:
-        prefix = _no_wildcards(prefix).strip("/")
+        prefix = _no_wildcards(prefix).rstrip("/")
         if not prefix:
             raise ValueError("expected a topic such as homeassistant")
         return prefix
@@ -284,11 +283,12 @@ class MqttConfig(_Section):
         HomeAssistantConfig(), "Home Assistant MQTT discovery"
     )
 
-    @model_validator(mode="after")
-    def _home_assistant_needs_mqtt(self) -> MqttConfig:
-        if self.home_assistant.enabled and not self.enabled:
-            raise ValueError("home_assistant.enabled needs MQTT: set mqtt.enabled: true")
-        return self
+    @field_validator("home_assistant")
+    @classmethod
+    def _needs_mqtt(cls, value: HomeAssistantConfig, info: ValidationInfo) -> HomeAssistantConfig:
+        if value.enabled and not info.data.get("enabled", True):
+            raise ValueError("enabled: true needs MQTT: set mqtt.enabled: true as well")
+        return value
 
 
 class MetricsConfig(_Section):

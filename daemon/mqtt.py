@@ -223,9 +223,10 @@ class MqttPublisher:
             if self._birth_topic is not None:
                 client.subscribe(self._birth_topic, qos=1)
             self._send_announcements(client)
-            client.publish(self.status_topic, ONLINE, qos=1, retain=True)
             for topic, payload in self._retained.items():
                 client.publish(topic, payload, qos=STATE_QOS, retain=True)
+            # last: what a crash left (someone in view) is replaced before the node is online
+            client.publish(self.status_topic, ONLINE, qos=1, retain=True)
             self.connected.set()
         metrics.MQTT_CONNECTED.set(1)
         self._wake.set()

@@ -316,6 +316,10 @@ def test_a_camera_status_changed_while_the_connection_is_set_up_is_not_lost(tmp_
     camera.join(5)
     status = [payload for topic, payload in sent if topic == "facewatch/test/cameras/cam/status"]
     assert status[-1] == b"online", status
+    topics = [topic for topic, _ in sent]
+    assert topics.index("facewatch/test/status") > topics.index(
+        "facewatch/test/cameras/cam/status"
+    ), "the node is online only once the state a crash may have left is replaced"
 
 
 def test_a_persons_presence_follows_their_tracks_on_every_camera() -> None:

@@ -126,6 +126,7 @@ def test_unique_ids_stay_unique_when_names_hold_underscores() -> None:
 def test_the_discovery_prefix_is_configurable_and_checked() -> None:
     assert all(t.startswith("ha/") for t in configs(discovery_prefix="ha"))
     assert all(re.match(r"ha/\w", t) for t in configs(discovery_prefix="ha/"))  # not ha//
+    assert all(t.startswith("/ha/") for t in configs(discovery_prefix="/ha/")), "kept as given"
     with pytest.raises(ConfigError, match=r"mqtt\.home_assistant\.discovery_prefix"):
         configs(discovery_prefix="ha/#")
     with pytest.raises(ConfigError, match=r"needs MQTT: set mqtt\.enabled: true"):
