@@ -34,6 +34,20 @@ CREATE INDEX embeddings_identity ON embeddings(identity_id);
 """
 
 
+def file_stamp(path: str | Path) -> tuple[int, ...] | None:
+    """What changes whenever the gallery file is written or replaced: its inode, size and
+    time, and SQLite's file change counter (header bytes 24-27, bumped by every commit);
+    None when there is no file."""
+    try:
+        info = os.stat(path)
+        with open(path, "rb") as file:
+            header = file.read(28)
+    except OSError:
+        return None
+    counter = int.from_bytes(header[24:28], "big")
+    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, counter)
+
+
 class GalleryError(RuntimeError):
     """A gallery that cannot be used as asked; the message names the file and the reason."""
 

@@ -21,7 +21,8 @@ def register(commands: Any) -> None:
             "Read every configured camera, detect and recognise faces in batches across all "
             "cameras, track them, and publish identity events to MQTT (spooled on disk while "
             "the broker is away) and metrics to Prometheus. With no --config, runs the demo "
-            f"configuration {DEFAULT_CONFIG}. SIGTERM stops cleanly, SIGHUP reloads the gallery."
+            f"configuration {DEFAULT_CONFIG}. SIGTERM stops cleanly; the gallery is re-read "
+            "when its file changes (within 2 s) or at SIGHUP."
         ),
     )
     run.add_argument(

@@ -18,6 +18,7 @@ from daemon.cameras import Frame, FrameQueues
 from daemon.config import Config
 from daemon.events import EventSinks, event_json, face_snapshot, in_view_json, person_json
 from daemon.gallery import Gallery, GalleryError
+from daemon.gallery_file import file_stamp
 from daemon.tracking import Track, Tracker, TrackEvent
 from engines.facenet import FaceNet
 from engines.mtcnn import MTCNN, FrameDetections
@@ -25,6 +26,7 @@ from engines.mtcnn import MTCNN, FrameDetections
 logger = logging.getLogger(__name__)
 
 EXPIRE_EVERY_S = 0.25
+GALLERY_CHECK_S = 2.0  # how often the gallery file is looked at for changes
 
 
 @dataclass
@@ -60,6 +62,7 @@ class Pipeline:
             )
         self._refusals: dict[tuple[str, tuple[int, ...]], str | None] = {}
         self._enrolled: set[str] = set()  # the gallery's names
+        self._gallery_stamp: tuple[int, ...] | None = None  # the file as last read
         self._seq = 0
         self.model_id = facenet.model_id if facenet is not None else None
         # cameras take their full scans in different batches (a full scan costs several
@@ -201,10 +204,18 @@ class Pipeline:
 
     # -- the gallery ----------------------------------------------------------------------
 
+    def gallery_changed(self) -> bool:
+        """Whether the gallery file was written, created, replaced or deleted since it was
+        last read (``facewatch enroll``, ``gallery remove``...)."""
+        stamp = file_stamp(self.config.recognition.gallery)
+        return self.facenet is not None and stamp != self._gallery_stamp
+
     def reload_gallery(self) -> None:
-        """Re-read the gallery file (SIGHUP); on failure the old one stays in use."""
+        """Re-read the gallery file (at start, when it changed, at SIGHUP); on failure the old
+        one stays in use (and the same file is not tried again)."""
         if self.facenet is None:
             return
+        self._gallery_stamp = file_stamp(self.config.recognition.gallery)
         try:
             fresh = open_gallery(self.config, self.facenet.model_id)
         except GalleryError as exc:
@@ -231,7 +242,7 @@ def open_gallery(config: Config, model_id: str) -> Gallery | None:
             raise
         logger.warning(
             "no gallery at %s: every face is unknown until people are enrolled "
-            "(facewatch enroll --gallery %s ...; then SIGHUP the daemon)",
+            "(facewatch enroll --gallery %s ...: the daemon reads it within seconds)",
             path,
             path,
         )
@@ -263,10 +274,14 @@ class BatchScheduler(threading.Thread):
 
     def run(self) -> None:
         batching = self.pipeline.config.batching
-        last_expire = 0.0
+        last_expire = last_gallery_check = 0.0
         try:
             self.pipeline.reload_gallery()  # opened here: SQLite connections are per thread
             while True:
+                if time.monotonic() - last_gallery_check >= GALLERY_CHECK_S:
+                    last_gallery_check = time.monotonic()
+                    if self.pipeline.gallery_changed():
+                        self._reload.set()
                 if self._reload.is_set():
                     self._reload.clear()
                     self.pipeline.reload_gallery()

@@ -160,6 +160,40 @@ def test_a_gallery_present_at_start_names_people(tmp_path, broker, test_model) -
         subscriber.close()
 
 
+def test_a_gallery_changed_while_the_daemon_runs_is_read_without_a_signal(
+    tmp_path, broker, test_model
+) -> None:
+    """enroll, rename and a file swapped for another model's: the daemon notices each
+    within seconds, with no SIGHUP, and says once why it cannot use the last."""
+    gallery = tmp_path / "gallery.sqlite"
+    cameras = [{"name": "clip", "url": str(CLIP), "fps": 5}]
+    recognition = {"model": str(test_model), "gallery": str(gallery), "threshold": 4.0}
+    subscriber = Subscriber(broker.port, "facewatch/test/events/#")
+    daemon = Daemon(
+        tmp_path, daemon_settings(cameras, broker.port, tmp_path, recognition=recognition)
+    )
+    daemon.start()
+
+    def named(name: str) -> bool:
+        return any(e["identity"] == name for e in subscriber.events())
+
+    try:
+        wait_for(subscriber.events, 60, "events of unknown faces")
+        enroll(test_model, gallery, "alex-lacamoire")  # the file is created now
+        wait_for(lambda: named("alex-lacamoire"), 60, "the person enrolled while running")
+        assert main(["gallery", "rename", "alex-lacamoire", "Alex", "--gallery", str(gallery)]) == 0
+        wait_for(lambda: named("Alex"), 90, "the new name")
+        other = tmp_path / "other.sqlite"
+        Gallery.create(other, "another-model@sha256:0", 128).close()
+        other.replace(gallery)
+        wait_for(lambda: "gallery not reloaded" in daemon.log(), 30, "the refusal")
+        time.sleep(5)  # more checks of the same file
+    finally:
+        assert daemon.stop() == 0, daemon.log()[-3000:]
+        subscriber.close()
+    assert daemon.log().count("gallery not reloaded") == 1, "the same file is not tried again"
+
+
 def test_the_torch_backend_names_people_with_a_gallery_made_on_the_cpu(
     tmp_path, broker, shared_data, monkeypatch
 ) -> None:
