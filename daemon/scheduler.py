@@ -207,8 +207,9 @@ class Pipeline:
     def gallery_changed(self) -> bool:
         """Whether the gallery file was written, created, replaced or deleted since it was
         last read (``facewatch enroll``, ``gallery remove``...)."""
-        stamp = file_stamp(self.config.recognition.gallery)
-        return self.facenet is not None and stamp != self._gallery_stamp
+        if self.facenet is None:  # no recognition: no gallery is read
+            return False
+        return file_stamp(self.config.recognition.gallery) != self._gallery_stamp
 
     def reload_gallery(self) -> None:
         """Re-read the gallery file (at start, when it changed, at SIGHUP); on failure the old
