@@ -191,6 +191,7 @@ def test_the_jetson_example_is_valid_and_asks_for_plans_of_its_cameras(
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
     config = load_config(DEFAULT_CONFIG.with_name("jetson-example.yaml"))
     assert config.engines.backend == "tensorrt" and len(config.cameras) == 3
+    assert config.mqtt.home_assistant.enabled
     request = plan_request(config, "/etc/facewatch/facewatch.yaml")
     assert request.precision == "fp16" and request.frames_per_call == 4
     assert {(1080, 1920), (720, 1280)} <= set(request.camera_hw)
