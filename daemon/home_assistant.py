@@ -55,19 +55,24 @@ def birth_topic(config: HomeAssistantConfig) -> str:
     return f"{config.discovery_prefix}/status"
 
 
+def _connectivity(name: str, status_topic: str) -> dict[str, Any]:
+    """A connectivity sensor on an ``online`` / ``offline`` status topic."""
+    return {
+        "platform": "binary_sensor",
+        "name": name,
+        "state_topic": status_topic,
+        "payload_on": "online",
+        "payload_off": "offline",
+        "device_class": "connectivity",
+    }
+
+
 def _camera_entities(topics: Topics, camera: str) -> dict[str, dict[str, Any]]:
     """A camera's entities (with their platform), by key."""
-    status_topic, in_view_topic = topics.camera_status_topic(camera), topics.in_view_topic(camera)
+    in_view_topic = topics.in_view_topic(camera)
+    connected = _connectivity("camera", topics.camera_status_topic(camera))
     return {
-        "connected": {
-            "platform": "binary_sensor",
-            "name": "camera",
-            "state_topic": status_topic,
-            "payload_on": "online",
-            "payload_off": "offline",
-            "device_class": "connectivity",
-            "entity_category": "diagnostic",
-        },
+        "connected": {**connected, "entity_category": "diagnostic"},
         "face": {
             "platform": "binary_sensor",
             "name": "face",
@@ -137,16 +142,8 @@ def discovery_messages(config: Config, topics: Topics) -> list[tuple[str, bytes]
     """(topic, payload) of every entity's discovery config, to be published retained; empty
     for the entities to remove (a disabled camera's; the snapshot's without snapshots)."""
     prefix, node_id = config.mqtt.home_assistant.discovery_prefix, config.node_id
-    node_device = f"facewatch:{node_id}"
-    node = {
-        "platform": "binary_sensor",
-        "name": "status",
-        "state_topic": topics.status_topic,
-        "payload_on": "online",
-        "payload_off": "offline",
-        "device_class": "connectivity",
-        "device": _node_device(node_id),
-    }
+    node = {**_connectivity("status", topics.status_topic), "device": _node_device(node_id)}
+    node_device = node["device"]["identifiers"][0]
     messages = [_config(prefix, node_id, ["status"], node)]
     availability = _availability(topics)
     for camera in config.cameras:

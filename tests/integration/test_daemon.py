@@ -139,9 +139,9 @@ def test_two_rtsp_cameras_to_mqtt_with_gallery_reload_and_clean_stop(
     assert "kept in the spool" not in daemon.log()
 
 
-def test_a_gallery_present_at_start_names_people(tmp_path, broker, test_model) -> None:
-    gallery = tmp_path / "gallery.sqlite"
-    enroll(test_model, gallery, "alex-lacamoire")
+def _clip_daemon(tmp_path, broker, test_model, gallery: Path) -> tuple[Daemon, Subscriber]:
+    """The daemon, started, on the demo clip with ``gallery`` (threshold 4: every face
+    matches its nearest enrolled person), and a subscriber to its events."""
     cameras = [{"name": "clip", "url": str(CLIP), "fps": 5}]
     recognition = {"model": str(test_model), "gallery": str(gallery), "threshold": 4.0}
     subscriber = Subscriber(broker.port, "facewatch/test/events/#")
@@ -149,6 +149,13 @@ def test_a_gallery_present_at_start_names_people(tmp_path, broker, test_model) -
         tmp_path, daemon_settings(cameras, broker.port, tmp_path, recognition=recognition)
     )
     daemon.start()
+    return daemon, subscriber
+
+
+def test_a_gallery_present_at_start_names_people(tmp_path, broker, test_model) -> None:
+    gallery = tmp_path / "gallery.sqlite"
+    enroll(test_model, gallery, "alex-lacamoire")
+    daemon, subscriber = _clip_daemon(tmp_path, broker, test_model, gallery)
     try:
         wait_for(
             lambda: any(e["identity"] == "alex-lacamoire" for e in subscriber.events()),
@@ -166,13 +173,7 @@ def test_a_gallery_changed_while_the_daemon_runs_is_read_without_a_signal(
     """enroll, rename and a file swapped for another model's: the daemon notices each
     within seconds, with no SIGHUP, and says once why it cannot use the last."""
     gallery = tmp_path / "gallery.sqlite"
-    cameras = [{"name": "clip", "url": str(CLIP), "fps": 5}]
-    recognition = {"model": str(test_model), "gallery": str(gallery), "threshold": 4.0}
-    subscriber = Subscriber(broker.port, "facewatch/test/events/#")
-    daemon = Daemon(
-        tmp_path, daemon_settings(cameras, broker.port, tmp_path, recognition=recognition)
-    )
-    daemon.start()
+    daemon, subscriber = _clip_daemon(tmp_path, broker, test_model, gallery)
 
     def named(name: str) -> bool:
         return any(e["identity"] == name for e in subscriber.events())
