@@ -226,6 +226,27 @@ class TrackingConfig(_Section):
     snapshots: bool = _field(False, "publish a JPEG of the face with each identity event")
 
 
+class ArchiveConfig(_Section):
+    dir: str | None = _field(
+        None,
+        "keep the faces of each visit (a track, from its first frame to `left`) here, one "
+        "folder per visit, to review and to enroll from; null = off; relative to the config",
+    )
+    which: Literal["unknown", "all"] = _field(
+        "unknown",
+        "unknown: visits of faces nobody was recognised as (every visit without a FaceNet "
+        "model); all: every visit",
+    )
+    per_visit: int = _field(
+        5, "most images kept per visit: the best ones (large, frontal, sharp)", ge=1, le=50
+    )
+    min_gap_s: float = _field(1.0, "least time between two kept images of a visit", ge=0, le=3600)
+    max_mb: float = _field(1000, "the oldest visits are deleted beyond this size", gt=0)
+    keep_days: float = _field(
+        7, "visits older than this are deleted (faces are personal data)", gt=0, le=3650
+    )
+
+
 class TlsConfig(_Section):
     ca_file: str | None = _field(None, "CA certificate to trust (PEM); null = system CAs")
     cert_file: str | None = _field(None, "client certificate (PEM), for brokers that ask")
@@ -321,6 +342,7 @@ class Config(_Section):
     mqtt: MqttConfig = _field(MqttConfig(), "the MQTT broker")
     metrics: MetricsConfig = _field(MetricsConfig(), "the Prometheus endpoint")
     events: EventsConfig = _field(EventsConfig(), "extra event outputs")
+    archive: ArchiveConfig = _field(ArchiveConfig(), "the face archive: each visit's faces on disk")
     logging: LoggingConfig = _field(LoggingConfig(), "logging")
 
     @field_validator("engines")
@@ -568,6 +590,9 @@ def resolve_paths(config: Config, base: Path) -> Config:
     events = config.events
     if events.jsonl_file:
         events = events.model_copy(update={"jsonl_file": _resolve(base, events.jsonl_file)})
+    archive = config.archive
+    if archive.dir:
+        archive = archive.model_copy(update={"dir": _resolve(base, archive.dir)})
     return config.model_copy(
         update={
             "cameras": cameras,
@@ -575,6 +600,7 @@ def resolve_paths(config: Config, base: Path) -> Config:
             "mqtt": mqtt,
             "engines": engines,
             "events": events,
+            "archive": archive,
         }
     )
 

@@ -93,21 +93,32 @@ def person_json(name: str, cameras: list[str]) -> dict[str, Any]:
     return {"name": name, "cameras": cameras}
 
 
-def face_snapshot(image: np.ndarray, bbox_xyxy: np.ndarray) -> bytes:
-    """A JPEG of the face with some context, at most SNAPSHOT_SIZE px on its long side."""
+def face_region(image: np.ndarray, bbox_xyxy: np.ndarray, pad: float) -> np.ndarray:
+    """The face box grown by ``pad`` of its longer side on every side, within the image (a
+    view, possibly empty)."""
     x0, y0, x1, y1 = np.asarray(bbox_xyxy, dtype=np.float64)
-    pad = 0.25 * max(x1 - x0, y1 - y0)
+    grow = pad * max(x1 - x0, y1 - y0)
     height, width = image.shape[:2]
-    left, top = int(max(0, x0 - pad)), int(max(0, y0 - pad))
-    right, bottom = int(min(width, x1 + pad)), int(min(height, y1 + pad))
-    crop = image[top:bottom, left:right]
+    left, top = int(max(0, x0 - grow)), int(max(0, y0 - grow))
+    right, bottom = int(min(width, x1 + grow)), int(min(height, y1 + grow))
+    return image[top:bottom, left:right]
+
+
+def to_jpeg(crop: np.ndarray, max_side: int) -> bytes:
+    """``crop`` as a JPEG, scaled down to at most ``max_side`` px on its long side; b"" for
+    an empty crop."""
     if crop.size == 0:
         return b""
-    scale = SNAPSHOT_SIZE / max(crop.shape[:2])
+    scale = max_side / max(crop.shape[:2])
     if scale < 1:
         crop = cv2.resize(crop, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
     ok, jpeg = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, 85])
     return jpeg.tobytes() if ok else b""
+
+
+def face_snapshot(image: np.ndarray, bbox_xyxy: np.ndarray) -> bytes:
+    """A JPEG of the face with some context, at most SNAPSHOT_SIZE px on its long side."""
+    return to_jpeg(face_region(image, bbox_xyxy, 0.25), SNAPSHOT_SIZE)
 
 
 class RetainedState(Protocol):

@@ -71,9 +71,20 @@ MQTT_PUBLISHES = Counter(
 )
 SPOOL_EVENTS = Gauge("facewatch_mqtt_spool_events", "events waiting in the on-disk spool")
 GALLERY_IDENTITIES = Gauge("facewatch_gallery_identities", "people enrolled in the gallery")
+ARCHIVE_VISITS = Counter(
+    "facewatch_archive_visits_total", "visits written to the face archive", ["camera"]
+)
+ARCHIVE_FAILURES = Counter(
+    "facewatch_archive_failures_total",
+    "visits not archived: behind (the writer had too many waiting) or error (the disk refused)",
+    ["reason"],
+)
+ARCHIVE_BYTES = Gauge("facewatch_archive_bytes", "size of the face archive on disk")
 
 for _outcome in ("ok", "failed", "dropped"):
     MQTT_PUBLISHES.labels(_outcome)
+for _reason in ("behind", "error"):
+    ARCHIVE_FAILURES.labels(_reason)
 
 
 def init(cameras: list[str], backend: str, model_id: str) -> None:
@@ -89,7 +100,7 @@ def init(cameras: list[str], backend: str, model_id: str) -> None:
     for camera in cameras:
         for family in (CAMERA_RECONNECTS, FRAMES_READ, FRAMES_PROCESSED, FRAMES_DROPPED):
             family.labels(camera)
-        for family in (FRAMES_REFUSED, FACES_DETECTED, FACES_EMBEDDED):
+        for family in (FRAMES_REFUSED, FACES_DETECTED, FACES_EMBEDDED, ARCHIVE_VISITS):
             family.labels(camera)
         CAMERA_UP.labels(camera).set(0)
         RECOGNITIONS.labels(camera, "unknown")

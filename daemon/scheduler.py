@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from daemon import metrics
+from daemon.archive import FaceArchive
 from daemon.cameras import Frame, FrameQueues
 from daemon.config import Config
 from daemon.events import EventSinks, event_json, face_snapshot, in_view_json, person_json
@@ -47,9 +48,10 @@ class Pipeline:
         facenet: FaceNet | None,
         sinks: EventSinks,
         gallery: Gallery | None = None,
+        archive: FaceArchive | None = None,
     ) -> None:
         self.config, self.detector, self.facenet, self.sinks = config, detector, facenet, sinks
-        self.gallery = gallery
+        self.gallery, self.archive = gallery, archive
         self.trackers = {
             c.name: Tracker(c.name, config.tracking, config.recognition.reembed_every)
             for c in config.cameras
@@ -88,6 +90,13 @@ class Pipeline:
                 metrics.FACES_DETECTED.labels(frame.camera).inc(len(detections))
                 tracks = self.trackers[frame.camera].update(frame.ts, detections)
                 faces += [_Face(frame, detections, k, t) for k, t in enumerate(tracks)]
+        if self.archive is not None:
+            with metrics.STAGE_SECONDS.labels("archive").time():
+                for face in faces:
+                    score = float(face.detections.score[face.index])
+                    self.archive.observe(
+                        face.frame.camera, face.track, face.frame.image, score, face.frame.ts
+                    )
         if self.facenet is not None:
             self._recognise(faces)
         self._emit_due(frames, faces)
@@ -181,6 +190,8 @@ class Pipeline:
             for event in events:
                 self._emit(event, camera, event.track.last_seen, None)
             self._changed(camera, events, now)
+            if self.archive is not None:
+                self.archive.visits_ended(camera, events, {t.track_id for t in tracker.tracks})
 
     def _changed(self, camera: str, events: list[TrackEvent], ts: float) -> None:
         """The state after ``camera``'s events: who it sees, where the people they name are."""

@@ -22,6 +22,7 @@ from types import FrameType
 import numpy as np
 
 from daemon import home_assistant, metrics
+from daemon.archive import FaceArchive
 from daemon.cameras import CameraReader, FrameQueues, check_file_source
 from daemon.config import REPO_ROOT, WARM_UP_HW, Config, ConfigError, plan_request
 from daemon.events import EventSinks, in_view_json, person_json
@@ -43,6 +44,7 @@ STALL_S = 30.0  # frames have not flowed for this long: the watchdog is no longe
 STOP_BUDGET_S = 50.0  # the whole stop
 READERS_STOP_S = 15.0  # the cameras, all together (a stream read can block)
 PUBLISHER_STOP_S = 15.0  # kept to last for MQTT: sending the spool, then `offline`
+ARCHIVE_STOP_S = 5.0  # the face archive's last visits (taken from the publisher's share)
 PLAN_BUILD_S = 1800  # systemd's start timeout is extended by this for each TensorRT build
 
 
@@ -127,6 +129,11 @@ def check_files(config: Config) -> None:
             out.open("a").close()
         except OSError as exc:
             raise ConfigError(f"events.jsonl_file: {out}: {exc.strerror or exc}") from None
+    if config.archive.dir:
+        try:
+            FaceArchive.prepare(config.archive.dir)
+        except OSError as exc:
+            raise ConfigError(f"archive.dir: {config.archive.dir}: {exc.strerror or exc}") from None
 
 
 def watchdog_healthy(
@@ -151,6 +158,7 @@ class Service:
         self.publisher: MqttPublisher | None = None
         self.spool: Spool | None = None
         self.readers: list[CameraReader] = []
+        self.archive: FaceArchive | None = None
 
     # -- building -----------------------------------------------------------------------
 
@@ -284,7 +292,12 @@ class Service:
                     raise ConfigError(f"metrics.address: {exc}") from None
                 raise
         sinks = self._start_outputs(enrolled)
-        pipeline = Pipeline(cfg, detector, facenet, sinks)
+        if cfg.archive.dir:
+            self.archive = FaceArchive(
+                cfg.archive, cfg.node_id, facenet.model_id if facenet else None
+            )
+            self.archive.start()
+        pipeline = Pipeline(cfg, detector, facenet, sinks, archive=self.archive)
         queues = FrameQueues([c.name for c in cameras], cfg.batching.queue_frames)
         scheduler = BatchScheduler(pipeline, queues)
         on_status = self.publisher.set_camera_status if self.publisher else None
@@ -365,6 +378,8 @@ class Service:
         scheduler.join(timeout=max(0.0, end - PUBLISHER_STOP_S - time.monotonic()))
         if scheduler.is_alive():
             logger.warning("the batch scheduler did not finish in time; queued frames are dropped")
+        if self.archive is not None:
+            self.archive.stop(timeout_s=min(ARCHIVE_STOP_S, max(0.0, end - time.monotonic()) / 4))
         if self.publisher is not None:
             left_s = max(0.0, end - time.monotonic())
             drain_s = min(DRAIN_ON_STOP_S, max(0.0, left_s - 10.0))

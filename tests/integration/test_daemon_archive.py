@@ -1,0 +1,68 @@
+"""The face archive end to end: the daemon on the demo clip keeps each visit of an unknown
+face on disk, one folder per `left` event, and `facewatch enroll` takes such a folder."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from daemon.archive import VISIT_FILE
+from daemon.cli import main
+from daemon.gallery import Gallery
+from tests.conftest import REPO
+from tests.integration.services import Daemon, Subscriber, daemon_settings, wait_for
+
+pytestmark = pytest.mark.slow
+
+CLIP = REPO / "configs" / "demo" / "hamilton_360p.mp4"
+
+
+def test_each_visit_of_an_unknown_face_is_archived_and_can_be_enrolled(
+    tmp_path, broker, test_model
+) -> None:
+    archive = tmp_path / "archive"
+    settings = daemon_settings(
+        [{"name": "stage", "url": str(CLIP), "fps": 5}],
+        broker.port,
+        tmp_path,
+        archive={"dir": str(archive), "per_visit": 4},
+    )
+    subscriber = Subscriber(broker.port, "facewatch/test/events/#")
+    daemon = Daemon(tmp_path, settings)
+    daemon.start()
+    try:
+        wait_for(
+            lambda: sum(e["type"] == "left" for e in subscriber.events()) >= 3,
+            90,
+            "three faces that came and went",
+        )
+        assert daemon.metric('facewatch_archive_visits_total{camera="stage"}') >= 1
+    finally:
+        code = daemon.stop()
+        subscriber.close()
+    assert code == 0, daemon.log()[-3000:]
+
+    left = {e["track_id"]: e for e in subscriber.events() if e["type"] == "left"}
+    visits = {}
+    for path in archive.glob(f"*/stage/*/{VISIT_FILE}"):
+        about = json.loads(path.read_text())
+        visits[about["track_id"]] = (path.parent, about)
+    assert sorted(visits) == sorted(left), "one folder per visit, open ones closed at the stop"
+    for track_id, (folder, about) in visits.items():
+        assert about["first_seen_ts"] == left[track_id]["first_seen_ts"]
+        assert about["reason"] == left[track_id]["reason"] and about["identity"] is None
+        assert 1 <= len(about["images"]) <= 4
+        assert all((folder / image["file"]).is_file() for image in about["images"])
+
+    # the visit with the most images, enrolled as it is
+    folder = max(visits.values(), key=lambda v: len(v[1]["images"]))[0]
+    gallery = tmp_path / "gallery.sqlite"
+    code = main(
+        ["enroll", "--name", "Visitor", str(folder), "--largest", "--skip-bad",
+         "--model", str(test_model), "--gallery", str(gallery), "--threads", "2", "--no-progress"]
+    )  # fmt: skip
+    assert code == 0
+    with Gallery.open(gallery) as enrolled:
+        [visitor] = enrolled.identities()
+        assert visitor.name == "Visitor" and visitor.embeddings >= 1

@@ -1,0 +1,237 @@
+"""The face archive: which images of a visit it keeps, what it writes, what it deletes and
+how it fails, on faces MTCNN finds in the demo clip."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from datetime import datetime
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from prometheus_client import REGISTRY
+
+from daemon.archive import QUEUE_VISITS, VISIT_FILE, FaceArchive, face_quality
+from daemon.config import ArchiveConfig, ConfigError, load_config, parse_config
+from daemon.events import person_key
+from daemon.service import check_files
+from daemon.tracking import Track, TrackEvent
+from tests.conftest import REPO
+
+CLIP = REPO / "configs" / "demo" / "hamilton_360p.mp4"
+
+
+@pytest.fixture(scope="module")
+def clip_faces(detector) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, float]]:
+    """(frame, box, landmarks, score) of the largest face in frames of the demo clip."""
+    capture = cv2.VideoCapture(str(CLIP))
+    found = []
+    for k in range(240):
+        ok, frame = capture.read()
+        if not ok:
+            break
+        if k % 12:
+            continue
+        faces = detector.detect([frame])[0]
+        if len(faces):
+            i = int(np.argmax(faces.bbox_xyxy[:, 2] - faces.bbox_xyxy[:, 0]))
+            found.append((frame, faces.bbox_xyxy[i], faces.landmarks[i], float(faces.score[i])))
+    capture.release()
+    assert len(found) >= 8, "the demo clip shows faces"
+    return found
+
+
+def _archive(tmp_path: Path, **settings) -> FaceArchive:
+    return FaceArchive(ArchiveConfig(dir=str(tmp_path / "archive"), **settings), "node", "m-1")
+
+
+def _visit(archive: FaceArchive, faces, first_ts: float, step_s: float, track_id: int = 1) -> Track:
+    """One track seeing ``faces`` (in turn), ``step_s`` apart from ``first_ts``."""
+    track = Track(track_id, faces[0][1], faces[0][2], first_ts, first_ts)
+    for k, (frame, box, landmarks, score) in enumerate(faces):
+        track.bbox_xyxy, track.landmarks = box, landmarks
+        track.last_seen = first_ts + k * step_s
+        archive.observe("door", track, frame, score, track.last_seen)
+    return track
+
+
+def _left(track: Track, identity: str | None = None) -> TrackEvent:
+    return TrackEvent("left", track, identity, 1.0, 0.4 if identity else None, reason="lost")
+
+
+def _visits(tmp_path: Path) -> list[Path]:
+    """The visit folders of ``_archive(tmp_path)``."""
+    return sorted(p.parent for p in (tmp_path / "archive").glob(f"*/*/*/{VISIT_FILE}"))
+
+
+def _sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def test_face_quality_prefers_large_frontal_sharp_faces(clip_faces) -> None:
+    frame, box, landmarks, _ = clip_faces[0]
+    quality = face_quality(frame, box, landmarks)
+    blurred = cv2.GaussianBlur(frame, (0, 0), 3)
+    small = cv2.resize(frame, None, fx=0.4, fy=0.4, interpolation=cv2.INTER_AREA)
+    turned = landmarks.copy()
+    turned[2] = turned[1]  # the nose over the right eye: a face seen from the side
+    worse = {
+        "blurred": face_quality(blurred, box, landmarks),
+        "smaller": face_quality(small, box * 0.4, landmarks * 0.4),
+        "turned": face_quality(frame, box, turned),
+    }
+    assert 0 < quality <= 1
+    for why, value in worse.items():
+        assert 0 < value < quality, why
+
+
+def test_a_visit_keeps_its_best_images_spaced_in_time_and_is_written_when_it_left(
+    tmp_path, clip_faces
+) -> None:
+    archive = _archive(tmp_path, per_visit=3, min_gap_s=1.0)
+    archive.start()
+    first = time.time() - 60
+    track = _visit(archive, clip_faces[:10], first, 0.5)
+    archive.visits_ended("door", [_left(track)], live=set())
+    archive.stop(timeout_s=10)
+
+    [folder] = _visits(tmp_path)
+    start = datetime.fromtimestamp(first)
+    assert folder.relative_to(tmp_path / "archive").parts == (
+        start.strftime("%Y-%m-%d"),
+        "door",
+        start.strftime("%H%M%S") + "-t1-unknown",
+    )
+    about = json.loads((folder / VISIT_FILE).read_text())
+    assert about["camera"] == "door" and about["track_id"] == 1 and about["node"] == "node"
+    assert about["identity"] is None and about["reason"] == "lost" and about["model_id"] == "m-1"
+    assert about["first_seen_ts"] == round(first, 3)
+    assert about["last_seen_ts"] == round(first + 4.5, 3)
+    # the frames 1 s apart (0, 2, 4, 6, 8 of the ten) are the candidates; the best 3 are kept
+    candidates = [
+        (face_quality(frame, box, marks), first + k * 0.5)
+        for k, (frame, box, marks, _) in enumerate(clip_faces[:10])
+        if k % 2 == 0
+    ]
+    best = sorted(sorted(candidates, reverse=True)[:3], key=lambda c: c[1])
+    images = about["images"]
+    assert [image["ts"] for image in images] == [round(ts, 3) for _, ts in best]
+    assert [image["quality"] for image in images] == pytest.approx([q for q, _ in best], abs=1e-4)
+    assert [image["file"] for image in images] == ["face-1.jpg", "face-2.jpg", "face-3.jpg"]
+    for image in images:
+        picture = cv2.imread(str(folder / image["file"]))
+        assert picture is not None and max(picture.shape[:2]) <= 400
+        assert (folder / image["file"]).stat().st_mode & 0o777 == 0o600
+    for path in (tmp_path / "archive", folder.parent.parent, folder.parent, folder):
+        assert path.stat().st_mode & 0o777 == 0o700, path
+
+
+@pytest.mark.parametrize("which", ["unknown", "all"])
+def test_which_visits_are_kept(tmp_path, clip_faces, which) -> None:
+    archive = _archive(tmp_path, which=which)
+    archive.start()
+    now = time.time()
+    known = _visit(archive, clip_faces[:3], now, 1.0, track_id=1)
+    unknown = _visit(archive, clip_faces[3:6], now, 1.0, track_id=2)
+    archive.visits_ended("door", [_left(known, "Zoë"), _left(unknown)], live=set())
+    archive.stop(timeout_s=10)
+
+    kept = {json.loads((v / VISIT_FILE).read_text())["track_id"]: v for v in _visits(tmp_path)}
+    assert sorted(kept) == ([1, 2] if which == "all" else [2])
+    if which == "all":
+        assert kept[1].name.endswith("-t1-" + person_key("Zoë"))
+        assert json.loads((kept[1] / VISIT_FILE).read_text())["identity"] == "Zoë"
+
+
+def test_a_track_gone_before_it_was_confirmed_leaves_nothing(tmp_path, clip_faces) -> None:
+    archive = _archive(tmp_path)
+    archive.start()
+    brief = _visit(archive, clip_faces[:2], time.time(), 1.0, track_id=7)
+    stays = _visit(archive, clip_faces[2:4], time.time(), 1.0, track_id=8)
+    archive.visits_ended("door", [], live={8})  # 7 expired unconfirmed: no `left`
+    archive.visits_ended("door", [_left(brief), _left(stays)], live=set())
+    archive.stop(timeout_s=10)
+    assert [v.name.split("-")[1] for v in _visits(tmp_path)] == ["t8"]
+
+
+def _old_visit(root: Path, day: str, name: str, size: int, age_s: float) -> Path:
+    folder = root / day / "door" / name
+    folder.mkdir(parents=True)
+    (folder / "face-1.jpg").write_bytes(b"\xff" * size)
+    (folder / VISIT_FILE).write_text("{}")
+    stamp = time.time() - age_s
+    os.utime(folder, (stamp, stamp))
+    return folder
+
+
+def test_old_visits_and_the_oldest_beyond_the_size_limit_are_deleted(tmp_path) -> None:
+    root = tmp_path / "archive"
+    expired = _old_visit(root, "2026-01-02", "080000-t1-unknown", 1000, 20 * 86400)
+    oldest = _old_visit(root, "2026-11-20", "080000-t1-unknown", 400_000, 3 * 3600)
+    kept = [
+        _old_visit(root, "2026-11-20", f"0{h}0000-t2-unknown", 400_000, h * 600) for h in (2, 1)
+    ]
+    (root / ".tmp-cut-short").mkdir()  # a write the last run did not finish
+    archive = _archive(tmp_path, max_mb=1.0, keep_days=7)
+    archive.start()
+    archive.stop(timeout_s=10)
+    assert not expired.parent.parent.exists(), "past keep_days, with its empty day folder"
+    assert not oldest.exists(), "beyond max_mb, oldest first"
+    assert all(folder.exists() for folder in kept)
+    assert not (root / ".tmp-cut-short").exists()
+    assert _sample("facewatch_archive_bytes") == 2 * (400_000 + 2)
+
+
+def test_a_visit_that_cannot_be_written_is_counted_and_the_next_one_is(
+    tmp_path, clip_faces, caplog
+) -> None:
+    archive = _archive(tmp_path)
+    FaceArchive.prepare(str(tmp_path / "archive"))
+    now = time.time()
+    day = tmp_path / "archive" / datetime.fromtimestamp(now).strftime("%Y-%m-%d")
+    day.write_text("not a folder")  # the disk refuses the visit's folder
+    errors = _sample("facewatch_archive_failures_total", reason="error")
+    archive.start()
+    first = _visit(archive, clip_faces[:2], now, 1.0, track_id=1)
+    archive.visits_ended("door", [_left(first)], live=set())
+    deadline = time.monotonic() + 10
+    while _sample("facewatch_archive_failures_total", reason="error") == errors:
+        assert time.monotonic() < deadline, "the failure is counted"
+        time.sleep(0.05)
+    day.unlink()
+    second = _visit(archive, clip_faces[2:4], now, 1.0, track_id=2)
+    archive.visits_ended("door", [_left(second)], live=set())
+    archive.stop(timeout_s=10)
+    assert [v.name.split("-")[1] for v in _visits(tmp_path)] == ["t2"]
+    assert not list((tmp_path / "archive").glob(".tmp-*")), "nothing half-written is left"
+    assert "face archive: a visit not written" in caplog.text
+
+
+def test_visits_beyond_what_the_writer_can_hold_are_dropped_and_counted(
+    tmp_path, clip_faces
+) -> None:
+    archive = _archive(tmp_path)
+    behind = _sample("facewatch_archive_failures_total", reason="behind")
+    for k in range(QUEUE_VISITS + 2):  # the writer has not started: nothing is taken
+        track = _visit(archive, clip_faces[:1], time.time(), 1.0, track_id=k + 1)
+        archive.visits_ended("door", [_left(track)], live=set())
+    assert _sample("facewatch_archive_failures_total", reason="behind") == behind + 2
+    archive.start()
+    archive.stop(timeout_s=30)
+    assert len(_visits(tmp_path)) == QUEUE_VISITS
+
+
+def test_archive_settings_are_checked(tmp_path) -> None:
+    camera = {"name": "door", "url": str(CLIP)}
+    with pytest.raises(ConfigError, match=r"archive\.which"):
+        parse_config({"cameras": [camera], "archive": {"which": "strangers"}})
+    config_file = tmp_path / "facewatch.yaml"
+    config_file.write_text(json.dumps({"cameras": [camera], "archive": {"dir": "faces"}}))
+    assert load_config(config_file).archive.dir == str(tmp_path / "faces")
+    (tmp_path / "file").write_text("")
+    blocked = parse_config({"cameras": [camera], "archive": {"dir": str(tmp_path / "file/x")}})
+    with pytest.raises(ConfigError, match=r"archive\.dir: .*file/x"):
+        check_files(blocked)
