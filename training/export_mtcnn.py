@@ -7,6 +7,8 @@ ONNX Runtime is checked against PyTorch on real face crops (max abs diff <= 1e-4
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,7 +85,6 @@ def export_net(spec: NetSpec, weights_dir: Path, out_dir: Path) -> Path:
         source=MTCNN_SOURCE,
         license="MIT (facenet-pytorch), see models/mtcnn/LICENSE.facenet-pytorch.md",
     ).save(out_path)
-    logger.info("wrote %s", out_path)
     return out_path
 
 
@@ -122,18 +123,24 @@ def parity_check(spec: NetSpec, onnx_path: Path, weights_dir: Path, images: list
 
 
 def export_all(weights_dir: Path, out_dir: Path, images: list[Path]) -> dict[str, float]:
-    """Export the three networks and check them; raises if any differs by more than 1e-4."""
+    """Export the three networks and check them; raises if any differs by more than 1e-4.
+    The files are written aside and moved into ``out_dir`` only once all three passed: a
+    failed export leaves the models there as they were."""
     unreadable = [str(p) for p in images if not Path(p).is_file()]
-    if unreadable:  # before anything is written over the models
+    if unreadable:  # before anything is written
         raise FileNotFoundError(f"parity images not found: {', '.join(unreadable)}")
     out_dir.mkdir(parents=True, exist_ok=True)
     diffs = {}
-    for spec in SPECS:
-        path = export_net(spec, weights_dir, out_dir)
-        diffs[spec.name] = parity_check(spec, path, weights_dir, images)
-        if diffs[spec.name] > PARITY_TOLERANCE:
-            raise RuntimeError(
-                f"{path}: ONNX Runtime differs from PyTorch by {diffs[spec.name]:.2e} "
-                f"(tolerance {PARITY_TOLERANCE:.0e})"
-            )
+    with tempfile.TemporaryDirectory(prefix=".export-", dir=out_dir) as scratch:
+        for spec in SPECS:
+            path = export_net(spec, weights_dir, Path(scratch))
+            diffs[spec.name] = parity_check(spec, path, weights_dir, images)
+            if diffs[spec.name] > PARITY_TOLERANCE:
+                raise RuntimeError(
+                    f"{spec.name}: ONNX Runtime differs from PyTorch by {diffs[spec.name]:.2e} "
+                    f"(tolerance {PARITY_TOLERANCE:.0e}); {out_dir} is left as it was"
+                )
+        for written in sorted(Path(scratch).iterdir()):
+            os.replace(written, out_dir / written.name)
+            logger.info("wrote %s", out_dir / written.name)
     return diffs

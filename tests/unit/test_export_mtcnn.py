@@ -89,3 +89,20 @@ def test_missing_parity_images_stop_it_before_anything_is_written(shared_data, t
     argv = ["train", "export-mtcnn", "--weights-dir", str(weights), "--out-dir", str(out)]
     assert main([*argv, "--images", str(tmp_path / "nope.jpg")]) == 2
     assert not out.exists()
+
+
+def test_a_failed_parity_check_leaves_the_models_as_they_were(
+    shared_data, tmp_path, monkeypatch
+) -> None:
+    import training.export_mtcnn as export_mtcnn
+
+    out = tmp_path / "mtcnn"
+    out.mkdir()
+    before = {f"{spec.name}{suffix}": b"earlier" for spec in SPECS for suffix in (".onnx", ".json")}
+    for name, content in before.items():
+        (out / name).write_bytes(content)
+    monkeypatch.setattr(export_mtcnn, "PARITY_TOLERANCE", -1.0)  # every difference fails
+    images = [shared_data / "images" / "obama.jpg"]
+    with pytest.raises(RuntimeError, match="left as it was"):
+        export_all(shared_data / "weights" / "mtcnn", out, images)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before, "nothing replaced or left"
