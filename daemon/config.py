@@ -70,6 +70,30 @@ class DetectionConfig(_Section):
 
 class DetectionOverrides(_Section):
     min_face_size: float | None = _field(None, "this camera's smallest face", ge=12, le=1000)
+    ignore: list[list[tuple[float, float]]] = _field(
+        [],
+        "regions whose faces are dropped (a poster, a TV, a mirror): polygons of 3 or more "
+        "[x, y] corners, each 0..1 of the frame's width and height; a face is dropped when its "
+        "box centre lies inside one",
+    )
+
+    @field_validator("ignore")
+    @classmethod
+    def _polygons(
+        cls, polygons: list[list[tuple[float, float]]]
+    ) -> list[list[tuple[float, float]]]:
+        for k, polygon in enumerate(polygons):
+            if len(polygon) < 3:
+                raise ValueError(
+                    f"region {k}: expected 3 or more [x, y] corners, got {len(polygon)}"
+                )
+            outside = [list(p) for p in polygon if not all(0.0 <= v <= 1.0 for v in p)]
+            if outside:
+                raise ValueError(
+                    f"region {k}: corners are fractions of the frame's width and height (0..1), "
+                    f"got {outside[0]}"
+                )
+        return polygons
 
 
 class CameraConfig(_Section):

@@ -50,6 +50,11 @@ BATCH_FRAMES = Histogram(
     "facewatch_batch_frames", "frames per detection batch", buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32)
 )
 FACES_DETECTED = Counter("facewatch_faces_detected_total", "faces found", ["camera"])
+FACES_IGNORED = Counter(
+    "facewatch_faces_ignored_total",
+    "faces dropped: their centre lies in one of the camera's detection.ignore regions",
+    ["camera"],
+)
 FACES_EMBEDDED = Counter("facewatch_faces_embedded_total", "faces run through FaceNet", ["camera"])
 RECOGNITIONS = Counter(
     "facewatch_recognitions_total",
@@ -100,8 +105,9 @@ def init(cameras: list[str], backend: str, model_id: str) -> None:
     for camera in cameras:
         for family in (CAMERA_RECONNECTS, FRAMES_READ, FRAMES_PROCESSED, FRAMES_DROPPED):
             family.labels(camera)
-        for family in (FRAMES_REFUSED, FACES_DETECTED, FACES_EMBEDDED, ARCHIVE_VISITS):
+        for family in (FRAMES_REFUSED, FACES_DETECTED, FACES_IGNORED, FACES_EMBEDDED):
             family.labels(camera)
+        ARCHIVE_VISITS.labels(camera)
         CAMERA_UP.labels(camera).set(0)
         RECOGNITIONS.labels(camera, "unknown")
     for stage in ("detect", "embed", "match", "track"):

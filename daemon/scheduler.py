@@ -21,6 +21,7 @@ from daemon.events import EventSinks, event_json, face_snapshot, in_view_json, p
 from daemon.gallery import Gallery, GalleryError
 from daemon.gallery_file import file_stamp
 from daemon.tracking import Track, Tracker, TrackEvent
+from engines.boxes import points_in_polygon
 from engines.facenet import FaceNet
 from engines.mtcnn import MTCNN, FrameDetections
 
@@ -62,6 +63,11 @@ class Pipeline:
             self._detectors[camera.name] = (
                 detector if size is None else detector.with_config(min_face_size=size)
             )
+        self._ignore = {
+            c.name: [np.asarray(region, np.float64) for region in c.detection.ignore]
+            for c in config.cameras
+            if c.detection.ignore
+        }
         self._refusals: dict[tuple[str, tuple[int, ...]], str | None] = {}
         self._enrolled: set[str] = set()  # the gallery's names
         self._gallery_stamp: tuple[int, ...] | None = None  # the file as last read
@@ -88,6 +94,7 @@ class Pipeline:
             for frame, detections in zip(frames, found, strict=True):
                 metrics.FRAMES_PROCESSED.labels(frame.camera).inc()
                 metrics.FACES_DETECTED.labels(frame.camera).inc(len(detections))
+                detections = self._not_ignored(frame, detections)
                 tracks = self.trackers[frame.camera].update(frame.ts, detections)
                 faces += [_Face(frame, detections, k, t) for k, t in enumerate(tracks)]
         if self.archive is not None:
@@ -140,6 +147,22 @@ class Pipeline:
             for k, detections in zip(members, found, strict=True):
                 results[k] = detections
         return [r if r is not None else FrameDetections() for r in results]
+
+    def _not_ignored(self, frame: Frame, found: FrameDetections) -> FrameDetections:
+        """``found`` without the faces centred in the camera's ``detection.ignore`` regions."""
+        regions = self._ignore.get(frame.camera)
+        if not regions or not len(found):
+            return found
+        height, width = frame.image.shape[:2]
+        centres = (found.bbox_xyxy[:, :2] + found.bbox_xyxy[:, 2:]) / 2 / (width, height)
+        dropped = np.zeros(len(found), bool)
+        for region in regions:
+            dropped |= points_in_polygon(centres, region)
+        if not dropped.any():
+            return found
+        metrics.FACES_IGNORED.labels(frame.camera).inc(int(dropped.sum()))
+        kept = ~dropped
+        return FrameDetections(found.bbox_xyxy[kept], found.score[kept], found.landmarks[kept])
 
     def _prior(self, camera: str) -> np.ndarray | None:
         """None: search the whole frame (every ``full_scan_every`` frames of a camera);

@@ -230,3 +230,16 @@ def center_shift_matrix(a_xyxy: np.ndarray, b_xyxy: np.ndarray) -> np.ndarray:
     cb = (b[None, :, :2] + b[None, :, 2:4]) / 2
     wa, wb = a[:, None, 2] - a[:, None, 0], b[None, :, 2] - b[None, :, 0]
     return np.linalg.norm(ca - cb, axis=2) / np.sqrt(np.maximum(wa * wb, 1e-9))
+
+
+def points_in_polygon(points_xy: np.ndarray, polygon_xy: np.ndarray) -> np.ndarray:
+    """Whether each of ``points_xy`` (N, 2) lies inside ``polygon_xy`` (M >= 3, 2), a closed
+    polygon (any winding, concave allowed): even-odd ray casting towards +x."""
+    points = np.asarray(points_xy, dtype=np.float64).reshape(-1, 2)
+    start = np.asarray(polygon_xy, dtype=np.float64)
+    end = np.roll(start, -1, axis=0)
+    x, y = points[:, :1], points[:, 1:]  # (N, 1) against the (M,) edges
+    straddles = (start[:, 1] > y) != (end[:, 1] > y)
+    dy = np.where(end[:, 1] == start[:, 1], 1.0, end[:, 1] - start[:, 1])
+    crossing_x = start[:, 0] + (y - start[:, 1]) * (end[:, 0] - start[:, 0]) / dy
+    return np.count_nonzero(straddles & (x < crossing_x), axis=1) % 2 == 1

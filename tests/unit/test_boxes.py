@@ -203,3 +203,32 @@ def test_greedy_match_takes_best_pairs_first_and_each_box_once():
     assert bx.greedy_match(a, b, 0.5) == [(0, 1), (1, 2)]
     assert bx.greedy_match(a, b, 0.95) == [(0, 1)]
     assert bx.greedy_match(a[:0], b, 0.5) == []
+
+
+SQUARE = [(0.2, 0.2), (0.6, 0.2), (0.6, 0.6), (0.2, 0.6)]
+L_SHAPE = [(0, 0), (4, 0), (4, 1), (1, 1), (1, 4), (0, 4)]  # concave: the corner (2, 2) is out
+
+
+@pytest.mark.parametrize(
+    ("polygon", "point", "inside"),
+    [
+        (SQUARE, (0.4, 0.4), True),
+        (SQUARE[::-1], (0.4, 0.4), True),  # the other winding
+        (SQUARE, (0.7, 0.4), False),
+        (SQUARE, (0.4, 0.1), False),
+        (SQUARE, (0.1, 0.4), False),
+        (L_SHAPE, (0.5, 3.0), True),
+        (L_SHAPE, (3.0, 0.5), True),
+        (L_SHAPE, (2.0, 2.0), False),
+        ([(0, 0), (1, 0), (0.5, 1)], (0.5, 0.5), True),  # a triangle
+        ([(0, 0), (1, 0), (0.5, 1)], (0.9, 0.9), False),
+    ],
+)
+def test_points_in_polygon(polygon, point, inside) -> None:
+    assert bx.points_in_polygon(np.array([point]), np.array(polygon)).tolist() == [inside]
+
+
+def test_points_in_polygon_takes_many_points_and_none() -> None:
+    points = np.array([(0.4, 0.4), (0.9, 0.9), (0.3, 0.5)])
+    assert bx.points_in_polygon(points, np.array(SQUARE)).tolist() == [True, False, True]
+    assert bx.points_in_polygon(np.zeros((0, 2)), np.array(SQUARE)).shape == (0,)

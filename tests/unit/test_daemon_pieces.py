@@ -8,9 +8,10 @@ import time
 import cv2
 import numpy as np
 import pytest
+from prometheus_client import REGISTRY
 
 from daemon.cameras import Frame, FrameQueues
-from daemon.config import TrackingConfig, parse_config
+from daemon.config import ConfigError, TrackingConfig, parse_config
 from daemon.events import EventSinks, in_view_json, person_key
 from daemon.scheduler import Pipeline
 from daemon.service import watchdog_healthy
@@ -397,3 +398,51 @@ def test_people_removed_while_the_daemon_was_stopped_are_deleted_at_the_next_sta
     start().set_people({"Ada": person_json("Ada", [])})  # Zoë was removed meanwhile
     assert sent.index(("ha/Zoë/config", b"")) < sent.index((zoe, b"")), "config, then state"
     assert ("ha/Ada/config", b"{}") in sent
+
+
+def test_faces_centred_in_a_cameras_ignore_regions_are_dropped(detector) -> None:
+    """A region over the left half of the demo clip: the faces there make no tracks and are
+    counted; the others are tracked as before."""
+    left_half = [[0, 0], [0.5, 0], [0.5, 1], [0, 1]]
+    config = parse_config(
+        {
+            "cameras": [
+                {"name": "all", "url": "x.mp4"},
+                {"name": "half", "url": "x.mp4", "detection": {"ignore": [left_half]}},
+            ],
+            "recognition": {"model": None},
+        }
+    )
+    pipeline = Pipeline(config, detector, None, EventSinks())
+    clip = cv2.VideoCapture(str(REPO / "configs" / "demo" / "hamilton_360p.mp4"))
+    ignored_before = REGISTRY.get_sample_value("facewatch_faces_ignored_total", {"camera": "half"})
+    centres = {"all": [], "half": []}
+    for k in range(0, 120):
+        ok, image = clip.read()
+        assert ok
+        if k % 10:
+            continue
+        pipeline.process([Frame(camera, k, float(k), image) for camera in ("all", "half")])
+        for camera, seen in centres.items():
+            seen += [(t.bbox_xyxy[0] + t.bbox_xyxy[2]) / 2 / image.shape[1]
+                     for t in pipeline.trackers[camera].tracks if t.last_seen == float(k)]  # fmt: skip
+    on_the_left = sum(x < 0.5 for x in centres["all"])
+    assert on_the_left > 0 and len(centres["all"]) > on_the_left, "faces on both sides"
+    assert sorted(centres["half"]) == sorted(x for x in centres["all"] if x >= 0.5)
+    ignored = REGISTRY.get_sample_value("facewatch_faces_ignored_total", {"camera": "half"})
+    assert ignored - (ignored_before or 0) == on_the_left
+
+
+@pytest.mark.parametrize(
+    ("regions", "expected"),
+    [
+        ([[[0, 0], [1, 0]]], "region 0: expected 3 or more"),
+        ([[[0, 0], [1, 0], [1, 1]], [[0, 0], [640, 0], [640, 360]]], "region 1: corners are"),
+        ([[[0, 0, 1], [1, 0], [1, 1]]], "ignore"),
+    ],
+)
+def test_ignore_regions_are_checked(regions, expected) -> None:
+    camera = {"name": "door", "url": "x.mp4", "detection": {"ignore": regions}}
+    with pytest.raises(ConfigError, match=r"cameras\[0\] \(door\)\.detection\.ignore") as error:
+        parse_config({"cameras": [camera]})
+    assert expected in str(error.value)
