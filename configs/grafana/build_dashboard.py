@@ -138,8 +138,10 @@ def pipeline_row() -> list[Panel]:
         graph(
             "Faces per second",
             "short",
-            "Faces found by MTCNN and faces run through FaceNet, per camera.",
+            "Faces found by MTCNN, faces dropped in the camera's ignore regions, and faces run "
+            "through FaceNet, per camera.",
             (f"rate(facewatch_faces_detected_total{{{CAM}}}{RATE})", "{{camera}} detected"),
+            (f"rate(facewatch_faces_ignored_total{{{CAM}}}{RATE})", "{{camera}} ignored"),
             (f"rate(facewatch_faces_embedded_total{{{CAM}}}{RATE})", "{{camera}} embedded"),
         ),
     ]
@@ -177,8 +179,22 @@ def recognition_row() -> list[Panel]:
         with_queries(
             stat.Panel().height(8).span(12),
             "Enrolled people",
-            "Identities in the gallery (reloaded on SIGHUP).",
+            "Identities in the gallery (re-read within 2 s of a change).",
             (f"facewatch_gallery_identities{{{NODE}}}", "{{instance}}"),
+        ),
+        graph(
+            "Face archive",
+            "short",
+            "Visits written to the face archive per minute, and visits not written (behind: "
+            "the disk is too slow; error: the disk refused). Empty without archive.dir.",
+            (
+                f"sum by (camera) (rate(facewatch_archive_visits_total{{{CAM}}}{RATE})) * 60",
+                "{{camera}} written",
+            ),
+            (
+                f"sum by (reason) (rate(facewatch_archive_failures_total{{{NODE}}}{RATE})) * 60",
+                "not written: {{reason}}",
+            ),
         ),
     ]
 
