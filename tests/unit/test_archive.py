@@ -15,6 +15,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from daemon.archive import QUEUE_VISITS, VISIT_FILE, FaceArchive, face_quality
+from daemon.cli import main
 from daemon.config import ArchiveConfig, ConfigError, load_config, parse_config
 from daemon.events import person_key
 from daemon.service import check_files
@@ -48,13 +49,15 @@ def _archive(tmp_path: Path, **settings) -> FaceArchive:
     return FaceArchive(ArchiveConfig(dir=str(tmp_path / "archive"), **settings), "node", "m-1")
 
 
-def _visit(archive: FaceArchive, faces, first_ts: float, step_s: float, track_id: int = 1) -> Track:
+def _visit(
+    archive: FaceArchive, faces, first_ts: float, step_s: float, track_id: int = 1, camera="door"
+) -> Track:
     """One track seeing ``faces`` (in turn), ``step_s`` apart from ``first_ts``."""
     track = Track(track_id, faces[0][1], faces[0][2], first_ts, first_ts)
     for k, (frame, box, landmarks, score) in enumerate(faces):
         track.bbox_xyxy, track.landmarks = box, landmarks
         track.last_seen = first_ts + k * step_s
-        archive.observe("door", track, frame, score, track.last_seen)
+        archive.observe(camera, track, frame, score, track.last_seen)
     return track
 
 
@@ -235,3 +238,50 @@ def test_archive_settings_are_checked(tmp_path) -> None:
     blocked = parse_config({"cameras": [camera], "archive": {"dir": str(tmp_path / "file/x")}})
     with pytest.raises(ConfigError, match=r"archive\.dir: .*file/x"):
         check_files(blocked)
+
+
+def test_archive_list_shows_the_visits_asked_for(tmp_path, clip_faces, capsys) -> None:
+    archive = _archive(tmp_path, which="all")
+    archive.start()
+    before, now = time.time() - 2 * 86400, time.time()
+    for track_id, camera, start, who in [
+        (1, "door", before, None),
+        (2, "gate", now - 10, "Zoë"),
+        (3, "door", now - 5, None),
+    ]:
+        track = _visit(archive, clip_faces[:2], start, 1.0, track_id, camera)
+        archive.visits_ended(camera, [_left(track, who)], live=set())
+    archive.stop(timeout_s=10)
+    root = tmp_path / "archive"
+
+    def listed(*options: str) -> list[str]:
+        assert main(["archive", "list", "--dir", str(root), *options]) == 0
+        return capsys.readouterr().out.splitlines()
+
+    lines = listed()
+    assert [line.split("  ")[1:4] for line in lines] == [
+        ["door", "unknown", "2 image(s)"],
+        ["gate", "Zoë", "2 image(s)"],
+        ["door", "unknown", "2 image(s)"],
+    ]
+    assert lines[0].startswith(datetime.fromtimestamp(before).strftime("%Y-%m-%d %H:%M:%S"))
+    assert all(Path(line.split("  ")[-1]).is_dir() for line in lines), "the folder, for enroll"
+    assert len(listed("--camera", "door")) == 2
+    assert len(listed("--unknown")) == 2
+    assert [line.split("  ")[2] for line in listed("--name", "Zoë")] == ["Zoë"]
+    since = datetime.fromtimestamp(now - 10).strftime("%Y-%m-%d")
+    assert [line.split("  ")[1] for line in listed("--since", since)] == ["gate", "door"]
+    [as_json] = listed("--json", "--name", "Zoë")
+    visit = json.loads(as_json)
+    assert visit["track_id"] == 2 and Path(visit["folder"]).is_dir()
+
+
+def test_archive_list_says_when_the_config_has_no_archive(tmp_path, capsys) -> None:
+    config = tmp_path / "facewatch.yaml"
+    config.write_text(json.dumps({"cameras": [{"name": "door", "url": str(CLIP)}]}))
+    assert main(["archive", "list", "--config", str(config)]) == 2
+    assert "archive.dir is not set" in capsys.readouterr().err
+    config.write_text(json.dumps({"cameras": [{"name": "door", "url": str(CLIP)}],
+                                  "archive": {"dir": "faces"}}))  # fmt: skip
+    assert main(["archive", "list", "--config", str(config)]) == 0
+    assert "no visits yet" in capsys.readouterr().err

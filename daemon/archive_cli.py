@@ -1,0 +1,120 @@
+"""``facewatch archive list``: the visits in the face archive, to find the ones to look at or
+to enroll from (docs/operations.md, section 3)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+
+from daemon.archive import VISIT_FILE
+from daemon.config import DEFAULT_CONFIG, ConfigError, load_config
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("archive", help="the visits kept in the face archive (archive.dir)")
+    sub = p.add_subparsers(dest="archive_command", metavar="ACTION", required=True)
+    listing = sub.add_parser(
+        "list",
+        help="one line per visit",
+        description="One line per visit in the face archive, oldest first: its start (local "
+        "time), camera, who (unknown, or the name the daemon gave), how many images, how long "
+        "it lasted, and its folder, which `facewatch enroll --name NAME FOLDER` takes.",
+    )
+    where = listing.add_mutually_exclusive_group()
+    where.add_argument(
+        "--config",
+        type=Path,
+        default=DEFAULT_CONFIG,
+        help="the daemon's config, for its archive.dir (default: %(default)s)",
+    )
+    where.add_argument("--dir", type=Path, help="the archive folder itself")
+    listing.add_argument("--camera", help="only this camera's visits")
+    listing.add_argument("--since", type=_day, metavar="YYYY-MM-DD", help="from this day on")
+    who = listing.add_mutually_exclusive_group()
+    who.add_argument("--unknown", action="store_true", help="only visits nobody was named in")
+    who.add_argument("--name", help="only visits of this person")
+    listing.add_argument(
+        "--json", action="store_true", help="one JSON object per visit: its visit.json and folder"
+    )
+    listing.set_defaults(func=run_list)
+
+
+def _day(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a day as YYYY-MM-DD, got {text!r}") from None
+
+
+def read_visits(root: Path) -> list[tuple[Path, dict[str, Any]]]:
+    """(folder, visit.json) of every visit under ``root``, oldest first; a visit.json that
+    cannot be read is reported on stderr and skipped."""
+    visits = []
+    for path in root.glob(f"*/*/*/{VISIT_FILE}"):
+        try:
+            about = json.loads(path.read_text(encoding="utf-8"))
+            about["first_seen_ts"] = float(about["first_seen_ts"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            print(f"skipped {path}: {exc}", file=sys.stderr)
+            continue
+        visits.append((path.parent, about))
+    return sorted(visits, key=lambda visit: visit[1]["first_seen_ts"])
+
+
+def _wanted(about: dict[str, Any], args: argparse.Namespace) -> bool:
+    if args.camera is not None and about.get("camera") != args.camera:
+        return False
+    if (
+        args.since is not None
+        and datetime.fromtimestamp(about["first_seen_ts"]).date() < args.since
+    ):
+        return False
+    if args.unknown and about.get("identity") is not None:
+        return False
+    return args.name is None or about.get("identity") == args.name
+
+
+def _line(folder: Path, about: dict[str, Any]) -> str:
+    start = datetime.fromtimestamp(about["first_seen_ts"]).strftime("%Y-%m-%d %H:%M:%S")
+    lasted = float(about.get("last_seen_ts", about["first_seen_ts"])) - about["first_seen_ts"]
+    images = len(about.get("images", []))
+    who = about.get("identity") or "unknown"
+    return (
+        f"{start}  {about.get('camera', '?')}  {who}  {images} image(s)  {lasted:.1f} s  {folder}"
+    )
+
+
+def run_list(args: argparse.Namespace) -> int:
+    root = args.dir
+    if root is None:
+        try:
+            root = load_config(args.config, secrets=False).archive.dir
+        except ConfigError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        if root is None:
+            print(
+                f"error: {args.config}: archive.dir is not set (the archive is off)",
+                file=sys.stderr,
+            )
+            return 2
+        root = Path(root)
+    if not root.is_dir():
+        print(f"{root}: no visits yet (the folder does not exist)", file=sys.stderr)
+        return 0
+    shown = 0
+    for folder, about in read_visits(root):
+        if not _wanted(about, args):
+            continue
+        shown += 1
+        if args.json:
+            print(json.dumps({**about, "folder": str(folder)}, ensure_ascii=False))
+        else:
+            print(_line(folder, about))
+    if not args.json:
+        print(f"{shown} visit(s) in {root}", file=sys.stderr)
+    return 0
