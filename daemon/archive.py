@@ -1,32 +1,37 @@
 """The face archive (``archive`` in the config): the faces of each visit, kept on disk.
 
 A visit is one confirmed track, from its first frame to its ``left``. While it lasts, its
-best images stay in memory: at most ``per_visit``, taken at least ``min_gap_s`` apart, the
-best being large, frontal and sharp (``face_quality``). Once it has left, a writer thread
+best images stay in memory: the best of each ``min_gap_s`` stretch of the visit, and of
+those the ``per_visit`` best, the best being large, frontal, sharp and whole
+(``face_quality``). Once it has left, a writer thread
 puts them in one folder::
 
     DIR/YYYY-MM-DD/CAMERA/HHMMSS-tTRACK-WHO/face-1.jpg ... visit.json
 
 (the local date and time of its first frame; WHO is ``unknown`` or the person's key). Each
 image is the face with half its size of context around it, so ``facewatch enroll --name
-NAME FOLDER`` finds the face again. Only visits of unknown faces are kept by default
-(``which``). Folders and files are owner-only. The oldest visits are deleted when the
-archive grows past ``max_mb`` or they are older than ``keep_days``. A visit still open when
-the daemon dies is lost; one that cannot be written is counted
-(``facewatch_archive_failures_total``) and logged, never a reason to stop.
+NAME FOLDER`` finds the face again. By default (``which: unknown``) only the visits none of
+whose events named anyone are kept. The daemon owns the folder: it deletes the oldest
+visits (folders of that shape holding a visit.json, nothing else) when they take more than
+``max_mb`` of disk or started more than ``keep_days`` ago. A visit still open when the daemon
+dies is lost; one that cannot be written is counted (``facewatch_archive_failures_total``)
+and logged, never a reason to stop.
 """
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import json
 import logging
 import os
 import queue
+import re
 import shutil
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -38,7 +43,7 @@ import numpy as np
 from daemon import metrics
 from daemon.config import ArchiveConfig
 from daemon.events import face_region, person_key, to_jpeg
-from daemon.recognition import DEFAULT_MIN_SHARPNESS, sharpness
+from daemon.recognition import DEFAULT_MIN_SHARPNESS, MAX_FACE_OUTSIDE, outside_fraction, sharpness
 from daemon.tracking import Track, TrackEvent
 
 logger = logging.getLogger(__name__)
@@ -50,12 +55,18 @@ QUEUE_VISITS = 64  # visits waiting for the writer; more are dropped (and counte
 PRUNE_EVERY_S = 60.0  # keep_days is checked this often when nothing is written
 WARN_EVERY_S = 60.0
 VISIT_FILE = "visit.json"
+CUT_OFF_FACTOR = 0.1  # a face cut off by the frame's edge (enroll refuses it) scores a tenth
+# the writer's folders, the only ones it deletes: YYYY-MM-DD / CAMERA / HHMMSS-tTRACK-WHO[-N]
+_DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+_CAMERA = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_VISIT = re.compile(r"([0-9]{6})-t[0-9]+-[A-Za-z0-9_-]+")
 
 
 def face_quality(image: np.ndarray, bbox_xyxy: np.ndarray, landmarks: np.ndarray) -> float:
     """How good an image of a face is to look at and to enroll from, in (0, 1]: larger (up
     to FULL_SIZE_PX wide), more frontal (the nose halfway between the eyes, along the line
-    through them) and sharper (the enrollment blur score) score higher."""
+    through them) and sharper (the enrollment blur score) score higher, and a face cut off
+    by the frame's edge much lower."""
     width = float(bbox_xyxy[2] - bbox_xyxy[0])
     size = min(1.0, max(width, 1.0) / FULL_SIZE_PX)
     left_eye, right_eye, nose = np.asarray(landmarks[:3], dtype=np.float64)
@@ -67,13 +78,15 @@ def face_quality(image: np.ndarray, bbox_xyxy: np.ndarray, landmarks: np.ndarray
     sharp = 0.0
     if face.size:
         sharp = min(1.0, sharpness(cv2.resize(face, (160, 160))) / (2 * DEFAULT_MIN_SHARPNESS))
-    return size * (0.2 + 0.8 * frontal) * (0.2 + 0.8 * sharp)
+    whole = outside_fraction(bbox_xyxy, image.shape[:2]) <= MAX_FACE_OUTSIDE
+    return size * (0.2 + 0.8 * frontal) * (0.2 + 0.8 * sharp) * (1.0 if whole else CUT_OFF_FACTOR)
 
 
 @dataclass
 class _Image:
     quality: float
     ts: float
+    window: float  # which min_gap_s stretch of the visit it was taken in
     jpeg: bytes
     bbox_xyxy: list[float]
     score: float
@@ -84,8 +97,7 @@ class _Visit:
     camera: str
     track_id: int
     first_seen: float
-    last_taken: float = -np.inf
-    images: list[_Image] = field(default_factory=list)
+    images: list[_Image] = field(default_factory=list)  # in time order
     ended: dict[str, Any] = field(default_factory=dict)  # set at `left`: who, when, why
 
 
@@ -104,15 +116,17 @@ class FaceArchive:
         self._open: dict[tuple[str, int], _Visit] = {}
         self._queue: queue.Queue[_Visit | None] = queue.Queue(QUEUE_VISITS)
         self._thread = threading.Thread(target=self._write_loop, name="face-archive", daemon=True)
-        self._index: list[tuple[float, Path, int]] = []  # (mtime, folder, bytes), oldest first
+        # the visits on disk, as (start, folder, bytes on disk), oldest first: the writer's
+        self._index: list[tuple[float, Path, int]] = []
         self._bytes = 0
-        self._warned: dict[int, float] = {}
+        self._warned: dict[str, float] = {}
 
     @staticmethod
     def prepare(root: str) -> None:
         """Create the archive's folder (owner-only) and check it can be written; OSError."""
         path = Path(root)
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path.chmod(0o700)  # also one that was there already
         probe = path / f".probe-{uuid.uuid4().hex}"
         probe.mkdir(mode=0o700)
         probe.rmdir()
@@ -120,45 +134,76 @@ class FaceArchive:
     # -- the scheduler thread -------------------------------------------------------------
 
     def observe(
-        self, camera: str, track: Track, image: np.ndarray, score: float, ts: float
+        self,
+        camera: str,
+        track: Track,
+        image: np.ndarray,
+        face: tuple[np.ndarray, np.ndarray, float],
+        ts: float,
     ) -> None:
-        """A frame of ``track``'s face (its box and landmarks as just updated): kept when it
-        is one of the visit's best so far and at least ``min_gap_s`` after the last one."""
+        """``track``'s face in a frame taken at ``ts``: ``face`` is its (box, landmarks,
+        detector score) in ``image``. The visit keeps the best image of each ``min_gap_s``
+        stretch of it, and of those the ``per_visit`` best."""
+        try:
+            self._observe(camera, track, image, face, ts)
+        except Exception as exc:  # a bug here must not stop the engines' thread
+            self._failed("a face not archived", repr(exc))
+
+    def _observe(
+        self,
+        camera: str,
+        track: Track,
+        image: np.ndarray,
+        face: tuple[np.ndarray, np.ndarray, float],
+        ts: float,
+    ) -> None:
         key = (camera, track.track_id)
         visit = self._open.get(key)
         if visit is None:
             visit = self._open[key] = _Visit(camera, track.track_id, track.first_seen)
-        if ts - visit.last_taken < self.config.min_gap_s:
+        box, landmarks, score = face
+        quality = face_quality(image, box, landmarks)
+        gap = self.config.min_gap_s
+        window = (ts - visit.first_seen) // gap if gap > 0 else ts
+        images = visit.images
+        if images and images[-1].window == window:
+            replaced: int | None = len(images) - 1  # one image per window: the better
+        elif len(images) >= self.config.per_visit:
+            replaced = min(range(len(images)), key=lambda k: images[k].quality)
+        else:
+            replaced = None
+        if replaced is not None and quality <= images[replaced].quality:
             return
-        visit.last_taken = ts
-        quality = face_quality(image, track.bbox_xyxy, track.landmarks)
-        full = len(visit.images) >= self.config.per_visit
-        worst = min(range(len(visit.images)), key=lambda k: visit.images[k].quality, default=0)
-        if full and quality <= visit.images[worst].quality:
-            return
-        jpeg = to_jpeg(face_region(image, track.bbox_xyxy, CONTEXT), MAX_SIDE)
+        jpeg = to_jpeg(face_region(image, box, CONTEXT), MAX_SIDE)
         if not jpeg:
             return
-        box = np.round(np.asarray(track.bbox_xyxy, dtype=np.float64), 1).tolist()
-        taken = _Image(round(quality, 4), ts, jpeg, box, round(float(score), 4))
-        if full:
-            visit.images[worst] = taken
-        else:
-            visit.images.append(taken)
+        bbox = np.round(np.asarray(box, dtype=np.float64), 1).tolist()
+        taken = _Image(round(quality, 4), ts, window, jpeg, bbox, round(float(score), 4))
+        if replaced is not None:
+            del images[replaced]
+        images.append(taken)  # the latest: time order holds
 
     def visits_ended(self, camera: str, events: list[TrackEvent], live: set[int]) -> None:
         """After ``camera``'s tracks expired: the visits that left go to the writer (the
         ones ``which`` keeps); those of tracks gone unconfirmed are dropped."""
+        try:
+            self._visits_ended(camera, events, live)
+        except Exception as exc:  # a bug here must not stop the engines' thread
+            self._failed("visits not archived", repr(exc))
+
+    def _visits_ended(self, camera: str, events: list[TrackEvent], live: set[int]) -> None:
         for event in events:
             if event.kind != "left":
                 continue
             visit = self._open.pop((camera, event.track.track_id), None)
             if visit is None or not visit.images:
                 continue
-            if self.config.which == "unknown" and event.identity is not None:
+            named = sorted(event.track.announced)
+            if self.config.which == "unknown" and named:
                 continue
             visit.ended = {
                 "identity": event.identity,
+                "named": named,
                 "distance": None if event.distance is None else round(event.distance, 4),
                 "confidence": round(float(event.confidence), 4),
                 "last_seen": event.track.last_seen,
@@ -168,7 +213,9 @@ class FaceArchive:
                 self._queue.put_nowait(visit)
             except queue.Full:
                 metrics.ARCHIVE_FAILURES.labels("behind").inc()
-                self._warn(logging.WARNING, "face archive: the disk is too slow; visits dropped")
+                self._warn(
+                    "behind", logging.WARNING, "face archive: the disk is too slow; visits dropped"
+                )
         for key in [k for k in self._open if k[0] == camera and k[1] not in live]:
             del self._open[key]
 
@@ -177,35 +224,48 @@ class FaceArchive:
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self, timeout_s: float) -> None:
-        """Write the visits waiting (within ``timeout_s``), then end the writer."""
-        with contextlib.suppress(queue.Full):
-            self._queue.put(None, timeout=timeout_s)
+    def finish(self, timeout_s: float) -> None:
+        """No more visits: the writer ends once it has written those waiting."""
+        if self._thread.is_alive():
+            with contextlib.suppress(queue.Full):
+                self._queue.put(None, timeout=timeout_s)
+
+    def join(self, timeout_s: float) -> None:
+        """Wait for the writer, after ``finish``."""
         self._thread.join(timeout=timeout_s)
         if self._thread.is_alive():
             logger.warning("face archive: %d visit(s) not written in time", self._queue.qsize())
 
+    def stop(self, timeout_s: float) -> None:
+        """``finish`` and ``join`` within ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        self.finish(timeout_s)
+        self.join(max(0.0, deadline - time.monotonic()))
+
     # -- the writer thread ----------------------------------------------------------------
 
     def _write_loop(self) -> None:
-        self._scan()
-        self._prune()
+        self._guarded("cannot read", self._scan)
+        self._guarded("cannot delete old visits in", self._prune)
         while True:
             try:
                 visit = self._queue.get(timeout=PRUNE_EVERY_S)
             except queue.Empty:
-                self._prune()
+                # visits deleted by hand no longer count
+                self._guarded("cannot delete old visits in", self._prune, True)
                 continue
             if visit is None:
                 return
-            try:
-                self._write(visit)
-            except OSError as exc:
-                metrics.ARCHIVE_FAILURES.labels("error").inc()
-                self._warn(
-                    logging.ERROR, f"face archive: a visit not written to {self.root}: {exc}"
-                )
-            self._prune()
+            self._guarded("a visit not written to", self._write, visit)
+            self._guarded("cannot delete old visits in", self._prune)
+
+    def _guarded(self, what: str, step: Callable[..., None], *args: object) -> None:
+        """Run a step of the writer; a failure (the disk refused, or a bug) is counted and
+        logged as ``what`` the archive's folder, and the writer goes on."""
+        try:
+            step(*args)
+        except Exception as exc:
+            self._failed(f"{what} {self.root}", str(exc))
 
     def _write(self, visit: _Visit) -> None:
         """The visit's folder, written aside and renamed into place (never half there)."""
@@ -224,17 +284,18 @@ class FaceArchive:
         scratch = self.root / f".tmp-{uuid.uuid4().hex}"
         scratch.mkdir(mode=0o700)
         try:
-            size = self._fill(scratch, visit)
+            self._fill(scratch, visit)
             scratch.rename(final)
-        except OSError:
+        except BaseException:
             shutil.rmtree(scratch, ignore_errors=True)
             raise
-        self._index.append((final.stat().st_mtime, final, size))
+        size = _disk_bytes(final)
+        bisect.insort(self._index, (visit.first_seen, final, size))
         self._bytes += size
         metrics.ARCHIVE_VISITS.labels(visit.camera).inc()
 
-    def _fill(self, folder: Path, visit: _Visit) -> int:
-        images = sorted(visit.images, key=lambda image: image.ts)
+    def _fill(self, folder: Path, visit: _Visit) -> None:
+        images = visit.images
         described = []
         for k, image in enumerate(images, 1):
             described.append(
@@ -253,6 +314,7 @@ class FaceArchive:
             "camera": visit.camera,
             "track_id": visit.track_id,
             "identity": ended["identity"],
+            "named": ended["named"],
             "distance": ended["distance"],
             "confidence": ended["confidence"],
             "reason": ended["reason"],
@@ -265,44 +327,56 @@ class FaceArchive:
         }
         text = json.dumps(about, indent=2, ensure_ascii=False) + "\n"
         _write_private(folder / VISIT_FILE, text.encode())
-        return sum(len(image.jpeg) for image in images) + len(text.encode())
 
     def _scan(self) -> None:
         """The visits already on disk (a previous run's), and leftovers of a write cut
-        short."""
+        short. Only the writer's own folders count: anything else there is left alone."""
         for leftover in self.root.glob(".tmp-*"):
             shutil.rmtree(leftover, ignore_errors=True)
-        for visit in self.root.glob("*/*/*"):
-            if not visit.is_dir() or any(p.startswith(".") for p in visit.parts[-3:]):
+        for visit in self.root.glob(f"*/*/*/{VISIT_FILE}"):
+            folder = visit.parent
+            day, camera, name = folder.parts[-3:]
+            shape = _VISIT.fullmatch(name)
+            if not (_DAY.fullmatch(day) and _CAMERA.fullmatch(camera) and shape):
                 continue
             try:
-                size = sum(f.stat().st_size for f in visit.iterdir() if f.is_file())
-                self._index.append((visit.stat().st_mtime, visit, size))
-            except OSError:
+                start = time.mktime(time.strptime(f"{day} {shape.group(1)}", "%Y-%m-%d %H%M%S"))
+                self._index.append((start, folder, _disk_bytes(folder)))
+            except (OSError, ValueError):
                 continue
-        self._index.sort(key=lambda entry: entry[0])
+        self._index.sort()
         self._bytes = sum(entry[2] for entry in self._index)
 
-    def _prune(self) -> None:
-        """Delete the oldest visits while the archive is too large or they are too old."""
+    def _prune(self, refresh: bool = False) -> None:
+        """Delete the oldest visits while the archive takes too much disk or they started
+        too long ago. ``refresh`` (and before deleting for size): forget the visits deleted
+        by hand first."""
         max_bytes = self.config.max_mb * 1e6
+        if refresh or self._bytes > max_bytes:
+            self._index = [entry for entry in self._index if entry[1].is_dir()]
+            self._bytes = sum(entry[2] for entry in self._index)
         oldest_s = time.time() - self.config.keep_days * 86400
         while self._index and (self._bytes > max_bytes or self._index[0][0] < oldest_s):
             _, folder, size = self._index.pop(0)
             shutil.rmtree(folder, ignore_errors=True)
             self._bytes -= size
-            for parent in (folder.parent, folder.parent.parent):  # camera, then date
+            for parent in (folder.parent, folder.parent.parent):  # camera, then day
                 try:
                     parent.rmdir()  # only when empty
                 except OSError:
                     break
         metrics.ARCHIVE_BYTES.set(self._bytes)
 
-    def _warn(self, level: int, message: str) -> None:
-        """Log ``message``, at most once a WARN_EVERY_S per level (a full disk would flood)."""
+    def _failed(self, what: str, detail: str) -> None:
+        metrics.ARCHIVE_FAILURES.labels("error").inc()
+        self._warn(what, logging.ERROR, f"face archive: {what}: {detail}")
+
+    def _warn(self, key: str, level: int, message: str) -> None:
+        """Log ``message``, at most once a WARN_EVERY_S per ``key`` (a full disk would
+        flood)."""
         now = time.monotonic()
-        if now - self._warned.get(level, -np.inf) >= WARN_EVERY_S:
-            self._warned[level] = now
+        if now - self._warned.get(key, -np.inf) >= WARN_EVERY_S:
+            self._warned[key] = now
             logger.log(level, message)
 
 
@@ -310,3 +384,9 @@ def _write_private(path: Path, data: bytes) -> None:
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(descriptor, "wb") as out:
         out.write(data)
+
+
+def _disk_bytes(folder: Path) -> int:
+    """The disk space a visit takes: its files' blocks and its own."""
+    paths = [folder, *folder.iterdir()]
+    return sum(path.stat().st_blocks * 512 for path in paths)

@@ -254,21 +254,33 @@ class ArchiveConfig(_Section):
     dir: str | None = _field(
         None,
         "keep the faces of each visit (a track, from its first frame to `left`) here, one "
-        "folder per visit, to review and to enroll from; null = off; relative to the config",
+        "folder per visit, to review and to enroll from; null = off; relative to the config; "
+        "the daemon owns it (it deletes old visits)",
     )
     which: Literal["unknown", "all"] = _field(
         "unknown",
-        "unknown: visits of faces nobody was recognised as (every visit without a FaceNet "
+        "unknown: the visits none of whose events named anyone (every visit without a FaceNet "
         "model); all: every visit",
     )
     per_visit: int = _field(
-        5, "most images kept per visit: the best ones (large, frontal, sharp)", ge=1, le=50
+        5, "most images kept per visit: the best ones (large, frontal, sharp, whole)", ge=1, le=50
     )
-    min_gap_s: float = _field(1.0, "least time between two kept images of a visit", ge=0, le=3600)
-    max_mb: float = _field(1000, "the oldest visits are deleted beyond this size", gt=0)
+    min_gap_s: float = _field(
+        1.0, "at most one image (the best) per this many seconds of a visit", ge=0, le=3600
+    )
+    max_mb: float = _field(
+        1000, "the oldest visits are deleted when they take more disk than this", gt=0
+    )
     keep_days: float = _field(
-        7, "visits older than this are deleted (faces are personal data)", gt=0, le=3650
+        7, "visits that started longer ago are deleted (faces are personal data)", gt=0, le=3650
     )
+
+    @field_validator("dir")
+    @classmethod
+    def _a_folder(cls, folder: str | None) -> str | None:
+        if folder is not None and not folder.strip():
+            raise ValueError("expected a folder (null turns the archive off)")
+        return folder
 
 
 class TlsConfig(_Section):

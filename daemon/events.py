@@ -39,10 +39,18 @@ def _floats(values: np.ndarray, digits: int = 1) -> list[Any]:
 
 
 def event_json(
-    event: TrackEvent, node: str, camera: str, frame_ts: float, model_id: str | None, seq: int
+    event: TrackEvent,
+    node: str,
+    camera: str,
+    frame_ts: float,
+    model_id: str | None,
+    seq: int,
+    where: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> dict[str, Any]:
-    """The event as published (without ``published_ts``, which is set on sending)."""
+    """The event as published (without ``published_ts``, which is set on sending). ``where``:
+    the face's box and landmarks in the frame of ``frame_ts`` (default: the track's latest)."""
     track = event.track
+    bbox_xyxy, landmarks = where if where is not None else (track.bbox_xyxy, track.landmarks)
     return {
         "event_id": uuid.uuid4().hex,
         "seq": seq,
@@ -55,8 +63,8 @@ def event_json(
         "reason": event.reason,
         "distance": None if event.distance is None else round(event.distance, 4),
         "confidence": round(float(event.confidence), 4),
-        "bbox_xyxy": _floats(track.bbox_xyxy),
-        "landmarks": _floats(track.landmarks),
+        "bbox_xyxy": _floats(bbox_xyxy),
+        "landmarks": _floats(landmarks),
         "first_seen_ts": round(track.first_seen, 3),
         "frame_ts": round(frame_ts, 3),
         "model": model_id,

@@ -38,6 +38,12 @@ class _Face:
     index: int
     track: Track
 
+    def own(self) -> tuple[np.ndarray, np.ndarray, float]:
+        """The face's box, landmarks and score in its own frame (the track holds those of
+        its latest frame, a later one when a batch has several frames of the camera)."""
+        found, k = self.detections, self.index
+        return found.bbox_xyxy[k], found.landmarks[k], float(found.score[k])
+
 
 class Pipeline:
     """Detection -> tracking -> embedding -> matching -> events, for batches of frames."""
@@ -100,9 +106,8 @@ class Pipeline:
         if self.archive is not None:
             with metrics.STAGE_SECONDS.labels("archive").time():
                 for face in faces:
-                    score = float(face.detections.score[face.index])
                     self.archive.observe(
-                        face.frame.camera, face.track, face.frame.image, score, face.frame.ts
+                        face.frame.camera, face.track, face.frame.image, face.own(), face.frame.ts
                     )
         if self.facenet is not None:
             self._recognise(faces)
@@ -197,13 +202,14 @@ class Pipeline:
             self.trackers[camera].record(face.track, identity, distance)
 
     def _emit_due(self, frames: list[Frame], faces: list[_Face]) -> None:
-        by_frame: dict[int, list[Track]] = {}
+        by_frame: dict[int, dict[int, _Face]] = {}  # frame -> track -> its face there
         for face in faces:
-            by_frame.setdefault(id(face.frame), []).append(face.track)
+            by_frame.setdefault(id(face.frame), {})[id(face.track)] = face
         for frame in frames:
-            events = self.trackers[frame.camera].decide(by_frame.get(id(frame), []))
+            seen = by_frame.get(id(frame), {})
+            events = self.trackers[frame.camera].decide([face.track for face in seen.values()])
             for event in events:
-                self._emit(event, frame.camera, frame.ts, frame)
+                self._emit(event, frame.camera, frame.ts, frame, seen[id(event.track)])
             self._changed(frame.camera, events, frame.ts)
 
     def expire(self, now: float, stopping: bool = False) -> None:
@@ -211,7 +217,7 @@ class Pipeline:
         for camera, tracker in self.trackers.items():
             events = tracker.expire(now, stopping)
             for event in events:
-                self._emit(event, camera, event.track.last_seen, None)
+                self._emit(event, camera, event.track.last_seen)
             self._changed(camera, events, now)
             if self.archive is not None:
                 self.archive.visits_ended(camera, events, {t.track_id for t in tracker.tracks})
@@ -228,12 +234,23 @@ class Pipeline:
     def _cameras_seeing(self, name: str) -> list[str]:
         return sorted(c for c, tracker in self.trackers.items() if name in tracker.in_view())
 
-    def _emit(self, event: TrackEvent, camera: str, frame_ts: float, frame: Frame | None) -> None:
+    def _emit(
+        self,
+        event: TrackEvent,
+        camera: str,
+        frame_ts: float,
+        frame: Frame | None = None,
+        face: _Face | None = None,
+    ) -> None:
+        """``face``: the event's face in ``frame`` (none for ``left``)."""
         self._seq += 1
-        payload = event_json(event, self.config.node_id, camera, frame_ts, self.model_id, self._seq)
+        where = face.own()[:2] if face is not None else None
+        payload = event_json(
+            event, self.config.node_id, camera, frame_ts, self.model_id, self._seq, where
+        )
         snapshot = None
-        if self.config.tracking.snapshots and frame is not None:
-            snapshot = face_snapshot(frame.image, event.track.bbox_xyxy)
+        if self.config.tracking.snapshots and frame is not None and where is not None:
+            snapshot = face_snapshot(frame.image, where[0])
         self.sinks.emit(payload, snapshot)
 
     # -- the gallery ----------------------------------------------------------------------

@@ -44,7 +44,7 @@ STALL_S = 30.0  # frames have not flowed for this long: the watchdog is no longe
 STOP_BUDGET_S = 50.0  # the whole stop
 READERS_STOP_S = 15.0  # the cameras, all together (a stream read can block)
 PUBLISHER_STOP_S = 15.0  # kept to last for MQTT: sending the spool, then `offline`
-ARCHIVE_STOP_S = 5.0  # the face archive's last visits (taken from the publisher's share)
+ARCHIVE_STOP_S = 5.0  # the least the face archive gets for its last visits, beside MQTT's drain
 PLAN_BUILD_S = 1800  # systemd's start timeout is extended by this for each TensorRT build
 
 
@@ -378,12 +378,14 @@ class Service:
         scheduler.join(timeout=max(0.0, end - PUBLISHER_STOP_S - time.monotonic()))
         if scheduler.is_alive():
             logger.warning("the batch scheduler did not finish in time; queued frames are dropped")
-        if self.archive is not None:
-            self.archive.stop(timeout_s=min(ARCHIVE_STOP_S, max(0.0, end - time.monotonic()) / 4))
+        if self.archive is not None:  # it writes its last visits while MQTT drains
+            self.archive.finish(timeout_s=ARCHIVE_STOP_S)
         if self.publisher is not None:
             left_s = max(0.0, end - time.monotonic())
             drain_s = min(DRAIN_ON_STOP_S, max(0.0, left_s - 10.0))
             self.publisher.stop(timeout_s=min(5.0, left_s / 3), drain_s=drain_s)
+        if self.archive is not None:
+            self.archive.join(timeout_s=max(ARCHIVE_STOP_S, end - time.monotonic()))
         if self.spool is not None:
             left = len(self.spool)
             if left:

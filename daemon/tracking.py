@@ -51,6 +51,7 @@ class Track:
     since_embed: int = 0  # processed frames since the face was last embedded
     embedded: bool = False
     votes: deque[Vote] = field(default_factory=deque)
+    announced: set[str] = field(default_factory=set)  # every identity its events have named
 
     def verdict(self, min_votes: int) -> tuple[str | None, float, float | None] | None:
         """(identity, confidence, mean distance) of the vote, or None while undecided."""
@@ -155,6 +156,7 @@ class Tracker:
                     track.confirmed = True
                     who, confidence, distance = verdict or (None, 0.0, None)
                     track.identity = who
+                    track.announced.update([who] if who is not None else [])
                     events.append(TrackEvent("confirmed", track, who, confidence, distance))
                 continue
             if verdict is None or verdict[0] == track.identity:
@@ -163,6 +165,7 @@ class Tracker:
             kind = "identified" if track.identity is None and who is not None else "changed"
             events.append(TrackEvent(kind, track, who, confidence, distance, track.identity))
             track.identity = who
+            track.announced.update([who] if who is not None else [])
         return events
 
     def in_view(self) -> list[str | None]:

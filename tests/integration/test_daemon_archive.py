@@ -4,6 +4,7 @@ face on disk, one folder per `left` event, and `facewatch enroll` takes such a f
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -16,6 +17,25 @@ from tests.integration.services import Daemon, Subscriber, daemon_settings, wait
 pytestmark = pytest.mark.slow
 
 CLIP = REPO / "configs" / "demo" / "hamilton_360p.mp4"
+ENROLLABLE_PX = 80  # a face this wide in the 360p clip passes enroll's size and blur gates
+
+
+CLIP_WH = (640, 360)
+
+
+def _widest(archive: Path) -> tuple[Path | None, float]:
+    """The visit folder with the widest face so far that the frame shows whole (enroll
+    refuses faces cut off by the edge), and that width."""
+    best: tuple[Path | None, float] = (None, 0.0)
+    for path in archive.glob(f"*/*/*/{VISIT_FILE}"):
+        try:
+            images = json.loads(path.read_text())["images"]
+        except (OSError, ValueError):
+            continue  # being written
+        for x0, y0, x1, y1 in (image["bbox_xyxy"] for image in images):
+            if min(x0, y0) >= 0 and x1 <= CLIP_WH[0] and y1 <= CLIP_WH[1]:
+                best = max(best, (path.parent, x1 - x0), key=lambda entry: entry[1])
+    return best
 
 
 def test_each_visit_of_an_unknown_face_is_archived_and_can_be_enrolled(
@@ -33,9 +53,12 @@ def test_each_visit_of_an_unknown_face_is_archived_and_can_be_enrolled(
     daemon.start()
     try:
         wait_for(
-            lambda: sum(e["type"] == "left" for e in subscriber.events()) >= 3,
+            lambda: (
+                sum(e["type"] == "left" for e in subscriber.events()) >= 3
+                and _widest(archive)[1] >= ENROLLABLE_PX
+            ),
             90,
-            "three faces that came and went",
+            f"three faces that came and went, one of them {ENROLLABLE_PX} px wide or more",
         )
         assert daemon.metric('facewatch_archive_visits_total{camera="stage"}') >= 1
     finally:
@@ -55,8 +78,8 @@ def test_each_visit_of_an_unknown_face_is_archived_and_can_be_enrolled(
         assert 1 <= len(about["images"]) <= 4
         assert all((folder / image["file"]).is_file() for image in about["images"])
 
-    # the visit with the most images, enrolled as it is
-    folder = max(visits.values(), key=lambda v: len(v[1]["images"]))[0]
+    # the visit with the largest face, enrolled as it is
+    folder = _widest(archive)[0]
     gallery = tmp_path / "gallery.sqlite"
     code = main(
         ["enroll", "--name", "Visitor", str(folder), "--largest", "--skip-bad",

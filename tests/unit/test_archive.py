@@ -4,7 +4,7 @@ how it fails, on faces MTCNN finds in the demo clip."""
 from __future__ import annotations
 
 import json
-import os
+import shutil
 import time
 from datetime import datetime
 from pathlib import Path
@@ -57,11 +57,14 @@ def _visit(
     for k, (frame, box, landmarks, score) in enumerate(faces):
         track.bbox_xyxy, track.landmarks = box, landmarks
         track.last_seen = first_ts + k * step_s
-        archive.observe(camera, track, frame, score, track.last_seen)
+        archive.observe(camera, track, frame, (box, landmarks, score), track.last_seen)
     return track
 
 
 def _left(track: Track, identity: str | None = None) -> TrackEvent:
+    """The track's ``left`` event, as the tracker makes it: named by ``identity``."""
+    if identity is not None:
+        track.announced.add(identity)
     return TrackEvent("left", track, identity, 1.0, 0.4 if identity else None, reason="lost")
 
 
@@ -113,13 +116,10 @@ def test_a_visit_keeps_its_best_images_spaced_in_time_and_is_written_when_it_lef
     assert about["identity"] is None and about["reason"] == "lost" and about["model_id"] == "m-1"
     assert about["first_seen_ts"] == round(first, 3)
     assert about["last_seen_ts"] == round(first + 4.5, 3)
-    # the frames 1 s apart (0, 2, 4, 6, 8 of the ten) are the candidates; the best 3 are kept
-    candidates = [
-        (face_quality(frame, box, marks), first + k * 0.5)
-        for k, (frame, box, marks, _) in enumerate(clip_faces[:10])
-        if k % 2 == 0
-    ]
-    best = sorted(sorted(candidates, reverse=True)[:3], key=lambda c: c[1])
+    # the best of each second of the visit (frames 0-1, 2-3, ... of the ten), then the best 3
+    qualities = [face_quality(frame, box, marks) for frame, box, marks, _ in clip_faces[:10]]
+    windows = [max((qualities[k], first + k * 0.5) for k in (2 * w, 2 * w + 1)) for w in range(5)]
+    best = sorted(sorted(windows, reverse=True)[:3], key=lambda c: c[1])
     images = about["images"]
     assert [image["ts"] for image in images] == [round(ts, 3) for _, ts in best]
     assert [image["quality"] for image in images] == pytest.approx([q for q, _ in best], abs=1e-4)
@@ -160,32 +160,58 @@ def test_a_track_gone_before_it_was_confirmed_leaves_nothing(tmp_path, clip_face
     assert [v.name.split("-")[1] for v in _visits(tmp_path)] == ["t8"]
 
 
-def _old_visit(root: Path, day: str, name: str, size: int, age_s: float) -> Path:
+def _old_visit(root: Path, day: str, name: str, size: int) -> Path:
+    """A visit folder as a previous run left it (its start is in its path)."""
     folder = root / day / "door" / name
     folder.mkdir(parents=True)
     (folder / "face-1.jpg").write_bytes(b"\xff" * size)
     (folder / VISIT_FILE).write_text("{}")
-    stamp = time.time() - age_s
-    os.utime(folder, (stamp, stamp))
     return folder
+
+
+def _disk(folder: Path) -> int:
+    return sum(p.stat().st_blocks * 512 for p in [folder, *folder.iterdir()])
 
 
 def test_old_visits_and_the_oldest_beyond_the_size_limit_are_deleted(tmp_path) -> None:
     root = tmp_path / "archive"
-    expired = _old_visit(root, "2026-01-02", "080000-t1-unknown", 1000, 20 * 86400)
-    oldest = _old_visit(root, "2026-11-20", "080000-t1-unknown", 400_000, 3 * 3600)
-    kept = [
-        _old_visit(root, "2026-11-20", f"0{h}0000-t2-unknown", 400_000, h * 600) for h in (2, 1)
-    ]
+    expired = _old_visit(root, "2026-01-02", "080000-t1-unknown", 1000)
+    day = datetime.fromtimestamp(time.time() - 3 * 3600).strftime("%Y-%m-%d")
+    oldest = _old_visit(root, day, "000000-t1-unknown", 400_000)
+    kept = [_old_visit(root, day, f"00000{k}-t{k}-unknown", 400_000) for k in (1, 2)]
+    mine = root / "2026-01-01" / "my faces" / "080000-t1-unknown"  # not in a camera's folder:
+    mine.mkdir(parents=True)  # the user's own, never touched
+    (mine / "bob.jpg").write_bytes(b"\xff")
+    (mine / VISIT_FILE).write_text("{}")
     (root / ".tmp-cut-short").mkdir()  # a write the last run did not finish
-    archive = _archive(tmp_path, max_mb=1.0, keep_days=7)
+    archive = _archive(tmp_path, max_mb=2 * _disk(kept[0]) / 1e6, keep_days=7)
     archive.start()
     archive.stop(timeout_s=10)
-    assert not expired.parent.parent.exists(), "past keep_days, with its empty day folder"
+    assert not expired.parent.parent.exists(), "started before keep_days, with its empty day"
     assert not oldest.exists(), "beyond max_mb, oldest first"
-    assert all(folder.exists() for folder in kept)
+    assert all(folder.exists() for folder in kept) and (mine / "bob.jpg").exists()
     assert not (root / ".tmp-cut-short").exists()
-    assert _sample("facewatch_archive_bytes") == 2 * (400_000 + 2)
+    assert _sample("facewatch_archive_bytes") == sum(_disk(folder) for folder in kept)
+
+
+def test_visits_deleted_by_hand_no_longer_count(tmp_path, clip_faces) -> None:
+    root = tmp_path / "archive"
+    day = datetime.fromtimestamp(time.time() - 3600).strftime("%Y-%m-%d")
+    old = [_old_visit(root, day, f"00000{k}-t{k}-unknown", 100_000) for k in range(3)]
+    full = sum(_disk(folder) for folder in old)
+    archive = _archive(tmp_path, max_mb=(full + 1000) / 1e6)  # room for these three only
+    archive.start()
+    deadline = time.monotonic() + 10
+    while _sample("facewatch_archive_bytes") != full:  # the writer has looked
+        assert time.monotonic() < deadline, "the archive's size is measured at start"
+        time.sleep(0.02)
+    for folder in old[1:]:
+        shutil.rmtree(folder)  # reviewed and deleted by the user
+    track = _visit(archive, clip_faces[:2], time.time(), 1.0, track_id=9)
+    archive.visits_ended("door", [_left(track)], live=set())
+    archive.stop(timeout_s=10)
+    assert old[0].exists(), "room enough for it and the new visit"
+    assert len(_visits(tmp_path)) == 2
 
 
 def test_a_visit_that_cannot_be_written_is_counted_and_the_next_one_is(
@@ -231,6 +257,12 @@ def test_archive_settings_are_checked(tmp_path) -> None:
     camera = {"name": "door", "url": str(CLIP)}
     with pytest.raises(ConfigError, match=r"archive\.which"):
         parse_config({"cameras": [camera], "archive": {"which": "strangers"}})
+    with pytest.raises(ConfigError, match=r"archive\.dir: .*null turns the archive off"):
+        parse_config({"cameras": [camera], "archive": {"dir": " "}})  # e.g. an empty ${VAR}
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o755)
+    FaceArchive.prepare(str(shared))
+    assert shared.stat().st_mode & 0o777 == 0o700, "made owner-only"
     config_file = tmp_path / "facewatch.yaml"
     config_file.write_text(json.dumps({"cameras": [camera], "archive": {"dir": "faces"}}))
     assert load_config(config_file).archive.dir == str(tmp_path / "faces")
@@ -285,3 +317,45 @@ def test_archive_list_says_when_the_config_has_no_archive(tmp_path, capsys) -> N
                                   "archive": {"dir": "faces"}}))  # fmt: skip
     assert main(["archive", "list", "--config", str(config)]) == 0
     assert "no visits yet" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("which", ["unknown", "all"])
+def test_a_visit_once_named_and_then_unknown_is_not_an_unknown_visit(
+    tmp_path, clip_faces, which
+) -> None:
+    archive = _archive(tmp_path, which=which)
+    archive.start()
+    track = _visit(archive, clip_faces[:2], time.time(), 1.0)
+    track.announced.add("Bob")  # confirmed as Bob, then changed to unknown: left unknown
+    archive.visits_ended("door", [_left(track)], live=set())
+    archive.stop(timeout_s=10)
+    visits = _visits(tmp_path)
+    assert len(visits) == (1 if which == "all" else 0)
+    if visits:
+        about = json.loads((visits[0] / VISIT_FILE).read_text())
+        assert about["identity"] is None and about["named"] == ["Bob"]
+
+
+def test_a_failing_step_neither_stops_the_writer_nor_the_scheduler(
+    tmp_path, clip_faces, monkeypatch, caplog
+) -> None:
+    import daemon.archive as archive_module
+
+    errors = _sample("facewatch_archive_failures_total", reason="error")
+    archive = _archive(tmp_path)
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(archive, "_scan", broken)
+    archive.start()
+    with monkeypatch.context() as patch:
+        patch.setattr(archive_module, "face_quality", broken)
+        _visit(archive, clip_faces[:1], time.time(), 1.0, track_id=1)  # raises nothing
+    track = _visit(archive, clip_faces[:2], time.time(), 1.0, track_id=2)
+    archive.visits_ended("door", [_left(track)], live=set())
+    archive.stop(timeout_s=10)
+    assert [v.name.split("-")[1] for v in _visits(tmp_path)] == ["t2"]
+    assert _sample("facewatch_archive_failures_total", reason="error") == errors + 2
+    assert "face archive: cannot read" in caplog.text
+    assert "face archive: a face not archived: RuntimeError('a bug')" in caplog.text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
@@ -446,3 +447,57 @@ def test_ignore_regions_are_checked(regions, expected) -> None:
     with pytest.raises(ConfigError, match=r"cameras\[0\] \(door\)\.detection\.ignore") as error:
         parse_config({"cameras": [camera]})
     assert expected in str(error.value)
+
+
+def test_a_track_remembers_every_name_its_events_gave() -> None:
+    config = TrackingConfig(confirm_frames=1, min_votes=2, vote_window=2, lost_after_s=1.0)
+    tracker = Tracker("cam", config, reembed_every=1)
+    box = (10, 10, 50, 50)
+    assert run(tracker, 0.0, faces(box), ["bob"]) == [("confirmed", 1, None)]
+    assert run(tracker, 0.1, faces(box), ["bob"]) == [("identified", 1, "bob")]
+    assert run(tracker, 0.2, faces(box), [None]) == []  # one vote each: still bob
+    assert run(tracker, 0.3, faces(box), [None]) == [("changed", 1, None)]
+    [left] = tracker.expire(2.0)
+    assert left.identity is None and left.track.announced == {"bob"}
+
+
+def test_a_batch_with_two_frames_of_a_camera_reports_each_frames_own_face(
+    detector, tmp_path
+) -> None:
+    """The track holds its latest box; events, snapshots and archived images of the earlier
+    frame must use that frame's own."""
+    from daemon.archive import FaceArchive
+
+    config = parse_config(
+        {
+            "cameras": [{"name": "door", "url": "x.mp4"}],
+            "recognition": {"model": None},
+            "tracking": {"confirm_frames": 1},
+            "archive": {"dir": str(tmp_path / "archive"), "min_gap_s": 0, "per_visit": 10},
+        }
+    )
+    archive = FaceArchive(config.archive, "node", None)
+    archive.start()
+    events = tmp_path / "events.jsonl"
+    pipeline = Pipeline(config, detector, None, EventSinks(jsonl_file=str(events)), archive=archive)
+    clip = cv2.VideoCapture(str(REPO / "configs" / "demo" / "hamilton_360p.mp4"))
+    images = []
+    for k in range(27):
+        ok, image = clip.read()
+        assert ok
+        if k in (20, 26):  # one face that moves between the two
+            images.append(image)
+    found = [detector.detect([image])[0] for image in images]
+    assert [len(f) for f in found] == [1, 1]
+    assert np.abs(found[0].bbox_xyxy - found[1].bbox_xyxy).max() > 20
+    now = round(time.time(), 1)
+    pipeline.process([Frame("door", k, now + k / 5, image) for k, image in enumerate(images)])
+    pipeline.expire(now + 1, stopping=True)
+    archive.stop(timeout_s=10)
+    [confirmed] = [json.loads(line) for line in events.read_text().splitlines()][:1]
+    assert confirmed["type"] == "confirmed" and confirmed["frame_ts"] == pytest.approx(now)
+    assert confirmed["bbox_xyxy"] == pytest.approx(found[0].bbox_xyxy[0].tolist(), abs=0.06)
+    [visit] = (tmp_path / "archive").glob("*/door/*/visit.json")
+    archived = json.loads(visit.read_text())["images"]
+    for image, faces_there in zip(archived, found, strict=True):
+        assert image["bbox_xyxy"] == pytest.approx(faces_there.bbox_xyxy[0].tolist(), abs=0.06)
