@@ -28,6 +28,35 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".p
 VIDEO_SUFFIXES = {".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v", ".ts"}
 
 
+def input_name(argument: Path, path: Path) -> Path:
+    """How ``path``, found from the command-line ``argument``, is named below an output
+    folder: a file argument by its name, a folder argument's files by the folder's name and
+    their path inside it (``people/ada/1.jpg`` from the argument ``people``)."""
+    if path == argument:
+        return Path(path.name)
+    return Path(argument.resolve().name) / path.relative_to(argument)
+
+
+class Outputs:
+    """Where ``--annotate DIR`` writes: the inputs' tree below DIR, each file as
+    ``input_name`` says with the output's suffix. A name written earlier in the same run is
+    not overwritten (NAME-1, NAME-2...); a file of an earlier run is replaced."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self._taken: set[Path] = set()
+
+    def path_for(self, name: Path, suffix: str) -> Path:
+        wanted = self.folder / name.with_suffix(suffix)
+        out, k = wanted, 1
+        while out in self._taken:
+            out = wanted.with_name(f"{wanted.stem}-{k}{suffix}")
+            k += 1
+        self._taken.add(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        return out
+
+
 def register(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser(
         "detect",
@@ -41,7 +70,11 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--json", action="store_true", help="one JSON object per image / frame on stdout"
     )
     p.add_argument(
-        "--annotate", type=Path, metavar="DIR", help="write images (and videos) with boxes drawn"
+        "--annotate",
+        type=Path,
+        metavar="DIR",
+        help="write images (and videos) with boxes drawn, in the inputs' folder tree (a folder "
+        "argument's files under its name); files of an earlier run are replaced",
     )
     p.add_argument(
         "--models",
@@ -123,18 +156,23 @@ def run(args: argparse.Namespace) -> int:
     except (EngineError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    outputs = None
     if args.annotate:
         args.annotate.mkdir(parents=True, exist_ok=True)
+        outputs = Outputs(args.annotate)
     summary = Summary()
     started = time.monotonic()
     files = list(_expand(args.paths, summary))
     show_bar = not args.no_progress and len(files) > 1
-    for path in tqdm(files, desc="files", unit="file", disable=not show_bar, file=sys.stderr):
+    for path, name in tqdm(files, desc="files", unit="file", disable=not show_bar, file=sys.stderr):
+        out = None
         try:
             if path.suffix.lower() in VIDEO_SUFFIXES:
-                _detect_video(detector, path, args, summary)
+                out = outputs.path_for(name, ".mp4") if outputs else None
+                _detect_video(detector, path, args, summary, out)
             else:
-                _detect_image(detector, path, args, summary)
+                out = outputs.path_for(name, ".jpg") if outputs else None
+                _detect_image(detector, path, args, summary, out)
             summary.files += 1
         except (ImageError, VideoError, OSError) as exc:
             summary.errors.append(str(exc))
@@ -149,8 +187,9 @@ class VideoError(RuntimeError):
     """A video that cannot be opened or decoded."""
 
 
-def _expand(paths: list[Path], summary: Summary) -> Iterator[Path]:
-    """Files as given; folders become their images and videos, sorted."""
+def _expand(paths: list[Path], summary: Summary) -> Iterator[tuple[Path, Path]]:
+    """(file, its ``input_name``): files as given; folders become their images and videos,
+    sorted."""
     for path in paths:
         if path.is_dir():
             found = sorted(
@@ -161,9 +200,9 @@ def _expand(paths: list[Path], summary: Summary) -> Iterator[Path]:
             if not found:
                 summary.errors.append(f"{path}: folder holds no images or videos")
                 print(f"error: {path}: folder holds no images or videos", file=sys.stderr)
-            yield from found
+            yield from ((p, input_name(path, p)) for p in found)
         elif path.exists():
-            yield path
+            yield path, input_name(path, path)
         else:
             summary.errors.append(f"{path}: no such file or folder")
             print(f"error: {path}: no such file or folder", file=sys.stderr)
@@ -193,17 +232,21 @@ def _emit(
         )
 
 
-def _detect_image(detector: MTCNN, path: Path, args: argparse.Namespace, summary: Summary) -> None:
+def _detect_image(
+    detector: MTCNN, path: Path, args: argparse.Namespace, summary: Summary, out: Path | None
+) -> None:
     image = read_image(str(path))
     found = detector.detect([image])[0]
     summary.frames += 1
     summary.faces += len(found)
     _emit(args, path, None, image.shape, found)
-    if args.annotate:
-        write_image(_unique(args.annotate / f"{path.stem}.jpg"), draw(image, found))
+    if out is not None:
+        write_image(out, draw(image, found))
 
 
-def _detect_video(detector: MTCNN, path: Path, args: argparse.Namespace, summary: Summary) -> None:
+def _detect_video(
+    detector: MTCNN, path: Path, args: argparse.Namespace, summary: Summary, out: Path | None
+) -> None:
     capture = cv2.VideoCapture(cv_path(path))
     if not capture.isOpened():
         raise VideoError(f"{path}: cannot open as a video")
@@ -233,10 +276,8 @@ def _detect_video(detector: MTCNN, path: Path, args: argparse.Namespace, summary
                     summary.frames += 1
                     summary.faces += len(found)
                     _emit(args, path, number, image.shape, found)
-                    if args.annotate:
-                        writer = writer or _video_writer(
-                            args.annotate, path, image.shape, fps / args.every
-                        )
+                    if out is not None:
+                        writer = writer or _video_writer(out, image.shape, fps / args.every)
                         writer.write(draw(image, found))
                 bar.update(numbers[-1] + 1 - bar.n)
                 batch, numbers = [], []
@@ -260,23 +301,12 @@ def _detect_video(detector: MTCNN, path: Path, args: argparse.Namespace, summary
         tqdm.write(f"{path}: {index} frames, {summary.faces - faces_before} faces", file=sys.stdout)
 
 
-def _video_writer(
-    folder: Path, source: Path, shape: tuple[int, ...], fps: float
-) -> cv2.VideoWriter:
-    out = _unique(folder / f"{source.stem}.mp4")
+def _video_writer(out: Path, shape: tuple[int, ...], fps: float) -> cv2.VideoWriter:
     fourcc = cv2.VideoWriter.fourcc(*"mp4v")
     writer = cv2.VideoWriter(cv_path(out), fourcc, fps, (shape[1], shape[0]))
     if not writer.isOpened():
         raise VideoError(f"{out}: cannot write the annotated video")
     return writer
-
-
-def _unique(path: Path) -> Path:
-    candidate, k = path, 1
-    while candidate.exists():
-        candidate = path.with_name(f"{path.stem}-{k}{path.suffix}")
-        k += 1
-    return candidate
 
 
 def draw(image: np.ndarray, found: FrameDetections) -> np.ndarray:

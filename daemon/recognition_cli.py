@@ -21,7 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from daemon import gallery_cli
-from daemon.detect_cli import IMAGE_SUFFIXES, _unique
+from daemon.detect_cli import IMAGE_SUFFIXES, Outputs, input_name
 from daemon.gallery import Enrollment, Gallery, GalleryError, Match, clean_name
 from daemon.recognition import (
     DEFAULT_MIN_FACE_PX,
@@ -145,7 +145,12 @@ def _add_identify(commands: argparse._SubParsersAction) -> None:
         action="store_true",
         help="one JSON object per image on stdout ({source, error} for an image that failed)",
     )
-    p.add_argument("--annotate", type=Path, metavar="DIR", help="write images with names drawn")
+    p.add_argument(
+        "--annotate",
+        type=Path,
+        metavar="DIR",
+        help="write images with names drawn, in the inputs' folder tree (as detect does)",
+    )
     add_model_options(p)
     p.set_defaults(func=run_identify)
 
@@ -370,15 +375,17 @@ def run_identify(args: argparse.Namespace) -> int:
         except OSError as exc:
             print(f"error: --annotate {args.annotate}: {exc.strerror}", file=sys.stderr)
             return 2
-    paths = [photo for path in args.images for photo in _photos(path)]
+    paths = [(photo, input_name(path, photo)) for path in args.images for photo in _photos(path)]
+    outputs = Outputs(args.annotate) if args.annotate else None
     errors = 0
     show = not args.no_progress and len(paths) > 1
     with gallery:
-        for path in tqdm(paths, desc="identify", disable=not show, file=sys.stderr):
+        for path, name in tqdm(paths, desc="identify", disable=not show, file=sys.stderr):
             try:
                 if path.is_dir():
                     raise ImageError(f"{path}: folder holds no images")
-                _identify_one(models, gallery, path, args)
+                out = outputs.path_for(name, ".jpg") if outputs else None
+                _identify_one(models, gallery, path, args, out)
             except (ImageError, OSError, ValueError) as exc:
                 errors += 1
                 reason = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
@@ -390,7 +397,9 @@ def run_identify(args: argparse.Namespace) -> int:
     return 1 if errors else 0
 
 
-def _identify_one(models: Models, gallery: Gallery, path: Path, args: argparse.Namespace) -> None:
+def _identify_one(
+    models: Models, gallery: Gallery, path: Path, args: argparse.Namespace, out: Path | None
+) -> None:
     image = read_image(str(path))
     found = models.detector.detect([image])[0]
     matches = gallery.match(models.facenet.embed_faces(image, found))
@@ -404,8 +413,8 @@ def _identify_one(models: Models, gallery: Gallery, path: Path, args: argparse.N
         for k, face in enumerate(faces, 1):
             box = " ".join(f"{v:.0f}" for v in face["bbox_xyxy"])
             tqdm.write(f"  face {k} [{box}]: {_describe(face)}", file=sys.stdout)
-    if args.annotate:
-        write_image(_unique(args.annotate / f"{path.stem}.jpg"), draw(image, found, matches))
+    if out is not None:
+        write_image(out, draw(image, found, matches))
 
 
 def _match_json(match: Match) -> dict[str, object]:

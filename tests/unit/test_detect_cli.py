@@ -88,10 +88,33 @@ def test_folder_and_video_with_annotations(shared_data, tmp_path, capsys):
     frames = [r["frame"] for r in records if r["source"] == str(video)]
     assert frames == list(range(0, 275, 25))
     assert sum(len(r["faces"]) for r in records if r["source"] == str(video)) > 0
-    assert (out_dir / "multiface.jpg").is_file() and (out_dir / "alex-lacamoire.jpg").is_file()
+    assert (out_dir / "in" / "multiface.jpg").is_file()
+    assert (out_dir / "in" / "alex-lacamoire.jpg").is_file()
     annotated = cv2.VideoCapture(str(out_dir / "hamilton_360p.mp4"))
     assert int(annotated.get(cv2.CAP_PROP_FRAME_COUNT)) == len(frames)
     assert "3 file(s)" in err
+
+
+def test_annotations_keep_the_inputs_tree_and_a_second_run_replaces_them(
+    shared_data, tmp_path, capsys
+) -> None:
+    """Folders of photos with the same names (the face archive's face-1.jpg...): each
+    annotated image lands where its input was, not as face-1-1.jpg, face-1-2.jpg..."""
+    visits = tmp_path / "visits"
+    for visit in ("a", "b"):
+        (visits / visit).mkdir(parents=True)
+        shutil.copy(shared_data / "images" / "obama.jpg", visits / visit / "face-1.jpg")
+    (visits / "a" / "face-1.png").write_bytes((visits / "a" / "face-1.jpg").read_bytes())
+    out_dir = tmp_path / "annotated"
+    for _ in range(2):
+        code, _, err = run_cli(capsys, "--annotate", str(out_dir), str(visits))
+        assert code == 0, err
+        written = sorted(str(p.relative_to(out_dir)) for p in out_dir.rglob("*") if p.is_file())
+        assert written == [
+            "visits/a/face-1-1.jpg",  # face-1.png of the same folder: both kept
+            "visits/a/face-1.jpg",
+            "visits/b/face-1.jpg",
+        ]
 
 
 def test_a_file_that_is_not_video_is_an_error(tmp_path, capsys):
