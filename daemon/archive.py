@@ -21,7 +21,6 @@ and logged, never a reason to stop.
 from __future__ import annotations
 
 import bisect
-import contextlib
 import json
 import logging
 import os
@@ -51,7 +50,7 @@ logger = logging.getLogger(__name__)
 CONTEXT = 0.5  # of the face's size, on every side of its box
 MAX_SIDE = 400  # px, the long side of an archived image
 FULL_SIZE_PX = 112  # a face this wide or wider scores full marks for size
-QUEUE_VISITS = 64  # visits waiting for the writer; more are dropped (and counted)
+QUEUE_BYTES = 64_000_000  # images of the visits waiting for the writer; beyond: dropped
 PRUNE_EVERY_S = 60.0  # keep_days is checked this often when nothing is written
 WARN_EVERY_S = 60.0
 VISIT_FILE = "visit.json"
@@ -114,7 +113,10 @@ class FaceArchive:
         self.config, self.node, self.model_id = config, node, model_id
         self.root = Path(config.dir)
         self._open: dict[tuple[str, int], _Visit] = {}
-        self._queue: queue.Queue[_Visit | None] = queue.Queue(QUEUE_VISITS)
+        self._queue: queue.Queue[_Visit | None] = queue.Queue()
+        self._queued_bytes = self._queued_visits = 0  # the visits in the queue, their images
+        self._queue_lock = threading.Lock()
+        self._finishing = threading.Event()
         self._thread = threading.Thread(target=self._write_loop, name="face-archive", daemon=True)
         # the visits on disk, as (start, folder, bytes on disk), oldest first: the writer's
         self._index: list[tuple[float, Path, int]] = []
@@ -126,7 +128,17 @@ class FaceArchive:
         """Create the archive's folder (owner-only) and check it can be written; OSError."""
         path = Path(root)
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        path.chmod(0o700)  # also one that was there already
+        try:
+            path.chmod(0o700)  # also one that was there already
+        except PermissionError:  # another user's folder that this one may write to
+            mode = path.stat().st_mode & 0o777
+            if mode & 0o077:
+                logger.warning(
+                    "archive.dir %s belongs to another user and others may read it (mode "
+                    "%03o): faces are personal data; give the daemon a folder of its own",
+                    path,
+                    mode,
+                )
         probe = path / f".probe-{uuid.uuid4().hex}"
         probe.mkdir(mode=0o700)
         probe.rmdir()
@@ -147,7 +159,7 @@ class FaceArchive:
         try:
             self._observe(camera, track, image, face, ts)
         except Exception as exc:  # a bug here must not stop the engines' thread
-            self._failed("a face not archived", repr(exc))
+            self._failed("a face not archived", repr(exc), "internal")
 
     def _observe(
         self,
@@ -189,7 +201,7 @@ class FaceArchive:
         try:
             self._visits_ended(camera, events, live)
         except Exception as exc:  # a bug here must not stop the engines' thread
-            self._failed("visits not archived", repr(exc))
+            self._failed("visits not archived", repr(exc), "internal")
 
     def _visits_ended(self, camera: str, events: list[TrackEvent], live: set[int]) -> None:
         for event in events:
@@ -209,13 +221,7 @@ class FaceArchive:
                 "last_seen": event.track.last_seen,
                 "reason": event.reason,
             }
-            try:
-                self._queue.put_nowait(visit)
-            except queue.Full:
-                metrics.ARCHIVE_FAILURES.labels("behind").inc()
-                self._warn(
-                    "behind", logging.WARNING, "face archive: the disk is too slow; visits dropped"
-                )
+            self._enqueue(visit)
         for key in [k for k in self._open if k[0] == camera and k[1] not in live]:
             del self._open[key]
 
@@ -224,23 +230,46 @@ class FaceArchive:
     def start(self) -> None:
         self._thread.start()
 
-    def finish(self, timeout_s: float) -> None:
+    def _enqueue(self, visit: _Visit) -> None:
+        size = sum(len(image.jpeg) for image in visit.images)
+        with self._queue_lock:
+            late = self._finishing.is_set()
+            full = self._queued_bytes + size > QUEUE_BYTES
+            if not (late or full):
+                self._queued_bytes += size
+                self._queued_visits += 1
+                self._queue.put(visit)
+                return
+        metrics.ARCHIVE_FAILURES.labels("behind").inc()
+        why = "ended after the stop began" if late else "waiting already: the disk is too slow"
+        self._warn(why, logging.WARNING, f"face archive: visits dropped: {why}")
+
+    def _dequeue(self, timeout_s: float) -> _Visit | None:
+        """The next visit; None once ``finish`` was called and the visits before are written;
+        queue.Empty after ``timeout_s`` without any."""
+        visit = self._queue.get(timeout=timeout_s)
+        if visit is not None:
+            with self._queue_lock:
+                self._queued_bytes -= sum(len(image.jpeg) for image in visit.images)
+                self._queued_visits -= 1
+        return visit
+
+    def finish(self) -> None:
         """No more visits: the writer ends once it has written those waiting."""
-        if self._thread.is_alive():
-            with contextlib.suppress(queue.Full):
-                self._queue.put(None, timeout=timeout_s)
+        with self._queue_lock:
+            self._finishing.set()
+            self._queue.put(None)  # the queue has no bound: this never waits
 
     def join(self, timeout_s: float) -> None:
         """Wait for the writer, after ``finish``."""
         self._thread.join(timeout=timeout_s)
         if self._thread.is_alive():
-            logger.warning("face archive: %d visit(s) not written in time", self._queue.qsize())
+            logger.warning("face archive: %d visit(s) not written in time", self._queued_visits)
 
     def stop(self, timeout_s: float) -> None:
-        """``finish`` and ``join`` within ``timeout_s``."""
-        deadline = time.monotonic() + timeout_s
-        self.finish(timeout_s)
-        self.join(max(0.0, deadline - time.monotonic()))
+        """``finish``, then ``join`` for at most ``timeout_s``."""
+        self.finish()
+        self.join(timeout_s)
 
     # -- the writer thread ----------------------------------------------------------------
 
@@ -249,7 +278,7 @@ class FaceArchive:
         self._guarded("cannot delete old visits in", self._prune)
         while True:
             try:
-                visit = self._queue.get(timeout=PRUNE_EVERY_S)
+                visit = self._dequeue(PRUNE_EVERY_S)
             except queue.Empty:
                 # visits deleted by hand no longer count
                 self._guarded("cannot delete old visits in", self._prune, True)
@@ -340,8 +369,9 @@ class FaceArchive:
             if not (_DAY.fullmatch(day) and _CAMERA.fullmatch(camera) and shape):
                 continue
             try:
-                start = time.mktime(time.strptime(f"{day} {shape.group(1)}", "%Y-%m-%d %H%M%S"))
-                self._index.append((start, folder, _disk_bytes(folder)))
+                self._index.append(
+                    (_started(visit, day, shape.group(1)), folder, _disk_bytes(folder))
+                )
             except (OSError, ValueError):
                 continue
         self._index.sort()
@@ -367,8 +397,10 @@ class FaceArchive:
                     break
         metrics.ARCHIVE_BYTES.set(self._bytes)
 
-    def _failed(self, what: str, detail: str) -> None:
-        metrics.ARCHIVE_FAILURES.labels("error").inc()
+    def _failed(self, what: str, detail: str, reason: str = "error") -> None:
+        """Count a failure (``error``: the disk refused; ``internal``: anything else, a bug)
+        and log it."""
+        metrics.ARCHIVE_FAILURES.labels(reason).inc()
         self._warn(what, logging.ERROR, f"face archive: {what}: {detail}")
 
     def _warn(self, key: str, level: int, message: str) -> None:
@@ -390,3 +422,12 @@ def _disk_bytes(folder: Path) -> int:
     """The disk space a visit takes: its files' blocks and its own."""
     paths = [folder, *folder.iterdir()]
     return sum(path.stat().st_blocks * 512 for path in paths)
+
+
+def _started(visit_file: Path, day: str, hhmmss: str) -> float:
+    """When a visit on disk started: its visit.json says exactly; else its folder's name (in
+    local time, ambiguous in the hour a clock goes back); ValueError if neither can."""
+    try:
+        return float(json.loads(visit_file.read_text(encoding="utf-8"))["first_seen_ts"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return time.mktime(time.strptime(f"{day} {hhmmss}", "%Y-%m-%d %H%M%S"))

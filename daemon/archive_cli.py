@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from datetime import date, datetime
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 
 from daemon.archive import VISIT_FILE
 from daemon.config import DEFAULT_CONFIG, ConfigError, load_config
+from daemon.gallery import lookup_name
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -21,8 +23,9 @@ def register(commands: argparse._SubParsersAction) -> None:
         "list",
         help="one line per visit",
         description="One line per visit in the face archive, oldest first: its start (local "
-        "time), camera, who (unknown, or the name the daemon gave), how many images, how long "
-        "it lasted, and its folder, which `facewatch enroll --name NAME FOLDER` takes.",
+        "time), camera, who (the name it left as, or unknown; with the names its events gave "
+        "before, if any), how many images, how long it lasted, and its folder, which "
+        "`facewatch enroll --name NAME FOLDER` takes.",
     )
     where = listing.add_mutually_exclusive_group()
     where.add_argument(
@@ -35,8 +38,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     listing.add_argument("--camera", help="only this camera's visits")
     listing.add_argument("--since", type=_day, metavar="YYYY-MM-DD", help="from this day on")
     who = listing.add_mutually_exclusive_group()
-    who.add_argument("--unknown", action="store_true", help="only visits nobody was named in")
-    who.add_argument("--name", help="only visits of this person")
+    who.add_argument(
+        "--unknown", action="store_true", help="only visits none of whose events named anyone"
+    )
+    who.add_argument("--name", help="only visits an event of which named this person")
     listing.add_argument(
         "--json", action="store_true", help="one JSON object per visit: its visit.json and folder"
     )
@@ -65,6 +70,14 @@ def read_visits(root: Path) -> list[tuple[Path, dict[str, Any]]]:
     return sorted(visits, key=lambda visit: visit[1]["first_seen_ts"])
 
 
+def _names(about: dict[str, Any]) -> list[str]:
+    """Every name the visit's events gave (``named``; a visit.json without it: its identity)."""
+    named = about.get("named")
+    if named is None:
+        named = [about["identity"]] if about.get("identity") else []
+    return [str(name) for name in named]
+
+
 def _wanted(about: dict[str, Any], args: argparse.Namespace) -> bool:
     if args.camera is not None and about.get("camera") != args.camera:
         return False
@@ -73,9 +86,9 @@ def _wanted(about: dict[str, Any], args: argparse.Namespace) -> bool:
         and datetime.fromtimestamp(about["first_seen_ts"]).date() < args.since
     ):
         return False
-    if args.unknown and about.get("identity") is not None:
+    if args.unknown and _names(about):
         return False
-    return args.name is None or about.get("identity") == args.name
+    return args.name is None or lookup_name(args.name) in map(lookup_name, _names(about))
 
 
 def _line(folder: Path, about: dict[str, Any]) -> str:
@@ -83,6 +96,9 @@ def _line(folder: Path, about: dict[str, Any]) -> str:
     lasted = float(about.get("last_seen_ts", about["first_seen_ts"])) - about["first_seen_ts"]
     images = len(about.get("images", []))
     who = about.get("identity") or "unknown"
+    before = [name for name in _names(about) if name != about.get("identity")]
+    if before:
+        who += f" (before: {', '.join(before)})"
     return (
         f"{start}  {about.get('camera', '?')}  {who}  {images} image(s)  {lasted:.1f} s  {folder}"
     )
@@ -103,9 +119,20 @@ def run_list(args: argparse.Namespace) -> int:
             )
             return 2
         root = Path(root)
-    if not root.is_dir():
-        print(f"{root}: no visits yet (the folder does not exist)", file=sys.stderr)
-        return 0
+    try:
+        if not root.is_dir():
+            print(f"{root}: no visits yet (the folder does not exist)", file=sys.stderr)
+            return 0
+        readable = os.access(root, os.R_OK | os.X_OK)
+    except PermissionError:
+        readable = False
+    if not readable:
+        print(
+            f"error: {root}: cannot be read by this user; run as the daemon's user (the `fw` "
+            "helper of docs/operations.md, section 2)",
+            file=sys.stderr,
+        )
+        return 1
     shown = 0
     for folder, about in read_visits(root):
         if not _wanted(about, args):

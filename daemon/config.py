@@ -73,8 +73,8 @@ class DetectionOverrides(_Section):
     ignore: list[list[tuple[float, float]]] = _field(
         [],
         "regions whose faces are dropped (a poster, a TV, a mirror): polygons of 3 or more "
-        "[x, y] corners, each 0..1 of the frame's width and height; a face is dropped when its "
-        "box centre lies inside one",
+        "[x, y] corners, each 0..1 of the frame's width and height; a face is dropped when the "
+        "centre of its box (of the part inside the frame) lies inside one",
     )
 
     @field_validator("ignore")

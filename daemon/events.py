@@ -107,8 +107,8 @@ def face_region(image: np.ndarray, bbox_xyxy: np.ndarray, pad: float) -> np.ndar
     x0, y0, x1, y1 = np.asarray(bbox_xyxy, dtype=np.float64)
     grow = pad * max(x1 - x0, y1 - y0)
     height, width = image.shape[:2]
-    left, top = int(max(0, x0 - grow)), int(max(0, y0 - grow))
-    right, bottom = int(min(width, x1 + grow)), int(min(height, y1 + grow))
+    left, top = int(min(max(0, x0 - grow), width)), int(min(max(0, y0 - grow), height))
+    right, bottom = int(max(min(width, x1 + grow), 0)), int(max(min(height, y1 + grow), 0))
     return image[top:bottom, left:right]
 
 

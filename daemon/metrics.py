@@ -81,14 +81,15 @@ ARCHIVE_VISITS = Counter(
 )
 ARCHIVE_FAILURES = Counter(
     "facewatch_archive_failures_total",
-    "visits not archived: behind (the writer had too many waiting) or error (the disk refused)",
+    "face archive failures: behind (visits dropped: too many waiting for the disk), error (the "
+    "disk refused to write, read or delete), internal (anything else: see the log)",
     ["reason"],
 )
 ARCHIVE_BYTES = Gauge("facewatch_archive_bytes", "size of the face archive on disk")
 
 for _outcome in ("ok", "failed", "dropped"):
     MQTT_PUBLISHES.labels(_outcome)
-for _reason in ("behind", "error"):
+for _reason in ("behind", "error", "internal"):
     ARCHIVE_FAILURES.labels(_reason)
 
 

@@ -154,12 +154,15 @@ class Pipeline:
         return [r if r is not None else FrameDetections() for r in results]
 
     def _not_ignored(self, frame: Frame, found: FrameDetections) -> FrameDetections:
-        """``found`` without the faces centred in the camera's ``detection.ignore`` regions."""
+        """``found`` without the faces centred in the camera's ``detection.ignore`` regions
+        (the centre of the part of the box inside the frame)."""
         regions = self._ignore.get(frame.camera)
         if not regions or not len(found):
             return found
         height, width = frame.image.shape[:2]
-        centres = (found.bbox_xyxy[:, :2] + found.bbox_xyxy[:, 2:]) / 2 / (width, height)
+        visible = np.clip(found.bbox_xyxy, 0, (width, height, width, height))  # a face cut
+        centres = (visible[:, :2] + visible[:, 2:]) / 2 / (width, height)  # off by the edge
+        centres = np.clip(centres, 0, np.nextafter(1, 0))  # a region's far edge is in it
         dropped = np.zeros(len(found), bool)
         for region in regions:
             dropped |= points_in_polygon(centres, region)

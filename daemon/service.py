@@ -44,7 +44,6 @@ STALL_S = 30.0  # frames have not flowed for this long: the watchdog is no longe
 STOP_BUDGET_S = 50.0  # the whole stop
 READERS_STOP_S = 15.0  # the cameras, all together (a stream read can block)
 PUBLISHER_STOP_S = 15.0  # kept to last for MQTT: sending the spool, then `offline`
-ARCHIVE_STOP_S = 5.0  # the least the face archive gets for its last visits, beside MQTT's drain
 PLAN_BUILD_S = 1800  # systemd's start timeout is extended by this for each TensorRT build
 
 
@@ -379,13 +378,13 @@ class Service:
         if scheduler.is_alive():
             logger.warning("the batch scheduler did not finish in time; queued frames are dropped")
         if self.archive is not None:  # it writes its last visits while MQTT drains
-            self.archive.finish(timeout_s=ARCHIVE_STOP_S)
+            self.archive.finish()
         if self.publisher is not None:
             left_s = max(0.0, end - time.monotonic())
             drain_s = min(DRAIN_ON_STOP_S, max(0.0, left_s - 10.0))
             self.publisher.stop(timeout_s=min(5.0, left_s / 3), drain_s=drain_s)
         if self.archive is not None:
-            self.archive.join(timeout_s=max(ARCHIVE_STOP_S, end - time.monotonic()))
+            self.archive.join(timeout_s=max(0.0, end - time.monotonic()))
         if self.spool is not None:
             left = len(self.spool)
             if left:

@@ -234,11 +234,13 @@ def test_mqtt_failures_are_logged_once_per_outage_and_when_the_reason_changes(
     assert messages[1] == "MQTT: broker refused the connection: Not authorized; retrying"
 
 
-def test_a_stop_keeps_its_deadline_when_cameras_hang(monkeypatch, caplog) -> None:
+def test_a_stop_keeps_its_deadline_when_cameras_hang(monkeypatch, caplog, tmp_path) -> None:
     """16 cameras whose stream reads block share one reader deadline (not 16 in a row), the
-    scheduler's wait is cut to what the budget leaves, and the stuck cameras are named: a
-    stop ends before systemd's TimeoutStopSec would kill the daemon."""
+    scheduler's wait is cut to what the budget leaves, a face archive stuck on its disk gets
+    what is left, and the stuck cameras are named: a stop ends before systemd's
+    TimeoutStopSec would kill the daemon."""
     from daemon import service
+    from daemon.archive import FaceArchive
 
     monkeypatch.setattr(service, "STOP_BUDGET_S", 3.0)
     monkeypatch.setattr(service, "READERS_STOP_S", 1.0)
@@ -258,10 +260,15 @@ def test_a_stop_keeps_its_deadline_when_cameras_hang(monkeypatch, caplog) -> Non
     class BusyScheduler(HungReader):
         pass
 
-    config = parse_config({"cameras": [{"name": "cam0", "url": "x.mp4"}]})
+    config = parse_config(
+        {"cameras": [{"name": "cam0", "url": "x.mp4"}], "archive": {"dir": str(tmp_path)}}
+    )
     daemon = service.Service(config)
     daemon.readers = [HungReader(k) for k in range(16)]
     scheduler = BusyScheduler(99)
+    daemon.archive = FaceArchive(config.archive, "node", None)
+    monkeypatch.setattr(daemon.archive, "_scan", lambda: release.wait(60))  # a hung disk
+    daemon.archive.start()
     for thread in [*daemon.readers, scheduler]:
         thread.start()
     started = time.monotonic()
@@ -273,6 +280,7 @@ def test_a_stop_keeps_its_deadline_when_cameras_hang(monkeypatch, caplog) -> Non
     assert 1.9 <= took < 3.5  # readers 1 s together, scheduler until budget - publisher's 1 s
     assert "camera-cam0, camera-cam1" in caplog.text and "did not stop within 1 s" in caplog.text
     assert "the batch scheduler did not finish in time" in caplog.text
+    assert "face archive: 0 visit(s) not written in time" in caplog.text
 
 
 def test_a_message_paho_could_not_send_is_not_acknowledged_and_raises_nothing() -> None:
@@ -501,3 +509,21 @@ def test_a_batch_with_two_frames_of_a_camera_reports_each_frames_own_face(
     archived = json.loads(visit.read_text())["images"]
     for image, faces_there in zip(archived, found, strict=True):
         assert image["bbox_xyxy"] == pytest.approx(faces_there.bbox_xyxy[0].tolist(), abs=0.06)
+
+
+def test_an_ignore_region_at_the_frames_edge_takes_faces_the_edge_cuts_off() -> None:
+    """MTCNN's boxes reach past the frame for a face the edge cuts off: the centre of the
+    part inside the frame counts, and a region's far edge (x or y = 1) is inside it."""
+    strips = [[[0, 0], [0.3, 0], [0.3, 1], [0, 1]], [[0.7, 0], [1, 0], [1, 1], [0.7, 1]]]
+    config = parse_config(
+        {
+            "cameras": [{"name": "door", "url": "x.mp4", "detection": {"ignore": strips}}],
+            "recognition": {"model": None},
+        }
+    )
+    pipeline = Pipeline(config, None, None, EventSinks())  # type: ignore[arg-type]
+    frame = Frame("door", 1, 0.0, np.zeros((360, 640, 3), np.uint8))
+    kept = pipeline._not_ignored(
+        frame, faces((-60, 100, 40, 220), (600, 100, 700, 220), (300, 100, 340, 140))
+    )
+    assert kept.bbox_xyxy.tolist() == [[300, 100, 340, 140]]
