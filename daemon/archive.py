@@ -2,8 +2,8 @@
 
 A visit is one confirmed track, from its first frame to its ``left``. While it lasts, its
 best images stay in memory: the best of each ``min_gap_s`` stretch of the visit, and of
-those the ``per_visit`` best, the best being large, frontal, sharp and whole
-(``face_quality``). Once it has left, a writer thread
+those the ``per_visit`` best, the best being large, frontal, sharp and likely to pass enroll's gates
+(``rate_face``). Once it has left, a writer thread
 puts them in one folder::
 
     DIR/YYYY-MM-DD/CAMERA/HHMMSS-tTRACK-WHO/face-1.jpg ... visit.json
@@ -41,8 +41,14 @@ import numpy as np
 
 from daemon import metrics
 from daemon.config import ArchiveConfig
-from daemon.events import face_region, person_key, to_jpeg
-from daemon.recognition import DEFAULT_MIN_SHARPNESS, MAX_FACE_OUTSIDE, outside_fraction, sharpness
+from daemon.events import face_region, person_key, region_xyxy, to_jpeg
+from daemon.recognition import (
+    DEFAULT_MIN_FACE_PX,
+    DEFAULT_MIN_SHARPNESS,
+    MAX_FACE_OUTSIDE,
+    outside_fraction,
+    sharpness,
+)
 from daemon.tracking import Track, TrackEvent
 
 logger = logging.getLogger(__name__)
@@ -54,19 +60,41 @@ QUEUE_BYTES = 64_000_000  # images of the visits waiting for the writer; beyond:
 PRUNE_EVERY_S = 60.0  # keep_days is checked this often when nothing is written
 WARN_EVERY_S = 60.0
 VISIT_FILE = "visit.json"
-CUT_OFF_FACTOR = 0.1  # a face cut off by the frame's edge (enroll refuses it) scores a tenth
+REFUSED_FACTOR = 0.1  # the quality of a face enroll would likely refuse
 # the writer's folders, the only ones it deletes: YYYY-MM-DD / CAMERA / HHMMSS-tTRACK-WHO[-N]
 _DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 _CAMERA = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _VISIT = re.compile(r"([0-9]{6})-t[0-9]+-[A-Za-z0-9_-]+")
 
 
-def face_quality(image: np.ndarray, bbox_xyxy: np.ndarray, landmarks: np.ndarray) -> float:
-    """How good an image of a face is to look at and to enroll from, in (0, 1]: larger (up
-    to FULL_SIZE_PX wide), more frontal (the nose halfway between the eyes, along the line
-    through them) and sharper (the enrollment blur score) score higher, and a face cut off
-    by the frame's edge much lower."""
+def archive_level(folder: Path) -> str | None:
+    """Which part of a face archive ``folder`` is: "the archive", "a day", "a camera" or "a
+    visit" folder; None for any other."""
+    if (folder / VISIT_FILE).is_file():
+        return "a visit"
+    children = [child for child in folder.iterdir() if child.is_dir()]
+    if any(_VISIT.fullmatch(c.name) and (c / VISIT_FILE).is_file() for c in children):
+        return "a camera"
+    if _DAY.fullmatch(folder.name) and any(folder.glob(f"*/*/{VISIT_FILE}")):
+        return "a day"
+    if any(_DAY.fullmatch(c.name) and any(c.glob(f"*/*/{VISIT_FILE}")) for c in children):
+        return "the archive"
+    return None
+
+
+@dataclass(frozen=True)
+class FaceRating:
+    quality: float  # (0, 1]: higher is better to look at and to enroll from
+    enrollable: bool  # likely passes enroll's default gates: size, sharpness, whole
+
+
+def rate_face(image: np.ndarray, bbox_xyxy: np.ndarray, landmarks: np.ndarray) -> FaceRating:
+    """How good an image of a face is. Larger (up to FULL_SIZE_PX wide), more frontal (the
+    nose halfway between the eyes, along the line through them) and sharper (enroll's blur
+    score, on the face box at 160 px) score higher; a face that enroll would likely refuse
+    (smaller than its minimum, blurrier, or cut off by the frame's edge) scores a tenth."""
     width = float(bbox_xyxy[2] - bbox_xyxy[0])
+    side = min(width, float(bbox_xyxy[3] - bbox_xyxy[1]))
     size = min(1.0, max(width, 1.0) / FULL_SIZE_PX)
     left_eye, right_eye, nose = np.asarray(landmarks[:3], dtype=np.float64)
     axis = right_eye - left_eye
@@ -74,11 +102,15 @@ def face_quality(image: np.ndarray, bbox_xyxy: np.ndarray, landmarks: np.ndarray
     offset = float(np.dot(nose - (left_eye + right_eye) / 2, axis / (2 * half))) / half
     frontal = 1.0 - min(1.0, abs(offset))
     face = face_region(image, bbox_xyxy, 0.0)
-    sharp = 0.0
-    if face.size:
-        sharp = min(1.0, sharpness(cv2.resize(face, (160, 160))) / (2 * DEFAULT_MIN_SHARPNESS))
-    whole = outside_fraction(bbox_xyxy, image.shape[:2]) <= MAX_FACE_OUTSIDE
-    return size * (0.2 + 0.8 * frontal) * (0.2 + 0.8 * sharp) * (1.0 if whole else CUT_OFF_FACTOR)
+    blur_score = sharpness(cv2.resize(face, (160, 160))) if face.size else 0.0
+    sharp = min(1.0, blur_score / (2 * DEFAULT_MIN_SHARPNESS))
+    enrollable = (
+        side >= DEFAULT_MIN_FACE_PX
+        and blur_score >= DEFAULT_MIN_SHARPNESS
+        and outside_fraction(bbox_xyxy, image.shape[:2]) <= MAX_FACE_OUTSIDE
+    )
+    quality = size * (0.2 + 0.8 * frontal) * (0.2 + 0.8 * sharp)
+    return FaceRating(quality * (1.0 if enrollable else REFUSED_FACTOR), enrollable)
 
 
 @dataclass
@@ -87,8 +119,10 @@ class _Image:
     ts: float
     window: float  # which min_gap_s stretch of the visit it was taken in
     jpeg: bytes
-    bbox_xyxy: list[float]
+    bbox_xyxy: list[float]  # in the frame
+    face_xyxy: list[float]  # in the JPEG
     score: float
+    enrollable: bool
 
 
 @dataclass
@@ -96,6 +130,7 @@ class _Visit:
     camera: str
     track_id: int
     first_seen: float
+    frame_hw: tuple[int, int]
     images: list[_Image] = field(default_factory=list)  # in time order
     ended: dict[str, Any] = field(default_factory=dict)  # set at `left`: who, when, why
 
@@ -172,9 +207,10 @@ class FaceArchive:
         key = (camera, track.track_id)
         visit = self._open.get(key)
         if visit is None:
-            visit = self._open[key] = _Visit(camera, track.track_id, track.first_seen)
+            frame_hw = (image.shape[0], image.shape[1])
+            visit = self._open[key] = _Visit(camera, track.track_id, track.first_seen, frame_hw)
         box, landmarks, score = face
-        quality = face_quality(image, box, landmarks)
+        rating = rate_face(image, box, landmarks)
         gap = self.config.min_gap_s
         window = (ts - visit.first_seen) // gap if gap > 0 else ts
         images = visit.images
@@ -184,13 +220,25 @@ class FaceArchive:
             replaced = min(range(len(images)), key=lambda k: images[k].quality)
         else:
             replaced = None
-        if replaced is not None and quality <= images[replaced].quality:
+        if replaced is not None and rating.quality <= images[replaced].quality:
             return
-        jpeg = to_jpeg(face_region(image, box, CONTEXT), MAX_SIDE)
+        left, top, right, bottom = region_xyxy(image.shape[:2], box, CONTEXT)
+        crop = image[top:bottom, left:right]
+        jpeg = to_jpeg(crop, MAX_SIDE)
         if not jpeg:
             return
-        bbox = np.round(np.asarray(box, dtype=np.float64), 1).tolist()
-        taken = _Image(round(quality, 4), ts, window, jpeg, bbox, round(float(score), 4))
+        scale = min(1.0, MAX_SIDE / max(crop.shape[:2]))
+        in_jpeg = (np.asarray(box, dtype=np.float64) - (left, top, left, top)) * scale
+        taken = _Image(
+            quality=round(rating.quality, 4),
+            ts=ts,
+            window=window,
+            jpeg=jpeg,
+            bbox_xyxy=np.round(np.asarray(box, dtype=np.float64), 1).tolist(),
+            face_xyxy=np.round(in_jpeg, 1).tolist(),
+            score=round(float(score), 4),
+            enrollable=rating.enrollable,
+        )
         if replaced is not None:
             del images[replaced]
         images.append(taken)  # the latest: time order holds
@@ -332,8 +380,10 @@ class FaceArchive:
                     "file": f"face-{k}.jpg",
                     "ts": round(image.ts, 3),
                     "bbox_xyxy": image.bbox_xyxy,
+                    "face_xyxy": image.face_xyxy,
                     "score": image.score,
                     "quality": image.quality,
+                    "enrollable": image.enrollable,
                 }
             )
             _write_private(folder / f"face-{k}.jpg", image.jpeg)
@@ -347,7 +397,8 @@ class FaceArchive:
             "distance": ended["distance"],
             "confidence": ended["confidence"],
             "reason": ended["reason"],
-            "model_id": self.model_id,
+            "model": self.model_id,
+            "frame_hw": list(visit.frame_hw),
             "first_seen": _local_iso(visit.first_seen),
             "last_seen": _local_iso(ended["last_seen"]),
             "first_seen_ts": round(visit.first_seen, 3),

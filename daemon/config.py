@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import numpy as np
 import yaml
 from pydantic import (
     BaseModel,
@@ -25,6 +26,7 @@ from pydantic import (
     field_validator,
 )
 
+from engines.boxes import polygon_area, polygon_crosses_itself
 from engines.build import PlanRequest
 from engines.loader import CPU_BACKENDS
 from engines.plan_cache import default_cache_dir
@@ -68,6 +70,12 @@ class DetectionConfig(_Section):
         return value
 
 
+IGNORE_SHAPE = (
+    "expected a list of regions, each a list of [x, y] corners, e.g. "
+    "[[[0.7, 0.05], [0.95, 0.05], [0.95, 0.4], [0.7, 0.4]]]"
+)
+
+
 class DetectionOverrides(_Section):
     min_face_size: float | None = _field(None, "this camera's smallest face", ge=12, le=1000)
     ignore: list[list[tuple[float, float]]] = _field(
@@ -76,6 +84,23 @@ class DetectionOverrides(_Section):
         "[x, y] corners, each 0..1 of the frame's width and height; a face is dropped when the "
         "centre of its box (of the part inside the frame) lies inside one",
     )
+
+    @field_validator("ignore", mode="before")
+    @classmethod
+    def _shape(cls, regions: Any) -> Any:
+        def corner(value: Any) -> bool:
+            return (
+                isinstance(value, (list, tuple))
+                and len(value) == 2
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+            )
+
+        def region(value: Any) -> bool:
+            return isinstance(value, (list, tuple)) and all(corner(c) for c in value)
+
+        if not (isinstance(regions, (list, tuple)) and all(region(r) for r in regions)):
+            raise ValueError(IGNORE_SHAPE)
+        return regions
 
     @field_validator("ignore")
     @classmethod
@@ -90,17 +115,33 @@ class DetectionOverrides(_Section):
             outside = [list(p) for p in polygon if not all(0.0 <= v <= 1.0 for v in p)]
             if outside:
                 raise ValueError(
-                    f"region {k}: corners are fractions of the frame's width and height (0..1), "
-                    f"got {outside[0]}"
+                    f"region {k}: corners are fractions of the frame's width and height (0..1: "
+                    f"x in pixels / width, y / height), got {outside[0]}"
                 )
+            if polygon_crosses_itself(np.array(polygon)):
+                raise ValueError(
+                    f"region {k}: its edges cross: list the corners in order around it"
+                )
+            if polygon_area(np.array(polygon)) < 1e-6:
+                raise ValueError(f"region {k}: encloses no area")
         return polygons
+
+
+def _a_name(name: str) -> str:
+    if re.fullmatch(r"[A-Za-z0-9_-]{1,64}", name) is None:
+        raise ValueError(
+            "letters, digits, '_' and '-' only, 1 to 64 of them (it goes into MQTT topics and "
+            "metric labels)"
+        )
+    return name
 
 
 class CameraConfig(_Section):
     name: str = Field(
-        description="camera name: used in topics, metrics and logs",
-        pattern=r"^[A-Za-z0-9_-]{1,64}$",
+        description="camera name: letters, digits, _ and - (1 to 64); used in topics, metrics, "
+        "logs and folder names",
     )
+    _name = field_validator("name")(_a_name)
     url: str = Field(description="rtsp://... URL, a video file, or a V4L2 device (/dev/videoN)")
     fps: float = _field(5.0, "frames per second to process (the stream is decimated)", gt=0, le=60)
     enabled: bool = _field(True, "read this camera")
@@ -365,8 +406,10 @@ class LoggingConfig(_Section):
 
 class Config(_Section):
     node_id: str = _field(
-        "facewatch", "this daemon's name in topics and metrics", pattern=r"^[A-Za-z0-9_-]{1,64}$"
+        "facewatch",
+        "this daemon's name in topics and metrics: letters, digits, _ and - (1 to 64)",
     )
+    _node = field_validator("node_id")(_a_name)
     cameras: Annotated[list[CameraConfig], Field(min_length=1)] = Field(
         description="the cameras to read (at least one)"
     )

@@ -101,14 +101,22 @@ def person_json(name: str, cameras: list[str]) -> dict[str, Any]:
     return {"name": name, "cameras": cameras}
 
 
-def face_region(image: np.ndarray, bbox_xyxy: np.ndarray, pad: float) -> np.ndarray:
-    """The face box grown by ``pad`` of its longer side on every side, within the image (a
-    view, possibly empty)."""
+def region_xyxy(
+    image_hw: tuple[int, ...], bbox_xyxy: np.ndarray, pad: float
+) -> tuple[int, int, int, int]:
+    """The face box grown by ``pad`` of its longer side on every side, within the image, as
+    whole pixels (left, top, right, bottom); empty (right <= left) for a box outside it."""
     x0, y0, x1, y1 = np.asarray(bbox_xyxy, dtype=np.float64)
     grow = pad * max(x1 - x0, y1 - y0)
-    height, width = image.shape[:2]
+    height, width = image_hw[:2]
     left, top = int(min(max(0, x0 - grow), width)), int(min(max(0, y0 - grow), height))
     right, bottom = int(max(min(width, x1 + grow), 0)), int(max(min(height, y1 + grow), 0))
+    return left, top, right, bottom
+
+
+def face_region(image: np.ndarray, bbox_xyxy: np.ndarray, pad: float) -> np.ndarray:
+    """The pixels of ``region_xyxy`` (a view, possibly empty)."""
+    left, top, right, bottom = region_xyxy(image.shape, bbox_xyxy, pad)
     return image[top:bottom, left:right]
 
 

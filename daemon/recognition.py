@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from engines.boxes import iou_matrix
 from engines.mtcnn import FrameDetections
 
 logger = logging.getLogger(__name__)
@@ -21,6 +22,7 @@ DEFAULT_MIN_SHARPNESS = 25.0  # variance of the Laplacian of the aligned grey cr
 DEFAULT_TARGET_FAR = 0.01
 MAX_FACE_OUTSIDE = 0.1  # of the face box's area beyond the photo's edges
 MAX_DISTANCE = 4.0  # squared L2 between unit vectors
+MIN_EXPECTED_IOU = 0.5  # a face found again where a face archive image says it is
 
 
 class Rejected(ValueError):
@@ -36,20 +38,33 @@ class QualityGates:
     min_sharpness: float = DEFAULT_MIN_SHARPNESS
     largest: bool = False
 
-    def choose_face(self, found: FrameDetections, image_hw: tuple[int, int]) -> int:
-        """Index of the face to enroll, or Rejected with the reason."""
+    def choose_face(
+        self,
+        found: FrameDetections,
+        image_hw: tuple[int, int],
+        expected_xyxy: np.ndarray | None = None,
+    ) -> int:
+        """Index of the face to enroll, or Rejected with the reason. ``expected_xyxy``: where
+        the face is known to be (a face archive image): the face found there is taken,
+        whatever else the photo shows."""
         if len(found) == 0:
             raise Rejected("no face found")
         sides = np.minimum(
             found.bbox_xyxy[:, 2] - found.bbox_xyxy[:, 0],
             found.bbox_xyxy[:, 3] - found.bbox_xyxy[:, 1],
         )
-        if len(found) > 1 and not self.largest:
+        if expected_xyxy is not None:
+            overlap = iou_matrix(np.asarray(expected_xyxy, np.float64)[None], found.bbox_xyxy)[0]
+            if overlap.max() < MIN_EXPECTED_IOU:
+                raise Rejected("the face its visit.json places was not found again")
+            k = int(np.argmax(overlap))
+        elif len(found) > 1 and not self.largest:
             raise Rejected(
                 f"{len(found)} faces found, expected exactly one "
                 "(pass --largest to enroll the largest face)"
             )
-        k = int(np.argmax(sides))
+        else:
+            k = int(np.argmax(sides))
         if sides[k] < self.min_face_px:
             raise Rejected(
                 f"face too small: {sides[k]:.0f} px, the minimum is {self.min_face_px:.0f} px "

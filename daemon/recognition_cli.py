@@ -9,6 +9,7 @@ argument problem.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -21,6 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from daemon import gallery_cli
+from daemon.archive import VISIT_FILE, archive_level
 from daemon.detect_cli import IMAGE_SUFFIXES, Outputs, input_name
 from daemon.gallery import Enrollment, Gallery, GalleryError, Match, clean_name
 from daemon.recognition import (
@@ -197,6 +199,13 @@ def _enroll_jobs(args: argparse.Namespace) -> list[tuple[str, Path]]:
         if not args.dir.is_dir():
             what = "not a folder" if args.dir.exists() else "no such folder"
             raise ValueError(f"{args.dir}: {what} (one sub-folder per person expected)")
+        level = archive_level(args.dir)
+        if level is not None:
+            raise ValueError(
+                f"{args.dir}: {level} folder of the face archive, not a folder of per-person "
+                "folders: enroll a visit with --name NAME VISIT_FOLDER... (`facewatch archive "
+                "list` finds them)"
+            )
         entries = sorted(p for p in args.dir.iterdir() if not _hidden(p.name))
         people = [p for p in entries if p.is_dir()]
         if not people:
@@ -245,10 +254,31 @@ def _enroll_crop(models: Models, gates: QualityGates, path: Path) -> np.ndarray:
         raise Rejected("folder holds no images")
     image = read_image(str(path))
     found = models.detector.detect([image])[0]
-    k = gates.choose_face(found, image.shape[:2])
+    k = gates.choose_face(found, image.shape[:2], archived_face(path))
     crop = models.facenet.align(image, found, [k])
     gates.check_sharpness(crop[0])
     return crop[0]
+
+
+def archived_face(path: Path) -> np.ndarray | None:
+    """Where the visit's face is in a face archive image (its visit.json says), else None."""
+    entries = _visit_images(path.parent)
+    box = entries.get(path.name)
+    return None if box is None else np.asarray(box, np.float64)
+
+
+@functools.lru_cache(maxsize=64)
+def _visit_images(folder: Path) -> dict[str, list[float]]:
+    """file -> face_xyxy of a face archive visit's images; {} for any other folder."""
+    try:
+        about = json.loads((folder / VISIT_FILE).read_text(encoding="utf-8"))
+        return {
+            str(image["file"]): [float(v) for v in image["face_xyxy"]]
+            for image in about["images"]
+            if len(image.get("face_xyxy", ())) == 4
+        }
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
 
 
 def _check_gallery(path: Path, model_id: str) -> dict[str, set[str]]:

@@ -243,3 +243,27 @@ def points_in_polygon(points_xy: np.ndarray, polygon_xy: np.ndarray) -> np.ndarr
     dy = np.where(end[:, 1] == start[:, 1], 1.0, end[:, 1] - start[:, 1])
     crossing_x = start[:, 0] + (y - start[:, 1]) * (end[:, 0] - start[:, 0]) / dy
     return np.count_nonzero(straddles & (x < crossing_x), axis=1) % 2 == 1
+
+
+def polygon_area(polygon_xy: np.ndarray) -> float:
+    """The area a simple polygon encloses (shoelace formula; any winding)."""
+    x, y = np.asarray(polygon_xy, dtype=np.float64).T
+    return float(abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))) / 2)
+
+
+def polygon_crosses_itself(polygon_xy: np.ndarray) -> bool:
+    """Whether two edges that do not share a corner cross (a bow tie: corners out of order)."""
+    points = np.asarray(polygon_xy, dtype=np.float64)
+    edges = [(points[k], points[(k + 1) % len(points)]) for k in range(len(points))]
+
+    def turn(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> float:
+        return float((b[0] - a[0]) * (c[1] - a[1]) - (b[1] - a[1]) * (c[0] - a[0]))
+
+    for i, (a, b) in enumerate(edges):
+        for j in range(i + 2, len(edges)):
+            if i == 0 and j == len(edges) - 1:
+                continue  # the first and the last edge share a corner
+            c, d = edges[j]
+            if turn(a, b, c) * turn(a, b, d) < 0 and turn(c, d, a) * turn(c, d, b) < 0:
+                return True
+    return False

@@ -15,12 +15,13 @@ import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 
-from daemon.archive import VISIT_FILE, FaceArchive, face_quality
+from daemon.archive import VISIT_FILE, FaceArchive, rate_face
 from daemon.cli import main
 from daemon.config import ArchiveConfig, ConfigError, load_config, parse_config
 from daemon.events import face_region, person_key
 from daemon.service import check_files
 from daemon.tracking import Track, TrackEvent
+from engines.boxes import iou_matrix
 from tests.conftest import REPO
 
 CLIP = REPO / "configs" / "demo" / "hamilton_360p.mp4"
@@ -79,16 +80,17 @@ def _sample(name: str, **labels: str) -> float:
 
 
 def test_face_quality_prefers_large_frontal_sharp_faces(clip_faces) -> None:
-    frame, box, landmarks, _ = clip_faces[0]
-    quality = face_quality(frame, box, landmarks)
+    frame, box, landmarks, _ = max(clip_faces, key=lambda f: rate_face(*f[:3]).quality)
+    quality = rate_face(frame, box, landmarks).quality
+    assert rate_face(frame, box, landmarks).enrollable
     blurred = cv2.GaussianBlur(frame, (0, 0), 3)
     small = cv2.resize(frame, None, fx=0.4, fy=0.4, interpolation=cv2.INTER_AREA)
     turned = landmarks.copy()
     turned[2] = turned[1]  # the nose over the right eye: a face seen from the side
     worse = {
-        "blurred": face_quality(blurred, box, landmarks),
-        "smaller": face_quality(small, box * 0.4, landmarks * 0.4),
-        "turned": face_quality(frame, box, turned),
+        "blurred": rate_face(blurred, box, landmarks).quality,
+        "smaller": rate_face(small, box * 0.4, landmarks * 0.4).quality,
+        "turned": rate_face(frame, box, turned).quality,
     }
     assert 0 < quality <= 1
     for why, value in worse.items():
@@ -96,7 +98,7 @@ def test_face_quality_prefers_large_frontal_sharp_faces(clip_faces) -> None:
 
 
 def test_a_visit_keeps_its_best_images_spaced_in_time_and_is_written_when_it_left(
-    tmp_path, clip_faces
+    tmp_path, clip_faces, detector
 ) -> None:
     archive = _archive(tmp_path, per_visit=3, min_gap_s=1.0)
     archive.start()
@@ -114,11 +116,12 @@ def test_a_visit_keeps_its_best_images_spaced_in_time_and_is_written_when_it_lef
     )
     about = json.loads((folder / VISIT_FILE).read_text())
     assert about["camera"] == "door" and about["track_id"] == 1 and about["node"] == "node"
-    assert about["identity"] is None and about["reason"] == "lost" and about["model_id"] == "m-1"
+    assert about["identity"] is None and about["reason"] == "lost" and about["model"] == "m-1"
+    assert about["frame_hw"] == list(clip_faces[0][0].shape[:2])
     assert about["first_seen_ts"] == round(first, 3)
     assert about["last_seen_ts"] == round(first + 4.5, 3)
     # the best of each second of the visit (frames 0-1, 2-3, ... of the ten), then the best 3
-    qualities = [face_quality(frame, box, marks) for frame, box, marks, _ in clip_faces[:10]]
+    qualities = [rate_face(frame, box, marks).quality for frame, box, marks, _ in clip_faces[:10]]
     windows = [max((qualities[k], first + k * 0.5) for k in (2 * w, 2 * w + 1)) for w in range(5)]
     best = sorted(sorted(windows, reverse=True)[:3], key=lambda c: c[1])
     images = about["images"]
@@ -129,6 +132,11 @@ def test_a_visit_keeps_its_best_images_spaced_in_time_and_is_written_when_it_lef
         picture = cv2.imread(str(folder / image["file"]))
         assert picture is not None and max(picture.shape[:2]) <= 400
         assert (folder / image["file"]).stat().st_mode & 0o777 == 0o600
+        # the face is found again where visit.json says (what enroll takes)
+        again = detector.detect([picture])[0].bbox_xyxy
+        overlap = iou_matrix(np.array([image["face_xyxy"]]), again)
+        assert overlap.size and overlap.max() > 0.7, image
+        assert isinstance(image["enrollable"], bool)
     for path in (tmp_path / "archive", folder.parent.parent, folder.parent, folder):
         assert path.stat().st_mode & 0o777 == 0o700, path
 
@@ -386,7 +394,7 @@ def test_a_failing_step_neither_stops_the_writer_nor_the_scheduler(
     monkeypatch.setattr(archive, "_scan", broken)
     archive.start()
     with monkeypatch.context() as patch:
-        patch.setattr(archive_module, "face_quality", broken)
+        patch.setattr(archive_module, "rate_face", broken)
         _visit(archive, clip_faces[:1], time.time(), 1.0, track_id=1)  # raises nothing
     track = _visit(archive, clip_faces[:2], time.time(), 1.0, track_id=2)
     archive.visits_ended("door", [_left(track)], live=set())

@@ -232,3 +232,20 @@ def test_points_in_polygon_takes_many_points_and_none() -> None:
     points = np.array([(0.4, 0.4), (0.9, 0.9), (0.3, 0.5)])
     assert bx.points_in_polygon(points, np.array(SQUARE)).tolist() == [True, False, True]
     assert bx.points_in_polygon(np.zeros((0, 2)), np.array(SQUARE)).shape == (0,)
+
+
+@pytest.mark.parametrize(
+    ("polygon", "area", "crosses"),
+    [
+        (SQUARE, 0.16, False),
+        (SQUARE[::-1], 0.16, False),
+        (L_SHAPE, 7.0, False),
+        ([(0, 0), (1, 1), (1, 0), (0, 1)], 0.0, True),  # a bow tie: its halves cancel
+        ([(0, 0), (2, 0), (0, 2), (2, 2)], 0.0, True),
+        ([(0.5, 0.5)] * 3, 0.0, False),
+        ([(0, 0), (1, 0), (0.5, 1)], 0.5, False),
+    ],
+)
+def test_polygon_area_and_crossing(polygon, area, crosses) -> None:
+    assert bx.polygon_area(np.array(polygon, float)) == pytest.approx(area)
+    assert bx.polygon_crosses_itself(np.array(polygon, float)) is crosses

@@ -33,7 +33,7 @@ def test_defaults_fill_everything_but_the_cameras() -> None:
         ({"cameras": [CAMERA, CAMERA]}, "repeated: door"),
         (
             {"cameras": [{"name": "bad name!", "url": "x"}]},
-            "cameras[0] (bad name!).name: String should match pattern",
+            "cameras[0] (bad name!).name: letters, digits",
         ),
         (
             {"cameras": [CAMERA], "detection": {"thresholds": [0.6, 0.7, 1.5]}},

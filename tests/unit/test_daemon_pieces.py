@@ -447,7 +447,11 @@ def test_faces_centred_in_a_cameras_ignore_regions_are_dropped(detector) -> None
     [
         ([[[0, 0], [1, 0]]], "region 0: expected 3 or more"),
         ([[[0, 0], [1, 0], [1, 1]], [[0, 0], [640, 0], [640, 360]]], "region 1: corners are"),
-        ([[[0, 0, 1], [1, 0], [1, 1]]], "ignore"),
+        ([[[0, 0, 1], [1, 0], [1, 1]]], "expected a list of regions, each a list of [x, y]"),
+        ([[0.5, 0.09, 0.62, 0.40]], "expected a list of regions"),  # a box, not a region
+        ("0.5,0.09,0.62,0.09,0.62,0.4", "expected a list of regions"),  # Frigate's masks
+        ([[[0.5, 0.1], [0.6, 0.4], [0.6, 0.1], [0.5, 0.4]]], "region 0: its edges cross"),
+        ([[[0.5, 0.5], [0.5, 0.5], [0.5, 0.5]]], "region 0: encloses no area"),
     ],
 )
 def test_ignore_regions_are_checked(regions, expected) -> None:

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import stat
+import time
 from pathlib import Path
 
 import cv2
@@ -312,3 +313,32 @@ def test_a_new_gallery_starts_at_the_lfw_threshold_only_on_its_own_scale() -> No
     assert _threshold_of(net()) == {"threshold": 0.9}  # type: ignore[arg-type]
     assert _threshold_of(net(distance_metric=1)) == {}  # type: ignore[arg-type]
     assert _threshold_of(net(use_flipped_images=True)) == {}  # type: ignore[arg-type]
+
+
+def test_a_face_archive_visit_enrolls_its_own_face_not_the_neighbours(
+    cli, images, detector, tmp_path
+) -> None:
+    """A visit's images show its face with context, where a larger face of someone nearer
+    the camera may show too: enroll takes the face its visit.json places, with no
+    --largest; `enroll --dir` on the archive itself is refused (it would enroll days or
+    visits as people)."""
+    frame = cv2.imread(str(images["two"]))
+    found = detector.detect([frame])[0]
+    small = int(np.argmin(found.bbox_xyxy[:, 2] - found.bbox_xyxy[:, 0]))
+    visit = tmp_path / "archive" / "2026-11-29" / "door" / "101500-t1-unknown"
+    visit.mkdir(parents=True)
+    shutil.copy(images["two"], visit / "face-1.jpg")
+    about = {"first_seen_ts": time.time(), "images": [
+        {"file": "face-1.jpg", "face_xyxy": found.bbox_xyxy[small].tolist()}]}  # fmt: skip
+    (visit / "visit.json").write_text(json.dumps(about))
+
+    code, out, err = cli("enroll", "--name", "Small", str(visit))
+    assert code == 0, err
+    code, out, _ = cli("identify", "--json", str(images["two"]))
+    faces = json.loads(out)["faces"]
+    nearest = min(faces, key=lambda f: f["distance"])
+    assert nearest["bbox_xyxy"] == pytest.approx(found.bbox_xyxy[small].tolist(), abs=0.01)
+
+    for folder in (tmp_path / "archive", visit.parent.parent, visit.parent, visit):
+        code, _, err = cli("enroll", "--dir", str(folder))
+        assert code == 2 and "folder of the face archive" in err, folder
