@@ -7,11 +7,11 @@ import argparse
 import json
 import os
 import sys
-from datetime import date, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from daemon.archive import VISIT_FILE
+from daemon.archive import VISIT_FILE, archive_level
 from daemon.config import DEFAULT_CONFIG, ConfigError, load_config
 from daemon.gallery import lookup_name
 
@@ -36,7 +36,13 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     where.add_argument("--dir", type=Path, help="the archive folder itself")
     listing.add_argument("--camera", help="only this camera's visits")
-    listing.add_argument("--since", type=_day, metavar="YYYY-MM-DD", help="from this day on")
+    listing.add_argument(
+        "--since",
+        type=_moment,
+        metavar="WHEN",
+        help="visits that started then or later: a day (2026-11-29) or a day and time "
+        "('2026-11-29 18:30'), local time",
+    )
     who = listing.add_mutually_exclusive_group()
     who.add_argument(
         "--unknown", action="store_true", help="only visits none of whose events named anyone"
@@ -48,11 +54,16 @@ def register(commands: argparse._SubParsersAction) -> None:
     listing.set_defaults(func=run_list)
 
 
-def _day(text: str) -> date:
+def _moment(text: str) -> datetime:
+    """A day (its midnight) or a day and time, in local time."""
     try:
-        return date.fromisoformat(text)
+        moment = datetime.fromisoformat(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a day as YYYY-MM-DD, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected a day or a day and time, e.g. 2026-11-29 or '2026-11-29 18:30', got {text!r}"
+        ) from None
+    # with a UTC offset: the same moment in local time, as the visits' starts are compared
+    return moment.astimezone().replace(tzinfo=None) if moment.tzinfo else moment
 
 
 def read_visits(root: Path) -> list[tuple[Path, dict[str, Any]]]:
@@ -81,10 +92,7 @@ def _names(about: dict[str, Any]) -> list[str]:
 def _wanted(about: dict[str, Any], args: argparse.Namespace) -> bool:
     if args.camera is not None and about.get("camera") != args.camera:
         return False
-    if (
-        args.since is not None
-        and datetime.fromtimestamp(about["first_seen_ts"]).date() < args.since
-    ):
+    if args.since is not None and datetime.fromtimestamp(about["first_seen_ts"]) < args.since:
         return False
     if args.unknown and _names(about):
         return False
@@ -94,13 +102,15 @@ def _wanted(about: dict[str, Any], args: argparse.Namespace) -> bool:
 def _line(folder: Path, about: dict[str, Any]) -> str:
     start = datetime.fromtimestamp(about["first_seen_ts"]).strftime("%Y-%m-%d %H:%M:%S")
     lasted = float(about.get("last_seen_ts", about["first_seen_ts"])) - about["first_seen_ts"]
-    images = len(about.get("images", []))
+    images = about.get("images", [])
+    enrollable = sum(bool(image.get("enrollable")) for image in images)
     who = about.get("identity") or "unknown"
     before = [name for name in _names(about) if name != about.get("identity")]
     if before:
         who += f" (before: {', '.join(before)})"
     return (
-        f"{start}  {about.get('camera', '?')}  {who}  {images} image(s)  {lasted:.1f} s  {folder}"
+        f"{start}  {about.get('camera', '?')}  {who}  {len(images)} image(s), {enrollable} "
+        f"enrollable  {lasted:.1f} s  {folder}"
     )
 
 
@@ -133,8 +143,16 @@ def run_list(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
-    shown = 0
-    for folder, about in read_visits(root):
+    level = archive_level(root)
+    if level not in (None, "the archive"):
+        print(
+            f"error: {root}: {level} folder of the face archive: give the archive's own folder "
+            "(archive.dir)",
+            file=sys.stderr,
+        )
+        return 2
+    shown, visits = 0, read_visits(root)
+    for folder, about in visits:
         if not _wanted(about, args):
             continue
         shown += 1
@@ -143,5 +161,5 @@ def run_list(args: argparse.Namespace) -> int:
         else:
             print(_line(folder, about))
     if not args.json:
-        print(f"{shown} visit(s) in {root}", file=sys.stderr)
+        print(f"{shown} of the {len(visits)} visit(s) in {root}", file=sys.stderr)
     return 0

@@ -49,7 +49,9 @@ STAGE_SECONDS = Histogram(
 BATCH_FRAMES = Histogram(
     "facewatch_batch_frames", "frames per detection batch", buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32)
 )
-FACES_DETECTED = Counter("facewatch_faces_detected_total", "faces found", ["camera"])
+FACES_DETECTED = Counter(
+    "facewatch_faces_detected_total", "faces found (those then ignored included)", ["camera"]
+)
 FACES_IGNORED = Counter(
     "facewatch_faces_ignored_total",
     "faces dropped: their centre lies in one of the camera's detection.ignore regions",

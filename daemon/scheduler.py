@@ -281,7 +281,8 @@ class Pipeline:
         self.gallery = fresh
         names = [identity.name for identity in fresh.identities()] if fresh is not None else []
         if fresh is not None:
-            logger.info("gallery %s: %d people", fresh.path, len(names))
+            people = "person" if len(names) == 1 else "people"
+            logger.info("gallery %s: %d %s", fresh.path, len(names), people)
         self._enrolled = set(names)
         self.sinks.people({n: person_json(n, self._cameras_seeing(n)) for n in names})
 

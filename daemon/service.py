@@ -129,10 +129,15 @@ def check_files(config: Config) -> None:
         except OSError as exc:
             raise ConfigError(f"events.jsonl_file: {out}: {exc.strerror or exc}") from None
     if config.archive.dir:
+        folder = Path(config.archive.dir)
+        if folder.exists() and not folder.is_dir():
+            raise ConfigError(f"archive.dir: {folder}: a file, not a folder")
         try:
             FaceArchive.prepare(config.archive.dir)
         except OSError as exc:
-            raise ConfigError(f"archive.dir: {config.archive.dir}: {exc.strerror or exc}") from None
+            raise ConfigError(
+                f"archive.dir: {folder}: cannot create or write the folder: {exc.strerror or exc}"
+            ) from None
 
 
 def watchdog_healthy(
@@ -296,6 +301,20 @@ class Service:
                 cfg.archive, cfg.node_id, facenet.model_id if facenet else None
             )
             self.archive.start()
+            logger.info(
+                "face archive %s: %s visits, up to %d images each, %g MB, %g days",
+                cfg.archive.dir,
+                "every" if cfg.archive.which == "all" else "unknown",
+                cfg.archive.per_visit,
+                cfg.archive.max_mb,
+                cfg.archive.keep_days,
+            )
+        for camera in cameras:
+            if camera.detection.ignore:
+                regions = len(camera.detection.ignore)
+                logger.info(
+                    "camera %s: faces in %d ignore region(s) are dropped", camera.name, regions
+                )
         pipeline = Pipeline(cfg, detector, facenet, sinks, archive=self.archive)
         queues = FrameQueues([c.name for c in cameras], cfg.batching.queue_frames)
         scheduler = BatchScheduler(pipeline, queues)

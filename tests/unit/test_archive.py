@@ -303,9 +303,10 @@ def test_archive_settings_are_checked(tmp_path) -> None:
     config_file.write_text(json.dumps({"cameras": [camera], "archive": {"dir": "faces"}}))
     assert load_config(config_file).archive.dir == str(tmp_path / "faces")
     (tmp_path / "file").write_text("")
-    blocked = parse_config({"cameras": [camera], "archive": {"dir": str(tmp_path / "file/x")}})
-    with pytest.raises(ConfigError, match=r"archive\.dir: .*file/x"):
-        check_files(blocked)
+    for folder, why in [("file", "a file, not a folder"), ("file/x", "cannot create or write")]:
+        config = parse_config({"cameras": [camera], "archive": {"dir": str(tmp_path / folder)}})
+        with pytest.raises(ConfigError, match=rf"archive\.dir: .*{folder}: {why}"):
+            check_files(config)
 
 
 def test_archive_list_shows_the_visits_asked_for(tmp_path, clip_faces, capsys) -> None:
@@ -330,12 +331,14 @@ def test_archive_list_shows_the_visits_asked_for(tmp_path, clip_faces, capsys) -
         return capsys.readouterr().out.splitlines()
 
     lines = listed()
-    assert [line.split("  ")[1:4] for line in lines] == [
-        ["door", "unknown", "2 image(s)"],
-        ["gate", "Zoë", "2 image(s)"],
-        ["door", "unknown", "2 image(s)"],
-        ["gate", "unknown (before: Bob)", "2 image(s)"],
+    assert [line.split("  ")[1:3] for line in lines] == [
+        ["door", "unknown"],
+        ["gate", "Zoë"],
+        ["door", "unknown"],
+        ["gate", "unknown (before: Bob)"],
     ]
+    assert all(line.split("  ")[3].startswith("2 image(s), ") for line in lines)
+    assert "enrollable" in lines[0]
     assert lines[0].startswith(datetime.fromtimestamp(before).strftime("%Y-%m-%d %H:%M:%S"))
     assert all(Path(line.split("  ")[-1]).is_dir() for line in lines), "the folder, for enroll"
     assert len(listed("--camera", "door")) == 2
@@ -346,6 +349,13 @@ def test_archive_list_shows_the_visits_asked_for(tmp_path, clip_faces, capsys) -
     assert [line.split("  ")[2] for line in listed("--name", "Bob")] == ["unknown (before: Bob)"]
     since = datetime.fromtimestamp(now - 10).strftime("%Y-%m-%d")
     assert [line.split("  ")[1] for line in listed("--since", since)] == ["gate", "door", "gate"]
+    later = datetime.fromtimestamp(now - 6).isoformat(sep=" ", timespec="seconds")
+    assert [line.split("  ")[1] for line in listed("--since", later)] == ["door", "gate"]
+    assert main(["archive", "list", "--dir", str(root), "--camera", "nowhere"]) == 0
+    assert "0 of the 4 visit(s) in" in capsys.readouterr().err
+    one_too_deep = next(root.iterdir())  # a day's folder
+    assert main(["archive", "list", "--dir", str(one_too_deep)]) == 2
+    assert "a day folder of the face archive" in capsys.readouterr().err
     [as_json] = listed("--json", "--name", "Zoë")
     visit = json.loads(as_json)
     assert visit["track_id"] == 2 and Path(visit["folder"]).is_dir()
