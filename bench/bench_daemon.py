@@ -41,7 +41,7 @@ from tests.integration.services import (  # noqa: E402
 
 SOURCE = REPO.parent / "shared" / "data" / "videos" / "crowd_1080p.mp4"
 CACHE = REPO / "bench" / ".cache"
-STAGES = ("detect", "track", "embed", "match")
+STAGES = ("detect", "track", "embed", "match", "archive")
 
 
 def clip_720p() -> Path:
