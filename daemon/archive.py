@@ -2,20 +2,20 @@
 
 A visit is one confirmed track, from its first frame to its ``left``. While it lasts, its
 best images stay in memory: the best of each ``min_gap_s`` stretch of the visit, and of
-those the ``per_visit`` best, the best being large, frontal, sharp and likely to pass enroll's gates
-(``rate_face``). Once it has left, a writer thread
-puts them in one folder::
+those the ``per_visit`` best (large, frontal, sharp, and likely to pass enroll's gates:
+``rate_face``). Once it has left, a writer thread puts them in one folder::
 
     DIR/YYYY-MM-DD/CAMERA/HHMMSS-tTRACK-WHO/face-1.jpg ... visit.json
 
 (the local date and time of its first frame; WHO is ``unknown`` or the person's key). Each
-image is the face with half its size of context around it, so ``facewatch enroll --name
-NAME FOLDER`` finds the face again. By default (``which: unknown``) only the visits none of
-whose events named anyone are kept. The daemon owns the folder: it deletes the oldest
-visits (folders of that shape holding a visit.json, nothing else) when they take more than
-``max_mb`` of disk or started more than ``keep_days`` ago. A visit still open when the daemon
-dies is lost; one that cannot be written is counted (``facewatch_archive_failures_total``)
-and logged, never a reason to stop.
+image is the face with half its size of context around it; visit.json says where the face
+is in it, so ``facewatch enroll --name NAME FOLDER`` takes that face. By default
+(``which: unknown``) only the visits none of whose events named anyone are kept. The daemon
+owns the folder: it deletes the oldest visits (folders of that shape holding a visit.json,
+nothing else) when they take more than ``max_mb`` of disk or started more than
+``keep_days`` ago. A visit still open when the daemon dies is lost; one that cannot be
+written is counted (``facewatch_archive_failures_total``) and logged, never a reason to
+stop.
 """
 
 from __future__ import annotations
