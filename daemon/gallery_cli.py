@@ -1,6 +1,7 @@
 """`facewatch gallery list | remove | rename | threshold | export | calibrate`.
 
-The gallery file: ``--gallery PATH``, else $FACEWATCH_GALLERY, else
+The gallery file: ``--gallery PATH``, else the ``recognition.gallery`` of the daemon config
+given with ``--config``, else $FACEWATCH_GALLERY, else
 ``$XDG_DATA_HOME/facewatch/gallery.sqlite`` (``~/.local/share/facewatch/gallery.sqlite``).
 None of these commands needs the FaceNet model: they work on the stored embeddings.
 """
@@ -17,6 +18,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from daemon.config import ConfigError, RecognitionConfig, load_config
 from daemon.gallery import Gallery, GalleryError
 from daemon.recognition import DEFAULT_TARGET_FAR, calibrate
 
@@ -33,8 +35,20 @@ def default_gallery_path() -> Path:
     return Path(data_home) / "facewatch" / "gallery.sqlite"
 
 
+def daemon_recognition(args: argparse.Namespace) -> RecognitionConfig | None:
+    """The ``recognition`` settings of the daemon config given with --config (paths resolved
+    against it), or None; ConfigError for a config that cannot be used."""
+    if getattr(args, "config", None) is None:
+        return None
+    return load_config(args.config, secrets=False).recognition
+
+
 def gallery_path(args: argparse.Namespace) -> Path:
-    return args.gallery or default_gallery_path()
+    """--gallery, else the --config's recognition.gallery, else the default."""
+    if args.gallery is not None:
+        return Path(args.gallery)
+    recognition = daemon_recognition(args)
+    return Path(recognition.gallery) if recognition is not None else default_gallery_path()
 
 
 def add_gallery_option(p: argparse.ArgumentParser) -> None:
@@ -42,8 +56,16 @@ def add_gallery_option(p: argparse.ArgumentParser) -> None:
         "--gallery",
         type=Path,
         default=None,
-        help="gallery file (default: $FACEWATCH_GALLERY, else "
-        "$XDG_DATA_HOME/facewatch/gallery.sqlite, i.e. ~/.local/share/facewatch/gallery.sqlite)",
+        help="gallery file (default: the --config's recognition.gallery, else "
+        "$FACEWATCH_GALLERY, else $XDG_DATA_HOME/facewatch/gallery.sqlite, i.e. "
+        "~/.local/share/facewatch/gallery.sqlite)",
+    )
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="the daemon's config file: use its recognition.gallery (and, for enroll and "
+        "identify, its recognition.model and flip) unless given here",
     )
 
 
@@ -111,7 +133,8 @@ def _rate(text: str) -> float:
 
 
 def _guarded(func: Any) -> Any:
-    """Run an action; a GalleryError is one line on stderr and exit status 1."""
+    """Run an action; a GalleryError is one line on stderr and exit status 1, an unusable
+    --config exit status 2."""
 
     def run(args: argparse.Namespace) -> int:
         try:
@@ -119,6 +142,9 @@ def _guarded(func: Any) -> Any:
         except GalleryError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
+        except ConfigError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
 
     return run
 

@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from daemon import gallery_cli
 from daemon.archive import VISIT_FILE, archive_level
+from daemon.config import ConfigError
 from daemon.detect_cli import IMAGE_SUFFIXES, Outputs, input_name
 from daemon.gallery import Enrollment, Gallery, GalleryError, Match, clean_name
 from daemon.recognition import (
@@ -177,12 +178,21 @@ def load_models(args: argparse.Namespace) -> Models:
     """The detector and the FaceNet model, or EngineError with what to do."""
     if args.threads < 0:
         raise EngineError("--threads must be >= 0")
-    path = args.model or default_model_path()
-    if not path.is_file() and args.model is None:
+    model, flip = args.model, args.flip
+    recognition = gallery_cli.daemon_recognition(args)  # --config: the daemon's model
+    if recognition is not None:
+        configured = recognition.model
+        if model is None and configured is None:
+            raise EngineError(f"{args.config}: recognition.model is null (detection only)")
+        if model is None and configured is not None and configured != "auto":
+            model = Path(configured)
+        flip = flip or recognition.flip
+    path = model or default_model_path()
+    if not path.is_file() and model is None:
         raise EngineError(f"{path}: no FaceNet model. " + NO_DEFAULT_MODEL.format(path=path))
     threads = args.threads if args.threads > 0 else (os.cpu_count() or 1)
     facenet = load_facenet(
-        path, backend=args.backend, threads=threads, flip=args.flip, precision=args.precision
+        path, backend=args.backend, threads=threads, flip=flip, precision=args.precision
     )
     detector = MTCNN.load(default_models_dir() / "mtcnn", threads=threads)
     return Models(detector, facenet)
@@ -391,7 +401,7 @@ def _threshold_of(net: FaceNet) -> dict[str, float]:
 def run_identify(args: argparse.Namespace) -> int:
     try:
         models = load_models(args)
-    except EngineError as exc:
+    except (EngineError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:

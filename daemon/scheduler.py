@@ -298,8 +298,8 @@ def open_gallery(config: Config, model_id: str) -> Gallery | None:
             raise
         logger.warning(
             "no gallery at %s: every face is unknown until people are enrolled "
-            "(facewatch enroll --gallery %s ...: the daemon reads it within seconds)",
-            path,
+            "(facewatch enroll --config THIS_CONFIG --name NAME PHOTO...: the daemon reads it "
+            "within seconds)",
             path,
         )
         metrics.GALLERY_IDENTITIES.set(0)

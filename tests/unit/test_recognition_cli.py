@@ -342,3 +342,31 @@ def test_a_face_archive_visit_enrolls_its_own_face_not_the_neighbours(
     for folder in (tmp_path / "archive", visit.parent.parent, visit.parent, visit):
         code, _, err = cli("enroll", "--dir", str(folder))
         assert code == 2 and "folder of the face archive" in err, folder
+
+
+def test_the_daemons_config_gives_the_model_gallery_and_flip(
+    test_model, images, tmp_path, capsys
+) -> None:
+    """`--config FILE`: the commands use the daemon's recognition.model, .gallery (relative
+    to the file) and .flip, so the gallery matches what the daemon reads."""
+    config = tmp_path / "etc" / "facewatch.yaml"
+    config.parent.mkdir()
+    camera = {"name": "door", "url": "x.mp4"}
+    recognition = {"model": str(test_model), "gallery": "people.sqlite", "flip": True}
+    config.write_text(json.dumps({"cameras": [camera], "recognition": recognition}))
+    common = ["--config", str(config), "--threads", "2", "--no-progress"]
+    assert main(["enroll", "--name", "obama", str(images["obama"]), *common]) == 0
+    assert (tmp_path / "etc" / "people.sqlite").is_file()
+    capsys.readouterr()
+    assert main(["gallery", "list", "--json", "--config", str(config)]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert listed["model_id"].endswith("+flip") and listed["identities"][0]["name"] == "obama"
+    assert main(["identify", "--json", str(images["obama2"]), *common]) == 0
+    assert json.loads(capsys.readouterr().out)["faces"][0]["nearest"] == "obama"
+
+    config.write_text(json.dumps({"cameras": [camera], "recognition": {"model": None}}))
+    assert main(["enroll", "--name", "x", str(images["obama"]), *common]) == 2
+    assert "recognition.model is null" in capsys.readouterr().err
+    config.write_text("cameras: [{name: door}]")
+    assert main(["gallery", "list", "--config", str(config)]) == 2
+    assert "cameras[0] (door).url: required key is missing" in capsys.readouterr().err
