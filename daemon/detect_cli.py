@@ -28,6 +28,12 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".p
 VIDEO_SUFFIXES = {".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v", ".ts"}
 
 
+def progress_wanted(args: argparse.Namespace) -> bool:
+    """Progress bars: on a terminal, unless --no-progress (in a pipe or a log they would
+    only mix with the messages)."""
+    return not args.no_progress and sys.stderr.isatty()
+
+
 def input_name(argument: Path, path: Path) -> Path:
     """How ``path``, found from the command-line ``argument``, is named below an output
     folder: a file argument by its name, a folder argument's files by the folder's name and
@@ -163,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
     summary = Summary()
     started = time.monotonic()
     files = list(_expand(args.paths, summary))
-    show_bar = not args.no_progress and len(files) > 1
+    show_bar = progress_wanted(args) and len(files) > 1
     for path, name in tqdm(files, desc="files", unit="file", disable=not show_bar, file=sys.stderr):
         out = None
         try:
@@ -258,7 +264,7 @@ def _detect_video(
         total=total,
         desc=path.name,
         unit="frame",
-        disable=args.no_progress,
+        disable=not progress_wanted(args),
         file=sys.stderr,
         leave=False,
     )

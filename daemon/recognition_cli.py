@@ -24,7 +24,7 @@ from tqdm import tqdm
 from daemon import gallery_cli
 from daemon.archive import VISIT_FILE, archive_level
 from daemon.config import ConfigError
-from daemon.detect_cli import IMAGE_SUFFIXES, Outputs, input_name
+from daemon.detect_cli import IMAGE_SUFFIXES, Outputs, input_name, progress_wanted
 from daemon.gallery import Enrollment, Gallery, GalleryError, Match, clean_name
 from daemon.recognition import (
     DEFAULT_MIN_FACE_PX,
@@ -326,7 +326,7 @@ def run_enroll(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     crops, accepted, rejected = [], [], []
-    show = not args.no_progress and len(jobs) > 1
+    show = progress_wanted(args) and len(jobs) > 1
     for name, path in tqdm(jobs, desc="enroll", unit="image", disable=not show, file=sys.stderr):
         try:
             crop = _enroll_crop(models, gates, path)
@@ -377,7 +377,11 @@ def _store(
     print(
         f"enrolled {added} new face(s) of {len(names)} person(s) into {gallery_path}: "
         + ", ".join(names)
-        + (f" ({len(faces) - added} already enrolled)" if added < len(faces) else "")
+        + (
+            f" ({len(faces) - added} not added: already enrolled, or the same photo twice)"
+            if added < len(faces)
+            else ""
+        )
         + (f"; {n_rejected} image(s) skipped" if n_rejected else "")
     )
     return 0
@@ -418,7 +422,7 @@ def run_identify(args: argparse.Namespace) -> int:
     paths = [(photo, input_name(path, photo)) for path in args.images for photo in _photos(path)]
     outputs = Outputs(args.annotate) if args.annotate else None
     errors = 0
-    show = not args.no_progress and len(paths) > 1
+    show = progress_wanted(args) and len(paths) > 1
     with gallery:
         for path, name in tqdm(paths, desc="identify", disable=not show, file=sys.stderr):
             try:

@@ -94,7 +94,7 @@ def test_enroll_identify_and_the_gallery_commands(cli, images, tmp_path) -> None
     code, out, _ = cli("enroll", "--name", "biden", "--largest", str(images["biden"]))
     assert code == 0
     code, out, _ = cli("enroll", "--name", "obama", str(images["obama"]))
-    assert code == 0 and "1 already enrolled" in out
+    assert code == 0 and "1 not added: already enrolled" in out
 
     annotated = tmp_path / "annotated"
     code, out, _ = cli("identify", "--json", "--annotate", str(annotated), str(images["obama"]), str(images["two"]))  # fmt: skip
