@@ -21,11 +21,10 @@ stop.
 from __future__ import annotations
 
 import bisect
+import functools
 import json
 import logging
-import os
 import queue
-import re
 import shutil
 import threading
 import time
@@ -34,12 +33,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeAlias
 
 import cv2
 import numpy as np
 
 from daemon import metrics
+from daemon.archive_files import VISIT_FILE, disk_bytes, scan_visits, write_private
 from daemon.config import ArchiveConfig
 from daemon.events import face_region, person_key, region_xyxy, to_jpeg
 from daemon.recognition import (
@@ -52,6 +52,8 @@ from daemon.recognition import (
 from daemon.tracking import Track, TrackEvent
 
 logger = logging.getLogger(__name__)
+_P = ParamSpec("_P")
+_Method: TypeAlias = "Callable[Concatenate[FaceArchive, _P], None]"
 
 CONTEXT = 0.5  # of the face's size, on every side of its box
 MAX_SIDE = 400  # px, the long side of an archived image
@@ -59,27 +61,7 @@ FULL_SIZE_PX = 112  # a face this wide or wider scores full marks for size
 QUEUE_BYTES = 64_000_000  # images of the visits waiting for the writer; beyond: dropped
 PRUNE_EVERY_S = 60.0  # keep_days is checked this often when nothing is written
 WARN_EVERY_S = 60.0
-VISIT_FILE = "visit.json"
 REFUSED_FACTOR = 0.1  # the quality of a face enroll would likely refuse
-# the writer's folders, the only ones it deletes: YYYY-MM-DD / CAMERA / HHMMSS-tTRACK-WHO[-N]
-_DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
-_CAMERA = re.compile(r"[A-Za-z0-9_-]{1,64}")
-_VISIT = re.compile(r"([0-9]{6})-t[0-9]+-[A-Za-z0-9_-]+")
-
-
-def archive_level(folder: Path) -> str | None:
-    """Which part of a face archive ``folder`` is: "the archive", "a day", "a camera" or "a
-    visit" folder; None for any other."""
-    if (folder / VISIT_FILE).is_file():
-        return "a visit"
-    children = [child for child in folder.iterdir() if child.is_dir()]
-    if any(_VISIT.fullmatch(c.name) and (c / VISIT_FILE).is_file() for c in children):
-        return "a camera"
-    if _DAY.fullmatch(folder.name) and any(folder.glob(f"*/*/{VISIT_FILE}")):
-        return "a day"
-    if any(_DAY.fullmatch(c.name) and any(c.glob(f"*/*/{VISIT_FILE}")) for c in children):
-        return "the archive"
-    return None
 
 
 @dataclass(frozen=True)
@@ -139,6 +121,23 @@ def _local_iso(ts: float) -> str:
     return datetime.fromtimestamp(ts).astimezone().isoformat(timespec="milliseconds")
 
 
+def _contained(what: str) -> Callable[[_Method[_P]], _Method[_P]]:
+    """For the methods the scheduler thread calls: a failure (a bug) is counted and logged
+    as ``what``, never raised into the thread that runs the engines."""
+
+    def wrap(method: _Method[_P]) -> _Method[_P]:
+        @functools.wraps(method)
+        def run(self: FaceArchive, *args: _P.args, **kwargs: _P.kwargs) -> None:
+            try:
+                method(self, *args, **kwargs)
+            except Exception as exc:
+                self._failed(what, repr(exc), "internal")
+
+        return run
+
+    return wrap
+
+
 class FaceArchive:
     """``observe``, ``visits_ended``: the scheduler thread; the files: the writer thread."""
 
@@ -180,6 +179,7 @@ class FaceArchive:
 
     # -- the scheduler thread -------------------------------------------------------------
 
+    @_contained("a face not archived")
     def observe(
         self,
         camera: str,
@@ -191,19 +191,6 @@ class FaceArchive:
         """``track``'s face in a frame taken at ``ts``: ``face`` is its (box, landmarks,
         detector score) in ``image``. The visit keeps the best image of each ``min_gap_s``
         stretch of it, and of those the ``per_visit`` best."""
-        try:
-            self._observe(camera, track, image, face, ts)
-        except Exception as exc:  # a bug here must not stop the engines' thread
-            self._failed("a face not archived", repr(exc), "internal")
-
-    def _observe(
-        self,
-        camera: str,
-        track: Track,
-        image: np.ndarray,
-        face: tuple[np.ndarray, np.ndarray, float],
-        ts: float,
-    ) -> None:
         key = (camera, track.track_id)
         visit = self._open.get(key)
         if visit is None:
@@ -243,15 +230,10 @@ class FaceArchive:
             del images[replaced]
         images.append(taken)  # the latest: time order holds
 
+    @_contained("visits not archived")
     def visits_ended(self, camera: str, events: list[TrackEvent], live: set[int]) -> None:
         """After ``camera``'s tracks expired: the visits that left go to the writer (the
         ones ``which`` keeps); those of tracks gone unconfirmed are dropped."""
-        try:
-            self._visits_ended(camera, events, live)
-        except Exception as exc:  # a bug here must not stop the engines' thread
-            self._failed("visits not archived", repr(exc), "internal")
-
-    def _visits_ended(self, camera: str, events: list[TrackEvent], live: set[int]) -> None:
         for event in events:
             if event.kind != "left":
                 continue
@@ -366,7 +348,7 @@ class FaceArchive:
         except BaseException:
             shutil.rmtree(scratch, ignore_errors=True)
             raise
-        size = _disk_bytes(final)
+        size = disk_bytes(final)
         bisect.insort(self._index, (visit.first_seen, final, size))
         self._bytes += size
         metrics.ARCHIVE_VISITS.labels(visit.camera).inc()
@@ -386,7 +368,7 @@ class FaceArchive:
                     "enrollable": image.enrollable,
                 }
             )
-            _write_private(folder / f"face-{k}.jpg", image.jpeg)
+            write_private(folder / f"face-{k}.jpg", image.jpeg)
         ended = visit.ended
         about = {
             "node": self.node,
@@ -406,26 +388,14 @@ class FaceArchive:
             "images": described,
         }
         text = json.dumps(about, indent=2, ensure_ascii=False) + "\n"
-        _write_private(folder / VISIT_FILE, text.encode())
+        write_private(folder / VISIT_FILE, text.encode())
 
     def _scan(self) -> None:
         """The visits already on disk (a previous run's), and leftovers of a write cut
-        short. Only the writer's own folders count: anything else there is left alone."""
+        short."""
         for leftover in self.root.glob(".tmp-*"):
             shutil.rmtree(leftover, ignore_errors=True)
-        for visit in self.root.glob(f"*/*/*/{VISIT_FILE}"):
-            folder = visit.parent
-            day, camera, name = folder.parts[-3:]
-            shape = _VISIT.fullmatch(name)
-            if not (_DAY.fullmatch(day) and _CAMERA.fullmatch(camera) and shape):
-                continue
-            try:
-                self._index.append(
-                    (_started(visit, day, shape.group(1)), folder, _disk_bytes(folder))
-                )
-            except (OSError, ValueError):
-                continue
-        self._index.sort()
+        self._index = scan_visits(self.root)
         self._bytes = sum(entry[2] for entry in self._index)
 
     def _prune(self, refresh: bool = False) -> None:
@@ -461,24 +431,3 @@ class FaceArchive:
         if now - self._warned.get(key, -np.inf) >= WARN_EVERY_S:
             self._warned[key] = now
             logger.log(level, message)
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(descriptor, "wb") as out:
-        out.write(data)
-
-
-def _disk_bytes(folder: Path) -> int:
-    """The disk space a visit takes: its files' blocks and its own."""
-    paths = [folder, *folder.iterdir()]
-    return sum(path.stat().st_blocks * 512 for path in paths)
-
-
-def _started(visit_file: Path, day: str, hhmmss: str) -> float:
-    """When a visit on disk started: its visit.json says exactly; else its folder's name (in
-    local time, ambiguous in the hour a clock goes back); ValueError if neither can."""
-    try:
-        return float(json.loads(visit_file.read_text(encoding="utf-8"))["first_seen_ts"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return time.mktime(time.strptime(f"{day} {hhmmss}", "%Y-%m-%d %H%M%S"))

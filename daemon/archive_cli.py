@@ -11,7 +11,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from daemon.archive import VISIT_FILE, archive_level
+from daemon.archive_files import VISIT_FILE, archive_level
 from daemon.config import DEFAULT_CONFIG, ConfigError, load_config
 from daemon.gallery import lookup_name
 

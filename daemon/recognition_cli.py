@@ -22,7 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from daemon import gallery_cli
-from daemon.archive import VISIT_FILE, archive_level
+from daemon.archive_files import VISIT_FILE, archive_level
 from daemon.config import ConfigError
 from daemon.detect_cli import IMAGE_SUFFIXES, Outputs, input_name, progress_wanted
 from daemon.gallery import Enrollment, Gallery, GalleryError, Match, clean_name

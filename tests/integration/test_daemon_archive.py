@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.archive import VISIT_FILE
+from daemon.archive_files import VISIT_FILE
 from daemon.cli import main
 from daemon.gallery import Gallery
 from tests.conftest import REPO

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 
-from daemon.archive import VISIT_FILE, FaceArchive, rate_face
+from daemon.archive import FaceArchive, rate_face
+from daemon.archive_files import VISIT_FILE
 from daemon.cli import main
 from daemon.config import ArchiveConfig, ConfigError, load_config, parse_config
 from daemon.events import face_region, person_key
