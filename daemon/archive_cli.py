@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -52,6 +53,15 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--json", action="store_true", help="one JSON object per visit: its visit.json and folder"
     )
     listing.set_defaults(func=run_list)
+    remove = sub.add_parser(
+        "remove",
+        help="delete visits",
+        description="Delete visit folders of the face archive (as `archive list` shows them), "
+        "e.g. a passer-by's; run it as the daemon's user. Anything that is not a visit folder "
+        "is refused, and then nothing is deleted.",
+    )
+    remove.add_argument("visits", nargs="+", type=Path, metavar="VISIT_FOLDER")
+    remove.set_defaults(func=run_remove)
 
 
 def _moment(text: str) -> datetime:
@@ -163,3 +173,25 @@ def run_list(args: argparse.Namespace) -> int:
     if not args.json:
         print(f"{shown} of the {len(visits)} visit(s) in {root}", file=sys.stderr)
     return 0
+
+
+def run_remove(args: argparse.Namespace) -> int:
+    refused = [str(folder) for folder in args.visits if not _is_visit(folder)]
+    if refused:
+        print(
+            f"error: not a visit folder of the face archive: {', '.join(refused)}; nothing "
+            "was deleted",
+            file=sys.stderr,
+        )
+        return 1
+    for folder in args.visits:
+        shutil.rmtree(folder)
+        print(f"deleted {folder}")
+    return 0
+
+
+def _is_visit(folder: Path) -> bool:
+    try:
+        return folder.is_dir() and not folder.is_symlink() and archive_level(folder) == "a visit"
+    except OSError:
+        return False

@@ -415,3 +415,18 @@ def test_a_failing_step_neither_stops_the_writer_nor_the_scheduler(
     assert _sample("facewatch_archive_failures_total", reason="internal") == internal + 1
     assert "face archive: cannot read" in caplog.text
     assert "face archive: a face not archived: RuntimeError('a bug')" in caplog.text
+
+
+def test_archive_remove_deletes_visits_and_nothing_else(tmp_path, clip_faces, capsys) -> None:
+    archive = _archive(tmp_path)
+    archive.start()
+    for track_id in (1, 2):
+        track = _visit(archive, clip_faces[:1], time.time(), 1.0, track_id)
+        archive.visits_ended("door", [_left(track)], live=set())
+    archive.stop(timeout_s=10)
+    first, second = _visits(tmp_path)
+    assert main(["archive", "remove", str(first), str(first.parent)]) == 1
+    assert "not a visit folder of the face archive" in capsys.readouterr().err
+    assert first.exists(), "one refused: nothing deleted"
+    assert main(["archive", "remove", str(first)]) == 0
+    assert _visits(tmp_path) == [second]
