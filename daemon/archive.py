@@ -35,13 +35,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeAlias
 
-import cv2
 import numpy as np
 
 from daemon import metrics
 from daemon.archive_files import VISIT_FILE, disk_bytes, scan_visits, write_private
 from daemon.config import ArchiveConfig
-from daemon.events import face_region, person_key, region_xyxy, to_jpeg
+from daemon.events import person_key, region_xyxy, to_jpeg
 from daemon.recognition import (
     DEFAULT_MIN_FACE_PX,
     DEFAULT_MIN_SHARPNESS,
@@ -50,6 +49,7 @@ from daemon.recognition import (
     sharpness,
 )
 from daemon.tracking import Track, TrackEvent
+from engines.align import crop_with_margin
 
 logger = logging.getLogger(__name__)
 _P = ParamSpec("_P")
@@ -62,6 +62,7 @@ QUEUE_BYTES = 64_000_000  # images of the visits waiting for the writer; beyond:
 PRUNE_EVERY_S = 60.0  # keep_days is checked this often when nothing is written
 WARN_EVERY_S = 60.0
 REFUSED_FACTOR = 0.1  # the quality of a face enroll would likely refuse
+ENROLL_MARGIN = 32  # of the crop enroll checks for blur (box alignment, 160 px)
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,7 @@ class FaceRating:
 def rate_face(image: np.ndarray, bbox_xyxy: np.ndarray, landmarks: np.ndarray) -> FaceRating:
     """How good an image of a face is. Larger (up to FULL_SIZE_PX wide), more frontal (the
     nose halfway between the eyes, along the line through them) and sharper (enroll's blur
-    score, on the face box at 160 px) score higher; a face that enroll would likely refuse
+    score, on its 160 px crop with a margin of 32) score higher; a face that enroll would likely refuse
     (smaller than its minimum, blurrier, or cut off by the frame's edge) scores a tenth."""
     width = float(bbox_xyxy[2] - bbox_xyxy[0])
     side = min(width, float(bbox_xyxy[3] - bbox_xyxy[1]))
@@ -83,8 +84,10 @@ def rate_face(image: np.ndarray, bbox_xyxy: np.ndarray, landmarks: np.ndarray) -
     half = max(float(np.linalg.norm(axis)) / 2, 1e-6)
     offset = float(np.dot(nose - (left_eye + right_eye) / 2, axis / (2 * half))) / half
     frontal = 1.0 - min(1.0, abs(offset))
-    face = face_region(image, bbox_xyxy, 0.0)
-    blur_score = sharpness(cv2.resize(face, (160, 160))) if face.size else 0.0
+    try:  # on the crop enroll takes from the original project's alignment (160 px, margin 32)
+        blur_score = sharpness(crop_with_margin(image, bbox_xyxy, ENROLL_MARGIN, 160))
+    except ValueError:  # a box wholly outside the frame
+        blur_score = 0.0
     sharp = min(1.0, blur_score / (2 * DEFAULT_MIN_SHARPNESS))
     enrollable = (
         side >= DEFAULT_MIN_FACE_PX

@@ -12,7 +12,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from daemon.archive_files import VISIT_FILE, archive_level
+from daemon.archive_files import VISIT_FILE, archive_level, is_visit_folder
 from daemon.config import DEFAULT_CONFIG, ConfigError, load_config
 from daemon.gallery import lookup_name
 
@@ -25,7 +25,8 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="one line per visit",
         description="One line per visit in the face archive, oldest first: its start (local "
         "time), camera, who (the name it left as, or unknown; with the names its events gave "
-        "before, if any), how many images, how long it lasted, and its folder, which "
+        "before, if any), how many images and how many of them enroll would likely take ('?' "
+        "for visits of a daemon before 2026-11-29), how long it lasted, and its folder, which "
         "`facewatch enroll --name NAME FOLDER` takes.",
     )
     where = listing.add_mutually_exclusive_group()
@@ -64,16 +65,16 @@ def register(commands: argparse._SubParsersAction) -> None:
     remove.set_defaults(func=run_remove)
 
 
-def _moment(text: str) -> datetime:
-    """A day (its midnight) or a day and time, in local time."""
+def _moment(text: str) -> float:
+    """A day (its midnight) or a day and time, in local time unless it has a UTC offset; as
+    a timestamp."""
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"expected a day or a day and time, e.g. 2026-11-29 or '2026-11-29 18:30', got {text!r}"
         ) from None
-    # with a UTC offset: the same moment in local time, as the visits' starts are compared
-    return moment.astimezone().replace(tzinfo=None) if moment.tzinfo else moment
+    return moment.timestamp()
 
 
 def read_visits(root: Path) -> list[tuple[Path, dict[str, Any]]]:
@@ -102,7 +103,7 @@ def _names(about: dict[str, Any]) -> list[str]:
 def _wanted(about: dict[str, Any], args: argparse.Namespace) -> bool:
     if args.camera is not None and about.get("camera") != args.camera:
         return False
-    if args.since is not None and datetime.fromtimestamp(about["first_seen_ts"]) < args.since:
+    if args.since is not None and about["first_seen_ts"] < args.since:
         return False
     if args.unknown and _names(about):
         return False
@@ -113,7 +114,8 @@ def _line(folder: Path, about: dict[str, Any]) -> str:
     start = datetime.fromtimestamp(about["first_seen_ts"]).strftime("%Y-%m-%d %H:%M:%S")
     lasted = float(about.get("last_seen_ts", about["first_seen_ts"])) - about["first_seen_ts"]
     images = about.get("images", [])
-    enrollable = sum(bool(image.get("enrollable")) for image in images)
+    rated = all("enrollable" in image for image in images)
+    enrollable = sum(bool(image.get("enrollable")) for image in images) if rated else "?"
     who = about.get("identity") or "unknown"
     before = [name for name in _names(about) if name != about.get("identity")]
     if before:
@@ -176,7 +178,8 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_remove(args: argparse.Namespace) -> int:
-    refused = [str(folder) for folder in args.visits if not _is_visit(folder)]
+    visits = list(dict.fromkeys(folder.resolve() for folder in args.visits))
+    refused = [str(folder) for folder in visits if not is_visit_folder(folder)]
     if refused:
         print(
             f"error: not a visit folder of the face archive: {', '.join(refused)}; nothing "
@@ -184,14 +187,7 @@ def run_remove(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
-    for folder in args.visits:
+    for folder in visits:
         shutil.rmtree(folder)
         print(f"deleted {folder}")
     return 0
-
-
-def _is_visit(folder: Path) -> bool:
-    try:
-        return folder.is_dir() and not folder.is_symlink() and archive_level(folder) == "a visit"
-    except OSError:
-        return False

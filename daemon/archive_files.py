@@ -33,6 +33,22 @@ def archive_level(folder: Path) -> str | None:
     return None
 
 
+def is_visit_folder(folder: Path) -> bool:
+    """A visit folder the writer made: ``DAY/CAMERA/HHMMSS-tTRACK-WHO[-N]`` holding a
+    visit.json (not a symbolic link, not a folder of the user's own that holds a copy)."""
+    try:
+        day, camera, name = folder.parts[-3:]
+        return (
+            _DAY.fullmatch(day) is not None
+            and _CAMERA.fullmatch(camera) is not None
+            and _VISIT.fullmatch(name) is not None
+            and not folder.is_symlink()
+            and (folder / VISIT_FILE).is_file()
+        )
+    except (ValueError, OSError):
+        return False
+
+
 def scan_visits(root: Path) -> list[tuple[float, Path, int]]:
     """(start, folder, bytes on disk) of every visit under ``root``, oldest first: the
     folders of the writer's shape holding a visit.json (anything else is left alone)."""

@@ -88,12 +88,17 @@ class DetectionOverrides(_Section):
     @field_validator("ignore", mode="before")
     @classmethod
     def _shape(cls, regions: Any) -> Any:
+        def number(value: Any) -> bool:
+            if isinstance(value, str):  # e.g. from ${VAR}: pydantic converts it
+                try:
+                    float(value)
+                except ValueError:
+                    return False
+                return True
+            return isinstance(value, (int, float)) and not isinstance(value, bool)
+
         def corner(value: Any) -> bool:
-            return (
-                isinstance(value, (list, tuple))
-                and len(value) == 2
-                and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
-            )
+            return isinstance(value, (list, tuple)) and len(value) == 2 and all(map(number, value))
 
         def region(value: Any) -> bool:
             return isinstance(value, (list, tuple)) and all(corner(c) for c in value)

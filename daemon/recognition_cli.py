@@ -37,7 +37,7 @@ from engines.base import file_sha256
 from engines.detectors import load_facenet
 from engines.facenet import FaceNet
 from engines.images import ImageError, read_image, write_image
-from engines.loader import PRECISIONS, default_models_dir
+from engines.loader import PRECISIONS, default_facenet, default_models_dir
 from engines.mtcnn import MTCNN, FrameDetections
 
 logger = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ NO_DEFAULT_MODEL = (
 
 def default_model_path() -> Path:
     """models/facenet/facenet.onnx under $FACEWATCH_MODELS or the repository's models/."""
-    return default_models_dir() / "facenet" / "facenet.onnx"
+    return default_facenet()
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -95,8 +95,9 @@ def _add_enroll(commands: argparse._SubParsersAction) -> None:
         help="add people to the gallery from photos",
         description="Enroll one person from photos (--name NAME IMAGE...) or many from a "
         "folder with one sub-folder per person (--dir DIR). Every photo must show exactly one "
-        "face (or use --largest), large and sharp enough; a rejected photo is reported with "
-        "its reason and then nothing is enrolled, unless --skip-bad.",
+        "face (or use --largest), large and sharp enough; in a face archive visit folder, the "
+        "face its visit.json places is taken. A rejected photo is reported with its reason "
+        "and then nothing is enrolled, unless --skip-bad.",
     )
     p.add_argument(
         "images",
@@ -110,7 +111,8 @@ def _add_enroll(commands: argparse._SubParsersAction) -> None:
         "--dir",
         type=Path,
         help="folder of per-person sub-folders (name = folder; the photos anywhere inside it; "
-        "hidden and @ folders such as .thumbnails and @eaDir are skipped)",
+        "hidden and @ folders such as .thumbnails and @eaDir are skipped; not the face "
+        "archive's folders: enroll its visits with --name)",
     )
     p.add_argument("--largest", action="store_true", help="several faces: enroll the largest")
     p.add_argument(
@@ -181,12 +183,17 @@ def load_models(args: argparse.Namespace) -> Models:
     model, flip = args.model, args.flip
     recognition = gallery_cli.daemon_recognition(args)  # --config: the daemon's model
     if recognition is not None:
+        if model is not None or (flip and not recognition.flip):
+            raise EngineError(
+                f"--config {args.config} gives the model and flip the daemon uses: --model "
+                "and --flip would make a gallery it refuses; drop them (or --config)"
+            )
         configured = recognition.model
-        if model is None and configured is None:
+        if configured is None:
             raise EngineError(f"{args.config}: recognition.model is null (detection only)")
-        if model is None and configured is not None and configured != "auto":
+        if configured != "auto":
             model = Path(configured)
-        flip = flip or recognition.flip
+        flip = recognition.flip
     path = model or default_model_path()
     if not path.is_file() and model is None:
         raise EngineError(f"{path}: no FaceNet model. " + NO_DEFAULT_MODEL.format(path=path))
@@ -228,6 +235,14 @@ def _enroll_jobs(args: argparse.Namespace) -> list[tuple[str, Path]]:
     name = _name(args.name, None)
     if not args.images:
         raise ValueError(f"no images given for {name!r}")
+    for path in args.images:
+        level = archive_level(path) if path.is_dir() else None
+        if level not in (None, "a visit"):
+            raise ValueError(
+                f"{path}: {level} folder of the face archive: it holds many visits, of "
+                "different people; give the visit folders of this one (`facewatch archive "
+                "list` finds them)"
+            )
     return [(name, image) for path in args.images for image in _photos(path)]
 
 
@@ -410,6 +425,9 @@ def run_identify(args: argparse.Namespace) -> int:
         return 2
     try:
         gallery = Gallery.open(gallery_cli.gallery_path(args), models.facenet.model_id)
+        recognition = gallery_cli.daemon_recognition(args)
+        if recognition is not None:  # match as the daemon does
+            gallery.threshold_override = recognition.threshold
     except GalleryError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

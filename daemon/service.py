@@ -24,7 +24,7 @@ import numpy as np
 from daemon import home_assistant, metrics
 from daemon.archive import FaceArchive
 from daemon.cameras import CameraReader, FrameQueues, check_file_source
-from daemon.config import REPO_ROOT, WARM_UP_HW, Config, ConfigError, plan_request
+from daemon.config import WARM_UP_HW, Config, ConfigError, plan_request
 from daemon.events import EventSinks, in_view_json, person_json
 from daemon.gallery import GalleryError
 from daemon.mqtt import DRAIN_ON_STOP_S, MqttPublisher
@@ -33,12 +33,11 @@ from daemon.spool import Spool
 from engines.base import EngineError
 from engines.detectors import load_detector, load_facenet
 from engines.facenet import FaceNet
-from engines.loader import CPU_BACKENDS
+from engines.loader import CPU_BACKENDS, default_facenet
 from engines.mtcnn import MTCNN
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_FACENET = REPO_ROOT / "models" / "facenet" / "facenet.onnx"
 STALL_S = 30.0  # frames have not flowed for this long: the watchdog is no longer fed
 # A stop's deadlines (the unit's TimeoutStopSec=60s must not be reached: systemd would kill):
 STOP_BUDGET_S = 50.0  # the whole stop
@@ -70,13 +69,14 @@ def resolve_model(config: Config) -> Path | None:
     if model is None:
         return None
     if model == "auto":
-        if DEFAULT_FACENET.is_file():
-            return DEFAULT_FACENET
+        default = default_facenet()
+        if default.is_file():
+            return default
         logger.warning(
             "no FaceNet model at %s: running detection and tracking only (events carry "
             "identity null); set recognition.model to a model file to recognise people "
             "(`facewatch train export` makes one from facenet-pytorch's published weights)",
-            DEFAULT_FACENET,
+            default,
         )
         return None
     path = Path(model)
@@ -302,9 +302,9 @@ class Service:
             )
             self.archive.start()
             logger.info(
-                "face archive %s: %s visits, up to %d images each, %g MB, %g days",
+                "face archive %s: keeps %s, up to %d images a visit, at most %g MB and %g day(s)",
                 cfg.archive.dir,
-                "every" if cfg.archive.which == "all" else "unknown",
+                "every visit" if cfg.archive.which == "all" else "the visits nobody was named in",
                 cfg.archive.per_visit,
                 cfg.archive.max_mb,
                 cfg.archive.keep_days,

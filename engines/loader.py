@@ -21,6 +21,12 @@ def default_models_dir() -> Path:
     return Path(env) if env else Path(__file__).resolve().parent.parent / "models"
 
 
+def default_facenet() -> Path:
+    """The FaceNet of ``recognition.model: auto`` and of the commands without --model:
+    facenet/facenet.onnx in ``default_models_dir()``."""
+    return default_models_dir() / "facenet" / "facenet.onnx"
+
+
 PRECISIONS = ("fp32", "bf16")  # bf16: the openvino backend, on CPUs with native bf16
 
 

@@ -428,5 +428,9 @@ def test_archive_remove_deletes_visits_and_nothing_else(tmp_path, clip_faces, ca
     assert main(["archive", "remove", str(first), str(first.parent)]) == 1
     assert "not a visit folder of the face archive" in capsys.readouterr().err
     assert first.exists(), "one refused: nothing deleted"
-    assert main(["archive", "remove", str(first)]) == 0
+    mine = tmp_path / "people" / "Bob"  # a visit's files copied among the user's photos
+    mine.mkdir(parents=True)
+    shutil.copytree(first, mine, dirs_exist_ok=True)
+    assert main(["archive", "remove", str(mine)]) == 1 and (mine / VISIT_FILE).exists()
+    assert main(["archive", "remove", str(first), str(first)]) == 0  # given twice: once
     assert _visits(tmp_path) == [second]

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from daemon.cli import main
+from tests.conftest import REPO
 
 CELEBA_PEOPLE = 4
 CELEBA_IMAGES = 3
@@ -342,6 +343,38 @@ def test_a_face_archive_visit_enrolls_its_own_face_not_the_neighbours(
     for folder in (tmp_path / "archive", visit.parent.parent, visit.parent, visit):
         code, _, err = cli("enroll", "--dir", str(folder))
         assert code == 2 and "folder of the face archive" in err, folder
+    for folder in (tmp_path / "archive", visit.parent.parent, visit.parent):  # many visits
+        code, _, err = cli("enroll", "--name", "Bob", str(folder))
+        assert code == 2 and "folder of the face archive" in err, folder
+
+
+def test_the_archives_enrollable_flag_is_what_enroll_decides(test_model, detector) -> None:
+    """The archive marks the images enroll would take (and ranks the others low): the same
+    size, edge and blur gates, the blur on the crop enroll checks."""
+    from daemon.archive import rate_face
+    from daemon.recognition import QualityGates, Rejected
+    from engines.detectors import load_facenet
+
+    facenet = load_facenet(test_model, threads=2)
+    gates = QualityGates(largest=True)
+    clip = cv2.VideoCapture(str(REPO / "configs" / "demo" / "hamilton_360p.mp4"))
+    decisions = []
+    for k in range(0, 270, 9):
+        clip.set(cv2.CAP_PROP_POS_FRAMES, k)
+        ok, frame = clip.read()
+        assert ok
+        found = detector.detect([frame])[0]
+        for i in range(len(found)):
+            try:
+                gates.choose_face(found, frame.shape[:2], found.bbox_xyxy[i])
+                gates.check_sharpness(facenet.align(frame, found, [i])[0])
+                enroll_takes = True
+            except Rejected:
+                enroll_takes = False
+            flag = rate_face(frame, found.bbox_xyxy[i], found.landmarks[i]).enrollable
+            decisions.append((flag, enroll_takes))
+    assert {True, False} <= {takes for _, takes in decisions}, "both kinds of faces"
+    assert all(flag == takes for flag, takes in decisions)
 
 
 def test_the_daemons_config_gives_the_model_gallery_and_flip(
@@ -363,6 +396,16 @@ def test_the_daemons_config_gives_the_model_gallery_and_flip(
     assert listed["model_id"].endswith("+flip") and listed["identities"][0]["name"] == "obama"
     assert main(["identify", "--json", str(images["obama2"]), *common]) == 0
     assert json.loads(capsys.readouterr().out)["faces"][0]["nearest"] == "obama"
+    recognition["threshold"] = 1e-9  # the daemon's override: identify matches as it does
+    config.write_text(json.dumps({"cameras": [camera], "recognition": recognition}))
+    assert main(["identify", "--json", str(images["obama2"]), *common]) == 0
+    [face] = json.loads(capsys.readouterr().out)["faces"]
+    assert face["nearest"] == "obama" and face["identity"] is None
+    recognition["flip"] = False
+    config.write_text(json.dumps({"cameras": [camera], "recognition": recognition}))
+    for extra in (["--flip"], ["--model", str(test_model)]):  # what the daemon would refuse
+        assert main(["enroll", "--name", "x", str(images["obama"]), *common, *extra]) == 2
+        assert "would make a gallery it refuses" in capsys.readouterr().err
 
     config.write_text(json.dumps({"cameras": [camera], "recognition": {"model": None}}))
     assert main(["enroll", "--name", "x", str(images["obama"]), *common]) == 2
