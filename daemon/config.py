@@ -156,8 +156,8 @@ class CameraConfig(_Section):
 class RecognitionConfig(_Section):
     model: str | None = _field(
         "auto",
-        "FaceNet ONNX model; 'auto' = models/facenet/facenet.onnx when present, else "
-        "detection only; null = detection only",
+        "FaceNet ONNX model; 'auto' = facenet/facenet.onnx in $FACEWATCH_MODELS (else the "
+        "repository's models/) when present, else detection only; null = detection only",
     )
     gallery: str = _field("gallery.sqlite", "enrolled people (SQLite); relative to the config")
     threshold: float | None = _field(
