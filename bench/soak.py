@@ -14,9 +14,11 @@ between the first and the last 5 minutes after warm-up; events emitted (the daem
 JSON-lines log) against events delivered to a persistent MQTT subscriber (lost, duplicated);
 camera and broker reconnections; with Home Assistant discovery on, the retained state a
 late subscriber reads once the cameras are off (every camera's ``faces`` must say 0, the
-enrolled person must be seen by no camera, every discovery config must be there). Exit status 1 when an event was lost, that state is wrong,
-or memory grew by more than --max-growth-mb. The logs of the daemon, the broker and the cameras are kept in
-bench/.cache/soak/.
+enrolled person must be seen by no camera, every discovery config must be there); with
+the face archive on (every visit, at most 5 MB), one visit written per `left` event, none
+failed, and the archive within its size. Exit status 1 when an event was lost, that state
+or the archive is wrong, or memory grew by more than --max-growth-mb. The logs of the
+daemon, the broker and the cameras are kept in bench/.cache/soak/.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from daemon.archive_files import disk_bytes  # noqa: E402
 from tests.facenet_model import build_test_model  # noqa: E402
 from tests.integration.services import (  # noqa: E402
     Daemon,
@@ -48,12 +51,34 @@ from tests.integration.services import (  # noqa: E402
 CLIP = REPO / "configs" / "demo" / "hamilton_360p.mp4"
 SHARED_DATA = REPO.parent / "shared" / "data"
 CAMERAS = ("cam1", "cam2")
+ARCHIVE_MB = 5.0  # small: the soak prunes the face archive all along
 LOGS = REPO / "bench" / ".cache" / "soak"  # the logs of the last run
 
 
 def received(subscriber: Subscriber) -> list[str]:
     """The event ids delivered so far, repeats included."""
     return [event["event_id"] for event in subscriber.events()]
+
+
+def archived(daemon: Daemon) -> float:
+    values = daemon.metrics()
+    return sum(values.get(f'facewatch_archive_visits_total{{camera="{c}"}}', 0.0) for c in CAMERAS)
+
+
+def archive_state(daemon: Daemon, root: Path, left: int) -> dict[str, Any]:
+    """The face archive after the drain: one visit written per `left` event, none failed,
+    the disk it takes within archive.max_mb (the oldest pruned)."""
+    values = daemon.metrics()
+    on_disk = [p.parent for p in root.glob("*/*/*/visit.json")]
+    return {
+        "left_events": left,
+        "visits_written": archived(daemon),
+        "visits_on_disk": len(on_disk),
+        "failures": sum(
+            v for k, v in values.items() if k.startswith("facewatch_archive_failures_total{")
+        ),
+        "disk_bytes": sum(disk_bytes(folder) for folder in on_disk),
+    }
 
 
 def rss_mb(pid: int) -> float:
@@ -117,6 +142,8 @@ def soak(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
         events={"jsonl_file": str(jsonl)},
         tracking={"confirm_frames": 3, "lost_after_s": 2.0},
         mqtt={"home_assistant": {"enabled": True}},
+        # every visit kept, in a small archive: writing and pruning all along
+        archive={"dir": str(folder / "archive"), "which": "all", "max_mb": ARCHIVE_MB},
     )
     daemon = Daemon(folder, settings)
     broker.start()
@@ -176,6 +203,9 @@ def soak(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
             every_s=1,
         )
         after_drain = retained(broker.port)
+        left = sum(1 for line in jsonl.read_text().splitlines() if '"type":"left"' in line)
+        wait_for(lambda: archived(daemon) >= left, 30, "a visit written for each `left`")
+        archive = archive_state(daemon, folder / "archive", left)
         rc = daemon.stop()
     finally:
         subscriber.close()
@@ -217,6 +247,7 @@ def soak(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
         "exit_status": rc,
         "tracebacks_in_log": log.count("Traceback"),
         "retained_after_drain": after_drain,
+        "archive": archive,
         "samples": samples,
     }
 
@@ -253,6 +284,9 @@ def main() -> int:
         "discovery_configs": 1 + 4 * len(CAMERAS) + 1,
     }
     failed = failed or state != expected
+    archive = result["archive"]
+    failed = failed or archive["visits_written"] != archive["left_events"]
+    failed = failed or archive["failures"] > 0 or archive["disk_bytes"] > ARCHIVE_MB * 1e6
     print("FAILED" if failed else "OK")
     return 1 if failed else 0
 
