@@ -158,6 +158,7 @@ class FaceArchive:
         # the visits on disk, as (start, folder, bytes on disk), oldest first: the writer's
         self._index: list[tuple[float, Path, int]] = []
         self._bytes = 0
+        self._refreshed = time.monotonic()  # when visits deleted by hand were last looked for
         self._warned: dict[str, float] = {}
 
     @staticmethod
@@ -313,8 +314,7 @@ class FaceArchive:
             try:
                 visit = self._dequeue(PRUNE_EVERY_S)
             except queue.Empty:
-                # visits deleted by hand no longer count
-                self._guarded("cannot delete old visits in", self._prune, True)
+                self._guarded("cannot delete old visits in", self._prune)
                 continue
             if visit is None:
                 return
@@ -403,12 +403,14 @@ class FaceArchive:
 
     def _prune(self, refresh: bool = False) -> None:
         """Delete the oldest visits while the archive takes too much disk or they started
-        too long ago. ``refresh`` (and before deleting for size): forget the visits deleted
-        by hand first."""
+        too long ago. First, with ``refresh``, once a PRUNE_EVERY_S and before deleting for
+        size: forget the visits deleted by hand."""
         max_bytes = self.config.max_mb * 1e6
-        if refresh or self._bytes > max_bytes:
+        stale = time.monotonic() - self._refreshed >= PRUNE_EVERY_S
+        if refresh or stale or self._bytes > max_bytes:
             self._index = [entry for entry in self._index if entry[1].is_dir()]
             self._bytes = sum(entry[2] for entry in self._index)
+            self._refreshed = time.monotonic()
         oldest_s = time.time() - self.config.keep_days * 86400
         while self._index and (self._bytes > max_bytes or self._index[0][0] < oldest_s):
             _, folder, size = self._index.pop(0)

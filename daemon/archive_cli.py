@@ -26,7 +26,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         description="One line per visit in the face archive, oldest first: its start (local "
         "time), camera, who (the name it left as, or unknown; with the names its events gave "
         "before, if any), how many images and how many of them enroll would likely take ('?' "
-        "for visits of a daemon before 2026-11-29), how long it lasted, and its folder, which "
+        "for visits an older facewatch wrote), how long it lasted, and its folder, which "
         "`facewatch enroll --name NAME FOLDER` takes.",
     )
     where = listing.add_mutually_exclusive_group()
@@ -49,7 +49,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     who.add_argument(
         "--unknown", action="store_true", help="only visits none of whose events named anyone"
     )
-    who.add_argument("--name", help="only visits an event of which named this person")
+    who.add_argument(
+        "--name",
+        help="only visits an event of which named this person (kept with archive.which: all only)",
+    )
     listing.add_argument(
         "--json", action="store_true", help="one JSON object per visit: its visit.json and folder"
     )
@@ -127,13 +130,14 @@ def _line(folder: Path, about: dict[str, Any]) -> str:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    root = args.dir
+    root, which = args.dir, None
     if root is None:
         try:
-            root = load_config(args.config, secrets=False).archive.dir
+            archive = load_config(args.config, secrets=False).archive
         except ConfigError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
+        root, which = archive.dir, archive.which
         if root is None:
             print(
                 f"error: {args.config}: archive.dir is not set (the archive is off)",
@@ -174,10 +178,37 @@ def run_list(args: argparse.Namespace) -> int:
             print(_line(folder, about))
     if not args.json:
         print(f"{shown} of the {len(visits)} visit(s) in {root}", file=sys.stderr)
+    if not shown:
+        _say_why_none(args, [about for _, about in visits], which)
     return 0
 
 
+def _say_why_none(
+    args: argparse.Namespace, visits: list[dict[str, Any]], which: str | None
+) -> None:
+    """When nothing matched: the cameras or names there are (they match exactly), and that
+    ``which: unknown`` keeps no visit that named someone."""
+    if args.camera is not None:
+        cameras = sorted({str(about.get("camera")) for about in visits})
+        print(f"cameras in the archive: {', '.join(cameras) or 'none'}", file=sys.stderr)
+    if args.name is not None:
+        if which == "unknown":
+            print(
+                "archive.which is unknown: visits in which someone was named are not kept",
+                file=sys.stderr,
+            )
+        names = sorted({name for about in visits for name in _names(about)})
+        print(f"names in the archive: {', '.join(names) or 'none'}", file=sys.stderr)
+
+
 def run_remove(args: argparse.Namespace) -> int:
+    missing = [str(folder) for folder in args.visits if not folder.exists()]
+    if missing:
+        print(
+            f"error: no such folder: {', '.join(missing)} (deleted already?); nothing was deleted",
+            file=sys.stderr,
+        )
+        return 1
     visits = list(dict.fromkeys(folder.resolve() for folder in args.visits))
     refused = [str(folder) for folder in visits if not is_visit_folder(folder)]
     if refused:

@@ -46,7 +46,8 @@ NO_DEFAULT_MODEL = (
     "facewatch ships no default FaceNet model yet. Export one there from facenet-pytorch's "
     "published weights (facewatch train export 20180402-114759-vggface2.pt --out {path}) or "
     "from your own training run (facewatch train export RUN_DIR/latest.pt --out {path}), "
-    "or pass --model PATH to a FaceNet .onnx with its .json sidecar"
+    "or pass --model PATH to a FaceNet .onnx with its .json sidecar, or --config FILE to use "
+    "the daemon's recognition.model"
 )
 
 

@@ -279,6 +279,8 @@ class Pipeline:
         if self.gallery is not None:
             self.gallery.close()
         self.gallery = fresh
+        for tracker in self.trackers.values():  # faces in view now: named by the new one
+            tracker.recount()
         names = [identity.name for identity in fresh.identities()] if fresh is not None else []
         if fresh is not None:
             people = "person" if len(names) == 1 else "people"

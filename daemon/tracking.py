@@ -168,6 +168,14 @@ class Tracker:
             track.announced.update([who] if who is not None else [])
         return events
 
+    def recount(self) -> None:
+        """The gallery changed: every open track's votes start again (it is embedded anew at
+        its next frames), so its identity follows the new gallery within ``min_votes``
+        recognitions; until then it keeps the one it announced."""
+        for track in self.tracks:
+            track.votes.clear()
+            track.resolved = track.embedded = False
+
     def in_view(self) -> list[str | None]:
         """The announced identity of each confirmed track still open (None: unknown)."""
         return [t.identity for t in self.tracks if t.confirmed]

@@ -215,6 +215,30 @@ def test_a_visits_start_is_read_from_its_visit_json(tmp_path) -> None:
     assert named_old.exists(), "it started an hour ago, whatever its folder says"
 
 
+def test_the_size_follows_hand_deletions_once_a_minute_on_a_busy_camera(
+    tmp_path, clip_faces
+) -> None:
+    archive = _archive(tmp_path)
+    archive.start()
+    tracks = [_visit(archive, clip_faces[:1], time.time(), 1.0, track_id=k) for k in (1, 2)]
+    archive.visits_ended("door", [_left(tracks[0])], live={2})
+    archive.stop(timeout_s=10)  # the first visit written
+    [first] = _visits(tmp_path)
+    archive = _archive(tmp_path)
+    archive.start()
+    deadline = time.monotonic() + 10
+    while _sample("facewatch_archive_bytes") != _disk(first):
+        assert time.monotonic() < deadline, "measured at start"
+        time.sleep(0.02)
+    shutil.rmtree(first)  # by hand
+    archive._refreshed -= 61  # a minute later, a visit is written
+    track = _visit(archive, clip_faces[:1], time.time(), 1.0, track_id=3)
+    archive.visits_ended("door", [_left(track)], live=set())
+    archive.stop(timeout_s=10)
+    [second] = _visits(tmp_path)
+    assert _sample("facewatch_archive_bytes") == _disk(second)
+
+
 def test_visits_deleted_by_hand_no_longer_count(tmp_path, clip_faces) -> None:
     root = tmp_path / "archive"
     day = datetime.fromtimestamp(time.time() - 3600).strftime("%Y-%m-%d")
@@ -352,8 +376,11 @@ def test_archive_list_shows_the_visits_asked_for(tmp_path, clip_faces, capsys) -
     assert [line.split("  ")[1] for line in listed("--since", since)] == ["gate", "door", "gate"]
     later = datetime.fromtimestamp(now - 6).isoformat(sep=" ", timespec="seconds")
     assert [line.split("  ")[1] for line in listed("--since", later)] == ["door", "gate"]
-    assert main(["archive", "list", "--dir", str(root), "--camera", "nowhere"]) == 0
-    assert "0 of the 4 visit(s) in" in capsys.readouterr().err
+    assert main(["archive", "list", "--dir", str(root), "--camera", "Door"]) == 0
+    err = capsys.readouterr().err
+    assert "0 of the 4 visit(s) in" in err and "cameras in the archive: door, gate" in err
+    assert main(["archive", "list", "--dir", str(root), "--name", "zoë"]) == 0
+    assert "names in the archive: Bob, Zoë" in capsys.readouterr().err
     one_too_deep = next(root.iterdir())  # a day's folder
     assert main(["archive", "list", "--dir", str(one_too_deep)]) == 2
     assert "a day folder of the face archive" in capsys.readouterr().err
@@ -371,6 +398,11 @@ def test_archive_list_says_when_the_config_has_no_archive(tmp_path, capsys) -> N
                                   "archive": {"dir": "faces"}}))  # fmt: skip
     assert main(["archive", "list", "--config", str(config)]) == 0
     assert "no visits yet" in capsys.readouterr().err
+    (tmp_path / "faces").mkdir()
+    assert main(["archive", "list", "--config", str(config), "--name", "Bob"]) == 0
+    assert "archive.which is unknown: visits in which someone was named are not kept" in (
+        capsys.readouterr().err
+    )
 
 
 @pytest.mark.parametrize("which", ["unknown", "all"])
@@ -434,3 +466,5 @@ def test_archive_remove_deletes_visits_and_nothing_else(tmp_path, clip_faces, ca
     assert main(["archive", "remove", str(mine)]) == 1 and (mine / VISIT_FILE).exists()
     assert main(["archive", "remove", str(first), str(first)]) == 0  # given twice: once
     assert _visits(tmp_path) == [second]
+    assert main(["archive", "remove", str(first), str(second)]) == 1
+    assert "no such folder" in capsys.readouterr().err and second.exists()

@@ -531,3 +531,19 @@ def test_an_ignore_region_at_the_frames_edge_takes_faces_the_edge_cuts_off() -> 
         frame, faces((-60, 100, 40, 220), (600, 100, 700, 220), (300, 100, 340, 140))
     )
     assert kept.bbox_xyxy.tolist() == [[300, 100, 340, 140]]
+
+
+def test_a_new_gallery_renames_the_faces_in_view_within_min_votes() -> None:
+    """Enrolled (or removed) while the face is in view: its votes start again, so the new
+    identity comes after min_votes recognitions, not after the old ones are outvoted."""
+    config = TrackingConfig(confirm_frames=1, min_votes=2, vote_window=15)
+    tracker = Tracker("cam", config, reembed_every=10)
+    box = (10, 10, 50, 50)
+    run(tracker, 0.0, faces(box), [None])
+    for k in range(1, 10):  # ten unknown votes
+        run(tracker, k / 10, faces(box), [None])
+    [track] = tracker.tracks
+    tracker.recount()  # the gallery was re-read: Ann enrolled
+    assert tracker.wants_embedding(track)
+    assert run(tracker, 1.0, faces(box), ["ann"]) == []
+    assert run(tracker, 1.1, faces(box), ["ann"]) == [("identified", 1, "ann")]
