@@ -55,12 +55,11 @@ def scan_visits(root: Path) -> list[tuple[float, Path, int]]:
     found = []
     for visit in root.glob(f"*/*/*/{VISIT_FILE}"):
         folder = visit.parent
-        day, camera, name = folder.parts[-3:]
-        shape = _VISIT.fullmatch(name)
-        if not (_DAY.fullmatch(day) and _CAMERA.fullmatch(camera) and shape):
+        if not is_visit_folder(folder):
             continue
+        day, hhmmss = folder.parts[-3], folder.name[:6]
         try:
-            found.append((started_at(visit, day, shape.group(1)), folder, disk_bytes(folder)))
+            found.append((started_at(visit, day, hhmmss), folder, disk_bytes(folder)))
         except (OSError, ValueError):
             continue
     return sorted(found)
