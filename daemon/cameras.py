@@ -23,7 +23,8 @@ import cv2
 import numpy as np
 
 from daemon import metrics
-from daemon.config import CameraConfig, redact_url
+from daemon.config import CameraConfig, MotionConfig, redact_url
+from daemon.motion import MotionDetector
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ class Frame:
     seq: int
     ts: float  # wall-clock time of capture (seconds since the epoch)
     image: np.ndarray
+    moved: bool = True  # something in the picture changed (always, without a motion gate)
 
 
 class FrameQueues:
@@ -143,9 +145,15 @@ class CameraReader(threading.Thread):
         config: CameraConfig,
         queues: FrameQueues,
         on_status: Callable[[str, bool], None] | None = None,
+        motion: MotionConfig | None = None,
     ) -> None:
         super().__init__(name=f"camera-{config.name}", daemon=True)
         self.config, self.queues = config, queues
+        self.motion = (
+            MotionDetector(motion.threshold, motion.min_area)
+            if motion is not None and motion.enabled
+            else None
+        )
         self.on_status = on_status or (lambda camera, up: None)
         self.kind = source_kind(config.url)
         self._stop_event = threading.Event()
@@ -202,6 +210,8 @@ class CameraReader(threading.Thread):
         started = time.monotonic()
         next_due = 0.0
         decoded = 0
+        if self.motion is not None:
+            self.motion.reset()  # a new connection: compare with its own frames only
         while not self._stop_event.is_set():
             if pace:
                 self._stop_event.wait(max(0.0, started + decoded * pace - time.monotonic()))
@@ -218,5 +228,6 @@ class CameraReader(threading.Thread):
             next_due = max(next_due + period, now - period)
             self._seq += 1
             metrics.FRAMES_READ.labels(self.config.name).inc()
-            self.queues.put(Frame(self.config.name, self._seq, now, image))
+            moved = self.motion.moved(image) if self.motion is not None else True
+            self.queues.put(Frame(self.config.name, self._seq, now, image, moved))
         return decoded

@@ -48,6 +48,37 @@ def _field(default: Any, description: str, **bounds: Any) -> Any:
     return Field(default=default, description=description, **bounds)
 
 
+class MotionConfig(_Section):
+    enabled: bool = _field(
+        True,
+        "skip the detector on a camera's frames where nothing moved while it sees no face "
+        "(most of a quiet camera's frames: a fraction of the CPU)",
+    )
+    threshold: float = _field(
+        15.0,
+        "grey levels (of 255) a pixel must change by, on a 320 px wide blurred copy of the frame",
+        gt=0,
+        lt=255,
+    )
+    min_area: float = _field(
+        0.002, "fraction of the frame that must change for a frame to count as moved", ge=0, lt=1
+    )
+    check_every_s: float = _field(
+        10.0,
+        "search a still frame anyway at least this often (someone who stands still: in view "
+        "when the daemon or camera started)",
+        gt=0,
+        le=3600,
+    )
+
+
+class MotionOverrides(_Section):
+    enabled: bool | None = _field(None, "this camera's motion.enabled; null = detection.motion's")
+    threshold: float | None = _field(None, "this camera's motion.threshold", gt=0, lt=255)
+    min_area: float | None = _field(None, "this camera's motion.min_area", ge=0, lt=1)
+    check_every_s: float | None = _field(None, "this camera's motion.check_every_s", gt=0, le=3600)
+
+
 class DetectionConfig(_Section):
     min_face_size: float = _field(20.0, "smallest face to find, in pixels", ge=12, le=1000)
     thresholds: tuple[float, float, float] = _field(
@@ -60,6 +91,9 @@ class DetectionConfig(_Section):
         "faces just seen (N > 1: a fraction of the CPU; new faces found up to N-1 frames later)",
         ge=1,
         le=100,
+    )
+    motion: MotionConfig = _field(
+        MotionConfig(), "the motion gate: still frames of a camera with no face in view"
     )
 
     @field_validator("thresholds")
@@ -78,6 +112,9 @@ IGNORE_SHAPE = (
 
 class DetectionOverrides(_Section):
     min_face_size: float | None = _field(None, "this camera's smallest face", ge=12, le=1000)
+    motion: MotionOverrides = _field(
+        MotionOverrides(), "this camera's motion gate settings (those not given: detection's)"
+    )
     ignore: list[list[tuple[float, float]]] = _field(
         [],
         "regions whose faces are dropped (a poster, a TV, a mirror): polygons of 3 or more "
@@ -470,6 +507,11 @@ class Config(_Section):
         if not any(c.enabled for c in cameras):
             raise ValueError("every camera is disabled (enabled: false): enable at least one")
         return cameras
+
+    def motion(self, camera: CameraConfig) -> MotionConfig:
+        """``camera``'s motion gate: its own settings, the others from ``detection.motion``."""
+        own = camera.detection.motion.model_dump(exclude_none=True)
+        return self.detection.motion.model_copy(update=own)
 
 
 def plan_request(

@@ -34,6 +34,12 @@ FRAMES_DROPPED = Counter(
     "frames dropped because the pipeline was behind (newest frames are kept)",
     ["camera"],
 )
+FRAMES_STILL = Counter(
+    "facewatch_frames_still_total",
+    "frames the motion gate kept from the detector: nothing moved and no face was in view "
+    "(detection.motion)",
+    ["camera"],
+)
 FRAMES_REFUSED = Counter(
     "facewatch_frames_refused_total",
     "frames skipped because the engines cannot take their size (larger than the TensorRT "
@@ -108,7 +114,7 @@ def init(cameras: list[str], backend: str, model_id: str) -> None:
     for camera in cameras:
         for family in (CAMERA_RECONNECTS, FRAMES_READ, FRAMES_PROCESSED, FRAMES_DROPPED):
             family.labels(camera)
-        for family in (FRAMES_REFUSED, FACES_DETECTED, FACES_IGNORED, FACES_EMBEDDED):
+        for family in (FRAMES_REFUSED, FRAMES_STILL, FACES_DETECTED, FACES_IGNORED, FACES_EMBEDDED):
             family.labels(camera)
         ARCHIVE_VISITS.labels(camera)
         CAMERA_UP.labels(camera).set(0)

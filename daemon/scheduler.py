@@ -74,6 +74,8 @@ class Pipeline:
             for c in config.cameras
             if c.detection.ignore
         }
+        self._motion = {c.name: config.motion(c) for c in config.cameras}
+        self._last_search: dict[str, float] = {}  # camera -> ts of its last frame searched
         self._refusals: dict[tuple[str, tuple[int, ...]], str | None] = {}
         self._enrolled: set[str] = set()  # the gallery's names
         self._gallery_stamp: tuple[int, ...] | None = None  # the file as last read
@@ -89,7 +91,7 @@ class Pipeline:
     # -- one batch ------------------------------------------------------------------------
 
     def process(self, frames: list[Frame]) -> None:
-        frames = [frame for frame in frames if self._takes(frame)]
+        frames = [frame for frame in frames if self._takes(frame) and self._worth_a_search(frame)]
         if not frames:
             return
         metrics.BATCH_FRAMES.observe(len(frames))
@@ -137,6 +139,19 @@ class Pipeline:
             return True
         metrics.FRAMES_REFUSED.labels(frame.camera).inc()
         return False
+
+    def _worth_a_search(self, frame: Frame) -> bool:
+        """The motion gate: a frame where nothing moved, of a camera that sees no face, is
+        not searched (and counted), unless its camera's last search is ``check_every_s``
+        old (or the clock went back)."""
+        camera, motion = frame.camera, self._motion[frame.camera]
+        since = frame.ts - self._last_search.get(camera, -np.inf)
+        still = motion.enabled and not frame.moved and not self.trackers[camera].tracks
+        if still and 0 <= since < motion.check_every_s:
+            metrics.FRAMES_STILL.labels(camera).inc()
+            return False
+        self._last_search[camera] = frame.ts
+        return True
 
     def _detect(self, frames: list[Frame]) -> list[FrameDetections]:
         """One detector call per group of cameras sharing settings (usually one)."""

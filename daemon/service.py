@@ -315,11 +315,17 @@ class Service:
                 logger.info(
                     "camera %s: faces in %d ignore region(s) are dropped", camera.name, regions
                 )
+        gated = [c.name for c in cameras if cfg.motion(c).enabled]
+        if gated:
+            logger.info(
+                "motion gate on %s: still frames skip detection while no face is in view",
+                ", ".join(gated),
+            )
         pipeline = Pipeline(cfg, detector, facenet, sinks, archive=self.archive)
         queues = FrameQueues([c.name for c in cameras], cfg.batching.queue_frames)
         scheduler = BatchScheduler(pipeline, queues)
         on_status = self.publisher.set_camera_status if self.publisher else None
-        self.readers = [CameraReader(c, queues, on_status) for c in cameras]
+        self.readers = [CameraReader(c, queues, on_status, cfg.motion(c)) for c in cameras]
         scheduler.start()
         for reader in self.readers:
             reader.start()

@@ -1,0 +1,141 @@
+"""The motion gate: what counts as moved on real video, and which frames the pipeline then
+searches."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from prometheus_client import REGISTRY
+
+from daemon.cameras import Frame
+from daemon.config import ConfigError, parse_config
+from daemon.events import EventSinks
+from daemon.motion import MotionDetector
+from daemon.scheduler import Pipeline
+from tests.clips import DEMO_CLIP, EMPTY_FRAME, noisy_copies, read_frames
+
+DEFAULTS = parse_config({"cameras": [{"name": "door", "url": "x.mp4"}]}).detection.motion
+
+
+def gate() -> MotionDetector:
+    return MotionDetector(DEFAULTS.threshold, DEFAULTS.min_area)
+
+
+@pytest.mark.parametrize("sigma", [3, 10])
+def test_a_still_picture_with_sensor_noise_does_not_move(sigma) -> None:
+    motion = gate()
+    frames = noisy_copies(read_frames(DEMO_CLIP, EMPTY_FRAME, 1)[0], 20, sigma)
+    assert [motion.moved(f) for f in frames] == [True] + [False] * 19
+
+
+@pytest.mark.parametrize(
+    ("clip", "every", "count"),
+    [
+        ("crowd_1080p.mp4", 5, 20),  # pedestrians far off, at 5 fps
+        ("head_turn_3456x2234.mp4", 12, 15),  # a man who only turns his head, at 5 fps
+    ],
+)
+def test_people_moving_in_real_video_move_every_frame(shared_data, clip, every, count) -> None:
+    motion = gate()
+    frames = read_frames(shared_data / "videos" / clip, 0, count, every)
+    assert len(frames) == count
+    assert all(motion.moved(f) for f in frames)
+
+
+def test_someone_coming_into_a_still_scene_moves_and_a_new_connection_starts_afresh() -> None:
+    motion = gate()
+    empty = read_frames(DEMO_CLIP, EMPTY_FRAME, 1)[0]
+    for image in noisy_copies(empty, 10, 3):
+        motion.moved(image)
+    assert not motion.moved(empty)
+    arrival = read_frames(DEMO_CLIP, 0, 1)[0]  # the clip's first frame: two faces there
+    assert motion.moved(arrival)
+    motion.reset()
+    assert motion.moved(empty)  # a first frame: nothing to compare with
+    assert not motion.moved(empty)
+    assert motion.moved(empty[:, :320].copy())  # another shape: a first frame again
+
+
+def pipeline_for(detector, **motion: object) -> Pipeline:
+    config = parse_config(
+        {
+            "cameras": [{"name": "door", "url": "x.mp4"}],
+            "detection": {"motion": {"check_every_s": 5, **motion}},
+            "recognition": {"model": None},
+        }
+    )
+    return Pipeline(config, detector, None, EventSinks())
+
+
+def still_count() -> float:
+    return REGISTRY.get_sample_value("facewatch_frames_still_total", {"camera": "door"}) or 0.0
+
+
+def test_still_frames_are_searched_only_every_check_every_s_while_no_face_is_in_view(
+    detector,
+) -> None:
+    pipeline = pipeline_for(detector)
+    empty = read_frames(DEMO_CLIP, EMPTY_FRAME, 1)[0]
+    searched = []
+    before = still_count()
+    for second in range(12):  # a still, empty scene: searched at 0, 5 and 10 s
+        pipeline.process([Frame("door", second, 1000.0 + second, empty, moved=False)])
+        searched.append(pipeline._last_search["door"] == 1000.0 + second)
+    assert [s for s, yes in enumerate(searched) if yes] == [0, 5, 10]
+    assert still_count() - before == 9
+
+    # someone comes in: searched, and then every frame while their face is in view
+    arrival, *stays = read_frames(DEMO_CLIP, 0, 4)
+    pipeline.process([Frame("door", 12, 1012.0, arrival, moved=True)])
+    assert pipeline.trackers["door"].tracks
+    for k, image in enumerate(stays):  # standing still in front of the camera
+        pipeline.process([Frame("door", 13 + k, 1013.0 + k, image, moved=False)])
+        assert pipeline._last_search["door"] == 1013.0 + k
+    assert still_count() - before == 9
+
+    # a clock set back: searched at once, not after check_every_s
+    pipeline = pipeline_for(detector)
+    pipeline.process([Frame("door", 1, 1000.0, empty, moved=False)])
+    pipeline.process([Frame("door", 2, 990.0, empty, moved=False)])
+    assert pipeline._last_search["door"] == 990.0
+
+
+def test_without_the_gate_every_frame_is_searched(detector) -> None:
+    pipeline = pipeline_for(detector, enabled=False)
+    empty = read_frames(DEMO_CLIP, EMPTY_FRAME, 1)[0]
+    before = still_count()
+    for second in range(3):
+        pipeline.process([Frame("door", second, 1000.0 + second, empty, moved=False)])
+        assert pipeline._last_search["door"] == 1000.0 + second
+    assert still_count() == before
+
+
+def test_a_cameras_motion_settings_fill_in_from_detection_motion() -> None:
+    config = parse_config(
+        {
+            "cameras": [
+                {"name": "door", "url": "x.mp4"},
+                {"name": "tree", "url": "y.mp4", "detection": {"motion": {"min_area": 0.05}}},
+                {"name": "hall", "url": "z.mp4", "detection": {"motion": {"enabled": False}}},
+            ],
+            "detection": {"motion": {"threshold": 30}},
+        }
+    )
+    door, tree, hall = (config.motion(c) for c in config.cameras)
+    assert (door.enabled, door.threshold, door.min_area) == (True, 30, DEFAULTS.min_area)
+    assert (tree.enabled, tree.threshold, tree.min_area) == (True, 30, 0.05)
+    assert (hall.enabled, hall.threshold, hall.check_every_s) == (False, 30, 10.0)
+
+
+@pytest.mark.parametrize(
+    ("motion", "where"),
+    [
+        ({"min_area": 1.5}, "cameras[0] (d).detection.motion.min_area"),
+        ({"threshold": 0}, "cameras[0] (d).detection.motion.threshold"),
+        ({"check_every": 5}, "cameras[0] (d).detection.motion.check_every"),
+    ],
+)
+def test_bad_motion_settings_name_their_key(motion, where) -> None:
+    with pytest.raises(ConfigError, match=re.escape(where)):
+        parse_config({"cameras": [{"name": "d", "url": "x", "detection": {"motion": motion}}]})
