@@ -85,8 +85,9 @@ def run(
     min_face: float,
     full_scan_every: int = 1,
     overrides: dict[str, dict[str, object]] | None = None,
+    clip: Path | None = None,
 ) -> dict:
-    clip = clip_720p()
+    clip = clip or clip_720p()
     names = [f"cam{k + 1}" for k in range(n)]
     broker = Mosquitto(folder)
     broker.start()
@@ -136,6 +137,8 @@ def run(
             )
             / elapsed,
             "dropped": delta(after, before, f'facewatch_frames_dropped_total{{camera="{c}"}}'),
+            "still_fps": delta(after, before, f'facewatch_frames_still_total{{camera="{c}"}}')
+            / elapsed,
         }
         for c in names
     }
@@ -154,6 +157,7 @@ def run(
         "seconds": round(elapsed, 1),
         "per_camera": per_camera,
         "events": len(events),
+        "confirmed": sum(e["type"] == "confirmed" for e in events),
         "latency_p50_ms": round(float(np.percentile(latency, 50)) * 1000, 1)
         if len(latency)
         else None,

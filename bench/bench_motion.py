@@ -1,0 +1,115 @@
+"""The motion gate on quiet cameras: the real daemon with ``detection.motion`` on, then off,
+on the same RTSP cameras, each looping the same "doorway" clip.
+
+The clip (tests/clips.py ``doorway_clip``) is the demo clip scaled to 1280x720: its empty
+frame held ``--still`` seconds with sensor noise (a scene where nobody is), then the whole
+clip (people come in, 0-6 faces, cuts). Both runs measure over whole loops of it, after a
+warm-up, with the test FaceNet and a one-person gallery as in bench_daemon.py. Reported per
+run: CPU seconds per second, frames searched and skipped per camera and second, events and
+``confirmed`` events (the faces found). Run from the repository root:
+
+    .venv/bin/python bench/bench_motion.py --cameras 2 --still 20 --loops 2
+
+Writes bench/results/daemon_motion.json and prints a table. It measures; it asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import cv2
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from bench_daemon import CACHE, run  # noqa: E402  (the daemon run and its measures)
+
+from tests.clips import doorway_clip  # noqa: E402
+from tests.facenet_model import build_test_model  # noqa: E402
+
+
+def doorway_720p(still_s: float) -> Path:
+    """The doorway clip at 1280x720 in H.264 (what the RTSP server serves), made once."""
+    out = CACHE / f"doorway_{still_s:g}s_720p.mp4"
+    if out.is_file():
+        return out
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = doorway_clip(Path(tmp) / "doorway.mp4", still_s, scale=2.0)
+        pipeline = (
+            f'filesrc location="{raw}" ! qtdemux ! avdec_mpeg4 ! videoconvert '
+            "! x264enc speed-preset=medium key-int-max=30 bframes=0 ! h264parse ! mp4mux "
+            f'! filesink location="{out}"'
+        )
+        subprocess.run(["gst-launch-1.0", "-q", *pipeline.split()], check=True)
+    return out
+
+
+def loop_seconds(clip: Path) -> float:
+    capture = cv2.VideoCapture(str(clip))
+    try:
+        return capture.get(cv2.CAP_PROP_FRAME_COUNT) / capture.get(cv2.CAP_PROP_FPS)
+    finally:
+        capture.release()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cameras", type=int, default=2)
+    parser.add_argument("--still", type=float, default=20, help="seconds nobody is in view")
+    parser.add_argument("--loops", type=int, default=2, help="whole loops of the clip measured")
+    parser.add_argument("--warmup", type=float, default=10)
+    parser.add_argument("--fps", type=float, default=5)
+    parser.add_argument(
+        "--out", type=Path, default=REPO / "bench" / "results" / "daemon_motion.json"
+    )
+    args = parser.parse_args()
+    clip = doorway_720p(args.still)
+    seconds = args.loops * loop_seconds(clip)
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        model = build_test_model(folder / "model", REPO.parent / "shared" / "data")
+        from daemon.cli import main as facewatch
+
+        gallery = folder / "gallery.sqlite"
+        person = REPO / "configs" / "demo" / "people" / "lin-manuel-miranda" / "reference.png"
+        facewatch(["enroll", "--name", "lmm", str(person), "--model", str(model),
+                   "--gallery", str(gallery), "--no-progress"])  # fmt: skip
+        for gate in (True, False):
+            run_dir = folder / f"motion-{gate}"
+            run_dir.mkdir()
+            overrides: dict[str, dict[str, object]] = {"detection": {"motion": {"enabled": gate}}}
+            result = run(args.cameras, seconds, args.fps, args.warmup, run_dir, model, gallery,
+                         20.0, overrides=overrides, clip=clip)  # fmt: skip
+            result["clip"] = {
+                "name": clip.name,
+                "still_s": args.still,
+                "loop_s": seconds / args.loops,
+            }
+            results.append(result)
+            print(json.dumps(result), flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=1) + "\n")
+    print(
+        f"\n{'gate':>5} {'CPU s/s':>8} {'searched/s':>10} {'still/s':>8} {'events':>7} "
+        f"{'confirmed':>9} {'p99 ms':>7}"
+    )
+    for r in results:
+        cams = r["per_camera"].values()
+        print(
+            f"{'on' if r['overrides']['detection']['motion']['enabled'] else 'off':>5} "
+            f"{r['cpu_s_per_s']:>8} {sum(c['processed_fps'] for c in cams):>10.2f} "
+            f"{sum(c['still_fps'] for c in cams):>8.2f} {r['events']:>7} {r['confirmed']:>9} "
+            f"{r['latency_p99_ms']!s:>7}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
