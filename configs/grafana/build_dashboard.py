@@ -90,10 +90,12 @@ def cameras_row() -> list[Panel]:
             "Frames per second",
             "short",
             "Frames kept after fps decimation (read), through detection (processed), "
+            "kept from detection by the motion gate (still: nothing moved, no face in view), "
             "dropped because the pipeline was behind, and refused because they are larger "
             "than the TensorRT plan takes (engines.tensorrt.camera_sizes).",
             (f"rate(facewatch_frames_read_total{{{CAM}}}{RATE})", "{{camera}} read"),
             (f"rate(facewatch_frames_processed_total{{{CAM}}}{RATE})", "{{camera}} processed"),
+            (f"rate(facewatch_frames_still_total{{{CAM}}}{RATE})", "{{camera}} still"),
             (f"rate(facewatch_frames_dropped_total{{{CAM}}}{RATE})", "{{camera}} dropped"),
             (f"rate(facewatch_frames_refused_total{{{CAM}}}{RATE})", "{{camera}} refused"),
         ),
