@@ -43,11 +43,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def log_format() -> str:
+    """Log lines with the time, except where they go to systemd's journal (``JOURNAL_STREAM``
+    names stderr), which stamps each line itself."""
+    journal = os.environ.get("JOURNAL_STREAM", "")
+    try:
+        stat = os.fstat(sys.stderr.fileno())
+        to_journal = journal == f"{stat.st_dev}:{stat.st_ino}"
+    except (OSError, ValueError):  # no real stderr (captured, closed)
+        to_journal = False
+    return ("" if to_journal else "%(asctime)s ") + "%(levelname)s %(name)s: %(message)s"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     level = args.log_level or ("INFO" if args.command == "train" else "WARNING")
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=level, format=log_format(), datefmt="%Y-%m-%d %H:%M:%S")
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
+import sys
 import threading
 import time
 
@@ -547,3 +551,30 @@ def test_a_new_gallery_renames_the_faces_in_view_within_min_votes() -> None:
     assert tracker.wants_embedding(track)
     assert run(tracker, 1.0, faces(box), ["ann"]) == []
     assert run(tracker, 1.1, faces(box), ["ann"]) == [("identified", 1, "ann")]
+
+
+def test_log_lines_carry_the_time_except_in_the_journal(tmp_path) -> None:
+    """Under systemd the journal stamps each line (JOURNAL_STREAM names stderr's device and
+    inode); in a terminal, a container or a file, the line carries the time itself."""
+    program = (
+        "import logging, sys; from daemon.cli import log_format; "
+        "logging.basicConfig(format=log_format(), datefmt='%Y-%m-%d %H:%M:%S'); "
+        "logging.getLogger('daemon.x').warning('camera door: down')"
+    )
+    log = tmp_path / "stderr.log"
+
+    def line(journal: str | None) -> str:
+        env = {k: v for k, v in os.environ.items() if k != "JOURNAL_STREAM"}
+        if journal is not None:
+            env["JOURNAL_STREAM"] = journal
+        with log.open("w") as stderr:
+            subprocess.run(
+                [sys.executable, "-c", program], stderr=stderr, env=env, check=True, cwd=REPO
+            )
+        return log.read_text().strip()
+
+    stamped = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d WARNING daemon.x: camera door: down"
+    assert re.fullmatch(stamped, line(None))
+    assert re.fullmatch(stamped, line("1:2"))  # the journal is someone else's stream
+    stat = log.stat()
+    assert line(f"{stat.st_dev}:{stat.st_ino}") == "WARNING daemon.x: camera door: down"
