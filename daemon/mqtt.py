@@ -134,9 +134,12 @@ class MqttPublisher:
         self._thread.join(timeout_s)
         if self.connected.is_set():
             infos = [self.client.publish(self.status_topic, OFFLINE, qos=1, retain=True)]
-            for camera in self._cameras:
-                topic = self.camera_status_topic(camera)
-                infos.append(self.client.publish(topic, OFFLINE, qos=1, retain=True))
+            with self._lock:  # cameras whose reader said `offline` as it stopped: sent once
+                for camera in self._cameras:
+                    topic = self.camera_status_topic(camera)
+                    if self._retained.get(topic) != OFFLINE.encode():
+                        self._retained[topic] = OFFLINE.encode()
+                        infos.append(self.client.publish(topic, OFFLINE, qos=1, retain=True))
             deadline = time.monotonic() + timeout_s
             for info in infos:
                 _wait(info, max(0.0, deadline - time.monotonic()))

@@ -125,7 +125,9 @@ def test_two_rtsp_cameras_to_mqtt_with_gallery_reload_and_clean_stop(
         subscriber.close()
     assert code == 0, daemon.log()[-3000:]
     assert subscriber.last("facewatch/test/status") == b"offline"
-    assert subscriber.last("facewatch/test/cameras/cam1/status") == b"offline"
+    for camera in ("cam1", "cam2"):
+        status = [m for t, m, _ in subscriber.messages if t.endswith(f"/{camera}/status")]
+        assert status[-1] == b"offline" and status.count(b"offline") == 2, status  # start, stop
     events = subscriber.events()
     seqs = [e["seq"] for e in events]
     assert seqs == sorted(seqs)
