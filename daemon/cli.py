@@ -10,7 +10,15 @@ import sys
 from collections.abc import Sequence
 from importlib.metadata import entry_points
 
-from daemon import __version__, archive_cli, detect_cli, engines_cli, recognition_cli, run_cli
+from daemon import (
+    __version__,
+    archive_cli,
+    detect_cli,
+    engines_cli,
+    recognition_cli,
+    run_cli,
+    status_cli,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     engines_cli.register(commands)
     run_cli.register(commands)
     archive_cli.register(commands)
+    status_cli.register(commands)
     for entry in entry_points(group="facewatch.commands"):
         try:
             entry.load()(commands)

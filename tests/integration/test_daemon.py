@@ -370,6 +370,12 @@ def test_rtsp_server_restart_reconnects_while_the_other_camera_goes_on(
             10,
             "status",
         )
+        code, status = _status(daemon)
+        assert code == 1 and status["problems"] == ["camera solo is down"], status
+        by_name = {c["name"]: c for c in status["cameras"]}
+        assert by_name["cam1"]["up"] and by_name["cam1"]["read_fps"] > 2
+        assert not by_name["solo"]["up"] and by_name["solo"]["read_fps"] == 0
+        assert status["mqtt"] == "connected"
         before = daemon.metric('facewatch_frames_processed_total{camera="cam1"}')
         time.sleep(3)
         assert daemon.metric('facewatch_frames_processed_total{camera="cam1"}') > before + 5
@@ -379,10 +385,30 @@ def test_rtsp_server_restart_reconnects_while_the_other_camera_goes_on(
         assert daemon.metric('facewatch_camera_reconnects_total{camera="solo"}') >= 1
         assert subscriber.last("facewatch/test/cameras/solo/status") == b"online"
         assert daemon.proc.poll() is None  # type: ignore[union-attr]
+        code, status = _status(daemon)
+        assert code == 0 and status["problems"] == [], status
     finally:
         daemon.stop()
         other.stop()
         subscriber.close()
+    gone = subprocess.run(
+        [str(FACEWATCH), "status", "--config", str(daemon.config_path), "--interval", "0.1"],
+        capture_output=True,
+        text=True,
+    )
+    assert gone.returncode == 3 and "no facewatch daemon answers at http://127.0.0.1:" in (
+        gone.stderr
+    )
+
+
+def _status(daemon: Daemon) -> tuple[int, dict]:
+    """``facewatch status --json`` on the daemon's config: exit status and report."""
+    done = subprocess.run(
+        [str(FACEWATCH), "status", "--config", str(daemon.config_path), "--json",
+         "--interval", "1"],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    return done.returncode, json.loads(done.stdout)
 
 
 def test_unreachable_camera_at_start_and_systemd_notifications(

@@ -1,0 +1,207 @@
+"""``facewatch status``: how the running daemon is doing, read from its own /metrics.
+
+Two reads ``--interval`` seconds apart give the rates. The exit status says it for scripts
+and health checks: 0 all well, 1 something is down (a camera, the broker), 3 no daemon
+answers there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from daemon.config import DEFAULT_CONFIG, ConfigError, load_config
+
+NOT_RUNNING = 3
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def register(commands: Any) -> None:
+    status = commands.add_parser(
+        "status",
+        help="how the running daemon is doing: cameras, frame rates, MQTT (from its /metrics)",
+        description=(
+            "Read the running daemon's Prometheus endpoint twice, --interval seconds apart, "
+            "and show each camera (up or down; frames read, searched, skipped by the motion "
+            "gate and dropped per second; faces per second) and MQTT. Exit status: 0 all "
+            "well, 1 a camera or the broker is down, 3 no daemon answers."
+        ),
+    )
+    status.add_argument(
+        "--config",
+        "-c",
+        default=str(DEFAULT_CONFIG),
+        help="the daemon's YAML file: where it serves metrics, whether it uses MQTT "
+        "(default: %(default)s)",
+    )
+    status.add_argument(
+        "--url", help="read this metrics URL instead (e.g. http://camera-box:9708/metrics)"
+    )
+    status.add_argument(
+        "--interval",
+        type=float,
+        default=2.0,
+        metavar="SECONDS",
+        help="time between the two reads (default: %(default)s)",
+    )
+    status.add_argument("--json", action="store_true", help="one JSON object instead of a table")
+    status.set_defaults(func=_status)
+
+
+@dataclass
+class Camera:
+    name: str
+    up: bool
+    read_fps: float
+    searched_fps: float
+    still_fps: float
+    dropped_fps: float
+    faces_per_s: float
+    reconnects: int
+
+
+@dataclass
+class Status:
+    url: str
+    version: str
+    backend: str
+    model: str
+    uptime_s: float
+    mqtt: str  # connected, disconnected, off
+    spooled: int
+    enrolled: int
+    cameras: list[Camera] = field(default_factory=list)
+
+    def problems(self) -> list[str]:
+        found = [f"camera {c.name} is down" for c in self.cameras if not c.up]
+        if self.mqtt == "disconnected":
+            found.append(f"MQTT is disconnected ({self.spooled} event(s) spooled)")
+        return found
+
+
+def scrape(url: str) -> Samples:
+    """Every sample of the page, by name and labels; OSError when nothing answers."""
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text = response.read().decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def read_status(url: str, interval_s: float, mqtt_enabled: bool) -> Status:
+    before, start = scrape(url), time.monotonic()
+    time.sleep(interval_s)
+    after = scrape(url)
+    elapsed = max(time.monotonic() - start, 1e-9)
+
+    def value(name: str, **labels: str) -> float:
+        return after.get((name, tuple(sorted(labels.items()))), 0.0)
+
+    def rate(name: str, camera: str) -> float:
+        key = (name, (("camera", camera),))
+        return max(0.0, after.get(key, 0.0) - before.get(key, 0.0)) / elapsed
+
+    build = next((dict(labels) for (name, labels) in after if name == "facewatch_build_info"), None)
+    if build is None:
+        raise ValueError(f"{url}: not a facewatch metrics page (no facewatch_build_info)")
+    cameras = sorted(
+        dict(labels)["camera"] for (name, labels) in after if name == "facewatch_camera_up"
+    )
+    connected = value("facewatch_mqtt_connected") == 1
+    return Status(
+        url=url,
+        version=build.get("version", "?"),
+        backend=build.get("backend", "?"),
+        model=build.get("model") or "none (detection only)",
+        uptime_s=time.time() - value("process_start_time_seconds"),
+        mqtt="off" if not mqtt_enabled else "connected" if connected else "disconnected",
+        spooled=int(value("facewatch_mqtt_spool_events")),
+        enrolled=int(value("facewatch_gallery_identities")),
+        cameras=[
+            Camera(
+                name=c,
+                up=value("facewatch_camera_up", camera=c) == 1,
+                read_fps=rate("facewatch_frames_read_total", c),
+                searched_fps=rate("facewatch_frames_processed_total", c),
+                still_fps=rate("facewatch_frames_still_total", c),
+                dropped_fps=rate("facewatch_frames_dropped_total", c),
+                faces_per_s=rate("facewatch_faces_detected_total", c),
+                reconnects=int(value("facewatch_camera_reconnects_total", camera=c)),
+            )
+            for c in cameras
+        ],
+    )
+
+
+def _duration(seconds: float) -> str:
+    minutes = int(seconds // 60)
+    if minutes < 60:
+        return f"{minutes} min" if minutes else f"{int(seconds)} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min" if hours < 48 else f"{hours // 24} days"
+
+
+def print_table(status: Status) -> None:
+    print(f"facewatch {status.version} at {status.url}: up {_duration(status.uptime_s)}")
+    print(f"  engines {status.backend}, model {status.model}, {status.enrolled} enrolled")
+    mqtt = "off (mqtt.enabled: false)" if status.mqtt == "off" else status.mqtt
+    print(f"  MQTT {mqtt}, {status.spooled} event(s) spooled")
+    width = max([len("camera")] + [len(c.name) for c in status.cameras])
+    print(
+        f"  {'camera':<{width}}  state  read/s  searched/s  still/s  dropped/s  faces/s  reconnects"
+    )
+    for c in status.cameras:
+        print(
+            f"  {c.name:<{width}}  {'up' if c.up else 'DOWN':<5}  {c.read_fps:6.1f}  "
+            f"{c.searched_fps:10.1f}  {c.still_fps:7.1f}  {c.dropped_fps:9.1f}  "
+            f"{c.faces_per_s:7.1f}  {c.reconnects:10d}"
+        )
+    for problem in status.problems():
+        print(f"  problem: {problem}")
+
+
+def _status(args: argparse.Namespace) -> int:
+    if not args.interval > 0:
+        print(f"error: --interval {args.interval}: must be above 0 seconds", file=sys.stderr)
+        return 2
+    try:
+        config = load_config(args.config, secrets=False)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    url = args.url
+    if url is None:
+        if not config.metrics.enabled:
+            print(
+                f"error: {args.config}: metrics.enabled is false: the daemon serves no "
+                "metrics to read its status from",
+                file=sys.stderr,
+            )
+            return 2
+        host = config.metrics.address
+        host = "127.0.0.1" if host in ("0.0.0.0", "") else "[::1]" if host == "::" else host
+        url = f"http://{host}:{config.metrics.port}/metrics"
+    try:
+        status = read_status(url, args.interval, config.mqtt.enabled)
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", None) or exc
+        print(
+            f"no facewatch daemon answers at {url}: {reason} (is it running? "
+            "systemctl status facewatch)",
+            file=sys.stderr,
+        )
+        return NOT_RUNNING
+    if args.json:
+        print(json.dumps({**asdict(status), "problems": status.problems()}, indent=1))
+    else:
+        print_table(status)
+    return 1 if status.problems() else 0
