@@ -6,10 +6,11 @@ memory, open files) and the Python GC collector.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import platform
 
-from prometheus_client import Counter, Gauge, Histogram, Info, start_http_server
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, Info, start_http_server
 
 from daemon import __version__
 
@@ -76,7 +77,9 @@ EVENT_LATENCY = Histogram(
     "tracking.lost_after_s by design)",
     buckets=_LATENCY_BUCKETS,
 )
-MQTT_CONNECTED = Gauge("facewatch_mqtt_connected", "1 while connected to the broker")
+MQTT_CONNECTED = Gauge(  # exported only by a daemon that uses MQTT (init)
+    "facewatch_mqtt_connected", "1 while connected to the broker", registry=None
+)
 MQTT_PUBLISHES = Counter(
     "facewatch_mqtt_publishes_total",
     "MQTT publications by outcome: ok, failed (retried), dropped (spool full)",
@@ -101,8 +104,15 @@ for _reason in ("behind", "error", "internal"):
     ARCHIVE_FAILURES.labels(_reason)
 
 
-def init(cameras: list[str], backend: str, model_id: str) -> None:
-    """Create the per-camera series at zero, so dashboards see them before the first frame."""
+def init(cameras: list[str], backend: str, model_id: str, mqtt: bool = True) -> None:
+    """Create the per-camera series at zero, so dashboards see them before the first frame.
+    Without ``mqtt``, there is no ``facewatch_mqtt_connected`` (rather than a 0 that would
+    say the broker is down)."""
+    with contextlib.suppress(KeyError):  # KeyError: not exported yet
+        REGISTRY.unregister(MQTT_CONNECTED)
+    if mqtt:
+        MQTT_CONNECTED.set(0)
+        REGISTRY.register(MQTT_CONNECTED)
     BUILD.info(
         {
             "version": __version__,

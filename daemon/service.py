@@ -282,7 +282,10 @@ class Service:
                 gallery.close()
         cameras = [c for c in cfg.cameras if c.enabled]
         metrics.init(
-            [c.name for c in cameras], cfg.engines.backend, facenet.model_id if facenet else ""
+            [c.name for c in cameras],
+            cfg.engines.backend,
+            facenet.model_id if facenet else "",
+            mqtt=cfg.mqtt.enabled,
         )
         if cfg.metrics.enabled:
             try:

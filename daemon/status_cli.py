@@ -37,12 +37,12 @@ def register(commands: Any) -> None:
     status.add_argument(
         "--config",
         "-c",
-        default=str(DEFAULT_CONFIG),
-        help="the daemon's YAML file: where it serves metrics, whether it uses MQTT "
-        "(default: %(default)s)",
+        help=f"the daemon's YAML file, for where it serves metrics (default: {DEFAULT_CONFIG})",
     )
     status.add_argument(
-        "--url", help="read this metrics URL instead (e.g. http://camera-box:9708/metrics)"
+        "--url",
+        help="read this metrics URL instead, without a config (e.g. "
+        "http://camera-box:9708/metrics)",
     )
     status.add_argument(
         "--interval",
@@ -74,7 +74,7 @@ class Status:
     backend: str
     model: str
     uptime_s: float
-    mqtt: str  # connected, disconnected, off
+    mqtt: str  # connected, disconnected, off (the daemon does not use MQTT)
     spooled: int
     enrolled: int
     cameras: list[Camera] = field(default_factory=list)
@@ -97,7 +97,7 @@ def scrape(url: str) -> Samples:
     }
 
 
-def read_status(url: str, interval_s: float, mqtt_enabled: bool) -> Status:
+def read_status(url: str, interval_s: float) -> Status:
     before, start = scrape(url), time.monotonic()
     time.sleep(interval_s)
     after = scrape(url)
@@ -116,14 +116,18 @@ def read_status(url: str, interval_s: float, mqtt_enabled: bool) -> Status:
     cameras = sorted(
         dict(labels)["camera"] for (name, labels) in after if name == "facewatch_camera_up"
     )
-    connected = value("facewatch_mqtt_connected") == 1
+    mqtt_key = ("facewatch_mqtt_connected", ())
     return Status(
         url=url,
         version=build.get("version", "?"),
         backend=build.get("backend", "?"),
         model=build.get("model") or "none (detection only)",
         uptime_s=time.time() - value("process_start_time_seconds"),
-        mqtt="off" if not mqtt_enabled else "connected" if connected else "disconnected",
+        mqtt="off"
+        if mqtt_key not in after
+        else "connected"
+        if after[mqtt_key] == 1
+        else "disconnected",
         spooled=int(value("facewatch_mqtt_spool_events")),
         enrolled=int(value("facewatch_gallery_identities")),
         cameras=[
@@ -169,29 +173,30 @@ def print_table(status: Status) -> None:
         print(f"  problem: {problem}")
 
 
+def metrics_url(config_path: str) -> str:
+    """Where the daemon of this config serves its metrics (ConfigError when it does not)."""
+    config = load_config(config_path, secrets=False)
+    if not config.metrics.enabled:
+        raise ConfigError(
+            f"{config_path}: metrics.enabled is false: the daemon serves no metrics to read "
+            "its status from"
+        )
+    host = config.metrics.address
+    host = "127.0.0.1" if host in ("0.0.0.0", "") else "[::1]" if host == "::" else host
+    return f"http://{host}:{config.metrics.port}/metrics"
+
+
 def _status(args: argparse.Namespace) -> int:
     if not args.interval > 0:
         print(f"error: --interval {args.interval}: must be above 0 seconds", file=sys.stderr)
         return 2
     try:
-        config = load_config(args.config, secrets=False)
+        url = args.url or metrics_url(args.config or str(DEFAULT_CONFIG))
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    url = args.url
-    if url is None:
-        if not config.metrics.enabled:
-            print(
-                f"error: {args.config}: metrics.enabled is false: the daemon serves no "
-                "metrics to read its status from",
-                file=sys.stderr,
-            )
-            return 2
-        host = config.metrics.address
-        host = "127.0.0.1" if host in ("0.0.0.0", "") else "[::1]" if host == "::" else host
-        url = f"http://{host}:{config.metrics.port}/metrics"
     try:
-        status = read_status(url, args.interval, config.mqtt.enabled)
+        status = read_status(url, args.interval)
     except (OSError, ValueError) as exc:
         reason = getattr(exc, "reason", None) or exc
         print(
