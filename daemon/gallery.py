@@ -168,11 +168,17 @@ class Gallery:
 
     @classmethod
     def open_or_create(
-        cls, path: str | Path, model_id: str, embedding_size: int, **kwargs: float
+        cls,
+        path: str | Path,
+        model_id: str,
+        embedding_size: int,
+        threshold: float = DEFAULT_THRESHOLD,
+        lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
     ) -> Gallery:
+        """The gallery at ``path`` (with its own threshold), or a new one at ``threshold``."""
         if Path(path).exists():
-            return cls.open(path, model_id, writable=True, **kwargs)
-        return cls.create(path, model_id, embedding_size, **kwargs)
+            return cls.open(path, model_id, writable=True, lock_timeout_s=lock_timeout_s)
+        return cls.create(path, model_id, embedding_size, threshold, lock_timeout_s)
 
     def _check(self, model_id: str | None) -> None:
         missing = [key for key in META_KEYS if key not in self._meta]
