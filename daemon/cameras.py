@@ -208,7 +208,7 @@ class CameraReader(threading.Thread):
         pace = 1.0 / native_fps if self.kind == "file" and 1 <= native_fps <= 240 else 0.0
         period = 1.0 / self.config.fps
         started = time.monotonic()
-        next_due = 0.0
+        next_due = kept = 0.0
         decoded = 0
         if self.motion is not None:
             self.motion.reset()  # a new connection: compare with its own frames only
@@ -220,12 +220,15 @@ class CameraReader(threading.Thread):
             decoded += 1
             self._set_up(True)
             now = time.time()
-            if now < next_due:
+            # on schedule (a late frame may make up for the one before), and never closer
+            # than half a period: a stream delivers its buffered frames in a burst at connect
+            if now < next_due or now - kept < period / 2:
                 continue
             ok, image = capture.retrieve()
             if not ok or image is None:
                 return decoded
-            next_due = max(next_due + period, now - period)
+            next_due = max(next_due + period, now - period) if kept else now + period
+            kept = now
             self._seq += 1
             metrics.FRAMES_READ.labels(self.config.name).inc()
             moved = self.motion.moved(image) if self.motion is not None else True
