@@ -1,7 +1,8 @@
 """Camera readers: one thread per camera decodes its stream through OpenCV's FFmpeg backend
 (V4L2 for /dev/video*), keeps only the newest frames, and reconnects on any failure.
 
-RTSP goes over TCP with open and read timeouts. A video file plays in a loop at its native
+RTSP goes over TCP with open and read timeouts (a stream that stalls is noticed within about
+10 s). A video file plays in a loop at its native
 frame rate (that is how the demo runs). Frames are decimated to the camera's target fps
 before they are queued; when the pipeline is behind, the oldest queued frame is dropped and
 counted, so the scheduler always sees recent frames.
@@ -29,7 +30,7 @@ from daemon.motion import MotionDetector
 logger = logging.getLogger(__name__)
 
 OPEN_TIMEOUT_MS = 10_000
-READ_TIMEOUT_MS = 10_000
+READ_TIMEOUT_MS = 3_400  # OpenCV's FFmpeg backend tries a read 3 times: a stall shows in 10 s
 BACKOFF_MIN_S = 0.5
 BACKOFF_MAX_S = 30.0
 

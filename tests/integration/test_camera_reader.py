@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import signal
 import time
 
 import pytest
@@ -10,7 +11,7 @@ import pytest
 from daemon.cameras import CameraReader, FrameQueues
 from daemon.config import CameraConfig
 from tests.clips import DEMO_CLIP
-from tests.integration.services import RtspServer
+from tests.integration.services import RtspServer, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -35,3 +36,24 @@ def test_the_frames_buffered_at_connect_do_not_pass_as_a_burst(tmp_path) -> None
             assert min(gaps) >= 0.1, gaps  # at 5 fps: frames 0.2 s apart, never 2 ms
     finally:
         server.stop()
+
+
+def test_a_stalled_stream_is_noticed_within_about_10_seconds(tmp_path) -> None:
+    """A camera that hangs with its connection open (the server stopped, not gone): the
+    reader calls it down within about 10 s (the documented read timeout), not 30."""
+    server = RtspServer(tmp_path, {"cam": DEMO_CLIP})
+    server.start()
+    queues = FrameQueues(["cam"], 100)
+    reader = CameraReader(CameraConfig(name="cam", url=server.url("cam"), fps=5), queues)
+    reader.start()
+    try:
+        wait_for(lambda: reader.up, 30, "the camera up")
+        server.proc.send_signal(signal.SIGSTOP)  # type: ignore[union-attr]
+        stalled = time.monotonic()
+        wait_for(lambda: not reader.up, 15, "the stall noticed")
+        assert 8 <= time.monotonic() - stalled <= 13
+    finally:
+        server.proc.send_signal(signal.SIGCONT)  # type: ignore[union-attr]
+        reader.stop()
+        server.stop()
+        reader.join(15)
