@@ -26,6 +26,7 @@ import numpy as np
 from daemon import metrics
 from daemon.config import CameraConfig, MotionConfig, redact_url
 from daemon.motion import MotionDetector
+from daemon.rtsp_probe import rtsp_problem
 
 logger = logging.getLogger(__name__)
 
@@ -107,8 +108,12 @@ def source_kind(url: str) -> str:
 
 def open_capture(url: str) -> cv2.VideoCapture:
     """An opened capture or OSError naming the source."""
-    # OpenCV's own warnings name no camera: the reader logs its failures, with the camera
+    # OpenCV's and FFmpeg's own messages name no camera: the reader logs its failures, with
+    # the camera and the reason (rtsp_problem); FFmpeg speaks at DEBUG only
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+    os.environ.setdefault(
+        "OPENCV_FFMPEG_LOGLEVEL", "32" if logger.isEnabledFor(logging.DEBUG) else "-8"
+    )
     kind = source_kind(url)
     if kind == "device":
         capture = cv2.VideoCapture(url, cv2.CAP_V4L2)
@@ -122,7 +127,8 @@ def open_capture(url: str) -> cv2.VideoCapture:
         capture.release()
         if kind == "file" and not Path(url).is_file():
             raise OSError(f"{url}: no such file")
-        raise OSError(f"{redact_url(url)}: cannot open as video")
+        problem = rtsp_problem(url) if kind == "stream" else None
+        raise OSError(f"{redact_url(url)}: {problem or 'cannot open as video'}")
     return capture
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 
 from tests.integration.services import Mosquitto, Process
@@ -14,6 +16,15 @@ def broker(tmp_path):
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def refused_url():
+    """An rtsp:// URL whose port is bound but never listens: connections are refused."""
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    yield f"rtsp://127.0.0.1:{closed.getsockname()[1]}/x"
+    closed.close()
 
 
 @pytest.fixture(autouse=True)

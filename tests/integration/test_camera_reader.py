@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from daemon.cameras import CameraReader, FrameQueues
+from daemon.cameras import CameraReader, FrameQueues, open_capture
 from daemon.config import CameraConfig
 from tests.clips import DEMO_CLIP
 from tests.integration.services import RtspServer, wait_for
@@ -57,3 +57,20 @@ def test_a_stalled_stream_is_noticed_within_about_10_seconds(tmp_path) -> None:
         reader.stop()
         server.stop()
         reader.join(15)
+
+
+def test_a_camera_that_cannot_be_opened_is_named_with_the_reason(tmp_path, refused_url) -> None:
+    """What OpenCV does not say: no stream at that path, or nothing listening."""
+    server = RtspServer(tmp_path, {"cam": DEMO_CLIP})
+    server.start()
+    try:
+        wrong_path = server.url("cam").rsplit("/", 1)[0] + "/stream9"
+        with pytest.raises(
+            OSError, match=r"/stream9: the camera has no stream at /stream9 \(RTSP 404"
+        ):
+            open_capture(wrong_path)
+    finally:
+        server.stop()
+    host_port = refused_url.split("/")[2]
+    with pytest.raises(OSError, match=rf"nothing listens on {host_port} \(connection refused"):
+        open_capture(refused_url)

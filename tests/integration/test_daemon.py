@@ -40,15 +40,6 @@ SCHEMA = json.loads(SCHEMA_PATH.read_text())
 
 
 @pytest.fixture
-def refused_url():
-    """An rtsp:// URL whose port is bound but never listens: connections are refused."""
-    closed = socket.socket()
-    closed.bind(("127.0.0.1", 0))
-    yield f"rtsp://127.0.0.1:{closed.getsockname()[1]}/x"
-    closed.close()
-
-
-@pytest.fixture
 def notify_socket(tmp_path):
     """systemd's notification socket, as (listener, path)."""
     path = tmp_path / "notify.sock"

@@ -18,6 +18,7 @@ from prometheus_client import REGISTRY
 from daemon.cameras import Frame, FrameQueues
 from daemon.config import ConfigError, TrackingConfig, parse_config
 from daemon.events import EventSinks, in_view_json, person_key
+from daemon.rtsp_probe import _from_answer
 from daemon.scheduler import Pipeline
 from daemon.service import watchdog_healthy
 from daemon.spool import Spool
@@ -578,3 +579,22 @@ def test_log_lines_carry_the_time_except_in_the_journal(tmp_path) -> None:
     assert re.fullmatch(stamped, line("1:2"))  # the journal is someone else's stream
     stat = log.stat()
     assert line(f"{stat.st_dev}:{stat.st_ino}") == "WARNING daemon.x: camera door: down"
+
+
+@pytest.mark.parametrize(
+    ("answer", "credentials", "expected"),
+    [
+        (
+            b"RTSP/1.0 401 Unauthorized\r\nCSeq: 1\r\n\r\n",
+            True,
+            "refused the user name or password",
+        ),
+        (b"RTSP/1.0 401 Unauthorized\r\n\r\n", False, "wants a user name and password"),
+        (b"RTSP/1.0 454 Session Not Found\r\n\r\n", False, "answered RTSP 454 Session Not Found"),
+        (b"HTTP/1.1 400 Bad Request\r\n\r\n", False, "does not answer as an RTSP server"),
+        (b"RTSP/1.0 200 OK\r\n\r\n", False, None),
+    ],
+)
+def test_what_a_cameras_rtsp_answer_means(answer, credentials, expected) -> None:
+    problem = _from_answer(answer, "/live", credentials)
+    assert problem is None if expected is None else expected in problem
