@@ -81,7 +81,8 @@ def _run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    logging.getLogger().setLevel(config.logging.level)
+    if args.log_level is None:  # --log-level, when given, wins over logging.level
+        logging.getLogger().setLevel(config.logging.level)
     try:
         return Service(config, run_for_s=args.run_for, config_path=args.config).run()
     except ConfigError as exc:

@@ -30,6 +30,7 @@ from tests.integration.services import (
     Subscriber,
     daemon_settings,
     enroll,
+    free_port,
     wait_for,
 )
 
@@ -510,3 +511,14 @@ def test_run_refuses_what_it_cannot_use_naming_the_key(tmp_path, test_model) -> 
         if "another-model" in expected or "gallery" in expected:
             assert "another-model" in result.stderr, result.stderr
     assert FACEWATCH.exists()
+
+
+def test_the_log_level_flag_wins_over_the_configs(tmp_path) -> None:
+    """`facewatch --log-level ERROR run` with `logging.level: INFO` in the file (and a broker
+    that is not there, which warns): only errors are logged."""
+    cameras = [{"name": "clip", "url": str(CLIP)}]
+    daemon = Daemon(tmp_path, daemon_settings(cameras, free_port(), tmp_path))
+    args = [str(FACEWATCH), "--log-level", "ERROR", *daemon.args[1:], "--run-for", "3"]
+    result = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert " INFO " not in result.stderr and " WARNING " not in result.stderr, result.stderr
