@@ -34,6 +34,7 @@ from engines.plan_cache import default_cache_dir
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "default.yaml"
 WARM_UP_HW = (240, 320)  # the frame the daemon warms its engines up with
+STREAM_SCHEMES = frozenset({"rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "udp", "tcp", "srt"})
 
 
 class ConfigError(ValueError):
@@ -188,6 +189,17 @@ class CameraConfig(_Section):
     fps: float = _field(5.0, "frames per second to process (the stream is decimated)", gt=0, le=60)
     enabled: bool = _field(True, "read this camera")
     detection: DetectionOverrides = _field(DetectionOverrides(), "per-camera detection settings")
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, url: str) -> str:
+        scheme, found, _ = url.partition("://")
+        if found and scheme.lower() not in STREAM_SCHEMES:
+            raise ValueError(
+                f"unknown scheme {scheme + '://'!r}: expected one of "
+                f"{', '.join(s + '://' for s in sorted(STREAM_SCHEMES))}, a video file or /dev/videoN"
+            )
+        return url
 
 
 class RecognitionConfig(_Section):
@@ -586,9 +598,12 @@ def _credential(name: str, where: str) -> str:
         )
     path = Path(folder) / name
     try:
-        return path.read_text().rstrip("\n")
+        value = path.read_text().rstrip("\n")
     except OSError as exc:
         raise ConfigError(f"{where}: credential {name!r}: cannot read {path}: {exc}") from exc
+    if not value:
+        raise ConfigError(f"{where}: credential {name!r}: {path} is empty")
+    return value
 
 
 def _key_path(loc: tuple[int | str, ...], raw: Any) -> str:

@@ -42,7 +42,7 @@ def register(commands: Any) -> None:
         description="Validate a YAML configuration: unknown keys, types, bounds, ${ENV} and "
         "credential references. Every problem is reported with its key path.",
     )
-    check.add_argument("file", nargs="?", default=str(DEFAULT_CONFIG), help="YAML file")
+    check.add_argument("file", nargs="?", help="the YAML file to check")
     check.add_argument(
         "--schema", action="store_true", help="list every setting with its default and meaning"
     )
@@ -63,6 +63,9 @@ def _validate(args: argparse.Namespace) -> int:
     if args.schema:
         print("\n".join(schema_lines()))
         return 0
+    if args.file is None:
+        print("error: give the configuration file to check (or --schema)", file=sys.stderr)
+        return 2
     try:
         config = load_config(args.file)
     except ConfigError as exc:

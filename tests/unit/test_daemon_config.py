@@ -103,11 +103,28 @@ def test_environment_and_systemd_credentials(tmp_path, monkeypatch) -> None:
     }
     config = parse_config(raw)
     assert (config.mqtt.host, config.mqtt.password) == ("broker.lan", "s3cret")
+    (tmp_path / "mqtt_password").write_text("\n")  # `read -rs PW` gone wrong
+    with pytest.raises(
+        ConfigError, match=r"mqtt.password: credential .mqtt_password.: .* is empty"
+    ):
+        parse_config(raw)
     monkeypatch.delenv("CREDENTIALS_DIRECTORY")
     with pytest.raises(
         ConfigError, match=r"mqtt.password: credential .mqtt_password.*LoadCredential"
     ):
         parse_config(raw)
+
+
+@pytest.mark.parametrize("url", ["htp://10.0.0.2/cam", "rstp://u:pw@cam.lan/1", "ftp://x/y"])
+def test_a_camera_url_with_an_unknown_scheme_is_refused(url) -> None:
+    with pytest.raises(ConfigError, match=r"cameras\[0\] \(door\)\.url: unknown scheme") as error:
+        parse_config({"cameras": [{"name": "door", "url": url}]})
+    assert "pw@" not in str(error.value)
+
+
+@pytest.mark.parametrize("url", ["RTSP://cam.lan/1", "rtsps://cam.lan/1", "/dev/video0", "a.mp4"])
+def test_streams_devices_and_files_are_camera_urls(url) -> None:
+    assert parse_config({"cameras": [{"name": "door", "url": url}]}).cameras[0].url == url
 
 
 def test_commands_that_use_no_camera_or_broker_leave_secrets_unresolved(monkeypatch) -> None:
@@ -254,3 +271,12 @@ def test_every_missing_secret_is_named_at_once(tmp_path, monkeypatch) -> None:
         load_config(DEFAULT_CONFIG.with_name("rtsp-example.yaml"))
     assert "credential 'camera_password'" in str(error.value)
     assert "credential 'mqtt_password'" in str(error.value)
+
+
+def test_validate_config_wants_the_file_it_checks(capsys) -> None:
+    """Without a file it would say "valid" of the demo's, which nobody meant to check."""
+    from daemon.cli import main
+
+    assert main(["validate-config"]) == 2
+    assert "give the configuration file to check" in capsys.readouterr().err
+    assert main(["validate-config", "--schema"]) == 0
