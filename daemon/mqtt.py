@@ -44,6 +44,7 @@ from daemon.spool import Message, Spool
 logger = logging.getLogger(__name__)
 
 ONLINE, OFFLINE = "online", "offline"
+UNSPECIFIED = 128  # MQTT reason code "Unspecified error"
 # Retained state goes at QoS 0: its latest value is sent again at every connection, and paho
 # must not keep an older one, sent into a link that died unnoticed, to resend after it.
 STATE_QOS = 0
@@ -280,7 +281,10 @@ class MqttPublisher:
         self, client: paho.Client, userdata: object, flags: object, reason: object, props: object
     ) -> None:
         if self.connected.is_set() and not self._stop.is_set():
-            logger.warning("MQTT: disconnected (%s); events are spooled until it is back", reason)
+            why = str(reason)
+            if getattr(reason, "value", None) == UNSPECIFIED:  # what paho says of a lost socket
+                why = "the connection was lost: the broker stopped, or the network"
+            logger.warning("MQTT: disconnected (%s); events are spooled until it is back", why)
         self.connected.clear()
         metrics.MQTT_CONNECTED.set(0)
 

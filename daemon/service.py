@@ -352,7 +352,13 @@ class Service:
                 return
             if self._hup.is_set():
                 self._hup.clear()
-                scheduler.request_reload()
+                if scheduler.pipeline.facenet is None:
+                    logger.info("SIGHUP: no FaceNet model in use (detection only): no gallery")
+                else:
+                    logger.info(
+                        "SIGHUP: re-reading the gallery %s", self.config.recognition.gallery
+                    )
+                    scheduler.request_reload()
             if not scheduler.is_alive():
                 logger.error("the batch scheduler stopped: %s", scheduler.error)
                 return

@@ -94,6 +94,7 @@ def test_two_rtsp_cameras_to_mqtt_with_gallery_reload_and_clean_stop(
             60,
             "an event naming the enrolled person after SIGHUP",
         )
+        assert f"SIGHUP: re-reading the gallery {gallery}" in daemon.log()
         for event in subscriber.events():
             jsonschema.validate(event, SCHEMA)
         named = [e for e in subscriber.events() if e["identity"] == "lin-manuel-miranda"]
@@ -260,6 +261,7 @@ def test_broker_down_events_spool_and_arrive_in_order(tmp_path, broker) -> None:
     spooled = _spooled(tmp_path)
     assert spooled >= 3, "SIGTERM with the broker down keeps the events on disk"
     assert "kept in the spool" in daemon.log()
+    assert "MQTT: disconnected (the connection was lost: the broker stopped" in daemon.log()
 
     broker.start()
     second = Subscriber(broker.port, "facewatch/test/events/#")
