@@ -108,7 +108,11 @@ def register(commands: argparse._SubParsersAction) -> None:
     parsers["rename"].add_argument("old", help="the person's name now")
     parsers["rename"].add_argument("new", help="the new name")
     threshold = parsers["threshold"]
-    threshold.add_argument("words", nargs="+", metavar="NAME VALUE | --default VALUE")
+    threshold.usage = (
+        "facewatch gallery threshold NAME VALUE|default [--gallery FILE]\n"
+        "       facewatch gallery threshold --default VALUE [--gallery FILE]"
+    )
+    threshold.add_argument("words", nargs="+", metavar="NAME VALUE", help="one person and value")
     threshold.add_argument("--default", action="store_true", help="set the gallery default")
     parsers["export"].add_argument("file", type=Path, help="output: FILE.json or FILE.npz")
     parsers["export"].add_argument("--force", action="store_true", help="replace FILE if it exists")
@@ -193,7 +197,8 @@ def _rename(args: argparse.Namespace) -> int:
 def _threshold(args: argparse.Namespace) -> int:
     if args.default != (len(args.words) == 1) or len(args.words) > 2:
         print(
-            "usage: facewatch gallery threshold NAME VALUE|default, or --default VALUE",
+            "error: one person at a time: gallery threshold NAME VALUE|default, or "
+            "--default VALUE",
             file=sys.stderr,
         )
         return 2

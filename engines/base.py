@@ -119,6 +119,11 @@ class ModelMetadata:
                 raise EngineError(f"{model.parent}: no such folder") from None
             if not model.exists():
                 raise EngineError(f"{model}: no such model file") from None
+            if model.suffix in (".pt", ".pth", ".ckpt"):
+                raise EngineError(
+                    f"{model}: a training checkpoint, not a model facewatch runs: export it "
+                    f"first (facewatch train export {model} --out DIR/facenet.onnx)"
+                ) from None
             raise EngineError(f"{path}: model sidecar missing (every model needs one)") from None
         except (OSError, json.JSONDecodeError) as exc:
             raise EngineError(f"{path}: cannot read model sidecar: {exc}") from None

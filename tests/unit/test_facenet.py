@@ -295,3 +295,10 @@ def test_export_names_a_file_that_is_not_facenet_weights(tmp_path, shared_data, 
         assert main(["train", "export", str(path), "--out", str(tmp_path / "x.onnx")]) == 2
         assert message in capsys.readouterr().err
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_a_training_checkpoint_given_as_the_model_says_to_export_it(tmp_path) -> None:
+    checkpoint = tmp_path / "latest.pt"
+    checkpoint.write_bytes(b"PK\x03\x04 a torch zip")
+    with pytest.raises(EngineError, match=r"latest.pt: a training checkpoint, .* train export"):
+        ModelMetadata.load(checkpoint)
