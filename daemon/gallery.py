@@ -18,6 +18,7 @@ permission bits) is never written, even by root. New files are created owner-onl
 from __future__ import annotations
 
 import contextlib
+import difflib
 import logging
 import sqlite3
 import unicodedata
@@ -331,7 +332,7 @@ class Gallery:
                     )
                 identity_id = ids.get(lookup_name(face.name))
                 if identity_id is None:
-                    identity_id = _create_identity(conn, face.name)
+                    identity_id = _create_identity(conn, face.name, self.path)
                     ids[lookup_name(face.name)] = identity_id
                 others = holders.setdefault(face.source_sha256, set()) - {identity_id}
                 if others:
@@ -360,7 +361,11 @@ class Gallery:
     def _identity_id(self, conn: sqlite3.Connection, name: str) -> int:
         found = _find(conn, name)
         if found is None:
-            raise GalleryError(f"{self.path}: no identity named {name!r}")
+            names = list(_ids_by_name(conn))
+            close = [n for n in names if n.casefold() == lookup_name(name).casefold()]
+            close = close or difflib.get_close_matches(lookup_name(name), names, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise GalleryError(f"{self.path}: no identity named {name!r}{hint}")
         return found
 
     def remove(self, name: str) -> int:
@@ -381,6 +386,7 @@ class Gallery:
                 raise GalleryError(f"{self.path}: {old!r} is already called {new!r}")
             if _find(conn, new) is not None:
                 raise GalleryError(f"{self.path}: an identity named {new!r} already exists")
+            _refuse_case_twin(conn, new, identity_id, self.path)
             conn.execute(
                 "UPDATE identities SET name = ?, updated = ? WHERE id = ?",
                 (new, now_iso(), identity_id),
@@ -425,7 +431,19 @@ def _find(conn: sqlite3.Connection, name: str) -> int | None:
     return _ids_by_name(conn).get(lookup_name(name))
 
 
-def _create_identity(conn: sqlite3.Connection, name: str) -> int:
+def _refuse_case_twin(conn: sqlite3.Connection, name: str, own_id: int, path: Path) -> None:
+    """GalleryError when another identity's name differs from ``name`` only in case: Bob and
+    bob would be two people, each with half the photos."""
+    for other, identity_id in _ids_by_name(conn).items():
+        if identity_id != own_id and other.casefold() == name.casefold():
+            raise GalleryError(
+                f"{path}: {other!r} is enrolled; {name!r} would be another person (names "
+                f"differ in case only): use {other!r}"
+            )
+
+
+def _create_identity(conn: sqlite3.Connection, name: str, path: Path) -> int:
+    _refuse_case_twin(conn, clean_name(name), -1, path)
     now = now_iso()
     cursor = conn.execute(
         "INSERT INTO identities (name, threshold, created, updated) VALUES (?, NULL, ?, ?)",

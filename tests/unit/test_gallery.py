@@ -159,6 +159,22 @@ def test_remove_and_rename(gallery) -> None:
     assert gallery.match(axis(1)[None])[0].identity == "robert"
 
 
+def test_names_that_differ_in_case_only_are_one_person(gallery) -> None:
+    """`Bob` and `bob` would be two people with half the photos each: refused, and a name
+    not found suggests the one meant."""
+    with pytest.raises(GalleryError, match="no identity named 'Alice'; did you mean 'alice'"):
+        gallery.remove("Alice")
+    with pytest.raises(GalleryError, match="no identity named 'carl'; did you mean 'carol'"):
+        gallery.remove("carl")
+    with pytest.raises(GalleryError, match="'bob' is enrolled; 'Bob' would be another person"):
+        gallery.enroll([Enrollment("Bob", axis(3), "b2")])
+    with pytest.raises(GalleryError, match="'carol' is enrolled; 'Carol' would be another"):
+        gallery.rename("bob", "Carol")
+    gallery.rename("bob", "Bob")  # a person's own name in another case is fine
+    assert sorted(i.name for i in gallery.identities()) == ["Bob", "alice", "carol"]
+    assert gallery.enroll([Enrollment("Bob", axis(3), "b2")]) == 1
+
+
 def test_calibration_keeps_the_false_accept_rate_under_the_target() -> None:
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(20, 32))
