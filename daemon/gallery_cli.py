@@ -197,8 +197,7 @@ def _rename(args: argparse.Namespace) -> int:
 def _threshold(args: argparse.Namespace) -> int:
     if args.default != (len(args.words) == 1) or len(args.words) > 2:
         print(
-            "error: one person at a time: gallery threshold NAME VALUE|default, or "
-            "--default VALUE",
+            "error: one person at a time: gallery threshold NAME VALUE|default, or --default VALUE",
             file=sys.stderr,
         )
         return 2
