@@ -41,15 +41,8 @@ from daemon import metrics
 from daemon.archive_files import VISIT_FILE, disk_bytes, scan_visits, write_private
 from daemon.config import ArchiveConfig
 from daemon.events import person_key, region_xyxy, to_jpeg
-from daemon.recognition import (
-    DEFAULT_MIN_FACE_PX,
-    DEFAULT_MIN_SHARPNESS,
-    MAX_FACE_OUTSIDE,
-    outside_fraction,
-    sharpness,
-)
+from daemon.recognition import rate_face
 from daemon.tracking import Track, TrackEvent
-from engines.align import crop_with_margin
 
 logger = logging.getLogger(__name__)
 _P = ParamSpec("_P")
@@ -57,45 +50,9 @@ _Method: TypeAlias = "Callable[Concatenate[FaceArchive, _P], None]"
 
 CONTEXT = 0.5  # of the face's size, on every side of its box
 MAX_SIDE = 400  # px, the long side of an archived image
-FULL_SIZE_PX = 112  # a face this wide or wider scores full marks for size
 QUEUE_BYTES = 64_000_000  # images of the visits waiting for the writer; beyond: dropped
 PRUNE_EVERY_S = 60.0  # keep_days is checked this often when nothing is written
 WARN_EVERY_S = 60.0
-REFUSED_FACTOR = 0.1  # the quality of a face enroll would likely refuse
-ENROLL_MARGIN = 32  # of the crop enroll checks for blur (box alignment, 160 px)
-
-
-@dataclass(frozen=True)
-class FaceRating:
-    quality: float  # (0, 1]: higher is better to look at and to enroll from
-    enrollable: bool  # likely passes enroll's default gates: size, sharpness, whole
-
-
-def rate_face(image: np.ndarray, bbox_xyxy: np.ndarray, landmarks: np.ndarray) -> FaceRating:
-    """How good an image of a face is. Larger (up to FULL_SIZE_PX wide), more frontal (the
-    nose halfway between the eyes, along the line through them) and sharper (enroll's blur
-    score, on its 160 px crop with a margin of 32) score higher; a face that enroll would likely refuse
-    (smaller than its minimum, blurrier, or cut off by the frame's edge) scores a tenth."""
-    width = float(bbox_xyxy[2] - bbox_xyxy[0])
-    side = min(width, float(bbox_xyxy[3] - bbox_xyxy[1]))
-    size = min(1.0, max(width, 1.0) / FULL_SIZE_PX)
-    left_eye, right_eye, nose = np.asarray(landmarks[:3], dtype=np.float64)
-    axis = right_eye - left_eye
-    half = max(float(np.linalg.norm(axis)) / 2, 1e-6)
-    offset = float(np.dot(nose - (left_eye + right_eye) / 2, axis / (2 * half))) / half
-    frontal = 1.0 - min(1.0, abs(offset))
-    try:  # on the crop enroll takes from the original project's alignment (160 px, margin 32)
-        blur_score = sharpness(crop_with_margin(image, bbox_xyxy, ENROLL_MARGIN, 160))
-    except ValueError:  # a box wholly outside the frame
-        blur_score = 0.0
-    sharp = min(1.0, blur_score / (2 * DEFAULT_MIN_SHARPNESS))
-    enrollable = (
-        side >= DEFAULT_MIN_FACE_PX
-        and blur_score >= DEFAULT_MIN_SHARPNESS
-        and outside_fraction(bbox_xyxy, image.shape[:2]) <= MAX_FACE_OUTSIDE
-    )
-    quality = size * (0.2 + 0.8 * frontal) * (0.2 + 0.8 * sharp)
-    return FaceRating(quality * (1.0 if enrollable else REFUSED_FACTOR), enrollable)
 
 
 @dataclass
@@ -160,6 +117,7 @@ class FaceArchive:
         self._bytes = 0
         self._refreshed = time.monotonic()  # when visits deleted by hand were last looked for
         self._warned: dict[str, float] = {}
+        self._pruned = {"size": 0, "age": 0}  # deleted since the last log line about it
 
     @staticmethod
     def prepare(root: str) -> None:
@@ -413,15 +371,26 @@ class FaceArchive:
             self._refreshed = time.monotonic()
         oldest_s = time.time() - self.config.keep_days * 86400
         while self._index and (self._bytes > max_bytes or self._index[0][0] < oldest_s):
-            _, folder, size = self._index.pop(0)
+            started, folder, size = self._index.pop(0)
             shutil.rmtree(folder, ignore_errors=True)
             self._bytes -= size
+            reason = "age" if started < oldest_s else "size"
+            metrics.ARCHIVE_PRUNED.labels(reason).inc()
+            self._pruned[reason] += 1
             for parent in (folder.parent, folder.parent.parent):  # camera, then day
                 try:
                     parent.rmdir()  # only when empty
                 except OSError:
                     break
         metrics.ARCHIVE_BYTES.set(self._bytes)
+        if any(self._pruned.values()) and self._warn(
+            "pruned",
+            logging.INFO,
+            f"face archive: deleted {self._pruned['age']} visit(s) older than keep_days "
+            f"{self.config.keep_days:g} and {self._pruned['size']} to stay within max_mb "
+            f"{self.config.max_mb:g}",
+        ):
+            self._pruned = {"size": 0, "age": 0}
 
     def _failed(self, what: str, detail: str, reason: str = "error") -> None:
         """Count a failure (``error``: the disk refused; ``internal``: anything else, a bug)
@@ -429,10 +398,12 @@ class FaceArchive:
         metrics.ARCHIVE_FAILURES.labels(reason).inc()
         self._warn(what, logging.ERROR, f"face archive: {what}: {detail}")
 
-    def _warn(self, key: str, level: int, message: str) -> None:
+    def _warn(self, key: str, level: int, message: str) -> bool:
         """Log ``message``, at most once a WARN_EVERY_S per ``key`` (a full disk would
-        flood)."""
+        flood); whether it was logged."""
         now = time.monotonic()
-        if now - self._warned.get(key, -np.inf) >= WARN_EVERY_S:
-            self._warned[key] = now
-            logger.log(level, message)
+        if now - self._warned.get(key, -np.inf) < WARN_EVERY_S:
+            return False
+        self._warned[key] = now
+        logger.log(level, message)
+        return True

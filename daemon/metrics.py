@@ -97,11 +97,18 @@ ARCHIVE_FAILURES = Counter(
     ["reason"],
 )
 ARCHIVE_BYTES = Gauge("facewatch_archive_bytes", "size of the face archive on disk")
+ARCHIVE_PRUNED = Counter(
+    "facewatch_archive_pruned_total",
+    "old visits the face archive deleted: size (over archive.max_mb), age (archive.keep_days)",
+    ["reason"],
+)
 
 for _outcome in ("ok", "failed", "dropped"):
     MQTT_PUBLISHES.labels(_outcome)
 for _reason in ("behind", "error", "internal"):
     ARCHIVE_FAILURES.labels(_reason)
+for _reason in ("size", "age"):
+    ARCHIVE_PRUNED.labels(_reason)
 
 
 def init(cameras: list[str], backend: str, model_id: str, mqtt: bool = True) -> None:

@@ -1,5 +1,6 @@
-"""Recognition pieces shared by the commands and the daemon: enrollment quality gates and
-threshold calibration from the enrolled people themselves.
+"""Recognition pieces shared by the commands and the daemon: enrollment quality gates,
+threshold calibration from the enrolled people themselves, and how good a face image is
+(``rate_face``: the face archive keeps the best, and marks those enroll would take).
 
 Pure numpy + OpenCV on detections (``engines.mtcnn.FrameDetections``) and embeddings.
 """
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from engines.align import crop_with_margin
 from engines.boxes import iou_matrix
 from engines.mtcnn import FrameDetections
 
@@ -172,3 +174,41 @@ def calibrate(
         impostor=len(impostor),
         people=people,
     )
+
+
+FULL_SIZE_PX = 112  # a face this wide or wider scores full marks for size
+REFUSED_FACTOR = 0.1  # the quality of a face enroll would likely refuse
+ENROLL_MARGIN = 32  # of the crop enroll checks for blur (box alignment, 160 px)
+
+
+@dataclass(frozen=True)
+class FaceRating:
+    quality: float  # (0, 1]: higher is better to look at and to enroll from
+    enrollable: bool  # likely passes enroll's default gates: size, sharpness, whole
+
+
+def rate_face(image: np.ndarray, bbox_xyxy: np.ndarray, landmarks: np.ndarray) -> FaceRating:
+    """How good an image of a face is. Larger (up to FULL_SIZE_PX wide), more frontal (the
+    nose halfway between the eyes, along the line through them) and sharper (enroll's blur
+    score, on its 160 px crop with a margin of 32) score higher; a face that enroll would likely refuse
+    (smaller than its minimum, blurrier, or cut off by the frame's edge) scores a tenth."""
+    width = float(bbox_xyxy[2] - bbox_xyxy[0])
+    side = min(width, float(bbox_xyxy[3] - bbox_xyxy[1]))
+    size = min(1.0, max(width, 1.0) / FULL_SIZE_PX)
+    left_eye, right_eye, nose = np.asarray(landmarks[:3], dtype=np.float64)
+    axis = right_eye - left_eye
+    half = max(float(np.linalg.norm(axis)) / 2, 1e-6)
+    offset = float(np.dot(nose - (left_eye + right_eye) / 2, axis / (2 * half))) / half
+    frontal = 1.0 - min(1.0, abs(offset))
+    try:  # on the crop enroll takes from the original project's alignment (160 px, margin 32)
+        blur_score = sharpness(crop_with_margin(image, bbox_xyxy, ENROLL_MARGIN, 160))
+    except ValueError:  # a box wholly outside the frame
+        blur_score = 0.0
+    sharp = min(1.0, blur_score / (2 * DEFAULT_MIN_SHARPNESS))
+    enrollable = (
+        side >= DEFAULT_MIN_FACE_PX
+        and blur_score >= DEFAULT_MIN_SHARPNESS
+        and outside_fraction(bbox_xyxy, image.shape[:2]) <= MAX_FACE_OUTSIDE
+    )
+    quality = size * (0.2 + 0.8 * frontal) * (0.2 + 0.8 * sharp)
+    return FaceRating(quality * (1.0 if enrollable else REFUSED_FACTOR), enrollable)

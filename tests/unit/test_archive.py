@@ -4,6 +4,7 @@ how it fails, on faces MTCNN finds in the demo clip."""
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import time
 import unicodedata
@@ -15,11 +16,12 @@ import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 
-from daemon.archive import FaceArchive, rate_face
+from daemon.archive import FaceArchive
 from daemon.archive_files import VISIT_FILE
 from daemon.cli import main
 from daemon.config import ArchiveConfig, ConfigError, load_config, parse_config
 from daemon.events import face_region, person_key
+from daemon.recognition import rate_face
 from daemon.service import check_files
 from daemon.tracking import Track, TrackEvent
 from engines.boxes import iou_matrix
@@ -183,7 +185,9 @@ def _disk(folder: Path) -> int:
     return sum(p.stat().st_blocks * 512 for p in [folder, *folder.iterdir()])
 
 
-def test_old_visits_and_the_oldest_beyond_the_size_limit_are_deleted(tmp_path) -> None:
+def test_old_visits_and_the_oldest_beyond_the_size_limit_are_deleted(tmp_path, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="daemon.archive")
+    pruned = {r: _sample("facewatch_archive_pruned_total", reason=r) for r in ("age", "size")}
     root = tmp_path / "archive"
     expired = _old_visit(root, "2026-01-02", "080000-t1-unknown", 1000)
     day = datetime.fromtimestamp(time.time() - 3 * 3600).strftime("%Y-%m-%d")
@@ -202,6 +206,9 @@ def test_old_visits_and_the_oldest_beyond_the_size_limit_are_deleted(tmp_path) -
     assert all(folder.exists() for folder in kept) and (mine / "bob.jpg").exists()
     assert not (root / ".tmp-cut-short").exists()
     assert _sample("facewatch_archive_bytes") == sum(_disk(folder) for folder in kept)
+    assert _sample("facewatch_archive_pruned_total", reason="age") == pruned["age"] + 1
+    assert _sample("facewatch_archive_pruned_total", reason="size") == pruned["size"] + 1
+    assert "deleted 1 visit(s) older than keep_days 7 and 1 to stay within max_mb" in caplog.text
 
 
 def test_a_visits_start_is_read_from_its_visit_json(tmp_path) -> None:

@@ -371,8 +371,7 @@ def test_a_face_archive_visit_enrolls_its_own_face_not_the_neighbours(
 def test_the_archives_enrollable_flag_is_what_enroll_decides(test_model, detector) -> None:
     """The archive marks the images enroll would take (and ranks the others low): the same
     size, edge and blur gates, the blur on the crop enroll checks."""
-    from daemon.archive import rate_face
-    from daemon.recognition import QualityGates, Rejected
+    from daemon.recognition import QualityGates, Rejected, rate_face
     from engines.detectors import load_facenet
 
     facenet = load_facenet(test_model, threads=2)
