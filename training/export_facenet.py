@@ -8,6 +8,7 @@ one. After writing, ONNX Runtime is checked against PyTorch on the given face cr
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,9 @@ FP16_TOLERANCE = 5e-3  # fp16-stored weights against the fp32 PyTorch model (uni
 INT8_MIN_COSINE = 0.98  # int8 embeddings against the fp32 PyTorch model, on held-back crops
 TRAINED_HERE = "facewatch training (Inception-ResNet-v1, FaceNet)"
 INT8_NO_PROGRAM = "an int8 model has no torch program: int8 is for CPUs, the torch backend for GPUs"
+# torch warns about constant folding with TrainingMode.PRESERVE; the graph is in eval mode and
+# the parity check compares it with PyTorch, so the warning only alarms (only it is silenced)
+CONSTANT_FOLDING_WARNING = r"It is recommended that constant folding be turned off"
 
 
 def metadata(ckpt: Checkpoint, name: str, lfw: dict[str, Any] | None, fp16: bool) -> ModelMetadata:
@@ -77,19 +81,21 @@ def export_onnx(
     graph = NormalisedEmbedding(net).eval()
     dummy = torch.zeros(2, 3, image_size, image_size)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    torch.onnx.export(
-        graph,
-        (dummy,),
-        str(out_path),
-        input_names=["image"],
-        output_names=["embedding"],
-        dynamic_axes={"image": {0: "batch"}, "embedding": {0: "batch"}},
-        opset_version=OPSET,
-        dynamo=False,
-        training=torch.onnx.TrainingMode.EVAL
-        if fold_batchnorm
-        else torch.onnx.TrainingMode.PRESERVE,
-    )
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=CONSTANT_FOLDING_WARNING, category=UserWarning)
+        torch.onnx.export(
+            graph,
+            (dummy,),
+            str(out_path),
+            input_names=["image"],
+            output_names=["embedding"],
+            dynamic_axes={"image": {0: "batch"}, "embedding": {0: "batch"}},
+            opset_version=OPSET,
+            dynamo=False,
+            training=torch.onnx.TrainingMode.EVAL
+            if fold_batchnorm
+            else torch.onnx.TrainingMode.PRESERVE,
+        )
     return out_path
 
 
