@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from training.facenet_nets import build_model
+from training.facenet_nets import build_model, read_torch_file
 
 logger = logging.getLogger(__name__)
 
@@ -98,10 +98,7 @@ def _read(path: str | Path) -> Any:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not found")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)  # no code runs
-    except Exception as exc:  # torch raises several types for a damaged file
-        raise ValueError(f"{path}: not a readable checkpoint: {exc}") from None
+    return read_torch_file(path)
 
 
 def _is_checkpoint(raw: Any) -> bool:

@@ -153,6 +153,7 @@ def _add_triplet(commands: argparse._SubParsersAction) -> None:
 def _triplet(args: argparse.Namespace) -> int:
     from engines.base import EngineError
     from training.data import DataError
+    from training.facenet_nets import ModelFileError
     from training.train import train
     from training.train_options import OptionError, apply_config
 
@@ -161,7 +162,7 @@ def _triplet(args: argparse.Namespace) -> int:
     try:
         apply_config(args, parser)
         model_dir = train(args)
-    except (OptionError, DataError, FileNotFoundError, EngineError) as exc:
+    except (OptionError, DataError, ModelFileError, FileNotFoundError, EngineError) as exc:
         return _fail(str(exc))
     except ValueError as exc:  # ours name the file or option; the traceback, if it is a bug
         logger.debug("details", exc_info=True)

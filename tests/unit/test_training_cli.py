@@ -9,7 +9,7 @@ import pytest
 
 pytest.importorskip("torch")
 
-from training.cli_facenet import main as cli  # noqa: E402
+from training.cli_facenet import main as cli
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO.parent / "shared" / "data"
@@ -30,3 +30,44 @@ def test_align_says_its_summary_once(tmp_path: Path, capsys, caplog) -> None:
     logged = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
     said = out.splitlines() + logged
     assert sum("images: 1, aligned now: 1" in line for line in said) == 1, said
+
+
+def faces(root: Path, people: dict[str, int], size: int = 96) -> Path:
+    """A folder-per-identity dataset of plain crops (random pixels, one seed per image)."""
+    import cv2
+    import numpy as np
+
+    for k, (name, count) in enumerate(people.items()):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            pixels = np.random.default_rng(100 * k + i).integers(0, 256, (size, size, 3))
+            cv2.imwrite(str(root / name / f"{i}.png"), pixels.astype(np.uint8))
+    return root
+
+
+def _not_checkpoints(tmp_path: Path) -> list[Path]:
+    import sqlite3
+
+    text = tmp_path / "notckpt.pt"
+    text.write_text("hello, not weights\n")  # torch.load: KeyError: 101
+    database = tmp_path / "some.sqlite"  # torch.load: advice to load it unsafely
+    with sqlite3.connect(database) as db:
+        db.execute("create table t (x)")
+    return [text, database]
+
+
+def test_a_file_that_is_not_a_checkpoint_is_one_line(tmp_path: Path, capsys) -> None:
+    data = faces(tmp_path / "data", {"ann": 2, "ben": 2})
+    for path in _not_checkpoints(tmp_path):
+        commands = [
+            ["export", str(path), "--out", str(tmp_path / "x.onnx")],
+            ["triplet", "--data-dir", str(data), "--pretrained-model", str(path),
+             "--models-base-dir", str(tmp_path / "m"), "--logs-base-dir", str(tmp_path / "l"),
+             "--image-size", "80", "--gpu", "cpu", "--workers", "0"],
+            ["validate", str(path), "--lfw-dir", str(data), "--lfw-pairs", str(path)],
+        ]  # fmt: skip
+        for argv in commands:
+            assert cli(argv) == 2, argv
+            err = capsys.readouterr().err
+            assert err == f"error: {path}: not a PyTorch checkpoint or state dict\n", argv
+    assert not (tmp_path / "x.onnx").exists() and not (tmp_path / "m").exists()
