@@ -16,6 +16,7 @@ from pathlib import Path
 
 from engines.loader import default_models_dir
 from training.cli_teacher import register_teacher
+from training.help_format import DefaultsHelpFormatter
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +53,7 @@ def _count(least: int) -> object:
 def _add_align(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser(
         "align",
+        formatter_class=DefaultsHelpFormatter,
         help="align a folder-per-identity dataset with MTCNN (align_dataset_mtcnn)",
         description="Detect faces with MTCNN and write aligned crops, one folder per identity. "
         "Resumable: outputs that exist are skipped. For LFW use --image-size 160 --margin 32; "
@@ -140,6 +142,7 @@ def _add_triplet(commands: argparse._SubParsersAction) -> None:
 
     p = commands.add_parser(
         "triplet",
+        formatter_class=DefaultsHelpFormatter,
         aliases=["facenet"],
         help="train FaceNet (triplet loss; --loss center / distill)",
         description="Train Inception-ResNet-v1 with the options of the original "
@@ -175,6 +178,7 @@ def _triplet(args: argparse.Namespace) -> int:
 def _add_validate(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser(
         "validate",
+        formatter_class=DefaultsHelpFormatter,
         help="LFW protocol on a checkpoint, a facenet-pytorch state dict or an ONNX model",
         description="10-fold accuracy ± std, VAL@FAR=1e-3, AUC, EER, best threshold, ROC plot.",
     )
@@ -230,7 +234,7 @@ def _add_validate(commands: argparse._SubParsersAction) -> None:
         type=int,
         choices=(0, 1),
         default=0,
-        help="as the original: 0 squared euclidean (default), 1 angular (angle / pi)",
+        help="as the original: 0 squared euclidean, 1 angular (angle / pi)",
     )
     p.add_argument(
         "--use-flipped-images",
@@ -326,6 +330,7 @@ def _argv_after(command: str) -> list[str]:
 def _add_export(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser(
         "export",
+        formatter_class=DefaultsHelpFormatter,
         help="checkpoint or facenet-pytorch state dict -> ONNX embedding model + sidecar + "
         "model card, with a parity check",
         description="Export a training checkpoint, or a facenet-pytorch InceptionResnetV1 state "

@@ -71,3 +71,33 @@ def test_a_file_that_is_not_a_checkpoint_is_one_line(tmp_path: Path, capsys) -> 
             err = capsys.readouterr().err
             assert err == f"error: {path}: not a PyTorch checkpoint or state dict\n", argv
     assert not (tmp_path / "x.onnx").exists() and not (tmp_path / "m").exists()
+
+
+def _help(command: str, capsys) -> str:
+    with pytest.raises(SystemExit) as done:
+        cli([command, "--help"])
+    assert done.value.code == 0
+    return " ".join(capsys.readouterr().out.split())  # unwrapped
+
+
+@pytest.mark.parametrize(
+    ("command", "expected"),
+    [
+        ("align", ["crop size in pixels (default: 182)", "side) (default: 44)",
+                   "(default: margin)", "output image format (default: png)"]),
+        ("triplet", ["(default: ~/datasets/casia/casia_maxpy_mtcnnalign_182_160)",
+                     "number of epochs to run (default: 500)", "batches per epoch (default: 1000)",
+                     "(default: 3)", "LFW pairs file (default: data/pairs.txt)",
+                     "--random-crop, --no-random-crop, --random_crop, --no-random_crop random "
+                     "crops of image_size from larger training images (else centre crop) "
+                     "(default: off)"]),
+        ("validate", ["images per embedding batch (default: 100)", "(default: fp32)"]),
+        ("export", ["model name in the sidecar (default: facenet)",
+                    "crops used for the parity check (default: 16)"]),
+    ],
+)  # fmt: skip
+def test_help_shows_the_defaults(command: str, expected: list[str], capsys) -> None:
+    text = _help(command, capsys)
+    for phrase in expected:
+        assert phrase in text, phrase
+    assert "(default: None)" not in text and "(default: )" not in text
