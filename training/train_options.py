@@ -291,6 +291,7 @@ def add_facewatch_options(p: argparse.ArgumentParser) -> None:
 
 
 GIVEN = "_given"  # the namespace attribute naming the options the command line gave
+FROM_RECIPE = "_recipe_keys"  # option -> its key in the --config recipe, for the recipe's values
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
@@ -329,6 +330,7 @@ def apply_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> N
     if not isinstance(recipe, dict):
         raise OptionError(f"{path}: a recipe is a mapping of option: value")
     known = {a.dest: a for a in parser._actions}
+    from_recipe: dict[str, str] = {}
     for key, value in recipe.items():
         dest = str(key).replace("-", "_")
         if dest not in known or dest in ("config", "help"):
@@ -347,7 +349,9 @@ def apply_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> N
         if action.choices is not None and value not in action.choices:
             raise OptionError(f"{path}: {key}: {value!r} is not one of {sorted(action.choices)}")
         setattr(args, dest, value)
+        from_recipe[dest] = str(key)
     setattr(args, GIVEN, given)
+    setattr(args, FROM_RECIPE, from_recipe)
 
 
 _RANGES: tuple[tuple[str, str, Any], ...] = (
@@ -380,20 +384,31 @@ _RANGES: tuple[tuple[str, str, Any], ...] = (
 )
 
 
+def given_as(args: argparse.Namespace, name: str) -> str:
+    """Option ``name`` and its value as the user gave them: ``recipe.yaml: key: value`` for a
+    value from the --config recipe, else ``--name-with-dashes value``."""
+    value = getattr(args, name)
+    key = getattr(args, FROM_RECIPE, {}).get(name)
+    if key is not None and args.config is not None:
+        return f"{args.config}: {key}: {value}"
+    return f"--{name.replace('_', '-')} {value}"
+
+
 def check_options(args: argparse.Namespace) -> None:
-    """Raise OptionError naming the first option out of range."""
+    """Raise OptionError naming the first option out of range (or the recipe file and key
+    that gave it)."""
     for name, rule, ok in _RANGES:
-        value = getattr(args, name)
-        if not ok(value):
-            raise OptionError(f"--{name.replace('_', '-')} {value}: {rule}")
+        if not ok(getattr(args, name)):
+            raise OptionError(f"{given_as(args, name)}: {rule}")
     if args.loss == "triplet" and args.batch_size % 3:
         raise OptionError(
-            f"--batch-size {args.batch_size}: must be a multiple of 3 for --loss triplet (whole triplets)"
+            f"{given_as(args, 'batch_size')}: must be a multiple of 3 for --loss triplet "
+            "(whole triplets)"
         )
     if args.learning_rate <= 0 and not Path(args.learning_rate_schedule_file).is_file():
         raise OptionError(
-            f"--learning-rate {args.learning_rate} asks for a schedule, but "
-            f"--learning-rate-schedule-file {args.learning_rate_schedule_file} does not exist"
+            f"{given_as(args, 'learning_rate')} asks for a schedule, but "
+            f"{given_as(args, 'learning_rate_schedule_file')} does not exist"
         )
     if args.loss == "distill" and args.teacher is None:
         raise OptionError("--loss distill needs --teacher MODEL.onnx or EMBEDDINGS.npz")

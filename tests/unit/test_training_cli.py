@@ -101,3 +101,15 @@ def test_help_shows_the_defaults(command: str, expected: list[str], capsys) -> N
     for phrase in expected:
         assert phrase in text, phrase
     assert "(default: None)" not in text and "(default: )" not in text
+
+
+def test_a_bad_recipe_value_names_the_file_and_key(tmp_path: Path, capsys) -> None:
+    recipe = tmp_path / "badval.yaml"
+    recipe.write_text("image_size: -3\nbatch-size: 10\n")
+    argv = ["triplet", "--config", str(recipe), "--data-dir", str(tmp_path)]
+    assert cli(argv) == 2
+    assert f"error: {recipe}: image_size: -3: must be >= 75 pixels" in capsys.readouterr().err
+    assert cli([*argv, "--image-size", "80"]) == 2  # the next bad one, as the recipe spells it
+    assert f"error: {recipe}: batch-size: 10: must be a multiple of 3" in capsys.readouterr().err
+    assert cli([*argv, "--image-size", "-3"]) == 2  # the command line's own value: the flag
+    assert "error: --image-size -3: must be >= 75 pixels" in capsys.readouterr().err
