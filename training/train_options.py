@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -213,8 +214,9 @@ FACEWATCH_OPTIONS: tuple[tuple[str, dict[str, Any]], ...] = (
         "workers",
         {
             "type": int,
-            "default": 4,
-            "help": "data loader worker processes (0: load in the main process)",
+            "default": None,  # default_workers(), when the parser is built
+            "help": "data loader worker processes (0: load in the main process); not kept by "
+            "--resume (local to this machine)",
         },
     ),
     (
@@ -294,10 +296,20 @@ GIVEN = "_given"  # the namespace attribute naming the options the command line 
 FROM_RECIPE = "_recipe_keys"  # option -> its key in the --config recipe, for the recipe's values
 
 
+def default_workers() -> int:
+    """Data loader workers: 4, or one per CPU this process may use where there are fewer."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(4, cpus))
+
+
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     parser = parser or argparse.ArgumentParser(prog="facewatch train triplet")
     add_original_options(parser)
     add_facewatch_options(parser)
+    parser.set_defaults(workers=default_workers())
     for action in parser._actions:
         if action.option_strings and action.dest != "help":
             action.__class__ = _recording(type(action))
