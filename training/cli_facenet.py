@@ -157,7 +157,7 @@ def _triplet(args: argparse.Namespace) -> int:
     from engines.base import EngineError
     from training.data import DataError
     from training.facenet_nets import ModelFileError
-    from training.train import train
+    from training.train import TrainingInterrupted, train
     from training.train_options import OptionError, apply_config
 
     parser = args._parser
@@ -170,6 +170,10 @@ def _triplet(args: argparse.Namespace) -> int:
     except ValueError as exc:  # ours name the file or option; the traceback, if it is a bug
         logger.debug("details", exc_info=True)
         return _fail(f"{exc} (facewatch --log-level DEBUG train ... shows where)")
+    except TrainingInterrupted as exc:
+        if os.environ.get("RANK", "0") == "0":
+            print(f"interrupted: {exc}", file=sys.stderr)
+        return 130
     if os.environ.get("RANK", "0") == "0":
         print(f"checkpoints: {model_dir}")
     return 0

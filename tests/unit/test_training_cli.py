@@ -9,6 +9,7 @@ import pytest
 
 pytest.importorskip("torch")
 
+from tests.face_folders import celeba_people
 from training.cli_facenet import main as cli
 
 REPO = Path(__file__).resolve().parents[2]
@@ -32,19 +33,6 @@ def test_align_says_its_summary_once(tmp_path: Path, capsys, caplog) -> None:
     assert sum("images: 1, aligned now: 1" in line for line in said) == 1, said
 
 
-def faces(root: Path, people: dict[str, int], size: int = 96) -> Path:
-    """A folder-per-identity dataset of plain crops (random pixels, one seed per image)."""
-    import cv2
-    import numpy as np
-
-    for k, (name, count) in enumerate(people.items()):
-        (root / name).mkdir(parents=True, exist_ok=True)
-        for i in range(count):
-            pixels = np.random.default_rng(100 * k + i).integers(0, 256, (size, size, 3))
-            cv2.imwrite(str(root / name / f"{i}.png"), pixels.astype(np.uint8))
-    return root
-
-
 def _not_checkpoints(tmp_path: Path) -> list[Path]:
     import sqlite3
 
@@ -56,8 +44,9 @@ def _not_checkpoints(tmp_path: Path) -> list[Path]:
     return [text, database]
 
 
+@needs_shared
 def test_a_file_that_is_not_a_checkpoint_is_one_line(tmp_path: Path, capsys) -> None:
-    data = faces(tmp_path / "data", {"ann": 2, "ben": 2})
+    data = celeba_people(tmp_path / "data", [2, 2])
     for path in _not_checkpoints(tmp_path):
         commands = [
             ["export", str(path), "--out", str(tmp_path / "x.onnx")],
