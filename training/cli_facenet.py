@@ -207,8 +207,9 @@ def _add_validate(commands: argparse._SubParsersAction) -> None:
         "--lfw_nrof_folds",
         dest="lfw_nrof_folds",
         type=_count(2),
-        default=10,
-        help="folds (10: the LFW protocol)",
+        default=None,
+        help="folds (default: as many as the pairs file's header declares, else 10: the LFW "
+        "protocol's pairs.txt says 10 300)",
     )
     p.add_argument(
         "--align", action="store_true", help="the images are raw: align them on the fly with MTCNN"
@@ -275,7 +276,7 @@ def run_validate(args: argparse.Namespace) -> tuple[object, int]:
     from training.embedders import load_embedder
     from training.validate import MtcnnAligner, evaluate_pairs
 
-    if args.lfw_nrof_folds < 2:
+    if args.lfw_nrof_folds is not None and args.lfw_nrof_folds < 2:
         raise ValueError(f"--lfw-nrof-folds {args.lfw_nrof_folds}: must be >= 2")
     embedder = load_embedder(args.model, threads=args.threads, precision=args.precision)
     aligner = None

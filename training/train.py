@@ -33,7 +33,7 @@ from training.checkpoint import (
 from training.data import load_dataset
 from training.distributed import DistContext, convert_sync_batchnorm, init_from_env, shutdown
 from training.facenet_nets import build_model, load_pretrained
-from training.lfw import read_pairs
+from training.lfw import nrof_folds_for, read_pairs
 from training.losses import CenterLoss
 from training.run_checks import (
     absolute_paths,
@@ -150,8 +150,9 @@ def build_run(args: argparse.Namespace, ctx: DistContext, on_step: StepHook | No
     dataset = load_dataset(args.data_dir, args.min_nrof_images_per_class)
     check_identities(args, dataset)
     check_crops(args)
-    if args.lfw_dir:
-        read_pairs(args.lfw_pairs, args.lfw_dir)  # fail now, not after the first epoch
+    if args.lfw_dir:  # fail now, not after the first epoch
+        pairs, declared = read_pairs(args.lfw_pairs, args.lfw_dir)
+        nrof_folds_for(args.lfw_pairs, pairs, declared, args.lfw_nrof_folds)
     num_classes = len(dataset) if args.loss == "center" else None
     if resume is not None and num_classes != resume.extra.get("num_classes"):
         raise OptionError(

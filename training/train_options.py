@@ -171,7 +171,15 @@ ORIGINAL_OPTIONS: tuple[tuple[str, dict[str, Any]], ...] = (
             "help": "aligned LFW crops; when set, LFW is evaluated after every epoch",
         },
     ),
-    ("lfw_nrof_folds", {"type": int, "default": 10, "help": "LFW cross-validation folds"}),
+    (
+        "lfw_nrof_folds",
+        {
+            "type": int,
+            "default": None,
+            "help": "LFW cross-validation folds (default: as many as the pairs file's header "
+            "declares, else 10)",
+        },
+    ),
     ("lfw_batch_size", {"type": int, "default": 100, "help": "images per LFW evaluation batch"}),
 )
 
@@ -384,7 +392,7 @@ _RANGES: tuple[tuple[str, str, Any], ...] = (
     ("learning_rate_decay_epochs", "must be >= 1", lambda v: v >= 1),
     ("learning_rate_decay_factor", "must be > 0", lambda v: v > 0),
     ("moving_average_decay", "must be in [0, 1)", lambda v: 0 <= v < 1),
-    ("lfw_nrof_folds", "must be >= 2", lambda v: v >= 2),
+    ("lfw_nrof_folds", "must be >= 2", lambda v: v is None or v >= 2),
     ("lfw_batch_size", "must be >= 1", lambda v: v >= 1),
     ("workers", "must be >= 0", lambda v: v >= 0),
     ("center_loss_alfa", "must be in [0, 1]", lambda v: 0 <= v <= 1),

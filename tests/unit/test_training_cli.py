@@ -9,7 +9,7 @@ import pytest
 
 pytest.importorskip("torch")
 
-from tests.face_folders import celeba_people
+from tests.face_folders import celeba_people, lfw_pairs, tiny_checkpoint
 from training.cli_facenet import main as cli
 
 REPO = Path(__file__).resolve().parents[2]
@@ -102,3 +102,31 @@ def test_a_bad_recipe_value_names_the_file_and_key(tmp_path: Path, capsys) -> No
     assert f"error: {recipe}: batch-size: 10: must be a multiple of 3" in capsys.readouterr().err
     assert cli([*argv, "--image-size", "-3"]) == 2  # the command line's own value: the flag
     assert "error: --image-size -3: must be >= 75 pixels" in capsys.readouterr().err
+
+
+def _validate(tmp_path: Path, pairs: Path, *more: str) -> int:
+    checkpoint = tmp_path / "tiny.pt"
+    if not checkpoint.is_file():
+        tiny_checkpoint(checkpoint)
+    lfw = ["--lfw-dir", str(SHARED / "lfw" / "images"), "--lfw-pairs", str(pairs)]
+    return cli(["validate", str(checkpoint), *lfw, "--out-dir", str(tmp_path / "val"), *more])
+
+
+@needs_shared
+def test_validate_takes_the_folds_of_the_pairs_file(tmp_path: Path, capsys, caplog) -> None:
+    import json
+
+    pairs = lfw_pairs(tmp_path / "pairs_small.txt", "2\t5")
+    assert _validate(tmp_path, pairs) == 0
+    report = json.loads((tmp_path / "val" / "lfw.json").read_text())
+    assert len(report["fold_accuracies"]) == 2 and report["nrof_pairs"] == 20
+    # asked for other folds than the file's: said, and refused where a fold holds one kind
+    with caplog.at_level(logging.WARNING):
+        assert _validate(tmp_path, pairs, "--lfw-nrof-folds", "10") == 2
+    assert "pairs_small.txt declares 2 folds; evaluating with 10" in caplog.text
+    err = capsys.readouterr().err
+    assert f"{pairs}: fold 1 of 10 (pairs 1-2) holds only same pairs" in err, err
+    # a file not written fold by fold: refused, not an accuracy far below chance
+    unsorted = lfw_pairs(tmp_path / "unsorted.txt", "2\t10", by_fold=False)
+    assert _validate(tmp_path, unsorted) == 2
+    assert "fold 1 of 2 (pairs 1-10) holds only same pairs" in capsys.readouterr().err

@@ -12,6 +12,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+import training.train as train_module  # noqa: E402
 from tests.face_folders import celeba_people, needs_celeba  # noqa: E402
 from training.checkpoint import Checkpoint, save_epoch  # noqa: E402
 from training.cli_facenet import main as cli  # noqa: E402
@@ -143,8 +144,6 @@ def test_loader_workers_default_to_the_cpus_there_are(monkeypatch) -> None:
 def test_ctrl_c_says_where_training_stopped_and_how_to_go_on(
     tmp_path: Path, monkeypatch, capsys
 ) -> None:
-    import training.train as train_module
-
     data = celeba_people(tmp_path / "data", [3, 3])
     real = train_module.EPOCHS["center"]
 
@@ -172,3 +171,18 @@ def test_ctrl_c_says_where_training_stopped_and_how_to_go_on(
         f"epoch 2 of 3 interrupted (step 1); last checkpoint: {run_dir}/latest.pt (epoch 1)" in err
     )
     assert f"continue with: facewatch train triplet --resume {run_dir}" in err
+
+
+def test_per_epoch_lfw_takes_the_files_folds_and_refuses_one_kind_folds(tmp_path: Path) -> None:
+    from tests.face_folders import SHARED, lfw_pairs
+    from training.data import DataError
+
+    data = celeba_people(tmp_path / "data", [3, 3])
+    lfw = ["--lfw-dir", str(SHARED / "lfw" / "images"), "--data-dir", str(data)]
+    unsorted = lfw_pairs(tmp_path / "unsorted.txt", "2\t10", by_fold=False)
+    with pytest.raises(DataError, match=r"unsorted.txt: fold 1 of 2 \(pairs 1-10\) holds only"):
+        build_run(_args(*lfw, "--lfw-pairs", str(unsorted)), init_from_env("cpu"))
+    pairs = lfw_pairs(tmp_path / "pairs.txt", "2\t5")
+    run = build_run(_args(*lfw, "--lfw-pairs", str(pairs)), init_from_env("cpu"))
+    lfw_figures = train_module._evaluate_lfw(run)
+    assert lfw_figures is not None and len(lfw_figures["fold_accuracies"]) == 2
