@@ -14,7 +14,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from engines.loader import default_models_dir
+from engines.loader import default_facenet, default_models_dir
 from training.cli_teacher import register_teacher
 from training.help_format import DefaultsHelpFormatter
 
@@ -348,7 +348,17 @@ def _add_export(commands: argparse._SubParsersAction) -> None:
         help="training checkpoint (latest.pt or epoch-NNNN.pt) or facenet-pytorch state dict",
     )
     p.add_argument(
-        "--out", type=Path, default=Path("models/facenet/facenet.onnx"), help="ONNX file to write"
+        "--out",
+        type=Path,
+        default=default_facenet(),
+        help="ONNX file to write; the default is the FaceNet that the daemon (model: auto) and "
+        "the commands without --model use: facenet/facenet.onnx in $FACEWATCH_MODELS, else in "
+        "the repository's models/",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace a model already at --out (galleries enrolled with it are then refused)",
     )
     p.add_argument("--name", default="facenet", help="model name in the sidecar")
     p.add_argument(
@@ -440,6 +450,12 @@ def _export(args: argparse.Namespace) -> int:
         return _fail(f"--out {args.out}: name the file MODEL.onnx (its sidecar is MODEL.json)")
     if args.int8 and args.parity_images is None:
         return _fail("--int8 needs --parity-images: face crops to calibrate the quantisation on")
+    if args.out.exists() and not args.force:
+        return _fail(
+            f"--out {args.out}: a model is there already; galleries enrolled with it will be "
+            "refused by the new one (other embeddings): --force replaces it, or choose "
+            "another --out"
+        )
     try:
         checkpoint = load_model_file(args.checkpoint)
         size = int(checkpoint.options["image_size"])
