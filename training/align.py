@@ -232,5 +232,6 @@ def align_dataset(
             for path, box in written:
                 boxes_file.write(f"{path} {box[0]} {box[1]} {box[2]} {box[3]}\n")
             boxes_file.flush()
-    logger.info("alignment done: %s", summary.text().splitlines()[0])
+    # the command prints the summary; a log line at INFO would say it twice
+    logger.debug("alignment done: %s", summary.text().splitlines()[0])
     return summary

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from training.facenet_nets import build_model
+from training.facenet_nets import build_model, read_torch_file
 
 logger = logging.getLogger(__name__)
 
@@ -98,10 +98,7 @@ def _read(path: str | Path) -> Any:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not found")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)  # no code runs
-    except Exception as exc:  # torch raises several types for a damaged file
-        raise ValueError(f"{path}: not a readable checkpoint: {exc}") from None
+    return read_torch_file(path)
 
 
 def _is_checkpoint(raw: Any) -> bool:
@@ -211,15 +208,16 @@ LOCAL_OPTIONS = frozenset({"resume", "config", "gpu", "workers", "gpu_memory_fra
 SAME_NETWORK = {"models.inception_resnet_v1": "inception_resnet_v1"}  # --model-def spellings
 
 
-def adopt_run_options(args: Any, saved: dict[str, Any], source: Path) -> None:
+def adopt_run_options(args: Any, saved: dict[str, Any], source: Path) -> set[str]:
     """``--resume``: the run continues with its own options. Those the command line did not
     give come from the checkpoint; one it gave differently is refused when the run keeps it
-    for life (FIXED_ON_RESUME) and otherwise used, with a warning."""
+    for life (FIXED_ON_RESUME) and otherwise used, with a warning. Returns the options taken
+    from the checkpoint."""
     from training.train_options import GIVEN, OptionError, build_parser
 
     paths = {a.dest for a in build_parser()._actions if a.type is Path}
     given = getattr(args, GIVEN, set())
-    refused = []
+    refused, adopted = [], set()
     for key, value in saved.items():
         if key in LOCAL_OPTIONS or key.startswith("_") or not hasattr(args, key):
             continue
@@ -227,6 +225,7 @@ def adopt_run_options(args: Any, saved: dict[str, Any], source: Path) -> None:
         theirs = Path(value) if key in paths and value is not None else value
         if key not in given:
             setattr(args, key, theirs)
+            adopted.add(key)
         elif SAME_NETWORK.get(ours, ours) != SAME_NETWORK.get(theirs, theirs):
             flag = "--" + key.replace("_", "-")
             if key in FIXED_ON_RESUME:
@@ -238,3 +237,4 @@ def adopt_run_options(args: Any, saved: dict[str, Any], source: Path) -> None:
             f"{source}: cannot resume with {'; '.join(refused)}: the run keeps these for life; "
             "drop them to continue it, or start a new run (--run-name)"
         )
+    return adopted

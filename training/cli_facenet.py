@@ -14,8 +14,9 @@ import shlex
 import sys
 from pathlib import Path
 
-from engines.loader import default_models_dir
+from engines.loader import default_facenet, default_models_dir
 from training.cli_teacher import register_teacher
+from training.help_format import DefaultsHelpFormatter
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +53,7 @@ def _count(least: int) -> object:
 def _add_align(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser(
         "align",
+        formatter_class=DefaultsHelpFormatter,
         help="align a folder-per-identity dataset with MTCNN (align_dataset_mtcnn)",
         description="Detect faces with MTCNN and write aligned crops, one folder per identity. "
         "Resumable: outputs that exist are skipped. For LFW use --image-size 160 --margin 32; "
@@ -140,6 +142,7 @@ def _add_triplet(commands: argparse._SubParsersAction) -> None:
 
     p = commands.add_parser(
         "triplet",
+        formatter_class=DefaultsHelpFormatter,
         aliases=["facenet"],
         help="train FaceNet (triplet loss; --loss center / distill)",
         description="Train Inception-ResNet-v1 with the options of the original "
@@ -153,7 +156,8 @@ def _add_triplet(commands: argparse._SubParsersAction) -> None:
 def _triplet(args: argparse.Namespace) -> int:
     from engines.base import EngineError
     from training.data import DataError
-    from training.train import train
+    from training.facenet_nets import ModelFileError
+    from training.train import TrainingInterrupted, train
     from training.train_options import OptionError, apply_config
 
     parser = args._parser
@@ -161,11 +165,15 @@ def _triplet(args: argparse.Namespace) -> int:
     try:
         apply_config(args, parser)
         model_dir = train(args)
-    except (OptionError, DataError, FileNotFoundError, EngineError) as exc:
+    except (OptionError, DataError, ModelFileError, FileNotFoundError, EngineError) as exc:
         return _fail(str(exc))
     except ValueError as exc:  # ours name the file or option; the traceback, if it is a bug
         logger.debug("details", exc_info=True)
         return _fail(f"{exc} (facewatch --log-level DEBUG train ... shows where)")
+    except TrainingInterrupted as exc:
+        if os.environ.get("RANK", "0") == "0":
+            print(f"interrupted: {exc}", file=sys.stderr)
+        return 130
     if os.environ.get("RANK", "0") == "0":
         print(f"checkpoints: {model_dir}")
     return 0
@@ -174,6 +182,7 @@ def _triplet(args: argparse.Namespace) -> int:
 def _add_validate(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser(
         "validate",
+        formatter_class=DefaultsHelpFormatter,
         help="LFW protocol on a checkpoint, a facenet-pytorch state dict or an ONNX model",
         description="10-fold accuracy ± std, VAL@FAR=1e-3, AUC, EER, best threshold, ROC plot.",
     )
@@ -198,8 +207,9 @@ def _add_validate(commands: argparse._SubParsersAction) -> None:
         "--lfw_nrof_folds",
         dest="lfw_nrof_folds",
         type=_count(2),
-        default=10,
-        help="folds (10: the LFW protocol)",
+        default=None,
+        help="folds (default: as many as the pairs file's header declares, else 10: the LFW "
+        "protocol's pairs.txt says 10 300)",
     )
     p.add_argument(
         "--align", action="store_true", help="the images are raw: align them on the fly with MTCNN"
@@ -229,7 +239,7 @@ def _add_validate(commands: argparse._SubParsersAction) -> None:
         type=int,
         choices=(0, 1),
         default=0,
-        help="as the original: 0 squared euclidean (default), 1 angular (angle / pi)",
+        help="as the original: 0 squared euclidean, 1 angular (angle / pi)",
     )
     p.add_argument(
         "--use-flipped-images",
@@ -266,7 +276,7 @@ def run_validate(args: argparse.Namespace) -> tuple[object, int]:
     from training.embedders import load_embedder
     from training.validate import MtcnnAligner, evaluate_pairs
 
-    if args.lfw_nrof_folds < 2:
+    if args.lfw_nrof_folds is not None and args.lfw_nrof_folds < 2:
         raise ValueError(f"--lfw-nrof-folds {args.lfw_nrof_folds}: must be >= 2")
     embedder = load_embedder(args.model, threads=args.threads, precision=args.precision)
     aligner = None
@@ -325,6 +335,7 @@ def _argv_after(command: str) -> list[str]:
 def _add_export(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser(
         "export",
+        formatter_class=DefaultsHelpFormatter,
         help="checkpoint or facenet-pytorch state dict -> ONNX embedding model + sidecar + "
         "model card, with a parity check",
         description="Export a training checkpoint, or a facenet-pytorch InceptionResnetV1 state "
@@ -337,7 +348,17 @@ def _add_export(commands: argparse._SubParsersAction) -> None:
         help="training checkpoint (latest.pt or epoch-NNNN.pt) or facenet-pytorch state dict",
     )
     p.add_argument(
-        "--out", type=Path, default=Path("models/facenet/facenet.onnx"), help="ONNX file to write"
+        "--out",
+        type=Path,
+        default=default_facenet(),
+        help="ONNX file to write; the default is the FaceNet that the daemon (model: auto) and "
+        "the commands without --model use: facenet/facenet.onnx in $FACEWATCH_MODELS, else in "
+        "the repository's models/",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace a model already at --out (galleries enrolled with it are then refused)",
     )
     p.add_argument("--name", default="facenet", help="model name in the sidecar")
     p.add_argument(
@@ -429,6 +450,12 @@ def _export(args: argparse.Namespace) -> int:
         return _fail(f"--out {args.out}: name the file MODEL.onnx (its sidecar is MODEL.json)")
     if args.int8 and args.parity_images is None:
         return _fail("--int8 needs --parity-images: face crops to calibrate the quantisation on")
+    if args.out.exists() and not args.force:
+        return _fail(
+            f"--out {args.out}: a model is there already; galleries enrolled with it will be "
+            "refused by the new one (other embeddings): --force replaces it, or choose "
+            "another --out"
+        )
     try:
         checkpoint = load_model_file(args.checkpoint)
         size = int(checkpoint.options["image_size"])

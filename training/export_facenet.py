@@ -8,6 +8,7 @@ one. After writing, ONNX Runtime is checked against PyTorch on the given face cr
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,37 @@ FP16_TOLERANCE = 5e-3  # fp16-stored weights against the fp32 PyTorch model (uni
 INT8_MIN_COSINE = 0.98  # int8 embeddings against the fp32 PyTorch model, on held-back crops
 TRAINED_HERE = "facewatch training (Inception-ResNet-v1, FaceNet)"
 INT8_NO_PROGRAM = "an int8 model has no torch program: int8 is for CPUs, the torch backend for GPUs"
+# torch warns about constant folding with TrainingMode.PRESERVE; the graph is in eval mode and
+# the parity check compares it with PyTorch, so the warning only alarms (only it is silenced)
+CONSTANT_FOLDING_WARNING = r"It is recommended that constant folding be turned off"
+
+
+LFW_PAIRS = 6000  # LFW's pairs.txt: 10 folds of 300 same and 300 different pairs
+LFW_ROUGH_ACCURACY = 0.7
+
+
+def warn_rough_lfw(onnx_path: Path, lfw: dict[str, Any] | None) -> list[str]:
+    """Warn (and return why) when LFW figures recorded in a model's sidecar are rough: from
+    fewer pairs than the protocol's, or from a model near chance. Their best threshold is
+    what a new gallery made with the model starts from."""
+    if not lfw:
+        return []
+    pairs, accuracy = int(lfw.get("nrof_pairs") or 0), float(lfw.get("accuracy_mean", 0.0))
+    reasons = []
+    if pairs < LFW_PAIRS:
+        reasons.append(f"from {pairs or 'an unstated number of'} pairs, not LFW's {LFW_PAIRS}")
+    if accuracy < LFW_ROUGH_ACCURACY:
+        reasons.append(f"accuracy {accuracy:.3f}, below {LFW_ROUGH_ACCURACY}")
+    if reasons:
+        logger.warning(
+            "%s: the LFW figures recorded in its sidecar are rough (%s): new galleries made "
+            "with this model start from their best threshold, %s; check it, or set the "
+            "gallery's threshold yourself",
+            onnx_path,
+            "; ".join(reasons),
+            lfw.get("best_threshold"),
+        )
+    return reasons
 
 
 def metadata(ckpt: Checkpoint, name: str, lfw: dict[str, Any] | None, fp16: bool) -> ModelMetadata:
@@ -77,19 +109,21 @@ def export_onnx(
     graph = NormalisedEmbedding(net).eval()
     dummy = torch.zeros(2, 3, image_size, image_size)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    torch.onnx.export(
-        graph,
-        (dummy,),
-        str(out_path),
-        input_names=["image"],
-        output_names=["embedding"],
-        dynamic_axes={"image": {0: "batch"}, "embedding": {0: "batch"}},
-        opset_version=OPSET,
-        dynamo=False,
-        training=torch.onnx.TrainingMode.EVAL
-        if fold_batchnorm
-        else torch.onnx.TrainingMode.PRESERVE,
-    )
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=CONSTANT_FOLDING_WARNING, category=UserWarning)
+        torch.onnx.export(
+            graph,
+            (dummy,),
+            str(out_path),
+            input_names=["image"],
+            output_names=["embedding"],
+            dynamic_axes={"image": {0: "batch"}, "embedding": {0: "batch"}},
+            opset_version=OPSET,
+            dynamo=False,
+            training=torch.onnx.TrainingMode.EVAL
+            if fold_batchnorm
+            else torch.onnx.TrainingMode.PRESERVE,
+        )
     return out_path
 
 
@@ -347,6 +381,7 @@ def record_lfw(onnx_path: str | Path, lfw: dict[str, Any]) -> ModelMetadata:
     meta.lfw_accuracy = float(lfw["accuracy_mean"])
     meta.save(onnx_path)
     onnx_path.with_suffix(".md").write_text(model_card(meta, onnx_path))
+    warn_rough_lfw(onnx_path, meta.extra["lfw"])
     return meta
 
 
@@ -402,4 +437,5 @@ def export_checkpoint(
     meta.save(out_path)
     out_path.with_suffix(".md").write_text(model_card(meta, out_path))
     logger.info("wrote %s (parity %.2e)", out_path, diff)
+    warn_rough_lfw(out_path, meta.extra.get("lfw"))
     return out_path, diff

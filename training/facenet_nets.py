@@ -9,8 +9,8 @@ classifier head (``logits``) are configurable.
 from __future__ import annotations
 
 import logging
-import pickle
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -238,6 +238,22 @@ def build_model(
     )
 
 
+class ModelFileError(ValueError):
+    """A model file that cannot be used; the message names it."""
+
+
+def read_torch_file(path: str | Path) -> Any:
+    """``torch.load`` with ``weights_only`` (no code in the file runs). A file it cannot read
+    (another format, a damaged file, Python objects besides tensors) is one ValueError naming
+    it: torch's own message (a bare ``KeyError: 101``, or advice to load the file unsafely)
+    goes to the DEBUG log only."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a file that is not its own
+        logger.debug("%s: torch.load: %s: %s", path, type(exc).__name__, exc)
+        raise ModelFileError(f"{path}: not a PyTorch checkpoint or state dict") from None
+
+
 def load_pretrained(model: nn.Module, path: str | Path, strict: bool = False) -> list[str]:
     """Load a state dict (a facenet-pytorch ``.pt`` or a facewatch checkpoint) into ``model``.
 
@@ -247,11 +263,7 @@ def load_pretrained(model: nn.Module, path: str | Path, strict: bool = False) ->
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: pretrained model not found")
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ValueError(f"{path}: not a PyTorch state dict or checkpoint ({first})") from None
+    raw = read_torch_file(path)
     if isinstance(raw, dict) and "model" in raw and isinstance(raw["model"], dict):
         raw = raw["model"]
     if not isinstance(raw, dict):

@@ -104,6 +104,36 @@ def fold_slices(n: int, nrof_folds: int) -> list[np.ndarray]:
     return np.array_split(np.arange(n), nrof_folds)
 
 
+def check_folds(same: np.ndarray, nrof_folds: int) -> None:
+    """Each fold must hold same and different pairs: a fold of one kind has no threshold to
+    learn from the others' or to test (its accuracy says nothing). Pairs files are written
+    fold by fold, each with both kinds; cut into another number of folds they are not."""
+    same = np.asarray(same, dtype=bool)
+    for k, fold in enumerate(fold_slices(len(same), nrof_folds)):
+        if same[fold].all() or not same[fold].any():
+            kind = "same" if same[fold].all() else "different"
+            raise ValueError(
+                f"fold {k + 1} of {nrof_folds} (pairs {fold[0] + 1}-{fold[-1] + 1}) holds only "
+                f"{kind} pairs: evaluate with the number of folds the file was written with "
+                "(its header's first number; --lfw-nrof-folds)"
+            )
+
+
+def nrof_folds_for(
+    pairs_file: str | Path, pairs: list[Pair], declared: int, asked: int | None
+) -> int:
+    """The folds to evaluate with: ``asked`` (--lfw-nrof-folds), else what the file's header
+    declares, else 10 (the LFW protocol); checked (``check_folds``), DataError naming the file."""
+    folds = asked or declared or 10
+    if asked and declared and asked != declared:
+        logger.warning("%s declares %d folds; evaluating with %d", pairs_file, declared, asked)
+    try:
+        check_folds(np.array([p.same for p in pairs]), folds)
+    except ValueError as exc:
+        raise DataError(f"{pairs_file}: {exc}") from None
+    return folds
+
+
 def _rates(dist: np.ndarray, same: np.ndarray, threshold: float) -> tuple[float, float, float]:
     """(true positive rate, false positive rate, accuracy) of ``dist < threshold``."""
     predict = dist < threshold
@@ -168,6 +198,7 @@ def evaluate_distances(
 ) -> LfwResult:
     """The protocol on precomputed pair distances (see the module doc)."""
     dist, same = np.asarray(dist, dtype=np.float64), np.asarray(same, dtype=bool)
+    check_folds(same, nrof_folds)
     folds = fold_slices(len(dist), nrof_folds)
     accuracies, vals, fars = [], [], []
     tprs = np.zeros((len(folds), len(thresholds)))

@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from training.align import read_settings
 from training.checkpoint import (
+    LATEST,
     Checkpoint,
     WeightAverage,
     adopt_run_options,
@@ -32,8 +33,15 @@ from training.checkpoint import (
 from training.data import load_dataset
 from training.distributed import DistContext, convert_sync_batchnorm, init_from_env, shutdown
 from training.facenet_nets import build_model, load_pretrained
-from training.lfw import read_pairs
+from training.lfw import nrof_folds_for, read_pairs
 from training.losses import CenterLoss
+from training.run_checks import (
+    absolute_paths,
+    check_crops,
+    check_identities,
+    check_resume,
+    resumed_paths,
+)
 from training.train_loops import EPOCHS, FeaturesHead, Run, StepHook
 from training.train_options import OptionError, check_options, options_dict
 
@@ -131,26 +139,20 @@ def build_run(args: argparse.Namespace, ctx: DistContext, on_step: StepHook | No
     """Everything a training run needs, resumed from a checkpoint when asked."""
     resume_path = resolve_resume(args.resume, Path(args.models_base_dir)) if args.resume else None
     resume = Checkpoint.load(resume_path) if resume_path is not None else None
+    keep: frozenset[str] = frozenset()
+    if resume is not None and resume_path is not None:
+        adopted = adopt_run_options(args, resume.options, resume_path)
+        keep = resumed_paths(args, adopted, resume_path)
+        check_resume(args, resume.epoch, resume_path)
+    absolute_paths(args, keep)  # saved so: --resume works from any directory
     if resume is not None:
-        adopt_run_options(args, resume.options, resume_path)
         check_options(args)
     dataset = load_dataset(args.data_dir, args.min_nrof_images_per_class)
-    if args.loss == "triplet" and sum(len(c.image_paths) >= 2 for c in dataset) < 1:
-        raise OptionError(
-            f"--loss triplet needs identities with 2 or more images (anchor and positive); "
-            f"none of the {len(dataset)} in {args.data_dir} has"
-        )
-    crops = (read_settings(args.data_dir) or {}).get("image_size")
-    if isinstance(crops, int) and crops < args.image_size:
-        logger.warning(
-            "%s holds %d px crops: --image-size %d enlarges them (and --random-crop has "
-            "nothing to crop); align at a larger --image-size",
-            args.data_dir,
-            crops,
-            args.image_size,
-        )
-    if args.lfw_dir:
-        read_pairs(args.lfw_pairs, args.lfw_dir)  # fail now, not after the first epoch
+    check_identities(args, dataset)
+    check_crops(args)
+    if args.lfw_dir:  # fail now, not after the first epoch
+        pairs, declared = read_pairs(args.lfw_pairs, args.lfw_dir)
+        nrof_folds_for(args.lfw_pairs, pairs, declared, args.lfw_nrof_folds)
     num_classes = len(dataset) if args.loss == "center" else None
     if resume is not None and num_classes != resume.extra.get("num_classes"):
         raise OptionError(
@@ -203,6 +205,7 @@ def _restore(run: Run, ckpt: Checkpoint, path: Path | None) -> None:
     if run.scaler is not None and "scaler" in ckpt.extra:
         run.scaler.load_state_dict(ckpt.extra["scaler"])
     run.epoch, run.step = ckpt.epoch, ckpt.step
+    run.saved_epoch = ckpt.epoch
     logger.info("resumed %s at epoch %d, step %d", path, run.epoch, run.step)
 
 
@@ -288,15 +291,49 @@ def _epoch_end(run: Run) -> None:
         save_epoch(
             checkpoint_of(run, lfw), run.model_dir, keep_every_epoch=run.args.keep_checkpoints > 0
         )
+        run.saved_epoch = run.epoch
         _prune(run.model_dir, run.args.keep_checkpoints)
     if run.ctx.enabled:
         torch.distributed.barrier()
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training; the message says where it stopped and how to go on."""
+
+
+def _interrupted(run: Run) -> str:
+    saved = run.saved_epoch or 0
+    # past the last checkpoint's epoch: interrupted while ending that epoch (LFW, saving)
+    epoch = run.epoch if run.epoch > saved else run.epoch + 1
+    where = f"epoch {epoch} of {run.args.max_nrof_epochs} interrupted (step {run.step})"
+    if run.saved_epoch is None:
+        return f"{where}; no checkpoint saved in {run.model_dir} yet: nothing to resume"
+    return (
+        f"{where}; last checkpoint: {run.model_dir / LATEST} (epoch {run.saved_epoch}); "
+        f"continue with: facewatch train triplet --resume {run.model_dir}"
+    )
+
+
 def train_run(run: Run) -> Path:
-    """Run epochs from ``run.epoch`` to ``max_nrof_epochs``; returns the run's model directory."""
-    args = run.args
+    """Run epochs from ``run.epoch`` to ``max_nrof_epochs``; returns the run's model directory.
+    Ctrl-C raises TrainingInterrupted; a run that fails before its first checkpoint leaves no
+    empty run directory behind."""
+    created = not run.model_dir.exists()
     run.model_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        _epochs(run)
+    except KeyboardInterrupt:
+        raise TrainingInterrupted(_interrupted(run)) from None
+    finally:
+        if run.writer is not None:
+            run.writer.close()
+        if created and run.ctx.is_main and not any(run.model_dir.iterdir()):
+            run.model_dir.rmdir()
+    return run.model_dir
+
+
+def _epochs(run: Run) -> None:
+    args = run.args
     epoch_fn = EPOCHS[args.loss]
     started = time.monotonic()
     while run.epoch < args.max_nrof_epochs and not run.stop:
@@ -320,9 +357,6 @@ def train_run(run: Run) -> Path:
                 "time limit of %.1f min reached after epoch %d", args.time_limit_min, run.epoch
             )
             break
-    if run.writer is not None:
-        run.writer.close()
-    return run.model_dir
 
 
 def train(args: argparse.Namespace, on_step: StepHook | None = None) -> Path:

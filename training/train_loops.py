@@ -71,6 +71,7 @@ class Run:
     step: int = 0
     on_step: StepHook | None = None
     stop: bool = False
+    saved_epoch: int | None = None  # the epoch of the last checkpoint in model_dir
     losses: list[float] = field(default_factory=list)  # the current epoch's, one per step
     _loader: DataLoader | None = None
     _plan: BatchPlan = field(default_factory=BatchPlan)

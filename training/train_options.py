@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -170,7 +171,15 @@ ORIGINAL_OPTIONS: tuple[tuple[str, dict[str, Any]], ...] = (
             "help": "aligned LFW crops; when set, LFW is evaluated after every epoch",
         },
     ),
-    ("lfw_nrof_folds", {"type": int, "default": 10, "help": "LFW cross-validation folds"}),
+    (
+        "lfw_nrof_folds",
+        {
+            "type": int,
+            "default": None,
+            "help": "LFW cross-validation folds (default: as many as the pairs file's header "
+            "declares, else 10)",
+        },
+    ),
     ("lfw_batch_size", {"type": int, "default": 100, "help": "images per LFW evaluation batch"}),
 )
 
@@ -213,8 +222,9 @@ FACEWATCH_OPTIONS: tuple[tuple[str, dict[str, Any]], ...] = (
         "workers",
         {
             "type": int,
-            "default": 4,
-            "help": "data loader worker processes (0: load in the main process)",
+            "default": None,  # default_workers(), when the parser is built
+            "help": "data loader worker processes (0: load in the main process); not kept by "
+            "--resume (local to this machine)",
         },
     ),
     (
@@ -291,12 +301,23 @@ def add_facewatch_options(p: argparse.ArgumentParser) -> None:
 
 
 GIVEN = "_given"  # the namespace attribute naming the options the command line gave
+FROM_RECIPE = "_recipe_keys"  # option -> its key in the --config recipe, for the recipe's values
+
+
+def default_workers() -> int:
+    """Data loader workers: 4, or one per CPU this process may use where there are fewer."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(4, cpus))
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     parser = parser or argparse.ArgumentParser(prog="facewatch train triplet")
     add_original_options(parser)
     add_facewatch_options(parser)
+    parser.set_defaults(workers=default_workers())
     for action in parser._actions:
         if action.option_strings and action.dest != "help":
             action.__class__ = _recording(type(action))
@@ -329,6 +350,7 @@ def apply_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> N
     if not isinstance(recipe, dict):
         raise OptionError(f"{path}: a recipe is a mapping of option: value")
     known = {a.dest: a for a in parser._actions}
+    from_recipe: dict[str, str] = {}
     for key, value in recipe.items():
         dest = str(key).replace("-", "_")
         if dest not in known or dest in ("config", "help"):
@@ -347,7 +369,9 @@ def apply_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> N
         if action.choices is not None and value not in action.choices:
             raise OptionError(f"{path}: {key}: {value!r} is not one of {sorted(action.choices)}")
         setattr(args, dest, value)
+        from_recipe[dest] = str(key)
     setattr(args, GIVEN, given)
+    setattr(args, FROM_RECIPE, from_recipe)
 
 
 _RANGES: tuple[tuple[str, str, Any], ...] = (
@@ -368,7 +392,7 @@ _RANGES: tuple[tuple[str, str, Any], ...] = (
     ("learning_rate_decay_epochs", "must be >= 1", lambda v: v >= 1),
     ("learning_rate_decay_factor", "must be > 0", lambda v: v > 0),
     ("moving_average_decay", "must be in [0, 1)", lambda v: 0 <= v < 1),
-    ("lfw_nrof_folds", "must be >= 2", lambda v: v >= 2),
+    ("lfw_nrof_folds", "must be >= 2", lambda v: v is None or v >= 2),
     ("lfw_batch_size", "must be >= 1", lambda v: v >= 1),
     ("workers", "must be >= 0", lambda v: v >= 0),
     ("center_loss_alfa", "must be in [0, 1]", lambda v: 0 <= v <= 1),
@@ -380,20 +404,31 @@ _RANGES: tuple[tuple[str, str, Any], ...] = (
 )
 
 
+def given_as(args: argparse.Namespace, name: str) -> str:
+    """Option ``name`` and its value as the user gave them: ``recipe.yaml: key: value`` for a
+    value from the --config recipe, else ``--name-with-dashes value``."""
+    value = getattr(args, name)
+    key = getattr(args, FROM_RECIPE, {}).get(name)
+    if key is not None and args.config is not None:
+        return f"{args.config}: {key}: {value}"
+    return f"--{name.replace('_', '-')} {value}"
+
+
 def check_options(args: argparse.Namespace) -> None:
-    """Raise OptionError naming the first option out of range."""
+    """Raise OptionError naming the first option out of range (or the recipe file and key
+    that gave it)."""
     for name, rule, ok in _RANGES:
-        value = getattr(args, name)
-        if not ok(value):
-            raise OptionError(f"--{name.replace('_', '-')} {value}: {rule}")
+        if not ok(getattr(args, name)):
+            raise OptionError(f"{given_as(args, name)}: {rule}")
     if args.loss == "triplet" and args.batch_size % 3:
         raise OptionError(
-            f"--batch-size {args.batch_size}: must be a multiple of 3 for --loss triplet (whole triplets)"
+            f"{given_as(args, 'batch_size')}: must be a multiple of 3 for --loss triplet "
+            "(whole triplets)"
         )
     if args.learning_rate <= 0 and not Path(args.learning_rate_schedule_file).is_file():
         raise OptionError(
-            f"--learning-rate {args.learning_rate} asks for a schedule, but "
-            f"--learning-rate-schedule-file {args.learning_rate_schedule_file} does not exist"
+            f"{given_as(args, 'learning_rate')} asks for a schedule, but "
+            f"{given_as(args, 'learning_rate_schedule_file')} does not exist"
         )
     if args.loss == "distill" and args.teacher is None:
         raise OptionError("--loss distill needs --teacher MODEL.onnx or EMBEDDINGS.npz")

@@ -19,7 +19,14 @@ from engines.align import align_similarity, crop_with_margin, pick_main_face
 from engines.base import file_sha256
 from training.data import DataError, load_rgb
 from training.embedders import Embedder
-from training.lfw import LfwResult, evaluate_embedded, pair_images, plot_roc, read_pairs
+from training.lfw import (
+    LfwResult,
+    evaluate_embedded,
+    nrof_folds_for,
+    pair_images,
+    plot_roc,
+    read_pairs,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +90,7 @@ def evaluate_pairs(
     embedder: Embedder,
     pairs_file: str | Path,
     lfw_dir: str | Path,
-    nrof_folds: int = 10,
+    nrof_folds: int | None = None,
     batch_size: int = 100,
     aligner: MtcnnAligner | None = None,
     distance_metric: int = 0,
@@ -93,10 +100,9 @@ def evaluate_pairs(
     """Embed every image the pairs name once, then run the protocol. Returns the result
     and the number of images where no face was found (0 for aligned crops). ``flipped``:
     as the original's --use_flipped_images, each image's embedding and its mirror's,
-    concatenated."""
+    concatenated. ``nrof_folds`` None: as many as the file's header declares (else 10)."""
     pairs, declared = read_pairs(pairs_file, lfw_dir)
-    if declared and declared != nrof_folds:
-        logger.info("%s declares %d folds; evaluating with %d", pairs_file, declared, nrof_folds)
+    folds = nrof_folds_for(pairs_file, pairs, declared, nrof_folds)
     images = pair_images(pairs)
     crops, no_face = load_faces(images, aligner, embedder.image_size)
     embeddings = _embed(embedder, crops, batch_size, "embedding")
@@ -104,9 +110,7 @@ def evaluate_pairs(
         mirrored = np.ascontiguousarray(crops[:, :, ::-1])
         mirror = _embed(embedder, mirrored, batch_size, "embedding mirrored")
         embeddings = np.concatenate([embeddings, mirror], axis=1)
-    result = evaluate_embedded(
-        pairs, images, embeddings, nrof_folds, distance_metric, subtract_mean
-    )
+    result = evaluate_embedded(pairs, images, embeddings, folds, distance_metric, subtract_mean)
     return dataclasses.replace(result, use_flipped_images=flipped), no_face
 
 
@@ -125,7 +129,7 @@ def evaluate_aligned(
     embedder: Embedder,
     pairs_file: str | Path,
     lfw_dir: str | Path,
-    nrof_folds: int = 10,
+    nrof_folds: int | None = None,
     batch_size: int = 100,
 ) -> LfwResult:
     """The protocol on LFW crops aligned beforehand."""

@@ -240,8 +240,8 @@ def test_int8_export_is_calibrated_checked_and_runs_in_the_engines(
     assert not ModelMetadata.load(refused).extra.get("int8")
     assert "QuantizeLinear" not in {n.op_type for n in onnx.load(str(refused)).graph.node}
     # an int8 model needs crops to calibrate on, and is not also fp16
-    assert cli(["export", str(trained / "latest.pt"), "--out", str(out), "--int8"]) == 2
-    assert cli([*argv, "--fp16"]) != 0
+    assert cli(["export", str(trained / "latest.pt"), "--out", str(out), "--int8", "--force"]) == 2
+    assert cli([*argv, "--fp16", "--force"]) != 0
 
 
 class _Crash(RuntimeError):

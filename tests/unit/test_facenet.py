@@ -281,7 +281,7 @@ def test_export_names_a_file_that_is_not_facenet_weights(tmp_path, shared_data, 
     partial = tmp_path / "partial.pt"
     torch.save({"last_linear.weight": torch.zeros(128, 1792)}, partial)
     cases = [
-        (text, "notes.pt: not a readable checkpoint"),
+        (text, "notes.pt: not a PyTorch checkpoint or state dict"),
         (
             shared_data / "weights" / "mtcnn" / "pnet.pt",
             "pnet.pt: a state dict without `last_linear.weight`",

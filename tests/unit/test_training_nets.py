@@ -91,7 +91,7 @@ def test_a_state_dict_of_another_network_is_refused(shared_data, tmp_path) -> No
     with pytest.raises(ValueError, match=r"only 0 of this network's \d+ tensors"):
         load_pretrained(net, shared_data / "weights" / "mtcnn" / "pnet.pt")
     (tmp_path / "x.onnx").write_bytes(b"\x08\x07not a pickle")
-    with pytest.raises(ValueError, match="not a PyTorch state dict"):
+    with pytest.raises(ValueError, match=r"x\.onnx: not a PyTorch checkpoint or state dict$"):
         load_pretrained(net, tmp_path / "x.onnx")
 
 

@@ -1,0 +1,132 @@
+"""The `facewatch train` commands as a user meets them: their output, help and errors."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+
+from tests.face_folders import celeba_people, lfw_pairs, tiny_checkpoint
+from training.cli_facenet import main as cli
+
+REPO = Path(__file__).resolve().parents[2]
+SHARED = REPO.parent / "shared" / "data"
+needs_shared = pytest.mark.skipif(
+    not (SHARED / "images").is_dir(), reason=f"shared data not found at {SHARED}"
+)
+
+
+@needs_shared
+def test_align_says_its_summary_once(tmp_path: Path, capsys, caplog) -> None:
+    raw = tmp_path / "raw" / "obama"
+    raw.mkdir(parents=True)
+    (raw / "a.jpg").symlink_to(SHARED / "images" / "obama.jpg")
+    argv = ["align", str(tmp_path / "raw"), str(tmp_path / "out"), "--image-size", "96"]
+    with caplog.at_level(logging.INFO):
+        assert cli([*argv, "--margin", "16", "--threads", "2"]) == 0
+    out = capsys.readouterr().out
+    logged = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
+    said = out.splitlines() + logged
+    assert sum("images: 1, aligned now: 1" in line for line in said) == 1, said
+
+
+def _not_checkpoints(tmp_path: Path) -> list[Path]:
+    import sqlite3
+
+    text = tmp_path / "notckpt.pt"
+    text.write_text("hello, not weights\n")  # torch.load: KeyError: 101
+    database = tmp_path / "some.sqlite"  # torch.load: advice to load it unsafely
+    with sqlite3.connect(database) as db:
+        db.execute("create table t (x)")
+    return [text, database]
+
+
+@needs_shared
+def test_a_file_that_is_not_a_checkpoint_is_one_line(tmp_path: Path, capsys) -> None:
+    data = celeba_people(tmp_path / "data", [2, 2])
+    for path in _not_checkpoints(tmp_path):
+        commands = [
+            ["export", str(path), "--out", str(tmp_path / "x.onnx")],
+            ["triplet", "--data-dir", str(data), "--pretrained-model", str(path),
+             "--models-base-dir", str(tmp_path / "m"), "--logs-base-dir", str(tmp_path / "l"),
+             "--image-size", "80", "--gpu", "cpu", "--workers", "0"],
+            ["validate", str(path), "--lfw-dir", str(data), "--lfw-pairs", str(path)],
+        ]  # fmt: skip
+        for argv in commands:
+            assert cli(argv) == 2, argv
+            err = capsys.readouterr().err
+            assert err == f"error: {path}: not a PyTorch checkpoint or state dict\n", argv
+    assert not (tmp_path / "x.onnx").exists() and not (tmp_path / "m").exists()
+
+
+def _help(command: str, capsys) -> str:
+    with pytest.raises(SystemExit) as done:
+        cli([command, "--help"])
+    assert done.value.code == 0
+    return " ".join(capsys.readouterr().out.split())  # unwrapped
+
+
+@pytest.mark.parametrize(
+    ("command", "expected"),
+    [
+        ("align", ["crop size in pixels (default: 182)", "side) (default: 44)",
+                   "(default: margin)", "output image format (default: png)"]),
+        ("triplet", ["(default: ~/datasets/casia/casia_maxpy_mtcnnalign_182_160)",
+                     "number of epochs to run (default: 500)", "batches per epoch (default: 1000)",
+                     "(default: 3)", "LFW pairs file (default: data/pairs.txt)",
+                     "--random-crop, --no-random-crop, --random_crop, --no-random_crop random "
+                     "crops of image_size from larger training images (else centre crop) "
+                     "(default: off)"]),
+        ("validate", ["images per embedding batch (default: 100)", "(default: fp32)"]),
+        ("export", ["model name in the sidecar (default: facenet)",
+                    "crops used for the parity check (default: 16)"]),
+    ],
+)  # fmt: skip
+def test_help_shows_the_defaults(command: str, expected: list[str], capsys) -> None:
+    text = _help(command, capsys)
+    for phrase in expected:
+        assert phrase in text, phrase
+    assert "(default: None)" not in text and "(default: )" not in text
+
+
+def test_a_bad_recipe_value_names_the_file_and_key(tmp_path: Path, capsys) -> None:
+    recipe = tmp_path / "badval.yaml"
+    recipe.write_text("image_size: -3\nbatch-size: 10\n")
+    argv = ["triplet", "--config", str(recipe), "--data-dir", str(tmp_path)]
+    assert cli(argv) == 2
+    assert f"error: {recipe}: image_size: -3: must be >= 75 pixels" in capsys.readouterr().err
+    assert cli([*argv, "--image-size", "80"]) == 2  # the next bad one, as the recipe spells it
+    assert f"error: {recipe}: batch-size: 10: must be a multiple of 3" in capsys.readouterr().err
+    assert cli([*argv, "--image-size", "-3"]) == 2  # the command line's own value: the flag
+    assert "error: --image-size -3: must be >= 75 pixels" in capsys.readouterr().err
+
+
+def _validate(tmp_path: Path, pairs: Path, *more: str) -> int:
+    checkpoint = tmp_path / "tiny.pt"
+    if not checkpoint.is_file():
+        tiny_checkpoint(checkpoint)
+    lfw = ["--lfw-dir", str(SHARED / "lfw" / "images"), "--lfw-pairs", str(pairs)]
+    return cli(["validate", str(checkpoint), *lfw, "--out-dir", str(tmp_path / "val"), *more])
+
+
+@needs_shared
+def test_validate_takes_the_folds_of_the_pairs_file(tmp_path: Path, capsys, caplog) -> None:
+    import json
+
+    pairs = lfw_pairs(tmp_path / "pairs_small.txt", "2\t5")
+    assert _validate(tmp_path, pairs) == 0
+    report = json.loads((tmp_path / "val" / "lfw.json").read_text())
+    assert len(report["fold_accuracies"]) == 2 and report["nrof_pairs"] == 20
+    # asked for other folds than the file's: said, and refused where a fold holds one kind
+    with caplog.at_level(logging.WARNING):
+        assert _validate(tmp_path, pairs, "--lfw-nrof-folds", "10") == 2
+    assert "pairs_small.txt declares 2 folds; evaluating with 10" in caplog.text
+    err = capsys.readouterr().err
+    assert f"{pairs}: fold 1 of 10 (pairs 1-2) holds only same pairs" in err, err
+    # a file not written fold by fold: refused, not an accuracy far below chance
+    unsorted = lfw_pairs(tmp_path / "unsorted.txt", "2\t10", by_fold=False)
+    assert _validate(tmp_path, unsorted) == 2
+    assert "fold 1 of 2 (pairs 1-10) holds only same pairs" in capsys.readouterr().err

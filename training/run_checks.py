@@ -1,0 +1,130 @@
+"""What a training run checks before it trains (training/train.py's ``build_run``): what its
+loss needs of the data, the crops' own alignment settings, paths that do not depend on the
+directory the command runs in, and what ``--resume`` finds in the checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from training.align import SETTINGS_FILE, read_settings
+from training.data import ImageClass
+from training.train_options import GIVEN, OptionError, given_as
+
+logger = logging.getLogger(__name__)
+
+# Options naming files or folders: saved absolute, so that --resume works from anywhere.
+PATH_OPTIONS = (
+    "logs_base_dir",
+    "models_base_dir",
+    "pretrained_model",
+    "data_dir",
+    "learning_rate_schedule_file",
+    "lfw_pairs",
+    "lfw_dir",
+    "teacher",
+)
+
+
+def check_identities(args: argparse.Namespace, dataset: list[ImageClass]) -> None:
+    """What the loss needs of the identities, before anything trains: a triplet takes its
+    anchor and positive from one person and its negative from another; softmax + center
+    classifies the identities. Distillation needs only images."""
+    people, with_pairs = len(dataset), sum(len(c.image_paths) >= 2 for c in dataset)
+    found = f"{args.data_dir} has {people}" + (f" ({dataset[0].name})" if people == 1 else "")
+    if args.loss == "triplet" and with_pairs < 1:
+        raise OptionError(
+            f"--loss triplet needs identities with 2 or more images (anchor and positive); "
+            f"none of the {people} in {args.data_dir} has"
+        )
+    if args.loss == "triplet" and people < 2:
+        raise OptionError(
+            "--loss triplet needs at least 2 identities, one with 2 or more images (the "
+            f"negative of a triplet is another person); {found}"
+        )
+    if args.loss == "center" and people < 2:
+        raise OptionError(
+            f"--loss center needs at least 2 identities (it learns to tell them apart); {found}"
+        )
+
+
+def check_crops(args: argparse.Namespace) -> None:
+    """The crops' own settings (their alignment.json) against --image-size and --margin.
+    The margin recorded for export is the crops' own: a different --margin is a warning."""
+    settings = read_settings(args.data_dir) or {}
+    crops, margin = settings.get("image_size"), settings.get("margin")
+    if isinstance(crops, int) and crops < args.image_size:
+        logger.warning(
+            "%s holds %d px crops: --image-size %d enlarges them (and --random-crop has "
+            "nothing to crop); align at a larger --image-size",
+            args.data_dir,
+            crops,
+            args.image_size,
+        )
+    if not isinstance(margin, int) or margin == args.margin:
+        return
+    if "margin" in getattr(args, GIVEN, set()):
+        logger.warning(
+            "%s differs from the margin the crops were aligned with (%s says %d): using %d, "
+            "the crops' own, which the exported model must crop faces with; re-align with "
+            "`facewatch train align --margin %d` for that margin",
+            given_as(args, "margin"),
+            Path(args.data_dir) / SETTINGS_FILE,
+            margin,
+            margin,
+            args.margin,
+        )
+    args.margin = margin
+
+
+def absolute_paths(args: argparse.Namespace, keep: frozenset[str] = frozenset()) -> None:
+    """Make the path options absolute (against the current directory), but those in ``keep``."""
+    for name in PATH_OPTIONS:
+        value = getattr(args, name)
+        if name in keep or value is None or value == "":
+            continue
+        path = Path(value).expanduser().absolute()
+        setattr(args, name, str(path) if isinstance(value, str) else path)
+
+
+def resumed_paths(args: argparse.Namespace, adopted: set[str], source: Path) -> frozenset[str]:
+    """``--resume`` of a run an older facewatch saved with relative paths: the models base
+    is the run directory's parent; the others the run needs are refused (they were relative to
+    a directory no longer known), unless given again. Returns the relative ones left as saved
+    (the run does not use them)."""
+    relative = {
+        name
+        for name in adopted & set(PATH_OPTIONS)
+        if getattr(args, name) not in (None, "")
+        and not Path(getattr(args, name)).expanduser().is_absolute()
+    }
+    if "models_base_dir" in relative:
+        args.models_base_dir = source.absolute().parent.parent
+        relative.discard("models_base_dir")
+    needed = {"data_dir", "logs_base_dir"}
+    if args.lfw_dir:
+        needed |= {"lfw_dir", "lfw_pairs"}
+    if args.learning_rate <= 0:
+        needed.add("learning_rate_schedule_file")
+    if args.loss == "distill":
+        needed.add("teacher")
+    refused = sorted(relative & needed)
+    if refused:
+        saved = ", ".join(f"{name} {str(getattr(args, name))!r}" for name in refused)
+        flags = " ".join(f"--{name.replace('_', '-')} PATH" for name in refused)
+        raise OptionError(
+            f"{source}: the run saved relative paths ({saved}), relative to the directory it "
+            f"was started from, which the checkpoint does not record: give them again to "
+            f"resume ({flags})"
+        )
+    return frozenset(relative)
+
+
+def check_resume(args: argparse.Namespace, epoch: int, source: Path) -> None:
+    """A resumed run that has already trained its epochs is told so, not silently done."""
+    if epoch >= args.max_nrof_epochs:
+        raise OptionError(
+            f"nothing to do: run {source.parent} already trained {epoch} epochs "
+            f"(--max-nrof-epochs {args.max_nrof_epochs}); raise --max-nrof-epochs to train on"
+        )
