@@ -157,6 +157,7 @@ def _triplet(args: argparse.Namespace) -> int:
     from engines.base import EngineError
     from training.data import DataError
     from training.facenet_nets import ModelFileError
+    from training.run_checks import NothingToDo
     from training.train import TrainingInterrupted, train
     from training.train_options import OptionError, apply_config
 
@@ -174,6 +175,10 @@ def _triplet(args: argparse.Namespace) -> int:
         if os.environ.get("RANK", "0") == "0":
             print(f"interrupted: {exc}", file=sys.stderr)
         return 130
+    except NothingToDo as exc:  # a script that resumes until done may run it once more
+        if os.environ.get("RANK", "0") == "0":
+            print(str(exc), file=sys.stderr)
+        return 0
     if os.environ.get("RANK", "0") == "0":
         print(f"checkpoints: {model_dir}")
     return 0

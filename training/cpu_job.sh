@@ -107,7 +107,7 @@ train() {
 finish() {
   mkdir -p models/facenet
   "$PY" -m training.cli_facenet export "$WORK/models/default/latest.pt" \
-    --out models/facenet/facenet.onnx --parity-images "$WORK/crops110" --fp16 \
+    --out models/facenet/facenet.onnx --force --parity-images "$WORK/crops110" --fp16 \
     --training-data "$TRAINING_DATA" --license "$LICENSE"
   "$PY" -m training.cli_facenet validate models/facenet/facenet.onnx \
     --lfw-dir "$DATA/lfw/images" --lfw-pairs "$DATA/lfw/pairs.txt" --lfw-nrof-folds 10 \

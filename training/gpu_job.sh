@@ -307,7 +307,7 @@ device() {
   fi
   [ -f "$work/models/default/latest.pt" ] || { echo "no checkpoint to export" >&2; exit 1; }
   "$PY" -m training.cli_facenet export "$work/models/default/latest.pt" \
-    --out "$work/export/facenet.onnx" --parity-images "$work/crops" --fp16 \
+    --out "$work/export/facenet.onnx" --force --parity-images "$work/crops" --fp16 \
     --training-data "$TRAINING_DATA" | tee -a "$OUT/train.log"
   cp "$work/export/facenet.json" "$OUT/"
   split -b 15M -d "$work/export/facenet.onnx" "$OUT/facenet.onnx.part"

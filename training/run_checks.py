@@ -121,10 +121,14 @@ def resumed_paths(args: argparse.Namespace, adopted: set[str], source: Path) -> 
     return frozenset(relative)
 
 
+class NothingToDo(Exception):
+    """A resumed run has already trained every epoch asked for (not a failure: exit 0)."""
+
+
 def check_resume(args: argparse.Namespace, epoch: int, source: Path) -> None:
     """A resumed run that has already trained its epochs is told so, not silently done."""
     if epoch >= args.max_nrof_epochs:
-        raise OptionError(
+        raise NothingToDo(
             f"nothing to do: run {source.parent} already trained {epoch} epochs "
             f"(--max-nrof-epochs {args.max_nrof_epochs}); raise --max-nrof-epochs to train on"
         )
