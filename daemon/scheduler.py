@@ -143,13 +143,16 @@ class Pipeline:
     def _worth_a_search(self, frame: Frame) -> bool:
         """The motion gate: a frame where nothing moved, of a camera that sees no face, is
         not searched (and counted), unless its camera's last search is ``check_every_s``
-        old (or the clock went back)."""
+        old (or the clock went back): then the whole frame is searched, whatever
+        ``full_scan_every`` says (there is no face to search around)."""
         camera, motion = frame.camera, self._motion[frame.camera]
         since = frame.ts - self._last_search.get(camera, -np.inf)
         still = motion.enabled and not frame.moved and not self.trackers[camera].tracks
         if still and 0 <= since < motion.check_every_s:
             metrics.FRAMES_STILL.labels(camera).inc()
             return False
+        if still:
+            self._since_full_scan[camera] = self.config.detection.full_scan_every
         self._last_search[camera] = frame.ts
         return True
 

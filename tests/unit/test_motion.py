@@ -57,11 +57,14 @@ def test_someone_coming_into_a_still_scene_moves_and_a_new_connection_starts_afr
     assert motion.moved(empty[:, :320].copy())  # another shape: a first frame again
 
 
-def pipeline_for(detector, **motion: object) -> Pipeline:
+def pipeline_for(detector, full_scan_every: int = 1, **motion: object) -> Pipeline:
     config = parse_config(
         {
             "cameras": [{"name": "door", "url": "x.mp4"}],
-            "detection": {"motion": {"check_every_s": 5, **motion}},
+            "detection": {
+                "full_scan_every": full_scan_every,
+                "motion": {"check_every_s": 5, **motion},
+            },
             "recognition": {"model": None},
         }
     )
@@ -99,6 +102,19 @@ def test_still_frames_are_searched_only_every_check_every_s_while_no_face_is_in_
     pipeline.process([Frame("door", 1, 1000.0, empty, moved=False)])
     pipeline.process([Frame("door", 2, 990.0, empty, moved=False)])
     assert pipeline._last_search["door"] == 990.0
+
+
+def test_the_check_of_a_still_scene_searches_the_whole_frame(detector) -> None:
+    """With full_scan_every 5 most frames are searched only around the faces in view: the
+    check of a still scene with none must search the whole frame, or someone who stands
+    still (in view when the camera came back) is found only every 5th check."""
+    pipeline = pipeline_for(detector, full_scan_every=5)
+    empty = read_frames(DEMO_CLIP, EMPTY_FRAME, 1)[0]
+    pipeline.process([Frame("door", 0, 1000.0, empty, moved=True)])  # the camera came back
+    standing = read_frames(DEMO_CLIP, 0, 1)[0]  # two faces, quite still
+    for second in range(1, 6):
+        pipeline.process([Frame("door", second, 1000.0 + second, standing, moved=False)])
+    assert pipeline.trackers["door"].tracks, "found at the check, 5 s later"
 
 
 def test_without_the_gate_every_frame_is_searched(detector) -> None:
