@@ -10,6 +10,7 @@ counted, so the scheduler always sees recent frames.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import random
@@ -58,8 +59,10 @@ class FrameQueues:
         with self._ready:
             queue = self._queues[frame.camera]
             if len(queue) >= self._per_camera:
-                queue.popleft()
+                dropped = queue.popleft()
                 metrics.FRAMES_DROPPED.labels(frame.camera).inc()
+                if dropped.moved and not frame.moved:  # the motion is not dropped with it
+                    frame = dataclasses.replace(frame, moved=True)
             queue.append(frame)
             self._ready.notify()
 
@@ -226,7 +229,7 @@ class CameraReader(threading.Thread):
                 return decoded
             decoded += 1
             self._set_up(True)
-            now = time.time()
+            now = time.monotonic()  # the schedule; the frame's time is the wall clock's
             # on schedule (a late frame may make up for the one before), and never closer
             # than half a period: a stream delivers its buffered frames in a burst at connect
             if now < next_due or now - kept < period / 2:
@@ -239,5 +242,5 @@ class CameraReader(threading.Thread):
             self._seq += 1
             metrics.FRAMES_READ.labels(self.config.name).inc()
             moved = self.motion.moved(image) if self.motion is not None else True
-            self.queues.put(Frame(self.config.name, self._seq, now, image, moved))
+            self.queues.put(Frame(self.config.name, self._seq, time.time(), image, moved))
         return decoded

@@ -118,6 +118,16 @@ def test_spool_is_bounded_fifo_and_survives_reopening(tmp_path) -> None:
     assert oct(again.folder.stat().st_mode & 0o777) == "0o700"
 
 
+def test_a_frame_dropped_from_a_full_queue_passes_its_motion_on() -> None:
+    """Someone walks in and stops while the pipeline is behind: the frames that moved are
+    dropped, the still ones after them must still be searched."""
+    queues = FrameQueues(["a"], per_camera=2)
+    image = np.zeros((2, 2, 3), np.uint8)
+    for seq, moved in enumerate([True, False, False, False], 1):
+        queues.put(Frame("a", seq, float(seq), image, moved))
+    assert [(f.seq, f.moved) for f in queues.take(8, 0.0)] == [(3, True), (4, False)]
+
+
 def test_frame_queues_keep_the_newest_and_count_drops() -> None:
     queues = FrameQueues(["a", "b"], per_camera=2)
     image = np.zeros((2, 2, 3), np.uint8)
