@@ -109,20 +109,25 @@ def source_kind(url: str) -> str:
     return "file"
 
 
-def open_capture(url: str) -> cv2.VideoCapture:
-    """An opened capture or OSError naming the source."""
-    # OpenCV's and FFmpeg's own messages name no camera: the reader logs its failures, with
-    # the camera and the reason (rtsp_problem); FFmpeg speaks at DEBUG only
+def ffmpeg_environment() -> None:
+    """OpenCV's FFmpeg settings, before the first capture opens (once, before the camera
+    threads start: they are read from the environment). RTSP over TCP. OpenCV's and FFmpeg's
+    own messages name no camera: the reader logs each failure with its camera and reason,
+    and FFmpeg speaks at DEBUG only."""
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+    os.environ.setdefault("OPENCV_FFMPEG_CAPTURE_OPTIONS", "rtsp_transport;tcp")
     os.environ.setdefault(
         "OPENCV_FFMPEG_LOGLEVEL", "32" if logger.isEnabledFor(logging.DEBUG) else "-8"
     )
+
+
+def open_capture(url: str) -> cv2.VideoCapture:
+    """An opened capture or OSError naming the source and, as far as it can be told, why."""
+    ffmpeg_environment()
     kind = source_kind(url)
     if kind == "device":
         capture = cv2.VideoCapture(url, cv2.CAP_V4L2)
     else:
-        if kind == "stream":
-            os.environ.setdefault("OPENCV_FFMPEG_CAPTURE_OPTIONS", "rtsp_transport;tcp")
         timeouts = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, OPEN_TIMEOUT_MS]
         timeouts += [cv2.CAP_PROP_READ_TIMEOUT_MSEC, READ_TIMEOUT_MS]
         capture = cv2.VideoCapture(url, cv2.CAP_FFMPEG, timeouts)
@@ -130,9 +135,19 @@ def open_capture(url: str) -> cv2.VideoCapture:
         capture.release()
         if kind == "file" and not Path(url).is_file():
             raise OSError(f"{url}: no such file")
-        problem = rtsp_problem(url) if kind == "stream" else None
-        raise OSError(f"{redact_url(url)}: {problem or 'cannot open as video'}")
+        raise OSError(f"{redact_url(url)}: {why_not_open(url, kind)}")
     return capture
+
+
+def why_not_open(url: str, kind: str) -> str:
+    if kind != "stream":
+        return "cannot open as video"
+    if not url.lower().startswith("rtsp://"):
+        return "cannot open as video (facewatch --log-level DEBUG shows FFmpeg's own messages)"
+    return rtsp_problem(url) or (
+        "cannot open as video, though the camera answers for this path (its codec, or its "
+        "limit of clients?)"
+    )
 
 
 def check_file_source(url: str) -> None:
@@ -178,7 +193,7 @@ class CameraReader(threading.Thread):
         while not self._stop_event.is_set():
             try:
                 capture = open_capture(self.config.url)
-            except OSError as exc:
+            except Exception as exc:  # OSError, or a bug: retried, never the thread's end
                 self._set_up(False)
                 failures += 1
                 self._backoff(failures, f"cannot open: {exc}")

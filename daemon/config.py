@@ -14,6 +14,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import numpy as np
 import yaml
@@ -34,7 +35,9 @@ from engines.plan_cache import default_cache_dir
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "default.yaml"
 WARM_UP_HW = (240, 320)  # the frame the daemon warms its engines up with
-STREAM_SCHEMES = frozenset({"rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "udp", "tcp", "srt"})
+STREAM_SCHEMES = frozenset(
+    {"rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "udp", "tcp", "srt", "file"}
+)
 
 
 class ConfigError(ValueError):
@@ -194,11 +197,17 @@ class CameraConfig(_Section):
     @classmethod
     def _known_scheme(cls, url: str) -> str:
         scheme, found, _ = url.partition("://")
-        if found and scheme.lower() not in STREAM_SCHEMES:
+        if not found:
+            return url
+        if scheme.lower() not in STREAM_SCHEMES:
             raise ValueError(
                 f"unknown scheme {scheme + '://'!r}: expected one of "
                 f"{', '.join(s + '://' for s in sorted(STREAM_SCHEMES))}, a video file or /dev/videoN"
             )
+        try:
+            urlsplit(url).port  # noqa: B018  (parsing it is the check)
+        except ValueError as exc:  # a bracket left open, a port that is no number
+            raise ValueError(f"cannot be read as a URL: {exc}") from None
         return url
 
 

@@ -1,55 +1,118 @@
 """Why an RTSP camera cannot be opened, in its own words.
 
-OpenCV only says that a stream did not open. When it does not, one plain TCP connection and
-an RTSP DESCRIBE (no credentials sent) tell apart a host that is not found, a port where
-nothing listens, a camera that does not answer, a path with no stream (404) and a camera
-that wants a user name and password (401).
+OpenCV only says that a stream did not open. When it does not, one TCP connection and an
+RTSP DESCRIBE tell apart a host that is not found, a port where nothing listens, a camera
+that does not answer, a camera that wants a user name and password (401), one that refuses
+the URL's (401 again, after a Basic or Digest answer with them), and a path with no stream
+(404). A camera that accepts the request is not the problem's cause: the caller says so.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import os
+import re
 import socket
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 TIMEOUT_S = 3.0
+_CHALLENGE = re.compile(r'(\w+)="?([^",]*)"?')
 
 
 def rtsp_problem(url: str, timeout_s: float = TIMEOUT_S) -> str | None:
     """What is wrong with an ``rtsp://`` URL, or None when the camera serves the stream (or
     the URL is not plain RTSP): then the cause lies elsewhere (e.g. the video itself)."""
-    parts = urlsplit(url)
-    host = parts.hostname
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname, parts.port
+    except ValueError as exc:  # a bracket left open, a port that is no number
+        return f"the URL cannot be read: {exc}"
     if parts.scheme.lower() != "rtsp" or not host:
         return None
-    try:
-        port = parts.port or 554
-    except ValueError:
-        return "the port in the URL is not a number from 1 to 65535"
-    where = f"{host}:{port}"
-    netloc = f"[{host}]:{port}" if ":" in host else where
+    port = 554 if port is None else port
+    netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     target = urlunsplit(("rtsp", netloc, parts.path or "/", parts.query, ""))
-    request = f"DESCRIBE {target} RTSP/1.0\r\nCSeq: 1\r\nAccept: application/sdp\r\n\r\n"
+    user = (unquote(parts.username or ""), unquote(parts.password or ""))
     try:
         with socket.create_connection((host, port), timeout=timeout_s) as connection:
             connection.settimeout(timeout_s)
-            connection.sendall(request.encode())
-            answer = connection.recv(4096)
-    except socket.gaierror:
+            answer = _describe(connection, target, 1)
+            if _status(answer)[0] == 401 and parts.username is not None:
+                authorization = _authorization(answer, target, *user)
+                if authorization is not None:
+                    answer = _describe(connection, target, 2, authorization)
+    except (socket.gaierror, UnicodeError):
         return f"host {host} not found (a typo, or no DNS for it here?)"
     except ConnectionRefusedError:
-        return f"nothing listens on {where} (connection refused: the port, or the camera's RTSP service)"
+        return f"nothing listens on {netloc} (connection refused: the port, or the camera's RTSP service)"
     except TimeoutError:
-        return f"{where} does not answer within {timeout_s:g} s (off, unreachable, or a firewall)"
+        return f"{netloc} does not answer within {timeout_s:g} s (off, unreachable, or a firewall)"
     except OSError as exc:
-        return f"{where}: {exc.strerror or exc}"
+        return f"{netloc}: {exc.strerror or exc}"
     return _from_answer(answer, parts.path or "/", parts.username is not None)
 
 
-def _from_answer(answer: bytes, path: str, with_credentials: bool) -> str | None:
+def _describe(
+    connection: socket.socket, target: str, cseq: int, authorization: str | None = None
+) -> bytes:
+    """The head of the camera's answer to DESCRIBE ``target``."""
+    lines = [f"DESCRIBE {target} RTSP/1.0", f"CSeq: {cseq}", "Accept: application/sdp"]
+    if authorization is not None:
+        lines.append(f"Authorization: {authorization}")
+    connection.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+    answer = b""
+    while b"\r\n\r\n" not in answer and len(answer) < 65536:
+        chunk = connection.recv(4096)
+        if not chunk:
+            break
+        answer += chunk
+    return answer.split(b"\r\n\r\n", 1)[0]
+
+
+def _status(answer: bytes) -> tuple[int, str]:
+    """The answer's status code and reason; code 0 when it is not an RTSP answer."""
     status = answer.split(b"\r\n", 1)[0].decode("latin-1").split(" ", 2)
     if len(status) < 2 or not status[0].startswith("RTSP/") or not status[1].isdigit():
+        return 0, ""
+    return int(status[1]), (status[2] if len(status) > 2 else "").strip()
+
+
+def _authorization(answer: bytes, target: str, user: str, password: str) -> str | None:
+    """The Authorization header answering the camera's challenge (Digest, else Basic)."""
+    challenges = [
+        line.split(b":", 1)[1].decode("latin-1").strip()
+        for line in answer.split(b"\r\n")[1:]
+        if line.lower().startswith(b"www-authenticate:")
+    ]
+    for challenge in challenges:
+        if challenge.lower().startswith("digest"):
+            return _digest(dict(_CHALLENGE.findall(challenge[6:])), target, user, password)
+    if any(c.lower().startswith("basic") for c in challenges):
+        return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+    return None
+
+
+def _digest(fields: dict[str, str], target: str, user: str, password: str) -> str:
+    """RFC 2617 Digest (MD5), with ``qop=auth`` when the camera offers it."""
+
+    def md5(text: str) -> str:
+        return hashlib.md5(text.encode(), usedforsecurity=False).hexdigest()
+
+    realm, nonce = fields.get("realm", ""), fields.get("nonce", "")
+    known, asked = md5(f"{user}:{realm}:{password}"), md5(f"DESCRIBE:{target}")
+    header = f'Digest username="{user}", realm="{realm}", nonce="{nonce}", uri="{target}"'
+    if "auth" in fields.get("qop", "").split(","):
+        cnonce = os.urandom(8).hex()
+        response = md5(f"{known}:{nonce}:00000001:{cnonce}:auth:{asked}")
+        return header + f', qop=auth, nc=00000001, cnonce="{cnonce}", response="{response}"'
+    return header + f', response="{md5(f"{known}:{nonce}:{asked}")}"'
+
+
+def _from_answer(answer: bytes, path: str, with_credentials: bool) -> str | None:
+    code, reason = _status(answer)
+    if code == 0:
         return "it does not answer as an RTSP server (is this the camera's RTSP port?)"
-    code, reason = int(status[1]), (status[2] if len(status) > 2 else "").strip()
     if code == 404:
         return f"the camera has no stream at {path} (RTSP 404 {reason}): check the path in the URL"
     if code == 401:

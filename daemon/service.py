@@ -23,7 +23,7 @@ import numpy as np
 
 from daemon import home_assistant, metrics
 from daemon.archive import FaceArchive
-from daemon.cameras import CameraReader, FrameQueues, check_file_source
+from daemon.cameras import CameraReader, FrameQueues, check_file_source, ffmpeg_environment
 from daemon.config import WARM_UP_HW, Config, ConfigError, plan_request
 from daemon.events import EventSinks, in_view_json, person_json
 from daemon.gallery import GalleryError
@@ -329,6 +329,7 @@ class Service:
         scheduler = BatchScheduler(pipeline, queues)
         on_status = self.publisher.set_camera_status if self.publisher else None
         self.readers = [CameraReader(c, queues, on_status, cfg.motion(c)) for c in cameras]
+        ffmpeg_environment()  # read from the environment: set before the threads start
         scheduler.start()
         for reader in self.readers:
             reader.start()

@@ -22,7 +22,8 @@ import gi
 
 gi.require_version("Gst", "1.0")
 gi.require_version("GstRtspServer", "1.0")
-from gi.repository import GLib, Gst, GstRtspServer  # noqa: E402
+gi.require_version("GstRtsp", "1.0")
+from gi.repository import GLib, Gst, GstRtsp, GstRtspServer  # noqa: E402
 
 SERVED = (
     "( appsrc name=src is-live=true format=time do-timestamp=false "
@@ -101,20 +102,41 @@ class LoopingFactory(GstRtspServer.RTSPMediaFactory):
         threading.Thread(target=feed, args=(appsrc, self.clip, stop), daemon=True).start()
 
 
+def digest_auth(user: str, password: str) -> GstRtspServer.RTSPAuth:
+    """Only ``user`` with ``password`` may watch (RTSP Digest authentication)."""
+    auth = GstRtspServer.RTSPAuth()
+    token = GstRtspServer.RTSPToken()
+    token.set_string(GstRtspServer.RTSP_TOKEN_MEDIA_FACTORY_ROLE, "viewer")
+    auth.add_digest(user, password, token)
+    auth.set_supported_methods(GstRtsp.RTSPAuthMethod.DIGEST)
+    return auth
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=8554)
     parser.add_argument("--address", default="127.0.0.1")
+    parser.add_argument(
+        "--user", metavar="NAME:PASSWORD", help="ask for this user (Digest), as cameras do"
+    )
     parser.add_argument("mounts", nargs="+", metavar="NAME=FILE.mp4")
     args = parser.parse_args()
     Gst.init(None)
     server = GstRtspServer.RTSPServer()
     server.set_address(args.address)
     server.set_service(str(args.port))
+    if args.user:
+        server.set_auth(digest_auth(*args.user.split(":", 1)))
     points = server.get_mount_points()
     for spec in args.mounts:
         name, _, path = spec.partition("=")
-        points.add_factory(f"/{name}", LoopingFactory(read_clip(path)))
+        factory = LoopingFactory(read_clip(path))
+        if args.user:
+            viewer = (
+                "viewer, media.factory.access=(boolean)true, media.factory.construct=(boolean)true"
+            )
+            factory.add_role_from_structure(Gst.Structure.from_string(viewer)[0])
+        points.add_factory(f"/{name}", factory)
     if server.attach(None) == 0:
         print(f"cannot listen on {args.address}:{args.port}", file=sys.stderr)
         return 1

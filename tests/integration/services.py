@@ -161,7 +161,14 @@ class Mosquitto(Process):
 
 
 class RtspServer(Process):
-    def __init__(self, folder: Path, clips: dict[str, Path], port: int | None = None) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        clips: dict[str, Path],
+        port: int | None = None,
+        user: str | None = None,
+    ) -> None:
+        """``user``: NAME:PASSWORD, asked for with Digest authentication."""
         if (
             not Path(SYSTEM_PYTHON).exists()
             or subprocess.run(
@@ -173,6 +180,8 @@ class RtspServer(Process):
         self.port = port or free_port()
         mounts = [f"{name}={path}" for name, path in clips.items()]
         args = [SYSTEM_PYTHON, str(RTSP_SERVER), "--port", str(self.port), *mounts]
+        if user is not None:
+            args[4:4] = ["--user", user]
         super().__init__(args, folder / f"rtsp-{self.port}.log")
 
     def url(self, name: str) -> str:

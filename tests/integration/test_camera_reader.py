@@ -71,6 +71,21 @@ def test_a_camera_that_cannot_be_opened_is_named_with_the_reason(tmp_path, refus
             open_capture(wrong_path)
     finally:
         server.stop()
+    secured = RtspServer(tmp_path, {"cam": DEMO_CLIP}, user="admin:Right-1")
+    secured.start()
+    try:
+        plain = secured.url("cam")
+        with_user = plain.replace("rtsp://", "rtsp://admin:Right-1@")
+        open_capture(with_user).release()  # FFmpeg answers the Digest challenge: it opens
+        with pytest.raises(OSError, match=r"the camera wants a user name and password \(RTSP 401"):
+            open_capture(plain)
+        wrong = plain.replace("rtsp://", "rtsp://admin:wrong@")
+        with pytest.raises(OSError, match=r"admin:\*\*\*@.* refused the user name or password"):
+            open_capture(wrong)
+        with pytest.raises(OSError, match=r"the camera has no stream at /cam2 \(RTSP 404"):
+            open_capture(with_user + "2")  # the right user, a wrong path
+    finally:
+        secured.stop()
     host_port = refused_url.split("/")[2]
     with pytest.raises(OSError, match=rf"nothing listens on {host_port} \(connection refused"):
         open_capture(refused_url)

@@ -115,6 +115,15 @@ def test_environment_and_systemd_credentials(tmp_path, monkeypatch) -> None:
         parse_config(raw)
 
 
+@pytest.mark.parametrize(
+    "url", ["rtsp://[::1/x", "rtsp://cam.lan:99999/x", "rtsp://u:pw@cam.lan:port/x"]
+)
+def test_a_camera_url_that_cannot_be_read_is_refused(url) -> None:
+    with pytest.raises(ConfigError, match=r"\(door\)\.url: cannot be read as a URL") as error:
+        parse_config({"cameras": [{"name": "door", "url": url}]})
+    assert "pw@" not in str(error.value)
+
+
 @pytest.mark.parametrize("url", ["htp://10.0.0.2/cam", "rstp://u:pw@cam.lan/1", "ftp://x/y"])
 def test_a_camera_url_with_an_unknown_scheme_is_refused(url) -> None:
     with pytest.raises(ConfigError, match=r"cameras\[0\] \(door\)\.url: unknown scheme") as error:
@@ -122,7 +131,9 @@ def test_a_camera_url_with_an_unknown_scheme_is_refused(url) -> None:
     assert "pw@" not in str(error.value)
 
 
-@pytest.mark.parametrize("url", ["RTSP://cam.lan/1", "rtsps://cam.lan/1", "/dev/video0", "a.mp4"])
+@pytest.mark.parametrize(
+    "url", ["RTSP://cam.lan/1", "rtsps://[fe80::1]:8554/1", "/dev/video0", "a.mp4", "file:///a.mp4"]
+)
 def test_streams_devices_and_files_are_camera_urls(url) -> None:
     assert parse_config({"cameras": [{"name": "door", "url": url}]}).cameras[0].url == url
 

@@ -18,7 +18,7 @@ from prometheus_client import REGISTRY
 from daemon.cameras import Frame, FrameQueues
 from daemon.config import ConfigError, TrackingConfig, parse_config
 from daemon.events import EventSinks, in_view_json, person_key
-from daemon.rtsp_probe import _from_answer
+from daemon.rtsp_probe import _from_answer, rtsp_problem
 from daemon.scheduler import Pipeline
 from daemon.service import watchdog_healthy
 from daemon.spool import Spool
@@ -607,4 +607,18 @@ def test_log_lines_carry_the_time_except_in_the_journal(tmp_path) -> None:
 )
 def test_what_a_cameras_rtsp_answer_means(answer, credentials, expected) -> None:
     problem = _from_answer(answer, "/live", credentials)
+    assert problem is None if expected is None else expected in problem
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("rtsp://[::1/x", "the URL cannot be read"),
+        ("rtsp://192.168.1..10/x", "host 192.168.1..10 not found"),
+        ("http://cam.lan/x", None),  # only plain RTSP is asked
+    ],
+)
+def test_a_url_the_probe_cannot_use_is_an_answer_not_a_crash(url, expected) -> None:
+    """A crash here killed the camera's reader thread: no retries, no reconnects."""
+    problem = rtsp_problem(url)
     assert problem is None if expected is None else expected in problem
