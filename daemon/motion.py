@@ -1,7 +1,7 @@
 """Whether a camera's picture changed: the motion gate that spares the detector still frames.
 
 Each frame is shrunk to a small blurred grey copy (the averaging removes sensor and
-compression noise), compared with a running average of the camera's recent frames, and
+compression noise), compared with a running average of the camera's last second or so of frames, and
 called *moved* when enough of its pixels differ from that average by more than a threshold.
 A camera reader owns one ``MotionDetector``; the scheduler skips the detector on a frame that
 did not move while its camera has no faces in view (``Pipeline``).
@@ -9,12 +9,14 @@ did not move while its camera has no faces in view (``Pipeline``).
 
 from __future__ import annotations
 
+import math
+
 import cv2
 import numpy as np
 
 WIDTH = 320  # pixels across the grey copy (1080p: each of them averages a 6x6 block)
 BLUR = (5, 5)
-ADAPT = 0.2  # weight of each frame in the running average (about 5 frames of memory)
+MEMORY_S = 1.0  # the running average forgets a frame with this time constant
 
 
 class MotionDetector:
@@ -22,8 +24,9 @@ class MotionDetector:
     ``threshold`` grey levels (0-255) against the recent frames. The first frame, and the
     first of a new size, count as moved."""
 
-    def __init__(self, threshold: float, min_area: float) -> None:
+    def __init__(self, threshold: float, min_area: float, fps: float = 5.0) -> None:
         self.threshold, self.min_area = threshold, min_area
+        self._adapt = 1.0 - math.exp(-1.0 / (fps * MEMORY_S))  # a frame's weight in it
         self._average: np.ndarray | None = None
 
     def reset(self) -> None:
@@ -38,7 +41,7 @@ class MotionDetector:
             self._average = grey
             return 1.0
         changed = float(np.count_nonzero(cv2.absdiff(grey, average) > self.threshold))
-        cv2.accumulateWeighted(grey, average, ADAPT)
+        cv2.accumulateWeighted(grey, average, self._adapt)
         return changed / grey.size
 
     def moved(self, image: np.ndarray) -> bool:
