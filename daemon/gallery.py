@@ -319,6 +319,7 @@ class Gallery:
         added = 0
         with self._transaction() as conn:
             ids = _ids_by_name(conn)
+            folded = _by_folded_name(ids)
             holders: dict[str, set[int]] = {}
             touched: set[int] = set()
             for source, holder in conn.execute("SELECT source_sha256, identity_id FROM embeddings"):
@@ -332,8 +333,11 @@ class Gallery:
                     )
                 identity_id = ids.get(lookup_name(face.name))
                 if identity_id is None:
-                    identity_id = _create_identity(conn, face.name, self.path)
-                    ids[lookup_name(face.name)] = identity_id
+                    name = clean_name(face.name)
+                    _refuse_case_twin(folded, name, -1, self.path)
+                    identity_id = _create_identity(conn, name)
+                    ids[name] = identity_id
+                    folded[name.casefold()] = (name, identity_id)
                 others = holders.setdefault(face.source_sha256, set()) - {identity_id}
                 if others:
                     (holder,) = conn.execute(
@@ -386,7 +390,7 @@ class Gallery:
                 raise GalleryError(f"{self.path}: {old!r} is already called {new!r}")
             if _find(conn, new) is not None:
                 raise GalleryError(f"{self.path}: an identity named {new!r} already exists")
-            _refuse_case_twin(conn, new, identity_id, self.path)
+            _refuse_case_twin(_by_folded_name(_ids_by_name(conn)), new, identity_id, self.path)
             conn.execute(
                 "UPDATE identities SET name = ?, updated = ? WHERE id = ?",
                 (new, now_iso(), identity_id),
@@ -431,19 +435,28 @@ def _find(conn: sqlite3.Connection, name: str) -> int | None:
     return _ids_by_name(conn).get(lookup_name(name))
 
 
-def _refuse_case_twin(conn: sqlite3.Connection, name: str, own_id: int, path: Path) -> None:
+def _by_folded_name(ids: dict[str, int]) -> dict[str, tuple[str, int]]:
+    """``ids`` (``_ids_by_name``) keyed by the name in any case: (name, id)."""
+    folded: dict[str, tuple[str, int]] = {}
+    for name, identity_id in ids.items():
+        folded.setdefault(name.casefold(), (name, identity_id))
+    return folded
+
+
+def _refuse_case_twin(
+    folded: dict[str, tuple[str, int]], name: str, own_id: int, path: Path
+) -> None:
     """GalleryError when another identity's name differs from ``name`` only in case: Bob and
     bob would be two people, each with half the photos."""
-    for other, identity_id in _ids_by_name(conn).items():
-        if identity_id != own_id and other.casefold() == name.casefold():
-            raise GalleryError(
-                f"{path}: {other!r} is enrolled; {name!r} would be another person (names "
-                f"differ in case only): use {other!r}"
-            )
+    other, identity_id = folded.get(name.casefold(), (name, own_id))
+    if identity_id != own_id:
+        raise GalleryError(
+            f"{path}: {other!r} is enrolled; {name!r} would be another person (names differ "
+            f"in case only): use {other!r}"
+        )
 
 
-def _create_identity(conn: sqlite3.Connection, name: str, path: Path) -> int:
-    _refuse_case_twin(conn, clean_name(name), -1, path)
+def _create_identity(conn: sqlite3.Connection, name: str) -> int:
     now = now_iso()
     cursor = conn.execute(
         "INSERT INTO identities (name, threshold, created, updated) VALUES (?, NULL, ?, ?)",
