@@ -59,7 +59,7 @@ def log_format() -> str:
     try:
         stat = os.fstat(sys.stderr.fileno())
         to_journal = journal == f"{stat.st_dev}:{stat.st_ino}"
-    except (OSError, ValueError):  # no real stderr (captured, closed)
+    except (OSError, ValueError, AttributeError):  # no real stderr (captured, closed, None)
         to_journal = False
     return ("" if to_journal else "%(asctime)s ") + "%(levelname)s %(name)s: %(message)s"
 

@@ -631,7 +631,7 @@ def _key_path(loc: tuple[int | str, ...], raw: Any) -> str:
     return ".".join(parts) or "(top level)"
 
 
-_URL_PASSWORD = re.compile(r"(?<=://)([^/@:\s]*):[^/@\s]*@")
+_URL_PASSWORD = re.compile(r"(?<=://)([^/@:\s]*):[^/\s]*@")  # to the last @ of the host part
 
 
 def redact_url(text: str) -> str:

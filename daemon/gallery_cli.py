@@ -177,7 +177,23 @@ def _list(args: argparse.Namespace) -> int:
                 f"  {person.name:<{width}}  {person.embeddings:3d} face(s)  "
                 f"threshold {limit:<8} updated {person.updated}"
             )
+    _warn_case_twins([p.name for p in people])
     return 0
+
+
+def _warn_case_twins(names: list[str]) -> None:
+    """Names that differ in case only (enrolled before facewatch refused them) are two
+    people to the gallery: say so, and how to make them one."""
+    by_folded: dict[str, list[str]] = {}
+    for name in names:
+        by_folded.setdefault(name.casefold(), []).append(name)
+    for twins in (t for t in by_folded.values() if len(t) > 1):
+        print(
+            f"note: {' and '.join(map(repr, twins))} differ in case only but are "
+            f"{len(twins)} people here: `gallery remove` all but one and enroll their "
+            "photos again under that one's name",
+            file=sys.stderr,
+        )
 
 
 def _remove(args: argparse.Namespace) -> int:

@@ -8,6 +8,7 @@ answers there.
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import sys
 import time
@@ -197,8 +198,10 @@ def _status(args: argparse.Namespace) -> int:
         return 2
     try:
         status = read_status(url, args.interval)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, http.client.HTTPException) as exc:  # not HTTP, not ours
         reason = getattr(exc, "reason", None) or exc
+        if isinstance(exc, http.client.HTTPException):
+            reason = f"not a web server there (it said {str(exc).strip()[:60]!r})"
         print(
             f"no facewatch daemon answers at {url}: {reason} (is it running? "
             "systemctl status facewatch)",

@@ -244,6 +244,8 @@ def test_a_badly_typed_password_is_not_echoed() -> None:
             "cannot open rtsp://u:***@h/x and http://a:***@c/",
         ),
         ("rtsp://10.0.0.5/stream", "rtsp://10.0.0.5/stream"),
+        ("rtsp://admin:p@ss@cam/x", "rtsp://admin:***@cam/x"),  # an @ in the password
+        ("rtsp://a:b@h:554/p@x", "rtsp://a:***@h:554/p@x"),  # an @ in the path
         ("rtsp://token@10.0.0.5/stream", "rtsp://token@10.0.0.5/stream"),
         ("/dev/video0", "/dev/video0"),
     ],

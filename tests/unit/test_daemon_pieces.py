@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -622,3 +623,26 @@ def test_a_url_the_probe_cannot_use_is_an_answer_not_a_crash(url, expected) -> N
     """A crash here killed the camera's reader thread: no retries, no reconnects."""
     problem = rtsp_problem(url)
     assert problem is None if expected is None else expected in problem
+
+
+def test_status_of_a_port_that_is_no_daemon_says_so(capsys) -> None:
+    """`facewatch status --url` on a port where another service answers (here an SSH-like
+    banner): exit 3 and a sentence, not a traceback."""
+    from daemon.cli import main
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+
+    def banner() -> None:
+        connection, _ = listener.accept()
+        connection.sendall(b"SSH-2.0-OpenSSH_9.6\r\n")
+        connection.close()
+
+    threading.Thread(target=banner, daemon=True).start()
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}/metrics"
+    assert main(["status", "--url", url, "--interval", "0.1"]) == 3
+    listener.close()
+    assert f"no facewatch daemon answers at {url}: not a web server there" in (
+        capsys.readouterr().err
+    )

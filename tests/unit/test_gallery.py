@@ -352,3 +352,18 @@ def test_names_stored_before_normalisation_are_still_found(gallery) -> None:
         g.rename("Ada", "Ada Lovelace")
         assert g.remove("Jos\u00e9") == 2
         assert [i.name for i in g.identities()] == ["Ada Lovelace", "alice"]
+
+
+def test_twins_enrolled_before_case_was_checked_are_pointed_out(gallery, capsys) -> None:
+    """A gallery from before: 'bob' and 'Bob' as two people. It still works, and `gallery
+    list` says how to make them one."""
+    path = gallery.path
+    gallery.close()
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("UPDATE identities SET name = 'Bob' WHERE name = 'carol'")
+    conn.close()
+    code, out, err = gallery_cli(path, capsys, "list")
+    assert code == 0 and "bob" in out and "Bob" in out
+    assert "'Bob' and 'bob' differ in case only but are 2 people here" in err
+    with Gallery.open(path, MODEL, writable=True) as g:
+        assert g.enroll([Enrollment("Bob", axis(6), "B2")]) == 1  # each twin still takes photos
