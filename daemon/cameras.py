@@ -175,7 +175,7 @@ class CameraReader(threading.Thread):
         super().__init__(name=f"camera-{config.name}", daemon=True)
         self.config, self.queues = config, queues
         self.motion = (
-            MotionDetector(motion.threshold, motion.min_area, config.fps)
+            MotionDetector(motion.min_change_levels, motion.min_area_fraction, config.fps)
             if motion is not None and motion.enabled
             else None
         )

@@ -58,13 +58,14 @@ class MotionConfig(_Section):
         "skip the detector on a camera's frames where nothing moved while it sees no face "
         "(most of a quiet camera's frames: a fraction of the CPU)",
     )
-    threshold: float = _field(
+    min_change_levels: float = _field(
         15.0,
-        "grey levels (of 255) a pixel must change by, on a 320 px wide blurred copy of the frame",
+        "grey levels (of 255) a pixel must change by to count as changed, on a 320 px wide "
+        "blurred copy of the frame",
         gt=0,
         lt=255,
     )
-    min_area: float = _field(
+    min_area_fraction: float = _field(
         0.002, "fraction of the frame that must change for a frame to count as moved", ge=0, lt=1
     )
     check_every_s: float = _field(
@@ -78,8 +79,12 @@ class MotionConfig(_Section):
 
 class MotionOverrides(_Section):
     enabled: bool | None = _field(None, "this camera's motion.enabled; null = detection.motion's")
-    threshold: float | None = _field(None, "this camera's motion.threshold", gt=0, lt=255)
-    min_area: float | None = _field(None, "this camera's motion.min_area", ge=0, lt=1)
+    min_change_levels: float | None = _field(
+        None, "this camera's motion.min_change_levels", gt=0, lt=255
+    )
+    min_area_fraction: float | None = _field(
+        None, "this camera's motion.min_area_fraction", ge=0, lt=1
+    )
     check_every_s: float | None = _field(None, "this camera's motion.check_every_s", gt=0, le=3600)
 
 

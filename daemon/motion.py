@@ -20,12 +20,14 @@ MEMORY_S = 1.0  # the running average forgets a frame with this time constant
 
 
 class MotionDetector:
-    """``moved(image)``: whether more than ``min_area`` of the frame changed by more than
-    ``threshold`` grey levels (0-255) against the recent frames. The first frame, and the
+    """``moved(image)``: whether more than ``min_area_fraction`` of the frame changed by more
+    than ``min_change_levels`` grey levels (0-255) against the recent frames. The first frame, and the
     first of a new size, count as moved."""
 
-    def __init__(self, threshold: float, min_area: float, fps: float = 5.0) -> None:
-        self.threshold, self.min_area = threshold, min_area
+    def __init__(
+        self, min_change_levels: float, min_area_fraction: float, fps: float = 5.0
+    ) -> None:
+        self.min_change_levels, self.min_area_fraction = min_change_levels, min_area_fraction
         self._adapt = 1.0 - math.exp(-1.0 / (fps * MEMORY_S))  # a frame's weight in it
         self._average: np.ndarray | None = None
 
@@ -40,12 +42,12 @@ class MotionDetector:
         if average is None or average.shape != grey.shape:
             self._average = grey
             return 1.0
-        changed = float(np.count_nonzero(cv2.absdiff(grey, average) > self.threshold))
+        changed = float(np.count_nonzero(cv2.absdiff(grey, average) > self.min_change_levels))
         cv2.accumulateWeighted(grey, average, self._adapt)
         return changed / grey.size
 
     def moved(self, image: np.ndarray) -> bool:
-        return self.changed(image) > self.min_area
+        return self.changed(image) > self.min_area_fraction
 
 
 def small_grey(image: np.ndarray) -> np.ndarray:

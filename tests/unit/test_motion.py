@@ -19,7 +19,7 @@ DEFAULTS = parse_config({"cameras": [{"name": "door", "url": "x.mp4"}]}).detecti
 
 
 def gate() -> MotionDetector:
-    return MotionDetector(DEFAULTS.threshold, DEFAULTS.min_area)
+    return MotionDetector(DEFAULTS.min_change_levels, DEFAULTS.min_area_fraction)
 
 
 @pytest.mark.parametrize("sigma", [3, 10])
@@ -132,23 +132,31 @@ def test_a_cameras_motion_settings_fill_in_from_detection_motion() -> None:
         {
             "cameras": [
                 {"name": "door", "url": "x.mp4"},
-                {"name": "tree", "url": "y.mp4", "detection": {"motion": {"min_area": 0.05}}},
+                {
+                    "name": "tree",
+                    "url": "y.mp4",
+                    "detection": {"motion": {"min_area_fraction": 0.05}},
+                },
                 {"name": "hall", "url": "z.mp4", "detection": {"motion": {"enabled": False}}},
             ],
-            "detection": {"motion": {"threshold": 30}},
+            "detection": {"motion": {"min_change_levels": 30}},
         }
     )
     door, tree, hall = (config.motion(c) for c in config.cameras)
-    assert (door.enabled, door.threshold, door.min_area) == (True, 30, DEFAULTS.min_area)
-    assert (tree.enabled, tree.threshold, tree.min_area) == (True, 30, 0.05)
-    assert (hall.enabled, hall.threshold, hall.check_every_s) == (False, 30, 10.0)
+    assert (door.enabled, door.min_change_levels, door.min_area_fraction) == (
+        True,
+        30,
+        DEFAULTS.min_area_fraction,
+    )
+    assert (tree.enabled, tree.min_change_levels, tree.min_area_fraction) == (True, 30, 0.05)
+    assert (hall.enabled, hall.min_change_levels, hall.check_every_s) == (False, 30, 10.0)
 
 
 @pytest.mark.parametrize(
     ("motion", "where"),
     [
-        ({"min_area": 1.5}, "cameras[0] (d).detection.motion.min_area"),
-        ({"threshold": 0}, "cameras[0] (d).detection.motion.threshold"),
+        ({"min_area_fraction": 1.5}, "cameras[0] (d).detection.motion.min_area_fraction"),
+        ({"min_change_levels": 0}, "cameras[0] (d).detection.motion.min_change_levels"),
         ({"check_every": 5}, "cameras[0] (d).detection.motion.check_every"),
     ],
 )
