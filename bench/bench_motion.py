@@ -6,7 +6,10 @@ frame held ``--still`` seconds with sensor noise (a scene where nobody is), then
 clip (people come in, 0-6 faces, cuts). Both runs measure over whole loops of it, after a
 warm-up, with the test FaceNet and a one-person gallery as in bench_daemon.py. Reported per
 run: CPU seconds per second, frames searched and skipped per camera and second, events and
-``confirmed`` events (the faces found). Run from the repository root:
+``confirmed`` events (the faces found). Then the same frames of the clip go through the
+pipeline (no daemon, no clock) with the gate on and off: the second into the loop of every
+``confirmed``, to see whether the gate found each arrival when the ungated pipeline did.
+Run from the repository root:
 
     .venv/bin/python bench/bench_motion.py --cameras 2 --still 20 --loops 2
 
@@ -21,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import cv2
 
@@ -48,6 +52,47 @@ def doorway_720p(still_s: float) -> Path:
         )
         subprocess.run(["gst-launch-1.0", "-q", *pipeline.split()], check=True)
     return out
+
+
+def confirmations(clip: Path, fps: float, gate: bool) -> list[int]:
+    """The clip's frames (at ``fps``, as a camera reader keeps them) through the pipeline
+    with the gate on or off, twice round: the index in the clip of each frame where a face
+    was confirmed. Same frames, same detector: where the two runs differ, the gate did."""
+    from daemon.cameras import Frame
+    from daemon.config import parse_config
+    from daemon.events import EventSinks
+    from daemon.motion import MotionDetector
+    from daemon.scheduler import Pipeline
+    from engines.mtcnn import MTCNN
+    from tests.clips import read_frames
+
+    capture = cv2.VideoCapture(str(clip))
+    every = max(1, round(capture.get(cv2.CAP_PROP_FPS) / fps))
+    capture.release()
+    frames = read_frames(clip, 0, None, every)
+    config = parse_config(
+        {
+            "cameras": [{"name": "door", "url": str(clip), "fps": fps}],
+            "detection": {"motion": {"enabled": gate}},
+            "recognition": {"model": None},
+        }
+    )
+    confirmed: list[int] = []
+
+    class Sinks(EventSinks):
+        def emit(self, event: dict[str, Any], snapshot: bytes | None = None) -> None:
+            if event["type"] == "confirmed":
+                confirmed.append(round((event["frame_ts"] - 1000.0) * fps) % len(frames))
+
+    pipeline = Pipeline(config, MTCNN.load(REPO / "models" / "mtcnn", threads=2), None, Sinks())
+    motion = MotionDetector(
+        config.detection.motion.min_change_levels, config.detection.motion.min_area_fraction, fps
+    )
+    for k, image in enumerate(frames * 2):
+        ts = 1000.0 + k / fps
+        pipeline.expire(ts)
+        pipeline.process([Frame("door", k, ts, image, motion.moved(image))])
+    return confirmed
 
 
 def loop_seconds(clip: Path) -> float:
@@ -94,8 +139,15 @@ def main() -> int:
             }
             results.append(result)
             print(json.dumps(result), flush=True)
+    # the same frames through the pipeline: when each face was confirmed, with and without
+    same_frames = {
+        f"gate_{'on' if gate else 'off'}_confirmed_at_s": [
+            round(k / args.fps, 1) for k in confirmations(clip, args.fps, gate)
+        ]
+        for gate in (True, False)
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=1) + "\n")
+    args.out.write_text(json.dumps({"runs": results, "same_frames": same_frames}, indent=1) + "\n")
     print(
         f"\n{'gate':>5} {'CPU s/s':>8} {'searched/s':>10} {'still/s':>8} {'events':>7} "
         f"{'confirmed':>9} {'p99 ms':>7}"
@@ -108,6 +160,8 @@ def main() -> int:
             f"{sum(c['still_fps'] for c in cams):>8.2f} {r['events']:>7} {r['confirmed']:>9} "
             f"{r['latency_p99_ms']!s:>7}"
         )
+    for key, seconds in same_frames.items():
+        print(f"{key} (s into the loop, twice round): {seconds}")
     return 0
 
 
