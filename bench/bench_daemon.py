@@ -59,6 +59,19 @@ def clip_720p() -> Path:
     return out
 
 
+def random_model_and_gallery(folder: Path) -> tuple[Path, Path]:
+    """The test FaceNet (random weights: a trained one's computation) and a gallery of one
+    person enrolled with it, in ``folder``."""
+    from daemon.cli import main as facewatch
+
+    model = build_test_model(folder / "model", REPO.parent / "shared" / "data")
+    gallery = folder / "gallery.sqlite"
+    person = REPO / "configs" / "demo" / "people" / "lin-manuel-miranda" / "reference.png"
+    facewatch(["enroll", "--name", "lmm", str(person), "--model", str(model),
+               "--gallery", str(gallery), "--no-progress"])  # fmt: skip
+    return model, gallery
+
+
 def sample_rss(pid: int, stop: threading.Event, into: list[float]) -> None:
     status = Path(f"/proc/{pid}/status")
     while not stop.wait(0.5):
@@ -234,24 +247,7 @@ def main() -> int:
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        model = build_test_model(folder / "model", REPO.parent / "shared" / "data")
-        from daemon.cli import main as facewatch
-
-        gallery = folder / "gallery.sqlite"
-        person = REPO / "configs" / "demo" / "people" / "lin-manuel-miranda" / "reference.png"
-        facewatch(
-            [
-                "enroll",
-                "--name",
-                "lmm",
-                str(person),
-                "--model",
-                str(model),
-                "--gallery",
-                str(gallery),
-                "--no-progress",
-            ]
-        )
+        model, gallery = random_model_and_gallery(folder)
         for n in args.cameras:
             run_dir = folder / f"run{n}"
             run_dir.mkdir()

@@ -31,10 +31,9 @@ import cv2
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench_daemon import CACHE, run  # noqa: E402  (the daemon run and its measures)
+from bench_daemon import CACHE, random_model_and_gallery, run  # noqa: E402  (its daemon run)
 
 from tests.clips import doorway_clip  # noqa: E402
-from tests.facenet_model import build_test_model  # noqa: E402
 
 
 def doorway_720p(still_s: float) -> Path:
@@ -119,13 +118,7 @@ def main() -> int:
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        model = build_test_model(folder / "model", REPO.parent / "shared" / "data")
-        from daemon.cli import main as facewatch
-
-        gallery = folder / "gallery.sqlite"
-        person = REPO / "configs" / "demo" / "people" / "lin-manuel-miranda" / "reference.png"
-        facewatch(["enroll", "--name", "lmm", str(person), "--model", str(model),
-                   "--gallery", str(gallery), "--no-progress"])  # fmt: skip
+        model, gallery = random_model_and_gallery(folder)
         for gate in (True, False):
             run_dir = folder / f"motion-{gate}"
             run_dir.mkdir()
