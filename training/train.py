@@ -153,8 +153,8 @@ def build_run(args: argparse.Namespace, ctx: DistContext, on_step: StepHook | No
     check_identities(args, dataset)
     check_crops(args)
     if args.lfw_dir:  # fail now, not after the first epoch
-        pairs, declared = read_pairs(args.lfw_pairs, args.lfw_dir)
-        nrof_folds_for(args.lfw_pairs, pairs, declared, args.lfw_nrof_folds)
+        pairs, header = read_pairs(args.lfw_pairs, args.lfw_dir)
+        nrof_folds_for(args.lfw_pairs, pairs, header, args.lfw_nrof_folds)
     num_classes = len(dataset) if args.loss == "center" else None
     if resume is not None and num_classes != resume.extra.get("num_classes"):
         raise OptionError(
