@@ -92,6 +92,22 @@ def test_help_shows_the_defaults(command: str, expected: list[str], capsys) -> N
     assert "(default: None)" not in text and "(default: )" not in text
 
 
+def test_on_off_flags_say_on_or_off_under_python_3_10() -> None:
+    import argparse
+
+    from training.help_format import DefaultsHelpFormatter
+
+    p = argparse.ArgumentParser(formatter_class=DefaultsHelpFormatter)
+    p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True, help="flips")
+    p.add_argument("--crop", action=argparse.BooleanOptionalAction, default=False, help="crops")
+    for action in p._actions[1:]:  # as Python 3.10's BooleanOptionalAction writes its help
+        action.help = (action.help or "").removesuffix(" (default: %(default)s)")
+        action.help += " (default: %(default)s)"
+    text = " ".join(p.format_help().split())
+    assert "flips (default: on)" in text and "crops (default: off)" in text, text
+    assert "True" not in text and "False" not in text
+
+
 def test_a_bad_recipe_value_names_the_file_and_key(tmp_path: Path, capsys) -> None:
     recipe = tmp_path / "badval.yaml"
     recipe.write_text("image_size: -3\nbatch-size: 10\n")
