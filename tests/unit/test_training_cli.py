@@ -118,6 +118,12 @@ def test_a_bad_recipe_value_names_the_file_and_key(tmp_path: Path, capsys) -> No
     assert f"error: {recipe}: batch-size: 10: must be a multiple of 3" in capsys.readouterr().err
     assert cli([*argv, "--image-size", "-3"]) == 2  # the command line's own value: the flag
     assert "error: --image-size -3: must be >= 75 pixels" in capsys.readouterr().err
+    recipe.write_text("image_size:\nteacher:\n")  # a key without a value
+    assert cli(argv) == 2
+    assert capsys.readouterr().err == f"error: {recipe}: image_size: needs a value\n"
+    recipe.write_text("teacher:\n")  # None is its default: the key says nothing
+    assert cli([*argv, "--max-nrof-epochs", "0"]) == 2
+    assert "error: --max-nrof-epochs 0: must be >= 1" in capsys.readouterr().err
 
 
 def _validate(tmp_path: Path, pairs: Path, *more: str) -> int:
