@@ -226,7 +226,7 @@ def adopt_run_options(args: Any, saved: dict[str, Any], source: Path) -> set[str
         if key not in given:
             setattr(args, key, theirs)
             adopted.add(key)
-        elif SAME_NETWORK.get(ours, ours) != SAME_NETWORK.get(theirs, theirs):
+        elif not _same(key, ours, theirs):
             flag = "--" + key.replace("_", "-")
             if key in FIXED_ON_RESUME:
                 refused.append(f"{flag} {ours} (the run has {theirs})")
@@ -238,3 +238,30 @@ def adopt_run_options(args: Any, saved: dict[str, Any], source: Path) -> set[str
             "drop them to continue it, or start a new run (--run-name)"
         )
     return adopted
+
+
+def _same(key: str, ours: Any, theirs: Any) -> bool:
+    """Whether a value the command line gives is the run's own. Path options compare as
+    absolute paths (the run saved them so; a command line may give them relative)."""
+    from training.run_checks import PATH_OPTIONS
+
+    if key in PATH_OPTIONS and ours not in (None, "") and theirs not in (None, ""):
+        return Path(ours).expanduser().absolute() == Path(theirs).expanduser().absolute()
+    return bool(SAME_NETWORK.get(ours, ours) == SAME_NETWORK.get(theirs, theirs))
+
+
+def resume_command(args: Any, model_dir: Path) -> str:
+    """The command that continues a run: ``--resume`` and the machine-local options the user
+    gave (the checkpoint does not keep them: --gpu, --workers, --amp)."""
+    import shlex
+
+    from training.train_options import GIVEN
+
+    given = getattr(args, GIVEN, set())
+    words = ["facewatch", "train", "triplet", "--resume", str(model_dir)]
+    for key in ("gpu", "workers"):
+        if key in given and getattr(args, key, None) is not None:
+            words += [f"--{key}", str(getattr(args, key))]
+    if "amp" in given and getattr(args, "amp", False):
+        words.append("--amp")
+    return shlex.join(words)

@@ -406,51 +406,15 @@ def _add_export(commands: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_export)
 
 
-def _parity_crops(folder: Path | None, count: int, size: int) -> object:
-    import numpy as np
-
-    from training.data import IMAGE_SUFFIXES, crop_square, load_rgb
-
-    if folder is None:
-        rng = np.random.default_rng(0)
-        return rng.integers(0, 256, (count, size, size, 3), dtype=np.uint8)
-    found = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-    paths = found[:: max(1, len(found) // count)][:count]  # spread over the folder's people
-    if not paths:
-        raise FileNotFoundError(f"{folder}: no images for the parity check")
-    return np.stack([crop_square(load_rgb(p), size, None) for p in paths])
-
-
-def _lfw_report(report: Path, model: Path) -> dict[str, object]:
-    """The figures of ``report`` (an lfw.json), which must have been measured on ``model``."""
-    import json
-
-    from engines.base import file_sha256
-
-    try:
-        figures = json.loads(report.read_text())
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"--lfw-report {report}: cannot read it ({exc})") from None
-    measured = figures.get("model_sha256")
-    if not measured:
-        raise ValueError(
-            f"--lfw-report {report}: does not say which model file it measured (an older "
-            f"facewatch wrote it): validate again (facewatch train validate {model} --out-dir DIR)"
-        )
-    if measured != file_sha256(model):
-        raise ValueError(
-            f"--lfw-report {report}: measured on {figures.get('model')}, another model file "
-            f"than {model}; validate this one (facewatch train validate {model} --out-dir DIR)"
-        )
-    return {k: v for k, v in figures.items() if k not in ("tpr", "fpr", "model", "model_sha256")}
-
-
 def _export(args: argparse.Namespace) -> int:
 
     from training.checkpoint import load_model_file
     from training.data import DataError
     from training.export_facenet import export_checkpoint
+    from training.export_inputs import lfw_report, parity_crops
 
+    if args.out.is_dir():
+        return _fail(f"--out {args.out}: a folder; name the model file (MODEL.onnx) in it")
     if args.out.suffix.lower() != ".onnx":
         return _fail(f"--out {args.out}: name the file MODEL.onnx (its sidecar is MODEL.json)")
     if args.int8 and args.parity_images is None:
@@ -464,8 +428,8 @@ def _export(args: argparse.Namespace) -> int:
     try:
         checkpoint = load_model_file(args.checkpoint)
         size = int(checkpoint.options["image_size"])
-        crops = _parity_crops(args.parity_images, args.parity_count, size)
-        lfw = _lfw_report(args.lfw_report, args.checkpoint) if args.lfw_report else None
+        crops = parity_crops(args.parity_images, args.parity_count, size)
+        lfw = lfw_report(args.lfw_report, args.checkpoint) if args.lfw_report else None
         tail = _argv_after("export") or [str(args.checkpoint)]
         command = "facewatch train export " + shlex.join(tail)
         path, diff = export_checkpoint(
@@ -481,7 +445,7 @@ def _export(args: argparse.Namespace) -> int:
             args.int8,
             args.torch_program,
         )
-    except (DataError, ValueError, FileNotFoundError, RuntimeError) as exc:
+    except (DataError, ValueError, OSError, RuntimeError) as exc:  # OSError: writing --out
         return _fail(str(exc))
     print(f"wrote {path} (+ sidecar, model card); ONNX Runtime vs PyTorch max abs diff {diff:.2e}")
     if args.int8:

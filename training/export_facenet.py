@@ -19,7 +19,9 @@ from torch import nn
 from engines.base import ModelMetadata
 from training.checkpoint import Checkpoint, load_model_file
 from training.embedders import OnnxEmbedder, TorchEmbedder
+from training.export_staging import staged
 from training.facenet_nets import NormalisedEmbedding, build_model
+from training.model_card import TRAINED_HERE, model_card
 from training.onnx_weights import load_onnx_weights
 
 logger = logging.getLogger(__name__)
@@ -28,7 +30,6 @@ OPSET = 17
 PARITY_TOLERANCE = 1e-4  # the fp32 graph against PyTorch
 FP16_TOLERANCE = 5e-3  # fp16-stored weights against the fp32 PyTorch model (unit vectors)
 INT8_MIN_COSINE = 0.98  # int8 embeddings against the fp32 PyTorch model, on held-back crops
-TRAINED_HERE = "facewatch training (Inception-ResNet-v1, FaceNet)"
 INT8_NO_PROGRAM = "an int8 model has no torch program: int8 is for CPUs, the torch backend for GPUs"
 # torch warns about constant folding with TrainingMode.PRESERVE; the graph is in eval mode and
 # the parity check compares it with PyTorch, so the warning only alarms (only it is silenced)
@@ -192,10 +193,12 @@ def _quantize_int8(path: Path, calibration: np.ndarray, out: Path) -> None:
         )
 
 
-def _to_int8(net: nn.Module, path: Path, crops: np.ndarray, opts: dict[str, Any]) -> float:
+def _to_int8(
+    net: nn.Module, path: Path, crops: np.ndarray, opts: dict[str, Any], shown: Path
+) -> float:
     """Quantise ``path`` in place, calibrated on the even crops; returns the lowest cosine
-    to PyTorch's fp32 embeddings on the odd ones. Below INT8_MIN_COSINE, ``path`` keeps the
-    fp32 model and RuntimeError says so."""
+    to PyTorch's fp32 embeddings on the odd ones. Below INT8_MIN_COSINE, RuntimeError
+    (naming ``shown``, the model's final place, where nothing is written)."""
     import shutil
     import tempfile
 
@@ -207,8 +210,8 @@ def _to_int8(net: nn.Module, path: Path, crops: np.ndarray, opts: dict[str, Any]
         cosine = float(np.sum(torch_emb * onnx_emb, axis=1).min())
         if cosine < INT8_MIN_COSINE:
             raise RuntimeError(
-                f"{path}: int8 embeddings reach only cosine {cosine:.4f} of fp32 (needs "
-                f"{INT8_MIN_COSINE}); the fp32 model was kept there"
+                f"{shown}: int8 embeddings reach only cosine {cosine:.4f} of fp32 (needs "
+                f"{INT8_MIN_COSINE}); nothing written"
             )
         shutil.move(str(trial), str(path))
     return cosine
@@ -231,12 +234,18 @@ def parity(net: nn.Module, onnx_path: Path, crops: np.ndarray, opts: dict[str, A
 
 
 def _checked_parity(
-    net: nn.Module, path: Path, crops: np.ndarray, opts: dict[str, Any], tolerance: float
+    net: nn.Module,
+    path: Path,
+    crops: np.ndarray,
+    opts: dict[str, Any],
+    tolerance: float,
+    shown: Path,
 ) -> float:
     diff = parity(net, path, crops, opts)
     if diff > tolerance:
         raise RuntimeError(
-            f"{path}: ONNX Runtime differs from PyTorch by {diff:.2e} (tolerance {tolerance:.0e})"
+            f"{shown}: ONNX Runtime differs from PyTorch by {diff:.2e} (tolerance "
+            f"{tolerance:.0e}); nothing written"
         )
     return diff
 
@@ -283,7 +292,12 @@ def torch_program_from_onnx(onnx_path: str | Path) -> dict[str, Any]:
 
 
 def _write_torch_program(
-    net: nn.Module, onnx_path: Path, crops: np.ndarray | None, size: int, tolerance: float
+    net: nn.Module,
+    onnx_path: Path,
+    crops: np.ndarray | None,
+    size: int,
+    tolerance: float,
+    shown: Path | None = None,
 ) -> dict[str, Any]:
     """The ``.pt2`` beside ``onnx_path`` (its final form: it records the file's hash, and the
     torch backend refuses a program whose ONNX has changed since), checked against it on the
@@ -305,72 +319,10 @@ def _write_torch_program(
     diff = parity_with_onnx(pt2, onnx_path, OnnxEmbedder(onnx_path).preprocess(crops))
     if diff > tolerance:
         raise RuntimeError(
-            f"{pt2}: the torch program differs from {onnx_path.name} by {diff:.2e} "
-            f"(tolerance {tolerance:.0e})"
+            f"{program_path(shown or onnx_path)}: the torch program differs from "
+            f"{onnx_path.name} by {diff:.2e} (tolerance {tolerance:.0e})"
         )
     return {"file": pt2.name, "max_abs_diff": diff}
-
-
-def _fmt(value: float | None, digits: int = 4) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"
-
-
-def _fmt_epochs(epochs: int | None) -> str:
-    return "n/a" if epochs is None else str(epochs)
-
-
-def model_card(meta: ModelMetadata, onnx_path: Path) -> str:
-    """A short markdown card, entirely from the sidecar."""
-    lfw = meta.extra.get("lfw") or {}
-    folds = len(lfw.get("fold_accuracies", ())) or "n/a"
-    acc = "not measured"
-    if lfw:
-        acc = f"{lfw['accuracy_mean'] * 100:.2f} % ± {lfw['accuracy_std'] * 100:.2f}"
-    size_hw = meta.input_size_hw or (0, 0)
-    prep = (
-        "per-image prewhitened"
-        if meta.extra.get("prewhiten")
-        else f"(x - {meta.mean}) / {meta.std}"
-    )
-    diff = meta.extra.get("parity_max_abs_diff")
-    storage = "fp32"
-    if meta.extra.get("int8"):
-        storage = f"int8, calibrated (min cosine to fp32 {meta.extra.get('int8_min_cosine', float('nan')):.4f})"
-    if meta.extra.get("fp16_weights"):
-        storage = f"fp16 (max abs diff {meta.extra.get('fp16_max_abs_diff', float('nan')):.2e})"
-    rows = [
-        f"# {meta.name}",
-        "",
-        "FaceNet face embedding model (Inception-ResNet-v1) "
-        + ("trained with facewatch." if meta.source == TRAINED_HERE else f"from {meta.source}."),
-        "",
-        "| | |",
-        "|---|---|",
-        f"| file | `{onnx_path.name}` (+ `{onnx_path.with_suffix('.json').name}` sidecar) |",
-        f"| input | `image` N x 3 x {size_hw[0]} x {size_hw[1]} RGB, {prep} |",
-        f"| output | `embedding` N x {meta.embedding_size}, L2-normalised |",
-        f"| face crop | {meta.extra.get('alignment')} (margin {meta.extra.get('margin')} px) |",
-        f"| training data | {meta.training_data} |",
-        f"| licence | {meta.license or 'not stated'} |",
-        f"| epochs, loss | {_fmt_epochs(meta.extra.get('epochs'))}, {meta.extra.get('loss')} |",
-        f"| LFW accuracy ({folds}-fold) | {acc} |",
-        f"| VAL @ FAR=1e-3 | {_fmt(lfw.get('val_mean'))} ± {_fmt(lfw.get('val_std'))} |",
-        f"| ONNX Runtime vs PyTorch | max abs diff {'n/a' if diff is None else f'{diff:.2e}'} |",
-        f"| weights stored as | {storage} |",
-        "",
-        "Matching: squared Euclidean distance between embeddings; same person below the",
-        f"threshold (LFW best threshold: {_fmt(lfw.get('best_threshold'), 2)}).",
-        "",
-        f"Exported with: `{meta.extra.get('export_command', 'n/a')}`",
-    ]
-    if not meta.extra.get("int8"):
-        rows.append(
-            f"For `engines.backend: torch`: `facewatch train torch-program {onnx_path.name}` "
-            "writes its program (.pt2) from the weights inside it."
-        )
-    if lfw.get("command"):
-        rows.append(f"LFW measured with: `{lfw['command']}`")
-    return "\n".join([*rows, ""])
 
 
 def record_lfw(onnx_path: str | Path, lfw: dict[str, Any]) -> ModelMetadata:
@@ -401,41 +353,57 @@ def export_checkpoint(
     """Export a checkpoint (a file ``load_model_file`` reads, or one already read), write
     sidecar and model card, check parity; returns (ONNX path, max abs diff).
     ``int8``: quantise, calibrated on half of ``parity_crops`` and checked on the other half.
-    ``torch_program``: also write the ``.pt2`` beside it, for the torch engine backend."""
+    ``torch_program``: also write the ``.pt2`` beside it, for the torch engine backend.
+    The files replace those at ``out_path`` only once every check has passed (see
+    training/export_staging.py)."""
     if int8 and (fp16 or parity_crops is None or len(parity_crops) < 2):
         raise ValueError("int8 export needs face crops to calibrate on (and excludes fp16)")
     if int8 and torch_program:
         raise ValueError(INT8_NO_PROGRAM)
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_model_file(checkpoint)
     out_path = Path(out_path)
-    net = ckpt.network()
-    export_onnx(net, out_path, int(ckpt.options["image_size"]), fold_batchnorm=int8)
     meta = metadata(ckpt, name, lfw if lfw is not None else ckpt.extra.get("lfw"), fp16)
     if training_data:
         meta.training_data = training_data
     meta.license = license
-    meta.save(out_path)
-    diff = float("nan")
-    if parity_crops is not None:
-        diff = _checked_parity(net, out_path, parity_crops, ckpt.options, PARITY_TOLERANCE)
-        meta.extra["parity_max_abs_diff"] = diff
-    if fp16:
-        _weights_to_fp16(out_path)
-        if parity_crops is not None:
-            diff16 = _checked_parity(net, out_path, parity_crops, ckpt.options, FP16_TOLERANCE)
-            meta.extra["fp16_max_abs_diff"] = diff16
-    if int8:
-        assert parity_crops is not None
-        cosine = _to_int8(net, out_path, parity_crops, ckpt.options)
-        meta.extra.update(int8=True, int8_min_cosine=cosine)
-    if torch_program:
-        tolerance = FP16_TOLERANCE if fp16 else PARITY_TOLERANCE
-        meta.extra["torch_program"] = _write_torch_program(
-            net, out_path, parity_crops, int(ckpt.options["image_size"]), tolerance
-        )
     meta.extra["export_command"] = command
-    meta.save(out_path)
-    out_path.with_suffix(".md").write_text(model_card(meta, out_path))
+    with staged(out_path) as work:
+        _write_model(ckpt, meta, work, out_path, parity_crops, int8, torch_program)
+    diff = float(meta.extra.get("parity_max_abs_diff", float("nan")))
     logger.info("wrote %s (parity %.2e)", out_path, diff)
     warn_rough_lfw(out_path, meta.extra.get("lfw"))
     return out_path, diff
+
+
+def _write_model(
+    ckpt: Checkpoint,
+    meta: ModelMetadata,
+    path: Path,
+    shown: Path,
+    crops: np.ndarray | None,
+    int8: bool,
+    torch_program: bool,
+) -> None:
+    """Write and check the model at ``path`` (its files' names say ``shown``, their final
+    place); what the checks measured goes into ``meta``, saved as its sidecar."""
+    net, opts, fp16 = ckpt.network(), ckpt.options, bool(meta.extra["fp16_weights"])
+    export_onnx(net, path, int(opts["image_size"]), fold_batchnorm=int8)
+    meta.save(path)
+    if crops is not None:
+        diff = _checked_parity(net, path, crops, opts, PARITY_TOLERANCE, shown)
+        meta.extra["parity_max_abs_diff"] = diff
+    if fp16:
+        _weights_to_fp16(path)
+        if crops is not None:
+            diff16 = _checked_parity(net, path, crops, opts, FP16_TOLERANCE, shown)
+            meta.extra["fp16_max_abs_diff"] = diff16
+    if int8:
+        assert crops is not None
+        meta.extra.update(int8=True, int8_min_cosine=_to_int8(net, path, crops, opts, shown))
+    if torch_program:
+        tolerance = FP16_TOLERANCE if fp16 else PARITY_TOLERANCE
+        meta.extra["torch_program"] = _write_torch_program(
+            net, path, crops, int(opts["image_size"]), tolerance, shown
+        )
+    meta.save(path)
+    path.with_suffix(".md").write_text(model_card(meta, shown))

@@ -9,6 +9,8 @@ classifier head (``logits``) are configurable.
 from __future__ import annotations
 
 import logging
+import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -251,7 +253,28 @@ def read_torch_file(path: str | Path) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a file that is not its own
         logger.debug("%s: torch.load: %s: %s", path, type(exc).__name__, exc)
-        raise ModelFileError(f"{path}: not a PyTorch checkpoint or state dict") from None
+        raise ModelFileError(f"{path}: {_unreadable(exc)}") from None
+
+
+def _unreadable(exc: Exception) -> str:
+    """Why ``torch.load(weights_only=True)`` refused a file, without torch's advice to load
+    it unsafely: Python objects besides tensors (named), a damaged file, or another format."""
+    text = str(exc)
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if isinstance(exc, pickle.UnpicklingError) and found:
+        name = found.group(1)
+        if name.startswith("numpy"):
+            return (
+                f"holds NumPy values besides tensors ({name}): save them as tensors or Python "
+                "numbers"
+            )
+        return (
+            f"holds Python objects besides tensors ({name}: a whole model saved with "
+            "torch.save(model)?): save its state_dict() and use that"
+        )
+    if isinstance(exc, EOFError) or "zip archive" in text or "truncated" in text:
+        return "damaged or truncated (not a whole PyTorch file)"
+    return "not a PyTorch checkpoint or state dict"
 
 
 def load_pretrained(model: nn.Module, path: str | Path, strict: bool = False) -> list[str]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+ARGPARSE_DEFAULT = " (default: %(default)s)"
+
 
 class DefaultsHelpFormatter(argparse.HelpFormatter):
     """Ends an option's help with "(default: X)" when it has a default to show (not None, not
@@ -13,10 +15,14 @@ class DefaultsHelpFormatter(argparse.HelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str | None:
         text = action.help or ""
         default = action.default
+        if isinstance(action, argparse.BooleanOptionalAction):  # --x / --no-x
+            # Python < 3.12 appends its own " (default: %(default)s)" (True / False)
+            text = text.removesuffix(ARGPARSE_DEFAULT)
+            if "%(default)" in text or "(default:" in text:
+                return text
+            return f"{text} (default: {'on' if default else 'off'})"
         if "%(default)" in text or "(default:" in text:
             return action.help
-        if isinstance(action, argparse.BooleanOptionalAction):  # --x / --no-x
-            return f"{text} (default: {'on' if default else 'off'})"
         if action.nargs == 0:  # a switch, or --help
             return action.help
         if default is None or default is argparse.SUPPRESS or default == "":

@@ -16,6 +16,7 @@ FaceNet project's ``lfw.evaluate``. Folds are consecutive blocks of pairs in fil
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -62,8 +63,9 @@ def _parse_line(fields: list[str], where: str) -> tuple[tuple[str, str], tuple[s
     )
 
 
-def read_pairs(pairs_file: str | Path, lfw_dir: str | Path) -> tuple[list[Pair], int]:
-    """Parse pairs.txt; returns the pairs and the number of folds its header declares.
+def read_pairs(pairs_file: str | Path, lfw_dir: str | Path) -> tuple[list[Pair], tuple[int, ...]]:
+    """Parse pairs.txt; returns the pairs and the numbers of its header (``(10, 300)`` for
+    pairs.txt, ``(1100,)`` for pairsDevTrain.txt, ``()`` without one; see ``nrof_folds_for``).
 
     Raises DataError naming the file and line for a malformed line, and listing the
     missing images when any named image does not exist under ``lfw_dir``.
@@ -74,12 +76,12 @@ def read_pairs(pairs_file: str | Path, lfw_dir: str | Path) -> tuple[list[Pair],
     if not lfw_dir.is_dir():
         raise DataError(f"{lfw_dir}: LFW image directory not found")
     lines = [ln.split() for ln in pairs_file.read_text().splitlines()]
-    folds = 0
+    header: tuple[int, ...] = ()
     if lines and len(lines[0]) in (1, 2) and all(f.isdigit() for f in lines[0]):
-        folds = int(lines[0][0])
+        header = tuple(int(f) for f in lines[0])
         lines = lines[1:]
     pairs, missing = [], []
-    for number, fields in enumerate(lines, start=2 if folds else 1):
+    for number, fields in enumerate(lines, start=2 if header else 1):
         if not fields:
             continue
         a, b, same = _parse_line(fields, f"{pairs_file}:{number}")
@@ -94,7 +96,7 @@ def read_pairs(pairs_file: str | Path, lfw_dir: str | Path) -> tuple[list[Pair],
         )
     if not pairs:
         raise DataError(f"{pairs_file}: no pairs")
-    return pairs, folds
+    return pairs, header
 
 
 def fold_slices(n: int, nrof_folds: int) -> list[np.ndarray]:
@@ -120,18 +122,69 @@ def check_folds(same: np.ndarray, nrof_folds: int) -> None:
 
 
 def nrof_folds_for(
-    pairs_file: str | Path, pairs: list[Pair], declared: int, asked: int | None
+    pairs_file: str | Path, pairs: list[Pair], header: tuple[int, ...], asked: int | None
 ) -> int:
-    """The folds to evaluate with: ``asked`` (--lfw-nrof-folds), else what the file's header
-    declares, else 10 (the LFW protocol); checked (``check_folds``), DataError naming the file."""
+    """The folds to evaluate with: ``asked`` (--lfw-nrof-folds), else the K of a "K N" header
+    (K folds of N same and N different pairs: pairs.txt says "10 300"), else 10 (the LFW
+    protocol); checked (``check_folds``). DataError naming the file: for a header that does
+    not fit the file (``header_folds``), and for a fold of one kind."""
+    declared = header_folds(pairs_file, len(pairs), header, strict=asked is None)
     folds = asked or declared or 10
     if asked and declared and asked != declared:
-        logger.warning("%s declares %d folds; evaluating with %d", pairs_file, declared, asked)
+        _warn_once(f"{pairs_file} declares {declared} folds; evaluating with {asked}")
     try:
         check_folds(np.array([p.same for p in pairs]), folds)
     except ValueError as exc:
         raise DataError(f"{pairs_file}: {exc}") from None
     return folds
+
+
+def header_folds(
+    pairs_file: str | Path, nrof_pairs: int, header: tuple[int, ...], strict: bool = True
+) -> int | None:
+    """The K of a "K N" header, checked against the pairs there are (2 K N); None without a
+    header. A one-number header is a development-view file's (LFW's pairsDevTrain.txt "1100":
+    that many same pairs, then as many different), which has no folds: DataError. A header
+    that does not fit the file is a DataError when ``strict`` (no --lfw-nrof-folds), else a
+    warning."""
+    if not header:
+        return None
+    shown = " ".join(str(n) for n in header)
+    if len(header) == 1:
+        raise DataError(
+            f"{pairs_file}: its header {shown!r} is that of a development-view file (as LFW's "
+            f"pairsDevTrain.txt / pairsDevTest.txt: {header[0]} same pairs first, then the "
+            "different ones), which cannot be split into folds: evaluate with the 10-fold "
+            "pairs.txt"
+        )
+    folds, per_kind = header
+    problem = ""
+    if 2 * folds * per_kind != nrof_pairs:
+        problem = (
+            f"its header {shown!r} declares {folds} folds of {per_kind} same and {per_kind} "
+            f"different pairs ({2 * folds * per_kind} pairs), but the file holds {nrof_pairs}"
+        )
+        if per_kind and nrof_pairs % (2 * per_kind) == 0 and nrof_pairs // (2 * per_kind) > 1:
+            held = nrof_pairs // (2 * per_kind)
+            problem += f": {held} folds of {per_kind} + {per_kind}? (--lfw-nrof-folds {held})"
+        else:
+            problem += ": correct the header, or give --lfw-nrof-folds"
+    elif folds < 2:
+        problem = (
+            f"its header {shown!r} declares {folds} fold: cross-validation needs at least 2 "
+            "(each fold's threshold is chosen on the others)"
+        )
+    if problem and strict:
+        raise DataError(f"{pairs_file}: {problem}")
+    if problem:
+        _warn_once(f"{pairs_file}: {problem}")
+    return folds
+
+
+@functools.lru_cache(maxsize=64)
+def _warn_once(message: str) -> None:
+    """A warning said once per process (per-epoch LFW would repeat it every epoch)."""
+    logger.warning("%s", message)
 
 
 def _rates(dist: np.ndarray, same: np.ndarray, threshold: float) -> tuple[float, float, float]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
+from typing import Any
 
 from training.align import SETTINGS_FILE, read_settings
 from training.data import ImageClass
@@ -88,21 +89,36 @@ def absolute_paths(args: argparse.Namespace, keep: frozenset[str] = frozenset())
         setattr(args, name, str(path) if isinstance(value, str) else path)
 
 
-def resumed_paths(args: argparse.Namespace, adopted: set[str], source: Path) -> frozenset[str]:
+def resumed_paths(
+    args: argparse.Namespace, saved: dict[str, Any], adopted: set[str], source: Path
+) -> frozenset[str]:
     """``--resume`` of a run an older facewatch saved with relative paths: the models base
-    is the run directory's parent; the others the run needs are refused (they were relative to
-    a directory no longer known), unless given again. Returns the relative ones left as saved
-    (the run does not use them)."""
+    is the run directory's parent. Resumed from the directory the run was started in (its
+    saved models base, from here, is the run's parent), the relative paths are taken from
+    here; otherwise those the run needs are refused (relative to a directory no longer known),
+    unless given again, but for the event logs (see ``_relative_logs``). Returns the relative
+    ones left as saved (the run does not use them)."""
     relative = {
         name
         for name in adopted & set(PATH_OPTIONS)
         if getattr(args, name) not in (None, "")
         and not Path(getattr(args, name)).expanduser().is_absolute()
     }
+    run_base = source.absolute().parent.parent
     if "models_base_dir" in relative:
-        args.models_base_dir = source.absolute().parent.parent
+        args.models_base_dir = run_base
         relative.discard("models_base_dir")
-    needed = {"data_dir", "logs_base_dir"}
+    saved_base = Path(str(saved.get("models_base_dir") or "")).expanduser()
+    if relative and not saved_base.is_absolute() and saved_base.resolve() == run_base.resolve():
+        logger.info(
+            "%s: the run saved relative paths (%s); resumed from the directory it was started "
+            "in (%s), they are taken from here",
+            source,
+            ", ".join(f"{name} {str(getattr(args, name))!r}" for name in sorted(relative)),
+            Path.cwd(),
+        )
+        return frozenset()
+    needed = {"data_dir"}
     if args.lfw_dir:
         needed |= {"lfw_dir", "lfw_pairs"}
     if args.learning_rate <= 0:
@@ -111,14 +127,46 @@ def resumed_paths(args: argparse.Namespace, adopted: set[str], source: Path) -> 
         needed.add("teacher")
     refused = sorted(relative & needed)
     if refused:
-        saved = ", ".join(f"{name} {str(getattr(args, name))!r}" for name in refused)
+        shown = ", ".join(f"{name} {str(getattr(args, name))!r}" for name in refused)
         flags = " ".join(f"--{name.replace('_', '-')} PATH" for name in refused)
         raise OptionError(
-            f"{source}: the run saved relative paths ({saved}), relative to the directory it "
-            f"was started from, which the checkpoint does not record: give them again to "
-            f"resume ({flags})"
+            f"{source}: the run saved relative paths ({shown}), relative to the directory it "
+            f"was started from, which the checkpoint does not record: resume from there, or "
+            f"give them again ({flags})"
         )
+    if "logs_base_dir" in relative:
+        _relative_logs(args, saved_base, run_base, source)
+        relative.discard("logs_base_dir")
     return frozenset(relative)
+
+
+def _relative_logs(
+    args: argparse.Namespace, saved_base: Path, run_base: Path, source: Path
+) -> None:
+    """A relative logs_base_dir saved by an older facewatch (event logs only: not a reason to
+    refuse). When the saved models base was relative too and the run's models base ends with
+    it, the run was started in the folder above: the logs go where they went. Otherwise no
+    event logs (``args.logs_base_dir`` None), rather than a folder of a guessed place."""
+    saved_logs = str(args.logs_base_dir)
+    parts = saved_base.parts
+    relative = bool(parts) and not saved_base.is_absolute() and ".." not in parts
+    if relative and run_base.parts[-len(parts) :] == parts:
+        args.logs_base_dir = Path(*run_base.parts[: -len(parts)]) / saved_logs
+        logger.warning(
+            "%s: the run saved a relative logs_base_dir %r; event logs go to %s (--logs-base-dir "
+            "chooses another)",
+            source,
+            saved_logs,
+            args.logs_base_dir,
+        )
+        return
+    args.logs_base_dir = None
+    logger.warning(
+        "%s: the run saved a relative logs_base_dir %r, relative to a directory the checkpoint "
+        "does not record: no event logs for this run (--logs-base-dir PATH writes them)",
+        source,
+        saved_logs,
+    )
 
 
 class NothingToDo(Exception):

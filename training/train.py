@@ -28,6 +28,7 @@ from training.checkpoint import (
     WeightAverage,
     adopt_run_options,
     resolve_resume,
+    resume_command,
     save_epoch,
 )
 from training.data import load_dataset
@@ -83,10 +84,10 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _tensorboard(log_dir: Path, ctx: DistContext, step: int) -> Any:
+def _tensorboard(log_dir: Path | None, ctx: DistContext, step: int) -> Any:
     """The event writer; a resumed run first drops the events logged after its checkpoint
-    (the steps of the interrupted epoch are logged again)."""
-    if not ctx.is_main:
+    (the steps of the interrupted epoch are logged again). None without a log directory."""
+    if not ctx.is_main or log_dir is None:
         return None
     try:
         from torch.utils.tensorboard import SummaryWriter
@@ -98,14 +99,15 @@ def _tensorboard(log_dir: Path, ctx: DistContext, step: int) -> Any:
 
 def _run_dirs(
     args: argparse.Namespace, resume: Checkpoint | None, resume_path: Path | None
-) -> tuple[Path, Path]:
+) -> tuple[Path, Path | None]:
     if resume_path is not None:
-        model_dir = resume_path.parent
+        model_dir = resume_path.absolute().parent
     else:
         name = args.run_name or time.strftime("%Y%m%d-%H%M%S")
         model_dir = Path(args.models_base_dir).expanduser() / name
-    log_dir = Path(args.logs_base_dir).expanduser() / model_dir.name
-    return model_dir, log_dir
+    if args.logs_base_dir is None:  # see run_checks._relative_logs
+        return model_dir, None
+    return model_dir, Path(args.logs_base_dir).expanduser() / model_dir.name
 
 
 def _build_net(
@@ -142,7 +144,7 @@ def build_run(args: argparse.Namespace, ctx: DistContext, on_step: StepHook | No
     keep: frozenset[str] = frozenset()
     if resume is not None and resume_path is not None:
         adopted = adopt_run_options(args, resume.options, resume_path)
-        keep = resumed_paths(args, adopted, resume_path)
+        keep = resumed_paths(args, resume.options, adopted, resume_path)
         check_resume(args, resume.epoch, resume_path)
     absolute_paths(args, keep)  # saved so: --resume works from any directory
     if resume is not None:
@@ -151,8 +153,8 @@ def build_run(args: argparse.Namespace, ctx: DistContext, on_step: StepHook | No
     check_identities(args, dataset)
     check_crops(args)
     if args.lfw_dir:  # fail now, not after the first epoch
-        pairs, declared = read_pairs(args.lfw_pairs, args.lfw_dir)
-        nrof_folds_for(args.lfw_pairs, pairs, declared, args.lfw_nrof_folds)
+        pairs, header = read_pairs(args.lfw_pairs, args.lfw_dir)
+        nrof_folds_for(args.lfw_pairs, pairs, header, args.lfw_nrof_folds)
     num_classes = len(dataset) if args.loss == "center" else None
     if resume is not None and num_classes != resume.extra.get("num_classes"):
         raise OptionError(
@@ -310,7 +312,7 @@ def _interrupted(run: Run) -> str:
         return f"{where}; no checkpoint saved in {run.model_dir} yet: nothing to resume"
     return (
         f"{where}; last checkpoint: {run.model_dir / LATEST} (epoch {run.saved_epoch}); "
-        f"continue with: facewatch train triplet --resume {run.model_dir}"
+        f"continue with: {resume_command(run.args, run.model_dir)}"
     )
 
 

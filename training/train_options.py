@@ -359,6 +359,8 @@ def apply_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> N
             continue
         given.add(dest)  # a recipe's value, like the command line's, is the user's choice
         action = known[dest]
+        if value is None and action.default is not None:  # `image_size:` alone
+            raise OptionError(f"{path}: {key}: needs a value")
         if isinstance(action, argparse.BooleanOptionalAction) and not isinstance(value, bool):
             raise OptionError(f"{path}: {key}: {value!r}: an on/off option takes true or false")
         if value is not None and action.type is not None and not isinstance(value, bool):

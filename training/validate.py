@@ -101,8 +101,8 @@ def evaluate_pairs(
     and the number of images where no face was found (0 for aligned crops). ``flipped``:
     as the original's --use_flipped_images, each image's embedding and its mirror's,
     concatenated. ``nrof_folds`` None: as many as the file's header declares (else 10)."""
-    pairs, declared = read_pairs(pairs_file, lfw_dir)
-    folds = nrof_folds_for(pairs_file, pairs, declared, nrof_folds)
+    pairs, header = read_pairs(pairs_file, lfw_dir)
+    folds = nrof_folds_for(pairs_file, pairs, header, nrof_folds)
     images = pair_images(pairs)
     crops, no_face = load_faces(images, aligner, embedder.image_size)
     embeddings = _embed(embedder, crops, batch_size, "embedding")

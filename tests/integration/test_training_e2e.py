@@ -228,17 +228,20 @@ def test_int8_export_is_calibrated_checked_and_runs_in_the_engines(
     expected = TorchEmbedder.from_checkpoint(trained / "latest.pt").embed_rgb(rgb)
     got = FaceNet.load(out, threads=2).embed(np.ascontiguousarray(rgb[..., ::-1]))
     assert np.sum(expected * got, axis=1).min() >= 0.97
-    # too far from fp32: refused, and the fp32 model stays in place
-    import onnx
-
+    # too far from fp32: refused, and nothing written: no model where there was none, and
+    # with --force the model that was there stays as it was (its sidecar and card too)
     import training.export_facenet as export_facenet
 
     monkeypatch.setattr(export_facenet, "INT8_MIN_COSINE", 1.0001)
     refused = tmp_path / "refused.onnx"
     assert cli([*argv[:3], str(refused), *argv[4:]]) == 2
     assert "int8 embeddings reach only cosine" in capsys.readouterr().err
-    assert not ModelMetadata.load(refused).extra.get("int8")
-    assert "QuantizeLinear" not in {n.op_type for n in onnx.load(str(refused)).graph.node}
+    assert sorted(p.name for p in tmp_path.glob("refused*")) == []
+    before = {p: p.read_bytes() for p in (out, out.with_suffix(".json"), out.with_suffix(".md"))}
+    assert cli([*argv, "--force", "--name", "replaced"]) == 2
+    assert f"{out}: int8 embeddings reach only cosine" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in before} == before
+    assert sorted(p.name for p in tmp_path.glob(".int8*")) == []  # no staging folder left
     # an int8 model needs crops to calibrate on, and is not also fp16
     assert cli(["export", str(trained / "latest.pt"), "--out", str(out), "--int8", "--force"]) == 2
     assert cli([*argv, "--fp16", "--force"]) != 0

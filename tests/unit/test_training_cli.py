@@ -92,6 +92,22 @@ def test_help_shows_the_defaults(command: str, expected: list[str], capsys) -> N
     assert "(default: None)" not in text and "(default: )" not in text
 
 
+def test_on_off_flags_say_on_or_off_under_python_3_10() -> None:
+    import argparse
+
+    from training.help_format import DefaultsHelpFormatter
+
+    p = argparse.ArgumentParser(formatter_class=DefaultsHelpFormatter)
+    p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True, help="flips")
+    p.add_argument("--crop", action=argparse.BooleanOptionalAction, default=False, help="crops")
+    for action in p._actions[1:]:  # as Python 3.10's BooleanOptionalAction writes its help
+        action.help = (action.help or "").removesuffix(" (default: %(default)s)")
+        action.help += " (default: %(default)s)"
+    text = " ".join(p.format_help().split())
+    assert "flips (default: on)" in text and "crops (default: off)" in text, text
+    assert "True" not in text and "False" not in text
+
+
 def test_a_bad_recipe_value_names_the_file_and_key(tmp_path: Path, capsys) -> None:
     recipe = tmp_path / "badval.yaml"
     recipe.write_text("image_size: -3\nbatch-size: 10\n")
@@ -102,6 +118,12 @@ def test_a_bad_recipe_value_names_the_file_and_key(tmp_path: Path, capsys) -> No
     assert f"error: {recipe}: batch-size: 10: must be a multiple of 3" in capsys.readouterr().err
     assert cli([*argv, "--image-size", "-3"]) == 2  # the command line's own value: the flag
     assert "error: --image-size -3: must be >= 75 pixels" in capsys.readouterr().err
+    recipe.write_text("image_size:\nteacher:\n")  # a key without a value
+    assert cli(argv) == 2
+    assert capsys.readouterr().err == f"error: {recipe}: image_size: needs a value\n"
+    recipe.write_text("teacher:\n")  # None is its default: the key says nothing
+    assert cli([*argv, "--max-nrof-epochs", "0"]) == 2
+    assert "error: --max-nrof-epochs 0: must be >= 1" in capsys.readouterr().err
 
 
 def _validate(tmp_path: Path, pairs: Path, *more: str) -> int:
@@ -127,6 +149,6 @@ def test_validate_takes_the_folds_of_the_pairs_file(tmp_path: Path, capsys, capl
     err = capsys.readouterr().err
     assert f"{pairs}: fold 1 of 10 (pairs 1-2) holds only same pairs" in err, err
     # a file not written fold by fold: refused, not an accuracy far below chance
-    unsorted = lfw_pairs(tmp_path / "unsorted.txt", "2\t10", by_fold=False)
+    unsorted = lfw_pairs(tmp_path / "unsorted.txt", "2\t5", by_fold=False)
     assert _validate(tmp_path, unsorted) == 2
     assert "fold 1 of 2 (pairs 1-10) holds only same pairs" in capsys.readouterr().err

@@ -69,3 +69,32 @@ def test_export_writes_the_model_the_commands_read_and_keeps_one_there(
     assert model.read_bytes() == before
     assert cli(["export", str(checkpoint), "--force", "--name", "again"]) == 0
     assert ModelMetadata.load(model).name == "again"
+    # --force with a check that fails: the model there stays as it was, every file of it
+    import training.export_facenet as export_facenet
+
+    files = {p.name: p.read_bytes() for p in model.parent.iterdir()}
+    monkeypatch.setattr(export_facenet, "PARITY_TOLERANCE", -1.0)  # every parity check fails
+    capsys.readouterr()
+    assert cli(["export", str(checkpoint), "--force", "--name", "failed"]) == 2
+    assert f"error: {model}: ONNX Runtime differs from PyTorch by" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in model.parent.iterdir()} == files  # nor a temp folder
+
+
+def test_export_writes_nothing_when_a_check_fails_or_out_is_a_folder(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    import training.export_facenet as export_facenet
+
+    checkpoint = tiny_checkpoint(tmp_path / "tiny.pt")
+    monkeypatch.setattr(export_facenet, "PARITY_TOLERANCE", -1.0)  # every parity check fails
+    out = tmp_path / "models" / "new.onnx"
+    assert cli(["export", str(checkpoint), "--out", str(out)]) == 2
+    assert "ONNX Runtime differs from PyTorch" in capsys.readouterr().err
+    assert list(out.parent.iterdir()) == []
+    folder = tmp_path / "x.onnx"
+    folder.mkdir()
+    for force in ([], ["--force"]):
+        assert cli(["export", str(checkpoint), "--out", str(folder), *force]) == 2
+        err = capsys.readouterr().err
+        assert err == f"error: --out {folder}: a folder; name the model file (MODEL.onnx) in it\n"
+    assert list(folder.iterdir()) == []

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -9,9 +12,11 @@ pytest.importorskip("torch")
 
 from training.data import DataError
 from training.lfw import (
+    Pair,
     auc,
     equal_error_rate,
     evaluate_distances,
+    nrof_folds_for,
     pair_distances,
     plot_roc,
     read_pairs,
@@ -79,8 +84,8 @@ def _lfw(tmp_path):
 def test_pairs_file_is_parsed(tmp_path) -> None:
     lfw = _lfw(tmp_path)
     (tmp_path / "pairs.txt").write_text("1\t1\nAnn_A\t1\t2\nAnn_A\t1\tBob_B\t1\n")
-    pairs, folds = read_pairs(tmp_path / "pairs.txt", lfw)
-    assert folds == 1
+    pairs, header = read_pairs(tmp_path / "pairs.txt", lfw)
+    assert header == (1, 1)
     assert [(p.path_a.name, p.path_b.name, p.same) for p in pairs] == [
         ("Ann_A_0001.jpg", "Ann_A_0002.jpg", True),
         ("Ann_A_0001.jpg", "Bob_B_0001.jpg", False),
@@ -125,3 +130,48 @@ def test_the_originals_distance_metrics_and_mean_subtraction() -> None:
     assert centred[2] == pytest.approx(expected) and centred[2] > 0.05
     with pytest.raises(ValueError, match="distance_metric 2"):
         pair_distances(a, b, 2)
+
+
+def _pairs(n: int) -> list[Pair]:
+    """``n`` pairs, same and different in turn."""
+    return [Pair(Path("a.png"), Path("b.png"), i % 2 == 0) for i in range(n)]
+
+
+@pytest.mark.parametrize(
+    ("header", "nrof_pairs", "folds"),
+    [((10, 300), 6000, 10), ((), 6000, 10), ((3, 2), 12, 3)],
+)
+def test_the_folds_come_from_a_two_number_header(header, nrof_pairs, folds) -> None:
+    assert nrof_folds_for("pairs.txt", _pairs(nrof_pairs), header, None) == folds
+
+
+@pytest.mark.parametrize(
+    ("header", "nrof_pairs", "message"),
+    [
+        ((1100,), 2200, "header '1100' is that of a development-view file (as LFW's "
+         "pairsDevTrain.txt / pairsDevTest.txt: 1100 same pairs first, then the different "
+         "ones), which cannot be split into folds"),
+        ((10, 300), 40, "header '10 300' declares 10 folds of 300 same and 300 different pairs "
+         "(6000 pairs), but the file holds 40: correct the header, or give --lfw-nrof-folds"),
+        ((2, 5), 40, "header '2 5' declares 2 folds of 5 same and 5 different pairs (20 pairs), "
+         "but the file holds 40: 4 folds of 5 + 5? (--lfw-nrof-folds 4)"),
+        ((1, 10), 20, "header '1 10' declares 1 fold: cross-validation needs at least 2"),
+    ],
+)  # fmt: skip
+def test_a_header_that_does_not_fit_the_file_is_refused(header, nrof_pairs, message) -> None:
+    with pytest.raises(DataError) as refused:
+        nrof_folds_for("pairs.txt", _pairs(nrof_pairs), header, None)
+    assert str(refused.value).startswith(f"pairs.txt: its {message}"), refused.value
+
+
+def test_folds_asked_for_are_said_once(caplog) -> None:
+    pairs = _pairs(20)
+    with caplog.at_level(logging.WARNING):
+        for _epoch in range(3):  # per-epoch LFW evaluates the same file every epoch
+            assert nrof_folds_for("once.txt", pairs, (10, 1), 2) == 2
+            assert nrof_folds_for("once.txt", pairs, (10, 300), 2) == 2  # the header is off
+    assert [r.getMessage() for r in caplog.records] == [
+        "once.txt declares 10 folds; evaluating with 2",
+        "once.txt: its header '10 300' declares 10 folds of 300 same and 300 different pairs "
+        "(6000 pairs), but the file holds 20: correct the header, or give --lfw-nrof-folds",
+    ]

@@ -176,3 +176,36 @@ def test_the_gpu_settings_train_as_the_defaults_do() -> None:
         runs.append(losses)
     assert np.allclose(runs[0], runs[1], atol=1e-5), runs
     assert runs[0][2] < runs[0][0]
+
+
+def _whole_module(path: Path) -> None:
+    torch.save(torch.nn.Linear(2, 2), path)
+
+
+def _truncated(path: Path) -> None:
+    torch.save(torch.nn.Linear(64, 64).state_dict(), path)
+    path.write_bytes(path.read_bytes()[:2000])
+
+
+def _numpy_scalar(path: Path) -> None:
+    torch.save({"model": {}, "options": {"lr": np.float64(0.1)}}, path)
+
+
+@pytest.mark.parametrize(
+    ("write", "says"),
+    [
+        (_whole_module, "holds Python objects besides tensors (torch.nn.modules.linear.Linear: "
+         "a whole model saved with torch.save(model)?): save its state_dict() and use that"),
+        (_truncated, "damaged or truncated (not a whole PyTorch file)"),
+        (_numpy_scalar, "holds NumPy values besides tensors (numpy"),
+    ],
+)  # fmt: skip
+def test_a_torch_file_it_cannot_read_says_why(tmp_path, write, says) -> None:
+    from training.facenet_nets import ModelFileError, read_torch_file
+
+    path = tmp_path / "x.pt"
+    write(path)
+    with pytest.raises(ModelFileError) as refused:
+        read_torch_file(path)
+    assert str(refused.value).startswith(f"{path}: {says}"), refused.value
+    assert "weights_only" not in str(refused.value)  # no advice to load it unsafely

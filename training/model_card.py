@@ -1,0 +1,71 @@
+"""The model card (MODEL.md) of an exported FaceNet model, written entirely from its sidecar."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from engines.base import ModelMetadata
+
+TRAINED_HERE = "facewatch training (Inception-ResNet-v1, FaceNet)"
+
+
+def _fmt(value: float | None, digits: int = 4) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def _fmt_epochs(epochs: int | None) -> str:
+    return "n/a" if epochs is None else str(epochs)
+
+
+def model_card(meta: ModelMetadata, onnx_path: Path) -> str:
+    """A short markdown card, entirely from the sidecar."""
+    lfw = meta.extra.get("lfw") or {}
+    folds = len(lfw.get("fold_accuracies", ())) or "n/a"
+    acc = "not measured"
+    if lfw:
+        acc = f"{lfw['accuracy_mean'] * 100:.2f} % ± {lfw['accuracy_std'] * 100:.2f}"
+    size_hw = meta.input_size_hw or (0, 0)
+    prep = (
+        "per-image prewhitened"
+        if meta.extra.get("prewhiten")
+        else f"(x - {meta.mean}) / {meta.std}"
+    )
+    diff = meta.extra.get("parity_max_abs_diff")
+    storage = "fp32"
+    if meta.extra.get("int8"):
+        storage = f"int8, calibrated (min cosine to fp32 {meta.extra.get('int8_min_cosine', float('nan')):.4f})"
+    if meta.extra.get("fp16_weights"):
+        storage = f"fp16 (max abs diff {meta.extra.get('fp16_max_abs_diff', float('nan')):.2e})"
+    rows = [
+        f"# {meta.name}",
+        "",
+        "FaceNet face embedding model (Inception-ResNet-v1) "
+        + ("trained with facewatch." if meta.source == TRAINED_HERE else f"from {meta.source}."),
+        "",
+        "| | |",
+        "|---|---|",
+        f"| file | `{onnx_path.name}` (+ `{onnx_path.with_suffix('.json').name}` sidecar) |",
+        f"| input | `image` N x 3 x {size_hw[0]} x {size_hw[1]} RGB, {prep} |",
+        f"| output | `embedding` N x {meta.embedding_size}, L2-normalised |",
+        f"| face crop | {meta.extra.get('alignment')} (margin {meta.extra.get('margin')} px) |",
+        f"| training data | {meta.training_data} |",
+        f"| licence | {meta.license or 'not stated'} |",
+        f"| epochs, loss | {_fmt_epochs(meta.extra.get('epochs'))}, {meta.extra.get('loss')} |",
+        f"| LFW accuracy ({folds}-fold) | {acc} |",
+        f"| VAL @ FAR=1e-3 | {_fmt(lfw.get('val_mean'))} ± {_fmt(lfw.get('val_std'))} |",
+        f"| ONNX Runtime vs PyTorch | max abs diff {'n/a' if diff is None else f'{diff:.2e}'} |",
+        f"| weights stored as | {storage} |",
+        "",
+        "Matching: squared Euclidean distance between embeddings; same person below the",
+        f"threshold (LFW best threshold: {_fmt(lfw.get('best_threshold'), 2)}).",
+        "",
+        f"Exported with: `{meta.extra.get('export_command', 'n/a')}`",
+    ]
+    if not meta.extra.get("int8"):
+        rows.append(
+            f"For `engines.backend: torch`: `facewatch train torch-program {onnx_path.name}` "
+            "writes its program (.pt2) from the weights inside it."
+        )
+    if lfw.get("command"):
+        rows.append(f"LFW measured with: `{lfw['command']}`")
+    return "\n".join([*rows, ""])
