@@ -27,7 +27,7 @@ import numpy as np
 from daemon import metrics
 from daemon.config import CameraConfig, MotionConfig, redact_url
 from daemon.motion import MotionDetector
-from daemon.rtsp_probe import rtsp_problem
+from daemon.stream_probe import stream_problem
 
 logger = logging.getLogger(__name__)
 
@@ -112,13 +112,11 @@ def source_kind(url: str) -> str:
 def ffmpeg_environment() -> None:
     """OpenCV's FFmpeg settings, before the first capture opens (once, before the camera
     threads start: they are read from the environment). RTSP over TCP. OpenCV's and FFmpeg's
-    own messages name no camera: the reader logs each failure with its camera and reason,
-    and FFmpeg speaks at DEBUG only."""
+    own messages name no camera (and FFmpeg's go to stdout, among the JSON events): they
+    are off; the reader logs each failure with its camera and reason."""
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
     os.environ.setdefault("OPENCV_FFMPEG_CAPTURE_OPTIONS", "rtsp_transport;tcp")
-    os.environ.setdefault(
-        "OPENCV_FFMPEG_LOGLEVEL", "32" if logger.isEnabledFor(logging.DEBUG) else "-8"
-    )
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 
 
 def open_capture(url: str) -> cv2.VideoCapture:
@@ -140,11 +138,13 @@ def open_capture(url: str) -> cv2.VideoCapture:
 
 
 def why_not_open(url: str, kind: str) -> str:
+    """Why a source did not open, as far as asking it tells (``stream_problem``)."""
     if kind != "stream":
         return "cannot open as video"
-    if not url.lower().startswith("rtsp://"):
-        return "cannot open as video (facewatch --log-level DEBUG shows FFmpeg's own messages)"
-    return rtsp_problem(url) or (
+    scheme = url.split("://", 1)[0].lower()
+    if scheme not in ("rtsp", "http", "https"):
+        return f"cannot open as video ({scheme}:// cameras are not asked why)"
+    return stream_problem(url) or (
         "cannot open as video, though the camera answers for this path (its codec, or its "
         "limit of clients?)"
     )

@@ -209,10 +209,14 @@ class CameraConfig(_Section):
                 f"unknown scheme {scheme + '://'!r}: expected one of "
                 f"{', '.join(s + '://' for s in sorted(STREAM_SCHEMES))}, a video file or /dev/videoN"
             )
+        encode = "a password holding / ? # must be written percent-encoded (%2F %3F %23)"
+        if "#" in url:
+            raise ValueError(f"a '#' in a camera URL ends it there: {encode}")
         try:
             urlsplit(url).port  # noqa: B018  (parsing it is the check)
         except ValueError as exc:  # a bracket left open, a port that is no number
-            raise ValueError(f"cannot be read as a URL: {exc}") from None
+            why = "no port number after the host's ':'" if "Port" in str(exc) else str(exc)
+            raise ValueError(f"cannot be read as a URL ({why}): {encode}") from None
         return url
 
 
@@ -636,12 +640,19 @@ def _key_path(loc: tuple[int | str, ...], raw: Any) -> str:
     return ".".join(parts) or "(top level)"
 
 
-_URL_PASSWORD = re.compile(r"(?<=://)([^/@:\s]*):[^/\s]*@")  # to the last @ of the host part
+# user:password@ to the last @ of the URL (a password holding / or @ written as is must not
+# show in part), and the values of query parameters that carry secrets (?user=x&password=y)
+_URL_PASSWORD = re.compile(r"(?<=://)([^/@:\s'\"]*):[^\s'\"]*@")
+_QUERY_SECRET = re.compile(
+    r"(?i)([?&;](?:password|passwd|pass|pwd|pw|token|access_token|api_key|apikey|key|secret|auth"
+    r"|sig|signature)=)[^&;#\s'\"]*"
+)
 
 
 def redact_url(text: str) -> str:
-    """``text`` with the password of every ``scheme://user:password@host`` in it masked."""
-    return _URL_PASSWORD.sub(r"\1:***@", text)
+    """``text`` with the password of every ``scheme://user:password@host`` in it masked, and
+    the values of secret-looking query parameters (``password=``, ``pwd=``, ``token=``...)."""
+    return _QUERY_SECRET.sub(r"\1***", _URL_PASSWORD.sub(r"\1:***@", text))
 
 
 def _explain(error: dict[str, Any]) -> str:

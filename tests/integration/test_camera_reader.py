@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import http.server
 import itertools
 import signal
+import threading
 import time
+from functools import partial
 
 import pytest
 
@@ -88,3 +91,20 @@ def test_a_camera_that_cannot_be_opened_is_named_with_the_reason(tmp_path, refus
     host_port = refused_url.split("/")[2]
     with pytest.raises(OSError, match=rf"nothing listens on {host_port} \(connection refused"):
         open_capture(refused_url)
+
+
+def test_an_http_camera_that_cannot_be_opened_is_named_with_the_reason(tmp_path) -> None:
+    """A web server (Python's) as an HTTP camera: a path it does not have is a 404, a page
+    that is no video is said to be served but not decodable."""
+    (tmp_path / "index.html").write_text("<html>not a video</html>")
+    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        with pytest.raises(OSError, match=r"no stream at /video.mjpg \(HTTP 404"):
+            open_capture(f"{base}/video.mjpg")
+        with pytest.raises(OSError, match="cannot open as video, though the camera answers"):
+            open_capture(f"{base}/index.html")
+    finally:
+        server.shutdown()

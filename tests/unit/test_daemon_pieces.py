@@ -19,10 +19,10 @@ from prometheus_client import REGISTRY
 from daemon.cameras import Frame, FrameQueues
 from daemon.config import ConfigError, TrackingConfig, parse_config
 from daemon.events import EventSinks, in_view_json, person_key
-from daemon.rtsp_probe import _from_answer, rtsp_problem
 from daemon.scheduler import Pipeline
 from daemon.service import watchdog_healthy
 from daemon.spool import Spool
+from daemon.stream_probe import _from_answer, stream_problem
 from daemon.tracking import Tracker
 from engines.mtcnn import FrameDetections
 from tests.conftest import REPO
@@ -616,12 +616,12 @@ def test_what_a_cameras_rtsp_answer_means(answer, credentials, expected) -> None
     [
         ("rtsp://[::1/x", "the URL cannot be read"),
         ("rtsp://192.168.1..10/x", "host 192.168.1..10 not found"),
-        ("http://cam.lan/x", None),  # only plain RTSP is asked
+        ("rtmp://cam.lan/x", None),  # only RTSP and HTTP are asked
     ],
 )
 def test_a_url_the_probe_cannot_use_is_an_answer_not_a_crash(url, expected) -> None:
     """A crash here killed the camera's reader thread: no retries, no reconnects."""
-    problem = rtsp_problem(url)
+    problem = stream_problem(url)
     assert problem is None if expected is None else expected in problem
 
 
