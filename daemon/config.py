@@ -649,6 +649,11 @@ _QUERY_SECRET = re.compile(
 )
 
 
+def url_host(host: str) -> str:
+    """``host`` as it goes into a URL: an IPv6 address in brackets."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
 def redact_url(text: str) -> str:
     """``text`` with the password of every ``scheme://user:password@host`` in it masked, and
     the values of secret-looking query parameters (``password=``, ``pwd=``, ``token=``...)."""

@@ -13,6 +13,7 @@ import platform
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram, Info, start_http_server
 
 from daemon import __version__
+from daemon.config import url_host
 
 logger = logging.getLogger(__name__)
 
@@ -146,4 +147,4 @@ def serve(address: str, port: int) -> None:
         start_http_server(port, addr=address)
     except OSError as exc:
         raise OSError(f"metrics: cannot listen on {address}:{port}: {exc.strerror or exc}") from exc
-    logger.info("metrics on http://%s:%d/metrics", address, port)
+    logger.info("metrics on http://%s:%d/metrics", url_host(address), port)

@@ -8,17 +8,20 @@ answers there.
 from __future__ import annotations
 
 import argparse
+import base64
 import http.client
 import json
+import math
 import sys
 import time
 import urllib.request
 from dataclasses import asdict, dataclass, field
 from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from daemon.config import DEFAULT_CONFIG, ConfigError, load_config
+from daemon.config import DEFAULT_CONFIG, ConfigError, load_config, redact_url, url_host
 
 NOT_RUNNING = 3
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -87,21 +90,45 @@ class Status:
         return found
 
 
-def scrape(url: str) -> Samples:
+class NotFacewatch(Exception):
+    """Something answers at the URL, but not with facewatch's metrics."""
+
+
+def metrics_request(url: str) -> urllib.request.Request:
+    """A GET of the metrics at ``url`` (``HOST:PORT`` alone is taken as
+    ``http://HOST:PORT/metrics``); a user and password in it go as Basic authentication (a
+    reverse proxy's). ValueError for a URL that is not http(s)."""
+    parts = urlsplit(url if "://" in url else f"http://{url}")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"--url {redact_url(url)}: expected http(s)://HOST:PORT/metrics")
+    netloc = parts.netloc.rpartition("@")[2]
+    plain = urlunsplit((parts.scheme, netloc, parts.path or "/metrics", parts.query, ""))
+    request = urllib.request.Request(plain)
+    if parts.username is not None:
+        pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+        request.add_header("Authorization", "Basic " + base64.b64encode(pair.encode()).decode())
+    return request
+
+
+def scrape(request: urllib.request.Request) -> Samples:
     """Every sample of the page, by name and labels; OSError when nothing answers."""
-    with urllib.request.urlopen(url, timeout=5) as response:
-        text = response.read().decode()
+    with urllib.request.urlopen(request, timeout=5) as response:
+        text = response.read().decode(errors="replace")
+    try:
+        families = list(text_string_to_metric_families(text))
+    except ValueError as exc:  # HTML, JSON...: not the Prometheus text format
+        raise NotFacewatch("not a Prometheus metrics page") from exc
     return {
         (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
+        for family in families
         for s in family.samples
     }
 
 
-def read_status(url: str, interval_s: float) -> Status:
-    before, start = scrape(url), time.monotonic()
+def read_status(request: urllib.request.Request, interval_s: float) -> Status:
+    before, start = scrape(request), time.monotonic()
     time.sleep(interval_s)
-    after = scrape(url)
+    after = scrape(request)
     elapsed = max(time.monotonic() - start, 1e-9)
 
     def value(name: str, **labels: str) -> float:
@@ -113,13 +140,13 @@ def read_status(url: str, interval_s: float) -> Status:
 
     build = next((dict(labels) for (name, labels) in after if name == "facewatch_build_info"), None)
     if build is None:
-        raise ValueError(f"{url}: not a facewatch metrics page (no facewatch_build_info)")
+        raise NotFacewatch("Prometheus metrics, but no facewatch_build_info among them")
     cameras = sorted(
         dict(labels)["camera"] for (name, labels) in after if name == "facewatch_camera_up"
     )
     mqtt_key = ("facewatch_mqtt_connected", ())
     return Status(
-        url=url,
+        url=request.full_url,
         version=build.get("version", "?"),
         backend=build.get("backend", "?"),
         model=build.get("model") or "none (detection only)",
@@ -183,33 +210,44 @@ def metrics_url(config_path: str) -> str:
             "its status from"
         )
     host = config.metrics.address
-    host = "127.0.0.1" if host in ("0.0.0.0", "") else "[::1]" if host == "::" else host
-    return f"http://{host}:{config.metrics.port}/metrics"
+    host = "127.0.0.1" if host in ("0.0.0.0", "") else "::1" if host == "::" else host
+    return f"http://{url_host(host)}:{config.metrics.port}/metrics"
 
 
 def _status(args: argparse.Namespace) -> int:
-    if not args.interval > 0:
-        print(f"error: --interval {args.interval}: must be above 0 seconds", file=sys.stderr)
+    if args.url and args.config:
+        print("error: give --config or --url, not both", file=sys.stderr)
+        return 2
+    if not (math.isfinite(args.interval) and 0 < args.interval <= 3600):
+        print(f"error: --interval {args.interval}: from above 0 to 3600 seconds", file=sys.stderr)
         return 2
     try:
-        url = args.url or metrics_url(args.config or str(DEFAULT_CONFIG))
-    except ConfigError as exc:
+        request = metrics_request(args.url or metrics_url(args.config or str(DEFAULT_CONFIG)))
+    except (ConfigError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    given = args.url if args.url is None or "://" in args.url else f"http://{args.url}"
+    shown = redact_url(given) if given else request.full_url
     try:
-        status = read_status(url, args.interval)
-    except (OSError, ValueError, http.client.HTTPException) as exc:  # not HTTP, not ours
+        status = read_status(request, args.interval)
+    except NotFacewatch as exc:
+        return _unanswered(args, shown, f"{shown} answers, but not as facewatch: {exc}")
+    except (OSError, http.client.HTTPException) as exc:  # nothing there, or not HTTP
         reason = getattr(exc, "reason", None) or exc
         if isinstance(exc, http.client.HTTPException):
             reason = f"not a web server there (it said {str(exc).strip()[:60]!r})"
-        print(
-            f"no facewatch daemon answers at {url}: {reason} (is it running? "
-            "systemctl status facewatch)",
-            file=sys.stderr,
-        )
-        return NOT_RUNNING
+        problem = f"no facewatch daemon answers at {shown}: {reason}"
+        return _unanswered(args, shown, f"{problem} (is it running? systemctl status facewatch)")
     if args.json:
-        print(json.dumps({**asdict(status), "problems": status.problems()}, indent=1))
+        report = {**asdict(status), "url": shown, "running": True, "problems": status.problems()}
+        print(json.dumps(report, indent=1))
     else:
         print_table(status)
     return 1 if status.problems() else 0
+
+
+def _unanswered(args: argparse.Namespace, shown: str, problem: str) -> int:
+    print(problem, file=sys.stderr)
+    if args.json:  # a health check piping into jq still gets an answer
+        print(json.dumps({"url": shown, "running": False, "problems": [problem]}, indent=1))
+    return NOT_RUNNING

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import http.server
 import json
 import os
 import re
@@ -646,3 +648,54 @@ def test_status_of_a_port_that_is_no_daemon_says_so(capsys) -> None:
     assert f"no facewatch daemon answers at {url}: not a web server there" in (
         capsys.readouterr().err
     )
+
+
+def test_status_behind_a_proxy_with_a_password_and_its_usage_errors(capsys) -> None:
+    """`facewatch status --url` on a page behind Basic authentication (a reverse proxy's):
+    the password is sent, never shown; HOST:PORT alone will do; usage errors exit 2; a page
+    that is not facewatch's exits 3 with a JSON answer for a health check."""
+    from prometheus_client import generate_latest
+
+    from daemon import metrics
+    from daemon.cli import main
+
+    metrics.init(["door"], "openvino", "", mqtt=False)
+    expected = "Basic " + base64.b64encode(b"admin:s3cret").decode()
+
+    class Proxy(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.headers.get("Authorization") != expected:
+                self.send_response(401)
+                self.end_headers()
+                return
+            body = generate_latest() if self.path == "/metrics" else b"<html>hello</html>"
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    where = f"127.0.0.1:{server.server_address[1]}"
+    try:
+        assert main(["status", "--url", f"http://admin:s3cret@{where}", "--json",
+                     "--interval", "0.1"]) == 1  # fmt: skip
+        out, err = capsys.readouterr()
+        report = json.loads(out)
+        assert report["running"] and report["problems"] == ["camera door is down"]
+        assert report["url"] == f"http://admin:***@{where}" and "s3cret" not in out + err
+        assert main(["status", "--url", f"admin:wrong@{where}", "--interval", "0.1"]) == 3
+        err = capsys.readouterr().err
+        assert f"no facewatch daemon answers at http://admin:***@{where}: Unauthorized" in err
+        assert main(["status", "--url", f"http://admin:s3cret@{where}/", "--json",
+                     "--interval", "0.1"]) == 3  # fmt: skip
+        out, err = capsys.readouterr()
+        assert "answers, but not as facewatch: not a Prometheus metrics page" in err
+        assert json.loads(out)["running"] is False
+    finally:
+        server.shutdown()
+    for args in (["--url", "rtsp://cam/x"], ["--interval", "inf"], ["--url", where, "-c", "x"]):
+        assert main(["status", *args]) == 2
+    assert "expected http(s)://HOST:PORT/metrics" in capsys.readouterr().err
