@@ -355,7 +355,13 @@ class TrackingConfig(_Section):
     confirm_frames: int = _field(
         3, "frames a face must be seen before its track is announced", ge=1, le=100
     )
-    lost_after_s: float = _field(2.0, "a track not seen for this long has left", gt=0, le=3600)
+    lost_after_s: float = _field(
+        2.0,
+        "a track not seen for this long, in its camera's frames, has left (a camera that stalls "
+        "holds its tracks up to 10 s)",
+        gt=0,
+        le=3600,
+    )
     vote_window: int = _field(
         15, "recent recognitions that vote on a track's identity", ge=1, le=1000
     )

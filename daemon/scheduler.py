@@ -28,6 +28,7 @@ from engines.mtcnn import MTCNN, FrameDetections
 logger = logging.getLogger(__name__)
 
 EXPIRE_EVERY_S = 0.25
+STALL_GRACE_S = 10.0  # a camera silent this long is down (cameras.READ_TIMEOUT_MS, 3 tries)
 GALLERY_CHECK_S = 2.0  # how often the gallery file is looked at for changes
 
 
@@ -75,6 +76,7 @@ class Pipeline:
             if c.detection.ignore
         }
         self._motion = {c.name: config.motion(c) for c in config.cameras}
+        self._last_frame: dict[str, float] = {}  # camera -> ts of its latest frame
         self._last_search: dict[str, float] = {}  # camera -> ts of its last frame searched
         self._refusals: dict[tuple[str, tuple[int, ...]], str | None] = {}
         self._enrolled: set[str] = set()  # the gallery's names
@@ -91,6 +93,8 @@ class Pipeline:
     # -- one batch ------------------------------------------------------------------------
 
     def process(self, frames: list[Frame]) -> None:
+        for frame in frames:
+            self._last_frame[frame.camera] = max(frame.ts, self._last_frame.get(frame.camera, 0))
         frames = [frame for frame in frames if self._takes(frame) and self._worth_a_search(frame)]
         if not frames:
             return
@@ -234,9 +238,13 @@ class Pipeline:
             self._changed(frame.camera, events, frame.ts)
 
     def expire(self, now: float, stopping: bool = False) -> None:
-        """``left`` for the tracks gone (for every open one when ``stopping``)."""
+        """``left`` for the tracks gone (for every open one when ``stopping``). A camera that
+        sent no frame for a while (a stall) holds its tracks up to STALL_GRACE_S: the faces
+        in view when its frames come again are the same visit, not a new arrival."""
         for camera, tracker in self.trackers.items():
-            events = tracker.expire(now, stopping)
+            last = self._last_frame.get(camera)
+            seen_until = now if last is None else min(now, max(last, now - STALL_GRACE_S))
+            events = tracker.expire(seen_until, stopping)
             for event in events:
                 self._emit(event, camera, event.track.last_seen)
             self._changed(camera, events, now)

@@ -699,3 +699,32 @@ def test_status_behind_a_proxy_with_a_password_and_its_usage_errors(capsys) -> N
     for args in (["--url", "rtsp://cam/x"], ["--interval", "inf"], ["--url", where, "-c", "x"]):
         assert main(["status", *args]) == 2
     assert "expected http(s)://HOST:PORT/metrics" in capsys.readouterr().err
+
+
+def test_faces_in_view_through_a_short_stall_are_one_visit(detector) -> None:
+    """A camera that hangs for 6 s while people are in view (then hands over its frames):
+    their tracks go on, no `left` and new `confirmed` for the same people. A camera silent
+    past the stall grace (it is down by then) ends them as usual."""
+    config = parse_config(
+        {"cameras": [{"name": "door", "url": "x.mp4"}], "recognition": {"model": None}}
+    )
+    events: list[dict] = []
+
+    class Sinks(EventSinks):
+        def emit(self, event: dict, snapshot: bytes | None = None) -> None:
+            events.append(event)
+
+    pipeline = Pipeline(config, detector, None, Sinks())
+    clip = cv2.VideoCapture(str(REPO / "configs" / "demo" / "hamilton_360p.mp4"))
+    frames = [clip.read()[1] for _ in range(12)]
+    for k in range(4):  # 0.6 s of two faces: confirmed
+        pipeline.process([Frame("door", k, 1000.0 + 0.2 * k, frames[k])])
+    confirmed = {e["track_id"] for e in events if e["type"] == "confirmed"}
+    assert confirmed
+    pipeline.expire(1006.6)  # 6 s without a frame
+    for k in range(4, 8):
+        pipeline.process([Frame("door", k, 1006.6 + 0.2 * (k - 4), frames[k])])
+    assert [e["type"] for e in events if e["track_id"] in confirmed].count("left") == 0
+    assert {e["track_id"] for e in events if e["type"] == "confirmed"} == confirmed
+    pipeline.expire(1007.2 + 13)  # then silent past the grace: the visits end
+    assert {e["track_id"] for e in events if e["type"] == "left"} == confirmed
