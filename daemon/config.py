@@ -52,6 +52,11 @@ def _field(default: Any, description: str, **bounds: Any) -> Any:
     return Field(default=default, description=description, **bounds)
 
 
+def _switch(value: Any) -> Any:
+    """``motion: false`` for ``motion: {enabled: false}`` (and true for on)."""
+    return {"enabled": value} if isinstance(value, bool) else value
+
+
 class MotionConfig(_Section):
     enabled: bool = _field(
         True,
@@ -102,8 +107,11 @@ class DetectionConfig(_Section):
         le=100,
     )
     motion: MotionConfig = _field(
-        MotionConfig(), "the motion gate: still frames of a camera with no face in view"
+        MotionConfig(),
+        "the motion gate: still frames of a camera with no face in view (true / false: on or "
+        "off with the other settings' defaults)",
     )
+    _motion_switch = field_validator("motion", mode="before")(_switch)
 
     @field_validator("thresholds")
     @classmethod
@@ -122,8 +130,11 @@ IGNORE_SHAPE = (
 class DetectionOverrides(_Section):
     min_face_size: float | None = _field(None, "this camera's smallest face", ge=12, le=1000)
     motion: MotionOverrides = _field(
-        MotionOverrides(), "this camera's motion gate settings (those not given: detection's)"
+        MotionOverrides(),
+        "this camera's motion gate settings (those not given: detection's; true / false: on "
+        "or off)",
     )
+    _motion_switch = field_validator("motion", mode="before")(_switch)
     ignore: list[list[tuple[float, float]]] = _field(
         [],
         "regions whose faces are dropped (a poster, a TV, a mirror): polygons of 3 or more "
@@ -675,6 +686,10 @@ def _explain(error: dict[str, Any]) -> str:
     secret = any("password" in str(part) for part in error["loc"])
     shown = "" if secret or isinstance(got, (dict, list)) else f" (got {redact_url(repr(got))})"
     message = str(error["msg"]).removeprefix("Value error, ")  # pydantic's, for our checks
+    if error["type"] == "model_type":  # "...or instance of MotionConfig": a class's name
+        message = "expected a section of settings (key: value lines under it)"
+        if error["loc"] and error["loc"][-1] == "motion":
+            message += ", or true / false"
     return f"{message}{shown}"
 
 

@@ -152,6 +152,23 @@ def test_a_cameras_motion_settings_fill_in_from_detection_motion() -> None:
     assert (hall.enabled, hall.min_change_levels, hall.check_every_s) == (False, 30, 10.0)
 
 
+def test_motion_true_or_false_is_the_gate_on_or_off() -> None:
+    config = parse_config(
+        {
+            "cameras": [
+                {"name": "door", "url": "x.mp4", "detection": {"motion": False}},
+                {"name": "hall", "url": "y.mp4"},
+            ],
+            "detection": {"motion": True},
+        }
+    )
+    assert [config.motion(c).enabled for c in config.cameras] == [False, True]
+    with pytest.raises(
+        ConfigError, match=r"detection.motion: expected a section .*, or true / false"
+    ):
+        parse_config({"cameras": [{"name": "d", "url": "x"}], "detection": {"motion": "off"}})
+
+
 @pytest.mark.parametrize(
     ("motion", "where"),
     [
