@@ -21,6 +21,7 @@ from daemon import (
 )
 
 logger = logging.getLogger(__name__)
+LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,9 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--log-level",
         default=None,
-        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        help="log verbosity on stderr (default: WARNING; INFO for `train`, whose per-epoch "
-        "loss, learning rate and LFW figures are INFO lines)",
+        choices=LEVELS,
+        help="log verbosity on stderr, before or after the command (default: WARNING; INFO "
+        "for `train`, whose per-epoch figures are INFO lines; `run` takes its config's "
+        "logging.level, INFO by default, unless this is given)",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     detect_cli.register(commands)
@@ -49,6 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
             entry.load()(commands)
         except ImportError as exc:
             logger.debug("command group %s unavailable: %s", entry.name, exc)
+    for command in commands.choices.values():  # `facewatch run --log-level DEBUG` too
+        command.add_argument(
+            "--log-level", default=argparse.SUPPRESS, choices=LEVELS, help="as before the command"
+        )
     return parser
 
 

@@ -515,12 +515,15 @@ def test_run_refuses_what_it_cannot_use_naming_the_key(tmp_path, test_model) -> 
     assert FACEWATCH.exists()
 
 
-def test_the_log_level_flag_wins_over_the_configs(tmp_path) -> None:
-    """`facewatch --log-level ERROR run` with `logging.level: INFO` in the file (and a broker
-    that is not there, which warns): only errors are logged."""
+@pytest.mark.parametrize("after", [False, True])
+def test_the_log_level_flag_wins_over_the_configs(tmp_path, after) -> None:
+    """`facewatch --log-level ERROR run` (or `run ... --log-level ERROR`) with `logging.level:
+    INFO` in the file (and a broker that is not there, which warns): only errors are logged."""
     cameras = [{"name": "clip", "url": str(CLIP)}]
     daemon = Daemon(tmp_path, daemon_settings(cameras, free_port(), tmp_path))
-    args = [str(FACEWATCH), "--log-level", "ERROR", *daemon.args[1:], "--run-for", "3"]
+    level = ["--log-level", "ERROR"]
+    args = [str(FACEWATCH), *([] if after else level), *daemon.args[1:], "--run-for", "3"]
+    args += level if after else []
     result = subprocess.run(args, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert " INFO " not in result.stderr and " WARNING " not in result.stderr, result.stderr
