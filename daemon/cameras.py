@@ -35,6 +35,7 @@ OPEN_TIMEOUT_MS = 10_000
 READ_TIMEOUT_MS = 3_400  # OpenCV's FFmpeg backend tries a read 3 times: a stall shows in 10 s
 BACKOFF_MIN_S = 0.5
 BACKOFF_MAX_S = 30.0
+REMIND_S = 600.0  # a camera that stays down is logged again this often (else at DEBUG)
 
 
 @dataclass(frozen=True)
@@ -184,6 +185,7 @@ class CameraReader(threading.Thread):
         self._stop_event = threading.Event()
         self._seq = 0
         self.up = False
+        self._said: tuple[str, float] | None = None  # the failure last logged, and when
 
     def stop(self) -> None:
         self._stop_event.set()
@@ -216,11 +218,22 @@ class CameraReader(threading.Thread):
         delay = BACKOFF_MIN_S * 2 ** min(failures - 1, 10)
         delay *= random.uniform(0.75, 1.25)  # jitter: cameras that failed together spread out
         delay = min(BACKOFF_MAX_S, delay)
-        logger.warning("camera %s: %s; retrying in %.1f s", self.config.name, why, delay)
+        now = time.monotonic()
+        said = self._said
+        if said is not None and said[0] == why and now - said[1] < REMIND_S:
+            logger.debug("camera %s: %s; retrying in %.1f s", self.config.name, why, delay)
+        else:  # once per outage, again when the reason changes, and every REMIND_S
+            again = f" (still, after {failures} attempts)" if said and said[0] == why else ""
+            logger.warning(
+                "camera %s: %s%s; retrying in %.1f s", self.config.name, why, again, delay
+            )
+            self._said = (why, now)
         metrics.CAMERA_RECONNECTS.labels(self.config.name).inc()
         self._stop_event.wait(delay)
 
     def _set_up(self, up: bool) -> None:
+        if up:
+            self._said = None  # the next failure is a new outage
         if up != self.up:
             self.up = up
             metrics.CAMERA_UP.labels(self.config.name).set(int(up))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.server
 import itertools
+import logging
 import signal
 import threading
 import time
@@ -108,3 +109,18 @@ def test_an_http_camera_that_cannot_be_opened_is_named_with_the_reason(tmp_path)
             open_capture(f"{base}/index.html")
     finally:
         server.shutdown()
+
+
+def test_a_camera_that_stays_down_is_logged_once_not_at_every_retry(refused_url, caplog) -> None:
+    caplog.set_level(logging.DEBUG, logger="daemon.cameras")
+    reader = CameraReader(CameraConfig(name="gone", url=refused_url), FrameQueues(["gone"], 2))
+    reader.start()
+    try:
+        wait_for(lambda: "cannot open" in caplog.text and caplog.text.count("retrying") >= 3, 20,
+                 "three attempts")  # fmt: skip
+    finally:
+        reader.stop()
+        reader.join(15)
+    said = [r for r in caplog.records if "cannot open" in r.getMessage()]
+    assert [r.levelno for r in said][:3] == [logging.WARNING, logging.DEBUG, logging.DEBUG]
+    assert "camera gone: cannot open: " in said[0].getMessage()
