@@ -604,7 +604,7 @@ def _substitute(value: Any, where: str, missing: list[str] | None = None) -> Any
             for k, v in value.items()
         }
     if isinstance(value, list):
-        return [_substitute(v, f"{where}[{i}]", missing) for i, v in enumerate(value)]
+        return [_substitute(v, _item(where, i, v), missing) for i, v in enumerate(value)]
     if not isinstance(value, str):
         return value
 
@@ -622,6 +622,12 @@ def _substitute(value: Any, where: str, missing: list[str] | None = None) -> Any
         return os.environ[name]
 
     return _REFERENCE.sub(lookup, value)
+
+
+def _item(where: str, index: int, value: Any) -> str:
+    """A list item's key path, with its name as validation errors give it: cameras[0] (door)."""
+    name = value.get("name") if isinstance(value, dict) else None
+    return f"{where}[{index}]" + (f" ({name})" if isinstance(name, str) else "")
 
 
 def _credential(name: str, where: str) -> str:

@@ -103,6 +103,10 @@ def test_environment_and_systemd_credentials(tmp_path, monkeypatch) -> None:
     }
     config = parse_config(raw)
     assert (config.mqtt.host, config.mqtt.password) == ("broker.lan", "s3cret")
+    (tmp_path / "camera_password").write_text("")
+    camera = {"name": "door", "url": "rtsp://viewer:${credential:camera_password}@cam/1"}
+    with pytest.raises(ConfigError, match=r"cameras\[0\] \(door\)\.url: credential .camera_"):
+        parse_config({"cameras": [camera]})
     (tmp_path / "mqtt_password").write_text("\n")  # `read -rs PW` gone wrong
     with pytest.raises(
         ConfigError, match=r"mqtt.password: credential .mqtt_password.: .* is empty"
