@@ -684,7 +684,8 @@ def test_status_behind_a_proxy_with_a_password_and_its_usage_errors(capsys) -> N
                      "--interval", "0.1"]) == 1  # fmt: skip
         out, err = capsys.readouterr()
         report = json.loads(out)
-        assert report["running"] and report["problems"] == ["camera door is down"]
+        # (the registry is this test process's: other tests' cameras may be in it too)
+        assert report["running"] and "camera door is down" in report["problems"]
         assert report["url"] == f"http://admin:***@{where}" and "s3cret" not in out + err
         assert main(["status", "--url", f"admin:wrong@{where}", "--interval", "0.1"]) == 3
         err = capsys.readouterr().err
