@@ -2,10 +2,10 @@
 (V4L2 for /dev/video*), keeps only the newest frames, and reconnects on any failure.
 
 RTSP goes over TCP with open and read timeouts (a stream that stalls is noticed within about
-10 s). A video file plays in a loop at its native
-frame rate (that is how the demo runs). Frames are decimated to the camera's target fps
-before they are queued; when the pipeline is behind, the oldest queued frame is dropped and
-counted, so the scheduler always sees recent frames.
+10 s). A video file plays in a loop at its native frame rate (that is how the demo runs).
+Frames are decimated to the camera's target fps before they are queued, each marked with
+whether it moved (``daemon.motion``); when the pipeline is behind, the oldest queued frame is
+dropped and counted, so the scheduler always sees recent frames.
 """
 
 from __future__ import annotations
