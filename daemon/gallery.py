@@ -365,9 +365,9 @@ class Gallery:
     def _identity_id(self, conn: sqlite3.Connection, name: str) -> int:
         found = _find(conn, name)
         if found is None:
-            names = list(_ids_by_name(conn))
-            close = [n for n in names if n.casefold() == lookup_name(name).casefold()]
-            close = close or difflib.get_close_matches(lookup_name(name), names, n=1)
+            ids = _ids_by_name(conn)
+            twin = _by_folded_name(ids).get(lookup_name(name).casefold())
+            close = [twin[0]] if twin else difflib.get_close_matches(lookup_name(name), ids, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise GalleryError(f"{self.path}: no identity named {name!r}{hint}")
         return found

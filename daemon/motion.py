@@ -1,8 +1,9 @@
 """Whether a camera's picture changed: the motion gate that spares the detector still frames.
 
 Each frame is shrunk to a small blurred grey copy (the averaging removes sensor and
-compression noise), compared with a running average of the camera's last second or so of frames, and
-called *moved* when enough of its pixels differ from that average by more than a threshold.
+compression noise), compared with a running average of the camera's last second or so of
+frames, and called *moved* when enough of its pixels differ from that average by more than a
+threshold.
 A camera reader owns one ``MotionDetector``; the scheduler skips the detector on a frame that
 did not move while its camera has no faces in view (``Pipeline``).
 """
@@ -21,8 +22,8 @@ MEMORY_S = 1.0  # the running average forgets a frame with this time constant
 
 class MotionDetector:
     """``moved(image)``: whether more than ``min_area_fraction`` of the frame changed by more
-    than ``min_change_levels`` grey levels (0-255) against the recent frames. The first frame, and the
-    first of a new size, count as moved."""
+    than ``min_change_levels`` grey levels (0-255) against the recent frames. The first frame,
+    and the first of a new size, count as moved."""
 
     def __init__(
         self, min_change_levels: float, min_area_fraction: float, fps: float = 5.0

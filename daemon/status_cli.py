@@ -8,7 +8,6 @@ answers there.
 from __future__ import annotations
 
 import argparse
-import base64
 import http.client
 import json
 import math
@@ -17,11 +16,12 @@ import time
 import urllib.request
 from dataclasses import asdict, dataclass, field
 from typing import Any
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from daemon.config import DEFAULT_CONFIG, ConfigError, load_config, redact_url, url_host
+from daemon.stream_probe import http_request
 
 NOT_RUNNING = 3
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -101,13 +101,7 @@ def metrics_request(url: str) -> urllib.request.Request:
     parts = urlsplit(url if "://" in url else f"http://{url}")
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"--url {redact_url(url)}: expected http(s)://HOST:PORT/metrics")
-    netloc = parts.netloc.rpartition("@")[2]
-    plain = urlunsplit((parts.scheme, netloc, parts.path or "/metrics", parts.query, ""))
-    request = urllib.request.Request(plain)
-    if parts.username is not None:
-        pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
-        request.add_header("Authorization", "Basic " + base64.b64encode(pair.encode()).decode())
-    return request
+    return http_request(parts, parts.netloc.rpartition("@")[2], "/metrics")
 
 
 def scrape(request: urllib.request.Request) -> Samples:

@@ -77,13 +77,27 @@ def _unreachable(exc: Exception, host: str, netloc: str, timeout_s: float) -> st
     return f"{netloc}: {getattr(exc, 'strerror', None) or exc}"
 
 
-def _http_problem(parts: SplitResult, netloc: str, timeout_s: float) -> str | None:
-    """The answer to one GET of the URL (credentials from it as Basic authentication)."""
-    plain = urlunsplit((parts.scheme, netloc, parts.path or "/", parts.query, ""))
+def basic_authorization(user: str, password: str) -> str:
+    """The Authorization header of HTTP / RTSP Basic authentication."""
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+def http_request(
+    parts: SplitResult, netloc: str, default_path: str = "/"
+) -> urllib.request.Request:
+    """A GET of the URL ``parts`` at ``netloc`` (no user and password in it: those, when the
+    URL has them, go as Basic authentication)."""
+    plain = urlunsplit((parts.scheme, netloc, parts.path or default_path, parts.query, ""))
     request = urllib.request.Request(plain, method="GET")
     if parts.username is not None:
-        pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
-        request.add_header("Authorization", "Basic " + base64.b64encode(pair.encode()).decode())
+        user, password = unquote(parts.username), unquote(parts.password or "")
+        request.add_header("Authorization", basic_authorization(user, password))
+    return request
+
+
+def _http_problem(parts: SplitResult, netloc: str, timeout_s: float) -> str | None:
+    """The answer to one GET of the URL (credentials from it as Basic authentication)."""
+    request = http_request(parts, netloc)
     try:
         with urllib.request.urlopen(request, timeout=timeout_s):
             return None
@@ -134,7 +148,7 @@ def _authorization(answer: bytes, target: str, user: str, password: str) -> str 
         if challenge.lower().startswith("digest"):
             return _digest(dict(_CHALLENGE.findall(challenge[6:])), target, user, password)
     if any(c.lower().startswith("basic") for c in challenges):
-        return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+        return basic_authorization(user, password)
     return None
 
 
