@@ -51,9 +51,11 @@ if [ -f .gpu_data/parts/parts.txt ] && [ -f .gpu_data/teacher.npz ]; then
     -e 's/^epoch_size: .*/epoch_size: 3/' -e 's/^batch_size: .*/batch_size: 30/' \
     -e 's/^max_nrof_epochs: .*/max_nrof_epochs: 2/' configs/training/facenet_default_gpu.yaml > "$recipe"
   rm -rf /tmp/facewatch-train
-  OUT=$out PY=$VENV/bin/python RECIPE=$recipe TRAIN_S=200 bash training/gpu_job.sh device > "$out/job.log" 2>&1 ||
+  OUT=$out PY=$VENV/bin/python RECIPE=$recipe TRAIN_S=200 BENCH_ARGS="--quick --device cpu" \
+    bash training/gpu_job.sh device > "$out/job.log" 2>&1 ||
     { tail -30 "$out/job.log"; echo "the device phase failed (above)" >&2; exit 1; }
-  grep -E "unpacked|epoch [0-9]+:|parity" "$out/job.log"
+  grep -E "unpacked|epoch [0-9]+:|parity|benchmark" "$out/job.log"
+  tar -tf "$out/bench.tar" | grep -q bench_gpu.json || { echo "no benchmark in bench.tar" >&2; exit 1; }
   ls "$out"
 else
   echo "no .gpu_data/parts or teacher.npz: the device phase was not tried (training/gpu_job.sh prepare)"

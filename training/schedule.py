@@ -1,10 +1,11 @@
 """Learning rate: the initial rate (or a schedule file) decayed in stairs, as the original
-``train_tripletloss.py`` computes it."""
+``train_tripletloss.py`` computes it, or annealed along a cosine over the run's time limit."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import math
 from pathlib import Path
 
 from training.train_options import OptionError
@@ -44,9 +45,13 @@ def read_schedule(path: Path, epoch: int) -> float | None:
     return rate
 
 
-def learning_rate(args: argparse.Namespace, epoch: int, step: int) -> float | None:
+def learning_rate(
+    args: argparse.Namespace, epoch: int, step: int, elapsed_s: float = 0.0
+) -> float | None:
     """The rate for this step: the initial (or scheduled) rate decayed in stairs of
-    ``learning_rate_decay_epochs * epoch_size`` steps by ``learning_rate_decay_factor``."""
+    ``learning_rate_decay_epochs * epoch_size`` steps by ``learning_rate_decay_factor``; with
+    ``lr_anneal: cosine-time``, multiplied instead by (1 + cos(pi * t)) / 2, where t is the
+    share of ``time_limit_min`` that ``elapsed_s`` (of training) has used, 0 past the limit."""
     base = (
         args.learning_rate
         if args.learning_rate > 0
@@ -54,5 +59,8 @@ def learning_rate(args: argparse.Namespace, epoch: int, step: int) -> float | No
     )
     if base is None:
         return None
+    if getattr(args, "lr_anneal", "stairs") == "cosine-time":
+        share = min(elapsed_s / (60.0 * args.time_limit_min), 1.0)
+        return base * 0.5 * (1.0 + math.cos(math.pi * share))
     stairs = step // (args.learning_rate_decay_epochs * args.epoch_size)
     return base * args.learning_rate_decay_factor**stairs

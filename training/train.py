@@ -337,7 +337,7 @@ def train_run(run: Run) -> Path:
 def _epochs(run: Run) -> None:
     args = run.args
     epoch_fn = EPOCHS[args.loss]
-    started = time.monotonic()
+    started = run.started = time.monotonic()
     while run.epoch < args.max_nrof_epochs and not run.stop:
         torch.manual_seed(args.seed * 1000 + run.epoch)
         run.losses.clear()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,6 +72,7 @@ class Run:
     step: int = 0
     on_step: StepHook | None = None
     stop: bool = False
+    started: float = 0.0  # time.monotonic() when this process began training (lr_anneal)
     saved_epoch: int | None = None  # the epoch of the last checkpoint in model_dir
     losses: list[float] = field(default_factory=list)  # the current epoch's, one per step
     _loader: DataLoader | None = None
@@ -162,7 +164,10 @@ def _report(run: Run, batch: int, step: int, loss: float) -> None:
 
 
 def _set_lr(run: Run) -> bool:
-    lr = learning_rate(run.args, run.epoch, run.step)
+    elapsed = time.monotonic() - run.started
+    if getattr(run.args, "lr_anneal", "stairs") == "cosine-time":
+        elapsed = mean_across(elapsed, run.ctx)  # the same rate in every process
+    lr = learning_rate(run.args, run.epoch, run.step, elapsed)
     if lr is None:
         return False
     for group in run.optimizer.param_groups:

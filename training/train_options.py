@@ -289,6 +289,18 @@ FACEWATCH_OPTIONS: tuple[tuple[str, dict[str, Any]], ...] = (
         },
     ),
     (
+        "lr_anneal",
+        {
+            "type": str,
+            "default": "stairs",
+            "choices": ("stairs", "cosine-time"),
+            "help": "stairs: the rate decays by --learning-rate-decay-factor every "
+            "--learning-rate-decay-epochs (the original's); cosine-time: it falls from the "
+            "initial rate to 0 along a cosine over --time-limit-min, so that a run of unknown "
+            "speed still ends annealed (a resumed run anneals again over its own limit)",
+        },
+    ),
+    (
         "min_nrof_images_per_class",
         {"type": int, "default": 1, "help": "leave out identities with fewer images"},
     ),
@@ -431,6 +443,10 @@ def check_options(args: argparse.Namespace) -> None:
         raise OptionError(
             f"{given_as(args, 'learning_rate')} asks for a schedule, but "
             f"{given_as(args, 'learning_rate_schedule_file')} does not exist"
+        )
+    if args.lr_anneal == "cosine-time" and not args.time_limit_min:
+        raise OptionError(
+            f"{given_as(args, 'lr_anneal')} needs a time limit (--time-limit-min) to anneal over"
         )
     if args.loss == "distill" and args.teacher is None:
         raise OptionError("--loss distill needs --teacher MODEL.onnx or EMBEDDINGS.npz")

@@ -159,6 +159,17 @@ def test_schedule_file_and_decay(tmp_path) -> None:
     )
 
 
+def test_cosine_time_anneal_follows_the_time_limit_not_the_epochs() -> None:
+    args = _args("--learning-rate", "0.002", "--lr-anneal", "cosine-time", "--time-limit-min", "2")
+    at = [learning_rate(args, epoch=9, step=999, elapsed_s=s) for s in (0, 30, 60, 120, 500)]
+    assert at == pytest.approx([0.002, 0.002 * (1 + 0.5**0.5) / 2, 0.001, 0.0, 0.0], abs=1e-12)
+
+
+def test_cosine_time_anneal_needs_a_time_limit() -> None:
+    with pytest.raises(OptionError, match=r"--lr-anneal cosine-time needs a time limit"):
+        check_options(_args("--lr-anneal", "cosine-time"))
+
+
 def test_recipe_fills_defaults_but_not_the_command_line(tmp_path) -> None:
     recipe = tmp_path / "r.yaml"
     recipe.write_text("image-size: 96\nbatch_size: 30\noptimizer: adam\n")
