@@ -36,7 +36,7 @@ cd "$(dirname "$0")/.."
 DATA=${DATA:-../shared/data}
 STAGE=.gpu_data/check
 FACENET_WHEEL=facenet-pytorch==2.6.0
-DAEMON_WHEELS="pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5"
+DAEMON_WHEELS="pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 paho-mqtt==2.2.0"
 
 prepare() {
   grep -qx "/.gpu_data/" .git/info/exclude 2>/dev/null || echo "/.gpu_data/" >> .git/info/exclude
@@ -48,8 +48,9 @@ prepare() {
   cp -r "$DATA/weights/mtcnn" "$STAGE/data/weights/"
   cp "$DATA/videos/crowd_1080p.mp4" "$DATA/videos/hamilton_360p.mp4" "$STAGE/data/videos/"
   python3 -m pip download --quiet --no-deps --only-binary=:all: -d "$STAGE/whl" "$FACENET_WHEEL"
-  # bench_streams runs the daemon's scheduler, whose config needs pydantic: the device image
-  # (Python 3.12) has prometheus-client, PyYAML and typing-extensions, not these
+  # bench_streams runs the daemon's scheduler, whose config needs pydantic and whose service
+  # imports paho-mqtt: the device image (Python 3.12) has prometheus-client, PyYAML and
+  # typing-extensions, not these
   # shellcheck disable=SC2086
   python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
     --implementation cp --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
@@ -68,7 +69,7 @@ device() {
   fi
   site=${SITE:-/tmp/facewatch-site}
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" "$STAGE"/whl/*.whl
-  if ! "$PY" -c "import pydantic" 2>/dev/null; then  # for bench_streams (the daemon's config)
+  if ! "$PY" -c "import pydantic, paho.mqtt" 2>/dev/null; then  # for bench_streams (the daemon)
     "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
       --target "$site" "$STAGE"/whl-daemon/*.whl ||
       echo "pydantic's wheels (Python 3.12) do not install here: bench_streams will fail" >&2

@@ -15,6 +15,9 @@ from tests.conftest import MODELS
 
 IMAGES = ("multiface.jpg", "two_people.jpg", "obama.jpg", "biden.jpg", "obama2.jpg", "obama3.jpg")
 FACE_SIZE = 160
+# The CPU path the GPU is compared with: ONNX Runtime, which the GPU machine has (OpenVINO,
+# the daemon's CPU default, is not installed there: the first GPU run's references all failed)
+CPU_REFERENCE = "onnxruntime"
 
 
 def sample_images(shared_data: Path) -> list[np.ndarray]:
@@ -23,7 +26,7 @@ def sample_images(shared_data: Path) -> list[np.ndarray]:
 
 def face_crops_rgb(shared_data: Path, count: int = 64) -> np.ndarray:
     """(count, 160, 160, 3) uint8 RGB crops of the faces the CPU detector finds (repeated)."""
-    detector = MTCNN.load(MODELS / "mtcnn", threads=4)
+    detector = MTCNN.load(MODELS / "mtcnn", backend=CPU_REFERENCE, threads=4)
     crops = []
     for image, found in zip(
         sample_images(shared_data), detector.detect(sample_images(shared_data)), strict=True

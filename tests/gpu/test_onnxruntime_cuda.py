@@ -9,6 +9,7 @@ from engines.boxes import iou_matrix
 from engines.images import read_image
 from engines.mtcnn import MTCNN
 from tests.conftest import MODELS
+from tests.gpu import gpu_helpers as h
 
 
 def test_cuda_provider_matches_cpu(shared_data):
@@ -23,6 +24,6 @@ def test_cuda_provider_matches_cpu(shared_data):
     }
     image = read_image(str(shared_data / "images" / "multiface.jpg"))
     gpu = MTCNN(**engines).detect([image])[0]
-    cpu = MTCNN.load(MODELS / "mtcnn").detect([image])[0]
+    cpu = MTCNN.load(MODELS / "mtcnn", backend=h.CPU_REFERENCE).detect([image])[0]
     assert len(gpu) == len(cpu)
     assert np.all(iou_matrix(cpu.bbox_xyxy, gpu.bbox_xyxy).max(axis=1) >= 0.9)

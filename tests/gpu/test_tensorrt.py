@@ -46,7 +46,7 @@ def build_mtcnn(cache, images, precision="fp32"):
 
 def test_mtcnn_plans_match_cpu(cache, shared_data):
     images = h.sample_images(shared_data)
-    cpu = MTCNN.load(MODELS / "mtcnn", threads=8).detect(images)
+    cpu = MTCNN.load(MODELS / "mtcnn", backend=h.CPU_REFERENCE, threads=8).detect(images)
     detector = build_mtcnn(cache, images)
     assert not h.same_detections(cpu, detector.detect(images))
     assert not h.same_detections(cpu, [detector.detect([im])[0] for im in images])

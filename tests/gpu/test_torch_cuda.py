@@ -20,7 +20,9 @@ def programs(shared_data, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def cpu_detections(shared_data):
-    return MTCNN.load(MODELS / "mtcnn", threads=8).detect(h.sample_images(shared_data))
+    return MTCNN.load(MODELS / "mtcnn", backend=h.CPU_REFERENCE, threads=8).detect(
+        h.sample_images(shared_data)
+    )
 
 
 @pytest.mark.parametrize("cuda_graphs", [False, True])
