@@ -276,7 +276,8 @@ def _log_epoch(run: Run, seconds: float) -> None:
     steps = len(run.losses)
     rate = steps * run.args.batch_size * run.ctx.world / max(seconds, 1e-9)
     logger.info(
-        "epoch %d: loss %.4f (mean of %d steps, last %.4f), lr %.3g, %.0f s, ~%.0f images/s",
+        "epoch %d: loss %.4f (mean of %d steps, last %.4f), lr %.3g, %.0f s, ~%.0f images/s"
+        " (%.0f %% of it waiting for the loader)",
         run.epoch,
         sum(run.losses) / steps,
         steps,
@@ -284,6 +285,7 @@ def _log_epoch(run: Run, seconds: float) -> None:
         run.optimizer.param_groups[0]["lr"],
         seconds,
         rate,
+        100 * min(run.loader_wait_s / max(seconds, 1e-9), 1.0),
     )
 
 
@@ -341,6 +343,7 @@ def _epochs(run: Run) -> None:
     while run.epoch < args.max_nrof_epochs and not run.stop:
         torch.manual_seed(args.seed * 1000 + run.epoch)
         run.losses.clear()
+        run.loader_wait_s = 0.0
         epoch_started = time.monotonic()
         with tqdm(
             total=args.epoch_size,

@@ -73,6 +73,7 @@ class Run:
     on_step: StepHook | None = None
     stop: bool = False
     started: float = 0.0  # time.monotonic() when this process began training (lr_anneal)
+    loader_wait_s: float = 0.0  # this epoch's time spent waiting for the loader's batches
     saved_epoch: int | None = None  # the epoch of the last checkpoint in model_dir
     losses: list[float] = field(default_factory=list)  # the current epoch's, one per step
     _loader: DataLoader | None = None
@@ -103,7 +104,20 @@ class Run:
                 generator=torch.Generator().manual_seed(a.seed),
             )
         self._plan.batches = batches
-        return iter(self._loader)
+        return self._timed(iter(self._loader))
+
+    def _timed(self, batches: Iterator[Any]) -> Iterator[Any]:
+        """The batches, adding the time spent waiting for each to ``loader_wait_s``: the
+        epoch's log line gives its share, which says whether the loader or the model limits
+        the speed."""
+        while True:
+            asked = time.monotonic()
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            self.loader_wait_s += time.monotonic() - asked
+            yield batch
 
 
 def optimise(run: Run, loss: torch.Tensor) -> None:
