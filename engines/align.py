@@ -78,6 +78,20 @@ def crop_with_margin(
     return np.rint(resized).astype(np.uint8)
 
 
+def template_of(extra: dict, image_size: int) -> np.ndarray | None:
+    """A model's own 5-point template from its sidecar's ``extra["landmarks"]`` ((5, 2) in
+    pixels of its input), or None for the reference one."""
+    landmarks = extra.get("landmarks")
+    if landmarks is None:
+        return None
+    template = np.asarray(landmarks, dtype=np.float32)
+    if template.shape != (5, 2) or not np.all((template >= 0) & (template <= image_size)):
+        raise ValueError(
+            f"landmarks {landmarks!r}: expected 5 [x, y] points inside the {image_size} px input"
+        )
+    return template
+
+
 def reference_landmarks(image_size: int = 160) -> np.ndarray:
     """The 5-point template (5, 2) for a square crop of ``image_size`` pixels."""
     return (_TEMPLATE_112 * (image_size / 112.0)).astype(np.float32)
@@ -108,14 +122,17 @@ def similarity_matrix(src_5x2: np.ndarray, dst_5x2: np.ndarray) -> np.ndarray:
 
 
 def align_similarity(
-    image: np.ndarray, landmarks_5x2: np.ndarray, image_size: int = 160
+    image: np.ndarray,
+    landmarks_5x2: np.ndarray,
+    image_size: int = 160,
+    template: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Warp ``image`` so the five landmarks land on the reference template; square output."""
+    """Warp ``image`` so the five landmarks land on the reference template (or ``template``:
+    a model's own, (5, 2) in pixels of the ``image_size`` output); square output."""
     if image_size < 1:
         raise ValueError(f"image_size must be >= 1, got {image_size}")
-    matrix = similarity_matrix(
-        np.asarray(landmarks_5x2).reshape(5, 2), reference_landmarks(image_size)
-    )
+    target = reference_landmarks(image_size) if template is None else template
+    matrix = similarity_matrix(np.asarray(landmarks_5x2).reshape(5, 2), target)
     return cv2.warpAffine(
         image,
         matrix,

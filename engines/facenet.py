@@ -6,8 +6,9 @@ Everything the model needs to see a face the way it was trained comes from its s
 - ``input_size_hw``, ``channel_order``; ``mean`` / ``std`` for a fixed ``(x - mean) / std``, or
   ``extra["prewhiten"]`` for the original project's per-image standardisation;
 - ``extra["alignment"]`` (``"margin"``: the box grown by ``extra["margin"]`` pixels, as
-  ``align_dataset_mtcnn`` cuts it; ``"similarity"``: the 5-landmark warp), both from
-  ``engines.align`` so that training and inference cut faces the same way.
+  ``align_dataset_mtcnn`` cuts it; ``"similarity"``: the 5-landmark warp onto the reference
+  template, or onto ``extra["landmarks"]``, the model's own), both from ``engines.align`` so
+  that training and inference cut faces the same way.
 
 Crops are uint8 BGR (the engines' image convention: what ``read_image`` and cameras give).
 Distances between embeddings are squared Euclidean on the unit vectors (0 .. 4), the scale
@@ -23,7 +24,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from engines.align import align_similarity, crop_with_margin
+from engines.align import align_similarity, crop_with_margin, template_of
 from engines.base import (
     DEFAULT_MAX_BATCH,
     Engine,
@@ -93,6 +94,7 @@ class FaceNet:
         self.image_size_hw: tuple[int, int] = meta.input_size_hw  # type: ignore[assignment]
         self.alignment = str(meta.extra.get("alignment", "margin"))
         self.margin = int(meta.extra.get("margin", 32))
+        self.template = template_of(meta.extra, meta.input_size_hw[0])  # type: ignore[index]
         self.prewhiten = bool(meta.extra.get("prewhiten", False))
         self.embedding_size = int(meta.embedding_size or engine.outputs[0].shape[-1] or 0)
         self.model_id = (model_id or meta.name) + ("+flip" if flip else "")
@@ -149,7 +151,7 @@ class FaceNet:
         crops = []
         for k in chosen:
             if self.alignment == "similarity":
-                crops.append(align_similarity(image, faces.landmarks[k], height))
+                crops.append(align_similarity(image, faces.landmarks[k], height, self.template))
             else:
                 crops.append(crop_with_margin(image, faces.bbox_xyxy[k], self.margin, height))
         if not crops:
@@ -239,5 +241,9 @@ def _check_metadata(meta: ModelMetadata, where: str) -> None:
         raise EngineError(
             f"{where}: unknown alignment {alignment!r} in the sidecar; expected one of {ALIGNMENTS}"
         )
+    try:
+        template_of(meta.extra, meta.input_size_hw[0])
+    except ValueError as exc:
+        raise EngineError(f"{where}: sidecar {exc}") from None
     if meta.channel_order.upper() not in ("RGB", "BGR"):
         raise EngineError(f"{where}: channel_order must be RGB or BGR, got {meta.channel_order!r}")

@@ -292,6 +292,7 @@ def run_validate(args: argparse.Namespace) -> tuple[object, int]:
             embedder.alignment,
             getattr(embedder, "margin", 32),
             args.threads,
+            getattr(embedder, "template", None),
         )
     return evaluate_pairs(
         embedder,

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from engines import ModelMetadata, load_engine
+from engines.align import template_of
 from engines.loader import cpu_precision
 from training.checkpoint import load_model_file
 from training.data import standardize
@@ -70,6 +71,7 @@ class OnnxEmbedder:
         self.image_size = int(self.meta.input_size_hw[0])
         self.alignment = str(self.meta.extra.get("alignment", "margin"))
         self.margin = int(self.meta.extra.get("margin", 32))
+        self.template = template_of(self.meta.extra, self.image_size)
 
     def preprocess(self, images: np.ndarray) -> np.ndarray:
         """uint8 RGB (N, H, W, 3) -> the model's NCHW float32 input."""

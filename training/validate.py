@@ -35,12 +35,19 @@ class MtcnnAligner:
     """Raw photo -> one aligned face crop, the way the model was trained to see faces."""
 
     def __init__(
-        self, mtcnn_dir: str | Path, image_size: int, alignment: str, margin: int, threads: int = 0
+        self,
+        mtcnn_dir: str | Path,
+        image_size: int,
+        alignment: str,
+        margin: int,
+        threads: int = 0,
+        template: np.ndarray | None = None,
     ):
         from engines.mtcnn import MTCNN
 
         self.detector = MTCNN.load(mtcnn_dir, threads=threads)
         self.image_size, self.alignment, self.margin = image_size, alignment, margin
+        self.template = template
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray | None:
         bgr = np.ascontiguousarray(rgb[..., ::-1])
@@ -49,7 +56,7 @@ class MtcnnAligner:
             return None
         k = pick_main_face(found.bbox_xyxy, rgb.shape[:2])
         if self.alignment == "similarity":
-            return align_similarity(rgb, found.landmarks[k], self.image_size)
+            return align_similarity(rgb, found.landmarks[k], self.image_size, self.template)
         return crop_with_margin(rgb, found.bbox_xyxy[k], self.margin, self.image_size)
 
 
