@@ -128,7 +128,7 @@ def export_onnx(
     return out_path
 
 
-def _weights_to_fp16(path: Path) -> None:
+def weights_to_fp16(path: Path) -> None:
     """Store float initialisers as fp16, cast back to fp32 in the graph (half the file size,
     fp32 arithmetic)."""
     import onnx
@@ -284,7 +284,12 @@ def torch_program_from_onnx(onnx_path: str | Path) -> dict[str, Any]:
         raise ValueError(f"{onnx_path}: not a FaceNet model (its sidecar says {meta.kind!r})")
     if meta.extra.get("int8"):
         raise ValueError(f"{onnx_path}: {INT8_NO_PROGRAM} (export the fp32 or fp16 model)")
-    net = build_model("inception_resnet_v1", int(meta.embedding_size or 128), 1.0)
+    if meta.extra.get("architecture") == "dlib-resnet":
+        from training.dlib_net import skeleton
+
+        net: nn.Module = skeleton()
+    else:
+        net = build_model("inception_resnet_v1", int(meta.embedding_size or 128), 1.0)
     load_onnx_weights(NormalisedEmbedding(net), onnx_path)
     return _write_torch_program(
         net.eval(), onnx_path, None, meta.input_size_hw[0], PARITY_TOLERANCE
@@ -393,7 +398,7 @@ def _write_model(
         diff = _checked_parity(net, path, crops, opts, PARITY_TOLERANCE, shown)
         meta.extra["parity_max_abs_diff"] = diff
     if fp16:
-        _weights_to_fp16(path)
+        weights_to_fp16(path)
         if crops is not None:
             diff16 = _checked_parity(net, path, crops, opts, FP16_TOLERANCE, shown)
             meta.extra["fp16_max_abs_diff"] = diff16

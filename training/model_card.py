@@ -36,10 +36,22 @@ def model_card(meta: ModelMetadata, onnx_path: Path) -> str:
         storage = f"int8, calibrated (min cosine to fp32 {meta.extra.get('int8_min_cosine', float('nan')):.4f})"
     if meta.extra.get("fp16_weights"):
         storage = f"fp16 (max abs diff {meta.extra.get('fp16_max_abs_diff', float('nan')):.2e})"
+    network = (
+        "Face embedding model (dlib's ResNet: 29 convolutions) "
+        if meta.extra.get("architecture") == "dlib-resnet"
+        else "FaceNet face embedding model (Inception-ResNet-v1) "
+    )
+    crop = (
+        "similarity warp of the 5 landmarks onto "
+        + ("its own template" if meta.extra.get("landmarks") else "the reference template")
+        if meta.extra.get("alignment") == "similarity"
+        else f"{meta.extra.get('alignment')} (margin {meta.extra.get('margin')} px)"
+    )
+    loss = meta.extra.get("loss") or "n/a"
     rows = [
         f"# {meta.name}",
         "",
-        "FaceNet face embedding model (Inception-ResNet-v1) "
+        network
         + ("trained with facewatch." if meta.source == TRAINED_HERE else f"from {meta.source}."),
         "",
         "| | |",
@@ -47,10 +59,10 @@ def model_card(meta: ModelMetadata, onnx_path: Path) -> str:
         f"| file | `{onnx_path.name}` (+ `{onnx_path.with_suffix('.json').name}` sidecar) |",
         f"| input | `image` N x 3 x {size_hw[0]} x {size_hw[1]} RGB, {prep} |",
         f"| output | `embedding` N x {meta.embedding_size}, L2-normalised |",
-        f"| face crop | {meta.extra.get('alignment')} (margin {meta.extra.get('margin')} px) |",
+        f"| face crop | {crop} |",
         f"| training data | {meta.training_data} |",
         f"| licence | {meta.license or 'not stated'} |",
-        f"| epochs, loss | {_fmt_epochs(meta.extra.get('epochs'))}, {meta.extra.get('loss')} |",
+        f"| epochs, loss | {_fmt_epochs(meta.extra.get('epochs'))}, {loss} |",
         f"| LFW accuracy ({folds}-fold) | {acc} |",
         f"| VAL @ FAR=1e-3 | {_fmt(lfw.get('val_mean'))} ± {_fmt(lfw.get('val_std'))} |",
         f"| ONNX Runtime vs PyTorch | max abs diff {'n/a' if diff is None else f'{diff:.2e}'} |",
