@@ -43,8 +43,10 @@ from engines.mtcnn import MTCNN, FrameDetections
 logger = logging.getLogger(__name__)
 
 NO_DEFAULT_MODEL = (
-    "facewatch ships no default FaceNet model yet. Export one there from facenet-pytorch's "
-    "published weights (facewatch train export 20180402-114759-vggface2.pt --out {path}) or "
+    "the model facewatch ships is missing there (models/facenet/ of a checkout: dlib's ResNet, "
+    "made again by facewatch train import-dlib --out {path}). Export one there from "
+    "facenet-pytorch's published weights (facewatch train export 20180402-114759-vggface2.pt "
+    "--out {path}) or "
     "from your own training run (facewatch train export RUN_DIR/latest.pt --out {path}), "
     "or pass --model PATH to a FaceNet .onnx with its .json sidecar, or --config FILE to use "
     "the daemon's recognition.model"
@@ -404,14 +406,18 @@ def _store(
 
 
 def _threshold_of(net: FaceNet) -> dict[str, float]:
-    """A new gallery starts at the model's LFW best threshold when its sidecar has one."""
+    """A new gallery starts at the model's LFW threshold for a false accept rate of 1e-3 when
+    its sidecar has one, else at its LFW best threshold. The best threshold balances LFW's
+    pairs, one against one; a gallery compares each face with every enrolled photo, so a
+    stranger meets many chances of a close one (dlib's network at 0.19: 44 % of strangers
+    named, against 100 enrolled photos)."""
     lfw = net.meta.extra.get("lfw") or {}
     on_our_scale = (
         isinstance(lfw, dict)
         and lfw.get("distance_metric", 0) == 0
         and not lfw.get("use_flipped_images", False)
     )  # else it is an angle, or a distance between concatenated embeddings
-    best = lfw.get("best_threshold") if on_our_scale else None
+    best = (lfw.get("far_threshold") or lfw.get("best_threshold")) if on_our_scale else None
     return {"threshold": float(best)} if best else {}
 
 
