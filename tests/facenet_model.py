@@ -1,4 +1,5 @@
-"""A FaceNet model the tests make themselves (no default FaceNet ships yet, see issue 3).
+"""A FaceNet model the tests make themselves, in facenet-pytorch's format (the shipped model is
+dlib's converted ResNet, another architecture).
 
 facenet-pytorch's ``InceptionResnetV1`` with random weights (seed 0) and batch-norm
 statistics measured on real faces, saved as a state dict (as facenet-pytorch publishes its
@@ -17,7 +18,7 @@ from typing import Any
 
 import pytest
 
-NEEDS_SHIPPED_MODEL = "needs the shipped FaceNet (models/facenet/), see issue 3"
+NEEDS_SHIPPED_MODEL = "needs the shipped recognition model (models/facenet/facenet.onnx)"
 MODEL_NAME = "facenet-test-random"
 
 
