@@ -413,19 +413,13 @@ def _export(args: argparse.Namespace) -> int:
     from training.data import DataError
     from training.export_facenet import export_checkpoint
     from training.export_inputs import lfw_report, parity_crops
+    from training.export_staging import out_refused
 
-    if args.out.is_dir():
-        return _fail(f"--out {args.out}: a folder; name the model file (MODEL.onnx) in it")
-    if args.out.suffix.lower() != ".onnx":
-        return _fail(f"--out {args.out}: name the file MODEL.onnx (its sidecar is MODEL.json)")
+    refused = out_refused(args.out, args.force)
+    if refused:
+        return _fail(refused)
     if args.int8 and args.parity_images is None:
         return _fail("--int8 needs --parity-images: face crops to calibrate the quantisation on")
-    if args.out.exists() and not args.force:
-        return _fail(
-            f"--out {args.out}: a model is there already; galleries enrolled with it will be "
-            "refused by the new one (other embeddings): --force replaces it, or choose "
-            "another --out"
-        )
     try:
         checkpoint = load_model_file(args.checkpoint)
         size = int(checkpoint.options["image_size"])

@@ -226,16 +226,12 @@ def _add_import_dlib(commands: argparse._SubParsersAction) -> None:
 def _import_dlib(args: argparse.Namespace) -> int:
     from training.data import DataError
     from training.dlib_net import export_dlib
+    from training.export_staging import out_refused
     from training.teacher_dlib import DESCRIPTOR_MODEL, DlibMissing, models_dir
 
-    if args.out.suffix.lower() != ".onnx":
-        return _fail(f"--out {args.out}: name the file MODEL.onnx (its sidecar is MODEL.json)")
-    if args.out.exists() and not args.force:
-        return _fail(
-            f"--out {args.out}: a model is there already; galleries enrolled with it will be "
-            "refused by the new one (other embeddings): --force replaces it, or choose "
-            "another --out"
-        )
+    refused = out_refused(args.out, args.force)
+    if refused:
+        return _fail(refused)
     try:
         model = args.model or models_dir() / DESCRIPTOR_MODEL
         command = f"facewatch train import-dlib {model.name} --out {_shown(args.out)}"

@@ -46,3 +46,18 @@ def staged(out_path: Path) -> Iterator[Path]:
                 )
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def out_refused(out: Path, force: bool) -> str | None:
+    """Why a model must not be written at ``out`` (the export commands' --out), or None."""
+    if out.is_dir():
+        return f"--out {out}: a folder; name the model file (MODEL.onnx) in it"
+    if out.suffix.lower() != ".onnx":
+        return f"--out {out}: name the file MODEL.onnx (its sidecar is MODEL.json)"
+    if out.exists() and not force:
+        return (
+            f"--out {out}: a model is there already; galleries enrolled with it will be "
+            "refused by the new one (other embeddings): --force replaces it, or choose "
+            "another --out"
+        )
+    return None

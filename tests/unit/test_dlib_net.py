@@ -92,3 +92,16 @@ def test_a_sidecar_template_outside_the_input_is_refused(shipped_model, tmp_path
     (tmp_path / "m.json").write_text(json.dumps(sidecar))
     with pytest.raises(EngineError, match=r"m\.json: sidecar landmarks .* inside the 150 px input"):
         FaceNet.load(tmp_path / "m.onnx")
+
+
+def test_import_dlib_refuses_to_replace_a_model_and_names_a_missing_file(tmp_path, capsys):
+    from daemon.cli import main
+
+    existing = tmp_path / "facenet.onnx"
+    existing.write_bytes(b"x")
+    assert main(["train", "import-dlib", str(tmp_path / "x.dat"), "--out", str(existing)]) == 2
+    assert "a model is there already" in capsys.readouterr().err
+    out = tmp_path / "new.onnx"
+    assert main(["train", "import-dlib", str(tmp_path / "x.dat"), "--out", str(out)]) == 2
+    assert "x.dat: cannot read dlib's model" in capsys.readouterr().err
+    assert not out.exists() and not out.with_suffix(".json").exists()
