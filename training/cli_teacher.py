@@ -225,7 +225,7 @@ def _add_import_dlib(commands: argparse._SubParsersAction) -> None:
 
 def _import_dlib(args: argparse.Namespace) -> int:
     from training.data import DataError
-    from training.dlib_net import export_dlib
+    from training.export_dlib import export_dlib
     from training.export_staging import out_refused
     from training.teacher_dlib import DESCRIPTOR_MODEL, DlibMissing, models_dir
 
