@@ -417,8 +417,8 @@ def _threshold_of(net: FaceNet) -> dict[str, float]:
         and lfw.get("distance_metric", 0) == 0
         and not lfw.get("use_flipped_images", False)
     )  # else it is an angle, or a distance between concatenated embeddings
-    best = (lfw.get("far_threshold") or lfw.get("best_threshold")) if on_our_scale else None
-    return {"threshold": float(best)} if best else {}
+    start = (lfw.get("far_threshold") or lfw.get("best_threshold")) if on_our_scale else None
+    return {"threshold": float(start)} if start else {}
 
 
 # -- identify -----------------------------------------------------------------------------
