@@ -279,9 +279,8 @@ class MTCNN:
             by_size.setdefault(pyramids[i].image_hw, []).append(i)
         parts = [self._propose_same_size(pyramids, idx) for idx in by_size.values()]
         cand = _concat(parts)
-        keep = bx.nms(cand.boxes[:, :4], cand.score, PNET_FRAME_NMS, groups=cand.frame)
-        cand = cand.take(keep)
-        return cand
+        keep = self._nms(cand.boxes[:, :4], cand.score, PNET_FRAME_NMS, groups=cand.frame)
+        return cand.take(keep)
 
     def _propose_same_size(self, pyramids: list[AreaPyramid], indices: list[int]) -> _Candidates:
         """P-Net on frames of one size, in tiles (``_pnet_tiles``) spread over the lanes.
@@ -304,7 +303,7 @@ class MTCNN:
                     pyramids, tile.frames, size_hw, rows, scales[tile.scale]
                 )
                 cand = _Candidates(boxes, boxes[:, 4].copy(), tile.frames[local])
-                found.append(cand if rows else _scale_nms(cand))
+                found.append(cand if rows else self._level_nms(cand))
             return found
 
         per_tile = self._spread(tiles, _Tile.cost, run)
@@ -313,7 +312,7 @@ class MTCNN:
         parts = [cand for tile, cand in zip(tiles, per_tile, strict=True) if not tile.map_rows]
         for k in sorted(banded):
             mine = [cand for tile, cand in zip(tiles, per_tile, strict=True) if tile.scale == k]
-            parts.append(_scale_nms(_concat(mine)))
+            parts.append(self._level_nms(_concat(mine)))
         return _concat(parts) if parts else _no_candidates()
 
     def _pnet_tiles(
@@ -399,7 +398,7 @@ class MTCNN:
             boxes, region = bx.pnet_candidates(
                 out["reg"], out["prob"][:, 1], 1.0, self.config.thresholds[0]
             )
-            keep = bx.nms(boxes[:, :4], boxes[:, 4], PNET_SCALE_NMS, groups=region)
+            keep = self._nms(boxes[:, :4], boxes[:, 4], PNET_SCALE_NMS, groups=region)
             boxes, region = boxes[keep], region[keep]
             # canvas pixels -> frame pixels
             boxes[:, :4] = boxes[:, :4] * (side[region] / canvas)[:, None]
@@ -408,7 +407,7 @@ class MTCNN:
             whose.append(frame[region])
         boxes = np.concatenate(found)
         cand = _Candidates(boxes, boxes[:, 4].copy(), np.concatenate(whose))
-        keep = bx.nms(cand.boxes[:, :4], cand.score, PNET_FRAME_NMS, groups=cand.frame)
+        keep = self._nms(cand.boxes[:, :4], cand.score, PNET_FRAME_NMS, groups=cand.frame)
         return cand.take(keep)
 
     # -- stages 2 and 3 ------------------------------------------------------------------
@@ -422,7 +421,7 @@ class MTCNN:
         passed = score > self.config.thresholds[1]
         cand = _Candidates(cand.boxes[passed], score[passed], cand.frame[passed])
         reg = out["reg"][passed]
-        keep = bx.nms(cand.boxes, cand.score, RNET_NMS, groups=cand.frame)
+        keep = self._nms(cand.boxes, cand.score, RNET_NMS, groups=cand.frame)
         cand, reg = cand.take(keep), reg[keep]
         cand.boxes = bx.square(bx.regress(cand.boxes, reg, inclusive=True))
         return cand
@@ -437,7 +436,7 @@ class MTCNN:
         cand = _Candidates(cand.boxes[passed], score[passed], cand.frame[passed])
         landmarks = bx.landmarks_from_offsets(cand.boxes, out["landmarks"][passed])
         cand.boxes = bx.regress(cand.boxes, out["reg"][passed], inclusive=True)
-        keep = bx.nms(
+        keep = self._nms(
             cand.boxes, cand.score, ONET_NMS, groups=cand.frame, mode="min", inclusive=True
         )
         cand, landmarks = cand.take(keep), landmarks[keep]
@@ -448,6 +447,25 @@ class MTCNN:
                 cand.score[mine].astype(np.float32),
                 landmarks[mine],
             )
+
+    # -- NMS ----------------------------------------------------------------------------
+
+    def _nms(
+        self,
+        boxes_xyxy: np.ndarray,
+        scores: np.ndarray,
+        threshold: float,
+        groups: np.ndarray | None = None,
+        mode: str = "union",
+        inclusive: bool = False,
+    ) -> np.ndarray:
+        """``engines.boxes.nms``: where every suppression of the detector runs (the device
+        pipeline runs them on its device)."""
+        return bx.nms(boxes_xyxy, scores, threshold, groups, mode, inclusive)
+
+    def _level_nms(self, cand: _Candidates) -> _Candidates:
+        """P-Net's NMS within one pyramid level of each frame."""
+        return cand.take(self._nms(cand.boxes[:, :4], cand.score, PNET_SCALE_NMS, cand.frame))
 
     # -- parallel lanes ------------------------------------------------------------------
 
@@ -579,11 +597,6 @@ def _clip_windows(
     x1 = np.clip(windows[:, 2], x0 + 1, hw[:, 1])
     y1 = np.clip(windows[:, 3], y0 + 1, hw[:, 0])
     return np.stack([x0, y0, x1, y1], axis=1)
-
-
-def _scale_nms(cand: _Candidates) -> _Candidates:
-    """P-Net's NMS within one pyramid level of each frame."""
-    return cand.take(bx.nms(cand.boxes[:, :4], cand.score, PNET_SCALE_NMS, groups=cand.frame))
 
 
 def _no_candidates() -> _Candidates:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 import weakref
-from functools import cached_property
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -24,8 +24,9 @@ from engines.torch_backend import import_torch
 
 class DeviceFrame:
     """One frame on the device: ``image`` (1, 3, H, W) float32 of the integer pixel values
-    in RGB order when ``rgb`` (else BGR), and, made when first asked for, its integral image
-    ``sums`` (H+1, W+1, 3) int64 in the same order (for area-averaged crops)."""
+    in RGB order when ``rgb`` (else BGR), and its integral image ``sums`` (H+1, W+1, 3)
+    int64 in the same order (for the pyramid and area-averaged crops), made when first asked
+    for or for several frames at once (``integrate``)."""
 
     def __init__(self, frame: np.ndarray, device: Any, rgb: bool) -> None:
         torch = import_torch()
@@ -35,18 +36,40 @@ class DeviceFrame:
         pixels = torch.from_numpy(np.ascontiguousarray(bgr)).to(device, non_blocking=True)
         self._pixels = pixels.flip(2) if rgb else pixels  # (H, W, 3) uint8
         self.image = self._pixels.permute(2, 0, 1).unsqueeze(0).float()
-        self.stacks: dict[tuple[int, ...], Any] = {}  # see DeviceMTCNN._stack
+        self.stacks: dict[tuple[int, ...], Any] = {}  # see DeviceMTCNN._stacked_sums
+        self._stack: tuple[Any, int] | None = None
 
-    @cached_property
+    @property
+    def in_stack(self) -> tuple[Any, int]:
+        """The integral images this frame's was made with (N, H+1, W+1, 3), and its place
+        there."""
+        if self._stack is None:
+            integrate([self])
+        assert self._stack is not None
+        return self._stack
+
+    @property
     def sums(self) -> Any:
-        torch = import_torch()
-        pixels = self._pixels
-        height, width, channels = pixels.shape
-        sums = torch.zeros(
-            (height + 1, width + 1, channels), dtype=torch.int64, device=pixels.device
-        )
-        sums[1:, 1:] = pixels.cumsum(0, dtype=torch.int64).cumsum(1)
-        return sums
+        stack, position = self.in_stack
+        return stack[position]
+
+
+def integrate(frames: Sequence[DeviceFrame]) -> Any:
+    """The integral images of frames of one size, made together: (N, H+1, W+1, 3) int64,
+    each frame's ``sums`` a view of it."""
+    torch = import_torch()
+    pixels = torch.stack([frame._pixels for frame in frames])
+    count, height, width, channels = pixels.shape
+    sums = torch.zeros(
+        (count, height + 1, width + 1, channels), dtype=torch.int64, device=pixels.device
+    )
+    inner = sums[:, 1:, 1:]
+    inner.copy_(pixels)
+    inner.cumsum_(1)
+    inner.cumsum_(2)
+    for position, frame in enumerate(frames):
+        frame._stack = (sums, position)
+    return sums
 
 
 class DeviceFrames:

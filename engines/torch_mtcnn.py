@@ -1,13 +1,17 @@
 """MTCNN with the frames kept on the torch backend's device: the GPU pipeline.
 
-Each frame of a batch goes to the device once, as uint8. There, and only there: the pyramid
-levels (PyTorch's area interpolation, the resampling of the reference MTCNN), P-Net and the
-choice of its candidate cells, each frame's integral image and the R-Net / O-Net crops cut
-from it, and the three networks. What comes back to the host after each network is the
-candidates' numbers (boxes, scores, regressions: a few kB): NMS, regression and squaring run
-there in ``engines.boxes``, the very code of the CPU path, so both paths give the same faces.
-No transfer is made per face. The uploads stay for the batch in ``engines.torch_frames``,
-where ``engines.torch_facenet.DeviceFaceNet`` cuts the FaceNet crops from them.
+Each frame of a batch goes to the device once, as uint8. There, and only there: the frames'
+integral images, the pyramid levels read from them (PyTorch's area interpolation, the
+resampling of the reference MTCNN, exactly as the CPU path computes it), P-Net, the choice
+of its candidate cells, their boxes and P-Net's NMS within each level, the R-Net / O-Net
+crops, the three networks and every NMS (``engines.torch_boxes``: the arithmetic of
+``engines.boxes``, so both paths give the same faces). P-Net runs once per level for all
+the frames of a size (on a GPU), and its candidates of all levels are chosen at once: the
+host waits for the device a few times per batch, not once per level and frame. What comes
+back to the host is the candidates' numbers (a few kB per stage), for the box regression
+and squaring in ``engines.boxes`` between the stages. No transfer is made per face. The
+uploads stay for the batch in ``engines.torch_frames``, where
+``engines.torch_facenet.DeviceFaceNet`` cuts the FaceNet crops from them.
 
 ``engines.detectors.load_detector(..., backend="torch")`` (or ``DeviceMTCNN.load``) gives
 this detector; the device is the engines' (see ``engines.torch_backend``: CUDA when
@@ -22,45 +26,15 @@ from typing import Any
 import numpy as np
 
 from engines import boxes as bx
-from engines.base import Engine, EngineError
-from engines.mtcnn import MTCNN
+from engines import torch_boxes as tb
+from engines.base import Engine, EngineError, batch_limit
+from engines.mtcnn import MTCNN, PNET_MAX_PIXELS, PNET_SCALE_NMS, _Candidates
 from engines.torch_backend import import_torch
-from engines.torch_frames import DEVICE_FRAMES, DeviceFrame
+from engines.torch_frames import DEVICE_FRAMES, DeviceFrame, integrate
 
-
-def area_crops(sums: Any, windows_xyxy: Any, size: int) -> Any:
-    """``engines.images.area_crops`` on the device: windows (K, 4) int64 (x0, y0, x1, y1, end
-    exclusive, may leave the image) of a frame's integral image ``sums``, each resized to
-    size x size by area averaging, zeros outside the image. Returns (K, C, size, size)."""
-    torch = import_torch()
-    height, width, channels = sums.shape[0] - 1, sums.shape[1] - 1, sums.shape[2]
-    steps = torch.arange(size + 1, device=sums.device)
-
-    def bins(start: Any, length: Any, limit: int) -> tuple[Any, Any, Any]:
-        lo = start[:, None] + torch.div(
-            steps[None, :-1] * length[:, None], size, rounding_mode="floor"
-        )
-        hi = start[:, None] + torch.div(
-            steps[None, 1:] * length[:, None] + size - 1, size, rounding_mode="floor"
-        )
-        return lo.clamp(0, limit), hi.clamp(0, limit), hi - lo
-
-    x0, y0, x1, y1 = windows_xyxy.unbind(1)
-    ylo, yhi, ycount = bins(y0, (y1 - y0).clamp(min=1), height)
-    xlo, xhi, xcount = bins(x0, (x1 - x0).clamp(min=1), width)
-    flat = sums.reshape(-1, channels)
-
-    def corner(rows: Any, columns: Any) -> Any:
-        return flat[(rows[:, :, None] * (width + 1) + columns[:, None, :]).reshape(-1)]
-
-    total = corner(yhi, xhi) - corner(ylo, xhi) - corner(yhi, xlo) + corner(ylo, xlo)
-    count = (ycount[:, :, None] * xcount[:, None, :]).unsqueeze(-1)
-    pixels = total.reshape(len(windows_xyxy), size, size, channels).float() / count
-    return pixels.permute(0, 3, 1, 2)
-
-
-def _normalise(pixels: Any) -> Any:
-    return (pixels - 127.5) * (1 / 128.0)
+# On a GPU, pyramid-level pixels per P-Net call: one call per level for a batch of sixteen
+# 1080p frames (the CPU keeps PNET_MAX_PIXELS, beyond which its caches thrash).
+GPU_PNET_PIXELS = 16 * 1_200_000
 
 
 class DeviceMTCNN(MTCNN):
@@ -78,18 +52,74 @@ class DeviceMTCNN(MTCNN):
 
     def _pyramids(self, frames: Sequence[np.ndarray]) -> list[DeviceFrame]:  # type: ignore[override]
         DEVICE_FRAMES.start_batch()  # the frames of earlier calls may have changed since
-        return [DEVICE_FRAMES.get(f, self.device, self._swap_rb) for f in frames]
+        pyramids = [DEVICE_FRAMES.get(f, self.device, self._swap_rb) for f in frames]
+        by_size: dict[tuple[int, int], dict[int, int]] = {}
+        for i, frame in enumerate(pyramids):  # (a frame given twice is integrated once)
+            by_size.setdefault(frame.image_hw, {}).setdefault(id(frame), i)
+        with import_torch().inference_mode():
+            for group in by_size.values():
+                indices = tuple(group.values())
+                pyramids[indices[0]].stacks[indices] = integrate([pyramids[i] for i in indices])
+        return pyramids
 
     @staticmethod
-    def _stack(pyramids: list[DeviceFrame], frames: np.ndarray) -> Any:
-        """The frames of one P-Net call as one (N, 3, H, W) tensor, made once per call of
-        ``detect`` (kept by the first frame's upload, which is this call's)."""
+    def _stacked_sums(pyramids: list[DeviceFrame], frames: Sequence[int] | np.ndarray) -> Any:
+        """The integral images of ``frames`` as one (N, H+1, W+1, 3) tensor: the one they
+        were made in, or a copy made once per call of ``detect``."""
         key = tuple(int(i) for i in frames)
         stacks = pyramids[key[0]].stacks
+        if len(key) == 1 and key not in stacks:
+            return pyramids[key[0]].sums.unsqueeze(0)
         if key not in stacks:
-            images = [pyramids[i].image for i in key]
-            stacks[key] = images[0] if len(images) == 1 else import_torch().cat(images)
+            stacks[key] = import_torch().stack([pyramids[i].sums for i in key])
         return stacks[key]
+
+    def _propose_same_size(  # type: ignore[override]
+        self, pyramids: list[DeviceFrame], indices: list[int]
+    ) -> _Candidates:
+        """P-Net over the pyramid of frames of one size, all on the device: each level of
+        all the frames in as few calls as the pixel limit allows, the candidate cells of all
+        levels chosen at once, their boxes and each level's NMS; one transfer back. With
+        lanes (bands of levels, on the CPU), the host path's tiles instead."""
+        if self._lanes:
+            return super()._propose_same_size(pyramids, indices)  # type: ignore[arg-type]
+        torch = import_torch()
+        image_hw = pyramids[indices[0]].image_hw
+        cfg = self.config
+        scales = bx.pyramid_scales(image_hw, cfg.min_face_size, cfg.scale_factor)
+        limit = GPU_PNET_PIXELS if self.device.type == "cuda" else PNET_MAX_PIXELS
+        with torch.inference_mode():
+            sums = self._stacked_sums(pyramids, indices)
+            probs, regs, calls = [], [], []  # calls: (level, first frame, map h, map w)
+            for k, scale in enumerate(scales):
+                size_hw = bx.scaled_size_hw(image_hw, scale)
+                step = batch_limit(self.pnet, max(1, limit // (size_hw[0] * size_hw[1])))
+                for first in range(0, len(indices), step):
+                    out = self._run(
+                        self.pnet, tb.normalise(*tb.level_sums(sums[first : first + step], size_hw))
+                    )
+                    prob = out["prob"][:, 1]
+                    probs.append(prob.reshape(-1))
+                    regs.append(out["reg"].permute(0, 2, 3, 1).reshape(-1, 4))
+                    calls.append((k, first, prob.shape[1], prob.shape[2]))
+            score = torch.cat(probs)
+            cells = (score >= cfg.thresholds[0]).nonzero().squeeze(1)
+            # which call, frame, row and column each cell is
+            table = torch.tensor(calls, device=self.device)
+            lengths = torch.tensor([len(p) for p in probs], device=self.device)
+            ends = torch.cumsum(lengths, 0)
+            call = torch.searchsorted(ends, cells, right=True)
+            local = cells - (ends - lengths)[call]
+            level, first, map_h, map_w = table[call].unbind(1)
+            frame = first + torch.div(local, map_h * map_w, rounding_mode="floor")
+            pixel = local % (map_h * map_w)
+            ys, xs = torch.div(pixel, map_w, rounding_mode="floor"), pixel % map_w
+            scale_of = torch.tensor(scales, dtype=torch.float32, device=self.device)[level]
+            boxes = tb.pnet_boxes(xs, ys, score[cells], torch.cat(regs)[cells], scale_of)
+            keep = tb.nms(boxes[:, :4], boxes[:, 4], PNET_SCALE_NMS, frame * len(scales) + level)
+            boxes, frame = boxes[keep].cpu().numpy(), frame[keep].cpu().numpy()
+        whose = np.asarray(indices, dtype=np.int64)[frame]
+        return _Candidates(boxes, boxes[:, 4].copy(), whose)
 
     def _pnet_candidates(  # type: ignore[override]
         self,
@@ -99,14 +129,11 @@ class DeviceMTCNN(MTCNN):
         rows: tuple[int, int] | None,
         scale: float,
     ) -> tuple[np.ndarray, np.ndarray]:
+        """P-Net on one tile (with lanes): the host path's ``_pnet_candidates``."""
         torch = import_torch()
         with torch.inference_mode():
-            level = torch.nn.functional.interpolate(
-                self._stack(pyramids, frames), size=size_hw, mode="area"
-            )
-            if rows is not None:
-                level = level[:, :, rows[0] : rows[1]]
-            out = self._run(self.pnet, _normalise(level))
+            level = tb.level_sums(self._stacked_sums(pyramids, frames), size_hw, rows)
+            out = self._run(self.pnet, tb.normalise(*level))
             prob = out["prob"][:, 1]
             cells = (prob >= self.config.thresholds[0]).nonzero()  # (K, 3): frame, row, column
             index, ys, xs = cells.unbind(1)
@@ -119,6 +146,32 @@ class DeviceMTCNN(MTCNN):
         boxes = bx.pnet_boxes(xs, ys + first_row, found[:, 3], found[:, 4:], scale)
         return boxes, index
 
+    def _nms(
+        self,
+        boxes_xyxy: np.ndarray,
+        scores: np.ndarray,
+        threshold: float,
+        groups: np.ndarray | None = None,
+        mode: str = "union",
+        inclusive: bool = False,
+    ) -> np.ndarray:
+        """``engines.torch_boxes.nms`` on the boxes' numbers, uploaded (a few kB)."""
+        torch = import_torch()
+
+        def up(values: np.ndarray) -> Any:
+            return torch.from_numpy(np.ascontiguousarray(values)).to(self.device)
+
+        with torch.inference_mode():
+            keep = tb.nms(
+                up(boxes_xyxy.astype(np.float64)),
+                up(scores.astype(np.float32)),
+                threshold,
+                None if groups is None else up(groups.astype(np.int64)),
+                mode,
+                inclusive,
+            )
+            return keep.cpu().numpy()
+
     def _infer_windows(  # type: ignore[override]
         self,
         engine: Engine,
@@ -130,10 +183,20 @@ class DeviceMTCNN(MTCNN):
         torch = import_torch()
         with torch.inference_mode():
             on_device = torch.from_numpy(np.ascontiguousarray(windows, np.int64)).to(self.device)
-            blob = torch.empty((len(windows), 3, size, size), device=self.device)
-            for f in np.unique(frame):
-                mine = torch.from_numpy(np.flatnonzero(frame == f)).to(self.device)
-                blob[mine] = _normalise(area_crops(pyramids[f].sums, on_device[mine], size))
+            # one gather per set of frames integrated together (one per size, as a rule)
+            present, whose = np.unique(frame, return_inverse=True)
+            held = [pyramids[f].in_stack for f in present]
+            stacks = list({id(stack): stack for stack, _ in held}.values())
+            stack_of = np.array([[s is stack for s in stacks].index(True) for stack, _ in held])
+            position = torch.from_numpy(np.array([p for _, p in held])[whose]).to(self.device)
+            if len(stacks) == 1:
+                blob = tb.normalise(*tb.area_crops(stacks[0], position, on_device, size))
+            else:
+                blob = torch.empty((len(windows), 3, size, size), device=self.device)
+                for k, stack in enumerate(stacks):
+                    mine = torch.from_numpy(np.flatnonzero(stack_of[whose] == k)).to(self.device)
+                    crops = tb.area_crops(stack, position[mine], on_device[mine], size)
+                    blob[mine] = tb.normalise(*crops)
             out = self._run(engine, blob)
             return {name: value.cpu().numpy() for name, value in out.items()}
 
