@@ -30,8 +30,8 @@ def bin_edges(n_in: int, n_out: int, device: Any) -> tuple[Any, Any]:
 
 
 def level_sums(sums: Any, size_hw: tuple[int, int], rows: tuple[int, int] | None = None) -> Any:
-    """``AreaPyramid.level_sums`` of a stack of frames: ``sums`` (N, H+1, W+1, C) int64
-    integral images -> the pixel sums (N, h, w, C) int64 of each output pixel's bin and the
+    """``AreaPyramid.level_sums`` of a stack of frames: ``sums`` (N, H+1, W+1, C) integer
+    integral images -> the pixel sums (N, h, w, C) of each output pixel's bin and the
     bin areas (h, w) float32 of the level ``size_hw`` (its rows ``rows`` = (start, end) only,
     when given): PyTorch's area interpolation, as four lookups per pixel."""
     height, width = sums.shape[1] - 1, sums.shape[2] - 1
@@ -48,9 +48,9 @@ def level_sums(sums: Any, size_hw: tuple[int, int], rows: tuple[int, int] | None
 def area_crops(sums: Any, which: Any, windows_xyxy: Any, size: int) -> tuple[Any, Any]:
     """``engines.images.area_crop_sums`` on the device, for frames of one size: windows (K, 4)
     int64 (x0, y0, x1, y1, end exclusive, may leave the image) of the frames ``which`` (K,)
-    int64 of the integral images ``sums`` (N, H+1, W+1, C), each resized to size x size by
-    area averaging, zeros outside the image. Returns the bin sums (K, size, size, C) int64
-    and the bin areas (K, size, size) float32."""
+    int64 of the integral images ``sums`` (N, H+1, W+1, C) (integers), each resized to size x size by
+    area averaging, zeros outside the image. Returns the bin sums (K, size, size, C) (the
+    type of ``sums``) and the bin areas (K, size, size) float32."""
     torch = import_torch()
     height, width, channels = sums.shape[1] - 1, sums.shape[2] - 1, sums.shape[3]
     steps = torch.arange(size + 1, device=sums.device)

@@ -25,7 +25,7 @@ from engines.torch_backend import import_torch
 class DeviceFrame:
     """One frame on the device: ``image`` (1, 3, H, W) float32 of the integer pixel values
     in RGB order when ``rgb`` (else BGR), and its integral image ``sums`` (H+1, W+1, 3)
-    int64 in the same order (for the pyramid and area-averaged crops), made when first asked
+    int32 in the same order (for the pyramid and area-averaged crops), made when first asked
     for or for several frames at once (``integrate``)."""
 
     def __init__(self, frame: np.ndarray, device: Any, rgb: bool) -> None:
@@ -55,14 +55,14 @@ class DeviceFrame:
 
 
 def integrate(frames: Sequence[DeviceFrame]) -> Any:
-    """The integral images of frames of one size, made together: (N, H+1, W+1, 3) int64,
-    each frame's ``sums`` a view of it."""
+    """The integral images of frames of one size, made together: (N, H+1, W+1, 3) int32
+    (int64 for frames over 8.4 megapixels), each frame's ``sums`` a view of it."""
     torch = import_torch()
     pixels = torch.stack([frame._pixels for frame in frames])
     count, height, width, channels = pixels.shape
-    sums = torch.zeros(
-        (count, height + 1, width + 1, channels), dtype=torch.int64, device=pixels.device
-    )
+    # int32 holds the total of a frame up to 8.4 megapixels (4K); twice the bytes beyond
+    exact = torch.int32 if height * width * 255 < 2**31 else torch.int64
+    sums = torch.zeros((count, height + 1, width + 1, channels), dtype=exact, device=pixels.device)
     inner = sums[:, 1:, 1:]
     inner.copy_(pixels)
     inner.cumsum_(1)

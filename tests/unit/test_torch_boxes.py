@@ -72,10 +72,11 @@ def test_nms_in_several_passes_and_on_nothing(monkeypatch):
     assert empty.shape == (0,)
 
 
-def test_pyramid_levels_and_crops_are_the_host_paths_to_the_bit():
+@pytest.mark.parametrize("dtype", ["int32", "int64"])
+def test_pyramid_levels_and_crops_are_the_host_paths_to_the_bit(dtype):
     rng = np.random.default_rng(1)
     frames = rng.integers(0, 256, (2, 75, 131, 3), dtype=np.uint8)
-    sums = torch.from_numpy(np.stack([AreaPyramid(f).sums.astype(np.int64) for f in frames]))
+    sums = torch.from_numpy(np.stack([AreaPyramid(f).sums.astype(dtype) for f in frames]))
     host = AreaPyramid(frames[1])
     for size_hw, rows in [((54, 94), None), ((38, 66), (10, 30)), ((13, 23), None)]:
         total, area = tb.level_sums(sums, size_hw, rows)
