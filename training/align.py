@@ -23,7 +23,14 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from engines.align import align_similarity, crop_with_margin, margin_box, pick_main_face
+from engines.align import (
+    align_similarity,
+    crop_with_margin,
+    margin_box,
+    pick_main_face,
+    template_of,
+)
+from engines.base import ModelMetadata
 from engines.images import ImageError, read_image, write_image
 from training.data import DataError, list_images
 
@@ -58,6 +65,9 @@ class AlignOptions:
     random_order: bool = False
     detect_multiple_faces: bool = False
     alignment: str = "margin"
+    # with "similarity": where the landmarks go in the crop ((5, 2) pixels), when not the
+    # reference template (``chip_template``)
+    landmarks: tuple[tuple[float, float], ...] | None = None
     min_face_size: float = 20.0
     threads: int = 0
     image_format: str = "png"  # or "jpg" (smaller, lossy)
@@ -78,6 +88,8 @@ class AlignOptions:
             raise ValueError(f"--jpeg-quality {self.jpeg_quality}: must be in [1, 100]")
         if self.alignment not in ALIGNMENTS:
             raise ValueError(f"--alignment {self.alignment}: expected one of {ALIGNMENTS}")
+        if self.landmarks is not None and self.alignment != "similarity":
+            raise ValueError("a landmark template needs --alignment similarity")
 
 
 def _crop(
@@ -85,7 +97,8 @@ def _crop(
 ) -> tuple[np.ndarray, np.ndarray]:
     box = found.bbox_xyxy[k]  # type: ignore[attr-defined]
     if opts.alignment == "similarity":
-        face = align_similarity(rgb, found.landmarks[k], opts.image_size)  # type: ignore[attr-defined]
+        template = None if opts.landmarks is None else np.asarray(opts.landmarks, np.float32)
+        face = align_similarity(rgb, found.landmarks[k], opts.image_size, template)  # type: ignore[attr-defined]
     else:
         face = crop_with_margin(rgb, box, opts.margin, opts.image_size)
     return face, margin_box(box, rgb.shape[:2], opts.margin)
@@ -177,7 +190,13 @@ def _jobs(input_dir: Path, output_dir: Path, random_order: bool) -> list[tuple[P
 
 def _record_settings(output_dir: Path, opts: AlignOptions) -> None:
     """``alignment.json``: how the crops were made; training records it for export."""
-    settings = {"image_size": opts.image_size, "margin": opts.margin, "alignment": opts.alignment}
+    settings: dict[str, object] = {
+        "image_size": opts.image_size,
+        "margin": opts.margin,
+        "alignment": opts.alignment,
+    }
+    if opts.landmarks is not None:
+        settings["landmarks"] = [list(point) for point in opts.landmarks]
     path = output_dir / SETTINGS_FILE
     if path.is_file():
         before = json.loads(path.read_text())
@@ -186,6 +205,44 @@ def _record_settings(output_dir: Path, opts: AlignOptions) -> None:
                 f"{output_dir} was aligned with {before}; this run asks for {settings}"
             )
     path.write_text(json.dumps(settings) + "\n")
+
+
+def chip_template(
+    model_path: str | Path, image_size: int, margin: int
+) -> tuple[tuple[float, float], ...]:
+    """Where ``align --template MODEL`` puts the landmarks: MODEL's own template (its
+    sidecar's ``extra.landmarks``, in pixels of its input), scaled to ``image_size - margin``
+    and centred in the ``image_size`` crop; rounded to 0.01 px."""
+    meta = ModelMetadata.load(model_path)
+    if meta.input_size_hw is None:
+        raise ValueError(f"{model_path}: not an embedding model (its sidecar has no input size)")
+    template = template_of(meta.extra, int(meta.input_size_hw[0]))
+    if template is None:
+        raise ValueError(
+            f"{model_path}: its sidecar has no landmark template (extra.landmarks); "
+            "use --alignment similarity for the reference template"
+        )
+    if not 0 <= margin < image_size:
+        raise ValueError(f"--margin {margin}: must be in [0, --image-size) with --template")
+    inner = image_size - margin
+    chip = template * (inner / meta.input_size_hw[0]) + margin / 2
+    return tuple((round(float(x), 2), round(float(y), 2)) for x, y in chip)
+
+
+def crop_landmarks(settings: dict[str, object], image_size: int) -> list[list[float]] | None:
+    """The template of crops aligned with ``settings`` (``alignment.json``) as training sees
+    them at ``image_size``: the central crop of a larger crop, a smaller one resized up
+    (``training.data.crop_square``); None without a template."""
+    landmarks = settings.get("landmarks")
+    if landmarks is None:
+        return None
+    points = np.asarray(landmarks, dtype=np.float64)
+    chip = int(settings["image_size"])  # type: ignore[call-overload]
+    if chip >= image_size:
+        points = points - (chip - image_size) // 2
+    else:
+        points = (points + 0.5) * (image_size / chip) - 0.5  # pixel centres, as cv2.resize
+    return [[round(float(x), 2), round(float(y), 2)] for x, y in points]
 
 
 def read_settings(data_dir: str | Path) -> dict[str, object] | None:

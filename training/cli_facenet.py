@@ -93,6 +93,16 @@ def _add_align(commands: argparse._SubParsersAction) -> None:
         help="margin crop (FaceNet) or 5-point similarity warp",
     )
     p.add_argument(
+        "--template",
+        type=Path,
+        default=None,
+        metavar="MODEL.onnx",
+        help="warp the 5 landmarks onto MODEL's own template (its sidecar's landmarks), "
+        "scaled to image-size minus margin and centred: crops for a student distilled from "
+        "MODEL (--loss distill --teacher MODEL.onnx; the margin leaves room for random "
+        "crops). Implies --alignment similarity",
+    )
+    p.add_argument(
         "--mtcnn-dir", type=Path, default=default_models_dir() / "mtcnn", help="MTCNN models"
     )
     p.add_argument(
@@ -115,16 +125,20 @@ def _add_align(commands: argparse._SubParsersAction) -> None:
 
 def _align(args: argparse.Namespace) -> int:
     from engines.base import EngineError
-    from training.align import AlignOptions, align_dataset
+    from training.align import AlignOptions, align_dataset, chip_template
     from training.data import DataError
 
     try:
+        landmarks = None
+        if args.template is not None:
+            landmarks = chip_template(args.template, args.image_size, args.margin)
         opts = AlignOptions(
             image_size=args.image_size,
             margin=args.margin,
             random_order=args.random_order,
             detect_multiple_faces=args.detect_multiple_faces,
-            alignment=args.alignment,
+            alignment="similarity" if landmarks is not None else args.alignment,
+            landmarks=landmarks,
             min_face_size=args.min_face_size,
             threads=args.threads,
             image_format=args.format,

@@ -77,6 +77,8 @@ def metadata(ckpt: Checkpoint, name: str, lfw: dict[str, Any] | None, fp16: bool
     }
     if prewhiten:
         info["prewhiten"] = True
+    if extra.get("landmarks") is not None:  # trained on crops warped onto this template
+        info["landmarks"] = extra["landmarks"]
     if lfw:
         info["lfw"] = lfw
     size = int(opts["image_size"])
@@ -274,10 +276,9 @@ def export_network(
     return onnx_path
 
 
-def torch_program_from_onnx(onnx_path: str | Path) -> dict[str, Any]:
-    """The ``.pt2`` beside a FaceNet ONNX model that facewatch exported (the shipped one, say),
-    made from the weights inside it: no checkpoint needed. Checked against the ONNX model;
-    returns what ``export_checkpoint`` records of it."""
+def network_from_onnx(onnx_path: str | Path) -> tuple[nn.Module, ModelMetadata]:
+    """The PyTorch network (eval mode) of a FaceNet ONNX model that facewatch exported or
+    imported, with the weights inside it, and its sidecar."""
     onnx_path = Path(onnx_path)
     meta = ModelMetadata.load(onnx_path)
     if meta.kind != "facenet" or meta.input_size_hw is None:
@@ -291,9 +292,16 @@ def torch_program_from_onnx(onnx_path: str | Path) -> dict[str, Any]:
     else:
         net = build_model("inception_resnet_v1", int(meta.embedding_size or 128), 1.0)
     load_onnx_weights(NormalisedEmbedding(net), onnx_path)
-    return _write_torch_program(
-        net.eval(), onnx_path, None, meta.input_size_hw[0], PARITY_TOLERANCE
-    )
+    return net.eval(), meta
+
+
+def torch_program_from_onnx(onnx_path: str | Path) -> dict[str, Any]:
+    """The ``.pt2`` beside a FaceNet ONNX model that facewatch exported (the shipped one, say),
+    made from the weights inside it: no checkpoint needed. Checked against the ONNX model;
+    returns what ``export_checkpoint`` records of it."""
+    net, meta = network_from_onnx(onnx_path)
+    assert meta.input_size_hw is not None
+    return _write_torch_program(net, Path(onnx_path), None, meta.input_size_hw[0], PARITY_TOLERANCE)
 
 
 def _write_torch_program(

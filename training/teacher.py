@@ -1,10 +1,15 @@
-"""Teachers for `--loss distill`: an ONNX embedding model run on the training crops, or
-embeddings computed beforehand (any model, e.g. dlib's ResNet) stored in a ``.npz`` file.
+"""Teachers for `--loss distill`: an ONNX embedding model run beside the student on each
+augmented batch, or embeddings computed beforehand (any model, e.g. dlib's ResNet through
+`facewatch train embed-dlib`) stored in a ``.npz`` file.
 
-A ``.npz`` teacher holds ``paths`` (image paths relative to the dataset directory, as
-``<identity>/<file>``) and ``embeddings`` (N, D). It is looked up by image, so the
-teacher's embedding is of the un-augmented photo; `facewatch train embed` writes one from
-any ONNX embedding model, and other tools (dlib) can write the same two arrays.
+An ONNX teacher (one that facewatch exported or imported: Inception-ResNet-v1 or dlib's
+ResNet, e.g. the shipped models/facenet/facenet.onnx) is rebuilt in PyTorch and runs on the
+training device: it sees the very crops the student sees, after random crop and flip. A
+``.npz`` teacher holds ``paths`` (image paths relative to the dataset directory, as
+``<identity>/<file>``) and ``embeddings`` (N, D). It is looked up by image, so its target
+is the descriptor of the un-augmented photo, which the student cannot match on augmented
+crops (the 2026-11-29 GPU run, training/gpu_job.sh). Both teachers' targets are centred
+(``centred``).
 """
 
 from __future__ import annotations
@@ -14,9 +19,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
-from training.data import DataError, ImageClass, flatten, load_rgb
+from training.data import DataError, ImageClass, crop_square, flatten, load_rgb, standardize_batch
 
 logger = logging.getLogger(__name__)
 
@@ -34,21 +40,60 @@ def centred(table: np.ndarray) -> np.ndarray:
     return _l2(table - table.mean(axis=0, keepdims=True))
 
 
-class OnnxTeacher:
-    """Embeds the very crops the student sees (after augmentation)."""
+class TorchTeacher:
+    """An ONNX embedding model, rebuilt in PyTorch, embedding each batch the student sees.
 
-    def __init__(self, model_path: str | Path) -> None:
-        from training.embedders import OnnxEmbedder
+    The loader's uint8 RGB crops are resized to the teacher's input when the sizes differ
+    (the crops' framing is kept: train on crops made for the teacher, ``align --template``),
+    then standardised as its sidecar says. The targets are centred on the mean of the
+    teacher's embeddings of up to ``CENTRE_SAMPLE`` training crops (central crops, taken
+    once when the teacher moves to the training device)."""
 
-        self.embedder = OnnxEmbedder(model_path)
+    CENTRE_SAMPLE = 2048
 
-    def to(self, device: torch.device) -> OnnxTeacher:
-        """Runs on the CPU (ONNX Runtime) wherever the student trains."""
+    def __init__(self, model_path: str | Path, dataset: list[ImageClass], image_size: int) -> None:
+        from training.export_facenet import network_from_onnx
+
+        self.net, self.meta = network_from_onnx(model_path)
+        for parameter in self.net.parameters():
+            parameter.requires_grad_(False)
+        paths, _ = flatten(dataset)
+        rng = np.random.default_rng(0)
+        pick = rng.permutation(len(paths))[: self.CENTRE_SAMPLE]
+        self._sample = [paths[i] for i in sorted(pick)]
+        self.image_size = image_size
+        self.centre: torch.Tensor | None = None
+
+    def to(self, device: torch.device) -> TorchTeacher:
+        self.net.to(device)
+        if self.centre is None:
+            crops = [crop_square(load_rgb(p), self.image_size, None) for p in self._sample]
+            pixels = torch.from_numpy(np.stack(crops).transpose(0, 3, 1, 2).copy())
+            table = torch.cat([self._embed(part.to(device)) for part in pixels.split(128)])
+            self.centre = table.mean(0, keepdim=True)
+        self.centre = self.centre.to(device)
         return self
 
+    @torch.no_grad()
+    def _embed(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 RGB (N, 3, H, W) on the teacher's device -> its L2-normalised embeddings."""
+        meta = self.meta
+        pixels = x.float()
+        size = tuple(meta.input_size_hw or pixels.shape[-2:])
+        if tuple(pixels.shape[-2:]) != size:
+            pixels = F.interpolate(pixels, size=size, mode="bilinear", antialias=True)
+        if meta.channel_order.upper() == "BGR":
+            pixels = pixels.flip(1)
+        if meta.extra.get("prewhiten"):
+            pixels = standardize_batch(pixels, "prewhiten")
+        else:
+            pixels = (pixels - meta.mean) / meta.std
+        return F.normalize(self.net.features(pixels).float(), dim=1)
+
     def __call__(self, x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
-        rgb = np.ascontiguousarray(x.numpy().transpose(0, 2, 3, 1))  # the loader's uint8 NCHW
-        return torch.from_numpy(self.embedder.embed_rgb(rgb))
+        assert self.centre is not None, "move the teacher to its device first (.to)"
+        x = x.to(self.centre.device, non_blocking=True)
+        return F.normalize(self._embed(x) - self.centre, dim=1)
 
 
 class CachedTeacher:
@@ -86,14 +131,16 @@ class CachedTeacher:
 
 
 def load_teacher(
-    path: str | Path, dataset: list[ImageClass], data_dir: str | Path
-) -> OnnxTeacher | CachedTeacher:
+    path: str | Path, dataset: list[ImageClass], data_dir: str | Path, image_size: int = 160
+) -> TorchTeacher | CachedTeacher:
+    """The teacher of ``--teacher``: a ``.npz`` file, else an ONNX model run on the student's
+    ``image_size`` crops."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: teacher not found")
     if path.suffix.lower() == ".npz":
         return CachedTeacher(path, dataset, data_dir)
-    return OnnxTeacher(path)
+    return TorchTeacher(path, dataset, image_size)
 
 
 def write_cache(

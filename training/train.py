@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from training.align import read_settings
+from training.align import crop_landmarks, read_settings
 from training.checkpoint import (
     LATEST,
     Checkpoint,
@@ -134,7 +134,8 @@ def _loss_state(run: Run) -> None:
     if args.loss == "distill":
         from training.teacher import load_teacher
 
-        run.teacher = load_teacher(args.teacher, run.dataset, args.data_dir).to(ctx.device)
+        teacher = load_teacher(args.teacher, run.dataset, args.data_dir, args.image_size)
+        run.teacher = teacher.to(ctx.device)
 
 
 def build_run(args: argparse.Namespace, ctx: DistContext, on_step: StepHook | None = None) -> Run:
@@ -213,6 +214,7 @@ def _restore(run: Run, ckpt: Checkpoint, path: Path | None) -> None:
 
 def checkpoint_of(run: Run, lfw: dict[str, Any] | None = None) -> Checkpoint:
     aligned = read_settings(run.args.data_dir) or {}
+    landmarks = crop_landmarks(aligned, run.args.image_size)
     extra: dict[str, Any] = {
         "num_classes": len(run.dataset) if run.args.loss == "center" else None,
         "alignment": aligned.get("alignment", "margin"),
@@ -220,6 +222,8 @@ def checkpoint_of(run: Run, lfw: dict[str, Any] | None = None) -> Checkpoint:
         "identities": len(run.dataset),
         "training_data": str(run.args.data_dir),
     }
+    if landmarks is not None:
+        extra["landmarks"] = landmarks
     if run.center is not None:
         extra["centers"] = run.center.centers.detach().cpu()
     if run.scaler is not None:

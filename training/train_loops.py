@@ -132,13 +132,18 @@ def optimise(run: Run, loss: torch.Tensor) -> None:
         run.optimizer.step()
 
 
-def to_device(images: torch.Tensor, run: Run) -> torch.Tensor:
-    """The loader's uint8 batch as the network's input, standardised on the training device:
-    on CUDA copied from pinned memory without waiting, channels-last as the network's weights
-    are there (training.train.build_run)."""
+def to_device_uint8(images: torch.Tensor, run: Run) -> torch.Tensor:
+    """The loader's uint8 batch on the training device: on CUDA copied from pinned memory
+    without waiting, channels-last as the network's weights are there
+    (training.train.build_run)."""
     if run.ctx.device.type == "cuda":
         images = images.to(run.ctx.device, non_blocking=True, memory_format=torch.channels_last)
-    return standardize_batch(images, run.args.standardization)
+    return images
+
+
+def to_device(images: torch.Tensor, run: Run) -> torch.Tensor:
+    """The loader's uint8 batch as the network's input, standardised on the training device."""
+    return standardize_batch(to_device_uint8(images, run), run.args.standardization)
 
 
 def _autocast(run: Run) -> Any:
@@ -329,10 +334,11 @@ def distill_epoch(run: Run, bar: tqdm) -> None:
         if not _set_lr(run):
             run.stop = True
             break
-        target = run.teacher(x, indices).to(run.ctx.device, non_blocking=True)
+        pixels = to_device_uint8(x, run)
+        target = run.teacher(pixels, indices).to(run.ctx.device, non_blocking=True)
         run.model.train()
         with _autocast(run):
-            features, _ = run.model(to_device(x, run))
+            features, _ = run.model(to_device(pixels, run))
         loss = distillation_loss(F.normalize(features.float(), dim=1), target)
         optimise(run, loss)
         _advance(run)

@@ -256,8 +256,10 @@ FACEWATCH_OPTIONS: tuple[tuple[str, dict[str, Any]], ...] = (
         {
             "type": Path,
             "default": None,
-            "help": "for --loss distill: an ONNX embedding model (with sidecar), or a .npz of "
-            "precomputed embeddings (`facewatch train embed`; see training/teacher.py)",
+            "help": "for --loss distill: an ONNX embedding model (with sidecar), run beside "
+            "the student on each augmented batch (train on crops made for it: `align "
+            "--template`), or a .npz of precomputed embeddings (`facewatch train embed`; "
+            "see training/teacher.py)",
         },
     ),
     (
@@ -450,11 +452,6 @@ def check_options(args: argparse.Namespace) -> None:
         )
     if args.loss == "distill" and args.teacher is None:
         raise OptionError("--loss distill needs --teacher MODEL.onnx or EMBEDDINGS.npz")
-    onnx_teacher = args.teacher is not None and Path(args.teacher).suffix.lower() != ".npz"
-    if args.loss == "distill" and onnx_teacher and args.standardization != "fixed":
-        raise OptionError(
-            "--loss distill needs --standardization fixed (the teacher sees the same pixels)"
-        )
     if args.amp and args.gpu is not None and str(args.gpu).lower() == "cpu":
         raise OptionError("--amp needs a CUDA device (mixed precision is CUDA only)")
 
