@@ -13,6 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from engines.images import ImageError, read_image
@@ -138,6 +139,46 @@ def standardize_batch(images: torch.Tensor, method: str = "fixed") -> torch.Tens
         floor = 1.0 / float(np.sqrt(x[0].numel()))
         return (x - mean) / std.clamp(min=floor)
     raise ValueError(f"unknown standardization {method!r}; expected one of {STANDARDIZATIONS}")
+
+
+def warp_batch(
+    pixels: torch.Tensor,
+    generator: torch.Generator,
+    rotate: float = 0.0,
+    scale: float = 0.0,
+    color: float = 0.0,
+) -> torch.Tensor:
+    """Random warps of a batch where it is (the training device): (N, 3, H, W) pixels,
+    0-255 -> float32, each crop rotated about its centre by up to ``rotate`` degrees and
+    scaled by a factor in [1 - ``scale``, 1 + ``scale``] (the edges mirrored where the warp
+    reaches past them), its brightness and contrast changed by up to ``color`` and made grey
+    with probability ``color`` / 2. The draws come from ``generator`` (on the CPU), so a
+    seeded run warps the same way each time. With all three 0 the pixels come back as they
+    were."""
+    x = pixels.float()
+    n = len(x)
+
+    def uniform(spread: float) -> torch.Tensor:
+        return ((torch.rand(n, generator=generator) * 2 - 1) * spread).to(x.device)
+
+    if rotate or scale:
+        angle = uniform(rotate) * (np.pi / 180)
+        zoom = 1 + uniform(scale)
+        cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+        zero = torch.zeros_like(cos)
+        theta = torch.stack(
+            [torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1
+        )
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    if color:
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        contrast, brightness = 1 + uniform(color), 1 + uniform(color)
+        x = (x - mean) * contrast[:, None, None, None] + mean * brightness[:, None, None, None]
+        grey = (torch.rand(n, generator=generator) < color / 2).to(x.device)
+        luma = (x * x.new_tensor([0.299, 0.587, 0.114])[None, :, None, None]).sum(1, keepdim=True)
+        x = torch.where(grey[:, None, None, None], luma.expand_as(x), x).clamp(0, 255)
+    return x
 
 
 @dataclass(frozen=True)

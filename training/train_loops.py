@@ -23,7 +23,15 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from training.checkpoint import WeightAverage
-from training.data import Augment, BatchPlan, FaceImages, ImageClass, flatten, standardize_batch
+from training.data import (
+    Augment,
+    BatchPlan,
+    FaceImages,
+    ImageClass,
+    flatten,
+    standardize_batch,
+    warp_batch,
+)
 from training.distributed import (
     DistContext,
     all_gather_rows,
@@ -330,11 +338,18 @@ def distill_epoch(run: Run, bar: tqdm) -> None:
             bar.set_postfix(loss=f"{value:.4f}")
         pending.clear()
 
+    args = run.args
+    warps = {key: getattr(args, f"random_{key}", 0.0) for key in ("rotate", "scale", "color")}
+    generator = torch.Generator().manual_seed(args.seed * 100_003 + run.epoch)
     for batch, x, _, indices in _image_batches(run):
         if not _set_lr(run):
             run.stop = True
             break
         pixels = to_device_uint8(x, run)
+        if any(warps.values()):  # the same warped crops for teacher and student
+            pixels = warp_batch(pixels, generator, **warps)
+            if run.ctx.device.type == "cuda":
+                pixels = pixels.contiguous(memory_format=torch.channels_last)
         target = run.teacher(pixels, indices).to(run.ctx.device, non_blocking=True)
         run.model.train()
         with _autocast(run):

@@ -263,6 +263,32 @@ FACEWATCH_OPTIONS: tuple[tuple[str, dict[str, Any]], ...] = (
         },
     ),
     (
+        "random_rotate",
+        {
+            "type": float,
+            "default": 0.0,
+            "help": "for --loss distill: rotate each crop by up to this many degrees, on the "
+            "training device, where teacher and student see the same warped crop (0: off)",
+        },
+    ),
+    (
+        "random_scale",
+        {
+            "type": float,
+            "default": 0.0,
+            "help": "for --loss distill: scale each crop by a factor in [1 - F, 1 + F] (0: off)",
+        },
+    ),
+    (
+        "random_color",
+        {
+            "type": float,
+            "default": 0.0,
+            "help": "for --loss distill: change brightness and contrast by up to F (a fraction) "
+            "and make a crop grey with probability F / 2 (0: off)",
+        },
+    ),
+    (
         "standardization",
         {
             "default": "fixed",
@@ -452,6 +478,20 @@ def check_options(args: argparse.Namespace) -> None:
         )
     if args.loss == "distill" and args.teacher is None:
         raise OptionError("--loss distill needs --teacher MODEL.onnx or EMBEDDINGS.npz")
+    for key, most in (("random_rotate", 45.0), ("random_scale", 0.5), ("random_color", 1.0)):
+        value = getattr(args, key)
+        if not 0 <= value <= most:
+            raise OptionError(f"{given_as(args, key)}: must be in [0, {most:g}]")
+        if value and args.loss != "distill":
+            raise OptionError(
+                f"{given_as(args, key)} is for --loss distill (where the teacher sees the same "
+                "warped crop); the other losses take --random-crop and --random-flip"
+            )
+        if value and args.teacher is not None and Path(args.teacher).suffix.lower() == ".npz":
+            raise OptionError(
+                f"{given_as(args, key)} needs an ONNX teacher: a .npz teacher's embeddings are "
+                "of the un-warped photos"
+            )
     if args.amp and args.gpu is not None and str(args.gpu).lower() == "cpu":
         raise OptionError("--amp needs a CUDA device (mixed precision is CUDA only)")
 

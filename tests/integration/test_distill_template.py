@@ -96,7 +96,8 @@ def test_a_student_distilled_on_template_crops_carries_the_template(
         "triplet", "--data-dir", str(chips), "--models-base-dir", str(tmp_path / "m"),
         "--logs-base-dir", str(tmp_path / "l"), "--run-name", "s", "--loss", "distill",
         "--teacher", str(TEACHER), "--image-size", str(STUDENT), "--random-crop",
-        "--random-flip", "--batch-size", "6", "--epoch-size", "2", "--max-nrof-epochs", "1",
+        "--random-flip", "--random-rotate", "8", "--random-scale", "0.05", "--random-color",
+        "0.2", "--batch-size", "6", "--epoch-size", "2", "--max-nrof-epochs", "1",
         "--embedding-size", "128", "--workers", "0", "--gpu", "cpu", "--seed", "3",
     ]  # fmt: skip
     assert cli(run) == 0

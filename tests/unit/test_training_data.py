@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-pytest.importorskip("torch")
+torch = pytest.importorskip("torch")
 
 from training.data import Augment, DataError, FaceImages, load_dataset, load_rgb
 from training.schedule import learning_rate, read_schedule
@@ -109,6 +109,15 @@ def test_original_defaults_and_spellings() -> None:
         (["--images-per-person", "1"], "--images-per-person 1: must be >= 2"),
         (["--moving-average-decay", "1"], "--moving-average-decay 1.0: must be in [0, 1)"),
         (["--loss", "distill"], "--loss distill needs --teacher"),
+        (["--random-rotate", "10"], "--random-rotate 10.0 is for --loss distill"),
+        (
+            ["--loss", "distill", "--teacher", "t.onnx", "--random-scale", "0.7"],
+            "--random-scale 0.7: must be in [0, 0.5]",
+        ),
+        (
+            ["--loss", "distill", "--teacher", "t.npz", "--random-color", "0.2"],
+            "--random-color 0.2 needs an ONNX teacher",
+        ),
         (
             ["--learning-rate", "-1", "--learning-rate-schedule-file", "/no/such"],
             "/no/such does not exist",
@@ -259,3 +268,27 @@ def test_a_recipe_flag_takes_true_or_false(tmp_path) -> None:
     args = _args("--config", str(recipe), "--no-random-flip")
     apply_config(args, build_parser())
     assert args.random_flip is False  # the command line's --no- form wins
+
+
+def test_warp_batch_warps_reproducibly_and_is_identity_when_off() -> None:
+    """Distillation's device-side warps: none asked, the pixels as they were; asked, each crop
+    changed differently, within 0-255, the same again from the same seed."""
+    from training.data import warp_batch
+
+    rng = np.random.default_rng(0)
+    pixels = torch.from_numpy(rng.integers(0, 256, (4, 3, 40, 40), dtype=np.uint8))
+    same = warp_batch(pixels, torch.Generator().manual_seed(1))
+    assert same.dtype == torch.float32 and torch.equal(same, pixels.float())
+    # a 10-degree rotation alone moves pixels; a brightness change alone keeps the layout
+    warped = warp_batch(pixels, torch.Generator().manual_seed(1), rotate=10, scale=0.1, color=0.3)
+    again = warp_batch(pixels, torch.Generator().manual_seed(1), rotate=10, scale=0.1, color=0.3)
+    assert torch.equal(warped, again)
+    assert warped.shape == pixels.shape and 0 <= warped.min() and warped.max() <= 255
+    change = (warped - pixels.float()).abs().mean(dim=(1, 2, 3))
+    assert (change > 5).all() and len(set(change.tolist())) == 4
+    # the warp keeps the crop's centre where it was: a centred blob stays centred
+    blob = torch.zeros((1, 3, 41, 41), dtype=torch.uint8)
+    blob[:, :, 17:24, 17:24] = 255
+    turned = warp_batch(blob, torch.Generator().manual_seed(2), rotate=30, scale=0.2)
+    ys, xs = torch.nonzero(turned[0, 0] > 127, as_tuple=True)
+    assert abs(ys.float().mean() - 20) < 0.6 and abs(xs.float().mean() - 20) < 0.6
