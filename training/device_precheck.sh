@@ -11,8 +11,8 @@
 # Settings: TORCH and TORCHVISION (default 2.11.0 and 0.26.0, as
 # /work/.library/device/KINDS.md lists the device image; the device's Python is 3.12, this venv
 # uses this machine's), VENV (default .venv-device).
-# Needs .gpu_data/parts and .gpu_data/teacher.npz (`training/gpu_job.sh prepare`) for the
-# dry run; without them only the tests run.
+# Needs .gpu_data/parts (`training/gpu_job.sh prepare`) for the dry run; without them only the
+# tests run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,7 +32,8 @@ fi
 # (not test_systemd_unit.py: systemd's verify needs the `facewatch` command, not in this venv)
 "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/unit/test_torch_backend.py \
   tests/unit/test_export_mtcnn.py tests/unit/test_facenet.py tests/unit/test_training_*.py \
-  tests/integration/test_training_e2e.py tests/gpu --disable-warnings 2>&1 | grep -v DEBUG | tail -4
+  tests/unit/test_torch_boxes.py tests/integration/test_training_e2e.py \
+  tests/integration/test_distill_template.py tests/gpu --disable-warnings 2>&1 | grep -v DEBUG | tail -4
 
 bench_out=$(mktemp -d)
 "$VENV/bin/python" bench/bench_gpu.py --out "$bench_out" --quick --device cpu > "$bench_out/log" 2>&1 &&
@@ -42,7 +43,7 @@ bench_out=$(mktemp -d)
   { tail -20 "$bench_out/log"; echo "bench_streams.py failed" >&2; exit 1; }
 rm -rf "$bench_out"
 
-if [ -f .gpu_data/parts/parts.txt ] && [ -f .gpu_data/teacher.npz ]; then
+if [ -f .gpu_data/parts/parts.txt ]; then
   recipe=$(mktemp --suffix .yaml)
   out=$(mktemp -d)
   trap 'rm -rf "$recipe" "$out" /tmp/facewatch-train' EXIT
@@ -58,5 +59,5 @@ if [ -f .gpu_data/parts/parts.txt ] && [ -f .gpu_data/teacher.npz ]; then
   tar -tf "$out/bench.tar" | grep -q bench_gpu.json || { echo "no benchmark in bench.tar" >&2; exit 1; }
   ls "$out"
 else
-  echo "no .gpu_data/parts or teacher.npz: the device phase was not tried (training/gpu_job.sh prepare)"
+  echo "no .gpu_data/parts: the device phase was not tried (training/gpu_job.sh prepare)"
 fi

