@@ -65,7 +65,8 @@ def check_crops(args: argparse.Namespace) -> None:
         )
     if not isinstance(margin, int) or margin == args.margin:
         return
-    if "margin" in getattr(args, GIVEN, set()):
+    # (crops warped onto landmarks are framed by them: their margin is only room to crop)
+    if "margin" in getattr(args, GIVEN, set()) and settings.get("alignment") != "similarity":
         logger.warning(
             "%s differs from the margin the crops were aligned with (%s says %d): using %d, "
             "the crops' own, which the exported model must crop faces with; re-align with "

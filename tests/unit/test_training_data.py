@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+pytest.importorskip("torch")
 
 from training.data import Augment, DataError, FaceImages, load_dataset, load_rgb
 from training.schedule import learning_rate, read_schedule
@@ -273,6 +273,8 @@ def test_a_recipe_flag_takes_true_or_false(tmp_path) -> None:
 def test_warp_batch_warps_reproducibly_and_is_identity_when_off() -> None:
     """Distillation's device-side warps: none asked, the pixels as they were; asked, each crop
     changed differently, within 0-255, the same again from the same seed."""
+    import torch
+
     from training.data import warp_batch
 
     rng = np.random.default_rng(0)
@@ -283,7 +285,7 @@ def test_warp_batch_warps_reproducibly_and_is_identity_when_off() -> None:
     warped = warp_batch(pixels, torch.Generator().manual_seed(1), rotate=10, scale=0.1, color=0.3)
     again = warp_batch(pixels, torch.Generator().manual_seed(1), rotate=10, scale=0.1, color=0.3)
     assert torch.equal(warped, again)
-    assert warped.shape == pixels.shape and 0 <= warped.min() and warped.max() <= 255
+    assert warped.shape == pixels.shape and warped.min() >= 0 and warped.max() <= 255
     change = (warped - pixels.float()).abs().mean(dim=(1, 2, 3))
     assert (change > 5).all() and len(set(change.tolist())) == 4
     # the warp keeps the crop's centre where it was: a centred blob stays centred
@@ -292,3 +294,24 @@ def test_warp_batch_warps_reproducibly_and_is_identity_when_off() -> None:
     turned = warp_batch(blob, torch.Generator().manual_seed(2), rotate=30, scale=0.2)
     ys, xs = torch.nonzero(turned[0, 0] > 127, as_tuple=True)
     assert abs(ys.float().mean() - 20) < 0.6 and abs(xs.float().mean() - 20) < 0.6
+
+
+@pytest.mark.parametrize(("alignment", "warned"), [("margin", True), ("similarity", False)])
+def test_a_margin_other_than_the_crops_is_a_warning_for_margin_crops_only(
+    tmp_path: Path, caplog, alignment: str, warned: bool
+) -> None:
+    """Margin crops are framed by their margin, which the export records; crops warped onto
+    landmarks are framed by the landmarks, their margin only room for random crops."""
+    import json
+    import logging
+
+    from training.run_checks import check_crops
+
+    (tmp_path / "alignment.json").write_text(
+        json.dumps({"image_size": 170, "margin": 10, "alignment": alignment})
+    )
+    args = build_parser().parse_args(["--data-dir", str(tmp_path), "--margin", "32"])
+    with caplog.at_level(logging.WARNING):
+        check_crops(args)
+    assert args.margin == 10  # the crops' own, either way
+    assert ("differs from the margin" in caplog.text) is warned
