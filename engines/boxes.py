@@ -138,10 +138,11 @@ def nms(
         w = np.maximum(0.0, np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]) + one)
         h = np.maximum(0.0, np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]) + one)
         inter = w * h
-        if mode == "min":
-            overlap = inter / np.minimum(area[i], area[rest])
-        else:
-            overlap = inter / (area[i] + area[rest] - inter)
+        with np.errstate(invalid="ignore", divide="ignore"):  # 0 / 0 (no area): dropped
+            if mode == "min":
+                overlap = inter / np.minimum(area[i], area[rest])
+            else:
+                overlap = inter / (area[i] + area[rest] - inter)
         order = rest[overlap <= threshold]
     return np.asarray(keep, dtype=np.int64)
 

@@ -11,12 +11,19 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from engines import boxes as bx
 from engines.torch_backend import import_torch
 
 # NMS compares the boxes of a group two by two; the groups of one pass are padded to the
-# largest, and at most this many pairs are compared at once (float64: 64 MiB a matrix).
+# largest, and at most this many pairs are compared at once (float64: 64 MiB a matrix). A
+# group too large even alone for four times as many goes to the host's NMS.
 NMS_PAIRS_PER_PASS = 2**23
+# Rounds of settling before a pass is left to the host's NMS: each round settles the next
+# box of every chain of suppressions, and crowded 1080p frames need 7 at most, but a long
+# chain (boxes in a row, each overlapping the next, scores falling) needs one per box.
+NMS_ROUNDS = 32
 
 
 def bin_edges(n_in: int, n_out: int, device: Any) -> tuple[Any, Any]:
@@ -112,7 +119,9 @@ def nms(
     would suppress which, then "kept = suppressed by no kept box", applied from "all kept"
     until nothing changes. Each pass settles the next box of every chain of suppressions,
     and the only fixed point is greedy NMS's answer, so it ends with that answer after a
-    handful of passes instead of one step per kept box.
+    handful of rounds instead of one step per kept box. A pass that needs more than
+    ``NMS_ROUNDS``, or a group too large to compare on the device, is settled by the host's
+    ``engines.boxes.nms`` instead: the same answer, in bounded time and memory.
     """
     torch = import_torch()
     count = len(scores)
@@ -129,15 +138,17 @@ def nms(
     kept = torch.zeros(count, dtype=torch.bool, device=device)
     start = 0
     for chunk in _passes(sizes):
-        span = sum(chunk)
-        _settle(boxes, kept, start, chunk, threshold, mode, 1.0 if inclusive else 0.0)
-        start += span
+        if max(chunk) ** 2 > 4 * NMS_PAIRS_PER_PASS or not _settle(
+            boxes, kept, start, chunk, threshold, mode, 1.0 if inclusive else 0.0
+        ):
+            _settle_on_host(boxes, kept, start, chunk, threshold, mode, inclusive)
+        start += sum(chunk)
     return order[kept]
 
 
 def _passes(sizes: list[int]) -> list[list[int]]:
     """Consecutive groups taken together, each pass comparing at most
-    ``NMS_PAIRS_PER_PASS`` pairs once padded to its largest group (one group at least)."""
+    ``NMS_PAIRS_PER_PASS`` pairs once padded to its largest group (a larger group alone)."""
     passes: list[list[int]] = []
     for size in sizes:
         if passes:
@@ -151,9 +162,10 @@ def _passes(sizes: list[int]) -> list[list[int]]:
 
 def _settle(
     boxes: Any, kept: Any, start: int, sizes: list[int], threshold: float, mode: str, one: float
-) -> None:
+) -> bool:
     """Greedy NMS of the groups ``sizes`` whose boxes (score order) begin at ``start``:
-    marks the boxes it keeps in ``kept``."""
+    marks the boxes it keeps in ``kept``; False (nothing marked) when ``NMS_ROUNDS`` did not
+    settle them."""
     torch = import_torch()
     device = boxes.device
     counts = torch.tensor(sizes, device=device)
@@ -179,12 +191,35 @@ def _settle(
         overlap = inter / torch.minimum(area[:, :, None], area[:, None, :])
     else:
         overlap = inter / (area[:, :, None] + area[:, None, :] - inter)
-    # suppresses[g, i, j]: box i, when kept, drops box j (j after i in score order)
-    suppresses = (overlap > threshold).triu(diagonal=1) & valid[:, None, :]
+    # suppresses[g, i, j]: box i, when kept, drops box j (j after i in score order); an
+    # overlap of 0 / 0 (boxes without area) drops it, as on the host
+    suppresses = (~(overlap <= threshold)).triu(diagonal=1) & valid[:, None, :]
     alive = valid
-    while True:
+    for _ in range(NMS_ROUNDS):
         settled = valid & ~(suppresses & alive[:, :, None]).any(1)
         if torch.equal(settled, alive):
-            break
+            kept[index[alive]] = True
+            return True
         alive = settled
-    kept[index[alive]] = True
+    return False
+
+
+def _settle_on_host(
+    boxes: Any,
+    kept: Any,
+    start: int,
+    sizes: list[int],
+    threshold: float,
+    mode: str,
+    inclusive: bool,
+) -> None:
+    """``_settle`` by ``engines.boxes.nms``, group by group (boxes in score order, so their
+    scores are given as a falling count)."""
+    torch = import_torch()
+    first = start
+    for size in sizes:
+        mine = boxes[first : first + size].cpu().numpy()
+        scores = np.arange(size, 0, -1, dtype=np.float32)
+        keep = bx.nms(mine, scores, threshold, None, mode, inclusive)
+        kept[first + torch.from_numpy(keep).to(kept.device)] = True
+        first += size

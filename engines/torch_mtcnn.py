@@ -28,7 +28,7 @@ import numpy as np
 from engines import boxes as bx
 from engines import torch_boxes as tb
 from engines.base import Engine, EngineError, batch_limit
-from engines.mtcnn import MTCNN, PNET_MAX_PIXELS, PNET_SCALE_NMS, _Candidates
+from engines.mtcnn import MTCNN, PNET_MAX_PIXELS, PNET_SCALE_NMS, _Candidates, _no_candidates
 from engines.torch_backend import import_torch
 from engines.torch_frames import DEVICE_FRAMES, DeviceFrame, integrate
 
@@ -58,20 +58,22 @@ class DeviceMTCNN(MTCNN):
             by_size.setdefault(frame.image_hw, {}).setdefault(id(frame), i)
         with import_torch().inference_mode():
             for group in by_size.values():
-                indices = tuple(group.values())
-                pyramids[indices[0]].stacks[indices] = integrate([pyramids[i] for i in indices])
+                members = [pyramids[i] for i in group.values()]
+                members[0].stacks[tuple(map(id, members))] = integrate(members)
         return pyramids
 
     @staticmethod
     def _stacked_sums(pyramids: list[DeviceFrame], frames: Sequence[int] | np.ndarray) -> Any:
         """The integral images of ``frames`` as one (N, H+1, W+1, 3) tensor: the one they
-        were made in, or a copy made once per call of ``detect``."""
-        key = tuple(int(i) for i in frames)
-        stacks = pyramids[key[0]].stacks
+        were made in, or a copy made once per call of ``detect``. (Kept by the uploads
+        themselves, which two detectors given the same array share: hence keyed by them.)"""
+        mine = [pyramids[int(i)] for i in frames]
+        key = tuple(map(id, mine))
+        stacks = mine[0].stacks
         if len(key) == 1 and key not in stacks:
-            return pyramids[key[0]].sums.unsqueeze(0)
+            return mine[0].sums.unsqueeze(0)
         if key not in stacks:
-            stacks[key] = import_torch().stack([pyramids[i].sums for i in key])
+            stacks[key] = import_torch().stack([frame.sums for frame in mine])
         return stacks[key]
 
     def _propose_same_size(  # type: ignore[override]
@@ -87,6 +89,8 @@ class DeviceMTCNN(MTCNN):
         image_hw = pyramids[indices[0]].image_hw
         cfg = self.config
         scales = bx.pyramid_scales(image_hw, cfg.min_face_size, cfg.scale_factor)
+        if not scales:  # frames smaller than the smallest face
+            return _no_candidates()
         limit = GPU_PNET_PIXELS if self.device.type == "cuda" else PNET_MAX_PIXELS
         with torch.inference_mode():
             sums = self._stacked_sums(pyramids, indices)

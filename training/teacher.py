@@ -76,7 +76,8 @@ class TorchTeacher:
 
     @torch.no_grad()
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
-        """uint8 RGB (N, 3, H, W) on the teacher's device -> its L2-normalised embeddings."""
+        """RGB pixels 0-255 (N, 3, H, W; uint8, or float after warps) on the teacher's device
+        -> its L2-normalised embeddings."""
         meta = self.meta
         pixels = x.float()
         size = tuple(meta.input_size_hw or pixels.shape[-2:])

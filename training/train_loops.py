@@ -340,7 +340,8 @@ def distill_epoch(run: Run, bar: tqdm) -> None:
 
     args = run.args
     warps = {key: getattr(args, f"random_{key}", 0.0) for key in ("rotate", "scale", "color")}
-    generator = torch.Generator().manual_seed(args.seed * 100_003 + run.epoch)
+    # (each process of a DDP run warps its own share of the batch differently)
+    generator = torch.Generator().manual_seed((args.seed * 100_003 + run.epoch) * 64 + run.ctx.rank)
     for batch, x, _, indices in _image_batches(run):
         if not _set_lr(run):
             run.stop = True

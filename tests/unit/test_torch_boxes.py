@@ -118,3 +118,44 @@ def test_pnet_boxes_are_the_host_paths_to_the_bit():
             torch.full((300,), scale, dtype=torch.float32),
         )
         assert np.array_equal(got.numpy(), want)
+
+
+def _row(count: int) -> tuple[np.ndarray, np.ndarray]:
+    """12 px boxes in a row at stride 2, each overlapping the next by IoU 0.71, scores
+    falling: a chain of suppressions as long as the row."""
+    x = 2.0 * np.arange(count)
+    boxes = np.stack([x, np.zeros(count), x + 12, np.full(count, 12.0)], 1)
+    return boxes, np.linspace(0.99, 0.6, count).astype(np.float32)
+
+
+def test_a_long_chain_of_suppressions_is_settled_on_the_host(monkeypatch):
+    """One round per box of the chain would be 600 waits for the device: past NMS_ROUNDS the
+    pass goes to the host's NMS, with the same answer; with rounds enough, the device's."""
+    boxes, scores = _row(600)
+    expected = bx.nms(boxes, scores, 0.5)
+    assert len(expected) == 300  # every other box
+    calls = []
+    real = tb._settle_on_host
+    monkeypatch.setattr(tb, "_settle_on_host", lambda *a: calls.append(a) or real(*a))
+    kept = tb.nms(torch.from_numpy(boxes), torch.from_numpy(scores), 0.5)
+    assert kept.tolist() == expected.tolist() and len(calls) == 1
+    monkeypatch.setattr(tb, "NMS_ROUNDS", 1000)
+    kept = tb.nms(torch.from_numpy(boxes), torch.from_numpy(scores), 0.5)
+    assert kept.tolist() == expected.tolist() and len(calls) == 1
+
+
+def test_a_group_too_large_for_the_device_and_boxes_without_area(monkeypatch):
+    rng = np.random.default_rng(5)
+    boxes = _crowd(rng, 300, True)
+    scores = rng.uniform(0.6, 1.0, len(boxes)).astype(np.float32)
+    groups = np.repeat([0, 1], [250, 50])
+    monkeypatch.setattr(tb, "NMS_PAIRS_PER_PASS", 10_000)  # the group of 250 is too large
+    kept = tb.nms(torch.from_numpy(boxes), torch.from_numpy(scores), 0.5, torch.from_numpy(groups))
+    assert kept.tolist() == bx.nms(boxes, scores, 0.5, groups).tolist()
+    # boxes without area overlap 0 / 0: the host drops them, and so does the device
+    flat = np.array([[5, 5, 20, 20], [8, 8, 8, 8], [8, 8, 8, 8], [30, 30, 30, 40]], np.float64)
+    points = np.array([0.9, 0.8, 0.7, 0.6], np.float32)
+    for mode, inclusive in (("union", False), ("min", False)):
+        want = bx.nms(flat, points, 0.7, None, mode, inclusive)
+        got = tb.nms(torch.from_numpy(flat), torch.from_numpy(points), 0.7, None, mode, inclusive)
+        assert got.tolist() == want.tolist(), mode
