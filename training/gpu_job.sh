@@ -92,31 +92,35 @@
 # plain margin crops it scores 85-89 % on LFW, on crops warped onto its template 98.7 %; on
 # the 170 px template crops (central 160 resized to its 150) its descriptors are within
 # cosine 0.9996 of the daemon's own warp (tests/integration/test_distill_template.py).
-# Still unused: more faces (the later commits of Nikhil4902/CelebA_Dataset hold 8,100
-# grayscale crops of 270 more people).
+# The sources now also take the 8,040 grayscale crops of 268 more CelebA people that the
+# later commits of Nikhil4902/CelebA_Dataset hold (celeba270).
 #
 # Step by step (1-2 here on the CPU, 3 the device calls, 4 here). Steps 1-2 are one command,
 # resumable, about 5 minutes on 2 cores from nothing (a new checkout has no .gpu_data),
 # after the search tool's fetch of the two repositories of step 1:
 #   training/gpu_job.sh stage
-# It makes .gpu_data/crops-template (31,640 crops in 302 identity folders, 2 of them
+# It makes .gpu_data/crops-template (39,373 crops in 570 identity folders, 2 of them
 # UTKFace's), the parts and .gpu_data/check (bench/gpu_check.sh prepare), and prints the calls.
 #  1. the extra sources: the search tool's fetch (github:Nikhil4902/CelebA_Dataset,
 #     github:mattans/AgeProgression) gives /work/.mirror/OWNER+NAME/repo; `sources` unpacks
 #     them into .gpu_data/sources:
 #     celeba200: 6,000 photos (178x218), 200 people x 30, 53 MB (commit 22ed0908; its train
-#     and test folders hold the same people and are merged); utkface: 23,707 faces (200x200),
+#     and test folders hold the same people and are merged); celeba270: the later commits'
+#     datasets (dba7a956, 2859a558, 96c1b3aa), 150 px grayscale crops, 8,040 of 268 other
+#     people once the photos of celeba200 and the people of the shared subset are left out,
+#     named by CelebA identity (the repository's identity_CelebA.txt; MTCNN finds 96 % of
+#     them; their tight crops leave black edges in the warped ones); utkface: 23,707 faces (200x200),
 #     179 MB (commit 2d937c61; git prints "invalid object ... for 'doc/losses.gif'", a blob
 #     the mirror lacks outside the path: harmless), in two halves, utk12k (the 12,000 faces
 #     cpu_job.sh trains on) and utkrest. Each UTKFace half is one pseudo-identity folder
 #     among the crops: distillation ignores labels, but do not use them with --loss triplet
 #     or center. (Extended Yale B, Uranium2/recognition @ 55008b5f CroppedYale/: MTCNN finds
 #     a face in only ~20 % of those tight grayscale crops; left out.)
-#  2. prepare: aligning the 31,915 photos takes 4 minutes, ~150 a second (done crops are
+#  2. prepare: aligning the 39,955 photos takes 5 minutes, ~150 a second (done crops are
 #     skipped; crops aligned before at other settings are refused: remove
 #     .gpu_data/aligned-template/<source> to redo one); packing
-#     the 30,788 crops that are not held out at quality 60 takes 15 s and gives 4 parts
-#     (44, 44 and 44 MiB, and 46 crops):
+#     the 38,521 crops that are not held out at quality 60 takes 20 s and gives 4 parts
+#     (44, 44, 44 and 30.5 MiB):
 #       training/gpu_job.sh prepare
 #     It prints the device calls with the parts' names, and checks that each call's load
 #     (tree + part, + parts.txt and alignment.json for the last) is under 64 MiB.
@@ -142,7 +146,7 @@ cd "$(dirname "$0")/.."
 
 DATA=${DATA:-../shared/data}
 STAGE=.gpu_data
-SOURCES=${SOURCES:-"$DATA/celeba $STAGE/sources/celeba200 $STAGE/sources/utk12k $STAGE/sources/utkrest"}
+SOURCES=${SOURCES:-"$DATA/celeba $STAGE/sources/celeba200 $STAGE/sources/celeba270 $STAGE/sources/utk12k $STAGE/sources/utkrest"}
 TEACHER=${TEACHER:-models/facenet/facenet.onnx}
 CROP_SIZE=${CROP_SIZE:-170}
 CROP_MARGIN=${CROP_MARGIN:-10}
@@ -151,7 +155,7 @@ JPEG_QUALITY=${JPEG_QUALITY:-60}
 PART_MIB=${PART_MIB:-44}
 RECIPE=${RECIPE:-configs/training/facenet_default_gpu.yaml}
 TRAIN_ARGS=${TRAIN_ARGS:-"--loss distill --teacher $TEACHER --random-rotate 10 --random-scale 0.08 --random-color 0.2"}
-TRAINING_DATA=${TRAINING_DATA:-"CelebA (259 identities; the last 40 of the shared subset held out) and 23,707 UTKFace faces, warped onto the teacher's landmark template and distilled from facewatch's converted dlib ResNet face descriptor (CC0) on each augmented batch; recipe training/gpu_job.sh"}
+TRAINING_DATA=${TRAINING_DATA:-"CelebA (527 identities; the last 40 of the shared subset held out) and 23,707 UTKFace faces, warped onto the teacher's landmark template and distilled from facewatch's converted dlib ResNet face descriptor (CC0) on each augmented batch; recipe training/gpu_job.sh"}
 PARTS=$STAGE/parts
 TRAIN_S=${TRAIN_S:-420}  # the device call's training at most, in seconds
 CALL_S=${CALL_S:-580}    # the device call's end (its timeout_s is 600): the benchmark fills the rest
@@ -200,7 +204,41 @@ sources() {
       while read -r f; do ln -s "$PWD/$src/utkface/unlabeled/$f" "$src/utkrest.part/unlabeled/"; done
     mv "$src/utkrest.part" "$src/utkrest"
   fi
-  echo "sources: $(find "$src/celeba200" -name '*.jpg' | wc -l) CelebA photos," \
+  if [ ! -d "$src/celeba270" ]; then
+    # the repository's later datasets: 150 px grayscale crops of other CelebA people, named
+    # here by their CelebA identity (its identity_CelebA.txt), without the photos above and
+    # without the people of the shared subset (whose last 40 are held out)
+    rm -rf "$src/celeba270.part"
+    "$PY" - "$mirror/Nikhil4902+CelebA_Dataset/repo" "$src/celeba270.part" "$DATA/celeba" <<'PY'
+import subprocess
+import sys
+from pathlib import Path
+
+repo, out, shared = sys.argv[1], Path(sys.argv[2]), {p.name for p in Path(sys.argv[3]).iterdir()}
+
+
+def git(*args: str) -> bytes:
+    return subprocess.run(["git", f"--git-dir={repo}", *args], check=True, capture_output=True).stdout
+
+
+identity = dict(line.split() for line in git("show", "a2b156ca:identity_CelebA.txt").decode().splitlines())
+used = {Path(p).name for p in git("ls-tree", "-r", "--name-only", "22ed0908").decode().split()}
+taken: set[str] = set()
+for commit in ("dba7a956", "2859a558", "96c1b3aa"):
+    for line in git("ls-tree", "-r", commit, "Datasets").decode().splitlines():
+        meta, path = line.split("\t")
+        name = Path(path).name
+        if not name.endswith(".jpg") or name in used or name in taken or identity[name] in shared:
+            continue
+        taken.add(name)
+        folder = out / identity[name]
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(git("cat-file", "blob", meta.split()[2]))
+print(f"celeba270: {len(taken)} crops of {len({identity[n] for n in taken})} people")
+PY
+    mv "$src/celeba270.part" "$src/celeba270"
+  fi
+  echo "sources: $(find "$src/celeba200" "$src/celeba270" -name '*.jpg' | wc -l) CelebA photos," \
     "$(ls "$src/utkface/unlabeled" | wc -l) UTKFace faces"
 }
 
@@ -345,10 +383,11 @@ finish() {
 
 case "${1:-}" in
   stage) stage ;;
+  sources) sources ;;
   prepare) prepare && calls ;;
   calls) calls ;;
   receive) receive ;;
   device) device ;;
   finish) finish ;;
-  *) echo "usage: $0 stage|prepare|calls|receive|device|finish (read the header of this script)" >&2; exit 2 ;;
+  *) echo "usage: $0 stage|sources|prepare|calls|receive|device|finish (read the header of this script)" >&2; exit 2 ;;
 esac
