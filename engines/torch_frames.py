@@ -14,6 +14,7 @@ from __future__ import annotations
 import threading
 import weakref
 from collections.abc import Sequence
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -24,7 +25,8 @@ from engines.torch_backend import import_torch
 
 class DeviceFrame:
     """One frame on the device: ``image`` (1, 3, H, W) float32 of the integer pixel values
-    in RGB order when ``rgb`` (else BGR), and its integral image ``sums`` (H+1, W+1, 3)
+    in RGB order when ``rgb`` (else BGR), made when first asked for (by the device FaceNet;
+    the detector reads only the integral image), and its integral image ``sums`` (H+1, W+1, 3)
     int32 in the same order (for the pyramid and area-averaged crops), made when first asked
     for or for several frames at once (``integrate``)."""
 
@@ -35,9 +37,12 @@ class DeviceFrame:
         self.rgb = rgb
         pixels = torch.from_numpy(np.ascontiguousarray(bgr)).to(device, non_blocking=True)
         self._pixels = pixels.flip(2) if rgb else pixels  # (H, W, 3) uint8
-        self.image = self._pixels.permute(2, 0, 1).unsqueeze(0).float()
         self.stacks: dict[tuple[int, ...], Any] = {}  # see DeviceMTCNN._stacked_sums
         self._stack: tuple[Any, int] | None = None
+
+    @cached_property
+    def image(self) -> Any:
+        return self._pixels.permute(2, 0, 1).unsqueeze(0).float()
 
     @property
     def in_stack(self) -> tuple[Any, int]:
