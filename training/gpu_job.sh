@@ -66,6 +66,12 @@
 #              "--loss distill --teacher $TEACHER --random-rotate 10 --random-scale 0.08
 #              --random-color 0.2"; add e.g. "--time-limit-min 6")
 #   ALLOW_MISSING_PARTS=1   let `device` train on the parts that arrived
+#   PRETRAINED a student that came back from an earlier lease, to continue from (its fp16
+#              ONNX with its sidecar, e.g. .gpu_data/student/facenet.onnx, ~46 MB: `calls`
+#              then prints one more receive call, carrying it; give the same setting to
+#              `calls` and to `device`). The weights inside it start the run (the optimiser
+#              and the rate schedule start afresh): one 7-minute lease at a time, a run can go
+#              on past what one lease allows.
 #   TRAIN_S    stop training after this many seconds whatever the recipe says (default 420;
 #              the recipe's time limit is 6 min, and its rate anneals over those)
 #   CALL_S     the benchmark stops by this many seconds into the call (default 580 of 600)
@@ -164,6 +170,7 @@ RECIPE=${RECIPE:-configs/training/facenet_default_gpu.yaml}
 TRAIN_ARGS=${TRAIN_ARGS:-"--loss distill --teacher $TEACHER --random-rotate 10 --random-scale 0.08 --random-color 0.2"}
 TRAINING_DATA=${TRAINING_DATA:-"CelebA (527 identities; the last 40 of the shared subset held out) and 23,707 UTKFace faces, warped onto the teacher's landmark template and distilled from facewatch's converted dlib ResNet face descriptor (CC0) on each augmented batch; recipe training/gpu_job.sh"}
 PARTS=$STAGE/parts
+PRETRAINED=${PRETRAINED:-}
 TRAIN_S=${TRAIN_S:-420}  # the device call's training at most, in seconds
 CALL_S=${CALL_S:-580}    # the device call's end (its timeout_s is 600): the benchmark fills the rest
 CALL_LIMIT=67108864  # bytes a device call may carry, the working tree included
@@ -262,6 +269,15 @@ calls() {
   tree=$(git ls-files -co --exclude-standard -z | du --files0-from=- -bc | tail -1 | cut -f1)
   mapfile -t parts < <(cut -d' ' -f1 "$PARTS/parts.txt")
   echo "the device calls, back to back:"
+  if [ -n "$PRETRAINED" ]; then
+    sidecar=${PRETRAINED%.onnx}.json
+    [ -f "$PRETRAINED" ] && [ -f "$sidecar" ] ||
+      { echo "PRETRAINED=$PRETRAINED: no such model with its sidecar $sidecar" >&2; exit 2; }
+    load=$(( tree + $(stat -c %s "$PRETRAINED" "$sidecar" | awk '{ s += $1 } END { print s }') ))
+    [ "$load" -le "$CALL_LIMIT" ] ||
+      { echo "carrying $PRETRAINED would take $load bytes > $CALL_LIMIT" >&2; exit 2; }
+    echo "  run(command=\"bash training/gpu_job.sh receive\", carry=[\"$PRETRAINED\", \"$sidecar\"], timeout_s=120)"
+  fi
   for i in "${!parts[@]}"; do
     part=$PARTS/${parts[$i]}
     if [ "$i" -lt $(( ${#parts[@]} - 1 )) ]; then
@@ -273,7 +289,9 @@ calls() {
         2>/dev/null | awk '{ s += $1 } END { print s }') ))
       carry="\"$part\", \"$PARTS/parts.txt\", \"$PARTS/alignment.json\""
       [ -z "$check" ] || carry="$carry, \"$STAGE/check\""
-      echo "  run(command=\"bash training/gpu_job.sh device\", carry=[$carry], timeout_s=600)"
+      command="bash training/gpu_job.sh device"
+      [ -z "$PRETRAINED" ] || command="PRETRAINED=$PRETRAINED $command"
+      echo "  run(command=\"$command\", carry=[$carry], timeout_s=600)"
     fi
     if [ "$load" -gt "$CALL_LIMIT" ]; then
       echo "that call would carry $load bytes > $CALL_LIMIT: lower PART_MIB or JPEG_QUALITY" >&2
@@ -284,7 +302,8 @@ calls() {
 
 receive() {
   echo "parts on this machine:"
-  ls -l "$PARTS"/train.*.tar
+  ls -l "$PARTS"/train.*.tar 2>/dev/null || echo "  none yet"
+  [ ! -d "$STAGE/student" ] || ls -l "$STAGE/student"
 }
 
 unpack() {
@@ -322,6 +341,12 @@ device() {
   work=/tmp/facewatch-train
   mkdir -p "$work"
   { nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || echo "no nvidia-smi"; } > "$OUT/train.log"
+  start=()
+  if [ -n "$PRETRAINED" ]; then
+    [ -f "$PRETRAINED" ] ||
+      { echo "PRETRAINED=$PRETRAINED did not arrive (its receive call first)" | tee -a "$OUT/train.log" >&2; exit 3; }
+    start=(--pretrained-model "$PRETRAINED")
+  fi
   unpack "$work" 2>&1 | tee -a "$OUT/train.log"
   check=
   if [ -d .gpu_data/check ]; then
@@ -334,14 +359,14 @@ device() {
   # it regardless (epochs slower than planned), so that the export still fits in the call.
   { echo "cores: $(nproc)"; df -h /dev/shm | tail -1; } >> "$OUT/train.log" 2>&1 || true
   started=$SECONDS
-  if ! train "$TRAIN_S"; then
+  if ! train "$TRAIN_S" "${start[@]}"; then
     echo "training stopped (an error, or past TRAIN_S=$TRAIN_S s); exporting the last complete epoch" |
       tee -a "$OUT/train.log"
     left=$(( TRAIN_S - (SECONDS - started) ))
     if [ ! -f "$work/models/default/latest.pt" ] && [ "$left" -gt 120 ]; then
       # no epoch finished: perhaps the loader's workers (shared memory); once more without them
       echo "no checkpoint: training again with --workers 0 for the $left s left" | tee -a "$OUT/train.log"
-      train "$left" --workers 0 || true
+      train "$left" --workers 0 "${start[@]}" || true
     fi
   fi
   [ -f "$work/models/default/latest.pt" ] || { echo "no checkpoint to export" >&2; exit 1; }
@@ -379,6 +404,9 @@ finish() {
   # the student beside the shipped model, never over it: copy it into models/facenet/ by hand
   # if its LFW figures earn that
   returned=${RETURNED:-$STAGE/returned} student=$STAGE/student
+  if [ -d "$student" ]; then  # the one before, kept once
+    rm -rf "$student.previous" && mv "$student" "$student.previous"
+  fi
   mkdir -p "$student"
   cat "$returned"/facenet.onnx.part* > "$student/facenet.onnx"
   cp "$returned/facenet.json" "$student/facenet.json"

@@ -68,7 +68,8 @@ ORIGINAL_OPTIONS: tuple[tuple[str, dict[str, Any]], ...] = (
         {
             "type": Path,
             "default": None,
-            "help": "state dict or checkpoint to start from (facenet-pytorch .pt files load too)",
+            "help": "state dict or checkpoint to start from (facenet-pytorch .pt files load too), "
+            "or an Inception-ResNet-v1 ONNX model that facewatch exported (its weights)",
         },
     ),
     (

@@ -174,6 +174,29 @@ def _engine_matches_checkpoint(onnx_path: Path, checkpoint: Path, crops_dir: Pat
         assert np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)  # L2-norm in the graph
 
 
+def _onnx_starts_where_the_checkpoint_ended(
+    onnx_path: Path, checkpoint: Path, crops_dir: Path
+) -> None:
+    """--pretrained-model MODEL.onnx: a run continues from an exported model (one that came
+    back from a GPU machine without its checkpoint) with the weights it was exported with."""
+    from engines import ModelMetadata
+    from training.embedders import TorchEmbedder
+    from training.facenet_nets import build_model, load_pretrained
+
+    meta = ModelMetadata.load(onnx_path)
+    net = build_model("inception_resnet_v1", 32, 0.8)
+    assert load_pretrained(net, onnx_path) == []
+    files = sorted(crops_dir.glob("*/*.png"))[:6]
+    crops = np.stack(
+        [cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB)[8:88, 8:88] for p in files]
+    )
+    x = torch.from_numpy(((crops.astype(np.float32) - meta.mean) / meta.std).transpose(0, 3, 1, 2))
+    with torch.no_grad():
+        got = net.eval()(x).numpy()
+    expected = TorchEmbedder.from_checkpoint(checkpoint).embed_rgb(crops)
+    assert np.abs(got - expected).max() < 1e-4
+
+
 def test_validate_export_and_engine_parity(trained: Path, aligned, tmp_path: Path) -> None:
     from engines import ModelMetadata
 
@@ -185,6 +208,7 @@ def test_validate_export_and_engine_parity(trained: Path, aligned, tmp_path: Pat
     report = _validate_checkpoint(checkpoint, lfw_args, tmp_path / "val")
     _export(checkpoint, onnx_path, aligned[0], tmp_path / "val" / "lfw.json")
     _engine_matches_checkpoint(onnx_path, checkpoint, aligned[0])
+    _onnx_starts_where_the_checkpoint_ended(onnx_path, checkpoint, aligned[0])
     # the ONNX model validates like its checkpoint, and --record writes the figures down
     assert cli(["validate", str(onnx_path), *lfw_args, *MTCNN_ARGS, "--record"]) == 0
     recorded = ModelMetadata.load(onnx_path)

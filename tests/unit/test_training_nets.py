@@ -90,9 +90,24 @@ def test_a_state_dict_of_another_network_is_refused(shared_data, tmp_path) -> No
     net = build_model("inception_resnet_v1", 128, 0.8)
     with pytest.raises(ValueError, match=r"only 0 of this network's \d+ tensors"):
         load_pretrained(net, shared_data / "weights" / "mtcnn" / "pnet.pt")
-    (tmp_path / "x.onnx").write_bytes(b"\x08\x07not a pickle")
-    with pytest.raises(ValueError, match=r"x\.onnx: not a PyTorch checkpoint or state dict$"):
+    (tmp_path / "x.pt").write_bytes(b"\x08\x07not a pickle")
+    with pytest.raises(ValueError, match=r"x\.pt: not a PyTorch checkpoint or state dict$"):
+        load_pretrained(net, tmp_path / "x.pt")
+
+
+def test_an_onnx_model_to_start_from_must_be_an_inception_resnet_facewatch_exported(
+    tmp_path,
+) -> None:
+    net = build_model("inception_resnet_v1", 128, 0.8)
+    (tmp_path / "x.onnx").write_bytes(b"\x08\x07not a model")
+    with pytest.raises(ValueError, match=r"x\.json: model sidecar missing"):
         load_pretrained(net, tmp_path / "x.onnx")
+    shipped = Path(__file__).resolve().parents[2] / "models" / "facenet" / "facenet.onnx"
+    with pytest.raises(ValueError, match=r"facenet\.onnx: dlib's ResNet, not Inception-ResNet-v1"):
+        load_pretrained(net, shipped)
+    pnet = shipped.parents[1] / "mtcnn" / "pnet.onnx"
+    with pytest.raises(ValueError, match=r"pnet\.onnx: not a FaceNet model"):
+        load_pretrained(net, pnet)
 
 
 def test_bad_settings_are_refused() -> None:
