@@ -58,6 +58,18 @@ if [ -f .gpu_data/parts/parts.txt ]; then
   grep -E "unpacked|epoch [0-9]+:|parity|benchmark" "$out/job.log"
   tar -tf "$out/bench.tar" | grep -q bench_gpu.json || { echo "no benchmark in bench.tar" >&2; exit 1; }
   ls "$out"
+  # a second lease continuing from the student the first returned (PRETRAINED), 1 epoch
+  start=$(mktemp -d)
+  trap 'rm -rf "$recipe" "$out" "$start" /tmp/facewatch-train' EXIT
+  cat "$out"/facenet.onnx.part* > "$start/facenet.onnx" && cp "$out/facenet.json" "$start/"
+  rm -rf /tmp/facewatch-train "${out:?}"/*
+  sed -i 's/^max_nrof_epochs: .*/max_nrof_epochs: 1/' "$recipe"
+  OUT=$out PY=$VENV/bin/python RECIPE=$recipe TRAIN_S=200 SKIP_CHECK=1 PRETRAINED=$start/facenet.onnx \
+    bash training/gpu_job.sh device > "$out/job.log" 2>&1 ||
+    { tail -30 "$out/job.log"; echo "the device phase from PRETRAINED failed (above)" >&2; exit 1; }
+  grep -q "started from $start/facenet.onnx" "$out/job.log" ||
+    { tail -30 "$out/job.log"; echo "PRETRAINED was not used" >&2; exit 1; }
+  grep -E "started from|epoch [0-9]+:|parity" "$out/job.log"
 else
   echo "no .gpu_data/parts: the device phase was not tried (training/gpu_job.sh prepare)"
 fi
