@@ -16,11 +16,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from engines.base import ModelMetadata
+from engines.base import EngineError, ModelMetadata
 from training.checkpoint import Checkpoint, load_model_file
 from training.embedders import OnnxEmbedder, TorchEmbedder
 from training.export_staging import staged
-from training.facenet_nets import NormalisedEmbedding, build_model
+from training.facenet_nets import ModelFileError, NormalisedEmbedding, build_model
 from training.model_card import TRAINED_HERE, model_card
 from training.onnx_weights import load_onnx_weights
 
@@ -293,6 +293,23 @@ def network_from_onnx(onnx_path: str | Path) -> tuple[nn.Module, ModelMetadata]:
         net = build_model("inception_resnet_v1", int(meta.embedding_size or 128), 1.0)
     load_onnx_weights(NormalisedEmbedding(net), onnx_path)
     return net.eval(), meta
+
+
+def student_state(onnx_path: str | Path) -> dict[str, torch.Tensor]:
+    """The state dict inside an Inception-ResNet-v1 ONNX model that facewatch exported (fp32
+    or fp16; its BatchNorm is kept, so the network is the exported one, its weights rounded
+    to the file's precision): how a run goes on from a model that came back without its
+    checkpoint (``--pretrained-model MODEL.onnx``)."""
+    try:
+        net, meta = network_from_onnx(onnx_path)
+    except (OSError, ValueError, EngineError) as exc:  # each names the file
+        raise ModelFileError(str(exc)) from None
+    if meta.extra.get("architecture") == "dlib-resnet":
+        raise ModelFileError(
+            f"{onnx_path}: dlib's ResNet, not Inception-ResNet-v1: it can teach a student "
+            "(--teacher), not start one"
+        )
+    return {k: v.float() if v.is_floating_point() else v for k, v in net.state_dict().items()}
 
 
 def torch_program_from_onnx(onnx_path: str | Path) -> dict[str, Any]:

@@ -277,9 +277,15 @@ def _unreadable(exc: Exception) -> str:
     return "not a PyTorch checkpoint or state dict"
 
 
-def load_pretrained(model: nn.Module, path: str | Path, strict: bool = False) -> list[str]:
-    """Load a state dict (a facenet-pytorch ``.pt``, a facewatch checkpoint, or the weights
-    inside an Inception-ResNet-v1 ONNX model that facewatch exported) into ``model``.
+def load_pretrained(
+    model: nn.Module,
+    path: str | Path,
+    strict: bool = False,
+    state: dict[str, torch.Tensor] | None = None,
+) -> list[str]:
+    """Load a state dict (a facenet-pytorch ``.pt`` or a facewatch checkpoint) into ``model``;
+    ``state``, when given, is the file's, read elsewhere (the weights inside an exported ONNX
+    model: ``training.export_facenet.student_state``).
 
     With ``strict=False`` tensors whose shape differs (a different embedding size or class
     count) are skipped; returns the names that were not loaded.
@@ -287,7 +293,7 @@ def load_pretrained(model: nn.Module, path: str | Path, strict: bool = False) ->
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: pretrained model not found")
-    raw = _onnx_state(path) if path.suffix.lower() == ".onnx" else read_torch_file(path)
+    raw = read_torch_file(path) if state is None else state
     if isinstance(raw, dict) and "model" in raw and isinstance(raw["model"], dict):
         raw = raw["model"]
     if not isinstance(raw, dict):
@@ -307,22 +313,3 @@ def load_pretrained(model: nn.Module, path: str | Path, strict: bool = False) ->
     if skipped:
         logger.warning("%s: %d tensors not loaded (%s ...)", path, len(skipped), skipped[:3])
     return skipped
-
-
-def _onnx_state(path: Path) -> dict[str, torch.Tensor]:
-    """The state dict inside a FaceNet ONNX model that facewatch exported (fp32 or fp16: its
-    BatchNorm is kept, so the network is the exported one, weights rounded to its precision):
-    how a run continues from a model that came back without its checkpoint."""
-    from engines.base import EngineError
-    from training.export_facenet import network_from_onnx
-
-    try:
-        net, meta = network_from_onnx(path)
-    except (OSError, ValueError, EngineError) as exc:  # each names the file
-        raise ModelFileError(str(exc)) from None
-    if meta.extra.get("architecture") == "dlib-resnet":
-        raise ModelFileError(
-            f"{path}: dlib's ResNet, not Inception-ResNet-v1: it can teach a student "
-            "(--teacher), not start one"
-        )
-    return {k: v.float() if v.is_floating_point() else v for k, v in net.state_dict().items()}

@@ -117,9 +117,20 @@ def _build_net(
     if resume is not None:
         net.load_state_dict(resume.model)
     elif args.pretrained_model is not None:
-        load_pretrained(net, args.pretrained_model, strict=False)
-        logger.info("started from %s", args.pretrained_model)
+        start_from(net, args.pretrained_model)
     return net
+
+
+def start_from(net: nn.Module, path: str | Path) -> None:
+    """``--pretrained-model``: the weights of a state dict, a checkpoint, or an
+    Inception-ResNet-v1 ONNX model that facewatch exported."""
+    state = None
+    if Path(path).suffix.lower() == ".onnx":
+        from training.export_facenet import student_state
+
+        state = student_state(path)
+    load_pretrained(net, path, strict=False, state=state)
+    logger.info("started from %s", path)
 
 
 def _loss_state(run: Run) -> None:

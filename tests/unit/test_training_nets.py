@@ -98,16 +98,19 @@ def test_a_state_dict_of_another_network_is_refused(shared_data, tmp_path) -> No
 def test_an_onnx_model_to_start_from_must_be_an_inception_resnet_facewatch_exported(
     tmp_path,
 ) -> None:
+    from training.facenet_nets import ModelFileError
+    from training.train import start_from
+
     net = build_model("inception_resnet_v1", 128, 0.8)
     (tmp_path / "x.onnx").write_bytes(b"\x08\x07not a model")
-    with pytest.raises(ValueError, match=r"x\.json: model sidecar missing"):
-        load_pretrained(net, tmp_path / "x.onnx")
+    with pytest.raises(ModelFileError, match=r"x\.json: model sidecar missing"):
+        start_from(net, tmp_path / "x.onnx")
     shipped = Path(__file__).resolve().parents[2] / "models" / "facenet" / "facenet.onnx"
-    with pytest.raises(ValueError, match=r"facenet\.onnx: dlib's ResNet, not Inception-ResNet-v1"):
-        load_pretrained(net, shipped)
+    with pytest.raises(ModelFileError, match=r"facenet\.onnx: dlib's ResNet, not Inception-Res"):
+        start_from(net, shipped)
     pnet = shipped.parents[1] / "mtcnn" / "pnet.onnx"
-    with pytest.raises(ValueError, match=r"pnet\.onnx: not a FaceNet model"):
-        load_pretrained(net, pnet)
+    with pytest.raises(ModelFileError, match=r"pnet\.onnx: not a FaceNet model"):
+        start_from(net, pnet)
 
 
 def test_bad_settings_are_refused() -> None:
