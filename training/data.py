@@ -147,17 +147,14 @@ def warp_batch(
     rotate: float = 0.0,
     scale: float = 0.0,
     color: float = 0.0,
-    blend: float = 0.0,
 ) -> torch.Tensor:
     """Random warps of a batch where it is (the training device): (N, 3, H, W) pixels,
     0-255 -> float32, each crop rotated about its centre by up to ``rotate`` degrees and
     scaled by a factor in [1 - ``scale``, 1 + ``scale``] (the edges mirrored where the warp
     reaches past them), its brightness and contrast changed by up to ``color`` and made grey
-    with probability ``color`` / 2, then blended with another crop of the batch, that one
-    weighing up to ``blend`` (crops aligned alike blend into a face of someone else: more
-    faces for a teacher to describe than the photos hold). The draws come from ``generator``
-    (on the CPU), so a seeded run warps the same way each time. With all four 0 the pixels
-    come back as they were."""
+    with probability ``color`` / 2. The draws come from ``generator`` (on the CPU), so a
+    seeded run warps the same way each time. With all three 0 the pixels come back as they
+    were."""
     x = pixels.float()
     n = len(x)
 
@@ -181,10 +178,6 @@ def warp_batch(
         grey = (torch.rand(n, generator=generator) < color / 2).to(x.device)
         luma = (x * x.new_tensor([0.299, 0.587, 0.114])[None, :, None, None]).sum(1, keepdim=True)
         x = torch.where(grey[:, None, None, None], luma.expand_as(x), x).clamp(0, 255)
-    if blend:
-        partner = torch.randperm(n, generator=generator).to(x.device)
-        weight = (torch.rand(n, generator=generator) * blend).to(x.device)[:, None, None, None]
-        x = x * (1 - weight) + x[partner] * weight
     return x
 
 

@@ -339,9 +339,7 @@ def distill_epoch(run: Run, bar: tqdm) -> None:
         pending.clear()
 
     args = run.args
-    warps = {
-        key: getattr(args, f"random_{key}", 0.0) for key in ("rotate", "scale", "color", "blend")
-    }
+    warps = {key: getattr(args, f"random_{key}", 0.0) for key in ("rotate", "scale", "color")}
     # (each process of a DDP run warps its own share of the batch differently)
     generator = torch.Generator().manual_seed((args.seed * 100_003 + run.epoch) * 64 + run.ctx.rank)
     for batch, x, _, indices in _image_batches(run):

@@ -290,16 +290,6 @@ FACEWATCH_OPTIONS: tuple[tuple[str, dict[str, Any]], ...] = (
         },
     ),
     (
-        "random_blend",
-        {
-            "type": float,
-            "default": 0.0,
-            "help": "for --loss distill: blend each crop with another crop of the batch, "
-            "weighing up to F (at most 0.5): faces that are no one in the photos, which the "
-            "teacher describes as it would a new person (0: off)",
-        },
-    ),
-    (
         "standardization",
         {
             "default": "fixed",
@@ -489,8 +479,7 @@ def check_options(args: argparse.Namespace) -> None:
         )
     if args.loss == "distill" and args.teacher is None:
         raise OptionError("--loss distill needs --teacher MODEL.onnx or EMBEDDINGS.npz")
-    warps = (("random_rotate", 45.0), ("random_scale", 0.5), ("random_color", 1.0))
-    for key, most in (*warps, ("random_blend", 0.5)):
+    for key, most in (("random_rotate", 45.0), ("random_scale", 0.5), ("random_color", 1.0)):
         value = getattr(args, key)
         if not 0 <= value <= most:
             raise OptionError(f"{given_as(args, key)}: must be in [0, {most:g}]")

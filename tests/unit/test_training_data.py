@@ -119,11 +119,6 @@ def test_original_defaults_and_spellings() -> None:
             "--random-color 0.2 needs an ONNX teacher",
         ),
         (
-            ["--loss", "distill", "--teacher", "t.onnx", "--random-blend", "0.6"],
-            "--random-blend 0.6: must be in [0, 0.5]",
-        ),
-        (["--random-blend", "0.3"], "--random-blend 0.3 is for --loss distill"),
-        (
             ["--learning-rate", "-1", "--learning-rate-schedule-file", "/no/such"],
             "/no/such does not exist",
         ),
@@ -299,30 +294,6 @@ def test_warp_batch_warps_reproducibly_and_is_identity_when_off() -> None:
     turned = warp_batch(blob, torch.Generator().manual_seed(2), rotate=30, scale=0.2)
     ys, xs = torch.nonzero(turned[0, 0] > 127, as_tuple=True)
     assert abs(ys.float().mean() - 20) < 0.6 and abs(xs.float().mean() - 20) < 0.6
-
-
-def test_warp_batch_blends_each_crop_with_another_of_the_batch() -> None:
-    """--random-blend: each crop a mix of itself (weighing at least 1 - F) and one other crop
-    of the batch, the same again from the same seed."""
-    import torch
-
-    from training.data import warp_batch
-
-    flat = torch.tensor([0, 100, 200, 250], dtype=torch.uint8)[:, None, None, None]
-    pixels = flat.expand(4, 3, 8, 8).contiguous()
-    mixed = warp_batch(pixels, torch.Generator().manual_seed(3), blend=0.5)
-    assert torch.equal(mixed, warp_batch(pixels, torch.Generator().manual_seed(3), blend=0.5))
-    values = mixed[:, 0, 0, 0]
-    assert (mixed == values[:, None, None, None]).all()  # a crop-wide mix, not per pixel
-    others = [[v for v in (0, 100, 200, 250) if v != own] for own in (0, 100, 200, 250)]
-    for own, got, rest in zip((0, 100, 200, 250), values.tolist(), others, strict=True):
-        weights = [(got - own) / (other - own) for other in rest]
-        assert got == own or any(0 < w <= 0.5 + 1e-6 for w in weights)
-    assert (values != flat.flatten().float()).sum() >= 2
-    warped = warp_batch(pixels, torch.Generator().manual_seed(3), color=0.3)
-    both = warp_batch(pixels, torch.Generator().manual_seed(3), color=0.3, blend=0.5)
-    assert not torch.equal(warped, both)
-    assert torch.equal(warped, warp_batch(pixels, torch.Generator().manual_seed(3), color=0.3))
 
 
 @pytest.mark.parametrize(("alignment", "warned"), [("margin", True), ("similarity", False)])
