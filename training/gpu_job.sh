@@ -112,6 +112,8 @@
 # (--keep-probability 1.0 --weight-decay 0) led after every epoch and ended at 74.6 % (loss
 # 0.63) against 72.0 % (0.70): bench/results/train_cpu_distill_regularisation.log. So the
 # GPU recipe now has neither (it had 0.8 and 0.0005, stronger than the CPU's 0.0001).
+# Blending each crop with another of the batch (faces of no one, which the teacher describes)
+# did not help on top of that: 74.2 % (same log); tried and not kept.
 #
 # Step by step (1-2 here on the CPU, 3 the device calls, 4 here). Steps 1-2 are one command,
 # resumable, about 5 minutes on 2 cores from nothing (a new checkout has no .gpu_data),
