@@ -309,7 +309,7 @@ def student_state(onnx_path: str | Path) -> dict[str, torch.Tensor]:
             f"{onnx_path}: dlib's ResNet, not Inception-ResNet-v1: it can teach a student "
             "(--teacher), not start one"
         )
-    return {k: v.float() if v.is_floating_point() else v for k, v in net.state_dict().items()}
+    return net.state_dict()  # fp32: an fp16 file's weights were copied into fp32 tensors
 
 
 def torch_program_from_onnx(onnx_path: str | Path) -> dict[str, Any]:
