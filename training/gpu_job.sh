@@ -80,8 +80,9 @@
 #
 # The teacher's licence must allow distillation (dlib's ResNet is CC0). TRAIN_ARGS may name a
 # .npz teacher instead (precomputed descriptors, `facewatch train embed` or `embed-dlib`:
-# the route of the first run below, and of training/cpu_job.sh, whose figures, in its header,
-# are the floor to beat); the warps need an ONNX teacher.
+# the route of the first run below, and of training/cpu_job.sh until 2026-11-30, 72.6 %);
+# the warps need an ONNX teacher. training/cpu_job.sh now runs this script's route at 96 px
+# on the CPU: its figures, in its header, are the floor to beat.
 #
 # The first run on an H200 (2026-11-29, this script as it stands; its log and LFW report are
 # bench/results/gpu_h200/train_default_model.log and lfw_default_model.json) did NOT beat
@@ -101,7 +102,7 @@
 # cosine 0.9996 of the daemon's own warp (tests/integration/test_distill_template.py).
 # The sources now also take the 8,040 grayscale crops of 268 more CelebA people that the
 # later commits of Nikhil4902/CelebA_Dataset hold (celeba270).
-# On 2 CPU cores the route is no better than the first: cpu_job.sh's recipe (96 px, 8 epochs
+# On 2 CPU cores the route was at first no better: the CPU recipe (96 px, 8 epochs
 # of 27,000 crops, same 19,187 photos) on 102 px copies of the template crops, with this
 # teacher and the warps, gave LFW 61.0, 64.5, 68.8, 69.3, 70.6, 71.9, 71.9, 72.0 % after
 # each epoch (on LFW crops warped at 96 px), against the .npz route's 65.7 ... 72.6 %; without

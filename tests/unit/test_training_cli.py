@@ -126,6 +126,20 @@ def test_a_bad_recipe_value_names_the_file_and_key(tmp_path: Path, capsys) -> No
     assert "error: --max-nrof-epochs 0: must be >= 1" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("recipe", sorted((REPO / "configs" / "training").glob("*.yaml")), ids=str)
+def test_the_shipped_recipes_pass_the_option_checks(recipe: Path, tmp_path: Path) -> None:
+    import argparse
+
+    from training.train_options import apply_config, build_parser, check_options
+
+    parser = build_parser(argparse.ArgumentParser())
+    args = parser.parse_args(["--config", str(recipe), "--data-dir", str(tmp_path)])
+    apply_config(args, parser)  # an unknown key or a mistyped value raises, naming it
+    check_options(args)
+    if args.loss == "distill" and str(args.teacher).endswith(".onnx"):
+        assert (REPO / args.teacher).is_file(), f"{recipe}: teacher {args.teacher} is not shipped"
+
+
 def _validate(tmp_path: Path, pairs: Path, *more: str) -> int:
     checkpoint = tmp_path / "tiny.pt"
     if not checkpoint.is_file():
