@@ -58,7 +58,7 @@ def confirmations(clip: Path, fps: float, gate: bool) -> list[int]:
     with the gate on or off, twice round: the index in the clip of each frame where a face
     was confirmed. Same frames, same detector: where the two runs differ, the gate did."""
     from daemon.cameras import Frame
-    from daemon.config import parse_config
+    from daemon.config_file import parse_config
     from daemon.events import EventSinks
     from daemon.motion import MotionDetector
     from daemon.scheduler import Pipeline

@@ -49,7 +49,8 @@ from bench_gpu import kernel_table, profiler_activities, sync  # noqa: E402
 from prometheus_client import REGISTRY  # noqa: E402
 
 from daemon.cameras import Frame, FrameQueues  # noqa: E402
-from daemon.config import Config, parse_config  # noqa: E402
+from daemon.config import Config  # noqa: E402
+from daemon.config_file import parse_config  # noqa: E402
 from daemon.events import EventSinks  # noqa: E402
 from daemon.scheduler import BatchScheduler, Pipeline  # noqa: E402
 from daemon.service import Service  # noqa: E402

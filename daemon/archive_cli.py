@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from daemon.archive_files import VISIT_FILE, archive_level, is_visit_folder
-from daemon.config import DEFAULT_CONFIG, ConfigError, load_config
+from daemon.config import DEFAULT_CONFIG, ConfigError
+from daemon.config_file import load_config
 from daemon.gallery import lookup_name
 
 

@@ -25,7 +25,8 @@ import cv2
 import numpy as np
 
 from daemon import metrics
-from daemon.config import CameraConfig, MotionConfig, redact_url
+from daemon.config import CameraConfig, MotionConfig
+from daemon.config_file import redact_url
 from daemon.motion import MotionDetector
 from daemon.stream_probe import stream_problem
 

@@ -1,15 +1,13 @@
-"""The daemon's configuration: one YAML file validated against this schema.
+"""The daemon's configuration: the schema one YAML file is validated against.
 
 Every field has a default, bounds where they make sense, and a one-line description (shown
-by ``facewatch validate-config --schema``). Unknown keys are errors. ``${NAME}`` in a string
-is replaced by the environment variable NAME, and ``${credential:NAME}`` by the systemd
-credential NAME (``$CREDENTIALS_DIRECTORY/NAME``), so secrets stay out of the file.
+by ``facewatch validate-config --schema``). Unknown keys are errors. Reading a file (YAML,
+``${NAME}`` and ``${credential:NAME}`` references, error messages that name the key path,
+relative paths) is ``daemon.config_file``'s.
 """
 
 from __future__ import annotations
 
-import io
-import os
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -17,12 +15,10 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import numpy as np
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    ValidationError,
     ValidationInfo,
     field_validator,
 )
@@ -44,7 +40,7 @@ class ConfigError(ValueError):
     """A configuration that cannot be used; the message names the file and key path."""
 
 
-class _Section(BaseModel):
+class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
@@ -57,7 +53,7 @@ def _switch(value: Any) -> Any:
     return {"enabled": value} if isinstance(value, bool) else value
 
 
-class MotionConfig(_Section):
+class MotionConfig(Section):
     enabled: bool = _field(
         True,
         "skip the detector on a camera's frames where nothing moved while it sees no face "
@@ -82,7 +78,7 @@ class MotionConfig(_Section):
     )
 
 
-class MotionOverrides(_Section):
+class MotionOverrides(Section):
     enabled: bool | None = _field(None, "this camera's motion.enabled; null = detection.motion's")
     min_change_levels: float | None = _field(
         None, "this camera's motion.min_change_levels", gt=0, lt=255
@@ -93,7 +89,7 @@ class MotionOverrides(_Section):
     check_every_s: float | None = _field(None, "this camera's motion.check_every_s", gt=0, le=3600)
 
 
-class DetectionConfig(_Section):
+class DetectionConfig(Section):
     min_face_size: float = _field(20.0, "smallest face to find, in pixels", ge=12, le=1000)
     thresholds: tuple[float, float, float] = _field(
         (0.6, 0.7, 0.7), "P-Net, R-Net, O-Net score thresholds, each in (0, 1)"
@@ -127,7 +123,7 @@ IGNORE_SHAPE = (
 )
 
 
-class DetectionOverrides(_Section):
+class DetectionOverrides(Section):
     min_face_size: float | None = _field(None, "this camera's smallest face", ge=12, le=1000)
     motion: MotionOverrides = _field(
         MotionOverrides(),
@@ -198,7 +194,7 @@ def _a_name(name: str) -> str:
     return name
 
 
-class CameraConfig(_Section):
+class CameraConfig(Section):
     name: str = Field(
         description="camera name: letters, digits, _ and - (1 to 64); used in topics, metrics, "
         "logs and folder names",
@@ -231,7 +227,7 @@ class CameraConfig(_Section):
         return url
 
 
-class RecognitionConfig(_Section):
+class RecognitionConfig(Section):
     model: str | None = _field(
         "auto",
         "FaceNet ONNX model; 'auto' = facenet/facenet.onnx in $FACEWATCH_MODELS (else the "
@@ -256,7 +252,7 @@ class RecognitionConfig(_Section):
     )
 
 
-class BatchingConfig(_Section):
+class BatchingConfig(Section):
     max_batch: int = _field(
         2,
         "most frames in one detection batch: 2 on the CPU (larger batches are slower per "
@@ -276,7 +272,7 @@ class BatchingConfig(_Section):
     )
 
 
-class TensorRTConfig(_Section):
+class TensorRTConfig(Section):
     precision: Literal["fp32", "fp16", "int8"] = _field(
         "fp16",
         "arithmetic of the plans: fp16 is about twice fp32's speed on the GPU; int8 (P-Net "
@@ -315,7 +311,7 @@ class TensorRTConfig(_Section):
         return tuple((int(h), int(w)) for w, h in pairs)
 
 
-class EnginesConfig(_Section):
+class EnginesConfig(Section):
     backend: Literal["openvino", "opencv", "onnxruntime", "tensorrt", "torch"] = _field(
         "openvino", "backend for MTCNN (FaceNet uses onnxruntime unless tensorrt or torch)"
     )
@@ -354,7 +350,7 @@ class EnginesConfig(_Section):
         return {name: value for name, value in values.items() if value is not None}
 
 
-class TrackingConfig(_Section):
+class TrackingConfig(Section):
     iou_threshold: float = _field(0.3, "least IoU to continue a track", gt=0, lt=1)
     max_shift: float = _field(
         1.0,
@@ -380,7 +376,7 @@ class TrackingConfig(_Section):
     snapshots: bool = _field(False, "publish a JPEG of the face with each identity event")
 
 
-class ArchiveConfig(_Section):
+class ArchiveConfig(Section):
     dir: str | None = _field(
         None,
         "keep the faces of each visit (a track, from its first frame to `left`) here, one "
@@ -413,7 +409,7 @@ class ArchiveConfig(_Section):
         return folder
 
 
-class TlsConfig(_Section):
+class TlsConfig(Section):
     ca_file: str | None = _field(None, "CA certificate to trust (PEM); null = system CAs")
     cert_file: str | None = _field(None, "client certificate (PEM), for brokers that ask")
     key_file: str | None = _field(None, "client key (PEM)")
@@ -426,7 +422,7 @@ def _no_wildcards(topic: str) -> str:
     return topic
 
 
-class HomeAssistantConfig(_Section):
+class HomeAssistantConfig(Section):
     enabled: bool = _field(
         False,
         "announce the daemon to Home Assistant (MQTT discovery): per camera, connected, face "
@@ -448,7 +444,7 @@ class HomeAssistantConfig(_Section):
         return prefix
 
 
-class MqttConfig(_Section):
+class MqttConfig(Section):
     enabled: bool = _field(True, "publish to an MQTT broker")
     host: str = _field("127.0.0.1", "broker host")
     port: int = _field(1883, "broker port (8883 for TLS, usually)", ge=1, le=65535)
@@ -478,22 +474,22 @@ class MqttConfig(_Section):
         return value
 
 
-class MetricsConfig(_Section):
+class MetricsConfig(Section):
     enabled: bool = _field(True, "serve Prometheus metrics")
     address: str = _field("127.0.0.1", "listen address (0.0.0.0 exposes it to the network)")
     port: int = _field(9708, "listen port", ge=1, le=65535)
 
 
-class EventsConfig(_Section):
+class EventsConfig(Section):
     stdout: bool = _field(False, "also print each event as a JSON line on stdout")
     jsonl_file: str | None = _field(None, "also append each event to this JSON-lines file")
 
 
-class LoggingConfig(_Section):
+class LoggingConfig(Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = _field("INFO", "log verbosity")
 
 
-class Config(_Section):
+class Config(Section):
     node_id: str = _field(
         "facewatch",
         "this daemon's name in topics and metrics: letters, digits, _ and - (1 to 64)",
@@ -590,260 +586,3 @@ def plan_request(
         build_command=f"facewatch engines build --config {config_path or 'CONFIG'}",
         on_build=on_build,
     )
-
-
-_REFERENCE = re.compile(r"\$\{(credential:)?([A-Za-z_][A-Za-z0-9_.-]*)\}")
-
-
-def _substitute(value: Any, where: str, missing: list[str] | None = None) -> Any:
-    """Replace ``${ENV}`` and ``${credential:NAME}`` in every string of ``value``. A reference
-    that cannot be resolved stays as it is, and its reason joins ``missing`` (when given)."""
-    if isinstance(value, dict):
-        return {
-            k: _substitute(v, f"{where}.{k}" if where else str(k), missing)
-            for k, v in value.items()
-        }
-    if isinstance(value, list):
-        return [_substitute(v, _item(where, i, v), missing) for i, v in enumerate(value)]
-    if not isinstance(value, str):
-        return value
-
-    def lookup(match: re.Match[str]) -> str:
-        name = match.group(2)
-        try:
-            if match.group(1):
-                return _credential(name, where)
-            if name not in os.environ:
-                raise ConfigError(f"{where}: environment variable {name} is not set")
-        except ConfigError as exc:
-            if missing is not None:
-                missing.append(str(exc))
-            return match.group(0)
-        return os.environ[name]
-
-    return _REFERENCE.sub(lookup, value)
-
-
-def _item(where: str, index: int, value: Any) -> str:
-    """A list item's key path, with its name as validation errors give it: cameras[0] (door)."""
-    name = value.get("name") if isinstance(value, dict) else None
-    return f"{where}[{index}]" + (f" ({name})" if isinstance(name, str) else "")
-
-
-def _credential(name: str, where: str) -> str:
-    folder = os.environ.get("CREDENTIALS_DIRECTORY")
-    if not folder:
-        raise ConfigError(
-            f"{where}: credential {name!r} asked for, but CREDENTIALS_DIRECTORY is not set "
-            "(give it with LoadCredential= in the systemd unit)"
-        )
-    path = Path(folder) / name
-    try:
-        value = path.read_text().rstrip("\n")
-    except OSError as exc:
-        raise ConfigError(f"{where}: credential {name!r}: cannot read {path}: {exc}") from exc
-    if not value:
-        raise ConfigError(f"{where}: credential {name!r}: {path} is empty")
-    return value
-
-
-def _key_path(loc: tuple[int | str, ...], raw: Any) -> str:
-    """``('cameras', 1, 'fps')`` -> ``cameras[1] (door).fps``."""
-    parts: list[str] = []
-    node = raw
-    for item in loc:
-        if isinstance(item, int):
-            parts[-1] = f"{parts[-1]}[{item}]" if parts else f"[{item}]"
-            node = node[item] if isinstance(node, list) and item < len(node) else None
-            if isinstance(node, dict) and isinstance(node.get("name"), str):
-                parts[-1] += f" ({node['name']})"
-        else:
-            parts.append(str(item))
-            node = node.get(item) if isinstance(node, dict) else None
-    return ".".join(parts) or "(top level)"
-
-
-# user:password@ to the last @ of the URL (a password holding / or @ written as is must not
-# show in part), and the values of query parameters that carry secrets (?user=x&password=y)
-_URL_PASSWORD = re.compile(r"(?<=://)([^/@:\s'\"]*):[^\s'\"]*@")
-_QUERY_SECRET = re.compile(
-    r"(?i)([?&;](?:password|passwd|pass|pwd|pw|token|access_token|api_key|apikey|key|secret|auth"
-    r"|sig|signature)=)[^&;#\s'\"]*"
-)
-
-
-def url_host(host: str) -> str:
-    """``host`` as it goes into a URL: an IPv6 address in brackets."""
-    return f"[{host}]" if ":" in host and not host.startswith("[") else host
-
-
-def redact_url(text: str) -> str:
-    """``text`` with the password of every ``scheme://user:password@host`` in it masked, and
-    the values of secret-looking query parameters (``password=``, ``pwd=``, ``token=``...)."""
-    return _QUERY_SECRET.sub(r"\1***", _URL_PASSWORD.sub(r"\1:***@", text))
-
-
-def _explain(error: dict[str, Any]) -> str:
-    if error["type"] == "extra_forbidden":
-        return "unknown key"
-    if error["type"] == "missing":
-        return "required key is missing"
-    got = error.get("input")
-    secret = any("password" in str(part) for part in error["loc"])
-    shown = "" if secret or isinstance(got, (dict, list)) else f" (got {redact_url(repr(got))})"
-    message = str(error["msg"]).removeprefix("Value error, ")  # pydantic's, for our checks
-    if error["type"] == "model_type":  # "...or instance of MotionConfig": a class's name
-        message = "expected a section of settings (key: value lines under it)"
-        if error["loc"] and error["loc"][-1] == "motion":
-            message += ", or true / false"
-    return f"{message}{shown}"
-
-
-def parse_config(raw: Any, source: str = "config", secrets: bool = True) -> Config:
-    """A validated Config from parsed YAML; ConfigError names every bad key path. With
-    ``secrets`` off, ``${...}`` references that cannot be resolved stay as they are (for
-    commands that use no camera or broker, e.g. `engines build --config`)."""
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: expected a mapping of settings, got {type(raw).__name__}")
-    missing: list[str] = []
-    raw = _substitute(raw, "", missing if secrets else None)
-    if missing:  # every one of them, not only the first
-        raise ConfigError(f"{source}: " + "\n  ".join(missing))
-    try:
-        return Config.model_validate(raw)
-    except ValidationError as exc:
-        lines = [f"{_key_path(e['loc'], raw)}: {_explain(dict(e))}" for e in exc.errors()]
-        raise ConfigError(f"{source}: invalid configuration\n  " + "\n  ".join(lines)) from None
-
-
-def load_config(path: str | Path, secrets: bool = True) -> Config:
-    """Read, substitute and validate a YAML file; relative paths in it are made relative to
-    the file's folder. ``secrets``: as ``parse_config``."""
-    path = Path(path)
-    try:
-        text = path.read_bytes().decode("utf-8")  # whatever the locale says
-        stream = io.StringIO(text)
-        stream.name = str(path)  # YAML's messages then name the file
-        raw = yaml.load(stream, _StrictLoader)  # a SafeLoader
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}): save it as UTF-8") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    return resolve_paths(parse_config(raw, str(path), secrets), path.resolve().parent)
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """Safe YAML that refuses a key given twice in one mapping (YAML keeps the last one,
-    silently: a second `metrics:` block would replace the first)."""
-
-
-def _mapping_once(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
-    seen: set[Any] = set()
-    for key_node, _ in node.value:
-        if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor`: YAML's own business
-            continue
-        try:
-            key = loader.construct_object(key_node)
-            twice = key in seen
-        except TypeError:  # an unhashable key: construct_mapping says so
-            continue
-        if twice:
-            raise yaml.constructor.ConstructorError(
-                "while reading a mapping", node.start_mark, f"{key!r} is given twice",
-                key_node.start_mark,
-            )  # fmt: skip
-        seen.add(key)
-    return loader.construct_mapping(node)
-
-
-_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_once)
-
-
-def _resolve(base: Path, value: str) -> str:
-    if "://" in value or value.startswith("/dev/"):
-        return value
-    return str((base / os.path.expanduser(value)).resolve())
-
-
-def resolve_paths(config: Config, base: Path) -> Config:
-    """Paths in the config are relative to ``base`` (the config file's folder)."""
-    model = config.recognition.model
-    if model not in (None, "auto"):
-        model = _resolve(base, model)
-    cameras = [c.model_copy(update={"url": _resolve(base, c.url)}) for c in config.cameras]
-    recognition = config.recognition.model_copy(
-        update={"model": model, "gallery": _resolve(base, config.recognition.gallery)}
-    )
-    mqtt = config.mqtt.model_copy(update={"spool_dir": _resolve(base, config.mqtt.spool_dir)})
-    tensorrt = config.engines.tensorrt
-    if tensorrt.calib_dir:
-        tensorrt = tensorrt.model_copy(update={"calib_dir": _resolve(base, tensorrt.calib_dir)})
-    engines = config.engines.model_copy(
-        update={"mtcnn_dir": _resolve(base, config.engines.mtcnn_dir), "tensorrt": tensorrt}
-    )
-    events = config.events
-    if events.jsonl_file:
-        events = events.model_copy(update={"jsonl_file": _resolve(base, events.jsonl_file)})
-    archive = config.archive
-    if archive.dir:
-        archive = archive.model_copy(update={"dir": _resolve(base, archive.dir)})
-    return config.model_copy(
-        update={
-            "cameras": cameras,
-            "recognition": recognition,
-            "mqtt": mqtt,
-            "engines": engines,
-            "events": events,
-            "archive": archive,
-        }
-    )
-
-
-def schema_lines(model: type[BaseModel] = Config, prefix: str = "") -> list[str]:
-    """One line per setting: key path, default and description (for --schema)."""
-    lines = []
-    for name, info in model.model_fields.items():
-        key = f"{prefix}{name}"
-        annotation = info.annotation
-        inner = [a for a in getattr(annotation, "__args__", ()) if isinstance(a, type)]
-        section = annotation if isinstance(annotation, type) else None
-        section = section or next((a for a in inner if issubclass(a, _Section)), None)
-        if section is not None and issubclass(section, _Section):
-            lines.append(f"{key}: {info.description}")
-            item = "[]." if name == "cameras" else "."
-            lines += schema_lines(section, key + item)
-            continue
-        default = "required" if info.is_required() else f"default {_yaml(info.default)}"
-        lines.append(f"{key} ({default}{_allowed(info)}): {info.description}")
-    return lines
-
-
-def _yaml(value: Any) -> str:
-    """A default as it is written in the YAML file (null, true, [0.6, 0.7, 0.7])."""
-    if isinstance(value, tuple):
-        value = list(value)
-    return (
-        yaml.safe_dump(value, default_flow_style=True, width=1000)
-        .strip()
-        .removesuffix("...")
-        .strip()
-    )
-
-
-def _allowed(info: Any) -> str:
-    """'; one of a, b' for a choice, '; >= 1, <= 60' for a bounded number."""
-    choices = [
-        a for a in getattr(info.annotation, "__args__", ()) if isinstance(a, str | int | float)
-    ]
-    if choices and getattr(info.annotation, "__origin__", None) is Literal:
-        return "; one of " + ", ".join(str(c) for c in choices)
-    bounds = []
-    for rule in info.metadata:
-        for attr, sign in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
-            if getattr(rule, attr, None) is not None:
-                bounds.append(f"{sign} {getattr(rule, attr)}")
-    return "; " + ", ".join(bounds) if bounds else ""

@@ -8,7 +8,8 @@ import sys
 import time
 from pathlib import Path
 
-from daemon.config import ConfigError, load_config, plan_request
+from daemon.config import ConfigError, plan_request
+from daemon.config_file import load_config
 from engines import EngineError
 from engines.base import CROPS_PER_CALL, DEFAULT_MAX_BATCH, ModelMetadata, file_sha256
 from engines.build import (

@@ -18,7 +18,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from daemon.config import ConfigError, RecognitionConfig, load_config
+from daemon.config import ConfigError, RecognitionConfig
+from daemon.config_file import load_config
 from daemon.gallery import Gallery, GalleryError
 from daemon.recognition import DEFAULT_TARGET_FAR, calibrate
 

@@ -13,7 +13,7 @@ import platform
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram, Info, start_http_server
 
 from daemon import __version__
-from daemon.config import url_host
+from daemon.config_file import url_host
 
 logger = logging.getLogger(__name__)
 

@@ -8,7 +8,8 @@ import math
 import sys
 from typing import Any
 
-from daemon.config import DEFAULT_CONFIG, ConfigError, load_config, schema_lines
+from daemon.config import DEFAULT_CONFIG, ConfigError
+from daemon.config_file import load_config, schema_lines
 
 logger = logging.getLogger(__name__)
 

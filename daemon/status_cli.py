@@ -20,7 +20,8 @@ from urllib.parse import urlsplit
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from daemon.config import DEFAULT_CONFIG, ConfigError, load_config, redact_url, url_host
+from daemon.config import DEFAULT_CONFIG, ConfigError
+from daemon.config_file import load_config, redact_url, url_host
 from daemon.stream_probe import http_request
 
 NOT_RUNNING = 3

@@ -16,7 +16,8 @@ import jsonschema
 import pytest
 
 from daemon.cli import main
-from daemon.config import ConfigError, MqttConfig, parse_config
+from daemon.config import ConfigError, MqttConfig
+from daemon.config_file import parse_config
 from daemon.events import SCHEMA_PATH
 from daemon.gallery import Gallery
 from daemon.mqtt import MqttPublisher

@@ -19,7 +19,8 @@ from prometheus_client import REGISTRY
 from daemon.archive import FaceArchive
 from daemon.archive_files import VISIT_FILE
 from daemon.cli import main
-from daemon.config import ArchiveConfig, ConfigError, load_config, parse_config
+from daemon.config import ArchiveConfig, ConfigError
+from daemon.config_file import load_config, parse_config
 from daemon.events import face_region, person_key
 from daemon.recognition import rate_face
 from daemon.service import check_files

@@ -371,7 +371,8 @@ def test_engines_prune_keeps_what_this_machine_opens(tmp_path, monkeypatch, caps
     import types
 
     from daemon.cli import main
-    from daemon.config import load_config, plan_request
+    from daemon.config import plan_request
+    from daemon.config_file import load_config
     from engines import tensorrt
 
     monkeypatch.setattr(

@@ -4,16 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from daemon.config import (
-    DEFAULT_CONFIG,
-    WARM_UP_HW,
-    ConfigError,
-    load_config,
-    parse_config,
-    plan_request,
-    redact_url,
-    schema_lines,
-)
+from daemon.config import DEFAULT_CONFIG, WARM_UP_HW, ConfigError, plan_request
+from daemon.config_file import load_config, parse_config, redact_url, schema_lines
 
 CAMERA = {"name": "door", "url": "rtsp://cam/stream"}
 

@@ -19,7 +19,8 @@ import pytest
 from prometheus_client import REGISTRY
 
 from daemon.cameras import Frame, FrameQueues
-from daemon.config import ConfigError, TrackingConfig, parse_config
+from daemon.config import ConfigError, TrackingConfig
+from daemon.config_file import parse_config
 from daemon.events import EventSinks, in_view_json, person_key
 from daemon.scheduler import Pipeline
 from daemon.service import watchdog_healthy

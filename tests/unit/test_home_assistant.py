@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from daemon.config import Config, ConfigError, MqttConfig, parse_config
+from daemon.config import Config, ConfigError, MqttConfig
+from daemon.config_file import parse_config
 from daemon.events import in_view_json, person_json, person_key
 from daemon.home_assistant import birth_topic, discovery_messages, people_messages
 from daemon.mqtt import MqttPublisher

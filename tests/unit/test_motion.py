@@ -9,7 +9,8 @@ import pytest
 from prometheus_client import REGISTRY
 
 from daemon.cameras import Frame
-from daemon.config import ConfigError, parse_config
+from daemon.config import ConfigError
+from daemon.config_file import parse_config
 from daemon.events import EventSinks
 from daemon.motion import MotionDetector
 from daemon.scheduler import Pipeline

@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 
 from daemon.cameras import Frame
-from daemon.config import WARM_UP_HW, parse_config, plan_request
+from daemon.config import WARM_UP_HW, plan_request
+from daemon.config_file import parse_config
 from daemon.events import EventSinks
 from daemon.scheduler import Pipeline
 from engines.base import ModelMetadata
