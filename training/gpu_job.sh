@@ -115,6 +115,10 @@
 # GPU recipe now has neither (it had 0.8 and 0.0005, stronger than the CPU's 0.0001).
 # Blending each crop with another of the batch (faces of no one, which the teacher describes)
 # did not help on top of that: 74.2 % (same log); tried and not kept.
+# Going on from a returned student (PRETRAINED) works: on the CPU, 8 more epochs from run A's
+# fp16 export (72.4 % as exported) gave 74.6 % after the first and 78.8 % after the eighth,
+# still rising (bench/results/train_cpu_distill_continue.log): no loss from the fp16 round
+# trip or the fresh optimiser beyond the first epoch's.
 #
 # Step by step (1-2 here on the CPU, 3 the device calls, 4 here). Steps 1-2 are one command,
 # resumable, about 5 minutes on 2 cores from nothing (a new checkout has no .gpu_data),
