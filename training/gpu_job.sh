@@ -117,8 +117,8 @@
 # did not help on top of that: 74.2 % (same log); tried and not kept.
 # Going on from a returned student (PRETRAINED) works: on the CPU, 8 more epochs from run A's
 # fp16 export (72.4 % as exported) gave 74.6 % after the first and 78.8 % after the eighth,
-# still rising (bench/results/train_cpu_distill_continue.log): no loss from the fp16 round
-# trip or the fresh optimiser beyond the first epoch's.
+# still rising (bench/results/train_cpu_distill_continue.log): neither the fp16 round trip
+# nor the fresh optimiser set it back.
 #
 # Step by step (1-2 here on the CPU, 3 the device calls, 4 here). Steps 1-2 are one command,
 # resumable, about 5 minutes on 2 cores from nothing (a new checkout has no .gpu_data),
