@@ -271,15 +271,7 @@ class Service:
         check_cameras(cfg)
         check_files(cfg)
         detector, facenet = self.load_engines()
-        enrolled = []
-        if facenet is not None and Path(cfg.recognition.gallery).exists():
-            try:  # fail now on a wrong gallery; the scheduler thread opens its own (SQLite
-                gallery = open_gallery(cfg, facenet.model_id)  # connections are per thread)
-            except GalleryError as exc:
-                raise ConfigError(f"recognition.gallery: {exc}") from None
-            if gallery is not None:
-                enrolled = [identity.name for identity in gallery.identities()]
-                gallery.close()
+        enrolled = self._enrolled(facenet)
         cameras = [c for c in cfg.cameras if c.enabled]
         metrics.init(
             [c.name for c in cameras],
@@ -288,42 +280,11 @@ class Service:
             mqtt=cfg.mqtt.enabled,
         )
         if cfg.metrics.enabled:
-            try:
-                metrics.serve(cfg.metrics.address, cfg.metrics.port)
-            except OSError as exc:
-                cause = exc.__cause__  # not an address, or not one of this host's: the config's
-                if (
-                    isinstance(cause, socket.gaierror)
-                    or getattr(cause, "errno", 0) == errno.EADDRNOTAVAIL
-                ):
-                    raise ConfigError(f"metrics.address: {exc}") from None
-                raise
+            self._serve_metrics()
         sinks = self._start_outputs(enrolled)
         if cfg.archive.dir:
-            self.archive = FaceArchive(
-                cfg.archive, cfg.node_id, facenet.model_id if facenet else None
-            )
-            self.archive.start()
-            logger.info(
-                "face archive %s: keeps %s, up to %d images a visit, at most %g MB and %g day(s)",
-                cfg.archive.dir,
-                "every visit" if cfg.archive.which == "all" else "the visits nobody was named in",
-                cfg.archive.per_visit,
-                cfg.archive.max_mb,
-                cfg.archive.keep_days,
-            )
-        for camera in cameras:
-            if camera.detection.ignore:
-                regions = len(camera.detection.ignore)
-                logger.info(
-                    "camera %s: faces in %d ignore region(s) are dropped", camera.name, regions
-                )
-        gated = [c.name for c in cameras if cfg.motion(c).enabled]
-        if gated:
-            logger.info(
-                "motion gate on %s: still frames skip detection while no face is in view",
-                ", ".join(gated),
-            )
+            self._start_archive(facenet)
+        self._log_filters()
         pipeline = Pipeline(cfg, detector, facenet, sinks, archive=self.archive)
         queues = FrameQueues([c.name for c in cameras], cfg.batching.queue_frames)
         scheduler = BatchScheduler(pipeline, queues)
@@ -341,6 +302,66 @@ class Service:
         finally:
             self._shutdown(scheduler, sinks)
         return 1 if scheduler.error is not None else 0
+
+    def _enrolled(self, facenet: FaceNet | None) -> list[str]:
+        """The gallery's names (for the initial MQTT state); fails now on a wrong gallery.
+        The scheduler thread opens its own: SQLite connections are per thread."""
+        cfg = self.config
+        if facenet is None or not Path(cfg.recognition.gallery).exists():
+            return []
+        try:
+            gallery = open_gallery(cfg, facenet.model_id)
+        except GalleryError as exc:
+            raise ConfigError(f"recognition.gallery: {exc}") from None
+        if gallery is None:
+            return []
+        try:
+            return [identity.name for identity in gallery.identities()]
+        finally:
+            gallery.close()
+
+    def _serve_metrics(self) -> None:
+        """Serve /metrics; an address that is not one of this host's is the config's error."""
+        address, port = self.config.metrics.address, self.config.metrics.port
+        try:
+            metrics.serve(address, port)
+        except OSError as exc:
+            cause = exc.__cause__
+            if (
+                isinstance(cause, socket.gaierror)
+                or getattr(cause, "errno", 0) == errno.EADDRNOTAVAIL
+            ):
+                raise ConfigError(f"metrics.address: {exc}") from None
+            raise
+
+    def _start_archive(self, facenet: FaceNet | None) -> None:
+        cfg = self.config
+        self.archive = FaceArchive(cfg.archive, cfg.node_id, facenet.model_id if facenet else None)
+        self.archive.start()
+        logger.info(
+            "face archive %s: keeps %s, up to %d images a visit, at most %g MB and %g day(s)",
+            cfg.archive.dir,
+            "every visit" if cfg.archive.which == "all" else "the visits nobody was named in",
+            cfg.archive.per_visit,
+            cfg.archive.max_mb,
+            cfg.archive.keep_days,
+        )
+
+    def _log_filters(self) -> None:
+        """Say which cameras drop faces in ignore regions and which are motion-gated."""
+        cameras = [c for c in self.config.cameras if c.enabled]
+        for camera in cameras:
+            if camera.detection.ignore:
+                regions = len(camera.detection.ignore)
+                logger.info(
+                    "camera %s: faces in %d ignore region(s) are dropped", camera.name, regions
+                )
+        gated = [c.name for c in cameras if self.config.motion(c).enabled]
+        if gated:
+            logger.info(
+                "motion gate on %s: still frames skip detection while no face is in view",
+                ", ".join(gated),
+            )
 
     def _serve(self, scheduler: BatchScheduler) -> None:
         watchdog_s = int(os.environ.get("WATCHDOG_USEC", "0")) / 1e6
