@@ -9,9 +9,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
-import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -28,7 +27,8 @@ from engines.base import (
     input_limits,
 )
 from engines.images import AreaPyramid, area_crop_sums, as_bgr8
-from engines.loader import CPU_BACKENDS, load_engine
+from engines.loader import load_engine
+from engines.mtcnn_calls import PNetTile, crop_chunks, default_lanes, pnet_tiles, spread
 
 if TYPE_CHECKING:
     from engines.build import PlanRequest
@@ -41,11 +41,6 @@ R = TypeVar("R")
 PNET_SCALE_NMS = 0.5  # within one scale of one frame (IoU)
 PNET_FRAME_NMS = 0.7  # across the scales of one frame (IoU)
 RNET_NMS = 0.7
-PNET_MAX_PIXELS = 350_000  # pyramid-level pixels per P-Net call (one 720p level at scale 0.6)
-PNET_MIN_TILE_PIXELS = 50_000  # with lanes, P-Net calls may be smaller (_pnet_tiles)
-PNET_CALL_PIXELS = 2_000  # what one P-Net call costs besides its pixels, in pixels' time
-# ... with lanes (the CPU), one of these sizes, each as fast per crop as any larger one
-LANE_CROPS_PER_CALL = {"rnet": (16, 32, 64), "onet": (4, 8)}
 ONET_NMS = 0.7  # intersection over the smaller box
 
 
@@ -100,30 +95,16 @@ class FrameDetections:
         ]
 
 
-@dataclass(frozen=True)
-class _Tile:
-    """One P-Net call: pyramid level ``scale`` (an index) of ``frames``, all its rows or the
-    map rows ``map_rows`` = (first, end) only; ``pixels`` is the level pixels it reads."""
-
-    scale: int
-    frames: np.ndarray
-    map_rows: tuple[int, int] | None
-    pixels: int
-
-    def cost(self) -> float:
-        return self.pixels + PNET_CALL_PIXELS
-
-
 @dataclass
-class _Candidates:
+class Candidates:
     """Boxes of all frames in flight between stages; ``frame`` says whose each box is."""
 
     boxes: np.ndarray  # (K, 4) xyxy
     score: np.ndarray  # (K,)
     frame: np.ndarray  # (K,) index into the batch
 
-    def take(self, keep: np.ndarray) -> _Candidates:
-        return _Candidates(self.boxes[keep], self.score[keep], self.frame[keep])
+    def take(self, keep: np.ndarray) -> Candidates:
+        return Candidates(self.boxes[keep], self.score[keep], self.frame[keep])
 
 
 class MTCNN:
@@ -248,7 +229,7 @@ class MTCNN:
         parts = [self._propose(pyramids, full)] if full else []
         if around:
             parts.append(self._propose_around(pyramids, around))
-        cand = _concat(parts) if parts else _no_candidates()
+        cand = concat_candidates(parts) if parts else no_candidates()
         if len(cand.score):
             cand = self._refine(pyramids, cand)
         results: list[FrameDetections] = [FrameDetections() for _ in pyramids]
@@ -272,27 +253,28 @@ class MTCNN:
 
     # -- stage 1: P-Net over the pyramid -----------------------------------------------
 
-    def _propose(self, pyramids: list[AreaPyramid], indices: list[int]) -> _Candidates:
+    def _propose(self, pyramids: list[AreaPyramid], indices: list[int]) -> Candidates:
         """P-Net over the whole pyramid of the frames ``indices``."""
         by_size: dict[tuple[int, int], list[int]] = {}
         for i in indices:
             by_size.setdefault(pyramids[i].image_hw, []).append(i)
         parts = [self._propose_same_size(pyramids, idx) for idx in by_size.values()]
-        cand = _concat(parts)
+        cand = concat_candidates(parts)
         keep = self._nms(cand.boxes[:, :4], cand.score, PNET_FRAME_NMS, groups=cand.frame)
         return cand.take(keep)
 
-    def _propose_same_size(self, pyramids: list[AreaPyramid], indices: list[int]) -> _Candidates:
-        """P-Net on frames of one size, in tiles (``_pnet_tiles``) spread over the lanes.
+    def _propose_same_size(self, pyramids: list[AreaPyramid], indices: list[int]) -> Candidates:
+        """P-Net on frames of one size, in tiles (``mtcnn_calls.pnet_tiles``) spread over
+        the lanes.
 
         Returns boxes (K, 9) in frame pixels with their score and P-Net's regression.
         """
         image_hw = pyramids[indices[0]].image_hw
         cfg = self.config
         scales = bx.pyramid_scales(image_hw, cfg.min_face_size, cfg.scale_factor)
-        tiles = self._pnet_tiles(image_hw, scales, indices)
+        tiles = pnet_tiles(self.pnet, image_hw, scales, indices, len(self._lanes) + 1)
 
-        def run(lane: MTCNN, part: list[_Tile]) -> list[_Candidates]:
+        def run(lane: MTCNN, part: list[PNetTile]) -> list[Candidates]:
             found = []
             for tile in part:
                 size_hw = bx.scaled_size_hw(image_hw, scales[tile.scale])
@@ -302,54 +284,18 @@ class MTCNN:
                 boxes, local = lane._pnet_candidates(
                     pyramids, tile.frames, size_hw, rows, scales[tile.scale]
                 )
-                cand = _Candidates(boxes, boxes[:, 4].copy(), tile.frames[local])
+                cand = Candidates(boxes, boxes[:, 4].copy(), tile.frames[local])
                 found.append(cand if rows else self._level_nms(cand))
             return found
 
-        per_tile = self._spread(tiles, _Tile.cost, run)
+        per_tile = self._spread(tiles, PNetTile.cost, run)
         # The bands of a level are put together before their NMS (whole levels had theirs).
         banded = {tile.scale for tile in tiles if tile.map_rows}
         parts = [cand for tile, cand in zip(tiles, per_tile, strict=True) if not tile.map_rows]
         for k in sorted(banded):
             mine = [cand for tile, cand in zip(tiles, per_tile, strict=True) if tile.scale == k]
-            parts.append(self._level_nms(_concat(mine)))
-        return _concat(parts) if parts else _no_candidates()
-
-    def _pnet_tiles(
-        self, image_hw: tuple[int, int], scales: list[float], indices: list[int]
-    ) -> list[_Tile]:
-        """P-Net calls for the pyramid of frames of one size: small levels go several frames
-        per call (up to ``PNET_MAX_PIXELS``; more only thrashes the cache). With lanes, no
-        call holds more than half a lane's share of all the pixels: larger levels are cut
-        into bands of rows, which give the same map rows as the whole level, so that the
-        lanes can share the work evenly (a band repeats 10 rows of the one above it, so
-        there are no more bands than that needs)."""
-        frames = np.asarray(indices, dtype=np.int64)
-        limit = PNET_MAX_PIXELS
-        if self._lanes:
-            sizes = [bx.scaled_size_hw(image_hw, scale) for scale in scales]
-            total = len(frames) * sum(h * w for h, w in sizes)
-            limit = min(limit, max(PNET_MIN_TILE_PIXELS, total // (2 * (len(self._lanes) + 1))))
-        tiles = []
-        for k, scale in enumerate(scales):
-            h, w = bx.scaled_size_hw(image_hw, scale)
-            if h * w <= limit or not self._lanes:
-                step = batch_limit(self.pnet, max(1, limit // (h * w)))
-                for start in range(0, len(frames), step):
-                    chunk = frames[start : start + step]
-                    tiles.append(_Tile(k, chunk, None, len(chunk) * h * w))
-                continue
-            map_rows = bx.pnet_map_rows(h)
-            bands = -(-h * w // limit)
-            per_band = -(-map_rows // bands)
-            for first in range(0, map_rows, per_band):
-                end = min(first + per_band, map_rows)
-                start, stop = bx.pnet_band(h, first, end)
-                tiles += [
-                    _Tile(k, frames[j : j + 1], (first, end), (stop - start) * w)
-                    for j in range(len(frames))
-                ]
-        return tiles
+            parts.append(self._level_nms(concat_candidates(mine)))
+        return concat_candidates(parts) if parts else no_candidates()
 
     def _pnet_candidates(
         self,
@@ -373,7 +319,7 @@ class MTCNN:
 
     def _propose_around(
         self, pyramids: list[AreaPyramid], priors: dict[int, np.ndarray]
-    ) -> _Candidates:
+    ) -> Candidates:
         """P-Net on a square region ``bx.ROI_SIDE`` face sizes wide around each prior face,
         at each ``bx.ROI_CANVAS`` size: the regions of all frames in as few calls as the
         engine takes."""
@@ -406,20 +352,20 @@ class MTCNN:
             found.append(boxes)
             whose.append(frame[region])
         boxes = np.concatenate(found)
-        cand = _Candidates(boxes, boxes[:, 4].copy(), np.concatenate(whose))
+        cand = Candidates(boxes, boxes[:, 4].copy(), np.concatenate(whose))
         keep = self._nms(cand.boxes[:, :4], cand.score, PNET_FRAME_NMS, groups=cand.frame)
         return cand.take(keep)
 
     # -- stages 2 and 3 ------------------------------------------------------------------
 
-    def _refine(self, pyramids: list[AreaPyramid], cand: _Candidates) -> _Candidates:
+    def _refine(self, pyramids: list[AreaPyramid], cand: Candidates) -> Candidates:
         """P-Net regression, then R-Net on all candidates of all frames in one call."""
         regressed = bx.regress(cand.boxes[:, :4], cand.boxes[:, 5:9], inclusive=False)
-        cand = _Candidates(bx.square(regressed), cand.score, cand.frame)
+        cand = Candidates(bx.square(regressed), cand.score, cand.frame)
         out = self._infer_spread("rnet", pyramids, cand, 24)
         score = out["prob"][:, 1]
         passed = score > self.config.thresholds[1]
-        cand = _Candidates(cand.boxes[passed], score[passed], cand.frame[passed])
+        cand = Candidates(cand.boxes[passed], score[passed], cand.frame[passed])
         reg = out["reg"][passed]
         keep = self._nms(cand.boxes, cand.score, RNET_NMS, groups=cand.frame)
         cand, reg = cand.take(keep), reg[keep]
@@ -427,13 +373,13 @@ class MTCNN:
         return cand
 
     def _output(
-        self, pyramids: list[AreaPyramid], cand: _Candidates, results: list[FrameDetections]
+        self, pyramids: list[AreaPyramid], cand: Candidates, results: list[FrameDetections]
     ) -> None:
         """O-Net on all remaining candidates; fills ``results`` per frame."""
         out = self._infer_spread("onet", pyramids, cand, 48)
         score = out["prob"][:, 1]
         passed = score > self.config.thresholds[2]
-        cand = _Candidates(cand.boxes[passed], score[passed], cand.frame[passed])
+        cand = Candidates(cand.boxes[passed], score[passed], cand.frame[passed])
         landmarks = bx.landmarks_from_offsets(cand.boxes, out["landmarks"][passed])
         cand.boxes = bx.regress(cand.boxes, out["reg"][passed], inclusive=True)
         keep = self._nms(
@@ -463,7 +409,7 @@ class MTCNN:
         pipeline runs them on its device)."""
         return bx.nms(boxes_xyxy, scores, threshold, groups, mode, inclusive)
 
-    def _level_nms(self, cand: _Candidates) -> _Candidates:
+    def _level_nms(self, cand: Candidates) -> Candidates:
         """P-Net's NMS within one pyramid level of each frame."""
         return cand.take(self._nms(cand.boxes[:, :4], cand.score, PNET_SCALE_NMS, cand.frame))
 
@@ -472,52 +418,16 @@ class MTCNN:
     def _spread(
         self, items: list[T], cost: Callable[[T], float], work: Callable[[MTCNN, list[T]], list[R]]
     ) -> list[R]:
-        """``work(lane, [item])`` for every item, this detector and its lanes in parallel,
-        each taking the next item, costliest first, as soon as it is free (so that a lane
-        slowed by anything ends no later than one small item after the others); the results
-        come back in the order of ``items``."""
-        if self._pool is None or len(items) < 2:
-            return work(self, items)
-        pending = iter(sorted(range(len(items)), key=lambda i: -cost(items[i])))
-        lock = threading.Lock()
-        done: dict[int, R] = {}
-
-        def drain(lane: MTCNN) -> None:
-            while True:
-                with lock:
-                    i = next(pending, None)
-                if i is None:
-                    return
-                done[i] = work(lane, [items[i]])[0]
-
-        futures = [self._pool.submit(drain, lane) for lane in self._lanes]
-        try:
-            drain(self)
-        finally:  # never leave a lane running into the next call, even after an error
-            wait(futures)
-        for future in futures:
-            future.result()
-        return [done[i] for i in range(len(items))]
+        """``work(lane, [item])`` for every item, this detector and its lanes in parallel
+        (``mtcnn_calls.spread``); the results in the order of ``items``."""
+        return spread(self._pool, [self, *self._lanes], items, cost, work)
 
     def _infer_spread(
-        self, net: str, pyramids: list[AreaPyramid], cand: _Candidates, size: int
+        self, net: str, pyramids: list[AreaPyramid], cand: Candidates, size: int
     ) -> dict[str, np.ndarray]:
         """R-Net or O-Net on the crops of all candidates, split between the lanes."""
-        total = len(cand.score)
         engine = self.rnet if net == "rnet" else self.onet
-        if self._lanes:
-            # Calls of one size (but the last) that the lanes take as each is free: CPU
-            # runtimes prepare each new input shape (OpenVINO: R-Net +40%, O-Net +50% when
-            # the size changes every call). The size: the largest of a few, each as fast per
-            # crop as any larger one, that still gives each lane two calls.
-            sizes = LANE_CROPS_PER_CALL[net]
-            enough = [n for n in sizes if -(-total // n) >= 2 * (len(self._lanes) + 1)]
-            step = batch_limit(engine, max(enough, default=min(sizes)))
-            chunks = [np.arange(i, min(i + step, total)) for i in range(0, total, step)]
-        else:
-            # At most CROPS_PER_CALL crops per call: bounded memory for big batches.
-            per_call = batch_limit(engine, CROPS_PER_CALL)
-            chunks = np.array_split(np.arange(total), -(-total // per_call))
+        chunks = crop_chunks(engine, net, len(cand.score), len(self._lanes) + 1)
 
         def run(lane: MTCNN, part: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
             engine = lane.rnet if net == "rnet" else lane.onet
@@ -539,7 +449,7 @@ class MTCNN:
         out -= np.float32(127.5 / 128.0)
 
     def _infer_crops(
-        self, engine: Engine, pyramids: list[AreaPyramid], cand: _Candidates, size: int
+        self, engine: Engine, pyramids: list[AreaPyramid], cand: Candidates, size: int
     ) -> dict[str, np.ndarray]:
         """R-Net or O-Net on square crops of every candidate, zero-padded at image borders
         (or cut there, ``border="clip"``), area-resized to size x size."""
@@ -577,16 +487,6 @@ class MTCNN:
         return blob
 
 
-def default_lanes(backend: str, threads: int) -> int:
-    """Parallel lanes that suit a backend: on the CPU one lane per thread, each running its
-    share of the pyramid levels and candidates single-threaded (MTCNN's small convolutions
-    scale poorly over threads: a 1080p frame on OpenVINO takes 150 ms with one lane of two
-    threads, 120 ms with two lanes of one); GPU backends need one."""
-    if backend in CPU_BACKENDS:
-        return max(1, threads)
-    return 1
-
-
 def _clip_windows(
     windows: np.ndarray, pyramids: list[AreaPyramid], frame: np.ndarray
 ) -> np.ndarray:
@@ -599,12 +499,12 @@ def _clip_windows(
     return np.stack([x0, y0, x1, y1], axis=1)
 
 
-def _no_candidates() -> _Candidates:
-    return _Candidates(np.zeros((0, 9), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64))
+def no_candidates() -> Candidates:
+    return Candidates(np.zeros((0, 9), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64))
 
 
-def _concat(parts: list[_Candidates]) -> _Candidates:
-    return _Candidates(
+def concat_candidates(parts: list[Candidates]) -> Candidates:
+    return Candidates(
         np.concatenate([p.boxes for p in parts]),
         np.concatenate([p.score for p in parts]),
         np.concatenate([p.frame for p in parts]),

@@ -28,7 +28,8 @@ import numpy as np
 from engines import boxes as bx
 from engines import torch_boxes as tb
 from engines.base import Engine, EngineError, batch_limit
-from engines.mtcnn import MTCNN, PNET_MAX_PIXELS, PNET_SCALE_NMS, _Candidates, _no_candidates
+from engines.mtcnn import MTCNN, PNET_SCALE_NMS, Candidates, no_candidates
+from engines.mtcnn_calls import PNET_MAX_PIXELS
 from engines.torch_backend import import_torch
 from engines.torch_frames import DEVICE_FRAMES, DeviceFrame, integrate
 
@@ -78,7 +79,7 @@ class DeviceMTCNN(MTCNN):
 
     def _propose_same_size(  # type: ignore[override]
         self, pyramids: list[DeviceFrame], indices: list[int]
-    ) -> _Candidates:
+    ) -> Candidates:
         """P-Net over the pyramid of frames of one size, all on the device: each level of
         all the frames in as few calls as the pixel limit allows, the candidate cells of all
         levels chosen at once, their boxes and each level's NMS; one transfer back. With
@@ -90,7 +91,7 @@ class DeviceMTCNN(MTCNN):
         cfg = self.config
         scales = bx.pyramid_scales(image_hw, cfg.min_face_size, cfg.scale_factor)
         if not scales:  # frames smaller than the smallest face
-            return _no_candidates()
+            return no_candidates()
         limit = GPU_PNET_PIXELS if self.device.type == "cuda" else PNET_MAX_PIXELS
         with torch.inference_mode():
             sums = self._stacked_sums(pyramids, indices)
@@ -123,7 +124,7 @@ class DeviceMTCNN(MTCNN):
             keep = tb.nms(boxes[:, :4], boxes[:, 4], PNET_SCALE_NMS, frame * len(scales) + level)
             boxes, frame = boxes[keep].cpu().numpy(), frame[keep].cpu().numpy()
         whose = np.asarray(indices, dtype=np.int64)[frame]
-        return _Candidates(boxes, boxes[:, 4].copy(), whose)
+        return Candidates(boxes, boxes[:, 4].copy(), whose)
 
     def _pnet_candidates(  # type: ignore[override]
         self,
