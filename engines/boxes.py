@@ -112,21 +112,33 @@ def nms(
     boxes = boxes_xyxy.astype(np.float64)
     one = 1.0 if inclusive else 0.0
     if mode == "union" and scores.min() > 0:
-        # OpenCV's greedy NMS is the same algorithm (best score first, ties in index order,
-        # dropped when IoU > threshold) in C++: P-Net's cross-scale pass keeps most of its
-        # ~800 boxes per 1080p frame, where a Python loop per kept box costs 14 ms.
-        rects = np.stack(
-            [
-                boxes[:, 0],
-                boxes[:, 1],
-                boxes[:, 2] - boxes[:, 0] + one,
-                boxes[:, 3] - boxes[:, 1] + one,
-            ],
-            axis=1,
-        )
-        # (the stubs say sequences; the binding takes (N, 4) float64 and (N,) float32 arrays)
-        kept = cv2.dnn.NMSBoxes(rects, scores.astype(np.float32), 0.0, float(threshold))  # type: ignore[arg-type]
-        return np.asarray(kept, dtype=np.int64).reshape(-1)
+        return _nms_opencv(boxes, scores, threshold, one)
+    return _nms_greedy(boxes, scores, threshold, mode, one)
+
+
+def _nms_opencv(boxes: np.ndarray, scores: np.ndarray, threshold: float, one: float) -> np.ndarray:
+    """IoU NMS by OpenCV: the same greedy algorithm (best score first, ties in index order,
+    dropped when IoU > threshold) in C++. P-Net's cross-scale pass keeps most of its ~800
+    boxes per 1080p frame, where a Python loop per kept box costs 14 ms. (OpenCV skips
+    scores <= 0: ``nms`` sends it none.)"""
+    rects = np.stack(
+        [
+            boxes[:, 0],
+            boxes[:, 1],
+            boxes[:, 2] - boxes[:, 0] + one,
+            boxes[:, 3] - boxes[:, 1] + one,
+        ],
+        axis=1,
+    )
+    # (the stubs say sequences; the binding takes (N, 4) float64 and (N,) float32 arrays)
+    kept = cv2.dnn.NMSBoxes(rects, scores.astype(np.float32), 0.0, float(threshold))  # type: ignore[arg-type]
+    return np.asarray(kept, dtype=np.int64).reshape(-1)
+
+
+def _nms_greedy(
+    boxes: np.ndarray, scores: np.ndarray, threshold: float, mode: str, one: float
+) -> np.ndarray:
+    """Greedy NMS in numpy, one kept box at a time; ``mode`` "union" or "min"."""
     x1, y1, x2, y2 = boxes.T
     area = (x2 - x1 + one) * (y2 - y1 + one)
     order = np.argsort(-scores, kind="stable")
