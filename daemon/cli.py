@@ -15,6 +15,7 @@ from daemon import (
     archive_cli,
     detect_cli,
     engines_cli,
+    enroll_cli,
     recognition_cli,
     run_cli,
     status_cli,
@@ -41,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     detect_cli.register(commands)
+    enroll_cli.register(commands)
     recognition_cli.register(commands)
     engines_cli.register(commands)
     run_cli.register(commands)

@@ -316,7 +316,7 @@ def test_a_new_gallery_starts_at_the_lfw_threshold_only_on_its_own_scale() -> No
     an angle or on flipped pairs."""
     from types import SimpleNamespace
 
-    from daemon.recognition_cli import _threshold_of
+    from daemon.enroll_cli import _threshold_of
 
     def net(**lfw: object) -> object:
         return SimpleNamespace(meta=SimpleNamespace(extra={"lfw": {"best_threshold": 0.9, **lfw}}))

@@ -1,0 +1,282 @@
+"""`facewatch enroll`: add people to the gallery from photos, a folder per person, or the
+face archive's visits.
+
+Every photo must show one face (or ``--largest``), large and sharp enough
+(``daemon.recognition.QualityGates``); a photo enrolled as someone else is refused (one
+photo, one person). Nothing is enrolled while any photo is rejected, unless ``--skip-bad``.
+Exit status: 0 done, 1 an image or the gallery refused (the reason is printed), 2 a model or
+argument problem.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from daemon import gallery_cli
+from daemon.archive_files import VISIT_FILE, archive_level
+from daemon.detect_cli import progress_wanted
+from daemon.gallery import Enrollment, Gallery, GalleryError, clean_name
+from daemon.recognition import (
+    DEFAULT_MIN_FACE_PX,
+    DEFAULT_MIN_SHARPNESS,
+    QualityGates,
+    Rejected,
+)
+from daemon.recognition_cli import Models, add_model_options, is_hidden, load_models, photo_files
+from engines import EngineError
+from engines.base import file_sha256
+from engines.facenet import FaceNet
+from engines.images import ImageError, read_image
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "enroll",
+        help="add people to the gallery from photos",
+        description="Enroll one person from photos (--name NAME IMAGE...) or many from a "
+        "folder with one sub-folder per person (--dir DIR). Every photo must show exactly one "
+        "face (or use --largest), large and sharp enough; in a face archive visit folder, the "
+        "face its visit.json places is taken. A rejected photo is reported with its reason "
+        "and then nothing is enrolled, unless --skip-bad.",
+    )
+    p.add_argument(
+        "images",
+        nargs="*",
+        type=Path,
+        metavar="IMAGE",
+        help="photos of --name (or folders of them)",
+    )
+    p.add_argument("--name", help="who the photos show")
+    p.add_argument(
+        "--dir",
+        type=Path,
+        help="folder of per-person sub-folders (name = folder; the photos anywhere inside it; "
+        "hidden and @ folders such as .thumbnails and @eaDir are skipped; not the face "
+        "archive's folders: enroll its visits with --name)",
+    )
+    p.add_argument("--largest", action="store_true", help="several faces: enroll the largest")
+    p.add_argument(
+        "--min-face-px",
+        type=_non_negative,
+        default=DEFAULT_MIN_FACE_PX,
+        help=f"shortest side of the face box, pixels (default {DEFAULT_MIN_FACE_PX:.0f})",
+    )
+    p.add_argument(
+        "--min-sharpness",
+        type=_non_negative,
+        default=DEFAULT_MIN_SHARPNESS,
+        help="blur gate: variance of the Laplacian of the aligned grey face crop "
+        f"(default {DEFAULT_MIN_SHARPNESS:.0f}; 0 disables)",
+    )
+    p.add_argument(
+        "--skip-bad", action="store_true", help="enroll the good photos even if others fail"
+    )
+    add_model_options(p)
+    p.set_defaults(func=run_enroll)
+
+
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value >= 0.0:
+        raise argparse.ArgumentTypeError(f"{text} is negative (0 disables the gate)")
+    return value
+
+
+def _enroll_jobs(args: argparse.Namespace) -> list[tuple[str, Path]]:
+    """(name, image) pairs from the arguments; ValueError on a usage mistake."""
+    if args.dir is not None:
+        if args.name or args.images:
+            raise ValueError("--dir takes no --name and no IMAGE arguments")
+        if not args.dir.is_dir():
+            what = "not a folder" if args.dir.exists() else "no such folder"
+            raise ValueError(f"{args.dir}: {what} (one sub-folder per person expected)")
+        level = archive_level(args.dir)
+        if level is not None:
+            raise ValueError(
+                f"{args.dir}: {level} folder of the face archive, not a folder of per-person "
+                "folders: enroll a visit with --name NAME VISIT_FOLDER... (`facewatch archive "
+                "list` finds them)"
+            )
+        entries = sorted(p for p in args.dir.iterdir() if not is_hidden(p.name))
+        people = [p for p in entries if p.is_dir()]
+        if not people:
+            raise ValueError(f"{args.dir}: no sub-folders (one per person expected)")
+        for loose in (p for p in entries if not p.is_dir()):
+            print(f"skipped {loose}: not in a person's folder", file=sys.stderr)
+        return [(_name(p.name, p), image) for p in people for image in photo_files(p)]
+    if not args.name:
+        raise ValueError("give --name NAME with IMAGE arguments, or --dir DIR")
+    name = _name(args.name, None)
+    if not args.images:
+        raise ValueError(f"no images given for {name!r}")
+    for path in args.images:
+        level = archive_level(path) if path.is_dir() else None
+        if level not in (None, "a visit"):
+            raise ValueError(
+                f"{path}: {level} folder of the face archive: it holds many visits, of "
+                "different people; give the visit folders of this one (`facewatch archive "
+                "list` finds them)"
+            )
+    return [(name, image) for path in args.images for image in photo_files(path)]
+
+
+def _name(name: str, folder: Path | None) -> str:
+    try:
+        return clean_name(name)
+    except GalleryError as exc:
+        raise ValueError(f"{folder}: {exc}" if folder else f"--name: {exc}") from None
+
+
+def _enroll_crop(models: Models, gates: QualityGates, path: Path) -> np.ndarray:
+    """The aligned crop of the one face to enroll from ``path``; Rejected / ImageError."""
+    if path.is_dir():
+        raise Rejected("folder holds no images")
+    image = read_image(str(path))
+    found = models.detector.detect([image])[0]
+    k = gates.choose_face(found, image.shape[:2], archived_face(path))
+    crop = models.facenet.align(image, found, [k])
+    gates.check_sharpness(crop[0])
+    return crop[0]
+
+
+def archived_face(path: Path) -> np.ndarray | None:
+    """Where the visit's face is in a face archive image (its visit.json says), else None."""
+    entries = _visit_images(path.parent)
+    box = entries.get(path.name)
+    return None if box is None else np.asarray(box, np.float64)
+
+
+@functools.lru_cache(maxsize=64)
+def _visit_images(folder: Path) -> dict[str, list[float]]:
+    """file -> face_xyxy of a face archive visit's images; {} for any other folder."""
+    try:
+        about = json.loads((folder / VISIT_FILE).read_text(encoding="utf-8"))
+        return {
+            str(image["file"]): [float(v) for v in image["face_xyxy"]]
+            for image in about["images"]
+            if len(image.get("face_xyxy", ())) == 4
+        }
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def _check_gallery(path: Path, model_id: str) -> dict[str, set[str]]:
+    """Refuse early (before any work) a gallery of another model or one we cannot write;
+    returns who holds each photo already enrolled (by SHA-256)."""
+    if not path.exists() and not path.is_symlink():
+        return {}
+    with Gallery.open(path, model_id, writable=True) as gallery:
+        return gallery.sources()
+
+
+def _check_photo(holders: dict[str, set[str]], name: str, path: Path) -> str:
+    """The photo's SHA-256; Rejected when it is enrolled (or being enrolled) as someone else:
+    one photo, one person."""
+    sha = file_sha256(path)
+    others = sorted(holders.get(sha, set()) - {name})
+    if others:
+        raise Rejected(f"the same photo is enrolled as {', '.join(others)}")
+    holders.setdefault(sha, set()).add(name)
+    return sha
+
+
+def run_enroll(args: argparse.Namespace) -> int:
+    try:
+        jobs = _enroll_jobs(args)
+        models = load_models(args)
+    except (ValueError, EngineError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    gallery_path = gallery_cli.gallery_path(args)
+    gates = QualityGates(args.min_face_px, args.min_sharpness, args.largest)
+    try:
+        holders = _check_gallery(gallery_path, models.facenet.model_id)
+    except GalleryError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    crops, accepted, rejected = [], [], []
+    show = progress_wanted(args) and len(jobs) > 1
+    for name, path in tqdm(jobs, desc="enroll", unit="image", disable=not show, file=sys.stderr):
+        try:
+            crop = _enroll_crop(models, gates, path)
+            accepted.append((name, path, _check_photo(holders, name, path)))
+            crops.append(crop)
+        except (Rejected, ImageError, ValueError, OSError) as exc:
+            reason = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
+            rejected.append(reason)
+            tqdm.write(f"rejected: {reason}", file=sys.stderr)
+    if rejected and not args.skip_bad:
+        print(
+            f"error: {len(rejected)} of {len(jobs)} image(s) rejected; nothing was enrolled "
+            "(fix or drop them, or pass --skip-bad to enroll the others)",
+            file=sys.stderr,
+        )
+        return 1
+    if not accepted:
+        print("error: no image could be enrolled", file=sys.stderr)
+        return 1
+    return _store(gallery_path, models, crops, accepted, len(rejected))
+
+
+def _store(
+    gallery_path: Path,
+    models: Models,
+    crops: list[np.ndarray],
+    accepted: list[tuple[str, Path, str]],
+    n_rejected: int,
+) -> int:
+    embeddings = models.facenet.embed(np.stack(crops))
+    faces = [
+        Enrollment(name, vector, sha)
+        for (name, _, sha), vector in zip(accepted, embeddings, strict=True)
+    ]
+    net = models.facenet
+    new = not gallery_path.exists()
+    try:
+        with Gallery.open_or_create(
+            gallery_path, net.model_id, net.embedding_size, **_threshold_of(net)
+        ) as gallery:
+            added = gallery.enroll(faces)
+    except GalleryError as exc:
+        if new and gallery_path.is_file():
+            gallery_path.unlink()  # nothing was enrolled: leave no empty gallery behind
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    names = sorted({name for name, _, _ in accepted})
+    print(
+        f"enrolled {added} new face(s) of {len(names)} person(s) into {gallery_path}: "
+        + ", ".join(names)
+        + (
+            f" ({len(faces) - added} not added: already enrolled, or the same photo twice)"
+            if added < len(faces)
+            else ""
+        )
+        + (f"; {n_rejected} image(s) skipped" if n_rejected else "")
+    )
+    return 0
+
+
+def _threshold_of(net: FaceNet) -> dict[str, float]:
+    """A new gallery starts at the model's LFW threshold for a false accept rate of 1e-3 when
+    its sidecar has one, else at its LFW best threshold. The best threshold balances LFW's
+    pairs, one against one; a gallery compares each face with every enrolled photo, so a
+    stranger meets many chances of a close one (dlib's network at 0.19: 44 % of strangers
+    named, against 100 enrolled photos)."""
+    lfw = net.meta.extra.get("lfw") or {}
+    on_our_scale = (
+        isinstance(lfw, dict)
+        and lfw.get("distance_metric", 0) == 0
+        and not lfw.get("use_flipped_images", False)
+    )  # else it is an angle, or a distance between concatenated embeddings
+    start = (lfw.get("far_threshold") or lfw.get("best_threshold")) if on_our_scale else None
+    return {"threshold": float(start)} if start else {}
