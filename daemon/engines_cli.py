@@ -164,7 +164,7 @@ def options_from_args(args: argparse.Namespace) -> BuildOptions:
 
 def config_models(config_path: Path) -> tuple[list[Path], PlanRequest]:
     """The ONNX models a daemon config opens, and what it asks of the tensorrt backend."""
-    from daemon.service import resolve_model  # the daemon's own choice of FaceNet
+    from daemon.preflight import resolve_model  # the daemon's own choice of FaceNet
 
     config = load_config(config_path, secrets=False)  # builds need no camera or broker
     if config.engines.backend != "tensorrt":

@@ -3,7 +3,8 @@ until SIGTERM, then stop them in reverse order, draining what is in flight.
 
 systemd: ``READY=1`` once the engines are warm (the start timeout is extended while a
 TensorRT plan is built), ``WATCHDOG=1`` only while frames flow (see
-``watchdog_healthy``), ``STOPPING=1`` on the way out (written to ``$NOTIFY_SOCKET``).
+``daemon.systemd_notify.watchdog_healthy``), ``STOPPING=1`` on the way out. The checks
+before anything starts are in ``daemon.preflight``.
 """
 
 from __future__ import annotations
@@ -23,17 +24,19 @@ import numpy as np
 
 from daemon import home_assistant, metrics
 from daemon.archive import FaceArchive
-from daemon.cameras import CameraReader, FrameQueues, check_file_source, ffmpeg_environment
+from daemon.cameras import CameraReader, FrameQueues, ffmpeg_environment
 from daemon.config import WARM_UP_HW, Config, ConfigError, plan_request
 from daemon.events import EventSinks, in_view_json, person_json
 from daemon.gallery import GalleryError
 from daemon.mqtt import DRAIN_ON_STOP_S, MqttPublisher
+from daemon.preflight import check_cameras, check_files, resolve_model
 from daemon.scheduler import BatchScheduler, Pipeline, open_gallery
 from daemon.spool import Spool
+from daemon.systemd_notify import sd_notify, watchdog_healthy
 from engines.base import EngineError
 from engines.detectors import load_detector, load_facenet
 from engines.facenet import FaceNet
-from engines.loader import CPU_BACKENDS, default_facenet
+from engines.loader import CPU_BACKENDS
 from engines.mtcnn import MTCNN
 
 logger = logging.getLogger(__name__)
@@ -46,45 +49,6 @@ PUBLISHER_STOP_S = 15.0  # kept to last for MQTT: sending the spool, then `offli
 PLAN_BUILD_S = 1800  # systemd's start timeout is extended by this for each TensorRT build
 
 
-def sd_notify(message: str) -> bool:
-    """Send ``message`` to systemd's notification socket, if there is one."""
-    address = os.environ.get("NOTIFY_SOCKET")
-    if not address:
-        return False
-    if address.startswith("@"):
-        address = "\0" + address[1:]
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-            sock.connect(address)
-            sock.sendall(message.encode())
-    except OSError as exc:
-        logger.warning("cannot notify systemd (%s): %s", address, exc)
-        return False
-    return True
-
-
-def resolve_model(config: Config) -> Path | None:
-    """The FaceNet model file to use, or None for detection only."""
-    model = config.recognition.model
-    if model is None:
-        return None
-    if model == "auto":
-        default = default_facenet()
-        if default.is_file():
-            return default
-        logger.warning(
-            "no FaceNet model at %s: running detection and tracking only (events carry "
-            "identity null); set recognition.model to a model file to recognise people "
-            "(`facewatch train export` makes one from facenet-pytorch's published weights)",
-            default,
-        )
-        return None
-    path = Path(model)
-    if not path.is_file():
-        raise ConfigError(f"recognition.model: {path}: FaceNet model file not found")
-    return path
-
-
 def _building_plan(onnx_path: Path) -> None:
     """Before a TensorRT plan is built at start: say so, and give systemd the time."""
     logger.warning(
@@ -94,62 +58,6 @@ def _building_plan(onnx_path: Path) -> None:
     )
     sd_notify(f"EXTEND_TIMEOUT_USEC={PLAN_BUILD_S * 1_000_000}")
     sd_notify(f"STATUS=building the TensorRT plan for {onnx_path.name}")
-
-
-def check_cameras(config: Config) -> None:
-    """Local video files must exist and decode (streams may come up later)."""
-    for k, camera in enumerate(config.cameras):
-        if not camera.enabled:
-            continue
-        try:
-            check_file_source(camera.url)
-        except OSError as exc:
-            raise ConfigError(f"cameras[{k}] ({camera.name}).url: {exc}") from None
-
-
-def check_files(config: Config) -> None:
-    """Files the config names that must be there before anything starts: MTCNN's models, the
-    TLS files, the JSON-lines file's folder; a ConfigError names the key."""
-    for name in ("pnet", "rnet", "onet"):
-        model = Path(config.engines.mtcnn_dir) / f"{name}.onnx"
-        if not model.is_file():
-            raise ConfigError(f"engines.mtcnn_dir: {model}: not found (MTCNN's {name})")
-    tls = config.mqtt.tls
-    if config.mqtt.enabled and tls is not None:
-        for key in ("ca_file", "cert_file", "key_file"):
-            value = getattr(tls, key)
-            if value is not None and not os.access(value, os.R_OK):
-                why = "cannot be read" if Path(value).is_file() else "not found"
-                raise ConfigError(f"mqtt.tls.{key}: {value}: {why}")
-    if config.events.jsonl_file:
-        out = Path(config.events.jsonl_file)
-        try:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.open("a").close()
-        except OSError as exc:
-            raise ConfigError(f"events.jsonl_file: {out}: {exc.strerror or exc}") from None
-    if config.archive.dir:
-        folder = Path(config.archive.dir)
-        if folder.exists() and not folder.is_dir():
-            raise ConfigError(f"archive.dir: {folder}: a file, not a folder")
-        try:
-            FaceArchive.prepare(config.archive.dir)
-        except OSError as exc:
-            raise ConfigError(
-                f"archive.dir: {folder}: cannot create or write the folder: {exc.strerror or exc}"
-            ) from None
-
-
-def watchdog_healthy(
-    now: float, last_round: float, last_batch: float, cameras_up: bool, stall_s: float
-) -> bool:
-    """Whether to feed systemd's watchdog: frames flow. The scheduler must come round (a
-    hung engine call stops it) and, while any camera delivers, batches must go through.
-    With every camera down there is nothing to process, and a restart would not bring
-    them back: the cameras' own reconnection and the CameraDown alert deal with that."""
-    if now - last_round >= stall_s:
-        return False
-    return not cameras_up or now - last_batch < stall_s
 
 
 class Service:

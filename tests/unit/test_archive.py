@@ -22,8 +22,8 @@ from daemon.cli import main
 from daemon.config import ArchiveConfig, ConfigError
 from daemon.config_file import load_config, parse_config
 from daemon.events import face_region, person_key
+from daemon.preflight import check_files
 from daemon.recognition import rate_face
-from daemon.service import check_files
 from daemon.tracking import Track, TrackEvent
 from engines.boxes import iou_matrix
 from tests.conftest import REPO

@@ -23,9 +23,9 @@ from daemon.config import ConfigError, TrackingConfig
 from daemon.config_file import parse_config
 from daemon.events import EventSinks, in_view_json, person_key
 from daemon.scheduler import Pipeline
-from daemon.service import watchdog_healthy
 from daemon.spool import Spool
 from daemon.stream_probe import _from_answer, stream_problem
+from daemon.systemd_notify import watchdog_healthy
 from daemon.tracking import Tracker
 from engines.mtcnn import FrameDetections
 from tests.conftest import REPO
