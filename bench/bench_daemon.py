@@ -141,76 +141,74 @@ def run(
         subscriber.close()
         rtsp.stop()
         broker.stop()
-    per_camera = {
-        c: {
-            "read_fps": delta(after, before, f'facewatch_frames_read_total{{camera="{c}"}}')
-            / elapsed,
-            "processed_fps": delta(
-                after, before, f'facewatch_frames_processed_total{{camera="{c}"}}'
-            )
-            / elapsed,
-            "dropped": delta(after, before, f'facewatch_frames_dropped_total{{camera="{c}"}}'),
-            "still_fps": delta(after, before, f'facewatch_frames_still_total{{camera="{c}"}}')
-            / elapsed,
-        }
-        for c in names
-    }
-    frames = sum(
-        delta(after, before, f'facewatch_frames_processed_total{{camera="{c}"}}') for c in names
-    )
-    # "left" events wait tracking.lost_after_s after the last frame by design: not latency
-    latency = np.array([e["published_ts"] - e["frame_ts"] for e in events if e["type"] != "left"])
-    cpu = delta(after, before, "process_cpu_seconds_total")
-    return {
+    settings_used = {
         "cameras": n,
         "target_fps": fps,
         "min_face_size": min_face,
         "full_scan_every": full_scan_every,
         "overrides": overrides or {},
+    }
+    return {**settings_used, **_figures(names, before, after, elapsed, events, rss)}
+
+
+def _figures(
+    names: list[str],
+    before: dict[str, float],
+    after: dict[str, float],
+    elapsed: float,
+    events: list[dict],
+    rss: list[float],
+) -> dict:
+    """Rates, latencies, memory and stage times between two scrapes of the daemon's metrics."""
+
+    def change(metric: str) -> float:
+        return delta(after, before, metric)
+
+    def per_frame(total: float) -> float:
+        return round(total / max(frames, 1), 2)
+
+    def ms(values: np.ndarray, q: float) -> float | None:
+        return round(float(np.percentile(values, q)) * 1000, 1) if len(values) else None
+
+    per_camera = {
+        c: {
+            "read_fps": change(f'facewatch_frames_read_total{{camera="{c}"}}') / elapsed,
+            "processed_fps": change(f'facewatch_frames_processed_total{{camera="{c}"}}') / elapsed,
+            "dropped": change(f'facewatch_frames_dropped_total{{camera="{c}"}}'),
+            "still_fps": change(f'facewatch_frames_still_total{{camera="{c}"}}') / elapsed,
+        }
+        for c in names
+    }
+    frames = sum(change(f'facewatch_frames_processed_total{{camera="{c}"}}') for c in names)
+    # "left" events wait tracking.lost_after_s after the last frame by design: not latency
+    latency = np.array([e["published_ts"] - e["frame_ts"] for e in events if e["type"] != "left"])
+    cpu = change("process_cpu_seconds_total")
+    return {
         "seconds": round(elapsed, 1),
         "per_camera": per_camera,
         "events": len(events),
         "confirmed": sum(e["type"] == "confirmed" for e in events),
-        "latency_p50_ms": round(float(np.percentile(latency, 50)) * 1000, 1)
-        if len(latency)
-        else None,
-        "latency_p99_ms": round(float(np.percentile(latency, 99)) * 1000, 1)
-        if len(latency)
-        else None,
-        "latency_max_ms": round(float(latency.max()) * 1000, 1) if len(latency) else None,
+        "latency_p50_ms": ms(latency, 50),
+        "latency_p99_ms": ms(latency, 99),
+        "latency_max_ms": ms(latency, 100),
         "rss_max_mb": round(max(rss), 1) if rss else None,
         "rss_first_last_mb": [round(rss[0], 1), round(rss[-1], 1)] if rss else None,
         "cpu_s_per_s": round(cpu / elapsed, 2),
         "cpu_ms_per_frame": round(1000 * cpu / max(frames, 1), 1),
         "stage_ms_per_frame": {
             s: round(
-                1000
-                * delta(after, before, f'facewatch_stage_seconds_sum{{stage="{s}"}}')
-                / max(frames, 1),
-                1,
+                1000 * change(f'facewatch_stage_seconds_sum{{stage="{s}"}}') / max(frames, 1), 1
             )
             for s in STAGES
         },
         "mean_batch_frames": round(
-            delta(after, before, "facewatch_batch_frames_sum")
-            / max(delta(after, before, "facewatch_batch_frames_count"), 1),
-            2,
+            change("facewatch_batch_frames_sum") / max(change("facewatch_batch_frames_count"), 1), 2
         ),
-        "faces_per_frame": round(
-            sum(
-                delta(after, before, f'facewatch_faces_detected_total{{camera="{c}"}}')
-                for c in names
-            )
-            / max(frames, 1),
-            2,
+        "faces_per_frame": per_frame(
+            sum(change(f'facewatch_faces_detected_total{{camera="{c}"}}') for c in names)
         ),
-        "embedded_per_frame": round(
-            sum(
-                delta(after, before, f'facewatch_faces_embedded_total{{camera="{c}"}}')
-                for c in names
-            )
-            / max(frames, 1),
-            2,
+        "embedded_per_frame": per_frame(
+            sum(change(f'facewatch_faces_embedded_total{{camera="{c}"}}') for c in names)
         ),
     }
 

@@ -36,6 +36,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from daemon.archive_files import disk_bytes  # noqa: E402
+from daemon.scheduler import STALL_GRACE_S  # noqa: E402
 from tests.facenet_model import build_test_model  # noqa: E402
 from tests.integration.services import (  # noqa: E402
     Daemon,
@@ -51,6 +52,7 @@ from tests.integration.services import (  # noqa: E402
 CLIP = REPO / "configs" / "demo" / "hamilton_360p.mp4"
 SHARED_DATA = REPO.parent / "shared" / "data"
 CAMERAS = ("cam1", "cam2")
+LOST_AFTER_S = 2.0  # tracking.lost_after_s
 ARCHIVE_MB = 5.0  # small: the soak prunes the face archive all along
 LOGS = REPO / "bench" / ".cache" / "soak"  # the logs of the last run
 
@@ -118,84 +120,22 @@ def retained(port: int) -> dict[str, Any]:
 
 
 def soak(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
-    data = SHARED_DATA if (SHARED_DATA / "README.md").is_file() else None
-    model = build_test_model(folder / "model", data)
-    gallery = folder / "gallery.sqlite"
-    enroll(model, gallery, "lin-manuel-miranda")
-
-    persistence = folder / "broker-db"
-    persistence.mkdir()
-    broker = Mosquitto(
-        folder,
-        extra_conf=(
-            "allow_anonymous true\npersistence true\n"
-            f"persistence_location {persistence}/\nmax_queued_messages 0\n"
-        ),
-    )
-    servers = {c: RtspServer(folder, {c: CLIP}, port=free_port()) for c in CAMERAS}
-    jsonl = folder / "events.jsonl"
-    settings = daemon_settings(
-        [{"name": c, "url": servers[c].url(c), "fps": args.fps} for c in CAMERAS],
-        broker.port,
-        folder,
-        recognition={"model": str(model), "gallery": str(gallery)},
-        events={"jsonl_file": str(jsonl)},
-        tracking={"confirm_frames": 3, "lost_after_s": 2.0},
-        mqtt={"home_assistant": {"enabled": True}},
-        # every visit kept, in a small archive: writing and pruning all along
-        archive={"dir": str(folder / "archive"), "which": "all", "max_mb": ARCHIVE_MB},
-    )
-    daemon = Daemon(folder, settings)
+    broker, servers, daemon, jsonl = _set_up(args, folder)
     broker.start()
     for server in servers.values():
         server.start()
     subscriber = Subscriber(broker.port, "facewatch/test/events/#", persistent_id="soak")
     daemon.start()
-    samples: list[dict[str, Any]] = []
-    faults: list[dict[str, Any]] = []
     try:
         wait_for(lambda: daemon.metric("facewatch_batch_frames_count") > 0, 180, "first batch")
-        assert daemon.proc is not None
-        started = time.monotonic()
-        end = started + args.minutes * 60
-        next_fault = started + args.fault_every
-        turn = 0
-        while time.monotonic() < end:
-            now = time.monotonic()
-            if now >= next_fault and now + args.outage < end:
-                target = broker if turn % 2 == 0 else servers["cam2"]
-                name = "broker" if turn % 2 == 0 else "cam2"
-                target.stop()
-                time.sleep(args.outage)
-                target.start()
-                faults.append({"t_s": round(now - started), "restarted": name})
-                print(f"[{(now - started) / 60:5.1f} min] restarted {name}", flush=True)
-                turn += 1
-                next_fault = now + args.fault_every
-            values = daemon.metrics()
-            samples.append(
-                {
-                    "t_s": round(time.monotonic() - started, 1),
-                    "rss_mb": round(rss_mb(daemon.proc.pid), 1),
-                    "spool": values.get("facewatch_mqtt_spool_events", 0.0),
-                    "events": len(emitted(jsonl)),
-                    "received": len(received(subscriber)),
-                }
-            )
-            if len(samples) % 30 == 1:
-                last = samples[-1]
-                print(
-                    f"[{last['t_s'] / 60:5.1f} min] RSS {last['rss_mb']:.0f} MB, events "
-                    f"{last['events']}, received {last['received']}, spool {last['spool']:.0f}",
-                    flush=True,
-                )
-            time.sleep(args.sample_every)
-
-        # drain: cameras off (open tracks leave), everything in the spool delivered
+        samples, faults = _observe(args, daemon, broker, servers, jsonl, subscriber)
+        # drain: cameras off, everything in the spool delivered, and the open tracks left:
+        # a silent camera keeps its tracks for STALL_GRACE_S (it may only be stalling), then
+        # they are lost after lost_after_s
         final = daemon.metrics()
         for server in servers.values():
             server.stop()
-        time.sleep(5)
+        time.sleep(STALL_GRACE_S + LOST_AFTER_S + 3)
         wait_for(
             lambda: set(emitted(jsonl)) <= set(received(subscriber)),
             180,
@@ -213,42 +153,132 @@ def soak(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
         for server in servers.values():
             server.stop()
         broker.stop()
-
-    ids, delivered = emitted(jsonl), received(subscriber)
-    log = daemon.log()
     LOGS.mkdir(parents=True, exist_ok=True)
     for process in (daemon, broker, *servers.values()):
         (LOGS / process.log_path.name).write_text(process.log())
+    report = _report(args, samples, final, daemon.log())
+    ids, delivered = emitted(jsonl), received(subscriber)
+    report.update(
+        events_emitted=len(ids),
+        events_delivered=len(set(delivered)),
+        events_lost=len(set(ids) - set(delivered)),
+        duplicates_received=len(delivered) - len(set(delivered)),
+        exit_status=rc,
+        retained_after_drain=after_drain,
+        archive=archive,
+        faults=faults,
+        samples=samples,
+    )
+    return report
+
+
+def _set_up(
+    args: argparse.Namespace, folder: Path
+) -> tuple[Mosquitto, dict[str, RtspServer], Daemon, Path]:
+    """The test model and its gallery, a broker that persists, a camera server per camera,
+    and the daemon's settings (not started)."""
+    data = SHARED_DATA if (SHARED_DATA / "README.md").is_file() else None
+    model = build_test_model(folder / "model", data)
+    gallery = folder / "gallery.sqlite"
+    enroll(model, gallery, "lin-manuel-miranda")
+    persistence = folder / "broker-db"
+    persistence.mkdir()
+    broker = Mosquitto(
+        folder,
+        extra_conf=(
+            "allow_anonymous true\npersistence true\n"
+            f"persistence_location {persistence}/\nmax_queued_messages 0\n"
+        ),
+    )
+    servers = {c: RtspServer(folder, {c: CLIP}, port=free_port()) for c in CAMERAS}
+    jsonl = folder / "events.jsonl"
+    settings = daemon_settings(
+        [{"name": c, "url": servers[c].url(c), "fps": args.fps} for c in CAMERAS],
+        broker.port,
+        folder,
+        recognition={"model": str(model), "gallery": str(gallery)},
+        events={"jsonl_file": str(jsonl)},
+        tracking={"confirm_frames": 3, "lost_after_s": LOST_AFTER_S},
+        mqtt={"home_assistant": {"enabled": True}},
+        # every visit kept, in a small archive: writing and pruning all along
+        archive={"dir": str(folder / "archive"), "which": "all", "max_mb": ARCHIVE_MB},
+    )
+    return broker, servers, Daemon(folder, settings), jsonl
+
+
+def _observe(
+    args: argparse.Namespace,
+    daemon: Daemon,
+    broker: Mosquitto,
+    servers: dict[str, RtspServer],
+    jsonl: Path,
+    subscriber: Subscriber,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """For ``args.minutes``: a sample of the daemon every ``args.sample_every`` seconds, and
+    every ``args.fault_every`` seconds the broker or cam2 stopped for ``args.outage``."""
+    assert daemon.proc is not None
+    samples: list[dict[str, Any]] = []
+    faults: list[dict[str, Any]] = []
+    started = time.monotonic()
+    end = started + args.minutes * 60
+    next_fault = started + args.fault_every
+    turn = 0
+    while time.monotonic() < end:
+        now = time.monotonic()
+        if now >= next_fault and now + args.outage < end:
+            name = "broker" if turn % 2 == 0 else "cam2"
+            target = broker if name == "broker" else servers["cam2"]
+            target.stop()
+            time.sleep(args.outage)
+            target.start()
+            faults.append({"t_s": round(now - started), "restarted": name})
+            print(f"[{(now - started) / 60:5.1f} min] restarted {name}", flush=True)
+            turn += 1
+            next_fault = now + args.fault_every
+        values = daemon.metrics()
+        samples.append(
+            {
+                "t_s": round(time.monotonic() - started, 1),
+                "rss_mb": round(rss_mb(daemon.proc.pid), 1),
+                "spool": values.get("facewatch_mqtt_spool_events", 0.0),
+                "events": len(emitted(jsonl)),
+                "received": len(received(subscriber)),
+            }
+        )
+        if len(samples) % 30 == 1:
+            last = samples[-1]
+            print(
+                f"[{last['t_s'] / 60:5.1f} min] RSS {last['rss_mb']:.0f} MB, events "
+                f"{last['events']}, received {last['received']}, spool {last['spool']:.0f}",
+                flush=True,
+            )
+        time.sleep(args.sample_every)
+    return samples, faults
+
+
+def _report(
+    args: argparse.Namespace, samples: list[dict[str, Any]], final: dict[str, float], log: str
+) -> dict[str, Any]:
+    """The run's figures from the samples, the last metrics and the daemon's log."""
     warm = [s["rss_mb"] for s in samples if s["t_s"] >= args.warmup_s]
     window = max(1, int(300 / args.sample_every))  # 5 minutes of samples
     first, last = statistics.median(warm[:window]), statistics.median(warm[-window:])
+
+    def per_camera(metric: str) -> dict[str, float]:
+        return {c: final.get(f'{metric}{{camera="{c}"}}', 0.0) for c in CAMERAS}
+
     return {
         "minutes": args.minutes,
         "fps": args.fps,
-        "faults": faults,
-        "events_emitted": len(ids),
-        "events_delivered": len(set(delivered)),
-        "events_lost": len(set(ids) - set(delivered)),
-        "duplicates_received": len(delivered) - len(set(delivered)),
-        "camera_reconnects": {
-            c: final.get(f'facewatch_camera_reconnects_total{{camera="{c}"}}', 0.0) for c in CAMERAS
-        },
+        "camera_reconnects": per_camera("facewatch_camera_reconnects_total"),
         "mqtt_connections": log.count("MQTT: connected to"),
-        "frames_processed": {
-            c: final.get(f'facewatch_frames_processed_total{{camera="{c}"}}', 0.0) for c in CAMERAS
-        },
-        "frames_dropped": {
-            c: final.get(f'facewatch_frames_dropped_total{{camera="{c}"}}', 0.0) for c in CAMERAS
-        },
+        "frames_processed": per_camera("facewatch_frames_processed_total"),
+        "frames_dropped": per_camera("facewatch_frames_dropped_total"),
         "rss_mb_first_5min": round(first, 1),
         "rss_mb_last_5min": round(last, 1),
         "rss_growth_mb": round(last - first, 1),
         "rss_mb_max": max(warm),
-        "exit_status": rc,
         "tracebacks_in_log": log.count("Traceback"),
-        "retained_after_drain": after_drain,
-        "archive": archive,
-        "samples": samples,
     }
 
 
