@@ -31,7 +31,7 @@ from training.checkpoint import (
     resume_command,
     save_epoch,
 )
-from training.data import load_dataset
+from training.data import ImageClass, load_dataset
 from training.distributed import DistContext, convert_sync_batchnorm, init_from_env, shutdown
 from training.facenet_nets import build_model, load_pretrained
 from training.lfw import nrof_folds_for, read_pairs
@@ -151,22 +151,8 @@ def _loss_state(run: Run) -> None:
 
 def build_run(args: argparse.Namespace, ctx: DistContext, on_step: StepHook | None = None) -> Run:
     """Everything a training run needs, resumed from a checkpoint when asked."""
-    resume_path = resolve_resume(args.resume, Path(args.models_base_dir)) if args.resume else None
-    resume = Checkpoint.load(resume_path) if resume_path is not None else None
-    keep: frozenset[str] = frozenset()
-    if resume is not None and resume_path is not None:
-        adopted = adopt_run_options(args, resume.options, resume_path)
-        keep = resumed_paths(args, resume.options, adopted, resume_path)
-        check_resume(args, resume.epoch, resume_path)
-    absolute_paths(args, keep)  # saved so: --resume works from any directory
-    if resume is not None:
-        check_options(args)
-    dataset = load_dataset(args.data_dir, args.min_nrof_images_per_class)
-    check_identities(args, dataset)
-    check_crops(args)
-    if args.lfw_dir:  # fail now, not after the first epoch
-        pairs, header = read_pairs(args.lfw_pairs, args.lfw_dir)
-        nrof_folds_for(args.lfw_pairs, pairs, header, args.lfw_nrof_folds)
+    resume, resume_path = _resumed(args)
+    dataset = _checked_inputs(args)
     num_classes = len(dataset) if args.loss == "center" else None
     if resume is not None and num_classes != resume.extra.get("num_classes"):
         raise OptionError(
@@ -175,28 +161,18 @@ def build_run(args: argparse.Namespace, ctx: DistContext, on_step: StepHook | No
         )
     seed_everything(args.seed)
     net = _build_net(args, num_classes, resume)
-    average = (
-        WeightAverage(net, args.moving_average_decay) if args.moving_average_decay > 0 else None
-    )
-    net.to(ctx.device)
-    if average is not None:
-        average.model.to(ctx.device)
-        if resume is not None and resume.average is not None:
-            average.load_state_dict(resume.average)
-    on_gpu = ctx.device.type == "cuda"
-    if on_gpu:
-        # one crop size: cuDNN times its algorithms once; channels-last is the layout that
-        # cuDNN's tensor-core convolutions prefer for fp16
-        torch.backends.cudnn.benchmark = True
-        for module in [net] + ([average.model] if average is not None else []):
-            module.to(memory_format=torch.channels_last)
+    average = _on_device(net, args, ctx, resume)
     model: nn.Module = FeaturesHead(net)
     if ctx.enabled:
         convert_sync_batchnorm(net, ctx.device)
         ids = [ctx.device.index] if ctx.device.type == "cuda" else None
         model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
     optimizer = make_optimizer(
-        args.optimizer, net, max(args.learning_rate, 1e-12), args.weight_decay, fused=on_gpu
+        args.optimizer,
+        net,
+        max(args.learning_rate, 1e-12),
+        args.weight_decay,
+        fused=ctx.device.type == "cuda",
     )
     model_dir, log_dir = _run_dirs(args, resume, resume_path)
     if resume is None and (model_dir / "latest.pt").is_file():
@@ -209,6 +185,56 @@ def build_run(args: argparse.Namespace, ctx: DistContext, on_step: StepHook | No
         _restore(run, resume, resume_path)
     run.writer = _tensorboard(log_dir, ctx, run.step)
     return run
+
+
+def _resumed(args: argparse.Namespace) -> tuple[Checkpoint | None, Path | None]:
+    """The checkpoint ``--resume`` names (None without it), its options adopted into
+    ``args``; every path in ``args`` made absolute (saved so: --resume works from any
+    directory)."""
+    resume_path = resolve_resume(args.resume, Path(args.models_base_dir)) if args.resume else None
+    resume = Checkpoint.load(resume_path) if resume_path is not None else None
+    keep: frozenset[str] = frozenset()
+    if resume is not None and resume_path is not None:
+        adopted = adopt_run_options(args, resume.options, resume_path)
+        keep = resumed_paths(args, resume.options, adopted, resume_path)
+        check_resume(args, resume.epoch, resume_path)
+    absolute_paths(args, keep)
+    if resume is not None:
+        check_options(args)
+    return resume, resume_path
+
+
+def _checked_inputs(args: argparse.Namespace) -> list[ImageClass]:
+    """The training dataset, checked; the LFW pairs too when given (fail now, not after the
+    first epoch)."""
+    dataset = load_dataset(args.data_dir, args.min_nrof_images_per_class)
+    check_identities(args, dataset)
+    check_crops(args)
+    if args.lfw_dir:
+        pairs, header = read_pairs(args.lfw_pairs, args.lfw_dir)
+        nrof_folds_for(args.lfw_pairs, pairs, header, args.lfw_nrof_folds)
+    return dataset
+
+
+def _on_device(
+    net: nn.Module, args: argparse.Namespace, ctx: DistContext, resume: Checkpoint | None
+) -> WeightAverage | None:
+    """Move the network (and its moving average, when asked for) to the run's device."""
+    average = (
+        WeightAverage(net, args.moving_average_decay) if args.moving_average_decay > 0 else None
+    )
+    net.to(ctx.device)
+    if average is not None:
+        average.model.to(ctx.device)
+        if resume is not None and resume.average is not None:
+            average.load_state_dict(resume.average)
+    if ctx.device.type == "cuda":
+        # one crop size: cuDNN times its algorithms once; channels-last is the layout that
+        # cuDNN's tensor-core convolutions prefer for fp16
+        torch.backends.cudnn.benchmark = True
+        for module in [net] + ([average.model] if average is not None else []):
+            module.to(memory_format=torch.channels_last)
+    return average
 
 
 def _restore(run: Run, ckpt: Checkpoint, path: Path | None) -> None:
