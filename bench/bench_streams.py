@@ -184,48 +184,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit(f"{args.clip}: no frames decoded from {args.data}")
     with tempfile.TemporaryDirectory() as tmp:
         config, pipeline = build(args, Path(tmp))
-        names = [c.name for c in config.cameras]
-        copies = {
-            name: [clip[(k * 7 + i) % len(clip)].copy() for i in range(len(clip))]
-            for k, name in enumerate(names)
-        }
-        queues = FrameQueues(names, config.batching.queue_frames)
-        scheduler = BatchScheduler(pipeline, queues)
         if args.profile:
             pipeline.profile = cProfile.Profile()
             if args.backend == "torch":
                 import torch
 
                 pipeline.kernels = torch.profiler.profile(activities=profiler_activities())
-        offered: dict[str, int] = {}
-        start = time.time() + 1.0
-        pipeline.measure_from = start + args.warmup
-        pipeline.profile_from = start + args.warmup / 2
-        stop = start + args.warmup + args.seconds
-        # cameras are not in step: camera k's frames come k / (fps * streams) s after cam00's
-        phase = 1.0 / (args.fps * len(names))
-        cameras = [
-            threading.Thread(
-                target=camera,
-                args=(n, copies[n], queues, args.fps, start + k * phase, stop, offered),
-            )
-            for k, n in enumerate(names)
-        ]
-        scheduler.start()
-        for thread in cameras:
-            thread.start()
-        time.sleep(max(0.0, pipeline.measure_from - time.time()))
-        before = stage_sums()
-        batches_before = len(pipeline.batches)
-        for thread in cameras:
-            thread.join()
-        scheduler.stop()
-        scheduler.join(timeout=120)
-        if scheduler.error is not None:
-            raise SystemExit(f"the scheduler failed: {scheduler.error!r}")
-        stages = {s: v - before[s] for s, v in stage_sums().items()}
+        stages, measured_batches, offered = _drive(args, config, pipeline, clip)
     latencies = np.asarray(pipeline.latencies) * 1000
-    measured_batches = len(pipeline.batches) - batches_before
     total = sum(offered.values())
     result = {
         "backend": args.backend,
@@ -257,20 +223,67 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "device": device_name(args.backend),
     }
     if args.profile and pipeline.profile is not None:
-        text = io.StringIO()
-        stats = pstats.Stats(pipeline.profile, stream=text)
-        text.write("== the scheduler thread (second half of the warm-up), by cumulative time ==\n")
-        stats.sort_stats("cumulative").print_stats(35)
-        text.write("== by own time ==\n")
-        stats.sort_stats("tottime").print_stats(25)
-        if pipeline.kernels is not None and pipeline.kernel_batches:
-            if pipeline.kernel_batches < KERNEL_BATCHES:  # a short warm-up: fewer batches
-                pipeline.kernels.stop()
-            count = pipeline.kernel_batches
-            text.write(f"== {count} batches of the second half of the warm-up ==\n")
-            text.write(kernel_table(pipeline.kernels, rows=40))
-        Path(args.profile).write_text(text.getvalue())
+        _write_profile(Path(args.profile), pipeline)
     return result
+
+
+def _drive(
+    args: argparse.Namespace, config: Config, pipeline: TimedPipeline, clip: list[np.ndarray]
+) -> tuple[dict[str, float], int, dict[str, int]]:
+    """The cameras' threads feed the scheduler for the warm-up and ``args.seconds``: the
+    stage times and batches of the measured part, and the frames each camera offered."""
+    names = [c.name for c in config.cameras]
+    copies = {
+        name: [clip[(k * 7 + i) % len(clip)].copy() for i in range(len(clip))]
+        for k, name in enumerate(names)
+    }
+    queues = FrameQueues(names, config.batching.queue_frames)
+    scheduler = BatchScheduler(pipeline, queues)
+    offered: dict[str, int] = {}
+    start = time.time() + 1.0
+    pipeline.measure_from = start + args.warmup
+    pipeline.profile_from = start + args.warmup / 2
+    stop = start + args.warmup + args.seconds
+    # cameras are not in step: camera k's frames come k / (fps * streams) s after cam00's
+    phase = 1.0 / (args.fps * len(names))
+    cameras = [
+        threading.Thread(
+            target=camera,
+            args=(n, copies[n], queues, args.fps, start + k * phase, stop, offered),
+        )
+        for k, n in enumerate(names)
+    ]
+    scheduler.start()
+    for thread in cameras:
+        thread.start()
+    time.sleep(max(0.0, pipeline.measure_from - time.time()))
+    before = stage_sums()
+    batches_before = len(pipeline.batches)
+    for thread in cameras:
+        thread.join()
+    scheduler.stop()
+    scheduler.join(timeout=120)
+    if scheduler.error is not None:
+        raise SystemExit(f"the scheduler failed: {scheduler.error!r}")
+    stages = {s: v - before[s] for s, v in stage_sums().items()}
+    return stages, len(pipeline.batches) - batches_before, offered
+
+
+def _write_profile(path: Path, pipeline: TimedPipeline) -> None:
+    """The scheduler thread's profile (and the kernels', on the torch backend) to ``path``."""
+    text = io.StringIO()
+    stats = pstats.Stats(pipeline.profile, stream=text)
+    text.write("== the scheduler thread (second half of the warm-up), by cumulative time ==\n")
+    stats.sort_stats("cumulative").print_stats(35)
+    text.write("== by own time ==\n")
+    stats.sort_stats("tottime").print_stats(25)
+    if pipeline.kernels is not None and pipeline.kernel_batches:
+        if pipeline.kernel_batches < KERNEL_BATCHES:  # a short warm-up: fewer batches
+            pipeline.kernels.stop()
+        count = pipeline.kernel_batches
+        text.write(f"== {count} batches of the second half of the warm-up ==\n")
+        text.write(kernel_table(pipeline.kernels, rows=40))
+    path.write_text(text.getvalue())
 
 
 def device_name(backend: str) -> str:
