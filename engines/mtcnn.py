@@ -453,10 +453,17 @@ class MTCNN:
     ) -> dict[str, np.ndarray]:
         """R-Net or O-Net on square crops of every candidate, zero-padded at image borders
         (or cut there, ``border="clip"``), area-resized to size x size."""
+        return self._infer_windows(
+            engine, pyramids, self._crop_windows(pyramids, cand), cand.frame, size
+        )
+
+    def _crop_windows(self, pyramids: list[AreaPyramid], cand: Candidates) -> np.ndarray:
+        """The square crop window of each candidate (``bx.crop_windows``), cut at its
+        frame's edges when ``border="clip"``."""
         windows = bx.crop_windows(cand.boxes)
         if self.config.border == "clip":
             windows = _clip_windows(windows, pyramids, cand.frame)
-        return self._infer_windows(engine, pyramids, windows, cand.frame, size)
+        return windows
 
     def _infer_windows(
         self,

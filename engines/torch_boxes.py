@@ -195,9 +195,11 @@ def _settle(
     # overlap of 0 / 0 (boxes without area) drops it, as on the host
     suppresses = (~(overlap <= threshold)).triu(diagonal=1) & valid[:, None, :]
     alive = valid
-    for _ in range(NMS_ROUNDS):
+    for done in range(NMS_ROUNDS):
         settled = valid & ~(suppresses & alive[:, :, None]).any(1)
-        if torch.equal(settled, alive):
+        # (not checked after the first round, which settles only groups where no box
+        # overlaps another: each check is a wait for the device)
+        if done > 0 and torch.equal(settled, alive):
             kept[index[alive]] = True
             return True
         alive = settled

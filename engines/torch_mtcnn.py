@@ -29,7 +29,7 @@ from engines import boxes as bx
 from engines import torch_boxes as tb
 from engines.base import Engine, EngineError, batch_limit
 from engines.mtcnn import MTCNN, PNET_SCALE_NMS, Candidates, no_candidates
-from engines.mtcnn_calls import PNET_MAX_PIXELS
+from engines.mtcnn_calls import PNET_MAX_PIXELS, crop_chunks
 from engines.torch_backend import import_torch
 from engines.torch_frames import DEVICE_FRAMES, DeviceFrame, integrate
 
@@ -177,6 +177,24 @@ class DeviceMTCNN(MTCNN):
             )
             return keep.cpu().numpy()
 
+    def _infer_spread(  # type: ignore[override]
+        self, net: str, pyramids: list[DeviceFrame], cand: Candidates, size: int
+    ) -> dict[str, np.ndarray]:
+        """R-Net or O-Net on the crops of all candidates, in the calls ``crop_chunks`` gives:
+        their outputs stay on the device, and come back together in one copy. With lanes
+        (on the CPU), the host path's."""
+        if self._lanes:
+            return super()._infer_spread(net, pyramids, cand, size)  # type: ignore[arg-type]
+        torch = import_torch()
+        engine = self.rnet if net == "rnet" else self.onet
+        windows = self._crop_windows(pyramids, cand)  # type: ignore[arg-type]
+        with torch.inference_mode():
+            parts = [
+                self._device_outputs(engine, pyramids, windows[c], cand.frame[c], size)
+                for c in crop_chunks(engine, net, len(windows), 1)
+            ]
+            return _to_host({name: torch.cat([p[name] for p in parts]) for name in parts[0]})
+
     def _infer_windows(  # type: ignore[override]
         self,
         engine: Engine,
@@ -185,27 +203,52 @@ class DeviceMTCNN(MTCNN):
         frame: np.ndarray,
         size: int,
     ) -> dict[str, np.ndarray]:
+        with import_torch().inference_mode():
+            return _to_host(self._device_outputs(engine, pyramids, windows, frame, size))
+
+    def _device_outputs(
+        self,
+        engine: Engine,
+        pyramids: list[DeviceFrame],
+        windows: np.ndarray,
+        frame: np.ndarray,
+        size: int,
+    ) -> dict[str, Any]:
+        """``engine`` on the windows of the frames, cut from their uploads: device tensors."""
         torch = import_torch()
-        with torch.inference_mode():
-            on_device = torch.from_numpy(np.ascontiguousarray(windows, np.int64)).to(self.device)
-            # one gather per set of frames integrated together (one per size, as a rule)
-            present, whose = np.unique(frame, return_inverse=True)
-            held = [pyramids[f].in_stack for f in present]
-            stacks = list({id(stack): stack for stack, _ in held}.values())
-            stack_of = np.array([[s is stack for s in stacks].index(True) for stack, _ in held])
-            position = torch.from_numpy(np.array([p for _, p in held])[whose]).to(self.device)
-            if len(stacks) == 1:
-                blob = tb.normalise(*tb.area_crops(stacks[0], position, on_device, size))
-            else:
-                blob = torch.empty((len(windows), 3, size, size), device=self.device)
-                for k, stack in enumerate(stacks):
-                    mine = torch.from_numpy(np.flatnonzero(stack_of[whose] == k)).to(self.device)
-                    crops = tb.area_crops(stack, position[mine], on_device[mine], size)
-                    blob[mine] = tb.normalise(*crops)
-            out = self._run(engine, blob)
-            return {name: value.cpu().numpy() for name, value in out.items()}
+        on_device = torch.from_numpy(np.ascontiguousarray(windows, np.int64)).to(self.device)
+        # one gather per set of frames integrated together (one per size, as a rule)
+        present, whose = np.unique(frame, return_inverse=True)
+        held = [pyramids[f].in_stack for f in present]
+        stacks = list({id(stack): stack for stack, _ in held}.values())
+        stack_of = np.array([[s is stack for s in stacks].index(True) for stack, _ in held])
+        position = torch.from_numpy(np.array([p for _, p in held])[whose]).to(self.device)
+        if len(stacks) == 1:
+            blob = tb.normalise(*tb.area_crops(stacks[0], position, on_device, size))
+        else:
+            blob = torch.empty((len(windows), 3, size, size), device=self.device)
+            for k, stack in enumerate(stacks):
+                mine = torch.from_numpy(np.flatnonzero(stack_of[whose] == k)).to(self.device)
+                crops = tb.area_crops(stack, position[mine], on_device[mine], size)
+                blob[mine] = tb.normalise(*crops)
+        return self._run(engine, blob)
 
     @staticmethod
     def _run(engine: Engine, blob: Any) -> dict[str, Any]:
         outputs = engine.infer_tensors([blob])  # type: ignore[attr-defined]
         return {spec.name: t for spec, t in zip(engine.outputs, outputs, strict=True)}
+
+
+def _to_host(outputs: dict[str, Any]) -> dict[str, np.ndarray]:
+    """A network's outputs (device tensors of one batch) as numpy arrays, in one copy: the
+    host waits for the device once, not once per output."""
+    torch = import_torch()
+    rows = len(next(iter(outputs.values())))
+    widths = [int(np.prod(t.shape[1:])) for t in outputs.values()]
+    parts = [t.reshape(rows, width) for t, width in zip(outputs.values(), widths, strict=True)]
+    flat = torch.cat(parts, 1).cpu().numpy()
+    ends = np.cumsum(widths)
+    return {
+        name: flat[:, end - width : end].reshape(t.shape)
+        for (name, t), width, end in zip(outputs.items(), widths, ends, strict=True)
+    }

@@ -159,3 +159,21 @@ def test_a_group_too_large_for_the_device_and_boxes_without_area(monkeypatch):
         want = bx.nms(flat, points, 0.7, None, mode, inclusive)
         got = tb.nms(torch.from_numpy(flat), torch.from_numpy(points), 0.7, None, mode, inclusive)
         assert got.tolist() == want.tolist(), mode
+
+
+@pytest.mark.parametrize("rows", [0, 1, 37])
+def test_network_outputs_come_back_whole_in_one_copy(rows):
+    """R-Net / O-Net / P-Net outputs of any shapes, one batch, back as the same arrays."""
+    from engines.torch_mtcnn import _to_host
+
+    rng = np.random.default_rng(rows)
+    outputs = {
+        "prob": rng.random((rows, 2), dtype=np.float32),
+        "reg": rng.random((rows, 4, 3, 5), dtype=np.float32),
+        "landmarks": rng.random((rows, 10), dtype=np.float32),
+    }
+    back = _to_host({name: torch.from_numpy(a.copy()) for name, a in outputs.items()})
+    assert list(back) == list(outputs)
+    for name, array in outputs.items():
+        assert back[name].shape == array.shape and back[name].dtype == np.float32
+        assert np.array_equal(back[name], array)
