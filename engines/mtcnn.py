@@ -429,11 +429,14 @@ class MTCNN:
         engine = self.rnet if net == "rnet" else self.onet
         chunks = crop_chunks(engine, net, len(cand.score), len(self._lanes) + 1)
 
-        def run(lane: MTCNN, part: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
+        def run(lane: MTCNN, part: list[np.ndarray]) -> list[dict[str, Any]]:
             engine = lane.rnet if net == "rnet" else lane.onet
             return [lane._infer_crops(engine, pyramids, cand.take(c), size) for c in part]
 
-        outputs = self._spread(chunks, len, run)
+        return self._joined(self._spread(chunks, len, run))
+
+    def _joined(self, outputs: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+        """The outputs of the calls of ``_infer_spread``, in order, as one set of arrays."""
         return {key: np.concatenate([o[key] for o in outputs]) for key in outputs[0]}
 
     # -- tensors -------------------------------------------------------------------------
@@ -450,9 +453,10 @@ class MTCNN:
 
     def _infer_crops(
         self, engine: Engine, pyramids: list[AreaPyramid], cand: Candidates, size: int
-    ) -> dict[str, np.ndarray]:
+    ) -> dict[str, Any]:
         """R-Net or O-Net on square crops of every candidate, zero-padded at image borders
-        (or cut there, ``border="clip"``), area-resized to size x size."""
+        (or cut there, ``border="clip"``), area-resized to size x size; ``_joined`` puts
+        the outputs of several calls together."""
         return self._infer_windows(
             engine, pyramids, self._crop_windows(pyramids, cand), cand.frame, size
         )

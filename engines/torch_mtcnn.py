@@ -29,7 +29,7 @@ from engines import boxes as bx
 from engines import torch_boxes as tb
 from engines.base import Engine, EngineError, batch_limit
 from engines.mtcnn import MTCNN, PNET_SCALE_NMS, Candidates, no_candidates
-from engines.mtcnn_calls import PNET_MAX_PIXELS, crop_chunks
+from engines.mtcnn_calls import PNET_MAX_PIXELS
 from engines.torch_backend import import_torch
 from engines.torch_frames import DEVICE_FRAMES, DeviceFrame, integrate
 
@@ -177,23 +177,19 @@ class DeviceMTCNN(MTCNN):
             )
             return keep.cpu().numpy()
 
-    def _infer_spread(  # type: ignore[override]
-        self, net: str, pyramids: list[DeviceFrame], cand: Candidates, size: int
-    ) -> dict[str, np.ndarray]:
-        """R-Net or O-Net on the crops of all candidates, in the calls ``crop_chunks`` gives:
-        their outputs stay on the device, and come back together in one copy. With lanes
-        (on the CPU), the host path's."""
-        if self._lanes:
-            return super()._infer_spread(net, pyramids, cand, size)  # type: ignore[arg-type]
-        torch = import_torch()
-        engine = self.rnet if net == "rnet" else self.onet
+    def _infer_crops(  # type: ignore[override]
+        self, engine: Engine, pyramids: list[DeviceFrame], cand: Candidates, size: int
+    ) -> dict[str, Any]:
+        """R-Net or O-Net on the candidates' crops, cut from the uploads: the outputs stay
+        on the device until ``_joined`` brings those of all calls back in one copy."""
         windows = self._crop_windows(pyramids, cand)  # type: ignore[arg-type]
+        with import_torch().inference_mode():
+            return self._device_outputs(engine, pyramids, windows, cand.frame, size)
+
+    def _joined(self, outputs: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+        torch = import_torch()
         with torch.inference_mode():
-            parts = [
-                self._device_outputs(engine, pyramids, windows[c], cand.frame[c], size)
-                for c in crop_chunks(engine, net, len(windows), 1)
-            ]
-            return _to_host({name: torch.cat([p[name] for p in parts]) for name in parts[0]})
+            return _to_host({name: torch.cat([o[name] for o in outputs]) for name in outputs[0]})
 
     def _infer_windows(  # type: ignore[override]
         self,
