@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import shutil
 import sys
 import tempfile
 import traceback
@@ -112,7 +111,6 @@ def main() -> int:
             tally.counting = True
             found = detector.detect(frames)
             tally.counting = False
-        shutil.rmtree(models, ignore_errors=True)
     h, w = frames[0].shape[:2]
     print(f"one batch of {len(frames)} frames of {w}x{h} ({args.clip}), torch {torch.__version__}")
     print(f"faces found: {sum(len(f) for f in found)}")

@@ -25,7 +25,7 @@ import numpy as np
 from daemon import home_assistant, metrics
 from daemon.archive import FaceArchive
 from daemon.cameras import CameraReader, FrameQueues, ffmpeg_environment
-from daemon.config import WARM_UP_HW, Config, ConfigError, plan_request
+from daemon.config import WARM_UP_HW, CameraConfig, Config, ConfigError, plan_request
 from daemon.events import EventSinks, in_view_json, person_json
 from daemon.gallery import GalleryError
 from daemon.mqtt import DRAIN_ON_STOP_S, MqttPublisher
@@ -192,7 +192,7 @@ class Service:
         sinks = self._start_outputs(enrolled)
         if cfg.archive.dir:
             self._start_archive(facenet)
-        self._log_filters()
+        self._log_filters(cameras)
         pipeline = Pipeline(cfg, detector, facenet, sinks, archive=self.archive)
         queues = FrameQueues([c.name for c in cameras], cfg.batching.queue_frames)
         scheduler = BatchScheduler(pipeline, queues)
@@ -255,9 +255,8 @@ class Service:
             cfg.archive.keep_days,
         )
 
-    def _log_filters(self) -> None:
+    def _log_filters(self, cameras: list[CameraConfig]) -> None:
         """Say which cameras drop faces in ignore regions and which are motion-gated."""
-        cameras = [c for c in self.config.cameras if c.enabled]
         for camera in cameras:
             if camera.detection.ignore:
                 regions = len(camera.detection.ignore)
