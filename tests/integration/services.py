@@ -40,13 +40,20 @@ def free_port() -> int:
 
 
 def wait_for(predicate: Any, timeout_s: float, what: str, every_s: float = 0.1) -> Any:
+    """``predicate()``'s first true value within ``timeout_s``. A predicate that cannot be
+    evaluated yet (the daemon not listening, a metric not on its page yet: OSError,
+    KeyError) counts as false; the timeout's message gives the last such error."""
     deadline = time.monotonic() + timeout_s
+    last_error = ""
     while time.monotonic() < deadline:
-        value = predicate()
+        try:
+            value = predicate()
+        except (OSError, KeyError) as exc:
+            value, last_error = None, f" (last: {type(exc).__name__}: {exc})"
         if value:
             return value
         time.sleep(every_s)
-    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}{last_error}")
 
 
 def _port_open(port: int) -> bool:
@@ -219,10 +226,15 @@ class Daemon(Process):
         return values
 
     def metric(self, name: str) -> float:
-        try:
-            return self.metrics().get(name, 0.0)
-        except OSError:
-            return 0.0
+        """One sample of /metrics (``name{labels}``). A page without it raises KeyError, a
+        daemon that does not answer OSError: a renamed metric or a dead daemon fails the
+        test instead of reading as 0 (``wait_for`` waits through both)."""
+        values = self.metrics()
+        if name not in values:
+            family = name.partition("{")[0]
+            similar = sorted(k for k in values if k.startswith(family))
+            raise KeyError(f"{name} is not on /metrics (of that family: {similar})")
+        return values[name]
 
 
 class Subscriber:
