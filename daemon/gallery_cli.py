@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 from pathlib import Path
@@ -125,6 +126,13 @@ def register(commands: argparse._SubParsersAction) -> None:
         help=f"false-accept rate to stay under, in [0, 1) (default {DEFAULT_TARGET_FAR})",
     )
     calib.add_argument("--dry-run", action="store_true", help="report, do not store")
+    calib.add_argument(
+        "--force",
+        action="store_true",
+        help="store the threshold even when there are too few enrolled faces to measure "
+        "--target-far (fewer than 1 / target: by default nothing is stored then, since the "
+        "threshold would be the distance between the two closest people, which strangers pass)",
+    )
 
 
 def _rate(text: str) -> float:
@@ -340,7 +348,7 @@ def _calibrate(args: argparse.Namespace) -> int:
             result = calibrate(vectors, owners, args.target_far)
         except ValueError as exc:
             raise GalleryError(f"{gallery.path}: {exc}") from None
-        unusable = _unusable(result)
+        unusable = _unusable(result, args.force)
         if not args.dry_run and not unusable:
             gallery.set_threshold(None, result.threshold)
     print(
@@ -349,15 +357,11 @@ def _calibrate(args: argparse.Namespace) -> int:
     )
     print(f"threshold {result.threshold:.4f} (squared L2) for target FAR {result.target_far:g}")
     print(f"expected FAR {result.far:.2%}, FRR {result.frr:.2%}")
-    if result.target_far and result.target_far < result.far_resolution:
-        print(
-            f"note: {result.impostor} faces cannot measure a FAR below "
-            f"{result.far_resolution:.2%}; enroll more people for a finer estimate"
-        )
     if unusable:
         print(
             f"error: not stored: {unusable}; enroll more people and more photos of each "
-            "(or set one with `gallery threshold --default VALUE`)",
+            f"(the gallery keeps its threshold, {gallery.threshold:.4f}; or set one with "
+            "`gallery threshold --default VALUE`)",
             file=sys.stderr,
         )
         return 1
@@ -365,8 +369,20 @@ def _calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _unusable(result: Any) -> str:
+def _unusable(result: Any, force: bool) -> str:
     """Why a calibrated threshold must not be stored ('' when it may be)."""
+    if result.target_far < result.far_resolution and not force:
+        # the threshold would be the closest two people's distance: strangers pass it
+        needs = (
+            f"that needs {math.ceil(1 / result.target_far)} or more"
+            if result.target_far
+            else "no number of faces can show a rate of 0"
+        )
+        return (
+            f"{result.impostor} faces cannot measure a false-accept rate of "
+            f"{result.target_far:g} ({needs}: the smallest these can tell from 0 is "
+            f"{result.far_resolution:.2%}); --force stores it anyway"
+        )
     if result.far > result.target_far:
         return (
             f"no threshold keeps the false-accept rate at {result.target_far:g} on these "

@@ -329,11 +329,40 @@ def test_calibrate_refuses_a_threshold_that_misses_its_target(tmp_path, capsys) 
                 Enrollment("ben", unit(0.01, 1), "b2"),
             ]
         )
-    code, out, err = gallery_cli(path, capsys, "calibrate", "--target-far", "0.1")
-    assert code == 1 and "not stored" in err and "expected FAR" in out
+    code, out, err = gallery_cli(path, capsys, "calibrate", "--target-far", "0.1", "--force")
+    assert code == 1 and "that threshold would reject every enrolled person" in err
+    assert "expected FAR" in out
     with Gallery.open(path) as reader:
         assert reader.threshold == DEFAULT_THRESHOLD
     assert gallery_cli(path, capsys, "calibrate", "--target-far", "1.5")[0] == 2
+
+
+def test_calibrate_stores_nothing_from_too_few_faces_to_measure_the_target(
+    tmp_path, capsys
+) -> None:
+    """Four faces cannot show a false-accept rate of 1 %: the threshold they give is the
+    distance between the two closest people, which strangers pass. Stored only on --force."""
+    path = tmp_path / "g.sqlite"
+    with Gallery.create(path, MODEL, D) as g:  # two people, well apart
+        g.enroll(
+            [
+                Enrollment("ann", axis(0), "a1"),
+                Enrollment("ann", unit(1, 0.1), "a2"),
+                Enrollment("ben", axis(2), "b1"),
+                Enrollment("ben", unit(0, 0, 1, 0.1), "b2"),
+            ]
+        )
+    for far in ("0.01", "0"):
+        code, out, err = gallery_cli(path, capsys, "calibrate", "--target-far", far)
+        assert code == 1 and "4 faces cannot measure a false-accept rate of" in err, err
+        assert f"the gallery keeps its threshold, {DEFAULT_THRESHOLD:.4f}" in err
+    assert "that needs 100 or more" in gallery_cli(path, capsys, "calibrate")[2]
+    with Gallery.open(path) as reader:
+        assert reader.threshold == DEFAULT_THRESHOLD
+    code, out, _ = gallery_cli(path, capsys, "calibrate", "--force")
+    assert code == 0 and "stored as the default" in out
+    with Gallery.open(path) as reader:
+        assert reader.threshold != DEFAULT_THRESHOLD
 
 
 def test_names_stored_before_normalisation_are_still_found(gallery) -> None:
