@@ -208,6 +208,8 @@ class CameraConfig(Section):
     @field_validator("url")
     @classmethod
     def _known_scheme(cls, url: str) -> str:
+        if not url.strip():
+            raise ValueError("empty: expected an rtsp://... URL, a video file or /dev/videoN")
         scheme, found, _ = url.partition("://")
         if not found:
             return url

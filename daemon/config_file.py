@@ -7,11 +7,12 @@ relative to the file's folder; and the one-line-per-setting listing of ``--schem
 
 from __future__ import annotations
 
+import difflib
 import io
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -19,11 +20,13 @@ from pydantic import BaseModel, ValidationError
 from daemon.config import Config, ConfigError, Section
 
 _REFERENCE = re.compile(r"\$\{(credential:)?([A-Za-z_][A-Za-z0-9_.-]*)\}")
+_ANY_REFERENCE = re.compile(r"\$\{[^}]*\}")
 
 
-def _substitute(value: Any, where: str, missing: list[str] | None = None) -> Any:
+def _substitute(value: Any, where: str, missing: list[tuple[str, str]] | None = None) -> Any:
     """Replace ``${ENV}`` and ``${credential:NAME}`` in every string of ``value``. A reference
-    that cannot be resolved stays as it is, and its reason joins ``missing`` (when given)."""
+    that cannot be resolved (or is no reference: ``${credential:}``) stays as it is, and
+    (key path, reason) joins ``missing`` (when given)."""
     if isinstance(value, dict):
         return {
             k: _substitute(v, f"{where}.{k}" if where else str(k), missing)
@@ -43,10 +46,17 @@ def _substitute(value: Any, where: str, missing: list[str] | None = None) -> Any
                 raise ConfigError(f"{where}: environment variable {name} is not set")
         except ConfigError as exc:
             if missing is not None:
-                missing.append(str(exc))
+                missing.append((where, str(exc)))
             return match.group(0)
         return os.environ[name]
 
+    if missing is not None:
+        for written in _ANY_REFERENCE.findall(value):
+            if not _REFERENCE.fullmatch(written):
+                missing.append(
+                    (where, f"{where}: {written} is no reference: write ${{NAME}} (an environment "
+                     "variable: letters, digits, _ . -) or ${credential:NAME}")
+                )  # fmt: skip
     return _REFERENCE.sub(lookup, value)
 
 
@@ -110,19 +120,51 @@ def redact_url(text: str) -> str:
 
 
 def _explain(error: dict[str, Any]) -> str:
-    if error["type"] == "extra_forbidden":
-        return "unknown key"
-    if error["type"] == "missing":
+    kind, loc, ctx = error["type"], error["loc"], error.get("ctx") or {}
+    if kind == "extra_forbidden":
+        close = difflib.get_close_matches(str(loc[-1]), _keys_beside(loc), n=1)
+        return "unknown key" + (f" (did you mean {close[0]}?)" if close else "")
+    if kind == "missing":
+        if loc and isinstance(loc[-1], int):  # an item of a fixed-length list
+            return f"too few values: the list needs {loc[-1] + 1} or more"
         return "required key is missing"
+    if kind in ("too_short", "too_long"):
+        limit = ctx.get("min_length") if kind == "too_short" else ctx.get("max_length")
+        bound = "at least" if kind == "too_short" else "at most"
+        return f"expected {bound} {limit} item(s), got {ctx.get('actual_length')}"
     got = error.get("input")
     secret = any("password" in str(part) for part in error["loc"])
     shown = "" if secret or isinstance(got, (dict, list)) else f" (got {redact_url(repr(got))})"
     message = str(error["msg"]).removeprefix("Value error, ")  # pydantic's, for our checks
+    if kind in ("list_type", "tuple_type"):
+        message = "expected a list of values ([a, b, ...])"
     if error["type"] == "model_type":  # "...or instance of MotionConfig": a class's name
         message = "expected a section of settings (key: value lines under it)"
         if error["loc"] and error["loc"][-1] == "motion":
             message += ", or true / false"
     return f"{message}{shown}"
+
+
+def _keys_beside(loc: tuple[int | str, ...]) -> list[str]:
+    """The keys of the section that holds ``loc``'s last key (for "did you mean")."""
+    section: type[Section] | None = Config
+    for item in loc[:-1]:
+        if isinstance(item, int):
+            continue
+        field = section.model_fields.get(item) if section is not None else None
+        section = _section_in(field.annotation) if field is not None else None
+    return list(section.model_fields) if section is not None else []
+
+
+def _section_in(annotation: Any) -> type[Section] | None:
+    """The Section class a field holds (directly, in a list, or optional), if any."""
+    if isinstance(annotation, type) and issubclass(annotation, Section):
+        return annotation
+    for inner in get_args(annotation):
+        found = _section_in(inner)
+        if found is not None:
+            return found
+    return None
 
 
 def parse_config(raw: Any, source: str = "config", secrets: bool = True) -> Config:
@@ -133,15 +175,20 @@ def parse_config(raw: Any, source: str = "config", secrets: bool = True) -> Conf
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping of settings, got {type(raw).__name__}")
-    missing: list[str] = []
+    missing: list[tuple[str, str]] = []
     raw = _substitute(raw, "", missing if secrets else None)
-    if missing:  # every one of them, not only the first
-        raise ConfigError(f"{source}: " + "\n  ".join(missing))
+    lines = [reason for _, reason in missing]  # every one of them, not only the first
     try:
-        return Config.model_validate(raw)
+        config = Config.model_validate(raw)
     except ValidationError as exc:
-        lines = [f"{_key_path(e['loc'], raw)}: {_explain(dict(e))}" for e in exc.errors()]
-        raise ConfigError(f"{source}: invalid configuration\n  " + "\n  ".join(lines)) from None
+        unresolved = {where for where, _ in missing}  # their keys' other errors are noise
+        for error in exc.errors():
+            key = _key_path(error["loc"], raw)
+            if key not in unresolved:
+                lines.append(f"{key}: {_explain(dict(error))}")
+    if lines:
+        raise ConfigError(f"{source}: invalid configuration\n  " + "\n  ".join(lines))
+    return config
 
 
 def load_config(path: str | Path, secrets: bool = True) -> Config:

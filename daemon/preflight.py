@@ -1,5 +1,8 @@
 """What must hold before the daemon starts anything: the files and cameras its config names,
-and which FaceNet model it runs. Each failure is a ConfigError naming the key."""
+and which FaceNet model it runs. ``problems`` finds every one at once, each naming its key,
+and creates nothing (``facewatch validate-config`` reports them too); ``check`` makes them
+one ConfigError for ``run``, and ``prepare_outputs`` creates the folders the outputs write to.
+"""
 
 from __future__ import annotations
 
@@ -37,31 +40,96 @@ def resolve_model(config: Config) -> Path | None:
     return path
 
 
-def check_cameras(config: Config) -> None:
+def problems(config: Config) -> list[str]:
+    """Everything in the files and cameras ``config`` names that would stop the daemon at
+    its start, each as "key: what is wrong"; nothing is created."""
+    return [
+        *_camera_problems(config),
+        *_model_problems(config),
+        *_tls_problems(config),
+        *_output_problems(config),
+    ]
+
+
+def check(config: Config) -> None:
+    """A ConfigError listing ``problems(config)``, when there are any."""
+    found = problems(config)
+    if len(found) == 1:
+        raise ConfigError(found[0])
+    if found:
+        raise ConfigError(f"{len(found)} problems\n  " + "\n  ".join(found))
+
+
+def _camera_problems(config: Config) -> list[str]:
     """Local video files must exist and decode (streams may come up later)."""
+    found = []
     for k, camera in enumerate(config.cameras):
         if not camera.enabled:
             continue
         try:
             check_file_source(camera.url)
         except OSError as exc:
-            raise ConfigError(f"cameras[{k}] ({camera.name}).url: {exc}") from None
+            found.append(f"cameras[{k}] ({camera.name}).url: {exc}")
+    return found
 
 
-def check_files(config: Config) -> None:
-    """Files the config names that must be there before anything starts: MTCNN's models, the
-    TLS files, the JSON-lines file's folder; a ConfigError names the key."""
+def _model_problems(config: Config) -> list[str]:
+    found = []
     for name in ("pnet", "rnet", "onet"):
         model = Path(config.engines.mtcnn_dir) / f"{name}.onnx"
         if not model.is_file():
-            raise ConfigError(f"engines.mtcnn_dir: {model}: not found (MTCNN's {name})")
+            found.append(f"engines.mtcnn_dir: {model}: not found (MTCNN's {name})")
+    model_file = config.recognition.model
+    if model_file not in (None, "auto") and not Path(model_file).is_file():
+        found.append(f"recognition.model: {model_file}: FaceNet model file not found")
+    return found
+
+
+def _tls_problems(config: Config) -> list[str]:
     tls = config.mqtt.tls
-    if config.mqtt.enabled and tls is not None:
-        for key in ("ca_file", "cert_file", "key_file"):
-            value = getattr(tls, key)
-            if value is not None and not os.access(value, os.R_OK):
-                why = "cannot be read" if Path(value).is_file() else "not found"
-                raise ConfigError(f"mqtt.tls.{key}: {value}: {why}")
+    if not config.mqtt.enabled or tls is None:
+        return []
+    found = []
+    for key in ("ca_file", "cert_file", "key_file"):
+        value = getattr(tls, key)
+        if value is not None and not os.access(value, os.R_OK):
+            why = "cannot be read" if Path(value).is_file() else "not found"
+            found.append(f"mqtt.tls.{key}: {value}: {why}")
+    return found
+
+
+def _output_problems(config: Config) -> list[str]:
+    """The file and folders the daemon writes: there and writable, or creatable."""
+    wanted = [("events.jsonl_file", config.events.jsonl_file, False)]
+    wanted.append(("archive.dir", config.archive.dir, True))
+    if config.mqtt.enabled:
+        wanted.append(("mqtt.spool_dir", config.mqtt.spool_dir, True))
+    found = []
+    for key, path, folder in wanted:
+        why = _unwritable(Path(path), folder) if path else ""
+        if why:
+            found.append(f"{key}: {path}: {why}")
+    return found
+
+
+def _unwritable(path: Path, folder: bool) -> str:
+    """Why ``path`` (a folder, or a file) cannot be written or created ('' when it can)."""
+    if path.exists():
+        if path.is_dir() != folder:
+            return "a folder, not a file" if folder is False else "a file, not a folder"
+        return "" if os.access(path, os.W_OK) else "not writable by this user"
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"cannot be created: {parent} is a file"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"cannot be created: {parent} is not writable by this user"
+    return ""
+
+
+def prepare_outputs(config: Config) -> None:
+    """Create the JSON-lines file's folder and the archive's (a ConfigError names the key)."""
     if config.events.jsonl_file:
         out = Path(config.events.jsonl_file)
         try:
@@ -70,12 +138,10 @@ def check_files(config: Config) -> None:
         except OSError as exc:
             raise ConfigError(f"events.jsonl_file: {out}: {exc.strerror or exc}") from None
     if config.archive.dir:
-        folder = Path(config.archive.dir)
-        if folder.exists() and not folder.is_dir():
-            raise ConfigError(f"archive.dir: {folder}: a file, not a folder")
         try:
             FaceArchive.prepare(config.archive.dir)
         except OSError as exc:
             raise ConfigError(
-                f"archive.dir: {folder}: cannot create or write the folder: {exc.strerror or exc}"
+                f"archive.dir: {config.archive.dir}: cannot create or write the folder: "
+                f"{exc.strerror or exc}"
             ) from None

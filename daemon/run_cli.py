@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import logging
 import math
 import sys
@@ -41,7 +42,9 @@ def register(commands: Any) -> None:
         "validate-config",
         help="check a daemon configuration file and exit (non-zero when invalid)",
         description="Validate a YAML configuration: unknown keys, types, bounds, ${ENV} and "
-        "credential references. Every problem is reported with its key path.",
+        "credential references; then what `run` checks before it starts: local video files "
+        "decode, the model files are there, TLS files can be read, the spool, archive and "
+        "events file can be written. Every problem is reported with its key path (exit 2).",
     )
     check.add_argument("file", nargs="?", help="the YAML file to check")
     check.add_argument(
@@ -67,10 +70,20 @@ def _validate(args: argparse.Namespace) -> int:
     if args.file is None:
         print("error: give the configuration file to check (or --schema)", file=sys.stderr)
         return 2
+    from daemon.preflight import problems  # reads the camera files with OpenCV
+
     try:
         config = load_config(args.file)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    found = problems(config)
+    if found:
+        print(
+            f"error: {args.file}: valid settings, but `run` (as {getpass.getuser()}) would "
+            "stop at once:\n  " + "\n  ".join(found),
+            file=sys.stderr,
+        )
         return 2
     enabled = sum(c.enabled for c in config.cameras)
     print(f"{args.file}: valid ({enabled} of {len(config.cameras)} cameras enabled)")

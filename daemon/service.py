@@ -22,14 +22,14 @@ from types import FrameType
 
 import numpy as np
 
-from daemon import home_assistant, metrics
+from daemon import home_assistant, metrics, preflight
 from daemon.archive import FaceArchive
 from daemon.cameras import CameraReader, FrameQueues, ffmpeg_environment
 from daemon.config import WARM_UP_HW, CameraConfig, Config, ConfigError, plan_request
 from daemon.events import EventSinks, in_view_json, person_json
 from daemon.gallery import GalleryError
 from daemon.mqtt import DRAIN_ON_STOP_S, MqttPublisher
-from daemon.preflight import check_cameras, check_files, resolve_model
+from daemon.preflight import resolve_model
 from daemon.scheduler import BatchScheduler, Pipeline, open_gallery
 from daemon.spool import Spool
 from daemon.systemd_notify import sd_notify, watchdog_healthy
@@ -176,8 +176,8 @@ class Service:
 
     def run(self) -> int:
         cfg = self.config
-        check_cameras(cfg)
-        check_files(cfg)
+        preflight.check(cfg)
+        preflight.prepare_outputs(cfg)
         detector, facenet = self.load_engines()
         enrolled = self._enrolled(facenet)
         cameras = [c for c in cfg.cameras if c.enabled]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from daemon.config import DEFAULT_CONFIG, WARM_UP_HW, ConfigError, plan_request
@@ -302,3 +304,83 @@ def test_validate_config_wants_the_file_it_checks(capsys) -> None:
     assert main(["validate-config"]) == 2
     assert "give the configuration file to check" in capsys.readouterr().err
     assert main(["validate-config", "--schema"]) == 0
+
+
+def test_every_problem_of_a_file_is_listed_at_once(tmp_path, monkeypatch, capsys) -> None:
+    """An unset variable, a misspelt key, an empty URL, a value out of range and a reference
+    that is none: one run of validate-config names them all, with a suggestion for the key."""
+    from daemon.cli import main
+
+    monkeypatch.delenv("FACEWATCH_UNSET_VAR", raising=False)
+    path = tmp_path / "mixed.yaml"
+    path.write_text(
+        "cameras:\n"
+        "  - {name: a, url: '${FACEWATCH_UNSET_VAR}', fsp: 5}\n"
+        "  - {name: b, url: ''}\n"
+        "  - {name: c, url: 'rtsp://u:${credential:}@h/s'}\n"
+        "batching: {max_batch: 0}\n"
+        "detection: {thresholds: 0.7}\n"
+    )
+    assert main(["validate-config", str(path)]) == 2
+    err = capsys.readouterr().err
+    for line in [
+        "cameras[0] (a).url: environment variable FACEWATCH_UNSET_VAR is not set",
+        "cameras[0] (a).fsp: unknown key (did you mean fps?)",
+        "cameras[1] (b).url: empty",
+        "cameras[2] (c).url: ${credential:} is no reference",
+        "batching.max_batch: Input should be greater than or equal to 1",
+        "detection.thresholds: expected a list of values",
+    ]:
+        assert f"\n  {line}" in err, err
+    assert "cameras[0] (a).url: unknown scheme" not in err, "the unset variable says it all"
+
+
+def test_validate_config_checks_what_run_checks_before_it_starts(
+    tmp_path, capsys, shared_data
+) -> None:
+    """Files the daemon needs at its start, each problem named with its key, all at once, and
+    nothing created on the way; the same file with the problems fixed is valid."""
+    from daemon.cli import main
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a video")
+    video = shared_data / "videos" / "hamilton_360p.mp4"
+    settings = {
+        "cameras": [
+            {"name": "gone", "url": str(tmp_path / "gone.mp4")},
+            {"name": "notes", "url": str(notes)},
+            {"name": "ok", "url": str(video)},
+        ],
+        "engines": {"mtcnn_dir": str(tmp_path)},
+        "recognition": {"model": str(tmp_path / "nope.onnx")},
+        "mqtt": {"spool_dir": str(notes / "spool"), "tls": {"ca_file": str(tmp_path / "ca.pem")}},
+        "events": {"jsonl_file": str(notes / "events.jsonl")},
+        "archive": {"dir": str(notes / "faces")},
+    }
+    path = tmp_path / "paths.yaml"
+    path.write_text(json.dumps(settings))
+    before = sorted(tmp_path.rglob("*"))
+    assert main(["validate-config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "valid settings, but `run` (as " in err and "would stop at once" in err, err
+    for key in [
+        "cameras[0] (gone).url",
+        "cameras[1] (notes).url",
+        "engines.mtcnn_dir",
+        "recognition.model: ",
+        "mqtt.tls.ca_file",
+        "mqtt.spool_dir",
+        "events.jsonl_file",
+        "archive.dir",
+    ]:
+        assert f"\n  {key}" in err, (key, err)
+    assert "(ok).url" not in err
+    assert sorted(tmp_path.rglob("*")) == before, "validate-config creates nothing"
+
+    settings["cameras"] = settings["cameras"][2:]
+    for key in ("engines", "recognition", "mqtt", "events", "archive"):
+        del settings[key]
+    settings["archive"] = {"dir": str(tmp_path / "new" / "faces")}
+    path.write_text(json.dumps(settings))
+    assert main(["validate-config", str(path)]) == 0
+    assert "valid (1 of 1 cameras enabled)" in capsys.readouterr().out
