@@ -132,6 +132,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+SCORES_SHOWN = 20  # an image's line lists at most this many scores (--json: all)
+
+
 @dataclass
 class Summary:
     files: int = 0
@@ -143,6 +146,11 @@ class Summary:
 def run(args: argparse.Namespace) -> int:
     if args.batch < 1 or args.every < 1 or not 0 <= args.threads <= 256:
         print("error: --batch and --every must be >= 1, --threads in 0..256", file=sys.stderr)
+        return 2
+    if not all(0.0 < t < 1.0 for t in args.thresholds):
+        print(
+            f"error: --thresholds must each lie in (0, 1), got {args.thresholds}", file=sys.stderr
+        )
         return 2
     if args.annotate is not None and args.annotate.exists() and not args.annotate.is_dir():
         print(f"error: --annotate {args.annotate}: not a folder", file=sys.stderr)
@@ -164,7 +172,12 @@ def run(args: argparse.Namespace) -> int:
         return 2
     outputs = None
     if args.annotate:
-        args.annotate.mkdir(parents=True, exist_ok=True)
+        try:
+            args.annotate.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            why = exc.strerror or exc
+            print(f"error: --annotate {args.annotate}: cannot create it: {why}", file=sys.stderr)
+            return 2
         outputs = Outputs(args.annotate)
     summary = Summary()
     started = time.monotonic()
@@ -204,8 +217,13 @@ def _expand(paths: list[Path], summary: Summary) -> Iterator[tuple[Path, Path]]:
                 if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES
             )
             if not found:
-                summary.errors.append(f"{path}: folder holds no images or videos")
-                print(f"error: {path}: folder holds no images or videos", file=sys.stderr)
+                why = (
+                    f"{path}: folder holds no images or videos (a folder's files are taken by "
+                    f"their extension: {', '.join(sorted(IMAGE_SUFFIXES | VIDEO_SUFFIXES))}; "
+                    "name a file to read it whatever its name)"
+                )
+                summary.errors.append(why)
+                print(f"error: {why}", file=sys.stderr)
             yield from ((p, input_name(path, p)) for p in found)
         elif path.exists():
             yield path, input_name(path, path)
@@ -230,7 +248,9 @@ def _emit(
         }
         print(json.dumps(record), flush=False)
     elif frame is None:
-        scores = ", ".join(f"{s:.3f}" for s in found.score)
+        scores = ", ".join(f"{s:.3f}" for s in found.score[:SCORES_SHOWN])
+        if len(found) > SCORES_SHOWN:
+            scores += f", ... {len(found) - SCORES_SHOWN} more"
         plural = "s" if len(found) != 1 else ""
         tqdm.write(
             f"{source}: {len(found)} face{plural}" + (f" (scores {scores})" if scores else ""),
@@ -268,7 +288,7 @@ def _detect_video(
         file=sys.stderr,
         leave=False,
     )
-    index, batch, numbers = 0, [], []
+    index, batch, numbers, searched = 0, [], [], 0
     try:
         while True:
             ok, frame = capture.read()
@@ -280,6 +300,7 @@ def _detect_video(
                     numbers, batch, detector.detect(batch), strict=True
                 ):
                     summary.frames += 1
+                    searched += 1
                     summary.faces += len(found)
                     _emit(args, path, number, image.shape, found)
                     if out is not None:
@@ -304,7 +325,9 @@ def _detect_video(
             file=sys.stderr,
         )
     if not args.json:
-        tqdm.write(f"{path}: {index} frames, {summary.faces - faces_before} faces", file=sys.stdout)
+        every = f" ({searched} searched: every {args.every})" if args.every > 1 else ""
+        faces = summary.faces - faces_before
+        tqdm.write(f"{path}: {index} frames{every}, {faces} faces", file=sys.stdout)
 
 
 def _video_writer(out: Path, shape: tuple[int, ...], fps: float) -> cv2.VideoWriter:

@@ -191,6 +191,15 @@ class Gallery:
                 f"this facewatch reads version {SCHEMA_VERSION}"
             )
         if model_id is not None and model_id != self.model_id:
+            if model_id.removesuffix("+flip") == self.model_id.removesuffix("+flip"):
+                flip = self.model_id.endswith("+flip")
+                setting = "with" if flip else "without"
+                raise GalleryError(
+                    f"{self.path}: this gallery was enrolled {setting} --flip (mirrored faces "
+                    "averaged in), and embeddings made otherwise do not match its own: use it "
+                    f"{setting} --flip (recognition.flip: {str(flip).lower()} in a daemon "
+                    "config), or enroll everyone again into a new gallery"
+                )
             raise GalleryError(
                 f"{self.path}: this gallery was enrolled with model {self.model_id!r}, but "
                 f"the model in use is {model_id!r}; embeddings of different models cannot be "

@@ -219,6 +219,11 @@ class MTCNN:
         around each of them (faces that moved up to a face width, or grew or shrank by up to
         1.4x, are found; new faces elsewhere are not). None for a frame: the whole pyramid.
         """
+        if isinstance(frames, np.ndarray) and frames.ndim < 4:  # its rows would be "frames"
+            raise TypeError(
+                f"detect takes a sequence of frames, not one array of shape {frames.shape}: "
+                "for one frame, detect([frame])"
+            )
         pyramids = self._pyramids(frames)
         if not pyramids:
             return []

@@ -165,7 +165,7 @@ def test_names_opencv_cannot_take_truncated_videos_and_unwritable_output(
     odd = Path(os.fsdecode(bytes(tmp_path / "clip") + b"\xe9.avi"))
     shutil.copy(clip, odd)
     code, out, err = run_cli(capsys, str(tmp_path / "half.avi"), str(odd), str(clip), "--every", "20")  # fmt: skip
-    assert code == 1 and f"{clip}: 60 frames" in out  # the good one still processed
+    assert code == 1 and f"{clip}: 60 frames (3 searched: every 20)" in out  # the good one
     assert "the file name is not valid UTF-8; rename it" in err
     # a header's frame count is an estimate: far short of it is a warning, not a failure
     assert "warning: " in err and "half.avi: " in err and "of the 60 frames its header" in err
@@ -177,3 +177,37 @@ def test_names_opencv_cannot_take_truncated_videos_and_unwritable_output(
     blocker.write_text("")
     with pytest.raises(OSError, match=r"afile/x\.jpg: cannot write"):
         write_image(blocker / "x.jpg", face)
+
+
+def test_arguments_a_user_can_get_wrong_are_named(shared_data, tmp_path, capsys) -> None:
+    """Thresholds outside (0, 1) (0 finds thousands of "faces"), an --annotate folder that
+    cannot be made, a folder whose files have no image extension: each said, exit 2 / 1."""
+    photo = str(shared_data / "images" / "two_people.jpg")
+    code, _, err = run_cli(capsys, "--thresholds", "0", "0.7", "0.7", photo)
+    assert code == 2 and "--thresholds must each lie in (0, 1)" in err
+    blocker = tmp_path / "afile"
+    blocker.write_text("")
+    code, _, err = run_cli(capsys, "--annotate", str(blocker / "out"), photo)
+    assert code == 2 and f"--annotate {blocker / 'out'}: cannot create it" in err
+    plain = tmp_path / "yale"
+    plain.mkdir()
+    shutil.copy(photo, plain / "subject01")  # the Yale set names files without extensions
+    code, out, err = run_cli(capsys, str(plain), str(plain / "subject01"))
+    assert code == 1 and "taken by their extension: " in err and ".jpg" in err
+    assert "subject01: 2 faces" in out  # named as a file, it is read
+
+
+def test_a_crowded_image_lists_its_first_scores_only(shared_data, capsys) -> None:
+    # low thresholds: hundreds of candidates survive, as a user trying settings would see
+    code, out, _ = run_cli(
+        capsys,
+        "--thresholds",
+        "0.01",
+        "0.01",
+        "0.01",
+        str(shared_data / "images" / "multiface.jpg"),
+    )
+    [line] = out.splitlines()
+    shown = line.split("(scores ")[1].split(", ...")[0].split(", ")
+    assert code == 0 and len(shown) == 20 and " more)" in line, line
+    assert int(line.split(": ")[1].split()[0]) == 20 + int(line.split("... ")[1].split()[0])

@@ -108,6 +108,10 @@ def test_grayscale_and_rgba_frames_are_accepted(detector, shared_data):
     bgra = cv2.cvtColor(bgr, cv2.COLOR_BGR2BGRA)
     found = detector.detect([gray, bgra, bgr])
     assert [len(f) for f in found] == [2, 2, 2]
+    assert [len(f) for f in detector.detect(np.stack([bgr, bgr]))] == [2, 2]  # (N, H, W, 3)
+    for one in (bgr, gray):  # one frame, not in a list: its rows are no frames
+        with pytest.raises(TypeError, match=r"for one frame, detect\(\[frame\]\)"):
+            detector.detect(one)
 
 
 @pytest.mark.slow

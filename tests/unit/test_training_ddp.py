@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,7 @@ torch = pytest.importorskip("torch")
 
 import torch.multiprocessing as mp  # noqa: E402
 
+from tests.face_folders import celeba_people, needs_celeba  # noqa: E402
 from training.distributed import DistContext, convert_sync_batchnorm  # noqa: E402
 from training.facenet_nets import build_model  # noqa: E402
 from training.train import make_optimizer  # noqa: E402
@@ -84,3 +87,24 @@ def test_two_processes_equal_one_process(tmp_path) -> None:
     # and the check can fail: training on half the batch gives another step
     half = _one_step(DistContext(), _batch()[:6])[1]
     assert (half - weight).norm() > 0.05 * step
+
+
+@pytest.mark.slow
+@needs_celeba
+def test_the_documented_torchrun_command_trains_with_two_processes(tmp_path) -> None:
+    """README's multi-GPU launch, `torchrun --nproc-per-node N -m training.cli_facenet
+    triplet ...`, here with 2 CPU processes (gloo): both join and the run saves its
+    checkpoint."""
+    data = celeba_people(tmp_path / "people", [4, 4, 4, 4])
+    recipe = Path(__file__).resolve().parents[2] / "configs" / "training" / "facenet_smoke_cpu.yaml"
+    torchrun = Path(sys.executable).with_name("torchrun")
+    done = subprocess.run(
+        [str(torchrun), "--nproc-per-node", "2", "-m", "training.cli_facenet", "triplet",
+         "--config", str(recipe), "--data-dir", str(data), "--max-nrof-epochs", "1",
+         "--models-base-dir", str(tmp_path / "models"), "--logs-base-dir", str(tmp_path / "logs")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    for rank in (0, 1):
+        assert f"process {rank} of 2 on cpu" in done.stderr, done.stderr[-3000:]
+    assert (tmp_path / "models" / "smoke" / "latest.pt").is_file()
