@@ -55,9 +55,25 @@ def build_parser() -> argparse.ArgumentParser:
             logger.debug("command group %s unavailable: %s", entry.name, exc)
     for command in commands.choices.values():  # `facewatch run --log-level DEBUG` too
         command.add_argument(
-            "--log-level", default=argparse.SUPPRESS, choices=LEVELS, help="as before the command"
+            "--log-level",
+            default=argparse.SUPPRESS,
+            choices=LEVELS,
+            help="log verbosity on stderr (the same as `facewatch --log-level LEVEL COMMAND`)",
         )
+    _describe(parser)
     return parser
+
+
+def _describe(parser: argparse.ArgumentParser) -> None:
+    """Each subcommand without a description of its own gets its one-line help as one, so
+    that its --help says what it does."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            helps = {choice.dest: choice.help for choice in action._choices_actions}
+            for name, sub in action.choices.items():
+                if sub.description is None and helps.get(name):
+                    sub.description = str(helps[name]).replace("%%", "%")
+                _describe(sub)
 
 
 def log_format() -> str:

@@ -111,10 +111,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     parsers["rename"].add_argument("new", help="the new name")
     threshold = parsers["threshold"]
     threshold.usage = (
-        "facewatch gallery threshold NAME VALUE|default [--gallery FILE]\n"
-        "       facewatch gallery threshold --default VALUE [--gallery FILE]"
+        "facewatch gallery threshold NAME VALUE|default [--gallery FILE | --config FILE]\n"
+        "       facewatch gallery threshold --default VALUE [--gallery FILE | --config FILE]"
     )
-    threshold.add_argument("words", nargs="+", metavar="NAME VALUE", help="one person and value")
+    threshold.add_argument("words", nargs="*", metavar="NAME VALUE", help="one person and value")
     threshold.add_argument("--default", action="store_true", help="set the gallery default")
     parsers["export"].add_argument("file", type=Path, help="output: FILE.json or FILE.npz")
     parsers["export"].add_argument("--force", action="store_true", help="replace FILE if it exists")
@@ -220,14 +220,20 @@ def _rename(args: argparse.Namespace) -> int:
 
 
 def _threshold(args: argparse.Namespace) -> int:
-    if args.default != (len(args.words) == 1) or len(args.words) > 2:
-        print(
-            "error: one person at a time: gallery threshold NAME VALUE|default, or --default VALUE",
-            file=sys.stderr,
-        )
+    """Exit status 2 for what is wrong in the arguments themselves (count, number, range)."""
+    if args.default != (len(args.words) == 1) or not 1 <= len(args.words) <= 2:
+        want = "--default VALUE" if args.default else "NAME VALUE|default, or --default VALUE"
+        print(f"error: gallery threshold {want} (one person at a time)", file=sys.stderr)
         return 2
     name, text = (None, args.words[0]) if args.default else args.words
-    value = None if name is not None and text == "default" else _float(text)
+    try:
+        value = None if name is not None and text == "default" else _float(text)
+    except GalleryError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if value is not None and not 0.0 < value <= 4.0:
+        print(f"error: threshold {text} outside (0, 4] (squared L2 distance)", file=sys.stderr)
+        return 2
     with Gallery.open(gallery_path(args), writable=True) as gallery:
         gallery.set_threshold(name, value)
     if name is None:

@@ -32,7 +32,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--weights-dir", type=Path, required=True, help="folder with pnet.pt, rnet.pt, onet.pt"
     )
     p.add_argument(
-        "--out-dir", type=Path, default=Path("models/mtcnn"), help="where to write the models"
+        "--out-dir",
+        type=Path,
+        default=Path("models/mtcnn"),
+        help="where to write the models (default: models/mtcnn below the current folder: "
+        "from the repository's root, the shipped ones are replaced)",
     )
     p.add_argument(
         "--images",

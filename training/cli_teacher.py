@@ -121,7 +121,9 @@ def _add_dlib(commands: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--lfw-dir", type=Path, required=True, help="LFW images (raw, or crops)")
     p.add_argument("--lfw-pairs", type=Path, required=True, help="pairs.txt")
-    p.add_argument("--lfw-nrof-folds", type=int, default=10, help="folds")
+    p.add_argument(
+        "--lfw-nrof-folds", type=int, default=10, help="folds of the LFW protocol (default 10)"
+    )
     p.add_argument(
         "--align",
         action="store_true",
@@ -213,7 +215,8 @@ def _add_import_dlib(commands: argparse._SubParsersAction) -> None:
         "--out",
         type=Path,
         default=default_facenet(),
-        help="ONNX file to write, with its sidecar and model card",
+        help="ONNX file to write, with its sidecar and model card (default: %(default)s, "
+        "the model facewatch ships)",
     )
     p.add_argument(
         "--force",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -211,3 +212,24 @@ def test_a_crowded_image_lists_its_first_scores_only(shared_data, capsys) -> Non
     shown = line.split("(scores ")[1].split(", ...")[0].split(", ")
     assert code == 0 and len(shown) == 20 and " more)" in line, line
     assert int(line.split(": ")[1].split()[0]) == 20 + int(line.split("... ")[1].split()[0])
+
+
+def test_every_command_and_option_explains_itself() -> None:
+    """`facewatch COMMAND [SUBCOMMAND] --help` of every command (train's too) says what it
+    does, and every option has a help line."""
+    from daemon.cli import build_parser
+
+    def walk(parser: argparse.ArgumentParser, name: str) -> list[str]:
+        bare = [] if parser.description or name == "facewatch" else [f"{name}: no description"]
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub_name, sub in action.choices.items():
+                    bare += walk(sub, f"{name} {sub_name}")
+            elif action.option_strings and not action.help:
+                bare.append(f"{name} {action.option_strings[-1]}: no help")
+        return bare
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert {"detect", "run", "train", "gallery", "engines"} <= set(commands.choices)
+    assert walk(parser, "facewatch") == []

@@ -311,7 +311,11 @@ def test_threshold_of_a_person_and_the_default(gallery, capsys) -> None:
     assert gallery_cli(path, capsys, "threshold", "bob")[0] == 2  # no value
     assert gallery_cli(path, capsys, "threshold", "--default", "bob", "1")[0] == 2
     code, _, err = gallery_cli(path, capsys, "threshold", "--default", "default")
-    assert code == 1 and "not a number" in err
+    assert code == 2 and "not a number" in err
+    code, _, err = gallery_cli(path, capsys, "threshold", "--default")
+    assert code == 2 and "gallery threshold --default VALUE" in err
+    code, _, err = gallery_cli(path, capsys, "threshold", "bob", "5")
+    assert code == 2 and "threshold 5 outside (0, 4]" in err
     with Gallery.open(path) as reader:
         assert {i.name: i.threshold for i in reader.identities()}["bob"] is None
 
