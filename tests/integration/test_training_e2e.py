@@ -402,9 +402,10 @@ def test_loader_workers_change_nothing(aligned, tmp_path: Path) -> None:
 
 def test_center_and_distill_losses_train(trained: Path, aligned, tmp_path: Path, caplog) -> None:
     from training.checkpoint import Checkpoint
+    from training.distributed import init_from_env
     from training.export_facenet import export_checkpoint
-    from training.train import train
-    from training.train_options import build_parser
+    from training.train import build_run, train_run
+    from training.train_options import build_parser, check_options
 
     teacher, _ = export_checkpoint(trained / "latest.pt", tmp_path / "teacher.onnx")
     cache = tmp_path / "teacher.npz"
@@ -424,10 +425,21 @@ def test_center_and_distill_losses_train(trained: Path, aligned, tmp_path: Path,
         losses[name].append(value)
         steps[name].append((epoch, batch, step))
 
+    unmoved: dict[str, list[str]] = {}
     for name, extra in runs.items():
         args = build_parser().parse_args([*base, "--run-name", name, *extra])
+        check_options(args)  # as train() does, keeping the run to look at its network
+        run = build_run(
+            args, init_from_env(args.gpu), lambda e, b, s, v, k=name: hook(e, b, s, v, k)
+        )
+        before = {k: v.clone() for k, v in run.net.named_parameters()}
         with caplog.at_level(logging.INFO, logger="training.train"):
-            train(args, on_step=lambda e, b, s, value, k=name: hook(e, b, s, value, k))
+            train_run(run)
+        after = dict(run.net.named_parameters())
+        unmoved[name] = [k for k in before if torch.equal(before[k], after[k].detach())]
+    # the loss reaches the whole network: its first and last layers both moved
+    for name, names in unmoved.items():
+        assert not {"conv2d_1a.conv.weight", "last_linear.weight"} & set(names), (name, names)
     assert all(len(v) == 2 and np.all(np.isfinite(v)) for v in losses.values())
     # each step reported once, in order (distillation reports a step after the next is queued)
     assert all(v == [(0, 1, 1), (0, 2, 2)] for v in steps.values()), steps
