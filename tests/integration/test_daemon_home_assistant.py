@@ -189,3 +189,55 @@ def test_a_state_sent_into_a_silently_dead_link_never_replaces_a_newer_one(
     finally:
         retained.close()
     assert json.loads(found) == {"faces": 2}
+
+
+def test_people_removed_while_the_daemon_was_stopped_are_deleted_at_the_next_start(
+    tmp_path, broker
+) -> None:
+    """The publisher remembers (in its spool folder) whose retained topics it published: at
+    the next start, those no longer enrolled are deleted from the broker, their Home
+    Assistant config before their state, and a Home Assistant starting later finds neither."""
+    from functools import partial
+
+    from daemon import home_assistant
+    from daemon.config_file import parse_config
+    from daemon.events import person_json
+
+    config = parse_config(
+        {
+            "node_id": "test",
+            "cameras": [{"name": "clip", "url": str(CLIP)}],
+            "mqtt": {"port": broker.port, "home_assistant": {"enabled": True}},
+        }
+    )
+    subscriber = Subscriber(broker.port, "#")
+    ada, zoe = (f"facewatch/test/people/{person_key(n)}" for n in ("Ada", "Zoë"))
+    ada_config, zoe_config = _person_config("Ada"), _person_config("Zoë")
+
+    def run(people: list[str]) -> None:  # a start, as the service makes it, and a stop
+        publisher = MqttPublisher(config.mqtt, "test", Spool(tmp_path / "spool", 100))
+        publisher.people_announcements = partial(home_assistant.people_messages, config, publisher)
+        publisher.set_people({name: person_json(name, []) for name in people})
+        publisher.start()
+        wait_for(lambda: subscriber.last("facewatch/test/status") == b"online", 30, "online")
+        publisher.stop()
+        wait_for(lambda: subscriber.last("facewatch/test/status") == b"offline", 10, "offline")
+
+    try:
+        run(["Ada", "Zoë"])
+        assert _discovered(subscriber)[zoe_config]["state_topic"] == zoe
+        assert json.loads(subscriber.last(zoe) or b"{}") == {"name": "Zoë", "cameras": []}
+        with subscriber._lock:
+            subscriber.messages.clear()
+        run(["Ada"])  # Zoë was removed from the gallery meanwhile
+        topics = [(t, p) for t, p, _ in subscriber.messages]
+        assert topics.index((zoe_config, b"")) < topics.index((zoe, b"")), "config, then state"
+        assert _discovered(subscriber)[ada_config]["state_topic"] == ada
+    finally:
+        subscriber.close()
+    late = Subscriber(broker.port, "#")  # what the broker retains now
+    try:
+        wait_for(lambda: late.last(ada) and ada_config in _discovered(late), 10, "Ada's, retained")
+        assert late.last(zoe) is None and zoe_config not in _discovered(late)
+    finally:
+        late.close()

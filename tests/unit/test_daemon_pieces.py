@@ -21,7 +21,7 @@ from prometheus_client import REGISTRY
 from daemon.cameras import Frame, FrameQueues
 from daemon.config import ConfigError, TrackingConfig
 from daemon.config_file import parse_config
-from daemon.events import EventSinks, in_view_json, person_key
+from daemon.events import EventSinks, in_view_json
 from daemon.scheduler import Pipeline
 from daemon.spool import Spool
 from daemon.stream_probe import _from_answer, stream_problem
@@ -393,39 +393,6 @@ def test_a_persons_presence_follows_their_tracks_on_every_camera() -> None:
     assert state.people == {"Ada": ["yard"]}
     step("yard", 1.1, "Bob")  # the yard's face turns out not to be Ada after all
     assert state.people == {"Ada": []}
-
-
-def test_people_removed_while_the_daemon_was_stopped_are_deleted_at_the_next_start(
-    tmp_path,
-) -> None:
-    """The publisher remembers (in the spool) whose retained topics it published: at the
-    next start, those no longer enrolled are deleted, their Home Assistant config first."""
-    from daemon.config import MqttConfig
-    from daemon.events import person_json
-    from daemon.mqtt import MqttPublisher
-
-    sent: list[tuple[str, bytes]] = []
-
-    class Client:
-        def publish(self, topic: str, payload: bytes, **kwargs: object) -> None:
-            sent.append((topic, payload))
-
-    def start() -> MqttPublisher:  # a publisher, connected, on the same spool folder
-        publisher = MqttPublisher(MqttConfig(), "test", Spool(tmp_path / "spool", 10))
-        publisher.client = Client()  # type: ignore[assignment]
-        publisher.people_announcements = lambda names, gone: [
-            (f"ha/{name}/config", b"" if name in gone else b"{}") for name in names | gone
-        ]
-        publisher.connected.set()
-        return publisher
-
-    start().set_people({n: person_json(n, []) for n in ("Ada", "Zoë")})
-    zoe = f"facewatch/test/people/{person_key('Zoë')}"
-    assert (zoe, b'{"name":"Zo\\u00eb","cameras":[]}') in sent
-    sent.clear()
-    start().set_people({"Ada": person_json("Ada", [])})  # Zoë was removed meanwhile
-    assert sent.index(("ha/Zoë/config", b"")) < sent.index((zoe, b"")), "config, then state"
-    assert ("ha/Ada/config", b"{}") in sent
 
 
 def test_faces_centred_in_a_cameras_ignore_regions_are_dropped(detector) -> None:
