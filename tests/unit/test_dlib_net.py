@@ -43,6 +43,23 @@ def test_the_network_gives_dlibs_own_descriptors(shared_data) -> None:
     assert np.abs(got.numpy() - expected).max() < 1e-5
 
 
+def test_the_shipped_model_gives_dlibs_descriptors_of_dlibs_chips(shipped_model) -> None:
+    """Without dlib: dlib's own chips of the demo's faces and its descriptors of them
+    (tests/golden/dlib_descriptors.npz, made by tests/golden/make_dlib_golden.py with dlib
+    20) against the shipped ONNX model, whose output is the descriptor scaled to unit
+    length (its weights are fp16: within 1e-3)."""
+    from engines.loader import load_engine
+    from tests.conftest import GOLDEN
+
+    golden = np.load(GOLDEN / "dlib_descriptors.npz")
+    assert len(golden["chips"]) >= 5
+    engine = load_engine(shipped_model)
+    chips = golden["chips"].astype(np.float32).transpose(0, 3, 1, 2)  # RGB, 0..255
+    got = engine.infer({"image": chips})["embedding"]
+    expected = golden["descriptors"] / np.linalg.norm(golden["descriptors"], axis=1, keepdims=True)
+    assert np.abs(got - expected).max() < 1e-3
+
+
 def test_a_file_that_is_not_dlibs_model_is_refused_by_name(tmp_path) -> None:
     from training.data import DataError
     from training.dlib_net import read_dlib_net
