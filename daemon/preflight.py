@@ -75,10 +75,14 @@ def _camera_problems(config: Config) -> list[str]:
 
 def _model_problems(config: Config) -> list[str]:
     found = []
-    for name in ("pnet", "rnet", "onet"):
-        model = Path(config.engines.mtcnn_dir) / f"{name}.onnx"
-        if not model.is_file():
-            found.append(f"engines.mtcnn_dir: {model}: not found (MTCNN's {name})")
+    folder = Path(config.engines.mtcnn_dir)
+    if not folder.is_dir():
+        found.append(f"engines.mtcnn_dir: {folder}: no such folder (MTCNN's models)")
+    else:
+        for name in ("pnet", "rnet", "onet"):
+            model = folder / f"{name}.onnx"
+            if not model.is_file():
+                found.append(f"engines.mtcnn_dir: {model}: not found (MTCNN's {name})")
     model_file = config.recognition.model
     if model_file not in (None, "auto") and not Path(model_file).is_file():
         found.append(f"recognition.model: {model_file}: FaceNet model file not found")
