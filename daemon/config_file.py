@@ -23,17 +23,17 @@ _REFERENCE = re.compile(r"\$\{(credential:)?([A-Za-z_][A-Za-z0-9_.-]*)\}")
 _ANY_REFERENCE = re.compile(r"\$\{[^}]*\}")
 
 
-def _substitute(value: Any, where: str, missing: list[tuple[str, str]] | None = None) -> Any:
+def _substitute(value: Any, where: str, missing: list[tuple[str, str]], secrets: bool) -> Any:
     """Replace ``${ENV}`` and ``${credential:NAME}`` in every string of ``value``. A reference
-    that cannot be resolved (or is no reference: ``${credential:}``) stays as it is, and
-    (key path, reason) joins ``missing`` (when given)."""
+    that cannot be resolved stays as it is, and (key path, reason) joins ``missing`` (with
+    ``secrets`` off, it stays silently); so does one that is no reference (``${credential:}``)."""
     if isinstance(value, dict):
         return {
-            k: _substitute(v, f"{where}.{k}" if where else str(k), missing)
+            k: _substitute(v, f"{where}.{k}" if where else str(k), missing, secrets)
             for k, v in value.items()
         }
     if isinstance(value, list):
-        return [_substitute(v, _item(where, i, v), missing) for i, v in enumerate(value)]
+        return [_substitute(v, _item(where, i, v), missing, secrets) for i, v in enumerate(value)]
     if not isinstance(value, str):
         return value
 
@@ -45,18 +45,17 @@ def _substitute(value: Any, where: str, missing: list[tuple[str, str]] | None = 
             if name not in os.environ:
                 raise ConfigError(f"{where}: environment variable {name} is not set")
         except ConfigError as exc:
-            if missing is not None:
+            if secrets:
                 missing.append((where, str(exc)))
             return match.group(0)
         return os.environ[name]
 
-    if missing is not None:
-        for written in _ANY_REFERENCE.findall(value):
-            if not _REFERENCE.fullmatch(written):
-                missing.append(
-                    (where, f"{where}: {written} is no reference: write ${{NAME}} (an environment "
-                     "variable: letters, digits, _ . -) or ${credential:NAME}")
-                )  # fmt: skip
+    for written in _ANY_REFERENCE.findall(value):
+        if not _REFERENCE.fullmatch(written):
+            missing.append(
+                (where, f"{where}: {written} is no reference: write ${{NAME}} (an environment "
+                 "variable: letters, digits, _ . -) or ${credential:NAME}")
+            )  # fmt: skip
     return _REFERENCE.sub(lookup, value)
 
 
@@ -176,7 +175,7 @@ def parse_config(raw: Any, source: str = "config", secrets: bool = True) -> Conf
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping of settings, got {type(raw).__name__}")
     missing: list[tuple[str, str]] = []
-    raw = _substitute(raw, "", missing if secrets else None)
+    raw = _substitute(raw, "", missing, secrets)
     lines = [reason for _, reason in missing]  # every one of them, not only the first
     try:
         config = Config.model_validate(raw)

@@ -156,6 +156,9 @@ def test_commands_that_use_no_camera_or_broker_leave_secrets_unresolved(monkeypa
     config = parse_config(raw, secrets=False)
     assert config.cameras[0].url == "rtsp://viewer:${CAMERA_PASSWORD}@cam/1"
     assert config.mqtt.password == "${credential:mqtt_password}"
+    raw["mqtt"]["password"] = "${credential:}"  # no reference at all: an error either way
+    with pytest.raises(ConfigError, match=r"mqtt\.password: \$\{credential:\} is no reference"):
+        parse_config(raw, secrets=False)
 
 
 def test_paths_are_relative_to_the_config_file(tmp_path) -> None:
