@@ -315,7 +315,9 @@ class TensorRTConfig(Section):
 
 class EnginesConfig(Section):
     backend: Literal["openvino", "opencv", "onnxruntime", "tensorrt", "torch"] = _field(
-        "openvino", "backend for MTCNN (FaceNet uses onnxruntime unless tensorrt or torch)"
+        "openvino",
+        "backend for MTCNN (FaceNet runs on onnxruntime, or OpenVINO where recognition.precision "
+        "picks bf16, unless tensorrt or torch)",
     )
     threads: int = _field(0, "CPU threads for inference (0 = all cores)", ge=0, le=256)
     mtcnn_dir: str = _field(str(REPO_ROOT / "models" / "mtcnn"), "folder with pnet/rnet/onet.onnx")

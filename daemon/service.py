@@ -272,10 +272,12 @@ class Service:
 
     def _serve(self, scheduler: BatchScheduler) -> None:
         watchdog_s = int(os.environ.get("WATCHDOG_USEC", "0")) / 1e6
-        ping_every = watchdog_s / 2 if watchdog_s else 1.0
+        ping_every = watchdog_s / 2  # systemd's advice
+        tick = min(1.0, ping_every) if watchdog_s else 1.0  # a SIGHUP waits at most this
+        next_ping = time.monotonic()
         deadline = time.monotonic() + self.run_for_s if self.run_for_s else float("inf")
         was_up = False
-        while not self._stop.wait(min(ping_every, max(0.0, deadline - time.monotonic()))):
+        while not self._stop.wait(min(tick, max(0.0, deadline - time.monotonic()))):
             if time.monotonic() >= deadline:
                 logger.info("--run-for %.0f s reached: stopping", self.run_for_s)
                 return
@@ -295,14 +297,20 @@ class Service:
             if cameras_up and not was_up:  # give the first frames time to arrive
                 scheduler.last_batch = max(scheduler.last_batch, time.monotonic())
             was_up = cameras_up
-            if watchdog_s and watchdog_healthy(
-                time.monotonic(),
-                scheduler.last_round,
-                scheduler.last_batch,
-                cameras_up,
-                max(STALL_S, watchdog_s),
+            now = time.monotonic()
+            if (
+                watchdog_s
+                and now >= next_ping
+                and watchdog_healthy(
+                    now,
+                    scheduler.last_round,
+                    scheduler.last_batch,
+                    cameras_up,
+                    max(STALL_S, watchdog_s),
+                )
             ):
                 sd_notify("WATCHDOG=1")
+                next_ping = now + ping_every - tick / 2  # due by the tick nearest the interval
 
     def _install_signals(self) -> None:
         def stop(signum: int, frame: FrameType | None) -> None:

@@ -566,6 +566,25 @@ def test_the_watchdog_is_fed_while_every_camera_is_down(
         assert daemon.stop() == 0
 
 
+def test_a_reload_under_systemds_watchdog_is_served_within_a_second_or_two(
+    tmp_path, broker, notify_socket
+) -> None:
+    """`systemctl reload` (SIGHUP) with the unit's WatchdogSec=60s: the daemon pings every
+    30 s, but does not make the reload wait for the next ping."""
+    listener, notify_path = notify_socket
+    cameras = [{"name": "file", "url": str(CLIP), "fps": 5}]
+    env = {"NOTIFY_SOCKET": str(notify_path), "WATCHDOG_USEC": "60000000"}
+    daemon = Daemon(tmp_path, daemon_settings(cameras, broker.port, tmp_path), env=env)
+    daemon.start()
+    try:
+        assert listener.recv(256) == b"READY=1"
+        time.sleep(1.5)  # into the serve loop's wait
+        daemon.proc.send_signal(signal.SIGHUP)  # type: ignore[union-attr]
+        wait_for(lambda: "SIGHUP: no FaceNet model in use" in daemon.log(), 3, "the reload")
+    finally:
+        assert daemon.stop() == 0
+
+
 @pytest.mark.parametrize(
     ("yaml_text", "expected"),
     [
