@@ -22,7 +22,7 @@ from tqdm import tqdm
 from daemon import gallery_cli
 from daemon.archive_files import VISIT_FILE, archive_level
 from daemon.detect_cli import progress_wanted
-from daemon.gallery import Enrollment, Gallery, GalleryError, clean_name
+from daemon.gallery import Enrollment, Gallery, GalleryError, clean_name, shown_threshold
 from daemon.recognition import (
     DEFAULT_MIN_FACE_PX,
     DEFAULT_MIN_SHARPNESS,
@@ -32,7 +32,7 @@ from daemon.recognition import (
 from daemon.recognition_cli import Models, add_model_options, is_hidden, load_models, photo_files
 from engines import EngineError
 from engines.base import file_sha256
-from engines.facenet import FaceNet
+from engines.facenet import FaceNet, starting_threshold
 from engines.images import ImageError, read_image
 
 
@@ -247,6 +247,7 @@ def _store(
             gallery_path, net.model_id, net.embedding_size, **_threshold_of(net)
         ) as gallery:
             added = gallery.enroll(faces)
+            threshold = gallery.threshold
     except GalleryError as exc:
         if new and gallery_path.is_file():
             gallery_path.unlink()  # nothing was enrolled: leave no empty gallery behind
@@ -263,20 +264,14 @@ def _store(
         )
         + (f"; {n_rejected} image(s) skipped" if n_rejected else "")
     )
+    if new:
+        source = "the model's" if _threshold_of(net) else "facewatch's default, the model has none"
+        shown = shown_threshold(threshold)
+        print(f"a new gallery: match threshold {shown} ({source}; `gallery threshold` sets it)")
     return 0
 
 
 def _threshold_of(net: FaceNet) -> dict[str, float]:
-    """A new gallery starts at the model's LFW threshold for a false accept rate of 1e-3 when
-    its sidecar has one, else at its LFW best threshold. The best threshold balances LFW's
-    pairs, one against one; a gallery compares each face with every enrolled photo, so a
-    stranger meets many chances of a close one (dlib's network at 0.19: 44 % of strangers
-    named, against 100 enrolled photos)."""
-    lfw = net.meta.extra.get("lfw") or {}
-    on_our_scale = (
-        isinstance(lfw, dict)
-        and lfw.get("distance_metric", 0) == 0
-        and not lfw.get("use_flipped_images", False)
-    )  # else it is an angle, or a distance between concatenated embeddings
-    start = (lfw.get("far_threshold") or lfw.get("best_threshold")) if on_our_scale else None
-    return {"threshold": float(start)} if start else {}
+    """A new gallery's threshold: ``engines.facenet.starting_threshold`` of the model."""
+    start = starting_threshold(net.meta.extra)
+    return {"threshold": start} if start is not None else {}

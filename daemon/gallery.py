@@ -47,6 +47,12 @@ MAX_NAME_CHARS = 100
 RESERVED_NAMES = ("unknown",)  # what identify, events and metrics call a face nobody matches
 
 
+def shown_threshold(value: float) -> str:
+    """A threshold as the commands print it: 3 decimals, or 2 significant digits below 0.001
+    (an untrained model's LFW threshold can be that small: not "0.000")."""
+    return f"{value:.3f}" if value >= 0.001 else f"{value:.1e}"
+
+
 @dataclass(frozen=True)
 class Match:
     """The answer for one face: ``identity`` None means unknown. ``nearest`` is the closest

@@ -21,7 +21,7 @@ import numpy as np
 
 from daemon.config import ConfigError, RecognitionConfig
 from daemon.config_file import load_config
-from daemon.gallery import Gallery, GalleryError
+from daemon.gallery import Gallery, GalleryError, shown_threshold
 from daemon.recognition import DEFAULT_TARGET_FAR, calibrate
 
 logger = logging.getLogger(__name__)
@@ -177,11 +177,11 @@ def _list(args: argparse.Namespace) -> int:
             return 0
         print(
             f"{gallery.path}: {len(people)} person(s), model {gallery.model_id}, "
-            f"default threshold {gallery.threshold:.3f}"
+            f"default threshold {shown_threshold(gallery.threshold)}"
         )
         width = max([len(p.name) for p in people] + [4])
         for person in people:
-            limit = "default" if person.threshold is None else f"{person.threshold:.3f}"
+            limit = "default" if person.threshold is None else shown_threshold(person.threshold)
             print(
                 f"  {person.name:<{width}}  {person.embeddings:3d} face(s)  "
                 f"threshold {limit:<8} updated {person.updated}"

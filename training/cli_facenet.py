@@ -292,6 +292,7 @@ def _add_validate(commands: argparse._SubParsersAction) -> None:
 
 
 def run_validate(args: argparse.Namespace) -> tuple[object, int]:
+    from training.align import SETTINGS_FILE, read_settings
     from training.embedders import load_embedder
     from training.validate import MtcnnAligner, evaluate_pairs
 
@@ -299,6 +300,14 @@ def run_validate(args: argparse.Namespace) -> tuple[object, int]:
         raise ValueError(f"--lfw-nrof-folds {args.lfw_nrof_folds}: must be >= 2")
     embedder = load_embedder(args.model, threads=args.threads, precision=args.precision)
     aligner = None
+    if not args.align and read_settings(args.lfw_dir) is None:
+        logger.warning(
+            "--lfw-dir %s has no %s: its images are taken as aligned crops (raw photos are "
+            "only resized, and the figures mean little); --align aligns raw LFW photos the "
+            "way the model frames faces",
+            args.lfw_dir,
+            SETTINGS_FILE,
+        )
     if args.align:
         aligner = MtcnnAligner(
             args.mtcnn_dir,

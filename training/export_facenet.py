@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from engines.base import EngineError, ModelMetadata
+from engines.facenet import starting_threshold
 from training.checkpoint import Checkpoint, load_model_file
 from training.embedders import OnnxEmbedder, TorchEmbedder
 from training.export_staging import staged
@@ -55,11 +56,11 @@ def warn_rough_lfw(onnx_path: Path, lfw: dict[str, Any] | None) -> list[str]:
     if reasons:
         logger.warning(
             "%s: the LFW figures recorded in its sidecar are rough (%s): new galleries made "
-            "with this model start from their best threshold, %s; check it, or set the "
+            "with this model start at a threshold of %s taken from them; check it, or set the "
             "gallery's threshold yourself",
             onnx_path,
             "; ".join(reasons),
-            lfw.get("best_threshold"),
+            starting_threshold({"lfw": lfw}),
         )
     return reasons
 

@@ -15,6 +15,10 @@ from training.train_options import GIVEN, OptionError, given_as
 
 logger = logging.getLogger(__name__)
 
+# Crops larger than this times --image-size: training sees too little of each (the
+# original FaceNet aligns at 182 px for 160, 1.14).
+LARGEST_CROP_RATIO = 1.25
+
 # Options naming files or folders: saved absolute, so that --resume works from anywhere.
 PATH_OPTIONS = (
     "logs_base_dir",
@@ -63,6 +67,20 @@ def check_crops(args: argparse.Namespace) -> None:
             crops,
             args.image_size,
         )
+    if isinstance(crops, int) and crops > LARGEST_CROP_RATIO * args.image_size:
+        logger.warning(
+            "%s holds %d px crops: --image-size %d trains on their central %d px only (%.0f %% "
+            "of the face's crop), while the exported model will be given whole crops; align at "
+            "about %d px for %d (the original: 182 for 160), or raise --image-size",
+            args.data_dir,
+            crops,
+            args.image_size,
+            args.image_size,
+            100 * args.image_size / crops,
+            round(1.14 * args.image_size),
+            args.image_size,
+        )
+    _check_framing(args, settings)
     if not isinstance(margin, int) or margin == args.margin:
         return
     # (crops warped onto landmarks are framed by them: their margin is only room to crop)
@@ -78,6 +96,26 @@ def check_crops(args: argparse.Namespace) -> None:
             args.margin,
         )
     args.margin = margin
+
+
+def _check_framing(args: argparse.Namespace, settings: dict[str, Any]) -> None:
+    """Folders of crops whose framing a run cannot know: an --lfw-dir without alignment.json
+    (raw photos are only resized), distillation on crops not warped onto a template."""
+    if args.lfw_dir and read_settings(args.lfw_dir) is None:
+        logger.warning(
+            "--lfw-dir %s has no %s: the per-epoch LFW check takes its images as aligned "
+            "crops (raw photos are only resized); `facewatch train align` makes them",
+            args.lfw_dir,
+            SETTINGS_FILE,
+        )
+    if args.loss == "distill" and settings and settings.get("landmarks") is None:
+        logger.warning(
+            "%s: crops with a margin, not warped onto a teacher's landmark template: the "
+            "student learns the teacher's descriptors of faces framed otherwise than the "
+            "teacher frames them; `facewatch train align --template TEACHER.onnx` makes crops "
+            "in its framing",
+            args.data_dir,
+        )
 
 
 def absolute_paths(args: argparse.Namespace, keep: frozenset[str] = frozenset()) -> None:

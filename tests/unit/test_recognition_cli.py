@@ -330,21 +330,24 @@ def test_a_new_gallery_starts_at_the_lfw_threshold_only_on_its_own_scale() -> No
 def test_a_model_with_lfw_figures_enrolls_into_its_gallery_again(
     test_model, images, tmp_path, capsys
 ) -> None:
-    """A model exported with an LFW report (or validated with --record): its best threshold
-    starts a new gallery, and the next enrollment adds to that gallery."""
+    """A model exported with an LFW report (or validated with --record): its threshold for
+    a false accept rate of 1e-3 (else its best one) starts a new gallery, which enroll says,
+    and the next enrollment adds to that gallery."""
     model = tmp_path / "model" / "facenet.onnx"
     model.parent.mkdir()
     shutil.copy(test_model, model)
     sidecar = json.loads(test_model.with_suffix(".json").read_text())
-    sidecar["extra"]["lfw"] = {"best_threshold": 1.1, "accuracy": 0.9}
+    sidecar["extra"]["lfw"] = {"best_threshold": 1.1, "far_threshold": 0.95, "accuracy": 0.9}
     model.with_suffix(".json").write_text(json.dumps(sidecar))
     gallery = tmp_path / "gallery.sqlite"
     common = ["--model", str(model), "--gallery", str(gallery), "--threads", "2", "--no-progress"]
     assert main(["enroll", "--name", "obama", str(images["obama"]), *common]) == 0
+    assert "a new gallery: match threshold 0.950 (the model's" in capsys.readouterr().out
     assert main(["enroll", "--name", "biden", str(images["biden"]), *common]) == 0
+    assert "a new gallery" not in capsys.readouterr().out
     assert main(["gallery", "list", "--gallery", str(gallery)]) == 0
     listing = capsys.readouterr().out
-    assert "obama" in listing and "biden" in listing and "1.100" in listing, listing
+    assert "obama" in listing and "biden" in listing and "threshold 0.950" in listing, listing
 
 
 def test_a_face_archive_visit_enrolls_its_own_face_not_the_neighbours(

@@ -47,7 +47,8 @@ def test_export_writes_the_model_the_commands_read_and_keeps_one_there(
     from engines.loader import default_facenet
 
     rough = {"nrof_pairs": 120, "accuracy_mean": 0.55, "accuracy_std": 0.1, "best_threshold": 1.23,
-             "fold_accuracies": [0.5, 0.6], "val_mean": 0.0, "val_std": 0.0}  # fmt: skip
+             "far_threshold": 0.87, "fold_accuracies": [0.5, 0.6], "val_mean": 0.0,
+             "val_std": 0.0}  # fmt: skip
     checkpoint = tiny_checkpoint(tmp_path / "tiny.pt", lfw=rough)
     monkeypatch.setenv("FACEWATCH_MODELS", str(tmp_path / "models"))
     (tmp_path / "elsewhere").mkdir()
@@ -60,7 +61,7 @@ def test_export_writes_the_model_the_commands_read_and_keeps_one_there(
     warned = [r.getMessage() for r in caplog.records if "LFW figures" in r.getMessage()]
     assert len(warned) == 1, warned  # a chance-level model's threshold from 120 pairs
     assert "from 120 pairs, not LFW's 6000; accuracy 0.550, below 0.7" in warned[0]
-    assert "start from their best threshold, 1.23" in warned[0]
+    assert "start at a threshold of 0.87 taken from them" in warned[0]  # enroll's: FAR 1e-3
     before = model.read_bytes()
     capsys.readouterr()
     assert cli(["export", str(checkpoint)]) == 2
