@@ -315,3 +315,57 @@ def test_a_margin_other_than_the_crops_is_a_warning_for_margin_crops_only(
         check_crops(args)
     assert args.margin == 10  # the crops' own, either way
     assert ("differs from the margin" in caplog.text) is warned
+
+
+@pytest.mark.parametrize(
+    ("crops", "image_size", "warned"),
+    [(182, 160, False), (170, 160, False), (102, 96, False), (160, 80, True), (250, 160, True)],
+)
+def test_crops_far_larger_than_the_image_size_are_a_warning(
+    tmp_path: Path, caplog, crops: int, image_size: int, warned: bool
+) -> None:
+    """--random-crop of 80 px from 160 px crops trains on the middle of each face, which the
+    exported model then never sees alone: said before training, with the size to align at."""
+    import json
+    import logging
+
+    from training.run_checks import check_crops
+
+    (tmp_path / "alignment.json").write_text(
+        json.dumps({"image_size": crops, "margin": 32, "alignment": "margin"})
+    )
+    args = build_parser().parse_args(
+        ["--data-dir", str(tmp_path), "--image-size", str(image_size), "--margin", "32"]
+    )
+    with caplog.at_level(logging.WARNING):
+        check_crops(args)
+    assert ("trains on their central" in caplog.text) is warned, caplog.text
+    if warned:
+        assert f"align at about {round(1.14 * image_size)} px for {image_size}" in caplog.text
+
+
+def test_unaligned_lfw_and_distillation_crops_out_of_the_teachers_framing_are_warnings(
+    tmp_path: Path, caplog
+) -> None:
+    import json
+    import logging
+
+    from training.run_checks import check_crops
+
+    data, lfw = tmp_path / "crops", tmp_path / "lfw"
+    data.mkdir()
+    lfw.mkdir()
+    (data / "alignment.json").write_text(
+        json.dumps({"image_size": 182, "margin": 44, "alignment": "margin"})
+    )
+    options = ["--data-dir", str(data), "--lfw-dir", str(lfw), "--margin", "44"]
+    args = build_parser().parse_args([*options, "--loss", "distill", "--teacher", "t.onnx"])
+    with caplog.at_level(logging.WARNING):
+        check_crops(args)
+    assert f"--lfw-dir {lfw} has no alignment.json" in caplog.text
+    assert "not warped onto a teacher's landmark template" in caplog.text
+    caplog.clear()
+    (lfw / "alignment.json").write_text("{}")
+    with caplog.at_level(logging.WARNING):
+        check_crops(build_parser().parse_args(options))  # triplet: margin crops are its own
+    assert caplog.text == ""
