@@ -181,7 +181,7 @@ def _triplet(args: argparse.Namespace) -> int:
         apply_config(args, parser)
         model_dir = train(args)
     except (OptionError, DataError, ModelFileError, FileNotFoundError, EngineError) as exc:
-        return _fail(str(exc))
+        return _fail(_without_worker_traceback(str(exc)))
     except ValueError as exc:  # ours name the file or option; the traceback, if it is a bug
         logger.debug("details", exc_info=True)
         return _fail(f"{exc} (facewatch --log-level DEBUG train ... shows where)")
@@ -289,6 +289,15 @@ def _add_validate(commands: argparse._SubParsersAction) -> None:
         help="ONNX models: write the figures into the model's sidecar and model card",
     )
     p.set_defaults(func=_validate)
+
+
+def _without_worker_traceback(message: str) -> str:
+    """A data loader worker's error as PyTorch passes it on ("Caught DataError in DataLoader
+    worker process 1. Original Traceback ...: training.data.DataError: MESSAGE"): MESSAGE."""
+    if "Original Traceback" not in message:
+        return message
+    last = message.strip().splitlines()[-1]
+    return last.split("Error: ", 1)[-1]
 
 
 def run_validate(args: argparse.Namespace) -> tuple[object, int]:

@@ -221,8 +221,25 @@ class FaceImages(Dataset):
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int, int]:
         index, round_id = (key, 0) if isinstance(key, int) else (int(key[0]), int(key[1]))
         rng = np.random.default_rng((self.seed, round_id, index))
-        image = self.augment(load_rgb(self.paths[index]), rng)
+        image = self.augment(self._readable(index), rng)
         return torch.from_numpy(image), self.labels[index], index
+
+    def _readable(self, index: int) -> np.ndarray:
+        """The image ``index``, or, when it cannot be read (a file corrupted since the run
+        began, say), with a warning, another image of the same identity: one bad file does
+        not end a run of hours. DataError when none of the identity's images can be read."""
+        try:
+            return load_rgb(self.paths[index])
+        except DataError as exc:
+            logger.warning("%s; using another image of the same identity instead", exc)
+        same = [k for k, label in enumerate(self.labels) if label == self.labels[index]]
+        start = same.index(index)
+        for k in same[start + 1 :] + same[:start]:
+            try:
+                return load_rgb(self.paths[k])
+            except DataError:
+                continue
+        raise DataError(f"no image of {self.paths[index].parent} can be read")
 
 
 class BatchPlan:

@@ -39,15 +39,31 @@ def test_missing_dataset_and_no_identities(tmp_path) -> None:
         load_dataset(tmp_path)
 
 
-def test_corrupt_image_is_named(tmp_path) -> None:
+def test_corrupt_image_is_named_and_a_run_goes_on_with_another_of_its_identity(
+    tmp_path, caplog
+) -> None:
+    import logging
+
+    import cv2
+
     bad = tmp_path / "anna" / "broken.jpg"
     bad.parent.mkdir()
     bad.write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg")
     with pytest.raises(DataError, match=r"broken.jpg"):
         load_rgb(bad)
-    images = FaceImages([bad], [0], Augment(image_size=80))
-    with pytest.raises(DataError, match=r"broken.jpg"):
-        images[0]
+    good = tmp_path / "anna" / "good.png"
+    cv2.imwrite(str(good), np.full((80, 80, 3), 200, np.uint8))
+    other = tmp_path / "bob" / "b.png"
+    other.parent.mkdir()
+    cv2.imwrite(str(other), np.full((80, 80, 3), 10, np.uint8))
+    images = FaceImages([bad, good, other], [0, 0, 1], Augment(image_size=80))
+    with caplog.at_level(logging.WARNING):
+        image, label, index = images[0]
+    assert (label, index) == (0, 0) and int(image.float().mean()) == 200  # anna's good one
+    assert "broken.jpg" in caplog.text and "another image of the same identity" in caplog.text
+    alone = FaceImages([bad], [0], Augment(image_size=80))
+    with pytest.raises(DataError, match=r"no image of .*anna can be read"):
+        alone[0]
 
 
 def test_classes_are_sorted_and_small_ones_left_out(tmp_path) -> None:
