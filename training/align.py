@@ -197,9 +197,11 @@ def _record_settings(output_dir: Path, opts: AlignOptions) -> None:
     }
     if opts.landmarks is not None:
         settings["landmarks"] = [list(point) for point in opts.landmarks]
+    settings["format"] = opts.image_format  # a second format would train on each face twice
     path = output_dir / SETTINGS_FILE
     if path.is_file():
         before = json.loads(path.read_text())
+        before.setdefault("format", "png")  # folders aligned before the format was recorded
         if before != settings:
             raise ValueError(
                 f"{output_dir} was aligned with {before}; this run asks for {settings}"

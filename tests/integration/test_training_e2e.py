@@ -86,6 +86,13 @@ def test_align_writes_crops_reports_failures_and_resumes(aligned, raw) -> None:
     )
     assert again.aligned == 0 and again.skipped == summary.aligned + 1  # crops and the blank
     assert (out / "bounding_boxes.txt").read_text().splitlines() == boxes
+    # other settings into the same folder would mix two kinds of crops (jpg beside png:
+    # every face twice): refused, the folder left as it was
+    for changed in ({"image_size": 112}, {"image_format": "jpg"}):
+        options = AlignOptions(**{"image_size": 96, "margin": 16, "threads": 2, **changed})
+        with pytest.raises(ValueError, match="was aligned with .* this run asks for"):
+            align_dataset(raw, out, options, REPO / "models" / "mtcnn")
+    assert sorted(out.glob("*/*.*g")) == crops
 
 
 @pytest.fixture(scope="module")
