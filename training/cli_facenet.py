@@ -208,7 +208,8 @@ def _add_validate(commands: argparse._SubParsersAction) -> None:
     p.add_argument(
         "model",
         type=Path,
-        help="checkpoint or facenet-pytorch state dict (.pt), or ONNX model (.onnx with sidecar)",
+        help="checkpoint or facenet-pytorch state dict (.pt), ONNX model (.onnx with sidecar), "
+        "or a run's folder (its latest.pt)",
     )
     p.add_argument(
         "--lfw-dir",
@@ -291,6 +292,16 @@ def _add_validate(commands: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_validate)
 
 
+def _run_checkpoint(path: Path) -> Path:
+    """A run's folder (what `train triplet` ends by naming) stands for its latest.pt."""
+    from training.checkpoint import LATEST
+
+    if path.is_dir() and (path / LATEST).is_file():
+        logger.info("%s: a run's folder: its %s", path, LATEST)
+        return path / LATEST
+    return path
+
+
 def _without_worker_traceback(message: str) -> str:
     """A data loader worker's error as PyTorch passes it on ("Caught DataError in DataLoader
     worker process 1. Original Traceback ...: training.data.DataError: MESSAGE"): MESSAGE."""
@@ -344,6 +355,7 @@ def _validate(args: argparse.Namespace) -> int:
     from training.data import DataError
     from training.validate import write_report
 
+    args.model = _run_checkpoint(args.model)
     if args.record and args.model.suffix.lower() != ".onnx":
         return _fail("--record needs an ONNX model (checkpoints keep their figures in extra)")
     try:
@@ -383,7 +395,8 @@ def _add_export(commands: argparse._SubParsersAction) -> None:
     p.add_argument(
         "checkpoint",
         type=Path,
-        help="training checkpoint (latest.pt or epoch-NNNN.pt) or facenet-pytorch state dict",
+        help="training checkpoint (latest.pt or epoch-NNNN.pt), a run's folder (its latest.pt), "
+        "or facenet-pytorch state dict",
     )
     p.add_argument(
         "--out",
@@ -447,6 +460,7 @@ def _export(args: argparse.Namespace) -> int:
     from training.export_inputs import lfw_report, parity_crops
     from training.export_staging import out_refused
 
+    args.checkpoint = _run_checkpoint(args.checkpoint)
     refused = out_refused(args.out, args.force)
     if refused:
         return _fail(refused)

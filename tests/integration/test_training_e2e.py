@@ -90,7 +90,7 @@ def test_align_writes_crops_reports_failures_and_resumes(aligned, raw) -> None:
     # every face twice): refused, the folder left as it was
     for changed in ({"image_size": 112}, {"image_format": "jpg"}):
         options = AlignOptions(**{"image_size": 96, "margin": 16, "threads": 2, **changed})
-        with pytest.raises(ValueError, match="was aligned with .* this run asks for"):
+        with pytest.raises(ValueError, match=r"was aligned with .* this run asks for"):
             align_dataset(raw, out, options, REPO / "models" / "mtcnn")
     assert sorted(out.glob("*/*.*g")) == crops
 
@@ -214,6 +214,10 @@ def test_validate_export_and_engine_parity(trained: Path, aligned, tmp_path: Pat
         _lfw_args(tmp_path),
     )
     report = _validate_checkpoint(checkpoint, lfw_args, tmp_path / "val")
+    # the run's folder, as `train triplet` names it at its end, stands for its latest.pt
+    assert cli(["validate", str(trained), *lfw_args, *MTCNN_ARGS, "--out-dir", str(tmp_path / "run")]) == 0  # fmt: skip
+    by_run = json.loads((tmp_path / "run" / "lfw.json").read_text())
+    assert by_run["fold_accuracies"] == report["fold_accuracies"]
     _export(checkpoint, onnx_path, aligned[0], tmp_path / "val" / "lfw.json")
     _engine_matches_checkpoint(onnx_path, checkpoint, aligned[0])
     _onnx_starts_where_the_checkpoint_ended(onnx_path, checkpoint, aligned[0])
