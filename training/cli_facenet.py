@@ -148,6 +148,7 @@ def _align(args: argparse.Namespace) -> int:
     except (DataError, ValueError, EngineError) as exc:
         return _fail(str(exc))
     print(summary.text())
+    print(f"crops in {args.output_dir} (train on them: facewatch train triplet --data-dir ...)")
     return 0
 
 
@@ -195,6 +196,8 @@ def _triplet(args: argparse.Namespace) -> int:
         return 0
     if os.environ.get("RANK", "0") == "0":
         print(f"checkpoints: {model_dir}")
+        print(f"next: facewatch train validate {model_dir} --align --lfw-dir ... --lfw-pairs ...")
+        print(f"      facewatch train export {model_dir} --out MODEL.onnx")
     return 0
 
 
@@ -494,6 +497,10 @@ def _export(args: argparse.Namespace) -> int:
 
         cosine = ModelMetadata.load(path).extra["int8_min_cosine"]
         print(f"quantised to int8: lowest cosine to the fp32 embeddings {cosine:.4f}")
+    if Path(path).resolve() == default_facenet().resolve():
+        print("the daemon (recognition.model: auto), enroll and identify use it from now on")
+    else:
+        print(f"use it: facewatch enroll --model {path} ..., recognition.model: {path}")
     return 0
 
 
