@@ -80,6 +80,8 @@ class AlignOptions:
     def check(self) -> None:
         if self.image_size < 1:
             raise ValueError(f"--image-size {self.image_size}: must be >= 1")
+        if self.min_face_size < 12:  # P-Net's own size
+            raise ValueError(f"--min-face-size {self.min_face_size:g}: must be >= 12 pixels")
         if self.margin < 0:
             raise ValueError(f"--margin {self.margin}: must be >= 0")
         if self.image_format not in ("png", "jpg"):
@@ -166,7 +168,8 @@ def align_image(
 
 def _jobs(input_dir: Path, output_dir: Path, random_order: bool) -> list[tuple[Path, Path]]:
     if not input_dir.is_dir():
-        raise DataError(f"{input_dir}: input directory not found")
+        what = "a file, not a folder" if input_dir.exists() else "input directory not found"
+        raise DataError(f"{input_dir}: {what} (expected DIR/<identity>/<image>)")
     classes = sorted(p for p in input_dir.iterdir() if p.is_dir())
     if not classes:
         raise DataError(

@@ -489,7 +489,12 @@ def _export(args: argparse.Namespace) -> int:
             args.int8,
             args.torch_program,
         )
-    except (DataError, ValueError, OSError, RuntimeError) as exc:  # OSError: writing --out
+    except OSError as exc:
+        if exc.errno is None:  # ours, naming its file (a checkpoint or images not found)
+            return _fail(str(exc))
+        where = f" ({exc.filename})" if exc.filename else ""  # the system's: writing --out
+        return _fail(f"--out {args.out}: {exc.strerror or exc}{where}")
+    except (DataError, ValueError, RuntimeError) as exc:
         return _fail(str(exc))
     print(f"wrote {path} (+ sidecar, model card); ONNX Runtime vs PyTorch max abs diff {diff:.2e}")
     if args.int8:

@@ -45,6 +45,8 @@ def pick_device(gpu: str | None) -> torch.device:
         return torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
     if gpu.lower() == "cpu":
         return torch.device("cpu")
+    if not gpu.isdigit():
+        raise ValueError(f"--gpu {gpu}: expected a CUDA device index (0, 1, ...) or cpu")
     if not torch.cuda.is_available():
         raise ValueError(f"--gpu {gpu}: CUDA is not available on this machine (use --gpu cpu)")
     index = int(gpu)

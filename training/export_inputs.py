@@ -14,6 +14,8 @@ def parity_crops(folder: Path | None, count: int, size: int) -> object:
     if folder is None:
         rng = np.random.default_rng(0)
         return rng.integers(0, 256, (count, size, size, 3), dtype=np.uint8)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"--parity-images {folder}: no such folder")
     found = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     paths = found[:: max(1, len(found) // count)][:count]  # spread over the folder's people
     if not paths:

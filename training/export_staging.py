@@ -60,4 +60,7 @@ def out_refused(out: Path, force: bool) -> str | None:
             "refused by the new one (other embeddings): --force replaces it, or choose "
             "another --out"
         )
+    folder = next(p for p in out.absolute().parents if p.exists())
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        return f"--out {out}: cannot be written ({folder} is not a folder this user can write)"
     return None

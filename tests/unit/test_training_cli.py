@@ -166,3 +166,27 @@ def test_validate_takes_the_folds_of_the_pairs_file(tmp_path: Path, capsys, capl
     unsorted = lfw_pairs(tmp_path / "unsorted.txt", "2\t5", by_fold=False)
     assert _validate(tmp_path, unsorted) == 2
     assert "fold 1 of 2 (pairs 1-10) holds only same pairs" in capsys.readouterr().err
+
+
+def test_small_mistakes_are_named_with_the_option(tmp_path, capsys) -> None:
+    """A file for align's input folder, a face size below P-Net's, a missing --parity-images
+    folder, an --out that cannot be written, a --gpu that is no device: each named."""
+
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(b"x")
+    assert cli(["align", str(photo), str(tmp_path / "out")]) == 2
+    assert f"{photo}: a file, not a folder" in capsys.readouterr().err
+    people = tmp_path / "people"
+    (people / "ann").mkdir(parents=True)
+    assert cli(["align", str(people), str(tmp_path / "out"), "--min-face-size", "0"]) == 2
+    assert "--min-face-size 0: must be >= 12 pixels" in capsys.readouterr().err
+    checkpoint = tiny_checkpoint(tmp_path / "tiny.pt")
+    out = tmp_path / "m.onnx"
+    assert cli(["export", str(checkpoint), "--out", str(out), "--parity-images", "nodir"]) == 2
+    assert "--parity-images nodir: no such folder" in capsys.readouterr().err
+    blocked = tmp_path / "afile" / "m.onnx"
+    blocked.parent.write_text("")
+    assert cli(["export", str(checkpoint), "--out", str(blocked)]) == 2
+    assert f"--out {blocked}: cannot be written" in capsys.readouterr().err
+    assert cli(["triplet", "--data-dir", str(people), "--gpu", "foo"]) == 2
+    assert "--gpu foo: expected a CUDA device index" in capsys.readouterr().err
