@@ -168,11 +168,18 @@ def load_model_file(path: str | Path) -> Checkpoint:
 
 
 def save_epoch(ckpt: Checkpoint, model_dir: Path, keep_every_epoch: bool = True) -> Path:
-    """``model_dir/epoch-NNNN.pt`` (optional) and ``model_dir/latest.pt``."""
+    """``model_dir/latest.pt`` and (optional) ``model_dir/epoch-NNNN.pt``: a hard link to the
+    same bytes where the file system has them (a checkpoint is hundreds of MB; the next
+    ``latest.pt`` is a new file, so the epoch's stays as it was), else a second copy."""
     latest = model_dir / LATEST
     ckpt.save(latest)
     if keep_every_epoch:
-        ckpt.save(model_dir / f"epoch-{ckpt.epoch:04d}.pt")
+        epoch_file = model_dir / f"epoch-{ckpt.epoch:04d}.pt"
+        epoch_file.unlink(missing_ok=True)
+        try:
+            os.link(latest, epoch_file)
+        except OSError:
+            ckpt.save(epoch_file)
     logger.info("saved %s (epoch %d, step %d)", latest, ckpt.epoch, ckpt.step)
     return latest
 

@@ -109,7 +109,9 @@ def test_training_writes_checkpoints_and_events(trained: Path) -> None:
 
     ckpt = Checkpoint.load(trained / "latest.pt")
     assert (ckpt.epoch, ckpt.step) == (2, 4)
-    assert (trained / "epoch-0001.pt").is_file()
+    assert Checkpoint.load(trained / "epoch-0001.pt").epoch == 1  # kept as it was
+    # the newest epoch's file is latest.pt's bytes, stored once (a hard link)
+    assert (trained / "epoch-0002.pt").samefile(trained / "latest.pt")
     assert ckpt.extra["margin"] == 16  # from the aligned dataset's alignment.json
     events = list((trained.parent.parent / "logs" / "full").glob("events.out.tfevents.*"))
     pytest.importorskip("torch.utils.tensorboard")
