@@ -40,8 +40,14 @@ def lfw_report(report: Path, model: Path) -> dict[str, object]:
             f"facewatch wrote it): validate again (facewatch train validate {model} --out-dir DIR)"
         )
     if measured != file_sha256(model):
+        same_path = Path(str(figures.get("model"))).resolve() == Path(model).resolve()
+        what = (
+            "before it changed (its SHA-256 differs now: trained on since?)"
+            if same_path
+            else f"not on {model}"
+        )
         raise ValueError(
-            f"--lfw-report {report}: measured on {figures.get('model')}, another model file "
-            f"than {model}; validate this one (facewatch train validate {model} --out-dir DIR)"
+            f"--lfw-report {report}: measured on {figures.get('model')} {what}; validate "
+            f"{model} (facewatch train validate {model} --out-dir DIR)"
         )
     return {k: v for k, v in figures.items() if k not in ("tpr", "fpr", "model", "model_sha256")}
