@@ -44,7 +44,7 @@ from training.run_checks import (
     resumed_paths,
 )
 from training.train_loops import EPOCHS, FeaturesHead, Run, StepHook
-from training.train_options import OptionError, check_options, options_dict
+from training.train_options import OptionError, check_options, given_as, options_dict
 
 logger = logging.getLogger(__name__)
 
@@ -211,6 +211,10 @@ def _checked_inputs(args: argparse.Namespace) -> list[ImageClass]:
     check_identities(args, dataset)
     check_crops(args)
     if args.lfw_dir:
+        if not Path(args.lfw_pairs).is_file():
+            raise OptionError(
+                f"{given_as(args, 'lfw_pairs')}: pairs file not found (for --lfw-dir)"
+            )
         pairs, header = read_pairs(args.lfw_pairs, args.lfw_dir)
         nrof_folds_for(args.lfw_pairs, pairs, header, args.lfw_nrof_folds)
     return dataset

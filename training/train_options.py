@@ -135,7 +135,7 @@ ORIGINAL_OPTIONS: tuple[tuple[str, dict[str, Any]], ...] = (
         {
             "type": float,
             "default": 0.1,
-            "help": "initial learning rate; negative: use --learning-rate-schedule-file",
+            "help": "initial learning rate; 0 or negative: use --learning-rate-schedule-file",
         },
     ),
     (
@@ -449,12 +449,14 @@ _RANGES: tuple[tuple[str, str, Any], ...] = (
 
 def given_as(args: argparse.Namespace, name: str) -> str:
     """Option ``name`` and its value as the user gave them: ``recipe.yaml: key: value`` for a
-    value from the --config recipe, else ``--name-with-dashes value``."""
+    value from the --config recipe, ``--name-with-dashes value``, with "(the default)" when
+    neither gave it."""
     value = getattr(args, name)
     key = getattr(args, FROM_RECIPE, {}).get(name)
     if key is not None and args.config is not None:
         return f"{args.config}: {key}: {value}"
-    return f"--{name.replace('_', '-')} {value}"
+    default = "" if name in getattr(args, GIVEN, {name}) else " (the default)"
+    return f"--{name.replace('_', '-')} {value}{default}"
 
 
 def check_options(args: argparse.Namespace) -> None:

@@ -190,3 +190,16 @@ def test_small_mistakes_are_named_with_the_option(tmp_path, capsys) -> None:
     assert f"--out {blocked}: cannot be written" in capsys.readouterr().err
     assert cli(["triplet", "--data-dir", str(people), "--gpu", "foo"]) == 2
     assert "--gpu foo: expected a CUDA device index" in capsys.readouterr().err
+
+
+def test_a_default_that_names_a_missing_file_says_it_is_the_default(tmp_path, capsys) -> None:
+    """The original's defaults name files few have (data/pairs.txt, a schedule file): an error
+    about one says it came from no option the user gave."""
+    people = celeba_people(tmp_path / "people", [3, 3])
+    assert cli(["triplet", "--data-dir", str(people), "--lfw-dir", str(people)]) == 2
+    assert (
+        "pairs.txt (the default): pairs file not found (for --lfw-dir)" in capsys.readouterr().err
+    )
+    assert cli(["triplet", "--data-dir", str(people), "--learning-rate", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "--learning-rate 0.0 asks for a schedule" in err and "(the default) does not" in err
