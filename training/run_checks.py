@@ -52,6 +52,21 @@ def check_identities(args: argparse.Namespace, dataset: list[ImageClass]) -> Non
         raise OptionError(
             f"--loss center needs at least 2 identities (it learns to tell them apart); {found}"
         )
+    most = max(len(c.image_paths) for c in dataset)
+    over = [
+        given_as(args, name)
+        for name, limit in (("people_per_batch", people), ("images_per_person", most))
+        if args.loss == "triplet" and getattr(args, name) > limit
+    ]
+    if over:
+        logger.warning(
+            "%s has %d identities of at most %d images: %s takes fewer (each batch samples "
+            "what there is)",
+            args.data_dir,
+            people,
+            most,
+            " and ".join(over),
+        )
 
 
 def check_crops(args: argparse.Namespace) -> None:

@@ -385,3 +385,22 @@ def test_unaligned_lfw_and_distillation_crops_out_of_the_teachers_framing_are_wa
     with caplog.at_level(logging.WARNING):
         check_crops(build_parser().parse_args(options))  # triplet: margin crops are its own
     assert caplog.text == ""
+
+
+def test_batch_settings_beyond_the_dataset_are_a_warning(tmp_path: Path, caplog) -> None:
+    import logging
+
+    from training.data import ImageClass
+    from training.run_checks import check_identities
+
+    dataset = [ImageClass(f"p{k}", [tmp_path / f"{k}-{i}.png" for i in range(4)]) for k in range(5)]
+    args = build_parser().parse_args(["--data-dir", str(tmp_path), "--people-per-batch", "45"])
+    with caplog.at_level(logging.WARNING):
+        check_identities(args, dataset)
+    assert "has 5 identities of at most 4 images: --people-per-batch 45 and" in caplog.text
+    assert "--images-per-person 40 (the default) takes fewer" in caplog.text
+    caplog.clear()
+    small = ["--people-per-batch", "5", "--images-per-person", "4", "--data-dir", str(tmp_path)]
+    with caplog.at_level(logging.WARNING):
+        check_identities(build_parser().parse_args(small), dataset)
+    assert caplog.text == ""
