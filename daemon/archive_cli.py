@@ -147,6 +147,9 @@ def run_list(args: argparse.Namespace) -> int:
             return 2
         root = Path(root)
     try:
+        if root.exists() and not root.is_dir():
+            print(f"error: {root}: a file, not the archive's folder", file=sys.stderr)
+            return 2
         if not root.is_dir():
             print(f"{root}: no visits yet (the folder does not exist)", file=sys.stderr)
             return 0
@@ -205,8 +208,11 @@ def _say_why_none(
 def run_remove(args: argparse.Namespace) -> int:
     missing = [str(folder) for folder in args.visits if not folder.exists()]
     if missing:
+        bare = any(len(Path(name).parts) == 1 for name in missing)
+        hint = " (give the whole folder, as `archive list` prints it)" if bare else ""
         print(
-            f"error: no such folder: {', '.join(missing)} (deleted already?); nothing was deleted",
+            f"error: no such folder: {', '.join(missing)} (deleted already?){hint}; nothing "
+            "was deleted",
             file=sys.stderr,
         )
         return 1

@@ -103,10 +103,11 @@ class FrameQueues:
 
 
 def source_kind(url: str) -> str:
-    """'stream' (rtsp/http...), 'device' (/dev/videoN) or 'file'."""
+    """'stream' (rtsp/http...), 'device' (/dev/videoN, or a stable name of one such as
+    /dev/v4l/by-id/usb-...: anything under /dev/) or 'file'."""
     if "://" in url:
         return "stream"
-    if url.startswith("/dev/video"):
+    if url.startswith("/dev/"):
         return "device"
     return "file"
 
@@ -141,6 +142,8 @@ def open_capture(url: str) -> cv2.VideoCapture:
 
 def why_not_open(url: str, kind: str) -> str:
     """Why a source did not open, as far as asking it tells (``stream_problem``)."""
+    if kind == "device":
+        return _device_problem(url)
     if kind != "stream":
         return "cannot open as video"
     scheme = url.split("://", 1)[0].lower()
@@ -164,6 +167,16 @@ def check_file_source(url: str) -> None:
         capture.release()
     if not ok:
         raise OSError(f"{url}: no video frame could be decoded")
+
+
+def _device_problem(path: str) -> str:
+    """Why a V4L2 device did not open: not there (unplugged?), not readable by this user,
+    or there but not a capture device OpenCV can read."""
+    if not os.path.exists(path):
+        return "no such device (unplugged, or another /dev/videoN?)"
+    if not os.access(path, os.R_OK | os.W_OK):
+        return "permission denied (add the daemon's user to the video group)"
+    return "cannot open as video (a device without a capture stream, or busy?)"
 
 
 class CameraReader(threading.Thread):

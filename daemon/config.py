@@ -212,6 +212,11 @@ class CameraConfig(Section):
             raise ValueError("empty: expected an rtsp://... URL, a video file or /dev/videoN")
         scheme, found, _ = url.partition("://")
         if not found:
+            # a camera's address without its scheme (192.168.1.50:554/stream, cam.lan:554/1)
+            if re.fullmatch(r"[A-Za-z0-9.\-]+:[0-9]+(/.*)?", url) or re.fullmatch(
+                r"[0-9]+(\.[0-9]+){3}(/.*)?", url
+            ):
+                raise ValueError(f"no scheme: did you mean rtsp://{url} ?")
             return url
         if scheme.lower() not in STREAM_SCHEMES:
             raise ValueError(

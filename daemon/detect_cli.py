@@ -345,18 +345,22 @@ def draw(image: np.ndarray, found: FrameDetections) -> np.ndarray:
     for box, score, points in zip(found.bbox_xyxy, found.score, found.landmarks, strict=True):
         x1, y1, x2, y2 = (round(float(v)) for v in box)
         cv2.rectangle(out, (x1, y1), (x2, y2), (0, 255, 0), thickness)
-        cv2.putText(
-            out,
-            f"{score:.2f}",
-            (x1, max(y1 - 4, 10)),
-            cv2.FONT_HERSHEY_SIMPLEX,
-            0.4 * thickness,
-            (0, 255, 0),
-            thickness,
-        )
+        put_label(out, f"{score:.2f}", x1, y1, (0, 255, 0), thickness)
         for x, y in points:
             cv2.circle(out, (round(float(x)), round(float(y))), thickness + 1, (0, 0, 255), -1)
     return out
+
+
+def put_label(
+    image: np.ndarray, text: str, x: int, y: int, colour: tuple[int, int, int], thickness: int
+) -> None:
+    """``text`` just above the point (x, y) (a box's corner), moved inside the image where it
+    would leave it (a face at the edge keeps a readable label)."""
+    scale = 0.4 * thickness
+    (width, height), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
+    x = min(max(x, 0), max(image.shape[1] - width, 0))
+    y = max(y - 4, height + 2)
+    cv2.putText(image, text, (x, y), cv2.FONT_HERSHEY_SIMPLEX, scale, colour, thickness)
 
 
 def _print_summary(summary: Summary, seconds: float) -> None:

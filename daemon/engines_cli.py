@@ -79,11 +79,15 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="delete cached plans this machine will not open again",
         description="Delete the plans built for another TensorRT version or GPU (after an "
         "upgrade), and with --config every plan that configuration does not open (after "
-        "changes of cameras or precision). Needs TensorRT, to know its version and the GPU.",
+        "changes of cameras or precision). Needs TensorRT, to know its version and the GPU; "
+        "--all deletes every plan, without it.",
     )
     pr.add_argument("--config", "-c", type=Path, help="keep only the plans this daemon opens")
     pr.add_argument("--cache-dir", type=Path, default=None, help="plan cache (as for list)")
     pr.add_argument("--dry-run", action="store_true", help="say what would go, delete nothing")
+    pr.add_argument(
+        "--all", action="store_true", help="every cached plan (also where TensorRT is gone)"
+    )
     pr.set_defaults(func=run_prune)
 
 
@@ -208,28 +212,43 @@ def run_build(args: argparse.Namespace) -> int:
 
 
 def run_prune(args: argparse.Namespace) -> int:
+    cache_dir = args.cache_dir or default_cache_dir()
+    cached = [plan for plan, _ in read_manifests(cache_dir)]
+    if not cached:
+        print(f"no plans in {cache_dir}")
+        return 0
+    if args.all:
+        return _delete(cached, args.dry_run)
+    try:
+        stale = _stale(args, cache_dir)
+    except (EngineError, ConfigError) as exc:
+        print(f"facewatch engines prune: {exc} (--all deletes every plan)", file=sys.stderr)
+        return 2
+    return _delete(stale, args.dry_run)
+
+
+def _stale(args: argparse.Namespace, cache_dir: Path) -> list[Path]:
+    """The plans of ``cache_dir`` this machine (and with --config, that daemon) will not open."""
     from engines.tensorrt import gpu_info, import_tensorrt
 
-    try:
-        trt, gpu = import_tensorrt(), gpu_info()
-        keep = None
-        cache_dir = args.cache_dir or default_cache_dir()
-        if args.config is not None:
-            models, request = config_models(args.config)
-            keep = set()
-            for model in models:
-                options = request.options_for(ModelMetadata.load(model))
-                key = cache_key(file_sha256(model), trt.__version__, gpu, options)
-                keep.add(cache_paths(cache_dir, model.stem, key, trt.__version__, gpu).plan)
-        stale = stale_plans(cache_dir, trt.__version__, gpu, keep)
-    except (EngineError, ConfigError) as exc:
-        print(f"facewatch engines prune: {exc}", file=sys.stderr)
-        return 2
+    trt, gpu = import_tensorrt(), gpu_info()
+    keep = None
+    if args.config is not None:
+        models, request = config_models(args.config)
+        keep = set()
+        for model in models:
+            options = request.options_for(ModelMetadata.load(model))
+            key = cache_key(file_sha256(model), trt.__version__, gpu, options)
+            keep.add(cache_paths(cache_dir, model.stem, key, trt.__version__, gpu).plan)
+    return stale_plans(cache_dir, trt.__version__, gpu, keep)
+
+
+def _delete(plans: list[Path], dry_run: bool) -> int:
     freed = 0
-    for plan in stale:
-        freed += plan.stat().st_size if args.dry_run else remove_plan(plan)
-        print(f"{'would delete' if args.dry_run else 'deleted'} {plan}")
-    print(f"{len(stale)} plan(s), {freed / 1e6:.1f} MB{' (dry run)' if args.dry_run else ''}")
+    for plan in plans:
+        freed += plan.stat().st_size if dry_run else remove_plan(plan)
+        print(f"{'would delete' if dry_run else 'deleted'} {plan}")
+    print(f"{len(plans)} plan(s), {freed / 1e6:.1f} MB{' (dry run)' if dry_run else ''}")
     return 0
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from daemon.archive import FaceArchive
 from daemon.cameras import check_file_source
 from daemon.config import Config, ConfigError
+from engines.base import EngineError
 from engines.loader import default_facenet
 
 logger = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ def problems(config: Config) -> list[str]:
     """Everything in the files and cameras ``config`` names that would stop the daemon at
     its start, each as "key: what is wrong"; nothing is created."""
     return [
+        *_backend_problems(config),
         *_camera_problems(config),
         *_model_problems(config),
         *_tls_problems(config),
@@ -58,6 +60,24 @@ def check(config: Config) -> None:
         raise ConfigError(found[0])
     if found:
         raise ConfigError(f"{len(found)} problems\n  " + "\n  ".join(found))
+
+
+def _backend_problems(config: Config) -> list[str]:
+    """The GPU backends' SDKs, which a CPU box lacks (the engines say what to install)."""
+    backend = config.engines.backend
+    try:
+        if backend == "tensorrt":
+            from engines.tensorrt import import_cudart, import_tensorrt
+
+            import_tensorrt()
+            import_cudart()
+        elif backend == "torch":
+            from engines.torch_backend import import_torch
+
+            import_torch()
+    except EngineError as exc:
+        return [f"engines.backend: {backend}: {exc}"]
+    return []
 
 
 def _camera_problems(config: Config) -> list[str]:

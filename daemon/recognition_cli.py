@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from daemon import gallery_cli
 from daemon.config import ConfigError
-from daemon.detect_cli import IMAGE_SUFFIXES, Outputs, input_name, progress_wanted
+from daemon.detect_cli import IMAGE_SUFFIXES, Outputs, input_name, progress_wanted, put_label
 from daemon.gallery import Gallery, GalleryError, Match
 from engines import BACKENDS, EngineError
 from engines.detectors import load_facenet
@@ -258,8 +258,5 @@ def draw(image: np.ndarray, found: FrameDetections, matches: list[Match]) -> np.
         colour = (0, 200, 0) if match.identity else (0, 0, 255)
         label = f"{match.identity or 'unknown'} {match.distance:.2f}"
         cv2.rectangle(out, (x1, y1), (x2, y2), colour, thickness)
-        cv2.putText(
-            out, label, (x1, max(y1 - 4, 10)), cv2.FONT_HERSHEY_SIMPLEX, 0.4 * thickness,
-            colour, thickness,
-        )  # fmt: skip
+        put_label(out, label, x1, y1, colour, thickness)
     return out

@@ -95,11 +95,22 @@ def http_request(
     return request
 
 
+# content types of an answer that is a page, not a stream (MJPEG is multipart/x-mixed-replace)
+WEB_PAGES = ("application/json", "application/xml", "application/xhtml+xml")
+
+
 def _http_problem(parts: SplitResult, netloc: str, timeout_s: float) -> str | None:
     """The answer to one GET of the URL (credentials from it as Basic authentication)."""
     request = http_request(parts, netloc)
     try:
-        with urllib.request.urlopen(request, timeout=timeout_s):
+        with urllib.request.urlopen(request, timeout=timeout_s) as answer:
+            kind = answer.headers.get_content_type()
+            if kind.startswith("text/") or kind in WEB_PAGES:
+                return (
+                    f"the camera answers {parts.path or '/'} with a web page ({kind}), not a "
+                    "video stream: check the path in the URL (the camera's manual names its "
+                    "stream's)"
+                )
             return None
     except urllib.error.HTTPError as exc:
         return _meaning(exc.code, exc.reason, "HTTP", parts.path or "/", parts.username is not None)

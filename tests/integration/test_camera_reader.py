@@ -12,7 +12,7 @@ from functools import partial
 
 import pytest
 
-from daemon.cameras import READ_TIMEOUT_MS, CameraReader, FrameQueues, open_capture
+from daemon.cameras import READ_TIMEOUT_MS, CameraReader, FrameQueues, open_capture, source_kind
 from daemon.config import CameraConfig
 from tests.clips import DEMO_CLIP
 from tests.integration.services import RtspServer, wait_for
@@ -97,9 +97,11 @@ def test_a_camera_that_cannot_be_opened_is_named_with_the_reason(tmp_path, refus
 
 
 def test_an_http_camera_that_cannot_be_opened_is_named_with_the_reason(tmp_path) -> None:
-    """A web server (Python's) as an HTTP camera: a path it does not have is a 404, a page
-    that is no video is said to be served but not decodable."""
+    """A web server (Python's) as an HTTP camera: a path it does not have is a 404, a web
+    page (the camera's own, where its stream's URL should be) is named as one, and bytes that
+    are no video are said to be served but not decodable."""
     (tmp_path / "index.html").write_text("<html>not a video</html>")
+    (tmp_path / "stream.bin").write_bytes(bytes(range(256)) * 64)
     handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -107,8 +109,10 @@ def test_an_http_camera_that_cannot_be_opened_is_named_with_the_reason(tmp_path)
     try:
         with pytest.raises(OSError, match=r"no stream at /video.mjpg \(HTTP 404"):
             open_capture(f"{base}/video.mjpg")
-        with pytest.raises(OSError, match="cannot open as video, though the camera answers"):
+        with pytest.raises(OSError, match=r"answers /index.html with a web page \(text/html\)"):
             open_capture(f"{base}/index.html")
+        with pytest.raises(OSError, match="cannot open as video, though the camera answers"):
+            open_capture(f"{base}/stream.bin")
     finally:
         server.shutdown()
 
@@ -126,3 +130,12 @@ def test_a_camera_that_stays_down_is_logged_once_not_at_every_retry(refused_url,
     said = [r for r in caplog.records if "cannot open" in r.getMessage()]
     assert [r.levelno for r in said][:3] == [logging.WARNING, logging.DEBUG, logging.DEBUG]
     assert "camera gone: cannot open: " in said[0].getMessage()
+
+
+def test_a_v4l2_device_by_its_stable_name_is_a_device_and_a_missing_one_says_so() -> None:
+    """/dev/v4l/by-id/... names a USB camera across reboots: a device (retried while it is
+    unplugged), not a missing video file; one that is not there says so."""
+    assert source_kind("/dev/v4l/by-id/usb-Logitech_C920-video-index0") == "device"
+    assert source_kind("/dev/video0") == "device" and source_kind("clip.mp4") == "file"
+    with pytest.raises(OSError, match=r"/dev/video99: no such device \(unplugged"):
+        open_capture("/dev/video99")

@@ -409,6 +409,8 @@ def test_archive_list_says_when_the_config_has_no_archive(tmp_path, capsys) -> N
                                   "archive": {"dir": "faces"}}))  # fmt: skip
     assert main(["archive", "list", "--config", str(config)]) == 0
     assert "no visits yet" in capsys.readouterr().err
+    assert main(["archive", "list", "--dir", str(config)]) == 2  # a mistyped --dir
+    assert f"{config}: a file, not the archive's folder" in capsys.readouterr().err
     (tmp_path / "faces").mkdir()
     assert main(["archive", "list", "--config", str(config), "--name", "Bob"]) == 0
     assert "archive.which is unknown: visits in which someone was named are not kept" in (
@@ -479,3 +481,5 @@ def test_archive_remove_deletes_visits_and_nothing_else(tmp_path, clip_faces, ca
     assert _visits(tmp_path) == [second]
     assert main(["archive", "remove", str(first), str(second)]) == 1
     assert "no such folder" in capsys.readouterr().err and second.exists()
+    assert main(["archive", "remove", second.name]) == 1  # its name only, as list shows last
+    assert "give the whole folder, as `archive list` prints it" in capsys.readouterr().err

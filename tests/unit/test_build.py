@@ -536,9 +536,12 @@ def test_engines_build_config_errors(tmp_path, capsys):
     assert "give MODEL.onnx, or --config FILE" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("command", [["engines", "build", "-c"], ["run", "-c"]])
+@pytest.mark.parametrize(
+    "command", [["engines", "build", "-c"], ["run", "-c"], ["validate-config"]]
+)
 def test_the_tensorrt_backend_without_tensorrt_is_one_clear_error(tmp_path, command):
-    """`engines build --config` and the daemon itself: exit status 2 and what to install."""
+    """`engines build --config`, the daemon itself and the check of its file: exit status 2
+    and what to install."""
     config = tmp_path / "facewatch.yaml"
     config.write_text(
         "cameras: [{name: door, url: rtsp://cam/1}]\n"
@@ -567,3 +570,25 @@ def test_engines_list_shows_cached_plans(tmp_path, capsys):
     assert main(["engines", "list", "--cache-dir", str(tmp_path)]) == 0
     line = capsys.readouterr().out
     assert "pnet-0.plan  pnet.onnx  fp16  batch 1/8/16  cameras 1920x1080  TensorRT 10.7.0" in line
+
+
+def test_prune_all_empties_the_cache_without_tensorrt(tmp_path, capsys):
+    """After TensorRT is gone (or to free the disk), --all deletes every plan; an empty cache
+    needs no TensorRT to say so."""
+    import importlib.util
+
+    from daemon.cli import main
+
+    args = ["engines", "prune", "--cache-dir", str(tmp_path)]
+    assert main(args) == 0 and "no plans in" in capsys.readouterr().out
+    options = BuildOptions("fp16", (1, 8, 16), ((1080, 1920),)).key_fields()
+    m = Manifest("/m/pnet.onnx", "a" * 64, "10.7.0", H200.name, [9, 0], options, built_at=1.0)
+    plan = tmp_path / "pnet-0.plan"
+    plan.write_bytes(b"x" * 2000)
+    plan.with_suffix(".json").write_text(json.dumps(dataclasses.asdict(m)))
+    if importlib.util.find_spec("tensorrt") is None:
+        assert main(args) == 2 and "(--all deletes every plan)" in capsys.readouterr().err
+    assert main([*args, "--all", "--dry-run"]) == 0 and plan.exists()
+    assert f"would delete {plan}" in capsys.readouterr().out
+    assert main([*args, "--all"]) == 0
+    assert not plan.exists() and not plan.with_suffix(".json").exists()

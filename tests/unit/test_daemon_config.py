@@ -402,3 +402,9 @@ def test_the_shipped_configs_settings_are_valid_away_from_their_machine(
     assert f"{path}: settings valid (files not checked)" in capsys.readouterr().out
     if name != "default.yaml":  # as they are, they need the machine they are written for
         assert main(["validate-config", str(path)]) == 2
+
+
+@pytest.mark.parametrize("url", ["192.168.1.50:554/stream", "cam.lan:554/1", "10.0.0.2"])
+def test_a_camera_address_without_its_scheme_gets_one_suggested(url) -> None:
+    with pytest.raises(ConfigError, match=rf"\(door\)\.url: no scheme: did you mean rtsp://{url} "):
+        parse_config({"cameras": [{"name": "door", "url": url}]})

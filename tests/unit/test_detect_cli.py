@@ -233,3 +233,18 @@ def test_every_command_and_option_explains_itself() -> None:
     commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     assert {"detect", "run", "train", "gallery", "engines"} <= set(commands.choices)
     assert walk(parser, "facewatch") == []
+
+
+def test_a_label_at_the_frame_edge_is_drawn_whole() -> None:
+    """A face at the right or top edge: its name is moved inside the frame, not cut off."""
+    import numpy as np
+
+    from daemon.detect_cli import put_label
+
+    text = "lin-manuel-miranda 0.15"
+    inside = np.zeros((100, 300, 3), np.uint8)
+    put_label(inside, text, 20, 50, (0, 255, 0), 1)
+    for x, y in ((280, 50), (20, 3), (290, 0)):
+        edge = np.zeros((100, 300, 3), np.uint8)
+        put_label(edge, text, x, y, (0, 255, 0), 1)
+        assert (edge[..., 1] > 0).sum() == (inside[..., 1] > 0).sum(), (x, y)
