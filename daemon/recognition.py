@@ -56,10 +56,10 @@ class QualityGates:
             found.bbox_xyxy[:, 3] - found.bbox_xyxy[:, 1],
         )
         if expected_xyxy is not None:
-            overlap = iou_matrix(np.asarray(expected_xyxy, np.float64)[None], found.bbox_xyxy)[0]
-            if overlap.max() < MIN_EXPECTED_IOU:
+            placed = face_at(found, expected_xyxy)
+            if placed is None:
                 raise Rejected("the face its visit.json places was not found again")
-            k = int(np.argmax(overlap))
+            k = placed
         elif len(found) > 1 and not self.largest:
             raise Rejected(
                 f"{len(found)} faces found, expected exactly one "
@@ -89,6 +89,14 @@ class QualityGates:
                 "(--min-sharpness)"
             )
         return score
+
+
+def face_at(found: FrameDetections, expected_xyxy: np.ndarray) -> int | None:
+    """The face found where a box says one is (IoU at least MIN_EXPECTED_IOU), or None."""
+    if not len(found):
+        return None
+    overlap = iou_matrix(np.asarray(expected_xyxy, np.float64)[None], found.bbox_xyxy)[0]
+    return int(np.argmax(overlap)) if overlap.max() >= MIN_EXPECTED_IOU else None
 
 
 def outside_fraction(box_xyxy: np.ndarray, image_hw: tuple[int, int]) -> float:

@@ -382,6 +382,40 @@ def test_a_face_archive_visit_enrolls_its_own_face_not_the_neighbours(
         assert code == 2 and "folder of the face archive" in err, folder
 
 
+def test_an_archived_face_just_under_the_detectors_thresholds_is_found_again(
+    test_model, detector, images, tmp_path
+) -> None:
+    """The daemon found the face in the whole frame; in the JPEG the archive kept, it can
+    score just under the thresholds. Where its visit.json places it, enroll looks again less
+    strictly; a plain photo keeps the detector's own thresholds."""
+    from daemon.enroll_cli import ARCHIVE_THRESHOLDS, _enroll_crop
+    from daemon.recognition import QualityGates, Rejected
+    from daemon.recognition_cli import Models
+    from engines.detectors import load_facenet
+
+    frame = cv2.imread(str(images["obama"]))
+    found = detector.detect([frame])[0]
+    main_face = int(np.argmax(found.score))
+    above = (float(found.score[main_face]) + 1.0) / 2  # an O-Net threshold that refuses it
+    assert found.score[main_face] < above < 1.0
+    strict = Models(detector.with_config(thresholds=(0.6, 0.7, above)), load_facenet(test_model))
+    with pytest.raises(Rejected, match="no face found"):
+        _enroll_crop(strict, QualityGates(), images["obama"])
+    visit = tmp_path / "archive" / "2026-11-29" / "door" / "101500-t1-unknown"
+    visit.mkdir(parents=True)
+    shutil.copy(images["obama"], visit / "face-1.jpg")
+    about = {"first_seen_ts": time.time(), "images": [
+        {"file": "face-1.jpg", "face_xyxy": found.bbox_xyxy[main_face].tolist()}]}  # fmt: skip
+    (visit / "visit.json").write_text(json.dumps(about))
+    crop = _enroll_crop(strict, QualityGates(), visit / "face-1.jpg")
+    again = detector.with_config(thresholds=ARCHIVE_THRESHOLDS).detect([frame])[0]
+    assert np.array_equal(crop, strict.facenet.align(frame, again, [0])[0])  # that face
+    # found at the detector's own thresholds, it keeps their box: the crop of a plain photo
+    normal = Models(detector, strict.facenet)
+    crop = _enroll_crop(normal, QualityGates(), visit / "face-1.jpg")
+    assert np.array_equal(crop, normal.facenet.align(frame, found, [main_face])[0])
+
+
 def test_the_archives_enrollable_flag_is_what_enroll_decides(test_model, detector) -> None:
     """The archive marks the images enroll would take (and ranks the others low): the same
     size, edge and blur gates, the blur on the crop enroll checks."""
