@@ -20,6 +20,12 @@ logger = logging.getLogger(__name__)
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 BUILD = Info("facewatch_build", "facewatch version and runtime")
+_BUILD_FIELDS: dict[str, str] = {}  # BUILD's, kept to change the model once it is loaded
+READY = Gauge(
+    "facewatch_ready",
+    "1 once the engines are warm and the cameras are read; 0 while the daemon starts (a first "
+    "start that builds TensorRT plans: minutes)",
+)
 
 CAMERA_UP = Gauge("facewatch_camera_up", "1 while the camera delivers frames", ["camera"])
 CAMERA_RECONNECTS = Counter(
@@ -121,14 +127,11 @@ def init(cameras: list[str], backend: str, model_id: str, mqtt: bool = True) -> 
     if mqtt:
         MQTT_CONNECTED.set(0)
         REGISTRY.register(MQTT_CONNECTED)
-    BUILD.info(
-        {
-            "version": __version__,
-            "python": platform.python_version(),
-            "backend": backend,
-            "model": model_id,
-        }
+    READY.set(0)
+    _BUILD_FIELDS.update(
+        version=__version__, python=platform.python_version(), backend=backend, model=model_id
     )
+    BUILD.info(_BUILD_FIELDS)
     for camera in cameras:
         for family in (CAMERA_RECONNECTS, FRAMES_READ, FRAMES_PROCESSED, FRAMES_DROPPED):
             family.labels(camera)
@@ -139,6 +142,12 @@ def init(cameras: list[str], backend: str, model_id: str, mqtt: bool = True) -> 
         RECOGNITIONS.labels(camera, "unknown")
     for stage in ("detect", "embed", "match", "track"):
         STAGE_SECONDS.labels(stage)
+
+
+def set_model(model_id: str) -> None:
+    """The FaceNet model in ``facewatch_build_info``, once the engines are loaded."""
+    _BUILD_FIELDS["model"] = model_id
+    BUILD.info(_BUILD_FIELDS)
 
 
 def serve(address: str, port: int) -> None:

@@ -178,17 +178,13 @@ class Service:
         cfg = self.config
         preflight.check(cfg)
         preflight.prepare_outputs(cfg)
-        detector, facenet = self.load_engines()
-        enrolled = self._enrolled(facenet)
         cameras = [c for c in cfg.cameras if c.enabled]
-        metrics.init(
-            [c.name for c in cameras],
-            cfg.engines.backend,
-            facenet.model_id if facenet else "",
-            mqtt=cfg.mqtt.enabled,
-        )
-        if cfg.metrics.enabled:
-            self._serve_metrics()
+        metrics.init([c.name for c in cameras], cfg.engines.backend, "", mqtt=cfg.mqtt.enabled)
+        if cfg.metrics.enabled:  # before the engines: a first start's TensorRT builds take
+            self._serve_metrics()  # minutes, which Prometheus sees as starting, not down
+        detector, facenet = self.load_engines()
+        metrics.set_model(facenet.model_id if facenet else "")
+        enrolled = self._enrolled(facenet)
         sinks = self._start_outputs(enrolled)
         if cfg.archive.dir:
             self._start_archive(facenet)
@@ -204,6 +200,7 @@ class Service:
             reader.start()
         self._install_signals()
         sd_notify("READY=1")
+        metrics.READY.set(1)
         logger.info("facewatch running: %d camera(s), node %s", len(cameras), cfg.node_id)
         try:
             self._serve(scheduler)

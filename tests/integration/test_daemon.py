@@ -115,6 +115,9 @@ def test_two_rtsp_cameras_to_mqtt_with_gallery_reload_and_clean_stop(
         assert scraped['facewatch_mqtt_publishes_total{outcome="ok"}'] >= len(subscriber.events())
         assert scraped["facewatch_frame_to_event_seconds_count"] > 0
         assert scraped["facewatch_gallery_identities"] == 1
+        assert scraped["facewatch_ready"] == 1  # served from the start, ready once running
+        build = next(k for k in scraped if k.startswith("facewatch_build_info{"))
+        assert 'model="facenet-test-random@sha256:' in build, build
     finally:
         code = daemon.stop()
     try:  # the broker delivers the last messages after the daemon has gone
