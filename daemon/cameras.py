@@ -216,6 +216,9 @@ class CameraReader(threading.Thread):
                 continue
             try:
                 delivered = self._read(capture)
+            except Exception:  # a bug: the camera is marked down and read again, never lost
+                logger.exception("camera %s: reading failed", self.config.name)
+                delivered = False
             finally:
                 capture.release()
             if self._stop_event.is_set():

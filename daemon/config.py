@@ -381,8 +381,21 @@ class TrackingConfig(Section):
     vote_window: int = _field(
         15, "recent recognitions that vote on a track's identity", ge=1, le=1000
     )
-    min_votes: int = _field(2, "votes an identity needs before it is announced", ge=1, le=1000)
+    min_votes: int = _field(
+        2, "votes an identity needs before it is announced (at most vote_window)", ge=1, le=1000
+    )
     snapshots: bool = _field(False, "publish a JPEG of the face with each identity event")
+
+    @field_validator("min_votes")
+    @classmethod
+    def _reachable(cls, min_votes: int, info: ValidationInfo) -> int:
+        window = info.data.get("vote_window")
+        if window is not None and min_votes > window:
+            raise ValueError(
+                f"{min_votes} votes can never be reached in a window of vote_window: {window} "
+                "recognitions (nobody would be named): raise vote_window too"
+            )
+        return min_votes
 
 
 class ArchiveConfig(Section):

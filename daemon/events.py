@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import re
+import sqlite3
 import sys
 import threading
 import time
@@ -32,6 +33,11 @@ logger = logging.getLogger(__name__)
 
 SCHEMA_PATH = Path(__file__).with_name("event.schema.json")
 SNAPSHOT_SIZE = 160
+
+
+def _write_line(stream: TextIO, line: str) -> None:
+    stream.write(line + "\n")
+    stream.flush()
 
 
 def _floats(values: np.ndarray, digits: int = 1) -> list[Any]:
@@ -169,27 +175,53 @@ class EventSinks:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._file = path.open("a", encoding="utf-8")
         self._lock = threading.Lock()
+        self._failing: set[str] = set()  # outputs whose failure was logged, until they recover
 
     def emit(self, event: dict[str, Any], snapshot: bytes | None = None) -> None:
+        """Hand ``event`` to every output. An output that fails (a full disk, a read-only
+        one) loses it, counted and logged, and the others still get it: the daemon goes on."""
         metrics.EVENTS.labels(event["camera"], event["type"]).inc()
         with self._lock:
             if self.spool is not None and self.topic_for is not None:
-                payload = json.dumps(event, separators=(",", ":")).encode()
-                dropped = self.spool.append(self.topic_for(event["camera"]), payload, kind="event")
-                if snapshot and self.snapshot_topic_for is not None:
-                    topic = self.snapshot_topic_for(event["camera"], event["event_id"])
-                    dropped += self.spool.append(topic, snapshot, kind="raw")
-                    if self.state is not None:
-                        self.state.set_last_snapshot(event["camera"], snapshot)
-                if dropped:
-                    metrics.MQTT_PUBLISHES.labels("dropped").inc(dropped)
-                metrics.SPOOL_EVENTS.set(len(self.spool))
-                self.on_spooled()
-            for stream in (self._stdout, self._file):
+                self._guarded("spool", self._spool, self.spool, self.topic_for, event, snapshot)
+            line = json.dumps(
+                dict(event, published_ts=round(time.time(), 3)), separators=(",", ":")
+            )
+            for name, stream in (("stdout", self._stdout), ("jsonl_file", self._file)):
                 if stream is not None:
-                    line = dict(event, published_ts=round(time.time(), 3))
-                    stream.write(json.dumps(line, separators=(",", ":")) + "\n")
-                    stream.flush()
+                    self._guarded(name, _write_line, stream, line)
+
+    def _spool(
+        self,
+        spool: Spool,
+        topic_for: Callable[[str], str],
+        event: dict[str, Any],
+        snapshot: bytes | None,
+    ) -> None:
+        payload = json.dumps(event, separators=(",", ":")).encode()
+        dropped = spool.append(topic_for(event["camera"]), payload, kind="event")
+        if snapshot and self.snapshot_topic_for is not None:
+            topic = self.snapshot_topic_for(event["camera"], event["event_id"])
+            dropped += spool.append(topic, snapshot, kind="raw")
+            if self.state is not None:
+                self.state.set_last_snapshot(event["camera"], snapshot)
+        if dropped:
+            metrics.MQTT_PUBLISHES.labels("dropped").inc(dropped)
+        metrics.SPOOL_EVENTS.set(len(spool))
+        self.on_spooled()
+
+    def _guarded(self, name: str, write: Callable[..., None], *args: Any) -> None:
+        try:
+            write(*args)
+        except (OSError, sqlite3.Error) as exc:
+            metrics.EVENT_OUTPUT_FAILURES.labels(name).inc()
+            if name not in self._failing:  # once per outage
+                self._failing.add(name)
+                logger.error("events: %s cannot take them (%s): they are lost there", name, exc)
+            return
+        if name in self._failing:
+            self._failing.discard(name)
+            logger.warning("events: %s takes them again", name)
 
     def in_view(self, camera: str, state: dict[str, Any]) -> None:
         """Who ``camera`` sees now (``in_view_json``), after its events changed it."""

@@ -93,6 +93,12 @@ MQTT_PUBLISHES = Counter(
     ["outcome"],
 )
 SPOOL_EVENTS = Gauge("facewatch_mqtt_spool_events", "events waiting in the on-disk spool")
+EVENT_OUTPUT_FAILURES = Counter(
+    "facewatch_event_output_failures_total",
+    "events an output could not take (lost there): spool (its disk full or read-only), "
+    "stdout, jsonl_file",
+    ["output"],
+)
 GALLERY_IDENTITIES = Gauge("facewatch_gallery_identities", "people enrolled in the gallery")
 ARCHIVE_VISITS = Counter(
     "facewatch_archive_visits_total", "visits written to the face archive", ["camera"]

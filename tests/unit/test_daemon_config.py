@@ -23,6 +23,10 @@ def test_defaults_fill_everything_but_the_cameras() -> None:
     ("raw", "message"),
     [
         ({"cameras": [CAMERA], "mqtt": {"prot": 1}}, "mqtt.prot: unknown key"),
+        (
+            {"cameras": [CAMERA], "tracking": {"min_votes": 20}},
+            "tracking.min_votes: 20 votes can never be reached in a window of vote_window: 15",
+        ),
         ({"cameras": [CAMERA, {"name": "yard", "url": "x", "fps": -1}]}, "cameras[1] (yard).fps"),
         ({"cameras": [CAMERA, CAMERA]}, "repeated: door"),
         (

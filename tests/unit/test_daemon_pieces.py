@@ -697,3 +697,36 @@ def test_faces_in_view_through_a_short_stall_are_one_visit(detector) -> None:
     assert {e["track_id"] for e in events if e["type"] == "confirmed"} == confirmed
     pipeline.expire(1007.2 + 13)  # then silent past the grace: the visits end
     assert {e["track_id"] for e in events if e["type"] == "left"} == confirmed
+
+
+def test_an_event_output_that_fails_loses_its_copy_and_the_daemon_goes_on(tmp_path, caplog) -> None:
+    """A full disk under the JSON-lines file (/dev/full), a spool whose file went read-only:
+    the event still reaches the other outputs, each failure is counted and logged once per
+    outage, and nothing is raised into the engine thread (it once stopped the daemon)."""
+    import logging
+
+    def failures(output: str) -> float:
+        value = REGISTRY.get_sample_value(
+            "facewatch_event_output_failures_total", {"output": output}
+        )
+        return value or 0.0
+
+    spool = Spool(tmp_path / "spool", 100)
+    good = tmp_path / "events.jsonl"
+    sinks = EventSinks(spool=spool, topic_for=lambda camera: f"t/{camera}", jsonl_file=str(good))
+    sinks._file = open("/dev/full", "w", encoding="utf-8")  # noqa: SIM115  (a disk that is full)
+    event = {"camera": "door", "type": "confirmed", "event_id": "e1", "seq": 1}
+    before = failures("jsonl_file")
+    with caplog.at_level(logging.ERROR, logger="daemon.events"):
+        sinks.emit(event)
+        sinks.emit(dict(event, event_id="e2", seq=2))
+    assert failures("jsonl_file") == before + 2
+    assert caplog.text.count("events: jsonl_file cannot take them") == 1
+    assert len(spool) == 2, "the spool still got both"
+
+    spool._db.close()  # the spool's file no longer writable: sqlite raises
+    sinks._file = good.open("a", encoding="utf-8")
+    before = failures("spool")
+    sinks.emit(dict(event, event_id="e3", seq=3))
+    assert failures("spool") == before + 1
+    assert json.loads(good.read_text().splitlines()[-1])["event_id"] == "e3"
