@@ -267,20 +267,40 @@ class Gallery:
 
     # -- matching ---------------------------------------------------------------------------
 
+    def load(self) -> list[str]:
+        """Read every enrolled vector and threshold now, in one read of the file (whatever is
+        written to it later, ``match`` then uses these); the names of the people enrolled.
+        GalleryError when the file cannot be read."""
+        return self._loaded()[2]
+
     def _loaded(self) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray]:
         """(vectors (M, D), owner index (M,), names, thresholds per name), cached."""
         if self._matrix is None:
-            vectors, owners, _, _ = self.embeddings()
+            with self._snapshot():  # the two reads see one state of the file
+                vectors, owners, _, _ = self.embeddings()
+                own = {i.name: i.threshold for i in self.identities()}
             names = sorted(set(owners))
             index = {name: k for k, name in enumerate(names)}
-            own = {i.name: i.threshold for i in self.identities()}
             default = self.threshold if self.threshold_override is None else self.threshold_override
             thresholds = np.array(
-                [default if own[n] is None else own[n] for n in names], np.float64
+                [default if own.get(n) is None else own[n] for n in names], np.float64
             )
             owner = np.array([index[n] for n in owners], np.int64)
             self._matrix = (np.ascontiguousarray(vectors), owner, names, thresholds)
         return self._matrix
+
+    @contextlib.contextmanager
+    def _snapshot(self) -> Iterator[None]:
+        """A read transaction: its reads see one state of the file, whoever writes."""
+        try:
+            self._conn.execute("BEGIN")
+        except sqlite3.DatabaseError as exc:
+            raise translate(self.path, exc) from None
+        try:
+            yield
+        finally:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.execute("COMMIT")
 
     def match(self, embeddings: np.ndarray) -> list[Match]:
         """The identity (or unknown) of each of ``embeddings`` (N, D), nearest neighbour."""

@@ -297,9 +297,14 @@ class Pipeline:
         if self.facenet is None:
             return
         self._gallery_stamp = file_stamp(self.config.recognition.gallery)
+        fresh = None
         try:
             fresh = open_gallery(self.config, self.facenet.model_id)
+            # read now, whole: a file replaced later must not be matched against as this one
+            names = fresh.load() if fresh is not None else []
         except GalleryError as exc:
+            if fresh is not None:
+                fresh.close()
             logger.error("gallery not reloaded: %s", exc)
             return
         if self.gallery is not None:
@@ -307,7 +312,6 @@ class Pipeline:
         self.gallery = fresh
         for tracker in self.trackers.values():  # faces in view now: named by the new one
             tracker.recount()
-        names = [identity.name for identity in fresh.identities()] if fresh is not None else []
         if fresh is not None:
             people = "person" if len(names) == 1 else "people"
             logger.info("gallery %s: %d %s", fresh.path, len(names), people)

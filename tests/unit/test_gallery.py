@@ -400,3 +400,19 @@ def test_twins_enrolled_before_case_was_checked_are_pointed_out(gallery, capsys)
     assert "'Bob' and 'bob' differ in case only but are 2 people here" in err
     with Gallery.open(path, MODEL, writable=True) as g:
         assert g.enroll([Enrollment("Bob", axis(6), "B2")]) == 1  # each twin still takes photos
+
+
+def test_a_loaded_gallery_matches_as_it_was_read_whatever_is_written_later(tmp_path) -> None:
+    """The daemon loads a gallery whole when it (re)reads it: a file copied over it in place
+    later (cp keeps the inode) is checked at the next reload, never matched against as the
+    gallery loaded before (it once named people from a refused file)."""
+    path, other = tmp_path / "g.sqlite", tmp_path / "other.sqlite"
+    with Gallery.create(path, MODEL, D) as g:
+        g.enroll([Enrollment("alice", axis(0), "a1")])
+    with Gallery.create(other, MODEL, D) as g:
+        g.enroll([Enrollment("mallory", axis(0), "m1"), Enrollment("bob", axis(1), "b1")])
+    reader = Gallery.open(path, MODEL)
+    assert reader.load() == ["alice"]
+    path.write_bytes(other.read_bytes())  # in place, as `cp other.sqlite g.sqlite` does
+    assert [m.identity for m in reader.match(np.stack([axis(0), axis(1)]))] == ["alice", None]
+    reader.close()
