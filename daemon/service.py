@@ -176,6 +176,7 @@ class Service:
 
     def run(self) -> int:
         cfg = self.config
+        self._install_signals()  # now: a SIGHUP or SIGTERM while the engines load is no kill
         preflight.check(cfg)
         preflight.prepare_outputs(cfg)
         cameras = [c for c in cfg.cameras if c.enabled]
@@ -183,6 +184,9 @@ class Service:
         if cfg.metrics.enabled:  # before the engines: a first start's TensorRT builds take
             self._serve_metrics()  # minutes, which Prometheus sees as starting, not down
         detector, facenet = self.load_engines()
+        if self._stop.is_set():  # SIGTERM during the load (a TensorRT build: minutes)
+            logger.info("stopped while starting: nothing was running yet")
+            return 0
         metrics.set_model(facenet.model_id if facenet else "")
         enrolled = self._enrolled(facenet)
         sinks = self._start_outputs(enrolled)
@@ -198,7 +202,7 @@ class Service:
         scheduler.start()
         for reader in self.readers:
             reader.start()
-        self._install_signals()
+        signal.signal(signal.SIGINT, self._on_stop_signal)
         sd_notify("READY=1")
         metrics.READY.set(1)
         logger.info("facewatch running: %d camera(s), node %s", len(cameras), cfg.node_id)
@@ -310,16 +314,18 @@ class Service:
                 next_ping = now + ping_every - tick / 2  # due by the tick nearest the interval
 
     def _install_signals(self) -> None:
-        def stop(signum: int, frame: FrameType | None) -> None:
-            logger.info("%s: stopping", signal.Signals(signum).name)
-            self._stop.set()
+        """SIGTERM and SIGHUP from the start; Ctrl-C (SIGINT) interrupts the start at once,
+        and once the daemon runs stops it cleanly, like SIGTERM."""
 
         def reload(signum: int, frame: FrameType | None) -> None:
             self._hup.set()  # the serve loop passes it on within a second
 
-        signal.signal(signal.SIGTERM, stop)
-        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGTERM, self._on_stop_signal)
         signal.signal(signal.SIGHUP, reload)
+
+    def _on_stop_signal(self, signum: int, frame: FrameType | None) -> None:
+        logger.info("%s: stopping", signal.Signals(signum).name)
+        self._stop.set()
 
     def request_stop(self) -> None:
         self._stop.set()
