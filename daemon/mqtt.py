@@ -59,6 +59,7 @@ class MqttPublisher:
         self.connected = threading.Event()
         self._wake = threading.Event()
         self._stop = threading.Event()
+        self._acked: set[int] = set()  # spool rows the broker acknowledged, not yet deleted
         self._cameras: set[str] = set()
         self._retained: dict[str, bytes] = {}  # topic -> latest payload
         self._announcements: dict[str, bytes] = {}  # topic -> payload
@@ -305,6 +306,10 @@ class MqttPublisher:
         metrics.SPOOL_EVENTS.set(len(self.spool))
         if not self.connected.wait(0.5):
             return
+        while self._acked:  # acknowledged, their deletion failed: delete them, never resend
+            row_id = next(iter(self._acked))
+            self.spool.delete(row_id)
+            self._acked.discard(row_id)
         pending = self.spool.peek(1)
         if not pending:
             self._wake.wait(0.5)
@@ -323,8 +328,10 @@ class MqttPublisher:
         # wait for that rather than publish a second copy.
         while not self._stop.is_set():
             if _wait(info, 1.0):
+                self._acked.add(message.row_id)  # (until deleted: a failed delete would
+                metrics.MQTT_PUBLISHES.labels("ok").inc()  # have it sent again)
                 self.spool.delete(message.row_id)
-                metrics.MQTT_PUBLISHES.labels("ok").inc()
+                self._acked.discard(message.row_id)
                 if message.kind == "event" and event["type"] != "left":  # left: waits by design
                     metrics.EVENT_LATENCY.observe(max(0.0, time.time() - event["frame_ts"]))
                 return

@@ -453,6 +453,47 @@ def test_a_link_cut_again_and_again_during_a_backlog_loses_no_message(tmp_path) 
         assert sum(t == topic for t, _, _ in subscriber.messages) >= len(sent)
 
 
+def test_a_message_the_broker_acknowledged_is_not_sent_again_when_deleting_it_fails(
+    tmp_path, broker, monkeypatch
+) -> None:
+    """The spool's delete fails after the broker's acknowledgement (a disk error): the
+    message must not go out again (it went out once a second, for as long as that lasted)."""
+    import sqlite3
+
+    subscriber = Subscriber(broker.port, "node/#")
+    probe = "node/probe"
+
+    def subscribed() -> bool:
+        subscriber.client.publish(probe, b"?")
+        return subscriber.last(probe) == b"?"
+
+    spool = Spool(tmp_path / "spool", 100)
+    publisher = MqttPublisher(MqttConfig(port=broker.port, topic_prefix="node"), "n", spool)
+    topic = publisher.event_topic("cam")
+    spool.append(topic, b"once")
+    real_delete, calls = spool.delete, []
+
+    def failing_thrice(row_id: int) -> None:
+        calls.append(row_id)
+        if len(calls) <= 3:
+            raise sqlite3.OperationalError("disk I/O error")
+        real_delete(row_id)
+
+    monkeypatch.setattr(spool, "delete", failing_thrice)
+    try:
+        wait_for(subscribed, 10, "the subscription")
+        publisher.start()
+        wait_for(lambda: len(spool) == 0, 30, "the delete to succeed at last")
+        time.sleep(1.0)  # what a second send would take to arrive
+        publisher.stop()
+    finally:
+        subscriber.close()
+        spool.close()
+    assert len(calls) == 4
+    with subscriber._lock:
+        assert [m for t, m, _ in subscriber.messages if t == topic] == [b"once"]
+
+
 def test_rtsp_server_restart_reconnects_while_the_other_camera_goes_on(
     tmp_path, broker, rtsp
 ) -> None:
