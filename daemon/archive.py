@@ -157,7 +157,7 @@ class FaceArchive:
         visit = self._open.get(key)
         if visit is None:
             frame_hw = (image.shape[0], image.shape[1])
-            visit = self._open[key] = _Visit(camera, track.track_id, track.first_seen, frame_hw)
+            visit = self._open[key] = _Visit(camera, track.track_id, track.first_seen_ts, frame_hw)
         box, landmarks, score = face
         rating = rate_face(image, box, landmarks)
         gap = self.config.min_gap_s
@@ -210,7 +210,7 @@ class FaceArchive:
                 "named": named,
                 "distance": None if event.distance is None else round(event.distance, 4),
                 "confidence": round(float(event.confidence), 4),
-                "last_seen": event.track.last_seen,
+                "last_seen": event.track.last_seen_ts,
                 "reason": event.reason,
             }
             self._enqueue(visit)

@@ -43,9 +43,16 @@ REMIND_S = 600.0  # a camera that stays down is logged again this often (else at
 class Frame:
     camera: str
     seq: int
-    ts: float  # wall-clock time of capture (seconds since the epoch)
+    ts: float  # wall-clock time of capture (seconds since the epoch): what outputs say
     image: np.ndarray
     moved: bool = True  # something in the picture changed (always, without a motion gate)
+    mono: float | None = None  # time.monotonic() of capture: what tracks are timed by
+
+    @property
+    def clock(self) -> float:
+        """The time tracking, expiry and pacing go by: monotonic (a wall clock that NTP
+        steps would split or end tracks), the wall clock's for frames made without one."""
+        return self.ts if self.mono is None else self.mono
 
 
 class FrameQueues:
@@ -287,5 +294,6 @@ class CameraReader(threading.Thread):
             self._seq += 1
             metrics.FRAMES_READ.labels(self.config.name).inc()
             moved = self.motion.moved(image) if self.motion is not None else True
-            self.queues.put(Frame(self.config.name, self._seq, time.time(), image, moved))
+            frame = Frame(self.config.name, self._seq, time.time(), image, moved, time.monotonic())
+            self.queues.put(frame)
         return decoded

@@ -71,7 +71,7 @@ def event_json(
         "confidence": round(float(event.confidence), 4),
         "bbox_xyxy": _floats(bbox_xyxy),
         "landmarks": _floats(landmarks),
-        "first_seen_ts": round(track.first_seen, 3),
+        "first_seen_ts": round(track.first_seen_ts, 3),
         "frame_ts": round(frame_ts, 3),
         "model": model_id,
     }

@@ -94,7 +94,7 @@ class Pipeline:
 
     def process(self, frames: list[Frame]) -> None:
         for frame in frames:
-            self._last_frame[frame.camera] = max(frame.ts, self._last_frame.get(frame.camera, 0))
+            self._last_frame[frame.camera] = max(frame.clock, self._last_frame.get(frame.camera, 0))
         frames = [frame for frame in frames if self._takes(frame) and self._worth_a_search(frame)]
         if not frames:
             return
@@ -107,7 +107,7 @@ class Pipeline:
                 metrics.FRAMES_PROCESSED.labels(frame.camera).inc()
                 metrics.FACES_DETECTED.labels(frame.camera).inc(len(detections))
                 detections = self._not_ignored(frame, detections)
-                tracks = self.trackers[frame.camera].update(frame.ts, detections)
+                tracks = self.trackers[frame.camera].update(frame.clock, detections, frame.ts)
                 faces += [_Face(frame, detections, k, t) for k, t in enumerate(tracks)]
         if self.archive is not None:
             with metrics.STAGE_SECONDS.labels("archive").time():
@@ -150,14 +150,14 @@ class Pipeline:
         old (or the clock went back): then the whole frame is searched, whatever
         ``full_scan_every`` says (there is no face to search around)."""
         camera, motion = frame.camera, self._motion[frame.camera]
-        since = frame.ts - self._last_search.get(camera, -np.inf)
+        since = frame.clock - self._last_search.get(camera, -np.inf)
         still = motion.enabled and not frame.moved and not self.trackers[camera].tracks
         if still and 0 <= since < motion.check_every_s:
             metrics.FRAMES_STILL.labels(camera).inc()
             return False
         if still:
             self._since_full_scan[camera] = self.config.detection.full_scan_every
-        self._last_search[camera] = frame.ts
+        self._last_search[camera] = frame.clock
         return True
 
     def _detect(self, frames: list[Frame]) -> list[FrameDetections]:
@@ -246,8 +246,8 @@ class Pipeline:
             seen_until = now if last is None else min(now, max(last, now - STALL_GRACE_S))
             events = tracker.expire(seen_until, stopping)
             for event in events:
-                self._emit(event, camera, event.track.last_seen)
-            self._changed(camera, events, now)
+                self._emit(event, camera, event.track.last_seen_ts)
+            self._changed(camera, events, time.time())
             if self.archive is not None:
                 self.archive.visits_ended(camera, events, {t.track_id for t in tracker.tracks})
 
@@ -380,12 +380,12 @@ class BatchScheduler(threading.Thread):
                     self.batches += 1
                     self.last_batch = time.monotonic()
                 self.last_round = time.monotonic()
-                now = time.time()
+                now = time.monotonic()  # the frames' clock (Frame.clock)
                 if now - last_expire >= EXPIRE_EVERY_S:
                     self.pipeline.expire(now)
                     last_expire = now
                 if stopping and not frames:  # drained: cameras stopped, queues empty
-                    self.pipeline.expire(time.time(), stopping=True)
+                    self.pipeline.expire(time.monotonic(), stopping=True)
                     return
         except BaseException as exc:  # the service stops and reports it
             logger.exception("batch scheduler failed")

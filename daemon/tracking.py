@@ -52,6 +52,20 @@ class Track:
     embedded: bool = False
     votes: deque[Vote] = field(default_factory=deque)
     announced: set[str] = field(default_factory=set)  # every identity its events have named
+    # first_seen / last_seen are on the tracker's clock (monotonic in the daemon); these,
+    # when given, are the wall-clock times of the same frames (first_seen_ts / last_seen_ts)
+    first_seen_wall: float | None = None
+    last_seen_wall: float | None = None
+
+    @property
+    def first_seen_ts(self) -> float:
+        """Wall-clock time of the track's first frame, for events and the archive."""
+        return self.first_seen if self.first_seen_wall is None else self.first_seen_wall
+
+    @property
+    def last_seen_ts(self) -> float:
+        """Wall-clock time of the track's latest frame."""
+        return self.last_seen if self.last_seen_wall is None else self.last_seen_wall
 
     def verdict(self, min_votes: int) -> tuple[str | None, float, float | None] | None:
         """(identity, confidence, mean distance) of the vote, or None while undecided."""
@@ -86,9 +100,12 @@ class Tracker:
         self.tracks: list[Track] = []
         self._next_id = 1
 
-    def update(self, ts: float, faces: FrameDetections) -> list[Track]:
+    def update(
+        self, ts: float, faces: FrameDetections, wall_ts: float | None = None
+    ) -> list[Track]:
         """Match ``faces`` of a frame taken at ``ts`` to tracks (greedy by IoU), start tracks
-        for the rest; returns the track of each face, in order."""
+        for the rest; returns the track of each face, in order. ``wall_ts``: the frame's
+        wall-clock time, when ``ts`` is on another clock (the daemon's monotonic one)."""
         assigned: list[Track | None] = [None] * len(faces)
         live = [t for t in self.tracks if t.last_seen < ts]
         if live:
@@ -100,11 +117,12 @@ class Tracker:
         for i, track in enumerate(assigned):
             if track is None:
                 track = Track(self._next_id, faces.bbox_xyxy[i], faces.landmarks[i], ts, ts)
+                track.first_seen_wall = track.last_seen_wall = wall_ts
                 self._next_id += 1
                 self.tracks.append(track)
             else:
                 track.bbox_xyxy, track.landmarks = faces.bbox_xyxy[i], faces.landmarks[i]
-                track.last_seen = ts
+                track.last_seen, track.last_seen_wall = ts, wall_ts
                 track.hits += 1
                 track.since_embed += 1
             result.append(track)

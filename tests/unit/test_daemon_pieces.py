@@ -730,3 +730,34 @@ def test_an_event_output_that_fails_loses_its_copy_and_the_daemon_goes_on(tmp_pa
     sinks.emit(dict(event, event_id="e3", seq=3))
     assert failures("spool") == before + 1
     assert json.loads(good.read_text().splitlines()[-1])["event_id"] == "e3"
+
+
+@pytest.mark.parametrize("step_s", [-3600.0, 30.0])
+def test_a_wall_clock_step_splits_no_track(detector, step_s) -> None:
+    """NTP steps the wall clock while people are in view (back an hour, or on by 30 s, as on
+    a board without a real-time clock): their tracks go on by the monotonic clock, with no
+    second `confirmed` nor early `left`; the events carry the wall clock's times."""
+    config = parse_config(
+        {"cameras": [{"name": "door", "url": "x.mp4"}], "recognition": {"model": None}}
+    )
+    events: list[dict] = []
+
+    class Sinks(EventSinks):
+        def emit(self, event: dict, snapshot: bytes | None = None) -> None:
+            events.append(event)
+
+    pipeline = Pipeline(config, detector, None, Sinks())
+    clip = cv2.VideoCapture(str(REPO / "configs" / "demo" / "hamilton_360p.mp4"))
+    frames = [clip.read()[1] for _ in range(8)]
+    for k in range(8):  # 5 fps; the wall clock jumps between frames 3 and 4
+        wall = 1_700_000_000.0 + 0.2 * k + (step_s if k >= 4 else 0.0)
+        pipeline.process([Frame("door", k, wall, frames[k], mono=500.0 + 0.2 * k)])
+    pipeline.expire(500.0 + 0.2 * 7 + 0.5)  # (the monotonic clock's now)
+    confirmed = [e for e in events if e["type"] == "confirmed"]
+    assert confirmed and len({e["track_id"] for e in confirmed}) == len(confirmed)
+    assert not [e for e in events if e["type"] == "left"], "nobody left"
+    assert all(e["first_seen_ts"] == 1_700_000_000.0 for e in confirmed)  # wall times
+    pipeline.expire(500.0 + 0.2 * 7 + 13)  # silent past the stall grace: gone
+    left = [e for e in events if e["type"] == "left"]
+    assert {e["track_id"] for e in left} == {e["track_id"] for e in confirmed}
+    assert all(e["frame_ts"] == 1_700_000_000.0 + 1.4 + step_s for e in left)  # last seen
