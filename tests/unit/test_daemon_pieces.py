@@ -670,10 +670,9 @@ def test_status_behind_a_proxy_with_a_password_and_its_usage_errors(capsys) -> N
     assert "expected http(s)://HOST:PORT/metrics" in capsys.readouterr().err
 
 
-def test_faces_in_view_through_a_short_stall_are_one_visit(detector) -> None:
-    """A camera that hangs for 6 s while people are in view (then hands over its frames):
-    their tracks go on, no `left` and new `confirmed` for the same people. A camera silent
-    past the stall grace (it is down by then) ends them as usual."""
+def _demo_pipeline(detector, count: int) -> tuple[Pipeline, list[dict], list[np.ndarray]]:
+    """A detection-only pipeline of one camera whose events are recorded, and the demo
+    clip's first ``count`` frames (two faces)."""
     config = parse_config(
         {"cameras": [{"name": "door", "url": "x.mp4"}], "recognition": {"model": None}}
     )
@@ -683,9 +682,16 @@ def test_faces_in_view_through_a_short_stall_are_one_visit(detector) -> None:
         def emit(self, event: dict, snapshot: bytes | None = None) -> None:
             events.append(event)
 
-    pipeline = Pipeline(config, detector, None, Sinks())
     clip = cv2.VideoCapture(str(REPO / "configs" / "demo" / "hamilton_360p.mp4"))
-    frames = [clip.read()[1] for _ in range(12)]
+    frames = [clip.read()[1] for _ in range(count)]
+    return Pipeline(config, detector, None, Sinks()), events, frames
+
+
+def test_faces_in_view_through_a_short_stall_are_one_visit(detector) -> None:
+    """A camera that hangs for 6 s while people are in view (then hands over its frames):
+    their tracks go on, no `left` and new `confirmed` for the same people. A camera silent
+    past the stall grace (it is down by then) ends them as usual."""
+    pipeline, events, frames = _demo_pipeline(detector, 12)
     for k in range(4):  # 0.6 s of two faces: confirmed
         pipeline.process([Frame("door", k, 1000.0 + 0.2 * k, frames[k])])
     confirmed = {e["track_id"] for e in events if e["type"] == "confirmed"}
@@ -737,18 +743,7 @@ def test_a_wall_clock_step_splits_no_track(detector, step_s) -> None:
     """NTP steps the wall clock while people are in view (back an hour, or on by 30 s, as on
     a board without a real-time clock): their tracks go on by the monotonic clock, with no
     second `confirmed` nor early `left`; the events carry the wall clock's times."""
-    config = parse_config(
-        {"cameras": [{"name": "door", "url": "x.mp4"}], "recognition": {"model": None}}
-    )
-    events: list[dict] = []
-
-    class Sinks(EventSinks):
-        def emit(self, event: dict, snapshot: bytes | None = None) -> None:
-            events.append(event)
-
-    pipeline = Pipeline(config, detector, None, Sinks())
-    clip = cv2.VideoCapture(str(REPO / "configs" / "demo" / "hamilton_360p.mp4"))
-    frames = [clip.read()[1] for _ in range(8)]
+    pipeline, events, frames = _demo_pipeline(detector, 8)
     for k in range(8):  # 5 fps; the wall clock jumps between frames 3 and 4
         wall = 1_700_000_000.0 + 0.2 * k + (step_s if k >= 4 else 0.0)
         pipeline.process([Frame("door", k, wall, frames[k], mono=500.0 + 0.2 * k)])

@@ -350,6 +350,18 @@ def test_a_model_with_lfw_figures_enrolls_into_its_gallery_again(
     assert "obama" in listing and "biden" in listing and "threshold 0.950" in listing, listing
 
 
+def _archived_visit(tmp_path: Path, photo: Path, face_xyxy: np.ndarray) -> Path:
+    """A face archive visit folder holding ``photo`` as its one image, the face at
+    ``face_xyxy``, as the daemon writes it."""
+    visit = tmp_path / "archive" / "2026-11-29" / "door" / "101500-t1-unknown"
+    visit.mkdir(parents=True)
+    shutil.copy(photo, visit / "face-1.jpg")
+    about = {"first_seen_ts": time.time(), "images": [
+        {"file": "face-1.jpg", "face_xyxy": face_xyxy.tolist()}]}  # fmt: skip
+    (visit / "visit.json").write_text(json.dumps(about))
+    return visit
+
+
 def test_a_face_archive_visit_enrolls_its_own_face_not_the_neighbours(
     cli, images, detector, tmp_path
 ) -> None:
@@ -360,12 +372,7 @@ def test_a_face_archive_visit_enrolls_its_own_face_not_the_neighbours(
     frame = cv2.imread(str(images["two"]))
     found = detector.detect([frame])[0]
     small = int(np.argmin(found.bbox_xyxy[:, 2] - found.bbox_xyxy[:, 0]))
-    visit = tmp_path / "archive" / "2026-11-29" / "door" / "101500-t1-unknown"
-    visit.mkdir(parents=True)
-    shutil.copy(images["two"], visit / "face-1.jpg")
-    about = {"first_seen_ts": time.time(), "images": [
-        {"file": "face-1.jpg", "face_xyxy": found.bbox_xyxy[small].tolist()}]}  # fmt: skip
-    (visit / "visit.json").write_text(json.dumps(about))
+    visit = _archived_visit(tmp_path, images["two"], found.bbox_xyxy[small])
 
     code, out, err = cli("enroll", "--name", "Small", str(visit))
     assert code == 0, err
@@ -401,12 +408,7 @@ def test_an_archived_face_just_under_the_detectors_thresholds_is_found_again(
     strict = Models(detector.with_config(thresholds=(0.6, 0.7, above)), load_facenet(test_model))
     with pytest.raises(Rejected, match="no face found"):
         _enroll_crop(strict, QualityGates(), images["obama"])
-    visit = tmp_path / "archive" / "2026-11-29" / "door" / "101500-t1-unknown"
-    visit.mkdir(parents=True)
-    shutil.copy(images["obama"], visit / "face-1.jpg")
-    about = {"first_seen_ts": time.time(), "images": [
-        {"file": "face-1.jpg", "face_xyxy": found.bbox_xyxy[main_face].tolist()}]}  # fmt: skip
-    (visit / "visit.json").write_text(json.dumps(about))
+    visit = _archived_visit(tmp_path, images["obama"], found.bbox_xyxy[main_face])
     crop = _enroll_crop(strict, QualityGates(), visit / "face-1.jpg")
     again = detector.with_config(thresholds=ARCHIVE_THRESHOLDS).detect([frame])[0]
     assert np.array_equal(crop, strict.facenet.align(frame, again, [0])[0])  # that face
