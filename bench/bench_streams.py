@@ -115,7 +115,8 @@ def camera(
         wait = due - time.time()
         if wait > 0:
             time.sleep(wait)
-        queues.put(Frame(name, k, due, frames[k % len(frames)]))
+        mono = time.monotonic() - (time.time() - due)  # the same instant on the frames' clock
+        queues.put(Frame(name, k, due, frames[k % len(frames)], mono=mono))
         offered[name] = k = k + 1
 
 
