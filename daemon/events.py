@@ -184,11 +184,15 @@ class EventSinks:
         with self._lock:
             if self.spool is not None and self.topic_for is not None:
                 self._guarded("spool", self._spool, self.spool, self.topic_for, event, snapshot)
-            line = json.dumps(
-                dict(event, published_ts=round(time.time(), 3)), separators=(",", ":")
-            )
-            for name, stream in (("stdout", self._stdout), ("jsonl_file", self._file)):
-                if stream is not None:
+            streams = [
+                (n, s)
+                for n, s in (("stdout", self._stdout), ("jsonl_file", self._file))
+                if s is not None
+            ]
+            if streams:  # (most daemons have none: MQTT only)
+                stamped = dict(event, published_ts=round(time.time(), 3))
+                line = json.dumps(stamped, separators=(",", ":"))
+                for name, stream in streams:
                     self._guarded(name, _write_line, stream, line)
 
     def _spool(
