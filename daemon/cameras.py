@@ -37,6 +37,7 @@ READ_TIMEOUT_MS = 3_400  # OpenCV's FFmpeg backend tries a read 3 times: a stall
 BACKOFF_MIN_S = 0.5
 BACKOFF_MAX_S = 30.0
 REMIND_S = 600.0  # a camera that stays down is logged again this often (else at DEBUG)
+REASON_CHARS = 200  # the longest reason a metric label carries
 
 
 @dataclass(frozen=True)
@@ -207,6 +208,7 @@ class CameraReader(threading.Thread):
         self._seq = 0
         self.up = False
         self._said: tuple[str, float] | None = None  # the failure last logged, and when
+        self._down: tuple[str, float] | None = None  # the reason exported, and since when
 
     def stop(self) -> None:
         self._stop_event.set()
@@ -221,11 +223,12 @@ class CameraReader(threading.Thread):
                 failures += 1
                 self._backoff(failures, f"cannot open: {exc}")
                 continue
+            why = "stream ended or stalled"
             try:
                 delivered = self._read(capture)
-            except Exception:  # a bug: the camera is marked down and read again, never lost
+            except Exception as exc:  # a bug: the camera is marked down and read again
                 logger.exception("camera %s: reading failed", self.config.name)
-                delivered = False
+                delivered, why = 0, f"reading failed ({type(exc).__name__}: {exc})"
             finally:
                 capture.release()
             if self._stop_event.is_set():
@@ -235,7 +238,7 @@ class CameraReader(threading.Thread):
                 continue
             self._set_up(False)
             failures = 1 if delivered else failures + 1
-            self._backoff(failures, "stream ended or stalled")
+            self._backoff(failures, why)
         self._set_up(False)
 
     def _backoff(self, failures: int, why: str) -> None:
@@ -252,12 +255,31 @@ class CameraReader(threading.Thread):
                 "camera %s: %s%s; retrying in %.1f s", self.config.name, why, again, delay
             )
             self._said = (why, now)
+        self._export_down(why)
         metrics.CAMERA_RECONNECTS.labels(self.config.name).inc()
         self._stop_event.wait(delay)
+
+    def _export_down(self, why: str) -> None:
+        """``facewatch_camera_down_since_seconds``: one series while the camera is down,
+        labelled with the latest reason, valued with the outage's start (``facewatch
+        status`` shows both)."""
+        reason = why if len(why) <= REASON_CHARS else why[: REASON_CHARS - 1] + "…"
+        since = self._down[1] if self._down is not None else time.time()
+        if self._down is not None and self._down[0] == reason:
+            return
+        self._clear_down()
+        metrics.CAMERA_DOWN_SINCE.labels(self.config.name, reason).set(since)
+        self._down = (reason, since)
+
+    def _clear_down(self) -> None:
+        if self._down is not None:
+            metrics.CAMERA_DOWN_SINCE.remove(self.config.name, self._down[0])
+            self._down = None
 
     def _set_up(self, up: bool) -> None:
         if up:
             self._said = None  # the next failure is a new outage
+            self._clear_down()
         if up != self.up:
             self.up = up
             metrics.CAMERA_UP.labels(self.config.name).set(int(up))

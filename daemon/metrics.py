@@ -28,6 +28,12 @@ READY = Gauge(
 )
 
 CAMERA_UP = Gauge("facewatch_camera_up", "1 while the camera delivers frames", ["camera"])
+CAMERA_DOWN_SINCE = Gauge(
+    "facewatch_camera_down_since_seconds",
+    "while a camera is down: since when (Unix time), and why in 'reason' (the log's words); "
+    "one series per camera, none while it is up",
+    ["camera", "reason"],
+)
 CAMERA_RECONNECTS = Counter(
     "facewatch_camera_reconnects_total", "reconnection attempts after a failure", ["camera"]
 )

@@ -70,6 +70,8 @@ class Camera:
     dropped_fps: float
     faces_per_s: float
     reconnects: int
+    down_since: float | None = None  # while down: since when (Unix time)
+    down_reason: str | None = None  # and why (the log's words)
 
 
 @dataclass
@@ -85,10 +87,17 @@ class Status:
     cameras: list[Camera] = field(default_factory=list)
 
     def problems(self) -> list[str]:
-        found = [f"camera {c.name} is down" for c in self.cameras if not c.up]
+        found = [_down(c) for c in self.cameras if not c.up]
         if self.mqtt == "disconnected":
             found.append(f"MQTT is disconnected ({self.spooled} event(s) spooled)")
         return found
+
+
+def _down(camera: Camera) -> str:
+    if camera.down_since is None or camera.down_reason is None:
+        return f"camera {camera.name} is down"  # not yet read, or no failure since
+    outage = _duration(max(0.0, time.time() - camera.down_since))
+    return f"camera {camera.name} is down for {outage}: {camera.down_reason}"
 
 
 class NotFacewatch(Exception):
@@ -139,6 +148,11 @@ def read_status(request: urllib.request.Request, interval_s: float) -> Status:
     cameras = sorted(
         dict(labels)["camera"] for (name, labels) in after if name == "facewatch_camera_up"
     )
+    down = {  # camera: (since, reason)
+        dict(labels)["camera"]: (since, dict(labels)["reason"])
+        for (name, labels), since in after.items()
+        if name == "facewatch_camera_down_since_seconds"
+    }
     mqtt_key = ("facewatch_mqtt_connected", ())
     return Status(
         url=request.full_url,
@@ -163,6 +177,8 @@ def read_status(request: urllib.request.Request, interval_s: float) -> Status:
                 dropped_fps=rate("facewatch_frames_dropped_total", c),
                 faces_per_s=rate("facewatch_faces_detected_total", c),
                 reconnects=int(value("facewatch_camera_reconnects_total", camera=c)),
+                down_since=down[c][0] if c in down else None,
+                down_reason=down[c][1] if c in down else None,
             )
             for c in cameras
         ],

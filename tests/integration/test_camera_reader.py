@@ -11,6 +11,7 @@ import time
 from functools import partial
 
 import pytest
+from prometheus_client import REGISTRY
 
 from daemon.cameras import READ_TIMEOUT_MS, CameraReader, FrameQueues, open_capture, source_kind
 from daemon.config import CameraConfig
@@ -48,20 +49,39 @@ def test_a_stalled_stream_is_noticed_within_about_10_seconds(tmp_path) -> None:
     under load, a stall took 2 tries, 6.9 s, to show.)"""
     server = RtspServer(tmp_path, {"cam": DEMO_CLIP})
     server.start()
-    queues = FrameQueues(["cam"], 100)
-    reader = CameraReader(CameraConfig(name="cam", url=server.url("cam"), fps=5), queues)
+    queues = FrameQueues(["stall"], 100)
+    reader = CameraReader(CameraConfig(name="stall", url=server.url("cam"), fps=5), queues)
     reader.start()
     try:
         wait_for(lambda: reader.up, 30, "the camera up")
+        assert _down_series("stall") == {}
         server.proc.send_signal(signal.SIGSTOP)  # type: ignore[union-attr]
-        stalled = time.monotonic()
+        stalled, stalled_wall = time.monotonic(), time.time()
         wait_for(lambda: not reader.up, 15, "the stall noticed")
         assert READ_TIMEOUT_MS / 1000 <= time.monotonic() - stalled <= 13
+        # why, and since when, on /metrics (what `facewatch status` shows) while it is down
+        down = wait_for(lambda: _down_series("stall"), 5, "the reason exported")
+        assert list(down) == ["stream ended or stalled"]
+        assert stalled_wall < down["stream ended or stalled"] < time.time()
+        server.proc.send_signal(signal.SIGCONT)  # type: ignore[union-attr]
+        wait_for(lambda: reader.up, 30, "the camera up again")
+        assert _down_series("stall") == {}
     finally:
         server.proc.send_signal(signal.SIGCONT)  # type: ignore[union-attr]
         reader.stop()
         server.stop()
         reader.join(15)
+
+
+def _down_series(camera: str) -> dict[str, float]:
+    """The camera's ``facewatch_camera_down_since_seconds`` samples, by reason."""
+    return {
+        sample.labels["reason"]: sample.value
+        for family in REGISTRY.collect()
+        if family.name == "facewatch_camera_down_since_seconds"
+        for sample in family.samples
+        if sample.labels["camera"] == camera
+    }
 
 
 def test_a_camera_that_cannot_be_opened_is_named_with_the_reason(tmp_path, refused_url) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import stat
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 
 import paho.mqtt.client as paho
@@ -15,6 +16,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from daemon.cli import main
 from tests.conftest import REPO
 from tests.integration.services import (
+    FACEWATCH,
     Daemon,
     Mosquitto,
     RtspServer,
@@ -147,6 +149,20 @@ def test_tls_and_password_end_to_end_with_nothing_secret_logged(
         wait_for(lambda: subscriber.events(), 90, "events over TLS")
         wait_for(lambda: "camera gate: cannot open" in daemon.log(), 30, "the dead camera's log")
         assert daemon.metric("facewatch_mqtt_connected") == 1
+        # why the camera is down reaches /metrics and `facewatch status`, the secret not
+        down = [k for k in daemon.metrics() if k.startswith("facewatch_camera_down_since")]
+        assert len(down) == 1 and 'camera="gate"' in down[0], down
+        assert "rtsp://viewer:***@127.0.0.1:9/none" in down[0], down
+        status = subprocess.run(
+            [str(FACEWATCH), "status", "-c", str(daemon.config_path), "--interval", "0.1"],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert status.returncode == 1, status
+        assert "problem: camera gate is down for " in status.stdout, status.stdout
+        assert "cannot open: rtsp://viewer:***@127.0.0.1:9/none" in status.stdout
+        _assert_no_secret(status.stdout + status.stderr, "facewatch status")
+        with urllib.request.urlopen(f"http://127.0.0.1:{daemon.metrics_port}/metrics") as page:
+            _assert_no_secret(page.read().decode(), "/metrics")
     finally:
         code = daemon.stop()
         rtsp.stop()
