@@ -12,15 +12,17 @@ import sys
 from pathlib import Path
 
 from grafana_foundation_sdk.builders import dashboard as db
-from grafana_foundation_sdk.builders import prometheus, stat, statetimeline, timeseries
+from grafana_foundation_sdk.builders import prometheus, stat, statetimeline, table, timeseries
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models.dashboard import (
     DashboardCursorSync,
     DataSourceRef,
+    DataTransformerConfig,
     VariableOption,
     VariableRefresh,
     VariableSort,
 )
+from grafana_foundation_sdk.models.prometheus import PromQueryFormat
 
 OUTPUT = Path(__file__).with_name("facewatch.json")
 UID = "facewatch-daemon"
@@ -30,7 +32,7 @@ NODE = 'instance=~"$instance"'
 CAM = f'{NODE}, camera=~"$camera"'
 RATE = "[$__rate_interval]"
 
-Panel = timeseries.Panel | stat.Panel | statetimeline.Panel
+Panel = timeseries.Panel | stat.Panel | statetimeline.Panel | table.Panel
 
 
 def query(expr: str, legend: str, ref: str) -> prometheus.Dataquery:
@@ -73,6 +75,23 @@ def process(metric: str) -> str:
     return f"{metric} and on (instance, job) facewatch_build_info{{{NODE}}}"
 
 
+def why_down() -> Panel:
+    """The cameras down now: since when, and why (the daemon's words)."""
+    panel = table.Panel().unit("dateTimeFromNow").height(6).span(12)
+    panel.title("Cameras down: why").datasource(DATASOURCE).description(
+        "Each camera that is down now, since when, and why: the reason the daemon logs "
+        "(facewatch_camera_down_since_seconds). Empty while every camera is up."
+    )
+    panel.with_target(
+        query(f"facewatch_camera_down_since_seconds{{{CAM}}}", "", "A")
+        .instant()
+        .format(PromQueryFormat.TABLE)
+    )
+    hidden = {"Time": True, "__name__": True, "job": True}
+    options = {"excludeByName": hidden, "renameByName": {"Value": "down since"}}
+    return panel.with_transformation(DataTransformerConfig(id_val="organize", options=options))
+
+
 def cameras_row() -> list[Panel]:
     return [
         state(
@@ -80,6 +99,7 @@ def cameras_row() -> list[Panel]:
             "1 while the camera delivers frames (facewatch_camera_up).",
             (f"facewatch_camera_up{{{CAM}}}", "{{camera}}"),
         ),
+        why_down(),
         graph(
             "Reconnects",
             "short",
