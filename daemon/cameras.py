@@ -28,7 +28,7 @@ from daemon import metrics
 from daemon.config import CameraConfig, MotionConfig
 from daemon.config_file import redact_url
 from daemon.motion import MotionDetector
-from daemon.stream_probe import stream_problem
+from daemon.stream_probe import peer_text, stream_problem
 
 logger = logging.getLogger(__name__)
 
@@ -262,8 +262,8 @@ class CameraReader(threading.Thread):
     def _export_down(self, why: str) -> None:
         """``facewatch_camera_down_since_seconds``: one series while the camera is down,
         labelled with the latest reason, valued with the outage's start (``facewatch
-        status`` shows both)."""
-        reason = why if len(why) <= REASON_CHARS else why[: REASON_CHARS - 1] + "…"
+        status`` shows both). The reason names no URL: the camera label says whose it is."""
+        reason = peer_text(why.replace(f"{redact_url(self.config.url)}: ", ""), REASON_CHARS)
         since = self._down[1] if self._down is not None else time.time()
         if self._down is not None and self._down[0] == reason:
             return

@@ -13,6 +13,7 @@ import os
 import re
 from pathlib import Path
 from typing import Any, Literal, get_args
+from urllib.parse import unquote
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -79,6 +80,7 @@ def _credential(name: str, where: str) -> str:
         raise ConfigError(f"{where}: credential {name!r}: cannot read {path}: {exc}") from exc
     if not value:
         raise ConfigError(f"{where}: credential {name!r}: {path} is empty")
+    remember_secret(value)  # whatever it is used for: a credential is a secret
     return value
 
 
@@ -102,9 +104,29 @@ def _key_path(loc: tuple[int | str, ...], raw: Any) -> str:
 # show in part), and the values of query parameters that carry secrets (?user=x&password=y)
 _URL_PASSWORD = re.compile(r"(?<=://)([^/@:\s'\"]*):[^\s'\"]*@")
 _QUERY_SECRET = re.compile(
-    r"(?i)([?&;](?:password|passwd|pass|pwd|pw|token|access_token|api_key|apikey|key|secret|auth"
-    r"|sig|signature)=)[^&;#\s'\"]*"
+    r"(?i)([?&;](?:password|passwd|pass|pwd|pw|psw|loginpas|passcode|token|access_token|api_key"
+    r"|apikey|key|secret|auth|sig|signature)=)[^&;#\s'\"]*"
 )
+# The config's own passwords (camera URLs', the broker's, ${credential:...} values), masked
+# wherever they show: in free text a password holding a quote or a space cannot be told from
+# what follows it. Shorter ones are left to the patterns (they would mask common words).
+_KNOWN_SECRETS: set[str] = set()
+MIN_SECRET_CHARS = 4
+
+
+def remember_secret(value: str) -> None:
+    """Mask ``value`` (and its percent-decoded form) in everything ``redact_url`` shows."""
+    for form in (value, unquote(value)):
+        if len(form) >= MIN_SECRET_CHARS:
+            _KNOWN_SECRETS.add(form)
+
+
+def url_password(url: str) -> str | None:
+    """The password of a URL given alone: from the user's ':' to the authority's last '@'
+    (any character may be in it, as written), or None."""
+    rest = url.partition("://")[2]
+    userinfo = rest.rpartition("@")[0]
+    return userinfo.partition(":")[2] if ":" in userinfo else None
 
 
 def url_host(host: str) -> str:
@@ -115,6 +137,8 @@ def url_host(host: str) -> str:
 def redact_url(text: str) -> str:
     """``text`` with the password of every ``scheme://user:password@host`` in it masked, and
     the values of secret-looking query parameters (``password=``, ``pwd=``, ``token=``...)."""
+    for secret in sorted(_KNOWN_SECRETS, key=len, reverse=True):
+        text = text.replace(secret, "***")
     return _QUERY_SECRET.sub(r"\1***", _URL_PASSWORD.sub(r"\1:***@", text))
 
 
@@ -176,6 +200,7 @@ def parse_config(raw: Any, source: str = "config", secrets: bool = True) -> Conf
         raise ConfigError(f"{source}: expected a mapping of settings, got {type(raw).__name__}")
     missing: list[tuple[str, str]] = []
     raw = _substitute(raw, "", missing, secrets)
+    _remember_secrets(raw)
     lines = [reason for _, reason in missing]  # every one of them, not only the first
     try:
         config = Config.model_validate(raw)
@@ -188,6 +213,19 @@ def parse_config(raw: Any, source: str = "config", secrets: bool = True) -> Conf
     if lines:
         raise ConfigError(f"{source}: invalid configuration\n  " + "\n  ".join(lines))
     return config
+
+
+def _remember_secrets(raw: dict[str, Any]) -> None:
+    """The cameras' URL passwords and the broker's, before anything can show them."""
+    cameras = raw.get("cameras")
+    for camera in cameras if isinstance(cameras, list) else []:
+        url = camera.get("url") if isinstance(camera, dict) else None
+        password = url_password(url) if isinstance(url, str) else None
+        if password:
+            remember_secret(password)
+    mqtt = raw.get("mqtt")
+    if isinstance(mqtt, dict) and isinstance(mqtt.get("password"), str):
+        remember_secret(mqtt["password"])
 
 
 def load_config(path: str | Path, secrets: bool = True) -> Config:

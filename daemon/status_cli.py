@@ -13,6 +13,7 @@ import json
 import math
 import sys
 import time
+import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -22,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from daemon.config import DEFAULT_CONFIG, ConfigError
 from daemon.config_file import load_config, redact_url, url_host
-from daemon.stream_probe import http_request
+from daemon.stream_probe import http_request, open_url, peer_text
 
 NOT_RUNNING = 3
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -116,8 +117,14 @@ def metrics_request(url: str) -> urllib.request.Request:
 
 def scrape(request: urllib.request.Request) -> Samples:
     """Every sample of the page, by name and labels; OSError when nothing answers."""
-    with urllib.request.urlopen(request, timeout=5) as response:
-        text = response.read().decode(errors="replace")
+    try:
+        with open_url(request, 5) as response:
+            text = response.read().decode(errors="replace")
+    except urllib.error.HTTPError as exc:  # not followed: Basic credentials stay here
+        if 300 <= exc.code < 400:
+            where = redact_url(peer_text(exc.headers.get("Location", "?")))
+            raise NotFacewatch(f"it redirects to {where} (give that URL to --url)") from None
+        raise
     try:
         families = list(text_string_to_metric_families(text))
     except ValueError as exc:  # HTML, JSON...: not the Prometheus text format

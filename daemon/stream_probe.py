@@ -18,7 +18,10 @@ import re
 import socket
 import urllib.error
 import urllib.request
+from typing import Any
 from urllib.parse import SplitResult, unquote, urlsplit, urlunsplit
+
+from daemon.config_file import redact_url
 
 TIMEOUT_S = 3.0
 _CHALLENGE = re.compile(r'(\w+)="?([^",]*)"?')
@@ -99,12 +102,35 @@ def http_request(
 WEB_PAGES = ("application/json", "application/xml", "application/xhtml+xml")
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """A redirect is an answer (HTTPError 3xx), not followed: the credentials of a request
+    must not go on to whatever host the peer names."""
+
+    def redirect_request(self, *args: object, **kwargs: object) -> None:
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirect())
+
+
+def open_url(request: urllib.request.Request, timeout_s: float) -> Any:
+    """``urlopen`` that follows no redirect (an HTTPError 3xx instead)."""
+    return _OPENER.open(request, timeout=timeout_s)
+
+
+def peer_text(text: str, limit: int = 100) -> str:
+    """What a peer sent (a reason phrase, a header), fit for a log line, a metric label and a
+    terminal: control characters as '?', at most ``limit`` characters."""
+    shown = "".join(c if c.isprintable() else "?" for c in text)
+    return shown if len(shown) <= limit else shown[: limit - 1] + "…"
+
+
 def _http_problem(parts: SplitResult, netloc: str, timeout_s: float) -> str | None:
     """The answer to one GET of the URL (credentials from it as Basic authentication)."""
     request = http_request(parts, netloc)
     try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as answer:
-            kind = answer.headers.get_content_type()
+        with open_url(request, timeout_s) as answer:
+            kind = peer_text(answer.headers.get_content_type())
             if kind.startswith("text/") or kind in WEB_PAGES:
                 return (
                     f"the camera answers {parts.path or '/'} with a web page ({kind}), not a "
@@ -113,14 +139,20 @@ def _http_problem(parts: SplitResult, netloc: str, timeout_s: float) -> str | No
                 )
             return None
     except urllib.error.HTTPError as exc:
-        return _meaning(exc.code, exc.reason, "HTTP", parts.path or "/", parts.username is not None)
+        if 300 <= exc.code < 400:
+            where = redact_url(peer_text(exc.headers.get("Location", "?")))
+            return (
+                f"the camera redirects {parts.path or '/'} to {where} (HTTP {exc.code}: a login "
+                "page? give the stream's own URL)"
+            )
+        said = peer_text(str(exc.reason))
+        return _meaning(exc.code, said, "HTTP", parts.path or "/", parts.username is not None)
     except urllib.error.URLError as exc:
-        reason = exc.reason
-        if isinstance(reason, OSError):
-            return _unreachable(reason, parts.hostname or "", netloc, timeout_s)
-        return f"{netloc}: {reason}"
+        if isinstance(exc.reason, OSError):
+            return _unreachable(exc.reason, parts.hostname or "", netloc, timeout_s)
+        return f"{netloc}: {peer_text(str(exc.reason))}"
     except (OSError, ValueError) as exc:  # a timeout while reading, a bad answer
-        return f"{netloc}: {exc}"
+        return f"{netloc}: {peer_text(str(exc))}"
 
 
 def _describe(
@@ -145,7 +177,7 @@ def _status(answer: bytes) -> tuple[int, str]:
     status = answer.split(b"\r\n", 1)[0].decode("latin-1").split(" ", 2)
     if len(status) < 2 or not status[0].startswith("RTSP/") or not status[1].isdigit():
         return 0, ""
-    return int(status[1]), (status[2] if len(status) > 2 else "").strip()
+    return int(status[1]), peer_text((status[2] if len(status) > 2 else "").strip())
 
 
 def _authorization(answer: bytes, target: str, user: str, password: str) -> str | None:

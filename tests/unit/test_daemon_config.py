@@ -265,11 +265,41 @@ def test_a_badly_typed_password_is_not_echoed() -> None:
         ),
         ("rtsp://cam/door?usr=admin&PWD=Wr0ng", "rtsp://cam/door?usr=admin&PWD=***"),
         ("rtsp://token@10.0.0.5/stream", "rtsp://token@10.0.0.5/stream"),
+        (
+            "http://cam/v.cgi?loginuse=admin&loginpas=s3cr",
+            "http://cam/v.cgi?loginuse=admin&loginpas=***",
+        ),
+        ("http://cam/snap?psw=s3cr&passcode=1234", "http://cam/snap?psw=***&passcode=***"),
         ("/dev/video0", "/dev/video0"),
     ],
 )
 def test_redact_url_masks_passwords_only(text: str, shown: str) -> None:
     assert redact_url(text) == shown
+
+
+def test_the_configs_own_passwords_are_masked_whatever_they_hold(tmp_path, monkeypatch) -> None:
+    """A password with a quote or a space cannot be told apart from the text after it by a
+    pattern: the config's passwords (in camera URLs, the broker's, credentials) are known and
+    masked wherever they show, also in the error that the config itself gives."""
+    quoted, spaced, credential = "Sup3r'Secret", "pa ss-w0rd", "from-a-f1le"
+    (tmp_path / "cam").write_text(credential + "\n")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
+    with pytest.raises(ConfigError) as error:
+        parse_config(
+            {
+                "cameras": [
+                    {"name": "door", "url": f"rtsp://admin:{quoted}@cam.lan:55x4/s1"},
+                    {"name": "gate", "url": "rtsp://u:${credential:cam}@gate.lan/s1"},
+                ],
+                "mqtt": {"password": spaced},
+            }
+        )
+    assert '(got "rtsp://admin:***@cam.lan:55x4/s1")' in str(error.value), error.value
+    for secret in (quoted, spaced, credential):
+        assert redact_url(f"cannot open: rtsp://u:{secret}@h/x (said [{secret}])") == (
+            "cannot open: rtsp://u:***@h/x (said [***])"
+        )
+    assert redact_url("the cat sat") == "the cat sat"  # what is no password stays
 
 
 def test_yaml_anchors_and_merge_keys_load_and_a_repeated_key_is_refused(tmp_path) -> None:

@@ -581,6 +581,58 @@ def test_what_a_cameras_rtsp_answer_means(answer, credentials, expected) -> None
     assert problem is None if expected is None else expected in problem
 
 
+def test_what_a_camera_says_cannot_forge_log_lines_or_terminal_escapes() -> None:
+    """The reason phrase is the camera's (or a man in the middle's): it goes into the log,
+    a metric label and `facewatch status`, with no line break or escape of its own."""
+    answer = b"RTSP/1.0 404 Not Found\nERROR daemon.mqtt: spool deleted\x1b[31m\r\n\r\n"
+    problem = _from_answer(answer, "/live", False)
+    assert problem is not None and "no stream at /live (RTSP 404 Not Found?ERROR" in problem
+    assert problem.isprintable(), problem
+
+
+def test_a_redirect_is_named_and_the_credentials_do_not_follow_it(capsys) -> None:
+    """An HTTP camera (or a metrics proxy) that redirects elsewhere: the probe and `facewatch
+    status` say where to, and the Basic credentials of the URL never reach that other host."""
+    from daemon.cli import main
+
+    seen: list[str | None] = []
+
+    class Elsewhere(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(self.headers.get("Authorization"))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    other = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Elsewhere)
+    target = f"http://127.0.0.1:{other.server_address[1]}/login"
+
+    class Redirecting(Elsewhere):
+        def do_GET(self) -> None:
+            self.send_response(302)
+            self.send_header("Location", target)
+            self.end_headers()
+
+    camera = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Redirecting)
+    for server in (other, camera):
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    where = f"127.0.0.1:{camera.server_address[1]}"
+    try:
+        problem = stream_problem(f"http://admin:Plain5ecret@{where}/video.mjpg")
+        assert problem == (
+            f"the camera redirects /video.mjpg to {target} (HTTP 302: a login page? give the "
+            "stream's own URL)"
+        )
+        assert main(["status", "--url", f"http://prom:ProxyPass@{where}", "--interval", "0.1"]) == 3
+        assert f"it redirects to {target} (give that URL to --url)" in capsys.readouterr().err
+    finally:
+        camera.shutdown()
+        other.shutdown()
+    assert seen == []
+
+
 @pytest.mark.parametrize(
     ("url", "expected"),
     [
