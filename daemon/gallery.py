@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import logging
+import os
 import sqlite3
 import unicodedata
 from collections.abc import Iterator, Sequence
@@ -34,7 +35,10 @@ from daemon.gallery_file import (
     GalleryError,
     check_writable,
     create_private,
+    hot_journal,
     now_iso,
+    place,
+    roll_back,
     translate,
     write_schema,
 )
@@ -138,12 +142,15 @@ class Gallery:
         if writable:
             check_writable(path)
         uri = f"{path.resolve().as_uri()}?mode={'rw' if writable else 'ro'}"
-        try:
-            conn = sqlite3.connect(uri, uri=True, timeout=lock_timeout_s, isolation_level=None)
-            conn.execute("PRAGMA foreign_keys = ON")
-            gallery = cls(path, conn, writable)
-        except sqlite3.DatabaseError as exc:
-            raise translate(path, exc) from None
+        for attempt in range(2):
+            try:
+                conn = sqlite3.connect(uri, uri=True, timeout=lock_timeout_s, isolation_level=None)
+                conn.execute("PRAGMA foreign_keys = ON")
+                gallery = cls(path, conn, writable)
+                break
+            except sqlite3.DatabaseError as exc:
+                if attempt or not (hot_journal(exc) and roll_back(path, lock_timeout_s)):
+                    raise translate(path, exc) from None
         gallery._check(model_id)
         return gallery
 
@@ -156,21 +163,29 @@ class Gallery:
         threshold: float = DEFAULT_THRESHOLD,
         lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
     ) -> Gallery:
-        """A new, empty gallery file (0600) for embeddings of ``model_id``."""
+        """A new, empty gallery file (0600) for embeddings of ``model_id``. It is made whole
+        beside its place and only then put there: a cut (power, kill) leaves no half gallery."""
         path = Path(path)
         if path.exists():
             raise GalleryError(f"{path}: already exists")
+        scratch = path.with_name(f".{path.name}.new-{os.getpid()}")
         try:
-            create_private(path)
+            scratch.unlink(missing_ok=True)
+            create_private(scratch)
+            conn = sqlite3.connect(scratch, timeout=lock_timeout_s, isolation_level=None)
+            try:
+                write_schema(conn, model_id, embedding_size, threshold)
+            finally:
+                conn.close()
+            place(scratch, path)
+        except sqlite3.DatabaseError as exc:
+            raise translate(path, exc) from None
+        except FileExistsError:
+            raise GalleryError(f"{path}: already exists") from None
         except OSError as exc:
             raise GalleryError(f"{path}: cannot create the gallery: {exc.strerror}") from None
-        try:
-            conn = sqlite3.connect(path, timeout=lock_timeout_s, isolation_level=None)
-            write_schema(conn, model_id, embedding_size, threshold)
-        except sqlite3.DatabaseError as exc:
-            path.unlink(missing_ok=True)
-            raise translate(path, exc) from None
-        conn.close()
+        finally:
+            scratch.unlink(missing_ok=True)
         return cls.open(path, model_id, writable=True, lock_timeout_s=lock_timeout_s)
 
     @classmethod
@@ -182,8 +197,13 @@ class Gallery:
         threshold: float = DEFAULT_THRESHOLD,
         lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
     ) -> Gallery:
-        """The gallery at ``path`` (with its own threshold), or a new one at ``threshold``."""
-        if Path(path).exists():
+        """The gallery at ``path`` (with its own threshold), or a new one at ``threshold``
+        (also in place of an empty file: a creation cut short by an older facewatch)."""
+        path = Path(path)
+        if path.is_file() and path.stat().st_size == 0:
+            logger.warning("%s: an empty file, not a gallery: replaced by a new gallery", path)
+            path.unlink()
+        if path.exists():
             return cls.open(path, model_id, writable=True, lock_timeout_s=lock_timeout_s)
         return cls.create(path, model_id, embedding_size, threshold, lock_timeout_s)
 

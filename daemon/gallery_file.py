@@ -3,11 +3,14 @@ written, and SQLite's errors in words (``daemon.gallery`` is what uses it)."""
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 import stat
 from datetime import datetime, timezone
 from pathlib import Path
+
+logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 META_KEYS = ("schema_version", "model_id", "embedding_size", "threshold")
@@ -64,6 +67,24 @@ def create_private(path: Path) -> None:
     os.chmod(path, 0o600)
 
 
+def place(scratch: Path, path: Path) -> None:
+    """Put the finished file ``scratch`` at ``path``, which must not exist (FileExistsError:
+    another process made it meanwhile), and make the new name durable."""
+    try:
+        os.link(scratch, path)  # never replaces
+    except FileExistsError:
+        raise
+    except OSError:  # a file system without hard links (FAT): a plain rename
+        if path.exists():
+            raise FileExistsError(path) from None
+        os.rename(scratch, path)
+    folder = os.open(path.resolve().parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
+
+
 def write_schema(
     conn: sqlite3.Connection, model_id: str, embedding_size: int, threshold: float
 ) -> None:
@@ -101,7 +122,40 @@ def check_writable(path: Path) -> None:
         )
 
 
+SQLITE_READONLY_ROLLBACK = 776  # a read-only connection met a hot journal
+
+
+def hot_journal(exc: sqlite3.DatabaseError) -> bool:
+    """A write was cut short (a power cut, a kill) and left its journal: only a connection
+    that may write can roll it back, and a read-only one is refused."""
+    return getattr(exc, "sqlite_errorcode", None) == SQLITE_READONLY_ROLLBACK
+
+
+def roll_back(path: Path, lock_timeout_s: float) -> bool:
+    """Roll back the interrupted write of a hot journal (SQLite does it at the first read of
+    a connection that may write); False when this user cannot write there."""
+    if not os.access(path, os.W_OK) or not os.access(path.resolve().parent, os.W_OK | os.X_OK):
+        return False
+    logger.warning("%s: rolling back a write that was cut short (its journal was left)", path)
+    try:
+        conn = sqlite3.connect(
+            f"{path.resolve().as_uri()}?mode=rw", uri=True, timeout=lock_timeout_s
+        )
+        try:
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError:
+        return False  # the first error stands
+    return True
+
+
 def translate(path: Path, exc: sqlite3.DatabaseError) -> GalleryError:
+    if hot_journal(exc):
+        return GalleryError(
+            f"{path}: a write to the gallery was cut short and left {path.name}-journal; "
+            "run `facewatch gallery list` on it once as the file's owner to roll it back"
+        )
     text = str(exc).lower()
     if "locked" in text or "busy" in text:
         return GalleryError(
@@ -113,6 +167,11 @@ def translate(path: Path, exc: sqlite3.DatabaseError) -> GalleryError:
     if "malformed" in text:
         return GalleryError(
             f"{path}: the gallery file is corrupt ({exc}); use a backup or an export"
+        )
+    if "no such table" in text and path.is_file() and path.stat().st_size == 0:
+        return GalleryError(
+            f"{path}: an empty file, not a gallery (an enroll cut short?): delete it, or "
+            "enroll someone (enroll replaces an empty file)"
         )
     if "not a database" in text or "no such table" in text:
         return GalleryError(f"{path}: not a facewatch gallery ({exc})")

@@ -139,6 +139,62 @@ def test_files_are_owner_only(tmp_path) -> None:
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
 
 
+_CUT_WRITE = """
+import os, sys, time
+import numpy as np
+from daemon.gallery import Enrollment, Gallery
+g = Gallery.create(sys.argv[1], sys.argv[2], int(sys.argv[3]))
+g.enroll([Enrollment("ada", np.eye(int(sys.argv[3]), dtype=np.float32)[0], "a1")])
+conn = g._conn  # a large write, its pages spilled into the file: then the power goes
+conn.execute("PRAGMA cache_size=5")
+conn.execute("BEGIN IMMEDIATE")
+for i in range(3000):
+    conn.execute("INSERT INTO identities (name, threshold, created, updated) "
+                 "VALUES (?, NULL, 'x', 'x')", (f"p{i}" * 50,))
+print("cut here", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_write_cut_short_is_rolled_back_and_the_gallery_reads(tmp_path) -> None:
+    """A power cut or kill -9 while a gallery is written leaves its journal 'hot': a reader
+    (the daemon, `gallery list`) was refused as 'read-only' and the daemon did not start.
+    The cut write is rolled back; what was committed before it is all there."""
+    path = tmp_path / "g.sqlite"
+    writer = subprocess.Popen(
+        [sys.executable, "-c", _CUT_WRITE, str(path), MODEL, str(D)],
+        stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parents[2],
+    )  # fmt: skip
+    try:
+        assert writer.stdout is not None and writer.stdout.readline() == "cut here\n"
+    finally:
+        writer.kill()
+        writer.wait()
+    assert (tmp_path / "g.sqlite-journal").stat().st_size > 0  # hot
+    uri = f"{path.as_uri()}?mode=ro"
+    with pytest.raises(sqlite3.OperationalError, match="readonly"):  # what SQLite does alone
+        sqlite3.connect(uri, uri=True).execute("SELECT count(*) FROM identities").fetchone()
+    g = Gallery.open(path, MODEL)
+    assert [i.name for i in g.identities()] == ["ada"]
+    g.close()
+
+
+def test_an_empty_file_in_the_gallerys_place_is_named_and_enroll_replaces_it(tmp_path) -> None:
+    """A gallery's creation cut short (older versions made the file, then its tables) left an
+    empty file that both enroll and the daemon refused as 'not a facewatch gallery'. New
+    galleries are made whole beside their place, then moved there."""
+    path = tmp_path / "g.sqlite"
+    path.touch(mode=0o600)
+    with pytest.raises(GalleryError, match=r"an empty file, not a gallery .*delete it, or enroll"):
+        Gallery.open(path)
+    g = Gallery.open_or_create(path, MODEL, D)
+    assert g.identities() == [] and g.model_id == MODEL
+    g.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.sqlite"]  # no scratch left
+    with pytest.raises(GalleryError, match="already exists"):
+        Gallery.create(path, MODEL, D)
+
+
 def test_not_a_gallery_and_missing_file(tmp_path) -> None:
     junk = tmp_path / "junk.sqlite"
     junk.write_bytes(b"not sqlite at all" * 100)
