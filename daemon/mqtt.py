@@ -318,9 +318,15 @@ class MqttPublisher:
         self._send(pending[0])
 
     def _send(self, message: Message) -> None:
-        payload = message.payload
+        payload, event = message.payload, None
         if message.kind == "event":
-            event = json.loads(payload)
+            try:
+                event = json.loads(payload)
+                if not isinstance(event, dict):
+                    raise TypeError(f"a JSON {type(event).__name__}, not an object")
+            except (ValueError, TypeError) as exc:  # damaged, or of another version
+                self._drop_unreadable(message, exc)
+                return
             event["published_ts"] = round(time.time(), 3)
             payload = json.dumps(event, separators=(",", ":")).encode()
         info = self.client.publish(message.topic, payload, qos=message.qos, retain=message.retain)
@@ -332,12 +338,27 @@ class MqttPublisher:
                 metrics.MQTT_PUBLISHES.labels("ok").inc()  # have it sent again)
                 self.spool.delete(message.row_id)
                 self._acked.discard(message.row_id)
-                if message.kind == "event" and event["type"] != "left":  # left: waits by design
-                    metrics.EVENT_LATENCY.observe(max(0.0, time.time() - event["frame_ts"]))
+                self._observe_latency(event)
                 return
             if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_AGAIN):
                 break  # not sent (no connection, queue full): the spool keeps it for later
         metrics.MQTT_PUBLISHES.labels("failed").inc()
+
+    @staticmethod
+    def _observe_latency(event: dict[str, Any] | None) -> None:
+        captured = None if event is None else event.get("frame_ts")
+        if isinstance(captured, (int, float)) and event and event.get("type") != "left":
+            metrics.EVENT_LATENCY.observe(max(0.0, time.time() - captured))  # left: waits
+
+    def _drop_unreadable(self, message: Message, why: Exception) -> None:
+        """A spooled event that cannot be read would stop every message after it: it goes,
+        counted as dropped, and the log keeps its first bytes."""
+        logger.error(
+            "MQTT: spooled event %d for %s cannot be read (%s): dropped; it began %r",
+            message.row_id, message.topic, why, message.payload[:80],
+        )  # fmt: skip
+        self.spool.delete(message.row_id)
+        metrics.MQTT_PUBLISHES.labels("dropped").inc()
 
 
 def _wait(info: paho.MQTTMessageInfo, timeout_s: float) -> bool:

@@ -6,6 +6,7 @@ one ConfigError for ``run``, and ``prepare_outputs`` creates the folders the out
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 from pathlib import Path
@@ -152,20 +153,34 @@ def _unwritable(path: Path, folder: bool) -> str:
     return ""
 
 
+# what may pass by itself (a full disk, a failing one): exit 1, and systemd starts it again
+WAIT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO})
+
+
+def output_error(what: str, exc: OSError) -> Exception:
+    """An output that cannot be opened at start: an OSError (exit status 1, which systemd
+    restarts) when it may pass by itself, a full or failing disk; a ConfigError (exit 2,
+    which it does not) when someone must change something."""
+    said = f"{what}: {exc.strerror or exc}"
+    if exc.errno in WAIT_ERRNOS:
+        return OSError(
+            f"{said} (systemd starts facewatch again; it runs once the disk can be written)"
+        )
+    return ConfigError(said)
+
+
 def prepare_outputs(config: Config) -> None:
-    """Create the JSON-lines file's folder and the archive's (a ConfigError names the key)."""
+    """Create the JSON-lines file's folder and the archive's (the error names the key)."""
     if config.events.jsonl_file:
         out = Path(config.events.jsonl_file)
         try:
             out.parent.mkdir(parents=True, exist_ok=True)
             out.open("a").close()
         except OSError as exc:
-            raise ConfigError(f"events.jsonl_file: {out}: {exc.strerror or exc}") from None
+            raise output_error(f"events.jsonl_file: {out}", exc) from None
     if config.archive.dir:
         try:
             FaceArchive.prepare(config.archive.dir)
         except OSError as exc:
-            raise ConfigError(
-                f"archive.dir: {config.archive.dir}: cannot create or write the folder: "
-                f"{exc.strerror or exc}"
-            ) from None
+            where = f"archive.dir: {config.archive.dir}: cannot create or write the folder"
+            raise output_error(where, exc) from None

@@ -132,7 +132,7 @@ class Service:
         try:
             self.spool = Spool(cfg.mqtt.spool_dir, cfg.mqtt.spool_max_events)
         except OSError as exc:
-            raise ConfigError(f"mqtt.spool_dir: {exc}") from None
+            raise preflight.output_error("mqtt.spool_dir", exc) from None
         try:
             publisher = MqttPublisher(cfg.mqtt, cfg.node_id, self.spool)
         except (OSError, ValueError) as exc:  # ssl: a CA, certificate or key it cannot use

@@ -12,6 +12,7 @@ from the gallery while the daemon was stopped.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sqlite3
@@ -23,6 +24,36 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 SPOOL_FILE = "mqtt-spool.sqlite"
+SQLITE_IOERR, SQLITE_CORRUPT, SQLITE_FULL, SQLITE_NOTADB = 10, 11, 13, 26
+
+
+def _code(exc: sqlite3.Error) -> int:
+    """SQLite's primary result code of ``exc`` (0 when it has none)."""
+    return int(getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF
+
+
+def _unusable(path: Path, exc: OSError | sqlite3.Error) -> OSError:
+    """Why the spool cannot be opened, as an OSError whose errno says whether waiting may
+    help (a full disk, an I/O error: ENOSPC, EIO) or someone must act (the rest)."""
+    if isinstance(exc, OSError):
+        number, said = exc.errno, exc.strerror or str(exc)
+    else:
+        number = {SQLITE_FULL: errno.ENOSPC, SQLITE_IOERR: errno.EIO}.get(_code(exc))
+        said = str(exc)
+    if number not in (errno.ENOSPC, errno.EIO) and _full(path.parent):
+        number, said = errno.ENOSPC, f"{said} (its disk is full)"  # SQLite: 'cannot open'
+    return OSError(number, f"MQTT spool {path}: cannot open: {said}")
+
+
+def _full(folder: Path) -> bool:
+    """No block or no inode left for a new file in ``folder`` (or the nearest that exists)."""
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        disk = os.statvfs(folder)
+    except OSError:
+        return False
+    return disk.f_bavail == 0 or (disk.f_files > 0 and disk.f_favail == 0)
 
 
 @dataclass(frozen=True)
@@ -41,31 +72,60 @@ class Spool:
         self.max_messages = max_messages
         self.path = self.folder / SPOOL_FILE
         try:
-            self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-            os.chmod(self.folder, 0o700)
-            if not self.path.exists():
-                fd = os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600)
-                os.close(fd)
-            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute(
-                "CREATE TABLE IF NOT EXISTS messages (id INTEGER PRIMARY KEY AUTOINCREMENT, "
-                "topic TEXT NOT NULL, payload BLOB NOT NULL, qos INTEGER NOT NULL, "
-                "retain INTEGER NOT NULL, kind TEXT NOT NULL)"
-            )
-            self._db.execute(
-                "CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
-            )
+            try:
+                self._db, self._count = self._open()
+            except sqlite3.DatabaseError as exc:
+                if _code(exc) not in (SQLITE_CORRUPT, SQLITE_NOTADB):
+                    raise
+                self._set_aside(exc)  # the daemon is worth more than what it held
+                self._db, self._count = self._open()
         except (OSError, sqlite3.Error) as exc:
-            raise OSError(f"MQTT spool {self.path}: cannot open: {exc}") from exc
+            raise _unusable(self.path, exc) from exc
         self._lock = threading.Lock()
         self._dropped, self._next_drop_log = 0, 0.0
-        self._count = self._db.execute("SELECT COUNT(*) FROM messages").fetchone()[0]
         if self._count:
             logger.info(
                 "MQTT spool %s: %d messages from before, sent first", self.path, self._count
             )
+
+    def _open(self) -> tuple[sqlite3.Connection, int]:
+        """The spool's database, made if new, and the number of messages in it."""
+        self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(self.folder, 0o700)
+        if not self.path.exists():
+            fd = os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600)
+            os.close(fd)
+        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS messages (id INTEGER PRIMARY KEY AUTOINCREMENT, "
+                "topic TEXT NOT NULL, payload BLOB NOT NULL, qos INTEGER NOT NULL, "
+                "retain INTEGER NOT NULL, kind TEXT NOT NULL)"
+            )
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
+            )
+            count = int(db.execute("SELECT COUNT(*) FROM messages").fetchone()[0])
+        except BaseException:
+            db.close()
+            raise
+        return db, count
+
+    def _set_aside(self, why: sqlite3.DatabaseError) -> None:
+        """Move a damaged spool (and its WAL) aside, for a new one in its place."""
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        for suffix in ("", "-wal", "-shm"):
+            damaged = Path(f"{self.path}{suffix}")
+            if damaged.exists():
+                damaged.rename(f"{self.path}{suffix}.damaged-{stamp}")
+        logger.error(
+            "MQTT spool %s is damaged (%s): moved aside as %s.damaged-%s; a new spool "
+            "starts, and the events the old one held are not sent (sqlite3 FILE .recover "
+            "reads what is left of them)",
+            self.path, why, self.path.name, stamp,
+        )  # fmt: skip
 
     def __len__(self) -> int:
         return self._count

@@ -381,6 +381,27 @@ def test_a_clean_stop_sends_the_spool_before_going_offline(tmp_path, broker) -> 
     assert last_topic == publisher.status_topic, "offline comes after the spooled messages"
 
 
+def test_an_unreadable_spooled_event_is_dropped_not_a_wall(tmp_path, broker, caplog) -> None:
+    """A spooled event that cannot be read (damaged, or written by another version) was
+    retried once a second for ever, and nothing after it was sent."""
+    subscriber = Subscriber(broker.port, "facewatch/node/events/#")
+    spool = Spool(tmp_path / "spool", 100)
+    publisher = MqttPublisher(MqttConfig(port=broker.port), "node", spool)
+    topic = publisher.event_topic("cam")
+    for payload in (b"[1, 2]", b"\xff not json", b'{"type": "confirmed", "n": 1}'):
+        spool.append(topic, payload, kind="event")
+    publisher.start()
+    try:
+        wait_for(lambda: subscriber.events(), 15, "the readable event")
+        assert [e["n"] for e in subscriber.events()] == [1]
+        wait_for(lambda: len(spool) == 0, 5, "the spool empty")
+    finally:
+        publisher.stop()
+        subscriber.close()
+        spool.close()
+    assert caplog.text.count("cannot be read") == 2, caplog.text
+
+
 def test_broker_killed_again_and_again_during_a_backlog_loses_nothing(tmp_path, broker) -> None:
     """The broker dies (SIGKILL) and comes back every second while a backlog drains: a
     message handed to paho as the connection drops must not end the sending thread (it once

@@ -122,6 +122,32 @@ def test_spool_is_bounded_fifo_and_survives_reopening(tmp_path) -> None:
     assert oct(again.folder.stat().st_mode & 0o777) == "0o700"
 
 
+@pytest.mark.parametrize("damage", ["pages", "whole"])
+def test_a_damaged_spool_is_set_aside_and_a_new_one_starts(tmp_path, caplog, damage) -> None:
+    """An SD card's bad block in the spool stopped the daemon at every start (a traceback,
+    restarted every 5 s; or 'not a database', not restarted). What it held is worth less
+    than the daemon: it is moved aside, named in the log, and a new spool starts."""
+    spool = Spool(tmp_path / "spool")
+    for k in range(300):
+        spool.append("t", bytes(3000) + str(k).encode())
+    spool.close()
+    path = tmp_path / "spool" / "mqtt-spool.sqlite"
+    data = bytearray(path.read_bytes())
+    if damage == "pages":  # four pages in the middle of the messages
+        middle = len(data) // 2 // 4096 * 4096
+        data[middle : middle + 4 * 4096] = b"\xa5" * (4 * 4096)
+    else:
+        data[:] = b"\xa5" * len(data)
+    path.write_bytes(bytes(data))
+    again = Spool(tmp_path / "spool")
+    assert len(again) == 0
+    again.append("t", b"new")
+    assert [m.payload for m in again.peek(5)] == [b"new"]
+    aside = [p.name for p in (tmp_path / "spool").iterdir() if ".damaged-" in p.name]
+    assert aside and all(p.startswith("mqtt-spool.sqlite") for p in aside), aside
+    assert "is damaged" in caplog.text and "moved aside" in caplog.text
+
+
 def test_a_frame_dropped_from_a_full_queue_passes_its_motion_on() -> None:
     """Someone walks in and stops while the pipeline is behind: the frames that moved are
     dropped, the still ones after them must still be searched."""
