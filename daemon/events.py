@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
 import sqlite3
 import sys
@@ -152,6 +153,26 @@ class RetainedState(Protocol):
     def set_person(self, name: str, state: dict[str, Any]) -> None: ...
 
 
+def open_jsonl(path: Path) -> TextIO:
+    """The JSON-lines file, for appending. Made owner-only (0600, new folders 0700): it says
+    who was where and when. A last line cut short (a power cut mid-write) is ended first,
+    so it does not swallow the next event."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        size = os.fstat(fd).st_size
+        if size:
+            with path.open("rb") as existing:
+                existing.seek(size - 1)
+                torn = existing.read(1) != b"\n"
+            if torn:
+                os.write(fd, b"\n")
+    except OSError:
+        os.close(fd)
+        raise
+    return os.fdopen(fd, "a", encoding="utf-8")
+
+
 class EventSinks:
     """Fan-out of events. Thread-safe; the scheduler thread is the only caller in practice."""
 
@@ -171,9 +192,7 @@ class EventSinks:
         self._stdout: TextIO | None = sys.stdout if stdout else None
         self._file: TextIO | None = None
         if jsonl_file:
-            path = Path(jsonl_file)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = path.open("a", encoding="utf-8")
+            self._file = open_jsonl(Path(jsonl_file))
         self._lock = threading.Lock()
         self._failing: set[str] = set()  # outputs whose failure was logged, until they recover
 

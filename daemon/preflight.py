@@ -14,6 +14,7 @@ from pathlib import Path
 from daemon.archive import FaceArchive
 from daemon.cameras import check_file_source
 from daemon.config import Config, ConfigError
+from daemon.events import open_jsonl
 from engines.base import EngineError
 from engines.loader import default_facenet
 
@@ -174,8 +175,7 @@ def prepare_outputs(config: Config) -> None:
     if config.events.jsonl_file:
         out = Path(config.events.jsonl_file)
         try:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.open("a").close()
+            open_jsonl(out).close()
         except OSError as exc:
             raise output_error(f"events.jsonl_file: {out}", exc) from None
     if config.archive.dir:

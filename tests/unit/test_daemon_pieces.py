@@ -8,6 +8,7 @@ import json
 import os
 import re
 import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -814,6 +815,31 @@ def test_an_event_output_that_fails_loses_its_copy_and_the_daemon_goes_on(tmp_pa
     sinks.emit(dict(event, event_id="e3", seq=3))
     assert failures("spool") == before + 1
     assert json.loads(good.read_text().splitlines()[-1])["event_id"] == "e3"
+
+
+def test_the_events_file_is_owner_only_and_a_line_cut_short_swallows_no_event(tmp_path) -> None:
+    """It says who was where and when: 0600 in a new 0700 folder whatever the umask (the
+    spool and the gallery are). A power cut mid-line left `{"event_id":"b","se`, and the
+    next event was glued to it: no JSON-lines reader saw it."""
+    old_umask = os.umask(0o022)
+    try:
+        path = tmp_path / "notes" / "events.jsonl"
+        sinks = EventSinks(jsonl_file=str(path))
+        event = {"camera": "door", "type": "confirmed", "event_id": "a", "seq": 1}
+        sinks.emit(event)
+        sinks.close()
+    finally:
+        os.umask(old_umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    with path.open("a") as out:
+        out.write('{"event_id":"b","se')  # the power goes
+    sinks = EventSinks(jsonl_file=str(path))
+    sinks.emit(dict(event, event_id="c", seq=3))
+    sinks.close()
+    lines = path.read_text().splitlines()
+    assert lines[1] == '{"event_id":"b","se'
+    assert [json.loads(lines[k])["event_id"] for k in (0, 2)] == ["a", "c"]
 
 
 @pytest.mark.parametrize("step_s", [-3600.0, 30.0])
