@@ -438,9 +438,20 @@ class TlsConfig(Section):
     insecure: bool = _field(False, "skip the host name check (testing only)")
 
 
-def _no_wildcards(topic: str) -> str:
+def _topic_root(topic: str) -> str:
+    """A topic that others go under (a trailing / dropped): no wildcard, no empty level, and
+    not one of the broker's own ($SYS...), where brokers drop what clients publish."""
     if any(c in topic for c in "+#\0"):
         raise ValueError("MQTT topics cannot hold the wildcards + and # (or NUL)")
+    topic = topic.rstrip("/")
+    if not topic:
+        raise ValueError("expected a topic such as facewatch or home/facewatch")
+    if topic.startswith("$") and not topic.startswith("${"):  # (an unresolved reference)
+        raise ValueError(
+            "topics that start with $ are the broker's own: it drops what is sent there"
+        )
+    if "//" in topic:
+        raise ValueError("an empty topic level (//)")
     return topic
 
 
@@ -457,13 +468,7 @@ class HomeAssistantConfig(Section):
         True, "an occupancy sensor per enrolled person (off: none, e.g. for a large gallery)"
     )
 
-    @field_validator("discovery_prefix")
-    @classmethod
-    def _topic_root(cls, prefix: str) -> str:
-        prefix = _no_wildcards(prefix).rstrip("/")
-        if not prefix:
-            raise ValueError("expected a topic such as homeassistant")
-        return prefix
+    _topic = field_validator("discovery_prefix")(_topic_root)
 
 
 class MqttConfig(Section):
@@ -476,7 +481,7 @@ class MqttConfig(Section):
     topic_prefix: str = _field("facewatch", "every topic starts with PREFIX/NODE_ID/", min_length=1)
     keepalive_s: int = _field(30, "MQTT keepalive", ge=5, le=3600)
 
-    _topic = field_validator("topic_prefix")(_no_wildcards)
+    _topic = field_validator("topic_prefix")(_topic_root)
 
     spool_dir: str = _field(
         "spool", "events wait here while the broker is away; relative to the config"

@@ -55,6 +55,36 @@ def problems(config: Config) -> list[str]:
     ]
 
 
+def warnings(config: Config) -> list[str]:
+    """What weakens the daemon's security without stopping it, each as "key: what and why"
+    (``run`` logs them, ``validate-config`` prints them)."""
+    found = []
+    mqtt = config.mqtt
+    if mqtt.enabled and mqtt.tls is not None and mqtt.tls.insecure:
+        found.append(
+            "mqtt.tls.insecure: true: the broker's certificate is not checked against its "
+            "host name, so any certificate a trusted CA signed passes: whoever holds one can "
+            "pose as the broker and receive the password and the events (for tests only)"
+        )
+    if mqtt.enabled and mqtt.tls is None and mqtt.password and not _loopback(mqtt.host):
+        found.append(
+            f"mqtt.password: sent in the clear to {mqtt.host}, with every event: the "
+            "broker is reached over plain TCP (set mqtt.tls, port 8883)"
+        )
+    for k, camera in enumerate(config.cameras):
+        if camera.enabled and camera.url.split("://")[0].lower() in ("https", "rtsps"):
+            found.append(
+                f"cameras[{k}] ({camera.name}).url: the camera's TLS certificate is not checked "
+                "(OpenCV's FFmpeg does not), so its password could go to an impostor on the "
+                "network: keep cameras on a network of their own"
+            )
+    return found
+
+
+def _loopback(host: str) -> bool:
+    return host == "localhost" or host.startswith("127.") or host in ("::1", "[::1]")
+
+
 def check(config: Config) -> None:
     """A ConfigError listing ``problems(config)``, when there are any."""
     found = problems(config)

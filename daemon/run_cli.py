@@ -77,7 +77,7 @@ def _validate(args: argparse.Namespace) -> int:
     if args.file is None:
         print("error: give the configuration file to check (or --schema)", file=sys.stderr)
         return 2
-    from daemon.preflight import problems  # reads the camera files with OpenCV
+    from daemon.preflight import problems, warnings  # reads the camera files with OpenCV
 
     try:
         config = load_config(args.file, secrets=not args.settings_only)
@@ -92,6 +92,8 @@ def _validate(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    for warning in warnings(config):
+        print(f"warning: {warning}", file=sys.stderr)
     enabled = sum(c.enabled for c in config.cameras)
     what = "settings valid (files not checked)" if args.settings_only else "valid"
     print(f"{args.file}: {what} ({enabled} of {len(config.cameras)} cameras enabled)")

@@ -178,6 +178,8 @@ class Service:
         cfg = self.config
         self._install_signals()  # now: a SIGHUP or SIGTERM while the engines load is no kill
         preflight.check(cfg)
+        for warning in preflight.warnings(cfg):
+            logger.warning(warning)
         preflight.prepare_outputs(cfg)
         cameras = [c for c in cfg.cameras if c.enabled]
         metrics.init([c.name for c in cameras], cfg.engines.backend, "", mqtt=cfg.mqtt.enabled)

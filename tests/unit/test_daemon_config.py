@@ -372,6 +372,45 @@ def test_every_problem_of_a_file_is_listed_at_once(tmp_path, monkeypatch, capsys
     assert "cameras[0] (a).url: unknown scheme" not in err, "the unset variable says it all"
 
 
+def test_weakened_security_is_said_out_loud(tmp_path, capsys) -> None:
+    """An insecure broker certificate check, a password over plain TCP to another host, a
+    camera over TLS whose certificate nobody checks: valid, and each named."""
+    from daemon.cli import main
+
+    path = tmp_path / "weak.yaml"
+    base = (
+        "cameras:\n"
+        "  - {name: door, url: 'rtsps://u:p4ss@10.0.0.5/s'}\n"
+        "  - {name: yard, url: 'rtsp://10.0.0.6/s'}\n"
+    )
+    path.write_text(base + "mqtt: {host: broker.lan, password: s3cret-pw, tls: {insecure: true}}\n")
+    assert main(["validate-config", "--settings-only", str(path)]) == 0
+    err = capsys.readouterr().err
+    assert "warning: mqtt.tls.insecure: true: the broker's certificate is not checked" in err
+    assert "warning: cameras[0] (door).url: the camera's TLS certificate is not checked" in err
+    assert "(yard)" not in err and "s3cret-pw" not in err
+    path.write_text(base + "mqtt: {host: broker.lan, password: s3cret-pw}\n")
+    assert main(["validate-config", "--settings-only", str(path)]) == 0
+    assert "warning: mqtt.password: sent in the clear to broker.lan" in capsys.readouterr().err
+    path.write_text("cameras: [{name: yard, url: 'rtsp://h/s'}]\nmqtt: {password: s3cret-pw}\n")
+    assert main(["validate-config", "--settings-only", str(path)]) == 0
+    assert "warning" not in capsys.readouterr().err  # to 127.0.0.1: the same machine
+
+
+@pytest.mark.parametrize(
+    ("prefix", "why"),
+    [("$SYS/facewatch", "the broker's own"), ("home//facewatch", "an empty topic level"),
+     ("a/+/b", "wildcards")],
+)  # fmt: skip
+def test_a_topic_prefix_the_broker_would_drop_or_mangle_is_refused(prefix, why) -> None:
+    for key in ("topic_prefix", "home_assistant"):
+        mqtt = {key: prefix} if key == "topic_prefix" else {key: {"discovery_prefix": prefix}}
+        with pytest.raises(ConfigError, match=why):
+            parse_config({"cameras": [CAMERA], "mqtt": mqtt})
+    config = parse_config({"cameras": [CAMERA], "mqtt": {"topic_prefix": "/home/facewatch/"}})
+    assert config.mqtt.topic_prefix == "/home/facewatch"  # a leading / is a topic too
+
+
 def test_validate_config_checks_what_run_checks_before_it_starts(
     tmp_path, capsys, shared_data
 ) -> None:
