@@ -505,6 +505,11 @@ class MetricsConfig(Section):
     enabled: bool = _field(True, "serve Prometheus metrics")
     address: str = _field("127.0.0.1", "listen address (0.0.0.0 exposes it to the network)")
     port: int = _field(9708, "listen port", ge=1, le=65535)
+    identities: bool = _field(
+        True,
+        "name enrolled people in facewatch_recognitions_total (who was seen, when: personal "
+        "data, kept by Prometheus); false: 'known' and 'unknown' only",
+    )
 
 
 class EventsConfig(Section):

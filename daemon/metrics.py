@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import platform
+from collections.abc import Iterable
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram, Info, start_http_server
 
@@ -80,7 +81,8 @@ FACES_IGNORED = Counter(
 FACES_EMBEDDED = Counter("facewatch_faces_embedded_total", "faces run through FaceNet", ["camera"])
 RECOGNITIONS = Counter(
     "facewatch_recognitions_total",
-    "recognised faces by identity ('unknown' for faces matching nobody)",
+    "recognised faces by identity ('unknown' for faces matching nobody; 'known' for everyone "
+    "else with metrics.identities off)",
     ["camera", "identity"],
 )
 EVENTS = Counter("facewatch_events_total", "identity events emitted", ["camera", "type"])
@@ -169,3 +171,10 @@ def serve(address: str, port: int) -> None:
     except OSError as exc:
         raise OSError(f"metrics: cannot listen on {address}:{port}: {exc.strerror or exc}") from exc
     logger.info("metrics on http://%s:%d/metrics", url_host(address), port)
+
+
+def forget_identity(name: str, cameras: Iterable[str]) -> None:
+    """Remove a person's series (removed from the gallery: no longer named here)."""
+    for camera in cameras:
+        with contextlib.suppress(KeyError):  # never seen by that camera
+            RECOGNITIONS.remove(camera, name)

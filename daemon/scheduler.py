@@ -223,7 +223,8 @@ class Pipeline:
             identity, distance = (None, float("inf"))
             if matches is not None:
                 identity, distance = matches[k].identity, matches[k].distance
-            metrics.RECOGNITIONS.labels(camera, identity or "unknown").inc()
+            named = "known" if identity and not self.config.metrics.identities else identity
+            metrics.RECOGNITIONS.labels(camera, named or "unknown").inc()
             self.trackers[camera].record(face.track, identity, distance)
 
     def _emit_due(self, frames: list[Frame], faces: list[_Face]) -> None:
@@ -315,6 +316,10 @@ class Pipeline:
         if fresh is not None:
             people = "person" if len(names) == 1 else "people"
             logger.info("gallery %s: %d %s", fresh.path, len(names), people)
+        for gone in self._enrolled - set(names):  # off /metrics too (once scraped, the
+            metrics.forget_identity(
+                gone, self.trackers
+            )  # past stays in Prometheus until its retention)
         self._enrolled = set(names)
         self.sinks.people({n: person_json(n, self._cameras_seeing(n)) for n in names})
 

@@ -178,16 +178,18 @@ def test_the_shipped_model_names_the_performer_and_nobody_in_the_audience(
     their one reference photo each, the gallery's own threshold (from the model's sidecar).
     On the demo clip the daemon names Lin-Manuel Miranda; the audience of the last cut (5
     people, none enrolled, at distances of 0.2 and more) stays unknown all along; no track
-    is renamed from one person to the other."""
+    is renamed from one person to the other. With metrics.identities off, /metrics counts
+    them as 'known', naming nobody."""
     gallery = tmp_path / "gallery.sqlite"
     for person in ("alex-lacamoire", "lin-manuel-miranda"):
         enroll(shipped_model, gallery, person)
     cameras = [{"name": "clip", "url": str(CLIP), "fps": 5}]
     recognition = {"model": str(shipped_model), "gallery": str(gallery)}
     subscriber = Subscriber(broker.port, "facewatch/test/events/#")
-    daemon = Daemon(
-        tmp_path, daemon_settings(cameras, broker.port, tmp_path, recognition=recognition)
+    settings = daemon_settings(
+        cameras, broker.port, tmp_path, recognition=recognition, metrics={"identities": False}
     )
+    daemon = Daemon(tmp_path, settings)
 
     def strangers() -> set[int]:  # tracks confirmed as nobody, far from both enrolled
         return {
@@ -206,9 +208,14 @@ def test_the_shipped_model_names_the_performer_and_nobody_in_the_audience(
             90,
             "the clip's tracks",
         )
+        counted = [k for k in daemon.metrics() if k.startswith("facewatch_recognitions_total")]
     finally:
         assert daemon.stop() == 0, daemon.log()[-3000:]
         subscriber.close()
+    assert sorted(counted) == [
+        'facewatch_recognitions_total{camera="clip",identity="known"}',
+        'facewatch_recognitions_total{camera="clip",identity="unknown"}',
+    ]
     events = subscriber.events()
     named = [e for e in events if e["identity"] == "lin-manuel-miranda"]
     assert named, f"Lin-Manuel Miranda was not named: {events}"

@@ -120,6 +120,8 @@ def test_home_assistant_sees_who_is_in_view_and_keeps_the_entities_across_its_re
         wait_for(lambda: _state(subscriber, _discovered(subscriber)[alex]) == "ON", 30, "alex on")
         alex_topic = _discovered(subscriber)[alex]["state_topic"]
         assert json.loads(subscriber.last(alex_topic) or b"{}")["cameras"] == ["clip"]
+        alex_seen = 'facewatch_recognitions_total{camera="clip",identity="alex-lacamoire"}'
+        assert daemon.metric(alex_seen) > 0
         enroll(test_model, gallery, "lin-manuel-miranda")
         assert main(["gallery", "remove", "alex-lacamoire", "--gallery", str(gallery)]) == 0
         daemon.proc.send_signal(signal.SIGHUP)  # type: ignore[union-attr]
@@ -128,6 +130,7 @@ def test_home_assistant_sees_who_is_in_view_and_keeps_the_entities_across_its_re
         assert subscriber.last(alex_topic) == b"", "and so is the removed one's state"
         # threshold 4 and one person enrolled: every face is lin-manuel-miranda now
         wait_for(lambda: _state(subscriber, _discovered(subscriber)[lin]) == "ON", 60, "lin on")
+        assert alex_seen not in daemon.metrics(), "the removed person is off /metrics too"
 
         # Home Assistant restarts on a broker that lost its retained messages: it says
         # online on its birth topic, and the daemon sends the configs again
