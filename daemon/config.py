@@ -25,11 +25,10 @@ from pydantic import (
 
 from engines.boxes import polygon_area, polygon_crosses_itself
 from engines.build import PlanRequest
-from engines.loader import CPU_BACKENDS
+from engines.loader import CPU_BACKENDS, data_root, default_models_dir
 from engines.plan_cache import default_cache_dir
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_CONFIG = REPO_ROOT / "configs" / "default.yaml"
+DEFAULT_CONFIG = data_root() / "configs" / "default.yaml"
 WARM_UP_HW = (240, 320)  # the frame the daemon warms its engines up with
 STREAM_SCHEMES = frozenset(
     {"rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "udp", "tcp", "srt", "file"}
@@ -325,7 +324,7 @@ class EnginesConfig(Section):
         "picks bf16, unless tensorrt or torch)",
     )
     threads: int = _field(0, "CPU threads for inference (0 = all cores)", ge=0, le=256)
-    mtcnn_dir: str = _field(str(REPO_ROOT / "models" / "mtcnn"), "folder with pnet/rnet/onet.onnx")
+    mtcnn_dir: str = _field(str(default_models_dir() / "mtcnn"), "folder with pnet/rnet/onet.onnx")
     torch_device: str | None = _field(
         None,
         "torch backend: cuda, cuda:N or cpu (default: $FACEWATCH_TORCH_DEVICE, else cuda "

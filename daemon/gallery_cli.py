@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from daemon.config import ConfigError, RecognitionConfig
+from daemon.config import Config, ConfigError, RecognitionConfig
 from daemon.config_file import load_config
 from daemon.gallery import Gallery, GalleryError, shown_threshold
 from daemon.recognition import DEFAULT_TARGET_FAR, calibrate
@@ -37,12 +37,18 @@ def default_gallery_path() -> Path:
     return Path(data_home) / "facewatch" / "gallery.sqlite"
 
 
-def daemon_recognition(args: argparse.Namespace) -> RecognitionConfig | None:
-    """The ``recognition`` settings of the daemon config given with --config (paths resolved
-    against it), or None; ConfigError for a config that cannot be used."""
+def daemon_config(args: argparse.Namespace) -> Config | None:
+    """The daemon config given with --config (paths resolved against it), or None;
+    ConfigError for a config that cannot be used."""
     if getattr(args, "config", None) is None:
         return None
-    return load_config(args.config, secrets=False).recognition
+    return load_config(args.config, secrets=False)
+
+
+def daemon_recognition(args: argparse.Namespace) -> RecognitionConfig | None:
+    """The ``recognition`` settings of the daemon config given with --config, or None."""
+    config = daemon_config(args)
+    return None if config is None else config.recognition
 
 
 def gallery_path(args: argparse.Namespace) -> Path:

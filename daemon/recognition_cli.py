@@ -120,7 +120,8 @@ def load_models(args: argparse.Namespace) -> Models:
     if args.threads < 0:
         raise EngineError("--threads must be >= 0")
     model, flip = args.model, args.flip
-    recognition = gallery_cli.daemon_recognition(args)  # --config: the daemon's model
+    config = gallery_cli.daemon_config(args)  # --config: the daemon's models
+    recognition = None if config is None else config.recognition
     if recognition is not None:
         if model is not None or (flip and not recognition.flip):
             raise EngineError(
@@ -140,7 +141,8 @@ def load_models(args: argparse.Namespace) -> Models:
     facenet = load_facenet(
         path, backend=args.backend, threads=threads, flip=flip, precision=args.precision
     )
-    detector = MTCNN.load(default_models_dir() / "mtcnn", threads=threads)
+    mtcnn_dir = Path(config.engines.mtcnn_dir) if config else default_models_dir() / "mtcnn"
+    detector = MTCNN.load(mtcnn_dir, threads=threads)
     return Models(detector, facenet)
 
 

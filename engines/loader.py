@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import site
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,10 +17,24 @@ BACKENDS = ("onnxruntime", "opencv", "openvino", "tensorrt", "torch")
 CPU_BACKENDS = ("onnxruntime", "opencv", "openvino")  # the others run on a GPU when there is one
 
 
+def data_root() -> Path:
+    """Where the shipped models/ and configs/ are: the checkout this package runs from (the
+    README's editable install), else share/facewatch of the environment a wheel was
+    installed into (``pip install .`` puts them there: pyproject's data-files)."""
+    here = Path(__file__).resolve()
+    checkout = here.parents[1]
+    # PREFIX/lib/pythonX.Y/site-packages/engines/loader.py: the PREFIX it was installed into
+    installed = [*here.parents[4:5], Path(sys.prefix), Path(site.getuserbase())]
+    for root in [checkout, *(prefix / "share" / "facewatch" for prefix in installed)]:
+        if (root / "models" / "mtcnn").is_dir():
+            return root
+    return checkout
+
+
 def default_models_dir() -> Path:
-    """$FACEWATCH_MODELS, else the repository's models/ folder (beside this package)."""
+    """$FACEWATCH_MODELS, else the shipped models/ folder (``data_root``)."""
     env = os.environ.get("FACEWATCH_MODELS")
-    return Path(env) if env else Path(__file__).resolve().parent.parent / "models"
+    return Path(env) if env else data_root() / "models"
 
 
 def default_facenet() -> Path:
