@@ -27,6 +27,12 @@ class OpenCVEngine(SpecsFromLoad):
         path = Path(model_path)
         if not path.is_file():
             raise EngineError(f"{path}: model file not found")
+        if int(cv2.__version__.split(".")[0]) < 5:  # 4.x reads R-Net's Gemm wrongly
+            raise EngineError(
+                f"the opencv backend needs OpenCV 5 (this is {cv2.__version__}, whose DNN "
+                "misreads MTCNN's ONNX): pip install 'opencv-python-headless>=5', or use "
+                "the openvino or onnxruntime backend"
+            )
         meta = ModelMetadata.load(path)
         if not meta.outputs:
             raise EngineError(

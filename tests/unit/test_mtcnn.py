@@ -135,6 +135,16 @@ def test_backends_agree(shared_data, backend):
     assert_same_faces(ort, other, min_iou=0.98, max_point_px=1.0)
 
 
+def test_the_opencv_backend_on_opencv_4_says_what_to_install(monkeypatch):
+    """OpenCV 4.x's DNN misreads R-Net's Gemm (a shape error at the first face): one
+    sentence at load instead. (Simulated: this environment has OpenCV 5.)"""
+    from engines.base import EngineError
+
+    monkeypatch.setattr(cv2, "__version__", "4.13.0")
+    with pytest.raises(EngineError, match=r"needs OpenCV 5 \(this is 4\.13\.0.*openvino"):
+        load_engine(MODELS / "mtcnn" / "rnet.onnx", backend="opencv")
+
+
 def test_openvino_engine_names_the_model_in_errors(tmp_path):
     from engines.base import EngineError
     from engines.loader import load_engine
