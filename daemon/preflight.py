@@ -43,6 +43,17 @@ def resolve_model(config: Config) -> Path | None:
     return path
 
 
+def recognition_summary(config: Config) -> str:
+    """Who the daemon would name, in a few words: the model it runs, or why none."""
+    model = config.recognition.model
+    if model is None:
+        return "detection only (recognition.model: null)"
+    path = default_facenet() if model == "auto" else Path(model)
+    if not path.is_file():  # (`auto`: only; a named one missing is a problem)
+        return f"detection only: no FaceNet model at {path} (recognition.model: auto)"
+    return f"recognition with {path}"
+
+
 def problems(config: Config) -> list[str]:
     """Everything in the files and cameras ``config`` names that would stop the daemon at
     its start, each as "key: what is wrong"; nothing is created."""

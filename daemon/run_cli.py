@@ -77,7 +77,7 @@ def _validate(args: argparse.Namespace) -> int:
     if args.file is None:
         print("error: give the configuration file to check (or --schema)", file=sys.stderr)
         return 2
-    from daemon.preflight import problems, warnings  # reads the camera files with OpenCV
+    from daemon.preflight import problems, recognition_summary, warnings  # (OpenCV: slow)
 
     try:
         config = load_config(args.file, secrets=not args.settings_only)
@@ -96,7 +96,8 @@ def _validate(args: argparse.Namespace) -> int:
         print(f"warning: {warning}", file=sys.stderr)
     enabled = sum(c.enabled for c in config.cameras)
     what = "settings valid (files not checked)" if args.settings_only else "valid"
-    print(f"{args.file}: {what} ({enabled} of {len(config.cameras)} cameras enabled)")
+    model = "" if args.settings_only else f"; {recognition_summary(config)}"
+    print(f"{args.file}: {what} ({enabled} of {len(config.cameras)} cameras enabled{model})")
     return 0
 
 

@@ -19,15 +19,18 @@ from typing import Any
 import numpy as np
 
 from engines.base import EngineError, SpecsFromLoad, TensorSpec
+from engines.loader import install_hint
 from engines.plan_cache import GpuInfo
 
 logger = logging.getLogger(__name__)
 
-INSTALL_HINT = (
-    "install TensorRT 10 and cuda-python: `pip install cuda-python` and "
-    "`pip install --extra-index-url https://pypi.nvidia.com tensorrt` "
-    "(or `pip install 'facewatch[tensorrt]'` with that index); on a Jetson they come with JetPack"
-)
+
+def install_hint_trt() -> str:
+    return (
+        f"install TensorRT 10 and cuda-python: `{install_hint('tensorrt')} --extra-index-url "
+        "https://pypi.nvidia.com` (NVIDIA's index has TensorRT); on a Jetson TensorRT comes "
+        "with JetPack (then `pip install cuda-python`)"
+    )
 
 
 def import_tensorrt() -> Any:
@@ -36,7 +39,7 @@ def import_tensorrt() -> Any:
         import tensorrt as trt
     except ImportError as exc:
         raise EngineError(
-            f"the tensorrt backend needs the TensorRT Python package: {INSTALL_HINT}"
+            f"the tensorrt backend needs the TensorRT Python package: {install_hint_trt()}"
         ) from exc
     major = int(str(trt.__version__).split(".")[0])
     if major < 10:
@@ -53,7 +56,7 @@ def import_cudart() -> Any:
             return importlib.import_module(module)
         except ImportError:
             continue
-    raise EngineError(f"the tensorrt backend needs cuda-python: {INSTALL_HINT}")
+    raise EngineError(f"the tensorrt backend needs cuda-python: {install_hint_trt()}")
 
 
 def cuda_check(cudart: Any, result: Any, what: str) -> Any:

@@ -47,9 +47,9 @@ def import_torch() -> Any:
     try:
         import torch
     except ImportError as exc:
-        raise EngineError(
-            "the torch backend needs PyTorch: pip install torch (or 'facewatch[train]')"
-        ) from exc
+        from engines.loader import install_hint
+
+        raise EngineError(f"the torch backend needs PyTorch: {install_hint('train')}") from exc
     return torch
 
 

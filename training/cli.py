@@ -10,6 +10,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from engines.loader import install_hint
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_PARITY_IMAGES = ("obama.jpg", "two_people.jpg", "multiface.jpg")
@@ -79,7 +81,7 @@ def _needs_extras(func: Callable[[argparse.Namespace], int]) -> Callable[[argpar
                 raise
             print(
                 f"facewatch train {args.train_command}: needs the training extras, which are "
-                f"not installed (no module {exc.name!r}): pip install -e '.[train]'",
+                f"not installed (no module {exc.name!r}): {install_hint('train')}",
                 file=sys.stderr,
             )
             return 2

@@ -485,7 +485,11 @@ BLOCK = "import sys; sys.modules.update({m: None for m in %r}); "
             "load_engine('models/mtcnn/pnet.onnx', 'tensorrt')",
             "TensorRT Python package",
         ),
-        (["tensorrt"], "TensorRTEngine('x.plan')", "pypi.nvidia.com tensorrt"),
+        (
+            ["tensorrt"],
+            "TensorRTEngine('x.plan')",
+            "[tensorrt]' --extra-index-url https://pypi.nvidia.com",
+        ),
         (["tensorrt"], "build_engine('models/mtcnn/rnet.onnx', BuildOptions())", "TensorRT"),
         (
             ["cuda", "cuda.bindings", "cuda.bindings.runtime", "cuda.cudart"],

@@ -8,6 +8,7 @@ import pytest
 
 from daemon.config import DEFAULT_CONFIG, WARM_UP_HW, ConfigError, plan_request
 from daemon.config_file import load_config, parse_config, redact_url, schema_lines
+from tests.conftest import MODELS
 
 CAMERA = {"name": "door", "url": "rtsp://cam/stream"}
 
@@ -459,7 +460,14 @@ def test_validate_config_checks_what_run_checks_before_it_starts(
     settings["archive"] = {"dir": str(tmp_path / "new" / "faces")}
     path.write_text(json.dumps(settings))
     assert main(["validate-config", str(path)]) == 0
-    assert "valid (1 of 1 cameras enabled)" in capsys.readouterr().out
+    shipped = MODELS / "facenet" / "facenet.onnx"  # recognition.model: auto
+    assert f"valid (1 of 1 cameras enabled; recognition with {shipped})" in (
+        capsys.readouterr().out
+    )
+    settings["recognition"] = {"model": None}
+    path.write_text(json.dumps(settings))
+    assert main(["validate-config", str(path)]) == 0
+    assert "enabled; detection only (recognition.model: null))" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("name", ["default.yaml", "rtsp-example.yaml", "jetson-example.yaml"])
