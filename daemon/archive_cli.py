@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon.archive_files import VISIT_FILE, archive_level, is_visit_folder
-from daemon.config import DEFAULT_CONFIG, ConfigError
+from daemon.config import DEFAULT_CONFIG, SERVICE_CONFIG, ConfigError, running_config
 from daemon.config_file import load_config
 from daemon.gallery import lookup_name
 
@@ -34,8 +34,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     where.add_argument(
         "--config",
         type=Path,
-        default=DEFAULT_CONFIG,
-        help="the daemon's config, for its archive.dir (default: %(default)s)",
+        default=None,
+        help="the daemon's config, for its archive.dir (default: $FACEWATCH_CONFIG, else "
+        f"{SERVICE_CONFIG} when there is one, else the demo's {DEFAULT_CONFIG})",
     )
     where.add_argument("--dir", type=Path, help="the archive folder itself")
     listing.add_argument("--camera", help="only this camera's visits")
@@ -134,6 +135,7 @@ def run_list(args: argparse.Namespace) -> int:
     root, which = args.dir, None
     if root is None:
         try:
+            args.config = args.config or running_config()
             archive = load_config(args.config, secrets=False).archive
         except ConfigError as exc:
             print(f"error: {exc}", file=sys.stderr)

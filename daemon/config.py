@@ -8,6 +8,7 @@ relative paths) is ``daemon.config_file``'s.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -29,6 +30,18 @@ from engines.loader import CPU_BACKENDS, data_root, default_models_dir
 from engines.plan_cache import default_cache_dir
 
 DEFAULT_CONFIG = data_root() / "configs" / "default.yaml"
+SERVICE_CONFIG = Path("/etc/facewatch/facewatch.yaml")  # the systemd unit's
+
+
+def running_config() -> Path:
+    """The config of the daemon that `status` and `archive` look at by default:
+    $FACEWATCH_CONFIG, else the service's when this machine has one, else the demo's."""
+    env = os.environ.get("FACEWATCH_CONFIG")
+    if env:
+        return Path(env)
+    return SERVICE_CONFIG if SERVICE_CONFIG.is_file() else DEFAULT_CONFIG
+
+
 WARM_UP_HW = (240, 320)  # the frame the daemon warms its engines up with
 STREAM_SCHEMES = frozenset(
     {"rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "udp", "tcp", "srt", "file"}

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from daemon.config import DEFAULT_CONFIG, ConfigError
+from daemon.config import DEFAULT_CONFIG, SERVICE_CONFIG, ConfigError, running_config
 from daemon.config_file import load_config, redact_url, url_host
 from daemon.stream_probe import http_request, open_url, peer_text
 
@@ -43,7 +43,8 @@ def register(commands: Any) -> None:
     status.add_argument(
         "--config",
         "-c",
-        help=f"the daemon's YAML file, for where it serves metrics (default: {DEFAULT_CONFIG})",
+        help="the daemon's YAML file, for where it serves metrics (default: $FACEWATCH_CONFIG, "
+        f"else {SERVICE_CONFIG} when there is one, else the demo's {DEFAULT_CONFIG})",
     )
     status.add_argument(
         "--url",
@@ -240,7 +241,7 @@ def _status(args: argparse.Namespace) -> int:
         print(f"error: --interval {args.interval}: from above 0 to 3600 seconds", file=sys.stderr)
         return 2
     try:
-        request = metrics_request(args.url or metrics_url(args.config or str(DEFAULT_CONFIG)))
+        request = metrics_request(args.url or metrics_url(args.config or str(running_config())))
     except (ConfigError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

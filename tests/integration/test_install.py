@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from daemon import __version__
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
 
-SOURCES = ["pyproject.toml", "README.md", "daemon", "engines", "training", "models", "configs",
+SOURCES = ["pyproject.toml", "README.md", "LICENSE", "daemon", "engines", "training", "models", "configs",
            "systemd"]  # fmt: skip
 
 
@@ -33,6 +34,7 @@ def test_a_wheel_install_finds_its_models_and_configs(tmp_path, shared_data) -> 
     subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", str(source), "-w",
                     str(tmp_path / "dist")], check=True, capture_output=True)  # fmt: skip
     wheel = next((tmp_path / "dist").glob("facewatch-*.whl"))
+    assert wheel.name.startswith(f"facewatch-{__version__}-"), "one version, the package's"
     prefix = tmp_path / "prefix"  # as into a venv or /usr/local: PREFIX/lib/..., PREFIX/share
     subprocess.run([*pip, "install", "--no-deps", "--no-index", "--prefix", str(prefix),
                     str(wheel)], check=True, capture_output=True)  # fmt: skip

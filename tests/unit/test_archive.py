@@ -400,11 +400,14 @@ def test_archive_list_shows_the_visits_asked_for(tmp_path, clip_faces, capsys) -
     assert visit["track_id"] == 2 and Path(visit["folder"]).is_dir()
 
 
-def test_archive_list_says_when_the_config_has_no_archive(tmp_path, capsys) -> None:
+def test_archive_list_says_when_the_config_has_no_archive(tmp_path, capsys, monkeypatch) -> None:
     config = tmp_path / "facewatch.yaml"
     config.write_text(json.dumps({"cameras": [{"name": "door", "url": str(CLIP)}]}))
     assert main(["archive", "list", "--config", str(config)]) == 2
     assert "archive.dir is not set" in capsys.readouterr().err
+    monkeypatch.setenv("FACEWATCH_CONFIG", str(config))  # the running daemon's, by default
+    assert main(["archive", "list"]) == 2
+    assert f"error: {config}: archive.dir is not set" in capsys.readouterr().err
     config.write_text(json.dumps({"cameras": [{"name": "door", "url": str(CLIP)}],
                                   "archive": {"dir": "faces"}}))  # fmt: skip
     assert main(["archive", "list", "--config", str(config)]) == 0
