@@ -185,8 +185,12 @@ class EventSinks:
         state: RetainedState | None = None,
         stdout: bool = False,
         jsonl_file: str | None = None,
+        direct: Callable[[str, bytes], bool] | None = None,
     ) -> None:
+        """``direct(topic, payload)``: sends a message at once, without the spool (False
+        when it cannot): what reaches the broker while the spool's disk refuses them."""
         self.spool, self.topic_for, self.snapshot_topic_for = spool, topic_for, snapshot_topic_for
+        self.direct = direct
         self.on_spooled = on_spooled or (lambda: None)
         self.state = state
         self._stdout: TextIO | None = sys.stdout if stdout else None
@@ -202,7 +206,9 @@ class EventSinks:
         metrics.EVENTS.labels(event["camera"], event["type"]).inc()
         with self._lock:
             if self.spool is not None and self.topic_for is not None:
-                self._guarded("spool", self._spool, self.spool, self.topic_for, event, snapshot)
+                spool, topic_for = self.spool, self.topic_for
+                if not self._guarded("spool", self._spool, spool, topic_for, event, snapshot):
+                    self._send_direct(topic_for(event["camera"]), event, snapshot)
             streams = [
                 (n, s)
                 for n, s in (("stdout", self._stdout), ("jsonl_file", self._file))
@@ -233,18 +239,33 @@ class EventSinks:
         metrics.SPOOL_EVENTS.set(len(spool))
         self.on_spooled()
 
-    def _guarded(self, name: str, write: Callable[..., None], *args: Any) -> None:
+    def _send_direct(self, topic: str, event: dict[str, Any], snapshot: bytes | None) -> None:
+        """The spool refused the event (its disk full or failing): straight to the broker
+        while connected, not kept if the connection drops too."""
+        if self.direct is None:
+            return
+        stamped = dict(event, published_ts=round(time.time(), 3))
+        sent = self.direct(topic, json.dumps(stamped, separators=(",", ":")).encode())
+        if sent and snapshot and self.snapshot_topic_for is not None:
+            self.direct(self.snapshot_topic_for(event["camera"], event["event_id"]), snapshot)
+
+    def _guarded(self, name: str, write: Callable[..., None], *args: Any) -> bool:
+        """``write(*args)``; False (counted, logged once per outage) when it failed."""
         try:
             write(*args)
         except (OSError, sqlite3.Error) as exc:
             metrics.EVENT_OUTPUT_FAILURES.labels(name).inc()
             if name not in self._failing:  # once per outage
                 self._failing.add(name)
-                logger.error("events: %s cannot take them (%s): they are lost there", name, exc)
-            return
+                then = "they are lost there"
+                if name == "spool" and self.direct is not None:
+                    then = "sent to the broker without it while connected (lost if not)"
+                logger.error("events: %s cannot take them (%s): %s", name, exc, then)
+            return False
         if name in self._failing:
             self._failing.discard(name)
             logger.warning("events: %s takes them again", name)
+        return True
 
     def in_view(self, camera: str, state: dict[str, Any]) -> None:
         """Who ``camera`` sees now (``in_view_json``), after its events changed it."""

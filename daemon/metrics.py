@@ -97,7 +97,8 @@ MQTT_CONNECTED = Gauge(  # exported only by a daemon that uses MQTT (init)
 )
 MQTT_PUBLISHES = Counter(
     "facewatch_mqtt_publishes_total",
-    "MQTT publications by outcome: ok, failed (retried), dropped (spool full)",
+    "MQTT publications by outcome: ok, failed (retried), dropped (spool full), direct (sent "
+    "without the spool, whose disk refused them)",
     ["outcome"],
 )
 SPOOL_EVENTS = Gauge("facewatch_mqtt_spool_events", "events waiting in the on-disk spool")
@@ -124,7 +125,7 @@ ARCHIVE_PRUNED = Counter(
     ["reason"],
 )
 
-for _outcome in ("ok", "failed", "dropped"):
+for _outcome in ("ok", "failed", "dropped", "direct"):
     MQTT_PUBLISHES.labels(_outcome)
 for _reason in ("behind", "error", "internal"):
     ARCHIVE_FAILURES.labels(_reason)

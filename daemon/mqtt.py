@@ -153,6 +153,15 @@ class MqttPublisher:
         """New messages are in the spool."""
         self._wake.set()
 
+    def send_now(self, topic: str, payload: bytes) -> bool:
+        """Publish without the spool (it could not take the message): QoS 1, which paho
+        resends until acknowledged while this connection lasts. False when not connected."""
+        if not self.connected.is_set():
+            return False
+        sent = self.client.publish(topic, payload, qos=1).rc == paho.MQTT_ERR_SUCCESS
+        metrics.MQTT_PUBLISHES.labels("direct" if sent else "failed").inc()
+        return sent
+
     def set_camera_status(self, camera: str, up: bool) -> None:
         """Retained camera status; republished on every (re)connection."""
         self._cameras.add(camera)

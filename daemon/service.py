@@ -144,6 +144,7 @@ class Service:
             topic_for=publisher.event_topic,
             snapshot_topic_for=publisher.snapshot_topic,
             on_spooled=publisher.notify,
+            direct=publisher.send_now,
             state=publisher,
             stdout=cfg.events.stdout,
             jsonl_file=cfg.events.jsonl_file,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import subprocess
 
 import pytest
 
@@ -33,3 +34,20 @@ def _stop_leftover_processes():
     yield
     for process in list(Process.running):
         process.stop()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 512 kB tmpfs with 64 inodes (``fill`` fills it); skipped where mounting is refused."""
+    where = tmp_path / "disk"
+    where.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=512k,nr_inodes=64", "tmpfs", str(where)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    if done.returncode:
+        pytest.skip(f"a small disk is a tmpfs, and mounting one needs root: {done.stderr.strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)

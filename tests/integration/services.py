@@ -356,3 +356,14 @@ class Prometheus(Process):
                 return False
 
         wait_for(ready, 30, "Prometheus to be ready", every_s=0.3)
+
+
+def fill(disk: Path) -> None:
+    """Every block and every inode of ``disk`` taken."""
+    with contextlib.suppress(OSError), (disk / "filler").open("wb") as out:
+        while True:
+            out.write(bytes(4096))
+            out.flush()
+    with contextlib.suppress(OSError):
+        for k in range(1000):
+            (disk / f"inode-{k}").touch()

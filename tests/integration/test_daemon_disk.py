@@ -5,48 +5,24 @@ does not restart: the daemon would stay down after the space is freed."""
 
 from __future__ import annotations
 
-import contextlib
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 import yaml
+from prometheus_client import REGISTRY
 
+from daemon.config import MqttConfig
+from daemon.events import EventSinks
+from daemon.mqtt import MqttPublisher
 from daemon.spool import Spool
 from tests.conftest import REPO
-from tests.integration.services import FACEWATCH, daemon_settings
+from tests.integration.services import FACEWATCH, Subscriber, daemon_settings, fill, wait_for
 
 pytestmark = pytest.mark.slow
 
 CLIP = REPO / "configs" / "demo" / "hamilton_360p.mp4"
-
-
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 512 kB tmpfs with 64 inodes (``fill`` fills it); skipped where mounting is refused."""
-    where = tmp_path / "disk"
-    where.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=512k,nr_inodes=64", "tmpfs", str(where)],
-        capture_output=True, text=True,
-    )  # fmt: skip
-    if done.returncode:
-        pytest.skip(f"a small disk is a tmpfs, and mounting one needs root: {done.stderr.strip()}")
-    try:
-        yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], check=False)
-
-
-def fill(disk: Path) -> None:
-    """Every block and every inode of ``disk`` taken."""
-    with contextlib.suppress(OSError), (disk / "filler").open("wb") as out:
-        while True:
-            out.write(bytes(4096))
-            out.flush()
-    with contextlib.suppress(OSError):
-        for k in range(1000):
-            (disk / f"inode-{k}").touch()
 
 
 def run_daemon(tmp_path: Path, **sections: object) -> subprocess.CompletedProcess[str]:
@@ -82,3 +58,39 @@ def test_a_full_disk_at_start_exits_1_for_systemd_to_retry_and_then_runs(
         tmp_path, mqtt={"spool_dir": str(spool_dir)}, archive={"dir": str(small_disk / "archive")}
     )
     assert freed.returncode == 0, freed.stderr[-2000:]
+
+
+def test_events_reach_the_broker_while_the_spools_disk_is_full(
+    tmp_path, broker, small_disk, caplog
+) -> None:
+    """Home Assistant's automations went silent when the disk filled, the broker connected
+    all along: events reach MQTT only through the spool. They now go straight to the broker
+    while the spool cannot take them."""
+    subscriber = Subscriber(broker.port, "facewatch/node/events/#")
+    spool = Spool(small_disk / "spool", 1000)
+    publisher = MqttPublisher(MqttConfig(port=broker.port), "node", spool)
+    sinks = EventSinks(
+        spool=spool, topic_for=publisher.event_topic, on_spooled=publisher.notify,
+        direct=publisher.send_now,
+    )  # fmt: skip
+    before = REGISTRY.get_sample_value(
+        "facewatch_event_output_failures_total", {"output": "spool"}
+    ) or 0.0  # fmt: skip
+    publisher.start()
+    try:
+        wait_for(publisher.connected.is_set, 30, "the publisher connected")
+        fill(small_disk)
+        for k in range(60):
+            sinks.emit({"camera": "cam", "type": "confirmed", "event_id": f"e{k}", "seq": k,
+                        "frame_ts": time.time(), "payload": "x" * 2000})  # fmt: skip
+        wait_for(lambda: len(subscriber.events()) >= 60, 20, "every event")
+    finally:
+        publisher.stop()
+        subscriber.close()
+        spool.close()
+    assert sorted(e["seq"] for e in subscriber.events()) == list(range(60))
+    refused = (REGISTRY.get_sample_value(
+        "facewatch_event_output_failures_total", {"output": "spool"}
+    ) or 0.0) - before  # fmt: skip
+    assert refused > 0, "the disk took them all: nothing was tested"
+    assert "sent to the broker without it while connected" in caplog.text

@@ -36,8 +36,10 @@ def test_a_wheel_install_finds_its_models_and_configs(tmp_path, shared_data) -> 
     wheel = next((tmp_path / "dist").glob("facewatch-*.whl"))
     assert wheel.name.startswith(f"facewatch-{__version__}-"), "one version, the package's"
     prefix = tmp_path / "prefix"  # as into a venv or /usr/local: PREFIX/lib/..., PREFIX/share
-    subprocess.run([*pip, "install", "--no-deps", "--no-index", "--prefix", str(prefix),
-                    str(wheel)], check=True, capture_output=True)  # fmt: skip
+    # --ignore-installed: else pip uninstalls the facewatch of the environment running it
+    subprocess.run([*pip, "install", "--no-deps", "--no-index", "--ignore-installed",
+                    "--prefix", str(prefix), str(wheel)], check=True, capture_output=True)  # fmt: skip
+    assert (Path(sys.executable).parent / "facewatch").exists(), "the running one is intact"
     purelib = sysconfig.get_path("purelib", vars={"base": str(prefix), "platbase": str(prefix)})
     share = prefix / "share" / "facewatch"
     assert (share / "models" / "mtcnn" / "pnet.onnx").is_file()
