@@ -195,18 +195,20 @@ def _unwritable(path: Path, folder: bool) -> str:
     return ""
 
 
-# what may pass by itself (a full disk, a failing one): exit 1, and systemd starts it again
-WAIT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO})
+# what may pass by itself (a full disk, a failing one, another daemon that will stop): exit 1,
+# and systemd starts it again
+WAIT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EBUSY})
 
 
 def output_error(what: str, exc: OSError) -> Exception:
     """An output that cannot be opened at start: an OSError (exit status 1, which systemd
-    restarts) when it may pass by itself, a full or failing disk; a ConfigError (exit 2,
-    which it does not) when someone must change something."""
+    restarts) when it may pass by itself, a full or failing disk, a spool in use; a
+    ConfigError (exit 2, which it does not) when someone must change something."""
     said = f"{what}: {exc.strerror or exc}"
     if exc.errno in WAIT_ERRNOS:
+        until = "the other has stopped" if exc.errno == errno.EBUSY else "the disk can be written"
         return OSError(
-            f"{said} (systemd starts facewatch again; it runs once the disk can be written)"
+            f"{said} (exit status 1: systemd starts facewatch again; it runs once {until})"
         )
     return ConfigError(said)
 

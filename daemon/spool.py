@@ -13,6 +13,7 @@ from the gallery while the daemon was stopped.
 from __future__ import annotations
 
 import errno
+import fcntl
 import logging
 import os
 import sqlite3
@@ -72,6 +73,10 @@ class Spool:
         self.max_messages = max_messages
         self.path = self.folder / SPOOL_FILE
         try:
+            self._lock_file = self._claim()
+        except OSError as exc:
+            raise _unusable(self.path, exc) from exc
+        try:
             try:
                 self._db, self._count = self._open()
             except sqlite3.DatabaseError as exc:
@@ -80,6 +85,7 @@ class Spool:
                 self._set_aside(exc)  # the daemon is worth more than what it held
                 self._db, self._count = self._open()
         except (OSError, sqlite3.Error) as exc:
+            os.close(self._lock_file)
             raise _unusable(self.path, exc) from exc
         self._lock = threading.Lock()
         self._dropped, self._next_drop_log = 0, 0.0
@@ -87,6 +93,23 @@ class Spool:
             logger.info(
                 "MQTT spool %s: %d messages from before, sent first", self.path, self._count
             )
+
+    def _claim(self) -> int:
+        """An exclusive lock on the folder's ``lock`` file, held while the spool is open: a
+        second daemon on the same spool would send every message twice."""
+        self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(self.folder / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise OSError(
+                errno.EBUSY, f"in use by another facewatch (pid {holder}) with the same spool_dir"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        return fd
 
     def _open(self) -> tuple[sqlite3.Connection, int]:
         """The spool's database, made if new, and the number of messages in it."""
@@ -186,3 +209,6 @@ class Spool:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+            if self._lock_file >= 0:
+                os.close(self._lock_file)  # (the lock goes with it)
+                self._lock_file = -1

@@ -218,12 +218,14 @@ def test_people_removed_while_the_daemon_was_stopped_are_deleted_at_the_next_sta
     ada_config, zoe_config = _person_config("Ada"), _person_config("Zoë")
 
     def run(people: list[str]) -> None:  # a start, as the service makes it, and a stop
-        publisher = MqttPublisher(config.mqtt, "test", Spool(tmp_path / "spool", 100))
+        spool = Spool(tmp_path / "spool", 100)
+        publisher = MqttPublisher(config.mqtt, "test", spool)
         publisher.people_announcements = partial(home_assistant.people_messages, config, publisher)
         publisher.set_people({name: person_json(name, []) for name in people})
         publisher.start()
         wait_for(lambda: subscriber.last("facewatch/test/status") == b"online", 30, "online")
         publisher.stop()
+        spool.close()
         wait_for(lambda: subscriber.last("facewatch/test/status") == b"offline", 10, "offline")
 
     try:

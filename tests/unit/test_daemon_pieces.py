@@ -123,6 +123,25 @@ def test_spool_is_bounded_fifo_and_survives_reopening(tmp_path) -> None:
     assert oct(again.folder.stat().st_mode & 0o777) == "0o700"
 
 
+def test_a_spool_in_use_by_another_daemon_is_refused(tmp_path) -> None:
+    """Two daemons on one spool (a manual `facewatch run` beside the service, metrics off)
+    would send every message twice: the second is refused, for now (exit status 1)."""
+    import errno
+
+    from daemon.preflight import output_error
+
+    first = Spool(tmp_path / "spool")
+    with pytest.raises(
+        OSError, match=rf"in use by another facewatch \(pid {os.getpid()}\)"
+    ) as error:
+        Spool(tmp_path / "spool")
+    assert error.value.errno == errno.EBUSY
+    refused = output_error("mqtt.spool_dir", error.value)
+    assert type(refused) is OSError and "once the other has stopped" in str(refused)
+    first.close()
+    Spool(tmp_path / "spool").close()  # free again
+
+
 @pytest.mark.parametrize("damage", ["pages", "whole"])
 def test_a_damaged_spool_is_set_aside_and_a_new_one_starts(tmp_path, caplog, damage) -> None:
     """An SD card's bad block in the spool stopped the daemon at every start (a traceback,

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import re
 import tempfile
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -33,7 +32,7 @@ _SPOOLS = tempfile.TemporaryDirectory(prefix="facewatch-ha-test-")
 
 def topics(node: str = "garage") -> MqttPublisher:
     """The daemon's own topic names: a publisher that never connects."""
-    return MqttPublisher(MqttConfig(), node, Spool(Path(_SPOOLS.name) / node, 10))
+    return MqttPublisher(MqttConfig(), node, Spool(tempfile.mkdtemp(dir=_SPOOLS.name), 10))
 
 
 def configs(snapshots: bool = False, **mqtt: Any) -> dict[str, Any]:
