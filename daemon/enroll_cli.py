@@ -171,15 +171,23 @@ def archived_face(path: Path) -> np.ndarray | None:
 
 @functools.lru_cache(maxsize=64)
 def _visit_images(folder: Path) -> dict[str, list[float]]:
-    """file -> face_xyxy of a face archive visit's images; {} for any other folder."""
+    """file -> face_xyxy of a face archive visit's images; {} for any other folder (and for
+    a visit whose visit.json cannot be read: said once)."""
+    about = folder / VISIT_FILE
+    if not about.exists():
+        return {}
     try:
-        about = json.loads((folder / VISIT_FILE).read_text(encoding="utf-8"))
         return {
             str(image["file"]): [float(v) for v in image["face_xyxy"]]
-            for image in about["images"]
+            for image in json.loads(about.read_text(encoding="utf-8"))["images"]
             if len(image.get("face_xyxy", ())) == 4
         }
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        print(
+            f"warning: {about} cannot be read ({type(exc).__name__}: {exc}): its images are "
+            "taken as any photo is (one face each), not at the face it says",
+            file=sys.stderr,
+        )
         return {}
 
 

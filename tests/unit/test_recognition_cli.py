@@ -389,6 +389,20 @@ def test_a_face_archive_visit_enrolls_its_own_face_not_the_neighbours(
         assert code == 2 and "folder of the face archive" in err, folder
 
 
+def test_a_visit_whose_visit_json_cannot_be_read_is_said_not_silently_guessed(
+    cli, images, detector, tmp_path
+) -> None:
+    """A visit.json cut short (a power cut): enroll took some face of the picture with no
+    word. It says so, and goes on as for any photo (one face, else refused)."""
+    frame = cv2.imread(str(images["two"]))
+    found = detector.detect([frame])[0]
+    visit = _archived_visit(tmp_path, images["two"], found.bbox_xyxy[0])
+    (visit / "visit.json").write_text('{"images": [{"file": "fa')
+    code, _, err = cli("enroll", "--name", "Small", str(visit))
+    assert f"warning: {visit / 'visit.json'} cannot be read (JSONDecodeError" in err, err
+    assert code != 0 and "faces found, expected exactly one" in err, err
+
+
 def test_an_archived_face_just_under_the_detectors_thresholds_is_found_again(
     test_model, detector, images, tmp_path
 ) -> None:
