@@ -15,18 +15,15 @@ import math
 import os
 import sys
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
-import numpy as np
-
+from daemon import gallery_export
 from daemon.config import Config, ConfigError, RecognitionConfig
 from daemon.config_file import load_config
 from daemon.gallery import Gallery, GalleryError, shown_threshold
 from daemon.recognition import DEFAULT_TARGET_FAR, calibrate
 
 logger = logging.getLogger(__name__)
-
-EXPORT_FORMATS = (".json", ".npz")
 
 
 def default_gallery_path() -> Path:
@@ -79,7 +76,8 @@ def add_gallery_option(p: argparse.ArgumentParser) -> None:
 
 def register(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser(
-        "gallery", help="list, remove, rename, set thresholds, export, calibrate enrolled people"
+        "gallery",
+        help="list, remove, rename, set thresholds, export, import, calibrate enrolled people",
     )
     sub = p.add_subparsers(dest="gallery_command", metavar="ACTION", required=True)
     actions = {
@@ -88,6 +86,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         "rename": ("rename a person", _rename),
         "threshold": ("set one person's match threshold, or the gallery default", _threshold),
         "export": ("write every embedding to FILE (.json or .npz, by its suffix)", _export),
+        "import": ("add the people of an export to the gallery (a backup, another box)", _import),
         "calibrate": ("choose the match threshold from the enrolled people", _calibrate),
     }
     descriptions = {
@@ -96,6 +95,10 @@ def register(commands: argparse._SubParsersAction) -> None:
         "again; --default VALUE sets the gallery default (what `gallery calibrate` chooses).",
         "export": "Write every enrolled embedding, with names, thresholds and the model id, to "
         "FILE (owner-only: these are biometric data). An existing FILE is kept unless --force.",
+        "import": "Add every person and embedding of FILE (a `gallery export`, .json or .npz) "
+        "to the gallery, with their own thresholds; a new gallery takes the export's model and "
+        "default threshold. The gallery's model must be the export's. Faces already there are "
+        "not added twice; a photo enrolled as another person refuses the whole import.",
         "calibrate": "Choose the gallery's default match threshold from the enrolled people "
         "themselves: each enrolled face in turn is matched against all the others (leave one "
         "out), its distance to the nearest face of another person is an impostor trial, to "
@@ -124,6 +127,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     threshold.add_argument("--default", action="store_true", help="set the gallery default")
     parsers["export"].add_argument("file", type=Path, help="output: FILE.json or FILE.npz")
     parsers["export"].add_argument("--force", action="store_true", help="replace FILE if it exists")
+    parsers["import"].add_argument(
+        "file", type=Path, help="a gallery export: FILE.json or FILE.npz"
+    )
     calib = parsers["calibrate"]
     calib.add_argument(
         "--target-far",
@@ -257,100 +263,28 @@ def _float(text: str) -> float:
 
 
 def _export(args: argparse.Namespace) -> int:
-    suffix = args.file.suffix.lower()
-    if suffix not in EXPORT_FORMATS:
-        raise GalleryError(
-            f"{args.file}: say the format by the suffix: .json (readable) or .npz (numpy arrays)"
-        )
-    _check_export_path(args.file, gallery_path(args), args.force)
-    with Gallery.open(gallery_path(args)) as gallery:
-        header = {
-            "model_id": gallery.model_id,
-            "embedding_size": gallery.embedding_size,
-            "threshold": gallery.threshold,
-            "distance": "squared euclidean on L2-normalised embeddings",
-        }
-        rows = Rows(header, gallery.identities(), *gallery.embeddings())
-    # biometric data: owner-only, written aside and moved into place (never half a file)
-    part = args.file.with_name(f".{args.file.name}.{os.getpid()}.part")
-    try:
-        fd = os.open(part, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-    except OSError as exc:
-        raise GalleryError(f"{args.file}: cannot write the export: {exc.strerror}") from None
-    try:
-        _write_export(fd, suffix, rows)
-        os.replace(part, args.file)
-    finally:
-        part.unlink(missing_ok=True)
-    print(
-        f"exported {len(rows.people)} person(s), {len(rows.vectors)} embedding(s) to {args.file} "
-        f"({suffix[1:]})"
-    )
+    people, vectors = gallery_export.write(gallery_path(args), args.file, args.force)
+    print(f"exported {people} person(s), {vectors} embedding(s) to {args.file}")
     return 0
 
 
-def _check_export_path(target: Path, gallery: Path, force: bool) -> None:
-    if target.is_dir():
-        raise GalleryError(f"{target}: a folder; name the export file (FILE.json or FILE.npz)")
-    if target.exists() and gallery.exists() and target.samefile(gallery):
-        raise GalleryError(f"{target}: that is the gallery itself; export to another file")
-    if target.exists() and not force:
-        raise GalleryError(f"{target}: already exists; pass --force to replace it")
-    if not target.parent.is_dir():
-        raise GalleryError(f"{target}: no folder {target.parent}")
-
-
-class Rows(NamedTuple):
-    """What an export holds: the gallery's header, its people, and per embedding the
-    vector, its person, source image hash and time."""
-
-    header: dict[str, Any]
-    people: list[Any]
-    vectors: np.ndarray
-    owners: list[str]
-    sources: list[str]
-    created: list[str]
-
-
-def _write_export(fd: int, suffix: str, rows: Rows) -> None:
-    people = rows.people
-    with os.fdopen(fd, "wb") as handle:
-        if suffix == ".npz":
-            np.savez(
-                handle,
-                vectors=rows.vectors,
-                names=np.array(rows.owners, dtype=str),
-                source_sha256=np.array(rows.sources, dtype=str),
-                created=np.array(rows.created, dtype=str),
-                identity_names=np.array([p.name for p in people], dtype=str),
-                identity_thresholds=np.array(
-                    [np.nan if p.threshold is None else p.threshold for p in people], np.float32
-                ),
-                header=np.array(json.dumps(rows.header)),
-            )
-        else:
-            handle.write(json.dumps(_export_json(rows)).encode())
-
-
-def _export_json(rows: Rows) -> dict[str, Any]:
-    people, header = rows.people, rows.header
-    by_name: dict[str, list[dict[str, Any]]] = {p.name: [] for p in people}
-    zipped = zip(rows.vectors, rows.owners, rows.sources, rows.created, strict=True)
-    for vector, owner, source, when in zipped:
-        by_name[owner].append(
-            {"vector": [float(v) for v in vector], "source_sha256": source, "created": when}
-        )
-    identities = [
-        {
-            "name": p.name,
-            "threshold": p.threshold,
-            "created": p.created,
-            "updated": p.updated,
-            "embeddings": by_name[p.name],
-        }
-        for p in people
-    ]
-    return {"format": "facewatch-gallery", "version": 1, **header, "identities": identities}
+def _import(args: argparse.Namespace) -> int:
+    export = gallery_export.read(args.file)
+    path = gallery_path(args)
+    new = not path.exists()
+    with Gallery.open_or_create(
+        path, export.model_id, export.embedding_size, export.threshold
+    ) as g:
+        added = g.enroll(export.faces)
+        for name, threshold in export.thresholds.items():
+            g.set_threshold(name, threshold)
+    names = {face.name for face in export.faces}
+    print(
+        f"imported {added} new embedding(s) of {len(names)} person(s) from {args.file} into "
+        f"{path}"
+        + (f" (a new gallery, threshold {shown_threshold(export.threshold)})" if new else "")
+    )
+    return 0
 
 
 def _calibrate(args: argparse.Namespace) -> int:

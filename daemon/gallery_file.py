@@ -166,7 +166,8 @@ def translate(path: Path, exc: sqlite3.DatabaseError) -> GalleryError:
         return GalleryError(f"{path}: gallery file is read-only ({exc})")
     if "malformed" in text:
         return GalleryError(
-            f"{path}: the gallery file is corrupt ({exc}); use a backup or an export"
+            f"{path}: the gallery file is corrupt ({exc}); restore an export into a new "
+            "gallery (`facewatch gallery import FILE --gallery NEW`), or enroll again"
         )
     if "no such table" in text and path.is_file() and path.stat().st_size == 0:
         return GalleryError(

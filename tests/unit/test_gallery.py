@@ -355,6 +355,42 @@ def test_export_never_overwrites_by_accident(gallery, capsys) -> None:
     assert not list(path.parent.glob(".*.part"))
 
 
+@pytest.mark.parametrize("suffix", [".json", ".npz"])
+def test_an_export_imports_back_whole_as_a_backup(gallery, capsys, suffix) -> None:
+    """The backup a corrupt gallery's message points to: an export restores the people,
+    their faces and thresholds into a new gallery; importing twice adds nothing; a gallery
+    of another model refuses it, and a file that is no export is named."""
+    path = gallery.path
+    gallery.set_threshold("bob", 0.5)
+    gallery.set_threshold(None, 0.9)
+    before = (gallery.identities(), gallery.embeddings())
+    gallery.close()
+    backup = path.with_name(f"backup{suffix}")
+    assert gallery_cli(path, capsys, "export", str(backup))[0] == 0
+    restored = path.with_name("restored.sqlite")
+    code, out, err = gallery_cli(restored, capsys, "import", str(backup))
+    assert code == 0, err
+    assert "imported 4 new embedding(s) of 3 person(s)" in out and "a new gallery" in out
+    with Gallery.open(restored, MODEL) as again:
+        assert again.threshold == 0.9 and again.embedding_size == D
+        people = {i.name: (i.threshold, i.embeddings) for i in again.identities()}
+        assert people == {p.name: (p.threshold, p.embeddings) for p in before[0]}
+        vectors, owners, sources, _ = again.embeddings()
+        np.testing.assert_array_equal(vectors, before[1][0])
+        assert (owners, sources) == (before[1][1], before[1][2])
+    assert stat.S_IMODE(restored.stat().st_mode) == 0o600
+    code, out, _ = gallery_cli(restored, capsys, "import", str(backup))
+    assert code == 0 and "imported 0 new embedding(s)" in out
+    other = Gallery.create(path.with_name("other.sqlite"), "another-model@sha256:1", D)
+    other.close()
+    code, _, err = gallery_cli(other.path, capsys, "import", str(backup))
+    assert code == 1 and "another-model" in err, err
+    junk = path.with_name(f"junk{suffix}")
+    junk.write_bytes(b"{}" if suffix == ".json" else b"PK not an npz")
+    code, _, err = gallery_cli(restored, capsys, "import", str(junk))
+    assert code == 1 and f"{junk}: not a gallery export" in err, err
+
+
 def test_threshold_of_a_person_and_the_default(gallery, capsys) -> None:
     path = gallery.path
     gallery.close()
