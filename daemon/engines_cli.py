@@ -22,6 +22,7 @@ from engines.build import (
 from engines.plan_cache import (
     cache_key,
     cache_paths,
+    debris,
     default_cache_dir,
     read_manifests,
     remove_plan,
@@ -80,7 +81,9 @@ def register(commands: argparse._SubParsersAction) -> None:
         description="Delete the plans built for another TensorRT version or GPU (after an "
         "upgrade), and with --config every plan that configuration does not open (after "
         "changes of cameras or precision). Needs TensorRT, to know its version and the GPU; "
-        "--all deletes every plan, without it.",
+        "--all deletes every plan, without it. Also what no plan uses: the scratch files of "
+        "builds that were cut, plans without a manifest, manifests and calibration caches "
+        "without a plan, the timing caches of another TensorRT or GPU (with --all, all).",
     )
     pr.add_argument("--config", "-c", type=Path, help="keep only the plans this daemon opens")
     pr.add_argument("--cache-dir", type=Path, default=None, help="plan cache (as for list)")
@@ -214,21 +217,25 @@ def run_build(args: argparse.Namespace) -> int:
 def run_prune(args: argparse.Namespace) -> int:
     cache_dir = args.cache_dir or default_cache_dir()
     cached = [plan for plan, _ in read_manifests(cache_dir)]
-    if not cached:
-        print(f"no plans in {cache_dir}")
-        return 0
-    if args.all:
-        return _delete(cached, args.dry_run)
+    if args.all:  # every plan, and every file the cache holds besides (timing caches too)
+        return _delete(cached, debris(cache_dir), args.dry_run)
+    if not cached:  # (what a cut build left needs no TensorRT to go)
+        left = [p for p in debris(cache_dir) if not p.name.startswith("timing-")]
+        if not left:
+            print(f"no plans in {cache_dir}")
+            return 0
+        return _delete([], left, args.dry_run)
     try:
-        stale = _stale(args, cache_dir)
+        stale, left = _stale(args, cache_dir)
     except (EngineError, ConfigError) as exc:
         print(f"facewatch engines prune: {exc} (--all deletes every plan)", file=sys.stderr)
         return 2
-    return _delete(stale, args.dry_run)
+    return _delete(stale, left, args.dry_run)
 
 
-def _stale(args: argparse.Namespace, cache_dir: Path) -> list[Path]:
-    """The plans of ``cache_dir`` this machine (and with --config, that daemon) will not open."""
+def _stale(args: argparse.Namespace, cache_dir: Path) -> tuple[list[Path], list[Path]]:
+    """The plans of ``cache_dir`` this machine (and with --config, that daemon) will not
+    open, and the other files it will not use (``debris``)."""
     from engines.tensorrt import gpu_info, import_tensorrt
 
     trt, gpu = import_tensorrt(), gpu_info()
@@ -240,15 +247,23 @@ def _stale(args: argparse.Namespace, cache_dir: Path) -> list[Path]:
             options = request.options_for(ModelMetadata.load(model))
             key = cache_key(file_sha256(model), trt.__version__, gpu, options)
             keep.add(cache_paths(cache_dir, model.stem, key, trt.__version__, gpu).plan)
-    return stale_plans(cache_dir, trt.__version__, gpu, keep)
+    stale = stale_plans(cache_dir, trt.__version__, gpu, keep)
+    return stale, debris(cache_dir, trt.__version__, gpu)
 
 
-def _delete(plans: list[Path], dry_run: bool) -> int:
+def _delete(plans: list[Path], others: list[Path], dry_run: bool) -> int:
     freed = 0
     for plan in plans:
         freed += plan.stat().st_size if dry_run else remove_plan(plan)
         print(f"{'would delete' if dry_run else 'deleted'} {plan}")
-    print(f"{len(plans)} plan(s), {freed / 1e6:.1f} MB{' (dry run)' if dry_run else ''}")
+    for path in others:  # (a plan's calibration cache may have gone with it)
+        if path.is_file():
+            freed += path.stat().st_size
+            if not dry_run:
+                path.unlink()
+            print(f"{'would delete' if dry_run else 'deleted'} {path}")
+    more = f", {len(others)} other file(s)" if others else ""
+    print(f"{len(plans)} plan(s){more}, {freed / 1e6:.1f} MB{' (dry run)' if dry_run else ''}")
     return 0
 
 

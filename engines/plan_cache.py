@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -121,6 +122,66 @@ def stale_plans(
         if (manifest.tensorrt, manifest.gpu) != (trt_version, gpu.name)
         or (kept is not None and plan.resolve() not in kept)
     ]
+
+
+def write_durably(path: Path, data: bytes) -> None:
+    """``data`` at ``path``, whole or not at all, also across a power cut: written beside it
+    under this process's name (two builds of one plan do not mix), flushed to the disk,
+    renamed, and the rename flushed."""
+    scratch = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        with scratch.open("wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        scratch.replace(path)
+    finally:
+        scratch.unlink(missing_ok=True)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
+
+
+DEBRIS_AGE_S = 600.0  # a plan this old with no manifest is no build finishing its writes
+
+
+def debris(
+    cache_dir: str | Path, trt_version: str | None = None, gpu: GpuInfo | None = None
+) -> list[Path]:
+    """The files of ``cache_dir`` that no plan will use: the scratch files of writes that
+    were cut (their process gone), plans without a manifest (listed nowhere: older than
+    DEBRIS_AGE_S), manifests and calibration caches without their plan, and timing caches
+    of another TensorRT version or GPU (with ``trt_version`` and ``gpu``; every one without)."""
+    root = Path(cache_dir)
+    found = [p for p in root.glob("*.tmp") if not _running(p.name.split(".")[-2])]
+    for plan in root.glob("*.plan"):
+        if not plan.with_suffix(".json").is_file() and _age_s(plan) > DEBRIS_AGE_S:
+            found.append(plan)
+    for suffix in (".json", ".calib"):
+        found += [p for p in root.glob(f"*{suffix}") if not p.with_suffix(".plan").is_file()]
+    current = (
+        None
+        if trt_version is None or gpu is None
+        else f"timing-trt{trt_version}-{gpu.slug()}.cache"
+    )
+    found += [p for p in root.glob("timing-*.cache") if p.name != current]
+    return sorted(found)
+
+
+def _running(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True
+
+
+def _age_s(path: Path) -> float:
+    return time.time() - path.stat().st_mtime
 
 
 def remove_plan(plan: Path) -> int:

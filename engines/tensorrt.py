@@ -111,7 +111,8 @@ class TensorRTEngine(SpecsFromLoad):
         if self._engine is None:
             raise EngineError(
                 f"{self.path}: TensorRT cannot deserialize the plan (built for another "
-                "TensorRT version or GPU?); rebuild it with `facewatch engines build`"
+                "TensorRT version or GPU, or damaged?); rebuild it with `facewatch engines "
+                "build --force` (the daemon does, with engines.tensorrt.build: auto)"
             )
         self._context = self._engine.create_execution_context()
         self._stream = cuda_check(self._cudart, self._cudart.cudaStreamCreate(), "cudaStreamCreate")

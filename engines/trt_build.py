@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 import time
 from dataclasses import asdict
@@ -22,7 +21,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from engines.base import ModelMetadata, file_sha256
+from engines.base import EngineError, ModelMetadata, file_sha256
 from engines.build import (
     BuildError,
     BuildOptions,
@@ -40,6 +39,8 @@ from engines.plan_cache import (
     cached_plan,
     default_cache_dir,
     find_cached_plan,
+    remove_plan,
+    write_durably,
 )
 from engines.tensorrt import (
     TensorRTEngine,
@@ -248,7 +249,7 @@ def compile_plan(
             calibrator.free()
     if plan is None:
         raise BuildError(f"{onnx_path}: TensorRT could not build the engine (see its log above)")
-    paths.timing_cache.write_bytes(bytes(config.get_timing_cache().serialize()))
+    write_durably(paths.timing_cache, bytes(config.get_timing_cache().serialize()))
     return bytes(plan), profiles
 
 
@@ -274,9 +275,7 @@ def build_engine(
     started = time.monotonic()
     plan, profiles = compile_plan(trt, onnx_path, meta, options, paths)
     # a daemon and `engines build` may build the same plan at once: each writes its own file
-    tmp = paths.plan.with_suffix(f".plan.{os.getpid()}.tmp")
-    tmp.write_bytes(plan)
-    tmp.replace(paths.plan)
+    write_durably(paths.plan, plan)  # (a plan cut short by a power cut is never opened)
     manifest = Manifest(
         model=str(onnx_path.resolve()),
         onnx_sha256=file_sha256(onnx_path),
@@ -288,7 +287,7 @@ def build_engine(
         built_at=time.time(),
         build_seconds=round(time.monotonic() - started, 2),
     )
-    paths.manifest.write_text(json.dumps(asdict(manifest), indent=2) + "\n")
+    write_durably(paths.manifest, (json.dumps(asdict(manifest), indent=2) + "\n").encode())
     logger.info("built %s in %.1f s", paths.plan, manifest.build_seconds)
     return paths.plan
 
@@ -307,10 +306,16 @@ def open_plan_for(model_path: str | Path, request: PlanRequest | None = None) ->
         return TensorRTEngine(find_cached_plan(path, cache_dir, trt.__version__, gpu))
     options = request.options_for(ModelMetadata.load(path))
     plan = cached_plan(path, options, cache_dir, trt.__version__, gpu)
-    if plan is None:
-        if not request.build:
-            raise BuildError(request.missing(path, options, cache_dir))
-        if request.on_build is not None:
-            request.on_build(path)
-        plan = build_engine(path, options, cache_dir)
-    return TensorRTEngine(plan)
+    if plan is not None:
+        try:
+            return TensorRTEngine(plan)
+        except EngineError as exc:
+            if not request.build or "cannot deserialize" not in str(exc):
+                raise
+            logger.warning("%s: rebuilt (%s)", plan, exc)  # damaged: a power cut, a disk
+            remove_plan(plan)
+    elif not request.build:
+        raise BuildError(request.missing(path, options, cache_dir))
+    if request.on_build is not None:
+        request.on_build(path)
+    return TensorRTEngine(build_engine(path, options, cache_dir))

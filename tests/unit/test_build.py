@@ -30,8 +30,10 @@ from engines.plan_cache import (
     cache_key,
     cache_paths,
     cached_plan,
+    debris,
     find_cached_plan,
     read_manifests,
+    write_durably,
 )
 from tests.conftest import MODELS, REPO
 
@@ -596,3 +598,46 @@ def test_prune_all_empties_the_cache_without_tensorrt(tmp_path, capsys):
     assert f"would delete {plan}" in capsys.readouterr().out
     assert main([*args, "--all"]) == 0
     assert not plan.exists() and not plan.with_suffix(".json").exists()
+
+
+def test_prune_deletes_what_cut_builds_left_and_nothing_in_progress(tmp_path, capsys):
+    """A build cut by a power cut or a kill leaves scratch files, a plan without a manifest
+    (invisible to `list`), a manifest without a plan: prune finds them, without TensorRT.
+    The scratch file of a build still running, and a plan just written, whose manifest
+    comes next, stay."""
+    import os
+    import time
+
+    from daemon.cli import main
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    cut = tmp_path / f"pnet-0123.plan.{dead}.tmp"
+    running = tmp_path / f"rnet-4567.plan.{os.getpid()}.tmp"
+    orphan, fresh = tmp_path / "onet-89ab.plan", tmp_path / "pnet-cdef.plan"
+    lonely, timing = tmp_path / "rnet-0000.json", tmp_path / "timing-trt10.6.0-h200-sm90.cache"
+    for path in (cut, running, orphan, fresh, lonely, timing):
+        path.write_bytes(b"x" * 1000)
+    an_hour_ago = time.time() - 3600
+    os.utime(orphan, (an_hour_ago, an_hour_ago))
+    args = ["engines", "prune", "--cache-dir", str(tmp_path)]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "0 plan(s), 3 other file(s)" in out, out
+    assert not any(p.exists() for p in (cut, orphan, lonely))
+    assert running.exists() and fresh.exists() and timing.exists()  # (timing: with TensorRT)
+    assert main([*args, "--all"]) == 0 and not timing.exists()
+
+
+def test_cache_files_are_written_whole_and_old_timing_caches_are_debris(tmp_path):
+    """What `engines build` writes (plan, manifest, timing cache) goes through a scratch file
+    and a rename, flushed: a power cut leaves the old file or the new one, never half. The
+    timing cache of this TensorRT and GPU is kept, another version's is not."""
+    plan = tmp_path / "pnet-0.plan"
+    write_durably(plan, b"new plan")
+    assert plan.read_bytes() == b"new plan" and sorted(tmp_path.iterdir()) == [plan]
+    ours = cache_paths(tmp_path, "pnet", "0" * 64, "10.7.0", H200).timing_cache
+    theirs = cache_paths(tmp_path, "pnet", "0" * 64, "10.6.0", H200).timing_cache
+    for cache in (ours, theirs):
+        write_durably(cache, b"t")
+    assert debris(tmp_path, "10.7.0", H200) == [theirs]
