@@ -26,6 +26,7 @@ logger = logging.getLogger(__name__)
 
 SPOOL_FILE = "mqtt-spool.sqlite"
 SQLITE_IOERR, SQLITE_CORRUPT, SQLITE_FULL, SQLITE_NOTADB = 10, 11, 13, 26
+SHRINK_ABOVE_BYTES = 8 << 20  # an empty spool's file larger than this is vacuumed
 
 
 def _code(exc: sqlite3.Error) -> int:
@@ -194,6 +195,19 @@ class Spool:
         with self._lock:
             deleted = self._db.execute("DELETE FROM messages WHERE id = ?", (row_id,)).rowcount
             self._count -= deleted
+            if deleted and not self._count:
+                self._shrink()
+
+    def _shrink(self) -> None:
+        """Once a backlog is sent, give its space back to the disk (SQLite keeps a file's
+        pages for reuse: a long outage left hundreds of MB on an SD card for good)."""
+        try:
+            if self.path.stat().st_size < SHRINK_ABOVE_BYTES:
+                return
+            self._db.execute("VACUUM")
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except (OSError, sqlite3.Error) as exc:  # (a full disk: VACUUM needs room) next time
+            logger.debug("MQTT spool %s: not shrunk: %s", self.path, exc)
 
     def remember(self, key: str, value: str) -> None:
         with self._lock:

@@ -123,6 +123,24 @@ def test_spool_is_bounded_fifo_and_survives_reopening(tmp_path) -> None:
     assert oct(again.folder.stat().st_mode & 0o777) == "0o700"
 
 
+def test_a_drained_spool_gives_its_space_back(tmp_path) -> None:
+    """A long broker outage on an SD card: 15 MB of snapshots spooled, then sent. SQLite
+    keeps freed pages for itself; the file stayed at its largest, for good."""
+    spool = Spool(tmp_path / "spool")
+    for _ in range(3000):
+        spool.append("t", os.urandom(5000))
+    wal = spool.path.with_name(spool.path.name + "-wal")
+    size = spool.path.stat().st_size + wal.stat().st_size
+    assert size > 15e6
+    for message in spool.peek(3000):
+        spool.delete(message.row_id)
+    left = spool.path.stat().st_size + wal.stat().st_size
+    assert len(spool) == 0 and left < 1e6, left
+    spool.append("t", b"still works")
+    assert [m.payload for m in spool.peek(2)] == [b"still works"]
+    spool.close()
+
+
 def test_a_spool_in_use_by_another_daemon_is_refused(tmp_path) -> None:
     """Two daemons on one spool (a manual `facewatch run` beside the service, metrics off)
     would send every message twice: the second is refused, for now (exit status 1)."""
