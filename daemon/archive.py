@@ -38,7 +38,13 @@ from typing import Any, Concatenate, ParamSpec, TypeAlias
 import numpy as np
 
 from daemon import metrics
-from daemon.archive_files import VISIT_FILE, disk_bytes, scan_visits, write_private
+from daemon.archive_files import (
+    VISIT_FILE,
+    disk_bytes,
+    scan_visits,
+    sync_folder,
+    write_private,
+)
 from daemon.config import ArchiveConfig
 from daemon.events import person_key, region_xyxy, to_jpeg
 from daemon.recognition import rate_face
@@ -305,7 +311,9 @@ class FaceArchive:
         scratch.mkdir(mode=0o700)
         try:
             self._fill(scratch, visit)
+            sync_folder(scratch)
             scratch.rename(final)
+            sync_folder(parent)
         except BaseException:
             shutil.rmtree(scratch, ignore_errors=True)
             raise

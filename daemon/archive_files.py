@@ -66,9 +66,22 @@ def scan_visits(root: Path) -> list[tuple[float, Path, int]]:
 
 
 def write_private(path: Path, data: bytes) -> None:
+    """A new owner-only file, flushed to the disk (before its folder is renamed into place:
+    a power cut must not leave a visit whose files are empty)."""
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(descriptor, "wb") as out:
         out.write(data)
+        out.flush()
+        os.fsync(out.fileno())
+
+
+def sync_folder(folder: Path) -> None:
+    """Make the names in ``folder`` (a rename into it) durable."""
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def disk_bytes(folder: Path) -> int:
