@@ -67,11 +67,20 @@ class Checkpoint:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def save(self, path: Path) -> None:
-        """Write atomically (a crash mid-write leaves the previous file intact)."""
+        """Write atomically, and flushed to the disk: a crash or a power cut mid-write leaves
+        the previous file intact."""
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(path.suffix + ".tmp")
-        torch.save(self.__dict__, tmp)
+        with tmp.open("wb") as out:
+            torch.save(self.__dict__, out)
+            out.flush()
+            os.fsync(out.fileno())
         os.replace(tmp, path)
+        folder = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
 
     @classmethod
     def load(cls, path: str | Path) -> Checkpoint:
@@ -79,6 +88,20 @@ class Checkpoint:
         if not _is_checkpoint(raw):
             raise ValueError(f"{path}: not a facewatch training checkpoint")
         return cls(**raw)
+
+
+def last_good(damaged: Path) -> Path | None:
+    """The newest checkpoint of ``damaged``'s run that reads (an epoch file that is not the
+    same file: each epoch's is a link to that epoch's latest.pt), or None."""
+    for candidate in sorted(damaged.parent.glob("epoch-*.pt"), reverse=True):
+        try:
+            if candidate.samefile(damaged):
+                continue
+            Checkpoint.load(candidate)
+        except (OSError, ValueError):
+            continue
+        return candidate
+    return None
 
     def eval_weights(self) -> dict[str, torch.Tensor]:
         """The averaged weights when there are any, else the raw ones."""

@@ -27,13 +27,14 @@ from training.checkpoint import (
     Checkpoint,
     WeightAverage,
     adopt_run_options,
+    last_good,
     resolve_resume,
     resume_command,
     save_epoch,
 )
 from training.data import ImageClass, load_dataset
 from training.distributed import DistContext, convert_sync_batchnorm, init_from_env, shutdown
-from training.facenet_nets import build_model, load_pretrained
+from training.facenet_nets import ModelFileError, build_model, load_pretrained
 from training.lfw import nrof_folds_for, read_pairs
 from training.losses import CenterLoss
 from training.run_checks import (
@@ -192,7 +193,7 @@ def _resumed(args: argparse.Namespace) -> tuple[Checkpoint | None, Path | None]:
     ``args``; every path in ``args`` made absolute (saved so: --resume works from any
     directory)."""
     resume_path = resolve_resume(args.resume, Path(args.models_base_dir)) if args.resume else None
-    resume = Checkpoint.load(resume_path) if resume_path is not None else None
+    resume = _load_resume(resume_path) if resume_path is not None else None
     keep: frozenset[str] = frozenset()
     if resume is not None and resume_path is not None:
         adopted = adopt_run_options(args, resume.options, resume_path)
@@ -202,6 +203,18 @@ def _resumed(args: argparse.Namespace) -> tuple[Checkpoint | None, Path | None]:
     if resume is not None:
         check_options(args)
     return resume, resume_path
+
+
+def _load_resume(path: Path) -> Checkpoint:
+    """The checkpoint to resume; a damaged one (a power cut, a full disk) names the newest
+    checkpoint of the run that reads."""
+    try:
+        return Checkpoint.load(path)
+    except ModelFileError as exc:
+        good = last_good(path)
+        if good is None:
+            raise
+        raise ModelFileError(f"{exc}; the newest that reads: --resume {good}") from None
 
 
 def _checked_inputs(args: argparse.Namespace) -> list[ImageClass]:

@@ -179,6 +179,29 @@ def test_resume_from_another_directory_uses_the_runs_own_folders(
     assert run.model_dir == run_dir and run.epoch == 1
 
 
+@needs_celeba
+def test_a_damaged_latest_checkpoint_names_the_newest_that_reads(
+    tmp_path: Path, monkeypatch, build
+) -> None:
+    """latest.pt cut short (a power cut, a full disk): epoch 2's file is the same file (a
+    link), so --resume is pointed at epoch 1's, the newest that reads."""
+    from training.facenet_nets import ModelFileError
+
+    run_dir = _start(tmp_path, monkeypatch)  # epoch 1
+    second = Checkpoint.load(run_dir / "latest.pt")
+    second.epoch = 2
+    save_epoch(second, run_dir)
+    latest = run_dir / "latest.pt"
+    os.truncate(latest, latest.stat().st_size // 2)
+    with pytest.raises(ModelFileError) as damaged:
+        build(_args("--resume", str(run_dir)))
+    assert str(damaged.value).endswith(
+        f"; the newest that reads: --resume {run_dir / 'epoch-0001.pt'}"
+    )
+    run = build(_args("--resume", str(run_dir / "epoch-0001.pt")))
+    assert run.epoch == 1
+
+
 def _as_older_facewatch_saved_it(run_dir: Path, models: str = "models") -> None:
     old = Checkpoint.load(run_dir / "latest.pt")
     old.options.update(data_dir="aligned", logs_base_dir="logs", models_base_dir=models)
