@@ -82,6 +82,17 @@ def warnings(config: Config) -> list[str]:
             f"mqtt.password: sent in the clear to {mqtt.host}, with every event: the "
             "broker is reached over plain TCP (set mqtt.tls, port 8883)"
         )
+    personal: list[tuple[str, str | None]] = [
+        ("recognition.gallery", config.recognition.gallery),
+        ("events.jsonl_file", config.events.jsonl_file),
+    ]
+    for key, where in personal:
+        mode = _mode(where)
+        if mode is not None and mode & 0o077:
+            found.append(
+                f"{key}: {where} is readable by others (mode {mode:04o}): it holds personal "
+                f"data; chmod 600 {where}"
+            )
     for k, camera in enumerate(config.cameras):
         if camera.enabled and camera.url.split("://")[0].lower() in ("https", "rtsps"):
             found.append(
@@ -90,6 +101,14 @@ def warnings(config: Config) -> list[str]:
                 "network: keep cameras on a network of their own"
             )
     return found
+
+
+def _mode(path: str | None) -> int | None:
+    """The permission bits of the file at ``path``, None when there is none."""
+    try:
+        return None if path is None else os.stat(path).st_mode & 0o777
+    except OSError:
+        return None
 
 
 def _loopback(host: str) -> bool:

@@ -119,6 +119,10 @@ class Spool:
         if not self.path.exists():
             fd = os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600)
             os.close(fd)
+        for suffix in ("", "-wal", "-shm"):  # owner-only, also a spool an older one made
+            part = Path(f"{self.path}{suffix}")
+            if part.exists() and part.stat().st_mode & 0o077:
+                os.chmod(part, 0o600)
         db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         try:
             db.execute("PRAGMA journal_mode=WAL")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -396,6 +397,16 @@ def test_weakened_security_is_said_out_loud(tmp_path, capsys) -> None:
     path.write_text("cameras: [{name: yard, url: 'rtsp://h/s'}]\nmqtt: {password: s3cret-pw}\n")
     assert main(["validate-config", "--settings-only", str(path)]) == 0
     assert "warning" not in capsys.readouterr().err  # to 127.0.0.1: the same machine
+    gallery = tmp_path / "gallery.sqlite"  # copied in with cp: 0644
+    gallery.write_bytes(b"")
+    os.chmod(gallery, 0o644)
+    path.write_text(
+        f"cameras: [{{name: yard, url: 'rtsp://h/s'}}]\nrecognition: {{gallery: {gallery}}}\n"
+    )
+    assert main(["validate-config", "--settings-only", str(path)]) == 0
+    assert f"warning: recognition.gallery: {gallery} is readable by others (mode 0644)" in (
+        capsys.readouterr().err
+    )
 
 
 @pytest.mark.parametrize(

@@ -117,6 +117,7 @@ def test_spool_is_bounded_fifo_and_survives_reopening(tmp_path) -> None:
     assert [m.payload for m in first] == [b"2", b"3", b"4"]
     spool.delete(first[0].row_id)
     spool.close()
+    os.chmod(spool.path, 0o644)  # (a spool that an older version, or a copy, left readable)
     again = Spool(tmp_path / "spool", max_messages=10)
     assert len(again) == 9 and again.peek(1)[0].payload == b"3"
     assert oct(again.path.stat().st_mode & 0o777) == "0o600"
