@@ -264,7 +264,8 @@ def _float(text: str) -> float:
 
 def _export(args: argparse.Namespace) -> int:
     people, vectors = gallery_export.write(gallery_path(args), args.file, args.force)
-    print(f"exported {people} person(s), {vectors} embedding(s) to {args.file}")
+    kind = args.file.suffix.lower()[1:]
+    print(f"exported {people} person(s), {vectors} embedding(s) to {args.file} ({kind})")
     return 0
 
 
