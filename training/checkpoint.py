@@ -89,6 +89,19 @@ class Checkpoint:
             raise ValueError(f"{path}: not a facewatch training checkpoint")
         return cls(**raw)
 
+    def eval_weights(self) -> dict[str, torch.Tensor]:
+        """The averaged weights when there are any, else the raw ones."""
+        return self.average if self.average is not None else self.model
+
+    def network(self) -> nn.Module:
+        """The network with the weights to evaluate, in eval mode (dropout off)."""
+        opts = self.options
+        net = build_model(
+            opts["model_def"], opts["embedding_size"], 1.0, self.extra.get("num_classes")
+        )
+        net.load_state_dict(self.eval_weights())
+        return net.eval()
+
 
 def last_good(damaged: Path) -> Path | None:
     """The newest checkpoint of ``damaged``'s run that reads (an epoch file that is not the
@@ -102,19 +115,6 @@ def last_good(damaged: Path) -> Path | None:
             continue
         return candidate
     return None
-
-    def eval_weights(self) -> dict[str, torch.Tensor]:
-        """The averaged weights when there are any, else the raw ones."""
-        return self.average if self.average is not None else self.model
-
-    def network(self) -> nn.Module:
-        """The network with the weights to evaluate, in eval mode (dropout off)."""
-        opts = self.options
-        net = build_model(
-            opts["model_def"], opts["embedding_size"], 1.0, self.extra.get("num_classes")
-        )
-        net.load_state_dict(self.eval_weights())
-        return net.eval()
 
 
 def _read(path: str | Path) -> Any:
