@@ -152,3 +152,12 @@ def file_sha256(path: str | Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def install_hint(extra: str) -> str:
+    """The pip command that adds facewatch's ``extra`` where it runs: an editable install of
+    its checkout (the README's), else the package's."""
+    checkout = Path(__file__).resolve().parents[1]
+    if (checkout / "pyproject.toml").is_file():
+        return f"pip install -e '{checkout}[{extra}]'"
+    return f"pip install 'facewatch[{extra}]'"

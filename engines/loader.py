@@ -31,15 +31,6 @@ def data_root() -> Path:
     return checkout
 
 
-def install_hint(extra: str) -> str:
-    """The pip command that adds facewatch's ``extra`` where it runs: an editable install of
-    its checkout (the README's), else the package's."""
-    checkout = Path(__file__).resolve().parents[1]
-    if (checkout / "pyproject.toml").is_file():
-        return f"pip install -e '{checkout}[{extra}]'"
-    return f"pip install 'facewatch[{extra}]'"
-
-
 def default_models_dir() -> Path:
     """$FACEWATCH_MODELS, else the shipped models/ folder (``data_root``)."""
     env = os.environ.get("FACEWATCH_MODELS")

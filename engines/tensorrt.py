@@ -18,8 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from engines.base import EngineError, SpecsFromLoad, TensorSpec
-from engines.loader import install_hint
+from engines.base import EngineError, SpecsFromLoad, TensorSpec, install_hint
 from engines.plan_cache import GpuInfo
 
 logger = logging.getLogger(__name__)

@@ -47,7 +47,7 @@ def import_torch() -> Any:
     try:
         import torch
     except ImportError as exc:
-        from engines.loader import install_hint
+        from engines.base import install_hint
 
         raise EngineError(f"the torch backend needs PyTorch: {install_hint('train')}") from exc
     return torch

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from engines.loader import install_hint
+from engines.base import install_hint
 
 logger = logging.getLogger(__name__)
 
