@@ -149,7 +149,7 @@ class Gallery:
                 gallery = cls(path, conn, writable)
                 break
             except sqlite3.DatabaseError as exc:
-                if attempt or not (hot_journal(exc) and roll_back(path, lock_timeout_s)):
+                if attempt or not (hot_journal(exc, path) and roll_back(path, lock_timeout_s)):
                     raise translate(path, exc) from None
         gallery._check(model_id)
         return gallery
@@ -202,6 +202,8 @@ class Gallery:
         path = Path(path)
         if path.is_file() and path.stat().st_size == 0:
             logger.warning("%s: an empty file, not a gallery: replaced by a new gallery", path)
+            for suffix in ("-journal", "-wal", "-shm"):  # its SQLite leftovers, not the new one's
+                path.with_name(path.name + suffix).unlink(missing_ok=True)
             path.unlink()
         if path.exists():
             return cls.open(path, model_id, writable=True, lock_timeout_s=lock_timeout_s)

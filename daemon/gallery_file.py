@@ -125,10 +125,14 @@ def check_writable(path: Path) -> None:
 SQLITE_READONLY_ROLLBACK = 776  # a read-only connection met a hot journal
 
 
-def hot_journal(exc: sqlite3.DatabaseError) -> bool:
+def hot_journal(exc: sqlite3.DatabaseError, path: Path) -> bool:
     """A write was cut short (a power cut, a kill) and left its journal: only a connection
     that may write can roll it back, and a read-only one is refused."""
-    return getattr(exc, "sqlite_errorcode", None) == SQLITE_READONLY_ROLLBACK
+    code = getattr(exc, "sqlite_errorcode", None)  # Python 3.11 and later
+    if code is not None:
+        return bool(code == SQLITE_READONLY_ROLLBACK)
+    journal = path.with_name(path.name + "-journal")  # 3.10: "readonly", and the journal there
+    return "readonly" in str(exc).lower() and journal.is_file() and journal.stat().st_size > 0
 
 
 def roll_back(path: Path, lock_timeout_s: float) -> bool:
@@ -151,7 +155,7 @@ def roll_back(path: Path, lock_timeout_s: float) -> bool:
 
 
 def translate(path: Path, exc: sqlite3.DatabaseError) -> GalleryError:
-    if hot_journal(exc):
+    if hot_journal(exc, path):
         return GalleryError(
             f"{path}: a write to the gallery was cut short and left {path.name}-journal; "
             "run `facewatch gallery list` on it once as the file's owner to roll it back"

@@ -29,9 +29,22 @@ SQLITE_IOERR, SQLITE_CORRUPT, SQLITE_FULL, SQLITE_NOTADB = 10, 11, 13, 26
 SHRINK_ABOVE_BYTES = 8 << 20  # an empty spool's file larger than this is vacuumed
 
 
+# SQLite's own words for its result codes (Python 3.10's exceptions carry no code)
+_MESSAGES = {
+    "disk i/o error": SQLITE_IOERR,
+    "malformed": SQLITE_CORRUPT,
+    "database or disk is full": SQLITE_FULL,
+    "file is not a database": SQLITE_NOTADB,
+}
+
+
 def _code(exc: sqlite3.Error) -> int:
-    """SQLite's primary result code of ``exc`` (0 when it has none)."""
-    return int(getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF
+    """SQLite's primary result code of ``exc`` (0 when it cannot be told)."""
+    code = getattr(exc, "sqlite_errorcode", None)  # Python 3.11 and later
+    if code is not None:
+        return int(code) & 0xFF
+    text = str(exc).lower()
+    return next((value for words, value in _MESSAGES.items() if words in text), 0)
 
 
 def _unusable(path: Path, exc: OSError | sqlite3.Error) -> OSError:

@@ -8,6 +8,7 @@ import json
 import os
 import re
 import socket
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -140,6 +141,21 @@ def test_a_drained_spool_gives_its_space_back(tmp_path) -> None:
     spool.append("t", b"still works")
     assert [m.payload for m in spool.peek(2)] == [b"still works"]
     spool.close()
+
+
+def test_sqlite_errors_are_told_apart_without_their_codes_too() -> None:
+    """Python 3.10 (JetPack 6's) gives no sqlite_errorcode: SQLite's words tell the damaged
+    spool to set aside and the full disk to wait for."""
+    from daemon import spool as spool_module
+
+    for words, code in [
+        ("database disk image is malformed", spool_module.SQLITE_CORRUPT),
+        ("file is not a database", spool_module.SQLITE_NOTADB),
+        ("database or disk is full", spool_module.SQLITE_FULL),
+        ("disk I/O error", spool_module.SQLITE_IOERR),
+        ("no such table: x", 0),
+    ]:
+        assert spool_module._code(sqlite3.DatabaseError(words)) == code, words
 
 
 def test_a_spool_in_use_by_another_daemon_is_refused(tmp_path) -> None:

@@ -179,6 +179,34 @@ def test_a_write_cut_short_is_rolled_back_and_the_gallery_reads(tmp_path) -> Non
     g.close()
 
 
+def test_a_hot_journal_is_told_from_a_read_only_file_without_error_codes_too(tmp_path) -> None:
+    """Python 3.10's sqlite3 errors carry no code: a 'readonly' error with the journal
+    beside the file is a write cut short; without it, a read-only file."""
+    from daemon.gallery_file import hot_journal
+
+    path = tmp_path / "g.sqlite"
+    path.touch()
+    refused = sqlite3.OperationalError("attempt to write a readonly database")
+    assert not hot_journal(refused, path)
+    path.with_name("g.sqlite-journal").write_bytes(b"x" * 512)
+    assert hot_journal(refused, path)
+
+
+def _a_hot_journal(folder: Path) -> bytes:
+    """The journal a large write leaves when the power goes (spilled pages: it is hot)."""
+    folder.mkdir()
+    conn = sqlite3.connect(folder / "probe.sqlite", isolation_level=None)
+    conn.execute("PRAGMA cache_size=2")
+    conn.execute("BEGIN")
+    conn.execute("CREATE TABLE t(x)")
+    for _ in range(200):
+        conn.execute("INSERT INTO t VALUES (randomblob(3000))")
+    journal = (folder / "probe.sqlite-journal").read_bytes()
+    conn.execute("ROLLBACK")
+    conn.close()
+    return journal
+
+
 def test_an_empty_file_in_the_gallerys_place_is_named_and_enroll_replaces_it(tmp_path) -> None:
     """A gallery's creation cut short (older versions made the file, then its tables) left an
     empty file that both enroll and the daemon refused as 'not a facewatch gallery'. New
@@ -187,10 +215,16 @@ def test_an_empty_file_in_the_gallerys_place_is_named_and_enroll_replaces_it(tmp
     path.touch(mode=0o600)
     with pytest.raises(GalleryError, match=r"an empty file, not a gallery .*delete it, or enroll"):
         Gallery.open(path)
+    path.with_name("g.sqlite-journal").write_bytes(
+        _a_hot_journal(tmp_path.parent / f"{tmp_path.name}-probe")
+    )  # its own
     g = Gallery.open_or_create(path, MODEL, D)
     assert g.identities() == [] and g.model_id == MODEL
+    g.enroll([Enrollment("ada", axis(0), "a1")])
     g.close()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["g.sqlite"]  # no scratch left
+    with Gallery.open(path, MODEL) as again:  # (the old journal did not roll it back)
+        assert [i.name for i in again.identities()] == ["ada"]
     with pytest.raises(GalleryError, match="already exists"):
         Gallery.create(path, MODEL, D)
 
