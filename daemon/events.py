@@ -206,9 +206,7 @@ class EventSinks:
         metrics.EVENTS.labels(event["camera"], event["type"]).inc()
         with self._lock:
             if self.spool is not None and self.topic_for is not None:
-                spool, topic_for = self.spool, self.topic_for
-                if not self._guarded("spool", self._spool, spool, topic_for, event, snapshot):
-                    self._send_direct(topic_for(event["camera"]), event, snapshot)
+                self._to_mqtt(self.spool, self.topic_for(event["camera"]), event, snapshot)
             streams = [
                 (n, s)
                 for n, s in (("stdout", self._stdout), ("jsonl_file", self._file))
@@ -220,34 +218,46 @@ class EventSinks:
                 for name, stream in streams:
                     self._guarded(name, _write_line, stream, line)
 
-    def _spool(
-        self,
-        spool: Spool,
-        topic_for: Callable[[str], str],
-        event: dict[str, Any],
-        snapshot: bytes | None,
+    def _to_mqtt(
+        self, spool: Spool, topic: str, event: dict[str, Any], snapshot: bytes | None
     ) -> None:
-        payload = json.dumps(event, separators=(",", ":")).encode()
-        dropped = spool.append(topic_for(event["camera"]), payload, kind="event")
+        """The event, then its snapshot, into the spool; what the spool refuses (its disk
+        full or failing) goes straight to the broker while connected (``direct``)."""
+        spooled = self._guarded("spool", self._spool, spool, topic, event)
+        if not spooled:
+            stamped = dict(event, published_ts=round(time.time(), 3))
+            self._send_direct(topic, json.dumps(stamped, separators=(",", ":")).encode())
         if snapshot and self.snapshot_topic_for is not None:
-            topic = self.snapshot_topic_for(event["camera"], event["event_id"])
-            dropped += spool.append(topic, snapshot, kind="raw")
+            snapshot_topic = self.snapshot_topic_for(event["camera"], event["event_id"])
+            if not (spooled and self._spool_snapshot(spool, snapshot_topic, snapshot)):
+                self._send_direct(snapshot_topic, snapshot)
             if self.state is not None:
                 self.state.set_last_snapshot(event["camera"], snapshot)
+        metrics.SPOOL_EVENTS.set(len(spool))
+        if spooled:
+            self.on_spooled()
+
+    def _spool(self, spool: Spool, topic: str, event: dict[str, Any]) -> None:
+        payload = json.dumps(event, separators=(",", ":")).encode()
+        dropped = spool.append(topic, payload, kind="event")
         if dropped:
             metrics.MQTT_PUBLISHES.labels("dropped").inc(dropped)
-        metrics.SPOOL_EVENTS.set(len(spool))
-        self.on_spooled()
 
-    def _send_direct(self, topic: str, event: dict[str, Any], snapshot: bytes | None) -> None:
-        """The spool refused the event (its disk full or failing): straight to the broker
-        while connected, not kept if the connection drops too."""
-        if self.direct is None:
-            return
-        stamped = dict(event, published_ts=round(time.time(), 3))
-        sent = self.direct(topic, json.dumps(stamped, separators=(",", ":")).encode())
-        if sent and snapshot and self.snapshot_topic_for is not None:
-            self.direct(self.snapshot_topic_for(event["camera"], event["event_id"]), snapshot)
+    @staticmethod
+    def _spool_snapshot(spool: Spool, topic: str, snapshot: bytes) -> bool:
+        """False when the spool refused it (the event itself got in: it is not sent twice)."""
+        try:
+            dropped = spool.append(topic, snapshot, kind="raw")
+        except (OSError, sqlite3.Error):
+            return False
+        if dropped:
+            metrics.MQTT_PUBLISHES.labels("dropped").inc(dropped)
+        return True
+
+    def _send_direct(self, topic: str, payload: bytes) -> None:
+        """Straight to the broker while connected, not kept if the connection drops too."""
+        if self.direct is not None:
+            self.direct(topic, payload)
 
     def _guarded(self, name: str, write: Callable[..., None], *args: Any) -> bool:
         """``write(*args)``; False (counted, logged once per outage) when it failed."""

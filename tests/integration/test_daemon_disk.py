@@ -5,6 +5,7 @@ does not restart: the daemon would stay down after the space is freed."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -94,3 +95,34 @@ def test_events_reach_the_broker_while_the_spools_disk_is_full(
     ) or 0.0) - before  # fmt: skip
     assert refused > 0, "the disk took them all: nothing was tested"
     assert "sent to the broker without it while connected" in caplog.text
+
+
+def test_an_event_the_spool_takes_without_its_snapshot_is_sent_once(tmp_path, broker) -> None:
+    """The disk has room for the event's row, not for its snapshot (SQLite's page limit
+    stands in for the last free blocks): the event goes through the spool only, once; the
+    snapshot goes straight to the broker, and the retained last face follows it."""
+    subscriber = Subscriber(broker.port, "facewatch/node/#")
+    spool = Spool(tmp_path / "spool", 1000)
+    publisher = MqttPublisher(MqttConfig(port=broker.port), "node", spool)
+    sinks = EventSinks(
+        spool=spool, topic_for=publisher.event_topic, on_spooled=publisher.notify,
+        snapshot_topic_for=publisher.snapshot_topic, state=publisher, direct=publisher.send_now,
+    )  # fmt: skip
+    publisher.start()
+    try:
+        wait_for(publisher.connected.is_set, 30, "the publisher connected")
+        pages = spool._db.execute("PRAGMA page_count").fetchone()[0]
+        spool._db.execute(f"PRAGMA max_page_count = {pages}")  # small rows fit, 6 kB do not
+        face = b"\xff\xd8" + os.urandom(6000)
+        sinks.emit({"camera": "cam", "type": "confirmed", "event_id": "e1", "seq": 1,
+                    "frame_ts": time.time()}, face)  # fmt: skip
+        wait_for(lambda: subscriber.last("facewatch/node/snapshots/cam/e1") == face, 10, "face")
+        wait_for(lambda: subscriber.events(), 10, "the event")
+        wait_for(lambda: subscriber.last("facewatch/node/cameras/cam/snapshot") == face, 10,
+                 "the retained last face")  # fmt: skip
+        time.sleep(1)  # a second copy would be here by now
+    finally:
+        publisher.stop()
+        subscriber.close()
+        spool.close()
+    assert [e["event_id"] for e in subscriber.events()] == ["e1"]
