@@ -313,10 +313,13 @@ class FaceArchive:
             self._fill(scratch, visit)
             sync_folder(scratch)
             scratch.rename(final)
-            sync_folder(parent)
         except BaseException:
             shutil.rmtree(scratch, ignore_errors=True)
             raise
+        try:
+            sync_folder(parent)
+        except OSError as exc:  # written, renamed: counted below all the same
+            logger.debug("archive: %s: the rename not flushed: %s", final, exc)
         size = disk_bytes(final)
         bisect.insort(self._index, (visit.first_seen, final, size))
         self._bytes += size

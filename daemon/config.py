@@ -39,7 +39,10 @@ def running_config() -> Path:
     env = os.environ.get("FACEWATCH_CONFIG")
     if env:
         return Path(env)
-    return SERVICE_CONFIG if SERVICE_CONFIG.is_file() else DEFAULT_CONFIG
+    try:
+        return SERVICE_CONFIG if SERVICE_CONFIG.is_file() else DEFAULT_CONFIG
+    except OSError:  # /etc/facewatch is 0750: this user may not look (then: the demo's)
+        return DEFAULT_CONFIG
 
 
 WARM_UP_HW = (240, 320)  # the frame the daemon warms its engines up with

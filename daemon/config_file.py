@@ -121,12 +121,16 @@ def remember_secret(value: str) -> None:
             _KNOWN_SECRETS.add(form)
 
 
-def url_password(url: str) -> str | None:
-    """The password of a URL given alone: from the user's ':' to the authority's last '@'
-    (any character may be in it, as written), or None."""
+def url_passwords(url: str) -> set[str]:
+    """The password of a URL given alone, both ways it may be read: to the URL's last '@'
+    (a password holding / or @ written as is), and to the first '@' before the path (an
+    @ in the path or the query)."""
+    found = set()
     rest = url.partition("://")[2]
-    userinfo = rest.rpartition("@")[0]
-    return userinfo.partition(":")[2] if ":" in userinfo else None
+    for userinfo in (rest.rpartition("@")[0], rest.split("/", 1)[0].rpartition("@")[0]):
+        if ":" in userinfo:
+            found.add(userinfo.partition(":")[2])
+    return found - {""}
 
 
 def url_host(host: str) -> str:
@@ -220,8 +224,7 @@ def _remember_secrets(raw: dict[str, Any]) -> None:
     cameras = raw.get("cameras")
     for camera in cameras if isinstance(cameras, list) else []:
         url = camera.get("url") if isinstance(camera, dict) else None
-        password = url_password(url) if isinstance(url, str) else None
-        if password:
+        for password in url_passwords(url) if isinstance(url, str) else ():
             remember_secret(password)
     mqtt = raw.get("mqtt")
     if isinstance(mqtt, dict) and isinstance(mqtt.get("password"), str):

@@ -8,12 +8,14 @@ from __future__ import annotations
 import json
 import math
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from daemon.archive_files import sync_folder
 from daemon.gallery import Enrollment, Gallery, GalleryError
 
 FORMATS = (".json", ".npz")
@@ -74,6 +76,7 @@ def write(gallery_path: Path, target: Path, force: bool) -> tuple[int, int]:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(part, target)
+        sync_folder(target.parent)
     finally:
         part.unlink(missing_ok=True)
     return len(people), len(vectors)
@@ -97,6 +100,8 @@ def read(path: Path) -> Export:
         if suffix == ".npz":
             return _read_npz(path)
         return _read_json(path)
+    except (EOFError, zipfile.BadZipFile) as exc:  # an empty or cut .npz
+        raise GalleryError(f"{path}: not a gallery export `gallery export` wrote ({exc})") from None
     except OSError as exc:
         raise GalleryError(f"{path}: cannot read: {exc.strerror or exc}") from None
     except (ValueError, KeyError, TypeError) as exc:  # json's, numpy's, a missing field

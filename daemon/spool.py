@@ -121,6 +121,11 @@ class Spool:
             raise OSError(
                 errno.EBUSY, f"in use by another facewatch (pid {holder}) with the same spool_dir"
             ) from None
+        except OSError as exc:  # a file system without locks (some NFS, FUSE): go on
+            logger.warning(
+                "MQTT spool %s: cannot be locked (%s): a second daemon on it would not be "
+                "refused", self.folder, exc.strerror or exc,
+            )  # fmt: skip
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         return fd

@@ -93,6 +93,17 @@ class Manifest:
     profiles: list[dict[str, Any]] = field(default_factory=list)
     built_at: float = 0.0
     build_seconds: float = 0.0
+    plan_sha256: str = ""  # what was written: a plan that differs is damaged (older: unknown)
+
+
+def damaged(plan: Path) -> bool:
+    """Whether ``plan`` is not the file its manifest says was written (a power cut, a
+    failing disk); False when that cannot be told (no manifest, or an older one)."""
+    try:
+        written = json.loads(plan.with_suffix(".json").read_text()).get("plan_sha256", "")
+        return bool(written) and file_sha256(plan) != written
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def read_manifests(cache_dir: str | Path) -> list[tuple[Path, Manifest]]:

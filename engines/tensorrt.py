@@ -111,7 +111,7 @@ class TensorRTEngine(SpecsFromLoad):
             raise EngineError(
                 f"{self.path}: TensorRT cannot deserialize the plan (built for another "
                 "TensorRT version or GPU, or damaged?); rebuild it with `facewatch engines "
-                "build --force` (the daemon does, with engines.tensorrt.build: auto)"
+                "build --force`"
             )
         self._context = self._engine.create_execution_context()
         self._stream = cuda_check(self._cudart, self._cudart.cudaStreamCreate(), "cudaStreamCreate")

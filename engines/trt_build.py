@@ -10,6 +10,7 @@ workspace pool limit, precision flags, optimisation profiles and a timing cache,
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import sys
@@ -37,6 +38,7 @@ from engines.plan_cache import (
     cache_key,
     cache_paths,
     cached_plan,
+    damaged,
     default_cache_dir,
     find_cached_plan,
     remove_plan,
@@ -286,6 +288,7 @@ def build_engine(
         profiles=[asdict(p) for p in profiles],
         built_at=time.time(),
         build_seconds=round(time.monotonic() - started, 2),
+        plan_sha256=hashlib.sha256(plan).hexdigest(),
     )
     write_durably(paths.manifest, (json.dumps(asdict(manifest), indent=2) + "\n").encode())
     logger.info("built %s in %.1f s", paths.plan, manifest.build_seconds)
@@ -310,9 +313,9 @@ def open_plan_for(model_path: str | Path, request: PlanRequest | None = None) ->
         try:
             return TensorRTEngine(plan)
         except EngineError as exc:
-            if not request.build or "cannot deserialize" not in str(exc):
+            if not request.build or not damaged(plan):  # (short of GPU memory, say: as is)
                 raise
-            logger.warning("%s: rebuilt (%s)", plan, exc)  # damaged: a power cut, a disk
+            logger.warning("%s: damaged, rebuilt (%s)", plan, exc)  # a power cut, a disk
             remove_plan(plan)
     elif not request.build:
         raise BuildError(request.missing(path, options, cache_dir))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import subprocess
@@ -30,6 +31,7 @@ from engines.plan_cache import (
     cache_key,
     cache_paths,
     cached_plan,
+    damaged,
     debris,
     find_cached_plan,
     read_manifests,
@@ -641,3 +643,18 @@ def test_cache_files_are_written_whole_and_old_timing_caches_are_debris(tmp_path
     for cache in (ours, theirs):
         write_durably(cache, b"t")
     assert debris(tmp_path, "10.7.0", H200) == [theirs]
+
+
+def test_a_plan_is_damaged_only_when_it_is_not_what_was_written(tmp_path):
+    """The daemon rebuilds a plan TensorRT cannot open only when it is not the file the
+    build wrote (a failing disk): a GPU short of memory must not cost a rebuild."""
+    plan = tmp_path / "pnet-0.plan"
+    plan.write_bytes(b"the plan")
+    m = Manifest("/m/pnet.onnx", "a" * 64, "10.7.0", H200.name, [9, 0], {})
+    plan.with_suffix(".json").write_text(json.dumps(dataclasses.asdict(m)))
+    assert not damaged(plan)  # an older manifest: cannot be told
+    m.plan_sha256 = hashlib.sha256(b"the plan").hexdigest()
+    plan.with_suffix(".json").write_text(json.dumps(dataclasses.asdict(m)))
+    assert not damaged(plan)
+    plan.write_bytes(b"the pl")  # cut short
+    assert damaged(plan)

@@ -292,12 +292,13 @@ def test_the_configs_own_passwords_are_masked_whatever_they_hold(tmp_path, monke
                 "cameras": [
                     {"name": "door", "url": f"rtsp://admin:{quoted}@cam.lan:55x4/s1"},
                     {"name": "gate", "url": "rtsp://u:${credential:cam}@gate.lan/s1"},
+                    {"name": "yard", "url": "rtsp://u:at-path-pw@yard.lan/live@main"},
                 ],
                 "mqtt": {"password": spaced},
             }
         )
     assert '(got "rtsp://admin:***@cam.lan:55x4/s1")' in str(error.value), error.value
-    for secret in (quoted, spaced, credential):
+    for secret in (quoted, spaced, credential, "at-path-pw"):  # (an @ in the path, too)
         assert redact_url(f"cannot open: rtsp://u:{secret}@h/x (said [{secret}])") == (
             "cannot open: rtsp://u:***@h/x (said [***])"
         )
