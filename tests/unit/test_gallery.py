@@ -420,9 +420,14 @@ def test_an_export_imports_back_whole_as_a_backup(gallery, capsys, suffix) -> No
     code, _, err = gallery_cli(other.path, capsys, "import", str(backup))
     assert code == 1 and "another-model" in err, err
     junk = path.with_name(f"junk{suffix}")
-    junk.write_bytes(b"{}" if suffix == ".json" else b"PK not an npz")
-    code, _, err = gallery_cli(restored, capsys, "import", str(junk))
-    assert code == 1 and f"{junk}: not a gallery export" in err, err
+    for content in (
+        b"",
+        b"{}" if suffix == ".json" else b"PK not an npz",
+        backup.read_bytes()[:200],
+    ):
+        junk.write_bytes(content)  # empty, something else, cut short
+        code, _, err = gallery_cli(restored, capsys, "import", str(junk))
+        assert code == 1 and f"{junk}: not a gallery export" in err, (content[:20], err)
 
 
 def test_threshold_of_a_person_and_the_default(gallery, capsys) -> None:
