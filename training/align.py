@@ -242,7 +242,7 @@ def crop_landmarks(settings: dict[str, object], image_size: int) -> list[list[fl
     if landmarks is None:
         return None
     points = np.asarray(landmarks, dtype=np.float64)
-    chip = int(settings["image_size"])  # type: ignore[call-overload]
+    chip = int(settings["image_size"])
     if chip >= image_size:
         points = points - (chip - image_size) // 2
     else:

@@ -369,7 +369,7 @@ def _validate(args: argparse.Namespace) -> int:
     if no_face:
         print(f"{no_face} image(s) without a detected face were centre-cropped")
     if args.out_dir is not None:
-        paths = write_report(result, no_face, args.out_dir, str(args.model), str(args.lfw_pairs))  # type: ignore[arg-type]
+        paths = write_report(result, no_face, args.out_dir, str(args.model), str(args.lfw_pairs))
         print(f"report: {paths['json']}, ROC: {paths['roc']}")
     if args.record:
         from training.export_facenet import record_lfw
@@ -479,7 +479,7 @@ def _export(args: argparse.Namespace) -> int:
         path, diff = export_checkpoint(
             checkpoint,
             args.out,
-            crops,  # type: ignore[arg-type]
+            crops,
             args.name,
             lfw,
             args.fp16,

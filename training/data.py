@@ -249,7 +249,7 @@ class BatchPlan:
     def __init__(self) -> None:
         self.batches: list[list[tuple[int, int]]] = []
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self):
         return iter(list(self.batches))
 
     def __len__(self) -> int:

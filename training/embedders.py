@@ -75,7 +75,7 @@ class OnnxEmbedder:
 
     def preprocess(self, images: np.ndarray) -> np.ndarray:
         """uint8 RGB (N, H, W, 3) -> the model's NCHW float32 input."""
-        x = _fit_all(images, self.meta.input_size_hw)  # type: ignore[arg-type]
+        x = _fit_all(images, self.meta.input_size_hw)
         if self.meta.channel_order.upper() == "BGR":
             x = x[..., ::-1]
         if self.meta.extra.get("prewhiten"):

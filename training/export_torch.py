@@ -67,7 +67,8 @@ def export_module(
     if dynamic_hw:
         axes.update({2: Dim.DYNAMIC, 3: Dim.DYNAMIC})
     arg_name = next(iter(_forward_params(module)))
-    with torch.fx.experimental._config.patch(backed_size_oblivious=True), torch.no_grad():
+    patch = torch.fx.experimental._config.patch  # type: ignore[attr-defined]
+    with patch(backed_size_oblivious=True), torch.no_grad():
         program = torch.export.export(module, (example,), dynamic_shapes={arg_name: axes})
         outs = module(example)
     outs = list(outs) if isinstance(outs, (tuple, list)) else [outs]

@@ -369,7 +369,7 @@ def _recording(kind: type[argparse.Action]) -> type[argparse.Action]:
     """``kind``, also noting its option as given on the command line (so that a recipe never
     overrides it, even where the command line repeats the default)."""
 
-    class Recording(kind):  # type: ignore[valid-type,misc]
+    class Recording(kind):  # type: ignore[misc]
         def __call__(self, parser: Any, namespace: Any, values: Any, option: Any = None) -> None:
             given = set(getattr(namespace, GIVEN, ()))
             setattr(namespace, GIVEN, given | {self.dest})
@@ -406,7 +406,7 @@ def apply_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> N
             raise OptionError(f"{path}: {key}: {value!r}: an on/off option takes true or false")
         if value is not None and action.type is not None and not isinstance(value, bool):
             try:
-                value = action.type(value)  # type: ignore[operator]
+                value = action.type(value)
             except (TypeError, ValueError):
                 raise OptionError(f"{path}: {key}: {value!r} is not a valid value") from None
         if action.choices is not None and value not in action.choices:
