@@ -42,13 +42,13 @@ from daemon.archive_files import (
     VISIT_FILE,
     disk_bytes,
     scan_visits,
-    sync_folder,
     write_private,
 )
 from daemon.config import ArchiveConfig
 from daemon.events import person_key, region_xyxy, to_jpeg
 from daemon.recognition import rate_face
 from daemon.tracking import Track, TrackEvent
+from engines.base import sync_folder
 
 logger = logging.getLogger(__name__)
 _P = ParamSpec("_P")

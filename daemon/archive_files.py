@@ -75,15 +75,6 @@ def write_private(path: Path, data: bytes) -> None:
         os.fsync(out.fileno())
 
 
-def sync_folder(folder: Path) -> None:
-    """Make the names in ``folder`` (a rename into it) durable."""
-    descriptor = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
 def disk_bytes(folder: Path) -> int:
     """The disk space a visit takes: its files' blocks and its own."""
     paths = [folder, *folder.iterdir()]

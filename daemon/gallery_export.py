@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from daemon.archive_files import sync_folder
 from daemon.gallery import Enrollment, Gallery, GalleryError
+from engines.base import sync_folder
 
 FORMATS = (".json", ".npz")
 JSON_FORMAT, JSON_VERSION = "facewatch-gallery", 1

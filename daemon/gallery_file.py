@@ -10,6 +10,8 @@ import stat
 from datetime import datetime, timezone
 from pathlib import Path
 
+from engines.base import sync_folder
+
 logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
@@ -78,11 +80,7 @@ def place(scratch: Path, path: Path) -> None:
         if path.exists():
             raise FileExistsError(path) from None
         os.rename(scratch, path)
-    folder = os.open(path.resolve().parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
+    sync_folder(path.resolve().parent)
 
 
 def write_schema(

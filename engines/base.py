@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -161,3 +162,12 @@ def install_hint(extra: str) -> str:
     if (checkout / "pyproject.toml").is_file():
         return f"pip install -e '{checkout}[{extra}]'"
     return f"pip install 'facewatch[{extra}]'"
+
+
+def sync_folder(folder: Path) -> None:
+    """Make the names in ``folder`` durable (a rename into it, across a power cut)."""
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)

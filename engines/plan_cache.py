@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engines.base import file_sha256
+from engines.base import file_sha256, sync_folder
 from engines.build import BuildError, BuildOptions
 
 logger = logging.getLogger(__name__)
@@ -148,11 +148,7 @@ def write_durably(path: Path, data: bytes) -> None:
         scratch.replace(path)
     finally:
         scratch.unlink(missing_ok=True)
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
+    sync_folder(path.parent)
 
 
 DEBRIS_AGE_S = 600.0  # a plan this old with no manifest is no build finishing its writes

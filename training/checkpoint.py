@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from engines.base import sync_folder
 from training.facenet_nets import build_model, read_torch_file
 
 logger = logging.getLogger(__name__)
@@ -76,11 +77,7 @@ class Checkpoint:
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp, path)
-        folder = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(folder)
-        finally:
-            os.close(folder)
+        sync_folder(path.parent)
 
     @classmethod
     def load(cls, path: str | Path) -> Checkpoint:
