@@ -73,8 +73,8 @@ def register(commands: argparse._SubParsersAction) -> None:
 def _moment(text: str) -> float:
     """A day (its midnight) or a day and time, in local time unless it has a UTC offset; as
     a timestamp."""
-    try:
-        moment = datetime.fromisoformat(text)
+    try:  # (Python 3.10's fromisoformat knows no "Z")
+        moment = datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith(("Z", "z")) else text)
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"expected a day or a day and time, e.g. 2026-11-29 or '2026-11-29 18:30', got {text!r}"

@@ -3,6 +3,7 @@ how it fails, on faces MTCNN finds in the demo clip."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import shutil
@@ -17,6 +18,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from daemon.archive import FaceArchive
+from daemon.archive_cli import _moment
 from daemon.archive_files import VISIT_FILE
 from daemon.cli import main
 from daemon.config import ArchiveConfig, ConfigError
@@ -486,3 +488,22 @@ def test_archive_remove_deletes_visits_and_nothing_else(tmp_path, clip_faces, ca
     assert "no such folder" in capsys.readouterr().err and second.exists()
     assert main(["archive", "remove", second.name]) == 1  # its name only, as list shows last
     assert "give the whole folder, as `archive list` prints it" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2026-11-29T18:30:00Z", datetime.fromisoformat("2026-11-29T18:30:00+00:00")),
+        ("2026-11-29 18:30z", datetime.fromisoformat("2026-11-29T18:30:00+00:00")),
+        ("2026-11-29 18:30+01:00", datetime.fromisoformat("2026-11-29T17:30:00+00:00")),
+        ("2026-11-29", datetime(2026, 11, 29)),  # local midnight
+    ],
+)
+def test_archive_moments_take_a_utc_z_as_python_3_10_does_not(text, expected):
+    assert _moment(text) == expected.timestamp()
+
+
+@pytest.mark.parametrize("text", ["", "Z", "yesterday", "2026-13-01"])
+def test_archive_moment_that_is_no_day_is_a_usage_error(text):
+    with pytest.raises(argparse.ArgumentTypeError, match="expected a day"):
+        _moment(text)
