@@ -399,6 +399,14 @@ class TrackingConfig(Section):
     min_votes: int = _field(
         2, "votes an identity needs before it is announced (at most vote_window)", ge=1, le=1000
     )
+    switch_margin: int = _field(
+        4,
+        "votes by which another identity must outnumber a track's announced one before the "
+        "track changes it (a tie keeps it: a face near the threshold does not flip between a "
+        "name and unknown); at most a third of the votes held counts",
+        ge=1,
+        le=1000,
+    )
     snapshots: bool = _field(False, "publish a JPEG of the face with each identity event")
 
     @field_validator("min_votes")

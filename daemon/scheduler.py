@@ -225,7 +225,7 @@ class Pipeline:
                 identity, distance = matches[k].identity, matches[k].distance
             named = "known" if identity and not self.config.metrics.identities else identity
             metrics.RECOGNITIONS.labels(camera, named or "unknown").inc()
-            self.trackers[camera].record(face.track, identity, distance)
+            self.trackers[camera].record(face.track, identity, distance, embeddings[k].copy())
 
     def _emit_due(self, frames: list[Frame], faces: list[_Face]) -> None:
         by_frame: dict[int, dict[int, _Face]] = {}  # frame -> track -> its face there
@@ -311,8 +311,6 @@ class Pipeline:
         if self.gallery is not None:
             self.gallery.close()
         self.gallery = fresh
-        for tracker in self.trackers.values():  # faces in view now: named by the new one
-            tracker.recount()
         if fresh is not None:
             people = "person" if len(names) == 1 else "people"
             logger.info("gallery %s: %d %s", fresh.path, len(names), people)
@@ -321,7 +319,19 @@ class Pipeline:
                 gone, self.trackers
             )  # past stays in Prometheus until its retention)
         self._enrolled = set(names)
+        self._rename_in_view(fresh)
         self.sinks.people({n: person_json(n, self._cameras_seeing(n)) for n in names})
+
+    def _rename_in_view(self, gallery: Gallery | None) -> None:
+        """The faces in view now, named by the new gallery at once: their recent faces are
+        matched again (an enrolled, renamed or removed person; events with reason
+        "gallery")."""
+        now = time.time()
+        for camera, tracker in self.trackers.items():
+            events = tracker.recount(gallery.match if gallery is not None else None)
+            for event in events:
+                self._emit(event, camera, now)
+            self._changed(camera, events, now)
 
 
 def open_gallery(config: Config, model_id: str) -> Gallery | None:

@@ -5,23 +5,28 @@ Events (``TrackEvent.kind``):
 - ``confirmed``: a face has been seen in ``confirm_frames`` frames (identity may be null);
 - ``identified``: a confirmed track's identity is resolved (null -> name);
 - ``changed``: a resolved identity becomes another one, or unknown;
+  (``identified`` and ``changed`` have reason ``gallery`` when the gallery changed, not the face)
 - ``left``: a confirmed track has not been seen for ``lost_after_s`` (reason ``lost``), or
   the daemon stops while it is open (reason ``stopped``).
 
 A track's identity is the plurality of its last ``vote_window`` recognitions ("unknown"
-votes included) once it has at least ``min_votes`` of them. Its confidence is the share of
-the window that agrees.
+votes included) once it has at least ``min_votes`` of them. Once announced, it holds until
+another identity outnumbers it by ``switch_margin`` votes (a face near the threshold would
+otherwise flip between a name and unknown at each recognition). Its confidence is the share
+of the window that agrees.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from daemon.config import TrackingConfig
+from daemon.gallery import Match
 from engines.boxes import center_shift_matrix, greedy_match, greedy_pairs
 from engines.mtcnn import FrameDetections
 
@@ -35,6 +40,11 @@ MAX_SIZE_CHANGE = 1.5  # a face matched by its centre alone keeps its size withi
 class Vote:
     identity: str  # UNKNOWN for no match
     distance: float
+    embedding: np.ndarray | None = None  # the face's, to match it again when the gallery changes
+
+
+# the gallery's matching (Gallery.match): (N, D) embeddings -> the Match of each
+Rematch = Callable[[np.ndarray], list[Match]]
 
 
 @dataclass
@@ -47,6 +57,7 @@ class Track:
     hits: int = 1
     confirmed: bool = False
     identity: str | None = None  # announced identity (None: unknown or not yet resolved)
+    judged: bool = False  # ``identity`` is a vote's verdict (not "not yet resolved")
     resolved: bool = False  # a vote has reached min_votes
     since_embed: int = 0  # processed frames since the face was last embedded
     embedded: bool = False
@@ -67,18 +78,30 @@ class Track:
         """Wall-clock time of the track's latest frame."""
         return self.last_seen if self.last_seen_wall is None else self.last_seen_wall
 
-    def verdict(self, min_votes: int) -> tuple[str | None, float, float | None] | None:
-        """(identity, confidence, mean distance) of the vote, or None while undecided."""
+    def verdict(
+        self, min_votes: int, switch_margin: int = 1
+    ) -> tuple[str | None, float, float | None] | None:
+        """(identity, confidence, mean distance) of the vote, or None while undecided. An
+        announced identity that still has votes holds until another one outnumbers it by
+        ``switch_margin`` (at most a third of the votes, so that a short window can change)."""
         if not self.votes:
             return None
         counts = Counter(v.identity for v in self.votes)
         winner, n = counts.most_common(1)[0]
+        held = counts.get(self.identity or UNKNOWN, 0) if self.judged else 0
+        if held and n - held < min(switch_margin, -(-len(self.votes) // 3)):
+            winner, n = self.identity or UNKNOWN, held
         if n < min_votes:
             return None
-        distances = [v.distance for v in self.votes if v.identity == winner]
+        return (winner or None, *self.support(winner))
+
+    def support(self, identity: str) -> tuple[float, float | None]:
+        """The share of the votes for ``identity`` (UNKNOWN: unknown), and their mean
+        distance (None without a finite one)."""
+        distances = [v.distance for v in self.votes if v.identity == identity]
         finite = [d for d in distances if np.isfinite(d)]
-        distance = float(np.mean(finite)) if finite else None
-        return (winner or None), n / len(self.votes), distance
+        share = len(distances) / len(self.votes) if self.votes else 0.0
+        return share, (float(np.mean(finite)) if finite else None)
 
 
 @dataclass(frozen=True)
@@ -150,49 +173,79 @@ class Tracker:
 
     def wants_embedding(self, track: Track) -> bool:
         """New tracks, undecided ones (no identity, known or unknown, has ``min_votes``
-        yet), and every ``reembed_every`` frames."""
+        yet), those whose latest recognition named someone else than they announced (another
+        person may have taken the place: looked at again at once, not ``reembed_every``
+        frames later; a face turned away, unknown, is no such hurry), and every
+        ``reembed_every`` frames."""
         if not track.embedded or not track.resolved:
+            return True
+        latest = track.votes[-1].identity if track.votes else UNKNOWN
+        if latest not in (UNKNOWN, track.identity or UNKNOWN):
             return True
         return track.since_embed >= self.reembed_every
 
-    def record(self, track: Track, identity: str | None, distance: float) -> None:
-        """One recognition of the track's face (identity None: matched nobody)."""
+    def record(
+        self,
+        track: Track,
+        identity: str | None,
+        distance: float,
+        embedding: np.ndarray | None = None,
+    ) -> None:
+        """One recognition of the track's face (identity None: matched nobody); its
+        ``embedding`` is kept to match it again when the gallery changes."""
         track.embedded, track.since_embed = True, 0
-        track.votes.append(Vote(identity or UNKNOWN, distance))
+        track.votes.append(Vote(identity or UNKNOWN, distance, embedding))
         while len(track.votes) > self.config.vote_window:
             track.votes.popleft()
 
-    def decide(self, tracks: list[Track]) -> list[TrackEvent]:
-        """Events due for the tracks just updated by a frame."""
+    def decide(self, tracks: list[Track], reason: str | None = None) -> list[TrackEvent]:
+        """Events due for the tracks just updated by a frame (``reason`` of identified and
+        changed events: None, the face; "gallery")."""
         events = []
         for track in tracks:
-            verdict = track.verdict(self.config.min_votes)
+            verdict = track.verdict(self.config.min_votes, self.config.switch_margin)
             if verdict is not None:
                 track.resolved = True
             if not track.confirmed:
                 if track.hits >= self.config.confirm_frames:
                     track.confirmed = True
                     who, confidence, distance = verdict or (None, 0.0, None)
-                    track.identity = who
+                    track.identity, track.judged = who, verdict is not None
                     track.announced.update([who] if who is not None else [])
                     events.append(TrackEvent("confirmed", track, who, confidence, distance))
                 continue
-            if verdict is None or verdict[0] == track.identity:
+            if verdict is None:
+                continue
+            if verdict[0] == track.identity:  # (an undecided track found unknown: no event)
+                track.judged = True
                 continue
             who, confidence, distance = verdict
             kind = "identified" if track.identity is None and who is not None else "changed"
-            events.append(TrackEvent(kind, track, who, confidence, distance, track.identity))
-            track.identity = who
+            events.append(
+                TrackEvent(kind, track, who, confidence, distance, track.identity, reason)
+            )
+            track.identity, track.judged = who, True
             track.announced.update([who] if who is not None else [])
         return events
 
-    def recount(self) -> None:
-        """The gallery changed: every open track's votes start again (it is embedded anew at
-        its next frames), so its identity follows the new gallery within ``min_votes``
-        recognitions; until then it keeps the one it announced."""
+    def recount(self, rematch: Rematch | None) -> list[TrackEvent]:
+        """The gallery changed: each open track's recent faces are matched again against the
+        new one (``rematch``; None: no gallery, nobody is known), so its identity follows at
+        once, with a full window; the events of the announced tracks whose identity changes
+        (reason "gallery"). A track without a kept face votes anew from its next frames."""
         for track in self.tracks:
-            track.votes.clear()
-            track.resolved = track.embedded = False
+            faces = [v.embedding for v in track.votes if v.embedding is not None]
+            if rematch is None or not faces:
+                again = [Match(None, float("inf"), 0.0)] * len(faces)
+            else:
+                again = rematch(np.stack(faces))
+            track.votes = deque(
+                Vote(match.identity or UNKNOWN, match.distance, face)
+                for match, face in zip(again, faces, strict=True)
+            )
+            if not track.votes:
+                track.resolved = track.embedded = False
+        return self.decide([t for t in self.tracks if t.confirmed], reason="gallery")
 
     def in_view(self) -> list[str | None]:
         """The announced identity of each confirmed track still open (None: unknown)."""
@@ -212,8 +265,9 @@ class Tracker:
         events = []
         for track in gone:
             if track.confirmed:
-                verdict = track.verdict(self.config.min_votes)
-                confidence, distance = (verdict[1], verdict[2]) if verdict else (0.0, None)
+                confidence, distance = (
+                    track.support(track.identity or UNKNOWN) if track.judged else (0.0, None)
+                )
                 events.append(
                     TrackEvent("left", track, track.identity, confidence, distance, reason=reason)
                 )

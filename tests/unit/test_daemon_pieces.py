@@ -21,60 +21,15 @@ import pytest
 from prometheus_client import REGISTRY
 
 from daemon.cameras import Frame, FrameQueues
-from daemon.config import ConfigError, TrackingConfig
+from daemon.config import ConfigError
 from daemon.config_file import parse_config
 from daemon.events import EventSinks, in_view_json
 from daemon.scheduler import Pipeline
 from daemon.spool import Spool
 from daemon.stream_probe import _from_answer, stream_problem
 from daemon.systemd_notify import watchdog_healthy
-from daemon.tracking import Tracker
-from engines.mtcnn import FrameDetections
 from tests.conftest import REPO
-
-
-def faces(*boxes: tuple[float, float, float, float]) -> FrameDetections:
-    bbox = np.array(boxes, np.float32).reshape(-1, 4)
-    return FrameDetections(
-        bbox, np.ones(len(bbox), np.float32), np.zeros((len(bbox), 5, 2), np.float32)
-    )
-
-
-def run(tracker: Tracker, ts: float, found: FrameDetections, who: list[str | None]) -> list:
-    tracks = tracker.update(ts, found)
-    for track, name in zip(tracks, who, strict=True):
-        if tracker.wants_embedding(track):
-            tracker.record(track, name, 0.5 if name else 1.5)
-    return [(e.kind, e.track.track_id, e.identity) for e in tracker.decide(tracks)]
-
-
-def test_a_track_is_confirmed_identified_changed_and_leaves() -> None:
-    config = TrackingConfig(confirm_frames=2, min_votes=2, vote_window=3, lost_after_s=1.0)
-    tracker = Tracker("cam", config, reembed_every=1)
-    a, b = (10, 10, 50, 50), (200, 10, 240, 50)
-    assert run(tracker, 0.0, faces(a, b), [None, "bob"]) == []
-    assert tracker.in_view() == [], "nothing is in view before it is confirmed"
-    assert run(tracker, 0.1, faces(a, b), [None, "bob"]) == [
-        ("confirmed", 1, None),
-        ("confirmed", 2, "bob"),
-    ]
-    assert tracker.in_view() == [None, "bob"]
-    moved = (14, 12, 54, 52)  # IoU with a is high: same track
-    assert run(tracker, 0.2, faces(moved), ["ann"]) == []
-    assert run(tracker, 0.3, faces(moved), ["ann"]) == [("identified", 1, "ann")]
-    assert tracker.expire(0.9) == []
-    left = tracker.expire(1.21)
-    assert [(e.kind, e.track.track_id, e.reason) for e in left] == [("left", 2, "lost")]
-    assert [t.track_id for t in tracker.tracks] == [1]
-    assert tracker.in_view() == ["ann"]
-    run(tracker, 1.3, faces(a, b), [None, None])  # track 3 starts, not confirmed yet
-    assert tracker.in_view() == ["ann"]
-    stopped = tracker.expire(1.31, stopping=True)
-    assert [(e.kind, e.track.track_id, e.identity, e.reason) for e in stopped] == [
-        ("left", 1, "ann", "stopped")
-    ], "a stop ends every open track; only confirmed ones were announced, so only they leave"
-    assert tracker.tracks == []
-    assert tracker.in_view() == []
+from tests.unit.test_tracking import faces
 
 
 @pytest.mark.parametrize(
@@ -95,19 +50,6 @@ def test_in_view_state_counts_faces_names_and_unknowns(identities, people, unkno
         "unknown": unknown,
         "ts": 12.346,
     }
-
-
-def test_resolved_tracks_are_embedded_only_every_n_frames() -> None:
-    tracker = Tracker("cam", TrackingConfig(confirm_frames=1, min_votes=2), reembed_every=3)
-    box = faces((0, 0, 40, 40))
-    embedded = []
-    for k in range(9):
-        track = tracker.update(float(k), box)[0]
-        embedded.append(tracker.wants_embedding(track))
-        if embedded[-1]:
-            tracker.record(track, "ann", 0.3)
-        tracker.decide([track])
-    assert embedded == [True, True, False, False, True, False, False, True, False]
 
 
 def test_spool_is_bounded_fifo_and_survives_reopening(tmp_path) -> None:
@@ -243,31 +185,6 @@ def test_frame_queues_respect_max_batch(max_frames) -> None:
 )
 def test_watchdog_is_fed_only_while_frames_flow(last_round, last_batch, cameras_up, fed) -> None:
     assert watchdog_healthy(100.0, last_round, last_batch, cameras_up, 30.0) is fed
-
-
-def test_a_face_that_moved_past_any_overlap_keeps_its_track() -> None:
-    """At low fps a walking face moves more than its width between processed frames: the
-    centre pass continues the track; a face that moved farther, or changed size too much,
-    or the same motion with max_shift 0 (IoU only), starts a new one."""
-    tracker = Tracker("cam", TrackingConfig())
-    (a, b) = tracker.update(0.0, faces((100, 100, 150, 150), (400, 100, 450, 150)))
-    # a: 45 px right (0.9 widths, no overlap); b: 80 px right (1.6 widths)
-    (a2, b2) = tracker.update(0.5, faces((145, 100, 195, 150), (480, 100, 530, 150)))
-    assert a2 is a and b2 is not b
-    (a3,) = tracker.update(1.0, faces((180, 100, 280, 200)))  # twice as large: new
-    assert a3 is not a
-    iou_only = Tracker("cam", TrackingConfig(max_shift=0))
-    (c,) = iou_only.update(0.0, faces((100, 100, 150, 150)))
-    (c2,) = iou_only.update(0.5, faces((145, 100, 195, 150)))
-    assert c2 is not c
-
-
-def test_two_moving_faces_are_not_swapped() -> None:
-    tracker = Tracker("cam", TrackingConfig())
-    left, right = tracker.update(0.0, faces((100, 100, 150, 150), (300, 100, 350, 150)))
-    # both moved 40 px towards each other; each stays nearer its own track
-    new_left, new_right = tracker.update(0.5, faces((140, 100, 190, 150), (260, 100, 310, 150)))
-    assert new_left is left and new_right is right
 
 
 def test_full_scan_every_n_frames_and_search_around_tracks_in_between(detector) -> None:
@@ -528,18 +445,6 @@ def test_ignore_regions_are_checked(regions, expected) -> None:
     assert expected in str(error.value)
 
 
-def test_a_track_remembers_every_name_its_events_gave() -> None:
-    config = TrackingConfig(confirm_frames=1, min_votes=2, vote_window=2, lost_after_s=1.0)
-    tracker = Tracker("cam", config, reembed_every=1)
-    box = (10, 10, 50, 50)
-    assert run(tracker, 0.0, faces(box), ["bob"]) == [("confirmed", 1, None)]
-    assert run(tracker, 0.1, faces(box), ["bob"]) == [("identified", 1, "bob")]
-    assert run(tracker, 0.2, faces(box), [None]) == []  # one vote each: still bob
-    assert run(tracker, 0.3, faces(box), [None]) == [("changed", 1, None)]
-    [left] = tracker.expire(2.0)
-    assert left.identity is None and left.track.announced == {"bob"}
-
-
 def test_a_batch_with_two_frames_of_a_camera_reports_each_frames_own_face(
     detector, tmp_path
 ) -> None:
@@ -598,22 +503,6 @@ def test_an_ignore_region_at_the_frames_edge_takes_faces_the_edge_cuts_off() -> 
         frame, faces((-60, 100, 40, 220), (600, 100, 700, 220), (300, 100, 340, 140))
     )
     assert kept.bbox_xyxy.tolist() == [[300, 100, 340, 140]]
-
-
-def test_a_new_gallery_renames_the_faces_in_view_within_min_votes() -> None:
-    """Enrolled (or removed) while the face is in view: its votes start again, so the new
-    identity comes after min_votes recognitions, not after the old ones are outvoted."""
-    config = TrackingConfig(confirm_frames=1, min_votes=2, vote_window=15)
-    tracker = Tracker("cam", config, reembed_every=10)
-    box = (10, 10, 50, 50)
-    run(tracker, 0.0, faces(box), [None])
-    for k in range(1, 10):  # ten unknown votes
-        run(tracker, k / 10, faces(box), [None])
-    [track] = tracker.tracks
-    tracker.recount()  # the gallery was re-read: Ann enrolled
-    assert tracker.wants_embedding(track)
-    assert run(tracker, 1.0, faces(box), ["ann"]) == []
-    assert run(tracker, 1.1, faces(box), ["ann"]) == [("identified", 1, "ann")]
 
 
 def test_log_lines_carry_the_time_except_in_the_journal(tmp_path) -> None:

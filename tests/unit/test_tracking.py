@@ -1,0 +1,274 @@
+"""Face tracks (daemon.tracking): association, the identity vote and its hysteresis, the
+events, and a gallery changed while faces are in view."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from daemon.cameras import Frame
+from daemon.config import TrackingConfig
+from daemon.config_file import parse_config
+from daemon.events import EventSinks
+from daemon.gallery import Enrollment, Gallery, Match
+from daemon.scheduler import Pipeline
+from daemon.tracking import Tracker
+from engines.mtcnn import FrameDetections
+
+
+def faces(*boxes: tuple[float, float, float, float]) -> FrameDetections:
+    bbox = np.array(boxes, np.float32).reshape(-1, 4)
+    return FrameDetections(
+        bbox, np.ones(len(bbox), np.float32), np.zeros((len(bbox), 5, 2), np.float32)
+    )
+
+
+def run(tracker: Tracker, ts: float, found: FrameDetections, who: list[str | None]) -> list:
+    tracks = tracker.update(ts, found)
+    for track, name in zip(tracks, who, strict=True):
+        if tracker.wants_embedding(track):
+            tracker.record(track, name, 0.5 if name else 1.5)
+    return [(e.kind, e.track.track_id, e.identity) for e in tracker.decide(tracks)]
+
+
+def test_a_track_is_confirmed_identified_changed_and_leaves() -> None:
+    config = TrackingConfig(confirm_frames=2, min_votes=2, vote_window=3, lost_after_s=1.0)
+    tracker = Tracker("cam", config, reembed_every=1)
+    a, b = (10, 10, 50, 50), (200, 10, 240, 50)
+    assert run(tracker, 0.0, faces(a, b), [None, "bob"]) == []
+    assert tracker.in_view() == [], "nothing is in view before it is confirmed"
+    assert run(tracker, 0.1, faces(a, b), [None, "bob"]) == [
+        ("confirmed", 1, None),
+        ("confirmed", 2, "bob"),
+    ]
+    assert tracker.in_view() == [None, "bob"]
+    moved = (14, 12, 54, 52)  # IoU with a is high: same track
+    assert run(tracker, 0.2, faces(moved), ["ann"]) == []
+    assert run(tracker, 0.3, faces(moved), ["ann"]) == [("identified", 1, "ann")]
+    assert tracker.expire(0.9) == []
+    left = tracker.expire(1.21)
+    assert [(e.kind, e.track.track_id, e.reason) for e in left] == [("left", 2, "lost")]
+    assert [t.track_id for t in tracker.tracks] == [1]
+    assert tracker.in_view() == ["ann"]
+    run(tracker, 1.3, faces(a, b), [None, None])  # track 3 starts, not confirmed yet
+    assert tracker.in_view() == ["ann"]
+    stopped = tracker.expire(1.31, stopping=True)
+    assert [(e.kind, e.track.track_id, e.identity, e.reason) for e in stopped] == [
+        ("left", 1, "ann", "stopped")
+    ], "a stop ends every open track; only confirmed ones were announced, so only they leave"
+    assert tracker.tracks == []
+    assert tracker.in_view() == []
+
+
+def test_resolved_tracks_are_embedded_only_every_n_frames() -> None:
+    tracker = Tracker("cam", TrackingConfig(confirm_frames=1, min_votes=2), reembed_every=3)
+    box = faces((0, 0, 40, 40))
+    embedded = []
+    for k in range(9):
+        track = tracker.update(float(k), box)[0]
+        embedded.append(tracker.wants_embedding(track))
+        if embedded[-1]:
+            tracker.record(track, "ann", 0.3)
+        tracker.decide([track])
+    assert embedded == [True, True, False, False, True, False, False, True, False]
+
+
+def test_a_face_that_moved_past_any_overlap_keeps_its_track() -> None:
+    """At low fps a walking face moves more than its width between processed frames: the
+    centre pass continues the track; a face that moved farther, or changed size too much,
+    or the same motion with max_shift 0 (IoU only), starts a new one."""
+    tracker = Tracker("cam", TrackingConfig())
+    (a, b) = tracker.update(0.0, faces((100, 100, 150, 150), (400, 100, 450, 150)))
+    # a: 45 px right (0.9 widths, no overlap); b: 80 px right (1.6 widths)
+    (a2, b2) = tracker.update(0.5, faces((145, 100, 195, 150), (480, 100, 530, 150)))
+    assert a2 is a and b2 is not b
+    (a3,) = tracker.update(1.0, faces((180, 100, 280, 200)))  # twice as large: new
+    assert a3 is not a
+    iou_only = Tracker("cam", TrackingConfig(max_shift=0))
+    (c,) = iou_only.update(0.0, faces((100, 100, 150, 150)))
+    (c2,) = iou_only.update(0.5, faces((145, 100, 195, 150)))
+    assert c2 is not c
+
+
+def test_two_moving_faces_are_not_swapped() -> None:
+    tracker = Tracker("cam", TrackingConfig())
+    left, right = tracker.update(0.0, faces((100, 100, 150, 150), (300, 100, 350, 150)))
+    # both moved 40 px towards each other; each stays nearer its own track
+    new_left, new_right = tracker.update(0.5, faces((140, 100, 190, 150), (260, 100, 310, 150)))
+    assert new_left is left and new_right is right
+
+
+def test_a_track_remembers_every_name_its_events_gave() -> None:
+    config = TrackingConfig(confirm_frames=1, min_votes=2, vote_window=2, lost_after_s=1.0)
+    tracker = Tracker("cam", config, reembed_every=1)
+    box = (10, 10, 50, 50)
+    assert run(tracker, 0.0, faces(box), ["bob"]) == [("confirmed", 1, None)]
+    assert run(tracker, 0.1, faces(box), ["bob"]) == [("identified", 1, "bob")]
+    assert run(tracker, 0.2, faces(box), [None]) == []  # one vote each: still bob
+    assert run(tracker, 0.3, faces(box), [None]) == [("changed", 1, None)]
+    [left] = tracker.expire(2.0)
+    assert left.identity is None and left.track.announced == {"bob"}
+
+
+def test_a_new_gallery_renames_the_faces_in_view_at_once() -> None:
+    """Enrolled (or removed, renamed) while the face is in view: its recent faces are matched
+    again against the new gallery, and the identity follows at once, with the whole window
+    (before, the votes started again: a glance away then made the person unknown)."""
+    config = TrackingConfig(confirm_frames=1, min_votes=2, vote_window=15)
+    tracker = Tracker("cam", config, reembed_every=10)
+    box, face = (10, 10, 50, 50), np.eye(4, dtype=np.float32)[0]
+    for k in range(10):  # unknown until min_votes, then embedded every 10 frames
+        [track] = tracker.update(k / 10, faces(box))
+        if tracker.wants_embedding(track):
+            tracker.record(track, None, 1.5, face)
+        tracker.decide([track])
+    assert track.identity is None and track.judged and len(track.votes) == 2
+    seen: list[np.ndarray] = []
+
+    def ann_enrolled(embeddings: np.ndarray) -> list[Match]:
+        seen.append(embeddings)
+        return [Match("ann", 0.25, 0.5) for _ in embeddings]
+
+    [event] = tracker.recount(ann_enrolled)
+    assert (event.kind, event.identity, event.previous, event.reason) == (
+        "identified",
+        "ann",
+        None,
+        "gallery",
+    )
+    assert np.array_equal(seen[0], [face, face]) and event.distance == 0.25
+    assert tracker.recount(ann_enrolled) == [], "the same gallery again: nothing changes"
+    [removed] = tracker.recount(None)  # the gallery file was deleted: nobody is known
+    assert (removed.kind, removed.identity, removed.previous) == ("changed", None, "ann")
+
+
+def test_a_named_track_holds_its_name_until_another_clearly_leads() -> None:
+    """A face near the threshold, named on one recognition and not on the next, keeps its
+    name (it flipped at each recognition: an event and a presence toggle every 2 s); a tie
+    keeps it too; another person taking the place is renamed once they lead by the margin."""
+    config = TrackingConfig(confirm_frames=1, min_votes=2, vote_window=15, switch_margin=4)
+    tracker = Tracker("cam", config, reembed_every=1)
+    box = (10, 10, 50, 50)
+    changes = []
+    for k in range(60):  # bob, unknown, bob, unknown...
+        changes += run(tracker, k / 10, faces(box), ["bob" if k % 2 == 0 else None])
+    assert changes == [("confirmed", 1, None), ("identified", 1, "bob")]
+    for k in range(60, 80):  # carl took bob's place
+        changes += run(tracker, k / 10, faces(box), ["carl"])
+        if len(changes) == 3:
+            break
+    # the window: 7 bob and 8 unknown; carl outnumbers bob by 4 when he has 8 of 15 votes
+    # (bob 3, unknown 4): at his 8th recognition
+    assert changes[2] == ("changed", 1, "carl") and k == 67, (changes, k)
+
+
+def test_a_track_named_otherwise_is_looked_at_again_at_once() -> None:
+    """A named track is embedded every ``reembed_every`` frames, but at once again when its
+    latest recognition names someone else (not when it is unknown: a face turned away)."""
+    config = TrackingConfig(confirm_frames=1, min_votes=1, vote_window=15)
+    tracker = Tracker("cam", config, reembed_every=10)
+    [track] = tracker.update(0.0, faces((0, 0, 9, 9)))
+    tracker.record(track, "bob", 0.5)
+    tracker.decide([track])
+    assert track.identity == "bob" and not tracker.wants_embedding(track)
+    tracker.record(track, None, 1.5)
+    assert not tracker.wants_embedding(track)
+    tracker.record(track, "carl", 0.4)
+    assert tracker.wants_embedding(track)
+
+
+def test_a_tie_keeps_the_announced_identity() -> None:
+    config = TrackingConfig(confirm_frames=1, min_votes=1, vote_window=4, switch_margin=4)
+    tracker = Tracker("cam", config, reembed_every=1)
+    changes = []
+    for k, who in enumerate(["ann", "ann", "bob", "bob"] * 5):
+        changes += run(tracker, k / 10, faces((0, 0, 9, 9)), [who])
+    assert changes == [("confirmed", 1, "ann")], "2 against 2 all along: ann stays"
+    # in a window of 4, a margin of 2 is enough (a third of the votes, rounded up)
+    changes += run(tracker, 2.0, faces((0, 0, 9, 9)), ["bob"])
+    assert changes[1:] == [("changed", 1, "bob")]
+
+
+def test_left_carries_the_announced_identitys_support() -> None:
+    config = TrackingConfig(confirm_frames=1, min_votes=1, vote_window=5, lost_after_s=1.0)
+    tracker = Tracker("cam", config, reembed_every=1)
+    for k, who in enumerate(["ann", "ann", "ann", None, None]):
+        run(tracker, k / 10, faces((0, 0, 9, 9)), [who])
+    [left] = tracker.expire(5.0)
+    assert (left.identity, left.confidence, left.distance) == ("ann", 3 / 5, 0.5)
+
+
+class _OnePerson:
+    """The scheduler's engines, scripted (the only fakes the tests allow): the detector finds
+    one face in every frame, and FaceNet gives it ``face``'s embedding."""
+
+    model_id = "scripted-facenet"
+
+    def __init__(self, face: np.ndarray) -> None:
+        self.face = face
+
+    def refuses(self, image_hw: tuple[int, int]) -> None:
+        return None
+
+    def detect(self, images: list, priors: list | None = None) -> list[FrameDetections]:
+        return [faces((100, 100, 160, 160)) for _ in images]
+
+    def embed_picks(self, picks: list) -> np.ndarray:
+        return np.stack([self.face for _ in picks])
+
+
+def test_a_person_renamed_or_removed_while_in_view_is_so_at_once(tmp_path) -> None:
+    """`gallery rename` and `gallery remove` while the person is in view: one event with
+    reason "gallery" at the reload, and the camera's faces and the people topics follow at
+    once (a rename showed the new name as seen nowhere, then as a change of person)."""
+    ann, bob = np.eye(8, dtype=np.float32)[:2]
+    path = tmp_path / "gallery.sqlite"
+    with Gallery.create(path, _OnePerson.model_id, 8) as gallery:
+        gallery.enroll([Enrollment("ann", ann, "a" * 64), Enrollment("bob", bob, "b" * 64)])
+    config = parse_config(
+        {
+            "cameras": [{"name": "door", "url": "door.mp4"}],
+            "recognition": {"model": None, "gallery": str(path)},
+        }
+    )
+
+    class Sinks(EventSinks):
+        def __init__(self) -> None:
+            super().__init__()
+            self.events: list[dict] = []
+            self.faces: dict = {}
+            self.presence: dict = {}
+
+        def emit(self, event: dict, snapshot: bytes | None = None) -> None:
+            self.events.append(event)
+
+        def in_view(self, camera: str, state: dict) -> None:
+            self.faces = state
+
+        def person(self, name: str, state: dict) -> None:
+            self.presence[name] = state["cameras"]
+
+        def people(self, states: dict) -> None:
+            self.presence = {name: state["cameras"] for name, state in states.items()}
+
+    engines, sinks = _OnePerson(ann), Sinks()
+    pipeline = Pipeline(config, engines, engines, sinks)  # type: ignore[arg-type]
+    pipeline.reload_gallery()
+    for k in range(10):
+        pipeline.process([Frame("door", k, 1000.0 + k / 5, np.zeros((360, 640, 3), np.uint8))])
+    assert [(e["type"], e["identity"]) for e in sinks.events] == [("confirmed", "ann")]
+    with Gallery.open(path, writable=True) as gallery:
+        gallery.rename("ann", "Anna")
+    pipeline.reload_gallery()
+    renamed = sinks.events[1:]
+    assert [(e["type"], e["identity"], e["previous_identity"], e["reason"]) for e in renamed] == [
+        ("changed", "Anna", "ann", "gallery")
+    ]
+    assert sinks.faces["people"] == ["Anna"] and sinks.presence == {"Anna": ["door"], "bob": []}
+    with Gallery.open(path, writable=True) as gallery:
+        gallery.remove("Anna")
+    pipeline.reload_gallery()
+    removed = sinks.events[2:]
+    assert [(e["type"], e["identity"], e["previous_identity"], e["reason"]) for e in removed] == [
+        ("changed", None, "Anna", "gallery")
+    ]
+    assert sinks.faces["unknown"] == 1 and sinks.presence == {"bob": []}
