@@ -8,24 +8,23 @@ answers there.
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import math
 import sys
 import time
-import urllib.error
-import urllib.request
 from dataclasses import asdict, dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from daemon.config import DEFAULT_CONFIG, SERVICE_CONFIG, ConfigError, running_config
 from daemon.config_file import load_config, redact_url, url_host
-from daemon.stream_probe import http_request, open_url, peer_text
+from daemon.stream_probe import http_get, peer_text
 
 NOT_RUNNING = 3
+SCRAPE_TIMEOUT_S = 5.0  # for the whole page, however slowly it comes
+PAGE_LIMIT = 16_000_000  # bytes: a daemon's page is well under 1 MB
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
@@ -37,7 +36,8 @@ def register(commands: Any) -> None:
             "Read the running daemon's Prometheus endpoint twice, --interval seconds apart, "
             "and show each camera (up or down; frames read, searched, skipped by the motion "
             "gate and dropped per second; faces per second) and MQTT. Exit status: 0 all "
-            "well, 1 a camera or the broker is down, 3 no daemon answers."
+            "well, 1 a camera or the broker is down, 2 a usage or config error, 3 no daemon "
+            "answers (or none within 5 s)."
         ),
     )
     status.add_argument(
@@ -106,41 +106,64 @@ class NotFacewatch(Exception):
     """Something answers at the URL, but not with facewatch's metrics."""
 
 
-def metrics_request(url: str) -> urllib.request.Request:
-    """A GET of the metrics at ``url`` (``HOST:PORT`` alone is taken as
+@dataclass(frozen=True)
+class MetricsUrl:
+    parts: SplitResult  # with the user and password, when the URL has them
+    netloc: str  # HOST:PORT
+    plain: str  # the URL without user and password
+
+    def fetch(self) -> bytes:
+        """The page's text, within SCRAPE_TIMEOUT_S however slowly it comes (OSError when
+        nothing answers; NotFacewatch for an answer that is no metrics page)."""
+        try:
+            answer = http_get(self.parts, self.netloc, SCRAPE_TIMEOUT_S, "/metrics", PAGE_LIMIT)
+        except ValueError as exc:  # an answer too long
+            raise NotFacewatch(str(exc)) from None
+        if answer.code == 0:
+            raise OSError("not a web server there")
+        if 300 <= answer.code < 400:  # not followed: Basic credentials stay here
+            where = redact_url(peer_text(answer.header("location") or "?"))
+            raise NotFacewatch(f"it redirects to {where} (give that URL to --url)")
+        if answer.code != 200:
+            raise OSError(f"HTTP {answer.code} {peer_text(answer.reason)}")
+        return answer.body
+
+
+def metrics_request(url: str) -> MetricsUrl:
+    """Where to GET the metrics at ``url`` (``HOST:PORT`` alone is taken as
     ``http://HOST:PORT/metrics``); a user and password in it go as Basic authentication (a
     reverse proxy's). ValueError for a URL that is not http(s)."""
     parts = urlsplit(url if "://" in url else f"http://{url}")
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"--url {redact_url(url)}: expected http(s)://HOST:PORT/metrics")
-    return http_request(parts, parts.netloc.rpartition("@")[2], "/metrics")
-
-
-def scrape(request: urllib.request.Request) -> Samples:
-    """Every sample of the page, by name and labels; OSError when nothing answers."""
     try:
-        with open_url(request, 5) as response:
-            text = response.read().decode(errors="replace")
-    except urllib.error.HTTPError as exc:  # not followed: Basic credentials stay here
-        if 300 <= exc.code < 400:
-            where = redact_url(peer_text(exc.headers.get("Location", "?")))
-            raise NotFacewatch(f"it redirects to {where} (give that URL to --url)") from None
-        raise
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
+    except ValueError:  # a port that is no number
+        ok = False
+    if not ok:
+        raise ValueError(f"--url {redact_url(url)}: expected http(s)://HOST:PORT/metrics")
+    netloc = parts.netloc.rpartition("@")[2]
+    plain = urlunsplit((parts.scheme, netloc, parts.path or "/metrics", parts.query, ""))
+    return MetricsUrl(parts, netloc, plain)
+
+
+def scrape(where: MetricsUrl) -> Samples:
+    """Every sample of the page, by name and labels; OSError when nothing answers."""
+    text = where.fetch().decode(errors="replace")
     try:
         families = list(text_string_to_metric_families(text))
     except ValueError as exc:  # HTML, JSON...: not the Prometheus text format
         raise NotFacewatch("not a Prometheus metrics page") from exc
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
+    return {  # (what the page's labels hold goes to a terminal: made printable)
+        (s.name, tuple(sorted((k, peer_text(v, 300)) for k, v in s.labels.items()))): s.value
         for family in families
         for s in family.samples
+        if math.isfinite(s.value)  # (NaN, +Inf: no daemon's)
     }
 
 
-def read_status(request: urllib.request.Request, interval_s: float) -> Status:
-    before, start = scrape(request), time.monotonic()
+def read_status(where: MetricsUrl, interval_s: float) -> Status:
+    before, start = scrape(where), time.monotonic()
     time.sleep(interval_s)
-    after = scrape(request)
+    after = scrape(where)
     elapsed = max(time.monotonic() - start, 1e-9)
 
     def value(name: str, **labels: str) -> float:
@@ -154,16 +177,20 @@ def read_status(request: urllib.request.Request, interval_s: float) -> Status:
     if build is None:
         raise NotFacewatch("Prometheus metrics, but no facewatch_build_info among them")
     cameras = sorted(
-        dict(labels)["camera"] for (name, labels) in after if name == "facewatch_camera_up"
+        {
+            dict(labels).get("camera", "?")
+            for (name, labels) in after
+            if name == "facewatch_camera_up"
+        }
     )
     down = {  # camera: (since, reason)
-        dict(labels)["camera"]: (since, dict(labels)["reason"])
+        dict(labels).get("camera", "?"): (since, dict(labels).get("reason", "?"))
         for (name, labels), since in after.items()
         if name == "facewatch_camera_down_since_seconds"
     }
     mqtt_key = ("facewatch_mqtt_connected", ())
     return Status(
-        url=request.full_url,
+        url=where.plain,
         version=build.get("version", "?"),
         backend=build.get("backend", "?"),
         model=build.get("model") or "none (detection only)",
@@ -246,15 +273,16 @@ def _status(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     given = args.url if args.url is None or "://" in args.url else f"http://{args.url}"
-    shown = redact_url(given) if given else request.full_url
+    shown = redact_url(given) if given else request.plain
     try:
         status = read_status(request, args.interval)
     except NotFacewatch as exc:
         return _unanswered(args, shown, f"{shown} answers, but not as facewatch: {exc}")
-    except (OSError, http.client.HTTPException) as exc:  # nothing there, or not HTTP
-        reason = getattr(exc, "reason", None) or exc
-        if isinstance(exc, http.client.HTTPException):
-            reason = f"not a web server there (it said {str(exc).strip()[:60]!r})"
+    except OSError as exc:  # nothing there
+        if isinstance(exc, TimeoutError):
+            reason = f"no whole answer within {SCRAPE_TIMEOUT_S:g} s"
+        else:
+            reason = peer_text(f"{getattr(exc, 'strerror', None) or exc}", 200)
         problem = f"no facewatch daemon answers at {shown}: {reason}"
         return _unanswered(args, shown, f"{problem} (is it running? systemctl status facewatch)")
     if args.json:

@@ -16,21 +16,24 @@ import hashlib
 import os
 import re
 import socket
-import urllib.error
-import urllib.request
-from typing import Any
-from urllib.parse import SplitResult, unquote, urlsplit, urlunsplit
+import ssl
+import time
+from dataclasses import dataclass, field
+from urllib.parse import SplitResult, quote, unquote, urlsplit, urlunsplit
 
 from daemon.config_file import redact_url
 
 TIMEOUT_S = 3.0
+HEAD_LIMIT = 65536  # bytes of an answer's status line and headers
+DEFAULT_PORTS = {"rtsp": 554, "http": 80, "https": 443}
 _CHALLENGE = re.compile(r'(\w+)="?([^",]*)"?')
 UNREADABLE = "the URL cannot be read (a bracket left open, or no port number after the host's ':')"
 
 
 def stream_problem(url: str, timeout_s: float = TIMEOUT_S) -> str | None:
     """What is wrong with a camera's ``rtsp://`` or ``http(s)://`` URL, or None when the
-    camera serves it (or another scheme): then the cause lies elsewhere (e.g. the video)."""
+    camera serves it (or another scheme): then the cause lies elsewhere (e.g. the video).
+    Each answer is waited for ``timeout_s`` in all, however slowly the camera sends it."""
     try:
         parts = urlsplit(url)
         host, port = parts.hostname, parts.port
@@ -39,31 +42,48 @@ def stream_problem(url: str, timeout_s: float = TIMEOUT_S) -> str | None:
     scheme = parts.scheme.lower()
     if not host or scheme not in ("rtsp", "http", "https"):
         return None
-    port = port if port is not None else {"rtsp": 554, "http": 80, "https": 443}[scheme]
+    port = port if port is not None else DEFAULT_PORTS[scheme]
     netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    if scheme != "rtsp":
-        return _http_problem(parts, netloc, timeout_s)
-    target = urlunsplit(("rtsp", netloc, parts.path or "/", parts.query, ""))
-    user = (unquote(parts.username or ""), unquote(parts.password or ""))
+    password = unquote(parts.password or "")
     try:
-        connection = socket.create_connection((host, port), timeout=timeout_s)
+        if scheme == "rtsp":
+            problem = _rtsp_problem(parts, host, port, netloc, timeout_s)
+        else:
+            problem = _http_problem(parts, netloc, timeout_s)
     except (OSError, UnicodeError) as exc:  # UnicodeError: a host name IDNA refuses
-        return _unreachable(exc, host, netloc, timeout_s)
-    try:
-        with connection:
-            connection.settimeout(timeout_s)
-            answer = _describe(connection, target, 1)
-            if _status(answer)[0] == 401 and parts.username is not None:
+        problem = _unreachable(exc, host, netloc, timeout_s)
+    except ValueError as exc:  # an answer too long
+        problem = f"{netloc}: {exc}"
+    return None if problem is None else _masked(peer_text(problem, 400), password)
+
+
+def _masked(text: str, password: str) -> str:
+    """``text`` without the URL's password, nor its Basic token, should the camera echo them
+    (and without any password of the config: ``redact_url``)."""
+    if len(password) >= 4:
+        text = text.replace(password, "***")
+    return redact_url(re.sub(r"(?i)\b(basic)\s+[A-Za-z0-9+/=]{8,}", r"\1 ***", text))
+
+
+def _rtsp_problem(
+    parts: SplitResult, host: str, port: int, netloc: str, timeout_s: float
+) -> str | None:
+    """One DESCRIBE (two, answering the camera's challenge with the URL's user)."""
+    target = urlunsplit(("rtsp", netloc, _path(parts), parts.query, ""))
+    user = (unquote(parts.username or ""), unquote(parts.password or ""))
+    with socket.create_connection((host, port), timeout=timeout_s) as connection:
+        try:
+            answer = _parse(_exchange(connection, _describe(target, 1), timeout_s)[0], "RTSP")
+            if answer.code == 401 and parts.username is not None:
                 authorization = _authorization(answer, target, *user)
                 if authorization is not None:
-                    answer = _describe(connection, target, 2, authorization)
-    except TimeoutError:
-        return (
-            f"{netloc} accepts the connection but its RTSP service does not answer within "
-            f"{timeout_s:g} s (hung? restart the camera)"
-        )
-    except OSError as exc:
-        return f"{netloc}: {exc.strerror or exc}"
+                    request = _describe(target, 2, authorization)
+                    answer = _parse(_exchange(connection, request, timeout_s)[0], "RTSP")
+        except TimeoutError:
+            return (
+                f"{netloc} accepts the connection but its RTSP service does not answer within "
+                f"{timeout_s:g} s (hung? restart the camera)"
+            )
     return _from_answer(answer, parts.path or "/", parts.username is not None)
 
 
@@ -77,45 +97,69 @@ def _unreachable(exc: Exception, host: str, netloc: str, timeout_s: float) -> st
         )
     if isinstance(exc, TimeoutError):
         return f"{netloc} does not answer within {timeout_s:g} s (off, unreachable, or a firewall)"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"{netloc}: its TLS certificate is not trusted here ({exc.verify_message})"
     return f"{netloc}: {getattr(exc, 'strerror', None) or exc}"
 
 
 def basic_authorization(user: str, password: str) -> str:
     """The Authorization header of HTTP / RTSP Basic authentication."""
-    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+    token = f"{user}:{password}".encode(errors="surrogateescape")
+    return "Basic " + base64.b64encode(token).decode()
 
 
-def http_request(
-    parts: SplitResult, netloc: str, default_path: str = "/"
-) -> urllib.request.Request:
-    """A GET of the URL ``parts`` at ``netloc`` (no user and password in it: those, when the
-    URL has them, go as Basic authentication)."""
-    plain = urlunsplit((parts.scheme, netloc, parts.path or default_path, parts.query, ""))
-    request = urllib.request.Request(plain, method="GET")
+@dataclass
+class Answer:
+    """An HTTP or RTSP answer: ``code`` 0 when it is none of the protocol's."""
+
+    code: int
+    reason: str  # as sent: peer_text it before showing it
+    headers: list[tuple[str, str]] = field(default_factory=list)  # (name in lower case, value)
+    body: bytes = b""
+
+    def header(self, name: str) -> str | None:
+        return next((value for key, value in self.headers if key == name), None)
+
+
+def http_get(
+    parts: SplitResult,
+    netloc: str,
+    timeout_s: float,
+    default_path: str = "/",
+    body_limit: int = 0,
+) -> Answer:
+    """One GET of the URL ``parts`` at ``netloc`` (HTTP/1.0; the URL's user and password as
+    Basic authentication; no redirect followed: a 3xx is the answer), and up to
+    ``body_limit`` bytes of its body (ValueError past that). The connection and the answer
+    each get ``timeout_s`` in all (TimeoutError). OSError when it cannot be made."""
+    host, port = parts.hostname or "", parts.port or DEFAULT_PORTS[parts.scheme.lower()]
+    lines = [f"GET {_path(parts, default_path)} HTTP/1.0", f"Host: {netloc}"]
     if parts.username is not None:
         user, password = unquote(parts.username), unquote(parts.password or "")
-        request.add_header("Authorization", basic_authorization(user, password))
-    return request
+        lines.append(f"Authorization: {basic_authorization(user, password)}")
+    request = ("\r\n".join([*lines, "User-Agent: facewatch", "", ""])).encode()
+    with socket.create_connection((host, port), timeout=timeout_s) as connection:
+        if parts.scheme.lower() == "https":
+            context = ssl.create_default_context()
+            with context.wrap_socket(connection, server_hostname=host) as secure:
+                head, body = _exchange(secure, request, timeout_s, body_limit)
+        else:
+            head, body = _exchange(connection, request, timeout_s, body_limit)
+    answer = _parse(head, "HTTP")
+    answer.body = body
+    return answer
+
+
+def _path(parts: SplitResult, default: str = "/") -> str:
+    """The URL's path for a request line: what would end the line or the request (a space,
+    a control character) percent-encoded."""
+    return quote(parts.path or default, safe="/%:@!$&'()*+,;=~-._") + (
+        f"?{quote(parts.query, safe='/%:@!$&()*+,;=~-._?')}" if parts.query else ""
+    )
 
 
 # content types of an answer that is a page, not a stream (MJPEG is multipart/x-mixed-replace)
 WEB_PAGES = ("application/json", "application/xml", "application/xhtml+xml")
-
-
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    """A redirect is an answer (HTTPError 3xx), not followed: the credentials of a request
-    must not go on to whatever host the peer names."""
-
-    def redirect_request(self, *args: object, **kwargs: object) -> None:
-        return None
-
-
-_OPENER = urllib.request.build_opener(_NoRedirect())
-
-
-def open_url(request: urllib.request.Request, timeout_s: float) -> Any:
-    """``urlopen`` that follows no redirect (an HTTPError 3xx instead)."""
-    return _OPENER.open(request, timeout=timeout_s)
 
 
 def peer_text(text: str, limit: int = 100) -> str:
@@ -127,66 +171,97 @@ def peer_text(text: str, limit: int = 100) -> str:
 
 def _http_problem(parts: SplitResult, netloc: str, timeout_s: float) -> str | None:
     """The answer to one GET of the URL (credentials from it as Basic authentication)."""
-    request = http_request(parts, netloc)
+    path = parts.path or "/"
     try:
-        with open_url(request, timeout_s) as answer:
-            kind = peer_text(answer.headers.get_content_type())
-            if kind.startswith("text/") or kind in WEB_PAGES:
-                return (
-                    f"the camera answers {parts.path or '/'} with a web page ({kind}), not a "
-                    "video stream: check the path in the URL (the camera's manual names its "
-                    "stream's)"
-                )
-            return None
-    except urllib.error.HTTPError as exc:
-        if 300 <= exc.code < 400:
-            where = redact_url(peer_text(exc.headers.get("Location", "?")))
-            return (
-                f"the camera redirects {parts.path or '/'} to {where} (HTTP {exc.code}: a login "
-                "page? give the stream's own URL)"
-            )
-        said = peer_text(str(exc.reason))
-        return _meaning(exc.code, said, "HTTP", parts.path or "/", parts.username is not None)
-    except urllib.error.URLError as exc:
-        if isinstance(exc.reason, OSError):
-            return _unreachable(exc.reason, parts.hostname or "", netloc, timeout_s)
-        return f"{netloc}: {peer_text(str(exc.reason))}"
-    except (OSError, ValueError) as exc:  # a timeout while reading, a bad answer
-        return f"{netloc}: {peer_text(str(exc))}"
+        answer = http_get(parts, netloc, timeout_s)
+    except TimeoutError:
+        return (
+            f"{netloc} accepts the connection but does not answer the GET within {timeout_s:g} s "
+            "(hung? restart the camera)"
+        )
+    if answer.code == 0:
+        return "it does not answer as an HTTP server (is this the camera's HTTP port?)"
+    if 300 <= answer.code < 400:
+        where = peer_text(answer.header("location") or "?")
+        return (
+            f"the camera redirects {path} to {where} (HTTP {answer.code}: a login "
+            "page? give the stream's own URL)"
+        )
+    if answer.code >= 300:
+        said = peer_text(answer.reason)
+        return _meaning(answer.code, said, "HTTP", path, parts.username is not None)
+    kind = peer_text((answer.header("content-type") or "").split(";")[0].strip().lower())
+    if kind.startswith("text/") or kind in WEB_PAGES:
+        return (
+            f"the camera answers {path} with a web page ({kind}), not a video stream: check "
+            "the path in the URL (the camera's manual names its stream's)"
+        )
+    return None
 
 
-def _describe(
-    connection: socket.socket, target: str, cseq: int, authorization: str | None = None
-) -> bytes:
-    """The head of the camera's answer to DESCRIBE ``target``."""
+def _describe(target: str, cseq: int, authorization: str | None = None) -> bytes:
+    """An RTSP DESCRIBE of ``target``."""
     lines = [f"DESCRIBE {target} RTSP/1.0", f"CSeq: {cseq}", "Accept: application/sdp"]
     if authorization is not None:
         lines.append(f"Authorization: {authorization}")
-    connection.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
-    answer = b""
-    while b"\r\n\r\n" not in answer and len(answer) < 65536:
-        chunk = connection.recv(4096)
+    return ("\r\n".join(lines) + "\r\n\r\n").encode(errors="surrogateescape")
+
+
+def _exchange(
+    connection: socket.socket, request: bytes, timeout_s: float, body_limit: int = 0
+) -> tuple[bytes, bytes]:
+    """Send ``request``; the answer's head, and with ``body_limit`` its body (read to the end
+    of the connection, at most that many bytes: ValueError past it), all within
+    ``timeout_s`` (TimeoutError past it, however slowly the peer sends: a camera that drips
+    its answer held the probe, and its camera's retries, for hours)."""
+    deadline = time.monotonic() + timeout_s
+    connection.settimeout(timeout_s)
+    connection.sendall(request)
+    data = bytearray()
+    while True:
+        end = data.find(b"\r\n\r\n")
+        if end < 0 and len(data) > HEAD_LIMIT:
+            raise ValueError(f"the answer's head is over {HEAD_LIMIT // 1024} kB")
+        if end >= 0 and (not body_limit or len(data) - end - 4 > body_limit):
+            break
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError
+        connection.settimeout(left)
+        try:
+            chunk = connection.recv(65536)
+        except ConnectionResetError:  # what it said is the answer (it did not read ours)
+            if not data:
+                raise
+            break
         if not chunk:
             break
-        answer += chunk
-    return answer.split(b"\r\n\r\n", 1)[0]
+        data += chunk
+    head, _, body = bytes(data).partition(b"\r\n\r\n")
+    if body_limit and len(body) > body_limit:
+        raise ValueError(f"the answer is over {body_limit // 1_000_000} MB")
+    return head, body
 
 
-def _status(answer: bytes) -> tuple[int, str]:
-    """The answer's status code and reason; code 0 when it is not an RTSP answer."""
-    status = answer.split(b"\r\n", 1)[0].decode("latin-1").split(" ", 2)
-    if len(status) < 2 or not status[0].startswith("RTSP/") or not status[1].isdigit():
-        return 0, ""
-    return int(status[1]), peer_text((status[2] if len(status) > 2 else "").strip())
+def _parse(head: bytes, protocol: str) -> Answer:
+    """The status and headers of an answer's head (code 0: not one of ``protocol``)."""
+    first, *lines = head.decode("latin-1").split("\r\n")
+    status = first.split(" ", 2)
+    if len(status) < 2 or not status[0].startswith(f"{protocol}/"):
+        return Answer(0, "")
+    if not re.fullmatch("[0-9]{3}", status[1]):
+        return Answer(0, "")
+    headers = []
+    for line in lines:
+        name, colon, value = line.partition(":")
+        if colon:
+            headers.append((name.strip().lower(), value.strip()))
+    return Answer(int(status[1]), (status[2] if len(status) > 2 else "").strip(), headers)
 
 
-def _authorization(answer: bytes, target: str, user: str, password: str) -> str | None:
+def _authorization(answer: Answer, target: str, user: str, password: str) -> str | None:
     """The Authorization header answering the camera's challenge (Digest, else Basic)."""
-    challenges = [
-        line.split(b":", 1)[1].decode("latin-1").strip()
-        for line in answer.split(b"\r\n")[1:]
-        if line.lower().startswith(b"www-authenticate:")
-    ]
+    challenges = [value for name, value in answer.headers if name == "www-authenticate"]
     for challenge in challenges:
         if challenge.lower().startswith("digest"):
             return _digest(dict(_CHALLENGE.findall(challenge[6:])), target, user, password)
@@ -199,7 +274,7 @@ def _digest(fields: dict[str, str], target: str, user: str, password: str) -> st
     """RFC 2617 Digest (MD5), with ``qop=auth`` when the camera offers it."""
 
     def md5(text: str) -> str:
-        return hashlib.md5(text.encode(), usedforsecurity=False).hexdigest()
+        return hashlib.md5(text.encode(errors="surrogateescape"), usedforsecurity=False).hexdigest()
 
     realm, nonce = fields.get("realm", ""), fields.get("nonce", "")
     known, asked = md5(f"{user}:{realm}:{password}"), md5(f"DESCRIBE:{target}")
@@ -211,11 +286,10 @@ def _digest(fields: dict[str, str], target: str, user: str, password: str) -> st
     return header + f', response="{md5(f"{known}:{nonce}:{asked}")}"'
 
 
-def _from_answer(answer: bytes, path: str, with_credentials: bool) -> str | None:
-    code, reason = _status(answer)
-    if code == 0:
+def _from_answer(answer: Answer, path: str, with_credentials: bool) -> str | None:
+    if answer.code == 0:
         return "it does not answer as an RTSP server (is this the camera's RTSP port?)"
-    return _meaning(code, reason, "RTSP", path, with_credentials)
+    return _meaning(answer.code, peer_text(answer.reason), "RTSP", path, with_credentials)
 
 
 def _meaning(

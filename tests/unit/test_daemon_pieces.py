@@ -26,7 +26,7 @@ from daemon.config_file import parse_config
 from daemon.events import EventSinks, in_view_json
 from daemon.scheduler import Pipeline
 from daemon.spool import Spool
-from daemon.stream_probe import _from_answer, stream_problem
+from daemon.stream_probe import _from_answer, _parse, stream_problem
 from daemon.systemd_notify import watchdog_healthy
 from tests.conftest import REPO
 from tests.unit.test_tracking import faces
@@ -547,7 +547,7 @@ def test_log_lines_carry_the_time_except_in_the_journal(tmp_path) -> None:
     ],
 )
 def test_what_a_cameras_rtsp_answer_means(answer, credentials, expected) -> None:
-    problem = _from_answer(answer, "/live", credentials)
+    problem = _from_answer(_parse(answer.split(b"\r\n\r\n")[0], "RTSP"), "/live", credentials)
     assert problem is None if expected is None else expected in problem
 
 
@@ -555,7 +555,7 @@ def test_what_a_camera_says_cannot_forge_log_lines_or_terminal_escapes() -> None
     """The reason phrase is the camera's (or a man in the middle's): it goes into the log,
     a metric label and `facewatch status`, with no line break or escape of its own."""
     answer = b"RTSP/1.0 404 Not Found\nERROR daemon.mqtt: spool deleted\x1b[31m\r\n\r\n"
-    problem = _from_answer(answer, "/live", False)
+    problem = _from_answer(_parse(answer.split(b"\r\n\r\n")[0], "RTSP"), "/live", False)
     assert problem is not None and "no stream at /live (RTSP 404 Not Found?ERROR" in problem
     assert problem.isprintable(), problem
 
@@ -679,7 +679,7 @@ def test_status_behind_a_proxy_with_a_password_and_its_usage_errors(capsys) -> N
         assert report["url"] == f"http://admin:***@{where}" and "s3cret" not in out + err
         assert main(["status", "--url", f"admin:wrong@{where}", "--interval", "0.1"]) == 3
         err = capsys.readouterr().err
-        assert f"no facewatch daemon answers at http://admin:***@{where}: Unauthorized" in err
+        assert f"no facewatch daemon answers at http://admin:***@{where}: HTTP 401 Unauthorized" in err
         assert main(["status", "--url", f"http://admin:s3cret@{where}/", "--json",
                      "--interval", "0.1"]) == 3  # fmt: skip
         out, err = capsys.readouterr()

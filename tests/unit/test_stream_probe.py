@@ -1,0 +1,161 @@
+"""The camera probe (daemon.stream_probe) and `facewatch status` against peers that answer
+badly: slowly, at length, with garbage, or echoing the credentials they were sent."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from daemon.cli import main
+from daemon.stream_probe import stream_problem
+
+
+def peer(answer: Callable[[socket.socket], None]) -> Iterator[int]:
+    """A TCP peer on 127.0.0.1 that reads the request, then runs ``answer`` on the
+    connection; its port."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+
+    def serve() -> None:
+        connection, _ = listener.accept()
+        with connection:
+            connection.recv(65536)
+            with contextlib.suppress(OSError):  # the probe went away
+                answer(connection)
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield listener.getsockname()[1]
+    listener.close()
+
+
+def drip(head: bytes) -> Callable[[socket.socket], None]:
+    """An answer sent a byte at a time, each well within the probe's timeout."""
+
+    def answer(connection: socket.socket) -> None:
+        for byte in head + b"a" * 100_000:
+            connection.sendall(bytes([byte]))
+            time.sleep(0.2)
+
+    return answer
+
+
+def says(reply: bytes) -> Callable[[socket.socket], None]:
+    return lambda connection: connection.sendall(reply)
+
+
+@pytest.mark.parametrize(
+    ("scheme", "expected"),
+    [
+        ("rtsp", "its RTSP service does not answer within 1 s"),
+        ("http", "does not answer the GET within 1 s"),
+    ],
+)
+def test_a_camera_that_drips_its_answer_is_given_up_on_in_time(scheme, expected) -> None:
+    """Each byte came within the socket's timeout, so the probe read on for hours (65536
+    bytes, 3 s each), and the camera's thread never retried it."""
+    head = b"RTSP/1.0 200 OK\r\nX: " if scheme == "rtsp" else b"HTTP/1.0 200 OK\r\nX: "
+    for port in peer(drip(head)):
+        start = time.monotonic()
+        problem = stream_problem(f"{scheme}://user:pass1234@127.0.0.1:{port}/live", 1.0)
+        assert time.monotonic() - start < 2.5
+        assert problem is not None and expected in problem
+
+
+@pytest.mark.parametrize(
+    ("reply", "expected"),
+    [
+        (b"RTSP/1.0 200 OK\r\n\r\n", "does not answer as an HTTP server"),  # the RTSP port
+        (b"\x1b[2J\x1b[31mFAKE LOG LINE\r\n\r\n", "does not answer as an HTTP server"),
+        (b"HTTP/1.0 \xc2\xb200 OK\r\n\r\n", "does not answer as an HTTP server"),
+        (b"HTTP/1.0 " + b"4" * 5000 + b" x\r\n\r\n", "does not answer as an HTTP server"),
+        (b"HTTP/1.0 200 OK\r\nX: " + b"a" * 70_000, "the answer's head is over 64 kB"),
+        (b"HTTP/1.0 404 Not\x1b[31m Found\r\n\r\n", "no stream at /live (HTTP 404 Not?[31m Found)"),
+    ],
+)
+def test_a_garbled_http_answer_is_said_plainly(reply, expected) -> None:
+    """These raised out of the probe (http.client's BadStatusLine, LineTooLong, int() of a
+    superscript digit): the camera's log line was then the peer's raw bytes."""
+    for port in peer(says(reply)):
+        problem = stream_problem(f"http://127.0.0.1:{port}/live", 2.0)
+        assert problem is not None and expected in problem and problem.isprintable(), problem
+
+
+@pytest.mark.parametrize("scheme", ["rtsp", "http"])
+def test_a_camera_that_echoes_the_credentials_does_not_show_them(scheme) -> None:
+    """The reason phrase goes to the log and to a metric label: a camera repeating the
+    password or the Basic token it was sent must not put them there."""
+    token = "dXNlcjpodW50ZXIyMg=="  # base64 of user:hunter22
+    reply = f"{scheme.upper()}/1.0 403 bad login user:hunter22 (Basic {token})\r\n\r\n"
+    for port in peer(says(reply.encode())):
+        problem = stream_problem(f"{scheme}://user:hunter22@127.0.0.1:{port}/live", 2.0)
+        assert problem is not None and "refused the user name or password" in problem
+        assert "hunter22" not in problem and token not in problem, problem
+
+
+def test_a_space_in_the_path_is_asked_for_not_a_crash() -> None:
+    """A camera URL with a space in its path (the config takes it): http.client refused to
+    send it (InvalidURL), and the camera got no diagnosis."""
+    seen: list[bytes] = []
+
+    def answer(connection: socket.socket) -> None:
+        connection.sendall(b"HTTP/1.0 404 Not Found\r\n\r\n")
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+
+    def serve() -> None:
+        connection, _ = listener.accept()
+        with connection:
+            seen.append(connection.recv(65536))
+            answer(connection)
+
+    threading.Thread(target=serve, daemon=True).start()
+    port = listener.getsockname()[1]
+    problem = stream_problem(f"http://127.0.0.1:{port}/my stream", 2.0)
+    listener.close()
+    assert problem is not None and "no stream at /my stream (HTTP 404" in problem
+    assert seen[0].startswith(b"GET /my%20stream HTTP/1.0\r\n")
+
+
+def test_status_gives_up_on_a_page_that_drips_and_reads_odd_pages_whole(capsys) -> None:
+    """A health check must not hang on a peer that drips the page; NaN values, labels
+    missing or holding terminal escapes are shown, not a traceback."""
+    for port in peer(drip(b"HTTP/1.0 200 OK\r\n\r\n")):
+        start = time.monotonic()
+        assert main(["status", "--url", f"127.0.0.1:{port}", "--interval", "0.1"]) == 3
+        assert time.monotonic() - start < 12  # two scrapes at most, 5 s each
+    assert "no whole answer within 5 s" in capsys.readouterr().err
+    page = (
+        b'facewatch_build_info{version="1",backend="x",model="m"} 1\n'
+        b"facewatch_mqtt_spool_events NaN\nprocess_start_time_seconds +Inf\n"
+        b'facewatch_camera_up{camera="d\x1b[2Jx"} 0\nfacewatch_camera_up 1\n'
+        b'facewatch_camera_down_since_seconds{camera="d"} 5\n'
+    )
+
+    def metrics(connection: socket.socket) -> None:
+        connection.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\n" + page)
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+
+    def serve() -> None:
+        for _ in range(2):
+            connection, _ = listener.accept()
+            with connection:
+                connection.recv(65536)
+                metrics(connection)
+
+    threading.Thread(target=serve, daemon=True).start()
+    where = f"127.0.0.1:{listener.getsockname()[1]}"
+    assert main(["status", "--url", where, "--interval", "0.1"]) == 1
+    listener.close()
+    out = capsys.readouterr().out
+    assert "camera d?[2Jx is down" in out and "\x1b" not in out
