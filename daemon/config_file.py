@@ -90,7 +90,10 @@ def _key_path(loc: tuple[int | str, ...], raw: Any) -> str:
     node = raw
     for item in loc:
         if isinstance(item, int):
-            parts[-1] = f"{parts[-1]}[{item}]" if parts else f"[{item}]"
+            if parts:
+                parts[-1] = f"{parts[-1]}[{item}]"
+            else:  # a number as a top-level key
+                parts.append(f"[{item}]")
             node = node[item] if isinstance(node, list) and item < len(node) else None
             if isinstance(node, dict) and isinstance(node.get("name"), str):
                 parts[-1] += f" ({node['name']})"
@@ -161,7 +164,8 @@ def _explain(error: dict[str, Any]) -> str:
         return f"expected {bound} {limit} item(s), got {ctx.get('actual_length')}"
     got = error.get("input")
     secret = any("password" in str(part) for part in error["loc"])
-    shown = "" if secret or isinstance(got, (dict, list)) else f" (got {redact_url(repr(got))})"
+    written = repr(redact_url(got)) if isinstance(got, str) else redact_url(repr(got))
+    shown = "" if secret or isinstance(got, (dict, list)) else f" (got {written})"
     message = str(error["msg"]).removeprefix("Value error, ")  # pydantic's, for our checks
     if kind in ("list_type", "tuple_type"):
         message = "expected a list of values ([a, b, ...])"
@@ -202,6 +206,9 @@ def parse_config(raw: Any, source: str = "config", secrets: bool = True) -> Conf
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping of settings, got {type(raw).__name__}")
+    problem = _unwieldy(raw)
+    if problem is not None:
+        raise ConfigError(f"{source}: invalid configuration\n  {problem}")
     missing: list[tuple[str, str]] = []
     raw = _substitute(raw, "", missing, secrets)
     _remember_secrets(raw)
@@ -212,11 +219,43 @@ def parse_config(raw: Any, source: str = "config", secrets: bool = True) -> Conf
         unresolved = {where for where, _ in missing}  # their keys' other errors are noise
         for error in exc.errors():
             key = _key_path(error["loc"], raw)
-            if key not in unresolved:
-                lines.append(f"{key}: {_explain(dict(error))}")
+            if key not in unresolved:  # (a name or a message may quote a URL: masked)
+                lines.append(redact_url(f"{key}: {_explain(dict(error))}"))
     if lines:
         raise ConfigError(f"{source}: invalid configuration\n  " + "\n  ".join(lines))
     return config
+
+
+MAX_VALUES = 100_000  # in a config file once its YAML aliases are expanded
+MAX_DEPTH = 32
+
+
+def _unwieldy(raw: Any) -> str | None:
+    """Why a config cannot be taken whatever its keys say: YAML aliases of aliases that
+    expand to millions of values, an alias inside its own anchor (endless), a NUL character
+    (no path may hold one); None when it is none of that."""
+    stack: list[tuple[Any, str, int]] = [(raw, "", 0)]
+    count = 0
+    while stack:
+        value, where, depth = stack.pop()
+        count += 1
+        if count > MAX_VALUES:
+            return f"more than {MAX_VALUES} values (YAML aliases of aliases?)"
+        if depth > MAX_DEPTH:
+            shown = where if len(where) < 60 else f"{where[:60]}…"
+            return f"{shown}: nested over {MAX_DEPTH} levels deep (an alias inside its anchor?)"
+        if isinstance(value, str) and "\0" in value:
+            return f"{where}: holds a NUL character (\\0)"
+        if isinstance(value, dict):
+            children = [(v, f"{where}.{k}" if where else str(k)) for k, v in value.items()]
+        else:
+            children = (
+                [(v, f"{where}[{i}]") for i, v in enumerate(value)]
+                if isinstance(value, list)
+                else []
+            )
+        stack += [(child, path, depth + 1) for child, path in children]
+    return None
 
 
 def _remember_secrets(raw: dict[str, Any]) -> None:
@@ -246,6 +285,9 @@ def load_config(path: str | Path, secrets: bool = True) -> Config:
         raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}): save it as UTF-8") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    except (ValueError, RecursionError) as exc:  # a 5000-digit number; lists 1000 deep
+        why = "nested too deep" if isinstance(exc, RecursionError) else str(exc)
+        raise ConfigError(f"{path}: cannot be read: {why}") from None
     return resolve_paths(parse_config(raw, str(path), secrets), path.resolve().parent)
 
 
@@ -262,14 +304,14 @@ def _mapping_once(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, An
         try:
             key = loader.construct_object(key_node)
             twice = key in seen
-        except TypeError:  # an unhashable key: construct_mapping says so
+            seen.add(key)
+        except TypeError:  # an unhashable key (a set is found in a set, but not added)
             continue
         if twice:
             raise yaml.constructor.ConstructorError(
                 "while reading a mapping", node.start_mark, f"{key!r} is given twice",
                 key_node.start_mark,
             )  # fmt: skip
-        seen.add(key)
     return loader.construct_mapping(node)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import pytest
 
@@ -297,7 +298,7 @@ def test_the_configs_own_passwords_are_masked_whatever_they_hold(tmp_path, monke
                 "mqtt": {"password": spaced},
             }
         )
-    assert '(got "rtsp://admin:***@cam.lan:55x4/s1")' in str(error.value), error.value
+    assert "(got 'rtsp://admin:***@cam.lan:55x4/s1')" in str(error.value), error.value
     for secret in (quoted, spaced, credential, "at-path-pw"):  # (an @ in the path, too)
         assert redact_url(f"cannot open: rtsp://u:{secret}@h/x (said [{secret}])") == (
             "cannot open: rtsp://u:***@h/x (said [***])"
@@ -501,3 +502,56 @@ def test_the_shipped_configs_settings_are_valid_away_from_their_machine(
 def test_a_camera_address_without_its_scheme_gets_one_suggested(url) -> None:
     with pytest.raises(ConfigError, match=rf"\(door\)\.url: no scheme: did you mean rtsp://{url} "):
         parse_config({"cameras": [{"name": "door", "url": url}]})
+
+
+CAMERA_YAML = 'cameras: [{name: door, url: "rtsp://10.0.0.5/s"}]\n'
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (CAMERA_YAML + "mqtt: {port: " + "1" * 5000 + "}\n", "cannot be read: Exceeds the limit"),
+        ("x: &a [*a]\n" + CAMERA_YAML, "nested over 32 levels deep (an alias inside its anchor?)"),
+        ("x: " + "[" * 2000 + "]" * 2000 + "\n" + CAMERA_YAML, "cannot be read: nested too deep"),
+        (
+            CAMERA_YAML + 'recognition: {gallery: "g\\0.sqlite"}\n',
+            "recognition.gallery: holds a NUL",
+        ),
+        (CAMERA_YAML + "0: 1\n", "[0]: Keys should be strings"),
+        (CAMERA_YAML + "? !!set {a}\n: 1\n", "not valid YAML"),
+        (
+            "a: &a [x, x, x, x, x, x, x, x, x, x]\n"
+            + "".join(
+                f"{k}: &{k} [{', '.join([f'*{p}'] * 10)}]\n"
+                for p, k in zip("abcde", "bcdef", strict=True)
+            )
+            + CAMERA_YAML,
+            "more than 100000 values (YAML aliases of aliases?)",
+        ),
+    ],
+)
+def test_a_config_file_that_cannot_be_taken_is_a_config_error_not_a_traceback(
+    tmp_path, text, expected
+) -> None:
+    """Found by fuzzing: each was a traceback (exit 1, not validate-config's 2), or, for
+    aliases of aliases (a few hundred bytes), minutes and gigabytes before any check."""
+    path = tmp_path / "facewatch.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        load_config(path, secrets=False)
+
+
+@pytest.mark.parametrize(
+    "cameras",
+    [
+        [{"name": "door", "url": "192.168.1.5:554/stream?user=admin&password=hunter22"}],
+        [{"name": "rtsp://admin:hunter22@192.168.1.5/stream", "url": "door.mp4"}],
+        [{"name": "door", "url": "rtsps://admin:my\\hunter22 x@10.0.0.5/stream#1"}],
+    ],
+)
+def test_config_errors_do_not_show_a_cameras_password(cameras) -> None:
+    """The message quoted the URL (no scheme), the key path the camera's name (a URL given as
+    the name), and repr() doubled a backslash, so the remembered password no longer matched."""
+    with pytest.raises(ConfigError) as error:
+        parse_config({"cameras": cameras}, "facewatch.yaml")
+    assert "hunter22" not in str(error.value), error.value
