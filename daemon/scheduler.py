@@ -405,3 +405,12 @@ class BatchScheduler(threading.Thread):
         except BaseException as exc:  # the service stops and reports it
             logger.exception("batch scheduler failed")
             self.error = exc
+            self._end_visits()
+
+    def _end_visits(self) -> None:
+        """After a failure: `left` (reason stopped) for the faces in view, and nobody in view
+        (the retained state), as at a clean stop; a visit must not stay open for good."""
+        try:
+            self.pipeline.expire(time.monotonic(), stopping=True)
+        except Exception:
+            logger.exception("the open tracks could not be ended after the failure")

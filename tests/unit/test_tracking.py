@@ -3,14 +3,16 @@ events, and a gallery changed while faces are in view."""
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
-from daemon.cameras import Frame
+from daemon.cameras import Frame, FrameQueues
 from daemon.config import TrackingConfig
 from daemon.config_file import parse_config
 from daemon.events import EventSinks
 from daemon.gallery import Enrollment, Gallery, Match
-from daemon.scheduler import Pipeline
+from daemon.scheduler import BatchScheduler, Pipeline
 from daemon.tracking import Tracker
 from engines.mtcnn import FrameDetections
 
@@ -272,3 +274,46 @@ def test_a_person_renamed_or_removed_while_in_view_is_so_at_once(tmp_path) -> No
         ("changed", None, "Anna", "gallery")
     ]
     assert sinks.faces["unknown"] == 1 and sinks.presence == {"bob": []}
+
+
+def test_an_engine_failure_ends_the_visits_in_view(tmp_path) -> None:
+    """The engine thread fails (a CUDA error, a bug) while a face is in view: its track
+    leaves (reason stopped) and the camera's retained state says nobody, as at a clean stop;
+    the visit stayed open for good, the face 'in view' until the restart."""
+    config = parse_config(
+        {
+            "cameras": [{"name": "door", "url": "door.mp4"}],
+            "recognition": {"model": None, "gallery": str(tmp_path / "none.sqlite")},
+        }
+    )
+
+    class Failing(_OnePerson):
+        calls = 0
+
+        def detect(self, images: list, priors: list | None = None) -> list[FrameDetections]:
+            self.calls += 1
+            if self.calls > 4:
+                raise RuntimeError("CUDA error: an illegal memory access was encountered")
+            return super().detect(images, priors)
+
+    events: list[dict] = []
+    in_view: list[dict] = []
+
+    class Sinks(EventSinks):
+        def emit(self, event: dict, snapshot: bytes | None = None) -> None:
+            events.append(event)
+
+        def in_view(self, camera: str, state: dict) -> None:
+            in_view.append(state)
+
+    engines = Failing(np.eye(8, dtype=np.float32)[0])
+    queues = FrameQueues(["door"], 4)
+    scheduler = BatchScheduler(Pipeline(config, engines, engines, Sinks()), queues)  # type: ignore[arg-type]
+    scheduler.start()
+    for k in range(6):
+        queues.put(Frame("door", k, time.time(), np.zeros((360, 640, 3), np.uint8)))
+        time.sleep(0.1)
+    scheduler.join(10)
+    assert isinstance(scheduler.error, RuntimeError) and not scheduler.is_alive()
+    assert [(e["type"], e["reason"]) for e in events] == [("confirmed", None), ("left", "stopped")]
+    assert in_view[-1]["faces"] == 0
