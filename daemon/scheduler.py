@@ -78,6 +78,7 @@ class Pipeline:
         self._motion = {c.name: config.motion(c) for c in config.cameras}
         self._last_frame: dict[str, float] = {}  # camera -> ts of its latest frame
         self._last_search: dict[str, float] = {}  # camera -> ts of its last frame searched
+        self._last_face: dict[str, float] = {}  # camera -> ts of its last frame with a track
         self._refusals: dict[tuple[str, tuple[int, ...]], str | None] = {}
         self._enrolled: set[str] = set()  # the gallery's names
         self._gallery_stamp: tuple[int, ...] | None = None  # the file as last read
@@ -145,13 +146,17 @@ class Pipeline:
         return False
 
     def _worth_a_search(self, frame: Frame) -> bool:
-        """The motion gate: a frame where nothing moved, of a camera that sees no face, is
-        not searched (and counted), unless its camera's last search is ``check_every_s``
-        old (or the clock went back): then the whole frame is searched, whatever
-        ``full_scan_every`` says (there is no face to search around)."""
+        """The motion gate: a frame where nothing moved, of a camera that has seen no face
+        for ``check_every_s`` (a face still in the room, missed a moment, e.g. looking
+        down, is looked for again), is not searched (and counted), unless its camera's last
+        search is ``check_every_s`` old (or the clock went back): then the whole frame is
+        searched, whatever ``full_scan_every`` says (there is no face to search around)."""
         camera, motion = frame.camera, self._motion[frame.camera]
         since = frame.clock - self._last_search.get(camera, -np.inf)
-        still = motion.enabled and not frame.moved and not self.trackers[camera].tracks
+        if self.trackers[camera].tracks:
+            self._last_face[camera] = frame.clock
+        faces_seen = 0 <= frame.clock - self._last_face.get(camera, -np.inf) < motion.check_every_s
+        still = motion.enabled and not frame.moved and not faces_seen
         if still and 0 <= since < motion.check_every_s:
             metrics.FRAMES_STILL.labels(camera).inc()
             return False

@@ -118,6 +118,28 @@ def test_the_check_of_a_still_scene_searches_the_whole_frame(detector) -> None:
     assert pipeline.trackers["door"].tracks, "found at the check, 5 s later"
 
 
+def test_a_face_missed_a_moment_in_a_still_scene_is_looked_for_again(detector) -> None:
+    """Someone sitting still looks down for 3 s: their track ends, and the frames were then
+    skipped as still until the next check (presence off for ~10 s, the visit split in two).
+    A camera that saw a face within check_every_s searches its still frames."""
+    pipeline = pipeline_for(detector)
+    empty = read_frames(DEMO_CLIP, EMPTY_FRAME, 1)[0]
+    sitting = read_frames(DEMO_CLIP, 0, 1)[0]
+    pipeline.process([Frame("door", 0, 1000.0, sitting, moved=True)])
+    assert pipeline.trackers["door"].tracks
+    for second in range(1, 4):  # no face found (looking down), nothing moves much
+        pipeline.process([Frame("door", second, 1000.0 + second, empty, moved=False)])
+        pipeline.expire(1000.0 + second)
+    assert not pipeline.trackers["door"].tracks, "lost_after_s: the track ended"
+    pipeline.process([Frame("door", 4, 1004.0, sitting, moved=False)])
+    assert pipeline._last_search["door"] == 1004.0 and pipeline.trackers["door"].tracks
+    for second in range(5, 15):  # gone for good: still frames are skipped again...
+        pipeline.process([Frame("door", second, 1000.0 + second, empty, moved=False)])
+        pipeline.expire(1000.0 + second)
+    # ...once check_every_s (5 s) passed since the last frame with a track (at 7 s)
+    assert pipeline._last_search["door"] == 1011.0
+
+
 def test_without_the_gate_every_frame_is_searched(detector) -> None:
     pipeline = pipeline_for(detector, enabled=False)
     empty = read_frames(DEMO_CLIP, EMPTY_FRAME, 1)[0]
