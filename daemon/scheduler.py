@@ -79,6 +79,7 @@ class Pipeline:
         self._last_frame: dict[str, float] = {}  # camera -> ts of its latest frame
         self._last_search: dict[str, float] = {}  # camera -> ts of its last frame searched
         self._last_face: dict[str, float] = {}  # camera -> ts of its last frame with a track
+        self._frame_hw: dict[str, tuple[int, int]] = {}  # camera -> its frames' size
         self._refusals: dict[tuple[str, tuple[int, ...]], str | None] = {}
         self._enrolled: set[str] = set()  # the gallery's names
         self._gallery_stamp: tuple[int, ...] | None = None  # the file as last read
@@ -99,6 +100,8 @@ class Pipeline:
         frames = [frame for frame in frames if self._takes(frame) and self._worth_a_search(frame)]
         if not frames:
             return
+        for frame in frames:
+            self._follow_size(frame)
         metrics.BATCH_FRAMES.observe(len(frames))
         with metrics.STAGE_SECONDS.labels("detect").time():
             found = self._detect(frames)
@@ -144,6 +147,15 @@ class Pipeline:
             return True
         metrics.FRAMES_REFUSED.labels(frame.camera).inc()
         return False
+
+    def _follow_size(self, frame: Frame) -> None:
+        """A camera whose frames change size (back at another resolution) keeps its tracks,
+        in the new frames' pixels (else everyone in view left, and came again)."""
+        height, width = frame.image.shape[:2]
+        before = self._frame_hw.get(frame.camera)
+        self._frame_hw[frame.camera] = (height, width)
+        if before is not None and before != (height, width):
+            self.trackers[frame.camera].rescale((width / before[1], height / before[0]))
 
     def _worth_a_search(self, frame: Frame) -> bool:
         """The motion gate: a frame where nothing moved, of a camera that has seen no face

@@ -247,6 +247,14 @@ class Tracker:
                 track.resolved = track.embedded = False
         return self.decide([t for t in self.tracks if t.confirmed], reason="gallery")
 
+    def rescale(self, scale_xy: tuple[float, float]) -> None:
+        """The camera's frames changed size (it came back at another resolution): its tracks'
+        boxes and landmarks in the new frames' pixels, so the faces continue them."""
+        sx, sy = scale_xy
+        for track in self.tracks:
+            track.bbox_xyxy = (track.bbox_xyxy * np.array([sx, sy, sx, sy])).astype(np.float32)
+            track.landmarks = (track.landmarks * np.array([sx, sy])).astype(np.float32)
+
     def in_view(self) -> list[str | None]:
         """The announced identity of each confirmed track still open (None: unknown)."""
         return [t.identity for t in self.tracks if t.confirmed]

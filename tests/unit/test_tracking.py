@@ -317,3 +317,31 @@ def test_an_engine_failure_ends_the_visits_in_view(tmp_path) -> None:
     assert isinstance(scheduler.error, RuntimeError) and not scheduler.is_alive()
     assert [(e["type"], e["reason"]) for e in events] == [("confirmed", None), ("left", "stopped")]
     assert in_view[-1]["faces"] == 0
+
+
+def test_a_camera_back_at_another_resolution_keeps_its_faces_tracks() -> None:
+    """1080p, then the camera comes back at 360p with the person where they were: the same
+    visit (it was `left` and a new `confirmed`, for someone who never moved)."""
+    config = parse_config(
+        {"cameras": [{"name": "door", "url": "door.mp4"}], "recognition": {"model": None}}
+    )
+
+    class Scaled(_OnePerson):
+        def detect(self, images: list, priors: list | None = None) -> list[FrameDetections]:
+            scale = [image.shape[1] / 640 for image in images]
+            return [faces((100 * s, 100 * s, 160 * s, 160 * s)) for s in scale]
+
+    events: list[dict] = []
+
+    class Sinks(EventSinks):
+        def emit(self, event: dict, snapshot: bytes | None = None) -> None:
+            events.append(event)
+
+    engines = Scaled(np.eye(8, dtype=np.float32)[0])
+    pipeline = Pipeline(config, engines, None, Sinks())  # type: ignore[arg-type]
+    for k, width in enumerate([1920] * 5 + [640] * 5):
+        image = np.zeros((width * 9 // 16, width, 3), np.uint8)
+        pipeline.process([Frame("door", k, 1000.0 + k / 5, image)])
+    assert [e["type"] for e in events] == ["confirmed"]
+    [track] = pipeline.trackers["door"].tracks
+    assert track.bbox_xyxy.tolist() == [100, 100, 160, 160]
