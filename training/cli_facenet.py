@@ -434,9 +434,9 @@ def _add_export(commands: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--int8",
         action="store_true",
-        help="quantise to int8 (about 3x faster on CPUs with VNNI), calibrated on half of the "
-        "--parity-images crops and checked on the other half (min cosine 0.98 to fp32); "
-        "give it a few hundred crops with --parity-count",
+        help="quantise to int8 (2-3.5x faster on CPUs with VNNI: bench/README.md), calibrated "
+        "on half of the --parity-images crops and checked on the other half (min cosine 0.98 "
+        "to fp32); give it a few hundred crops with --parity-count",
     )
     p.add_argument(
         "--torch-program",

@@ -161,7 +161,7 @@ def weights_to_fp16(path: Path) -> None:
 def _quantize_int8(path: Path, calibration: np.ndarray, out: Path) -> None:
     """Write ``out``, the int8 version of ``path``: ONNX Runtime static quantisation (QDQ,
     weights int8 per output channel, activations uint8) calibrated on ``calibration`` face
-    crops (uint8 RGB). On CPUs with VNNI it runs about 3x faster than fp32."""
+    crops (uint8 RGB). On CPUs with VNNI it runs 2-3.5x faster than fp32 (bench/README.md)."""
     import tempfile
 
     from onnxruntime.quantization import (
