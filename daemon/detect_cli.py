@@ -86,7 +86,8 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--models",
         type=Path,
         default=None,
-        help="folder with pnet/rnet/onet .onnx (default: models/mtcnn)",
+        help="folder with pnet/rnet/onet .onnx (default: $FACEWATCH_MODELS/mtcnn, else the "
+        "shipped models/mtcnn)",
     )
     p.add_argument(
         "--backend", choices=BACKENDS, default="openvino", help="engine backend (default: openvino)"
