@@ -63,7 +63,7 @@ FRAMES_REFUSED = Counter(
 )
 STAGE_SECONDS = Histogram(
     "facewatch_stage_seconds",
-    "time per batch in each stage: detect, embed, match, track",
+    "time per batch in each stage: detect, embed, match, track, archive (with archive.dir)",
     ["stage"],
     buckets=_LATENCY_BUCKETS,
 )
