@@ -9,7 +9,7 @@ import pytest
 
 pytest.importorskip("torch")
 
-from tests.face_folders import celeba_people, lfw_pairs, tiny_checkpoint
+from tests.face_folders import celeba_people, lfw_pairs, needs_celeba, tiny_checkpoint
 from training.cli_facenet import main as cli
 
 REPO = Path(__file__).resolve().parents[2]
@@ -192,6 +192,7 @@ def test_small_mistakes_are_named_with_the_option(tmp_path, capsys) -> None:
     assert "--gpu foo: expected a CUDA device index" in capsys.readouterr().err
 
 
+@needs_celeba
 def test_a_default_that_names_a_missing_file_says_it_is_the_default(tmp_path, capsys) -> None:
     """The original's defaults name files few have (data/pairs.txt, a schedule file): an error
     about one says it came from no option the user gave."""
