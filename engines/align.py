@@ -16,6 +16,8 @@ import logging
 import cv2
 import numpy as np
 
+from engines.base import brief
+
 logger = logging.getLogger(__name__)
 
 # Reference positions of (left eye, right eye, nose, left mouth, right mouth) for a
@@ -84,10 +86,15 @@ def template_of(extra: dict, image_size: int) -> np.ndarray | None:
     landmarks = extra.get("landmarks")
     if landmarks is None:
         return None
-    template = np.asarray(landmarks, dtype=np.float32)
+    try:
+        with np.errstate(over="ignore"):  # a number beyond float32 becomes inf: refused below
+            template = np.asarray(landmarks, dtype=np.float32)
+    except (TypeError, ValueError, OverflowError):  # not numbers, or rows of other lengths
+        template = np.zeros(0, np.float32)
     if template.shape != (5, 2) or not np.all((template >= 0) & (template <= image_size)):
         raise ValueError(
-            f"landmarks {landmarks!r}: expected 5 [x, y] points inside the {image_size} px input"
+            f"landmarks {brief(landmarks)}: expected 5 [x, y] points inside the "
+            f"{image_size} px input"
         )
     return template
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
+import reprlib
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -110,31 +113,29 @@ class ModelMetadata:
 
     @classmethod
     def load(cls, model_path: str | Path) -> ModelMetadata:
-        """Read the sidecar of ``model_path`` (``x.onnx`` -> ``x.json``)."""
+        """Read the sidecar of ``model_path`` (``x.onnx`` -> ``x.json``); EngineError naming
+        the file for one that is missing, unreadable, or holds a key of the wrong kind."""
         path = cls.sidecar_path(model_path)
         try:
-            raw = json.loads(path.read_text())
+            raw = read_json(path)
         except FileNotFoundError:
-            model = Path(model_path)
-            if not model.exists() and not model.parent.is_dir():
-                raise EngineError(f"{model.parent}: no such folder") from None
-            if not model.exists():
-                raise EngineError(f"{model}: no such model file") from None
-            if model.suffix in (".pt", ".pth", ".ckpt"):
-                raise EngineError(
-                    f"{model}: a training checkpoint, not a model facewatch runs: export it "
-                    f"first (facewatch train export {model} --out DIR/facenet.onnx)"
-                ) from None
-            raise EngineError(f"{path}: model sidecar missing (every model needs one)") from None
-        except (OSError, json.JSONDecodeError) as exc:
+            raise _no_sidecar(Path(model_path), path) from None
+        except OSError as exc:
+            raise EngineError(f"{path}: cannot read model sidecar: {exc.strerror or exc}") from None
+        except ValueError as exc:
             raise EngineError(f"{path}: cannot read model sidecar: {exc}") from None
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(raw) - known)
+        if not isinstance(raw, dict):
+            raise EngineError(f"{path}: a model sidecar is a JSON object, got {brief(raw)}")
+        unknown = sorted(set(raw) - set(cls.__dataclass_fields__))
         if unknown:
             raise EngineError(f"{path}: unknown sidecar keys {unknown}")
+        for key, value in raw.items():
+            check, expected = SIDECAR_RULES[key]
+            if not check(value):
+                raise EngineError(f"{path}: sidecar {key}: expected {expected}, got {brief(value)}")
         try:
             meta = cls(**raw)
-        except TypeError as exc:
+        except TypeError as exc:  # a key that must be there is not
             raise EngineError(f"{path}: bad sidecar: {exc}") from None
         if meta.input_size_hw is not None:
             meta.input_size_hw = (int(meta.input_size_hw[0]), int(meta.input_size_hw[1]))
@@ -144,6 +145,105 @@ class ModelMetadata:
         path = self.sidecar_path(model_path)
         path.write_text(json.dumps(asdict(self), indent=2) + "\n")
         return path
+
+
+def _no_sidecar(model: Path, path: Path) -> EngineError:
+    """Why a model's sidecar ``path`` is not there, in the user's terms."""
+    if not model.exists() and not model.parent.is_dir():
+        return EngineError(f"{model.parent}: no such folder")
+    if not model.exists():
+        return EngineError(f"{model}: no such model file")
+    if model.suffix in (".pt", ".pth", ".ckpt"):
+        return EngineError(
+            f"{model}: a training checkpoint, not a model facewatch runs: export it "
+            f"first (facewatch train export {model} --out DIR/facenet.onnx)"
+        )
+    return EngineError(f"{path}: model sidecar missing (every model needs one)")
+
+
+MAX_INPUT_SIDE = 4096  # pixels; face models take 12 (P-Net's cell) to a few hundred
+MIN_STD = 1e-3  # pixels are divided by it: 0 (or next to it) makes inf and NaN embeddings
+
+
+def finite_number(value: object) -> float | None:
+    """``value`` as a float when it is a finite JSON number (an int or a float, not a bool
+    and not an integer too large for a float); else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def is_count(value: object, low: int = 1, high: int | None = None) -> bool:
+    """A JSON integer (not a bool) in [low, high]."""
+    return (
+        isinstance(value, int)
+        and not isinstance(value, bool)
+        and low <= value
+        and (high is None or value <= high)
+    )
+
+
+def _in_range(value: object, low: float, high: float) -> bool:
+    number = finite_number(value)
+    return number is not None and low <= number <= high
+
+
+def _is_size_hw(value: object) -> bool:
+    return value is None or (
+        isinstance(value, list)
+        and len(value) == 2
+        and all(is_count(side, 1, MAX_INPUT_SIDE) for side in value)
+    )
+
+
+# what each sidecar key must hold: (check, what it expects, in words)
+SIDECAR_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "name": (lambda v: isinstance(v, str), "text"),
+    "kind": (lambda v: isinstance(v, str), "text"),
+    "input_size_hw": (_is_size_hw, f"null or [height, width] of 1 to {MAX_INPUT_SIDE} pixels"),
+    "mean": (lambda v: _in_range(v, 0.0, 255.0), "a number of 0 to 255 (a pixel value)"),
+    "std": (lambda v: _in_range(v, MIN_STD, math.inf), f"a number of at least {MIN_STD}"),
+    "channel_order": (lambda v: isinstance(v, str), "text (RGB or BGR)"),
+    "opset": (is_count, "a whole number of at least 1"),
+    "embedding_size": (lambda v: v is None or is_count(v), "null or a whole number >= 1"),
+    "outputs": (lambda v: isinstance(v, list) and all(isinstance(n, str) for n in v), "names"),
+    "training_data": (lambda v: isinstance(v, str), "text"),
+    "source": (lambda v: isinstance(v, str), "text"),
+    "license": (lambda v: isinstance(v, str), "text"),
+    "lfw_accuracy": (lambda v: v is None or _in_range(v, 0.0, 1.0), "null or a number 0 to 1"),
+    "extra": (lambda v: isinstance(v, dict), "an object"),
+}
+
+
+def brief(value: object) -> str:
+    """``value`` for a message: its repr, cut short (a hostile file's value can be huge)."""
+    return reprlib.repr(value)
+
+
+def parse_json(text: str) -> Any:
+    """The value of JSON ``text``; ValueError saying what is wrong for anything else, also for
+    nesting too deep for the parser and integers of more than 4300 digits."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
+
+def read_json(path: str | Path) -> Any:
+    """The JSON value in the UTF-8 file at ``path``; OSError when it cannot be read,
+    ValueError (what is wrong, ``parse_json``) when it is not UTF-8 JSON."""
+    data = Path(path).read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(
+            f"not UTF-8 text (byte {data[exc.start]:#04x} at offset {exc.start})"
+        ) from None
+    return parse_json(text)
 
 
 def file_sha256(path: str | Path) -> str:

@@ -18,6 +18,7 @@ the training module's LFW thresholds are on.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,7 +32,10 @@ from engines.base import (
     EngineError,
     ModelMetadata,
     batch_limit,
+    brief,
     file_sha256,
+    finite_number,
+    is_count,
 )
 from engines.loader import cpu_precision, load_engine
 from engines.mtcnn import FrameDetections
@@ -126,6 +130,7 @@ class FaceNet:
         )
         model_id = f"{meta.name}@sha256:{file_sha256(path)[:16]}"
         net = cls(engine, meta, model_id=model_id, flip=flip, max_batch=max_batch)
+        _check_shapes(net, path)
         logger.info(
             "FaceNet %s: %s crops, %d-d, %s on %s",
             net.model_id,
@@ -243,7 +248,30 @@ def starting_threshold(extra: dict[str, Any]) -> float | None:
         and not lfw.get("use_flipped_images", False)
     )  # else it is an angle, or a distance between concatenated embeddings
     start = (lfw.get("far_threshold") or lfw.get("best_threshold")) if on_our_scale else None
-    return float(start) if start else None
+    return finite_number(start) or None  # not a number (a damaged sidecar): facewatch's own
+
+
+def _check_shapes(net: FaceNet, path: Path) -> None:
+    """EngineError (the engine closed) where the model itself fixes another input size (NCHW)
+    or embedding size than its sidecar says: every crop would be refused at the first
+    embedding, or a gallery made with the wrong size."""
+    model_hw = _fixed(net.engine.inputs[0].shape[2:])
+    output = {spec.name: spec for spec in net.engine.outputs}[net.output_name]
+    size = math.prod(_fixed(output.shape[1:]) or (0,))  # what embed flattens it to; 0: dynamic
+    problem = ""
+    if model_hw and model_hw != tuple(net.image_size_hw):
+        problem = f"input_size_hw {list(net.image_size_hw)}, but {path.name} takes {list(model_hw)}"
+    if size and net.meta.embedding_size not in (None, size):
+        problem = f"embedding_size {net.meta.embedding_size}, but {path.name} gives {size}"
+    if problem:
+        net.close()
+        raise EngineError(f"{ModelMetadata.sidecar_path(path)}: {problem}")
+
+
+def _fixed(dims: tuple[int | None, ...]) -> tuple[int, ...] | None:
+    """``dims`` when the model fixes every one (none is dynamic), else None."""
+    fixed = tuple(d for d in dims if isinstance(d, int))
+    return fixed if dims and len(fixed) == len(dims) else None
 
 
 def _check_metadata(meta: ModelMetadata, where: str) -> None:
@@ -262,5 +290,12 @@ def _check_metadata(meta: ModelMetadata, where: str) -> None:
         template_of(meta.extra, meta.input_size_hw[0])
     except ValueError as exc:
         raise EngineError(f"{where}: sidecar {exc}") from None
+    margin = meta.extra.get("margin", 32)
+    if not is_count(margin, 0):
+        raise EngineError(
+            f"{where}: sidecar margin: expected pixels (0 or more), got {brief(margin)}"
+        )
+    if not isinstance(meta.extra.get("prewhiten", False), bool):
+        raise EngineError(f"{where}: sidecar prewhiten: expected true or false")
     if meta.channel_order.upper() not in ("RGB", "BGR"):
         raise EngineError(f"{where}: channel_order must be RGB or BGR, got {meta.channel_order!r}")

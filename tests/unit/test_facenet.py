@@ -302,3 +302,70 @@ def test_a_training_checkpoint_given_as_the_model_says_to_export_it(tmp_path) ->
     checkpoint.write_bytes(b"PK\x03\x04 a torch zip")
     with pytest.raises(EngineError, match=r"latest.pt: a training checkpoint, .* train export"):
         ModelMetadata.load(checkpoint)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b'{"name": "caf\xe9", "kind": "facenet"}', "not UTF-8 text"),
+        (b"5", "a model sidecar is a JSON object, got 5"),
+        (b"[[1]]", "a model sidecar is a JSON object"),
+        (b"[" * 100000 + b"]" * 100000, "nested too deeply"),
+        (b'{"name": "x", "kind": "facenet", "input_size_hw": []}', "input_size_hw: expected"),
+        (b'{"name": "x", "kind": "facenet", "input_size_hw": 160}', "input_size_hw: expected"),
+        (b'{"name": "x", "kind": "facenet", "input_size_hw": ["a", 1]}', "input_size_hw: expected"),
+        (b'{"name": "x", "kind": "facenet", "input_size_hw": [Infinity, 1]}', "input_size_hw"),
+        (b'{"name": "x", "kind": "facenet", "input_size_hw": [99999, 99999]}', "1 to 4096"),
+        (b'{"name": "x", "kind": "facenet", "input_size_hw": null, "embedding_size": 1e999}', "embedding_size"),
+        (b'{"name": "x", "kind": "facenet", "input_size_hw": null, "opset": 1' + b"0" * 400 + b".0}", "opset"),
+        (b'{"name": "x", "kind": "facenet", "input_size_hw": null, "extra": null}', "extra: expected an object"),
+        (b'{"name": "x", "kind": "facenet", "input_size_hw": null, "channel_order": 5}', "channel_order"),
+    ],
+)  # fmt: skip
+def test_a_damaged_sidecar_is_an_engine_error_naming_it(tmp_path, content, message) -> None:
+    """The fuzzing review's sidecars (UnicodeDecodeError, TypeError, IndexError, ValueError,
+    OverflowError, RecursionError before): one EngineError, with the file and what is wrong."""
+    sidecar = tmp_path / "m.json"
+    sidecar.write_bytes(content)
+    with pytest.raises(EngineError) as error:
+        ModelMetadata.load(tmp_path / "m.onnx")
+    assert str(error.value).startswith(f"{sidecar}: ") and message in str(error.value)
+
+
+def test_every_sidecar_key_has_a_rule() -> None:
+    from engines.base import SIDECAR_RULES
+
+    assert set(SIDECAR_RULES) == set(ModelMetadata.__dataclass_fields__)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"std": 0}, "std: expected a number of at least 0.001, got 0"),
+        ({"std": 1e-320}, "std: expected"),
+        ({"std": float("nan")}, "std: expected"),
+        ({"std": [1, 2]}, "std: expected"),
+        ({"mean": float("inf")}, "mean: expected a number of 0 to 255"),
+        ({"mean": 1e308}, "mean: expected"),
+        ({"mean": None}, "mean: expected"),
+        ({"extra": {"margin": "x"}}, "margin: expected pixels"),
+        ({"extra": {"alignment": "similarity", "landmarks": [[10**400, 1]] * 5}}, "landmarks"),
+        ({"input_size_hw": [160, 161]}, "input_size_hw [160, 161], but facenet.onnx takes [150, 150]"),
+        ({"embedding_size": 7}, "embedding_size 7, but facenet.onnx gives 128"),
+    ],
+)  # fmt: skip
+def test_sidecar_values_that_would_give_nan_or_no_embeddings_are_refused_at_load(
+    shipped_model, tmp_path, changes, message
+) -> None:
+    """std 0, a tiny std or an infinite mean gave NaN embeddings, silently; a size the model
+    does not have failed at the first face (or sized a gallery wrongly)."""
+    model = tmp_path / "facenet.onnx"
+    model.symlink_to(shipped_model)
+    sidecar = json.loads(ModelMetadata.sidecar_path(shipped_model).read_text())
+    changes = dict(changes)
+    sidecar.update(changes, extra={**sidecar["extra"], **changes.pop("extra", {})})
+    ModelMetadata.sidecar_path(model).write_text(json.dumps(sidecar))
+    with pytest.raises(EngineError) as error:
+        FaceNet.load(model)
+    assert str(error.value).startswith(f"{tmp_path / 'facenet.json'}: ")
+    assert message in str(error.value)
