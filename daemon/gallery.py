@@ -46,6 +46,7 @@ from daemon.gallery_file import (
 logger = logging.getLogger(__name__)
 
 DEFAULT_THRESHOLD = 1.1  # squared L2 on unit vectors; FaceNet's usual same/different cut
+MAX_THRESHOLD = 4.0  # squared L2 between unit vectors: the largest distance there is
 DEFAULT_LOCK_TIMEOUT_S = 5.0
 MAX_NAME_CHARS = 100
 RESERVED_NAMES = ("unknown",)  # what identify, events and metrics call a face nobody matches
@@ -55,6 +56,14 @@ def shown_threshold(value: float) -> str:
     """A threshold as the commands print it: 3 decimals, or 2 significant digits below 0.001
     (an untrained model's LFW threshold can be that small: not "0.000")."""
     return f"{value:.3f}" if value >= 0.001 else f"{value:.1e}"
+
+
+def check_threshold(value: float, what: str = "threshold") -> float:
+    """``value`` when a gallery takes it as a threshold: a squared L2 distance between unit
+    vectors, in (0, 4] (not NaN, not infinite); else GalleryError saying so."""
+    if not 0.0 < value <= MAX_THRESHOLD:
+        raise GalleryError(f"{what} {value:g} outside (0, 4] (squared L2 on unit vectors)")
+    return float(value)
 
 
 @dataclass(frozen=True)
@@ -168,6 +177,10 @@ class Gallery:
         path = Path(path)
         if path.exists():
             raise GalleryError(f"{path}: already exists")
+        try:
+            check_threshold(threshold, "default threshold")
+        except GalleryError as exc:
+            raise GalleryError(f"{path}: {exc}") from None
         scratch = path.with_name(f".{path.name}.new-{os.getpid()}")
         try:
             scratch.unlink(missing_ok=True)
@@ -456,8 +469,8 @@ class Gallery:
     def set_threshold(self, name: str | None, threshold: float | None) -> None:
         """The threshold of one identity (None: use the default), or with ``name`` None the
         gallery default."""
-        if threshold is not None and not 0.0 < threshold <= 4.0:
-            raise GalleryError(f"threshold {threshold} outside (0, 4] (squared L2 on unit vectors)")
+        if threshold is not None:
+            check_threshold(threshold)
         with self._transaction() as conn:
             if name is None:
                 if threshold is None:

@@ -20,7 +20,7 @@ from typing import Any
 from daemon import gallery_export
 from daemon.config import Config, ConfigError, RecognitionConfig
 from daemon.config_file import load_config
-from daemon.gallery import Gallery, GalleryError, shown_threshold
+from daemon.gallery import Gallery, GalleryError, check_threshold, shown_threshold
 from daemon.recognition import DEFAULT_TARGET_FAR, calibrate
 
 logger = logging.getLogger(__name__)
@@ -239,12 +239,9 @@ def _threshold(args: argparse.Namespace) -> int:
         return 2
     name, text = (None, args.words[0]) if args.default else args.words
     try:
-        value = None if name is not None and text == "default" else _float(text)
+        value = None if name is not None and text == "default" else check_threshold(_float(text))
     except GalleryError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if value is not None and not 0.0 < value <= 4.0:
-        print(f"error: threshold {text} outside (0, 4] (squared L2 distance)", file=sys.stderr)
         return 2
     with Gallery.open(gallery_path(args), writable=True) as gallery:
         gallery.set_threshold(name, value)

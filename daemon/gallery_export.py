@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from daemon.gallery import Enrollment, Gallery, GalleryError
-from engines.base import sync_folder
+from daemon.gallery import Enrollment, Gallery, GalleryError, check_threshold
+from engines.base import brief, finite_number, sync_folder
 
 FORMATS = (".json", ".npz")
 JSON_FORMAT, JSON_VERSION = "facewatch-gallery", 1
@@ -109,6 +109,8 @@ def read(path: Path) -> Export:
         raise GalleryError(
             f"{path}: not a gallery export `gallery export` wrote ({what})"
         ) from None
+    except GalleryError as exc:  # a threshold no gallery takes
+        raise GalleryError(f"{path}: {exc}") from None
 
 
 def _read_json(path: Path) -> Export:
@@ -121,7 +123,7 @@ def _read_json(path: Path) -> Export:
     for person in record["identities"]:
         name = str(person["name"])
         if person.get("threshold") is not None:
-            thresholds[name] = float(person["threshold"])
+            thresholds[name] = _threshold(person["threshold"], f"{brief(name)}: threshold")
         for face in person["embeddings"]:
             vector = np.asarray(face["vector"], np.float32)
             faces.append(Enrollment(name, vector, str(face["source_sha256"])))
@@ -136,11 +138,11 @@ def _read_npz(path: Path) -> Export:
         if vectors.ndim != 2 or not len(owners) == len(sources) == len(vectors):
             raise ValueError("its vectors, names and sources differ in number")
         thresholds = {
-            str(name): float(value)
+            str(name): _threshold(float(value), f"{brief(name)}: threshold")
             for name, value in zip(
                 arrays["identity_names"].tolist(), arrays["identity_thresholds"], strict=True
             )
-            if math.isfinite(value)
+            if not math.isnan(value)  # NaN: the default
         }
     faces = [
         Enrollment(str(owner), vector, str(source))
@@ -155,10 +157,19 @@ def _export(
     return Export(
         str(header["model_id"]),
         int(header["embedding_size"]),
-        float(header["threshold"]),
+        _threshold(header["threshold"], "default threshold"),
         faces,
         thresholds,
     )
+
+
+def _threshold(value: Any, what: str) -> float:
+    """A threshold read from an export, when it is a number the gallery takes (the rule of
+    ``check_threshold``); else GalleryError saying what it is."""
+    number = finite_number(value)
+    if number is None:
+        raise GalleryError(f"{what} {brief(value)} is not a finite number")
+    return check_threshold(number, what)
 
 
 def _format(path: Path) -> str:

@@ -430,6 +430,47 @@ def test_an_export_imports_back_whole_as_a_backup(gallery, capsys, suffix) -> No
         assert code == 1 and f"{junk}: not a gallery export" in err, (content[:20], err)
 
 
+def _export_json(path: Path, **changes) -> Path:
+    """A one-person JSON export as `gallery export` writes it, with ``changes`` to its header
+    (``person_threshold``: to the person's own threshold)."""
+    person = {"name": "ann", "threshold": changes.pop("person_threshold", None),
+              "embeddings": [{"vector": [0.5] * D, "source_sha256": "ab"}]}  # fmt: skip
+    record = {"format": "facewatch-gallery", "version": 1, "model_id": MODEL,
+              "embedding_size": D, "threshold": 1.0, "identities": [person], **changes}  # fmt: skip
+    path.write_text(json.dumps(record))  # Infinity and NaN as Python's json writes them
+    return path
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"threshold": float("inf")}, "default threshold inf is not a finite number"),
+        ({"threshold": float("nan")}, "default threshold nan is not a finite number"),
+        ({"threshold": -3}, "default threshold -3 outside (0, 4]"),
+        ({"threshold": 0}, "default threshold 0 outside (0, 4]"),
+        ({"threshold": 4.5}, "default threshold 4.5 outside (0, 4]"),
+        ({"threshold": 10**400}, "default threshold 1000"),
+        ({"threshold": "0.9"}, "default threshold '0.9' is not a finite number"),
+        ({"person_threshold": float("inf")}, "'ann': threshold inf is not a finite"),
+        ({"person_threshold": 7}, "'ann': threshold 7 outside (0, 4]"),
+    ],
+)  # fmt: skip
+def test_an_export_with_a_threshold_no_gallery_takes_is_not_imported(
+    tmp_path, capsys, changes, message
+) -> None:
+    """An export's default threshold of inf (every stranger named), NaN or -3 (nobody named)
+    made a new gallery with it; a 400-digit one was a traceback. Now the rule of `gallery
+    threshold` refuses them, naming the file, and no gallery is made."""
+    export = _export_json(tmp_path / "people.json", **changes)
+    target = tmp_path / "new.sqlite"
+    code, out, err = gallery_cli(target, capsys, "import", str(export))
+    assert code == 1 and f"error: {export}: {message}" in err, (out, err)
+    assert not target.exists()
+    with pytest.raises(GalleryError, match=r"new.sqlite: default threshold inf outside"):
+        Gallery.create(target, MODEL, D, threshold=float("inf"))
+    assert not target.exists()
+
+
 def test_threshold_of_a_person_and_the_default(gallery, capsys) -> None:
     path = gallery.path
     gallery.close()
