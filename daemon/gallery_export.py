@@ -6,9 +6,12 @@ gallery's backup: it imports into a new gallery, or into one of the same model e
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
+import tokenize
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,10 +19,24 @@ from typing import Any
 import numpy as np
 
 from daemon.gallery import Enrollment, Gallery, GalleryError, check_threshold
-from engines.base import brief, finite_number, sync_folder
+from engines.base import brief, finite_number, is_count, parse_json, read_json, sync_folder
+
+logger = logging.getLogger(__name__)
 
 FORMATS = (".json", ".npz")
 JSON_FORMAT, JSON_VERSION = "facewatch-gallery", 1
+# the arrays read from an .npz export: (numpy dtype kind, dimensions)
+NPZ_MEMBERS = {
+    "header": ("U", 0),
+    "vectors": ("f", 2),
+    "names": ("U", 1),
+    "source_sha256": ("U", 1),
+    "identity_names": ("U", 1),
+    "identity_thresholds": ("f", 1),
+}
+# how much larger than the .npz file its arrays may be: `gallery export` stores them (no
+# larger); a compressed export of real embeddings is about 2x; a zip bomb, thousands
+MAX_INFLATION = 16
 
 
 def write(gallery_path: Path, target: Path, force: bool) -> tuple[int, int]:
@@ -94,17 +111,18 @@ class Export:
 
 
 def read(path: Path) -> Export:
-    """An export written by ``write``; GalleryError naming the file and what is wrong."""
+    """An export written by ``write``; GalleryError naming the file and what is wrong, for
+    any file (damaged, cut short, hand-made, hostile). Memory grows with the file's size
+    only: an .npz's arrays are sized from their headers before they are read, and may be
+    at most ``MAX_INFLATION`` times the file."""
     suffix = _format(path)
     try:
         if suffix == ".npz":
             return _read_npz(path)
         return _read_json(path)
-    except (EOFError, zipfile.BadZipFile) as exc:  # an empty or cut .npz
-        raise GalleryError(f"{path}: not a gallery export `gallery export` wrote ({exc})") from None
     except OSError as exc:
         raise GalleryError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    except (ValueError, KeyError, TypeError) as exc:  # json's, numpy's, a missing field
+    except (ValueError, KeyError, TypeError) as exc:  # what is wrong; a missing field
         what = f"no {exc}" if isinstance(exc, KeyError) else str(exc)
         raise GalleryError(
             f"{path}: not a gallery export `gallery export` wrote ({what})"
@@ -114,53 +132,100 @@ def read(path: Path) -> Export:
 
 
 def _read_json(path: Path) -> Export:
-    record = json.loads(path.read_text(encoding="utf-8"))
+    record = read_json(path)
     if not isinstance(record, dict) or record.get("format") != JSON_FORMAT:
         raise ValueError(f"its format is not {JSON_FORMAT!r}")
     if record.get("version") != JSON_VERSION:
-        raise ValueError(f"version {record.get('version')!r}; this facewatch reads {JSON_VERSION}")
-    faces, thresholds = [], {}
-    for person in record["identities"]:
-        name = str(person["name"])
+        raise ValueError(
+            f"version {brief(record.get('version'))}; this facewatch reads {JSON_VERSION}"
+        )
+    model_id, size, threshold = _header(record)
+    names, rows, sources, thresholds = [], [], [], {}
+    for person in _objects(record["identities"], "identities"):
+        name = _text(person["name"], "a name")
         if person.get("threshold") is not None:
             thresholds[name] = _threshold(person["threshold"], f"{brief(name)}: threshold")
-        for face in person["embeddings"]:
-            vector = np.asarray(face["vector"], np.float32)
-            faces.append(Enrollment(name, vector, str(face["source_sha256"])))
-    return _export(record, faces, thresholds)
+        for face in _objects(person["embeddings"], "embeddings"):
+            names.append(name)
+            rows.append(face["vector"])
+            sources.append(_text(face["source_sha256"], "a source_sha256"))
+    vectors = _float32(_json_vectors(rows, size))
+    faces = [Enrollment(*face) for face in zip(names, vectors, sources, strict=True)]
+    return Export(model_id, size, threshold, faces, thresholds)
 
 
 def _read_npz(path: Path) -> Export:
-    with np.load(path, allow_pickle=False) as arrays:
-        header = json.loads(str(arrays["header"]))
-        vectors = np.asarray(arrays["vectors"], np.float32)
-        owners, sources = arrays["names"].tolist(), arrays["source_sha256"].tolist()
-        if vectors.ndim != 2 or not len(owners) == len(sources) == len(vectors):
-            raise ValueError("its vectors, names and sources differ in number")
-        thresholds = {
-            str(name): _threshold(float(value), f"{brief(name)}: threshold")
-            for name, value in zip(
-                arrays["identity_names"].tolist(), arrays["identity_thresholds"], strict=True
-            )
-            if not math.isnan(value)  # NaN: the default
-        }
+    budget = MAX_INFLATION * path.stat().st_size
+    arrays = {}
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for name, (kind, ndim) in NPZ_MEMBERS.items():
+                arrays[name] = _npz_array(archive, name, kind, ndim, budget)
+                budget -= arrays[name].nbytes
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as exc:
+        raise ValueError(f"its zip cannot be unpacked: {exc}") from None  # damaged, cut short
+    except RuntimeError:  # zipfile's, for a member that needs a password
+        raise ValueError("its zip is encrypted") from None
+    model_id, size, threshold = _header(parse_json(str(arrays["header"])))
+    vectors, owners, sources = arrays["vectors"], arrays["names"], arrays["source_sha256"]
+    if vectors.shape[1:] != (size,) or not len(owners) == len(sources) == len(vectors):
+        raise ValueError(f"its vectors {vectors.shape}, names and sources do not agree")
+    people, limits = arrays["identity_names"], arrays["identity_thresholds"]
+    if len(people) != len(limits):
+        raise ValueError("its identity names and thresholds differ in number")
+    thresholds = {
+        str(name): _threshold(float(value), f"{brief(name)}: threshold")
+        for name, value in zip(people.tolist(), limits.tolist(), strict=True)
+        if not math.isnan(value)  # NaN: the default
+    }
     faces = [
         Enrollment(str(owner), vector, str(source))
-        for owner, vector, source in zip(owners, vectors, sources, strict=True)
+        for owner, vector, source in zip(
+            owners.tolist(), _float32(vectors), sources.tolist(), strict=True
+        )
     ]
-    return _export(header, faces, thresholds)
+    return Export(model_id, size, threshold, faces, thresholds)
 
 
-def _export(
-    header: dict[str, Any], faces: list[Enrollment], thresholds: dict[str, float]
-) -> Export:
-    return Export(
-        str(header["model_id"]),
-        int(header["embedding_size"]),
-        _threshold(header["threshold"], "default threshold"),
-        faces,
-        thresholds,
-    )
+def _npz_array(
+    archive: zipfile.ZipFile, name: str, kind: str, ndim: int, budget: int
+) -> np.ndarray:
+    """The array ``name`` of an .npz, once its .npy header says it is of ``kind`` (a numpy
+    dtype kind), has ``ndim`` dimensions and fits in ``budget`` bytes (checked before numpy
+    allocates it: a few bytes can declare terabytes)."""
+    try:
+        member = archive.getinfo(f"{name}.npy")
+    except KeyError:
+        raise ValueError(f"it has no {name} array") from None
+    with archive.open(member) as stream:
+        version = np.lib.format.read_magic(stream)
+        if version not in ((1, 0), (2, 0)):
+            raise ValueError(f"its {name} array is in .npy version {version}, not 1.0 or 2.0")
+        read_header = getattr(np.lib.format, f"read_array_header_{version[0]}_0")
+        try:
+            shape, _, dtype = read_header(stream)
+        except (SyntaxError, tokenize.TokenError):  # numpy's reading of an old header
+            raise ValueError(f"its {name} array has a damaged .npy header") from None
+    if dtype.kind != kind or len(shape) != ndim or min(shape, default=0) < 0:
+        raise ValueError(f"its {name} array is {dtype.str} of shape {brief(shape)}")
+    if math.prod(shape) * dtype.itemsize > budget:
+        raise ValueError(
+            f"its {name} array of shape {brief(shape)} would be over {MAX_INFLATION}x the file's size"
+        )
+    with archive.open(member) as stream:
+        return np.lib.format.read_array(stream, allow_pickle=False)
+
+
+def _header(header: Any) -> tuple[str, int, float]:
+    """(model id, embedding size, default threshold) of an export's header, checked."""
+    if not isinstance(header, dict):
+        raise ValueError("its header is not a JSON object")
+    model_id, size = header["model_id"], header["embedding_size"]
+    if not isinstance(model_id, str) or not model_id:
+        raise ValueError(f"model_id {brief(model_id)} is not a model's name")
+    if not is_count(size):
+        raise ValueError(f"embedding_size {brief(size)} is not a whole number of 1 or more")
+    return model_id, size, _threshold(header["threshold"], "default threshold")
 
 
 def _threshold(value: Any, what: str) -> float:
@@ -170,6 +235,40 @@ def _threshold(value: Any, what: str) -> float:
     if number is None:
         raise GalleryError(f"{what} {brief(value)} is not a finite number")
     return check_threshold(number, what)
+
+
+def _objects(items: Any, what: str) -> list[dict[str, Any]]:
+    if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
+        raise ValueError(f"its {what} are not a list of JSON objects")
+    return items
+
+
+def _text(value: Any, what: str) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"{what} that is not text: {brief(value)}")
+    return value
+
+
+def _json_vectors(rows: list[Any], size: int) -> np.ndarray:
+    """(M, size) of JSON embeddings: lists of ``size`` numbers, else ValueError."""
+    for row in rows:
+        if not (
+            isinstance(row, list) and len(row) == size and all(type(v) in (int, float) for v in row)
+        ):
+            raise ValueError(f"an embedding that is not a list of {size} numbers: {brief(row)}")
+    try:
+        return np.array(rows, np.float64).reshape(len(rows), size)
+    except OverflowError:  # an integer of hundreds of digits
+        raise ValueError("an embedding with a number too large") from None
+
+
+def _float32(vectors: np.ndarray) -> np.ndarray:
+    """``vectors`` as float32, or ValueError where one is not finite there (1e39 overflows)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = vectors.astype(np.float32)
+    if not np.all(np.isfinite(out)):
+        raise ValueError("an embedding with values that are not finite float32 numbers")
+    return out
 
 
 def _format(path: Path) -> str:

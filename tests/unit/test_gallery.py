@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -10,11 +11,13 @@ import stat
 import subprocess
 import sys
 import tempfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from daemon import gallery_export
 from daemon.gallery import DEFAULT_THRESHOLD, Enrollment, Gallery, GalleryError
 from daemon.recognition import calibrate
 
@@ -469,6 +472,83 @@ def test_an_export_with_a_threshold_no_gallery_takes_is_not_imported(
     with pytest.raises(GalleryError, match=r"new.sqlite: default threshold inf outside"):
         Gallery.create(target, MODEL, D, threshold=float("inf"))
     assert not target.exists()
+
+
+def _npz(path: Path, compression: int = zipfile.ZIP_DEFLATED, **arrays: np.ndarray | bytes) -> Path:
+    """An .npz export of one person with ``arrays`` in place of its own (bytes: the .npy
+    file itself)."""
+    header = {"model_id": MODEL, "embedding_size": D, "threshold": 1.0}
+    members = {"vectors": np.ones((1, D), np.float32), "names": np.array(["ann"]),
+               "source_sha256": np.array(["ab"]), "identity_names": np.array(["ann"]),
+               "identity_thresholds": np.array([np.nan], np.float32),
+               "header": np.array(json.dumps(header)), **arrays}  # fmt: skip
+    with zipfile.ZipFile(path, "w", compression) as archive:
+        for name, value in members.items():
+            if isinstance(value, np.ndarray):
+                buffer = io.BytesIO()
+                np.save(buffer, value)
+                value = buffer.getvalue()
+            archive.writestr(f"{name}.npy", value)
+    return path
+
+
+def _patched(path: Path, member: str, where: str, value: int) -> Path:
+    """``path`` with one byte of ``member`` changed: its first compressed byte ("data"), or
+    the flags or compression method of its entry in the zip's central directory."""
+    blob = bytearray(path.read_bytes())
+    info = zipfile.ZipFile(path).getinfo(member)
+    local = info.header_offset
+    if where == "data":
+        names = int.from_bytes(blob[local + 26 : local + 28], "little")
+        extra = int.from_bytes(blob[local + 28 : local + 30], "little")
+        blob[local + 30 + names + extra] = value
+    else:
+        entry = blob.rindex(member.encode()) - 46  # its name's last copy: in the directory
+        assert blob[entry : entry + 4] == b"PK\x01\x02"
+        blob[entry + {"flags": 8, "method": 10}[where]] = value
+    path.write_bytes(bytes(blob))
+    return path
+
+
+def _declaring(shape: tuple[int, ...]) -> bytes:
+    """An .npy file whose header declares ``shape`` (float64) and that holds 64 bytes."""
+    buffer = io.BytesIO()
+    header = {"descr": "<f8", "fortran_order": False, "shape": shape}
+    np.lib.format.write_array_header_1_0(buffer, header)
+    return buffer.getvalue() + bytes(64)
+
+
+HOSTILE_EXPORTS = {
+    "deep.json": lambda p: p.write_text('{"format": "facewatch-gallery", "version": 1, "x": ' + "[" * 100000 + "]" * 100000 + "}"),
+    "size.json": lambda p: _export_json(p, embedding_size=float("inf")),
+    "float.json": lambda p: _export_json(p, embedding_size=4.9),
+    "digits.json": lambda p: p.write_text(_export_json(p).read_text().replace("0.5", "1" + "0" * 400, 1)),
+    "beyond.json": lambda p: p.write_text(_export_json(p).read_text().replace("0.5", "1e39")),
+    "number.json": lambda p: p.write_text(_export_json(p).read_text().replace('"ann"', "5")),
+    "latin1.json": lambda p: p.write_bytes(_export_json(p).read_bytes().replace(b"ann", b"\xe9")),
+    "declares-exabytes.npz": lambda p: _npz(p, vectors=_declaring((10**9, 10**9))),
+    "bomb.npz": lambda p: _npz(p, vectors=np.zeros((200_000, D)), names=np.array(["ann"] * 200_000), source_sha256=np.array(["ab"] * 200_000)),
+    "deflate.npz": lambda p: _patched(_npz(p), "vectors.npy", "data", 0xFF),
+    "encrypted.npz": lambda p: _patched(_npz(p), "vectors.npy", "flags", 1),
+    "method.npz": lambda p: _patched(_npz(p), "vectors.npy", "method", 99),
+    "deep.npz": lambda p: _npz(p, zipfile.ZIP_STORED, header=np.array("[" * 100000)),
+    "infinite.npz": lambda p: _npz(p, identity_thresholds=np.array([np.inf], np.float32)),
+    "strings.npz": lambda p: _npz(p, vectors=np.array([["1"] * D])),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE_EXPORTS))
+def test_a_damaged_or_hostile_export_is_named_not_a_traceback(tmp_path, name) -> None:
+    """The fuzzing review's exports: OverflowError, RecursionError, MemoryError (exabytes
+    declared in a few bytes), zlib.error, NotImplementedError, RuntimeError, or a zip bomb
+    read whole (800 MB from 0.8 MB). Now one GalleryError naming the file, read before any
+    array is allocated beyond 16x the file's size."""
+    path = tmp_path / name
+    HOSTILE_EXPORTS[name](path)
+    with pytest.raises(GalleryError) as error:
+        gallery_export.read(path)
+    assert str(error.value).startswith(f"{path}: "), error.value
+    assert len(str(error.value)) < 300
 
 
 def test_threshold_of_a_person_and_the_default(gallery, capsys) -> None:
