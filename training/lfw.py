@@ -24,6 +24,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from engines.base import brief
 from training.data import DataError
 
 logger = logging.getLogger(__name__)
@@ -48,6 +49,27 @@ def _image_path(lfw_dir: Path, name: str, number: str) -> Path:
     return lfw_dir / name / (stem + ".jpg")
 
 
+MAX_HEADER_DIGITS = 9  # "10 300": folds and pairs per fold
+
+
+def _is_number(field: str) -> bool:
+    """ASCII digits only (``str.isdigit`` also takes "²", which ``int`` refuses)."""
+    return field.isascii() and field.isdigit()
+
+
+def _pairs_text(pairs_file: Path) -> str:
+    """The pairs file's text; DataError naming the file and line when it is not UTF-8."""
+    data = pairs_file.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = len((data[: exc.start].decode("utf-8") + "x").splitlines())  # as read_pairs counts
+        raise DataError(
+            f"{pairs_file}:{line}: not UTF-8 text (byte {data[exc.start]:#04x}); pairs files "
+            "are plain text"
+        ) from None
+
+
 def _parse_line(fields: list[str], where: str) -> tuple[tuple[str, str], tuple[str, str], bool]:
     try:
         if len(fields) == 3:
@@ -59,7 +81,7 @@ def _parse_line(fields: list[str], where: str) -> tuple[tuple[str, str], tuple[s
     except ValueError:
         pass
     raise DataError(
-        f"{where}: expected 'name n1 n2' or 'name1 n1 name2 n2', got {' '.join(fields)!r}"
+        f"{where}: expected 'name n1 n2' or 'name1 n1 name2 n2', got {brief(' '.join(fields))}"
     )
 
 
@@ -75,9 +97,14 @@ def read_pairs(pairs_file: str | Path, lfw_dir: str | Path) -> tuple[list[Pair],
         raise DataError(f"{pairs_file}: pairs file not found")
     if not lfw_dir.is_dir():
         raise DataError(f"{lfw_dir}: LFW image directory not found")
-    lines = [ln.split() for ln in pairs_file.read_text().splitlines()]
+    lines = [ln.split() for ln in _pairs_text(pairs_file).splitlines()]
     header: tuple[int, ...] = ()
-    if lines and len(lines[0]) in (1, 2) and all(f.isdigit() for f in lines[0]):
+    if lines and len(lines[0]) in (1, 2) and all(_is_number(f) for f in lines[0]):
+        if any(len(f) > MAX_HEADER_DIGITS for f in lines[0]):
+            raise DataError(
+                f"{pairs_file}:1: header {brief(' '.join(lines[0]))}: a number of more than "
+                f"{MAX_HEADER_DIGITS} digits"
+            )
         header = tuple(int(f) for f in lines[0])
         lines = lines[1:]
     pairs, missing = [], []

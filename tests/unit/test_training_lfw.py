@@ -175,3 +175,24 @@ def test_folds_asked_for_are_said_once(caplog) -> None:
         "once.txt: its header '10 300' declares 10 folds of 300 same and 300 different pairs "
         "(6000 pairs), but the file holds 20: correct the header, or give --lfw-nrof-folds",
     ]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"1\t1\nAnn_A\t1\t2\nCaf\xe9\t1\t2\n", r"pairs.txt:3: not UTF-8 text \(byte 0xe9\)"),
+        ("²\nAnn_A\t1\t2\n".encode(), r"pairs.txt:1: expected 'name n1 n2' or 'name1 n1 name2 n2', got '²'"),
+        (("9" * 5000 + "\nAnn_A\t1\t2\n").encode(), r"pairs.txt:1: header '9999.*': a number of more than 9 digits"),
+        (("1 1\nAnn_A\t1\t" + "2" * 5000 + "\n").encode(), r"pairs.txt:2: expected .*, got 'Ann_A 1 2222.*'$"),
+    ],
+)  # fmt: skip
+def test_a_pairs_file_that_is_not_text_or_has_odd_numbers_names_the_line(
+    tmp_path, content, message
+) -> None:
+    """UnicodeDecodeError and ValueError before ('²' passes str.isdigit, int refuses it; a
+    5000-digit number passes neither int's limit), printed by the CLIs without the file."""
+    lfw = _lfw(tmp_path)
+    (tmp_path / "pairs.txt").write_bytes(content)
+    with pytest.raises(DataError, match=message) as error:
+        read_pairs(tmp_path / "pairs.txt", lfw)
+    assert str(error.value).startswith(str(tmp_path / "pairs.txt")) and len(str(error.value)) < 300
