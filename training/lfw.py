@@ -44,9 +44,17 @@ def _image_path(lfw_dir: Path, name: str, number: str) -> Path:
     stem = f"{name}_{int(number):04d}"
     for ext in (".png", ".jpg", ".jpeg"):
         path = lfw_dir / name / (stem + ext)
-        if path.is_file():
+        if _is_image(path):
             return path
     return lfw_dir / name / (stem + ".jpg")
+
+
+def _is_image(path: Path) -> bool:
+    """A file at ``path`` (False for a name the file system cannot hold: too long)."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
 
 
 MAX_HEADER_DIGITS = 9  # "10 300": folds and pairs per fold
@@ -113,7 +121,7 @@ def read_pairs(pairs_file: str | Path, lfw_dir: str | Path) -> tuple[list[Pair],
             continue
         a, b, same = _parse_line(fields, f"{pairs_file}:{number}")
         pa, pb = _image_path(lfw_dir, *a), _image_path(lfw_dir, *b)
-        missing.extend(p for p in (pa, pb) if not p.is_file())
+        missing.extend(p for p in (pa, pb) if not _is_image(p))
         pairs.append(Pair(pa, pb, same))
     if missing:
         shown = ", ".join(str(p) for p in sorted(set(missing))[:5])

@@ -196,3 +196,11 @@ def test_a_pairs_file_that_is_not_text_or_has_odd_numbers_names_the_line(
     with pytest.raises(DataError, match=message) as error:
         read_pairs(tmp_path / "pairs.txt", lfw)
     assert str(error.value).startswith(str(tmp_path / "pairs.txt")) and len(str(error.value)) < 300
+
+
+def test_a_name_too_long_for_a_file_is_a_missing_image(tmp_path) -> None:
+    """OSError (File name too long) from the file system before."""
+    lfw = _lfw(tmp_path)
+    (tmp_path / "pairs.txt").write_text("A" * 300 + "\t1\t2\n")
+    with pytest.raises(DataError, match=r"pairs.txt: 2 image\(s\) named in the pairs are missing"):
+        read_pairs(tmp_path / "pairs.txt", lfw)
