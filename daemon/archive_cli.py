@@ -12,7 +12,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from daemon.archive_files import VISIT_FILE, archive_level, is_visit_folder
+from daemon.archive_files import VISIT_FILE, archive_level, is_visit_folder, read_visit
 from daemon.config import DEFAULT_CONFIG, SERVICE_CONFIG, ConfigError, running_config
 from daemon.config_file import load_config
 from daemon.gallery import lookup_name
@@ -88,9 +88,8 @@ def read_visits(root: Path) -> list[tuple[Path, dict[str, Any]]]:
     visits = []
     for path in root.glob(f"*/*/*/{VISIT_FILE}"):
         try:
-            about = json.loads(path.read_text(encoding="utf-8"))
-            about["first_seen_ts"] = float(about["first_seen_ts"])
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+            about = read_visit(path)
+        except (OSError, ValueError) as exc:
             print(f"skipped {path}: {exc}", file=sys.stderr)
             continue
         visits.append((path.parent, about))

@@ -5,13 +5,20 @@ anything else: the writer deletes only these, and the commands recognise them.
 
 from __future__ import annotations
 
-import json
+import logging
 import os
 import re
 import time
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
+
+from engines.base import brief, finite_number, read_json
+
+logger = logging.getLogger(__name__)
 
 VISIT_FILE = "visit.json"
+LAST_TIMESTAMP = datetime(9999, 1, 1, tzinfo=timezone.utc).timestamp()  # what datetime shows
 # the writer's folders, the only ones it deletes: YYYY-MM-DD / CAMERA / HHMMSS-tTRACK-WHO[-N]
 _DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 _CAMERA = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -85,6 +92,30 @@ def started_at(visit_file: Path, day: str, hhmmss: str) -> float:
     """When a visit on disk started: its visit.json says exactly; else its folder's name (in
     local time, ambiguous in the hour a clock goes back); ValueError if neither can."""
     try:
-        return float(json.loads(visit_file.read_text(encoding="utf-8"))["first_seen_ts"])
-    except (OSError, ValueError, KeyError, TypeError):
+        return float(read_visit(visit_file)["first_seen_ts"])
+    except (OSError, ValueError):
         return time.mktime(time.strptime(f"{day} {hhmmss}", "%Y-%m-%d %H%M%S"))
+
+
+def read_visit(visit_file: Path) -> dict[str, Any]:
+    """A visit.json's record; OSError when the file cannot be read, ValueError saying what is
+    wrong when it is not the record the writer makes: UTF-8 JSON (not nested too deeply), an
+    object whose first_seen_ts (and last_seen_ts) are times (finite numbers of seconds from
+    1970 to the year 9999), whose images are objects, identity text and named a list."""
+    record = read_json(visit_file)
+    if not isinstance(record, dict):
+        raise ValueError(f"not a JSON object: {brief(record)}")
+    if "first_seen_ts" not in record:
+        raise ValueError("no first_seen_ts")
+    for key in ("first_seen_ts", "last_seen_ts"):
+        seconds = finite_number(record.get(key, 0))
+        if seconds is None or not 0 <= seconds <= LAST_TIMESTAMP:
+            raise ValueError(f"{key} {brief(record[key])} is not a time")
+    images = record.get("images", [])
+    if not isinstance(images, list) or not all(isinstance(image, dict) for image in images):
+        raise ValueError(f"images {brief(images)} are not a list of objects")
+    if not isinstance(record.get("identity"), (str, type(None))):
+        raise ValueError(f"identity {brief(record['identity'])} is not a name")
+    if not isinstance(record.get("named"), (list, type(None))):
+        raise ValueError(f"named {brief(record['named'])} is not a list of names")
+    return record

@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
 from daemon import gallery_cli
-from daemon.archive_files import VISIT_FILE, archive_level
+from daemon.archive_files import VISIT_FILE, archive_level, read_visit
 from daemon.detect_cli import progress_wanted
 from daemon.gallery import Enrollment, Gallery, GalleryError, clean_name, shown_threshold
 from daemon.recognition import (
@@ -32,7 +32,7 @@ from daemon.recognition import (
 )
 from daemon.recognition_cli import Models, add_model_options, is_hidden, load_models, photo_files
 from engines import EngineError
-from engines.base import file_sha256
+from engines.base import brief, file_sha256, finite_number
 from engines.facenet import FaceNet, starting_threshold
 from engines.images import ImageError, read_image
 
@@ -178,8 +178,8 @@ def _visit_images(folder: Path) -> dict[str, list[float]]:
         return {}
     try:
         return {
-            str(image["file"]): [float(v) for v in image["face_xyxy"]]
-            for image in json.loads(about.read_text(encoding="utf-8"))["images"]
+            str(image["file"]): _box(image["face_xyxy"])
+            for image in read_visit(about)["images"]
             if len(image.get("face_xyxy", ())) == 4
         }
     except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -189,6 +189,14 @@ def _visit_images(folder: Path) -> dict[str, list[float]]:
             file=sys.stderr,
         )
         return {}
+
+
+def _box(values: Any) -> list[float]:
+    """A visit.json face_xyxy as floats; ValueError unless every one is a finite number."""
+    box = [finite_number(v) for v in values]
+    if None in box:
+        raise ValueError(f"face_xyxy {brief(values)} is not numbers")
+    return [v for v in box if v is not None]
 
 
 def _check_gallery(path: Path, model_id: str) -> dict[str, set[str]]:

@@ -19,7 +19,7 @@ from prometheus_client import REGISTRY
 
 from daemon.archive import FaceArchive
 from daemon.archive_cli import _moment
-from daemon.archive_files import VISIT_FILE
+from daemon.archive_files import VISIT_FILE, scan_visits
 from daemon.cli import main
 from daemon.config import ArchiveConfig, ConfigError
 from daemon.config_file import load_config, parse_config
@@ -223,6 +223,61 @@ def test_a_visits_start_is_read_from_its_visit_json(tmp_path) -> None:
     archive.start()
     archive.stop(timeout_s=10)
     assert named_old.exists(), "it started an hour ago, whatever its folder says"
+
+
+# visit.json contents the writer never makes (a damaged disk, a hand edit)
+DAMAGED_VISITS = [
+    b'{"first_seen_ts": 1' + b"0" * 400 + b"}",
+    b'{"first_seen_ts": ' + b"[" * 100000 + b"]" * 100000 + b"}",
+    b'{"first_seen_ts": "nan"}',
+    b'{"first_seen_ts": NaN}',
+    b'{"first_seen_ts": -Infinity}',
+    b'{"first_seen_ts": 1e300}',
+    b'{"first_seen_ts": 1.5, "last_seen_ts": "x"}',
+    b'{"first_seen_ts": 1.5, "images": 5}',
+    b'{"first_seen_ts": 1.5, "camera": "caf\xe9"}',
+    b"[]",
+]
+
+
+def test_damaged_visit_files_are_dated_by_their_folder_and_retention_goes_on(tmp_path) -> None:
+    """A 400-digit or deeply nested first_seen_ts stopped every scan (OverflowError,
+    RecursionError: nothing was deleted any more, the disk filled); "nan" was a start time
+    that broke the oldest-first order. Now such a visit.json is unreadable and the visit
+    is dated by its folder's name, as one without a visit.json is."""
+    root = tmp_path / "archive"
+    damaged = [
+        _old_visit(root, "2026-01-02", f"0800{k:02d}-t{k}-unknown", 1000)
+        for k in range(len(DAMAGED_VISITS))
+    ]
+    for folder, content in zip(damaged, DAMAGED_VISITS, strict=True):
+        (folder / VISIT_FILE).write_bytes(content)
+    day = datetime.fromtimestamp(time.time() - 3600).strftime("%Y-%m-%d")
+    recent = _old_visit(root, day, "000000-t99-unknown", 1000)
+    (recent / VISIT_FILE).write_text(json.dumps({"first_seen_ts": time.time() - 60}))
+    folder_times = [time.mktime(time.strptime(f"2026-01-02 0800{k:02d}", "%Y-%m-%d %H%M%S"))
+                    for k in range(len(damaged))]  # fmt: skip
+    found = scan_visits(root)
+    assert [folder for _, folder, _ in found] == [*damaged, recent], "oldest first"
+    assert [start for start, _, _ in found][:-1] == folder_times
+    archive = _archive(tmp_path, keep_days=7)
+    archive.start()
+    archive.stop(timeout_s=10)
+    assert not any(folder.exists() for folder in damaged) and recent.exists()
+
+
+def test_archive_list_skips_damaged_visit_files_and_says_which(tmp_path, capsys) -> None:
+    root = tmp_path / "archive"
+    for k, content in enumerate(DAMAGED_VISITS):
+        folder = _old_visit(root, "2026-01-02", f"0800{k:02d}-t{k}-unknown", 10)
+        (folder / VISIT_FILE).write_bytes(content)
+    good = _old_visit(root, "2026-01-02", "090000-t99-unknown", 10)
+    (good / VISIT_FILE).write_text(json.dumps({"first_seen_ts": time.time() - 60}))
+    assert main(["archive", "list", "--dir", str(root)]) == 0
+    out, err = capsys.readouterr()
+    assert out.splitlines()[0].endswith(str(good)) and len(out.splitlines()) == 1
+    assert err.count("skipped ") == len(DAMAGED_VISITS) and "1 of the 1 visit(s)" in err
+    assert "first_seen_ts 100000" in err and "is not a time" in err and "nested too deeply" in err
 
 
 def test_the_size_follows_hand_deletions_once_a_minute_on_a_busy_camera(

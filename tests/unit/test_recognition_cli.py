@@ -362,6 +362,26 @@ def _archived_visit(tmp_path: Path, photo: Path, face_xyxy: np.ndarray) -> Path:
     return visit
 
 
+@pytest.mark.parametrize(
+    "face_xyxy",
+    [b"[1" + b"0" * 400 + b", 1, 2, 3]", b"[NaN, 1, 2, 3]", b'["1", 1, 2, 3]', b"[" * 100000 + b"]" * 100000],
+)  # fmt: skip
+def test_a_damaged_visit_json_is_said_once_and_its_photo_taken_as_any(
+    tmp_path, capsys, face_xyxy
+) -> None:
+    """A face box of 400 digits was an OverflowError traceback of `enroll`, a NaN box was
+    taken as the face's place. Now the visit.json is unreadable: said, and the photo's
+    face is found as in any photo."""
+    from daemon.enroll_cli import archived_face
+
+    visit = tmp_path / "2026-11-29" / "door" / "101500-t1-unknown"
+    visit.mkdir(parents=True)
+    image = b'{"file": "face-1.jpg", "face_xyxy": ' + face_xyxy + b"}"
+    (visit / "visit.json").write_bytes(b'{"first_seen_ts": 1.5, "images": [' + image + b"]}")
+    assert archived_face(visit / "face-1.jpg") is None
+    assert f"warning: {visit / 'visit.json'} cannot be read" in capsys.readouterr().err
+
+
 def test_a_face_archive_visit_enrolls_its_own_face_not_the_neighbours(
     cli, images, detector, tmp_path
 ) -> None:
