@@ -37,6 +37,7 @@ NPZ_MEMBERS = {
 # how much larger than the .npz file its arrays may be: `gallery export` stores them (no
 # larger); a compressed export of real embeddings is about 2x; a zip bomb, thousands
 MAX_INFLATION = 16
+UNIT_TOLERANCE = 1e-3  # how far an embedding's L2 norm may be from 1 (float32 rounding)
 
 
 def write(gallery_path: Path, target: Path, force: bool) -> tuple[int, int]:
@@ -149,7 +150,7 @@ def _read_json(path: Path) -> Export:
             names.append(name)
             rows.append(face["vector"])
             sources.append(_text(face["source_sha256"], "a source_sha256"))
-    vectors = _float32(_json_vectors(rows, size))
+    vectors = _embeddings(_json_vectors(rows, size))
     faces = [Enrollment(*face) for face in zip(names, vectors, sources, strict=True)]
     return Export(model_id, size, threshold, faces, thresholds)
 
@@ -181,7 +182,7 @@ def _read_npz(path: Path) -> Export:
     faces = [
         Enrollment(str(owner), vector, str(source))
         for owner, vector, source in zip(
-            owners.tolist(), _float32(vectors), sources.tolist(), strict=True
+            owners.tolist(), _embeddings(vectors), sources.tolist(), strict=True
         )
     ]
     return Export(model_id, size, threshold, faces, thresholds)
@@ -262,12 +263,18 @@ def _json_vectors(rows: list[Any], size: int) -> np.ndarray:
         raise ValueError("an embedding with a number too large") from None
 
 
-def _float32(vectors: np.ndarray) -> np.ndarray:
-    """``vectors`` as float32, or ValueError where one is not finite there (1e39 overflows)."""
+def _embeddings(vectors: np.ndarray) -> np.ndarray:
+    """``vectors`` as float32, or ValueError unless each is a unit vector there, as every
+    embedding FaceNet makes is (1e39 overflows float32; a long vector would be the nearest
+    to every face, and named them all)."""
     with np.errstate(over="ignore", invalid="ignore"):
         out = vectors.astype(np.float32)
+        norms = np.linalg.norm(out.astype(np.float64), axis=1)
     if not np.all(np.isfinite(out)):
         raise ValueError("an embedding with values that are not finite float32 numbers")
+    off = np.abs(norms - 1.0) > UNIT_TOLERANCE
+    if np.any(off):
+        raise ValueError(f"an embedding of length {norms[off][0]:.4g}, not a unit vector")
     return out
 
 

@@ -437,7 +437,7 @@ def _export_json(path: Path, **changes) -> Path:
     """A one-person JSON export as `gallery export` writes it, with ``changes`` to its header
     (``person_threshold``: to the person's own threshold)."""
     person = {"name": "ann", "threshold": changes.pop("person_threshold", None),
-              "embeddings": [{"vector": [0.5] * D, "source_sha256": "ab"}]}  # fmt: skip
+              "embeddings": [{"vector": [0.5] * 4 + [0.0] * (D - 4), "source_sha256": "ab"}]}  # fmt: skip
     record = {"format": "facewatch-gallery", "version": 1, "model_id": MODEL,
               "embedding_size": D, "threshold": 1.0, "identities": [person], **changes}  # fmt: skip
     path.write_text(json.dumps(record))  # Infinity and NaN as Python's json writes them
@@ -478,7 +478,7 @@ def _npz(path: Path, compression: int = zipfile.ZIP_DEFLATED, **arrays: np.ndarr
     """An .npz export of one person with ``arrays`` in place of its own (bytes: the .npy
     file itself)."""
     header = {"model_id": MODEL, "embedding_size": D, "threshold": 1.0}
-    members = {"vectors": np.ones((1, D), np.float32), "names": np.array(["ann"]),
+    members = {"vectors": np.eye(1, D, dtype=np.float32), "names": np.array(["ann"]),
                "source_sha256": np.array(["ab"]), "identity_names": np.array(["ann"]),
                "identity_thresholds": np.array([np.nan], np.float32),
                "header": np.array(json.dumps(header)), **arrays}  # fmt: skip
@@ -524,6 +524,8 @@ HOSTILE_EXPORTS = {
     "float.json": lambda p: _export_json(p, embedding_size=4.9),
     "digits.json": lambda p: p.write_text(_export_json(p).read_text().replace("0.5", "1" + "0" * 400, 1)),
     "beyond.json": lambda p: p.write_text(_export_json(p).read_text().replace("0.5", "1e39")),
+    "long.json": lambda p: p.write_text(_export_json(p).read_text().replace("0.5", "1e30")),
+    "long.npz": lambda p: _npz(p, vectors=np.full((1, D), 1e3)),
     "number.json": lambda p: p.write_text(_export_json(p).read_text().replace('"ann"', "5")),
     "latin1.json": lambda p: p.write_bytes(_export_json(p).read_bytes().replace(b"ann", b"\xe9")),
     "declares-exabytes.npz": lambda p: _npz(p, vectors=_declaring((10**9, 10**9))),
