@@ -679,7 +679,9 @@ def test_status_behind_a_proxy_with_a_password_and_its_usage_errors(capsys) -> N
         assert report["url"] == f"http://admin:***@{where}" and "s3cret" not in out + err
         assert main(["status", "--url", f"admin:wrong@{where}", "--interval", "0.1"]) == 3
         err = capsys.readouterr().err
-        assert f"no facewatch daemon answers at http://admin:***@{where}: HTTP 401 Unauthorized" in err
+        assert (
+            f"no facewatch daemon answers at http://admin:***@{where}: HTTP 401 Unauthorized" in err
+        )
         assert main(["status", "--url", f"http://admin:s3cret@{where}/", "--json",
                      "--interval", "0.1"]) == 3  # fmt: skip
         out, err = capsys.readouterr()
