@@ -19,7 +19,7 @@ import socket
 import ssl
 import time
 from dataclasses import dataclass, field
-from urllib.parse import SplitResult, quote, unquote, urlsplit, urlunsplit
+from urllib.parse import SplitResult, quote, unquote, urlsplit
 
 from daemon.config_file import redact_url
 
@@ -69,7 +69,7 @@ def _rtsp_problem(
     parts: SplitResult, host: str, port: int, netloc: str, timeout_s: float
 ) -> str | None:
     """One DESCRIBE (two, answering the camera's challenge with the URL's user)."""
-    target = urlunsplit(("rtsp", netloc, _path(parts), parts.query, ""))
+    target = f"rtsp://{netloc}{_path(parts)}"
     user = (unquote(parts.username or ""), unquote(parts.password or ""))
     with socket.create_connection((host, port), timeout=timeout_s) as connection:
         try:
@@ -79,12 +79,21 @@ def _rtsp_problem(
                 if authorization is not None:
                     request = _describe(target, 2, authorization)
                     answer = _parse(_exchange(connection, request, timeout_s)[0], "RTSP")
-        except TimeoutError:
+        except AnswerTimeout:
             return (
                 f"{netloc} accepts the connection but its RTSP service does not answer within "
                 f"{timeout_s:g} s (hung? restart the camera)"
             )
-    return _from_answer(answer, parts.path or "/", parts.username is not None)
+    return _from_answer(_heard(answer, parts), parts.path or "/", parts.username is not None)
+
+
+def _heard(answer: Answer, parts: SplitResult) -> Answer:
+    """``answer`` with the URL's password masked in its reason and headers (before any is cut
+    short to be shown: a cut could leave part of an echoed password)."""
+    password = unquote(parts.password or "")
+    answer.reason = _masked(answer.reason, password)
+    answer.headers = [(name, _masked(value, password)) for name, value in answer.headers]
+    return answer
 
 
 def _unreachable(exc: Exception, host: str, netloc: str, timeout_s: float) -> str:
@@ -137,7 +146,7 @@ def http_get(
     if parts.username is not None:
         user, password = unquote(parts.username), unquote(parts.password or "")
         lines.append(f"Authorization: {basic_authorization(user, password)}")
-    request = ("\r\n".join([*lines, "User-Agent: facewatch", "", ""])).encode()
+    request = "\r\n".join([*lines, "User-Agent: facewatch", "Connection: close", "", ""]).encode()
     with socket.create_connection((host, port), timeout=timeout_s) as connection:
         if parts.scheme.lower() == "https":
             context = ssl.create_default_context()
@@ -173,8 +182,8 @@ def _http_problem(parts: SplitResult, netloc: str, timeout_s: float) -> str | No
     """The answer to one GET of the URL (credentials from it as Basic authentication)."""
     path = parts.path or "/"
     try:
-        answer = http_get(parts, netloc, timeout_s)
-    except TimeoutError:
+        answer = _heard(http_get(parts, netloc, timeout_s), parts)
+    except AnswerTimeout:
         return (
             f"{netloc} accepts the connection but does not answer the GET within {timeout_s:g} s "
             "(hung? restart the camera)"
@@ -207,26 +216,28 @@ def _describe(target: str, cseq: int, authorization: str | None = None) -> bytes
     return ("\r\n".join(lines) + "\r\n\r\n").encode(errors="surrogateescape")
 
 
+class AnswerTimeout(TimeoutError):
+    """Connected, but the answer did not come whole within the time given."""
+
+
 def _exchange(
     connection: socket.socket, request: bytes, timeout_s: float, body_limit: int = 0
 ) -> tuple[bytes, bytes]:
-    """Send ``request``; the answer's head, and with ``body_limit`` its body (read to the end
-    of the connection, at most that many bytes: ValueError past it), all within
-    ``timeout_s`` (TimeoutError past it, however slowly the peer sends: a camera that drips
-    its answer held the probe, and its camera's retries, for hours)."""
+    """Send ``request``; the answer's head, and with ``body_limit`` its body (its
+    Content-Length, else to the end of the connection; chunks joined; at most that many
+    bytes: ValueError past it, or when cut short), all within ``timeout_s`` (AnswerTimeout
+    past it, however slowly the peer sends: a camera that dripped its answer held the probe,
+    and its camera's retries, for hours)."""
     deadline = time.monotonic() + timeout_s
     connection.settimeout(timeout_s)
     connection.sendall(request)
     data = bytearray()
-    while True:
-        end = data.find(b"\r\n\r\n")
-        if end < 0 and len(data) > HEAD_LIMIT:
+    while not _whole(data, body_limit):
+        if _head_end(data) < 0 and len(data) > HEAD_LIMIT:
             raise ValueError(f"the answer's head is over {HEAD_LIMIT // 1024} kB")
-        if end >= 0 and (not body_limit or len(data) - end - 4 > body_limit):
-            break
         left = deadline - time.monotonic()
         if left <= 0:
-            raise TimeoutError
+            raise AnswerTimeout
         connection.settimeout(left)
         try:
             chunk = connection.recv(65536)
@@ -234,18 +245,69 @@ def _exchange(
             if not data:
                 raise
             break
+        except TimeoutError:
+            raise AnswerTimeout from None
         if not chunk:
             break
         data += chunk
-    head, _, body = bytes(data).partition(b"\r\n\r\n")
-    if body_limit and len(body) > body_limit:
+    end = _head_end(data)
+    if end < 0:  # no blank line: what came is the head (and _parse tells what it is)
+        return bytes(data), b""
+    head = bytes(data[:end]).rstrip(b"\r\n")
+    return head, (_body(head, bytes(data[end:]), body_limit) if body_limit else b"")
+
+
+def _head_end(data: bytearray) -> int:
+    """Where the answer's body starts (after the blank line; bare LF line ends too), or -1."""
+    ends = [(k, len(mark)) for mark in (b"\r\n\r\n", b"\n\n") if (k := data.find(mark)) >= 0]
+    return min(k + length for k, length in ends) if ends else -1
+
+
+def _whole(data: bytearray, body_limit: int) -> bool:
+    """Whether ``data`` holds the whole answer: its head, and with ``body_limit`` a body of
+    its Content-Length, or a last chunk (else the connection's end tells)."""
+    end = _head_end(data)
+    if end < 0:
+        return False
+    if not body_limit or len(data) - end > body_limit:
+        return True
+    head = bytes(data[:end]).lower()
+    length = re.search(rb"^content-length:[ \t]*([0-9]{1,12})[ \t]*\r?$", head, re.M)
+    if length is not None:
+        return len(data) - end >= int(length.group(1))
+    if re.search(rb"^transfer-encoding:.*chunked", head, re.M):
+        return data.endswith(b"\r\n0\r\n\r\n") or data[end:].startswith(b"0\r\n\r\n")
+    return False
+
+
+def _body(head: bytes, body: bytes, body_limit: int) -> bytes:
+    """The body as sent (chunks joined), checked against its length and ``body_limit``."""
+    if len(body) > body_limit:
         raise ValueError(f"the answer is over {body_limit // 1_000_000} MB")
-    return head, body
+    lower = head.lower()
+    length = re.search(rb"^content-length:[ \t]*([0-9]{1,12})[ \t]*\r?$", lower, re.M)
+    if length is not None and len(body) < int(length.group(1)):
+        raise ValueError(f"the answer was cut short ({len(body)} of {int(length.group(1))} bytes)")
+    if not re.search(rb"^transfer-encoding:.*chunked", lower, re.M):
+        return body
+    joined, rest = bytearray(), body
+    while True:
+        size_line, newline, rest = rest.partition(b"\r\n")
+        try:
+            size = int(size_line.split(b";")[0].strip() or b"x", 16)
+        except ValueError:
+            raise ValueError("the answer's chunks cannot be read") from None
+        if not newline or size == 0:
+            return bytes(joined)
+        if len(rest) < size + 2:
+            raise ValueError("the answer was cut short (a chunk)")
+        joined += rest[:size]
+        rest = rest[size + 2 :]
 
 
 def _parse(head: bytes, protocol: str) -> Answer:
     """The status and headers of an answer's head (code 0: not one of ``protocol``)."""
-    first, *lines = head.decode("latin-1").split("\r\n")
+    first, *lines = head.decode("latin-1").replace("\r\n", "\n").split("\n")
     status = first.split(" ", 2)
     if len(status) < 2 or not status[0].startswith(f"{protocol}/"):
         return Answer(0, "")

@@ -159,3 +159,130 @@ def test_status_gives_up_on_a_page_that_drips_and_reads_odd_pages_whole(capsys) 
     listener.close()
     out = capsys.readouterr().out
     assert "camera d?[2Jx is down" in out and "\x1b" not in out
+
+
+@pytest.mark.parametrize("scheme", ["rtsp", "http"])
+def test_a_camera_that_does_not_take_the_connection_is_off_not_hung(scheme) -> None:
+    """A connection that is never accepted (here: a full backlog) is a camera off or out of
+    reach; one accepted and left unanswered is a hung service (told apart again after the
+    probe's own GET folded both into 'hung')."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    held = []
+    for _ in range(4):  # fill the backlog
+        client = socket.socket()
+        client.settimeout(0.3)
+        try:
+            client.connect(("127.0.0.1", port))
+        except OSError:
+            client.close()
+            break
+        held.append(client)
+    problem = stream_problem(f"{scheme}://127.0.0.1:{port}/live", 1.0)
+    for client in held:
+        client.close()
+    listener.close()
+    assert (
+        problem == f"127.0.0.1:{port} does not answer within 1 s (off, unreachable, or a firewall)"
+    )
+
+
+def test_an_rtsp_url_with_a_query_is_asked_for_as_written() -> None:
+    """The query went twice into the DESCRIBE (…?channel=1&subtype=0?channel=1&subtype=0)."""
+    seen: list[bytes] = []
+
+    def answer(connection: socket.socket) -> None:
+        connection.sendall(b"RTSP/1.0 404 Not Found\r\nCSeq: 1\r\n\r\n")
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+
+    def serve() -> None:
+        connection, _ = listener.accept()
+        with connection:
+            seen.append(connection.recv(65536))
+            answer(connection)
+
+    threading.Thread(target=serve, daemon=True).start()
+    port = listener.getsockname()[1]
+    url = f"rtsp://127.0.0.1:{port}/cam/realmonitor?channel=1&subtype=0"
+    problem = stream_problem(url, 2.0)
+    listener.close()
+    assert problem is not None and "no stream at /cam/realmonitor (RTSP 404" in problem
+    assert seen[0].startswith(
+        f"DESCRIBE rtsp://127.0.0.1:{port}/cam/realmonitor?channel=1&subtype=0 RTSP/1.0\r\n".encode()
+    )
+
+
+def test_an_answer_with_bare_line_feeds_is_read() -> None:
+    for port in peer(says(b"HTTP/1.0 404 Not Found\nServer: cam\n\n")):
+        problem = stream_problem(f"http://127.0.0.1:{port}/live", 2.0)
+        assert problem is not None and "no stream at /live (HTTP 404 Not Found)" in problem
+
+
+def test_a_password_echoed_at_the_end_of_a_long_reason_does_not_show_in_part() -> None:
+    """The reason is cut to be shown: masking it after the cut left the password's start."""
+    reply = b"HTTP/1.0 401 " + b"x" * 95 + b" hunter22secret\r\n\r\n"
+    for port in peer(says(reply)):
+        problem = stream_problem(f"http://user:hunter22secret@127.0.0.1:{port}/live", 2.0)
+        assert problem is not None and "hunter" not in problem, problem
+
+
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [
+        # keep-alive: the connection stays open after the page (Content-Length tells its end)
+        (b"HTTP/1.1 200 OK\r\nContent-Length: {n}\r\nConnection: keep-alive\r\n\r\n{page}", 1),
+        # chunked, in two chunks
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n{chunks}", 1),
+        # cut short: less than its Content-Length, then the connection ends
+        (b"HTTP/1.0 200 OK\r\nContent-Length: 99999\r\n\r\n{page}", 3),
+    ],
+)
+def test_status_reads_a_page_by_its_length_or_its_chunks(capsys, answer, expected) -> None:
+    page = (
+        b'facewatch_build_info{version="1",backend="x",model="m"} 1\n'
+        b'facewatch_camera_up{camera="door"} 0\n'
+    )
+    half = len(page) // 2
+    chunks = b"%x\r\n%s\r\n%x\r\n%s\r\n0\r\n\r\n" % (
+        half,
+        page[:half],
+        len(page) - half,
+        page[half:],
+    )
+    reply = (
+        answer.replace(b"{n}", str(len(page)).encode())
+        .replace(b"{page}", page)
+        .replace(b"{chunks}", chunks)
+    )
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    keep: list[socket.socket] = []
+
+    def serve() -> None:
+        for _ in range(2):  # two scrapes
+            connection, _ = listener.accept()
+            connection.recv(65536)
+            connection.sendall(reply)
+            if b"keep-alive" in reply:
+                keep.append(connection)  # left open
+            else:
+                connection.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    start = time.monotonic()
+    where = f"127.0.0.1:{listener.getsockname()[1]}"
+    assert main(["status", "--url", where, "--interval", "0.1"]) == expected
+    assert time.monotonic() - start < 4, "a page is whole at its length, not at the timeout"
+    listener.close()
+    for connection in keep:
+        connection.close()
+    if expected == 1:
+        assert "camera door is down" in capsys.readouterr().out
+    else:
+        assert "the answer was cut short" in capsys.readouterr().err
