@@ -79,7 +79,7 @@ class Pipeline:
         self._last_frame: dict[str, float] = {}  # camera -> ts of its latest frame
         self._last_search: dict[str, float] = {}  # camera -> ts of its last frame searched
         self._last_face: dict[str, float] = {}  # camera -> ts of its last frame with a track
-        self._frame_hw: dict[str, tuple[int, int]] = {}  # camera -> its frames' size
+        self._frame_hw: dict[str, tuple[int, ...]] = {}  # camera -> its tracks' frames' size
         self._refusals: dict[tuple[str, tuple[int, ...]], str | None] = {}
         self._enrolled: set[str] = set()  # the gallery's names
         self._gallery_stamp: tuple[int, ...] | None = None  # the file as last read
@@ -100,8 +100,6 @@ class Pipeline:
         frames = [frame for frame in frames if self._takes(frame) and self._worth_a_search(frame)]
         if not frames:
             return
-        for frame in frames:
-            self._follow_size(frame)
         metrics.BATCH_FRAMES.observe(len(frames))
         with metrics.STAGE_SECONDS.labels("detect").time():
             found = self._detect(frames)
@@ -111,6 +109,7 @@ class Pipeline:
                 metrics.FRAMES_PROCESSED.labels(frame.camera).inc()
                 metrics.FACES_DETECTED.labels(frame.camera).inc(len(detections))
                 detections = self._not_ignored(frame, detections)
+                self._follow_size(frame)
                 tracks = self.trackers[frame.camera].update(frame.clock, detections, frame.ts)
                 faces += [_Face(frame, detections, k, t) for k, t in enumerate(tracks)]
         if self.archive is not None:
@@ -154,7 +153,7 @@ class Pipeline:
         height, width = frame.image.shape[:2]
         before = self._frame_hw.get(frame.camera)
         self._frame_hw[frame.camera] = (height, width)
-        if before is not None and before != (height, width):
+        if before is not None and before != (height, width):  # (then searched whole: _prior)
             self.trackers[frame.camera].rescale((width / before[1], height / before[0]))
 
     def _worth_a_search(self, frame: Frame) -> bool:
@@ -183,7 +182,7 @@ class Pipeline:
         groups: dict[int, list[int]] = {}
         for k, frame in enumerate(frames):
             groups.setdefault(id(self._detectors[frame.camera]), []).append(k)
-        priors = [self._prior(frame.camera) for frame in frames]
+        priors = [self._prior(frame) for frame in frames]
         for members in groups.values():
             detector = self._detectors[frames[members[0]].camera]
             images = [frames[k].image for k in members]
@@ -211,11 +210,14 @@ class Pipeline:
         kept = ~dropped
         return FrameDetections(found.bbox_xyxy[kept], found.score[kept], found.landmarks[kept])
 
-    def _prior(self, camera: str) -> np.ndarray | None:
-        """None: search the whole frame (every ``full_scan_every`` frames of a camera);
-        else the boxes of the camera's tracks, to search only around them."""
+    def _prior(self, frame: Frame) -> np.ndarray | None:
+        """None: search the whole frame (every ``full_scan_every`` frames of a camera, and
+        a frame of another size than its tracks'); else the boxes of the camera's tracks, to
+        search only around them."""
+        camera, frame_hw = frame.camera, frame.image.shape[:2]
+        resized = self._frame_hw.get(camera, frame_hw) != frame_hw
         self._since_full_scan[camera] += 1
-        if self._since_full_scan[camera] >= self.config.detection.full_scan_every:
+        if resized or self._since_full_scan[camera] >= self.config.detection.full_scan_every:
             self._since_full_scan[camera] = 0
             return None
         tracks = self.trackers[camera].tracks
@@ -343,12 +345,11 @@ class Pipeline:
         """The faces in view now, named by the new gallery at once: their recent faces are
         matched again (an enrolled, renamed or removed person; events with reason
         "gallery")."""
-        now = time.time()
         for camera, tracker in self.trackers.items():
             events = tracker.recount(gallery.match if gallery is not None else None)
-            for event in events:
-                self._emit(event, camera, now)
-            self._changed(camera, events, now)
+            for event in events:  # (no frame caused it: the track's latest, as its box)
+                self._emit(event, camera, event.track.last_seen_ts)
+            self._changed(camera, events, time.time())
 
 
 def open_gallery(config: Config, model_id: str) -> Gallery | None:

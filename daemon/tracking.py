@@ -202,8 +202,11 @@ class Tracker:
         """Events due for the tracks just updated by a frame (``reason`` of identified and
         changed events: None, the face; "gallery")."""
         events = []
+        # at a gallery change every vote was just matched again: the new evidence decides
+        # (a tie keeps the identity), not the margin against votes of the old gallery
+        margin = 1 if reason == "gallery" else self.config.switch_margin
         for track in tracks:
-            verdict = track.verdict(self.config.min_votes, self.config.switch_margin)
+            verdict = track.verdict(self.config.min_votes, margin)
             if verdict is not None:
                 track.resolved = True
             if not track.confirmed:

@@ -201,7 +201,7 @@ def test_full_scan_every_n_frames_and_search_around_tracks_in_between(detector) 
     for k in range(7):
         ok, image = clip.read()
         assert ok
-        prior = pipeline._prior("door")
+        prior = pipeline._prior(Frame("door", k, float(k), image))
         seen.append(None if prior is None else len(prior))
         pipeline.trackers["door"].update(float(k), detector.detect([image])[0])
     faces = len(pipeline.trackers["door"].tracks)
@@ -210,9 +210,11 @@ def test_full_scan_every_n_frames_and_search_around_tracks_in_between(detector) 
     assert all(n is not None and n > 0 for n in (seen[1], seen[2], seen[4], seen[5]))
 
     # several cameras: their full scans fall in different batches
+    config.cameras[0] = config.cameras[0].model_copy(update={"name": "d"})
     config.cameras.extend(config.cameras[0].model_copy(update={"name": n}) for n in "bc")
     pipeline = Pipeline(config, detector, None, EventSinks())
-    rounds = [[pipeline._prior(c) is None for c in ("door", "b", "c")] for _ in range(6)]
+    blank = np.zeros((360, 640, 3), np.uint8)
+    rounds = [[pipeline._prior(Frame(c, 0, 0.0, blank)) is None for c in "dbc"] for _ in range(6)]
     assert rounds == [[True, False, False], [False, True, False], [False, False, True]] * 2
 
 

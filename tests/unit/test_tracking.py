@@ -143,6 +143,26 @@ def test_a_new_gallery_renames_the_faces_in_view_at_once() -> None:
     assert (removed.kind, removed.identity, removed.previous) == ("changed", None, "ann")
 
 
+def test_a_reload_decides_by_the_rematched_votes_without_the_margin() -> None:
+    """Enrolled while in view, with a face near the threshold: 8 of 15 recent faces now
+    match. The new gallery's evidence decides at once; the margin is for noise between
+    recognitions under one gallery."""
+    config = TrackingConfig(confirm_frames=1, min_votes=2, vote_window=15, switch_margin=4)
+    tracker = Tracker("cam", config, reembed_every=1)
+    faces_seen = np.eye(16, dtype=np.float32)[1:]  # 15 different faces of one track
+    for k, face in enumerate(faces_seen):
+        [track] = tracker.update(k / 10, faces((10, 10, 50, 50)))
+        tracker.record(track, None, 1.5, face)
+        tracker.decide([track])
+    assert track.identity is None and track.judged
+
+    def borderline(embeddings: np.ndarray) -> list[Match]:
+        return [Match("ann" if k % 2 == 0 else None, 0.3, 0.1) for k in range(len(embeddings))]
+
+    [event] = tracker.recount(borderline)
+    assert (event.kind, event.identity, event.reason) == ("identified", "ann", "gallery")
+
+
 def test_a_named_track_holds_its_name_until_another_clearly_leads() -> None:
     """A face near the threshold, named on one recognition and not on the next, keeps its
     name (it flipped at each recognition: an event and a presence toggle every 2 s); a tie
@@ -310,9 +330,11 @@ def test_an_engine_failure_ends_the_visits_in_view(tmp_path) -> None:
     queues = FrameQueues(["door"], 4)
     scheduler = BatchScheduler(Pipeline(config, engines, engines, Sinks()), queues)  # type: ignore[arg-type]
     scheduler.start()
-    for k in range(6):
+    for k in range(6):  # one frame a batch: the fifth fails
         queues.put(Frame("door", k, time.time(), np.zeros((360, 640, 3), np.uint8)))
-        time.sleep(0.1)
+        deadline = time.monotonic() + 10
+        while scheduler.batches < k + 1 and scheduler.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.01)
     scheduler.join(10)
     assert isinstance(scheduler.error, RuntimeError) and not scheduler.is_alive()
     assert [(e["type"], e["reason"]) for e in events] == [("confirmed", None), ("left", "stopped")]
@@ -345,3 +367,11 @@ def test_a_camera_back_at_another_resolution_keeps_its_faces_tracks() -> None:
     assert [e["type"] for e in events] == ["confirmed"]
     [track] = pipeline.trackers["door"].tracks
     assert track.bbox_xyxy.tolist() == [100, 100, 160, 160]
+    # one batch with a frame of each size (a camera switching back while the daemon is behind)
+    batch = [np.zeros((1080, 1920, 3), np.uint8), np.zeros((360, 640, 3), np.uint8)]
+    pipeline.process(
+        [Frame("door", 10 + k, 1002.0 + k / 5, image) for k, image in enumerate(batch)]
+    )
+    assert [e["type"] for e in events] == ["confirmed"] and len(
+        pipeline.trackers["door"].tracks
+    ) == 1
