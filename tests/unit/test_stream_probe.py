@@ -15,9 +15,11 @@ from daemon.cli import main
 from daemon.stream_probe import stream_problem
 
 
-def peer(answer: Callable[[socket.socket], None]) -> Iterator[int]:
-    """A TCP peer on 127.0.0.1 that reads the request, then runs ``answer`` on the
-    connection; its port."""
+def peer(
+    answer: Callable[[socket.socket], None], requests: list[bytes] | None = None
+) -> Iterator[int]:
+    """A TCP peer on 127.0.0.1 that reads the request (kept in ``requests``), then runs
+    ``answer`` on the connection; its port."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen()
@@ -25,7 +27,9 @@ def peer(answer: Callable[[socket.socket], None]) -> Iterator[int]:
     def serve() -> None:
         connection, _ = listener.accept()
         with connection:
-            connection.recv(65536)
+            request = connection.recv(65536)
+            if requests is not None:
+                requests.append(request)
             with contextlib.suppress(OSError):  # the probe went away
                 answer(connection)
 
@@ -102,24 +106,8 @@ def test_a_space_in_the_path_is_asked_for_not_a_crash() -> None:
     """A camera URL with a space in its path (the config takes it): http.client refused to
     send it (InvalidURL), and the camera got no diagnosis."""
     seen: list[bytes] = []
-
-    def answer(connection: socket.socket) -> None:
-        connection.sendall(b"HTTP/1.0 404 Not Found\r\n\r\n")
-
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen()
-
-    def serve() -> None:
-        connection, _ = listener.accept()
-        with connection:
-            seen.append(connection.recv(65536))
-            answer(connection)
-
-    threading.Thread(target=serve, daemon=True).start()
-    port = listener.getsockname()[1]
-    problem = stream_problem(f"http://127.0.0.1:{port}/my stream", 2.0)
-    listener.close()
+    for port in peer(says(b"HTTP/1.0 404 Not Found\r\n\r\n"), seen):
+        problem = stream_problem(f"http://127.0.0.1:{port}/my stream", 2.0)
     assert problem is not None and "no stream at /my stream (HTTP 404" in problem
     assert seen[0].startswith(b"GET /my%20stream HTTP/1.0\r\n")
 
@@ -192,25 +180,9 @@ def test_a_camera_that_does_not_take_the_connection_is_off_not_hung(scheme) -> N
 def test_an_rtsp_url_with_a_query_is_asked_for_as_written() -> None:
     """The query went twice into the DESCRIBE (…?channel=1&subtype=0?channel=1&subtype=0)."""
     seen: list[bytes] = []
-
-    def answer(connection: socket.socket) -> None:
-        connection.sendall(b"RTSP/1.0 404 Not Found\r\nCSeq: 1\r\n\r\n")
-
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen()
-
-    def serve() -> None:
-        connection, _ = listener.accept()
-        with connection:
-            seen.append(connection.recv(65536))
-            answer(connection)
-
-    threading.Thread(target=serve, daemon=True).start()
-    port = listener.getsockname()[1]
-    url = f"rtsp://127.0.0.1:{port}/cam/realmonitor?channel=1&subtype=0"
-    problem = stream_problem(url, 2.0)
-    listener.close()
+    for port in peer(says(b"RTSP/1.0 404 Not Found\r\nCSeq: 1\r\n\r\n"), seen):
+        url = f"rtsp://127.0.0.1:{port}/cam/realmonitor?channel=1&subtype=0"
+        problem = stream_problem(url, 2.0)
     assert problem is not None and "no stream at /cam/realmonitor (RTSP 404" in problem
     assert seen[0].startswith(
         f"DESCRIBE rtsp://127.0.0.1:{port}/cam/realmonitor?channel=1&subtype=0 RTSP/1.0\r\n".encode()
