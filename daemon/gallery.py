@@ -320,9 +320,22 @@ class Gallery:
             thresholds = np.array(
                 [default if own.get(n) is None else own[n] for n in names], np.float64
             )
+            self._check_thresholds(names, thresholds)
             owner = np.array([index[n] for n in owners], np.int64)
             self._matrix = (np.ascontiguousarray(vectors), owner, names, thresholds)
         return self._matrix
+
+    def _check_thresholds(self, names: list[str], thresholds: np.ndarray) -> None:
+        """GalleryError for a threshold no command would have stored (an import by an older
+        facewatch took an export's as it was): infinite, everyone would match."""
+        for name, value in zip(names, thresholds, strict=True):
+            try:
+                check_threshold(float(value), f"{name}'s threshold")
+            except GalleryError as exc:
+                raise GalleryError(
+                    f"{self.path}: {exc}: set it again (facewatch gallery threshold "
+                    f"{name!r} VALUE, or --default VALUE)"
+                ) from None
 
     @contextlib.contextmanager
     def _snapshot(self) -> Iterator[None]:

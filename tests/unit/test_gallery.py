@@ -670,3 +670,22 @@ def test_a_loaded_gallery_matches_as_it_was_read_whatever_is_written_later(tmp_p
     path.write_bytes(other.read_bytes())  # in place, as `cp other.sqlite g.sqlite` does
     assert [m.identity for m in reader.match(np.stack([axis(0), axis(1)]))] == ["alice", None]
     reader.close()
+
+
+@pytest.mark.parametrize(("who", "value"), [("bob", "inf"), (None, "-3")])
+def test_a_gallery_holding_a_threshold_no_command_stores_is_refused_with_the_fix(
+    gallery, who, value
+) -> None:
+    """An import by an older facewatch stored an export's threshold as it was: inf named
+    every stranger bob. Matching against such a gallery is refused, saying how to mend it."""
+    path = gallery.path
+    gallery.close()
+    with sqlite3.connect(path) as db:
+        if who is None:
+            db.execute("UPDATE meta SET value = ? WHERE key = 'threshold'", (value,))
+        else:
+            db.execute("UPDATE identities SET threshold = ? WHERE name = ?", (float(value), who))
+    with Gallery.open(path) as stored, pytest.raises(GalleryError) as error:
+        stored.load()
+    assert f"{path}: " in str(error.value) and "outside (0, 4]" in str(error.value)
+    assert "facewatch gallery threshold" in str(error.value)
