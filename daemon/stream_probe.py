@@ -220,6 +220,10 @@ class AnswerTimeout(TimeoutError):
     """Connected, but the answer did not come whole within the time given."""
 
 
+_CONTENT_LENGTH = re.compile(rb"^content-length:[ \t]*([0-9]{1,12})[ \t]*\r?$", re.M | re.I)
+_CHUNKED = re.compile(rb"^transfer-encoding:.*chunked", re.M | re.I)
+
+
 def _exchange(
     connection: socket.socket, request: bytes, timeout_s: float, body_limit: int = 0
 ) -> tuple[bytes, bytes]:
@@ -232,29 +236,56 @@ def _exchange(
     connection.settimeout(timeout_s)
     connection.sendall(request)
     data = bytearray()
-    while not _whole(data, body_limit):
-        if _head_end(data) < 0 and len(data) > HEAD_LIMIT:
+    end = -1
+    while end < 0:
+        if len(data) > HEAD_LIMIT:
             raise ValueError(f"the answer's head is over {HEAD_LIMIT // 1024} kB")
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise AnswerTimeout
-        connection.settimeout(left)
-        try:
-            chunk = connection.recv(65536)
-        except ConnectionResetError:  # what it said is the answer (it did not read ours)
-            if not data:
-                raise
-            break
-        except TimeoutError:
-            raise AnswerTimeout from None
-        if not chunk:
-            break
-        data += chunk
-    end = _head_end(data)
-    if end < 0:  # no blank line: what came is the head (and _parse tells what it is)
-        return bytes(data), b""
+        if not _receive(connection, data, deadline):
+            return bytes(data), b""  # no blank line: what came is the head (_parse tells)
+        end = _head_end(data)
     head = bytes(data[:end]).rstrip(b"\r\n")
-    return head, (_body(head, bytes(data[end:]), body_limit) if body_limit else b"")
+    if not body_limit:
+        return head, b""
+    length = _CONTENT_LENGTH.search(head)
+    size = int(length.group(1)) if length is not None else None
+    chunked = size is None and _CHUNKED.search(head) is not None
+    while len(data) - end <= body_limit:
+        if size is not None and len(data) - end >= size:
+            break
+        if chunked and data.endswith(b"0\r\n\r\n") and _chunks(data, end) is not None:
+            break
+        if not _receive(connection, data, deadline):
+            break
+    body = bytes(data[end:])
+    if len(body) > body_limit:
+        raise ValueError(f"the answer is over {body_limit // 1_000_000} MB")
+    if size is not None and len(body) < size:
+        raise ValueError(f"the answer was cut short ({len(body)} of {size} bytes)")
+    if not chunked:
+        return head, body
+    joined = _chunks(data, end)
+    if joined is None:
+        raise ValueError("the answer was cut short, or its chunks cannot be read")
+    return head, joined
+
+
+def _receive(connection: socket.socket, data: bytearray, deadline: float) -> bool:
+    """Add what the peer sends next to ``data``; False at the end of the connection
+    (AnswerTimeout past ``deadline``)."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise AnswerTimeout
+    connection.settimeout(left)
+    try:
+        chunk = connection.recv(65536)
+    except ConnectionResetError:  # what it said is the answer (it did not read ours)
+        if not data:
+            raise
+        return False
+    except TimeoutError:
+        raise AnswerTimeout from None
+    data += chunk
+    return bool(chunk)
 
 
 def _head_end(data: bytearray) -> int:
@@ -263,46 +294,25 @@ def _head_end(data: bytearray) -> int:
     return min(k + length for k, length in ends) if ends else -1
 
 
-def _whole(data: bytearray, body_limit: int) -> bool:
-    """Whether ``data`` holds the whole answer: its head, and with ``body_limit`` a body of
-    its Content-Length, or a last chunk (else the connection's end tells)."""
-    end = _head_end(data)
-    if end < 0:
-        return False
-    if not body_limit or len(data) - end > body_limit:
-        return True
-    head = bytes(data[:end]).lower()
-    length = re.search(rb"^content-length:[ \t]*([0-9]{1,12})[ \t]*\r?$", head, re.M)
-    if length is not None:
-        return len(data) - end >= int(length.group(1))
-    if re.search(rb"^transfer-encoding:.*chunked", head, re.M):
-        return data.endswith(b"\r\n0\r\n\r\n") or data[end:].startswith(b"0\r\n\r\n")
-    return False
-
-
-def _body(head: bytes, body: bytes, body_limit: int) -> bytes:
-    """The body as sent (chunks joined), checked against its length and ``body_limit``."""
-    if len(body) > body_limit:
-        raise ValueError(f"the answer is over {body_limit // 1_000_000} MB")
-    lower = head.lower()
-    length = re.search(rb"^content-length:[ \t]*([0-9]{1,12})[ \t]*\r?$", lower, re.M)
-    if length is not None and len(body) < int(length.group(1)):
-        raise ValueError(f"the answer was cut short ({len(body)} of {int(length.group(1))} bytes)")
-    if not re.search(rb"^transfer-encoding:.*chunked", lower, re.M):
-        return body
-    joined, rest = bytearray(), body
+def _chunks(data: bytearray, start: int) -> bytes | None:
+    """The chunked body from ``start`` of ``data``, joined; None while (or when) it has no
+    last chunk."""
+    joined, at = bytearray(), start
     while True:
-        size_line, newline, rest = rest.partition(b"\r\n")
+        line_end = data.find(b"\r\n", at)
+        if line_end < 0:
+            return None
         try:
-            size = int(size_line.split(b";")[0].strip() or b"x", 16)
+            size = int(bytes(data[at:line_end]).split(b";")[0].strip() or b"x", 16)
         except ValueError:
-            raise ValueError("the answer's chunks cannot be read") from None
-        if not newline or size == 0:
+            return None
+        if size == 0:
             return bytes(joined)
-        if len(rest) < size + 2:
-            raise ValueError("the answer was cut short (a chunk)")
-        joined += rest[:size]
-        rest = rest[size + 2 :]
+        at = line_end + 2
+        if len(data) < at + size + 2:
+            return None
+        joined += data[at : at + size]
+        at += size + 2
 
 
 def _parse(head: bytes, protocol: str) -> Answer:
