@@ -47,6 +47,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_THRESHOLD = 1.1  # squared L2 on unit vectors; FaceNet's usual same/different cut
 MAX_THRESHOLD = 4.0  # squared L2 between unit vectors: the largest distance there is
+UNIT_TOLERANCE = 1e-3  # how far an embedding's L2 norm may be from 1 (float32 rounding)
 DEFAULT_LOCK_TIMEOUT_S = 5.0
 MAX_NAME_CHARS = 100
 RESERVED_NAMES = ("unknown",)  # what identify, events and metrics call a face nobody matches
@@ -413,6 +414,12 @@ class Gallery:
                     raise GalleryError(
                         f"{self.path}: embedding for {face.name!r} has {vector.size} finite "
                         f"values expected {self.embedding_size}; nothing was enrolled"
+                    )
+                length = float(np.linalg.norm(vector.astype(np.float64)))
+                if abs(length - 1.0) > UNIT_TOLERANCE:  # the distances assume unit vectors
+                    raise GalleryError(
+                        f"{self.path}: embedding for {face.name!r} has length {length:.4g}, "
+                        "not 1 (FaceNet's are L2-normalised); nothing was enrolled"
                     )
                 identity_id = ids.get(lookup_name(face.name))
                 if identity_id is None:

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from daemon.gallery import Enrollment, Gallery, GalleryError, check_threshold
+from daemon.gallery import UNIT_TOLERANCE, Enrollment, Gallery, GalleryError, check_threshold
 from engines.base import brief, finite_number, is_count, parse_json, read_json, sync_folder
 
 logger = logging.getLogger(__name__)
@@ -37,7 +37,6 @@ NPZ_MEMBERS = {
 # how much larger than the .npz file its arrays may be: `gallery export` stores them (no
 # larger); a compressed export of real embeddings is about 2x; a zip bomb, thousands
 MAX_INFLATION = 16
-UNIT_TOLERANCE = 1e-3  # how far an embedding's L2 norm may be from 1 (float32 rounding)
 
 
 def write(gallery_path: Path, target: Path, force: bool) -> tuple[int, int]:

@@ -100,6 +100,11 @@ def test_enrollment_is_one_transaction(gallery) -> None:
     with pytest.raises(GalleryError, match="nothing was enrolled"):
         gallery.enroll(bad)
     assert np.array_equal(gallery.embeddings()[0], before)
+    # a vector that is not unit length (an embedding not L2-normalised) would be nearest to
+    # every face by the dot product the match uses: refused, naming the person
+    with pytest.raises(GalleryError, match="'dave' has length 3, not 1"):
+        gallery.enroll([Enrollment("erin", axis(4), "e1"), Enrollment("dave", 3 * axis(3), "d1")])
+    assert np.array_equal(gallery.embeddings()[0], before)
     assert {i.name for i in gallery.identities()} == {"alice", "bob", "carol"}
     # the same source image twice for one person is stored once
     assert gallery.enroll([Enrollment("bob", axis(1), "b1"), Enrollment("bob", axis(1), "b2")]) == 1
