@@ -49,6 +49,10 @@ UNSPECIFIED = 128  # MQTT reason code "Unspecified error"
 # must not keep an older one, sent into a link that died unnoticed, to resend after it.
 STATE_QOS = 0
 DRAIN_ON_STOP_S = 10.0  # a clean stop sends the spool for at most this long
+# Home Assistant's birth messages are answered at most once in this long: a burst of them
+# (several Home Assistants, a script, a client looping) gets one answer now and one more
+# at the end of the gap, not a full set of discovery configs each
+BIRTH_GAP_S = 10.0
 
 
 class MqttPublisher:
@@ -64,6 +68,8 @@ class MqttPublisher:
         self._retained: dict[str, bytes] = {}  # topic -> latest payload
         self._announcements: dict[str, bytes] = {}  # topic -> payload
         self._birth_topic: str | None = None
+        self._birth_answered = -BIRTH_GAP_S  # monotonic time of the last answer
+        self._birth_pending = False  # a birth message came within the gap: answer at its end
         self._people: set[str] = set(json.loads(spool.recall("people") or "[]"))  # published
         # names enrolled, names gone -> announcements (Home Assistant's per-person configs)
         self.people_announcements: Callable[[set[str], set[str]], list[tuple[str, bytes]]] | None
@@ -237,6 +243,7 @@ class MqttPublisher:
             if self._birth_topic is not None:
                 client.subscribe(self._birth_topic, qos=1)
             self._send_announcements(client)
+            self._birth_pending = False  # answered by these
             for topic, payload in self._retained.items():
                 client.publish(topic, payload, qos=STATE_QOS, retain=True)
             # last: what a crash left (someone in view) is replaced before the node is online
@@ -251,9 +258,22 @@ class MqttPublisher:
 
     def _on_message(self, client: paho.Client, userdata: object, message: paho.MQTTMessage) -> None:
         if message.topic == self._birth_topic and message.payload == ONLINE.encode():
-            logger.info("MQTT: %s is online: announcing the entities again", message.topic)
             with self._lock:
-                self._send_announcements(client)
+                self._birth_pending = True
+            self._answer_birth()
+
+    def _answer_birth(self) -> None:
+        """Announce the entities again for a birth message, unless one was answered within
+        ``BIRTH_GAP_S``: then the publisher's thread does it when the gap ends."""
+        with self._lock:
+            now = time.monotonic()
+            if not self._birth_pending or now - self._birth_answered < BIRTH_GAP_S:
+                return
+            if not self.connected.is_set():
+                return  # the connection announces everything anyway
+            logger.info("MQTT: %s is online: announcing the entities again", self._birth_topic)
+            self._birth_pending, self._birth_answered = False, now
+            self._send_announcements(self.client)
 
     def _on_connect_fail(self, client: paho.Client, userdata: object) -> None:
         """paho retries silently and does not say why: ask again (``_diagnose``)."""
@@ -315,6 +335,7 @@ class MqttPublisher:
         metrics.SPOOL_EVENTS.set(len(self.spool))
         if not self.connected.wait(0.5):
             return
+        self._answer_birth()  # one that came within the gap of the last answer
         while self._acked:  # acknowledged, their deletion failed: delete them, never resend
             row_id = next(iter(self._acked))
             self.spool.delete(row_id)

@@ -12,6 +12,7 @@ from typing import Any
 import paho.mqtt.publish as mqtt_publish
 import pytest
 
+from daemon import mqtt as mqtt_module
 from daemon.cli import main
 from daemon.config import MqttConfig
 from daemon.events import person_key
@@ -194,6 +195,34 @@ def test_a_state_sent_into_a_silently_dead_link_never_replaces_a_newer_one(
     finally:
         retained.close()
     assert json.loads(found) == {"faces": 2}
+
+
+def test_a_burst_of_birth_messages_is_answered_twice_not_each_time(
+    tmp_path, broker, monkeypatch
+) -> None:
+    """Home Assistant's birth message makes the daemon announce its entities again; a burst of
+    them (several Home Assistants, a script looping) is answered at once and once more at the
+    end of the gap, not with a full set of configs each (40 births were 40 sets)."""
+    monkeypatch.setattr(mqtt_module, "BIRTH_GAP_S", 2.0)
+    config_topic = "homeassistant/sensor/facewatch_test/cam_people/config"
+    publisher = MqttPublisher(MqttConfig(port=broker.port), "test", Spool(tmp_path / "s", 100))
+    publisher.announce([(config_topic, b"{}")], birth_topic="homeassistant/status")
+    subscriber = Subscriber(broker.port, config_topic)
+    publisher.start()
+    try:
+        wait_for(publisher.connected.is_set, 10, "the connection")
+        wait_for(lambda: subscriber.last(config_topic), 10, "the config at the connection")
+        mqtt_publish.multiple(
+            [("homeassistant/status", b"online", 1, False)] * 40, port=broker.port
+        )
+        time.sleep(4.0)  # the gap twice
+        sent = [p for t, p, _ in list(subscriber.messages) if t == config_topic]
+        assert len(sent) == 3, "the connection's, the first birth's, and one after the gap"
+        mqtt_publish.single("homeassistant/status", b"online", port=broker.port)
+        wait_for(lambda: len(subscriber.messages) == 4, 10, "a later birth answered at once")
+    finally:
+        publisher.stop(timeout_s=2, drain_s=0)
+        subscriber.close()
 
 
 def test_people_removed_while_the_daemon_was_stopped_are_deleted_at_the_next_start(
