@@ -183,7 +183,13 @@ class Pipeline:
         for k, frame in enumerate(frames):
             groups.setdefault(id(self._detectors[frame.camera]), []).append(k)
         priors = [self._prior(frame) for frame in frames]
+        # a frame with no face to search around, between full scans: nothing to find, and
+        # its image pyramid is not built for nothing
+        searched = [prior is None or len(prior) > 0 for prior in priors]
         for members in groups.values():
+            members = [k for k in members if searched[k]]
+            if not members:
+                continue
             detector = self._detectors[frames[members[0]].camera]
             images = [frames[k].image for k in members]
             found = detector.detect(images, priors=[priors[k] for k in members])

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from unittest import mock
 
 import cv2
 import numpy as np
@@ -208,6 +209,23 @@ def test_full_scan_every_n_frames_and_search_around_tracks_in_between(detector) 
     assert faces > 0
     assert seen[0] is None and seen[3] is None and seen[6] is None
     assert all(n is not None and n > 0 for n in (seen[1], seen[2], seen[4], seen[5]))
+
+    # between full scans, a frame of a camera with no face in view is not given to the
+    # detector (there is nothing to search around; its pyramid was built for nothing)
+    pipeline = Pipeline(config, detector, None, EventSinks())
+    given: list[int] = []
+    real_detect = detector.detect
+    blank = np.zeros((360, 640, 3), np.uint8)
+
+    def counting(images, priors=None):  # type: ignore[no-untyped-def]
+        given.append(len(images))
+        return real_detect(images, priors=priors)
+
+    with mock.patch.object(detector, "detect", counting):
+        for k in range(7):
+            pipeline.process([Frame("door", k, float(k), blank)])
+    assert given == [1, 1, 1], "the full scans only (frames 0, 3, 6)"
+    assert pipeline._last_search["door"] == 6.0, "each frame counts as searched"
 
     # several cameras: their full scans fall in different batches
     config.cameras[0] = config.cameras[0].model_copy(update={"name": "d"})
