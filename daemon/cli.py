@@ -76,23 +76,49 @@ def _describe(parser: argparse.ArgumentParser) -> None:
                 _describe(sub)
 
 
-def log_format() -> str:
+def log_formatter() -> logging.Formatter:
     """Log lines with the time, except where they go to systemd's journal (``JOURNAL_STREAM``
-    names stderr), which stamps each line itself."""
+    names stderr), which stamps each line itself and takes its priority from a ``<N>``
+    prefix (``journalctl -p warning`` finds the warnings and errors; without it, every line
+    was of priority info)."""
     journal = os.environ.get("JOURNAL_STREAM", "")
     try:
         stat = os.fstat(sys.stderr.fileno())
         to_journal = journal == f"{stat.st_dev}:{stat.st_ino}"
     except (OSError, ValueError, AttributeError):  # no real stderr (captured, closed, None)
         to_journal = False
-    return ("" if to_journal else "%(asctime)s ") + "%(levelname)s %(name)s: %(message)s"
+    line = "%(levelname)s %(name)s: %(message)s"
+    if to_journal:
+        return _JournalFormatter(line)
+    return logging.Formatter("%(asctime)s " + line, "%Y-%m-%d %H:%M:%S")
+
+
+class _JournalFormatter(logging.Formatter):
+    """Every line of a record (a traceback's too) with its syslog priority, ``<3>`` for an
+    error: journald's ``SyslogLevelPrefix`` (on by default) files it so and drops the
+    prefix."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        priority = _syslog_priority(record.levelno)
+        return "\n".join(f"<{priority}>{line}" for line in super().format(record).split("\n"))
+
+
+def _syslog_priority(level: int) -> int:
+    """syslog's priority of a logging level: crit 2, err 3, warning 4, info 6, debug 7."""
+    levels = ((logging.CRITICAL, 2), (logging.ERROR, 3), (logging.WARNING, 4), (logging.INFO, 6))
+    for floor, priority in levels:
+        if level >= floor:
+            return priority
+    return 7
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     level = args.log_level or ("INFO" if args.command == "train" else "WARNING")
-    logging.basicConfig(level=level, format=log_format(), datefmt="%Y-%m-%d %H:%M:%S")
+    handler = logging.StreamHandler()
+    handler.setFormatter(log_formatter())
+    logging.basicConfig(level=level, handlers=[handler])
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

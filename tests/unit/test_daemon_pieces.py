@@ -527,15 +527,20 @@ def test_an_ignore_region_at_the_frames_edge_takes_faces_the_edge_cuts_off() -> 
 
 def test_log_lines_carry_the_time_except_in_the_journal(tmp_path) -> None:
     """Under systemd the journal stamps each line (JOURNAL_STREAM names stderr's device and
-    inode); in a terminal, a container or a file, the line carries the time itself."""
+    inode) and takes its priority from a <N> prefix, on every line of a traceback too; in a
+    terminal, a container or a file, the line carries the time itself."""
     program = (
-        "import logging, sys; from daemon.cli import log_format; "
-        "logging.basicConfig(format=log_format(), datefmt='%Y-%m-%d %H:%M:%S'); "
-        "logging.getLogger('daemon.x').warning('camera door: down')"
+        "import logging, sys; from daemon.cli import log_formatter; "
+        "handler = logging.StreamHandler(); handler.setFormatter(log_formatter()); "
+        "logging.basicConfig(handlers=[handler], level='DEBUG'); "
+        "log = logging.getLogger('daemon.x'); log.warning('camera door: down'); "
+        "log.info('MQTT: connected'); log.debug('a batch'); \n"
+        "try:\n 1 / 0\n"
+        "except ZeroDivisionError:\n log.exception('engine failed')"
     )
     log = tmp_path / "stderr.log"
 
-    def line(journal: str | None) -> str:
+    def lines(journal: str | None) -> list[str]:
         env = {k: v for k, v in os.environ.items() if k != "JOURNAL_STREAM"}
         if journal is not None:
             env["JOURNAL_STREAM"] = journal
@@ -543,13 +548,21 @@ def test_log_lines_carry_the_time_except_in_the_journal(tmp_path) -> None:
             subprocess.run(
                 [sys.executable, "-c", program], stderr=stderr, env=env, check=True, cwd=REPO
             )
-        return log.read_text().strip()
+        return log.read_text().splitlines()
 
     stamped = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d WARNING daemon.x: camera door: down"
-    assert re.fullmatch(stamped, line(None))
-    assert re.fullmatch(stamped, line("1:2"))  # the journal is someone else's stream
+    assert re.fullmatch(stamped, lines(None)[0])
+    assert re.fullmatch(stamped, lines("1:2")[0])  # the journal is someone else's stream
     stat = log.stat()
-    assert line(f"{stat.st_dev}:{stat.st_ino}") == "WARNING daemon.x: camera door: down"
+    journal = lines(f"{stat.st_dev}:{stat.st_ino}")
+    assert journal[:4] == [
+        "<4>WARNING daemon.x: camera door: down",
+        "<6>INFO daemon.x: MQTT: connected",
+        "<7>DEBUG daemon.x: a batch",
+        "<3>ERROR daemon.x: engine failed",
+    ]
+    assert journal[-1] == "<3>ZeroDivisionError: division by zero"
+    assert all(line.startswith("<3>") for line in journal[4:]), "the traceback's lines too"
 
 
 @pytest.mark.parametrize(
