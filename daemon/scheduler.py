@@ -115,8 +115,9 @@ class Pipeline:
         if self.archive is not None:
             with metrics.STAGE_SECONDS.labels("archive").time():
                 for face in faces:
+                    when = face.track.wall_ts(face.frame.clock)
                     self.archive.observe(
-                        face.frame.camera, face.track, face.frame.image, face.own(), face.frame.ts
+                        face.frame.camera, face.track, face.frame.image, face.own(), when
                     )
         if self.facenet is not None:
             self._recognise(faces)
@@ -260,7 +261,8 @@ class Pipeline:
             seen = by_frame.get(id(frame), {})
             events = self.trackers[frame.camera].decide([face.track for face in seen.values()])
             for event in events:
-                self._emit(event, frame.camera, frame.ts, frame, seen[id(event.track)])
+                when = event.track.wall_ts(frame.clock)  # on the track's clock (steps)
+                self._emit(event, frame.camera, when, frame, seen[id(event.track)])
             self._changed(frame.camera, events, frame.ts)
 
     def expire(self, now: float, stopping: bool = False) -> None:

@@ -63,10 +63,9 @@ class Track:
     embedded: bool = False
     votes: deque[Vote] = field(default_factory=deque)
     announced: set[str] = field(default_factory=set)  # every identity its events have named
-    # first_seen / last_seen are on the tracker's clock (monotonic in the daemon); these,
-    # when given, are the wall-clock times of the same frames (first_seen_ts / last_seen_ts)
+    # first_seen / last_seen are on the tracker's clock (monotonic in the daemon); this, when
+    # given, is the wall-clock time of the first frame (first_seen_ts)
     first_seen_wall: float | None = None
-    last_seen_wall: float | None = None
 
     @property
     def first_seen_ts(self) -> float:
@@ -76,7 +75,14 @@ class Track:
     @property
     def last_seen_ts(self) -> float:
         """Wall-clock time of the track's latest frame."""
-        return self.last_seen if self.last_seen_wall is None else self.last_seen_wall
+        return self.wall_ts(self.last_seen)
+
+    def wall_ts(self, ts: float) -> float:
+        """The wall-clock time of the track's frame taken at ``ts`` (the tracker's clock):
+        its first frame's, plus the time since on the tracker's clock. A step of the wall
+        clock during the visit (NTP at boot) does not go into its times: a visit that
+        lasted 4 s does not show -3596 s, or 3 days."""
+        return self.first_seen_ts + (ts - self.first_seen)
 
     def verdict(
         self, min_votes: int, switch_margin: int = 1
@@ -128,7 +134,8 @@ class Tracker:
     ) -> list[Track]:
         """Match ``faces`` of a frame taken at ``ts`` to tracks (greedy by IoU), start tracks
         for the rest; returns the track of each face, in order. ``wall_ts``: the frame's
-        wall-clock time, when ``ts`` is on another clock (the daemon's monotonic one)."""
+        wall-clock time, when ``ts`` is on another clock (the daemon's monotonic one); a
+        track's later times follow its first frame's (``Track.wall_ts``)."""
         assigned: list[Track | None] = [None] * len(faces)
         live = [t for t in self.tracks if t.last_seen < ts]
         if live:
@@ -140,12 +147,12 @@ class Tracker:
         for i, track in enumerate(assigned):
             if track is None:
                 track = Track(self._next_id, faces.bbox_xyxy[i], faces.landmarks[i], ts, ts)
-                track.first_seen_wall = track.last_seen_wall = wall_ts
+                track.first_seen_wall = wall_ts
                 self._next_id += 1
                 self.tracks.append(track)
             else:
                 track.bbox_xyxy, track.landmarks = faces.bbox_xyxy[i], faces.landmarks[i]
-                track.last_seen, track.last_seen_wall = ts, wall_ts
+                track.last_seen = ts
                 track.hits += 1
                 track.since_embed += 1
             result.append(track)
