@@ -81,6 +81,7 @@ class _Visit:
     frame_hw: tuple[int, int]
     images: list[_Image] = field(default_factory=list)  # in time order
     ended: dict[str, Any] = field(default_factory=dict)  # set at `left`: who, when, why
+    opened: float = field(default_factory=time.monotonic)  # its start, on a clock NTP won't step
 
 
 def _local_iso(ts: float) -> str:
@@ -120,6 +121,10 @@ class FaceArchive:
         self._thread = threading.Thread(target=self._write_loop, name="face-archive", daemon=True)
         # the visits on disk, as (start, folder, bytes on disk), oldest first: the writer's
         self._index: list[tuple[float, Path, int]] = []
+        # the visits this run wrote: their start on the monotonic clock, by which they are aged
+        # (a wall clock stepped at boot, set right only after some were written, made those
+        # years old or from the future)
+        self._opened: dict[Path, float] = {}
         self._bytes = 0
         self._refreshed = time.monotonic()  # when visits deleted by hand were last looked for
         self._warned: dict[str, float] = {}
@@ -322,6 +327,7 @@ class FaceArchive:
             logger.debug("archive: %s: the rename not flushed: %s", final, exc)
         size = disk_bytes(final)
         bisect.insort(self._index, (visit.first_seen, final, size))
+        self._opened[final] = visit.opened
         self._bytes += size
         metrics.ARCHIVE_VISITS.labels(visit.camera).inc()
 
@@ -379,20 +385,17 @@ class FaceArchive:
         if refresh or stale or self._bytes > max_bytes:
             self._index = [entry for entry in self._index if entry[1].is_dir()]
             self._bytes = sum(entry[2] for entry in self._index)
+            kept = {folder for _, folder, _ in self._index}
+            self._opened = {f: opened for f, opened in self._opened.items() if f in kept}
             self._refreshed = time.monotonic()
-        oldest_s = time.time() - self.config.keep_days * 86400
-        while self._index and (self._bytes > max_bytes or self._index[0][0] < oldest_s):
-            started, folder, size = self._index.pop(0)
-            shutil.rmtree(folder, ignore_errors=True)
-            self._bytes -= size
-            reason = "age" if started < oldest_s else "size"
-            metrics.ARCHIVE_PRUNED.labels(reason).inc()
-            self._pruned[reason] += 1
-            for parent in (folder.parent, folder.parent.parent):  # camera, then day
-                try:
-                    parent.rmdir()  # only when empty
-                except OSError:
-                    break
+        aged = self._aged()
+        if aged:
+            self._index = [entry for entry in self._index if entry[1] not in aged]
+            for folder in aged:
+                self._delete(folder, aged[folder], "age")
+        while self._index and self._bytes > max_bytes:
+            _, folder, size = self._index.pop(0)
+            self._delete(folder, size, "size")
         metrics.ARCHIVE_BYTES.set(self._bytes)
         if any(self._pruned.values()) and self._warn(
             "pruned",
@@ -402,6 +405,31 @@ class FaceArchive:
             f"{self.config.max_mb:g}",
         ):
             self._pruned = {"size": 0, "age": 0}
+
+    def _aged(self) -> dict[Path, int]:
+        """The visits older than keep_days, with their size: those of this run by the
+        monotonic clock, those of earlier runs by their start's wall-clock time."""
+        keep_s = self.config.keep_days * 86400
+        now, clock = time.time(), time.monotonic()
+        aged = {}
+        for started, folder, size in self._index:
+            opened = self._opened.get(folder)
+            if (now - started if opened is None else clock - opened) > keep_s:
+                aged[folder] = size
+        return aged
+
+    def _delete(self, folder: Path, size: int, reason: str) -> None:
+        """Delete a visit taken off the index, and its camera and day folders once empty."""
+        shutil.rmtree(folder, ignore_errors=True)
+        self._opened.pop(folder, None)
+        self._bytes -= size
+        metrics.ARCHIVE_PRUNED.labels(reason).inc()
+        self._pruned[reason] += 1
+        for parent in (folder.parent, folder.parent.parent):  # camera, then day
+            try:
+                parent.rmdir()  # only when empty
+            except OSError:
+                break
 
     def _failed(self, what: str, detail: str, reason: str = "error") -> None:
         """Count a failure (``error``: the disk refused; ``internal``: anything else, a bug)

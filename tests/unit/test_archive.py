@@ -214,6 +214,25 @@ def test_old_visits_and_the_oldest_beyond_the_size_limit_are_deleted(tmp_path, c
     assert "deleted 1 visit(s) older than keep_days 7 and 1 to stay within max_mb" in caplog.text
 
 
+def test_visits_written_before_the_clock_was_set_are_kept_keep_days(tmp_path, clip_faces) -> None:
+    """A board without a real-time clock boots years behind; NTP sets it right minutes
+    later. The visits written meanwhile carry the old clock's times: they were deleted as
+    older than keep_days at the next prune. This run's visits are aged by the monotonic
+    clock; an earlier run's, on disk, by their times."""
+    root = tmp_path / "archive"
+    earlier = _old_visit(root, "2023-01-02", "080000-t1-unknown", 1000)  # an earlier run's
+    archive = _archive(tmp_path, keep_days=7)
+    archive.start()
+    before_sync = time.time() - 3 * 365 * 86400
+    track = _visit(archive, clip_faces[:4], before_sync, 0.5)
+    archive.visits_ended("door", [_left(track)], live=set())
+    after_sync = _visit(archive, clip_faces[4:8], time.time(), 0.5, track_id=2)
+    archive.visits_ended("door", [_left(after_sync)], live=set())
+    archive.stop(timeout_s=10)
+    assert len(_visits(tmp_path)) == 2, "both of this run's visits are kept"
+    assert not earlier.exists(), "an earlier run's visit of 2023 is past keep_days"
+
+
 def test_a_visits_start_is_read_from_its_visit_json(tmp_path) -> None:
     """Exact where the folder's local time is not (the hour a clock goes back)."""
     root = tmp_path / "archive"
