@@ -17,6 +17,7 @@ from daemon.events import in_view_json, person_json, person_key
 from daemon.home_assistant import birth_topic, discovery_messages, people_messages
 from daemon.mqtt import MqttPublisher
 from daemon.spool import Spool
+from tests.conftest import REPO
 
 BASE = "facewatch/garage"
 
@@ -215,3 +216,24 @@ def test_each_enrolled_person_is_an_occupancy_sensor_and_the_gone_are_removed() 
         "ON",
         "OFF",
     )
+
+
+def test_the_docs_automation_fires_on_fresh_events_of_its_person_only() -> None:
+    """docs/operations.md's automation example (read from the docs, as a user copies it):
+    Ada's events, not her `left`, nor an event delivered from the spool an hour late."""
+    import yaml
+
+    docs = (REPO / "docs" / "operations.md").read_text()
+    block = docs.split("# Home Assistant automation: Ada at the front door\n", 1)[1]
+    automation = yaml.safe_load(block.split("```", 1)[0])
+    [trigger] = automation["triggers"]
+
+    def fires(**event: Any) -> bool:
+        payload = {"type": "identified", "identity": "Ada", "frame_ts": 1000.0}
+        payload |= {"published_ts": 1000.4, **event}
+        return render(trigger["value_template"], json.dumps(payload).encode()) == "Ada"
+
+    assert fires() and fires(type="confirmed")
+    assert not fires(type="left"), "a left event names who left"
+    assert not fires(identity="Bob")
+    assert not fires(published_ts=4600.0), "spooled an hour, sent after a broker outage"
