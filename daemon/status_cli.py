@@ -13,6 +13,7 @@ import math
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import SplitResult, urlsplit, urlunsplit
 
@@ -87,18 +88,19 @@ class Status:
     spooled: int
     enrolled: int
     cameras: list[Camera] = field(default_factory=list)
+    now: float = 0.0  # the daemon's clock at the second scrape (Unix time)
 
     def problems(self) -> list[str]:
-        found = [_down(c) for c in self.cameras if not c.up]
+        found = [_down(c, self.now) for c in self.cameras if not c.up]
         if self.mqtt == "disconnected":
             found.append(f"MQTT is disconnected ({self.spooled} event(s) spooled)")
         return found
 
 
-def _down(camera: Camera) -> str:
+def _down(camera: Camera, now: float) -> str:
     if camera.down_since is None or camera.down_reason is None:
         return f"camera {camera.name} is down"  # not yet read, or no failure since
-    outage = _duration(max(0.0, time.time() - camera.down_since))
+    outage = _duration(max(0.0, now - camera.down_since))
     return f"camera {camera.name} is down for {outage}: {camera.down_reason}"
 
 
@@ -112,9 +114,9 @@ class MetricsUrl:
     netloc: str  # HOST:PORT
     plain: str  # the URL without user and password
 
-    def fetch(self) -> bytes:
-        """The page's text, within SCRAPE_TIMEOUT_S however slowly it comes (OSError when
-        nothing answers; NotFacewatch for an answer that is no metrics page)."""
+    def fetch(self) -> Page:
+        """The page, within SCRAPE_TIMEOUT_S however slowly it comes (OSError when nothing
+        answers; NotFacewatch for an answer that is no metrics page)."""
         try:
             answer = http_get(self.parts, self.netloc, SCRAPE_TIMEOUT_S, "/metrics", PAGE_LIMIT)
         except ValueError as exc:  # an answer too long
@@ -126,7 +128,22 @@ class MetricsUrl:
             raise NotFacewatch(f"it redirects to {where} (give that URL to --url)")
         if answer.code != 200:
             raise OSError(f"HTTP {answer.code} {peer_text(answer.reason)}")
-        return answer.body
+        return Page(answer.body, _http_date(answer.header("date")))
+
+
+@dataclass(frozen=True)
+class Page:
+    body: bytes
+    served: float  # the serving machine's clock (its Date header) else this one's, Unix time
+
+
+def _http_date(value: str | None) -> float:
+    """An HTTP Date header as Unix time (1 s steps), else this machine's clock: ages are
+    reckoned on the daemon's clock (another host's may be off; a camera 'down for -1 min')."""
+    try:
+        return parsedate_to_datetime(value or "").timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError):  # none, or not a date
+        return time.time()
 
 
 def metrics_request(url: str) -> MetricsUrl:
@@ -145,25 +162,28 @@ def metrics_request(url: str) -> MetricsUrl:
     return MetricsUrl(parts, netloc, plain)
 
 
-def scrape(where: MetricsUrl) -> Samples:
-    """Every sample of the page, by name and labels; OSError when nothing answers."""
-    text = where.fetch().decode(errors="replace")
+def scrape(where: MetricsUrl) -> tuple[Samples, float]:
+    """Every sample of the page, by name and labels, and the daemon's clock when it served
+    it; OSError when nothing answers."""
+    page = where.fetch()
+    text = page.body.decode(errors="replace")
     try:
         families = list(text_string_to_metric_families(text))
     except ValueError as exc:  # HTML, JSON...: not the Prometheus text format
         raise NotFacewatch("not a Prometheus metrics page") from exc
-    return {  # (what the page's labels hold goes to a terminal: made printable)
+    samples = {  # (what the page's labels hold goes to a terminal: made printable)
         (s.name, tuple(sorted((k, peer_text(v, 300)) for k, v in s.labels.items()))): s.value
         for family in families
         for s in family.samples
         if math.isfinite(s.value)  # (NaN, +Inf: no daemon's)
     }
+    return samples, page.served
 
 
 def read_status(where: MetricsUrl, interval_s: float) -> Status:
-    before, start = scrape(where), time.monotonic()
+    (before, _), start = scrape(where), time.monotonic()
     time.sleep(interval_s)
-    after = scrape(where)
+    after, now = scrape(where)
     elapsed = max(time.monotonic() - start, 1e-9)
 
     def value(name: str, **labels: str) -> float:
@@ -194,7 +214,7 @@ def read_status(where: MetricsUrl, interval_s: float) -> Status:
         version=build.get("version", "?"),
         backend=build.get("backend", "?"),
         model=build.get("model") or "none (detection only)",
-        uptime_s=time.time() - value("process_start_time_seconds"),
+        uptime_s=max(0.0, now - value("process_start_time_seconds")),
         mqtt="off"
         if mqtt_key not in after
         else "connected"
@@ -217,6 +237,7 @@ def read_status(where: MetricsUrl, interval_s: float) -> Status:
             )
             for c in cameras
         ],
+        now=now,
     )
 
 

@@ -8,6 +8,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from email.utils import formatdate
 
 import pytest
 
@@ -127,9 +128,14 @@ def test_status_gives_up_on_a_page_that_drips_and_reads_odd_pages_whole(capsys) 
         b'facewatch_camera_down_since_seconds{camera="d"} 5\n'
     )
 
-    def metrics(connection: socket.socket) -> None:
-        connection.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\n" + page)
+    for port in metrics_peer(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\n" + page):
+        assert main(["status", "--url", f"127.0.0.1:{port}", "--interval", "0.1"]) == 1
+    out = capsys.readouterr().out
+    assert "camera d?[2Jx is down" in out and "\x1b" not in out
 
+
+def metrics_peer(reply: bytes) -> Iterator[int]:
+    """A peer on 127.0.0.1 that answers ``reply`` to each of status's two scrapes; its port."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen()
@@ -139,14 +145,30 @@ def test_status_gives_up_on_a_page_that_drips_and_reads_odd_pages_whole(capsys) 
             connection, _ = listener.accept()
             with connection:
                 connection.recv(65536)
-                metrics(connection)
+                connection.sendall(reply)
 
     threading.Thread(target=serve, daemon=True).start()
-    where = f"127.0.0.1:{listener.getsockname()[1]}"
-    assert main(["status", "--url", where, "--interval", "0.1"]) == 1
+    yield listener.getsockname()[1]
     listener.close()
+
+
+def test_status_reckons_ages_on_the_daemons_clock(capsys) -> None:
+    """`status --url` on another host whose clock is an hour ahead: up 2 h and a camera
+    down for 10 min by the daemon's clock (its Date header), not 1 h and 0 s (or a
+    negative uptime) by this machine's."""
+    daemon_now = float(int(time.time()) + 3600)  # (a Date header is in whole seconds)
+    page = (
+        b'facewatch_build_info{version="1",backend="x",model="m"} 1\n'
+        b"process_start_time_seconds %.3f\n"
+        b'facewatch_camera_up{camera="gate"} 0\n'
+        b'facewatch_camera_down_since_seconds{camera="gate",reason="cannot open"} %.3f\n'
+    ) % (daemon_now - 7200, daemon_now - 600)
+    head = b"HTTP/1.0 200 OK\r\nDate: %s\r\n\r\n" % formatdate(daemon_now, usegmt=True).encode()
+    for port in metrics_peer(head + page):
+        assert main(["status", "--url", f"127.0.0.1:{port}", "--interval", "0.1"]) == 1
     out = capsys.readouterr().out
-    assert "camera d?[2Jx is down" in out and "\x1b" not in out
+    assert ": up 2 h 0 min" in out
+    assert "camera gate is down for 10 min: cannot open" in out
 
 
 @pytest.mark.parametrize("scheme", ["rtsp", "http"])
