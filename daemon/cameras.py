@@ -208,7 +208,7 @@ class CameraReader(threading.Thread):
         self._seq = 0
         self.up = False
         self._said: tuple[str, float] | None = None  # the failure last logged, and when
-        self._down: tuple[str, float] | None = None  # the reason exported, and since when
+        self._down: tuple[str, float] | None = None  # the reason exported, since when (monotonic)
 
     def stop(self) -> None:
         self._stop_event.set()
@@ -264,12 +264,14 @@ class CameraReader(threading.Thread):
         labelled with the latest reason, valued with the outage's start (``facewatch
         status`` shows both). The reason names no URL: the camera label says whose it is."""
         reason = peer_text(why.replace(f"{redact_url(self.config.url)}: ", ""), REASON_CHARS)
-        since = self._down[1] if self._down is not None else time.time()
-        if self._down is not None and self._down[0] == reason:
-            return
-        self._clear_down()
+        started = self._down[1] if self._down is not None else time.monotonic()
+        if self._down is None or self._down[0] != reason:
+            self._clear_down()
+            self._down = (reason, started)
+        # the start, on the wall clock as it is now (at every retry: NTP may have set it
+        # right since the outage began, at a board's boot)
+        since = time.time() - (time.monotonic() - started)
         metrics.CAMERA_DOWN_SINCE.labels(self.config.name, reason).set(since)
-        self._down = (reason, since)
 
     def _clear_down(self) -> None:
         if self._down is not None:

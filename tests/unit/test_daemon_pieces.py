@@ -841,3 +841,27 @@ def test_a_wall_clock_step_splits_no_track(detector, step_s) -> None:
     left = [e for e in events if e["type"] == "left"]
     assert {e["track_id"] for e in left} == {e["track_id"] for e in confirmed}
     assert all(e["frame_ts"] == 1_700_000_000.0 + 1.4 for e in left)  # last seen, 1.4 s on
+
+
+def test_a_cameras_outage_start_follows_the_wall_clock_set_right(monkeypatch) -> None:
+    """A board boots years behind and a camera is down; NTP then sets the clock right. The
+    outage's start on /metrics (Grafana's 'down since', `facewatch status`) follows at the
+    next retry: it said 2024 for as long as the camera stayed down."""
+    from daemon import cameras
+    from daemon.cameras import CameraReader
+    from daemon.config import CameraConfig
+
+    reader = CameraReader(
+        CameraConfig(name="porch", url="rtsp://10.0.0.9/live"), FrameQueues(["porch"], 2)
+    )
+    real = time.time()
+    monkeypatch.setattr(cameras.time, "time", lambda: 1_704_067_200.0)  # before the sync
+    reader._export_down("cannot open: connection refused")
+    monkeypatch.setattr(cameras.time, "time", lambda: real)  # set right
+    reader._export_down("cannot open: connection refused")  # the next retry
+    since = REGISTRY.get_sample_value(
+        "facewatch_camera_down_since_seconds",
+        {"camera": "porch", "reason": "cannot open: connection refused"},
+    )
+    assert since is not None and real - 5 < since <= real
+    reader._set_up(True)
