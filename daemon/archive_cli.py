@@ -115,7 +115,7 @@ def _wanted(about: dict[str, Any], args: argparse.Namespace) -> bool:
 
 
 def _line(folder: Path, about: dict[str, Any]) -> str:
-    start = datetime.fromtimestamp(about["first_seen_ts"]).strftime("%Y-%m-%d %H:%M:%S")
+    start = _local_time(about["first_seen_ts"])
     lasted = float(about.get("last_seen_ts", about["first_seen_ts"])) - about["first_seen_ts"]
     images = about.get("images", [])
     rated = all("enrollable" in image for image in images)
@@ -128,6 +128,16 @@ def _line(folder: Path, about: dict[str, Any]) -> str:
         f"{start}  {about.get('camera', '?')}  {who}  {len(images)} image(s), {enrollable} "
         f"enrollable  {lasted:.1f} s  {folder}"
     )
+
+
+def _local_time(ts: float) -> str:
+    """``ts`` in local time, with its UTC offset where it differs from the present one: the
+    hour a clock goes back happens twice, and its two 01:30 are told apart."""
+    moment = datetime.fromtimestamp(ts).astimezone()
+    shown = moment.strftime("%Y-%m-%d %H:%M:%S")
+    if moment.utcoffset() != datetime.now().astimezone().utcoffset():
+        shown += moment.strftime("%z")
+    return shown
 
 
 def run_list(args: argparse.Namespace) -> int:

@@ -581,3 +581,25 @@ def test_archive_moments_take_a_utc_z_as_python_3_10_does_not(text, expected):
 def test_archive_moment_that_is_no_day_is_a_usage_error(text):
     with pytest.raises(argparse.ArgumentTypeError, match="expected a day"):
         _moment(text)
+
+
+def test_archive_list_tells_apart_the_two_times_of_the_hour_a_clock_goes_back(
+    tmp_path, capsys, monkeypatch
+) -> None:
+    """New York, 1 November 2026: 01:30 comes twice (EDT, then EST). Both visits showed
+    `2026-11-01 01:30:00`; the one whose UTC offset is not the present one says it."""
+    root = tmp_path / "archive"
+    for name, ts in (("013000-t1-unknown", 1793511000.0), ("013000-t2-unknown", 1793514600.0)):
+        folder = _old_visit(root, "2026-11-01", name, 100)
+        (folder / VISIT_FILE).write_text(json.dumps({"first_seen_ts": ts, "camera": "door"}))
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        assert main(["archive", "list", "--dir", str(root)]) == 0
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    starts = [line.split("  ")[0] for line in capsys.readouterr().out.splitlines()]
+    assert len(starts) == 2 and len(set(starts)) == 2, starts
+    assert all(start.startswith("2026-11-01 01:30:00") for start in starts)
+    assert {start[19:] for start in starts} <= {"", "-0400", "-0500"}
