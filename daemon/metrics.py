@@ -20,7 +20,11 @@ logger = logging.getLogger(__name__)
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
-BUILD = Info("facewatch_build", "facewatch version and runtime")
+BUILD = Info(
+    "facewatch_build",
+    "facewatch version and runtime, and the node (node_id) whose metrics these are: dashboards "
+    "and alerts join it on instance to name the node",
+)
 _BUILD_FIELDS: dict[str, str] = {}  # BUILD's, kept to change the model once it is loaded
 READY = Gauge(
     "facewatch_ready",
@@ -133,10 +137,11 @@ for _reason in ("size", "age"):
     ARCHIVE_PRUNED.labels(_reason)
 
 
-def init(cameras: list[str], backend: str, model_id: str, mqtt: bool = True) -> None:
+def init(node: str, cameras: list[str], backend: str, model_id: str, mqtt: bool = True) -> None:
     """Create the per-camera series at zero, so dashboards see them before the first frame.
-    Without ``mqtt``, there is no ``facewatch_mqtt_connected`` (rather than a 0 that would
-    say the broker is down)."""
+    The node (node_id) is a label of ``facewatch_build_info`` only: one series names it, and
+    every other series stays as it was. Without ``mqtt``, there is no
+    ``facewatch_mqtt_connected`` (rather than a 0 that would say the broker is down)."""
     with contextlib.suppress(KeyError):  # KeyError: not exported yet
         REGISTRY.unregister(MQTT_CONNECTED)
     if mqtt:
@@ -144,7 +149,11 @@ def init(cameras: list[str], backend: str, model_id: str, mqtt: bool = True) -> 
         REGISTRY.register(MQTT_CONNECTED)
     READY.set(0)
     _BUILD_FIELDS.update(
-        version=__version__, python=platform.python_version(), backend=backend, model=model_id
+        version=__version__,
+        python=platform.python_version(),
+        backend=backend,
+        model=model_id,
+        node=node,
     )
     BUILD.info(_BUILD_FIELDS)
     for camera in cameras:

@@ -183,7 +183,8 @@ class Service:
             logger.warning(warning)
         preflight.prepare_outputs(cfg)
         cameras = [c for c in cfg.cameras if c.enabled]
-        metrics.init([c.name for c in cameras], cfg.engines.backend, "", mqtt=cfg.mqtt.enabled)
+        names = [c.name for c in cameras]
+        metrics.init(cfg.node_id, names, cfg.engines.backend, "", mqtt=cfg.mqtt.enabled)
         if cfg.metrics.enabled:  # before the engines: a first start's TensorRT builds take
             self._serve_metrics()  # minutes, which Prometheus sees as starting, not down
         detector, facenet = self.load_engines()

@@ -674,6 +674,22 @@ def test_status_of_a_port_that_is_no_daemon_says_so(capsys) -> None:
     )
 
 
+def test_the_node_id_is_a_label_of_build_info_alone() -> None:
+    """One Prometheus scraping two nodes tells them apart by node_id: facewatch_build_info
+    names it (the dashboard and the alerts join it on instance), also once the model is
+    known, and no other series gets a label more."""
+    from prometheus_client import generate_latest
+
+    from daemon import metrics
+
+    metrics.init("site-a", ["front-door"], "openvino", "", mqtt=False)
+    metrics.set_model("facenet-x")
+    lines = generate_latest().decode().splitlines()
+    (build,) = [line for line in lines if line.startswith("facewatch_build_info{")]
+    assert 'node="site-a"' in build and 'model="facenet-x"' in build, build
+    assert [line for line in lines if "node=" in line] == [build]
+
+
 def test_status_behind_a_proxy_with_a_password_and_its_usage_errors(capsys) -> None:
     """`facewatch status --url` on a page behind Basic authentication (a reverse proxy's):
     the password is sent, never shown; HOST:PORT alone will do; usage errors exit 2; a page
@@ -683,7 +699,7 @@ def test_status_behind_a_proxy_with_a_password_and_its_usage_errors(capsys) -> N
     from daemon import metrics
     from daemon.cli import main
 
-    metrics.init(["door"], "openvino", "", mqtt=False)
+    metrics.init("garage-box", ["door"], "openvino", "", mqtt=False)
     expected = "Basic " + base64.b64encode(b"admin:s3cret").decode()
 
     class Proxy(http.server.BaseHTTPRequestHandler):
