@@ -2,7 +2,8 @@
 
 Edit the panels here, then run:  .venv/bin/python configs/grafana/build_dashboard.py
 tests/unit/test_dashboard.py fails while the committed JSON differs from what this writes;
-tests/integration/test_dashboard_prometheus.py runs every query against a Prometheus scraping the daemon.
+tests/integration/test_dashboard_prometheus.py runs every query against a Prometheus scraping two
+daemons (two nodes with a camera of one name: each panel must keep them apart).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from grafana_foundation_sdk.models.dashboard import (
     DashboardCursorSync,
     DataSourceRef,
     DataTransformerConfig,
+    VariableHide,
     VariableOption,
     VariableRefresh,
     VariableSort,
@@ -27,12 +29,27 @@ from grafana_foundation_sdk.models.prometheus import PromQueryFormat
 OUTPUT = Path(__file__).with_name("facewatch.json")
 UID = "facewatch-daemon"
 DATASOURCE = DataSourceRef(type_val="prometheus", uid="${datasource}")
-# label filters every query carries: the node(s) and camera(s) picked at the top
+# label filters every query carries: the node(s) and camera(s) picked at the top (the node
+# variable picks node_ids; the hidden instance variable holds their instances)
 NODE = 'instance=~"$instance"'
 CAM = f'{NODE}, camera=~"$camera"'
 RATE = "[$__rate_interval]"
+# what every sum keeps: one series per node (two nodes' cameras may share a name), and the
+# labels the node's name is joined on
+BY = "instance, job"
+# facewatch_build_info is 1 and names the node (its node_id); max: one series a node even when
+# an old version's or model's series is still there (a Prometheus restarted just then)
+NODE_NAME = f"on ({BY}) group_left(node) max by ({BY}, node) (facewatch_build_info{{{NODE}}})"
+
+# a camera's legend: two nodes may each have a camera of that name
+CAMERA = "{{node}} {{camera}}"
 
 Panel = timeseries.Panel | stat.Panel | statetimeline.Panel | table.Panel
+
+
+def named(expr: str) -> str:
+    """``expr``'s series, each with the label ``node``: its daemon's node_id."""
+    return f"({expr}) * {NODE_NAME}"
 
 
 def query(expr: str, legend: str, ref: str) -> prometheus.Dataquery:
@@ -59,20 +76,21 @@ def state(title: str, help_text: str, *queries: tuple[str, str]) -> Panel:
 
 
 def quantiles(metric: str, by: str, legend: str) -> list[tuple[str, str]]:
-    """p50 and p99 of a histogram, summed over the selected nodes (and cameras)."""
+    """p50 and p99 of a histogram, per node."""
     selector = f"{metric}_bucket{{{NODE}}}"
     return [
         (
-            f"histogram_quantile({q}, sum by (le{by}) (rate({selector}{RATE})))",
-            f"{legend} p{round(q * 100)}",
+            named(f"histogram_quantile({q}, sum by ({BY}, le{by}) (rate({selector}{RATE})))"),
+            f"{{{{node}}}} {legend} p{round(q * 100)}",
         )
         for q in (0.5, 0.99)
     ]
 
 
 def process(metric: str) -> str:
-    """A process_* series of the facewatch nodes only (other jobs export the same names)."""
-    return f"{metric} and on (instance, job) facewatch_build_info{{{NODE}}}"
+    """A process_* series of the facewatch nodes only (other jobs export the same names):
+    the join on facewatch_build_info keeps those it names."""
+    return named(metric)
 
 
 def why_down() -> Panel:
@@ -83,7 +101,7 @@ def why_down() -> Panel:
         "(facewatch_camera_down_since_seconds). Empty while every camera is up."
     )
     panel.with_target(
-        query(f"facewatch_camera_down_since_seconds{{{CAM}}}", "", "A")
+        query(named(f"facewatch_camera_down_since_seconds{{{CAM}}}"), "", "A")
         .instant()
         .format(PromQueryFormat.TABLE)
     )
@@ -97,14 +115,14 @@ def cameras_row() -> list[Panel]:
         state(
             "Camera up",
             "1 while the camera delivers frames (facewatch_camera_up).",
-            (f"facewatch_camera_up{{{CAM}}}", "{{camera}}"),
+            (named(f"facewatch_camera_up{{{CAM}}}"), CAMERA),
         ),
         why_down(),
         graph(
             "Reconnects",
             "short",
             "Reconnection attempts after a failure, per camera and window.",
-            (f"increase(facewatch_camera_reconnects_total{{{CAM}}}{RATE})", "{{camera}}"),
+            (named(f"increase(facewatch_camera_reconnects_total{{{CAM}}}{RATE})"), CAMERA),
         ),
         graph(
             "Frames per second",
@@ -113,20 +131,25 @@ def cameras_row() -> list[Panel]:
             "kept from detection by the motion gate (still: nothing moved, no face in view), "
             "dropped because the pipeline was behind, and refused because they are larger "
             "than the TensorRT plan takes (engines.tensorrt.camera_sizes).",
-            (f"rate(facewatch_frames_read_total{{{CAM}}}{RATE})", "{{camera}} read"),
-            (f"rate(facewatch_frames_processed_total{{{CAM}}}{RATE})", "{{camera}} processed"),
-            (f"rate(facewatch_frames_still_total{{{CAM}}}{RATE})", "{{camera}} still"),
-            (f"rate(facewatch_frames_dropped_total{{{CAM}}}{RATE})", "{{camera}} dropped"),
-            (f"rate(facewatch_frames_refused_total{{{CAM}}}{RATE})", "{{camera}} refused"),
+            (named(f"rate(facewatch_frames_read_total{{{CAM}}}{RATE})"), f"{CAMERA} read"),
+            (
+                named(f"rate(facewatch_frames_processed_total{{{CAM}}}{RATE})"),
+                f"{CAMERA} processed",
+            ),
+            (named(f"rate(facewatch_frames_still_total{{{CAM}}}{RATE})"), f"{CAMERA} still"),
+            (named(f"rate(facewatch_frames_dropped_total{{{CAM}}}{RATE})"), f"{CAMERA} dropped"),
+            (named(f"rate(facewatch_frames_refused_total{{{CAM}}}{RATE})"), f"{CAMERA} refused"),
         ),
         graph(
             "Dropped frames",
             "percentunit",
             "Share of the frames read that were dropped (newest frames are kept).",
             (
-                f"rate(facewatch_frames_dropped_total{{{CAM}}}{RATE}) / "
-                f"clamp_min(rate(facewatch_frames_read_total{{{CAM}}}{RATE}), 1e-9)",
-                "{{camera}}",
+                named(
+                    f"rate(facewatch_frames_dropped_total{{{CAM}}}{RATE}) / "
+                    f"clamp_min(rate(facewatch_frames_read_total{{{CAM}}}{RATE}), 1e-9)"
+                ),
+                CAMERA,
             ),
         ),
     ]
@@ -149,11 +172,13 @@ def pipeline_row() -> list[Panel]:
         graph(
             "Batch size",
             "short",
-            "Frames per detection batch, across all cameras.",
+            "Frames per detection batch, across each node's cameras.",
             (
-                f"sum(rate(facewatch_batch_frames_sum{{{NODE}}}{RATE})) / "
-                f"sum(rate(facewatch_batch_frames_count{{{NODE}}}{RATE}))",
-                "mean",
+                named(
+                    f"sum by ({BY}) (rate(facewatch_batch_frames_sum{{{NODE}}}{RATE})) / "
+                    f"sum by ({BY}) (rate(facewatch_batch_frames_count{{{NODE}}}{RATE}))"
+                ),
+                "{{node}} mean",
             ),
             *quantiles("facewatch_batch_frames", "", "frames")[1:],
         ),
@@ -162,9 +187,9 @@ def pipeline_row() -> list[Panel]:
             "short",
             "Faces found by MTCNN, faces dropped in the camera's ignore regions, and faces run "
             "through FaceNet, per camera.",
-            (f"rate(facewatch_faces_detected_total{{{CAM}}}{RATE})", "{{camera}} detected"),
-            (f"rate(facewatch_faces_ignored_total{{{CAM}}}{RATE})", "{{camera}} ignored"),
-            (f"rate(facewatch_faces_embedded_total{{{CAM}}}{RATE})", "{{camera}} embedded"),
+            (named(f"rate(facewatch_faces_detected_total{{{CAM}}}{RATE})"), f"{CAMERA} detected"),
+            (named(f"rate(facewatch_faces_ignored_total{{{CAM}}}{RATE})"), f"{CAMERA} ignored"),
+            (named(f"rate(facewatch_faces_embedded_total{{{CAM}}}{RATE})"), f"{CAMERA} embedded"),
         ),
     ]
 
@@ -177,16 +202,21 @@ def recognition_row() -> list[Panel]:
             "Recognitions per second",
             "short",
             "Recognised faces by camera and identity ('unknown' matches nobody).",
-            (f"sum by (camera, identity) (rate({recognitions}{RATE}))", "{{camera}} {{identity}}"),
+            (
+                named(f"sum by ({BY}, camera, identity) (rate({recognitions}{RATE}))"),
+                f"{CAMERA} {{{{identity}}}}",
+            ),
         ),
         graph(
             "Unknown faces",
             "percentunit",
             "Share of the recognitions that matched nobody in the gallery.",
             (
-                f"sum by (camera) (rate({unknown}{RATE})) / "
-                f"sum by (camera) (rate({recognitions}{RATE}))",
-                "{{camera}}",
+                named(
+                    f"sum by ({BY}, camera) (rate({unknown}{RATE})) / "
+                    f"sum by ({BY}, camera) (rate({recognitions}{RATE}))"
+                ),
+                CAMERA,
             ),
         ),
         graph(
@@ -194,15 +224,15 @@ def recognition_row() -> list[Panel]:
             "short",
             "Identity events by type: confirmed, identified, changed, left.",
             (
-                f"sum by (camera, type) (rate(facewatch_events_total{{{CAM}}}{RATE}))",
-                "{{camera}} {{type}}",
+                named(f"sum by ({BY}, camera, type) (rate(facewatch_events_total{{{CAM}}}{RATE}))"),
+                f"{CAMERA} {{{{type}}}}",
             ),
         ),
         with_queries(
             stat.Panel().height(8).span(12),
             "Enrolled people",
             "Identities in the gallery (re-read within 2 s of a change).",
-            (f"facewatch_gallery_identities{{{NODE}}}", "{{instance}}"),
+            (named(f"facewatch_gallery_identities{{{NODE}}}"), "{{node}}"),
         ),
         graph(
             "Face archive",
@@ -210,12 +240,18 @@ def recognition_row() -> list[Panel]:
             "Visits written to the face archive per minute, and visits not written (behind: "
             "the disk is too slow; error: the disk refused). Empty without archive.dir.",
             (
-                f"sum by (camera) (rate(facewatch_archive_visits_total{{{CAM}}}{RATE})) * 60",
-                "{{camera}} written",
+                named(
+                    f"sum by ({BY}, camera) (rate(facewatch_archive_visits_total{{{CAM}}}{RATE}))"
+                    " * 60"
+                ),
+                f"{CAMERA} written",
             ),
             (
-                f"sum by (reason) (rate(facewatch_archive_failures_total{{{NODE}}}{RATE})) * 60",
-                "not written: {{reason}}",
+                named(
+                    f"sum by ({BY}, reason) (rate(facewatch_archive_failures_total{{{NODE}}}{RATE}))"
+                    " * 60"
+                ),
+                "{{node}} not written: {{reason}}",
             ),
         ),
     ]
@@ -226,21 +262,23 @@ def mqtt_row() -> list[Panel]:
         state(
             "MQTT connected",
             "1 while connected to the broker; events spool on disk while it is 0.",
-            (f"facewatch_mqtt_connected{{{NODE}}}", "{{instance}}"),
+            (named(f"facewatch_mqtt_connected{{{NODE}}}"), "{{node}}"),
         ),
         graph(
             "Spool depth",
             "short",
             "Events waiting in the on-disk spool for the broker.",
-            (f"facewatch_mqtt_spool_events{{{NODE}}}", "{{instance}}"),
+            (named(f"facewatch_mqtt_spool_events{{{NODE}}}"), "{{node}}"),
         ),
         graph(
             "MQTT publications",
             "short",
             "Publications per second by outcome: ok, failed (retried), dropped (spool full).",
             (
-                f"sum by (outcome) (rate(facewatch_mqtt_publishes_total{{{NODE}}}{RATE}))",
-                "{{outcome}}",
+                named(
+                    f"sum by ({BY}, outcome) (rate(facewatch_mqtt_publishes_total{{{NODE}}}{RATE}))"
+                ),
+                "{{node}} {{outcome}}",
             ),
         ),
     ]
@@ -252,13 +290,13 @@ def process_row() -> list[Panel]:
             "CPU",
             "percentunit",
             "CPU time of the daemon process (1 = one core busy).",
-            (process(f"rate(process_cpu_seconds_total{RATE})"), "{{instance}}"),
+            (process(f"rate(process_cpu_seconds_total{RATE})"), "{{node}}"),
         ),
         graph(
             "Memory",
             "bytes",
             "Resident memory of the daemon process.",
-            (process("process_resident_memory_bytes"), "{{instance}}"),
+            (process("process_resident_memory_bytes"), "{{node}}"),
         ),
     ]
 
@@ -274,14 +312,22 @@ def variables() -> list[db.DatasourceVariable | db.QueryVariable]:
             .sort(VariableSort.ALPHABETICAL_ASC)
             .multi(True)
             .include_all(True)
-            .all_value(".*")
             .current(VariableOption(selected=True, text="All", value="$__all"))
         )
 
+    # The instances of the nodes picked, hidden: the queries filter on it, as only
+    # facewatch_build_info names the node. Without an allValue, its "All" is each of them
+    # (a|b), where ".*" would be every instance whatever the nodes picked.
+    instances = labels(
+        "instance", "Instance", 'label_values(facewatch_build_info{node=~"$node"}, instance)'
+    ).hide(VariableHide.HIDE_VARIABLE)
     return [
         db.DatasourceVariable("datasource").label("Prometheus").type("prometheus"),
-        labels("instance", "Node", "label_values(facewatch_build_info, instance)"),
-        labels("camera", "Camera", f"label_values(facewatch_camera_up{{{NODE}}}, camera)"),
+        labels("node", "Node", "label_values(facewatch_build_info, node)").all_value(".*"),
+        instances,
+        labels(
+            "camera", "Camera", f"label_values(facewatch_camera_up{{{NODE}}}, camera)"
+        ).all_value(".*"),
     ]
 
 

@@ -1,6 +1,7 @@
 """The Grafana dashboard against real data: a real Prometheus (the shipped scrape config and
-alert rules) scrapes the running daemon, and every query of every panel, with the dashboard's
-variables filled in as Grafana does, must return data."""
+alert rules) scrapes two running daemons (two nodes, each with a camera of one name), and every
+query of every panel, with the dashboard's variables filled in as Grafana does, must return
+data, each node's series apart and named apart in the legend."""
 
 from __future__ import annotations
 
@@ -65,6 +66,11 @@ def label_values(prometheus: Prometheus, query: str, variables: dict[str, str]) 
     return sorted({series[label] for series in prometheus.api("series", **{"match[]": selector})})
 
 
+def legend(template: str, labels: dict[str, str]) -> str:
+    """A series' name in a panel's legend, as Grafana writes it from the legendFormat."""
+    return re.sub(r"\{\{\s*(\w+)\s*\}\}", lambda m: labels.get(m.group(1), ""), template)
+
+
 def range_query(prometheus: Prometheus, title: str, expr: str, start: float) -> list[float]:
     """The finite values a panel would draw for ``expr`` since ``start``."""
     try:
@@ -79,30 +85,39 @@ def range_query(prometheus: Prometheus, title: str, expr: str, start: float) -> 
     ]
 
 
-def test_every_dashboard_query_returns_data_from_the_running_daemon(
+def test_every_dashboard_query_returns_data_from_two_running_daemons(
     tmp_path, broker, test_model
 ) -> None:
     gallery = tmp_path / "gallery.sqlite"
     enroll(test_model, gallery, "lin-manuel-miranda")
+    recognition = {"model": str(test_model), "gallery": str(gallery), "threshold": 1.0}
+    stage = {"name": "stage", "url": str(CLIP), "fps": 5}
     cameras = [
-        {"name": "stage", "url": str(CLIP), "fps": 5},
+        stage,
         # nothing listens there: the camera stays down and reconnects
         {"name": "yard", "url": "rtsp://127.0.0.1:9/none", "fps": 5},
     ]
-    settings = daemon_settings(
-        cameras,
-        broker.port,
-        tmp_path,
-        recognition={"model": str(test_model), "gallery": str(gallery), "threshold": 1.0},
+    daemon = Daemon(
+        tmp_path, daemon_settings(cameras, broker.port, tmp_path, recognition=recognition)
     )
-    daemon = Daemon(tmp_path, settings)
-    prometheus = Prometheus(tmp_path, [f"127.0.0.1:{daemon.metrics_port}"])
-    subscriber = Subscriber(broker.port, "facewatch/test/events/#")
+    # a second node with a camera of the same name (two sites' "front-door")
+    second_dir = tmp_path / "second"
+    second_dir.mkdir()
+    second_settings = daemon_settings([stage], broker.port, second_dir, recognition=recognition)
+    second = Daemon(second_dir, {**second_settings, "node_id": "second"})
+    targets = [f"127.0.0.1:{d.metrics_port}" for d in (daemon, second)]
+    prometheus = Prometheus(tmp_path, targets)
+    subscriber = Subscriber(broker.port, "facewatch/+/events/#")
     started = time.time()
     daemon.start()
+    second.start()
     try:
         prometheus.start()
-        wait_for(lambda: len(subscriber.events()) >= 3, 120, "events from the daemon")
+        wait_for(
+            lambda: {e["node"] for e in subscriber.events()} == {"test", "second"},
+            120,
+            "events from both daemons",
+        )
         wait_for(
             lambda: daemon.metric('facewatch_camera_reconnects_total{camera="yard"}') >= 2,
             60,
@@ -110,16 +125,21 @@ def test_every_dashboard_query_returns_data_from_the_running_daemon(
         )
         time.sleep(12)  # a few rate windows of scrapes after the events
 
-        nodes = label_values(prometheus, variable_query("instance"), {})
-        assert nodes == [f"127.0.0.1:{daemon.metrics_port}"]
-        picked = {"instance": regex_value(nodes)}
+        nodes = label_values(prometheus, variable_query("node"), {})
+        assert nodes == ["second", "test"]
+        instances = label_values(prometheus, variable_query("instance"), {"node": ".*"})
+        assert instances == sorted(targets)
+        # the hidden instance variable follows the nodes picked; the camera variable, it
+        only_second = {"node": regex_value(["second"])}
+        assert label_values(prometheus, variable_query("instance"), only_second) == [targets[1]]
+        picked = {"node": regex_value(nodes), "instance": regex_value(instances)}
         cams = label_values(prometheus, variable_query("camera"), picked)
         assert cams == ["stage", "yard"]
+        picked_second = {"instance": regex_value([targets[1]])}
+        assert label_values(prometheus, variable_query("camera"), picked_second) == ["stage"]
 
-        selections = [
-            {**picked, "camera": regex_value(cams)},  # each value picked
-            {"instance": ".*", "camera": ".*"},  # 'All' (the variables' allValue)
-        ]
+        everything = {"instance": regex_value(instances), "camera": ".*"}  # 'All' everywhere
+        selections = [{**picked, "camera": regex_value(cams)}, everything]  # each value picked
         empty = [
             f"{title}: {fill(expr, chosen)}"
             for chosen in selections
@@ -127,6 +147,21 @@ def test_every_dashboard_query_returns_data_from_the_running_daemon(
             if not range_query(prometheus, title, fill(expr, chosen), started)
         ]
         assert not empty, "queries without data:\n" + "\n".join(empty)
+
+        # each panel keeps the two nodes' "stage" cameras apart, under names of their own
+        merged = []
+        for panel in DASHBOARD["panels"]:
+            for target in panel.get("targets", []):
+                title, template = panel["title"], target["legendFormat"]
+                found = prometheus.api("query", query=fill(target["expr"], everything))["result"]
+                series = [r["metric"] for r in found]
+                names = [legend(template, labels) for labels in series]
+                if template and len(set(names)) < len(names):
+                    merged.append(f"{title}: series named alike in the legend: {sorted(names)}")
+                at_stage = [s.get("node") for s in series if s.get("camera") == "stage"]
+                if "{{camera}}" in template and sorted(set(at_stage)) != ["second", "test"]:
+                    merged.append(f"{title}: the nodes of camera stage: {at_stage}")
+        assert not merged, "two nodes' cameras of one name:\n" + "\n".join(merged)
 
         def values(expr: str) -> dict[str, float]:
             data = prometheus.api("query", query=expr)
@@ -136,7 +171,7 @@ def test_every_dashboard_query_returns_data_from_the_running_daemon(
             }
 
         up = values('max_over_time(facewatch_camera_up{camera="stage"}[5m])')
-        assert list(up.values()) == [1.0]
+        assert list(up.values()) == [1.0, 1.0]
         assert list(values('max_over_time(facewatch_camera_up{camera="yard"}[5m])').values()) == [
             0.0
         ]
@@ -144,8 +179,8 @@ def test_every_dashboard_query_returns_data_from_the_running_daemon(
         assert [(d["camera"], d["reason"][:43]) for d in down] == [
             ("yard", "cannot open: nothing listens on 127.0.0.1:9")
         ], down
-        assert list(values("facewatch_gallery_identities").values()) == [1.0]
-        assert list(values("max_over_time(facewatch_mqtt_connected[5m])").values()) == [1.0]
+        assert list(values("facewatch_gallery_identities").values()) == [1.0, 1.0]
+        assert list(values("max_over_time(facewatch_mqtt_connected[5m])").values()) == [1.0, 1.0]
 
         rules = prometheus.api("rules")["groups"]
         health = {r["name"]: r["health"] for g in rules for r in g["rules"]}
@@ -157,5 +192,7 @@ def test_every_dashboard_query_returns_data_from_the_running_daemon(
     finally:
         subscriber.close()
         prometheus.stop()
+        second.stop()
         daemon.stop()
-    assert "Traceback" not in daemon.log(), daemon.log()[-3000:]
+    for node in (daemon, second):
+        assert "Traceback" not in node.log(), node.log()[-3000:]

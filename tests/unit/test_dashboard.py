@@ -50,14 +50,43 @@ def test_grafana_schema_types_keep_every_key() -> None:
 
 
 def test_variables_datasource_node_and_camera() -> None:
+    """The Node variable lists node_ids (facewatch_build_info's node); the nodes picked give
+    the hidden instance variable, which every query filters on, and the camera variable."""
     variables = {v["name"]: v for v in DASHBOARD["templating"]["list"]}
     assert variables["datasource"]["type"] == "datasource"
     assert variables["datasource"]["query"] == "prometheus"
-    for name in ("instance", "camera"):
+    for name in ("node", "instance", "camera"):
         assert variables[name]["type"] == "query"
         assert variables[name]["multi"] and variables[name]["includeAll"]
         assert variables[name]["datasource"]["uid"] == "${datasource}"
-    assert "facewatch_camera_up" in variables["camera"]["query"]
+    assert [v.get("hide", 0) for v in variables.values()] == [0, 0, 2, 0]
+    assert variables["node"]["label"] == "Node"
+    assert variables["node"]["query"] == "label_values(facewatch_build_info, node)"
+    assert variables["instance"]["query"] == (
+        'label_values(facewatch_build_info{node=~"$node"}, instance)'
+    )
+    # "All" instances are those of the nodes picked, not ".*" (every instance)
+    assert "allValue" not in variables["instance"]
+    assert variables["camera"]["query"] == (
+        'label_values(facewatch_camera_up{instance=~"$instance"}, camera)'
+    )
+
+
+def test_each_series_is_one_nodes_and_named_by_it() -> None:
+    """Two nodes may each have a camera "front-door": no panel adds them together, and each
+    legend names the node (its node_id, joined from facewatch_build_info) before the camera."""
+    for panel in PANELS:
+        for target in panel["targets"]:
+            expr, legend = target["expr"], target["legendFormat"]
+            for kept in re.findall(r"\b(?:sum|max|min|avg|count) by \(([^)]*)\)", expr):
+                assert {"instance", "job"} <= set(kept.split(", ")), (panel["title"], expr)
+            assert re.search(r"\b(sum|max|min|avg|count)\s*\(", expr) is None, panel["title"]
+            assert expr.endswith(
+                ") * on (instance, job) group_left(node) max by (instance, job, node) "
+                '(facewatch_build_info{instance=~"$instance"})'
+            ), panel["title"]
+            if panel["type"] != "table":
+                assert legend.startswith("{{node}} ") or legend == "{{node}}", panel["title"]
 
 
 def test_layout_ids_and_datasources() -> None:
