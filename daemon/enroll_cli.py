@@ -275,6 +275,8 @@ def _store(
         with Gallery.open_or_create(
             gallery_path, net.model_id, net.embedding_size, **_threshold_of(net)
         ) as gallery:
+            names = sorted({name for name, _, _ in accepted})
+            first = {name for name in names if not gallery.knows(name)}
             added = gallery.enroll(faces)
             threshold = gallery.threshold
     except GalleryError as exc:
@@ -282,10 +284,9 @@ def _store(
             gallery_path.unlink()  # nothing was enrolled: leave no empty gallery behind
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    names = sorted({name for name, _, _ in accepted})
     print(
         f"enrolled {added} new face(s) of {len(names)} person(s) into {gallery_path}: "
-        + ", ".join(names)
+        + ", ".join(f"{name} (new person)" if name in first else name for name in names)
         + (
             f" ({len(faces) - added} not added: already enrolled, or the same photo twice)"
             if added < len(faces)

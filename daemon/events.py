@@ -26,7 +26,6 @@ import cv2
 import numpy as np
 
 from daemon import metrics
-from daemon.gallery import lookup_name
 from daemon.spool import Spool
 from daemon.tracking import TrackEvent
 
@@ -96,9 +95,10 @@ def person_key(name: str) -> str:
     people; ``张伟`` has no ASCII letters)."""
     ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
     slug = re.sub(r"[^a-z0-9]+", "_", ascii_name.lower())[:40].strip("_")
-    # of the name as the gallery compares it: a name stored before names were normalised
-    # keeps its key when renamed
-    digest = hashlib.sha256(lookup_name(name).encode()).hexdigest()[:8]
+    # of the name in NFC, trimmed (how the gallery compared names before it collapsed inner
+    # spaces too): a name stored before that keeps its key, its topic and its Home Assistant
+    # entity, and an older gallery's 'Ada Lovelace' and 'Ada\xa0Lovelace' keep two keys
+    digest = hashlib.sha256(unicodedata.normalize("NFC", name).strip().encode()).hexdigest()[:8]
     return f"{slug}-{digest}" if slug else digest
 
 

@@ -51,6 +51,12 @@ UNIT_TOLERANCE = 1e-3  # how far an embedding's L2 norm may be from 1 (float32 r
 DEFAULT_LOCK_TIMEOUT_S = 5.0
 MAX_NAME_CHARS = 100
 RESERVED_NAMES = ("unknown",)  # what identify, events and metrics call a face nobody matches
+# refused inside a name: bidi embeddings, overrides and isolates reorder what follows them on
+# a terminal, line and paragraph separators break a line, BOM and zero-width space are unseen
+HIDING = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+HIDING |= frozenset("\u2028\u2029\ufeff\u200b")
+JOINERS = frozenset("\u200c\u200d")  # ZWNJ, ZWJ: some scripts and emoji sequences need them
+_TAGS = frozenset(map(chr, range(0xE0000, 0xE0080)))  # the tail of a flag emoji (Cf too)
 
 
 def shown_threshold(value: float) -> str:
@@ -99,28 +105,68 @@ class Enrollment:
 
 
 def lookup_name(name: str) -> str:
-    """A name as the gallery compares it: Unicode NFC (the same letters typed on any system,
-    or taken from a folder name on macOS, are one name), without surrounding spaces."""
-    return unicodedata.normalize("NFC", name).strip()
+    """A name as the gallery looks it up: Unicode NFC (the same letters typed on any system,
+    or taken from a folder name on macOS, are one name), without spaces or invisible format
+    characters at the ends, and each run of spaces inside (a no-break space pasted from a web
+    page, a doubled or full-width space) one plain space."""
+    return " ".join(_ends_trimmed(unicodedata.normalize("NFC", name)).split())
+
+
+def twin_key(name: str) -> str:
+    """A name as two names are compared (twins, reserved names): ``lookup_name`` in
+    compatibility form (NFKC: full-width 'Ａｄａ' is 'Ada'), casefolded, without invisible
+    format characters other than the joiners. Names with one key look like one person."""
+    text = unicodedata.normalize("NFKC", lookup_name(name))
+    text = unicodedata.normalize("NFKC", text.casefold())
+    return " ".join("".join(c for c in text if not _invisible(c)).split())
 
 
 def clean_name(name: str) -> str:
     """A new person's name as stored (``lookup_name``); GalleryError for an empty, over-long
-    or reserved name, or one with control characters (line breaks, tabs, terminal escapes)."""
-    text = lookup_name(name)
-    if not text:
-        raise GalleryError("a person needs a non-empty name")
+    or reserved name, or one with control characters (line breaks, tabs, terminal escapes)
+    or, inside it, characters that hide or reorder text (bidi controls, line separators, BOM,
+    zero-width space)."""
+    text = _ends_trimmed(unicodedata.normalize("NFC", name))
     if any(unicodedata.category(c) == "Cc" for c in text):
         raise GalleryError(
             f"name {text!r}: control characters (line breaks, tabs, escapes) are not allowed"
         )
+    if any(c in HIDING for c in text):
+        raise GalleryError(
+            f"name {text!r}: invisible or text-reordering characters (bidi controls, line "
+            "separators, BOM, zero-width space) are not allowed"
+        )
+    text = lookup_name(text)
+    if not text:
+        raise GalleryError("a person needs a non-empty name")
     if len(text) > MAX_NAME_CHARS:
         raise GalleryError(f"name {text[:20]!r}...: longer than {MAX_NAME_CHARS} characters")
-    if text.casefold() in RESERVED_NAMES:
+    if twin_key(text) in RESERVED_NAMES:
         raise GalleryError(
-            f"name {text!r} is reserved: facewatch calls the faces it does not know {text!r}"
+            f"name {text!r} is reserved: facewatch calls the faces it does not know "
+            f"{twin_key(text)!r}"
         )
     return text
+
+
+def _ends_trimmed(text: str) -> str:
+    """``text`` without spaces and format characters at its ends (a BOM or a zero-width
+    space copied along with a name); tag characters stay, they end a flag emoji."""
+    start, end = 0, len(text)
+    while start < end and _blank_end(text[start]):
+        start += 1
+    while end > start and _blank_end(text[end - 1]):
+        end -= 1
+    return text[start:end]
+
+
+def _blank_end(char: str) -> bool:
+    return char.isspace() or (unicodedata.category(char) == "Cf" and char not in _TAGS)
+
+
+def _invisible(char: str) -> bool:
+    """A format character that changes nothing a reader sees in a name (joiners do)."""
+    return unicodedata.category(char) == "Cf" and char not in JOINERS
 
 
 class Gallery:
@@ -301,6 +347,13 @@ class Gallery:
             holders.setdefault(source, set()).add(lookup_name(name))
         return holders
 
+    def knows(self, name: str) -> bool:
+        """Whether ``name`` is enrolled, found as the commands find it (``lookup_name``)."""
+        try:
+            return _find(self._conn, name) is not None
+        except sqlite3.DatabaseError as exc:
+            raise translate(self.path, exc) from None
+
     # -- matching ---------------------------------------------------------------------------
 
     def load(self) -> list[str]:
@@ -427,7 +480,7 @@ class Gallery:
                     _refuse_case_twin(folded, name, -1, self.path)
                     identity_id = _create_identity(conn, name)
                     ids[name] = identity_id
-                    folded[name.casefold()] = (name, identity_id)
+                    folded[twin_key(name)] = (name, identity_id)
                 others = holders.setdefault(face.source_sha256, set()) - {identity_id}
                 if others:
                     (holder,) = conn.execute(
@@ -456,7 +509,7 @@ class Gallery:
         found = _find(conn, name)
         if found is None:
             ids = _ids_by_name(conn)
-            twin = _by_folded_name(ids).get(lookup_name(name).casefold())
+            twin = _by_folded_name(ids).get(twin_key(name))
             close = [twin[0]] if twin else difflib.get_close_matches(lookup_name(name), ids, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise GalleryError(f"{self.path}: no identity named {name!r}{hint}")
@@ -476,9 +529,12 @@ class Gallery:
         with self._transaction() as conn:
             identity_id = self._identity_id(conn, old)
             new = clean_name(new)
-            if new == lookup_name(old):
+            (stored,) = conn.execute(
+                "SELECT name FROM identities WHERE id = ?", (identity_id,)
+            ).fetchone()
+            if new == stored:
                 raise GalleryError(f"{self.path}: {old!r} is already called {new!r}")
-            if _find(conn, new) is not None:
+            if _find(conn, new) not in (None, identity_id):
                 raise GalleryError(f"{self.path}: an identity named {new!r} already exists")
             _refuse_case_twin(_by_folded_name(_ids_by_name(conn)), new, identity_id, self.path)
             conn.execute(
@@ -514,7 +570,8 @@ class Gallery:
 
 def _ids_by_name(conn: sqlite3.Connection) -> dict[str, int]:
     """Identity ids by name as ``lookup_name`` spells it (a gallery written before names
-    were normalised may hold a macOS NFD name, or spaces); the first row wins a tie."""
+    were normalised may hold a macOS NFD name, spaces, a no-break space); the first row wins
+    a tie."""
     ids: dict[str, int] = {}
     for identity_id, stored in conn.execute("SELECT id, name FROM identities ORDER BY id"):
         ids.setdefault(lookup_name(stored), int(identity_id))
@@ -522,27 +579,33 @@ def _ids_by_name(conn: sqlite3.Connection) -> dict[str, int]:
 
 
 def _find(conn: sqlite3.Connection, name: str) -> int | None:
+    """The identity called ``name``: spelt as stored, else as ``lookup_name`` spells both (a
+    gallery from before may hold 'Ada Lovelace' and 'Ada\\xa0Lovelace': each is found)."""
+    typed = unicodedata.normalize("NFC", name)
+    for identity_id, stored in conn.execute("SELECT id, name FROM identities ORDER BY id"):
+        if unicodedata.normalize("NFC", stored) == typed:
+            return int(identity_id)
     return _ids_by_name(conn).get(lookup_name(name))
 
 
 def _by_folded_name(ids: dict[str, int]) -> dict[str, tuple[str, int]]:
-    """``ids`` (``_ids_by_name``) keyed by the name in any case: (name, id)."""
+    """``ids`` (``_ids_by_name``) keyed by ``twin_key``: (name, id)."""
     folded: dict[str, tuple[str, int]] = {}
     for name, identity_id in ids.items():
-        folded.setdefault(name.casefold(), (name, identity_id))
+        folded.setdefault(twin_key(name), (name, identity_id))
     return folded
 
 
 def _refuse_case_twin(
     folded: dict[str, tuple[str, int]], name: str, own_id: int, path: Path
 ) -> None:
-    """GalleryError when another identity's name differs from ``name`` only in case: Bob and
-    bob would be two people, each with half the photos."""
-    other, identity_id = folded.get(name.casefold(), (name, own_id))
+    """GalleryError when another identity's name looks like ``name`` (``twin_key``): Bob and
+    bob, or 'Ada' and full-width 'Ａｄａ', would be two people, each with half the photos."""
+    other, identity_id = folded.get(twin_key(name), (name, own_id))
     if identity_id != own_id:
         raise GalleryError(
             f"{path}: {other!r} is enrolled; {name!r} would be another person (names differ "
-            f"in case only): use {other!r}"
+            f"in case, full-width or invisible characters only): use {other!r}"
         )
 
 

@@ -20,7 +20,7 @@ from typing import Any
 from daemon import gallery_export
 from daemon.config import Config, ConfigError, RecognitionConfig
 from daemon.config_file import load_config
-from daemon.gallery import Gallery, GalleryError, check_threshold, shown_threshold
+from daemon.gallery import Gallery, GalleryError, check_threshold, shown_threshold, twin_key
 from daemon.recognition import DEFAULT_TARGET_FAR, calibrate
 
 logger = logging.getLogger(__name__)
@@ -198,21 +198,22 @@ def _list(args: argparse.Namespace) -> int:
                 f"  {person.name:<{width}}  {person.embeddings:3d} face(s)  "
                 f"threshold {limit:<8} updated {person.updated}"
             )
-    _warn_case_twins([p.name for p in people])
+    _warn_twins([p.name for p in people])
     return 0
 
 
-def _warn_case_twins(names: list[str]) -> None:
-    """Names that differ in case only (enrolled before facewatch refused them) are two
-    people to the gallery: say so, and how to make them one."""
-    by_folded: dict[str, list[str]] = {}
+def _warn_twins(names: list[str]) -> None:
+    """Names that look alike (``twin_key``: enrolled before facewatch refused them) are two
+    people to the gallery: say so, each name escaped to show how they differ, and how to make
+    them one."""
+    by_key: dict[str, list[str]] = {}
     for name in names:
-        by_folded.setdefault(name.casefold(), []).append(name)
-    for twins in (t for t in by_folded.values() if len(t) > 1):
+        by_key.setdefault(twin_key(name), []).append(name)
+    for twins in (t for t in by_key.values() if len(t) > 1):
         print(
-            f"note: {' and '.join(map(repr, twins))} differ in case only but are "
-            f"{len(twins)} people here: `gallery remove` all but one and enroll their "
-            "photos again under that one's name",
+            f"note: {' and '.join(map(repr, twins))} look alike (they differ in case, spaces, "
+            f"full-width or invisible characters only) but are {len(twins)} people here: "
+            "`gallery remove` all but one and enroll their photos again under that one's name",
             file=sys.stderr,
         )
 

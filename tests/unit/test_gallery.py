@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from daemon import gallery_export
+from daemon.events import person_key
 from daemon.gallery import DEFAULT_THRESHOLD, Enrollment, Gallery, GalleryError
 from daemon.recognition import calibrate
 
@@ -309,6 +310,44 @@ def test_names_are_normalised_and_checked(gallery) -> None:
     assert gallery.remove(nfd) == 2  # found by either spelling
     with pytest.raises(GalleryError, match="already called"):
         gallery.rename("bob", " bob")
+
+
+def test_names_that_look_alike_are_one_person(gallery) -> None:
+    """A name pasted from a web page or a spreadsheet (no-break space, a zero-width space or
+    BOM along with it) or typed with a doubled space is the person already enrolled, not a
+    second one under the same visible name; full-width letters or invisible characters that
+    only make a name look like another's are refused, like a name in another case."""
+    gallery.enroll([Enrollment("Ada Lovelace", axis(3), "ada0")])
+    same = [
+        "Ada\u00a0Lovelace",
+        "Ada  Lovelace",
+        "Ada\u3000Lovelace",
+        "Ada Lovelace\u200b",
+        "\ufeffAda Lovelace",
+        " \u200bAda \u00a0Lovelace\u2060 ",
+    ]
+    for k, name in enumerate(same, 1):
+        assert gallery.enroll([Enrollment(name, unit(0, 0, 0, 1, 0.01 * k), f"ada{k}")]) == 1
+    assert [(i.name, i.embeddings) for i in gallery.identities() if "Ada" in i.name] == [
+        ("Ada Lovelace", 1 + len(same))
+    ]
+    for twin in ["\uff21\uff44\uff41 Lovelace", "ADA LOVELACE", "Ada Love\u00adlace"]:
+        with pytest.raises(GalleryError, match=r"'Ada Lovelace' is enrolled; .* another person"):
+            gallery.enroll([Enrollment(twin, axis(4), "twin")])
+    with pytest.raises(GalleryError, match="'alice' is enrolled"):
+        gallery.rename("bob", "\uff41lice")
+    for hiding in ["Ada\u202eecalevoL", "Ada\u2066x\u2069", "Ada\u2029L", "Ada\u200bL", "A\ufeffL"]:
+        with pytest.raises(GalleryError, match="invisible or text-reordering characters"):
+            gallery.enroll([Enrollment(hiding, axis(4), "hiding")])
+        with pytest.raises(GalleryError, match="invisible or text-reordering characters"):
+            gallery.rename("bob", hiding)
+    for reserved in ["unknown\u200b", "\uff55nknown", "un\u00adknown"]:
+        with pytest.raises(GalleryError, match="reserved"):
+            gallery.enroll([Enrollment(reserved, axis(4), "reserved")])
+    scientist = "\U0001f469\u200d\U0001f52c Marie"  # a joiner makes one emoji of two: kept
+    gallery.enroll([Enrollment(scientist, axis(4), "m1")])
+    assert scientist in [i.name for i in gallery.identities()]
+    assert gallery.remove("Ada\u00a0 Lovelace") == 1 + len(same)  # found by any of them
 
 
 def test_one_photo_belongs_to_one_person(gallery) -> None:
@@ -635,15 +674,41 @@ def test_names_stored_before_normalisation_are_still_found(gallery) -> None:
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("UPDATE identities SET name = ? WHERE name = 'bob'", ("Jose\u0301",))
     conn.execute("UPDATE identities SET name = ? WHERE name = 'carol'", ("Ada ",))
+    conn.execute("UPDATE identities SET name = ? WHERE name = 'alice'", ("Grace\u00a0 Hopper",))
     conn.close()
     with Gallery.open(path, MODEL, writable=True) as g:
         assert g.enroll([Enrollment("Jos\u00e9", axis(5), "j2")]) == 1  # the same person
+        assert g.enroll([Enrollment("Grace Hopper", axis(6), "g3")]) == 1  # and so is she
+        assert g.knows("Grace Hopper") and not g.knows("Grace")
         assert len(g.identities()) == 3
         assert g.sources()["b1"] == {"Jos\u00e9"}
         g.set_threshold("Ada", 0.5)
         g.rename("Ada", "Ada Lovelace")
+        g.rename("Grace Hopper", "Grace Hopper")  # spelt as she is found now
         assert g.remove("Jos\u00e9") == 2
-        assert [i.name for i in g.identities()] == ["Ada Lovelace", "alice"]
+        assert [(i.name, i.embeddings) for i in g.identities()] == [
+            ("Ada Lovelace", 1),
+            ("Grace Hopper", 3),
+        ]
+
+
+def test_lookalikes_enrolled_before_they_were_refused_are_each_found(gallery, capsys) -> None:
+    """A gallery from before: 'Ada Lovelace' and 'Ada\\xa0Lovelace' as two people. Each is
+    found by its own spelling, `gallery list` shows how they differ, and they keep two
+    topics (person_key)."""
+    path = gallery.path
+    gallery.close()
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("UPDATE identities SET name = 'Ada Lovelace' WHERE name = 'bob'")
+    conn.execute("UPDATE identities SET name = ? WHERE name = 'carol'", ("Ada\u00a0Lovelace",))
+    conn.close()
+    code, _, err = gallery_cli(path, capsys, "list")
+    assert code == 0 and "'Ada Lovelace' and 'Ada\\xa0Lovelace' look alike" in err
+    assert person_key("Ada Lovelace") != person_key("Ada\u00a0Lovelace")
+    with Gallery.open(path, MODEL, writable=True) as g:
+        assert g.match(axis(2)[None])[0].identity == "Ada\u00a0Lovelace"
+        assert g.remove("Ada\u00a0Lovelace") == 1
+        assert [i.name for i in g.identities()] == ["Ada Lovelace", "alice"]  # not the other
 
 
 def test_twins_enrolled_before_case_was_checked_are_pointed_out(gallery, capsys) -> None:
@@ -656,7 +721,8 @@ def test_twins_enrolled_before_case_was_checked_are_pointed_out(gallery, capsys)
     conn.close()
     code, out, err = gallery_cli(path, capsys, "list")
     assert code == 0 and "bob" in out and "Bob" in out
-    assert "'Bob' and 'bob' differ in case only but are 2 people here" in err
+    assert "'Bob' and 'bob' look alike (they differ in case, " in err
+    assert "but are 2 people here: `gallery remove` all but one" in err
     with Gallery.open(path, MODEL, writable=True) as g:
         assert g.enroll([Enrollment("Bob", axis(6), "B2")]) == 1  # each twin still takes photos
 

@@ -94,13 +94,16 @@ def test_enroll_identify_and_the_gallery_commands(cli, images, tmp_path) -> None
     code, out, err = cli("enroll", "--name", "obama", str(images["obama"]), str(images["obama2"]))
     assert code == 0, err
     assert "enrolled 2 new face(s) of 1 person(s)" in out
+    assert out.splitlines()[0].endswith(": obama (new person)")
     assert stat.S_IMODE(cli.gallery.stat().st_mode) == 0o600
     code, out, err = cli("enroll", "--name", "biden", str(images["biden"]), str(images["two"]))
     assert code == 1 and "--largest" in err
     code, out, _ = cli("enroll", "--name", "biden", "--largest", str(images["biden"]))
     assert code == 0
-    code, out, _ = cli("enroll", "--name", "obama", str(images["obama"]))
-    assert code == 0 and "1 not added: already enrolled" in out
+    # a name as pasted from a web page (a no-break space, a zero-width space) is the person
+    # enrolled, and the summary says no one is new
+    code, out, _ = cli("enroll", "--name", "\u200bobama\u00a0", str(images["obama"]))
+    assert code == 0 and "1 not added: already enrolled" in out and "new person" not in out
 
     annotated = tmp_path / "annotated"
     code, out, _ = cli("identify", "--json", "--annotate", str(annotated), str(images["obama"]), str(images["two"]))  # fmt: skip
