@@ -50,7 +50,9 @@ MAX_THRESHOLD = 4.0  # squared L2 between unit vectors: the largest distance the
 UNIT_TOLERANCE = 1e-3  # how far an embedding's L2 norm may be from 1 (float32 rounding)
 DEFAULT_LOCK_TIMEOUT_S = 5.0
 MAX_NAME_CHARS = 100
-RESERVED_NAMES = ("unknown",)  # what identify, events and metrics call a face nobody matches
+# what the outputs say themselves: identify, events and metrics for a face nobody matches,
+# metrics for everyone when identities are hidden, Home Assistant's people sensor for no one
+RESERVED_NAMES = ("unknown", "known", "nobody")
 # refused inside a name: bidi embeddings, overrides and isolates reorder what follows them on
 # a terminal, line and paragraph separators break a line, BOM and zero-width space are unseen
 HIDING = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
@@ -143,8 +145,8 @@ def clean_name(name: str) -> str:
         raise GalleryError(f"name {text[:20]!r}...: longer than {MAX_NAME_CHARS} characters")
     if twin_key(text) in RESERVED_NAMES:
         raise GalleryError(
-            f"name {text!r} is reserved: facewatch calls the faces it does not know "
-            f"{twin_key(text)!r}"
+            f"name {text!r} is reserved: facewatch's outputs say {twin_key(text)!r} themselves "
+            f"(reserved: {', '.join(RESERVED_NAMES)})"
         )
     return text
 

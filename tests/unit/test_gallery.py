@@ -301,6 +301,8 @@ def test_names_are_normalised_and_checked(gallery) -> None:
         ("\x1b[31mred", "control characters"),
         ("   ", "non-empty name"),
         ("Unknown", "reserved"),
+        ("Nobody", "reserved: facewatch's outputs say 'nobody' themselves"),  # an empty view
+        (" known", "reserved"),  # everyone, in metrics with identities hidden
         ("x" * 101, "longer than 100"),
     ]:
         with pytest.raises(GalleryError, match=reason):
