@@ -31,10 +31,13 @@ from daemon.recognition import (
     face_at,
 )
 from daemon.recognition_cli import Models, add_model_options, is_hidden, load_models, photo_files
+from daemon.stream_probe import peer_text
 from engines import EngineError
 from engines.base import brief, file_sha256, finite_number
 from engines.facenet import FaceNet, starting_threshold
-from engines.images import ImageError, read_image
+from engines.images import ImageError, read_image, shown
+
+PATH_CHARS = 4096  # a path is shown whole (Linux's longest), only its control characters hidden
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -113,7 +116,7 @@ def _enroll_jobs(args: argparse.Namespace) -> list[tuple[str, Path]]:
         if not people:
             raise ValueError(f"{args.dir}: no sub-folders (one per person expected)")
         for loose in (p for p in entries if not p.is_dir()):
-            print(f"skipped {loose}: not in a person's folder", file=sys.stderr)
+            print(f"skipped {_shown(loose)}: not in a person's folder", file=sys.stderr)
         return [(_name(p.name, p), image) for p in people for image in photo_files(p)]
     if not args.name:
         raise ValueError("give --name NAME with IMAGE arguments, or --dir DIR")
@@ -135,7 +138,13 @@ def _name(name: str, folder: Path | None) -> str:
     try:
         return clean_name(name)
     except GalleryError as exc:
-        raise ValueError(f"{folder}: {exc}" if folder else f"--name: {exc}") from None
+        raise ValueError(f"{_shown(folder)}: {exc}" if folder else f"--name: {exc}") from None
+
+
+def _shown(path: Path | str) -> str:
+    """A path from the disk, or a message naming one, fit for the terminal: a folder named
+    with an escape sequence (one that clears the screen) is shown with '?', not obeyed."""
+    return peer_text(shown(path), PATH_CHARS)
 
 
 # A face archive image shows a face the daemon found in the whole frame, where its visit.json
@@ -241,7 +250,7 @@ def run_enroll(args: argparse.Namespace) -> int:
             accepted.append((name, path, _check_photo(holders, name, path)))
             crops.append(crop)
         except (Rejected, ImageError, ValueError, OSError) as exc:
-            reason = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
+            reason = _shown(str(exc) if str(path) in str(exc) else f"{path}: {exc}")
             rejected.append(reason)
             tqdm.write(f"rejected: {reason}", file=sys.stderr)
     if rejected and not args.skip_bad:

@@ -177,6 +177,11 @@ def test_enroll_folders_names_and_one_photo_one_person(cli, images, shared_data,
     (people / "unknown").mkdir()
     code, _, err = cli("enroll", "--dir", str(people))
     assert code == 2 and f"{people / 'unknown'}: name 'unknown' is reserved" in err
+    # a folder named with an escape sequence (this one clears the screen) is shown, not obeyed
+    (people / "unknown").rename(people / "Ada\x1b[2J")
+    code, _, err = cli("enroll", "--dir", str(people))
+    assert code == 2 and f"{people}/Ada?[2J: name 'Ada\\x1b[2J': control" in err
+    assert "\x1b" not in err
     assert cli("enroll", "--name", "x", str(images["biden"]), "--min-face-px", "-5")[0] == 2
     # a face cut off by the photo's edge makes a poor reference
     code, _, err = cli("enroll", "--name", "Obama", str(shared_data / "images" / "obama_partial_face.jpg"))  # fmt: skip
