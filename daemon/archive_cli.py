@@ -15,7 +15,7 @@ from typing import Any
 from daemon.archive_files import VISIT_FILE, archive_level, is_visit_folder, read_visit
 from daemon.config import DEFAULT_CONFIG, SERVICE_CONFIG, ConfigError, running_config
 from daemon.config_file import load_config
-from daemon.gallery import lookup_name
+from daemon.gallery import twin_key
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -53,7 +53,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     who.add_argument(
         "--name",
-        help="only visits an event of which named this person (kept with archive.which: all only)",
+        help="only visits an event of which named this person, in any case (kept with "
+        "archive.which: all only)",
     )
     listing.add_argument(
         "--json", action="store_true", help="one JSON object per visit: its visit.json and folder"
@@ -111,7 +112,9 @@ def _wanted(about: dict[str, Any], args: argparse.Namespace) -> bool:
         return False
     if args.unknown and _names(about):
         return False
-    return args.name is None or lookup_name(args.name) in map(lookup_name, _names(about))
+    # the gallery refuses names that differ in case or unseen characters only (twin_key):
+    # `--name ada` can only mean Ada
+    return args.name is None or twin_key(args.name) in map(twin_key, _names(about))
 
 
 def _line(folder: Path, about: dict[str, Any]) -> str:
