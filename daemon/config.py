@@ -201,18 +201,27 @@ class DetectionOverrides(Section):
 
 
 def _a_name(name: str) -> str:
-    if re.fullmatch(r"[A-Za-z0-9_-]{1,64}", name) is None:
+    """A camera name or node_id: it goes into MQTT topics, metric labels, folder names and
+    command lines (a name starting with '-' reads as an option there)."""
+    if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}", name) is None:
         raise ValueError(
-            "letters, digits, '_' and '-' only, 1 to 64 of them (it goes into MQTT topics and "
-            "metric labels)"
+            "letters, digits, '_' and '-' only, starting with a letter or digit, 1 to 64 of "
+            "them (it goes into MQTT topics and metric labels)"
         )
     return name
 
 
+def _camera_key(name: str) -> str:
+    """What Home Assistant makes of a camera name in its entity ids (``front-door`` and
+    ``Front_Door`` are both ``front_door``), and a case-insensitive disk of its folder."""
+    return name.lower().replace("-", "_")
+
+
 class CameraConfig(Section):
     name: str = Field(
-        description="camera name: letters, digits, _ and - (1 to 64); used in topics, metrics, "
-        "logs and folder names",
+        description="camera name: letters, digits, _ and - (1 to 64), starting with a letter or "
+        "digit, told apart from the others by more than case or - against _; used in topics, "
+        "metrics, logs, folder names and Home Assistant's entity ids",
     )
     _name = field_validator("name")(_a_name)
     url: str = Field(description="rtsp://... URL, a video file, or a V4L2 device (/dev/videoN)")
@@ -547,7 +556,8 @@ class LoggingConfig(Section):
 class Config(Section):
     node_id: str = _field(
         "facewatch",
-        "this daemon's name in topics and metrics: letters, digits, _ and - (1 to 64)",
+        "this daemon's name in topics and metrics: letters, digits, _ and - (1 to 64), "
+        "starting with a letter or digit",
     )
     _node = field_validator("node_id")(_a_name)
     cameras: Annotated[list[CameraConfig], Field(min_length=1)] = Field(
@@ -602,6 +612,16 @@ class Config(Section):
         twice = sorted({n for n in names if names.count(n) > 1})
         if twice:
             raise ValueError(f"camera names must be unique; repeated: {', '.join(twice)}")
+        by_key: dict[str, list[int]] = {}
+        for k, name in enumerate(names):
+            by_key.setdefault(_camera_key(name), []).append(k)
+        for same in (ks for ks in by_key.values() if len(ks) > 1):
+            both = " and ".join(f"cameras[{k}] ({names[k]})" for k in same)
+            raise ValueError(
+                f"{both}: names that differ only in case or in '-' against '_' are one name to "
+                f"Home Assistant (binary_sensor.{_camera_key(names[same[0]])}_face for each) and "
+                "to a case-insensitive disk: rename one"
+            )
         if not any(c.enabled for c in cameras):
             raise ValueError("every camera is disabled (enabled: false): enable at least one")
         return cameras

@@ -33,6 +33,21 @@ def test_defaults_fill_everything_but_the_cameras() -> None:
         ({"cameras": [CAMERA, {"name": "yard", "url": "x", "fps": -1}]}, "cameras[1] (yard).fps"),
         ({"cameras": [CAMERA, CAMERA]}, "repeated: door"),
         (
+            {"cameras": [CAMERA, {"name": "Door", "url": "x"}]},
+            "cameras: cameras[0] (door) and cameras[1] (Door): names that differ only in case",
+        ),
+        (
+            {"cameras": [{"name": "front_door", "url": "x"}, {"name": "front-door", "url": "y"}]},
+            "cameras[0] (front_door) and cameras[1] (front-door): names that differ only in case "
+            "or in '-' against '_' are one name to Home Assistant "
+            "(binary_sensor.front_door_face for each)",
+        ),
+        ({"cameras": [{"name": "--help", "url": "x"}]}, "starting with a letter or digit"),
+        (
+            {"cameras": [CAMERA], "node_id": "_"},
+            "node_id: letters, digits, '_' and '-' only, starting",
+        ),
+        (
             {"cameras": [{"name": "bad name!", "url": "x"}]},
             "cameras[0] (bad name!).name: letters, digits",
         ),
