@@ -15,7 +15,7 @@ from typing import Any
 from daemon.archive_files import VISIT_FILE, archive_level, is_visit_folder, read_visit
 from daemon.config import DEFAULT_CONFIG, SERVICE_CONFIG, ConfigError, running_config
 from daemon.config_file import load_config
-from daemon.gallery import twin_key
+from daemon.gallery_names import twin_key
 
 
 def register(commands: argparse._SubParsersAction) -> None:

@@ -22,7 +22,8 @@ from tqdm import tqdm
 from daemon import gallery_cli
 from daemon.archive_files import VISIT_FILE, archive_level, read_visit
 from daemon.detect_cli import progress_wanted
-from daemon.gallery import Enrollment, Gallery, GalleryError, clean_name, shown_threshold
+from daemon.gallery import Enrollment, Gallery, GalleryError, shown_threshold
+from daemon.gallery_names import clean_name
 from daemon.recognition import (
     DEFAULT_MIN_FACE_PX,
     DEFAULT_MIN_SHARPNESS,

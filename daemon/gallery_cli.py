@@ -20,7 +20,8 @@ from typing import Any
 from daemon import gallery_export
 from daemon.config import Config, ConfigError, RecognitionConfig
 from daemon.config_file import load_config
-from daemon.gallery import Gallery, GalleryError, check_threshold, shown_threshold, twin_key
+from daemon.gallery import Gallery, GalleryError, check_threshold, shown_threshold
+from daemon.gallery_names import twin_key
 from daemon.recognition import DEFAULT_TARGET_FAR, calibrate
 
 logger = logging.getLogger(__name__)
