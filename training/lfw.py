@@ -7,8 +7,10 @@ FaceNet project's ``lfw.evaluate``. Folds are consecutive blocks of pairs in fil
 - accuracy: for each fold, the threshold (grid 0, 0.01, ..., 3.99) with the best accuracy
   on the *other* folds is applied to this fold; mean ± std over folds.
 - VAL@FAR: for each fold, the threshold at which the other folds' false accept rate
-  equals the target (linear interpolation of FAR over the 0.001 grid) is applied to this
-  fold; VAL and FAR are means over folds.
+  reaches the target is applied to this fold; VAL and FAR are means over folds. FAR is a
+  step function of the threshold (0.001 grid); as the original's ``calculate_val``, the
+  threshold is interpolated between the *last* grid point still below the target and the
+  first at or above it, so it sits just below the next false accept.
 - ROC (TPR, FPR averaged over folds at each threshold), AUC (trapezoids), EER (where
   FPR = 1 - TPR, interpolated), best threshold (best accuracy on all pairs).
 """
@@ -237,11 +239,17 @@ def _rates(dist: np.ndarray, same: np.ndarray, threshold: float) -> tuple[float,
 def _far_threshold(
     dist: np.ndarray, same: np.ndarray, far_target: float, grid: np.ndarray
 ) -> float:
+    """The threshold where the false accept rate of ``dist < threshold`` reaches
+    ``far_target``, 0 when it never does (both as the original's ``calculate_val``).
+
+    FAR over the grid is non-decreasing with long runs of one value; interpolating over the
+    raw arrays spans the last threshold of a run to the first of the next, as the original's
+    scipy ``interp1d(kind='slinear')`` did. Keeping the first threshold of each run instead
+    put the threshold low (VAL some points lower, and with few pairs near threshold 0)."""
     fars = np.array([_rates(dist, same, t)[1] for t in grid])
     if fars.max() < far_target:
         return 0.0
-    unique_far, first = np.unique(fars, return_index=True)
-    return float(np.interp(far_target, unique_far, grid[first]))
+    return float(np.interp(far_target, fars, grid))
 
 
 @dataclass(frozen=True)

@@ -46,13 +46,30 @@ def test_accuracy_uses_the_threshold_chosen_on_the_other_folds() -> None:
 
 
 def test_val_at_far_interpolates_the_training_folds_far() -> None:
-    # Test fold 1: fold 2's FAR is 0.5 at every threshold -> threshold 0.5 ->
-    #   VAL 1/2 (0.2 < 0.5, 1.0 not), FAR 0.
+    # The threshold is the last one at which the other folds' FAR is still at most the target
+    # (the original's calculate_val: scipy's slinear interp1d over the raw FAR array).
+    # Test fold 1: fold 2's FAR is 0.5 at every threshold -> the last, 2.5 ->
+    #   VAL 1 (0.2 and 1.0 < 2.5), FAR 1/2 (2.0 < 2.5, 3.0 not).
     # Test fold 2: fold 1's FAR is 0, 0, 0.5 -> threshold 2.5 -> VAL 1, FAR 1/2.
     result = _result()
-    assert result.val_mean == pytest.approx(0.75)
-    assert result.val_std == pytest.approx(0.25)
-    assert result.far_mean == pytest.approx(0.25)
+    assert result.val_mean == pytest.approx(1.0)
+    assert result.val_std == pytest.approx(0.0)
+    assert result.far_mean == pytest.approx(0.5)
+    assert result.far_threshold == pytest.approx(2.5)
+
+
+def test_the_far_threshold_sits_just_below_the_first_false_accept() -> None:
+    """With 2 different pairs a fold, FAR=1e-3 lies between FAR 0 and the first false accept
+    (1/2): the threshold lies between the last grid point below the other fold's smallest
+    different-pair distance (1.5004) and the first above it, 1.5 + 1e-3 / 0.5 * 0.001, so
+    both same pairs (0.6, 0.9) pass and no different pair does. Interpolating from the first
+    threshold of each FAR level put it at 0.003 (1e-3 / 0.5 of the way from 0 to 1.501),
+    where no same pair passes: VAL 0 instead of 1."""
+    dist = np.tile([0.6, 0.9, 1.5004, 3.5], 2)
+    same = np.tile([True, True, False, False], 2)
+    result = evaluate_distances(dist, same, nrof_folds=2)
+    assert result.far_threshold == pytest.approx(1.500002)
+    assert result.val_mean == 1.0 and result.far_mean == 0.0
 
 
 def test_auc_and_eer_of_a_known_curve() -> None:
