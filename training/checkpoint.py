@@ -231,6 +231,9 @@ FIXED_ON_RESUME = (
     "standardization",
 )
 # Options of this process and machine, never taken from the checkpoint.
+# Optimisers that keep the same state: a run may resume with the other, with a warning (runs
+# saved before ADAM updated as TensorFlow 1.x did trained with what is now ADAM_TORCH).
+SAME_STATE = {"ADAM_TORCH": "ADAM"}
 LOCAL_OPTIONS = frozenset({"resume", "config", "gpu", "workers", "gpu_memory_fraction", "amp"})
 SAME_NETWORK = {"models.inception_resnet_v1": "inception_resnet_v1"}  # --model-def spellings
 
@@ -255,7 +258,7 @@ def adopt_run_options(args: Any, saved: dict[str, Any], source: Path) -> set[str
             adopted.add(key)
         elif not _same(key, ours, theirs):
             flag = "--" + key.replace("_", "-")
-            if key in FIXED_ON_RESUME:
+            if key in FIXED_ON_RESUME and not _same_state(key, ours, theirs):
                 refused.append(f"{flag} {ours} (the run has {theirs})")
             else:
                 logger.warning("resuming with %s %s; the run had %s", flag, ours, theirs)
@@ -265,6 +268,11 @@ def adopt_run_options(args: Any, saved: dict[str, Any], source: Path) -> set[str
             "drop them to continue it, or start a new run (--run-name)"
         )
     return adopted
+
+
+def _same_state(key: str, ours: Any, theirs: Any) -> bool:
+    """Whether two optimisers keep the same state (SAME_STATE)."""
+    return key == "optimizer" and SAME_STATE.get(ours, ours) == SAME_STATE.get(theirs, theirs)
 
 
 def _same(key: str, ours: Any, theirs: Any) -> bool:

@@ -20,7 +20,8 @@ from training.choices import MIN_INPUT_SIZE, MODEL_DEF_NAMES, RULES, STANDARDIZA
 
 logger = logging.getLogger(__name__)
 
-OPTIMIZERS = ("ADAGRAD", "ADADELTA", "ADAM", "RMSPROP", "MOM")
+# the original's five, updating as TensorFlow 1.x did, and torch's own Adam (the recipes')
+OPTIMIZERS = ("ADAGRAD", "ADADELTA", "ADAM", "RMSPROP", "MOM", "ADAM_TORCH")
 LOSSES = ("triplet", "center", "distill")
 
 
@@ -128,7 +129,16 @@ ORIGINAL_OPTIONS: tuple[tuple[str, dict[str, Any]], ...] = (
     ),
     (
         "optimizer",
-        {"type": str.upper, "default": "ADAGRAD", "choices": OPTIMIZERS, "help": "optimiser"},
+        {
+            "type": str.upper,
+            "default": "ADAGRAD",
+            "choices": OPTIMIZERS,
+            "help": "optimiser, with the original's settings, updating as its TensorFlow 1.x "
+            "did (ADAM adds its epsilon 0.1 before the bias correction: its first ~1000 steps "
+            "are smaller than torch's; RMSPROP's mean square starts at ones, epsilon 1.0 "
+            "inside the root). ADAM_TORCH: torch.optim.Adam with the same settings (epsilon "
+            "after the correction), which facewatch's distillation recipes were tuned with",
+        },
     ),
     (
         "learning_rate",

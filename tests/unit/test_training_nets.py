@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import importlib
 import importlib.util
 import sys
@@ -150,8 +151,6 @@ def test_the_gpu_settings_train_as_the_defaults_do() -> None:
     layout gives the plain network's loss and gradients (in float64: in float32 the two
     summation orders differ by up to 5 % in the first layers' gradients, at batch 6), and
     the fused ADAM takes the plain ADAM's steps (three steps: the same losses)."""
-    import copy
-
     import torch.nn.functional as F
 
     from training.train import make_optimizer
@@ -194,6 +193,57 @@ def test_the_gpu_settings_train_as_the_defaults_do() -> None:
         runs.append(losses)
     assert np.allclose(runs[0], runs[1], atol=1e-5), runs
     assert runs[0][2] < runs[0][0]
+
+
+def _tf1_steps(name: str, w: np.ndarray, grads: list[np.ndarray], lr: float) -> np.ndarray:
+    """TensorFlow 1.x's update rules (training_ops), as the original's facenet.train set them
+    up: AdamOptimizer(lr, 0.9, 0.999, 0.1), RMSPropOptimizer(lr, decay=0.9, momentum=0.9,
+    epsilon=1.0), whose mean square starts at ones."""
+    w, m, v = w.copy(), np.zeros_like(w), np.zeros_like(w)
+    ms = np.ones_like(w)
+    for t, g in enumerate(grads, 1):
+        if name == "ADAM":
+            m, v = 0.9 * m + 0.1 * g, 0.999 * v + 0.001 * g * g
+            w -= lr * np.sqrt(1 - 0.999**t) / (1 - 0.9**t) * m / (np.sqrt(v) + 0.1)
+        else:
+            ms = 0.9 * ms + 0.1 * g * g
+            m = 0.9 * m + lr * g / np.sqrt(ms + 1.0)
+            w -= m
+    return w
+
+
+def _torch_steps(
+    optimizer: torch.optim.Optimizer, w: torch.Tensor, grads: list[np.ndarray]
+) -> None:
+    for g in grads:
+        optimizer.zero_grad()
+        w.grad = torch.from_numpy(g.copy())
+        optimizer.step()
+
+
+@pytest.mark.parametrize(("name", "fused"), [("ADAM", False), ("ADAM", True), ("RMSPROP", False)])
+def test_adam_and_rmsprop_step_as_tensorflow_1_did(name: str, fused: bool) -> None:
+    """The same gradients give TF 1.x's weights, also across a resume from the optimizer's
+    state (ADAM's epsilon depends on the steps taken). Before, torch's Adam added epsilon
+    after the bias correction (its first step 29 times TF's with epsilon 0.1) and torch's
+    RMSprop started at zeros with epsilon outside the root (15-30 % apart here)."""
+    from training.train import make_optimizer
+
+    rng = np.random.default_rng(0)
+    w0 = rng.normal(size=(8, 16))
+    grads = [rng.normal(scale=0.3, size=w0.shape) for _ in range(20)]
+    expected = _tf1_steps(name, w0, grads, 0.01)
+
+    net = torch.nn.Linear(16, 8, bias=False).double()
+    with torch.no_grad():
+        net.weight.copy_(torch.from_numpy(w0))
+    first = make_optimizer(name, net, 0.01, 0.0, fused=fused)
+    _torch_steps(first, net.weight, grads[:10])
+    saved = copy.deepcopy(first.state_dict())
+    resumed = make_optimizer(name, net, 0.01, 0.0, fused=fused)
+    resumed.load_state_dict(saved)
+    _torch_steps(resumed, net.weight, grads[10:])
+    np.testing.assert_allclose(net.weight.detach().numpy(), expected, rtol=1e-9, atol=1e-12)
 
 
 def _whole_module(path: Path) -> None:

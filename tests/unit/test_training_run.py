@@ -67,6 +67,26 @@ def build():
             run.writer.close()
 
 
+def test_a_run_saved_with_adam_resumes_with_the_recipes_adam_torch(caplog) -> None:
+    """The recipes now name torch's Adam ADAM_TORCH, which runs saved before trained with
+    as ADAM: the same optimiser state, so their --resume goes on, with a warning (it was
+    refused: the optimizer is kept for life). Another optimiser is still refused."""
+    from training.checkpoint import adopt_run_options
+    from training.train_options import options_dict
+
+    saved = options_dict(_args("--data-dir", "d", "--optimizer", "ADAM"))
+    again = _args("--data-dir", "d", "--optimizer", "ADAM_TORCH", "--resume", "x")
+    with caplog.at_level(logging.WARNING):
+        adopt_run_options(again, saved, Path("x/latest.pt"))
+    assert again.optimizer == "ADAM_TORCH"
+    assert [r.getMessage() for r in caplog.records] == [
+        "resuming with --optimizer ADAM_TORCH; the run had ADAM"
+    ]
+    other = _args("--data-dir", "d", "--optimizer", "RMSPROP", "--resume", "x")
+    with pytest.raises(OptionError, match=r"--optimizer RMSPROP \(the run has ADAM\)"):
+        adopt_run_options(other, saved, Path("x/latest.pt"))
+
+
 @needs_celeba
 def test_a_loss_that_needs_two_identities_is_refused_before_training(
     tmp_path: Path, capsys
