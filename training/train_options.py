@@ -304,7 +304,9 @@ FACEWATCH_OPTIONS: tuple[tuple[str, dict[str, Any]], ...] = (
         {
             "default": "fixed",
             "choices": STANDARDIZATIONS,
-            "help": "fixed: (x-127.5)/128; prewhiten: per-image mean/std",
+            "help": "the network's input: fixed: (x-127.5)/128, as facenet-pytorch's published "
+            "weights were trained (not the original's); prewhiten: per-image mean/std, as the "
+            "original train_tripletloss.py always does",
         },
     ),
     (

@@ -92,6 +92,18 @@ def test_help_shows_the_defaults(command: str, expected: list[str], capsys) -> N
     assert "(default: None)" not in text and "(default: )" not in text
 
 
+def test_help_says_where_triplet_differs_from_the_original(capsys) -> None:
+    """A user porting a train_tripletloss.py command line learns from --help which defaults
+    and choices are not the original's (the help said only "prewhiten: per-image mean/std")."""
+    text = _help("triplet", capsys).replace("facenet- pytorch", "facenet-pytorch")  # wrapped
+    assert (
+        "fixed: (x-127.5)/128, as facenet-pytorch's published weights were trained (not the "
+        "original's); prewhiten: per-image mean/std, as the original train_tripletloss.py "
+        "always does (default: fixed)"
+    ) in text
+    assert "updating as its TensorFlow 1.x did" in text and "ADAM_TORCH: torch.optim.Adam" in text
+
+
 def test_on_off_flags_say_on_or_off_under_python_3_10() -> None:
     import argparse
 
