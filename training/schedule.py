@@ -14,8 +14,9 @@ logger = logging.getLogger(__name__)
 
 
 def read_schedule(path: Path, epoch: int) -> float | None:
-    """Learning rate for ``epoch`` (0-based) from 'epoch: rate' lines; None means stop: a rate
-    of '-' or, as in the original project's schedule files (``276: -1``), one <= 0."""
+    """Learning rate for ``epoch`` (as the file counts them: ``schedule_epoch``) from
+    'epoch: rate' lines; None means stop: a rate of '-' or, as in the original project's
+    schedule files (``276: -1``), one <= 0."""
     rate: float | None = None
     seen = False
     try:
@@ -45,6 +46,13 @@ def read_schedule(path: Path, epoch: int) -> float | None:
     return rate
 
 
+def schedule_epoch(args: argparse.Namespace, epoch: int) -> int:
+    """The 0-based ``epoch`` as a schedule file counts it: from 0 as train_tripletloss.py
+    (triplet; distill too), from 1 with --loss center, as the original's center-loss trainer
+    train_softmax.py (its classifier schedules' ``100: 0.005`` is the 100th epoch's rate)."""
+    return epoch + 1 if getattr(args, "loss", "triplet") == "center" else epoch
+
+
 def learning_rate(
     args: argparse.Namespace, epoch: int, step: int, elapsed_s: float = 0.0
 ) -> float | None:
@@ -55,7 +63,7 @@ def learning_rate(
     base = (
         args.learning_rate
         if args.learning_rate > 0
-        else read_schedule(args.learning_rate_schedule_file, epoch)
+        else read_schedule(args.learning_rate_schedule_file, schedule_epoch(args, epoch))
     )
     if base is None:
         return None

@@ -44,6 +44,7 @@ from training.run_checks import (
     check_resume,
     resumed_paths,
 )
+from training.schedule import schedule_epoch
 from training.tf_optimizers import TfAdam, TfRMSProp
 from training.train_loops import EPOCHS, FeaturesHead, Run, StepHook
 from training.train_options import OptionError, check_options, given_as, options_dict
@@ -417,7 +418,11 @@ def _epochs(run: Run) -> None:
         ) as bar:
             epoch_fn(run, bar)
         if run.stop:
-            logger.info("learning rate schedule says stop at epoch %d", run.epoch)
+            logger.info(
+                "learning rate schedule says stop at epoch %d (%s)",
+                schedule_epoch(args, run.epoch),
+                args.learning_rate_schedule_file,
+            )
             break
         run.epoch += 1
         _log_epoch(run, time.monotonic() - epoch_started)

@@ -170,7 +170,9 @@ ORIGINAL_OPTIONS: tuple[tuple[str, dict[str, Any]], ...] = (
         {
             "type": Path,
             "default": Path("data/learning_rate_schedule.txt"),
-            "help": "'epoch: learning_rate' lines (used when --learning-rate is negative; '-' stops)",
+            "help": "'epoch: learning_rate' lines (used when --learning-rate is negative; '-' "
+            "stops); epochs count from 0 as in train_tripletloss.py, from 1 with --loss center "
+            "as in the original's train_softmax.py",
         },
     ),
     ("lfw_pairs", {"type": Path, "default": Path("data/pairs.txt"), "help": "LFW pairs file"}),

@@ -184,6 +184,21 @@ def test_schedule_file_and_decay(tmp_path) -> None:
     )
 
 
+def test_center_loss_reads_the_schedule_from_epoch_1_as_train_softmax(tmp_path) -> None:
+    """The original's center-loss trainer (train_softmax.py) numbers its epochs from 1: with
+    its classifier schedule the 100th epoch trains at 0.005 and the 275th is the last
+    (facewatch switched at the 101st and stopped after the 276th). Triplet keeps
+    train_tripletloss.py's count from 0: the 101st epoch switches."""
+    original = tmp_path / "learning_rate_schedule_classifier_vggface2.txt"
+    original.write_text("0: 0.05\n100: 0.005\n276: -1\n")
+    flags = ("--learning-rate", "-1", "--learning-rate-schedule-file", str(original))
+    center = _args(*flags, "--loss", "center")
+    # run epochs are 0-based: 98 is the 99th epoch
+    assert [learning_rate(center, e, 0) for e in (98, 99, 274, 275)] == [0.05, 0.005, 0.005, None]
+    triplet = _args(*flags)
+    assert [learning_rate(triplet, e, 0) for e in (99, 100, 275, 276)] == [0.05, 0.005, 0.005, None]
+
+
 def test_cosine_time_anneal_follows_the_time_limit_not_the_epochs() -> None:
     args = _args("--learning-rate", "0.002", "--lr-anneal", "cosine-time", "--time-limit-min", "2")
     at = [learning_rate(args, epoch=9, step=999, elapsed_s=s) for s in (0, 30, 60, 120, 500)]
