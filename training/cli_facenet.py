@@ -50,6 +50,19 @@ def _count(least: int) -> object:
     return parse
 
 
+def _true_or_false(text: str) -> bool:
+    """An argparse type: the value of one of the original's ``type=bool`` options. Taken as
+    written (the original's bool("False") was True)."""
+    word = text.strip().lower()
+    if word in ("true", "1", "yes"):
+        return True
+    if word in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(
+        f"{text!r} is not True or False (--detect-multiple-faces is the flag without a value)"
+    )
+
+
 def _add_align(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser(
         "align",
@@ -81,10 +94,20 @@ def _add_align(commands: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--detect-multiple-faces",
-        "--detect_multiple_faces",
         dest="detect_multiple_faces",
         action="store_true",
         help="write every face, not only the main one",
+    )
+    p.add_argument(  # the original's type=bool option, which scripts give a value
+        "--detect_multiple_faces",
+        dest="detect_multiple_faces",
+        nargs="?",
+        const=True,
+        default=argparse.SUPPRESS,
+        type=_true_or_false,
+        metavar="True|False",
+        help="the original's spelling: --detect_multiple_faces True (or 1) is "
+        "--detect-multiple-faces; False (or 0) is off",
     )
     p.add_argument(
         "--alignment",

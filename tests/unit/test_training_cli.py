@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytest.importorskip("torch")
@@ -31,6 +32,69 @@ def test_align_says_its_summary_once(tmp_path: Path, capsys, caplog) -> None:
     logged = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
     said = out.splitlines() + logged
     assert sum("images: 1, aligned now: 1" in line for line in said) == 1, said
+
+
+class _Found:
+    """Detections of one image, as engines.mtcnn gives them."""
+
+    def __init__(self, boxes: list[list[float]]):
+        self.bbox_xyxy = np.array(boxes, np.float32).reshape(-1, 4)
+        self.landmarks = np.zeros((len(boxes), 5, 2), np.float32)
+
+    def __len__(self) -> int:
+        return len(self.bbox_xyxy)
+
+
+class _FakeMtcnn:
+    """Two faces in an image with any detail, none in a flat one."""
+
+    def detect(self, images: list[np.ndarray]) -> list[_Found]:
+        flat = [image.std() == 0 for image in images]
+        return [_Found([] if f else [[10, 10, 50, 50], [60, 10, 90, 40]]) for f in flat]
+
+
+def _raw_folder(root: Path) -> Path:
+    import cv2
+
+    rng = np.random.default_rng(0)
+    for name, image in [
+        ("ann/a.png", rng.integers(0, 255, (100, 100, 3), dtype=np.uint8)),
+        ("blank/b.png", np.full((100, 100, 3), 128, np.uint8)),
+    ]:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(root / name), image)
+    return root
+
+
+@pytest.mark.parametrize(
+    ("given", "multiple"),
+    [
+        (["--detect_multiple_faces", "True"], True),  # the original's form (type=bool)
+        (["--detect_multiple_faces", "1"], True),
+        (["--detect_multiple_faces", "False"], False),
+        (["--detect-multiple-faces"], True),
+        (["--detect_multiple_faces"], True),  # at the end: the flag
+        ([], False),
+    ],
+)
+def test_align_takes_the_originals_detect_multiple_faces_value(
+    tmp_path: Path, monkeypatch, capsys, given: list[str], multiple: bool
+) -> None:
+    """ "--detect_multiple_faces True" was refused ("unrecognized arguments: True")."""
+    from engines.mtcnn import MTCNN
+
+    monkeypatch.setattr(MTCNN, "load", staticmethod(lambda *a, **k: _FakeMtcnn()))
+    raw, out = _raw_folder(tmp_path / "raw"), tmp_path / "out"
+    assert cli(["align", str(raw), str(out), "--image-size", "32", *given]) == 0
+    crops = sorted(p.name for p in (out / "ann").iterdir())
+    assert crops == (["a_0.png", "a_1.png"] if multiple else ["a.png"])
+
+
+def test_align_refuses_a_value_that_is_not_true_or_false(tmp_path: Path, capsys) -> None:
+    argv = ["align", str(tmp_path), str(tmp_path / "o"), "--detect_multiple_faces", "maybe"]
+    with pytest.raises(SystemExit):
+        cli(argv)
+    assert "'maybe' is not True or False" in capsys.readouterr().err
 
 
 def _not_checkpoints(tmp_path: Path) -> list[Path]:
