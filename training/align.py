@@ -7,7 +7,8 @@ with ``--margin`` pixels around the box (or ``--alignment similarity``: 5-point 
 ``--image-size``; write PNGs under ``output_dir/<identity>/`` and one line per crop to
 the bounding-box list file (``bounding_boxes.txt``: path x0 y0 x1 y1, or the path alone
 when no face was found). Images whose output exists, or that the list file records as
-without a face, are skipped, so an interrupted run resumes where it stopped.
+without a face, are skipped, so an interrupted run resumes where it stopped; its summary
+lists the latter again, as found by an earlier run.
 """
 
 from __future__ import annotations
@@ -45,15 +46,23 @@ class AlignSummary:
     images: int = 0
     aligned: int = 0  # images with at least one face written this run
     skipped: int = 0  # done in an earlier run
-    without_face: list[Path] = field(default_factory=list)
+    without_face: list[Path] = field(default_factory=list)  # this run
+    # among the skipped: images an earlier run found no face in (its path-only lines in
+    # bounding_boxes.txt)
+    without_face_before: list[Path] = field(default_factory=list)
     unreadable: list[tuple[Path, str]] = field(default_factory=list)
 
     def text(self) -> str:
+        earlier = len(self.without_face_before)
         lines = [
             f"images: {self.images}, aligned now: {self.aligned}, already done: {self.skipped}, "
-            f"without a face: {len(self.without_face)}, unreadable: {len(self.unreadable)}"
+            f"without a face: {len(self.without_face)}"
+            + (f" (and {earlier} found by an earlier run)" if earlier else "")
+            + f", unreadable: {len(self.unreadable)}"
         ]
-        lines += [f"  no face: {p}" for p in self.without_face[:20]]
+        listed = [f"  no face: {p}" for p in self.without_face]
+        listed += [f"  no face (earlier run): {p}" for p in self.without_face_before]
+        lines += listed[:20]
         lines += [f"  unreadable: {reason}" for _, reason in self.unreadable[:20]]
         return "\n".join(lines)
 
@@ -114,9 +123,18 @@ def _outputs(out_base: Path, count: int, multiple: bool, ext: str) -> list[Path]
     return [out_base.with_name(out_base.name + ext)]
 
 
+def _no_face_line(out_base: Path, ext: str) -> str:
+    """What the list file records for an image without a face: its (single) output path."""
+    return str(out_base.with_name(out_base.name + ext))
+
+
 def _done(out_base: Path, no_face: set[str], ext: str) -> bool:
     first = out_base.with_name(out_base.name + ext)
-    return str(first) in no_face or first.exists() or _outputs(out_base, 1, True, ext)[0].exists()
+    return (
+        _no_face_line(out_base, ext) in no_face
+        or first.exists()
+        or _outputs(out_base, 1, True, ext)[0].exists()
+    )
 
 
 def _recorded_without_face(boxes_path: Path) -> set[str]:
@@ -280,6 +298,8 @@ def align_dataset(
         for src, out_base in tqdm(jobs, desc="aligning", unit="img"):
             if _done(out_base, no_face, opts.ext):
                 summary.skipped += 1
+                if _no_face_line(out_base, opts.ext) in no_face:
+                    summary.without_face_before.append(src)
                 continue
             try:
                 written = align_image(detector, src, out_base, opts)
@@ -288,7 +308,7 @@ def align_dataset(
                 continue
             if not written:
                 summary.without_face.append(src)
-                boxes_file.write(f"{out_base.with_name(out_base.name + opts.ext)}\n")
+                boxes_file.write(f"{_no_face_line(out_base, opts.ext)}\n")
                 continue
             summary.aligned += 1
             for path, box in written:

@@ -97,6 +97,30 @@ def test_align_refuses_a_value_that_is_not_true_or_false(tmp_path: Path, capsys)
     assert "'maybe' is not True or False" in capsys.readouterr().err
 
 
+def test_a_resumed_align_lists_the_images_an_earlier_run_found_no_face_in(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """The list file's path-only lines say which; the summary said "without a face: 0"."""
+    from engines.mtcnn import MTCNN
+
+    monkeypatch.setattr(MTCNN, "load", staticmethod(lambda *a, **k: _FakeMtcnn()))
+    raw, out = _raw_folder(tmp_path / "raw"), tmp_path / "out"
+    argv = ["align", str(raw), str(out), "--image-size", "32"]
+    assert cli(argv) == 0
+    first = capsys.readouterr().out.splitlines()
+    assert first[:2] == [
+        "images: 2, aligned now: 1, already done: 0, without a face: 1, unreadable: 0",
+        f"  no face: {raw / 'blank' / 'b.png'}",
+    ]
+    assert cli(argv) == 0
+    again = capsys.readouterr().out.splitlines()
+    assert again[:2] == [
+        "images: 2, aligned now: 0, already done: 2, without a face: 0 (and 1 found by an "
+        "earlier run), unreadable: 0",
+        f"  no face (earlier run): {raw / 'blank' / 'b.png'}",
+    ]
+
+
 def _not_checkpoints(tmp_path: Path) -> list[Path]:
     import sqlite3
 
