@@ -3,8 +3,9 @@
 Per epoch: ``epoch_size`` batches (triplet: sample people x images, embed, select triplets,
 train on them; center / distill: random batches), then a checkpoint
 (``<models_base_dir>/<run>/latest.pt`` and ``epoch-NNNN.pt``) and, with ``--lfw-dir``, the
-LFW protocol on the moving-average weights. Event files go to ``<logs_base_dir>/<run>``
-when TensorBoard is installed. Under torchrun each process trains on its share (DDP).
+LFW protocol on the moving-average weights, its figures appended to
+``<logs_base_dir>/<run>/lfw_result.txt``. Event files go there too when TensorBoard is
+installed. Under torchrun each process trains on its share (DDP).
 """
 
 from __future__ import annotations
@@ -192,6 +193,7 @@ def build_run(args: argparse.Namespace, ctx: DistContext, on_step: StepHook | No
     _loss_state(run)
     if resume is not None:
         _restore(run, resume, resume_path)
+    run.log_dir = log_dir
     run.writer = _tensorboard(log_dir, ctx, run.step)
     return run
 
@@ -332,7 +334,21 @@ def _evaluate_lfw(run: Run) -> dict[str, Any] | None:
         run.writer.add_scalar("lfw/accuracy", result.accuracy_mean, run.step)
         run.writer.add_scalar("lfw/val_rate", result.val_mean, run.step)
         run.writer.add_scalar("lfw/auc", result.auc, run.step)
+    _append_lfw_result(run, result.accuracy_mean, result.val_mean)
     return {k: v for k, v in result.to_json().items() if k not in ("tpr", "fpr")}
+
+
+LFW_RESULT = "lfw_result.txt"
+
+
+def _append_lfw_result(run: Run, accuracy: float, val: float) -> None:
+    """One line per evaluation in ``<log_dir>/lfw_result.txt``, as the original's: the
+    steps trained, the mean accuracy and VAL@FAR=1e-3, tab-separated (scripts tail it)."""
+    if run.log_dir is None:
+        return
+    run.log_dir.mkdir(parents=True, exist_ok=True)
+    with open(run.log_dir / LFW_RESULT, "a") as out:
+        out.write(f"{run.step}\t{accuracy:.5f}\t{val:.5f}\n")
 
 
 def _log_epoch(run: Run, seconds: float) -> None:

@@ -74,6 +74,7 @@ class Run:
     model_dir: Path
     scaler: torch.amp.GradScaler | None = None
     writer: Any = None
+    log_dir: Path | None = None  # <logs_base_dir>/<run>: event files, lfw_result.txt
     center: CenterLoss | None = None
     teacher: Any = None
     epoch: int = 0

@@ -343,3 +343,11 @@ def test_per_epoch_lfw_takes_the_files_folds_and_refuses_one_kind_folds(
     run = build(_args(*lfw, "--lfw-pairs", str(pairs)))
     lfw_figures = train_module._evaluate_lfw(run)
     assert lfw_figures is not None and len(lfw_figures["fold_accuracies"]) == 2
+    # each evaluation appends "step<TAB>accuracy<TAB>VAL" to the run's log folder's
+    # lfw_result.txt, as the original's did (there was none)
+    run.step = 7
+    train_module._evaluate_lfw(run)
+    lines = (run.log_dir / "lfw_result.txt").read_text().splitlines()
+    accuracy, val = lfw_figures["accuracy_mean"], lfw_figures["val_mean"]
+    assert lines == [f"0\t{accuracy:.5f}\t{val:.5f}", f"7\t{accuracy:.5f}\t{val:.5f}"]
+    assert run.log_dir == tmp_path / "home" / "logs" / "facenet" / run.model_dir.name
