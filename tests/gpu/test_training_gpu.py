@@ -55,12 +55,13 @@ def test_amp_training_on_cuda(tmp_path: Path) -> None:
 
 
 def test_distillation_on_cuda_takes_the_cpus_steps(tmp_path: Path, monkeypatch) -> None:
-    """The default model's route, --loss distill with a .npz teacher, on CUDA in fp32: the
-    CUDA settings (channels-last, fused ADAM, cuDNN autotuning, the teacher's table on the
-    GPU, each loss read a step late) give the CPU's losses step by step, and report every
-    step once, in order. cuDNN's TF32 convolutions are off here: with them (PyTorch's default),
-    the first H200 run matched the first steps but drifted 0.06 by the fourth, as ADAM's early
-    steps, about lr in size whatever the gradient, turn rounding into different weights."""
+    """The default model's route, --loss distill with a .npz teacher and the recipes'
+    ADAM_TORCH, on CUDA in fp32: the CUDA settings (channels-last, fused Adam, cuDNN
+    autotuning, the teacher's table on the GPU, each loss read a step late) give the CPU's
+    losses step by step, and report every step once, in order. cuDNN's TF32 convolutions are
+    off here: with them (PyTorch's default), the first H200 run matched the first steps but
+    drifted 0.06 by the fourth, as torch's Adam's early steps, about lr in size whatever the
+    gradient, turn rounding into different weights."""
     from training.train import train
 
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
@@ -77,7 +78,7 @@ def test_distillation_on_cuda_takes_the_cpus_steps(tmp_path: Path, monkeypatch) 
                 "--gpu", gpu, "--loss", "distill", "--teacher", str(tmp_path / "teacher.npz"),
                 "--image-size", "80", "--batch-size", "12", "--epoch-size", "3",
                 "--max-nrof-epochs", "2", "--random-crop", "--random-flip", "--workers", "2",
-                "--embedding-size", "16", "--optimizer", "ADAM", "--learning-rate", "0.001"]  # fmt: skip
+                "--embedding-size", "16", "--optimizer", "ADAM_TORCH", "--learning-rate", "0.001"]  # fmt: skip
         steps: list[tuple[int, int, int, float]] = []
         train(
             build_parser().parse_args(argv),
