@@ -25,6 +25,7 @@ from engines.base import (
     ModelMetadata,
     batch_limit,
     input_limits,
+    padded_batch,
 )
 from engines.images import AreaPyramid, area_crop_sums, as_bgr8
 from engines.loader import load_engine
@@ -482,24 +483,36 @@ class MTCNN:
         frame: np.ndarray,
         size: int,
     ) -> dict[str, np.ndarray]:
-        """``engine`` on the windows of the frames, as ``_window_blob`` cuts them."""
-        return engine.infer({"image": self._window_blob(pyramids, windows, frame, size)})
+        """``engine`` on the windows of the frames, as ``_window_blob`` cuts them (the call
+        zero-padded to one of a few batch sizes: ``padded_batch``)."""
+        rows = len(windows)
+        blob = self._window_blob(pyramids, windows, frame, size, padded_batch(engine, rows))
+        return {name: value[:rows] for name, value in engine.infer({"image": blob}).items()}
 
     def _window_blob(
-        self, pyramids: list[AreaPyramid], windows: np.ndarray, frame: np.ndarray, size: int
+        self,
+        pyramids: list[AreaPyramid],
+        windows: np.ndarray,
+        frame: np.ndarray,
+        size: int,
+        rows: int | None = None,
     ) -> np.ndarray:
         """Integer windows (K, 4: x0, y0, x1, y1, end exclusive) of the frames ``frame``,
-        zero outside the image, area-resized to size x size: a normalised NCHW blob."""
-        blob = np.empty((len(windows), 3, size, size), np.float32)
+        zero outside the image, area-resized to size x size: a normalised NCHW blob of
+        ``rows`` rows (K by default; those past K are zeros)."""
+        count = len(windows)
+        blob = np.empty((count if rows is None else rows, 3, size, size), np.float32)
+        blob[count:] = 0.0
+        head = blob[:count]
         frames = np.unique(frame)
         for f in frames:
             mine = frame == f
-            part = blob if len(frames) == 1 else np.empty((mine.sum(), 3, size, size), np.float32)
+            part = head if len(frames) == 1 else np.empty((mine.sum(), 3, size, size), np.float32)
             pyramid = pyramids[f]
             sums, area = area_crop_sums(pyramid.sums, windows[mine], size, pyramid.sums16)
             self._normalise(sums, area, out=part)
-            if part is not blob:
-                blob[mine] = part
+            if part is not head:
+                head[mine] = part
         return blob
 
 

@@ -317,3 +317,37 @@ def test_search_around_faces_calls_p_net_with_bounded_batches(shared_data, monke
     assert batches and max(batches) == 4 and len(batches) > len(bx.ROI_CANVAS)
     for ours, ref in zip(chunked, whole, strict=True):
         assert_same_faces(ours, ref)
+
+
+def test_r_net_and_o_net_are_called_with_a_few_batch_sizes_and_the_same_faces_found(
+    monkeypatch,
+) -> None:
+    """One lane (engines.threads 1, or a one-core box) called R-Net and O-Net with as many
+    candidates as each frame gave: OpenVINO keeps memory for each batch size it meets (3.5
+    GB after 1000 of R-Net's). Calls are padded to a few sizes, and find what they found."""
+    from engines import mtcnn as mtcnn_module
+
+    detector = MTCNN.load(MODELS / "mtcnn", threads=1)
+    seen: dict[str, set[int]] = {"rnet": set(), "onet": set()}
+    for net in seen:
+        engine = getattr(detector, net)
+        real = engine.infer
+
+        def infer(feeds, real=real, sizes=seen[net]):  # type: ignore[no-untyped-def]
+            sizes.add(len(feeds["image"]))
+            return real(feeds)
+
+        monkeypatch.setattr(engine, "infer", infer)
+    clip = MODELS.parent / "configs" / "demo" / "hamilton_360p.mp4"
+    frames = video_frames(clip, list(range(0, 270, 6)))
+    found = [detector.detect(frames[k : k + 2]) for k in range(0, len(frames), 2)]
+    allowed = {2**k for k in range(7)} | set(range(128, 1025, 64))
+    assert seen["rnet"] <= allowed and seen["onet"] <= allowed, seen
+    assert len(seen["rnet"]) > 2, "the frames gave candidate counts of several sizes"
+    monkeypatch.setattr(mtcnn_module, "padded_batch", lambda engine, rows: rows)
+    unpadded = [detector.detect(frames[k : k + 2]) for k in range(0, len(frames), 2)]
+    for padded_batch, plain_batch in zip(found, unpadded, strict=True):
+        for padded, plain in zip(padded_batch, plain_batch, strict=True):
+            assert len(padded) == len(plain)
+            assert np.allclose(padded.bbox_xyxy, plain.bbox_xyxy, atol=0.01)
+            assert np.allclose(padded.landmarks, plain.landmarks, atol=0.01)
