@@ -246,6 +246,11 @@ class MqttPublisher:
             self._birth_pending = False  # answered by these
             for topic, payload in self._retained.items():
                 client.publish(topic, payload, qos=STATE_QOS, retain=True)
+            # a deletion (an empty payload: a person removed, a camera disabled) has been
+            # sent when it was made and now again: forgotten, or each person ever removed
+            # would be sent again at every connection
+            self._retained = {t: p for t, p in self._retained.items() if p}
+            self._announcements = {t: p for t, p in self._announcements.items() if p}
             # last: what a crash left (someone in view) is replaced before the node is online
             client.publish(self.status_topic, ONLINE, qos=1, retain=True)
             self.connected.set()

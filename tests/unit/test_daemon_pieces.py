@@ -881,3 +881,41 @@ def test_a_cameras_outage_start_follows_the_wall_clock_set_right(monkeypatch) ->
     )
     assert since is not None and real - 5 < since <= real
     reader._set_up(True)
+
+
+def test_deletions_are_sent_at_the_next_connection_then_forgotten(tmp_path) -> None:
+    """A visitor gallery: someone enrolled and removed each day. Each removal empties their
+    retained topic (and Home Assistant config); those were sent again at every connection
+    for good (2002 messages a reconnection after 1000 removals)."""
+    from types import SimpleNamespace
+
+    from daemon.config import MqttConfig
+    from daemon.mqtt import MqttPublisher
+
+    publisher = MqttPublisher(MqttConfig(port=1), "node", Spool(tmp_path / "spool", 10))
+    publisher.people_announcements = lambda names, gone: [
+        *((f"ha/{name}/config", b"{}") for name in names),
+        *((f"ha/{name}/config", b"") for name in gone),
+    ]
+    sent: list[str] = []  # the topics published
+    client = SimpleNamespace(
+        subscribe=lambda *a, **k: None, publish=lambda topic, *a, **k: sent.append(topic)
+    )
+    for day in range(30):
+        publisher.set_people({f"visitor{day}": {"cameras": []}})
+    publisher.set_camera_status("gate", True)
+
+    def connection() -> set[str]:
+        sent.clear()
+        publisher._on_connect(client, None, None, SimpleNamespace(is_failure=False), None)  # type: ignore[arg-type]
+        return set(sent)
+
+    first = connection()  # the deletions of the last connection's time, sent once more
+    assert "ha/visitor0/config" in first and publisher.person_topic("visitor0") in first
+    second = connection()
+    assert second == {
+        "ha/visitor29/config",
+        publisher.person_topic("visitor29"),
+        publisher.camera_status_topic("gate"),
+        publisher.status_topic,
+    }
