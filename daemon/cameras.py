@@ -37,6 +37,7 @@ READ_TIMEOUT_MS = 3_400  # OpenCV's FFmpeg backend tries a read 3 times: a stall
 BACKOFF_MIN_S = 0.5
 BACKOFF_MAX_S = 30.0
 REMIND_S = 600.0  # a camera that stays down is logged again this often (else at DEBUG)
+STABLE_S = 30.0  # a stream that ends sooner is the same outage: the backoff goes on growing
 REASON_CHARS = 200  # the longest reason a metric label carries
 
 
@@ -223,7 +224,7 @@ class CameraReader(threading.Thread):
                 failures += 1
                 self._backoff(failures, f"cannot open: {exc}")
                 continue
-            why = "stream ended or stalled"
+            why, opened = "stream ended or stalled", time.monotonic()
             try:
                 delivered = self._read(capture)
             except Exception as exc:  # a bug: the camera is marked down and read again
@@ -237,7 +238,10 @@ class CameraReader(threading.Thread):
                 failures = 0  # end of a file: play it again at once
                 continue
             self._set_up(False)
-            failures = 1 if delivered else failures + 1
+            if delivered and time.monotonic() - opened >= STABLE_S:
+                failures, self._said = 1, None  # a new outage: logged as one
+            else:  # (a camera that drops each connection at once, e.g. at its client limit)
+                failures += 1
             self._backoff(failures, why)
         self._set_up(False)
 
@@ -280,7 +284,6 @@ class CameraReader(threading.Thread):
 
     def _set_up(self, up: bool) -> None:
         if up:
-            self._said = None  # the next failure is a new outage
             self._clear_down()
         if up != self.up:
             self.up = up

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import http.server
+import itertools
 import json
 import os
 import re
@@ -14,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from types import SimpleNamespace
 from unittest import mock
 
 import cv2
@@ -919,3 +921,36 @@ def test_deletions_are_sent_at_the_next_connection_then_forgotten(tmp_path) -> N
         publisher.camera_status_topic("gate"),
         publisher.status_topic,
     }
+
+
+def test_a_camera_that_drops_each_connection_at_once_backs_off_and_is_logged_once(
+    monkeypatch, caplog
+) -> None:
+    """A camera at its client limit (or on flaky Wi-Fi) sends a few frames, then drops the
+    connection, again and again: each frame reset the backoff to 0.5 s and made a new
+    outage, logged anew (29 reconnects and 89 lines a minute). A stream that ends within
+    STABLE_S is the same outage: the backoff grows, and it is logged once."""
+    from daemon import cameras
+    from daemon.cameras import CameraReader
+    from daemon.config import CameraConfig
+
+    reader = CameraReader(
+        CameraConfig(name="porch", url="rtsp://10.0.0.9/live"), FrameQueues(["porch"], 2)
+    )
+    monkeypatch.setattr(cameras, "open_capture", lambda url: SimpleNamespace(release=lambda: None))
+    monkeypatch.setattr(reader, "_read", lambda capture: 3)  # 3 frames, then it ends
+    waits: list[float] = []
+
+    def wait(delay: float) -> bool:
+        waits.append(delay)
+        if len(waits) == 8:
+            reader._stop_event.set()
+        return reader._stop_event.is_set()
+
+    monkeypatch.setattr(reader._stop_event, "wait", wait)
+    with caplog.at_level("WARNING", logger="daemon.cameras"):
+        reader.run()
+    assert all(later > earlier for earlier, later in itertools.pairwise(waits[:7])), waits
+    assert waits[-1] >= 15, "backed off towards BACKOFF_MAX_S"
+    lines = [r.getMessage() for r in caplog.records if "porch" in r.getMessage()]
+    assert len(lines) == 1, lines
