@@ -38,6 +38,9 @@ BACKOFF_MIN_S = 0.5
 BACKOFF_MAX_S = 30.0
 REMIND_S = 600.0  # a camera that stays down is logged again this often (else at DEBUG)
 STABLE_S = 30.0  # a stream that ends sooner is the same outage: the backoff goes on growing
+# a camera whose frames are dropped (the pipeline behind) past metrics.DROPS_HIGH of a minute
+# is logged, at most every REMIND_S: otherwise only Prometheus's alert would say it
+DROPS_WINDOW_S = 60.0
 REASON_CHARS = 200  # the longest reason a metric label carries
 
 
@@ -65,17 +68,41 @@ class FrameQueues:
         self._turns: deque[str] = deque(cameras)  # served longest ago first
         self._per_camera = per_camera
         self._ready = threading.Condition()
+        # per camera: [window start, frames put, frames dropped, last warned] (monotonic)
+        self._drops = {c: [time.monotonic(), 0, 0, -REMIND_S] for c in cameras}
 
     def put(self, frame: Frame) -> None:
         with self._ready:
             queue = self._queues[frame.camera]
-            if len(queue) >= self._per_camera:
+            dropped_one = len(queue) >= self._per_camera
+            if dropped_one:
                 dropped = queue.popleft()
                 metrics.FRAMES_DROPPED.labels(frame.camera).inc()
                 if dropped.moved and not frame.moved:  # the motion is not dropped with it
                     frame = dataclasses.replace(frame, moved=True)
             queue.append(frame)
+            self._count_drops(frame.camera, dropped_one)
             self._ready.notify()
+
+    def _count_drops(self, camera: str, dropped: bool) -> None:
+        """Warn (at most every REMIND_S) of a camera whose frames were mostly dropped in a
+        minute: the pipeline cannot keep up with it."""
+        window = self._drops[camera]
+        window[1] += 1
+        window[2] += dropped
+        now = time.monotonic()
+        if now - window[0] < DROPS_WINDOW_S:
+            return
+        start, put, lost, warned = window
+        if lost > metrics.DROPS_HIGH * put and now - warned >= REMIND_S:
+            logger.warning(
+                "camera %s: %.0f %% of its frames dropped in the last %.0f s: the pipeline "
+                "cannot keep up (lower the cameras' fps, use sub-streams, set "
+                "detection.full_scan_every, or move to a GPU)",
+                camera, 100 * lost / put, now - start,
+            )  # fmt: skip
+            warned = now
+        self._drops[camera] = [now, 0, 0, warned]
 
     def pending(self) -> int:
         with self._ready:

@@ -48,6 +48,9 @@ FRAMES_READ = Counter(
 FRAMES_PROCESSED = Counter(
     "facewatch_frames_processed_total", "frames that went through detection", ["camera"]
 )
+# the share of a camera's frames dropped that is too many: the pipeline cannot keep up (the
+# log, `facewatch status` and the alert FacewatchFrameDropsHigh say so past it)
+DROPS_HIGH = 0.2
 FRAMES_DROPPED = Counter(
     "facewatch_frames_dropped_total",
     "frames dropped because the pipeline was behind (newest frames are kept)",

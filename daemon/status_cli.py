@@ -1,8 +1,8 @@
 """``facewatch status``: how the running daemon is doing, read from its own /metrics.
 
 Two reads ``--interval`` seconds apart give the rates. The exit status says it for scripts
-and health checks: 0 all well, 1 something is down (a camera, the broker), 3 no daemon
-answers there.
+and health checks: 0 all well, 1 something is down (a camera, the broker) or a camera's
+frames are mostly dropped (the pipeline cannot keep up), 3 no daemon answers there.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from daemon.config import DEFAULT_CONFIG, SERVICE_CONFIG, ConfigError, running_config
 from daemon.config_file import load_config, redact_url, url_host
+from daemon.metrics import DROPS_HIGH
 from daemon.stream_probe import http_get, peer_text
 
 NOT_RUNNING = 3
@@ -37,8 +38,9 @@ def register(commands: Any) -> None:
             "Read the running daemon's Prometheus endpoint twice, --interval seconds apart, "
             "and show each camera (up or down; frames read, searched, skipped by the motion "
             "gate and dropped per second; faces per second) and MQTT. Exit status: 0 all "
-            "well, 1 a camera or the broker is down, 2 a usage or config error, 3 no daemon "
-            "answers (or none within 5 s)."
+            "well, 1 a camera or the broker is down, or over a fifth of a camera's frames "
+            "are dropped (the pipeline cannot keep up), 2 a usage or config error, 3 no "
+            "daemon answers (or none within 5 s)."
         ),
     )
     status.add_argument(
@@ -92,6 +94,7 @@ class Status:
 
     def problems(self) -> list[str]:
         found = [_down(c, self.now) for c in self.cameras if not c.up]
+        found += [_behind(c) for c in self.cameras if c.up and _dropping(c)]
         if self.mqtt == "disconnected":
             found.append(f"MQTT is disconnected ({self.spooled} event(s) spooled)")
         return found
@@ -102,6 +105,20 @@ def _down(camera: Camera, now: float) -> str:
         return f"camera {camera.name} is down"  # not yet read, or no failure since
     outage = _duration(max(0.0, now - camera.down_since))
     return f"camera {camera.name} is down for {outage}: {camera.down_reason}"
+
+
+def _dropping(camera: Camera) -> bool:
+    """Over ``DROPS_HIGH`` of the camera's frames dropped: the pipeline cannot keep up."""
+    return camera.read_fps > 0 and camera.dropped_fps > DROPS_HIGH * camera.read_fps
+
+
+def _behind(camera: Camera) -> str:
+    share = 100 * camera.dropped_fps / camera.read_fps
+    return (
+        f"camera {camera.name} cannot be kept up with: {share:.0f} % of its frames dropped "
+        "(lower the cameras' fps, use sub-streams, set detection.full_scan_every, or move to "
+        "a GPU)"
+    )
 
 
 class NotFacewatch(Exception):

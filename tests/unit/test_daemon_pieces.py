@@ -954,3 +954,25 @@ def test_a_camera_that_drops_each_connection_at_once_backs_off_and_is_logged_onc
     assert waits[-1] >= 15, "backed off towards BACKOFF_MAX_S"
     lines = [r.getMessage() for r in caplog.records if "porch" in r.getMessage()]
     assert len(lines) == 1, lines
+
+
+def test_a_camera_whose_frames_are_mostly_dropped_is_logged_now_and_then(
+    monkeypatch, caplog
+) -> None:
+    """More camera than the CPU can take: the newest frames are kept and the rest dropped,
+    as designed, but only Prometheus's alert said so (after 10 minutes). The log says it,
+    at most every REMIND_S, for that camera alone."""
+    from daemon import cameras
+
+    monkeypatch.setattr(cameras, "DROPS_WINDOW_S", 0.0)  # every frame closes a window
+    queues = FrameQueues(["gate", "door"], per_camera=1)
+    image = np.zeros((1, 1, 3), np.uint8)
+    with caplog.at_level("WARNING", logger="daemon.cameras"):
+        for seq in range(50):
+            queues.put(Frame("gate", seq, float(seq), image))  # never taken: dropped
+            queues.put(Frame("door", seq, float(seq), image))
+            queues._queues["door"].clear()  # taken by the pipeline in time
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("camera gate: 100 % of its frames dropped in the last")
+    assert "cannot keep up" in lines[0]

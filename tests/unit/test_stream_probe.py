@@ -134,18 +134,19 @@ def test_status_gives_up_on_a_page_that_drips_and_reads_odd_pages_whole(capsys) 
     assert "camera d?[2Jx is down" in out and "\x1b" not in out
 
 
-def metrics_peer(reply: bytes) -> Iterator[int]:
-    """A peer on 127.0.0.1 that answers ``reply`` to each of status's two scrapes; its port."""
+def metrics_peer(reply: bytes, second: bytes | None = None) -> Iterator[int]:
+    """A peer on 127.0.0.1 that answers ``reply`` to status's first scrape, and ``second``
+    (else ``reply`` again) to its second; its port."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen()
 
     def serve() -> None:
-        for _ in range(2):
+        for answer in (reply, reply if second is None else second):
             connection, _ = listener.accept()
             with connection:
                 connection.recv(65536)
-                connection.sendall(reply)
+                connection.sendall(answer)
 
     threading.Thread(target=serve, daemon=True).start()
     yield listener.getsockname()[1]
@@ -280,3 +281,24 @@ def test_status_reads_a_page_by_its_length_or_its_chunks(capsys, answer, expecte
         assert "camera door is down" in capsys.readouterr().out
     else:
         assert "the answer was cut short" in capsys.readouterr().err
+
+
+def test_status_names_a_camera_whose_frames_are_mostly_dropped(capsys) -> None:
+    """Four 1080p cameras on two cores: 92 % of the frames dropped, and status said all was
+    well (exit 0). Past a fifth dropped, it names the camera and what to do, exit 1."""
+
+    def page(read: int, dropped: int) -> bytes:
+        return (
+            b"HTTP/1.0 200 OK\r\n\r\n"
+            b'facewatch_build_info{version="1",backend="x",model="m"} 1\n'
+            b'facewatch_camera_up{camera="gate"} 1\nfacewatch_camera_up{camera="door"} 1\n'
+            b'facewatch_frames_read_total{camera="gate"} %d\n'
+            b'facewatch_frames_dropped_total{camera="gate"} %d\n'
+            b'facewatch_frames_read_total{camera="door"} %d\n'
+        ) % (read, dropped, read)
+
+    for port in metrics_peer(page(1000, 100), page(1050, 140)):
+        assert main(["status", "--url", f"127.0.0.1:{port}", "--interval", "0.5"]) == 1
+    out = capsys.readouterr().out
+    assert "camera gate cannot be kept up with: 80 % of its frames dropped" in out
+    assert "camera door" not in out.split("problem")[-1]
