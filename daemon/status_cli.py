@@ -27,6 +27,7 @@ from daemon.stream_probe import http_get, peer_text
 NOT_RUNNING = 3
 SCRAPE_TIMEOUT_S = 5.0  # for the whole page, however slowly it comes
 PAGE_LIMIT = 16_000_000  # bytes: a daemon's page is well under 1 MB
+MIN_FRAMES_JUDGED = 10  # frames read between the two reads, to say a camera drops too many
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
@@ -77,6 +78,7 @@ class Camera:
     reconnects: int
     down_since: float | None = None  # while down: since when (Unix time)
     down_reason: str | None = None  # and why (the log's words)
+    behind: bool = False  # over DROPS_HIGH of its frames dropped: the pipeline cannot keep up
 
 
 @dataclass
@@ -94,7 +96,7 @@ class Status:
 
     def problems(self) -> list[str]:
         found = [_down(c, self.now) for c in self.cameras if not c.up]
-        found += [_behind(c) for c in self.cameras if c.up and _dropping(c)]
+        found += [_behind(c) for c in self.cameras if c.up and c.behind]
         if self.mqtt == "disconnected":
             found.append(f"MQTT is disconnected ({self.spooled} event(s) spooled)")
         return found
@@ -107,9 +109,10 @@ def _down(camera: Camera, now: float) -> str:
     return f"camera {camera.name} is down for {outage}: {camera.down_reason}"
 
 
-def _dropping(camera: Camera) -> bool:
-    """Over ``DROPS_HIGH`` of the camera's frames dropped: the pipeline cannot keep up."""
-    return camera.read_fps > 0 and camera.dropped_fps > DROPS_HIGH * camera.read_fps
+def _dropping(read: float, dropped: float) -> bool:
+    """Over ``DROPS_HIGH`` of ``read`` frames dropped, of enough frames to tell (a frame or
+    two of a short --interval are no overload): the pipeline cannot keep up."""
+    return read >= MIN_FRAMES_JUDGED and dropped > DROPS_HIGH * read
 
 
 def _behind(camera: Camera) -> str:
@@ -251,6 +254,10 @@ def read_status(where: MetricsUrl, interval_s: float) -> Status:
                 reconnects=int(value("facewatch_camera_reconnects_total", camera=c)),
                 down_since=down[c][0] if c in down else None,
                 down_reason=down[c][1] if c in down else None,
+                behind=_dropping(
+                    rate("facewatch_frames_read_total", c) * elapsed,
+                    rate("facewatch_frames_dropped_total", c) * elapsed,
+                ),
             )
             for c in cameras
         ],
