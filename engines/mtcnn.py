@@ -434,10 +434,11 @@ class MTCNN:
         """R-Net or O-Net on the crops of all candidates, split between the lanes."""
         engine = self.rnet if net == "rnet" else self.onet
         chunks = crop_chunks(engine, net, len(cand.score), len(self._lanes) + 1)
+        pad = not self._lanes  # lanes' calls are of a few sizes already (``crop_chunks``)
 
         def run(lane: MTCNN, part: list[np.ndarray]) -> list[dict[str, Any]]:
             engine = lane.rnet if net == "rnet" else lane.onet
-            return [lane._infer_crops(engine, pyramids, cand.take(c), size) for c in part]
+            return [lane._infer_crops(engine, pyramids, cand.take(c), size, pad) for c in part]
 
         return self._joined(self._spread(chunks, len, run))
 
@@ -458,13 +459,18 @@ class MTCNN:
         out -= np.float32(127.5 / 128.0)
 
     def _infer_crops(
-        self, engine: Engine, pyramids: list[AreaPyramid], cand: Candidates, size: int
+        self,
+        engine: Engine,
+        pyramids: list[AreaPyramid],
+        cand: Candidates,
+        size: int,
+        pad: bool = True,
     ) -> dict[str, Any]:
         """R-Net or O-Net on square crops of every candidate, zero-padded at image borders
         (or cut there, ``border="clip"``), area-resized to size x size; ``_joined`` puts
-        the outputs of several calls together."""
+        the outputs of several calls together. ``pad``: as ``_infer_windows``."""
         return self._infer_windows(
-            engine, pyramids, self._crop_windows(pyramids, cand), cand.frame, size
+            engine, pyramids, self._crop_windows(pyramids, cand), cand.frame, size, pad
         )
 
     def _crop_windows(self, pyramids: list[AreaPyramid], cand: Candidates) -> np.ndarray:
@@ -482,11 +488,15 @@ class MTCNN:
         windows: np.ndarray,
         frame: np.ndarray,
         size: int,
+        pad: bool = True,
     ) -> dict[str, np.ndarray]:
-        """``engine`` on the windows of the frames, as ``_window_blob`` cuts them (the call
-        zero-padded to one of a few batch sizes: ``padded_batch``)."""
+        """``engine`` on the windows of the frames, as ``_window_blob`` cuts them; with
+        ``pad``, the call zero-padded to one of a few batch sizes (``padded_batch``: where
+        the callers' sizes are not few already)."""
         rows = len(windows)
-        blob = self._window_blob(pyramids, windows, frame, size, padded_batch(engine, rows))
+        blob = self._window_blob(
+            pyramids, windows, frame, size, padded_batch(engine, rows) if pad else rows
+        )
         return {name: value[:rows] for name, value in engine.infer({"image": blob}).items()}
 
     def _window_blob(

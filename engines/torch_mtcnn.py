@@ -178,7 +178,12 @@ class DeviceMTCNN(MTCNN):
             return keep.cpu().numpy()
 
     def _infer_crops(  # type: ignore[override]
-        self, engine: Engine, pyramids: list[DeviceFrame], cand: Candidates, size: int
+        self,
+        engine: Engine,
+        pyramids: list[DeviceFrame],
+        cand: Candidates,
+        size: int,
+        pad: bool = True,
     ) -> dict[str, Any]:
         """R-Net or O-Net on the candidates' crops, cut from the uploads: the outputs stay
         on the device until ``_joined`` brings those of all calls back in one copy."""
@@ -198,7 +203,9 @@ class DeviceMTCNN(MTCNN):
         windows: np.ndarray,
         frame: np.ndarray,
         size: int,
+        pad: bool = True,
     ) -> dict[str, np.ndarray]:
+        """(``pad`` is for CPU runtimes, which keep memory per input shape.)"""
         with import_torch().inference_mode():
             return _to_host(self._device_outputs(engine, pyramids, windows, frame, size))
 
