@@ -15,7 +15,9 @@ from daemon.archive import FaceArchive
 from daemon.cameras import check_file_source
 from daemon.config import Config, ConfigError
 from daemon.events import open_jsonl
-from engines.base import EngineError
+from daemon.gallery import Gallery, GalleryError, shown_threshold
+from engines.base import EngineError, ModelMetadata
+from engines.facenet import model_id_of, outdated_threshold
 from engines.loader import default_facenet
 
 logger = logging.getLogger(__name__)
@@ -61,6 +63,7 @@ def problems(config: Config) -> list[str]:
         *_backend_problems(config),
         *_camera_problems(config),
         *_model_problems(config),
+        *_gallery_problems(config),
         *_tls_problems(config),
         *_output_problems(config),
     ]
@@ -93,6 +96,7 @@ def warnings(config: Config) -> list[str]:
                 f"{key}: {where} is readable by others (mode {mode:04o}): it holds personal "
                 f"data; chmod 600 {where}"
             )
+    found += _threshold_warnings(config)
     for k, camera in enumerate(config.cameras):
         if camera.enabled and camera.url.split("://")[0].lower() in ("https", "rtsps"):
             found.append(
@@ -169,6 +173,53 @@ def _model_problems(config: Config) -> list[str]:
     if model_file not in (None, "auto") and not Path(model_file).is_file():
         found.append(f"recognition.model: {model_file}: FaceNet model file not found")
     return found
+
+
+def _model_file(config: Config) -> Path | None:
+    """The FaceNet model the daemon would run, when there is one (``resolve_model``, quietly)."""
+    model = config.recognition.model
+    path = default_facenet() if model == "auto" else None if model is None else Path(model)
+    return path if path is not None and path.is_file() else None
+
+
+def _gallery_problems(config: Config) -> list[str]:
+    """A gallery the daemon would refuse at its start: another model's, or made with (or
+    without) flip, or unreadable. ``run`` exits 2 on it, which systemd does not retry, so
+    validate-config must say it before the restart."""
+    path, model = Path(config.recognition.gallery), _model_file(config)
+    if model is None or not path.exists():
+        return []
+    try:
+        model_id = model_id_of(ModelMetadata.load(model), model)
+        flip = "+flip" if config.recognition.flip else ""
+        Gallery.open(path, model_id=model_id + flip).close()
+    except (GalleryError, EngineError) as exc:
+        return [f"recognition.gallery: {exc}"]
+    return []
+
+
+def _threshold_warnings(config: Config) -> list[str]:
+    """A gallery still at the threshold galleries started at before facewatch started them
+    at the model's, which names strangers far more often (``outdated_threshold``)."""
+    path, model = Path(config.recognition.gallery), _model_file(config)
+    if model is None or config.recognition.threshold is not None or not path.is_file():
+        return []
+    try:
+        with Gallery.open(path) as gallery:
+            threshold = gallery.threshold
+        better = outdated_threshold(ModelMetadata.load(model).extra, threshold)
+    except (GalleryError, EngineError):
+        return []  # (a problem, said by _gallery_problems)
+    if better is None:
+        return []
+    return [
+        f"recognition.gallery: its default threshold {shown_threshold(threshold)} is the "
+        "model's LFW best-accuracy one, where galleries started before 2026-11-30: "
+        f"against many enrolled photos it names strangers far more often than "
+        f"{shown_threshold(better)}, where new galleries start now: unless you chose it, "
+        f"`facewatch gallery threshold --default {shown_threshold(better)} --gallery {path}` "
+        "(or `facewatch gallery calibrate`)"
+    ]
 
 
 def _tls_problems(config: Config) -> list[str]:

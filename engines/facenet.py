@@ -128,8 +128,7 @@ class FaceNet:
         engine = load_engine(
             path, backend=backend, threads=threads, precision=precision, trt_plans=trt_plans
         )
-        model_id = f"{meta.name}@sha256:{file_sha256(path)[:16]}"
-        net = cls(engine, meta, model_id=model_id, flip=flip, max_batch=max_batch)
+        net = cls(engine, meta, model_id=model_id_of(meta, path), flip=flip, max_batch=max_batch)
         _check_shapes(net, path)
         logger.info(
             "FaceNet %s: %s crops, %d-d, %s on %s",
@@ -232,6 +231,24 @@ class FaceNet:
 
     def close(self) -> None:
         self.engine.close()
+
+
+def model_id_of(meta: ModelMetadata, path: Path) -> str:
+    """How galleries name the embeddings of the model file at ``path`` (``FaceNet.model_id``
+    adds ``+flip``): its sidecar's name and the file's hash."""
+    return f"{meta.name}@sha256:{file_sha256(path)[:16]}"
+
+
+def outdated_threshold(extra: dict[str, Any], threshold: float) -> float | None:
+    """The threshold a new gallery of this model starts at now, when ``threshold`` is the
+    model's LFW best-accuracy one, which galleries started at before (until 2026-11-30) and
+    which names strangers far more often (``starting_threshold``); else None."""
+    lfw = extra.get("lfw") or {}
+    best = finite_number(lfw.get("best_threshold")) if isinstance(lfw, dict) else None
+    start = starting_threshold(extra)
+    if best is None or start is None or start >= best:
+        return None
+    return start if abs(threshold - best) < 5e-4 else None
 
 
 def starting_threshold(extra: dict[str, Any]) -> float | None:

@@ -570,3 +570,46 @@ def test_config_errors_do_not_show_a_cameras_password(cameras) -> None:
     with pytest.raises(ConfigError) as error:
         parse_config({"cameras": cameras}, "facewatch.yaml")
     assert "hunter22" not in str(error.value), error.value
+
+
+def test_validate_config_refuses_a_gallery_run_would_and_warns_of_its_old_threshold(
+    tmp_path, capsys
+) -> None:
+    """A gallery of another model (a model changed, or re-saved), or enrolled without flip
+    when the config turns it on: `run` exits 2, which systemd does not retry, and
+    validate-config said "valid". A gallery still at the threshold galleries started at
+    before (LFW's best: 0.19 for the shipped model) names strangers far more often than the
+    model's FAR-1e-3 one, where new galleries start: a warning says how to move it."""
+    from daemon.cli import main
+    from daemon.gallery import Gallery
+    from engines.base import ModelMetadata
+    from engines.facenet import model_id_of, starting_threshold
+
+    shipped = MODELS / "facenet" / "facenet.onnx"
+    meta = ModelMetadata.load(shipped)
+    model_id = model_id_of(meta, shipped)
+    gallery = tmp_path / "gallery.sqlite"
+    path = tmp_path / "facewatch.yaml"
+    clip = MODELS.parent / "configs" / "demo" / "hamilton_360p.mp4"
+
+    def validate(flip: bool = False, threshold: float = 1.1, made_by: str = model_id) -> str:
+        gallery.unlink(missing_ok=True)
+        Gallery.create(gallery, made_by, meta.embedding_size or 128, threshold).close()
+        settings = {"cameras": [{"name": "door", "url": str(clip)}]}
+        settings["recognition"] = {"gallery": str(gallery), "flip": flip}  # model: auto
+        path.write_text(json.dumps(settings))
+        code = main(["validate-config", str(path)])
+        out, err = capsys.readouterr()
+        return f"{code}\n{out}{err}"
+
+    other = validate(made_by="facenet-vggface2@sha256:0123456789abcdef")
+    assert other.startswith("2\n") and "recognition.gallery: " in other, other
+    assert "enrolled with model 'facenet-vggface2@sha256:0123456789abcdef'" in other
+    flipped = validate(flip=True)
+    assert flipped.startswith("2\n") and "enrolled without --flip" in flipped, flipped
+    start = starting_threshold(meta.extra)
+    assert start is not None
+    old = validate(threshold=meta.extra["lfw"]["best_threshold"])
+    assert old.startswith("0\n") and "LFW best-accuracy one" in old, old
+    assert f"gallery threshold --default {start:.3f} --gallery {gallery}" in old
+    assert "warning" not in validate(threshold=start)
