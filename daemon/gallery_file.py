@@ -57,6 +57,10 @@ class GalleryError(RuntimeError):
     """A gallery that cannot be used as asked; the message names the file and the reason."""
 
 
+class GalleryBusy(GalleryError):
+    """The gallery is locked by a writer (another process) for longer than the wait."""
+
+
 def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -160,7 +164,7 @@ def translate(path: Path, exc: sqlite3.DatabaseError) -> GalleryError:
         )
     text = str(exc).lower()
     if "locked" in text or "busy" in text:
-        return GalleryError(
+        return GalleryBusy(
             f"{path}: gallery is locked by another writer (another facewatch enroll or "
             "gallery command?); try again when it has finished"
         )

@@ -18,8 +18,8 @@ from daemon.archive import FaceArchive
 from daemon.cameras import Frame, FrameQueues
 from daemon.config import Config
 from daemon.events import EventSinks, event_json, face_snapshot, in_view_json, person_json
-from daemon.gallery import Gallery, GalleryError
-from daemon.gallery_file import file_stamp
+from daemon.gallery import DEFAULT_LOCK_TIMEOUT_S, Gallery, GalleryError
+from daemon.gallery_file import GalleryBusy, file_stamp
 from daemon.tracking import Track, Tracker, TrackEvent
 from engines.boxes import points_in_polygon
 from engines.facenet import FaceNet
@@ -30,6 +30,10 @@ logger = logging.getLogger(__name__)
 EXPIRE_EVERY_S = 0.25
 STALL_GRACE_S = 10.0  # a camera silent this long is down (cameras.READ_TIMEOUT_MS, 3 tries)
 GALLERY_CHECK_S = 2.0  # how often the gallery file is looked at for changes
+# how long a reload waits for a writer's lock (enroll, a gallery command): on the thread that
+# runs the engines, every camera waits with it; a gallery being written is tried again at
+# the next check
+GALLERY_LOCK_S = 0.2
 
 
 @dataclass
@@ -83,6 +87,7 @@ class Pipeline:
         self._refusals: dict[tuple[str, tuple[int, ...]], str | None] = {}
         self._enrolled: set[str] = set()  # the gallery's names
         self._gallery_stamp: tuple[int, ...] | None = None  # the file as last read
+        self._gallery_busy = False  # the last reload found it being written (said once)
         self._seq = 0
         self.model_id = facenet.model_id if facenet is not None else None
         # cameras take their full scans in different batches (a full scan costs several
@@ -327,14 +332,21 @@ class Pipeline:
         self._gallery_stamp = file_stamp(self.config.recognition.gallery)
         fresh = None
         try:
-            fresh = open_gallery(self.config, self.facenet.model_id)
+            fresh = open_gallery(self.config, self.facenet.model_id, GALLERY_LOCK_S)
             # read now, whole: a file replaced later must not be matched against as this one
             names = fresh.load() if fresh is not None else []
         except GalleryError as exc:
             if fresh is not None:
                 fresh.close()
+            if isinstance(exc, GalleryBusy):  # a writer holds it: tried at the next check
+                self._gallery_stamp = None
+                if not self._gallery_busy:
+                    logger.info("gallery not reloaded yet: it is being written (%s)", exc)
+                self._gallery_busy = True
+                return
             logger.error("gallery not reloaded: %s", exc)
             return
+        self._gallery_busy = False
         if self.gallery is not None:
             self.gallery.close()
         self.gallery = fresh
@@ -360,12 +372,14 @@ class Pipeline:
             self._changed(camera, events, time.time())
 
 
-def open_gallery(config: Config, model_id: str) -> Gallery | None:
+def open_gallery(
+    config: Config, model_id: str, lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S
+) -> Gallery | None:
     """The configured gallery, checked against the model; None (all faces unknown) when the
     file does not exist yet."""
     path = config.recognition.gallery
     try:
-        gallery = Gallery.open(path, model_id=model_id)
+        gallery = Gallery.open(path, model_id=model_id, lock_timeout_s=lock_timeout_s)
     except GalleryError:
         if Path(path).exists():
             raise

@@ -375,3 +375,46 @@ def test_a_camera_back_at_another_resolution_keeps_its_faces_tracks() -> None:
     assert [e["type"] for e in events] == ["confirmed"] and len(
         pipeline.trackers["door"].tracks
     ) == 1
+
+
+def test_a_gallery_being_written_holds_the_cameras_a_moment_and_is_read_when_done(
+    tmp_path, caplog
+) -> None:
+    """An enroll or import holds the gallery's write lock (a large one writes before its
+    commit, so the daemon sees the file change): the reload waited 5 s for it on the thread
+    that runs the engines (every camera's frames dropped meanwhile), then logged an ERROR
+    meant for CLI users. Now it waits a moment, keeps the gallery it has, says so once, and
+    reads the file at the next check once the writer is done."""
+    import sqlite3
+
+    from daemon.scheduler import GALLERY_LOCK_S
+
+    ann = np.eye(8, dtype=np.float32)[0]
+    path = tmp_path / "gallery.sqlite"
+    with Gallery.create(path, _OnePerson.model_id, 8) as gallery:
+        gallery.enroll([Enrollment("ann", ann, "a" * 64)])
+    config = parse_config(
+        {
+            "cameras": [{"name": "door", "url": "door.mp4"}],
+            "recognition": {"model": None, "gallery": str(path)},
+        }
+    )
+    engines = _OnePerson(ann)
+    pipeline = Pipeline(config, engines, engines, EventSinks())  # type: ignore[arg-type]
+    pipeline.reload_gallery()
+    writer = sqlite3.connect(path, isolation_level=None)
+    writer.execute("BEGIN EXCLUSIVE")  # a writer mid-commit: no reader gets in
+    writer.execute("UPDATE meta SET value = value WHERE key = 'threshold'")
+    with caplog.at_level("INFO", logger="daemon.scheduler"):
+        for _ in range(3):
+            started = time.monotonic()
+            pipeline.reload_gallery()
+            assert time.monotonic() - started < GALLERY_LOCK_S + 0.5
+    said = [r for r in caplog.records if "being written" in r.getMessage()]
+    assert len(said) == 1 and said[0].levelname == "INFO", caplog.text
+    assert pipeline.gallery is not None and pipeline.gallery.load() == ["ann"], "kept"
+    writer.execute("COMMIT")
+    writer.close()
+    assert pipeline.gallery_changed(), "tried again at the next check"
+    pipeline.reload_gallery()
+    assert pipeline.gallery is not None and not pipeline._gallery_busy
