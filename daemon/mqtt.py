@@ -315,11 +315,17 @@ class MqttPublisher:
     def _on_disconnect(
         self, client: paho.Client, userdata: object, flags: object, reason: object, props: object
     ) -> None:
+        lost = getattr(reason, "value", None) == UNSPECIFIED  # what paho says of a lost socket
         if self.connected.is_set() and not self._stop.is_set():
-            why = str(reason)
-            if getattr(reason, "value", None) == UNSPECIFIED:  # what paho says of a lost socket
-                why = "the connection was lost: the broker stopped, or the network"
+            why = "the connection was lost: the broker stopped, or the network" if lost else reason
             logger.warning("MQTT: disconnected (%s); events are spooled until it is back", why)
+        elif lost and not self._stop.is_set():  # taken, then closed before any MQTT answer
+            cfg = self.config
+            self._failed(
+                f"{cfg.host}:{cfg.port} takes the connection but closes it without answering "
+                "as an MQTT broker (a websockets port, a TLS one without mqtt.tls, another "
+                "service?); retrying, events are spooled until then"
+            )
         self.connected.clear()
         metrics.MQTT_CONNECTED.set(0)
 

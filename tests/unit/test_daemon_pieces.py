@@ -976,3 +976,37 @@ def test_a_camera_whose_frames_are_mostly_dropped_is_logged_now_and_then(
     assert len(lines) == 1, lines
     assert lines[0].startswith("camera gate: 100 % of its frames dropped in the last")
     assert "cannot keep up" in lines[0]
+
+
+def test_a_broker_port_that_is_no_mqtt_broker_is_said(tmp_path, caplog) -> None:
+    """mqtt.port set to something that takes the connection and closes it (a web server, a
+    websockets or TLS listener): the log said only 'connecting to', while events spooled."""
+    from daemon.config import MqttConfig
+    from daemon.mqtt import MqttPublisher
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+
+    def serve() -> None:
+        for _ in range(3):
+            connection, _ = listener.accept()
+            with connection:
+                connection.recv(1024)
+                connection.sendall(b"HTTP/1.0 400 Bad Request\r\n\r\n")
+
+    threading.Thread(target=serve, daemon=True).start()
+    config = MqttConfig(port=listener.getsockname()[1])
+    publisher = MqttPublisher(config, "node", Spool(tmp_path / "spool", 10))
+    with caplog.at_level("WARNING", logger="daemon.mqtt"):
+        publisher.start()
+        try:
+            deadline = time.monotonic() + 15
+            while "without answering" not in caplog.text and time.monotonic() < deadline:
+                time.sleep(0.1)
+        finally:
+            publisher.stop(timeout_s=1, drain_s=0)
+            listener.close()
+    said = [r.getMessage() for r in caplog.records if "without answering" in r.getMessage()]
+    assert said and said[0].startswith(f"MQTT: 127.0.0.1:{config.port} takes the connection")
+    assert len(said) == 1, "once, as any failure of the same kind"
