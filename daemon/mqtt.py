@@ -368,6 +368,7 @@ class MqttPublisher:
             except (ValueError, TypeError) as exc:  # damaged, or of another version
                 self._drop_unreadable(message, exc)
                 return
+            event.setdefault("reason", None)  # (spooled by a facewatch before it had one)
             event["published_ts"] = round(time.time(), 3)
             payload = json.dumps(event, separators=(",", ":")).encode()
         info = self.client.publish(message.topic, payload, qos=message.qos, retain=message.retain)
