@@ -22,7 +22,7 @@ from tqdm import tqdm
 from daemon import gallery_cli
 from daemon.archive_files import VISIT_FILE, archive_level, read_visit
 from daemon.detect_cli import progress_wanted
-from daemon.gallery import Enrollment, Gallery, GalleryError, shown_threshold
+from daemon.gallery import Enrollment, Gallery, GalleryError, remove_created, shown_threshold
 from daemon.gallery_names import clean_name
 from daemon.recognition import (
     DEFAULT_MIN_FACE_PX,
@@ -280,18 +280,19 @@ def _store(
         for (name, _, sha), vector in zip(accepted, embeddings, strict=True)
     ]
     net = models.facenet
-    new = not gallery_path.exists()
+    gallery: Gallery | None = None
     try:
         with Gallery.open_or_create(
             gallery_path, net.model_id, net.embedding_size, **_threshold_of(net)
         ) as gallery:
+            new = gallery.created is not None  # not when another enroll made it meanwhile
             names = sorted({name for name, _, _ in accepted})
             first = {name for name in names if not gallery.knows(name)}
             added = gallery.enroll(faces)
             threshold = gallery.threshold
     except GalleryError as exc:
-        if new and gallery_path.is_file():
-            gallery_path.unlink()  # nothing was enrolled: leave no empty gallery behind
+        if gallery is not None:
+            remove_created(gallery)  # nothing was enrolled: leave no empty gallery behind
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(

@@ -35,6 +35,7 @@ from daemon.gallery_file import (
     GalleryError,
     check_writable,
     create_private,
+    file_stamp,
     hot_journal,
     now_iso,
     place,
@@ -64,6 +65,11 @@ def check_threshold(value: float, what: str = "threshold") -> float:
     if not 0.0 < value <= MAX_THRESHOLD:
         raise GalleryError(f"{what} {value:g} outside (0, 4] (squared L2 on unit vectors)")
     return float(value)
+
+
+class GalleryExists(GalleryError):
+    """``Gallery.create`` found a file in its place: there before, or made meanwhile by
+    another enroll or import."""
 
 
 @dataclass(frozen=True)
@@ -106,6 +112,9 @@ class Gallery:
         self._matrix: tuple[np.ndarray, np.ndarray, list[str], np.ndarray] | None = None
         # the daemon's recognition.threshold, when set, replaces the stored default
         self.threshold_override: float | None = None
+        # the file's stamp (gallery_file.file_stamp) as this object's create made it; None
+        # when the file was there: who may delete it again, and only while it is unchanged
+        self.created: tuple[int, ...] | None = None
 
     # -- opening ----------------------------------------------------------------------------
 
@@ -150,31 +159,13 @@ class Gallery:
         """A new, empty gallery file (0600) for embeddings of ``model_id``. It is made whole
         beside its place and only then put there: a cut (power, kill) leaves no half gallery."""
         path = Path(path)
-        if path.exists():
-            raise GalleryError(f"{path}: already exists")
         try:
-            check_threshold(threshold, "default threshold")
-        except GalleryError as exc:
-            raise GalleryError(f"{path}: {exc}") from None
-        scratch = path.with_name(f".{path.name}.new-{os.getpid()}")
-        try:
-            scratch.unlink(missing_ok=True)
-            create_private(scratch)
-            conn = sqlite3.connect(scratch, timeout=lock_timeout_s, isolation_level=None)
-            try:
-                write_schema(conn, model_id, embedding_size, threshold)
-            finally:
-                conn.close()
-            place(scratch, path)
-        except sqlite3.DatabaseError as exc:
-            raise translate(path, exc) from None
+            stamp = _make(path, model_id, embedding_size, threshold, lock_timeout_s)
         except FileExistsError:
-            raise GalleryError(f"{path}: already exists") from None
-        except OSError as exc:
-            raise GalleryError(f"{path}: cannot create the gallery: {exc.strerror}") from None
-        finally:
-            scratch.unlink(missing_ok=True)
-        return cls.open(path, model_id, writable=True, lock_timeout_s=lock_timeout_s)
+            raise GalleryExists(f"{path}: already exists") from None
+        gallery = cls.open(path, model_id, writable=True, lock_timeout_s=lock_timeout_s)
+        gallery.created = stamp
+        return gallery
 
     @classmethod
     def open_or_create(
@@ -186,16 +177,20 @@ class Gallery:
         lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
     ) -> Gallery:
         """The gallery at ``path`` (with its own threshold), or a new one at ``threshold``
-        (also in place of an empty file: a creation cut short by an older facewatch)."""
+        (also in place of an empty file: a creation cut short by an older facewatch); the
+        one another enroll or import made meanwhile when it is first (``created`` None)."""
         path = Path(path)
         if path.is_file() and path.stat().st_size == 0:
             logger.warning("%s: an empty file, not a gallery: replaced by a new gallery", path)
             for suffix in ("-journal", "-wal", "-shm"):  # its SQLite leftovers, not the new one's
                 path.with_name(path.name + suffix).unlink(missing_ok=True)
             path.unlink()
-        if path.exists():
-            return cls.open(path, model_id, writable=True, lock_timeout_s=lock_timeout_s)
-        return cls.create(path, model_id, embedding_size, threshold, lock_timeout_s)
+        if not path.exists():
+            try:
+                return cls.create(path, model_id, embedding_size, threshold, lock_timeout_s)
+            except GalleryExists:  # another enroll or import made it meanwhile: theirs is ours
+                pass
+        return cls.open(path, model_id, writable=True, lock_timeout_s=lock_timeout_s)
 
     def _check(self, model_id: str | None) -> None:
         missing = [key for key in META_KEYS if key not in self._meta]
@@ -494,6 +489,50 @@ class Gallery:
             return self._conn.execute(sql).fetchall()
         except sqlite3.DatabaseError as exc:
             raise translate(self.path, exc) from None
+
+
+def _make(
+    path: Path, model_id: str, embedding_size: int, threshold: float, lock_timeout_s: float
+) -> tuple[int, ...]:
+    """Make a new gallery file at ``path``; its ``file_stamp`` as made (before anyone else
+    can write it). FileExistsError when a file is there, or is put there meanwhile."""
+    if path.exists():
+        raise FileExistsError(path)
+    try:
+        check_threshold(threshold, "default threshold")
+    except GalleryError as exc:
+        raise GalleryError(f"{path}: {exc}") from None
+    scratch = path.with_name(f".{path.name}.new-{os.getpid()}")
+    try:
+        scratch.unlink(missing_ok=True)
+        create_private(scratch)
+        conn = sqlite3.connect(scratch, timeout=lock_timeout_s, isolation_level=None)
+        try:
+            write_schema(conn, model_id, embedding_size, threshold)
+        finally:
+            conn.close()
+        stamp = file_stamp(scratch)  # a link or rename keeps inode, size, time and content
+        place(scratch, path)
+    except sqlite3.DatabaseError as exc:
+        raise translate(path, exc) from None
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        raise GalleryError(f"{path}: cannot create the gallery: {exc.strerror}") from None
+    finally:
+        scratch.unlink(missing_ok=True)
+    assert stamp is not None  # the scratch file was just written
+    return stamp
+
+
+def remove_created(gallery: Gallery) -> bool:
+    """Delete the file ``gallery`` created (``Gallery.created``) when nothing was written to
+    it since, so that a failed first enroll leaves no empty gallery; a file another process
+    made, or has written to meanwhile (an enroll that opened it), is kept. Whether it went."""
+    if gallery.created is None or file_stamp(gallery.path) != gallery.created:
+        return False
+    gallery.path.unlink(missing_ok=True)
+    return True
 
 
 def _ids_by_name(conn: sqlite3.Connection) -> dict[str, int]:

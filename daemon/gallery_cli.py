@@ -271,10 +271,10 @@ def _export(args: argparse.Namespace) -> int:
 def _import(args: argparse.Namespace) -> int:
     export = gallery_export.read(args.file)
     path = gallery_path(args)
-    new = not path.exists()
     with Gallery.open_or_create(
         path, export.model_id, export.embedding_size, export.threshold
     ) as g:
+        new = g.created is not None  # not when another command made it meanwhile
         added = g.enroll(export.faces)
         for name, threshold in export.thresholds.items():
             g.set_threshold(name, threshold)

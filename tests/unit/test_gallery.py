@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from daemon import gallery as gallery_module
 from daemon import gallery_export
 from daemon.events import person_key
 from daemon.gallery import DEFAULT_THRESHOLD, Enrollment, Gallery, GalleryError
@@ -762,3 +763,53 @@ def test_a_gallery_holding_a_threshold_no_command_stores_is_refused_with_the_fix
         stored.load()
     assert f"{path}: " in str(error.value) and "outside (0, 4]" in str(error.value)
     assert "facewatch gallery threshold" in str(error.value)
+
+
+def _another_process_creates(monkeypatch, enrolled: list[Enrollment]) -> None:
+    """Make the next gallery creation lose a race: just before it puts its finished file in
+    place, another enroll or import puts its own gallery there (holding ``enrolled``)."""
+    real_place = gallery_module.place
+
+    def place_after_the_winner(scratch: Path, path: Path) -> None:
+        monkeypatch.setattr(gallery_module, "place", real_place)
+        winner = path.with_name("winner.sqlite")
+        with Gallery.create(winner, MODEL, D, threshold=0.7) as theirs:
+            theirs.enroll(enrolled)
+        os.rename(winner, path)
+        real_place(scratch, path)  # FileExistsError: the winner's is there
+
+    monkeypatch.setattr(gallery_module, "place", place_after_the_winner)
+
+
+def test_a_creation_that_loses_the_race_opens_the_gallery_just_made(tmp_path, monkeypatch) -> None:
+    """Two enrolls making the first gallery at the same moment: the slower one said
+    'already exists' (and its enroll then deleted the other's gallery). Now it opens the
+    gallery the other made and enrolls into it."""
+    path = tmp_path / "g.sqlite"
+    _another_process_creates(monkeypatch, [Enrollment("ada", axis(0), "a1")])
+    with Gallery.open_or_create(path, MODEL, D, threshold=0.5) as late:
+        assert late.created is None and late.threshold == 0.7  # theirs, not a new one
+        late.enroll([Enrollment("bob", axis(1), "b1")])
+    with Gallery.open(path, MODEL) as both:
+        assert [i.name for i in both.identities()] == ["ada", "bob"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.sqlite"]  # no scratch left
+    with pytest.raises(GalleryError, match=r"g\.sqlite: already exists"):
+        Gallery.create(path, MODEL, D)
+
+
+def test_an_import_into_a_gallery_made_meanwhile_is_no_new_gallery(gallery, capsys, monkeypatch) -> None:  # fmt: skip
+    """`gallery import` said '(a new gallery ...)' from a look before the gallery was made
+    (and failed with 'already exists' when another command made it first)."""
+    path = gallery.path
+    gallery.close()
+    backup = path.with_name("backup.json")
+    assert gallery_cli(path, capsys, "export", str(backup))[0] == 0
+    target = path.with_name("target.sqlite")
+    _another_process_creates(monkeypatch, [Enrollment("dave", axis(3), "d1")])
+    code, out, err = gallery_cli(target, capsys, "import", str(backup))
+    assert code == 0, err
+    assert "imported 4 new embedding(s) of 3 person(s)" in out and "a new gallery" not in out
+    with Gallery.open(target, MODEL) as merged:
+        assert [i.name for i in merged.identities()] == ["alice", "bob", "carol", "dave"]
+    code, out, _ = gallery_cli(path.with_name("fresh.sqlite"), capsys, "import", str(backup))
+    assert code == 0 and "(a new gallery, threshold 1.100)" in out

@@ -9,12 +9,18 @@ import shutil
 import stat
 import time
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, cast
 
 import cv2
 import numpy as np
 import pytest
 
+from daemon import enroll_cli
+from daemon import gallery as gallery_module
 from daemon.cli import main
+from daemon.gallery import Enrollment, Gallery
+from daemon.recognition_cli import Models
 from tests.conftest import REPO
 
 CELEBA_PEOPLE = 4
@@ -525,3 +531,70 @@ def test_the_daemons_config_gives_the_model_gallery_and_flip(
     config.write_text("cameras: [{name: door}]")
     assert main(["gallery", "list", "--config", str(config)]) == 2
     assert "cameras[0] (door).url: required key is missing" in capsys.readouterr().err
+
+
+class _StandIn:
+    """A FaceNet stand-in for enroll's last step: the crops given are the embeddings."""
+
+    model_id = "stand-in@sha256:0"
+    embedding_size = 4
+    meta = SimpleNamespace(extra={})
+
+    def embed(self, crops: np.ndarray) -> np.ndarray:
+        return crops
+
+
+def _store(gallery: Path, who: list[tuple[str, np.ndarray, str]]) -> int:
+    """enroll's last step (embed, then write the gallery): (name, embedding, photo hash)."""
+    models = cast(Models, SimpleNamespace(facenet=_StandIn()))
+    crops = [vector for _, vector, _ in who]
+    accepted = [(name, Path(f"{name}.jpg"), sha) for name, _, sha in who]
+    return enroll_cli._store(gallery, models, crops, accepted, 0)
+
+
+E0, E1 = np.eye(4, dtype=np.float32)[:2]
+
+
+def test_an_enroll_that_fails_deletes_only_a_gallery_it_made_and_nobody_wrote(
+    tmp_path, capsys, monkeypatch
+) -> None:
+    """Two first enrolls at the same moment: the one that lost the race to create the
+    gallery deleted the other's gallery on its way out. A failed enroll now removes only
+    the empty gallery it made itself, and not once another enroll has written to it."""
+    path = tmp_path / "gallery.sqlite"
+    assert _store(path, [("ada", 3 * E0, "a1")]) == 1  # not unit length: refused
+    assert "nothing was enrolled" in capsys.readouterr().err
+    assert not path.exists()  # its own empty gallery went with it
+
+    real_place = gallery_module.place
+
+    def another_enroll_first(scratch: Path, target: Path) -> None:
+        monkeypatch.setattr(gallery_module, "place", real_place)
+        with Gallery.create(tmp_path / "theirs.sqlite", _StandIn.model_id, 4) as theirs:
+            theirs.enroll([Enrollment("ada", E0, "photo")])
+        os.rename(tmp_path / "theirs.sqlite", target)
+        real_place(scratch, target)  # FileExistsError: theirs is there now
+
+    monkeypatch.setattr(gallery_module, "place", another_enroll_first)
+    assert _store(path, [("bob", E1, "photo")]) == 1  # ada's photo: refused
+    assert "a photo of 'bob' is already enrolled as 'ada'" in capsys.readouterr().err
+    with Gallery.open(path) as kept:
+        assert [i.name for i in kept.identities()] == ["ada"]
+
+    path.unlink()
+    real_open_or_create = Gallery.open_or_create
+
+    def another_enroll_between(*args: Any, **kwargs: Any) -> Gallery:
+        made = real_open_or_create(*args, **kwargs)  # made here, then the other writes
+        with Gallery.open(path, writable=True) as theirs:
+            theirs.enroll([Enrollment("ada", E0, "photo")])
+        return made
+
+    monkeypatch.setattr(Gallery, "open_or_create", another_enroll_between)
+    assert _store(path, [("bob", E1, "photo")]) == 1
+    with Gallery.open(path) as kept:
+        assert [i.name for i in kept.identities()] == ["ada"]
+    monkeypatch.setattr(Gallery, "open_or_create", real_open_or_create)
+    assert _store(path, [("bob", E1, "b1")]) == 0
+    out = capsys.readouterr().out
+    assert "enrolled 1 new face(s) of 1 person(s)" in out and "a new gallery" not in out
