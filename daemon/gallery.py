@@ -364,13 +364,20 @@ class Gallery:
             yield self._conn
             self._conn.execute("COMMIT")
         except sqlite3.DatabaseError as exc:
-            self._conn.execute("ROLLBACK")
+            self._roll_back()
             raise translate(self.path, exc) from None
         except BaseException:
-            self._conn.execute("ROLLBACK")
+            self._roll_back()
             raise
         finally:
             self._matrix = None
+
+    def _roll_back(self) -> None:
+        """Undo the open transaction, if any: after a full disk or an I/O error SQLite has
+        already rolled it back itself, and a ROLLBACK then would hide the first error."""
+        if self._conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.execute("ROLLBACK")
 
     def enroll(self, faces: Sequence[Enrollment]) -> int:
         """Add every face in one transaction (all or nothing); returns how many were new

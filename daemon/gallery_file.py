@@ -109,7 +109,13 @@ def write_schema(
 
 def check_writable(path: Path) -> None:
     """GalleryError unless we may write the file, which is not marked read-only (root ignores
-    permission bits; we don't), and its folder, where SQLite writes its journal."""
+    permission bits; we don't), and its folder, where SQLite writes its journal; a file
+    system mounted read-only is named as such (chmod cannot help there)."""
+    if _read_only_mount(path):
+        raise GalleryError(
+            f"{path}: the file system the gallery is on is mounted read-only; remount it "
+            "read-write, or use a copy on a writable file system to change it"
+        )
     mode = path.stat().st_mode
     if not os.access(path, os.W_OK) or not mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH):
         raise GalleryError(
@@ -124,6 +130,14 @@ def check_writable(path: Path) -> None:
         )
 
 
+def _read_only_mount(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:  # the other checks name what is wrong
+        return False
+
+
+SQLITE_FULL = 13  # no extended codes: "database or disk is full"
 SQLITE_READONLY_ROLLBACK = 776  # a read-only connection met a hot journal
 
 
@@ -163,6 +177,13 @@ def translate(path: Path, exc: sqlite3.DatabaseError) -> GalleryError:
             "run `facewatch gallery list` on it once as the file's owner to roll it back"
         )
     text = str(exc).lower()
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code == SQLITE_FULL or "disk is full" in text:
+        return GalleryError(
+            f"{path}: the disk is full: no space left on the file system of "
+            f"{path.resolve().parent} for the gallery and its journal; the gallery was left as "
+            "it was: free some space and try again"
+        )
     if "locked" in text or "busy" in text:
         return GalleryBusy(
             f"{path}: gallery is locked by another writer (another facewatch enroll or "

@@ -13,6 +13,7 @@ import sys
 import tempfile
 import zipfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -813,3 +814,40 @@ def test_an_import_into_a_gallery_made_meanwhile_is_no_new_gallery(gallery, caps
         assert [i.name for i in merged.identities()] == ["alice", "bob", "carol", "dave"]
     code, out, _ = gallery_cli(path.with_name("fresh.sqlite"), capsys, "import", str(backup))
     assert code == 0 and "(a new gallery, threshold 1.100)" in out
+
+
+def test_a_full_disk_is_said_plainly_and_the_gallery_kept(gallery) -> None:
+    """On a full disk SQLite rolls the transaction back itself; the ROLLBACK after it failed
+    with 'cannot rollback - no transaction is active' and a traceback hid the first error.
+    (SQLite's own page limit fails the write with the very error a full disk gives.)"""
+    before = (gallery.identities(), gallery.embeddings()[0])
+    pages = gallery._conn.execute("PRAGMA page_count").fetchone()[0]
+    gallery._conn.execute(f"PRAGMA max_page_count = {pages}")
+    many = [Enrollment(f"p{k}", unit(1, k / 500), f"s{k}") for k in range(500)]
+    with pytest.raises(GalleryError) as error:
+        gallery.enroll(many)
+    assert str(error.value).startswith(f"{gallery.path}: the disk is full: no space left")
+    assert "free some space" in str(error.value)
+    assert gallery.identities() == before[0]
+    np.testing.assert_array_equal(gallery.embeddings()[0], before[1])
+    gallery.rename("bob", "rob")  # the connection still writes what fits
+    assert gallery.knows("rob")
+
+
+def test_a_gallery_on_a_read_only_mount_says_so_not_chmod(gallery, monkeypatch) -> None:
+    """A gallery on a file system mounted read-only was told to `chmod u+w`, which cannot
+    help there (a mount needs root to make, so statvfs stands in)."""
+    path = gallery.path
+    gallery.close()
+    real_statvfs = os.statvfs
+    monkeypatch.setattr(
+        os,
+        "statvfs",
+        lambda p: SimpleNamespace(f_flag=real_statvfs(p).f_flag | os.ST_RDONLY),
+    )
+    with pytest.raises(GalleryError) as error:
+        Gallery.open(path, MODEL, writable=True)
+    assert str(error.value).startswith(f"{path}: the file system the gallery is on is mounted read-only")  # fmt: skip
+    assert "chmod" not in str(error.value)
+    with Gallery.open(path, MODEL) as reader:  # reading is fine
+        assert len(reader.identities()) == 3
