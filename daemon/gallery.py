@@ -23,7 +23,7 @@ import logging
 import os
 import sqlite3
 import unicodedata
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -379,10 +379,14 @@ class Gallery:
             with contextlib.suppress(sqlite3.Error):
                 self._conn.execute("ROLLBACK")
 
-    def enroll(self, faces: Sequence[Enrollment]) -> int:
+    def enroll(
+        self, faces: Sequence[Enrollment], thresholds: Mapping[str, float] | None = None
+    ) -> int:
         """Add every face in one transaction (all or nothing); returns how many were new
         (a source image already enrolled for that identity is not added twice; one enrolled
-        as another identity is refused)."""
+        as another identity is refused). ``thresholds`` (an import's) are set in the same
+        transaction: no reader ever sees the faces matched at the default instead."""
+        limits = {name: check_threshold(value) for name, value in (thresholds or {}).items()}
         added = 0
         with self._transaction() as conn:
             ids = _ids_by_name(conn)
@@ -432,6 +436,10 @@ class Gallery:
             now = now_iso()
             conn.executemany(
                 "UPDATE identities SET updated = ? WHERE id = ?", [(now, i) for i in touched]
+            )
+            conn.executemany(
+                "UPDATE identities SET threshold = ? WHERE id = ?",
+                [(value, self._identity_id(conn, name)) for name, value in limits.items()],
             )
         return added
 

@@ -275,9 +275,7 @@ def _import(args: argparse.Namespace) -> int:
         path, export.model_id, export.embedding_size, export.threshold
     ) as g:
         new = g.created is not None  # not when another command made it meanwhile
-        added = g.enroll(export.faces)
-        for name, threshold in export.thresholds.items():
-            g.set_threshold(name, threshold)
+        added = g.enroll(export.faces, export.thresholds)  # one transaction, thresholds too
     names = {face.name for face in export.faces}
     print(
         f"imported {added} new embedding(s) of {len(names)} person(s) from {args.file} into "

@@ -22,6 +22,7 @@ from daemon import gallery as gallery_module
 from daemon import gallery_export
 from daemon.events import person_key
 from daemon.gallery import DEFAULT_THRESHOLD, Enrollment, Gallery, GalleryError
+from daemon.gallery_file import file_stamp
 from daemon.recognition import calibrate
 
 MODEL = "facenet-test@sha256:0123456789abcdef"
@@ -814,6 +815,41 @@ def test_an_import_into_a_gallery_made_meanwhile_is_no_new_gallery(gallery, caps
         assert [i.name for i in merged.identities()] == ["alice", "bob", "carol", "dave"]
     code, out, _ = gallery_cli(path.with_name("fresh.sqlite"), capsys, "import", str(backup))
     assert code == 0 and "(a new gallery, threshold 1.100)" in out
+
+
+def _person(name: str, threshold: float | None, vector: np.ndarray | None) -> dict:
+    """One identity of a JSON export, with one face (None: none)."""
+    faces = [] if vector is None else [{"vector": vector.tolist(), "source_sha256": name}]
+    return {"name": name, "threshold": threshold, "embeddings": faces}
+
+
+def test_an_import_is_one_transaction_with_its_thresholds(gallery, capsys) -> None:
+    """An import wrote the faces, then each person's threshold in a transaction of its own:
+    the daemon re-read the gallery in between and matched the new people at the default,
+    and an import cut short there left faces without their thresholds. Now it is one
+    commit, and an import refused at a threshold adds nothing."""
+    path = gallery.path
+    gallery.close()
+    export = path.with_name("people.json")
+    record = json.loads(_export_json(export, person_threshold=0.4).read_text())
+    record["identities"].append(_person("zed", 0.3, axis(5)))
+    export.write_text(json.dumps(record))
+    commits = file_stamp(path)[4]
+    code, out, err = gallery_cli(path, capsys, "import", str(export))
+    assert code == 0 and "imported 2 new embedding(s) of 2 person(s)" in out, err
+    assert file_stamp(path)[4] == commits + 1  # one write: faces and thresholds together
+    with Gallery.open(path) as merged:
+        assert {i.name: i.threshold for i in merged.identities()} == {
+            "alice": None, "bob": None, "carol": None, "ann": 0.4, "zed": 0.3
+        }  # fmt: skip
+    before = file_stamp(path)
+    record["identities"] = [_person("yan", None, axis(6)), _person("nobody", 0.5, None)]
+    export.write_text(json.dumps(record))
+    code, _, err = gallery_cli(path, capsys, "import", str(export))
+    assert code == 1 and "no identity named 'nobody'" in err
+    assert file_stamp(path) == before  # yan's face was not written either
+    with Gallery.open(path) as unchanged:
+        assert "yan" not in [i.name for i in unchanged.identities()]
 
 
 def test_a_full_disk_is_said_plainly_and_the_gallery_kept(gallery) -> None:
