@@ -76,6 +76,7 @@ class MqttPublisher:
         self.people_announcements = None
         self._lock = threading.Lock()
         self._last_failure: str | None = None  # what was logged for this outage
+        self._refused = False  # the broker refused the connection attempt under way
         self.client = self._make_client(node_id)
         self._thread = threading.Thread(target=self._run, name="mqtt-publisher", daemon=True)
 
@@ -235,6 +236,7 @@ class MqttPublisher:
         self, client: paho.Client, userdata: object, flags: object, reason: object, props: object
     ) -> None:
         if getattr(reason, "is_failure", False):
+            self._refused = True  # (paho's disconnect after it is no wrong port)
             self._failed(f"broker refused the connection: {reason}; retrying")
             return
         logger.info("MQTT: connected to %s:%d", self.config.host, self.config.port)
@@ -316,10 +318,11 @@ class MqttPublisher:
         self, client: paho.Client, userdata: object, flags: object, reason: object, props: object
     ) -> None:
         lost = getattr(reason, "value", None) == UNSPECIFIED  # what paho says of a lost socket
+        refused, self._refused = self._refused, False
         if self.connected.is_set() and not self._stop.is_set():
             why = "the connection was lost: the broker stopped, or the network" if lost else reason
             logger.warning("MQTT: disconnected (%s); events are spooled until it is back", why)
-        elif lost and not self._stop.is_set():  # taken, then closed before any MQTT answer
+        elif lost and not refused and not self._stop.is_set():  # closed with no MQTT answer
             cfg = self.config
             self._failed(
                 f"{cfg.host}:{cfg.port} takes the connection but closes it without answering "
