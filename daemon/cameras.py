@@ -37,7 +37,8 @@ READ_TIMEOUT_MS = 3_400  # OpenCV's FFmpeg backend tries a read 3 times: a stall
 BACKOFF_MIN_S = 0.5
 BACKOFF_MAX_S = 30.0
 REMIND_S = 600.0  # a camera that stays down is logged again this often (else at DEBUG)
-STABLE_S = 30.0  # a stream that ends sooner is the same outage: the backoff goes on growing
+STABLE_S = 30.0  # a stream that ends sooner is the same outage (logged once)
+FLAP_S = 5.0  # one that ends sooner (a few frames, then dropped): the backoff goes on growing
 # a camera whose frames are dropped (the pipeline behind) past metrics.DROPS_HIGH of a minute
 # is logged, at most every REMIND_S: otherwise only Prometheus's alert would say it
 DROPS_WINDOW_S = 60.0
@@ -265,8 +266,11 @@ class CameraReader(threading.Thread):
                 failures = 0  # end of a file: play it again at once
                 continue
             self._set_up(False)
-            if delivered and time.monotonic() - opened >= STABLE_S:
+            lasted = time.monotonic() - opened if delivered else 0.0
+            if lasted >= STABLE_S:
                 failures, self._said = 1, None  # a new outage: logged as one
+            elif lasted >= FLAP_S:
+                failures = 1  # it streamed a while: back at once
             else:  # (a camera that drops each connection at once, e.g. at its client limit)
                 failures += 1
             self._backoff(failures, why)

@@ -955,6 +955,22 @@ def test_a_camera_that_drops_each_connection_at_once_backs_off_and_is_logged_onc
     lines = [r.getMessage() for r in caplog.records if "porch" in r.getMessage()]
     assert len(lines) == 1, lines
 
+    # one that streams 25 s each time, then drops: back at once (the same outage in the log)
+    clock = [0.0]
+    monkeypatch.setattr(
+        cameras, "time", SimpleNamespace(monotonic=lambda: clock[0], time=time.time)
+    )
+
+    def streams(capture: object) -> int:
+        clock[0] += 25.0
+        return 750
+
+    monkeypatch.setattr(reader, "_read", streams)
+    reader._stop_event.clear()
+    waits.clear()
+    reader.run()
+    assert max(waits) < 1, waits
+
 
 def test_a_camera_whose_frames_are_mostly_dropped_is_logged_now_and_then(
     monkeypatch, caplog
