@@ -266,8 +266,7 @@ class Pipeline:
             seen = by_frame.get(id(frame), {})
             events = self.trackers[frame.camera].decide([face.track for face in seen.values()])
             for event in events:
-                when = event.track.wall_ts(frame.clock)  # on the track's clock (steps)
-                self._emit(event, frame.camera, when, frame, seen[id(event.track)])
+                self._emit(event, frame.camera, frame.ts, frame, seen[id(event.track)])
             self._changed(frame.camera, events, frame.ts)
 
     def expire(self, now: float, stopping: bool = False) -> None:

@@ -843,12 +843,12 @@ def test_the_events_file_is_owner_only_and_a_line_cut_short_swallows_no_event(tm
 def test_a_wall_clock_step_splits_no_track(detector, step_s) -> None:
     """NTP steps the wall clock while people are in view (back an hour, or on by 30 s, as on
     a board without a real-time clock): their tracks go on by the monotonic clock, with no
-    second `confirmed` nor early `left`; the events carry the wall clock's times, those of a
-    visit on the clock of its first frame, so that it lasts what it lasted (its `left` was
+    second `confirmed` nor early `left`; the events carry their frame's wall-clock time, and
+    a visit's `left` the clock of its first frame, so that it lasts what it lasted (it was
     3600 s before its start, or 30 s too long)."""
     pipeline, events, frames = _demo_pipeline(detector, 8)
-    for k in range(8):  # 5 fps; the wall clock jumps between frames 3 and 4
-        wall = 1_700_000_000.0 + 0.2 * k + (step_s if k >= 4 else 0.0)
+    for k in range(8):  # 5 fps; the wall clock jumps between frames 0 and 1
+        wall = 1_700_000_000.0 + 0.2 * k + (step_s if k >= 1 else 0.0)
         pipeline.process([Frame("door", k, wall, frames[k], mono=500.0 + 0.2 * k)])
     pipeline.expire(500.0 + 0.2 * 7 + 0.5)  # (the monotonic clock's now)
     confirmed = [e for e in events if e["type"] == "confirmed"]
@@ -859,6 +859,8 @@ def test_a_wall_clock_step_splits_no_track(detector, step_s) -> None:
     left = [e for e in events if e["type"] == "left"]
     assert {e["track_id"] for e in left} == {e["track_id"] for e in confirmed}
     assert all(e["frame_ts"] == 1_700_000_000.0 + 1.4 for e in left)  # last seen, 1.4 s on
+    # confirmed after the step: the time of the frame that confirmed them, on the new clock
+    assert all(abs(e["frame_ts"] - 1_700_000_000.0 - step_s) < 2 for e in confirmed)
 
 
 def test_a_cameras_outage_start_follows_the_wall_clock_set_right(monkeypatch) -> None:
