@@ -202,11 +202,14 @@ class DetectionOverrides(Section):
 
 def _a_name(name: str) -> str:
     """A camera name or node_id: it goes into MQTT topics, metric labels, folder names and
-    command lines (a name starting with '-' reads as an option there)."""
-    if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}", name) is None:
+    command lines (a name starting with '-' reads as an option there; '_' was allowed first
+    before, and stays)."""
+    if re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,63}", name) is None or not re.search(
+        r"[A-Za-z0-9]", name
+    ):
         raise ValueError(
-            "letters, digits, '_' and '-' only, starting with a letter or digit, 1 to 64 of "
-            "them (it goes into MQTT topics and metric labels)"
+            "letters, digits, '_' and '-' only, not starting with '-', with a letter or digit, "
+            "1 to 64 of them (it goes into MQTT topics, metric labels and command lines)"
         )
     return name
 
@@ -557,7 +560,7 @@ class Config(Section):
     node_id: str = _field(
         "facewatch",
         "this daemon's name in topics and metrics: letters, digits, _ and - (1 to 64), "
-        "starting with a letter or digit",
+        "not starting with -",
     )
     _node = field_validator("node_id")(_a_name)
     cameras: Annotated[list[CameraConfig], Field(min_length=1)] = Field(

@@ -42,10 +42,11 @@ def test_defaults_fill_everything_but_the_cameras() -> None:
             "or in '-' against '_' are one name to Home Assistant "
             "(binary_sensor.front_door_face for each)",
         ),
-        ({"cameras": [{"name": "--help", "url": "x"}]}, "starting with a letter or digit"),
+        ({"cameras": [{"name": "--help", "url": "x"}]}, "not starting with '-'"),
+        ({"cameras": [{"name": "_-", "url": "x"}]}, "with a letter or digit"),
         (
             {"cameras": [CAMERA], "node_id": "_"},
-            "node_id: letters, digits, '_' and '-' only, starting",
+            "node_id: letters, digits, '_' and '-' only, not starting",
         ),
         (
             {"cameras": [{"name": "bad name!", "url": "x"}]},
@@ -613,3 +614,10 @@ def test_validate_config_refuses_a_gallery_run_would_and_warns_of_its_old_thresh
     assert old.startswith("0\n") and "LFW best-accuracy one" in old, old
     assert f"gallery threshold --default {start:.3f} --gallery {gallery}" in old
     assert "warning" not in validate(threshold=start)
+
+
+def test_a_name_starting_with_an_underscore_stays_valid() -> None:
+    """Names were letters, digits, '_' and '-'; refusing a leading '-' (it reads as an
+    option on a command line) must not refuse the '_garage' a config may already hold."""
+    config = parse_config({"cameras": [{"name": "_garage", "url": "x"}], "node_id": "_lab"})
+    assert (config.cameras[0].name, config.node_id) == ("_garage", "_lab")
