@@ -3,4 +3,46 @@
 (Not python-daemon: this package lives in the facewatch repository.)
 """
 
+from __future__ import annotations
+
+from pathlib import Path
+
 __version__ = "0.1.0"
+
+
+def build_version() -> str:
+    """``__version__``, with the git commit of the checkout it runs from (``0.1.0+g1a2b3c4``;
+    a wheel has none): after a `git pull` and a restart, ``facewatch --version``,
+    ``facewatch_build_info`` and Home Assistant's device say which code runs. The commit is
+    read from the checkout's files, without git."""
+    commit = _checkout_commit(Path(__file__).resolve().parent.parent / ".git")
+    return f"{__version__}+g{commit[:7]}" if commit else __version__
+
+
+def _checkout_commit(git: Path) -> str | None:
+    """The commit HEAD names in the git folder ``git`` (a worktree's ``.git`` file leads to
+    its own), None where there is none or it cannot be read."""
+    try:
+        if git.is_file():  # a worktree: "gitdir: PATH"
+            git = Path(git.read_text().partition("gitdir:")[2].strip())
+        head = (git / "HEAD").read_text().strip()
+        if not head.startswith("ref:"):
+            return head if _is_commit(head) else None
+        ref = head.partition("ref:")[2].strip()
+        common = git / "commondir"  # a worktree's refs are the main checkout's
+        base = (git / common.read_text().strip()).resolve() if common.is_file() else git
+        loose = base / ref
+        if loose.is_file():
+            found = loose.read_text().strip()
+            return found if _is_commit(found) else None
+        for line in (base / "packed-refs").read_text().splitlines():
+            sha, _, name = line.partition(" ")
+            if name == ref and _is_commit(sha):
+                return sha
+    except (OSError, UnicodeDecodeError):
+        return None
+    return None
+
+
+def _is_commit(text: str) -> bool:
+    return len(text) in (40, 64) and all(c in "0123456789abcdef" for c in text)

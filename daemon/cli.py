@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from importlib.metadata import entry_points
 
 from daemon import (
-    __version__,
     archive_cli,
+    build_version,
     detect_cli,
     engines_cli,
     enroll_cli,
@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Real-time face detection and recognition for IP cameras: MTCNN + FaceNet on "
         "the CPU (OpenVINO, ONNX Runtime) or an NVIDIA GPU (TensorRT, PyTorch CUDA).",
     )
-    parser.add_argument("--version", action="version", version=f"facewatch {__version__}")
+    parser.add_argument("--version", action="version", version=f"facewatch {build_version()}")
     parser.add_argument(
         "--log-level",
         default=None,

@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 from typing import Any, Protocol
 
-from daemon import __version__
+from daemon import build_version
 from daemon.config import Config, HomeAssistantConfig
 from daemon.events import person_key
 
@@ -36,7 +36,7 @@ PEOPLE_TEMPLATE = (
     "{% if value_json.people %}{{ (value_json.people | join(', '))[:255] }}"
     "{% elif value_json.faces %}unknown{% else %}nobody{% endif %}"
 )
-ORIGIN = {"name": "facewatch", "sw_version": __version__}
+ORIGIN = {"name": "facewatch", "sw_version": build_version()}
 
 
 class Topics(Protocol):
@@ -124,7 +124,7 @@ def _node_device(node_id: str) -> dict[str, Any]:
         "name": node_id if node_id == "facewatch" else f"facewatch {node_id}",
         "manufacturer": "facewatch",
         "model": "face recognition daemon",
-        "sw_version": __version__,
+        "sw_version": build_version(),
     }
 
 

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram, Info, start_http_server
 
-from daemon import __version__
+from daemon import build_version
 from daemon.config_file import url_host
 
 logger = logging.getLogger(__name__)
@@ -152,7 +152,7 @@ def init(node: str, cameras: list[str], backend: str, model_id: str, mqtt: bool 
         REGISTRY.register(MQTT_CONNECTED)
     READY.set(0)
     _BUILD_FIELDS.update(
-        version=__version__,
+        version=build_version(),
         python=platform.python_version(),
         backend=backend,
         model=model_id,

@@ -80,3 +80,39 @@ def test_train_commands_without_pytorch_say_what_to_install(argv):
         f"facewatch train {argv[1]}: needs the training extras, which are not installed "
         f"(no module 'torch'): pip install -e '{REPO}[train]'"
     )
+
+
+def test_the_version_names_the_commit_of_the_checkout_it_runs_from(tmp_path) -> None:
+    """Every commit said 'facewatch 0.1.0': after a git pull and a restart nothing told which
+    code ran. A checkout's commit is read from its .git (loose or packed ref, a detached
+    HEAD, a worktree); a wheel (no .git) says the version alone."""
+    from daemon import __version__, _checkout_commit
+
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    git = tmp_path / "repo" / ".git"
+    (git / "refs" / "heads").mkdir(parents=True)
+    (git / "HEAD").write_text("ref: refs/heads/main\n")
+    (git / "packed-refs").write_text(f"# pack-refs\n{sha} refs/heads/main\n")
+    assert _checkout_commit(git) == sha
+    loose = sha[::-1]
+    (git / "refs" / "heads" / "main").write_text(loose + "\n")
+    assert _checkout_commit(git) == loose
+    worktree = tmp_path / "tree"
+    (worktree / "gitdir").mkdir(parents=True)
+    (worktree / ".git").write_text(f"gitdir: {worktree / 'gitdir'}\n")
+    (worktree / "gitdir" / "HEAD").write_text(sha + "\n")  # detached
+    assert _checkout_commit(worktree / ".git") == sha
+    assert _checkout_commit(tmp_path / "wheel" / ".git") is None
+    (git / "HEAD").write_text("garbage")
+    assert _checkout_commit(git) is None
+
+    shown = subprocess.run(
+        [sys.executable, "-m", "daemon.cli", "--version"], capture_output=True, text=True,
+        cwd=REPO, check=True,
+    ).stdout.strip()  # fmt: skip
+    head = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    if not head:
+        pytest.skip("no git checkout here (an unpacked archive): the version alone")
+    assert shown == f"facewatch {__version__}+g{head[:7]}"
