@@ -5,11 +5,13 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 __version__ = "0.1.0"
 
 
+@functools.cache  # the code that runs: a git pull after the start does not change it
 def build_version() -> str:
     """``__version__``, with the git commit of the checkout it runs from (``0.1.0+g1a2b3c4``;
     a wheel has none): after a `git pull` and a restart, ``facewatch --version``,
@@ -23,8 +25,8 @@ def _checkout_commit(git: Path) -> str | None:
     """The commit HEAD names in the git folder ``git`` (a worktree's ``.git`` file leads to
     its own), None where there is none or it cannot be read."""
     try:
-        if git.is_file():  # a worktree: "gitdir: PATH"
-            git = Path(git.read_text().partition("gitdir:")[2].strip())
+        if git.is_file():  # a worktree or submodule: "gitdir: PATH" (relative to its folder)
+            git = git.parent / git.read_text().partition("gitdir:")[2].strip()
         head = (git / "HEAD").read_text().strip()
         if not head.startswith("ref:"):
             return head if _is_commit(head) else None

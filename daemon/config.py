@@ -222,8 +222,8 @@ def _camera_key(name: str) -> str:
 
 class CameraConfig(Section):
     name: str = Field(
-        description="camera name: letters, digits, _ and - (1 to 64), starting with a letter or "
-        "digit, told apart from the others by more than case or - against _; used in topics, "
+        description="camera name: letters, digits, _ and - (1 to 64), not starting with -, with "
+        "a letter or digit, told apart from the others by more than case or - against _; used in topics, "
         "metrics, logs, folder names and Home Assistant's entity ids",
     )
     _name = field_validator("name")(_a_name)
@@ -560,7 +560,7 @@ class Config(Section):
     node_id: str = _field(
         "facewatch",
         "this daemon's name in topics and metrics: letters, digits, _ and - (1 to 64), "
-        "not starting with -",
+        "not starting with -, with a letter or digit",
     )
     _node = field_validator("node_id")(_a_name)
     cameras: Annotated[list[CameraConfig], Field(min_length=1)] = Field(

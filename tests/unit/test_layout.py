@@ -102,6 +102,8 @@ def test_the_version_names_the_commit_of_the_checkout_it_runs_from(tmp_path) -> 
     (worktree / ".git").write_text(f"gitdir: {worktree / 'gitdir'}\n")
     (worktree / "gitdir" / "HEAD").write_text(sha + "\n")  # detached
     assert _checkout_commit(worktree / ".git") == sha
+    (worktree / ".git").write_text("gitdir: gitdir\n")  # relative, as a submodule's
+    assert _checkout_commit(worktree / ".git") == sha
     assert _checkout_commit(tmp_path / "wheel" / ".git") is None
     (git / "HEAD").write_text("garbage")
     assert _checkout_commit(git) is None
