@@ -367,7 +367,7 @@ class Pipeline:
         for camera, tracker in self.trackers.items():
             events = tracker.recount(gallery.match if gallery is not None else None)
             for event in events:  # (no frame caused it: the track's latest, as its box)
-                self._emit(event, camera, event.track.last_seen_ts)
+                self._emit(event, camera, event.track.last_frame_ts)
             self._changed(camera, events, time.time())
 
 

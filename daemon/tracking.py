@@ -63,9 +63,10 @@ class Track:
     embedded: bool = False
     votes: deque[Vote] = field(default_factory=deque)
     announced: set[str] = field(default_factory=set)  # every identity its events have named
-    # first_seen / last_seen are on the tracker's clock (monotonic in the daemon); this, when
-    # given, is the wall-clock time of the first frame (first_seen_ts)
+    # first_seen / last_seen are on the tracker's clock (monotonic in the daemon); these, when
+    # given, are the wall-clock times of the first frame (first_seen_ts) and the latest one
     first_seen_wall: float | None = None
+    last_frame_wall: float | None = None
 
     @property
     def first_seen_ts(self) -> float:
@@ -74,8 +75,15 @@ class Track:
 
     @property
     def last_seen_ts(self) -> float:
-        """Wall-clock time of the track's latest frame."""
+        """Wall-clock time of the track's latest frame, on the clock of its first (for its
+        ``left``, and the archive: the visit's length)."""
         return self.wall_ts(self.last_seen)
+
+    @property
+    def last_frame_ts(self) -> float:
+        """The wall clock's time of the track's latest frame as it said then (for an event
+        of that frame, as the events of a frame carry)."""
+        return self.last_seen_ts if self.last_frame_wall is None else self.last_frame_wall
 
     def wall_ts(self, ts: float) -> float:
         """The wall-clock time of the track's frame taken at ``ts`` (the tracker's clock):
@@ -147,12 +155,12 @@ class Tracker:
         for i, track in enumerate(assigned):
             if track is None:
                 track = Track(self._next_id, faces.bbox_xyxy[i], faces.landmarks[i], ts, ts)
-                track.first_seen_wall = wall_ts
+                track.first_seen_wall = track.last_frame_wall = wall_ts
                 self._next_id += 1
                 self.tracks.append(track)
             else:
                 track.bbox_xyxy, track.landmarks = faces.bbox_xyxy[i], faces.landmarks[i]
-                track.last_seen = ts
+                track.last_seen, track.last_frame_wall = ts, wall_ts
                 track.hits += 1
                 track.since_embed += 1
             result.append(track)

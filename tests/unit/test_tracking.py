@@ -418,3 +418,39 @@ def test_a_gallery_being_written_holds_the_cameras_a_moment_and_is_read_when_don
     assert pipeline.gallery_changed(), "tried again at the next check"
     pipeline.reload_gallery()
     assert pipeline.gallery is not None and not pipeline._gallery_busy
+
+
+def test_a_gallery_event_after_a_clock_step_carries_the_frames_time(tmp_path) -> None:
+    """NTP steps the clock an hour on while ann is in view, then she is renamed: the
+    reload's `changed` (reason gallery) carries her latest frame's time as the clock said
+    then, as the events of frames do; it carried the visit's first clock, an hour behind,
+    which the docs' automation took for an event delivered late."""
+    ann = np.eye(8, dtype=np.float32)[0]
+    path = tmp_path / "gallery.sqlite"
+    with Gallery.create(path, _OnePerson.model_id, 8) as gallery:
+        gallery.enroll([Enrollment("ann", ann, "a" * 64)])
+    config = parse_config(
+        {
+            "cameras": [{"name": "door", "url": "door.mp4"}],
+            "recognition": {"model": None, "gallery": str(path)},
+        }
+    )
+    events: list[dict] = []
+
+    class Sinks(EventSinks):
+        def emit(self, event: dict, snapshot: bytes | None = None) -> None:
+            events.append(event)
+
+    engines = _OnePerson(ann)
+    pipeline = Pipeline(config, engines, engines, Sinks())  # type: ignore[arg-type]
+    pipeline.reload_gallery()
+    image = np.zeros((360, 640, 3), np.uint8)
+    for k in range(10):  # the clock steps on an hour after the fifth frame
+        wall = 1000.0 + k / 5 + (3600.0 if k >= 5 else 0.0)
+        pipeline.process([Frame("door", k, wall, image, mono=50.0 + k / 5)])
+    with Gallery.open(path, writable=True) as gallery:
+        gallery.rename("ann", "Anna")
+    pipeline.reload_gallery()
+    [renamed] = [e for e in events if e["reason"] == "gallery"]
+    assert renamed["frame_ts"] == 1000.0 + 9 / 5 + 3600.0
+    assert renamed["first_seen_ts"] == 1000.0
