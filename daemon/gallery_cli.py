@@ -20,7 +20,7 @@ from typing import Any
 from daemon import gallery_export
 from daemon.config import Config, ConfigError, RecognitionConfig
 from daemon.config_file import load_config
-from daemon.gallery import Gallery, GalleryError, check_threshold, shown_threshold
+from daemon.gallery import Gallery, GalleryError, check_threshold, remove_created, shown_threshold
 from daemon.gallery_names import twin_key
 from daemon.recognition import DEFAULT_TARGET_FAR, calibrate
 
@@ -271,11 +271,17 @@ def _export(args: argparse.Namespace) -> int:
 def _import(args: argparse.Namespace) -> int:
     export = gallery_export.read(args.file)
     path = gallery_path(args)
-    with Gallery.open_or_create(
-        path, export.model_id, export.embedding_size, export.threshold
-    ) as g:
-        new = g.created is not None  # not when another command made it meanwhile
-        added = g.enroll(export.faces, export.thresholds)  # one transaction, thresholds too
+    gallery: Gallery | None = None
+    try:
+        with Gallery.open_or_create(
+            path, export.model_id, export.embedding_size, export.threshold
+        ) as gallery:
+            new = gallery.created is not None  # not when another command made it meanwhile
+            added = gallery.enroll(export.faces, export.thresholds)  # thresholds too, at once
+    except GalleryError:
+        if gallery is not None:
+            remove_created(gallery)  # nothing was imported: leave no empty gallery behind
+        raise
     names = {face.name for face in export.faces}
     print(
         f"imported {added} new embedding(s) of {len(names)} person(s) from {args.file} into "

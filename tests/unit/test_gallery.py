@@ -850,6 +850,11 @@ def test_an_import_is_one_transaction_with_its_thresholds(gallery, capsys) -> No
     assert file_stamp(path) == before  # yan's face was not written either
     with Gallery.open(path) as unchanged:
         assert "yan" not in [i.name for i in unchanged.identities()]
+    # the same refused import into a new gallery leaves no empty gallery behind
+    fresh = path.with_name("fresh.sqlite")
+    code, _, err = gallery_cli(fresh, capsys, "import", str(export))
+    assert code == 1 and "no identity named 'nobody'" in err
+    assert not fresh.exists()
 
 
 def test_a_full_disk_is_said_plainly_and_the_gallery_kept(gallery) -> None:
