@@ -4,11 +4,12 @@ events, and a gallery changed while faces are in view."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 
 from daemon.cameras import Frame, FrameQueues
-from daemon.config import TrackingConfig
+from daemon.config import Config, TrackingConfig
 from daemon.config_file import parse_config
 from daemon.events import EventSinks
 from daemon.gallery import Enrollment, Gallery, Match
@@ -377,6 +378,20 @@ def test_a_camera_back_at_another_resolution_keeps_its_faces_tracks() -> None:
     ) == 1
 
 
+def _ann_enrolled(tmp_path: Path, ann: np.ndarray) -> tuple[Path, Config]:
+    """A gallery of ann for the scripted FaceNet, and a one-camera config that reads it."""
+    path = tmp_path / "gallery.sqlite"
+    with Gallery.create(path, _OnePerson.model_id, 8) as gallery:
+        gallery.enroll([Enrollment("ann", ann, "a" * 64)])
+    config = parse_config(
+        {
+            "cameras": [{"name": "door", "url": "door.mp4"}],
+            "recognition": {"model": None, "gallery": str(path)},
+        }
+    )
+    return path, config
+
+
 def test_a_gallery_being_written_holds_the_cameras_a_moment_and_is_read_when_done(
     tmp_path, caplog
 ) -> None:
@@ -390,15 +405,7 @@ def test_a_gallery_being_written_holds_the_cameras_a_moment_and_is_read_when_don
     from daemon.scheduler import GALLERY_LOCK_S
 
     ann = np.eye(8, dtype=np.float32)[0]
-    path = tmp_path / "gallery.sqlite"
-    with Gallery.create(path, _OnePerson.model_id, 8) as gallery:
-        gallery.enroll([Enrollment("ann", ann, "a" * 64)])
-    config = parse_config(
-        {
-            "cameras": [{"name": "door", "url": "door.mp4"}],
-            "recognition": {"model": None, "gallery": str(path)},
-        }
-    )
+    path, config = _ann_enrolled(tmp_path, ann)
     engines = _OnePerson(ann)
     pipeline = Pipeline(config, engines, engines, EventSinks())  # type: ignore[arg-type]
     pipeline.reload_gallery()
@@ -426,15 +433,7 @@ def test_a_gallery_event_after_a_clock_step_carries_the_frames_time(tmp_path) ->
     then, as the events of frames do; it carried the visit's first clock, an hour behind,
     which the docs' automation took for an event delivered late."""
     ann = np.eye(8, dtype=np.float32)[0]
-    path = tmp_path / "gallery.sqlite"
-    with Gallery.create(path, _OnePerson.model_id, 8) as gallery:
-        gallery.enroll([Enrollment("ann", ann, "a" * 64)])
-    config = parse_config(
-        {
-            "cameras": [{"name": "door", "url": "door.mp4"}],
-            "recognition": {"model": None, "gallery": str(path)},
-        }
-    )
+    path, config = _ann_enrolled(tmp_path, ann)
     events: list[dict] = []
 
     class Sinks(EventSinks):
