@@ -23,23 +23,28 @@ from engines.loader import default_facenet
 logger = logging.getLogger(__name__)
 
 
+def _model_path(config: Config) -> Path | None:
+    """The FaceNet model file ``recognition.model`` names (``auto``: the shipped one's place),
+    which may not be there; None for detection only."""
+    model = config.recognition.model
+    return None if model is None else default_facenet() if model == "auto" else Path(model)
+
+
 def resolve_model(config: Config) -> Path | None:
     """The FaceNet model file to use, or None for detection only."""
-    model = config.recognition.model
-    if model is None:
+    path = _model_path(config)
+    if path is None:
         return None
-    if model == "auto":
-        default = default_facenet()
-        if default.is_file():
-            return default
+    if config.recognition.model == "auto":
+        if path.is_file():
+            return path
         logger.warning(
             "no FaceNet model at %s: running detection and tracking only (events carry "
             "identity null); set recognition.model to a model file to recognise people "
             "(`facewatch train export` makes one from facenet-pytorch's published weights)",
-            default,
+            path,
         )
         return None
-    path = Path(model)
     if not path.is_file():
         raise ConfigError(f"recognition.model: {path}: FaceNet model file not found")
     return path
@@ -47,10 +52,9 @@ def resolve_model(config: Config) -> Path | None:
 
 def recognition_summary(config: Config) -> str:
     """Who the daemon would name, in a few words: the model it runs, or why none."""
-    model = config.recognition.model
-    if model is None:
+    path = _model_path(config)
+    if path is None:
         return "detection only (recognition.model: null)"
-    path = default_facenet() if model == "auto" else Path(model)
     if not path.is_file():  # (`auto`: only; a named one missing is a problem)
         return f"detection only: no FaceNet model at {path} (recognition.model: auto)"
     return f"recognition with {path}"
@@ -177,8 +181,7 @@ def _model_problems(config: Config) -> list[str]:
 
 def _model_file(config: Config) -> Path | None:
     """The FaceNet model the daemon would run, when there is one (``resolve_model``, quietly)."""
-    model = config.recognition.model
-    path = default_facenet() if model == "auto" else None if model is None else Path(model)
+    path = _model_path(config)
     return path if path is not None and path.is_file() else None
 
 
