@@ -98,9 +98,8 @@ class FrameQueues:
         if lost > metrics.DROPS_HIGH * put and now - warned >= REMIND_S:
             logger.warning(
                 "camera %s: %.0f %% of its frames dropped in the last %.0f s: the pipeline "
-                "cannot keep up (lower the cameras' fps, use sub-streams, set "
-                "detection.full_scan_every, or move to a GPU)",
-                camera, 100 * lost / put, now - start,
+                "cannot keep up (%s)",
+                camera, 100 * lost / put, now - start, metrics.DROPS_ADVICE,
             )  # fmt: skip
             warned = now
         self._drops[camera] = [now, 0, 0, warned]

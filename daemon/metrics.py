@@ -51,6 +51,9 @@ FRAMES_PROCESSED = Counter(
 # the share of a camera's frames dropped that is too many: the pipeline cannot keep up (the
 # log, `facewatch status` and the alert FacewatchFrameDropsHigh say so past it)
 DROPS_HIGH = 0.2
+DROPS_ADVICE = (
+    "lower the cameras' fps, use sub-streams, set detection.full_scan_every, or move to a GPU"
+)
 FRAMES_DROPPED = Counter(
     "facewatch_frames_dropped_total",
     "frames dropped because the pipeline was behind (newest frames are kept)",

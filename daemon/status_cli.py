@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from daemon.config import DEFAULT_CONFIG, SERVICE_CONFIG, ConfigError, running_config
 from daemon.config_file import load_config, redact_url, url_host
-from daemon.metrics import DROPS_HIGH
+from daemon.metrics import DROPS_ADVICE, DROPS_HIGH
 from daemon.stream_probe import http_get, peer_text
 
 NOT_RUNNING = 3
@@ -119,8 +119,7 @@ def _behind(camera: Camera) -> str:
     share = 100 * camera.dropped_fps / camera.read_fps
     return (
         f"camera {camera.name} cannot be kept up with: {share:.0f} % of its frames dropped "
-        "(lower the cameras' fps, use sub-streams, set detection.full_scan_every, or move to "
-        "a GPU)"
+        f"({DROPS_ADVICE})"
     )
 
 
