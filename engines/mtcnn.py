@@ -505,13 +505,13 @@ class MTCNN:
         windows: np.ndarray,
         frame: np.ndarray,
         size: int,
-        rows: int | None = None,
+        rows: int,
     ) -> np.ndarray:
         """Integer windows (K, 4: x0, y0, x1, y1, end exclusive) of the frames ``frame``,
         zero outside the image, area-resized to size x size: a normalised NCHW blob of
-        ``rows`` rows (K by default; those past K are zeros)."""
+        ``rows`` rows (K or more: those past K are zeros)."""
         count = len(windows)
-        blob = np.empty((count if rows is None else rows, 3, size, size), np.float32)
+        blob = np.empty((rows, 3, size, size), np.float32)
         blob[count:] = 0.0
         head = blob[:count]
         frames = np.unique(frame)
