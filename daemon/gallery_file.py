@@ -181,8 +181,8 @@ def translate(path: Path, exc: sqlite3.DatabaseError) -> GalleryError:
     if code == SQLITE_FULL or "disk is full" in text:
         return GalleryError(
             f"{path}: the disk is full: no space left on the file system of "
-            f"{path.resolve().parent} for the gallery and its journal; the gallery was left as "
-            "it was: free some space and try again"
+            f"{path.resolve().parent} for the gallery and its journal; nothing was changed: "
+            "free some space and try again"
         )
     if "locked" in text or "busy" in text:
         return GalleryBusy(
