@@ -409,7 +409,19 @@ class TrackingConfig(Section):
         15, "recent recognitions that vote on a track's identity", ge=1, le=1000
     )
     min_votes: int = _field(
-        2, "votes an identity needs before it is announced (at most vote_window)", ge=1, le=1000
+        3,
+        "votes a name needs, and a majority of the votes so far, before a face is announced "
+        "by it, or changed to it (at most vote_window)",
+        ge=1,
+        le=1000,
+    )
+    unknown_votes: int = _field(
+        5,
+        "votes for nobody, and a majority, a face needs before it is first announced unknown "
+        "(at most vote_window counts): a known face first seen turned away is not announced a "
+        "stranger, then named",
+        ge=1,
+        le=1000,
     )
     switch_margin: int = _field(
         4,

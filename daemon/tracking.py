@@ -2,7 +2,8 @@
 decisions of when an event is due.
 
 Events (``TrackEvent.kind``):
-- ``confirmed``: a face has been seen in ``confirm_frames`` frames (identity may be null);
+- ``confirmed``: a face has been seen in ``confirm_frames`` frames and, when it is
+  recognised, its vote is in (identity null: nobody matched, or recognition is off);
 - ``identified``: a confirmed track's identity is resolved (null -> name);
 - ``changed``: a resolved identity becomes another one, or unknown;
   (``identified`` and ``changed`` have reason ``gallery`` when the gallery changed, not the face)
@@ -10,7 +11,8 @@ Events (``TrackEvent.kind``):
   the daemon stops while it is open (reason ``stopped``).
 
 A track's identity is the plurality of its last ``vote_window`` recognitions ("unknown"
-votes included) once it has at least ``min_votes`` of them. Once announced, it holds until
+votes included) once it has at least ``min_votes`` of them (``unknown_votes`` for unknown:
+a known face seen turned away at first is not announced a stranger, then named). Once announced, it holds until
 another identity outnumbers it by ``switch_margin`` votes (a face near the threshold would
 otherwise flip between a name and unknown at each recognition). Its confidence is the share
 of the window that agrees.
@@ -93,16 +95,26 @@ class Track:
         return self.first_seen_ts + (ts - self.first_seen)
 
     def verdict(
-        self, min_votes: int, switch_margin: int = 1
+        self, min_votes: int, switch_margin: int = 1, unknown_votes: int | None = None
     ) -> tuple[str | None, float, float | None] | None:
-        """(identity, confidence, mean distance) of the vote, or None while undecided. An
-        announced identity that still has votes holds until another one outnumbers it by
-        ``switch_margin`` (at most a third of the votes, so that a short window can change)."""
+        """(identity, confidence, mean distance) of the vote, or None while undecided.
+
+        The first verdict needs a majority of the votes so far (a tie decides nothing):
+        ``min_votes`` of them for a name, ``unknown_votes`` (default: as many) for unknown,
+        so a stranger is not named from two near-threshold frames, nor a known face seen
+        turned away at first announced unknown. After it, an announced identity that still
+        has votes holds until another one outnumbers it by ``switch_margin`` (at most a
+        third of the votes, so that a short window can change), and ``min_votes`` decides."""
         if not self.votes:
             return None
         counts = Counter(v.identity for v in self.votes)
         winner, n = counts.most_common(1)[0]
-        held = counts.get(self.identity or UNKNOWN, 0) if self.judged else 0
+        if not self.judged:
+            needed = min_votes if winner != UNKNOWN or unknown_votes is None else unknown_votes
+            if 2 * n <= len(self.votes) or n < needed:
+                return None
+            return (winner or None, *self.support(winner))
+        held = counts.get(self.identity or UNKNOWN, 0)
         if held and n - held < min(switch_margin, -(-len(self.votes) // 3)):
             winner, n = self.identity or UNKNOWN, held
         if n < min_votes:
@@ -217,15 +229,24 @@ class Tracker:
         """Events due for the tracks just updated by a frame (``reason`` of identified and
         changed events: None, the face; "gallery")."""
         events = []
+        config = self.config
         # at a gallery change every vote was just matched again: the new evidence decides
         # (a tie keeps the identity), not the margin against votes of the old gallery
-        margin = 1 if reason == "gallery" else self.config.switch_margin
+        margin = 1 if reason == "gallery" else config.switch_margin
+        unknown_votes = min(config.unknown_votes, config.vote_window)
         for track in tracks:
-            verdict = track.verdict(self.config.min_votes, margin)
+            verdict = track.verdict(config.min_votes, margin, unknown_votes)
             if verdict is not None:
                 track.resolved = True
             if not track.confirmed:
-                if track.hits >= self.config.confirm_frames:
+                # a recognised face is announced once its vote is in (or its window is full
+                # and still split): "unknown" then means nobody, not "not yet"
+                decided = (
+                    verdict is not None
+                    or not track.embedded
+                    or len(track.votes) >= config.vote_window
+                )
+                if track.hits >= config.confirm_frames and decided:
                     track.confirmed = True
                     who, confidence, distance = verdict or (None, 0.0, None)
                     track.identity, track.judged = who, verdict is not None
