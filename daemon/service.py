@@ -331,9 +331,6 @@ class Service:
         logger.info("%s: stopping", signal.Signals(signum).name)
         self._stop.set()
 
-    def request_stop(self) -> None:
-        self._stop.set()
-
     def _shutdown(self, scheduler: BatchScheduler, sinks: EventSinks) -> None:
         """Cameras, then the scheduler (it processes what is queued and sends ``left`` for
         open tracks), then MQTT, each within its share of ``STOP_BUDGET_S``."""

@@ -14,8 +14,6 @@ from engines.base import install_hint
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_PARITY_IMAGES = ("obama.jpg", "two_people.jpg", "multiface.jpg")
-
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `train` command group to the top-level parser."""

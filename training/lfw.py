@@ -360,9 +360,6 @@ def pair_images(pairs: list[Pair]) -> list[Path]:
     return sorted({p for pair in pairs for p in (pair.path_a, pair.path_b)})
 
 
-DISTANCE_METRICS = (0, 1)  # the original's --distance_metric: squared euclidean, angular
-
-
 def evaluate_embedded(
     pairs: list[Pair],
     images: list[Path],

@@ -107,9 +107,7 @@ def _tensorboard(log_dir: Path | None, ctx: DistContext, step: int) -> Any:
     return SummaryWriter(str(log_dir), purge_step=step or None)
 
 
-def _run_dirs(
-    args: argparse.Namespace, resume: Checkpoint | None, resume_path: Path | None
-) -> tuple[Path, Path | None]:
+def _run_dirs(args: argparse.Namespace, resume_path: Path | None) -> tuple[Path, Path | None]:
     if resume_path is not None:
         model_dir = resume_path.absolute().parent
     else:
@@ -184,7 +182,7 @@ def build_run(args: argparse.Namespace, ctx: DistContext, on_step: StepHook | No
         args.weight_decay,
         fused=ctx.device.type == "cuda",
     )
-    model_dir, log_dir = _run_dirs(args, resume, resume_path)
+    model_dir, log_dir = _run_dirs(args, resume_path)
     if resume is None and (model_dir / "latest.pt").is_file():
         logger.warning(
             "%s holds a run already; starting over (use --resume to continue it)", model_dir
