@@ -17,7 +17,6 @@ import io
 import logging
 import sys
 import tarfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -109,12 +108,6 @@ def pack(
     for path in tqdm(crops, desc="packing", unit="crop", disable=None):
         parts.add(f"crops/{path.parent.name}/{path.name}", _encode(path, quality))
     return parts.finish()
-
-
-def read_manifest(out_dir: Path) -> Iterator[tuple[str, int, int]]:
-    for line in (out_dir / MANIFEST).read_text().splitlines():
-        name, count, size = line.split()
-        yield name, int(count), int(size)
 
 
 def main(argv: list[str] | None = None) -> int:
