@@ -166,19 +166,6 @@ class FaceNet:
         """Align and embed every face of one frame: (K, D)."""
         return self.embed_picks([(image, faces, k) for k in range(len(faces))])
 
-    def embed_frames(
-        self, frames: Sequence[np.ndarray], detections: Sequence[FrameDetections]
-    ) -> list[np.ndarray]:
-        """Embeddings of the faces of many frames with one pass over the engine; one (K_i, D)
-        array per frame."""
-        if len(frames) != len(detections):
-            raise ValueError(f"{len(frames)} frames but {len(detections)} detection lists")
-        if not frames:
-            return []
-        picks = [(f, d, k) for f, d in zip(frames, detections, strict=True) for k in range(len(d))]
-        counts = [len(d) for d in detections]
-        return np.split(self.embed_picks(picks), np.cumsum(counts)[:-1])
-
     def embed_picks(self, picks: Sequence[FacePick]) -> np.ndarray:
         """Align and embed the chosen faces of any frames in one pass: (K, D), in order."""
         if not picks:

@@ -14,9 +14,13 @@ import importlib.util
 import sys
 import types
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    from engines.facenet import FacePick
+    from engines.mtcnn import FrameDetections
 
 NEEDS_SHIPPED_MODEL = "needs the shipped recognition model (models/facenet/facenet.onnx)"
 MODEL_NAME = "facenet-test-random"
@@ -123,3 +127,9 @@ def build_test_model(folder: Path, data: Path | None = None, torch_program: bool
         torch_program=torch_program,
     )
     return out
+
+
+def every_face(frames: list[Any], detections: list[FrameDetections]) -> list[FacePick]:
+    """Each face of each frame, frame by frame, as the daemon's scheduler hands them to
+    ``FaceNet.embed_picks`` (it picks the faces its tracks want)."""
+    return [(f, d, k) for f, d in zip(frames, detections, strict=True) for k in range(len(d))]

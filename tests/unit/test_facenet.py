@@ -14,7 +14,7 @@ from engines.align import align_similarity, crop_with_margin, pick_main_face
 from engines.facenet import FaceNet
 from engines.images import read_image
 from engines.openvino_backend import cpu_has_bf16
-from tests.facenet_model import build_test_model, reference_network
+from tests.facenet_model import build_test_model, every_face, reference_network
 
 torch = pytest.importorskip("torch")
 
@@ -171,11 +171,16 @@ def test_alignment_follows_the_sidecar(frames, test_model, tmp_path) -> None:
 
 
 def test_faces_of_many_frames_in_one_pass(net, frames, crops) -> None:
+    """The scheduler's path: the faces it picks out of a batch of frames, in one pass."""
     images, found = frames
-    per_frame = net.embed_frames(images, found)
-    assert [len(e) for e in per_frame] == [len(f) for f in found]
-    assert np.abs(np.concatenate(per_frame) - net.embed(crops)).max() <= 1e-5
-    assert np.abs(net.embed_faces(images[1], found[1]) - per_frame[1]).max() <= 1e-5
+    picks = every_face(images, found)
+    embedded = net.embed_picks(picks)
+    assert embedded.shape == (len(crops), net.embedding_size)
+    assert np.abs(embedded - net.embed(crops)).max() <= 1e-5
+    assert np.abs(net.embed_picks(picks[::-2]) - embedded[::-2]).max() <= 1e-5  # some, any order
+    second = slice(len(found[0]), len(found[0]) + len(found[1]))
+    assert np.abs(net.embed_faces(images[1], found[1]) - embedded[second]).max() <= 1e-5
+    assert net.embed_picks([]).shape == (0, net.embedding_size)
 
 
 def test_wrong_kind_and_bad_crops_are_refused(test_model, tmp_path, net) -> None:

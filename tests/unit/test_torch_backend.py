@@ -14,6 +14,7 @@ from engines.boxes import iou_matrix
 from engines.images import read_image
 from engines.mtcnn import MTCNN
 from tests.conftest import MODELS, REPO
+from tests.facenet_model import every_face
 
 torch = pytest.importorskip("torch")
 
@@ -259,7 +260,7 @@ def test_device_crops_are_the_host_crops(facenet_program, faces, tmp_path, align
     device = load_facenet(model, backend="torch", threads=2)
     assert isinstance(device, DeviceFaceNet)
     frames, found = faces
-    picks = [(f, d, k) for f, d in zip(frames, found, strict=True) for k in range(len(d))]
+    picks = every_face(frames, found)
     cut = device.crops(picks).permute(0, 2, 3, 1).flip(3).numpy()  # RGB NCHW -> BGR NHWC
     expected = np.concatenate([host.align(f, d, [k]) for f, d, k in picks])
     difference = np.abs(cut.astype(np.int16) - expected.astype(np.int16))
@@ -282,13 +283,10 @@ def test_device_facenet_gives_the_host_paths_embeddings(
     host = FaceNet.load(model, threads=2, flip=flip)
     device = load_facenet(model, backend="torch", threads=2, flip=flip, max_batch=8)
     assert device.model_id == host.model_id  # one gallery serves both
-    frames, found = faces
-    for ours, ref in zip(
-        device.embed_frames(frames, found), host.embed_frames(frames, found), strict=True
-    ):
-        assert ours.shape == ref.shape
-        if len(ref):
-            assert (ours * ref).sum(axis=1).min() >= DEVICE_COSINE
+    picks = every_face(*faces)
+    ours, ref = device.embed_picks(picks), host.embed_picks(picks)
+    assert ours.shape == ref.shape == (len(picks), host.embedding_size)
+    assert (ours * ref).sum(axis=1).min() >= DEVICE_COSINE
     assert device.embed_picks([]).shape == (0, host.embedding_size)
 
 
@@ -305,15 +303,17 @@ def test_a_batch_goes_to_the_device_once(exported, facenet_program, faces):
     frames = [f.copy() for f in faces[0]]
     before = DEVICE_FRAMES.uploads
     found = detector.detect(frames)
-    first = facenet.embed_frames(frames, found)
+    first = facenet.embed_picks(every_face(frames, found))
     assert DEVICE_FRAMES.uploads - before == len(frames)
     frames[0][:] = frames[0][:, ::-1].copy()  # a buffer refilled: the photo mirrored
     refound = detector.detect(frames)
-    again = facenet.embed_frames(frames, refound)
+    again = facenet.embed_picks(every_face(frames, refound))
     assert DEVICE_FRAMES.uploads - before == 2 * len(frames)
-    assert np.allclose(again[3], first[3], atol=1e-6)  # an unchanged frame, the same faces
-    host = FaceNet.load(facenet_program, threads=2).embed_frames(frames, refound)
-    assert (again[0] * host[0]).sum(axis=1).min() >= DEVICE_COSINE  # the new pixels
+    crowd = len(found[3])  # the last frame, unchanged: the same faces
+    assert crowd and np.allclose(again[-crowd:], first[-crowd:], atol=1e-6)
+    mirrored = every_face(frames[:1], refound[:1])  # the first frame: the new pixels
+    host = FaceNet.load(facenet_program, threads=2).embed_picks(mirrored)
+    assert (again[: len(mirrored)] * host).sum(axis=1).min() >= DEVICE_COSINE
 
 
 def test_a_program_older_than_its_onnx_is_refused(facenet_program, tmp_path):
