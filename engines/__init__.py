@@ -1,6 +1,10 @@
-"""Run models: engines (ONNX Runtime, TensorRT) and the model adapters on top of them.
+"""Run models: the engines and the MTCNN and FaceNet adapters on top of them.
 
-Imports only numpy, opencv and the optional runtime each backend wraps; never torch or daemon.
+Backends (``BACKENDS``): ``openvino`` (the config's default), ``opencv`` and ``onnxruntime``
+on the CPU; ``tensorrt`` and ``torch`` for an NVIDIA GPU. Imports only numpy and opencv; each
+backend's runtime (OpenVINO, ONNX Runtime, TensorRT, PyTorch) is imported inside its own
+modules when that backend is chosen, so the daemon installs and runs without torch.
+Never imports daemon or training.
 """
 
 from engines.base import Engine, EngineError, ModelMetadata, TensorSpec

@@ -33,6 +33,15 @@ def test_engines_import_neither_torch_nor_daemon():
     assert not loaded & {"torch", "daemon", "training", "tensorrt"}
 
 
+def test_the_engines_package_names_every_backend():
+    """``engines/__init__`` is where a reader looks for the backends (it named two of five)."""
+    import engines
+    from engines.loader import BACKENDS
+
+    assert engines.__doc__ is not None
+    assert [b for b in BACKENDS if f"``{b}``" not in engines.__doc__] == []
+
+
 def test_daemon_imports_no_training_and_no_torch():
     modules = modules_of("daemon")
     assert "daemon.cli" in modules and "daemon.gallery" in modules
