@@ -527,6 +527,8 @@ def _make(
         finally:
             conn.close()
         stamp = file_stamp(scratch)  # a link or rename keeps inode, size, time and content
+        if stamp is None:
+            raise GalleryError(f"{path}: cannot create the gallery: {scratch} cannot be read back")
         place(scratch, path)
     except sqlite3.DatabaseError as exc:
         raise translate(path, exc) from None
@@ -536,7 +538,6 @@ def _make(
         raise GalleryError(f"{path}: cannot create the gallery: {exc.strerror}") from None
     finally:
         scratch.unlink(missing_ok=True)
-    assert stamp is not None  # the scratch file was just written
     return stamp
 
 

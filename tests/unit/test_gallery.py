@@ -799,6 +799,19 @@ def test_a_creation_that_loses_the_race_opens_the_gallery_just_made(tmp_path, mo
         Gallery.create(path, MODEL, D)
 
 
+def test_a_new_gallery_that_cannot_be_read_back_is_not_put_in_place(tmp_path, monkeypatch) -> None:
+    """The new file, once written, is read back (its stamp tells later whether anyone wrote
+    to it); a file that cannot be is an error that names it, and nothing is left behind
+    (an assert failed, with the unstamped gallery already in place)."""
+    path = tmp_path / "g.sqlite"
+    monkeypatch.setattr(gallery_module, "file_stamp", lambda p: None)
+    with pytest.raises(GalleryError) as error:
+        Gallery.open_or_create(path, MODEL, D)
+    scratch = tmp_path / f".g.sqlite.new-{os.getpid()}"
+    assert str(error.value) == f"{path}: cannot create the gallery: {scratch} cannot be read back"
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_an_import_into_a_gallery_made_meanwhile_is_no_new_gallery(gallery, capsys, monkeypatch) -> None:  # fmt: skip
     """`gallery import` said '(a new gallery ...)' from a look before the gallery was made
     (and failed with 'already exists' when another command made it first)."""
