@@ -49,8 +49,7 @@ class DeviceFrame:
         """The integral images this frame's was made with (N, H+1, W+1, 3), and its place
         there."""
         if self._stack is None:
-            integrate([self])
-        assert self._stack is not None
+            return integrate([self]), 0  # which integrate() also keeps in self._stack
         return self._stack
 
     @property
