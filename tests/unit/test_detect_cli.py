@@ -144,12 +144,6 @@ def test_help_explains(args):
         assert "--annotate" in result.stdout and "--min-face-size" in result.stdout
 
 
-def test_daemon_package_is_ours_not_python_daemon():
-    import daemon
-
-    assert Path(daemon.__file__).resolve().parent.parent == Path(__file__).resolve().parents[2]
-
-
 def test_names_opencv_cannot_take_truncated_videos_and_unwritable_output(
     shared_data, tmp_path, capsys
 ):

@@ -1,9 +1,12 @@
-"""The dependency direction of DESIGN.md: training -> engines <- daemon."""
+"""The layout of DESIGN.md: the dependency direction training -> engines <- daemon, and the
+``daemon`` package is this repository's (not PyPI's python-daemon)."""
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -22,6 +25,56 @@ def modules_of(package: str) -> list[str]:
     return sorted(
         f"{package}.{p.stem}" for p in (REPO / package).glob("*.py") if p.stem != "__init__"
     )
+
+
+def _imported(node: ast.AST) -> list[str]:
+    """The modules an import statement names, or an ``import_module`` / ``__import__`` call
+    of a literal name."""
+    if isinstance(node, ast.Import):
+        return [alias.name for alias in node.names]
+    if isinstance(node, ast.ImportFrom):
+        return [node.module] if node.level == 0 and node.module else []
+    if isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant):
+        called = getattr(node.func, "id", getattr(node.func, "attr", None))
+        if called in ("import_module", "__import__"):
+            return [str(node.args[0].value)]
+    return []
+
+
+def imports_in(package: str) -> list[tuple[str, str]]:
+    """("file:line", top-level module) for every import written in ``package``'s files, at
+    any depth: in functions and ``if TYPE_CHECKING`` blocks too."""
+    found = []
+    for path in sorted((REPO / package).rglob("*.py")):
+        where = path.relative_to(REPO).as_posix()
+        for node in ast.walk(ast.parse(path.read_text(), where)):
+            found += [(f"{where}:{node.lineno}", m.split(".")[0]) for m in _imported(node)]
+    return found
+
+
+# The one module that imports torch, when the torch backend is chosen (import_torch); the
+# other engines/torch_*.py modules reach it through that function.
+TORCH_MODULES = {"engines/torch_backend.py"}
+
+
+def test_no_import_anywhere_goes_against_the_dependency_direction():
+    """Also the imports that run only when a function is called, which importing every
+    module (the tests below) does not see."""
+    wrong = [f"{where}: {module}" for where, module in imports_in("daemon") if module == "training"]
+    for where, module in imports_in("engines"):
+        torch_here = module == "torch" and where.split(":")[0] not in TORCH_MODULES
+        if module in ("daemon", "training") or torch_here:
+            wrong.append(f"{where}: {module}")
+    assert wrong == []
+    seen = {(where.split(":")[0], module) for where, module in imports_in("engines")}
+    assert ("engines/torch_backend.py", "torch") in seen  # the scan sees a lazy import
+
+
+def test_the_daemon_package_is_ours_not_python_daemon():
+    """``daemon`` is also PyPI's python-daemon: the one imported must be this repository's."""
+    import daemon
+
+    assert Path(daemon.__file__).resolve().parent.parent == REPO.resolve()
 
 
 def test_engines_import_neither_torch_nor_daemon():
