@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import http.server
 import itertools
 import json
 import os
@@ -29,7 +27,6 @@ from daemon.config_file import parse_config
 from daemon.events import EventSinks, in_view_json
 from daemon.scheduler import Pipeline
 from daemon.spool import Spool
-from daemon.stream_probe import _from_answer, _parse, stream_problem
 from daemon.systemd_notify import watchdog_healthy
 from tests.conftest import REPO
 from tests.unit.test_tracking import faces
@@ -567,115 +564,6 @@ def test_log_lines_carry_the_time_except_in_the_journal(tmp_path) -> None:
     assert all(line.startswith("<3>") for line in journal[4:]), "the traceback's lines too"
 
 
-@pytest.mark.parametrize(
-    ("answer", "credentials", "expected"),
-    [
-        (
-            b"RTSP/1.0 401 Unauthorized\r\nCSeq: 1\r\n\r\n",
-            True,
-            "refused the user name or password",
-        ),
-        (b"RTSP/1.0 401 Unauthorized\r\n\r\n", False, "wants a user name and password"),
-        (b"RTSP/1.0 454 Session Not Found\r\n\r\n", False, "answered RTSP 454 Session Not Found"),
-        (b"HTTP/1.1 400 Bad Request\r\n\r\n", False, "does not answer as an RTSP server"),
-        (b"RTSP/1.0 200 OK\r\n\r\n", False, None),
-    ],
-)
-def test_what_a_cameras_rtsp_answer_means(answer, credentials, expected) -> None:
-    problem = _from_answer(_parse(answer.split(b"\r\n\r\n")[0], "RTSP"), "/live", credentials)
-    assert problem is None if expected is None else expected in problem
-
-
-def test_what_a_camera_says_cannot_forge_log_lines_or_terminal_escapes() -> None:
-    """The reason phrase is the camera's (or a man in the middle's): it goes into the log,
-    a metric label and `facewatch status`, with no line break or escape of its own."""
-    answer = b"RTSP/1.0 404 Not Found\nERROR daemon.mqtt: spool deleted\x1b[31m\r\n\r\n"
-    problem = _from_answer(_parse(answer.split(b"\r\n\r\n")[0], "RTSP"), "/live", False)
-    # (a bare line feed ends a line, as RTSP allows: the rest is a header, not the reason)
-    assert problem is not None and "no stream at /live (RTSP 404 Not Found)" in problem
-    assert problem.isprintable() and "ERROR" not in problem, problem
-
-
-def test_a_redirect_is_named_and_the_credentials_do_not_follow_it(capsys) -> None:
-    """An HTTP camera (or a metrics proxy) that redirects elsewhere: the probe and `facewatch
-    status` say where to, and the Basic credentials of the URL never reach that other host."""
-    from daemon.cli import main
-
-    seen: list[str | None] = []
-
-    class Elsewhere(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            seen.append(self.headers.get("Authorization"))
-            self.send_response(200)
-            self.end_headers()
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    other = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Elsewhere)
-    target = f"http://127.0.0.1:{other.server_address[1]}/login"
-
-    class Redirecting(Elsewhere):
-        def do_GET(self) -> None:
-            self.send_response(302)
-            self.send_header("Location", target)
-            self.end_headers()
-
-    camera = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Redirecting)
-    for server in (other, camera):
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-    where = f"127.0.0.1:{camera.server_address[1]}"
-    try:
-        problem = stream_problem(f"http://admin:Plain5ecret@{where}/video.mjpg")
-        assert problem == (
-            f"the camera redirects /video.mjpg to {target} (HTTP 302: a login page? give the "
-            "stream's own URL)"
-        )
-        assert main(["status", "--url", f"http://prom:ProxyPass@{where}", "--interval", "0.1"]) == 3
-        assert f"it redirects to {target} (give that URL to --url)" in capsys.readouterr().err
-    finally:
-        camera.shutdown()
-        other.shutdown()
-    assert seen == []
-
-
-@pytest.mark.parametrize(
-    ("url", "expected"),
-    [
-        ("rtsp://[::1/x", "the URL cannot be read"),
-        ("rtsp://192.168.1..10/x", "host 192.168.1..10 not found"),
-        ("rtmp://cam.lan/x", None),  # only RTSP and HTTP are asked
-    ],
-)
-def test_a_url_the_probe_cannot_use_is_an_answer_not_a_crash(url, expected) -> None:
-    """A crash here killed the camera's reader thread: no retries, no reconnects."""
-    problem = stream_problem(url)
-    assert problem is None if expected is None else expected in problem
-
-
-def test_status_of_a_port_that_is_no_daemon_says_so(capsys) -> None:
-    """`facewatch status --url` on a port where another service answers (here an SSH-like
-    banner): exit 3 and a sentence, not a traceback."""
-    from daemon.cli import main
-
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen()
-
-    def banner() -> None:
-        connection, _ = listener.accept()
-        connection.sendall(b"SSH-2.0-OpenSSH_9.6\r\n")
-        connection.close()
-
-    threading.Thread(target=banner, daemon=True).start()
-    url = f"http://127.0.0.1:{listener.getsockname()[1]}/metrics"
-    assert main(["status", "--url", url, "--interval", "0.1"]) == 3
-    listener.close()
-    assert f"no facewatch daemon answers at {url}: not a web server there" in (
-        capsys.readouterr().err
-    )
-
-
 def test_the_node_id_is_a_label_of_build_info_alone() -> None:
     """One Prometheus scraping two nodes tells them apart by node_id: facewatch_build_info
     names it (the dashboard and the alerts join it on instance), also once the model is
@@ -690,60 +578,6 @@ def test_the_node_id_is_a_label_of_build_info_alone() -> None:
     (build,) = [line for line in lines if line.startswith("facewatch_build_info{")]
     assert 'node="site-a"' in build and 'model="facenet-x"' in build, build
     assert [line for line in lines if "node=" in line] == [build]
-
-
-def test_status_behind_a_proxy_with_a_password_and_its_usage_errors(capsys) -> None:
-    """`facewatch status --url` on a page behind Basic authentication (a reverse proxy's):
-    the password is sent, never shown; HOST:PORT alone will do; usage errors exit 2; a page
-    that is not facewatch's exits 3 with a JSON answer for a health check."""
-    from prometheus_client import generate_latest
-
-    from daemon import metrics
-    from daemon.cli import main
-
-    metrics.init("garage-box", ["door"], "openvino", "", mqtt=False)
-    expected = "Basic " + base64.b64encode(b"admin:s3cret").decode()
-
-    class Proxy(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            if self.headers.get("Authorization") != expected:
-                self.send_response(401)
-                self.end_headers()
-                return
-            body = generate_latest() if self.path == "/metrics" else b"<html>hello</html>"
-            self.send_response(200)
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    where = f"127.0.0.1:{server.server_address[1]}"
-    try:
-        assert main(["status", "--url", f"http://admin:s3cret@{where}", "--json",
-                     "--interval", "0.1"]) == 1  # fmt: skip
-        out, err = capsys.readouterr()
-        report = json.loads(out)
-        # (the registry is this test process's: other tests' cameras may be in it too)
-        assert report["running"] and "camera door is down" in report["problems"]
-        assert report["url"] == f"http://admin:***@{where}" and "s3cret" not in out + err
-        assert main(["status", "--url", f"admin:wrong@{where}", "--interval", "0.1"]) == 3
-        err = capsys.readouterr().err
-        assert (
-            f"no facewatch daemon answers at http://admin:***@{where}: HTTP 401 Unauthorized" in err
-        )
-        assert main(["status", "--url", f"http://admin:s3cret@{where}/", "--json",
-                     "--interval", "0.1"]) == 3  # fmt: skip
-        out, err = capsys.readouterr()
-        assert "answers, but not as facewatch: not a Prometheus metrics page" in err
-        assert json.loads(out)["running"] is False
-    finally:
-        server.shutdown()
-    for args in (["--url", "rtsp://cam/x"], ["--interval", "inf"], ["--url", where, "-c", "x"]):
-        assert main(["status", *args]) == 2
-    assert "expected http(s)://HOST:PORT/metrics" in capsys.readouterr().err
 
 
 def _demo_pipeline(detector, count: int) -> tuple[Pipeline, list[dict], list[np.ndarray]]:
