@@ -16,7 +16,8 @@ from daemon.gallery_file import GalleryError
 MAX_NAME_CHARS = 100
 # what the outputs say themselves: identify, events and metrics for a face nobody matches,
 # metrics for everyone when identities are hidden, Home Assistant's people sensor for no one
-RESERVED_NAMES = ("unknown", "known", "nobody")
+# and for faces nobody matches
+RESERVED_NAMES = ("unknown", "known", "nobody", "stranger")
 # refused inside a name: bidi embeddings, overrides and isolates reorder what follows them on
 # a terminal, line and paragraph separators break a line, BOM and zero-width space are unseen
 HIDING = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")

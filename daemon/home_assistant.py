@@ -6,7 +6,7 @@ enabled camera is a device, connected via the node, with five entities:
 - ``binary_sensor`` *camera* (connectivity): the camera's ``status`` topic;
 - ``binary_sensor`` *face* (occupancy): on while a confirmed face is in view;
 - ``sensor`` *faces*: how many confirmed faces are in view;
-- ``sensor`` *people*: the names in view, ``unknown`` when only faces nobody matches are,
+- ``sensor`` *people*: the names in view, ``stranger`` when only faces nobody matches are,
   ``nobody`` when none is; the in-view state is its attributes;
 - ``image`` *last face*, with ``tracking.snapshots`` on: the latest face snapshot.
 
@@ -31,10 +31,12 @@ from daemon import build_version
 from daemon.config import Config, HomeAssistantConfig
 from daemon.events import person_key
 
-# Home Assistant refuses a state longer than 255 characters (the full list is an attribute)
+# Home Assistant refuses a state longer than 255 characters (the full list is an attribute).
+# Not `unknown` for faces nobody matches: that is Home Assistant's own "no value" state,
+# which its UI, has_value() and the usual not_to: [unknown, unavailable] guards treat as none
 PEOPLE_TEMPLATE = (
     "{% if value_json.people %}{{ (value_json.people | join(', '))[:255] }}"
-    "{% elif value_json.faces %}unknown{% else %}nobody{% endif %}"
+    "{% elif value_json.faces %}stranger{% else %}nobody{% endif %}"
 )
 ORIGIN = {"name": "facewatch", "sw_version": build_version()}
 

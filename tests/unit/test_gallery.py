@@ -306,6 +306,7 @@ def test_names_are_normalised_and_checked(gallery) -> None:
         ("Unknown", "reserved"),
         ("Nobody", "reserved: facewatch's outputs say 'nobody' themselves"),  # an empty view
         (" known", "reserved"),  # everyone, in metrics with identities hidden
+        ("STRANGER", "reserved: facewatch's outputs say 'stranger'"),  # Home Assistant's people
         ("x" * 101, "longer than 100"),
     ]:
         with pytest.raises(GalleryError, match=reason):

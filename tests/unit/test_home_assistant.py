@@ -141,7 +141,8 @@ def test_the_discovery_prefix_is_configurable_and_checked() -> None:
     ("identities", "face", "faces", "people"),
     [
         ([], "OFF", "0", "nobody"),
-        ([None], "ON", "1", "unknown"),
+        # not `unknown`: Home Assistant's own "no value" state, which its guards drop
+        ([None], "ON", "1", "stranger"),
         (["zoe", None, "Ada Lovelace"], "ON", "3", "Ada Lovelace, zoe"),
     ],
 )
