@@ -149,6 +149,7 @@ class RetainedState(Protocol):
 
     def set_in_view(self, camera: str, state: dict[str, Any]) -> None: ...
     def set_last_snapshot(self, camera: str, jpeg: bytes) -> None: ...
+    def set_person_snapshot(self, name: str, jpeg: bytes) -> None: ...
     def set_people(self, states: dict[str, dict[str, Any]]) -> None: ...
     def set_person(self, name: str, state: dict[str, Any]) -> None: ...
 
@@ -233,6 +234,9 @@ class EventSinks:
                 self._send_direct(snapshot_topic, snapshot)
             if self.state is not None:
                 self.state.set_last_snapshot(event["camera"], snapshot)
+                if event["identity"] is not None:  # this event's face: not the camera's last,
+                    # which another face of the same frame may have replaced by now
+                    self.state.set_person_snapshot(event["identity"], snapshot)
         metrics.SPOOL_EVENTS.set(len(spool))
         if spooled:
             self.on_spooled()

@@ -11,11 +11,13 @@ enabled camera is a device, connected via the node, with five entities:
 - ``image`` *last face*, with ``tracking.snapshots`` on: the latest face snapshot.
 
 Each enrolled person (unless ``people`` is off) is a ``binary_sensor`` (occupancy) of the
-node, named after them: on while a camera sees them, with the cameras as attributes; the
-list follows the gallery at every reload.
+node, named after them: on while a camera sees them, with the cameras as attributes; with
+``tracking.snapshots`` on, also an ``image`` *NAME last face*: their face in the latest
+event that named them (for a notification's picture: the camera's *last face* may be
+someone else's by then). The list follows the gallery at every reload.
 
 Their states come from the retained ``cameras/CAMERA/status``, ``cameras/CAMERA/faces``,
-``cameras/CAMERA/snapshot`` and ``people/KEY`` topics, and they are available while the
+``cameras/CAMERA/snapshot``, ``people/KEY`` and ``people/KEY/snapshot`` topics, and they are available while the
 node's ``status`` says ``online``. The configs are retained; the publisher sends them at
 every connection and again when Home Assistant announces itself
 (``DISCOVERY_PREFIX/status`` ``online``). The configs of entities to remove (a disabled
@@ -50,6 +52,7 @@ class Topics(Protocol):
     def in_view_topic(self, camera: str) -> str: ...
     def last_snapshot_topic(self, camera: str) -> str: ...
     def person_topic(self, name: str) -> str: ...
+    def person_snapshot_topic(self, name: str) -> str: ...
 
 
 def birth_topic(config: HomeAssistantConfig) -> str:
@@ -165,17 +168,10 @@ def discovery_messages(config: Config, topics: Topics) -> list[tuple[str, bytes]
     return messages
 
 
-def people_messages(
-    config: Config, topics: Topics, names: set[str], gone: set[str]
-) -> list[tuple[str, bytes]]:
-    """The discovery configs of the enrolled people (an occupancy ``binary_sensor`` each, of
-    the node's device: on while a camera sees them), and empty ones for ``gone``."""
-    prefix, node_id = config.mqtt.home_assistant.discovery_prefix, config.node_id
-    if not config.mqtt.home_assistant.people:  # none, and none an earlier run announced
-        names, gone = set(), names | gone
-    messages = []
-    for name in sorted(names | gone):
-        entity = {
+def _person_entities(topics: Topics, name: str) -> dict[str, dict[str, Any]]:
+    """A person's entities (with their platform), by the key their ids end in."""
+    return {
+        "": {
             "platform": "binary_sensor",
             "name": name,
             "state_topic": topics.person_topic(name),
@@ -183,9 +179,32 @@ def people_messages(
             "json_attributes_topic": topics.person_topic(name),
             "device_class": "occupancy",
             "icon": "mdi:account",
-            "device": _node_device(node_id),
-            "availability": _availability(topics),
-        }
-        topic, payload = _config(prefix, node_id, ["person", person_key(name)], entity)
-        messages.append((topic, payload if name in names else b""))
+        },
+        "snapshot": {
+            "platform": "image",
+            "name": f"{name} last face",
+            "image_topic": topics.person_snapshot_topic(name),
+            "content_type": "image/jpeg",
+        },
+    }
+
+
+def people_messages(
+    config: Config, topics: Topics, names: set[str], gone: set[str]
+) -> list[tuple[str, bytes]]:
+    """The discovery configs of the enrolled people, of the node's device: an occupancy
+    ``binary_sensor`` each (on while a camera sees them) and, with snapshots, an ``image``
+    of their face in the latest event that named them; empty ones for ``gone`` (and for the
+    images without snapshots)."""
+    prefix, node_id = config.mqtt.home_assistant.discovery_prefix, config.node_id
+    if not config.mqtt.home_assistant.people:  # none, and none an earlier run announced
+        names, gone = set(), names | gone
+    messages = []
+    for name in sorted(names | gone):
+        for key, entity in _person_entities(topics, name).items():
+            entity.update(device=_node_device(node_id), availability=_availability(topics))
+            ids = ["person", person_key(name), *([key] if key else [])]
+            topic, payload = _config(prefix, node_id, ids, entity)
+            wanted = name in names and (key != "snapshot" or config.tracking.snapshots)
+            messages.append((topic, payload if wanted else b""))
     return messages

@@ -6,6 +6,8 @@ Topics, under ``PREFIX/NODE``:
 - ``cameras/CAMERA/faces``: retained JSON, who the camera sees now (``events.in_view_json``);
 - ``cameras/CAMERA/snapshot``: retained JPEG, the latest face snapshot (when they are on);
 - ``people/KEY``: retained JSON, where an enrolled person is in view (``events.person_json``);
+- ``people/KEY/snapshot``: retained JPEG, the person's face in the latest event that named
+  them (when snapshots are on);
 - ``events/CAMERA``: identity events, JSON, QoS 1, not retained;
 - ``snapshots/CAMERA/EVENT_ID``: a JPEG of the face, when snapshots are on.
 
@@ -121,6 +123,9 @@ class MqttPublisher:
     def person_topic(self, name: str) -> str:
         return f"{self.base}/people/{person_key(name)}"
 
+    def person_snapshot_topic(self, name: str) -> str:
+        return f"{self.person_topic(name)}/snapshot"
+
     # -- life cycle ---------------------------------------------------------------------
 
     def start(self) -> None:
@@ -202,12 +207,22 @@ class MqttPublisher:
             self.announce(self.people_announcements(set(states), gone))
         for name in gone:
             self._retain(self.person_topic(name), b"")
+            self._retain(self.person_snapshot_topic(name), b"")
         for name, state in states.items():
             self.set_person(name, state)
 
     def set_person(self, name: str, state: dict[str, Any]) -> None:
         """Retained presence of one person; republished on every (re)connection."""
         self._retain(self.person_topic(name), json.dumps(state, separators=(",", ":")).encode())
+
+    def set_person_snapshot(self, name: str, jpeg: bytes) -> None:
+        """Retained face of an enrolled person, from the latest event that named them (b"":
+        none); republished on every (re)connection. A name no longer enrolled gets none:
+        its topic was emptied when it left the gallery."""
+        with self._lock:
+            enrolled = name in self._people
+        if enrolled:
+            self._retain(self.person_snapshot_topic(name), jpeg)
 
     def _retain(self, topic: str, payload: bytes) -> None:
         with self._lock:  # with _on_connect's: no change slips between its copy and `connected`

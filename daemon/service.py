@@ -172,6 +172,9 @@ class Service:
             if not cfg.tracking.snapshots:  # one from a run with them on
                 publisher.set_last_snapshot(camera.name, b"")
         publisher.set_people({name: person_json(name, []) for name in enrolled})
+        if not cfg.tracking.snapshots:
+            for name in enrolled:
+                publisher.set_person_snapshot(name, b"")
 
     # -- running ------------------------------------------------------------------------
 

@@ -4,6 +4,7 @@ sent again when Home Assistant restarts on a broker that lost them."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import time
@@ -57,6 +58,17 @@ def _state(subscriber: Subscriber, entity: dict[str, Any]) -> str | None:
 
 def _person_config(name: str) -> str:
     return f"homeassistant/binary_sensor/facewatch_test/person_{person_key(name)}/config"
+
+
+def _person_image(name: str) -> str:
+    return f"homeassistant/image/facewatch_test/person_{person_key(name)}_snapshot/config"
+
+
+def _snapshots_naming(subscriber: Subscriber, name: str) -> list[bytes]:
+    """The JPEGs sent with the events that named ``name`` (``snapshots/CAMERA/EVENT_ID``)."""
+    named = {e["event_id"] for e in subscriber.events() if e["identity"] == name}
+    with subscriber._lock:
+        return [p for t, p, _ in subscriber.messages if t.rsplit("/", 1)[-1] in named]
 
 
 def test_home_assistant_sees_who_is_in_view_and_keeps_the_entities_across_its_restart(
@@ -114,6 +126,16 @@ def test_home_assistant_sees_who_is_in_view_and_keeps_the_entities_across_its_re
         assert face is not None and face.startswith(b"\xff\xd8"), "the last face, as a JPEG"
         named = [e for e in subscriber.events() if e["identity"] == "alex-lacamoire"]
         assert named, "the in-view state follows the events"
+        # the person's own last face: one sent with an event that named them (a notification
+        # that attaches it shows them, whoever else the camera saw since)
+        alex_image = _discovered(subscriber)[_person_image("alex-lacamoire")]
+        assert alex_image["name"] == "alex-lacamoire last face"
+        alex_face = alex_image["image_topic"]
+        wait_for(
+            lambda: subscriber.last(alex_face) in _snapshots_naming(subscriber, "alex-lacamoire"),
+            30,
+            "alex's retained face, from an event naming him",
+        )
 
         # each enrolled person is an occupancy sensor, and the list follows the gallery
         alex, lin = _person_config("alex-lacamoire"), _person_config("lin-manuel-miranda")
@@ -128,11 +150,14 @@ def test_home_assistant_sees_who_is_in_view_and_keeps_the_entities_across_its_re
         daemon.proc.send_signal(signal.SIGHUP)  # type: ignore[union-attr]
         wait_for(lambda: _discovered(subscriber).get(lin), 30, "the new person's entity")
         wait_for(lambda: _discovered(subscriber)[alex] is None, 30, "the removed one's gone")
+        assert _discovered(subscriber)[_person_image("alex-lacamoire")] is None, "his image"
         # (sent just after the config's deletion: it may be a moment behind it here)
         wait_for(lambda: subscriber.last(alex_topic) == b"", 10, "the removed one's state gone")
+        wait_for(lambda: subscriber.last(alex_face) == b"", 10, "the removed one's face gone")
         # threshold 4 and one person enrolled: every face is lin-manuel-miranda now
         wait_for(lambda: _state(subscriber, _discovered(subscriber)[lin]) == "ON", 60, "lin on")
         assert subscriber.last(alex_topic) == b"", "the removed one's state stays gone"
+        assert subscriber.last(alex_face) == b"", "and his face"
         assert alex_seen not in daemon.metrics(), "the removed person is off /metrics too"
 
         # Home Assistant restarts on a broker that lost its retained messages: it says
@@ -144,6 +169,10 @@ def test_home_assistant_sees_who_is_in_view_and_keeps_the_entities_across_its_re
         wait_for(lambda: _discovered(subscriber)[people_topic], 10, "the config sent again")
     finally:
         code = daemon.stop()
+        with contextlib.suppress(AssertionError):  # the stop's `offline` follows the spool's
+            wait_for(  # last events and snapshots: they are all here once it is
+                lambda: subscriber.last("facewatch/test/status") == b"offline", 10, "offline"
+            )
         subscriber.close()
     assert code == 0, daemon.log()[-3000:]
 
@@ -153,7 +182,7 @@ def test_home_assistant_sees_who_is_in_view_and_keeps_the_entities_across_its_re
         wait_for(lambda: late.last("facewatch/test/status") == b"offline", 10, "offline")
         wait_for(lambda: late.last(FACES), 10, "the retained in-view state")
         found = _discovered(late)
-        assert len(found) == 7, "the node's, the enabled camera's and lin's, not the attic's"
+        assert len(found) == 8, "the node's, the enabled camera's and lin's, not the attic's"
         by_key = {t.rsplit("/", 2)[1]: c for t, c in found.items()}
         assert _state(late, by_key["status"]) == "OFF"
         assert _state(late, by_key["clip_people"]) == "nobody", "the stop ended every track"
@@ -162,6 +191,15 @@ def test_home_assistant_sees_who_is_in_view_and_keeps_the_entities_across_its_re
         assert _state(late, by_key["clip_connected"]) == "OFF"
         assert _state(late, found[_person_config("lin-manuel-miranda")]) == "OFF"
         assert (late.last(by_key["clip_snapshot"]["image_topic"]) or b"").startswith(b"\xff\xd8")
+        lin_face = found[_person_image("lin-manuel-miranda")]["image_topic"]
+        lin_faces = _snapshots_naming(subscriber, "lin-manuel-miranda")
+        if lin_faces:  # (none when the faces in view at the reload stayed: their events,
+            # reason gallery, have no frame and no snapshot)
+            wait_for(lambda: late.last(lin_face), 10, "lin's retained face")
+            assert late.last(lin_face) in lin_faces, "a face sent with an event naming lin"
+        else:
+            assert late.last(lin_face) is None, "no event of a frame named lin: no face"
+        assert late.last(alex_face) is None, "the removed one's face is not retained"
     finally:
         late.close()
 
@@ -247,12 +285,15 @@ def test_people_removed_while_the_daemon_was_stopped_are_deleted_at_the_next_sta
     subscriber = Subscriber(broker.port, "#")
     ada, zoe = (f"facewatch/test/people/{person_key(n)}" for n in ("Ada", "Zoë"))
     ada_config, zoe_config = _person_config("Ada"), _person_config("Zoë")
+    zoe_face = f"{zoe}/snapshot"
 
     def run(people: list[str]) -> None:  # a start, as the service makes it, and a stop
         spool = Spool(tmp_path / "spool", 100)
         publisher = MqttPublisher(config.mqtt, "test", spool)
         publisher.people_announcements = partial(home_assistant.people_messages, config, publisher)
         publisher.set_people({name: person_json(name, []) for name in people})
+        for name in people:  # (as an event naming them does)
+            publisher.set_person_snapshot(name, b"\xff\xd8" + name.encode())
         publisher.start()
         wait_for(lambda: subscriber.last("facewatch/test/status") == b"online", 30, "online")
         publisher.stop()
@@ -268,6 +309,7 @@ def test_people_removed_while_the_daemon_was_stopped_are_deleted_at_the_next_sta
         run(["Ada"])  # Zoë was removed from the gallery meanwhile
         topics = [(t, p) for t, p, _ in subscriber.messages]
         assert topics.index((zoe_config, b"")) < topics.index((zoe, b"")), "config, then state"
+        assert (zoe_face, b"") in topics, "and her face"
         assert _discovered(subscriber)[ada_config]["state_topic"] == ada
     finally:
         subscriber.close()
@@ -275,5 +317,7 @@ def test_people_removed_while_the_daemon_was_stopped_are_deleted_at_the_next_sta
     try:
         wait_for(lambda: late.last(ada) and ada_config in _discovered(late), 10, "Ada's, retained")
         assert late.last(zoe) is None and zoe_config not in _discovered(late)
+        wait_for(lambda: late.last(f"{ada}/snapshot") == b"\xff\xd8Ada", 10, "Ada's face")
+        assert late.last(zoe_face) is None, "Zoë's face is not retained"
     finally:
         late.close()

@@ -6,17 +6,24 @@ from __future__ import annotations
 import json
 import re
 import tempfile
+from functools import partial
 from typing import Any
 
+import cv2
+import numpy as np
 import pytest
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from daemon.cameras import Frame
 from daemon.config import Config, ConfigError, MqttConfig
 from daemon.config_file import parse_config
-from daemon.events import in_view_json, person_json, person_key
+from daemon.events import EventSinks, in_view_json, person_json, person_key
+from daemon.gallery import Enrollment, Gallery
 from daemon.home_assistant import birth_topic, discovery_messages, people_messages
 from daemon.mqtt import MqttPublisher
+from daemon.scheduler import Pipeline
 from daemon.spool import Spool
+from engines.mtcnn import FrameDetections
 from tests.conftest import REPO
 
 BASE = "facewatch/garage"
@@ -180,28 +187,38 @@ def test_person_keys_tell_apart_what_names_do() -> None:
     assert re.fullmatch(r"a{39}-[0-9a-f]{8}", long), long
 
 
-def garage(**home_assistant: Any) -> Config:
+def garage(snapshots: bool = False, **home_assistant: Any) -> Config:
     return parse_config(
         {
             "node_id": "garage",
             "cameras": [{"name": "front-door", "url": "x"}],
             "recognition": {"model": None},
+            "tracking": {"snapshots": snapshots},
             "mqtt": {"home_assistant": {"enabled": True, **home_assistant}},
         }
     )
 
 
+def _person_config_topic(name: str) -> str:
+    return f"homeassistant/binary_sensor/facewatch_garage/person_{person_key(name)}/config"
+
+
+def _person_image(name: str) -> str:
+    return f"homeassistant/image/facewatch_garage/person_{person_key(name)}_snapshot/config"
+
+
 def test_people_sensors_can_be_turned_off_and_then_none_is_left() -> None:
-    found = people_messages(garage(people=False), topics(), {"Ada"}, {"Grace"})
-    assert len(found) == 2 and all(payload == b"" for _, payload in found)
+    found = people_messages(garage(True, people=False), topics(), {"Ada"}, {"Grace"})
+    assert len(found) == 4 and all(payload == b"" for _, payload in found)
 
 
 def test_each_enrolled_person_is_an_occupancy_sensor_and_the_gone_are_removed() -> None:
     config = garage()
     found = dict(people_messages(config, topics(), {"Ada Lovelace", "Zoë"}, {"Grace"}))
-    assert len(found) == 3
-    gone = f"homeassistant/binary_sensor/facewatch_garage/person_{person_key('Grace')}/config"
-    assert found.pop(gone) == b"", "Grace left the gallery: her entity is removed"
+    assert len(found) == 6
+    for name in ("Ada Lovelace", "Zoë", "Grace"):  # snapshots are off: no image entity
+        assert found.pop(_person_image(name)) == b""
+    assert found.pop(_person_config_topic("Grace")) == b"", "Grace left: her entity is removed"
     entities = {json.loads(p)["name"]: json.loads(p) for p in found.values()}
     ada = entities["Ada Lovelace"]
     assert (
@@ -217,6 +234,119 @@ def test_each_enrolled_person_is_an_occupancy_sensor_and_the_gone_are_removed() 
         "ON",
         "OFF",
     )
+
+
+def test_with_snapshots_each_enrolled_person_shows_their_own_last_face() -> None:
+    """An ``image`` per person, of the node's device like their occupancy sensor (Home
+    Assistant names it image.facewatch_garage_ada_lovelace_last_face), on their own retained
+    topic; removed with the person."""
+    found = dict(people_messages(garage(True), topics(), {"Ada Lovelace", "Zoë"}, {"Grace"}))
+    assert found.pop(_person_image("Grace")) == b"", "Grace left the gallery: her image too"
+    ada = json.loads(found[_person_image("Ada Lovelace")])
+    assert ada["image_topic"] == f"{BASE}/people/{person_key('Ada Lovelace')}/snapshot"
+    assert ada["image_topic"] == topics().person_snapshot_topic("Ada Lovelace")
+    assert (ada["name"], ada["content_type"]) == ("Ada Lovelace last face", "image/jpeg")
+    assert ada["device"]["identifiers"] == ["facewatch:garage"]
+    assert ada["availability"][0]["topic"] == f"{BASE}/status"
+    sensor = json.loads(found[_person_config_topic("Ada Lovelace")])
+    assert sensor["device"] == ada["device"], "one device: the node's"
+    assert ada["unique_id"] == sensor["unique_id"] + ":snapshot"
+    zoe = json.loads(found[_person_image("Zoë")])
+    assert zoe["image_topic"] != ada["image_topic"] and zoe["unique_id"] != ada["unique_id"]
+
+
+class _TwoPeople:
+    """The scheduler's engines, scripted: two faces in every frame, the left one ann's, the
+    right one bob's (their embeddings: the first two axes)."""
+
+    model_id = "scripted-facenet"
+    boxes = ((100, 100, 160, 160), (460, 100, 520, 160))
+
+    def refuses(self, image_hw: tuple[int, int]) -> None:
+        return None
+
+    def detect(self, images: list, priors: list | None = None) -> list[FrameDetections]:
+        bbox = np.array(self.boxes, np.float32)
+        landmarks = np.zeros((2, 5, 2), np.float32)
+        return [FrameDetections(bbox, np.ones(2, np.float32), landmarks) for _ in images]
+
+    def embed_picks(self, picks: list) -> np.ndarray:
+        axes = np.eye(8, dtype=np.float32)
+        return np.stack([axes[0 if d.bbox_xyxy[k][0] < 320 else 1] for _, d, k in picks])
+
+
+def _colour(jpeg: bytes) -> str:
+    image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+    blue, _, red = image.reshape(-1, 3).mean(axis=0)
+    return "red" if red > blue else "blue"
+
+
+def test_each_persons_snapshot_is_their_own_face_and_goes_with_them(tmp_path) -> None:
+    """ann (left, red) and bob (right, blue) in the same frames: ann's retained snapshot is
+    ann's face, bob's is bob's (the camera's last face is one of them, whichever event was
+    last: what a notification attached before). bob removed from the gallery: his image
+    entity and his retained snapshot are deleted, and nothing brings them back."""
+    path = tmp_path / "gallery.sqlite"
+    ann, bob = np.eye(8, dtype=np.float32)[:2]
+    with Gallery.create(path, _TwoPeople.model_id, 8) as gallery:
+        gallery.enroll([Enrollment("ann", ann, "a" * 64), Enrollment("bob", bob, "b" * 64)])
+    config = parse_config(
+        {
+            "node_id": "garage",
+            "cameras": [{"name": "door", "url": "door.mp4"}],
+            "recognition": {"model": None, "gallery": str(path)},
+            "tracking": {"snapshots": True},
+            "mqtt": {"home_assistant": {"enabled": True}},
+        }
+    )
+    publisher = topics()
+    publisher.people_announcements = partial(people_messages, config, publisher)
+    sinks = EventSinks(
+        spool=publisher.spool,
+        topic_for=publisher.event_topic,
+        snapshot_topic_for=publisher.snapshot_topic,
+        state=publisher,
+    )
+    engines = _TwoPeople()
+    pipeline = Pipeline(config, engines, engines, sinks)  # type: ignore[arg-type]
+    pipeline.reload_gallery()
+    image = np.zeros((360, 640, 3), np.uint8)
+    image[:, :320] = (0, 0, 255)  # BGR: the left half red
+    image[:, 320:] = (255, 0, 0)
+    for k in range(10):
+        pipeline.process([Frame("door", k, 1000.0 + k / 5, image)])
+    retained = publisher._retained  # what the broker gets, retained, at the next connection
+    assert _colour(retained[publisher.person_snapshot_topic("ann")]) == "red"
+    assert _colour(retained[publisher.person_snapshot_topic("bob")]) == "blue"
+    assert retained[publisher.last_snapshot_topic("door")] in (
+        retained[publisher.person_snapshot_topic("ann")],
+        retained[publisher.person_snapshot_topic("bob")],
+    )
+
+    with Gallery.open(path, writable=True) as gallery:
+        gallery.remove("bob")
+    pipeline.reload_gallery()
+    for k in range(10, 15):  # bob's face is still there, a stranger now
+        pipeline.process([Frame("door", k, 1000.0 + k / 5, image)])
+    assert publisher._retained[publisher.person_snapshot_topic("bob")] == b""
+    assert publisher._announcements[_person_image("bob")] == b""
+    assert _colour(publisher._retained[publisher.person_snapshot_topic("ann")]) == "red"
+    publisher.set_person_snapshot("bob", b"\xff\xd8late")  # a late event of his: not kept
+    assert publisher._retained[publisher.person_snapshot_topic("bob")] == b""
+
+
+def test_without_snapshots_a_start_deletes_the_faces_an_earlier_run_left() -> None:
+    """snapshots turned off since the last run: the retained faces it left (a camera's last
+    face, each person's) are emptied at the start, as their image entities are removed."""
+    from daemon.service import Service
+
+    publisher = topics()
+    Service(garage())._initial_state(publisher, ["Ada"])
+    assert publisher._retained[publisher.last_snapshot_topic("front-door")] == b""
+    assert publisher._retained[publisher.person_snapshot_topic("Ada")] == b""
+    publisher = topics()
+    Service(garage(True))._initial_state(publisher, ["Ada"])
+    assert publisher.person_snapshot_topic("Ada") not in publisher._retained, "kept"
 
 
 def test_the_docs_automation_fires_on_fresh_events_of_its_person_only() -> None:
@@ -238,3 +368,52 @@ def test_the_docs_automation_fires_on_fresh_events_of_its_person_only() -> None:
     assert not fires(type="left"), "a left event names who left"
     assert not fires(identity="Bob")
     assert not fires(published_ts=4600.0), "spooled an hour, sent after a broker outage"
+
+
+def _docs_automation(title: str) -> dict[str, Any]:
+    """An automation of docs/operations.md, by its title comment, as a user copies it."""
+    import yaml
+
+    docs = (REPO / "docs" / "operations.md").read_text()
+    block = docs.split(f"# Home Assistant automation: {title}\n", 1)[1]
+    return yaml.safe_load(block.split("```", 1)[0])
+
+
+def _entity_id(platform: str, config: dict[str, Any]) -> str:
+    """The entity id Home Assistant makes of a discovered entity: its device's name and its
+    own, slugified."""
+    name = f"{config['device']['name']} {config['name']}"
+    return f"{platform}.{re.sub(r'[^a-z0-9]+', '_', name.lower()).strip('_')}"
+
+
+def test_the_docs_arrival_and_stranger_automations_name_the_daemons_entities() -> None:
+    """The arrival example's sensor and image are Ada's entities on node garage-box (her
+    image exists with snapshots on); the stranger example waits for the people sensor's
+    state for a face nobody matches."""
+    config = parse_config(
+        {
+            "node_id": "garage-box",
+            "cameras": [{"name": "front-door", "url": "x"}],
+            "recognition": {"model": None},
+            "tracking": {"snapshots": True},
+            "mqtt": {"home_assistant": {"enabled": True}},
+        }
+    )
+    found = [
+        json.loads(p) for _, p in people_messages(config, topics("garage-box"), {"Ada"}, set())
+    ]
+    sensor, image = sorted(found, key=lambda entity: "image_topic" in entity)
+    arrival = _docs_automation("Ada arrives, with her face")
+    [trigger] = arrival["triggers"]
+    assert trigger["entity_id"] == _entity_id("binary_sensor", sensor)
+    assert (trigger["from"], trigger["to"]) == ("off", "on")
+    image_url = arrival["actions"][0]["data"]["data"]["image"]
+    assert image_url == f"/api/image_proxy/{_entity_id('image', image)}"
+    assert arrival["mode"] == "single" and "delay" in arrival["actions"][-1]
+
+    stranger = _docs_automation("a stranger at the front door")
+    [trigger] = stranger["triggers"]
+    people = configs()["homeassistant/sensor/facewatch_garage/front-door_people/config"]
+    payload = json.dumps(in_view_json("front-door", [None], 1.0)).encode()
+    assert trigger["to"] == render(people["value_template"], payload)
+    assert trigger["for"] and trigger["entity_id"] == _entity_id("sensor", people)
