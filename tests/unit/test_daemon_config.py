@@ -240,6 +240,7 @@ def test_the_rtsp_example_is_valid_with_its_secrets(tmp_path, monkeypatch) -> No
     assert config.cameras[1].detection.min_face_size == 40
     assert config.mqtt.password == "pw" and config.mqtt.tls is not None
     assert config.mqtt.home_assistant.enabled
+    assert config.tracking.snapshots, "Home Assistant's image entities, a notification's picture"
 
 
 def test_the_jetson_example_is_valid_and_asks_for_plans_of_its_cameras(

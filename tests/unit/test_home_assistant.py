@@ -417,3 +417,16 @@ def test_the_docs_arrival_and_stranger_automations_name_the_daemons_entities() -
     payload = json.dumps(in_view_json("front-door", [None], 1.0)).encode()
     assert trigger["to"] == render(people["value_template"], payload)
     assert trigger["for"] and trigger["entity_id"] == _entity_id("sensor", people)
+
+
+def test_the_docs_frigate_restream_camera_is_a_valid_camera() -> None:
+    """docs/operations.md's camera on Frigate's go2rtc restream (a Frigate camera name with
+    `_`), as a user pastes it into a config."""
+    import yaml
+
+    docs = (REPO / "docs" / "operations.md").read_text()
+    section = docs.split("### From Frigate / Double Take\n", 1)[1]
+    block = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    config = parse_config({**yaml.safe_load(block), "recognition": {"model": None}})
+    [camera] = config.cameras
+    assert (camera.name, camera.url) == ("front_door", "rtsp://frigate.lan:8554/front_door")
