@@ -24,9 +24,16 @@ from pydantic import (
     field_validator,
 )
 
+from engines.base import bounds_text, within
 from engines.boxes import polygon_area, polygon_crosses_itself
 from engines.build import PlanRequest
 from engines.loader import CPU_BACKENDS, data_root, default_models_dir
+from engines.mtcnn import (
+    MIN_FACE_SIZE_BOUNDS,
+    SCALE_FACTOR_BOUNDS,
+    THRESHOLD_BOUNDS,
+    MTCNNConfig,
+)
 from engines.plan_cache import default_cache_dir
 
 DEFAULT_CONFIG = data_root() / "configs" / "default.yaml"
@@ -105,11 +112,17 @@ class MotionOverrides(Section):
 
 
 class DetectionConfig(Section):
-    min_face_size: float = _field(20.0, "smallest face to find, in pixels", ge=12, le=1000)
-    thresholds: tuple[float, float, float] = _field(
-        (0.6, 0.7, 0.7), "P-Net, R-Net, O-Net score thresholds, each in (0, 1)"
+    """MTCNN's settings: their defaults and bounds are the detector's (``engines.mtcnn``)."""
+
+    min_face_size: float = _field(
+        MTCNNConfig.min_face_size, "smallest face to find, in pixels", **MIN_FACE_SIZE_BOUNDS
     )
-    scale_factor: float = _field(0.709, "image pyramid step", gt=0.1, lt=1.0)
+    thresholds: tuple[float, float, float] = _field(
+        MTCNNConfig.thresholds, "P-Net, R-Net, O-Net score thresholds, each in (0, 1)"
+    )
+    scale_factor: float = _field(
+        MTCNNConfig.scale_factor, "image pyramid step", **SCALE_FACTOR_BOUNDS
+    )
     full_scan_every: int = _field(
         1,
         "search each camera's whole frame every N frames, and in between only around the "
@@ -127,8 +140,10 @@ class DetectionConfig(Section):
     @field_validator("thresholds")
     @classmethod
     def _in_unit_interval(cls, value: tuple[float, float, float]) -> tuple[float, float, float]:
-        if not all(0.0 < t < 1.0 for t in value):
-            raise ValueError(f"each threshold must lie in (0, 1), got {list(value)}")
+        if not all(within(t, THRESHOLD_BOUNDS) for t in value):
+            raise ValueError(
+                f"each threshold must be {bounds_text(THRESHOLD_BOUNDS)}, got {list(value)}"
+            )
         return value
 
 
@@ -139,7 +154,9 @@ IGNORE_SHAPE = (
 
 
 class DetectionOverrides(Section):
-    min_face_size: float | None = _field(None, "this camera's smallest face", ge=12, le=1000)
+    min_face_size: float | None = _field(
+        None, "this camera's smallest face", **MIN_FACE_SIZE_BOUNDS
+    )
     motion: MotionOverrides = _field(
         MotionOverrides(),
         "this camera's motion gate settings (those not given: detection's; true / false: on "

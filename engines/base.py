@@ -6,9 +6,10 @@ import hashlib
 import json
 import logging
 import math
+import operator
 import os
 import reprlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -187,6 +188,26 @@ def finite_number(value: object) -> float | None:
     except OverflowError:
         return None
     return number if math.isfinite(number) else None
+
+
+# A setting's bounds in pydantic's words (``Field(**bounds)``), so that the daemon's config
+# and the command lines' options take one rule from where it is defined.
+BOUND_SIGNS = {
+    "ge": (">=", operator.ge),
+    "gt": (">", operator.gt),
+    "le": ("<=", operator.le),
+    "lt": ("<", operator.lt),
+}
+
+
+def within(value: float, bounds: Mapping[str, float]) -> bool:
+    """Whether ``value`` keeps ``bounds`` ({"ge": 12, "le": 1000}); NaN never does."""
+    return all(BOUND_SIGNS[key][1](value, limit) for key, limit in bounds.items())
+
+
+def bounds_text(bounds: Mapping[str, float]) -> str:
+    """``bounds`` in words: '>= 12 and <= 1000'."""
+    return " and ".join(f"{BOUND_SIGNS[key][0]} {limit:g}" for key, limit in bounds.items())
 
 
 def is_count(value: object, low: int = 1, high: int | None = None) -> bool:

@@ -25,6 +25,7 @@ from engines.base import (
     EngineError,
     ModelMetadata,
 )
+from engines.mtcnn import MTCNNConfig
 
 logger = logging.getLogger(__name__)
 
@@ -47,8 +48,8 @@ class BuildOptions:
     precision: str = "fp32"
     batch: tuple[int, int, int] = DEFAULT_BATCH
     camera_hw: tuple[tuple[int, int], ...] = ()
-    min_face_size: float = 20.0
-    scale_factor: float = 0.709
+    min_face_size: float = MTCNNConfig.min_face_size
+    scale_factor: float = MTCNNConfig.scale_factor
     workspace_bytes: int = DEFAULT_WORKSPACE_BYTES
     calib_dir: str | None = None
     calib_images: int = 256
@@ -82,10 +83,10 @@ def validate_options(options: BuildOptions) -> None:
     for h, w in options.camera_hw:
         if h < 12 or w < 12:
             raise BuildError(f"camera size {w}x{h} is too small: P-Net needs at least 12x12")
-    if not options.min_face_size >= 12:
-        raise BuildError(f"min_face_size must be >= 12 pixels, got {options.min_face_size}")
-    if not 0 < options.scale_factor < 1:
-        raise BuildError(f"scale_factor must be in (0, 1), got {options.scale_factor}")
+    try:  # the detector's own rule
+        MTCNNConfig(min_face_size=options.min_face_size, scale_factor=options.scale_factor)
+    except ValueError as exc:
+        raise BuildError(str(exc)) from None
     if options.workspace_bytes < MIN_WORKSPACE_BYTES:
         raise BuildError(
             f"workspace_bytes must be >= {MIN_WORKSPACE_BYTES} (1 MiB), got {options.workspace_bytes}"
@@ -271,8 +272,8 @@ class PlanRequest:
 
     precision: str = "fp16"
     camera_hw: tuple[tuple[int, int], ...] = ()  # P-Net: every frame size up to these
-    min_face_size: float = 20.0
-    scale_factor: float = 0.709
+    min_face_size: float = MTCNNConfig.min_face_size
+    scale_factor: float = MTCNNConfig.scale_factor
     frames_per_call: int = DEFAULT_BATCH[1]  # P-Net's opt batch (the daemon's max_batch)
     workspace_bytes: int = DEFAULT_WORKSPACE_BYTES
     calib_dir: str | None = None

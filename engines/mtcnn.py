@@ -24,8 +24,10 @@ from engines.base import (
     EngineError,
     ModelMetadata,
     batch_limit,
+    bounds_text,
     input_limits,
     padded_batch,
+    within,
 )
 from engines.images import AreaPyramid, area_crop_sums, as_bgr8
 from engines.loader import load_engine
@@ -45,9 +47,17 @@ RNET_NMS = 0.7
 ONET_NMS = 0.7  # intersection over the smaller box
 
 
+# The detection settings' bounds, the daemon config's and the command lines' too (P-Net's
+# 12-pixel window is the smallest face it finds).
+MIN_FACE_SIZE_BOUNDS = {"ge": bx.PNET_CELL, "le": 1000}
+SCALE_FACTOR_BOUNDS = {"gt": 0.1, "lt": 1.0}
+THRESHOLD_BOUNDS = {"gt": 0.0, "lt": 1.0}  # each of the three
+
+
 @dataclass(frozen=True)
 class MTCNNConfig:
-    """Detection settings; the defaults are the published MTCNN's."""
+    """Detection settings; the defaults are the published MTCNN's. A setting out of its
+    bounds is a ValueError that names it."""
 
     min_face_size: float = 20.0
     thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7)
@@ -57,14 +67,24 @@ class MTCNNConfig:
     border: str = "pad"
 
     def __post_init__(self) -> None:
-        if not self.min_face_size >= 12:
-            raise ValueError(f"min_face_size must be >= 12 pixels, got {self.min_face_size}")
-        if not 0 < self.scale_factor < 1:
-            raise ValueError(f"scale_factor must be in (0, 1), got {self.scale_factor}")
+        if not within(self.min_face_size, MIN_FACE_SIZE_BOUNDS):
+            raise ValueError(
+                f"min_face_size must be {bounds_text(MIN_FACE_SIZE_BOUNDS)} pixels, "
+                f"got {self.min_face_size}"
+            )
+        if not within(self.scale_factor, SCALE_FACTOR_BOUNDS):
+            raise ValueError(
+                f"scale_factor must be {bounds_text(SCALE_FACTOR_BOUNDS)}, got {self.scale_factor}"
+            )
         if self.border not in ("pad", "clip"):
             raise ValueError(f"border must be 'pad' or 'clip', got {self.border!r}")
-        if len(self.thresholds) != 3 or not all(0 <= t <= 1 for t in self.thresholds):
-            raise ValueError(f"thresholds must be three numbers in [0, 1], got {self.thresholds}")
+        if len(self.thresholds) != 3 or not all(
+            within(t, THRESHOLD_BOUNDS) for t in self.thresholds
+        ):
+            raise ValueError(
+                f"thresholds must be three numbers, each {bounds_text(THRESHOLD_BOUNDS)}, "
+                f"got {self.thresholds}"
+            )
 
 
 @dataclass

@@ -31,8 +31,9 @@ from engines.align import (
     pick_main_face,
     template_of,
 )
-from engines.base import ModelMetadata
+from engines.base import ModelMetadata, bounds_text, within
 from engines.images import ImageError, read_image, write_image
+from engines.mtcnn import MIN_FACE_SIZE_BOUNDS, MTCNN, MTCNNConfig
 from training.data import DataError, list_images
 
 logger = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ class AlignOptions:
     # with "similarity": where the landmarks go in the crop ((5, 2) pixels), when not the
     # reference template (``chip_template``)
     landmarks: tuple[tuple[float, float], ...] | None = None
-    min_face_size: float = 20.0
+    min_face_size: float = MTCNNConfig.min_face_size
     threads: int = 0
     image_format: str = "png"  # or "jpg" (smaller, lossy)
     jpeg_quality: int = 90
@@ -89,8 +90,11 @@ class AlignOptions:
     def check(self) -> None:
         if self.image_size < 1:
             raise ValueError(f"--image-size {self.image_size}: must be >= 1")
-        if self.min_face_size < 12:  # P-Net's own size
-            raise ValueError(f"--min-face-size {self.min_face_size:g}: must be >= 12 pixels")
+        if not within(self.min_face_size, MIN_FACE_SIZE_BOUNDS):
+            raise ValueError(
+                f"--min-face-size {self.min_face_size:g}: must be "
+                f"{bounds_text(MIN_FACE_SIZE_BOUNDS)} pixels"
+            )
         if self.margin < 0:
             raise ValueError(f"--margin {self.margin}: must be >= 0")
         if self.image_format not in ("png", "jpg"):
@@ -285,8 +289,6 @@ def align_dataset(
     opts.check()
     input_dir, output_dir = Path(input_dir).expanduser(), Path(output_dir).expanduser()
     if detector is None:
-        from engines.mtcnn import MTCNN
-
         detector = MTCNN.load(mtcnn_dir, threads=opts.threads, min_face_size=opts.min_face_size)
     jobs = _jobs(input_dir, output_dir, opts.random_order)
     output_dir.mkdir(parents=True, exist_ok=True)

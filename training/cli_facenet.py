@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from engines.loader import default_facenet, default_models_dir
+from engines.mtcnn import MTCNNConfig
 from training.cli_teacher import register_teacher
 from training.help_format import DefaultsHelpFormatter
 
@@ -129,7 +130,10 @@ def _add_align(commands: argparse._SubParsersAction) -> None:
         "--mtcnn-dir", type=Path, default=default_models_dir() / "mtcnn", help="MTCNN models"
     )
     p.add_argument(
-        "--min-face-size", type=float, default=20.0, help="smallest face to detect (pixels)"
+        "--min-face-size",
+        type=float,
+        default=MTCNNConfig.min_face_size,
+        help="smallest face to detect (pixels)",
     )
     p.add_argument(
         "--threads", type=_count(0), default=0, help="ONNX Runtime threads (0: automatic)"

@@ -55,7 +55,8 @@ CAMERAS = ((1080, 1920), (720, 1280), (360, 640))
         ({"batch": (1, 8)}, "MIN OPT MAX"),
         ({"camera_hw": ((8, 640),)}, "640x8 is too small"),
         ({"min_face_size": 10}, "min_face_size must be >= 12"),
-        ({"scale_factor": 1.0}, r"scale_factor must be in \(0, 1\)"),
+        ({"scale_factor": 1.0}, "scale_factor must be > 0.1 and < 1"),
+        ({"scale_factor": 0.05}, "scale_factor must be > 0.1 and < 1"),  # as the config
         ({"workspace_bytes": 1000}, "workspace_bytes must be >= 1048576"),
         ({"precision": "int8"}, "int8 needs calibration images"),
         ({"precision": "fp16", "calib_dir": "/x"}, "calib_dir is only used with int8"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -177,16 +178,22 @@ def test_thresholds_and_min_face_size_are_honoured(shared_data):
 
 
 @pytest.mark.parametrize(
-    "bad",
+    ("bad", "message"),
     [
-        {"min_face_size": 5},
-        {"scale_factor": 1.2},
-        {"thresholds": (0.6, 0.7)},
-        {"thresholds": (0.6, 0.7, 2)},
+        ({"min_face_size": 5}, "min_face_size must be >= 12 and <= 1000 pixels, got 5"),
+        ({"scale_factor": 1.2}, "scale_factor must be > 0.1 and < 1, got 1.2"),
+        ({"thresholds": (0.6, 0.7)}, "thresholds must be three numbers"),
+        ({"thresholds": (0.6, 0.7, 2)}, "thresholds must be three numbers, each > 0 and < 1"),
+        # refused by the daemon's config, and now by the detector too
+        ({"min_face_size": 1001}, "min_face_size must be >= 12 and <= 1000 pixels"),
+        ({"scale_factor": 0.05}, "scale_factor must be > 0.1 and < 1, got 0.05"),
+        ({"thresholds": (0.0, 0.7, 0.7)}, "each > 0 and < 1"),
+        ({"thresholds": (0.6, 0.7, 1.0)}, "each > 0 and < 1"),
+        ({"scale_factor": float("nan")}, "scale_factor must be"),
     ],
 )
-def test_bad_config_is_refused(bad):
-    with pytest.raises(ValueError):
+def test_bad_config_is_refused(bad, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
         MTCNNConfig(**bad)
 
 

@@ -279,7 +279,7 @@ def test_small_mistakes_are_named_with_the_option(tmp_path, capsys) -> None:
     people = tmp_path / "people"
     (people / "ann").mkdir(parents=True)
     assert cli(["align", str(people), str(tmp_path / "out"), "--min-face-size", "0"]) == 2
-    assert "--min-face-size 0: must be >= 12 pixels" in capsys.readouterr().err
+    assert "--min-face-size 0: must be >= 12 and <= 1000 pixels" in capsys.readouterr().err
     checkpoint = tiny_checkpoint(tmp_path / "tiny.pt")
     out = tmp_path / "m.onnx"
     assert cli(["export", str(checkpoint), "--out", str(out), "--parity-images", "nodir"]) == 2
