@@ -16,11 +16,20 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from daemon.cli_args import number
 from engines import BACKENDS, EngineError
+from engines.base import bounds_text
 from engines.detectors import load_detector
 from engines.images import ImageError, cv_path, read_image, shown, write_image
 from engines.loader import default_models_dir
-from engines.mtcnn import MTCNN, FrameDetections
+from engines.mtcnn import (
+    MIN_FACE_SIZE_BOUNDS,
+    MTCNN,
+    SCALE_FACTOR_BOUNDS,
+    THRESHOLD_BOUNDS,
+    FrameDetections,
+    MTCNNConfig,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -99,23 +108,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="CPU threads (0: all cores); each runs its own copy of the networks on part of "
         "the work (frames, pyramid levels, candidates)",
     )
-    p.add_argument(
-        "--min-face-size",
-        type=float,
-        default=20.0,
-        help="smallest face to find, pixels (default 20)",
-    )
-    p.add_argument(
-        "--thresholds",
-        type=float,
-        nargs=3,
-        default=(0.6, 0.7, 0.7),
-        metavar=("P", "R", "O"),
-        help="P-Net, R-Net, O-Net score thresholds (default 0.6 0.7 0.7)",
-    )
-    p.add_argument(
-        "--scale-factor", type=float, default=0.709, help="image pyramid step (default 0.709)"
-    )
+    _add_detector_options(p)
     p.add_argument(
         "--border",
         choices=("pad", "clip"),
@@ -133,6 +126,33 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _add_detector_options(p: argparse.ArgumentParser) -> None:
+    """--min-face-size, --thresholds and --scale-factor: the detector's defaults and bounds."""
+    default = MTCNNConfig()
+    p.add_argument(
+        "--min-face-size",
+        type=number(float, **MIN_FACE_SIZE_BOUNDS),
+        default=default.min_face_size,
+        help=f"smallest face to find, pixels (default {default.min_face_size:g})",
+    )
+    p.add_argument(
+        "--thresholds",
+        type=number(float, **THRESHOLD_BOUNDS),
+        nargs=3,
+        default=default.thresholds,
+        metavar=("P", "R", "O"),
+        help="P-Net, R-Net, O-Net score thresholds, each "
+        f"{bounds_text(THRESHOLD_BOUNDS)} (default {' '.join(map(str, default.thresholds))})",
+    )
+    p.add_argument(
+        "--scale-factor",
+        type=number(float, **SCALE_FACTOR_BOUNDS),
+        default=default.scale_factor,
+        help=f"image pyramid step, {bounds_text(SCALE_FACTOR_BOUNDS)} "
+        f"(default {default.scale_factor:g})",
+    )
+
+
 SCORES_SHOWN = 20  # an image's line lists at most this many scores (--json: all)
 
 
@@ -147,11 +167,6 @@ class Summary:
 def run(args: argparse.Namespace) -> int:
     if args.batch < 1 or args.every < 1 or not 0 <= args.threads <= 256:
         print("error: --batch and --every must be >= 1, --threads in 0..256", file=sys.stderr)
-        return 2
-    if not all(0.0 < t < 1.0 for t in args.thresholds):
-        print(
-            f"error: --thresholds must each lie in (0, 1), got {args.thresholds}", file=sys.stderr
-        )
         return 2
     if args.annotate is not None and args.annotate.exists() and not args.annotate.is_dir():
         print(f"error: --annotate {args.annotate}: not a folder", file=sys.stderr)

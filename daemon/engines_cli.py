@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+from daemon.cli_args import number
 from daemon.config import ConfigError, plan_request
 from daemon.config_file import load_config
 from engines import EngineError
@@ -19,6 +20,7 @@ from engines.build import (
     PlanRequest,
     default_batch,
 )
+from engines.mtcnn import MIN_FACE_SIZE_BOUNDS, SCALE_FACTOR_BOUNDS, MTCNNConfig
 from engines.plan_cache import (
     cache_key,
     cache_paths,
@@ -136,8 +138,16 @@ def _register_build(sub: argparse._SubParsersAction) -> None:
         metavar="WxH",
         help="a camera resolution (P-Net: its pyramid sizes go into the profiles); repeatable",
     )
-    b.add_argument("--min-face-size", type=float, help="as the detector (default 20)")
-    b.add_argument("--scale-factor", type=float, help="as the detector (default 0.709)")
+    b.add_argument(
+        "--min-face-size",
+        type=number(float, **MIN_FACE_SIZE_BOUNDS),
+        help=f"as the detector (default {MTCNNConfig.min_face_size:g})",
+    )
+    b.add_argument(
+        "--scale-factor",
+        type=number(float, **SCALE_FACTOR_BOUNDS),
+        help=f"as the detector (default {MTCNNConfig.scale_factor:g})",
+    )
     b.add_argument(
         "--workspace-bytes", type=int, help=f"builder workspace (default {DEFAULT_WORKSPACE_BYTES})"
     )

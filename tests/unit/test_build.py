@@ -527,6 +527,14 @@ def test_engines_cli_reports_bad_options(capsys):
     with pytest.raises(SystemExit):
         main(["engines", "build", "x.onnx", "--camera", "1920by1080"])
     assert "expected WIDTHxHEIGHT" in capsys.readouterr().err
+    # named as the option (it said min_face_size, the engine's name); bounds as the config's
+    for option, message in (
+        (["--min-face-size", "5"], "argument --min-face-size: must be >= 12 and <= 1000, got 5"),
+        (["--scale-factor", "0.05"], "argument --scale-factor: must be > 0.1 and < 1, got 0.05"),
+    ):
+        with pytest.raises(SystemExit):
+            main(["engines", "build", "models/mtcnn/pnet.onnx", "--camera", "640x480", *option])
+        assert message in capsys.readouterr().err
 
 
 def test_engines_build_config_errors(tmp_path, capsys):

@@ -174,12 +174,33 @@ def test_names_opencv_cannot_take_truncated_videos_and_unwritable_output(
         write_image(blocker / "x.jpg", face)
 
 
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        # the config refuses a scale_factor of 0.1 or less: detect took it
+        (["--scale-factor", "0.05"], "argument --scale-factor: must be > 0.1 and < 1, got 0.05"),
+        # said in the engine's words (min_face_size ...), not the option's
+        (["--min-face-size", "5"], "argument --min-face-size: must be >= 12 and <= 1000, got 5"),
+        (["--thresholds", "0.6", "0.7", "1"], "argument --thresholds: must be > 0 and < 1, got 1"),
+    ],
+)
+def test_detector_settings_out_of_bounds_are_refused_naming_the_option(
+    option, message, capsys
+) -> None:
+    """The bounds of the config's detection section, each said with the option written."""
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(capsys, *option, "photo.jpg")
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
 def test_arguments_a_user_can_get_wrong_are_named(shared_data, tmp_path, capsys) -> None:
     """Thresholds outside (0, 1) (0 finds thousands of "faces"), an --annotate folder that
     cannot be made, a folder whose files have no image extension: each said, exit 2 / 1."""
     photo = str(shared_data / "images" / "two_people.jpg")
-    code, _, err = run_cli(capsys, "--thresholds", "0", "0.7", "0.7", photo)
-    assert code == 2 and "--thresholds must each lie in (0, 1)" in err
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(capsys, "--thresholds", "0", "0.7", "0.7", photo)
+    assert exit_.value.code == 2
+    assert "argument --thresholds: must be > 0 and < 1, got 0" in capsys.readouterr().err
     blocker = tmp_path / "afile"
     blocker.write_text("")
     code, _, err = run_cli(capsys, "--annotate", str(blocker / "out"), photo)
