@@ -26,7 +26,7 @@ from pydantic import (
 
 from engines.base import bounds_text, within
 from engines.boxes import polygon_area, polygon_crosses_itself
-from engines.build import PlanRequest
+from engines.build import PlanRequest, camera_size_hw
 from engines.loader import CPU_BACKENDS, data_root, default_models_dir
 from engines.mtcnn import (
     MIN_FACE_SIZE_BOUNDS,
@@ -349,17 +349,12 @@ class TensorRTConfig(Section):
     @classmethod
     def _sizes(cls, sizes: list[str]) -> list[str]:
         for size in sizes:
-            match = re.fullmatch(r"([0-9]+)x([0-9]+)", size)
-            if match is None or min(int(match.group(1)), int(match.group(2))) < 12:
-                raise ValueError(
-                    f"expected WIDTHxHEIGHT of at least 12x12, e.g. 1920x1080, got {size!r}"
-                )
+            camera_size_hw(size)  # a ValueError says what it expected
         return sizes
 
     def camera_hw(self) -> tuple[tuple[int, int], ...]:
         """``camera_sizes`` as (height, width) pairs."""
-        pairs = (size.split("x") for size in self.camera_sizes)
-        return tuple((int(h), int(w)) for w, h in pairs)
+        return tuple(camera_size_hw(size) for size in self.camera_sizes)
 
 
 class EnginesConfig(Section):

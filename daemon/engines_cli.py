@@ -18,6 +18,7 @@ from engines.build import (
     DEFAULT_WORKSPACE_BYTES,
     BuildOptions,
     PlanRequest,
+    camera_size_hw,
     default_batch,
 )
 from engines.mtcnn import MIN_FACE_SIZE_BOUNDS, SCALE_FACTOR_BOUNDS, MTCNNConfig
@@ -49,14 +50,12 @@ logger = logging.getLogger(__name__)
 
 
 def parse_wh(text: str) -> tuple[int, int]:
-    """'1920x1080' -> (1080, 1920) as (height, width)."""
+    """--camera's argparse type: '1920x1080' -> (1080, 1920) as (height, width), as the
+    config's ``camera_sizes`` take it (``camera_size_hw``)."""
     try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected WIDTHxHEIGHT, e.g. 1920x1080, got {text!r}"
-        ) from None
-    return h, w
+        return camera_size_hw(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def register(commands: argparse._SubParsersAction) -> None:

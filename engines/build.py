@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import re
 import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -71,6 +72,19 @@ class BuildOptions:
         return fields
 
 
+def camera_size_hw(text: str) -> tuple[int, int]:
+    """A camera size written WIDTHxHEIGHT (1920x1080 or 1920X1080) as (height, width), as
+    ``engines.tensorrt.camera_sizes`` and ``--camera`` take it; ValueError for anything else
+    or a side under P-Net's 12 pixels."""
+    match = re.fullmatch(r"([0-9]+)[xX]([0-9]+)", text)
+    if match is None or min(int(side) for side in match.groups()) < bx.PNET_CELL:
+        raise ValueError(
+            f"expected WIDTHxHEIGHT of at least {bx.PNET_CELL}x{bx.PNET_CELL}, e.g. 1920x1080, "
+            f"got {text!r}"
+        )
+    return int(match.group(2)), int(match.group(1))
+
+
 def validate_options(options: BuildOptions) -> None:
     """Raise BuildError with the option's name and what was expected."""
     if options.precision not in PRECISIONS:
@@ -81,7 +95,7 @@ def validate_options(options: BuildOptions) -> None:
     if len(batch) != 3 or not 1 <= batch[0] <= batch[1] <= batch[2]:
         raise BuildError(f"batch must be MIN OPT MAX with 1 <= MIN <= OPT <= MAX, got {batch}")
     for h, w in options.camera_hw:
-        if h < 12 or w < 12:
+        if min(h, w) < bx.PNET_CELL:
             raise BuildError(f"camera size {w}x{h} is too small: P-Net needs at least 12x12")
     try:  # the detector's own rule
         MTCNNConfig(min_face_size=options.min_face_size, scale_factor=options.scale_factor)

@@ -537,6 +537,39 @@ def test_engines_cli_reports_bad_options(capsys):
         assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("size", "hw"),
+    [
+        ("1920x1080", (1080, 1920)),
+        ("1920X1080", (1080, 1920)),  # the config refused it, --camera took it
+        ("12x12", (12, 12)),
+        ("0x0", None),  # --camera took these, for a BuildError later or a plan of nothing
+        ("-5x100", None),
+        ("11x100", None),
+        ("1920*1080", None),
+        ("1920x1080x3", None),
+    ],
+)
+def test_a_camera_size_is_read_alike_by_the_config_and_engines_build(size, hw, capsys):
+    """engines.tensorrt.camera_sizes and `engines build --camera` take the same WxH: a size
+    one refuses, the other refuses at once, and --camera's error names it."""
+    from pydantic import ValidationError
+
+    from daemon.cli import build_parser
+    from daemon.config import TensorRTConfig
+
+    command = ["engines", "build", "x.onnx", f"--camera={size}"]
+    if hw is None:
+        with pytest.raises(ValidationError, match="expected WIDTHxHEIGHT of at least 12x12"):
+            TensorRTConfig(camera_sizes=[size])
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(command)
+        assert f"argument --camera: expected WIDTHxHEIGHT of at least 12x12, e.g. 1920x1080, got {size!r}" in capsys.readouterr().err  # fmt: skip
+    else:
+        assert TensorRTConfig(camera_sizes=[size]).camera_hw() == (hw,)
+        assert build_parser().parse_args(command).camera == [hw]
+
+
 def test_engines_build_config_errors(tmp_path, capsys):
     from daemon.cli import main
 
