@@ -44,6 +44,7 @@ from daemon.gallery_file import (
     write_schema,
 )
 from daemon.gallery_names import clean_name, lookup_name, twin_key
+from engines.facenet import split_embeddings_id
 
 logger = logging.getLogger(__name__)
 
@@ -202,8 +203,8 @@ class Gallery:
                 f"this facewatch reads version {SCHEMA_VERSION}"
             )
         if model_id is not None and model_id != self.model_id:
-            if model_id.removesuffix("+flip") == self.model_id.removesuffix("+flip"):
-                flip = self.model_id.endswith("+flip")
+            ours, flip = split_embeddings_id(self.model_id)
+            if split_embeddings_id(model_id)[0] == ours:
                 setting = "with" if flip else "without"
                 raise GalleryError(
                     f"{self.path}: this gallery was enrolled {setting} --flip (mirrored faces "

@@ -17,7 +17,7 @@ from daemon.config import Config, ConfigError
 from daemon.events import open_jsonl
 from daemon.gallery import Gallery, GalleryError, shown_threshold
 from engines.base import EngineError, ModelMetadata
-from engines.facenet import model_id_of, outdated_threshold
+from engines.facenet import embeddings_id, model_id_of, outdated_threshold
 from engines.loader import default_facenet
 
 logger = logging.getLogger(__name__)
@@ -194,8 +194,7 @@ def _gallery_problems(config: Config) -> list[str]:
         return []
     try:
         model_id = model_id_of(ModelMetadata.load(model), model)
-        flip = "+flip" if config.recognition.flip else ""
-        Gallery.open(path, model_id=model_id + flip).close()
+        Gallery.open(path, model_id=embeddings_id(model_id, config.recognition.flip)).close()
     except (GalleryError, EngineError) as exc:
         return [f"recognition.gallery: {exc}"]
     return []

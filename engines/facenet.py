@@ -101,7 +101,7 @@ class FaceNet:
         self.template = template_of(meta.extra, meta.input_size_hw[0])  # type: ignore[index]
         self.prewhiten = bool(meta.extra.get("prewhiten", False))
         self.embedding_size = int(meta.embedding_size or engine.outputs[0].shape[-1] or 0)
-        self.model_id = (model_id or meta.name) + ("+flip" if flip else "")
+        self.model_id = embeddings_id(model_id or meta.name, flip)
 
     @classmethod
     def load(
@@ -221,9 +221,23 @@ class FaceNet:
 
 
 def model_id_of(meta: ModelMetadata, path: Path) -> str:
-    """How galleries name the embeddings of the model file at ``path`` (``FaceNet.model_id``
-    adds ``+flip``): its sidecar's name and the file's hash."""
+    """How galleries name the model file at ``path``: its sidecar's name and the file's hash
+    (``embeddings_id`` adds the flip setting)."""
     return f"{meta.name}@sha256:{file_sha256(path)[:16]}"
+
+
+FLIP_SUFFIX = "+flip"
+
+
+def embeddings_id(model_id: str, flip: bool) -> str:
+    """What a gallery records its embeddings as made by (``FaceNet.model_id``): the model's
+    id, and ``+flip`` when each face's embedding is averaged with its mirror image's."""
+    return model_id + (FLIP_SUFFIX if flip else "")
+
+
+def split_embeddings_id(embeddings: str) -> tuple[str, bool]:
+    """``embeddings_id``'s parts: the model's id and whether it flips."""
+    return embeddings.removesuffix(FLIP_SUFFIX), embeddings.endswith(FLIP_SUFFIX)
 
 
 def outdated_threshold(extra: dict[str, Any], threshold: float) -> float | None:
