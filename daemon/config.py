@@ -27,7 +27,7 @@ from pydantic import (
 from engines.base import bounds_text, within
 from engines.boxes import polygon_area, polygon_crosses_itself
 from engines.build import PlanRequest, camera_size_hw
-from engines.loader import CPU_BACKENDS, data_root, default_models_dir
+from engines.loader import CPU_BACKENDS, THREAD_BOUNDS, data_root, default_models_dir
 from engines.mtcnn import (
     MIN_FACE_SIZE_BOUNDS,
     SCALE_FACTOR_BOUNDS,
@@ -363,7 +363,7 @@ class EnginesConfig(Section):
         "backend for MTCNN (FaceNet runs on onnxruntime, or OpenVINO where recognition.precision "
         "picks bf16, unless tensorrt or torch)",
     )
-    threads: int = _field(0, "CPU threads for inference (0 = all cores)", ge=0, le=256)
+    threads: int = _field(0, "CPU threads for inference (0 = all cores)", **THREAD_BOUNDS)
     mtcnn_dir: str = _field(str(default_models_dir() / "mtcnn"), "folder with pnet/rnet/onet.onnx")
     torch_device: str | None = _field(
         None,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import time
 from collections.abc import Iterator
@@ -21,7 +20,7 @@ from engines import BACKENDS, EngineError
 from engines.base import bounds_text
 from engines.detectors import load_detector
 from engines.images import ImageError, cv_path, read_image, shown, write_image
-from engines.loader import default_models_dir
+from engines.loader import THREAD_BOUNDS, cpu_threads, default_models_dir
 from engines.mtcnn import (
     MIN_FACE_SIZE_BOUNDS,
     MTCNN,
@@ -103,7 +102,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--threads",
-        type=int,
+        type=number(int, **THREAD_BOUNDS),
         default=0,
         help="CPU threads (0: all cores); each runs its own copy of the networks on part of "
         "the work (frames, pyramid levels, candidates)",
@@ -117,10 +116,17 @@ def register(commands: argparse._SubParsersAction) -> None:
         "or clip them (as facenet-pytorch)",
     )
     p.add_argument(
-        "--batch", type=int, default=8, help="video frames per detector call (default 8)"
+        "--batch",
+        type=number(int, ge=1),
+        default=8,
+        help="video frames per detector call (default 8)",
     )
     p.add_argument(
-        "--every", type=int, default=1, metavar="N", help="videos: detect on every Nth frame"
+        "--every",
+        type=number(int, ge=1),
+        default=1,
+        metavar="N",
+        help="videos: detect on every Nth frame",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -165,19 +171,15 @@ class Summary:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.batch < 1 or args.every < 1 or not 0 <= args.threads <= 256:
-        print("error: --batch and --every must be >= 1, --threads in 0..256", file=sys.stderr)
-        return 2
     if args.annotate is not None and args.annotate.exists() and not args.annotate.is_dir():
         print(f"error: --annotate {args.annotate}: not a folder", file=sys.stderr)
         return 2
     models = args.models or default_models_dir() / "mtcnn"
-    threads = args.threads if args.threads > 0 else (os.cpu_count() or 1)
     try:
         detector = load_detector(
             models,
             backend=args.backend,
-            threads=threads,
+            threads=cpu_threads(args.threads),
             min_face_size=args.min_face_size,
             thresholds=tuple(args.thresholds),
             scale_factor=args.scale_factor,

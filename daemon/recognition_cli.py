@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from daemon import gallery_cli
+from daemon.cli_args import number
 from daemon.config import ConfigError
 from daemon.detect_cli import IMAGE_SUFFIXES, Outputs, input_name, progress_wanted, put_label
 from daemon.gallery import Gallery, GalleryError, Match
@@ -29,7 +29,13 @@ from engines import BACKENDS, EngineError
 from engines.detectors import load_facenet
 from engines.facenet import FaceNet
 from engines.images import ImageError, read_image, write_image
-from engines.loader import PRECISIONS, default_facenet, default_models_dir
+from engines.loader import (
+    PRECISIONS,
+    THREAD_BOUNDS,
+    cpu_threads,
+    default_facenet,
+    default_models_dir,
+)
 from engines.mtcnn import MTCNN, FrameDetections
 
 logger = logging.getLogger(__name__)
@@ -67,7 +73,12 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--backend", choices=BACKENDS, default="onnxruntime", help="FaceNet engine backend"
     )
-    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: all cores)")
+    p.add_argument(
+        "--threads",
+        type=number(int, **THREAD_BOUNDS),
+        default=0,
+        help="CPU threads (0: all cores)",
+    )
     p.add_argument(
         "--precision",
         choices=("auto", *PRECISIONS),
@@ -117,8 +128,6 @@ class Models:
 
 def load_models(args: argparse.Namespace) -> Models:
     """The detector and the FaceNet model, or EngineError with what to do."""
-    if args.threads < 0:
-        raise EngineError("--threads must be >= 0")
     model, flip = args.model, args.flip
     config = gallery_cli.daemon_config(args)  # --config: the daemon's models
     recognition = None if config is None else config.recognition
@@ -137,7 +146,7 @@ def load_models(args: argparse.Namespace) -> Models:
     path = model or default_model_path()
     if not path.is_file() and model is None:
         raise EngineError(f"{path}: no FaceNet model. " + NO_DEFAULT_MODEL.format(path=path))
-    threads = args.threads if args.threads > 0 else (os.cpu_count() or 1)
+    threads = cpu_threads(args.threads)
     facenet = load_facenet(
         path, backend=args.backend, threads=threads, flip=flip, precision=args.precision
     )

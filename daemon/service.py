@@ -36,7 +36,7 @@ from daemon.systemd_notify import sd_notify, watchdog_healthy
 from engines.base import EngineError
 from engines.detectors import load_detector, load_facenet
 from engines.facenet import FaceNet
-from engines.loader import CPU_BACKENDS
+from engines.loader import CPU_BACKENDS, cpu_threads
 from engines.mtcnn import MTCNN
 
 logger = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ class Service:
         """The config's detector and FaceNet (None without a model), warmed up; a
         ConfigError names what is wrong."""
         cfg = self.config
-        threads = cfg.engines.threads or os.cpu_count() or 1
+        threads = cpu_threads(cfg.engines.threads)
         os.environ.update(cfg.engines.torch_environment())  # what the torch backend reads
         detection = cfg.detection
         trt_plans = None

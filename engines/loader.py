@@ -15,6 +15,14 @@ if TYPE_CHECKING:
 
 BACKENDS = ("onnxruntime", "opencv", "openvino", "tensorrt", "torch")
 CPU_BACKENDS = ("onnxruntime", "opencv", "openvino")  # the others run on a GPU when there is one
+# engines.threads and the commands' --threads (0: all cores, ``cpu_threads``)
+THREAD_BOUNDS = {"ge": 0, "le": 256}
+
+
+def cpu_threads(setting: int) -> int:
+    """The threads a user's threads setting asks for: 0 is all of this machine's cores (to
+    the engines, 0 is their own default instead)."""
+    return setting if setting > 0 else (os.cpu_count() or 1)
 
 
 def data_root() -> Path:

@@ -182,12 +182,14 @@ def test_names_opencv_cannot_take_truncated_videos_and_unwritable_output(
         # said in the engine's words (min_face_size ...), not the option's
         (["--min-face-size", "5"], "argument --min-face-size: must be >= 12 and <= 1000, got 5"),
         (["--thresholds", "0.6", "0.7", "1"], "argument --thresholds: must be > 0 and < 1, got 1"),
+        # in the same words as the rest (it was "--batch and --every must be >= 1, ...")
+        (["--batch", "0"], "argument --batch: must be >= 1, got 0"),
+        (["--every", "x"], "argument --every: expected an integer, got 'x'"),
+        (["--threads", "257"], "argument --threads: must be >= 0 and <= 256, got 257"),
     ],
 )
-def test_detector_settings_out_of_bounds_are_refused_naming_the_option(
-    option, message, capsys
-) -> None:
-    """The bounds of the config's detection section, each said with the option written."""
+def test_options_out_of_bounds_are_refused_naming_the_option(option, message, capsys) -> None:
+    """The config's bounds (detection, engines.threads), each said with the option written."""
     with pytest.raises(SystemExit) as exit_:
         run_cli(capsys, *option, "photo.jpg")
     assert exit_.value.code == 2 and message in capsys.readouterr().err

@@ -61,6 +61,16 @@ def cli(test_model, tmp_path, capsys):
     return run
 
 
+def test_threads_are_bounded_as_detect_and_the_config_bound_them(cli) -> None:
+    """identify and enroll take --threads 0..256, as detect and engines.threads do (they
+    took any number of threads above 0)."""
+    for command in (["identify"], ["enroll", "--name", "x"]):
+        code, _, err = cli(*command, "--threads", "300", "photo.jpg", model=False)
+        assert code == 2 and "argument --threads: must be >= 0 and <= 256, got 300" in err
+    code, _, err = cli("identify", "--threads", "-1", "photo.jpg", model=False)
+    assert code == 2 and "argument --threads: must be >= 0 and <= 256, got -1" in err
+
+
 @pytest.fixture
 def images(shared_data, tmp_path) -> dict[str, Path]:
     src = shared_data / "images"
