@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from daemon import gallery_cli
 from daemon.archive_files import VISIT_FILE, archive_level, read_visit
+from daemon.cli_args import number
 from daemon.detect_cli import progress_wanted
 from daemon.gallery import Enrollment, Gallery, GalleryError, remove_created, shown_threshold
 from daemon.gallery_names import clean_name
@@ -69,13 +70,13 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--largest", action="store_true", help="several faces: enroll the largest")
     p.add_argument(
         "--min-face-px",
-        type=_non_negative,
+        type=number(float, ge=0),
         default=DEFAULT_MIN_FACE_PX,
         help=f"shortest side of the face box, pixels (default {DEFAULT_MIN_FACE_PX:.0f})",
     )
     p.add_argument(
         "--min-sharpness",
-        type=_non_negative,
+        type=number(float, ge=0),
         default=DEFAULT_MIN_SHARPNESS,
         help="blur gate: variance of the Laplacian of the aligned grey face crop "
         f"(default {DEFAULT_MIN_SHARPNESS:.0f}; 0 disables)",
@@ -85,16 +86,6 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     add_model_options(p)
     p.set_defaults(func=run_enroll)
-
-
-def _non_negative(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value >= 0.0:
-        raise argparse.ArgumentTypeError(f"{text} is negative (0 disables the gate)")
-    return value
 
 
 def _enroll_jobs(args: argparse.Namespace) -> list[tuple[str, Path]]:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon import gallery_export
+from daemon.cli_args import number
 from daemon.config import Config, ConfigError, RecognitionConfig
 from daemon.config_file import load_config
 from daemon.gallery import Gallery, GalleryError, check_threshold, remove_created, shown_threshold
@@ -134,7 +135,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     calib = parsers["calibrate"]
     calib.add_argument(
         "--target-far",
-        type=_rate,
+        type=number(float, ge=0, lt=1),
         default=DEFAULT_TARGET_FAR,
         help=f"false-accept rate to stay under, in [0, 1) (default {DEFAULT_TARGET_FAR})",
     )
@@ -146,16 +147,6 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--target-far (fewer than 1 / target: by default nothing is stored then, since the "
         "threshold would be the distance between the two closest people, which strangers pass)",
     )
-
-
-def _rate(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"{text} is outside [0, 1)")
-    return value
 
 
 def _guarded(func: Any) -> Any:

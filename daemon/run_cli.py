@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import getpass
 import logging
-import math
 import sys
 from typing import Any
 
+from daemon.cli_args import number
 from daemon.config import DEFAULT_CONFIG, ConfigError
 from daemon.config_file import load_config, schema_lines
 
@@ -32,7 +32,7 @@ def register(commands: Any) -> None:
     )
     run.add_argument(
         "--run-for",
-        type=_seconds,
+        type=number(float, gt=0),
         metavar="SECONDS",
         help="stop cleanly after this many seconds (default: run until SIGTERM / Ctrl-C)",
     )
@@ -58,16 +58,6 @@ def register(commands: Any) -> None:
         "are not looked at",
     )
     check.set_defaults(func=_validate)
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"{text}: must be a positive number of seconds")
-    return value
 
 
 def _validate(args: argparse.Namespace) -> int:
