@@ -115,7 +115,7 @@ def test_an_event_the_spool_takes_without_its_snapshot_is_sent_once(tmp_path, br
         spool._db.execute(f"PRAGMA max_page_count = {pages}")  # small rows fit, 6 kB do not
         face = b"\xff\xd8" + os.urandom(6000)
         sinks.emit({"camera": "cam", "type": "confirmed", "event_id": "e1", "seq": 1,
-                    "frame_ts": time.time()}, face)  # fmt: skip
+                    "identity": None, "frame_ts": time.time()}, face)  # fmt: skip
         wait_for(lambda: subscriber.last("facewatch/node/snapshots/cam/e1") == face, 10, "face")
         wait_for(lambda: subscriber.events(), 10, "the event")
         wait_for(lambda: subscriber.last("facewatch/node/cameras/cam/snapshot") == face, 10,
