@@ -3,7 +3,9 @@ face archive's visits.
 
 Every photo must show one face (or ``--largest``), large and sharp enough
 (``daemon.recognition.QualityGates``); a photo enrolled as someone else is refused (one
-photo, one person). Nothing is enrolled while any photo is rejected, unless ``--skip-bad``.
+photo, one person), and so is a face unlike all of its person's other faces (a photo of
+someone else, unless ``--allow-mismatch``). A new person who looks like someone enrolled is
+warned about. Nothing is enrolled while any photo is rejected, unless ``--skip-bad``.
 Exit status: 0 done, 1 an image or the gallery refused (the reason is printed), 2 a model or
 argument problem.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import functools
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +26,14 @@ from daemon import gallery_cli
 from daemon.archive_files import VISIT_FILE, archive_level, read_visit
 from daemon.cli_args import number
 from daemon.detect_cli import progress_wanted
-from daemon.gallery import Enrollment, Gallery, GalleryError, remove_created, shown_threshold
+from daemon.gallery import (
+    DEFAULT_THRESHOLD,
+    Enrollment,
+    Gallery,
+    GalleryError,
+    remove_created,
+    shown_threshold,
+)
 from daemon.gallery_names import clean_name
 from daemon.recognition import (
     DEFAULT_MIN_FACE_PX,
@@ -31,6 +41,8 @@ from daemon.recognition import (
     QualityGates,
     Rejected,
     face_at,
+    look_alikes,
+    unlike_faces,
 )
 from daemon.recognition_cli import Models, add_model_options, is_hidden, load_models, photo_files
 from daemon.stream_probe import peer_text
@@ -83,6 +95,13 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--skip-bad", action="store_true", help="enroll the good photos even if others fail"
+    )
+    p.add_argument(
+        "--allow-mismatch",
+        action="store_true",
+        help="enroll a face even when it lies farther than the match threshold from every "
+        "other face of its person (enrolled or in this enroll; checked when there are 2 or "
+        "more): such a photo is refused, as most often it shows someone else",
     )
     add_model_options(p)
     p.set_defaults(func=run_enroll)
@@ -200,13 +219,32 @@ def _box(values: Any) -> list[float]:
     return [v for v in box if v is not None]
 
 
-def _check_gallery(path: Path, model_id: str) -> dict[str, set[str]]:
+@dataclass
+class _Enrolled:
+    """What the gallery holds already, as enroll compares new photos with it."""
+
+    holders: dict[str, set[str]]  # who holds each photo (by SHA-256)
+    vectors: np.ndarray  # (M, D)
+    owners: list[str]
+    thresholds: dict[str, float]  # each person's own, where set
+    default: float  # the gallery's default threshold (a new gallery's, when there is none)
+
+    def threshold_of(self, names: set[str]) -> dict[str, float]:
+        """The threshold each of ``names`` and the enrolled people is matched with."""
+        everyone = names | set(self.owners)
+        return {name: self.thresholds.get(name, self.default) for name in everyone}
+
+
+def _check_gallery(path: Path, net: FaceNet) -> _Enrolled:
     """Refuse early (before any work) a gallery of another model or one we cannot write;
-    returns who holds each photo already enrolled (by SHA-256)."""
+    returns what it holds."""
     if not path.exists() and not path.is_symlink():
-        return {}
-    with Gallery.open(path, model_id, writable=True) as gallery:
-        return gallery.sources()
+        default = _threshold_of(net).get("threshold", DEFAULT_THRESHOLD)
+        return _Enrolled({}, np.zeros((0, net.embedding_size), np.float32), [], {}, default)
+    with Gallery.open(path, net.model_id, writable=True) as gallery:
+        vectors, owners, _, _ = gallery.embeddings()
+        own = {i.name: i.threshold for i in gallery.identities() if i.threshold is not None}
+        return _Enrolled(gallery.sources(), vectors, owners, own, gallery.threshold)
 
 
 def _check_photo(holders: dict[str, set[str]], name: str, path: Path) -> str:
@@ -230,10 +268,14 @@ def run_enroll(args: argparse.Namespace) -> int:
     gallery_path = gallery_cli.gallery_path(args)
     gates = QualityGates(args.min_face_px, args.min_sharpness, args.largest)
     try:
-        holders = _check_gallery(gallery_path, models.facenet.model_id)
+        enrolled = _check_gallery(gallery_path, models.facenet)
     except GalleryError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    recognition = gallery_cli.daemon_recognition(args)
+    if recognition is not None and recognition.threshold is not None:
+        enrolled.default = recognition.threshold  # the daemon matches with it, as identify
+    holders = enrolled.holders
     crops, accepted, rejected = [], [], []
     show = progress_wanted(args) and len(jobs) > 1
     for name, path in tqdm(jobs, desc="enroll", unit="image", disable=not show, file=sys.stderr):
@@ -245,6 +287,9 @@ def run_enroll(args: argparse.Namespace) -> int:
             reason = _shown(str(exc) if str(path) in str(exc) else f"{path}: {exc}")
             rejected.append(reason)
             tqdm.write(f"rejected: {reason}", file=sys.stderr)
+    embeddings = models.facenet.embed(np.stack(crops)) if crops else np.zeros((0, 1))
+    if not args.allow_mismatch:
+        embeddings, accepted = _drop_unlike(enrolled, embeddings, accepted, rejected)
     if rejected and not args.skip_bad:
         print(
             f"error: {len(rejected)} of {len(jobs)} image(s) rejected; nothing was enrolled "
@@ -255,17 +300,60 @@ def run_enroll(args: argparse.Namespace) -> int:
     if not accepted:
         print("error: no image could be enrolled", file=sys.stderr)
         return 1
-    return _store(gallery_path, models, crops, accepted, len(rejected))
+    _warn_look_alikes(enrolled, embeddings, accepted)
+    return _store(gallery_path, models, embeddings, accepted, len(rejected))
+
+
+def _drop_unlike(
+    enrolled: _Enrolled,
+    embeddings: np.ndarray,
+    accepted: list[tuple[str, Path, str]],
+    rejected: list[str],
+) -> tuple[np.ndarray, list[tuple[str, Path, str]]]:
+    """The accepted faces less those unlike their person's other faces (each added to
+    ``rejected`` with the reason, and said)."""
+    names = [name for name, _, _ in accepted]
+    threshold_of = enrolled.threshold_of(set(names))
+    unlike = unlike_faces(embeddings, names, enrolled.vectors, enrolled.owners, threshold_of)
+    for face in unlike:
+        reason = _shown(
+            f"{accepted[face.index][1]}: does not look like the other photos of {face.name} "
+            f"(nearest {face.nearest:.3f}, threshold {shown_threshold(face.threshold)}); "
+            "a photo of someone else? (--allow-mismatch enrolls it)"
+        )
+        rejected.append(reason)
+        print(f"rejected: {reason}", file=sys.stderr)
+    keep = sorted(set(range(len(accepted))) - {face.index for face in unlike})
+    return embeddings[keep], [accepted[k] for k in keep]
+
+
+def _warn_look_alikes(
+    enrolled: _Enrolled, embeddings: np.ndarray, accepted: list[tuple[str, Path, str]]
+) -> None:
+    """Say which new people look like someone else (enrolled, or in this enroll): one person
+    under two names is named either way, one photo as one, the next as the other."""
+    names = [name for name, _, _ in accepted]
+    first = set(names) - set(enrolled.owners)
+    threshold_of = enrolled.threshold_of(set(names))
+    found = look_alikes(embeddings, names, enrolled.vectors, enrolled.owners, threshold_of, first)
+    for pair in found:
+        print(
+            _shown(
+                f"warning: {pair.name} looks like {pair.other} ({pair.distance:.3f}): the same "
+                "person? (one person under two names is named as either: if so, `gallery "
+                "remove` one and enroll its photos under the other's name)"
+            ),
+            file=sys.stderr,
+        )
 
 
 def _store(
     gallery_path: Path,
     models: Models,
-    crops: list[np.ndarray],
+    embeddings: np.ndarray,
     accepted: list[tuple[str, Path, str]],
     n_rejected: int,
 ) -> int:
-    embeddings = models.facenet.embed(np.stack(crops))
     faces = [
         Enrollment(name, vector, sha)
         for (name, _, sha), vector in zip(accepted, embeddings, strict=True)

@@ -77,13 +77,17 @@ class GalleryExists(GalleryError):
 class Match:
     """The answer for one face: ``identity`` None means unknown. ``nearest`` is the closest
     enrolled identity either way; ``confidence`` is how far inside its threshold the face
-    is, ``1 - distance / threshold`` clipped to [0, 1] (0 for unknown faces)."""
+    is, ``1 - distance / threshold`` clipped to [0, 1] (0 for unknown faces).
+    ``runner_up``: the closest other identity, at ``runner_up_distance`` (None, inf when the
+    gallery holds one person)."""
 
     identity: str | None
     distance: float
     confidence: float
     nearest: str | None = None
     threshold: float | None = None
+    runner_up: str | None = None
+    runner_up_distance: float = float("inf")
 
 
 @dataclass(frozen=True)
@@ -338,16 +342,29 @@ class Gallery:
             return [Match(None, float("inf"), 0.0) for _ in queries]
         queries = queries / np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)
         similarity = queries @ vectors.T  # (N, M): the one matrix product
+        rows = np.arange(len(queries))
         best = np.argmax(similarity, axis=1)
-        distances = np.maximum(2.0 - 2.0 * similarity[np.arange(len(queries)), best], 0.0)
+        distances = np.maximum(2.0 - 2.0 * similarity[rows, best], 0.0)
+        others = np.where(owner[None, :] == owner[best][:, None], -np.inf, similarity)
+        second = np.argmax(others, axis=1)  # the nearest face of anyone else
+        second_distances = np.maximum(2.0 - 2.0 * others[rows, second], 0.0)
         results = []
-        for row, dist in zip(best, distances, strict=True):
+        for row, dist, row2, dist2 in zip(best, distances, second, second_distances, strict=True):
             who = int(owner[row])
             limit = float(thresholds[who])
             known = bool(dist < limit)
             confidence = float(np.clip(1.0 - dist / limit, 0.0, 1.0)) if known else 0.0
+            runner_up = names[int(owner[row2])] if np.isfinite(dist2) else None
             results.append(
-                Match(names[who] if known else None, float(dist), confidence, names[who], limit)
+                Match(
+                    names[who] if known else None,
+                    float(dist),
+                    confidence,
+                    names[who],
+                    limit,
+                    runner_up,
+                    float(dist2),
+                )
             )
         return results
 

@@ -184,6 +184,93 @@ def calibrate(
     )
 
 
+MIN_OTHERS = 2  # a photo is judged against its person's other faces only when they are 2+
+
+
+@dataclass(frozen=True)
+class Unlike:
+    """A new face farther than its person's threshold from every other face of that person
+    (enrolled, or in the same enroll): a photo of someone else, most likely."""
+
+    index: int  # of the new face
+    name: str
+    nearest: float  # squared L2 to the person's nearest other face
+    threshold: float
+
+
+@dataclass(frozen=True)
+class LookAlike:
+    """A new person whose faces lie within the match threshold of someone else's."""
+
+    name: str
+    other: str
+    distance: float
+
+
+def _distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Squared L2 between unit vectors, every row of ``a`` against every row of ``b``."""
+    return np.maximum(2.0 - 2.0 * np.asarray(a, np.float32) @ np.asarray(b, np.float32).T, 0.0)
+
+
+def unlike_faces(
+    new: np.ndarray,
+    new_names: list[str],
+    old: np.ndarray,
+    old_names: list[str],
+    threshold_of: dict[str, float],
+) -> list[Unlike]:
+    """The new faces none of whose person's other faces (at least MIN_OTHERS of them, old or
+    new) is nearer than that person's threshold: with fewer there is no telling which of two
+    faces is the odd one."""
+    if len(new) == 0:
+        return []
+    vectors = np.concatenate([np.asarray(new, np.float32), np.asarray(old, np.float32)])
+    owners = np.array([*new_names, *old_names], dtype=object)
+    dist = _distances(new, vectors)
+    dist[np.arange(len(new)), np.arange(len(new))] = np.inf  # not against itself
+    found = []
+    for k, name in enumerate(new_names):
+        same = owners == name
+        if same.sum() - 1 < MIN_OTHERS:
+            continue
+        nearest = float(dist[k][same].min())
+        if nearest >= threshold_of[name]:
+            found.append(Unlike(k, name, nearest, threshold_of[name]))
+    return found
+
+
+def look_alikes(
+    new: np.ndarray,
+    new_names: list[str],
+    old: np.ndarray,
+    old_names: list[str],
+    threshold_of: dict[str, float],
+    first: set[str],
+) -> list[LookAlike]:
+    """Each person in ``first`` (new to the gallery) whose faces some other person's face (old,
+    or new in the same enroll) lies nearer than that person's threshold: one face would be
+    named either. One entry per pair of people, the nearest pair of their faces."""
+    if len(new) == 0:
+        return []
+    vectors = np.concatenate([np.asarray(new, np.float32), np.asarray(old, np.float32)])
+    owners = [*new_names, *old_names]
+    dist = _distances(new, vectors)
+    nearest: dict[tuple[str, str], float] = {}
+    for k, name in enumerate(new_names):
+        if name not in first:
+            continue
+        for j, other in enumerate(owners):
+            if other != name and dist[k, j] < threshold_of[other]:
+                pair = (name, other)
+                nearest[pair] = min(nearest.get(pair, np.inf), float(dist[k, j]))
+    found = []
+    for (name, other), distance in sorted(nearest.items(), key=lambda item: item[1]):
+        if (other, name) in nearest and other < name:  # said once, for the pair
+            continue
+        found.append(LookAlike(name, other, distance))
+    return found
+
+
 FULL_SIZE_PX = 112  # a face this wide or wider scores full marks for size
 REFUSED_FACTOR = 0.1  # the quality of a face enroll would likely refuse
 ENROLL_MARGIN = 32  # of the crop enroll checks for blur (box alignment, 160 px)

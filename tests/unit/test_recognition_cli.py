@@ -129,6 +129,7 @@ def test_enroll_identify_and_the_gallery_commands(cli, images, tmp_path) -> None
     assert first["source"] == str(images["obama"]) and len(first["image_hw"]) == 2
     face = first["faces"][0]
     keys = {"bbox_xyxy", "score", "landmarks", "identity", "distance", "confidence", "nearest"}
+    keys |= {"runner_up", "runner_up_distance"}
     assert set(face) == keys
     assert face["identity"] == "obama" and face["distance"] < 1e-4  # the enrolled photo itself
     assert len(second["faces"]) == 2
@@ -261,7 +262,8 @@ def _celeba_folder(shared_data: Path, dest: Path) -> Path:
 
 def test_calibrate_on_celeba_identities(cli, shared_data, tmp_path) -> None:
     folder = _celeba_folder(shared_data, tmp_path / "people")
-    code, out, err = cli("enroll", "--dir", str(folder), "--largest", "--min-face-px", "20", "--skip-bad")  # fmt: skip
+    # the random model cannot tell one person's photos from another's: --allow-mismatch
+    code, out, err = cli("enroll", "--dir", str(folder), "--largest", "--min-face-px", "20", "--skip-bad", "--allow-mismatch")  # fmt: skip
     assert code == 0, err
     # the random test model keeps a target FAR of 0.1 only by rejecting everyone (refused:
     # tests/unit/test_gallery.py); 0.5 it can
@@ -333,6 +335,55 @@ def test_celeba_rank1_and_unknown_rejection_with_the_shipped_model(
     assert rank1 >= MEASURED_RANK1 - MARGIN, f"rank-1 {rank1:.3f}"
     assert named / known_total >= MEASURED_NAMED - MARGIN, f"named {named / known_total:.3f}"
     assert rejection >= MEASURED_REJECTION - MARGIN, f"unknown rejection {rejection:.3f}"
+
+
+def test_enroll_refuses_someone_elses_photo_and_warns_of_one_person_under_two_names(
+    shipped_model, shared_data, tmp_path, capsys
+) -> None:
+    """Three photos of CelebA 7207 and one of 7210 as carol: the stray is refused, naming it
+    and carol (it lies 0.22 from the others, which lie 0.08 apart; it was enrolled, and all of
+    7210's other photos were named carol). 7204 as alice and again as bob: a warning, and
+    identify shows the runner-up (it showed only the winner, 'bob (distance 0.103)')."""
+    celeba = shared_data / "celeba"
+    gallery = ["--gallery", str(tmp_path / "g.sqlite"), "--threads", "2", "--no-progress"]
+
+    def run(*args: str) -> tuple[int, str, str]:
+        code = main([*args, *gallery])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    carol = [str(p) for p in sorted((celeba / "7207").glob("*.jpg"))[:3]]
+    stray = str(sorted((celeba / "7210").glob("*.jpg"))[0])
+    code, out, err = run("enroll", "--name", "carol", "--largest", *carol, stray)
+    assert code == 1 and not out
+    assert f"rejected: {stray}: does not look like the other photos of carol (nearest 0.2" in err
+    assert "threshold 0.154" in err and "--allow-mismatch" in err
+    assert "1 of 4 image(s) rejected; nothing was enrolled" in err
+    code, out, err = run("enroll", "--name", "carol", "--largest", "--skip-bad", *carol, stray)
+    assert code == 0 and "enrolled 3 new face(s)" in out and "1 image(s) skipped" in out
+    # against carol's enrolled faces too; --allow-mismatch takes it
+    code, _, err = run("enroll", "--name", "carol", "--largest", stray)
+    assert code == 1 and "does not look like the other photos of carol" in err
+    code, out, _ = run("enroll", "--name", "carol", "--largest", "--allow-mismatch", stray)
+    assert code == 0 and "enrolled 1 new face(s)" in out
+
+    same = sorted((celeba / "7204").glob("*.jpg"))
+    code, _, err = run("enroll", "--name", "alice", "--largest", *map(str, same[:3]))
+    assert code == 0 and "looks like" not in err
+    code, out, err = run("enroll", "--name", "bob", "--largest", *map(str, same[3:6]))
+    assert code == 0 and "bob (new person)" in out
+    assert "warning: bob looks like alice (0.0" in err and "the same person?" in err
+    code, out, _ = run("identify", str(same[6]))
+    assert code == 0 and "close behind at" in out
+    winner, other = ("alice", "bob") if ": alice (distance" in out else ("bob", "alice")
+    assert f"{other} close behind at" in out
+    code, out, _ = run("identify", "--json", str(same[6]))
+    face = json.loads(out)["faces"][0]
+    assert face["identity"] == winner and face["runner_up"] == other
+    assert 0 <= face["runner_up_distance"] - face["distance"] <= 0.02
+    code, out, _ = run("identify", "--json", carol[0])  # nobody else near: no runner-up
+    face = json.loads(out)["faces"][0]
+    assert face["identity"] == "carol" and face["runner_up"] is None
 
 
 def test_a_new_gallery_starts_at_the_lfw_threshold_only_on_its_own_scale() -> None:
