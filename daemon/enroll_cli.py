@@ -1,7 +1,7 @@
 """`facewatch enroll`: add people to the gallery from photos, a folder per person, or the
 face archive's visits.
 
-Every photo must show one face (or ``--largest``), large and sharp enough
+Every photo must show one face (or ``--largest``), large and sharp enough, not a profile
 (``daemon.recognition.QualityGates``); a photo enrolled as someone else is refused (one
 photo, one person), and so is a face unlike all of its person's other faces (a photo of
 someone else, unless ``--allow-mismatch``). A new person who looks like someone enrolled is
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,7 @@ from daemon.gallery_names import clean_name
 from daemon.recognition import (
     DEFAULT_MIN_FACE_PX,
     DEFAULT_MIN_SHARPNESS,
+    MAX_PROFILE_OFFSET,
     QualityGates,
     Rejected,
     face_at,
@@ -60,8 +62,8 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="add people to the gallery from photos",
         description="Enroll one person from photos (--name NAME IMAGE...) or many from a "
         "folder with one sub-folder per person (--dir DIR). Every photo must show exactly one "
-        "face (or use --largest), large and sharp enough; in a face archive visit folder, the "
-        "face its visit.json places is taken. A rejected photo is reported with its reason "
+        "face (or use --largest), large and sharp enough, not turned to the side; in a face "
+        "archive visit folder, the face its visit.json places is taken. A rejected photo is reported with its reason "
         "and then nothing is enrolled, unless --skip-bad.",
     )
     p.add_argument(
@@ -92,6 +94,12 @@ def register(commands: argparse._SubParsersAction) -> None:
         default=DEFAULT_MIN_SHARPNESS,
         help="blur gate: variance of the Laplacian of the aligned grey face crop "
         f"(default {DEFAULT_MIN_SHARPNESS:.0f}; 0 disables)",
+    )
+    p.add_argument(
+        "--allow-profile",
+        action="store_true",
+        help="enroll a face turned to the side (a profile: refused by default, as it matches "
+        "strangers' faces and its own person's frontal ones poorly)",
     )
     p.add_argument(
         "--skip-bad", action="store_true", help="enroll the good photos even if others fail"
@@ -266,7 +274,8 @@ def run_enroll(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     gallery_path = gallery_cli.gallery_path(args)
-    gates = QualityGates(args.min_face_px, args.min_sharpness, args.largest)
+    profile = math.inf if args.allow_profile else MAX_PROFILE_OFFSET
+    gates = QualityGates(args.min_face_px, args.min_sharpness, args.largest, profile)
     try:
         enrolled = _check_gallery(gallery_path, models.facenet)
     except GalleryError as exc:

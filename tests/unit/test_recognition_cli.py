@@ -386,6 +386,18 @@ def test_enroll_refuses_someone_elses_photo_and_warns_of_one_person_under_two_na
     assert face["identity"] == "carol" and face["runner_up"] is None
 
 
+def test_a_profile_is_refused_like_the_other_gates_unless_allowed(cli, shared_data) -> None:
+    """A face turned almost to profile (its nose 1.56 half eye distances off the eyes' middle)
+    is refused, with the flag that takes it; enrolled, a full profile named strangers (it was
+    taken without a word)."""
+    profile = shared_data / "celeba" / "7249" / "116605.jpg"
+    code, _, err = cli("enroll", "--name", "neymar", "--largest", str(profile))
+    assert code == 1 and f"rejected: {profile}: face turned to the side (a profile" in err
+    assert "the most is 1.5" in err and "--allow-profile" in err and not cli.gallery.exists()
+    code, out, _ = cli("enroll", "--name", "neymar", "--largest", "--allow-profile", str(profile))
+    assert code == 0 and "enrolled 1 new face(s)" in out
+
+
 def test_a_new_gallery_starts_at_the_lfw_threshold_only_on_its_own_scale() -> None:
     """A sidecar's LFW threshold at FAR 1e-3 (else its best threshold) seeds a new gallery,
     only when it was measured as the gallery measures (squared L2 of single embeddings), not as
