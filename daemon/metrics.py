@@ -89,6 +89,11 @@ FACES_IGNORED = Counter(
     ["camera"],
 )
 FACES_EMBEDDED = Counter("facewatch_faces_embedded_total", "faces run through FaceNet", ["camera"])
+FACES_TOO_SMALL = Counter(
+    "facewatch_faces_too_small_total",
+    "faces due a recognition but smaller than recognition.min_face_px: not matched, no vote",
+    ["camera"],
+)
 RECOGNITIONS = Counter(
     "facewatch_recognitions_total",
     "recognised faces by identity ('unknown' for faces matching nobody; 'known' for everyone "
@@ -165,7 +170,14 @@ def init(node: str, cameras: list[str], backend: str, model_id: str, mqtt: bool 
     for camera in cameras:
         for family in (CAMERA_RECONNECTS, FRAMES_READ, FRAMES_PROCESSED, FRAMES_DROPPED):
             family.labels(camera)
-        for family in (FRAMES_REFUSED, FRAMES_STILL, FACES_DETECTED, FACES_IGNORED, FACES_EMBEDDED):
+        for family in (
+            FRAMES_REFUSED,
+            FRAMES_STILL,
+            FACES_DETECTED,
+            FACES_IGNORED,
+            FACES_EMBEDDED,
+            FACES_TOO_SMALL,
+        ):
             family.labels(camera)
         ARCHIVE_VISITS.labels(camera)
         CAMERA_UP.labels(camera).set(0)

@@ -80,6 +80,7 @@ class Pipeline:
             if c.detection.ignore
         }
         self._motion = {c.name: config.motion(c) for c in config.cameras}
+        self._min_face_px = {c.name: config.min_face_px(c) for c in config.cameras}
         self._last_frame: dict[str, float] = {}  # camera -> ts of its latest frame
         self._last_search: dict[str, float] = {}  # camera -> ts of its last frame searched
         self._last_face: dict[str, float] = {}  # camera -> ts of its last frame with a track
@@ -240,6 +241,7 @@ class Pipeline:
         if facenet is None:
             return
         wanted = [f for f in faces if self.trackers[f.frame.camera].wants_embedding(f.track)]
+        wanted = [f for f in wanted if self._large_enough(f)]
         if not wanted:
             return
         with metrics.STAGE_SECONDS.labels("embed").time():
@@ -257,6 +259,16 @@ class Pipeline:
             named = "known" if identity and not self.config.metrics.identities else identity
             metrics.RECOGNITIONS.labels(camera, named or "unknown").inc()
             self.trackers[camera].record(face.track, identity, distance, embeddings[k].copy())
+
+    def _large_enough(self, face: _Face) -> bool:
+        """Whether the face is large enough to recognise (``recognition.min_face_px``): a
+        smaller one is not matched and casts no vote (a tiny face, or a hand or the back of a
+        head found as one, was matched to whoever lay nearest), counted when it is not."""
+        x1, y1, x2, y2 = face.own()[0]
+        if min(x2 - x1, y2 - y1) >= self._min_face_px[face.frame.camera]:
+            return True
+        metrics.FACES_TOO_SMALL.labels(face.frame.camera).inc()
+        return False
 
     def _emit_due(self, frames: list[Frame], faces: list[_Face]) -> None:
         by_frame: dict[int, dict[int, _Face]] = {}  # frame -> track -> its face there

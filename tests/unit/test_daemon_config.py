@@ -101,6 +101,14 @@ def test_defaults_fill_everything_but_the_cameras() -> None:
             "engines.tensorrt.camera_sizes: expected WIDTHxHEIGHT of at least 12x12",
         ),
         ({"cameras": [{"url": "x"}]}, "cameras[0].name: required key is missing"),
+        (
+            {"cameras": [CAMERA], "recognition": {"min_face_px": -1}},
+            "recognition.min_face_px: Input should be greater than or equal to 0",
+        ),
+        (
+            {"cameras": [{**CAMERA, "recognition": {"min_face_px": "big"}}]},
+            "recognition.min_face_px",
+        ),
         ([1, 2], "expected a mapping"),
     ],
 )
@@ -615,6 +623,22 @@ def test_validate_config_refuses_a_gallery_run_would_and_warns_of_its_old_thresh
     assert old.startswith("0\n") and "LFW best-accuracy one" in old, old
     assert f"gallery threshold --default {start:.3f} --gallery {gallery}" in old
     assert "warning" not in validate(threshold=start)
+
+
+def test_the_smallest_face_recognised_is_the_cameras_own_else_the_recognition_sections() -> None:
+    """recognition.min_face_px (30 by default: the demo's performer, 36 px, is still named),
+    and a camera's own where it gives one (0: every face it finds)."""
+    config = parse_config(
+        {
+            "cameras": [
+                {"name": "door", "url": "door.mp4"},
+                {"name": "yard", "url": "yard.mp4", "recognition": {"min_face_px": 0}},
+            ]
+        }
+    )
+    assert [config.min_face_px(c) for c in config.cameras] == [30, 0]
+    raw = {"cameras": [{"name": "door", "url": "x.mp4"}], "recognition": {"min_face_px": 48}}
+    assert parse_config(raw).min_face_px(parse_config(raw).cameras[0]) == 48
 
 
 def test_a_name_starting_with_an_underscore_stays_valid() -> None:

@@ -25,9 +25,11 @@ from daemon.cameras import Frame, FrameQueues
 from daemon.config import ConfigError
 from daemon.config_file import parse_config
 from daemon.events import EventSinks, in_view_json
+from daemon.gallery import Enrollment, Gallery
 from daemon.scheduler import Pipeline
 from daemon.spool import Spool
 from daemon.systemd_notify import watchdog_healthy
+from engines.mtcnn import FrameDetections
 from tests.conftest import REPO
 from tests.unit.test_tracking import faces
 
@@ -862,3 +864,81 @@ def test_a_broker_port_that_is_no_mqtt_broker_is_said(tmp_path, caplog) -> None:
     said = [r.getMessage() for r in caplog.records if "without answering" in r.getMessage()]
     assert said and said[0].startswith(f"MQTT: 127.0.0.1:{config.port} takes the connection")
     assert len(said) == 1, "once, as any failure of the same kind"
+
+
+class _OneFace:
+    """The scheduler's engines, scripted: one face in the middle of every frame, ``side``
+    pixels wide; its embedding is ann's (the first axis). Counts the faces embedded."""
+
+    model_id = "scripted-facenet"
+
+    def __init__(self) -> None:
+        self.side, self.embedded = 60.0, 0
+
+    def refuses(self, image_hw: tuple[int, int]) -> None:
+        return None
+
+    def detect(self, images: list, priors: list | None = None) -> list[FrameDetections]:
+        half = self.side / 2
+        bbox = np.array([[320 - half, 180 - half, 320 + half, 180 + half]], np.float32)
+        landmarks = np.zeros((1, 5, 2), np.float32)
+        return [FrameDetections(bbox, np.ones(1, np.float32), landmarks) for _ in images]
+
+    def embed_picks(self, picks: list) -> np.ndarray:
+        self.embedded += len(picks)
+        return np.stack([np.eye(8, dtype=np.float32)[0] for _ in picks])
+
+
+def test_faces_smaller_than_min_face_px_are_not_recognised_and_cast_no_vote(tmp_path) -> None:
+    """A 20 px face (a face in the crowd, a hand): never matched, its track announced with
+    identity null (it was matched to whoever lay nearest, ann here); a camera whose own
+    min_face_px lets it through names ann. A named face that then shrinks keeps its name:
+    its small frames cast no vote and are counted."""
+    path = tmp_path / "gallery.sqlite"
+    with Gallery.create(path, _OneFace.model_id, 8) as gallery:
+        gallery.enroll([Enrollment("ann", np.eye(8, dtype=np.float32)[0], "a" * 64)])
+    config = parse_config(
+        {
+            "cameras": [
+                {"name": "far", "url": "far.mp4"},
+                {"name": "near", "url": "near.mp4", "recognition": {"min_face_px": 10}},
+            ],
+            "recognition": {"model": None, "gallery": str(path)},
+        }
+    )
+    assert config.recognition.min_face_px == 30
+    events: list[dict] = []
+
+    class Sinks(EventSinks):
+        def emit(self, event: dict, snapshot: bytes | None = None) -> None:
+            events.append(event)
+
+    engines = _OneFace()
+    pipeline = Pipeline(config, engines, engines, Sinks())  # type: ignore[arg-type]
+    pipeline.reload_gallery()
+    image = np.zeros((360, 640, 3), np.uint8)
+    too_small = REGISTRY.get_sample_value("facewatch_faces_too_small_total", {"camera": "far"})
+    engines.side = 20.0
+    for k in range(6):
+        pipeline.process([Frame("far", k, 1000.0 + k / 5, image)])
+    assert [(e["type"], e["identity"], e["distance"]) for e in events] == [
+        ("confirmed", None, None)
+    ]
+    assert engines.embedded == 0
+    after = REGISTRY.get_sample_value("facewatch_faces_too_small_total", {"camera": "far"})
+    assert after == (too_small or 0) + 6
+    for k in range(6):
+        pipeline.process([Frame("near", k, 1000.0 + k / 5, image)])
+    assert [(e["camera"], e["identity"]) for e in events[1:]] == [("near", "ann")]
+
+    pipeline.expire(2000.0, stopping=True)
+    events.clear()
+    engines.side = 40.0
+    for k in range(5):
+        pipeline.process([Frame("far", k, 3000.0 + k / 5, image)])
+    assert [(e["type"], e["identity"]) for e in events] == [("confirmed", "ann")]
+    embedded, engines.side = engines.embedded, 27.0  # the same track (size within 1.5x)
+    for k in range(5, 40):
+        pipeline.process([Frame("far", k, 3000.0 + k / 5, image)])
+    assert [(e["type"], e["identity"]) for e in events] == [("confirmed", "ann")]
+    assert engines.embedded == embedded
