@@ -23,7 +23,7 @@ from daemon.config import Config, ConfigError, RecognitionConfig
 from daemon.config_file import load_config
 from daemon.gallery import Gallery, GalleryError, check_threshold, remove_created, shown_threshold
 from daemon.gallery_names import twin_key
-from daemon.recognition import DEFAULT_TARGET_FAR, calibrate
+from daemon.recognition import DEFAULT_TARGET_FAR, Calibration, calibrate
 
 logger = logging.getLogger(__name__)
 
@@ -103,11 +103,12 @@ def register(commands: argparse._SubParsersAction) -> None:
         "not added twice; a photo enrolled as another person refuses the whole import.",
         "calibrate": "Choose the gallery's default match threshold from the enrolled people "
         "themselves: each enrolled face in turn is matched against all the others (leave one "
-        "out), its distance to the nearest face of another person is an impostor trial, to "
-        "the nearest other face of its own person a genuine one. The largest threshold whose "
-        "false-accept rate stays at or under --target-far is stored, with the false-reject "
-        "rate it costs. People need two faces or more to count as genuine trials; identities "
-        "with their own threshold keep it.",
+        "out), the pair it makes with the nearest face of another person is an impostor trial "
+        "(two faces that are each other's nearest make one trial), its distance to the nearest "
+        "other face of its own person a genuine one. The largest threshold whose false-accept "
+        "rate stays at or under --target-far is stored, with the false-reject rate it costs. "
+        "People need two faces or more to count as genuine trials; identities with their own "
+        "threshold keep it.",
     }
     parsers = {}
     for name, (help_text, func) in actions.items():
@@ -143,7 +144,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     calib.add_argument(
         "--force",
         action="store_true",
-        help="store the threshold even when there are too few enrolled faces to measure "
+        help="store the threshold even when there are too few impostor trials to measure "
         "--target-far (fewer than 1 / target: by default nothing is stored then, since the "
         "threshold would be the distance between the two closest people, which strangers pass)",
     )
@@ -293,11 +294,12 @@ def _calibrate(args: argparse.Namespace) -> int:
         if not args.dry_run and not unusable:
             gallery.set_threshold(None, result.threshold)
     print(
-        f"calibrated on {result.people} people, {result.impostor} faces "
-        f"({result.genuine} with another face of the same person), leave-one-out"
+        f"calibrated on {result.people} people, {result.faces} faces "
+        f"({result.genuine} with another face of the same person), leave-one-out: "
+        f"{result.impostor} impostor trials"
     )
     print(f"threshold {result.threshold:.4f} (squared L2) for target FAR {result.target_far:g}")
-    print(f"expected FAR {result.far:.2%}, FRR {result.frr:.2%}")
+    print(f"expected FAR {_far_shown(result)}, FRR {result.frr:.2%}")
     if unusable:
         print(
             f"error: not stored: {unusable}; enroll more people and more photos of each "
@@ -310,19 +312,29 @@ def _calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _unusable(result: Any, force: bool) -> str:
+def _far_shown(result: Calibration) -> str:
+    """The expected false-accept rate with the count it comes from; none below the threshold
+    is "under 1 in N" (N trials cannot show a smaller rate), not 0 %."""
+    if result.false_accepts == 0:
+        return f"under 1 in {result.impostor} (none of {result.impostor} impostor trials below it)"
+    return (
+        f"{result.far:.2%} ({result.false_accepts} of {result.impostor} impostor trials below it)"
+    )
+
+
+def _unusable(result: Calibration, force: bool) -> str:
     """Why a calibrated threshold must not be stored ('' when it may be)."""
     if result.target_far < result.far_resolution and not force:
         # the threshold would be the closest two people's distance: strangers pass it
         needs = (
             f"that needs {math.ceil(1 / result.target_far)} or more"
             if result.target_far
-            else "no number of faces can show a rate of 0"
+            else "no number of trials can show a rate of 0"
         )
         return (
-            f"{result.impostor} faces cannot measure a false-accept rate of "
-            f"{result.target_far:g} ({needs}: the smallest these can tell from 0 is "
-            f"{result.far_resolution:.2%}); --force stores it anyway"
+            f"{result.impostor} impostor trials ({result.faces} faces) cannot measure a "
+            f"false-accept rate of {result.target_far:g} ({needs}: the smallest these can "
+            f"tell from 0 is {result.far_resolution:.2%}); --force stores it anyway"
         )
     if result.far > result.target_far:
         return (

@@ -142,37 +142,56 @@ class Calibration:
 
     Leave-one-out over the enrolled faces: each one in turn is a probe against all the
     others. Its *genuine* distance is to the nearest other face of the same person (a false
-    reject when not below the threshold); its *impostor* distance is to the nearest face of
-    anyone else, as if the person were not enrolled (a false accept when below).
+    reject when not below the threshold); its *impostor* trial is the pair it makes with the
+    nearest face of anyone else, as if its person were not enrolled (a false accept when
+    below). Two faces that are each other's nearest impostor make one trial, not two: the
+    closest two people would otherwise count twice, and a target that allows one false
+    accept would land on the second copy, the closest two people's distance.
     """
 
     threshold: float
-    far: float  # expected false-accept rate at the threshold
+    far: float  # expected false-accept rate at the threshold: false_accepts / impostor
     frr: float  # expected false-reject rate at the threshold
     target_far: float
     genuine: int  # probes with another face of their own person
-    impostor: int  # probes (every face, against everyone else)
+    impostor: int  # impostor trials (distinct pairs of faces)
     people: int
+    faces: int  # enrolled faces (every one is a probe)
+    false_accepts: int  # impostor trials below the threshold
 
     @property
     def far_resolution(self) -> float:
-        """The smallest non-zero FAR these many impostor probes can measure."""
+        """The smallest non-zero FAR these many impostor trials can measure."""
         return 1.0 / self.impostor if self.impostor else 1.0
 
 
-def _nearest_distances(vectors: np.ndarray, owners: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per face: squared L2 to the nearest other face of the same owner (inf if none) and
-    to the nearest face of another owner. Rows in chunks, so memory stays O(chunk x M)."""
+def _nearest_distances(
+    vectors: np.ndarray, owners: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per face: squared L2 to the nearest other face of the same owner (inf if none), to
+    the nearest face of another owner, and that face's index. Rows in chunks, so memory
+    stays O(chunk x M)."""
     genuine = np.full(len(vectors), np.inf, np.float32)
     impostor = np.full(len(vectors), np.inf, np.float32)
+    nearest = np.zeros(len(vectors), np.int64)
     for start in range(0, len(vectors), 1024):
         rows = slice(start, start + 1024)
         dist = np.maximum(2.0 - 2.0 * vectors[rows] @ vectors.T, 0.0)
         same = owners[rows, None] == owners[None, :]
         dist[np.arange(dist.shape[0]), np.arange(start, start + dist.shape[0])] = np.inf
         genuine[rows] = np.where(same, dist, np.inf).min(axis=1)
-        impostor[rows] = np.where(same, np.inf, dist).min(axis=1)
-    return genuine, impostor
+        others = np.where(same, np.inf, dist)
+        nearest[rows] = others.argmin(axis=1)
+        impostor[rows] = others[np.arange(dist.shape[0]), nearest[rows]]
+    return genuine, impostor, nearest
+
+
+def _impostor_trials(impostor: np.ndarray, nearest: np.ndarray) -> np.ndarray:
+    """One distance per distinct pair of faces among each face's nearest impostor: a pair
+    that are each other's nearest is one comparison, not two."""
+    pairs = np.sort(np.stack([np.arange(len(nearest)), nearest], axis=1), axis=1)
+    _, first = np.unique(pairs, axis=0, return_index=True)
+    return impostor[np.sort(first)]
 
 
 def calibrate(
@@ -187,22 +206,25 @@ def calibrate(
         raise ValueError(f"calibration needs at least 2 enrolled people, the gallery has {people}")
     unit = np.asarray(vectors, np.float32)
     unit = unit / np.maximum(np.linalg.norm(unit, axis=1, keepdims=True), 1e-12)
-    genuine, impostor = _nearest_distances(unit, names)
+    genuine, impostor, nearest = _nearest_distances(unit, names)
     genuine = genuine[np.isfinite(genuine)]
     if len(genuine) == 0:
         raise ValueError("calibration needs at least one person enrolled with 2 or more images")
-    ordered = np.sort(impostor)
+    ordered = np.sort(_impostor_trials(impostor, nearest))
     allowed = int(np.floor(target_far * len(ordered) + 1e-9))  # false accepts we may have
     threshold = float(ordered[allowed]) if allowed < len(ordered) else MAX_DISTANCE
     threshold = min(max(threshold, 1e-6), MAX_DISTANCE)
+    false_accepts = int(np.sum(ordered < threshold))
     return Calibration(
         threshold=threshold,
-        far=float(np.mean(impostor < threshold)),
+        far=false_accepts / len(ordered),
         frr=float(np.mean(genuine >= threshold)),
         target_far=target_far,
         genuine=len(genuine),
-        impostor=len(impostor),
+        impostor=len(ordered),
         people=people,
+        faces=len(unit),
+        false_accepts=false_accepts,
     )
 
 

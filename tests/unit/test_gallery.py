@@ -284,7 +284,7 @@ def test_calibration_keeps_the_false_accept_rate_under_the_target() -> None:
     owners = [f"p{k}" for k in range(20) for _ in range(5)]
     result = calibrate(vectors, owners, target_far=0.05)
     assert result.far <= 0.05 and result.people == 20
-    assert result.impostor == 100 and result.genuine == 100
+    assert result.faces == 100 and result.genuine == 100 and result.impostor <= 100
     assert 0 < result.threshold < 4 and result.frr < 0.5
     loose = calibrate(vectors, owners, target_far=0.5)
     assert loose.threshold >= result.threshold and loose.frr <= result.frr
@@ -292,6 +292,36 @@ def test_calibration_keeps_the_false_accept_rate_under_the_target() -> None:
         calibrate(vectors[:5], owners[:5])
     with pytest.raises(ValueError, match="2 or more images"):
         calibrate(vectors[::5], owners[::5])
+
+
+def _people(
+    count: int, faces: int, size: int = 64, spread: float = 0.3
+) -> tuple[np.ndarray, list[str]]:
+    """``count`` people of ``faces`` faces each, their faces near a random centre of their own."""
+    rng = np.random.default_rng(1)
+    centres = rng.normal(size=(count, size))
+    vectors = np.concatenate([c + spread * rng.normal(size=(faces, size)) for c in centres])
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors.astype(np.float32), [f"p{k}" for k in range(count) for _ in range(faces)]
+
+
+def _closest_pair(vectors: np.ndarray, owners: list[str]) -> float:
+    names = np.array(owners)
+    dist = np.maximum(2.0 - 2.0 * vectors @ vectors.T, 0.0)
+    return float(dist[names[:, None] != names[None, :]].min())
+
+
+def test_calibration_counts_the_closest_two_people_once() -> None:
+    """Two faces that are each other's nearest impostor are one trial: with one false accept
+    allowed (100-199 trials at 1 %), the threshold is not the closest two people's distance
+    (which strangers pass), and that one false accept shows in the expected FAR."""
+    vectors, owners = _people(70, 2)
+    vectors[2] = vectors[0] + 0.02 * vectors[3]  # p1's first face right beside p0's
+    vectors[2] /= np.linalg.norm(vectors[2])
+    result = calibrate(vectors, owners, target_far=0.01)
+    assert result.threshold > _closest_pair(vectors, owners) + 1e-6
+    assert 100 <= result.impostor < result.faces == 140
+    assert result.false_accepts == 1 and result.far == pytest.approx(1 / result.impostor)
 
 
 def test_names_are_normalised_and_checked(gallery) -> None:
@@ -662,15 +692,38 @@ def test_calibrate_stores_nothing_from_too_few_faces_to_measure_the_target(
         )
     for far in ("0.01", "0"):
         code, out, err = gallery_cli(path, capsys, "calibrate", "--target-far", far)
-        assert code == 1 and "4 faces cannot measure a false-accept rate of" in err, err
+        assert code == 1 and "impostor trials (4 faces) cannot measure a false-accept rate" in err
         assert f"the gallery keeps its threshold, {DEFAULT_THRESHOLD:.4f}" in err
     assert "that needs 100 or more" in gallery_cli(path, capsys, "calibrate")[2]
     with Gallery.open(path) as reader:
         assert reader.threshold == DEFAULT_THRESHOLD
     code, out, _ = gallery_cli(path, capsys, "calibrate", "--force")
     assert code == 0 and "stored as the default" in out
+    # no trial below the threshold is a rate under 1 in N, not 0 %
+    assert "expected FAR under 1 in 3 (none of 3 impostor trials below it), FRR" in out
     with Gallery.open(path) as reader:
         assert reader.threshold != DEFAULT_THRESHOLD
+
+
+def test_calibrate_reports_the_false_accepts_it_counted(tmp_path, capsys) -> None:
+    """The expected FAR is shown with its count of impostor trials (1 of N), and the
+    closest two people are one trial of them."""
+    vectors, owners = _people(70, 2)
+    vectors[2] = vectors[0] + 0.02 * vectors[3]
+    vectors[2] /= np.linalg.norm(vectors[2])
+    path = tmp_path / "g.sqlite"
+    with Gallery.create(path, MODEL, vectors.shape[1]) as g:
+        g.enroll(
+            [
+                Enrollment(o, v, f"s{k}")
+                for k, (o, v) in enumerate(zip(owners, vectors, strict=True))
+            ]
+        )
+    code, out, err = gallery_cli(path, capsys, "calibrate", "--dry-run")
+    trials = calibrate(vectors, owners).impostor
+    assert code == 0, err
+    assert f"140 faces (140 with another face of the same person), leave-one-out: {trials} " in out
+    assert f"expected FAR {1 / trials:.2%} (1 of {trials} impostor trials below it)" in out
 
 
 def test_names_stored_before_normalisation_are_still_found(gallery) -> None:
