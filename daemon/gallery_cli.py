@@ -23,7 +23,14 @@ from daemon.config import Config, ConfigError, RecognitionConfig
 from daemon.config_file import load_config
 from daemon.gallery import Gallery, GalleryError, check_threshold, remove_created, shown_threshold
 from daemon.gallery_names import twin_key
-from daemon.recognition import DEFAULT_TARGET_FAR, Calibration, calibrate
+from daemon.recognition import (
+    DEFAULT_TARGET_FAR,
+    MAX_STORED_FRR,
+    Calibration,
+    ClosePeople,
+    calibrate,
+    closest_people,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -146,7 +153,9 @@ def register(commands: argparse._SubParsersAction) -> None:
         action="store_true",
         help="store the threshold even when there are too few impostor trials to measure "
         "--target-far (fewer than 1 / target: by default nothing is stored then, since the "
-        "threshold would be the distance between the two closest people, which strangers pass)",
+        "threshold would be the distance between the two closest people, which strangers "
+        f"pass), or when it would turn away more than {MAX_STORED_FRR:.0%} of the enrolled "
+        "people's own faces",
     )
 
 
@@ -286,6 +295,7 @@ def _import(args: argparse.Namespace) -> int:
 def _calibrate(args: argparse.Namespace) -> int:
     with Gallery.open(gallery_path(args), writable=not args.dry_run) as gallery:
         vectors, owners, _, _ = gallery.embeddings()
+        in_use = gallery.threshold
         try:
             result = calibrate(vectors, owners, args.target_far)
         except ValueError as exc:
@@ -300,16 +310,36 @@ def _calibrate(args: argparse.Namespace) -> int:
     )
     print(f"threshold {result.threshold:.4f} (squared L2) for target FAR {result.target_far:g}")
     print(f"expected FAR {_far_shown(result)}, FRR {result.frr:.2%}")
+    _show_close_people(*closest_people(vectors, owners, in_use), in_use)
     if unusable:
         print(
-            f"error: not stored: {unusable}; enroll more people and more photos of each "
-            f"(the gallery keeps its threshold, {gallery.threshold:.4f}; or set one with "
-            "`gallery threshold --default VALUE`)",
+            f"error: not stored: {unusable} (the gallery keeps its threshold, {in_use:.4f}; "
+            "or set one with `gallery threshold --default VALUE`)",
             file=sys.stderr,
         )
         return 1
     print("not stored (--dry-run)" if args.dry_run else f"stored as the default in {gallery.path}")
     return 0
+
+
+def _show_close_people(close: list[ClosePeople], total: int, in_use: float) -> None:
+    """The people a face of one is named as the other at the threshold in use, closest
+    first, and those nearer each other than their own faces (the same person?)."""
+    if not close:
+        print(f"no two people's faces are nearer each other than the threshold {in_use:.4f}")
+        return
+    print(
+        f"people whose nearest faces are nearer each other than the threshold {in_use:.4f} "
+        "(a face of one can be named as the other):"
+    )
+    for pair in close:
+        line = f"  {pair.first} and {pair.second}: nearest faces {pair.distance:.4f} apart"
+        if pair.same_person:
+            own = ", ".join(f"{d:.4f}" for d in pair.own if math.isfinite(d))
+            line += f", nearer than their own faces ({own}): the same person?"
+        print(line)
+    if total > len(close):
+        print(f"  ... and {total - len(close)} more pair(s)")
 
 
 def _far_shown(result: Calibration) -> str:
@@ -334,7 +364,8 @@ def _unusable(result: Calibration, force: bool) -> str:
         return (
             f"{result.impostor} impostor trials ({result.faces} faces) cannot measure a "
             f"false-accept rate of {result.target_far:g} ({needs}: the smallest these can "
-            f"tell from 0 is {result.far_resolution:.2%}); --force stores it anyway"
+            f"tell from 0 is {result.far_resolution:.2%}); --force stores it anyway; enroll "
+            "more people and more photos of each"
         )
     if result.far > result.target_far:
         return (
@@ -343,4 +374,13 @@ def _unusable(result: Calibration, force: bool) -> str:
         )
     if result.frr >= 1.0:
         return "that threshold would reject every enrolled person"
+    if result.frr > MAX_STORED_FRR and not force:
+        return (
+            f"that threshold would turn away {result.frr:.1%} of the enrolled people's own "
+            f"faces (more than {MAX_STORED_FRR:.0%}): this model cannot tell these people "
+            f"apart at a false-accept rate of {result.target_far:g} (faces of one person lie "
+            "as far apart as faces of different people), or two names are one person (see "
+            "'the same person?' above: `gallery remove` one and enroll its photos under the "
+            "other's name); --force stores it anyway"
+        )
     return ""

@@ -26,6 +26,7 @@ DEFAULT_TARGET_FAR = 0.01
 # a full profile measures 1.9; of 428 frontal and three-quarter CelebA photos 99 % lie within
 # 1.0 and 2 beyond 1.5 (both turned almost to profile)
 MAX_PROFILE_OFFSET = 1.5
+MAX_STORED_FRR = 0.3  # calibrate stores no threshold that turns away more enrolled faces
 MAX_FACE_OUTSIDE = 0.1  # of the face box's area beyond the photo's edges
 MAX_DISTANCE = 4.0  # squared L2 between unit vectors
 MIN_EXPECTED_IOU = 0.5  # a face found again where a face archive image says it is
@@ -313,6 +314,66 @@ def look_alikes(
             continue
         found.append(LookAlike(name, other, distance))
     return found
+
+
+@dataclass(frozen=True)
+class ClosePeople:
+    """Two enrolled people and the distance between their nearest two faces; ``own``: each
+    one's median distance between their own faces (each face to its nearest; inf with one)."""
+
+    first: str
+    second: str
+    distance: float
+    own: tuple[float, float]
+
+    @property
+    def same_person(self) -> bool:
+        """Their faces are nearer each other than each one's own faces are: one person
+        enrolled under two names, or two people this model cannot tell apart."""
+        return all(self.distance < own for own in self.own if np.isfinite(own)) and any(
+            np.isfinite(own) for own in self.own
+        )
+
+
+def closest_people(
+    vectors: np.ndarray, owners: list[str], below: float, limit: int = 5
+) -> tuple[list[ClosePeople], int]:
+    """The pairs of people whose nearest faces are under ``below`` apart (a face of one is
+    named as the other at that threshold), or nearer than their own faces: those first,
+    then closest first, at most ``limit``; and how many pairs there are in all."""
+    names = sorted(set(owners))
+    who = np.array([names.index(o) for o in owners]) if owners else np.zeros(0, np.int64)
+    unit = np.asarray(vectors, np.float32)
+    unit = unit / np.maximum(np.linalg.norm(unit, axis=1, keepdims=True), 1e-12)
+    genuine, _, _ = _nearest_distances(unit, who)
+    own = [_median(genuine[(who == k) & np.isfinite(genuine)]) for k in range(len(names))]
+    apart = _people_distances(unit, who, len(names))
+    first, second = np.triu_indices(len(names), 1)
+    pairs = [
+        ClosePeople(names[a], names[b], float(apart[a, b]), (own[a], own[b]))
+        for a, b in zip(first, second, strict=True)
+    ]
+    close = [p for p in pairs if p.distance < below or p.same_person]
+    close.sort(key=lambda p: (not p.same_person, p.distance))
+    return close[:limit], len(close)
+
+
+def _median(values: np.ndarray) -> float:
+    return float(np.median(values)) if len(values) else float("inf")
+
+
+def _people_distances(unit: np.ndarray, who: np.ndarray, people: int) -> np.ndarray:
+    """(people, people): the squared L2 between each two people's nearest faces. Rows in
+    chunks, so memory stays O(chunk x M)."""
+    order = np.argsort(who, kind="stable")
+    unit, who = unit[order], who[order]
+    starts = np.flatnonzero(np.r_[True, who[1:] != who[:-1]])
+    apart = np.full((people, people), np.inf, np.float32)
+    for start in range(0, len(unit), 1024):
+        rows = slice(start, start + 1024)
+        dist = np.maximum(2.0 - 2.0 * unit[rows] @ unit.T, 0.0)
+        np.minimum.at(apart, who[rows], np.minimum.reduceat(dist, starts, axis=1))
+    return apart
 
 
 FULL_SIZE_PX = 112  # a face this wide or wider scores full marks for size

@@ -726,6 +726,44 @@ def test_calibrate_reports_the_false_accepts_it_counted(tmp_path, capsys) -> Non
     assert f"expected FAR {1 / trials:.2%} (1 of {trials} impostor trials below it)" in out
 
 
+def test_calibrate_refuses_a_threshold_that_turns_away_the_enrolled_and_names_the_twins(
+    tmp_path, capsys
+) -> None:
+    """One person enrolled twice, as p0 and p0-again: their faces are each other's nearest
+    impostors, so the threshold that keeps 1 % FAR turns away half of everyone's own faces.
+    Not stored without --force, and p0 and p0-again are named, --dry-run too."""
+    rng = np.random.default_rng(1)
+    centres = rng.normal(size=(40, 64))
+    vectors = np.concatenate(
+        [c + 0.3 * rng.normal(size=(3, 64)) for c in centres]
+        + [centres[0] + 0.3 * rng.normal(size=(6, 64))]
+    )
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    owners = [f"p{k}" for k in range(40) for _ in range(3)] + ["p0-again"] * 6
+    path = tmp_path / "g.sqlite"
+    with Gallery.create(path, MODEL, 64) as g:
+        g.enroll(
+            [
+                Enrollment(o, v, f"s{k}")
+                for k, (o, v) in enumerate(zip(owners, vectors, strict=True))
+            ]
+        )
+    for dry_run in (["--dry-run"], []):
+        code, out, err = gallery_cli(path, capsys, "calibrate", *dry_run)
+        assert code == 1 and "FRR 50.00%" in out, out
+        assert "would turn away 50.0% of the enrolled people's own faces (more than 30%)" in err
+        assert "or two names are one person" in err and "--force stores it anyway" in err
+        twins = out.split("people whose nearest faces are nearer each other than the threshold")[1]
+        assert twins.split("\n")[1].startswith("  p0 and p0-again: nearest faces 0.1")
+        assert "nearer than their own faces (0.1" in twins and "): the same person?" in twins
+    with Gallery.open(path) as reader:
+        assert reader.threshold == DEFAULT_THRESHOLD
+    code, out, _ = gallery_cli(path, capsys, "calibrate", "--force")
+    assert code == 0 and "stored as the default" in out
+    with Gallery.open(path) as reader:
+        assert reader.threshold < 0.2
+
+
 def test_names_stored_before_normalisation_are_still_found(gallery) -> None:
     """An older facewatch stored names as typed: a macOS (NFD) folder name, trailing spaces."""
     path = gallery.path

@@ -266,11 +266,12 @@ def test_calibrate_on_celeba_identities(cli, shared_data, tmp_path) -> None:
     code, out, err = cli("enroll", "--dir", str(folder), "--largest", "--min-face-px", "20", "--skip-bad", "--allow-mismatch")  # fmt: skip
     assert code == 0, err
     # the random test model keeps a target FAR of 0.1 only by rejecting everyone (refused:
-    # tests/unit/test_gallery.py); 0.5 it can
-    code, out, _ = cli("gallery", "calibrate", "--target-far", "0.5", "--dry-run", model=False)
-    assert code == 0 and "not stored" in out
+    # tests/unit/test_gallery.py); 0.5 it can, turning away over 30 % of the enrolled faces:
+    # refused without --force, as a real model that cannot tell these people apart
+    code, out, err = cli("gallery", "calibrate", "--target-far", "0.5", "--dry-run", model=False)
+    assert code == 1 and "of the enrolled people's own faces (more than 30%)" in err, out + err
     assert json.loads(cli("gallery", "list", "--json", model=False)[1])["threshold"] == 1.1
-    code, out, _ = cli("gallery", "calibrate", "--target-far", "0.5", model=False)
+    code, out, _ = cli("gallery", "calibrate", "--target-far", "0.5", "--force", model=False)
     assert code == 0 and f"calibrated on {CELEBA_PEOPLE} people" in out
     assert "expected FAR" in out and "FRR" in out
     threshold = float(out.split("threshold ")[1].split()[0])
