@@ -397,6 +397,7 @@ def _store(
         source = "the model's" if _threshold_of(net) else "facewatch's default, the model has none"
         shown = shown_threshold(threshold)
         print(f"a new gallery: match threshold {shown} ({source}; `gallery threshold` sets it)")
+    gallery_cli.warn_uncalibrated(gallery_path, net.meta.extra)
     return 0
 
 

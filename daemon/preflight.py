@@ -16,6 +16,7 @@ from daemon.cameras import check_file_source
 from daemon.config import Config, ConfigError
 from daemon.events import open_jsonl
 from daemon.gallery import Gallery, GalleryError, shown_threshold
+from daemon.gallery_cli import uncalibrated
 from engines.base import EngineError, ModelMetadata
 from engines.facenet import embeddings_id, model_id_of, outdated_threshold
 from engines.loader import default_facenet
@@ -202,18 +203,21 @@ def _gallery_problems(config: Config) -> list[str]:
 
 def _threshold_warnings(config: Config) -> list[str]:
     """A gallery still at the threshold galleries started at before facewatch started them
-    at the model's, which names strangers far more often (``outdated_threshold``)."""
+    at the model's, which names strangers far more often (``outdated_threshold``), or one
+    grown large at its starting threshold (``gallery_cli.uncalibrated``)."""
     path, model = Path(config.recognition.gallery), _model_file(config)
     if model is None or config.recognition.threshold is not None or not path.is_file():
         return []
     try:
+        extra = ModelMetadata.load(model).extra
         with Gallery.open(path) as gallery:
             threshold = gallery.threshold
-        better = outdated_threshold(ModelMetadata.load(model).extra, threshold)
+            grown = uncalibrated(gallery, extra)
+        better = outdated_threshold(extra, threshold)
     except (GalleryError, EngineError):
         return []  # (a problem, said by _gallery_problems)
     if better is None:
-        return []
+        return [f"recognition.gallery: {path}: {grown}"] if grown else []
     return [
         f"recognition.gallery: its default threshold {shown_threshold(threshold)} is the "
         "model's LFW best-accuracy one, where galleries started before 2026-11-30: "

@@ -6,6 +6,7 @@ import json
 import os
 import re
 
+import numpy as np
 import pytest
 
 from daemon.config import DEFAULT_CONFIG, WARM_UP_HW, ConfigError, plan_request
@@ -639,6 +640,55 @@ def test_the_smallest_face_recognised_is_the_cameras_own_else_the_recognition_se
     assert [config.min_face_px(c) for c in config.cameras] == [30, 0]
     raw = {"cameras": [{"name": "door", "url": "x.mp4"}], "recognition": {"min_face_px": 48}}
     assert parse_config(raw).min_face_px(parse_config(raw).cameras[0]) == 48
+
+
+def test_validate_config_warns_of_a_grown_gallery_still_at_its_starting_threshold(
+    tmp_path, capsys
+) -> None:
+    """A stranger is compared with every enrolled face: at the model's starting threshold
+    (0.154 per comparison) a gallery of 70 people x 5 photos named a third of strangers.
+    From 100 faces, validate-config (and run: the same warnings) says so and points to
+    `gallery calibrate`; a threshold the user set, or a small gallery, is not warned of."""
+    from daemon.cli import main
+    from daemon.gallery import Enrollment, Gallery
+    from engines.base import ModelMetadata
+    from engines.facenet import model_id_of, starting_threshold
+
+    shipped = MODELS / "facenet" / "facenet.onnx"
+    meta = ModelMetadata.load(shipped)
+    start = starting_threshold(meta.extra)
+    assert start is not None
+    gallery = tmp_path / "gallery.sqlite"
+    path = tmp_path / "facewatch.yaml"
+    clip = MODELS.parent / "configs" / "demo" / "hamilton_360p.mp4"
+    path.write_text(
+        json.dumps(
+            {
+                "cameras": [{"name": "door", "url": str(clip)}],
+                "recognition": {"gallery": str(gallery)},
+            }
+        )
+    )
+    vectors = np.random.default_rng(0).normal(size=(100, meta.embedding_size or 128))
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+
+    def validate(faces: int, threshold: float) -> str:
+        gallery.unlink(missing_ok=True)
+        with Gallery.create(gallery, model_id_of(meta, shipped), vectors.shape[1], threshold) as g:
+            g.enroll([Enrollment(f"p{k % 20}", v, f"s{k}") for k, v in enumerate(vectors[:faces])])
+        code = main(["validate-config", str(path)])
+        out, err = capsys.readouterr()
+        return f"{code}\n{out}{err}"
+
+    grown = validate(100, start)
+    assert (
+        grown.startswith("0\n")
+        and f"recognition.gallery: {gallery}: 100 faces of 20 people" in grown
+    )
+    assert f"still at the threshold a new gallery starts at ({start:.3f})" in grown
+    assert "`facewatch gallery calibrate`" in grown, grown
+    assert "warning" not in validate(99, start)
+    assert "warning" not in validate(100, 0.12)
 
 
 def test_a_name_starting_with_an_underscore_stays_valid() -> None:
