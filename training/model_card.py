@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
+from typing import Any
 
 from engines.base import ModelMetadata
+from engines.facenet import starting_threshold
 
 TRAINED_HERE = "facewatch training (Inception-ResNet-v1, FaceNet)"
 
@@ -15,6 +18,31 @@ def _fmt(value: float | None, digits: int = 4) -> str:
 
 def _fmt_epochs(epochs: int | None) -> str:
     return "n/a" if epochs is None else str(epochs)
+
+
+def _matching(extra: dict[str, Any]) -> list[str]:
+    """How faces are matched, and the threshold a new gallery starts at, which holds per
+    comparison (LFW's pairs): a gallery compares a stranger with every enrolled face."""
+    lfw = extra.get("lfw") or {}
+    start = starting_threshold(extra)
+    text = "Matching: squared Euclidean distance between embeddings; same person below the "
+    if start is None:
+        text += "threshold. A new gallery starts at facewatch's default threshold (the sidecar "
+        text += "has no LFW threshold on that scale)."
+        return textwrap.wrap(text, 88)
+    if lfw.get("far_threshold"):
+        text += f"threshold. A new gallery starts at {start:.3f}, LFW's threshold for a false "
+        text += f"accept rate of {lfw.get('far_target', 1e-3):g}"
+    else:
+        text += f"threshold. A new gallery starts at {start:.3f}, LFW's best-accuracy one"
+    text += (
+        ", a rate per comparison: a gallery compares a stranger with every enrolled face, so "
+        "the more faces, the more strangers are named ("
+    )
+    if lfw.get("far_threshold") and lfw.get("best_threshold"):
+        text += f"LFW's best-accuracy threshold, {lfw['best_threshold']:.2f}, names more; "
+    text += "`facewatch gallery calibrate` chooses a threshold from the enrolled people)."
+    return textwrap.wrap(text, 88)
 
 
 def model_card(meta: ModelMetadata, onnx_path: Path) -> str:
@@ -68,8 +96,7 @@ def model_card(meta: ModelMetadata, onnx_path: Path) -> str:
         f"| ONNX Runtime vs PyTorch | max abs diff {'n/a' if diff is None else f'{diff:.2e}'} |",
         f"| weights stored as | {storage} |",
         "",
-        "Matching: squared Euclidean distance between embeddings; same person below the",
-        f"threshold (LFW best threshold: {_fmt(lfw.get('best_threshold'), 2)}).",
+        *_matching(meta.extra),
         "",
         f"Exported with: `{meta.extra.get('export_command', 'n/a')}`",
     ]

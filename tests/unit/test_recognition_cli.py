@@ -440,6 +440,22 @@ def test_a_new_gallery_starts_at_the_lfw_threshold_only_on_its_own_scale() -> No
     assert _threshold_of(net(use_flipped_images=True)) == {}  # type: ignore[arg-type]
 
 
+def test_the_shipped_model_card_says_where_a_gallery_starts_and_that_it_is_per_comparison() -> None:
+    """The card said "same person below the threshold (LFW best threshold: 0.19)", which a
+    new gallery does not use; it names the threshold a gallery starts at, says that rate is
+    per comparison, and is what the exporters write from the sidecar."""
+    from engines.base import ModelMetadata
+    from training.model_card import model_card
+
+    shipped = REPO / "models" / "facenet" / "facenet.onnx"
+    card = shipped.with_suffix(".md").read_text()
+    assert card == model_card(ModelMetadata.load(shipped), shipped)
+    said = " ".join(card.split())
+    assert "A new gallery starts at 0.154, LFW's threshold for a false accept rate of 0.001" in said
+    assert "a rate per comparison: a gallery compares a stranger with every enrolled face" in said
+    assert "LFW best threshold" not in said
+
+
 def test_a_model_with_lfw_figures_enrolls_into_its_gallery_again(
     test_model, images, tmp_path, capsys
 ) -> None:
