@@ -305,7 +305,11 @@ class RecognitionConfig(Section):
         gt=0,
         le=4,
     )
-    flip: bool = _field(False, "also embed mirrored faces and average (2x the FaceNet work)")
+    flip: bool = _field(
+        False,
+        "also embed mirrored faces and average (2x the FaceNet work; the model's threshold "
+        "was measured without: `facewatch gallery calibrate` a flip gallery)",
+    )
     precision: Literal["auto", "fp32", "bf16"] = _field(
         "auto",
         "FaceNet arithmetic on the CPU backends: bf16 runs it on OpenVINO, about 2x faster on "

@@ -95,7 +95,9 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
         "--flip",
         action="store_true",
         help="average each face's embedding with its mirror image's (a gallery remembers "
-        "this: enroll and identify must agree)",
+        "this: enroll and identify must agree). Faces then lie nearer each other, so the "
+        "threshold a new gallery starts at, the model's measured without flip, names more "
+        "strangers: run `facewatch gallery calibrate` on a flip gallery",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
