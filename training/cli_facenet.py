@@ -439,7 +439,15 @@ def _add_export(commands: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--force",
         action="store_true",
-        help="replace a model already at --out (galleries enrolled with it are then refused)",
+        help="replace a model already at --out (galleries enrolled with it are then refused); "
+        "the one replaced is kept under replaced/ beside it",
+    )
+    p.add_argument(
+        "--even-if-worse",
+        action="store_true",
+        help="with --force: replace the model at --out even when its recorded LFW accuracy is "
+        "clearly higher than this one's (by more than 1 point, or its std over the folds when "
+        "larger)",
     )
     p.add_argument("--name", default="facenet", help="model name in the sidecar")
     p.add_argument(
@@ -515,6 +523,7 @@ def _export(args: argparse.Namespace) -> int:
             args.license,
             args.int8,
             args.torch_program,
+            args.even_if_worse,
         )
     except OSError as exc:
         if exc.errno is None:  # ours, naming its file (a checkpoint or images not found)

@@ -16,11 +16,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from engines.base import EngineError, ModelMetadata
+from engines.base import EngineError, ModelMetadata, finite_number
 from engines.facenet import starting_threshold
 from training.checkpoint import Checkpoint, load_model_file
 from training.embedders import OnnxEmbedder, TorchEmbedder
-from training.export_staging import staged
+from training.export_staging import backup_folder, restore_command, staged
 from training.facenet_nets import ModelFileError, NormalisedEmbedding, build_model
 from training.model_card import TRAINED_HERE, model_card
 from training.onnx_weights import load_onnx_weights
@@ -63,6 +63,49 @@ def warn_rough_lfw(onnx_path: Path, lfw: dict[str, Any] | None) -> list[str]:
             starting_threshold({"lfw": lfw}),
         )
     return reasons
+
+
+CLEARLY_WORSE = 0.01  # LFW accuracy points (or the replaced model's fold std, when larger)
+EVEN_IF_WORSE = "--even-if-worse"
+
+
+def _accuracy(lfw: dict[str, Any] | None) -> tuple[float, float, int] | None:
+    """(accuracy, its std over folds, pairs) of LFW figures, or None without them."""
+    if not isinstance(lfw, dict):
+        return None
+    accuracy = finite_number(lfw.get("accuracy_mean"))
+    if accuracy is None:
+        return None
+    std = finite_number(lfw.get("accuracy_std")) or 0.0
+    return accuracy, std, int(finite_number(lfw.get("nrof_pairs")) or 0)
+
+
+def _shown(figures: tuple[float, float, int]) -> str:
+    accuracy, std, pairs = figures
+    return f"{accuracy:.3f} ± {std:.3f} ({pairs or 'an unstated number of'} pairs)"
+
+
+def replacement_refused(out_path: Path, lfw: dict[str, Any] | None) -> str | None:
+    """Why the new model (its LFW figures ``lfw``) must not replace the model at ``out_path``
+    without --even-if-worse: the one there has recorded LFW figures, and the new one's
+    accuracy is lower by more than CLEARLY_WORSE (or the old figures' std, when larger).
+    None when either has no figures (an unmeasured model is warned about, not refused)."""
+    try:
+        old = _accuracy(ModelMetadata.load(out_path).extra.get("lfw"))
+    except EngineError:  # no model facewatch reads, or none: nothing to compare with
+        return None
+    new = _accuracy(lfw)
+    if old is None or new is None:  # nothing to compare: an unmeasured model is warned about
+        return None
+    margin = max(CLEARLY_WORSE, old[1])
+    if new[0] < old[0] - margin:
+        return (
+            f"--out {out_path}: this model is clearly worse than the one there: LFW accuracy "
+            f"{_shown(new)} against {_shown(old)} (lower by more than {margin:.3f}); the daemon "
+            f"and enroll would use it from then on; {EVEN_IF_WORSE} replaces it anyway (it "
+            f"is kept under {out_path.parent / 'replaced'}), or choose another --out"
+        )
+    return None
 
 
 def metadata(ckpt: Checkpoint, name: str, lfw: dict[str, Any] | None, fp16: bool) -> ModelMetadata:
@@ -380,13 +423,15 @@ def export_checkpoint(
     license: str = "",
     int8: bool = False,
     torch_program: bool = False,
+    even_if_worse: bool = False,
 ) -> tuple[Path, float]:
     """Export a checkpoint (a file ``load_model_file`` reads, or one already read), write
     sidecar and model card, check parity; returns (ONNX path, max abs diff).
     ``int8``: quantise, calibrated on half of ``parity_crops`` and checked on the other half.
     ``torch_program``: also write the ``.pt2`` beside it, for the torch engine backend.
     The files replace those at ``out_path`` only once every check has passed (see
-    training/export_staging.py)."""
+    training/export_staging.py); a model there is kept under ``replaced/`` beside it, and
+    one with better LFW figures is replaced only ``even_if_worse`` (ValueError)."""
     if int8 and (fp16 or parity_crops is None or len(parity_crops) < 2):
         raise ValueError("int8 export needs face crops to calibrate on (and excludes fp16)")
     if int8 and torch_program:
@@ -398,10 +443,21 @@ def export_checkpoint(
         meta.training_data = training_data
     meta.license = license
     meta.extra["export_command"] = command
-    with staged(out_path) as work:
+    refused = None if even_if_worse else replacement_refused(out_path, meta.extra.get("lfw"))
+    if refused:
+        raise ValueError(refused)
+    backup = backup_folder(out_path) if out_path.is_file() else None
+    with staged(out_path, backup) as work:
         _write_model(ckpt, meta, work, out_path, parity_crops, int8, torch_program)
     diff = float(meta.extra.get("parity_max_abs_diff", float("nan")))
     logger.info("wrote %s (parity %.2e)", out_path, diff)
+    if backup is not None:
+        logger.warning(
+            "%s: the model it replaced is kept in %s; to put it back: %s",
+            out_path,
+            backup,
+            restore_command(out_path, backup),
+        )
     warn_rough_lfw(out_path, meta.extra.get("lfw"))
     return out_path, diff
 

@@ -73,12 +73,15 @@ def test_export_writes_the_model_the_commands_read_and_keeps_one_there(
     # --force with a check that fails: the model there stays as it was, every file of it
     import training.export_facenet as export_facenet
 
-    files = {p.name: p.read_bytes() for p in model.parent.iterdir()}
+    files = {str(p): p.read_bytes() for p in model.parent.rglob("*") if p.is_file()}
     monkeypatch.setattr(export_facenet, "PARITY_TOLERANCE", -1.0)  # every parity check fails
     capsys.readouterr()
     assert cli(["export", str(checkpoint), "--force", "--name", "failed"]) == 2
     assert f"error: {model}: ONNX Runtime differs from PyTorch by" in capsys.readouterr().err
-    assert {p.name: p.read_bytes() for p in model.parent.iterdir()} == files  # nor a temp folder
+    assert {str(p): p.read_bytes() for p in model.parent.rglob("*") if p.is_file()} == files
+    assert sorted(p.name for p in model.parent.iterdir()) == [  # nor a temp folder, nor a backup
+        "facenet.json", "facenet.md", "facenet.onnx", "replaced"]  # fmt: skip
+    assert len(list((model.parent / "replaced").iterdir())) == 1  # of the --force export
 
 
 def test_export_writes_nothing_when_a_check_fails_or_out_is_a_folder(
@@ -99,3 +102,56 @@ def test_export_writes_nothing_when_a_check_fails_or_out_is_a_folder(
         err = capsys.readouterr().err
         assert err == f"error: --out {folder}: a folder; name the model file (MODEL.onnx) in it\n"
     assert list(folder.iterdir()) == []
+
+
+def _figures(accuracy: float, std: float, pairs: int = 6000) -> dict:
+    return {"nrof_pairs": pairs, "accuracy_mean": accuracy, "accuracy_std": std,
+            "best_threshold": 0.19, "far_threshold": 0.15, "fold_accuracies": [accuracy] * 2,
+            "val_mean": 0.9, "val_std": 0.01}  # fmt: skip
+
+
+def test_export_refuses_to_replace_a_better_model_and_keeps_the_one_it_replaces(
+    tmp_path: Path, capsys, caplog
+) -> None:
+    import json
+    import subprocess
+
+    from engines.base import file_sha256
+
+    good = tiny_checkpoint(tmp_path / "good.pt", lfw=_figures(0.987, 0.003))
+    worse = tiny_checkpoint(tmp_path / "worse.pt", lfw=_figures(0.746, 0.02))
+    model = tmp_path / "models" / "facenet.onnx"
+    assert cli(["export", str(good), "--out", str(model), "--torch-program"]) == 0
+    report = model.parent / "lfw"  # `train validate --out-dir` of the model there
+    report.mkdir()
+    (report / "lfw.json").write_text(json.dumps({"model_sha256": file_sha256(model)}))
+    files = {p.name: p.read_bytes() for p in model.parent.iterdir() if p.is_file()}
+    capsys.readouterr()
+    # clearly worse (74.6 % against 98.7 %): refused, nothing changed
+    assert cli(["export", str(worse), "--out", str(model), "--force"]) == 2
+    err = capsys.readouterr().err
+    assert f"--out {model}: this model is clearly worse than the one there: LFW accuracy " \
+           "0.746 ± 0.020 (6000 pairs) against 0.987 ± 0.003 (6000 pairs)" in err  # fmt: skip
+    assert "--even-if-worse replaces it anyway" in err
+    assert {p.name: p.read_bytes() for p in model.parent.iterdir() if p.is_file()} == files
+    assert sorted(p.name for p in model.parent.iterdir() if p.is_dir()) == ["lfw"]
+    # replaced on purpose: the old model, its torch program and its LFW report are kept
+    with caplog.at_level(logging.WARNING):
+        argv = ["export", str(worse), "--out", str(model), "--force", "--even-if-worse"]
+        assert cli(argv) == 0
+    assert ModelMetadata.load(model).lfw_accuracy == 0.746
+    (kept,) = (model.parent / "replaced").iterdir()
+    assert kept.name.startswith("facenet-")
+    assert {p.name: p.read_bytes() for p in kept.iterdir() if p.is_file()} == files
+    assert (kept / "lfw" / "lfw.json").is_file() and not report.exists()
+    assert not model.with_suffix(".pt2").exists()  # the old model's, kept with it
+    (said,) = [r.getMessage() for r in caplog.records if "the model it replaced" in r.getMessage()]
+    assert f"{model}: the model it replaced is kept in {kept}; to put it back: mv {kept}/* " in said
+    subprocess.run(said.split("to put it back: ")[1], shell=True, check=True)
+    assert {p.name: p.read_bytes() for p in model.parent.iterdir() if p.is_file()} == files
+    assert (model.parent / "lfw" / "lfw.json").is_file()
+    # a better model, or one as good within the old figures' spread, replaces it plainly
+    capsys.readouterr()
+    better = tiny_checkpoint(tmp_path / "better.pt", lfw=_figures(0.980, 0.003))
+    assert cli(["export", str(better), "--out", str(model), "--force"]) == 0
+    assert len(list((model.parent / "replaced").iterdir())) == 2
