@@ -397,8 +397,26 @@ def _store(
         source = "the model's" if _threshold_of(net) else "facewatch's default, the model has none"
         shown = shown_threshold(threshold)
         print(f"a new gallery: match threshold {shown} ({source}; `gallery threshold` sets it)")
+        if not _threshold_of(net):
+            _warn_default_threshold(net, shown, gallery_path)
     gallery_cli.warn_uncalibrated(gallery_path, net.meta.extra)
     return 0
+
+
+def _warn_default_threshold(net: FaceNet, shown: str, gallery_path: Path) -> None:
+    """A new gallery of a model without LFW figures starts at facewatch's default, the usual
+    cut of facenet-pytorch's published weights: for a model trained here it can be far
+    off (one such model named all 173 strangers of a test at it)."""
+    print(
+        f"warning: the model ({net.model_id}) has no LFW figures, so {gallery_path} starts at "
+        f"{shown}, the usual threshold of facenet-pytorch's published weights, not one "
+        "measured for this model: at it, a model you trained can name strangers as people "
+        "you enrolled. Once 100 or more faces are enrolled, `facewatch gallery calibrate` "
+        "sets one from them; or set one with `facewatch gallery threshold --default VALUE`; "
+        "`facewatch train validate MODEL.onnx --align --lfw-dir DIR --lfw-pairs pairs.txt "
+        "--record` gives the model one for new galleries",
+        file=sys.stderr,
+    )
 
 
 def _threshold_of(net: FaceNet) -> dict[str, float]:

@@ -44,11 +44,10 @@ from daemon.gallery_file import (
     write_schema,
 )
 from daemon.gallery_names import clean_name, lookup_name, twin_key
-from engines.facenet import split_embeddings_id
+from engines.facenet import DEFAULT_THRESHOLD, split_embeddings_id
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_THRESHOLD = 1.1  # squared L2 on unit vectors; FaceNet's usual same/different cut
 MAX_THRESHOLD = 4.0  # squared L2 between unit vectors: the largest distance there is
 UNIT_TOLERANCE = 1e-3  # how far an embedding's L2 norm may be from 1 (float32 rounding)
 DEFAULT_LOCK_TIMEOUT_S = 5.0

@@ -252,6 +252,11 @@ def outdated_threshold(extra: dict[str, Any], threshold: float) -> float | None:
     return start if abs(threshold - best) < 5e-4 else None
 
 
+# a new gallery's threshold when its model has no LFW figures: squared L2 on unit vectors,
+# FaceNet's usual same/different cut (facenet-pytorch's published weights), no other model's
+DEFAULT_THRESHOLD = 1.1
+
+
 def starting_threshold(extra: dict[str, Any]) -> float | None:
     """The threshold a new gallery of this model starts at: its sidecar's LFW threshold for a
     false accept rate of 1e-3 when there is one, else LFW's best threshold; None without LFW

@@ -533,6 +533,10 @@ def _export(args: argparse.Namespace) -> int:
     except (DataError, ValueError, RuntimeError) as exc:
         return _fail(str(exc))
     print(f"wrote {path} (+ sidecar, model card); ONNX Runtime vs PyTorch max abs diff {diff:.2e}")
+    if args.parity_images is not None:  # faces of several people, not random pixels
+        from training.export_facenet import warn_collapsed
+
+        warn_collapsed(path, crops)
     if args.int8:
         from engines.base import ModelMetadata
 

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from engines.base import EngineError, ModelMetadata, finite_number
-from engines.facenet import starting_threshold
+from engines.facenet import DEFAULT_THRESHOLD, starting_threshold
 from training.checkpoint import Checkpoint, load_model_file
 from training.embedders import OnnxEmbedder, TorchEmbedder
 from training.export_staging import backup_folder, restore_command, staged
@@ -65,6 +65,48 @@ def warn_rough_lfw(onnx_path: Path, lfw: dict[str, Any] | None) -> list[str]:
     return reasons
 
 
+def warn_unmeasured(onnx_path: Path, replaced: dict[str, Any] | None) -> None:
+    """Warn that a model exported without LFW figures is of unknown quality, and that new
+    galleries made with it start at facewatch's default threshold, not one of its own;
+    ``replaced``: the LFW figures of the model it replaced, if any."""
+    old = _accuracy(replaced)
+    logger.warning(
+        "%s has no LFW figures: how well it tells faces apart is unknown%s, and new galleries "
+        "made with it start at facewatch's default threshold %s (the usual one of "
+        "facenet-pytorch's published weights, not one measured for this model: a model you "
+        "trained can name every stranger at it); measure and record them: facewatch train "
+        "validate %s --align --lfw-dir DIR --lfw-pairs pairs.txt --record",
+        onnx_path,
+        f" (the model it replaced: LFW accuracy {_shown(old)})" if old else "",
+        DEFAULT_THRESHOLD,
+        onnx_path,
+    )
+
+
+COLLAPSED_SPREAD = (
+    0.01  # squared L2; the shipped model: 0.39 over 16 LFW photos, a collapsed one: 1e-4
+)
+
+
+def warn_collapsed(onnx_path: Path, faces: np.ndarray) -> float:
+    """Warn when the model maps the face crops ``faces`` (uint8 RGB, of several people) to
+    nearly one point: every face would match every other. Returns the largest squared
+    distance between two of their embeddings."""
+    embeddings = OnnxEmbedder(onnx_path).embed_rgb(faces)
+    spread = float(((embeddings[:, None] - embeddings[None]) ** 2).sum(-1).max())
+    if len(faces) > 1 and spread < COLLAPSED_SPREAD:
+        logger.warning(
+            "%s: its embeddings of %d --parity-images faces all lie within a squared distance "
+            "of %.2g of each other: it maps every face to nearly one point (a collapsed or "
+            "untrained network), so any face would match anyone enrolled; do not use it "
+            "(train longer, or check the run's loss and data)",
+            onnx_path,
+            len(faces),
+            spread,
+        )
+    return spread
+
+
 CLEARLY_WORSE = 0.01  # LFW accuracy points (or the replaced model's fold std, when larger)
 EVEN_IF_WORSE = "--even-if-worse"
 
@@ -85,16 +127,22 @@ def _shown(figures: tuple[float, float, int]) -> str:
     return f"{accuracy:.3f} ± {std:.3f} ({pairs or 'an unstated number of'} pairs)"
 
 
+def _sidecar_lfw(onnx_path: Path) -> dict[str, Any] | None:
+    """The LFW figures in the sidecar of the model at ``onnx_path``; None without them (or
+    without a model facewatch reads there)."""
+    try:
+        lfw = ModelMetadata.load(onnx_path).extra.get("lfw")
+    except EngineError:
+        return None
+    return lfw if isinstance(lfw, dict) else None
+
+
 def replacement_refused(out_path: Path, lfw: dict[str, Any] | None) -> str | None:
     """Why the new model (its LFW figures ``lfw``) must not replace the model at ``out_path``
     without --even-if-worse: the one there has recorded LFW figures, and the new one's
     accuracy is lower by more than CLEARLY_WORSE (or the old figures' std, when larger).
     None when either has no figures (an unmeasured model is warned about, not refused)."""
-    try:
-        old = _accuracy(ModelMetadata.load(out_path).extra.get("lfw"))
-    except EngineError:  # no model facewatch reads, or none: nothing to compare with
-        return None
-    new = _accuracy(lfw)
+    old, new = _accuracy(_sidecar_lfw(out_path)), _accuracy(lfw)
     if old is None or new is None:  # nothing to compare: an unmeasured model is warned about
         return None
     margin = max(CLEARLY_WORSE, old[1])
@@ -447,6 +495,7 @@ def export_checkpoint(
     if refused:
         raise ValueError(refused)
     backup = backup_folder(out_path) if out_path.is_file() else None
+    replaced = _sidecar_lfw(out_path) if backup else None
     with staged(out_path, backup) as work:
         _write_model(ckpt, meta, work, out_path, parity_crops, int8, torch_program)
     diff = float(meta.extra.get("parity_max_abs_diff", float("nan")))
@@ -458,7 +507,10 @@ def export_checkpoint(
             backup,
             restore_command(out_path, backup),
         )
-    warn_rough_lfw(out_path, meta.extra.get("lfw"))
+    if meta.extra.get("lfw"):
+        warn_rough_lfw(out_path, meta.extra["lfw"])
+    else:
+        warn_unmeasured(out_path, replaced)
     return out_path, diff
 
 

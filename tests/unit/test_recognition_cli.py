@@ -488,12 +488,28 @@ def test_a_model_with_lfw_figures_enrolls_into_its_gallery_again(
     gallery = tmp_path / "gallery.sqlite"
     common = ["--model", str(model), "--gallery", str(gallery), "--threads", "2", "--no-progress"]
     assert main(["enroll", "--name", "obama", str(images["obama"]), *common]) == 0
-    assert "a new gallery: match threshold 0.950 (the model's" in capsys.readouterr().out
+    said = capsys.readouterr()
+    assert "a new gallery: match threshold 0.950 (the model's" in said.out
+    assert "warning" not in said.err
     assert main(["enroll", "--name", "biden", str(images["biden"]), *common]) == 0
     assert "a new gallery" not in capsys.readouterr().out
     assert main(["gallery", "list", "--gallery", str(gallery)]) == 0
     listing = capsys.readouterr().out
     assert "obama" in listing and "biden" in listing and "threshold 0.950" in listing, listing
+    # without LFW figures: facewatch's 1.1, said to be no threshold of this model's
+    del sidecar["extra"]["lfw"]
+    model.with_suffix(".json").write_text(json.dumps(sidecar))
+    other = [*common[:2], "--gallery", str(tmp_path / "unmeasured.sqlite"), *common[4:]]
+    assert main(["enroll", "--name", "obama", str(images["obama"]), *other]) == 0
+    said = capsys.readouterr()
+    assert (
+        "a new gallery: match threshold 1.100 (facewatch's default, the model has none" in said.out
+    )
+    assert "warning: the model (" in said.err
+    assert "has no LFW figures, so " in said.err and "unmeasured.sqlite starts at 1.100, the "\
+        "usual threshold of facenet-pytorch's published weights, not one measured for this " \
+        "model" in said.err  # fmt: skip
+    assert "`facewatch gallery calibrate`" in said.err and "gallery threshold --default" in said.err
 
 
 def _archived_visit(tmp_path: Path, photo: Path, face_xyxy: np.ndarray) -> Path:

@@ -155,3 +155,38 @@ def test_export_refuses_to_replace_a_better_model_and_keeps_the_one_it_replaces(
     better = tiny_checkpoint(tmp_path / "better.pt", lfw=_figures(0.980, 0.003))
     assert cli(["export", str(better), "--out", str(model), "--force"]) == 0
     assert len(list((model.parent / "replaced").iterdir())) == 2
+
+
+@needs_shared
+def test_export_warns_of_a_model_without_lfw_figures_and_of_one_that_collapsed(
+    tmp_path: Path, shipped_model: Path, caplog
+) -> None:
+    """No LFW figures: new galleries would start at 1.1, no threshold of this model's; every
+    face at one point (an untrained network): anyone would match anyone."""
+    from tests.face_folders import SHARED
+    from training.export_facenet import warn_collapsed
+    from training.export_inputs import parity_crops
+
+    good = tiny_checkpoint(tmp_path / "good.pt", lfw=_figures(0.987, 0.003))
+    untrained = tiny_checkpoint(tmp_path / "untrained.pt")  # no figures, and collapsed
+    model = tmp_path / "models" / "facenet.onnx"
+    faces = SHARED / "lfw" / "images"
+    with caplog.at_level(logging.WARNING):
+        assert cli(["export", str(good), "--out", str(model)]) == 0  # random pixels: unchecked
+        assert not caplog.records
+        argv = ["export", str(untrained), "--out", str(model), "--parity-images", str(faces)]
+        assert cli([*argv, "--force"]) == 0
+    said = [r.getMessage() for r in caplog.records]
+    (unmeasured,) = [m for m in said if "has no LFW figures" in m]
+    assert f"{model} has no LFW figures: how well it tells faces apart is unknown (the model " \
+           "it replaced: LFW accuracy 0.987 ± 0.003 (6000 pairs)), and new galleries made with " \
+           "it start at facewatch's default threshold 1.1 (the usual one of facenet-pytorch's " \
+           "published weights, not one measured for this model" in unmeasured  # fmt: skip
+    assert f"facewatch train validate {model} --align --lfw-dir DIR" in unmeasured
+    (collapsed,) = [m for m in said if "nearly one point" in m]
+    assert f"{model}: its embeddings of 16 --parity-images faces all lie within" in collapsed
+    # the shipped model spreads the same faces far apart: no warning
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        spread = warn_collapsed(shipped_model, parity_crops(faces, 16, 150))
+    assert spread > 0.3 and not caplog.records
