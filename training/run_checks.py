@@ -18,6 +18,8 @@ logger = logging.getLogger(__name__)
 # Crops larger than this times --image-size: training sees too little of each (the
 # original FaceNet aligns at 182 px for 160, 1.14).
 LARGEST_CROP_RATIO = 1.25
+LARGE_IMAGE_RATIO = 1.5  # sampled images this much larger than --image-size: not crops
+SIZE_SAMPLES = 8  # images whose size is read, one per identity
 
 # Options naming files or folders: saved absolute, so that --resume works from anywhere.
 PATH_OPTIONS = (
@@ -69,10 +71,25 @@ def check_identities(args: argparse.Namespace, dataset: list[ImageClass]) -> Non
         )
 
 
-def check_crops(args: argparse.Namespace) -> None:
+def check_crops(args: argparse.Namespace, dataset: list[ImageClass] | None = None) -> None:
     """The crops' own settings (their alignment.json) against --image-size and --margin.
-    The margin recorded for export is the crops' own: a different --margin is a warning."""
-    settings = read_settings(args.data_dir) or {}
+    The margin recorded for export is the crops' own: a different --margin is a warning.
+    Without alignment.json, or with images much larger than --image-size (a few of
+    ``dataset`` are read), the folder may hold raw photos: a warning naming `train align`."""
+    settings = read_settings(args.data_dir)
+    if settings is None:
+        logger.warning(
+            "--data-dir %s has no %s: its images are taken as aligned face crops, of which "
+            "training sees the central %d px (raw photos would train on a patch of each: an "
+            "eye, a collar); `facewatch train align %s ALIGNED` makes the crops",
+            args.data_dir,
+            SETTINGS_FILE,
+            args.image_size,
+            args.data_dir,
+        )
+    if dataset:
+        _check_image_sizes(args, dataset)
+    settings = settings or {}
     crops, margin = settings.get("image_size"), settings.get("margin")
     if isinstance(crops, int) and crops < args.image_size:
         logger.warning(
@@ -111,6 +128,36 @@ def check_crops(args: argparse.Namespace) -> None:
             args.margin,
         )
     args.margin = margin
+
+
+def _check_image_sizes(args: argparse.Namespace, dataset: list[ImageClass]) -> None:
+    """Warn when images of the dataset (the first of a few identities) are much larger than
+    --image-size: training crops their centre, never resizes them, so a photo gives a patch."""
+    import cv2
+
+    sizes = []
+    for identity in dataset[:: max(1, len(dataset) // SIZE_SAMPLES)][:SIZE_SAMPLES]:
+        image = cv2.imread(str(identity.image_paths[0]), cv2.IMREAD_REDUCED_GRAYSCALE_2)
+        if image is not None:  # (unreadable ones are the loader's to report)
+            sizes.append(2 * min(image.shape[:2]))
+    if not sizes:
+        return
+    smallest = min(sizes)
+    if smallest > LARGE_IMAGE_RATIO * args.image_size:
+        logger.warning(
+            "--data-dir %s: its images are %d px or more on their short side (%d of them "
+            "read), over %.1fx --image-size %d: training crops their central %d px and never "
+            "resizes them, so it sees %.0f %% of each or less. Are they photos rather than "
+            "face crops? `facewatch train align` makes crops (its --image-size about 1.14x "
+            "the training's)",
+            args.data_dir,
+            smallest,
+            len(sizes),
+            LARGE_IMAGE_RATIO,
+            args.image_size,
+            args.image_size,
+            100 * (args.image_size / smallest) ** 2,
+        )
 
 
 def _check_framing(args: argparse.Namespace, settings: dict[str, Any]) -> None:

@@ -230,7 +230,7 @@ def _checked_inputs(args: argparse.Namespace) -> list[ImageClass]:
     first epoch)."""
     dataset = load_dataset(args.data_dir, args.min_nrof_images_per_class)
     check_identities(args, dataset)
-    check_crops(args)
+    check_crops(args, dataset)
     if args.lfw_dir:
         if not Path(args.lfw_pairs).is_file():
             raise OptionError(

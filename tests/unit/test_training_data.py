@@ -419,3 +419,45 @@ def test_batch_settings_beyond_the_dataset_are_a_warning(tmp_path: Path, caplog)
     with caplog.at_level(logging.WARNING):
         check_identities(build_parser().parse_args(small), dataset)
     assert caplog.text == ""
+
+
+@pytest.mark.parametrize(("aligned", "size", "warned"), [(False, 300, 2), (True, 300, 1),
+                                                         (False, 96, 1), (True, 96, 0)])  # fmt: skip
+def test_raw_photos_as_the_data_dir_are_a_warning_naming_train_align(
+    tmp_path: Path, caplog, aligned: bool, size: int, warned: int
+) -> None:
+    """Photos given as --data-dir (train align skipped) would train on a central patch of
+    each: no alignment.json, or images far larger than --image-size, is said before training."""
+    import json
+    import logging
+
+    import cv2
+    import numpy as np
+
+    from training.data import load_dataset
+    from training.run_checks import check_crops
+
+    for person in ("ada", "bob"):
+        (tmp_path / person).mkdir()
+        for k in range(2):
+            cv2.imwrite(
+                str(tmp_path / person / f"{k}.jpg"), np.full((size, size + 40, 3), 128, np.uint8)
+            )
+    if aligned:
+        (tmp_path / "alignment.json").write_text(
+            json.dumps({"image_size": 96, "margin": 16, "alignment": "margin"})
+        )
+    args = build_parser().parse_args(
+        ["--data-dir", str(tmp_path), "--image-size", "80", "--margin", "16"]
+    )
+    with caplog.at_level(logging.WARNING):
+        check_crops(args, load_dataset(tmp_path))
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == warned, said
+    if not aligned:
+        assert f"--data-dir {tmp_path} has no alignment.json: its images are taken as aligned " \
+               f"face crops" in said[0] and f"`facewatch train align {tmp_path} ALIGNED`" in said[0]  # fmt: skip
+    if size == 300:
+        assert f"--data-dir {tmp_path}: its images are 300 px or more on their short side (2 " \
+               "of them read), over 1.5x --image-size 80: training crops their central 80 px " \
+               "and never resizes them, so it sees 7 % of each or less" in said[-1]  # fmt: skip
