@@ -18,7 +18,7 @@ from daemon.events import open_jsonl
 from daemon.gallery import Gallery, GalleryError, shown_threshold
 from daemon.gallery_cli import uncalibrated
 from engines.base import EngineError, ModelMetadata
-from engines.facenet import embeddings_id, model_id_of, outdated_threshold
+from engines.facenet import checked_metadata, embeddings_id, model_id_of, outdated_threshold
 from engines.loader import default_facenet
 
 logger = logging.getLogger(__name__)
@@ -174,16 +174,27 @@ def _model_problems(config: Config) -> list[str]:
             model = folder / f"{name}.onnx"
             if not model.is_file():
                 found.append(f"engines.mtcnn_dir: {model}: not found (MTCNN's {name})")
-    model_file = config.recognition.model
-    if model_file not in (None, "auto") and not Path(model_file).is_file():
-        found.append(f"recognition.model: {model_file}: FaceNet model file not found")
+    path = _model_path(config)
+    if path is None or (config.recognition.model == "auto" and not path.is_file()):
+        return found  # (auto without a model: detection only, which run says)
+    try:
+        checked_metadata(path)
+    except EngineError as exc:  # as `run` would stop: a checkpoint, another model, no sidecar
+        found.append(f"recognition.model: {exc}")
     return found
 
 
 def _model_file(config: Config) -> Path | None:
-    """The FaceNet model the daemon would run, when there is one (``resolve_model``, quietly)."""
+    """The FaceNet model the daemon would run, when there is one whose sidecar passes the
+    checks ``run`` makes (``resolve_model``, quietly): the gallery is checked against it."""
     path = _model_path(config)
-    return path if path is not None and path.is_file() else None
+    if path is None or not path.is_file():
+        return None
+    try:
+        checked_metadata(path)
+    except EngineError:
+        return None  # (a problem, said by _model_problems)
+    return path
 
 
 def _gallery_problems(config: Config) -> list[str]:

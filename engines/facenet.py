@@ -120,10 +120,7 @@ class FaceNet:
         for a CPU backend on such a CPU, else fp32. ``trt_plans``: which TensorRT plan the
         tensorrt backend opens (``load_engine``)."""
         path = Path(model_path)
-        if not path.is_file():
-            raise EngineError(f"{path}: FaceNet model file not found")
-        meta = ModelMetadata.load(path)
-        _check_metadata(meta, str(ModelMetadata.sidecar_path(path)))
+        meta = checked_metadata(path)
         backend, precision = cpu_precision(backend, precision)
         engine = load_engine(
             path, backend=backend, threads=threads, precision=precision, trt_plans=trt_plans
@@ -295,6 +292,17 @@ def _fixed(dims: tuple[int | None, ...]) -> tuple[int, ...] | None:
     """``dims`` when the model fixes every one (none is dynamic), else None."""
     fixed = tuple(d for d in dims if isinstance(d, int))
     return fixed if dims and len(fixed) == len(dims) else None
+
+
+def checked_metadata(path: Path) -> ModelMetadata:
+    """The sidecar of the FaceNet model file at ``path``, checked as ``FaceNet.load`` checks
+    it before opening the model: EngineError naming the file for a missing model, a missing
+    sidecar (or a training checkpoint), another kind of model, or settings it cannot run."""
+    if not path.is_file():
+        raise EngineError(f"{path}: FaceNet model file not found")
+    meta = ModelMetadata.load(path)
+    _check_metadata(meta, str(ModelMetadata.sidecar_path(path)))
+    return meta
 
 
 def _check_metadata(meta: ModelMetadata, where: str) -> None:

@@ -696,3 +696,40 @@ def test_a_name_starting_with_an_underscore_stays_valid() -> None:
     option on a command line) must not refuse the '_garage' a config may already hold."""
     config = parse_config({"cameras": [{"name": "_garage", "url": "x"}], "node_id": "_lab"})
     assert (config.cameras[0].name, config.node_id) == ("_garage", "_lab")
+
+
+def test_validate_config_checks_the_model_file_as_run_would(tmp_path, capsys) -> None:
+    """MTCNN's O-Net, a training checkpoint, an ONNX without its sidecar: `run` exits 2 on
+    each, and validate-config said "valid" (or, with a gallery, filed it under
+    recognition.gallery and advised enrolling again). Said under recognition.model, and the
+    gallery is not checked against a model that cannot run."""
+    import shutil
+
+    from daemon.cli import main
+    from daemon.gallery import Gallery
+
+    clip = MODELS.parent / "configs" / "demo" / "hamilton_360p.mp4"
+    onet, checkpoint, bare = (
+        MODELS / "mtcnn" / "onet.onnx",
+        tmp_path / "latest.pt",
+        tmp_path / "bare.onnx",
+    )
+    checkpoint.write_bytes(b"not really a checkpoint")
+    shutil.copy(MODELS / "mtcnn" / "onet.onnx", bare)
+    gallery = tmp_path / "gallery.sqlite"
+    Gallery.create(gallery, "facenet@sha256:0123456789abcdef", 128, 0.15).close()
+    expected = {
+        onet: f"{onet.with_suffix('.json')}: sidecar says kind 'mtcnn-onet', expected 'facenet'",
+        checkpoint: f"{checkpoint}: a training checkpoint, not a model facewatch runs",
+        bare: f"{bare.with_suffix('.json')}: model sidecar missing",
+    }
+    path = tmp_path / "facewatch.yaml"
+    for model, said in expected.items():
+        for where in (tmp_path / "new.sqlite", gallery):  # none yet (enroll comes after), one
+            settings = {"cameras": [{"name": "door", "url": str(clip)}],
+                        "recognition": {"model": str(model), "gallery": str(where)}}  # fmt: skip
+            path.write_text(json.dumps(settings))
+            assert main(["validate-config", str(path)]) == 2, model
+            err = capsys.readouterr().err
+            assert f"\n  recognition.model: {said}" in err, err
+            assert "recognition.gallery" not in err, err
