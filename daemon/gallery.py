@@ -51,6 +51,12 @@ logger = logging.getLogger(__name__)
 MAX_THRESHOLD = 4.0  # squared L2 between unit vectors: the largest distance there is
 UNIT_TOLERANCE = 1e-3  # how far an embedding's L2 norm may be from 1 (float32 rounding)
 DEFAULT_LOCK_TIMEOUT_S = 5.0
+# (a gallery cannot move to another model: its people's photos are enrolled again)
+REENROLL = (
+    "enroll everyone again into a new gallery: `facewatch enroll --config FILE --gallery "
+    "NEW.sqlite --dir PHOTOS` (one sub-folder of photos per person; the daemon's config "
+    "gives the model), then set recognition.gallery: NEW.sqlite in FILE"
+)
 
 
 def shown_threshold(value: float) -> str:
@@ -213,12 +219,12 @@ class Gallery:
                     f"{self.path}: this gallery was enrolled {setting} --flip (mirrored faces "
                     "averaged in), and embeddings made otherwise do not match its own: use it "
                     f"{setting} --flip (recognition.flip: {str(flip).lower()} in a daemon "
-                    "config), or enroll everyone again into a new gallery"
+                    f"config), or {REENROLL}"
                 )
             raise GalleryError(
                 f"{self.path}: this gallery was enrolled with model {self.model_id!r}, but "
                 f"the model in use is {model_id!r}; embeddings of different models cannot be "
-                "compared: use the gallery's model, or enroll everyone again into a new gallery"
+                f"compared: use the gallery's model, or {REENROLL}"
             )
 
     def close(self) -> None:

@@ -90,6 +90,12 @@ def test_another_model_is_refused_with_both_names(gallery) -> None:
         GalleryError, match=r"enrolled with model 'facenet-test@sha256:0123.*'other@sha256:1'"
     ):
         Gallery.open(path, "other@sha256:1")
+    for other in ("other@sha256:1", MODEL + "+flip"):  # how to enroll again, in commands
+        with pytest.raises(GalleryError) as refused:
+            Gallery.open(path, other)
+        assert "enroll everyone again into a new gallery: `facewatch enroll --config FILE " \
+               "--gallery NEW.sqlite --dir PHOTOS`" in str(refused.value)  # fmt: skip
+        assert str(refused.value).endswith("then set recognition.gallery: NEW.sqlite in FILE")
     Gallery.open(path, MODEL).close()
     Gallery.open(path).close()  # no model: list, export ... do not need one
 
