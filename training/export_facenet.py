@@ -22,6 +22,7 @@ from training.checkpoint import Checkpoint, load_model_file
 from training.embedders import OnnxEmbedder, TorchEmbedder
 from training.export_staging import backup_folder, restore_command, staged
 from training.facenet_nets import ModelFileError, NormalisedEmbedding, build_model
+from training.lfw import LFW_PAIRS
 from training.model_card import TRAINED_HERE, model_card
 from training.onnx_weights import load_onnx_weights
 
@@ -37,7 +38,6 @@ INT8_NO_PROGRAM = "an int8 model has no torch program: int8 is for CPUs, the tor
 CONSTANT_FOLDING_WARNING = r"It is recommended that constant folding be turned off"
 
 
-LFW_PAIRS = 6000  # LFW's pairs.txt: 10 folds of 300 same and 300 different pairs
 LFW_ROUGH_ACCURACY = 0.7
 
 

@@ -29,6 +29,8 @@ import numpy as np
 from engines.base import brief
 from training.data import DataError
 
+LFW_PAIRS = 6000  # LFW's pairs.txt: 10 folds of 300 same and 300 different pairs
+
 logger = logging.getLogger(__name__)
 
 ACCURACY_THRESHOLDS = np.arange(0, 4, 0.01)
@@ -277,10 +279,14 @@ class LfwResult:
     subtract_mean: bool = False
 
     def summary(self) -> str:
+        """One line of the figures; from fewer pairs than LFW's own, how many (a small
+        subset's figures swing from run to run)."""
+        subset = f" ({self.nrof_pairs} pairs)" if 0 < self.nrof_pairs < LFW_PAIRS else ""
         return (
             f"accuracy {self.accuracy_mean:.4f} ± {self.accuracy_std:.4f}, "
             f"VAL {self.val_mean:.4f} ± {self.val_std:.4f} @ FAR {self.far_mean:.5f}, "
             f"AUC {self.auc:.4f}, EER {self.eer:.4f}, best threshold {self.best_threshold:.2f}"
+            f"{subset}"
         )
 
     def to_json(self) -> dict[str, object]:

@@ -85,6 +85,18 @@ def test_perfect_separation() -> None:
     assert result.accuracy_mean == 1.0 and result.auc == pytest.approx(1.0) and result.eer == 0.0
 
 
+def test_the_summary_says_how_many_pairs_when_fewer_than_lfws() -> None:
+    """Figures from 80 pairs swing from run to run: the line says they came from 80 pairs;
+    from LFW's 6,000 it reads as before."""
+    import dataclasses
+
+    result = evaluate_distances(np.tile([0.1, 0.2, 3.0, 3.5], 20), np.tile([1, 1, 0, 0], 20), 2)
+    assert result.nrof_pairs == 80
+    assert result.summary().endswith("best threshold 0.21 (80 pairs)"), result.summary()
+    full = dataclasses.replace(result, nrof_pairs=6000)
+    assert full.summary().endswith("best threshold 0.21"), full.summary()
+
+
 def test_folds_out_of_range() -> None:
     with pytest.raises(ValueError, match="nrof_folds"):
         evaluate_distances(DIST, SAME, nrof_folds=1)
