@@ -166,6 +166,11 @@ class Calibration:
         return 1.0 / self.impostor if self.impostor else 1.0
 
 
+def _distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Squared L2 between unit vectors, every row of ``a`` against every row of ``b``."""
+    return np.maximum(2.0 - 2.0 * np.asarray(a, np.float32) @ np.asarray(b, np.float32).T, 0.0)
+
+
 def _nearest_distances(
     vectors: np.ndarray, owners: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -177,7 +182,7 @@ def _nearest_distances(
     nearest = np.zeros(len(vectors), np.int64)
     for start in range(0, len(vectors), 1024):
         rows = slice(start, start + 1024)
-        dist = np.maximum(2.0 - 2.0 * vectors[rows] @ vectors.T, 0.0)
+        dist = _distances(vectors[rows], vectors)
         same = owners[rows, None] == owners[None, :]
         dist[np.arange(dist.shape[0]), np.arange(start, start + dist.shape[0])] = np.inf
         genuine[rows] = np.where(same, dist, np.inf).min(axis=1)
@@ -250,11 +255,6 @@ class LookAlike:
     name: str
     other: str
     distance: float
-
-
-def _distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Squared L2 between unit vectors, every row of ``a`` against every row of ``b``."""
-    return np.maximum(2.0 - 2.0 * np.asarray(a, np.float32) @ np.asarray(b, np.float32).T, 0.0)
 
 
 def unlike_faces(
@@ -371,7 +371,7 @@ def _people_distances(unit: np.ndarray, who: np.ndarray, people: int) -> np.ndar
     apart = np.full((people, people), np.inf, np.float32)
     for start in range(0, len(unit), 1024):
         rows = slice(start, start + 1024)
-        dist = np.maximum(2.0 - 2.0 * unit[rows] @ unit.T, 0.0)
+        dist = _distances(unit[rows], unit)
         np.minimum.at(apart, who[rows], np.minimum.reduceat(dist, starts, axis=1))
     return apart
 
