@@ -65,7 +65,9 @@ class Pipeline:
         self.config, self.detector, self.facenet, self.sinks = config, detector, facenet, sinks
         self.gallery, self.archive = gallery, archive
         self.trackers = {
-            c.name: Tracker(c.name, config.tracking, config.recognition.reembed_every)
+            c.name: Tracker(
+                c.name, config.tracking, config.recognition.reembed_every, facenet is not None
+            )
             for c in config.cameras
         }
         self._detectors: dict[str, MTCNN] = {}

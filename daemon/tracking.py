@@ -3,7 +3,9 @@ decisions of when an event is due.
 
 Events (``TrackEvent.kind``):
 - ``confirmed``: a face has been seen in ``confirm_frames`` frames and, when it is
-  recognised, its vote is in (identity null: nobody matched, or recognition is off);
+  recognised, its vote is in (identity null: nobody matched, or recognition is off); a face
+  still undecided is announced, identity null, once seen in ``vote_window`` frames, or as it
+  leaves;
 - ``identified``: a confirmed track's identity is resolved (null -> name);
 - ``changed``: a resolved identity becomes another one, or unknown;
   (``identified`` and ``changed`` have reason ``gallery`` when the gallery changed, not the face)
@@ -144,8 +146,17 @@ class TrackEvent:
 class Tracker:
     """The tracks of one camera. Owned by the scheduler thread (not thread-safe)."""
 
-    def __init__(self, camera: str, config: TrackingConfig, reembed_every: int = 10) -> None:
+    def __init__(
+        self,
+        camera: str,
+        config: TrackingConfig,
+        reembed_every: int = 10,
+        recognising: bool = True,
+    ) -> None:
+        """``recognising``: its faces are matched (a FaceNet model is loaded), so a track
+        waits for its vote before it is announced."""
         self.camera, self.config, self.reembed_every = camera, config, reembed_every
+        self.recognising = recognising
         self.tracks: list[Track] = []
         self._next_id = 1
 
@@ -233,18 +244,19 @@ class Tracker:
         # at a gallery change every vote was just matched again: the new evidence decides
         # (a tie keeps the identity), not the margin against votes of the old gallery
         margin = 1 if reason == "gallery" else config.switch_margin
+        # (a window too short for them: as many votes as it holds)
+        min_votes = min(config.min_votes, config.vote_window)
         unknown_votes = min(config.unknown_votes, config.vote_window)
         for track in tracks:
-            verdict = track.verdict(config.min_votes, margin, unknown_votes)
+            verdict = track.verdict(min_votes, margin, unknown_votes)
             if verdict is not None:
                 track.resolved = True
             if not track.confirmed:
-                # a recognised face is announced once its vote is in (or its window is full
-                # and still split): "unknown" then means nobody, not "not yet"
+                # a recognised face is announced once its vote is in, "unknown" then meaning
+                # nobody, not "not yet"; or, still undecided (too small to match, votes
+                # split), once seen in vote_window frames
                 decided = (
-                    verdict is not None
-                    or not track.embedded
-                    or len(track.votes) >= config.vote_window
+                    verdict is not None or not self.recognising or track.hits >= config.vote_window
                 )
                 if track.hits >= config.confirm_frames and decided:
                     track.confirmed = True
@@ -311,6 +323,11 @@ class Tracker:
         reason = "stopped" if stopping else "lost"
         events = []
         for track in gone:
+            if not track.confirmed and track.hits >= self.config.confirm_frames:
+                # seen long enough, gone before its vote was in: announced as it leaves,
+                # undecided, so that the visit has its events (and its archive folder)
+                track.confirmed = True
+                events.append(TrackEvent("confirmed", track, None, 0.0, None))
             if track.confirmed:
                 confidence, distance = (
                     track.support(track.identity or UNKNOWN) if track.judged else (0.0, None)

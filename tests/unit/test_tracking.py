@@ -100,7 +100,9 @@ def test_a_stranger_is_announced_unknown_once_enough_votes_say_so() -> None:
     seen = [run(stranger, k / 5, faces(box), [None]) for k in range(6)]
     assert seen == [[], [], [], [], [("confirmed", 1, None)], []]
     assert stranger.in_view() == [None]
-    detection_only = Tracker("door", TrackingConfig(confirm_frames=3, unknown_votes=5))
+    detection_only = Tracker(
+        "door", TrackingConfig(confirm_frames=3, unknown_votes=5), recognising=False
+    )
     confirmed = []
     for k in range(3):
         confirmed += detection_only.decide(detection_only.update(k / 5, faces(box)))
@@ -108,6 +110,41 @@ def test_a_stranger_is_announced_unknown_once_enough_votes_say_so() -> None:
     split = Tracker("door", TrackingConfig(confirm_frames=1, min_votes=2, vote_window=4))
     seen = [run(split, k / 5, faces(box), [who]) for k, who in enumerate("abcd")]
     assert seen == [[], [], [], [("confirmed", 1, None)]]
+
+
+def test_a_face_too_small_to_match_is_still_announced_and_a_brief_one_as_it_leaves() -> None:
+    """Faces whose vote never comes in (matched twice, then too small to match: no more
+    votes) were never announced while in view; one seen in confirm_frames frames but gone
+    before its vote was in had no events at all (nor its archive folder). Now the first is
+    announced undecided once seen in vote_window frames, the second as it leaves; a face
+    seen small at first and then large enough waits for its vote, and is named at once."""
+    box = (10, 10, 50, 50)
+    config = TrackingConfig(confirm_frames=3, vote_window=15, lost_after_s=1.0)
+    shrunk = Tracker("door", config)
+    events = [run(shrunk, k / 5, faces(box), ["bob"]) for k in range(2)]
+    events += [shrunk.decide(shrunk.update(k / 5, faces(box))) for k in range(2, 15)]
+    announced = [(k, e.kind, e.identity) for k, got in enumerate(events) for e in got]
+    assert announced == [(14, "confirmed", None)]
+    brief = Tracker("door", config)
+    for k in range(4):
+        assert run(brief, k / 5, faces(box), [None]) == []
+    gone = brief.expire(5.0)
+    assert [(e.kind, e.identity) for e in gone] == [("confirmed", None), ("left", None)]
+    approaching = Tracker("door", config)
+    for k in range(6):  # too small to match: no vote
+        assert approaching.decide(approaching.update(k / 5, faces(box))) == []
+    assert run(approaching, 1.2, faces(box), ["ann"]) == []
+    assert run(approaching, 1.4, faces(box), ["ann"]) == []
+    assert run(approaching, 1.6, faces(box), ["ann"]) == [("confirmed", 1, "ann")]
+
+
+def test_a_window_shorter_than_the_votes_asked_names_with_what_it_holds() -> None:
+    """vote_window: 2 in a config, min_votes left at its default (3, once 2): nobody would
+    ever be named; the vote asks at most as many as the window holds."""
+    tracker = Tracker("door", TrackingConfig(confirm_frames=2, vote_window=2))
+    box = (10, 10, 50, 50)
+    events = [run(tracker, k / 5, faces(box), ["bob"]) for k in range(2)]
+    assert events == [[], [("confirmed", 1, "bob")]]
 
 
 def test_resolved_tracks_are_embedded_only_every_n_frames() -> None:
