@@ -3,9 +3,9 @@ face archive's visits.
 
 Every photo must show one face (or ``--largest``), large and sharp enough, not a profile
 (``daemon.recognition.QualityGates``); a photo enrolled as someone else is refused (one
-photo, one person), and so is a face unlike all of its person's other faces (a photo of
-someone else, unless ``--allow-mismatch``). A new person who looks like someone enrolled is
-warned about. Nothing is enrolled while any photo is rejected, unless ``--skip-bad``.
+photo, one person), and so is a face unlike all of its person's other faces (someone else,
+or a photo very unlike the others, unless ``--allow-mismatch``). A new person who looks like
+someone enrolled (nearer than their own photos lie) is warned about. Nothing is enrolled while any photo is rejected, unless ``--skip-bad``.
 Exit status: 0 done, 1 an image or the gallery refused (the reason is printed), 2 a model or
 argument problem.
 """
@@ -40,10 +40,11 @@ from daemon.recognition import (
     DEFAULT_MIN_FACE_PX,
     DEFAULT_MIN_SHARPNESS,
     MAX_PROFILE_OFFSET,
+    UNLIKE_FACTOR,
     QualityGates,
     Rejected,
+    closest_people,
     face_at,
-    look_alikes,
     unlike_faces,
 )
 from daemon.recognition_cli import Models, add_model_options, is_hidden, load_models, photo_files
@@ -107,9 +108,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--allow-mismatch",
         action="store_true",
-        help="enroll a face even when it lies farther than the match threshold from every "
-        "other face of its person (enrolled or in this enroll; checked when there are 2 or "
-        "more): such a photo is refused, as most often it shows someone else",
+        help="enroll a face even when it lies farther than 1.3 times the match threshold "
+        "from every other face of its person (enrolled or in this enroll; checked when there "
+        "are 2 or more): such a photo is refused, as it shows someone else or is very unlike "
+        "the others (sunglasses, years apart)",
     )
     add_model_options(p)
     p.set_defaults(func=run_enroll)
@@ -310,7 +312,11 @@ def run_enroll(args: argparse.Namespace) -> int:
         print("error: no image could be enrolled", file=sys.stderr)
         return 1
     _warn_look_alikes(enrolled, embeddings, accepted)
-    return _store(gallery_path, models, embeddings, accepted, len(rejected))
+    code = _store(gallery_path, models, embeddings, accepted, len(rejected))
+    if code == 0 and (recognition is None or recognition.threshold is None):
+        # (the daemon matches with the config's recognition.threshold when it sets one)
+        gallery_cli.warn_uncalibrated(gallery_path, models.facenet.meta.extra)
+    return code
 
 
 def _drop_unlike(
@@ -327,8 +333,9 @@ def _drop_unlike(
     for face in unlike:
         reason = _shown(
             f"{accepted[face.index][1]}: does not look like the other photos of {face.name} "
-            f"(nearest {face.nearest:.3f}, threshold {shown_threshold(face.threshold)}); "
-            "a photo of someone else? (--allow-mismatch enrolls it)"
+            f"(nearest {face.nearest:.3f}, over {UNLIKE_FACTOR:g}x the threshold "
+            f"{shown_threshold(face.threshold)}): someone else, or a photo very unlike the "
+            "others (sunglasses, years apart)? (--allow-mismatch enrolls it)"
         )
         rejected.append(reason)
         print(f"rejected: {reason}", file=sys.stderr)
@@ -339,21 +346,27 @@ def _drop_unlike(
 def _warn_look_alikes(
     enrolled: _Enrolled, embeddings: np.ndarray, accepted: list[tuple[str, Path, str]]
 ) -> None:
-    """Say which new people look like someone else (enrolled, or in this enroll): one person
-    under two names is named either way, one photo as one, the next as the other."""
+    """Say which new people look like someone else (enrolled, or in this enroll): nearer
+    each other than their own photos are, as calibrate judges it; one person under two names
+    is named either way, one photo as one, the next as the other."""
     names = [name for name, _, _ in accepted]
     first = set(names) - set(enrolled.owners)
-    threshold_of = enrolled.threshold_of(set(names))
-    found = look_alikes(embeddings, names, enrolled.vectors, enrolled.owners, threshold_of, first)
-    for pair in found:
-        print(
-            _shown(
-                f"warning: {pair.name} looks like {pair.other} ({pair.distance:.3f}): the same "
-                "person? (one person under two names is named as either: if so, `gallery "
-                "remove` one and enroll its photos under the other's name)"
-            ),
-            file=sys.stderr,
-        )
+    if not first:
+        return
+    vectors = np.concatenate([embeddings, enrolled.vectors])
+    close, _ = closest_people(vectors, [*names, *enrolled.owners], below=0.0, limit=len(first))
+    for pair in close:
+        new, other = sorted((pair.first, pair.second), key=lambda name: name not in first)
+        if new in first:
+            print(
+                _shown(
+                    f"warning: {new} looks like {other} ({pair.distance:.3f}, "
+                    "nearer than their own photos lie to each other): the same person? (one "
+                    "person under two names is named as either: if so, `gallery remove` one "
+                    "and enroll its photos under the other's name)"
+                ),
+                file=sys.stderr,
+            )
 
 
 def _store(
@@ -399,7 +412,6 @@ def _store(
         print(f"a new gallery: match threshold {shown} ({source}; `gallery threshold` sets it)")
         if not _threshold_of(net):
             _warn_default_threshold(net, shown, gallery_path)
-    gallery_cli.warn_uncalibrated(gallery_path, net.meta.extra)
     return 0
 
 
@@ -411,7 +423,7 @@ def _warn_default_threshold(net: FaceNet, shown: str, gallery_path: Path) -> Non
         f"warning: the model ({net.model_id}) has no LFW figures, so {gallery_path} starts at "
         f"{shown}, the usual threshold of facenet-pytorch's published weights, not one "
         "measured for this model: at it, a model you trained can name strangers as people "
-        "you enrolled. Once 100 or more faces are enrolled, `facewatch gallery calibrate` "
+        "you enrolled. Once some 120 faces are enrolled, `facewatch gallery calibrate` "
         "sets one from them; or set one with `facewatch gallery threshold --default VALUE`; "
         "`facewatch train validate MODEL.onnx --align --lfw-dir DIR --lfw-pairs pairs.txt "
         "--record` gives the model one for new galleries",

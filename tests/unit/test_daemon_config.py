@@ -647,7 +647,7 @@ def test_validate_config_warns_of_a_grown_gallery_still_at_its_starting_threshol
 ) -> None:
     """A stranger is compared with every enrolled face: at the model's starting threshold
     (0.154 per comparison) a gallery of 70 people x 5 photos named a third of strangers.
-    From 100 faces, validate-config (and run: the same warnings) says so and points to
+    From 120 faces, validate-config (and run: the same warnings) says so and points to
     `gallery calibrate`; a threshold the user set, or a small gallery, is not warned of."""
     from daemon.cli import main
     from daemon.gallery import Enrollment, Gallery
@@ -669,7 +669,7 @@ def test_validate_config_warns_of_a_grown_gallery_still_at_its_starting_threshol
             }
         )
     )
-    vectors = np.random.default_rng(0).normal(size=(100, meta.embedding_size or 128))
+    vectors = np.random.default_rng(0).normal(size=(120, meta.embedding_size or 128))
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
 
     def validate(faces: int, threshold: float) -> str:
@@ -680,15 +680,15 @@ def test_validate_config_warns_of_a_grown_gallery_still_at_its_starting_threshol
         out, err = capsys.readouterr()
         return f"{code}\n{out}{err}"
 
-    grown = validate(100, start)
+    grown = validate(120, start)
     assert (
         grown.startswith("0\n")
-        and f"recognition.gallery: {gallery}: 100 faces of 20 people" in grown
+        and f"recognition.gallery: {gallery}: 120 faces of 20 people" in grown
     )
     assert f"still at the threshold a new gallery starts at ({start:.3f})" in grown
     assert "`facewatch gallery calibrate`" in grown, grown
-    assert "warning" not in validate(99, start)
-    assert "warning" not in validate(100, 0.12)
+    assert "warning" not in validate(119, start)
+    assert "warning" not in validate(120, 0.12)
 
 
 def test_a_name_starting_with_an_underscore_stays_valid() -> None:

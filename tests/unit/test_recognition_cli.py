@@ -107,25 +107,42 @@ def test_bad_images_are_rejected_with_reasons_and_nothing_written(cli, images) -
     assert code == 1 and "face too small" in err and not cli.gallery.exists()
 
 
-def test_enroll_warns_when_a_gallery_grows_past_100_faces_at_its_starting_threshold(
-    cli, images
+def test_enroll_warns_when_a_gallery_grows_past_120_faces_at_its_starting_threshold(
+    cli, images, test_model
 ) -> None:
-    """A stranger is compared with every enrolled face: from 100 faces at the threshold a
+    """A stranger is compared with every enrolled face: from 120 faces at the threshold a
     new gallery starts at, enroll says strangers get named and points to `gallery
-    calibrate`; not below 100, and not once the user has set a threshold."""
+    calibrate`; not below 120, and not once the user has set a threshold."""
     code, _, err = cli("enroll", "--name", "obama", str(images["obama"]))
     assert code == 0 and "warning: gallery" not in err, err
     with Gallery.open(cli.gallery, writable=True) as gallery:
         start, size = gallery.threshold, gallery.embedding_size
-        others = np.random.default_rng(0).normal(size=(97, size))
+        others = np.random.default_rng(0).normal(size=(117, size))
         others /= np.linalg.norm(others, axis=1, keepdims=True)
         gallery.enroll([Enrollment(f"p{k % 10}", v, f"s{k}") for k, v in enumerate(others)])
     code, _, err = cli("enroll", "--name", "obama", str(images["obama2"]))
-    assert code == 0 and "warning: gallery" not in err, err  # 99 faces of 11 people
+    assert code == 0 and "warning: gallery" not in err, err  # 119 faces of 11 people
     code, _, err = cli("enroll", "--name", "biden", "--largest", str(images["biden"]))
-    assert code == 0 and f"warning: gallery {cli.gallery}: 100 faces of 12 people" in err, err
+    assert code == 0 and f"warning: gallery {cli.gallery}: 120 faces of 12 people" in err, err
     assert f"still at the threshold a new gallery starts at ({start:.3f})" in err
     assert "`facewatch gallery calibrate` chooses a threshold" in err
+    # a config that sets recognition.threshold: the daemon matches with that one
+    config = cli.gallery.with_name("facewatch.yaml")
+    config.write_text(
+        json.dumps(
+            {
+                "cameras": [{"name": "door", "url": "door.mp4"}],
+                "recognition": {
+                    "threshold": 0.12,
+                    "gallery": str(cli.gallery),
+                    "model": str(test_model),
+                },
+            }
+        )
+    )
+    biden = str(images["biden"])
+    code, _, err = cli("enroll", "--config", str(config), "--name", "biden", biden, model=False)
+    assert code == 0 and "warning: gallery" not in err, err
     assert cli("gallery", "threshold", "--default", "0.5", model=False)[0] == 0
     code, _, err = cli("enroll", "--name", "biden", str(images["two"]), "--largest")
     assert code == 0 and "warning: gallery" not in err, err
