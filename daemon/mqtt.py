@@ -72,7 +72,10 @@ class MqttPublisher:
         self._birth_topic: str | None = None
         self._birth_answered = -BIRTH_GAP_S  # monotonic time of the last answer
         self._birth_pending = False  # a birth message came within the gap: answer at its end
-        self._people: set[str] = set(json.loads(spool.recall("people") or "[]"))  # published
+        # published, and those whose deletion is not sent yet (remembered until it is)
+        self._people: set[str] = set(json.loads(spool.recall("people") or "[]"))
+        self._unsent_gone: set[str] = set()  # removed; their deletions not sent on a connection
+        self._save_people = False  # they were sent: the spool may forget them
         # names enrolled, names gone -> announcements (Home Assistant's per-person configs)
         self.people_announcements: Callable[[set[str], set[str]], list[tuple[str, bytes]]] | None
         self.people_announcements = None
@@ -199,17 +202,39 @@ class MqttPublisher:
     def set_people(self, states: dict[str, dict[str, Any]]) -> None:
         """Every enrolled person's presence, at start and at each gallery reload: the retained
         topics (and announcements) of people no longer enrolled are deleted, also of those
-        removed while the daemon was stopped (the spool remembers who was published)."""
+        removed while the daemon was stopped (the spool remembers who was published, and keeps
+        a removed person until their deletions were sent on a connection: a restart while the
+        broker is away does not leave their topics and face on it)."""
         with self._lock:
-            gone, self._people = self._people - states.keys(), set(states)
-        self.spool.remember("people", json.dumps(sorted(states)))
+            gone = (self._people | self._unsent_gone) - states.keys()
+            self._people, self._unsent_gone = set(states), gone
+            self.spool.remember("people", json.dumps(sorted(self._people | gone)))
         if self.people_announcements is not None:  # configs first: no entity reads a ""
             self.announce(self.people_announcements(set(states), gone))
         for name in gone:
             self._retain(self.person_topic(name), b"")
             self._retain(self.person_snapshot_topic(name), b"")
+        with self._lock:
+            if self.connected.is_set():  # sent just now, or by _on_connect meanwhile
+                self._gone_sent()
         for name, state in states.items():
             self.set_person(name, state)
+
+    def _gone_sent(self) -> None:
+        """The removed people's deletions went out on a connection (hold ``_lock``): the
+        sending thread lets the spool forget them (``_forget_gone``)."""
+        if self._unsent_gone:
+            self._unsent_gone = set()
+            self._save_people = True
+            self._wake.set()
+
+    def _forget_gone(self) -> None:
+        """The spool remembers only the enrolled people once the removed ones' deletions
+        were sent (until then, the next start sends them again)."""
+        with self._lock:  # (set_people's remember, too: the latest set is what stays)
+            if self._save_people:
+                self.spool.remember("people", json.dumps(sorted(self._people | self._unsent_gone)))
+                self._save_people = False
 
     def set_person(self, name: str, state: dict[str, Any]) -> None:
         """Retained presence of one person; republished on every (re)connection."""
@@ -268,6 +293,7 @@ class MqttPublisher:
             # would be sent again at every connection
             self._retained = {t: p for t, p in self._retained.items() if p}
             self._announcements = {t: p for t, p in self._announcements.items() if p}
+            self._gone_sent()
             # last: what a crash left (someone in view) is replaced before the node is online
             client.publish(self.status_topic, ONLINE, qos=1, retain=True)
             self.connected.set()
@@ -365,6 +391,7 @@ class MqttPublisher:
         if not self.connected.wait(0.5):
             return
         self._answer_birth()  # one that came within the gap of the last answer
+        self._forget_gone()
         while self._acked:  # acknowledged, their deletion failed: delete them, never resend
             row_id = next(iter(self._acked))
             self.spool.delete(row_id)

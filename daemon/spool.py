@@ -7,7 +7,8 @@ spool holds ``max_messages``, the oldest is dropped to make room, and that is co
 
 It also keeps what the publisher must remember across restarts (``remember`` / ``recall``):
 the people whose retained topics it published, so it can delete those of people removed
-from the gallery while the daemon was stopped.
+from the gallery while the daemon was stopped (or removed while the broker was away, until
+their deletions were sent).
 """
 
 from __future__ import annotations

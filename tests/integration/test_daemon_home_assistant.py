@@ -321,3 +321,71 @@ def test_people_removed_while_the_daemon_was_stopped_are_deleted_at_the_next_sta
         assert late.last(zoe_face) is None, "Zoë's face is not retained"
     finally:
         late.close()
+
+
+def test_a_person_removed_while_the_broker_is_away_is_deleted_after_a_restart(
+    tmp_path, broker
+) -> None:
+    """The broker is away when a person is removed, and the daemon restarts before it is
+    back (an update, a reboot): once it is, their presence, face and Home Assistant
+    entities are deleted from it all the same (the spool kept them to delete)."""
+    from functools import partial
+
+    from daemon import home_assistant
+    from daemon.config_file import parse_config
+    from daemon.events import person_json
+    from tests.integration.services import free_port
+
+    def publisher_on(port: int) -> tuple[Spool, MqttPublisher]:
+        config = parse_config(
+            {
+                "node_id": "test",
+                "cameras": [{"name": "clip", "url": str(CLIP)}],
+                "mqtt": {"port": port, "home_assistant": {"enabled": True}},
+            }
+        )
+        spool = Spool(tmp_path / "spool", 100)
+        publisher = MqttPublisher(config.mqtt, "test", spool)
+        publisher.people_announcements = partial(home_assistant.people_messages, config, publisher)
+        return spool, publisher
+
+    def stop(spool: Spool, publisher: MqttPublisher) -> None:
+        publisher.stop(timeout_s=2, drain_s=0)
+        spool.close()
+
+    both = {name: person_json(name, []) for name in ("Ada", "Zoë")}
+    zoe = f"facewatch/test/people/{person_key('Zoë')}"
+    spool, publisher = publisher_on(broker.port)  # all is up: Zoë's topics are retained
+    publisher.set_people(both)
+    publisher.set_person_snapshot("Zoë", b"\xff\xd8Zo")
+    publisher.start()
+    wait_for(publisher.connected.is_set, 30, "the connection")
+    stop(spool, publisher)
+    away = free_port()  # the broker is away: nothing listens there
+    spool, publisher = publisher_on(away)
+    publisher.set_people(both)
+    publisher.start()
+    publisher.set_people({"Ada": both["Ada"]})  # gallery remove Zoë, and the reload
+    stop(spool, publisher)
+    spool, publisher = publisher_on(away)  # a restart while the broker is still away
+    publisher.set_people({"Ada": both["Ada"]})
+    publisher.start()
+    stop(spool, publisher)
+    spool, publisher = publisher_on(broker.port)  # the broker is back
+    publisher.set_people({"Ada": both["Ada"]})
+    publisher.start()
+    try:
+        wait_for(publisher.connected.is_set, 30, "the connection")
+        time.sleep(0.5)
+    finally:
+        stop(spool, publisher)
+    late = Subscriber(broker.port, "#")  # what the broker retains now
+    try:
+        ada_config = _person_config("Ada")
+        wait_for(lambda: ada_config in _discovered(late), 10, "Ada's config, retained")
+        kept = [t for t, _, _ in late.messages if "zo" in t.lower() and "ada" not in t.lower()]
+        assert late.last(zoe) is None and late.last(f"{zoe}/snapshot") is None, kept
+        assert _person_config("Zoë") not in _discovered(late), kept
+        assert _person_image("Zoë") not in _discovered(late), kept
+    finally:
+        late.close()
