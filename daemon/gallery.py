@@ -32,6 +32,7 @@ import numpy as np
 from daemon.gallery_file import (
     META_KEYS,
     SCHEMA_VERSION,
+    SECURE_DELETE,
     GalleryError,
     check_writable,
     create_private,
@@ -149,6 +150,8 @@ class Gallery:
             try:
                 conn = sqlite3.connect(uri, uri=True, timeout=lock_timeout_s, isolation_level=None)
                 conn.execute("PRAGMA foreign_keys = ON")
+                if writable:
+                    conn.execute(SECURE_DELETE)
                 gallery = cls(path, conn, writable)
                 break
             except sqlite3.DatabaseError as exc:
@@ -546,6 +549,7 @@ def _make(
         create_private(scratch)
         conn = sqlite3.connect(scratch, timeout=lock_timeout_s, isolation_level=None)
         try:
+            conn.execute(SECURE_DELETE)
             write_schema(conn, model_id, embedding_size, threshold)
         finally:
             conn.close()

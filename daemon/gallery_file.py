@@ -151,6 +151,12 @@ def hot_journal(exc: sqlite3.DatabaseError, path: Path) -> bool:
     return "readonly" in str(exc).lower() and journal.is_file() and journal.stat().st_size > 0
 
 
+# Deleted rows (a removed person's name and face embeddings) are overwritten with zeros
+# rather than left in free space of the file and its copies: SQLite's own default is off,
+# and only some builds (Debian's) turn it on.
+SECURE_DELETE = "PRAGMA secure_delete = ON"
+
+
 def roll_back(path: Path, lock_timeout_s: float) -> bool:
     """Roll back the interrupted write of a hot journal (SQLite does it at the first read of
     a connection that may write); False when this user cannot write there."""
@@ -162,6 +168,7 @@ def roll_back(path: Path, lock_timeout_s: float) -> bool:
             f"{path.resolve().as_uri()}?mode=rw", uri=True, timeout=lock_timeout_s
         )
         try:
+            conn.execute(SECURE_DELETE)
             conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
         finally:
             conn.close()

@@ -146,6 +146,9 @@ class Spool:
         try:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
+            # sent events and face snapshots are overwritten, not left in free pages (SQLite's
+            # default is off; only some builds turn it on)
+            db.execute("PRAGMA secure_delete=ON")
             db.execute(
                 "CREATE TABLE IF NOT EXISTS messages (id INTEGER PRIMARY KEY AUTOINCREMENT, "
                 "topic TEXT NOT NULL, payload BLOB NOT NULL, qos INTEGER NOT NULL, "

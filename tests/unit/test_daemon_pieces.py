@@ -87,6 +87,27 @@ def test_a_drained_spool_gives_its_space_back(tmp_path) -> None:
     spool.close()
 
 
+def test_a_sent_message_leaves_no_trace_in_the_spool_file(tmp_path, monkeypatch) -> None:
+    """A delivered face snapshot is overwritten in the spool's file, also with an SQLite
+    built with its own default (secure_delete off: Debian's build turns it on)."""
+    connect = sqlite3.connect
+
+    def default_build(*args, **kwargs):  # type: ignore[no-untyped-def]
+        db = connect(*args, **kwargs)
+        db.execute("PRAGMA secure_delete = OFF")
+        return db
+
+    monkeypatch.setattr(sqlite3, "connect", default_build)
+    face = b"\xff\xd8" + os.urandom(3000)
+    spool = Spool(tmp_path / "spool")
+    spool.append("snapshots/door/1", face)
+    spool.append("t", b"stays")
+    spool.delete(spool.peek(1)[0].row_id)
+    spool.close()  # (its WAL is written into the file)
+    data = spool.path.read_bytes()
+    assert b"stays" in data and face[:64] not in data
+
+
 def test_sqlite_errors_are_told_apart_without_their_codes_too() -> None:
     """Python 3.10 (JetPack 6's) gives no sqlite_errorcode: SQLite's words tell the damaged
     spool to set aside and the full disk to wait for."""

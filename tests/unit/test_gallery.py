@@ -267,6 +267,34 @@ def test_remove_and_rename(gallery) -> None:
     assert gallery.match(axis(1)[None])[0].identity == "robert"
 
 
+def test_a_removed_persons_name_and_embeddings_are_gone_from_the_file(
+    tmp_path, monkeypatch
+) -> None:
+    """`gallery remove` overwrites the person's rows: neither their name nor their face
+    embedding can be read from the file (or a copy of it) afterwards, also with an SQLite
+    built with its own default (secure_delete off: Debian's build turns it on)."""
+    connect = sqlite3.connect
+
+    def default_build(*args, **kwargs):  # type: ignore[no-untyped-def]
+        conn = connect(*args, **kwargs)
+        conn.execute("PRAGMA secure_delete = OFF")
+        return conn
+
+    monkeypatch.setattr(sqlite3, "connect", default_build)
+    path = tmp_path / "g.sqlite"
+    face = unit(0.3, 0.7, 0.1, 0.9)
+    with Gallery.create(path, MODEL, D) as made:
+        made.enroll([Enrollment("zoe-forgotten", face, "z1"), Enrollment("bob", axis(1), "b1")])
+    assert face.astype("<f4").tobytes() in path.read_bytes()
+    with Gallery.open(path, MODEL, writable=True) as gallery:
+        assert gallery.remove("zoe-forgotten") == 1
+    data = path.read_bytes()
+    assert b"zoe-forgotten" not in data
+    assert face.astype("<f4").tobytes() not in data
+    with Gallery.open(path, MODEL) as gallery:
+        assert [i.name for i in gallery.identities()] == ["bob"]
+
+
 def test_names_that_differ_in_case_only_are_one_person(gallery) -> None:
     """`Bob` and `bob` would be two people with half the photos each: refused, and a name
     not found suggests the one meant."""
