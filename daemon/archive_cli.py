@@ -16,6 +16,7 @@ from daemon.archive_files import VISIT_FILE, archive_level, is_visit_folder, rea
 from daemon.config import DEFAULT_CONFIG, SERVICE_CONFIG, ConfigError, running_config
 from daemon.config_file import load_config
 from daemon.gallery_names import twin_key
+from engines.base import file_sha256
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -68,6 +69,13 @@ def register(commands: argparse._SubParsersAction) -> None:
         "is refused, and then nothing is deleted.",
     )
     remove.add_argument("visits", nargs="+", type=Path, metavar="VISIT_FOLDER")
+    remove.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="the daemon's config: only visits of its archive.dir are deleted (as `archive "
+        "list --config` lists them)",
+    )
     remove.set_defaults(func=run_remove)
 
 
@@ -103,6 +111,26 @@ def _names(about: dict[str, Any]) -> list[str]:
     if named is None:
         named = [about["identity"]] if about.get("identity") else []
     return [str(name) for name in named]
+
+
+def visits_of(root: Path, name: str, photos: set[str]) -> list[Path]:
+    """The visits under ``root`` that show ``name``: an event of theirs named them (in any
+    case, as ``list --name`` finds them), or one of their images is a photo ``name`` was
+    enrolled from (its SHA-256 in ``photos``: enrolled from the visit's folder, the visit
+    itself may name nobody)."""
+    key = twin_key(name)
+    return [
+        folder
+        for folder, about in read_visits(root)
+        if key in map(twin_key, _names(about)) or _holds(folder, photos)
+    ]
+
+
+def _holds(folder: Path, photos: set[str]) -> bool:
+    """Whether an image of the visit ``folder`` is one of ``photos`` (SHA-256s)."""
+    return bool(photos) and any(
+        file_sha256(image) in photos for image in folder.glob("*.jpg") if image.is_file()
+    )
 
 
 def _wanted(about: dict[str, Any], args: argparse.Namespace) -> bool:
@@ -239,7 +267,30 @@ def run_remove(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
+    status, outside = _outside_the_archive(args.config, visits)
+    if outside:
+        print(f"error: {outside}; nothing was deleted", file=sys.stderr)
+        return status
     for folder in visits:
         shutil.rmtree(folder)
         print(f"deleted {folder}")
     return 0
+
+
+def _outside_the_archive(config: Path | None, visits: list[Path]) -> tuple[int, str]:
+    """Why some of ``visits`` may not be deleted with ``--config`` (exit status 2: the config
+    names no archive; 1: its archive.dir has not all of them); "" when it has all, or
+    without a config."""
+    if config is None:
+        return 0, ""
+    try:
+        root = load_config(config, secrets=False).archive.dir
+    except ConfigError as exc:
+        return 2, str(exc)
+    if root is None:
+        return 2, f"{config}: archive.dir is not set (the archive is off)"
+    archive = Path(root).resolve()
+    foreign = [str(folder) for folder in visits if archive not in folder.parents]
+    if foreign:
+        return 1, f"not in the face archive {archive} of {config}: {', '.join(foreign)}"
+    return 0, ""

@@ -283,6 +283,18 @@ class Gallery:
             holders.setdefault(source, set()).add(lookup_name(name))
         return holders
 
+    def sources_of(self, name: str) -> set[str]:
+        """The SHA-256s of the images ``name``'s faces were enrolled from (GalleryError when
+        no one of that name is enrolled)."""
+        try:
+            identity_id = self._identity_id(self._conn, name)
+            rows = self._conn.execute(
+                "SELECT source_sha256 FROM embeddings WHERE identity_id = ?", (identity_id,)
+            ).fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise translate(self.path, exc) from None
+        return {str(row[0]) for row in rows}
+
     def knows(self, name: str) -> bool:
         """Whether ``name`` is enrolled, found as the commands find it (``lookup_name``)."""
         try:

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from daemon import gallery_export
+from daemon import forget, gallery_export
 from daemon.cli_args import number
 from daemon.config import Config, ConfigError, RecognitionConfig
 from daemon.config_file import load_config
@@ -102,7 +102,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     sub = p.add_subparsers(dest="gallery_command", metavar="ACTION", required=True)
     actions = {
         "list": ("who is enrolled", _list),
-        "remove": ("forget a person and all their faces", _remove),
+        "remove": ("remove a person and their enrolled faces from the gallery", _remove),
         "rename": ("rename a person", _rename),
         "threshold": ("set one person's match threshold, or the gallery default", _threshold),
         "export": ("write every embedding to FILE (.json or .npz, by its suffix)", _export),
@@ -113,6 +113,10 @@ def register(commands: argparse._SubParsersAction) -> None:
         "threshold": "NAME VALUE sets NAME's own threshold (squared L2 in (0, 4]: a face "
         "matches NAME when closer than this); NAME default makes NAME use the gallery default "
         "again; --default VALUE sets the gallery default (what `gallery calibrate` chooses).",
+        "remove": "Remove a person and their enrolled faces from the gallery (their embeddings); "
+        "the daemon stops naming them at its next reload and deletes their MQTT topics. "
+        "Their face archive visits, events and history elsewhere stay: --forget deletes the "
+        "visits and lists the rest (docs/operations.md, 'Forgetting a person').",
         "export": "Write every enrolled embedding, with names, thresholds and the model id, to "
         "FILE (owner-only: these are biometric data). An existing FILE is kept unless --force.",
         "import": "Add every person and embedding of FILE (a `gallery export`, .json or .npz) "
@@ -136,7 +140,20 @@ def register(commands: argparse._SubParsersAction) -> None:
         add_gallery_option(parsers[name])
         parsers[name].set_defaults(func=_guarded(func))
     parsers["list"].add_argument("--json", action="store_true", help="JSON on stdout")
-    parsers["remove"].add_argument("name", help="the person to forget, as `gallery list` shows")
+    parsers["remove"].add_argument("name", help="the person to remove, as `gallery list` shows")
+    parsers["remove"].add_argument(
+        "--forget",
+        action="store_true",
+        help="also delete the face archive's visits that show them (an event named them, in "
+        "any case, or an image is one they were enrolled from), then list what facewatch "
+        "cannot delete; needs --config or --archive",
+    )
+    parsers["remove"].add_argument(
+        "--archive",
+        type=Path,
+        metavar="DIR",
+        help="with --forget: the face archive folder (default: the --config's archive.dir)",
+    )
     parsers["rename"].add_argument("old", help="the person's name now")
     parsers["rename"].add_argument("new", help="the new name")
     threshold = parsers["threshold"]
@@ -263,9 +280,17 @@ def _warn_twins(names: list[str]) -> None:
 
 
 def _remove(args: argparse.Namespace) -> int:
+    if args.archive is not None and not args.forget:
+        raise ConfigError("--archive is for --forget (the face archive to delete visits from)")
+    config = daemon_config(args)
+    root = forget.archive_to_forget(args, config) if args.forget else None
     with Gallery.open(gallery_path(args), writable=True) as gallery:
+        if root is not None:  # first: their enrolled photos are known only while enrolled
+            forget.forget_visits(root, args.name, gallery.sources_of(args.name))
         count = gallery.remove(args.name)
     print(f"removed {args.name} ({count} face(s))")
+    if args.forget:
+        forget.say_what_remains(args.name, config)
     return 0
 
 

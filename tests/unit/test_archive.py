@@ -605,3 +605,92 @@ def test_archive_list_tells_apart_the_two_times_of_the_hour_a_clock_goes_back(
     assert len(starts) == 2 and len(set(starts)) == 2, starts
     assert all(start.startswith("2026-11-01 01:30:00") for start in starts)
     assert {start[19:] for start in starts} <= {"", "-0400", "-0500"}
+
+
+def _named_visit(root: Path, camera: str, name: str, named: list[str], image: bytes) -> Path:
+    """A visit folder as the writer leaves it, whose events named ``named``."""
+    folder = root / "2026-11-30" / camera / name
+    folder.mkdir(parents=True)
+    (folder / "face-1.jpg").write_bytes(image)
+    about = {"camera": camera, "identity": None, "named": named, "first_seen_ts": 1.8e9,
+             "images": [{"file": "face-1.jpg"}]}  # fmt: skip
+    (folder / VISIT_FILE).write_text(json.dumps(about))
+    return folder
+
+
+def test_gallery_remove_forget_deletes_the_visits_that_show_them(tmp_path, capsys) -> None:
+    """`gallery remove NAME --forget` also deletes the archive's visits that named them (in
+    any case) and those holding a photo they were enrolled from (an unknown visit they were
+    enrolled from), keeps the others, and lists what facewatch cannot reach."""
+    import hashlib
+
+    from daemon.gallery import Enrollment, Gallery
+
+    root = tmp_path / "faces"
+    photo = b"\xff\xd8 the photo Zoe was enrolled from"
+    named = _named_visit(root, "door", "101500-t1-zo-0a1b2c3d", ["Zoë"], b"\xff\xd8 a")
+    shouted = _named_visit(root, "gate", "101600-t2-unknown", ["ZOË"], b"\xff\xd8 b")
+    enrolled_from = _named_visit(root, "door", "101700-t3-unknown", [], photo)
+    bob = _named_visit(root, "door", "101800-t4-unknown", ["Bob"], b"\xff\xd8 c")
+    stranger = _named_visit(root, "door", "101900-t5-unknown", [], b"\xff\xd8 d")
+    gallery = tmp_path / "gallery.sqlite"
+    with Gallery.create(gallery, "facenet-test@sha256:0123", 4) as made:
+        made.enroll(
+            [
+                Enrollment("Zoë", np.array([1, 0, 0, 0], np.float32),
+                           hashlib.sha256(photo).hexdigest()),
+                Enrollment("Bob", np.array([0, 1, 0, 0], np.float32), "b1"),
+            ]
+        )  # fmt: skip
+    config = tmp_path / "facewatch.yaml"
+    config.write_text(json.dumps({
+        "cameras": [{"name": "door", "url": str(CLIP)}],
+        "recognition": {"gallery": str(gallery)},
+        "archive": {"dir": str(root), "which": "all"},
+        "events": {"jsonl_file": str(tmp_path / "events.jsonl")},
+    }))  # fmt: skip
+    remove = ["gallery", "remove", "Zoë", "--forget"]
+    assert main(remove) == 2, "no archive given"
+    assert "--config FILE (its archive.dir) or --archive DIR" in capsys.readouterr().err
+    assert main(["gallery", "remove", "Zoe", "--forget", "--config", str(config)]) == 1
+    assert "did you mean 'Zoë'" in capsys.readouterr().err
+    assert named.exists(), "a mistyped name deletes nothing"
+    assert main([*remove, "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert not named.exists() and not shouted.exists() and not enrolled_from.exists()
+    assert bob.exists() and stranger.exists()
+    assert f"deleted 3 visit(s) of Zoë from the face archive {root}" in out
+    assert "removed Zoë (1 face(s))" in out
+    assert f"the events file {tmp_path / 'events.jsonl'}" in out
+    assert "gallery exports (backups): a restore brings them back" in out
+    assert 'facewatch_recognitions_total{identity="Zoë"}' in out
+    with Gallery.open(gallery) as left:
+        assert [p.name for p in left.identities()] == ["Bob"]
+    assert main(["gallery", "remove", "Bob", "--gallery", str(gallery), "--archive", "x"]) == 2
+    assert "--archive is for --forget" in capsys.readouterr().err
+
+
+def test_gallery_remove_says_what_it_removes(capsys) -> None:
+    """Its help promised to "forget a person and all their faces": their archived visits,
+    events and history stayed."""
+    for command in (["gallery", "--help"], ["gallery", "remove", "--help"]):
+        with pytest.raises(SystemExit):
+            main(command)
+        out = " ".join(capsys.readouterr().out.split())
+        assert "remove a person and their enrolled faces from the gallery" in out.lower()
+        assert "forget a person and all their faces" not in out
+    assert "--forget deletes the visits and lists the rest" in out
+
+
+def test_archive_remove_with_config_deletes_only_its_archives_visits(tmp_path, capsys) -> None:
+    root = tmp_path / "faces"
+    ours = _named_visit(root, "door", "101500-t1-unknown", [], b"\xff\xd8 a")
+    theirs = _named_visit(tmp_path / "other", "door", "101600-t2-unknown", [], b"\xff\xd8 b")
+    config = tmp_path / "facewatch.yaml"
+    config.write_text(json.dumps({"cameras": [{"name": "door", "url": str(CLIP)}],
+                                  "archive": {"dir": "faces"}}))  # fmt: skip
+    remove = ["archive", "remove", "--config", str(config)]
+    assert main([*remove, str(ours), str(theirs)]) == 1
+    assert f"not in the face archive {root.resolve()}" in capsys.readouterr().err
+    assert ours.exists() and theirs.exists(), "nothing deleted"
+    assert main([*remove, str(ours)]) == 0 and not ours.exists()

@@ -1,0 +1,66 @@
+"""``facewatch gallery remove NAME --forget``: beyond the gallery, the face archive's visits
+that show the person are deleted, and what facewatch cannot delete is listed (the steps are
+in docs/operations.md, "Forgetting a person")."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+from pathlib import Path
+
+from daemon.archive_cli import visits_of
+from daemon.config import Config, ConfigError
+from daemon.gallery import GalleryError
+
+
+def archive_to_forget(args: argparse.Namespace, config: Config | None) -> Path | None:
+    """The face archive ``--forget`` deletes visits from: ``--archive``, else the
+    ``--config``'s archive.dir (None: it has none, said on stdout). ConfigError when neither
+    is given; GalleryError when the folder cannot be read (nothing is deleted then)."""
+    if args.archive is not None:
+        root = Path(args.archive)
+    elif config is not None:
+        if config.archive.dir is None:
+            print(f"{args.config}: archive.dir is not set: no face archive to delete visits from")
+            return None
+        root = Path(config.archive.dir)
+    else:
+        raise ConfigError(
+            "--forget needs the face archive: --config FILE (its archive.dir) or --archive DIR"
+        )
+    if root.exists() and not (root.is_dir() and os.access(root, os.R_OK | os.W_OK | os.X_OK)):
+        raise GalleryError(
+            f"{root}: the face archive cannot be read and written by this user; run as the "
+            "daemon's user (the `fw` helper of docs/operations.md, section 2); nothing was removed"
+        )
+    return root
+
+
+def forget_visits(root: Path, name: str, photos: set[str]) -> None:
+    """Delete the visits under ``root`` that show ``name`` (``visits_of``), each said."""
+    visits = visits_of(root, name, photos) if root.is_dir() else []
+    for folder in visits:
+        shutil.rmtree(folder)
+        print(f"deleted {folder}")
+    print(f"deleted {len(visits)} visit(s) of {name} from the face archive {root}")
+
+
+def say_what_remains(name: str, config: Config | None) -> None:
+    """What facewatch cannot delete, each with where it is (docs: Forgetting a person)."""
+    events = config.events if config is not None else None
+    jsonl = events.jsonl_file if events is not None else None
+    lines = [
+        f"the events file {jsonl} and its rotated copies: events naming {name}"
+        if jsonl
+        else "the events JSON-lines file (events.jsonl_file), if one is kept",
+        "the journal, when events.stdout is on under systemd: every event line",
+        "gallery exports (backups): a restore brings them back",
+        f'Prometheus: facewatch_recognitions_total{{identity="{name}"}} until its retention',
+        "Home Assistant's history (recorder) of their entities, and a camera's last face",
+        "events spooled for MQTT while the broker is away are still sent",
+        "the photos they were enrolled from, wherever you keep them",
+    ]
+    print("not reached by facewatch (docs/operations.md, 'Forgetting a person'):")
+    for line in lines:
+        print(f"  {line}")
