@@ -398,6 +398,7 @@ class MqttPublisher:
             self._acked.discard(row_id)
         pending = self.spool.peek(1)
         if not pending:
+            self.spool.tidy()  # what was sent leaves the WAL
             self._wake.wait(0.5)
             self._wake.clear()
             return

@@ -28,6 +28,10 @@ logger = logging.getLogger(__name__)
 SPOOL_FILE = "mqtt-spool.sqlite"
 SQLITE_IOERR, SQLITE_CORRUPT, SQLITE_FULL, SQLITE_NOTADB = 10, 11, 13, 26
 SHRINK_ABOVE_BYTES = 8 << 20  # an empty spool's file larger than this is vacuumed
+# a drained spool's write-ahead log is emptied at most this often: it holds the messages sent
+# (events, face snapshots) until then, also after a crash
+TIDY_EVERY_S = 60.0
+WAL_LIMIT_BYTES = 1 << 20  # what an emptied WAL file keeps of its size
 
 
 # SQLite's own words for its result codes (Python 3.10's exceptions carry no code)
@@ -104,6 +108,7 @@ class Spool:
             raise _unusable(self.path, exc) from exc
         self._lock = threading.Lock()
         self._dropped, self._next_drop_log = 0, 0.0
+        self._sent_in_wal, self._tidied = False, time.monotonic()  # (see tidy)
         if self._count:
             logger.info(
                 "MQTT spool %s: %d messages from before, sent first", self.path, self._count
@@ -149,6 +154,7 @@ class Spool:
             # sent events and face snapshots are overwritten, not left in free pages (SQLite's
             # default is off; only some builds turn it on)
             db.execute("PRAGMA secure_delete=ON")
+            db.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
             db.execute(
                 "CREATE TABLE IF NOT EXISTS messages (id INTEGER PRIMARY KEY AUTOINCREMENT, "
                 "topic TEXT NOT NULL, payload BLOB NOT NULL, qos INTEGER NOT NULL, "
@@ -221,8 +227,26 @@ class Spool:
         with self._lock:
             deleted = self._db.execute("DELETE FROM messages WHERE id = ?", (row_id,)).rowcount
             self._count -= deleted
+            self._sent_in_wal = self._sent_in_wal or bool(deleted)
             if deleted and not self._count:
                 self._shrink()
+
+    def tidy(self, every_s: float = TIDY_EVERY_S) -> None:
+        """When the spool is empty, and at most once in ``every_s``: write its write-ahead
+        log into the file and empty it, so that the messages sent (events naming people,
+        their faces) are no longer readable there (the file overwrites them: secure_delete)."""
+        with self._lock:
+            if self._count or not self._sent_in_wal:
+                return
+            if time.monotonic() - self._tidied < every_s:
+                return
+            self._tidied = time.monotonic()
+            try:
+                busy = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+            except sqlite3.Error as exc:
+                logger.debug("MQTT spool %s: WAL not emptied: %s", self.path, exc)
+                return
+            self._sent_in_wal = bool(busy)
 
     def _shrink(self) -> None:
         """Once a backlog is sent, give its space back to the disk (SQLite keeps a file's

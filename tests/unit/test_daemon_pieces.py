@@ -108,6 +108,23 @@ def test_a_sent_message_leaves_no_trace_in_the_spool_file(tmp_path, monkeypatch)
     assert b"stays" in data and face[:64] not in data
 
 
+def test_a_drained_spool_keeps_no_sent_message_in_its_wal(tmp_path) -> None:
+    """Events and faces sent stayed readable in the spool's -wal file (up to ~4 MB of recent
+    history) while the daemon ran, and after a crash: once the spool is drained, they go."""
+    spool = Spool(tmp_path / "spool")
+    face = b"\xff\xd8" + os.urandom(3000)
+    spool.append("snapshots/door/1", face)
+    spool.delete(spool.peek(1)[0].row_id)
+    wal = spool.path.with_name(spool.path.name + "-wal")
+    spool.tidy(every_s=3600)
+    assert face[:64] in wal.read_bytes(), "not at every message: once in every_s"
+    spool.tidy(every_s=0)
+    assert face[:64] not in wal.read_bytes() + spool.path.read_bytes()
+    spool.append("t", b"still works")
+    assert [m.payload for m in spool.peek(2)] == [b"still works"]
+    spool.close()
+
+
 def test_sqlite_errors_are_told_apart_without_their_codes_too() -> None:
     """Python 3.10 (JetPack 6's) gives no sqlite_errorcode: SQLite's words tell the damaged
     spool to set aside and the full disk to wait for."""
