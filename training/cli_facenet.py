@@ -447,7 +447,7 @@ def _add_export(commands: argparse._SubParsersAction) -> None:
         action="store_true",
         help="with --force: replace the model at --out even when its recorded LFW accuracy is "
         "clearly higher than this one's (by more than 1 point, or its std over the folds when "
-        "larger)",
+        "larger), or was measured on more pairs",
     )
     p.add_argument("--name", default="facenet", help="model name in the sidecar")
     p.add_argument(

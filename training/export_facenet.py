@@ -140,11 +140,21 @@ def _sidecar_lfw(onnx_path: Path) -> dict[str, Any] | None:
 def replacement_refused(out_path: Path, lfw: dict[str, Any] | None) -> str | None:
     """Why the new model (its LFW figures ``lfw``) must not replace the model at ``out_path``
     without --even-if-worse: the one there has recorded LFW figures, and the new one's
-    accuracy is lower by more than CLEARLY_WORSE (or the old figures' std, when larger).
-    None when either has no figures (an unmeasured model is warned about, not refused)."""
+    accuracy is lower by more than CLEARLY_WORSE (or the old figures' std, when larger), or
+    its figures come from fewer pairs (80 pairs at 1.000 cannot show a model as good as
+    6000 at 0.987). None when either has no figures (an unmeasured model is warned about,
+    not refused)."""
     old, new = _accuracy(_sidecar_lfw(out_path)), _accuracy(lfw)
     if old is None or new is None:  # nothing to compare: an unmeasured model is warned about
         return None
+    if new[2] < old[2]:
+        return (
+            f"--out {out_path}: this model's LFW figures, {_shown(new)}, come from fewer pairs "
+            f"than those of the one there, {_shown(old)}: they cannot show it is as good; "
+            "measure it on the same pairs (`facewatch train validate MODEL --align --lfw-dir "
+            f"DIR --lfw-pairs pairs.txt --record`), or {EVEN_IF_WORSE} replaces it anyway (it "
+            f"is kept under {out_path.parent / 'replaced'}), or choose another --out"
+        )
     margin = max(CLEARLY_WORSE, old[1])
     if new[0] < old[0] - margin:
         return (
