@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -47,3 +48,17 @@ def test_model(tmp_path_factory) -> Path:
 
     data = SHARED_DATA if (SHARED_DATA / "README.md").is_file() else None
     return build_test_model(tmp_path_factory.getbasetemp() / "facenet-test-model", data)
+
+
+@pytest.fixture
+def sqlite_default_build(monkeypatch) -> None:
+    """sqlite3 connections as an SQLite built with its own defaults makes them: secure_delete
+    off (Debian's build turns it on), so that a test of what a file keeps can fail."""
+    connect = sqlite3.connect
+
+    def default_build(*args, **kwargs):  # type: ignore[no-untyped-def]
+        conn = connect(*args, **kwargs)
+        conn.execute("PRAGMA secure_delete = OFF")
+        return conn
+
+    monkeypatch.setattr(sqlite3, "connect", default_build)

@@ -87,17 +87,9 @@ def test_a_drained_spool_gives_its_space_back(tmp_path) -> None:
     spool.close()
 
 
-def test_a_sent_message_leaves_no_trace_in_the_spool_file(tmp_path, monkeypatch) -> None:
+def test_a_sent_message_leaves_no_trace_in_the_spool_file(tmp_path, sqlite_default_build) -> None:
     """A delivered face snapshot is overwritten in the spool's file, also with an SQLite
     built with its own default (secure_delete off: Debian's build turns it on)."""
-    connect = sqlite3.connect
-
-    def default_build(*args, **kwargs):  # type: ignore[no-untyped-def]
-        db = connect(*args, **kwargs)
-        db.execute("PRAGMA secure_delete = OFF")
-        return db
-
-    monkeypatch.setattr(sqlite3, "connect", default_build)
     face = b"\xff\xd8" + os.urandom(3000)
     spool = Spool(tmp_path / "spool")
     spool.append("snapshots/door/1", face)

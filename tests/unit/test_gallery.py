@@ -268,19 +268,11 @@ def test_remove_and_rename(gallery) -> None:
 
 
 def test_a_removed_persons_name_and_embeddings_are_gone_from_the_file(
-    tmp_path, monkeypatch
+    tmp_path, sqlite_default_build
 ) -> None:
     """`gallery remove` overwrites the person's rows: neither their name nor their face
     embedding can be read from the file (or a copy of it) afterwards, also with an SQLite
     built with its own default (secure_delete off: Debian's build turns it on)."""
-    connect = sqlite3.connect
-
-    def default_build(*args, **kwargs):  # type: ignore[no-untyped-def]
-        conn = connect(*args, **kwargs)
-        conn.execute("PRAGMA secure_delete = OFF")
-        return conn
-
-    monkeypatch.setattr(sqlite3, "connect", default_build)
     path = tmp_path / "g.sqlite"
     face = unit(0.3, 0.7, 0.1, 0.9)
     with Gallery.create(path, MODEL, D) as made:
