@@ -12,12 +12,13 @@ Events (``TrackEvent.kind``):
 - ``left``: a confirmed track has not been seen for ``lost_after_s`` (reason ``lost``), or
   the daemon stops while it is open (reason ``stopped``).
 
-A track's identity is the plurality of its last ``vote_window`` recognitions ("unknown"
-votes included) once it has at least ``min_votes`` of them (``unknown_votes`` for unknown:
-a known face seen turned away at first is not announced a stranger, then named). Once announced, it holds until
-another identity outnumbers it by ``switch_margin`` votes (a face near the threshold would
-otherwise flip between a name and unknown at each recognition). Its confidence is the share
-of the window that agrees.
+A track's first identity needs a majority of its recognitions ("unknown" votes included):
+``min_votes`` of them for a name, ``unknown_votes`` for unknown (a known face seen turned
+away at first is not announced a stranger, then named). Later it is the plurality of the
+last ``vote_window`` recognitions, and an announced one holds until another identity
+outnumbers it by ``switch_margin`` votes (a face near the threshold would otherwise flip
+between a name and unknown at each recognition). Its confidence is the share of the window
+that agrees.
 """
 
 from __future__ import annotations
