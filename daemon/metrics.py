@@ -103,8 +103,9 @@ RECOGNITIONS = Counter(
 EVENTS = Counter("facewatch_events_total", "identity events emitted", ["camera", "type"])
 EVENT_LATENCY = Histogram(
     "facewatch_frame_to_event_seconds",
-    "from frame capture to the event's publication (all events but 'left', which waits "
-    "tracking.lost_after_s by design)",
+    "from frame capture to the event's publication (the events of a frame: not 'left' nor a "
+    "'confirmed' sent as its track leaves, which wait tracking.lost_after_s by design, nor "
+    "those of a gallery change)",
     buckets=_LATENCY_BUCKETS,
 )
 MQTT_CONNECTED = Gauge(  # exported only by a daemon that uses MQTT (init)

@@ -434,9 +434,11 @@ class MqttPublisher:
 
     @staticmethod
     def _observe_latency(event: dict[str, Any] | None) -> None:
+        # the events of a frame: not those with a reason (left and a confirmed sent as its
+        # track leaves wait tracking.lost_after_s by design; a gallery change is no frame's)
         captured = None if event is None else event.get("frame_ts")
-        if isinstance(captured, (int, float)) and event and event.get("type") != "left":
-            metrics.EVENT_LATENCY.observe(max(0.0, time.time() - captured))  # left: waits
+        if isinstance(captured, (int, float)) and event and event.get("reason") is None:
+            metrics.EVENT_LATENCY.observe(max(0.0, time.time() - captured))
 
     def _drop_unreadable(self, message: Message, why: Exception) -> None:
         """A spooled event that cannot be read would stop every message after it: it goes,

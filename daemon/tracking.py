@@ -141,7 +141,8 @@ class TrackEvent:
     confidence: float
     distance: float | None
     previous: str | None = None
-    reason: str | None = None  # left: "lost" or "stopped"
+    # left, and a confirmed sent as its track leaves: "lost" or "stopped"; "gallery"
+    reason: str | None = None
 
 
 class Tracker:
@@ -325,10 +326,11 @@ class Tracker:
         events = []
         for track in gone:
             if not track.confirmed and track.hits >= self.config.confirm_frames:
-                # seen long enough, gone before its vote was in: announced as it leaves,
-                # undecided, so that the visit has its events (and its archive folder)
+                # seen long enough, gone before its vote was in: announced as it leaves
+                # (with its reason), undecided, so that the visit has its events (and its
+                # archive folder)
                 track.confirmed = True
-                events.append(TrackEvent("confirmed", track, None, 0.0, None))
+                events.append(TrackEvent("confirmed", track, None, 0.0, None, reason=reason))
             if track.confirmed:
                 confidence, distance = (
                     track.support(track.identity or UNKNOWN) if track.judged else (0.0, None)

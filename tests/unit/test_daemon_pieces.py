@@ -973,3 +973,21 @@ def test_faces_smaller_than_min_face_px_are_not_recognised_and_cast_no_vote(tmp_
         pipeline.process([Frame("far", k, 3000.0 + k / 5, image)])
     assert [(e["type"], e["identity"]) for e in events] == [("confirmed", "ann")]
     assert engines.embedded == embedded
+
+
+def test_latency_counts_only_the_events_of_a_frame() -> None:
+    """A confirmed sent as its track leaves (undecided: its frame_ts is the last sighting,
+    lost_after_s ago) added a ~2 s sample to facewatch_frame_to_event_seconds, as left and
+    a gallery change's events would: only the events of a frame are counted."""
+    from daemon.mqtt import MqttPublisher
+
+    def count() -> float:
+        return REGISTRY.get_sample_value("facewatch_frame_to_event_seconds_count") or 0.0
+
+    before = count()
+    now = time.time()
+    for kind, reason in (("confirmed", "lost"), ("left", "lost"), ("identified", "gallery")):
+        MqttPublisher._observe_latency({"type": kind, "reason": reason, "frame_ts": now - 2})
+    assert count() == before
+    MqttPublisher._observe_latency({"type": "confirmed", "reason": None, "frame_ts": now})
+    assert count() == before + 1

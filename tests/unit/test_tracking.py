@@ -129,7 +129,10 @@ def test_a_face_too_small_to_match_is_still_announced_and_a_brief_one_as_it_leav
     for k in range(4):
         assert run(brief, k / 5, faces(box), [None]) == []
     gone = brief.expire(5.0)
-    assert [(e.kind, e.identity) for e in gone] == [("confirmed", None), ("left", None)]
+    assert [(e.kind, e.identity, e.reason) for e in gone] == [
+        ("confirmed", None, "lost"),
+        ("left", None, "lost"),
+    ]
     approaching = Tracker("door", config)
     for k in range(6):  # too small to match: no vote
         assert approaching.decide(approaching.update(k / 5, faces(box))) == []
