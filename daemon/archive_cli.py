@@ -117,12 +117,16 @@ def visits_of(root: Path, name: str, photos: set[str]) -> list[Path]:
     """The visits under ``root`` that show ``name``: an event of theirs named them (in any
     case, as ``list --name`` finds them), or one of their images is a photo ``name`` was
     enrolled from (its SHA-256 in ``photos``: enrolled from the visit's folder, the visit
-    itself may name nobody)."""
+    itself may name nobody). Only folders the writer made, inside ``root`` itself: not a
+    folder of the user's own, nor one behind a symbolic link (it may lead anywhere)."""
     key = twin_key(name)
+    inside = root.resolve()
     return [
         folder
         for folder, about in read_visits(root)
-        if key in map(twin_key, _names(about)) or _holds(folder, photos)
+        if is_visit_folder(folder)
+        and inside in folder.resolve().parents
+        and (key in map(twin_key, _names(about)) or _holds(folder, photos))
     ]
 
 

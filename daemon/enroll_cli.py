@@ -43,8 +43,8 @@ from daemon.recognition import (
     UNLIKE_FACTOR,
     QualityGates,
     Rejected,
-    closest_people,
     face_at,
+    look_alikes,
     unlike_faces,
 )
 from daemon.recognition_cli import Models, add_model_options, is_hidden, load_models, photo_files
@@ -347,26 +347,24 @@ def _warn_look_alikes(
     enrolled: _Enrolled, embeddings: np.ndarray, accepted: list[tuple[str, Path, str]]
 ) -> None:
     """Say which new people look like someone else (enrolled, or in this enroll): nearer
-    each other than their own photos are, as calibrate judges it; one person under two names
+    each other than their own photos lie, as calibrate judges it; one person under two names
     is named either way, one photo as one, the next as the other."""
     names = [name for name, _, _ in accepted]
     first = set(names) - set(enrolled.owners)
     if not first:
         return
     vectors = np.concatenate([embeddings, enrolled.vectors])
-    close, _ = closest_people(vectors, [*names, *enrolled.owners], below=0.0, limit=len(first))
-    for pair in close:
-        new, other = sorted((pair.first, pair.second), key=lambda name: name not in first)
-        if new in first:
-            print(
-                _shown(
-                    f"warning: {new} looks like {other} ({pair.distance:.3f}, "
-                    "nearer than their own photos lie to each other): the same person? (one "
-                    "person under two names is named as either: if so, `gallery remove` one "
-                    "and enroll its photos under the other's name)"
-                ),
-                file=sys.stderr,
-            )
+    owners = [*names, *enrolled.owners]
+    for pair in look_alikes(vectors, owners, first, enrolled.threshold_of(set(names))):
+        print(
+            _shown(
+                f"warning: {pair.first} looks like {pair.second} ({pair.distance:.3f} apart, "
+                "as near as photos of one person): the same person? (one person under two "
+                "names is named as either: if so, `gallery remove` one and enroll its photos "
+                "under the other's name)"
+            ),
+            file=sys.stderr,
+        )
 
 
 def _store(

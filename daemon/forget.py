@@ -38,10 +38,18 @@ def archive_to_forget(args: argparse.Namespace, config: Config | None) -> Path |
 
 
 def forget_visits(root: Path, name: str, photos: set[str]) -> None:
-    """Delete the visits under ``root`` that show ``name`` (``visits_of``), each said."""
+    """Delete the visits under ``root`` that show ``name`` (``visits_of``), each said;
+    GalleryError naming the folder that could not be (the person is still enrolled then: the
+    command can be run again)."""
     visits = visits_of(root, name, photos) if root.is_dir() else []
     for folder in visits:
-        shutil.rmtree(folder)
+        try:
+            shutil.rmtree(folder)
+        except OSError as exc:
+            raise GalleryError(
+                f"{folder}: could not be deleted ({exc.strerror or exc}); {name} is still "
+                "enrolled: fix it and run the command again"
+            ) from exc
         print(f"deleted {folder}")
     print(f"deleted {len(visits)} visit(s) of {name} from the face archive {root}")
 

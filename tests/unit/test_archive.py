@@ -649,6 +649,12 @@ def test_gallery_remove_forget_deletes_the_visits_that_show_them(tmp_path, capsy
         "archive": {"dir": str(root), "which": "all"},
         "events": {"jsonl_file": str(tmp_path / "events.jsonl")},
     }))  # fmt: skip
+    # what is not the writer's, or lies behind a link, is never deleted (nor stops it)
+    elsewhere = _named_visit(tmp_path / "elsewhere", "yard", "101500-t9-zo-0a1b2c3d", ["Zoë"],
+                             b"\xff\xd8 e")  # fmt: skip
+    (root / "2026-11-30" / "yard").symlink_to(elsewhere.parent)
+    (root / "2026-11-30" / "door" / "102000-t6-zo-0a1b2c3d").symlink_to(elsewhere)
+    own = _named_visit(root, "door", "my photos of zoe", ["Zoë"], b"\xff\xd8 f")
     remove = ["gallery", "remove", "Zoë", "--forget"]
     assert main(remove) == 2, "no archive given"
     assert "--config FILE (its archive.dir) or --archive DIR" in capsys.readouterr().err
@@ -659,6 +665,7 @@ def test_gallery_remove_forget_deletes_the_visits_that_show_them(tmp_path, capsy
     out = capsys.readouterr().out
     assert not named.exists() and not shouted.exists() and not enrolled_from.exists()
     assert bob.exists() and stranger.exists()
+    assert elsewhere.exists() and own.exists()
     assert f"deleted 3 visit(s) of Zoë from the face archive {root}" in out
     assert "removed Zoë (1 face(s))" in out
     assert f"the events file {tmp_path / 'events.jsonl'}" in out
@@ -694,3 +701,30 @@ def test_archive_remove_with_config_deletes_only_its_archives_visits(tmp_path, c
     assert f"not in the face archive {root.resolve()}" in capsys.readouterr().err
     assert ours.exists() and theirs.exists(), "nothing deleted"
     assert main([*remove, str(ours)]) == 0 and not ours.exists()
+
+
+def test_gallery_remove_forget_says_which_visit_it_could_not_delete(
+    tmp_path, capsys, monkeypatch
+) -> None:
+    """A visit that cannot be deleted (a permission, a read-only disk) is named, and the
+    person stays enrolled, so that the command can be run again (it stopped on a bare
+    'Cannot call rmtree on a symbolic link')."""
+    import shutil
+
+    from daemon.gallery import Enrollment, Gallery
+
+    root = tmp_path / "faces"
+    visit = _named_visit(root, "door", "101500-t1-zo-0a1b2c3d", ["Zoë"], b"\xff\xd8 a")
+    gallery = tmp_path / "gallery.sqlite"
+    with Gallery.create(gallery, "facenet-test@sha256:0123", 4) as made:
+        made.enroll([Enrollment("Zoë", np.array([1, 0, 0, 0], np.float32), "z1")])
+
+    def refuse(path: Path) -> None:
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(shutil, "rmtree", refuse)
+    argv = ["gallery", "remove", "Zoë", "--forget", "--gallery", str(gallery), "--archive"]
+    assert main([*argv, str(root)]) == 1
+    assert f"error: {visit}: could not be deleted (Permission denied)" in capsys.readouterr().err
+    with Gallery.open(gallery) as left:
+        assert [p.name for p in left.identities()] == ["Zoë"]
