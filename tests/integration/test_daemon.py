@@ -145,7 +145,9 @@ def test_two_rtsp_cameras_to_mqtt_with_gallery_reload_and_clean_stop(
     left = [(e["camera"], e["track_id"]) for e in events if e["type"] == "left"]
     assert sorted(left) == sorted(confirmed), "one left event per confirmed track"
     stopped = [e for e in events if e["reason"] == "stopped"]
-    assert stopped and all(e["type"] == "left" for e in stopped), "faces on screen at the stop"
+    assert any(e["type"] == "left" for e in stopped), "faces on screen at the stop"
+    # (a face still undecided at the stop is announced as it leaves, with the same reason)
+    assert all(e["type"] in ("left", "confirmed") for e in stopped), stopped
     assert _spooled(tmp_path) == 0
     assert "kept in the spool" not in daemon.log()
 
