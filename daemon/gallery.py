@@ -352,8 +352,10 @@ class Gallery:
             with contextlib.suppress(sqlite3.Error):
                 self._conn.execute("COMMIT")
 
-    def match(self, embeddings: np.ndarray) -> list[Match]:
-        """The identity (or unknown) of each of ``embeddings`` (N, D), nearest neighbour."""
+    def match(self, embeddings: np.ndarray, runner_up: bool = False) -> list[Match]:
+        """The identity (or unknown) of each of ``embeddings`` (N, D), nearest neighbour;
+        with ``runner_up`` (identify shows it), also the closest other identity: a second
+        pass over the gallery that the daemon's matching does not make."""
         queries = np.asarray(embeddings, dtype=np.float32).reshape(-1, self.embedding_size)
         if len(queries) == 0:
             return []
@@ -365,16 +367,21 @@ class Gallery:
         rows = np.arange(len(queries))
         best = np.argmax(similarity, axis=1)
         distances = np.maximum(2.0 - 2.0 * similarity[rows, best], 0.0)
-        others = np.where(owner[None, :] == owner[best][:, None], -np.inf, similarity)
-        second = np.argmax(others, axis=1)  # the nearest face of anyone else
-        second_distances = np.maximum(2.0 - 2.0 * others[rows, second], 0.0)
+        seconds: list[tuple[str | None, float]] = [(None, float("inf"))] * len(queries)
+        if runner_up:
+            others = np.where(owner[None, :] == owner[best][:, None], -np.inf, similarity)
+            second = np.argmax(others, axis=1)  # the nearest face of anyone else
+            second_distances = np.maximum(2.0 - 2.0 * others[rows, second], 0.0)
+            seconds = [
+                (names[int(owner[j])] if np.isfinite(d) else None, float(d))
+                for j, d in zip(second, second_distances, strict=True)
+            ]
         results = []
-        for row, dist, row2, dist2 in zip(best, distances, second, second_distances, strict=True):
+        for row, dist, (other, other_distance) in zip(best, distances, seconds, strict=True):
             who = int(owner[row])
             limit = float(thresholds[who])
             known = bool(dist < limit)
             confidence = float(np.clip(1.0 - dist / limit, 0.0, 1.0)) if known else 0.0
-            runner_up = names[int(owner[row2])] if np.isfinite(dist2) else None
             results.append(
                 Match(
                     names[who] if known else None,
@@ -382,8 +389,8 @@ class Gallery:
                     confidence,
                     names[who],
                     limit,
-                    runner_up,
-                    float(dist2),
+                    other,
+                    other_distance,
                 )
             )
         return results

@@ -238,7 +238,7 @@ def _identify_one(
 ) -> None:
     image = read_image(str(path))
     found = models.detector.detect([image])[0]
-    matches = gallery.match(models.facenet.embed_faces(image, found))
+    matches = gallery.match(models.facenet.embed_faces(image, found), runner_up=True)
     faces = [
         {**face, **_match_json(match)} for face, match in zip(found.to_json(), matches, strict=True)
     ]
