@@ -33,6 +33,7 @@ logger = logging.getLogger(__name__)
 
 SCHEMA_PATH = Path(__file__).with_name("event.schema.json")
 SNAPSHOT_SIZE = 160
+SNAPSHOT_PAD = 0.25  # the context around the face in a snapshot, of its size
 
 
 def _write_line(stream: TextIO, line: str) -> None:
@@ -141,7 +142,7 @@ def to_jpeg(crop: np.ndarray, max_side: int) -> bytes:
 
 def face_snapshot(image: np.ndarray, bbox_xyxy: np.ndarray) -> bytes:
     """A JPEG of the face with some context, at most SNAPSHOT_SIZE px on its long side."""
-    return to_jpeg(face_region(image, bbox_xyxy, 0.25), SNAPSHOT_SIZE)
+    return to_jpeg(face_region(image, bbox_xyxy, SNAPSHOT_PAD), SNAPSHOT_SIZE)
 
 
 class RetainedState(Protocol):

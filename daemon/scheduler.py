@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +18,17 @@ from daemon import metrics
 from daemon.archive import FaceArchive
 from daemon.cameras import Frame, FrameQueues
 from daemon.config import Config
-from daemon.events import EventSinks, event_json, face_snapshot, in_view_json, person_json
+from daemon.events import (
+    SNAPSHOT_PAD,
+    SNAPSHOT_SIZE,
+    EventSinks,
+    event_json,
+    face_region,
+    face_snapshot,
+    in_view_json,
+    person_json,
+    to_jpeg,
+)
 from daemon.gallery import DEFAULT_LOCK_TIMEOUT_S, Gallery, GalleryError
 from daemon.gallery_file import GalleryBusy, file_stamp
 from daemon.tracking import Track, Tracker, TrackEvent
@@ -88,6 +99,10 @@ class Pipeline:
         self._last_face: dict[str, float] = {}  # camera -> ts of its last frame with a track
         self._frame_hw: dict[str, tuple[int, ...]] = {}  # camera -> its tracks' frames' size
         self._refusals: dict[tuple[str, tuple[int, ...]], str | None] = {}
+        # (camera, track id) -> the latest face of a track not yet confirmed, for the snapshot
+        # of a confirmed sent as it leaves (with tracking.snapshots)
+        self._undecided_face: dict[tuple[str, int], np.ndarray] = {}
+        self._state_ts: dict[str, float] = {}  # camera -> ts of its latest in-view state
         self._enrolled: set[str] = set()  # the gallery's names
         self._gallery_stamp: tuple[int, ...] | None = None  # the file as last read
         self._gallery_busy = False  # the last reload found it being written (said once)
@@ -280,8 +295,19 @@ class Pipeline:
             seen = by_frame.get(id(frame), {})
             events = self.trackers[frame.camera].decide([face.track for face in seen.values()])
             for event in events:
-                self._emit(event, frame.camera, frame.ts, frame, seen[id(event.track)])
+                self._emit(event, frame.camera, frame.ts, seen[id(event.track)])
             self._changed(frame.camera, events, frame.ts)
+            if self.config.tracking.snapshots:
+                self._keep_undecided(seen.values())
+
+    def _keep_undecided(self, faces: Iterable[_Face]) -> None:
+        """The face of each track not confirmed yet, as its latest frame shows it: its
+        ``confirmed`` may come only as it leaves, with no frame to take a snapshot from."""
+        for face in faces:
+            if not face.track.confirmed:
+                crop = face_region(face.frame.image, face.own()[0], SNAPSHOT_PAD)
+                key = (face.frame.camera, face.track.track_id)
+                self._undecided_face[key] = crop.copy()  # not a view: frees the frame
 
     def expire(self, now: float, stopping: bool = False) -> None:
         """``left`` for the tracks gone (for every open one when ``stopping``). A camera that
@@ -294,13 +320,19 @@ class Pipeline:
             for event in events:
                 self._emit(event, camera, event.track.last_seen_ts)
             self._changed(camera, events, time.time())
+            live = {t.track_id for t in tracker.tracks}
+            for key in [k for k in self._undecided_face if k[0] == camera and k[1] not in live]:
+                del self._undecided_face[key]  # a track gone unannounced (too brief)
             if self.archive is not None:
-                self.archive.visits_ended(camera, events, {t.track_id for t in tracker.tracks})
+                self.archive.visits_ended(camera, events, live)
 
     def _changed(self, camera: str, events: list[TrackEvent], ts: float) -> None:
         """The state after ``camera``'s events: who it sees, where the people they name are."""
         if not events:
             return
+        # ``ts``: a frame's time, or the clock's at an expiry (later than frames still in
+        # the pipeline): never earlier than the camera's previous state's
+        ts = self._state_ts[camera] = max(ts, self._state_ts.get(camera, ts))
         self.sinks.in_view(camera, in_view_json(camera, self.trackers[camera].in_view(), ts))
         named = {name for e in events for name in (e.identity, e.previous) if name is not None}
         for name in sorted(named & self._enrolled):
@@ -314,19 +346,28 @@ class Pipeline:
         event: TrackEvent,
         camera: str,
         frame_ts: float,
-        frame: Frame | None = None,
         face: _Face | None = None,
     ) -> None:
-        """``face``: the event's face in ``frame`` (none for ``left``)."""
+        """``face``: the event's face in the frame that caused it (none for ``left`` and
+        the events of an expiry or a gallery reload)."""
         self._seq += 1
         where = face.own()[:2] if face is not None else None
         payload = event_json(
             event, self.config.node_id, camera, frame_ts, self.model_id, self._seq, where
         )
-        snapshot = None
-        if self.config.tracking.snapshots and frame is not None and where is not None:
-            snapshot = face_snapshot(frame.image, where[0])
+        snapshot = self._snapshot(event, camera, face) if self.config.tracking.snapshots else None
         self.sinks.emit(payload, snapshot)
+
+    def _snapshot(self, event: TrackEvent, camera: str, face: _Face | None) -> bytes | None:
+        """The event's face: in its frame; for a ``confirmed`` sent as the track leaves,
+        its latest face (kept while it was undecided); none for ``left`` and ``reason:
+        gallery``."""
+        undecided = self._undecided_face.pop((camera, event.track.track_id), None)
+        if face is not None:
+            return face_snapshot(face.frame.image, face.own()[0])
+        if event.kind == "confirmed" and undecided is not None:
+            return to_jpeg(undecided, SNAPSHOT_SIZE)
+        return None
 
     # -- the gallery ----------------------------------------------------------------------
 

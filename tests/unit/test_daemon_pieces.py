@@ -24,7 +24,7 @@ from prometheus_client import REGISTRY
 from daemon.cameras import Frame, FrameQueues
 from daemon.config import ConfigError
 from daemon.config_file import parse_config
-from daemon.events import EventSinks, in_view_json
+from daemon.events import EventSinks, face_snapshot, in_view_json
 from daemon.gallery import Enrollment, Gallery
 from daemon.scheduler import Pipeline
 from daemon.spool import Spool
@@ -991,3 +991,69 @@ def test_latency_counts_only_the_events_of_a_frame() -> None:
     assert count() == before
     MqttPublisher._observe_latency({"type": "confirmed", "reason": None, "frame_ts": now})
     assert count() == before + 1
+
+
+def test_a_confirmed_sent_as_its_face_leaves_has_the_snapshot_of_its_last_face(tmp_path) -> None:
+    """A face never decided (too small to recognise, seen a moment) is confirmed as it
+    leaves, with no frame then: it came without a snapshot (half of a busy camera's
+    confirmed), and a consumer waiting on snapshots/CAMERA/EVENT_ID waited for ever. Its
+    snapshot is its face in the last frame that showed it."""
+    path = tmp_path / "gallery.sqlite"
+    with Gallery.create(path, _OneFace.model_id, 8) as gallery:
+        gallery.enroll([Enrollment("ann", np.eye(8, dtype=np.float32)[0], "a" * 64)])
+    config = parse_config(
+        {
+            "cameras": [{"name": "far", "url": "far.mp4"}],
+            "recognition": {"model": None, "gallery": str(path)},
+            "tracking": {"snapshots": True},
+        }
+    )
+    sent: list[tuple[dict, bytes | None]] = []
+
+    class Sinks(EventSinks):
+        def emit(self, event: dict, snapshot: bytes | None = None) -> None:
+            sent.append((event, snapshot))
+
+    engines = _OneFace()
+    engines.side = 20.0  # below min_face_px: no vote, undecided
+    pipeline = Pipeline(config, engines, engines, Sinks())  # type: ignore[arg-type]
+    pipeline.reload_gallery()
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (360, 640, 3), np.uint8) for _ in range(4)]
+    for k, image in enumerate(images):
+        pipeline.process([Frame("far", k, 1000.0 + k / 5, image)])
+    assert sent == []
+    pipeline.expire(1015.0)  # its camera silent past the stall grace: the face is gone
+    assert [(e["type"], e["reason"]) for e, _ in sent] == [("confirmed", "lost"), ("left", "lost")]
+    (_, snapshot), (_, none) = sent
+    last_face = np.array([310.0, 170.0, 330.0, 190.0])
+    assert snapshot == face_snapshot(images[-1], last_face)
+    assert none is None
+    assert pipeline._undecided_face == {}, "nothing kept once the track is gone"
+
+
+def test_the_faces_in_view_state_never_goes_back_in_time() -> None:
+    """A camera's retained `faces` carried its frames' times, and at an expiry the clock's,
+    which runs ahead of the frames still in the pipeline: a consumer keeping the newest
+    state by `ts` dropped an update saying three faces were in view."""
+    config = parse_config(
+        {
+            "cameras": [{"name": "door", "url": "a.mp4"}],
+            "recognition": {"model": None},
+            "tracking": {"confirm_frames": 1, "lost_after_s": 1},
+        }
+    )
+    states: list[dict] = []
+
+    class State:
+        def set_in_view(self, camera: str, state: dict) -> None:
+            states.append(state)
+
+    pipeline = Pipeline(config, None, None, EventSinks(state=State()))  # type: ignore[arg-type]
+    tracker = pipeline.trackers["door"]
+    tracks = tracker.update(0.0, faces((10, 10, 50, 50)))
+    pipeline._changed("door", tracker.decide(tracks), 100.0)
+    pipeline._changed("door", tracker.expire(5.0), 102.5)  # the clock at the expiry
+    tracks = tracker.update(5.1, faces((10, 10, 50, 50)))  # a frame taken before it
+    pipeline._changed("door", tracker.decide(tracks), 102.1)
+    assert [(s["faces"], s["ts"]) for s in states] == [(1, 100.0), (0, 102.5), (1, 102.5)]
