@@ -100,8 +100,10 @@ def why_down() -> Panel:
         "Each camera that is down now, since when, and why: the reason the daemon logs "
         "(facewatch_camera_down_since_seconds). Empty while every camera is up."
     )
+    # Grafana's date units read milliseconds since the epoch; the daemon exports seconds
+    # (read as they are, every outage began in January 1970)
     panel.with_target(
-        query(named(f"facewatch_camera_down_since_seconds{{{CAM}}}"), "", "A")
+        query(named(f"facewatch_camera_down_since_seconds{{{CAM}}} * 1000"), "", "A")
         .instant()
         .format(PromQueryFormat.TABLE)
     )

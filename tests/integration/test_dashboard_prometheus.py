@@ -179,6 +179,11 @@ def test_every_dashboard_query_returns_data_from_two_running_daemons(
         assert [(d["camera"], d["reason"][:43]) for d in down] == [
             ("yard", "cannot open: nothing listens on 127.0.0.1:9")
         ], down
+        # the table's "down since", as Grafana reads its date unit (milliseconds): the yard's
+        # outage began after the start (it read January 1970)
+        why = next(p for p in DASHBOARD["panels"] if p["title"] == "Cameras down: why")
+        shown = values(fill(why["targets"][0]["expr"], everything)).values()
+        assert [started - 5 < v / 1000 <= time.time() for v in shown] == [True], shown
         assert list(values("facewatch_gallery_identities").values()) == [1.0, 1.0]
         assert list(values("max_over_time(facewatch_mqtt_connected[5m])").values()) == [1.0, 1.0]
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import shutil
+import subprocess
 import sys
 
 import pytest
@@ -19,6 +21,9 @@ from tests.conftest import REPO
 GRAFANA = REPO / "configs" / "grafana"
 DASHBOARD = json.loads((GRAFANA / "facewatch.json").read_text())
 PANELS = [p for p in DASHBOARD["panels"] if p["type"] != "row"]
+# Grafana's date units (dateTimeAsIso, dateTimeFromNow...) read a value as milliseconds since
+# the epoch
+DATE_UNIT_MS = 1000
 sdk = pytest.importorskip(
     "grafana_foundation_sdk", reason="grafana-foundation-sdk is not installed (the dev extra)"
 )
@@ -142,3 +147,53 @@ def test_provisioning_files() -> None:
     assert datasources["datasources"][0]["type"] == "prometheus"
     providers = yaml.safe_load((GRAFANA / "provisioning" / "dashboards.yaml").read_text())
     assert providers["providers"][0]["type"] == "file"
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed")
+def test_a_cameras_down_since_is_shown_as_the_time_the_outage_began(tmp_path) -> None:
+    """facewatch_camera_down_since_seconds is Unix seconds; the table's date unit reads
+    milliseconds. promtool evaluates the panel's query as Prometheus would: what Grafana then
+    shows is the outage's start (it said January 1970, '57 years ago', for every outage)."""
+    panel = next(p for p in PANELS if p["title"] == "Cameras down: why")
+    assert panel["fieldConfig"]["defaults"]["unit"].startswith("dateTime")
+    (target,) = panel["targets"]
+    expr = target["expr"].replace("$instance", ".*").replace("$camera", ".*")
+    began = 1_796_093_347.0  # 2026-12-01 02:49:07 UTC, as the daemon exports it
+    reason = "cannot open: connection refused"
+    labels = f'job="facewatch", instance="box:9708", camera="gate", reason="{reason}"'
+    build = 'job="facewatch", instance="box:9708", node="garage-box", version="1.0"'
+    case = {
+        "rule_files": [],
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [
+                    {"series": f"facewatch_build_info{{{build}}}", "values": "1x5"},
+                    {
+                        "series": f"facewatch_camera_down_since_seconds{{{labels}}}",
+                        "values": f"{began:.0f}x5",
+                    },
+                ],
+                "promql_expr_test": [
+                    {
+                        "expr": expr,
+                        "eval_time": "2m",
+                        "exp_samples": [
+                            {
+                                "labels": f'{{{labels}, node="garage-box"}}',
+                                "value": began * DATE_UNIT_MS,
+                            }
+                        ],
+                    }
+                ],
+            }
+        ],
+    }
+    (tmp_path / "panel.test.yml").write_text(yaml.safe_dump(case))
+    result = subprocess.run(
+        ["promtool", "test", "rules", "panel.test.yml"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
