@@ -318,6 +318,8 @@ class CameraReader(threading.Thread):
         if up != self.up:
             self.up = up
             metrics.CAMERA_UP.labels(self.config.name).set(int(up))
+            if not up and not self._stop_event.is_set():  # (a stop loses no camera)
+                metrics.CAMERA_DISCONNECTS.labels(self.config.name).inc()
             logger.info("camera %s: %s", self.config.name, "up" if up else "down")
             self.on_status(self.config.name, up)
 

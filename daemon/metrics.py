@@ -40,7 +40,16 @@ CAMERA_DOWN_SINCE = Gauge(
     ["camera", "reason"],
 )
 CAMERA_RECONNECTS = Counter(
-    "facewatch_camera_reconnects_total", "reconnection attempts after a failure", ["camera"]
+    "facewatch_camera_reconnects_total",
+    "reconnection attempts after a failure: every retry, so a camera that stays down adds "
+    "about 2 a minute (facewatch_camera_disconnects_total counts the times it was lost)",
+    ["camera"],
+)
+CAMERA_DISCONNECTS = Counter(
+    "facewatch_camera_disconnects_total",
+    "times a camera that delivered frames stopped (its stream ended, stalled or failed: up to "
+    "down); one for a camera that then stays down, however often it is retried",
+    ["camera"],
 )
 FRAMES_READ = Counter(
     "facewatch_frames_read_total", "frames decoded and kept after fps decimation", ["camera"]
@@ -169,9 +178,10 @@ def init(node: str, cameras: list[str], backend: str, model_id: str, mqtt: bool 
     )
     BUILD.info(_BUILD_FIELDS)
     for camera in cameras:
-        for family in (CAMERA_RECONNECTS, FRAMES_READ, FRAMES_PROCESSED, FRAMES_DROPPED):
+        for family in (CAMERA_RECONNECTS, CAMERA_DISCONNECTS, FRAMES_READ, FRAMES_PROCESSED):
             family.labels(camera)
         for family in (
+            FRAMES_DROPPED,
             FRAMES_REFUSED,
             FRAMES_STILL,
             FACES_DETECTED,

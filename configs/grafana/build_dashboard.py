@@ -121,10 +121,19 @@ def cameras_row() -> list[Panel]:
         ),
         why_down(),
         graph(
-            "Reconnects",
+            "Disconnects and reconnection attempts",
             "short",
-            "Reconnection attempts after a failure, per camera and window.",
-            (named(f"increase(facewatch_camera_reconnects_total{{{CAM}}}{RATE})"), CAMERA),
+            "Per camera and window: the times a camera that delivered frames was lost (lost; "
+            "FacewatchCameraFlapping counts them), and the attempts to reconnect (every retry: "
+            "about 2 a minute while a camera stays down).",
+            (
+                named(f"increase(facewatch_camera_disconnects_total{{{CAM}}}{RATE})"),
+                f"{CAMERA} lost",
+            ),
+            (
+                named(f"increase(facewatch_camera_reconnects_total{{{CAM}}}{RATE})"),
+                f"{CAMERA} attempts",
+            ),
         ),
         graph(
             "Frames per second",

@@ -570,6 +570,9 @@ def test_rtsp_server_restart_reconnects_while_the_other_camera_goes_on(
         other.start()
         wait_for(lambda: daemon.metric(solo_frames) > stalled + 5, 90, "solo frames again")
         assert daemon.metric('facewatch_camera_reconnects_total{camera="solo"}') >= 1
+        # lost once, however many attempts it took (FacewatchCameraFlapping counts these)
+        assert daemon.metric('facewatch_camera_disconnects_total{camera="solo"}') == 1
+        assert daemon.metric('facewatch_camera_disconnects_total{camera="cam1"}') == 0
         assert subscriber.last("facewatch/test/cameras/solo/status") == b"online"
         assert daemon.proc.poll() is None  # type: ignore[union-attr]
         code, status = _status(daemon)
@@ -622,6 +625,8 @@ def test_unreachable_camera_at_start_and_systemd_notifications(
             "retries",
         )
         assert daemon.metric('facewatch_camera_up{camera="gone"}') == 0
+        # never up, so never lost: its retries are no flapping
+        assert daemon.metric('facewatch_camera_disconnects_total{camera="gone"}') == 0
         assert daemon.metric('facewatch_frames_processed_total{camera="file"}') > 0
     finally:
         assert daemon.stop() == 0

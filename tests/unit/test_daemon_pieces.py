@@ -840,6 +840,52 @@ def test_a_camera_that_drops_each_connection_at_once_backs_off_and_is_logged_onc
     assert max(waits) < 1, waits
 
 
+def test_a_camera_counts_a_disconnect_each_time_it_is_lost_not_each_retry(monkeypatch) -> None:
+    """FacewatchCameraFlapping counted reconnection attempts: a camera simply down (about 2
+    retries a minute) or one reboot of a minute (7) fired it. The disconnects are the times
+    a camera that delivered frames was lost: a camera that streams, stays down through 12
+    retries, streams again and drops has 2, and a stop is none."""
+    from daemon import cameras
+    from daemon.cameras import CameraReader
+    from daemon.config import CameraConfig
+
+    reader = CameraReader(
+        CameraConfig(name="shed", url="rtsp://10.0.0.9/live"), FrameQueues(["shed"], 2)
+    )
+    script = ["stream", *["refused"] * 12, "stream", "stream until the stop"]
+
+    def open_capture(url: str) -> SimpleNamespace:
+        outcome = script.pop(0)
+        if outcome == "refused":
+            raise OSError("connection refused")
+        return SimpleNamespace(release=lambda: None, stop=outcome.endswith("stop"))
+
+    def read(capture: SimpleNamespace) -> int:
+        reader._set_up(True)
+        if capture.stop:
+            reader._stop_event.set()
+        return 10
+
+    monkeypatch.setattr(cameras, "open_capture", open_capture)
+    monkeypatch.setattr(reader, "_read", read)
+    monkeypatch.setattr(reader._stop_event, "wait", lambda delay: reader._stop_event.is_set())
+
+    def count(name: str) -> float:
+        return REGISTRY.get_sample_value(name, {"camera": "shed"}) or 0.0
+
+    before = {
+        n: count(n)
+        for n in ("facewatch_camera_disconnects_total", "facewatch_camera_reconnects_total")
+    }
+    reader.run()
+    assert not script
+    after = {n: count(n) - before[n] for n in before}
+    assert after == {
+        "facewatch_camera_disconnects_total": 2,
+        "facewatch_camera_reconnects_total": 14,
+    }
+
+
 def test_a_camera_whose_frames_are_mostly_dropped_is_logged_now_and_then(
     monkeypatch, caplog
 ) -> None:

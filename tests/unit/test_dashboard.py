@@ -135,9 +135,10 @@ def test_queries_name_only_exported_metrics_and_honour_the_variables() -> None:
             if names & per_camera:
                 assert 'camera=~"$camera"' in expr, panel["title"]
     for wanted in (
-        "Camera up", "Reconnects", "Frames per second", "Stage latency per batch", "Batch size",
-        "Faces per second", "Recognitions per second", "Unknown faces", "Frame to event latency",
-        "MQTT publications", "Spool depth", "CPU", "Memory",
+        "Camera up", "Disconnects and reconnection attempts", "Frames per second",
+        "Stage latency per batch", "Batch size", "Faces per second", "Recognitions per second",
+        "Unknown faces", "Frame to event latency", "MQTT publications", "Spool depth", "CPU",
+        "Memory",
     ):  # fmt: skip
         assert wanted in titles
 
