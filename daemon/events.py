@@ -201,6 +201,15 @@ class EventSinks:
             self._file = open_jsonl(Path(jsonl_file))
         self._lock = threading.Lock()
         self._failing: set[str] = set()  # outputs whose failure was logged, until they recover
+        used = {
+            "spool": spool is not None and topic_for is not None,
+            "stdout": stdout,
+            "jsonl_file": bool(jsonl_file),
+        }
+        for name in (n for n, on in used.items() if on):
+            # at 0 from the start: a series born at its first failures is already at their
+            # count, and increase() (FacewatchEventOutputFailing) does not see them
+            metrics.EVENT_OUTPUT_FAILURES.labels(name)
 
     def emit(self, event: dict[str, Any], snapshot: bytes | None = None) -> None:
         """Hand ``event`` to every output. An output that fails (a full disk, a read-only

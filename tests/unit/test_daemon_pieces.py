@@ -680,6 +680,29 @@ def test_an_event_output_that_fails_loses_its_copy_and_the_daemon_goes_on(tmp_pa
     assert json.loads(good.read_text().splitlines()[-1])["event_id"] == "e3"
 
 
+def test_each_event_output_exports_its_failures_at_zero_from_the_start(tmp_path) -> None:
+    """A healthy daemon exported no facewatch_event_output_failures_total: the series was
+    born at its first failures, already at their count, and FacewatchEventOutputFailing
+    (increase() over it) missed a burst within one scrape (events lost with no alert). Each
+    output configured has its series at 0 from the start; those not configured have none."""
+    from daemon import metrics
+
+    def exported() -> dict[str, float | None]:
+        return {
+            output: REGISTRY.get_sample_value(
+                "facewatch_event_output_failures_total", {"output": output}
+            )
+            for output in ("spool", "stdout", "jsonl_file")
+        }
+
+    metrics.EVENT_OUTPUT_FAILURES.clear()  # (other tests' failures)
+    EventSinks(jsonl_file=str(tmp_path / "events.jsonl")).close()
+    assert exported() == {"spool": None, "stdout": None, "jsonl_file": 0.0}
+    spool = Spool(tmp_path / "spool", 10)
+    EventSinks(spool=spool, topic_for=lambda camera: f"t/{camera}", stdout=True).close()
+    assert exported() == {"spool": 0.0, "stdout": 0.0, "jsonl_file": 0.0}
+
+
 def test_the_events_file_is_owner_only_and_a_line_cut_short_swallows_no_event(tmp_path) -> None:
     """It says who was where and when: 0600 in a new 0700 folder whatever the umask (the
     spool and the gallery are). A power cut mid-line left `{"event_id":"b","se`, and the
