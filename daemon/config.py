@@ -572,7 +572,10 @@ class MqttConfig(Section):
         "spool", "events wait here while the broker is away; relative to the config"
     )
     spool_max_events: int = _field(
-        100_000, "spool bound; when full the oldest event is dropped", ge=10
+        100_000,
+        "spool bound, in messages (an event and its face snapshot are two); when full the "
+        "oldest is dropped",
+        ge=10,
     )
     home_assistant: HomeAssistantConfig = _field(
         HomeAssistantConfig(), "Home Assistant MQTT discovery"

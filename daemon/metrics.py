@@ -126,7 +126,11 @@ MQTT_PUBLISHES = Counter(
     "without the spool, whose disk refused them)",
     ["outcome"],
 )
-SPOOL_EVENTS = Gauge("facewatch_mqtt_spool_events", "events waiting in the on-disk spool")
+SPOOL_EVENTS = Gauge(  # (named before snapshots were spooled: a rename breaks dashboards)
+    "facewatch_mqtt_spool_events",
+    "messages waiting in the on-disk spool: events, and their face snapshots with "
+    "tracking.snapshots (two messages an event)",
+)
 EVENT_OUTPUT_FAILURES = Counter(
     "facewatch_event_output_failures_total",
     "events an output could not take (lost there): spool (its disk full or read-only), "

@@ -367,7 +367,10 @@ class Service:
             left = len(self.spool)
             if left:
                 logger.warning(
-                    "%d event(s) kept in the spool %s for the next start", left, self.spool.path
+                    "%d message(s) (events and their face snapshots) kept in the spool %s for "
+                    "the next start",
+                    left,
+                    self.spool.path,
                 )
             self.spool.close()
         sinks.close()

@@ -98,7 +98,7 @@ class Status:
         found = [_down(c, self.now) for c in self.cameras if not c.up]
         found += [_behind(c) for c in self.cameras if c.up and c.behind]
         if self.mqtt == "disconnected":
-            found.append(f"MQTT is disconnected ({self.spooled} event(s) spooled)")
+            found.append(f"MQTT is disconnected ({self.spooled} message(s) spooled)")
         return found
 
 
@@ -276,7 +276,7 @@ def print_table(status: Status) -> None:
     print(f"facewatch {status.version} at {status.url}: up {_duration(status.uptime_s)}")
     print(f"  engines {status.backend}, model {status.model}, {status.enrolled} enrolled")
     mqtt = "off (mqtt.enabled: false)" if status.mqtt == "off" else status.mqtt
-    print(f"  MQTT {mqtt}, {status.spooled} event(s) spooled")
+    print(f"  MQTT {mqtt}, {status.spooled} message(s) spooled")
     width = max([len("camera")] + [len(c.name) for c in status.cameras])
     print(
         f"  {'camera':<{width}}  state  read/s  searched/s  still/s  dropped/s  faces/s  reconnects"

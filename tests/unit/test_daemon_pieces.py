@@ -351,6 +351,34 @@ def test_a_stop_keeps_its_deadline_when_cameras_hang(monkeypatch, caplog, tmp_pa
     assert "face archive: 0 visit(s) not written in time" in caplog.text
 
 
+def test_what_a_stop_leaves_in_the_spool_is_counted_as_messages(tmp_path, caplog) -> None:
+    """An event and its face snapshot left in the spool at a stop (the broker away): the log
+    said '2 event(s) kept' where the next start sent one event, and the spool's gauge said
+    events too. Both say messages: events and their snapshots."""
+    from daemon import metrics, service
+
+    class Scheduler(threading.Thread):
+        def stop(self) -> None:
+            pass
+
+    daemon = service.Service(parse_config({"cameras": [{"name": "cam0", "url": "x.mp4"}]}))
+    daemon.spool = Spool(tmp_path / "spool", 100)
+    sinks = EventSinks(
+        spool=daemon.spool,
+        topic_for=lambda camera: f"t/{camera}",
+        snapshot_topic_for=lambda camera, event_id: f"s/{camera}/{event_id}",
+    )
+    event = {"camera": "cam0", "type": "confirmed", "event_id": "e1", "seq": 1, "identity": None}
+    sinks.emit(event, snapshot=b"jpeg")
+    assert REGISTRY.get_sample_value("facewatch_mqtt_spool_events") == 2
+    (gauge,) = metrics.SPOOL_EVENTS.describe()
+    assert gauge.documentation.startswith("messages waiting in the on-disk spool: events, and ")
+    scheduler = Scheduler()
+    scheduler.start()
+    daemon._shutdown(scheduler, sinks)  # type: ignore[arg-type]
+    assert "2 message(s) (events and their face snapshots) kept in the spool" in caplog.text
+
+
 def test_a_message_paho_could_not_send_is_not_acknowledged_and_raises_nothing() -> None:
     """paho's info for a publish made as the connection dropped raises on every question;
     the sender must read it as 'not acknowledged' (and send again), not die."""
