@@ -182,9 +182,11 @@ def init(node: str, cameras: list[str], backend: str, model_id: str, mqtt: bool 
     )
     BUILD.info(_BUILD_FIELDS)
     for camera in cameras:
-        for family in (CAMERA_RECONNECTS, CAMERA_DISCONNECTS, FRAMES_READ, FRAMES_PROCESSED):
-            family.labels(camera)
         for family in (
+            CAMERA_RECONNECTS,
+            CAMERA_DISCONNECTS,
+            FRAMES_READ,
+            FRAMES_PROCESSED,
             FRAMES_DROPPED,
             FRAMES_REFUSED,
             FRAMES_STILL,
