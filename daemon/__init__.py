@@ -6,7 +6,15 @@
 from __future__ import annotations
 
 import functools
+import os
 from pathlib import Path
+
+# One BLAS thread, set before anything imports numpy: matching a face against the gallery
+# needs no more (0.4 ms a batch at 1,000 people, 2.6 at 10,000), and OpenBLAS's workers
+# busy-wait after each product of a gallery of 2,500 faces or more: with 1,000 people the
+# daemon took 58 ms of CPU a frame instead of 33, on the core the detector needed
+# (bench/README.md, "BLAS threads"). A value set in the environment is kept.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 __version__ = "0.1.0"
 
