@@ -47,6 +47,10 @@ class OrtEngine(SpecsFromLoad):
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+        # its threads do not busy-wait after a run: the scheduler runs one model at a time
+        # with Python between, so spinning bought nothing and took a core from the detector
+        # (FaceNet fp32 in the daemon: 49 ms of CPU a frame instead of 34, bench/README.md)
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # No memory arena: it keeps the peak of every batch size seen (FaceNet after a batch
         # of 64: +630 MB resident with it, +270 MB without; bench/README.md, "memory").
