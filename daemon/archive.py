@@ -165,6 +165,9 @@ class FaceArchive:
         detector score) in ``image``. The visit keeps the best image of each ``min_gap_s``
         stretch of it, and of those the ``per_visit`` best."""
         key = (camera, track.track_id)
+        if self.config.which == "unknown" and track.announced:
+            self._open.pop(key, None)  # a visit with a name is not kept: nor its images
+            return
         visit = self._open.get(key)
         if visit is None:
             frame_hw = (image.shape[0], image.shape[1])

@@ -164,6 +164,18 @@ def test_which_visits_are_kept(tmp_path, clip_faces, which) -> None:
         assert json.loads((kept[1] / VISIT_FILE).read_text())["identity"] == "Zoë"
 
 
+def test_an_unknown_only_archive_holds_no_images_of_a_face_once_named(tmp_path, clip_faces) -> None:
+    """With `which: unknown` (the default) a named visit is never written: its faces were
+    still rated and encoded on the engine thread, and held until it left."""
+    archive = _archive(tmp_path, which="unknown")
+    track = _visit(archive, clip_faces[:2], time.time(), 1.0)
+    assert archive._open
+    track.announced.add("Zoë")  # confirmed as Zoë
+    for frame, box, landmarks, score in clip_faces[2:4]:
+        archive.observe("door", track, frame, (box, landmarks, score), time.time() + 5)
+    assert archive._open == {}
+
+
 def test_a_track_gone_before_it_was_confirmed_leaves_nothing(tmp_path, clip_faces) -> None:
     archive = _archive(tmp_path)
     archive.start()
