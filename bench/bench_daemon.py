@@ -59,16 +59,27 @@ def clip_720p() -> Path:
     return out
 
 
-def random_model_and_gallery(folder: Path) -> tuple[Path, Path]:
+def random_model_and_gallery(folder: Path, more_people: int = 0) -> tuple[Path, Path]:
     """The test FaceNet (random weights: a trained one's computation) and a gallery of one
-    person enrolled with it, in ``folder``."""
+    person enrolled with it, in ``folder``; with ``more_people`` more, of 5 random faces each
+    (a gallery's size is what matching costs, whoever is in it)."""
     from daemon.cli import main as facewatch
+    from daemon.gallery import Enrollment, Gallery
 
     model = build_test_model(folder / "model", REPO.parent / "shared" / "data")
     gallery = folder / "gallery.sqlite"
     person = REPO / "configs" / "demo" / "people" / "lin-manuel-miranda" / "reference.png"
     facewatch(["enroll", "--name", "lmm", str(person), "--model", str(model),
                "--gallery", str(gallery), "--no-progress"])  # fmt: skip
+    if more_people:
+        rng = np.random.default_rng(0)
+        with Gallery.open(gallery, writable=True) as opened:
+            faces = rng.standard_normal((more_people * 5, opened.embedding_size))
+            faces = faces.astype(np.float32)
+            faces /= np.linalg.norm(faces, axis=1, keepdims=True)
+            opened.enroll(
+                [Enrollment(f"p{k // 5}", face, f"{k:064x}") for k, face in enumerate(faces)]
+            )
     return model, gallery
 
 
@@ -99,6 +110,7 @@ def run(
     full_scan_every: int = 1,
     overrides: dict[str, dict[str, object]] | None = None,
     clip: Path | None = None,
+    env: dict[str, str] | None = None,
 ) -> dict:
     clip = clip or clip_720p()
     names = [f"cam{k + 1}" for k in range(n)]
@@ -118,7 +130,7 @@ def run(
     for section, values in (overrides or {}).items():
         settings[section] = {**settings.get(section, {}), **values}
     subscriber = Subscriber(broker.port, "facewatch/test/events/#")
-    daemon = Daemon(folder, settings)
+    daemon = Daemon(folder, settings, env)
     daemon.start()
     rss: list[float] = []
     stop = threading.Event()
@@ -147,6 +159,7 @@ def run(
         "min_face_size": min_face,
         "full_scan_every": full_scan_every,
         "overrides": overrides or {},
+        "env": env or {},
     }
     return {**settings_used, **_figures(names, before, after, elapsed, events, rss)}
 
@@ -230,8 +243,24 @@ def main() -> int:
         metavar="SECTION.KEY=VALUE",
         help="any other daemon setting, e.g. batching.max_batch=2 (repeatable)",
     )
+    parser.add_argument(
+        "--gallery-people",
+        type=int,
+        default=0,
+        metavar="N",
+        help="enroll N more people (5 random faces each) beside the one of the clip",
+    )
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="the daemon's environment, e.g. PYTHONPATH=/tmp/old-checkout to run another "
+        "commit's code or OPENBLAS_NUM_THREADS=2 (repeatable)",
+    )
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "daemon.json")
     args = parser.parse_args()
+    env = dict(item.partition("=")[::2] for item in args.env)
     if not SOURCE.is_file():
         print(f"{SOURCE} not found (the shared data folder)", file=sys.stderr)
         return 1
@@ -245,7 +274,7 @@ def main() -> int:
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        model, gallery = random_model_and_gallery(folder)
+        model, gallery = random_model_and_gallery(folder, args.gallery_people)
         for n in args.cameras:
             run_dir = folder / f"run{n}"
             run_dir.mkdir()
@@ -260,7 +289,9 @@ def main() -> int:
                 args.min_face_size,
                 args.full_scan_every,
                 overrides,
+                env=env,
             )
+            result["gallery_people"] = 1 + args.gallery_people
             results.append(result)
             print(json.dumps(result), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
