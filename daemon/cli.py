@@ -7,8 +7,10 @@ import argparse
 import logging
 import os
 import sys
+import threading
 from collections.abc import Sequence
 from importlib.metadata import entry_points
+from types import TracebackType
 
 from daemon import (
     archive_cli,
@@ -20,6 +22,7 @@ from daemon import (
     run_cli,
     status_cli,
 )
+from daemon.journal import print_error, stderr_is_journal
 
 logger = logging.getLogger(__name__)
 LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"]
@@ -81,14 +84,8 @@ def log_formatter() -> logging.Formatter:
     names stderr), which stamps each line itself and takes its priority from a ``<N>``
     prefix (``journalctl -p warning`` finds the warnings and errors; without it, every line
     was of priority info)."""
-    journal = os.environ.get("JOURNAL_STREAM", "")
-    try:
-        stat = os.fstat(sys.stderr.fileno())
-        to_journal = journal == f"{stat.st_dev}:{stat.st_ino}"
-    except (OSError, ValueError, AttributeError):  # no real stderr (captured, closed, None)
-        to_journal = False
     line = "%(levelname)s %(name)s: %(message)s"
-    if to_journal:
+    if stderr_is_journal():
         return _JournalFormatter(line)
     return logging.Formatter("%(asctime)s " + line, "%Y-%m-%d %H:%M:%S")
 
@@ -119,6 +116,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler = logging.StreamHandler()
     handler.setFormatter(log_formatter())
     logging.basicConfig(level=level, handlers=[handler])
+    sys.excepthook = _log_uncaught
+    threading.excepthook = _log_uncaught_in_thread
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
@@ -131,9 +130,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         # a file or folder the command could not use: its name and the reason, no traceback
         where = f"{exc.filename}: " if exc.filename else ""
-        print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
+        print_error(f"{where}{exc.strerror or exc}")
         logger.debug("details", exc_info=True)
         return 1
+
+
+def _log_uncaught(
+    kind: type[BaseException], exc: BaseException, traceback: TracebackType | None
+) -> None:
+    """A bug's traceback through the log handler: in the journal every line of it is filed
+    as critical (Python's own hook printed it at priority info)."""
+    if issubclass(kind, KeyboardInterrupt):  # Ctrl-C outside a command: no error
+        sys.__excepthook__(kind, exc, traceback)
+        return
+    logger.critical("facewatch stopped by an unexpected error", exc_info=(kind, exc, traceback))
+
+
+def _log_uncaught_in_thread(args: threading.ExceptHookArgs) -> None:
+    if args.exc_type is SystemExit:
+        return
+    name = args.thread.name if args.thread is not None else "a thread"
+    logger.critical(
+        "%s stopped by an unexpected error",
+        name,
+        exc_info=(args.exc_type, args.exc_value or args.exc_type(), args.exc_traceback),
+    )
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from typing import Any
 from daemon.cli_args import number
 from daemon.config import DEFAULT_CONFIG, ConfigError
 from daemon.config_file import load_config, schema_lines
+from daemon.journal import print_error
 
 logger = logging.getLogger(__name__)
 
@@ -97,15 +98,15 @@ def _run(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)
     except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print_error(str(exc))
         return 2
     if args.log_level is None:  # --log-level, when given, wins over logging.level
         logging.getLogger().setLevel(config.logging.level)
     try:
         return Service(config, run_for_s=args.run_for, config_path=args.config).run()
     except ConfigError as exc:
-        print(f"error: {args.config}: {exc}", file=sys.stderr)
+        print_error(f"{args.config}: {exc}")
         return 2
     except OSError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print_error(str(exc))
         return 1
