@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import getpass
 import logging
 import sys
@@ -95,6 +96,8 @@ def _validate(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from daemon.service import Service  # engines and MQTT only for the daemon itself
 
+    _dump_stacks_on_abort()
+
     try:
         config = load_config(args.config)
     except ConfigError as exc:
@@ -110,3 +113,12 @@ def _run(args: argparse.Namespace) -> int:
     except OSError as exc:
         print_error(str(exc))
         return 1
+
+
+def _dump_stacks_on_abort() -> None:
+    """Every thread's stack on stderr (the journal) when systemd's watchdog aborts a hung
+    daemon (SIGABRT) or it crashes in native code: which engine call or reader hung."""
+    try:
+        faulthandler.enable(all_threads=True)
+    except (OSError, ValueError, AttributeError, RuntimeError):  # no real stderr
+        logger.debug("no stack dump on a crash: stderr has no file descriptor")

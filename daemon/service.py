@@ -284,7 +284,7 @@ class Service:
         tick = min(1.0, ping_every) if watchdog_s else 1.0  # a SIGHUP waits at most this
         next_ping = time.monotonic()
         deadline = time.monotonic() + self.run_for_s if self.run_for_s else float("inf")
-        was_up = False
+        was_up = starving = False
         while not self._stop.wait(min(tick, max(0.0, deadline - time.monotonic()))):
             if time.monotonic() >= deadline:
                 logger.info("--run-for %.0f s reached: stopping", self.run_for_s)
@@ -306,19 +306,38 @@ class Service:
                 scheduler.last_batch = max(scheduler.last_batch, time.monotonic())
             was_up = cameras_up
             now = time.monotonic()
-            if (
-                watchdog_s
-                and now >= next_ping
-                and watchdog_healthy(
-                    now,
-                    scheduler.last_round,
-                    scheduler.last_batch,
-                    cameras_up,
-                    max(STALL_S, watchdog_s),
-                )
+            if not watchdog_s or now < next_ping:
+                continue
+            stall_s = max(STALL_S, watchdog_s)
+            if watchdog_healthy(
+                now, scheduler.last_round, scheduler.last_batch, cameras_up, stall_s
             ):
                 sd_notify("WATCHDOG=1")
                 next_ping = now + ping_every - tick / 2  # due by the tick nearest the interval
+                starving = False
+            elif not starving:  # once: systemd's kill follows
+                self._say_starving(scheduler, now, stall_s)
+                starving = True
+
+    def _say_starving(self, scheduler: BatchScheduler, now: float, stall_s: float) -> None:
+        """The watchdog is no longer fed: what hangs, for how long, and what comes next
+        (otherwise the journal showed only systemd's 'Watchdog timeout' and an abort)."""
+        if now - scheduler.last_round >= stall_s:
+            what = (
+                f"the batch scheduler has been stuck in one round for "
+                f"{now - scheduler.last_round:.0f} s (an engine call that does not return?)"
+            )
+        else:
+            delivering = ", ".join(r.config.name for r in self.readers if r.up)
+            what = (
+                f"no batch of frames has gone through for {now - scheduler.last_batch:.0f} s "
+                f"while camera(s) {delivering} deliver frames"
+            )
+        logger.error(
+            "%s: systemd's watchdog is no longer fed and restarts facewatch once WatchdogSec "
+            "has passed (the stack of every thread follows in the journal)",
+            what,
+        )
 
     def _install_signals(self) -> None:
         """SIGTERM and SIGHUP from the start; Ctrl-C (SIGINT) interrupts the start at once,

@@ -219,6 +219,60 @@ def test_watchdog_is_fed_only_while_frames_flow(last_round, last_batch, cameras_
     assert watchdog_healthy(100.0, last_round, last_batch, cameras_up, 30.0) is fed
 
 
+@pytest.mark.parametrize(
+    ("round_ago", "batch_ago", "said"),
+    [
+        (100.0, 100.0, "the batch scheduler has been stuck in one round for 100 s"),
+        (0.0, 100.0, "no batch of frames has gone through for 100 s while camera(s) door"),
+    ],
+)
+def test_a_watchdog_no_longer_fed_is_said_once(
+    monkeypatch, caplog, round_ago, batch_ago, said
+) -> None:
+    """A hung engine call: the watchdog stopped being fed and systemd aborted the daemon,
+    with nothing from facewatch in the journal in between. One ERROR says what hangs, for
+    how long, and that systemd restarts facewatch."""
+    from daemon import service
+
+    monkeypatch.setenv("WATCHDOG_USEC", "200000")  # fed every 0.1 s while frames flow
+    daemon = service.Service(parse_config({"cameras": [{"name": "door", "url": "x.mp4"}]}))
+    daemon.run_for_s = 0.6
+    daemon.readers = [SimpleNamespace(up=True, config=SimpleNamespace(name="door"))]  # type: ignore[list-item]
+
+    class Stalled:  # the engine call of a round (or every batch) hangs
+        last_round = property(lambda self: time.monotonic() - round_ago)
+        last_batch = property(lambda self: time.monotonic() - batch_ago, lambda self, v: None)
+
+        def is_alive(self) -> bool:
+            return True
+
+    scheduler = Stalled()
+    with caplog.at_level("ERROR", logger="daemon.service"):
+        daemon._serve(scheduler)  # type: ignore[arg-type]
+    lines = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(said), lines
+    assert "systemd's watchdog is no longer fed and restarts facewatch" in lines[0]
+
+
+def test_systemds_watchdog_abort_leaves_every_threads_stack_on_stderr(tmp_path) -> None:
+    """systemd aborts a hung daemon (SIGABRT): Python's default was a bare abort, and the
+    journal never said which thread hung where. `run` enables faulthandler first."""
+    program = (
+        "import os, signal, threading, time; from daemon import run_cli\n"
+        "run_cli._dump_stacks_on_abort()\n"
+        "def hung_engine_call(): time.sleep(60)\n"
+        "threading.Thread(target=hung_engine_call, daemon=True).start(); time.sleep(0.2)\n"
+        "os.kill(os.getpid(), signal.SIGABRT)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, cwd=REPO, timeout=60
+    )
+    assert done.returncode == -6
+    assert "Fatal Python error: Aborted" in done.stderr, done.stderr
+    assert "in hung_engine_call" in done.stderr, done.stderr
+
+
 def test_full_scan_every_n_frames_and_search_around_tracks_in_between(detector) -> None:
     config = parse_config(
         {
