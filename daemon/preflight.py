@@ -15,10 +15,16 @@ from daemon.archive import FaceArchive
 from daemon.cameras import check_file_source
 from daemon.config import Config, ConfigError
 from daemon.events import open_jsonl
-from daemon.gallery import Gallery, GalleryError, shown_threshold
+from daemon.gallery import REENROLL, Gallery, GalleryError, shown_threshold
 from daemon.gallery_cli import uncalibrated
 from engines.base import EngineError, ModelMetadata
-from engines.facenet import checked_metadata, embeddings_id, model_id_of, outdated_threshold
+from engines.facenet import (
+    checked_metadata,
+    embeddings_id,
+    model_id_of,
+    outdated_threshold,
+    split_embeddings_id,
+)
 from engines.loader import default_facenet
 
 logger = logging.getLogger(__name__)
@@ -206,10 +212,32 @@ def _gallery_problems(config: Config) -> list[str]:
         return []
     try:
         model_id = model_id_of(ModelMetadata.load(model), model)
+        with Gallery.open(path) as gallery:
+            enrolled_with = split_embeddings_id(gallery.model_id)[0]
+        if _name(enrolled_with) == _name(model_id) and enrolled_with != model_id:
+            return [_changed_model(model, path, enrolled_with, model_id)]
         Gallery.open(path, model_id=embeddings_id(model_id, config.recognition.flip)).close()
     except (GalleryError, EngineError) as exc:
         return [f"recognition.gallery: {exc}"]
     return []
+
+
+def _name(model_id: str) -> str:
+    """The sidecar's name in a model id (``NAME@sha256:HASH``)."""
+    return model_id.partition("@sha256:")[0]
+
+
+def _changed_model(model: Path, gallery: Path, enrolled_with: str, model_id: str) -> str:
+    """The model file is not the one the gallery was enrolled with, though its sidecar names
+    the same model: a file damaged (a copy cut short, a failing disk) reads the same as one
+    replaced, and re-enrolling everyone would not mend a damaged file."""
+    return (
+        f"recognition.model: {model}: this file differs from the model the gallery {gallery} "
+        f"was enrolled with (the gallery's {enrolled_with!r}, the file's {model_id!r}: by "
+        "their sidecars, the same model): if you did not replace it, it is damaged (a copy "
+        "cut short, a failing disk) or another version: reinstall the file the gallery was "
+        f"enrolled with; if you replaced it on purpose, {REENROLL}"
+    )
 
 
 def _threshold_warnings(config: Config) -> list[str]:

@@ -626,6 +626,46 @@ def test_validate_config_refuses_a_gallery_run_would_and_warns_of_its_old_thresh
     assert "warning" not in validate(threshold=start)
 
 
+def test_a_damaged_model_file_is_not_called_another_models_gallery(tmp_path, capsys) -> None:
+    """A FaceNet file cut short (an interrupted copy at an upgrade, a failing disk) beside
+    its gallery was reported as "a gallery enrolled with another model ... enroll everyone
+    again": hours of enrollment that would not mend it. The file is named, both ids, and
+    the advice is to reinstall it; re-enrolling only if it was replaced on purpose."""
+    import shutil
+
+    from daemon import preflight
+    from daemon.cli import main
+    from daemon.gallery import Gallery
+    from engines.base import ModelMetadata
+    from engines.facenet import model_id_of
+
+    shipped = MODELS / "facenet" / "facenet.onnx"
+    gallery_id = model_id_of(ModelMetadata.load(shipped), shipped)
+    damaged = tmp_path / "facenet" / "facenet.onnx"
+    damaged.parent.mkdir()
+    damaged.write_bytes(shipped.read_bytes()[:100_000])
+    shutil.copy(shipped.with_suffix(".json"), damaged.with_suffix(".json"))
+    damaged_id = model_id_of(ModelMetadata.load(damaged), damaged)
+    gallery = tmp_path / "gallery.sqlite"
+    Gallery.create(gallery, gallery_id, 128, 0.15).close()
+    clip = MODELS.parent / "configs" / "demo" / "hamilton_360p.mp4"
+    path = tmp_path / "facewatch.yaml"
+    settings = {"cameras": [{"name": "door", "url": str(clip)}],
+                "recognition": {"model": str(damaged), "gallery": str(gallery)}}  # fmt: skip
+    path.write_text(json.dumps(settings))
+    said = (
+        f"recognition.model: {damaged}: this file differs from the model the gallery "
+        f"{gallery} was enrolled with (the gallery's {gallery_id!r}, the file's {damaged_id!r}"
+    )
+    assert main(["validate-config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert said in err, err
+    assert "it is damaged" in err and "reinstall the file the gallery was enrolled with" in err
+    with pytest.raises(ConfigError) as refused:  # what `run` stops on, before any engine
+        preflight.check(load_config(path))
+    assert str(refused.value).startswith(said)
+
+
 def test_the_smallest_face_recognised_is_the_cameras_own_else_the_recognition_sections() -> None:
     """recognition.min_face_px (30 by default: the demo's performer, 36 px, is still named),
     and a camera's own where it gives one (0: every face it finds)."""
