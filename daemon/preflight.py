@@ -181,13 +181,37 @@ def _model_problems(config: Config) -> list[str]:
             if not model.is_file():
                 found.append(f"engines.mtcnn_dir: {model}: not found (MTCNN's {name})")
     path = _model_path(config)
-    if path is None or (config.recognition.model == "auto" and not path.is_file()):
-        return found  # (auto without a model: detection only, which run says)
+    if path is not None and config.recognition.model == "auto" and not path.is_file():
+        return found + _gallery_without_model(config, path)
+    if path is None:
+        return found
     try:
         checked_metadata(path)
     except EngineError as exc:  # as `run` would stop: a checkpoint, another model, no sidecar
         found.append(f"recognition.model: {exc}")
     return found
+
+
+def _gallery_without_model(config: Config, path: Path) -> list[str]:
+    """``auto`` without a model runs detection only, which suits a box where nobody is
+    enrolled; beside a gallery that holds people the model has gone missing (a reinstall,
+    FACEWATCH_MODELS pointing elsewhere), and every event would carry identity null."""
+    gallery = Path(config.recognition.gallery)
+    if not gallery.is_file():
+        return []
+    try:
+        with Gallery.open(gallery) as opened:
+            people, model_id = len(opened.identities()), opened.model_id
+    except GalleryError:
+        return []  # (not read without a model: detection only, as before)
+    if not people:
+        return []
+    return [
+        f"recognition.model: auto: no FaceNet model at {path}, but the gallery {gallery} "
+        f"holds {people} {'person' if people == 1 else 'people'}, enrolled with {split_embeddings_id(model_id)[0]!r}: restore "
+        "the model this gallery was enrolled with (there, or set recognition.model to its "
+        "file), or set recognition.model: null to run detection only"
+    ]
 
 
 def _model_file(config: Config) -> Path | None:

@@ -666,6 +666,47 @@ def test_a_damaged_model_file_is_not_called_another_models_gallery(tmp_path, cap
     assert str(refused.value).startswith(said)
 
 
+def test_auto_without_a_model_beside_a_gallery_of_people_is_a_config_error(
+    tmp_path, capsys, monkeypatch
+) -> None:
+    """recognition.model: auto and the model gone (a reinstall, FACEWATCH_MODELS elsewhere),
+    its gallery holding people: the daemon ran detection only with one warning, every event
+    identity null. Now exit 2 naming the gallery and the model to restore; with no gallery,
+    or an empty one, detection only as documented."""
+    from daemon import preflight
+    from daemon.cli import main
+    from daemon.gallery import Enrollment, Gallery
+
+    monkeypatch.setenv("FACEWATCH_MODELS", str(tmp_path / "models"))
+    clip = MODELS.parent / "configs" / "demo" / "hamilton_360p.mp4"
+    gallery = tmp_path / "gallery.sqlite"
+    path = tmp_path / "facewatch.yaml"
+    settings = {"cameras": [{"name": "door", "url": str(clip)}],
+                "engines": {"mtcnn_dir": str(MODELS / "mtcnn")},
+                "recognition": {"model": "auto", "gallery": str(gallery)}}  # fmt: skip
+    path.write_text(json.dumps(settings))
+    model_id = "dlib-resnet-v1@sha256:ca0dff3d5a9e8699"
+
+    def validate() -> str:
+        code = main(["validate-config", str(path)])
+        out, err = capsys.readouterr()
+        return f"{code}\n{out}{err}"
+
+    assert "detection only: no FaceNet model" in validate()  # no gallery yet
+    with Gallery.create(gallery, model_id + "+flip", 2, 0.15) as made:
+        assert validate().startswith("0\n")  # an empty one
+        made.enroll([Enrollment("ada", np.array([1.0, 0.0]), "ada.jpg")])
+    said = (
+        f"recognition.model: auto: no FaceNet model at {tmp_path / 'models/facenet/facenet.onnx'}, "
+        f"but the gallery {gallery} holds 1 person, enrolled with '{model_id}': restore the "
+        "model this gallery was enrolled with"
+    )
+    refused = validate()
+    assert refused.startswith("2\n") and said in refused, refused
+    with pytest.raises(ConfigError, match="restore the model this gallery"):  # run: exit 2
+        preflight.check(load_config(path))
+
+
 def test_the_smallest_face_recognised_is_the_cameras_own_else_the_recognition_sections() -> None:
     """recognition.min_face_px (30 by default: the demo's performer, 36 px, is still named),
     and a camera's own where it gives one (0: every face it finds)."""
