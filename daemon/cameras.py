@@ -237,6 +237,9 @@ class CameraReader(threading.Thread):
         self.up = False
         self._said: tuple[str, float] | None = None  # the failure last logged, and when
         self._down: tuple[str, float] | None = None  # the reason exported, since when (monotonic)
+        # up and down are logged at INFO as the outage's warning is (a flapping stream: once)
+        self._lost = False  # down, not logged yet: the outage's first _backoff says it
+        self._loud = True  # its last outage was logged at INFO, so its return is too
 
     def stop(self) -> None:
         self._stop_event.set()
@@ -247,6 +250,8 @@ class CameraReader(threading.Thread):
             try:
                 capture = open_capture(self.config.url)
             except Exception as exc:  # OSError, or a bug: retried, never the thread's end
+                if self._stop_event.is_set():  # (an open in flight at the stop: no "retrying")
+                    break
                 self._set_up(False)
                 failures += 1
                 self._backoff(failures, f"cannot open: {exc}")
@@ -281,7 +286,15 @@ class CameraReader(threading.Thread):
         delay = min(BACKOFF_MAX_S, delay)
         now = time.monotonic()
         said = self._said
-        if said is not None and said[0] == why and now - said[1] < REMIND_S:
+        quiet = said is not None and said[0] == why and now - said[1] < REMIND_S
+        if self._lost:
+            logger.log(
+                logging.DEBUG if quiet else logging.INFO, "camera %s: down", self.config.name
+            )
+            self._lost, self._loud = False, not quiet
+        elif not quiet:
+            self._loud = True
+        if quiet:
             logger.debug("camera %s: %s; retrying in %.1f s", self.config.name, why, delay)
         else:  # once per outage, again when the reason changes, and every REMIND_S
             again = f" (still, after {failures} attempts)" if said and said[0] == why else ""
@@ -320,7 +333,13 @@ class CameraReader(threading.Thread):
             metrics.CAMERA_UP.labels(self.config.name).set(int(up))
             if not up and not self._stop_event.is_set():  # (a stop loses no camera)
                 metrics.CAMERA_DISCONNECTS.labels(self.config.name).inc()
-            logger.info("camera %s: %s", self.config.name, "up" if up else "down")
+            if up:
+                level = logging.INFO if self._loud else logging.DEBUG
+                logger.log(level, "camera %s: up", self.config.name)
+            elif self._stop_event.is_set():
+                logger.info("camera %s: down", self.config.name)
+            else:
+                self._lost = True  # said with the outage's line, by _backoff
             self.on_status(self.config.name, up)
 
     def _read(self, capture: cv2.VideoCapture) -> int:

@@ -989,6 +989,87 @@ def test_a_camera_that_drops_each_connection_at_once_backs_off_and_is_logged_onc
     assert max(waits) < 1, waits
 
 
+def test_a_flapping_camera_logs_up_and_down_with_its_outage_not_every_cycle(
+    monkeypatch, caplog
+) -> None:
+    """A stream that drops every 12 s logged `camera NAME: up` and `down` at INFO on every
+    reconnect (~14,000 lines a day) while its warning came once. Up and down are at INFO
+    as the warning is (the first outage, then every REMIND_S), at DEBUG in between; MQTT's
+    status still gets every change."""
+    from daemon import cameras
+    from daemon.cameras import REMIND_S, CameraReader
+    from daemon.config import CameraConfig
+
+    statuses: list[bool] = []
+    reader = CameraReader(
+        CameraConfig(name="porch", url="rtsp://10.0.0.9/live"),
+        FrameQueues(["porch"], 2),
+        on_status=lambda camera, up: statuses.append(up),
+    )
+    clock = [0.0]
+    monkeypatch.setattr(
+        cameras, "time", SimpleNamespace(monotonic=lambda: clock[0], time=time.time)
+    )
+    cycles = [0]
+
+    def open_capture(url: str) -> SimpleNamespace:
+        if cycles[0] == 40:  # 8 minutes of it, then past REMIND_S
+            clock[0] += REMIND_S
+        return SimpleNamespace(release=lambda: None)
+
+    def streams_12_s(capture: object) -> int:
+        reader._set_up(True)
+        clock[0] += 12.0
+        cycles[0] += 1
+        if cycles[0] == 50:
+            reader._stop_event.set()
+        return 300
+
+    monkeypatch.setattr(cameras, "open_capture", open_capture)
+    monkeypatch.setattr(reader, "_read", streams_12_s)
+    monkeypatch.setattr(reader._stop_event, "wait", lambda delay: reader._stop_event.is_set())
+    with caplog.at_level("DEBUG", logger="daemon.cameras"):
+        reader.run()
+    said = [(r.levelname, r.getMessage()) for r in caplog.records if r.levelname != "DEBUG"]
+    cycle = [
+        ("INFO", "camera porch: up"),
+        ("INFO", "camera porch: down"),
+        ("WARNING", "camera porch: stream ended or stalled"),
+    ]
+    assert [(level, line.split(";")[0]) for level, line in said] == [
+        *cycle,
+        ("INFO", "camera porch: up"),  # back from the outage said
+        ("INFO", "camera porch: down"),  # the reminder, REMIND_S later
+        ("WARNING", "camera porch: stream ended or stalled (still, after 1 attempts)"),
+        ("INFO", "camera porch: up"),
+        ("INFO", "camera porch: down"),  # the stop
+    ], said
+    assert statuses == [True, False] * 50
+    quiet = [r.getMessage() for r in caplog.records if r.levelname == "DEBUG"]
+    assert quiet.count("camera porch: up") == 47 and quiet.count("camera porch: down") == 47
+
+
+def test_a_camera_opening_at_the_stop_says_no_retrying(monkeypatch, caplog) -> None:
+    """`SIGTERM: stopping`, then `camera NAME: cannot open: ...; retrying in 0.6 s`: an open
+    in flight at the stop failed, and the reader announced a retry it would not make."""
+    from daemon import cameras
+    from daemon.cameras import CameraReader
+    from daemon.config import CameraConfig
+
+    reader = CameraReader(
+        CameraConfig(name="drive", url="rtsp://10.0.0.9/live"), FrameQueues(["drive"], 2)
+    )
+
+    def open_capture(url: str) -> None:
+        reader.stop()  # SIGTERM while the camera is asked
+        raise OSError("10.0.0.9:554 does not answer within 3 s")
+
+    monkeypatch.setattr(cameras, "open_capture", open_capture)
+    with caplog.at_level("DEBUG", logger="daemon.cameras"):
+        reader.run()
+    assert not [r.getMessage() for r in caplog.records if "retrying" in r.getMessage()]
+
+
 def test_a_camera_counts_a_disconnect_each_time_it_is_lost_not_each_retry(monkeypatch) -> None:
     """FacewatchCameraFlapping counted reconnection attempts: a camera simply down (about 2
     retries a minute) or one reboot of a minute (7) fired it. The disconnects are the times
