@@ -60,6 +60,10 @@ def _building_plan(onnx_path: Path) -> None:
     sd_notify(f"STATUS=building the TensorRT plan for {onnx_path.name}")
 
 
+class _StoppedWhileStarting(Exception):
+    """SIGTERM (or Ctrl-C) came while the engines loaded: the next load is not begun."""
+
+
 class Service:
     def __init__(
         self, config: Config, run_for_s: float | None = None, config_path: str | None = None
@@ -71,48 +75,68 @@ class Service:
         self.spool: Spool | None = None
         self.readers: list[CameraReader] = []
         self.archive: FaceArchive | None = None
+        self._loading: str | None = None  # what the engines load now (the stop waits for it)
 
     # -- building -----------------------------------------------------------------------
 
     def load_engines(self) -> tuple[MTCNN, FaceNet | None]:
         """The config's detector and FaceNet (None without a model), warmed up; a
-        ConfigError names what is wrong."""
+        ConfigError names what is wrong. A stop asked meanwhile begins no further load
+        (``_StoppedWhileStarting``); one asked during a load is said, and waits for it."""
         cfg = self.config
         threads = cpu_threads(cfg.engines.threads)
         os.environ.update(cfg.engines.torch_environment())  # what the torch backend reads
         detection = cfg.detection
         trt_plans = None
         if cfg.engines.backend == "tensorrt":
-            trt_plans = plan_request(cfg, self.config_path, on_build=_building_plan)
+            trt_plans = plan_request(cfg, self.config_path, on_build=self._building_plan)
         try:
-            detector = load_detector(
-                cfg.engines.mtcnn_dir,
-                backend=cfg.engines.backend,
-                threads=threads,
-                trt_plans=trt_plans,
-                min_face_size=detection.min_face_size,
-                thresholds=detection.thresholds,
-                scale_factor=detection.scale_factor,
-            )
-            model = resolve_model(cfg)
-            facenet = None
-            if model is not None:
-                # On the CPU FaceNet's wide layers run best on ONNX Runtime (bench/README.md).
-                backend = cfg.engines.backend
-                if backend in CPU_BACKENDS:
-                    backend = "onnxruntime"
-                facenet = load_facenet(
-                    model,
-                    backend=backend,
+            with _StopWatch(self):
+                self._loading = f"the detector (MTCNN in {cfg.engines.mtcnn_dir})"
+                detector = load_detector(
+                    cfg.engines.mtcnn_dir,
+                    backend=cfg.engines.backend,
                     threads=threads,
-                    flip=cfg.recognition.flip,
-                    precision=cfg.recognition.precision,
                     trt_plans=trt_plans,
+                    min_face_size=detection.min_face_size,
+                    thresholds=detection.thresholds,
+                    scale_factor=detection.scale_factor,
                 )
-            self._warm_up(detector, facenet)
+                self._stop_point()
+                model = resolve_model(cfg)
+                facenet = None
+                if model is not None:
+                    self._loading = f"the FaceNet model {model}"
+                    # On the CPU FaceNet's wide layers run best on ONNX Runtime (bench/README.md).
+                    backend = cfg.engines.backend
+                    if backend in CPU_BACKENDS:
+                        backend = "onnxruntime"
+                    facenet = load_facenet(
+                        model,
+                        backend=backend,
+                        threads=threads,
+                        flip=cfg.recognition.flip,
+                        precision=cfg.recognition.precision,
+                        trt_plans=trt_plans,
+                    )
+                    self._stop_point()
+                self._loading = "the engines' warm-up"
+                self._warm_up(detector, facenet)
         except EngineError as exc:
             raise ConfigError(str(exc)) from None
+        finally:
+            self._loading = None
         return detector, facenet
+
+    def _stop_point(self) -> None:
+        """Between two loads: a stop asked meanwhile ends the start here."""
+        if self._stop.is_set():
+            raise _StoppedWhileStarting
+
+    def _building_plan(self, onnx_path: Path) -> None:
+        self._stop_point()  # (a detector's three plans: not the next one)
+        self._loading = f"the TensorRT plan build of {onnx_path}"
+        _building_plan(onnx_path)
 
     def _warm_up(self, detector: MTCNN, facenet: FaceNet | None) -> None:
         started = time.monotonic()
@@ -190,8 +214,10 @@ class Service:
         metrics.init(cfg.node_id, names, cfg.engines.backend, "", mqtt=cfg.mqtt.enabled)
         if cfg.metrics.enabled:  # before the engines: a first start's TensorRT builds take
             self._serve_metrics()  # minutes, which Prometheus sees as starting, not down
-        detector, facenet = self.load_engines()
-        if self._stop.is_set():  # SIGTERM during the load (a TensorRT build: minutes)
+        try:
+            detector, facenet = self.load_engines()
+            self._stop_point()
+        except _StoppedWhileStarting:  # SIGTERM during the load (a TensorRT build: minutes)
             logger.info("stopped while starting: nothing was running yet")
             return 0
         metrics.set_model(facenet.model_id if facenet else "")
@@ -394,3 +420,54 @@ class Service:
             self.spool.close()
         sinks.close()
         logger.info("facewatch stopped")
+
+
+class _StopWatch:
+    """While the engines load, a stop signal is said at once, with what it waits for: a
+    load (a TensorRT build: minutes) is one call that Python's signal handler cannot
+    interrupt, and runs only after. The signal's number reaches this thread through
+    ``signal.set_wakeup_fd``, written as the signal arrives."""
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+        self._read, self._write = socket.socketpair()
+        self._write.setblocking(False)
+        self._thread = threading.Thread(target=self._watch, name="stop-watch", daemon=True)
+        self._previous: int | None = -1
+
+    def __enter__(self) -> _StopWatch:
+        try:
+            self._previous = signal.set_wakeup_fd(self._write.fileno())
+        except ValueError:  # not the main thread (a test's): the loads are not watched
+            self._previous = None
+            return self
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.set_wakeup_fd(self._previous)
+        self._write.close()  # the watch ends
+        if self._thread.is_alive():
+            self._thread.join(timeout=1.0)
+        self._read.close()
+
+    def _watch(self) -> None:
+        said = False
+        while True:
+            try:
+                signals = self._read.recv(64)
+            except OSError:
+                return
+            if not signals:
+                return
+            stops = [n for n in signals if n in (signal.SIGTERM, signal.SIGINT)]
+            loading = self.service._loading
+            if stops and loading and not said:
+                logger.info(
+                    "%s during the load of %s: facewatch stops once it ends (the load "
+                    "cannot be cut short)",
+                    signal.Signals(stops[0]).name,
+                    loading,
+                )
+                said = True

@@ -405,6 +405,49 @@ def test_a_stop_keeps_its_deadline_when_cameras_hang(monkeypatch, caplog, tmp_pa
     assert "face archive: 0 visit(s) not written in time" in caplog.text
 
 
+def test_a_stop_during_the_engines_load_is_said_and_begins_no_further_load(
+    monkeypatch, caplog
+) -> None:
+    """SIGTERM while a TensorRT plan is built at the first start (minutes, one call):
+    nothing was said until the build ended, and then FaceNet was loaded too, past the
+    unit's TimeoutStopSec. The signal is said at once with what it waits for, and no
+    further model is loaded."""
+    import signal
+    from pathlib import Path
+
+    from daemon import service
+
+    daemon = service.Service(parse_config({"cameras": [{"name": "door", "url": "x.mp4"}]}))
+    loaded: list[str] = []
+
+    def slow_detector(*args: object, **kwargs: object) -> object:
+        os.kill(os.getpid(), signal.SIGTERM)  # `systemctl stop` during the load
+        time.sleep(0.5)
+        loaded.append("detector")
+        return object()
+
+    monkeypatch.setattr(service, "load_detector", slow_detector)
+    monkeypatch.setattr(service, "resolve_model", lambda config: Path("facenet.onnx"))
+    monkeypatch.setattr(service, "load_facenet", lambda *a, **k: loaded.append("facenet"))
+    monkeypatch.setattr(daemon, "_warm_up", lambda *a: loaded.append("warm-up"))
+    kept = {n: signal.getsignal(n) for n in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        daemon._install_signals()
+        stopped = pytest.raises(service._StoppedWhileStarting)
+        with caplog.at_level("INFO", logger="daemon.service"), stopped:
+            daemon.load_engines()
+    finally:
+        for number, handler in kept.items():
+            signal.signal(number, handler)
+    assert loaded == ["detector"]
+    lines = [r.getMessage() for r in caplog.records]
+    said = [line for line in lines if "during the load of" in line]
+    assert said == [
+        f"SIGTERM during the load of the detector (MTCNN in {daemon.config.engines.mtcnn_dir}): "
+        "facewatch stops once it ends (the load cannot be cut short)"
+    ], lines
+
+
 def test_what_a_stop_leaves_in_the_spool_is_counted_as_messages(tmp_path, caplog) -> None:
     """An event and its face snapshot left in the spool at a stop (the broker away): the log
     said '2 event(s) kept' where the next start sent one event, and the spool's gauge said
