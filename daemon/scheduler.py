@@ -29,7 +29,7 @@ from daemon.events import (
     person_json,
     to_jpeg,
 )
-from daemon.gallery import DEFAULT_LOCK_TIMEOUT_S, Gallery, GalleryError
+from daemon.gallery import DEFAULT_LOCK_TIMEOUT_S, Gallery, GalleryError, shown_threshold
 from daemon.gallery_file import GalleryBusy, file_stamp
 from daemon.tracking import Track, Tracker, TrackEvent
 from engines.boxes import points_in_polygon
@@ -406,7 +406,9 @@ class Pipeline:
         self.gallery = fresh
         if fresh is not None:
             people = "person" if len(names) == 1 else "people"
-            logger.info("gallery %s: %d %s", fresh.path, len(names), people)
+            logger.info(
+                "gallery %s: %d %s, %s", fresh.path, len(names), people, threshold_said(fresh)
+            )
         for gone in self._enrolled - set(names):  # off /metrics too (once scraped, the
             metrics.forget_identity(
                 gone, self.trackers
@@ -448,6 +450,17 @@ def open_gallery(
     gallery.threshold_override = config.recognition.threshold
     metrics.GALLERY_IDENTITIES.set(len(gallery.identities()))
     return gallery
+
+
+def threshold_said(gallery: Gallery) -> str:
+    """The match threshold in use and where it comes from (recognition.threshold, else the
+    gallery's own, which `gallery calibrate` sets), and how many people have their own."""
+    if gallery.threshold_override is not None:
+        said = f"threshold {shown_threshold(gallery.threshold_override)} (recognition.threshold)"
+    else:
+        said = f"threshold {shown_threshold(gallery.threshold)} (the gallery's)"
+    own = sum(identity.threshold is not None for identity in gallery.identities())
+    return f"{said}, {own} with their own" if own else said
 
 
 class BatchScheduler(threading.Thread):

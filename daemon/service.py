@@ -22,7 +22,7 @@ from types import FrameType
 
 import numpy as np
 
-from daemon import home_assistant, metrics, preflight
+from daemon import build_version, home_assistant, metrics, preflight
 from daemon.archive import FaceArchive
 from daemon.cameras import CameraReader, FrameQueues, ffmpeg_environment
 from daemon.config import WARM_UP_HW, CameraConfig, Config, ConfigError, plan_request
@@ -30,13 +30,13 @@ from daemon.events import EventSinks, in_view_json, person_json
 from daemon.gallery import GalleryError
 from daemon.mqtt import DRAIN_ON_STOP_S, MqttPublisher
 from daemon.preflight import resolve_model
-from daemon.scheduler import BatchScheduler, Pipeline, open_gallery
+from daemon.scheduler import BatchScheduler, Pipeline, open_gallery, threshold_said
 from daemon.spool import Spool
 from daemon.systemd_notify import sd_notify, watchdog_healthy
 from engines.base import EngineError
 from engines.detectors import load_detector, load_facenet
 from engines.facenet import FaceNet
-from engines.loader import CPU_BACKENDS, cpu_threads
+from engines.loader import CPU_BACKENDS, cpu_precision, cpu_threads
 from engines.mtcnn import MTCNN
 
 logger = logging.getLogger(__name__)
@@ -76,6 +76,8 @@ class Service:
         self.readers: list[CameraReader] = []
         self.archive: FaceArchive | None = None
         self._loading: str | None = None  # what the engines load now (the stop waits for it)
+        # the start-up summary's: which engines run, and the match threshold in use
+        self._engines_said = self._threshold_said = ""
 
     # -- building -----------------------------------------------------------------------
 
@@ -120,6 +122,11 @@ class Service:
                         trt_plans=trt_plans,
                     )
                     self._stop_point()
+                    runs_on, precision = cpu_precision(backend, cfg.recognition.precision)
+                    said = f"FaceNet {facenet.model_id} {precision} on {runs_on}"
+                else:
+                    said = "no FaceNet (detection only)"
+                self._engines_said = f"detector MTCNN on {cfg.engines.backend}, {said}"
                 self._loading = "the engines' warm-up"
                 self._warm_up(detector, facenet)
         except EngineError as exc:
@@ -238,12 +245,21 @@ class Service:
         signal.signal(signal.SIGINT, self._on_stop_signal)
         sd_notify("READY=1")
         metrics.READY.set(1)
-        logger.info("facewatch running: %d camera(s), node %s", len(cameras), cfg.node_id)
+        logger.info(self._summary(names))
         try:
             self._serve(scheduler)
         finally:
             self._shutdown(scheduler, sinks)
         return 1 if scheduler.error is not None else 0
+
+    def _summary(self, cameras: list[str]) -> str:
+        """The start-up line: which code, cameras, engines and match threshold run (after an
+        upgrade or a `gallery calibrate`, the journal says what ran when)."""
+        threshold = f"; {self._threshold_said}" if self._threshold_said else ""
+        return (
+            f"facewatch {build_version()} running: {len(cameras)} camera(s) "
+            f"({', '.join(cameras)}), node {self.config.node_id}; {self._engines_said}{threshold}"
+        )
 
     def _enrolled(self, facenet: FaceNet | None) -> list[str]:
         """The gallery's names (for the initial MQTT state); fails now on a wrong gallery.
@@ -258,6 +274,7 @@ class Service:
         if gallery is None:
             return []
         try:
+            self._threshold_said = threshold_said(gallery)
             return [identity.name for identity in gallery.identities()]
         finally:
             gallery.close()

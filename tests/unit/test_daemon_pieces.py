@@ -448,6 +448,54 @@ def test_a_stop_during_the_engines_load_is_said_and_begins_no_further_load(
     ], lines
 
 
+def test_the_start_and_each_gallery_reload_say_what_runs_and_the_threshold_in_use(
+    monkeypatch, tmp_path, caplog
+) -> None:
+    """After an upgrade or a `gallery calibrate` the journal could not tell which code, engines
+    and match threshold ran: the start said the number of cameras and the node, a reload the
+    number of people. The start names the version, cameras, detector and FaceNet with their
+    backends and the threshold with where it comes from; a reload its threshold."""
+    from pathlib import Path
+
+    from daemon import build_version, service
+
+    gallery = tmp_path / "gallery.sqlite"
+    with Gallery.create(gallery, "facenet-x@sha256:0123", 8, 0.154) as made:
+        made.enroll([Enrollment("ann", np.eye(8, dtype=np.float32)[0], "a" * 64)])
+        made.set_threshold("ann", 0.1)
+
+    def started(threshold: float | None) -> str:
+        recognition = {"gallery": str(gallery), "precision": "fp32", "threshold": threshold}
+        cameras = [{"name": "door", "url": "x.mp4"}, {"name": "yard", "url": "y.mp4"}]
+        daemon = service.Service(parse_config({"cameras": cameras, "recognition": recognition}))
+        facenet = SimpleNamespace(model_id="facenet-x@sha256:0123")
+        monkeypatch.setattr(service, "load_detector", lambda *a, **k: object())
+        monkeypatch.setattr(service, "resolve_model", lambda config: Path("facenet.onnx"))
+        monkeypatch.setattr(service, "load_facenet", lambda *a, **k: facenet)
+        monkeypatch.setattr(daemon, "_warm_up", lambda *a: None)
+        daemon.load_engines()
+        assert daemon._enrolled(facenet) == ["ann"]  # type: ignore[arg-type]
+        return daemon._summary(["door", "yard"])
+
+    assert started(None) == (
+        f"facewatch {build_version()} running: 2 camera(s) (door, yard), node facewatch; "
+        "detector MTCNN on openvino, FaceNet facenet-x@sha256:0123 fp32 on onnxruntime; "
+        "threshold 0.154 (the gallery's), 1 with their own"
+    )
+    assert started(0.2).endswith("; threshold 0.200 (recognition.threshold), 1 with their own")
+
+    config = parse_config(
+        {"cameras": [{"name": "door", "url": "x.mp4"}], "recognition": {"gallery": str(gallery)}}
+    )
+    engines = _OneFace()
+    engines.model_id = "facenet-x@sha256:0123"  # type: ignore[misc]
+    with caplog.at_level("INFO", logger="daemon.scheduler"):
+        Pipeline(config, engines, engines, EventSinks()).reload_gallery()  # type: ignore[arg-type]
+    assert f"gallery {gallery}: 1 person, threshold 0.154 (the gallery's), 1 with their own" in [
+        r.getMessage() for r in caplog.records
+    ]
+
+
 def test_what_a_stop_leaves_in_the_spool_is_counted_as_messages(tmp_path, caplog) -> None:
     """An event and its face snapshot left in the spool at a stop (the broker away): the log
     said '2 event(s) kept' where the next start sent one event, and the spool's gauge said
