@@ -197,8 +197,9 @@ class EventSinks:
         self.state = state
         self._stdout: TextIO | None = sys.stdout if stdout else None
         self._file: TextIO | None = None
-        if jsonl_file:
-            self._file = open_jsonl(Path(jsonl_file))
+        self._jsonl_path = Path(jsonl_file) if jsonl_file else None
+        if self._jsonl_path is not None:
+            self._file = open_jsonl(self._jsonl_path)
         self._lock = threading.Lock()
         self._failing: set[str] = set()  # outputs whose failure was logged, until they recover
         used = {
@@ -284,12 +285,29 @@ class EventSinks:
                 then = "they are lost there"
                 if name == "spool" and self.direct is not None:
                     then = "sent to the broker without it while connected (lost if not)"
-                logger.error("events: %s cannot take them (%s): %s", name, exc, then)
+                what, folder = self._output(name)
+                check = f"; check the free space of {folder} (df -h) and that it can be written"
+                logger.error(
+                    "events: %s cannot take them (%s): %s%s",
+                    what,
+                    exc,
+                    then,
+                    check if folder else "",
+                )
             return False
         if name in self._failing:
             self._failing.discard(name)
-            logger.warning("events: %s takes them again", name)
+            logger.info("events: %s takes them again", self._output(name)[0])
         return True
+
+    def _output(self, name: str) -> tuple[str, Path | None]:
+        """An output as the log names it (its file and key), and the folder it writes to."""
+        if name == "spool" and self.spool is not None:
+            return f"the spool {self.spool.path} (mqtt.spool_dir)", self.spool.folder
+        if name == "jsonl_file" and self._jsonl_path is not None:
+            path = self._jsonl_path
+            return f"the events file {path} (events.jsonl_file)", path.parent
+        return name, None
 
     def in_view(self, camera: str, state: dict[str, Any]) -> None:
         """Who ``camera`` sees now (``in_view_json``), after its events changed it."""

@@ -277,7 +277,13 @@ class MqttPublisher:
     ) -> None:
         if getattr(reason, "is_failure", False):
             self._refused = True  # (paho's disconnect after it is no wrong port)
-            self._failed(f"broker refused the connection: {reason}; retrying")
+            cfg = self.config
+            user = f" as user {cfg.username}" if cfg.username else " without a user name"
+            self._failed(
+                f"broker {cfg.host}:{cfg.port} refused the connection{user}: {reason}; "
+                "retrying, events are spooled until then (check mqtt.username, the password's "
+                "credential and the broker's password file and ACL)"
+            )
             return
         logger.info("MQTT: connected to %s:%d", self.config.host, self.config.port)
         self._last_failure = None

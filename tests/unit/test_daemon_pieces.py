@@ -343,17 +343,29 @@ def test_mqtt_failures_are_logged_once_per_outage_and_when_the_reason_changes(
     from daemon.config import MqttConfig
     from daemon.mqtt import MqttPublisher
 
-    publisher = MqttPublisher(MqttConfig(port=1), "node", Spool(tmp_path / "spool", 10))
+    config = MqttConfig(port=1, username="cam", password="s3cret")
+    publisher = MqttPublisher(config, "node", Spool(tmp_path / "spool", 10))
     with caplog.at_level("WARNING", logger="daemon.mqtt"):
         for _ in range(3):  # paho retries: nothing listens on port 1
             publisher._on_connect_fail(publisher.client, None)
-        publisher._failed("broker refused the connection: Not authorized; retrying")
-        publisher._failed("broker refused the connection: Not authorized; retrying")
+
+        class NotAuthorized:  # paho's reason code for a wrong password
+            is_failure = True
+
+            def __str__(self) -> str:
+                return "Not authorized"
+
+        for _ in range(2):  # named with the broker and the user, once
+            publisher._on_connect(publisher.client, None, None, NotAuthorized(), None)
     messages = [r.getMessage() for r in caplog.records]
     assert len(messages) == 2, messages
     assert messages[0].startswith("MQTT: cannot connect to 127.0.0.1:1: ")
     assert "refused" in messages[0] and "events are spooled until then" in messages[0]
-    assert messages[1] == "MQTT: broker refused the connection: Not authorized; retrying"
+    assert messages[1].startswith(
+        "MQTT: broker 127.0.0.1:1 refused the connection as user cam: Not authorized; "
+        "retrying, events are spooled until then (check mqtt.username, "
+    ), messages
+    assert "s3cret" not in caplog.text
 
 
 def test_a_stop_keeps_its_deadline_when_cameras_hang(monkeypatch, caplog, tmp_path) -> None:
@@ -886,15 +898,28 @@ def test_an_event_output_that_fails_loses_its_copy_and_the_daemon_goes_on(tmp_pa
         sinks.emit(event)
         sinks.emit(dict(event, event_id="e2", seq=2))
     assert failures("jsonl_file") == before + 2
-    assert caplog.text.count("events: jsonl_file cannot take them") == 1
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 1, said  # the file and its key, what to do: it said 'jsonl_file'
+    assert said[0].startswith(f"events: the events file {good} (events.jsonl_file) cannot take")
+    assert said[0].endswith(
+        f"check the free space of {tmp_path} (df -h) and that it can be written"
+    )
     assert len(spool) == 2, "the spool still got both"
 
     spool._db.close()  # the spool's file no longer writable: sqlite raises
     sinks._file = good.open("a", encoding="utf-8")
     before = failures("spool")
-    sinks.emit(dict(event, event_id="e3", seq=3))
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="daemon.events"):
+        sinks.emit(dict(event, event_id="e3", seq=3))
     assert failures("spool") == before + 1
     assert json.loads(good.read_text().splitlines()[-1])["event_id"] == "e3"
+    said = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert said[0][1].startswith(f"events: the spool {spool.path} (mqtt.spool_dir) cannot take")
+    assert f"check the free space of {spool.folder}" in said[0][1]
+    assert said[1:] == [
+        ("INFO", f"events: the events file {good} (events.jsonl_file) takes them again")
+    ]
 
 
 def test_each_event_output_exports_its_failures_at_zero_from_the_start(tmp_path) -> None:
