@@ -296,7 +296,8 @@ class RecognitionConfig(Section):
     model: str | None = _field(
         "auto",
         "FaceNet ONNX model; 'auto' = facenet/facenet.onnx in $FACEWATCH_MODELS (else the "
-        "repository's models/) when present, else detection only; null = detection only",
+        "repository's models/) when present, else detection only (an error when the gallery "
+        "holds people: their model is missing); null = detection only",
     )
     gallery: str = _field("gallery.sqlite", "enrolled people (SQLite); relative to the config")
     threshold: float | None = _field(
