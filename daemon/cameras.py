@@ -43,6 +43,23 @@ FLAP_S = 5.0  # one that ends sooner (a few frames, then dropped): the backoff g
 # is logged, at most every REMIND_S: otherwise only Prometheus's alert would say it
 DROPS_WINDOW_S = 60.0
 REASON_CHARS = 200  # the longest reason a metric label carries
+# A picture that does not change for this long (BLANK_S when all black, FROZEN_S otherwise;
+# BLANK_FRAMES frames at least) marks the camera down: a black frame at a cut, or a camera's
+# switch to night, never lasts that long, and a real camera's noise changes some pixel
+BLANK_S = 10.0
+FROZEN_S = 60.0  # (a static scene of a long-GOP camera might repeat exact frames for seconds)
+BLANK_FRAMES = 3
+SAMPLE_STRIDE = 4  # every 4th pixel of every 4th row is compared
+NO_INTERLACED = "OpenCV's FFmpeg cannot convert interlaced video"
+BLANK_DOWN = (  # the camera's down reason (at most REASON_CHARS)
+    f"its frames decode all black: an interlaced stream? {NO_INTERLACED}: set the camera/NVR "
+    "stream to progressive (or the lens is covered, the scene unlit)"
+)
+FROZEN_DOWN = (
+    f"its picture never changes: an interlaced stream? {NO_INTERLACED}: set the camera/NVR "
+    "stream to progressive (or the camera froze: restart it)"
+)
+STUCK_FILE = f"an interlaced video? {NO_INTERLACED}: re-encode it progressive"
 
 
 @dataclass(frozen=True)
@@ -191,18 +208,74 @@ def why_not_open(url: str, kind: str) -> str:
     )
 
 
+class StuckPicture:
+    """Frames that do not change: all black, or each the same as the one before to the
+    pixel (on a sparse grid). That is what OpenCV's FFmpeg returns for interlaced video, with
+    a read that says it succeeded: black, or a stale buffer's picture over and over. A dark
+    scene is neither: its noise and black level change some pixels from frame to frame."""
+
+    def __init__(self) -> None:
+        self.since: float | None = None  # when the run of stuck frames began
+        self.count = 0  # frames in it
+        self.black = True  # all of them all black
+        self._last: np.ndarray | None = None
+
+    def new_source(self) -> None:
+        """A reconnect, or a file played again: its first frame is compared with none (another
+        capture's stale picture may differ from the last), and neither ends a run nor adds to
+        it, unless black."""
+        self._last = None
+
+    def see(self, image: np.ndarray, now: float) -> bool:
+        """Count one frame; whether it shows the picture changing (a run of stuck frames, if
+        any, ends)."""
+        sample = np.ascontiguousarray(image[::SAMPLE_STRIDE, ::SAMPLE_STRIDE])
+        black = not sample.any()
+        compared, self._last = self._last, sample
+        if not black:
+            if compared is None:
+                return False
+            if not np.array_equal(sample, compared):
+                self.since, self.count, self.black = None, 0, True
+                return True
+        if self.since is None:
+            self.since = now
+        self.count += 1
+        self.black = self.black and black
+        return False
+
+    def lasted(self, now: float) -> bool:
+        """The run has lasted long enough to say so (BLANK_S all black, else FROZEN_S)."""
+        if self.since is None or self.count < BLANK_FRAMES:
+            return False
+        return now - self.since >= (BLANK_S if self.black else FROZEN_S)
+
+
 def check_file_source(url: str) -> None:
-    """For a local file: it exists and holds a decodable frame (a config error otherwise,
-    unlike a stream, which may come up later)."""
+    """For a local file: it exists, and its frames within its first BLANK_S seconds decode to
+    a picture that changes (a config error otherwise, unlike a stream, which may come up
+    later). A video of one frame is taken as it is, unless black."""
     if source_kind(url) != "file":
         return
     capture = open_capture(url)
+    stuck, decoded = StuckPicture(), 0
     try:
-        ok, _ = capture.read()
+        fps = capture.get(cv2.CAP_PROP_FPS)
+        most = round(BLANK_S * (fps if 1 <= fps <= 240 else 25.0))
+        while decoded < most:
+            ok, image = capture.read()
+            if not ok or image is None:
+                break
+            decoded += 1
+            if stuck.see(image, 0.0):
+                return
     finally:
         capture.release()
-    if not ok:
+    if not decoded:
         raise OSError(f"{url}: no video frame could be decoded")
+    if decoded > 1 or stuck.count:
+        how = "all black" if stuck.black else "the same picture"
+        raise OSError(f"{url}: its first {decoded} frames decode {how}: {STUCK_FILE}")
 
 
 def _device_problem(path: str) -> str:
@@ -240,6 +313,8 @@ class CameraReader(threading.Thread):
         # up and down are logged at INFO as the outage's warning is (a flapping stream: once)
         self._lost = False  # down, not logged yet: the outage's first _backoff says it
         self._loud = True  # its last outage was logged at INFO, so its return is too
+        self._stuck = StuckPicture()
+        self.stuck: str | None = None  # while its picture is stuck: why it is down for that
 
     def stop(self) -> None:
         self._stop_event.set()
@@ -352,13 +427,15 @@ class CameraReader(threading.Thread):
         decoded = 0
         if self.motion is not None:
             self.motion.reset()  # a new connection: compare with its own frames only
+        self._stuck.new_source()
         while not self._stop_event.is_set():
             if pace:
                 self._stop_event.wait(max(0.0, started + decoded * pace - time.monotonic()))
             if not capture.grab():  # decoded; converted to BGR only when it is kept
                 return decoded
             decoded += 1
-            self._set_up(True)
+            if self.stuck is None:
+                self._set_up(True)
             now = time.monotonic()  # the schedule; the frame's time is the wall clock's
             # on schedule (a late frame may make up for the one before), and never closer
             # than half a period: a stream delivers its buffered frames in a burst at connect
@@ -371,7 +448,31 @@ class CameraReader(threading.Thread):
             kept = now
             self._seq += 1
             metrics.FRAMES_READ.labels(self.config.name).inc()
+            self._check_picture(image, now)
             moved = self.motion.moved(image) if self.motion is not None else True
             frame = Frame(self.config.name, self._seq, time.time(), image, moved, time.monotonic())
             self.queues.put(frame)
         return decoded
+
+    def _check_picture(self, image: np.ndarray, now: float) -> None:
+        """A picture that never changes (``StuckPicture``: an interlaced stream, which
+        OpenCV's FFmpeg cannot convert, read as if all were well) marks the camera down, its
+        reason BLANK_DOWN or FROZEN_DOWN, warned once; the first frame that changes brings it
+        back up. A run goes on across a reconnect, and a file's replays."""
+        if self._stuck.see(image, now):
+            if self.stuck is not None:
+                self.stuck = None
+                logger.info("camera %s: its picture changes again", self.config.name)
+                self._set_up(True)
+            return
+        if self.stuck is None and self._stuck.lasted(now):
+            self.stuck = BLANK_DOWN if self._stuck.black else FROZEN_DOWN
+            self._set_up(False)
+            since = now - (self._stuck.since or now)
+            logger.warning(
+                "camera %s: %s (%.0f s, %d frames)",
+                self.config.name, self.stuck, since, self._stuck.count,
+            )  # fmt: skip
+        if self.stuck is not None:  # (again after a reconnect, which exported its own reason)
+            self.stuck = BLANK_DOWN if self._stuck.black else FROZEN_DOWN
+            self._export_down(self.stuck)

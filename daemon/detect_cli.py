@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from daemon.cameras import STUCK_FILE, StuckPicture
 from daemon.cli_args import number
 from engines import BACKENDS, EngineError
 from engines.base import bounds_text
@@ -307,12 +308,14 @@ def _detect_video(
         leave=False,
     )
     index, batch, numbers, searched = 0, [], [], 0
+    stuck = StuckPicture()
     try:
         while True:
             ok, frame = capture.read()
             if ok and index % args.every == 0:
                 batch.append(frame)
                 numbers.append(index)
+                stuck.see(frame, 0.0)
             if batch and (not ok or len(batch) == args.batch):
                 for number, image, found in zip(
                     numbers, batch, detector.detect(batch), strict=True
@@ -336,6 +339,10 @@ def _detect_video(
             writer.release()
     if index == 0:
         raise VideoError(f"{path}: no frame could be decoded")
+    faces = summary.faces - faces_before
+    if not faces and stuck.count and stuck.count >= searched - 1:  # (the first: compared with none)
+        how = "all black" if stuck.black else "the same picture"
+        raise VideoError(f"{path}: its {searched} frames searched decode {how}: {STUCK_FILE}")
     if total and index < 0.9 * total:  # a header's count is an estimate, seldom this far off
         tqdm.write(
             f"warning: {path}: {index} of the {total} frames its header announces could be "
@@ -344,7 +351,6 @@ def _detect_video(
         )
     if not args.json:
         every = f" ({searched} searched: every {args.every})" if args.every > 1 else ""
-        faces = summary.faces - faces_before
         tqdm.write(f"{path}: {index} frames{every}, {faces} faces", file=sys.stdout)
 
 

@@ -32,7 +32,11 @@ READY = Gauge(
     "start that builds TensorRT plans: minutes)",
 )
 
-CAMERA_UP = Gauge("facewatch_camera_up", "1 while the camera delivers frames", ["camera"])
+CAMERA_UP = Gauge(
+    "facewatch_camera_up",
+    "1 while the camera delivers frames with a picture (not all black or never changing)",
+    ["camera"],
+)
 CAMERA_DOWN_SINCE = Gauge(
     "facewatch_camera_down_since_seconds",
     "while a camera is down: since when (Unix time), and why in 'reason' (the log's words); "

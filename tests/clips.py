@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 
 from tests.conftest import REPO
 
@@ -61,4 +64,31 @@ def doorway_clip(out: Path, still_s: float, scale: float = 1.0, sigma: float = 3
             writer.write(image)
     finally:
         writer.release()
+    return out
+
+
+def x264_clip(out: Path, frames: list, interlaced: bool, fps: str = "30000/1001") -> Path:
+    """``frames`` (BGR, all one size) as H.264 in MP4, through GStreamer's x264enc (OpenCV's
+    writer has no H.264 encoder). ``interlaced``: field-coded, as an analog camera behind
+    a DVR or a 1080i source sends, each frame's odd lines taken from the next frame (two
+    fields, two moments). Skips the test where gst-launch-1.0 or x264enc is missing."""
+    if shutil.which("gst-launch-1.0") is None or shutil.which("gst-inspect-1.0") is None:
+        pytest.skip("no gst-launch-1.0 (GStreamer) to encode an H.264 test clip")
+    if subprocess.run(["gst-inspect-1.0", "x264enc"], capture_output=True).returncode:
+        pytest.skip("no x264enc (gstreamer1.0-plugins-ugly) to encode an H.264 test clip")
+    if interlaced:
+        woven = [a.copy() for a in frames[:-1]]
+        for image, later in zip(woven, frames[1:], strict=True):
+            image[1::2] = later[1::2]
+        frames = woven
+    height, width = frames[0].shape[:2]
+    fields = "interlaced=true top-field-first=true" if interlaced else ""
+    pipeline = (
+        f"fdsrc fd=0 blocksize={frames[0].nbytes} ! rawvideoparse format=bgr width={width} "
+        f"height={height} framerate={fps} {fields} ! videoconvert ! video/x-raw,format=I420 ! "
+        f"x264enc speed-preset=veryfast key-int-max=30 bframes=0 interlaced={str(interlaced).lower()} ! "
+        f"h264parse ! mp4mux ! filesink location={out}"
+    )
+    data = b"".join(np.ascontiguousarray(image).tobytes() for image in frames)
+    subprocess.run(["gst-launch-1.0", "-q", "-e", *pipeline.split()], input=data, check=True)
     return out

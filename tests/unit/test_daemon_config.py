@@ -814,3 +814,34 @@ def test_validate_config_checks_the_model_file_as_run_would(tmp_path, capsys) ->
             err = capsys.readouterr().err
             assert f"\n  recognition.model: {said}" in err, err
             assert "recognition.gallery" not in err, err
+
+
+def test_validate_config_names_a_video_file_whose_frames_decode_to_no_picture(
+    tmp_path, capsys
+) -> None:
+    """An interlaced video (OpenCV's FFmpeg cannot convert it, and reads it as if all were
+    well, all black or one stale picture): a camera of it was valid and never found a face.
+    Its camera's url is named with the cause; the same frames progressive are valid."""
+    from daemon.cli import main
+    from tests.clips import DEMO_CLIP, read_frames, x264_clip
+
+    frames = read_frames(DEMO_CLIP, count=40)
+    interlaced = x264_clip(tmp_path / "interlaced.mp4", frames, interlaced=True)
+    progressive = x264_clip(tmp_path / "progressive.mp4", frames, interlaced=False)
+    settings = {
+        "cameras": [
+            {"name": "hall", "url": str(interlaced)},
+            {"name": "door", "url": str(progressive)},
+        ],
+        "recognition": {"model": None},
+    }
+    path = tmp_path / "facewatch.yaml"
+    path.write_text(json.dumps(settings))
+    assert main(["validate-config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"\n  cameras[0] (hall).url: {interlaced}: its first 39 frames decode " in err, err
+    assert "an interlaced video? OpenCV's FFmpeg cannot convert interlaced video: re-encode" in err
+    assert "(door)" not in err
+    settings["cameras"] = settings["cameras"][1:]
+    path.write_text(json.dumps(settings))
+    assert main(["validate-config", str(path)]) == 0, capsys.readouterr().err

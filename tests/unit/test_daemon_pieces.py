@@ -1056,6 +1056,133 @@ def test_deletions_are_sent_at_the_next_connection_then_forgotten(tmp_path) -> N
     }
 
 
+def test_an_interlaced_camera_is_down_with_why_not_up_with_no_picture(
+    monkeypatch, caplog, tmp_path
+) -> None:
+    """An interlaced stream: OpenCV's FFmpeg cannot convert it, yet every read succeeds,
+    each frame black (or one stale picture). The camera was up, `facewatch status` said all
+    is well, and no face was ever found. Now it is down with the cause (the reason on
+    /metrics that `facewatch status` and FacewatchCameraDown show), warned once; the same
+    frames encoded progressive keep it up."""
+    from daemon import cameras
+    from daemon.cameras import CameraReader
+    from daemon.config import CameraConfig
+    from tests.clips import DEMO_CLIP, read_frames, x264_clip
+
+    monkeypatch.setattr(cameras, "BLANK_S", 0.6)  # (10 s and 60 s: too long for a test)
+    monkeypatch.setattr(cameras, "FROZEN_S", 0.6)
+    frames = read_frames(DEMO_CLIP, count=61)  # 2 s, played in a loop
+    clips = {
+        "attic": x264_clip(tmp_path / "interlaced.mp4", frames, interlaced=True),
+        "porch": x264_clip(tmp_path / "progressive.mp4", frames, interlaced=False),
+    }
+    readers = {
+        name: CameraReader(CameraConfig(name=name, url=str(clip)), FrameQueues([name], 2))
+        for name, clip in clips.items()
+    }
+    with caplog.at_level("INFO", logger="daemon.cameras"):
+        for reader in readers.values():
+            reader.start()
+        deadline = time.monotonic() + 15
+        while readers["attic"].stuck is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(2.5)  # a replay of the file, or more
+        up = {name: reader.up for name, reader in readers.items()}
+        for reader in readers.values():
+            reader.stop()
+            reader.join(5)
+    attic, porch = readers["attic"], readers["porch"]
+    assert attic.stuck is not None and "set the camera/NVR stream to progressive" in attic.stuck
+    down = [
+        sample
+        for metric in REGISTRY.collect()
+        if metric.name == "facewatch_camera_down_since_seconds"
+        for sample in metric.samples
+        if sample.labels["camera"] == "attic"
+    ]
+    assert [sample.labels["reason"] for sample in down] == [attic.stuck]
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 1, warned  # the progressive camera: none
+    assert (
+        warned[0].startswith("camera attic: its ") and "an interlaced stream? OpenCV" in warned[0]
+    )
+    assert up == {"attic": False, "porch": True}, "down while stuck (at the stop, both)"
+    assert porch.stuck is None
+    assert REGISTRY.get_sample_value("facewatch_frames_read_total", {"camera": "porch"}) >= 5
+    attic._set_up(True)
+
+
+def test_a_picture_that_never_changes_is_down_after_a_while_and_up_again_once_it_does(
+    monkeypatch, caplog
+) -> None:
+    """A dark, noisy night picture never looks stuck; black for a few seconds (a cut, the
+    switch to night) is no outage; black for BLANK_S is, warned once, and the first frame
+    that changes brings the camera back up. A non-black picture repeated to the pixel (a
+    stale frame) is down after FROZEN_S."""
+    from daemon import cameras
+    from daemon.cameras import BLANK_DOWN, BLANK_S, FROZEN_DOWN, FROZEN_S, CameraReader
+    from daemon.config import CameraConfig
+    from tests.clips import DEMO_CLIP, EMPTY_FRAME, noisy_copies, read_frames
+
+    clock = [1000.0]
+    monkeypatch.setattr(
+        cameras, "time", SimpleNamespace(monotonic=lambda: clock[0], time=time.time)
+    )
+
+    class Capture:
+        """A stream of these frames, 4 a second of the clock."""
+
+        def __init__(self, frames: list) -> None:
+            self.frames = iter(frames)
+
+        def get(self, prop: int) -> float:
+            return 0.0
+
+        def grab(self) -> bool:
+            clock[0] += 0.25
+            self.frame = next(self.frames, None)
+            return self.frame is not None
+
+        def retrieve(self) -> tuple[bool, np.ndarray]:
+            return True, self.frame
+
+    statuses: list[bool] = []
+    reader = CameraReader(
+        CameraConfig(name="cellar", url="rtsp://10.0.0.9/live"),
+        FrameQueues(["cellar"], 10_000),  # (never taken: none dropped)
+        on_status=lambda camera, up: statuses.append(up),
+    )
+    small = cv2.resize(read_frames(DEMO_CLIP, EMPTY_FRAME, 1)[0], (160, 90))
+    night = cv2.cvtColor(cv2.cvtColor(small, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR)
+    night = (night * 0.35 + 8).astype(np.uint8)  # grey, a third of the light, sensor noise
+    black = np.zeros_like(small)
+
+    def seconds(s: float) -> int:
+        return round(s * 4)
+
+    with caplog.at_level("INFO", logger="daemon.cameras"):
+        reader._read(Capture(noisy_copies(night, seconds(FROZEN_S + 10), 6)))
+        assert reader.stuck is None and statuses == [True]
+        reader._read(Capture([black] * seconds(BLANK_S - 2) + noisy_copies(night, 4, 6)))
+        assert reader.stuck is None and statuses == [True]
+        reader._read(Capture([black] * seconds(BLANK_S + 1)))
+        assert reader.stuck == BLANK_DOWN and statuses == [True, False]
+        assert REGISTRY.get_sample_value("facewatch_camera_up", {"camera": "cellar"}) == 0
+        reason = {"camera": "cellar", "reason": BLANK_DOWN}
+        assert REGISTRY.get_sample_value("facewatch_camera_down_since_seconds", reason)
+        reader._read(Capture(noisy_copies(night, 4, 6)))
+        assert reader.stuck is None and statuses == [True, False, True]
+        assert REGISTRY.get_sample_value("facewatch_camera_down_since_seconds", reason) is None
+        reader._read(Capture([small] * seconds(FROZEN_S - 5)))
+        assert reader.stuck is None
+        reader._read(Capture([small] * seconds(FROZEN_S + 1)))
+        assert reader.stuck == FROZEN_DOWN and statuses == [True, False, True, False]
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 2 and all(w.startswith("camera cellar: its ") for w in warned), warned
+    assert "camera cellar: its picture changes again" in caplog.text
+    reader._set_up(True)
+
+
 def test_a_camera_that_drops_each_connection_at_once_backs_off_and_is_logged_once(
     monkeypatch, caplog
 ) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -123,6 +124,27 @@ def test_a_file_that_is_not_video_is_an_error(tmp_path, capsys):
     fake.write_bytes(b"not a video")
     code, _, err = run_cli(capsys, str(fake))
     assert code == 1 and str(fake) in err
+
+
+def test_an_interlaced_video_is_an_error_naming_the_file_not_0_faces(tmp_path, capsys):
+    """OpenCV's FFmpeg cannot convert interlaced H.264 yet reads it "fine": every frame came
+    out black (or one stale picture), and detect said `0 faces`, `0 error(s)`, exit 0. It
+    names the file and the cause; the same frames encoded progressive are searched."""
+    from tests.clips import DEMO_CLIP, read_frames, x264_clip
+
+    frames = read_frames(DEMO_CLIP, count=40)
+    interlaced = x264_clip(tmp_path / "interlaced.mp4", frames, interlaced=True)
+    code, _, err = run_cli(capsys, "--every", "10", str(interlaced))
+    assert code == 1, err
+    assert f"error: {interlaced}: its 4 frames searched decode " in err
+    assert "interlaced video? OpenCV's FFmpeg cannot convert interlaced video" in err
+    assert "1 error(s)" in err
+
+    progressive = x264_clip(tmp_path / "progressive.mp4", frames, interlaced=False)
+    code, out, err = run_cli(capsys, "--every", "10", str(progressive))
+    assert code == 0, err
+    faces = int(re.search(r"(\d+) faces", out).group(1))  # type: ignore[union-attr]
+    assert faces >= 4, out
 
 
 def test_missing_models_are_named(tmp_path, capsys, shared_data):
