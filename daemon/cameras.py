@@ -3,9 +3,10 @@
 
 RTSP goes over TCP with open and read timeouts (a stream that stalls is noticed within about
 10 s). A video file plays in a loop at its native frame rate (that is how the demo runs).
-Frames are decimated to the camera's target fps before they are queued, each marked with
-whether it moved (``daemon.motion``); when the pipeline is behind, the oldest queued frame is
-dropped and counted, so the scheduler always sees recent frames.
+Frames are decimated to the camera's target fps before they are queued, turned upright
+(``rotate``), each marked with whether it moved (``daemon.motion``); when the pipeline is
+behind, the oldest queued frame is dropped and counted, so the scheduler always sees recent
+frames.
 """
 
 from __future__ import annotations
@@ -60,6 +61,11 @@ FROZEN_DOWN = (
     "stream to progressive (or the camera froze: restart it)"
 )
 STUCK_FILE = f"an interlaced video? {NO_INTERLACED}: re-encode it progressive"
+TURNS = {  # cameras[].rotate: clockwise degrees
+    90: cv2.ROTATE_90_CLOCKWISE,
+    180: cv2.ROTATE_180,
+    270: cv2.ROTATE_90_COUNTERCLOCKWISE,
+}
 
 
 @dataclass(frozen=True)
@@ -418,7 +424,8 @@ class CameraReader(threading.Thread):
             self.on_status(self.config.name, up)
 
     def _read(self, capture: cv2.VideoCapture) -> int:
-        """Read until the stream fails or ends; returns the number of frames decoded."""
+        """Read until the stream fails or ends; returns the number of frames decoded. The
+        frames kept are turned as ``rotate`` says, and queued."""
         native_fps = capture.get(cv2.CAP_PROP_FPS)
         pace = 1.0 / native_fps if self.kind == "file" and 1 <= native_fps <= 240 else 0.0
         period = 1.0 / self.config.fps
@@ -444,6 +451,8 @@ class CameraReader(threading.Thread):
             ok, image = capture.retrieve()
             if not ok or image is None:
                 return decoded
+            if self.config.rotate:  # before all else: the motion gate, regions, events
+                image = cv2.rotate(image, TURNS[self.config.rotate])
             next_due = max(next_due + period, now - period) if kept else now + period
             kept = now
             self._seq += 1

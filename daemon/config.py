@@ -258,6 +258,14 @@ class CameraConfig(Section):
     url: str = Field(description="rtsp://... URL, a video file, or a V4L2 device (/dev/videoN)")
     fps: float = _field(5.0, "frames per second to process (the stream is decimated)", gt=0, le=60)
     enabled: bool = _field(True, "read this camera")
+    rotate: Literal[0, 90, 180, 270] = _field(
+        0,
+        "turn each frame clockwise by this many degrees, for a camera mounted sideways or "
+        "upside down (MTCNN and FaceNet find and name upright faces only); everything after "
+        "refers to the turned frame: detection.ignore regions, boxes in events, snapshots, "
+        "the face archive (the camera's own rotation or corridor mode, where it has one, "
+        "costs no CPU here)",
+    )
     detection: DetectionOverrides = _field(DetectionOverrides(), "per-camera detection settings")
     recognition: RecognitionOverrides = _field(
         RecognitionOverrides(), "per-camera recognition settings"

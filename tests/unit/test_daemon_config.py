@@ -103,6 +103,10 @@ def test_defaults_fill_everything_but_the_cameras() -> None:
         ),
         ({"cameras": [{"url": "x"}]}, "cameras[0].name: required key is missing"),
         (
+            {"cameras": [{**CAMERA, "rotate": 45}]},
+            "cameras[0] (door).rotate: Input should be 0, 90, 180 or 270 (got 45)",
+        ),
+        (
             {"cameras": [CAMERA], "recognition": {"min_face_px": -1}},
             "recognition.min_face_px: Input should be greater than or equal to 0",
         ),

@@ -1183,6 +1183,56 @@ def test_a_picture_that_never_changes_is_down_after_a_while_and_up_again_once_it
     reader._set_up(True)
 
 
+@pytest.mark.parametrize(
+    ("mounted", "rotate"),
+    [(cv2.ROTATE_90_CLOCKWISE, 270), (cv2.ROTATE_180, 180), (cv2.ROTATE_90_COUNTERCLOCKWISE, 90)],
+)
+def test_a_camera_mounted_sideways_or_upside_down_is_turned_upright_and_its_faces_found(
+    detector, tmp_path, mounted, rotate
+) -> None:
+    """A corridor (portrait) or ceiling mount: the faces lie on their side or stand on their
+    heads, MTCNN finds fewer and FaceNet names none, and no setting turned them. With
+    `rotate` (clockwise degrees) the frames leave the reader upright, and the faces of the
+    upright clip are found, where they are in it."""
+    from daemon.cameras import CameraReader
+    from tests.clips import DEMO_CLIP, read_frames
+
+    upright = read_frames(DEMO_CLIP, count=6)
+    clip = tmp_path / "mounted.mp4"
+    turned = [cv2.rotate(image, mounted) for image in upright]
+    height, width = turned[0].shape[:2]
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"mp4v"), 30, (width, height))
+    for image in turned:
+        writer.write(image)
+    writer.release()
+    sideways = read_frames(clip)
+    hall = {"name": "hall", "url": str(clip), "rotate": rotate, "fps": 30}  # (every frame)
+    queues = FrameQueues(["hall"], 100)
+    reader = CameraReader(parse_config({"cameras": [hall]}).cameras[0], queues)
+    capture = cv2.VideoCapture(str(clip))
+    assert reader._read(capture) == 6
+    capture.release()
+    frames = [frame.image for frame in queues.take(100, 0.0)]
+    assert len(frames) >= 3
+    k = {90: -1, 180: 2, 270: 1}[rotate]  # numpy's quarter turns are anticlockwise
+    back = [np.rot90(image, k) for image in sideways]  # (frames may be skipped on the way)
+    shown = [next((i for i, b in enumerate(back) if np.array_equal(f, b)), -1) for f in frames]
+    assert -1 not in shown, "each frame the reader hands on is one of the clip's, turned"
+
+    def boxes(images: list) -> list:
+        return [found.bbox_xyxy for found in detector.detect(images)]
+
+    expected, got = boxes([upright[i] for i in shown]), boxes(frames)
+    assert sum(map(len, boxes([sideways[i] for i in shown]))) < sum(map(len, expected))
+
+    def near(a: np.ndarray, b: np.ndarray) -> bool:  # centres within half a face width
+        return bool(np.abs((a[:2] + a[2:]) - (b[:2] + b[2:])).max() / 2 < (a[2] - a[0]) / 2)
+
+    for want, have in zip(expected, got, strict=True):
+        assert len(have) == len(want) >= 1
+        assert all(any(near(w, h) for h in have) for w in want), (want, have)
+
+
 def test_a_camera_that_drops_each_connection_at_once_backs_off_and_is_logged_once(
     monkeypatch, caplog
 ) -> None:
