@@ -457,23 +457,25 @@ class CameraReader(threading.Thread):
             kept = now
             self._seq += 1
             metrics.FRAMES_READ.labels(self.config.name).inc()
-            self._check_picture(image, now)
+            if self._check_picture(image, now):
+                continue  # no picture (a stale one may hold faces: no events of it)
             moved = self.motion.moved(image) if self.motion is not None else True
             frame = Frame(self.config.name, self._seq, time.time(), image, moved, time.monotonic())
             self.queues.put(frame)
         return decoded
 
-    def _check_picture(self, image: np.ndarray, now: float) -> None:
+    def _check_picture(self, image: np.ndarray, now: float) -> bool:
         """A picture that never changes (``StuckPicture``: an interlaced stream, which
         OpenCV's FFmpeg cannot convert, read as if all were well) marks the camera down, its
         reason BLANK_DOWN or FROZEN_DOWN, warned once; the first frame that changes brings it
-        back up. A run goes on across a reconnect, and a file's replays."""
+        back up. A run of black frames goes on across a reconnect and a file's replays.
+        Whether the camera is down for it (its frames are not handed on)."""
         if self._stuck.see(image, now):
             if self.stuck is not None:
                 self.stuck = None
                 logger.info("camera %s: its picture changes again", self.config.name)
                 self._set_up(True)
-            return
+            return False
         if self.stuck is None and self._stuck.lasted(now):
             self.stuck = BLANK_DOWN if self._stuck.black else FROZEN_DOWN
             self._set_up(False)
@@ -482,6 +484,8 @@ class CameraReader(threading.Thread):
                 "camera %s: %s (%.0f s, %d frames)",
                 self.config.name, self.stuck, since, self._stuck.count,
             )  # fmt: skip
-        if self.stuck is not None:  # (again after a reconnect, which exported its own reason)
-            self.stuck = BLANK_DOWN if self._stuck.black else FROZEN_DOWN
-            self._export_down(self.stuck)
+        if self.stuck is None:
+            return False
+        self.stuck = BLANK_DOWN if self._stuck.black else FROZEN_DOWN
+        self._export_down(self.stuck)  # (again after a reconnect, which exported its own)
+        return True

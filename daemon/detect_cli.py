@@ -339,10 +339,12 @@ def _detect_video(
             writer.release()
     if index == 0:
         raise VideoError(f"{path}: no frame could be decoded")
-    faces = summary.faces - faces_before
-    if not faces and stuck.count and stuck.count >= searched - 1:  # (the first: compared with none)
+    if stuck.count and stuck.count >= searched - 1:  # (the first is compared with none)
+        # no picture of its own: the faces found, if any, are in a stale buffer's picture
+        summary.faces = faces_before
         how = "all black" if stuck.black else "the same picture"
         raise VideoError(f"{path}: its {searched} frames searched decode {how}: {STUCK_FILE}")
+    faces = summary.faces - faces_before
     if total and index < 0.9 * total:  # a header's count is an estimate, seldom this far off
         tqdm.write(
             f"warning: {path}: {index} of the {total} frames its header announces could be "

@@ -1118,7 +1118,8 @@ def test_a_picture_that_never_changes_is_down_after_a_while_and_up_again_once_it
     """A dark, noisy night picture never looks stuck; black for a few seconds (a cut, the
     switch to night) is no outage; black for BLANK_S is, warned once, and the first frame
     that changes brings the camera back up. A non-black picture repeated to the pixel (a
-    stale frame) is down after FROZEN_S."""
+    stale frame) is down after FROZEN_S. Frames are not handed on while it is down (a
+    stale picture may hold a face: a visitor who would never leave)."""
     from daemon import cameras
     from daemon.cameras import BLANK_DOWN, BLANK_S, FROZEN_DOWN, FROZEN_S, CameraReader
     from daemon.config import CameraConfig
@@ -1165,8 +1166,10 @@ def test_a_picture_that_never_changes_is_down_after_a_while_and_up_again_once_it
         assert reader.stuck is None and statuses == [True]
         reader._read(Capture([black] * seconds(BLANK_S - 2) + noisy_copies(night, 4, 6)))
         assert reader.stuck is None and statuses == [True]
+        queued = reader.queues.pending()
         reader._read(Capture([black] * seconds(BLANK_S + 1)))
         assert reader.stuck == BLANK_DOWN and statuses == [True, False]
+        assert reader.queues.pending() == queued + seconds(BLANK_S), "none handed on once down"
         assert REGISTRY.get_sample_value("facewatch_camera_up", {"camera": "cellar"}) == 0
         reason = {"camera": "cellar", "reason": BLANK_DOWN}
         assert REGISTRY.get_sample_value("facewatch_camera_down_since_seconds", reason)
