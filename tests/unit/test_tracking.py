@@ -89,6 +89,10 @@ def test_a_stranger_is_not_named_from_two_near_threshold_frames() -> None:
     for k, who in enumerate(["bob", None, "bob", None, None, None, None, "bob", None]):
         events += run(tracker, k / 5, faces(box), [who])
     assert events == [("confirmed", 1, None)]
+    tie = Tracker("door", TrackingConfig(), reembed_every=10)
+    votes = ["bob", None, None, "bob", None, "bob"]
+    seen = [run(tie, k / 5, faces(box), [who]) for k, who in enumerate(votes)]
+    assert seen == [[]] * 6, "3 votes for bob against 3 for nobody is no majority"
 
 
 def test_a_stranger_is_announced_unknown_once_enough_votes_say_so() -> None:
@@ -148,6 +152,14 @@ def test_a_window_shorter_than_the_votes_asked_names_with_what_it_holds() -> Non
     box = (10, 10, 50, 50)
     events = [run(tracker, k / 5, faces(box), ["bob"]) for k in range(2)]
     assert events == [[], [("confirmed", 1, "bob")]]
+    stranger = Tracker("door", TrackingConfig(confirm_frames=2, vote_window=2))
+    for k in range(2):
+        [track] = stranger.update(k / 5, faces(box))
+        stranger.record(track, None, 1.5)
+        confirmed = stranger.decide([track])
+    assert [(e.kind, e.identity, e.confidence, e.distance) for e in confirmed] == [
+        ("confirmed", None, 1.0, 1.5)
+    ], "unknown by its 2 votes (unknown_votes 5), not undecided"
 
 
 def test_resolved_tracks_are_embedded_only_every_n_frames() -> None:
@@ -270,6 +282,44 @@ def test_a_named_track_holds_its_name_until_another_clearly_leads() -> None:
     # the window: 7 bob and 8 unknown; carl outnumbers bob by 4 when he has 8 of 15 votes
     # (bob 3, unknown 4): at his 8th recognition
     assert changes[1] == ("changed", 1, "carl") and k == 67, (changes, k)
+
+
+def test_a_change_to_another_name_needs_min_votes_for_it() -> None:
+    """Bob is named; then the face matches ann twice and carl once near the threshold (a
+    stranger, or a bad light): ann leads bob, but 2 votes are fewer than min_votes (3), so
+    the track is not renamed ann."""
+    config = TrackingConfig(confirm_frames=1, min_votes=3, vote_window=4, switch_margin=1)
+    tracker = Tracker("cam", config, reembed_every=1)
+    changes = []
+    for k, who in enumerate(["bob", "bob", "bob", "ann", "carl", "ann"]):
+        changes += run(tracker, k / 10, faces((10, 10, 50, 50)), [who])
+    assert changes == [("confirmed", 1, "bob")]
+
+
+def test_a_face_found_unknown_after_its_undecided_announcement_holds_like_a_stranger() -> None:
+    """Announced undecided (too small to match for vote_window frames), then recognised as
+    nobody: from then on it is an announced stranger, and a name near the threshold must
+    outnumber "unknown" by switch_margin, as for any stranger (not merely lead it)."""
+    box = (10, 10, 50, 50)
+    renamed_at = {}
+    for first in ("undecided", "stranger"):
+        tracker = Tracker("door", TrackingConfig(), reembed_every=1)  # the defaults
+        who: list[str | None] = [] if first == "undecided" else [None] * 5
+        events = []
+        for k in range(15):  # undecided: no votes at all, announced at the 15th frame
+            tracks = tracker.update(k / 5, faces(box))
+            for track, name in zip(tracks, who[k : k + 1], strict=False):
+                tracker.record(track, name, 1.5)
+            events += [(e.kind, e.identity) for e in tracker.decide(tracks)]
+        assert events == [("confirmed", None)], first
+        if first == "undecided":  # then 5 recognitions of nobody
+            for k in range(15, 20):
+                assert run(tracker, k / 5, faces(box), [None]) == []
+        for k in range(20, 35):
+            if run(tracker, k / 5, faces(box), ["bob"]):
+                renamed_at[first] = k - 19
+                break
+    assert renamed_at == {"undecided": 9, "stranger": 9}, "bob's 9th vote: 9 against 5"
 
 
 def test_a_track_named_otherwise_is_looked_at_again_at_once() -> None:
