@@ -112,8 +112,12 @@ def test_a_stranger_is_announced_unknown_once_enough_votes_say_so() -> None:
         confirmed += detection_only.decide(detection_only.update(k / 5, faces(box)))
     assert [(e.kind, e.identity) for e in confirmed] == [("confirmed", None)]
     split = Tracker("door", TrackingConfig(confirm_frames=1, min_votes=2, vote_window=4))
-    seen = [run(split, k / 5, faces(box), [who]) for k, who in enumerate("abcd")]
+    seen = [run(split, k / 5, faces(box), [who]) for k, who in enumerate(["a", None, "b", None])]
     assert seen == [[], [], [], [("confirmed", 1, None)]]
+    [left] = split.expire(5.0)
+    assert (left.identity, left.confidence, left.distance) == (None, 0.0, None), (
+        "undecided as it was announced, not 50 % unknown"
+    )
 
 
 def test_a_face_too_small_to_match_is_still_announced_and_a_brief_one_as_it_leaves() -> None:
@@ -130,13 +134,13 @@ def test_a_face_too_small_to_match_is_still_announced_and_a_brief_one_as_it_leav
     announced = [(k, e.kind, e.identity) for k, got in enumerate(events) for e in got]
     assert announced == [(14, "confirmed", None)]
     brief = Tracker("door", config)
-    for k in range(4):
+    for k in range(config.confirm_frames):
         assert run(brief, k / 5, faces(box), [None]) == []
     gone = brief.expire(5.0)
-    assert [(e.kind, e.identity, e.reason) for e in gone] == [
-        ("confirmed", None, "lost"),
-        ("left", None, "lost"),
-    ]
+    assert [(e.kind, e.identity, e.reason, e.confidence, e.distance) for e in gone] == [
+        ("confirmed", None, "lost", 0.0, None),
+        ("left", None, "lost", 0.0, None),
+    ], "undecided (3 votes for nobody, 5 asked): no confidence in 'unknown'"
     approaching = Tracker("door", config)
     for k in range(6):  # too small to match: no vote
         assert approaching.decide(approaching.update(k / 5, faces(box))) == []
