@@ -190,6 +190,8 @@ def test_a_face_that_moved_past_any_overlap_keeps_its_track() -> None:
     assert a2 is a and b2 is not b
     (a3,) = tracker.update(1.0, faces((180, 100, 280, 200)))  # twice as large: new
     assert a3 is not a
+    (a4,) = tracker.update(1.5, faces((205, 125, 255, 175)))  # half as large, same centre: new
+    assert a4 is not a3
     iou_only = Tracker("cam", TrackingConfig(max_shift=0))
     (c,) = iou_only.update(0.0, faces((100, 100, 150, 150)))
     (c2,) = iou_only.update(0.5, faces((145, 100, 195, 150)))
@@ -519,6 +521,17 @@ def test_a_camera_back_at_another_resolution_keeps_its_faces_tracks() -> None:
     assert [e["type"] for e in events] == ["confirmed"] and len(
         pipeline.trackers["door"].tracks
     ) == 1
+
+
+def test_a_camera_back_with_another_aspect_ratio_scales_each_axis() -> None:
+    """A camera back at 640x480 from 1920x1080 (its substream): the tracks' boxes shrink by
+    a third across and by 2.25 down, so the faces where they were continue their visits."""
+    tracker = Tracker("door", TrackingConfig())
+    [track] = tracker.update(0.0, faces((960, 540, 1080, 720)))
+    tracker.rescale((640 / 1920, 480 / 1080))
+    assert np.allclose(track.bbox_xyxy, [320, 240, 360, 320])
+    [again] = tracker.update(0.5, faces((320, 240, 360, 320)))
+    assert again is track
 
 
 def _ann_enrolled(tmp_path: Path, ann: np.ndarray) -> tuple[Path, Config]:
