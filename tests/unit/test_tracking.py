@@ -214,8 +214,14 @@ def test_a_track_remembers_every_name_its_events_gave() -> None:
     assert run(tracker, 0.1, faces(box), ["bob"]) == [("confirmed", 1, "bob")]
     assert run(tracker, 0.2, faces(box), [None]) == []  # one vote each: still bob
     assert run(tracker, 0.3, faces(box), [None]) == [("changed", 1, None)]
+    assert run(tracker, 0.4, faces(box), ["ann"]) == []
+    assert run(tracker, 0.5, faces(box), ["ann"]) == [("identified", 1, "ann")]
+    assert run(tracker, 0.6, faces(box), [None]) == []
+    assert run(tracker, 0.7, faces(box), [None]) == [("changed", 1, None)]
     [left] = tracker.expire(2.0)
-    assert left.identity is None and left.track.announced == {"bob"}
+    assert left.identity is None and left.track.announced == {"bob", "ann"}, (
+        "named bob when confirmed, ann when identified"
+    )
 
 
 def test_a_new_gallery_renames_the_faces_in_view_at_once() -> None:
@@ -248,6 +254,7 @@ def test_a_new_gallery_renames_the_faces_in_view_at_once() -> None:
     assert tracker.recount(ann_enrolled) == [], "the same gallery again: nothing changes"
     [removed] = tracker.recount(None)  # the gallery file was deleted: nobody is known
     assert (removed.kind, removed.identity, removed.previous) == ("changed", None, "ann")
+    assert removed.distance is None, "matched nobody at all: no distance (JSON has no inf)"
 
 
 def test_a_reload_decides_by_the_rematched_votes_without_the_margin() -> None:
