@@ -72,6 +72,20 @@ def test_spool_is_bounded_fifo_and_survives_reopening(tmp_path) -> None:
     assert oct(again.folder.stat().st_mode & 0o777) == "0o700"
 
 
+def test_what_the_publisher_remembers_is_its_latest_and_outlives_a_restart(tmp_path) -> None:
+    """The people whose retained topics were published (``remember``): the latest list is
+    recalled after a restart, so a person added since and then removed while the daemon was
+    stopped has their topics deleted too."""
+    spool = Spool(tmp_path / "spool")
+    assert spool.recall("people") is None
+    spool.remember("people", '["ann"]')
+    spool.remember("people", '["ann", "bob"]')
+    spool.close()
+    again = Spool(tmp_path / "spool")
+    assert again.recall("people") == '["ann", "bob"]'
+    again.close()
+
+
 def test_a_drained_spool_gives_its_space_back(tmp_path) -> None:
     """A long broker outage on an SD card: 15 MB of snapshots spooled, then sent. SQLite
     keeps freed pages for itself; the file stayed at its largest, for good."""
