@@ -149,6 +149,10 @@ def test_sqlite_errors_are_told_apart_without_their_codes_too() -> None:
         ("no such table: x", 0),
     ]:
         assert spool_module._code(sqlite3.DatabaseError(words)) == code, words
+    # Python 3.11 and later: the extended code (SQLITE_IOERR_WRITE: an I/O error to wait out)
+    write_failed = sqlite3.OperationalError("disk I/O error")
+    write_failed.sqlite_errorcode = 778  # type: ignore[attr-defined]
+    assert spool_module._code(write_failed) == spool_module.SQLITE_IOERR
 
 
 def test_a_spool_in_use_by_another_daemon_is_refused(tmp_path) -> None:
@@ -158,6 +162,8 @@ def test_a_spool_in_use_by_another_daemon_is_refused(tmp_path) -> None:
 
     from daemon.preflight import output_error
 
+    (tmp_path / "spool").mkdir()
+    (tmp_path / "spool" / "lock").write_text("4194303")  # a longer pid, from a run before
     first = Spool(tmp_path / "spool")
     with pytest.raises(
         OSError, match=rf"in use by another facewatch \(pid {os.getpid()}\)"
