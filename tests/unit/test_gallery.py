@@ -84,6 +84,28 @@ def test_per_identity_threshold_overrides_the_default(gallery) -> None:
     ]
 
 
+def test_the_daemons_threshold_replaces_the_default_but_not_a_persons_own(gallery) -> None:
+    """recognition.threshold in the daemon's config (``threshold_override``) is the
+    threshold of everyone without their own; a person's own still holds."""
+    gallery.set_threshold("carol", 0.3)
+    with Gallery.open(gallery.path, MODEL) as daemons:
+        daemons.threshold_override = 0.1
+        near_bob, near_carol = daemons.match(np.stack([unit(0.5, 1), unit(0, 0.5, 1)]))
+    assert (near_bob.identity, near_bob.nearest, near_bob.threshold) == (None, "bob", 0.1)
+    assert (near_carol.identity, near_carol.threshold) == ("carol", 0.3)
+
+
+def test_a_gallery_whose_last_person_was_removed_finds_every_face_unknown(gallery) -> None:
+    """Everyone removed while the daemon runs: each face is unknown (not an error that stops
+    the daemon's engine thread at the first face)."""
+    for name in ("alice", "bob", "carol"):
+        gallery.remove(name)
+    with Gallery.open(gallery.path, MODEL) as empty:
+        assert empty.load() == []
+        [face] = empty.match(axis(1)[None])
+    assert (face.identity, face.distance, face.confidence) == (None, float("inf"), 0.0)
+
+
 def test_another_model_is_refused_with_both_names(gallery) -> None:
     path = gallery.path
     with pytest.raises(
