@@ -136,6 +136,11 @@ def test_enrollment_is_one_transaction(gallery) -> None:
     # every face by the dot product the match uses: refused, naming the person
     with pytest.raises(GalleryError, match="'dave' has length 3, not 1"):
         gallery.enroll([Enrollment("erin", axis(4), "e1"), Enrollment("dave", 3 * axis(3), "d1")])
+    # too short a vector would be matched by nobody; a NaN (a broken model) by nobody either
+    with pytest.raises(GalleryError, match=r"'dave' has length 0\.5, not 1"):
+        gallery.enroll([Enrollment("dave", 0.5 * axis(3), "d1")])
+    with pytest.raises(GalleryError, match=f"'dave' has {D} finite values expected {D}"):
+        gallery.enroll([Enrollment("dave", np.full(D, np.nan, np.float32), "d1")])
     assert np.array_equal(gallery.embeddings()[0], before)
     assert {i.name for i in gallery.identities()} == {"alice", "bob", "carol"}
     # the same source image twice for one person is stored once
@@ -278,6 +283,17 @@ def test_not_a_gallery_and_missing_file(tmp_path) -> None:
         Gallery.open(tmp_path / "none.sqlite")
 
 
+def test_a_person_given_a_new_photo_is_updated_then(gallery, monkeypatch) -> None:
+    """`gallery list` shows when each person last changed: a new photo of bob is such a
+    change, a photo he already has is not, and nobody else changes."""
+    before = {i.name: i.updated for i in gallery.identities()}
+    monkeypatch.setattr(gallery_module, "now_iso", lambda: "2031-01-02T03:04:05Z")
+    assert gallery.enroll([Enrollment("bob", unit(0.1, 1), "b2")]) == 1
+    assert gallery.enroll([Enrollment("alice", axis(0), "a1")]) == 0
+    after = {i.name: i.updated for i in gallery.identities()}
+    assert after == {**before, "bob": "2031-01-02T03:04:05Z"}
+
+
 def test_remove_and_rename(gallery) -> None:
     assert gallery.remove("alice") == 2
     with pytest.raises(GalleryError, match="no identity named 'alice'"):
@@ -320,6 +336,9 @@ def test_names_that_differ_in_case_only_are_one_person(gallery) -> None:
         gallery.enroll([Enrollment("Bob", axis(3), "b2")])
     with pytest.raises(GalleryError, match="'carol' is enrolled; 'Carol' would be another"):
         gallery.rename("bob", "Carol")
+    with pytest.raises(GalleryError, match="'Dave' is enrolled; 'dave' would be another"):
+        gallery.enroll([Enrollment("Dave", axis(3), "d1"), Enrollment("dave", axis(4), "d2")])
+    assert "Dave" not in [i.name for i in gallery.identities()], "both in one enroll: neither"
     gallery.rename("bob", "Bob")  # a person's own name in another case is fine
     assert sorted(i.name for i in gallery.identities()) == ["Bob", "alice", "carol"]
     assert gallery.enroll([Enrollment("Bob", axis(3), "b2")]) == 1
@@ -461,6 +480,10 @@ def test_one_photo_belongs_to_one_person(gallery) -> None:
         gallery.enroll([Enrollment("dave", axis(3), "d1"), Enrollment("joe", axis(1), "b1")])
     assert {i.name for i in gallery.identities()} == {"alice", "bob", "carol"}
     assert gallery.sources()["b1"] == {"bob"}
+    # one photo under two new names in one enroll (folders dave/ and joe/ holding one file)
+    with pytest.raises(GalleryError, match="'joe' is already enrolled as 'dave'; nothing"):
+        gallery.enroll([Enrollment("dave", axis(3), "d1"), Enrollment("joe", axis(3), "d1")])
+    assert {i.name for i in gallery.identities()} == {"alice", "bob", "carol"}
 
 
 def test_a_folder_and_a_foreign_sqlite_file_are_named(tmp_path) -> None:
