@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 
@@ -56,6 +57,30 @@ def test_someone_coming_into_a_still_scene_moves_and_a_new_connection_starts_afr
     assert motion.moved(empty)  # a first frame: nothing to compare with
     assert not motion.moved(empty)
     assert motion.moved(empty[:, :320].copy())  # another shape: a first frame again
+
+
+def test_a_scene_changed_once_is_still_again_within_seconds() -> None:
+    """A light turned on (or a car parked) changes the picture once: that frame moved, and
+    the frames after it are still again within a few seconds, the recent frames' average
+    having caught up (compared with the first frame for good, every frame moved: the
+    detector ran on a quiet camera all night)."""
+    motion = gate()
+    dark = np.full((360, 640, 3), 60, np.uint8)
+    lit = dark.copy()
+    lit[:, :320] += 100  # the left half of the picture, 100 grey levels brighter
+    assert motion.changed(dark) == 1.0 and motion.changed(dark) == 0.0
+    assert motion.changed(lit) == pytest.approx(0.5, abs=0.02), "the changed fraction"
+    moved = [motion.moved(lit) for _ in range(15)]  # 3 s at 5 fps
+    assert moved[0] and not moved[-1], moved
+
+
+def test_sensor_noise_on_a_small_substream_does_not_move() -> None:
+    """A 320x180 substream's frames are not shrunk (no averaging): the blur is what keeps a
+    still camera's sensor noise from moving every frame."""
+    motion = gate()
+    small = np.ascontiguousarray(read_frames(DEMO_CLIP, EMPTY_FRAME, 1)[0][::4, ::4])
+    frames = noisy_copies(small, 10, 10)
+    assert [motion.moved(f) for f in frames] == [True] + [False] * 9
 
 
 def pipeline_for(detector, full_scan_every: int = 1, **motion: object) -> Pipeline:
