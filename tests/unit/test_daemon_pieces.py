@@ -915,7 +915,13 @@ def test_an_event_output_that_fails_loses_its_copy_and_the_daemon_goes_on(tmp_pa
 
     spool = Spool(tmp_path / "spool", 100)
     good = tmp_path / "events.jsonl"
-    sinks = EventSinks(spool=spool, topic_for=lambda camera: f"t/{camera}", jsonl_file=str(good))
+    direct: list[tuple[str, dict]] = []  # what went to the broker without the spool
+    sinks = EventSinks(
+        spool=spool,
+        topic_for=lambda camera: f"t/{camera}",
+        jsonl_file=str(good),
+        direct=lambda topic, payload: direct.append((topic, json.loads(payload))) is None,
+    )
     sinks._file = open("/dev/full", "w", encoding="utf-8")  # noqa: SIM115  (a disk that is full)
     event = {"camera": "door", "type": "confirmed", "event_id": "e1", "seq": 1}
     before = failures("jsonl_file")
@@ -930,6 +936,7 @@ def test_an_event_output_that_fails_loses_its_copy_and_the_daemon_goes_on(tmp_pa
         f"check the free space of {tmp_path} (df -h) and that it can be written"
     )
     assert len(spool) == 2, "the spool still got both"
+    assert direct == [], "spooled: not sent a second time"
 
     spool._db.close()  # the spool's file no longer writable: sqlite raises
     sinks._file = good.open("a", encoding="utf-8")
@@ -938,7 +945,10 @@ def test_an_event_output_that_fails_loses_its_copy_and_the_daemon_goes_on(tmp_pa
     with caplog.at_level(logging.INFO, logger="daemon.events"):
         sinks.emit(dict(event, event_id="e3", seq=3))
     assert failures("spool") == before + 1
-    assert json.loads(good.read_text().splitlines()[-1])["event_id"] == "e3"
+    line = json.loads(good.read_text().splitlines()[-1])
+    assert line["event_id"] == "e3" and abs(line["published_ts"] - time.time()) < 60
+    [(topic, sent)] = direct  # the spool refused it: straight to the broker
+    assert topic == "t/door" and sent["event_id"] == "e3" and "published_ts" in sent
     said = [(r.levelname, r.getMessage()) for r in caplog.records]
     assert said[0][1].startswith(f"events: the spool {spool.path} (mqtt.spool_dir) cannot take")
     assert f"check the free space of {spool.folder}" in said[0][1]
@@ -968,6 +978,43 @@ def test_each_event_output_exports_its_failures_at_zero_from_the_start(tmp_path)
     spool = Spool(tmp_path / "spool", 10)
     EventSinks(spool=spool, topic_for=lambda camera: f"t/{camera}", stdout=True).close()
     assert exported() == {"spool": 0.0, "stdout": 0.0, "jsonl_file": 0.0}
+
+
+def test_events_and_the_spools_drops_are_counted(tmp_path) -> None:
+    """facewatch_events_total counts each event; an event that pushes the oldest out of a
+    full spool counts a dropped publish, and the spool's gauge says what it holds."""
+
+    def sample(name: str, labels: dict) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    events = ("facewatch_events_total", {"camera": "porch", "type": "left"})
+    dropped = ("facewatch_mqtt_publishes_total", {"outcome": "dropped"})
+    counted, lost = sample(*events), sample(*dropped)
+    spool = Spool(tmp_path / "spool", max_messages=2)
+    sinks = EventSinks(spool=spool, topic_for=lambda camera: f"t/{camera}")
+    for k in range(3):
+        sinks.emit({"camera": "porch", "type": "left", "event_id": f"e{k}", "seq": k})
+    assert sample(*events) == counted + 3
+    assert sample(*dropped) == lost + 1
+    assert sample("facewatch_mqtt_spool_events", {}) == len(spool) == 2
+    spool.close()
+
+
+def test_a_face_snapshot_shows_the_face_with_a_margin_within_the_frame() -> None:
+    """The snapshot published with an event: the face and a quarter of its size around it,
+    cut at the frame's edges, at most 160 px; none (b"") for a box no longer in the frame,
+    rather than an error in the engine thread."""
+    from daemon.events import face_snapshot
+
+    frame = np.zeros((360, 640, 3), np.uint8)
+
+    def shape(jpeg: bytes) -> tuple[int, ...]:
+        return cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR).shape
+
+    assert shape(face_snapshot(frame, np.array([100, 100, 200, 200]))) == (150, 150, 3)
+    assert shape(face_snapshot(frame, np.array([0, 20, 100, 120]))) == (145, 125, 3)
+    assert shape(face_snapshot(frame, np.array([100, 0, 400, 300]))) == (128, 160, 3)
+    assert face_snapshot(frame, np.array([700, 10, 760, 70])) == b""
 
 
 def test_the_events_file_is_owner_only_and_a_line_cut_short_swallows_no_event(tmp_path) -> None:
