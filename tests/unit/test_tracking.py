@@ -206,6 +206,16 @@ def test_two_moving_faces_are_not_swapped() -> None:
     assert new_left is left and new_right is right
 
 
+def test_a_second_face_beside_a_tracked_one_gets_its_own_track() -> None:
+    """Someone steps up beside ann, their box overlapping hers: ann's face continues her
+    track, theirs starts its own (and so gets its own events), not ann's track too."""
+    tracker = Tracker("cam", TrackingConfig())
+    (ann,) = tracker.update(0.0, faces((100, 100, 200, 200)))
+    same, beside = tracker.update(0.5, faces((102, 100, 202, 200), (140, 100, 240, 200)))
+    assert same is ann and beside is not ann
+    assert len(tracker.tracks) == 2
+
+
 def test_a_track_remembers_every_name_its_events_gave() -> None:
     config = TrackingConfig(confirm_frames=1, min_votes=2, vote_window=2, lost_after_s=1.0)
     tracker = Tracker("cam", config, reembed_every=1)
