@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from daemon.cameras import Frame, FrameQueues
 from daemon.config import Config, TrackingConfig
@@ -563,6 +564,47 @@ def _ann_enrolled(tmp_path: Path, ann: np.ndarray) -> tuple[Path, Config]:
         }
     )
     return path, config
+
+
+@pytest.mark.parametrize("private", [False, True])
+def test_snapshots_and_names_in_metrics_only_when_the_config_says_so(tmp_path, private) -> None:
+    """tracking.snapshots off (the default): no face JPEG goes with the events; on: each
+    event of a frame carries one. metrics.identities off: /metrics counts ann's
+    recognitions as 'known', her name nowhere in it."""
+    from prometheus_client import REGISTRY
+
+    ann = np.eye(8, dtype=np.float32)[0]
+    path, _ = _ann_enrolled(tmp_path, ann)
+    config = parse_config(
+        {
+            "cameras": [{"name": f"cam{int(private)}", "url": "door.mp4"}],
+            "recognition": {"model": None, "gallery": str(path)},
+            "tracking": {"snapshots": not private},
+            "metrics": {"identities": not private},
+        }
+    )
+    camera = config.cameras[0].name
+    sent: list[bytes | None] = []
+
+    class Sinks(EventSinks):
+        def emit(self, event: dict, snapshot: bytes | None = None) -> None:
+            sent.append(snapshot)
+
+    engines = _OnePerson(ann)
+    pipeline = Pipeline(config, engines, engines, Sinks())  # type: ignore[arg-type]
+    pipeline.reload_gallery()
+    image = np.full((360, 640, 3), 128, np.uint8)
+    for k in range(5):
+        pipeline.process([Frame(camera, k, 1000.0 + k / 5, image)])
+    assert len(sent) == 1
+    assert (sent[0] is None) == private
+    named = REGISTRY.get_sample_value(
+        "facewatch_recognitions_total", {"camera": camera, "identity": "ann"}
+    )
+    known = REGISTRY.get_sample_value(
+        "facewatch_recognitions_total", {"camera": camera, "identity": "known"}
+    )
+    assert (named, known) == ((None, 3.0) if private else (3.0, None))
 
 
 def test_a_gallery_being_written_holds_the_cameras_a_moment_and_is_read_when_done(
