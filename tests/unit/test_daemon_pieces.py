@@ -336,6 +336,14 @@ def test_full_scan_every_n_frames_and_search_around_tracks_in_between(detector) 
             pipeline.process([Frame("door", k, float(k), blank)])
     assert given == [1, 1, 1], "the full scans only (frames 0, 3, 6)"
     assert pipeline._last_search["door"] == 6.0, "each frame counts as searched"
+    # one with faces in view is searched around them between full scans: every frame
+    pipeline = Pipeline(config, detector, None, EventSinks())
+    clip = cv2.VideoCapture(str(REPO / "configs" / "demo" / "hamilton_360p.mp4"))
+    given.clear()
+    with mock.patch.object(detector, "detect", counting):
+        for k in range(7):
+            pipeline.process([Frame("door", k, float(k), clip.read()[1])])
+    assert given == [1] * 7 and pipeline.trackers["door"].tracks[0].hits == 7
 
     # several cameras: their full scans fall in different batches
     config.cameras[0] = config.cameras[0].model_copy(update={"name": "d"})
