@@ -574,8 +574,19 @@ class MqttConfig(Section):
     tls: TlsConfig | None = _field(None, "TLS settings; null = plain TCP")
     topic_prefix: str = _field("facewatch", "every topic starts with PREFIX/NODE_ID/", min_length=1)
     keepalive_s: int = _field(30, "MQTT keepalive", ge=5, le=3600)
+    protocol: Literal["5", "3.1.1"] = _field(
+        "5",
+        "MQTT version: 5 tells the daemon of a message the broker's ACL refuses (it logs it "
+        "and keeps the events spooled); 3.1.1 only for a broker without MQTT 5 (it "
+        "acknowledges a refused message as sent, and drops it)",
+    )
 
     _topic = field_validator("topic_prefix")(_topic_root)
+
+    @field_validator("protocol", mode="before")
+    @classmethod
+    def _a_version(cls, value: object) -> object:
+        return str(value) if isinstance(value, (int, float)) else value  # (YAML's 5 or 3.1)
 
     spool_dir: str = _field(
         "spool", "events wait here while the broker is away; relative to the config"

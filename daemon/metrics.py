@@ -127,8 +127,13 @@ MQTT_CONNECTED = Gauge(  # exported only by a daemon that uses MQTT (init)
 MQTT_PUBLISHES = Counter(
     "facewatch_mqtt_publishes_total",
     "MQTT publications by outcome: ok, failed (retried), dropped (spool full), direct (sent "
-    "without the spool, whose disk refused them)",
+    "without the spool, whose disk refused them), refused (by the broker's ACL: kept in the "
+    "spool, retried)",
     ["outcome"],
+)
+MQTT_REFUSED = Gauge(
+    "facewatch_mqtt_refused",
+    "1 while the broker refuses the spool's next message (its ACL; MQTT 5): the spool waits",
 )
 SPOOL_EVENTS = Gauge(  # (named before snapshots were spooled: a rename breaks dashboards)
     "facewatch_mqtt_spool_events",
@@ -158,7 +163,7 @@ ARCHIVE_PRUNED = Counter(
     ["reason"],
 )
 
-for _outcome in ("ok", "failed", "dropped", "direct"):
+for _outcome in ("ok", "failed", "dropped", "direct", "refused"):
     MQTT_PUBLISHES.labels(_outcome)
 for _reason in ("behind", "error", "internal"):
     ARCHIVE_FAILURES.labels(_reason)

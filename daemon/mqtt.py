@@ -55,6 +55,10 @@ DRAIN_ON_STOP_S = 10.0  # a clean stop sends the spool for at most this long
 # (several Home Assistants, a script, a client looping) gets one answer now and one more
 # at the end of the gap, not a full set of discovery configs each
 BIRTH_GAP_S = 10.0
+# a message the broker refused (its ACL) is offered again this often: it stays in the spool,
+# with everything after it, until the ACL lets it through
+REFUSED_RETRY_S = 30.0
+REFUSALS_KEPT = 64  # refusals of messages nobody waits for (send_now's), the latest kept
 
 
 class MqttPublisher:
@@ -82,12 +86,21 @@ class MqttPublisher:
         self._lock = threading.Lock()
         self._last_failure: str | None = None  # what was logged for this outage
         self._refused = False  # the broker refused the connection attempt under way
+        # PUBACKs that said no (MQTT 5): mid -> reason, for the sending thread; and the mids
+        # of the connection's own checked messages (node status, a discovery config) -> topic
+        self._refusals: dict[int, str] = {}
+        self._checked: dict[int, str] = {}
+        self._refusal_lock = threading.Lock()  # (taken in on_publish: never around a publish)
+        self._refused_topic: str | None = None  # the spooled message refused, until one passes
         self.client = self._make_client(node_id)
         self._thread = threading.Thread(target=self._run, name="mqtt-publisher", daemon=True)
 
     def _make_client(self, node_id: str) -> paho.Client:
         cfg = self.config
-        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"facewatch-{node_id}")
+        protocol = paho.MQTTv5 if cfg.protocol == "5" else paho.MQTTv311
+        client = paho.Client(
+            CallbackAPIVersion.VERSION2, client_id=f"facewatch-{node_id}", protocol=protocol
+        )
         client.will_set(self.status_topic, OFFLINE, qos=1, retain=True)
         if cfg.username is not None:
             client.username_pw_set(cfg.username, cfg.password)
@@ -104,6 +117,7 @@ class MqttPublisher:
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        client.on_publish = self._on_publish
         return client
 
     # -- topics -------------------------------------------------------------------------
@@ -290,7 +304,7 @@ class MqttPublisher:
         with self._lock:  # no change slips between these copies and `connected`
             if self._birth_topic is not None:
                 client.subscribe(self._birth_topic, qos=1)
-            self._send_announcements(client)
+            self._send_announcements(client, check=True)
             self._birth_pending = False  # answered by these
             for topic, payload in self._retained.items():
                 client.publish(topic, payload, qos=STATE_QOS, retain=True)
@@ -301,14 +315,66 @@ class MqttPublisher:
             self._announcements = {t: p for t, p in self._announcements.items() if p}
             self._gone_sent()
             # last: what a crash left (someone in view) is replaced before the node is online
-            client.publish(self.status_topic, ONLINE, qos=1, retain=True)
+            info = client.publish(self.status_topic, ONLINE, qos=1, retain=True)
+            self._check(info.mid, self.status_topic)
             self.connected.set()
         metrics.MQTT_CONNECTED.set(1)
         self._wake.set()
 
-    def _send_announcements(self, client: paho.Client) -> None:
+    def _send_announcements(self, client: paho.Client, check: bool = False) -> None:
+        """The announcements; with ``check``, the first at QoS 1 (the node's own config,
+        whose older copy paho might resend is the same), so a broker that refuses it says so."""
         for topic, payload in self._announcements.items():
-            client.publish(topic, payload, qos=STATE_QOS, retain=True)
+            qos = 1 if check and payload else STATE_QOS
+            info = client.publish(topic, payload, qos=qos, retain=True)
+            if qos == 1:
+                self._check(info.mid, topic)
+                check = False
+
+    def _check(self, mid: int, topic: str) -> None:
+        """Log it if the broker refuses this message (``_on_publish``; called in paho's
+        network thread, so its PUBACK cannot come first)."""
+        with self._refusal_lock:
+            self._checked[mid] = topic
+
+    def _on_publish(
+        self, client: paho.Client, userdata: object, mid: int, reason: object, props: object
+    ) -> None:
+        """A PUBACK: MQTT 5 brokers say in it when their ACL refused the message (3.1.1 ones
+        acknowledge it all the same, and drop it)."""
+        refused = getattr(reason, "is_failure", False)
+        with self._refusal_lock:
+            topic = self._checked.pop(mid, None)
+            if refused and topic is None:  # the sending thread's, or send_now's
+                self._refusals[mid] = str(reason)
+                while len(self._refusals) > REFUSALS_KEPT:
+                    del self._refusals[next(iter(self._refusals))]
+        if refused and topic is not None:
+            logger.error("MQTT: %s", self._refusal_said(topic, str(reason)))
+
+    def _refusal_said(self, topic: str, reason: str) -> str:
+        """What a refused ``topic`` means to the user, and the ACL line that lets it through."""
+        cfg = self.config
+        who = f"user {cfg.username}" if cfg.username else "clients without a user name"
+        if topic == self.status_topic:
+            return (
+                f"the broker refused this node's status {topic} ({reason}): Home Assistant "
+                "shows its entities unavailable, and subscribers take the node for offline "
+                f"(its last will goes there too); the broker's ACL must let {who} write "
+                f"{self.base}/#"
+            )
+        if topic.startswith(f"{self.base}/"):
+            return (
+                f"the broker refused {topic} ({reason}): the broker's ACL must let {who} "
+                f"write {self.base}/#"
+            )
+        levels = topic.split("/")  # DISCOVERY_PREFIX/PLATFORM/facewatch_NODE/ENTITY/config
+        pattern = "/".join([*levels[:-4], "+", levels[-3], "#"])
+        return (
+            f"the broker refused Home Assistant's discovery config {topic} ({reason}): Home "
+            f"Assistant finds none of this node's entities; the broker's ACL must let {who} "
+            f"write {pattern} (and read {self._birth_topic or 'DISCOVERY_PREFIX/status'})"
+        )
 
     def _on_message(self, client: paho.Client, userdata: object, message: paho.MQTTMessage) -> None:
         if message.topic == self._birth_topic and message.payload == ONLINE.encode():
@@ -428,6 +494,12 @@ class MqttPublisher:
         # wait for that rather than publish a second copy.
         while not self._stop.is_set():
             if _wait(info, 1.0):
+                with self._refusal_lock:
+                    refused = self._refusals.pop(info.mid, None)
+                if refused is not None:
+                    self._keep_refused(message, refused)
+                    return
+                self._passed(message)
                 self._acked.add(message.row_id)  # (until deleted: a failed delete would
                 metrics.MQTT_PUBLISHES.labels("ok").inc()  # have it sent again)
                 self.spool.delete(message.row_id)
@@ -437,6 +509,28 @@ class MqttPublisher:
             if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_AGAIN):
                 break  # not sent (no connection, queue full): the spool keeps it for later
         metrics.MQTT_PUBLISHES.labels("failed").inc()
+
+    def _keep_refused(self, message: Message, reason: str) -> None:
+        """The broker's ACL refused a spooled message: it stays in the spool (and what came
+        after it, in order) and is offered again in ``REFUSED_RETRY_S``; logged once, until
+        one passes."""
+        metrics.MQTT_PUBLISHES.labels("refused").inc()
+        metrics.MQTT_REFUSED.set(1)
+        if message.topic != self._refused_topic:
+            logger.error(
+                "MQTT: %s; it stays in the spool with the %d message(s) there, offered again "
+                "every %g s",
+                self._refusal_said(message.topic, reason), len(self.spool), REFUSED_RETRY_S,
+            )  # fmt: skip
+            self._refused_topic = message.topic
+        self._stop.wait(REFUSED_RETRY_S)
+
+    def _passed(self, message: Message) -> None:
+        """A spooled message was taken: after refusals, the broker takes them again."""
+        if self._refused_topic is not None:
+            logger.info("MQTT: the broker takes %s: sending the spool", message.topic)
+            self._refused_topic = None
+            metrics.MQTT_REFUSED.set(0)
 
     @staticmethod
     def _observe_latency(event: dict[str, Any] | None) -> None:

@@ -90,6 +90,7 @@ class Status:
     uptime_s: float
     mqtt: str  # connected, disconnected, off (the daemon does not use MQTT)
     spooled: int
+    refused: bool  # the broker refuses the spool's next message (its ACL)
     enrolled: int
     cameras: list[Camera] = field(default_factory=list)
     now: float = 0.0  # the daemon's clock at the second scrape (Unix time)
@@ -99,6 +100,11 @@ class Status:
         found += [_behind(c) for c in self.cameras if c.up and c.behind]
         if self.mqtt == "disconnected":
             found.append(f"MQTT is disconnected ({self.spooled} message(s) spooled)")
+        elif self.mqtt == "connected" and self.refused:
+            found.append(
+                f"the MQTT broker refuses this node's messages ({self.spooled} message(s) "
+                "spooled): its ACL (the daemon's log names the topic)"
+            )
         return found
 
 
@@ -240,6 +246,7 @@ def read_status(where: MetricsUrl, interval_s: float) -> Status:
         if after[mqtt_key] == 1
         else "disconnected",
         spooled=int(value("facewatch_mqtt_spool_events")),
+        refused=value("facewatch_mqtt_refused") == 1,
         enrolled=int(value("facewatch_gallery_identities")),
         cameras=[
             Camera(

@@ -3,6 +3,9 @@ bad credentials and an untrusted CA reported clearly, and no secret in any log o
 
 from __future__ import annotations
 
+import json
+import logging
+import signal
 import stat
 import subprocess
 import time
@@ -13,7 +16,12 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from daemon import metrics
+from daemon import mqtt as mqtt_module
 from daemon.cli import main
+from daemon.config import MqttConfig
+from daemon.mqtt import MqttPublisher
+from daemon.spool import Spool
 from tests.conftest import REPO
 from tests.integration.services import (
     FACEWATCH,
@@ -225,6 +233,78 @@ def test_wrong_password_and_untrusted_ca_are_named_without_the_secret(tmp_path, 
         log = daemon.log()
         _assert_no_secret(log, "the daemon's log")
         assert log.count("refused the connection as") + log.count("MQTT: cannot connect") == 1, log
+
+
+ADMIN, ADMIN_SECRET = "admin", "admin-Secret-2b9d"
+DISCOVERY = "homeassistant/binary_sensor/facewatch_test/status/config"
+EVENTS = "facewatch/test/events/door"
+
+
+def _acl_broker(folder: Path, user_topics: list[str]) -> tuple[Mosquitto, Path]:
+    """mosquitto with a password file and an ACL that lets USER write ``user_topics`` only
+    (and ADMIN read everything); the ACL file, to change and reload (SIGHUP)."""
+    passwords, acl = folder / "passwords", folder / "acl"
+    subprocess.run(["mosquitto_passwd", "-b", "-c", str(passwords), USER, MQTT_SECRET], check=True)
+    subprocess.run(["mosquitto_passwd", "-b", str(passwords), ADMIN, ADMIN_SECRET], check=True)
+    _write_acl(acl, user_topics)
+    server = Mosquitto(
+        folder,
+        extra_conf=f"allow_anonymous false\npassword_file {passwords}\nacl_file {acl}\n",
+    )
+    server.start()
+    return server, acl
+
+
+def _write_acl(acl: Path, user_topics: list[str]) -> None:
+    lines = [f"user {ADMIN}", "topic readwrite #", f"user {USER}"]
+    acl.write_text("\n".join(lines + [f"topic readwrite {t}" for t in user_topics]) + "\n")
+
+
+def test_messages_the_brokers_acl_refuses_are_named_and_kept_until_it_lets_them_through(
+    tmp_path, caplog, monkeypatch
+) -> None:
+    """A broker whose ACL lets the daemon's user write its cameras' topics only: the log names
+    the refused events topic, the node's status and the discovery config with the ACL line
+    each needs, the events stay in the spool (an MQTT 3.1.1 broker acknowledges a refused
+    message, and the publisher deleted them: lost), and once the ACL lets them through they
+    are all delivered."""
+    monkeypatch.setattr(mqtt_module, "REFUSED_RETRY_S", 0.5)
+    caplog.set_level(logging.INFO, logger="daemon.mqtt")
+    broker, acl = _acl_broker(tmp_path, ["facewatch/test/cameras/#"])
+    spool = Spool(tmp_path / "spool", 100)
+    for n in range(3):
+        spool.append(EVENTS, json.dumps({"n": n}).encode(), kind="event")
+    config = MqttConfig(port=broker.port, username=USER, password=MQTT_SECRET)
+    publisher = MqttPublisher(config, "test", spool)
+    publisher.announce([(DISCOVERY, b"{}")], birth_topic="homeassistant/status")
+    subscriber = Subscriber(broker.port, "#", username=ADMIN, password=ADMIN_SECRET)
+    publisher.start()
+    try:
+        wait_for(lambda: "refused facewatch/test/events/door" in caplog.text, 20, "the refusal")
+        wait_for(lambda: "discovery config" in caplog.text, 10, "the discovery config's")
+        log = caplog.text
+        assert "the broker refused this node's status facewatch/test/status (Not authorized)" in log
+        assert f"the broker's ACL must let user {USER} write facewatch/test/#" in log
+        assert "must let user facewatch write homeassistant/+/facewatch_test/#" in log
+        assert "it stays in the spool with the 3 message(s) there" in log
+        time.sleep(1.5)  # offered again meanwhile, still refused: logged once
+        assert caplog.text.count("refused facewatch/test/events/door") == 1
+        assert len(spool) == 3, "the refused events are kept"
+        assert metrics.MQTT_REFUSED._value.get() == 1
+        assert subscriber.events() == []
+
+        _write_acl(acl, ["facewatch/test/#", "homeassistant/#"])  # the ACL fixed, reloaded
+        assert broker.proc is not None
+        broker.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: len(subscriber.events()) == 3, 20, "the kept events")
+        assert [e["n"] for e in subscriber.events()] == [0, 1, 2]
+        assert "the broker takes facewatch/test/events/door: sending the spool" in caplog.text
+        assert metrics.MQTT_REFUSED._value.get() == 0
+    finally:
+        publisher.stop(timeout_s=2, drain_s=0)
+        subscriber.close()
+        spool.close()
+        broker.stop()
 
 
 @pytest.mark.parametrize("command", ["validate-config", "run"])

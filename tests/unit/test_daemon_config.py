@@ -849,3 +849,31 @@ def test_validate_config_names_a_video_file_whose_frames_decode_to_no_picture(
     settings["cameras"] = settings["cameras"][1:]
     path.write_text(json.dumps(settings))
     assert main(["validate-config", str(path)]) == 0, capsys.readouterr().err
+
+
+def test_the_mqtt_version_is_5_unless_set_to_3_1_1_as_yaml_writes_it(tmp_path) -> None:
+    """MQTT 5 by default (its PUBACK says when the broker's ACL refused a message); 3.1.1 for
+    an old broker, written as YAML reads it (``protocol: 5`` is a number there)."""
+    import paho.mqtt.client as paho
+
+    from daemon.mqtt import MqttPublisher
+    from daemon.spool import Spool
+
+    path = tmp_path / "c.yaml"
+    versions = {}
+    for written in ("", "protocol: 5", "protocol: 3.1.1"):
+        path.write_text(
+            f"cameras: [{{name: door, url: door.mp4}}]\nmqtt:\n  port: 1\n  {written}\n"
+        )
+        config = load_config(path)
+        spool = Spool(tmp_path / "spool", 10)
+        client = MqttPublisher(config.mqtt, "n", spool).client
+        versions[written] = (config.mqtt.protocol, client.protocol)
+        spool.close()
+    assert versions == {
+        "": ("5", paho.MQTTv5),
+        "protocol: 5": ("5", paho.MQTTv5),
+        "protocol: 3.1.1": ("3.1.1", paho.MQTTv311),
+    }
+    with pytest.raises(ConfigError, match=r"mqtt.protocol"):
+        parse_config({"cameras": [CAMERA], "mqtt": {"protocol": 4}})

@@ -597,11 +597,12 @@ def test_a_camera_status_changed_while_the_connection_is_set_up_is_not_lost(tmp_
     camera = threading.Thread(target=publisher.set_camera_status, args=("cam", True))
 
     class Client:  # records what is published; the camera comes up as its status is sent
-        def publish(self, topic: str, payload: str | bytes, **kwargs: object) -> None:
+        def publish(self, topic: str, payload: str | bytes, **kwargs: object) -> SimpleNamespace:
             sent.append((topic, payload.encode() if isinstance(payload, str) else payload))
             if topic.endswith("/cameras/cam/status") and camera.ident is None:
                 camera.start()
                 time.sleep(0.2)  # the camera's thread runs now, mid-connection
+            return SimpleNamespace(mid=len(sent))  # (as paho's MQTTMessageInfo)
 
         def subscribe(self, topic: str, qos: int) -> None:
             pass
@@ -1114,7 +1115,8 @@ def test_deletions_are_sent_at_the_next_connection_then_forgotten(tmp_path) -> N
     ]
     sent: list[str] = []  # the topics published
     client = SimpleNamespace(
-        subscribe=lambda *a, **k: None, publish=lambda topic, *a, **k: sent.append(topic)
+        subscribe=lambda *a, **k: None,
+        publish=lambda topic, *a, **k: sent.append(topic) or SimpleNamespace(mid=len(sent)),
     )
     for day in range(30):
         publisher.set_people({f"visitor{day}": {"cameras": []}})
@@ -1735,3 +1737,17 @@ def test_the_daemon_matches_on_one_blas_thread() -> None:
         [sys.executable, "-c", probe], env=env, cwd=REPO, capture_output=True, text=True
     )
     assert out.stdout.split() == ["2", "2"], out.stderr
+
+
+def test_status_names_a_broker_that_refuses_the_nodes_messages() -> None:
+    """Connected, but the broker's ACL refuses what the spool offers (facewatch_mqtt_refused
+    1): `facewatch status` says so, where it said only 'MQTT connected' with a rising spool."""
+    from daemon.status_cli import Status
+
+    fields = dict(url="u", version="v", backend="b", model="m", uptime_s=1.0, enrolled=0)
+    refusing = Status(mqtt="connected", spooled=7, refused=True, **fields)  # type: ignore[arg-type]
+    assert refusing.problems() == [
+        "the MQTT broker refuses this node's messages (7 message(s) spooled): its ACL (the "
+        "daemon's log names the topic)"
+    ]
+    assert Status(mqtt="connected", spooled=0, refused=False, **fields).problems() == []  # type: ignore[arg-type]
