@@ -293,10 +293,15 @@ class MqttPublisher:
             self._refused = True  # (paho's disconnect after it is no wrong port)
             cfg = self.config
             user = f" as user {cfg.username}" if cfg.username else " without a user name"
+            check = (
+                "a broker without MQTT 5 needs mqtt.protocol: 3.1.1"
+                if "protocol" in str(reason).lower()
+                else "check mqtt.username, the password's credential and the broker's "
+                "password file and ACL"
+            )
             self._failed(
                 f"broker {cfg.host}:{cfg.port} refused the connection{user}: {reason}; "
-                "retrying, events are spooled until then (check mqtt.username, the password's "
-                "credential and the broker's password file and ACL)"
+                f"retrying, events are spooled until then ({check})"
             )
             return
         logger.info("MQTT: connected to %s:%d", self.config.host, self.config.port)

@@ -390,8 +390,15 @@ def test_mqtt_failures_are_logged_once_per_outage_and_when_the_reason_changes(
 
         for _ in range(2):  # named with the broker and the user, once
             publisher._on_connect(publisher.client, None, None, NotAuthorized(), None)
+
+        class OldBroker(NotAuthorized):  # a broker without MQTT 5 (mosquitto before 1.6)
+            def __str__(self) -> str:
+                return "Unsupported protocol version"
+
+        publisher._on_connect(publisher.client, None, None, OldBroker(), None)
     messages = [r.getMessage() for r in caplog.records]
-    assert len(messages) == 2, messages
+    assert len(messages) == 3, messages
+    assert messages[2].endswith("(a broker without MQTT 5 needs mqtt.protocol: 3.1.1)")
     assert messages[0].startswith("MQTT: cannot connect to 127.0.0.1:1: ")
     assert "refused" in messages[0] and "events are spooled until then" in messages[0]
     assert messages[1].startswith(
