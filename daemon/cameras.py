@@ -28,6 +28,7 @@ import numpy as np
 from daemon import metrics
 from daemon.config import CameraConfig, MotionConfig
 from daemon.config_file import redact_url
+from daemon.journal import REMIND_S
 from daemon.motion import MotionDetector
 from daemon.stream_probe import peer_text, stream_problem
 
@@ -37,7 +38,6 @@ OPEN_TIMEOUT_MS = 10_000
 READ_TIMEOUT_MS = 3_400  # OpenCV's FFmpeg backend tries a read 3 times: a stall shows in 10 s
 BACKOFF_MIN_S = 0.5
 BACKOFF_MAX_S = 30.0
-REMIND_S = 600.0  # a camera that stays down is logged again this often (else at DEBUG)
 STABLE_S = 30.0  # a stream that ends sooner is the same outage (logged once)
 FLAP_S = 5.0  # one that ends sooner (a few frames, then dropped): the backoff goes on growing
 # a camera whose frames are dropped (the pipeline behind) past metrics.DROPS_HIGH of a minute

@@ -1,13 +1,45 @@
 """What goes to systemd's journal: it is stderr when ``JOURNAL_STREAM`` names stderr's device
 and inode. journald files each line at the priority of its ``<N>`` prefix (info without one),
-so a line that says why facewatch stopped carries ``<3>``: ``journalctl -p err`` finds it."""
+so a line that says why facewatch stopped carries ``<3>``: ``journalctl -p err`` finds it.
+
+A problem that lasts (a camera down, the broker away, an event output failing) is said again
+every ``REMIND_S``: ``journalctl --since today`` shows one that began a week ago."""
 
 from __future__ import annotations
 
 import os
 import sys
+import time
+from datetime import datetime
 
 ERR = 3  # syslog's priority of an error
+REMIND_S = 600.0  # a problem that lasts is logged again this often (else at DEBUG)
+
+
+class Outage:
+    """A problem that lasts, for its log lines: when it began, and whether its reminder is
+    due (``REMIND_S`` after it was last said at its level)."""
+
+    def __init__(self) -> None:
+        self.began = self.said = time.monotonic()
+
+    def said_now(self) -> None:
+        """It was just logged at its level: the next reminder is REMIND_S from now."""
+        self.said = time.monotonic()
+
+    def due(self) -> bool:
+        """True (and counted as said) when it was last said REMIND_S ago or more."""
+        now = time.monotonic()
+        if now - self.said < REMIND_S:
+            return False
+        self.said = now
+        return True
+
+    def since(self) -> str:
+        """When it began, in local time (``2025-05-01 14:03``), on the wall clock as it is
+        now: NTP may have set it right since, at a board's boot."""
+        began = time.time() - (time.monotonic() - self.began)
+        return datetime.fromtimestamp(began).strftime("%Y-%m-%d %H:%M")
 
 
 def stderr_is_journal() -> bool:

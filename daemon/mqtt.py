@@ -41,6 +41,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from daemon import metrics
 from daemon.config import MqttConfig
 from daemon.events import person_key
+from daemon.journal import Outage
 from daemon.spool import Message, Spool
 
 logger = logging.getLogger(__name__)
@@ -59,6 +60,8 @@ BIRTH_GAP_S = 10.0
 # with everything after it, until the ACL lets it through
 REFUSED_RETRY_S = 30.0
 REFUSALS_KEPT = 64  # refusals of messages nobody waits for (send_now's), the latest kept
+# what to check when the broker cannot be reached
+REACH = "that the broker runs there and this host reaches it: mqtt.host, mqtt.port"
 
 
 class MqttPublisher:
@@ -84,7 +87,9 @@ class MqttPublisher:
         self.people_announcements: Callable[[set[str], set[str]], list[tuple[str, bytes]]] | None
         self.people_announcements = None
         self._lock = threading.Lock()
-        self._last_failure: str | None = None  # what was logged for this outage
+        # while not connected: since when, what was last said of it and what to check (one
+        # tuple: the sending thread's reminder reads it as paho's thread replaces it)
+        self._outage: tuple[Outage, str, str] | None = None
         self._refused = False  # the broker refused the connection attempt under way
         # PUBACKs that said no (MQTT 5): mid -> reason, for the sending thread; and the mids
         # of the connection's own checked messages (node status, a discovery config) -> topic
@@ -294,18 +299,18 @@ class MqttPublisher:
             cfg = self.config
             user = f" as user {cfg.username}" if cfg.username else " without a user name"
             check = (
-                "a broker without MQTT 5 needs mqtt.protocol: 3.1.1"
+                "mqtt.protocol: 3.1.1 for a broker without MQTT 5"
                 if "protocol" in str(reason).lower()
-                else "check mqtt.username, the password's credential and the broker's "
-                "password file and ACL"
+                else "mqtt.username, the password's credential and the broker's password file "
+                "and ACL"
             )
             self._failed(
-                f"broker {cfg.host}:{cfg.port} refused the connection{user}: {reason}; "
-                f"retrying, events are spooled until then ({check})"
+                f"broker {cfg.host}:{cfg.port} refused the connection{user}: {reason}",
+                check,
             )
             return
         logger.info("MQTT: connected to %s:%d", self.config.host, self.config.port)
-        self._last_failure = None
+        self._outage = None
         with self._lock:  # no change slips between these copies and `connected`
             if self._birth_topic is not None:
                 client.subscribe(self._birth_topic, qos=1)
@@ -403,17 +408,35 @@ class MqttPublisher:
     def _on_connect_fail(self, client: paho.Client, userdata: object) -> None:
         """paho retries silently and does not say why: ask again (``_diagnose``)."""
         cfg = self.config
-        self._failed(
-            f"cannot connect to {cfg.host}:{cfg.port}: {self._diagnose()}; retrying, "
-            "events are spooled until then"
-        )
+        self._failed(f"cannot connect to {cfg.host}:{cfg.port}: {self._diagnose()}", REACH)
 
-    def _failed(self, why: str) -> None:
-        """Log a failed connection once per outage, and again only when the reason changes
-        (e.g. the broker was still starting, then refuses the password)."""
-        if why != self._last_failure:
-            logger.warning("MQTT: %s", why)
-            self._last_failure = why
+    def _failed(self, why: str, check: str) -> None:
+        """Log a failed connection once per outage, and again when the reason changes (e.g.
+        the broker was still starting, then refuses the password); each retry at DEBUG (the
+        sending thread reminds of the outage every REMIND_S: ``_remind``)."""
+        outage = self._outage
+        if outage is not None and outage[1] == why:
+            logger.debug("MQTT: %s; retrying", why)
+            return
+        logger.warning("MQTT: %s; retrying, events are spooled until then (check %s)", why, check)
+        began = Outage() if outage is None else outage[0]
+        began.said_now()
+        self._outage = (began, why, check)
+
+    def _remind(self) -> None:
+        """While not connected, every REMIND_S: the outage's latest reason again, since when
+        and what waits for the broker (a broker away for a week shows in today's journal)."""
+        outage = self._outage
+        if outage is None or self._stop.is_set() or not outage[0].due():
+            return
+        began, why, check = outage
+        waiting = len(self.spool)
+        logger.warning(
+            "MQTT: %s (still, since %s; %d %s in the spool); retrying, events are spooled "
+            "until then (check %s)",
+            why, began.since(), waiting, "message waits" if waiting == 1 else "messages wait",
+            check,
+        )  # fmt: skip
 
     def _diagnose(self) -> str:
         """Why a connection fails: a plain TCP connection and TLS handshake with the same
@@ -440,12 +463,14 @@ class MqttPublisher:
         if self.connected.is_set() and not self._stop.is_set():
             why = "the connection was lost: the broker stopped, or the network" if lost else reason
             logger.warning("MQTT: disconnected (%s); events are spooled until it is back", why)
+            cfg = self.config  # (its reminder names the broker)
+            self._outage = (Outage(), f"disconnected from {cfg.host}:{cfg.port} ({why})", REACH)
         elif lost and not refused and not self._stop.is_set():  # closed with no MQTT answer
             cfg = self.config
             self._failed(
                 f"{cfg.host}:{cfg.port} takes the connection but closes it without answering "
-                "as an MQTT broker (a websockets port, a TLS one without mqtt.tls, another "
-                "service?); retrying, events are spooled until then"
+                "as an MQTT broker",
+                "mqtt.port: is it a websockets port, a TLS one without mqtt.tls, another service?",
             )
         self.connected.clear()
         metrics.MQTT_CONNECTED.set(0)
@@ -466,6 +491,7 @@ class MqttPublisher:
     def _step(self) -> None:
         metrics.SPOOL_EVENTS.set(len(self.spool))
         if not self.connected.wait(0.5):
+            self._remind()
             return
         self._answer_birth()  # one that came within the gap of the last answer
         self._forget_gone()

@@ -398,7 +398,7 @@ def test_mqtt_failures_are_logged_once_per_outage_and_when_the_reason_changes(
         publisher._on_connect(publisher.client, None, None, OldBroker(), None)
     messages = [r.getMessage() for r in caplog.records]
     assert len(messages) == 3, messages
-    assert messages[2].endswith("(a broker without MQTT 5 needs mqtt.protocol: 3.1.1)")
+    assert messages[2].endswith("(check mqtt.protocol: 3.1.1 for a broker without MQTT 5)")
     assert messages[0].startswith("MQTT: cannot connect to 127.0.0.1:1: ")
     assert "refused" in messages[0] and "events are spooled until then" in messages[0]
     assert messages[1].startswith(
@@ -406,6 +406,86 @@ def test_mqtt_failures_are_logged_once_per_outage_and_when_the_reason_changes(
         "retrying, events are spooled until then (check mqtt.username, "
     ), messages
     assert "s3cret" not in caplog.text
+
+
+def test_a_broker_that_stays_away_is_said_again_every_remind_s(tmp_path, monkeypatch, caplog):
+    """A broker down for a week was logged once, at its start: `journalctl --since today`
+    showed nothing of it. While the publisher is not connected, the outage's latest line
+    comes again every REMIND_S (each retry between at DEBUG), saying since when (local time)
+    and how many messages wait in the spool; a new outage after a connection starts anew."""
+    from datetime import datetime
+
+    from daemon import journal
+    from daemon.config import MqttConfig
+    from daemon.journal import REMIND_S
+    from daemon.mqtt import MqttPublisher
+
+    wall0, clock = 1_746_100_000.0, [0.0]  # the fake clock: its wall time is wall0 + clock
+    fake = SimpleNamespace(monotonic=lambda: clock[0], time=lambda: wall0 + clock[0])
+    monkeypatch.setattr(journal, "time", fake, raising=False)
+
+    def local(at: float) -> str:
+        return datetime.fromtimestamp(wall0 + at).strftime("%Y-%m-%d %H:%M")
+
+    spool = Spool(tmp_path / "spool", 10)
+    for k in range(3):
+        spool.append(f"t/{k}", b"{}", kind="event")
+    publisher = MqttPublisher(MqttConfig(host="broker.lan"), "node", spool)
+    monkeypatch.setattr(publisher, "_diagnose", lambda: "[Errno 111] Connection refused")
+    monkeypatch.setattr(
+        publisher.connected, "wait", lambda timeout=None: publisher.connected.is_set()
+    )
+
+    class Client:  # a connection that publishes nowhere
+        def publish(self, *args: object, **kwargs: object) -> SimpleNamespace:
+            return SimpleNamespace(mid=1)  # (as paho's MQTTMessageInfo)
+
+    publisher.client = Client()  # type: ignore[assignment]
+    with caplog.at_level("DEBUG", logger="daemon.mqtt"):
+        clock[0] = 5.0
+        while clock[0] < 5.0 + 2 * REMIND_S + 1:  # paho's retries, every 30 s
+            publisher._on_connect_fail(publisher.client, None)
+            publisher._step()
+            if clock[0] == 5.0 + REMIND_S:
+                spool.append("t/3", b"{}", kind="event")  # one more waits
+            clock[0] += 30.0
+        publisher._on_connect(publisher.client, None, None, SimpleNamespace(), None)
+        clock[0] += 3600.0  # an hour connected
+        lost = SimpleNamespace(value=128)  # paho's reason for a lost socket
+        publisher._on_disconnect(publisher.client, None, None, lost, None)
+        back = clock[0]
+        while clock[0] < back + REMIND_S:  # paho gets no answer at all: no retry fails
+            clock[0] += 30.0
+            publisher._step()
+    said = [(r.levelname, r.getMessage()) for r in caplog.records if r.levelname != "DEBUG"]
+    refused = "cannot connect to broker.lan:1883: [Errno 111] Connection refused"
+    then = (
+        "retrying, events are spooled until then (check that the broker runs there and this "
+        "host reaches it: mqtt.host, mqtt.port)"
+    )
+    gone = "disconnected from broker.lan:1883 (the connection was lost: the broker stopped"
+    assert said[:3] == [
+        ("WARNING", f"MQTT: {refused}; {then}"),
+        (
+            "WARNING",
+            f"MQTT: {refused} (still, since {local(5)}; 3 messages wait in the spool); {then}",
+        ),
+        (
+            "WARNING",
+            f"MQTT: {refused} (still, since {local(5)}; 4 messages wait in the spool); {then}",
+        ),
+    ], said
+    assert said[3:5] == [
+        ("INFO", "MQTT: connected to broker.lan:1883"),
+        ("WARNING", "MQTT: disconnected (the connection was lost: the broker stopped, or the "
+         "network); events are spooled until it is back"),
+    ], said  # fmt: skip
+    [(level, reminder)] = said[5:]
+    assert level == "WARNING" and reminder.startswith(
+        f"MQTT: {gone}, or the network) (still, since {local(back)}; 4 "
+    )
+    quiet = [r.getMessage() for r in caplog.records if r.levelname == "DEBUG"]
+    assert quiet.count(f"MQTT: {refused}; retrying") == 40, quiet
 
 
 def test_a_stop_keeps_its_deadline_when_cameras_hang(monkeypatch, caplog, tmp_path) -> None:
