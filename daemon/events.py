@@ -26,6 +26,7 @@ import cv2
 import numpy as np
 
 from daemon import metrics
+from daemon.journal import Outage
 from daemon.spool import Spool
 from daemon.tracking import TrackEvent
 
@@ -201,7 +202,8 @@ class EventSinks:
         if self._jsonl_path is not None:
             self._file = open_jsonl(self._jsonl_path)
         self._lock = threading.Lock()
-        self._failing: set[str] = set()  # outputs whose failure was logged, until they recover
+        # outputs whose failure was logged, until they recover: since when, events lost there
+        self._failing: dict[str, tuple[Outage, int]] = {}
         used = {
             "spool": spool is not None and topic_for is not None,
             "stdout": stdout,
@@ -275,30 +277,35 @@ class EventSinks:
             self.direct(topic, payload)
 
     def _guarded(self, name: str, write: Callable[..., None], *args: Any) -> bool:
-        """``write(*args)``; False (counted, logged once per outage) when it failed."""
+        """``write(*args)``; False (counted) when it failed: logged at the outage's first
+        event, then every REMIND_S with the events lost there since it began."""
         try:
             write(*args)
         except (OSError, sqlite3.Error) as exc:
             metrics.EVENT_OUTPUT_FAILURES.labels(name).inc()
-            if name not in self._failing:  # once per outage
-                self._failing.add(name)
-                then = "they are lost there"
-                if name == "spool" and self.direct is not None:
-                    then = "sent to the broker without it while connected (lost if not)"
-                what, folder = self._output(name)
-                check = f"; check the free space of {folder} (df -h) and that it can be written"
-                logger.error(
-                    "events: %s cannot take them (%s): %s%s",
-                    what,
-                    exc,
-                    then,
-                    check if folder else "",
-                )
+            self._failed(name, exc)
             return False
-        if name in self._failing:
-            self._failing.discard(name)
+        if self._failing.pop(name, None) is not None:
             logger.info("events: %s takes them again", self._output(name)[0])
         return True
+
+    def _failed(self, name: str, exc: Exception) -> None:
+        """Log an output's failure: its first of an outage, then a reminder every REMIND_S."""
+        outage, lost = self._failing.get(name, (None, 0))
+        self._failing[name] = (outage or Outage(), lost + 1)
+        if outage is not None and not outage.due():
+            return
+        then = "they are lost there"
+        if name == "spool" and self.direct is not None:
+            then = "sent to the broker without it while connected (lost if not)"
+        what, folder = self._output(name)
+        check = f"; check the free space of {folder} (df -h) and that it can be written"
+        if outage is None:
+            said = f"cannot take them ({exc}): {then}"
+        else:  # the events since it began, this one too
+            since = f"{lost + 1} events since {outage.since()}"
+            said = f"still cannot take them ({exc}): {since}, {then}"
+        logger.error("events: %s %s%s", what, said, check if folder else "")
 
     def _output(self, name: str) -> tuple[str, Path | None]:
         """An output as the log names it (its file and key), and the folder it writes to."""

@@ -1053,6 +1053,69 @@ def test_an_event_output_that_fails_loses_its_copy_and_the_daemon_goes_on(tmp_pa
     ]
 
 
+def test_an_event_output_that_keeps_failing_is_said_again_every_remind_s(
+    tmp_path, monkeypatch, caplog
+) -> None:
+    """An events file on a full disk was logged at its first lost event and never again: a
+    week of lost events showed nothing in `journalctl --since today`. While it fails, it is
+    said again every REMIND_S (at the next event lost), with how many events were lost there
+    since when (local time); after it writes again, a new outage counts anew."""
+    from datetime import datetime
+
+    from daemon import journal
+    from daemon.journal import REMIND_S
+
+    wall0, clock = 1_746_100_000.0, [0.0]  # the fake clock: its wall time is wall0 + clock
+    fake = SimpleNamespace(monotonic=lambda: clock[0], time=lambda: wall0 + clock[0])
+    monkeypatch.setattr(journal, "time", fake, raising=False)
+
+    def local(at: float) -> str:
+        return datetime.fromtimestamp(wall0 + at).strftime("%Y-%m-%d %H:%M")
+
+    path = tmp_path / "events.jsonl"
+    sinks = EventSinks(jsonl_file=str(path))
+
+    class Full:  # the events file's disk is full
+        def write(self, text: str) -> int:
+            raise OSError(28, "No space left on device")
+
+        def close(self) -> None:
+            pass
+
+    full, good = Full(), sinks._file
+    sinks._file = full  # type: ignore[assignment]
+    event = {"camera": "door", "type": "confirmed", "event_id": "e1", "seq": 1}
+
+    def events_at(*times: float) -> None:
+        for at in times:
+            clock[0] = at
+            sinks.emit(event)
+
+    with caplog.at_level("DEBUG", logger="daemon.events"):
+        events_at(*range(60, 720, 60))  # one a minute: the 11th lost REMIND_S after the 1st
+        events_at(700, 2000)
+        sinks._file = good  # space freed
+        events_at(2100)
+        sinks._file = full  # type: ignore[assignment]
+        events_at(2200, 2200 + REMIND_S - 1, 2200 + REMIND_S)
+    file = f"the events file {path} (events.jsonl_file)"
+    full_disk = "[Errno 28] No space left on device"
+    check = f"; check the free space of {tmp_path} (df -h) and that it can be written"
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("ERROR", f"events: {file} cannot take them ({full_disk}): they are lost there{check}"),
+        ("ERROR", f"events: {file} still cannot take them ({full_disk}): 11 events since "
+         f"{local(60)}, they are lost there{check}"),
+        ("ERROR", f"events: {file} still cannot take them ({full_disk}): 13 events since "
+         f"{local(60)}, they are lost there{check}"),
+        ("INFO", f"events: {file} takes them again"),
+        ("ERROR", f"events: {file} cannot take them ({full_disk}): they are lost there{check}"),
+        ("ERROR", f"events: {file} still cannot take them ({full_disk}): 3 events since "
+         f"{local(2200)}, they are lost there{check}"),
+    ]  # fmt: skip
+    sinks.close()
+    good.close()
+
+
 def test_each_event_output_exports_its_failures_at_zero_from_the_start(tmp_path) -> None:
     """A healthy daemon exported no facewatch_event_output_failures_total: the series was
     born at its first failures, already at their count, and FacewatchEventOutputFailing
