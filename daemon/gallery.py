@@ -120,7 +120,7 @@ class Gallery:
     def __init__(self, path: Path, conn: sqlite3.Connection, writable: bool) -> None:
         self.path, self._conn, self.writable = path, conn, writable
         self._meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
-        self._matrix: tuple[np.ndarray, np.ndarray, list[str], np.ndarray] | None = None
+        self._matrix: tuple[np.ndarray, np.ndarray, list[str], np.ndarray, int] | None = None
         # the daemon's recognition.threshold, when set, replaces the stored default
         self.threshold_override: float | None = None
         # the file's stamp (gallery_file.file_stamp) as this object's create made it; None
@@ -310,8 +310,14 @@ class Gallery:
         GalleryError when the file cannot be read."""
         return self._loaded()[2]
 
-    def _loaded(self) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray]:
-        """(vectors (M, D), owner index (M,), names, thresholds per name), cached."""
+    def with_own_threshold(self) -> int:
+        """How many people have a threshold of their own, in the state ``load`` read (no
+        second read: a writer may hold the file by now)."""
+        return self._loaded()[4]
+
+    def _loaded(self) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray, int]:
+        """(vectors (M, D), owner index (M,), names, thresholds per name, how many are their
+        own), cached."""
         if self._matrix is None:
             with self._snapshot():  # the two reads see one state of the file
                 vectors, owners, _, _ = self.embeddings()
@@ -324,7 +330,8 @@ class Gallery:
             )
             self._check_thresholds(names, thresholds)
             owner = np.array([index[n] for n in owners], np.int64)
-            self._matrix = (np.ascontiguousarray(vectors), owner, names, thresholds)
+            with_own = sum(own.get(n) is not None for n in names)
+            self._matrix = (np.ascontiguousarray(vectors), owner, names, thresholds, with_own)
         return self._matrix
 
     def _check_thresholds(self, names: list[str], thresholds: np.ndarray) -> None:
@@ -359,7 +366,7 @@ class Gallery:
         queries = np.asarray(embeddings, dtype=np.float32).reshape(-1, self.embedding_size)
         if len(queries) == 0:
             return []
-        vectors, owner, names, thresholds = self._loaded()
+        vectors, owner, names, thresholds, _ = self._loaded()
         if len(vectors) == 0:
             return [Match(None, float("inf"), 0.0) for _ in queries]
         queries = queries / np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)

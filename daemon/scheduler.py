@@ -454,12 +454,13 @@ def open_gallery(
 
 def threshold_said(gallery: Gallery) -> str:
     """The match threshold in use and where it comes from (recognition.threshold, else the
-    gallery's own, which `gallery calibrate` sets), and how many people have their own."""
+    gallery's own, which `gallery calibrate` sets), and how many people have their own, as
+    ``gallery.load`` read it (GalleryError when it has not and cannot)."""
     if gallery.threshold_override is not None:
         said = f"threshold {shown_threshold(gallery.threshold_override)} (recognition.threshold)"
     else:
         said = f"threshold {shown_threshold(gallery.threshold)} (the gallery's)"
-    own = sum(identity.threshold is not None for identity in gallery.identities())
+    own = gallery.with_own_threshold()
     return f"{said}, {own} with their own" if own else said
 
 

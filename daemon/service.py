@@ -274,8 +274,12 @@ class Service:
         if gallery is None:
             return []
         try:
-            self._threshold_said = threshold_said(gallery)
-            return [identity.name for identity in gallery.identities()]
+            names = [identity.name for identity in gallery.identities()]
+            try:
+                self._threshold_said = threshold_said(gallery)
+            except GalleryError:  # (a threshold no command stores: the reload says so)
+                self._threshold_said = ""
+            return names
         finally:
             gallery.close()
 

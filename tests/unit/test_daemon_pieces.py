@@ -1901,3 +1901,43 @@ def test_status_names_a_broker_that_refuses_the_nodes_messages() -> None:
         "daemon's log names the topic)"
     ]
     assert Status(mqtt="connected", spooled=0, refused=False, **fields).problems() == []  # type: ignore[arg-type]
+
+
+def test_a_reload_that_meets_a_writer_after_reading_the_gallery_goes_on(
+    tmp_path, monkeypatch, caplog
+) -> None:
+    """The reload's log line read the gallery a second time (how many have their own
+    threshold), outside the wait for a writer: an enroll committing just then stopped the
+    engine thread, and the daemon with it. The line says what the one read found."""
+    import sqlite3
+
+    path = tmp_path / "gallery.sqlite"
+    with Gallery.create(path, _OneFace.model_id, 8) as gallery:
+        gallery.enroll([Enrollment("ann", np.eye(8, dtype=np.float32)[0], "a" * 64)])
+        gallery.set_threshold("ann", 0.2)
+    config = parse_config(
+        {
+            "cameras": [{"name": "door", "url": "a.mp4"}],
+            "recognition": {"model": None, "gallery": str(path)},
+        }
+    )
+    engines = _OneFace()
+    pipeline = Pipeline(config, engines, engines, EventSinks())  # type: ignore[arg-type]
+    writer = sqlite3.connect(path, isolation_level=None)
+    load = Gallery.load
+
+    def load_then_a_writer_locks_the_file(self: Gallery) -> list[str]:
+        names = load(self)
+        writer.execute("BEGIN EXCLUSIVE")  # an enroll committing right now
+        return names
+
+    monkeypatch.setattr(Gallery, "load", load_then_a_writer_locks_the_file)
+    with caplog.at_level("INFO", logger="daemon.scheduler"):
+        pipeline.reload_gallery()
+    writer.execute("COMMIT")
+    writer.close()
+    [said] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("gallery")]
+    assert said.startswith(f"gallery {path}: 1 person, threshold ") and said.endswith(
+        "(the gallery's), 1 with their own"
+    ), said
+    assert pipeline.gallery is not None and pipeline._enrolled == {"ann"}
