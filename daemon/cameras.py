@@ -225,12 +225,16 @@ class StuckPicture:
         self.count = 0  # frames in it
         self.black = True  # all of them all black
         self._last: np.ndarray | None = None
+        self._last_at: float | None = None  # when the latest frame was seen
+        self._gap_from: float | None = None  # a new source's: the previous one's last frame
 
     def new_source(self) -> None:
         """A reconnect, or a file played again: its first frame is compared with none (another
         capture's stale picture may differ from the last), and neither ends a run nor adds to
-        it, unless black."""
+        it, unless black. The time between the two sources is not the run's: a camera back
+        from an outage is not stuck for having been away."""
         self._last = None
+        self._gap_from = self._last_at
 
     def see(self, image: np.ndarray, now: float) -> bool:
         """Count one frame; whether it shows the picture changing (a run of stuck frames, if
@@ -238,6 +242,9 @@ class StuckPicture:
         sample = np.ascontiguousarray(image[::SAMPLE_STRIDE, ::SAMPLE_STRIDE])
         black = not sample.any()
         compared, self._last = self._last, sample
+        if self._gap_from is not None and self.since is not None:
+            self.since += now - self._gap_from  # (the outage between the sources)
+        self._gap_from, self._last_at = None, now
         if not black:
             if compared is None:
                 return False

@@ -1412,6 +1412,13 @@ def test_a_picture_that_never_changes_is_down_after_a_while_and_up_again_once_it
         assert reader.stuck is None
         reader._read(Capture([small] * seconds(FROZEN_S + 1)))
         assert reader.stuck == FROZEN_DOWN and statuses == [True, False, True, False]
+        reader._read(Capture(noisy_copies(night, 4, 6)))
+        # a still scene repeats a few frames, the stream drops, the camera is back after
+        # two minutes: the outage is no time of a stuck picture (it was down at once)
+        for picture in (small, night, black, black):
+            reader._read(Capture([picture] * 3))
+            clock[0] += 2 * FROZEN_S
+        assert reader.stuck is None and statuses == [True, False, True, False, True]
     warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warned) == 2 and all(w.startswith("camera cellar: its ") for w in warned), warned
     assert "camera cellar: its picture changes again" in caplog.text
