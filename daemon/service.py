@@ -36,7 +36,7 @@ from daemon.systemd_notify import sd_notify, watchdog_healthy
 from engines.base import EngineError
 from engines.detectors import load_detector, load_facenet
 from engines.facenet import FaceNet
-from engines.loader import CPU_BACKENDS, cpu_precision, cpu_threads
+from engines.loader import CPU_BACKENDS, cpu_threads
 from engines.mtcnn import MTCNN
 
 logger = logging.getLogger(__name__)
@@ -122,8 +122,7 @@ class Service:
                         trt_plans=trt_plans,
                     )
                     self._stop_point()
-                    runs_on, precision = cpu_precision(backend, cfg.recognition.precision)
-                    said = f"FaceNet {facenet.model_id} {precision} on {runs_on}"
+                    said = f"FaceNet {facenet.model_id} {facenet.runs_as}"
                 else:
                     said = "no FaceNet (detection only)"
                 self._engines_said = f"detector MTCNN on {cfg.engines.backend}, {said}"

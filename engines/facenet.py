@@ -98,6 +98,7 @@ class FaceNet:
         self.image_size_hw: tuple[int, int] = meta.input_size_hw  # type: ignore[assignment]
         self.alignment = str(meta.extra.get("alignment", "margin"))
         self.margin = int(meta.extra.get("margin", 32))
+        self.runs_as = "fp32"  # its arithmetic and backend, for the logs (``load`` says)
         self.template = template_of(meta.extra, meta.input_size_hw[0])  # type: ignore[index]
         self.prewhiten = bool(meta.extra.get("prewhiten", False))
         self.embedding_size = int(meta.embedding_size or engine.outputs[0].shape[-1] or 0)
@@ -127,13 +128,13 @@ class FaceNet:
         )
         net = cls(engine, meta, model_id=model_id_of(meta, path), flip=flip, max_batch=max_batch)
         _check_shapes(net, path)
+        net.runs_as = runs_as(engine, meta, backend, precision, trt_plans)
         logger.info(
-            "FaceNet %s: %s crops, %d-d, %s on %s",
+            "FaceNet %s: %s crops, %d-d, %s",
             net.model_id,
             net.alignment,
             net.embedding_size,
-            precision,
-            backend,
+            net.runs_as,
         )
         return net
 
@@ -269,6 +270,19 @@ def starting_threshold(extra: dict[str, Any]) -> float | None:
     )  # else it is an angle, or a distance between concatenated embeddings
     start = (lfw.get("far_threshold") or lfw.get("best_threshold")) if on_our_scale else None
     return finite_number(start) or None  # not a number (a damaged sidecar): facewatch's own
+
+
+def runs_as(
+    engine: Engine, meta: ModelMetadata, backend: str, precision: str, trt_plans: PlanRequest | None
+) -> str:
+    """What a model computes in and where, for the logs: ``precision`` on a CPU backend, a
+    TensorRT plan's own (fp16 by default; int8 is P-Net's only), fp16 under torch's
+    autocast."""
+    if backend == "tensorrt":
+        precision = trt_plans.options_for(meta).precision if trt_plans else "the newest plan's"
+    elif getattr(engine, "fp16", False):
+        precision = "fp16"
+    return f"{precision} on {backend}"
 
 
 def _check_shapes(net: FaceNet, path: Path) -> None:

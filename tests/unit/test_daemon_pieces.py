@@ -600,7 +600,7 @@ def test_the_start_and_each_gallery_reload_say_what_runs_and_the_threshold_in_us
         recognition = {"gallery": str(gallery), "precision": "fp32", "threshold": threshold}
         cameras = [{"name": "door", "url": "x.mp4"}, {"name": "yard", "url": "y.mp4"}]
         daemon = service.Service(parse_config({"cameras": cameras, "recognition": recognition}))
-        facenet = SimpleNamespace(model_id="facenet-x@sha256:0123")
+        facenet = SimpleNamespace(model_id="facenet-x@sha256:0123", runs_as="fp32 on onnxruntime")
         monkeypatch.setattr(service, "load_detector", lambda *a, **k: object())
         monkeypatch.setattr(service, "resolve_model", lambda config: Path("facenet.onnx"))
         monkeypatch.setattr(service, "load_facenet", lambda *a, **k: facenet)

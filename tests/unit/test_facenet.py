@@ -385,3 +385,22 @@ def test_onnx_runtime_threads_do_not_spin_waiting_for_the_next_run() -> None:
     engine = OrtEngine(models / "onet.onnx", threads=2)
     options = engine._session.get_session_options()
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+
+def test_the_logs_say_the_arithmetic_facenet_runs_in(shipped_model) -> None:
+    """The start-up line said fp32 for FaceNet on TensorRT, whose plan is fp16 by default
+    (int8 too: that is P-Net's only), and on torch with fp16 autocast."""
+    from types import SimpleNamespace
+
+    from engines.base import ModelMetadata
+    from engines.build import PlanRequest
+    from engines.facenet import runs_as
+
+    meta = ModelMetadata.load(shipped_model)
+    cpu = SimpleNamespace()
+    assert runs_as(cpu, meta, "onnxruntime", "fp32", None) == "fp32 on onnxruntime"  # type: ignore[arg-type]
+    for asked, plan in (("fp16", "fp16"), ("int8", "fp16"), ("fp32", "fp32")):
+        plans = PlanRequest(precision=asked)
+        assert runs_as(cpu, meta, "tensorrt", "fp32", plans) == f"{plan} on tensorrt"  # type: ignore[arg-type]
+    autocast = SimpleNamespace(fp16=True)
+    assert runs_as(autocast, meta, "torch", "fp32", None) == "fp16 on torch"  # type: ignore[arg-type]
