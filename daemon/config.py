@@ -271,6 +271,12 @@ class CameraConfig(Section):
         RecognitionOverrides(), "per-camera recognition settings"
     )
 
+    @field_validator("rotate", mode="before")
+    @classmethod
+    def _degrees(cls, value: object) -> object:
+        """``${ROTATE}`` gives a string, as it does for fps: "90" is 90."""
+        return int(value) if isinstance(value, str) and value.strip().isdigit() else value
+
     @field_validator("url")
     @classmethod
     def _known_scheme(cls, url: str) -> str:

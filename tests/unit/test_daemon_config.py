@@ -133,6 +133,10 @@ def test_environment_and_systemd_credentials(tmp_path, monkeypatch) -> None:
     }
     config = parse_config(raw)
     assert (config.mqtt.host, config.mqtt.password) == ("broker.lan", "s3cret")
+    monkeypatch.setenv("ROTATE", "90")  # a number from the environment, as fps takes one
+    monkeypatch.setenv("FPS", "2.5")
+    turned = {**CAMERA, "rotate": "${ROTATE}", "fps": "${FPS}"}
+    assert parse_config({"cameras": [turned]}).cameras[0].rotate == 90
     (tmp_path / "camera_password").write_text("")
     camera = {"name": "door", "url": "rtsp://viewer:${credential:camera_password}@cam/1"}
     with pytest.raises(ConfigError, match=r"cameras\[0\] \(door\)\.url: credential .camera_"):
