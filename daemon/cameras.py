@@ -486,6 +486,9 @@ class CameraReader(threading.Thread):
         if self.stuck is None and self._stuck.lasted(now):
             self.stuck = BLANK_DOWN if self._stuck.black else FROZEN_DOWN
             self._set_up(False)
+            if self._lost:  # said now, with its warning (no _backoff says it)
+                logger.info("camera %s: down", self.config.name)
+                self._lost, self._loud = False, True
             since = now - (self._stuck.since or now)
             logger.warning(
                 "camera %s: %s (%.0f s, %d frames)",

@@ -1421,6 +1421,8 @@ def test_a_picture_that_never_changes_is_down_after_a_while_and_up_again_once_it
         assert reader.stuck is None and statuses == [True, False, True, False, True]
     warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warned) == 2 and all(w.startswith("camera cellar: its ") for w in warned), warned
+    said = [r.getMessage() for r in caplog.records if r.getMessage().endswith((": up", ": down"))]
+    assert said == ["camera cellar: up"] + ["camera cellar: down", "camera cellar: up"] * 2, said
     assert "camera cellar: its picture changes again" in caplog.text
     reader._set_up(True)
 
