@@ -360,6 +360,8 @@ class Service:
             ):
                 sd_notify("WATCHDOG=1")
                 next_ping = now + ping_every - tick / 2  # due by the tick nearest the interval
+                if starving:  # before systemd's kill: its ERROR promised one
+                    logger.warning("the batch scheduler goes on again: the watchdog is fed")
                 starving = False
             elif not starving:  # once: systemd's kill follows
                 self._say_starving(scheduler, now, stall_s)

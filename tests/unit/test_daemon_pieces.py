@@ -280,6 +280,37 @@ def test_a_watchdog_no_longer_fed_is_said_once(
     assert "systemd's watchdog is no longer fed and restarts facewatch" in lines[0]
 
 
+def test_a_scheduler_that_goes_on_before_systemds_kill_says_so(monkeypatch, caplog) -> None:
+    """The ERROR says systemd restarts facewatch; a scheduler that recovers first left that
+    promise in the journal with no restart after it and no word of the recovery."""
+    from daemon import service
+
+    monkeypatch.setenv("WATCHDOG_USEC", "200000")
+    daemon = service.Service(parse_config({"cameras": [{"name": "door", "url": "x.mp4"}]}))
+    daemon.run_for_s = 0.8
+    daemon.readers = [SimpleNamespace(up=True, config=SimpleNamespace(name="door"))]  # type: ignore[list-item]
+    recovers = time.monotonic() + 0.4
+
+    class Recovering:  # one round hangs 100 s (as it seems), then rounds go on
+        def _ago(self) -> float:
+            now = time.monotonic()
+            return now - 100.0 if now < recovers else now
+
+        last_round = property(_ago)
+        last_batch = property(_ago, lambda self, v: None)
+
+        def is_alive(self) -> bool:
+            return True
+
+    with caplog.at_level("WARNING", logger="daemon.service"):
+        daemon._serve(Recovering())  # type: ignore[arg-type]
+    said = [(r.levelname, r.getMessage()[:40]) for r in caplog.records]
+    assert said == [
+        ("ERROR", "the batch scheduler has been stuck in on"),
+        ("WARNING", "the batch scheduler goes on again: the w"),
+    ], said
+
+
 def test_systemds_watchdog_abort_leaves_every_threads_stack_on_stderr(tmp_path) -> None:
     """systemd aborts a hung daemon (SIGABRT): Python's default was a bare abort, and the
     journal never said which thread hung where. `run` enables faulthandler first."""
