@@ -581,10 +581,11 @@ class MqttConfig(Section):
     topic_prefix: str = _field("facewatch", "every topic starts with PREFIX/NODE_ID/", min_length=1)
     keepalive_s: int = _field(30, "MQTT keepalive", ge=5, le=3600)
     protocol: Literal["5", "3.1.1"] = _field(
-        "5",
+        "3.1.1",
         "MQTT version: 5 tells the daemon of a message the broker's ACL refuses (it logs it "
-        "and keeps the events spooled); 3.1.1 only for a broker without MQTT 5 (it "
-        "acknowledges a refused message as sent, and drops it)",
+        "and keeps the events spooled; a mosquitto 2.0 message_size_limit below a snapshot's "
+        "size makes it drop the connection again and again); 3.1.1 (a broker acknowledges a "
+        "refused message as sent, and drops it: nothing is said)",
     )
 
     _topic = field_validator("topic_prefix")(_topic_root)

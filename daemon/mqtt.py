@@ -96,7 +96,8 @@ class MqttPublisher:
         self._refusals: dict[int, str] = {}
         self._checked: dict[int, str] = {}
         self._refusal_lock = threading.Lock()  # (taken in on_publish: never around a publish)
-        self._refused_topic: str | None = None  # the spooled message refused, until one passes
+        self._refused_topic: str | None = None  # the spooled event refused, until one passes
+        self._snapshots_refused = False  # a snapshot was refused (and dropped): said once
         self.client = self._make_client(node_id)
         self._thread = threading.Thread(target=self._run, name="mqtt-publisher", daemon=True)
 
@@ -163,7 +164,12 @@ class MqttPublisher:
         unsent stay in the spool for the next start."""
         deadline = time.monotonic() + drain_s
         self._wake.set()
-        while self.connected.is_set() and len(self.spool) and time.monotonic() < deadline:
+        while (
+            self.connected.is_set()
+            and len(self.spool)
+            and self._refused_topic is None  # (what the broker refuses cannot drain)
+            and time.monotonic() < deadline
+        ):
             time.sleep(0.02)
         self._stop.set()
         self._wake.set()
@@ -542,10 +548,20 @@ class MqttPublisher:
         metrics.MQTT_PUBLISHES.labels("failed").inc()
 
     def _keep_refused(self, message: Message, reason: str) -> None:
-        """The broker's ACL refused a spooled message: it stays in the spool (and what came
-        after it, in order) and is offered again in ``REFUSED_RETRY_S``; logged once, until
-        one passes."""
+        """The broker's ACL refused a spooled message. An event stays in the spool (and what
+        came after it, in order) and is offered again in ``REFUSED_RETRY_S``; logged once,
+        until one passes. A snapshot is dropped (logged once a run): an ACL that keeps faces
+        off the broker, or was written before snapshots, held every event behind it."""
         metrics.MQTT_PUBLISHES.labels("refused").inc()
+        if message.kind != "event":
+            if not self._snapshots_refused:
+                logger.error(
+                    "MQTT: %s; face snapshots are dropped while it refuses them, events go on",
+                    self._refusal_said(message.topic, reason),
+                )
+                self._snapshots_refused = True
+            self.spool.delete(message.row_id)
+            return
         metrics.MQTT_REFUSED.set(1)
         if message.topic != self._refused_topic:
             logger.error(

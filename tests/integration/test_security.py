@@ -269,14 +269,16 @@ def test_messages_the_brokers_acl_refuses_are_named_and_kept_until_it_lets_them_
     the refused events topic, the node's status and the discovery config with the ACL line
     each needs, the events stay in the spool (an MQTT 3.1.1 broker acknowledges a refused
     message, and the publisher deleted them: lost), and once the ACL lets them through they
-    are all delivered."""
+    are all delivered (with mqtt.protocol 5). A refused face snapshot is dropped: it held
+    every event behind it."""
     monkeypatch.setattr(mqtt_module, "REFUSED_RETRY_S", 0.5)
     caplog.set_level(logging.INFO, logger="daemon.mqtt")
     broker, acl = _acl_broker(tmp_path, ["facewatch/test/cameras/#"])
     spool = Spool(tmp_path / "spool", 100)
+    spool.append("facewatch/test/snapshots/door/e0", b"\xff\xd8 a face")  # refused: dropped
     for n in range(3):
         spool.append(EVENTS, json.dumps({"n": n}).encode(), kind="event")
-    config = MqttConfig(port=broker.port, username=USER, password=MQTT_SECRET)
+    config = MqttConfig(port=broker.port, username=USER, password=MQTT_SECRET, protocol="5")
     publisher = MqttPublisher(config, "test", spool)
     publisher.announce([(DISCOVERY, b"{}")], birth_topic="homeassistant/status")
     subscriber = Subscriber(broker.port, "#", username=ADMIN, password=ADMIN_SECRET)
@@ -288,8 +290,13 @@ def test_messages_the_brokers_acl_refuses_are_named_and_kept_until_it_lets_them_
         assert "the broker refused this node's status facewatch/test/status (Not authorized)" in log
         assert f"the broker's ACL must let user {USER} write facewatch/test/#" in log
         assert "must let user facewatch write homeassistant/+/facewatch_test/#" in log
+        assert "refused facewatch/test/snapshots/door/e0 (Not authorized)" in log
+        assert "face snapshots are dropped while it refuses them, events go on" in log
         assert "it stays in the spool with the 3 message(s) there" in log
+        refusals = metrics.MQTT_PUBLISHES.labels("refused")._value.get()
         time.sleep(1.5)  # offered again meanwhile, still refused: logged once
+        offered = metrics.MQTT_PUBLISHES.labels("refused")._value.get() - refusals
+        assert 1 <= offered <= 4, f"offered {offered} times in 1.5 s: every 0.5 s, not in a loop"
         assert caplog.text.count("refused facewatch/test/events/door") == 1
         assert len(spool) == 3, "the refused events are kept"
         assert metrics.MQTT_REFUSED._value.get() == 1

@@ -855,9 +855,10 @@ def test_validate_config_names_a_video_file_whose_frames_decode_to_no_picture(
     assert main(["validate-config", str(path)]) == 0, capsys.readouterr().err
 
 
-def test_the_mqtt_version_is_5_unless_set_to_3_1_1_as_yaml_writes_it(tmp_path) -> None:
-    """MQTT 5 by default (its PUBACK says when the broker's ACL refused a message); 3.1.1 for
-    an old broker, written as YAML reads it (``protocol: 5`` is a number there)."""
+def test_the_mqtt_version_is_3_1_1_unless_set_to_5_as_yaml_writes_it(tmp_path) -> None:
+    """MQTT 3.1.1 by default (MQTT 5 clients meet mosquitto 2.0's message_size_limit as a
+    protocol error); 5, whose PUBACK says when the broker's ACL refused a message, written
+    as YAML reads it (``protocol: 5`` is a number there)."""
     import paho.mqtt.client as paho
 
     from daemon.mqtt import MqttPublisher
@@ -875,7 +876,7 @@ def test_the_mqtt_version_is_5_unless_set_to_3_1_1_as_yaml_writes_it(tmp_path) -
         versions[written] = (config.mqtt.protocol, client.protocol)
         spool.close()
     assert versions == {
-        "": ("5", paho.MQTTv5),
+        "": ("3.1.1", paho.MQTTv311),
         "protocol: 5": ("5", paho.MQTTv5),
         "protocol: 3.1.1": ("3.1.1", paho.MQTTv311),
     }
