@@ -16,6 +16,7 @@ from daemon.archive_files import VISIT_FILE, archive_level, is_visit_folder, rea
 from daemon.config import DEFAULT_CONFIG, SERVICE_CONFIG, ConfigError, running_config
 from daemon.config_file import load_config
 from daemon.gallery_names import twin_key
+from daemon.journal import print_error
 from engines.base import file_sha256
 
 
@@ -182,19 +183,16 @@ def run_list(args: argparse.Namespace) -> int:
             args.config = args.config or running_config()
             archive = load_config(args.config, secrets=False).archive
         except ConfigError as exc:
-            print(f"error: {exc}", file=sys.stderr)
+            print_error(str(exc))
             return 2
         root, which = archive.dir, archive.which
         if root is None:
-            print(
-                f"error: {args.config}: archive.dir is not set (the archive is off)",
-                file=sys.stderr,
-            )
+            print_error(f"{args.config}: archive.dir is not set (the archive is off)")
             return 2
         root = Path(root)
     try:
         if root.exists() and not root.is_dir():
-            print(f"error: {root}: a file, not the archive's folder", file=sys.stderr)
+            print_error(f"{root}: a file, not the archive's folder")
             return 2
         if not root.is_dir():
             print(f"{root}: no visits yet (the folder does not exist)", file=sys.stderr)
@@ -203,18 +201,16 @@ def run_list(args: argparse.Namespace) -> int:
     except PermissionError:
         readable = False
     if not readable:
-        print(
-            f"error: {root}: cannot be read by this user; run as the daemon's user (the `fw` "
-            "helper of docs/operations.md, section 2)",
-            file=sys.stderr,
+        print_error(
+            f"{root}: cannot be read by this user; run as the daemon's user (the `fw` "
+            "helper of docs/operations.md, section 2)"
         )
         return 1
     level = archive_level(root)
     if level not in (None, "the archive"):
-        print(
-            f"error: {root}: {level} folder of the face archive: give the archive's own folder "
-            "(archive.dir)",
-            file=sys.stderr,
+        print_error(
+            f"{root}: {level} folder of the face archive: give the archive's own folder "
+            "(archive.dir)"
         )
         return 2
     shown, visits = 0, read_visits(root)
@@ -256,24 +252,20 @@ def run_remove(args: argparse.Namespace) -> int:
     if missing:
         bare = any(len(Path(name).parts) == 1 for name in missing)
         hint = " (give the whole folder, as `archive list` prints it)" if bare else ""
-        print(
-            f"error: no such folder: {', '.join(missing)} (deleted already?){hint}; nothing "
-            "was deleted",
-            file=sys.stderr,
+        print_error(
+            f"no such folder: {', '.join(missing)} (deleted already?){hint}; nothing was deleted"
         )
         return 1
     visits = list(dict.fromkeys(folder.resolve() for folder in args.visits))
     refused = [str(folder) for folder in visits if not is_visit_folder(folder)]
     if refused:
-        print(
-            f"error: not a visit folder of the face archive: {', '.join(refused)}; nothing "
-            "was deleted",
-            file=sys.stderr,
+        print_error(
+            f"not a visit folder of the face archive: {', '.join(refused)}; nothing was deleted"
         )
         return 1
     status, outside = _outside_the_archive(args.config, visits)
     if outside:
-        print(f"error: {outside}; nothing was deleted", file=sys.stderr)
+        print_error(f"{outside}; nothing was deleted")
         return status
     for folder in visits:
         shutil.rmtree(folder)

@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from daemon.cameras import STUCK_FILE, StuckPicture
 from daemon.cli_args import number
+from daemon.journal import print_error
 from engines import BACKENDS, EngineError
 from engines.base import bounds_text
 from engines.detectors import load_detector
@@ -173,7 +174,7 @@ class Summary:
 
 def run(args: argparse.Namespace) -> int:
     if args.annotate is not None and args.annotate.exists() and not args.annotate.is_dir():
-        print(f"error: --annotate {args.annotate}: not a folder", file=sys.stderr)
+        print_error(f"--annotate {args.annotate}: not a folder")
         return 2
     models = args.models or default_models_dir() / "mtcnn"
     try:
@@ -187,7 +188,7 @@ def run(args: argparse.Namespace) -> int:
             border=args.border,
         )
     except (EngineError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print_error(str(exc))
         return 2
     outputs = None
     if args.annotate:
@@ -195,7 +196,7 @@ def run(args: argparse.Namespace) -> int:
             args.annotate.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             why = exc.strerror or exc
-            print(f"error: --annotate {args.annotate}: cannot create it: {why}", file=sys.stderr)
+            print_error(f"--annotate {args.annotate}: cannot create it: {why}")
             return 2
         outputs = Outputs(args.annotate)
     summary = Summary()
@@ -242,13 +243,13 @@ def _expand(paths: list[Path], summary: Summary) -> Iterator[tuple[Path, Path]]:
                     "name a file to read it whatever its name)"
                 )
                 summary.errors.append(why)
-                print(f"error: {why}", file=sys.stderr)
+                print_error(f"{why}")
             yield from ((p, input_name(path, p)) for p in found)
         elif path.exists():
             yield path, input_name(path, path)
         else:
             summary.errors.append(f"{path}: no such file or folder")
-            print(f"error: {path}: no such file or folder", file=sys.stderr)
+            print_error(f"{path}: no such file or folder")
 
 
 def _emit(

@@ -36,6 +36,7 @@ from daemon.gallery import (
     shown_threshold,
 )
 from daemon.gallery_names import clean_name
+from daemon.journal import print_error
 from daemon.recognition import (
     DEFAULT_MIN_FACE_PX,
     DEFAULT_MIN_SHARPNESS,
@@ -273,7 +274,7 @@ def run_enroll(args: argparse.Namespace) -> int:
         jobs = _enroll_jobs(args)
         models = load_models(args)
     except (ValueError, EngineError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print_error(str(exc))
         return 2
     gallery_path = gallery_cli.gallery_path(args)
     profile = math.inf if args.allow_profile else MAX_PROFILE_OFFSET
@@ -281,7 +282,7 @@ def run_enroll(args: argparse.Namespace) -> int:
     try:
         enrolled = _check_gallery(gallery_path, models.facenet)
     except GalleryError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print_error(str(exc))
         return 1
     recognition = gallery_cli.daemon_recognition(args)
     if recognition is not None and recognition.threshold is not None:
@@ -302,14 +303,13 @@ def run_enroll(args: argparse.Namespace) -> int:
     if not args.allow_mismatch:
         embeddings, accepted = _drop_unlike(enrolled, embeddings, accepted, rejected)
     if rejected and not args.skip_bad:
-        print(
-            f"error: {len(rejected)} of {len(jobs)} image(s) rejected; nothing was enrolled "
-            "(fix or drop them, or pass --skip-bad to enroll the others)",
-            file=sys.stderr,
+        print_error(
+            f"{len(rejected)} of {len(jobs)} image(s) rejected; nothing was enrolled "
+            "(fix or drop them, or pass --skip-bad to enroll the others)"
         )
         return 1
     if not accepted:
-        print("error: no image could be enrolled", file=sys.stderr)
+        print_error("no image could be enrolled")
         return 1
     _warn_look_alikes(enrolled, embeddings, accepted)
     code = _store(gallery_path, models, embeddings, accepted, len(rejected))
@@ -392,7 +392,7 @@ def _store(
     except GalleryError as exc:
         if gallery is not None:
             remove_created(gallery)  # nothing was enrolled: leave no empty gallery behind
-        print(f"error: {exc}", file=sys.stderr)
+        print_error(str(exc))
         return 1
     print(
         f"enrolled {added} new face(s) of {len(names)} person(s) into {gallery_path}: "

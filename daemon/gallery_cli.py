@@ -30,6 +30,7 @@ from daemon.gallery import (
     shown_threshold,
 )
 from daemon.gallery_names import twin_key
+from daemon.journal import print_error
 from daemon.recognition import (
     DEFAULT_TARGET_FAR,
     MAX_STORED_FRR,
@@ -226,10 +227,10 @@ def _guarded(func: Any) -> Any:
         try:
             return int(func(args) or 0)
         except GalleryError as exc:
-            print(f"error: {exc}", file=sys.stderr)
+            print_error(str(exc))
             return 1
         except ConfigError as exc:
-            print(f"error: {exc}", file=sys.stderr)
+            print_error(str(exc))
             return 2
 
     return run
@@ -305,13 +306,13 @@ def _threshold(args: argparse.Namespace) -> int:
     """Exit status 2 for what is wrong in the arguments themselves (count, number, range)."""
     if args.default != (len(args.words) == 1) or not 1 <= len(args.words) <= 2:
         want = "--default VALUE" if args.default else "NAME VALUE|default, or --default VALUE"
-        print(f"error: gallery threshold {want} (one person at a time)", file=sys.stderr)
+        print_error(f"gallery threshold {want} (one person at a time)")
         return 2
     name, text = (None, args.words[0]) if args.default else args.words
     try:
         value = None if name is not None and text == "default" else check_threshold(_float(text))
     except GalleryError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print_error(str(exc))
         return 2
     with Gallery.open(gallery_path(args), writable=True) as gallery:
         gallery.set_threshold(name, value)
@@ -379,10 +380,9 @@ def _calibrate(args: argparse.Namespace) -> int:
     print(f"expected FAR {_far_shown(result)}, FRR {result.frr:.2%}")
     _show_close_people(*closest_people(vectors, owners, in_use), in_use)
     if unusable:
-        print(
-            f"error: not stored: {unusable} (the gallery keeps its threshold, {in_use:.4f}; "
-            "or set one with `gallery threshold --default VALUE`)",
-            file=sys.stderr,
+        print_error(
+            f"not stored: {unusable} (the gallery keeps its threshold, {in_use:.4f}; "
+            "or set one with `gallery threshold --default VALUE`)"
         )
         return 1
     print("not stored (--dry-run)" if args.dry_run else f"stored as the default in {gallery.path}")

@@ -25,6 +25,7 @@ from daemon.cli_args import number
 from daemon.config import ConfigError
 from daemon.detect_cli import IMAGE_SUFFIXES, Outputs, input_name, progress_wanted, put_label
 from daemon.gallery import Gallery, GalleryError, Match
+from daemon.journal import print_error
 from engines import BACKENDS, EngineError
 from engines.detectors import load_facenet
 from engines.facenet import FaceNet
@@ -193,7 +194,7 @@ def run_identify(args: argparse.Namespace) -> int:
     try:
         models = load_models(args)
     except (EngineError, ConfigError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print_error(str(exc))
         return 2
     try:
         gallery = Gallery.open(gallery_cli.gallery_path(args), models.facenet.model_id)
@@ -201,13 +202,13 @@ def run_identify(args: argparse.Namespace) -> int:
         if recognition is not None:  # match as the daemon does
             gallery.threshold_override = recognition.threshold
     except GalleryError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print_error(str(exc))
         return 1
     if args.annotate:
         try:
             args.annotate.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            print(f"error: --annotate {args.annotate}: {exc.strerror}", file=sys.stderr)
+            print_error(f"--annotate {args.annotate}: {exc.strerror}")
             return 2
     paths = [
         (photo, input_name(path, photo)) for path in args.images for photo in photo_files(path)

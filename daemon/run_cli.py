@@ -67,21 +67,20 @@ def _validate(args: argparse.Namespace) -> int:
         print("\n".join(schema_lines()))
         return 0
     if args.file is None:
-        print("error: give the configuration file to check (or --schema)", file=sys.stderr)
+        print_error("give the configuration file to check (or --schema)")
         return 2
     from daemon.preflight import problems, recognition_summary, warnings  # (OpenCV: slow)
 
     try:
         config = load_config(args.file, secrets=not args.settings_only)
     except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print_error(str(exc))
         return 2
     found = [] if args.settings_only else problems(config)
     if found:
-        print(
-            f"error: {args.file}: valid settings, but `run` (as {getpass.getuser()}) would "
-            "stop at once:\n  " + "\n  ".join(found),
-            file=sys.stderr,
+        print_error(
+            f"{args.file}: valid settings, but `run` (as {getpass.getuser()}) would "
+            "stop at once:\n  " + "\n  ".join(found)
         )
         return 2
     for warning in warnings(config):

@@ -21,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from daemon.config import DEFAULT_CONFIG, SERVICE_CONFIG, ConfigError, running_config
 from daemon.config_file import load_config, redact_url, url_host
+from daemon.journal import print_error
 from daemon.metrics import DROPS_ADVICE, DROPS_HIGH
 from daemon.stream_probe import http_get, peer_text
 
@@ -313,15 +314,15 @@ def metrics_url(config_path: str) -> str:
 
 def _status(args: argparse.Namespace) -> int:
     if args.url and args.config:
-        print("error: give --config or --url, not both", file=sys.stderr)
+        print_error("give --config or --url, not both")
         return 2
     if not (math.isfinite(args.interval) and 0 < args.interval <= 3600):
-        print(f"error: --interval {args.interval}: from above 0 to 3600 seconds", file=sys.stderr)
+        print_error(f"--interval {args.interval}: from above 0 to 3600 seconds")
         return 2
     try:
         request = metrics_request(args.url or metrics_url(args.config or str(running_config())))
     except (ConfigError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print_error(str(exc))
         return 2
     given = args.url if args.url is None or "://" in args.url else f"http://{args.url}"
     shown = redact_url(given) if given else request.plain
