@@ -97,6 +97,7 @@ class MqttPublisher:
         self._checked: dict[int, str] = {}
         self._refusal_lock = threading.Lock()  # (taken in on_publish: never around a publish)
         self._refused_topic: str | None = None  # the spooled event refused, until one passes
+        self._refused_since = Outage()  # (of the refusal of _refused_topic: its reminders)
         self._snapshots_refused = False  # a snapshot was refused (and dropped): said once
         self.client = self._make_client(node_id)
         self._thread = threading.Thread(target=self._run, name="mqtt-publisher", daemon=True)
@@ -550,7 +551,7 @@ class MqttPublisher:
     def _keep_refused(self, message: Message, reason: str) -> None:
         """The broker's ACL refused a spooled message. An event stays in the spool (and what
         came after it, in order) and is offered again in ``REFUSED_RETRY_S``; logged once,
-        until one passes. A snapshot is dropped (logged once a run): an ACL that keeps faces
+        then every ``REMIND_S`` until one passes. A snapshot is dropped (logged once a run): an ACL that keeps faces
         off the broker, or was written before snapshots, held every event behind it."""
         metrics.MQTT_PUBLISHES.labels("refused").inc()
         if message.kind != "event":
@@ -569,7 +570,14 @@ class MqttPublisher:
                 "every %g s",
                 self._refusal_said(message.topic, reason), len(self.spool), REFUSED_RETRY_S,
             )  # fmt: skip
-            self._refused_topic = message.topic
+            self._refused_topic, self._refused_since = message.topic, Outage()
+        elif self._refused_since.due():  # (an ACL left wrong for a week shows in today's log)
+            logger.error(
+                "MQTT: the broker still refuses %s (%s; since %s; %d message(s) wait in the "
+                "spool), offered again every %g s",
+                message.topic, reason, self._refused_since.since(), len(self.spool),
+                REFUSED_RETRY_S,
+            )  # fmt: skip
         self._stop.wait(REFUSED_RETRY_S)
 
     def _passed(self, message: Message) -> None:

@@ -519,6 +519,44 @@ def test_a_broker_that_stays_away_is_said_again_every_remind_s(tmp_path, monkeyp
     assert quiet.count(f"MQTT: {refused}; retrying") == 40, quiet
 
 
+def test_an_acl_that_keeps_refusing_is_said_again_every_remind_s(tmp_path, monkeypatch, caplog):
+    """MQTT 5: the broker's ACL refuses the spooled event, offered again every 30 s. The error
+    comes once, then every REMIND_S (since when, how many messages wait), not at each offer;
+    it is said anew when the broker takes it and later refuses another."""
+    from datetime import datetime
+
+    from daemon import journal
+    from daemon.config import MqttConfig
+    from daemon.journal import REMIND_S
+    from daemon.mqtt import REFUSED_RETRY_S, MqttPublisher
+
+    wall0, clock = 1_746_100_000.0, [0.0]
+    fake = SimpleNamespace(monotonic=lambda: clock[0], time=lambda: wall0 + clock[0])
+    monkeypatch.setattr(journal, "time", fake, raising=False)
+    spool = Spool(tmp_path / "spool", 10)
+    for _ in range(2):
+        spool.append("facewatch/node/events/door", b"{}", kind="event")
+    publisher = MqttPublisher(MqttConfig(host="broker.lan", protocol="5"), "node", spool)
+    monkeypatch.setattr(publisher._stop, "wait", lambda timeout=None: False)
+    [message] = spool.peek(1)
+    with caplog.at_level("DEBUG", logger="daemon.mqtt"):
+        while clock[0] <= 2 * REMIND_S:
+            publisher._keep_refused(message, "Not authorized")
+            clock[0] += REFUSED_RETRY_S
+        publisher._passed(message)
+        publisher._keep_refused(message, "Not authorized")
+    said = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    since = datetime.fromtimestamp(wall0).strftime("%Y-%m-%d %H:%M")
+    again = (
+        f"MQTT: the broker still refuses {message.topic} (Not authorized; since {since}; 2 "
+        f"message(s) wait in the spool), offered again every {REFUSED_RETRY_S:g} s"
+    )
+    assert len(said) == 4, said
+    assert said[0].startswith(f"MQTT: the broker refused {message.topic} (Not authorized)")
+    assert said[1:3] == [again, again]
+    assert said[3] == said[0]
+
+
 def test_a_stop_keeps_its_deadline_when_cameras_hang(monkeypatch, caplog, tmp_path) -> None:
     """16 cameras whose stream reads block share one reader deadline (not 16 in a row), the
     scheduler's wait is cut to what the budget leaves, a face archive stuck on its disk gets
