@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import logging
 import socket
+import sqlite3
 import ssl
 import threading
 import time
@@ -82,7 +83,10 @@ class MqttPublisher:
         # published, and those whose deletion is not sent yet (remembered until it is)
         self._people: set[str] = set(json.loads(spool.recall("people") or "[]"))
         self._unsent_gone: set[str] = set()  # removed; their deletions not sent on a connection
-        self._save_people = False  # they were sent: the spool may forget them
+        # the spool's copy of them is out of date (the deletions were sent: it may forget
+        # them; or saving failed, its disk full): the sending thread saves them
+        self._save_people = False
+        self._unsaved: Outage | None = None  # since when saving them fails (its log lines)
         # names enrolled, names gone -> announcements (Home Assistant's per-person configs)
         self.people_announcements: Callable[[set[str], set[str]], list[tuple[str, bytes]]] | None
         self.people_announcements = None
@@ -234,7 +238,7 @@ class MqttPublisher:
         with self._lock:
             gone = (self._people | self._unsent_gone) - states.keys()
             self._people, self._unsent_gone = set(states), gone
-            self.spool.remember("people", json.dumps(sorted(self._people | gone)))
+            self._remember_people()
         if self.people_announcements is not None:  # configs first: no entity reads a ""
             self.announce(self.people_announcements(set(states), gone))
         for name in gone:
@@ -248,19 +252,54 @@ class MqttPublisher:
 
     def _gone_sent(self) -> None:
         """The removed people's deletions went out on a connection (hold ``_lock``): the
-        sending thread lets the spool forget them (``_forget_gone``)."""
+        sending thread lets the spool forget them (``_save_people_due``)."""
         if self._unsent_gone:
             self._unsent_gone = set()
             self._save_people = True
             self._wake.set()
 
-    def _forget_gone(self) -> None:
-        """The spool remembers only the enrolled people once the removed ones' deletions
-        were sent (until then, the next start sends them again)."""
-        with self._lock:  # (set_people's remember, too: the latest set is what stays)
+    def _save_people_due(self) -> None:
+        """The sending thread saves who was published when the spool's copy is out of date:
+        it forgets the removed people once their deletions were sent (until then, the next
+        start sends them again), and a save that failed (the spool's disk full) is tried
+        again until it succeeds."""
+        with self._lock:  # (set_people's save, too: the latest set is what stays)
             if self._save_people:
-                self.spool.remember("people", json.dumps(sorted(self._people | self._unsent_gone)))
-                self._save_people = False
+                self._remember_people()
+
+    def _remember_people(self) -> None:
+        """Save who was published, and whose deletions wait, in the spool (hold ``_lock``).
+        A spool that cannot take it (its disk full or failing) does not stop a gallery
+        reload or the start: the sets stay in memory and the sending thread saves them once
+        it can; said once, again every REMIND_S while it lasts, and when it is saved."""
+        try:
+            self.spool.remember("people", json.dumps(sorted(self._people | self._unsent_gone)))
+        except (OSError, sqlite3.Error) as exc:
+            self._save_people = True
+            self._unsaved_said(exc)
+            return
+        self._save_people = False
+        if self._unsaved is not None:
+            logger.info("MQTT: the spool %s takes the people published again", self.spool.path)
+            self._unsaved = None
+
+    def _unsaved_said(self, exc: Exception) -> None:
+        """Log a failed save of who was published: at its first failure, then every
+        REMIND_S (the sending thread tries again at each of its rounds, silently)."""
+        spool, still = self.spool, ""
+        if self._unsaved is None:
+            self._unsaved = Outage()
+        elif self._unsaved.due():
+            still = f"still (since {self._unsaved.since()}) "
+        else:
+            return
+        logger.error(
+            "MQTT: the spool %s (mqtt.spool_dir) %scannot save the people published (%s): "
+            "kept in memory and saved once it can (until then, a person enrolled since and "
+            "removed while facewatch is stopped keeps their retained topics on the broker); "
+            "check the free space of %s (df -h) and that it can be written",
+            spool.path, still, exc, spool.folder,
+        )  # fmt: skip
 
     def set_person(self, name: str, state: dict[str, Any]) -> None:
         """Retained presence of one person; republished on every (re)connection."""
@@ -497,11 +536,11 @@ class MqttPublisher:
 
     def _step(self) -> None:
         metrics.SPOOL_EVENTS.set(len(self.spool))
+        self._save_people_due()  # (also while the broker is away: a freed disk takes it)
         if not self.connected.wait(0.5):
             self._remind()
             return
         self._answer_birth()  # one that came within the gap of the last answer
-        self._forget_gone()
         while self._acked:  # acknowledged, their deletion failed: delete them, never resend
             row_id = next(iter(self._acked))
             self.spool.delete(row_id)

@@ -1357,6 +1357,96 @@ def test_deletions_are_sent_at_the_next_connection_then_forgotten(tmp_path) -> N
     }
 
 
+def _fill_disk(spool: Spool) -> None:
+    """The spool's disk full: SQLite's page limit stands in for its last free blocks (a
+    small row still fits in a page it has, ten kB do not)."""
+    pages = spool._db.execute("PRAGMA page_count").fetchone()[0]
+    spool._db.execute(f"PRAGMA max_page_count = {pages}")
+
+
+# names enough that their list does not fit in a page the spool has
+VISITORS = [f"visitor {k:03d} of the open day at the museum" for k in range(200)]
+
+
+def test_a_gallery_change_while_the_spools_disk_is_full_is_applied_and_saved_later(
+    tmp_path, caplog
+) -> None:
+    """The spool's disk full (events go straight to the broker): the next enroll, gallery
+    remove or SIGHUP stopped the batch scheduler, the reload half applied, because the spool
+    could not save whom the publisher had published. The reload is applied whole (the new
+    people's topics set, the removed one's deleted), the failure is said once, and the list
+    is saved when the spool takes it again."""
+    from daemon.config import MqttConfig
+    from daemon.mqtt import MqttPublisher
+
+    path = tmp_path / "gallery.sqlite"
+    axes = np.eye(8, dtype=np.float32)
+    with Gallery.create(path, _OneFace.model_id, 8) as gallery:
+        gallery.enroll([Enrollment("ann", axes[0], "a" * 64)])
+    config = parse_config(
+        {
+            "cameras": [{"name": "door", "url": "door.mp4"}],
+            "recognition": {"model": None, "gallery": str(path)},
+        }
+    )
+    spool = Spool(tmp_path / "spool")
+    publisher = MqttPublisher(MqttConfig(port=1), "node", spool)
+    sinks = EventSinks(spool=spool, topic_for=publisher.event_topic, state=publisher)
+    engines = _OneFace()
+    pipeline = Pipeline(config, engines, engines, sinks)  # type: ignore[arg-type]
+    pipeline.reload_gallery()
+    assert spool.recall("people") == '["ann"]'
+
+    _fill_disk(spool)
+    with Gallery.open(path, writable=True) as gallery:
+        gallery.enroll([Enrollment(n, axes[1], f"{k:064x}") for k, n in enumerate(VISITORS)])
+        gallery.remove("ann")
+    with caplog.at_level("INFO"):
+        pipeline.reload_gallery()  # `facewatch enroll` and `gallery remove`
+        pipeline.reload_gallery()  # then a SIGHUP
+    assert pipeline._enrolled == set(VISITORS)
+    assert publisher._retained[publisher.person_topic("ann")] == b""
+    assert publisher._retained[publisher.person_snapshot_topic("ann")] == b""
+    assert all(publisher.person_topic(name) in publisher._retained for name in VISITORS)
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert errors == [
+        f"MQTT: the spool {spool.path} (mqtt.spool_dir) cannot save the people published "
+        "(database or disk is full): kept in memory and saved once it can (until then, a "
+        "person enrolled since and removed while facewatch is stopped keeps their retained "
+        f"topics on the broker); check the free space of {spool.folder} (df -h) and that it "
+        "can be written"
+    ]
+    assert spool.recall("people") == '["ann"]'
+
+    spool._db.execute("PRAGMA max_page_count = 1000000")  # space freed
+    with caplog.at_level("INFO"):
+        publisher._step()  # a round of the sending thread (the broker away)
+    assert json.loads(spool.recall("people") or "") == sorted([*VISITORS, "ann"])  # (her
+    assert f"MQTT: the spool {spool.path} takes the people published again" in caplog.text
+    spool.close()  # deletions are not sent yet: the next start sends them)
+
+
+def test_a_start_with_the_spools_disk_full_publishes_its_first_state(tmp_path) -> None:
+    """systemd restarting a daemon whose spool's disk is full (the spool opens, but takes
+    nothing): each start died with a traceback before any camera was watched. It starts,
+    and the broker gets the state it shows first, a person removed meanwhile deleted."""
+    from daemon import service
+    from daemon.mqtt import MqttPublisher
+
+    daemon = service.Service(parse_config({"cameras": [{"name": "door", "url": "x.mp4"}]}))
+    spool = Spool(tmp_path / "spool")
+    spool.remember("people", '["bob"]')  # what the run before published
+    _fill_disk(spool)
+    publisher = MqttPublisher(daemon.config.mqtt, "node", spool)
+    daemon._initial_state(publisher, VISITORS)
+    retained = publisher._retained
+    assert retained[publisher.person_topic("bob")] == b""
+    assert all(publisher.person_topic(name) in retained for name in VISITORS)
+    assert retained[publisher.camera_status_topic("door")] == b"offline"
+    assert spool.recall("people") == '["bob"]'
+    spool.close()
+
+
 def test_an_interlaced_camera_is_down_with_why_not_up_with_no_picture(
     monkeypatch, caplog, tmp_path
 ) -> None:
