@@ -61,7 +61,8 @@ def _building_plan(onnx_path: Path) -> None:
 
 
 class _StoppedWhileStarting(Exception):
-    """SIGTERM (or Ctrl-C) came while the engines loaded: the next load is not begun."""
+    """SIGTERM came while the engines loaded: the next load is not begun (Ctrl-C is Python's
+    KeyboardInterrupt until the daemon runs: it ends the start itself)."""
 
 
 class Service:
@@ -84,7 +85,8 @@ class Service:
     def load_engines(self) -> tuple[MTCNN, FaceNet | None]:
         """The config's detector and FaceNet (None without a model), warmed up; a
         ConfigError names what is wrong. A stop asked meanwhile begins no further load
-        (``_StoppedWhileStarting``); one asked during a load is said, and waits for it."""
+        (``_StoppedWhileStarting``); one asked during a load is said, and waits for it
+        (SIGTERM; Ctrl-C, said too, interrupts it)."""
         cfg = self.config
         threads = cpu_threads(cfg.engines.threads)
         os.environ.update(cfg.engines.torch_environment())  # what the torch backend reads
@@ -486,10 +488,21 @@ class _StopWatch:
             stops = [n for n in signals if n in (signal.SIGTERM, signal.SIGINT)]
             loading = self.service._loading
             if stops and loading and not said:
-                logger.info(
-                    "%s during the load of %s: facewatch stops once it ends (the load "
-                    "cannot be cut short)",
-                    signal.Signals(stops[0]).name,
-                    loading,
-                )
+                logger.info("%s", _stop_said(stops[0], loading))
                 said = True
+
+
+def _stop_said(signum: int, loading: str) -> str:
+    """What a stop signal during a load does: SIGTERM waits for the load to end; Ctrl-C
+    (Python's KeyboardInterrupt until ``run`` takes SIGINT over) cuts it short, as soon as
+    the step under way returns to Python."""
+    name = signal.Signals(signum).name
+    if signum == signal.SIGINT:
+        return (
+            f"{name} during the load of {loading}: facewatch is interrupted as soon as the "
+            "step under way returns (a TensorRT build: when it ends)"
+        )
+    return (
+        f"{name} during the load of {loading}: facewatch stops once it ends (the load cannot "
+        "be cut short)"
+    )

@@ -649,6 +649,42 @@ def test_a_stop_during_the_engines_load_is_said_and_begins_no_further_load(
     ], lines
 
 
+def test_a_ctrl_c_during_the_engines_load_says_it_interrupts_it(monkeypatch, caplog) -> None:
+    """Ctrl-C at a shell during the load said 'facewatch stops once it ends (the load cannot
+    be cut short)', then the start ended at once (exit status 130): it says that it is
+    interrupted."""
+    import signal
+    from pathlib import Path
+
+    from daemon import service
+
+    daemon = service.Service(parse_config({"cameras": [{"name": "door", "url": "x.mp4"}]}))
+    loaded: list[str] = []
+
+    def slow_detector(*args: object, **kwargs: object) -> object:
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C during the load
+        time.sleep(0.5)
+        loaded.append("detector")
+        return object()
+
+    monkeypatch.setattr(service, "load_detector", slow_detector)
+    monkeypatch.setattr(service, "resolve_model", lambda config: Path("facenet.onnx"))
+    monkeypatch.setattr(service, "load_facenet", lambda *a, **k: loaded.append("facenet"))
+    kept = signal.signal(signal.SIGINT, signal.default_int_handler)  # (Python's own)
+    try:
+        with caplog.at_level("INFO", logger="daemon.service"), pytest.raises(KeyboardInterrupt):
+            daemon.load_engines()
+    finally:
+        signal.signal(signal.SIGINT, kept)
+    assert loaded == []
+    said = [r.getMessage() for r in caplog.records if "during the load of" in r.getMessage()]
+    assert said == [
+        f"SIGINT during the load of the detector (MTCNN in {daemon.config.engines.mtcnn_dir}): "
+        "facewatch is interrupted as soon as the step under way returns (a TensorRT build: "
+        "when it ends)"
+    ]
+
+
 def test_the_start_and_each_gallery_reload_say_what_runs_and_the_threshold_in_use(
     monkeypatch, tmp_path, caplog
 ) -> None:
