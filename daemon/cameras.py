@@ -2,11 +2,15 @@
 (V4L2 for /dev/video*), keeps only the newest frames, and reconnects on any failure.
 
 RTSP goes over TCP with open and read timeouts (a stream that stalls is noticed within about
-10 s). A video file plays in a loop at its native frame rate (that is how the demo runs).
-Frames are decimated to the camera's target fps before they are queued, turned upright
-(``rotate``), each marked with whether it moved (``daemon.motion``); when the pipeline is
-behind, the oldest queued frame is dropped and counted, so the scheduler always sees recent
-frames.
+10 s). OpenCV's FFmpeg backend opens every capture under one process-wide lock: a camera that
+accepts the connection and then never answers held every other camera's open (a healthy
+camera's reconnection, a video file's replay) for its whole open timeout. So a network
+camera is first asked, without the lock, whether it answers at all (``silent_stream``), and
+opened only when it does. A video file plays in a loop at its native frame rate (that is
+how the demo runs). Frames are decimated to the camera's target fps before they are queued,
+turned upright (``rotate``), each marked with whether it moved (``daemon.motion``); when the
+pipeline is behind, the oldest queued frame is dropped and counted, so the scheduler always
+sees recent frames.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from daemon.config import CameraConfig, MotionConfig
 from daemon.config_file import redact_url
 from daemon.journal import REMIND_S
 from daemon.motion import MotionDetector
-from daemon.stream_probe import peer_text, stream_problem
+from daemon.stream_probe import peer_text, silent_stream, stream_problem
 
 logger = logging.getLogger(__name__)
 
@@ -181,10 +185,23 @@ def ffmpeg_environment() -> None:
     os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 
 
-def open_capture(url: str) -> cv2.VideoCapture:
-    """An opened capture or OSError naming the source and, as far as it can be told, why."""
+def _never() -> bool:
+    return False
+
+
+def open_capture(url: str, stopping: Callable[[], bool] = _never) -> cv2.VideoCapture:
+    """An opened capture or OSError naming the source and, as far as it can be told, why.
+    An rtsp or http(s) camera that does not answer (or hangs) is not opened: it is said
+    within 3 s, and other cameras' opens do not wait for it. Once ``stopping()`` says a
+    stop was asked, nothing more is opened or asked (the stop would wait for it)."""
     ffmpeg_environment()
     kind = source_kind(url)
+    if kind == "stream":
+        silent = silent_stream(url)
+        if silent is not None:
+            raise OSError(f"{redact_url(url)}: {silent}")
+    if stopping():
+        raise OSError(f"{redact_url(url)}: not opened: stopping")
     if kind == "device":
         capture = cv2.VideoCapture(url, cv2.CAP_V4L2)
     else:
@@ -195,6 +212,8 @@ def open_capture(url: str) -> cv2.VideoCapture:
         capture.release()
         if kind == "file" and not Path(url).is_file():
             raise OSError(f"{url}: no such file")
+        if stopping():  # (asking why takes seconds more)
+            raise OSError(f"{redact_url(url)}: not opened: stopping")
         raise OSError(f"{redact_url(url)}: {why_not_open(url, kind)}")
     return capture
 
@@ -336,7 +355,7 @@ class CameraReader(threading.Thread):
         failures = 0
         while not self._stop_event.is_set():
             try:
-                capture = open_capture(self.config.url)
+                capture = open_capture(self.config.url, self._stop_event.is_set)
             except Exception as exc:  # OSError, or a bug: retried, never the thread's end
                 if self._stop_event.is_set():  # (an open in flight at the stop: no "retrying")
                     break

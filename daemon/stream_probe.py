@@ -7,6 +7,9 @@ answer (or accepts the connection and then hangs), a camera that wants a user na
 password (401), one that refuses the URL's (401 again, after answering its challenge with
 them), and a path with no stream (404). A camera that accepts the request is not the
 problem's cause: the caller says so. Other schemes (rtmp, udp, srt...) are not asked.
+
+Before OpenCV opens a stream, ``silent_stream`` asks the camera whether it answers at all
+(OpenCV waits out a silent camera's open under a lock that every other camera's open needs).
 """
 
 from __future__ import annotations
@@ -57,6 +60,42 @@ def stream_problem(url: str, timeout_s: float = TIMEOUT_S) -> str | None:
     return None if problem is None else _masked(peer_text(problem, 400), password)
 
 
+def silent_stream(url: str, timeout_s: float = TIMEOUT_S) -> str | None:
+    """Why a network camera would keep an open waiting (its host not found, nothing
+    listening, no answer, or a service that accepts the connection and then hangs), or None
+    when it answers (or for another scheme than rtsp and http(s)). Asked as lightly as it
+    can be: for ``rtsp://`` one OPTIONS, whatever its answer (a DESCRIBE sets up the stream,
+    which a server may still be tearing down when the real client comes: it refused that
+    one), for ``http(s)://`` the GET of ``stream_problem``, whose answer it gives."""
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        return UNREADABLE
+    if parts.scheme.lower() != "rtsp" or not host:
+        return stream_problem(url, timeout_s)
+    port = port if port is not None else DEFAULT_PORTS["rtsp"]
+    netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    request = f"OPTIONS rtsp://{netloc}{_path(parts)} RTSP/1.0\r\nCSeq: 1\r\n\r\n"
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s) as connection:
+            _exchange(connection, request.encode(errors="surrogateescape"), timeout_s)
+    except AnswerTimeout:
+        return _rtsp_hangs(netloc, timeout_s)
+    except (OSError, UnicodeError) as exc:
+        return _unreachable(exc, host, netloc, timeout_s)
+    except ValueError:  # an answer too long: an answer all the same
+        return None
+    return None
+
+
+def _rtsp_hangs(netloc: str, timeout_s: float) -> str:
+    return (
+        f"{netloc} accepts the connection but its RTSP service does not answer within "
+        f"{timeout_s:g} s (hung? restart the camera)"
+    )
+
+
 def _masked(text: str, password: str) -> str:
     """``text`` without the URL's password, nor its Basic token, should the camera echo them
     (and without any password of the config: ``redact_url``)."""
@@ -80,10 +119,7 @@ def _rtsp_problem(
                     request = _describe(target, 2, authorization)
                     answer = _parse(_exchange(connection, request, timeout_s)[0], "RTSP")
         except AnswerTimeout:
-            return (
-                f"{netloc} accepts the connection but its RTSP service does not answer within "
-                f"{timeout_s:g} s (hung? restart the camera)"
-            )
+            return _rtsp_hangs(netloc, timeout_s)
     return _from_answer(_heard(answer, parts), parts.path or "/", parts.username is not None)
 
 

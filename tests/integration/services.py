@@ -146,6 +146,58 @@ class Partition:
         self.listener.close()
 
 
+class HungCamera:
+    """An RTSP camera that accepts connections and then never answers, as a hung camera or
+    NVR does (or one mid-reboot). ``answers_options``: it answers OPTIONS (whether it is
+    there) and hangs at the DESCRIBE that begins a stream. ``requests``: each request's
+    first line, with when it came (monotonic)."""
+
+    def __init__(self, answers_options: bool = False) -> None:
+        self.answers_options = answers_options
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"rtsp://127.0.0.1:{self.listener.getsockname()[1]}/cam"
+        self.requests: list[tuple[float, str]] = []
+        self._open: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return  # closed
+            self._open.append(client)
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        data = b""
+        with contextlib.suppress(OSError):
+            while chunk := client.recv(65536):
+                data += chunk
+                while b"\r\n\r\n" in data:
+                    request, _, data = data.partition(b"\r\n\r\n")
+                    line = request.split(b"\r\n")[0].decode(errors="replace")
+                    self.requests.append((time.monotonic(), line))
+                    if self.answers_options and line.startswith("OPTIONS"):
+                        cseq = next(
+                            (h for h in request.split(b"\r\n") if h.lower().startswith(b"cseq")),
+                            b"CSeq: 1",
+                        )
+                        client.sendall(
+                            b"RTSP/1.0 200 OK\r\n" + cseq + b"\r\nPublic: OPTIONS, DESCRIBE, "
+                            b"SETUP, PLAY, TEARDOWN\r\n\r\n"
+                        )
+
+    def asked(self, method: str) -> list[float]:
+        """When each ``method`` request came."""
+        return [when for when, line in self.requests if line.startswith(method)]
+
+    def close(self) -> None:
+        self.listener.close()
+        for sock in self._open:
+            sock.close()
+
+
 class Mosquitto(Process):
     def __init__(self, folder: Path, port: int | None = None, extra_conf: str = "") -> None:
         binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"

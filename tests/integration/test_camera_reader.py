@@ -16,7 +16,7 @@ from prometheus_client import REGISTRY
 from daemon.cameras import READ_TIMEOUT_MS, CameraReader, FrameQueues, open_capture, source_kind
 from daemon.config import CameraConfig
 from tests.clips import DEMO_CLIP
-from tests.integration.services import RtspServer, wait_for
+from tests.integration.services import HungCamera, RtspServer, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -82,6 +82,56 @@ def _down_series(camera: str) -> dict[str, float]:
         for sample in family.samples
         if sample.labels["camera"] == camera
     }
+
+
+def test_a_hung_camera_does_not_hold_up_another_cameras_connection(tmp_path, caplog) -> None:
+    """OpenCV opens every stream under one process-wide lock: a camera that accepts the
+    connection and never answers held every other camera's open (a healthy camera at the
+    start or back from an outage, a video file's replay) for its 10 s open timeout, each
+    try. It is asked first, without the lock: the healthy camera is up at once, and the
+    hung one is said within the probe's 3 s."""
+    caplog.set_level(logging.WARNING, logger="daemon.cameras")
+    server = RtspServer(tmp_path, {"cam": DEMO_CLIP})
+    server.start()
+    hung = HungCamera()
+    queues = FrameQueues(["hung", "good"], 10)
+    stuck = CameraReader(CameraConfig(name="hung", url=hung.url), queues)
+    good = CameraReader(CameraConfig(name="good", url=server.url("cam"), fps=5), queues)
+    try:
+        stuck.start()
+        wait_for(lambda: hung.requests, 5, "the hung camera asked")
+        started = time.monotonic()
+        good.start()
+        wait_for(lambda: good.up, 30, "the healthy camera up")
+        assert time.monotonic() - started < 5  # (alone about 1 s; 10 s behind the hung one)
+        wait_for(lambda: "camera hung: cannot open" in caplog.text, 5, "the hung camera said")
+        assert "accepts the connection but its RTSP service does not answer" in caplog.text
+    finally:
+        for reader in (stuck, good):
+            reader.stop()
+        hung.close()
+        server.stop()
+        for reader in (stuck, good):
+            reader.join(15)
+
+
+def test_a_stop_during_an_open_that_hangs_does_not_ask_the_camera_why(caplog) -> None:
+    """A camera that answers whether it is there, then hangs at the stream's start: the
+    stop waited out the 10 s open, then 3 s more asking the camera why it failed (with more
+    cameras the stop overran its 15 s for the cameras). Once a stop is asked, it is not."""
+    hung = HungCamera(answers_options=True)
+    reader = CameraReader(CameraConfig(name="nvr", url=hung.url), FrameQueues(["nvr"], 2))
+    reader.start()
+    try:
+        wait_for(lambda: hung.asked("DESCRIBE"), 10, "the stream's open under way")
+        reader.stop()
+        stopped = time.monotonic()
+        reader.join(15)
+        assert not reader.is_alive()
+        assert not [when for when, _ in hung.requests if when > stopped], hung.requests
+    finally:
+        reader.stop()
+        hung.close()
 
 
 def test_a_camera_that_cannot_be_opened_is_named_with_the_reason(tmp_path, refused_url) -> None:

@@ -1686,7 +1686,9 @@ def test_a_camera_that_drops_each_connection_at_once_backs_off_and_is_logged_onc
     reader = CameraReader(
         CameraConfig(name="porch", url="rtsp://10.0.0.9/live"), FrameQueues(["porch"], 2)
     )
-    monkeypatch.setattr(cameras, "open_capture", lambda url: SimpleNamespace(release=lambda: None))
+    monkeypatch.setattr(
+        cameras, "open_capture", lambda url, stopping: SimpleNamespace(release=lambda: None)
+    )
     monkeypatch.setattr(reader, "_read", lambda capture: 3)  # 3 frames, then it ends
     waits: list[float] = []
 
@@ -1744,7 +1746,7 @@ def test_a_flapping_camera_logs_up_and_down_with_its_outage_not_every_cycle(
     )
     cycles = [0]
 
-    def open_capture(url: str) -> SimpleNamespace:
+    def open_capture(url: str, stopping: object) -> SimpleNamespace:
         if cycles[0] == 40:  # 8 minutes of it, then past REMIND_S
             clock[0] += REMIND_S
         return SimpleNamespace(release=lambda: None)
@@ -1792,7 +1794,7 @@ def test_a_camera_opening_at_the_stop_says_no_retrying(monkeypatch, caplog) -> N
         CameraConfig(name="drive", url="rtsp://10.0.0.9/live"), FrameQueues(["drive"], 2)
     )
 
-    def open_capture(url: str) -> None:
+    def open_capture(url: str, stopping: object) -> None:
         reader.stop()  # SIGTERM while the camera is asked
         raise OSError("10.0.0.9:554 does not answer within 3 s")
 
@@ -1816,7 +1818,7 @@ def test_a_camera_counts_a_disconnect_each_time_it_is_lost_not_each_retry(monkey
     )
     script = ["stream", *["refused"] * 12, "stream", "stream until the stop"]
 
-    def open_capture(url: str) -> SimpleNamespace:
+    def open_capture(url: str, stopping: object) -> SimpleNamespace:
         outcome = script.pop(0)
         if outcome == "refused":
             raise OSError("connection refused")

@@ -16,7 +16,7 @@ from email.utils import formatdate
 import pytest
 
 from daemon.cli import main
-from daemon.stream_probe import _from_answer, _parse, stream_problem
+from daemon.stream_probe import _from_answer, _parse, silent_stream, stream_problem
 
 
 def peer(
@@ -466,3 +466,24 @@ def test_status_behind_a_proxy_with_a_password_and_its_usage_errors(capsys) -> N
     for args in (["--url", "rtsp://cam/x"], ["--interval", "inf"], ["--url", where, "-c", "x"]):
         assert main(["status", *args]) == 2
     assert "expected http(s)://HOST:PORT/metrics" in capsys.readouterr().err
+
+
+def test_whether_an_rtsp_camera_answers_is_asked_with_options_and_any_answer_will_do() -> None:
+    """Before OpenCV opens a stream (under a lock every camera's open needs) the camera is
+    asked whether it answers at all. With OPTIONS: a DESCRIBE sets up the stream, which an
+    RTSP server (GStreamer's) was still tearing down when OpenCV's own came, and refused
+    that one (RTSP 503). Whatever it answers, it answers: OpenCV's open and its reason
+    follow; one that accepts and says nothing is named as hung."""
+    seen: list[bytes] = []
+    for port in peer(says(b"RTSP/1.0 401 Unauthorized\r\nCSeq: 1\r\n\r\n"), seen):
+        assert silent_stream(f"rtsp://user:pass1234@127.0.0.1:{port}/live", 1.0) is None
+    assert seen[0].startswith(f"OPTIONS rtsp://127.0.0.1:{port}/live RTSP/1.0\r\n".encode())
+    for port in peer(lambda connection: time.sleep(2)):
+        problem = silent_stream(f"rtsp://127.0.0.1:{port}/live", 1.0)
+    assert problem == (
+        f"127.0.0.1:{port} accepts the connection but its RTSP service does not answer "
+        "within 1 s (hung? restart the camera)"
+    )
+    for port in peer(says(b"HTTP/1.0 404 Not Found\r\n\r\n")):  # http(s): stream_problem's GET
+        problem = silent_stream(f"http://127.0.0.1:{port}/video.mjpg", 1.0)
+    assert problem is not None and "no stream at /video.mjpg (HTTP 404" in problem
