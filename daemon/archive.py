@@ -266,11 +266,13 @@ class FaceArchive:
             self._finishing.set()
             self._queue.put(None)  # the queue has no bound: this never waits
 
-    def join(self, timeout_s: float) -> None:
-        """Wait for the writer, after ``finish``."""
+    def join(self, timeout_s: float) -> bool:
+        """Wait for the writer, after ``finish``; whether it ended."""
         self._thread.join(timeout=timeout_s)
         if self._thread.is_alive():
             logger.warning("face archive: %d visit(s) not written in time", self._queued_visits)
+            return False
+        return True
 
     def stop(self, timeout_s: float) -> None:
         """``finish``, then ``join`` for at most ``timeout_s``."""

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import faulthandler
 import getpass
 import logging
+import os
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 from daemon.cli_args import number
 from daemon.config import DEFAULT_CONFIG, ConfigError
@@ -104,14 +106,33 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     if args.log_level is None:  # --log-level, when given, wins over logging.level
         logging.getLogger().setLevel(config.logging.level)
+    service = Service(config, run_for_s=args.run_for, config_path=args.config)
     try:
-        return Service(config, run_for_s=args.run_for, config_path=args.config).run()
+        code = service.run()
     except ConfigError as exc:
         print_error(f"{args.config}: {exc}")
-        return 2
+        code = 2
     except OSError as exc:
         print_error(str(exc))
-        return 1
+        code = 1
+    if service.left_behind:
+        _exit_now(code, service.left_behind)
+    return code
+
+
+def _exit_now(code: int, threads: list[str]) -> NoReturn:
+    """End the process with ``code`` at once, without Python's clean-up at exit, once a stop
+    had to leave ``threads`` running. One in a call of OpenCV (a camera's open that hangs)
+    or of an engine whose call returns during that clean-up is ended by unwinding through
+    C++ code, which aborts the process: systemd recorded `systemctl stop` as a crash
+    (status=6/ABRT, a core dump, the unit failed). What the clean-up would do that matters
+    is done here: the log and standard output flushed (the spool and files are closed)."""
+    logger.debug("ending without Python's clean-up: %s still running", ", ".join(threads))
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError, AttributeError):  # closed, or none
+            stream.flush()
+    os._exit(code)
 
 
 def _dump_stacks_on_abort() -> None:

@@ -77,6 +77,9 @@ class Service:
         self.readers: list[CameraReader] = []
         self.archive: FaceArchive | None = None
         self._loading: str | None = None  # what the engines load now (the stop waits for it)
+        # the threads a stop had to leave running (a call in OpenCV or an engine that did not
+        # return): the process must then end without Python's clean-up (``run_cli``)
+        self.left_behind: list[str] = []
         # the start-up summary's: which engines run, and the match threshold in use
         self._engines_said = self._threshold_said = ""
 
@@ -430,8 +433,9 @@ class Service:
             left_s = max(0.0, end - time.monotonic())
             drain_s = min(DRAIN_ON_STOP_S, max(0.0, left_s - 10.0))
             self.publisher.stop(timeout_s=min(5.0, left_s / 3), drain_s=drain_s)
+        archive_ended = True
         if self.archive is not None:
-            self.archive.join(timeout_s=max(0.0, end - time.monotonic()))
+            archive_ended = self.archive.join(timeout_s=max(0.0, end - time.monotonic()))
         if self.spool is not None:
             left = len(self.spool)
             if left:
@@ -443,6 +447,8 @@ class Service:
                 )
             self.spool.close()
         sinks.close()
+        self.left_behind = [r.name for r in (*self.readers, scheduler) if r.is_alive()]
+        self.left_behind += [] if archive_ended else ["face-archive"]
         logger.info("facewatch stopped")
 
 

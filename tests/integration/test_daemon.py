@@ -9,6 +9,7 @@ import signal
 import socket
 import sqlite3
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from tests.conftest import REPO
 from tests.integration.services import (
     FACEWATCH,
     Daemon,
+    HungCamera,
     Mosquitto,
     Partition,
     RtspServer,
@@ -634,6 +636,49 @@ def test_unreachable_camera_at_start_and_systemd_notifications(
     while "STOPPING=1" not in messages:
         messages.append(listener.recv(256).decode())
     assert "camera gone: cannot open" in daemon.log()
+
+
+# `facewatch run` with 1 s for the cameras' stop (15 s in the daemon), and an exit whose
+# clean-up lasts 12 s, as a slow library's unload at exit would
+LEFT_BEHIND_RUN = """
+import builtins, sys, time
+from daemon import service
+from daemon.cli import main
+
+class SlowCleanUp:
+    def __del__(self, sleep=time.sleep):
+        sleep(12)
+
+service.READERS_STOP_S = 1.0
+builtins.slow_clean_up = SlowCleanUp()
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_stop_that_leaves_a_camera_behind_exits_with_0_not_an_abort(tmp_path, broker) -> None:
+    """A camera that hangs at the stream's start keeps its reader in OpenCV's open for 10 s;
+    with two or more the stop left one behind. When its open returned during Python's
+    clean-up at exit, the process aborted (`terminate called without an active exception`,
+    SIGABRT): systemd recorded `systemctl stop` as a crash. Now it ends at once after the
+    stop, with its exit status, whatever the clean-up would have done."""
+    hung = HungCamera(answers_options=True)
+    daemon = Daemon(
+        tmp_path, daemon_settings([{"name": "nvr", "url": hung.url}], broker.port, tmp_path)
+    )
+    daemon.args = [sys.executable, "-c", LEFT_BEHIND_RUN, *daemon.args[1:]]
+    daemon.start()
+    try:
+        wait_for(lambda: "running:" in daemon.log(), 120, "the daemon running")
+        wait_for(lambda: hung.asked("DESCRIBE"), 30, "the camera's open under way")
+        stopped = time.monotonic()
+        code = daemon.stop(timeout_s=40)
+        took = time.monotonic() - stopped
+    finally:
+        hung.close()
+    log = daemon.log()
+    assert "camera-nvr did not stop within 1 s" in log
+    assert (code, took < 8) == (0, True), f"exit status {code} after {took:.1f} s: {log[-1500:]}"
+    assert log.rstrip().endswith("facewatch stopped"), log[-1500:]
 
 
 def test_the_watchdog_is_fed_while_every_camera_is_down(

@@ -604,6 +604,12 @@ def test_a_stop_keeps_its_deadline_when_cameras_hang(monkeypatch, caplog, tmp_pa
     assert "camera-cam0, camera-cam1" in caplog.text and "did not stop within 1 s" in caplog.text
     assert "the batch scheduler did not finish in time" in caplog.text
     assert "face archive: 0 visit(s) not written in time" in caplog.text
+    # what `facewatch run` then ends at once, without Python's clean-up (run_cli._exit_now)
+    assert daemon.left_behind == [
+        *(f"camera-cam{k}" for k in range(16)),
+        "camera-cam99",
+        "face-archive",
+    ]
 
 
 def test_a_stop_during_the_engines_load_is_said_and_begins_no_further_load(
