@@ -124,9 +124,11 @@ def facewatch_detector(
     as they come from OpenCV."""
     sys.path.insert(0, str(REPO))
     import onnxruntime
-    import openvino
 
     from engines.detectors import load_detector
+    from engines.openvino_backend import import_openvino
+
+    openvino = import_openvino()
 
     VERSIONS.update(onnxruntime=onnxruntime.__version__, openvino=openvino.__version__)
 

@@ -35,13 +35,32 @@ def _spec(port: Any) -> TensorSpec:
     return TensorSpec(port.get_any_name(), shape, _OV_TYPES.get(dtype, dtype))
 
 
+def import_openvino() -> Any:
+    """The ``openvino`` module, with its usage telemetry declined for this process. Its
+    import sends an event to Google Analytics and writes a client id into ``~/intel``
+    unless the user ran OpenVINO's ``opt_in_out --opt_out`` (no consent file counts as
+    consent): a face-recognition daemon must not tell a third party when it starts. Nothing
+    is written outside the process; ImportError when openvino is not installed."""
+    try:
+        from openvino_telemetry.utils import opt_in_checker
+    except ImportError:  # (openvino without its telemetry package: nothing to decline)
+        pass
+    else:
+
+        def declined(*args: object, **kwargs: object) -> Any:
+            return opt_in_checker.ConsentCheckResult.DECLINED
+
+        opt_in_checker.OptInChecker.check = declined
+    import openvino
+
+    return openvino
+
+
 @functools.cache
 def _core() -> Any:
     """One OpenVINO runtime per process, shared by every engine (each Core starts its own
     plugin and thread pools)."""
-    import openvino as ov
-
-    return ov.Core()
+    return import_openvino().Core()
 
 
 def cpu_has_bf16() -> bool:
@@ -74,7 +93,7 @@ class OpenVinoEngine(SpecsFromLoad):
 
     def __init__(self, model_path: str | Path, threads: int = 0, precision: str = "fp32") -> None:
         try:
-            import openvino  # noqa: F401
+            import_openvino()
         except ImportError:
             raise EngineError(
                 "the openvino backend needs the openvino package (a facewatch dependency): "

@@ -146,6 +146,31 @@ def test_the_opencv_backend_on_opencv_4_says_what_to_install(monkeypatch):
         load_engine(MODELS / "mtcnn" / "rnet.onnx", backend="opencv")
 
 
+def test_the_openvino_backend_tells_no_third_party_that_it_runs(tmp_path):
+    """OpenVINO's import sends a usage event to Google Analytics and leaves a client id in
+    ~/intel unless its user opted out: a facewatch process declines it, and writes nothing
+    there. (A fresh process with a fresh home, not in a CI job: OpenVINO's telemetry keeps
+    quiet in those by itself.)"""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("CI", "TF_BUILD", "JENKINS_URL")}
+    env.update(HOME=str(tmp_path), PYTHONPATH=str(Path(__file__).parents[2]))
+    code = (
+        "from engines.loader import load_engine\n"
+        f"load_engine({str(MODELS / 'mtcnn' / 'pnet.onnx')!r}, backend='openvino', threads=1)\n"
+        "from openvino_telemetry import Telemetry\n"
+        "print('consent', Telemetry().consent)\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["consent", "False"]
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_openvino_engine_names_the_model_in_errors(tmp_path):
     from engines.base import EngineError
     from engines.loader import load_engine
