@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import logging
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,8 @@ def cuda_check(cudart: Any, result: Any, what: str) -> Any:
     """Unpack a cuda-python call's ``(err, *values)``; raise EngineError on any error."""
     err, *values = result if isinstance(result, tuple) else (result,)
     if err != cudart.cudaError_t.cudaSuccess:
+        if err == cudart.cudaError_t.cudaErrorInsufficientDriver:
+            raise EngineError(f"CUDA error in {what}: {driver_too_old(cudart)}")
         _, text = cudart.cudaGetErrorString(err)
         if isinstance(text, bytes):
             text = text.decode(errors="replace")
@@ -69,6 +72,42 @@ def cuda_check(cudart: Any, result: Any, what: str) -> Any:
     if not values:
         return None
     return values[0] if len(values) == 1 else tuple(values)
+
+
+def cuda_python_version() -> str:
+    """The installed cuda-python's version ('' when unknown): cuda-bindings' (the package
+    that holds the modules since 12.8), else cuda-python's (which held them before)."""
+    for dist in ("cuda-bindings", "cuda-python"):
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return ""
+
+
+def driver_too_old(cudart: Any) -> str:
+    """What cudaErrorInsufficientDriver means here and what to install: cuda-python built for
+    a newer CUDA than the driver supports (pip's newest, 13, on a JetPack 6 board, whose
+    driver is CUDA 12), or no driver at all."""
+    err, version = cudart.cudaDriverGetVersion()
+    if err != cudart.cudaError_t.cudaSuccess or not version:
+        return (
+            "no CUDA driver answers (cudaErrorInsufficientDriver): install NVIDIA's driver "
+            "(on a Jetson it comes with JetPack)"
+        )
+    driver = f"{version // 1000}.{version % 1000 // 10}"
+    installed = cuda_python_version()
+    built = ".".join(installed.split(".")[:2])
+    which = (
+        f"cuda-python {installed} is built for CUDA {built}, newer than"
+        if installed
+        else "the installed cuda-python is built for a newer CUDA than"
+    )
+    return (
+        f"{which} this machine's driver, which supports CUDA {driver} "
+        f"(cudaErrorInsufficientDriver): install the cuda-python of the driver's CUDA, "
+        f"`pip install 'cuda-python=={driver}.*'`, or a newer driver"
+    )
 
 
 def gpu_info(device: int = 0) -> GpuInfo:

@@ -519,6 +519,71 @@ def test_missing_sdk_is_one_clear_error(blocked, call, message):
     assert result.stdout.startswith("ERR") and message in result.stdout, result.stdout
 
 
+def _cudart_refusing(driver_version: int):
+    """A cuda-python runtime module whose calls fail as cuda-python 13's do on a JetPack 6
+    board: cudaErrorInsufficientDriver, the driver saying which CUDA it supports."""
+    import enum
+    import types
+
+    class CudaError(enum.IntEnum):
+        cudaSuccess = 0
+        cudaErrorInsufficientDriver = 35
+
+    return types.SimpleNamespace(
+        cudaError_t=CudaError,
+        cudaGetDeviceCount=lambda: (CudaError.cudaErrorInsufficientDriver, 0),
+        cudaDriverGetVersion=lambda: (CudaError.cudaSuccess, driver_version),
+        cudaGetErrorString=lambda err: (
+            CudaError.cudaSuccess,
+            b"CUDA driver version is insufficient for CUDA runtime version",
+        ),
+    )
+
+
+@pytest.mark.parametrize(
+    ("installed", "driver", "message"),
+    [
+        (
+            {"cuda-bindings": "13.4.4", "cuda-python": "13.4.4"},  # pip's pick on JetPack 6
+            12060,
+            "CUDA error in cudaGetDeviceCount: cuda-python 13.4.4 is built for CUDA 13.4, "
+            "newer than this machine's driver, which supports CUDA 12.6 "
+            "(cudaErrorInsufficientDriver): install the cuda-python of the driver's CUDA, "
+            "`pip install 'cuda-python==12.6.*'`, or a newer driver",
+        ),
+        (
+            {"cuda-python": "12.6.2.post1"},  # before 12.8 cuda-python held the modules
+            12020,
+            "cuda-python 12.6.2.post1 is built for CUDA 12.6, newer than this machine's "
+            "driver, which supports CUDA 12.2 (cudaErrorInsufficientDriver): install the "
+            "cuda-python of the driver's CUDA, `pip install 'cuda-python==12.2.*'`",
+        ),
+        ({}, 12060, "the installed cuda-python is built for a newer CUDA than this"),
+        ({"cuda-bindings": "13.4.4"}, 0, "no CUDA driver answers"),
+    ],
+)
+def test_cuda_python_newer_than_the_driver_says_which_to_install(
+    installed, driver, message, monkeypatch
+):
+    """cuda-python 13 on a CUDA 12 driver (a JetPack 6 board): the first CUDA call names
+    the installed version, the driver's CUDA and the pip command (it said only 'CUDA driver
+    version is insufficient for CUDA runtime version')."""
+    from importlib import metadata
+
+    from engines import tensorrt
+
+    def version(dist):
+        if dist not in installed:
+            raise metadata.PackageNotFoundError(dist)
+        return installed[dist]
+
+    monkeypatch.setattr(tensorrt, "import_cudart", lambda: _cudart_refusing(driver))
+    monkeypatch.setattr(metadata, "version", version)
+    with pytest.raises(EngineError) as caught:
+        tensorrt.gpu_info()
+    assert message in str(caught.value)
+
+
 def test_engines_cli_reports_bad_options(capsys):
     from daemon.cli import main
 
