@@ -29,7 +29,8 @@ def install_hint_trt() -> str:
     return (
         f"install TensorRT 10 and cuda-python: `{install_hint('tensorrt')} --extra-index-url "
         "https://pypi.nvidia.com` (NVIDIA's index has TensorRT); on a Jetson TensorRT comes "
-        "with JetPack (then `pip install cuda-python`)"
+        "with JetPack (then the cuda-python of JetPack's CUDA, 12.6 on JetPack 6.1 and 6.2: "
+        "`pip install 'cuda-python==12.6.*'`)"
     )
 
 

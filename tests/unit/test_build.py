@@ -584,6 +584,20 @@ def test_cuda_python_newer_than_the_driver_says_which_to_install(
     assert message in str(caught.value)
 
 
+def test_the_jetson_install_takes_the_cuda_python_of_jetpacks_cuda():
+    """The Jetson install line of docs/operations.md, the Jetson example's header and the
+    missing-TensorRT error name cuda-python 12.6, JetPack 6.1 and 6.2's CUDA (a bare
+    `cuda-python` took 13, which JetPack 6's CUDA 12 driver cannot run)."""
+    from engines.tensorrt import install_hint_trt
+
+    pin = "'cuda-python==12.6.*'"
+    docs = (REPO / "docs" / "operations.md").read_text().splitlines()
+    jetson = [line for line in docs if line.startswith("sudo") and line.endswith("JetPack 6.1/6.2")]
+    assert len(jetson) == 1 and pin in jetson[0], jetson
+    assert pin in (REPO / "configs" / "jetson-example.yaml").read_text()
+    assert pin in install_hint_trt()
+
+
 def test_engines_cli_reports_bad_options(capsys):
     from daemon.cli import main
 
