@@ -13,7 +13,8 @@ their deletions were sent).
 Each message costs two small transactions (its append, its delete), each writing the pages
 it touched to the write-ahead log: 1 KB pages, not SQLite's 4 KB, and no AUTOINCREMENT
 (its counter's page was a third page written per append) keep that to about 2 KB written
-per event, not 12.5 KB (SD cards).
+per event, not 12.5 KB (SD cards). A spool an older facewatch made is rebuilt so at a start
+that finds it empty.
 """
 
 from __future__ import annotations
@@ -87,6 +88,18 @@ def _full(folder: Path) -> bool:
     except OSError:
         return False
     return disk.f_bavail == 0 or (disk.f_files > 0 and disk.f_favail == 0)
+
+
+def _autoincrement(db: sqlite3.Connection) -> bool:
+    """The messages table an older facewatch made: AUTOINCREMENT ids."""
+    row = db.execute("SELECT sql FROM sqlite_master WHERE name = 'messages'").fetchone()
+    return "AUTOINCREMENT" in str(row[0]).upper()
+
+
+def _old_layout(db: sqlite3.Connection) -> bool:
+    """A spool an older facewatch made: 4 KB pages, or AUTOINCREMENT ids."""
+    page_size = int(db.execute("PRAGMA page_size").fetchone()[0])
+    return page_size != PAGE_SIZE or _autoincrement(db)
 
 
 @dataclass(frozen=True)
@@ -174,10 +187,51 @@ class Spool:
                 "CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
             )
             count = int(db.execute("SELECT COUNT(*) FROM messages").fetchone()[0])
+            if _old_layout(db):
+                self._rebuild(db, count)
         except BaseException:
             db.close()
             raise
         return db, count
+
+    def _rebuild(self, db: sqlite3.Connection, count: int) -> None:
+        """A spool an older facewatch made (4 KB pages, AUTOINCREMENT) is made anew in the
+        current layout when it is empty, with what it remembers (the people published); one
+        that holds messages is left as it is until a start finds it empty. Each step is one
+        SQLite transaction, so a crash or a full disk leaves the old layout or the new one,
+        every row in it; a step that fails is logged and tried again at the next start."""
+        if count:
+            logger.info(
+                "MQTT spool %s: made by an older facewatch (more disk writes per message); "
+                "rebuilt at the first start that finds it empty", self.path,
+            )  # fmt: skip
+            return
+        try:
+            if _autoincrement(db):
+                with db:  # (copies any row all the same: never one lost)
+                    db.execute("BEGIN IMMEDIATE")
+                    db.execute(MESSAGES_TABLE.format(name="messages_new"))
+                    db.execute("INSERT INTO messages_new SELECT * FROM messages")
+                    db.execute("DROP TABLE messages")
+                    db.execute("ALTER TABLE messages_new RENAME TO messages")
+                    db.execute("DELETE FROM sqlite_sequence")
+            db.execute("PRAGMA journal_mode=DELETE")  # (WAL keeps a file's page size)
+            db.execute("PRAGMA synchronous=FULL")  # (NORMAL is power-safe under WAL only)
+            db.execute(f"PRAGMA page_size={PAGE_SIZE}")
+            db.execute("VACUUM")
+        except sqlite3.Error as exc:
+            logger.warning(
+                "MQTT spool %s: made by an older facewatch, not rebuilt (%s): it writes more "
+                "to the disk per message until a start rebuilds it", self.path, exc,
+            )  # fmt: skip
+        finally:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+        if not _old_layout(db):
+            logger.info(
+                "MQTT spool %s: rebuilt in the current layout (1 KB pages: fewer disk writes "
+                "per message)", self.path,
+            )  # fmt: skip
 
     def _set_aside(self, why: sqlite3.DatabaseError) -> None:
         """Move a damaged spool (and its WAL) aside, for a new one in its place."""

@@ -222,6 +222,30 @@ def test_a_message_costs_the_spool_about_2_kb_of_disk_writes(tmp_path) -> None:
     assert _layout(spool.path) == (1024, False)
 
 
+def _older_spool(folder: Path, payloads: list[bytes]) -> None:
+    """A spool as facewatch made it before: 4 KB pages, AUTOINCREMENT ids, used a while
+    (people published remembered, 20 messages sent), ``payloads`` waiting."""
+    folder.mkdir(mode=0o700)
+    db = sqlite3.connect(folder / "mqtt-spool.sqlite", isolation_level=None)
+    db.execute("PRAGMA page_size=4096")
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute(
+        "CREATE TABLE messages (id INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL, "
+        "payload BLOB NOT NULL, qos INTEGER NOT NULL, retain INTEGER NOT NULL, "
+        "kind TEXT NOT NULL)"
+    )
+    db.execute("CREATE TABLE state (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    db.execute("INSERT INTO state VALUES ('people', '[\"ann\", \"bob\"]')")
+    for payload in [EVENT] * 20 + payloads:
+        db.execute(
+            "INSERT INTO messages (topic, payload, qos, retain, kind) VALUES (?, ?, 1, 0, 'raw')",
+            ("t", payload),
+        )
+    db.execute("DELETE FROM messages WHERE payload = ?", (EVENT,))
+    db.close()
+    assert _layout(folder / "mqtt-spool.sqlite") == (4096, True)
+
+
 def _layout(path: Path) -> tuple[int, bool]:
     """A spool file's page size, and whether its ids are AUTOINCREMENT's."""
     db = sqlite3.connect(path)
@@ -231,6 +255,79 @@ def _layout(path: Path) -> tuple[int, bool]:
     finally:
         db.close()
     return page_size, "AUTOINCREMENT" in sql
+
+
+def test_an_empty_spool_of_an_older_facewatch_is_rebuilt_keeping_the_people(
+    tmp_path, caplog
+) -> None:
+    """An update keeps the spool (usually empty after a clean stop): it is made anew with
+    1 KB pages and no AUTOINCREMENT, or it would go on writing 12 KB per event for good;
+    the people published stay remembered (their topics are deleted when they leave)."""
+    _older_spool(tmp_path / "spool", [])
+    with caplog.at_level("INFO", logger="daemon.spool"):
+        spool = Spool(tmp_path / "spool")
+    assert spool.recall("people") == '["ann", "bob"]'
+    spool.append("t", b"new")
+    assert [m.payload for m in spool.peek(5)] == [b"new"]
+    spool.close()
+    assert _layout(spool.path) == (1024, False)
+    assert "rebuilt in the current layout (1 KB pages" in caplog.text
+    assert sorted(p.name for p in spool.folder.iterdir()) == ["lock", "mqtt-spool.sqlite"]
+    assert stat.S_IMODE(spool.path.stat().st_mode) == 0o600
+
+
+def test_a_waiting_spool_of_an_older_facewatch_is_sent_first_and_rebuilt_later(
+    tmp_path,
+) -> None:
+    """Messages waiting in an older facewatch's spool (a broker away at the update) are
+    left in it, in their order, and sent first; the spool is rebuilt at the first start
+    that finds it empty, the people published still remembered."""
+    _older_spool(tmp_path / "spool", [b"a", b"b", b"c"])
+    spool = Spool(tmp_path / "spool")
+    spool.append("t", b"d")
+    assert [m.payload for m in spool.peek(10)] == [b"a", b"b", b"c", b"d"]
+    spool.close()
+    assert _layout(spool.path) == (4096, True)
+    spool = Spool(tmp_path / "spool")
+    for message in spool.peek(10):
+        spool.delete(message.row_id)
+    spool.close()
+    spool = Spool(tmp_path / "spool")
+    assert len(spool) == 0 and spool.recall("people") == '["ann", "bob"]'
+    spool.close()
+    assert _layout(spool.path) == (1024, False)
+
+
+def test_a_rebuild_that_fails_leaves_the_older_spool_working(tmp_path, monkeypatch, caplog):
+    """A full disk (the rebuild writes a copy of the file) leaves the older spool as it
+    was, working, said in the log; the next start tries again."""
+    connect = sqlite3.connect
+
+    class FullDisk(sqlite3.Connection):
+        def execute(self, sql: str, *args: object) -> sqlite3.Cursor:  # type: ignore[override]
+            if sql == "VACUUM":
+                raise sqlite3.OperationalError("database or disk is full")
+            return super().execute(sql, *args)
+
+    _older_spool(tmp_path / "spool", [])
+    monkeypatch.setattr(sqlite3, "connect", lambda *a, **k: connect(*a, factory=FullDisk, **k))
+    with caplog.at_level("INFO", logger="daemon.spool"):
+        spool = Spool(tmp_path / "spool")
+    spool.append("t", b"new")
+    assert [m.payload for m in spool.peek(5)] == [b"new"]
+    assert spool.recall("people") == '["ann", "bob"]'
+    assert spool._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    spool.close()
+    assert "not rebuilt (database or disk is full)" in caplog.text
+    assert "rebuilt in the current layout" not in caplog.text
+    assert _layout(spool.path)[0] == 4096
+    monkeypatch.setattr(sqlite3, "connect", connect)
+    spool = Spool(tmp_path / "spool")
+    for message in spool.peek(5):
+        spool.delete(message.row_id)
+    spool.close()
+    Spool(tmp_path / "spool").close()
+    assert _layout(spool.path) == (1024, False)
 
 
 def test_spool_ids_used_again_keep_the_order_and_each_message_goes_once(tmp_path) -> None:
