@@ -404,7 +404,12 @@ class EnginesConfig(Section):
         "backend for MTCNN (FaceNet runs on onnxruntime, or OpenVINO where recognition.precision "
         "picks bf16, unless tensorrt or torch)",
     )
-    threads: int = _field(0, "CPU threads for inference (0 = all cores)", **THREAD_BOUNDS)
+    threads: int = _field(
+        0,
+        "CPU threads for inference (0 = all the cores facewatch may use: its CPU affinity, "
+        "and its cgroup's CPU quota, e.g. systemd's CPUQuota=)",
+        **THREAD_BOUNDS,
+    )
     mtcnn_dir: str = _field(str(default_models_dir() / "mtcnn"), "folder with pnet/rnet/onet.onnx")
     torch_device: str | None = _field(
         None,

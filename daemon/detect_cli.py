@@ -106,7 +106,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--threads",
         type=number(int, **THREAD_BOUNDS),
         default=0,
-        help="CPU threads (0: all cores); each runs its own copy of the networks on part of "
+        help="CPU threads (0: all the cores it may use); each runs its own copy of the networks on part of "
         "the work (frames, pyramid levels, candidates)",
     )
     _add_detector_options(p)

@@ -83,7 +83,7 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
         "--threads",
         type=number(int, **THREAD_BOUNDS),
         default=0,
-        help="CPU threads (0: all cores)",
+        help="CPU threads (0: all the cores it may use)",
     )
     p.add_argument(
         "--precision",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import site
 import sys
@@ -17,12 +18,50 @@ BACKENDS = ("onnxruntime", "opencv", "openvino", "tensorrt", "torch")
 CPU_BACKENDS = ("onnxruntime", "opencv", "openvino")  # the others run on a GPU when there is one
 # engines.threads and the commands' --threads (0: all cores, ``cpu_threads``)
 THREAD_BOUNDS = {"ge": 0, "le": 256}
+# cgroup v2 (systemd's CPUQuota=, docker --cpus): this process's group, and where groups are
+PROC_CGROUP = Path("/proc/self/cgroup")
+CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
 def cpu_threads(setting: int) -> int:
-    """The threads a user's threads setting asks for: 0 is all of this machine's cores (to
-    the engines, 0 is their own default instead)."""
-    return setting if setting > 0 else (os.cpu_count() or 1)
+    """The threads a user's threads setting asks for: 0 is all the cores this process may use
+    (``usable_cpus``; to the engines, 0 is their own default instead)."""
+    return setting if setting > 0 else usable_cpus()
+
+
+def usable_cpus() -> int:
+    """The cores this process may use: those it may run on (taskset, a cpuset), fewer when
+    its cgroup's CPU quota is smaller (systemd's ``CPUQuota=200%``: 2). A thread per core
+    of a 16-core box under a 2-core quota spent most of each period throttled."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # (not Linux)
+        cpus = os.cpu_count() or 1
+    quota = cgroup_cpu_quota()
+    return max(1, min(cpus, math.ceil(quota))) if quota is not None else cpus
+
+
+def cgroup_cpu_quota() -> float | None:
+    """The CPU quota of this process's cgroup v2 and those above it, in cores (the
+    smallest ``cpu.max``), or None when there is none or it cannot be read (cgroup v1)."""
+    try:
+        lines = PROC_CGROUP.read_text().splitlines()
+    except OSError:
+        return None
+    group = next((line[3:] for line in lines if line.startswith("0::")), None)
+    if group is None:
+        return None
+    folder, quotas = CGROUP_ROOT / group.lstrip("/"), []
+    for level in (folder, *folder.parents):
+        try:
+            limit, period = (level / "cpu.max").read_text().split()[:2]
+            if limit != "max" and float(period) > 0:
+                quotas.append(float(limit) / float(period))
+        except (OSError, ValueError):
+            pass  # (no cpu controller at that level, or not a group)
+        if level == CGROUP_ROOT:
+            break
+    return min(quotas) if quotas else None
 
 
 def data_root() -> Path:

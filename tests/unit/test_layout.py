@@ -180,3 +180,26 @@ def test_the_version_names_the_commit_of_the_checkout_it_runs_from(tmp_path) -> 
     if not head:
         pytest.skip("no git checkout here (an unpacked archive): the version alone")
     assert shown == f"facewatch {__version__}+g{head[:7]}"
+
+
+def test_threads_0_is_the_cores_the_cgroups_cpu_quota_allows(tmp_path, monkeypatch) -> None:
+    """Under systemd's CPUQuota=150% (cgroup v2 cpu.max, here on the service's parent
+    slice), engines.threads 0 runs 2 threads, not one per core of the box; without a quota
+    ("max", or cgroup v1: no cpu.max) every core it may run on."""
+    from engines import loader
+
+    group = tmp_path / "system.slice" / "facewatch.service"
+    group.mkdir(parents=True)
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    (group / "cpu.max").write_text("max 100000\n")
+    (group.parent / "cpu.max").write_text("150000 100000\n")
+    proc = tmp_path / "cgroup"
+    proc.write_text("0::/system.slice/facewatch.service\n")
+    monkeypatch.setattr(loader, "PROC_CGROUP", proc)
+    monkeypatch.setattr(loader, "CGROUP_ROOT", tmp_path)
+    monkeypatch.setattr(loader.os, "sched_getaffinity", lambda pid: set(range(16)))
+    assert loader.cpu_threads(0) == 2 and loader.cpu_threads(5) == 5
+    (group.parent / "cpu.max").write_text("max 100000\n")
+    assert loader.cpu_threads(0) == 16
+    proc.write_text("4:cpu,cpuacct:/system.slice/facewatch.service\n")  # (cgroup v1)
+    assert loader.cpu_threads(0) == 16
