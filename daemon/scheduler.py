@@ -16,7 +16,7 @@ import numpy as np
 
 from daemon import metrics
 from daemon.archive import FaceArchive
-from daemon.cameras import Frame, FrameQueues
+from daemon.cameras import Frame, FrameQueues, source_kind
 from daemon.config import Config
 from daemon.events import (
     SNAPSHOT_PAD,
@@ -31,8 +31,8 @@ from daemon.events import (
 )
 from daemon.gallery import DEFAULT_LOCK_TIMEOUT_S, Gallery, GalleryError, shown_threshold
 from daemon.gallery_file import GalleryBusy, file_stamp
-from daemon.tracking import Track, Tracker, TrackEvent
-from engines.boxes import points_in_polygon
+from daemon.tracking import STILL_FACE_S, StillFaces, Track, Tracker, TrackEvent
+from engines.boxes import iou_matrix, points_in_polygon
 from engines.facenet import FaceNet
 from engines.mtcnn import MTCNN, FrameDetections
 
@@ -93,6 +93,8 @@ class Pipeline:
             if c.detection.ignore
         }
         self._motion = {c.name: config.motion(c) for c in config.cameras}
+        # (not a video file's: a loop finds its faces at the same places, again and again)
+        self._still = {c.name: StillFaces() for c in config.cameras if source_kind(c.url) != "file"}
         self._min_face_px = {c.name: config.min_face_px(c) for c in config.cameras}
         self._last_frame: dict[str, float] = {}  # camera -> ts of its latest frame
         self._last_search: dict[str, float] = {}  # camera -> ts of its last frame searched
@@ -135,6 +137,7 @@ class Pipeline:
                 self._follow_size(frame)
                 tracks = self.trackers[frame.camera].update(frame.clock, detections, frame.ts)
                 faces += [_Face(frame, detections, k, t) for k, t in enumerate(tracks)]
+                self._see_still(frame, detections, tracks)
         if self.archive is not None:
             with metrics.STAGE_SECONDS.labels("archive").time():
                 for face in faces:
@@ -220,6 +223,27 @@ class Pipeline:
             for k, detections in zip(members, found, strict=True):
                 results[k] = detections
         return [r if r is not None else FrameDetections() for r in results]
+
+    def _see_still(self, frame: Frame, found: FrameDetections, tracks: list[Track]) -> None:
+        """Say a face that has stayed at one place for half an hour (``StillFaces``), with
+        the ``detection.ignore`` region that drops faces there, the box and a margin."""
+        still = self._still.get(frame.camera)
+        if still is None or not len(found):
+            return
+        for box in still.see(frame.clock, found.bbox_xyxy):
+            height, width = frame.image.shape[:2]
+            margin = 0.1 * (box[2:] - box[:2])
+            x0, y0 = np.clip((box[:2] - margin) / (width, height), 0, 1)
+            x1, y1 = np.clip((box[2:] + margin) / (width, height), 0, 1)
+            track = tracks[int(iou_matrix(box[None], found.bbox_xyxy).argmax())]
+            logger.warning(
+                "camera %s: a face has stayed at one place for %d min (box %d,%d to %d,%d of "
+                "its %dx%d frame, named %s): a photo, a poster, a screen? To drop faces "
+                "there, add to the camera's detection.ignore: [[%.2f, %.2f], [%.2f, %.2f], "
+                "[%.2f, %.2f], [%.2f, %.2f]] (someone who sat that still: nothing to do)",
+                frame.camera, STILL_FACE_S // 60, *box.round(), width, height,
+                track.identity or "nobody", x0, y0, x1, y0, x1, y1, x0, y1,
+            )  # fmt: skip
 
     def _not_ignored(self, frame: Frame, found: FrameDetections) -> FrameDetections:
         """``found`` without the faces centred in the camera's ``detection.ignore`` regions

@@ -32,7 +32,7 @@ import numpy as np
 
 from daemon.config import TrackingConfig
 from daemon.gallery import Match
-from engines.boxes import center_shift_matrix, greedy_match, greedy_pairs
+from engines.boxes import center_shift_matrix, greedy_match, greedy_pairs, iou_matrix
 from engines.mtcnn import FrameDetections
 
 logger = logging.getLogger(__name__)
@@ -339,3 +339,64 @@ class Tracker:
                     TrackEvent("left", track, track.identity, confidence, distance, reason=reason)
                 )
         return events
+
+
+STILL_FACE_S = 1800.0  # a face found this long at one place, to a few pixels, is said
+STILL_IOU = 0.9  # "the same place": this overlap with where it was first found
+STILL_GAP_S = 120.0  # a place without a face this long is forgotten (a detection that flickers)
+PASSING_S = 5.0  # a place seen fewer than PASSING_HITS times is forgotten after this long
+PASSING_HITS = 10
+
+
+@dataclass
+class _Place:
+    box: np.ndarray  # where the face was first found
+    first: float
+    last: float
+    hits: int = 1
+
+
+class StillFaces:
+    """The places of one camera where a face stays put for half an hour: a photo on the
+    wall, a poster, a screen. MTCNN finds it in every frame, so the camera keeps someone in
+    view for good (or starts a visit each time the detection flickers); nothing a user sees
+    says why. Each place is said once (``see`` returns its box), for the scheduler to log
+    with the ``detection.ignore`` region that drops it. Someone who sits that still moves
+    more than a few pixels in half an hour. Owned by the scheduler thread."""
+
+    def __init__(self) -> None:
+        self._places: list[_Place] = []
+        self._said: list[np.ndarray] = []
+
+    def see(self, ts: float, boxes: np.ndarray) -> list[np.ndarray]:
+        """The faces' boxes of a frame taken at ``ts``; the boxes of places whose face has
+        now stayed ``STILL_FACE_S`` (each place once)."""
+        if len(boxes) and self._places:
+            overlap = iou_matrix(boxes, np.stack([p.box for p in self._places]))
+            best = overlap.argmax(axis=1)
+            same = overlap[np.arange(len(boxes)), best] >= STILL_IOU
+        else:
+            best, same = np.zeros(len(boxes), int), np.zeros(len(boxes), bool)
+        still = []
+        for box, k, known in zip(boxes, best, same, strict=True):
+            if not known:
+                self._places.append(_Place(box.copy(), ts, ts))
+                continue
+            place = self._places[k]
+            place.last, place.hits = ts, place.hits + 1
+            if ts - place.first >= STILL_FACE_S and not self._was_said(place.box):
+                self._said.append(place.box)
+                still.append(place.box)
+        self._places = [p for p in self._places if not _forgotten(p, ts)]
+        return still
+
+    def _was_said(self, box: np.ndarray) -> bool:
+        return bool(self._said) and bool(
+            iou_matrix(box[None], np.stack(self._said)).max() >= STILL_IOU
+        )
+
+
+def _forgotten(place: _Place, ts: float) -> bool:
+    """A place without a face for STILL_GAP_S, or one a face only passed through."""
+    gap = ts - place.last
+    return gap > STILL_GAP_S or (place.hits < PASSING_HITS and gap > PASSING_S)

@@ -1068,6 +1068,39 @@ def test_faces_centred_in_a_cameras_ignore_regions_are_dropped(detector) -> None
     assert ignored - (ignored_before or 0) == on_the_left
 
 
+def test_a_face_that_stays_put_for_half_an_hour_is_said_with_the_region_that_drops_it(
+    detector, caplog
+) -> None:
+    """A photo on the wall: the same picture for 30 min. Each face of it is said once, after
+    30 min and not before, with the detection.ignore region that covers it; that region,
+    pasted into the camera's config, drops that face and keeps the other."""
+    frame = cv2.VideoCapture(str(REPO / "configs" / "demo" / "hamilton_360p.mp4")).read()[1]
+    camera = {"name": "hall", "url": "rtsp://cam.lan/stream"}
+
+    def run(regions: list, minutes: float) -> Pipeline:
+        cams = [{**camera, "detection": {"ignore": regions}}] if regions else [camera]
+        config = parse_config({"cameras": cams, "recognition": {"model": None}})
+        pipeline = Pipeline(config, detector, None, EventSinks())
+        for k in range(int(minutes * 60 / 15) + 1):  # a frame every 15 s (the motion gate's)
+            pipeline.process([Frame("hall", k, 1000.0 + 15 * k, frame)])
+        return pipeline
+
+    with caplog.at_level("WARNING", logger="daemon.scheduler"):
+        run([], 29.5)
+        assert not caplog.records
+        run([], 45)
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 2, said  # the clip's first frame: two faces, each said once
+    assert all(m.startswith("camera hall: a face has stayed at one place for 30 min") for m in said)
+    corners = re.search(r"detection\.ignore: (\[\[.*\]\]) \(", said[0])
+    assert corners, said[0]
+    region = json.loads(corners.group(1))
+    pipeline = run([region], 0.5)
+    [kept] = pipeline.trackers["hall"].tracks  # one face dropped, the other tracked
+    x = (kept.bbox_xyxy[0] + kept.bbox_xyxy[2]) / 2 / frame.shape[1]
+    assert not region[0][0] <= x <= region[1][0]
+
+
 @pytest.mark.parametrize(
     ("regions", "expected"),
     [
