@@ -63,25 +63,43 @@ def stream_problem(url: str, timeout_s: float = TIMEOUT_S) -> str | None:
 def silent_stream(url: str, timeout_s: float = TIMEOUT_S) -> str | None:
     """Why a network camera would keep an open waiting (its host not found, nothing
     listening, no answer, or a service that accepts the connection and then hangs), or None
-    when it answers (or for another scheme than rtsp and http(s)). Asked as lightly as it
-    can be: for ``rtsp://`` one OPTIONS, whatever its answer (a DESCRIBE sets up the stream,
-    which a server may still be tearing down when the real client comes: it refused that
-    one), for ``http(s)://`` the GET of ``stream_problem``, whose answer it gives."""
+    when it answers anything at all (or for another scheme than rtsp and http(s)). Asked as
+    lightly as it can be, and only that: for ``rtsp://`` one OPTIONS (a DESCRIBE sets up the
+    stream, which a server may still be tearing down when the real client comes: it refused
+    that one), for ``http(s)://`` one GET whose head alone is read, its certificate not
+    checked. A 401, a redirect, a refused handshake are answers: OpenCV may still open what
+    this cannot (Digest authentication, a self-signed certificate); ``stream_problem`` says
+    why when it does not."""
     try:
         parts = urlsplit(url)
         host, port = parts.hostname, parts.port
     except ValueError:
         return UNREADABLE
-    if parts.scheme.lower() != "rtsp" or not host:
-        return stream_problem(url, timeout_s)
-    port = port if port is not None else DEFAULT_PORTS["rtsp"]
+    scheme = parts.scheme.lower()
+    if not host or scheme not in DEFAULT_PORTS:
+        return None
+    port = port if port is not None else DEFAULT_PORTS[scheme]
     netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    request = f"OPTIONS rtsp://{netloc}{_path(parts)} RTSP/1.0\r\nCSeq: 1\r\n\r\n"
+    if scheme == "rtsp":
+        request = f"OPTIONS rtsp://{netloc}{_path(parts)} RTSP/1.0\r\nCSeq: 1\r\n\r\n"
+    else:
+        request = (
+            f"GET {_path(parts)} HTTP/1.0\r\nHost: {netloc}\r\nUser-Agent: facewatch\r\n"
+            "Connection: close\r\n\r\n"
+        )
     try:
         with socket.create_connection((host, port), timeout=timeout_s) as connection:
-            _exchange(connection, request.encode(errors="surrogateescape"), timeout_s)
+            if scheme == "https":
+                context = ssl.create_default_context()
+                context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+                with context.wrap_socket(connection, server_hostname=host) as secure:
+                    _exchange(secure, request.encode(errors="surrogateescape"), timeout_s)
+            else:
+                _exchange(connection, request.encode(errors="surrogateescape"), timeout_s)
     except AnswerTimeout:
-        return _rtsp_hangs(netloc, timeout_s)
+        return _hangs(netloc, scheme.upper().rstrip("S"), timeout_s)
+    except ssl.SSLError:  # it answered, in a TLS FFmpeg may still speak
+        return None
     except (OSError, UnicodeError) as exc:
         return _unreachable(exc, host, netloc, timeout_s)
     except ValueError:  # an answer too long: an answer all the same
@@ -89,9 +107,9 @@ def silent_stream(url: str, timeout_s: float = TIMEOUT_S) -> str | None:
     return None
 
 
-def _rtsp_hangs(netloc: str, timeout_s: float) -> str:
+def _hangs(netloc: str, protocol: str, timeout_s: float) -> str:
     return (
-        f"{netloc} accepts the connection but its RTSP service does not answer within "
+        f"{netloc} accepts the connection but its {protocol} service does not answer within "
         f"{timeout_s:g} s (hung? restart the camera)"
     )
 
@@ -119,7 +137,7 @@ def _rtsp_problem(
                     request = _describe(target, 2, authorization)
                     answer = _parse(_exchange(connection, request, timeout_s)[0], "RTSP")
         except AnswerTimeout:
-            return _rtsp_hangs(netloc, timeout_s)
+            return _hangs(netloc, "RTSP", timeout_s)
     return _from_answer(_heard(answer, parts), parts.path or "/", parts.username is not None)
 
 
