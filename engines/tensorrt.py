@@ -75,39 +75,42 @@ def cuda_check(cudart: Any, result: Any, what: str) -> Any:
     return values[0] if len(values) == 1 else tuple(values)
 
 
-def cuda_python_version() -> str:
-    """The installed cuda-python's version ('' when unknown): cuda-bindings' (the package
-    that holds the modules since 12.8), else cuda-python's (which held them before)."""
+def cuda_python_version() -> tuple[str, str]:
+    """The package that holds the installed cuda-python's modules and its version (('', '')
+    when unknown): cuda-bindings (since 12.8), else cuda-python (which held them before)."""
     for dist in ("cuda-bindings", "cuda-python"):
         try:
-            return metadata.version(dist)
+            return dist, metadata.version(dist)
         except metadata.PackageNotFoundError:
             continue
-    return ""
+    return "", ""
 
 
 def driver_too_old(cudart: Any) -> str:
     """What cudaErrorInsufficientDriver means here and what to install: cuda-python built for
     a newer CUDA than the driver supports (pip's newest, 13, on a JetPack 6 board, whose
-    driver is CUDA 12), or no driver at all."""
+    driver is CUDA 12), or no driver at all. The advice is the newest cuda-python of the
+    driver's CUDA (PyPI has no release for some minors, 12.0 and 12.7: a range, not a pin),
+    the newer package taken out first (cuda-bindings 13 beside cuda-python 12 is imported)."""
     err, version = cudart.cudaDriverGetVersion()
     if err != cudart.cudaError_t.cudaSuccess or not version:
         return (
             "no CUDA driver answers (cudaErrorInsufficientDriver): install NVIDIA's driver "
             "(on a Jetson it comes with JetPack)"
         )
-    driver = f"{version // 1000}.{version % 1000 // 10}"
-    installed = cuda_python_version()
-    built = ".".join(installed.split(".")[:2])
+    major, minor = version // 1000, version % 1000 // 10
+    dist, installed = cuda_python_version()
     which = (
-        f"cuda-python {installed} is built for CUDA {built}, newer than"
+        f"{dist} {installed} is built for CUDA {'.'.join(installed.split('.')[:2])}, newer than"
         if installed
         else "the installed cuda-python is built for a newer CUDA than"
     )
+    below = f"{major}.{minor + 1}" if minor else f"{major + 1}"
     return (
-        f"{which} this machine's driver, which supports CUDA {driver} "
-        f"(cudaErrorInsufficientDriver): install the cuda-python of the driver's CUDA, "
-        f"`pip install 'cuda-python=={driver}.*'`, or a newer driver"
+        f"{which} this machine's driver, which supports CUDA {major}.{minor} "
+        "(cudaErrorInsufficientDriver): install the cuda-python of the driver's CUDA, "
+        f"`pip uninstall -y cuda-bindings cuda-python && pip install 'cuda-python>={major},"
+        f"<{below}'`, or a newer driver"
     )
 
 

@@ -546,17 +546,26 @@ def _cudart_refusing(driver_version: int):
         (
             {"cuda-bindings": "13.4.4", "cuda-python": "13.4.4"},  # pip's pick on JetPack 6
             12060,
-            "CUDA error in cudaGetDeviceCount: cuda-python 13.4.4 is built for CUDA 13.4, "
+            "CUDA error in cudaGetDeviceCount: cuda-bindings 13.4.4 is built for CUDA 13.4, "
             "newer than this machine's driver, which supports CUDA 12.6 "
             "(cudaErrorInsufficientDriver): install the cuda-python of the driver's CUDA, "
-            "`pip install 'cuda-python==12.6.*'`, or a newer driver",
+            "`pip uninstall -y cuda-bindings cuda-python && pip install "
+            "'cuda-python>=12,<12.7'`, or a newer driver",
         ),
         (
             {"cuda-python": "12.6.2.post1"},  # before 12.8 cuda-python held the modules
             12020,
             "cuda-python 12.6.2.post1 is built for CUDA 12.6, newer than this machine's "
             "driver, which supports CUDA 12.2 (cudaErrorInsufficientDriver): install the "
-            "cuda-python of the driver's CUDA, `pip install 'cuda-python==12.2.*'`",
+            "cuda-python of the driver's CUDA, `pip uninstall -y cuda-bindings cuda-python "
+            "&& pip install 'cuda-python>=12,<12.3'`",
+        ),
+        (  # (PyPI has no cuda-python 12.0: a pin of the driver's minor would not install)
+            {"cuda-bindings": "13.0.1"},
+            12000,
+            "supports CUDA 12.0 (cudaErrorInsufficientDriver): install the cuda-python of the "
+            "driver's CUDA, `pip uninstall -y cuda-bindings cuda-python && pip install "
+            "'cuda-python>=12,<13'`",
         ),
         ({}, 12060, "the installed cuda-python is built for a newer CUDA than this"),
         ({"cuda-bindings": "13.4.4"}, 0, "no CUDA driver answers"),
