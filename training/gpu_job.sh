@@ -36,11 +36,20 @@
 # The calls, back to back (a pause of over 30 s gives the machine back, and the parts with it:
 # `device` then stops at once, naming the missing parts), from the repository root:
 #   run(command="bash training/gpu_job.sh receive", carry=[".gpu_data/parts/train.01.tar"], timeout_s=120)
-#   ... the same for each part but the last, then:
-#   run(command="bash training/gpu_job.sh device", carry=[".gpu_data/parts/train.NN.tar",
-#       ".gpu_data/parts/parts.txt", ".gpu_data/parts/alignment.json", ".gpu_data/check"],
-#       timeout_s=600)
-# then copy the returned files (files_at) into .gpu_data/returned/ and run `finish`.
+#   ... the same for each part but the last, then, sized to the device time left:
+#   run(command="CALL_S=580 TRAIN_S=430 bash training/gpu_job.sh device",
+#       carry=[".gpu_data/parts/train.NN.tar", ".gpu_data/parts/parts.txt",
+#       ".gpu_data/parts/alignment.json", ".gpu_data/check"], timeout_s=600)
+# then copy the returned files (files_at) into .gpu_data/returned/, give_back at once, and run
+# `finish`. The device call's time: a call still running when the session's device time runs
+# out returns nothing (no model, no logs), and the receive calls and a slow start may have
+# used more than planned. So just before it, read `status` (it costs nothing): with B its
+# budget_left_s, timeout_s = min(600, B - 45), CALL_S = timeout_s - 20, TRAIN_S = CALL_S - 150,
+# and below B = 480 leave .gpu_data/check out of carry and set SKIP_CHECK=1 (the call goes to
+# training and export). The line above is B >= 645;
+# `BUDGET_LEFT_S=B bash training/gpu_job.sh calls` prints it for B. A TRAIN_S shorter than the
+# recipe's time limit (6 min) gets a time limit that ends within it, so the rate still anneals
+# to 0 (`device` says so in train.log).
 # With .gpu_data/check carried (`bash bench/gpu_check.sh prepare` makes it, ~14 MB), the GPU
 # tests of issue 6 (tests/gpu) run beside the training and come back as pytest_gpu.log and
 # env.txt, and after the export issue 6's benchmark (1080p only) fills the call's time left,
@@ -62,9 +71,11 @@
 #              fit in a call)
 #   RECIPE     training recipe (default configs/training/facenet_default_gpu.yaml)
 #   TRAINING_DATA  what the sidecar and model card say the model was trained on
-#   TRAIN_ARGS `facewatch train triplet` options for the device phase (default:
+#   BASE_TRAIN_ARGS  the device phase's `facewatch train triplet` options (default:
 #              "--loss distill --teacher $TEACHER --random-rotate 10 --random-scale 0.08
-#              --random-color 0.2"; add e.g. "--time-limit-min 6")
+#              --random-color 0.2"); setting it replaces all of them
+#   TRAIN_ARGS more options, added after BASE_TRAIN_ARGS: an option given in both takes
+#              TRAIN_ARGS's value, the others stay (e.g. "--time-limit-min 4" still distils)
 #   ALLOW_MISSING_PARTS=1   let `device` train on the parts that arrived
 #   SKIP_CHECK=1   `device` leaves out the GPU tests and the benchmark even with .gpu_data/check
 #   PRETRAINED a student that came back from an earlier lease, to continue from (its fp16
@@ -73,13 +84,17 @@
 #              `calls` and to `device`). The weights inside it start the run (the optimiser
 #              and the rate schedule start afresh): one 7-minute lease at a time, a run can go
 #              on past what one lease allows.
-#   TRAIN_S    stop training after this many seconds whatever the recipe says (default 420;
+#   CALL_S     the benchmark stops by this many seconds into the call (default 580: the
+#              call's timeout_s less 20 s; the GPU tests stop by CALL_S - 130)
+#   TRAIN_S    stop training after this many seconds whatever the recipe says (default
+#              CALL_S - 150, 430: the 150 s are for unpacking, the export and the benchmark;
 #              the recipe's time limit is 6 min, and its rate anneals over those)
-#   CALL_S     the benchmark stops by this many seconds into the call (default 580 of 600)
+#   BUDGET_LEFT_S  `calls` sizes the device call to this much device time left (default: a
+#              full call's, 645 s or more)
 #   BENCH_ARGS bench/bench_gpu.py options (default "--clips crowd_1080p --frames 32 --iters 5")
 #
-# The teacher's licence must allow distillation (dlib's ResNet is CC0). TRAIN_ARGS may name a
-# .npz teacher instead (precomputed descriptors, `facewatch train embed` or `embed-dlib`:
+# The teacher's licence must allow distillation (dlib's ResNet is CC0). BASE_TRAIN_ARGS may
+# name a .npz teacher instead (precomputed descriptors, `facewatch train embed` or `embed-dlib`:
 # the route of the first run below, and of training/cpu_job.sh until 2026-11-30, 72.6 %);
 # the warps need an ONNX teacher. training/cpu_job.sh now runs this script's route at 96 px
 # on the CPU: its figures, in its header, are the floor to beat.
@@ -179,12 +194,14 @@ CROPS=$STAGE/crops-template
 JPEG_QUALITY=${JPEG_QUALITY:-60}
 PART_MIB=${PART_MIB:-44}
 RECIPE=${RECIPE:-configs/training/facenet_default_gpu.yaml}
-TRAIN_ARGS=${TRAIN_ARGS:-"--loss distill --teacher $TEACHER --random-rotate 10 --random-scale 0.08 --random-color 0.2"}
+BASE_TRAIN_ARGS=${BASE_TRAIN_ARGS:-"--loss distill --teacher $TEACHER --random-rotate 10 --random-scale 0.08 --random-color 0.2"}
+TRAIN_ARGS=${TRAIN_ARGS:-}  # added after BASE_TRAIN_ARGS
 TRAINING_DATA=${TRAINING_DATA:-"CelebA (527 identities; the last 40 of the shared subset held out) and 23,707 UTKFace faces, warped onto the teacher's landmark template and distilled from facewatch's converted dlib ResNet face descriptor (CC0) on each augmented batch; recipe training/gpu_job.sh"}
 PARTS=$STAGE/parts
 PRETRAINED=${PRETRAINED:-}
-TRAIN_S=${TRAIN_S:-420}  # the device call's training at most, in seconds
-CALL_S=${CALL_S:-580}    # the device call's end (its timeout_s is 600): the benchmark fills the rest
+CALL_S=${CALL_S:-580}    # the device call's end (its timeout_s 20 s later): the benchmark fills the rest
+TRAIN_S=${TRAIN_S:-$(( CALL_S - 150 ))}  # the device call's training at most, in seconds
+BUDGET_LEFT_S=${BUDGET_LEFT_S:-645}  # device time left when `calls` sizes the device call
 CALL_LIMIT=67108864  # bytes a device call may carry, the working tree included
 PY=${PY:-python3}
 [ -x .venv/bin/python ] && [ "${1:-}" != device ] && [ "${1:-}" != receive ] && PY=.venv/bin/python
@@ -278,6 +295,8 @@ stage() {
 
 calls() {
   # the device calls for the parts in parts.txt, each checked against the 64 MiB a call carries
+  [[ $BUDGET_LEFT_S =~ ^[0-9]+$ ]] ||
+    { echo "BUDGET_LEFT_S=$BUDGET_LEFT_S: give status's budget_left_s, in seconds" >&2; exit 2; }
   tree=$(git ls-files -co --exclude-standard -z | du --files0-from=- -bc | tail -1 | cut -f1)
   mapfile -t parts < <(cut -d' ' -f1 "$PARTS/parts.txt")
   echo "the device calls, back to back:"
@@ -296,20 +315,43 @@ calls() {
       load=$(( tree + $(stat -c %s "$part") ))
       echo "  run(command=\"bash training/gpu_job.sh receive\", carry=[\"$part\"], timeout_s=120)"
     else
-      check=$(du -sb "$STAGE/check" 2>/dev/null | cut -f1)
+      check=
+      [ "$BUDGET_LEFT_S" -lt 480 ] || [ ! -d "$STAGE/check" ] || check=$(du -sb "$STAGE/check" | cut -f1)
       load=$(( tree + ${check:-0} + $(stat -c %s "$part" "$PARTS/parts.txt" "$PARTS/alignment.json" \
         2>/dev/null | awk '{ s += $1 } END { print s }') ))
       carry="\"$part\", \"$PARTS/parts.txt\", \"$PARTS/alignment.json\""
       [ -z "$check" ] || carry="$carry, \"$STAGE/check\""
-      command="bash training/gpu_job.sh device"
-      [ -z "$PRETRAINED" ] || command="PRETRAINED=$PRETRAINED $command"
-      echo "  run(command=\"$command\", carry=[$carry], timeout_s=600)"
+      device_call "$carry"
     fi
     if [ "$load" -gt "$CALL_LIMIT" ]; then
       echo "that call would carry $load bytes > $CALL_LIMIT: lower PART_MIB or JPEG_QUALITY" >&2
       exit 2
     fi
   done
+  echo "then copy the returned files (files_at) into $STAGE/returned/, give_back at once, and run" \
+    "training/gpu_job.sh finish"
+}
+
+device_call() {
+  # the device call's run(...) line for carry $1, sized to BUDGET_LEFT_S, with the rule
+  timeout=$(( BUDGET_LEFT_S - 45 < 600 ? BUDGET_LEFT_S - 45 : 600 ))
+  call=$(( timeout - 20 ))
+  command="CALL_S=$call TRAIN_S=$(( call - 150 )) bash training/gpu_job.sh device"
+  [ -z "$PRETRAINED" ] || command="PRETRAINED=$PRETRAINED $command"
+  [ "$BUDGET_LEFT_S" -ge 480 ] || command="SKIP_CHECK=1 $command"
+  echo "  just before the next call, read status (it costs nothing) and size the call to its"
+  echo "  budget_left_s B: timeout_s = min(600, B - 45), CALL_S = timeout_s - 20,"
+  echo "  TRAIN_S = CALL_S - 150, and below B = 480 SKIP_CHECK=1 and no $STAGE/check in carry"
+  if [ "$BUDGET_LEFT_S" -ge 645 ]; then for="B >= 645"; else for="B = $BUDGET_LEFT_S"; fi
+  echo "  (BUDGET_LEFT_S=B bash training/gpu_job.sh calls prints the line for B); for $for:"
+  echo "  run(command=\"$command\", carry=[$1], timeout_s=$timeout)"
+  if [ "$BUDGET_LEFT_S" -ge 480 ] && [ ! -d "$STAGE/check" ]; then
+    echo "  (no $STAGE/check: this call runs no GPU tests and no benchmark; bash bench/gpu_check.sh" \
+      "prepare makes it, ~14 MB)"
+  fi
+  if [ $(( call - 150 )) -lt 120 ]; then
+    echo "  (under 2 minutes of training: a later lease, from PRETRAINED, may serve better)"
+  fi
 }
 
 receive() {
@@ -340,17 +382,27 @@ train() {
   # train for at most $1 seconds; the rest are extra `facewatch train triplet` options
   limit=$1
   shift
-  # shellcheck disable=SC2086
+  # shellcheck disable=SC2086,SC2046
   timeout "$limit" "$PY" -m training.cli_facenet triplet --config "$RECIPE" \
     --data-dir "$work/crops" --models-base-dir "$work/models" --logs-base-dir "$work/logs" \
-    --run-name default $TRAIN_ARGS "$@" 2>&1 | tr '\r' '\n' | sed -e '/it\/s/d' -e '/s\/it/d' |
-    tee -a "$OUT/train.log"
+    --run-name default $BASE_TRAIN_ARGS $(time_limit "$limit") $TRAIN_ARGS "$@" 2>&1 |
+    tr '\r' '\n' | sed -e '/it\/s/d' -e '/s\/it/d' | tee -a "$OUT/train.log"
+}
+
+time_limit() {
+  # --time-limit-min for $1 seconds of training when the recipe's is longer: its rate anneals
+  # to 0 over the time limit, and a run cut off before then would export a model caught at a
+  # high rate; 60 s are for the start and the epoch that ends past the limit
+  recipe_min=$(sed -n 's/^time_limit_min: *\([0-9.]*\).*/\1/p' "$RECIPE")
+  awk -v recipe="${recipe_min:-0}" -v s="$1" 'BEGIN {
+    m = (s - 60) / 60; if (m < 0.5) m = 0.5
+    if (recipe > 0 && m < recipe) printf "--time-limit-min %.1f", m }'
 }
 
 device() {
   : "${OUT:?device phase: run it through the device tool, which sets OUT}"
   export PYTHONUNBUFFERED=1
-  work=/tmp/facewatch-train
+  work=${WORK:-/tmp/facewatch-train}
   mkdir -p "$work"
   { nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || echo "no nvidia-smi"; } > "$OUT/train.log"
   start=()
@@ -363,10 +415,15 @@ device() {
   check=
   if [ -d .gpu_data/check ] && [ "${SKIP_CHECK:-0}" != 1 ]; then
     # carried too: issue 6's GPU tests run beside the training (bench/gpu_check.sh; its
-    # benchmarks need the GPU to themselves, so they wait for a call of their own)
-    PARTS=tests PYTEST_S=${PYTEST_S:-450} bash bench/gpu_check.sh device > "$OUT/gpu_check.log" 2>&1 &
+    # benchmarks need the GPU to themselves, so they wait for a call of their own); they stop
+    # by CALL_S - 130, which leaves the benchmark after the export its time
+    PARTS=tests PYTEST_S=${PYTEST_S:-$(( CALL_S - 130 ))} bash bench/gpu_check.sh device \
+      > "$OUT/gpu_check.log" 2>&1 &
     check=$!
   fi
+  limit=$(time_limit "$TRAIN_S")
+  [ -z "$limit" ] || echo "TRAIN_S=$TRAIN_S s: training with $limit, to anneal within it" |
+    tee -a "$OUT/train.log"
   # The recipe's --time-limit-min ends training after the epoch that passes it; TRAIN_S stops
   # it regardless (epochs slower than planned), so that the export still fits in the call.
   { echo "cores: $(nproc)"; df -h /dev/shm | tail -1; } >> "$OUT/train.log" 2>&1 || true
@@ -390,7 +447,11 @@ device() {
   split -b 16000000 -d "$work/export/facenet.onnx" "$OUT/facenet.onnx.part"
   if [ -n "$check" ]; then
     wait "$check" || echo "the GPU tests failed: see pytest_gpu.log" | tee -a "$OUT/train.log"
-    rm -f "$OUT/gpu_check.log"  # the same as pytest_gpu.log and env.txt (8 files come back)
+    if [ -f "$OUT/pytest_gpu.log" ]; then
+      rm -f "$OUT/gpu_check.log"  # the same as pytest_gpu.log and env.txt (8 files come back)
+    else
+      echo "bench/gpu_check.sh stopped before the tests: see gpu_check.log" | tee -a "$OUT/train.log"
+    fi
     bench
   fi
   ls -l "$OUT"
