@@ -13,10 +13,15 @@
 #                                     # pydantic's (for bench_streams) into .gpu_data/check/
 #                                     # (~10 MB; .gpu_data/ is ignored)
 #   bash bench/gpu_check.sh device    # there, the one device command:
-#       run(command="bash bench/gpu_check.sh device", carry=[".gpu_data/check"], timeout_s=560)
+#       run(command="bash bench/gpu_check.sh device", carry=[".gpu_data/check"], timeout_s=600)
 #
-# then read $OUT's files (files_at): pytest_gpu.log, bench_gpu.md / .json, profile_mtcnn.txt,
-# bench.log, streams.json, profile_streams.txt, streams.log, env.txt.
+# timeout_s=600: the three parts' 560 s, and ~20 s of installs and probes before them. Read
+# `status` first: with less than 645 s of device time left (budget_left_s), lower the parts'
+# limits or leave one out (PARTS) so that their sum is under budget_left_s - 85.
+# Then read $OUT's files (files_at): env.txt, pytest_gpu.log, and bench.tar (tar -xf), which
+# holds bench_gpu.md / .json, profile_mtcnn.txt, bench.log, streams.json, profile_streams.txt
+# and streams.log: the device tool returns 8 files at most. A part the call's timeout cut
+# short leaves its log beside them.
 #
 # The device image's PyTorch is 2.11.0: training/device_precheck.sh runs the torch backend's
 # unit tests with it here (P-Net's program needed CeilMaxPool2x2 for it, training/mtcnn_nets.py).
@@ -27,9 +32,10 @@
 # that reason, and the benchmark leaves the TensorRT rows out.
 #
 # Settings: DATA (default ../shared/data), PYTEST_S / BENCH_S / STREAMS_S (time limits of the
-# three parts, default 200 / 250 / 110 s: 560 s in all, under one call's 600), BENCH_ARGS /
+# three parts, default 200 / 250 / 110 s: 560 s in all, 40 s under one call's 600), BENCH_ARGS /
 # STREAMS_ARGS (extra options, e.g. "--frames 32" / "--seconds 15"), PARTS (default
-# "tests bench streams": run some of them, e.g. a second call with PARTS=streams).
+# "tests bench streams": run some of them, e.g. a second call with PARTS=streams), BENCH_DIR
+# (where the benchmarks write before bench.tar, default /tmp/facewatch-bench-files).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -83,6 +89,11 @@ device() {
   } > "$OUT/env.txt" 2>&1
   cat "$OUT/env.txt"
   parts=${PARTS:-tests bench streams}
+  # the benchmarks' files, bundled into $OUT/bench.tar after each part (8 files come back)
+  files=${BENCH_DIR:-/tmp/facewatch-bench-files}
+  if [[ " $parts " == *" bench "* ]] || [[ " $parts " == *" streams "* ]]; then
+    rm -rf "${files:?}" && mkdir -p "$files"
+  fi
   tests=skipped bench=skipped streams=skipped
   set +e
   if [[ " $parts " == *" tests "* ]]; then
@@ -91,21 +102,31 @@ device() {
   fi
   if [[ " $parts " == *" bench "* ]]; then
     # shellcheck disable=SC2086
-    timeout "${BENCH_S:-250}" "$PY" bench/bench_gpu.py --out "$OUT" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log"
+    timeout "${BENCH_S:-250}" "$PY" bench/bench_gpu.py --out "$files" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log"
     bench=${PIPESTATUS[0]}
+    bundle bench.log
   fi
   if [[ " $parts " == *" streams "* ]]; then
     # shellcheck disable=SC2086
     timeout "${STREAMS_S:-110}" "$PY" bench/bench_streams.py --backend torch --fp16 --graphs \
       --streams 16 --fps 25 --clip crowd_1080p --seconds 20 --warmup 10 \
-      --json "$OUT/streams.json" --profile "$OUT/profile_streams.txt" ${STREAMS_ARGS:-} 2>&1 | tee "$OUT/streams.log"
+      --json "$files/streams.json" --profile "$files/profile_streams.txt" ${STREAMS_ARGS:-} 2>&1 |
+      tee "$OUT/streams.log"
     streams=${PIPESTATUS[0]}
+    bundle streams.log
   fi
   set -e
   echo "pytest tests/gpu exit $tests, bench exit $bench, streams exit $streams" | tee -a "$OUT/env.txt"
   for status in "$tests" "$bench" "$streams"; do
     [ "$status" = 0 ] || [ "$status" = skipped ] || return 1
   done
+}
+
+bundle() {
+  # a part's log (in $OUT while it runs, so that a call cut short still returns it) joins its
+  # files, and bench.tar is written again with all of them
+  mv "$OUT/$1" "$files/"
+  tar -cf "$OUT/bench.tar.new" -C "$files" . && mv "$OUT/bench.tar.new" "$OUT/bench.tar"
 }
 
 case "${1:-}" in

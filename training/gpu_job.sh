@@ -465,12 +465,17 @@ bench() {
     echo "no time left for the benchmark ($left s)" | tee -a "$OUT/train.log"
     return
   fi
-  mkdir -p /tmp/facewatch-bench
-  OUT=/tmp/facewatch-bench PARTS=bench BENCH_S=$(( left - 10 )) \
+  files=${work}-bench
+  rm -rf "$files" && mkdir -p "$files/out"
+  OUT=$files/out BENCH_DIR=$files/files PARTS=bench BENCH_S=$(( left - 10 )) \
     BENCH_ARGS=${BENCH_ARGS:-"--clips crowd_1080p --frames 32 --iters 5"} \
-    bash bench/gpu_check.sh device > /tmp/facewatch-bench/gpu_check.log 2>&1 ||
+    bash bench/gpu_check.sh device > "$files/out/gpu_check.log" 2>&1 ||
     echo "the benchmark failed or ran out of time: see bench.tar" | tee -a "$OUT/train.log"
-  tar -cf "$OUT/bench.tar" -C /tmp/facewatch-bench .
+  # one file: gpu_check's bench.tar opened, beside its env.txt and logs
+  if [ -f "$files/out/bench.tar" ]; then
+    tar -xf "$files/out/bench.tar" -C "$files/out" && rm "$files/out/bench.tar"
+  fi
+  tar -cf "$OUT/bench.tar" -C "$files/out" .
 }
 
 finish() {

@@ -5,6 +5,7 @@ themselves, with a stand-in for the device's python3: what a session planning it
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -82,6 +83,16 @@ elif args[:1] == ["bench/bench_streams.py"]:
     after("--json").write_text("{{}}")
     after("--profile").write_text("profile")
 """
+
+BENCH_FILES = {
+    "bench.log",
+    "bench_gpu.md",
+    "bench_gpu.json",
+    "profile_mtcnn.txt",
+    "streams.log",
+    "streams.json",
+    "profile_streams.txt",
+}
 
 
 @pytest.fixture
@@ -244,6 +255,18 @@ def test_a_shorter_call_stops_the_gpu_tests_and_the_benchmark_in_its_time(
     assert 415 - 40 <= ran["bench/bench_gpu.py"] <= 415 - 10
 
 
+def test_the_device_call_returns_at_most_8_files_with_the_benchmark_in_one(
+    repo: Path, tmp_path: Path
+) -> None:
+    out = device(repo, tmp_path)
+    names = {p.name for p in out.iterdir()}
+    assert len(names) <= 8, names
+    assert {"train.log", "facenet.json", "env.txt", "pytest_gpu.log", "bench.tar"} <= names
+    with tarfile.open(out / "bench.tar") as tar:
+        inside = {Path(n).name for n in tar.getnames()}
+    assert {"bench_gpu.json", "bench_gpu.md", "profile_mtcnn.txt", "bench.log"} <= inside
+
+
 def test_device_keeps_gpu_checks_log_when_the_tests_never_ran(repo: Path, tmp_path: Path) -> None:
     (repo / "bench" / "gpu_check.sh").write_text(
         'echo "pydantic\'s wheels (Python 3.12) do not install here"; exit 1\n'
@@ -251,3 +274,34 @@ def test_device_keeps_gpu_checks_log_when_the_tests_never_ran(repo: Path, tmp_pa
     out = device(repo, tmp_path)
     assert "do not install here" in (out / "gpu_check.log").read_text()
     assert "see gpu_check.log" in (out / "train.log").read_text()
+
+
+def test_gpu_check_alone_returns_at_most_8_files(repo: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    result = run(
+        repo,
+        "bench/gpu_check.sh",
+        "device",
+        OUT=out,
+        PY=repo / "python",
+        SITE=tmp_path / "site",
+        BENCH_DIR=tmp_path / "bench",
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert {p.name for p in out.iterdir()} == {"env.txt", "pytest_gpu.log", "bench.tar"}
+    with tarfile.open(out / "bench.tar") as tar:
+        assert {Path(n).name for n in tar.getnames() if n != "."} == BENCH_FILES
+
+
+def test_gpu_checks_call_leaves_time_beyond_its_parts() -> None:
+    script = (REPO / "bench" / "gpu_check.sh").read_text()
+    timeout_s = int(
+        re.search(r'run\(command="bash bench/gpu_check.sh device".*timeout_s=(\d+)', script)[1]
+    )
+    parts = sum(
+        int(re.search(rf"{name}:-(\d+)", script)[1])
+        for name in ("PYTEST_S", "BENCH_S", "STREAMS_S")
+    )
+    # two pip installs and four probes that import torch come before the parts
+    assert timeout_s - parts >= 30
