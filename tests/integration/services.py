@@ -94,16 +94,14 @@ class Process:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
-class Partition:
-    """A TCP relay to a local port that can cut the link silently. ``cut()``: it relays
-    nothing more and keeps the connections open, so a client notices only by its keepalive,
-    and it refuses new ones. ``heal()``: it closes the cut connections and relays again."""
+class LocalServer:
+    """A TCP server on a free port of 127.0.0.1: each connection goes to ``_take``; ``close()``
+    closes it and the connections kept in ``_open``. (A subclass sets what ``_take`` reads
+    before this ``__init__``: the first connection may come at once.)"""
 
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
+    def __init__(self) -> None:
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = int(self.listener.getsockname()[1])
-        self._cut = threading.Event()
         self._open: list[socket.socket] = []
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -113,13 +111,35 @@ class Partition:
                 client, _ = self.listener.accept()
             except OSError:
                 return  # closed
-            if self._cut.is_set():
-                client.close()
-                continue
-            upstream = socket.create_connection(("127.0.0.1", self.target_port))
-            self._open += [client, upstream]
-            for source, sink in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._relay, args=(source, sink), daemon=True).start()
+            self._take(client)
+
+    def _take(self, client: socket.socket) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self.listener.close()
+        for sock in self._open:
+            sock.close()
+
+
+class Partition(LocalServer):
+    """A TCP relay to a local port that can cut the link silently. ``cut()``: it relays
+    nothing more and keeps the connections open, so a client notices only by its keepalive,
+    and it refuses new ones. ``heal()``: it closes the cut connections and relays again."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self._cut = threading.Event()
+        super().__init__()
+
+    def _take(self, client: socket.socket) -> None:
+        if self._cut.is_set():
+            client.close()
+            return
+        upstream = socket.create_connection(("127.0.0.1", self.target_port))
+        self._open += [client, upstream]
+        for source, sink in ((client, upstream), (upstream, client)):
+            threading.Thread(target=self._relay, args=(source, sink), daemon=True).start()
 
     def _relay(self, source: socket.socket, sink: socket.socket) -> None:
         try:
@@ -146,7 +166,7 @@ class Partition:
         self.listener.close()
 
 
-class HungCamera:
+class HungCamera(LocalServer):
     """An RTSP camera that accepts connections and then never answers, as a hung camera or
     NVR does (or one mid-reboot). ``answers_options``: it answers OPTIONS (whether it is
     there) and hangs at the DESCRIBE that begins a stream. ``requests``: each request's
@@ -154,20 +174,13 @@ class HungCamera:
 
     def __init__(self, answers_options: bool = False) -> None:
         self.answers_options = answers_options
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.url = f"rtsp://127.0.0.1:{self.listener.getsockname()[1]}/cam"
         self.requests: list[tuple[float, str]] = []
-        self._open: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__()
+        self.url = f"rtsp://127.0.0.1:{self.port}/cam"
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return  # closed
-            self._open.append(client)
-            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+    def _take(self, client: socket.socket) -> None:
+        self._open.append(client)
+        threading.Thread(target=self._serve, args=(client,), daemon=True).start()
 
     def _serve(self, client: socket.socket) -> None:
         data = b""
@@ -191,11 +204,6 @@ class HungCamera:
     def asked(self, method: str) -> list[float]:
         """When each ``method`` request came."""
         return [when for when, line in self.requests if line.startswith(method)]
-
-    def close(self) -> None:
-        self.listener.close()
-        for sock in self._open:
-            sock.close()
 
 
 class Mosquitto(Process):
