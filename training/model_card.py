@@ -45,6 +45,16 @@ def _matching(extra: dict[str, Any]) -> list[str]:
     return textwrap.wrap(text, 88)
 
 
+def _groups(extra: dict[str, Any]) -> list[str]:
+    """The card's section on differences between groups of people (bench/bench_fairness.py's
+    figures and what they mean), kept in the sidecar as its lines so that a card written
+    again (``train validate --record``) keeps it, and a new model's export does not."""
+    lines = extra.get("groups_card")
+    if not isinstance(lines, list) or not all(isinstance(line, str) for line in lines):
+        return []
+    return ["", *lines]
+
+
 def model_card(meta: ModelMetadata, onnx_path: Path) -> str:
     """A short markdown card, entirely from the sidecar."""
     lfw = meta.extra.get("lfw") or {}
@@ -107,4 +117,4 @@ def model_card(meta: ModelMetadata, onnx_path: Path) -> str:
         )
     if lfw.get("command"):
         rows.append(f"LFW measured with: `{lfw['command']}`")
-    return "\n".join([*rows, ""])
+    return "\n".join([*rows, *_groups(meta.extra), ""])

@@ -488,6 +488,11 @@ def test_the_shipped_model_card_says_where_a_gallery_starts_and_that_it_is_per_c
     assert "A new gallery starts at 0.154, LFW's threshold for a false accept rate of 0.001" in said
     assert "a rate per comparison: a gallery compares a stranger with every enrolled face" in said
     assert "LFW best threshold" not in said
+    # what bench/bench_fairness.py measured, kept in the sidecar so a rewritten card keeps it
+    groups = said.split("## Differences between groups of people", 1)[1]
+    assert "false match rate at 0.154" in groups, groups
+    assert "What was not measured: false non-matches" in groups
+    assert "`facewatch gallery calibrate`" in groups
 
 
 def test_a_model_with_lfw_figures_enrolls_into_its_gallery_again(
