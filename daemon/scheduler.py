@@ -228,13 +228,13 @@ class Pipeline:
         """Say a face that has stayed at one place for half an hour (``StillFaces``), with
         the ``detection.ignore`` region that drops faces there, the box and a margin."""
         still = self._still.get(frame.camera)
-        if still is None or not len(found):
+        if still is None:
             return
         for box in still.see(frame.clock, found.bbox_xyxy):
             height, width = frame.image.shape[:2]
-            margin = 0.1 * (box[2:] - box[:2])
-            x0, y0 = np.clip((box[:2] - margin) / (width, height), 0, 1)
-            x1, y1 = np.clip((box[2:] + margin) / (width, height), 0, 1)
+            margin = 0.1 * (box[2:] - box[:2])  # (and outwards to the printed 0.01)
+            x0, y0 = np.floor(np.clip((box[:2] - margin) / (width, height), 0, 1) * 100) / 100
+            x1, y1 = np.ceil(np.clip((box[2:] + margin) / (width, height), 0, 1) * 100) / 100
             track = tracks[int(iou_matrix(box[None], found.bbox_xyxy).argmax())]
             logger.warning(
                 "camera %s: a face has stayed at one place for %d min (box %d,%d to %d,%d of "

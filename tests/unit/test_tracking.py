@@ -668,3 +668,28 @@ def test_a_gallery_event_after_a_clock_step_carries_the_frames_time(tmp_path) ->
     [renamed] = [e for e in events if e["reason"] == "gallery"]
     assert renamed["frame_ts"] == 1000.0 + 9 / 5 + 3600.0
     assert renamed["first_seen_ts"] == 1000.0
+
+
+def test_a_face_said_still_is_one_that_stayed_not_one_that_came_back() -> None:
+    """A photo found in two frames of three for 45 min is said once, at 30 min. Someone
+    seated whose head is back at its first place in one frame of three is not; nor are
+    people back in their seats after 40 min of an empty room (their places, kept while
+    nothing was in view, were said to have stayed 30 min)."""  # (frames 1 s apart)
+    from daemon.tracking import StillFaces
+
+    photo = np.array([[100.0, 100, 160, 170]])
+    moved = photo + np.array([[9.0, 0, 9, 0]])  # (IoU 0.74 with where it was)
+    lower = photo + np.array([[0.0, 9, 0, 9]])  # (0.77)
+    none = np.zeros((0, 4))
+
+    def said(frames: list[np.ndarray], every_s: float = 1.0) -> list[float]:
+        still, when = StillFaces(), []
+        for k, boxes in enumerate(frames):
+            if still.see(1000.0 + every_s * k, boxes):
+                when.append(every_s * k)
+        return when
+
+    assert said([photo, photo, none] * 900) == [1800.0]
+    assert said([photo, moved, lower] * 900) == []
+    seated_again = [photo] * 60 + [none] * 2400 + [photo] * 5
+    assert said(seated_again) == []
