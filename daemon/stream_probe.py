@@ -90,9 +90,7 @@ def silent_stream(url: str, timeout_s: float = TIMEOUT_S) -> str | None:
     try:
         with socket.create_connection((host, port), timeout=timeout_s) as connection:
             if scheme == "https":
-                context = ssl.create_default_context()
-                context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
-                with context.wrap_socket(connection, server_hostname=host) as secure:
+                with _tls(verify=False).wrap_socket(connection, server_hostname=host) as secure:
                     _exchange(secure, request.encode(errors="surrogateescape"), timeout_s)
             else:
                 _exchange(connection, request.encode(errors="surrogateescape"), timeout_s)
@@ -190,11 +188,13 @@ def http_get(
     timeout_s: float,
     default_path: str = "/",
     body_limit: int = 0,
+    verify: bool = True,
 ) -> Answer:
     """One GET of the URL ``parts`` at ``netloc`` (HTTP/1.0; the URL's user and password as
     Basic authentication; no redirect followed: a 3xx is the answer), and up to
     ``body_limit`` bytes of its body (ValueError past that). The connection and the answer
-    each get ``timeout_s`` in all (TimeoutError). OSError when it cannot be made."""
+    each get ``timeout_s`` in all (TimeoutError). OSError when it cannot be made. ``verify``
+    False: an https server's certificate is not checked (a camera's: FFmpeg does not)."""
     host, port = parts.hostname or "", parts.port or DEFAULT_PORTS[parts.scheme.lower()]
     lines = [f"GET {_path(parts, default_path)} HTTP/1.0", f"Host: {netloc}"]
     if parts.username is not None:
@@ -203,7 +203,7 @@ def http_get(
     request = "\r\n".join([*lines, "User-Agent: facewatch", "Connection: close", "", ""]).encode()
     with socket.create_connection((host, port), timeout=timeout_s) as connection:
         if parts.scheme.lower() == "https":
-            context = ssl.create_default_context()
+            context = _tls(verify)
             with context.wrap_socket(connection, server_hostname=host) as secure:
                 head, body = _exchange(secure, request, timeout_s, body_limit)
         else:
@@ -211,6 +211,13 @@ def http_get(
     answer = _parse(head, "HTTP")
     answer.body = body
     return answer
+
+
+def _tls(verify: bool) -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    if not verify:
+        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    return context
 
 
 def _path(parts: SplitResult, default: str = "/") -> str:
@@ -236,7 +243,7 @@ def _http_problem(parts: SplitResult, netloc: str, timeout_s: float) -> str | No
     """The answer to one GET of the URL (credentials from it as Basic authentication)."""
     path = parts.path or "/"
     try:
-        answer = _heard(http_get(parts, netloc, timeout_s), parts)
+        answer = _heard(http_get(parts, netloc, timeout_s, verify=False), parts)
     except AnswerTimeout:
         return (
             f"{netloc} accepts the connection but does not answer the GET within {timeout_s:g} s "
