@@ -46,7 +46,8 @@
 # used more than planned. So just before it, read `status` (it costs nothing): with B its
 # budget_left_s, timeout_s = min(600, B - 45), CALL_S = timeout_s - 20, TRAIN_S = CALL_S - 150,
 # and below B = 480 leave .gpu_data/check out of carry and set SKIP_CHECK=1 (the call goes to
-# training and export). The line above is B >= 645;
+# training and export); below B = 275 (under a minute of training) make no device call:
+# give_back. The line above is B >= 645;
 # `BUDGET_LEFT_S=B bash training/gpu_job.sh calls` prints it for B. A TRAIN_S shorter than the
 # recipe's time limit (6 min) gets a time limit that ends within it, so the rate still anneals
 # to 0 (`device` says so in train.log).
@@ -202,6 +203,7 @@ PRETRAINED=${PRETRAINED:-}
 CALL_S=${CALL_S:-580}    # the device call's end (its timeout_s 20 s later): the benchmark fills the rest
 TRAIN_S=${TRAIN_S:-$(( CALL_S - 150 ))}  # the device call's training at most, in seconds
 BUDGET_LEFT_S=${BUDGET_LEFT_S:-645}  # device time left when `calls` sizes the device call
+DEVICE_MIN_S=275  # ... below which it is not worth making (TRAIN_S = B - 215 under 60 s)
 CALL_LIMIT=67108864  # bytes a device call may carry, the working tree included
 PY=${PY:-python3}
 [ -x .venv/bin/python ] && [ "${1:-}" != device ] && [ "${1:-}" != receive ] && PY=.venv/bin/python
@@ -334,6 +336,11 @@ calls() {
 
 device_call() {
   # the device call's run(...) line for carry $1, sized to BUDGET_LEFT_S, with the rule
+  if [ "$BUDGET_LEFT_S" -lt "$DEVICE_MIN_S" ]; then  # (TRAIN_S would be under a minute)
+    echo "  B = $BUDGET_LEFT_S s of device time left: under $DEVICE_MIN_S, the device call" \
+      "cannot train (under a minute): give_back now and leave it to a later lease"
+    return
+  fi
   timeout=$(( BUDGET_LEFT_S - 45 < 600 ? BUDGET_LEFT_S - 45 : 600 ))
   call=$(( timeout - 20 ))
   command="CALL_S=$call TRAIN_S=$(( call - 150 )) bash training/gpu_job.sh device"

@@ -192,6 +192,19 @@ def test_calls_size_the_device_call_to_the_device_time_left(
     assert ('".gpu_data/check"' in line) == (int(budget) >= 480)
 
 
+@pytest.mark.parametrize("budget", ["274", "200", "44"])
+def test_calls_with_too_little_time_left_say_give_back_not_a_call_that_cannot_train(
+    repo: Path, budget: str
+) -> None:
+    """Under 275 s of device time the call would train under a minute, or not at all
+    (TRAIN_S 0 is no limit to `timeout`, a negative one an error; timeout_s -1 no call)."""
+    result = run(repo, "training/gpu_job.sh", "calls", BUDGET_LEFT_S=budget)
+    assert result.returncode == 0, result.stderr
+    assert "gpu_job.sh device" not in result.stdout
+    assert f"B = {budget} s of device time left: under 275" in result.stdout
+    assert "give_back now" in result.stdout
+
+
 def test_calls_without_the_check_still_print_the_device_call_and_say_how_to_make_it(
     repo: Path,
 ) -> None:
