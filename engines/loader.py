@@ -6,6 +6,7 @@ import math
 import os
 import site
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -42,26 +43,48 @@ def usable_cpus() -> int:
 
 
 def cgroup_cpu_quota() -> float | None:
-    """The CPU quota of this process's cgroup v2 and those above it, in cores (the
-    smallest ``cpu.max``), or None when there is none or it cannot be read (cgroup v1)."""
+    """The CPU quota of this process's cgroup and those above it, in cores (the smallest),
+    or None when there is none or it cannot be read: cgroup v2's ``cpu.max``, or v1's
+    ``cpu.cfs_quota_us`` (Ubuntu 20.04, JetPack 5, hybrid hosts)."""
     try:
         lines = PROC_CGROUP.read_text().splitlines()
     except OSError:
         return None
-    group = next((line[3:] for line in lines if line.startswith("0::")), None)
-    if group is None:
-        return None
-    folder, quotas = CGROUP_ROOT / group.lstrip("/"), []
+    quotas: list[float] = []
+    for line in lines:
+        _, controllers, group = [*line.split(":", 2), "", ""][:3]
+        if not controllers:  # v2 (0::PATH)
+            quotas += _quotas(CGROUP_ROOT, group, _cpu_max)
+        elif "cpu" in controllers.split(","):  # v1 (N:cpu,cpuacct:PATH)
+            quotas += _quotas(CGROUP_ROOT / controllers, group, _cfs_quota)
+    return min(quotas) if quotas else None
+
+
+def _quotas(root: Path, group: str, read: Callable[[Path], float | None]) -> list[float]:
+    """The quotas of ``group`` and the groups above it, up to ``root`` (in a container, its
+    own group is the root: the path it is told may not exist there)."""
+    folder, found = root / group.lstrip("/"), []
     for level in (folder, *folder.parents):
         try:
-            limit, period = (level / "cpu.max").read_text().split()[:2]
-            if limit != "max" and float(period) > 0:
-                quotas.append(float(limit) / float(period))
-        except (OSError, ValueError):
-            pass  # (no cpu controller at that level, or not a group)
-        if level == CGROUP_ROOT:
+            quota = read(level)
+        except (OSError, ValueError):  # (no cpu controller at that level, or not a group)
+            quota = None
+        if quota is not None:
+            found.append(quota)
+        if level == root:
             break
-    return min(quotas) if quotas else None
+    return found
+
+
+def _cpu_max(group: Path) -> float | None:
+    limit, period = (group / "cpu.max").read_text().split()[:2]
+    return None if limit == "max" or float(period) <= 0 else float(limit) / float(period)
+
+
+def _cfs_quota(group: Path) -> float | None:
+    quota = float((group / "cpu.cfs_quota_us").read_text())
+    period = float((group / "cpu.cfs_period_us").read_text())
+    return None if quota <= 0 or period <= 0 else quota / period
 
 
 def data_root() -> Path:

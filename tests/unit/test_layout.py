@@ -185,7 +185,7 @@ def test_the_version_names_the_commit_of_the_checkout_it_runs_from(tmp_path) -> 
 def test_threads_0_is_the_cores_the_cgroups_cpu_quota_allows(tmp_path, monkeypatch) -> None:
     """Under systemd's CPUQuota=150% (cgroup v2 cpu.max, here on the service's parent
     slice), engines.threads 0 runs 2 threads, not one per core of the box; without a quota
-    ("max", or cgroup v1: no cpu.max) every core it may run on."""
+    ("max", or -1 in cgroup v1) every core it may run on."""
     from engines import loader
 
     group = tmp_path / "system.slice" / "facewatch.service"
@@ -201,5 +201,17 @@ def test_threads_0_is_the_cores_the_cgroups_cpu_quota_allows(tmp_path, monkeypat
     assert loader.cpu_threads(0) == 2 and loader.cpu_threads(5) == 5
     (group.parent / "cpu.max").write_text("max 100000\n")
     assert loader.cpu_threads(0) == 16
-    proc.write_text("4:cpu,cpuacct:/system.slice/facewatch.service\n")  # (cgroup v1)
+    # cgroup v1 (Ubuntu 20.04, JetPack 5), and a hybrid host's v2 line beside it: 0.5 of a core
+    v1 = tmp_path / "cpu,cpuacct" / "system.slice" / "facewatch.service"
+    v1.mkdir(parents=True)
+    (v1 / "cpu.cfs_quota_us").write_text("50000\n")
+    (v1 / "cpu.cfs_period_us").write_text("100000\n")
+    proc.write_text("4:cpu,cpuacct:/system.slice/facewatch.service\n0::/system.slice/x\n")
+    assert loader.cpu_threads(0) == 1
+    (v1 / "cpu.cfs_quota_us").write_text("-1\n")  # (no quota)
     assert loader.cpu_threads(0) == 16
+    # a container: the path it is told is its host's, its own group is the mount's root
+    proc.write_text("4:cpu,cpuacct:/docker/0123abcd\n")
+    (tmp_path / "cpu,cpuacct" / "cpu.cfs_quota_us").write_text("300000\n")
+    (tmp_path / "cpu,cpuacct" / "cpu.cfs_period_us").write_text("100000\n")
+    assert loader.cpu_threads(0) == 3
