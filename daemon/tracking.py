@@ -364,9 +364,9 @@ class StillFaces:
     """The places of one camera where a face stays put for half an hour: a photo on the
     wall, a poster, a screen. MTCNN finds it in every frame, so the camera keeps someone in
     view for good (or starts a visit each time the detection flickers); nothing a user sees
-    says why. A place counts when a face was found there, to a few pixels, in most of the
-    frames searched since (someone seated moves more than that: their head is back at its
-    first place now and then, not in most frames), with no gap of STILL_GAP_S. Each place
+    says why. A place counts when a face was found there, to a few pixels, in STILL_SHARE of
+    the frames searched since or more (someone seated moves more than that: their head is
+    back at its first place now and then), with no gap of STILL_GAP_S. Each place
     is said once (``see`` returns its box), for the scheduler to log with the
     ``detection.ignore`` region that drops it. Owned by the scheduler thread."""
 
@@ -389,7 +389,8 @@ class StillFaces:
         still = []
         for box, k, known in zip(boxes, best, same, strict=True):
             if not known:
-                self._places.append(_Place(box.copy(), ts, ts, *[self._searched - 1] * 2))
+                before = self._searched - 1  # (frames searched before this one)
+                self._places.append(_Place(box.copy(), ts, ts, searched=before, seen=before))
                 continue
             place = self._places[k]
             place.last, place.seen, place.hits = ts, self._searched - 1, place.hits + 1
