@@ -138,13 +138,15 @@ def run(
     )
 
 
-def device(root: Path, tmp_path: Path, **settings: str | Path) -> Path:
-    """`gpu_job.sh device` with the stand-in python; its $OUT."""
+def device(
+    root: Path, tmp_path: Path, script: str = "training/gpu_job.sh", **settings: str | Path
+) -> Path:
+    """`SCRIPT device` (gpu_job's, or gpu_check's) with the stand-in python; its $OUT."""
     out = tmp_path / "out"
     out.mkdir()
     result = run(
         root,
-        "training/gpu_job.sh",
+        script,
         "device",
         OUT=out,
         PY=root / "python",
@@ -290,18 +292,7 @@ def test_device_keeps_gpu_checks_log_when_the_tests_never_ran(repo: Path, tmp_pa
 
 
 def test_gpu_check_alone_returns_at_most_8_files(repo: Path, tmp_path: Path) -> None:
-    out = tmp_path / "out"
-    out.mkdir()
-    result = run(
-        repo,
-        "bench/gpu_check.sh",
-        "device",
-        OUT=out,
-        PY=repo / "python",
-        SITE=tmp_path / "site",
-        BENCH_DIR=tmp_path / "bench",
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+    out = device(repo, tmp_path, "bench/gpu_check.sh", BENCH_DIR=tmp_path / "bench")
     assert {p.name for p in out.iterdir()} == {"env.txt", "pytest_gpu.log", "bench.tar"}
     with tarfile.open(out / "bench.tar") as tar:
         assert {Path(n).name for n in tar.getnames() if n != "."} == BENCH_FILES
