@@ -22,6 +22,7 @@ import socket
 import ssl
 import time
 from dataclasses import dataclass, field
+from typing import NamedTuple
 from urllib.parse import SplitResult, quote, unquote, urlsplit
 
 from daemon.config_file import redact_url
@@ -33,20 +34,38 @@ _CHALLENGE = re.compile(r'(\w+)="?([^",]*)"?')
 UNREADABLE = "the URL cannot be read (a bracket left open, or no port number after the host's ':')"
 
 
+class _Camera(NamedTuple):
+    parts: SplitResult
+    scheme: str  # rtsp, http or https
+    host: str
+    port: int
+    netloc: str  # HOST:PORT, as the messages name it
+
+
+def _camera(url: str) -> _Camera | str | None:
+    """The camera an ``rtsp://`` or ``http(s)://`` URL names; UNREADABLE when the URL cannot
+    be read (its text may hold the password: not repeated), None for another scheme."""
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        return UNREADABLE
+    scheme = parts.scheme.lower()
+    if not host or scheme not in DEFAULT_PORTS:
+        return None
+    port = port if port is not None else DEFAULT_PORTS[scheme]
+    netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return _Camera(parts, scheme, host, port, netloc)
+
+
 def stream_problem(url: str, timeout_s: float = TIMEOUT_S) -> str | None:
     """What is wrong with a camera's ``rtsp://`` or ``http(s)://`` URL, or None when the
     camera serves it (or another scheme): then the cause lies elsewhere (e.g. the video).
     Each answer is waited for ``timeout_s`` in all, however slowly the camera sends it."""
-    try:
-        parts = urlsplit(url)
-        host, port = parts.hostname, parts.port
-    except ValueError:  # its text may hold the password: not repeated
-        return UNREADABLE
-    scheme = parts.scheme.lower()
-    if not host or scheme not in ("rtsp", "http", "https"):
-        return None
-    port = port if port is not None else DEFAULT_PORTS[scheme]
-    netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    camera = _camera(url)
+    if not isinstance(camera, _Camera):
+        return camera
+    parts, scheme, host, port, netloc = camera
     password = unquote(parts.password or "")
     try:
         if scheme == "rtsp":
@@ -70,16 +89,10 @@ def silent_stream(url: str, timeout_s: float = TIMEOUT_S) -> str | None:
     checked. A 401, a redirect, a refused handshake are answers: OpenCV may still open what
     this cannot (Digest authentication, a self-signed certificate); ``stream_problem`` says
     why when it does not."""
-    try:
-        parts = urlsplit(url)
-        host, port = parts.hostname, parts.port
-    except ValueError:
-        return UNREADABLE
-    scheme = parts.scheme.lower()
-    if not host or scheme not in DEFAULT_PORTS:
-        return None
-    port = port if port is not None else DEFAULT_PORTS[scheme]
-    netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    camera = _camera(url)
+    if not isinstance(camera, _Camera):
+        return camera
+    parts, scheme, host, port, netloc = camera
     if scheme == "rtsp":
         request = f"OPTIONS rtsp://{netloc}{_path(parts)} RTSP/1.0\r\nCSeq: 1\r\n\r\n"
     else:
