@@ -183,7 +183,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="store the threshold even when there are too few impostor trials to measure "
         "--target-far (fewer than 1 / target: by default nothing is stored then, since the "
         "threshold would be the distance between the two closest people, which strangers "
-        f"pass), or when it would turn away more than {MAX_STORED_FRR:.0%} of the enrolled "
+        f"pass), or when it would turn away more than {MAX_STORED_FRR:.0%}% of the enrolled "
         "people's own faces",
     )
 

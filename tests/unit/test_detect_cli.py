@@ -256,11 +256,12 @@ def test_a_crowded_image_lists_its_first_scores_only(shared_data, capsys) -> Non
 
 def test_every_command_and_option_explains_itself() -> None:
     """`facewatch COMMAND [SUBCOMMAND] --help` of every command (train's too) says what it
-    does, and every option has a help line."""
+    does, every option has a help line, and the help prints (a bare % in it is a traceback)."""
     from daemon.cli import build_parser
 
     def walk(parser: argparse.ArgumentParser, name: str) -> list[str]:
         bare = [] if parser.description or name == "facewatch" else [f"{name}: no description"]
+        parser.format_help()
         for action in parser._actions:
             if isinstance(action, argparse._SubParsersAction):
                 for sub_name, sub in action.choices.items():
