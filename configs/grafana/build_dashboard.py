@@ -196,10 +196,12 @@ def pipeline_row() -> list[Panel]:
         graph(
             "Faces per second",
             "short",
-            "Faces found by MTCNN, faces dropped in the camera's ignore regions, and faces run "
+            "Faces found by MTCNN, faces dropped in the camera's ignore regions, faces too "
+            "small to recognise (under recognition.min_face_px: named nobody), and faces run "
             "through FaceNet, per camera.",
             (named(f"rate(facewatch_faces_detected_total{{{CAM}}}{RATE})"), f"{CAMERA} detected"),
             (named(f"rate(facewatch_faces_ignored_total{{{CAM}}}{RATE})"), f"{CAMERA} ignored"),
+            (named(f"rate(facewatch_faces_too_small_total{{{CAM}}}{RATE})"), f"{CAMERA} too small"),
             (named(f"rate(facewatch_faces_embedded_total{{{CAM}}}{RATE})"), f"{CAMERA} embedded"),
         ),
     ]
@@ -271,9 +273,12 @@ def recognition_row() -> list[Panel]:
 def mqtt_row() -> list[Panel]:
     return [
         state(
-            "MQTT connected",
-            "1 while connected to the broker; events spool on disk while it is 0.",
-            (named(f"facewatch_mqtt_connected{{{NODE}}}"), "{{node}}"),
+            "MQTT connected, refused",
+            "connected: 1 while connected to the broker; events spool on disk while it is 0. "
+            "refused: 1 while the broker's ACL refuses the events (MQTT 5): connected, but they "
+            "wait in the spool and no subscriber gets them.",
+            (named(f"facewatch_mqtt_connected{{{NODE}}}"), "{{node}} connected"),
+            (named(f"facewatch_mqtt_refused{{{NODE}}}"), "{{node}} refused"),
         ),
         graph(
             "Spool depth",
