@@ -18,7 +18,7 @@ from urllib.parse import unquote
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from daemon.config import Config, ConfigError, Section
+from daemon.config import CameraConfig, Config, ConfigError, Section
 
 _REFERENCE = re.compile(r"\$\{(credential:)?([A-Za-z_][A-Za-z0-9_.-]*)\}")
 _ANY_REFERENCE = re.compile(r"\$\{[^}]*\}")
@@ -152,6 +152,9 @@ def redact_url(text: str) -> str:
 def _explain(error: dict[str, Any]) -> str:
     kind, loc, ctx = error["type"], error["loc"], error.get("ctx") or {}
     if kind == "extra_forbidden":
+        if loc[0] != "cameras" and str(loc[-1]) in _keys_beside(loc, CameraConfig):
+            where = ".".join(str(part) for part in loc)
+            return f"unknown key here: it is set per camera, as cameras[].{where}"
         close = difflib.get_close_matches(str(loc[-1]), _keys_beside(loc), n=1)
         return "unknown key" + (f" (did you mean {close[0]}?)" if close else "")
     if kind == "missing":
@@ -176,9 +179,10 @@ def _explain(error: dict[str, Any]) -> str:
     return f"{message}{shown}"
 
 
-def _keys_beside(loc: tuple[int | str, ...]) -> list[str]:
-    """The keys of the section that holds ``loc``'s last key (for "did you mean")."""
-    section: type[Section] | None = Config
+def _keys_beside(loc: tuple[int | str, ...], root: type[Section] = Config) -> list[str]:
+    """The keys of the section that holds ``loc``'s last key (for "did you mean"), with
+    ``loc`` read from ``root``."""
+    section: type[Section] | None = root
     for item in loc[:-1]:
         if isinstance(item, int):
             continue
