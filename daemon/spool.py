@@ -250,10 +250,9 @@ class Spool:
     def __len__(self) -> int:
         return self._count
 
-    def append(
-        self, topic: str, payload: bytes, qos: int = 1, retain: bool = False, kind: str = "raw"
-    ) -> int:
-        """Store one message; returns how many old messages were dropped to make room."""
+    def append(self, topic: str, payload: bytes, kind: str = "raw") -> int:
+        """Store one message (sent with QoS 1, not retained); returns how many old messages
+        were dropped to make room."""
         with self._lock:
             dropped = 0
             if self._count >= self.max_messages:
@@ -272,8 +271,8 @@ class Spool:
                     )
                     self._next_drop_log = time.monotonic() + 60.0
             self._db.execute(
-                "INSERT INTO messages (topic, payload, qos, retain, kind) VALUES (?, ?, ?, ?, ?)",
-                (topic, payload, qos, int(retain), kind),
+                "INSERT INTO messages (topic, payload, qos, retain, kind) VALUES (?, ?, 1, 0, ?)",
+                (topic, payload, kind),
             )
             self._count += 1
             return dropped
