@@ -467,6 +467,7 @@ class CameraReader(threading.Thread):
             if not capture.grab():  # decoded; converted to BGR only when it is kept
                 return decoded
             decoded += 1
+            metrics.FRAMES_DECODED.labels(self.config.name).inc()
             if self.stuck is None:
                 self._set_up(True)
             now = time.monotonic()  # the schedule; the frame's time is the wall clock's

@@ -55,6 +55,11 @@ CAMERA_DISCONNECTS = Counter(
     "down); one for a camera that then stays down, however often it is retried",
     ["camera"],
 )
+FRAMES_DECODED = Counter(
+    "facewatch_frames_decoded_total",
+    "frames the camera's stream delivered (decoded), before the camera's fps keeps some",
+    ["camera"],
+)
 FRAMES_READ = Counter(
     "facewatch_frames_read_total", "frames decoded and kept after fps decimation", ["camera"]
 )
@@ -194,6 +199,7 @@ def init(node: str, cameras: list[str], backend: str, model_id: str, mqtt: bool 
         for family in (
             CAMERA_RECONNECTS,
             CAMERA_DISCONNECTS,
+            FRAMES_DECODED,
             FRAMES_READ,
             FRAMES_PROCESSED,
             FRAMES_DROPPED,

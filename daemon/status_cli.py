@@ -71,6 +71,7 @@ def register(commands: Any) -> None:
 class Camera:
     name: str
     up: bool
+    decoded_fps: float  # what its stream sends (a rate far above read_fps: decoding for nothing)
     read_fps: float
     searched_fps: float
     still_fps: float
@@ -253,6 +254,7 @@ def read_status(where: MetricsUrl, interval_s: float) -> Status:
             Camera(
                 name=c,
                 up=value("facewatch_camera_up", camera=c) == 1,
+                decoded_fps=rate("facewatch_frames_decoded_total", c),
                 read_fps=rate("facewatch_frames_read_total", c),
                 searched_fps=rate("facewatch_frames_processed_total", c),
                 still_fps=rate("facewatch_frames_still_total", c),
@@ -287,11 +289,13 @@ def print_table(status: Status) -> None:
     print(f"  MQTT {mqtt}, {status.spooled} message(s) spooled")
     width = max([len("camera")] + [len(c.name) for c in status.cameras])
     print(
-        f"  {'camera':<{width}}  state  read/s  searched/s  still/s  dropped/s  faces/s  reconnects"
+        f"  {'camera':<{width}}  state  decoded/s  read/s  searched/s  still/s  dropped/s  "
+        "faces/s  reconnects"
     )
     for c in status.cameras:
         print(
-            f"  {c.name:<{width}}  {'up' if c.up else 'DOWN':<5}  {c.read_fps:6.1f}  "
+            f"  {c.name:<{width}}  {'up' if c.up else 'DOWN':<5}  {c.decoded_fps:9.1f}  "
+            f"{c.read_fps:6.1f}  "
             f"{c.searched_fps:10.1f}  {c.still_fps:7.1f}  {c.dropped_fps:9.1f}  "
             f"{c.faces_per_s:7.1f}  {c.reconnects:10d}"
         )

@@ -563,6 +563,8 @@ def test_rtsp_server_restart_reconnects_while_the_other_camera_goes_on(
         assert any(why in status["problems"][0] for why in ("stalled", "cannot open")), status
         by_name = {c["name"]: c for c in status["cameras"]}
         assert by_name["cam1"]["up"] and by_name["cam1"]["read_fps"] > 2
+        # the stream sends 25 frames a second, of which the camera's fps keeps 5
+        assert by_name["cam1"]["decoded_fps"] > 2 * by_name["cam1"]["read_fps"], status
         assert not by_name["solo"]["up"] and by_name["solo"]["read_fps"] == 0
         assert status["mqtt"] == "connected"
         before = daemon.metric('facewatch_frames_processed_total{camera="cam1"}')
