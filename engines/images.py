@@ -66,7 +66,8 @@ def write_image(path: str | Path, bgr: np.ndarray, params: tuple[int, ...] = ())
 
 
 def read_image(path: str) -> np.ndarray:
-    """Read an image file as 8-bit BGR; raises ImageError naming the file."""
+    """Read an image file as 8-bit BGR, turned the way a photo viewer shows it (the EXIF
+    orientation applied); raises ImageError naming the file."""
     try:
         data = np.fromfile(path, dtype=np.uint8)
     except OSError as exc:
@@ -76,7 +77,10 @@ def read_image(path: str) -> np.ndarray:
     if _is_truncated(data):
         raise ImageError(f"{path}: truncated image file (the end of the image data is missing)")
     try:
-        image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+        # Not IMREAD_UNCHANGED: that is the one mode that ignores the EXIF orientation (a
+        # phone's portrait photo is stored sideways). These flags keep 16-bit and grey
+        # pixels as they are and drop alpha, as as_bgr8 would.
+        image = cv2.imdecode(data, cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
     except cv2.error as exc:  # e.g. more pixels than OpenCV decodes (CV_IO_MAX_IMAGE_PIXELS)
         reason = str(exc).strip().splitlines()[-1]
         raise ImageError(f"{path}: cannot decode: {reason}") from None

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
+from engines.facenet import FaceNet
 from engines.images import ImageError, as_bgr8, read_image
 
 
@@ -39,6 +41,51 @@ def test_16_bit_png_is_scaled_to_8_bit(photo, tmp_path):
     image = read_image(str(path))
     assert image.dtype == np.uint8
     assert np.array_equal(image, photo)
+
+
+def _with_orientation(jpeg: bytes, orientation: int) -> bytes:
+    """``jpeg`` with the EXIF segment a phone writes, holding only the Orientation tag."""
+    tiff = b"MM\x00\x2a\x00\x00\x00\x08"  # big-endian TIFF header, first IFD at 8
+    tiff += struct.pack(">HHHIHH", 1, 0x0112, 3, 1, orientation, 0) + bytes(4)
+    app1 = b"Exif\x00\x00" + tiff
+    return jpeg[:2] + b"\xff\xe1" + struct.pack(">H", len(app1) + 2) + app1 + jpeg[2:]
+
+
+def _largest_face(detector, facenet: FaceNet, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The largest face's landmarks (5, 2) and embedding."""
+    found = detector.detect([image])[0]
+    assert len(found) > 0, "no face found"
+    box = found.bbox_xyxy
+    k = int(np.argmax((box[:, 2] - box[:, 0]) * (box[:, 3] - box[:, 1])))
+    return found.landmarks[k], facenet.embed_faces(image, found)[k]
+
+
+@pytest.mark.parametrize(
+    ("orientation", "stored"),
+    [(6, cv2.ROTATE_90_COUNTERCLOCKWISE), (8, cv2.ROTATE_90_CLOCKWISE), (3, cv2.ROTATE_180)],
+)
+def test_a_phone_photo_is_read_upright_by_its_exif_orientation(
+    shared_data, shipped_model, detector, tmp_path, orientation, stored
+):
+    """Phones store a portrait as landscape pixels plus an EXIF Orientation; every viewer
+    shows it upright, and so must enroll, identify and detect (sideways, the face was not
+    found, or enrolled as a face that matched strangers)."""
+    upright_path = shared_data / "images" / "obama.jpg"
+    upright = read_image(str(upright_path))
+    ok, stored_jpeg = cv2.imencode(
+        ".jpg", cv2.rotate(upright, stored), [cv2.IMWRITE_JPEG_QUALITY, 95]
+    )
+    assert ok
+    path = tmp_path / f"IMG_000{orientation}.jpg"
+    path.write_bytes(_with_orientation(stored_jpeg.tobytes(), orientation))
+    image = read_image(str(path))
+    assert image.shape == upright.shape
+    facenet = FaceNet.load(shipped_model, threads=2)
+    landmarks, embedding = _largest_face(detector, facenet, image)
+    eyes_y, mouth_y = landmarks[:2, 1].max(), landmarks[3:, 1].min()
+    assert eyes_y < landmarks[2, 1] < mouth_y  # eyes above the nose above the mouth
+    _, expected = _largest_face(detector, facenet, upright)
+    assert float(embedding @ expected) >= 0.99
 
 
 @pytest.mark.parametrize(
