@@ -74,13 +74,14 @@ def read_image(path: str) -> np.ndarray:
         raise ImageError(f"{path}: cannot read: {exc.strerror or exc}") from None
     if data.size == 0:
         raise ImageError(f"{path}: empty file")
-    if _is_truncated(data):
+    end = _image_end(data)
+    if end is None:
         raise ImageError(f"{path}: truncated image file (the end of the image data is missing)")
     try:
         # Not IMREAD_UNCHANGED: that is the one mode that ignores the EXIF orientation (a
         # phone's portrait photo is stored sideways). These flags keep 16-bit and grey
         # pixels as they are and drop alpha, as as_bgr8 would.
-        image = cv2.imdecode(data, cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
+        image = cv2.imdecode(data[:end], cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
     except cv2.error as exc:  # e.g. more pixels than OpenCV decodes (CV_IO_MAX_IMAGE_PIXELS)
         reason = str(exc).strip().splitlines()[-1]
         raise ImageError(f"{path}: cannot decode: {reason}") from None
@@ -92,18 +93,57 @@ def read_image(path: str) -> np.ndarray:
         raise ImageError(f"{path}: {exc}") from None
 
 
-def _is_truncated(data: np.ndarray) -> bool:
-    """JPEG without its end-of-image marker, or PNG without its IEND chunk.
-
-    Decoders return a half-grey picture for such files instead of failing.
-    """
+def _image_end(data: np.ndarray) -> int | None:
+    """Where the image in ``data`` ends: None for a JPEG or PNG cut short, which decoders
+    return as a half-grey picture instead of failing. Whatever follows the end (a motion
+    photo's video, a phone's trailer, zero padding) is not the image's."""
     head = data[:8].tobytes()
-    tail = data[-4096:].tobytes()
     if head.startswith(b"\xff\xd8"):
-        return b"\xff\xd9" not in tail
-    if head.startswith(b"\x89PNG"):
-        return b"IEND" not in tail
-    return False
+        return _jpeg_end(data)
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return _png_end(data)
+    return len(data)
+
+
+def _jpeg_end(data: np.ndarray) -> int | None:
+    """Offset just past a JPEG's end-of-image marker (FF D9), or None when the file ends
+    before it. Segments are skipped by their lengths, so the end of the EXIF thumbnail (a
+    JPEG inside the first segment) is not taken for the photo's."""
+    # Every FF that starts a marker. Inside a scan's coded data an FF is followed by 00 (a
+    # stuffed byte) or by a restart marker D0-D7, so the first of these after a scan's
+    # header is where its data ends.
+    ff = np.flatnonzero(data[:-1] == 0xFF)
+    follower = data[ff + 1]
+    restart = (follower >= 0xD0) & (follower <= 0xD7)
+    markers = ff[(follower != 0x00) & (follower != 0xFF) & ~restart]
+    pos = 2
+    while True:
+        k = int(np.searchsorted(markers, pos))
+        if k == len(markers):
+            return None
+        pos = int(markers[k])
+        code = int(data[pos + 1])
+        if code == 0xD9:
+            return pos + 2
+        if code in (0x01, 0xD8):  # markers without a segment
+            pos += 2
+        elif pos + 4 > len(data):
+            return None
+        else:
+            pos += 2 + (int(data[pos + 2]) << 8 | int(data[pos + 3]))
+
+
+def _png_end(data: np.ndarray) -> int | None:
+    """Offset just past a PNG's IEND chunk, walking the chunks by their lengths; None
+    when the file ends before it."""
+    pos = 8
+    while pos + 8 <= len(data):
+        length = int.from_bytes(data[pos : pos + 4].tobytes(), "big")
+        kind = data[pos + 4 : pos + 8].tobytes()
+        pos += 12 + length  # length, type, data, CRC
+        if kind == b"IEND":
+            return pos if pos <= len(data) else None
+    return None
 
 
 def integral_image(image: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:

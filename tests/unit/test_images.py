@@ -107,9 +107,63 @@ def test_truncated_jpeg_is_refused(shared_data, tmp_path):
     data = (shared_data / "images" / "obama.jpg").read_bytes()
     path = tmp_path / "cut.jpg"
     path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(ImageError, match="truncated") as info:
+    with pytest.raises(ImageError, match="truncated image file") as info:
         read_image(str(path))
     assert "cut.jpg" in str(info.value)
+
+
+def _encoded(photo: np.ndarray, suffix: str, params: tuple[int, ...] = ()) -> bytes:
+    ok, data = cv2.imencode(suffix, photo, list(params))
+    assert ok
+    return data.tobytes()
+
+
+@pytest.mark.parametrize(
+    ("suffix", "params"),
+    [(".jpg", ()), (".jpg", (cv2.IMWRITE_JPEG_PROGRESSIVE, 1)), (".png", ())],
+)
+def test_an_image_cut_anywhere_is_refused_as_truncated(photo, tmp_path, suffix, params):
+    """A JPEG or PNG cut short decodes to a half-grey picture in some OpenCV builds: it
+    is refused wherever the cut falls, even one byte before the end."""
+    data = _encoded(photo, suffix, params)
+    for cut in (len(data) // 10, len(data) // 2, len(data) * 9 // 10, len(data) - 2, len(data) - 1):
+        path = tmp_path / f"cut{cut}{suffix}"
+        path.write_bytes(data[:cut])
+        with pytest.raises(ImageError, match="truncated image file"):
+            read_image(str(path))
+
+
+def test_a_cut_jpeg_whose_exif_thumbnail_survives_is_refused(photo, tmp_path):
+    """The EXIF thumbnail is a whole JPEG inside the photo's first segment: its end is
+    not taken for the photo's."""
+    thumbnail = _encoded(cv2.resize(photo, (40, 30)), ".jpg")
+    exif = b"Exif\x00\x00" + thumbnail
+    data = _encoded(photo, ".jpg")
+    data = data[:2] + b"\xff\xe1" + (len(exif) + 2).to_bytes(2, "big") + exif + data[2:]
+    path = tmp_path / "cut.jpg"
+    path.write_bytes(data[: len(thumbnail) + 3000])
+    with pytest.raises(ImageError, match="truncated image file"):
+        read_image(str(path))
+
+
+@pytest.mark.parametrize(
+    ("suffix", "trailer"),
+    [
+        # a Pixel or Samsung motion photo: the JPEG, then its video (marker-like bytes too)
+        (".jpg", b"\x00\x00\x00\x18ftypmp42\xff\xd8\xff\xd9" + bytes(range(256)) * 40),
+        (".jpg", bytes(8192)),  # zero padding (card recovery, some cameras)
+        (".png", b"\x00\x00\x00\x00IEND" + bytes(8192)),  # bytes after IEND
+    ],
+)
+def test_data_after_the_image_end_is_not_taken_for_damage(photo, tmp_path, suffix, trailer):
+    """Phones append a video or a trailer after the image's end, and viewers show the
+    photo: so does read_image (such files were refused as truncated)."""
+    data = _encoded(photo, suffix)
+    path = tmp_path / f"PXL_MP{suffix}"
+    path.write_bytes(data + trailer)
+    plain = tmp_path / f"plain{suffix}"
+    plain.write_bytes(data)
+    assert np.array_equal(read_image(str(path)), read_image(str(plain)))
 
 
 def test_missing_file_names_the_file(tmp_path):
