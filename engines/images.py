@@ -14,7 +14,8 @@ class ImageError(ValueError):
 
 
 def as_bgr8(image: np.ndarray) -> np.ndarray:
-    """Grayscale, BGRA and 16-bit images become 8-bit BGR; a 3-channel uint8 image is returned as is."""
+    """Grayscale, BGRA and 16-bit images become 8-bit BGR (16-bit ones scaled by the bits
+    their brightest pixel uses); a 3-channel uint8 image is returned as is."""
     if not isinstance(image, np.ndarray):
         raise ImageError(f"expected a numpy array, got {type(image).__name__}")
     if image.ndim == 2:
@@ -24,7 +25,10 @@ def as_bgr8(image: np.ndarray) -> np.ndarray:
     if image.shape[0] == 0 or image.shape[1] == 0:
         raise ImageError(f"image is empty ({image.shape[1]}x{image.shape[0]} pixels)")
     if image.dtype == np.uint16:
-        image = (image >> 8).astype(np.uint8)
+        # 10-, 12- or 14-bit data (raw converters, scientific cameras), or 0-255 values, are
+        # stored in 16 bits too: keep the top 8 of the bits in use, not of all 16 (near black).
+        shift = max(int(image.max()).bit_length() - 8, 0)
+        image = (image >> shift).astype(np.uint8)
     elif image.dtype != np.uint8:
         raise ImageError(f"expected uint8 or uint16 pixels, got {image.dtype}")
     channels = image.shape[2]

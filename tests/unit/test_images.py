@@ -35,9 +35,13 @@ def test_rgba_png_drops_alpha(shared_data):
     assert np.array_equal(image, raw[..., :3])
 
 
-def test_16_bit_png_is_scaled_to_8_bit(photo, tmp_path):
+@pytest.mark.parametrize("scale", [257, 16, 4, 1], ids=["16-bit", "12-bit", "10-bit", "0-255"])
+def test_16_bit_png_is_scaled_to_8_bit(photo, tmp_path, scale):
+    """Full-range 16-bit pixels, and 12- or 10-bit data or 0-255 values stored in 16 bits
+    (which came out near black: no face found), all give the 8-bit photo."""
+    assert photo.max() == 255
     path = tmp_path / "deep.png"
-    cv2.imwrite(str(path), photo.astype(np.uint16) * 257)
+    cv2.imwrite(str(path), photo.astype(np.uint16) * scale)
     image = read_image(str(path))
     assert image.dtype == np.uint8
     assert np.array_equal(image, photo)
