@@ -21,6 +21,7 @@ from daemon.journal import print_error
 from engines import BACKENDS, EngineError
 from engines.base import bounds_text
 from engines.detectors import load_detector
+from engines.image_files import PHOTO_SUFFIXES, folder_files
 from engines.images import ImageError, cv_path, read_image, shown, write_image
 from engines.loader import THREAD_BOUNDS, cpu_threads, default_models_dir
 from engines.mtcnn import (
@@ -34,8 +35,7 @@ from engines.mtcnn import (
 
 logger = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".pgm", ".ppm", ".gif"}
-VIDEO_SUFFIXES = {".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v", ".ts"}
+VIDEO_SUFFIXES = frozenset({".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v", ".ts"})
 
 
 def progress_wanted(args: argparse.Namespace) -> bool:
@@ -228,23 +228,22 @@ class VideoError(RuntimeError):
 
 def _expand(paths: list[Path], summary: Summary) -> Iterator[tuple[Path, Path]]:
     """(file, its ``input_name``): files as given; folders become their images and videos,
-    sorted."""
+    sorted, as every command walks a folder (``engines.image_files``)."""
     for path in paths:
         if path.is_dir():
-            found = sorted(
-                p
-                for p in path.rglob("*")
-                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES
-            )
-            if not found:
+            walk = folder_files(path, PHOTO_SUFFIXES | VIDEO_SUFFIXES)
+            note = walk.note(path)
+            if note:
+                print(f"note: {shown(note)}", file=sys.stderr)
+            if not walk.files:
                 why = (
                     f"{path}: folder holds no images or videos (a folder's files are taken by "
-                    f"their extension: {', '.join(sorted(IMAGE_SUFFIXES | VIDEO_SUFFIXES))}; "
+                    f"their extension: {', '.join(sorted(PHOTO_SUFFIXES | VIDEO_SUFFIXES))}; "
                     "name a file to read it whatever its name)"
                 )
                 summary.errors.append(why)
                 print_error(f"{why}")
-            yield from ((p, input_name(path, p)) for p in found)
+            yield from ((p, input_name(path, p)) for p in walk.files)
         elif path.exists():
             yield path, input_name(path, path)
         else:

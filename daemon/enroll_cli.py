@@ -48,11 +48,12 @@ from daemon.recognition import (
     look_alikes,
     unlike_faces,
 )
-from daemon.recognition_cli import Models, add_model_options, is_hidden, load_models, photo_files
+from daemon.recognition_cli import Models, add_model_options, load_models, photo_files
 from daemon.stream_probe import peer_text
 from engines import EngineError
 from engines.base import brief, file_sha256, finite_number
 from engines.facenet import FaceNet, starting_threshold
+from engines.image_files import is_hidden
 from engines.images import ImageError, read_image, shown
 
 PATH_CHARS = 4096  # a path is shown whole (Linux's longest), only its control characters hidden
@@ -79,9 +80,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--dir",
         type=Path,
-        help="folder of per-person sub-folders (name = folder; the photos anywhere inside it; "
-        "hidden and @ folders such as .thumbnails and @eaDir are skipped; not the face "
-        "archive's folders: enroll its visits with --name)",
+        help="folder of per-person sub-folders (name = folder; the photos anywhere "
+        "inside it, symlinked folders too; hidden and @ folders such as .thumbnails and @eaDir "
+        "are skipped; not the face archive's folders: enroll its visits with --name)",
     )
     p.add_argument("--largest", action="store_true", help="several faces: enroll the largest")
     p.add_argument(

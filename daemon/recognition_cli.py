@@ -21,15 +21,17 @@ import numpy as np
 from tqdm import tqdm
 
 from daemon import gallery_cli
+from daemon.archive_files import VISIT_FILE
 from daemon.cli_args import number
 from daemon.config import ConfigError
-from daemon.detect_cli import IMAGE_SUFFIXES, Outputs, input_name, progress_wanted, put_label
+from daemon.detect_cli import Outputs, input_name, progress_wanted, put_label
 from daemon.gallery import Gallery, GalleryError, Match
 from daemon.journal import print_error
 from engines import BACKENDS, EngineError
 from engines.detectors import load_facenet
 from engines.facenet import FaceNet
-from engines.images import ImageError, read_image, write_image
+from engines.image_files import folder_files
+from engines.images import ImageError, read_image, shown, write_image
 from engines.loader import (
     PRECISIONS,
     THREAD_BOUNDS,
@@ -167,24 +169,18 @@ def load_models(args: argparse.Namespace) -> Models:
     return Models(detector, facenet)
 
 
-def is_hidden(name: str) -> bool:
-    """Dot files and folders, macOS's ._ files, a NAS's @eaDir: never people or photos."""
-    return name.startswith((".", "@"))
-
-
 def photo_files(path: Path) -> list[Path]:
-    """A file as given; a folder's images at any depth (not in hidden folders), sorted. A
-    folder without any is kept, to be reported as a rejected image."""
+    """A file as given; a folder's photos at any depth (as ``engines.image_files`` walks
+    it), sorted, with a note of the files left out by their extension. A folder without any
+    is kept, to be reported as a rejected image."""
     if not path.is_dir():
         return [path]
-    found = sorted(
-        p
-        for p in path.rglob("*")
-        if p.suffix.lower() in IMAGE_SUFFIXES
-        and not any(is_hidden(part) for part in p.relative_to(path).parts)
-        and p.is_file()
-    )
-    return found or [path]
+    walk = folder_files(path)
+    walk.left_out = [p for p in walk.left_out if p.name != VISIT_FILE]  # a face archive visit's
+    note = walk.note(path)
+    if note:
+        tqdm.write(f"note: {shown(note)}", file=sys.stderr)
+    return walk.files or [path]
 
 
 # -- identify -----------------------------------------------------------------------------

@@ -8,6 +8,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from engines.image_files import undecodable_reason
+
 
 class ImageError(ValueError):
     """An image that cannot be used; the message says why."""
@@ -90,7 +92,7 @@ def read_image(path: str) -> np.ndarray:
         reason = str(exc).strip().splitlines()[-1]
         raise ImageError(f"{path}: cannot decode: {reason}") from None
     if image is None:
-        raise ImageError(f"{path}: not a readable image (corrupt, truncated or unknown format)")
+        raise ImageError(f"{path}: {undecodable_reason(path, data[:16].tobytes())}")
     try:
         return as_bgr8(image)
     except ImageError as exc:

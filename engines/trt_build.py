@@ -31,6 +31,7 @@ from engines.build import (
     ShapeProfile,
     model_profiles,
 )
+from engines.image_files import IMAGE_SUFFIXES, folder_files
 from engines.images import ImageError, read_image
 from engines.plan_cache import (
     CachePaths,
@@ -53,8 +54,6 @@ from engines.tensorrt import (
 )
 
 logger = logging.getLogger(__name__)
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".ppm", ".webp")
 
 
 def parser_errors(parser: Any) -> list[str]:
@@ -109,7 +108,7 @@ def calibration_batches(
     root = Path(folder)
     if not root.is_dir():
         raise BuildError(f"{root}: calibration folder not found")
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)[:limit]
+    files = folder_files(root, IMAGE_SUFFIXES).files[:limit]
     images = []
     for path in files:
         try:

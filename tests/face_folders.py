@@ -1,7 +1,9 @@
-"""Tiny folder-per-identity datasets of real CelebA photos (../shared/data/celeba), linked."""
+"""Tiny folder-per-identity datasets of real CelebA photos (../shared/data/celeba), linked;
+and a person's folder as it comes off other systems (``messy_folder``)."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -49,3 +51,24 @@ def lfw_pairs(path: Path, header: str, by_fold: bool = True) -> Path:
     body = same[:5] + different[:5] + same[5:] + different[5:] if by_fold else same + different
     path.write_text(header + "\n" + "\n".join(body) + "\n")
     return path
+
+
+def messy_folder(images: Path, root: Path) -> Path:
+    """A person's folder as it comes off a Mac, a Windows download, a NAS and an iPhone."""
+    person = root / "Obama"
+    (person / "@eaDir" / "a.jpg").mkdir(parents=True)  # a Synology NAS's thumbnails
+    (person / ".thumbnails").mkdir()
+    shutil.copy(images / "obama-240p.jpg", person / "a.jpg")
+    shutil.copy(images / "obama2.jpg", person / "download.jfif")  # Chrome/Edge on Windows
+    shutil.copy(images / "biden.jpg", person / "@eaDir" / "a.jpg" / "SYNOPHOTO_THUMB_M.jpg")
+    shutil.copy(images / "biden.jpg", person / ".thumbnails" / "cache.jpg")
+    (person / "._a.jpg").write_bytes(b"\x00\x05\x16\x07Mac OS X" + bytes(4000))  # AppleDouble
+    (person / "IMG_0044.HEIC").write_bytes(b"\x00\x00\x00\x18ftypheic" + bytes(500))
+    (person / "Thumbs.db").write_bytes(bytes(100))
+    (person / "notes.txt").write_text("where these were taken\n")
+    album = root / "shared_album"
+    album.mkdir()
+    shutil.copy(images / "obama3.jpg", album / "x.jpg")
+    (person / "album").symlink_to(album)  # a symlinked folder: walked
+    (album / "loop").symlink_to(root)  # a link back up the tree: walked once
+    return person

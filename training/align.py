@@ -34,7 +34,7 @@ from engines.align import (
 from engines.base import ModelMetadata, bounds_text, within
 from engines.images import ImageError, read_image, write_image
 from engines.mtcnn import MIN_FACE_SIZE_BOUNDS, MTCNN, MTCNNConfig
-from training.data import DataError, list_images
+from training.data import DataError, identity_folders, list_images
 
 logger = logging.getLogger(__name__)
 
@@ -192,7 +192,7 @@ def _jobs(input_dir: Path, output_dir: Path, random_order: bool) -> list[tuple[P
     if not input_dir.is_dir():
         what = "a file, not a folder" if input_dir.exists() else "input directory not found"
         raise DataError(f"{input_dir}: {what} (expected DIR/<identity>/<image>)")
-    classes = sorted(p for p in input_dir.iterdir() if p.is_dir())
+    classes = identity_folders(input_dir)
     if not classes:
         raise DataError(
             f"{input_dir}: no identity folders (expected {input_dir}/<identity>/<image>)"

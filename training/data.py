@@ -16,14 +16,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from engines.image_files import folder_files, is_hidden
 from engines.images import ImageError, read_image
 from training.choices import STANDARDIZATIONS
 
 logger = logging.getLogger(__name__)
-
-IMAGE_SUFFIXES = frozenset(
-    {".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".ppm", ".tif", ".tiff", ".webp"}
-)
 
 
 class DataError(ValueError):
@@ -42,8 +39,15 @@ class ImageClass:
 
 
 def list_images(folder: Path) -> list[Path]:
-    """Image files directly inside ``folder``, sorted by name."""
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    """The photos directly inside ``folder``, sorted by name, as every command takes a
+    folder's photos (``engines.image_files``: not hidden ones such as macOS's ._x.jpg)."""
+    return folder_files(folder, recursive=False).files
+
+
+def identity_folders(root: Path) -> list[Path]:
+    """The identity folders of a folder-per-identity dataset, sorted: not hidden ones
+    (``.thumbnails``, a NAS's ``@eaDir``), which are never people."""
+    return sorted(p for p in root.iterdir() if p.is_dir() and not is_hidden(p.name))
 
 
 def load_dataset(data_dir: str | Path, min_images: int = 1) -> list[ImageClass]:
@@ -52,12 +56,12 @@ def load_dataset(data_dir: str | Path, min_images: int = 1) -> list[ImageClass]:
     Raises DataError naming the directory when it is missing, has no identity folders, or
     when an identity folder holds no images (unless ``min_images`` > 1 asks to leave small
     identities out). Identities with fewer than ``min_images`` images are left out (with a
-    log line). Hidden folders (``.name``) are not identities.
+    log line). Hidden folders (``.name``, ``@eaDir``) are not identities.
     """
     root = Path(data_dir).expanduser()
     if not root.is_dir():
         raise DataError(f"{root}: dataset directory not found")
-    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    folders = identity_folders(root)
     if not folders:
         raise DataError(f"{root}: no identity folders (expected {root}/<identity>/<image>)")
     classes = []

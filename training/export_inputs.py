@@ -9,14 +9,15 @@ from pathlib import Path
 def parity_crops(folder: Path | None, count: int, size: int) -> object:
     import numpy as np
 
-    from training.data import IMAGE_SUFFIXES, crop_square, load_rgb
+    from engines.image_files import IMAGE_SUFFIXES, folder_files
+    from training.data import crop_square, load_rgb
 
     if folder is None:
         rng = np.random.default_rng(0)
         return rng.integers(0, 256, (count, size, size, 3), dtype=np.uint8)
     if not folder.is_dir():
         raise FileNotFoundError(f"--parity-images {folder}: no such folder")
-    found = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    found = folder_files(folder, IMAGE_SUFFIXES).files
     paths = found[:: max(1, len(found) // count)][:count]  # spread over the folder's people
     if not paths:
         raise FileNotFoundError(f"{folder}: no images for the parity check")

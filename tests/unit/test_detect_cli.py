@@ -16,6 +16,7 @@ import pytest
 
 from daemon.cli import main
 from engines.images import write_image
+from tests.face_folders import messy_folder
 
 
 def run_cli(capsys, *args: str) -> tuple[int, str, str]:
@@ -117,6 +118,23 @@ def test_annotations_keep_the_inputs_tree_and_a_second_run_replaces_them(
             "visits/a/face-1.jpg",
             "visits/b/face-1.jpg",
         ]
+
+
+def test_a_folder_is_walked_as_enroll_walks_it(shared_data, tmp_path, capsys):
+    """detect took a NAS's and a desktop's thumbnails for photos and failed on macOS's ._
+    files, left out .jfif photos and symlinked folders unsaid, and called HEIC corrupt."""
+    person = messy_folder(shared_data / "images", tmp_path)
+    code, out, err = run_cli(capsys, str(person))
+    assert code == 1  # the HEIC photo is not read
+    taken = [line.split(": ")[0] for line in out.splitlines()]
+    assert taken == [str(person / p) for p in ("a.jpg", "album/x.jpg", "download.jfif")]
+    assert f"{person / 'IMG_0044.HEIC'}: HEIC/HEIF photos (an iPhone's default) are not read" in err
+    assert "heif-convert" in err and "eaDir" not in out + err and "._a.jpg" not in err
+    assert (
+        f"note: {person}: left out 1 file(s) that are not photos by their extension: notes.txt"
+        in err
+    )
+    assert "3 file(s)" in err and "1 error(s)" in err
 
 
 def test_a_file_that_is_not_video_is_an_error(tmp_path, capsys):

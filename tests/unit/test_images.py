@@ -107,6 +107,30 @@ def test_unreadable_files_name_the_file(tmp_path, content, message):
     assert str(path) in str(info.value)
 
 
+HEIC_HEAD = b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic"
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("IMG_0001.HEIC", HEIC_HEAD + bytes(5000), "HEIC/HEIF photos .* are not read: convert"),
+        ("IMG_0002.jpg", HEIC_HEAD + bytes(5000), "HEIC/HEIF"),  # by content, whatever its name
+        ("IMG_0003.heif", b"not even an ISO file", "HEIC/HEIF"),
+        ("x.avif", b"\x00\x00\x00\x20ftypavif" + bytes(100), "AVIF photo not decoded"),
+    ],
+)
+def test_heic_and_avif_photos_that_cannot_be_read_say_so_and_how_to_convert(
+    tmp_path, name, content, message
+):
+    """An iPhone's HEIC photo was 'not a readable image (corrupt, truncated or unknown
+    format)': a user would take a good photo for a damaged one."""
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(ImageError, match=message) as info:
+        read_image(str(path))
+    assert str(info.value).startswith(f"{path}: ") and "corrupt" not in str(info.value)
+
+
 def test_truncated_jpeg_is_refused(shared_data, tmp_path):
     data = (shared_data / "images" / "obama.jpg").read_bytes()
     path = tmp_path / "cut.jpg"

@@ -22,6 +22,7 @@ from daemon.cli import main
 from daemon.gallery import Enrollment, Gallery
 from daemon.recognition_cli import Models
 from tests.conftest import REPO
+from tests.face_folders import messy_folder
 
 CELEBA_PEOPLE = 4
 CELEBA_IMAGES = 3
@@ -246,6 +247,26 @@ def test_enroll_folders_names_and_one_photo_one_person(cli, images, shared_data,
     code, _, err = cli("enroll", "--name", "Obama", str(shared_data / "images" / "obama_partial_face.jpg"))  # fmt: skip
     assert code == 1 and "cut off by the photo's edge" in err
     assert [p["name"] for p in json.loads(cli("gallery", "list", "--json", model=False)[1])["identities"]] == ["Ada Lovelace"]  # fmt: skip
+
+
+def test_a_persons_folder_from_a_phone_or_a_nas_takes_every_photo_and_says_what_it_left(
+    cli, shared_data, tmp_path
+) -> None:
+    """.jfif photos and symlinked folders were left out unsaid; a folder of iPhone photos
+    'held no images', and a HEIC photo was called corrupt."""
+    person = messy_folder(shared_data / "images", tmp_path)
+    code, out, err = cli("enroll", "--name", "Obama", str(person))
+    assert code == 1 and "nothing was enrolled" in err
+    assert f"rejected: {person / 'IMG_0044.HEIC'}: HEIC/HEIF photos (an iPhone's default) are not read: convert them to JPEG" in err  # fmt: skip
+    assert f"note: {person}: left out 1 file(s) that are not photos by their extension: notes.txt" in err  # fmt: skip
+    code, out, err = cli("enroll", "--skip-bad", "--allow-mismatch", "--name", "Obama", str(person))
+    assert code == 0, err
+    assert "enrolled 3 new face(s) of 1 person(s)" in out, err  # a.jpg, album/x.jpg, download.jfif
+    iphone = tmp_path / "iphone"
+    iphone.mkdir()
+    shutil.copy(person / "IMG_0044.HEIC", iphone / "IMG_0001.HEIC")
+    code, _, err = cli("identify", str(iphone))
+    assert code == 1 and f"error: {iphone / 'IMG_0001.HEIC'}: HEIC/HEIF photos" in err
 
 
 def test_identify_folders_json_errors_and_annotate_problems(cli, images, tmp_path) -> None:
@@ -580,6 +601,7 @@ def test_a_face_archive_visit_enrolls_its_own_face_not_the_neighbours(
 
     code, out, err = cli("enroll", "--name", "Small", str(visit))
     assert code == 0, err
+    assert "note:" not in err  # neither its visit.json left out nor the other face
     code, out, _ = cli("identify", "--json", str(images["two"]))
     faces = json.loads(out)["faces"]
     nearest = min(faces, key=lambda f: f["distance"])

@@ -121,6 +121,27 @@ def test_a_resumed_align_lists_the_images_an_earlier_run_found_no_face_in(
     ]
 
 
+def test_align_takes_the_folders_and_photos_enroll_takes(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """A NAS's @eaDir became an identity of the aligned set, and macOS's ._ files were
+    listed as unreadable images."""
+    import cv2
+
+    from engines.mtcnn import MTCNN
+
+    monkeypatch.setattr(MTCNN, "load", staticmethod(lambda *a, **k: _FakeMtcnn()))
+    raw, out = _raw_folder(tmp_path / "raw"), tmp_path / "out"
+    (raw / "ann" / "._a.png").write_bytes(b"\x00\x05\x16\x07Mac OS X" + bytes(100))
+    for junk in ("@eaDir/a.png", ".thumbnails/a.png", "ann/@eaDir/a.png"):
+        (raw / junk).parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(raw / junk), np.full((100, 100, 3), 7, np.uint8))
+    assert cli(["align", str(raw), str(out), "--image-size", "32"]) == 0
+    summary = capsys.readouterr().out.splitlines()[0]
+    assert summary.startswith("images: 2, aligned now: 1,") and summary.endswith("unreadable: 0")
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["ann"]
+
+
 def _not_checkpoints(tmp_path: Path) -> list[Path]:
     import sqlite3
 

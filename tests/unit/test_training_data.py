@@ -39,6 +39,20 @@ def test_missing_dataset_and_no_identities(tmp_path) -> None:
         load_dataset(tmp_path)
 
 
+def test_a_nas_or_mac_folders_thumbnails_are_no_identity_and_no_image(tmp_path) -> None:
+    """A Synology NAS's @eaDir was trained on as a person, macOS's ._ files as images."""
+    _face_png(tmp_path / "anna" / "1.png")
+    jfif = tmp_path / "anna" / "photo.jfif"  # a JPEG as Windows browsers name it
+    jfif.write_bytes((tmp_path / "anna" / "1.png").read_bytes())
+    (tmp_path / "anna" / "._1.png").write_bytes(b"\x00\x05\x16\x07Mac OS X" + bytes(100))
+    _face_png(tmp_path / "@eaDir" / "1.png")
+    _face_png(tmp_path / ".thumbnails" / "1.png")
+    dataset = load_dataset(tmp_path)
+    assert [(c.name, [p.name for p in c.image_paths]) for c in dataset] == [
+        ("anna", ["1.png", "photo.jfif"])
+    ]
+
+
 def test_corrupt_image_is_named_and_a_run_goes_on_with_another_of_its_identity(
     tmp_path, caplog
 ) -> None:
