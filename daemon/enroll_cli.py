@@ -80,7 +80,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--dir",
         type=Path,
-        help="folder of per-person sub-folders (name = folder; the photos anywhere "
+        help="folder of per-person sub-folders (name = folder, in UTF-8; the photos anywhere "
         "inside it, symlinked folders too; hidden and @ folders such as .thumbnails and @eaDir "
         "are skipped; not the face archive's folders: enroll its visits with --name)",
     )
@@ -161,7 +161,15 @@ def _name(name: str, folder: Path | None) -> str:
     try:
         return clean_name(name)
     except GalleryError as exc:
-        raise ValueError(f"{_shown(folder)}: {exc}" if folder else f"--name: {exc}") from None
+        why = f"{_shown(folder)}: {exc}" if folder else f"--name: {exc}"
+        if "not valid UTF-8" in str(exc):
+            why += (
+                "; rename the folder in UTF-8 (`convmv -f latin1 -t utf8 -r "
+                f"{_shown(folder.parent)}` lists the renames, with --notest it makes them)"
+                if folder
+                else "; type it in UTF-8 (a terminal or script in another encoding sent it)"
+            )
+        raise ValueError(why) from None
 
 
 def _shown(path: Path | str) -> str:
@@ -395,6 +403,10 @@ def _store(
             remove_created(gallery)  # nothing was enrolled: leave no empty gallery behind
         print_error(str(exc))
         return 1
+    except BaseException:
+        if gallery is not None:  # an unforeseen error, or Ctrl-C: no empty gallery either
+            remove_created(gallery)
+        raise
     print(
         f"enrolled {added} new face(s) of {len(names)} person(s) into {gallery_path}: "
         + ", ".join(f"{name} (new person)" if name in first else name for name in names)

@@ -45,10 +45,17 @@ def twin_key(name: str) -> str:
 
 def clean_name(name: str) -> str:
     """A new person's name as stored (``lookup_name``); GalleryError for an empty, over-long
-    or reserved name, or one with control characters (line breaks, tabs, terminal escapes)
+    or reserved name, one with control characters (line breaks, tabs, terminal escapes)
     or, inside it, characters that hide or reorder text (bidi controls, line separators, BOM,
-    zero-width space)."""
+    zero-width space), or one that is not valid UTF-8 (bytes of another encoding in a folder
+    name or an argument: the gallery could not store it)."""
     text = _ends_trimmed(unicodedata.normalize("NFC", name))
+    if any(unicodedata.category(c) == "Cs" for c in text):
+        shown = "".join("\ufffd" if unicodedata.category(c) == "Cs" else c for c in text)
+        raise GalleryError(
+            f"name {shown!r} is not valid UTF-8: written in another encoding, such as Latin-1 "
+            "(the bytes shown as \ufffd)"
+        )
     if any(unicodedata.category(c) == "Cc" for c in text):
         raise GalleryError(
             f"name {text!r}: control characters (line breaks, tabs, escapes) are not allowed"

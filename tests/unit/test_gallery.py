@@ -427,6 +427,7 @@ def test_names_are_normalised_and_checked(gallery) -> None:
         (" known", "reserved"),  # everyone, in metrics with identities hidden
         ("STRANGER", "reserved: facewatch's outputs say 'stranger'"),  # Home Assistant's people
         ("x" * 101, "longer than 100"),
+        ("Jos\udce9", "'Jos\ufffd' is not valid UTF-8"),  # a Latin-1 folder name's bytes
     ]:
         with pytest.raises(GalleryError, match=reason):
             gallery.enroll([Enrollment(bad, axis(4), "bad")])

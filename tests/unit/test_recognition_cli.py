@@ -269,6 +269,25 @@ def test_a_persons_folder_from_a_phone_or_a_nas_takes_every_photo_and_says_what_
     assert code == 1 and f"error: {iphone / 'IMG_0001.HEIC'}: HEIC/HEIF photos" in err
 
 
+def test_a_name_that_is_not_utf8_is_refused_before_any_work_naming_the_folder(
+    cli, images, tmp_path
+) -> None:
+    """A Latin-1 folder name (an old Windows zip, an SMB share) crashed enroll with a
+    UnicodeEncodeError after every photo was embedded, and left an empty gallery file."""
+    people = tmp_path / "people"
+    people.mkdir()
+    folder = os.fsdecode(os.fsencode(people) + b"/Jos\xe9")  # 'José' in Latin-1
+    os.mkdir(folder)
+    shutil.copy(images["obama"], Path(folder) / "a.jpg")
+    code, out, err = cli("enroll", "--dir", str(people))
+    assert code == 2 and not out and not cli.gallery.exists()
+    assert f"error: {people}/Jos\ufffd: name 'Jos\ufffd' is not valid UTF-8" in err
+    assert f"rename the folder in UTF-8 (`convmv -f latin1 -t utf8 -r {people}`" in err
+    code, _, err = cli("enroll", "--name", os.fsdecode(b"Jos\xe9"), str(images["obama"]))
+    assert code == 2 and "--name: name 'Jos\ufffd' is not valid UTF-8" in err
+    assert "type it in UTF-8" in err and not cli.gallery.exists()
+
+
 def test_identify_folders_json_errors_and_annotate_problems(cli, images, tmp_path) -> None:
     assert cli("enroll", "--name", "obama", str(images["obama"]))[0] == 0
     folder = tmp_path / "photos"
@@ -789,3 +808,18 @@ def test_an_enroll_that_fails_deletes_only_a_gallery_it_made_and_nobody_wrote(
     assert _store(path, [("bob", E1, "b1")]) == 0
     out = capsys.readouterr().out
     assert "enrolled 1 new face(s) of 1 person(s)" in out and "a new gallery" not in out
+
+
+def test_an_enroll_stopped_by_an_unforeseen_error_leaves_no_empty_gallery(
+    tmp_path, monkeypatch
+) -> None:
+    """Only a GalleryError removed the gallery the enroll had just made."""
+    path = tmp_path / "gallery.sqlite"
+
+    def broken(*args: Any, **kwargs: Any) -> int:
+        raise RuntimeError("something nobody foresaw")
+
+    monkeypatch.setattr(Gallery, "enroll", broken)
+    with pytest.raises(RuntimeError):
+        _store(path, [("ada", E0, "a1")])
+    assert not path.exists()
