@@ -142,14 +142,25 @@ def _done(out_base: Path, no_face: set[str], ext: str) -> bool:
 
 
 def _recorded_without_face(boxes_path: Path) -> set[str]:
-    """Outputs the list file records without a box: images where an earlier run found no face."""
+    """Outputs the list file records without a box: images where an earlier run found no
+    face. Paths may hold spaces (``blank wall.png``): a line is a box line only when it
+    ends in four numbers."""
     if not boxes_path.is_file():
         return set()
-    return {
-        line.strip()
-        for line in boxes_path.read_text().splitlines()
-        if line.strip() and len(line.split()) == 1
-    }
+    lines = (line.strip() for line in boxes_path.read_text().splitlines())
+    return {line for line in lines if line and not _is_box_line(line)}
+
+
+def _is_box_line(line: str) -> bool:
+    """``path x0 y0 x1 y1``, not a path alone (an output's path ends in its suffix)."""
+    fields = line.rsplit(None, 4)
+    if len(fields) < 5:
+        return False
+    try:
+        [float(v) for v in fields[1:]]
+    except ValueError:
+        return False
+    return True
 
 
 def _write(path: Path, rgb: np.ndarray, jpeg_quality: int) -> None:

@@ -121,6 +121,35 @@ def test_a_resumed_align_lists_the_images_an_earlier_run_found_no_face_in(
     ]
 
 
+def test_a_resumed_align_skips_a_photo_without_a_face_whose_name_has_spaces(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """Its list file line was taken for a box line: every run detected it again, said it
+    was found now, and wrote its line once more."""
+    import cv2
+
+    from engines.mtcnn import MTCNN
+
+    monkeypatch.setattr(MTCNN, "load", staticmethod(lambda *a, **k: _FakeMtcnn()))
+    raw, out = _raw_folder(tmp_path / "raw"), tmp_path / "out"
+    (raw / "blank" / "b.png").rename(raw / "blank" / "blank wall 1 2 3.png")
+    face = cv2.imread(str(raw / "ann" / "a.png"))
+    cv2.imwrite(str(raw / "ann" / "photo 1 2 3 4.png"), face)  # a name that ends in numbers
+    argv = ["align", str(raw), str(out), "--image-size", "32"]
+    for _ in range(2):
+        assert cli(argv) == 0
+    capsys.readouterr()
+    assert cli(argv) == 0
+    again = capsys.readouterr().out.splitlines()[:2]
+    assert again == [
+        "images: 3, aligned now: 0, already done: 3, without a face: 0 (and 1 found by an "
+        "earlier run), unreadable: 0",
+        f"  no face (earlier run): {raw / 'blank' / 'blank wall 1 2 3.png'}",
+    ]
+    lines = (out / "bounding_boxes.txt").read_text().splitlines()
+    assert lines.count(str(out / "blank" / "blank wall 1 2 3.png")) == 1 and len(lines) == 3
+
+
 def test_align_takes_the_folders_and_photos_enroll_takes(
     tmp_path: Path, monkeypatch, capsys
 ) -> None:
