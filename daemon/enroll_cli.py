@@ -45,6 +45,7 @@ from daemon.recognition import (
     QualityGates,
     Rejected,
     face_at,
+    largest_note,
     look_alikes,
     unlike_faces,
 )
@@ -84,7 +85,11 @@ def register(commands: argparse._SubParsersAction) -> None:
         "inside it, symlinked folders too; hidden and @ folders such as .thumbnails and @eaDir "
         "are skipped; not the face archive's folders: enroll its visits with --name)",
     )
-    p.add_argument("--largest", action="store_true", help="several faces: enroll the largest")
+    p.add_argument(
+        "--largest",
+        action="store_true",
+        help="several faces: enroll the largest (each such photo is noted with the box taken)",
+    )
     p.add_argument(
         "--min-face-px",
         type=number(float, ge=0),
@@ -197,6 +202,8 @@ def _enroll_crop(models: Models, gates: QualityGates, path: Path) -> np.ndarray:
         detector = models.detector.with_config(thresholds=tuple(min(t, a) for t, a in loosest))
         found = detector.detect([image])[0]
     k = gates.choose_face(found, image.shape[:2], expected)
+    if expected is None and len(found) > 1:  # --largest chose: say which, to be checked
+        tqdm.write(_shown(f"note: {path}: {largest_note(found, k)}"), file=sys.stderr)
     crop = models.facenet.align(image, found, [k])
     gates.check_sharpness(crop[0])
     return crop[0]

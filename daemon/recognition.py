@@ -30,6 +30,8 @@ MAX_STORED_FRR = 0.3  # calibrate stores no threshold that turns away more enrol
 MAX_FACE_OUTSIDE = 0.1  # of the face box's area beyond the photo's edges
 MAX_DISTANCE = 4.0  # squared L2 between unit vectors
 MIN_EXPECTED_IOU = 0.5  # a face found again where a face archive image says it is
+# --largest: a runner-up face within this share of the largest's size may be the one meant
+NEAR_TIE = 0.15
 
 
 class Rejected(ValueError):
@@ -102,6 +104,26 @@ class QualityGates:
                 "(--min-sharpness)"
             )
         return score
+
+
+def largest_note(found: FrameDetections, k: int) -> str:
+    """What ``--largest`` took from a photo of several faces, for the user to check: the box,
+    how many faces it left, and whether the next was nearly as large (then the face meant
+    may be the other)."""
+    sides = np.minimum(
+        found.bbox_xyxy[:, 2] - found.bbox_xyxy[:, 0],
+        found.bbox_xyxy[:, 3] - found.bbox_xyxy[:, 1],
+    )
+    box = " ".join(f"{v:.0f}" for v in found.bbox_xyxy[k])
+    others = len(found) - 1
+    note = f"{len(found)} faces, took the largest [{box}], {others} other(s) left out"
+    runner_up = float(np.delete(sides, k).max())
+    if runner_up >= (1 - NEAR_TIE) * sides[k]:
+        note += (
+            f"; the next is nearly as large ({runner_up:.0f} px against {sides[k]:.0f}): "
+            "check that the box shows the person meant (else crop the photo)"
+        )
+    return note
 
 
 def face_at(found: FrameDetections, expected_xyxy: np.ndarray) -> int | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import stat
 import time
@@ -286,6 +287,19 @@ def test_a_name_that_is_not_utf8_is_refused_before_any_work_naming_the_folder(
     code, _, err = cli("enroll", "--name", os.fsdecode(b"Jos\xe9"), str(images["obama"]))
     assert code == 2 and "--name: name 'Jos\ufffd' is not valid UTF-8" in err
     assert "type it in UTF-8" in err and not cli.gallery.exists()
+
+
+def test_largest_says_which_face_it_took_from_a_group_photo(cli, images) -> None:
+    """Enroll said nothing of the face it took, and two_people.jpg's two faces differ by
+    0.1 px: '--name Biden' enrolled Obama."""
+    code, out, err = cli("enroll", "--largest", "--name", "Biden", str(images["two"]))
+    assert code == 0 and "Biden (new person)" in out
+    note = re.search(rf"note: {re.escape(str(images['two']))}: 2 faces, took the largest \[(.*)\], 1 other\(s\) left out; the next is nearly as large \((\d+) px against (\d+)\): check", err)  # fmt: skip
+    assert note is not None, err
+    x1, y1, x2, y2 = map(float, note[1].split())
+    assert min(x2 - x1, y2 - y1) == pytest.approx(float(note[3]), abs=1)
+    code, _, err = cli("enroll", "--largest", "--name", "Obama", str(images["obama2"]))
+    assert code == 0 and "note:" not in err  # one face: nothing to check
 
 
 def test_identify_folders_json_errors_and_annotate_problems(cli, images, tmp_path) -> None:
