@@ -57,6 +57,10 @@ from engines.facenet import FaceNet, starting_threshold
 from engines.image_files import is_hidden
 from engines.images import ImageError, read_image, shown
 
+# two faces nearer than this share of the threshold are one photo in another file: on the
+# shipped model (0.154) one photo as JPEG, PNG, WebP, TIFF... lies within 0.008 of itself,
+# two photos of one person 0.05 to 0.08 apart
+SAME_PHOTO = 0.1
 PATH_CHARS = 4096  # a path is shown whole (Linux's longest), only its control characters hidden
 
 
@@ -371,13 +375,18 @@ def _warn_look_alikes(
         return
     vectors = np.concatenate([embeddings, enrolled.vectors])
     owners = [*names, *enrolled.owners]
-    for pair in look_alikes(vectors, owners, first, enrolled.threshold_of(set(names))):
+    threshold_of = enrolled.threshold_of(set(names))
+    for pair in look_alikes(vectors, owners, first, threshold_of):
+        near = (
+            "so near that it may be one photo saved twice (as PNG, or by a photo app)"
+            if pair.distance < SAME_PHOTO * threshold_of[pair.second]
+            else "as near as photos of one person"
+        )
         print(
             _shown(
                 f"warning: {pair.first} looks like {pair.second} ({pair.distance:.3f} apart, "
-                "as near as photos of one person): the same person? (one person under two "
-                "names is named as either: if so, `gallery remove` one and enroll its photos "
-                "under the other's name)"
+                f"{near}): the same person? (one person under two names is named as either: "
+                "if so, `gallery remove` one and enroll its photos under the other's name)"
             ),
             file=sys.stderr,
         )

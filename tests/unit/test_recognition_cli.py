@@ -469,6 +469,7 @@ def test_enroll_refuses_someone_elses_photo_and_warns_of_one_person_under_two_na
     code, out, err = run("enroll", "--name", "bob", "--largest", *map(str, same[3:6]))
     assert code == 0 and "bob (new person)" in out
     assert "warning: bob looks like alice (0.0" in err and "the same person?" in err
+    assert "as near as photos of one person" in err  # two photos, not one saved twice
     code, out, _ = run("identify", str(same[6]))
     assert code == 0 and "close behind at" in out
     winner, other = ("alice", "bob") if ": alice (distance" in out else ("bob", "alice")
@@ -480,6 +481,13 @@ def test_enroll_refuses_someone_elses_photo_and_warns_of_one_person_under_two_na
     code, out, _ = run("identify", "--json", carol[0])  # nobody else near: no runner-up
     face = json.loads(out)["faces"][0]
     assert face["identity"] == "carol" and face["runner_up"] is None
+    # carol's photo saved as PNG (other bytes) under another name: said to be one photo
+    png = tmp_path / "carol.png"
+    cv2.imwrite(str(png), cv2.imread(carol[0]))
+    code, out, err = run("enroll", "--name", "dora", "--largest", str(png))
+    assert code == 0 and "dora (new person)" in out
+    assert "warning: dora looks like carol (0.00" in err
+    assert "so near that it may be one photo saved twice (as PNG, or by a photo app)" in err
 
 
 def test_a_profile_is_refused_like_the_other_gates_unless_allowed(cli, shared_data) -> None:
