@@ -138,6 +138,8 @@ class Pipeline:
                 tracks = self.trackers[frame.camera].update(frame.clock, detections, frame.ts)
                 faces += [_Face(frame, detections, k, t) for k, t in enumerate(tracks)]
                 self._see_still(frame, detections, tracks)
+        if self.facenet is not None:
+            self._recognise(faces)  # (first: a face found someone else's gets its own track)
         if self.archive is not None:
             with metrics.STAGE_SECONDS.labels("archive").time():
                 for face in faces:
@@ -145,8 +147,6 @@ class Pipeline:
                     self.archive.observe(
                         face.frame.camera, face.track, face.frame.image, face.own(), when
                     )
-        if self.facenet is not None:
-            self._recognise(faces)
         self._emit_due(frames, faces)
 
     def _takes(self, frame: Frame) -> bool:
@@ -299,7 +299,26 @@ class Pipeline:
                 identity, distance = matches[k].identity, matches[k].distance
             named = "known" if identity and not self.config.metrics.identities else identity
             metrics.RECOGNITIONS.labels(camera, named or "unknown").inc()
+            self._same_person(face, faces, embeddings[k])
             self.trackers[camera].record(face.track, identity, distance, embeddings[k].copy())
+
+    def _same_person(self, face: _Face, faces: list[_Face], embedding: np.ndarray) -> None:
+        """A face whose track could have taken someone else's (``Tracker.replaced``): when it
+        is another person by the gallery's threshold, its track ends here (``left``) and the
+        face, with the track's faces of the batch's later frames, continues a new one."""
+        gallery, camera = self.gallery, face.frame.camera
+        within = None
+        if gallery is not None:
+            override = gallery.threshold_override
+            within = gallery.threshold if override is None else override
+        old = face.track
+        track, ended = self.trackers[camera].replaced(old, embedding, within)
+        if track is old:
+            return
+        for other in faces:
+            if other.track is old and other.frame.clock >= face.frame.clock:
+                other.track = track
+        self._ended(camera, ended, face.frame.ts)
 
     def _large_enough(self, face: _Face) -> bool:
         """Whether the face is large enough to recognise (``recognition.min_face_px``): a
@@ -340,15 +359,19 @@ class Pipeline:
         for camera, tracker in self.trackers.items():
             last = self._last_frame.get(camera)
             seen_until = now if last is None else min(now, max(last, now - STALL_GRACE_S))
-            events = tracker.expire(seen_until, stopping)
-            for event in events:
-                self._emit(event, camera, event.track.last_seen_ts)
-            self._changed(camera, events, time.time())
-            live = {t.track_id for t in tracker.tracks}
-            for key in [k for k in self._undecided_face if k[0] == camera and k[1] not in live]:
-                del self._undecided_face[key]  # a track gone unannounced (too brief)
-            if self.archive is not None:
-                self.archive.visits_ended(camera, events, live)
+            self._ended(camera, tracker.expire(seen_until, stopping), time.time())
+
+    def _ended(self, camera: str, events: list[TrackEvent], ts: float) -> None:
+        """The events of ``camera``'s tracks that ended (``left``, each at its last
+        sighting), the state after them at ``ts``, and their archive visits."""
+        for event in events:
+            self._emit(event, camera, event.track.last_seen_ts)
+        self._changed(camera, events, ts)
+        live = {t.track_id for t in self.trackers[camera].tracks}
+        for key in [k for k in self._undecided_face if k[0] == camera and k[1] not in live]:
+            del self._undecided_face[key]  # a track gone unannounced (too brief)
+        if self.archive is not None:
+            self.archive.visits_ended(camera, events, live)
 
     def _changed(self, camera: str, events: list[TrackEvent], ts: float) -> None:
         """The state after ``camera``'s events: who it sees, where the people they name are."""

@@ -1,5 +1,17 @@
-"""Per-camera face tracks: IoU association, an identity vote over each track, and the
+"""Per-camera face tracks: association by where each track's face is predicted to be, a
+look at the face where tracks could swap people, an identity vote over each track, and the
 decisions of when an event is due.
+
+Association: each track keeps the velocity of its face (smoothed, capped); a frame's faces
+are matched to the tracks' boxes predicted at its time, by IoU, then by the nearest centre.
+A face that passes in front of another keeps its own track, and the hidden one, predicted
+along its path (or where it stood), is found again when it shows.
+
+Where a track could have taken the wrong face (it was missing in its camera's previous
+frame and came back, or its face overlaps another track's predicted box), the face is
+embedded at once. When it is clearly someone else (farther than the gallery's threshold from
+every recent face of the track), the track ends (``left``, last seen where it was last
+seen) and the face starts a new track, with its own ``confirmed`` and ``first_seen``.
 
 Events (``TrackEvent.kind``):
 - ``confirmed``: a face has been seen in ``confirm_frames`` frames and, when it is
@@ -39,6 +51,21 @@ logger = logging.getLogger(__name__)
 
 UNKNOWN = ""  # the vote of a face that matched nobody
 MAX_SIZE_CHANGE = 1.5  # a face matched by its centre alone keeps its size within this factor
+# a track's velocity: this weight for the latest move (one jittery box moves it half-way),
+# at most MAX_SPEED face widths a second (a face that ran that fast is lost anyway), and
+# followed for at most MAX_PREDICT_S of a hidden face (then it waits where it got to)
+VELOCITY_WEIGHT = 0.5
+MAX_SPEED = 4.0
+MAX_PREDICT_S = 1.0
+CONTESTED_IOU = 0.05  # a face overlapping another track's predicted box this much is looked at
+
+
+def squared_distances(embedding: np.ndarray, others: np.ndarray) -> np.ndarray:
+    """The gallery's distance (squared L2 of the unit vectors) from ``embedding`` to each
+    of ``others`` (N, D)."""
+    unit = embedding / max(float(np.linalg.norm(embedding)), 1e-12)
+    norms = np.maximum(np.linalg.norm(others, axis=1, keepdims=True), 1e-12)
+    return np.maximum(2.0 - 2.0 * (others / norms) @ unit, 0.0)
 
 
 @dataclass
@@ -50,6 +77,20 @@ class Vote:
 
 # the gallery's matching (Gallery.match): (N, D) embeddings -> the Match of each
 Rematch = Callable[[np.ndarray], list[Match]]
+
+
+@dataclass(frozen=True)
+class _Before:
+    """A track before a frame whose face may not be its person's, and that frame's times."""
+
+    bbox_xyxy: np.ndarray
+    landmarks: np.ndarray
+    last_seen: float
+    last_frame_wall: float | None
+    hits: int
+    velocity_xy: np.ndarray
+    ts: float
+    wall_ts: float | None
 
 
 @dataclass
@@ -72,6 +113,28 @@ class Track:
     # given, are the wall-clock times of the first frame (first_seen_ts) and the latest one
     first_seen_wall: float | None = None
     last_frame_wall: float | None = None
+    velocity_xy: np.ndarray = field(default_factory=lambda: np.zeros(2))  # the box's, px/s
+    # set when the latest face could be someone else's (it came back, or another track's
+    # was near): the track as it was before, until the face is embedded and compared
+    doubt: _Before | None = None
+
+    def predicted(self, ts: float) -> np.ndarray:
+        """Where the track's face should be at ``ts``: its last box moved at its velocity."""
+        shift = self.velocity_xy * min(max(ts - self.last_seen, 0.0), MAX_PREDICT_S)
+        return self.bbox_xyxy + np.tile(shift, 2)
+
+    def follow(self, box: np.ndarray, ts: float) -> None:
+        """The velocity, after its face was found at ``box`` at ``ts``."""
+        elapsed = ts - self.last_seen
+        if elapsed <= 0:
+            return
+        step = ((box[:2] + box[2:]) - (self.bbox_xyxy[:2] + self.bbox_xyxy[2:])) / 2 / elapsed
+        most = MAX_SPEED * float(box[2] - box[0])
+        speed = float(np.hypot(*step))
+        if speed > most:
+            step = step * (most / speed)
+        weight = 1.0 if self.hits == 1 else VELOCITY_WEIGHT  # (a second sighting: its move)
+        self.velocity_xy = self.velocity_xy + weight * (step - self.velocity_xy)
 
     @property
     def first_seen_ts(self) -> float:
@@ -161,47 +224,79 @@ class Tracker:
         self.recognising = recognising
         self.tracks: list[Track] = []
         self._next_id = 1
+        self._previous_ts = -np.inf  # the time of the frame before (a track missing there
+        # and found again is looked at)
 
     def update(
         self, ts: float, faces: FrameDetections, wall_ts: float | None = None
     ) -> list[Track]:
-        """Match ``faces`` of a frame taken at ``ts`` to tracks (greedy by IoU), start tracks
-        for the rest; returns the track of each face, in order. ``wall_ts``: the frame's
-        wall-clock time, when ``ts`` is on another clock (the daemon's monotonic one); a
-        track's later times follow its first frame's (``Track.wall_ts``)."""
+        """Match ``faces`` of a frame taken at ``ts`` to tracks (greedy by IoU with each
+        track's predicted box, then by centre), start tracks for the rest; returns the track
+        of each face, in order. ``wall_ts``: the frame's wall-clock time, when ``ts`` is on
+        another clock (the daemon's monotonic one); a track's later times follow its first
+        frame's (``Track.wall_ts``)."""
         assigned: list[Track | None] = [None] * len(faces)
         live = [t for t in self.tracks if t.last_seen < ts]
+        predicted = np.stack([t.predicted(ts) for t in live]) if live else np.zeros((0, 4))
         if live:
-            previous = np.stack([t.bbox_xyxy for t in live])
-            for i, j in greedy_match(faces.bbox_xyxy, previous, self.config.iou_threshold):
+            for i, j in greedy_match(faces.bbox_xyxy, predicted, self.config.iou_threshold):
                 assigned[i] = live[j]
-            self._match_moved(faces.bbox_xyxy, live, assigned)
+            self._match_moved(faces.bbox_xyxy, live, predicted, assigned)
         result = []
         for i, track in enumerate(assigned):
+            box = faces.bbox_xyxy[i]
             if track is None:
-                track = Track(self._next_id, faces.bbox_xyxy[i], faces.landmarks[i], ts, ts)
+                track = Track(self._next_id, box, faces.landmarks[i], ts, ts)
                 track.first_seen_wall = track.last_frame_wall = wall_ts
                 self._next_id += 1
                 self.tracks.append(track)
             else:
-                track.bbox_xyxy, track.landmarks = faces.bbox_xyxy[i], faces.landmarks[i]
+                if self._in_doubt(track, box, live, predicted):
+                    track.doubt = _Before(
+                        track.bbox_xyxy, track.landmarks, track.last_seen,
+                        track.last_frame_wall, track.hits, track.velocity_xy, ts, wall_ts,
+                    )  # fmt: skip
+                track.follow(box, ts)
+                track.bbox_xyxy, track.landmarks = box, faces.landmarks[i]
                 track.last_seen, track.last_frame_wall = ts, wall_ts
                 track.hits += 1
                 track.since_embed += 1
             result.append(track)
+        self._previous_ts = max(ts, self._previous_ts)
         return result
 
+    def _in_doubt(
+        self, track: Track, box: np.ndarray, live: list[Track], predicted: np.ndarray
+    ) -> bool:
+        """Whether ``box``, the face just given to ``track``, may be someone else's: the
+        track was missing in the camera's previous frame (someone may have taken the place),
+        or the face overlaps another track's predicted box (one face passing another). Only
+        a recognising tracker can tell, and a doubt waits for its face to be embedded."""
+        if not self.recognising or track.doubt is not None:
+            return False
+        if track.last_seen < self._previous_ts:
+            return True
+        overlap = iou_matrix(box[None], predicted)[0]
+        return any(
+            o >= CONTESTED_IOU and t is not track for o, t in zip(overlap, live, strict=True)
+        )
+
     def _match_moved(
-        self, boxes: np.ndarray, live: list[Track], assigned: list[Track | None]
+        self,
+        boxes: np.ndarray,
+        live: list[Track],
+        predicted: np.ndarray,
+        assigned: list[Track | None],
     ) -> None:
-        """Second pass for faces whose box no longer overlaps their track's (low fps, fast
-        motion): the nearest centre within ``max_shift`` face widths, size within 1.5x."""
+        """Second pass for faces whose box does not overlap their track's predicted one (low
+        fps, a turn, a stop): the nearest centre within ``max_shift`` face widths, size within
+        1.5x."""
         faces = [i for i, t in enumerate(assigned) if t is None]
         taken = {id(t) for t in assigned if t is not None}
-        tracks = [t for t in live if id(t) not in taken]
-        if not faces or not tracks or self.config.max_shift <= 0:
+        free = [j for j, t in enumerate(live) if id(t) not in taken]
+        if not faces or not free or self.config.max_shift <= 0:
             return
-        old = np.stack([t.bbox_xyxy for t in tracks])
+        old = predicted[free]
         shift = center_shift_matrix(boxes[faces], old)
         width_new = boxes[faces, 2] - boxes[faces, 0]
         ratio = width_new[:, None] / np.maximum(old[None, :, 2] - old[None, :, 0], 1e-9)
@@ -209,20 +304,51 @@ class Tracker:
             (ratio > 1 / MAX_SIZE_CHANGE) & (ratio < MAX_SIZE_CHANGE), -shift, -np.inf
         )
         for i, j in greedy_pairs(scores, -self.config.max_shift):
-            assigned[faces[i]] = tracks[j]
+            assigned[faces[i]] = live[free[j]]
 
     def wants_embedding(self, track: Track) -> bool:
         """New tracks, undecided ones (no identity, known or unknown, has ``min_votes``
         yet), those whose latest recognition named someone else than they announced (another
         person may have taken the place: looked at again at once, not ``reembed_every``
-        frames later; a face turned away, unknown, is no such hurry), and every
+        frames later; a face turned away, unknown, is no such hurry), those whose face may be
+        someone else's (``Track.doubt``: compared at once, ``replaced``), and every
         ``reembed_every`` frames."""
-        if not track.embedded or not track.resolved:
+        if not track.embedded or not track.resolved or track.doubt is not None:
             return True
         latest = track.votes[-1].identity if track.votes else UNKNOWN
         if latest not in (UNKNOWN, track.identity or UNKNOWN):
             return True
         return track.since_embed >= self.reembed_every
+
+    def replaced(
+        self, track: Track, embedding: np.ndarray, same_within: float | None
+    ) -> tuple[Track, list[TrackEvent]]:
+        """The track of ``track``'s latest face, just embedded: ``track`` itself, unless that
+        face was in doubt (``Track.doubt``) and is farther than ``same_within`` (the gallery's
+        threshold: None, no gallery, no judging) from every recent face the track kept. Then
+        it is someone else: ``track`` ends where it was last seen (its events, ``left``) and
+        the face starts a new track from the frame it came in."""
+        before, track.doubt = track.doubt, None
+        kept = [v.embedding for v in track.votes if v.embedding is not None]
+        if before is None or same_within is None or not kept:
+            return track, []
+        nearest = float(squared_distances(embedding, np.stack(kept)).min())
+        if nearest <= same_within:
+            return track, []
+        new = Track(self._next_id, track.bbox_xyxy, track.landmarks, before.ts, track.last_seen)
+        new.first_seen_wall, new.last_frame_wall = before.wall_ts, track.last_frame_wall
+        new.hits = track.hits - before.hits
+        self._next_id += 1
+        track.bbox_xyxy, track.landmarks = before.bbox_xyxy, before.landmarks
+        track.last_seen, track.last_frame_wall = before.last_seen, before.last_frame_wall
+        track.hits, track.velocity_xy = before.hits, before.velocity_xy
+        self.tracks = [t for t in self.tracks if t is not track] + [new]
+        logger.debug(
+            "camera %s: track %d's face at %.2f is someone else (%.3f from its faces, over "
+            "%.3f): track %d", self.camera, track.track_id, before.ts, nearest, same_within,
+            new.track_id,
+        )  # fmt: skip
+        return new, self._leaving(track, "lost")
 
     def record(
         self,
@@ -249,7 +375,9 @@ class Tracker:
         # (a window too short for them: as many votes as it holds)
         min_votes = min(config.min_votes, config.vote_window)
         unknown_votes = min(config.unknown_votes, config.vote_window)
-        for track in tracks:
+        open_now = {id(t) for t in self.tracks}
+        # (not one that ended meanwhile: someone else's face came in a later frame of the batch)
+        for track in [t for t in tracks if id(t) in open_now]:
             verdict = track.verdict(min_votes, margin, unknown_votes)
             if verdict is not None:
                 track.resolved = True
@@ -307,6 +435,8 @@ class Tracker:
         for track in self.tracks:
             track.bbox_xyxy = (track.bbox_xyxy * np.array([sx, sy, sx, sy])).astype(np.float32)
             track.landmarks = (track.landmarks * np.array([sx, sy])).astype(np.float32)
+            track.velocity_xy = track.velocity_xy * np.array([sx, sy])
+            track.doubt = None  # (its boxes in the old frames' pixels)
 
     def in_view(self) -> list[str | None]:
         """The announced identity of each confirmed track still open (None: unknown)."""
@@ -323,21 +453,23 @@ class Tracker:
             return []
         self.tracks = [t for t in self.tracks if t not in gone]
         reason = "stopped" if stopping else "lost"
+        return [event for track in gone for event in self._leaving(track, reason)]
+
+    def _leaving(self, track: Track, reason: str) -> list[TrackEvent]:
+        """The events of a track that ends: ``left`` when it was announced."""
         events = []
-        for track in gone:
-            if not track.confirmed and track.hits >= self.config.confirm_frames:
-                # seen long enough, gone before its vote was in: announced as it leaves
-                # (with its reason), undecided, so that the visit has its events (and its
-                # archive folder)
-                track.confirmed = True
-                events.append(TrackEvent("confirmed", track, None, 0.0, None, reason=reason))
-            if track.confirmed:
-                confidence, distance = (
-                    track.support(track.identity or UNKNOWN) if track.judged else (0.0, None)
-                )
-                events.append(
-                    TrackEvent("left", track, track.identity, confidence, distance, reason=reason)
-                )
+        if not track.confirmed and track.hits >= self.config.confirm_frames:
+            # seen long enough, gone before its vote was in: announced as it leaves (with its
+            # reason), undecided, so that the visit has its events (and its archive folder)
+            track.confirmed = True
+            events.append(TrackEvent("confirmed", track, None, 0.0, None, reason=reason))
+        if track.confirmed:
+            confidence, distance = (
+                track.support(track.identity or UNKNOWN) if track.judged else (0.0, None)
+            )
+            events.append(
+                TrackEvent("left", track, track.identity, confidence, distance, reason=reason)
+            )
         return events
 
 

@@ -207,6 +207,149 @@ def test_two_moving_faces_are_not_swapped() -> None:
     assert new_left is left and new_right is right
 
 
+# -- crossings and people taking another's place (the review's synthetic clips, 5 fps) --
+
+ANN, BOB = np.eye(8, dtype=np.float32)[:2]  # two people's faces, as FaceNet embeds them
+SAME_WITHIN = 0.5  # the gallery's threshold in these tests (ann to bob: 2.0)
+
+
+def box_at(cx: float, cy: float, side: float = 100) -> tuple[float, float, float, float]:
+    return (cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2)
+
+
+Shown = list[tuple[str, tuple[float, float, float, float], np.ndarray]]
+
+
+def watch(tracker: Tracker, frames: list[tuple[float, Shown]], end: float) -> tuple[list, dict]:
+    """Each frame's faces (who, box, embedding) through the tracker as the scheduler runs
+    it (a face in doubt is compared before its vote), then the tracks gone by ``end``; every
+    event as (kind, track id, identity, and a left's last sighting), and the people whose
+    faces each track was given."""
+    events: list = []
+    held: dict[int, set[str]] = {}
+
+    def said(found: list) -> list:
+        return [
+            (e.kind, e.track.track_id, e.identity, *([e.track.last_seen] * (e.kind == "left")))
+            for e in found
+        ]
+
+    for ts, shown in frames:
+        tracks = tracker.update(ts, faces(*[box for _, box, _ in shown]))
+        for k, (who, _, embedding) in enumerate(shown):
+            if tracker.wants_embedding(tracks[k]):
+                tracks[k], ended = tracker.replaced(tracks[k], embedding, SAME_WITHIN)
+                events += said(ended)
+                tracker.record(tracks[k], who, 0.1, embedding)
+            held.setdefault(tracks[k].track_id, set()).add(who)
+        events += said(tracker.decide(tracks))
+        events += said(tracker.expire(ts))
+    return events + said(tracker.expire(end)), held
+
+
+def test_two_faces_crossing_keep_their_tracks() -> None:
+    """ann walks left to right, bob right to left in front of her (1-8 s, crossing at
+    4.5 s; she is hidden behind him while they overlap): each track keeps its person, with
+    no `changed` (the tracks swapped people at the crossing, and each person's name sat on
+    the other's face until the votes turned over)."""
+    tracker = Tracker("hall", TrackingConfig(), reembed_every=10)
+    frames: list[tuple[float, Shown]] = []
+    for k in range(5, 40):
+        t = k / 5
+        ann_x, bob_x = 200 + (t - 1) * 880 / 7, 1080 - (t - 1) * 880 / 7
+        shown: Shown = [("bob", box_at(bob_x, 380), BOB)]
+        if abs(ann_x - bob_x) >= 75:
+            shown.insert(0, ("ann", box_at(ann_x, 360), ANN))
+        frames.append((t, shown))
+    events, held = watch(tracker, frames, 10.0)
+    assert held == {1: {"ann"}, 2: {"bob"}}
+    assert events == [
+        ("confirmed", 1, "ann"),
+        ("confirmed", 2, "bob"),
+        ("left", 1, "ann", 7.8),
+        ("left", 2, "bob", 7.8),
+    ]
+
+
+def test_a_face_passing_in_front_of_a_still_one_keeps_both_tracks() -> None:
+    """ann stands still (1-9 s); bob walks across in front of her (3-7 s, 49 px a frame),
+    hiding her while he passes: her track stays hers and leaves when she does (her track
+    went off with bob's face and `left` while she stood there; his `changed` to her)."""
+    tracker = Tracker("hall", TrackingConfig(), reembed_every=10)
+    frames: list[tuple[float, Shown]] = []
+    for k in range(5, 45):
+        t = k / 5
+        bob_x = 150 + (t - 3) * 980 / 4
+        shown: Shown = []
+        if abs(bob_x - 640) >= 75 or not 3 <= t < 7:
+            shown.append(("ann", box_at(640, 360), ANN))
+        if 3 <= t < 7:
+            shown.append(("bob", box_at(bob_x, 370), BOB))
+        frames.append((t, shown))
+    events, held = watch(tracker, frames, 12.0)
+    assert held == {1: {"ann"}, 2: {"bob"}}
+    assert events == [
+        ("confirmed", 1, "ann"),
+        ("confirmed", 2, "bob"),
+        ("left", 2, "bob", 6.8),
+        ("left", 1, "ann", 8.8),
+    ]
+
+
+def test_someone_else_in_the_place_after_a_gap_is_a_new_visit() -> None:
+    """ann at the door until 5 s; 1 s later bob stands where she stood: ann leaves at her
+    last frame, bob gets his own track, confirmed from his first frame (his track was hers:
+    no `left` for her, no `confirmed` for him, his visit begun when she came); ann again
+    after a 1 s gap (below lost_after_s) is the same visit."""
+    tracker = Tracker("door", TrackingConfig(), reembed_every=10)
+    door = box_at(400, 360)
+    frames: list[tuple[float, Shown]] = [(k / 5, [("ann", door, ANN)]) for k in range(5, 25)]
+    frames += [(k / 5, []) for k in range(25, 30)]
+    frames += [(k / 5, [("bob", door, BOB)]) for k in range(30, 45)]
+    events, held = watch(tracker, frames, 12.0)
+    assert events == [
+        ("confirmed", 1, "ann"),
+        ("left", 1, "ann", 4.8),
+        ("confirmed", 2, "bob"),
+        ("left", 2, "bob", 8.8),
+    ]
+    assert held == {1: {"ann"}, 2: {"bob"}}
+    again = Tracker("door", TrackingConfig(), reembed_every=10)
+    back = ANN + 0.2 * BOB  # her face from another angle: 0.04 from the first
+    frames = [(k / 5, [("ann", door, ANN)]) for k in range(5, 25)]
+    frames += [(k / 5, []) for k in range(25, 30)]
+    frames += [(k / 5, [("ann", door, back)]) for k in range(30, 45)]
+    events, held = watch(again, frames, 12.0)
+    assert events == [("confirmed", 1, "ann"), ("left", 1, "ann", 8.8)]
+
+
+def test_the_new_track_of_someone_else_starts_at_their_first_frame() -> None:
+    """bob's visit, after ann's in the same place, begins when he came (first_seen)."""
+    tracker = Tracker("door", TrackingConfig(), reembed_every=10)
+    door = box_at(400, 360)
+    frames: list[tuple[float, Shown]] = [(k / 5, [("ann", door, ANN)]) for k in range(5, 25)]
+    frames += [(k / 5, []) for k in range(25, 30)]
+    frames += [(k / 5, [("bob", door, BOB)]) for k in range(30, 33)]
+    watch(tracker, frames, 6.6)
+    [bob] = tracker.tracks
+    assert (bob.track_id, bob.first_seen, bob.hits) == (2, 6.0, 3)
+
+
+def test_a_face_turning_while_followed_frame_to_frame_keeps_its_track() -> None:
+    """A head turning: its embedding drifts from ann's frontal face far past the threshold
+    (to 2.0), a little each frame, and the face is found in every frame: one visit, never
+    split (a profile is not someone else)."""
+    tracker = Tracker("door", TrackingConfig(), reembed_every=1)
+    frames: list[tuple[float, Shown]] = []
+    for k in range(25):
+        turned = min(k / 20, 1.0) * np.pi / 2
+        face = np.cos(turned) * ANN + np.sin(turned) * BOB
+        frames.append((k / 5, [("ann", box_at(400 + k, 360), face)]))
+    events, held = watch(tracker, frames, 8.0)
+    assert events == [("confirmed", 1, "ann"), ("left", 1, "ann", 4.8)]
+    assert held == {1: {"ann"}}
+
+
 def test_a_second_face_beside_a_tracked_one_gets_its_own_track() -> None:
     """Someone steps up beside ann, their box overlapping hers: ann's face continues her
     track, theirs starts its own (and so gets its own events), not ann's track too."""
@@ -401,6 +544,28 @@ class _OnePerson:
         return np.stack([self.face for _ in picks])
 
 
+class _Recorded(EventSinks):
+    """The events, the camera's faces and the people topics, as a subscriber sees them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.events: list[dict] = []
+        self.faces: dict = {}
+        self.presence: dict = {}
+
+    def emit(self, event: dict, snapshot: bytes | None = None) -> None:
+        self.events.append(event)
+
+    def in_view(self, camera: str, state: dict) -> None:
+        self.faces = state
+
+    def person(self, name: str, state: dict) -> None:
+        self.presence[name] = state["cameras"]
+
+    def people(self, states: dict) -> None:
+        self.presence = {name: state["cameras"] for name, state in states.items()}
+
+
 def test_a_person_renamed_or_removed_while_in_view_is_so_at_once(tmp_path) -> None:
     """`gallery rename` and `gallery remove` while the person is in view: one event with
     reason "gallery" at the reload, and the camera's faces and the people topics follow at
@@ -416,26 +581,7 @@ def test_a_person_renamed_or_removed_while_in_view_is_so_at_once(tmp_path) -> No
         }
     )
 
-    class Sinks(EventSinks):
-        def __init__(self) -> None:
-            super().__init__()
-            self.events: list[dict] = []
-            self.faces: dict = {}
-            self.presence: dict = {}
-
-        def emit(self, event: dict, snapshot: bytes | None = None) -> None:
-            self.events.append(event)
-
-        def in_view(self, camera: str, state: dict) -> None:
-            self.faces = state
-
-        def person(self, name: str, state: dict) -> None:
-            self.presence[name] = state["cameras"]
-
-        def people(self, states: dict) -> None:
-            self.presence = {name: state["cameras"] for name, state in states.items()}
-
-    engines, sinks = _OnePerson(ann), Sinks()
+    engines, sinks = _OnePerson(ann), _Recorded()
     pipeline = Pipeline(config, engines, engines, sinks)  # type: ignore[arg-type]
     pipeline.reload_gallery()
     for k in range(10):
@@ -457,6 +603,36 @@ def test_a_person_renamed_or_removed_while_in_view_is_so_at_once(tmp_path) -> No
         ("changed", None, "Anna", "gallery")
     ]
     assert sinks.faces["unknown"] == 1 and sinks.presence == {"bob": []}
+
+
+def test_someone_else_at_the_door_ends_the_visit_and_starts_their_own(tmp_path) -> None:
+    """The daemon's events when bob takes ann's place at the door after a second: `left`
+    for ann at her last frame, `confirmed` for bob with his own track and first_seen, and
+    the camera's faces say bob alone (ann stayed in view 2 s after she left, and bob's
+    visit carried her track and the time she came)."""
+    ann, bob = np.eye(8, dtype=np.float32)[:2]
+    path, config = _ann_enrolled(tmp_path, ann)
+    with Gallery.open(path, writable=True) as gallery:
+        gallery.enroll([Enrollment("bob", bob, "b" * 64)])
+    sinks = _Recorded()
+
+    class Door(_OnePerson):
+        away = False
+
+        def detect(self, images: list, priors: list | None = None) -> list[FrameDetections]:
+            return [faces() if self.away else faces((100, 100, 160, 160)) for _ in images]
+
+    engines = Door(ann)
+    pipeline = Pipeline(config, engines, engines, sinks)  # type: ignore[arg-type]
+    pipeline.reload_gallery()
+    for k in range(40):  # 5 fps: ann 0-3.8 s, nobody for a second, bob from 5 s
+        engines.away, engines.face = 20 <= k < 25, ann if k < 20 else bob
+        pipeline.process([Frame("door", k, 1000.0 + k / 5, np.zeros((360, 640, 3), np.uint8))])
+    said = [(e["type"], e["track_id"], e["identity"]) for e in sinks.events]
+    assert said == [("confirmed", 1, "ann"), ("left", 1, "ann"), ("confirmed", 2, "bob")]
+    assert sinks.events[1]["frame_ts"] == pytest.approx(1003.8)
+    assert sinks.events[2]["first_seen_ts"] == pytest.approx(1005.0)
+    assert sinks.faces["people"] == ["bob"]
 
 
 def test_an_engine_failure_ends_the_visits_in_view(tmp_path) -> None:
