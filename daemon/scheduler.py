@@ -31,7 +31,8 @@ from daemon.events import (
 )
 from daemon.gallery import DEFAULT_LOCK_TIMEOUT_S, Gallery, GalleryError, shown_threshold
 from daemon.gallery_file import GalleryBusy, file_stamp
-from daemon.tracking import STILL_FACE_S, StillFaces, Track, Tracker, TrackEvent
+from daemon.still_faces import STILL_FACE_S, StillFaces
+from daemon.tracking import Track, Tracker, TrackEvent
 from engines.boxes import iou_matrix, points_in_polygon
 from engines.facenet import FaceNet
 from engines.mtcnn import MTCNN, FrameDetections

@@ -851,7 +851,7 @@ def test_a_face_said_still_is_one_that_stayed_not_one_that_came_back() -> None:
     seated whose head is back at its first place in one frame of three is not; nor are
     people back in their seats after 40 min of an empty room (their places, kept while
     nothing was in view, were said to have stayed 30 min)."""  # (frames 1 s apart)
-    from daemon.tracking import StillFaces
+    from daemon.still_faces import StillFaces
 
     photo = np.array([[100.0, 100, 160, 170]])
     moved = photo + np.array([[9.0, 0, 9, 0]])  # (IoU 0.74 with where it was)
