@@ -12,7 +12,7 @@ import io
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal, get_args, get_origin
 from urllib.parse import unquote
 
 import yaml
@@ -193,8 +193,9 @@ def _keys_beside(loc: tuple[int | str, ...], root: type[Section] = Config) -> li
 
 def _section_in(annotation: Any) -> type[Section] | None:
     """The Section class a field holds (directly, in a list, or optional), if any."""
-    if isinstance(annotation, type) and issubclass(annotation, Section):
-        return annotation
+    # get_origin: Python 3.10 calls list[CameraConfig] a type, and issubclass then raises
+    if isinstance(annotation, type) and get_origin(annotation) is None:
+        return annotation if issubclass(annotation, Section) else None
     for inner in get_args(annotation):
         found = _section_in(inner)
         if found is not None:
@@ -367,11 +368,8 @@ def schema_lines(model: type[BaseModel] = Config, prefix: str = "") -> list[str]
     lines = []
     for name, info in model.model_fields.items():
         key = f"{prefix}{name}"
-        annotation = info.annotation
-        inner = [a for a in getattr(annotation, "__args__", ()) if isinstance(a, type)]
-        section = annotation if isinstance(annotation, type) else None
-        section = section or next((a for a in inner if issubclass(a, Section)), None)
-        if section is not None and issubclass(section, Section):
+        section = _section_in(info.annotation)
+        if section is not None:
             lines.append(f"{key}: {info.description}")
             item = "[]." if name == "cameras" else "."
             lines += schema_lines(section, key + item)

@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import os
 import re
+import types
 
 import numpy as np
 import pytest
 
-from daemon.config import DEFAULT_CONFIG, WARM_UP_HW, ConfigError, plan_request
+from daemon.config import DEFAULT_CONFIG, WARM_UP_HW, CameraConfig, ConfigError, plan_request
 from daemon.config_file import load_config, parse_config, redact_url, schema_lines
 from tests.conftest import MODELS
 
@@ -379,6 +380,29 @@ def test_validate_config_wants_the_file_it_checks(capsys) -> None:
     assert main(["validate-config"]) == 2
     assert "give the configuration file to check" in capsys.readouterr().err
     assert main(["validate-config", "--schema"]) == 0
+
+
+class _ListAsPython310Sees(types.GenericAlias):
+    """list[X] as Python 3.10 (requires-python's floor) sees it: a type, to isinstance."""
+
+    @property
+    def __class__(self):
+        return type
+
+
+def test_a_camera_typo_and_the_schema_on_python_3_10(monkeypatch, capsys) -> None:
+    """Python 3.10 calls list[CameraConfig] a class: a misspelt camera key crashed run and
+    validate-config with "issubclass() arg 1 must be a class", and --schema always did."""
+    from daemon.cli import main
+    from daemon.config import Config
+
+    cameras = Config.model_fields["cameras"]
+    monkeypatch.setattr(cameras, "annotation", _ListAsPython310Sees(list, (CameraConfig,)))
+    assert isinstance(cameras.annotation, type), "the stand-in behaves as on 3.10"
+    with pytest.raises(ConfigError, match=re.escape("(door).fsp: unknown key (did you mean fps?)")):
+        parse_config({"cameras": [{**CAMERA, "fsp": 5}]})
+    assert main(["validate-config", "--schema"]) == 0
+    assert "cameras[].fps (default 5.0" in capsys.readouterr().out
 
 
 def test_every_problem_of_a_file_is_listed_at_once(tmp_path, monkeypatch, capsys) -> None:
