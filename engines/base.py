@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import logging
 import math
 import operator
 import os
 import reprlib
+import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -295,6 +297,43 @@ def install_hint(extra: str) -> str:
     if (checkout / "pyproject.toml").is_file():
         return f"pip install -e '{checkout}[{extra}]'"
     return f"pip install 'facewatch[{extra}]'"
+
+
+def sdk_import_error(backend: str, package: str, exc: ImportError) -> EngineError:
+    """What a backend whose package did not import says: absent (install it), or installed
+    but broken (one built for NumPy 1 beside NumPy 2, a missing library), with the reason."""
+    if isinstance(exc, ModuleNotFoundError) and exc.name == package:
+        return EngineError(
+            f"the {backend} backend needs the {package} package (a facewatch dependency): "
+            f"pip install {package}"
+        )
+    return EngineError(
+        f"the {backend} backend cannot import {_installed(package)}, installed beside numpy "
+        f"{np.__version__} ({_import_reason(exc, package)}): pip install -U {package}"
+    )
+
+
+def _installed(package: str) -> str:
+    """``package`` and its installed version, as pip names it (just the name when pip's
+    metadata is elsewhere, e.g. NVIDIA's onnxruntime-gpu)."""
+    try:
+        return f"{package} {importlib.metadata.version(package)}"
+    except importlib.metadata.PackageNotFoundError:
+        return package
+
+
+def _import_reason(exc: ImportError, package: str) -> str:
+    """The ImportError's words; where it has none (onnxruntime 1.17 beside NumPy 2 raises an
+    empty one, after printing the reason), the line of the package that raised it."""
+    if str(exc):
+        return f"{type(exc).__name__}: {exc}"
+    last = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
+    where = ""
+    if last:
+        file = last[0].filename
+        file = file[file.rfind(f"/{package}/") + 1 :] if f"/{package}/" in file else file
+        where = f" at {file}:{last[0].lineno}"
+    return f"{type(exc).__name__} with no message{where}; the lines printed above say why"
 
 
 def sync_folder(folder: Path) -> None:

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from engines.base import EngineError, SpecsFromLoad, TensorSpec
+from engines.base import EngineError, SpecsFromLoad, TensorSpec, sdk_import_error
 
 logger = logging.getLogger(__name__)
 
@@ -94,11 +94,8 @@ class OpenVinoEngine(SpecsFromLoad):
     def __init__(self, model_path: str | Path, threads: int = 0, precision: str = "fp32") -> None:
         try:
             import_openvino()
-        except ImportError:
-            raise EngineError(
-                "the openvino backend needs the openvino package (a facewatch dependency): "
-                "pip install openvino"
-            ) from None
+        except ImportError as exc:
+            raise sdk_import_error("openvino", "openvino", exc) from exc
         path = Path(model_path)
         if not path.is_file():
             raise EngineError(f"{path}: model file not found")

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from engines.base import EngineError, SpecsFromLoad, TensorSpec
+from engines.base import EngineError, SpecsFromLoad, TensorSpec, sdk_import_error
 
 logger = logging.getLogger(__name__)
 
@@ -39,8 +39,8 @@ class OrtEngine(SpecsFromLoad):
     ) -> None:
         try:
             import onnxruntime as ort
-        except ImportError as exc:  # pragma: no cover - onnxruntime is a core dependency
-            raise EngineError("the onnxruntime backend needs the onnxruntime package") from exc
+        except ImportError as exc:  # installed but broken, most often (a core dependency)
+            raise sdk_import_error("onnxruntime", "onnxruntime", exc) from exc
         path = Path(model_path)
         if not path.is_file():
             raise EngineError(f"{path}: model file not found")

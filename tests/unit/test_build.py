@@ -503,6 +503,11 @@ BLOCK = "import sys; sys.modules.update({m: None for m in %r}); "
         ),
         (["torch"], "load_engine('models/mtcnn/pnet.onnx', 'torch')", "needs PyTorch"),
         (["openvino"], "load_engine('models/mtcnn/pnet.onnx', 'openvino')", "openvino package"),
+        (
+            ["onnxruntime"],
+            "load_engine('models/mtcnn/pnet.onnx', 'onnxruntime')",
+            "needs the onnxruntime package (a facewatch dependency): pip install onnxruntime",
+        ),
     ],
 )
 def test_missing_sdk_is_one_clear_error(blocked, call, message):
@@ -517,6 +522,36 @@ def test_missing_sdk_is_one_clear_error(blocked, call, message):
     result = run_python(code)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("ERR") and message in result.stdout, result.stdout
+
+
+@pytest.mark.parametrize("package", ["onnxruntime", "openvino"])
+@pytest.mark.parametrize(
+    ("raised", "reason"),
+    [
+        # onnxruntime 1.17 beside NumPy 2: an empty ImportError from its binding, after
+        # NumPy printed why ("A module that was compiled using NumPy 1.x cannot be run...")
+        ("ImportError()", "ImportError with no message at {package}/_binding.py:1"),
+        ('ImportError("libtbb.so.12: cannot open shared object file")', "libtbb.so.12: cannot"),
+    ],
+)
+def test_an_installed_sdk_that_does_not_import_says_why(tmp_path, package, raised, reason):
+    """A package that is installed but does not import was called missing ("needs the
+    onnxruntime package"), though pip says it is there."""
+    (tmp_path / package).mkdir()
+    (tmp_path / package / "__init__.py").write_text("from . import _binding\n")
+    (tmp_path / package / "_binding.py").write_text(f"raise {raised}\n")
+    code = (
+        f"import sys; sys.path.insert(0, {str(tmp_path)!r})\n"
+        "from engines import load_engine, EngineError\n"
+        f"try:\n    load_engine('models/mtcnn/pnet.onnx', {package!r})\n"
+        "except EngineError as e:\n    print('ERR', e)\n"
+    )
+    result = run_python(code)
+    assert result.returncode == 0, result.stderr
+    said = result.stdout
+    assert said.startswith(f"ERR the {package} backend cannot import {package}"), said
+    assert reason.format(package=package) in said and f"pip install -U {package}" in said, said
+    assert "needs the" not in said
 
 
 def _cudart_refusing(driver_version: int):
