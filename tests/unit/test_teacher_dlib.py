@@ -97,9 +97,14 @@ def test_chip_locates_the_face_in_a_crop(crops: Path) -> None:
     assert black["detect", 0.2] <= black["detect", 0.0] and black["detect", 0.2] < 0.01
 
 
+# `facewatch train` without torch says to install the train extra before embed-dlib runs
+TRAIN_EXTRA = "embed-dlib reads photos through training.data, which needs torch (the train extra)"
+
+
 def test_cli_names_the_packages_when_dlib_is_absent(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    pytest.importorskip("torch", reason=TRAIN_EXTRA)
     from training.cli_facenet import main
 
     monkeypatch.setitem(sys.modules, "dlib", None)  # `import dlib` raises ImportError
@@ -112,6 +117,7 @@ def test_cli_names_the_packages_when_dlib_is_absent(
 
 
 def test_bad_settings_are_named(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    pytest.importorskip("torch", reason=TRAIN_EXTRA)
     from training.cli_facenet import main
 
     code = main(["embed-dlib", str(tmp_path), "--out", str(tmp_path / "t.npz"), "--box", "1,2"])
