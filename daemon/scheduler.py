@@ -465,6 +465,13 @@ class Pipeline:
         self._rename_in_view(fresh)
         self.sinks.people({n: person_json(n, self._cameras_seeing(n)) for n in names})
 
+    def close_gallery(self) -> None:
+        """Close the gallery file, on the thread that opened it (SQLite's rule), when the
+        engines stop (left open, Python 3.13 warned "unclosed database" at exit)."""
+        if self.gallery is not None:
+            self.gallery.close()
+            self.gallery = None
+
     def _rename_in_view(self, gallery: Gallery | None) -> None:
         """The faces in view now, named by the new gallery at once: their recent faces are
         matched again (an enrolled, renamed or removed person; events with reason
@@ -562,6 +569,8 @@ class BatchScheduler(threading.Thread):
             logger.exception("batch scheduler failed")
             self.error = exc
             self._end_visits()
+        finally:
+            self.pipeline.close_gallery()
 
     def _end_visits(self) -> None:
         """After a failure: `left` (reason stopped) for the faces in view, and nobody in view

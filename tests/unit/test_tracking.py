@@ -3,6 +3,7 @@ events, and a gallery changed while faces are in view."""
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from pathlib import Path
 
@@ -679,6 +680,35 @@ def test_an_engine_failure_ends_the_visits_in_view(tmp_path) -> None:
     assert isinstance(scheduler.error, RuntimeError) and not scheduler.is_alive()
     assert [(e["type"], e["reason"]) for e in events] == [("confirmed", None), ("left", "stopped")]
     assert in_view[-1]["faces"] == 0
+
+
+def test_the_gallery_file_is_closed_when_the_engines_stop(tmp_path) -> None:
+    """The gallery the engine thread opened is closed as it stops (it stayed open to the
+    process's end: Python 3.13 warned "ResourceWarning: unclosed database" at exit)."""
+    path = tmp_path / "gallery.sqlite"
+    with Gallery.create(path, _OnePerson.model_id, 8) as gallery:
+        gallery.enroll([Enrollment("ann", np.eye(8, dtype=np.float32)[0], "a" * 64)])
+    config = parse_config(
+        {
+            "cameras": [{"name": "door", "url": "door.mp4"}],
+            "recognition": {"model": None, "gallery": str(path)},
+        }
+    )
+    engines = _OnePerson(np.eye(8, dtype=np.float32)[0])
+    pipeline = Pipeline(config, engines, engines, EventSinks())  # type: ignore[arg-type]
+    scheduler = BatchScheduler(pipeline, FrameQueues(["door"], 4))
+    scheduler.start()
+    deadline = time.monotonic() + 10
+    while pipeline.gallery is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    opened = pipeline.gallery
+    assert opened is not None
+    assert opened._conn.total_changes == 0  # open (a query would be refused: another thread)
+    scheduler.stop()
+    scheduler.join(10)
+    assert not scheduler.is_alive() and scheduler.error is None
+    with pytest.raises(sqlite3.ProgrammingError, match="closed database"):
+        opened._conn.total_changes  # noqa: B018
 
 
 def test_a_camera_back_at_another_resolution_keeps_its_faces_tracks() -> None:
