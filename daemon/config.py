@@ -448,15 +448,15 @@ class TrackingConfig(Section):
     iou_threshold: float = _field(
         0.3,
         "least IoU with where the track's face should be (its last box moved at its "
-        "velocity) to continue the track",
+        "velocity, at most one face width), or with its last box, to continue the track",
         gt=0,
         lt=1,
     )
     max_shift: float = _field(
         1.0,
-        "a face whose box does not overlap where its track's face should be still continues "
-        "the track when it is at most this many face widths from there (low fps, a turn, a "
-        "stop); 0 = IoU only",
+        "a face whose box does not overlap where its track's face should be (nor its last "
+        "box) still continues the track when it is at most this many face widths from either "
+        "(low fps, a turn, a stop); 0 = IoU only",
         ge=0,
         le=5,
     )
@@ -466,8 +466,9 @@ class TrackingConfig(Section):
     lost_after_s: float = _field(
         2.0,
         "a track not seen for this long, in its camera's frames, has left (a camera that stalls "
-        "holds its tracks up to 10 s); one whose face comes back as someone else (farther "
-        "than the gallery's threshold from its recent faces) leaves at once",
+        "holds its tracks up to 10 s); one whose face comes back as someone else (it and the "
+        "next face both farther than 1.5 times the gallery's threshold from the track's "
+        "faces) leaves at once",
         gt=0,
         le=3600,
     )

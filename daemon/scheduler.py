@@ -141,9 +141,13 @@ class Pipeline:
                 self._see_still(frame, detections, tracks)
         if self.facenet is not None:
             self._recognise(faces)  # (first: a face found someone else's gets its own track)
+            for camera in {frame.camera for frame in frames}:
+                self.trackers[camera].settle()
         if self.archive is not None:
             with metrics.STAGE_SECONDS.labels("archive").time():
                 for face in faces:
+                    if face.track.doubt is not None:
+                        continue  # (whose face it is, the track's next one says)
                     when = face.track.wall_ts(face.frame.clock)
                     self.archive.observe(
                         face.frame.camera, face.track, face.frame.image, face.own(), when
@@ -305,21 +309,23 @@ class Pipeline:
 
     def _same_person(self, face: _Face, faces: list[_Face], embedding: np.ndarray) -> None:
         """A face whose track could have taken someone else's (``Tracker.replaced``): when it
-        is another person by the gallery's threshold, its track ends here (``left``) and the
-        face, with the track's faces of the batch's later frames, continues a new one."""
+        is clearly another person's, it and the track's faces of the batch's later frames go
+        to that person's track, a hidden neighbour's or a new one (the track it had then ends
+        here, ``left``)."""
         gallery, camera = self.gallery, face.frame.camera
         within = None
         if gallery is not None:
             override = gallery.threshold_override
             within = gallery.threshold if override is None else override
         old = face.track
-        track, ended = self.trackers[camera].replaced(old, embedding, within)
+        track, ended = self.trackers[camera].replaced(old, embedding, face.frame.clock, within)
         if track is old:
             return
         for other in faces:
             if other.track is old and other.frame.clock >= face.frame.clock:
                 other.track = track
-        self._ended(camera, ended, face.frame.ts)
+        if ended:
+            self._ended(camera, ended, face.frame.ts)
 
     def _large_enough(self, face: _Face) -> bool:
         """Whether the face is large enough to recognise (``recognition.min_face_px``): a

@@ -2,16 +2,18 @@
 look at the face where tracks could swap people, an identity vote over each track, and the
 decisions of when an event is due.
 
-Association: each track keeps the velocity of its face (smoothed, capped); a frame's faces
-are matched to the tracks' boxes predicted at its time, by IoU, then by the nearest centre.
-A face that passes in front of another keeps its own track, and the hidden one, predicted
-along its path (or where it stood), is found again when it shows.
+Association: each track keeps the velocity of its face (smoothed, capped, not learnt from a
+box that changed size); a frame's faces are matched to the tracks' boxes predicted at its
+time (at most one face width along) or their last boxes, whichever fits better, by IoU,
+then by the nearest centre. A face that passes in front of another keeps its own track, and
+the hidden one is found again when it shows, where it stood or a little along its path.
 
-Where a track could have taken the wrong face (it was missing in its camera's previous
-frame and came back, or its face overlaps another track's predicted box), the face is
-embedded at once. When it is clearly someone else (farther than the gallery's threshold from
-every recent face of the track), the track ends (``left``, last seen where it was last
-seen) and the face starts a new track, with its own ``confirmed`` and ``first_seen``.
+Where a track could have taken the wrong face, the face is embedded at once: a face found
+where a hidden confirmed neighbour's should be goes to the neighbour's track when it is
+beyond the gallery's threshold from its own track's faces and nearer the neighbour's; a
+track that came back after a gap ends (``left``, last seen where it was last seen) when its
+face and the next are both beyond ``FAR_TIMES`` the threshold from the faces it kept, and
+those faces start a new track, with its own ``confirmed`` and ``first_seen``.
 
 Events (``TrackEvent.kind``):
 - ``confirmed``: a face has been seen in ``confirm_frames`` frames and, when it is
@@ -38,13 +40,13 @@ from __future__ import annotations
 import logging
 from collections import Counter, deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from daemon.config import TrackingConfig
 from daemon.gallery import Match
-from engines.boxes import center_shift_matrix, greedy_match, greedy_pairs, iou_matrix
+from engines.boxes import center_shift_matrix, greedy_pairs, iou_matrix
 from engines.mtcnn import FrameDetections
 
 logger = logging.getLogger(__name__)
@@ -52,12 +54,24 @@ logger = logging.getLogger(__name__)
 UNKNOWN = ""  # the vote of a face that matched nobody
 MAX_SIZE_CHANGE = 1.5  # a face matched by its centre alone keeps its size within this factor
 # a track's velocity: this weight for the latest move (one jittery box moves it half-way),
-# at most MAX_SPEED face widths a second (a face that ran that fast is lost anyway), and
-# followed for at most MAX_PREDICT_S of a hidden face (then it waits where it got to)
+# at most MAX_SPEED face widths a second (a face that ran that fast is lost anyway), learnt
+# only from moves where the box kept its size within STEADY_SIZE (a face half hidden by a
+# passer, or a jittery box, shrinks and shifts while the person stands still), and followed
+# for at most MAX_PREDICT_S and MAX_PREDICT_WIDTHS face widths of a hidden face (then it
+# waits where it got to; the track's last box is tried too)
 VELOCITY_WEIGHT = 0.5
 MAX_SPEED = 4.0
+STEADY_SIZE = 1.2
 MAX_PREDICT_S = 1.0
-CONTESTED_IOU = 0.05  # a face overlapping another track's predicted box this much is looked at
+MAX_PREDICT_WIDTHS = 1.0
+CONTESTED_IOU = 0.05  # a face overlapping a hidden neighbour's predicted box this much is looked at
+# a face that came back after a gap is someone else only when it and the track's next face
+# are both farther than this many times the gallery's threshold from the faces the track
+# kept, at least MIN_KEPT of them (one person's faces lie beyond the threshold itself from
+# their own track's, now and then: 5 % of them in a crowd; and one kept face, a poor one,
+# says too little of its person)
+FAR_TIMES = 1.5
+MIN_KEPT = 2
 
 
 def squared_distances(embedding: np.ndarray, others: np.ndarray) -> np.ndarray:
@@ -93,6 +107,23 @@ class _Before:
     wall_ts: float | None
 
 
+@dataclass(frozen=True)
+class _Doubt:
+    """Why a track's face may be someone else's, and which face is looked at.
+
+    ``contester``: the confirmed track, seen in the frame before and hidden in this one,
+    whose predicted box the face overlaps (None: the track came back after a gap).
+    ``look_ts``: the frame whose face of the track is judged when embedded (None: the
+    track's next face, the second look at a face that came back far). ``far``: the first
+    look was far; ``held``: its vote, cast for whoever the second look finds it was."""
+
+    before: _Before
+    contester: Track | None
+    look_ts: float | None
+    far: bool = False
+    held: Vote | None = None
+
+
 @dataclass
 class Track:
     track_id: int
@@ -114,19 +145,26 @@ class Track:
     first_seen_wall: float | None = None
     last_frame_wall: float | None = None
     velocity_xy: np.ndarray = field(default_factory=lambda: np.zeros(2))  # the box's, px/s
-    # set when the latest face could be someone else's (it came back, or another track's
-    # was near): the track as it was before, until the face is embedded and compared
-    doubt: _Before | None = None
+    # set when the latest face could be someone else's (it came back, or it met a hidden
+    # neighbour's path): the track as it was before, until the face is embedded and compared
+    doubt: _Doubt | None = None
 
     def predicted(self, ts: float) -> np.ndarray:
-        """Where the track's face should be at ``ts``: its last box moved at its velocity."""
+        """Where the track's face should be at ``ts``: its last box moved at its velocity,
+        at most ``MAX_PREDICT_S`` and one face width (``MAX_PREDICT_WIDTHS``) along."""
         shift = self.velocity_xy * min(max(ts - self.last_seen, 0.0), MAX_PREDICT_S)
+        most = MAX_PREDICT_WIDTHS * float(self.bbox_xyxy[2] - self.bbox_xyxy[0])
+        length = float(np.hypot(*shift))
+        if length > most:
+            shift = shift * (most / length)
         return self.bbox_xyxy + np.tile(shift, 2)
 
     def follow(self, box: np.ndarray, ts: float) -> None:
-        """The velocity, after its face was found at ``box`` at ``ts``."""
+        """The velocity, after its face was found at ``box`` at ``ts`` (unchanged when the
+        box changed size: a face half hidden, or a jittery box, did not move that way)."""
         elapsed = ts - self.last_seen
-        if elapsed <= 0:
+        width, before = float(box[2] - box[0]), float(self.bbox_xyxy[2] - self.bbox_xyxy[0])
+        if elapsed <= 0 or not 1 / STEADY_SIZE <= width / max(before, 1e-9) <= STEADY_SIZE:
             return
         step = ((box[:2] + box[2:]) - (self.bbox_xyxy[:2] + self.bbox_xyxy[2:])) / 2 / elapsed
         most = MAX_SPEED * float(box[2] - box[0])
@@ -231,17 +269,24 @@ class Tracker:
         self, ts: float, faces: FrameDetections, wall_ts: float | None = None
     ) -> list[Track]:
         """Match ``faces`` of a frame taken at ``ts`` to tracks (greedy by IoU with each
-        track's predicted box, then by centre), start tracks for the rest; returns the track
-        of each face, in order. ``wall_ts``: the frame's wall-clock time, when ``ts`` is on
-        another clock (the daemon's monotonic one); a track's later times follow its first
-        frame's (``Track.wall_ts``)."""
+        track's predicted box or its last one, whichever overlaps more, then by the nearest
+        centre of either), start tracks for the rest; returns the track of each face, in
+        order. ``wall_ts``: the frame's wall-clock time, when ``ts`` is on another clock (the
+        daemon's monotonic one); a track's later times follow its first frame's
+        (``Track.wall_ts``)."""
         assigned: list[Track | None] = [None] * len(faces)
         live = [t for t in self.tracks if t.last_seen < ts]
-        predicted = np.stack([t.predicted(ts) for t in live]) if live else np.zeros((0, 4))
-        if live:
-            for i, j in greedy_match(faces.bbox_xyxy, predicted, self.config.iou_threshold):
+        if live and len(faces):
+            boxes = faces.bbox_xyxy
+            where = (
+                np.stack([t.predicted(ts) for t in live]),
+                np.stack([t.bbox_xyxy for t in live]),
+            )
+            overlap = np.maximum(iou_matrix(boxes, where[0]), iou_matrix(boxes, where[1]))
+            for i, j in greedy_pairs(overlap, self.config.iou_threshold):
                 assigned[i] = live[j]
-            self._match_moved(faces.bbox_xyxy, live, predicted, assigned)
+            self._match_moved(boxes, live, where, assigned)
+        matched = {id(t) for t in assigned if t is not None}
         result = []
         for i, track in enumerate(assigned):
             box = faces.bbox_xyxy[i]
@@ -251,11 +296,7 @@ class Tracker:
                 self._next_id += 1
                 self.tracks.append(track)
             else:
-                if self._in_doubt(track, box, live, predicted):
-                    track.doubt = _Before(
-                        track.bbox_xyxy, track.landmarks, track.last_seen,
-                        track.last_frame_wall, track.hits, track.velocity_xy, ts, wall_ts,
-                    )  # fmt: skip
+                self._look_at(track, box, ts, wall_ts, [t for t in live if id(t) not in matched])
                 track.follow(box, ts)
                 track.bbox_xyxy, track.landmarks = box, faces.landmarks[i]
                 track.last_seen, track.last_frame_wall = ts, wall_ts
@@ -265,41 +306,62 @@ class Tracker:
         self._previous_ts = max(ts, self._previous_ts)
         return result
 
-    def _in_doubt(
-        self, track: Track, box: np.ndarray, live: list[Track], predicted: np.ndarray
-    ) -> bool:
-        """Whether ``box``, the face just given to ``track``, may be someone else's: the
-        track was missing in the camera's previous frame (someone may have taken the place),
-        or the face overlaps another track's predicted box (one face passing another). Only
-        a recognising tracker can tell, and a doubt waits for its face to be embedded."""
-        if not self.recognising or track.doubt is not None:
-            return False
-        if track.last_seen < self._previous_ts:
-            return True
-        overlap = iou_matrix(box[None], predicted)[0]
-        return any(
-            o >= CONTESTED_IOU and t is not track for o, t in zip(overlap, live, strict=True)
-        )
+    def _look_at(
+        self, track: Track, box: np.ndarray, ts: float, wall_ts: float | None, hidden: list[Track]
+    ) -> None:
+        """Sets ``track.doubt`` when ``box``, the face just given to it, may be someone
+        else's: the track was missing in the camera's previous frame (someone may have taken
+        the place), or the face overlaps the predicted box of a confirmed track seen in that
+        frame and given no face in this one (``hidden``: one face in front of another, and
+        the tracks may have swapped). Only a recognising tracker can tell."""
+        if not self.recognising:
+            return
+        if track.doubt is not None:
+            if track.doubt.look_ts is None:  # a second look at a face that came back far
+                track.doubt = replace(track.doubt, look_ts=ts)
+            return
+        contester = self._contester(box, ts, hidden)
+        if contester is None and track.last_seen >= self._previous_ts:
+            return
+        before = _Before(
+            track.bbox_xyxy, track.landmarks, track.last_seen, track.last_frame_wall,
+            track.hits, track.velocity_xy, ts, wall_ts,
+        )  # fmt: skip
+        track.doubt = _Doubt(before, contester, ts)
+
+    def _contester(self, box: np.ndarray, ts: float, hidden: list[Track]) -> Track | None:
+        """Of the confirmed tracks among ``hidden`` seen in the camera's previous frame, the
+        one whose predicted box ``box`` overlaps most, at least ``CONTESTED_IOU`` (not a
+        track that is still new or was already missing: a false detection's drifting box
+        contested real faces)."""
+        near = [t for t in hidden if t.confirmed and t.last_seen >= self._previous_ts]
+        if not near:
+            return None
+        overlap = iou_matrix(box[None], np.stack([t.predicted(ts) for t in near]))[0]
+        best = int(np.argmax(overlap))
+        return near[best] if overlap[best] >= CONTESTED_IOU else None
 
     def _match_moved(
         self,
         boxes: np.ndarray,
         live: list[Track],
-        predicted: np.ndarray,
+        where: tuple[np.ndarray, np.ndarray],
         assigned: list[Track | None],
     ) -> None:
-        """Second pass for faces whose box does not overlap their track's predicted one (low
-        fps, a turn, a stop): the nearest centre within ``max_shift`` face widths, size within
-        1.5x."""
+        """Second pass for faces whose box does not overlap their track's predicted or last
+        one (low fps, a turn, a stop): the nearest centre of either within ``max_shift`` face
+        widths, size within 1.5x."""
         faces = [i for i, t in enumerate(assigned) if t is None]
         taken = {id(t) for t in assigned if t is not None}
         free = [j for j, t in enumerate(live) if id(t) not in taken]
         if not faces or not free or self.config.max_shift <= 0:
             return
-        old = predicted[free]
-        shift = center_shift_matrix(boxes[faces], old)
+        predicted, last = where[0][free], where[1][free]
+        shift = np.minimum(
+            center_shift_matrix(boxes[faces], predicted), center_shift_matrix(boxes[faces], last)
+        )
         width_new = boxes[faces, 2] - boxes[faces, 0]
-        ratio = width_new[:, None] / np.maximum(old[None, :, 2] - old[None, :, 0], 1e-9)
+        ratio = width_new[:, None] / np.maximum(last[None, :, 2] - last[None, :, 0], 1e-9)
         scores = np.where(
             (ratio > 1 / MAX_SIZE_CHANGE) & (ratio < MAX_SIZE_CHANGE), -shift, -np.inf
         )
@@ -321,34 +383,84 @@ class Tracker:
         return track.since_embed >= self.reembed_every
 
     def replaced(
-        self, track: Track, embedding: np.ndarray, same_within: float | None
+        self, track: Track, embedding: np.ndarray, ts: float, same_within: float | None
     ) -> tuple[Track, list[TrackEvent]]:
-        """The track of ``track``'s latest face, just embedded: ``track`` itself, unless that
-        face was in doubt (``Track.doubt``) and is farther than ``same_within`` (the gallery's
-        threshold: None, no gallery, no judging) from every recent face the track kept. Then
-        it is someone else: ``track`` ends where it was last seen (its events, ``left``) and
-        the face starts a new track from the frame it came in."""
-        before, track.doubt = track.doubt, None
+        """The track of ``track``'s face of the frame taken at ``ts``, just embedded:
+        ``track`` itself, unless that face is the one in doubt (``Track.doubt``) and clearly
+        someone else, by the faces the tracks kept and ``same_within`` (the gallery's
+        threshold: None, no gallery, no judging):
+        - a face over a hidden neighbour's path (``_Doubt.contester``) that is farther than
+          ``same_within`` from every face of its track and nearer the neighbour's: the two
+          tracks had swapped, and the face goes to the neighbour's track (no event);
+        - a face that came back after a gap, and the track's next face, both farther than
+          ``FAR_TIMES`` ``same_within`` from every face the track kept before: someone else
+          took the place. ``track`` ends where it was last seen (its events, ``left``) and the
+          faces start a new track from the first one's frame."""
+        doubt = track.doubt
+        if doubt is None or not _looks_at(doubt, ts):
+            return track, []  # (a face of another frame of the batch: not the one in doubt)
+        track.doubt = None
         kept = [v.embedding for v in track.votes if v.embedding is not None]
-        if before is None or same_within is None or not kept:
+        if same_within is None or len(kept) < MIN_KEPT:
             return track, []
         nearest = float(squared_distances(embedding, np.stack(kept)).min())
-        if nearest <= same_within:
+        if doubt.contester is not None:
+            return self._swapped(track, doubt, embedding, nearest, same_within), []
+        if nearest <= FAR_TIMES * same_within:
+            track.votes.extend([doubt.held] if doubt.held else [])
             return track, []
+        if not doubt.far:
+            track.doubt = replace(doubt, look_ts=None, far=True)
+            return track, []
+        before = doubt.before
         new = Track(self._next_id, track.bbox_xyxy, track.landmarks, before.ts, track.last_seen)
         new.first_seen_wall, new.last_frame_wall = before.wall_ts, track.last_frame_wall
         new.hits = track.hits - before.hits
+        new.votes.extend([doubt.held] if doubt.held else [])
         self._next_id += 1
-        track.bbox_xyxy, track.landmarks = before.bbox_xyxy, before.landmarks
-        track.last_seen, track.last_frame_wall = before.last_seen, before.last_frame_wall
-        track.hits, track.velocity_xy = before.hits, before.velocity_xy
+        _restore(track, before)
         self.tracks = [t for t in self.tracks if t is not track] + [new]
         logger.debug(
-            "camera %s: track %d's face at %.2f is someone else (%.3f from its faces, over "
-            "%.3f): track %d", self.camera, track.track_id, before.ts, nearest, same_within,
-            new.track_id,
+            "camera %s: track %d's face at %.2f is someone else (twice over %.3f from its "
+            "faces): track %d", self.camera, track.track_id, before.ts,
+            FAR_TIMES * same_within, new.track_id,
         )  # fmt: skip
         return new, self._leaving(track, "lost")
+
+    def _swapped(
+        self, track: Track, doubt: _Doubt, embedding: np.ndarray, nearest: float, within: float
+    ) -> Track:
+        """The track of a face over a hidden neighbour's path (``replaced``): the neighbour
+        (still open, and still hidden since), when the face is farther than ``within`` from
+        every face of ``track`` and nearer one of the neighbour's; else ``track``."""
+        other, before = doubt.contester, doubt.before
+        theirs = [v.embedding for v in other.votes if v.embedding is not None] if other else []
+        if (
+            other is None
+            or not theirs
+            or nearest <= within
+            or not any(t is other for t in self.tracks)
+            or other.last_seen >= before.ts
+            or float(squared_distances(embedding, np.stack(theirs)).min()) >= nearest
+        ):
+            return track
+        other.follow(track.bbox_xyxy, track.last_seen)
+        other.bbox_xyxy, other.landmarks = track.bbox_xyxy, track.landmarks
+        other.last_seen, other.last_frame_wall = track.last_seen, track.last_frame_wall
+        other.hits += track.hits - before.hits
+        _restore(track, before)
+        logger.debug(
+            "camera %s: the face at %.2f is track %d's, not track %d's (%.3f from its faces)",
+            self.camera, before.ts, other.track_id, track.track_id, nearest,
+        )  # fmt: skip
+        return other
+
+    def settle(self) -> None:
+        """After a batch's faces were embedded: a doubt whose face was not (too small to
+        recognise) is dropped, not judged on a later face and dated back to it."""
+        for track in self.tracks:
+            if track.doubt is not None and track.doubt.look_ts is not None:
+                track.doubt = None
 
     def record(
         self,
@@ -358,9 +470,15 @@ class Tracker:
         embedding: np.ndarray | None = None,
     ) -> None:
         """One recognition of the track's face (identity None: matched nobody); its
-        ``embedding`` is kept to match it again when the gallery changes."""
+        ``embedding`` is kept to match it again when the gallery changes. The vote of a face
+        that came back far from the track's faces is held until the next one says whose it
+        is (``replaced``)."""
         track.embedded, track.since_embed = True, 0
-        track.votes.append(Vote(identity or UNKNOWN, distance, embedding))
+        vote = Vote(identity or UNKNOWN, distance, embedding)
+        if track.doubt is not None and track.doubt.far and track.doubt.held is None:
+            track.doubt = replace(track.doubt, held=vote)
+            return
+        track.votes.append(vote)
         while len(track.votes) > self.config.vote_window:
             track.votes.popleft()
 
@@ -471,3 +589,16 @@ class Tracker:
                 TrackEvent("left", track, track.identity, confidence, distance, reason=reason)
             )
         return events
+
+
+def _looks_at(doubt: _Doubt, ts: float) -> bool:
+    """Whether the track's face of the frame taken at ``ts`` is the one ``doubt`` judges: that
+    of its frame, or for a second look, any later one."""
+    return doubt.look_ts == ts if doubt.look_ts is not None else ts > doubt.before.ts
+
+
+def _restore(track: Track, before: _Before) -> None:
+    """``track`` as it was before the face in doubt (that face was someone else's)."""
+    track.bbox_xyxy, track.landmarks = before.bbox_xyxy, before.landmarks
+    track.last_seen, track.last_frame_wall = before.last_seen, before.last_frame_wall
+    track.hits, track.velocity_xy = before.hits, before.velocity_xy
