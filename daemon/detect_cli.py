@@ -21,7 +21,7 @@ from daemon.journal import print_error
 from engines import BACKENDS, EngineError
 from engines.base import bounds_text
 from engines.detectors import load_detector
-from engines.image_files import PHOTO_SUFFIXES, folder_files
+from engines.image_files import PHOTO_SUFFIXES, VIDEO_SUFFIXES, folder_files
 from engines.images import ImageError, cv_path, read_image, shown, write_image
 from engines.loader import THREAD_BOUNDS, cpu_threads, default_models_dir
 from engines.mtcnn import (
@@ -34,8 +34,6 @@ from engines.mtcnn import (
 )
 
 logger = logging.getLogger(__name__)
-
-VIDEO_SUFFIXES = frozenset({".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v", ".ts"})
 
 
 def progress_wanted(args: argparse.Namespace) -> bool:

@@ -1,8 +1,8 @@
-"""Which files of a folder are photos: one rule for every command that walks folders
-(detect, identify, enroll, train align, training, TensorRT calibration).
+"""Which files of a folder are photos (or videos): one rule for every command that walks
+folders (detect, identify, enroll, train align, training, TensorRT calibration).
 
-A file is taken by its extension (``PHOTO_SUFFIXES``, any case); a file named directly is
-read whatever its name. Hidden entries (``.thumbnails``, macOS's ``._photo.jpg``, a
+A file is taken by its extension (``PHOTO_SUFFIXES``, and ``VIDEO_SUFFIXES`` for the
+commands that read videos; any case); a file named directly is read whatever its name. Hidden entries (``.thumbnails``, macOS's ``._photo.jpg``, a
 Synology NAS's ``@eaDir``) are never photos or people. Symlinked files and folders are
 followed (a folder reached twice, through a link back up the tree, is walked once).
 HEIC/HEIF photos are taken so that reading them says how to convert them, rather than
@@ -23,6 +23,12 @@ IMAGE_SUFFIXES = frozenset(
 )
 HEIC_SUFFIXES = frozenset({".heic", ".heif", ".hif"})  # iPhones' default, some cameras'
 PHOTO_SUFFIXES = IMAGE_SUFFIXES | HEIC_SUFFIXES
+# containers OpenCV's FFmpeg opens, as phones, camcorders (AVCHD's .mts/.m2ts), DVDs (.vob),
+# NVR exports (.ts, .mp4, .avi) and older Windows and web tools (.wmv/.asf, .flv) name them
+VIDEO_SUFFIXES = frozenset(
+    {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".wmv", ".asf", ".flv", ".3gp", ".3g2"}
+    | {".mpg", ".mpeg", ".vob", ".ts", ".mts", ".m2ts"}
+)
 # files a folder of photos holds that nobody takes for photos: not worth a word
 CLUTTER = frozenset({"thumbs.db", "desktop.ini"})
 # ISO-BMFF brands (the ftyp box's first) of HEIC/HEIF stills and sequences
@@ -47,6 +53,7 @@ class FolderFiles:
 
     files: list[Path] = field(default_factory=list)
     left_out: list[Path] = field(default_factory=list)
+    taken: str = "photos"  # what the files are, as the note says it
 
     def note(self, folder: Path) -> str | None:
         """What to tell a user about the files left out, or None when there are none."""
@@ -55,8 +62,8 @@ class FolderFiles:
         names = [p.name for p in self.left_out[:LEFT_OUT_SHOWN]]
         more = len(self.left_out) - len(names)
         return (
-            f"{folder}: left out {len(self.left_out)} file(s) that are not photos by their "
-            f"extension: {', '.join(names)}" + (f" and {more} more" if more else "")
+            f"{folder}: left out {len(self.left_out)} file(s) that are not {self.taken} by "
+            f"their extension: {', '.join(names)}" + (f" and {more} more" if more else "")
         )
 
 
@@ -65,7 +72,7 @@ def folder_files(
 ) -> FolderFiles:
     """The files of ``folder`` (at any depth, or directly inside with ``recursive`` False)
     whose suffix is one of ``suffixes``, outside hidden folders, following symlinks."""
-    found = FolderFiles()
+    found = FolderFiles(taken="photos or videos" if suffixes & VIDEO_SUFFIXES else "photos")
     seen: set[tuple[int, int]] = set()
     for top, dirs, names in os.walk(folder, followlinks=True):
         here = os.stat(top)

@@ -131,10 +131,28 @@ def test_a_folder_is_walked_as_enroll_walks_it(shared_data, tmp_path, capsys):
     assert f"{person / 'IMG_0044.HEIC'}: HEIC/HEIF photos (an iPhone's default) are not read" in err
     assert "heif-convert" in err and "eaDir" not in out + err and "._a.jpg" not in err
     assert (
-        f"note: {person}: left out 1 file(s) that are not photos by their extension: notes.txt"
-        in err
+        f"note: {person}: left out 1 file(s) that are not photos or videos by their "
+        "extension: notes.txt" in err
     )
     assert "3 file(s)" in err and "1 error(s)" in err
+
+
+def test_a_folder_of_camcorder_phone_and_dvd_videos_is_read(tmp_path, capsys) -> None:
+    """An AVCHD camcorder's .MTS, a phone's .3gp, a DVD's .mpg were left out of a folder as
+    "not photos" (exit 0, nothing searched); the note now says what detect takes."""
+    from tests.clips import DEMO_CLIP
+
+    folder = tmp_path / "footage"
+    folder.mkdir()
+    names = ["a.MTS", "b.m2ts", "c.mpg", "d.3gp", "e.VOB", "f.wmv"]
+    for name in names:  # FFmpeg goes by the content: the demo clip under each name
+        shutil.copy(DEMO_CLIP, folder / name)
+    (folder / "notes.txt").write_text("tape 3")
+    code, out, err = run_cli(capsys, "--every", "100", str(folder))
+    assert code == 0, err
+    assert [line.split(": ")[0] for line in out.splitlines()] == [str(folder / n) for n in names]
+    assert all(": 275 frames (3 searched: every 100)" in line for line in out.splitlines())
+    assert f"note: {folder}: left out 1 file(s) that are not photos or videos by their" in err
 
 
 def test_a_file_that_is_not_video_is_an_error(tmp_path, capsys):
