@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -202,14 +203,8 @@ def run(args: argparse.Namespace) -> int:
     files = list(_expand(args.paths, summary))
     show_bar = progress_wanted(args) and len(files) > 1
     for path, name in tqdm(files, desc="files", unit="file", disable=not show_bar, file=sys.stderr):
-        out = None
         try:
-            if path.suffix.lower() in VIDEO_SUFFIXES:
-                out = outputs.path_for(name, ".mp4") if outputs else None
-                _detect_video(detector, path, args, summary, out)
-            else:
-                out = outputs.path_for(name, ".jpg") if outputs else None
-                _detect_image(detector, path, args, summary, out)
+            _detect_file(detector, path, name, args, summary, outputs)
             summary.files += 1
         except (ImageError, VideoError, OSError) as exc:
             summary.errors.append(str(exc))
@@ -275,10 +270,61 @@ def _emit(
         )
 
 
-def _detect_image(
-    detector: MTCNN, path: Path, args: argparse.Namespace, summary: Summary, out: Path | None
+def _detect_file(
+    detector: MTCNN,
+    path: Path,
+    name: Path,
+    args: argparse.Namespace,
+    summary: Summary,
+    outputs: Outputs | None,
 ) -> None:
-    image = read_image(str(path))
+    """A video by its name, else a photo; a file named with no suffix of either (a recorder's
+    .dat, a camera's odd one) that is no image is tried as a video before it is called
+    unreadable."""
+
+    def out(suffix: str) -> Path | None:
+        return outputs.path_for(name, suffix) if outputs else None
+
+    if path.suffix.lower() in VIDEO_SUFFIXES:
+        _detect_video(detector, path, args, summary, out(".mp4"))
+        return
+    try:
+        image = read_image(str(path))
+    except ImageError as exc:
+        if path.suffix.lower() in PHOTO_SUFFIXES or not _worth_trying_as_video(path):
+            raise
+        if not _opens_as_video(path):
+            raise VideoError(f"{exc}; nor a video that FFmpeg can open") from None
+        _detect_video(detector, path, args, summary, out(".mp4"))
+        return
+    _detect_image(detector, path, image, args, summary, out(".jpg"))
+
+
+def _worth_trying_as_video(path: Path) -> bool:
+    """A readable file with data in it (an empty or unreadable one is said as such)."""
+    try:
+        return path.stat().st_size > 0 and os.access(path, os.R_OK)
+    except OSError:
+        return False
+
+
+def _opens_as_video(path: Path) -> bool:
+    """Whether OpenCV's FFmpeg opens ``path`` and decodes a first frame."""
+    capture = cv2.VideoCapture(cv_path(path))
+    try:
+        return capture.isOpened() and capture.grab()
+    finally:
+        capture.release()
+
+
+def _detect_image(
+    detector: MTCNN,
+    path: Path,
+    image: np.ndarray,
+    args: argparse.Namespace,
+    summary: Summary,
+    out: Path | None,
+) -> None:
     found = detector.detect([image])[0]
     summary.frames += 1
     summary.faces += len(found)

@@ -155,6 +155,25 @@ def test_a_folder_of_camcorder_phone_and_dvd_videos_is_read(tmp_path, capsys) ->
     assert f"note: {folder}: left out 1 file(s) that are not photos or videos by their" in err
 
 
+def test_a_video_named_directly_is_read_whatever_its_name(tmp_path, capsys) -> None:
+    """A valid camcorder .MTS named on the command line was called "not a readable image
+    (corrupt ...)"; a recorder's own suffix (.dav, .264, none) is tried as a video before
+    the file is called unreadable, and a file that is neither says so."""
+    from tests.clips import DEMO_CLIP
+
+    named = [tmp_path / "clip.MTS", tmp_path / "ch01_20240105.dav", tmp_path / "export"]
+    for path in named:
+        shutil.copy(DEMO_CLIP, path)
+    junk = tmp_path / "notes.dat"
+    junk.write_text("tape 3, camera 2")
+    code, out, err = run_cli(capsys, "--every", "100", *map(str, named), str(junk))
+    assert code == 1
+    lines = out.splitlines()
+    assert [line.split(", ")[0] for line in lines] == [f"{p}: 275 frames (3 searched: every 100)" for p in named]  # fmt: skip
+    assert f"error: {junk}: not a readable image (corrupt, truncated or unknown format); nor a video that FFmpeg can open" in err  # fmt: skip
+    assert "3 file(s)" in err and "1 error(s)" in err
+
+
 def test_a_file_that_is_not_video_is_an_error(tmp_path, capsys):
     fake = tmp_path / "clip.mp4"
     fake.write_bytes(b"not a video")
