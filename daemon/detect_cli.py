@@ -11,12 +11,13 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import cv2
 import numpy as np
 from tqdm import tqdm
 
-from daemon.cameras import STUCK_FILE, StuckPicture
+from daemon.cameras import STUCK_FILE, StuckPicture, ffmpeg_environment
 from daemon.cli_args import number
 from daemon.journal import print_error
 from engines import BACKENDS, EngineError
@@ -198,6 +199,7 @@ def run(args: argparse.Namespace) -> int:
             print_error(f"--annotate {args.annotate}: cannot create it: {why}")
             return 2
         outputs = Outputs(args.annotate)
+    ffmpeg_environment()  # FFmpeg's own messages ("moov atom not found") name no file: off
     summary = Summary()
     started = time.monotonic()
     files = list(_expand(args.paths, summary))
@@ -338,7 +340,7 @@ def _detect_video(
 ) -> None:
     capture = cv2.VideoCapture(cv_path(path))
     if not capture.isOpened():
-        raise VideoError(f"{path}: cannot open as a video")
+        raise VideoError(f"{path}: cannot open as a video{_why_not_opened(path)}")
     total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
     fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
     writer = None
@@ -398,6 +400,38 @@ def _detect_video(
     if not args.json:
         every = f" ({searched} searched: every {args.every})" if args.every > 1 else ""
         tqdm.write(f"{path}: {index} frames{every}, {faces} faces", file=sys.stdout)
+
+
+def _why_not_opened(path: Path) -> str:
+    """The likely cause where it can be told: an MP4/MOV (``ftyp`` first) without its index
+    (the ``moov`` box, written last when a recording is finished)."""
+    try:
+        with path.open("rb") as file:
+            boxes = list(_top_level_boxes(file))
+    except OSError:
+        return ""
+    if boxes[:1] == [b"ftyp"] and b"moov" not in boxes:
+        return (
+            ": its index (the MP4 'moov' box) is missing: a recording cut off or copied before "
+            "it was finished?"
+        )
+    return ""
+
+
+def _top_level_boxes(file: BinaryIO) -> Iterator[bytes]:
+    """The types of an ISO-BMFF (MP4, MOV, 3GP) file's top-level boxes, in order."""
+    size = file.seek(0, os.SEEK_END)
+    at = 0
+    while at + 8 <= size:
+        file.seek(at)
+        header = file.read(16)
+        length, kind = int.from_bytes(header[:4], "big"), header[4:8]
+        if length == 1 and len(header) == 16:  # a 64-bit size follows the type
+            length = int.from_bytes(header[8:16], "big")
+        yield kind
+        if length < 8:  # 0: to the end of the file (or not a box at all)
+            return
+        at += length
 
 
 def _video_writer(out: Path, shape: tuple[int, ...], fps: float) -> cv2.VideoWriter:

@@ -181,6 +181,30 @@ def test_a_file_that_is_not_video_is_an_error(tmp_path, capsys):
     assert code == 1 and str(fake) in err
 
 
+def test_ffmpegs_own_messages_stay_out_and_a_cut_off_mp4_is_named(tmp_path) -> None:
+    """A recording cut off before its end (its MP4 index, written last, missing): FFmpeg's
+    "[mov,mp4,m4a,3gp,3g2,mj2 @ 0x...] moov atom not found" came before detect's own
+    message, which said only "cannot open as a video". (FFmpeg's log level is set once per
+    process, at the first capture: a fresh process.)"""
+    from tests.clips import DEMO_CLIP
+
+    data = DEMO_CLIP.read_bytes()
+    cut = tmp_path / "recording.mp4"
+    cut.write_bytes(data[: len(data) * 6 // 10])  # the demo clip's index is at its end
+    result = subprocess.run(
+        [sys.executable, "-m", "daemon.cli", "detect", "--no-progress", str(cut)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "moov atom" not in result.stderr and " @ 0x" not in result.stderr, result.stderr
+    assert (
+        f"error: {cut}: cannot open as a video: its index (the MP4 'moov' box) is missing: a "
+        "recording cut off or copied before it was finished?"
+    ) in result.stderr
+
+
 def test_an_interlaced_video_is_an_error_naming_the_file_not_0_faces(tmp_path, capsys):
     """OpenCV's FFmpeg cannot convert interlaced H.264 yet reads it "fine": every frame came
     out black (or one stale picture, with the faces of another video), and detect said
