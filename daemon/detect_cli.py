@@ -208,6 +208,8 @@ def run(args: argparse.Namespace) -> int:
         try:
             _detect_file(detector, path, name, args, summary, outputs)
             summary.files += 1
+        except BrokenPipeError:  # the reader went away (`| head`): no file's fault
+            raise
         except (ImageError, VideoError, OSError) as exc:
             summary.errors.append(str(exc))
             tqdm.write(f"error: {exc}", file=sys.stderr)

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import cv2
+import numpy as np
 import pytest
 
 from daemon.cli import main
@@ -203,6 +204,23 @@ def test_ffmpegs_own_messages_stay_out_and_a_cut_off_mp4_is_named(tmp_path) -> N
         f"error: {cut}: cannot open as a video: its index (the MP4 'moov' box) is missing: a "
         "recording cut off or copied before it was finished?"
     ) in result.stderr
+
+
+def test_json_piped_to_head_ends_quietly(tmp_path) -> None:
+    """`facewatch detect --json VIDEO | head`: the reader goes away; detect stops, as a pipe's
+    writer does, without "error: [Errno 32] Broken pipe" (taken for the video's failure)."""
+    clip = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter.fourcc(*"MJPG"), 25, (64, 48))
+    for k in range(1500):  # a few frames' records fill the output buffer, many times over
+        writer.write(np.full((48, 64, 3), k % 200, np.uint8))
+    writer.release()
+    command = [sys.executable, "-m", "daemon.cli", "detect", "--json", "--no-progress", str(clip)]
+    reader = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert reader.stdout is not None and reader.stderr is not None
+    reader.stdout.close()  # before detect's first line: its models are still loading
+    err = reader.stderr.read().decode()
+    assert reader.wait(timeout=120) == 141
+    assert err == "", err
 
 
 def test_an_interlaced_video_is_an_error_naming_the_file_not_0_faces(tmp_path, capsys):
