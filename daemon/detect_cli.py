@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import os
@@ -83,14 +84,17 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     p.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="images, videos or folders")
     p.add_argument(
-        "--json", action="store_true", help="one JSON object per image / frame on stdout"
+        "--json",
+        action="store_true",
+        help="one JSON object per image / frame on stdout (a frame's with its time_s in the video)",
     )
     p.add_argument(
         "--annotate",
         type=Path,
         metavar="DIR",
-        help="write images (and videos) with boxes drawn, in the inputs' folder tree (a folder "
-        "argument's files under its name); files of an earlier run are replaced",
+        help="write images (and videos, playing at their speed, a pause over 2 s cut to 2 s) "
+        "with boxes drawn, in the inputs' folder tree (a folder argument's files under its "
+        "name); files of an earlier run are replaced",
     )
     p.add_argument(
         "--models",
@@ -254,11 +258,13 @@ def _emit(
     frame: int | None,
     hw: tuple[int, ...],
     found: FrameDetections,
+    at: float | None = None,
 ) -> None:
     if args.json:
         record = {
             "source": shown(source),
             "frame": frame,
+            "time_s": None if at is None else round(at, 3),
             "image_hw": list(hw[:2]),
             "faces": found.to_json(),
         }
@@ -345,7 +351,7 @@ def _detect_video(
         raise VideoError(f"{path}: cannot open as a video{_why_not_opened(path)}")
     total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
     fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
-    writer = None
+    writer: TimedWriter | None = None
     faces_before = summary.faces
     bar = tqdm(
         total=total,
@@ -355,28 +361,35 @@ def _detect_video(
         file=sys.stderr,
         leave=False,
     )
-    index, batch, numbers, searched = 0, [], [], 0
+    index, batch, numbers, times, searched = 0, [], [], [], 0
+    clock_s, seen = -1.0, Seen()
     stuck = StuckPicture()
     try:
         while True:
             ok, frame = capture.read()
+            if ok:
+                clock_s = _frame_time(capture, clock_s, fps)
             if ok and index % args.every == 0:
                 batch.append(frame)
                 numbers.append(index)
+                times.append(clock_s)
                 stuck.see(frame, 0.0)
             if batch and (not ok or len(batch) == args.batch):
-                for number, image, found in zip(
-                    numbers, batch, detector.detect(batch), strict=True
+                for number, at, image, found in zip(
+                    numbers, times, batch, detector.detect(batch), strict=True
                 ):
                     summary.frames += 1
                     searched += 1
                     summary.faces += len(found)
-                    _emit(args, path, number, image.shape, found)
+                    seen.add(at, len(found))
+                    _emit(args, path, number, image.shape, found, at)
                     if out is not None:
-                        writer = writer or _video_writer(out, image.shape, fps / args.every)
-                        writer.write(draw(image, found))
+                        writer = writer or TimedWriter(
+                            out, image.shape, _output_fps(times, fps / args.every)
+                        )
+                        writer.write(draw(image, found), at)
                 bar.update(numbers[-1] + 1 - bar.n)
-                batch, numbers = [], []
+                batch, numbers, times = [], [], []
             if not ok:
                 break
             index += 1
@@ -401,7 +414,91 @@ def _detect_video(
         )
     if not args.json:
         every = f" ({searched} searched: every {args.every})" if args.every > 1 else ""
-        tqdm.write(f"{path}: {index} frames{every}, {faces} faces", file=sys.stdout)
+        when = f" seen {clock(seen.first)}-{clock(seen.last)}" if faces else ""
+        tqdm.write(
+            f"{path}: {index} frames{every}, 0:00.0-{clock(clock_s)}, {faces} faces{when}",
+            file=sys.stdout,
+        )
+
+
+def _frame_time(capture: cv2.VideoCapture, before: float, fps: float) -> float:
+    """The time in the video, seconds, of the frame just read: its own timestamp (right on a
+    variable frame rate, a motion-triggered recorder's pauses), or, where the file gives
+    none that moves on, one frame period after the last."""
+    at = capture.get(cv2.CAP_PROP_POS_MSEC) / 1000
+    if at > before:
+        return at
+    return before + 1 / fps if before >= 0 else 0.0
+
+
+@dataclass
+class Seen:
+    """When faces were seen in a video: the times of the first and last frame with any."""
+
+    first: float = 0.0
+    last: float = 0.0
+    any: bool = False
+
+    def add(self, at: float, faces: int) -> None:
+        if faces:
+            self.first = self.first if self.any else at
+            self.last, self.any = at, True
+
+
+def clock(seconds: float) -> str:
+    """A time in a video as a player shows it, to the tenth: 1:09.0, 1:02:03.5."""
+    tenths = round(seconds * 10)
+    hours, tenths = divmod(tenths, 36000)
+    minutes, tenths = divmod(tenths, 600)
+    sec = f"{tenths // 10:02d}.{tenths % 10}"
+    return f"{hours}:{minutes:02d}:{sec}" if hours else f"{minutes}:{sec}"
+
+
+def _output_fps(times: list[float], header_fps: float) -> float:
+    """The annotated video's frame rate: the header's (over --every) where the first frames
+    searched come at that rate, else the rate they come at (a variable-rate file's header
+    gives an average over its pauses: 4 frames/s for a 30 frames/s recording)."""
+    steps = sorted(b - a for a, b in itertools.pairwise(times) if b > a)
+    if not steps:
+        return header_fps
+    measured = 1 / steps[len(steps) // 2]
+    return header_fps if abs(measured / header_fps - 1) < 0.02 else measured
+
+
+MAX_PAUSE_S = 2.0  # a pause in a recording longer than this is this long in the annotated video
+
+
+class TimedWriter:
+    """The annotated video, playing at the speed of the input: each frame from its time in
+    the input until the next one's, at a constant rate (a frame is repeated through a pause,
+    or left out where frames come faster than the rate); a pause is cut to MAX_PAUSE_S."""
+
+    def __init__(self, out: Path, shape: tuple[int, ...], fps: float) -> None:
+        self.writer = _video_writer(out, shape, fps)
+        self.fps = fps
+        self.written = 0
+        self.start: float | None = None
+        self.last: np.ndarray | None = None
+
+    def write(self, image: np.ndarray, at: float) -> None:
+        if self.start is None:
+            self.start = at
+        slot = round((at - self.start) * self.fps)
+        longest = max(round(MAX_PAUSE_S * self.fps), 1)
+        if slot - self.written > longest:  # the pause cut: later frames come that much earlier
+            self.start += (slot - self.written - longest) / self.fps
+            slot = self.written + longest
+        if slot < self.written:
+            return
+        while self.last is not None and self.written < slot:
+            self.writer.write(self.last)
+            self.written += 1
+        self.writer.write(image)
+        self.written += 1
+        self.last = image
+
+    def release(self) -> None:
+        self.writer.release()
 
 
 def _why_not_opened(path: Path) -> str:

@@ -92,3 +92,55 @@ def x264_clip(out: Path, frames: list, interlaced: bool, fps: str = "30000/1001"
     data = b"".join(np.ascontiguousarray(image).tobytes() for image in frames)
     subprocess.run(["gst-launch-1.0", "-q", "-e", *pipeline.split()], input=data, check=True)
     return out
+
+
+def paused_clip(out: Path, frames: list, fps: float, pause_after: int, pause_s: float) -> Path:
+    """``frames`` as MPEG-4 Part 2 in MP4 at ``fps``, with a pause of ``pause_s`` seconds
+    after the first ``pause_after`` of them: a variable frame rate, as a motion-triggered
+    recorder's. OpenCV writes a constant rate: the pause goes into the file's table of frame
+    durations (the ``stts`` box, one entry becoming three)."""
+    height, width = frames[0].shape[:2]
+    writer = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+    for image in frames:
+        writer.write(image)
+    writer.release()
+    data = bytearray(out.read_bytes())
+    path = _box_path(data, [b"moov", b"trak", b"mdia", b"minf", b"stbl", b"stts"])
+    mdhd = _box_path(data, [b"moov", b"trak", b"mdia", b"mdhd"])[-1]
+    assert data[mdhd + 8] == 0, "a version-0 mdhd"
+    timescale = int.from_bytes(data[mdhd + 20 : mdhd + 24], "big")
+    stts = path[-1]
+    assert int.from_bytes(data[stts + 12 : stts + 16], "big") == 1, (
+        "one stts entry (a constant rate)"
+    )
+    count, delta = (int.from_bytes(data[stts + k : stts + k + 4], "big") for k in (16, 20))
+    entries = [(pause_after - 1, delta), (1, delta + round(pause_s * timescale))]
+    entries.append((count - pause_after, delta))
+    table = b"".join(n.to_bytes(4, "big") + d.to_bytes(4, "big") for n, d in entries)
+    box = (24 + 16).to_bytes(4, "big") + b"stts" + bytes(4) + (3).to_bytes(4, "big") + table
+    assert data.find(b"mdat") < path[0], "the index after the frames (no offsets move)"
+    for start in path[:-1]:  # each box holding stts grows by the 16 bytes added
+        size = int.from_bytes(data[start : start + 4], "big")
+        data[start : start + 4] = (size + 16).to_bytes(4, "big")
+    data[stts : stts + 24] = box
+    edts = _box_path(data, [b"moov", b"trak", b"edts"])[-1]
+    data[edts + 4 : edts + 8] = b"free"  # its edit list would end the track at the old length
+    out.write_bytes(bytes(data))
+    return out
+
+
+def _box_path(data: bytearray, kinds: list[bytes]) -> list[int]:
+    """The offsets of the nested ISO-BMFF boxes ``kinds`` (the first of each kind)."""
+    offsets, start, end = [], 0, len(data)
+    for kind in kinds:
+        at = start
+        while at < end:
+            size = int.from_bytes(data[at : at + 4], "big")
+            if data[at + 4 : at + 8] == kind:
+                break
+            at += size
+        else:
+            raise ValueError(f"no {kind!r} box")
+        offsets.append(at)
+        start, end = at + 8, at + size
+    return offsets

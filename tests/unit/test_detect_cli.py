@@ -62,7 +62,7 @@ def test_json_record_layout(shared_data, capsys):
     code, out, _ = run_cli(capsys, "--json", str(shared_data / "images" / "obama-240p.jpg"))
     assert code == 0
     record = json.loads(out)
-    assert record["frame"] is None and len(record["image_hw"]) == 2
+    assert record["frame"] is None and record["time_s"] is None and len(record["image_hw"]) == 2
     face = record["faces"][0]
     assert set(face) == {"bbox_xyxy", "score", "landmarks"}
     assert len(face["bbox_xyxy"]) == 4 and len(face["landmarks"]) == 5 and 0.9 < face["score"] <= 1
@@ -97,6 +97,32 @@ def test_folder_and_video_with_annotations(shared_data, tmp_path, capsys):
     annotated = cv2.VideoCapture(str(out_dir / "hamilton_360p.mp4"))
     assert int(annotated.get(cv2.CAP_PROP_FRAME_COUNT)) == len(frames)
     assert "3 file(s)" in err
+
+
+def test_a_recording_with_pauses_gives_each_frames_time_and_plays_at_its_speed(
+    tmp_path, capsys
+) -> None:
+    """A motion-triggered recorder's file: 10 frames/s, with a 30 s pause after 3 s. The
+    JSON gave a frame index only (frame / the header's 1.7 frames/s is 18 s off at frame
+    30), and the annotated video was written at the header's rate: 6 times too slow. Now
+    each record has the frame's own time, the text line says when faces were seen, and the
+    annotated video plays at 10 frames/s with the pause cut to 2 s."""
+    from tests.clips import DEMO_CLIP, paused_clip, read_frames
+
+    frames = [cv2.resize(f, (320, 180)) for f in read_frames(DEMO_CLIP, count=60, every=4)]
+    clip = paused_clip(tmp_path / "motion.mp4", frames, fps=10, pause_after=30, pause_s=30)
+    out_dir = tmp_path / "annotated"
+    code, out, err = run_cli(capsys, "--json", "--annotate", str(out_dir), str(clip))
+    assert code == 0, err
+    times = {r["frame"]: r["time_s"] for r in map(json.loads, out.splitlines())}
+    assert [times[k] for k in (0, 1, 29, 30, 59)] == [0.0, 0.1, 2.9, 33.0, 35.9]
+    annotated = cv2.VideoCapture(str(out_dir / "motion.mp4"))
+    assert annotated.get(cv2.CAP_PROP_FPS) == pytest.approx(10, rel=0.01)
+    assert int(annotated.get(cv2.CAP_PROP_FRAME_COUNT)) == 60 + 20  # frame 29 held 2 s
+
+    code, out, err = run_cli(capsys, str(clip))
+    assert code == 0, err
+    assert re.fullmatch(rf"{clip}: 60 frames, 0:00.0-0:35.9, \d+ faces seen 0:00.\d-0:35.\d\n", out)
 
 
 def test_annotations_keep_the_inputs_tree_and_a_second_run_replaces_them(
