@@ -208,19 +208,49 @@ def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     files = list(_expand(args.paths, summary))
     show_bar = progress_wanted(args) and len(files) > 1
-    for path, name in tqdm(files, desc="files", unit="file", disable=not show_bar, file=sys.stderr):
-        try:
-            _detect_file(detector, path, name, args, summary, outputs)
-            summary.files += 1
-        except BrokenPipeError:  # the reader went away (`| head`): no file's fault
-            raise
-        except (ImageError, VideoError, OSError) as exc:
-            summary.errors.append(str(exc))
-            tqdm.write(f"error: {exc}", file=sys.stderr)
-            if args.json:  # consumers of the JSON lines see the failure too
-                print(json.dumps({"source": shown(path), "error": shown(str(exc))}))
+    path = None
+    try:
+        for path, name in tqdm(
+            files, desc="files", unit="file", disable=not show_bar, file=sys.stderr
+        ):
+            _detect_one(detector, path, name, args, summary, outputs)
+    except KeyboardInterrupt as stop:
+        where = stop.where if isinstance(stop, Interrupted) else f"at {path}"
+        print(f"interrupted {where}; {summary.files} of {len(files)} file(s) done", file=sys.stderr)
+        _print_summary(summary, time.monotonic() - started)
+        return 130
     _print_summary(summary, time.monotonic() - started)
     return 1 if summary.errors else 0
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C in a video, with where it stopped (``where``: "in clip.mp4 after frame 423
+    (0:14.1)...")."""
+
+    def __init__(self, where: str) -> None:
+        super().__init__(where)
+        self.where = where
+
+
+def _detect_one(
+    detector: MTCNN,
+    path: Path,
+    name: Path,
+    args: argparse.Namespace,
+    summary: Summary,
+    outputs: Outputs | None,
+) -> None:
+    """One file searched and counted, or its failure said (and, with --json, recorded)."""
+    try:
+        _detect_file(detector, path, name, args, summary, outputs)
+        summary.files += 1
+    except BrokenPipeError:  # the reader went away (`| head`): no file's fault
+        raise
+    except (ImageError, VideoError, OSError) as exc:
+        summary.errors.append(str(exc))
+        tqdm.write(f"error: {exc}", file=sys.stderr)
+        if args.json:  # consumers of the JSON lines see the failure too
+            print(json.dumps({"source": shown(path), "error": shown(str(exc))}))
 
 
 class VideoError(RuntimeError):
@@ -364,6 +394,7 @@ def _detect_video(
     index, batch, numbers, times, searched = 0, [], [], [], 0
     clock_s, seen = -1.0, Seen()
     stuck = StuckPicture()
+    done = f"in {path} before its first frame was searched"
     try:
         while True:
             ok, frame = capture.read()
@@ -383,6 +414,7 @@ def _detect_video(
                     summary.faces += len(found)
                     seen.add(at, len(found))
                     _emit(args, path, number, image.shape, found, at)
+                    done = f"in {path} after frame {number} ({clock(at)})"
                     if out is not None:
                         writer = writer or TimedWriter(
                             out, image.shape, _output_fps(times, fps / args.every)
@@ -393,6 +425,11 @@ def _detect_video(
             if not ok:
                 break
             index += 1
+    except KeyboardInterrupt:
+        kept = [w for w, on in (("JSON records", args.json), ("annotated video", out)) if on]
+        raise Interrupted(
+            done + (f": its {' and '.join(kept)} end there" if kept else "")
+        ) from None
     finally:
         bar.close()
         capture.release()

@@ -125,6 +125,41 @@ def test_a_recording_with_pauses_gives_each_frames_time_and_plays_at_its_speed(
     assert re.fullmatch(rf"{clip}: 60 frames, 0:00.0-0:35.9, \d+ faces seen 0:00.\d-0:35.\d\n", out)
 
 
+def test_ctrl_c_says_where_it_stopped_and_what_was_done(
+    shared_data, tmp_path, monkeypatch, capsys
+) -> None:
+    """Ctrl-C in a long video said only "interrupted": now the file, the last frame searched
+    (and its time), the files done, and the summary."""
+    from daemon import detect_cli
+    from tests.clips import DEMO_CLIP
+
+    def stopped_in_its_fourth_search(*args, **kwargs):
+        detector = load_detector(*args, **kwargs)
+        search, calls = detector.detect, []
+
+        def detect(frames):
+            calls.append(len(frames))
+            if len(calls) == 4:  # the photo's, then two batches of the video's
+                raise KeyboardInterrupt
+            return search(frames)
+
+        detector.detect = detect
+        return detector
+
+    load_detector = detect_cli.load_detector
+    monkeypatch.setattr(detect_cli, "load_detector", stopped_in_its_fourth_search)
+    photo = shared_data / "images" / "obama.jpg"
+    out_dir = tmp_path / "annotated"
+    code, out, err = run_cli(capsys, "--json", "--batch", "4", "--annotate", str(out_dir), str(photo), str(DEMO_CLIP), str(photo))  # fmt: skip
+    assert code == 130
+    assert len(out.splitlines()) == 1 + 8  # the records written are kept
+    assert (
+        f"interrupted in {DEMO_CLIP} after frame 7 (0:00.2): its JSON records and annotated "
+        "video end there; 1 of 3 file(s) done\n"
+    ) in err
+    assert "summary: 1 file(s), 9 image(s)/frame(s), " in err
+
+
 def test_annotations_keep_the_inputs_tree_and_a_second_run_replaces_them(
     shared_data, tmp_path, capsys
 ) -> None:
