@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import logging
-import os
 import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
 
 import cv2
 import numpy as np
@@ -21,6 +18,17 @@ from tqdm import tqdm
 from daemon.cameras import STUCK_FILE, StuckPicture, ffmpeg_environment
 from daemon.cli_args import number
 from daemon.journal import print_error
+from daemon.video_files import (
+    Seen,
+    TimedWriter,
+    VideoError,
+    clock,
+    frame_time,
+    opens_as_video,
+    output_fps,
+    why_not_opened,
+    worth_trying_as_video,
+)
 from engines import BACKENDS, EngineError
 from engines.base import bounds_text
 from engines.detectors import load_detector
@@ -253,10 +261,6 @@ def _detect_one(
             print(json.dumps({"source": shown(path), "error": shown(str(exc))}))
 
 
-class VideoError(RuntimeError):
-    """A video that cannot be opened or decoded."""
-
-
 def _expand(paths: list[Path], summary: Summary) -> Iterator[tuple[Path, Path]]:
     """(file, its ``input_name``): files as given; folders become their images and videos,
     sorted, as every command walks a folder (``engines.image_files``)."""
@@ -331,30 +335,13 @@ def _detect_file(
     try:
         image = read_image(str(path))
     except ImageError as exc:
-        if path.suffix.lower() in PHOTO_SUFFIXES or not _worth_trying_as_video(path):
+        if path.suffix.lower() in PHOTO_SUFFIXES or not worth_trying_as_video(path):
             raise
-        if not _opens_as_video(path):
+        if not opens_as_video(path):
             raise VideoError(f"{exc}; nor a video that FFmpeg can open") from None
         _detect_video(detector, path, args, summary, out(".mp4"))
         return
     _detect_image(detector, path, image, args, summary, out(".jpg"))
-
-
-def _worth_trying_as_video(path: Path) -> bool:
-    """A readable file with data in it (an empty or unreadable one is said as such)."""
-    try:
-        return path.stat().st_size > 0 and os.access(path, os.R_OK)
-    except OSError:
-        return False
-
-
-def _opens_as_video(path: Path) -> bool:
-    """Whether OpenCV's FFmpeg opens ``path`` and decodes a first frame."""
-    capture = cv2.VideoCapture(cv_path(path))
-    try:
-        return capture.isOpened() and capture.grab()
-    finally:
-        capture.release()
 
 
 def _detect_image(
@@ -378,7 +365,7 @@ def _detect_video(
 ) -> None:
     capture = cv2.VideoCapture(cv_path(path))
     if not capture.isOpened():
-        raise VideoError(f"{path}: cannot open as a video{_why_not_opened(path)}")
+        raise VideoError(f"{path}: cannot open as a video{why_not_opened(path)}")
     total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
     fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
     writer: TimedWriter | None = None
@@ -399,7 +386,7 @@ def _detect_video(
         while True:
             ok, frame = capture.read()
             if ok:
-                clock_s = _frame_time(capture, clock_s, fps)
+                clock_s = frame_time(capture, clock_s, fps)
             if ok and index % args.every == 0:
                 batch.append(frame)
                 numbers.append(index)
@@ -417,7 +404,7 @@ def _detect_video(
                     done = f"in {path} after frame {number} ({clock(at)})"
                     if out is not None:
                         writer = writer or TimedWriter(
-                            out, image.shape, _output_fps(times, fps / args.every)
+                            out, image.shape, output_fps(times, fps / args.every)
                         )
                         writer.write(draw(image, found), at)
                 bar.update(numbers[-1] + 1 - bar.n)
@@ -456,126 +443,6 @@ def _detect_video(
             f"{path}: {index} frames{every}, 0:00.0-{clock(clock_s)}, {faces} faces{when}",
             file=sys.stdout,
         )
-
-
-def _frame_time(capture: cv2.VideoCapture, before: float, fps: float) -> float:
-    """The time in the video, seconds, of the frame just read: its own timestamp (right on a
-    variable frame rate, a motion-triggered recorder's pauses), or, where the file gives
-    none that moves on, one frame period after the last."""
-    at = capture.get(cv2.CAP_PROP_POS_MSEC) / 1000
-    if at > before:
-        return at
-    return before + 1 / fps if before >= 0 else 0.0
-
-
-@dataclass
-class Seen:
-    """When faces were seen in a video: the times of the first and last frame with any."""
-
-    first: float = 0.0
-    last: float = 0.0
-    any: bool = False
-
-    def add(self, at: float, faces: int) -> None:
-        if faces:
-            self.first = self.first if self.any else at
-            self.last, self.any = at, True
-
-
-def clock(seconds: float) -> str:
-    """A time in a video as a player shows it, to the tenth: 1:09.0, 1:02:03.5."""
-    tenths = round(seconds * 10)
-    hours, tenths = divmod(tenths, 36000)
-    minutes, tenths = divmod(tenths, 600)
-    sec = f"{tenths // 10:02d}.{tenths % 10}"
-    return f"{hours}:{minutes:02d}:{sec}" if hours else f"{minutes}:{sec}"
-
-
-def _output_fps(times: list[float], header_fps: float) -> float:
-    """The annotated video's frame rate: the header's (over --every) where the first frames
-    searched come at that rate, else the rate they come at (a variable-rate file's header
-    gives an average over its pauses: 4 frames/s for a 30 frames/s recording)."""
-    steps = sorted(b - a for a, b in itertools.pairwise(times) if b > a)
-    if not steps:
-        return header_fps
-    measured = 1 / steps[len(steps) // 2]
-    return header_fps if abs(measured / header_fps - 1) < 0.02 else measured
-
-
-MAX_PAUSE_S = 2.0  # a pause in a recording longer than this is this long in the annotated video
-
-
-class TimedWriter:
-    """The annotated video, playing at the speed of the input: each frame from its time in
-    the input until the next one's, at a constant rate (a frame is repeated through a pause,
-    or left out where frames come faster than the rate); a pause is cut to MAX_PAUSE_S."""
-
-    def __init__(self, out: Path, shape: tuple[int, ...], fps: float) -> None:
-        self.writer = _video_writer(out, shape, fps)
-        self.fps = fps
-        self.written = 0
-        self.start: float | None = None
-        self.last: np.ndarray | None = None
-
-    def write(self, image: np.ndarray, at: float) -> None:
-        if self.start is None:
-            self.start = at
-        slot = round((at - self.start) * self.fps)
-        longest = max(round(MAX_PAUSE_S * self.fps), 1)
-        if slot - self.written > longest:  # the pause cut: later frames come that much earlier
-            self.start += (slot - self.written - longest) / self.fps
-            slot = self.written + longest
-        if slot < self.written:
-            return
-        while self.last is not None and self.written < slot:
-            self.writer.write(self.last)
-            self.written += 1
-        self.writer.write(image)
-        self.written += 1
-        self.last = image
-
-    def release(self) -> None:
-        self.writer.release()
-
-
-def _why_not_opened(path: Path) -> str:
-    """The likely cause where it can be told: an MP4/MOV (``ftyp`` first) without its index
-    (the ``moov`` box, written last when a recording is finished)."""
-    try:
-        with path.open("rb") as file:
-            boxes = list(_top_level_boxes(file))
-    except OSError:
-        return ""
-    if boxes[:1] == [b"ftyp"] and b"moov" not in boxes:
-        return (
-            ": its index (the MP4 'moov' box) is missing: a recording cut off or copied before "
-            "it was finished?"
-        )
-    return ""
-
-
-def _top_level_boxes(file: BinaryIO) -> Iterator[bytes]:
-    """The types of an ISO-BMFF (MP4, MOV, 3GP) file's top-level boxes, in order."""
-    size = file.seek(0, os.SEEK_END)
-    at = 0
-    while at + 8 <= size:
-        file.seek(at)
-        header = file.read(16)
-        length, kind = int.from_bytes(header[:4], "big"), header[4:8]
-        if length == 1 and len(header) == 16:  # a 64-bit size follows the type
-            length = int.from_bytes(header[8:16], "big")
-        yield kind
-        if length < 8:  # 0: to the end of the file (or not a box at all)
-            return
-        at += length
-
-
-def _video_writer(out: Path, shape: tuple[int, ...], fps: float) -> cv2.VideoWriter:
-    fourcc = cv2.VideoWriter.fourcc(*"mp4v")
-    writer = cv2.VideoWriter(cv_path(out), fourcc, fps, (shape[1], shape[0]))
-    if not writer.isOpened():
-        raise VideoError(f"{out}: cannot write the annotated video")
-    return writer
 
 
 def draw(image: np.ndarray, found: FrameDetections) -> np.ndarray:
