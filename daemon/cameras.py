@@ -165,6 +165,30 @@ class FrameQueues:
         return sum(len(q) for q in self._queues.values())
 
 
+class FrameSchedule:
+    """Which of a source's frames are kept to process ``fps`` of them a second: one on
+    schedule (a late frame may make up for the one before), and never one closer than half a
+    period to the last kept (a stream delivers its buffered frames in a burst at connect).
+    The times are the caller's clock: the monotonic one for a camera, a recording's own for
+    ``identify`` on a video."""
+
+    def __init__(self, fps: float) -> None:
+        self.period = 1.0 / fps
+        self._next_due = 0.0
+        self._kept: float | None = None  # the time of the last frame kept
+
+    def keeps(self, now: float) -> bool:
+        """Whether the frame at ``now`` is kept (then it counts as kept)."""
+        period, kept = self.period, self._kept
+        if kept is not None and (now < self._next_due or now - kept < period / 2):
+            return False
+        self._next_due = (
+            now + period if kept is None else max(self._next_due + period, now - period)
+        )
+        self._kept = now
+        return True
+
+
 def source_kind(url: str) -> str:
     """'stream' (rtsp/http...), 'device' (/dev/videoN, or a stable name of one such as
     /dev/v4l/by-id/usb-...: anything under /dev/) or 'file'."""
@@ -454,9 +478,8 @@ class CameraReader(threading.Thread):
         frames kept are turned as ``rotate`` says, and queued."""
         native_fps = capture.get(cv2.CAP_PROP_FPS)
         pace = 1.0 / native_fps if self.kind == "file" and 1 <= native_fps <= 240 else 0.0
-        period = 1.0 / self.config.fps
+        schedule = FrameSchedule(self.config.fps)
         started = time.monotonic()
-        next_due = kept = 0.0
         decoded = 0
         if self.motion is not None:
             self.motion.reset()  # a new connection: compare with its own frames only
@@ -471,17 +494,13 @@ class CameraReader(threading.Thread):
             if self.stuck is None:
                 self._set_up(True)
             now = time.monotonic()  # the schedule; the frame's time is the wall clock's
-            # on schedule (a late frame may make up for the one before), and never closer
-            # than half a period: a stream delivers its buffered frames in a burst at connect
-            if now < next_due or now - kept < period / 2:
+            if not schedule.keeps(now):
                 continue
             ok, image = capture.retrieve()
             if not ok or image is None:
                 return decoded
             if self.config.rotate:  # before all else: the motion gate, regions, events
                 image = cv2.rotate(image, TURNS[self.config.rotate])
-            next_due = max(next_due + period, now - period) if kept else now + period
-            kept = now
             self._seq += 1
             metrics.FRAMES_READ.labels(self.config.name).inc()
             if self._check_picture(image, now):

@@ -1,4 +1,5 @@
-"""`facewatch identify`: who is in a photo; and the models it shares with `enroll`.
+"""`facewatch identify`: who is in a photo, or in a video and when (daemon/recordings.py);
+and the models it shares with `enroll`.
 
 `identify` and `enroll` (daemon/enroll_cli.py) detect faces with the shipped MTCNN, cut them
 the way the FaceNet model's sidecar says, and embed them (``load_models``, with the options
@@ -24,13 +25,21 @@ from daemon import gallery_cli
 from daemon.archive_files import VISIT_FILE
 from daemon.cli_args import number
 from daemon.config import ConfigError
-from daemon.detect_cli import Outputs, input_name, progress_wanted, put_label
+from daemon.detect_cli import VIDEO_SUFFIXES, Outputs, input_name, progress_wanted, put_label
 from daemon.gallery import Gallery, GalleryError, Match
 from daemon.journal import print_error
+from daemon.recordings import (
+    DEFAULT_FPS,
+    VISIT_SCHEMA,
+    Interrupted,
+    VideoError,
+    identify_video,
+    video_config,
+)
 from engines import BACKENDS, EngineError
 from engines.detectors import load_facenet
 from engines.facenet import FaceNet
-from engines.image_files import folder_files
+from engines.image_files import PHOTO_SUFFIXES, folder_files
 from engines.images import ImageError, read_image, shown, write_image
 from engines.loader import (
     PRECISIONS,
@@ -108,27 +117,46 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
 def _add_identify(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser(
         "identify",
-        help="name every face in photos (or say unknown)",
-        description="Detect every face and match it against the gallery: the identity, or "
-        "unknown, with the squared L2 distance to the nearest enrolled face. A named face "
-        f"whose next nearest person lies within {RUNNER_UP_MARGIN} of it shows that person "
-        "too ('alice (distance 0.103; bob close behind at 0.111)'; in --json runner_up and "
-        "runner_up_distance, else null): the two may be one person enrolled twice, or "
-        "look-alikes.",
+        help="name every face in photos (or say unknown), and who was in a video, and when",
+        description="Photos: detect every face and match it against the gallery: the "
+        "identity, or unknown, with the squared L2 distance to the nearest enrolled face. A "
+        f"named face whose next nearest person lies within {RUNNER_UP_MARGIN} of it shows "
+        "that person too ('alice (distance 0.103; bob close behind at 0.111)'; in --json "
+        "runner_up and runner_up_distance, else null): the two may be one person enrolled "
+        "twice, or look-alikes. Videos (a recording, an NVR export, a phone's clip): the "
+        "visits in it, each with who (or unknown), from when to when in the video's own "
+        "time (hh:mm:ss.s from its start, by each frame's timestamp: right for a variable "
+        "frame rate too) and the vote's confidence, found as the daemon finds them (its "
+        "detection, tracking and votes; --config: its settings), on every frame at --fps, "
+        "none dropped, as fast as the machine goes; then a summary line. Ctrl-C keeps what "
+        "was printed and says where it stopped (exit status 130).",
     )
     p.add_argument(
-        "images", nargs="+", type=Path, metavar="IMAGE", help="photos, or folders of them"
+        "images",
+        nargs="+",
+        type=Path,
+        metavar="FILE",
+        help="photos, videos, or folders of them",
     )
     p.add_argument(
         "--json",
         action="store_true",
-        help="one JSON object per image on stdout ({source, error} for an image that failed)",
+        help="one JSON object per photo on stdout ({source, error} for a file that failed); "
+        + VISIT_SCHEMA,
+    )
+    p.add_argument(
+        "--fps",
+        type=number(float, gt=0, le=60),
+        default=DEFAULT_FPS,
+        help=f"videos: frames a second searched, by the video's time, as a camera's fps "
+        f"(default {DEFAULT_FPS:g}); above the video's own rate (60 for any), every frame",
     )
     p.add_argument(
         "--annotate",
         type=Path,
         metavar="DIR",
-        help="write images with names drawn, in the inputs' folder tree (as detect does)",
+        help="write photos with names drawn, in the inputs' folder tree (as detect does; "
+        "videos are not drawn)",
     )
     add_model_options(p)
     p.set_defaults(func=run_identify)
@@ -169,13 +197,13 @@ def load_models(args: argparse.Namespace) -> Models:
     return Models(detector, facenet)
 
 
-def photo_files(path: Path) -> list[Path]:
-    """A file as given; a folder's photos at any depth (as ``engines.image_files`` walks
-    it), sorted, with a note of the files left out by their extension. A folder without any
-    is kept, to be reported as a rejected image."""
+def photo_files(path: Path, suffixes: frozenset[str] = PHOTO_SUFFIXES) -> list[Path]:
+    """A file as given; a folder's photos (or files of other ``suffixes``) at any depth (as
+    ``engines.image_files`` walks it), sorted, with a note of the files left out by their
+    extension. A folder without any is kept, to be reported as a rejected image."""
     if not path.is_dir():
         return [path]
-    walk = folder_files(path)
+    walk = folder_files(path, suffixes)
     walk.left_out = [p for p in walk.left_out if p.name != VISIT_FILE]  # a face archive visit's
     note = walk.note(path)
     if note:
@@ -206,28 +234,57 @@ def run_identify(args: argparse.Namespace) -> int:
         except OSError as exc:
             print_error(f"--annotate {args.annotate}: {exc.strerror}")
             return 2
+    suffixes = PHOTO_SUFFIXES | VIDEO_SUFFIXES
     paths = [
-        (photo, input_name(path, photo)) for path in args.images for photo in photo_files(path)
+        (file, input_name(path, file))
+        for path in args.images
+        for file in photo_files(path, suffixes)
     ]
+    with gallery:
+        return _identify_files(models, gallery, paths, args)
+
+
+def _identify_files(
+    models: Models, gallery: Gallery, paths: list[tuple[Path, Path]], args: argparse.Namespace
+) -> int:
+    """Each photo's faces, each video's visits; the exit status (130 at Ctrl-C in a video,
+    after saying where it stopped and which files were not done)."""
     outputs = Outputs(args.annotate) if args.annotate else None
     errors = 0
     show = progress_wanted(args) and len(paths) > 1
-    with gallery:
-        for path, name in tqdm(paths, desc="identify", disable=not show, file=sys.stderr):
-            try:
-                if path.is_dir():
-                    raise ImageError(f"{path}: folder holds no images")
+    for k, (path, name) in enumerate(
+        tqdm(paths, desc="identify", disable=not show, file=sys.stderr)
+    ):
+        try:
+            if path.is_dir():
+                raise ImageError(f"{path}: folder holds no images or videos")
+            if path.suffix.lower() in VIDEO_SUFFIXES:
+                _identify_video(models, gallery, path, args)
+            else:
                 out = outputs.path_for(name, ".jpg") if outputs else None
                 _identify_one(models, gallery, path, args, out)
-            except (ImageError, OSError, ValueError) as exc:
-                errors += 1
-                reason = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
-                tqdm.write(f"error: {reason}", file=sys.stderr)
-                if args.json:
-                    print(json.dumps({"source": str(path), "error": reason}))
+        except Interrupted as stop:
+            left = [str(p) for p, _ in paths[k + 1 :]]
+            undone = f"; not done: {', '.join(left)}" if left else ""
+            print(f"interrupted: {shown(stop.where)}{undone}", file=sys.stderr)
+            return 130
+        except (ImageError, VideoError, OSError, ValueError) as exc:
+            errors += 1
+            reason = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
+            tqdm.write(f"error: {reason}", file=sys.stderr)
+            if args.json:
+                print(json.dumps({"source": str(path), "error": reason}))
     if errors:
-        print(f"{errors} of {len(paths)} image(s) failed", file=sys.stderr)
+        print(f"{errors} of {len(paths)} file(s) failed", file=sys.stderr)
     return 1 if errors else 0
+
+
+def _identify_video(models: Models, gallery: Gallery, path: Path, args: argparse.Namespace) -> None:
+    """The visits in a video, by the daemon's pipeline with its --config's settings."""
+    config = video_config(gallery_cli.daemon_config(args), path, args.fps)
+    identify_video(
+        path, config, models.detector, models.facenet, gallery, args.json, progress_wanted(args)
+    )
 
 
 def _identify_one(

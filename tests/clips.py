@@ -144,3 +144,41 @@ def _box_path(data: bytearray, kinds: list[bytes]) -> list[int]:
         offsets.append(at)
         start, end = at + 8, at + size
     return offsets
+
+
+def _ebml(element_id: int, payload: bytes) -> bytes:
+    """One Matroska (EBML) element: its ID, its size (8 bytes), its payload."""
+    size = (1 << 56 | len(payload)).to_bytes(8, "big")  # the size's marker, then 7 bytes
+    return element_id.to_bytes((element_id.bit_length() + 7) // 8, "big") + size + payload
+
+
+def _uint(element_id: int, value: int) -> bytes:
+    return _ebml(element_id, value.to_bytes(8, "big"))
+
+
+def vfr_clip(out: Path, frames: list, times_s: list[float]) -> Path:
+    """``frames`` (BGR, all one size) as Motion JPEG in Matroska, each shown at its own time
+    in ``times_s`` (millisecond steps): a variable frame rate, as an NVR's motion
+    recording has (its gaps). Written here, byte by byte: OpenCV's writer and GStreamer's
+    raw input give every frame the same duration."""
+    height, width = frames[0].shape[:2]
+    header = _ebml(
+        0x1A45DFA3,  # EBML
+        _uint(0x4286, 1) + _uint(0x42F7, 1) + _uint(0x42F2, 4) + _uint(0x42F3, 8)
+        + _ebml(0x4282, b"matroska") + _uint(0x4287, 4) + _uint(0x4285, 2),
+    )  # fmt: skip
+    info = _ebml(0x1549A966, _uint(0x2AD7B1, 1_000_000))  # timestamps in milliseconds
+    video = _ebml(0xE0, _uint(0xB0, width) + _uint(0xBA, height))
+    track = _ebml(
+        0xAE,
+        _uint(0xD7, 1) + _uint(0x73C5, 1) + _uint(0x83, 1) + _ebml(0x86, b"V_MJPEG") + video,
+    )
+    clusters = b""
+    for image, time_s in zip(frames, times_s, strict=True):
+        ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 90])
+        assert ok
+        block = b"\x81\x00\x00\x80" + jpeg.tobytes()  # track 1, at the cluster's time, key
+        clusters += _ebml(0x1F43B675, _uint(0xE7, round(time_s * 1000)) + _ebml(0xA3, block))
+    segment = _ebml(0x18538067, info + _ebml(0x1654AE6B, track) + clusters)
+    out.write_bytes(header + segment)
+    return out

@@ -1,0 +1,142 @@
+"""`facewatch identify VIDEO`: who was in a recording, and when (the video's own time), as
+the daemon's pipeline finds them; with the shipped model and the demo's people."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from daemon import recordings
+from daemon.cli import main
+from tests.clips import DEMO_CLIP, EMPTY_FRAME, read_frames, vfr_clip
+from tests.conftest import REPO
+
+PEOPLE = REPO / "configs" / "demo" / "people"
+LIN = "lin-manuel-miranda"
+# the demo clip as a person watching it sees it: Lin-Manuel Miranda's close-up runs from the
+# cut at frame 85 (2.84 s) to the cut to the audience at frame 216 (7.21 s); before it, him
+# far off on the stage (a face too small to recognise) and a profile, after it the audience
+ON_STAGE_S = (2.84, 7.21)
+TOLERANCE_S = 0.5  # 5 fps: a frame is searched every 0.2 s; a cut may cost a frame or two
+VISIT_KEYS = {k.strip() for k in recordings.VISIT_KEYS.split(",")}
+
+
+@pytest.fixture(scope="module")
+def demo_gallery(shipped_model, tmp_path_factory) -> Path:
+    """The demo's two people enrolled with the shipped model (as the demo does)."""
+    gallery = tmp_path_factory.mktemp("demo") / "gallery.sqlite"
+    args = ["--model", str(shipped_model), "--gallery", str(gallery), "--threads", "2"]
+    assert main(["enroll", "--dir", str(PEOPLE), *args, "--no-progress"]) == 0
+    return gallery
+
+
+@pytest.fixture
+def identify(shipped_model, demo_gallery, capsys):
+    """Run `facewatch identify ARGS` against the demo gallery: (exit status, stdout, stderr)."""
+
+    def run(*args: str) -> tuple[int, str, str]:
+        extra = ["--model", str(shipped_model), "--gallery", str(demo_gallery)]
+        code = main(["identify", *args, *extra, "--threads", "2", "--no-progress"])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
+def test_the_demo_clip_names_lin_manuel_miranda_while_he_is_on_screen(identify) -> None:
+    """The visits in the demo clip, from when to when in the video: Lin-Manuel Miranda named
+    during his close-up, in the clip's own time, and nobody named in the audience (identify
+    refused a video: 'not a readable image'). --json: one object per visit."""
+    code, out, err = identify(str(DEMO_CLIP))
+    assert code == 0, err
+    header, *lines, summary = out.splitlines()
+    assert header == f"{DEMO_CLIP}: visits, each as it ends (from when to when in the video):"
+    named = [line for line in lines if LIN in line]
+    assert named and all(line.startswith("  00:00:0") for line in named), out
+    assert all(" to 00:00:0" in line for line in lines), out
+    assert summary.startswith(f"{DEMO_CLIP}: ") and f"{LIN} " in summary, summary
+    assert "in 00:00:09.1 of video (46 frames searched at 5 fps of 275" in summary, summary
+
+    code, out, err = identify(str(DEMO_CLIP), "--json")
+    assert code == 0, err
+    visits = [json.loads(line) for line in out.splitlines()]
+    assert visits and all(set(v) == VISIT_KEYS for v in visits)
+    assert all(v["source"] == str(DEMO_CLIP) for v in visits)
+    his = [v for v in visits if v["identity"] == LIN]
+    assert his and all(v["confidence"] > 0.5 and v["distance"] < 0.154 for v in his)
+    start, end = min(v["start_s"] for v in his), max(v["end_s"] for v in his)
+    assert start == pytest.approx(ON_STAGE_S[0], abs=TOLERANCE_S)
+    assert end == pytest.approx(ON_STAGE_S[1], abs=TOLERANCE_S)
+    assert sum(v["end_s"] - v["start_s"] for v in his) > 0.8 * (end - start)  # all along
+    first = min(his, key=lambda v: v["start_s"])
+    assert first["start"] == recordings.clock(first["start_s"]) and first["start"][:7] == "00:00:0"
+    audience = [v for v in visits if v["start_s"] >= ON_STAGE_S[1] - 0.1]
+    assert audience and all(v["identity"] is None for v in audience)
+    assert all(v["until"] == "end" for v in audience if v["end_s"] >= 9.0)
+
+
+def test_a_variable_frame_rate_video_is_timed_by_its_frames_own_times(identify, tmp_path) -> None:
+    """A motion recording: 1 s of Lin-Manuel Miranda, nothing recorded for 40 s, then 1 s
+    more. His visits are at 0-1 s and 41-42 s of the video (frame / fps said 1-2 s), two
+    visits: the daemon's tracks end in a 40 s gap."""
+    frames = read_frames(DEMO_CLIP, first=120, count=60)
+    times = [k / 30 for k in range(30)] + [41 + k / 30 for k in range(30)]
+    clip = vfr_clip(tmp_path / "motion.mkv", frames, times)
+    code, out, err = identify(str(clip), "--json")
+    assert code == 0, err
+    visits = sorted((json.loads(line) for line in out.splitlines()), key=lambda v: v["start_s"])
+    assert [v["identity"] for v in visits] == [LIN, LIN], visits
+    before, after = visits
+    assert before["start_s"] == pytest.approx(0.0, abs=0.1)
+    assert before["end_s"] == pytest.approx(0.8, abs=0.2)
+    assert before["until"] == "left"
+    assert after["start_s"] == pytest.approx(41.0, abs=0.1) and after["start"] == "00:00:41.0"
+    assert after["end_s"] == pytest.approx(41.8, abs=0.2) and after["until"] == "end"
+    assert "in 00:00:42.0 of video" in err
+
+
+def test_a_video_without_faces_says_no_one(identify, tmp_path) -> None:
+    """An empty room: 'no one', exit status 0, and no visit in --json."""
+    clip = tmp_path / "empty.mp4"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter.fourcc(*"mp4v"), 25, (640, 360))
+    empty = read_frames(DEMO_CLIP, first=EMPTY_FRAME, count=1)[0]
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        writer.write(np.clip(empty + rng.normal(0, 3, empty.shape), 0, 255).astype(np.uint8))
+    writer.release()
+    code, out, err = identify(str(clip))
+    assert code == 0, err
+    assert out.splitlines()[1].startswith(f"{clip}: no one in 00:00:02.0 of video"), out
+    code, out, err = identify(str(clip), "--json")
+    assert code == 0 and out == "" and f"{clip}: no one" in err
+
+
+def test_ctrl_c_keeps_the_visits_printed_and_says_where_it_stopped(
+    identify, tmp_path, monkeypatch
+) -> None:
+    """Ctrl-C in the middle of a video: the visits that ended are printed, those in view
+    then are printed as such, and it says where it stopped and which files were not done
+    (exit status 130)."""
+    calls = 0
+    process = recordings.Pipeline.process
+
+    def interrupted_later(self, frames: list) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 15:  # 2 frames a batch at 5 fps: at 5.6 s, in his close-up
+            raise KeyboardInterrupt
+        process(self, frames)
+
+    monkeypatch.setattr(recordings.Pipeline, "process", interrupted_later)
+    photo = tmp_path / "later.jpg"
+    cv2.imwrite(str(photo), read_frames(DEMO_CLIP, first=100, count=1)[0])
+    code, out, err = identify(str(DEMO_CLIP), str(photo))
+    assert code == 130
+    assert f"interrupted: {DEMO_CLIP} at 00:00:0" in err and f"not done: {photo}" in err
+    assert "(frame " in err
+    assert LIN in out and "in view when stopped" in out
+    assert str(photo) not in out
