@@ -6,11 +6,12 @@ RTSP goes over TCP with open and read timeouts (a stream that stalls is noticed 
 accepts the connection and then never answers held every other camera's open (a healthy
 camera's reconnection, a video file's replay) for its whole open timeout. So a network
 camera is first asked, without the lock, whether it answers at all (``silent_stream``), and
-opened only when it does. A video file plays in a loop at its native frame rate (that is
-how the demo runs). Frames are decimated to the camera's target fps before they are queued,
-turned upright (``rotate``), each marked with whether it moved (``daemon.motion``); when the
-pipeline is behind, the oldest queued frame is dropped and counted, so the scheduler always
-sees recent frames.
+opened only when it does. A video file plays in a loop at its native frame rate, as a live
+camera (that is how the demo runs; ``facewatch identify`` finds who is in a recording).
+Frames are decimated to the camera's target fps before they are queued, turned upright
+(``rotate``), each marked with whether it moved (``daemon.motion``); when the pipeline is
+behind, the oldest queued frame is dropped and counted, so the scheduler always sees recent
+frames.
 """
 
 from __future__ import annotations
@@ -370,6 +371,7 @@ class CameraReader(threading.Thread):
         self._lost = False  # down, not logged yet: the outage's first _backoff says it
         self._loud = True  # its last outage was logged at INFO, so its return is too
         self._stuck = StuckPicture()
+        self._plays = 0  # a video file's plays to its end
         self.stuck: str | None = None  # while its picture is stuck: why it is down for that
 
     def stop(self) -> None:
@@ -399,6 +401,7 @@ class CameraReader(threading.Thread):
                 break
             if self.kind == "file" and delivered:
                 failures = 0  # end of a file: play it again at once
+                self._played(delivered)
                 continue
             self._set_up(False)
             lasted = time.monotonic() - opened if delivered else 0.0
@@ -410,6 +413,23 @@ class CameraReader(threading.Thread):
                 failures += 1
             self._backoff(failures, why)
         self._set_up(False)
+
+    def _played(self, frames: int) -> None:
+        """A video file played to its end, and played again: said at INFO the first time
+        (with what to use for a recording), then at DEBUG, so a short clip fills no log."""
+        self._plays += 1
+        if self._plays == 1:
+            logger.info(
+                "camera %s: %s played to its end (%d frames): played again from the start, "
+                "in a loop, as a live camera (its events carry the time of the run; to find "
+                "who is in a recording and when, use facewatch identify %s)",
+                self.config.name, self.config.url, frames, self.config.url,
+            )  # fmt: skip
+        else:
+            logger.debug(
+                "camera %s: %s played to its end: play %d begins",
+                self.config.name, self.config.url, self._plays + 1,
+            )  # fmt: skip
 
     def _backoff(self, failures: int, why: str) -> None:
         delay = BACKOFF_MIN_S * 2 ** min(failures - 1, 10)

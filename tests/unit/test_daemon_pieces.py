@@ -2360,3 +2360,36 @@ def test_a_reload_that_meets_a_writer_after_reading_the_gallery_goes_on(
         "(the gallery's), 1 with their own"
     ), said
     assert pipeline.gallery is not None and pipeline._enrolled == {"ann"}
+
+
+def test_a_file_camera_says_once_that_it_plays_the_file_again(tmp_path, caplog) -> None:
+    """A video file as a camera plays in a loop, as a live camera: its first end says so at
+    INFO, with the command for a recording (identify); later ones at DEBUG only, so a short
+    clip fills no log (it replayed in silence: its visits repeated with nothing saying so)."""
+    from daemon.cameras import CameraReader
+    from daemon.config import CameraConfig
+    from tests.clips import DEMO_CLIP, read_frames
+
+    clip = tmp_path / "door.mp4"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter.fourcc(*"mp4v"), 25, (320, 180))
+    for image in read_frames(DEMO_CLIP, count=5):  # 0.2 s: played again and again
+        writer.write(cv2.resize(image, (320, 180)))
+    writer.release()
+    reader = CameraReader(CameraConfig(name="door", url=str(clip)), FrameQueues(["door"], 2))
+    with caplog.at_level("DEBUG", logger="daemon.cameras"):
+        reader.start()
+        deadline = time.monotonic() + 5
+
+        def plays() -> list:
+            return [r for r in caplog.records if "played to its end" in r.getMessage()]
+
+        while len(plays()) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        reader.stop()
+        reader.join(5)
+    ends = plays()
+    assert len(ends) >= 3
+    assert [r.levelname for r in ends[:3]] == ["INFO", "DEBUG", "DEBUG"]
+    said = ends[0].getMessage()
+    assert said.startswith(f"camera door: {clip} played to its end (5 frames): played again")
+    assert f"facewatch identify {clip}" in said and "the time of the run" in said
