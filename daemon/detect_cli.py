@@ -440,7 +440,7 @@ def _detect_video(
         every = f" ({searched} searched: every {args.every})" if args.every > 1 else ""
         when = f" seen {clock(seen.first)}-{clock(seen.last)}" if faces else ""
         tqdm.write(
-            f"{path}: {index} frames{every}, 0:00.0-{clock(clock_s)}, {faces} faces{when}",
+            f"{path}: {index} frames{every}, {clock(0)}-{clock(clock_s)}, {faces} faces{when}",
             file=sys.stdout,
         )
 

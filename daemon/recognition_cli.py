@@ -25,7 +25,7 @@ from daemon import gallery_cli
 from daemon.archive_files import VISIT_FILE
 from daemon.cli_args import number
 from daemon.config import ConfigError
-from daemon.detect_cli import VIDEO_SUFFIXES, Outputs, input_name, progress_wanted, put_label
+from daemon.detect_cli import Outputs, input_name, progress_wanted, put_label
 from daemon.gallery import Gallery, GalleryError, Match
 from daemon.journal import print_error
 from daemon.recordings import (
@@ -39,7 +39,7 @@ from daemon.recordings import (
 from engines import BACKENDS, EngineError
 from engines.detectors import load_facenet
 from engines.facenet import FaceNet
-from engines.image_files import PHOTO_SUFFIXES, folder_files
+from engines.image_files import PHOTO_SUFFIXES, VIDEO_SUFFIXES, folder_files
 from engines.images import ImageError, read_image, shown, write_image
 from engines.loader import (
     PRECISIONS,

@@ -30,6 +30,7 @@ from daemon.events import EventSinks
 from daemon.gallery import Gallery
 from daemon.motion import MotionDetector
 from daemon.scheduler import Pipeline
+from daemon.video_files import clock, frame_time
 from engines.facenet import FaceNet
 from engines.images import cv_path
 from engines.mtcnn import MTCNN
@@ -60,12 +61,6 @@ class Interrupted(Exception):
     def __init__(self, where: str) -> None:
         super().__init__(where)
         self.where = where
-
-
-def clock(seconds: float) -> str:
-    """A video time as hh:mm:ss.s (from the video's start)."""
-    tenths = round(max(seconds, 0.0) * 10)
-    return f"{tenths // 36000:02d}:{tenths // 600 % 60:02d}:{tenths % 600 / 10:04.1f}"
 
 
 @dataclass
@@ -173,13 +168,9 @@ def frames_of(capture: cv2.VideoCapture, config: Config, progress: Progress) -> 
         else None
     )
     native = capture.get(cv2.CAP_PROP_FPS)
-    step = 1.0 / native if 1 <= native <= 240 else 1.0 / 25
+    fps = native if 1 <= native <= 240 else 25.0
     while capture.grab():
-        # a frame without a timestamp (0), or one out of order: just after the one before
-        stamped = capture.get(cv2.CAP_PROP_POS_MSEC) / 1000
-        now = (
-            stamped if progress.frames == 0 or stamped > progress.time_s else progress.time_s + step
-        )
+        now = frame_time(capture, progress.time_s if progress.frames else -1.0, fps)
         progress.frames, progress.time_s = progress.frames + 1, now
         if not schedule.keeps(now):
             continue

@@ -63,12 +63,9 @@ class Seen:
 
 
 def clock(seconds: float) -> str:
-    """A time in a video as a player shows it, to the tenth: 1:09.0, 1:02:03.5."""
-    tenths = round(seconds * 10)
-    hours, tenths = divmod(tenths, 36000)
-    minutes, tenths = divmod(tenths, 600)
-    sec = f"{tenths // 10:02d}.{tenths % 10}"
-    return f"{hours}:{minutes:02d}:{sec}" if hours else f"{minutes}:{sec}"
+    """A time in a video, from its start, as hh:mm:ss.s (detect's and identify's lines)."""
+    tenths = round(max(seconds, 0.0) * 10)
+    return f"{tenths // 36000:02d}:{tenths // 600 % 60:02d}:{tenths % 600 / 10:04.1f}"
 
 
 def output_fps(times: list[float], header_fps: float) -> float:

@@ -122,7 +122,9 @@ def test_a_recording_with_pauses_gives_each_frames_time_and_plays_at_its_speed(
 
     code, out, err = run_cli(capsys, str(clip))
     assert code == 0, err
-    assert re.fullmatch(rf"{clip}: 60 frames, 0:00.0-0:35.9, \d+ faces seen 0:00.\d-0:35.\d\n", out)
+    assert re.fullmatch(
+        rf"{clip}: 60 frames, 00:00:00.0-00:00:35.9, \d+ faces seen 00:00:00.\d-00:00:35.\d\n", out
+    )
 
 
 def test_ctrl_c_says_where_it_stopped_and_what_was_done(
@@ -154,7 +156,7 @@ def test_ctrl_c_says_where_it_stopped_and_what_was_done(
     assert code == 130
     assert len(out.splitlines()) == 1 + 8  # the records written are kept
     assert (
-        f"interrupted in {DEMO_CLIP} after frame 7 (0:00.2): its JSON records and annotated "
+        f"interrupted in {DEMO_CLIP} after frame 7 (00:00:00.2): its JSON records and annotated "
         "video end there; 1 of 3 file(s) done\n"
     ) in err
     assert "summary: 1 file(s), 9 image(s)/frame(s), " in err

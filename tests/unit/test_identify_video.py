@@ -12,7 +12,7 @@ import pytest
 
 from daemon import recordings
 from daemon.cli import main
-from tests.clips import DEMO_CLIP, EMPTY_FRAME, read_frames, vfr_clip
+from tests.clips import DEMO_CLIP, EMPTY_FRAME, paused_clip, read_frames
 from tests.conftest import REPO
 
 PEOPLE = REPO / "configs" / "demo" / "people"
@@ -84,8 +84,7 @@ def test_a_variable_frame_rate_video_is_timed_by_its_frames_own_times(identify, 
     more. His visits are at 0-1 s and 41-42 s of the video (frame / fps said 1-2 s), two
     visits: the daemon's tracks end in a 40 s gap."""
     frames = read_frames(DEMO_CLIP, first=120, count=60)
-    times = [k / 30 for k in range(30)] + [41 + k / 30 for k in range(30)]
-    clip = vfr_clip(tmp_path / "motion.mkv", frames, times)
+    clip = paused_clip(tmp_path / "motion.mp4", frames, fps=30, pause_after=30, pause_s=40)
     code, out, err = identify(str(clip), "--json")
     assert code == 0, err
     visits = sorted((json.loads(line) for line in out.splitlines()), key=lambda v: v["start_s"])
