@@ -233,7 +233,7 @@ def run(args: argparse.Namespace) -> int:
 
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C in a video, with where it stopped (``where``: "in clip.mp4 after frame 423
-    (0:14.1)...")."""
+    (00:00:14.1)...")."""
 
     def __init__(self, where: str) -> None:
         super().__init__(where)
