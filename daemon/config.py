@@ -466,9 +466,10 @@ class TrackingConfig(Section):
     lost_after_s: float = _field(
         2.0,
         "a track not seen for this long, in its camera's frames, has left (a camera that stalls "
-        "holds its tracks up to 10 s); one whose face comes back as someone else (it and the "
-        "next face both farther than 1.5 times the gallery's threshold from the track's "
-        "faces) leaves at once",
+        "holds its tracks up to 10 s); one whose face comes back after a gap as someone else "
+        "leaves at once: it and the next face named by the gallery as another enrolled "
+        "person, or a stranger's both farther than 1.5 times its threshold from the track's "
+        "faces (most strangers are not: they continue the track, renamed by the votes)",
         gt=0,
         le=3600,
     )

@@ -304,25 +304,27 @@ class Pipeline:
                 identity, distance = matches[k].identity, matches[k].distance
             named = "known" if identity and not self.config.metrics.identities else identity
             metrics.RECOGNITIONS.labels(camera, named or "unknown").inc()
-            self._same_person(face, faces, embeddings[k])
+            self._same_person(face, faces, embeddings[k], identity)
             self.trackers[camera].record(face.track, identity, distance, embeddings[k].copy())
 
-    def _same_person(self, face: _Face, faces: list[_Face], embedding: np.ndarray) -> None:
-        """A face whose track could have taken someone else's (``Tracker.replaced``): when it
-        is clearly another person's, it and the track's faces of the batch's later frames go
-        to that person's track, a hidden neighbour's or a new one (the track it had then ends
-        here, ``left``)."""
+    def _same_person(
+        self, face: _Face, faces: list[_Face], embedding: np.ndarray, named: str | None
+    ) -> None:
+        """A face of a track that came back after a gap (``Tracker.replaced``; ``named``: the
+        gallery's match): when it and the next are someone else's, the track's faces of the
+        batch since the first go to a new track (the track it had then ends here, ``left``)."""
         gallery, camera = self.gallery, face.frame.camera
         within = None
         if gallery is not None:
             override = gallery.threshold_override
             within = gallery.threshold if override is None else override
         old = face.track
-        track, ended = self.trackers[camera].replaced(old, embedding, face.frame.clock, within)
+        tracker = self.trackers[camera]
+        track, ended = tracker.replaced(old, embedding, named, face.frame.clock, within)
         if track is old:
             return
-        for other in faces:
-            if other.track is old and other.frame.clock >= face.frame.clock:
+        for other in faces:  # (from the first look's frame: it may be in this batch too)
+            if other.track is old and other.frame.clock >= track.first_seen:
                 other.track = track
         if ended:
             self._ended(camera, ended, face.frame.ts)

@@ -1,19 +1,21 @@
 """Per-camera face tracks: association by where each track's face is predicted to be, a
-look at the face where tracks could swap people, an identity vote over each track, and the
+look at a face that came back after a gap, an identity vote over each track, and the
 decisions of when an event is due.
 
 Association: each track keeps the velocity of its face (smoothed, capped, not learnt from a
-box that changed size); a frame's faces are matched to the tracks' boxes predicted at its
-time (at most one face width along) or their last boxes, whichever fits better, by IoU,
-then by the nearest centre. A face that passes in front of another keeps its own track, and
-the hidden one is found again when it shows, where it stood or a little along its path.
+box that changed size, zero as soon as the face stops or turns back) and, once it moved
+steadily ``STEADY_MOVES`` times, a frame's faces are matched to the tracks' boxes predicted
+at its time (at most one face width along) or their last boxes, whichever fits better, by
+IoU, then by the nearest centre. A face that passes in front of another keeps its own track,
+and the hidden one is found again when it shows, where it stood or a little along its path.
 
-Where a track could have taken the wrong face, the face is embedded at once: a face found
-where a hidden confirmed neighbour's should be goes to the neighbour's track when it is
-beyond the gallery's threshold from its own track's faces and nearer the neighbour's; a
-track that came back after a gap ends (``left``, last seen where it was last seen) when its
-face and the next are both beyond ``FAR_TIMES`` the threshold from the faces it kept, and
-those faces start a new track, with its own ``confirmed`` and ``first_seen``.
+A track that came back after a gap (missing in the camera's frame before) has its face
+embedded at once. When that face and the next are both someone else's, the track ends
+(``left``, last seen where it was last seen) and those faces start a new track, with its
+own ``confirmed`` and ``first_seen``. Someone else's: the gallery names another enrolled
+person than the track's announced name, or (strangers) the face lies beyond ``FAR_TIMES``
+the gallery's threshold from every face the track kept. A stranger whose face lies nearer
+goes on as the track's person (most do, at video quality), and is renamed by the vote.
 
 Events (``TrackEvent.kind``):
 - ``confirmed``: a face has been seen in ``confirm_frames`` frames and, when it is
@@ -56,20 +58,23 @@ MAX_SIZE_CHANGE = 1.5  # a face matched by its centre alone keeps its size withi
 # a track's velocity: this weight for the latest move (one jittery box moves it half-way),
 # at most MAX_SPEED face widths a second (a face that ran that fast is lost anyway), learnt
 # only from moves where the box kept its size within STEADY_SIZE (a face half hidden by a
-# passer, or a jittery box, shrinks and shifts while the person stands still), and followed
-# for at most MAX_PREDICT_S and MAX_PREDICT_WIDTHS face widths of a hidden face (then it
-# waits where it got to; the track's last box is tried too)
+# passer, or a jittery box, shrinks and shifts while the person stands still), zero after a
+# move back or one under STOPPED of its speed (a lean that stopped: its speed carried a
+# young track onto a hidden neighbour's face), used only after STEADY_MOVES moves in a row,
+# and followed for at most MAX_PREDICT_S and MAX_PREDICT_WIDTHS face widths of a hidden face
+# (then it waits where it got to; the track's last box is tried too)
 VELOCITY_WEIGHT = 0.5
 MAX_SPEED = 4.0
 STEADY_SIZE = 1.2
+STOPPED = 0.1
+STEADY_MOVES = 3
 MAX_PREDICT_S = 1.0
 MAX_PREDICT_WIDTHS = 1.0
-CONTESTED_IOU = 0.05  # a face overlapping a hidden neighbour's predicted box this much is looked at
-# a face that came back after a gap is someone else only when it and the track's next face
-# are both farther than this many times the gallery's threshold from the faces the track
-# kept, at least MIN_KEPT of them (one person's faces lie beyond the threshold itself from
-# their own track's, now and then: 5 % of them in a crowd; and one kept face, a poor one,
-# says too little of its person)
+# a stranger's face that came back after a gap is someone else only when it and the track's
+# next face are both farther than this many times the gallery's threshold from the faces
+# the track kept, at least MIN_KEPT of them (one person's faces lie beyond the threshold
+# itself from their own track's, now and then: 5 % of them in a crowd; and one kept face, a
+# poor one, says too little of its person)
 FAR_TIMES = 1.5
 MIN_KEPT = 2
 
@@ -103,22 +108,21 @@ class _Before:
     last_frame_wall: float | None
     hits: int
     velocity_xy: np.ndarray
+    moves: int
     ts: float
     wall_ts: float | None
 
 
 @dataclass(frozen=True)
 class _Doubt:
-    """Why a track's face may be someone else's, and which face is looked at.
+    """A track that came back after a gap, until its face says whose it is.
 
-    ``contester``: the confirmed track, seen in the frame before and hidden in this one,
-    whose predicted box the face overlaps (None: the track came back after a gap).
     ``look_ts``: the frame whose face of the track is judged when embedded (None: the
-    track's next face, the second look at a face that came back far). ``far``: the first
-    look was far; ``held``: its vote, cast for whoever the second look finds it was."""
+    track's next face, the second look at a face that came back as someone else's).
+    ``far``: the first look was someone else's; ``held``: its vote, cast for whoever the
+    second look finds it was."""
 
     before: _Before
-    contester: Track | None
     look_ts: float | None
     far: bool = False
     held: Vote | None = None
@@ -145,13 +149,17 @@ class Track:
     first_seen_wall: float | None = None
     last_frame_wall: float | None = None
     velocity_xy: np.ndarray = field(default_factory=lambda: np.zeros(2))  # the box's, px/s
-    # set when the latest face could be someone else's (it came back, or it met a hidden
-    # neighbour's path): the track as it was before, until the face is embedded and compared
+    moves: int = 0  # steady moves in a row that made ``velocity_xy`` (none: it is zero)
+    # set when the latest face could be someone else's (the track came back after a gap):
+    # the track as it was before, until the face is embedded and compared
     doubt: _Doubt | None = None
 
     def predicted(self, ts: float) -> np.ndarray:
         """Where the track's face should be at ``ts``: its last box moved at its velocity,
-        at most ``MAX_PREDICT_S`` and one face width (``MAX_PREDICT_WIDTHS``) along."""
+        at most ``MAX_PREDICT_S`` and one face width (``MAX_PREDICT_WIDTHS``) along, once
+        it moved steadily (``STEADY_MOVES``; before, where it was last seen)."""
+        if self.moves < STEADY_MOVES:
+            return self.bbox_xyxy
         shift = self.velocity_xy * min(max(ts - self.last_seen, 0.0), MAX_PREDICT_S)
         most = MAX_PREDICT_WIDTHS * float(self.bbox_xyxy[2] - self.bbox_xyxy[0])
         length = float(np.hypot(*shift))
@@ -161,7 +169,8 @@ class Track:
 
     def follow(self, box: np.ndarray, ts: float) -> None:
         """The velocity, after its face was found at ``box`` at ``ts`` (unchanged when the
-        box changed size: a face half hidden, or a jittery box, did not move that way)."""
+        box changed size: a face half hidden, or a jittery box, did not move that way; zero
+        when the face stopped or turned back)."""
         elapsed = ts - self.last_seen
         width, before = float(box[2] - box[0]), float(self.bbox_xyxy[2] - self.bbox_xyxy[0])
         if elapsed <= 0 or not 1 / STEADY_SIZE <= width / max(before, 1e-9) <= STEADY_SIZE:
@@ -171,8 +180,15 @@ class Track:
         speed = float(np.hypot(*step))
         if speed > most:
             step = step * (most / speed)
-        weight = 1.0 if self.hits == 1 else VELOCITY_WEIGHT  # (a second sighting: its move)
+        if self.moves and (
+            float(step @ self.velocity_xy) <= 0
+            or np.hypot(*step) < STOPPED * np.hypot(*self.velocity_xy)
+        ):
+            self.velocity_xy, self.moves = np.zeros(2), 0
+            return
+        weight = VELOCITY_WEIGHT if self.moves else 1.0  # (a first move: its own)
         self.velocity_xy = self.velocity_xy + weight * (step - self.velocity_xy)
+        self.moves += 1
 
     @property
     def first_seen_ts(self) -> float:
@@ -286,7 +302,6 @@ class Tracker:
             for i, j in greedy_pairs(overlap, self.config.iou_threshold):
                 assigned[i] = live[j]
             self._match_moved(boxes, live, where, assigned)
-        matched = {id(t) for t in assigned if t is not None}
         result = []
         for i, track in enumerate(assigned):
             box = faces.bbox_xyxy[i]
@@ -296,7 +311,7 @@ class Tracker:
                 self._next_id += 1
                 self.tracks.append(track)
             else:
-                self._look_at(track, box, ts, wall_ts, [t for t in live if id(t) not in matched])
+                self._look_at(track, ts, wall_ts)
                 track.follow(box, ts)
                 track.bbox_xyxy, track.landmarks = box, faces.landmarks[i]
                 track.last_seen, track.last_frame_wall = ts, wall_ts
@@ -306,40 +321,23 @@ class Tracker:
         self._previous_ts = max(ts, self._previous_ts)
         return result
 
-    def _look_at(
-        self, track: Track, box: np.ndarray, ts: float, wall_ts: float | None, hidden: list[Track]
-    ) -> None:
-        """Sets ``track.doubt`` when ``box``, the face just given to it, may be someone
-        else's: the track was missing in the camera's previous frame (someone may have taken
-        the place), or the face overlaps the predicted box of a confirmed track seen in that
-        frame and given no face in this one (``hidden``: one face in front of another, and
-        the tracks may have swapped). Only a recognising tracker can tell."""
+    def _look_at(self, track: Track, ts: float, wall_ts: float | None) -> None:
+        """Sets ``track.doubt`` when the face just given to it may be someone else's: the
+        track was missing in the camera's previous frame (someone may have taken the place).
+        Only a recognising tracker can tell."""
         if not self.recognising:
             return
         if track.doubt is not None:
             if track.doubt.look_ts is None:  # a second look at a face that came back far
                 track.doubt = replace(track.doubt, look_ts=ts)
             return
-        contester = self._contester(box, ts, hidden)
-        if contester is None and track.last_seen >= self._previous_ts:
+        if track.last_seen >= self._previous_ts:
             return
         before = _Before(
             track.bbox_xyxy, track.landmarks, track.last_seen, track.last_frame_wall,
-            track.hits, track.velocity_xy, ts, wall_ts,
+            track.hits, track.velocity_xy, track.moves, ts, wall_ts,
         )  # fmt: skip
-        track.doubt = _Doubt(before, contester, ts)
-
-    def _contester(self, box: np.ndarray, ts: float, hidden: list[Track]) -> Track | None:
-        """Of the confirmed tracks among ``hidden`` seen in the camera's previous frame, the
-        one whose predicted box ``box`` overlaps most, at least ``CONTESTED_IOU`` (not a
-        track that is still new or was already missing: a false detection's drifting box
-        contested real faces)."""
-        near = [t for t in hidden if t.confirmed and t.last_seen >= self._previous_ts]
-        if not near:
-            return None
-        overlap = iou_matrix(box[None], np.stack([t.predicted(ts) for t in near]))[0]
-        best = int(np.argmax(overlap))
-        return near[best] if overlap[best] >= CONTESTED_IOU else None
+        track.doubt = _Doubt(before, ts)
 
     def _match_moved(
         self,
@@ -383,36 +381,29 @@ class Tracker:
         return track.since_embed >= self.reembed_every
 
     def replaced(
-        self, track: Track, embedding: np.ndarray, ts: float, same_within: float | None
+        self,
+        track: Track,
+        embedding: np.ndarray,
+        named: str | None,
+        ts: float,
+        same_within: float | None,
     ) -> tuple[Track, list[TrackEvent]]:
-        """The track of ``track``'s face of the frame taken at ``ts``, just embedded:
-        ``track`` itself, unless that face is the one in doubt (``Track.doubt``) and clearly
-        someone else, by the faces the tracks kept and ``same_within`` (the gallery's
-        threshold: None, no gallery, no judging):
-        - a face over a hidden neighbour's path (``_Doubt.contester``) that is farther than
-          ``same_within`` from every face of its track and nearer the neighbour's: the two
-          tracks had swapped, and the face goes to the neighbour's track (no event);
-        - a face that came back after a gap, and the track's next face, both farther than
-          ``FAR_TIMES`` ``same_within`` from every face the track kept before: someone else
-          took the place. ``track`` ends where it was last seen (its events, ``left``) and the
-          faces start a new track from the first one's frame."""
+        """The track of ``track``'s face of the frame taken at ``ts``, just embedded and
+        matched by the gallery to ``named`` (None: nobody): ``track`` itself, unless it came
+        back after a gap (``Track.doubt``) and that face and its next are both someone
+        else's (``_someone_else``; ``same_within``: the gallery's threshold, None: no
+        gallery, no judging). Then ``track`` ends where it was last seen (its events,
+        ``left``) and the faces start a new track from the first one's frame."""
         doubt = track.doubt
         if doubt is None or not _looks_at(doubt, ts):
             return track, []  # (a face of another frame of the batch: not the one in doubt)
-        track.doubt = None
-        kept = [v.embedding for v in track.votes if v.embedding is not None]
-        if same_within is None or len(kept) < MIN_KEPT:
-            return track, []
-        nearest = float(squared_distances(embedding, np.stack(kept)).min())
-        if doubt.contester is not None:
-            return self._swapped(track, doubt, embedding, nearest, same_within), []
-        if nearest <= FAR_TIMES * same_within:
-            track.votes.extend([doubt.held] if doubt.held else [])
+        if same_within is None or not self._someone_else(track, embedding, named, same_within):
+            self._drop_doubt(track)
             return track, []
         if not doubt.far:
             track.doubt = replace(doubt, look_ts=None, far=True)
             return track, []
-        before = doubt.before
+        track.doubt, before = None, doubt.before
         new = Track(self._next_id, track.bbox_xyxy, track.landmarks, before.ts, track.last_seen)
         new.first_seen_wall, new.last_frame_wall = before.wall_ts, track.last_frame_wall
         new.hits = track.hits - before.hits
@@ -421,46 +412,43 @@ class Tracker:
         _restore(track, before)
         self.tracks = [t for t in self.tracks if t is not track] + [new]
         logger.debug(
-            "camera %s: track %d's face at %.2f is someone else (twice over %.3f from its "
-            "faces): track %d", self.camera, track.track_id, before.ts,
-            FAR_TIMES * same_within, new.track_id,
+            "camera %s: track %d's face at %.2f is someone else's (%s): track %d",
+            self.camera, track.track_id, before.ts, named or "a stranger", new.track_id,
         )  # fmt: skip
         return new, self._leaving(track, "lost")
 
-    def _swapped(
-        self, track: Track, doubt: _Doubt, embedding: np.ndarray, nearest: float, within: float
-    ) -> Track:
-        """The track of a face over a hidden neighbour's path (``replaced``): the neighbour
-        (still open, and still hidden since), when the face is farther than ``within`` from
-        every face of ``track`` and nearer one of the neighbour's; else ``track``."""
-        other, before = doubt.contester, doubt.before
-        theirs = [v.embedding for v in other.votes if v.embedding is not None] if other else []
-        if (
-            other is None
-            or not theirs
-            or nearest <= within
-            or not any(t is other for t in self.tracks)
-            or other.last_seen >= before.ts
-            or float(squared_distances(embedding, np.stack(theirs)).min()) >= nearest
-        ):
-            return track
-        other.follow(track.bbox_xyxy, track.last_seen)
-        other.bbox_xyxy, other.landmarks = track.bbox_xyxy, track.landmarks
-        other.last_seen, other.last_frame_wall = track.last_seen, track.last_frame_wall
-        other.hits += track.hits - before.hits
-        _restore(track, before)
-        logger.debug(
-            "camera %s: the face at %.2f is track %d's, not track %d's (%.3f from its faces)",
-            self.camera, before.ts, other.track_id, track.track_id, nearest,
-        )  # fmt: skip
-        return other
+    def _someone_else(
+        self, track: Track, embedding: np.ndarray, named: str | None, same_within: float
+    ) -> bool:
+        """Whether a face of ``track`` is clearly not its person's: it lies farther than
+        ``same_within`` from every face the track kept (at least ``MIN_KEPT``) and the
+        gallery named another enrolled person than the track's announced name, or, for
+        strangers, farther than ``FAR_TIMES`` ``same_within`` (the gallery's name for one
+        face of someone it met as another, alone, is not enough: a stranger's face now and
+        then lies within its threshold of an enrolled person)."""
+        kept = [v.embedding for v in track.votes if v.embedding is not None]
+        if len(kept) < MIN_KEPT:
+            return False
+        nearest = float(squared_distances(embedding, np.stack(kept)).min())
+        other = bool(named and track.identity and named != track.identity)
+        return nearest > (same_within if other else FAR_TIMES * same_within)
+
+    def _drop_doubt(self, track: Track) -> None:
+        """``track``'s face is its person's after all (or can no longer be judged): no
+        doubt, and a held vote counts as the track's."""
+        held = track.doubt.held if track.doubt is not None else None
+        track.doubt = None
+        if held is not None:
+            track.votes.append(held)
+            while len(track.votes) > self.config.vote_window:
+                track.votes.popleft()
 
     def settle(self) -> None:
         """After a batch's faces were embedded: a doubt whose face was not (too small to
         recognise) is dropped, not judged on a later face and dated back to it."""
         for track in self.tracks:
             if track.doubt is not None and track.doubt.look_ts is not None:
-                track.doubt = None
+                self._drop_doubt(track)
 
     def record(
         self,
@@ -531,8 +519,10 @@ class Tracker:
         """The gallery changed: each open track's recent faces are matched again against the
         new one (``rematch``; None: no gallery, nobody is known), so its identity follows at
         once, with a full window; the events of the announced tracks whose identity changes
-        (reason "gallery"). A track without a kept face votes anew from its next frames."""
+        (reason "gallery"). A track without a kept face votes anew from its next frames; one
+        whose face was in doubt is its person's (the doubt was judged by the old gallery)."""
         for track in self.tracks:
+            self._drop_doubt(track)
             faces = [v.embedding for v in track.votes if v.embedding is not None]
             if rematch is None or not faces:
                 again = [Match(None, float("inf"), 0.0)] * len(faces)
@@ -554,7 +544,7 @@ class Tracker:
             track.bbox_xyxy = (track.bbox_xyxy * np.array([sx, sy, sx, sy])).astype(np.float32)
             track.landmarks = (track.landmarks * np.array([sx, sy])).astype(np.float32)
             track.velocity_xy = track.velocity_xy * np.array([sx, sy])
-            track.doubt = None  # (its boxes in the old frames' pixels)
+            self._drop_doubt(track)  # (its boxes in the old frames' pixels)
 
     def in_view(self) -> list[str | None]:
         """The announced identity of each confirmed track still open (None: unknown)."""
@@ -575,6 +565,7 @@ class Tracker:
 
     def _leaving(self, track: Track, reason: str) -> list[TrackEvent]:
         """The events of a track that ends: ``left`` when it was announced."""
+        self._drop_doubt(track)
         events = []
         if not track.confirmed and track.hits >= self.config.confirm_frames:
             # seen long enough, gone before its vote was in: announced as it leaves (with its
@@ -601,4 +592,4 @@ def _restore(track: Track, before: _Before) -> None:
     """``track`` as it was before the face in doubt (that face was someone else's)."""
     track.bbox_xyxy, track.landmarks = before.bbox_xyxy, before.landmarks
     track.last_seen, track.last_frame_wall = before.last_seen, before.last_frame_wall
-    track.hits, track.velocity_xy = before.hits, before.velocity_xy
+    track.hits, track.velocity_xy, track.moves = before.hits, before.velocity_xy, before.moves

@@ -240,7 +240,7 @@ def watch(tracker: Tracker, frames: list[tuple[float, Shown]], end: float) -> tu
         tracks = tracker.update(ts, faces(*[box for _, box, _ in shown]))
         for k, (who, _, embedding) in enumerate(shown):
             if tracker.wants_embedding(tracks[k]):
-                tracks[k], ended = tracker.replaced(tracks[k], embedding, ts, SAME_WITHIN)
+                tracks[k], ended = tracker.replaced(tracks[k], embedding, who, ts, SAME_WITHIN)
                 events += said(ended)
                 tracker.record(tracks[k], who, 0.1, embedding)
             if tracks[k].doubt is None:  # (one still in doubt is not archived either)
@@ -325,6 +325,32 @@ def test_someone_else_in_the_place_after_a_gap_is_a_new_visit() -> None:
     frames += [(k / 5, [("ann", door, back)]) for k in range(30, 45)]
     events, held = watch(again, frames, 12.0)
     assert events == [("confirmed", 1, "ann"), ("left", 1, "ann", 8.8)]
+
+
+def test_someone_the_gallery_names_in_the_place_after_a_gap_is_a_new_visit() -> None:
+    """ann at the door until 5 s; 1 s later bob, whose faces lie only 1.2 times the
+    gallery's threshold from hers (as near as most people's at video quality) but whom the
+    gallery names: ann leaves at her last frame and bob is a visit of his own (he went on
+    as her track, renamed with a `changed`). A stranger as near is not told apart."""
+    door = box_at(400, 360)
+    near = turned(np.eye(8, dtype=np.float32)[2], 0.6)
+
+    def visit(newcomer: str) -> list:
+        frames: list[tuple[float, Shown]] = [(k / 5, [("ann", door, ANN)]) for k in range(5, 25)]
+        frames += [(k / 5, []) for k in range(25, 30)]
+        frames += [(k / 5, [(newcomer, door, near)]) for k in range(30, 45)]
+        return watch(Tracker("door", TrackingConfig(), reembed_every=10), frames, 12.0)[0]
+
+    assert visit("bob") == [
+        ("confirmed", 1, "ann"),
+        ("left", 1, "ann", 4.8),
+        ("confirmed", 2, "bob"),
+        ("left", 2, "bob", 8.8),
+    ]
+    assert [e[:2] for e in visit("") if e[0] in ("confirmed", "left")] == [
+        ("confirmed", 1),
+        ("left", 1),
+    ]
 
 
 def test_the_new_track_of_someone_else_starts_at_their_first_frame() -> None:
@@ -415,10 +441,10 @@ def test_a_face_a_little_beyond_the_threshold_in_a_crowd_keeps_its_track() -> No
     ]
 
 
-def test_a_face_at_a_hidden_neighbours_place_that_is_theirs_goes_to_their_track() -> None:
-    """ann and bob side by side; bob steps in front of ann and the detector finds only his
-    face, right where ann's track expects hers: the face, nearer bob's than ann's, stays
-    bob's track's, and ann's track waits for her (no `left`, no new visit)."""
+def test_a_neighbour_stepping_in_front_leaves_both_visits_whole() -> None:
+    """ann and bob side by side; bob steps in front of ann for a second and the detector
+    finds only his face, where ann stood: ann's track waits for her, no `left`, no new
+    visit, no `changed` (his face may sit in her track while it stands where she stood)."""
     tracker = Tracker("hall", TrackingConfig(), reembed_every=10)
     frames: list[tuple[float, Shown]] = []
     for k in range(5, 40):
@@ -429,13 +455,43 @@ def test_a_face_at_a_hidden_neighbours_place_that_is_theirs_goes_to_their_track(
             shown.insert(0, ("ann", box_at(640, 360), ANN))
         frames.append((t, shown))
     events, held = watch(tracker, frames, 12.0)
-    assert held == {1: {"ann"}, 2: {"bob"}}
+    assert held[2] == {"bob"}
     assert [e[:3] for e in events] == [
         ("confirmed", 1, "ann"),
         ("confirmed", 2, "bob"),
         ("left", 1, "ann"),
         ("left", 2, "bob"),
     ]
+
+
+def test_a_lean_that_stops_does_not_carry_a_young_track_onto_a_hidden_face() -> None:
+    """The review's lean scene at 5 fps: bob leans fast in front of ann (his face, found
+    far from where it was, starts a new track) and stops there; ann, hidden 0.4 s and half
+    covered before, shows again beside him. Her face stays her track's: no `left` for ann
+    while she stands there, no track of his renamed to her with a `changed` (the young
+    track's speed, still half of the lean's, carried its box onto her face)."""
+
+    def box(x1: float, x2: float) -> tuple[float, float, float, float]:
+        return (x1, 300.0, x2, 420.0)
+
+    ann, half, bob = box(523, 601), box(513, 579), box(700, 785)
+    frames: list[tuple[float, Shown]] = [
+        (k / 5, [("ann", ann, ANN), ("bob", bob, BOB)]) for k in range(5, 16)
+    ]
+    frames += [
+        (3.2, [("ann", half, ANN), ("bob", box(605, 694), BOB)]),
+        (3.4, [("bob", box(554, 644), BOB)]),
+        (3.6, [("bob", box(555, 640), BOB)]),
+        (3.8, [("ann", ann, ANN), ("bob", box(603, 688), BOB)]),
+    ]
+    frames += [(k / 5, [("ann", ann, ANN), ("bob", bob, BOB)]) for k in range(20, 40)]
+    events, held = watch(Tracker("hall", TrackingConfig(), reembed_every=10), frames, 12.0)
+    assert held[1] == {"ann"}
+    assert [e for e in events if e[2] == "ann"] == [
+        ("confirmed", 1, "ann"),
+        ("left", 1, "ann", 7.8),
+    ]
+    assert not [e for e in events if e[0] == "changed"]
 
 
 def test_a_face_in_doubt_too_small_to_recognise_is_not_judged_later() -> None:
@@ -448,7 +504,7 @@ def test_a_face_in_doubt_too_small_to_recognise_is_not_judged_later() -> None:
     for k in range(10):
         [track] = tracker.update(k / 5, faces(door))
         if tracker.wants_embedding(track):
-            assert tracker.replaced(track, ANN, k / 5, SAME_WITHIN) == (track, [])
+            assert tracker.replaced(track, ANN, "ann", k / 5, SAME_WITHIN) == (track, [])
             tracker.record(track, "ann", 0.1, ANN)
         tracker.decide([track])
         tracker.settle()
@@ -457,7 +513,7 @@ def test_a_face_in_doubt_too_small_to_recognise_is_not_judged_later() -> None:
     for k in range(11, 36):  # too small: never embedded
         tracker.update(k / 5, faces(door))
         tracker.settle()
-    again, ended = tracker.replaced(track, BOB, 7.0, SAME_WITHIN)
+    again, ended = tracker.replaced(track, BOB, "bob", 7.0, SAME_WITHIN)
     assert (again, ended) == (track, [])
     assert track.last_seen == 7.0
 
