@@ -32,7 +32,7 @@ from daemon.video_files import (
 from engines import BACKENDS, EngineError
 from engines.base import bounds_text
 from engines.detectors import load_detector
-from engines.image_files import PHOTO_SUFFIXES, VIDEO_SUFFIXES, folder_files
+from engines.image_files import HEIC_SUFFIXES, PHOTO_SUFFIXES, VIDEO_SUFFIXES, folder_files
 from engines.images import ImageError, cv_path, read_image, shown, write_image
 from engines.loader import THREAD_BOUNDS, cpu_threads, default_models_dir
 from engines.mtcnn import (
@@ -335,7 +335,7 @@ def _detect_file(
     try:
         image = read_image(str(path))
     except ImageError as exc:
-        if path.suffix.lower() in PHOTO_SUFFIXES or not worth_trying_as_video(path):
+        if path.suffix.lower() in PHOTO_SUFFIXES | HEIC_SUFFIXES or not worth_trying_as_video(path):
             raise
         if not opens_as_video(path):
             raise VideoError(f"{exc}; nor a video that FFmpeg can open") from None

@@ -5,8 +5,9 @@ A file is taken by its extension (``PHOTO_SUFFIXES``, and ``VIDEO_SUFFIXES`` for
 commands that read videos; any case); a file named directly is read whatever its name. Hidden entries (``.thumbnails``, macOS's ``._photo.jpg``, a
 Synology NAS's ``@eaDir``) are never photos or people. Symlinked files and folders are
 followed (a folder reached twice, through a link back up the tree, is walked once).
-HEIC/HEIF photos are taken so that reading them says how to convert them, rather than
-leaving them out unsaid.
+HEIC/HEIF photos are left out like other files OpenCV cannot read, and the folder's note
+says how many and how to convert them (``HEIC_ADVICE``); one beside a photo of its name
+(the JPEG ``heif-convert`` leaves) is already converted and not counted.
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ IMAGE_SUFFIXES = frozenset(
     | {".ppm", ".gif", ".avif"}
 )
 HEIC_SUFFIXES = frozenset({".heic", ".heif", ".hif"})  # iPhones' default, some cameras'
-PHOTO_SUFFIXES = IMAGE_SUFFIXES | HEIC_SUFFIXES
+# HEIC is no photo to a folder walk: taken, it failed enroll and refused align's folder
+# (IMG_1.JPG beside IMG_1.HEIC, what heif-convert leaves), so the note gives the advice
+PHOTO_SUFFIXES = IMAGE_SUFFIXES
 # containers OpenCV's FFmpeg opens, as phones, camcorders (AVCHD's .mts/.m2ts), DVDs (.vob),
 # NVR exports (.ts, .mp4, .avi) and older Windows and web tools (.wmv/.asf, .flv) name them
 VIDEO_SUFFIXES = frozenset(
@@ -56,15 +59,43 @@ class FolderFiles:
     taken: str = "photos"  # what the files are, as the note says it
 
     def note(self, folder: Path) -> str | None:
-        """What to tell a user about the files left out, or None when there are none."""
-        if not self.left_out:
-            return None
-        names = [p.name for p in self.left_out[:LEFT_OUT_SHOWN]]
-        more = len(self.left_out) - len(names)
-        return (
-            f"{folder}: left out {len(self.left_out)} file(s) that are not {self.taken} by "
-            f"their extension: {', '.join(names)}" + (f" and {more} more" if more else "")
-        )
+        """What to tell a user about the files left out (named from ``folder``), with how to
+        convert the HEIC/HEIF photos among them, or None when there are none."""
+        heic = self.unconverted_heic()
+        others = [p for p in self.left_out if p.suffix.lower() not in HEIC_SUFFIXES]
+        parts = []
+        if others:
+            parts.append(
+                f"left out {len(others)} file(s) that are not {self.taken} by their "
+                f"extension: {_some(others, folder)}"
+            )
+        if heic:
+            parts.append(f"left out {len(heic)} ({_some(heic, folder)}): {HEIC_ADVICE}")
+        return f"{folder}: " + "; ".join(parts) if parts else None
+
+    def unconverted_heic(self) -> list[Path]:
+        """The HEIC/HEIF photos left out with no photo of their name beside them."""
+        taken = {p.with_suffix("") for p in self.files if p.suffix.lower() in IMAGE_SUFFIXES}
+        return [
+            p
+            for p in self.left_out
+            if p.suffix.lower() in HEIC_SUFFIXES and p.with_suffix("") not in taken
+        ]
+
+
+def _some(paths: list[Path], folder: Path) -> str:
+    """The first few of ``paths``, each as a path within ``folder`` (in a tree of visits,
+    ``2024-05-01/visit.json`` says more than ``visit.json`` five times)."""
+    names = [str(_within(p, folder)) for p in paths[:LEFT_OUT_SHOWN]]
+    more = len(paths) - len(names)
+    return ", ".join(names) + (f" and {more} more" if more else "")
+
+
+def _within(path: Path, folder: Path) -> Path:
+    try:
+        return path.relative_to(folder)
+    except ValueError:
+        return Path(path.name)
 
 
 def folder_files(

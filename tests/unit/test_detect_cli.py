@@ -189,16 +189,74 @@ def test_a_folder_is_walked_as_enroll_walks_it(shared_data, tmp_path, capsys):
     files, left out .jfif photos and symlinked folders unsaid, and called HEIC corrupt."""
     person = messy_folder(shared_data / "images", tmp_path)
     code, out, err = run_cli(capsys, str(person))
-    assert code == 1  # the HEIC photo is not read
+    assert code == 0, err  # the HEIC photo is left out, with how to convert it
     taken = [line.split(": ")[0] for line in out.splitlines()]
     assert taken == [str(person / p) for p in ("a.jpg", "album/x.jpg", "download.jfif")]
-    assert f"{person / 'IMG_0044.HEIC'}: HEIC/HEIF photos (an iPhone's default) are not read" in err
-    assert "heif-convert" in err and "eaDir" not in out + err and "._a.jpg" not in err
     assert (
         f"note: {person}: left out 1 file(s) that are not photos or videos by their "
-        "extension: notes.txt" in err
+        "extension: notes.txt; left out 1 (IMG_0044.HEIC): HEIC/HEIF photos (an iPhone's "
+        "default) are not read: convert them to JPEG (heif-convert" in err
     )
-    assert "3 file(s)" in err and "1 error(s)" in err
+    assert "eaDir" not in out + err and "._a.jpg" not in err
+    assert "3 file(s)" in err and " 0 error(s)" in err
+
+
+def _iphone_folder(images: Path, root: Path, converted: bool) -> Path:
+    """Two iPhone photos as HEIC, and (``converted``) the JPEG heif-convert made of each."""
+    folder = root / "iphone"
+    folder.mkdir()
+    for k, name in enumerate(("obama.jpg", "biden.jpg"), 1):
+        (folder / f"IMG_000{k}.HEIC").write_bytes(b"\x00\x00\x00\x18ftypheic" + bytes(500))
+        if converted:
+            shutil.copy(images / name, folder / f"IMG_000{k}.JPG")
+    return folder
+
+
+def test_heic_photos_beside_their_converted_jpegs_are_left_out_unsaid(
+    shared_data, tmp_path, capsys
+):
+    """A folder with IMG_1.JPG beside IMG_1.HEIC (what the advice, heif-convert, leaves)
+    failed on each HEIC (exit 1) though its JPEG was searched."""
+    folder = _iphone_folder(shared_data / "images", tmp_path, converted=True)
+    code, out, err = run_cli(capsys, str(folder))
+    assert code == 0, err
+    assert [line.split(": ")[0] for line in out.splitlines()] == [
+        str(folder / "IMG_0001.JPG"),
+        str(folder / "IMG_0002.JPG"),
+    ]
+    assert "HEIC" not in err and "note:" not in err
+
+
+def test_a_folder_of_heic_photos_holds_no_images_and_says_how_to_convert_them(
+    shared_data, tmp_path, capsys
+):
+    """Each HEIC was an error of its own; the folder's note now says it once, and a HEIC
+    named directly still says how to convert it."""
+    folder = _iphone_folder(shared_data / "images", tmp_path, converted=False)
+    code, out, err = run_cli(capsys, str(folder))
+    assert code == 1 and not out
+    assert (
+        f"note: {folder}: left out 2 (IMG_0001.HEIC, IMG_0002.HEIC): HEIC/HEIF photos (an "
+        "iPhone's default) are not read: convert them to JPEG" in err
+    )
+    assert f"{folder}: folder holds no images or videos" in err
+    assert err.count("heif-convert") == 1
+    code, out, err = run_cli(capsys, str(folder / "IMG_0001.HEIC"))
+    assert code == 1
+    assert f"{folder / 'IMG_0001.HEIC'}: HEIC/HEIF photos (an iPhone's default) are not" in err
+
+
+def test_the_note_names_the_files_left_out_within_the_folder(tmp_path, capsys) -> None:
+    """In a tree of visits the note said 'visit.json, visit.json, visit.json, ...'."""
+    for day in ("2024-05-01", "2024-05-02"):
+        (tmp_path / "visits" / day).mkdir(parents=True)
+        (tmp_path / "visits" / day / "visit.json").write_text("{}")
+    code, _, err = run_cli(capsys, str(tmp_path / "visits"))
+    assert code == 1  # no photos
+    assert (
+        "left out 2 file(s) that are not photos or videos by their extension: "
+        "2024-05-01/visit.json, 2024-05-02/visit.json" in err
+    )
 
 
 def test_a_folder_of_camcorder_phone_and_dvd_videos_is_read(tmp_path, capsys) -> None:

@@ -254,20 +254,33 @@ def test_a_persons_folder_from_a_phone_or_a_nas_takes_every_photo_and_says_what_
     cli, shared_data, tmp_path
 ) -> None:
     """.jfif photos and symlinked folders were left out unsaid; a folder of iPhone photos
-    'held no images', and a HEIC photo was called corrupt."""
+    'held no images', and a HEIC photo was called corrupt; then one HEIC failed the folder."""
     person = messy_folder(shared_data / "images", tmp_path)
-    code, out, err = cli("enroll", "--name", "Obama", str(person))
-    assert code == 1 and "nothing was enrolled" in err
-    assert f"rejected: {person / 'IMG_0044.HEIC'}: HEIC/HEIF photos (an iPhone's default) are not read: convert them to JPEG" in err  # fmt: skip
-    assert f"note: {person}: left out 1 file(s) that are not photos by their extension: notes.txt" in err  # fmt: skip
-    code, out, err = cli("enroll", "--skip-bad", "--allow-mismatch", "--name", "Obama", str(person))
+    code, out, err = cli("enroll", "--allow-mismatch", "--name", "Obama", str(person))
     assert code == 0, err
     assert "enrolled 3 new face(s) of 1 person(s)" in out, err  # a.jpg, album/x.jpg, download.jfif
+    assert f"note: {person}: left out 1 file(s) that are not photos by their extension: notes.txt; left out 1 (IMG_0044.HEIC): HEIC/HEIF photos (an iPhone's default) are not read: convert them to JPEG" in err  # fmt: skip
     iphone = tmp_path / "iphone"
     iphone.mkdir()
     shutil.copy(person / "IMG_0044.HEIC", iphone / "IMG_0001.HEIC")
     code, _, err = cli("identify", str(iphone))
-    assert code == 1 and f"error: {iphone / 'IMG_0001.HEIC'}: HEIC/HEIF photos" in err
+    assert code == 1 and f"error: {iphone}: folder holds no images or videos" in err
+    assert f"note: {iphone}: left out 1 (IMG_0001.HEIC): HEIC/HEIF photos" in err
+
+
+def test_a_folder_of_photos_and_the_heic_they_were_converted_from_enrolls_them(
+    cli, images, tmp_path
+) -> None:
+    """IMG_1.JPG beside IMG_1.HEIC (what heif-convert leaves, and an iPhone export): each
+    HEIC was rejected and nothing was enrolled (exit 1)."""
+    person = tmp_path / "people" / "Obama"
+    person.mkdir(parents=True)
+    for k, name in enumerate(("obama", "obama2"), 1):
+        shutil.copy(images[name], person / f"IMG_000{k}.JPG")
+        (person / f"IMG_000{k}.HEIC").write_bytes(b"\x00\x00\x00\x18ftypheic" + bytes(500))
+    code, out, err = cli("enroll", "--dir", str(person.parent))
+    assert code == 0, err
+    assert "enrolled 2 new face(s) of 1 person(s)" in out and "HEIC" not in err
 
 
 def test_a_name_that_is_not_utf8_is_refused_before_any_work_naming_the_folder(
