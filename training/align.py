@@ -34,7 +34,7 @@ from engines.align import (
 from engines.base import ModelMetadata, bounds_text, within
 from engines.images import ImageError, read_image, write_image
 from engines.mtcnn import MIN_FACE_SIZE_BOUNDS, MTCNN, MTCNNConfig
-from training.data import DataError, identity_folders, list_images
+from training.data import DataError, identity_files, identity_folders, left_out_note
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +52,7 @@ class AlignSummary:
     # bounding_boxes.txt)
     without_face_before: list[Path] = field(default_factory=list)
     unreadable: list[tuple[Path, str]] = field(default_factory=list)
+    note: str | None = None  # the files of the identity folders left out, as a folder's note
 
     def text(self) -> str:
         earlier = len(self.without_face_before)
@@ -65,6 +66,7 @@ class AlignSummary:
         listed += [f"  no face (earlier run): {p}" for p in self.without_face_before]
         lines += listed[:20]
         lines += [f"  unreadable: {reason}" for _, reason in self.unreadable[:20]]
+        lines += [f"note: {self.note}"] if self.note else []
         return "\n".join(lines)
 
 
@@ -199,7 +201,10 @@ def align_image(
     return written
 
 
-def _jobs(input_dir: Path, output_dir: Path, random_order: bool) -> list[tuple[Path, Path]]:
+def _jobs(
+    input_dir: Path, output_dir: Path, random_order: bool
+) -> tuple[list[tuple[Path, Path]], str | None]:
+    """Each photo and its crop's path without suffix; the note of the files left out."""
     if not input_dir.is_dir():
         what = "a file, not a folder" if input_dir.exists() else "input directory not found"
         raise DataError(f"{input_dir}: {what} (expected DIR/<identity>/<image>)")
@@ -211,8 +216,10 @@ def _jobs(input_dir: Path, output_dir: Path, random_order: bool) -> list[tuple[P
     if random_order:
         random.shuffle(classes)
     jobs, shared = [], []
+    walks = []
     for cls in classes:
-        images = list_images(cls)
+        walks.append(walk := identity_files(cls))
+        images = walk.files
         stems = Counter(src.stem for src in images)
         shared += [str(src) for src in images if stems[src.stem] > 1]
         jobs += [(src, output_dir / cls.name / src.stem) for src in images]
@@ -221,7 +228,7 @@ def _jobs(input_dir: Path, output_dir: Path, random_order: bool) -> list[tuple[P
             f"photos that share a name but for the suffix would share one aligned crop: "
             f"{', '.join(shared)}; rename them apart"
         )
-    return jobs
+    return jobs, left_out_note(input_dir, walks)
 
 
 def _record_settings(output_dir: Path, opts: AlignOptions) -> None:
@@ -301,10 +308,10 @@ def align_dataset(
     input_dir, output_dir = Path(input_dir).expanduser(), Path(output_dir).expanduser()
     if detector is None:
         detector = MTCNN.load(mtcnn_dir, threads=opts.threads, min_face_size=opts.min_face_size)
-    jobs = _jobs(input_dir, output_dir, opts.random_order)
+    jobs, note = _jobs(input_dir, output_dir, opts.random_order)
     output_dir.mkdir(parents=True, exist_ok=True)
     _record_settings(output_dir, opts)
-    summary = AlignSummary(images=len(jobs))
+    summary = AlignSummary(images=len(jobs), note=note)
     boxes_path = output_dir / "bounding_boxes.txt"
     no_face = _recorded_without_face(boxes_path)
     with open(boxes_path, "a") as boxes_file:

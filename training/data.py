@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from engines.image_files import folder_files, is_hidden
+from engines.image_files import FolderFiles, folder_files, is_hidden
 from engines.images import ImageError, read_image
 from training.choices import STANDARDIZATIONS
 
@@ -41,7 +41,22 @@ class ImageClass:
 def list_images(folder: Path) -> list[Path]:
     """The photos directly inside ``folder``, sorted by name, as every command takes a
     folder's photos (``engines.image_files``: not hidden ones such as macOS's ._x.jpg)."""
-    return folder_files(folder, recursive=False).files
+    return identity_files(folder).files
+
+
+def identity_files(folder: Path) -> FolderFiles:
+    """An identity folder's photos (as ``list_images``) and the files left out."""
+    return folder_files(folder, recursive=False)
+
+
+def left_out_note(root: Path, walks: list[FolderFiles]) -> str | None:
+    """One note for a dataset's files left out, each named within ``root``
+    (``ada/notes.txt``), or None."""
+    whole = FolderFiles(
+        files=[p for walk in walks for p in walk.files],
+        left_out=[p for walk in walks for p in walk.left_out],
+    )
+    return whole.note(root)
 
 
 def identity_folders(root: Path) -> list[Path]:
@@ -65,17 +80,23 @@ def load_dataset(data_dir: str | Path, min_images: int = 1) -> list[ImageClass]:
     if not folders:
         raise DataError(f"{root}: no identity folders (expected {root}/<identity>/<image>)")
     classes = []
+    walks = []
     for folder in folders:
-        paths = list_images(folder)
+        walks.append(walk := identity_files(folder))
+        paths = walk.files
         if not paths and min_images <= 1:
+            note = walk.note(folder)
             raise DataError(
                 f"{folder}: identity folder holds no images (remove it, or leave out small "
-                "identities with --min-nrof-images-per-class N)"
+                "identities with --min-nrof-images-per-class N)" + (f"; {note}" if note else "")
             )
         if len(paths) < min_images:
             logger.info("%s: %d images < %d, left out", folder, len(paths), min_images)
             continue
         classes.append(ImageClass(folder.name, tuple(paths)))
+    note = left_out_note(root, walks)
+    if note:
+        logger.info("%s", note)
     if not classes:
         raise DataError(f"{root}: no identity has at least {min_images} images")
     return classes

@@ -171,6 +171,30 @@ def test_align_takes_the_folders_and_photos_enroll_takes(
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["ann"]
 
 
+def test_align_takes_the_jpegs_heif_convert_left_and_notes_what_it_left_out(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """IMG_1.png beside IMG_1.HEIC (what heif-convert leaves) refused the whole dataset:
+    'photos that share a name but for the suffix ...; rename them apart'; and the files left
+    out (a .txt, a HEIC with no JPEG) went unsaid, though the README promised a note."""
+    from engines.mtcnn import MTCNN
+
+    monkeypatch.setattr(MTCNN, "load", staticmethod(lambda *a, **k: _FakeMtcnn()))
+    raw, out = _raw_folder(tmp_path / "raw"), tmp_path / "out"
+    heic = b"\x00\x00\x00\x18ftypheic" + bytes(500)
+    (raw / "ann" / "a.HEIC").write_bytes(heic)  # converted: a.png is beside it
+    (raw / "blank" / "IMG_0002.HEIC").write_bytes(heic)
+    (raw / "ann" / "notes.txt").write_text("taken in May\n")
+    assert cli(["align", str(raw), str(out), "--image-size", "32"]) == 0
+    said = capsys.readouterr().out.splitlines()
+    assert said[0].startswith("images: 2, aligned now: 1,") and said[0].endswith("unreadable: 0")
+    assert (
+        f"note: {raw}: left out 1 file(s) that are not photos by their extension: "
+        "ann/notes.txt; left out 1 (blank/IMG_0002.HEIC): HEIC/HEIF photos (an iPhone's "
+        "default) are not read: convert them to JPEG" in said[-2]  # before "crops in ..."
+    )
+
+
 def _not_checkpoints(tmp_path: Path) -> list[Path]:
     import sqlite3
 

@@ -32,6 +32,20 @@ def test_empty_identity_folder_is_named(tmp_path) -> None:
         load_dataset(tmp_path)
 
 
+def test_an_identity_of_heic_photos_holds_no_images_and_says_how_to_convert_them(
+    tmp_path,
+) -> None:
+    """An identity of iPhone photos was taken, then failed mid-run: 'no image of ... can be
+    read'."""
+    _face_png(tmp_path / "anna" / "1.png")
+    (tmp_path / "bert").mkdir()
+    (tmp_path / "bert" / "IMG_0001.HEIC").write_bytes(b"\x00\x00\x00\x18ftypheic" + bytes(500))
+    with pytest.raises(DataError) as info:
+        load_dataset(tmp_path)
+    assert str(info.value).startswith(f"{tmp_path / 'bert'}: identity folder holds no images")
+    assert "left out 1 (IMG_0001.HEIC): HEIC/HEIF photos (an iPhone's default)" in str(info.value)
+
+
 def test_missing_dataset_and_no_identities(tmp_path) -> None:
     with pytest.raises(DataError, match="nowhere: dataset directory not found"):
         load_dataset(tmp_path / "nowhere")
