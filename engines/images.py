@@ -10,6 +10,8 @@ import numpy as np
 
 from engines.image_files import undecodable_reason
 
+JPEG_TAIL_BYTES = 4096  # where a complete JPEG's end marker is, when its segments mislead
+
 
 class ImageError(ValueError):
     """An image that cannot be used; the message says why."""
@@ -122,21 +124,35 @@ def _jpeg_end(data: np.ndarray) -> int | None:
     follower = data[ff + 1]
     restart = (follower >= 0xD0) & (follower <= 0xD7)
     markers = ff[(follower != 0x00) & (follower != 0xFF) & ~restart]
-    pos = 2
+    pos, scan = 2, None
     while True:
         k = int(np.searchsorted(markers, pos))
         if k == len(markers):
-            return None
+            return _end_after_scan(data, scan)
         pos = int(markers[k])
         code = int(data[pos + 1])
         if code == 0xD9:
             return pos + 2
+        if code == 0xDA and scan is None:
+            scan = pos
         if code in (0x01, 0xD8):  # markers without a segment
             pos += 2
         elif pos + 4 > len(data):
-            return None
+            return _end_after_scan(data, scan)
         else:
             pos += 2 + (int(data[pos + 2]) << 8 | int(data[pos + 3]))
+
+
+def _end_after_scan(data: np.ndarray, scan: int | None) -> int | None:
+    """Where a JPEG whose segment walk lost its way ends: after the last FF D9 in its last
+    4 KB, past the start of its first scan; None when there is none (a file cut short).
+    A corrupt byte in the coded data (a bit flip on a flaky SD card) reads as a marker
+    whose length jumps past the end, yet the file is whole and libjpeg decodes it."""
+    if scan is None:
+        return None
+    start = max(scan, len(data) - JPEG_TAIL_BYTES)
+    end = data[start:].tobytes().rfind(b"\xff\xd9")
+    return None if end < 0 else start + end + 2
 
 
 def _png_end(data: np.ndarray) -> int | None:

@@ -140,6 +140,27 @@ def test_truncated_jpeg_is_refused(shared_data, tmp_path):
     assert "cut.jpg" in str(info.value)
 
 
+@pytest.mark.parametrize("marker", [0xC4, 0xDB, 0xE1, 0xFE])
+def test_a_jpeg_with_a_corrupt_byte_in_its_scan_is_read_and_a_cut_one_still_refused(
+    shared_data, tmp_path, marker
+):
+    """A bit flip on a flaky SD card (an FF and a marker's code in the coded data) made the
+    file 'truncated (the end of the image data is missing)', though its end was there; it
+    was read before, with a glitch where the error is, as libjpeg decodes it."""
+    whole = (shared_data / "images" / "obama.jpg").read_bytes()
+    sos = whole.index(b"\xff\xda")
+    path = tmp_path / "flipped.jpg"
+    for k in range(1, 10):  # here and there in the coded data
+        data = bytearray(whole)
+        at = sos + (len(data) - sos) * k // 10
+        data[at : at + 2] = bytes([0xFF, marker])
+        path.write_bytes(bytes(data))
+        assert read_image(str(path)).shape[:2] == cv2.imread(str(path)).shape[:2], at
+        path.write_bytes(bytes(data[: len(data) - 10]))  # and that file cut short
+        with pytest.raises(ImageError, match="truncated image file"):
+            read_image(str(path))
+
+
 def _encoded(photo: np.ndarray, suffix: str, params: tuple[int, ...] = ()) -> bytes:
     ok, data = cv2.imencode(suffix, photo, list(params))
     assert ok
