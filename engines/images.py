@@ -19,7 +19,9 @@ class ImageError(ValueError):
 
 def as_bgr8(image: np.ndarray) -> np.ndarray:
     """Grayscale, BGRA and 16-bit images become 8-bit BGR (16-bit ones scaled by the bits
-    their brightest pixel uses); a 3-channel uint8 image is returned as is."""
+    their brightest colour value uses, alpha aside: each image on its own, so frames of a
+    16-bit video whose brightest pixel crosses a power of two differ by x2); a 3-channel
+    uint8 image is returned as is."""
     if not isinstance(image, np.ndarray):
         raise ImageError(f"expected a numpy array, got {type(image).__name__}")
     if image.ndim == 2:
@@ -31,7 +33,8 @@ def as_bgr8(image: np.ndarray) -> np.ndarray:
     if image.dtype == np.uint16:
         # 10-, 12- or 14-bit data (raw converters, scientific cameras), or 0-255 values, are
         # stored in 16 bits too: keep the top 8 of the bits in use, not of all 16 (near black).
-        shift = max(int(image.max()).bit_length() - 8, 0)
+        # The colours' bits: an opaque alpha (65535) says nothing of them.
+        shift = max(int(image[..., :3].max()).bit_length() - 8, 0)
         image = (image >> shift).astype(np.uint8)
     elif image.dtype != np.uint8:
         raise ImageError(f"expected uint8 or uint16 pixels, got {image.dtype}")

@@ -47,6 +47,14 @@ def test_16_bit_png_is_scaled_to_8_bit(photo, tmp_path, scale):
     assert np.array_equal(image, photo)
 
 
+def test_12_bit_frames_with_an_opaque_16_bit_alpha_keep_their_brightness(photo):
+    """A 12-bit BGRA frame handed to the Python API (MTCNN.detect) was scaled by its alpha
+    of 65535, not its colours: near black (mean 7.5 against 127.6 without the alpha)."""
+    deep = photo.astype(np.uint16) * 16
+    alpha = np.full((*photo.shape[:2], 1), 65535, np.uint16)
+    assert np.array_equal(as_bgr8(np.concatenate([deep, alpha], axis=2)), photo)
+
+
 def _with_orientation(jpeg: bytes, orientation: int) -> bytes:
     """``jpeg`` with the EXIF segment a phone writes, holding only the Orientation tag."""
     tiff = b"MM\x00\x2a\x00\x00\x00\x08"  # big-endian TIFF header, first IFD at 8
