@@ -94,3 +94,52 @@ def test_a_floor_that_drifted_is_named(tmp_path) -> None:
         "openvino==2024.4.0: pyproject.toml's lowest is openvino>=2024.0",
         "pytest==7.4.0: pyproject.toml's lowest is pytest>=8",
     ]
+
+
+def _floor_alone(tmp_path: Path, tools: tuple[str, ...]) -> tuple[Path, dict[str, str]]:
+    """A copy of .ci/floor in a clone of its own (no ../shared beside it), and an environment
+    whose PATH holds only ``tools`` (no python3.10, 3.11 or 3.12)."""
+    import shutil
+
+    repo = tmp_path / "repo"
+    (repo / ".ci").mkdir(parents=True)
+    shutil.copy(REPO / ".ci" / "floor", repo / ".ci" / "floor")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in tools:
+        found = shutil.which(tool)
+        assert found, tool
+        (bin_dir / tool).symlink_to(found)
+    return repo, {"PATH": str(bin_dir), "HOME": str(tmp_path)}
+
+
+def test_the_floor_check_without_a_python_it_can_install_says_so_and_skips(tmp_path) -> None:
+    """Where python3 is 3.13 and no python3.10 exists (Ubuntu 25.04, Fedora 41), the floor
+    check failed CI in pip: the floor's onnxruntime and openvino have no 3.13 wheels."""
+    import subprocess
+
+    repo, env = _floor_alone(tmp_path, ("bash", "dirname", "date"))
+    run = subprocess.run(
+        ["bash", str(repo / ".ci" / "floor")], env=env, capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr
+    assert "floor: skipped: no python3.10, python3.11 or python3.12 runs here" in run.stderr
+    assert "set FLOOR_PYTHON" in run.stderr and not (repo / ".venv-floor").exists()
+
+
+def test_the_floor_check_says_its_golden_checks_are_skipped_without_the_shared_data(
+    tmp_path,
+) -> None:
+    """Without ../shared/data the floor passed with 93 tests skipped, its golden checks among
+    them, and said nothing of it."""
+    import subprocess
+
+    repo, env = _floor_alone(tmp_path, ("bash", "dirname", "date", "rm", "false"))
+    run = subprocess.run(
+        ["bash", str(repo / ".ci" / "floor")],
+        env={**env, "FLOOR_PYTHON": "false"},  # stops at the set-up: the note comes before
+        capture_output=True,
+        text=True,
+    )
+    assert "floor: ../shared/data not found: the golden checks this floor is for" in run.stderr
+    assert "are SKIPPED" in run.stderr
