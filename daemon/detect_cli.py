@@ -19,21 +19,21 @@ from daemon.cameras import STUCK_FILE, StuckPicture, ffmpeg_environment
 from daemon.cli_args import number
 from daemon.journal import print_error
 from daemon.video_files import (
+    Interrupted,
     Seen,
     TimedWriter,
     VideoError,
     clock,
     frame_time,
-    opens_as_video,
+    image_or_video,
+    open_video,
     output_fps,
-    why_not_opened,
-    worth_trying_as_video,
 )
 from engines import BACKENDS, EngineError
 from engines.base import bounds_text
 from engines.detectors import load_detector
-from engines.image_files import HEIC_SUFFIXES, PHOTO_SUFFIXES, VIDEO_SUFFIXES, folder_files
-from engines.images import ImageError, cv_path, read_image, shown, write_image
+from engines.image_files import PHOTO_SUFFIXES, VIDEO_SUFFIXES, folder_files
+from engines.images import ImageError, shown, write_image
 from engines.loader import THREAD_BOUNDS, cpu_threads, default_models_dir
 from engines.mtcnn import (
     MIN_FACE_SIZE_BOUNDS,
@@ -231,15 +231,6 @@ def run(args: argparse.Namespace) -> int:
     return 1 if summary.errors else 0
 
 
-class Interrupted(KeyboardInterrupt):
-    """Ctrl-C in a video, with where it stopped (``where``: "in clip.mp4 after frame 423
-    (00:00:14.1)...")."""
-
-    def __init__(self, where: str) -> None:
-        super().__init__(where)
-        self.where = where
-
-
 def _detect_one(
     detector: MTCNN,
     path: Path,
@@ -329,19 +320,11 @@ def _detect_file(
     def out(suffix: str) -> Path | None:
         return outputs.path_for(name, suffix) if outputs else None
 
-    if path.suffix.lower() in VIDEO_SUFFIXES:
+    image = image_or_video(path)
+    if image is None:
         _detect_video(detector, path, args, summary, out(".mp4"))
-        return
-    try:
-        image = read_image(str(path))
-    except ImageError as exc:
-        if path.suffix.lower() in PHOTO_SUFFIXES | HEIC_SUFFIXES or not worth_trying_as_video(path):
-            raise
-        if not opens_as_video(path):
-            raise VideoError(f"{exc}; nor a video that FFmpeg can open") from None
-        _detect_video(detector, path, args, summary, out(".mp4"))
-        return
-    _detect_image(detector, path, image, args, summary, out(".jpg"))
+    else:
+        _detect_image(detector, path, image, args, summary, out(".jpg"))
 
 
 def _detect_image(
@@ -363,9 +346,7 @@ def _detect_image(
 def _detect_video(
     detector: MTCNN, path: Path, args: argparse.Namespace, summary: Summary, out: Path | None
 ) -> None:
-    capture = cv2.VideoCapture(cv_path(path))
-    if not capture.isOpened():
-        raise VideoError(f"{path}: cannot open as a video{why_not_opened(path)}")
+    capture = open_video(path)
     total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
     fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
     writer: TimedWriter | None = None

@@ -28,19 +28,13 @@ from daemon.config import ConfigError
 from daemon.detect_cli import Outputs, input_name, progress_wanted, put_label
 from daemon.gallery import Gallery, GalleryError, Match
 from daemon.journal import print_error
-from daemon.recordings import (
-    DEFAULT_FPS,
-    VISIT_SCHEMA,
-    Interrupted,
-    VideoError,
-    identify_video,
-    video_config,
-)
+from daemon.recordings import DEFAULT_FPS, VISIT_SCHEMA, identify_video, video_config
+from daemon.video_files import Interrupted, VideoError, image_or_video
 from engines import BACKENDS, EngineError
 from engines.detectors import load_facenet
 from engines.facenet import FaceNet
 from engines.image_files import PHOTO_SUFFIXES, VIDEO_SUFFIXES, folder_files
-from engines.images import ImageError, read_image, shown, write_image
+from engines.images import ImageError, shown, write_image
 from engines.loader import (
     PRECISIONS,
     THREAD_BOUNDS,
@@ -258,16 +252,19 @@ def _identify_files(
         try:
             if path.is_dir():
                 raise ImageError(f"{path}: folder holds no images or videos")
-            if path.suffix.lower() in VIDEO_SUFFIXES:
+            image = image_or_video(path)
+            if image is None:
                 _identify_video(models, gallery, path, args)
             else:
                 out = outputs.path_for(name, ".jpg") if outputs else None
-                _identify_one(models, gallery, path, args, out)
+                _identify_one(models, gallery, path, image, args, out)
         except Interrupted as stop:
             left = [str(p) for p, _ in paths[k + 1 :]]
             undone = f"; not done: {', '.join(left)}" if left else ""
             print(f"interrupted: {shown(stop.where)}{undone}", file=sys.stderr)
             return 130
+        except BrokenPipeError:  # the reader went away (`| head`): no file's fault
+            raise
         except (ImageError, VideoError, OSError, ValueError) as exc:
             errors += 1
             reason = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
@@ -288,9 +285,13 @@ def _identify_video(models: Models, gallery: Gallery, path: Path, args: argparse
 
 
 def _identify_one(
-    models: Models, gallery: Gallery, path: Path, args: argparse.Namespace, out: Path | None
+    models: Models,
+    gallery: Gallery,
+    path: Path,
+    image: np.ndarray,
+    args: argparse.Namespace,
+    out: Path | None,
 ) -> None:
-    image = read_image(str(path))
     found = models.detector.detect([image])[0]
     matches = gallery.match(models.facenet.embed_faces(image, found), runner_up=True)
     faces = [

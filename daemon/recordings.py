@@ -30,9 +30,8 @@ from daemon.events import EventSinks
 from daemon.gallery import Gallery
 from daemon.motion import MotionDetector
 from daemon.scheduler import Pipeline
-from daemon.video_files import clock, frame_time
+from daemon.video_files import Interrupted, VideoError, clock, frame_time, open_video
 from engines.facenet import FaceNet
-from engines.images import cv_path
 from engines.mtcnn import MTCNN
 
 CAMERA = "video"  # the camera the pipeline sees (in metrics and logs)
@@ -49,18 +48,6 @@ VISIT_SCHEMA = (
     "undecided, the face too small to recognise or its votes split), named every name "
     "the visit was given, until 'left', 'end' (in view at the video's end) or 'interrupted'"
 )
-
-
-class VideoError(RuntimeError):
-    """A video that cannot be opened or decoded."""
-
-
-class Interrupted(Exception):
-    """Ctrl-C while a video was read: where it stopped."""
-
-    def __init__(self, where: str) -> None:
-        super().__init__(where)
-        self.where = where
 
 
 @dataclass
@@ -192,9 +179,7 @@ def identify_video(
 ) -> Progress:
     """The visits in the video at ``path``, printed as each ends, then a summary line."""
     ffmpeg_environment()  # FFmpeg's own messages off (a damaged file's: said by us)
-    capture = cv2.VideoCapture(cv_path(path))
-    if not capture.isOpened():
-        raise VideoError(f"{path}: cannot open as a video")
+    capture = open_video(path)
     count = capture.get(cv2.CAP_PROP_FRAME_COUNT)  # (an estimate; junk without a duration)
     total = int(count) if 0 < count < 1e9 else None
 
@@ -248,8 +233,9 @@ def _run(
     """Feed the pipeline batches of up to ``size`` frames, as its scheduler does when a
     camera's frames wait, its tracks expired on the video's clock before each batch; at the
     end, those gone and then those still in view (``left``, reason stopped). A frame after a
-    gap (a recording paused: a variable frame rate) starts a batch: the scheduler would
-    have expired the tracks meanwhile."""
+    gap (a recording paused: a variable frame rate) starts a batch, so that the tracks are
+    expired at its time as the scheduler would have (a pause past the daemon's stall grace
+    and ``tracking.lost_after_s``, about 12 s, ends the visits; a shorter one keeps them)."""
     batch: list[Frame] = []
     period = 1.0 / pipeline.config.cameras[0].fps
     for frame in frames:
@@ -283,6 +269,6 @@ def _summary(path: Path, progress: Progress, fps: float, seconds: float, json_ou
     rate = progress.time_s / seconds if seconds > 0 else 0.0
     line = (
         f"{path}: {found} in {clock(progress.time_s)} of video ({progress.searched} frames "
-        f"searched at {fps:g} fps of {progress.frames}; {seconds:.1f} s, {rate:.1f}x real time)"
+        f"taken at {fps:g} fps of {progress.frames}; {seconds:.1f} s, {rate:.1f}x real time)"
     )
     tqdm.write(line, file=sys.stderr if json_out else sys.stdout)

@@ -14,11 +14,46 @@ from typing import BinaryIO
 import cv2
 import numpy as np
 
-from engines.images import cv_path
+from engines.image_files import HEIC_SUFFIXES, PHOTO_SUFFIXES, VIDEO_SUFFIXES
+from engines.images import ImageError, cv_path, read_image
 
 
 class VideoError(RuntimeError):
     """A video that cannot be opened or decoded."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C in a video, with where it stopped (``where``: "in clip.mp4 after frame 423
+    (00:00:14.1)...")."""
+
+    def __init__(self, where: str) -> None:
+        super().__init__(where)
+        self.where = where
+
+
+def image_or_video(path: Path) -> np.ndarray | None:
+    """The photo at ``path``, or None where it is to be read as a video: by its suffix, or a
+    file of no photo's suffix (a recorder's .dav, none) that no image decoder reads but FFmpeg
+    opens. ImageError for a photo that cannot be read, VideoError for a file neither reads."""
+    suffix = path.suffix.lower()
+    if suffix in VIDEO_SUFFIXES:
+        return None
+    try:
+        return read_image(str(path))
+    except ImageError as exc:
+        if suffix in PHOTO_SUFFIXES | HEIC_SUFFIXES or not worth_trying_as_video(path):
+            raise
+        if not opens_as_video(path):
+            raise VideoError(f"{exc}; nor a video that FFmpeg can open") from None
+        return None
+
+
+def open_video(path: Path) -> cv2.VideoCapture:
+    """``path`` opened by OpenCV's FFmpeg; VideoError saying why not where it can be told."""
+    capture = cv2.VideoCapture(cv_path(path))
+    if not capture.isOpened():
+        raise VideoError(f"{path}: cannot open as a video{why_not_opened(path)}")
+    return capture
 
 
 def worth_trying_as_video(path: Path) -> bool:

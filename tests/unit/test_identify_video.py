@@ -4,6 +4,9 @@ the daemon's pipeline finds them; with the shipped model and the demo's people."
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -59,7 +62,7 @@ def test_the_demo_clip_names_lin_manuel_miranda_while_he_is_on_screen(identify) 
     assert named and all(line.startswith("  00:00:0") for line in named), out
     assert all(" to 00:00:0" in line for line in lines), out
     assert summary.startswith(f"{DEMO_CLIP}: ") and f"{LIN} " in summary, summary
-    assert "in 00:00:09.1 of video (46 frames searched at 5 fps of 275" in summary, summary
+    assert "in 00:00:09.1 of video (46 frames taken at 5 fps of 275" in summary, summary
 
     code, out, err = identify(str(DEMO_CLIP), "--json")
     assert code == 0, err
@@ -142,3 +145,33 @@ def test_ctrl_c_keeps_the_visits_printed_and_says_where_it_stopped(
     assert "(frame " in err
     assert LIN in out and "in view when stopped" in out
     assert str(photo) not in out
+
+
+def test_a_recorders_own_suffix_is_read_as_a_video_as_detect_reads_it(identify, tmp_path) -> None:
+    """An NVR export named .dav (or with no suffix): identify called it "not a readable image
+    (corrupt ...)" while detect read it as a video; both now ask the same question
+    (video_files.image_or_video), and a file that is neither says so."""
+    export = tmp_path / "ch01_20240105.dav"
+    shutil.copy(DEMO_CLIP, export)
+    junk = tmp_path / "notes.dat"
+    junk.write_text("tape 3, camera 2")
+    code, out, err = identify(str(export), str(junk), "--fps", "1")
+    assert code == 1
+    assert out.startswith(f"{export}: visits, each as it ends"), out
+    assert f"{junk}: not a readable image" in err and "nor a video that FFmpeg can open" in err
+
+
+def test_json_piped_to_head_ends_quietly(shipped_model, demo_gallery) -> None:
+    """`facewatch identify --json VIDEO | head`: the reader goes away; identify stops, as a
+    pipe's writer does, without "error: ...: [Errno 32] Broken pipe" (taken for the video's
+    failure, as detect did)."""
+    command = [
+        sys.executable, "-m", "daemon.cli", "identify", "--json", "--no-progress",
+        "--model", str(shipped_model), "--gallery", str(demo_gallery), str(DEMO_CLIP),
+    ]  # fmt: skip
+    reader = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert reader.stdout is not None and reader.stderr is not None
+    reader.stdout.close()  # before its first visit: its models are still loading
+    err = reader.stderr.read().decode()
+    assert reader.wait(timeout=120) == 141
+    assert "Broken pipe" not in err and "error" not in err, err
