@@ -14,8 +14,9 @@ from typing import BinaryIO
 import cv2
 import numpy as np
 
+from daemon.cameras import ffmpeg_environment
 from engines.image_files import HEIC_SUFFIXES, PHOTO_SUFFIXES, VIDEO_SUFFIXES
-from engines.images import ImageError, cv_path, read_image
+from engines.images import ImageError, as_bgr8, cv_path, read_image
 
 
 class VideoError(RuntimeError):
@@ -31,25 +32,49 @@ class Interrupted(KeyboardInterrupt):
         self.where = where
 
 
+# how the image formats OpenCV reads begin (JPEG, PNG, GIF, BMP, TIFF, WebP, JPEG 2000, PNM)
+IMAGE_MAGIC: tuple[bytes, ...] = (
+    *(b"\xff\xd8", b"\x89PNG", b"GIF8", b"BM", b"II*\x00", b"MM\x00*"),
+    *(b"\x00\x00\x00\x0cjP", b"\xff\x4f\xff\x51"),
+    *(f"P{k}".encode() for k in range(1, 8)),
+)  # (WebP: RIFF....WEBP, apart: an AVI is RIFF too)
+
+
 def image_or_video(path: Path) -> np.ndarray | None:
     """The photo at ``path``, or None where it is to be read as a video: by its suffix, or a
-    file of no photo's suffix (a recorder's .dav, none) that no image decoder reads but FFmpeg
-    opens. ImageError for a photo that cannot be read, VideoError for a file neither reads."""
+    file of neither a photo's nor a video's suffix (a recorder's .dav, none) that does not
+    begin as an image does and that FFmpeg plays (a single frame is a photo: a TGA). A large
+    recording is not read into memory to find it is no image. ImageError for a photo that
+    cannot be read, VideoError for a file neither reads."""
     suffix = path.suffix.lower()
     if suffix in VIDEO_SUFFIXES:
         return None
+    if suffix in PHOTO_SUFFIXES | HEIC_SUFFIXES or not worth_trying_as_video(path):
+        return read_image(str(path))
+    with path.open("rb") as file:
+        head = file.read(16)
+    if head.startswith(IMAGE_MAGIC) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP"):
+        return read_image(str(path))
+    ffmpeg_environment()  # (before the first capture: FFmpeg's own messages name no file)
+    capture = cv2.VideoCapture(cv_path(path))
+    try:
+        if capture.isOpened() and capture.grab():
+            if 0 < capture.get(cv2.CAP_PROP_FRAME_COUNT) <= 1:
+                ok, image = capture.retrieve()
+                if ok and image is not None:
+                    return as_bgr8(image)
+            return None
+    finally:
+        capture.release()
     try:
         return read_image(str(path))
     except ImageError as exc:
-        if suffix in PHOTO_SUFFIXES | HEIC_SUFFIXES or not worth_trying_as_video(path):
-            raise
-        if not opens_as_video(path):
-            raise VideoError(f"{exc}; nor a video that FFmpeg can open") from None
-        return None
+        raise VideoError(f"{exc}; nor a video that FFmpeg can open") from None
 
 
 def open_video(path: Path) -> cv2.VideoCapture:
     """``path`` opened by OpenCV's FFmpeg; VideoError saying why not where it can be told."""
+    ffmpeg_environment()  # (before the first capture: FFmpeg's own messages name no file)
     capture = cv2.VideoCapture(cv_path(path))
     if not capture.isOpened():
         raise VideoError(f"{path}: cannot open as a video{why_not_opened(path)}")
@@ -62,15 +87,6 @@ def worth_trying_as_video(path: Path) -> bool:
         return path.stat().st_size > 0 and os.access(path, os.R_OK)
     except OSError:
         return False
-
-
-def opens_as_video(path: Path) -> bool:
-    """Whether OpenCV's FFmpeg opens ``path`` and decodes a first frame."""
-    capture = cv2.VideoCapture(cv_path(path))
-    try:
-        return capture.isOpened() and capture.grab()
-    finally:
-        capture.release()
 
 
 def frame_time(capture: cv2.VideoCapture, before: float, fps: float) -> float:

@@ -18,14 +18,14 @@ from pathlib import Path
 
 # what OpenCV reads (AVIF where it is built with libavif); .jfif and .jpe are JPEGs as
 # Windows browsers and old cameras name them
-IMAGE_SUFFIXES = frozenset(
+PHOTO_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".webp", ".tif", ".tiff", ".pgm"}
     | {".ppm", ".gif", ".avif"}
 )
-HEIC_SUFFIXES = frozenset({".heic", ".heif", ".hif"})  # iPhones' default, some cameras'
-# HEIC is no photo to a folder walk: taken, it failed enroll and refused align's folder
-# (IMG_1.JPG beside IMG_1.HEIC, what heif-convert leaves), so the note gives the advice
-PHOTO_SUFFIXES = IMAGE_SUFFIXES
+# iPhones' default, some cameras'. No photo to a folder walk: taken, it failed enroll and
+# refused align's folder (IMG_1.JPG beside IMG_1.HEIC, what heif-convert leaves), so the
+# folder's note gives the advice
+HEIC_SUFFIXES = frozenset({".heic", ".heif", ".hif"})
 # containers OpenCV's FFmpeg opens, as phones, camcorders (AVCHD's .mts/.m2ts), DVDs (.vob),
 # NVR exports (.ts, .mp4, .avi) and older Windows and web tools (.wmv/.asf, .flv) name them
 VIDEO_SUFFIXES = frozenset(
@@ -75,7 +75,7 @@ class FolderFiles:
 
     def unconverted_heic(self) -> list[Path]:
         """The HEIC/HEIF photos left out with no photo of their name beside them."""
-        taken = {p.with_suffix("") for p in self.files if p.suffix.lower() in IMAGE_SUFFIXES}
+        taken = {p.with_suffix("") for p in self.files if p.suffix.lower() in PHOTO_SUFFIXES}
         return [
             p
             for p in self.left_out

@@ -31,7 +31,7 @@ from engines.build import (
     ShapeProfile,
     model_profiles,
 )
-from engines.image_files import IMAGE_SUFFIXES, folder_files
+from engines.image_files import PHOTO_SUFFIXES, folder_files
 from engines.images import ImageError, read_image
 from engines.plan_cache import (
     CachePaths,
@@ -108,7 +108,7 @@ def calibration_batches(
     root = Path(folder)
     if not root.is_dir():
         raise BuildError(f"{root}: calibration folder not found")
-    files = folder_files(root, IMAGE_SUFFIXES).files[:limit]
+    files = folder_files(root, PHOTO_SUFFIXES).files[:limit]
     images = []
     for path in files:
         try:

@@ -9,7 +9,7 @@ from pathlib import Path
 def parity_crops(folder: Path | None, count: int, size: int) -> object:
     import numpy as np
 
-    from engines.image_files import IMAGE_SUFFIXES, folder_files
+    from engines.image_files import PHOTO_SUFFIXES, folder_files
     from training.data import crop_square, load_rgb
 
     if folder is None:
@@ -17,7 +17,7 @@ def parity_crops(folder: Path | None, count: int, size: int) -> object:
         return rng.integers(0, 256, (count, size, size, 3), dtype=np.uint8)
     if not folder.is_dir():
         raise FileNotFoundError(f"--parity-images {folder}: no such folder")
-    found = folder_files(folder, IMAGE_SUFFIXES).files
+    found = folder_files(folder, PHOTO_SUFFIXES).files
     paths = found[:: max(1, len(found) // count)][:count]  # spread over the folder's people
     if not paths:
         raise FileNotFoundError(f"{folder}: no images for the parity check")

@@ -175,3 +175,20 @@ def test_json_piped_to_head_ends_quietly(shipped_model, demo_gallery) -> None:
     err = reader.stderr.read().decode()
     assert reader.wait(timeout=120) == 141
     assert "Broken pipe" not in err and "error" not in err, err
+
+
+def test_a_photo_only_ffmpeg_reads_is_a_photo_not_a_one_frame_video(identify, tmp_path) -> None:
+    """A TGA (no suffix of a photo OpenCV reads, but FFmpeg decodes it): identify took it for
+    a one-frame video and said "no one" (exit 0, nothing with --json) though it shows him;
+    a single frame is a photo, matched as photos are."""
+    image = read_frames(DEMO_CLIP, first=150, count=1)[0]
+    height, width = image.shape[:2]
+    header = bytes([0, 0, 2]) + bytes(9) + width.to_bytes(2, "little")
+    header += height.to_bytes(2, "little") + bytes([24, 0])  # 24-bit, rows from the bottom
+    photo = tmp_path / "still.tga"
+    photo.write_bytes(header + np.ascontiguousarray(image[::-1]).tobytes())
+    code, out, err = identify(str(photo), "--json")
+    assert code == 0, err
+    [record] = [json.loads(line) for line in out.splitlines()]
+    assert record["image_hw"] == [height, width]
+    assert [face["identity"] for face in record["faces"]].count(LIN) == 1, record
