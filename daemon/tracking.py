@@ -3,7 +3,7 @@ look at a face that came back after a gap, an identity vote over each track, and
 decisions of when an event is due.
 
 Association: each track keeps the velocity of its face (smoothed, capped, not learnt from a
-box that changed size, zero as soon as the face stops or turns back) and, once it moved
+box that changed size, zero as soon as the face turns back) and, once it moved
 steadily ``STEADY_MOVES`` times, a frame's faces are matched to the tracks' boxes predicted
 at its time (at most one face width along) or their last boxes, whichever fits better, by
 IoU, then by the nearest centre. A face that passes in front of another keeps its own track,
@@ -59,14 +59,15 @@ MAX_SIZE_CHANGE = 1.5  # a face matched by its centre alone keeps its size withi
 # at most MAX_SPEED face widths a second (a face that ran that fast is lost anyway), learnt
 # only from moves where the box kept its size within STEADY_SIZE (a face half hidden by a
 # passer, or a jittery box, shrinks and shifts while the person stands still), zero after a
-# move back or one under STOPPED of its speed (a lean that stopped: its speed carried a
-# young track onto a hidden neighbour's face), used only after STEADY_MOVES moves in a row,
+# move back of over TURNED_BACK face widths (a lean that stopped and came back: its speed
+# carried a young track onto a hidden neighbour's face; a jittery box's smaller wobble back,
+# while the face walks on, does not count), used only after STEADY_MOVES moves in a row,
 # and followed for at most MAX_PREDICT_S and MAX_PREDICT_WIDTHS face widths of a hidden face
 # (then it waits where it got to; the track's last box is tried too)
 VELOCITY_WEIGHT = 0.5
 MAX_SPEED = 4.0
 STEADY_SIZE = 1.2
-STOPPED = 0.1
+TURNED_BACK = 0.1
 STEADY_MOVES = 3
 MAX_PREDICT_S = 1.0
 MAX_PREDICT_WIDTHS = 1.0
@@ -170,7 +171,7 @@ class Track:
     def follow(self, box: np.ndarray, ts: float) -> None:
         """The velocity, after its face was found at ``box`` at ``ts`` (unchanged when the
         box changed size: a face half hidden, or a jittery box, did not move that way; zero
-        when the face stopped or turned back)."""
+        when the face turned back)."""
         elapsed = ts - self.last_seen
         width, before = float(box[2] - box[0]), float(self.bbox_xyxy[2] - self.bbox_xyxy[0])
         if elapsed <= 0 or not 1 / STEADY_SIZE <= width / max(before, 1e-9) <= STEADY_SIZE:
@@ -180,12 +181,11 @@ class Track:
         speed = float(np.hypot(*step))
         if speed > most:
             step = step * (most / speed)
-        if self.moves and (
-            float(step @ self.velocity_xy) <= 0
-            or np.hypot(*step) < STOPPED * np.hypot(*self.velocity_xy)
-        ):
-            self.velocity_xy, self.moves = np.zeros(2), 0
-            return
+        if self.moves:
+            heading = self.velocity_xy / max(float(np.hypot(*self.velocity_xy)), 1e-9)
+            if -float(step @ heading) * elapsed > TURNED_BACK * width:
+                self.velocity_xy, self.moves = np.zeros(2), 0
+                return
         weight = VELOCITY_WEIGHT if self.moves else 1.0  # (a first move: its own)
         self.velocity_xy = self.velocity_xy + weight * (step - self.velocity_xy)
         self.moves += 1

@@ -1105,3 +1105,25 @@ def test_a_face_said_still_is_one_that_stayed_not_one_that_came_back() -> None:
     assert said([photo, moved, lower] * 900) == []
     seated_again = [photo] * 60 + [none] * 2400 + [photo] * 5
     assert said(seated_again) == []
+
+
+def test_a_jittery_box_does_not_stop_a_walking_face_and_a_turn_back_does() -> None:
+    """A face walking right 18 px a frame at 10 fps whose box once wobbles 6.5 px back (the
+    detector's box, not the face): its velocity goes on (any move back zeroed it, and the
+    track, predicting nothing for 3 frames, lost the walker in a synthetic scene); a face
+    that turns back by a fifth of its width (a lean coming back) has none."""
+    from daemon.tracking import Track
+
+    def walked(steps: list[float]) -> Track:
+        track = Track(1, np.array(box_at(100, 300), np.float32), np.zeros((5, 2)), 0.0, 0.0)
+        x = 100.0
+        for k, step in enumerate(steps, 1):
+            x += step
+            track.follow(np.array(box_at(x, 300), np.float32), k / 10)
+            track.bbox_xyxy, track.last_seen = np.array(box_at(x, 300), np.float32), k / 10
+        return track
+
+    wobbled = walked([18, 18, 18, 18, -6.5, 18])
+    assert wobbled.moves >= 3 and wobbled.velocity_xy[0] > 100, wobbled.velocity_xy
+    turned = walked([18, 18, 18, 18, -20])
+    assert turned.moves == 0 and not turned.velocity_xy.any()
