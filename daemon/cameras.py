@@ -355,11 +355,7 @@ class CameraReader(threading.Thread):
     ) -> None:
         super().__init__(name=f"camera-{config.name}", daemon=True)
         self.config, self.queues = config, queues
-        self.motion = (
-            MotionDetector(motion.min_change_levels, motion.min_area_fraction, config.fps)
-            if motion is not None and motion.enabled
-            else None
-        )
+        self.motion = MotionDetector.gate(motion, config.fps)
         self.on_status = on_status or (lambda camera, up: None)
         self.kind = source_kind(config.url)
         self._stop_event = threading.Event()

@@ -26,6 +26,7 @@ from daemon.video_files import (
     clock,
     frame_time,
     image_or_video,
+    native_fps,
     open_video,
     output_fps,
 )
@@ -239,9 +240,19 @@ def _detect_one(
     summary: Summary,
     outputs: Outputs | None,
 ) -> None:
-    """One file searched and counted, or its failure said (and, with --json, recorded)."""
+    """One file searched and counted, or its failure said (and, with --json, recorded): a
+    video by its name, else a photo; a file of neither a photo's nor a video's name (a
+    recorder's .dav) is tried as a video before it is called unreadable."""
+
+    def out(suffix: str) -> Path | None:
+        return outputs.path_for(name, suffix) if outputs else None
+
     try:
-        _detect_file(detector, path, name, args, summary, outputs)
+        image = image_or_video(path)
+        if image is None:
+            _detect_video(detector, path, args, summary, out(".mp4"))
+        else:
+            _detect_image(detector, path, image, args, summary, out(".jpg"))
         summary.files += 1
     except BrokenPipeError:  # the reader went away (`| head`): no file's fault
         raise
@@ -305,28 +316,6 @@ def _emit(
         )
 
 
-def _detect_file(
-    detector: MTCNN,
-    path: Path,
-    name: Path,
-    args: argparse.Namespace,
-    summary: Summary,
-    outputs: Outputs | None,
-) -> None:
-    """A video by its name, else a photo; a file named with no suffix of either (a recorder's
-    .dat, a camera's odd one) that is no image is tried as a video before it is called
-    unreadable."""
-
-    def out(suffix: str) -> Path | None:
-        return outputs.path_for(name, suffix) if outputs else None
-
-    image = image_or_video(path)
-    if image is None:
-        _detect_video(detector, path, args, summary, out(".mp4"))
-    else:
-        _detect_image(detector, path, image, args, summary, out(".jpg"))
-
-
 def _detect_image(
     detector: MTCNN,
     path: Path,
@@ -348,7 +337,7 @@ def _detect_video(
 ) -> None:
     capture = open_video(path)
     total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
-    fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
+    fps = native_fps(capture)
     writer: TimedWriter | None = None
     faces_before = summary.faces
     bar = tqdm(

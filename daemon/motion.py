@@ -11,9 +11,13 @@ did not move while its camera has no faces in view (``Pipeline``).
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
+
+if TYPE_CHECKING:
+    from daemon.config import MotionConfig
 
 WIDTH = 320  # pixels across the grey copy (1080p: each of them averages a 6x6 block)
 BLUR = (5, 5)
@@ -31,6 +35,14 @@ class MotionDetector:
         self.min_change_levels, self.min_area_fraction = min_change_levels, min_area_fraction
         self._adapt = 1.0 - math.exp(-1.0 / (fps * MEMORY_S))  # a frame's weight in it
         self._average: np.ndarray | None = None
+
+    @classmethod
+    def gate(cls, settings: MotionConfig | None, fps: float) -> MotionDetector | None:
+        """A camera's motion gate at ``fps`` frames a second, as ``settings`` (its
+        ``Config.motion``) say; None where it is off."""
+        if settings is None or not settings.enabled:
+            return None
+        return cls(settings.min_change_levels, settings.min_area_fraction, fps)
 
     def reset(self) -> None:
         """Forget the recent frames (a new connection: the picture may have changed)."""

@@ -30,7 +30,14 @@ from daemon.events import EventSinks
 from daemon.gallery import Gallery
 from daemon.motion import MotionDetector
 from daemon.scheduler import Pipeline
-from daemon.video_files import Interrupted, VideoError, clock, frame_time, open_video
+from daemon.video_files import (
+    Interrupted,
+    VideoError,
+    clock,
+    frame_time,
+    native_fps,
+    open_video,
+)
 from engines.facenet import FaceNet
 from engines.mtcnn import MTCNN
 
@@ -148,14 +155,8 @@ def frames_of(capture: cv2.VideoCapture, config: Config, progress: Progress) -> 
     marked as the daemon's camera reader marks it (whether it moved: the motion gate)."""
     camera = config.cameras[0]
     schedule = FrameSchedule(camera.fps)
-    gate = config.motion(camera)
-    motion = (
-        MotionDetector(gate.min_change_levels, gate.min_area_fraction, camera.fps)
-        if gate.enabled
-        else None
-    )
-    native = capture.get(cv2.CAP_PROP_FPS)
-    fps = native if 1 <= native <= 240 else 25.0
+    motion = MotionDetector.gate(config.motion(camera), camera.fps)
+    fps = native_fps(capture)
     while capture.grab():
         now = frame_time(capture, progress.time_s if progress.frames else -1.0, fps)
         progress.frames, progress.time_s = progress.frames + 1, now

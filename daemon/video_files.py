@@ -49,7 +49,7 @@ def image_or_video(path: Path) -> np.ndarray | None:
     suffix = path.suffix.lower()
     if suffix in VIDEO_SUFFIXES:
         return None
-    if suffix in PHOTO_SUFFIXES | HEIC_SUFFIXES or not worth_trying_as_video(path):
+    if suffix in PHOTO_SUFFIXES | HEIC_SUFFIXES or not _worth_trying_as_video(path):
         return read_image(str(path))
     with path.open("rb") as file:
         head = file.read(16)
@@ -81,12 +81,19 @@ def open_video(path: Path) -> cv2.VideoCapture:
     return capture
 
 
-def worth_trying_as_video(path: Path) -> bool:
+def _worth_trying_as_video(path: Path) -> bool:
     """A readable file with data in it (an empty or unreadable one is said as such)."""
     try:
         return path.stat().st_size > 0 and os.access(path, os.R_OK)
     except OSError:
         return False
+
+
+def native_fps(capture: cv2.VideoCapture, default: float = 25.0) -> float:
+    """The frame rate the file's header gives, where it is a sane one (some give 0, or
+    90000: their time base), else ``default``."""
+    fps = capture.get(cv2.CAP_PROP_FPS)
+    return fps if 1 <= fps <= 240 else default
 
 
 def frame_time(capture: cv2.VideoCapture, before: float, fps: float) -> float:
