@@ -28,7 +28,13 @@ from daemon.config import ConfigError
 from daemon.detect_cli import Outputs, input_name, progress_wanted, put_label
 from daemon.gallery import Gallery, GalleryError, Match
 from daemon.journal import print_error
-from daemon.recordings import DEFAULT_FPS, VISIT_SCHEMA, identify_video, video_config
+from daemon.recordings import (
+    DEFAULT_FPS,
+    VISIT_SCHEMA,
+    camera_named,
+    identify_video,
+    video_config,
+)
 from daemon.video_files import Interrupted, VideoError, image_or_video
 from engines import BACKENDS, EngineError
 from engines.detectors import load_facenet
@@ -141,9 +147,16 @@ def _add_identify(commands: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--fps",
         type=number(float, gt=0, le=60),
-        default=DEFAULT_FPS,
         help=f"videos: frames a second searched, by the video's time, as a camera's fps "
-        f"(default {DEFAULT_FPS:g}); above the video's own rate (60 for any), every frame",
+        f"(default {DEFAULT_FPS:g}, or --camera's fps); above the video's own rate (60 for "
+        "any), every frame",
+    )
+    p.add_argument(
+        "--camera",
+        metavar="NAME",
+        help="videos: recorded by this camera of --config, and searched with its settings: "
+        "its rotate, fps, detection (min_face_size, ignore regions, motion) and recognition "
+        "(min_face_px), as the daemon searches its stream",
     )
     p.add_argument(
         "--annotate",
@@ -210,8 +223,10 @@ def photo_files(path: Path, suffixes: frozenset[str] = PHOTO_SUFFIXES) -> list[P
 
 def run_identify(args: argparse.Namespace) -> int:
     try:
+        if args.camera is not None:
+            camera_named(gallery_cli.daemon_config(args), args.camera)
         models = load_models(args)
-    except (EngineError, ConfigError) as exc:
+    except (EngineError, ConfigError, ValueError) as exc:
         print_error(str(exc))
         return 2
     try:
@@ -278,7 +293,7 @@ def _identify_files(
 
 def _identify_video(models: Models, gallery: Gallery, path: Path, args: argparse.Namespace) -> None:
     """The visits in a video, by the daemon's pipeline with its --config's settings."""
-    config = video_config(gallery_cli.daemon_config(args), path, args.fps)
+    config = video_config(gallery_cli.daemon_config(args), path, args.fps, args.camera)
     identify_video(
         path, config, models.detector, models.facenet, gallery, args.json, progress_wanted(args)
     )

@@ -24,7 +24,7 @@ from typing import Any
 import cv2
 from tqdm import tqdm
 
-from daemon.cameras import Frame, FrameSchedule, ffmpeg_environment
+from daemon.cameras import TURNS, Frame, FrameSchedule, ffmpeg_environment
 from daemon.config import CameraConfig, Config
 from daemon.events import EventSinks
 from daemon.gallery import Gallery
@@ -41,7 +41,7 @@ from daemon.video_files import (
 from engines.facenet import FaceNet
 from engines.mtcnn import MTCNN
 
-CAMERA = "video"  # the camera the pipeline sees (in metrics and logs)
+CAMERA = "video"  # the camera the pipeline sees (in metrics and logs) without --camera
 DEFAULT_FPS = 5.0  # as a camera's default (cameras[].fps)
 VISIT_KEYS = (
     "source, track, identity, start_s, end_s, start, end, confidence, distance, named, until"
@@ -141,13 +141,33 @@ class VisitSink(EventSinks):
         self.on_visit(visit)
 
 
-def video_config(base: Config | None, path: Path, fps: float) -> Config:
+def video_config(
+    base: Config | None, path: Path, fps: float | None, camera_name: str | None = None
+) -> Config:
     """The daemon's settings (its --config's, else the defaults) with one camera: the video,
-    at ``fps``."""
-    camera = CameraConfig(name=CAMERA, url=CAMERA + path.suffix, fps=fps)
+    at ``fps`` (None: the camera's). With ``camera_name``, the video is that camera's
+    recording, read with its settings (``rotate``, its ``detection`` and ``recognition``);
+    ValueError when ``base`` has no camera of that name."""
+    url = CAMERA + path.suffix
+    if camera_name is None:
+        camera = CameraConfig(name=CAMERA, url=url, fps=fps or DEFAULT_FPS)
+    else:
+        own = camera_named(base, camera_name)
+        camera = own.model_copy(update={"url": url, "fps": fps or own.fps, "enabled": True})
     if base is None:
         return Config(cameras=[camera])
     return base.model_copy(update={"cameras": [camera]})
+
+
+def camera_named(config: Config | None, name: str) -> CameraConfig:
+    """The camera ``name`` of ``config``, or ValueError naming the cameras it has."""
+    if config is None:
+        raise ValueError(f"--camera {name}: give --config, the daemon's config that names it")
+    for camera in config.cameras:
+        if camera.name == name:
+            return camera
+    names = ", ".join(c.name for c in config.cameras)
+    raise ValueError(f"--camera {name}: no camera of that name in --config (its cameras: {names})")
 
 
 def frames_of(capture: cv2.VideoCapture, config: Config, progress: Progress) -> Iterator[Frame]:
@@ -156,6 +176,7 @@ def frames_of(capture: cv2.VideoCapture, config: Config, progress: Progress) -> 
     camera = config.cameras[0]
     schedule = FrameSchedule(camera.fps)
     motion = MotionDetector.gate(config.motion(camera), camera.fps)
+    turn = TURNS.get(camera.rotate)
     fps = native_fps(capture)
     while capture.grab():
         now = frame_time(capture, progress.time_s if progress.frames else -1.0, fps)
@@ -165,8 +186,10 @@ def frames_of(capture: cv2.VideoCapture, config: Config, progress: Progress) -> 
         ok, image = capture.retrieve()
         if not ok or image is None:
             return
+        if turn is not None:  # as the camera's reader turns it, before all else
+            image = cv2.rotate(image, turn)
         moved = motion.moved(image) if motion is not None else True
-        yield Frame(CAMERA, progress.frames - 1, now, image, moved)
+        yield Frame(camera.name, progress.frames - 1, now, image, moved)
 
 
 def identify_video(

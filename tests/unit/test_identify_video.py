@@ -192,3 +192,40 @@ def test_a_photo_only_ffmpeg_reads_is_a_photo_not_a_one_frame_video(identify, tm
     [record] = [json.loads(line) for line in out.splitlines()]
     assert record["image_hw"] == [height, width]
     assert [face["identity"] for face in record["faces"]].count(LIN) == 1, record
+
+
+def test_camera_reads_a_recording_with_that_cameras_settings(
+    identify, shipped_model, demo_gallery, tmp_path, capsys
+) -> None:
+    """A sideways corridor camera's recording (its frames a quarter turn anticlockwise):
+    identify found no one in it; --camera hall reads it as the daemon reads that camera,
+    turned by its ``rotate`` and at its fps, and names him. A camera the config does not
+    have is refused, naming those it has."""
+    frames = read_frames(DEMO_CLIP, first=100, count=100)
+    clip = tmp_path / "hall.mp4"
+    height, width = frames[0].shape[:2]
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter.fourcc(*"mp4v"), 30, (height, width))
+    for frame in frames:
+        writer.write(cv2.rotate(frame, cv2.ROTATE_90_COUNTERCLOCKWISE))
+    writer.release()
+    config = tmp_path / "facewatch.yaml"
+    camera = {"name": "hall", "url": "rtsp://cam.lan/1", "rotate": 90, "fps": 10}
+    recognition = {"model": str(shipped_model), "gallery": str(demo_gallery)}
+    config.write_text(json.dumps({"cameras": [camera], "recognition": recognition}))
+
+    code, out, err = identify(str(clip), "--json")
+    assert code == 0 and LIN not in out, out
+
+    def run(*args: str) -> tuple[int, str, str]:
+        common = ["--config", str(config), "--threads", "2", "--no-progress", "--json"]
+        code = main(["identify", *args, *common, str(clip)])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    code, out, err = run("--camera", "hall")
+    assert code == 0, err
+    assert LIN in [json.loads(line)["identity"] for line in out.splitlines()], out
+    assert "taken at 10 fps of 100" in err, err
+    code, out, err = run("--camera", "garden")
+    assert code == 2 and out == ""
+    assert "--camera garden: no camera of that name in --config (its cameras: hall)" in err
