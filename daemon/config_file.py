@@ -339,6 +339,10 @@ def resolve_paths(config: Config, base: Path) -> Config:
         update={"model": model, "gallery": _resolve(base, config.recognition.gallery)}
     )
     mqtt = config.mqtt.model_copy(update={"spool_dir": _resolve(base, config.mqtt.spool_dir)})
+    if mqtt.tls is not None:  # (the unit's working folder is /var/lib/facewatch, not /etc's)
+        files = {key: getattr(mqtt.tls, key) for key in ("ca_file", "cert_file", "key_file")}
+        resolved = {key: _resolve(base, path) for key, path in files.items() if path}
+        mqtt = mqtt.model_copy(update={"tls": mqtt.tls.model_copy(update=resolved)})
     tensorrt = config.engines.tensorrt
     if tensorrt.calib_dir:
         tensorrt = tensorrt.model_copy(update={"calib_dir": _resolve(base, tensorrt.calib_dir)})

@@ -212,6 +212,30 @@ def test_paths_are_relative_to_the_config_file(tmp_path) -> None:
     assert config.mqtt.spool_dir == str(path.parent / "spool")
 
 
+def test_tls_files_are_relative_to_the_config_file_wherever_it_is_read_from(
+    tmp_path, monkeypatch
+) -> None:
+    """`ca_file: ca.crt` beside /etc/facewatch/facewatch.yaml passed a validate-config run
+    in /etc/facewatch, and the service (working in /var/lib/facewatch) stopped at its start:
+    'mqtt.tls.ca_file: ca.crt: not found'."""
+    path = tmp_path / "etc" / "f.yaml"
+    path.parent.mkdir()
+    path.write_text(
+        "cameras: [{name: a, url: 'rtsp://h/s'}]\n"
+        "mqtt: {tls: {ca_file: ca.crt, cert_file: tls/client.crt, key_file: /keys/client.key}}\n"
+    )
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    tls = load_config(path).mqtt.tls
+    assert tls is not None
+    assert tls.ca_file == str(path.parent / "ca.crt")
+    assert tls.cert_file == str(path.parent / "tls" / "client.crt")
+    assert tls.key_file == "/keys/client.key"
+    path.write_text("cameras: [{name: a, url: 'rtsp://h/s'}]\nmqtt: {tls: {insecure: true}}\n")
+    tls = load_config(path).mqtt.tls
+    assert tls is not None and tls.ca_file is None  # the system's CAs
+
+
 def test_the_tensorrt_plans_follow_the_config(tmp_path, monkeypatch) -> None:
     """What the daemon asks of TensorRT: the camera sizes (and the warm-up frame's), the
     smallest face size of any enabled camera, max_batch frames a call, the precision."""
