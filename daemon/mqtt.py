@@ -34,7 +34,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
@@ -43,6 +43,7 @@ from daemon import metrics
 from daemon.config import MqttConfig
 from daemon.events import person_key
 from daemon.journal import Outage
+from daemon.mqtt_tls import RenewableContext
 from daemon.spool import Message, Spool
 
 logger = logging.getLogger(__name__)
@@ -63,6 +64,12 @@ REFUSED_RETRY_S = 30.0
 REFUSALS_KEPT = 64  # refusals of messages nobody waits for (send_now's), the latest kept
 # what to check when the broker cannot be reached
 REACH = "that the broker runs there and this host reaches it: mqtt.host, mqtt.port"
+# ... and when the TLS handshake fails
+TLS_FILES = (
+    "mqtt.tls.ca_file: the CA that signed the broker's certificate, for its host name; "
+    "cert_file and key_file: the client's, when the broker asks for one; files renewed in "
+    "place are loaded again at the next attempt"
+)
 
 
 class MqttPublisher:
@@ -103,6 +110,9 @@ class MqttPublisher:
         self._refused_topic: str | None = None  # the spooled event refused, until one passes
         self._refused_since = Outage()  # (of the refusal of _refused_topic: its reminders)
         self._snapshots_refused = False  # a snapshot was refused (and dropped): said once
+        # the TLS files, loaded now (an error stops the start); renewed ones at connections
+        self.tls = None if config.tls is None else RenewableContext(config.tls, self.renew_tls)
+        self._tls_unusable: str | None = None  # why renewed files cannot be used (said once)
         self.client = self._make_client(node_id)
         self._thread = threading.Thread(target=self._run, name="mqtt-publisher", daemon=True)
 
@@ -115,14 +125,8 @@ class MqttPublisher:
         client.will_set(self.status_topic, OFFLINE, qos=1, retain=True)
         if cfg.username is not None:
             client.username_pw_set(cfg.username, cfg.password)
-        if cfg.tls is not None:
-            client.tls_set(
-                ca_certs=cfg.tls.ca_file,
-                certfile=cfg.tls.cert_file,
-                keyfile=cfg.tls.key_file,
-                cert_reqs=ssl.CERT_REQUIRED,
-            )
-            client.tls_insecure_set(cfg.tls.insecure)
+        if self.tls is not None:  # (paho keeps one context for every reconnection)
+            client.tls_set_context(cast(ssl.SSLContext, self.tls))
         client.reconnect_delay_set(min_delay=1, max_delay=30)
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
@@ -454,7 +458,35 @@ class MqttPublisher:
     def _on_connect_fail(self, client: paho.Client, userdata: object) -> None:
         """paho retries silently and does not say why: ask again (``_diagnose``)."""
         cfg = self.config
-        self._failed(f"cannot connect to {cfg.host}:{cfg.port}: {self._diagnose()}", REACH)
+        why, check = self._diagnose()
+        self._failed(f"cannot connect to {cfg.host}:{cfg.port}: {why}", check)
+
+    def renew_tls(self) -> bool:
+        """Load the TLS files again when they changed since they were loaded (a CA, client
+        certificate or key renewed in place): the next connection uses them (the one up, if
+        any, goes on). True when they were loaded. Files that cannot be used (a certificate
+        whose new key is not written yet) are said once, and tried again at the next call;
+        those loaded before stay in use. Before each connection attempt, and at SIGHUP."""
+        if self.tls is None:
+            return False
+        try:
+            changed = self.tls.renew()
+        except ValueError as exc:
+            if str(exc) != self._tls_unusable:
+                self._tls_unusable = str(exc)
+                logger.warning(
+                    "MQTT: %s; the connection keeps using the TLS files as they were loaded "
+                    "before, and tries these again at each attempt",
+                    exc,
+                )
+            return False
+        self._tls_unusable = None
+        if changed:
+            logger.info(
+                "MQTT: %s changed since loaded: the next connection uses the renewed files",
+                ", ".join(changed),
+            )
+        return bool(changed)
 
     def _failed(self, why: str, check: str) -> None:
         """Log a failed connection once per outage, and again when the reason changes (e.g.
@@ -484,22 +516,20 @@ class MqttPublisher:
             check,
         )  # fmt: skip
 
-    def _diagnose(self) -> str:
-        """Why a connection fails: a plain TCP connection and TLS handshake with the same
-        settings, for its error message."""
+    def _diagnose(self) -> tuple[str, str]:
+        """Why a connection fails, and what to check: a plain TCP connection, and a TLS
+        handshake with the context paho uses (the files as loaded), for its error message."""
         cfg = self.config
         try:
             with socket.create_connection((cfg.host, cfg.port), timeout=5) as sock:
-                if cfg.tls is None:
-                    return "the broker closed the connection"
-                context = ssl.create_default_context(cafile=cfg.tls.ca_file)
-                if cfg.tls.cert_file:
-                    context.load_cert_chain(cfg.tls.cert_file, cfg.tls.key_file)
-                context.check_hostname = not cfg.tls.insecure
-                with context.wrap_socket(sock, server_hostname=cfg.host):
-                    return "the broker closed the connection after the TLS handshake"
-        except OSError as exc:  # ssl.SSLError included
-            return str(exc)
+                if self.tls is None:
+                    return "the broker closed the connection", REACH
+                self.tls.handshake(sock, cfg.host)
+                return "the broker closed the connection after the TLS handshake", REACH
+        except ssl.SSLError as exc:
+            return str(exc), TLS_FILES
+        except OSError as exc:
+            return str(exc), REACH
 
     def _on_disconnect(
         self, client: paho.Client, userdata: object, flags: object, reason: object, props: object

@@ -342,13 +342,7 @@ class Service:
                 return
             if self._hup.is_set():
                 self._hup.clear()
-                if scheduler.pipeline.facenet is None:
-                    logger.info("SIGHUP: no FaceNet model in use (detection only): no gallery")
-                else:
-                    logger.info(
-                        "SIGHUP: re-reading the gallery %s", self.config.recognition.gallery
-                    )
-                    scheduler.request_reload()
+                self._reload(scheduler)
             if not scheduler.is_alive():
                 logger.error("the batch scheduler stopped: %s", scheduler.error)
                 return
@@ -371,6 +365,17 @@ class Service:
             elif not starving:  # once: systemd's kill follows
                 self._say_starving(scheduler, now, stall_s)
                 starving = True
+
+    def _reload(self, scheduler: BatchScheduler) -> None:
+        """SIGHUP (`systemctl reload facewatch`): the gallery is read again, and TLS files
+        renewed since they were loaded are loaded for the next MQTT connection."""
+        if scheduler.pipeline.facenet is None:
+            logger.info("SIGHUP: no FaceNet model in use (detection only): no gallery")
+        else:
+            logger.info("SIGHUP: re-reading the gallery %s", self.config.recognition.gallery)
+            scheduler.request_reload()
+        if self.publisher is not None:
+            self.publisher.renew_tls()
 
     def _say_starving(self, scheduler: BatchScheduler, now: float, stall_s: float) -> None:
         """The watchdog is no longer fed: what hangs, for how long, and what comes next

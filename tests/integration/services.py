@@ -317,8 +317,8 @@ class Subscriber:
             self.client = paho.Client(CallbackAPIVersion.VERSION2)
         if tls.get("username"):
             self.client.username_pw_set(tls["username"], tls.get("password"))
-        if tls.get("ca_file"):
-            self.client.tls_set(ca_certs=tls["ca_file"])
+        if tls.get("ca_file"):  # (cert_file, key_file: for a broker that asks for them)
+            self.client.tls_set(tls["ca_file"], tls.get("cert_file"), tls.get("key_file"))
         self.client.on_message = self._on_message
         self.client.on_connect = lambda c, *a: c.subscribe(topic, qos=1)
         self.client.connect("127.0.0.1", port)

@@ -19,7 +19,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from daemon import metrics
 from daemon import mqtt as mqtt_module
 from daemon.cli import main
-from daemon.config import MqttConfig
+from daemon.config import MqttConfig, TlsConfig
 from daemon.mqtt import MqttPublisher
 from daemon.spool import Spool
 from tests.conftest import REPO
@@ -235,6 +235,136 @@ def test_wrong_password_and_untrusted_ca_are_named_without_the_secret(tmp_path, 
         warned = [line for line in log.splitlines() if " WARNING daemon.mqtt: MQTT: " in line]
         said = [line for line in warned if "refused the connection as" in line or "cannot" in line]
         assert len(said) == 1, log  # (each retry at DEBUG)
+
+
+def _signed(folder: Path, ca: str, name: str) -> None:
+    """NAME.crt and NAME.key in ``folder``, for 127.0.0.1, signed by the CA ``ca``."""
+    _openssl(
+        "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
+        "-keyout", f"{name}.key", "-out", f"{name}.csr", cwd=folder,
+    )  # fmt: skip
+    (folder / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    _openssl(
+        "x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.crt", "-CAkey", f"{ca}.key",
+        "-CAcreateserial", "-days", "2", "-extfile", "san.ext", "-out", f"{name}.crt", cwd=folder,
+    )  # fmt: skip
+
+
+def _tls_generation(folder: Path) -> Path:
+    """A CA with a server and a client certificate for 127.0.0.1 (ca, server, client .crt
+    and .key in ``folder``): one generation of a broker's and its clients' TLS files."""
+    folder.mkdir()
+    _certificate_authority(folder, "ca")
+    for name in ("server", "client"):
+        _signed(folder, "ca", name)
+    return folder
+
+
+def _in_place(source: Path, target: Path, names: list[str]) -> None:
+    """Each file written over the one of its name in ``target`` (as `cp` renews it)."""
+    for name in names:
+        (target / name).write_bytes((source / name).read_bytes())
+
+
+def test_tls_files_renewed_in_place_are_used_without_a_restart(tmp_path) -> None:
+    """The broker's CA and the client's certificate and key renewed in place (the same
+    paths: certbot, step-ca, or a CA replaced): the daemon kept the files it loaded at its
+    start, never connected again, and blamed mqtt.host and mqtt.port (a fresh handshake with
+    the new files succeeded) until someone restarted it. It says the handshake's own error,
+    loads the renewed files at its next attempt, connects and sends what it spooled."""
+    old, new = _tls_generation(tmp_path / "old"), _tls_generation(tmp_path / "new")
+    broker_files, client_files = tmp_path / "broker", tmp_path / "client"
+    for folder, names in ((broker_files, ["ca.crt", "server.crt", "server.key"]),
+                          (client_files, ["ca.crt", "client.crt", "client.key"])):  # fmt: skip
+        folder.mkdir()
+        _in_place(old, folder, names)
+    conf = (
+        f"cafile {broker_files / 'ca.crt'}\ncertfile {broker_files / 'server.crt'}\n"
+        f"keyfile {broker_files / 'server.key'}\nrequire_certificate true\nallow_anonymous true\n"
+    )
+    broker = Mosquitto(tmp_path, extra_conf=conf)
+    broker.start()
+    camera = [{"name": "door", "url": str(CLIP), "fps": 2}]
+    files = {key: str(client_files / name) for key, name in
+             (("ca_file", "ca.crt"), ("cert_file", "client.crt"), ("key_file", "client.key"))}  # fmt: skip
+    daemon = Daemon(tmp_path, daemon_settings(camera, broker.port, tmp_path, mqtt={"tls": files}))
+    daemon.start()
+    subscriber = None
+    try:
+        wait_for(lambda: "MQTT: connected to 127.0.0.1" in daemon.log(), 60, "the connection")
+        broker.stop()  # the broker's files renewed: the daemon's no longer pass
+        _in_place(new, broker_files, ["ca.crt", "server.crt", "server.key"])
+        broker = Mosquitto(tmp_path, port=broker.port, extra_conf=conf)
+        broker.start()
+        wait_for(lambda: "certificate verify failed" in daemon.log(), 60, "the TLS error")
+        wait_for(lambda: daemon.metric("facewatch_mqtt_spool_events") > 0, 60, "the spool")
+        subscriber = Subscriber(
+            broker.port, "facewatch/test/#", ca_file=str(new / "ca.crt"),
+            cert_file=str(new / "client.crt"), key_file=str(new / "client.key"),
+        )  # fmt: skip
+        _in_place(new, client_files, ["ca.crt", "client.crt", "client.key"])  # renewed
+        wait_for(lambda: daemon.metric("facewatch_mqtt_connected") == 1, 45, "a reconnection")
+        wait_for(lambda: daemon.metric("facewatch_mqtt_spool_events") == 0, 30, "the spool sent")
+        wait_for(lambda: subscriber.events(), 10, "the spooled events")
+    finally:
+        code = daemon.stop()
+        broker.stop()
+        if subscriber is not None:
+            subscriber.close()
+    assert code == 0, daemon.log()[-3000:]
+    log = daemon.log()
+    assert (
+        "MQTT: cannot connect to 127.0.0.1:" in log
+        and "certificate verify failed" in log
+        and "(check mqtt.tls.ca_file: the CA that signed the broker's certificate" in log
+    ), log[-3000:]
+    assert "after the TLS handshake" not in log, log[-3000:]
+    assert (
+        "MQTT: mqtt.tls.ca_file, mqtt.tls.cert_file, mqtt.tls.key_file changed since loaded: "
+        "the next connection uses the renewed files" in log
+    ), log[-3000:]
+    assert log.count("MQTT: connected to 127.0.0.1") == 2, log[-3000:]
+
+
+def test_tls_files_caught_half_renewed_are_said_and_tried_again(tmp_path, caplog) -> None:
+    """A client certificate renewed before its key (two copies, one after the other): the
+    publisher says why the files cannot be used yet, once, keeps the ones it loaded, and
+    loads them at the next attempt once the key is there too."""
+    old, new = _tls_generation(tmp_path / "old"), _tls_generation(tmp_path / "new")
+    live = tmp_path / "live"
+    live.mkdir()
+    _in_place(old, live, ["ca.crt", "client.crt", "client.key"])
+    tls = TlsConfig(
+        ca_file=str(live / "ca.crt"),
+        cert_file=str(live / "client.crt"),
+        key_file=str(live / "client.key"),
+    )
+    spool = Spool(tmp_path / "spool", 10)
+    publisher = MqttPublisher(MqttConfig(host="127.0.0.1", port=8883, tls=tls), "node", spool)
+    assert publisher.tls is not None
+    loaded = publisher.tls.current
+    with caplog.at_level("INFO", logger="daemon.mqtt"):
+        assert not publisher.renew_tls()  # nothing changed
+        _in_place(new, live, ["client.crt"])
+        assert not publisher.renew_tls() and not publisher.renew_tls()
+        assert publisher.tls.current is loaded
+        _in_place(new, live, ["client.key"])
+        assert publisher.renew_tls()
+        assert publisher.tls.current is not loaded
+        assert not publisher.renew_tls()
+    spool.close()
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("MQTT: mqtt.tls.cert_file changed since loaded, but ")
+    assert "KEY_VALUES_MISMATCH" in lines[0] or "key values mismatch" in lines[0], lines
+    assert lines[0].endswith(
+        "the connection keeps using the TLS files as they were loaded before, and tries "
+        "these again at each attempt"
+    ), lines
+    assert lines[1] == (
+        "MQTT: mqtt.tls.cert_file, mqtt.tls.key_file changed since loaded: the next "
+        "connection uses the renewed files"
+    )
 
 
 ADMIN, ADMIN_SECRET = "admin", "admin-Secret-2b9d"

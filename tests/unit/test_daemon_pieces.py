@@ -623,7 +623,7 @@ def test_a_broker_that_stays_away_is_said_again_every_remind_s(tmp_path, monkeyp
     from daemon import journal
     from daemon.config import MqttConfig
     from daemon.journal import REMIND_S
-    from daemon.mqtt import MqttPublisher
+    from daemon.mqtt import REACH, MqttPublisher
 
     wall0, clock = 1_746_100_000.0, [0.0]  # the fake clock: its wall time is wall0 + clock
     fake = SimpleNamespace(monotonic=lambda: clock[0], time=lambda: wall0 + clock[0])
@@ -636,7 +636,8 @@ def test_a_broker_that_stays_away_is_said_again_every_remind_s(tmp_path, monkeyp
     for k in range(3):
         spool.append(f"t/{k}", b"{}", kind="event")
     publisher = MqttPublisher(MqttConfig(host="broker.lan"), "node", spool)
-    monkeypatch.setattr(publisher, "_diagnose", lambda: "[Errno 111] Connection refused")
+    refused = ("[Errno 111] Connection refused", REACH)
+    monkeypatch.setattr(publisher, "_diagnose", lambda: refused)
     monkeypatch.setattr(
         publisher.connected, "wait", lambda timeout=None: publisher.connected.is_set()
     )

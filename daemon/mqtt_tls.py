@@ -1,0 +1,103 @@
+"""The MQTT connection's TLS files (``mqtt.tls``): the CA, client certificate and key, loaded
+into one SSL context, and loaded again when they were renewed in place (replaced at the same
+path by certbot, step-ca, cert-manager or by hand), so that the next connection uses them
+without a restart.
+
+paho keeps the SSL context it is given for every reconnection: it is given a
+``RenewableContext``, which wraps each connection's socket with the latest context, after a
+look at the files (``before_connect``).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import ssl
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from daemon.config import TlsConfig
+
+FILE_KEYS = ("ca_file", "cert_file", "key_file")
+
+# what tells a renewed file from the one loaded: a file replaced (a new inode, as a rename
+# into place or a re-pointed symlink leaves it), or written over (its time or size)
+Stamp = tuple[int, int, int] | None
+
+
+def _stamp(path: str) -> Stamp:
+    try:
+        status = os.stat(path)
+    except OSError:  # (gone for a moment while it is replaced: a change too)
+        return None
+    return (status.st_ino, status.st_mtime_ns, status.st_size)
+
+
+class RenewableContext:
+    """The SSL context of the ``mqtt.tls`` files as last loaded, given to paho in place of
+    an ``ssl.SSLContext``: it wraps each new connection's socket with that context."""
+
+    def __init__(self, tls: TlsConfig, before_connect: Callable[[], object] | None = None) -> None:
+        """Loads the files now: an OSError or ValueError (``ssl.SSLError`` is both) says
+        which cannot be used. ``before_connect`` is called before each connection's
+        handshake (the publisher loads renewed files there: ``renew``)."""
+        self.tls, self.before_connect = tls, before_connect
+        self._lock = threading.Lock()
+        self._stamps = self._stamp_files()  # before the load: a change meanwhile is seen
+        self.current = self._load()
+
+    def _files(self) -> dict[str, str]:
+        """``{'cert_file': PATH, ...}`` of the files the config names."""
+        return {key: path for key in FILE_KEYS if (path := getattr(self.tls, key))}
+
+    def _stamp_files(self) -> dict[str, Stamp]:
+        return {key: _stamp(path) for key, path in self._files().items()}
+
+    def _load(self) -> ssl.SSLContext:
+        tls = self.tls
+        context = ssl.create_default_context(cafile=tls.ca_file)  # (None: the system's CAs)
+        if tls.cert_file:
+            context.load_cert_chain(tls.cert_file, tls.key_file)
+        context.check_hostname = not tls.insecure
+        return context
+
+    def _changed(self, stamps: dict[str, Stamp]) -> list[str]:
+        """The keys (``mqtt.tls.ca_file``...) of the files changed since they were loaded."""
+        return [f"mqtt.tls.{key}" for key, stamp in stamps.items() if self._stamps[key] != stamp]
+
+    def renew(self) -> list[str]:
+        """Load the files again when any changed since they were loaded; the keys of those
+        that changed ([] when none did). Files that cannot be used (a new certificate whose
+        key is not written yet) raise ValueError, naming the keys that changed: the loaded
+        context stays in use, and the next call tries them again."""
+        with self._lock:
+            stamps = self._stamp_files()
+            if stamps == self._stamps:
+                return []
+            changed = self._changed(stamps)
+            try:
+                self.current = self._load()
+            except (OSError, ValueError) as exc:  # (ssl's errors do not name the file)
+                raise ValueError(
+                    f"{', '.join(changed)} changed since loaded, but cannot be used: {exc}"
+                ) from exc
+            self._stamps = stamps
+            return changed
+
+    def handshake(self, sock: socket.socket, host: str) -> None:
+        """A TLS handshake on ``sock`` with the context in use (an ``ssl.SSLError`` says why
+        it fails), then the socket is closed."""
+        with self.current.wrap_socket(sock, server_hostname=host):
+            pass
+
+    # paho's use of its context: wrap_socket and check_hostname
+    def wrap_socket(self, sock: socket.socket, *args: Any, **kwargs: Any) -> ssl.SSLSocket:
+        if self.before_connect is not None:
+            self.before_connect()
+        return self.current.wrap_socket(sock, *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "current":  # (not loaded yet)
+            raise AttributeError(name)
+        return getattr(self.current, name)
