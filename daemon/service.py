@@ -26,6 +26,7 @@ from daemon import build_version, home_assistant, metrics, preflight
 from daemon.archive import FaceArchive
 from daemon.cameras import CameraReader, FrameQueues, ffmpeg_environment
 from daemon.config import WARM_UP_HW, CameraConfig, Config, ConfigError, plan_request
+from daemon.config_file import config_changes, load_config
 from daemon.events import EventSinks, in_view_json, person_json
 from daemon.gallery import GalleryError
 from daemon.mqtt import DRAIN_ON_STOP_S, MqttPublisher
@@ -367,8 +368,10 @@ class Service:
                 starving = True
 
     def _reload(self, scheduler: BatchScheduler) -> None:
-        """SIGHUP (`systemctl reload facewatch`): the gallery is read again, and TLS files
-        renewed since they were loaded are loaded for the next MQTT connection."""
+        """SIGHUP (`systemctl reload facewatch`): the gallery is read again, TLS files
+        renewed since they were loaded are loaded for the next MQTT connection, and the
+        config file is checked (``_config_edited``)."""
+        self._config_edited()
         if scheduler.pipeline.facenet is None:
             logger.info("SIGHUP: no FaceNet model in use (detection only): no gallery")
         else:
@@ -376,6 +379,36 @@ class Service:
             scheduler.request_reload()
         if self.publisher is not None:
             self.publisher.renew_tls()
+
+    def _config_edited(self) -> None:
+        """The config file read again, to say what a reload does not apply: an edit that
+        makes it invalid (the daemon runs on, but its next start would fail with exit
+        status 2, which systemd does not retry), or the keys changed (they take effect at
+        the next restart); nothing when it is as the daemon started with it."""
+        path = self.config_path
+        if path is None:
+            return
+        try:
+            fresh = load_config(path)
+        except ConfigError as exc:
+            first, *details = str(exc).splitlines()  # (one line in the journal)
+            said = "; ".join(line.strip() for line in details)
+            said = f"{first}: {said}" if said else first
+            logger.error(
+                "SIGHUP: %s; the running daemon keeps its config, but a restart would fail "
+                "(exit status 2) until the file is fixed (facewatch validate-config %s)",
+                said,
+                path,
+            )
+            return
+        changed = config_changes(self.config, fresh)
+        if changed:
+            logger.warning(
+                "SIGHUP: config %s changed (%s): a reload does not apply it; these take "
+                "effect at the next restart (systemctl restart facewatch)",
+                path,
+                ", ".join(changed),
+            )
 
     def _say_starving(self, scheduler: BatchScheduler, now: float, stall_s: float) -> None:
         """The watchdog is no longer fed: what hangs, for how long, and what comes next

@@ -830,6 +830,71 @@ def test_a_stop_during_the_engines_load_is_said_and_begins_no_further_load(
     ], lines
 
 
+def test_a_reload_says_what_an_edited_config_changes_and_that_a_restart_applies_it(
+    tmp_path, caplog
+) -> None:
+    """`systemctl reload` after an edit of the config said only 're-reading the gallery':
+    the old values stayed in use unsaid, and an invalid edit was found at the next restart
+    (weeks later, a reboot), which exited 2 and systemd did not retry. A reload names the
+    changed keys and says they need a restart, or names the file's error and says a restart
+    would fail; the daemon keeps its config either way."""
+    import signal
+
+    from daemon import service
+    from daemon.config_file import load_config
+
+    path = tmp_path / "facewatch.yaml"
+    text = (
+        "cameras: [{name: door, url: 'rtsp://h/1', fps: 10}, {name: yard, url: 'rtsp://h/2'}]\n"
+        "recognition: {model: null}\nmqtt: {host: broker.lan, password: old-Secret-1}\n"
+    )
+    path.write_text(text)
+    daemon = service.Service(load_config(path), config_path=str(path))
+    scheduler = SimpleNamespace(
+        pipeline=SimpleNamespace(facenet=None), is_alive=lambda: True, last_round=0.0,
+        last_batch=0.0,
+    )  # fmt: skip
+
+    def reload() -> list[str]:
+        caplog.clear()
+        daemon._stop.clear()
+        os.kill(os.getpid(), signal.SIGHUP)  # `systemctl reload facewatch`
+        daemon.run_for_s = 1.5
+        daemon._serve(scheduler)  # type: ignore[arg-type]
+        return [f"{r.levelname} {r.getMessage()}" for r in caplog.records if "SIGHUP" in r.msg]
+
+    kept = {n: signal.getsignal(n) for n in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        daemon._install_signals()
+        with caplog.at_level("INFO", logger="daemon.service"):
+            unchanged = reload()
+            path.write_text(
+                "cameras: [{name: door, url: 'rtsp://h/1', fps: 2}, {name: gate, url: 'rtsp://h/3'}]\n"
+                "recognition: {model: null, threshold: 0.3}\n"
+                "mqtt: {host: mqtt.lan, password: new-Secret-2}\n"
+            )  # fmt: skip
+            changed = reload()
+            path.write_text(path.read_text() + "colour: red\n")
+            invalid = reload()
+    finally:
+        for number, handler in kept.items():
+            signal.signal(number, handler)
+    assert unchanged == ["INFO SIGHUP: no FaceNet model in use (detection only): no gallery"]
+    assert changed[0] == (
+        f"WARNING SIGHUP: config {path} changed (recognition.threshold, mqtt.host, "
+        "mqtt.password, cameras[door].fps, cameras[gate] (added), cameras[yard] (removed)): a "
+        "reload does not apply it; these take effect at the next restart (systemctl restart "
+        "facewatch)"
+    ), changed
+    assert invalid[0] == (
+        f"ERROR SIGHUP: {path}: invalid configuration: colour: unknown key; the running daemon "
+        "keeps its config, but a restart would fail (exit status 2) until the file is fixed "
+        f"(facewatch validate-config {path})"
+    ), invalid
+    assert "Secret" not in " ".join(changed + invalid)
+    assert daemon.config.cameras[0].fps == 10  # (as it started)
+
+
 def test_a_ctrl_c_during_the_engines_load_says_it_interrupts_it(monkeypatch, caplog) -> None:
     """Ctrl-C at a shell during the load said 'facewatch stops once it ends (the load cannot
     be cut short)', then the start ended at once (exit status 130): it says that it is
