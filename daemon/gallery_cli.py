@@ -163,7 +163,12 @@ def register(commands: argparse._SubParsersAction) -> None:
         "       facewatch gallery threshold --default VALUE [--gallery FILE | --config FILE]"
     )
     threshold.add_argument("words", nargs="*", metavar="NAME VALUE", help="one person and value")
-    threshold.add_argument("--default", action="store_true", help="set the gallery default")
+    threshold.add_argument(
+        "--default",
+        action="store_true",
+        help="set the gallery default (the daemon uses its config's recognition.threshold "
+        "instead, when that is set)",
+    )
     parsers["export"].add_argument("file", type=Path, help="output: FILE.json or FILE.npz")
     parsers["export"].add_argument("--force", action="store_true", help="replace FILE if it exists")
     parsers["import"].add_argument(
@@ -318,6 +323,7 @@ def _threshold(args: argparse.Namespace) -> int:
         gallery.set_threshold(name, value)
     if name is None:
         print(f"default threshold {value} in {gallery.path}")
+        _say_overridden(args, gallery.path)
     else:
         print(f"{name}: threshold {'default' if value is None else value}")
     return 0
@@ -386,7 +392,24 @@ def _calibrate(args: argparse.Namespace) -> int:
         )
         return 1
     print("not stored (--dry-run)" if args.dry_run else f"stored as the default in {gallery.path}")
+    _say_overridden(args, gallery.path)
     return 0
+
+
+def _say_overridden(args: argparse.Namespace, gallery: Path) -> None:
+    """The gallery's default is not what the daemon of ``--config`` matches with when that
+    config sets recognition.threshold (a per-person threshold still wins over both)."""
+    recognition = daemon_recognition(args)
+    if recognition is None or recognition.threshold is None:
+        return
+    if Path(recognition.gallery).resolve() != Path(gallery).resolve():
+        return  # (--gallery: another gallery than the daemon's)
+    print(
+        f"note: the daemon matches with recognition.threshold "
+        f"{shown_threshold(recognition.threshold)} of {args.config}, not with the gallery's "
+        "default: the default applies once that key is removed from it (then systemctl "
+        "restart facewatch)"
+    )
 
 
 def _show_close_people(close: list[ClosePeople], total: int, in_use: float) -> None:

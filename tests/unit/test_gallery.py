@@ -762,6 +762,36 @@ def test_threshold_of_a_person_and_the_default(gallery, capsys) -> None:
         assert {i.name: i.threshold for i in reader.identities()}["bob"] is None
 
 
+def test_a_default_threshold_the_configs_threshold_overrides_says_so(gallery, capsys) -> None:
+    """`gallery threshold --default 0.12 --config fw.yaml` said 'default threshold 0.12',
+    and the daemon of fw.yaml went on matching with its recognition.threshold 0.3: the
+    command says so, and when the default would apply."""
+    from daemon.cli import main
+
+    path = gallery.path
+    gallery.close()
+    config = path.parent / "fw.yaml"
+    config.write_text(
+        "cameras: [{name: door, url: 'rtsp://h/1'}]\n"
+        f"recognition: {{gallery: {path.name}, threshold: 0.3}}\n"
+    )
+    assert main(["gallery", "threshold", "--default", "0.12", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert out == (
+        f"default threshold 0.12 in {path}\n"
+        f"note: the daemon matches with recognition.threshold 0.300 of {config}, not with the "
+        "gallery's default: the default applies once that key is removed from it (then "
+        "systemctl restart facewatch)\n"
+    ), out
+    with Gallery.open(path) as reader:
+        assert reader.threshold == 0.12  # stored all the same
+    assert main(["gallery", "calibrate", "--dry-run", "--force", "--config", str(config)]) == 0
+    assert "note: the daemon matches with recognition.threshold 0.300 " in capsys.readouterr().out
+    config.write_text(config.read_text().replace(", threshold: 0.3", ""))
+    assert main(["gallery", "threshold", "--default", "0.2", "--config", str(config)]) == 0
+    assert capsys.readouterr().out == f"default threshold 0.2 in {path}\n"
+
+
 def test_calibrate_refuses_a_threshold_that_misses_its_target(tmp_path, capsys) -> None:
     path = tmp_path / "g.sqlite"
     with Gallery.create(path, MODEL, D) as g:
