@@ -226,6 +226,15 @@ class RecognitionOverrides(Section):
     min_face_px: float | None = _field(
         None, "this camera's smallest face recognised", ge=0, le=10000
     )
+    threshold: float | None = _field(
+        None,
+        "this camera's distance threshold, in place of recognition.threshold (or the "
+        "gallery's): lower it for a night, blurred or low-bitrate camera, whose poor faces "
+        "are named as the wrong person more often; a person's own threshold (`gallery "
+        "threshold NAME`) still holds where it is stricter",
+        gt=0,
+        le=4,
+    )
 
 
 def _a_name(name: str) -> str:

@@ -120,7 +120,7 @@ class Gallery:
     def __init__(self, path: Path, conn: sqlite3.Connection, writable: bool) -> None:
         self.path, self._conn, self.writable = path, conn, writable
         self._meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
-        self._matrix: tuple[np.ndarray, np.ndarray, list[str], np.ndarray, int] | None = None
+        self._matrix: tuple[np.ndarray, np.ndarray, list[str], np.ndarray, np.ndarray] | None = None
         # the daemon's recognition.threshold, when set, replaces the stored default
         self.threshold_override: float | None = None
         # the file's stamp (gallery_file.file_stamp) as this object's create made it; None
@@ -313,11 +313,11 @@ class Gallery:
     def with_own_threshold(self) -> int:
         """How many people have a threshold of their own, in the state ``load`` read (no
         second read: a writer may hold the file by now)."""
-        return self._loaded()[4]
+        return int(np.isfinite(self._loaded()[4]).sum())
 
-    def _loaded(self) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray, int]:
-        """(vectors (M, D), owner index (M,), names, thresholds per name, how many are their
-        own), cached."""
+    def _loaded(self) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray, np.ndarray]:
+        """(vectors (M, D), owner index (M,), names, thresholds per name, each name's own
+        threshold or NaN), cached."""
         if self._matrix is None:
             with self._snapshot():  # the two reads see one state of the file
                 vectors, owners, _, _ = self.embeddings()
@@ -330,8 +330,8 @@ class Gallery:
             )
             self._check_thresholds(names, thresholds)
             owner = np.array([index[n] for n in owners], np.int64)
-            with_own = sum(own.get(n) is not None for n in names)
-            self._matrix = (np.ascontiguousarray(vectors), owner, names, thresholds, with_own)
+            theirs = np.array([np.nan if own.get(n) is None else own[n] for n in names])
+            self._matrix = (np.ascontiguousarray(vectors), owner, names, thresholds, theirs)
         return self._matrix
 
     def _check_thresholds(self, names: list[str], thresholds: np.ndarray) -> None:
@@ -359,14 +359,21 @@ class Gallery:
             with contextlib.suppress(sqlite3.Error):
                 self._conn.execute("COMMIT")
 
-    def match(self, embeddings: np.ndarray, runner_up: bool = False) -> list[Match]:
+    def match(
+        self,
+        embeddings: np.ndarray,
+        runner_up: bool = False,
+        defaults: Sequence[float | None] | None = None,
+    ) -> list[Match]:
         """The identity (or unknown) of each of ``embeddings`` (N, D), nearest neighbour;
         with ``runner_up`` (identify shows it), also the closest other identity: a second
-        pass over the gallery that the daemon's matching does not make."""
+        pass over the gallery that the daemon's matching does not make. ``defaults``: per
+        face, a threshold in place of the default (a camera's own; None: the default), which
+        a person's own threshold overrides only where it is stricter."""
         queries = np.asarray(embeddings, dtype=np.float32).reshape(-1, self.embedding_size)
         if len(queries) == 0:
             return []
-        vectors, owner, names, thresholds, _ = self._loaded()
+        vectors, owner, names, thresholds, theirs = self._loaded()
         if len(vectors) == 0:
             return [Match(None, float("inf"), 0.0) for _ in queries]
         queries = queries / np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)
@@ -384,9 +391,14 @@ class Gallery:
                 for j, d in zip(second, second_distances, strict=True)
             ]
         results = []
-        for row, dist, (other, other_distance) in zip(best, distances, seconds, strict=True):
+        instead = [None] * len(queries) if defaults is None else defaults
+        for row, dist, (other, other_distance), default in zip(
+            best, distances, seconds, instead, strict=True
+        ):
             who = int(owner[row])
             limit = float(thresholds[who])
+            if default is not None:  # a person's own (NaN: none) holds only where stricter
+                limit = float(np.fmin(theirs[who], default))
             known = bool(dist < limit)
             confidence = float(np.clip(1.0 - dist / limit, 0.0, 1.0)) if known else 0.0
             results.append(

@@ -156,7 +156,7 @@ def _add_identify(commands: argparse._SubParsersAction) -> None:
         metavar="NAME",
         help="videos: recorded by this camera of --config, and searched with its settings: "
         "its rotate, fps, detection (min_face_size, ignore regions, motion) and recognition "
-        "(min_face_px), as the daemon searches its stream",
+        "(min_face_px, threshold), as the daemon searches its stream",
     )
     p.add_argument(
         "--annotate",

@@ -97,6 +97,7 @@ class Pipeline:
         # (not a video file's: a loop finds its faces at the same places, again and again)
         self._still = {c.name: StillFaces() for c in config.cameras if source_kind(c.url) != "file"}
         self._min_face_px = {c.name: config.min_face_px(c) for c in config.cameras}
+        self._threshold = {c.name: c.recognition.threshold for c in config.cameras}
         self._last_frame: dict[str, float] = {}  # camera -> ts of its latest frame
         self._last_search: dict[str, float] = {}  # camera -> ts of its last frame searched
         self._last_face: dict[str, float] = {}  # camera -> ts of its last frame with a track
@@ -295,7 +296,10 @@ class Pipeline:
                 [(f.frame.image, f.detections, f.index) for f in wanted]
             )
         with metrics.STAGE_SECONDS.labels("match").time():
-            matches = self.gallery.match(embeddings) if self.gallery is not None else None
+            matches = None
+            if self.gallery is not None:  # each at its camera's threshold, where it has one
+                defaults = [self._threshold[f.frame.camera] for f in wanted]
+                matches = self.gallery.match(embeddings, defaults=defaults)
         for k, face in enumerate(wanted):
             camera = face.frame.camera
             metrics.FACES_EMBEDDED.labels(camera).inc()

@@ -115,6 +115,14 @@ def test_defaults_fill_everything_but_the_cameras() -> None:
             {"cameras": [{**CAMERA, "recognition": {"min_face_px": "big"}}]},
             "recognition.min_face_px",
         ),
+        (
+            {"cameras": [{**CAMERA, "recognition": {"threshold": 0}}]},
+            "cameras[0] (door).recognition.threshold: Input should be greater than 0",
+        ),
+        (
+            {"cameras": [{**CAMERA, "recognition": {"threshold": 5}}]},
+            "cameras[0] (door).recognition.threshold: Input should be less than or equal to 4",
+        ),
         ([1, 2], "expected a mapping"),
     ],
 )

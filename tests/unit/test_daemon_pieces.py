@@ -2264,6 +2264,43 @@ def test_faces_smaller_than_min_face_px_are_not_recognised_and_cast_no_vote(tmp_
     assert engines.embedded == embedded
 
 
+def test_a_cameras_own_threshold_names_its_faces_only_within_it(tmp_path) -> None:
+    """A night camera made stricter (cameras[].recognition.threshold): a face 0.084 from ann
+    is named by the day camera (recognition.threshold 0.2) and is a stranger to the night
+    camera (0.05) (every camera had the one threshold: the night camera's poor faces were
+    named as the wrong person as readily as the day camera's)."""
+    path = tmp_path / "gallery.sqlite"
+    ann = np.eye(8, dtype=np.float32)[0] + 0.3 * np.eye(8, dtype=np.float32)[1]
+    with Gallery.create(path, _OneFace.model_id, 8, 0.154) as gallery:
+        gallery.enroll([Enrollment("ann", ann / np.linalg.norm(ann), "a" * 64)])
+    config = parse_config(
+        {
+            "cameras": [
+                {"name": "day", "url": "day.mp4"},
+                {"name": "night", "url": "night.mp4", "recognition": {"threshold": 0.05}},
+            ],
+            "recognition": {"model": None, "gallery": str(path), "threshold": 0.2},
+        }
+    )
+    events: list[dict] = []
+
+    class Sinks(EventSinks):
+        def emit(self, event: dict, snapshot: bytes | None = None) -> None:
+            events.append(event)
+
+    engines = _OneFace()
+    pipeline = Pipeline(config, engines, engines, Sinks())  # type: ignore[arg-type]
+    pipeline.reload_gallery()
+    image = np.zeros((360, 640, 3), np.uint8)
+    for k in range(15):
+        pipeline.process([Frame("day", k, 1000.0 + k / 5, image)])
+        pipeline.process([Frame("night", k, 1000.0 + k / 5, image)])
+    assert [(e["camera"], e["type"], e["identity"]) for e in events] == [
+        ("day", "confirmed", "ann"),
+        ("night", "confirmed", None),
+    ]
+
+
 def test_latency_counts_only_the_events_of_a_frame() -> None:
     """A confirmed sent as its track leaves (undecided: its frame_ts is the last sighting,
     lost_after_s ago) added a ~2 s sample to facewatch_frame_to_event_seconds, as left and

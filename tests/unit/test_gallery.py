@@ -95,6 +95,27 @@ def test_the_daemons_threshold_replaces_the_default_but_not_a_persons_own(galler
     assert (near_carol.identity, near_carol.threshold) == ("carol", 0.3)
 
 
+def test_a_cameras_threshold_replaces_the_default_and_a_looser_own_one(gallery) -> None:
+    """A camera's own threshold (``defaults``, per face) is everyone's there; a person's own
+    holds only where it is stricter: carol's 0.3 becomes the night camera's 0.1, bob's 0.05
+    stays. A face without one (the day camera's) is matched as before."""
+    gallery.set_threshold("carol", 0.3)
+    gallery.set_threshold("bob", 0.05)
+    faces = np.stack([unit(1, 0.6), unit(0, 0.5, 1), unit(0.2, 1)])  # near alice, carol, bob
+    with Gallery.open(gallery.path, MODEL) as daemons:
+        daemons.threshold_override = 0.2
+        night = daemons.match(faces, defaults=[0.1] * 3)
+        day = daemons.match(faces, defaults=[None] * 3)
+    assert [(m.nearest, m.threshold) for m in night] == [
+        ("alice", 0.1),
+        ("carol", 0.1),
+        ("bob", 0.05),
+    ]
+    assert [m.threshold for m in day] == [0.2, 0.3, 0.05]
+    assert [m.identity for m in day] == ["alice", "carol", "bob"]
+    assert [m.identity for m in night] == [None, None, "bob"]
+
+
 def test_a_gallery_whose_last_person_was_removed_finds_every_face_unknown(gallery) -> None:
     """Everyone removed while the daemon runs: each face is unknown (not an error that stops
     the daemon's engine thread at the first face)."""
