@@ -11,12 +11,26 @@ import logging
 import platform
 from collections.abc import Iterable
 
-from prometheus_client import REGISTRY, Counter, Gauge, Histogram, Info, start_http_server
+from prometheus_client import (
+    REGISTRY,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    disable_created_metrics,
+    start_http_server,
+)
 
 from daemon import build_version
 from daemon.config_file import url_host
 
 logger = logging.getLogger(__name__)
+
+# No `_created` series (the client's default: one more gauge for each counter and histogram
+# series, the time it was first incremented). Nothing reads them, and
+# facewatch_recognitions_created{identity=NAME} kept a person's name, with when a camera first
+# saw them, after "Forgetting a person" deleted facewatch_recognitions_total's.
+disable_created_metrics()
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 

@@ -1346,6 +1346,28 @@ def test_the_node_id_is_a_label_of_build_info_alone() -> None:
     assert [line for line in lines if "node=" in line] == [build]
 
 
+def test_metrics_name_a_forgotten_person_nowhere() -> None:
+    """/metrics carries no `_created` series: facewatch_recognitions_created{identity=NAME}
+    (the client's default) kept the person's name in Prometheus after the deletion that
+    "Forgetting a person" gives, which matches facewatch_recognitions_total alone. Once
+    forgotten, no line of /metrics names them."""
+    from prometheus_client import generate_latest
+
+    from daemon import metrics
+
+    metrics.init("site-a", ["front-door"], "openvino", "", mqtt=False)
+    metrics.RECOGNITIONS.labels("front-door", "Ada Lovelace").inc()
+    metrics.EVENT_LATENCY.observe(0.2)
+    text = generate_latest().decode()
+    assert "_created" not in text
+    named = [line for line in text.splitlines() if "Ada Lovelace" in line]
+    assert named == [
+        'facewatch_recognitions_total{camera="front-door",identity="Ada Lovelace"} 1.0'
+    ]
+    metrics.forget_identity("Ada Lovelace", ["front-door"])
+    assert "Ada Lovelace" not in generate_latest().decode()
+
+
 def _demo_pipeline(detector, count: int) -> tuple[Pipeline, list[dict], list[np.ndarray]]:
     """A detection-only pipeline of one camera whose events are recorded, and the demo
     clip's first ``count`` frames (two faces)."""
