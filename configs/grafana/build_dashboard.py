@@ -122,16 +122,16 @@ def cameras_row() -> list[Panel]:
         why_down(),
         graph(
             "Disconnects and reconnection attempts",
-            "short",
-            "Per camera and window: the times a camera that delivered frames was lost (lost; "
-            "FacewatchCameraFlapping counts them), and the attempts to reconnect (every retry: "
-            "about 2 a minute while a camera stays down).",
+            "cpm",  # a rate: an increase over $__rate_interval grew with the zoom
+            "Per camera, per minute: the times a camera that delivered frames was lost (lost; "
+            "FacewatchCameraFlapping fires past 6 in 30 minutes), and the attempts to "
+            "reconnect (every retry: about 2 a minute while a camera stays down).",
             (
-                named(f"increase(facewatch_camera_disconnects_total{{{CAM}}}{RATE})"),
+                named(f"rate(facewatch_camera_disconnects_total{{{CAM}}}{RATE}) * 60"),
                 f"{CAMERA} lost",
             ),
             (
-                named(f"increase(facewatch_camera_reconnects_total{{{CAM}}}{RATE})"),
+                named(f"rate(facewatch_camera_reconnects_total{{{CAM}}}{RATE}) * 60"),
                 f"{CAMERA} attempts",
             ),
         ),
@@ -177,7 +177,8 @@ def pipeline_row() -> list[Panel]:
         graph(
             "Frame to event latency",
             "s",
-            "From frame capture to the event's publication ('left' events excluded).",
+            "From frame capture to the event's publication ('left' events excluded); events "
+            "spooled while the broker was away count with their delay (minutes) once it is back.",
             *quantiles("facewatch_frame_to_event_seconds", "", "frame→event"),
         ),
         graph(

@@ -143,6 +143,21 @@ def test_queries_name_only_exported_metrics_and_honour_the_variables() -> None:
         assert wanted in titles
 
 
+def test_no_panel_changes_magnitude_with_the_zoom() -> None:
+    """Grafana widens $__rate_interval as the time range grows (1 min at 1 h, about 10 min
+    at 7 days): an increase() over it read 2 reconnection attempts at one zoom and 20 at
+    another for the same outage. Counts are rates, per second or per minute as the unit
+    says."""
+    for panel in PANELS:
+        for target in panel["targets"]:
+            windows = re.findall(r"\bincrease\([^\[]*\[([^\]]*)\]", target["expr"])
+            assert not [w for w in windows if w.startswith("$__")], (panel["title"], windows)
+    panel = next(p for p in PANELS if p["title"] == "Disconnects and reconnection attempts")
+    assert panel["fieldConfig"]["defaults"]["unit"] == "cpm"  # Grafana's counts per minute
+    assert all(t["expr"].startswith("(rate(") for t in panel["targets"])
+    assert all(") * 60) * on (instance, job)" in t["expr"] for t in panel["targets"])
+
+
 def test_provisioning_files() -> None:
     datasources = yaml.safe_load((GRAFANA / "provisioning" / "datasources.yaml").read_text())
     assert datasources["datasources"][0]["type"] == "prometheus"
