@@ -175,6 +175,13 @@ EVENT_OUTPUT_FAILURES = Counter(
     "stdout, jsonl_file",
     ["output"],
 )
+UNCLEAN_STOPS = Counter(  # exported only under the systemd unit (export_unclean_stops)
+    "facewatch_unclean_stops_total",
+    "runs of this daemon that ended without a clean stop (a crash, a watchdog kill, an exit "
+    "with an error, the power), counted at the next start from a file in systemd's state "
+    "folder: a systemctl restart or stop is not one",
+    registry=None,
+)
 GALLERY_IDENTITIES = Gauge("facewatch_gallery_identities", "people enrolled in the gallery")
 ARCHIVE_VISITS = Counter(
     "facewatch_archive_visits_total", "visits written to the face archive", ["camera"]
@@ -240,6 +247,16 @@ def init(node: str, cameras: list[str], backend: str, model_id: str, mqtt: bool 
         RECOGNITIONS.labels(camera, "unknown")
     for stage in ("detect", "embed", "match", "track"):
         STAGE_SECONDS.labels(stage)
+
+
+def export_unclean_stops(count: int) -> None:
+    """Export ``facewatch_unclean_stops_total`` at ``count``, the runs before this one that
+    did not stop cleanly (``daemon.run_state``)."""
+    with contextlib.suppress(KeyError):  # KeyError: not exported yet
+        REGISTRY.unregister(UNCLEAN_STOPS)
+    UNCLEAN_STOPS.reset()
+    UNCLEAN_STOPS.inc(count)
+    REGISTRY.register(UNCLEAN_STOPS)
 
 
 def set_model(model_id: str) -> None:

@@ -95,6 +95,7 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from daemon.run_state import RunState
     from daemon.service import Service  # engines and MQTT only for the daemon itself
 
     _dump_stacks_on_abort()
@@ -107,6 +108,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.log_level is None:  # --log-level, when given, wins over logging.level
         logging.getLogger().setLevel(config.logging.level)
     service = Service(config, run_for_s=args.run_for, config_path=args.config)
+    run = RunState.start()  # for FacewatchRestarting: did the run before stop cleanly?
     try:
         code = service.run()
     except ConfigError as exc:
@@ -115,6 +117,8 @@ def _run(args: argparse.Namespace) -> int:
     except OSError as exc:
         print_error(str(exc))
         code = 1
+    if code == 0:
+        run.stopped_cleanly()
     if service.left_behind:
         _exit_now(code, service.left_behind)
     return code

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import math
@@ -1368,6 +1369,53 @@ def test_metrics_name_a_forgotten_person_nowhere() -> None:
     ]
     metrics.forget_identity("Ada Lovelace", ["front-door"])
     assert "Ada Lovelace" not in generate_latest().decode()
+
+
+def test_only_a_run_that_did_not_stop_cleanly_counts_for_the_restart_alert(
+    tmp_path, monkeypatch
+) -> None:
+    """FacewatchRestarting paged for three `systemctl restart`s in an hour while tuning. Under
+    the unit (its state folder), a start counts the run before only when it did not stop
+    cleanly: an exit with an error, or none at all (a crash, a watchdog kill: the process
+    ends without a word), and facewatch_unclean_stops_total carries the count on."""
+    import argparse
+
+    import daemon.service
+    from daemon import run_cli
+
+    codes: list[int | None] = []
+
+    class Service:
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            self.left_behind: list[str] = []
+
+        def run(self) -> int:
+            code = codes.pop(0)
+            if code is None:  # killed: nothing after this runs
+                raise SystemExit("killed")
+            return code
+
+    config = tmp_path / "facewatch.yaml"
+    config.write_text("cameras: [{name: door, url: x.mp4}]\nrecognition: {model: null}\n")
+    monkeypatch.setattr(daemon.service, "Service", Service)
+    monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path / "state"))
+    (tmp_path / "state").mkdir()
+    args = argparse.Namespace(config=str(config), run_for=None, log_level="INFO")
+
+    def run(code: int | None) -> float | None:
+        """One run ending with ``code``; the count its start exported."""
+        codes.append(code)
+        with contextlib.suppress(SystemExit):
+            run_cli._run(args)
+        return REGISTRY.get_sample_value("facewatch_unclean_stops_total")
+
+    assert [run(0), run(0), run(0)] == [0, 0, 0]  # restarts by hand
+    assert [run(None), run(1), run(0), run(0)] == [0, 1, 2, 2]  # a crash, then an error
+    monkeypatch.delenv("STATE_DIRECTORY")  # outside the unit: nothing is written
+    state = (tmp_path / "state" / "run-state.json").read_text()
+    run(None)
+    assert (tmp_path / "state" / "run-state.json").read_text() == state
+    assert sorted(os.listdir(tmp_path)) == ["facewatch.yaml", "state"]
 
 
 def _quantile_shown(q: float, name: str, labels: dict, observe: Callable[[], object]) -> float:
