@@ -10,7 +10,6 @@ state folder) nothing is written and the series is absent: the alert counts ever
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -56,16 +55,14 @@ class RunState:
 
     def _read(self) -> dict:
         assert self.path is not None
-        with contextlib.suppress(FileNotFoundError):
-            try:
-                found = json.loads(self.path.read_text())
-                if isinstance(found, dict):
-                    return found
-            except (OSError, ValueError) as exc:  # unreadable: counted afresh
-                logger.warning(
-                    "%s: cannot be read (%s): unclean stops counted from 0", self.path, exc
-                )
-        return {}
+        try:
+            found = json.loads(self.path.read_text())
+        except FileNotFoundError:  # the first run under the unit
+            return {}
+        except (OSError, ValueError) as exc:  # unreadable: counted afresh
+            logger.warning("%s: cannot be read (%s): unclean stops counted from 0", self.path, exc)
+            return {}
+        return found if isinstance(found, dict) else {}
 
     def _write(self, running: bool) -> None:
         assert self.path is not None

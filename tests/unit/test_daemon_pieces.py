@@ -1372,7 +1372,7 @@ def test_metrics_name_a_forgotten_person_nowhere() -> None:
 
 
 def test_only_a_run_that_did_not_stop_cleanly_counts_for_the_restart_alert(
-    tmp_path, monkeypatch
+    tmp_path, monkeypatch, caplog
 ) -> None:
     """FacewatchRestarting paged for three `systemctl restart`s in an hour while tuning. Under
     the unit (its state folder), a start counts the run before only when it did not stop
@@ -1410,6 +1410,7 @@ def test_only_a_run_that_did_not_stop_cleanly_counts_for_the_restart_alert(
         return REGISTRY.get_sample_value("facewatch_unclean_stops_total")
 
     assert [run(0), run(0), run(0)] == [0, 0, 0]  # restarts by hand
+    assert "run-state.json" not in caplog.text  # (the first start has no file: no warning)
     assert [run(None), run(1), run(0), run(0)] == [0, 1, 2, 2]  # a crash, then an error
     monkeypatch.delenv("STATE_DIRECTORY")  # outside the unit: nothing is written
     state = (tmp_path / "state" / "run-state.json").read_text()
