@@ -9,9 +9,9 @@ camera is first asked, without the lock, whether it answers at all (``silent_str
 opened only when it does. A video file plays in a loop at its native frame rate, as a live
 camera (that is how the demo runs; ``facewatch identify`` finds who is in a recording).
 Frames are decimated to the camera's target fps before they are queued, turned upright
-(``rotate``), each marked with whether it moved (``daemon.motion``); when the pipeline is
-behind, the oldest queued frame is dropped and counted, so the scheduler always sees recent
-frames.
+(``rotate``), a dark one brightened (``daemon.low_light``), each marked with whether it
+moved (``daemon.motion``); when the pipeline is behind, the oldest queued frame is dropped
+and counted, so the scheduler always sees recent frames.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from daemon import metrics
 from daemon.config import CameraConfig, MotionConfig
 from daemon.config_file import redact_url
 from daemon.journal import REMIND_S
+from daemon.low_light import Brightener
 from daemon.motion import MotionDetector
 from daemon.stream_probe import peer_text, silent_stream, stream_problem
 
@@ -356,6 +357,7 @@ class CameraReader(threading.Thread):
         super().__init__(name=f"camera-{config.name}", daemon=True)
         self.config, self.queues = config, queues
         self.motion = MotionDetector.gate(motion, config.fps)
+        self._brighten = Brightener(config.name, config.brighten_dark)
         self.on_status = on_status or (lambda camera, up: None)
         self.kind = source_kind(config.url)
         self._stop_event = threading.Event()
@@ -521,6 +523,7 @@ class CameraReader(threading.Thread):
             metrics.FRAMES_READ.labels(self.config.name).inc()
             if self._check_picture(image, now):
                 continue  # no picture (a stale one may hold faces: no events of it)
+            image = self._brighten(image)  # (after the check: a black frame stays black)
             moved = self.motion.moved(image) if self.motion is not None else True
             frame = Frame(self.config.name, self._seq, time.time(), image, moved, time.monotonic())
             self.queues.put(frame)

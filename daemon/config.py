@@ -275,6 +275,12 @@ class CameraConfig(Section):
         "the face archive (the camera's own rotation or corridor mode, where it has one, "
         "costs no CPU here)",
     )
+    brighten_dark: bool = _field(
+        True,
+        "stretch the levels of a dark frame (its brightest 1 % under grey 80 of 255: a night "
+        "camera short of gain) before detection, which finds most of its faces again; a "
+        "brighter frame is left exactly as it is",
+    )
     detection: DetectionOverrides = _field(DetectionOverrides(), "per-camera detection settings")
     recognition: RecognitionOverrides = _field(
         RecognitionOverrides(), "per-camera recognition settings"

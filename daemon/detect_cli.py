@@ -18,6 +18,7 @@ from tqdm import tqdm
 from daemon.cameras import STUCK_FILE, StuckPicture, ffmpeg_environment
 from daemon.cli_args import number
 from daemon.journal import print_error
+from daemon.low_light import brightened
 from daemon.video_files import (
     Interrupted,
     Seen,
@@ -324,6 +325,7 @@ def _detect_image(
     summary: Summary,
     out: Path | None,
 ) -> None:
+    image = brightened(image)  # a dark photo as the daemon's camera reader does
     found = detector.detect([image])[0]
     summary.frames += 1
     summary.faces += len(found)
@@ -358,7 +360,7 @@ def _detect_video(
             if ok:
                 clock_s = frame_time(capture, clock_s, fps)
             if ok and index % args.every == 0:
-                batch.append(frame)
+                batch.append(brightened(frame))  # as the daemon's camera reader does
                 numbers.append(index)
                 times.append(clock_s)
                 stuck.see(frame, 0.0)

@@ -37,6 +37,7 @@ from daemon.gallery import (
 )
 from daemon.gallery_names import clean_name
 from daemon.journal import print_error
+from daemon.low_light import brightened
 from daemon.recognition import (
     DEFAULT_MIN_FACE_PX,
     DEFAULT_MIN_SHARPNESS,
@@ -198,7 +199,7 @@ def _enroll_crop(models: Models, gates: QualityGates, path: Path) -> np.ndarray:
     """The aligned crop of the one face to enroll from ``path``; Rejected / ImageError."""
     if path.is_dir():
         raise Rejected("folder holds no images")
-    image = read_image(str(path))
+    image = brightened(read_image(str(path)))  # a dark photo as the daemon's cameras do
     expected = archived_face(path)
     found = models.detector.detect([image])[0]
     if expected is not None and face_at(found, expected) is None:  # see ARCHIVE_THRESHOLDS

@@ -107,6 +107,12 @@ FRAMES_STILL = Counter(
     "(detection.motion)",
     ["camera"],
 )
+FRAMES_BRIGHTENED = Counter(
+    "facewatch_frames_brightened_total",
+    "dark frames (a night camera short of gain) whose levels were stretched before detection "
+    "(cameras[].brighten_dark)",
+    ["camera"],
+)
 FRAMES_REFUSED = Counter(
     "facewatch_frames_refused_total",
     "frames skipped because the engines cannot take their size (larger than the TensorRT "
@@ -236,6 +242,7 @@ def init(node: str, cameras: list[str], backend: str, model_id: str, mqtt: bool 
             FRAMES_DROPPED,
             FRAMES_REFUSED,
             FRAMES_STILL,
+            FRAMES_BRIGHTENED,
             FACES_DETECTED,
             FACES_IGNORED,
             FACES_EMBEDDED,

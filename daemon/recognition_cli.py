@@ -28,6 +28,7 @@ from daemon.config import ConfigError
 from daemon.detect_cli import Outputs, input_name, progress_wanted, put_label
 from daemon.gallery import Gallery, GalleryError, Match
 from daemon.journal import print_error
+from daemon.low_light import brightened
 from daemon.recordings import (
     DEFAULT_FPS,
     VISIT_SCHEMA,
@@ -307,6 +308,7 @@ def _identify_one(
     args: argparse.Namespace,
     out: Path | None,
 ) -> None:
+    image = brightened(image)  # a dark photo as the daemon's camera reader does
     found = models.detector.detect([image])[0]
     matches = gallery.match(models.facenet.embed_faces(image, found), runner_up=True)
     faces = [

@@ -28,6 +28,7 @@ from daemon.cameras import TURNS, Frame, FrameSchedule, ffmpeg_environment
 from daemon.config import CameraConfig, Config
 from daemon.events import EventSinks
 from daemon.gallery import Gallery
+from daemon.low_light import Brightener
 from daemon.motion import MotionDetector
 from daemon.scheduler import Pipeline
 from daemon.video_files import (
@@ -177,6 +178,7 @@ def frames_of(capture: cv2.VideoCapture, config: Config, progress: Progress) -> 
     schedule = FrameSchedule(camera.fps)
     motion = MotionDetector.gate(config.motion(camera), camera.fps)
     turn = TURNS.get(camera.rotate)
+    brighten = Brightener(camera.name, camera.brighten_dark)
     fps = native_fps(capture)
     while capture.grab():
         now = frame_time(capture, progress.time_s if progress.frames else -1.0, fps)
@@ -188,6 +190,7 @@ def frames_of(capture: cv2.VideoCapture, config: Config, progress: Progress) -> 
             return
         if turn is not None:  # as the camera's reader turns it, before all else
             image = cv2.rotate(image, turn)
+        image = brighten(image)
         moved = motion.moved(image) if motion is not None else True
         yield Frame(camera.name, progress.frames - 1, now, image, moved)
 

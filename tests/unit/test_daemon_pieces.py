@@ -2072,6 +2072,73 @@ def test_a_camera_mounted_sideways_or_upside_down_is_turned_upright_and_its_face
         assert all(any(near(w, h) for h in have) for w in want), (want, have)
 
 
+def _reader_frames(tmp_path, frames: list, **camera) -> tuple[list, list]:
+    """The frames of a clip of ``frames`` as decoded, and as a camera reader hands them on."""
+    from daemon.cameras import CameraReader
+    from tests.clips import read_frames
+
+    clip = tmp_path / "clip.mp4"
+    height, width = frames[0].shape[:2]
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"mp4v"), 30, (width, height))
+    for image in frames:
+        writer.write(image)
+    writer.release()
+    hall = {"name": "hall", "url": str(clip), "fps": 30, **camera}  # (every frame)
+    queues = FrameQueues(["hall"], 100)
+    reader = CameraReader(parse_config({"cameras": [hall]}).cameras[0], queues)
+    capture = cv2.VideoCapture(str(clip))
+    assert reader._read(capture) == len(frames)
+    capture.release()
+    return read_frames(clip), [frame.image for frame in queues.take(100, 0.0)]
+
+
+def test_a_dark_cameras_frames_are_brightened_and_its_faces_found_a_lit_one_is_untouched(
+    detector, tmp_path
+) -> None:
+    """A camera at night short of gain (22 % of the light, sensor noise): MTCNN found a
+    third of the faces in its frames. The reader stretches a dark frame's levels
+    (``cameras[].brighten_dark``, on by default), and most faces are found again; a lit
+    camera's frames, and a dark one's with brighten_dark: false, leave it as decoded."""
+    from daemon.low_light import brightened
+    from tests.clips import DEMO_CLIP, read_frames
+
+    lit = read_frames(DEMO_CLIP, every=30, count=10)
+    noise = np.random.default_rng(0)
+    dark = [np.clip(f * 0.22 + noise.normal(0, 4, f.shape), 0, 255).astype(np.uint8) for f in lit]
+
+    def faces(images: list) -> int:
+        return sum(len(found) for found in detector.detect(images))
+
+    decoded, handed = _reader_frames(tmp_path, dark)
+    brighter = [brightened(image) for image in decoded]
+    shown = [next((i for i, b in enumerate(brighter) if np.array_equal(h, b)), -1) for h in handed]
+    assert len(shown) >= 5 and -1 not in shown  # (frames may be skipped on the way)
+    found, before = faces(handed), faces([decoded[i] for i in shown])
+    assert found >= 2 * before >= 2, (found, before)
+    assert found >= 0.6 * faces([lit[i] for i in shown])
+    for frames, off in ((dark, {"brighten_dark": False}), (lit, {})):
+        decoded, handed = _reader_frames(tmp_path, frames, **off)
+        assert len(handed) >= 5  # (frames may be skipped on the way)
+        assert all(any(np.array_equal(h, d) for d in decoded) for h in handed)
+
+
+def test_only_a_dark_frame_is_brightened_not_a_lit_black_or_dim_stage() -> None:
+    """A frame whose brightest 1 % reaches grey 80 (a dark stage with its lit actor too) is
+    left as it is, the same array; so is a black one (a covered lens: noise); a dark frame
+    comes out spread over the levels."""
+    from daemon.low_light import brightened
+
+    noise = np.random.default_rng(1)
+    stage = noise.integers(0, 20, (90, 160, 3)).astype(np.uint8)
+    stage[30:50, 60:80] = 180  # the lit actor: 1/36 of the frame
+    black = noise.integers(0, 4, (90, 160, 3)).astype(np.uint8)
+    dark = noise.integers(5, 50, (90, 160, 3)).astype(np.uint8)
+    assert brightened(stage) is stage and brightened(black) is black
+    out = brightened(dark)
+    assert out.dtype == np.uint8 and out.shape == dark.shape
+    assert out.max() == 255 and np.percentile(out, 99) > 200 and np.percentile(out, 1) < 10
+
+
 def test_a_camera_that_drops_each_connection_at_once_backs_off_and_is_logged_once(
     monkeypatch, caplog
 ) -> None:
