@@ -24,6 +24,7 @@ from pydantic import (
     field_validator,
 )
 
+from daemon.recognition import MAX_PROFILE_OFFSET
 from engines.base import bounds_text, within
 from engines.boxes import polygon_area, polygon_crosses_itself
 from engines.build import PlanRequest, camera_size_hw
@@ -356,6 +357,17 @@ class RecognitionConfig(Section):
         "matched is announced with identity null); 0 recognises every face found",
         ge=0,
         le=10000,
+    )
+    max_turn: float | None = _field(
+        MAX_PROFILE_OFFSET,
+        "most a face may be turned to the side and still be recognised: how far its nose "
+        "lies off the middle of its eyes, in half eye distances (0 straight on, about 2 a "
+        "profile; enroll refuses photos beyond the same 1.5); a face turned further is "
+        "tracked but not matched (no vote: a turned-away face matches nobody, which is no "
+        "evidence that it is someone else, so an enrolled person who turns away is not "
+        "changed to unknown); null matches every face however turned",
+        ge=0,
+        le=10,
     )
 
 

@@ -142,6 +142,11 @@ FACES_TOO_SMALL = Counter(
     "faces due a recognition but smaller than recognition.min_face_px: not matched, no vote",
     ["camera"],
 )
+FACES_TURNED = Counter(
+    "facewatch_faces_turned_total",
+    "faces due a recognition but turned further than recognition.max_turn: not matched, no vote",
+    ["camera"],
+)
 RECOGNITIONS = Counter(
     "facewatch_recognitions_total",
     "recognised faces by identity ('unknown' for faces matching nobody; 'known' for everyone "
@@ -247,6 +252,7 @@ def init(node: str, cameras: list[str], backend: str, model_id: str, mqtt: bool 
             FACES_IGNORED,
             FACES_EMBEDDED,
             FACES_TOO_SMALL,
+            FACES_TURNED,
         ):
             family.labels(camera)
         ARCHIVE_VISITS.labels(camera)

@@ -79,7 +79,8 @@ class Visit:
 
     @property
     def undecided(self) -> bool:
-        """No vote decided who it was (the face too small to recognise, or votes split)."""
+        """No vote decided who it was (the face too small or turned to recognise, or votes
+        split)."""
         return self.identity is None and self.distance is None and self.confidence == 0
 
     @property
@@ -92,7 +93,7 @@ class Visit:
             who = f"{self.identity} (confidence {self.confidence:.2f}"
             who += f", distance {self.distance:.3f})" if self.distance is not None else ")"
         elif self.undecided:
-            who = "undecided (too small to recognise, or its votes split)"
+            who = "undecided (too small or turned to recognise, or its votes split)"
         else:
             who = f"unknown (confidence {self.confidence:.2f}"
             who += f", nearest at {self.distance:.3f})" if self.distance is not None else ")"

@@ -31,6 +31,7 @@ from daemon.events import (
 )
 from daemon.gallery import DEFAULT_LOCK_TIMEOUT_S, Gallery, GalleryError, shown_threshold
 from daemon.gallery_file import GalleryBusy, file_stamp
+from daemon.recognition import frontal_offset
 from daemon.still_faces import STILL_FACE_S, StillFaces
 from daemon.tracking import Track, Tracker, TrackEvent
 from engines.boxes import iou_matrix, points_in_polygon
@@ -288,7 +289,7 @@ class Pipeline:
         if facenet is None:
             return
         wanted = [f for f in faces if self.trackers[f.frame.camera].wants_embedding(f.track)]
-        wanted = [f for f in wanted if self._large_enough(f)]
+        wanted = [f for f in wanted if self._large_enough(f) and self._frontal_enough(f)]
         if not wanted:
             return
         with metrics.STAGE_SECONDS.labels("embed").time():
@@ -341,6 +342,17 @@ class Pipeline:
         if min(x2 - x1, y2 - y1) >= self._min_face_px[face.frame.camera]:
             return True
         metrics.FACES_TOO_SMALL.labels(face.frame.camera).inc()
+        return False
+
+    def _frontal_enough(self, face: _Face) -> bool:
+        """Whether the face is turned little enough to recognise (``recognition.max_turn``):
+        one turned further casts no vote, as a too small one (the model matches a profile to
+        nobody: an enrolled person who turned away was changed to unknown while he stood
+        there), counted when it is not."""
+        most = self.config.recognition.max_turn
+        if most is None or abs(frontal_offset(face.own()[1])) <= most:
+            return True
+        metrics.FACES_TURNED.labels(face.frame.camera).inc()
         return False
 
     def _emit_due(self, frames: list[Frame], faces: list[_Face]) -> None:

@@ -34,7 +34,9 @@ away at first is not announced a stranger, then named). Later it is the pluralit
 last ``vote_window`` recognitions, and an announced one holds until another identity
 outnumbers it by ``switch_margin`` votes (a face near the threshold would otherwise flip
 between a name and unknown at each recognition). Its confidence is the share of the window
-that agrees.
+that agrees. A face too small or turned to a profile to recognise casts no vote (the
+scheduler does not match it: ``recognition.min_face_px``, ``max_turn``): the track keeps the
+votes it has (the model matches nobody to a profile, which is no evidence of someone else).
 """
 
 from __future__ import annotations

@@ -229,3 +229,34 @@ def test_camera_reads_a_recording_with_that_cameras_settings(
     code, out, err = run("--camera", "garden")
     assert code == 2 and out == ""
     assert "--camera garden: no camera of that name in --config (its cameras: hall)" in err
+
+
+def test_someone_who_turns_away_is_not_changed_to_a_stranger(
+    shared_data, shipped_model, tmp_path, capsys
+) -> None:
+    """A man enrolled from the first frame of a clip looks at the camera for 0.4 s, then
+    turns his head to a profile, at 10 fps. The model cannot name a profile: its "unknown" is
+    no evidence of someone else, so those faces cast no vote (recognition.max_turn). He was
+    named, then changed to unknown while he stood there ("unknown, named headturn-man
+    before")."""
+    capture = cv2.VideoCapture(str(shared_data / "videos" / "head_turn_3456x2234.mp4"))
+    clip, photo = tmp_path / "turn.mp4", tmp_path / "headturn-man.jpg"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter.fourcc(*"mp4v"), 30, (960, 620))
+    for index in range(480):  # its first 8 s (60 fps), at 30 fps and a camera's size
+        ok, frame = capture.read()
+        assert ok
+        if index == 0:
+            cv2.imwrite(str(photo), frame)
+        if index % 2 == 0:
+            writer.write(cv2.resize(frame, (960, 620), interpolation=cv2.INTER_AREA))
+    capture.release()
+    writer.release()
+    gallery = tmp_path / "gallery.sqlite"
+    common = ["--model", str(shipped_model), "--gallery", str(gallery), "--threads", "2"]
+    assert main(["enroll", "--name", "headturn-man", "--largest", str(photo), *common]) == 0
+    capsys.readouterr()
+
+    assert main(["identify", str(clip), *common, "--fps", "10", "--no-progress", "--json"]) == 0
+    out = capsys.readouterr().out
+    visits = [json.loads(line) for line in out.splitlines()]
+    assert [v["identity"] for v in visits] == ["headturn-man"], out
