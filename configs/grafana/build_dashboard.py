@@ -198,11 +198,13 @@ def pipeline_row() -> list[Panel]:
             "Faces per second",
             "short",
             "Faces found by MTCNN, faces dropped in the camera's ignore regions, faces too "
-            "small to recognise (under recognition.min_face_px: named nobody), and faces run "
-            "through FaceNet, per camera.",
+            "small to recognise (under recognition.min_face_px: named nobody), faces turned "
+            "too far to recognise (past recognition.max_turn: no vote), and faces run through "
+            "FaceNet, per camera.",
             (named(f"rate(facewatch_faces_detected_total{{{CAM}}}{RATE})"), f"{CAMERA} detected"),
             (named(f"rate(facewatch_faces_ignored_total{{{CAM}}}{RATE})"), f"{CAMERA} ignored"),
             (named(f"rate(facewatch_faces_too_small_total{{{CAM}}}{RATE})"), f"{CAMERA} too small"),
+            (named(f"rate(facewatch_faces_turned_total{{{CAM}}}{RATE})"), f"{CAMERA} turned"),
             (named(f"rate(facewatch_faces_embedded_total{{{CAM}}}{RATE})"), f"{CAMERA} embedded"),
         ),
     ]
