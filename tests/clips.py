@@ -74,7 +74,7 @@ def x264_clip(out: Path, frames: list, interlaced: bool, fps: str = "30000/1001"
     fields, two moments). Skips the test where gst-launch-1.0 or x264enc is missing."""
     if shutil.which("gst-launch-1.0") is None or shutil.which("gst-inspect-1.0") is None:
         pytest.skip("no gst-launch-1.0 (GStreamer) to encode an H.264 test clip")
-    if subprocess.run(["gst-inspect-1.0", "x264enc"], capture_output=True).returncode:
+    if subprocess.run(["gst-inspect-1.0", "x264enc"], capture_output=True, timeout=60).returncode:
         pytest.skip("no x264enc (gstreamer1.0-plugins-ugly) to encode an H.264 test clip")
     if interlaced:
         woven = [a.copy() for a in frames[:-1]]
@@ -90,7 +90,9 @@ def x264_clip(out: Path, frames: list, interlaced: bool, fps: str = "30000/1001"
         f"h264parse ! mp4mux ! filesink location={out}"
     )
     data = b"".join(np.ascontiguousarray(image).tobytes() for image in frames)
-    subprocess.run(["gst-launch-1.0", "-q", "-e", *pipeline.split()], input=data, check=True)
+    subprocess.run(
+        ["gst-launch-1.0", "-q", "-e", *pipeline.split()], input=data, check=True, timeout=300
+    )
     return out
 
 

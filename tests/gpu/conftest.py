@@ -11,7 +11,9 @@ import pytest
 def _cuda_device() -> str | None:
     if shutil.which("nvidia-smi") is None:
         return None
-    result = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        ["nvidia-smi", "-L"], capture_output=True, text=True, check=False, timeout=60
+    )
     return result.stdout.strip() or None
 
 

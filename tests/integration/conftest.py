@@ -43,11 +43,11 @@ def small_disk(tmp_path):
     where.mkdir()
     done = subprocess.run(
         ["mount", "-t", "tmpfs", "-o", "size=512k,nr_inodes=64", "tmpfs", str(where)],
-        capture_output=True, text=True,
+        capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     if done.returncode:
         pytest.skip(f"a small disk is a tmpfs, and mounting one needs root: {done.stderr.strip()}")
     try:
         yield where
     finally:
-        subprocess.run(["umount", "-l", str(where)], check=False)
+        subprocess.run(["umount", "-l", str(where)], check=False, timeout=60)

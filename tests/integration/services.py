@@ -88,7 +88,7 @@ class Process:
             return self.proc.wait(timeout_s)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            return self.proc.wait()
+            return self.proc.wait(timeout=30)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -241,6 +241,7 @@ class RtspServer(Process):
             or subprocess.run(
                 [SYSTEM_PYTHON, "-c", "import gi; gi.require_version('GstRtspServer', '1.0')"],
                 capture_output=True,
+                timeout=300,
             ).returncode
         ):
             pytest.skip("GStreamer's RTSP server is not installed (gir1.2-gst-rtsp-server-1.0)")

@@ -32,13 +32,13 @@ def test_a_wheel_install_finds_its_models_and_configs(tmp_path, shared_data) -> 
             shutil.copy2(REPO / name, source / name)
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
     subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", str(source), "-w",
-                    str(tmp_path / "dist")], check=True, capture_output=True)  # fmt: skip
+                    str(tmp_path / "dist")], check=True, capture_output=True, timeout=300)  # fmt: skip
     wheel = next((tmp_path / "dist").glob("facewatch-*.whl"))
     assert wheel.name.startswith(f"facewatch-{__version__}-"), "one version, the package's"
     prefix = tmp_path / "prefix"  # as into a venv or /usr/local: PREFIX/lib/..., PREFIX/share
     # --ignore-installed: else pip uninstalls the facewatch of the environment running it
     subprocess.run([*pip, "install", "--no-deps", "--no-index", "--ignore-installed",
-                    "--prefix", str(prefix), str(wheel)], check=True, capture_output=True)  # fmt: skip
+                    "--prefix", str(prefix), str(wheel)], check=True, capture_output=True, timeout=300)  # fmt: skip
     assert (Path(sys.executable).parent / "facewatch").exists(), "the running one is intact"
     purelib = sysconfig.get_path("purelib", vars={"base": str(prefix), "platbase": str(prefix)})
     share = prefix / "share" / "facewatch"
@@ -49,7 +49,7 @@ def test_a_wheel_install_finds_its_models_and_configs(tmp_path, shared_data) -> 
         code = "import sys; from daemon.cli import main; sys.exit(main(sys.argv[1:]))"
         return subprocess.run(
             [sys.executable, "-c", code, *args], cwd=tmp_path, capture_output=True, text=True,
-            env={"PYTHONPATH": purelib, "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+            env={"PYTHONPATH": purelib, "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}, timeout=300,
         )  # fmt: skip
 
     where = installed("run", "--help")
@@ -63,6 +63,6 @@ def test_a_wheel_install_finds_its_models_and_configs(tmp_path, shared_data) -> 
     code = "import engines.loader as m; print(m.__file__); print(m.data_root())"
     used = subprocess.run(
         [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
-        env={"PYTHONPATH": purelib}, check=True,
+        env={"PYTHONPATH": purelib}, check=True, timeout=300,
     ).stdout.split()  # fmt: skip
     assert used == [str(Path(purelib) / "engines" / "loader.py"), str(share)], "not the checkout"

@@ -43,7 +43,7 @@ USER = "facewatch"
 
 
 def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
 
 
 def _certificate_authority(folder: Path, name: str) -> Path:
@@ -71,7 +71,9 @@ def tls_broker(tmp_path):
         "-CAcreateserial", "-days", "2", "-extfile", "san.ext", "-out", "server.crt", cwd=folder,
     )  # fmt: skip
     passwords = folder / "passwords"
-    subprocess.run(["mosquitto_passwd", "-b", "-c", str(passwords), USER, MQTT_SECRET], check=True)
+    subprocess.run(
+        ["mosquitto_passwd", "-b", "-c", str(passwords), USER, MQTT_SECRET], check=True, timeout=60
+    )
     passwords.chmod(0o600)
     server = Mosquitto(
         folder,
@@ -376,8 +378,12 @@ def _acl_broker(folder: Path, user_topics: list[str]) -> tuple[Mosquitto, Path]:
     """mosquitto with a password file and an ACL that lets USER write ``user_topics`` only
     (and ADMIN read everything); the ACL file, to change and reload (SIGHUP)."""
     passwords, acl = folder / "passwords", folder / "acl"
-    subprocess.run(["mosquitto_passwd", "-b", "-c", str(passwords), USER, MQTT_SECRET], check=True)
-    subprocess.run(["mosquitto_passwd", "-b", str(passwords), ADMIN, ADMIN_SECRET], check=True)
+    subprocess.run(
+        ["mosquitto_passwd", "-b", "-c", str(passwords), USER, MQTT_SECRET], check=True, timeout=60
+    )
+    subprocess.run(
+        ["mosquitto_passwd", "-b", str(passwords), ADMIN, ADMIN_SECRET], check=True, timeout=60
+    )
     _write_acl(acl, user_topics)
     server = Mosquitto(
         folder,

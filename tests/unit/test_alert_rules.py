@@ -22,7 +22,7 @@ pytestmark = pytest.mark.skipif(
 
 def test_rules_are_valid() -> None:
     result = subprocess.run(
-        [PROMTOOL, "check", "rules", str(RULES)], capture_output=True, text=True
+        [PROMTOOL, "check", "rules", str(RULES)], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -33,6 +33,7 @@ def test_every_alert_has_a_firing_unit_test() -> None:
         capture_output=True,
         text=True,
         cwd=RULES.parent,
+        timeout=60,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     alerts = {r["alert"] for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"]}

@@ -475,7 +475,12 @@ def test_calibration_needs_a_full_batch(tmp_path):
 
 def run_python(code: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=False
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=False,
+        timeout=300,
     )
 
 
@@ -778,7 +783,7 @@ def test_prune_deletes_what_cut_builds_left_and_nothing_in_progress(tmp_path, ca
     from daemon.cli import main
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+                          capture_output=True, text=True, check=True, timeout=300).stdout.strip()  # fmt: skip
     cut = tmp_path / f"pnet-0123.plan.{dead}.tmp"
     running = tmp_path / f"rnet-4567.plan.{os.getpid()}.tmp"
     orphan, fresh = tmp_path / "onet-89ab.plan", tmp_path / "pnet-cdef.plan"

@@ -1270,7 +1270,12 @@ def test_log_lines_carry_the_time_except_in_the_journal(tmp_path) -> None:
             env["JOURNAL_STREAM"] = journal
         with log.open("w") as stderr:
             subprocess.run(
-                [sys.executable, "-c", program], stderr=stderr, env=env, check=True, cwd=REPO
+                [sys.executable, "-c", program],
+                stderr=stderr,
+                env=env,
+                check=True,
+                cwd=REPO,
+                timeout=300,
             )
         return log.read_text().splitlines()
 
@@ -1312,7 +1317,9 @@ def test_why_facewatch_stopped_is_an_error_in_the_journal_and_plain_in_a_termina
             if journal:
                 stat = log.stat()
                 env["JOURNAL_STREAM"] = f"{stat.st_dev}:{stat.st_ino}"
-            subprocess.run([sys.executable, "-c", program], stderr=stderr, env=env, cwd=REPO)
+            subprocess.run(
+                [sys.executable, "-c", program], stderr=stderr, env=env, cwd=REPO, timeout=300
+            )
         return log.read_text().splitlines()
 
     said = [
@@ -2589,12 +2596,22 @@ def test_the_daemon_matches_on_one_blas_thread() -> None:
     if (os.cpu_count() or 1) < 2:
         pytest.skip("one core: OpenBLAS starts no worker threads anyway")
     out = subprocess.run(
-        [sys.executable, "-c", probe], env=env, cwd=REPO, capture_output=True, text=True
+        [sys.executable, "-c", probe],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert out.stdout.split() == ["1", "1"], out.stderr
     env["OPENBLAS_NUM_THREADS"] = "2"
     out = subprocess.run(
-        [sys.executable, "-c", probe], env=env, cwd=REPO, capture_output=True, text=True
+        [sys.executable, "-c", probe],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert out.stdout.split() == ["2", "2"], out.stderr
 

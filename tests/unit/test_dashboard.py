@@ -211,5 +211,6 @@ def test_a_cameras_down_since_is_shown_as_the_time_the_outage_began(tmp_path) ->
         capture_output=True,
         text=True,
         cwd=tmp_path,
+        timeout=60,
     )
     assert result.returncode == 0, result.stdout + result.stderr

@@ -120,7 +120,7 @@ def test_the_floor_check_without_a_python_it_can_install_says_so_and_skips(tmp_p
 
     repo, env = _floor_alone(tmp_path, ("bash", "dirname", "date"))
     run = subprocess.run(
-        ["bash", str(repo / ".ci" / "floor")], env=env, capture_output=True, text=True
+        ["bash", str(repo / ".ci" / "floor")], env=env, capture_output=True, text=True, timeout=300
     )
     assert run.returncode == 0, run.stderr
     assert "floor: skipped: no python3.10, python3.11 or python3.12 runs here" in run.stderr
@@ -140,6 +140,7 @@ def test_the_floor_check_says_its_golden_checks_are_skipped_without_the_shared_d
         env={**env, "FLOOR_PYTHON": "false"},  # stops at the set-up: the note comes before
         capture_output=True,
         text=True,
+        timeout=300,
     )
     assert "floor: ../shared/data not found: the golden checks this floor is for" in run.stderr
     assert "are SKIPPED" in run.stderr

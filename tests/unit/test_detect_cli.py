@@ -318,6 +318,7 @@ def test_ffmpegs_own_messages_stay_out_and_a_cut_off_mp4_is_named(tmp_path) -> N
         capture_output=True,
         text=True,
         check=False,
+        timeout=300,
     )
     assert result.returncode == 1
     assert "moov atom" not in result.stderr and " @ 0x" not in result.stderr, result.stderr
@@ -377,7 +378,11 @@ def test_missing_models_are_named(tmp_path, capsys, shared_data):
 @pytest.mark.parametrize("args", [["--help"], ["detect", "--help"]])
 def test_help_explains(args):
     result = subprocess.run(
-        [sys.executable, "-m", "daemon.cli", *args], capture_output=True, text=True, check=False
+        [sys.executable, "-m", "daemon.cli", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
     )
     assert result.returncode == 0
     assert "detect" in result.stdout

@@ -235,7 +235,7 @@ def test_a_write_cut_short_is_rolled_back_and_the_gallery_reads(tmp_path) -> Non
         assert writer.stdout is not None and writer.stdout.readline() == "cut here\n"
     finally:
         writer.kill()
-        writer.wait()
+        writer.wait(timeout=30)
     assert (tmp_path / "g.sqlite-journal").stat().st_size > 0  # hot
     uri = f"{path.as_uri()}?mode=ro"
     with pytest.raises(sqlite3.OperationalError, match="readonly"):  # what SQLite does alone
@@ -528,7 +528,7 @@ def _skip_unless_nobody_runs_python() -> None:
     """Skips where user nobody may not run this Python (one whose libpython lies under
     /root, as pyenv's do): it would fail before facewatch is reached."""
     done = subprocess.run(
-        [*AS_NOBODY, sys.executable, "-c", "pass"], capture_output=True, text=True
+        [*AS_NOBODY, sys.executable, "-c", "pass"], capture_output=True, text=True, timeout=300
     )
     if done.returncode != 0:
         pytest.skip(f"user nobody cannot run {sys.executable}: {done.stderr.strip()[:200]}")
@@ -558,7 +558,7 @@ def test_a_read_only_folder_is_named(gallery) -> None:
         code = f"from daemon.gallery import Gallery; Gallery.open({str(folder / 'g.sqlite')!r}, writable=True)"  # fmt: skip
         done = subprocess.run(
             [*AS_NOBODY, sys.executable, "-c", code],
-            capture_output=True, text=True, cwd=Path(__file__).parents[2],
+            capture_output=True, text=True, cwd=Path(__file__).parents[2], timeout=300,
         )  # fmt: skip
         assert done.returncode != 0 and "is not writable" in done.stderr, done.stderr
     finally:

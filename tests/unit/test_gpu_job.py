@@ -123,7 +123,7 @@ def repo(tmp_path: Path) -> Path:
         f'#!/bin/sh\necho "timeout $*" >> "{root}/calls.log"\nexec {shutil.which("timeout")} "$@"\n'
     )
     (root / "bin" / "timeout").chmod(0o755)
-    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True, timeout=60)
     return root
 
 

@@ -16,7 +16,12 @@ from tests.conftest import REPO
 def imported_after(statement: str) -> set[str]:
     code = f"import sys; {statement}; print(' '.join(sorted({{m.split('.')[0] for m in sys.modules}})))"
     result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=True,
+        timeout=300,
     )
     return set(result.stdout.split())
 
@@ -136,7 +141,9 @@ def test_train_commands_without_pytorch_say_what_to_install(argv):
         "import sys; sys.modules['torch'] = None; from daemon.cli import main; "
         f"sys.exit(main({argv!r}))"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300
+    )
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip() == (
         f"facewatch train {argv[1]}: needs the training extras, which are not installed "
@@ -172,10 +179,10 @@ def test_the_version_names_the_commit_of_the_checkout_it_runs_from(tmp_path) -> 
 
     shown = subprocess.run(
         [sys.executable, "-m", "daemon.cli", "--version"], capture_output=True, text=True,
-        cwd=REPO, check=True,
+        cwd=REPO, check=True, timeout=300,
     ).stdout.strip()  # fmt: skip
     head = subprocess.run(
-        ["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True
+        ["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=60
     ).stdout.strip()
     if not head:
         pytest.skip("no git checkout here (an unpacked archive): the version alone")

@@ -29,7 +29,10 @@ def _unit_here(tmp_path: Path) -> Path:
 
 def test_unit_verifies_without_a_word(tmp_path) -> None:
     result = subprocess.run(
-        [ANALYZE, "verify", "--man=no", str(_unit_here(tmp_path))], capture_output=True, text=True
+        [ANALYZE, "verify", "--man=no", str(_unit_here(tmp_path))],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 0 and not (result.stdout + result.stderr).strip(), result.stderr
 
@@ -39,6 +42,7 @@ def test_exposure_score_at_most_3(tmp_path) -> None:
         [ANALYZE, "security", "--offline=true", "--no-pager", str(_unit_here(tmp_path))],
         capture_output=True,
         text=True,
+        timeout=60,
     )
     found = re.search(r"Overall exposure level for \S+: ([0-9.]+)", result.stdout)
     assert found, result.stdout[-2000:] + result.stderr

@@ -160,7 +160,12 @@ def test_engines_stay_torch_free_until_the_torch_backend_is_chosen():
         "engines.trt_build, daemon.engines_cli; print('torch' in sys.modules)"
     )
     result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=True,
+        timeout=300,
     )
     assert result.stdout.strip() == "False"
 

@@ -153,7 +153,7 @@ def test_export_refuses_to_replace_a_better_model_and_keeps_the_one_it_replaces(
     assert not model.with_suffix(".pt2").exists()  # the old model's, kept with it
     (said,) = [r.getMessage() for r in caplog.records if "the model it replaced" in r.getMessage()]
     assert f"{model}: the model it replaced is kept in {kept}; to put it back: mv {kept}/* " in said
-    subprocess.run(said.split("to put it back: ")[1], shell=True, check=True)
+    subprocess.run(said.split("to put it back: ")[1], shell=True, check=True, timeout=300)
     assert {p.name: p.read_bytes() for p in model.parent.iterdir() if p.is_file()} == files
     assert (model.parent / "lfw" / "lfw.json").is_file()
     # a better model, or one as good within the old figures' spread, replaces it plainly
