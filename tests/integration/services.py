@@ -56,9 +56,23 @@ def wait_for(predicate: Any, timeout_s: float, what: str, every_s: float = 0.1) 
     raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}{last_error}")
 
 
-def _port_open(port: int) -> bool:
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) == 0
+def _listens(pid: int, port: int) -> bool:
+    """Whether process ``pid`` itself holds the socket that listens on TCP ``port`` (Linux's
+    /proc): a port that merely answers may be another process's, one that took the number
+    between ``free_port()`` and the start."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and int(fields[1].rpartition(":")[2], 16) == port:
+                    inodes.add(f"socket:[{fields[9]}]")
+    with contextlib.suppress(OSError):
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                if os.readlink(fd) in inodes:
+                    return True
+    return False
 
 
 class Process:
@@ -66,6 +80,7 @@ class Process:
     ``Process.running`` holds the started ones, for the tests' clean-up."""
 
     running: ClassVar[set[Process]] = set()
+    port_taken_says: ClassVar[str] = "ddress already in use"  # (what its log says then)
 
     def __init__(self, args: list[str], log: Path, env: dict[str, str] | None = None) -> None:
         self.args, self.log_path, self.env = args, log, env
@@ -92,6 +107,34 @@ class Process:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def await_listening(self, port: int, timeout_s: float, what: str) -> bool:
+        """Wait until this process listens on ``port``: True; False if it exited first (a
+        port taken by someone else: its log says so)."""
+
+        def state() -> str | None:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                return "exited"
+            return "listening" if _listens(self.proc.pid, port) else None
+
+        return wait_for(state, timeout_s, f"{what} to listen on port {port}") == "listening"
+
+    def start_on_a_free_port(self, what: str, timeout_s: float, port_given: bool) -> None:
+        """``start()``, then wait until this process itself listens on ``self.port``. If the
+        port, picked free, was taken in the meantime: again on another (``_use_port``)."""
+        for _ in range(5):
+            Process.start(self)
+            if self.await_listening(self.port, timeout_s, what):
+                return
+            self.stop()
+            if port_given or self.port_taken_says not in self.log():
+                break
+            self._use_port(free_port())
+        raise AssertionError(f"{what} exited ({self.log_path}):\n{self.log()[-2000:]}")
+
+    def _use_port(self, port: int) -> None:
+        raise NotImplementedError
 
 
 class LocalServer:
@@ -207,27 +250,38 @@ class HungCamera(LocalServer):
 
 
 class Mosquitto(Process):
+    """A broker on ``port``, or on a free one. Started again (a test that killed it), it is
+    on the same port: the clients' config names it."""
+
     def __init__(self, folder: Path, port: int | None = None, extra_conf: str = "") -> None:
-        binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        if not Path(binary).exists():
+        self.binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        if not Path(self.binary).exists():
             pytest.skip("mosquitto is not installed (apt-get install mosquitto; .ci/run does)")
-        self.port = port or free_port()
-        conf = folder / f"mosquitto-{self.port}.conf"
+        self.folder, self.extra_conf, self.port_given = folder, extra_conf, port is not None
+        super().__init__([], folder / "mosquitto.log")
+        self._use_port(port or free_port())
+
+    def _use_port(self, port: int) -> None:
+        self.port = port
+        conf = self.folder / f"mosquitto-{port}.conf"
         conf.write_text(
-            f"listener {self.port} 127.0.0.1\npersistence false\nlog_type error\n"
+            f"listener {port} 127.0.0.1\npersistence false\nlog_type error\n"
             # run as root, mosquitto would become user 'mosquitto' before reading the
             # password file in the test's private folder
             f"user {pwd.getpwuid(os.geteuid()).pw_name}\n"
-            + (extra_conf or "allow_anonymous true\n")
+            + (self.extra_conf or "allow_anonymous true\n")
         )
-        super().__init__([binary, "-c", str(conf)], folder / f"mosquitto-{self.port}.log")
+        self.args = [self.binary, "-c", str(conf)]
+        self.log_path = self.folder / f"mosquitto-{port}.log"
 
     def start(self) -> None:
-        super().start()
-        wait_for(lambda: _port_open(self.port), 10, f"mosquitto on port {self.port}")
+        self.start_on_a_free_port(f"mosquitto on port {self.port}", 10, self.port_given)
+        self.port_given = True  # from now on, the clients know this port
 
 
 class RtspServer(Process):
+    port_taken_says = "cannot listen on"  # (GLib does not say why)
+
     def __init__(
         self,
         folder: Path,
@@ -245,18 +299,26 @@ class RtspServer(Process):
             ).returncode
         ):
             pytest.skip("GStreamer's RTSP server is not installed (gir1.2-gst-rtsp-server-1.0)")
-        self.port = port or free_port()
+        self.folder, self.port_given = folder, port is not None
         mounts = [f"{name}={path}" for name, path in clips.items()]
-        args = [SYSTEM_PYTHON, str(RTSP_SERVER), "--port", str(self.port), *mounts]
+        self.base_args = [SYSTEM_PYTHON, str(RTSP_SERVER), *mounts]
         if user is not None:
-            args[4:4] = ["--user", user]
-        super().__init__(args, folder / f"rtsp-{self.port}.log")
+            self.base_args[2:2] = ["--user", user]
+        super().__init__([], folder / "rtsp.log")
+        self._use_port(port or free_port())
+
+    def _use_port(self, port: int) -> None:
+        self.port = port
+        self.args = [*self.base_args[:2], "--port", str(port), *self.base_args[2:]]
+        self.log_path = self.folder / f"rtsp-{port}.log"
 
     def url(self, name: str) -> str:
         return f"rtsp://127.0.0.1:{self.port}/{name}"
 
     def start(self) -> None:
-        super().start()
+        """Started again (a test that stopped it), it is on the same port: the URLs name it."""
+        self.start_on_a_free_port(f"the RTSP server on port {self.port}", 30, self.port_given)
+        self.port_given = True
         wait_for(lambda: "ready" in self.log(), 30, "the RTSP server")
 
 
@@ -386,14 +448,17 @@ class Prometheus(Process):
         config["scrape_configs"][0]["static_configs"] = [{"targets": targets}]
         config_path = folder / "prometheus.yml"
         config_path.write_text(yaml.safe_dump(config))
-        self.port = free_port()
-        args = [
+        self.base_args = [
             binary,
             f"--config.file={config_path}",
             f"--storage.tsdb.path={folder / 'tsdb'}",
-            f"--web.listen-address=127.0.0.1:{self.port}",
         ]
-        super().__init__(args, folder / "prometheus.log")
+        super().__init__([], folder / "prometheus.log")
+        self._use_port(free_port())
+
+    def _use_port(self, port: int) -> None:
+        self.port = port
+        self.args = [*self.base_args, f"--web.listen-address=127.0.0.1:{port}"]
 
     def api(self, path: str, **params: Any) -> Any:
         """GET /api/v1/PATH; the ``data`` of a successful answer."""
@@ -405,7 +470,7 @@ class Prometheus(Process):
         return answer["data"]
 
     def start(self) -> None:
-        super().start()
+        self.start_on_a_free_port("Prometheus", 30, port_given=False)
 
         def ready() -> bool:
             if self.proc is not None and self.proc.poll() is not None:
