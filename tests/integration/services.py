@@ -168,11 +168,13 @@ class LocalServer:
 class Partition(LocalServer):
     """A TCP relay to a local port that can cut the link silently. ``cut()``: it relays
     nothing more and keeps the connections open, so a client notices only by its keepalive,
-    and it refuses new ones. ``heal()``: it closes the cut connections and relays again."""
+    and it refuses new ones; ``swallowed`` holds what it did not relay. ``heal()``: it closes
+    the cut connections and relays again."""
 
     def __init__(self, target_port: int) -> None:
         self.target_port = target_port
         self._cut = threading.Event()
+        self.swallowed = bytearray()
         super().__init__()
 
     def _take(self, client: socket.socket) -> None:
@@ -188,7 +190,8 @@ class Partition(LocalServer):
         try:
             while data := source.recv(65536):
                 if self._cut.is_set():
-                    continue  # lost in the partition
+                    self.swallowed += data  # lost in the partition
+                    continue
                 sink.sendall(data)
         except OSError:
             pass
