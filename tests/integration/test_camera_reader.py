@@ -57,8 +57,10 @@ def test_a_stalled_stream_is_noticed_within_about_10_seconds(tmp_path) -> None:
         assert _down_series("stall") == {}
         server.proc.send_signal(signal.SIGSTOP)  # type: ignore[union-attr]
         stalled, stalled_wall = time.monotonic(), time.time()
-        wait_for(lambda: not reader.up, 15, "the stall noticed")
-        assert READ_TIMEOUT_MS / 1000 <= time.monotonic() - stalled <= 13
+        wait_for(lambda: not reader.up, 22, "the stall noticed")
+        # 3 tries and a busy machine's delays stay under 20 s; a reader that waited out 30 s
+        # (a stall seen only by the connection's own timeout) does not
+        assert READ_TIMEOUT_MS / 1000 <= time.monotonic() - stalled <= 20
         # why, and since when, on /metrics (what `facewatch status` shows) while it is down
         down = wait_for(lambda: _down_series("stall"), 5, "the reason exported")
         assert list(down) == ["stream ended or stalled"]
@@ -103,7 +105,8 @@ def test_a_hung_camera_does_not_hold_up_another_cameras_connection(tmp_path, cap
         started = time.monotonic()
         good.start()
         wait_for(lambda: good.up, 30, "the healthy camera up")
-        assert time.monotonic() - started < 5  # (alone about 1 s; 10 s behind the hung one)
+        # alone about 1 s, several on a busy machine; 10 s behind the hung one
+        assert time.monotonic() - started < 8
         wait_for(lambda: "camera hung: cannot open" in caplog.text, 5, "the hung camera said")
         assert "accepts the connection but its RTSP service does not answer" in caplog.text
     finally:

@@ -62,8 +62,8 @@ def test_a_quiet_camera_skips_still_frames_and_still_sees_people_come_in(tmp_pat
     assert searched < 0.8, metrics
     # the people who came in were found as soon as without the gate (the cameras started
     # within a fraction of a second of each other): a gate that missed them would find them
-    # at its next check, check_every_s (60 s) later; 3 s leaves room for a loaded machine
-    assert abs(first["gated"] - first["open"]) < 3.0, first
+    # at its next check, check_every_s (60 s) later; 10 s leaves room for a loaded machine
+    assert abs(first["gated"] - first["open"]) < 10.0, first
     # no MQTT: no "broker down" for Prometheus or `facewatch status` to report
     assert "facewatch_mqtt_connected" not in metrics
     assert status.returncode == 0, status.stderr

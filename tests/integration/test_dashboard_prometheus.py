@@ -5,6 +5,7 @@ data, each node's series apart and named apart in the legend."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
@@ -123,8 +124,11 @@ def test_every_dashboard_query_returns_data_from_two_running_daemons(
             60,
             "reconnects of the dead camera",
         )
-        time.sleep(12)  # a few rate windows of scrapes after the events
-
+        wait_for(
+            lambda: label_values(prometheus, variable_query("node"), {}) == ["second", "test"],
+            60,
+            "both nodes scraped",
+        )
         nodes = label_values(prometheus, variable_query("node"), {})
         assert nodes == ["second", "test"]
         instances = label_values(prometheus, variable_query("instance"), {"node": ".*"})
@@ -140,12 +144,19 @@ def test_every_dashboard_query_returns_data_from_two_running_daemons(
 
         everything = {"instance": regex_value(instances), "camera": ".*"}  # 'All' everywhere
         selections = [{**picked, "camera": regex_value(cams)}, everything]  # each value picked
-        empty = [
-            f"{title}: {fill(expr, chosen)}"
-            for chosen in selections
-            for title, expr in panel_queries()
-            if not range_query(prometheus, title, fill(expr, chosen), started)
-        ]
+
+        def without_data() -> list[str]:
+            return [
+                f"{title}: {fill(expr, chosen)}"
+                for chosen in selections
+                for title, expr in panel_queries()
+                if not range_query(prometheus, title, fill(expr, chosen), started)
+            ]
+
+        # the rates have data once a few scrapes came after the events (about 10 s)
+        with contextlib.suppress(AssertionError):
+            wait_for(lambda: not without_data(), 120, "data for every query", every_s=2)
+        empty = without_data()
         assert not empty, "queries without data:\n" + "\n".join(empty)
 
         # each panel keeps the two nodes' "stage" cameras apart, under names of their own
