@@ -50,6 +50,34 @@ def test_model(tmp_path_factory) -> Path:
     return build_test_model(tmp_path_factory.getbasetemp() / "facenet-test-model", data)
 
 
+@pytest.fixture(scope="session")
+def torch_mtcnn(shared_data, tmp_path_factory) -> tuple[Path, dict]:
+    """models/mtcnn copied to a temporary folder, with pnet/rnet/onet.pt2 exported beside the
+    ONNX (torch.export, once a session: the torch backend's unit tests and the daemon's
+    share it; read it, do not change it), and the export's differences from ONNX Runtime."""
+    import shutil
+
+    pytest.importorskip("torch")
+    from training.export_torch import export_mtcnn
+
+    folder = tmp_path_factory.mktemp("mtcnn")
+    for name in ("pnet", "rnet", "onet"):
+        for suffix in (".onnx", ".json"):
+            shutil.copy(MODELS / "mtcnn" / f"{name}{suffix}", folder)
+    diffs = export_mtcnn(shared_data / "weights" / "mtcnn", folder)
+    return folder, diffs
+
+
+@pytest.fixture(scope="session")
+def torch_facenet(shared_data, tmp_path_factory) -> Path:
+    """The random-weight test FaceNet exported with a torch program: ONNX + .pt2 (once a
+    session, as ``torch_mtcnn``; read it, do not change it)."""
+    pytest.importorskip("torch")
+    from tests.facenet_model import build_test_model
+
+    return build_test_model(tmp_path_factory.mktemp("facenet-pt2"), shared_data, True)
+
+
 @pytest.fixture
 def sqlite_default_build(monkeypatch) -> None:
     """sqlite3 connections as an SQLite built with its own defaults makes them: secure_delete

@@ -277,21 +277,12 @@ def test_a_gallery_changed_while_the_daemon_runs_is_read_without_a_signal(
 
 
 def test_the_torch_backend_names_people_with_a_gallery_made_on_the_cpu(
-    tmp_path, broker, shared_data, monkeypatch
+    tmp_path, broker, torch_facenet, torch_mtcnn, monkeypatch
 ) -> None:
     """``engines.backend: torch``, the GPU boxes' setting without TensorRT, here on the CPU:
     MTCNN and FaceNet as torch.export programs, frames and face crops on the engines' device.
     A gallery enrolled with ONNX Runtime serves it (one model id), and it names the person."""
-    from tests.facenet_model import build_test_model
-    from training.export_torch import export_mtcnn
-
-    model = build_test_model(tmp_path / "facenet", shared_data, torch_program=True)
-    mtcnn = tmp_path / "mtcnn"
-    mtcnn.mkdir()
-    for name in ("pnet", "rnet", "onet"):
-        for suffix in (".onnx", ".json"):
-            shutil.copy(REPO / "models" / "mtcnn" / f"{name}{suffix}", mtcnn)
-    export_mtcnn(shared_data / "weights" / "mtcnn", mtcnn)
+    model, (mtcnn, _) = torch_facenet, torch_mtcnn
     gallery = tmp_path / "gallery.sqlite"
     enroll(model, gallery, "alex-lacamoire")  # ONNX Runtime
     cameras = [{"name": "clip", "url": str(CLIP), "fps": 5}]
@@ -882,7 +873,7 @@ def test_the_log_level_flag_wins_over_the_configs(tmp_path, where) -> None:
     daemon = Daemon(tmp_path, daemon_settings(cameras, free_port(), tmp_path))
     level = ["--log-level", "ERROR"]
     args = [str(FACEWATCH), *(level if where == "before" else []), *daemon.args[1:]]
-    args += ["--run-for", "3", *(level if where == "after" else [])]
+    args += ["--run-for", "1", *(level if where == "after" else [])]
     result = subprocess.run(args, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     if where == "none":

@@ -19,17 +19,10 @@ from tests.facenet_model import every_face
 torch = pytest.importorskip("torch")
 
 
-@pytest.fixture(scope="module")
-def exported(shared_data, tmp_path_factory):
+@pytest.fixture
+def exported(torch_mtcnn):
     """models/mtcnn copied to a temporary folder, with pnet/rnet/onet.pt2 beside the ONNX."""
-    from training.export_torch import export_mtcnn
-
-    folder = tmp_path_factory.mktemp("mtcnn")
-    for name in ("pnet", "rnet", "onet"):
-        for suffix in (".onnx", ".json"):
-            shutil.copy(MODELS / "mtcnn" / f"{name}{suffix}", folder)
-    diffs = export_mtcnn(shared_data / "weights" / "mtcnn", folder)
-    return folder, diffs
+    return torch_mtcnn
 
 
 def test_programs_from_the_shipped_models_alone(tmp_path, shared_data, capsys):
@@ -216,12 +209,10 @@ def test_device_pipeline_gives_the_cpu_paths_faces_on_video_frames(exported, sha
 DEVICE_COSINE = 0.9999  # the device crops and the host's differ by at most 1 in a few pixels
 
 
-@pytest.fixture(scope="module")
-def facenet_program(tmp_path_factory, shared_data):
+@pytest.fixture
+def facenet_program(torch_facenet):
     """The random-weight test FaceNet exported with ``torch_program``: ONNX + .pt2."""
-    from tests.facenet_model import build_test_model
-
-    return build_test_model(tmp_path_factory.mktemp("facenet-pt2"), shared_data, True)
+    return torch_facenet
 
 
 @pytest.fixture(scope="module")
