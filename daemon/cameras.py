@@ -2,12 +2,16 @@
 (V4L2 for /dev/video*), keeps only the newest frames, and reconnects on any failure.
 
 RTSP goes over TCP with open and read timeouts (a stream that stalls is noticed within about
-10 s). OpenCV's FFmpeg backend opens every capture under one process-wide lock: a camera that
-accepts the connection and then never answers held every other camera's open (a healthy
-camera's reconnection, a video file's replay) for its whole open timeout. So a network
-camera is first asked, without the lock, whether it answers at all (``silent_stream``), and
-opened only when it does. A video file plays in a loop at its native frame rate, as a live
-camera (that is how the demo runs; ``facewatch identify`` finds who is in a recording).
+10 s). OpenCV's FFmpeg backend opens every capture under one process-wide lock, unless told
+that FFmpeg is thread-safe (it is, since FFmpeg 4): a camera whose open took long (one that
+hangs after answering, one whose first keyframe never comes) held every other camera's open
+(a healthy camera's reconnection, a video file's replay) for up to its 10 s open timeout, at
+each retry. ``ffmpeg_environment`` says so, and the cameras open side by side. A network
+camera is first asked whether it answers at all (``silent_stream``): one that does not is
+said within 3 s, and not opened. A stream that opens but decodes no frame is said as such
+(``NO_FRAME``: a keyframe that never comes), not as a stall. A video file plays in a loop at
+its native frame rate, as a live camera (that is how the demo runs; ``facewatch identify``
+finds who is in a recording).
 Frames are decimated to the camera's target fps before they are queued, turned upright
 (``rotate``), a dark one brightened (``daemon.low_light``), each marked with whether it
 moved (``daemon.motion``); when the pipeline is behind, the oldest queued frame is dropped
@@ -67,6 +71,12 @@ FROZEN_DOWN = (
     "stream to progressive (or the camera froze: restart it)"
 )
 STUCK_FILE = f"an interlaced video? {NO_INTERLACED}: re-encode it progressive"
+STALLED = "stream ended or stalled"
+NO_FRAME = (  # a stream that opened and then decoded nothing (at most REASON_CHARS)
+    "its stream opened, but no frame decoded: no keyframe came (a long I-frame interval, a "
+    "smart codec's H.264+/H.265+?) or a codec FFmpeg cannot decode: set the camera's I-frame "
+    "interval to 1-2 s, H.264"
+)
 TURNS = {  # cameras[].rotate: clockwise degrees
     90: cv2.ROTATE_90_CLOCKWISE,
     180: cv2.ROTATE_180,
@@ -203,11 +213,15 @@ def source_kind(url: str) -> str:
 
 def ffmpeg_environment() -> None:
     """OpenCV's FFmpeg settings, before the first capture opens (once, before the camera
-    threads start: they are read from the environment). RTSP over TCP. OpenCV's and FFmpeg's
+    threads start: they are read from the environment). RTSP over TCP; captures opened side
+    by side, not one at a time. OpenCV's and FFmpeg's
     own messages name no camera (and FFmpeg's go to stdout, among the JSON events): they
     are off; the reader logs each failure with its camera and reason."""
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
     os.environ.setdefault("OPENCV_FFMPEG_CAPTURE_OPTIONS", "rtsp_transport;tcp")
+    # without it OpenCV opens one capture at a time: a camera whose keyframe is slow to come
+    # held every other camera's open for seconds (FFmpeg's opens are thread-safe since 4.0)
+    os.environ.setdefault("OPENCV_FFMPEG_IS_THREAD_SAFE", "1")
     os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 
 
@@ -387,9 +401,10 @@ class CameraReader(threading.Thread):
                 failures += 1
                 self._backoff(failures, f"cannot open: {exc}")
                 continue
-            why, opened = "stream ended or stalled", time.monotonic()
+            opened = time.monotonic()
             try:
                 delivered = self._read(capture)
+                why = STALLED if delivered or self.kind != "stream" else NO_FRAME
             except Exception as exc:  # a bug: the camera is marked down and read again
                 logger.exception("camera %s: reading failed", self.config.name)
                 delivered, why = 0, f"reading failed ({type(exc).__name__}: {exc})"

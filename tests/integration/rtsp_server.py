@@ -8,11 +8,14 @@ Runs under the system Python, which has GStreamer's introspection bindings:
 serves rtsp://127.0.0.1:8554/cam1 and /cam2. Each file's encoded frames are read once (no
 re-encoding: the server costs almost no CPU) and replayed with shifted timestamps, so a
 client sees one continuous stream. Prints "ready" on stdout once it listens.
+``--no-keyframes`` serves every frame but the keyframes (their SPS and PPS stay): a camera
+that answers and streams, but whose stream never decodes.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import threading
 import time
@@ -62,6 +65,21 @@ def read_clip(path: str) -> Clip:
     last = units[-1]
     length = max(u[1] for u in units) + (last[3] if last[3] != Gst.CLOCK_TIME_NONE else 0)
     return Clip(caps, units, length)
+
+
+def without_keyframes(clip: Clip) -> Clip:
+    """The clip with its IDR slices (NAL unit type 5) taken out; the SPS, PPS and SEI units
+    of a keyframe's access unit stay, and every other frame is as it was."""
+    units = []
+    for data, pts, dts, duration, delta in clip.units:
+        if not delta:
+            starts = [m.start() for m in re.finditer(b"\x00\x00\x01", data)]
+            ends = [*starts[1:], len(data)]
+            data = b"".join(
+                data[a:b] for a, b in zip(starts, ends, strict=True) if data[a + 3] & 0x1F != 5
+            )
+        units.append((data, pts, dts, duration, delta))
+    return Clip(clip.caps, units, clip.length_ns)
 
 
 def feed(appsrc: Gst.Element, clip: Clip, stop: threading.Event) -> None:
@@ -119,6 +137,9 @@ def main() -> int:
     parser.add_argument(
         "--user", metavar="NAME:PASSWORD", help="ask for this user (Digest), as cameras do"
     )
+    parser.add_argument(
+        "--no-keyframes", action="store_true", help="serve the clips without their keyframes"
+    )
     parser.add_argument("mounts", nargs="+", metavar="NAME=FILE.mp4")
     args = parser.parse_args()
     Gst.init(None)
@@ -130,7 +151,8 @@ def main() -> int:
     points = server.get_mount_points()
     for spec in args.mounts:
         name, _, path = spec.partition("=")
-        factory = LoopingFactory(read_clip(path))
+        clip = read_clip(path)
+        factory = LoopingFactory(without_keyframes(clip) if args.no_keyframes else clip)
         if args.user:
             viewer = (
                 "viewer, media.factory.access=(boolean)true, media.factory.construct=(boolean)true"

@@ -291,8 +291,10 @@ class RtspServer(Process):
         clips: dict[str, Path],
         port: int | None = None,
         user: str | None = None,
+        no_keyframes: bool = False,
     ) -> None:
-        """``user``: NAME:PASSWORD, asked for with Digest authentication."""
+        """``user``: NAME:PASSWORD, asked for with Digest authentication. ``no_keyframes``:
+        the clips are served without their keyframes (a stream that never decodes)."""
         if (
             not Path(SYSTEM_PYTHON).exists()
             or subprocess.run(
@@ -307,6 +309,8 @@ class RtspServer(Process):
         self.base_args = [SYSTEM_PYTHON, str(RTSP_SERVER), *mounts]
         if user is not None:
             self.base_args[2:2] = ["--user", user]
+        if no_keyframes:
+            self.base_args[2:2] = ["--no-keyframes"]
         super().__init__([], folder / "rtsp.log")
         self._use_port(port or free_port())
 

@@ -118,6 +118,42 @@ def test_a_hung_camera_does_not_hold_up_another_cameras_connection(tmp_path, cap
             reader.join(15)
 
 
+def test_a_stream_that_never_decodes_is_said_so_and_holds_up_no_other_camera(
+    tmp_path, caplog
+) -> None:
+    """A camera that answers and streams, but whose keyframe never comes (a smart codec's
+    long I-frame interval): its open waits about 5 s for a frame to decode, and under
+    OpenCV's open lock a healthy camera's open waited with it (6 s against 1 s alone) at
+    each of its retries; and it was said as `stream ended or stalled`, which points at the
+    network. The healthy camera is up at its own pace, and this one says what it is."""
+    caplog.set_level(logging.WARNING, logger="daemon.cameras")
+    broken = RtspServer(tmp_path, {"cam": DEMO_CLIP}, no_keyframes=True)
+    server = RtspServer(tmp_path, {"cam": DEMO_CLIP})
+    broken.start()
+    server.start()
+    queues = FrameQueues(["nokey", "good"], 10)
+    nokey = CameraReader(CameraConfig(name="nokey", url=broken.url("cam")), queues)
+    good = CameraReader(CameraConfig(name="good", url=server.url("cam"), fps=5), queues)
+    try:
+        nokey.start()
+        time.sleep(1.0)  # its open under way (about 5 s)
+        started = time.monotonic()
+        good.start()
+        wait_for(lambda: good.up, 30, "the healthy camera up")
+        assert time.monotonic() - started < 3.5  # (alone about 1 s; 5 s behind the other)
+        wait_for(lambda: "camera nokey: its stream" in caplog.text, 20, "the camera said")
+        assert "no frame decoded: no keyframe came" in caplog.text
+        assert "stream ended or stalled" not in caplog.text
+        assert not nokey.up
+    finally:
+        for reader in (nokey, good):
+            reader.stop()
+        broken.stop()
+        server.stop()
+        for reader in (nokey, good):
+            reader.join(15)
+
+
 def test_a_stop_during_an_open_that_hangs_does_not_ask_the_camera_why(caplog) -> None:
     """A camera that answers whether it is there, then hangs at the stream's start: the
     stop waited out the 10 s open, then 3 s more asking the camera why it failed (with more

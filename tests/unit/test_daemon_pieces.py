@@ -2257,6 +2257,43 @@ def test_a_flapping_camera_logs_up_and_down_with_its_outage_not_every_cycle(
     assert quiet.count("camera porch: up") == 47 and quiet.count("camera porch: down") == 47
 
 
+def test_a_stream_that_opens_but_decodes_no_frame_is_not_called_a_stall(
+    monkeypatch, caplog
+) -> None:
+    """A camera whose keyframe never comes (a smart codec's long I-frame interval, or a
+    codec FFmpeg cannot decode) opens and then decodes nothing: it was `stream ended or
+    stalled`, in the log and in `facewatch status`, which sent the user to the network. It
+    says what happened and what to set; a stream that delivered frames still stalls."""
+    from daemon import cameras
+    from daemon.cameras import NO_FRAME, CameraReader
+    from daemon.config import CameraConfig
+
+    reader = CameraReader(
+        CameraConfig(name="porch", url="rtsp://10.0.0.9/live"), FrameQueues(["porch"], 2)
+    )
+    monkeypatch.setattr(
+        cameras, "open_capture", lambda url, stopping: SimpleNamespace(release=lambda: None)
+    )
+    delivered = [0, 0, 25]
+    reasons: list[str] = []
+
+    def wait(delay: float) -> bool:
+        reasons.append(reader._down[0] if reader._down else "")
+        if not delivered:
+            reader.stop()
+        return reader._stop_event.is_set()
+
+    monkeypatch.setattr(reader, "_read", lambda capture: delivered.pop(0))
+    monkeypatch.setattr(reader._stop_event, "wait", wait)
+    with caplog.at_level("WARNING", logger="daemon.cameras"):
+        reader.run()
+    assert reasons == [NO_FRAME, NO_FRAME, "stream ended or stalled"]
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0].startswith("camera porch: its stream opened, but no frame decoded: no keyframe")
+    assert "I-frame interval to 1-2 s" in lines[0]
+    assert len(NO_FRAME) <= cameras.REASON_CHARS  # (the metric's label whole)
+
+
 def test_a_camera_opening_at_the_stop_says_no_retrying(monkeypatch, caplog) -> None:
     """`SIGTERM: stopping`, then `camera NAME: cannot open: ...; retrying in 0.6 s`: an open
     in flight at the stop failed, and the reader announced a retry it would not make."""
