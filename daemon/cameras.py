@@ -15,7 +15,8 @@ finds who is in a recording).
 Frames are decimated to the camera's target fps before they are queued, turned upright
 (``rotate``), a dark one brightened (``daemon.low_light``), each marked with whether it
 moved (``daemon.motion``); when the pipeline is behind, the oldest queued frame is dropped
-and counted, so the scheduler always sees recent frames.
+and counted, and a camera with more frames queued than a batch has room for gives its
+newest, so the scheduler always sees recent frames.
 """
 
 from __future__ import annotations
@@ -138,7 +139,7 @@ class FrameQueues:
             logger.warning(
                 "camera %s: %.0f %% of its frames dropped in the last %.0f s: the pipeline "
                 "cannot keep up (%s)",
-                camera, 100 * lost / put, now - start, metrics.DROPS_ADVICE,
+                camera, min(100, 100 * lost / put), now - start, metrics.DROPS_ADVICE,
             )  # fmt: skip
             warned = now
         self._drops[camera] = [now, 0, 0, warned]
@@ -150,8 +151,10 @@ class FrameQueues:
     def take(self, max_frames: int, max_wait_s: float, idle_s: float = 0.5) -> list[Frame]:
         """Up to ``max_frames`` frames, one per camera in turn, starting with the cameras
         served longest ago (a batch smaller than the number of cameras does not starve the
-        last ones). Waits up to ``idle_s`` for a first frame, then up to ``max_wait_s`` more
-        to fill the batch."""
+        last ones). A camera with more frames queued than the batch has room for gives its
+        newest, the older dropped and counted (searching the older one added a frame period
+        of latency); with room, all of them go, oldest first. Waits up to ``idle_s`` for a
+        first frame, then up to ``max_wait_s`` more to fill the batch."""
         with self._ready:
             if not self._ready.wait_for(self._any, idle_s):
                 return []
@@ -160,6 +163,8 @@ class FrameQueues:
                 left = deadline - time.monotonic()
                 if left <= 0 or not self._ready.wait(left):
                     break
+            for camera, room in self._shares(max_frames).items():
+                self._drop_oldest(camera, len(self._queues[camera]) - room)
             batch: list[Frame] = []
             while len(batch) < max_frames and self._any():
                 for camera in list(self._turns):
@@ -169,6 +174,35 @@ class FrameQueues:
                         self._turns.remove(camera)  # to the back of the line
                         self._turns.append(camera)
             return batch
+
+    def _shares(self, max_frames: int) -> dict[str, int]:
+        """How many frames each camera with frames queued gets in a batch of
+        ``max_frames``, dealt one at a time in turn (none for those left out of it)."""
+        shares = dict.fromkeys(self._turns, 0)
+        dealt = 0
+        while dealt < max_frames:
+            before = dealt
+            for camera in self._turns:
+                if shares[camera] < len(self._queues[camera]) and dealt < max_frames:
+                    shares[camera] += 1
+                    dealt += 1
+            if dealt == before:
+                break
+        return {camera: share for camera, share in shares.items() if share}
+
+    def _drop_oldest(self, camera: str, count: int) -> None:
+        """Drop a camera's ``count`` oldest queued frames, counted as the pipeline's
+        drops; their motion goes on to the frame after them."""
+        queue = self._queues[camera]
+        if count <= 0:
+            return
+        moved = False
+        for _ in range(count):
+            moved |= queue.popleft().moved
+        if moved and not queue[0].moved:
+            queue[0] = dataclasses.replace(queue[0], moved=True)
+        metrics.FRAMES_DROPPED.labels(camera).inc(count)
+        self._drops[camera][2] += count
 
     def _any(self) -> bool:
         return any(self._queues.values())

@@ -400,6 +400,35 @@ def test_frame_queues_keep_the_newest_and_count_drops() -> None:
     assert queues.take(8, 0.0, idle_s=0.01) == []
 
 
+def test_a_camera_behind_gives_its_newest_frame_and_with_room_all_of_them() -> None:
+    """The pipeline behind (the default queue of 2 full at each visit, one frame a camera
+    in a batch): the older frame was searched, a frame period (200 ms at 5 fps) late, and
+    the newer one dropped before the next visit. The newest is searched, the older counted
+    as dropped (its motion kept); a batch with room (a GPU's) still takes both, in order."""
+    queues = FrameQueues(["gate", "door"], per_camera=2)
+    image = np.zeros((1, 1, 3), np.uint8)
+
+    def dropped(camera: str) -> float:
+        return REGISTRY.get_sample_value("facewatch_frames_dropped_total", {"camera": camera}) or 0
+
+    before = dropped("gate")
+    for seq, moved in ((1, True), (2, False), (3, False)):  # 1 dropped as 3 comes
+        queues.put(Frame("gate", seq, float(seq), image, moved))
+        queues.put(Frame("door", seq, float(seq), image))
+    batch = queues.take(max_frames=2, max_wait_s=0.0)
+    assert [(f.camera, f.seq) for f in batch] == [("gate", 3), ("door", 3)]
+    assert batch[0].moved, "the motion of the frames dropped goes on"
+    assert dropped("gate") - before == 2
+    assert queues.pending() == 0
+    for seq in (4, 5):
+        queues.put(Frame("gate", seq, float(seq), image))
+        queues.put(Frame("door", seq, float(seq), image))
+    assert [(f.camera, f.seq) for f in queues.take(4, 0.0)] == [
+        ("gate", 4), ("door", 4), ("gate", 5), ("door", 5)
+    ]  # fmt: skip
+    assert dropped("gate") - before == 2
+
+
 @pytest.mark.parametrize("max_frames", [1, 2])
 def test_frame_queues_respect_max_batch(max_frames) -> None:
     queues = FrameQueues(["a"], per_camera=4)
