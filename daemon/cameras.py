@@ -104,13 +104,20 @@ class Frame:
 class FrameQueues:
     """The newest frames of every camera, and the scheduler's wait for them."""
 
-    def __init__(self, cameras: list[str], per_camera: int) -> None:
+    def __init__(
+        self, cameras: list[str], per_camera: int, full_scan_every: int | None = None
+    ) -> None:
+        """``full_scan_every``: detection's, for the advice when the pipeline is behind
+        (None: not known)."""
         self._queues: dict[str, deque[Frame]] = {c: deque() for c in cameras}
         self._turns: deque[str] = deque(cameras)  # served longest ago first
         self._per_camera = per_camera
+        self._full_scan_every = full_scan_every
         self._ready = threading.Condition()
-        # per camera: [window start, frames put, frames dropped, last warned] (monotonic)
-        self._drops = {c: [time.monotonic(), 0, 0, -REMIND_S] for c in cameras}
+        self._taken = 0  # frames the pipeline took, of all cameras
+        # per camera: [window start (monotonic), frames put, frames dropped, last warned,
+        # frames taken of all cameras at the start]
+        self._drops = {c: [time.monotonic(), 0, 0, -REMIND_S, 0] for c in cameras}
 
     def put(self, frame: Frame) -> None:
         with self._ready:
@@ -127,22 +134,25 @@ class FrameQueues:
 
     def _count_drops(self, camera: str, dropped: bool) -> None:
         """Warn (at most every REMIND_S) of a camera whose frames were mostly dropped in a
-        minute: the pipeline cannot keep up with it."""
+        minute: the pipeline cannot keep up with it (the advice sized by the frames it took
+        in that time, of all cameras)."""
         window = self._drops[camera]
         window[1] += 1
         window[2] += dropped
         now = time.monotonic()
         if now - window[0] < DROPS_WINDOW_S:
             return
-        start, put, lost, warned = window
+        start, put, lost, warned, taken = window
         if lost > metrics.DROPS_HIGH * put and now - warned >= REMIND_S:
+            handled = (self._taken - taken) / (now - start) if now > start else 0.0
+            advice = metrics.drops_advice(handled, len(self._queues), self._full_scan_every)
             logger.warning(
                 "camera %s: %.0f %% of its frames dropped in the last %.0f s: the pipeline "
                 "cannot keep up (%s)",
-                camera, min(100, 100 * lost / put), now - start, metrics.DROPS_ADVICE,
+                camera, min(100, 100 * lost / put), now - start, advice,
             )  # fmt: skip
             warned = now
-        self._drops[camera] = [now, 0, 0, warned]
+        self._drops[camera] = [now, 0, 0, warned, self._taken]
 
     def pending(self) -> int:
         with self._ready:
@@ -173,6 +183,7 @@ class FrameQueues:
                         batch.append(queue.popleft())
                         self._turns.remove(camera)  # to the back of the line
                         self._turns.append(camera)
+            self._taken += len(batch)
             return batch
 
     def _shares(self, max_frames: int) -> dict[str, int]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import platform
 from collections.abc import Iterable
 
@@ -93,9 +94,34 @@ FRAMES_PROCESSED = Counter(
 # the share of a camera's frames dropped that is too many: the pipeline cannot keep up (the
 # log, `facewatch status` and the alert FacewatchFrameDropsHigh say so past it)
 DROPS_HIGH = 0.2
-DROPS_ADVICE = (
-    "lower the cameras' fps, use sub-streams, set detection.full_scan_every, or move to a GPU"
-)
+
+
+def drops_advice(kept_up_fps: float, cameras: int, full_scan_every: int | None) -> str:
+    """What to do about a pipeline that cannot keep up with its cameras (the log and
+    ``facewatch status`` say it), sized by the frames a second it took from all ``cameras``
+    (0: not known): each camera's ``fps`` at most its share of them. The decoding of each
+    stream costs the CPU too. ``detection.full_scan_every`` is suggested only where it is 1
+    (None: not known)."""
+    if kept_up_fps > 0:
+        share = max(0.1, math.floor(10 * kept_up_fps / cameras) / 10)
+        each = f" for each of the {cameras} cameras" if cameras > 1 else ""
+        said = (
+            f"it handles {kept_up_fps:.1f} frames/s in all: set cameras[].fps to at most "
+            f"{share:g}{each}"
+        )
+    else:
+        said = "lower cameras[].fps"
+    said += (
+        " (and the camera's own stream to that frame rate, or use its sub-stream: decoding "
+        "a full stream costs CPU too)"
+    )
+    if full_scan_every is None:
+        said += ", set detection.full_scan_every: 5 where it is 1"
+    elif full_scan_every <= 1:
+        said += ", set detection.full_scan_every: 5"
+    return said + ", or move to a GPU"
+
+
 FRAMES_DROPPED = Counter(
     "facewatch_frames_dropped_total",
     "frames dropped because the pipeline was behind (newest frames are kept)",

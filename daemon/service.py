@@ -239,7 +239,9 @@ class Service:
             self._start_archive(facenet)
         self._log_filters(cameras)
         pipeline = Pipeline(cfg, detector, facenet, sinks, archive=self.archive)
-        queues = FrameQueues([c.name for c in cameras], cfg.batching.queue_frames)
+        queues = FrameQueues(
+            [c.name for c in cameras], cfg.batching.queue_frames, cfg.detection.full_scan_every
+        )
         scheduler = BatchScheduler(pipeline, queues)
         on_status = self.publisher.set_camera_status if self.publisher else None
         self.readers = [CameraReader(c, queues, on_status, cfg.motion(c)) for c in cameras]

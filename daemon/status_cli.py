@@ -19,10 +19,10 @@ from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from daemon.config import DEFAULT_CONFIG, SERVICE_CONFIG, ConfigError, running_config
+from daemon.config import DEFAULT_CONFIG, SERVICE_CONFIG, Config, ConfigError, running_config
 from daemon.config_file import load_config, redact_url, url_host
 from daemon.journal import print_error
-from daemon.metrics import DROPS_ADVICE, DROPS_HIGH
+from daemon.metrics import DROPS_HIGH, drops_advice
 from daemon.stream_probe import http_get, peer_text
 
 NOT_RUNNING = 3
@@ -96,10 +96,16 @@ class Status:
     enrolled: int
     cameras: list[Camera] = field(default_factory=list)
     now: float = 0.0  # the daemon's clock at the second scrape (Unix time)
+    full_scan_every: int | None = None  # detection's, as the config says (None: not read)
 
     def problems(self) -> list[str]:
         found = [_down(c, self.now) for c in self.cameras if not c.up]
-        found += [_behind(c) for c in self.cameras if c.up and c.behind]
+        behind = [c for c in self.cameras if c.up and c.behind]
+        found += [_behind(c) for c in behind]
+        if behind:  # what to do, once: sized by what the pipeline handles of all cameras
+            handled = sum(c.searched_fps + c.still_fps for c in self.cameras)
+            advice = drops_advice(handled, len(self.cameras), self.full_scan_every)
+            found.append(f"the pipeline cannot keep up: {advice}")
         if self.mqtt == "disconnected":
             found.append(f"MQTT is disconnected ({self.spooled} message(s) spooled)")
         elif self.mqtt == "connected" and self.refused:
@@ -124,11 +130,8 @@ def _dropping(read: float, dropped: float) -> bool:
 
 
 def _behind(camera: Camera) -> str:
-    share = 100 * camera.dropped_fps / camera.read_fps
-    return (
-        f"camera {camera.name} cannot be kept up with: {share:.0f} % of its frames dropped "
-        f"({DROPS_ADVICE})"
-    )
+    share = min(100, 100 * camera.dropped_fps / camera.read_fps)
+    return f"camera {camera.name} cannot be kept up with: {share:.0f} % of its frames dropped"
 
 
 class NotFacewatch(Exception):
@@ -303,9 +306,8 @@ def print_table(status: Status) -> None:
         print(f"  problem: {problem}")
 
 
-def metrics_url(config_path: str) -> str:
+def metrics_url(config: Config, config_path: str) -> str:
     """Where the daemon of this config serves its metrics (ConfigError when it does not)."""
-    config = load_config(config_path, secrets=False)
     if not config.metrics.enabled:
         raise ConfigError(
             f"{config_path}: metrics.enabled is false: the daemon serves no metrics to read "
@@ -323,8 +325,14 @@ def _status(args: argparse.Namespace) -> int:
     if not (math.isfinite(args.interval) and 0 < args.interval <= 3600):
         print_error(f"--interval {args.interval}: from above 0 to 3600 seconds")
         return 2
+    config = None
     try:
-        request = metrics_request(args.url or metrics_url(args.config or str(running_config())))
+        if args.url:
+            request = metrics_request(args.url)
+        else:
+            path = args.config or str(running_config())
+            config = load_config(path, secrets=False)
+            request = metrics_request(metrics_url(config, path))
     except (ConfigError, ValueError) as exc:
         print_error(str(exc))
         return 2
@@ -341,6 +349,8 @@ def _status(args: argparse.Namespace) -> int:
             reason = peer_text(f"{getattr(exc, 'strerror', None) or exc}", 200)
         problem = f"no facewatch daemon answers at {shown}: {reason}"
         return _unanswered(args, shown, f"{problem} (is it running? systemctl status facewatch)")
+    if config is not None:  # (for the advice when the pipeline is behind)
+        status.full_scan_every = config.detection.full_scan_every
     if args.json:
         report = {**asdict(status), "url": shown, "running": True, "problems": status.problems()}
         print(json.dumps(report, indent=1))

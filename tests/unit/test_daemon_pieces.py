@@ -2412,6 +2412,33 @@ def test_a_camera_whose_frames_are_mostly_dropped_is_logged_now_and_then(
     assert "cannot keep up" in lines[0]
 
 
+def test_the_log_of_a_pipeline_behind_says_which_fps_would_do(monkeypatch, caplog) -> None:
+    """Its advice was `lower the cameras' fps, use sub-streams, set
+    detection.full_scan_every, or move to a GPU`, with full_scan_every already 5 and no
+    word of which fps. It says what the pipeline handled in the minute, of all cameras, and
+    each camera's share of it, under the key's name."""
+    from daemon import cameras
+
+    clock = [0.0]
+    monkeypatch.setattr(
+        cameras, "time", SimpleNamespace(monotonic=lambda: clock[0], time=time.time)
+    )
+    queues = FrameQueues(["gate", "door"], per_camera=2, full_scan_every=5)
+    image = np.zeros((1, 1, 3), np.uint8)
+    with caplog.at_level("WARNING", logger="daemon.cameras"):
+        for step in range(305):  # both at 5 fps; the pipeline takes 3 frames a second
+            clock[0] = step / 5
+            queues.put(Frame("gate", step, clock[0], image))
+            queues.put(Frame("door", step, clock[0], image))
+            if step % 5 in (0, 2, 4):
+                queues.take(1, 0.0)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2, lines
+    assert "it handles 3.0 frames/s in all: set cameras[].fps to at most 1.5 for each of " \
+        "the 2 cameras (and the camera's own stream to that frame rate" in lines[0]  # fmt: skip
+    assert "full_scan_every" not in lines[0]
+
+
 def test_a_broker_port_that_is_no_mqtt_broker_is_said(tmp_path, caplog) -> None:
     """mqtt.port set to something that takes the connection and closes it (a web server, a
     websockets or TLS listener): the log said only 'connecting to', while events spooled."""

@@ -310,6 +310,55 @@ def test_status_names_a_camera_whose_frames_are_mostly_dropped(capsys) -> None:
         assert main(["status", "--url", f"127.0.0.1:{port}", "--interval", "0.1"]) == 0
 
 
+def test_status_sizes_its_advice_for_a_pipeline_behind(tmp_path, capsys) -> None:
+    """Eight cameras at 5 fps on a small box, 62 % of each one's frames dropped: eight lines
+    each said `lower the cameras' fps, use sub-streams, set detection.full_scan_every, or
+    move to a GPU`, with full_scan_every already 5 and no word of which fps would do. One
+    line says what the pipeline handles in all, the fps that fits each camera (the key's
+    name), the stream's own rate or sub-stream (the decoding costs too), and full_scan_every
+    only where it is 1 (or not known: status --url)."""
+    from daemon.status_cli import Camera, Status
+
+    cameras = [
+        Camera(f"cam{k}", True, 25.0, 5.0, 1.9, 0.0, 3.1, 1.0, 0, behind=True) for k in range(8)
+    ]
+    status = Status("u", "v", "b", "m", 1.0, "connected", 0, False, 0, cameras, 0.0, 5)
+    problems = status.problems()
+    assert problems[:8] == [
+        f"camera cam{k} cannot be kept up with: 62 % of its frames dropped" for k in range(8)
+    ]
+    assert problems[8:] == [
+        "the pipeline cannot keep up: it handles 15.2 frames/s in all: set cameras[].fps to "
+        "at most 1.9 for each of the 8 cameras (and the camera's own stream to that frame "
+        "rate, or use its sub-stream: decoding a full stream costs CPU too), or move to a GPU"
+    ]
+    status.full_scan_every = 1
+    assert "set detection.full_scan_every: 5, or move" in status.problems()[-1]
+
+    def page(read: int, dropped: int) -> bytes:
+        return (
+            b"HTTP/1.0 200 OK\r\n\r\n"
+            b'facewatch_build_info{version="1",backend="x",model="m"} 1\n'
+            b'facewatch_camera_up{camera="gate"} 1\n'
+            b'facewatch_frames_read_total{camera="gate"} %d\n'
+            b'facewatch_frames_dropped_total{camera="gate"} %d\n'
+        ) % (read, dropped)
+
+    config = tmp_path / "facewatch.yaml"
+    for port in metrics_peer(page(1000, 100), page(1050, 140)):
+        config.write_text(
+            "cameras: [{name: gate, url: 'rtsp://10.0.0.9/live'}]\n"
+            f"detection: {{full_scan_every: 5}}\nmetrics: {{port: {port}}}\n"
+        )
+        assert main(["status", "--config", str(config), "--interval", "0.5"]) == 1
+    out = capsys.readouterr().out
+    assert "lower cameras[].fps (and the camera's own stream" in out  # (nothing searched)
+    assert "full_scan_every" not in out
+    for port in metrics_peer(page(1000, 100), page(1050, 140)):
+        assert main(["status", "--url", f"127.0.0.1:{port}", "--interval", "0.5"]) == 1
+    assert "set detection.full_scan_every: 5 where it is 1" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize(
     ("answer", "credentials", "expected"),
     [
