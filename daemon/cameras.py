@@ -115,6 +115,7 @@ class FrameQueues:
         self._full_scan_every = full_scan_every
         self._ready = threading.Condition()
         self._taken = 0  # frames the pipeline took, of all cameras
+        self._down: set[str] = set()  # cameras whose reader lost its stream
         # per camera: [window start (monotonic), frames put, frames dropped, last warned,
         # frames taken of all cameras at the start]
         self._drops = {c: [time.monotonic(), 0, 0, -REMIND_S, 0] for c in cameras}
@@ -153,6 +154,20 @@ class FrameQueues:
             )  # fmt: skip
             warned = now
         self._drops[camera] = [now, 0, 0, warned, self._taken]
+
+    def set_down(self, camera: str, down: bool) -> None:
+        """The camera's reader lost its stream (or got it back): its tracks need not be
+        held for a stall (``down``)."""
+        with self._ready:
+            if down:
+                self._down.add(camera)
+            else:
+                self._down.discard(camera)
+
+    def down(self) -> frozenset[str]:
+        """The cameras whose reader knows their stream is gone (ended, refused, no picture)."""
+        with self._ready:
+            return frozenset(self._down)
 
     def pending(self) -> int:
         with self._ready:
@@ -539,6 +554,7 @@ class CameraReader(threading.Thread):
             self._clear_down()
         if up != self.up:
             self.up = up
+            self.queues.set_down(self.config.name, not up)
             metrics.CAMERA_UP.labels(self.config.name).set(int(up))
             if not up and not self._stop_event.is_set():  # (a stop loses no camera)
                 metrics.CAMERA_DISCONNECTS.labels(self.config.name).inc()

@@ -1538,6 +1538,38 @@ def test_faces_in_view_through_a_short_stall_are_one_visit(detector) -> None:
     assert {e["track_id"] for e in events if e["type"] == "left"} == confirmed
 
 
+def test_the_visits_of_a_camera_whose_stream_ended_end_without_the_stall_grace(
+    detector,
+) -> None:
+    """A camera whose server went away (the reader logged it down on `connection refused`)
+    held its tracks for the 10 s stall grace all the same: their `left`, and a `confirmed`
+    sent with it, went out 12 s after the last frame. The reader tells the scheduler, and
+    its tracks end as they would with frames (lost_after_s); a reconnect within that is
+    still the same visit."""
+    from daemon.cameras import CameraReader
+    from daemon.config import CameraConfig
+
+    pipeline, events, frames = _demo_pipeline(detector, 12)
+    queues = FrameQueues(["door"], 2)
+    reader = CameraReader(CameraConfig(name="door", url="rtsp://10.0.0.9/live"), queues)
+    reader._set_up(True)
+    for k in range(4):  # 0.6 s of two faces: confirmed
+        pipeline.process([Frame("door", k, 1000.0 + 0.2 * k, frames[k])])
+    confirmed = {e["track_id"] for e in events if e["type"] == "confirmed"}
+    assert confirmed
+    reader._set_up(False)  # its stream ended; back 1 s later
+    assert queues.down() == {"door"}
+    pipeline.expire(1001.6, down=queues.down())
+    reader._set_up(True)
+    assert queues.down() == set()
+    for k in range(4, 8):
+        pipeline.process([Frame("door", k, 1001.6 + 0.2 * (k - 4), frames[k])])
+    assert not [e for e in events if e["type"] == "left"], "a reconnect: the same visit"
+    reader._set_up(False)  # gone for good
+    pipeline.expire(1002.2 + 2.1, down=queues.down())
+    assert {e["track_id"] for e in events if e["type"] == "left"} == confirmed
+
+
 def test_an_event_output_that_fails_loses_its_copy_and_the_daemon_goes_on(tmp_path, caplog) -> None:
     """A full disk under the JSON-lines file (/dev/full), a spool whose file went read-only:
     the event still reaches the other outputs, each failure is counted and logged once per
