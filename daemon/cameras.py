@@ -15,8 +15,7 @@ finds who is in a recording).
 Frames are decimated to the camera's target fps before they are queued, turned upright
 (``rotate``), a dark one brightened (``daemon.low_light``), each marked with whether it
 moved (``daemon.motion``); when the pipeline is behind, the oldest queued frame is dropped
-and counted, and a camera with more frames queued than a batch has room for gives its
-newest, so the scheduler always sees recent frames.
+and counted, so the scheduler always sees recent frames.
 """
 
 from __future__ import annotations
@@ -115,7 +114,6 @@ class FrameQueues:
         self._full_scan_every = full_scan_every
         self._ready = threading.Condition()
         self._taken = 0  # frames the pipeline took, of all cameras
-        self._down: set[str] = set()  # cameras whose reader lost its stream
         # per camera: [window start (monotonic), frames put, frames dropped, last warned,
         # frames taken of all cameras at the start]
         self._drops = {c: [time.monotonic(), 0, 0, -REMIND_S, 0] for c in cameras}
@@ -155,20 +153,6 @@ class FrameQueues:
             warned = now
         self._drops[camera] = [now, 0, 0, warned, self._taken]
 
-    def set_down(self, camera: str, down: bool) -> None:
-        """The camera's reader lost its stream (or got it back): its tracks need not be
-        held for a stall (``down``)."""
-        with self._ready:
-            if down:
-                self._down.add(camera)
-            else:
-                self._down.discard(camera)
-
-    def down(self) -> frozenset[str]:
-        """The cameras whose reader knows their stream is gone (ended, refused, no picture)."""
-        with self._ready:
-            return frozenset(self._down)
-
     def pending(self) -> int:
         with self._ready:
             return sum(len(q) for q in self._queues.values())
@@ -176,10 +160,8 @@ class FrameQueues:
     def take(self, max_frames: int, max_wait_s: float, idle_s: float = 0.5) -> list[Frame]:
         """Up to ``max_frames`` frames, one per camera in turn, starting with the cameras
         served longest ago (a batch smaller than the number of cameras does not starve the
-        last ones). A camera with more frames queued than the batch has room for gives its
-        newest, the older dropped and counted (searching the older one added a frame period
-        of latency); with room, all of them go, oldest first. Waits up to ``idle_s`` for a
-        first frame, then up to ``max_wait_s`` more to fill the batch."""
+        last ones). Waits up to ``idle_s`` for a first frame, then up to ``max_wait_s`` more
+        to fill the batch."""
         with self._ready:
             if not self._ready.wait_for(self._any, idle_s):
                 return []
@@ -188,8 +170,6 @@ class FrameQueues:
                 left = deadline - time.monotonic()
                 if left <= 0 or not self._ready.wait(left):
                     break
-            for camera, room in self._shares(max_frames).items():
-                self._drop_oldest(camera, len(self._queues[camera]) - room)
             batch: list[Frame] = []
             while len(batch) < max_frames and self._any():
                 for camera in list(self._turns):
@@ -200,35 +180,6 @@ class FrameQueues:
                         self._turns.append(camera)
             self._taken += len(batch)
             return batch
-
-    def _shares(self, max_frames: int) -> dict[str, int]:
-        """How many frames each camera with frames queued gets in a batch of
-        ``max_frames``, dealt one at a time in turn (none for those left out of it)."""
-        shares = dict.fromkeys(self._turns, 0)
-        dealt = 0
-        while dealt < max_frames:
-            before = dealt
-            for camera in self._turns:
-                if shares[camera] < len(self._queues[camera]) and dealt < max_frames:
-                    shares[camera] += 1
-                    dealt += 1
-            if dealt == before:
-                break
-        return {camera: share for camera, share in shares.items() if share}
-
-    def _drop_oldest(self, camera: str, count: int) -> None:
-        """Drop a camera's ``count`` oldest queued frames, counted as the pipeline's
-        drops; their motion goes on to the frame after them."""
-        queue = self._queues[camera]
-        if count <= 0:
-            return
-        moved = False
-        for _ in range(count):
-            moved |= queue.popleft().moved
-        if moved and not queue[0].moved:
-            queue[0] = dataclasses.replace(queue[0], moved=True)
-        metrics.FRAMES_DROPPED.labels(camera).inc(count)
-        self._drops[camera][2] += count
 
     def _any(self) -> bool:
         return any(self._queues.values())
@@ -554,7 +505,6 @@ class CameraReader(threading.Thread):
             self._clear_down()
         if up != self.up:
             self.up = up
-            self.queues.set_down(self.config.name, not up)
             metrics.CAMERA_UP.labels(self.config.name).set(int(up))
             if not up and not self._stop_event.is_set():  # (a stop loses no camera)
                 metrics.CAMERA_DISCONNECTS.labels(self.config.name).inc()

@@ -41,9 +41,7 @@ from engines.mtcnn import MTCNN, FrameDetections
 logger = logging.getLogger(__name__)
 
 EXPIRE_EVERY_S = 0.25
-# a camera silent this long is down (cameras.READ_TIMEOUT_MS, 3 tries), unless its reader
-# said so sooner (a stream that ended, a connection refused: FrameQueues.down)
-STALL_GRACE_S = 10.0
+STALL_GRACE_S = 10.0  # a camera silent this long is down (cameras.READ_TIMEOUT_MS, 3 tries)
 GALLERY_CHECK_S = 2.0  # how often the gallery file is looked at for changes
 # how long a reload waits for a writer's lock (enroll, a gallery command): on the thread that
 # runs the engines, every camera waits with it; a gallery being written is tried again at
@@ -379,20 +377,13 @@ class Pipeline:
                 key = (face.frame.camera, face.track.track_id)
                 self._undecided_face[key] = crop.copy()  # not a view: frees the frame
 
-    def expire(
-        self, now: float, stopping: bool = False, down: frozenset[str] = frozenset()
-    ) -> None:
+    def expire(self, now: float, stopping: bool = False) -> None:
         """``left`` for the tracks gone (for every open one when ``stopping``). A camera that
         sent no frame for a while (a stall) holds its tracks up to STALL_GRACE_S: the faces
-        in view when its frames come again are the same visit, not a new arrival. A camera
-        ``down`` (its reader knows its stream is gone) holds them no longer than its frames
-        would (``lost_after_s``): a reconnect sooner is still the same visit."""
+        in view when its frames come again are the same visit, not a new arrival."""
         for camera, tracker in self.trackers.items():
             last = self._last_frame.get(camera)
-            if last is None or camera in down:
-                seen_until = now
-            else:
-                seen_until = min(now, max(last, now - STALL_GRACE_S))
+            seen_until = now if last is None else min(now, max(last, now - STALL_GRACE_S))
             self._ended(camera, tracker.expire(seen_until, stopping), time.time())
 
     def _ended(self, camera: str, events: list[TrackEvent], ts: float) -> None:
@@ -593,7 +584,7 @@ class BatchScheduler(threading.Thread):
                 self.last_round = time.monotonic()
                 now = time.monotonic()  # the frames' clock (Frame.clock)
                 if now - last_expire >= EXPIRE_EVERY_S:
-                    self.pipeline.expire(now, down=self.queues.down())
+                    self.pipeline.expire(now)
                     last_expire = now
                 if stopping and not frames:  # drained: cameras stopped, queues empty
                     self.pipeline.expire(time.monotonic(), stopping=True)
