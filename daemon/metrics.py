@@ -103,7 +103,7 @@ def drops_advice(kept_up_fps: float, cameras: int, full_scan_every: int | None) 
     stream costs the CPU too. ``detection.full_scan_every`` is suggested only where it is 1
     (None: not known)."""
     if kept_up_fps > 0:
-        share = max(0.1, math.floor(10 * kept_up_fps / cameras) / 10)
+        share = min(60.0, max(0.1, math.floor(10 * kept_up_fps / cameras) / 10))  # (fps's range)
         each = f" for each of the {cameras} cameras" if cameras > 1 else ""
         said = (
             f"it handles {kept_up_fps:.1f} frames/s in all: set cameras[].fps to at most "

@@ -603,3 +603,11 @@ def test_an_https_camera_with_its_own_certificate_is_left_to_opencv(tmp_path) ->
     finally:
         listener.close()
     assert problem is not None and "no stream at /video.mjpg (HTTP 404" in problem, problem
+
+
+def test_the_advice_never_names_an_fps_the_config_refuses() -> None:
+    """A GPU box handling 125 frames/s behind with two cameras: 'at most 62.5' was advised,
+    which cameras[].fps refuses (at most 60)."""
+    from daemon.metrics import drops_advice
+
+    assert "set cameras[].fps to at most 60 for each of the 2 cameras" in drops_advice(125, 2, 1)
