@@ -329,8 +329,17 @@ def _resolve(base: Path, value: str) -> str:
     return str((base / os.path.expanduser(value)).resolve())
 
 
+def _absolute(base: Path, value: str) -> str:
+    """``value`` relative to ``base``, its symlinks kept: a file renewed by re-pointing a
+    link (certbot's live/ to archive/, cert-manager's ..data) is read through the link,
+    where ``_resolve`` would keep reading the target it had at the start."""
+    return str(base / os.path.expanduser(value))
+
+
 def resolve_paths(config: Config, base: Path) -> Config:
-    """Paths in the config are relative to ``base`` (the config file's folder)."""
+    """Paths in the config are relative to ``base`` (the config file's folder). The TLS
+    files keep their symlinks (they are read again when renewed: ``daemon.mqtt_tls``); the
+    other paths are resolved, as they always were."""
     model = config.recognition.model
     if model not in (None, "auto"):
         model = _resolve(base, model)
@@ -341,7 +350,7 @@ def resolve_paths(config: Config, base: Path) -> Config:
     mqtt = config.mqtt.model_copy(update={"spool_dir": _resolve(base, config.mqtt.spool_dir)})
     if mqtt.tls is not None:  # (the unit's working folder is /var/lib/facewatch, not /etc's)
         files = {key: getattr(mqtt.tls, key) for key in ("ca_file", "cert_file", "key_file")}
-        resolved = {key: _resolve(base, path) for key, path in files.items() if path}
+        resolved = {key: _absolute(base, path) for key, path in files.items() if path}
         mqtt = mqtt.model_copy(update={"tls": mqtt.tls.model_copy(update=resolved)})
     tensorrt = config.engines.tensorrt
     if tensorrt.calib_dir:

@@ -1,7 +1,7 @@
 """The MQTT connection's TLS files (``mqtt.tls``): the CA, client certificate and key, loaded
 into one SSL context, and loaded again when they were renewed in place (replaced at the same
-path by certbot, step-ca, cert-manager or by hand), so that the next connection uses them
-without a restart.
+path by step-ca or by hand, or a symlink there pointed at new files by certbot or
+cert-manager), so that the next connection uses them without a restart.
 
 paho keeps the SSL context it is given for every reconnection: it is given a
 ``RenewableContext``, which wraps each connection's socket with the latest context, after a

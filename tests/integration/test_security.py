@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -14,12 +16,14 @@ from pathlib import Path
 
 import paho.mqtt.client as paho
 import pytest
+import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 
 from daemon import metrics
 from daemon import mqtt as mqtt_module
 from daemon.cli import main
 from daemon.config import MqttConfig, TlsConfig
+from daemon.config_file import config_changes, load_config
 from daemon.mqtt import MqttPublisher
 from daemon.spool import Spool
 from tests.conftest import REPO
@@ -367,6 +371,73 @@ def test_tls_files_caught_half_renewed_are_said_and_tried_again(tmp_path, caplog
         "MQTT: mqtt.tls.cert_file, mqtt.tls.key_file changed since loaded: the next "
         "connection uses the renewed files"
     )
+
+
+CLIENT_FILES = {"ca_file": "ca.crt", "cert_file": "client.crt", "key_file": "client.key"}
+
+
+def _certbot(live: Path, generation: Path) -> None:
+    """The client's files of ``generation`` in ``live`` as certbot renews them: each file a
+    symlink, pointed at the new version of it."""
+    live.mkdir(exist_ok=True)
+    for name in CLIENT_FILES.values():
+        link = live / name
+        link.unlink(missing_ok=True)
+        link.symlink_to(generation / name)
+
+
+def _kubelet(secret: Path, generation: Path) -> None:
+    """The client's files of ``generation`` in ``secret`` as kubelet updates a mounted
+    secret (cert-manager's): the files in a new hidden folder, the ``..data`` symlink that
+    the files link through swapped to it at once, the old folder deleted."""
+    secret.mkdir(exist_ok=True)
+    data = secret / "..data"
+    old = data.resolve() if data.is_symlink() else None
+    fresh = secret / f"..{generation.name}"
+    fresh.mkdir()
+    for name in CLIENT_FILES.values():
+        shutil.copy(generation / name, fresh / name)
+        if not (secret / name).is_symlink():
+            (secret / name).symlink_to(f"..data/{name}")
+    (secret / "..data_tmp").symlink_to(fresh.name)
+    os.replace(secret / "..data_tmp", data)
+    if old is not None:
+        shutil.rmtree(old)
+
+
+def test_tls_files_renewed_by_re_pointing_symlinks_are_loaded(tmp_path, caplog) -> None:
+    """certbot renews live/cert.pem by pointing the link at the next file, cert-manager
+    by swapping the ..data link its files go through (and deleting the old folder). The
+    config named the links' targets at the start: the daemon watched those, never loaded a
+    renewal (or said at every attempt that the deleted one could not be used), and
+    certbot's deploy hook `systemctl reload facewatch` was told mqtt.tls.* had changed and
+    needed a restart. Each renewal is loaded, and the config reads as unchanged."""
+    generations = [_tls_generation(tmp_path / f"gen{n}") for n in (1, 2, 3)]
+    loaded = []
+    with caplog.at_level("INFO", logger="daemon.mqtt"):
+        for renew in (_certbot, _kubelet):
+            folder = tmp_path / renew.__name__.strip("_")
+            renew(folder, generations[0])
+            path = tmp_path / f"{folder.name}.yaml"
+            files = {key: f"{folder.name}/{name}" for key, name in CLIENT_FILES.items()}
+            path.write_text(yaml.safe_dump({"cameras": [{"name": "door", "url": "rtsp://h/1"}],
+                                            "mqtt": {"tls": files}}))  # fmt: skip
+            config = load_config(path)
+            spool = Spool(tmp_path / f"spool-{folder.name}", 10)
+            publisher = MqttPublisher(config.mqtt, "node", spool)
+            assert publisher.tls is not None
+            for generation in generations[1:]:
+                before = publisher.tls.current
+                renew(folder, generation)
+                loaded.append(publisher.renew_tls() and publisher.tls.current is not before)
+                assert config_changes(config, load_config(path)) == [], renew.__name__
+            spool.close()
+    assert loaded == [True] * 4
+    lines = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert lines == [
+        ("INFO", "MQTT: mqtt.tls.ca_file, mqtt.tls.cert_file, mqtt.tls.key_file changed since "
+                 "loaded: the next connection uses the renewed files")
+    ] * 4, lines  # fmt: skip
 
 
 ADMIN, ADMIN_SECRET = "admin", "admin-Secret-2b9d"

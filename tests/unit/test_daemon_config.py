@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from daemon.config import DEFAULT_CONFIG, WARM_UP_HW, CameraConfig, ConfigError, plan_request
-from daemon.config_file import load_config, parse_config, redact_url, schema_lines
+from daemon.config_file import config_changes, load_config, parse_config, redact_url, schema_lines
 from tests.conftest import MODELS
 
 CAMERA = {"name": "door", "url": "rtsp://cam/stream"}
@@ -242,6 +242,29 @@ def test_tls_files_are_relative_to_the_config_file_wherever_it_is_read_from(
     path.write_text("cameras: [{name: a, url: 'rtsp://h/s'}]\nmqtt: {tls: {insecure: true}}\n")
     tls = load_config(path).mqtt.tls
     assert tls is not None and tls.ca_file is None  # the system's CAs
+
+
+def test_tls_files_given_through_symlinks_are_read_through_them(tmp_path) -> None:
+    """certbot's live/cert.pem links to archive/cert1.pem, and a renewal points it at
+    cert2.pem: the config named the target it had at the start, so the daemon kept reading
+    cert1.pem (renewals never loaded), and each reload said mqtt.tls.* had changed."""
+    (tmp_path / "archive").mkdir()
+    (tmp_path / "live").mkdir()
+    for n in (1, 2):
+        (tmp_path / "archive" / f"cert{n}.pem").write_text(f"certificate {n}\n")
+    link = tmp_path / "live" / "cert.pem"
+    link.symlink_to("../archive/cert1.pem")
+    path = tmp_path / "f.yaml"
+    path.write_text(
+        "cameras: [{name: a, url: 'rtsp://h/s'}]\n"
+        f"mqtt: {{tls: {{ca_file: live/cert.pem, cert_file: {link}}}}}\n"
+    )
+    before = load_config(path)
+    assert before.mqtt.tls is not None
+    assert before.mqtt.tls.ca_file == before.mqtt.tls.cert_file == str(link)
+    link.unlink()
+    link.symlink_to("../archive/cert2.pem")  # renewed
+    assert config_changes(before, load_config(path)) == []
 
 
 def test_the_tensorrt_plans_follow_the_config(tmp_path, monkeypatch) -> None:
