@@ -55,11 +55,19 @@ class RenewableContext:
         return {key: _stamp(path) for key, path in self._files().items()}
 
     def _load(self) -> ssl.SSLContext:
+        """The context as paho's ``tls_set`` made it, so that a broker it accepted still
+        is: not ``ssl.create_default_context``, which from Python 3.13 refuses a CA without
+        a key usage (VERIFY_X509_STRICT), as ``openssl req -x509`` makes one."""
         tls = self.tls
-        context = ssl.create_default_context(cafile=tls.ca_file)  # (None: the system's CAs)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # (checks the host name)
         if tls.cert_file:
             context.load_cert_chain(tls.cert_file, tls.key_file)
         context.check_hostname = not tls.insecure
+        context.verify_mode = ssl.CERT_REQUIRED
+        if tls.ca_file:
+            context.load_verify_locations(tls.ca_file)
+        else:
+            context.load_default_certs()  # the system's CAs
         return context
 
     def _changed(self, stamps: dict[str, Stamp]) -> list[str]:

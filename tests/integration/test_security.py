@@ -8,6 +8,8 @@ import logging
 import os
 import shutil
 import signal
+import socket
+import ssl
 import stat
 import subprocess
 import time
@@ -25,6 +27,7 @@ from daemon.cli import main
 from daemon.config import MqttConfig, TlsConfig
 from daemon.config_file import config_changes, load_config
 from daemon.mqtt import MqttPublisher
+from daemon.mqtt_tls import RenewableContext
 from daemon.spool import Spool
 from tests.conftest import REPO
 from tests.integration.services import (
@@ -241,6 +244,34 @@ def test_wrong_password_and_untrusted_ca_are_named_without_the_secret(tmp_path, 
         warned = [line for line in log.splitlines() if " WARNING daemon.mqtt: MQTT: " in line]
         said = [line for line in warned if "refused the connection as" in line or "cannot" in line]
         assert len(said) == 1, log  # (each retry at DEBUG)
+
+
+def test_a_broker_ca_without_key_usage_passes_as_it_did_with_paho(tls_broker, monkeypatch):
+    """Python 3.13's ssl.create_default_context refuses a CA without a key usage
+    (VERIFY_X509_STRICT), as `openssl req -x509` makes one (this broker's): a broker that
+    paho's tls_set had connected to was refused ('CA cert does not include key usage
+    extension') once the daemon made the context itself with create_default_context. It
+    makes it as tls_set did, whatever the Python."""
+    ca, port = str(tls_broker.ca_file), tls_broker.port
+    strict = ssl.create_default_context(cafile=ca)
+    strict.verify_flags |= ssl.VERIFY_X509_STRICT  # (as Python 3.13 makes it)
+    with (
+        pytest.raises(ssl.SSLCertVerificationError, match="key usage"),  # (this CA has none)
+        socket.create_connection(("127.0.0.1", port), timeout=5) as sock,
+    ):
+        strict.wrap_socket(sock, server_hostname="127.0.0.1").close()
+    python_3_10 = ssl.create_default_context
+
+    def python_3_13(*args: object, **kwargs: object) -> ssl.SSLContext:
+        context = python_3_10(*args, **kwargs)  # type: ignore[arg-type]
+        context.verify_flags |= ssl.VERIFY_X509_STRICT | ssl.VERIFY_X509_PARTIAL_CHAIN
+        return context
+
+    monkeypatch.setattr(ssl, "create_default_context", python_3_13)
+    tls = RenewableContext(TlsConfig(ca_file=ca))
+    assert not tls.current.verify_flags & ssl.VERIFY_X509_STRICT
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        tls.handshake(sock, "127.0.0.1")  # (an SSLError says why not)
 
 
 def _signed(folder: Path, ca: str, name: str) -> None:
