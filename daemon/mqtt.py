@@ -40,7 +40,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
 from daemon import metrics
-from daemon.config import MqttConfig
+from daemon.config import MqttConfig, TlsConfig
 from daemon.events import person_key
 from daemon.journal import Outage
 from daemon.mqtt_tls import RenewableContext
@@ -516,15 +516,34 @@ class MqttPublisher:
             check,
         )  # fmt: skip
 
+    def _closed_unanswered(self) -> None:
+        """The broker took the connection and closed it without an MQTT answer: with TLS
+        1.3, the way a client certificate it refuses ends (after the client's handshake,
+        so paho sees a connection lost), which ``_diagnose`` tells from a wrong port."""
+        cfg = self.config
+        if self.tls is not None:
+            why, check = self._diagnose()
+            if check == TLS_FILES:
+                self._failed(f"cannot connect to {cfg.host}:{cfg.port}: {why}", check)
+                return
+        self._failed(
+            f"{cfg.host}:{cfg.port} takes the connection but closes it without answering "
+            "as an MQTT broker",
+            "mqtt.port: is it a websockets port, a TLS one without mqtt.tls, another service?",
+        )
+
     def _diagnose(self) -> tuple[str, str]:
         """Why a connection fails, and what to check: a plain TCP connection, and a TLS
-        handshake with the context paho uses (the files as loaded), for its error message."""
+        handshake with the context paho uses (the files as loaded), for its error message
+        or the broker's refusal of the client certificate that follows it."""
         cfg = self.config
         try:
             with socket.create_connection((cfg.host, cfg.port), timeout=5) as sock:
                 if self.tls is None:
                     return "the broker closed the connection", REACH
-                self.tls.handshake(sock, cfg.host)
+                refusal = self.tls.handshake(sock, cfg.host)
+                if refusal is not None:
+                    return _refused_certificate(cfg.tls, refusal), TLS_FILES
                 return "the broker closed the connection after the TLS handshake", REACH
         except ssl.SSLError as exc:
             return str(exc), TLS_FILES
@@ -542,12 +561,7 @@ class MqttPublisher:
             cfg = self.config  # (its reminder names the broker)
             self._outage = (Outage(), f"disconnected from {cfg.host}:{cfg.port} ({why})", REACH)
         elif lost and not refused and not self._stop.is_set():  # closed with no MQTT answer
-            cfg = self.config
-            self._failed(
-                f"{cfg.host}:{cfg.port} takes the connection but closes it without answering "
-                "as an MQTT broker",
-                "mqtt.port: is it a websockets port, a TLS one without mqtt.tls, another service?",
-            )
+            self._closed_unanswered()
         self.connected.clear()
         metrics.MQTT_CONNECTED.set(0)
 
@@ -673,6 +687,20 @@ class MqttPublisher:
         )  # fmt: skip
         self.spool.delete(message.row_id)
         metrics.MQTT_PUBLISHES.labels("dropped").inc()
+
+
+def _refused_certificate(tls: TlsConfig | None, refusal: ssl.SSLError) -> str:
+    """The broker's alert after the TLS handshake (an unknown CA, an expired or revoked
+    certificate, none given), with the certificate it refused."""
+    if tls is None or not tls.cert_file:
+        return (
+            "the broker refused this client after the TLS handshake (it sent no certificate: "
+            f"mqtt.tls.cert_file): {refusal}"
+        )
+    return (
+        f"the broker refused the client certificate {tls.cert_file} after the TLS handshake: "
+        f"{refusal}"
+    )
 
 
 def _wait(info: paho.MQTTMessageInfo, timeout_s: float) -> bool:

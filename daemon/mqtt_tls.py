@@ -24,6 +24,8 @@ FILE_KEYS = ("ca_file", "cert_file", "key_file")
 # what tells a renewed file from the one loaded: a file replaced (a new inode, as a rename
 # into place or a re-pointed symlink leaves it), or written over (its time or size)
 Stamp = tuple[int, int, int] | None
+# a broker refuses a client certificate within this long of the handshake (its alert)
+ALERT_WAIT_S = 1.0
 
 
 def _stamp(path: str) -> Stamp:
@@ -93,11 +95,22 @@ class RenewableContext:
             self._stamps = stamps
             return changed
 
-    def handshake(self, sock: socket.socket, host: str) -> None:
+    def handshake(self, sock: socket.socket, host: str) -> ssl.SSLError | None:
         """A TLS handshake on ``sock`` with the context in use (an ``ssl.SSLError`` says why
-        it fails), then the socket is closed."""
-        with self.current.wrap_socket(sock, server_hostname=host):
-            pass
+        it fails), then one read: the broker's refusal of the client certificate, returned,
+        which TLS 1.3 sends after the client's handshake has ended (None when none came
+        within ALERT_WAIT_S); then the socket is closed."""
+        with self.current.wrap_socket(sock, server_hostname=host) as connection:
+            connection.settimeout(ALERT_WAIT_S)
+            try:
+                connection.recv(1)
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                return None  # (closed: no refusal)
+            except ssl.SSLError as exc:
+                return exc
+            except OSError:  # (nothing came: a broker waits for the client's CONNECT)
+                return None
+        return None
 
     # paho's use of its context: wrap_socket and check_hostname
     def wrap_socket(self, sock: socket.socket, *args: Any, **kwargs: Any) -> ssl.SSLSocket:

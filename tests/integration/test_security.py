@@ -297,6 +297,43 @@ def _tls_generation(folder: Path) -> Path:
     return folder
 
 
+def test_a_client_certificate_the_broker_refuses_is_named(tmp_path, caplog) -> None:
+    """With TLS 1.3 the client's handshake ends before the broker checks its certificate:
+    a client certificate it refuses (another CA's, an expired or revoked one) closed the
+    connection without an MQTT answer, and the log blamed mqtt.port ('is it a websockets
+    port...?'). It names the certificate, the broker's alert and the TLS files to check."""
+    ours, other = _tls_generation(tmp_path / "ours"), _tls_generation(tmp_path / "other")
+    broker = Mosquitto(
+        tmp_path,
+        extra_conf=(
+            f"cafile {ours / 'ca.crt'}\ncertfile {ours / 'server.crt'}\n"
+            f"keyfile {ours / 'server.key'}\nrequire_certificate true\nallow_anonymous true\n"
+        ),
+    )
+    broker.start()
+    tls = TlsConfig(
+        ca_file=str(ours / "ca.crt"),
+        cert_file=str(other / "client.crt"),  # signed by a CA the broker does not trust
+        key_file=str(other / "client.key"),
+    )
+    spool = Spool(tmp_path / "spool", 10)
+    publisher = MqttPublisher(MqttConfig(host="127.0.0.1", port=broker.port, tls=tls), "n", spool)
+    try:
+        with caplog.at_level("WARNING", logger="daemon.mqtt"):
+            publisher.start()
+            wait_for(lambda: caplog.records, 20, "the failed connection said")
+    finally:
+        publisher.stop(timeout_s=2, drain_s=0)
+        spool.close()
+        broker.stop()
+    said = caplog.records[0].getMessage()
+    assert said.startswith(
+        f"MQTT: cannot connect to 127.0.0.1:{broker.port}: the broker refused the client "
+        f"certificate {other / 'client.crt'} after the TLS handshake: [SSL: "
+    ), said
+    assert "ALERT_UNKNOWN_CA" in said and "(check mqtt.tls.ca_file: " in said, said
+
+
 def _in_place(source: Path, target: Path, names: list[str]) -> None:
     """Each file written over the one of its name in ``target`` (as `cp` renews it)."""
     for name in names:
