@@ -288,11 +288,14 @@ def init(node: str, cameras: list[str], backend: str, model_id: str, mqtt: bool 
         STAGE_SECONDS.labels(stage)
 
 
-def export_unclean_stops(count: int) -> None:
+def export_unclean_stops(count: int | None) -> None:
     """Export ``facewatch_unclean_stops_total`` at ``count``, the runs before this one that
-    did not stop cleanly (``daemon.run_state``)."""
+    did not stop cleanly (``daemon.run_state``); None: not exported (the alert then counts
+    the daemon's starts)."""
     with contextlib.suppress(KeyError):  # KeyError: not exported yet
         REGISTRY.unregister(UNCLEAN_STOPS)
+    if count is None:
+        return
     UNCLEAN_STOPS.reset()
     UNCLEAN_STOPS.inc(count)
     REGISTRY.register(UNCLEAN_STOPS)

@@ -5,7 +5,9 @@ Under the systemd unit, a file in its state folder (``$STATE_DIRECTORY``) says t
 under way from its start until it stops cleanly (exit status 0: SIGTERM, --run-for). A start
 that finds it still there counts the run before as an unclean stop, and
 ``facewatch_unclean_stops_total`` carries the count from run to run. Outside the unit (no
-state folder) nothing is written and the series is absent: the alert counts every start.
+state folder) nothing is written and the series is absent: the alert counts every start;
+so it is when the file cannot be written (a read-only or full disk), where a count that
+cannot move would keep the alert quiet through a crash loop.
 """
 
 from __future__ import annotations
@@ -31,46 +33,74 @@ class RunState:
 
     @classmethod
     def start(cls) -> RunState:
-        """Mark this run as under way, counting the run before if it never stopped cleanly."""
+        """Mark this run as under way, counting the run before if it never stopped cleanly.
+        A file that cannot be written exports no count: the alert then counts every start
+        (a count that could not move would keep it quiet through a crash loop)."""
         state = cls(os.environ.get("STATE_DIRECTORY", "").split(":")[0] or None)
         if state.path is None:
             return state
-        before = state._read()
-        state.unclean = int(before.get("unclean_stops", 0)) + bool(before.get("running"))
-        if before.get("running"):
+        running, counted = state._read()
+        state.unclean = counted + running
+        if running:
             logger.warning(
                 "the previous run did not stop cleanly (a crash, a watchdog kill, an exit with "
                 "an error, or the power): %d such stop(s) so far (%s)",
                 state.unclean,
                 state.path,
             )
-        state._write(running=True)
-        metrics.export_unclean_stops(state.unclean)
+        failed = state._write(running=True)
+        if failed is not None:
+            logger.warning(
+                "%s: cannot be written (%s): unclean stops are not counted, and without "
+                "facewatch_unclean_stops_total the alert FacewatchRestarting counts every "
+                "start of this daemon, a systemctl restart too",
+                state.path,
+                failed,
+            )
+        metrics.export_unclean_stops(state.unclean if failed is None else None)
         return state
 
     def stopped_cleanly(self) -> None:
         """This run ends as it should: the next start does not count it."""
-        if self.path is not None:
-            self._write(running=False)
+        if self.path is None:
+            return
+        failed = self._write(running=False)
+        if failed is not None:
+            logger.warning(
+                "%s: cannot be written (%s): the next start counts this clean stop as an "
+                "unclean one",
+                self.path,
+                failed,
+            )
 
-    def _read(self) -> dict:
+    def _read(self) -> tuple[bool, int]:
+        """Whether the run before was still under way, and the unclean stops counted until
+        then; (False, 0) at the first start, and for a file that cannot be read (said)."""
         assert self.path is not None
         try:
             found = json.loads(self.path.read_text())
         except FileNotFoundError:  # the first run under the unit
-            return {}
-        except (OSError, ValueError) as exc:  # unreadable: counted afresh
-            logger.warning("%s: cannot be read (%s): unclean stops counted from 0", self.path, exc)
-            return {}
-        return found if isinstance(found, dict) else {}
+            return False, 0
+        except (OSError, ValueError) as exc:
+            return self._unreadable(str(exc))
+        if not isinstance(found, dict):
+            return self._unreadable("not a JSON object")
+        count = found.get("unclean_stops", 0)
+        if type(count) is not int or count < 0:  # (a hand edit: null, "3", -1)
+            return self._unreadable(f"unclean_stops is {json.dumps(count)}, not a count")
+        return bool(found.get("running")), count
 
-    def _write(self, running: bool) -> None:
+    def _unreadable(self, why: str) -> tuple[bool, int]:
+        logger.warning("%s: cannot be read (%s): unclean stops counted from 0", self.path, why)
+        return False, 0
+
+    def _write(self, running: bool) -> OSError | None:
+        """Write the state; the error when it cannot be (the daemon goes on)."""
         assert self.path is not None
         partial = self.path.with_name(FILE + ".new")
         try:
             partial.write_text(json.dumps({"running": running, "unclean_stops": self.unclean}))
             partial.replace(self.path)
-        except OSError as exc:  # the alert then misses a crash; the daemon goes on
-            logger.warning(
-                "%s: cannot be written (%s): an unclean stop may go uncounted", self.path, exc
-            )
+        except OSError as exc:
+            return exc
+        return None

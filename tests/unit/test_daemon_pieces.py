@@ -1426,6 +1426,60 @@ def test_only_a_run_that_did_not_stop_cleanly_counts_for_the_restart_alert(
     assert sorted(os.listdir(tmp_path)) == ["facewatch.yaml", "state"]
 
 
+def test_a_state_folder_that_cannot_be_written_leaves_the_restart_alert_counting_starts(
+    tmp_path, monkeypatch, caplog
+) -> None:
+    """A state folder that cannot be written (gone, read-only after a disk error, full):
+    each start exported the same count (0, or N+1), which never moved, and its presence
+    turned off the alert's count of starts, so a crash loop paged nobody. Then no count is
+    exported, and the log says what that does to the alert."""
+    from daemon.run_state import RunState
+
+    def count() -> float | None:
+        return REGISTRY.get_sample_value("facewatch_unclean_stops_total")
+
+    state = tmp_path / "state"
+    monkeypatch.setenv("STATE_DIRECTORY", str(state))
+    state.mkdir()
+    RunState.start()  # a crash: never stopped cleanly
+    assert count() == 0
+    (state / "run-state.json").unlink()
+    state.rmdir()  # (root writes a read-only folder: gone, it cannot be written either)
+    with caplog.at_level("WARNING", logger="daemon.run_state"):
+        for _ in range(3):  # crashing starts
+            RunState.start()
+            assert count() is None
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 3 and said[0].startswith(
+        f"{state / 'run-state.json'}: cannot be written ("
+    ), said
+    assert said[0].endswith(
+        "): unclean stops are not counted, and without facewatch_unclean_stops_total the alert "
+        "FacewatchRestarting counts every start of this daemon, a systemctl restart too"
+    ), said
+
+
+@pytest.mark.parametrize("written", ["null", '"3"', "-1", "2.5", "[1]"])
+def test_a_hand_edited_run_state_is_read_as_unreadable(tmp_path, monkeypatch, caplog, written):
+    """`{"unclean_stops": null}` (an operator resetting the count by hand) raised a
+    TypeError at every start under the unit: a crash loop. It is unreadable: the count
+    starts again from 0, and the log says why."""
+    from daemon.run_state import RunState
+
+    monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path))
+    path = tmp_path / "run-state.json"
+    content = written if written == "[1]" else f'{{"running": true, "unclean_stops": {written}}}'
+    path.write_text(content)
+    with caplog.at_level("WARNING", logger="daemon.run_state"):
+        assert RunState.start().unclean == 0
+    why = "not a JSON object" if written == "[1]" else f"unclean_stops is {written}, not a count"
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{path}: cannot be read ({why}): unclean stops counted from 0"
+    ]
+    assert REGISTRY.get_sample_value("facewatch_unclean_stops_total") == 0
+    assert json.loads(path.read_text()) == {"running": True, "unclean_stops": 0}
+
+
 def _quantile_shown(q: float, name: str, labels: dict, observe: Callable[[], object]) -> float:
     """The dashboard's histogram_quantile(q, ...) over what ``observe`` adds to the histogram
     ``name`` (its buckets' increase), interpolated within a bucket as Prometheus does."""
