@@ -73,8 +73,21 @@ def problems(config: Config) -> list[str]:
     return [
         *_backend_problems(config),
         *_camera_problems(config),
+        *_mtcnn_problems(config),
         *_model_problems(config),
         *_gallery_problems(config),
+        *_tls_problems(config),
+        *_output_problems(config),
+    ]
+
+
+def file_problems(config: Config) -> list[str]:
+    """The problems of ``problems`` that a look at the files finds: the MTCNN models, the
+    FaceNet model and its sidecar, the TLS files, the outputs' folders; no camera is
+    opened, no gallery read, no SDK imported (a SIGHUP runs them in the running daemon)."""
+    return [
+        *_mtcnn_problems(config),
+        *_model_file_problems(config),
         *_tls_problems(config),
         *_output_problems(config),
     ]
@@ -132,7 +145,15 @@ def _loopback(host: str) -> bool:
 
 def check(config: Config) -> None:
     """A ConfigError listing ``problems(config)``, when there are any."""
-    found = problems(config)
+    _refuse(problems(config))
+
+
+def check_files(config: Config) -> None:
+    """A ConfigError listing ``file_problems(config)``, when there are any."""
+    _refuse(file_problems(config))
+
+
+def _refuse(found: list[str]) -> None:
     if len(found) == 1:
         raise ConfigError(found[0])
     if found:
@@ -170,26 +191,35 @@ def _camera_problems(config: Config) -> list[str]:
     return found
 
 
-def _model_problems(config: Config) -> list[str]:
-    found = []
+def _mtcnn_problems(config: Config) -> list[str]:
     folder = Path(config.engines.mtcnn_dir)
     if not folder.is_dir():
-        found.append(f"engines.mtcnn_dir: {folder}: no such folder (MTCNN's models)")
-    else:
-        for name in ("pnet", "rnet", "onet"):
-            model = folder / f"{name}.onnx"
-            if not model.is_file():
-                found.append(f"engines.mtcnn_dir: {model}: not found (MTCNN's {name})")
+        return [f"engines.mtcnn_dir: {folder}: no such folder (MTCNN's models)"]
+    return [
+        f"engines.mtcnn_dir: {folder / name}.onnx: not found (MTCNN's {name})"
+        for name in ("pnet", "rnet", "onet")
+        if not (folder / f"{name}.onnx").is_file()
+    ]
+
+
+def _model_problems(config: Config) -> list[str]:
     path = _model_path(config)
     if path is not None and config.recognition.model == "auto" and not path.is_file():
-        return found + _gallery_without_model(config, path)
-    if path is None:
-        return found
+        return _gallery_without_model(config, path)
+    return _model_file_problems(config)
+
+
+def _model_file_problems(config: Config) -> list[str]:
+    """The FaceNet model ``recognition.model`` names, with its sidecar (``auto`` without
+    one is detection only: ``_model_problems`` says when that would not do)."""
+    path = _model_path(config)
+    if path is None or (config.recognition.model == "auto" and not path.is_file()):
+        return []
     try:
         checked_metadata(path)
     except EngineError as exc:  # as `run` would stop: a checkpoint, another model, no sidecar
-        found.append(f"recognition.model: {exc}")
-    return found
+        return [f"recognition.model: {exc}"]
+    return []
 
 
 def _gallery_without_model(config: Config, path: Path) -> list[str]:

@@ -384,14 +384,16 @@ class Service:
 
     def _config_edited(self) -> None:
         """The config file read again, to say what a reload does not apply: an edit that
-        makes it invalid (the daemon runs on, but its next start would fail with exit
-        status 2, which systemd does not retry), or the keys changed (they take effect at
-        the next restart); nothing when it is as the daemon started with it."""
+        makes it invalid or names files that are not there (the daemon runs on, but its
+        next start would fail with exit status 2, which systemd does not retry), or the
+        keys changed (they take effect at the next restart); nothing when it is as the
+        daemon started with it."""
         path = self.config_path
         if path is None:
             return
         try:
             fresh = load_config(path)
+            preflight.check_files(fresh)  # (what `run` checks, but cameras and gallery)
         except ConfigError as exc:
             first, *details = str(exc).splitlines()  # (one line in the journal)
             said = "; ".join(line.strip() for line in details)

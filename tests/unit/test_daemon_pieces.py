@@ -840,7 +840,8 @@ def test_a_reload_says_what_an_edited_config_changes_and_that_a_restart_applies_
     the old values stayed in use unsaid, and an invalid edit was found at the next restart
     (weeks later, a reboot), which exited 2 and systemd did not retry. A reload names the
     changed keys and says they need a restart, or names the file's error and says a restart
-    would fail; the daemon keeps its config either way."""
+    would fail, as it does for a file the config names that is not there (a CA not copied
+    yet: it was 'these take effect at the next restart'); the daemon keeps its config."""
     import signal
 
     from daemon import service
@@ -879,6 +880,8 @@ def test_a_reload_says_what_an_edited_config_changes_and_that_a_restart_applies_
             changed = reload()
             path.write_text(path.read_text() + "colour: red\n")
             invalid = reload()
+            path.write_text(text.replace("1}\n", "1, tls: {ca_file: brokerca.crt}}\n"))
+            missing = reload()
     finally:
         for number, handler in kept.items():
             signal.signal(number, handler)
@@ -894,7 +897,12 @@ def test_a_reload_says_what_an_edited_config_changes_and_that_a_restart_applies_
         "keeps its config, but a restart would fail (exit status 2) until the file is fixed "
         f"(facewatch validate-config {path})"
     ), invalid
-    assert "Secret" not in " ".join(changed + invalid)
+    assert missing[0] == (
+        f"ERROR SIGHUP: mqtt.tls.ca_file: {tmp_path / 'brokerca.crt'}: not found; the running "
+        "daemon keeps its config, but a restart would fail (exit status 2) until the file is "
+        f"fixed (facewatch validate-config {path})"
+    ), missing
+    assert "Secret" not in " ".join(changed + invalid + missing)
     assert daemon.config.cameras[0].fps == 10  # (as it started)
 
 
