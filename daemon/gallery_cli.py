@@ -397,18 +397,57 @@ def _calibrate(args: argparse.Namespace) -> int:
 
 
 def _say_overridden(args: argparse.Namespace, gallery: Path) -> None:
-    """The gallery's default is not what the daemon of ``--config`` matches with when that
-    config sets recognition.threshold (a per-person threshold still wins over both)."""
-    recognition = daemon_recognition(args)
-    if recognition is None or recognition.threshold is None:
-        return
-    if Path(recognition.gallery).resolve() != Path(gallery).resolve():
+    """The gallery's default is not what the daemon of ``--config`` matches with where that
+    config sets recognition.threshold or a camera's own (a per-person threshold still wins
+    where it is stricter)."""
+    config = daemon_config(args)
+    if config is None or Path(config.recognition.gallery).resolve() != Path(gallery).resolve():
         return  # (--gallery: another gallery than the daemon's)
-    print(
-        f"note: the daemon matches with recognition.threshold "
-        f"{shown_threshold(recognition.threshold)} of {args.config}, not with the gallery's "
-        "default: the default applies once that key is removed from it (then systemctl "
-        "restart facewatch)"
+    note = _overriding(config, args.config)
+    if note is not None:
+        print(f"note: {note} (then systemctl restart facewatch)")
+
+
+def _overriding(config: Config, source: Path) -> str | None:
+    """What the daemon matches with in place of the gallery's default, at which cameras;
+    None where it matches with the default at every camera."""
+    overall = config.recognition.threshold
+    enabled = [camera for camera in config.cameras if camera.enabled]
+    own = [
+        f"cameras[{c.name}].recognition.threshold {shown_threshold(c.recognition.threshold)}"
+        for c in enabled
+        if c.recognition.threshold is not None
+    ]
+    keys = len(own) + (overall is not None)
+    removed = (
+        f"the default applies once {'that key is' if keys == 1 else 'those keys are'} "
+        "removed from it"
+    )
+    if not own:
+        if overall is None:
+            return None
+        return (
+            f"the daemon matches with recognition.threshold {shown_threshold(overall)} of "
+            f"{source}, not with the gallery's default: {removed}"
+        )
+    cameras = ", ".join(own)
+    if len(own) == len(enabled):
+        beneath = (
+            "" if overall is None else f", over recognition.threshold {shown_threshold(overall)}"
+        )
+        return (
+            f"no camera matches with the gallery's default: each has its own threshold in "
+            f"{source} ({cameras}{beneath}): {removed}"
+        )
+    if overall is None:
+        return (
+            f"the daemon matches with {cameras} of {source} at those cameras, not with the "
+            f"gallery's default (the other cameras do): {removed}"
+        )
+    return (
+        f"the daemon matches with recognition.threshold {shown_threshold(overall)} of "
+        f"{source}, and with {cameras} at those cameras, not with the gallery's default: "
+        f"{removed}"
     )
 
 

@@ -813,6 +813,48 @@ def test_a_default_threshold_the_configs_threshold_overrides_says_so(gallery, ca
     assert capsys.readouterr().out == f"default threshold 0.2 in {path}\n"
 
 
+@pytest.mark.parametrize(
+    ("overall", "yard", "said"),
+    [
+        (", threshold: 0.3", "", "the daemon matches with recognition.threshold 0.300 of {config}, "
+         "and with cameras[door].recognition.threshold 0.250 at those cameras, not with the "
+         "gallery's default: the default applies once those keys are removed from it"),
+        ("", "", "the daemon matches with cameras[door].recognition.threshold 0.250 of {config} "
+         "at those cameras, not with the gallery's default (the other cameras do): the default "
+         "applies once that key is removed from it"),
+        ("", ", enabled: false", "no camera matches with the gallery's default: each has its own "
+         "threshold in {config} (cameras[door].recognition.threshold 0.250): the default applies "
+         "once that key is removed from it"),
+        (", threshold: 0.3", ", recognition: {threshold: 0.2}", "no camera matches with the "
+         "gallery's default: each has its own threshold in {config} (cameras[door].recognition."
+         "threshold 0.250, cameras[yard].recognition.threshold 0.200, over recognition.threshold "
+         "0.300): the default applies once those keys are removed from it"),
+    ],
+)  # fmt: skip
+def test_a_default_threshold_the_cameras_own_override_says_so(
+    gallery, capsys, overall, yard, said
+) -> None:
+    """With cameras[door].recognition.threshold 0.25, `gallery threshold --default` said the
+    daemon matched at recognition.threshold 0.300 (door matches at 0.25), or nothing at all
+    where no recognition.threshold was set (the default applied at no camera)."""
+    from daemon.cli import main
+
+    path = gallery.path
+    gallery.close()
+    config = path.parent / "fw.yaml"
+    config.write_text(
+        "cameras: [{name: door, url: 'rtsp://h/1', recognition: {threshold: 0.25}},\n"
+        f"          {{name: yard, url: 'rtsp://h/2'{yard}}}]\n"
+        f"recognition: {{gallery: {path.name}{overall}}}\n"
+    )
+    assert main(["gallery", "threshold", "--default", "0.12", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert out == (
+        f"default threshold 0.12 in {path}\n"
+        f"note: {said.format(config=config)} (then systemctl restart facewatch)\n"
+    ), out
+
+
 def test_calibrate_refuses_a_threshold_that_misses_its_target(tmp_path, capsys) -> None:
     path = tmp_path / "g.sqlite"
     with Gallery.create(path, MODEL, D) as g:
