@@ -33,7 +33,7 @@ from daemon.gallery import DEFAULT_LOCK_TIMEOUT_S, Gallery, GalleryError, shown_
 from daemon.gallery_file import GalleryBusy, file_stamp
 from daemon.recognition import frontal_offset
 from daemon.still_faces import STILL_FACE_S, StillFaces
-from daemon.tracking import Track, Tracker, TrackEvent
+from daemon.tracking import Rematch, Track, Tracker, TrackEvent
 from engines.boxes import iou_matrix, points_in_polygon
 from engines.facenet import FaceNet
 from engines.mtcnn import MTCNN, FrameDetections
@@ -499,12 +499,19 @@ class Pipeline:
     def _rename_in_view(self, gallery: Gallery | None) -> None:
         """The faces in view now, named by the new gallery at once: their recent faces are
         matched again (an enrolled, renamed or removed person; events with reason
-        "gallery")."""
+        "gallery"), each at its camera's threshold as when it was seen."""
         for camera, tracker in self.trackers.items():
-            events = tracker.recount(gallery.match if gallery is not None else None)
+            events = tracker.recount(self._rematch(gallery, camera))
             for event in events:  # (no frame caused it: the track's latest, as its box)
                 self._emit(event, camera, event.track.last_frame_ts)
             self._changed(camera, events, time.time())
+
+    def _rematch(self, gallery: Gallery | None, camera: str) -> Rematch | None:
+        """``gallery``'s matching at ``camera``'s threshold (its own, else the default)."""
+        if gallery is None:
+            return None
+        threshold = self._threshold[camera]
+        return lambda embeddings: gallery.match(embeddings, defaults=[threshold] * len(embeddings))
 
 
 def open_gallery(

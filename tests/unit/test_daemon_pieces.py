@@ -2622,6 +2622,50 @@ def test_a_cameras_own_threshold_names_its_faces_only_within_it(tmp_path) -> Non
     ]
 
 
+def test_a_gallery_reload_names_the_faces_in_view_at_their_cameras_threshold(tmp_path) -> None:
+    """A stranger 0.084 from ann, left unnamed by a strict night camera (threshold 0.05, the
+    default 0.2), stays unnamed when someone else is enrolled and the daemon reloads the
+    gallery (the faces in view were matched again at the default: named ann at the reload,
+    and held by a full window of such votes)."""
+    path = tmp_path / "gallery.sqlite"
+    ann = np.eye(8, dtype=np.float32)[0] + 0.3 * np.eye(8, dtype=np.float32)[1]
+    with Gallery.create(path, _OneFace.model_id, 8, 0.154) as gallery:
+        gallery.enroll([Enrollment("ann", ann / np.linalg.norm(ann), "a" * 64)])
+    config = parse_config(
+        {
+            "cameras": [
+                {"name": "day", "url": "day.mp4"},
+                {"name": "night", "url": "night.mp4", "recognition": {"threshold": 0.05}},
+            ],
+            "recognition": {"model": None, "gallery": str(path), "threshold": 0.2},
+        }
+    )
+    events: list[dict] = []
+
+    class Sinks(EventSinks):
+        def emit(self, event: dict, snapshot: bytes | None = None) -> None:
+            events.append(event)
+
+    engines = _OneFace()
+    pipeline = Pipeline(config, engines, engines, Sinks())  # type: ignore[arg-type]
+    pipeline.reload_gallery()
+    image = np.zeros((360, 640, 3), np.uint8)
+    for k in range(15):
+        pipeline.process([Frame("day", k, 1000.0 + k / 5, image)])
+        pipeline.process([Frame("night", k, 1000.0 + k / 5, image)])
+    with Gallery.open(path, _OneFace.model_id, writable=True) as gallery:
+        gallery.enroll([Enrollment("bob", np.eye(8, dtype=np.float32)[5], "b" * 64)])
+    pipeline.reload_gallery()
+    for k in range(15, 30):
+        pipeline.process([Frame("day", k, 1000.0 + k / 5, image)])
+        pipeline.process([Frame("night", k, 1000.0 + k / 5, image)])
+    assert [(e["camera"], e["type"], e["identity"]) for e in events] == [
+        ("day", "confirmed", "ann"),
+        ("night", "confirmed", None),
+    ]
+    assert pipeline.trackers["night"].in_view() == [None]
+
+
 def test_latency_counts_only_the_events_of_a_frame() -> None:
     """A confirmed sent as its track leaves (undecided: its frame_ts is the last sighting,
     lost_after_s ago) added a ~2 s sample to facewatch_frame_to_event_seconds, as left and
