@@ -362,10 +362,12 @@ class RecognitionConfig(Section):
         MAX_PROFILE_OFFSET,
         "most a face may be turned to the side and still be recognised: how far its nose "
         "lies off the middle of its eyes, in half eye distances (0 straight on, about 2 a "
-        "profile; enroll refuses photos beyond the same 1.5); a face turned further is "
-        "tracked but not matched (no vote: a turned-away face matches nobody, which is no "
-        "evidence that it is someone else, so an enrolled person who turns away is not "
-        "changed to unknown); null matches every face however turned",
+        "profile; enroll refuses photos beyond the same 1.5); a face turned further, once "
+        "its track is announced by a vote, is tracked but not matched (no vote: a "
+        "turned-away face matches nobody, which is no evidence that it is someone else, so "
+        "an enrolled person who turns away is not changed to unknown); before, it votes (a "
+        "stranger who crosses the view side-on is announced while there); null matches every "
+        "face however turned",
         ge=0,
         le=10,
     )

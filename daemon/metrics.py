@@ -170,7 +170,8 @@ FACES_TOO_SMALL = Counter(
 )
 FACES_TURNED = Counter(
     "facewatch_faces_turned_total",
-    "faces due a recognition but turned further than recognition.max_turn: not matched, no vote",
+    "faces of announced tracks due a recognition but turned further than "
+    "recognition.max_turn: not matched, no vote",
     ["camera"],
 )
 RECOGNITIONS = Counter(

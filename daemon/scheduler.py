@@ -345,12 +345,16 @@ class Pipeline:
         return False
 
     def _frontal_enough(self, face: _Face) -> bool:
-        """Whether the face is turned little enough to recognise (``recognition.max_turn``):
-        one turned further casts no vote, as a too small one (the model matches a profile to
-        nobody: an enrolled person who turned away was changed to unknown while he stood
-        there), counted when it is not."""
+        """Whether the face is turned little enough to recognise (``recognition.max_turn``),
+        or its track has no verdict yet: once the track is announced by a vote, one turned
+        further casts no vote, as a too small one (the model matches a profile to nobody: an
+        enrolled person who turned away was changed to unknown while he stood there);
+        before, it votes (a stranger who crosses the view side-on is announced while there,
+        not as he leaves); counted when it casts none."""
         most = self.config.recognition.max_turn
-        if most is None or abs(frontal_offset(face.own()[1])) <= most:
+        if most is None or not face.track.judged:
+            return True
+        if abs(frontal_offset(face.own()[1])) <= most:
             return True
         metrics.FACES_TURNED.labels(face.frame.camera).inc()
         return False

@@ -34,9 +34,12 @@ away at first is not announced a stranger, then named). Later it is the pluralit
 last ``vote_window`` recognitions, and an announced one holds until another identity
 outnumbers it by ``switch_margin`` votes (a face near the threshold would otherwise flip
 between a name and unknown at each recognition). Its confidence is the share of the window
-that agrees. A face too small or turned to a profile to recognise casts no vote (the
-scheduler does not match it: ``recognition.min_face_px``, ``max_turn``): the track keeps the
-votes it has (the model matches nobody to a profile, which is no evidence of someone else).
+that agrees. A face too small to recognise casts no vote (the scheduler does not match it:
+``recognition.min_face_px``): the track keeps the votes it has. Nor does a face turned to a
+profile (``max_turn``) once the track has a verdict: the model matches nobody to a profile,
+which is no evidence of someone else, so it cannot change the name. Before the first verdict
+it votes as any other face (a stranger who crosses the view side-on is announced while in
+view, after ``unknown_votes`` recognitions, not as he leaves).
 """
 
 from __future__ import annotations

@@ -2666,6 +2666,91 @@ def test_a_gallery_reload_names_the_faces_in_view_at_their_cameras_threshold(tmp
     assert pipeline.trackers["night"].in_view() == [None]
 
 
+class _Passer:
+    """The scheduler's engines, scripted: one face in the middle of the frame while
+    ``present``, straight on or (``turned``) a profile, its nose 3 half eye distances off
+    the eyes' middle; its embedding is on axis ``axis`` (0: ann's)."""
+
+    model_id = "scripted-facenet"
+    FRONTAL = ((305, 170), (335, 170), (320, 185), (308, 198), (332, 198))
+    PROFILE = ((330, 170), (345, 170), (360, 185), (335, 198), (350, 198))
+
+    def __init__(self, axis: int, turned: bool) -> None:
+        self.axis, self.turned, self.present = axis, turned, True
+
+    def refuses(self, image_hw: tuple[int, int]) -> None:
+        return None
+
+    def detect(self, images: list, priors: list | None = None) -> list[FrameDetections]:
+        if not self.present:
+            empty = np.zeros((0, 4), np.float32), np.zeros(0, np.float32)
+            return [FrameDetections(*empty, np.zeros((0, 5, 2), np.float32)) for _ in images]
+        bbox = np.array([[290, 150, 370, 230]], np.float32)
+        landmarks = np.array([self.PROFILE if self.turned else self.FRONTAL], np.float32)
+        return [FrameDetections(bbox, np.ones(1, np.float32), landmarks) for _ in images]
+
+    def embed_picks(self, picks: list) -> np.ndarray:
+        return np.stack([np.eye(8, dtype=np.float32)[self.axis] for _ in picks])
+
+
+def _passing(tmp_path: Path, engines: _Passer, steps: list[tuple[bool, bool]]) -> list[dict]:
+    """The events of one face at 5 fps, frame by frame (present, turned), expired as the
+    engine thread does; each event with the frame it came at (``_at``)."""
+    path = tmp_path / "gallery.sqlite"
+    with Gallery.create(path, engines.model_id, 8, 0.154) as gallery:
+        gallery.enroll([Enrollment("ann", np.eye(8, dtype=np.float32)[0], "a" * 64)])
+    config = parse_config(
+        {
+            "cameras": [{"name": "hall", "url": "rtsp://hall/stream"}],
+            # every face of a track recognised (its votes the faces, frame by frame)
+            "recognition": {"model": None, "gallery": str(path), "reembed_every": 1},
+        }
+    )
+    events: list[dict] = []
+
+    class Sinks(EventSinks):
+        def emit(self, event: dict, snapshot: bytes | None = None) -> None:
+            events.append(event)
+
+    pipeline = Pipeline(config, engines, engines, Sinks())  # type: ignore[arg-type]
+    pipeline.reload_gallery()
+    image = np.zeros((360, 640, 3), np.uint8)
+    for k, (engines.present, engines.turned) in enumerate(steps):
+        pipeline.process([Frame("hall", k, 1000.0 + k / 5, image)])
+        pipeline.expire(1000.0 + k / 5)
+        for event in events:
+            event.setdefault("_at", k)
+    return events
+
+
+def test_a_stranger_who_crosses_the_view_side_on_is_announced_while_there(tmp_path) -> None:
+    """A stranger walks across a hall camera's view side-on, in view 8 frames at 5 fps: a
+    stranger (confirmed, identity null, with the distance to the nearest enrolled face)
+    after unknown_votes recognitions, while still in view (a face turned past max_turn cast
+    no vote: nothing was sent until he had gone, then confirmed and left together, and the
+    people sensor never showed him)."""
+    steps = [(True, True)] * 8 + [(False, False)] * 15
+    events = _passing(tmp_path, _Passer(axis=3, turned=True), steps)
+    said = [(e["type"], e["identity"], e["_at"]) for e in events]
+    assert said[0] == ("confirmed", None, 4), said
+    assert events[0]["distance"] == pytest.approx(2.0)
+    assert [e["type"] for e in events] == ["confirmed", "left"]
+
+
+def test_a_named_face_that_turns_away_keeps_its_name(tmp_path) -> None:
+    """Ann, named after looking at the camera for 5 frames, turns to a profile that the
+    model matches to nobody, for 4 s: still ann (a turned face casts no vote once its track
+    is announced: "changed" to unknown while she stood there)."""
+    engines = _Passer(axis=0, turned=False)
+    steps = [(True, False)] * 5 + [(True, True)] * 20
+    original = engines.embed_picks
+    engines.embed_picks = lambda picks: (  # type: ignore[method-assign]
+        original(picks) if not engines.turned else np.stack([np.eye(8)[3] for _ in picks])
+    )
+    events = _passing(tmp_path, engines, steps)
+    assert [(e["type"], e["identity"]) for e in events] == [("confirmed", "ann")]
+
+
 def test_latency_counts_only_the_events_of_a_frame() -> None:
     """A confirmed sent as its track leaves (undecided: its frame_ts is the last sighting,
     lost_after_s ago) added a ~2 s sample to facewatch_frame_to_event_seconds, as left and
