@@ -24,7 +24,7 @@ from tqdm import tqdm
 from daemon import gallery_cli
 from daemon.archive_files import VISIT_FILE
 from daemon.cli_args import number
-from daemon.config import ConfigError
+from daemon.config import CameraConfig, ConfigError
 from daemon.detect_cli import Outputs, input_name, progress_wanted, put_label
 from daemon.gallery import Gallery, GalleryError, Match
 from daemon.journal import print_error
@@ -155,9 +155,11 @@ def _add_identify(commands: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--camera",
         metavar="NAME",
-        help="videos: recorded by this camera of --config, and searched with its settings: "
-        "its rotate, fps, detection (min_face_size, ignore regions, motion) and recognition "
-        "(min_face_px, threshold), as the daemon searches its stream",
+        help="taken by this camera of --config: a video is searched with its rotate, fps, "
+        "brighten_dark, detection (min_face_size, ignore regions, motion) and recognition "
+        "(threshold, min_face_px), as the daemon searches its stream; a photo (a snapshot, "
+        "an archived face) with its brighten_dark and threshold only, taken as it is "
+        "(upright, every face in it matched)",
     )
     p.add_argument(
         "--annotate",
@@ -224,8 +226,9 @@ def photo_files(path: Path, suffixes: frozenset[str] = PHOTO_SUFFIXES) -> list[P
 
 def run_identify(args: argparse.Namespace) -> int:
     try:
+        camera = None
         if args.camera is not None:
-            camera_named(gallery_cli.daemon_config(args), args.camera)
+            camera = camera_named(gallery_cli.daemon_config(args), args.camera)
         models = load_models(args)
     except (EngineError, ConfigError, ValueError) as exc:
         print_error(str(exc))
@@ -251,14 +254,18 @@ def run_identify(args: argparse.Namespace) -> int:
         for file in photo_files(path, suffixes)
     ]
     with gallery:
-        return _identify_files(models, gallery, paths, args)
+        return _identify_files(models, gallery, paths, args, camera)
 
 
 def _identify_files(
-    models: Models, gallery: Gallery, paths: list[tuple[Path, Path]], args: argparse.Namespace
+    models: Models,
+    gallery: Gallery,
+    paths: list[tuple[Path, Path]],
+    args: argparse.Namespace,
+    camera: CameraConfig | None = None,
 ) -> int:
     """Each photo's faces, each video's visits; the exit status (130 at Ctrl-C in a video,
-    after saying where it stopped and which files were not done)."""
+    after saying where it stopped and which files were not done). ``camera``: --camera's."""
     outputs = Outputs(args.annotate) if args.annotate else None
     errors = 0
     show = progress_wanted(args) and len(paths) > 1
@@ -273,7 +280,7 @@ def _identify_files(
                 _identify_video(models, gallery, path, args)
             else:
                 out = outputs.path_for(name, ".jpg") if outputs else None
-                _identify_one(models, gallery, path, image, args, out)
+                _identify_one(models, gallery, path, image, args, out, camera)
         except Interrupted as stop:
             left = [str(p) for p, _ in paths[k + 1 :]]
             undone = f"; not done: {', '.join(left)}" if left else ""
@@ -307,10 +314,17 @@ def _identify_one(
     image: np.ndarray,
     args: argparse.Namespace,
     out: Path | None,
+    camera: CameraConfig | None = None,
 ) -> None:
-    image = brightened(image)  # a dark photo as the daemon's camera reader does
+    """The photo's faces, each named or unknown; with ``camera`` (--camera) as that camera's
+    frames are: brightened only where its ``brighten_dark`` is on, matched at its threshold
+    (the night camera a user checks with a snapshot: it was matched at the default)."""
+    if camera is None or camera.brighten_dark:
+        image = brightened(image)  # a dark photo as the daemon's camera reader does
     found = models.detector.detect([image])[0]
-    matches = gallery.match(models.facenet.embed_faces(image, found), runner_up=True)
+    embeddings = models.facenet.embed_faces(image, found)
+    defaults = None if camera is None else [camera.recognition.threshold] * len(embeddings)
+    matches = gallery.match(embeddings, runner_up=True, defaults=defaults)
     faces = [
         {**face, **_match_json(match)} for face, match in zip(found.to_json(), matches, strict=True)
     ]

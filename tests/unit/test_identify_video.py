@@ -231,6 +231,45 @@ def test_camera_reads_a_recording_with_that_cameras_settings(
     assert "--camera garden: no camera of that name in --config (its cameras: hall)" in err
 
 
+def test_camera_checks_a_photo_with_that_cameras_threshold_and_brightening(
+    shipped_model, demo_gallery, tmp_path, capsys
+) -> None:
+    """A snapshot of him, checked with --camera: the day camera names him (0.06 from his
+    photos); the night camera, stricter (its threshold 0.02), calls him unknown as it
+    would in its stream, and a dark snapshot is searched as that camera's frames are: not
+    brightened where its brighten_dark is off (photos were matched at the default threshold
+    and always brightened, whatever --camera said)."""
+    photo, dark = tmp_path / "snapshot.png", tmp_path / "dark.png"
+    frame = read_frames(DEMO_CLIP, first=150, count=1)[0]
+    cv2.imwrite(str(photo), frame)
+    cv2.imwrite(str(dark), (frame.astype(np.float32) * 0.15).round().astype(np.uint8))
+    config = tmp_path / "facewatch.yaml"
+    night = {"threshold": 0.02}
+    cameras = [
+        {"name": "day", "url": "rtsp://cam.lan/1"},
+        {"name": "night", "url": "rtsp://cam.lan/2", "brighten_dark": False, "recognition": night},
+    ]
+    recognition = {"model": str(shipped_model), "gallery": str(demo_gallery)}
+    config.write_text(json.dumps({"cameras": cameras, "recognition": recognition}))
+
+    def run(camera: str, *args: str) -> list[dict]:
+        common = ["--config", str(config), "--threads", "2", "--no-progress", "--json"]
+        code = main(["identify", "--camera", camera, *args, *common])
+        out, err = capsys.readouterr()
+        assert code == 0, err
+        return [face for line in out.splitlines() for face in json.loads(line)["faces"]]
+
+    assert LIN in [face["identity"] for face in run("day", str(photo))]
+    faces = run("night", str(photo))
+    assert LIN not in [face["identity"] for face in faces], faces
+    assert min(face["distance"] for face in faces) < 0.154  # (the default's: named there)
+    shown = {}
+    for camera in ("day", "night"):
+        run(camera, str(dark), "--annotate", str(tmp_path / camera))
+        shown[camera] = float(cv2.imread(str(tmp_path / camera / "dark.jpg")).mean())
+    assert shown["day"] > 3 * shown["night"], shown
+
+
 def test_someone_who_turns_away_is_not_changed_to_a_stranger(
     shared_data, shipped_model, tmp_path, capsys
 ) -> None:
