@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +17,7 @@ import numpy as np
 from daemon import metrics
 from daemon.archive import FaceArchive
 from daemon.cameras import Frame, FrameQueues, source_kind
-from daemon.config import Config
+from daemon.config import CameraConfig, Config
 from daemon.events import (
     SNAPSHOT_PAD,
     SNAPSHOT_SIZE,
@@ -482,9 +482,8 @@ class Pipeline:
         self.gallery = fresh
         if fresh is not None:
             people = "person" if len(names) == 1 else "people"
-            logger.info(
-                "gallery %s: %d %s, %s", fresh.path, len(names), people, threshold_said(fresh)
-            )
+            said = threshold_said(fresh, self.config.cameras)
+            logger.info("gallery %s: %d %s, %s", fresh.path, len(names), people, said)
         for gone in self._enrolled - set(names):  # off /metrics too (once scraped, the
             metrics.forget_identity(
                 gone, self.trackers
@@ -542,16 +541,23 @@ def open_gallery(
     return gallery
 
 
-def threshold_said(gallery: Gallery) -> str:
+def threshold_said(gallery: Gallery, cameras: Sequence[CameraConfig] = ()) -> str:
     """The match threshold in use and where it comes from (recognition.threshold, else the
-    gallery's own, which `gallery calibrate` sets), and how many people have their own, as
-    ``gallery.load`` read it (GalleryError when it has not and cannot)."""
+    gallery's own, which `gallery calibrate` sets), how many people have their own, as
+    ``gallery.load`` read it (GalleryError when it has not and cannot), and the enabled
+    ``cameras`` that have their own (cameras[].recognition.threshold)."""
     if gallery.threshold_override is not None:
         said = f"threshold {shown_threshold(gallery.threshold_override)} (recognition.threshold)"
     else:
         said = f"threshold {shown_threshold(gallery.threshold)} (the gallery's)"
     own = gallery.with_own_threshold()
-    return f"{said}, {own} with their own" if own else said
+    said = f"{said}, {own} with their own" if own else said
+    theirs = [
+        f"{c.name} {shown_threshold(c.recognition.threshold)}"
+        for c in cameras
+        if c.enabled and c.recognition.threshold is not None
+    ]
+    return f"{said}; cameras' own: {', '.join(theirs)}" if theirs else said
 
 
 class BatchScheduler(threading.Thread):

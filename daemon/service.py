@@ -283,7 +283,7 @@ class Service:
         try:
             names = [identity.name for identity in gallery.identities()]
             try:
-                self._threshold_said = threshold_said(gallery)
+                self._threshold_said = threshold_said(gallery, self.config.cameras)
             except GalleryError:  # (a threshold no command stores: the reload says so)
                 self._threshold_said = ""
             return names

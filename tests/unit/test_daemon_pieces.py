@@ -948,7 +948,8 @@ def test_the_start_and_each_gallery_reload_say_what_runs_and_the_threshold_in_us
     """After an upgrade or a `gallery calibrate` the journal could not tell which code, engines
     and match threshold ran: the start said the number of cameras and the node, a reload the
     number of people. The start names the version, cameras, detector and FaceNet with their
-    backends and the threshold with where it comes from; a reload its threshold."""
+    backends and the threshold with where it comes from, and the cameras that have their
+    own (a night camera's stricter one was said nowhere); a reload its threshold."""
     from pathlib import Path
 
     from daemon import build_version, service
@@ -958,9 +959,12 @@ def test_the_start_and_each_gallery_reload_say_what_runs_and_the_threshold_in_us
         made.enroll([Enrollment("ann", np.eye(8, dtype=np.float32)[0], "a" * 64)])
         made.set_threshold("ann", 0.1)
 
-    def started(threshold: float | None) -> str:
+    def started(threshold: float | None, yard: float | None = None) -> str:
         recognition = {"gallery": str(gallery), "precision": "fp32", "threshold": threshold}
-        cameras = [{"name": "door", "url": "x.mp4"}, {"name": "yard", "url": "y.mp4"}]
+        cameras = [
+            {"name": "door", "url": "x.mp4"},
+            {"name": "yard", "url": "y.mp4", "recognition": {"threshold": yard}},
+        ]
         daemon = service.Service(parse_config({"cameras": cameras, "recognition": recognition}))
         facenet = SimpleNamespace(model_id="facenet-x@sha256:0123", runs_as="fp32 on onnxruntime")
         monkeypatch.setattr(service, "load_detector", lambda *a, **k: object())
@@ -977,6 +981,9 @@ def test_the_start_and_each_gallery_reload_say_what_runs_and_the_threshold_in_us
         "threshold 0.154 (the gallery's), 1 with their own"
     )
     assert started(0.2).endswith("; threshold 0.200 (recognition.threshold), 1 with their own")
+    assert started(None, yard=0.1).endswith(
+        "; threshold 0.154 (the gallery's), 1 with their own; cameras' own: yard 0.100"
+    )
 
     config = parse_config(
         {"cameras": [{"name": "door", "url": "x.mp4"}], "recognition": {"gallery": str(gallery)}}
@@ -987,6 +994,16 @@ def test_the_start_and_each_gallery_reload_say_what_runs_and_the_threshold_in_us
         Pipeline(config, engines, engines, EventSinks()).reload_gallery()  # type: ignore[arg-type]
     assert f"gallery {gallery}: 1 person, threshold 0.154 (the gallery's), 1 with their own" in [
         r.getMessage() for r in caplog.records
+    ]
+    night = {"name": "night", "url": "n.mp4", "recognition": {"threshold": 0.05}}
+    cameras = [{"name": "door", "url": "x.mp4"}, night]
+    config = parse_config({"cameras": cameras, "recognition": {"gallery": str(gallery)}})
+    caplog.clear()
+    with caplog.at_level("INFO", logger="daemon.scheduler"):
+        Pipeline(config, engines, engines, EventSinks()).reload_gallery()  # type: ignore[arg-type]
+    assert [r.getMessage() for r in caplog.records if r.getMessage().startswith("gallery")] == [
+        f"gallery {gallery}: 1 person, threshold 0.154 (the gallery's), 1 with their own; "
+        "cameras' own: night 0.050"
     ]
 
 
