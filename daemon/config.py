@@ -278,9 +278,9 @@ class CameraConfig(Section):
     )
     brighten_dark: bool = _field(
         True,
-        "stretch the levels of a dark frame (its brightest 1 % under grey 80 of 255: a night "
-        "camera short of gain) before detection, which finds most of its faces again; a "
-        "brighter frame is left exactly as it is",
+        "lift the levels of a dark frame (its brightest 1 % under grey 80 of 255: a night "
+        "camera short of gain) before detection, which finds most of its faces again; a lit "
+        "person in it keeps their contrast, and a brighter frame is left exactly as it is",
     )
     detection: DetectionOverrides = _field(DetectionOverrides(), "per-camera detection settings")
     recognition: RecognitionOverrides = _field(

@@ -2222,7 +2222,73 @@ def test_only_a_dark_frame_is_brightened_not_a_lit_black_or_dim_stage() -> None:
     assert brightened(stage) is stage and brightened(black) is black
     out = brightened(dark)
     assert out.dtype == np.uint8 and out.shape == dark.shape
-    assert out.max() == 255 and np.percentile(out, 99) > 200 and np.percentile(out, 1) < 10
+    assert out.max() < 255 and np.percentile(out, 99) > 200 and np.percentile(out, 1) < 10
+
+
+def test_a_person_lit_by_a_lamp_in_a_dark_frame_is_still_found_once_it_is_brightened(
+    detector,
+) -> None:
+    """A night yard with one person under a porch lamp: the lit head is under 1 % of the
+    frame, so the frame counts as dark and is brightened. The lit face keeps its contrast
+    and is found as in the raw frame (stretched to white, it was lost in all six)."""
+    from daemon.low_light import brightened
+    from tests.clips import DEMO_CLIP, read_frames
+
+    frames = read_frames(DEMO_CLIP, every=30, count=5)
+    noise = np.random.default_rng(0)
+    heads = {0: (509, 28, 580, 123), 4: (181, 12, 312, 179)}  # (x1, y1, x2, y2) in the clip
+    for k, (x1, y1, x2, y2) in heads.items():
+        lamp = (1400, 700, 1400 + x2 - x1, 700 + y2 - y1)  # where the lit head goes
+        for light in (0.08, 0.15, 0.25):
+            yard = cv2.resize(frames[1], (1920, 1080)) * light
+            night = np.clip(yard + noise.normal(0, 3, yard.shape), 0, 255).astype(np.uint8)
+            night[lamp[1] : lamp[3], lamp[0] : lamp[2]] = frames[k][y1:y2, x1:x2]
+            out = brightened(night)
+            assert out is not night and _face_in(detector, night, lamp)
+            assert _face_in(detector, out, lamp), (k, light)
+
+
+def _face_in(detector, image: np.ndarray, box: tuple[int, int, int, int]) -> bool:
+    """Whether ``detector`` finds a face whose centre lies in ``box`` of ``image``."""
+    for x1, y1, x2, y2 in detector.detect([image])[0].bbox_xyxy:
+        if box[0] < (x1 + x2) / 2 < box[2] and box[1] < (y1 + y2) / 2 < box[3]:
+            return True
+    return False
+
+
+def test_a_lit_patch_of_a_dark_frame_keeps_its_levels_apart_none_turns_white() -> None:
+    """The brightened frame's lit part (0.5 % of it, grey 100 to 250) keeps every level
+    apart and in order, at about half its contrast; 255 stays 255 and black black."""
+    from daemon.low_light import brightened
+
+    frame = np.random.default_rng(2).integers(0, 30, (400, 600), dtype=np.uint8)
+    frame[:30, :40] = np.linspace(100, 250, 40).astype(np.uint8)  # the lit patch, 0.5 %
+    frame[-1, 0], frame[-1, -1] = 255, 0
+    out = brightened(frame)
+    assert out is not frame
+    patch, lifted = frame[:30, :40].astype(int), out[:30, :40].astype(int)
+    assert np.all(np.diff(lifted[0]) > 0) and lifted[0, -1] - lifted[0, 0] >= 70
+    assert out[-1, 0] == 255 and out[-1, -1] == 0 and np.all(lifted >= patch)
+
+
+def test_a_still_scene_at_the_edge_of_dark_is_not_brightened_by_fits_and_starts() -> None:
+    """At dusk a still scene's brightest 1 % sits at grey 80, where brightening stops, and
+    sensor noise moves it a level either way. Frames a level apart came out one raw and the
+    next 3 times brighter, and the motion gate called every frame moved; now they come out
+    nearly alike (the lift fades out towards grey 80) and the scene is still."""
+    from daemon.low_light import DARK_P99, brightened, levels
+    from daemon.motion import MotionDetector
+    from tests.clips import DEMO_CLIP, read_frames
+
+    scene = cv2.resize(read_frames(DEMO_CLIP, every=30, count=5)[4], (1280, 720))
+    lighter = cv2.convertScaleAbs(scene, alpha=DARK_P99 / levels(scene)[1])
+    darker = cv2.subtract(lighter, 1)  # a level darker
+    assert levels(darker)[1] == DARK_P99 - 1 and levels(lighter)[1] == DARK_P99
+    one, other = brightened(darker), brightened(lighter)
+    assert other is lighter and np.abs(one.astype(int) - other.astype(int)).max() <= 10
+    gate = MotionDetector(15.0, 0.002)
+    moved = [gate.moved(brightened(f)) for f in [darker, lighter] * 10]
+    assert not any(moved[1:]), moved
 
 
 def test_a_camera_that_drops_each_connection_at_once_backs_off_and_is_logged_once(
