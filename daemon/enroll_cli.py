@@ -37,7 +37,7 @@ from daemon.gallery import (
 )
 from daemon.gallery_names import clean_name
 from daemon.journal import print_error
-from daemon.low_light import brightened
+from daemon.low_light import DARK_P99, is_dark
 from daemon.recognition import (
     DEFAULT_MIN_FACE_PX,
     DEFAULT_MIN_SHARPNESS,
@@ -195,11 +195,20 @@ def _shown(path: Path | str) -> str:
 ARCHIVE_THRESHOLDS = (0.5, 0.5, 0.5)
 
 
+DARK_NOTE = (
+    f"dark photo (its brightest part under grey {DARK_P99} of 255): enroll photos in good light"
+)
+
+
 def _enroll_crop(models: Models, gates: QualityGates, path: Path) -> np.ndarray:
     """The aligned crop of the one face to enroll from ``path``; Rejected / ImageError."""
     if path.is_dir():
         raise Rejected("folder holds no images")
-    image = brightened(read_image(str(path)))  # a dark photo as the daemon's cameras do
+    # Not brightened as the cameras' frames are: the lift raises the noise with the face,
+    # and a blurred dark photo then passes the sharpness check
+    image = read_image(str(path))
+    if is_dark(image):
+        tqdm.write(_shown(f"note: {path}: {DARK_NOTE}"), file=sys.stderr)
     expected = archived_face(path)
     found = models.detector.detect([image])[0]
     if expected is not None and face_at(found, expected) is None:  # see ARCHIVE_THRESHOLDS

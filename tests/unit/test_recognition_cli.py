@@ -93,6 +93,24 @@ def images(shared_data, tmp_path) -> dict[str, Path]:
     }
 
 
+def test_a_dark_photo_is_noted_and_not_brightened_so_a_blurred_one_is_refused(
+    cli, images, tmp_path
+) -> None:
+    """A dark photo (22 % of the light, a little sensor noise) is taken as it is, with a note
+    to take photos in good light; a blurred one is refused as too blurry, as before dark
+    photos were brightened (then its noise passed the sharpness check and it was enrolled)."""
+    noise = np.random.default_rng(0)
+    blurred = cv2.imread(str(images["blurred"]))
+    dark = tmp_path / "night walker.png"
+    cv2.imwrite(str(dark), np.clip(blurred * 0.22 + noise.normal(0, 2, blurred.shape), 0, 255))
+    code, _, err = cli("enroll", "--name", "x", str(dark))
+    assert code == 1 and f"{dark}: too blurry" in err, err
+    note = "dark photo (its brightest part under grey 80 of 255): enroll photos in good light"
+    assert f"note: {dark}: {note}" in err and not cli.gallery.exists()
+    code, _, err = cli("enroll", "--name", "x", str(images["obama"]))
+    assert code == 0 and "dark photo" not in err
+
+
 def test_bad_images_are_rejected_with_reasons_and_nothing_written(cli, images) -> None:
     bad = ["no_face", "two", "corrupt", "blurred"]
     code, _, err = cli(
