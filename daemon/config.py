@@ -515,8 +515,8 @@ class TrackingConfig(Section):
     unknown_votes: int = _field(
         5,
         "votes for nobody, and a majority, a face needs before it is first announced unknown "
-        "(at most vote_window counts): a known face first seen turned away is not announced a "
-        "stranger, then named",
+        "(at most vote_window counts): a known face first seen turned away for fewer "
+        "recognitions is not announced a stranger, then named",
         ge=1,
         le=1000,
     )
