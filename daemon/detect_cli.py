@@ -25,11 +25,14 @@ from daemon.video_files import (
     TimedWriter,
     VideoError,
     clock,
+    cut_short,
     frame_time,
+    header_frames,
     image_or_video,
     native_fps,
     open_video,
     output_fps,
+    say_cut_short,
 )
 from engines import BACKENDS, EngineError
 from engines.base import bounds_text
@@ -96,7 +99,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--json",
         action="store_true",
-        help="one JSON object per image / frame on stdout (a frame's with its time_s in the video)",
+        help="one JSON object per image / frame on stdout (a frame's with its time_s in the "
+        "video); {source, error} for a file that failed, and {source, warning, frames_decoded, "
+        "frames_announced} for a video cut short (under 90 %% of the frames its header "
+        "announces decoded; under half, it failed)",
     )
     p.add_argument(
         "--annotate",
@@ -338,7 +344,7 @@ def _detect_video(
     detector: MTCNN, path: Path, args: argparse.Namespace, summary: Summary, out: Path | None
 ) -> None:
     capture = open_video(path)
-    total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
+    total = header_frames(capture)
     fps = native_fps(capture)
     writer: TimedWriter | None = None
     faces_before = summary.faces
@@ -402,19 +408,17 @@ def _detect_video(
         how = "all black" if stuck.black else "the same picture"
         raise VideoError(f"{path}: its {searched} frames searched decode {how}: {STUCK_FILE}")
     faces = summary.faces - faces_before
-    if total and index < 0.9 * total:  # a header's count is an estimate, seldom this far off
-        tqdm.write(
-            f"warning: {path}: {index} of the {total} frames its header announces could be "
-            "decoded (truncated or corrupt?)",
-            file=sys.stderr,
-        )
+    short = cut_short(path, index, clock_s, total, fps)
     if not args.json:
         every = f" ({searched} searched: every {args.every})" if args.every > 1 else ""
         when = f" seen {clock(seen.first)}-{clock(seen.last)}" if faces else ""
+        cut = f" (cut short: {index} of {total} frames decoded)" if short else ""
         tqdm.write(
-            f"{path}: {index} frames{every}, {clock(0)}-{clock(clock_s)}, {faces} faces{when}",
+            f"{path}: {index} frames{every}, {clock(0)}-{clock(clock_s)}, {faces} faces{when}"
+            + cut,
             file=sys.stdout,
         )
+    say_cut_short(short, args.json)
 
 
 def draw(image: np.ndarray, found: FrameDetections) -> np.ndarray:

@@ -32,12 +32,16 @@ from daemon.low_light import Brightener
 from daemon.motion import MotionDetector
 from daemon.scheduler import Pipeline
 from daemon.video_files import (
+    CutShort,
     Interrupted,
     VideoError,
     clock,
+    cut_short,
     frame_time,
+    header_frames,
     native_fps,
     open_video,
+    say_cut_short,
 )
 from engines.facenet import FaceNet
 from engines.mtcnn import MTCNN
@@ -47,14 +51,17 @@ DEFAULT_FPS = 5.0  # as a camera's default (cameras[].fps)
 VISIT_KEYS = (
     "source, track, identity, start_s, end_s, start, end, confidence, distance, named, until"
 )
-VISIT_SCHEMA = (
+VISIT_SCHEMA = (  # (argparse help: a percent sign doubled)
     "--json on a video: one object per visit ({"
     + VISIT_KEYS
     + "}): start_s / end_s the video's time in seconds of the visit's first and last frame "
     "(start / end the same as hh:mm:ss.s), identity null for unknown or undecided, "
     "confidence the share of the track's recent votes for it (0 and distance null: "
     "undecided, the face too small to recognise or its votes split), named every name "
-    "the visit was given, until 'left', 'end' (in view at the video's end) or 'interrupted'"
+    "the visit was given, until 'left', 'end' (in view at the video's end) or 'interrupted'; "
+    "then, for a video cut short (under 90 %% of the frames its header announces decoded), "
+    "{source, warning, frames_decoded, frames_announced}, or under half {source, error} "
+    "(exit status 1)"
 )
 
 
@@ -208,8 +215,7 @@ def identify_video(
     """The visits in the video at ``path``, printed as each ends, then a summary line."""
     ffmpeg_environment()  # FFmpeg's own messages off (a damaged file's: said by us)
     capture = open_video(path)
-    count = capture.get(cv2.CAP_PROP_FRAME_COUNT)  # (an estimate; junk without a duration)
-    total = int(count) if 0 < count < 1e9 else None
+    total, fps = header_frames(capture), native_fps(capture)
 
     def print_visit(visit: Visit) -> None:
         progress.visits.append(visit)
@@ -251,7 +257,10 @@ def identify_video(
         capture.release()
     if progress.frames == 0:
         raise VideoError(f"{path}: no frame could be decoded")
-    _summary(path, progress, config.cameras[0].fps, time.monotonic() - started, json_out)
+    short = cut_short(path, progress.frames, progress.time_s, total, fps)
+    seconds = time.monotonic() - started
+    _summary(path, progress, config.cameras[0].fps, seconds, json_out, short)
+    say_cut_short(short, json_out)  # most of it lost: the file failed (exit status 1)
     return progress
 
 
@@ -289,8 +298,16 @@ def _process(pipeline: Pipeline, batch: list[Frame], progress: Progress, bar: tq
     bar.update(batch[-1].seq + 1 - bar.n)
 
 
-def _summary(path: Path, progress: Progress, fps: float, seconds: float, json_out: bool) -> None:
-    """One line: how many visits, of whom, in how much video, and how fast it went."""
+def _summary(
+    path: Path,
+    progress: Progress,
+    fps: float,
+    seconds: float,
+    json_out: bool,
+    short: CutShort | None = None,
+) -> None:
+    """One line: how many visits, of whom, in how much video (cut short: how much of what
+    its header announces), and how fast it went."""
     counts = Counter(v.who for v in progress.visits)
     who = ", ".join(f"{name} {n}" for name, n in sorted(counts.items()))
     found = f"{len(progress.visits)} visit(s) ({who})" if progress.visits else "no one"
@@ -299,4 +316,6 @@ def _summary(path: Path, progress: Progress, fps: float, seconds: float, json_ou
         f"{path}: {found} in {clock(progress.time_s)} of video ({progress.searched} frames "
         f"taken at {fps:g} fps of {progress.frames}; {seconds:.1f} s, {rate:.1f}x real time)"
     )
+    if short is not None:
+        line += f"; cut short: {short.frames} of the {short.announced} frames decoded"
     tqdm.write(line, file=sys.stderr if json_out else sys.stdout)

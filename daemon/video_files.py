@@ -5,7 +5,9 @@ that plays at the input's speed."""
 from __future__ import annotations
 
 import itertools
+import json
 import os
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +18,7 @@ import numpy as np
 
 from daemon.cameras import ffmpeg_environment
 from engines.image_files import HEIC_SUFFIXES, PHOTO_SUFFIXES, VIDEO_SUFFIXES
-from engines.images import ImageError, as_bgr8, cv_path, read_image
+from engines.images import ImageError, as_bgr8, cv_path, read_image, shown
 
 
 class VideoError(RuntimeError):
@@ -94,6 +96,83 @@ def native_fps(capture: cv2.VideoCapture, default: float = 25.0) -> float:
     90000: their time base), else ``default``."""
     fps = capture.get(cv2.CAP_PROP_FPS)
     return fps if 1 <= fps <= 240 else default
+
+
+def header_frames(capture: cv2.VideoCapture) -> int | None:
+    """The number of frames the file's header announces (FFmpeg's count, or its duration
+    times its frame rate: an estimate), None where it gives none or junk."""
+    count = capture.get(cv2.CAP_PROP_FRAME_COUNT)
+    return int(count) if 0 < count < 1e9 else None
+
+
+# the share of a video's announced frames and time under which it was cut short (a header's
+# count is an estimate, seldom 10 % off), and under which most of it is lost: a failed file
+CUT_SHORT = 0.9
+MOSTLY_LOST = 0.5
+
+
+@dataclass(frozen=True)
+class CutShort:
+    """A video whose frames ended, for the decoder, well before its header said (a damaged
+    NVR export, a copy cut off): the frames decoded, those announced, and the time reached
+    of the time announced. Under MOSTLY_LOST of it the file failed."""
+
+    path: Path
+    frames: int
+    announced: int
+    reached_s: float
+    duration_s: float
+    share: float
+
+    @property
+    def failed(self) -> bool:
+        return self.share < MOSTLY_LOST
+
+    @property
+    def message(self) -> str:
+        what = "most of it cannot be read" if self.failed else "the rest cannot be read"
+        return (
+            f"{self.path}: cut short: {self.frames} of the {self.announced} frames its header "
+            f"announces could be decoded (up to {clock(self.reached_s)} of "
+            f"{clock(self.duration_s)}); {what} (truncated or corrupt?)"
+        )
+
+    def record(self) -> dict[str, object]:
+        """--json's record of a file cut short but read: ``{source, warning}``, with the
+        frames decoded and announced (a failed one's is ``{source, error}``, as any file's)."""
+        return {
+            "source": shown(self.path), "warning": shown(self.message),
+            "frames_decoded": self.frames, "frames_announced": self.announced,
+        }  # fmt: skip
+
+
+def cut_short(
+    path: Path, frames: int, last_s: float, announced: int | None, fps: float
+) -> CutShort | None:
+    """A video ``path`` whose ``frames`` decoded, the last at ``last_s``, fell short of the
+    ``announced`` frames (at ``fps``) by both counts: frames and time, so that neither a
+    header's count estimated from a variable frame rate's duration nor a pause in the
+    recording is taken for damage. None when it did not (or the header announces nothing)."""
+    if not announced:
+        return None
+    duration = announced / fps
+    share = max(frames / announced, (last_s + 1 / fps) / duration)
+    if share >= CUT_SHORT:
+        return None
+    return CutShort(path, frames, announced, last_s, duration, share)
+
+
+def say_cut_short(short: CutShort | None, json_out: bool) -> None:
+    """A video cut short said: VideoError where most of it is lost (a failed file, exit
+    status 1), else a warning on stderr and, with --json, its ``{source, warning}``
+    record."""
+    if short is None:
+        return
+    if short.failed:
+        raise VideoError(short.message)
+    print(f"warning: {shown(short.message)}", file=sys.stderr)
+    if json_out:
+        print(json.dumps(short.record()), flush=True)
 
 
 def frame_time(capture: cv2.VideoCapture, before: float, fps: float) -> float:

@@ -146,3 +146,17 @@ def _box_path(data: bytearray, kinds: list[bytes]) -> list[int]:
         offsets.append(at)
         start, end = at + 8, at + size
     return offsets
+
+
+# bytes of the demo clip zeroed, its index intact: the frames after them do not decode
+MOSTLY_LOST = (150_000, 560_000)  # 63 of its 275 frames decode (to 2.1 s of 9.2)
+END_LOST = (450_000, 560_000)  # 191 of 275 (to 6.3 s): Lin-Manuel Miranda's close-up cut
+
+
+def damaged_clip(out: Path, hole: tuple[int, int]) -> Path:
+    """The demo clip with the bytes ``hole`` zeroed, as an NVR export damaged on its disk:
+    it opens, its header announces all its frames, and the decoder stops at the hole."""
+    data = bytearray(DEMO_CLIP.read_bytes())
+    data[hole[0] : hole[1]] = bytes(hole[1] - hole[0])
+    out.write_bytes(bytes(data))
+    return out
