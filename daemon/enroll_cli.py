@@ -6,7 +6,8 @@ Every photo must show one face (or ``--largest``), large and sharp enough, not a
 photo, one person), and so is a face unlike all of its person's other faces (someone else,
 or a photo very unlike the others, unless ``--allow-mismatch``). A new person who looks like
 someone enrolled (nearer than their own photos lie) is warned about. Nothing is enrolled while any photo is rejected, unless ``--skip-bad``.
-Exit status: 0 done, 1 an image or the gallery refused (the reason is printed), 2 a model or
+Exit status: 0 done, 1 an image or the gallery refused (the reason is printed; with
+``--skip-bad``, a person none of whose photos could be enrolled, named), 2 a model or
 argument problem.
 """
 
@@ -16,6 +17,7 @@ import argparse
 import functools
 import math
 import sys
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,7 +75,10 @@ def register(commands: argparse._SubParsersAction) -> None:
         "folder with one sub-folder per person (--dir DIR). Every photo must show exactly one "
         "face (or use --largest), large and sharp enough, not turned to the side; in a face "
         "archive visit folder, the face its visit.json places is taken. A rejected photo is reported with its reason "
-        "and then nothing is enrolled, unless --skip-bad.",
+        "and then nothing is enrolled, unless --skip-bad. Exit status: 0 done, 1 a photo or "
+        "the gallery refused (with --skip-bad: no photo at all could be enrolled, or a person "
+        "got none and is not in the gallery already, named in the summary), 2 a model or "
+        "argument problem.",
     )
     p.add_argument(
         "images",
@@ -115,7 +120,11 @@ def register(commands: argparse._SubParsersAction) -> None:
         "strangers' faces and its own person's frontal ones poorly)",
     )
     p.add_argument(
-        "--skip-bad", action="store_true", help="enroll the good photos even if others fail"
+        "--skip-bad",
+        action="store_true",
+        help="enroll the good photos even if others fail; a person none of whose photos "
+        "could be enrolled (and not in the gallery already) is named ('not enrolled: NAME') "
+        "and the exit status is 1",
     )
     p.add_argument(
         "--allow-mismatch",
@@ -342,11 +351,30 @@ def run_enroll(args: argparse.Namespace) -> int:
         print_error("no image could be enrolled")
         return 1
     _warn_look_alikes(enrolled, embeddings, accepted)
-    code = _store(gallery_path, models, embeddings, accepted, len(rejected))
+    left_out = _left_out(jobs, accepted, set(enrolled.owners))
+    code = _store(gallery_path, models, embeddings, accepted, len(rejected), left_out)
     if code == 0 and (recognition is None or recognition.threshold is None):
         # (the daemon matches with the config's recognition.threshold when it sets one)
         gallery_cli.warn_uncalibrated(gallery_path, models.facenet.meta.extra)
+    if code == 0 and left_out:  # as --name with every photo rejected: they are not known
+        print_error(
+            _shown(
+                f"{len(left_out)} person(s) not enrolled, none of their photos could be: "
+                + ", ".join(left_out)
+            )
+        )
+        return 1
     return code
+
+
+def _left_out(
+    jobs: list[tuple[str, Path]], accepted: list[tuple[str, Path, str]], known: set[str]
+) -> dict[str, int]:
+    """The people asked for who got no photo enrolled and are not in the gallery already
+    (nobody will be named so): each with how many of their photos were rejected."""
+    asked = Counter(name for name, _ in jobs)
+    got = {name for name, _, _ in accepted}
+    return {name: n for name, n in asked.items() if name not in got and name not in known}
 
 
 def _drop_unlike(
@@ -408,6 +436,7 @@ def _store(
     embeddings: np.ndarray,
     accepted: list[tuple[str, Path, str]],
     n_rejected: int,
+    left_out: dict[str, int] | None = None,
 ) -> int:
     faces = [
         Enrollment(name, vector, sha)
@@ -442,6 +471,12 @@ def _store(
             else ""
         )
         + (f"; {n_rejected} image(s) skipped" if n_rejected else "")
+        + (
+            "; not enrolled: "
+            + ", ".join(f"{name} ({n} photo(s) rejected)" for name, n in left_out.items())
+            if left_out
+            else ""
+        )
     )
     if new:
         source = "the model's" if _threshold_of(net) else "facewatch's default, the model has none"

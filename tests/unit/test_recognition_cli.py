@@ -268,6 +268,35 @@ def test_enroll_folders_names_and_one_photo_one_person(cli, images, shared_data,
     assert [p["name"] for p in json.loads(cli("gallery", "list", "--json", model=False)[1])["identities"]] == ["Ada Lovelace"]  # fmt: skip
 
 
+def test_skip_bad_names_a_person_left_with_no_photo_and_fails(cli, images, tmp_path) -> None:
+    """enroll --dir --skip-bad where Pair's only photo shows two faces: it said 'enrolled 1
+    new face(s) of 1 person(s) ...; 1 image(s) skipped' and exited 0, Pair nowhere in the
+    gallery (--name Pair --skip-bad exits 1). Now Pair is named in the summary and on stderr,
+    and the exit status is 1. Someone in the gallery already whose new photo is rejected
+    still has their faces: exit status 0."""
+    people = tmp_path / "people"
+    for who, photo in (("Lin", "obama"), ("Pair", "two")):
+        (people / who).mkdir(parents=True)
+        shutil.copy(images[photo], people / who / images[photo].name)
+    code, out, err = cli("enroll", "--dir", str(people), "--skip-bad")
+    assert code == 1
+    assert "enrolled 1 new face(s) of 1 person(s)" in out
+    assert out.splitlines()[0].endswith(
+        "; 1 image(s) skipped; not enrolled: Pair (1 photo(s) rejected)"
+    )
+    assert "error: 1 person(s) not enrolled, none of their photos could be: Pair" in err
+    assert "Lin" in cli("gallery", "list", model=False)[1]
+
+    shutil.rmtree(people / "Pair")
+    (people / "Lin" / images["obama"].name).unlink()
+    shutil.copy(images["no_face"], people / "Lin")  # Lin's new photo: no face
+    (people / "Joe").mkdir()
+    shutil.copy(images["biden"], people / "Joe")
+    code, out, err = cli("enroll", "--dir", str(people), "--skip-bad")
+    assert code == 0, err
+    assert "not enrolled" not in out + err and "1 image(s) skipped" in out
+
+
 def test_a_persons_folder_from_a_phone_or_a_nas_takes_every_photo_and_says_what_it_left(
     cli, shared_data, tmp_path
 ) -> None:
