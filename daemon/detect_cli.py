@@ -36,6 +36,7 @@ from daemon.video_files import (
 )
 from engines import BACKENDS, EngineError
 from engines.base import bounds_text
+from engines.base import progress_wanted as on_terminal
 from engines.detectors import load_detector
 from engines.image_files import PHOTO_SUFFIXES, VIDEO_SUFFIXES, folder_files
 from engines.images import ImageError, shown, write_image
@@ -53,9 +54,8 @@ logger = logging.getLogger(__name__)
 
 
 def progress_wanted(args: argparse.Namespace) -> bool:
-    """Progress bars: on a terminal, unless --no-progress (in a pipe or a log they would
-    only mix with the messages)."""
-    return not args.no_progress and sys.stderr.isatty()
+    """Progress bars: on a terminal, unless --no-progress (``engines.base.progress_wanted``)."""
+    return on_terminal(args.no_progress)
 
 
 def input_name(argument: Path, path: Path) -> Path:

@@ -10,6 +10,7 @@ import math
 import operator
 import os
 import reprlib
+import sys
 import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -288,6 +289,12 @@ def file_sha256(path: str | Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def progress_wanted(no_progress: bool = False) -> bool:
+    """Progress bars: on a terminal, unless --no-progress. In a pipe, a log or cron's mail a
+    bar is one long line of carriage-return redraws, mixed with the messages."""
+    return not no_progress and sys.stderr.isatty()
 
 
 def install_hint(extra: str) -> str:

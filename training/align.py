@@ -31,7 +31,7 @@ from engines.align import (
     pick_main_face,
     template_of,
 )
-from engines.base import ModelMetadata, bounds_text, within
+from engines.base import ModelMetadata, bounds_text, progress_wanted, within
 from engines.images import ImageError, read_image, write_image
 from engines.mtcnn import MIN_FACE_SIZE_BOUNDS, MTCNN, MTCNNConfig
 from training.data import DataError, identity_files, identity_folders, left_out_note
@@ -302,8 +302,10 @@ def align_dataset(
     opts: AlignOptions,
     mtcnn_dir: str | Path = "models/mtcnn",
     detector: object | None = None,
+    progress: bool = True,
 ) -> AlignSummary:
-    """Align every image of ``input_dir`` into ``output_dir`` (see the module doc)."""
+    """Align every image of ``input_dir`` into ``output_dir`` (see the module doc), with a
+    progress bar on a terminal (``progress`` False: none)."""
     opts.check()
     input_dir, output_dir = Path(input_dir).expanduser(), Path(output_dir).expanduser()
     if detector is None:
@@ -315,7 +317,8 @@ def align_dataset(
     boxes_path = output_dir / "bounding_boxes.txt"
     no_face = _recorded_without_face(boxes_path)
     with open(boxes_path, "a") as boxes_file:
-        for src, out_base in tqdm(jobs, desc="aligning", unit="img"):
+        bar = tqdm(jobs, desc="aligning", unit="img", disable=not progress_wanted(not progress))
+        for src, out_base in bar:
             if _done(out_base, no_face, opts.ext):
                 summary.skipped += 1
                 if _no_face_line(out_base, opts.ext) in no_face:

@@ -17,7 +17,7 @@ from pathlib import Path
 from engines.loader import default_facenet, default_models_dir
 from engines.mtcnn import MTCNNConfig
 from training.cli_teacher import register_teacher
-from training.help_format import DefaultsHelpFormatter
+from training.help_format import NO_PROGRESS_HELP, DefaultsHelpFormatter
 
 logger = logging.getLogger(__name__)
 
@@ -147,6 +147,7 @@ def _add_align(commands: argparse._SubParsersAction) -> None:
         help="accepted for compatibility with the original's scripts and ignored",
     )
     p.add_argument("--jpeg-quality", type=int, default=90, help="JPEG quality with --format jpg")
+    p.add_argument("--no-progress", action="store_true", help=NO_PROGRESS_HELP)
     p.set_defaults(func=_align)
 
 
@@ -171,7 +172,9 @@ def _align(args: argparse.Namespace) -> int:
             image_format=args.format,
             jpeg_quality=args.jpeg_quality,
         )
-        summary = align_dataset(args.input_dir, args.output_dir, opts, args.mtcnn_dir)
+        summary = align_dataset(
+            args.input_dir, args.output_dir, opts, args.mtcnn_dir, progress=not args.no_progress
+        )
     except (DataError, ValueError, EngineError) as exc:
         return _fail(str(exc))
     print(summary.text())
@@ -319,6 +322,7 @@ def _add_validate(commands: argparse._SubParsersAction) -> None:
         action="store_true",
         help="ONNX models: write the figures into the model's sidecar and model card",
     )
+    p.add_argument("--no-progress", action="store_true", help=NO_PROGRESS_HELP)
     p.set_defaults(func=_validate)
 
 
@@ -377,6 +381,7 @@ def run_validate(args: argparse.Namespace) -> tuple[object, int]:
         args.distance_metric,
         args.subtract_mean,
         args.use_flipped_images,
+        progress=not args.no_progress,
     )
 
 

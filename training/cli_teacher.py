@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from engines.loader import default_models_dir
+from training.help_format import NO_PROGRESS_HELP
 
 if TYPE_CHECKING:
     from training.teacher_dlib import DlibSettings
@@ -37,6 +38,7 @@ def _add_embed(commands: argparse._SubParsersAction) -> None:
     p.add_argument("data_dir", type=Path, help="aligned crops, <identity>/<image>")
     p.add_argument("--model", type=Path, required=True, help="ONNX embedding model (with sidecar)")
     p.add_argument("--out", type=Path, required=True, help=".npz to write (paths, embeddings)")
+    p.add_argument("--no-progress", action="store_true", help=NO_PROGRESS_HELP)
     p.set_defaults(func=_embed)
 
 
@@ -45,7 +47,10 @@ def _embed(args: argparse.Namespace) -> int:
     from training.teacher import write_cache
 
     try:
-        out = write_cache(args.model, load_dataset(args.data_dir), args.data_dir, args.out)
+        dataset = load_dataset(args.data_dir)
+        out = write_cache(
+            args.model, dataset, args.data_dir, args.out, progress=not args.no_progress
+        )
     except (DataError, ValueError, FileNotFoundError) as exc:
         return _fail(str(exc))
     print(f"wrote {out}")

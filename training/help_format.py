@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 
 ARGPARSE_DEFAULT = " (default: %(default)s)"
+# --no-progress (align, embed, validate): bars are drawn only on a terminal anyway
+NO_PROGRESS_HELP = "no progress bar (there is none when stderr is not a terminal: a log, cron)"
 
 
 class DefaultsHelpFormatter(argparse.HelpFormatter):

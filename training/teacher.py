@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from engines.base import progress_wanted
 from training.data import DataError, ImageClass, crop_square, flatten, load_rgb, standardize_batch
 
 logger = logging.getLogger(__name__)
@@ -150,15 +151,19 @@ def write_cache(
     data_dir: str | Path,
     out: str | Path,
     batch_size: int = 64,
+    progress: bool = True,
 ) -> Path:
-    """Embed every image of ``dataset`` with an ONNX model into a ``.npz`` teacher file."""
+    """Embed every image of ``dataset`` with an ONNX model into a ``.npz`` teacher file, with
+    a progress bar on a terminal (``progress`` False: none)."""
     from training.embedders import OnnxEmbedder
 
     embedder = OnnxEmbedder(model_path)
     root = Path(data_dir).expanduser()
     paths, _ = flatten(dataset)
     parts = []
-    for start in tqdm(range(0, len(paths), batch_size), desc="embedding", unit="batch"):
+    starts = range(0, len(paths), batch_size)
+    bar = tqdm(starts, desc="embedding", unit="batch", disable=not progress_wanted(not progress))
+    for start in bar:
         chunk = paths[start : start + batch_size]
         parts.append(
             embedder.embed_rgb(np.stack([_fit(load_rgb(p), embedder.image_size) for p in chunk]))

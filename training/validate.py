@@ -16,7 +16,7 @@ import numpy as np
 from tqdm import tqdm
 
 from engines.align import align_similarity, crop_with_margin, pick_main_face
-from engines.base import file_sha256
+from engines.base import file_sha256, progress_wanted
 from training.data import DataError, load_rgb
 from training.embedders import Embedder
 from training.lfw import (
@@ -70,12 +70,13 @@ def centre_crop(rgb: np.ndarray, image_size: int, margin: int) -> np.ndarray:
 
 
 def load_faces(
-    paths: list[Path], aligner: MtcnnAligner | None, size: int
+    paths: list[Path], aligner: MtcnnAligner | None, size: int, progress: bool = True
 ) -> tuple[np.ndarray, int]:
-    """uint8 RGB crops of every path; returns the crops and how many had no detected face."""
+    """uint8 RGB crops of every path; returns the crops and how many had no detected face.
+    A progress bar for 200 or more, on a terminal (``progress`` False: none)."""
     crops, no_face = [], 0
     first_shape: tuple[int, ...] | None = None
-    for path in tqdm(paths, desc="LFW images", disable=len(paths) < 200):
+    for path in tqdm(paths, desc="LFW images", disable=_no_bar(len(paths), progress)):
         rgb = load_rgb(path)
         if aligner is not None:
             face = aligner(rgb)
@@ -103,28 +104,39 @@ def evaluate_pairs(
     distance_metric: int = 0,
     subtract_mean: bool = False,
     flipped: bool = False,
+    progress: bool = True,
 ) -> tuple[LfwResult, int]:
     """Embed every image the pairs name once, then run the protocol. Returns the result
     and the number of images where no face was found (0 for aligned crops). ``flipped``:
     as the original's --use_flipped_images, each image's embedding and its mirror's,
-    concatenated. ``nrof_folds`` None: as many as the file's header declares (else 10)."""
+    concatenated. ``nrof_folds`` None: as many as the file's header declares (else 10).
+    ``progress`` False: no progress bars (else on a terminal, for 200 images or more)."""
     pairs, header = read_pairs(pairs_file, lfw_dir)
     folds = nrof_folds_for(pairs_file, pairs, header, nrof_folds)
     images = pair_images(pairs)
-    crops, no_face = load_faces(images, aligner, embedder.image_size)
-    embeddings = _embed(embedder, crops, batch_size, "embedding")
+    crops, no_face = load_faces(images, aligner, embedder.image_size, progress)
+    embeddings = _embed(embedder, crops, batch_size, "embedding", progress)
     if flipped:
         mirrored = np.ascontiguousarray(crops[:, :, ::-1])
-        mirror = _embed(embedder, mirrored, batch_size, "embedding mirrored")
+        mirror = _embed(embedder, mirrored, batch_size, "embedding mirrored", progress)
         embeddings = np.concatenate([embeddings, mirror], axis=1)
     result = evaluate_embedded(pairs, images, embeddings, folds, distance_metric, subtract_mean)
     return dataclasses.replace(result, use_flipped_images=flipped), no_face
 
 
-def _embed(embedder: Embedder, crops: np.ndarray, batch_size: int, what: str) -> np.ndarray:
+def _no_bar(count: int, progress: bool) -> bool:
+    """No bar for fewer than 200 images, nor off a terminal (``engines.base.progress_wanted``)."""
+    return count < 200 or not progress_wanted(not progress)
+
+
+def _embed(
+    embedder: Embedder, crops: np.ndarray, batch_size: int, what: str, progress: bool = True
+) -> np.ndarray:
     """``embedder.embed_rgb`` batch by batch, with a progress bar (LFW: 13,233 images)."""
     out = []
-    with tqdm(total=len(crops), desc=what, unit="img", disable=len(crops) < 200) as bar:
+    with tqdm(
+        total=len(crops), desc=what, unit="img", disable=_no_bar(len(crops), progress)
+    ) as bar:
         for start in range(0, len(crops), batch_size):
             chunk = crops[start : start + batch_size]
             out.append(embedder.embed_rgb(chunk, batch_size=batch_size))  # type: ignore[call-arg]

@@ -90,6 +90,29 @@ def test_align_takes_the_originals_detect_multiple_faces_value(
     assert crops == (["a_0.png", "a_1.png"] if multiple else ["a.png"])
 
 
+def test_align_draws_its_bar_only_on_a_terminal_and_not_with_no_progress(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """`train align` from cron (stderr a file) wrote tqdm's bar into it: one long line of
+    carriage-return redraws (about 300 kB for LFW). Now the bar is drawn on a terminal only,
+    and --no-progress leaves it out there too, as detect, enroll and identify do."""
+    import sys
+
+    from engines.mtcnn import MTCNN
+
+    monkeypatch.setattr(MTCNN, "load", staticmethod(lambda *a, **k: _FakeMtcnn()))
+    raw = _raw_folder(tmp_path / "raw")
+
+    def align(out: str, *extra: str) -> str:
+        assert cli(["align", str(raw), str(tmp_path / out), "--image-size", "32", *extra]) == 0
+        return capsys.readouterr().err
+
+    assert "aligning" not in align("cron") and "\r" not in align("cron2")
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert "aligning" in align("terminal")
+    assert "aligning" not in align("quiet", "--no-progress")
+
+
 def test_align_refuses_a_value_that_is_not_true_or_false(tmp_path: Path, capsys) -> None:
     argv = ["align", str(tmp_path), str(tmp_path / "o"), "--detect_multiple_faces", "maybe"]
     with pytest.raises(SystemExit):
