@@ -100,7 +100,8 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--json",
         action="store_true",
         help="one JSON object per image / frame on stdout (a frame's with its time_s in the "
-        "video); {source, error} for a file that failed, and {source, warning, frames_decoded, "
+        "video); {source, error} for a file that failed (a path missing, a folder without "
+        "images), and {source, warning, frames_decoded, "
         "frames_announced} for a video cut short (under 90 %% of the frames its header "
         "announces decoded; under half, it failed)",
     )
@@ -222,7 +223,7 @@ def run(args: argparse.Namespace) -> int:
     ffmpeg_environment()  # FFmpeg's own messages ("moov atom not found") name no file: off
     summary = Summary()
     started = time.monotonic()
-    files = list(_expand(args.paths, summary))
+    files = list(_expand(args.paths, summary, args.json))
     show_bar = progress_wanted(args) and len(files) > 1
     path = None
     try:
@@ -270,9 +271,12 @@ def _detect_one(
             print(json.dumps({"source": shown(path), "error": shown(str(exc))}))
 
 
-def _expand(paths: list[Path], summary: Summary) -> Iterator[tuple[Path, Path]]:
+def _expand(
+    paths: list[Path], summary: Summary, json_out: bool = False
+) -> Iterator[tuple[Path, Path]]:
     """(file, its ``input_name``): files as given; folders become their images and videos,
-    sorted, as every command walks a folder (``engines.image_files``)."""
+    sorted, as every command walks a folder (``engines.image_files``). A path missing or a
+    folder without any is a failed file, said (--json: in its ``{source, error}`` record)."""
     for path in paths:
         if path.is_dir():
             walk = folder_files(path, PHOTO_SUFFIXES | VIDEO_SUFFIXES)
@@ -285,14 +289,21 @@ def _expand(paths: list[Path], summary: Summary) -> Iterator[tuple[Path, Path]]:
                     f"their extension: {', '.join(sorted(PHOTO_SUFFIXES | VIDEO_SUFFIXES))}; "
                     "name a file to read it whatever its name)"
                 )
-                summary.errors.append(why)
-                print_error(f"{why}")
+                _failed(path, why, summary, json_out)
             yield from ((p, input_name(path, p)) for p in walk.files)
         elif path.exists():
             yield path, input_name(path, path)
         else:
-            summary.errors.append(f"{path}: no such file or folder")
-            print_error(f"{path}: no such file or folder")
+            _failed(path, f"{path}: no such file or folder", summary, json_out)
+
+
+def _failed(path: Path, why: str, summary: Summary, json_out: bool) -> None:
+    """A path that gave no file: counted, said, and with --json recorded as a file that
+    failed to read is."""
+    summary.errors.append(why)
+    print_error(why)
+    if json_out:
+        print(json.dumps({"source": shown(path), "error": shown(why)}))
 
 
 def _emit(

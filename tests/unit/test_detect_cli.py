@@ -51,11 +51,33 @@ def test_bad_files_are_reported_and_the_others_still_processed(shared_data, tmp_
     found = [r for r in records if "faces" in r]
     assert [r["source"] for r in found] == [str(p) for p in good]
     assert [len(r["faces"]) for r in found] == [2, 1]
-    failed = [r["source"] for r in records if "error" in r]  # in their order (missing: above)
-    assert failed == [str(corrupt), str(empty), str(truncated)]
+    failed = [r["source"] for r in records if "error" in r]  # a missing path's first
+    assert failed == [str(missing), str(corrupt), str(empty), str(truncated)]
     for bad in (corrupt, empty, truncated, missing):
         assert str(bad) in err
     assert "2 file(s)" in err and "4 error(s)" in err
+
+
+def test_json_has_an_error_record_for_a_missing_path_and_an_empty_folder(
+    shared_data, tmp_path, capsys
+) -> None:
+    """`detect --json` wrote a {source, error} record for a file it could not read but none
+    for a path that was not there (an NFS mount that did not come up) or a folder without
+    images: a `jq 'select(.error)'` missed them. identify wrote all three."""
+    missing, empty = tmp_path / "gone.jpg", tmp_path / "empty"
+    empty.mkdir()
+    photo = shared_data / "images" / "obama.jpg"
+    code, out, err = run_cli(capsys, "--json", str(missing), str(empty), str(photo))
+    assert code == 1
+    records = [json.loads(line) for line in out.splitlines()]
+    errors = {r["source"]: r["error"] for r in records if "error" in r}
+    assert errors == {
+        str(missing): f"{missing}: no such file or folder",
+        str(empty): errors[str(empty)],
+    }
+    assert errors[str(empty)].startswith(f"{empty}: folder holds no images or videos")
+    assert [r["source"] for r in records if "faces" in r] == [str(photo)]
+    assert "2 error(s)" in err
 
 
 def test_json_record_layout(shared_data, capsys):
