@@ -52,7 +52,9 @@ def register(commands: Any) -> None:
     )
     check.add_argument("file", nargs="?", help="the YAML file to check")
     check.add_argument(
-        "--schema", action="store_true", help="list every setting with its default and meaning"
+        "--schema",
+        action="store_true",
+        help="list every setting with its default and meaning (and check no file: it takes none)",
     )
     check.add_argument(
         "--settings-only",
@@ -66,6 +68,12 @@ def register(commands: Any) -> None:
 
 def _validate(args: argparse.Namespace) -> int:
     if args.schema:
+        if args.file is not None:  # a CI step would pass whatever the file holds
+            print_error(
+                f"--schema lists the settings and checks no file: run `facewatch "
+                f"validate-config {args.file}` to check {args.file}"
+            )
+            return 2
         print("\n".join(schema_lines()))
         return 0
     if args.file is None:

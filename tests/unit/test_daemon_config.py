@@ -437,6 +437,20 @@ def test_validate_config_wants_the_file_it_checks(capsys) -> None:
     assert main(["validate-config", "--schema"]) == 0
 
 
+def test_validate_config_refuses_a_file_with_schema(tmp_path, capsys) -> None:
+    """`validate-config --schema bad.yaml` printed the schema and exited 0 without looking
+    at the file: a CI step with an extra --schema passed any file. Now refused (exit 2)."""
+    from daemon.cli import main
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("cameras: [{name: door, url: rtsp://x, fsp: 5}]\n")
+    for extra in ([], ["--settings-only"]):
+        assert main(["validate-config", "--schema", *extra, str(bad)]) == 2
+        out, err = capsys.readouterr()
+        assert out == ""
+        assert f"error: --schema lists the settings and checks no file: run `facewatch validate-config {bad}`" in err  # fmt: skip
+
+
 class _ListAsPython310Sees(types.GenericAlias):
     """list[X] as Python 3.10 (requires-python's floor) sees it: a type, to isinstance."""
 
