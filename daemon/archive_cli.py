@@ -40,7 +40,12 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="the daemon's config, for its archive.dir (default: $FACEWATCH_CONFIG, else "
         f"{SERVICE_CONFIG} when there is one, else the demo's {DEFAULT_CONFIG})",
     )
-    where.add_argument("--dir", type=Path, help="the archive folder itself")
+    where.add_argument(
+        "--dir",
+        type=Path,
+        help="the archive folder itself (one that does not exist is an error, exit status 2; "
+        "--config's archive.dir not yet made by the daemon: no visits yet, 0)",
+    )
     listing.add_argument("--camera", help="only this camera's visits")
     listing.add_argument(
         "--since",
@@ -193,6 +198,9 @@ def run_list(args: argparse.Namespace) -> int:
     try:
         if root.exists() and not root.is_dir():
             print_error(f"{root}: a file, not the archive's folder")
+            return 2
+        if not root.is_dir() and args.dir is not None:  # a typo, more likely than no visit
+            print_error(f"--dir {root}: no such folder (the archive's folder, archive.dir)")
             return 2
         if not root.is_dir():
             print(f"{root}: no visits yet (the folder does not exist)", file=sys.stderr)

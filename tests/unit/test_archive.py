@@ -504,6 +504,9 @@ def test_archive_list_says_when_the_config_has_no_archive(tmp_path, capsys, monk
     assert "no visits yet" in capsys.readouterr().err
     assert main(["archive", "list", "--dir", str(config)]) == 2  # a mistyped --dir
     assert f"{config}: a file, not the archive's folder" in capsys.readouterr().err
+    # --dir that is not there: a typo (it said "no visits yet" and exited 0)
+    assert main(["archive", "list", "--dir", str(tmp_path / "face")]) == 2
+    assert f"error: --dir {tmp_path / 'face'}: no such folder" in capsys.readouterr().err
     (tmp_path / "faces").mkdir()
     assert main(["archive", "list", "--config", str(config), "--name", "Bob"]) == 0
     assert "archive.which is unknown: visits in which someone was named are not kept" in (
