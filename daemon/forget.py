@@ -7,11 +7,12 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import sys
 from pathlib import Path
 
 from daemon.archive_cli import visits_of
 from daemon.config import Config, ConfigError
-from daemon.gallery import GalleryError
+from daemon.gallery import Gallery, GalleryError
 
 
 def archive_to_forget(args: argparse.Namespace, config: Config | None) -> Path | None:
@@ -52,6 +53,22 @@ def forget_visits(root: Path, name: str, photos: set[str]) -> None:
             ) from exc
         print(f"deleted {folder}")
     print(f"deleted {len(visits)} visit(s) of {name} from the face archive {root}")
+
+
+def forget_removed(gallery: Gallery, root: Path | None, name: str) -> None:
+    """``--forget`` of someone no longer enrolled (removed earlier, or the command run again):
+    the visits an event named them in are deleted (those holding a photo they were enrolled
+    from can no longer be told), with a note. A name the gallery holds one close to and no
+    visit names is a typo: GalleryError naming that one, and nothing is deleted."""
+    named = visits_of(root, name, set()) if root is not None and root.is_dir() else []
+    if not named and gallery.close_name(name) is not None:
+        gallery.sources_of(name)  # GalleryError: "no identity named 'Zoe'; did you mean 'Zoë'?"
+    print(
+        f"note: {name} is not in the gallery (removed earlier?); forgotten elsewhere as asked",
+        file=sys.stderr,
+    )
+    if root is not None:
+        forget_visits(root, name, set())
 
 
 def say_what_remains(name: str, config: Config | None) -> None:

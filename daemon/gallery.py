@@ -510,12 +510,24 @@ class Gallery:
     def _identity_id(self, conn: sqlite3.Connection, name: str) -> int:
         found = _find(conn, name)
         if found is None:
-            ids = _ids_by_name(conn)
-            twin = _by_folded_name(ids).get(twin_key(name))
-            close = [twin[0]] if twin else difflib.get_close_matches(lookup_name(name), ids, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
+            close = self._close_name(conn, name)
+            hint = f"; did you mean {close!r}?" if close else ""
             raise GalleryError(f"{self.path}: no identity named {name!r}{hint}")
         return found
+
+    def close_name(self, name: str) -> str | None:
+        """The enrolled name ``name`` (not enrolled) may be a typo of, else None."""
+        try:
+            return self._close_name(self._conn, name)
+        except sqlite3.DatabaseError as exc:
+            raise translate(self.path, exc) from None
+
+    @staticmethod
+    def _close_name(conn: sqlite3.Connection, name: str) -> str | None:
+        ids = _ids_by_name(conn)
+        twin = _by_folded_name(ids).get(twin_key(name))
+        close = [twin[0]] if twin else difflib.get_close_matches(lookup_name(name), ids, n=1)
+        return close[0] if close else None
 
     def remove(self, name: str) -> int:
         """Delete an identity and its embeddings; returns how many embeddings went."""

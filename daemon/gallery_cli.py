@@ -147,7 +147,8 @@ def register(commands: argparse._SubParsersAction) -> None:
         action="store_true",
         help="also delete the face archive's visits that show them (an event named them, in "
         "any case, or an image is one they were enrolled from), then list what facewatch "
-        "cannot delete; needs --config or --archive",
+        "cannot delete; needs --config or --archive. Someone removed earlier (or this run "
+        "again): their named visits are deleted, exit status 0",
     )
     parsers["remove"].add_argument(
         "--archive",
@@ -291,6 +292,10 @@ def _remove(args: argparse.Namespace) -> int:
     config = daemon_config(args)
     root = forget.archive_to_forget(args, config) if args.forget else None
     with Gallery.open(gallery_path(args), writable=True) as gallery:
+        if args.forget and not gallery.knows(args.name):  # removed before: the rest as asked
+            forget.forget_removed(gallery, root, args.name)
+            forget.say_what_remains(args.name, config)
+            return 0
         if root is not None:  # first: their enrolled photos are known only while enrolled
             forget.forget_visits(root, args.name, gallery.sources_of(args.name))
         count = gallery.remove(args.name)
