@@ -22,7 +22,7 @@ from daemon import (
     run_cli,
     status_cli,
 )
-from daemon.journal import print_error, stderr_is_journal
+from daemon.journal import GuardedStdout, StdoutError, print_error, stderr_is_journal
 
 logger = logging.getLogger(__name__)
 LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"]
@@ -118,8 +118,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=level, handlers=[handler])
     sys.excepthook = _log_uncaught
     threading.excepthook = _log_uncaught_in_thread
+    stdout = sys.stdout
+    sys.stdout = GuardedStdout(stdout)
     try:
         return int(args.func(args) or 0)
+    except StdoutError as exc:  # a full disk under `> FILE`: the output's fault, no input's
+        print_error(f"cannot write to stdout: {exc.strerror or exc}")
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
@@ -133,6 +138,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print_error(f"{where}{exc.strerror or exc}")
         logger.debug("details", exc_info=True)
         return 1
+    finally:
+        sys.stdout = stdout
 
 
 def _log_uncaught(

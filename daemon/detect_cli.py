@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from daemon.cameras import STUCK_FILE, StuckPicture, ffmpeg_environment
 from daemon.cli_args import number
-from daemon.journal import print_error
+from daemon.journal import StdoutError, print_error
 from daemon.low_light import brightened
 from daemon.video_files import (
     Interrupted,
@@ -262,7 +262,7 @@ def _detect_one(
         else:
             _detect_image(detector, path, image, args, summary, out(".jpg"))
         summary.files += 1
-    except BrokenPipeError:  # the reader went away (`| head`): no file's fault
+    except (BrokenPipeError, StdoutError):  # the reader gone, a full disk: no file's fault
         raise
     except (ImageError, VideoError, OSError) as exc:
         summary.errors.append(str(exc))

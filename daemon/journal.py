@@ -11,6 +11,7 @@ import os
 import sys
 import time
 from datetime import datetime
+from typing import Any, TextIO
 
 ERR = 3  # syslog's priority of an error
 REMIND_S = 600.0  # a problem that lasts is logged again this often (else at DEBUG)
@@ -60,3 +61,36 @@ def print_error(message: str) -> None:
     if stderr_is_journal():
         text = "\n".join(f"<{ERR}>{line}" for line in text.split("\n"))
     print(text, file=sys.stderr, flush=True)
+
+
+class StdoutError(OSError):
+    """stdout could not take the output (a full disk, an I/O error behind a redirect): the
+    command's own failure, not that of the input it was writing about."""
+
+
+class GuardedStdout:
+    """stdout whose write errors are ``StdoutError`` (a reader gone away stays a
+    ``BrokenPipeError``): a command that catches each input's OSError lets these through,
+    so that a full disk under ``> out.jsonl`` is not blamed on the photo being written about."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self.stream.write(text)
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise StdoutError(exc.errno, exc.strerror) from exc
+
+    def flush(self) -> None:
+        try:
+            self.stream.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise StdoutError(exc.errno, exc.strerror) from exc
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)

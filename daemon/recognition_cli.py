@@ -27,7 +27,7 @@ from daemon.cli_args import number
 from daemon.config import CameraConfig, ConfigError
 from daemon.detect_cli import Outputs, input_name, progress_wanted, put_label
 from daemon.gallery import Gallery, GalleryError, Match
-from daemon.journal import print_error
+from daemon.journal import StdoutError, print_error
 from daemon.low_light import brightened
 from daemon.recordings import (
     DEFAULT_FPS,
@@ -286,7 +286,7 @@ def _identify_files(
             undone = f"; not done: {', '.join(left)}" if left else ""
             print(f"interrupted: {shown(stop.where)}{undone}", file=sys.stderr)
             return 130
-        except BrokenPipeError:  # the reader went away (`| head`): no file's fault
+        except (BrokenPipeError, StdoutError):  # the reader gone, a full disk: no file's fault
             raise
         except (ImageError, VideoError, OSError, ValueError) as exc:
             errors += 1

@@ -378,6 +378,28 @@ def test_identify_folders_json_errors_and_annotate_problems(cli, images, tmp_pat
     assert code == 2 and f"--annotate {afile}" in err
 
 
+def test_a_full_disk_under_stdout_is_blamed_on_stdout_not_the_photo(
+    cli, images, monkeypatch
+) -> None:
+    """`identify --json photo.jpg > /dev/full` said "error: photo.jpg: [Errno 28] No space
+    left on device" and counted the photo as failed; now the output is named, and the
+    command stops there (exit status 1)."""
+    import errno
+    import io
+    import sys
+
+    class Full(io.StringIO):
+        def write(self, text: str) -> int:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    assert cli("enroll", "--name", "obama", str(images["obama"]))[0] == 0
+    for json_out in (["--json"], []):
+        monkeypatch.setattr(sys, "stdout", Full())
+        code, _, err = cli("identify", *json_out, str(images["obama"]), str(images["biden"]))
+        assert code == 1
+        assert err.strip() == "error: cannot write to stdout: No space left on device", err
+
+
 def test_gallery_of_another_model_read_only_and_missing(cli, images, test_model, tmp_path) -> None:
     assert cli("enroll", "--name", "obama", str(images["obama"]))[0] == 0
     before = cli.gallery.read_bytes()
