@@ -26,6 +26,22 @@ from daemon.journal import GuardedStdout, StdoutError, print_error, stderr_is_jo
 
 logger = logging.getLogger(__name__)
 LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"]
+EPILOG = (
+    "Exit status, every command: 0 done; 1 an input, the gallery or the output refused (a "
+    "photo or video that cannot be read, a person not enrolled, a full disk under stdout: "
+    "each said on stderr with its name, after `error:`), `run` stopped by a failure (a port "
+    "taken, a full disk), or `status`: the daemon reports problems; 2 a usage, "
+    "configuration or model problem (the train commands give 2 for any problem, their "
+    "inputs' too); 3 `status` only: no daemon "
+    "answers; 130 stopped by Ctrl-C (what was done is kept, and where it stopped said; `run` "
+    "stops cleanly, 0); 141 "
+    "the reader of stdout went away (`| head`). Environment: FACEWATCH_CONFIG the daemon's "
+    "config that `status` and `archive list` read (else /etc/facewatch/facewatch.yaml, else "
+    "the demo's); FACEWATCH_GALLERY the gallery of enroll, identify and gallery (else "
+    "$XDG_DATA_HOME/facewatch/gallery.sqlite, ~/.local/share/...); FACEWATCH_MODELS the "
+    "models folder (else the shipped models/); FACEWATCH_ENGINE_CACHE the TensorRT plans "
+    "(else ~/.cache/facewatch/engines)."
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="facewatch",
         description="Real-time face detection and recognition for IP cameras: MTCNN + FaceNet on "
         "the CPU (OpenVINO, ONNX Runtime) or an NVIDIA GPU (TensorRT, PyTorch CUDA).",
+        epilog=EPILOG,
     )
     parser.add_argument("--version", action="version", version=f"facewatch {build_version()}")
     parser.add_argument(

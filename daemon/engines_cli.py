@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 import time
 from pathlib import Path
 
 from daemon.cli_args import number
 from daemon.config import ConfigError, plan_request
 from daemon.config_file import load_config
+from daemon.journal import print_error
 from engines import EngineError
 from engines.base import CROPS_PER_CALL, DEFAULT_MAX_BATCH, ModelMetadata, file_sha256
 from engines.build import (
@@ -217,7 +217,7 @@ def run_build(args: argparse.Namespace) -> int:
         else:
             plans = [build_engine(args.model, options_from_args(args), args.cache_dir, args.force)]
     except (EngineError, ConfigError) as exc:
-        print(f"facewatch engines build: {exc}", file=sys.stderr)
+        print_error(f"engines build: {exc}")
         return 2
     print("\n".join(map(str, plans)))
     return 0
@@ -237,7 +237,7 @@ def run_prune(args: argparse.Namespace) -> int:
     try:
         stale, left = _stale(args, cache_dir)
     except (EngineError, ConfigError) as exc:
-        print(f"facewatch engines prune: {exc} (--all deletes every plan)", file=sys.stderr)
+        print_error(f"engines prune: {exc} (--all deletes every plan)")
         return 2
     return _delete(stale, left, args.dry_run)
 

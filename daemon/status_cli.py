@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from email.utils import parsedate_to_datetime
@@ -360,7 +359,7 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _unanswered(args: argparse.Namespace, shown: str, problem: str) -> int:
-    print(problem, file=sys.stderr)
+    print_error(problem)
     if args.json:  # a health check piping into jq still gets an answer
         print(json.dumps({"url": shown, "running": False, "problems": [problem]}, indent=1))
     return NOT_RUNNING

@@ -78,7 +78,7 @@ def _needs_extras(func: Callable[[argparse.Namespace], int]) -> Callable[[argpar
             if (exc.name or "").split(".")[0] not in TRAIN_EXTRAS:
                 raise
             print(
-                f"facewatch train {args.train_command}: needs the training extras, which are "
+                f"error: facewatch train {args.train_command}: needs the training extras, which are "
                 f"not installed (no module {exc.name!r}): {install_hint('train')}",
                 file=sys.stderr,
             )
@@ -93,7 +93,7 @@ def _export_mtcnn(args: argparse.Namespace) -> int:
     try:
         diffs = export_all(args.weights_dir, args.out_dir, args.images)
     except (FileNotFoundError, RuntimeError) as exc:
-        print(f"facewatch train export-mtcnn: {exc}", file=sys.stderr)
+        print(f"error: facewatch train export-mtcnn: {exc}", file=sys.stderr)
         return 2
     for name, diff in diffs.items():
         print(f"{name}: ONNX Runtime vs PyTorch max abs diff {diff:.2e}")
@@ -120,7 +120,7 @@ def _torch_program(args: argparse.Namespace) -> int:
             RuntimeError,
             pickle.UnpicklingError,
         ) as exc:
-            print(f"facewatch train torch-program: {exc}", file=sys.stderr)
+            print(f"error: facewatch train torch-program: {exc}", file=sys.stderr)
             return 2
         print(f"wrote {pt2}: max abs diff vs ONNX Runtime {diff:.2e}")
     return 0

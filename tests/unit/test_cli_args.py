@@ -34,3 +34,28 @@ def test_a_bad_number_is_refused_in_one_wording(command, message, capsys) -> Non
     with pytest.raises(SystemExit) as exit_:
         main(command)
     assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_the_help_gives_the_exit_statuses_and_failures_start_with_error(capsys) -> None:
+    """Only a few commands' help named their exit statuses, `facewatch --help` none; and
+    `engines build` and `status` said their failures without the `error:` that a log alert
+    greps for ('facewatch engines build: ...', 'no facewatch daemon answers ...')."""
+    import socket
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "Exit status, every command: 0 done; 1 an input" in text
+    for status in ("2 a usage, configuration or model problem", "3 `status` only",
+                   "130 stopped by Ctrl-C", "141 the reader of stdout went away"):  # fmt: skip
+        assert status in text
+    assert "FACEWATCH_GALLERY" in text and "FACEWATCH_CONFIG" in text
+
+    assert main(["engines", "build", "models/mtcnn/rnet.onnx", "--batch", "8", "1", "4"]) == 2
+    assert capsys.readouterr().err.startswith("error: engines build: ")
+    with socket.socket() as free:  # a port nobody listens on
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/metrics"
+    assert main(["status", "--url", url, "--interval", "0.1"]) == 3
+    assert capsys.readouterr().err.startswith(f"error: no facewatch daemon answers at {url}")

@@ -146,7 +146,7 @@ def test_train_commands_without_pytorch_say_what_to_install(argv):
     )
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip() == (
-        f"facewatch train {argv[1]}: needs the training extras, which are not installed "
+        f"error: facewatch train {argv[1]}: needs the training extras, which are not installed "
         f"(no module 'torch'): pip install -e '{REPO}[train]'"
     )
 
