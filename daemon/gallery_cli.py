@@ -88,6 +88,7 @@ def add_gallery_option(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--config",
+        "-c",
         type=Path,
         default=None,
         help="the daemon's config file: use its recognition.gallery (and, for enroll and "

@@ -59,3 +59,23 @@ def test_the_help_gives_the_exit_statuses_and_failures_start_with_error(capsys) 
     url = f"http://127.0.0.1:{port}/metrics"
     assert main(["status", "--url", url, "--interval", "0.1"]) == 3
     assert capsys.readouterr().err.startswith(f"error: no facewatch daemon answers at {url}")
+
+
+def test_c_is_config_for_enroll_identify_and_gallery_as_for_run_and_status(
+    tmp_path, capsys
+) -> None:
+    """`run`, `status` and `engines` took -c for --config; enroll, identify and gallery
+    refused it (exit 2)."""
+    import json
+
+    from daemon.cli import build_parser
+
+    config = tmp_path / "facewatch.yaml"
+    gallery = tmp_path / "people.sqlite"
+    config.write_text(json.dumps({"cameras": [{"name": "door", "url": "rtsp://door/1"}],
+                                  "recognition": {"gallery": str(gallery)}}))  # fmt: skip
+    assert main(["gallery", "list", "-c", str(config)]) == 1
+    assert f"error: {gallery}: no gallery here" in capsys.readouterr().err
+    parser = build_parser()
+    for argv in (["enroll", "--name", "Ada", "a.jpg"], ["identify", "a.jpg"]):
+        assert parser.parse_args([*argv, "-c", str(config)]).config == config
