@@ -70,6 +70,12 @@ TLS_FILES = (
     "cert_file and key_file: the client's, when the broker asks for one; files renewed in "
     "place are loaded again at the next attempt"
 )
+# ... and when the broker refuses the client's certificate after the handshake
+CLIENT_FILES = (
+    "mqtt.tls.cert_file and key_file: a certificate signed by a CA the broker trusts (its "
+    "cafile), not expired, for a user its ACL knows; files renewed in place are loaded again "
+    "at the next attempt"
+)
 
 
 class MqttPublisher:
@@ -523,7 +529,7 @@ class MqttPublisher:
         cfg = self.config
         if self.tls is not None:
             why, check = self._diagnose()
-            if check == TLS_FILES:
+            if check in (TLS_FILES, CLIENT_FILES):
                 self._failed(f"cannot connect to {cfg.host}:{cfg.port}: {why}", check)
                 return
         self._failed(
@@ -543,7 +549,7 @@ class MqttPublisher:
                     return "the broker closed the connection", REACH
                 refusal = self.tls.handshake(sock, cfg.host)
                 if refusal is not None:
-                    return _refused_certificate(cfg.tls, refusal), TLS_FILES
+                    return _refused_certificate(cfg.tls, refusal), CLIENT_FILES
                 return "the broker closed the connection after the TLS handshake", REACH
         except ssl.SSLError as exc:
             return str(exc), TLS_FILES
