@@ -143,12 +143,18 @@ class FrameQueues:
             return
         start, put, lost, warned, taken = window
         if lost > metrics.DROPS_HIGH * put and now - warned >= REMIND_S:
-            handled = (self._taken - taken) / (now - start) if now > start else 0.0
-            advice = metrics.drops_advice(handled, len(self._queues), self._full_scan_every)
+            if self._taken == taken:  # not slow: stalled (fewer fps would not help)
+                why = (
+                    "the pipeline took no frame of any camera in that time: it is stalled (an "
+                    "engine call that does not return?), not slow"
+                )
+            else:
+                handled = (self._taken - taken) / (now - start) if now > start else 0.0
+                advice = metrics.drops_advice(handled, len(self._queues), self._full_scan_every)
+                why = f"the pipeline cannot keep up ({advice})"
             logger.warning(
-                "camera %s: %.0f %% of its frames dropped in the last %.0f s: the pipeline "
-                "cannot keep up (%s)",
-                camera, min(100, 100 * lost / put), now - start, advice,
+                "camera %s: %.0f %% of its frames dropped in the last %.0f s: %s",
+                camera, min(100, 100 * lost / put), now - start, why,
             )  # fmt: skip
             warned = now
         self._drops[camera] = [now, 0, 0, warned, self._taken]

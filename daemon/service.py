@@ -3,17 +3,21 @@ until SIGTERM, then stop them in reverse order, draining what is in flight.
 
 systemd: ``READY=1`` once the engines are warm (the start timeout is extended while a
 TensorRT plan is built), ``WATCHDOG=1`` only while frames flow (see
-``daemon.systemd_notify.watchdog_healthy``), ``STOPPING=1`` on the way out. The checks
+``daemon.systemd_notify.watchdog_healthy``), ``STOPPING=1`` on the way out. Without
+systemd's watchdog (a container), frames that stop flowing for STALL_S end the daemon with
+exit status 1, for its restart policy. The checks
 before anything starts are in ``daemon.preflight``.
 """
 
 from __future__ import annotations
 
 import errno
+import faulthandler
 import logging
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 from functools import partial
@@ -42,7 +46,9 @@ from engines.mtcnn import MTCNN
 
 logger = logging.getLogger(__name__)
 
-STALL_S = 30.0  # frames have not flowed for this long: the watchdog is no longer fed
+STALL_S = 30.0  # frames have not flowed for this long: the watchdog is no longer fed, or
+# without systemd's watchdog the daemon stops itself (exit status 1)
+STALLED_STOP_S = 2.0  # how long such a stop waits for the stuck scheduler
 # A stop's deadlines (the unit's TimeoutStopSec=60s must not be reached: systemd would kill):
 STOP_BUDGET_S = 50.0  # the whole stop
 READERS_STOP_S = 15.0  # the cameras, all together (a stream read can block)
@@ -81,6 +87,7 @@ class Service:
         # the threads a stop had to leave running (a call in OpenCV or an engine that did not
         # return): the process must then end without Python's clean-up (``run_cli``)
         self.left_behind: list[str] = []
+        self.stalled = False  # a stall without systemd's watchdog ended the run (``_serve``)
         # the start-up summary's: which engines run, and the match threshold in use
         self._engines_said = self._threshold_said = ""
 
@@ -257,7 +264,7 @@ class Service:
             self._serve(scheduler)
         finally:
             self._shutdown(scheduler, sinks)
-        return 1 if scheduler.error is not None else 0
+        return 1 if scheduler.error is not None or self.stalled else 0
 
     def _summary(self, cameras: list[str]) -> str:
         """The start-up line: which code, cameras, engines and match threshold run (after an
@@ -333,9 +340,15 @@ class Service:
             )
 
     def _serve(self, scheduler: BatchScheduler) -> None:
+        """Until a stop: reloads at SIGHUP, and the stall check (``watchdog_healthy``).
+        Under systemd's watchdog a stall stops feeding it, and systemd restarts facewatch;
+        without one (Docker, a shell) nothing else would end a hung daemon, so a stall past
+        STALL_S is said and ends the run itself (``stalled``: exit status 1, which a restart
+        policy restarts)."""
         watchdog_s = int(os.environ.get("WATCHDOG_USEC", "0")) / 1e6
         ping_every = watchdog_s / 2  # systemd's advice
         tick = min(1.0, ping_every) if watchdog_s else 1.0  # a SIGHUP waits at most this
+        stall_s = max(STALL_S, watchdog_s)
         next_ping = time.monotonic()
         deadline = time.monotonic() + self.run_for_s if self.run_for_s else float("inf")
         was_up = starving = False
@@ -354,12 +367,18 @@ class Service:
                 scheduler.last_batch = max(scheduler.last_batch, time.monotonic())
             was_up = cameras_up
             now = time.monotonic()
-            if not watchdog_s or now < next_ping:
+            healthy = partial(
+                watchdog_healthy, now, scheduler.last_round, scheduler.last_batch, cameras_up
+            )
+            if not watchdog_s:
+                if not healthy(stall_s):
+                    self._say_stalled(scheduler, now, stall_s)
+                    self.stalled = True
+                    return
                 continue
-            stall_s = max(STALL_S, watchdog_s)
-            if watchdog_healthy(
-                now, scheduler.last_round, scheduler.last_batch, cameras_up, stall_s
-            ):
+            if now < next_ping:
+                continue
+            if healthy(stall_s):
                 sd_notify("WATCHDOG=1")
                 next_ping = now + ping_every - tick / 2  # due by the tick nearest the interval
                 if starving:  # before systemd's kill: its ERROR promised one
@@ -417,21 +436,39 @@ class Service:
     def _say_starving(self, scheduler: BatchScheduler, now: float, stall_s: float) -> None:
         """The watchdog is no longer fed: what hangs, for how long, and what comes next
         (otherwise the journal showed only systemd's 'Watchdog timeout' and an abort)."""
-        if now - scheduler.last_round >= stall_s:
-            what = (
-                f"the batch scheduler has been stuck in one round for "
-                f"{now - scheduler.last_round:.0f} s (an engine call that does not return?)"
-            )
-        else:
-            delivering = ", ".join(r.config.name for r in self.readers if r.up)
-            what = (
-                f"no batch of frames has gone through for {now - scheduler.last_batch:.0f} s "
-                f"while camera(s) {delivering} deliver frames"
-            )
         logger.error(
             "%s: systemd's watchdog is no longer fed and restarts facewatch once WatchdogSec "
             "has passed (the stack of every thread follows in the journal)",
-            what,
+            self._stall(scheduler, now, stall_s),
+        )
+
+    def _say_stalled(self, scheduler: BatchScheduler, now: float, stall_s: float) -> None:
+        """No systemd watchdog (a container, a shell): a stall is said, with every thread's
+        stack, before the daemon stops with exit status 1 (the log blamed the cameras' fps,
+        and a hung daemon stayed up for good: Docker restarts no 'unhealthy' container)."""
+        logger.error(
+            "%s: facewatch stops, with exit status 1, so that its restart policy (Docker's "
+            "restart: unless-stopped, systemd's Restart=) starts it again; the stack of every "
+            "thread follows",
+            self._stall(scheduler, now, stall_s),
+        )
+        try:
+            faulthandler.dump_traceback(all_threads=True)
+        except (OSError, ValueError, AttributeError, RuntimeError):  # no real stderr
+            logger.debug("no stack dump: stderr has no file descriptor")
+
+    def _stall(self, scheduler: BatchScheduler, now: float, stall_s: float) -> str:
+        """What hangs, where, and for how long."""
+        delivering = ", ".join(r.config.name for r in self.readers if r.up) or "none"
+        if now - scheduler.last_round >= stall_s:
+            return (
+                f"the batch scheduler has been stuck in one round for "
+                f"{now - scheduler.last_round:.0f} s{_stuck_in(scheduler)} (an engine call "
+                f"that does not return?) while camera(s) {delivering} deliver frames"
+            )
+        return (
+            f"no batch of frames has gone through for {now - scheduler.last_batch:.0f} s "
+            f"while camera(s) {delivering} deliver frames"
         )
 
     def _install_signals(self) -> None:
@@ -466,7 +503,10 @@ class Service:
                 READERS_STOP_S,
             )
         scheduler.stop()
-        scheduler.join(timeout=max(0.0, end - PUBLISHER_STOP_S - time.monotonic()))
+        wait_s = max(0.0, end - PUBLISHER_STOP_S - time.monotonic())
+        if self.stalled:  # stuck in a call: waiting would only delay the restart
+            wait_s = min(wait_s, STALLED_STOP_S)
+        scheduler.join(timeout=wait_s)
         if scheduler.is_alive():
             logger.warning("the batch scheduler did not finish in time; queued frames are dropped")
         if self.archive is not None:  # it writes its last visits while MQTT drains
@@ -554,3 +594,19 @@ def _stop_said(signum: int, loading: str) -> str:
         f"{name} during the load of {loading}: facewatch stops once it ends (the load cannot "
         "be cut short)"
     )
+
+
+def _stuck_in(scheduler: BatchScheduler) -> str:
+    """Where the scheduler's thread is now: its innermost call in facewatch's own code
+    (``daemon``, ``engines``), e.g. ' in MTCNN.detect (engines/mtcnn.py:210)'; '' when it
+    cannot be told."""
+    frame = sys._current_frames().get(getattr(scheduler, "ident", None) or -1)
+    root = Path(__file__).resolve().parent.parent
+    while frame is not None:
+        path = Path(frame.f_code.co_filename)
+        if path.parent.name in ("daemon", "engines") and path.parent.parent == root:
+            where = f"{path.parent.name}/{path.name}:{frame.f_lineno}"
+            name = getattr(frame.f_code, "co_qualname", frame.f_code.co_name)  # (3.11+)
+            return f" in {name} ({where})"
+        frame = frame.f_back
+    return ""

@@ -2,7 +2,8 @@
 
 Two reads ``--interval`` seconds apart give the rates. The exit status says it for scripts
 and health checks: 0 all well, 1 something is down (a camera, the broker) or a camera's
-frames are mostly dropped (the pipeline cannot keep up), 3 no daemon answers there.
+frames are mostly dropped (the pipeline cannot keep up, or is stalled), 3 no daemon answers
+there.
 """
 
 from __future__ import annotations
@@ -40,8 +41,8 @@ def register(commands: Any) -> None:
             "and show each camera (up or down; frames read, searched, skipped by the motion "
             "gate and dropped per second; faces per second) and MQTT. Exit status: 0 all "
             "well, 1 a camera or the broker is down, or over a fifth of a camera's frames "
-            "are dropped (the pipeline cannot keep up), 2 a usage or config error, 3 no "
-            "daemon answers (or none within 5 s)."
+            "are dropped (the pipeline cannot keep up, or is stalled), 2 a usage or config "
+            "error, 3 no daemon answers (or none within 5 s)."
         ),
     )
     status.add_argument(
@@ -101,8 +102,14 @@ class Status:
         found = [_down(c, self.now) for c in self.cameras if not c.up]
         behind = [c for c in self.cameras if c.up and c.behind]
         found += [_behind(c) for c in behind]
-        if behind:  # what to do, once: sized by what the pipeline handles of all cameras
-            handled = sum(c.searched_fps + c.still_fps for c in self.cameras)
+        handled = sum(c.searched_fps + c.still_fps for c in self.cameras)
+        if behind and handled == 0:  # not slow: fewer fps would not help
+            found.append(
+                "the pipeline is stalled: no frame of any camera went through it between the "
+                "two reads while they deliver frames (an engine call that does not return? "
+                "the daemon's log says where it hangs)"
+            )
+        elif behind:  # what to do, once: sized by what the pipeline handles of all cameras
             advice = drops_advice(handled, len(self.cameras), self.full_scan_every)
             found.append(f"the pipeline cannot keep up: {advice}")
         if self.mqtt == "disconnected":

@@ -488,6 +488,89 @@ def test_a_scheduler_that_goes_on_before_systemds_kill_says_so(monkeypatch, capl
     ], said
 
 
+def test_a_hung_engine_call_without_systemds_watchdog_is_said_and_ends_the_run(
+    monkeypatch, caplog, detector
+) -> None:
+    """In a container (no WATCHDOG_USEC) a detector call that never returned left the daemon
+    up and hung for good, its log blaming the cameras' fps. Past STALL_S one ERROR says
+    where the scheduler is stuck (the engine's call), which cameras deliver, and that
+    facewatch stops with exit status 1 for its restart policy; the serve loop ends."""
+    from daemon import service
+    from daemon.cameras import FrameQueues
+    from daemon.scheduler import BatchScheduler
+
+    monkeypatch.delenv("WATCHDOG_USEC", raising=False)
+    monkeypatch.setattr(service, "STALL_S", 0.5)
+    config = parse_config(
+        {"cameras": [{"name": "door", "url": "x.mp4"}], "recognition": {"model": None}}
+    )
+    daemon = service.Service(config, run_for_s=20.0)
+    daemon.readers = [SimpleNamespace(up=True, config=SimpleNamespace(name="door"))]  # type: ignore[list-item]
+    release = threading.Event()
+
+    def hangs(*args: object, **kwargs: object) -> None:  # a GPU or driver fault
+        release.wait(30)
+        raise RuntimeError("released by the test")
+
+    queues = FrameQueues(["door"], per_camera=2)
+    scheduler = BatchScheduler(Pipeline(config, detector, None, EventSinks()), queues)
+    with mock.patch.object(detector, "_pyramids", hangs):
+        scheduler.start()
+        queues.put(Frame("door", 0, 0.0, np.zeros((360, 640, 3), np.uint8)))
+        started = time.monotonic()
+        try:
+            with caplog.at_level("ERROR", logger="daemon.service"):
+                daemon._serve(scheduler)
+        finally:
+            release.set()
+            scheduler.join(10)
+    assert time.monotonic() - started < 10, "the run ends, not --run-for"
+    assert daemon.stalled
+    lines = [r.getMessage() for r in caplog.records if r.name == "daemon.service"]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("the batch scheduler has been stuck in one round for "), lines
+    assert " in MTCNN.detect (engines/mtcnn.py:" in lines[0], lines
+    assert "while camera(s) door deliver frames" in lines[0], lines
+    assert "facewatch stops, with exit status 1, so that its restart policy" in lines[0]
+
+
+def test_facewatch_run_without_systemd_exits_1_soon_after_an_engine_call_hangs(
+    tmp_path,
+) -> None:
+    """The review's reproducer: `facewatch run` (no systemd) whose detector blocks for good
+    after a few calls. It stayed up, and a later stop exited 0 after 35 s, a clean stop
+    for run-state. It now ends itself after STALL_S with exit status 1, naming the stall
+    and every thread's stack on stderr."""
+    config = tmp_path / "facewatch.yaml"
+    clip = REPO / "configs" / "demo" / "hamilton_360p.mp4"
+    config.write_text(
+        f"cameras: [{{name: door, url: {str(clip)!r}}}]\nrecognition: {{model: null}}\n"
+        "mqtt: {enabled: false}\nmetrics: {enabled: false}\nevents: {stdout: false}\n"
+    )
+    program = (
+        "import sys, threading; from daemon import cli, service; import engines.mtcnn as m\n"
+        "service.STALL_S = 2.0\n"
+        "real, calls = m.MTCNN.detect, []\n"
+        "def detect(self, *a, **k):\n"
+        "    calls.append(1)\n"
+        "    if len(calls) > 5: threading.Event().wait()\n"
+        "    return real(self, *a, **k)\n"
+        "m.MTCNN.detect = detect\n"
+        f"sys.exit(cli.main(['run', '--config', {str(config)!r}, '--run-for', '120']))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("WATCHDOG_USEC", "NOTIFY_SOCKET")}
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, env=env, cwd=REPO,
+        timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert time.monotonic() - started < 100, "ended by the stall, not by --run-for"
+    assert "the batch scheduler has been stuck in one round for" in done.stderr
+    assert "facewatch stops, with exit status 1" in done.stderr
+    assert "in detect" in done.stderr, "the stacks: where the scheduler's thread hangs"
+
+
 def test_systemds_watchdog_abort_leaves_every_threads_stack_on_stderr(tmp_path) -> None:
     """systemd aborts a hung daemon (SIGABRT): Python's default was a bare abort, and the
     journal never said which thread hung where. `run` enables faulthandler first."""
@@ -854,9 +937,10 @@ def test_a_reload_says_what_an_edited_config_changes_and_that_a_restart_applies_
     )
     path.write_text(text)
     daemon = service.Service(load_config(path), config_path=str(path))
+    now = time.monotonic()  # (the scheduler comes round: no stall to end the serve loop)
     scheduler = SimpleNamespace(
-        pipeline=SimpleNamespace(facenet=None), is_alive=lambda: True, last_round=0.0,
-        last_batch=0.0,
+        pipeline=SimpleNamespace(facenet=None), is_alive=lambda: True, last_round=now + 60,
+        last_batch=now + 60,
     )  # fmt: skip
 
     def reload() -> list[str]:
@@ -2522,10 +2606,28 @@ def test_a_camera_whose_frames_are_mostly_dropped_is_logged_now_and_then(
             queues.put(Frame("gate", seq, float(seq), image))  # never taken: dropped
             queues.put(Frame("door", seq, float(seq), image))
             queues._queues["door"].clear()  # taken by the pipeline in time
+            queues._taken += 1
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 1, lines
     assert lines[0].startswith("camera gate: 100 % of its frames dropped in the last")
     assert "cannot keep up" in lines[0]
+
+
+def test_a_pipeline_that_takes_no_frame_is_logged_as_stalled_not_slow(monkeypatch, caplog) -> None:
+    """A hung engine call: every frame of every camera dropped, and the log said the
+    pipeline cannot keep up, set cameras[].fps lower. No frame taken at all is a stall."""
+    from daemon import cameras
+
+    monkeypatch.setattr(cameras, "DROPS_WINDOW_S", 0.0)
+    queues = FrameQueues(["gate"], per_camera=1)
+    with caplog.at_level("WARNING", logger="daemon.cameras"):
+        for seq in range(5):
+            queues.put(Frame("gate", seq, float(seq), np.zeros((1, 1, 3), np.uint8)))
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("camera gate: 100 % of its frames dropped in the last"), lines
+    assert "the pipeline took no frame of any camera in that time: it is stalled" in lines[0]
+    assert "cameras[].fps" not in lines[0]
 
 
 def test_the_log_of_a_pipeline_behind_says_which_fps_would_do(monkeypatch, caplog) -> None:

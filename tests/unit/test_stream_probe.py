@@ -310,6 +310,27 @@ def test_status_names_a_camera_whose_frames_are_mostly_dropped(capsys) -> None:
         assert main(["status", "--url", f"127.0.0.1:{port}", "--interval", "0.1"]) == 0
 
 
+def test_status_calls_a_pipeline_that_takes_no_frame_stalled(capsys) -> None:
+    """A hung engine call: searched/s 0 while every frame is dropped, and status advised a
+    lower cameras[].fps. It says the pipeline is stalled (exit 1), and gives no fps."""
+
+    def page(read: int, dropped: int) -> bytes:
+        return (
+            b"HTTP/1.0 200 OK\r\n\r\n"
+            b'facewatch_build_info{version="1",backend="x",model="m"} 1\n'
+            b'facewatch_camera_up{camera="gate"} 1\n'
+            b'facewatch_frames_read_total{camera="gate"} %d\n'
+            b'facewatch_frames_dropped_total{camera="gate"} %d\n'
+            b'facewatch_frames_processed_total{camera="gate"} 500\n'
+        ) % (read, dropped)
+
+    for port in metrics_peer(page(1000, 500), page(1030, 530)):
+        assert main(["status", "--url", f"127.0.0.1:{port}", "--interval", "0.5"]) == 1
+    problems = capsys.readouterr().out.split("problem: ")[1:]
+    assert problems[-1].startswith("the pipeline is stalled: no frame of any camera went ")
+    assert "fps" not in problems[-1]
+
+
 def test_status_sizes_its_advice_for_a_pipeline_behind(tmp_path, capsys) -> None:
     """Eight cameras at 5 fps on a small box, 62 % of each one's frames dropped: eight lines
     each said `lower the cameras' fps, use sub-streams, set detection.full_scan_every, or
@@ -342,7 +363,8 @@ def test_status_sizes_its_advice_for_a_pipeline_behind(tmp_path, capsys) -> None
             b'facewatch_camera_up{camera="gate"} 1\n'
             b'facewatch_frames_read_total{camera="gate"} %d\n'
             b'facewatch_frames_dropped_total{camera="gate"} %d\n'
-        ) % (read, dropped)
+            b'facewatch_frames_processed_total{camera="gate"} %d\n'
+        ) % (read, dropped, read - dropped)
 
     config = tmp_path / "facewatch.yaml"
     for port in metrics_peer(page(1000, 100), page(1050, 140)):
@@ -352,7 +374,7 @@ def test_status_sizes_its_advice_for_a_pipeline_behind(tmp_path, capsys) -> None
         )
         assert main(["status", "--config", str(config), "--interval", "0.5"]) == 1
     out = capsys.readouterr().out
-    assert "lower cameras[].fps (and the camera's own stream" in out  # (nothing searched)
+    assert "frames/s in all: set cameras[].fps to at most" in out
     assert "full_scan_every" not in out
     for port in metrics_peer(page(1000, 100), page(1050, 140)):
         assert main(["status", "--url", f"127.0.0.1:{port}", "--interval", "0.5"]) == 1
