@@ -42,15 +42,25 @@ SERVICE_CONFIG = Path("/etc/facewatch/facewatch.yaml")  # the systemd unit's
 
 
 def running_config() -> Path:
-    """The config of the daemon that `status` and `archive` look at by default:
+    """The config of the daemon that `run`, `status` and `archive` take by default:
     $FACEWATCH_CONFIG, else the service's when this machine has one, else the demo's."""
+    return config_choice()[0]
+
+
+def config_choice() -> tuple[Path, str]:
+    """``running_config()``, and why it is that one (for the log: a container that set
+    $FACEWATCH_CONFIG ran the demo)."""
     env = os.environ.get("FACEWATCH_CONFIG")
     if env:
-        return Path(env)
+        return Path(env), "named by $FACEWATCH_CONFIG (no --config given)"
     try:
-        return SERVICE_CONFIG if SERVICE_CONFIG.is_file() else DEFAULT_CONFIG
+        if SERVICE_CONFIG.is_file():
+            return SERVICE_CONFIG, "the service's (no --config given, no $FACEWATCH_CONFIG)"
     except OSError:  # /etc/facewatch is 0750: this user may not look (then: the demo's)
-        return DEFAULT_CONFIG
+        pass
+    return DEFAULT_CONFIG, (
+        f"the demo's (no --config given, no $FACEWATCH_CONFIG, no {SERVICE_CONFIG})"
+    )
 
 
 WARM_UP_HW = (240, 320)  # the frame the daemon warms its engines up with

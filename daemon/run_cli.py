@@ -12,7 +12,7 @@ import sys
 from typing import Any, NoReturn
 
 from daemon.cli_args import number
-from daemon.config import DEFAULT_CONFIG, ConfigError
+from daemon.config import DEFAULT_CONFIG, SERVICE_CONFIG, ConfigError, config_choice
 from daemon.config_file import load_config, schema_lines
 from daemon.journal import print_error
 
@@ -26,13 +26,17 @@ def register(commands: Any) -> None:
         description=(
             "Read every configured camera, detect and recognise faces in batches across all "
             "cameras, track them, and publish identity events to MQTT (spooled on disk while "
-            "the broker is away) and metrics to Prometheus. With no --config, runs the demo "
-            f"configuration {DEFAULT_CONFIG}. SIGTERM stops cleanly; the gallery is re-read "
-            "when its file changes (within 2 s) or at SIGHUP."
+            "the broker is away) and metrics to Prometheus. With no --config, runs the config "
+            f"$FACEWATCH_CONFIG names, else {SERVICE_CONFIG} when there is one, else the demo "
+            f"configuration {DEFAULT_CONFIG} (the log says which, and why). SIGTERM stops "
+            "cleanly; the gallery is re-read when its file changes (within 2 s) or at SIGHUP."
         ),
     )
     run.add_argument(
-        "--config", "-c", default=str(DEFAULT_CONFIG), help="YAML file (default: %(default)s)"
+        "--config",
+        "-c",
+        help=f"YAML file (default: $FACEWATCH_CONFIG, else {SERVICE_CONFIG} when there is one, "
+        f"else the demo's {DEFAULT_CONFIG})",
     )
     run.add_argument(
         "--run-for",
@@ -50,7 +54,12 @@ def register(commands: Any) -> None:
         "decode, the model files are there, TLS files can be read, the spool, archive and "
         "events file can be written. Every problem is reported with its key path (exit 2).",
     )
-    check.add_argument("file", nargs="?", help="the YAML file to check")
+    check.add_argument(
+        "file",
+        nargs="?",
+        help=f"the YAML file to check (default: $FACEWATCH_CONFIG, else {SERVICE_CONFIG} when "
+        "there is one)",
+    )
     check.add_argument(
         "--schema",
         action="store_true",
@@ -77,8 +86,13 @@ def _validate(args: argparse.Namespace) -> int:
         print("\n".join(schema_lines()))
         return 0
     if args.file is None:
-        print_error("give the configuration file to check (or --schema)")
-        return 2
+        chosen, _ = config_choice()
+        if chosen == DEFAULT_CONFIG and not os.environ.get("FACEWATCH_CONFIG"):
+            print_error(
+                "give the configuration file to check (or set $FACEWATCH_CONFIG; or --schema)"
+            )
+            return 2
+        args.file = str(chosen)
     from daemon.preflight import problems, recognition_summary, warnings  # (OpenCV: slow)
 
     try:
@@ -108,13 +122,21 @@ def _run(args: argparse.Namespace) -> int:
 
     _dump_stacks_on_abort()
 
+    why = ""
+    if args.config is None:  # (a container's $FACEWATCH_CONFIG ran the demo: said now)
+        chosen, why = config_choice()
+        args.config = str(chosen)
     try:
         config = load_config(args.config)
     except ConfigError as exc:
-        print_error(str(exc))
+        print_error(f"{exc}\n{args.config} is {why}" if why else str(exc))
         return 2
     if args.log_level is None:  # --log-level, when given, wins over logging.level
         logging.getLogger().setLevel(config.logging.level)
+    if why:
+        demo = args.config == str(DEFAULT_CONFIG)
+        said = logger.warning if demo else logger.info
+        said("config %s: %s", args.config, why)
     service = Service(config, run_for_s=args.run_for, config_path=args.config)
     run = RunState.start()  # for FacewatchRestarting: did the run before stop cleanly?
     try:

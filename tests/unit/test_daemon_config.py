@@ -12,7 +12,7 @@ import pytest
 
 from daemon.config import DEFAULT_CONFIG, WARM_UP_HW, CameraConfig, ConfigError, plan_request
 from daemon.config_file import config_changes, load_config, parse_config, redact_url, schema_lines
-from tests.conftest import MODELS
+from tests.conftest import MODELS, REPO
 
 CAMERA = {"name": "door", "url": "rtsp://cam/stream"}
 
@@ -428,10 +428,13 @@ def test_every_missing_secret_is_named_at_once(tmp_path, monkeypatch) -> None:
     assert "credential 'mqtt_password'" in str(error.value)
 
 
-def test_validate_config_wants_the_file_it_checks(capsys) -> None:
+def test_validate_config_wants_the_file_it_checks(capsys, monkeypatch, tmp_path) -> None:
     """Without a file it would say "valid" of the demo's, which nobody meant to check."""
+    from daemon import config
     from daemon.cli import main
 
+    monkeypatch.delenv("FACEWATCH_CONFIG", raising=False)
+    monkeypatch.setattr(config, "SERVICE_CONFIG", tmp_path / "none.yaml")
     assert main(["validate-config"]) == 2
     assert "give the configuration file to check" in capsys.readouterr().err
     assert main(["validate-config", "--schema"]) == 0
@@ -449,6 +452,73 @@ def test_validate_config_refuses_a_file_with_schema(tmp_path, capsys) -> None:
         out, err = capsys.readouterr()
         assert out == ""
         assert f"error: --schema lists the settings and checks no file: run `facewatch validate-config {bad}`" in err  # fmt: skip
+
+
+def test_run_and_validate_config_take_facewatch_config_as_status_does(
+    capsys, caplog, monkeypatch, tmp_path
+) -> None:
+    """A container's FACEWATCH_CONFIG=/config/facewatch.yaml with `facewatch run`: `status`
+    and `archive list` read that file, `run` ran the bundled demo (its clip as camera
+    hamilton, .demo/ next to the code, MQTT on 127.0.0.1:1883) and the health check found
+    no daemon. `run` and `validate-config` without a file now take $FACEWATCH_CONFIG, else
+    the service's /etc/facewatch/facewatch.yaml, else (run only) the demo, and the log
+    says which and why; --help says so."""
+    from daemon import config, service
+    from daemon.cli import main
+
+    clip = REPO / "configs" / "demo" / "hamilton_360p.mp4"
+    mine = tmp_path / "facewatch.yaml"
+    mine.write_text(
+        f"node_id: box\ncameras: [{{name: door, url: {str(clip)!r}}}]\n"
+        "recognition: {model: null}\nmqtt: {enabled: false}\n"
+    )
+    ran: list[str | None] = []
+
+    class Ran:  # the daemon itself, which these tests need not start
+        def __init__(self, cfg: object, run_for_s: object, config_path: str) -> None:
+            self.left_behind: list[str] = []
+            ran.append(config_path)
+
+        def run(self) -> int:
+            return 0
+
+    monkeypatch.setattr(service, "Service", Ran)
+    monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+    monkeypatch.setattr(config, "SERVICE_CONFIG", tmp_path / "etc" / "facewatch.yaml")
+    monkeypatch.setenv("FACEWATCH_CONFIG", str(mine))
+    with caplog.at_level("INFO", logger="daemon.run_cli"):
+        assert main(["run"]) == 0
+    assert ran == [str(mine)]
+    assert f"config {mine}: named by $FACEWATCH_CONFIG (no --config given)" in caplog.text
+    assert main(["validate-config"]) == 0
+    assert capsys.readouterr().out.startswith(f"{mine}: valid (1 of 1 cameras enabled")
+
+    mine.write_text("cameras: [{name: door, url: x.mp4}]\ncolour: red\n")  # exit 2, named
+    assert main(["run"]) == 2
+    err = capsys.readouterr().err
+    assert "colour" in err and f"{mine} is named by $FACEWATCH_CONFIG" in err, err
+
+    monkeypatch.delenv("FACEWATCH_CONFIG")  # the service's config, mounted where it lives
+    config.SERVICE_CONFIG.parent.mkdir()
+    config.SERVICE_CONFIG.write_text(f"cameras: [{{name: door, url: {str(clip)!r}}}]\n")
+    caplog.clear()
+    with caplog.at_level("INFO", logger="daemon.run_cli"):
+        assert main(["run"]) == 0
+    assert ran[-1] == str(config.SERVICE_CONFIG)
+    assert "the service's (no --config given, no $FACEWATCH_CONFIG)" in caplog.text
+
+    config.SERVICE_CONFIG.unlink()  # neither: the demo, with a WARNING
+    caplog.clear()
+    with caplog.at_level("INFO", logger="daemon.run_cli"):
+        assert main(["run"]) == 0
+    assert ran[-1] == str(config.DEFAULT_CONFIG)
+    said = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert said == [("WARNING", f"config {config.DEFAULT_CONFIG}: the demo's (no --config "
+                     f"given, no $FACEWATCH_CONFIG, no {config.SERVICE_CONFIG})")], said  # fmt: skip
+
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    assert "default: $FACEWATCH_CONFIG, else" in " ".join(capsys.readouterr().out.split())
 
 
 class _ListAsPython310Sees(types.GenericAlias):
