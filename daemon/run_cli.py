@@ -118,7 +118,7 @@ def _validate(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from daemon.run_state import RunState
-    from daemon.service import Service  # engines and MQTT only for the daemon itself
+    from daemon.service import Service, StartFailed  # engines and MQTT: the daemon's alone
 
     _dump_stacks_on_abort()
 
@@ -144,7 +144,7 @@ def _run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print_error(f"{args.config}: {exc}")
         code = 2
-    except OSError as exc:
+    except (OSError, StartFailed) as exc:  # (exit 1: systemd retries; 2 it does not)
         print_error(str(exc))
         code = 1
     if code == 0:

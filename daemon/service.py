@@ -15,6 +15,8 @@ import errno
 import faulthandler
 import logging
 import os
+import re
+import resource
 import signal
 import socket
 import sys
@@ -41,7 +43,7 @@ from daemon.systemd_notify import sd_notify, watchdog_healthy
 from engines.base import EngineError
 from engines.detectors import load_detector, load_facenet
 from engines.facenet import FaceNet
-from engines.loader import CPU_BACKENDS, cpu_threads
+from engines.loader import CGROUP_ROOT, CPU_BACKENDS, PROC_CGROUP, cpu_threads
 from engines.mtcnn import MTCNN
 
 logger = logging.getLogger(__name__)
@@ -65,6 +67,12 @@ def _building_plan(onnx_path: Path) -> None:
     )
     sd_notify(f"EXTEND_TIMEOUT_USEC={PLAN_BUILD_S * 1_000_000}")
     sd_notify(f"STATUS=building the TensorRT plan for {onnx_path.name}")
+
+
+class StartFailed(Exception):
+    """The daemon cannot start for now, through no fault of its config (out of memory while
+    the engines load): exit status 1, which systemd's Restart=on-failure retries (a
+    ConfigError's 2 it never retries)."""
 
 
 class _StoppedWhileStarting(Exception):
@@ -97,7 +105,8 @@ class Service:
         """The config's detector and FaceNet (None without a model), warmed up; a
         ConfigError names what is wrong. A stop asked meanwhile begins no further load
         (``_StoppedWhileStarting``); one asked during a load is said, and waits for it
-        (SIGTERM; Ctrl-C, said too, interrupts it)."""
+        (SIGTERM; Ctrl-C, said too, interrupts it). Memory running out is no config error:
+        ``StartFailed``."""
         cfg = self.config
         threads = cpu_threads(cfg.engines.threads)
         os.environ.update(cfg.engines.torch_environment())  # what the torch backend reads
@@ -141,7 +150,14 @@ class Service:
                 self._engines_said = f"detector MTCNN on {cfg.engines.backend}, {said}"
                 self._loading = "the engines' warm-up"
                 self._warm_up(detector, facenet)
-        except EngineError as exc:
+        except (EngineError, MemoryError, RuntimeError) as exc:
+            if _out_of_memory(exc):  # not the config's fault: a restart may find memory
+                raise StartFailed(
+                    f"out of memory while loading {self._loading} ({_memory_said(exc)}): "
+                    f"{str(exc) or type(exc).__name__}"
+                ) from None
+            if not isinstance(exc, EngineError):
+                raise
             raise ConfigError(str(exc)) from None
         finally:
             self._loading = None
@@ -610,3 +626,76 @@ def _stuck_in(scheduler: BatchScheduler) -> str:
             return f" in {name} ({where})"
         frame = frame.f_back
     return ""
+
+
+# what engines say when memory runs out: OpenVINO's and ONNX Runtime's C++ (std::bad_alloc),
+# CUDA's (cudaErrorMemoryAllocation, CUDA_ERROR_OUT_OF_MEMORY), PyTorch's, the OS's (ENOMEM)
+_OUT_OF_MEMORY = re.compile(
+    r"bad_alloc|out of memory|out_of_memory|outofmemory|memoryallocation|"
+    r"cannot allocate memory|failed to allocate",
+    re.IGNORECASE,
+)
+
+
+def _out_of_memory(exc: BaseException | None) -> bool:
+    """Whether ``exc`` (or what an engine's error wraps) is memory running out."""
+    while exc is not None:
+        if isinstance(exc, MemoryError) or _OUT_OF_MEMORY.search(str(exc)):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _memory_said(exc: BaseException) -> str:
+    """How much memory there was, and the limits smaller than the machine's that apply."""
+    said = []
+    available = _meminfo_mb("MemAvailable")
+    if available is not None:
+        said.append(f"{available} MB free on this machine")
+    limit = _cgroup_memory_mb()
+    if limit is not None:
+        said.append(
+            f"a memory limit of {limit[0]} MB, {limit[1]} MB in use (MemoryMax=, docker --memory)"
+        )
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if soft != resource.RLIM_INFINITY:
+        said.append(f"an address-space limit of {soft >> 20} MB (LimitAS=, ulimit -v)")
+    if re.search(r"cuda|gpu|tensorrt", str(exc), re.IGNORECASE):
+        said.append("GPU memory: nvidia-smi shows which processes hold it")
+    return "; ".join(said) or "free memory unknown"
+
+
+def _meminfo_mb(key: str) -> int | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            name, _, value = line.partition(":")
+            if name == key:
+                return int(value.split()[0]) >> 10  # (kB)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _cgroup_memory_mb() -> tuple[int, int] | None:
+    """This process's cgroup's memory limit and use, in MB (v2's memory.max and
+    memory.current, v1's memory.limit_in_bytes and usage_in_bytes), or None without one."""
+    try:
+        lines = PROC_CGROUP.read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _, controllers, group = [*line.split(":", 2), "", ""][:3]
+        if not controllers:  # v2
+            folder, files = CGROUP_ROOT / group.lstrip("/"), ("memory.max", "memory.current")
+        elif "memory" in controllers.split(","):  # v1
+            folder = CGROUP_ROOT / "memory" / group.lstrip("/")
+            files = ("memory.limit_in_bytes", "memory.usage_in_bytes")
+        else:
+            continue
+        try:
+            limit, used = (int((folder / name).read_text()) for name in files)
+        except (OSError, ValueError):  # "max": no limit; or a group it cannot read
+            continue
+        if limit < 1 << 60:  # (v1's "no limit" is a huge number)
+            return limit >> 20, used >> 20
+    return None

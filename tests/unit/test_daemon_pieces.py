@@ -571,6 +571,56 @@ def test_facewatch_run_without_systemd_exits_1_soon_after_an_engine_call_hangs(
     assert "in detect" in done.stderr, "the stacks: where the scheduler's thread hangs"
 
 
+@pytest.mark.parametrize(
+    ("failure", "code", "said"),
+    [
+        (  # `ulimit -v`, LimitAS=, vm.overcommit_memory=2: what the review saw
+            "OpenVINO cannot load the model: Exception from src/inference/src/cpp/core.cpp:117:"
+            "\nstd::bad_alloc",
+            1,
+            "out of memory while loading the detector (MTCNN in ",
+        ),
+        ("CUDA error in cudaMalloc: cudaErrorMemoryAllocation (out of memory)", 1, "GPU memory"),
+        (MemoryError(), 1, "out of memory while loading the detector"),  # wrapped by an engine
+        ("OpenVINO cannot load the model: not an IR file", 2, "cannot load the model"),
+    ],
+)
+def test_memory_running_out_while_the_engines_load_exits_1_not_as_a_config_error(
+    tmp_path, monkeypatch, capsys, failure, code, said
+) -> None:
+    """Short of memory at start (a TensorRT plan while Frigate holds the GPU, bad_alloc
+    under an address-space limit) was a ConfigError, exit status 2, which the unit's
+    RestartPreventExitStatus=2 never retries: a passing shortage became an outage. It is
+    exit status 1 (retried), saying out of memory while loading what, and how much memory
+    there was; what the config names wrongly stays exit status 2."""
+    from daemon import service
+    from daemon.cli import main
+    from engines.base import EngineError
+
+    def load_detector(*args: object, **kwargs: object) -> None:
+        if isinstance(failure, str):
+            raise EngineError(f"models/mtcnn/pnet.onnx: {failure}")
+        try:
+            raise failure
+        except MemoryError:  # (as the engines wrap what their runtime raised)
+            raise EngineError("models/mtcnn/pnet.onnx: cannot load the model: ") from None
+
+    monkeypatch.setattr(service, "load_detector", load_detector)
+    monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+    clip = REPO / "configs" / "demo" / "hamilton_360p.mp4"
+    config = tmp_path / "facewatch.yaml"
+    config.write_text(
+        f"cameras: [{{name: door, url: {str(clip)!r}}}]\nrecognition: {{model: null}}\n"
+        "mqtt: {enabled: false}\nmetrics: {enabled: false}\n"
+    )
+    assert main(["run", "--config", str(config)]) == code
+    err = capsys.readouterr().err
+    assert said in err, err
+    if code == 1:
+        assert "MB free on this machine" in err, err
+        assert "error: out of memory while loading" in err, err
+
+
 def test_systemds_watchdog_abort_leaves_every_threads_stack_on_stderr(tmp_path) -> None:
     """systemd aborts a hung daemon (SIGABRT): Python's default was a bare abort, and the
     journal never said which thread hung where. `run` enables faulthandler first."""
