@@ -41,11 +41,18 @@ from daemon.journal import REMIND_S
 from daemon.low_light import Brightener
 from daemon.motion import MotionDetector
 from daemon.stream_probe import peer_text, silent_stream, stream_problem
+from engines.loader import usable_cpus
 
 logger = logging.getLogger(__name__)
 
 OPEN_TIMEOUT_MS = 10_000
 READ_TIMEOUT_MS = 3_400  # OpenCV's FFmpeg backend tries a read 3 times: a stall shows in 10 s
+# FFmpeg's decoder threads per camera, at most (fewer under a smaller CPU budget). OpenCV's
+# default is its count of the host's cores, which misses systemd's CPUQuota=: 16 threads a
+# camera on a 16-core host under a 2-core quota, some 90 MB more a 1080p camera than one.
+# One thread decodes 1080p H.264 at about 190 frames/s on a server core (3456x2234 at 100);
+# a second keeps a slower core (an ARM board's) ahead of a 25-30 fps stream.
+DECODER_THREADS = 2
 BACKOFF_MIN_S = 0.5
 BACKOFF_MAX_S = 30.0
 STABLE_S = 30.0  # a stream that ends sooner is the same outage (logged once)
@@ -262,9 +269,10 @@ def open_capture(url: str, stopping: Callable[[], bool] = _never) -> cv2.VideoCa
     if kind == "device":
         capture = cv2.VideoCapture(url, cv2.CAP_V4L2)
     else:
-        timeouts = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, OPEN_TIMEOUT_MS]
-        timeouts += [cv2.CAP_PROP_READ_TIMEOUT_MSEC, READ_TIMEOUT_MS]
-        capture = cv2.VideoCapture(url, cv2.CAP_FFMPEG, timeouts)
+        params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, OPEN_TIMEOUT_MS]
+        params += [cv2.CAP_PROP_READ_TIMEOUT_MSEC, READ_TIMEOUT_MS]
+        params += [cv2.CAP_PROP_N_THREADS, decoder_threads()]
+        capture = cv2.VideoCapture(url, cv2.CAP_FFMPEG, params)
     if not capture.isOpened():
         capture.release()
         if kind == "file" and not Path(url).is_file():
@@ -273,6 +281,12 @@ def open_capture(url: str, stopping: Callable[[], bool] = _never) -> cv2.VideoCa
             raise OSError(f"{redact_url(url)}: not opened: stopping")
         raise OSError(f"{redact_url(url)}: {why_not_open(url, kind)}")
     return capture
+
+
+def decoder_threads() -> int:
+    """FFmpeg's decoder threads for each camera: DECODER_THREADS, fewer when this process
+    may use fewer cores (a CPU quota, taskset)."""
+    return min(usable_cpus(), DECODER_THREADS)
 
 
 def why_not_open(url: str, kind: str) -> str:

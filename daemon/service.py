@@ -26,6 +26,7 @@ from functools import partial
 from pathlib import Path
 from types import FrameType
 
+import cv2
 import numpy as np
 
 from daemon import build_version, home_assistant, metrics, preflight
@@ -109,6 +110,9 @@ class Service:
         ``StartFailed``."""
         cfg = self.config
         threads = cpu_threads(cfg.engines.threads)
+        # OpenCV's own pool (resizes, colour conversions, the alignment's warps) to the same
+        # budget: it counts the host's cores, and misses systemd's CPUQuota=
+        cv2.setNumThreads(threads)
         os.environ.update(cfg.engines.torch_environment())  # what the torch backend reads
         detection = cfg.detection
         trt_plans = None

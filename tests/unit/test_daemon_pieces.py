@@ -621,6 +621,42 @@ def test_memory_running_out_while_the_engines_load_exits_1_not_as_a_config_error
         assert "error: out of memory while loading" in err, err
 
 
+@pytest.mark.parametrize(("usable", "decoders"), [(1, 1), (16, 2)])
+def test_a_cameras_decoder_and_opencvs_pool_keep_to_the_cpu_budget(
+    monkeypatch, usable, decoders
+) -> None:
+    """Under systemd's CPUQuota= OpenCV counts the host's cores: each camera's FFmpeg
+    decoder and OpenCV's pool ran a thread per host core (16 in a 2-core quota, some 80 MB
+    more for four 1080p cameras). A camera decodes with at most DECODER_THREADS, fewer when
+    the process may use fewer cores; the daemon's start sets OpenCV's pool to the engines'
+    thread budget."""
+    from daemon import cameras, service
+
+    monkeypatch.setattr(cameras, "usable_cpus", lambda: usable, raising=False)
+    capture = cameras.open_capture(str(REPO / "configs" / "demo" / "hamilton_360p.mp4"))
+    try:
+        assert capture.get(cv2.CAP_PROP_N_THREADS) == decoders
+    finally:
+        capture.release()
+
+    config = parse_config(
+        {
+            "cameras": [{"name": "door", "url": "x.mp4"}],
+            "recognition": {"model": None},
+            "engines": {"threads": 1 if usable == 1 else 3},
+        }
+    )
+    daemon = service.Service(config)
+    monkeypatch.setattr(service, "load_detector", lambda *a, **k: object())
+    monkeypatch.setattr(daemon, "_warm_up", lambda *a: None)
+    kept = cv2.getNumThreads()
+    try:
+        daemon.load_engines()
+        assert cv2.getNumThreads() == (1 if usable == 1 else 3)
+    finally:
+        cv2.setNumThreads(kept)
+
+
 def test_systemds_watchdog_abort_leaves_every_threads_stack_on_stderr(tmp_path) -> None:
     """systemd aborts a hung daemon (SIGABRT): Python's default was a bare abort, and the
     journal never said which thread hung where. `run` enables faulthandler first."""
