@@ -71,7 +71,8 @@ def _credential(name: str, where: str) -> str:
     if not folder:
         raise ConfigError(
             f"{where}: credential {name!r} asked for, but CREDENTIALS_DIRECTORY is not set "
-            "(give it with LoadCredential= in the systemd unit)"
+            "(give it with LoadCredential= in the systemd unit, or "
+            "CREDENTIALS_DIRECTORY=/run/secrets for a container's secrets)"
         )
     path = Path(folder) / name
     try:

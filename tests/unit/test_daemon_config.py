@@ -158,8 +158,10 @@ def test_environment_and_systemd_credentials(tmp_path, monkeypatch) -> None:
     monkeypatch.delenv("CREDENTIALS_DIRECTORY")
     with pytest.raises(
         ConfigError, match=r"mqtt.password: credential .mqtt_password.*LoadCredential"
-    ):
+    ) as error:
         parse_config(raw)
+    # compose's and Docker's secrets: the same files, in /run/secrets
+    assert "or CREDENTIALS_DIRECTORY=/run/secrets for a container's secrets" in str(error.value)
 
 
 @pytest.mark.parametrize(
