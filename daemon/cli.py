@@ -136,7 +136,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     sys.excepthook = _log_uncaught
     threading.excepthook = _log_uncaught_in_thread
     stdout = sys.stdout
-    sys.stdout = GuardedStdout(stdout)
+    if stdout is not None:  # (None: started with stdout closed, `>&-`: print writes nothing)
+        sys.stdout = GuardedStdout(stdout)
     try:
         return int(args.func(args) or 0)
     except StdoutError as exc:  # a full disk under `> FILE`: the output's fault, no input's

@@ -103,7 +103,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         "video); {source, error} for a file that failed (a path missing, a folder without "
         "images), and {source, warning, frames_decoded, "
         "frames_announced} for a video cut short (under 90 %% of the frames its header "
-        "announces decoded; under half, it failed)",
+        "announces decoded)",
     )
     p.add_argument(
         "--annotate",

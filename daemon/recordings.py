@@ -60,8 +60,7 @@ VISIT_SCHEMA = (  # (argparse help: a percent sign doubled)
     "undecided, the face too small to recognise or its votes split), named every name "
     "the visit was given, until 'left', 'end' (in view at the video's end) or 'interrupted'; "
     "then, for a video cut short (under 90 %% of the frames its header announces decoded), "
-    "{source, warning, frames_decoded, frames_announced}, or under half {source, error} "
-    "(exit status 1)"
+    "{source, warning, frames_decoded, frames_announced}"
 )
 
 
@@ -260,7 +259,7 @@ def identify_video(
     short = cut_short(path, progress.frames, progress.time_s, total, fps)
     seconds = time.monotonic() - started
     _summary(path, progress, config.cameras[0].fps, seconds, json_out, short)
-    say_cut_short(short, json_out)  # most of it lost: the file failed (exit status 1)
+    say_cut_short(short, json_out)
     return progress
 
 

@@ -108,14 +108,14 @@ def header_frames(capture: cv2.VideoCapture) -> int | None:
 # the share of a video's announced frames and time under which it was cut short (a header's
 # count is an estimate, seldom 10 % off), and under which most of it is lost: a failed file
 CUT_SHORT = 0.9
-MOSTLY_LOST = 0.5
 
 
 @dataclass(frozen=True)
 class CutShort:
     """A video whose frames ended, for the decoder, well before its header said (a damaged
     NVR export, a copy cut off): the frames decoded, those announced, and the time reached
-    of the time announced. Under MOSTLY_LOST of it the file failed."""
+    of the time announced. Only a warning: a clip cut from a recording without re-encoding
+    counts, in its header, frames before its first keyframe that no player shows."""
 
     path: Path
     frames: int
@@ -125,21 +125,18 @@ class CutShort:
     share: float
 
     @property
-    def failed(self) -> bool:
-        return self.share < MOSTLY_LOST
-
-    @property
     def message(self) -> str:
-        what = "most of it cannot be read" if self.failed else "the rest cannot be read"
         return (
             f"{self.path}: cut short: {self.frames} of the {self.announced} frames its header "
             f"announces could be decoded (up to {clock(self.reached_s)} of "
-            f"{clock(self.duration_s)}); {what} (truncated or corrupt?)"
+            f"{clock(self.duration_s)}); the rest cannot be read (truncated or corrupt? or "
+            "a clip cut without re-encoding, whose header counts frames before its first "
+            "keyframe)"
         )
 
     def record(self) -> dict[str, object]:
-        """--json's record of a file cut short but read: ``{source, warning}``, with the
-        frames decoded and announced (a failed one's is ``{source, error}``, as any file's)."""
+        """--json's record of a file cut short: ``{source, warning}``, with the frames
+        decoded and announced."""
         return {
             "source": shown(self.path), "warning": shown(self.message),
             "frames_decoded": self.frames, "frames_announced": self.announced,
@@ -163,13 +160,10 @@ def cut_short(
 
 
 def say_cut_short(short: CutShort | None, json_out: bool) -> None:
-    """A video cut short said: VideoError where most of it is lost (a failed file, exit
-    status 1), else a warning on stderr and, with --json, its ``{source, warning}``
-    record."""
+    """A video cut short said: a warning on stderr and, with --json, its ``{source,
+    warning}`` record."""
     if short is None:
         return
-    if short.failed:
-        raise VideoError(short.message)
     print(f"warning: {shown(short.message)}", file=sys.stderr)
     if json_out:
         print(json.dumps(short.record()), flush=True)

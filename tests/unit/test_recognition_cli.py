@@ -927,3 +927,14 @@ def test_an_enroll_stopped_by_an_unforeseen_error_leaves_no_empty_gallery(
     with pytest.raises(RuntimeError):
         _store(path, [("ada", E0, "a1")])
     assert not path.exists()
+
+
+def test_a_command_started_with_stdout_closed_runs_as_before(cli, images, monkeypatch) -> None:
+    """`facewatch gallery list >&-` (Python's sys.stdout is then None): the stdout guard of
+    a full disk wrapped None, and the command failed with an AttributeError traceback."""
+    import sys
+
+    assert cli("enroll", "--name", "obama", str(images["obama"]))[0] == 0
+    monkeypatch.setattr(sys, "stdout", None)
+    code, _, err = cli("gallery", "list", model=False)
+    assert code == 0 and "Traceback" not in err and "AttributeError" not in err, err
