@@ -121,6 +121,9 @@ class FrameQueues:
         self._full_scan_every = full_scan_every
         self._ready = threading.Condition()
         self._taken = 0  # frames the pipeline took, of all cameras
+        # time.monotonic() since which frames have waited for the pipeline (None: none wait,
+        # or the last take left some and took others): what tells a stalled pipeline
+        self.waiting_since: float | None = None
         # per camera: [window start (monotonic), frames put, frames dropped, last warned,
         # frames taken of all cameras at the start]
         self._drops = {c: [time.monotonic(), 0, 0, -REMIND_S, 0] for c in cameras}
@@ -135,6 +138,8 @@ class FrameQueues:
                 if dropped.moved and not frame.moved:  # the motion is not dropped with it
                     frame = dataclasses.replace(frame, moved=True)
             queue.append(frame)
+            if self.waiting_since is None:
+                self.waiting_since = time.monotonic()
             self._count_drops(frame.camera, dropped_one)
             self._ready.notify()
 
@@ -192,6 +197,7 @@ class FrameQueues:
                         self._turns.remove(camera)  # to the back of the line
                         self._turns.append(camera)
             self._taken += len(batch)
+            self.waiting_since = time.monotonic() if self._any() else None
             return batch
 
     def _any(self) -> bool:

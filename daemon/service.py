@@ -49,6 +49,7 @@ from engines.mtcnn import MTCNN
 
 logger = logging.getLogger(__name__)
 
+PAUSED_S = 5.0  # the serve loop, which wakes every second, slept longer: the process was frozen
 STALL_S = 30.0  # frames have not flowed for this long: the watchdog is no longer fed, or
 # without systemd's watchdog the daemon stops itself (exit status 1)
 STALLED_STOP_S = 2.0  # how long such a stop waits for the stuck scheduler
@@ -371,7 +372,8 @@ class Service:
         stall_s = max(STALL_S, watchdog_s)
         next_ping = time.monotonic()
         deadline = time.monotonic() + self.run_for_s if self.run_for_s else float("inf")
-        was_up = starving = False
+        starving = False
+        last_tick = time.monotonic()
         while not self._stop.wait(min(tick, max(0.0, deadline - time.monotonic()))):
             if time.monotonic() >= deadline:
                 logger.info("--run-for %.0f s reached: stopping", self.run_for_s)
@@ -382,13 +384,18 @@ class Service:
             if not scheduler.is_alive():
                 logger.error("the batch scheduler stopped: %s", scheduler.error)
                 return
-            cameras_up = any(reader.up for reader in self.readers)
-            if cameras_up and not was_up:  # give the first frames time to arrive
-                scheduler.last_batch = max(scheduler.last_batch, time.monotonic())
-            was_up = cameras_up
             now = time.monotonic()
+            if now - last_tick > PAUSED_S:  # the process was frozen (Ctrl-Z, docker pause):
+                logger.info(
+                    "resumed after %.1f s paused (stopped, or the container paused)",
+                    now - last_tick,
+                )
+                scheduler.last_round = max(scheduler.last_round, now)  # not a stall
+                if scheduler.queues.waiting_since is not None:
+                    scheduler.queues.waiting_since = max(scheduler.queues.waiting_since, now)
+            last_tick = now
             healthy = partial(
-                watchdog_healthy, now, scheduler.last_round, scheduler.last_batch, cameras_up
+                watchdog_healthy, now, scheduler.last_round, scheduler.queues.waiting_since
             )
             if not watchdog_s:
                 if not healthy(stall_s):
@@ -486,9 +493,11 @@ class Service:
                 f"{now - scheduler.last_round:.0f} s{_stuck_in(scheduler)} (an engine call "
                 f"that does not return?) while camera(s) {delivering} deliver frames"
             )
+        since = scheduler.queues.waiting_since
+        waited = f" for {now - since:.0f} s" if since is not None else ""
         return (
-            f"no batch of frames has gone through for {now - scheduler.last_batch:.0f} s "
-            f"while camera(s) {delivering} deliver frames"
+            f"frames have waited{waited} and no batch took them while camera(s) {delivering} "
+            "deliver frames"
         )
 
     def _install_signals(self) -> None:

@@ -105,9 +105,10 @@ class Status:
         handled = sum(c.searched_fps + c.still_fps for c in self.cameras)
         if behind and handled == 0:  # not slow: fewer fps would not help
             found.append(
-                "the pipeline is stalled: no frame of any camera went through it between the "
-                "two reads while they deliver frames (an engine call that does not return? "
-                "the daemon's log says where it hangs)"
+                "no frame of any camera went through the pipeline between the two reads "
+                "while they deliver frames: it is stalled (an engine call that does not "
+                "return? the daemon's log says where it hangs), or its batches take longer "
+                "than --interval (read again with --interval 30)"
             )
         elif behind:  # what to do, once: sized by what the pipeline handles of all cameras
             advice = drops_advice(handled, len(self.cameras), self.full_scan_every)

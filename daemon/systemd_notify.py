@@ -28,12 +28,14 @@ def sd_notify(message: str) -> bool:
 
 
 def watchdog_healthy(
-    now: float, last_round: float, last_batch: float, cameras_up: bool, stall_s: float
+    now: float, last_round: float, waiting_since: float | None, stall_s: float
 ) -> bool:
     """Whether to feed systemd's watchdog: frames flow. The scheduler must come round (a
-    hung engine call stops it) and, while any camera delivers, batches must go through.
-    With every camera down there is nothing to process, and a restart would not bring
-    them back: the cameras' own reconnection and the CameraDown alert deal with that."""
+    hung engine call stops it), and frames that wait must be taken within ``stall_s``
+    (``waiting_since``: since when some have waited; None: none wait). A camera slower
+    than a frame in ``stall_s``, or every camera down, leaves nothing waiting: nothing to
+    process, and a restart would not help (the cameras' own reconnection and the
+    CameraDown alert deal with that)."""
     if now - last_round >= stall_s:
         return False
-    return not cameras_up or now - last_batch < stall_s
+    return waiting_since is None or now - waiting_since < stall_s

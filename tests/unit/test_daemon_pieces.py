@@ -409,23 +409,25 @@ def test_frame_queues_respect_max_batch(max_frames) -> None:
 
 
 @pytest.mark.parametrize(
-    ("last_round", "last_batch", "cameras_up", "fed"),
+    ("last_round", "waiting_since", "fed"),
     [
-        (99.8, 99.0, True, True),  # frames flow
-        (99.8, 50.0, True, False),  # a camera delivers but no batch for 50 s: stalled
-        (99.8, 50.0, False, True),  # every camera down: nothing to process, no restart
-        (40.0, 39.0, False, False),  # the scheduler itself stopped coming round
+        (99.8, 99.0, True),  # frames flow: the waiting ones came a second ago
+        (99.8, 50.0, False),  # frames have waited 50 s and no batch took them: stalled
+        # nothing waits: every camera down, or one slower than a frame in 30 s (it was
+        # taken for a stall, every 30 s, as no batch went through: exit 1 in a container)
+        (99.8, None, True),
+        (40.0, None, False),  # the scheduler itself stopped coming round
     ],
 )
-def test_watchdog_is_fed_only_while_frames_flow(last_round, last_batch, cameras_up, fed) -> None:
-    assert watchdog_healthy(100.0, last_round, last_batch, cameras_up, 30.0) is fed
+def test_watchdog_is_fed_only_while_frames_flow(last_round, waiting_since, fed) -> None:
+    assert watchdog_healthy(100.0, last_round, waiting_since, 30.0) is fed
 
 
 @pytest.mark.parametrize(
     ("round_ago", "batch_ago", "said"),
     [
         (100.0, 100.0, "the batch scheduler has been stuck in one round for 100 s"),
-        (0.0, 100.0, "no batch of frames has gone through for 100 s while camera(s) door"),
+        (0.0, 100.0, "frames have waited for 100 s and no batch took them while camera(s) door"),
     ],
 )
 def test_a_watchdog_no_longer_fed_is_said_once(
@@ -443,7 +445,7 @@ def test_a_watchdog_no_longer_fed_is_said_once(
 
     class Stalled:  # the engine call of a round (or every batch) hangs
         last_round = property(lambda self: time.monotonic() - round_ago)
-        last_batch = property(lambda self: time.monotonic() - batch_ago, lambda self, v: None)
+        queues = SimpleNamespace(waiting_since=time.monotonic() - batch_ago)
 
         def is_alive(self) -> bool:
             return True
@@ -474,7 +476,7 @@ def test_a_scheduler_that_goes_on_before_systemds_kill_says_so(monkeypatch, capl
             return now - 100.0 if now < recovers else now
 
         last_round = property(_ago)
-        last_batch = property(_ago, lambda self, v: None)
+        queues = SimpleNamespace(waiting_since=None)
 
         def is_alive(self) -> bool:
             return True
@@ -1026,7 +1028,7 @@ def test_a_reload_says_what_an_edited_config_changes_and_that_a_restart_applies_
     now = time.monotonic()  # (the scheduler comes round: no stall to end the serve loop)
     scheduler = SimpleNamespace(
         pipeline=SimpleNamespace(facenet=None), is_alive=lambda: True, last_round=now + 60,
-        last_batch=now + 60,
+        queues=SimpleNamespace(waiting_since=None),
     )  # fmt: skip
 
     def reload() -> list[str]:
@@ -3227,3 +3229,39 @@ def test_a_file_camera_says_once_that_it_plays_the_file_again(tmp_path, caplog) 
     said = ends[0].getMessage()
     assert said.startswith(f"camera door: {clip} played to its end (5 frames): played again")
     assert f"facewatch identify {clip}" in said and "the time of the run" in said
+
+
+def test_a_daemon_paused_and_resumed_is_not_taken_for_a_stalled_one(monkeypatch, caplog) -> None:
+    """Ctrl-Z then fg, or `docker pause` / `unpause`: every thread was frozen, the monotonic
+    clock went on, and at the resume the serve loop found the scheduler's last round older
+    than STALL_S: 'stuck in one round', every thread's stack, exit status 1. The serve
+    loop's own sleep says the process was paused; its stall check starts again from then."""
+    from daemon import service
+
+    monkeypatch.delenv("WATCHDOG_USEC", raising=False)
+    monkeypatch.setattr(service, "STALL_S", 0.25)
+    monkeypatch.setattr(service, "PAUSED_S", 0.2)
+    daemon = service.Service(parse_config({"cameras": [{"name": "door", "url": "x.mp4"}]}))
+    daemon.run_for_s = 20.0
+    daemon.readers = [SimpleNamespace(up=True, config=SimpleNamespace(name="door"))]  # type: ignore[list-item]
+    scheduler = SimpleNamespace(
+        last_round=time.monotonic(), queues=SimpleNamespace(waiting_since=time.monotonic()),
+        is_alive=lambda: True,
+    )  # fmt: skip
+    waits = iter([False, True])  # one tick in which the process is frozen 0.3 s, then a stop
+
+    class Frozen:
+        def wait(self, timeout: float) -> bool:
+            stop = next(waits)
+            if not stop:
+                time.sleep(0.3)
+            return stop
+
+        def is_set(self) -> bool:
+            return False
+
+    daemon._stop = Frozen()  # type: ignore[assignment]
+    with caplog.at_level("INFO", logger="daemon.service"):
+        daemon._serve(scheduler)  # type: ignore[arg-type]
+    assert not daemon.stalled
+    assert "resumed after 0.3 s paused" in caplog.text
