@@ -13,6 +13,7 @@ from pathlib import Path
 from daemon.archive_cli import visits_of
 from daemon.config import Config, ConfigError
 from daemon.gallery import Gallery, GalleryError
+from daemon.gallery_names import twin_key
 
 
 def archive_to_forget(args: argparse.Namespace, config: Config | None) -> Path | None:
@@ -58,10 +59,13 @@ def forget_visits(root: Path, name: str, photos: set[str]) -> None:
 def forget_removed(gallery: Gallery, root: Path | None, name: str) -> None:
     """``--forget`` of someone no longer enrolled (removed earlier, or the command run again):
     the visits an event named them in are deleted (those holding a photo they were enrolled
-    from can no longer be told), with a note. A name the gallery holds one close to and no
-    visit names is a typo: GalleryError naming that one, and nothing is deleted."""
+    from can no longer be told), with a note. A name enrolled in another case or spelling
+    (``Ada`` for ``ada``), or close to an enrolled one when no visit names it, is a typo:
+    GalleryError naming that one, and nothing is deleted (visits are found whatever the
+    case: they would have been deleted, and the person left enrolled)."""
     named = visits_of(root, name, set()) if root is not None and root.is_dir() else []
-    if not named and gallery.close_name(name) is not None:
+    close = gallery.close_name(name)
+    if close is not None and (not named or twin_key(close) == twin_key(name)):
         gallery.sources_of(name)  # GalleryError: "no identity named 'Zoe'; did you mean 'Zoë'?"
     print(
         f"note: {name} is not in the gallery (removed earlier?); forgotten elsewhere as asked",

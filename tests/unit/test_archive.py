@@ -718,6 +718,11 @@ def test_gallery_remove_forget_of_someone_removed_earlier_deletes_their_named_vi
     assert not zoe.exists() and bob.exists()
     assert main([*argv, "Bobb"]) == 1
     assert "no identity named 'Bobb'; did you mean 'Bob'?" in capsys.readouterr().err
+    # Bob in another case: his visit was deleted, 'forgotten elsewhere', exit 0, and Bob was
+    # left enrolled (the gallery's names are exact, the archive's visits found in any case)
+    assert main([*argv, "BOB"]) == 1
+    assert "no identity named 'BOB'; did you mean 'Bob'?" in capsys.readouterr().err
+    assert bob.exists()
     with Gallery.open(gallery) as left:
         assert [p.name for p in left.identities()] == ["Bob"]
 
