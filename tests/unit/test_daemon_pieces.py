@@ -2858,11 +2858,9 @@ def test_faces_smaller_than_min_face_px_are_not_recognised_and_cast_no_vote(tmp_
     assert engines.embedded == embedded
 
 
-def test_a_cameras_own_threshold_names_its_faces_only_within_it(tmp_path) -> None:
-    """A night camera made stricter (cameras[].recognition.threshold): a face 0.084 from ann
-    is named by the day camera (recognition.threshold 0.2) and is a stranger to the night
-    camera (0.05) (every camera had the one threshold: the night camera's poor faces were
-    named as the wrong person as readily as the day camera's)."""
+def _day_and_night(tmp_path: Path) -> tuple[Path, Pipeline, list[dict]]:
+    """A face 0.084 from ann, enrolled, seen 15 times by a day camera (the default threshold
+    0.2) and a night camera made stricter (0.05): the gallery, the pipeline, its events."""
     path = tmp_path / "gallery.sqlite"
     ann = np.eye(8, dtype=np.float32)[0] + 0.3 * np.eye(8, dtype=np.float32)[1]
     with Gallery.create(path, _OneFace.model_id, 8, 0.154) as gallery:
@@ -2889,6 +2887,15 @@ def test_a_cameras_own_threshold_names_its_faces_only_within_it(tmp_path) -> Non
     for k in range(15):
         pipeline.process([Frame("day", k, 1000.0 + k / 5, image)])
         pipeline.process([Frame("night", k, 1000.0 + k / 5, image)])
+    return path, pipeline, events
+
+
+def test_a_cameras_own_threshold_names_its_faces_only_within_it(tmp_path) -> None:
+    """A night camera made stricter (cameras[].recognition.threshold): a face 0.084 from ann
+    is named by the day camera (recognition.threshold 0.2) and is a stranger to the night
+    camera (0.05) (every camera had the one threshold: the night camera's poor faces were
+    named as the wrong person as readily as the day camera's)."""
+    _, _, events = _day_and_night(tmp_path)
     assert [(e["camera"], e["type"], e["identity"]) for e in events] == [
         ("day", "confirmed", "ann"),
         ("night", "confirmed", None),
@@ -2900,35 +2907,11 @@ def test_a_gallery_reload_names_the_faces_in_view_at_their_cameras_threshold(tmp
     default 0.2), stays unnamed when someone else is enrolled and the daemon reloads the
     gallery (the faces in view were matched again at the default: named ann at the reload,
     and held by a full window of such votes)."""
-    path = tmp_path / "gallery.sqlite"
-    ann = np.eye(8, dtype=np.float32)[0] + 0.3 * np.eye(8, dtype=np.float32)[1]
-    with Gallery.create(path, _OneFace.model_id, 8, 0.154) as gallery:
-        gallery.enroll([Enrollment("ann", ann / np.linalg.norm(ann), "a" * 64)])
-    config = parse_config(
-        {
-            "cameras": [
-                {"name": "day", "url": "day.mp4"},
-                {"name": "night", "url": "night.mp4", "recognition": {"threshold": 0.05}},
-            ],
-            "recognition": {"model": None, "gallery": str(path), "threshold": 0.2},
-        }
-    )
-    events: list[dict] = []
-
-    class Sinks(EventSinks):
-        def emit(self, event: dict, snapshot: bytes | None = None) -> None:
-            events.append(event)
-
-    engines = _OneFace()
-    pipeline = Pipeline(config, engines, engines, Sinks())  # type: ignore[arg-type]
-    pipeline.reload_gallery()
-    image = np.zeros((360, 640, 3), np.uint8)
-    for k in range(15):
-        pipeline.process([Frame("day", k, 1000.0 + k / 5, image)])
-        pipeline.process([Frame("night", k, 1000.0 + k / 5, image)])
+    path, pipeline, events = _day_and_night(tmp_path)
     with Gallery.open(path, _OneFace.model_id, writable=True) as gallery:
         gallery.enroll([Enrollment("bob", np.eye(8, dtype=np.float32)[5], "b" * 64)])
     pipeline.reload_gallery()
+    image = np.zeros((360, 640, 3), np.uint8)
     for k in range(15, 30):
         pipeline.process([Frame("day", k, 1000.0 + k / 5, image)])
         pipeline.process([Frame("night", k, 1000.0 + k / 5, image)])
