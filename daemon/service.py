@@ -418,8 +418,7 @@ class Service:
     def _reload(self, scheduler: BatchScheduler) -> None:
         """SIGHUP (`systemctl reload facewatch`): the gallery is read again, TLS files
         renewed since they were loaded are loaded for the next MQTT connection, and the
-        config file is checked (``_config_edited``)."""
-        self._config_edited()
+        config file is checked (``_config_edited``: last, as its file checks take a while)."""
         if scheduler.pipeline.facenet is None:
             logger.info("SIGHUP: no FaceNet model in use (detection only): no gallery")
         else:
@@ -427,6 +426,7 @@ class Service:
             scheduler.request_reload()
         if self.publisher is not None:
             self.publisher.renew_tls()
+        self._config_edited()
 
     def _config_edited(self) -> None:
         """The config file read again, to say what a reload does not apply: an edit that
