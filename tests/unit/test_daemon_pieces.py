@@ -1731,15 +1731,12 @@ def _demo_pipeline(detector, count: int) -> tuple[Pipeline, list[dict], list[np.
     config = parse_config(
         {"cameras": [{"name": "door", "url": "x.mp4"}], "recognition": {"model": None}}
     )
-    events: list[dict] = []
-
-    class Sinks(EventSinks):
-        def emit(self, event: dict, snapshot: bytes | None = None) -> None:
-            events.append(event)
+    sinks = _Recorded()
+    events = sinks.events
 
     clip = cv2.VideoCapture(str(REPO / "configs" / "demo" / "hamilton_360p.mp4"))
     frames = [clip.read()[1] for _ in range(count)]
-    return Pipeline(config, detector, None, Sinks()), events, frames
+    return Pipeline(config, detector, None, sinks), events, frames
 
 
 def test_faces_in_view_through_a_short_stall_are_one_visit(detector) -> None:
@@ -2779,6 +2776,19 @@ def test_a_broker_port_that_is_no_mqtt_broker_is_said(tmp_path, caplog) -> None:
     assert len(said) == 1, "once, as any failure of the same kind"
 
 
+class _Recorded(EventSinks):
+    """The events a pipeline emits, in order, and with their snapshots in ``sent``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.events: list[dict] = []
+        self.sent: list[tuple[dict, bytes | None]] = []
+
+    def emit(self, event: dict, snapshot: bytes | None = None) -> None:
+        self.events.append(event)
+        self.sent.append((event, snapshot))
+
+
 class _OneFace:
     """The scheduler's engines, scripted: one face in the middle of every frame, ``side``
     pixels wide; its embedding is ann's (the first axis). Counts the faces embedded."""
@@ -2820,14 +2830,11 @@ def test_faces_smaller_than_min_face_px_are_not_recognised_and_cast_no_vote(tmp_
         }
     )
     assert config.recognition.min_face_px == 30
-    events: list[dict] = []
-
-    class Sinks(EventSinks):
-        def emit(self, event: dict, snapshot: bytes | None = None) -> None:
-            events.append(event)
+    sinks = _Recorded()
+    events = sinks.events
 
     engines = _OneFace()
-    pipeline = Pipeline(config, engines, engines, Sinks())  # type: ignore[arg-type]
+    pipeline = Pipeline(config, engines, engines, sinks)  # type: ignore[arg-type]
     pipeline.reload_gallery()
     image = np.zeros((360, 640, 3), np.uint8)
     too_small = REGISTRY.get_sample_value("facewatch_faces_too_small_total", {"camera": "far"})
@@ -2874,14 +2881,11 @@ def _day_and_night(tmp_path: Path) -> tuple[Path, Pipeline, list[dict]]:
             "recognition": {"model": None, "gallery": str(path), "threshold": 0.2},
         }
     )
-    events: list[dict] = []
-
-    class Sinks(EventSinks):
-        def emit(self, event: dict, snapshot: bytes | None = None) -> None:
-            events.append(event)
+    sinks = _Recorded()
+    events = sinks.events
 
     engines = _OneFace()
-    pipeline = Pipeline(config, engines, engines, Sinks())  # type: ignore[arg-type]
+    pipeline = Pipeline(config, engines, engines, sinks)  # type: ignore[arg-type]
     pipeline.reload_gallery()
     image = np.zeros((360, 640, 3), np.uint8)
     for k in range(15):
@@ -2962,13 +2966,10 @@ def _passing(tmp_path: Path, engines: _Passer, steps: list[tuple[bool, bool]]) -
             "recognition": {"model": None, "gallery": str(path), "reembed_every": 1},
         }
     )
-    events: list[dict] = []
+    sinks = _Recorded()
+    events = sinks.events
 
-    class Sinks(EventSinks):
-        def emit(self, event: dict, snapshot: bytes | None = None) -> None:
-            events.append(event)
-
-    pipeline = Pipeline(config, engines, engines, Sinks())  # type: ignore[arg-type]
+    pipeline = Pipeline(config, engines, engines, sinks)  # type: ignore[arg-type]
     pipeline.reload_gallery()
     image = np.zeros((360, 640, 3), np.uint8)
     for k, (engines.present, engines.turned) in enumerate(steps):
@@ -3040,15 +3041,12 @@ def test_a_confirmed_sent_as_its_face_leaves_has_the_snapshot_of_its_last_face(t
             "tracking": {"snapshots": True},
         }
     )
-    sent: list[tuple[dict, bytes | None]] = []
-
-    class Sinks(EventSinks):
-        def emit(self, event: dict, snapshot: bytes | None = None) -> None:
-            sent.append((event, snapshot))
+    sinks = _Recorded()
+    sent = sinks.sent
 
     engines = _OneFace()
     engines.side = 20.0  # below min_face_px: no vote, undecided
-    pipeline = Pipeline(config, engines, engines, Sinks())  # type: ignore[arg-type]
+    pipeline = Pipeline(config, engines, engines, sinks)  # type: ignore[arg-type]
     pipeline.reload_gallery()
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 255, (360, 640, 3), np.uint8) for _ in range(4)]
