@@ -319,8 +319,10 @@ class Pipeline:
         gallery's match): when it and the next are someone else's, the track's faces of the
         batch since the first go to a new track (the track it had then ends here, ``left``)."""
         gallery, camera = self.gallery, face.frame.camera
-        within = None
-        if gallery is not None:
+        within = self._threshold[camera]  # (the camera's own, as its faces were matched)
+        if gallery is None:
+            within = None
+        elif within is None:
             override = gallery.threshold_override
             within = gallery.threshold if override is None else override
         old = face.track

@@ -803,6 +803,41 @@ def test_someone_else_at_the_door_ends_the_visit_and_starts_their_own(tmp_path) 
     assert sinks.faces["people"] == ["bob"]
 
 
+def test_someone_else_at_a_strict_cameras_door_is_judged_at_its_threshold(tmp_path) -> None:
+    """A camera with its own strict threshold (0.5): bob, whom it names though his face
+    lies within the gallery's default of ann's, takes her place after a second: his own
+    visit (ann's `left`, bob's `confirmed`), as at the default threshold, not ann's visit
+    turned into bob's (the face was judged at the default, not at the camera's)."""
+    ann = np.eye(8, dtype=np.float32)[0]
+    bob = (0.6 * ann + 0.8 * np.eye(8, dtype=np.float32)[1]).astype(np.float32)
+    path, _ = _ann_enrolled(tmp_path, ann)  # (ann and bob 0.8 apart, squared)
+    with Gallery.open(path, writable=True) as gallery:
+        gallery.enroll([Enrollment("bob", bob, "b" * 64)])
+        assert gallery.threshold > 0.8
+    config = parse_config(
+        {
+            "cameras": [{"name": "door", "url": "door.mp4", "recognition": {"threshold": 0.5}}],
+            "recognition": {"model": None, "gallery": str(path)},
+        }
+    )
+    sinks = _Recorded()
+
+    class Door(_OnePerson):
+        away = False
+
+        def detect(self, images: list, priors: list | None = None) -> list[FrameDetections]:
+            return [faces() if self.away else faces((100, 100, 160, 160)) for _ in images]
+
+    engines = Door(ann)
+    pipeline = Pipeline(config, engines, engines, sinks)  # type: ignore[arg-type]
+    pipeline.reload_gallery()
+    for k in range(40):  # 5 fps: ann 0-3.8 s, nobody for a second, bob from 5 s
+        engines.away, engines.face = 20 <= k < 25, ann if k < 20 else bob
+        pipeline.process([Frame("door", k, 1000.0 + k / 5, np.zeros((360, 640, 3), np.uint8))])
+    said = [(e["type"], e["track_id"], e["identity"]) for e in sinks.events]
+    assert said == [("confirmed", 1, "ann"), ("left", 1, "ann"), ("confirmed", 2, "bob")]
+
+
 def test_someone_else_at_the_door_in_a_batch_of_frames_is_a_new_visit(tmp_path) -> None:
     """The door of the test above, with the frames of the camera taken three at a time (an
     overloaded box, or a GPU's larger batches): ann's last frame, the empty one and bob's
