@@ -1,7 +1,8 @@
 """What must hold before the daemon starts anything: the files and cameras its config names,
 and which FaceNet model it runs. ``problems`` finds every one at once, each naming its key,
 and creates nothing (``facewatch validate-config`` reports them too); ``check`` makes them
-one ConfigError for ``run``, and ``prepare_outputs`` creates the folders the outputs write to.
+one ConfigError for ``run``, ``prepare_outputs`` creates the folders the outputs write to,
+and ``outputs_claimed`` holds those one daemon alone may write while it runs.
 """
 
 from __future__ import annotations
@@ -9,10 +10,14 @@ from __future__ import annotations
 import errno
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from daemon.archive import FaceArchive
+from daemon.archive_files import LOCK_FILE
 from daemon.cameras import check_file_source
+from daemon.claims import claim
 from daemon.config import Config, ConfigError
 from daemon.events import open_jsonl
 from daemon.gallery import REENROLL, Gallery, GalleryError, shown_threshold
@@ -396,3 +401,23 @@ def prepare_outputs(config: Config) -> None:
         except OSError as exc:
             where = f"archive.dir: {config.archive.dir}: cannot create or write the folder"
             raise output_error(where, exc) from None
+
+
+@contextmanager
+def outputs_claimed(config: Config) -> Iterator[None]:
+    """``archive.dir`` held for this daemon while it runs: a second facewatch given the same
+    folder would delete this one's visits by its own keep_days and max_mb. It is refused at
+    start, exit status 1, naming the other's pid. Commands that only list or delete some
+    visits (``archive list``, ``gallery remove --forget``) take no claim: they run beside it."""
+    if not config.archive.dir:
+        yield
+        return
+    folder = Path(config.archive.dir)
+    try:
+        lock = claim(folder / LOCK_FILE, "archive.dir")
+    except OSError as exc:
+        raise output_error(f"archive.dir: {folder}", exc) from None
+    try:
+        yield
+    finally:
+        os.close(lock)

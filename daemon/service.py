@@ -249,6 +249,11 @@ class Service:
         for warning in preflight.warnings(cfg):
             logger.warning(warning)
         preflight.prepare_outputs(cfg)
+        with preflight.outputs_claimed(cfg):  # before the engines load: refused at once
+            return self._run_claimed()
+
+    def _run_claimed(self) -> int:
+        cfg = self.config
         cameras = [c for c in cfg.cameras if c.enabled]
         names = [c.name for c in cameras]
         metrics.init(cfg.node_id, names, cfg.engines.backend, "", mqtt=cfg.mqtt.enabled)

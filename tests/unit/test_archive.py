@@ -7,6 +7,8 @@ import argparse
 import json
 import logging
 import shutil
+import subprocess
+import sys
 import time
 import unicodedata
 from datetime import datetime
@@ -27,6 +29,7 @@ from daemon.events import face_region, person_key
 from daemon.preflight import check
 from daemon.recognition import rate_face
 from daemon.tracking import Track, TrackEvent
+from engines.base import EngineError
 from engines.boxes import iou_matrix
 from tests.conftest import REPO
 
@@ -488,6 +491,61 @@ def test_archive_list_shows_the_visits_asked_for(tmp_path, clip_faces, capsys) -
     [as_json] = listed("--json", "--name", "Zoë")
     visit = json.loads(as_json)
     assert visit["track_id"] == 2 and Path(visit["folder"]).is_dir()
+
+
+def test_a_second_daemon_given_the_same_archive_dir_is_refused_and_archive_list_still_runs(
+    tmp_path, monkeypatch, capsys
+) -> None:
+    """Two daemons given one archive.dir (a copied config) deleted each other's visits by
+    their own keep_days and max_mb, without a word. The first holds the folder while it
+    runs: a second is refused at start, before its engines load, with exit status 1 (systemd
+    tries again) naming archive.dir and the first one's pid. `archive list` reads the
+    visits all the same, and once the first has stopped the second starts."""
+    from daemon import service
+
+    root = tmp_path / "archive"
+    _named_visit(root, "door", "080000-t1-unknown", [], b"\xff")
+    holder = subprocess.Popen(  # the first daemon: another process, holding archive.dir
+        [sys.executable, "-c", "import sys; from pathlib import Path; "
+         "from daemon.claims import claim; claim(Path(sys.argv[1]), 'archive.dir'); "
+         "print('held', flush=True); sys.stdin.read()", str(root / "lock")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    loads: list[str] = []
+
+    def load_detector(*args: object, **kwargs: object) -> None:
+        loads.append("detector")
+        raise EngineError("models/mtcnn/pnet.onnx: cannot load the model: (this test's)")
+
+    monkeypatch.setattr(service, "load_detector", load_detector)
+    monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+    config = tmp_path / "facewatch.yaml"
+    config.write_text(
+        json.dumps(
+            {
+                "cameras": [{"name": "door", "url": str(CLIP)}],
+                "recognition": {"model": None},
+                "mqtt": {"enabled": False},
+                "metrics": {"enabled": False},
+                "archive": {"dir": str(root), "which": "all"},
+            }
+        )
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        assert main(["run", "--config", str(config)]) == 1
+        err = capsys.readouterr().err
+        assert f"error: archive.dir: {root}: in use by another facewatch (pid {holder.pid}) " \
+            "with the same archive.dir (exit status 1: systemd starts facewatch again; it " \
+            "runs once the other has stopped)" in err, err  # fmt: skip
+        assert loads == [], "refused before the engines load"
+        assert main(["archive", "list", "--config", str(config)]) == 0
+        assert len(capsys.readouterr().out.splitlines()) == 1
+    finally:
+        holder.communicate("")  # the first daemon stops
+    assert main(["run", "--config", str(config)]) == 2  # (this test's engine error)
+    assert loads == ["detector"], "started once the first stopped"
+    assert "in use by another facewatch" not in capsys.readouterr().err
 
 
 def test_archive_list_says_when_the_config_has_no_archive(tmp_path, capsys, monkeypatch) -> None:
