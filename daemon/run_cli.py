@@ -138,20 +138,21 @@ def _run(args: argparse.Namespace) -> int:
         said = logger.warning if demo else logger.info
         said("config %s: %s", args.config, why)
     service = Service(config, run_for_s=args.run_for, config_path=args.config)
-    run = RunState.start()  # for FacewatchRestarting: did the run before stop cleanly?
-    try:
-        code = service.run()
-    except ConfigError as exc:
-        print_error(f"{args.config}: {exc}")
-        code = 2
-    except (OSError, StartFailed) as exc:  # (exit 1: systemd retries; 2 it does not)
-        print_error(str(exc))
-        code = 1
-    if code == 0:
-        run.stopped_cleanly()
-    if service.left_behind:
-        _exit_now(code, service.left_behind)
-    return code
+    # for FacewatchRestarting: did the run before stop cleanly?
+    with contextlib.closing(RunState.start()) as run:
+        try:
+            code = service.run()
+        except ConfigError as exc:
+            print_error(f"{args.config}: {exc}")
+            code = 2
+        except (OSError, StartFailed) as exc:  # (exit 1: systemd retries; 2 it does not)
+            print_error(str(exc))
+            code = 1
+        if code == 0:
+            run.stopped_cleanly()
+        if service.left_behind:
+            _exit_now(code, service.left_behind)
+        return code
 
 
 def _exit_now(code: int, threads: list[str]) -> NoReturn:

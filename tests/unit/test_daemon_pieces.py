@@ -1638,9 +1638,10 @@ def test_a_state_folder_that_cannot_be_written_leaves_the_restart_alert_counting
     state = tmp_path / "state"
     monkeypatch.setenv("STATE_DIRECTORY", str(state))
     state.mkdir()
-    RunState.start()  # a crash: never stopped cleanly
+    RunState.start().close()  # a crash: never stopped cleanly
     assert count() == 0
-    (state / "run-state.json").unlink()
+    for name in ("run-state.json", "run-state.lock"):
+        (state / name).unlink()
     state.rmdir()  # (root writes a read-only folder: gone, it cannot be written either)
     with caplog.at_level("WARNING", logger="daemon.run_state"):
         for _ in range(3):  # crashing starts
@@ -1674,7 +1675,85 @@ def test_a_hand_edited_run_state_is_read_as_unreadable(tmp_path, monkeypatch, ca
         f"{path}: cannot be read ({why}): unclean stops counted from 0"
     ]
     assert REGISTRY.get_sample_value("facewatch_unclean_stops_total") == 0
-    assert json.loads(path.read_text()) == {"running": True, "unclean_stops": 0}
+    assert json.loads(path.read_text()) == {
+        "running": True,
+        "unclean_stops": 0,
+        "machine": RunState(None).machine,
+    }
+
+
+def test_a_second_daemon_under_the_same_state_folder_leaves_the_first_ones_count_alone(
+    tmp_path, monkeypatch, caplog
+) -> None:
+    """Two daemons under one state folder (a copied unit that kept StateDirectory=) shared
+    run-state.json: the second's start took the first's run for a crash ("did not stop
+    cleanly"), and its clean stop hid the first's real crash from the next start. The file
+    is the first's: the second says so, counts nothing (no series: the alert counts its
+    starts), and the first's crash is counted."""
+    from daemon.run_state import RunState
+
+    def count() -> float | None:
+        return REGISTRY.get_sample_value("facewatch_unclean_stops_total")
+
+    monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path))
+    first = RunState.start()
+    assert count() == 0
+    with caplog.at_level("WARNING", logger="daemon.run_state"):
+        second = RunState.start()
+        assert count() is None
+        second.stopped_cleanly()
+        second.close()
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{tmp_path / 'run-state.json'}: in use by another facewatch (pid {os.getpid()}) with "
+        "the same state folder ($STATE_DIRECTORY): this daemon does not count its unclean "
+        "stops, and without facewatch_unclean_stops_total the alert FacewatchRestarting "
+        "counts every start of this daemon, a systemctl restart too; give each daemon's unit "
+        "its own StateDirectory="
+    ]
+    first.close()  # killed: its lock goes with the process, its file says it ran
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="daemon.run_state"):
+        assert RunState.start().unclean == 1
+    assert "the previous run did not stop cleanly" in caplog.text
+    assert count() == 1
+
+
+def test_a_run_state_copied_from_another_machine_while_it_ran_is_no_crash_here(
+    tmp_path, monkeypatch, caplog
+) -> None:
+    """A state folder copied while the daemon ran, restored on a new box: its run-state.json
+    said a run was under way, and the first start there counted a crash that never was
+    (facewatch_unclean_stops_total 1, "did not stop cleanly" while checking the move). The
+    file names the machine that wrote it: another one's run is not counted; this machine's,
+    or a file that names none (an older facewatch's), is."""
+    from daemon import run_state
+
+    machine_id = tmp_path / "machine-id"
+    machine_id.write_text("b0x2\n")
+    monkeypatch.setattr(run_state, "MACHINE_ID_FILE", machine_id)
+    state = tmp_path / "state"
+    state.mkdir()
+    monkeypatch.setenv("STATE_DIRECTORY", str(state))
+    path = state / "run-state.json"
+    for written_on, counted in [("b0x1", 0), ("b0x2", 1), (None, 1)]:
+        found = {"running": True, "unclean_stops": 0}
+        if written_on is not None:
+            found["machine"] = written_on
+        path.write_text(json.dumps(found))
+        caplog.clear()
+        with caplog.at_level("INFO", logger="daemon.run_state"):
+            started = run_state.RunState.start()
+            started.close()
+        assert started.unclean == counted, written_on
+        said = [r.getMessage() for r in caplog.records]
+        if written_on == "b0x1":
+            assert said == [
+                f"{path}: written on another machine (machine-id b0x1), a copy taken while its "
+                "daemon ran: its run there is not counted as an unclean stop here"
+            ]
+        else:
+            assert "the previous run did not stop cleanly" in said[0], said
+    assert json.loads(path.read_text())["machine"] == "b0x2"
 
 
 def _quantile_shown(q: float, name: str, labels: dict, observe: Callable[[], object]) -> float:
