@@ -109,6 +109,7 @@ class Pipeline:
         self._undecided_face: dict[tuple[str, int], np.ndarray] = {}
         self._state_ts: dict[str, float] = {}  # camera -> ts of its latest in-view state
         self._enrolled: set[str] = set()  # the gallery's names
+        self._gallery_read = False  # once read, a reload says who came and went
         self._gallery_stamp: tuple[int, ...] | None = None  # the file as last read
         self._gallery_busy = False  # the last reload found it being written (said once)
         self._seq = 0
@@ -485,7 +486,10 @@ class Pipeline:
         if fresh is not None:
             people = "person" if len(names) == 1 else "people"
             said = threshold_said(fresh, self.config.cameras)
+            if self._gallery_read:
+                people += came_and_went(self._enrolled, set(names))
             logger.info("gallery %s: %d %s, %s", fresh.path, len(names), people, said)
+        self._gallery_read = True
         for gone in self._enrolled - set(names):  # off /metrics too (once scraped, the
             metrics.forget_identity(
                 gone, self.trackers
@@ -517,6 +521,17 @@ class Pipeline:
             return None
         threshold = self._threshold[camera]
         return lambda embeddings: gallery.match(embeddings, defaults=[threshold] * len(embeddings))
+
+
+def came_and_went(before: set[str], after: set[str], most: int = 10) -> str:
+    """`` (+Ann, -Bob)``: who a reload brought and took away (a backup copied over the
+    gallery brings back people forgotten since: the log shows it); empty when no one."""
+    changes = [f"+{name}" for name in sorted(after - before)]
+    changes += [f"-{name}" for name in sorted(before - after)]
+    if not changes:
+        return ""
+    more = f" and {len(changes) - most} more" if len(changes) > most else ""
+    return f" ({', '.join(changes[:most])}{more})"
 
 
 def open_gallery(

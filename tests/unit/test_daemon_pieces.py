@@ -2985,6 +2985,46 @@ def test_a_cameras_own_threshold_names_its_faces_only_within_it(tmp_path) -> Non
     ]
 
 
+def test_a_gallery_reload_names_who_came_and_who_went(tmp_path, caplog) -> None:
+    """An old backup copied over the live gallery brought back a person forgotten since,
+    and the reload said only `gallery PATH: 2 people`: nothing showed who was back (or
+    gone). A reload names them, +came and -went; the first read at start lists nobody."""
+    import shutil
+
+    def gallery(path: Path, names: list[str]) -> Path:
+        with Gallery.create(path, _OneFace.model_id, 8, 0.154) as made:
+            for k, name in enumerate(names):
+                one = np.eye(8, dtype=np.float32)[k % 8]
+                made.enroll([Enrollment(name, one, f"{k}{name}".ljust(64, "0"))])
+        return path
+
+    live = gallery(tmp_path / "gallery.sqlite", ["ann", "bob", "obama"])
+    backup = gallery(tmp_path / "backup.sqlite", ["alex-lacamoire", "ann", "bob"])
+    config = parse_config(
+        {"cameras": [{"name": "door", "url": "x.mp4"}], "recognition": {"gallery": str(live)}}
+    )
+    engines = _OneFace()
+    pipeline = Pipeline(config, engines, engines, EventSinks())  # type: ignore[arg-type]
+
+    def reloaded() -> list[str]:
+        caplog.clear()
+        with caplog.at_level("INFO", logger="daemon.scheduler"):
+            pipeline.reload_gallery()
+        return [r.getMessage() for r in caplog.records if r.getMessage().startswith("gallery")]
+
+    threshold = "threshold 0.154 (the gallery's)"
+    assert reloaded() == [f"gallery {live}: 3 people, {threshold}"]
+    shutil.copyfile(backup, live)  # a restore of a backup taken before the erasure
+    assert reloaded() == [f"gallery {live}: 3 people (+alex-lacamoire, -obama), {threshold}"]
+    assert reloaded() == [f"gallery {live}: 3 people, {threshold}"]  # (a SIGHUP: no change)
+    names = [f"p{k:02d}" for k in range(12)]
+    shutil.copyfile(gallery(tmp_path / "many.sqlite", names), live)
+    assert reloaded() == [
+        f"gallery {live}: 12 people (+p00, +p01, +p02, +p03, +p04, +p05, +p06, +p07, +p08, "
+        f"+p09 and 5 more), {threshold}"
+    ]
+
+
 def test_a_gallery_reload_names_the_faces_in_view_at_their_cameras_threshold(tmp_path) -> None:
     """A stranger 0.084 from ann, left unnamed by a strict night camera (threshold 0.05, the
     default 0.2), stays unnamed when someone else is enrolled and the daemon reloads the
