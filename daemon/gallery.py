@@ -295,6 +295,34 @@ class Gallery:
             raise translate(self.path, exc) from None
         return {str(row[0]) for row in rows}
 
+    def identity(self, name: str) -> Identity:
+        """The person ``name`` finds (as the commands find names); GalleryError when no one."""
+        try:
+            identity_id = self._identity_id(self._conn, name)
+            row = self._conn.execute(
+                "SELECT i.name, i.threshold, COUNT(e.id), i.created, i.updated FROM identities "
+                "i LEFT JOIN embeddings e ON e.identity_id = i.id WHERE i.id = ? GROUP BY i.id",
+                (identity_id,),
+            ).fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise translate(self.path, exc) from None
+        return Identity(*row)
+
+    def faces_of(self, name: str) -> list[tuple[str, str]]:
+        """(when enrolled, the source image's SHA-256) of each of ``name``'s faces, oldest
+        first: the photos of one enroll share its time, so a batch enrolled by mistake shows
+        as one (GalleryError when no one of that name is enrolled)."""
+        try:
+            identity_id = self._identity_id(self._conn, name)
+            rows = self._conn.execute(
+                "SELECT created, source_sha256 FROM embeddings WHERE identity_id = ? "
+                "ORDER BY created, id",
+                (identity_id,),
+            ).fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise translate(self.path, exc) from None
+        return [(str(created), str(source)) for created, source in rows]
+
     def knows(self, name: str) -> bool:
         """Whether ``name`` is enrolled, found as the commands find it (``lookup_name``)."""
         try:
@@ -538,6 +566,56 @@ class Gallery:
             ).rowcount
             conn.execute("DELETE FROM identities WHERE id = ?", (identity_id,))
         return int(count)
+
+    def remove_photos(self, name: str, photos: Mapping[str, set[str]]) -> tuple[int, int]:
+        """Delete ``name``'s faces enrolled from ``photos`` (each as the user named it: a
+        photo, a folder, with the SHA-256s of its images), in one transaction; (faces
+        deleted, faces left). A photo none of whose images ``name`` was enrolled from is a
+        GalleryError naming it, and nothing is deleted. Their last face going takes the
+        person too, as ``remove`` does: the gallery holds no one without a face."""
+        with self._transaction() as conn:
+            identity_id = self._identity_id(conn, name)
+            enrolled = {
+                str(row[0])
+                for row in conn.execute(
+                    "SELECT source_sha256 FROM embeddings WHERE identity_id = ?", (identity_id,)
+                )
+            }
+            foreign = [given for given, shas in photos.items() if not shas & enrolled]
+            if foreign:
+                raise GalleryError(
+                    f"{self.path}: no face of {name!r} was enrolled from "
+                    f"{', '.join(self._whose(conn, given, photos[given]) for given in foreign)}"
+                    "; nothing was removed"
+                )
+            going = sorted(set().union(*photos.values()) & enrolled)
+            conn.executemany(
+                "DELETE FROM embeddings WHERE identity_id = ? AND source_sha256 = ?",
+                [(identity_id, sha) for sha in going],
+            )
+            left = len(enrolled) - len(going)
+            if left:
+                conn.execute(
+                    "UPDATE identities SET updated = ? WHERE id = ?", (now_iso(), identity_id)
+                )
+            else:
+                conn.execute("DELETE FROM identities WHERE id = ?", (identity_id,))
+        return len(going), left
+
+    @staticmethod
+    def _whose(conn: sqlite3.Connection, given: str, shas: set[str]) -> str:
+        """``given`` (a photo or folder), with whom it is enrolled as instead, if anyone."""
+        holders = sorted(
+            {
+                str(holder)
+                for source, holder in conn.execute(
+                    "SELECT e.source_sha256, i.name FROM embeddings e "
+                    "JOIN identities i ON i.id = e.identity_id"
+                )
+                if source in shas
+            }
+        )
+        return f"{given} (enrolled as {', '.join(holders)})" if holders else given
 
     def rename(self, old: str, new: str) -> None:
         with self._transaction() as conn:

@@ -13,6 +13,8 @@ import json
 import logging
 import math
 import os
+import re
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,7 @@ from daemon.gallery import (
     DEFAULT_THRESHOLD,
     Gallery,
     GalleryError,
+    Identity,
     check_threshold,
     remove_created,
     shown_threshold,
@@ -39,9 +42,13 @@ from daemon.recognition import (
     calibrate,
     closest_people,
 )
+from engines.base import file_sha256
 from engines.facenet import starting_threshold
+from engines.image_files import folder_files
 
 logger = logging.getLogger(__name__)
+
+SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 
 # from this many enrolled faces, a gallery at its starting threshold is worth calibrating
 UNCALIBRATED_FACES = 120  # calibrate needs 100 impostor trials for FAR 1 %: about 120 faces
@@ -104,7 +111,11 @@ def register(commands: argparse._SubParsersAction) -> None:
     sub = p.add_subparsers(dest="gallery_command", metavar="ACTION", required=True)
     actions = {
         "list": ("who is enrolled", _list),
-        "remove": ("remove a person and their enrolled faces from the gallery", _remove),
+        "remove": (
+            "remove a person and their enrolled faces from the gallery, or with --photos "
+            "only the faces enrolled from some photos",
+            _remove,
+        ),
         "rename": ("rename a person", _rename),
         "threshold": ("set one person's match threshold, or the gallery default", _threshold),
         "export": ("write every embedding to FILE (.json or .npz, by its suffix)", _export),
@@ -118,7 +129,13 @@ def register(commands: argparse._SubParsersAction) -> None:
         "remove": "Remove a person and their enrolled faces from the gallery (their embeddings); "
         "the daemon stops naming them at its next reload and deletes their MQTT topics. "
         "Their face archive visits, events and history elsewhere stay: --forget deletes the "
-        "visits and lists the rest (docs/operations.md, 'Forgetting a person').",
+        "visits and lists the rest (docs/operations.md, 'Forgetting a person'). With "
+        "--photos, only the faces enrolled from those photos go (a visit of someone else "
+        "enrolled by mistake), and the person stays.",
+        "list": "Who is enrolled: each person's faces, threshold and last change. With NAME, "
+        "each of that person's faces: when it was enrolled and the SHA-256 of the photo it "
+        "came from (the photos of one enroll share its time), for `gallery remove NAME "
+        "--photos`.",
         "export": "Write every enrolled embedding, with names, thresholds and the model id, to "
         "FILE (owner-only: these are biometric data). An existing FILE is kept unless --force.",
         "import": "Add every person and embedding of FILE (a `gallery export`, .json or .npz) "
@@ -141,7 +158,14 @@ def register(commands: argparse._SubParsersAction) -> None:
         )
         add_gallery_option(parsers[name])
         parsers[name].set_defaults(func=_guarded(func))
-    parsers["list"].add_argument("--json", action="store_true", help="JSON on stdout")
+    parsers["list"].add_argument(
+        "name", nargs="?", help="one person: each of their faces, when enrolled, from what"
+    )
+    parsers["list"].add_argument(
+        "--json",
+        action="store_true",
+        help="JSON on stdout (each person's faces too: created, source_sha256)",
+    )
     parsers["remove"].add_argument("name", help="the person to remove, as `gallery list` shows")
     parsers["remove"].add_argument(
         "--forget",
@@ -150,6 +174,15 @@ def register(commands: argparse._SubParsersAction) -> None:
         "any case, or an image is one they were enrolled from), then list what facewatch "
         "cannot delete; needs --config or --archive. Someone removed earlier (or this run "
         "again): their named visits are deleted, exit status 0",
+    )
+    parsers["remove"].add_argument(
+        "--photos",
+        nargs="+",
+        metavar="PHOTO",
+        help="remove only the faces enrolled from these: photos, folders (a face archive "
+        "visit's: all its images) or SHA-256s as `gallery list NAME` shows them; each must "
+        "be one a face of NAME came from, else nothing is removed. Their last face: the "
+        "person is removed, as without --photos",
     )
     parsers["remove"].add_argument(
         "--archive",
@@ -246,13 +279,15 @@ def _guarded(func: Any) -> Any:
 def _list(args: argparse.Namespace) -> int:
     with Gallery.open(gallery_path(args)) as gallery:
         people = gallery.identities()
+        if args.name is not None:
+            return _list_faces(gallery, args.name, args.json)
         if args.json:
             record = {
                 "gallery": str(gallery.path),
                 "model_id": gallery.model_id,
                 "embedding_size": gallery.embedding_size,
                 "threshold": gallery.threshold,
-                "identities": [p.__dict__ for p in people],
+                "identities": [_with_faces(gallery, p) for p in people],
             }
             print(json.dumps(record, indent=2))
             return 0
@@ -268,6 +303,35 @@ def _list(args: argparse.Namespace) -> int:
                 f"threshold {limit:<8} updated {person.updated}"
             )
     _warn_twins([p.name for p in people])
+    return 0
+
+
+def _with_faces(gallery: Gallery, person: Identity) -> dict[str, Any]:
+    """A person as `gallery list --json` shows them: with each face's time and source."""
+    faces = gallery.faces_of(person.name)
+    return {
+        **person.__dict__,
+        "faces": [{"created": created, "source_sha256": sha} for created, sha in faces],
+    }
+
+
+def _list_faces(gallery: Gallery, name: str, as_json: bool) -> int:
+    """``gallery list NAME``: each of NAME's faces, oldest first, by when it was enrolled and
+    the SHA-256 of its photo (as `sha256sum` gives it)."""
+    person = gallery.identity(name)  # GalleryError: "no identity named ...; did you mean"
+    faces = gallery.faces_of(name)
+    if as_json:
+        print(json.dumps(_with_faces(gallery, person), indent=2))
+        return 0
+    limit = "default" if person.threshold is None else shown_threshold(person.threshold)
+    print(f"{person.name}: {len(faces)} face(s), threshold {limit}, in {gallery.path}")
+    for created, sha in faces:
+        print(f"  enrolled {created}  photo sha256 {sha}")
+    print(
+        f"remove the faces of some photos: facewatch gallery remove {shlex.quote(person.name)} "
+        "--photos PHOTO_OR_VISIT_FOLDER...",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -290,6 +354,12 @@ def _warn_twins(names: list[str]) -> None:
 def _remove(args: argparse.Namespace) -> int:
     if args.archive is not None and not args.forget:
         raise ConfigError("--archive is for --forget (the face archive to delete visits from)")
+    if args.photos is not None:
+        if args.forget:
+            raise ConfigError(
+                "--photos keeps the person, --forget removes them whole: give one of the two"
+            )
+        return _remove_photos(args)
     config = daemon_config(args)
     root = forget.archive_to_forget(args, config) if args.forget else None
     with Gallery.open(gallery_path(args), writable=True) as gallery:
@@ -304,6 +374,45 @@ def _remove(args: argparse.Namespace) -> int:
     if args.forget:
         forget.say_what_remains(args.name, config)
     return 0
+
+
+def _remove_photos(args: argparse.Namespace) -> int:
+    """``gallery remove NAME --photos ...``: the faces enrolled from those photos go, in one
+    transaction; the person stays with the rest (the daemon renames no one: it only stops
+    matching those faces), or goes with the last, as a plain remove."""
+    photos = {given: _photo_hashes(given) for given in args.photos}
+    with Gallery.open(gallery_path(args), writable=True) as gallery:
+        removed, left = gallery.remove_photos(args.name, photos)
+    if left:
+        print(f"removed {removed} face(s) of {args.name} enrolled from those photos; {left} remain")
+    else:
+        print(
+            f"removed {removed} face(s) of {args.name} enrolled from those photos: they were "
+            f"all of {args.name}'s faces, so {args.name} is removed from the gallery, as "
+            f"`gallery remove {shlex.quote(args.name)}` does"
+        )
+    return 0
+
+
+def _photo_hashes(given: str) -> set[str]:
+    """The SHA-256s a ``--photos`` argument stands for: a photo's, a folder's photos' (at
+    any depth, as enroll takes a folder: a face archive visit's images), or a SHA-256 as
+    `gallery list NAME` shows it (its photo deleted since). GalleryError naming it when it
+    is none of these."""
+    path = Path(given)
+    try:
+        if path.is_dir():
+            files = folder_files(path).files
+            if not files:
+                raise GalleryError(f"{given}: no photos in this folder; nothing was removed")
+            return {file_sha256(file) for file in files}
+        if path.exists() or not SHA256.fullmatch(given):
+            return {file_sha256(path)}
+    except OSError as exc:
+        raise GalleryError(
+            f"{given}: cannot be read ({exc.strerror or exc}); nothing was removed"
+        ) from None
+    return {given.lower()}
 
 
 def _rename(args: argparse.Namespace) -> int:

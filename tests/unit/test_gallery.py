@@ -1198,3 +1198,85 @@ def test_a_gallery_on_a_read_only_mount_says_so_not_chmod(gallery, monkeypatch) 
     assert "chmod" not in str(error.value)
     with Gallery.open(path, MODEL) as reader:  # reading is fine
         assert len(reader.identities()) == 3
+
+
+def _photos(folder: Path, *contents: bytes) -> list[Path]:
+    """Photo files in ``folder`` (a face archive visit's, say) holding ``contents``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"face-{k}.jpg" for k in range(1, len(contents) + 1)]
+    for path, content in zip(paths, contents, strict=True):
+        path.write_bytes(content)
+    return paths
+
+
+def _sha(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_gallery_remove_photos_takes_only_the_faces_of_a_visit_enrolled_by_mistake(
+    tmp_path, capsys, monkeypatch
+) -> None:
+    """Alex's visit enrolled under Lin: `gallery remove Lin --photos VISIT/` deletes the faces
+    enrolled from its images and keeps Lin's own (only `gallery remove Lin` was there: every
+    face went, and the running daemon deleted Lin's entities before an import put them
+    back). A photo Lin has no face from is refused, naming it, and nothing goes; `gallery
+    list Lin` shows each face's enroll time and photo, a batch sharing its time."""
+    own = _photos(tmp_path / "lin", b"lin 1", b"lin 2", b"lin 3")
+    mistake = _photos(tmp_path / "archive" / "144035-t3-unknown", b"alex 1", b"alex 2")
+    (mistake[0].parent / "visit.json").write_text("{}")
+    path = tmp_path / "g.sqlite"
+    with Gallery.create(path, MODEL, D) as gallery:
+        monkeypatch.setattr(gallery_module, "now_iso", lambda: "2026-12-01T14:40:36+00:00")
+        gallery.enroll([Enrollment("Lin", axis(k), _sha(p)) for k, p in enumerate(own)])
+        monkeypatch.setattr(gallery_module, "now_iso", lambda: "2026-12-01T14:41:02+00:00")
+        gallery.enroll([Enrollment("Lin", axis(k + 3), _sha(p)) for k, p in enumerate(mistake)])
+        gallery.enroll([Enrollment("Alex", axis(6), "x1")])
+    monkeypatch.undo()
+    code, out, _ = gallery_cli(path, capsys, "list", "Lin")
+    assert code == 0 and out.splitlines()[0].startswith("Lin: 5 face(s), threshold default")
+    assert f"  enrolled 2026-12-01T14:41:02+00:00  photo sha256 {_sha(mistake[1])}" in out
+    assert out.count("enrolled 2026-12-01T14:40:36+00:00") == 3
+    code, out, _ = gallery_cli(path, capsys, "list", "--json")
+    [lin] = [p for p in json.loads(out)["identities"] if p["name"] == "Lin"]
+    assert {"created": "2026-12-01T14:41:02+00:00", "source_sha256": _sha(mistake[0])} in lin["faces"]  # fmt: skip
+    stranger = _photos(tmp_path / "other", b"nobody's")[0]
+    code, _, err = gallery_cli(path, capsys, "remove", "Lin", "--photos", str(mistake[0].parent), str(stranger))  # fmt: skip
+    assert code == 1 and f"no face of 'Lin' was enrolled from {stranger}; nothing was removed" in err  # fmt: skip
+    code, out, err = gallery_cli(path, capsys, "remove", "Lin", "--photos", str(mistake[0].parent))
+    assert code == 0, err
+    assert "removed 2 face(s) of Lin enrolled from those photos; 3 remain" in out
+    with Gallery.open(path) as gallery:
+        assert {i.name: i.embeddings for i in gallery.identities()} == {"Alex": 1, "Lin": 3}
+        assert gallery.sources_of("Lin") == {_sha(p) for p in own}
+    # removed already
+    code, _, err = gallery_cli(path, capsys, "remove", "Lin", "--photos", str(mistake[0]))
+    assert code == 1 and f"no face of 'Lin' was enrolled from {mistake[0]}" in err
+    code, out, _ = gallery_cli(path, capsys, "remove", "Lin", "--photos", str(own[0]), _sha(own[1]))  # fmt: skip
+    assert code == 0 and "removed 2 face(s) of Lin enrolled from those photos; 1 remain" in out
+    code, out, _ = gallery_cli(path, capsys, "remove", "Lin", "--photos", str(own[0].parent))
+    assert code == 0 and "all of Lin's faces, so Lin is removed from the gallery" in out
+    with Gallery.open(path) as gallery:
+        assert [i.name for i in gallery.identities()] == ["Alex"]
+
+
+def test_gallery_remove_photos_names_a_photo_of_someone_else_and_needs_real_photos(
+    gallery, capsys, tmp_path
+) -> None:
+    path = gallery.path
+    gallery.close()
+    bob = _photos(tmp_path / "bob", b"bob's photo")[0]
+    with Gallery.open(path, writable=True) as writer:
+        writer.enroll([Enrollment("bob", unit(0.1, 1), _sha(bob))])
+    code, _, err = gallery_cli(path, capsys, "remove", "alice", "--photos", str(bob))
+    assert code == 1 and f"from {bob} (enrolled as bob); nothing was removed" in err
+    (tmp_path / "empty").mkdir()
+    code, _, err = gallery_cli(path, capsys, "remove", "alice", "--photos", str(tmp_path / "empty"))
+    assert code == 1 and "no photos in this folder" in err
+    code, _, err = gallery_cli(path, capsys, "remove", "alice", "--photos", str(tmp_path / "gone.jpg"))  # fmt: skip
+    assert code == 1 and "gone.jpg: cannot be read (No such file or directory)" in err
+    code, _, err = gallery_cli(path, capsys, "remove", "alice", "--photos", str(bob), "--forget")
+    assert code == 2 and "--photos keeps the person, --forget removes them whole" in err
+    with Gallery.open(path) as reader:
+        assert {i.name: i.embeddings for i in reader.identities()} == {"alice": 2, "bob": 2, "carol": 1}  # fmt: skip
