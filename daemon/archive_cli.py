@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon.archive_files import VISIT_FILE, archive_level, is_visit_folder, read_visit
+from daemon.cli_args import number
 from daemon.config import DEFAULT_CONFIG, SERVICE_CONFIG, ConfigError, running_config
 from daemon.config_file import load_config
 from daemon.gallery_names import twin_key
@@ -47,6 +48,13 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--config's archive.dir not yet made by the daemon: no visits yet, 0)",
     )
     listing.add_argument("--camera", help="only this camera's visits")
+    listing.add_argument(
+        "--track",
+        type=number(int, ge=0),
+        metavar="N",
+        help="with --camera: the visit of an event's track_id, e.g. an unknown one's (track "
+        "ids restart with the daemon: --since its day leaves out earlier runs' track N)",
+    )
     listing.add_argument(
         "--since",
         type=_moment,
@@ -146,6 +154,8 @@ def _holds(folder: Path, photos: set[str]) -> bool:
 def _wanted(about: dict[str, Any], args: argparse.Namespace) -> bool:
     if args.camera is not None and about.get("camera") != args.camera:
         return False
+    if args.track is not None and about.get("track_id") != args.track:
+        return False
     if args.since is not None and about["first_seen_ts"] < args.since:
         return False
     if args.unknown and _names(about):
@@ -182,6 +192,9 @@ def _local_time(ts: float) -> str:
 
 
 def run_list(args: argparse.Namespace) -> int:
+    if args.track is not None and args.camera is None:
+        print_error("--track needs --camera: each camera numbers its own tracks")
+        return 2
     root, which = args.dir, None
     if root is None:
         try:
@@ -245,6 +258,11 @@ def _say_why_none(
     if args.camera is not None:
         cameras = sorted({str(about.get("camera")) for about in visits})
         print(f"cameras in the archive: {', '.join(cameras) or 'none'}", file=sys.stderr)
+    if args.track is not None:
+        note = "a track's visit is written once it has left (its left event)"
+        if which != "all":
+            note += ", and with archive.which: unknown only if none of its events named anyone"
+        print(note, file=sys.stderr)
     if args.name is not None:
         if which == "unknown":
             print(

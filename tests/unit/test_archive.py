@@ -572,6 +572,41 @@ def test_archive_list_says_when_the_config_has_no_archive(tmp_path, capsys, monk
     )
 
 
+def test_archive_list_track_finds_the_visit_of_an_unknown_event(tmp_path, capsys) -> None:
+    """An `unknown` event says camera, track_id and first_seen_ts: `archive list --camera C
+    --track N` gives its visit's folder (only `--json` and jq could), also an earlier run's
+    track N (ids restart with the daemon), which `--since` leaves out."""
+    root = tmp_path / "archive"
+    visits = {}
+    for day, camera, name, track, ts in [
+        ("2026-11-29", "door", "101500-t5-unknown", 5, 1.7804e9),  # an earlier run's t5
+        ("2026-12-01", "door", "144036-t5-unknown", 5, 1.7806e9),
+        ("2026-12-01", "gate", "144037-t5-unknown", 5, 1.7806e9 + 1),
+        ("2026-12-01", "door", "144040-t6-unknown", 6, 1.7806e9 + 4),
+    ]:
+        folder = visits[name] = root / day / camera / name
+        folder.mkdir(parents=True)
+        about = {"camera": camera, "track_id": track, "first_seen_ts": ts, "identity": None}
+        (folder / VISIT_FILE).write_text(json.dumps(about))
+
+    def listed(*options: str) -> list[str]:
+        assert main(["archive", "list", "--dir", str(root), *options]) == 0
+        return [line.split("  ")[-1] for line in capsys.readouterr().out.splitlines()]
+
+    assert listed("--camera", "door", "--track", "5") == [
+        str(visits["101500-t5-unknown"]),
+        str(visits["144036-t5-unknown"]),
+    ]
+    since = datetime.fromtimestamp(1.7806e9).strftime("%Y-%m-%d")
+    assert listed("--camera", "door", "--track", "5", "--since", since) == [
+        str(visits["144036-t5-unknown"])
+    ]
+    assert main(["archive", "list", "--dir", str(root), "--camera", "door", "--track", "7"]) == 0
+    assert "a track's visit is written once it has left" in capsys.readouterr().err
+    assert main(["archive", "list", "--dir", str(root), "--track", "5"]) == 2
+    assert "--track needs --camera" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("which", ["unknown", "all"])
 def test_a_visit_once_named_and_then_unknown_is_not_an_unknown_visit(
     tmp_path, clip_faces, which
