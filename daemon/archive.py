@@ -412,6 +412,24 @@ class FaceArchive:
         ):
             self._pruned = {"size": 0, "age": 0}
 
+    def prune_once(self) -> dict[str, list[Path]]:
+        """Apply keep_days and max_mb once to the visits on disk, as the writer does, where
+        no writer runs (``facewatch archive prune``: the daemon stopped, or its archive
+        turned off); the visits deleted, by why: "age" or "size". Unlike the writer's start,
+        it leaves leftovers of a write (``.tmp-*``) alone: a daemon that claims no folder
+        (an older facewatch) may be writing them."""
+        self._index = scan_visits(self.root)
+        self._bytes = sum(entry[2] for entry in self._index)
+        aged = set(self._aged())
+        before = [folder for _, folder, _ in self._index]
+        self._prune(refresh=True)
+        kept = {folder for _, folder, _ in self._index}
+        gone = [folder for folder in before if folder not in kept]
+        return {
+            "age": [folder for folder in gone if folder in aged],
+            "size": [folder for folder in gone if folder not in aged],
+        }
+
     def _aged(self) -> dict[Path, int]:
         """The visits older than keep_days, with their size: those of this run by the
         monotonic clock, those of earlier runs by their start's wall-clock time."""

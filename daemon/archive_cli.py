@@ -4,6 +4,8 @@ to enroll from (docs/operations.md, section 3)."""
 from __future__ import annotations
 
 import argparse
+import errno
+import fcntl
 import json
 import os
 import shutil
@@ -12,13 +14,28 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from daemon.archive_files import VISIT_FILE, archive_level, is_visit_folder, read_visit
+from daemon.archive import FaceArchive
+from daemon.archive_files import (
+    VISIT_FILE,
+    archive_level,
+    is_visit_folder,
+    read_visit,
+    scan_visits,
+)
 from daemon.cli_args import number
-from daemon.config import DEFAULT_CONFIG, SERVICE_CONFIG, ConfigError, running_config
+from daemon.config import (
+    DEFAULT_CONFIG,
+    SERVICE_CONFIG,
+    ArchiveConfig,
+    ConfigError,
+    running_config,
+)
 from daemon.config_file import load_config
 from daemon.gallery_names import twin_key
 from daemon.journal import print_error
 from engines.base import file_sha256
+
+LOCK_FILE = "lock"  # in archive.dir: held by the daemon that writes it (as spool_dir's lock)
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -91,6 +108,47 @@ def register(commands: argparse._SubParsersAction) -> None:
         "list --config` lists them)",
     )
     remove.set_defaults(func=run_remove)
+    _register_prune(sub)
+
+
+def _register_prune(sub: argparse._SubParsersAction) -> None:
+    prune = sub.add_parser(
+        "prune",
+        help="delete the visits past keep_days or beyond max_mb now",
+        description="Delete the visits that started more than keep_days ago, then the oldest "
+        "while the archive takes more than max_mb, once, as the running daemon does every "
+        "minute: for an archive no daemon writes (the daemon stopped, or archive.dir set "
+        "back to null, which leaves its visits), from a timer. Run it as the daemon's user. "
+        "While a daemon writes the folder it prunes it itself: this says so, deletes "
+        "nothing, and exits 0. Only visit folders are deleted, as the daemon deletes them.",
+    )
+    where = prune.add_mutually_exclusive_group()
+    where.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="the daemon's config: its archive.dir, keep_days and max_mb (default: "
+        f"$FACEWATCH_CONFIG, else {SERVICE_CONFIG} when there is one, else the demo's)",
+    )
+    where.add_argument(
+        "--dir",
+        type=Path,
+        help="the archive folder itself (one left by archive.dir: null, say), with keep_days "
+        f"{ArchiveConfig().keep_days:g} and max_mb {ArchiveConfig().max_mb:g} unless given",
+    )
+    prune.add_argument(
+        "--keep-days",
+        type=number(float, gt=0, le=3650),
+        metavar="DAYS",
+        help="in place of the config's archive.keep_days",
+    )
+    prune.add_argument(
+        "--max-mb",
+        type=number(float, gt=0),
+        metavar="MB",
+        help="in place of the config's archive.max_mb",
+    )
+    prune.set_defaults(func=run_prune)
 
 
 def _moment(text: str) -> float:
@@ -316,3 +374,127 @@ def _outside_the_archive(config: Path | None, visits: list[Path]) -> tuple[int, 
     if foreign:
         return 1, f"not in the face archive {archive} of {config}: {', '.join(foreign)}"
     return 0, ""
+
+
+def run_prune(args: argparse.Namespace) -> int:
+    try:
+        settings = _prune_settings(args)
+    except ConfigError as exc:
+        print_error(str(exc))
+        return 2
+    root = Path(str(settings.dir))
+    if not root.exists() and args.dir is None:  # archive.dir not made yet
+        print(f"{root}: no visits (the folder does not exist)")
+        return 0
+    if not root.is_dir():
+        print_error(f"{root}: no such folder (the archive's folder, archive.dir)")
+        return 2
+    if archive_level(root) not in (None, "the archive"):
+        print_error(
+            f"{root}: {archive_level(root)} folder of the face archive: give the archive's "
+            "own folder (archive.dir)"
+        )
+        return 2
+    if not os.access(root, os.R_OK | os.W_OK | os.X_OK):
+        print_error(
+            f"{root}: cannot be read and written by this user; run as the daemon's user "
+            "(the `fw` helper of docs/operations.md, section 2)"
+        )
+        return 1
+    try:
+        lock = _claim(root)
+    except OSError as exc:
+        if exc.errno != errno.EBUSY:
+            print_error(f"{root / LOCK_FILE}: cannot be opened ({exc.strerror or exc})")
+            return 1
+        print(
+            f"{root}: the running daemon (pid {_holder(root)}) prunes it itself, by its "
+            "config's keep_days and max_mb; nothing was deleted"
+        )
+        return 0
+    try:
+        _keep_for_the_daemon(lock, root)
+        return _prune(root, settings)
+    finally:
+        os.close(lock)
+
+
+def _prune_settings(args: argparse.Namespace) -> ArchiveConfig:
+    """The archive to prune and its limits: --dir with the defaults, else the --config's
+    archive section (the running daemon's config by default); --keep-days and --max-mb
+    replace either's. ConfigError for a config without archive.dir."""
+    if args.dir is not None:
+        settings = ArchiveConfig(dir=str(args.dir))
+    else:
+        args.config = args.config or running_config()
+        settings = load_config(args.config, secrets=False).archive
+        if settings.dir is None:
+            raise ConfigError(
+                f"{args.config}: archive.dir is not set (the archive is off); the visits an "
+                "archive left stay until deleted: give its folder as --dir DIR"
+            )
+    changes = {"keep_days": args.keep_days, "max_mb": args.max_mb}
+    return settings.model_copy(update={k: v for k, v in changes.items() if v is not None})
+
+
+def _prune(root: Path, settings: ArchiveConfig) -> int:
+    """Delete what keep_days and max_mb leave out, each visit said; exit status 1 when one
+    could not be deleted (another user's), named."""
+    deleted = FaceArchive(settings, "", None).prune_once()
+    why = {
+        "age": f"started over keep_days {settings.keep_days:g} ago",
+        "size": f"oldest beyond max_mb {settings.max_mb:g}",
+    }
+    failed = []
+    for reason, folders in deleted.items():
+        for folder in folders:
+            if folder.exists():
+                failed.append(str(folder))
+            else:
+                print(f"deleted {folder} ({why[reason]})")
+    left = scan_visits(root)
+    print(
+        f"deleted {len(deleted['age'])} visit(s) older than keep_days {settings.keep_days:g} "
+        f"and {len(deleted['size'])} to stay within max_mb {settings.max_mb:g}; "
+        f"{len(left)} visit(s), {sum(size for _, _, size in left) / 1e6:.1f} MB left in {root}"
+    )
+    if failed:
+        print_error(
+            f"could not be deleted: {', '.join(failed)}; run as the daemon's user (the `fw` "
+            "helper of docs/operations.md, section 2)"
+        )
+        return 1
+    return 0
+
+
+def _claim(root: Path) -> int:
+    """The archive's ``lock`` file, locked for this command (the running daemon holds it
+    while it writes the archive), with this pid in it: the open file. OSError EBUSY while
+    another facewatch holds it; on a file system without locks, the file all the same."""
+    fd = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise OSError(errno.EBUSY, f"{root}: in use by another facewatch") from None
+    except OSError as exc:  # some NFS, FUSE: a daemon beside it would not be seen
+        print(f"warning: {root / LOCK_FILE}: cannot be locked ({exc.strerror})", file=sys.stderr)
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    return fd
+
+
+def _holder(root: Path) -> str:
+    """The pid the facewatch holding the archive's lock wrote in it ('?' when unreadable)."""
+    try:
+        return (root / LOCK_FILE).read_text(errors="replace").strip() or "?"
+    except OSError:
+        return "?"
+
+
+def _keep_for_the_daemon(lock: int, root: Path) -> None:
+    """Run as root, the lock file goes to the archive folder's owner: one left root's
+    (0600) would keep the daemon, which runs as that user, from its archive's lock."""
+    if os.geteuid() == 0:
+        owner = root.stat()
+        os.fchown(lock, owner.st_uid, owner.st_gid)

@@ -557,7 +557,8 @@ class ArchiveConfig(Section):
         None,
         "keep the faces of each visit (a track, from its first frame to `left`) here, one "
         "folder per visit, to review and to enroll from; null = off; relative to the config; "
-        "the daemon owns it (it deletes old visits)",
+        "the daemon owns it (it deletes old visits while it runs: set back to null, the "
+        "visits kept so far stay, for `rm -r` or `facewatch archive prune --dir`)",
     )
     which: Literal["unknown", "all"] = _field(
         "unknown",

@@ -4,8 +4,10 @@ how it fails, on faces MTCNN finds in the demo clip."""
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -227,6 +229,53 @@ def test_old_visits_and_the_oldest_beyond_the_size_limit_are_deleted(tmp_path, c
     assert _sample("facewatch_archive_pruned_total", reason="age") == pruned["age"] + 1
     assert _sample("facewatch_archive_pruned_total", reason="size") == pruned["size"] + 1
     assert "deleted 1 visit(s) older than keep_days 7 and 1 to stay within max_mb" in caplog.text
+
+
+def test_archive_prune_applies_keep_days_and_max_mb_where_no_daemon_runs(tmp_path, capsys) -> None:  # fmt: skip
+    """Retention ran only inside a running daemon with the archive on: stopped, or with
+    archive.dir set back to null, its strangers' visits stayed for good. `archive prune`
+    applies the config's limits once (a timer's job), as the daemon would, leaves what is
+    not a visit (and a write in progress) alone, and deletes nothing while a daemon holds
+    the archive's lock: that daemon prunes it itself."""
+    root = tmp_path / "archive"
+    expired = _old_visit(root, "2026-01-02", "080000-t1-unknown", 1000)
+    day = datetime.fromtimestamp(time.time() - 3 * 3600).strftime("%Y-%m-%d")
+    oldest = _old_visit(root, day, "000000-t1-unknown", 400_000)
+    kept = [_old_visit(root, day, f"00000{k}-t{k}-unknown", 400_000) for k in (1, 2)]
+    mine = root / "2026-01-01" / "my faces" / "080000-t1-unknown"  # the user's own
+    mine.mkdir(parents=True)
+    (mine / VISIT_FILE).write_text("{}")
+    (root / ".tmp-being-written").mkdir()
+    config = tmp_path / "facewatch.yaml"
+    settings = {"dir": str(root), "keep_days": 7, "max_mb": 2 * _disk(kept[0]) / 1e6}
+    config.write_text(json.dumps({"cameras": [{"name": "door", "url": str(CLIP)}],
+                                  "archive": settings}))  # fmt: skip
+    held = os.open(root / "lock", os.O_RDWR | os.O_CREAT, 0o600)  # a running daemon's
+    try:
+        os.write(held, b"4242")
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert main(["archive", "prune", "--config", str(config)]) == 0
+        assert "the running daemon (pid 4242) prunes it itself" in capsys.readouterr().out
+        assert expired.exists() and oldest.exists()
+    finally:
+        os.close(held)
+    assert main(["archive", "prune", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert f"deleted {expired} (started over keep_days 7 ago)" in out
+    assert f"deleted {oldest} (oldest beyond max_mb" in out
+    assert "deleted 1 visit(s) older than keep_days 7 and 1 to stay within max_mb" in out
+    assert f"2 visit(s), {sum(map(_disk, kept)) / 1e6:.1f} MB left in {root}" in out
+    assert not expired.parent.parent.exists() and not oldest.exists()
+    assert all(folder.exists() for folder in kept) and mine.exists()
+    assert (root / ".tmp-being-written").exists()
+    # the archive turned off: its folder is given, and the limits
+    config.write_text(json.dumps({"cameras": [{"name": "door", "url": str(CLIP)}]}))
+    assert main(["archive", "prune", "--config", str(config)]) == 2
+    assert "archive.dir is not set (the archive is off)" in capsys.readouterr().err
+    assert main(["archive", "prune", "--dir", str(root), "--keep-days", "0.0001"]) == 0
+    assert "deleted 2 visit(s) older than keep_days 0.0001" in capsys.readouterr().out
+    assert not any(folder.exists() for folder in kept) and mine.exists()
+    assert main(["archive", "prune", "--dir", str(tmp_path / "nothing")]) == 2
 
 
 def test_visits_written_before_the_clock_was_set_are_kept_keep_days(tmp_path, clip_faces) -> None:
