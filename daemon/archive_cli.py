@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import errno
-import fcntl
 import json
 import os
 import shutil
@@ -16,12 +15,14 @@ from typing import Any
 
 from daemon.archive import FaceArchive
 from daemon.archive_files import (
+    LOCK_FILE,
     VISIT_FILE,
     archive_level,
     is_visit_folder,
     read_visit,
     scan_visits,
 )
+from daemon.claims import claim
 from daemon.cli_args import number
 from daemon.config import (
     DEFAULT_CONFIG,
@@ -34,8 +35,6 @@ from daemon.config_file import load_config
 from daemon.gallery_names import twin_key
 from daemon.journal import print_error
 from engines.base import file_sha256
-
-LOCK_FILE = "lock"  # in archive.dir: held by the daemon that writes it (as spool_dir's lock)
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -402,7 +401,7 @@ def run_prune(args: argparse.Namespace) -> int:
         )
         return 1
     try:
-        lock = _claim(root)
+        lock = claim(root / LOCK_FILE, "archive.dir")
     except OSError as exc:
         if exc.errno != errno.EBUSY:
             print_error(f"{root / LOCK_FILE}: cannot be opened ({exc.strerror or exc})")
@@ -465,23 +464,6 @@ def _prune(root: Path, settings: ArchiveConfig) -> int:
         )
         return 1
     return 0
-
-
-def _claim(root: Path) -> int:
-    """The archive's ``lock`` file, locked for this command (the running daemon holds it
-    while it writes the archive), with this pid in it: the open file. OSError EBUSY while
-    another facewatch holds it; on a file system without locks, the file all the same."""
-    fd = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise OSError(errno.EBUSY, f"{root}: in use by another facewatch") from None
-    except OSError as exc:  # some NFS, FUSE: a daemon beside it would not be seen
-        print(f"warning: {root / LOCK_FILE}: cannot be locked ({exc.strerror})", file=sys.stderr)
-    os.ftruncate(fd, 0)
-    os.write(fd, str(os.getpid()).encode())
-    return fd
 
 
 def _holder(root: Path) -> str:
