@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shlex
 import socket
 import sqlite3
 import ssl
@@ -44,7 +45,7 @@ from daemon.config import MqttConfig, TlsConfig
 from daemon.events import person_key
 from daemon.journal import Outage
 from daemon.mqtt_tls import RenewableContext
-from daemon.spool import Message, Spool
+from daemon.spool import Backlog, Message, Spool, as_owner, topic_node
 
 logger = logging.getLogger(__name__)
 
@@ -169,6 +170,9 @@ class MqttPublisher:
     def start(self) -> None:
         cfg = self.config
         logger.info("MQTT: connecting to %s:%d%s", cfg.host, cfg.port, " (TLS)" if cfg.tls else "")
+        strays = self.spool.strays(self.base)
+        if strays is not None:
+            self._say_strays(strays)
         self.client.connect_async(cfg.host, cfg.port, keepalive=cfg.keepalive_s)
         self.client.loop_start()
         self._thread.start()
@@ -203,6 +207,19 @@ class MqttPublisher:
         self.client.disconnect()
         self.client.loop_stop()
         metrics.MQTT_CONNECTED.set(0)
+
+    def _say_strays(self, strays: Backlog) -> None:
+        """Spooled messages for another node than this one: they go out under that node's
+        topics, which the box they came from may have delivered already (a restored backup)."""
+        logger.warning(
+            "MQTT spool %s: %d message(s)%s spooled for %s, not for this node (%s): node_id "
+            "or mqtt.topic_prefix changed since, or the spool was copied from another box. "
+            "They are sent as they are, under those topics (a broker whose ACL refuses them: "
+            "dropped); if the box they came from delivered them already, stop facewatch and "
+            "delete them: %ssqlite3 %s \"DELETE FROM messages WHERE topic NOT GLOB '%s/*'\"",
+            self.spool.path, strays.count, strays.when(), ", ".join(strays.nodes), self.base,
+            as_owner(), shlex.quote(str(self.spool.path)), self.base,
+        )  # fmt: skip
 
     def notify(self) -> None:
         """New messages are in the spool."""
@@ -434,13 +451,23 @@ class MqttPublisher:
                 f"the broker refused {topic} ({reason}): the broker's ACL must let {who} "
                 f"write {self.base}/#"
             )
-        levels = topic.split("/")  # DISCOVERY_PREFIX/PLATFORM/facewatch_NODE/ENTITY/config
-        pattern = "/".join([*levels[:-4], "+", levels[-3], "#"])
-        return (
-            f"the broker refused Home Assistant's discovery config {topic} ({reason}): Home "
-            f"Assistant finds none of this node's entities; the broker's ACL must let {who} "
-            f"write {pattern} (and read {self._birth_topic or 'DISCOVERY_PREFIX/status'})"
-        )
+        if topic.startswith(f"{cfg.home_assistant.discovery_prefix}/"):
+            levels = topic.split("/")  # DISCOVERY_PREFIX/PLATFORM/facewatch_NODE/ENTITY/config
+            pattern = "/".join([*levels[:-4], "+", levels[-3], "#"])
+            return (
+                f"the broker refused Home Assistant's discovery config {topic} ({reason}): Home "
+                f"Assistant finds none of this node's entities; the broker's ACL must let {who} "
+                f"write {pattern} (and read {self._birth_topic or 'DISCOVERY_PREFIX/status'})"
+            )
+        node = topic_node(topic)
+        if node != topic:  # an event or snapshot spooled under another node_id or prefix
+            return (
+                f"the broker refused {topic} ({reason}), spooled for {node}, not for this node "
+                f"({self.base}: node_id or mqtt.topic_prefix changed since, or the spool came "
+                f"from another box); the broker's ACL lets {who} write it only with a line for "
+                f"{node}/#"
+            )
+        return f"the broker refused {topic} ({reason}): the broker's ACL must let {who} write it"
 
     def _on_message(self, client: paho.Client, userdata: object, message: paho.MQTTMessage) -> None:
         if message.topic == self._birth_topic and message.payload == ONLINE.encode():
@@ -641,8 +668,12 @@ class MqttPublisher:
         """The broker's ACL refused a spooled message. An event stays in the spool (and what
         came after it, in order) and is offered again in ``REFUSED_RETRY_S``; logged once,
         then every ``REMIND_S`` until one passes. A snapshot is dropped (logged once a run): an ACL that keeps faces
-        off the broker, or was written before snapshots, held every event behind it."""
+        off the broker, or was written before snapshots, held every event behind it. A message
+        spooled for another node is dropped too (``_drop_stray``)."""
         metrics.MQTT_PUBLISHES.labels("refused").inc()
+        if not message.topic.startswith(f"{self.base}/"):
+            self._drop_stray(message, reason)
+            return
         if message.kind != "event":
             if not self._snapshots_refused:
                 logger.error(
@@ -668,6 +699,20 @@ class MqttPublisher:
                 REFUSED_RETRY_S,
             )  # fmt: skip
         self._stop.wait(REFUSED_RETRY_S)
+
+    def _drop_stray(self, message: Message, reason: str) -> None:
+        """A message spooled for another node (``_say_strays``) that the broker refuses: the
+        ACL written for this node never lets it through, and it would hold this node's events
+        behind it for good. It goes, with every message spooled for its topic (a snapshot:
+        with its camera's), in one line."""
+        group = message.topic if message.kind == "event" else message.topic.rsplit("/", 1)[0]
+        dropped = self.spool.delete_under(group)
+        metrics.MQTT_PUBLISHES.labels("dropped").inc(dropped)
+        logger.warning(
+            "MQTT: %s; dropped, with every message spooled for %s: %d in all, so this node's "
+            "go on (%d message(s) wait in the spool)",
+            self._refusal_said(message.topic, reason), group, dropped, len(self.spool),
+        )  # fmt: skip
 
     def _passed(self, message: Message) -> None:
         """A spooled message was taken: after refusals, the broker takes them again."""

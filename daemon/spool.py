@@ -21,12 +21,15 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import json
 import logging
 import os
+import pwd
 import sqlite3
 import threading
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -100,6 +103,61 @@ def _old_layout(db: sqlite3.Connection) -> bool:
     """A spool an older facewatch made: 4 KB pages, or AUTOINCREMENT ids."""
     page_size = int(db.execute("PRAGMA page_size").fetchone()[0])
     return page_size != PAGE_SIZE or _autoincrement(db)
+
+
+def topic_node(topic: str) -> str:
+    """The ``PREFIX/NODE`` a spooled message's topic names: the part before
+    ``/events/CAMERA`` or ``/snapshots/CAMERA/EVENT_ID`` (the topic itself when neither)."""
+    levels = topic.split("/")
+    if len(levels) >= 4 and levels[-2] == "events":
+        return "/".join(levels[:-2])
+    if len(levels) >= 5 and levels[-3] == "snapshots":
+        return "/".join(levels[:-3])
+    return topic
+
+
+@dataclass(frozen=True)
+class Backlog:
+    """Some of the spooled messages, for the log: how many, for which nodes, of when."""
+
+    count: int
+    nodes: tuple[str, ...]  # the PREFIX/NODE their topics name
+    first_ts: float | None  # the frame times of the oldest and newest event among them
+    last_ts: float | None
+
+    def when(self) -> str:
+        """`` (events of 2025-05-01 14:03 to 2025-05-02 09:12)`` in local time, or nothing
+        when no event among them says when it was seen."""
+        if self.first_ts is None or self.last_ts is None:
+            return ""
+        first, last = (_local(ts) for ts in (self.first_ts, self.last_ts))
+        return f" (events of {first}" + ("" if last == first else f" to {last}") + ")"
+
+
+def _local(ts: float) -> str:
+    """A time as the log's reminders say it, ``2025-05-01 14:03``."""
+    return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M")
+
+
+def as_owner() -> str:
+    """``sudo -u USER `` for a command on the daemon's files (SQLite files root made beside
+    the spool's would keep the daemon out), or nothing when it runs as root."""
+    uid = os.geteuid()
+    if uid == 0:
+        return ""
+    try:
+        return f"sudo -u {pwd.getpwuid(uid).pw_name} "
+    except KeyError:  # (a container's user without a name)
+        return f"sudo -u '#{uid}' "
+
+
+def _frame_ts(payload: bytes) -> float | None:
+    """An event's ``frame_ts``, or None when the payload has none (damaged, another version)."""
+    try:
+        ts = json.loads(payload).get("frame_ts")
+    except (ValueError, AttributeError):
+        return None
+    return float(ts) if isinstance(ts, (int, float)) else None
 
 
 @dataclass(frozen=True)
@@ -321,6 +379,43 @@ class Spool:
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         except (OSError, sqlite3.Error) as exc:  # (a full disk: VACUUM needs room) next time
             logger.debug("MQTT spool %s: not shrunk: %s", self.path, exc)
+
+    def strays(self, base: str) -> Backlog | None:
+        """The spooled messages whose topic is not under ``base/`` (this node's
+        ``PREFIX/NODE``); None when there are none."""
+        backlog = self._backlog("WHERE substr(topic, 1, ?) != ?", (len(base) + 1, f"{base}/"))
+        return backlog if backlog.count else None
+
+    def _backlog(self, where: str, args: tuple[object, ...]) -> Backlog:
+        """The messages ``where`` selects: how many, for which nodes, and of when."""
+        nodes: set[str] = set()
+        count, times = 0, []
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT topic, CASE WHEN kind = 'event' THEN payload END FROM messages "
+                f"{where} ORDER BY id",
+                args,
+            )
+            for topic, payload in rows:
+                count += 1
+                nodes.add(topic_node(topic))
+                ts = None if payload is None else _frame_ts(bytes(payload))
+                if ts is not None:
+                    times.append(ts)
+        return Backlog(
+            count, tuple(sorted(nodes)), min(times, default=None), max(times, default=None)
+        )
+
+    def delete_under(self, topic: str) -> int:
+        """Delete every message for ``topic`` and the topics under it; how many went."""
+        with self._lock:
+            deleted = self._db.execute(
+                "DELETE FROM messages WHERE topic = ? OR substr(topic, 1, ?) = ?",
+                (topic, len(topic) + 1, f"{topic}/"),
+            ).rowcount
+            self._count -= deleted
+            self._sent_in_wal = self._sent_in_wal or bool(deleted)
+        return int(deleted)
 
     def remember(self, key: str, value: str) -> None:
         with self._lock:

@@ -595,6 +595,63 @@ def test_messages_the_brokers_acl_refuses_are_named_and_kept_until_it_lets_them_
         broker.stop()
 
 
+def test_messages_spooled_for_another_node_that_the_acl_refuses_do_not_hold_this_nodes(
+    tmp_path, caplog, monkeypatch
+) -> None:
+    """A spool restored from box A on box B (or node_id renamed while events waited), MQTT 5
+    and the broker's ACL written for node boxb: A's events, refused, held every one of B's
+    behind them for good, and the log called them Home Assistant's discovery config with an
+    ACL line for +/boxa/#. The start says what the spool holds for another node (how many,
+    when, how to delete them); the refused ones are dropped, one line per topic, and B's
+    events go on."""
+    monkeypatch.setattr(mqtt_module, "REFUSED_RETRY_S", 0.5)
+    caplog.set_level(logging.INFO, logger="daemon.mqtt")
+    broker, _ = _acl_broker(tmp_path, ["facewatch/boxb/#", "homeassistant/+/facewatch_boxb/#"])
+    spool = Spool(tmp_path / "spool", 100)
+    old = "facewatch/boxa/events/door"
+    for n, ts in enumerate((1_764_600_000.0, 1_764_600_100.0, 1_764_603_600.0)):
+        spool.append(old, json.dumps({"n": n, "frame_ts": ts}).encode(), kind="event")
+        spool.append(f"facewatch/boxa/snapshots/door/e{n}", b"\xff\xd8 a face")
+    for n in range(2):
+        spool.append("facewatch/boxb/events/door", json.dumps({"n": n}).encode(), kind="event")
+    config = MqttConfig(port=broker.port, username=USER, password=MQTT_SECRET, protocol="5")
+    publisher = MqttPublisher(config, "boxb", spool)
+    subscriber = Subscriber(broker.port, "#", username=ADMIN, password=ADMIN_SECRET)
+    publisher.start()
+    try:
+        wait_for(lambda: len(subscriber.events()) == 2, 20, "this node's events")
+        assert [e["n"] for e in subscriber.events()] == [0, 1]
+        wait_for(lambda: len(spool) == 0, 5, "the spool emptied")
+    finally:
+        publisher.stop(timeout_s=2, drain_s=0)
+        subscriber.close()
+        spool.close()
+        broker.stop()
+    log = caplog.text
+    first, last = (
+        time.strftime("%Y-%m-%d %H:%M", time.localtime(t)) for t in (1_764_600_000, 1_764_603_600)
+    )
+    assert (
+        f"MQTT spool {spool.path}: 6 message(s) (events of {first} to {last}) spooled for "
+        "facewatch/boxa, not for this node (facewatch/boxb): node_id or mqtt.topic_prefix "
+        "changed since"
+    ) in log, log
+    assert f'sqlite3 {spool.path} "DELETE FROM messages WHERE topic NOT GLOB ' in log
+    assert (
+        f"the broker refused {old} (Not authorized), spooled for facewatch/boxa, not for this "
+        "node (facewatch/boxb: node_id or mqtt.topic_prefix changed since"
+    ) in log
+    assert (
+        f"only with a line for facewatch/boxa/#; dropped, with every message spooled for {old}: 3 in all"
+        in log
+    )
+    assert log.count("dropped, with every message spooled for") == 2, (
+        "the events', a camera's snapshots'"
+    )
+    assert "discovery config" not in log and "stays in the spool" not in log
+    assert metrics.MQTT_REFUSED._value.get() == 0
+
+
 @pytest.mark.parametrize("command", ["validate-config", "run"])
 def test_config_errors_do_not_echo_secrets(tmp_path, capsys, command) -> None:
     config = tmp_path / "bad.yaml"

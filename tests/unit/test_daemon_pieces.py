@@ -2821,6 +2821,50 @@ def test_the_log_of_a_pipeline_behind_says_which_fps_would_do(monkeypatch, caplo
     assert "full_scan_every" not in lines[0]
 
 
+def test_a_spool_holding_another_nodes_messages_is_said_at_start_with_the_line_to_delete_them(
+    tmp_path, caplog
+) -> None:
+    """A spool copied from another box (or node_id renamed while events waited): its
+    messages went out under the old node's topics, a second time where the old box had
+    delivered them, without a word. The start names how many, for which node, of when, and
+    the sqlite3 line that deletes them; that line leaves this node's own messages."""
+    from daemon.config import MqttConfig
+    from daemon.mqtt import MqttPublisher
+
+    spool = Spool(tmp_path / "spool", 100)
+    for n, ts in enumerate((1_764_600_000.0, 1_764_686_400.0)):
+        spool.append("home/fw/boxa/events/door", json.dumps({"frame_ts": ts}).encode(), "event")
+        spool.append(f"home/fw/boxa/snapshots/door/e{n}", b"\xff\xd8 a face")
+    spool.append("home/fw/box/events/door", b"{}", "event")  # (box is a prefix of boxa)
+    spool.append("home/fw/boxb/events/door", b'{"n": 1}', "event")
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))  # nothing listens: no broker sends them meanwhile
+    config = MqttConfig(port=closed.getsockname()[1], topic_prefix="home/fw")
+    publisher = MqttPublisher(config, "boxb", spool)
+    with caplog.at_level("WARNING", logger="daemon.mqtt"):
+        publisher.start()
+        publisher.stop(timeout_s=1, drain_s=0)
+    closed.close()
+    spool.close()
+    [said] = [r.getMessage() for r in caplog.records if "not for this node" in r.getMessage()]
+    first, last = (
+        time.strftime("%Y-%m-%d %H:%M", time.localtime(t)) for t in (1_764_600_000, 1_764_686_400)
+    )
+    assert said.startswith(
+        f"MQTT spool {spool.path}: 5 message(s) (events of {first} to {last}) spooled for "
+        "home/fw/box, home/fw/boxa, not for this node (home/fw/boxb): node_id or "
+        "mqtt.topic_prefix changed since, or the spool was copied from another box"
+    ), said
+    command = said.split("delete them: ", 1)[1]
+    subprocess.run(["sh", "-c", command], check=True, timeout=30)
+    again = Spool(tmp_path / "spool", 100)
+    assert [(m.topic, m.payload) for m in again.peek(10)] == [
+        ("home/fw/boxb/events/door", b'{"n": 1}')
+    ]
+    assert again.strays("home/fw/boxb") is None
+    again.close()
+
+
 def test_a_broker_port_that_is_no_mqtt_broker_is_said(tmp_path, caplog) -> None:
     """mqtt.port set to something that takes the connection and closes it (a web server, a
     websockets or TLS listener): the log said only 'connecting to', while events spooled."""
