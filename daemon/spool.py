@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import pwd
+import shlex
 import sqlite3
 import threading
 import time
@@ -35,6 +36,7 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 SPOOL_FILE = "mqtt-spool.sqlite"
+MACHINE_ID_FILE = "/etc/machine-id"  # recorded in the spool: a copy on another box is told
 SQLITE_IOERR, SQLITE_CORRUPT, SQLITE_FULL, SQLITE_NOTADB = 10, 11, 13, 26
 SHRINK_ABOVE_BYTES = 8 << 20  # an empty spool's file larger than this is vacuumed
 # a drained spool's write-ahead log is emptied at most this often: it holds the messages sent
@@ -151,6 +153,14 @@ def as_owner() -> str:
         return f"sudo -u '#{uid}' "
 
 
+def _machine_id() -> str | None:
+    """This machine's systemd machine id (None without one: some containers)."""
+    try:
+        return Path(MACHINE_ID_FILE).read_text().strip() or None
+    except OSError:
+        return None
+
+
 def _frame_ts(payload: bytes) -> float | None:
     """An event's ``frame_ts``, or None when the payload has none (damaged, another version)."""
     try:
@@ -193,10 +203,36 @@ class Spool:
         self._lock = threading.Lock()
         self._dropped, self._next_drop_log = 0, 0.0
         self._sent_in_wal, self._tidied = False, time.monotonic()  # (see tidy)
+        self._check_machine()
         if self._count:
             logger.info(
                 "MQTT spool %s: %d messages from before, sent first", self.path, self._count
             )
+
+    def _check_machine(self) -> None:
+        """A spool copied from another machine (a backup restored, a box moved) sends what it
+        held, which that machine may have delivered since the copy: said at the start, with
+        the line that deletes them. Each start records the machine it runs on."""
+        here = _machine_id()
+        if here is None:
+            return
+        try:
+            there = self.recall("machine")
+            if there is not None and there != here and self._count:
+                backlog = self._backlog("", ())
+                logger.warning(
+                    "MQTT spool %s: its %d message(s)%s were spooled on another machine (its "
+                    "/etc/machine-id differs): a backup restored, or a box moved. They are "
+                    "sent now, to %s; if that machine delivered them already (it ran on after "
+                    "the copy), stop facewatch and delete them: %ssqlite3 %s "
+                    "'DELETE FROM messages'",
+                    self.path, backlog.count, backlog.when(), ", ".join(backlog.nodes),
+                    as_owner(), shlex.quote(str(self.path)),
+                )  # fmt: skip
+            if there != here:
+                self.remember("machine", here)
+        except sqlite3.Error as exc:  # (its disk full: told when events need it)
+            logger.debug("MQTT spool %s: the machine not recorded: %s", self.path, exc)
 
     def _claim(self) -> int:
         """An exclusive lock on the folder's ``lock`` file, held while the spool is open: a

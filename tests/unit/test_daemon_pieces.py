@@ -2865,6 +2865,45 @@ def test_a_spool_holding_another_nodes_messages_is_said_at_start_with_the_line_t
     again.close()
 
 
+def test_a_spool_copied_to_another_machine_is_said_at_start_with_the_line_to_empty_it(
+    tmp_path, monkeypatch, caplog
+) -> None:
+    """A state folder backed up while events waited in the spool, restored on a new box
+    (the same node_id): every event in it was sent again, also those the old box delivered
+    after the backup, without a word. The first start on another machine says so, with the
+    line that empties the spool; later starts there, and an empty spool, say nothing."""
+    from daemon import spool as spool_module
+
+    machine_id = tmp_path / "machine-id"
+    monkeypatch.setattr(spool_module, "MACHINE_ID_FILE", str(machine_id))
+    machine_id.write_text("0123456789abcdef0123456789abcdef\n")
+    Spool(tmp_path / "empty", 10).close()
+    spool = Spool(tmp_path / "spool", 10)
+    for ts in (1_764_600_000.0, 1_764_600_030.0):
+        spool.append("facewatch/box/events/door", json.dumps({"frame_ts": ts}).encode(), "event")
+    spool.close()
+    machine_id.write_text("fedcba9876543210fedcba9876543210\n")  # the new box
+    with caplog.at_level("WARNING", logger="daemon.spool"):
+        Spool(tmp_path / "empty", 10).close()
+        assert caplog.text == "", "an empty spool sends nothing twice"
+        Spool(tmp_path / "spool", 10).close()
+    [said] = [r.getMessage() for r in caplog.records]
+    at = time.strftime("%Y-%m-%d %H:%M", time.localtime(1_764_600_000))
+    assert said.startswith(
+        f"MQTT spool {spool.path}: its 2 message(s) (events of {at}) were spooled on another "
+        "machine (its /etc/machine-id differs): a backup restored, or a box moved. They are "
+        "sent now, to facewatch/box; if that machine delivered them already"
+    ), said
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="daemon.spool"):
+        Spool(tmp_path / "spool", 10).close()  # its next start: said once is enough
+    assert caplog.text == "", caplog.text
+    subprocess.run(["sh", "-c", said.split("delete them: ", 1)[1]], check=True, timeout=30)
+    again = Spool(tmp_path / "spool", 10)
+    assert len(again) == 0
+    again.close()
+
+
 def test_a_broker_port_that_is_no_mqtt_broker_is_said(tmp_path, caplog) -> None:
     """mqtt.port set to something that takes the connection and closes it (a web server, a
     websockets or TLS listener): the log said only 'connecting to', while events spooled."""
