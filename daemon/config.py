@@ -694,7 +694,8 @@ class LoggingConfig(Section):
 class Config(Section):
     node_id: str = _field(
         "facewatch",
-        "this daemon's name in topics and metrics: letters, digits, _ and - (1 to 64), "
+        "this daemon's name in topics and metrics, and its MQTT client id facewatch-NODE_ID "
+        "(each daemon on a broker needs its own): letters, digits, _ and - (1 to 64), "
         "not starting with -, with a letter or digit",
     )
     _node = field_validator("node_id")(_a_name)

@@ -51,6 +51,13 @@ logger = logging.getLogger(__name__)
 
 ONLINE, OFFLINE = "online", "offline"
 UNSPECIFIED = 128  # MQTT reason code "Unspecified error"
+SESSION_TAKEN_OVER = 142  # MQTT 5 reason code: another client connected with this client id
+# MQTT 3.1.1 brokers close the connection without a word when another client connects with
+# its client id: a connection lost this soon after the broker took it, this many times in a
+# row (each reconnection pushes the other client off), is read as that
+SHORT_LINK_S = 5.0
+TAKEN_OVER_AFTER = 3
+HOLDS_S = 60.0  # ... and one that lasts this long says the other client is gone
 # Retained state goes at QoS 0: its latest value is sent again at every connection, and paho
 # must not keep an older one, sent into a link that died unnoticed, to resend after it.
 STATE_QOS = 0
@@ -83,6 +90,7 @@ class MqttPublisher:
     def __init__(self, config: MqttConfig, node_id: str, spool: Spool) -> None:
         self.config, self.spool = config, spool
         self.base = f"{config.topic_prefix.rstrip('/')}/{node_id}"
+        self.node_id, self.client_id = node_id, f"facewatch-{node_id}"
         self.status_topic = f"{self.base}/status"
         self.connected = threading.Event()
         self._wake = threading.Event()
@@ -120,6 +128,12 @@ class MqttPublisher:
         # the TLS files, loaded now (an error stops the start); renewed ones at connections
         self.tls = None if config.tls is None else RenewableContext(config.tls, self.renew_tls)
         self._tls_unusable: str | None = None  # why renewed files cannot be used (said once)
+        # another client with this client id: when the broker last took this one's connection,
+        # how many in a row were lost soon after, and since when (and how often) it is taken
+        self._connected_at = 0.0
+        self._short_links = 0
+        self._taken: Outage | None = None
+        self._taken_times = 0
         self.client = self._make_client(node_id)
         self._thread = threading.Thread(target=self._run, name="mqtt-publisher", daemon=True)
 
@@ -127,7 +141,7 @@ class MqttPublisher:
         cfg = self.config
         protocol = paho.MQTTv5 if cfg.protocol == "5" else paho.MQTTv311
         client = paho.Client(
-            CallbackAPIVersion.VERSION2, client_id=f"facewatch-{node_id}", protocol=protocol
+            CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=protocol
         )
         client.will_set(self.status_topic, OFFLINE, qos=1, retain=True)
         if cfg.username is not None:
@@ -369,6 +383,7 @@ class MqttPublisher:
     ) -> None:
         if getattr(reason, "is_failure", False):
             self._refused = True  # (paho's disconnect after it is no wrong port)
+            self._short_links = 0
             cfg = self.config
             user = f" as user {cfg.username}" if cfg.username else " without a user name"
             check = (
@@ -382,7 +397,9 @@ class MqttPublisher:
                 check,
             )
             return
-        logger.info("MQTT: connected to %s:%d", self.config.host, self.config.port)
+        self._connected_at = time.monotonic()
+        level = logging.INFO if self._taken is None else logging.DEBUG  # (again and again)
+        logger.log(level, "MQTT: connected to %s:%d", self.config.host, self.config.port)
         self._outage = None
         with self._lock:  # no change slips between these copies and `connected`
             if self._birth_topic is not None:
@@ -490,6 +507,7 @@ class MqttPublisher:
 
     def _on_connect_fail(self, client: paho.Client, userdata: object) -> None:
         """paho retries silently and does not say why: ask again (``_diagnose``)."""
+        self._short_links = 0  # (a broker away: no other client takes its connections)
         cfg = self.config
         why, check = self._diagnose()
         self._failed(f"cannot connect to {cfg.host}:{cfg.port}: {why}", check)
@@ -586,17 +604,69 @@ class MqttPublisher:
     def _on_disconnect(
         self, client: paho.Client, userdata: object, flags: object, reason: object, props: object
     ) -> None:
-        lost = getattr(reason, "value", None) == UNSPECIFIED  # what paho says of a lost socket
+        value = getattr(reason, "value", None)
+        lost = value == UNSPECIFIED  # what paho says of a lost socket
         refused, self._refused = self._refused, False
         if self.connected.is_set() and not self._stop.is_set():
-            why = "the connection was lost: the broker stopped, or the network" if lost else reason
-            logger.warning("MQTT: disconnected (%s); events are spooled until it is back", why)
-            cfg = self.config  # (its reminder names the broker)
-            self._outage = (Outage(), f"disconnected from {cfg.host}:{cfg.port} ({why})", REACH)
+            if self._taken_over(value, lost):
+                self._say_taken()
+            else:
+                why = "the connection was lost: the broker stopped, or the network"
+                self._lost(why if lost else str(reason))
         elif lost and not refused and not self._stop.is_set():  # closed with no MQTT answer
             self._closed_unanswered()
         self.connected.clear()
         metrics.MQTT_CONNECTED.set(0)
+
+    def _lost(self, why: str) -> None:
+        logger.warning("MQTT: disconnected (%s); events are spooled until it is back", why)
+        cfg = self.config  # (its reminder names the broker)
+        self._outage = (Outage(), f"disconnected from {cfg.host}:{cfg.port} ({why})", REACH)
+
+    def _taken_over(self, reason: object, lost: bool) -> bool:
+        """Whether another client with this client id took the connection: an MQTT 5 broker
+        says so; a 3.1.1 one closes it, and each reconnection pushes the other client off, so
+        connections lost soon after they were made, several in a row, are read as that."""
+        short = lost and time.monotonic() - self._connected_at < SHORT_LINK_S
+        self._short_links = self._short_links + 1 if short else 0
+        return reason == SESSION_TAKEN_OVER or self._short_links >= TAKEN_OVER_AFTER
+
+    def _say_taken(self) -> None:
+        """Said once, not at each of the disconnections that follow (at DEBUG, the reminder
+        every REMIND_S), until a connection holds again (``_holds``)."""
+        node = self.node_id
+        why = (
+            f"another MQTT client with client id {self.client_id} takes the connection (a "
+            f"second facewatch with node_id {node}? give each its own node_id)"
+        )
+        self._taken_times += 1
+        cfg = self.config
+        check = "node_id: each facewatch on this broker needs its own"
+        self._outage = (Outage(), f"disconnected from {cfg.host}:{cfg.port} ({why})", check)
+        if self._taken is None:
+            self._taken = Outage()
+            logger.warning(
+                "MQTT: disconnected: %s; it connects again at once, and is pushed off again, "
+                "while the other one runs (events are spooled meanwhile)", why,
+            )  # fmt: skip
+        elif self._taken.due():
+            logger.warning(
+                "MQTT: disconnected: %s (still, since %s; %d times)",
+                why, self._taken.since(), self._taken_times,
+            )  # fmt: skip
+        else:
+            logger.debug("MQTT: disconnected: %s (%d times)", why, self._taken_times)
+
+    def _holds(self) -> None:
+        """After connections taken by another client: one that lasts ``HOLDS_S`` ends it."""
+        if self._taken is None or time.monotonic() - self._connected_at < HOLDS_S:
+            return
+        logger.info(
+            "MQTT: the connection to %s:%d holds again (%g s): no other client with client "
+            "id %s took it since (it was taken %d times)",
+            self.config.host, self.config.port, HOLDS_S, self.client_id, self._taken_times,
+        )  # fmt: skip
+        self._taken, self._taken_times = None, 0
 
     # -- the sending thread ---------------------------------------------------------------
 
@@ -618,6 +688,7 @@ class MqttPublisher:
             self._remind()
             return
         self._answer_birth()  # one that came within the gap of the last answer
+        self._holds()
         while self._acked:  # acknowledged, their deletion failed: delete them, never resend
             row_id = next(iter(self._acked))
             self.spool.delete(row_id)

@@ -4,6 +4,7 @@ scrapes of /metrics, systemd's notification socket, and faults injected into eac
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import signal
 import socket
@@ -17,6 +18,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
+from daemon import mqtt as mqtt_module
 from daemon.cli import main
 from daemon.config import ConfigError, MqttConfig
 from daemon.config_file import parse_config
@@ -446,6 +448,48 @@ def test_broker_killed_again_and_again_during_a_backlog_keeps_the_sender_going(
     assert publisher._thread.is_alive()
     publisher.stop()
     spool.close()
+
+
+@pytest.mark.parametrize("protocol", ["3.1.1", "5"])
+def test_two_daemons_with_one_node_id_are_said_to_take_each_others_connection(
+    tmp_path, broker, caplog, monkeypatch, protocol
+) -> None:
+    """Two daemons on one broker with the same node_id (a copied config, or both on the
+    default): each connection takes the client id from the other, which reconnects and takes
+    it back, every second. The log blamed the broker or the network at each of them; it names
+    the other client with the client id, once for each daemon (the pushes after it at DEBUG),
+    and says when the connection holds again (the other one stopped)."""
+    monkeypatch.setattr(mqtt_module, "HOLDS_S", 3.0)
+    caplog.set_level(logging.DEBUG, logger="daemon.mqtt")
+    taken = (
+        "disconnected: another MQTT client with client id facewatch-twin takes the connection "
+        "(a second facewatch with node_id twin? give each its own node_id)"
+    )
+    spools = [Spool(tmp_path / f"spool{k}", 100) for k in range(2)]
+    config = MqttConfig(port=broker.port, protocol=protocol)
+    publishers = [MqttPublisher(config, "twin", spool) for spool in spools]
+    for publisher in publishers:
+        publisher.start()
+    try:
+        wait_for(lambda: caplog.text.count(taken) >= 6, 30, "the daemons pushing each other off")
+        publishers[1].stop(timeout_s=2, drain_s=0)
+        wait_for(lambda: "holds again" in caplog.text, 15, "the connection holding again")
+    finally:
+        for publisher, spool in zip(publishers, spools, strict=True):
+            publisher.stop(timeout_s=2, drain_s=0)
+            spool.close()
+
+    def said(level: str, text: str) -> int:
+        return sum(r.levelname == level and text in r.getMessage() for r in caplog.records)
+
+    assert said("WARNING", taken) == 2, "once for each daemon"
+    assert said("DEBUG", taken) >= 4
+    # (mosquitto 2.0 closes the connection without the MQTT 5 reason, as with 3.1.1)
+    lost = said("WARNING", "the connection was lost: the broker stopped, or the network")
+    pushed_before_told = mqtt_module.TAKEN_OVER_AFTER - 1
+    assert lost <= 2 * pushed_before_told, caplog.text
+    assert said("INFO", "MQTT: connected to") <= 2 * (pushed_before_told + 1)
+    assert said("INFO", "holds again (3 s): no other client with client id facewatch-twin") == 1
 
 
 def test_a_link_cut_again_and_again_during_a_backlog_loses_no_message(tmp_path) -> None:

@@ -868,6 +868,64 @@ def test_a_broker_that_stays_away_is_said_again_every_remind_s(tmp_path, monkeyp
     assert quiet.count(f"MQTT: {refused}; retrying") == 40, quiet
 
 
+def test_a_connection_another_client_takes_is_said_so_once_not_a_broker_outage(
+    tmp_path, monkeypatch, caplog
+) -> None:
+    """MQTT 5 brokers say 'Session taken over' (reason 142) when another client connects
+    with this one's client id: a second facewatch with the same node_id. It was logged as
+    'disconnected (Session taken over)' at each push, once a second. It names the node_id
+    to change, once, the pushes after it at DEBUG. Connections lost long after they were
+    made, or with the broker away between them, are the broker's or the network's."""
+    from daemon.config import MqttConfig
+    from daemon.mqtt import SHORT_LINK_S, MqttPublisher
+
+    publisher = MqttPublisher(MqttConfig(protocol="5"), "twin", Spool(tmp_path / "spool", 10))
+    monkeypatch.setattr(publisher, "_diagnose", lambda: ("refused", "the broker"))
+
+    class Client:  # a connection that publishes nowhere
+        def publish(self, *args: object, **kwargs: object) -> SimpleNamespace:
+            return SimpleNamespace(mid=1)
+
+    publisher.client = Client()  # type: ignore[assignment]
+
+    def link(
+        publisher: MqttPublisher, reason: int, held_s: float = 0.0, broker_away: bool = False
+    ) -> None:
+        client = publisher.client
+        publisher._on_connect(client, None, None, SimpleNamespace(), None)
+        publisher._connected_at -= held_s
+        publisher._on_disconnect(client, None, None, SimpleNamespace(value=reason), None)
+        if broker_away:
+            publisher._on_connect_fail(client, None)
+
+    with caplog.at_level("DEBUG", logger="daemon.mqtt"):
+        for _ in range(3):
+            link(publisher, 142)
+    said = [
+        (r.levelname, r.getMessage()) for r in caplog.records if "disconnected" in r.getMessage()
+    ]
+    taken = (
+        "MQTT: disconnected: another MQTT client with client id facewatch-twin takes the "
+        "connection (a second facewatch with node_id twin? give each its own node_id)"
+    )
+    assert [level for level, _ in said] == ["WARNING", "DEBUG", "DEBUG"], said
+    assert said[0][1].startswith(f"{taken}; it connects again at once"), said
+    connected = [r.levelname for r in caplog.records if "connected to" in r.getMessage()]
+    assert connected == ["INFO", "DEBUG", "DEBUG"], "while taken, each connection at DEBUG"
+
+    caplog.clear()
+    lonely = MqttPublisher(MqttConfig(), "solo", Spool(tmp_path / "solo", 10))
+    monkeypatch.setattr(lonely, "_diagnose", lambda: ("refused", "the broker"))
+    lonely.client = publisher.client
+    with caplog.at_level("WARNING", logger="daemon.mqtt"):
+        for _ in range(4):
+            link(lonely, 128, held_s=SHORT_LINK_S + 1)  # lost, each after a while
+        for _ in range(4):
+            link(lonely, 128, broker_away=True)  # lost at once, the broker refusing between
+    assert "another MQTT client" not in caplog.text
+    assert caplog.text.count("the connection was lost: the broker stopped, or the network") == 8
+
+
 def test_an_acl_that_keeps_refusing_is_said_again_every_remind_s(tmp_path, monkeypatch, caplog):
     """MQTT 5: the broker's ACL refuses the spooled event, offered again every 30 s. The error
     comes once, then every REMIND_S (since when, how many messages wait), not at each offer;
