@@ -2,6 +2,7 @@
 on a file, held while the daemon runs. A second facewatch given the same folder (a copied
 config, a copied unit) is refused or told, naming the first one's pid, instead of working
 on the other's files. The lock goes with the process: a crash or a kill leaves none.
+Files that say which machine wrote them (``machine_id``) tell a copy restored elsewhere.
 """
 
 from __future__ import annotations
@@ -13,6 +14,16 @@ import os
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
+
+MACHINE_ID_FILE = Path("/etc/machine-id")
+
+
+def machine_id() -> str | None:
+    """This machine's systemd id; None where there is none (many containers)."""
+    try:
+        return MACHINE_ID_FILE.read_text().strip() or None
+    except OSError:
+        return None
 
 
 def claim(lock_file: Path, key: str) -> int:

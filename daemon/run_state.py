@@ -25,25 +25,16 @@ import os
 from pathlib import Path
 
 from daemon import metrics
-from daemon.claims import claim
+from daemon.claims import claim, machine_id
 
 logger = logging.getLogger(__name__)
 
 FILE = "run-state.json"
 LOCK_FILE = "run-state.lock"
-MACHINE_ID_FILE = Path("/etc/machine-id")
 NO_COUNT = (
     "without facewatch_unclean_stops_total the alert FacewatchRestarting counts every "
     "start of this daemon, a systemctl restart too"
 )
-
-
-def machine_id() -> str | None:
-    """This machine's systemd id; None where there is none (many containers)."""
-    try:
-        return MACHINE_ID_FILE.read_text().strip() or None
-    except OSError:
-        return None
 
 
 class RunState:

@@ -33,10 +33,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from daemon.claims import machine_id
+
 logger = logging.getLogger(__name__)
 
 SPOOL_FILE = "mqtt-spool.sqlite"
-MACHINE_ID_FILE = "/etc/machine-id"  # recorded in the spool: a copy on another box is told
 SQLITE_IOERR, SQLITE_CORRUPT, SQLITE_FULL, SQLITE_NOTADB = 10, 11, 13, 26
 SHRINK_ABOVE_BYTES = 8 << 20  # an empty spool's file larger than this is vacuumed
 # a drained spool's write-ahead log is emptied at most this often: it holds the messages sent
@@ -153,14 +154,6 @@ def as_owner() -> str:
         return f"sudo -u '#{uid}' "
 
 
-def _machine_id() -> str | None:
-    """This machine's systemd machine id (None without one: some containers)."""
-    try:
-        return Path(MACHINE_ID_FILE).read_text().strip() or None
-    except OSError:
-        return None
-
-
 def _frame_ts(payload: bytes) -> float | None:
     """An event's ``frame_ts``, or None when the payload has none (damaged, another version)."""
     try:
@@ -213,7 +206,7 @@ class Spool:
         """A spool copied from another machine (a backup restored, a box moved) sends what it
         held, which that machine may have delivered since the copy: said at the start, with
         the line that deletes them. Each start records the machine it runs on."""
-        here = _machine_id()
+        here = machine_id()
         if here is None:
             return
         try:

@@ -1784,11 +1784,11 @@ def test_a_run_state_copied_from_another_machine_while_it_ran_is_no_crash_here(
     (facewatch_unclean_stops_total 1, "did not stop cleanly" while checking the move). The
     file names the machine that wrote it: another one's run is not counted; this machine's,
     or a file that names none (an older facewatch's), is."""
-    from daemon import run_state
+    from daemon import claims, run_state
 
     machine_id = tmp_path / "machine-id"
     machine_id.write_text("b0x2\n")
-    monkeypatch.setattr(run_state, "MACHINE_ID_FILE", machine_id)
+    monkeypatch.setattr(claims, "MACHINE_ID_FILE", machine_id)
     state = tmp_path / "state"
     state.mkdir()
     monkeypatch.setenv("STATE_DIRECTORY", str(state))
@@ -2930,10 +2930,10 @@ def test_a_spool_copied_to_another_machine_is_said_at_start_with_the_line_to_emp
     (the same node_id): every event in it was sent again, also those the old box delivered
     after the backup, without a word. The first start on another machine says so, with the
     line that empties the spool; later starts there, and an empty spool, say nothing."""
-    from daemon import spool as spool_module
+    from daemon import claims
 
     machine_id = tmp_path / "machine-id"
-    monkeypatch.setattr(spool_module, "MACHINE_ID_FILE", str(machine_id))
+    monkeypatch.setattr(claims, "MACHINE_ID_FILE", machine_id)
     machine_id.write_text("0123456789abcdef0123456789abcdef\n")
     Spool(tmp_path / "empty", 10).close()
     spool = Spool(tmp_path / "spool", 10)
