@@ -1,11 +1,11 @@
 """`facewatch identify`: who is in a photo, or in a video and when (daemon/recordings.py);
 and the models it shares with `enroll`.
 
-`identify` and `enroll` (daemon/enroll_cli.py) detect faces with the shipped MTCNN, cut them
-the way the FaceNet model's sidecar says, and embed them (``load_models``, with the options
-of ``add_model_options``); the `gallery` commands (daemon/gallery_cli.py) manage what is
-enrolled. Exit status: 0 done, 1 an image refused (the reason is printed), 2 a model or
-argument problem.
+`identify` and `enroll` (daemon/enroll_cli.py) detect faces with MTCNN, cut them the way
+the FaceNet model's sidecar says, and embed them (``load_models``, with the options of
+``add_model_options``; with --config on the daemon's engines, ``daemon.engine_choice``);
+the `gallery` commands (daemon/gallery_cli.py) manage what is enrolled. Exit status: 0
+done, 1 an image refused (the reason is printed), 2 a model or argument problem.
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ from tqdm import tqdm
 from daemon import gallery_cli
 from daemon.archive_files import VISIT_FILE
 from daemon.cli_args import number
-from daemon.config import CameraConfig, ConfigError
+from daemon.config import CameraConfig, Config, ConfigError
 from daemon.detect_cli import Outputs, input_name, progress_wanted, put_label
+from daemon.engine_choice import EngineChoice
 from daemon.gallery import Gallery, GalleryError, Match
 from daemon.journal import StdoutError, print_error
 from daemon.low_light import brightened
@@ -38,7 +39,6 @@ from daemon.recordings import (
 )
 from daemon.video_files import Interrupted, VideoError, image_or_video
 from engines import BACKENDS, EngineError
-from engines.detectors import load_facenet
 from engines.facenet import FaceNet
 from engines.image_files import PHOTO_SUFFIXES, VIDEO_SUFFIXES, folder_files
 from engines.images import ImageError, shown, write_image
@@ -89,20 +89,26 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
         help=f"FaceNet .onnx with its .json sidecar (default: {default_model_path()})",
     )
     p.add_argument(
-        "--backend", choices=BACKENDS, default="onnxruntime", help="FaceNet engine backend"
+        "--backend",
+        choices=BACKENDS,
+        default=None,
+        help="engine backend, as the daemon's engines.backend: MTCNN runs on it, FaceNet too "
+        "on tensorrt and torch, on ONNX Runtime beside a CPU backend (default: openvino; "
+        "--config: its engines.backend)",
     )
     p.add_argument(
         "--threads",
         type=number(int, **THREAD_BOUNDS),
-        default=0,
-        help="CPU threads (0: all the cores it may use)",
+        default=None,
+        help="CPU threads (0: all the cores it may use; default 0, --config: its engines.threads)",
     )
     p.add_argument(
         "--precision",
         choices=("auto", *PRECISIONS),
-        default="auto",
+        default=None,
         help="bf16: FaceNet on OpenVINO in bf16, about 2x faster on CPUs with native bf16 "
-        "(AVX512_BF16, AMX), same gallery as fp32; auto (default): bf16 where the CPU has it",
+        "(AVX512_BF16, AMX), same gallery as fp32; auto (default; --config: its "
+        "recognition.precision): bf16 where the CPU has it",
     )
     p.add_argument(
         "--flip",
@@ -179,32 +185,61 @@ class Models:
 
 
 def load_models(args: argparse.Namespace) -> Models:
-    """The detector and the FaceNet model, or EngineError with what to do."""
-    model, flip = args.model, args.flip
+    """The detector and the FaceNet model, or EngineError with what to do. With --config the
+    daemon's: its model, flip and engines (``EngineChoice.of_config``)."""
     config = gallery_cli.daemon_config(args)  # --config: the daemon's models
-    recognition = None if config is None else config.recognition
-    if recognition is not None:
-        if model is not None or (flip and not recognition.flip):
-            raise EngineError(
-                f"--config {args.config} gives the model and flip the daemon uses: --model "
-                "and --flip would make a gallery it refuses; drop them (or --config)"
-            )
-        configured = recognition.model
-        if configured is None:
-            raise EngineError(f"{args.config}: recognition.model is null (detection only)")
-        if configured != "auto":
-            model = Path(configured)
-        flip = recognition.flip
+    if config is None:
+        model, choice = args.model, _choice_of_args(args)
+    else:
+        model, choice = _configured_model(args, config), _choice_of_config(args, config)
     path = model or default_model_path()
     if not path.is_file() and model is None:
         raise EngineError(f"{path}: no FaceNet model. " + NO_DEFAULT_MODEL.format(path=path))
-    threads = cpu_threads(args.threads)
-    facenet = load_facenet(
-        path, backend=args.backend, threads=threads, flip=flip, precision=args.precision
+    facenet = choice.facenet(path)
+    models = Models(choice.detector(), facenet)
+    logger.info("%s", choice.said(facenet))
+    return models
+
+
+def _choice_of_args(args: argparse.Namespace) -> EngineChoice:
+    """The engines the options ask for (the shipped MTCNN, or $FACEWATCH_MODELS')."""
+    return EngineChoice(
+        default_models_dir() / "mtcnn",
+        backend=args.backend or "openvino",
+        threads=cpu_threads(args.threads or 0),
+        precision=args.precision or "auto",
+        flip=args.flip,
     )
-    mtcnn_dir = Path(config.engines.mtcnn_dir) if config else default_models_dir() / "mtcnn"
-    detector = MTCNN.load(mtcnn_dir, threads=threads)
-    return Models(detector, facenet)
+
+
+def _configured_model(args: argparse.Namespace, config: Config) -> Path | None:
+    """--config's recognition.model (None: the shipped one's place); EngineError for a
+    --model or --flip beside it that the daemon would refuse, or a null model."""
+    recognition = config.recognition
+    if args.model is not None or (args.flip and not recognition.flip):
+        raise EngineError(
+            f"--config {args.config} gives the model and flip the daemon uses: --model "
+            "and --flip would make a gallery it refuses; drop them (or --config)"
+        )
+    if recognition.model is None:
+        raise EngineError(f"{args.config}: recognition.model is null (detection only)")
+    return None if recognition.model == "auto" else Path(recognition.model)
+
+
+def _choice_of_config(args: argparse.Namespace, config: Config) -> EngineChoice:
+    """The daemon's engines for --config; EngineError for a --backend or --precision beside
+    it that asks for others (--threads, which changes only the speed, is taken)."""
+    asked = {
+        "--backend": (args.backend, "engines.backend", config.engines.backend),
+        "--precision": (args.precision, "recognition.precision", config.recognition.precision),
+    }
+    for option, (value, key, configured) in asked.items():
+        if value is not None and value != configured:
+            raise EngineError(
+                f"--config {args.config} gives the engines the daemon runs: {option} {value} "
+                f"would run others than its {key} {configured}; drop {option} (or --config)"
+            )
+    return EngineChoice.of_config(config, args.config, threads=args.threads)
 
 
 def photo_files(path: Path, suffixes: frozenset[str] = PHOTO_SUFFIXES) -> list[Path]:

@@ -26,14 +26,14 @@ from functools import partial
 from pathlib import Path
 from types import FrameType
 
-import cv2
 import numpy as np
 
 from daemon import build_version, home_assistant, metrics, preflight
 from daemon.archive import FaceArchive
 from daemon.cameras import CameraReader, FrameQueues, ffmpeg_environment
-from daemon.config import WARM_UP_HW, CameraConfig, Config, ConfigError, plan_request
+from daemon.config import WARM_UP_HW, CameraConfig, Config, ConfigError
 from daemon.config_file import config_changes, load_config
+from daemon.engine_choice import EngineChoice, say_plan_build
 from daemon.events import EventSinks, in_view_json, person_json
 from daemon.gallery import GalleryError
 from daemon.mqtt import DRAIN_ON_STOP_S, MqttPublisher
@@ -42,9 +42,8 @@ from daemon.scheduler import BatchScheduler, Pipeline, open_gallery, threshold_s
 from daemon.spool import Spool
 from daemon.systemd_notify import sd_notify, watchdog_healthy
 from engines.base import EngineError
-from engines.detectors import load_detector, load_facenet
 from engines.facenet import FaceNet
-from engines.loader import CGROUP_ROOT, CPU_BACKENDS, PROC_CGROUP, cpu_threads
+from engines.loader import CGROUP_ROOT, PROC_CGROUP
 from engines.mtcnn import MTCNN
 
 logger = logging.getLogger(__name__)
@@ -62,11 +61,7 @@ PLAN_BUILD_S = 1800  # systemd's start timeout is extended by this for each Tens
 
 def _building_plan(onnx_path: Path) -> None:
     """Before a TensorRT plan is built at start: say so, and give systemd the time."""
-    logger.warning(
-        "building the TensorRT plan for %s (minutes; once, until the model, TensorRT, the GPU "
-        "or engines.tensorrt changes; `facewatch engines build --config` does it ahead)",
-        onnx_path,
-    )
+    say_plan_build(onnx_path)
     sd_notify(f"EXTEND_TIMEOUT_USEC={PLAN_BUILD_S * 1_000_000}")
     sd_notify(f"STATUS=building the TensorRT plan for {onnx_path.name}")
 
@@ -110,49 +105,19 @@ class Service:
         (SIGTERM; Ctrl-C, said too, interrupts it). Memory running out is no config error:
         ``StartFailed``."""
         cfg = self.config
-        threads = cpu_threads(cfg.engines.threads)
-        # OpenCV's own pool (resizes, colour conversions, the alignment's warps) to the same
-        # budget: it counts the host's cores, and misses systemd's CPUQuota=
-        cv2.setNumThreads(threads)
-        os.environ.update(cfg.engines.torch_environment())  # what the torch backend reads
-        detection = cfg.detection
-        trt_plans = None
-        if cfg.engines.backend == "tensorrt":
-            trt_plans = plan_request(cfg, self.config_path, on_build=self._building_plan)
+        choice = EngineChoice.of_config(cfg, self.config_path, on_build=self._building_plan)
         try:
             with _StopWatch(self):
                 self._loading = f"the detector (MTCNN in {cfg.engines.mtcnn_dir})"
-                detector = load_detector(
-                    cfg.engines.mtcnn_dir,
-                    backend=cfg.engines.backend,
-                    threads=threads,
-                    trt_plans=trt_plans,
-                    min_face_size=detection.min_face_size,
-                    thresholds=detection.thresholds,
-                    scale_factor=detection.scale_factor,
-                )
+                detector = choice.detector()
                 self._stop_point()
                 model = resolve_model(cfg)
                 facenet = None
                 if model is not None:
                     self._loading = f"the FaceNet model {model}"
-                    # On the CPU FaceNet's wide layers run best on ONNX Runtime (bench/README.md).
-                    backend = cfg.engines.backend
-                    if backend in CPU_BACKENDS:
-                        backend = "onnxruntime"
-                    facenet = load_facenet(
-                        model,
-                        backend=backend,
-                        threads=threads,
-                        flip=cfg.recognition.flip,
-                        precision=cfg.recognition.precision,
-                        trt_plans=trt_plans,
-                    )
+                    facenet = choice.facenet(model)
                     self._stop_point()
-                    said = f"FaceNet {facenet.model_id} {facenet.runs_as}"
-                else:
-                    said = "no FaceNet (detection only)"
-                self._engines_said = f"detector MTCNN on {cfg.engines.backend}, {said}"
+                self._engines_said = choice.said(facenet)
                 self._loading = "the engines' warm-up"
                 self._warm_up(detector, facenet)
         except (EngineError, MemoryError, RuntimeError) as exc:

@@ -595,7 +595,6 @@ def test_memory_running_out_while_the_engines_load_exits_1_not_as_a_config_error
     RestartPreventExitStatus=2 never retries: a passing shortage became an outage. It is
     exit status 1 (retried), saying out of memory while loading what, and how much memory
     there was; what the config names wrongly stays exit status 2."""
-    from daemon import service
     from daemon.cli import main
     from engines.base import EngineError
 
@@ -607,7 +606,7 @@ def test_memory_running_out_while_the_engines_load_exits_1_not_as_a_config_error
         except MemoryError:  # (as the engines wrap what their runtime raised)
             raise EngineError("models/mtcnn/pnet.onnx: cannot load the model: ") from None
 
-    monkeypatch.setattr(service, "load_detector", load_detector)
+    monkeypatch.setattr("daemon.engine_choice.load_detector", load_detector)
     monkeypatch.delenv("STATE_DIRECTORY", raising=False)
     clip = REPO / "configs" / "demo" / "hamilton_360p.mp4"
     config = tmp_path / "facewatch.yaml"
@@ -649,7 +648,7 @@ def test_a_cameras_decoder_and_opencvs_pool_keep_to_the_cpu_budget(
         }
     )
     daemon = service.Service(config)
-    monkeypatch.setattr(service, "load_detector", lambda *a, **k: object())
+    monkeypatch.setattr("daemon.engine_choice.load_detector", lambda *a, **k: object())
     monkeypatch.setattr(daemon, "_warm_up", lambda *a: None)
     kept = cv2.getNumThreads()
     try:
@@ -1040,9 +1039,11 @@ def test_a_stop_during_the_engines_load_is_said_and_begins_no_further_load(
         loaded.append("detector")
         return object()
 
-    monkeypatch.setattr(service, "load_detector", slow_detector)
+    monkeypatch.setattr("daemon.engine_choice.load_detector", slow_detector)
     monkeypatch.setattr(service, "resolve_model", lambda config: Path("facenet.onnx"))
-    monkeypatch.setattr(service, "load_facenet", lambda *a, **k: loaded.append("facenet"))
+    monkeypatch.setattr(
+        "daemon.engine_choice.load_facenet", lambda *a, **k: loaded.append("facenet")
+    )
     monkeypatch.setattr(daemon, "_warm_up", lambda *a: loaded.append("warm-up"))
     kept = {n: signal.getsignal(n) for n in (signal.SIGTERM, signal.SIGHUP)}
     try:
@@ -1154,9 +1155,11 @@ def test_a_ctrl_c_during_the_engines_load_says_it_interrupts_it(monkeypatch, cap
         loaded.append("detector")
         return object()
 
-    monkeypatch.setattr(service, "load_detector", slow_detector)
+    monkeypatch.setattr("daemon.engine_choice.load_detector", slow_detector)
     monkeypatch.setattr(service, "resolve_model", lambda config: Path("facenet.onnx"))
-    monkeypatch.setattr(service, "load_facenet", lambda *a, **k: loaded.append("facenet"))
+    monkeypatch.setattr(
+        "daemon.engine_choice.load_facenet", lambda *a, **k: loaded.append("facenet")
+    )
     kept = signal.signal(signal.SIGINT, signal.default_int_handler)  # (Python's own)
     try:
         with caplog.at_level("INFO", logger="daemon.service"), pytest.raises(KeyboardInterrupt):
@@ -1197,9 +1200,9 @@ def test_the_start_and_each_gallery_reload_say_what_runs_and_the_threshold_in_us
         ]
         daemon = service.Service(parse_config({"cameras": cameras, "recognition": recognition}))
         facenet = SimpleNamespace(model_id="facenet-x@sha256:0123", runs_as="fp32 on onnxruntime")
-        monkeypatch.setattr(service, "load_detector", lambda *a, **k: object())
+        monkeypatch.setattr("daemon.engine_choice.load_detector", lambda *a, **k: object())
         monkeypatch.setattr(service, "resolve_model", lambda config: Path("facenet.onnx"))
-        monkeypatch.setattr(service, "load_facenet", lambda *a, **k: facenet)
+        monkeypatch.setattr("daemon.engine_choice.load_facenet", lambda *a, **k: facenet)
         monkeypatch.setattr(daemon, "_warm_up", lambda *a: None)
         daemon.load_engines()
         assert daemon._enrolled(facenet) == ["ann"]  # type: ignore[arg-type]

@@ -847,6 +847,55 @@ def test_the_daemons_config_gives_the_model_gallery_and_flip(
     assert "cameras[0] (door).url: required key is missing" in capsys.readouterr().err
 
 
+def test_the_daemons_config_gives_the_engines_and_backend_runs_both_models(
+    test_model, images, tmp_path, capsys, caplog
+) -> None:
+    """`identify --config` ran MTCNN on OpenVINO and FaceNet at its own --backend and
+    --precision whatever the config said (engines.backend: tensorrt on a GPU box: the CPU, not
+    the daemon's plans). With --config it runs the daemon's engines and says which (INFO); a
+    --backend or --precision asking for others is refused, as --model is. Without --config,
+    --backend is the daemon's engines.backend: MTCNN's too (it was FaceNet's only)."""
+    from daemon.recognition_cli import load_models
+    from engines.opencv_dnn import OpenCVEngine
+
+    config = tmp_path / "facewatch.yaml"
+    recognition = {"model": str(test_model), "gallery": "g.sqlite", "precision": "fp32"}
+    settings = {
+        "cameras": [{"name": "door", "url": "x.mp4"}],
+        "recognition": recognition,
+        "engines": {"backend": "opencv"},
+    }
+    config.write_text(json.dumps(settings))
+    common = ["--config", str(config), "--threads", "2", "--no-progress"]
+    photo = str(images["obama"])
+    with caplog.at_level("INFO", logger="daemon.recognition_cli"):
+        assert main(["enroll", "--name", "obama", photo, *common]) == 0
+        assert main(["identify", photo, *common, "--backend", "opencv"]) == 0
+    said = [r.getMessage() for r in caplog.records if r.name == "daemon.recognition_cli"]
+    runs = f"detector MTCNN on opencv, FaceNet {_model_id(test_model)} fp32 on onnxruntime"
+    assert said == [runs, runs]
+    capsys.readouterr()
+    for extra in (["--backend", "openvino"], ["--precision", "bf16"]):
+        assert main(["identify", photo, *common, *extra]) == 2
+        err = capsys.readouterr().err
+        assert f"gives the engines the daemon runs: {' '.join(extra)} would run others" in err
+
+    options = {"model": None, "flip": False, "backend": None, "precision": None, "threads": 2}
+    models = load_models(SimpleNamespace(config=str(config), **options))
+    assert isinstance(models.detector.pnet, OpenCVEngine)
+    assert models.facenet.runs_as == "fp32 on onnxruntime"
+    options.update(model=test_model, backend="opencv", precision="fp32")
+    models = load_models(SimpleNamespace(config=None, **options))
+    assert isinstance(models.detector.pnet, OpenCVEngine)
+    assert models.facenet.runs_as == "fp32 on onnxruntime"
+
+
+def _model_id(model: Path) -> str:
+    from engines.facenet import FaceNet
+
+    return FaceNet.load(model, threads=1).model_id
+
+
 class _StandIn:
     """A FaceNet stand-in for enroll's last step: the crops given are the embeddings."""
 
