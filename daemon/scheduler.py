@@ -98,6 +98,7 @@ class Pipeline:
         # (not a video file's: a loop finds its faces at the same places, again and again)
         self._still = {c.name: StillFaces() for c in config.cameras if source_kind(c.url) != "file"}
         self._min_face_px = {c.name: config.min_face_px(c) for c in config.cameras}
+        self._interval_s = {c.name: 1.0 / c.fps for c in config.cameras}
         self._threshold = {c.name: c.recognition.threshold for c in config.cameras}
         self._last_frame: dict[str, float] = {}  # camera -> ts of its latest frame
         self._last_search: dict[str, float] = {}  # camera -> ts of its last frame searched
@@ -124,8 +125,7 @@ class Pipeline:
     # -- one batch ------------------------------------------------------------------------
 
     def process(self, frames: list[Frame]) -> None:
-        for frame in frames:
-            self._last_frame[frame.camera] = max(frame.clock, self._last_frame.get(frame.camera, 0))
+        stalled = {id(frame): self._arrived(frame) for frame in frames}
         frames = [frame for frame in frames if self._takes(frame) and self._worth_a_search(frame)]
         if not frames:
             return
@@ -139,6 +139,7 @@ class Pipeline:
                 metrics.FACES_DETECTED.labels(frame.camera).inc(len(detections))
                 detections = self._not_ignored(frame, detections)
                 self._follow_size(frame)
+                self._lost_by(frame, stalled[id(frame)])
                 tracks = self.trackers[frame.camera].update(frame.clock, detections, frame.ts)
                 faces += [_Face(frame, detections, k, t) for k, t in enumerate(tracks)]
                 self._see_still(frame, detections, tracks)
@@ -156,6 +157,27 @@ class Pipeline:
                         face.frame.camera, face.track, face.frame.image, face.own(), when
                     )
         self._emit_due(frames, faces)
+
+    def _arrived(self, frame: Frame) -> float:
+        """Notes ``frame`` as its camera's latest; returns how long the camera sent nothing
+        before it beyond its frame interval (``fps``), up to STALL_GRACE_S: a stall, time its
+        tracks could not be seen in, which does not count toward their ``lost_after_s`` (as
+        ``expire`` holds them while it lasts)."""
+        last = self._last_frame.get(frame.camera)
+        self._last_frame[frame.camera] = max(frame.clock, last or 0)
+        if last is None:
+            return 0.0
+        silent = frame.clock - last - self._interval_s[frame.camera]
+        return min(max(silent, 0.0), STALL_GRACE_S)
+
+    def _lost_by(self, frame: Frame, stalled_s: float) -> None:
+        """``left`` for the tracks of ``frame``'s camera unseen for ``lost_after_s`` by its
+        time (less ``stalled_s``), before its faces are matched: the periodic ``expire`` may
+        not have run since, and a face there just past the limit continued a stranger's
+        visit (a file camera's loop: his visit went on with another person's face)."""
+        ended = self.trackers[frame.camera].expire(frame.clock - stalled_s)
+        if ended:
+            self._ended(frame.camera, ended, frame.ts)
 
     def _takes(self, frame: Frame) -> bool:
         """Whether the detector can take this camera's frames: not those larger than its

@@ -294,7 +294,8 @@ class Tracker:
         centre of either), start tracks for the rest; returns the track of each face, in
         order. ``wall_ts``: the frame's wall-clock time, when ``ts`` is on another clock (the
         daemon's monotonic one); a track's later times follow its first frame's
-        (``Track.wall_ts``)."""
+        (``Track.wall_ts``). Every track is a candidate, however old: ``expire`` ends those
+        gone first (the Pipeline does before each frame)."""
         assigned: list[Track | None] = [None] * len(faces)
         live = [t for t in self.tracks if t.last_seen < ts]
         if live and len(faces):

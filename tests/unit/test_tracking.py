@@ -803,6 +803,37 @@ def test_someone_else_at_the_door_ends_the_visit_and_starts_their_own(tmp_path) 
     assert sinks.faces["people"] == ["bob"]
 
 
+def test_a_face_just_past_lost_after_s_starts_its_own_visit_between_expiries() -> None:
+    """A stranger last seen at 1.0 s, then a face in about his place 2.2 s later
+    (lost_after_s 2): his visit had ended, though the scheduler's expiry (every 0.25 s, or
+    before a batch in identify) had not run since it was 2.0 s old. The face continued his
+    track: his visit lasted 2 s longer, carrying another person's face, and theirs began late
+    (a file camera's loop did it in the demo). His `left` comes at his last frame, and the
+    face starts its own visit. A camera that sent nothing meanwhile (a stall) still keeps
+    its tracks for the face back in view (test_daemon_pieces: a short stall)."""
+    config = parse_config(
+        {"cameras": [{"name": "door", "url": "door.mp4"}], "recognition": {"model": None}}
+    )
+
+    class Door(_OnePerson):
+        away = False
+
+        def detect(self, images: list, priors: list | None = None) -> list[FrameDetections]:
+            return [faces() if self.away else faces((100, 100, 160, 160)) for _ in images]
+
+    engines, sinks = Door(np.eye(8, dtype=np.float32)[0]), _Recorded()
+    pipeline = Pipeline(config, engines, None, sinks)  # type: ignore[arg-type]
+    for k in range(20):  # 5 fps: a face 0-1.0 s, nobody until 3.0 s, a face from 3.2 s
+        engines.away = 5 < k < 16
+        pipeline.process([Frame("door", k, 1000.0 + k / 5, np.zeros((360, 640, 3), np.uint8))])
+        pipeline.expire(1000.0 + k / 5)  # (the scheduler's, after the batch)
+    said = [(e["type"], e["track_id"]) for e in sinks.events]
+    assert said == [("confirmed", 1), ("left", 1), ("confirmed", 2)]
+    assert sinks.events[1]["frame_ts"] == pytest.approx(1001.0)
+    assert sinks.events[2]["first_seen_ts"] == pytest.approx(1003.2)
+    assert sinks.faces["faces"] == 1
+
+
 def test_someone_else_at_a_strict_cameras_door_is_judged_at_its_threshold(tmp_path) -> None:
     """A camera with its own strict threshold (0.5): bob, whom it names though his face
     lies within the gallery's default of ann's, takes her place after a second: his own
