@@ -29,6 +29,14 @@ from pathlib import Path
 
 import numpy as np
 
+from daemon.gallery_check import (
+    UNIT_TOLERANCE,
+    check_threshold,
+    default_threshold,
+    own_threshold,
+    vectors_of,
+)
+from daemon.gallery_check import embedding_size as stored_embedding_size
 from daemon.gallery_file import (
     META_KEYS,
     SCHEMA_VERSION,
@@ -49,8 +57,6 @@ from engines.facenet import DEFAULT_THRESHOLD, split_embeddings_id
 
 logger = logging.getLogger(__name__)
 
-MAX_THRESHOLD = 4.0  # squared L2 between unit vectors: the largest distance there is
-UNIT_TOLERANCE = 1e-3  # how far an embedding's L2 norm may be from 1 (float32 rounding)
 DEFAULT_LOCK_TIMEOUT_S = 5.0
 # (a gallery cannot move to another model: its people's photos are enrolled again)
 REENROLL = (
@@ -64,14 +70,6 @@ def shown_threshold(value: float) -> str:
     """A threshold as the commands print it: 3 decimals, or 2 significant digits below 0.001
     (an untrained model's LFW threshold can be that small: not "0.000")."""
     return f"{value:.3f}" if value >= 0.001 else f"{value:.1e}"
-
-
-def check_threshold(value: float, what: str = "threshold") -> float:
-    """``value`` when a gallery takes it as a threshold: a squared L2 distance between unit
-    vectors, in (0, 4] (not NaN, not infinite); else GalleryError saying so."""
-    if not 0.0 < value <= MAX_THRESHOLD:
-        raise GalleryError(f"{what} {value:g} outside (0, 4] (squared L2 on unit vectors)")
-    return float(value)
 
 
 class GalleryExists(GalleryError):
@@ -214,6 +212,7 @@ class Gallery:
                 f"{self.path}: gallery schema version {self._meta.get('schema_version')!r}, "
                 f"this facewatch reads version {SCHEMA_VERSION}"
             )
+        stored_embedding_size(self.path, self._meta["embedding_size"])  # (no command mends it)
         if model_id is not None and model_id != self.model_id:
             ours, flip = split_embeddings_id(self.model_id)
             if split_embeddings_id(model_id)[0] == ours:
@@ -247,31 +246,35 @@ class Gallery:
 
     @property
     def embedding_size(self) -> int:
-        return int(self._meta["embedding_size"])
+        return stored_embedding_size(self.path, self._meta["embedding_size"])
 
     @property
     def threshold(self) -> float:
-        """The default threshold (identities without their own)."""
-        return float(self._meta["threshold"])
+        """The default threshold (identities without their own); GalleryError when the file
+        holds none a command would store."""
+        return default_threshold(self.path, self._meta["threshold"])
 
     def identities(self) -> list[Identity]:
+        """Everyone enrolled, by name; GalleryError for an own threshold that is no number."""
         rows = self._read(
             "SELECT i.name, i.threshold, COUNT(e.id), i.created, i.updated FROM identities i "
             "LEFT JOIN embeddings e ON e.identity_id = i.id GROUP BY i.id ORDER BY i.name"
         )
-        return [Identity(*row) for row in rows]
+        return [
+            Identity(name, own_threshold(self.path, name, own), faces, created, updated)
+            for name, own, faces, created, updated in rows
+        ]
 
     def embeddings(self) -> tuple[np.ndarray, list[str], list[str], list[str]]:
-        """All enrolled vectors (M, D) with, per row, the identity, source hash and time."""
+        """All enrolled vectors (M, D) with, per row, the identity, source hash and time;
+        GalleryError naming the first face that is not a unit vector of the gallery's size."""
         rows = self._read(
             "SELECT i.name, e.vector, e.source_sha256, e.created FROM embeddings e "
             "JOIN identities i ON i.id = e.identity_id ORDER BY i.name, e.id"
         )
-        size = self.embedding_size
-        vectors = np.zeros((len(rows), size), np.float32)
-        for k, row in enumerate(rows):
-            vectors[k] = np.frombuffer(row[1], dtype="<f4")
-        return vectors, [r[0] for r in rows], [r[2] for r in rows], [r[3] for r in rows]
+        names = [r[0] for r in rows]
+        vectors = vectors_of(self.path, names, [r[1] for r in rows], self.embedding_size)
+        return vectors, names, [r[2] for r in rows], [r[3] for r in rows]
 
     def sources(self) -> dict[str, set[str]]:
         """Who has a face enrolled from each source image (by its SHA-256)."""
@@ -337,6 +340,12 @@ class Gallery:
         written to it later, ``match`` then uses these); the names of the people enrolled.
         GalleryError when the file cannot be read."""
         return self._loaded()[2]
+
+    def damage(self) -> list[str]:
+        """What SQLite's quick check finds damaged in the file (an index, a page that the
+        reads of ``load`` do not touch), [] when nothing; GalleryError when it cannot run."""
+        found = [" ".join(str(row[0]).split()) for row in self._read("PRAGMA quick_check(5)")]
+        return [] if found == ["ok"] else found
 
     def with_own_threshold(self) -> int:
         """How many people have a threshold of their own, in the state ``load`` read (no

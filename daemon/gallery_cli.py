@@ -123,6 +123,10 @@ def register(commands: argparse._SubParsersAction) -> None:
         "calibrate": ("choose the match threshold from the enrolled people", _calibrate),
     }
     descriptions = {
+        "list": "Everyone enrolled, with their number of faces and thresholds. Every face is "
+        "read, as the daemon reads them: a damaged gallery (a face that is not a unit vector "
+        "of the gallery's size, a threshold that is not a number) is an error naming the "
+        "person, the face and what to do (exit status 1).",
         "threshold": "NAME VALUE sets NAME's own threshold (squared L2 in (0, 4]: a face "
         "matches NAME when closer than this); NAME default makes NAME use the gallery default "
         "again; --default VALUE sets the gallery default (what `gallery calibrate` chooses).",
@@ -279,6 +283,7 @@ def _guarded(func: Any) -> Any:
 def _list(args: argparse.Namespace) -> int:
     with Gallery.open(gallery_path(args)) as gallery:
         people = gallery.identities()
+        gallery.load()  # every face read, as the daemon reads them: a damaged one is said
         if args.name is not None:
             return _list_faces(gallery, args.name, args.json)
         if args.json:

@@ -1060,6 +1060,67 @@ def test_a_gallery_holding_a_threshold_no_command_stores_is_refused_with_the_fix
     assert "facewatch gallery threshold" in str(error.value)
 
 
+_VECTOR = "UPDATE embeddings SET vector = ? WHERE id = ?"
+_META = "UPDATE meta SET value = ? WHERE key = ?"
+DAMAGED_GALLERIES = {  # the fixture's rows: alice 1 and 2, bob 3, carol 4
+    "short blob": (_VECTOR, (axis(0)[:7].tobytes(), 2), "alice's face 2 (of 2): 28 bytes, 32 expected"),
+    "long blob": (_VECTOR, (np.tile(axis(1), 2).tobytes(), 3), "bob's face 1 (of 1): 64 bytes, 32 expected"),
+    "one float": (_VECTOR, (np.float32(1).tobytes(), 4), "carol's face 1 (of 1): 4 bytes, 32 expected"),
+    "text": (_VECTOR, ("hello", 4), "carol's face 1 (of 1): 'hello', not bytes, 32 expected"),
+    "scaled": (_VECTOR, ((axis(1) * 10).tobytes(), 3), "bob's face 1 (of 1): has length 10, not a unit vector"),
+    "zero": (_VECTOR, (np.zeros(D, np.float32).tobytes(), 3), "bob's face 1 (of 1): has length 0, not a unit vector"),
+    "NaN": (_VECTOR, (np.full(D, np.nan, np.float32).tobytes(), 1), "alice's face 1 (of 2): holds values that are not finite"),
+    "inf": (_VECTOR, (np.array([0, 1, 0, 0, 0, np.inf, 0, 0], np.float32).tobytes(), 3), "bob's face 1 (of 1): holds values that are not finite"),
+    "size": (_META, ("16", "embedding_size"), "its embedding_size is 16, but every face holds 8 values"),
+    "size text": (_META, ("x", "embedding_size"), "its embedding_size 'x' is not a positive whole number"),
+    "default NaN": (_META, ("nan", "threshold"), "the default threshold nan outside (0, 4]"),
+    "default text": (_META, ("abc", "threshold"), "the default threshold 'abc' is not a number"),
+    "own text": ("UPDATE identities SET threshold = ? WHERE name = ?", ("abc", "bob"), "bob's threshold 'abc' is not a number"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", DAMAGED_GALLERIES)
+def test_a_damaged_gallery_is_refused_naming_the_person_and_what_is_wrong(
+    gallery, capsys, case
+) -> None:
+    """A blob of the wrong length or type, or a text where a number belongs, stopped the
+    daemon with a traceback (and every restart after it); a vector ten times too long named
+    anyone near it at distance 0, a NaN made everyone unknown, a 4-byte blob was broadcast
+    into a constant vector: all loaded without a word. Each is a GalleryError naming the
+    file, the person and the fault; `gallery list` says it (exit 1), no traceback."""
+    sql, params, expected = DAMAGED_GALLERIES[case]
+    path = gallery.path
+    gallery.close()
+    with sqlite3.connect(path) as db:
+        db.execute(sql, params)
+    with pytest.raises(GalleryError) as error, Gallery.open(path) as stored:
+        stored.load()
+    assert str(error.value).startswith(f"{path}: {expected}"), error.value
+    if case.startswith("default"):  # the default's, not the first person's
+        assert "alice" not in str(error.value) and "--default VALUE" in str(error.value)
+    code, out, err = gallery_cli(path, capsys, "list")
+    assert (code, out, err.strip()) == (1, "", f"error: {error.value}")
+
+
+def test_every_face_of_a_large_gallery_is_checked_at_once() -> None:
+    """The checks run on the whole matrix (a gallery may hold tens of thousands of faces):
+    the vectors come back as stored, and the damaged face found is the first one, with how
+    many more there are."""
+    from daemon.gallery_check import vectors_of
+
+    rng = np.random.default_rng(0)
+    stored = rng.standard_normal((5000, 128)).astype(np.float32)
+    stored /= np.linalg.norm(stored, axis=1, keepdims=True)
+    names = [f"p{k // 10:03d}" for k in range(len(stored))]
+    blobs = [row.tobytes() for row in stored]
+    read = vectors_of(Path("g.sqlite"), names, blobs, 128)
+    assert read.dtype == np.float32 and read.flags.writeable and np.array_equal(read, stored)
+    blobs[4321] = (stored[4321] * 1.01).tobytes()
+    blobs[4999] = (stored[4999] * 0).tobytes()
+    with pytest.raises(GalleryError, match=r"^g.sqlite: p432's face 2 \(of 10\) \(and 1 more "):
+        vectors_of(Path("g.sqlite"), names, blobs, 128)
+
+
 def _another_process_creates(monkeypatch, enrolled: list[Enrollment]) -> None:
     """Make the next gallery creation lose a race: just before it puts its finished file in
     place, another enroll or import puts its own gallery there (holding ``enrolled``)."""
