@@ -126,6 +126,7 @@ def warnings(config: Config) -> list[str]:
                 f"data; chmod 600 {where}"
             )
     found += _threshold_warnings(config)
+    found += _damage_warnings(config)
     for k, camera in enumerate(config.cameras):
         if camera.enabled and camera.url.split("://")[0].lower() in ("https", "rtsps"):
             found.append(
@@ -275,10 +276,34 @@ def _gallery_problems(config: Config) -> list[str]:
             enrolled_with = split_embeddings_id(gallery.model_id)[0]
         if _name(enrolled_with) == _name(model_id) and enrolled_with != model_id:
             return [_changed_model(model, path, enrolled_with, model_id)]
-        Gallery.open(path, model_id=embeddings_id(model_id, config.recognition.flip)).close()
+        with Gallery.open(path, model_id=embeddings_id(model_id, config.recognition.flip)) as ours:
+            ours.threshold_override = config.recognition.threshold
+            ours.load()  # every face and threshold, as `run` reads them: damage is said here
     except (GalleryError, EngineError) as exc:
         return [f"recognition.gallery: {exc}"]
     return []
+
+
+def _damage_warnings(config: Config) -> list[str]:
+    """Damage in the gallery file that the daemon's reads do not meet (an index, a free
+    page): it matches as before, but the next enroll or `gallery` change is refused."""
+    path = Path(config.recognition.gallery)
+    if _model_file(config) is None or not path.is_file():
+        return []
+    try:
+        with Gallery.open(path) as gallery:
+            found = gallery.damage()
+    except GalleryError:
+        return []  # (a problem, said by _gallery_problems)
+    if not found:
+        return []
+    return [
+        f"recognition.gallery: {path}: SQLite's check finds the file damaged "
+        f"({'; '.join(found)}): the daemon matches with what it reads, but enrolling, "
+        "removing or any change will be refused: export it (`facewatch gallery export "
+        "FILE`), import that into a new gallery (`facewatch gallery import FILE --gallery "
+        "NEW`) and set recognition.gallery to it"
+    ]
 
 
 def _name(model_id: str) -> str:

@@ -505,6 +505,7 @@ class Pipeline:
         if self.gallery is not None:
             self.gallery.close()
         self.gallery = fresh
+        metrics.GALLERY_IDENTITIES.set(len(names))  # (a file that failed leaves the old count)
         if fresh is not None:
             people = "person" if len(names) == 1 else "people"
             said = threshold_said(fresh, self.config.cameras)
@@ -573,10 +574,8 @@ def open_gallery(
             "within seconds)",
             path,
         )
-        metrics.GALLERY_IDENTITIES.set(0)
         return None
     gallery.threshold_override = config.recognition.threshold
-    metrics.GALLERY_IDENTITIES.set(len(gallery.identities()))
     return gallery
 
 

@@ -267,26 +267,26 @@ class Service:
         )
 
     def _enrolled(self, facenet: FaceNet | None) -> list[str]:
-        """The gallery's names (for the initial MQTT state); fails now on a wrong gallery.
-        The scheduler thread opens its own: SQLite connections are per thread."""
+        """The gallery's names (for the initial MQTT state); fails now, a ConfigError, on a
+        wrong or damaged gallery, read whole as the scheduler will (found only there, the
+        daemon ran with nobody enrolled). The scheduler thread opens its own: SQLite
+        connections are per thread."""
         cfg = self.config
         if facenet is None or not Path(cfg.recognition.gallery).exists():
             return []
+        gallery = None
         try:
             gallery = open_gallery(cfg, facenet.model_id)
+            if gallery is None:
+                return []
+            gallery.load()
+            self._threshold_said = threshold_said(gallery, self.config.cameras)
+            return [identity.name for identity in gallery.identities()]
         except GalleryError as exc:
             raise ConfigError(f"recognition.gallery: {exc}") from None
-        if gallery is None:
-            return []
-        try:
-            names = [identity.name for identity in gallery.identities()]
-            try:
-                self._threshold_said = threshold_said(gallery, self.config.cameras)
-            except GalleryError:  # (a threshold no command stores: the reload says so)
-                self._threshold_said = ""
-            return names
         finally:
-            gallery.close()
+            if gallery is not None:
+                gallery.close()
 
     def _serve_metrics(self) -> None:
         """Serve /metrics; an address that is not one of this host's is the config's error."""

@@ -947,6 +947,66 @@ def test_validate_config_warns_of_a_grown_gallery_still_at_its_starting_threshol
     assert "warning" not in validate(120, 0.12)
 
 
+def test_validate_config_reads_the_gallery_whole_and_warns_of_damage_sqlite_finds(
+    tmp_path, capsys
+) -> None:
+    """validate-config (and run's first check) read only the gallery's meta and names: a
+    blob cut short, or a vector no longer of unit length, passed as "valid", and the daemon
+    then ran with nobody enrolled or named the wrong person at distance 0. The gallery is
+    read whole, as the daemon reads it (exit status 2 naming the face); a damaged index,
+    which matching does not read but the next enroll would fail on, is a warning."""
+    import sqlite3
+
+    from daemon.cli import main
+    from daemon.gallery import Enrollment, Gallery
+    from engines.base import ModelMetadata
+    from engines.facenet import model_id_of
+
+    shipped = MODELS / "facenet" / "facenet.onnx"
+    meta = ModelMetadata.load(shipped)
+    gallery, path = tmp_path / "gallery.sqlite", tmp_path / "facewatch.yaml"
+    clip = MODELS.parent / "configs" / "demo" / "hamilton_360p.mp4"
+    settings = {"cameras": [{"name": "door", "url": str(clip)}], "recognition": {"gallery": str(gallery)}}  # fmt: skip
+    path.write_text(json.dumps(settings))
+    size = meta.embedding_size or 128
+    vectors = np.random.default_rng(0).normal(size=(2, size)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+
+    def validate(sql: str = "", params: tuple = ()) -> str:
+        gallery.unlink(missing_ok=True)
+        with Gallery.create(gallery, model_id_of(meta, shipped), size) as g:
+            g.enroll([Enrollment("ann", vectors[0], "a"), Enrollment("bob", vectors[1], "b")])
+        with sqlite3.connect(gallery) as db:
+            if sql:
+                db.execute(sql, params)
+        code = main(["validate-config", str(path)])
+        out, err = capsys.readouterr()
+        return f"{code}\n{out}{err}"
+
+    assert validate().startswith("0\n")
+    short = validate("UPDATE embeddings SET vector = ? WHERE id = 2", (vectors[1][:3].tobytes(),))
+    said = f"recognition.gallery: {gallery}: bob's face 1 (of 1): 12 bytes, {4 * size} expected"
+    assert short.startswith("2\n") and said in short, short
+    scaled = validate("UPDATE embeddings SET vector = ? WHERE id = 1", ((vectors[0] * 10).tobytes(),))  # fmt: skip
+    assert scaled.startswith("2\n") and "ann's face 1 (of 1): has length 10" in scaled, scaled
+
+    gallery.unlink()
+    validate()
+    with sqlite3.connect(gallery) as db:
+        (page,) = db.execute(
+            "SELECT rootpage FROM sqlite_master WHERE name = 'sqlite_autoindex_embeddings_1'"
+        ).fetchone()
+        (page_size,) = db.execute("PRAGMA page_size").fetchone()
+    with open(gallery, "r+b") as file:  # a bad block in the index enroll checks photos with
+        file.seek((page - 1) * page_size)
+        file.write(bytes(page_size))
+    code = main(["validate-config", str(path)])
+    err = capsys.readouterr().err
+    said = f"warning: recognition.gallery: {gallery}: SQLite's check finds the file damaged ("
+    assert code == 0 and said in err, err
+    assert "enrolling, removing or any change will be refused" in err
+
+
 def test_a_name_starting_with_an_underscore_stays_valid() -> None:
     """Names were letters, digits, '_' and '-'; refusing a leading '-' (it reads as an
     option on a command line) must not refuse the '_garage' a config may already hold."""

@@ -3442,6 +3442,77 @@ def test_a_reload_that_meets_a_writer_after_reading_the_gallery_goes_on(
     assert pipeline.gallery is not None and pipeline._enrolled == {"ann"}
 
 
+def _gallery_of_ann_and_bob(path: Path, model_id: str) -> None:
+    with Gallery.create(path, model_id, 8) as gallery:
+        gallery.enroll([Enrollment("ann", np.eye(8, dtype=np.float32)[0], "a" * 64)])
+        gallery.enroll([Enrollment("bob", np.eye(8, dtype=np.float32)[1], "b" * 64)])
+
+
+@pytest.mark.parametrize(
+    ("sql", "said"),
+    [
+        ("UPDATE embeddings SET vector = x'0000803f' WHERE id = 2", "bob's face 1 (of 1): 4 bytes, 32 expected"),
+        ("UPDATE meta SET value = 'nan' WHERE key = 'threshold'", "the default threshold nan outside (0, 4]"),
+        ("UPDATE identities SET threshold = 'abc' WHERE name = 'bob'", "bob's threshold 'abc' is not a number"),
+    ],
+)  # fmt: skip
+def test_a_damaged_gallery_stops_the_start_naming_what_is_wrong(tmp_path, sql, said) -> None:
+    """A gallery damaged past its meta (a blob cut short, a NaN default threshold) passed the
+    start: the daemon ran, READY, '2 enrolled', and named nobody (the first full read, at
+    the scheduler's start, failed and left no gallery), or crashed at every restart. It is a
+    config error now, exit status 2, as a gallery damaged in its meta was."""
+    from daemon import service
+
+    path = tmp_path / "gallery.sqlite"
+    _gallery_of_ann_and_bob(path, "facenet-x@sha256:0123")
+    with sqlite3.connect(path) as db:
+        db.execute(sql)
+    recognition = {"gallery": str(path), "model": None}
+    daemon = service.Service(
+        parse_config({"cameras": [{"name": "door", "url": "x.mp4"}], "recognition": recognition})
+    )
+    facenet = SimpleNamespace(model_id="facenet-x@sha256:0123")
+    with pytest.raises(ConfigError) as refused:
+        daemon._enrolled(facenet)  # type: ignore[arg-type]
+    assert str(refused.value).startswith(f"recognition.gallery: {path}: {said}"), refused.value
+
+
+def test_a_gallery_damaged_while_the_daemon_runs_leaves_the_old_one_in_use(
+    tmp_path, caplog
+) -> None:
+    """A blob of the wrong length written into the gallery while the daemon ran stopped the
+    engine thread (a ValueError traceback, exit 1, and at each restart again: a loop), after
+    facewatch_gallery_identities had already counted the file's people. The reload logs why
+    it is not taken and goes on with the gallery it had, and its count."""
+    path = tmp_path / "gallery.sqlite"
+    with Gallery.create(path, _OneFace.model_id, 8) as gallery:
+        gallery.enroll([Enrollment("ann", np.eye(8, dtype=np.float32)[0], "a" * 64)])
+    config = parse_config(
+        {"cameras": [{"name": "door", "url": "a.mp4"}], "recognition": {"gallery": str(path)}}
+    )
+    engines = _OneFace()
+    pipeline = Pipeline(config, engines, engines, EventSinks())  # type: ignore[arg-type]
+    pipeline.reload_gallery()
+    assert REGISTRY.get_sample_value("facewatch_gallery_identities") == 1
+    path.unlink()
+    _gallery_of_ann_and_bob(path, _OneFace.model_id)
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE embeddings SET vector = ? WHERE id = 2", (bytes(28),))
+    assert pipeline.gallery_changed()
+    with caplog.at_level("INFO", logger="daemon.scheduler"):
+        pipeline.reload_gallery()
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == [
+        f"gallery not reloaded: {path}: bob's face 1 (of 1): 28 bytes, 32 expected; the "
+        "gallery file is damaged: restore an export into a new gallery (`facewatch gallery "
+        "import FILE --gallery NEW`), or `facewatch gallery remove 'bob'` and enroll them again"
+    ]
+    assert pipeline.gallery is not None and pipeline._enrolled == {"ann"}
+    [match] = pipeline.gallery.match(np.eye(8, dtype=np.float32)[:1])
+    assert match.identity == "ann"
+    assert REGISTRY.get_sample_value("facewatch_gallery_identities") == 1
+    assert not pipeline.gallery_changed()  # (the same file is not tried again)
+
+
 def test_a_file_camera_says_once_that_it_plays_the_file_again(tmp_path, caplog) -> None:
     """A video file as a camera plays in a loop, as a live camera: its first end says so at
     INFO, with the command for a recording (identify); later ones at DEBUG only, so a short
