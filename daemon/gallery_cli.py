@@ -123,10 +123,6 @@ def register(commands: argparse._SubParsersAction) -> None:
         "calibrate": ("choose the match threshold from the enrolled people", _calibrate),
     }
     descriptions = {
-        "list": "Everyone enrolled, with their number of faces and thresholds. Every face is "
-        "read, as the daemon reads them: a damaged gallery (a face that is not a unit vector "
-        "of the gallery's size, a threshold that is not a number) is an error naming the "
-        "person, the face and what to do (exit status 1).",
         "threshold": "NAME VALUE sets NAME's own threshold (squared L2 in (0, 4]: a face "
         "matches NAME when closer than this); NAME default makes NAME use the gallery default "
         "again; --default VALUE sets the gallery default (what `gallery calibrate` chooses).",
@@ -139,7 +135,9 @@ def register(commands: argparse._SubParsersAction) -> None:
         "list": "Who is enrolled: each person's faces, threshold and last change. With NAME, "
         "each of that person's faces: when it was enrolled and the SHA-256 of the photo it "
         "came from (the photos of one enroll share its time), for `gallery remove NAME "
-        "--photos`.",
+        "--photos`. Every face is read, as the daemon reads them: a damaged gallery (a face "
+        "that is not a unit vector of the gallery's size, a threshold that is not a number) "
+        "is an error naming the person, the face and what to do (exit status 1).",
         "export": "Write every enrolled embedding, with names, thresholds and the model id, to "
         "FILE (owner-only: these are biometric data). An existing FILE is kept unless --force.",
         "import": "Add every person and embedding of FILE (a `gallery export`, .json or .npz) "

@@ -550,7 +550,7 @@ def test_a_second_daemon_given_the_same_archive_dir_is_refused_and_archive_list_
     runs: a second is refused at start, before its engines load, with exit status 1 (systemd
     tries again) naming archive.dir and the first one's pid. `archive list` reads the
     visits all the same, and once the first has stopped the second starts."""
-    from daemon import service
+    from daemon import engine_choice
 
     root = tmp_path / "archive"
     _named_visit(root, "door", "080000-t1-unknown", [], b"\xff")
@@ -566,7 +566,7 @@ def test_a_second_daemon_given_the_same_archive_dir_is_refused_and_archive_list_
         loads.append("detector")
         raise EngineError("models/mtcnn/pnet.onnx: cannot load the model: (this test's)")
 
-    monkeypatch.setattr(service, "load_detector", load_detector)
+    monkeypatch.setattr(engine_choice, "load_detector", load_detector)
     monkeypatch.delenv("STATE_DIRECTORY", raising=False)
     config = tmp_path / "facewatch.yaml"
     config.write_text(
