@@ -18,7 +18,7 @@ from engines.base import brief, finite_number, read_json
 logger = logging.getLogger(__name__)
 
 VISIT_FILE = "visit.json"
-LOCK_FILE = "lock"  # held by the daemon that writes the archive (daemon/claims.py)
+LOCK_FILE = "archive.lock"  # held by the daemon that writes the archive (daemon/claims.py)
 LAST_TIMESTAMP = datetime(9999, 1, 1, tzinfo=timezone.utc).timestamp()  # what datetime shows
 # the writer's folders, the only ones it deletes: YYYY-MM-DD / CAMERA / HHMMSS-tTRACK-WHO[-N]
 _DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")

@@ -11,6 +11,7 @@ import errno
 import fcntl
 import logging
 import os
+import stat
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -30,8 +31,17 @@ def claim(lock_file: Path, key: str) -> int:
     """Lock ``lock_file`` (made if new, owner-only) for this process and write its pid in
     it; the open file, which holds the lock until closed. Another facewatch holding it:
     OSError EBUSY, ``in use by another facewatch (pid N) with the same KEY``. A file system
-    without locks (some NFS, FUSE): a warning, and the file all the same."""
-    fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o600)
+    without locks (some NFS, FUSE): a warning, and the file all the same. A link there is
+    refused, never followed (run as root, the file it points at would be emptied)."""
+    linked = OSError(errno.EPERM, "a link, not a plain file: remove it", str(lock_file))
+    try:
+        fd = os.open(lock_file, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    except OSError as exc:
+        raise linked if exc.errno == errno.ELOOP else exc from None
+    found = os.fstat(fd)
+    if not stat.S_ISREG(found.st_mode) or found.st_nlink != 1:
+        os.close(fd)
+        raise linked
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -16,27 +16,31 @@ from daemon.gallery import Gallery, GalleryError
 from daemon.gallery_names import twin_key
 
 
-def archive_to_forget(args: argparse.Namespace, config: Config | None) -> Path | None:
-    """The face archive ``--forget`` deletes visits from: ``--archive``, else the
-    ``--config``'s archive.dir (None: it has none, said on stdout). ConfigError when neither
-    is given; GalleryError when the folder cannot be read (nothing is deleted then)."""
-    if args.archive is not None:
-        root = Path(args.archive)
+def archives_to_forget(args: argparse.Namespace, config: Config | None) -> list[Path]:
+    """The face archives ``--forget`` deletes visits from: each ``--archive`` (two daemons
+    sharing the gallery: both theirs, in one run, as her enrolled photos are known only
+    while she is enrolled), else the ``--config``'s archive.dir (none: it has none, said on
+    stdout). ConfigError when neither is given; GalleryError when a folder cannot be read
+    (nothing is deleted then)."""
+    if args.archive:
+        roots = [Path(folder) for folder in args.archive]
     elif config is not None:
         if config.archive.dir is None:
             print(f"{args.config}: archive.dir is not set: no face archive to delete visits from")
-            return None
-        root = Path(config.archive.dir)
+            return []
+        roots = [Path(config.archive.dir)]
     else:
         raise ConfigError(
             "--forget needs the face archive: --config FILE (its archive.dir) or --archive DIR"
         )
-    if root.exists() and not (root.is_dir() and os.access(root, os.R_OK | os.W_OK | os.X_OK)):
-        raise GalleryError(
-            f"{root}: the face archive cannot be read and written by this user; run as the "
-            "daemon's user (the `fw` helper of docs/operations.md, section 2); nothing was removed"
-        )
-    return root
+    for root in roots:
+        if root.exists() and not (root.is_dir() and os.access(root, os.R_OK | os.W_OK | os.X_OK)):
+            raise GalleryError(
+                f"{root}: the face archive cannot be read and written by this user; run as "
+                "the daemon's user (the `fw` helper of docs/operations.md, section 2); nothing "
+                "was removed"
+            )
+    return roots
 
 
 def forget_visits(root: Path, name: str, photos: set[str]) -> None:
@@ -56,14 +60,14 @@ def forget_visits(root: Path, name: str, photos: set[str]) -> None:
     print(f"deleted {len(visits)} visit(s) of {name} from the face archive {root}")
 
 
-def forget_removed(gallery: Gallery, root: Path | None, name: str) -> None:
+def forget_removed(gallery: Gallery, roots: list[Path], name: str) -> None:
     """``--forget`` of someone no longer enrolled (removed earlier, or the command run again):
     the visits an event named them in are deleted (those holding a photo they were enrolled
     from can no longer be told), with a note. A name enrolled in another case or spelling
     (``Ada`` for ``ada``), or close to an enrolled one when no visit names it, is a typo:
     GalleryError naming that one, and nothing is deleted (visits are found whatever the
     case: they would have been deleted, and the person left enrolled)."""
-    named = visits_of(root, name, set()) if root is not None and root.is_dir() else []
+    named = [visit for root in roots if root.is_dir() for visit in visits_of(root, name, set())]
     close = gallery.close_name(name)
     if close is not None and (not named or twin_key(close) == twin_key(name)):
         gallery.sources_of(name)  # GalleryError: "no identity named 'Zoe'; did you mean 'Zoë'?"
@@ -71,7 +75,7 @@ def forget_removed(gallery: Gallery, root: Path | None, name: str) -> None:
         f"note: {name} is not in the gallery (removed earlier?); forgotten elsewhere as asked",
         file=sys.stderr,
     )
-    if root is not None:
+    for root in roots:
         forget_visits(root, name, set())
 
 

@@ -189,8 +189,11 @@ def register(commands: argparse._SubParsersAction) -> None:
     parsers["remove"].add_argument(
         "--archive",
         type=Path,
+        action="append",
         metavar="DIR",
-        help="with --forget: the face archive folder (default: the --config's archive.dir)",
+        help="with --forget: the face archive folder (default: the --config's archive.dir); "
+        "again for each archive of daemons that share this gallery, all in one run (their "
+        "enrolled photos, which find the visits they were enrolled from, go with them)",
     )
     parsers["rename"].add_argument("old", help="the person's name now")
     parsers["rename"].add_argument("new", help="the new name")
@@ -364,13 +367,13 @@ def _remove(args: argparse.Namespace) -> int:
             )
         return _remove_photos(args)
     config = daemon_config(args)
-    root = forget.archive_to_forget(args, config) if args.forget else None
+    roots = forget.archives_to_forget(args, config) if args.forget else []
     with Gallery.open(gallery_path(args), writable=True) as gallery:
         if args.forget and not gallery.knows(args.name):  # removed before: the rest as asked
-            forget.forget_removed(gallery, root, args.name)
+            forget.forget_removed(gallery, roots, args.name)
             forget.say_what_remains(args.name, config)
             return 0
-        if root is not None:  # first: their enrolled photos are known only while enrolled
+        for root in roots:  # first: their enrolled photos are known only while enrolled
             forget.forget_visits(root, args.name, gallery.sources_of(args.name))
         count = gallery.remove(args.name)
     print(f"removed {args.name} ({count} face(s))")

@@ -230,10 +230,16 @@ class MqttPublisher:
             "or mqtt.topic_prefix changed since, or the spool was copied from another box. "
             "They are sent as they are, under those topics (a broker whose ACL refuses them: "
             "dropped); if the box they came from delivered them already, stop facewatch and "
-            "delete them: %ssqlite3 %s \"DELETE FROM messages WHERE topic NOT GLOB '%s/*'\"",
+            "delete them: %ssqlite3 %s %s",
             self.spool.path, strays.count, strays.when(), ", ".join(strays.nodes), self.base,
-            as_owner(), shlex.quote(str(self.spool.path)), self.base,
+            as_owner(), shlex.quote(str(self.spool.path)), shlex.quote(self._strays_deleted()),
         )  # fmt: skip
+
+    def _strays_deleted(self) -> str:
+        """The SQL that deletes the spooled messages not under this node's topics (a plain
+        prefix compare: a GLOB would read a prefix's [ ] * ? as a pattern)."""
+        base = f"{self.base}/".replace("'", "''")
+        return f"DELETE FROM messages WHERE substr(topic, 1, {len(self.base) + 1}) != '{base}'"
 
     def notify(self) -> None:
         """New messages are in the spool."""
@@ -609,7 +615,7 @@ class MqttPublisher:
         refused, self._refused = self._refused, False
         if self.connected.is_set() and not self._stop.is_set():
             if self._taken_over(value, lost):
-                self._say_taken()
+                self._say_taken(surely=value == SESSION_TAKEN_OVER)
             else:
                 why = "the connection was lost: the broker stopped, or the network"
                 self._lost(why if lost else str(reason))
@@ -631,14 +637,24 @@ class MqttPublisher:
         self._short_links = self._short_links + 1 if short else 0
         return reason == SESSION_TAKEN_OVER or self._short_links >= TAKEN_OVER_AFTER
 
-    def _say_taken(self) -> None:
+    def _say_taken(self, surely: bool) -> None:
         """Said once, not at each of the disconnections that follow (at DEBUG, the reminder
-        every REMIND_S), until a connection holds again (``_holds``)."""
+        every REMIND_S), until a connection holds again (``_holds``). Not ``surely`` (no MQTT
+        5 reason): a broker that closes every connection at once for its own reason (a
+        message over its max_packet_size, an ACL refusal some brokers disconnect for) looks
+        the same, so its log is named as the other place to look."""
         node = self.node_id
         why = (
             f"another MQTT client with client id {self.client_id} takes the connection (a "
             f"second facewatch with node_id {node}? give each its own node_id)"
         )
+        if not surely:
+            why = (
+                "each connection is closed within seconds of being made: another MQTT client "
+                f"with client id {self.client_id} taking it (a second facewatch with node_id "
+                f"{node}? give each its own node_id), or the broker closing it (its log says "
+                "why: a message over its max_packet_size, an ACL refusal)"
+            )
         self._taken_times += 1
         cfg = self.config
         check = "node_id: each facewatch on this broker needs its own"

@@ -44,6 +44,7 @@ SHRINK_ABOVE_BYTES = 8 << 20  # an empty spool's file larger than this is vacuum
 # (events, face snapshots) until then, also after a crash
 TIDY_EVERY_S = 60.0
 WAL_LIMIT_BYTES = 1 << 20  # what an emptied WAL file keeps of its size
+MAX_TS = 253402300799.0  # 9999-12-31: an event time beyond is none to show
 PAGE_SIZE = 1024  # an event (~0.5 KB) fits in one page; a face snapshot spans a few
 # Without AUTOINCREMENT a new message's id is the highest id + 1, so the oldest is still the
 # lowest id. An id is used again only once every message from it up was deleted, and only
@@ -160,7 +161,9 @@ def _frame_ts(payload: bytes) -> float | None:
         ts = json.loads(payload).get("frame_ts")
     except (ValueError, AttributeError):
         return None
-    return float(ts) if isinstance(ts, (int, float)) else None
+    if not isinstance(ts, (int, float)) or not 0 < ts < MAX_TS:  # (NaN too)
+        return None  # (a time that cannot be shown: milliseconds, a hand edit)
+    return float(ts)
 
 
 @dataclass(frozen=True)

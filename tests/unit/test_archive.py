@@ -250,7 +250,7 @@ def test_archive_prune_applies_keep_days_and_max_mb_where_no_daemon_runs(tmp_pat
     settings = {"dir": str(root), "keep_days": 7, "max_mb": 2 * _disk(kept[0]) / 1e6}
     config.write_text(json.dumps({"cameras": [{"name": "door", "url": str(CLIP)}],
                                   "archive": settings}))  # fmt: skip
-    held = os.open(root / "lock", os.O_RDWR | os.O_CREAT, 0o600)  # a running daemon's
+    held = os.open(root / "archive.lock", os.O_RDWR | os.O_CREAT, 0o600)  # a running daemon's
     try:
         os.write(held, b"4242")
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -557,7 +557,7 @@ def test_a_second_daemon_given_the_same_archive_dir_is_refused_and_archive_list_
     holder = subprocess.Popen(  # the first daemon: another process, holding archive.dir
         [sys.executable, "-c", "import sys; from pathlib import Path; "
          "from daemon.claims import claim; claim(Path(sys.argv[1]), 'archive.dir'); "
-         "print('held', flush=True); sys.stdin.read()", str(root / "lock")],
+         "print('held', flush=True); sys.stdin.read()", str(root / "archive.lock")],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     loads: list[str] = []
@@ -834,6 +834,32 @@ def test_gallery_remove_forget_deletes_the_visits_that_show_them(tmp_path, capsy
     assert "--archive is for --forget" in capsys.readouterr().err
 
 
+def test_gallery_remove_forget_reaches_every_archive_of_daemons_sharing_the_gallery(
+    tmp_path, capsys
+) -> None:
+    """Two daemons sharing one gallery, each with its archive: `--forget` with both
+    `--archive`s in one run deletes the visit she was enrolled from in the second archive too
+    (a second run, with her gone from the gallery, could no longer find it)."""
+    import hashlib
+
+    from daemon.gallery import Enrollment, Gallery
+
+    front, garage = tmp_path / "front", tmp_path / "garage"
+    photo = b"\xff\xd8 the photo Zoe was enrolled from"
+    named = _named_visit(front, "door", "101500-t1-zoe-0a1b2c3d", ["Zoe"], b"\xff\xd8 a")
+    enrolled_from = _named_visit(garage, "garage", "101700-t3-unknown", [], photo)
+    stranger = _named_visit(garage, "garage", "101900-t5-unknown", [], b"\xff\xd8 d")
+    gallery = tmp_path / "gallery.sqlite"
+    with Gallery.create(gallery, "facenet-test@sha256:0123", 4) as made:
+        made.enroll([Enrollment("Zoe", np.array([1, 0, 0, 0], np.float32),
+                                hashlib.sha256(photo).hexdigest())])  # fmt: skip
+    argv = ["gallery", "remove", "Zoe", "--forget", "--gallery", str(gallery)]
+    assert main([*argv, "--archive", str(front), "--archive", str(garage)]) == 0
+    out = capsys.readouterr().out
+    assert not named.exists() and not enrolled_from.exists() and stranger.exists()
+    assert f"deleted 1 visit(s) of Zoe from the face archive {garage}" in out
+
+
 def test_gallery_remove_forget_of_someone_removed_earlier_deletes_their_named_visits(
     tmp_path, capsys
 ) -> None:
@@ -920,3 +946,39 @@ def test_gallery_remove_forget_says_which_visit_it_could_not_delete(
     assert f"error: {visit}: could not be deleted (Permission denied)" in capsys.readouterr().err
     with Gallery.open(gallery) as left:
         assert [p.name for p in left.identities()] == ["Zoë"]
+
+
+def test_archive_prune_never_follows_a_link_planted_as_the_archives_lock(tmp_path, capsys) -> None:
+    """A link in the archive's folder named as its lock (the daemon's user can write there):
+    `archive prune`, run as root from a timer, emptied the file it pointed at and gave it to
+    the folder's owner. The link is refused and the file is untouched."""
+    root = tmp_path / "archive"
+    root.mkdir()
+    precious = tmp_path / "shadow"
+    precious.write_text("root:secret\n")
+    (root / "archive.lock").symlink_to(precious)
+    assert main(["archive", "prune", "--dir", str(root), "--keep-days", "1"]) == 1
+    assert "a link, not a plain file: remove it" in capsys.readouterr().err
+    (root / "archive.lock").unlink()
+    os.link(precious, root / "archive.lock")  # (a hard link, where the system allows one)
+    assert main(["archive", "prune", "--dir", str(root), "--keep-days", "1"]) == 1
+    assert precious.read_text() == "root:secret\n"
+
+
+def test_one_folder_for_the_spool_and_the_archive_still_starts(tmp_path) -> None:
+    """archive.dir and mqtt.spool_dir the same folder (it ran before the archive had a
+    lock): the two locks are two files, so the daemon does not find itself in the way."""
+    from daemon.config_file import parse_config
+    from daemon.preflight import outputs_claimed
+    from daemon.spool import Spool
+
+    folder = tmp_path / "state"
+    folder.mkdir()
+    config = parse_config({"cameras": [{"name": "door", "url": str(CLIP)}],
+                           "archive": {"dir": str(folder)}})  # fmt: skip
+    spool = Spool(folder, 10)
+    try:
+        with outputs_claimed(config):
+            assert (folder / "archive.lock").exists()
+    finally:
+        spool.close()

@@ -3580,3 +3580,14 @@ def test_a_daemon_paused_and_resumed_is_not_taken_for_a_stalled_one(monkeypatch,
         daemon._serve(scheduler)  # type: ignore[arg-type]
     assert not daemon.stalled
     assert "resumed after 0.3 s paused" in caplog.text
+
+
+def test_a_spooled_event_time_beyond_any_date_is_shown_as_none() -> None:
+    """A stray spooled event with a time in milliseconds (or a hand edit): the start's
+    warning about the spool's other-node messages crashed on it (year 57887 is out of
+    range); such a time is no time to show."""
+    from daemon.spool import _frame_ts
+
+    assert _frame_ts(b'{"frame_ts": 1764600000.5}') == 1764600000.5
+    for bad in (b'{"frame_ts": 1764600000500}', b'{"frame_ts": NaN}', b'{"frame_ts": -1}'):
+        assert _frame_ts(bad) is None, bad
