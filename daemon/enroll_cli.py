@@ -4,7 +4,9 @@ face archive's visits.
 Every photo must show one face (or ``--largest``), large and sharp enough, not a profile
 (``daemon.recognition.QualityGates``); a photo enrolled as someone else is refused (one
 photo, one person), and so is a face unlike all of its person's other faces (someone else,
-or a photo very unlike the others, unless ``--allow-mismatch``). A new person who looks like
+or a photo very unlike the others, unless ``--allow-mismatch``): the images of one archive
+visit are one track, near each other whoever it shows, so they do not count for each other,
+and a visit whose images fall into two people is refused whole, naming the groups. A new person who looks like
 someone enrolled (nearer than their own photos lie) is warned about. Nothing is enrolled while any photo is rejected, unless ``--skip-bad``.
 Exit status: 0 done, 1 an image or the gallery refused (the reason is printed; with
 ``--skip-bad``, a person none of whose photos could be enrolled, named), 2 a model or
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import functools
 import math
+import shlex
 import sys
 from collections import Counter
 from dataclasses import dataclass
@@ -50,6 +53,7 @@ from daemon.recognition import (
     face_at,
     largest_note,
     look_alikes,
+    split_visit,
     unlike_faces,
 )
 from daemon.recognition_cli import Models, add_model_options, load_models, photo_files
@@ -130,9 +134,11 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--allow-mismatch",
         action="store_true",
         help="enroll a face even when it lies farther than 1.3 times the match threshold "
-        "from every other face of its person (enrolled or in this enroll; checked when there "
-        "are 2 or more): such a photo is refused, as it shows someone else or is very unlike "
-        "the others (sunglasses, years apart)",
+        "from every other face of its person (enrolled or in this enroll, not counting the "
+        "other images of its own archive visit; checked when there are 2 or more): such a "
+        "photo is refused, as it shows someone else or is very unlike the others (sunglasses, "
+        "years apart); and a visit whose images fall into groups that far apart (a track "
+        "that passed from one person to another), refused whole",
     )
     add_model_options(p)
     p.set_defaults(func=run_enroll)
@@ -344,11 +350,15 @@ def run_enroll(args: argparse.Namespace) -> int:
     if rejected and not args.skip_bad:
         print_error(
             f"{len(rejected)} of {len(jobs)} image(s) rejected; nothing was enrolled "
-            "(fix or drop them, or pass --skip-bad to enroll the others)"
+            + (
+                "(fix or drop them, or pass --skip-bad to enroll the others)"
+                if accepted
+                else _none_taken(jobs, args)
+            )
         )
         return 1
     if not accepted:
-        print_error("no image could be enrolled")
+        print_error(f"no image could be enrolled {_none_taken(jobs, args)}")
         return 1
     _warn_look_alikes(enrolled, embeddings, accepted)
     left_out = _left_out(jobs, accepted, set(enrolled.owners))
@@ -367,6 +377,21 @@ def run_enroll(args: argparse.Namespace) -> int:
     return code
 
 
+def _none_taken(jobs: list[tuple[str, Path]], args: argparse.Namespace) -> str:
+    """What to do when none of the images could be enrolled (--skip-bad would take none):
+    other photos, or, for a face archive visit, whose images cannot be made better, another
+    visit of the person."""
+    if not any(_source(path) != path for _, path in jobs):
+        return "(use other photos of them: one face each, large, sharp, not turned away)"
+    config = f" --config {shlex.quote(str(args.config))}" if args.config is not None else ""
+    names = sorted({name for name, _ in jobs})
+    return (
+        "(a face archive visit's images cannot be made better: take another visit of "
+        f"{', '.join(names)}; `facewatch archive list{config} --unknown` lists the visits, "
+        "`--name NAME` those that named them)"
+    )
+
+
 def _left_out(
     jobs: list[tuple[str, Path]], accepted: list[tuple[str, Path, str]], known: set[str]
 ) -> dict[str, int]:
@@ -377,28 +402,83 @@ def _left_out(
     return {name: n for name, n in asked.items() if name not in got and name not in known}
 
 
+def _source(path: Path) -> Path:
+    """Where an image comes from, for the unlike checks: its face archive visit (one track:
+    its images lie near each other whoever they show), else the photo itself."""
+    return path.parent if (path.parent / VISIT_FILE).is_file() else path
+
+
 def _drop_unlike(
     enrolled: _Enrolled,
     embeddings: np.ndarray,
     accepted: list[tuple[str, Path, str]],
     rejected: list[str],
 ) -> tuple[np.ndarray, list[tuple[str, Path, str]]]:
-    """The accepted faces less those unlike their person's other faces (each added to
-    ``rejected`` with the reason, and said)."""
+    """The accepted faces less those of a visit that shows two people and those unlike their
+    person's other faces (each added to ``rejected`` with the reason, and said)."""
     names = [name for name, _, _ in accepted]
     threshold_of = enrolled.threshold_of(set(names))
-    unlike = unlike_faces(embeddings, names, enrolled.vectors, enrolled.owners, threshold_of)
+    sources = [_source(path) for _, path, _ in accepted]
+    dropped = _split_visits(embeddings, accepted, sources, threshold_of, rejected)
+    keep = [k for k in range(len(accepted)) if k not in dropped]
+    unlike = unlike_faces(
+        embeddings[keep],
+        [names[k] for k in keep],
+        enrolled.vectors,
+        enrolled.owners,
+        threshold_of,
+        [sources[k] for k in keep],
+    )
     for face in unlike:
+        path = accepted[keep[face.index]][1]
+        siblings = sum(sources[k] == _source(path) for k in keep) > 1
         reason = _shown(
-            f"{accepted[face.index][1]}: does not look like the other photos of {face.name} "
+            f"{path}: does not look like the other photos of {face.name} "
             f"(nearest {face.nearest:.3f}, over {UNLIKE_FACTOR:g}x the threshold "
-            f"{shown_threshold(face.threshold)}): someone else, or a photo very unlike the "
-            "others (sunglasses, years apart)? (--allow-mismatch enrolls it)"
+            f"{shown_threshold(face.threshold)}"
+            + ("; the other images of its visit not counted" if siblings else "")
+            + "): someone else, or a photo very unlike the others (sunglasses, years apart)? "
+            "(--allow-mismatch enrolls it)"
         )
         rejected.append(reason)
         print(f"rejected: {reason}", file=sys.stderr)
-    keep = sorted(set(range(len(accepted))) - {face.index for face in unlike})
+        dropped.add(keep[face.index])
+    keep = [k for k in range(len(accepted)) if k not in dropped]
     return embeddings[keep], [accepted[k] for k in keep]
+
+
+def _split_visits(
+    embeddings: np.ndarray,
+    accepted: list[tuple[str, Path, str]],
+    sources: list[Path],
+    threshold_of: dict[str, float],
+    rejected: list[str],
+) -> set[int]:
+    """The faces of each visit whose images fall into groups of different people (farther
+    apart than the unlike check allows): all refused, the groups named, one line a visit."""
+    dropped: set[int] = set()
+    for visit in sorted({s for s in sources if sources.count(s) > 1}):
+        faces = [k for k, source in enumerate(sources) if source == visit]
+        name = accepted[faces[0]][0]
+        limit = UNLIKE_FACTOR * threshold_of[name]
+        groups = split_visit(embeddings[faces], limit)
+        if len(groups) < 2:
+            continue
+        shown = " vs ".join(
+            ", ".join(accepted[faces[i]][1].name for i in group) for group in groups
+        )
+        first = accepted[faces[groups[0][0]]][1]
+        reason = _shown(
+            f"{visit}: this visit seems to show {len(groups)} people: {shown} (each group "
+            f"lies {UNLIKE_FACTOR:g}x the threshold {shown_threshold(threshold_of[name])} or "
+            "more from the others: the track passed from one person to another); look at "
+            f"them and enroll the images of {name} alone (`enroll --name {shlex.quote(name)} "
+            f"{first} ...`), or --allow-mismatch enrolls them all"
+        )
+        print(f"rejected: {reason}", file=sys.stderr)
+        rejected.extend([reason] * len(faces))  # each image counts as rejected
+        dropped.update(faces)
+    return dropped
 
 
 def _warn_look_alikes(

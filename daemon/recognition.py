@@ -267,8 +267,8 @@ UNLIKE_FACTOR = 1.3
 @dataclass(frozen=True)
 class Unlike:
     """A new face farther than UNLIKE_FACTOR times its person's threshold from every other
-    face of that person (enrolled, or in the same enroll): someone else, or a photo very
-    unlike the others."""
+    face of that person (enrolled, or in the same enroll but not from the same visit):
+    someone else, or a photo very unlike the others."""
 
     index: int  # of the new face
     name: str
@@ -282,25 +282,47 @@ def unlike_faces(
     old: np.ndarray,
     old_names: list[str],
     threshold_of: dict[str, float],
+    sources: list[object] | None = None,
 ) -> list[Unlike]:
     """The new faces none of whose person's other faces (at least MIN_OTHERS of them, old or
     new) is nearer than UNLIKE_FACTOR times that person's threshold: with fewer there is no
-    telling which of two faces is the odd one."""
+    telling which of two faces is the odd one. ``sources``: where each new face comes from
+    (a face archive visit, else the photo itself); the faces of one visit are one track,
+    always near each other, so they neither vouch for each other nor count as others: a
+    wrong visit is judged by the person's enrolled faces and their other visits and photos."""
     if len(new) == 0:
         return []
+    sources = list(range(len(new))) if sources is None else sources
     vectors = np.concatenate([np.asarray(new, np.float32), np.asarray(old, np.float32)])
     owners = np.array([*new_names, *old_names], dtype=object)
     dist = _distances(new, vectors)
-    dist[np.arange(len(new)), np.arange(len(new))] = np.inf  # not against itself
     found = []
     for k, name in enumerate(new_names):
-        same = owners == name
-        if same.sum() - 1 < MIN_OTHERS:
+        own = np.array([sources[i] == sources[k] for i in range(len(new))] + [False] * len(old))
+        others = (owners == name) & ~own
+        witnesses = len({sources[i] for i in np.flatnonzero(others[: len(new)])})
+        if witnesses + int(others[len(new) :].sum()) < MIN_OTHERS:
             continue
-        nearest = float(dist[k][same].min())
+        nearest = float(dist[k][others].min())
         if nearest >= UNLIKE_FACTOR * threshold_of[name]:
             found.append(Unlike(k, name, nearest, threshold_of[name]))
     return found
+
+
+def split_visit(vectors: np.ndarray, limit: float) -> list[list[int]]:
+    """The faces of one visit in groups that lie ``limit`` or more apart (single linkage:
+    a face joins a group when it is nearer than ``limit`` to any face of it), each group in
+    order. One group: the visit shows one person; two or more: the track passed from one
+    person to another (a neighbour who leaned in, a stranger who took someone's place)."""
+    near = _distances(vectors, vectors) < limit
+    group = list(range(len(vectors)))
+    for a, b in zip(*np.nonzero(np.triu(near, 1)), strict=True):
+        old, joined = group[b], group[a]
+        group = [joined if g == old else g for g in group]
+    groups: dict[int, list[int]] = {}
+    for k, g in enumerate(group):
+        groups.setdefault(g, []).append(k)
+    return sorted(groups.values())
 
 
 @dataclass(frozen=True)

@@ -85,9 +85,11 @@ def test_each_visit_of_an_unknown_face_is_archived_and_can_be_enrolled(
     gallery = tmp_path / "gallery.sqlite"
     code = main(
         # (--allow-profile: the clip's singer turns his head, and enroll's own landmarks on
-        # the archived crop may call a face the archive marked enrollable a profile)
+        # the archived crop may call a face the archive marked enrollable a profile;
+        # --allow-mismatch: the random model puts a visit's images far apart, as two people)
         ["enroll", "--name", "Visitor", str(folder), "--largest", "--skip-bad", "--allow-profile",
-         "--model", str(test_model), "--gallery", str(gallery), "--threads", "2", "--no-progress"]
+         "--allow-mismatch", "--model", str(test_model), "--gallery", str(gallery), "--threads",
+         "2", "--no-progress"]
     )  # fmt: skip
     assert code == 0
     with Gallery.open(gallery) as enrolled:

@@ -987,3 +987,99 @@ def test_a_command_started_with_stdout_closed_runs_as_before(cli, images, monkey
     monkeypatch.setattr(sys, "stdout", None)
     code, _, err = cli("gallery", "list", model=False)
     assert code == 0 and "Traceback" not in err and "AttributeError" not in err, err
+
+
+# visits of the demo clip's frames: Lin-Manuel Miranda's (the largest face) and a man of the
+# audience's (the face whose box starts nearest x 380), 0.28 to 0.33 from Lin's faces
+CLIP_VISITS = {
+    "lin": (84, 96, 108, 120, 132),
+    "lin later": (150, 162, 174, 186, 198),
+    "stranger": (216, 228, 240, 252, 264),
+    "lin then stranger": (90, 102, 114, 222, 234),
+}
+STRANGER_X, STRANGER_FROM = 380, 216
+
+
+@pytest.fixture(scope="module")
+def clip_visits(detector, tmp_path_factory) -> dict[str, Path]:
+    """Face archive visits of camera 'hamilton', written by the archive itself from the demo
+    clip's frames: Lin twice, the man once, and one track that passed from Lin (3 images) to
+    him (2), as a track does when one person takes another's place."""
+    from daemon.archive import FaceArchive
+    from daemon.config import ArchiveConfig
+    from daemon.tracking import Track, TrackEvent
+
+    root = tmp_path_factory.mktemp("clip-archive") / "archive"
+    archive = FaceArchive(ArchiveConfig(dir=str(root), which="all"), "node", "m-1")
+    archive.start()
+    clip = cv2.VideoCapture(str(REPO / "configs" / "demo" / "hamilton_360p.mp4"))
+    faces = {}
+    for k in sorted({k for frames in CLIP_VISITS.values() for k in frames}):
+        clip.set(cv2.CAP_PROP_POS_FRAMES, k)
+        frame = clip.read()[1]
+        found = detector.detect([frame])[0]
+        if k >= STRANGER_FROM:
+            i = int(np.argmin(abs(found.bbox_xyxy[:, 0] - STRANGER_X)))
+        else:
+            i = int(np.argmax(found.bbox_xyxy[:, 2] - found.bbox_xyxy[:, 0]))
+        faces[k] = (frame, found.bbox_xyxy[i], found.landmarks[i], float(found.score[i]))
+    clip.release()
+    start = time.time() - 3600
+    for track_id, frames in enumerate(CLIP_VISITS.values(), 1):
+        first = start + 60 * track_id
+        track = Track(track_id, faces[frames[0]][1], faces[frames[0]][2], first, first)
+        for n, k in enumerate(frames):  # a second apart: each its own image of the visit
+            frame, box, landmarks, score = faces[k]
+            track.bbox_xyxy, track.landmarks, track.last_seen = box, landmarks, first + n
+            archive.observe("hamilton", track, frame, (box, landmarks, score), first + n)
+        left = TrackEvent("left", track, None, 1.0, None, reason="lost")
+        archive.visits_ended("hamilton", [left], live=set())
+    archive.stop(timeout_s=30)
+    folders = sorted(p.parent for p in root.glob("*/*/*/visit.json"))
+    assert len(folders) == len(CLIP_VISITS)
+    return dict(zip(CLIP_VISITS, folders, strict=True))
+
+
+def test_a_wrong_visit_or_a_visit_of_two_people_is_refused_not_enrolled_silently(
+    shipped_model, clip_visits, tmp_path, capsys
+) -> None:
+    """A stranger's visit enrolled as Lin by mistake, and a visit whose track passed from Lin
+    to the stranger: both were enrolled without a word (each image had its own visit's
+    images near it, as every track's have). Now a visit is judged against the person's
+    enrolled faces and other visits, not its own images, and a visit whose images fall into
+    two people is refused, naming which go together; Lin's second visit is taken as before.
+    (The audience's faces are blurred: --min-sharpness 0 takes them.)"""
+    gallery = ["--gallery", str(tmp_path / "g.sqlite"), "--threads", "2", "--no-progress"]
+
+    def run(*args: str) -> tuple[int, str, str]:
+        code = main(["enroll", "--min-sharpness", "0", *args, *gallery])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    code, out, err = run("--name", "Lin", str(clip_visits["lin"]))
+    assert code == 0 and "enrolled 5 new face(s)" in out and "Lin (new person)" in out, err
+    stranger = clip_visits["stranger"]
+    code, out, err = run("--name", "Lin", str(stranger))
+    assert code == 1 and not out, err
+    for k in range(1, 6):
+        image = stranger / f"face-{k}.jpg"
+        assert f"rejected: {image}: does not look like the other photos of Lin" in err
+    assert "the other images of its visit not counted" in err and "--allow-mismatch" in err
+    # no other image to enroll: another visit, not --skip-bad
+    assert "5 of 5 image(s) rejected; nothing was enrolled" in err
+    assert "--skip-bad" not in err and "take another visit of Lin" in err
+    assert "`facewatch archive list --unknown` lists the visits" in err
+    code, out, err = run("--name", "Lin", str(clip_visits["lin later"]))
+    assert code == 0 and "enrolled 5 new face(s) of 1 person(s)" in out, err
+
+    mixed = clip_visits["lin then stranger"]
+    for name in ("Mixed", "Lin"):  # a new person, and one enrolled
+        code, out, err = run("--name", name, "--skip-bad", str(mixed))
+        assert code == 1 and not out, err
+        assert f"rejected: {mixed}: this visit seems to show 2 people: face-1.jpg, " \
+            "face-2.jpg, face-3.jpg vs face-4.jpg, face-5.jpg" in err, err  # fmt: skip
+        assert f"`enroll --name {name} {mixed / 'face-1.jpg'} ...`" in err
+    code, out, err = run("--name", "Lin", *(str(mixed / f"face-{k}.jpg") for k in (1, 2, 3)))
+    assert code == 0 and "enrolled 3 new face(s)" in out, err
+    code, out, _ = run("--name", "Lin", "--allow-mismatch", str(mixed))  # as asked: all
+    assert code == 0 and "enrolled 2 new face(s)" in out and "3 not added" in out
