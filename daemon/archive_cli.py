@@ -7,6 +7,7 @@ import argparse
 import errno
 import json
 import os
+import shlex
 import shutil
 import sys
 from datetime import datetime
@@ -47,7 +48,8 @@ def register(commands: argparse._SubParsersAction) -> None:
         "time), camera, who (the name it left as, or unknown; with the names its events gave "
         "before, if any), how many images and how many of them enroll would likely take ('?' "
         "for visits an older facewatch wrote), how long it lasted, and its folder, which "
-        "`facewatch enroll --name NAME FOLDER` takes.",
+        "`facewatch enroll --config CONFIG --name NAME FOLDER` takes (the last line on "
+        "stderr says so).",
     )
     where = listing.add_mutually_exclusive_group()
     where.add_argument(
@@ -302,6 +304,13 @@ def run_list(args: argparse.Namespace) -> int:
             print(_line(folder, about))
     if not args.json:
         print(f"{shown} of the {len(visits)} visit(s) in {root}", file=sys.stderr)
+    if shown and not args.json:
+        config = shlex.quote(str(args.config)) if args.config is not None else "CONFIG"
+        print(
+            f"to enroll someone from their visits: facewatch enroll --config {config} "
+            "--name NAME FOLDER... (the folders above; --skip-bad leaves out images it refuses)",
+            file=sys.stderr,
+        )
     if not shown:
         _say_why_none(args, [about for _, about in visits], which)
     return 0

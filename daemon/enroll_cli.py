@@ -6,8 +6,11 @@ Every photo must show one face (or ``--largest``), large and sharp enough, not a
 photo, one person), and so is a face unlike all of its person's other faces (someone else,
 or a photo very unlike the others, unless ``--allow-mismatch``): the images of one archive
 visit are one track, near each other whoever it shows, so they do not count for each other,
-and a visit whose images fall into two people is refused whole, naming the groups. A new person who looks like
-someone enrolled (nearer than their own photos lie) is warned about. Nothing is enrolled while any photo is rejected, unless ``--skip-bad``.
+and a visit whose images fall into two people is refused whole, naming the groups. A new
+person who looks like someone enrolled (nearer than their own photos lie) is warned about.
+Nothing is enrolled while any photo is rejected, unless ``--skip-bad``. Enrolled into the
+gallery of the daemon's ``--config``, it says that a running daemon takes the change within
+2 s (``scheduler.GALLERY_CHECK_S``) and how to check that a camera names them.
 Exit status: 0 done, 1 an image or the gallery refused (the reason is printed; with
 ``--skip-bad``, a person none of whose photos could be enrolled, named), 2 a model or
 argument problem.
@@ -29,7 +32,7 @@ import numpy as np
 from tqdm import tqdm
 
 from daemon import gallery_cli
-from daemon.archive_files import VISIT_FILE, archive_level, read_visit
+from daemon.archive_files import VISIT_FILE, archive_level, is_visit_folder, read_visit
 from daemon.cli_args import number
 from daemon.detect_cli import progress_wanted
 from daemon.gallery import (
@@ -363,6 +366,8 @@ def run_enroll(args: argparse.Namespace) -> int:
     _warn_look_alikes(enrolled, embeddings, accepted)
     left_out = _left_out(jobs, accepted, set(enrolled.owners))
     code = _store(gallery_path, models, embeddings, accepted, len(rejected), left_out)
+    if code == 0 and recognition is not None and _same_file(gallery_path, recognition.gallery):
+        _say_daemon_reads_it(args.config, gallery_path, accepted)
     if code == 0 and (recognition is None or recognition.threshold is None):
         # (the daemon matches with the config's recognition.threshold when it sets one)
         gallery_cli.warn_uncalibrated(gallery_path, models.facenet.meta.extra)
@@ -389,6 +394,31 @@ def _none_taken(jobs: list[tuple[str, Path]], args: argparse.Namespace) -> str:
         "(a face archive visit's images cannot be made better: take another visit of "
         f"{', '.join(names)}; `facewatch archive list{config} --unknown` lists the visits, "
         "`--name NAME` those that named them)"
+    )
+
+
+def _same_file(a: Path, b: str | None) -> bool:
+    """Whether the gallery enrolled into is the one the daemon config names."""
+    try:
+        return b is not None and (a == Path(b) or a.samefile(b))
+    except OSError:
+        return False
+
+
+def _say_daemon_reads_it(
+    config: Path, gallery_path: Path, accepted: list[tuple[str, Path, str]]
+) -> None:
+    """After an enroll into the gallery of the daemon config given: that a running daemon
+    takes it without a restart, and how to check that a camera names them."""
+    cameras = {path.parent.parent.name for _, path, _ in accepted if is_visit_folder(path.parent)}
+    camera = cameras.pop() if len(cameras) == 1 else "CAMERA"
+    print(
+        _shown(
+            f"a daemon running with {config} picks this up within 2 s (it looks at "
+            f"{gallery_path} every 2 s; no restart needed); to check that a camera names "
+            f"them: `facewatch identify --config {shlex.quote(str(config))} --camera "
+            f"{shlex.quote(camera)} PHOTO` on another photo or visit of theirs"
+        )
     )
 
 

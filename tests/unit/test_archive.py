@@ -656,6 +656,31 @@ def test_archive_list_track_finds_the_visit_of_an_unknown_event(tmp_path, capsys
     assert "--track needs --camera" in capsys.readouterr().err
 
 
+def test_archive_list_ends_with_the_enroll_command_that_takes_its_folders(
+    tmp_path, clip_faces, capsys
+) -> None:
+    """The visits listed, the last line says how to enroll from them, with the config given
+    (it ended at the count: the command was only in `archive list --help`)."""
+    archive = _archive(tmp_path)
+    archive.start()
+    track = _visit(archive, clip_faces[:2], time.time() - 60, 1.0)
+    archive.visits_ended("door", [_left(track)], live=set())
+    archive.stop(timeout_s=10)
+    config = tmp_path / "my config.yaml"
+    config.write_text(json.dumps({"cameras": [{"name": "door", "url": str(CLIP)}],
+                                  "archive": {"dir": str(tmp_path / "archive")}}))  # fmt: skip
+    enroll = "to enroll someone from their visits: facewatch enroll --config"
+    how = "--name NAME FOLDER... (the folders above; --skip-bad leaves out images it refuses)"
+    assert main(["archive", "list", "--config", str(config)]) == 0
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert last == f"{enroll} '{config}' {how}"
+    assert main(["archive", "list", "--dir", str(tmp_path / "archive")]) == 0
+    assert capsys.readouterr().err.splitlines()[-1] == f"{enroll} CONFIG {how}"
+    for nothing in (["--camera", "gate"], ["--json"]):  # no folder listed, or for a script
+        assert main(["archive", "list", "--config", str(config), *nothing]) == 0
+        assert "to enroll" not in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("which", ["unknown", "all"])
 def test_a_visit_once_named_and_then_unknown_is_not_an_unknown_visit(
     tmp_path, clip_faces, which

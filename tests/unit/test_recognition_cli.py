@@ -1083,3 +1083,26 @@ def test_a_wrong_visit_or_a_visit_of_two_people_is_refused_not_enrolled_silently
     assert code == 0 and "enrolled 3 new face(s)" in out, err
     code, out, _ = run("--name", "Lin", "--allow-mismatch", str(mixed))  # as asked: all
     assert code == 0 and "enrolled 2 new face(s)" in out and "3 not added" in out
+
+
+def test_enrolled_into_the_daemons_gallery_says_when_it_names_them_and_how_to_check(
+    shipped_model, clip_visits, tmp_path, capsys
+) -> None:
+    """Enrolled with the daemon's --config: that a daemon running with it takes the change
+    within 2 s, without a restart (it looks at the file every 2 s), and the identify line
+    that checks the visit's camera names them (it said only what it enrolled). Into another
+    gallery than the config's: not a word of the daemon."""
+    config = tmp_path / "facewatch.yaml"
+    gallery = tmp_path / "gallery.sqlite"
+    config.write_text(json.dumps({"cameras": [{"name": "hamilton", "url": "stage.mp4"}],
+                                  "recognition": {"gallery": str(gallery),
+                                                  "model": str(shipped_model)}}))  # fmt: skip
+    common = ["--name", "Lin", "--threads", "2", "--no-progress"]
+    assert main(["enroll", "--config", str(config), *common, str(clip_visits["lin"])]) == 0
+    out = capsys.readouterr().out
+    assert f"a daemon running with {config} picks this up within 2 s (it looks at {gallery} " \
+        "every 2 s; no restart needed)" in out  # fmt: skip
+    assert f"`facewatch identify --config {config} --camera hamilton PHOTO`" in out
+    other = ["--gallery", str(tmp_path / "other.sqlite"), str(clip_visits["lin later"])]
+    assert main(["enroll", "--config", str(config), *common, *other]) == 0
+    assert "picks this up" not in capsys.readouterr().out
