@@ -150,15 +150,20 @@ class FaceNet:
                 f"{self.meta.name}: alignment needs a square input, got {height}x{width}"
             )
         chosen = range(len(faces)) if indices is None else indices
-        crops = []
-        for k in chosen:
-            if self.alignment == "similarity":
-                crops.append(align_similarity(image, faces.landmarks[k], height, self.template))
-            else:
-                crops.append(crop_with_margin(image, faces.bbox_xyxy[k], self.margin, height))
+        crops = [self.align_face(image, faces.bbox_xyxy[k], faces.landmarks[k]) for k in chosen]
         if not crops:
             return np.zeros((0, height, width, *image.shape[2:]), dtype=image.dtype)
         return np.stack(crops)
+
+    def align_face(
+        self, image: np.ndarray, bbox_xyxy: np.ndarray, landmarks: np.ndarray
+    ) -> np.ndarray:
+        """The model's crop (H, W, 3) of one face, given by its box and 5 landmarks (each
+        alignment uses one of them); ValueError for a face it cannot cut out."""
+        size = self.image_size_hw[0]
+        if self.alignment == "similarity":
+            return align_similarity(image, landmarks, size, self.template)
+        return crop_with_margin(image, bbox_xyxy, self.margin, size)
 
     def embed_faces(self, image: np.ndarray, faces: FrameDetections) -> np.ndarray:
         """Align and embed every face of one frame: (K, D)."""
