@@ -34,8 +34,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Concatenate, ParamSpec, TypeAlias
+from typing import Any, Concatenate, NamedTuple, ParamSpec, TypeAlias
 
+import cv2
 import numpy as np
 
 from daemon import metrics
@@ -47,7 +48,7 @@ from daemon.archive_files import (
 )
 from daemon.config import ArchiveConfig
 from daemon.events import person_key, region_xyxy, to_jpeg
-from daemon.recognition import rate_face
+from daemon.recognition import Aligner, FaceRating, rate_face, reference_crop
 from daemon.tracking import Track, TrackEvent
 from engines.base import sync_folder
 
@@ -72,6 +73,12 @@ class _Image:
     face_xyxy: list[float]  # in the JPEG
     score: float
     enrollable: bool
+
+
+class _Written(NamedTuple):
+    jpeg: bytes
+    face_xyxy: np.ndarray  # in the JPEG
+    rating: FaceRating  # on the JPEG, as enroll reads it
 
 
 @dataclass
@@ -109,10 +116,19 @@ def _contained(what: str) -> Callable[[_Method[_P]], _Method[_P]]:
 class FaceArchive:
     """``observe``, ``visits_ended``: the scheduler thread; the files: the writer thread."""
 
-    def __init__(self, config: ArchiveConfig, node: str, model_id: str | None) -> None:
+    def __init__(
+        self,
+        config: ArchiveConfig,
+        node: str,
+        model_id: str | None,
+        align: Aligner = reference_crop,
+    ) -> None:
+        """``align``: the crop of the daemon's FaceNet (``FaceNet.align_face``), on which
+        enroll will check a face for blur."""
         if config.dir is None:
             raise ValueError("archive.dir is not set")
         self.config, self.node, self.model_id = config, node, model_id
+        self.align = align
         self.root = Path(config.dir)
         self._open: dict[tuple[str, int], _Visit] = {}
         self._queue: queue.Queue[_Visit | None] = queue.Queue()
@@ -174,38 +190,67 @@ class FaceArchive:
             frame_hw = (image.shape[0], image.shape[1])
             visit = self._open[key] = _Visit(camera, track.track_id, track.first_seen_ts, frame_hw)
         box, landmarks, score = face
-        rating = rate_face(image, box, landmarks)
         gap = self.config.min_gap_s
         window = (ts - visit.first_seen) // gap if gap > 0 else ts
+        replaced = self._replaced(visit, window)
+        # a face that may replace one is rated on the frame first (cheap), to pass over most;
+        # a face that may be kept is rated on its JPEG, as enroll will read it (compressed,
+        # scaled down when large): on the frame, faces enroll refused as too blurry were
+        # called enrollable
+        if replaced is not None:
+            rating = rate_face(image, box, landmarks, score, self.align)
+            if not self._better(visit, replaced, rating):
+                return
+        written = self._written(image, box, landmarks, score)
+        if written is None or not self._better(visit, replaced, written.rating):
+            return
+        if replaced is not None:
+            del visit.images[replaced]
+        visit.images.append(  # the latest: time order holds
+            _Image(
+                quality=round(written.rating.quality, 4),
+                ts=ts,
+                window=window,
+                jpeg=written.jpeg,
+                bbox_xyxy=np.round(np.asarray(box, dtype=np.float64), 1).tolist(),
+                face_xyxy=np.round(written.face_xyxy, 1).tolist(),
+                score=round(float(score), 4),
+                enrollable=written.rating.enrollable,
+            )
+        )
+
+    def _replaced(self, visit: _Visit, window: float) -> int | None:
+        """Which of the visit's images a better one taken in ``window`` replaces (None: it
+        is added): one image per window, and at most ``per_visit``, the worst going."""
         images = visit.images
         if images and images[-1].window == window:
-            replaced: int | None = len(images) - 1  # one image per window: the better
-        elif len(images) >= self.config.per_visit:
-            replaced = min(range(len(images)), key=lambda k: images[k].quality)
-        else:
-            replaced = None
-        if replaced is not None and rating.quality <= images[replaced].quality:
-            return
+            return len(images) - 1
+        if len(images) >= self.config.per_visit:
+            return min(range(len(images)), key=lambda k: images[k].quality)
+        return None
+
+    @staticmethod
+    def _better(visit: _Visit, replaced: int | None, rating: FaceRating) -> bool:
+        return replaced is None or rating.quality > visit.images[replaced].quality
+
+    def _written(
+        self, image: np.ndarray, box: np.ndarray, landmarks: np.ndarray, score: float
+    ) -> _Written | None:
+        """The face with its context as the JPEG to write, rated on that JPEG decoded (None:
+        nothing to write)."""
         left, top, right, bottom = region_xyxy(image.shape[:2], box, CONTEXT)
         crop = image[top:bottom, left:right]
         jpeg = to_jpeg(crop, MAX_SIDE)
         if not jpeg:
-            return
+            return None
         scale = min(1.0, MAX_SIDE / max(crop.shape[:2]))
-        in_jpeg = (np.asarray(box, dtype=np.float64) - (left, top, left, top)) * scale
-        taken = _Image(
-            quality=round(rating.quality, 4),
-            ts=ts,
-            window=window,
-            jpeg=jpeg,
-            bbox_xyxy=np.round(np.asarray(box, dtype=np.float64), 1).tolist(),
-            face_xyxy=np.round(in_jpeg, 1).tolist(),
-            score=round(float(score), 4),
-            enrollable=rating.enrollable,
-        )
-        if replaced is not None:
-            del images[replaced]
-        images.append(taken)  # the latest: time order holds
+        origin = np.array([left, top], dtype=np.float64)
+        face_xyxy = (np.asarray(box, dtype=np.float64) - np.tile(origin, 2)) * scale
+        marks = (np.asarray(landmarks, dtype=np.float64) - origin) * scale
+        decoded = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+        if decoded is None:
+            return None
+        return _Written(jpeg, face_xyxy, rate_face(decoded, face_xyxy, marks, score, self.align))
 
     @_contained("visits not archived")
     def visits_ended(self, camera: str, events: list[TrackEvent], live: set[int]) -> None:

@@ -8,14 +8,15 @@ Pure numpy + OpenCV on detections (``engines.mtcnn.FrameDetections``) and embedd
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
-from engines.align import crop_with_margin
+from engines.align import align_similarity
 from engines.boxes import iou_matrix
-from engines.mtcnn import FrameDetections
+from engines.mtcnn import FrameDetections, MTCNNConfig
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +27,12 @@ DEFAULT_TARGET_FAR = 0.01
 # a full profile measures 1.9; of 428 frontal and three-quarter CelebA photos 99 % lie within
 # 1.0 and 2 beyond 1.5 (both turned almost to profile)
 MAX_PROFILE_OFFSET = 1.5
+# the detector's score of a face the camera saw, below which it is not one to enroll: the
+# back or top of a head, a face looking down or covered. In two archives of the demo and a
+# crowd clip (445 images), every image scored under 0.95 was such (0.70 the back of a head,
+# 0.73-0.90 heads looking down, 0.85 a jacket, 0.93 hair), faces at 0.95-0.99 were blurred
+# or dark but faces, and sharp frontal faces scored 0.99 and more
+MIN_FACE_SCORE = 0.95
 MAX_STORED_FRR = 0.3  # calibrate stores no threshold that turns away more enrolled faces
 MAX_FACE_OUTSIDE = 0.1  # of the face box's area beyond the photo's edges
 MAX_DISTANCE = 4.0  # squared L2 between unit vectors
@@ -47,6 +54,11 @@ class QualityGates:
     min_sharpness: float = DEFAULT_MIN_SHARPNESS
     largest: bool = False
     max_profile_offset: float = MAX_PROFILE_OFFSET  # inf allows a profile
+    # the detector's score the face must have in the photo: what the daemon needs to see a
+    # face at all (a face archive image is searched again below it: ARCHIVE_THRESHOLDS)
+    min_score: float = MTCNNConfig.thresholds[2]
+    # the score a face archive image had when the camera saw it (visit.json's)
+    min_seen_score: float = MIN_FACE_SCORE
 
     def choose_face(
         self,
@@ -75,6 +87,12 @@ class QualityGates:
             )
         else:
             k = int(np.argmax(sides))
+        if found.score[k] < self.min_score:
+            raise Rejected(
+                f"the detector scores this face {found.score[k]:.2f}, under the "
+                f"{self.min_score:g} the daemon needs to see a face at all (detection."
+                "thresholds): the back or top of a head, or no face"
+            )
         if sides[k] < self.min_face_px:
             raise Rejected(
                 f"face too small: {sides[k]:.0f} px, the minimum is {self.min_face_px:.0f} px "
@@ -94,6 +112,17 @@ class QualityGates:
                 "frontal photo matches better (--allow-profile takes it)"
             )
         return k
+
+    def check_seen_score(self, score: float | None) -> None:
+        """Rejected when a face archive image's face scored low as the camera saw it (None:
+        a photo from elsewhere)."""
+        if score is not None and score < self.min_seen_score:
+            raise Rejected(
+                f"the camera's detector scored this face {score:.2f} when it was seen (faces "
+                f"that look at the camera score {self.min_seen_score:g} or more): the top or "
+                "back of a head, or a face turned away or covered; take another image of the "
+                "visit (--allow-profile takes it)"
+            )
 
     def check_sharpness(self, crop: np.ndarray) -> float:
         """The crop's blur score; Rejected when below the minimum."""
@@ -427,29 +456,43 @@ def _people_distances(unit: np.ndarray, who: np.ndarray, people: int) -> np.ndar
 
 FULL_SIZE_PX = 112  # a face this wide or wider scores full marks for size
 REFUSED_FACTOR = 0.1  # the quality of a face enroll would likely refuse
-ENROLL_MARGIN = 32  # of the crop enroll checks for blur (box alignment, 160 px)
+# (image, bbox_xyxy, landmarks) -> the crop the embedding model sees, which enroll checks
+# for blur (FaceNet.align_face); ValueError for a face it cannot cut out
+Aligner = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+
+
+def reference_crop(image: np.ndarray, bbox_xyxy: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
+    """The shipped model's crop: the landmarks onto the reference template, 160 px."""
+    return align_similarity(image, landmarks, 160)
 
 
 @dataclass(frozen=True)
 class FaceRating:
     quality: float  # (0, 1]: higher is better to look at and to enroll from
-    enrollable: bool  # likely passes enroll's default gates: size, sharpness, whole
+    enrollable: bool  # likely passes enroll's default gates: size, sharpness, whole, score
 
 
-def rate_face(image: np.ndarray, bbox_xyxy: np.ndarray, landmarks: np.ndarray) -> FaceRating:
+def rate_face(
+    image: np.ndarray,
+    bbox_xyxy: np.ndarray,
+    landmarks: np.ndarray,
+    score: float,
+    align: Aligner = reference_crop,
+) -> FaceRating:
     """How good an image of a face is. Larger (up to FULL_SIZE_PX wide), more frontal (the
     nose halfway between the eyes, along the line through them) and sharper (enroll's blur
-    score, on its 160 px crop with a margin of 32) score higher; a face that enroll would likely refuse
-    (smaller than its minimum, blurrier, cut off by the frame's edge, or a profile) scores a
-    tenth."""
+    score, on the crop ``align`` cuts, as enroll does) score higher; a face that enroll
+    would likely refuse (smaller than its minimum, blurrier, cut off by the frame's edge, a
+    profile, or a detector ``score`` under MIN_FACE_SCORE: turned away) scores a tenth.
+    Rated on the image enroll reads (the archive's JPEG), it decides as enroll does."""
     width = float(bbox_xyxy[2] - bbox_xyxy[0])
     side = min(width, float(bbox_xyxy[3] - bbox_xyxy[1]))
     size = min(1.0, max(width, 1.0) / FULL_SIZE_PX)
     offset = frontal_offset(landmarks)
     frontal = 1.0 - min(1.0, abs(offset))
-    try:  # on the crop enroll takes from the original project's alignment (160 px, margin 32)
-        blur_score = sharpness(crop_with_margin(image, bbox_xyxy, ENROLL_MARGIN, 160))
-    except ValueError:  # a box wholly outside the frame
+    try:
+        blur_score = sharpness(align(image, bbox_xyxy, landmarks))
+    except ValueError:  # a box wholly outside the frame, landmarks all at one point
         blur_score = 0.0
     sharp = min(1.0, blur_score / (2 * DEFAULT_MIN_SHARPNESS))
     enrollable = (
@@ -457,6 +500,7 @@ def rate_face(image: np.ndarray, bbox_xyxy: np.ndarray, landmarks: np.ndarray) -
         and abs(offset) <= MAX_PROFILE_OFFSET
         and blur_score >= DEFAULT_MIN_SHARPNESS
         and outside_fraction(bbox_xyxy, image.shape[:2]) <= MAX_FACE_OUTSIDE
+        and score >= MIN_FACE_SCORE
     )
     quality = size * (0.2 + 0.8 * frontal) * (0.2 + 0.8 * sharp)
     return FaceRating(quality * (1.0 if enrollable else REFUSED_FACTOR), enrollable)

@@ -304,7 +304,12 @@ class Service:
 
     def _start_archive(self, facenet: FaceNet | None) -> None:
         cfg = self.config
-        self.archive = FaceArchive(cfg.archive, cfg.node_id, facenet.model_id if facenet else None)
+        if facenet is None:
+            self.archive = FaceArchive(cfg.archive, cfg.node_id, None)
+        else:  # its images rated on the crops of the model enroll will use
+            self.archive = FaceArchive(
+                cfg.archive, cfg.node_id, facenet.model_id, facenet.align_face
+            )
         self.archive.start()
         logger.info(
             "face archive %s: keeps %s, up to %d images a visit, at most %g MB and %g day(s)",

@@ -29,7 +29,7 @@ from daemon.config import ArchiveConfig, ConfigError
 from daemon.config_file import load_config, parse_config
 from daemon.events import face_region, person_key
 from daemon.preflight import check
-from daemon.recognition import rate_face
+from daemon.recognition import MIN_FACE_SCORE, rate_face
 from daemon.tracking import Track, TrackEvent
 from engines.base import EngineError
 from engines.boxes import iou_matrix
@@ -91,21 +91,53 @@ def _sample(name: str, **labels: str) -> float:
 
 
 def test_face_quality_prefers_large_frontal_sharp_faces(clip_faces) -> None:
-    frame, box, landmarks, _ = max(clip_faces, key=lambda f: rate_face(*f[:3]).quality)
-    quality = rate_face(frame, box, landmarks).quality
-    assert rate_face(frame, box, landmarks).enrollable
+    frame, box, landmarks, score = max(clip_faces, key=lambda f: rate_face(*f).quality)
+    quality = rate_face(frame, box, landmarks, score).quality
+    assert rate_face(frame, box, landmarks, score).enrollable
     blurred = cv2.GaussianBlur(frame, (0, 0), 3)
     small = cv2.resize(frame, None, fx=0.4, fy=0.4, interpolation=cv2.INTER_AREA)
     turned = landmarks.copy()
     turned[2] = turned[1]  # the nose over the right eye: a face seen from the side
     worse = {
-        "blurred": rate_face(blurred, box, landmarks).quality,
-        "smaller": rate_face(small, box * 0.4, landmarks * 0.4).quality,
-        "turned": rate_face(frame, box, turned).quality,
+        "blurred": rate_face(blurred, box, landmarks, score).quality,
+        "smaller": rate_face(small, box * 0.4, landmarks * 0.4, score).quality,
+        "turned": rate_face(frame, box, turned, score).quality,
     }
     assert 0 < quality <= 1
     for why, value in worse.items():
         assert 0 < value < quality, why
+
+
+def test_a_face_the_detector_scored_low_is_not_enrollable_and_not_a_visits_best(
+    tmp_path, clip_faces, capsys
+) -> None:
+    """The back of a head (detector score 0.701, O-Net's threshold 0.7) and the top of one
+    looking down (0.83) were rated by size, pose and blur alone: enrollable, and the visit's
+    best image, which enroll took and which then named strangers. A face scored under 0.95
+    is now neither."""
+    assert MIN_FACE_SCORE == 0.95
+    rated = sorted(clip_faces, key=lambda f: rate_face(*f).quality)
+    best, other = rated[-1], next(f for f in reversed(rated[:-1]) if rate_face(*f).enrollable)
+    assert min(best[3], other[3]) >= MIN_FACE_SCORE, "the clip's faces score high"
+    turned_away = (best[0], best[1], best[2], 0.83)
+    archive = _archive(tmp_path, per_visit=1, min_gap_s=0.0)
+    archive.start()
+    now = time.time()
+    alone = _visit(archive, [turned_away], now, 1.0, track_id=1)
+    both = _visit(archive, [turned_away, other], now, 1.0, track_id=2)
+    archive.visits_ended("door", [_left(alone), _left(both)], live=set())
+    archive.stop(timeout_s=10)
+
+    kept = {json.loads((v / VISIT_FILE).read_text())["track_id"]: v for v in _visits(tmp_path)}
+    [image] = json.loads((kept[1] / VISIT_FILE).read_text())["images"]
+    assert image["score"] == 0.83 and image["enrollable"] is False
+    [image] = json.loads((kept[2] / VISIT_FILE).read_text())["images"]
+    assert image["score"] == round(other[3], 4) and image["enrollable"] is True
+    assert image["ts"] == round(now + 1.0, 3)  # the other face's: the turned one went
+    assert main(["archive", "list", "--dir", str(tmp_path / "archive")]) == 0
+    lines = capsys.readouterr().out.splitlines()[:2]
+    counts = {line.split("-")[-2]: line.split("  ")[3] for line in lines}  # by track
+    assert counts == {"t1": "1 image(s), 0 enrollable", "t2": "1 image(s), 1 enrollable"}
 
 
 def test_a_visit_keeps_its_best_images_spaced_in_time_and_is_written_when_it_left(
@@ -132,7 +164,7 @@ def test_a_visit_keeps_its_best_images_spaced_in_time_and_is_written_when_it_lef
     assert about["first_seen_ts"] == round(first, 3)
     assert about["last_seen_ts"] == round(first + 4.5, 3)
     # the best of each second of the visit (frames 0-1, 2-3, ... of the ten), then the best 3
-    qualities = [rate_face(frame, box, marks).quality for frame, box, marks, _ in clip_faces[:10]]
+    qualities = [rate_face(*face).quality for face in clip_faces[:10]]
     windows = [max((qualities[k], first + k * 0.5) for k in (2 * w, 2 * w + 1)) for w in range(5)]
     best = sorted(sorted(windows, reverse=True)[:3], key=lambda c: c[1])
     images = about["images"]
