@@ -813,9 +813,12 @@ def test_enroll_refuses_an_archived_face_turned_away_from_the_camera(
     assert "--allow-profile takes it" in err
     code, _, err = cli("enroll", "--name", "Turned", "--allow-profile", str(visit))
     assert code == 0, err
+    assert cli("gallery", "remove", "Turned", model=False)[0] == 0  # (else enrolled already)
 
     config = tmp_path / "facewatch.yaml"
-    above = (float(found.score[0]) + 1.0) / 2  # a daemon's O-Net that would not see it
+    loose = detector.with_config(thresholds=(0.5, 0.5, 0.5)).detect([frame])[0]  # (enroll's
+    seen = max(float(found.score[0]), float(loose.score.max()))  # second look, loosened)
+    above = (seen + 1.0) / 2  # a daemon's O-Net that would not see it
     settings = {
         "cameras": [{"name": "door", "url": "x.mp4"}],
         "recognition": {"model": str(test_model)},
@@ -827,7 +830,7 @@ def test_enroll_refuses_an_archived_face_turned_away_from_the_camera(
         "--no-progress", model=False,
     )  # fmt: skip
     assert code == 1, err
-    assert f"the detector scores this face {found.score[0]:.2f}, under the {above:g}" in err
+    assert "the detector scores this face" in err and f"under the {above:g}" in err
 
 
 def test_the_archives_enrollable_flag_is_what_enroll_decides(test_model, detector) -> None:
