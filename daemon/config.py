@@ -589,7 +589,9 @@ class ArchiveConfig(Section):
 class TlsConfig(Section):
     ca_file: str | None = _field(None, "CA certificate to trust (PEM); null = system CAs")
     cert_file: str | None = _field(None, "client certificate (PEM), for brokers that ask")
-    key_file: str | None = _field(None, "client key (PEM)")
+    key_file: str | None = _field(
+        None, "client key (PEM, unencrypted: there is no passphrase setting)"
+    )
     insecure: bool = _field(False, "skip the host name check (testing only)")
 
 

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from daemon import mqtt_tls
 from daemon.archive import FaceArchive
 from daemon.archive_files import LOCK_FILE
 from daemon.cameras import check_file_source
@@ -352,16 +353,12 @@ def _threshold_warnings(config: Config) -> list[str]:
 
 
 def _tls_problems(config: Config) -> list[str]:
+    """The TLS files loaded as ``run`` loads them, each on its own: there, readable, and
+    what its key says (a PEM certificate; the private key of ``cert_file``)."""
     tls = config.mqtt.tls
     if not config.mqtt.enabled or tls is None:
         return []
-    found = []
-    for key in ("ca_file", "cert_file", "key_file"):
-        value = getattr(tls, key)
-        if value is not None and not os.access(value, os.R_OK):
-            why = "cannot be read" if Path(value).is_file() else "not found"
-            found.append(f"mqtt.tls.{key}: {value}: {why}")
-    return found
+    return mqtt_tls.file_problems(tls)
 
 
 def _output_problems(config: Config) -> list[str]:

@@ -684,6 +684,60 @@ def test_validate_config_checks_what_run_checks_before_it_starts(
     assert "enabled; detection only (recognition.model: null))" in capsys.readouterr().out
 
 
+def _self_signed(folder, name: str) -> None:
+    """NAME.crt and NAME.key in ``folder``: a self-signed certificate and its key."""
+    import subprocess
+
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+         f"/CN={name}", "-keyout", f"{name}.key", "-out", f"{name}.crt"],
+        cwd=folder, check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+
+
+def test_a_tls_file_that_is_not_what_its_key_says_is_named_by_validate_config_and_run(
+    tmp_path, capsys
+) -> None:
+    """A CA file of random bytes, a certificate cut short, a key of another certificate:
+    validate-config said `valid`, and `run` stopped with OpenSSL's words alone ('mqtt.tls:
+    [X509] PEM lib'), naming neither the key nor the file. Both say which file and why."""
+    import shutil
+
+    from daemon.cli import main
+    from daemon.mqtt_tls import RenewableContext, TlsFileError
+
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command, to make the certificates")
+    for name in ("a", "b"):
+        _self_signed(tmp_path, name)
+    (tmp_path / "garbage.crt").write_bytes(bytes(range(256)) * 2)
+    (tmp_path / "cut.crt").write_text(
+        "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+    )
+    cases = {
+        "ca_file: garbage.crt": f"mqtt.tls.ca_file: {tmp_path}/garbage.crt: not a PEM certificate (",
+        "cert_file: cut.crt, key_file: a.key": f"mqtt.tls.cert_file: {tmp_path}/cut.crt: not a PEM certificate (",
+        "cert_file: a.crt, key_file: b.key": f"mqtt.tls.key_file: {tmp_path}/b.key: not the private key of mqtt.tls.cert_file {tmp_path}/a.crt (",
+        "cert_file: a.crt, key_file: a.crt": f"mqtt.tls.key_file: {tmp_path}/a.crt: not a PEM private key (",
+        "cert_file: a.crt": f"mqtt.tls.cert_file: {tmp_path}/a.crt: holds no private key of its certificate, and mqtt.tls.key_file is not set (",
+    }  # fmt: skip
+    path = tmp_path / "f.yaml"
+    base = "cameras: [{name: door, url: 'rtsp://h/s'}]\nrecognition: {model: null}\n"
+    for tls, said in cases.items():
+        path.write_text(base + f"mqtt: {{tls: {{{tls}}}}}\n")
+        assert main(["validate-config", str(path)]) == 2, tls
+        err = capsys.readouterr().err
+        assert f"would stop at once:\n  {said}" in err, err
+        config = load_config(path).mqtt.tls
+        assert config is not None
+        with pytest.raises(TlsFileError) as refused:  # what `run`'s MQTT publisher loads
+            RenewableContext(config)
+        assert str(refused.value).startswith(said), refused.value
+        assert "_ssl.c" not in str(refused.value)
+    path.write_text(base + "mqtt: {tls: {ca_file: b.crt, cert_file: a.crt, key_file: a.key}}\n")
+    assert main(["validate-config", str(path)]) == 0
+
+
 @pytest.mark.parametrize("name", ["default.yaml", "rtsp-example.yaml", "jetson-example.yaml"])
 def test_the_shipped_configs_settings_are_valid_away_from_their_machine(
     name, monkeypatch, capsys
