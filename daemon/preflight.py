@@ -209,6 +209,29 @@ def _mtcnn_problems(config: Config) -> list[str]:
     ]
 
 
+def mtcnn_load_problems(config: Config) -> list[str]:
+    """MTCNN's three models loaded as ``run`` loads them, each on its own (``validate-config``
+    only: ``run`` loads them anyway): a file cut short or another stage's copied over it,
+    named. A GPU backend's plans are built from these ONNX files: they are loaded on ONNX
+    Runtime here (as a CPU backend's, on that backend)."""
+    from engines.loader import CPU_BACKENDS
+    from engines.mtcnn_stages import STAGES, load_stage, stage_sidecar
+
+    if _mtcnn_problems(config):
+        return []  # (missing: said already)
+    backend = config.engines.backend
+    backend = backend if backend in CPU_BACKENDS else "onnxruntime"
+    found = []
+    for name in STAGES:
+        path = Path(config.engines.mtcnn_dir) / f"{name}.onnx"
+        try:
+            stage_sidecar(path, name)
+            load_stage(path, name, backend, threads=1).close()
+        except EngineError as exc:
+            found.append(f"engines.mtcnn_dir: {exc}")
+    return found
+
+
 def _model_problems(config: Config) -> list[str]:
     path = _model_path(config)
     if path is not None and config.recognition.model == "auto" and not path.is_file():

@@ -93,14 +93,19 @@ def _validate(args: argparse.Namespace) -> int:
             )
             return 2
         args.file = str(chosen)
-    from daemon.preflight import problems, recognition_summary, warnings  # (OpenCV: slow)
+    from daemon.preflight import (  # (OpenCV: slow)
+        mtcnn_load_problems,
+        problems,
+        recognition_summary,
+        warnings,
+    )
 
     try:
         config = load_config(args.file, secrets=not args.settings_only)
     except ConfigError as exc:
         print_error(str(exc))
         return 2
-    found = [] if args.settings_only else problems(config)
+    found = [] if args.settings_only else [*problems(config), *mtcnn_load_problems(config)]
     if found:
         print_error(
             f"{args.file}: valid settings, but `run` (as {getpass.getuser()}) would "

@@ -21,8 +21,6 @@ from engines import boxes as bx
 from engines.base import (
     CROPS_PER_CALL,
     Engine,
-    EngineError,
-    ModelMetadata,
     batch_limit,
     bounds_text,
     input_limits,
@@ -30,8 +28,8 @@ from engines.base import (
     within,
 )
 from engines.images import AreaPyramid, area_crop_sums, as_bgr8
-from engines.loader import load_engine
 from engines.mtcnn_calls import PNetTile, crop_chunks, default_lanes, pnet_tiles, spread
+from engines.mtcnn_stages import STAGES, load_stage, stage_sidecar
 
 if TYPE_CHECKING:
     from engines.build import PlanRequest
@@ -190,17 +188,12 @@ class MTCNN:
         lane_threads = max(1, threads // lanes) if threads > 0 else 0
         order = ""
         replicas: list[dict[str, Engine]] = [{} for _ in range(lanes)]
-        for name in ("pnet", "rnet", "onet"):
+        for name in STAGES:
             path = models_dir / f"{name}.onnx"
-            meta = ModelMetadata.load(path)
-            if meta.kind != f"mtcnn-{name}":
-                raise EngineError(
-                    f"{path}: sidecar says kind {meta.kind!r}, expected 'mtcnn-{name}'"
-                )
-            order = meta.channel_order
+            order = stage_sidecar(path, name).channel_order
             for engines in replicas:
-                engines[name] = load_engine(
-                    path, backend=backend, threads=lane_threads, trt_plans=trt_plans
+                engines[name] = load_stage(
+                    path, name, backend, threads=lane_threads, trt_plans=trt_plans
                 )
         detectors = [
             cls(e["pnet"], e["rnet"], e["onet"], config=settings, channel_order=order)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,19 @@ from engines.base import EngineError, SpecsFromLoad, TensorSpec, sdk_import_erro
 logger = logging.getLogger(__name__)
 
 _OV_TYPES = {"f32": "float32", "f16": "float16", "f64": "float64", "i64": "int64", "u8": "uint8"}
+
+
+# the lines of OpenVINO's errors that say where in its C++ sources it raised them
+_SOURCE_LINE = re.compile(r"^(Exception from \S+:\d+:|Check '.*' failed at \S+:\d+:)$")
+
+
+def _said(exc: Exception) -> str:
+    """OpenVINO's error in one line, without the lines of its C++ sources it passed through
+    ('Exception from src/inference/src/cpp/core.cpp:84:' ...): what is wrong, as 'Model
+    can't be parsed' (its whole text when that is all it holds)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    kept = [line for line in lines if not _SOURCE_LINE.match(line)]
+    return " ".join(kept or lines)
 
 
 def _spec(port: Any) -> TensorSpec:
@@ -113,7 +127,7 @@ class OpenVinoEngine(SpecsFromLoad):
             core = _core()
             compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
         except Exception as exc:  # OpenVINO raises RuntimeError and private types
-            raise EngineError(f"{path}: OpenVINO cannot load the model: {exc}") from None
+            raise EngineError(f"{path}: OpenVINO cannot load the model: {_said(exc)}") from None
         self.path = path
         self._compiled: Any = compiled
         self._request: Any = compiled.create_infer_request()
@@ -154,7 +168,7 @@ class OpenVinoEngine(SpecsFromLoad):
                 {name: np.ascontiguousarray(v) for name, v in feeds.items()}, share_inputs=True
             )
         except Exception as exc:
-            raise EngineError(f"{self.path}: OpenVINO inference failed: {exc}") from None
+            raise EngineError(f"{self.path}: OpenVINO inference failed: {_said(exc)}") from None
         # Copies: the request's output buffers are reused by the next call.
         return {
             spec.name: np.array(self._request.get_tensor(spec.name).data) for spec in self._outputs

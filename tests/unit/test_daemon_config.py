@@ -1105,6 +1105,35 @@ def test_validate_config_checks_the_model_file_as_run_would(tmp_path, capsys) ->
             assert "recognition.gallery" not in err, err
 
 
+def test_validate_config_loads_mtcnns_models_as_run_would(tmp_path, capsys) -> None:
+    """An O-Net cut short, R-Net's model copied over P-Net's: validate-config said "valid",
+    and `run` stopped at once (exit 2, OpenVINO's lines). Each file is named, one line each."""
+    import shutil
+
+    from daemon.cli import main
+
+    folder = tmp_path / "mtcnn"
+    folder.mkdir()
+    for file in (MODELS / "mtcnn").glob("*net.*"):
+        shutil.copy(file, folder)
+    (folder / "onet.onnx").write_bytes((MODELS / "mtcnn" / "onet.onnx").read_bytes()[:20_000])
+    shutil.copy(folder / "rnet.onnx", folder / "pnet.onnx")
+    path = tmp_path / "facewatch.yaml"
+    path.write_text(
+        "cameras: [{name: door, url: 'rtsp://h/s'}]\nrecognition: {model: null}\n"
+        f"engines: {{mtcnn_dir: {folder}}}\n"
+    )
+    assert main(["validate-config", str(path)]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 3, lines
+    assert lines[1] == (
+        f"  engines.mtcnn_dir: {folder}/pnet.onnx: not MTCNN's P-Net model: it takes 24x24 "
+        "images, P-Net any size (another stage's file copied over it?)"
+    )
+    cut = f"  engines.mtcnn_dir: {folder}/onet.onnx: OpenVINO cannot load the model: "
+    assert lines[2].startswith(cut) and "src/" not in lines[2], lines
+
+
 def test_validate_config_names_a_video_file_whose_frames_decode_to_no_picture(
     tmp_path, capsys
 ) -> None:

@@ -198,6 +198,58 @@ def test_openvino_engine_names_the_model_in_errors(tmp_path):
     assert all(len(v) == 0 for v in pnet.infer({"image": np.zeros((0, 3, 12, 12))}).values())
 
 
+def _mtcnn_copy(folder: Path) -> Path:
+    """A copy of the shipped MTCNN models (.onnx and sidecars) in ``folder``."""
+    import shutil
+
+    folder.mkdir()
+    for file in (MODELS / "mtcnn").glob("*net.*"):
+        shutil.copy(file, folder)
+    return folder
+
+
+def test_a_model_cut_short_is_refused_in_one_line_naming_it(tmp_path):
+    """OpenVINO's refusal of a model cut short was four lines of its C++ sources ('Exception
+    from src/inference/src/cpp/core.cpp:84:' ...) with the reason last: one line now."""
+    from engines.base import EngineError
+
+    folder = _mtcnn_copy(tmp_path / "mtcnn")
+    onet = folder / "onet.onnx"
+    onet.write_bytes(onet.read_bytes()[:20_000])
+    with pytest.raises(EngineError) as refused:
+        MTCNN.load(folder, backend="openvino", threads=1)
+    said = str(refused.value)
+    assert said.startswith(f"{onet}: OpenVINO cannot load the model: "), said
+    assert "\n" not in said and "src/" not in said and "parsed" in said, said
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+@pytest.mark.parametrize(
+    ("copied", "over", "said"),
+    [
+        ("rnet", "pnet", "not MTCNN's P-Net model: it takes 24x24 images, P-Net any size"),
+        ("pnet", "rnet", "not MTCNN's R-Net model: its outputs are maps (P-Net's)"),
+        ("onet", "rnet", "not MTCNN's R-Net model: it takes 48x48 images, R-Net 24x24"),
+        ("rnet", "onet", "not MTCNN's O-Net model: it takes 24x24 images, O-Net 48x48"),
+    ],
+)
+def test_another_stages_model_copied_over_one_is_refused_at_the_load_naming_it(
+    tmp_path, backend, copied, over, said
+):
+    """rnet.onnx copied over pnet.onnx (the sidecar beside it still says P-Net) loaded, and
+    the first detection failed: OpenVINO's many lines, or P-Net's model in R-Net's place an
+    IndexError traceback from the cascade (the daemon: exit 1, restarted for ever)."""
+    import shutil
+
+    from engines.base import EngineError
+
+    folder = _mtcnn_copy(tmp_path / "mtcnn")
+    shutil.copy(MODELS / "mtcnn" / f"{copied}.onnx", folder / f"{over}.onnx")
+    with pytest.raises(EngineError) as refused:
+        MTCNN.load(folder, backend=backend, threads=1)
+    assert str(refused.value).startswith(f"{folder / over}.onnx: {said}"), refused.value
+
+
 def test_thresholds_and_min_face_size_are_honoured(shared_data):
     image = read_image(str(shared_data / "images" / "multiface.jpg"))
     default = MTCNN.load(MODELS / "mtcnn", threads=2).detect([image])[0]
