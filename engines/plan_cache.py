@@ -112,13 +112,30 @@ def read_manifests(cache_dir: str | Path) -> list[tuple[Path, Manifest]]:
     for path in sorted(Path(cache_dir).glob("*.json")):
         plan = path.with_suffix(".plan")
         try:
-            manifest = Manifest(**json.loads(path.read_text()))
+            manifest = _manifest(path)
         except (OSError, ValueError, TypeError) as exc:
             logger.warning("%s: unreadable manifest skipped: %s", path, exc)
             continue
         if plan.is_file():
             found.append((plan, manifest))
     return sorted(found, key=lambda item: -item[1].built_at)
+
+
+def _manifest(path: Path) -> Manifest:
+    return Manifest(**json.loads(path.read_text()))
+
+
+def unreadable_plans(cache_dir: str | Path) -> list[Path]:
+    """The plans whose manifest is there but cannot be read (cut short, written over):
+    ``read_manifests`` skips them, so only ``engines prune --all`` finds them to delete."""
+    found = []
+    for path in sorted(Path(cache_dir).glob("*.json")):
+        try:
+            _manifest(path)
+        except (OSError, ValueError, TypeError):
+            if path.with_suffix(".plan").is_file():
+                found.append(path.with_suffix(".plan"))
+    return found
 
 
 def stale_plans(

@@ -772,6 +772,39 @@ def test_prune_all_empties_the_cache_without_tensorrt(tmp_path, capsys):
     assert not plan.exists() and not plan.with_suffix(".json").exists()
 
 
+def test_prune_all_deletes_plans_whose_manifest_is_damaged_and_list_marks_a_damaged_plan(
+    tmp_path, capsys
+):
+    """A manifest cut short or written over hid its plan (tens to hundreds of MB) from
+    `list` and from `prune --all` ('every plan') for good; a plan cut short after its
+    manifest was written was listed as any other."""
+    import hashlib
+
+    from daemon.cli import main
+
+    options = BuildOptions("fp16", (1, 8, 16), ((1080, 1920),)).key_fields()
+    m = Manifest("/m/facenet.onnx", "a" * 64, "10.7.0", H200.name, [9, 0], options, 1.0)
+    written = dataclasses.replace(m, plan_sha256=hashlib.sha256(b"x" * 2000).hexdigest())
+    good, cut = tmp_path / "facenet-good.plan", tmp_path / "facenet-cut.plan"
+    hidden = [tmp_path / "pnet-garbage.plan", tmp_path / "onet-truncated.plan"]
+    for plan in (good, cut, *hidden):
+        plan.write_bytes(b"x" * (200 if plan == cut else 2000))
+        plan.with_suffix(".json").write_text(json.dumps(dataclasses.asdict(written)))
+    hidden[0].with_suffix(".json").write_bytes(bytes(range(128, 256)))
+    hidden[1].with_suffix(".json").write_text(json.dumps(dataclasses.asdict(written))[:60])
+    assert main(["engines", "list", "--cache-dir", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    listed = {line.split()[0]: line for line in lines}
+    assert sorted(listed) == ["facenet-cut.plan", "facenet-good.plan"], lines
+    assert listed["facenet-cut.plan"].endswith(
+        "DAMAGED: not the file built (sha256 differs from its manifest's)"
+    )
+    assert "DAMAGED" not in listed["facenet-good.plan"]
+    assert main(["engines", "prune", "--cache-dir", str(tmp_path), "--all"]) == 0
+    assert "4 plan(s)" in capsys.readouterr().out
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_prune_deletes_what_cut_builds_left_and_nothing_in_progress(tmp_path, capsys):
     """A build cut by a power cut or a kill leaves scratch files, a plan without a manifest
     (invisible to `list`), a manifest without a plan: prune finds them, without TensorRT.
