@@ -227,17 +227,26 @@ def _wanted(about: dict[str, Any], args: argparse.Namespace) -> bool:
 def _line(folder: Path, about: dict[str, Any]) -> str:
     start = _local_time(about["first_seen_ts"])
     lasted = float(about.get("last_seen_ts", about["first_seen_ts"])) - about["first_seen_ts"]
-    images = about.get("images", [])
+    listed = about.get("images", [])
+    images = [image for image in listed if _on_disk(folder, image)]
     rated = all("enrollable" in image for image in images)
     enrollable = sum(bool(image.get("enrollable")) for image in images) if rated else "?"
+    missing = f" ({len(listed) - len(images)} missing)" if len(images) < len(listed) else ""
     who = about.get("identity") or "unknown"
     before = [name for name in _names(about) if name != about.get("identity")]
     if before:
         who += f" (before: {', '.join(before)})"
     return (
-        f"{start}  {about.get('camera', '?')}  {who}  {len(images)} image(s), {enrollable} "
-        f"enrollable  {lasted:.1f} s  {folder}"
+        f"{start}  {about.get('camera', '?')}  {who}  {len(images)} image(s){missing}, "
+        f"{enrollable} enrollable  {lasted:.1f} s  {folder}"
     )
+
+
+def _on_disk(folder: Path, image: dict[str, Any]) -> bool:
+    """Whether the image visit.json lists is in the visit's folder (one deleted by hand is
+    not: enroll takes the files that are there)."""
+    name = image.get("file")
+    return isinstance(name, str) and (folder / name).is_file()
 
 
 def _local_time(ts: float) -> str:

@@ -572,6 +572,10 @@ def test_archive_list_shows_the_visits_asked_for(tmp_path, clip_faces, capsys) -
     [as_json] = listed("--json", "--name", "Zoë")
     visit = json.loads(as_json)
     assert visit["track_id"] == 2 and Path(visit["folder"]).is_dir()
+    door = Path(listed("--camera", "door", "--since", since)[0].split("  ")[-1])
+    (door / "face-2.jpg").unlink()  # deleted by hand: visit.json still lists it
+    [line] = listed("--camera", "door", "--since", since)
+    assert line.split("  ")[3].startswith("1 image(s) (1 missing), "), line
 
 
 def test_a_second_daemon_given_the_same_archive_dir_is_refused_and_archive_list_still_runs(
