@@ -61,6 +61,10 @@ MAX_SIDE = 400  # px, the long side of an archived image
 QUEUE_BYTES = 64_000_000  # images of the visits waiting for the writer; beyond: dropped
 PRUNE_EVERY_S = 60.0  # keep_days is checked this often when nothing is written
 WARN_EVERY_S = 60.0
+WRITE_STEP = "a visit not written to"
+# the writer's repeated steps, as their failure is said, and as their return is (the scan
+# of the folder at start is not repeated)
+RECOVERED = {WRITE_STEP: "writes visits to", "cannot delete old visits in": "deletes old visits in"}
 
 
 @dataclass
@@ -145,6 +149,7 @@ class FaceArchive:
         self._bytes = 0
         self._refreshed = time.monotonic()  # when visits deleted by hand were last looked for
         self._warned: dict[str, float] = {}
+        self._failing: dict[str, int] = {}  # the writer's steps failing now: how many times
         self._pruned = {"size": 0, "age": 0}  # deleted since the last log line about it
 
     @staticmethod
@@ -338,16 +343,33 @@ class FaceArchive:
                 continue
             if visit is None:
                 return
-            self._guarded("a visit not written to", self._write, visit)
+            self._guarded(WRITE_STEP, self._write, visit)
             self._guarded("cannot delete old visits in", self._prune)
 
     def _guarded(self, what: str, step: Callable[..., None], *args: object) -> None:
         """Run a step of the writer; a failure (the disk refused, or a bug) is counted and
-        logged as ``what`` the archive's folder, and the writer goes on."""
+        logged as ``what`` the archive's folder, and the writer goes on. While a step fails,
+        ``facewatch_archive_failing`` is 1 (``facewatch status`` says so); the first time
+        it works again is said, with the visits lost meanwhile."""
         try:
             step(*args)
         except Exception as exc:
             self._failed(f"{what} {self.root}", str(exc))
+            if what in RECOVERED:
+                self._failing[what] = self._failing.get(what, 0) + 1
+                metrics.ARCHIVE_FAILING.set(1)
+            return
+        if what in self._failing:
+            self._recovered(what, self._failing.pop(what))
+
+    def _recovered(self, what: str, failures: int) -> None:
+        """A step that failed works again: said, and the failure's next return logged at
+        once (not held back by WARN_EVERY_S)."""
+        self._warned.pop(f"{what} {self.root}", None)
+        if not self._failing:
+            metrics.ARCHIVE_FAILING.set(0)
+        lost = f" ({failures} visit(s) not written meanwhile)" if what == WRITE_STEP else ""
+        logger.info("face archive: %s %s again%s", RECOVERED[what], self.root, lost)
 
     def _write(self, visit: _Visit) -> None:
         """The visit's folder, written aside and renamed into place (never half there)."""

@@ -231,6 +231,11 @@ ARCHIVE_FAILURES = Counter(
     "disk refused to write, read or delete), internal (anything else: see the log)",
     ["reason"],
 )
+ARCHIVE_FAILING = Gauge(
+    "facewatch_archive_failing",
+    "1 while the disk refuses the face archive's writer (from a failure until the same step, "
+    "writing a visit, deleting old ones, works again)",
+)
 ARCHIVE_BYTES = Gauge("facewatch_archive_bytes", "size of the face archive on disk")
 ARCHIVE_PRUNED = Counter(
     "facewatch_archive_pruned_total",

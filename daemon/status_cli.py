@@ -1,9 +1,9 @@
 """``facewatch status``: how the running daemon is doing, read from its own /metrics.
 
 Two reads ``--interval`` seconds apart give the rates. The exit status says it for scripts
-and health checks: 0 all well, 1 something is down (a camera, the broker) or a camera's
-frames are mostly dropped (the pipeline cannot keep up, or is stalled), 3 no daemon answers
-there.
+and health checks: 0 all well, 1 something is down (a camera, the broker), a camera's
+frames are mostly dropped (the pipeline cannot keep up, or is stalled), or the face archive
+cannot write, 3 no daemon answers there.
 """
 
 from __future__ import annotations
@@ -40,8 +40,9 @@ def register(commands: Any) -> None:
             "Read the running daemon's Prometheus endpoint twice, --interval seconds apart, "
             "and show each camera (up or down; frames read, searched, skipped by the motion "
             "gate and dropped per second; faces per second) and MQTT. Exit status: 0 all "
-            "well, 1 a camera or the broker is down, or over a fifth of a camera's frames "
-            "are dropped (the pipeline cannot keep up, or is stalled), 2 a usage or config "
+            "well, 1 a camera or the broker is down, over a fifth of a camera's frames "
+            "are dropped (the pipeline cannot keep up, or is stalled), or the face archive "
+            "cannot write to its folder, 2 a usage or config "
             "error, 3 no daemon answers (or none within 5 s)."
         ),
     )
@@ -97,6 +98,8 @@ class Status:
     cameras: list[Camera] = field(default_factory=list)
     now: float = 0.0  # the daemon's clock at the second scrape (Unix time)
     full_scan_every: int | None = None  # detection's, as the config says (None: not read)
+    archive_failing: bool = False  # the disk refuses the face archive's writer now
+    archive_errors: int = 0  # the disk's refusals since the start (failures_total{error})
 
     def problems(self) -> list[str]:
         found = [_down(c, self.now) for c in self.cameras if not c.up]
@@ -119,6 +122,12 @@ class Status:
             found.append(
                 f"the MQTT broker refuses this node's messages ({self.spooled} message(s) "
                 "spooled): its ACL (the daemon's log names the topic)"
+            )
+        if self.archive_failing:
+            found.append(
+                f"the face archive cannot write to archive.dir ({self.archive_errors} "
+                "failure(s) since the start; the daemon's log says why: a read-only or full "
+                "disk?)"
             )
         return found
 
@@ -281,6 +290,8 @@ def read_status(where: MetricsUrl, interval_s: float) -> Status:
             for c in cameras
         ],
         now=now,
+        archive_failing=value("facewatch_archive_failing") == 1,
+        archive_errors=int(value("facewatch_archive_failures_total", reason="error")),
     )
 
 

@@ -455,11 +455,18 @@ def test_a_visit_that_cannot_be_written_is_counted_and_the_next_one_is(
     while _sample("facewatch_archive_failures_total", reason="error") == errors:
         assert time.monotonic() < deadline, "the failure is counted"
         time.sleep(0.05)
+    assert _sample("facewatch_archive_failing") == 1, "facewatch status says so"
     day.unlink()
     second = _visit(archive, clip_faces[2:4], now, 1.0, track_id=2)
-    archive.visits_ended("door", [_left(second)], live=set())
-    archive.stop(timeout_s=10)
+    with caplog.at_level("INFO", logger="daemon.archive"):
+        archive.visits_ended("door", [_left(second)], live=set())
+        archive.stop(timeout_s=10)
     assert [v.name.split("-")[1] for v in _visits(tmp_path)] == ["t2"]
+    assert _sample("facewatch_archive_failing") == 0
+    assert (
+        f"face archive: writes visits to {tmp_path / 'archive'} again (1 visit(s) not "
+        "written meanwhile)"
+    ) in caplog.text
     assert not list((tmp_path / "archive").glob(".tmp-*")), "nothing half-written is left"
     assert "face archive: a visit not written" in caplog.text
 

@@ -3402,6 +3402,22 @@ def test_status_names_a_broker_that_refuses_the_nodes_messages() -> None:
     assert Status(mqtt="connected", spooled=0, refused=False, **fields).problems() == []  # type: ignore[arg-type]
 
 
+def test_status_names_a_face_archive_the_disk_refuses() -> None:
+    """The archive's folder read-only (or full) while the daemon runs: one ERROR a minute in
+    the log, and `facewatch status` said nothing of it (the spool's problems it names)."""
+    from daemon.status_cli import Status
+
+    fields = dict(url="u", version="v", backend="b", model="m", uptime_s=1.0, enrolled=0)
+    failing = Status(
+        mqtt="off", spooled=0, refused=False, archive_failing=True, archive_errors=9, **fields
+    )  # type: ignore[arg-type]
+    assert failing.problems() == [
+        "the face archive cannot write to archive.dir (9 failure(s) since the start; the "
+        "daemon's log says why: a read-only or full disk?)"
+    ]
+    assert Status(mqtt="off", spooled=0, refused=False, archive_errors=9, **fields).problems() == []  # type: ignore[arg-type]
+
+
 def test_a_reload_that_meets_a_writer_after_reading_the_gallery_goes_on(
     tmp_path, monkeypatch, caplog
 ) -> None:
