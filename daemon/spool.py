@@ -20,7 +20,6 @@ that finds it empty.
 from __future__ import annotations
 
 import errno
-import fcntl
 import json
 import logging
 import os
@@ -33,7 +32,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from daemon.claims import machine_id
+from daemon.claims import claim, machine_id
 
 logger = logging.getLogger(__name__)
 
@@ -234,23 +233,7 @@ class Spool:
         """An exclusive lock on the folder's ``lock`` file, held while the spool is open: a
         second daemon on the same spool would send every message twice."""
         self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(self.folder / "lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
-            os.close(fd)
-            raise OSError(
-                errno.EBUSY, f"in use by another facewatch (pid {holder}) with the same spool_dir"
-            ) from None
-        except OSError as exc:  # a file system without locks (some NFS, FUSE): go on
-            logger.warning(
-                "MQTT spool %s: cannot be locked (%s): a second daemon on it would not be "
-                "refused", self.folder, exc.strerror or exc,
-            )  # fmt: skip
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
-        return fd
+        return claim(self.folder / "lock", "spool_dir")
 
     def _open(self) -> tuple[sqlite3.Connection, int]:
         """The spool's database, made if new, and the number of messages in it."""
