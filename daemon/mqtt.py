@@ -41,10 +41,10 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
 from daemon import metrics
-from daemon.config import MqttConfig, TlsConfig
+from daemon.config import ConfigError, MqttConfig, TlsConfig
 from daemon.events import person_key
 from daemon.journal import Outage
-from daemon.mqtt_tls import RenewableContext
+from daemon.mqtt_tls import RenewableContext, TlsFileError
 from daemon.spool import Backlog, Message, Spool, as_owner, topic_node
 
 logger = logging.getLogger(__name__)
@@ -103,7 +103,7 @@ class MqttPublisher:
         self._birth_answered = -BIRTH_GAP_S  # monotonic time of the last answer
         self._birth_pending = False  # a birth message came within the gap: answer at its end
         # published, and those whose deletion is not sent yet (remembered until it is)
-        self._people: set[str] = set(json.loads(spool.recall("people") or "[]"))
+        self._people: set[str] = self._recall_people()
         self._unsent_gone: set[str] = set()  # removed; their deletions not sent on a connection
         # the spool's copy of them is out of date (the deletions were sent: it may forget
         # them; or saving failed, its disk full): the sending thread saves them
@@ -126,7 +126,7 @@ class MqttPublisher:
         self._refused_since = Outage()  # (of the refusal of _refused_topic: its reminders)
         self._snapshots_refused = False  # a snapshot was refused (and dropped): said once
         # the TLS files, loaded now (an error stops the start); renewed ones at connections
-        self.tls = None if config.tls is None else RenewableContext(config.tls, self.renew_tls)
+        self.tls = None if config.tls is None else self._load_tls(config.tls)
         self._tls_unusable: str | None = None  # why renewed files cannot be used (said once)
         # another client with this client id: when the broker last took this one's connection,
         # how many in a row were lost soon after, and since when (and how often) it is taken
@@ -136,6 +136,34 @@ class MqttPublisher:
         self._taken_times = 0
         self.client = self._make_client(node_id)
         self._thread = threading.Thread(target=self._run, name="mqtt-publisher", daemon=True)
+
+    def _load_tls(self, tls: TlsConfig) -> RenewableContext:
+        """The TLS files as they are now; a CA, certificate or key that cannot be used is a
+        ConfigError naming ``mqtt.tls`` (exit status 2)."""
+        try:
+            return RenewableContext(tls, self.renew_tls)
+        except TlsFileError as exc:  # (it names the file and its key)
+            raise ConfigError(str(exc)) from None
+        except (OSError, ValueError) as exc:  # (ssl.SSLError is both)
+            raise ConfigError(f"mqtt.tls: {exc}") from None
+
+    def _recall_people(self) -> set[str]:
+        """Whom an earlier run published, as the spool remembers them; what cannot be read
+        (damaged) is taken as nobody, with a warning: the daemon starts all the same."""
+        said = self.spool.recall("people")
+        try:
+            people = json.loads(said or "[]")
+            if not isinstance(people, list) or not all(isinstance(p, str) for p in people):
+                raise ValueError(f"a JSON {type(people).__name__}, not a list of names")
+        except ValueError as exc:
+            logger.warning(
+                "MQTT spool %s: the people published before cannot be read (%s): taken as "
+                "nobody, so a person removed from the gallery while facewatch was stopped "
+                "keeps their retained topics (%s/people/KEY) until cleared by hand",
+                self.spool.path, exc, self.base,
+            )  # fmt: skip
+            return set()
+        return set(people)
 
     def _make_client(self, node_id: str) -> paho.Client:
         cfg = self.config

@@ -37,7 +37,6 @@ from daemon.engine_choice import EngineChoice, say_plan_build
 from daemon.events import EventSinks, in_view_json, person_json
 from daemon.gallery import GalleryError
 from daemon.mqtt import DRAIN_ON_STOP_S, MqttPublisher
-from daemon.mqtt_tls import TlsFileError
 from daemon.preflight import resolve_model
 from daemon.scheduler import BatchScheduler, Pipeline, open_gallery, threshold_said
 from daemon.spool import Spool
@@ -163,12 +162,7 @@ class Service:
             self.spool = Spool(cfg.mqtt.spool_dir, cfg.mqtt.spool_max_events)
         except OSError as exc:
             raise preflight.output_error("mqtt.spool_dir", exc) from None
-        try:
-            publisher = MqttPublisher(cfg.mqtt, cfg.node_id, self.spool)
-        except TlsFileError as exc:  # (it names the file and its key)
-            raise ConfigError(str(exc)) from None
-        except (OSError, ValueError) as exc:  # ssl: a CA, certificate or key it cannot use
-            raise ConfigError(f"mqtt.tls: {exc}") from None
+        publisher = MqttPublisher(cfg.mqtt, cfg.node_id, self.spool)  # (mqtt.tls: ConfigError)
         self.publisher = publisher
         self._initial_state(publisher, enrolled)
         sinks = EventSinks(

@@ -52,6 +52,11 @@ MESSAGES_TABLE = (
     "CREATE TABLE IF NOT EXISTS {name} (id INTEGER PRIMARY KEY, topic TEXT NOT NULL, "
     "payload BLOB NOT NULL, qos INTEGER NOT NULL, retain INTEGER NOT NULL, kind TEXT NOT NULL)"
 )
+STATE_TABLE = "CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
+COLUMNS = {  # what each table must have, in this order (the rebuild copies rows as they are)
+    "messages": ("id", "topic", "payload", "qos", "retain", "kind"),
+    "state": ("key", "value"),
+}
 
 
 # SQLite's own words for its result codes (Python 3.10's exceptions carry no code)
@@ -70,6 +75,18 @@ def _code(exc: sqlite3.Error) -> int:
         return int(code) & 0xFF
     text = str(exc).lower()
     return next((value for words, value in _MESSAGES.items() if words in text), 0)
+
+
+class WrongTables(sqlite3.DatabaseError):
+    """A spool whose tables are not those facewatch makes (an old or hand-made one)."""
+
+
+def _damaged(exc: sqlite3.Error) -> bool:
+    """Whether ``exc`` says the spool file is damaged (it is moved aside for a new one), not
+    that its disk is full or failing (that is waited out)."""
+    if isinstance(exc, WrongTables):
+        return True
+    return isinstance(exc, sqlite3.DatabaseError) and _code(exc) in (SQLITE_CORRUPT, SQLITE_NOTADB)
 
 
 def _unusable(path: Path, exc: OSError | sqlite3.Error) -> OSError:
@@ -100,6 +117,18 @@ def _autoincrement(db: sqlite3.Connection) -> bool:
     """The messages table an older facewatch made: AUTOINCREMENT ids."""
     row = db.execute("SELECT sql FROM sqlite_master WHERE name = 'messages'").fetchone()
     return "AUTOINCREMENT" in str(row[0]).upper()
+
+
+def _check_tables(db: sqlite3.Connection) -> None:
+    """WrongTables when a table lacks a column facewatch reads or writes (a table of an
+    older or hand-made spool that ``CREATE TABLE IF NOT EXISTS`` kept)."""
+    for table, expected in COLUMNS.items():
+        found = tuple(str(row[1]) for row in db.execute(f"PRAGMA table_info({table})"))
+        if found != expected:
+            raise WrongTables(
+                f"its table {table} has the columns ({', '.join(found)}), not "
+                f"({', '.join(expected)})"
+            )
 
 
 def _old_layout(db: sqlite3.Connection) -> bool:
@@ -188,7 +217,7 @@ class Spool:
             try:
                 self._db, self._count = self._open()
             except sqlite3.DatabaseError as exc:
-                if _code(exc) not in (SQLITE_CORRUPT, SQLITE_NOTADB):
+                if not _damaged(exc):
                     raise
                 self._set_aside(exc)  # the daemon is worth more than what it held
                 self._db, self._count = self._open()
@@ -256,9 +285,9 @@ class Spool:
             db.execute("PRAGMA secure_delete=ON")
             db.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
             db.execute(MESSAGES_TABLE.format(name="messages"))
-            db.execute(
-                "CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
-            )
+            db.execute(STATE_TABLE)
+            _check_tables(db)
+            db.execute("SELECT key, CAST(value AS BLOB) FROM state").fetchall()  # (readable)
             count = int(db.execute("SELECT COUNT(*) FROM messages").fetchone()[0])
             if _old_layout(db):
                 self._rebuild(db, count)

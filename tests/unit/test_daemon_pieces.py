@@ -180,22 +180,40 @@ def test_a_spool_in_use_by_another_daemon_is_refused(tmp_path) -> None:
     Spool(tmp_path / "spool").close()  # free again
 
 
-@pytest.mark.parametrize("damage", ["pages", "whole"])
+def _root_page(path: Path, table: str) -> int:
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        return int(
+            db.execute("SELECT rootpage FROM sqlite_master WHERE name = ?", (table,)).fetchone()[0]
+        )
+
+
+@pytest.mark.parametrize("damage", ["pages", "whole", "state", "columns"])
 def test_a_damaged_spool_is_set_aside_and_a_new_one_starts(tmp_path, caplog, damage) -> None:
     """An SD card's bad block in the spool stopped the daemon at every start (a traceback,
     restarted every 5 s; or 'not a database', not restarted). What it held is worth less
-    than the daemon: it is moved aside, named in the log, and a new spool starts."""
+    than the daemon: it is moved aside, named in the log, and a new spool starts. So is one
+    whose ``state`` page is damaged (the publisher's first read of it crashed every start)
+    and one whose tables have other columns (an old or hand-made one: every event went
+    around the spool, with a hint to check the free space)."""
     spool = Spool(tmp_path / "spool")
+    spool.remember("people", "[]")
     for k in range(300):
         spool.append("t", bytes(3000) + str(k).encode())
     spool.close()
     path = tmp_path / "spool" / "mqtt-spool.sqlite"
+    if damage == "columns":
+        with contextlib.closing(sqlite3.connect(path)) as db, db:
+            db.execute("DROP TABLE messages")
+            db.execute("CREATE TABLE messages (id INTEGER PRIMARY KEY, topic TEXT, payload BLOB)")
     data = bytearray(path.read_bytes())
     if damage == "pages":  # four pages in the middle of the messages
         middle = len(data) // 2 // 4096 * 4096
         data[middle : middle + 4 * 4096] = b"\xa5" * (4 * 4096)
-    else:
+    elif damage == "whole":
         data[:] = b"\xa5" * len(data)
+    elif damage == "state":
+        page = _root_page(path, "state")
+        data[(page - 1) * 1024 : page * 1024] = bytes(1024)
     path.write_bytes(bytes(data))
     again = Spool(tmp_path / "spool")
     assert len(again) == 0
@@ -204,6 +222,42 @@ def test_a_damaged_spool_is_set_aside_and_a_new_one_starts(tmp_path, caplog, dam
     aside = [p.name for p in (tmp_path / "spool").iterdir() if ".damaged-" in p.name]
     assert aside and all(p.startswith("mqtt-spool.sqlite") for p in aside), aside
     assert "is damaged" in caplog.text and "moved aside" in caplog.text
+    if damage == "columns":
+        assert "its table messages has the columns (id, topic, payload), not (id, topic, " in (
+            caplog.text
+        )
+
+
+def test_an_unreadable_list_of_people_published_starts_with_a_warning(tmp_path, caplog) -> None:
+    """A cut value in the spool's state (people published) stopped the start with exit
+    status 2 and 'mqtt.tls: Unterminated string ...' (systemd left the daemon down): it is
+    read as nobody, with a warning naming the spool."""
+    from daemon.config import MqttConfig
+    from daemon.mqtt import MqttPublisher
+
+    spool = Spool(tmp_path / "spool")
+    spool.remember("people", '["alex-lac')
+    publisher = MqttPublisher(MqttConfig(), "node", spool)
+    assert publisher._people == set()
+    [said] = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert said.startswith(f"MQTT spool {spool.path}: the people published before cannot be read")
+    spool.remember("people", '["ann"]')  # (as written)
+    assert MqttPublisher(MqttConfig(), "node", spool)._people == {"ann"}
+    spool.close()
+
+
+def test_tls_files_that_cannot_be_used_are_a_config_error_naming_mqtt_tls(tmp_path) -> None:
+    """Only the TLS set-up's errors are called ``mqtt.tls`` (exit status 2, not restarted):
+    the spool's, read in the same step, were too."""
+    from daemon.config import MqttConfig, TlsConfig
+    from daemon.mqtt import MqttPublisher
+
+    (tmp_path / "ca.crt").write_bytes(b"not a certificate")
+    config = MqttConfig(tls=TlsConfig(ca_file=str(tmp_path / "ca.crt")))
+    spool = Spool(tmp_path / "spool")
+    with pytest.raises(ConfigError, match=r"^mqtt\.tls: "):
+        MqttPublisher(config, "node", spool)
+    spool.close()
 
 
 EVENT = b'{"event_id":"67b8817baf554412a13a50796981ee0d","type":"confirmed"}' + b" " * 380
