@@ -193,8 +193,9 @@ MQTT_CONNECTED = Gauge(  # exported only by a daemon that uses MQTT (init)
 )
 MQTT_PUBLISHES = Counter(
     "facewatch_mqtt_publishes_total",
-    "MQTT publications by outcome: ok, failed (retried), dropped (spool full, or spooled for "
-    "another node and refused), direct (sent "
+    "MQTT publications by outcome: ok, failed (retried), dropped (spool full, a spooled "
+    "message that cannot be read or published, or spooled for another node and refused), "
+    "direct (sent "
     "without the spool, whose disk refused them), refused (by the broker's ACL: kept in the "
     "spool, retried)",
     ["outcome"],

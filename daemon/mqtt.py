@@ -95,7 +95,8 @@ class MqttPublisher:
         self.connected = threading.Event()
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._acked: set[int] = set()  # spool rows the broker acknowledged, not yet deleted
+        # spool rows the broker acknowledged (or dropped ones), not yet deleted
+        self._acked: set[int] = set()
         self._cameras: set[str] = set()
         self._retained: dict[str, bytes] = {}  # topic -> latest payload
         self._announcements: dict[str, bytes] = {}  # topic -> payload
@@ -125,6 +126,7 @@ class MqttPublisher:
         self._refused_topic: str | None = None  # the spooled event refused, until one passes
         self._refused_since = Outage()  # (of the refusal of _refused_topic: its reminders)
         self._snapshots_refused = False  # a snapshot was refused (and dropped): said once
+        self._undeleted = False  # the spool cannot delete what was sent (its disk): said
         # the TLS files, loaded now (an error stops the start); renewed ones at connections
         self.tls = None if config.tls is None else self._load_tls(config.tls)
         self._tls_unusable: str | None = None  # why renewed files cannot be used (said once)
@@ -715,14 +717,20 @@ class MqttPublisher:
     # -- the sending thread ---------------------------------------------------------------
 
     def _run(self) -> None:
-        last_error = ""
+        last_error, failing = "", Outage()
         while not self._stop.is_set():
             try:
                 self._step()
             except Exception as exc:  # never die: a dead sender would spool forever
                 if repr(exc) != last_error:
                     logger.exception("MQTT: sending failed; trying again")
-                    last_error = repr(exc)
+                    last_error, failing = repr(exc), Outage()
+                elif failing.due():  # (a week of it shows in today's journal)
+                    logger.error(
+                        "MQTT: sending still fails (%s; first at %s, tried again every "
+                        "second; %d message(s) wait in the spool)",
+                        exc, failing.since(), len(self.spool),
+                    )  # fmt: skip
                 self._stop.wait(1.0)
 
     def _step(self) -> None:
@@ -733,10 +741,9 @@ class MqttPublisher:
             return
         self._answer_birth()  # one that came within the gap of the last answer
         self._holds()
-        while self._acked:  # acknowledged, their deletion failed: delete them, never resend
-            row_id = next(iter(self._acked))
-            self.spool.delete(row_id)
-            self._acked.discard(row_id)
+        if not self._delete_acked():  # (never sent again: the spool waits for its disk)
+            self._stop.wait(1.0)
+            return
         pending = self.spool.peek(1)
         if not pending:
             self.spool.tidy()  # what was sent leaves the WAL
@@ -745,7 +752,33 @@ class MqttPublisher:
             return
         self._send(pending[0])
 
+    def _delete_acked(self) -> bool:
+        """Delete the messages the broker acknowledged from the spool; False while its disk
+        refuses (full, failing): said in one line, and in one when it deletes them again."""
+        try:
+            while self._acked:
+                row_id = next(iter(self._acked))
+                self.spool.delete(row_id)
+                self._acked.discard(row_id)
+        except (OSError, sqlite3.Error) as exc:
+            if not self._undeleted:
+                logger.error(
+                    "MQTT: the spool %s cannot delete what the broker took (%s): those "
+                    "messages are not sent again, and the spool's next ones wait until it "
+                    "can; check the free space of %s (df -h) and that it can be written",
+                    self.spool.path, exc, self.spool.folder,
+                )  # fmt: skip
+                self._undeleted = True
+            return False
+        if self._undeleted:
+            logger.info("MQTT: the spool %s deletes what was sent again", self.spool.path)
+            self._undeleted = False
+        return True
+
     def _send(self, message: Message) -> None:
+        if message.unreadable is not None:  # (a damaged row)
+            self._drop_unreadable(message, message.unreadable)
+            return
         payload, event = message.payload, None
         if message.kind == "event":
             try:
@@ -758,7 +791,14 @@ class MqttPublisher:
             event.setdefault("reason", None)  # (spooled by a facewatch before it had one)
             event["published_ts"] = round(time.time(), 3)
             payload = json.dumps(event, separators=(",", ":")).encode()
-        info = self.client.publish(message.topic, payload, qos=message.qos, retain=message.retain)
+        try:
+            _check_topic(message.topic)
+            info = self.client.publish(
+                message.topic, payload, qos=message.qos, retain=message.retain
+            )
+        except (ValueError, TypeError) as exc:  # a topic with a wildcard, a bad QoS: damaged
+            self._drop_unreadable(message, exc, "published")
+            return
         # paho keeps a QoS 1 message it could not send and sends it again after reconnecting:
         # wait for that rather than publish a second copy.
         while not self._stop.is_set():
@@ -771,9 +811,8 @@ class MqttPublisher:
                 self._passed(message)
                 self._acked.add(message.row_id)  # (until deleted: a failed delete would
                 metrics.MQTT_PUBLISHES.labels("ok").inc()  # have it sent again)
-                self.spool.delete(message.row_id)
-                self._acked.discard(message.row_id)
                 self._observe_latency(event)
+                self._delete_acked()
                 return
             if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_AGAIN):
                 break  # not sent (no connection, queue full): the spool keeps it for later
@@ -844,15 +883,20 @@ class MqttPublisher:
         if isinstance(captured, (int, float)) and event and event.get("reason") is None:
             metrics.EVENT_LATENCY.observe(max(0.0, time.time() - captured))
 
-    def _drop_unreadable(self, message: Message, why: Exception) -> None:
-        """A spooled event that cannot be read would stop every message after it: it goes,
-        counted as dropped, and the log keeps its first bytes."""
+    def _drop_unreadable(self, message: Message, why: object, what: str = "read") -> None:
+        """A spooled message that cannot be read (a damaged row, an event that is no JSON
+        object) or published (its topic damaged) would stop every message after it: it
+        goes, counted as dropped, and the log keeps its topic and first bytes. A row SQLite
+        cannot delete takes the whole spool aside (``Spool.delete``)."""
+        kind = "event" if message.kind == "event" else "message"
+        began = f"; it began {message.payload[:80]!r}" if message.payload else ""
         logger.error(
-            "MQTT: spooled event %d for %s cannot be read (%s): dropped; it began %r",
-            message.row_id, message.topic, why, message.payload[:80],
+            "MQTT: spooled %s %d for %r cannot be %s (%s): dropped%s",
+            kind, message.row_id, message.topic, what, why, began,
         )  # fmt: skip
-        self.spool.delete(message.row_id)
         metrics.MQTT_PUBLISHES.labels("dropped").inc()
+        self._acked.add(message.row_id)  # (as one sent: never offered again)
+        self._delete_acked()
 
 
 def _refused_certificate(tls: TlsConfig | None, refusal: ssl.SSLError) -> str:
@@ -867,6 +911,17 @@ def _refused_certificate(tls: TlsConfig | None, refusal: ssl.SSLError) -> str:
         f"the broker refused the client certificate {tls.cert_file} after the TLS handshake: "
         f"{refusal}"
     )
+
+
+def _check_topic(topic: str) -> None:
+    """ValueError for a topic paho sends but a broker takes for a protocol error and closes
+    the connection over, again at each attempt: empty (MQTT 5), or holding a control
+    character (what a bit flip makes of a ``/``, a ``-`` or a digit)."""
+    if not topic:
+        raise ValueError("an empty topic")
+    bad = next((c for c in topic if ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F), None)
+    if bad is not None:
+        raise ValueError(f"a control character in the topic, {bad!r}")
 
 
 def _wait(info: paho.MQTTMessageInfo, timeout_s: float) -> bool:

@@ -19,6 +19,7 @@ that finds it empty.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -28,9 +29,11 @@ import shlex
 import sqlite3
 import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any, TypeVar
 
 from daemon.claims import claim, machine_id
 
@@ -57,6 +60,10 @@ COLUMNS = {  # what each table must have, in this order (the rebuild copies rows
     "messages": ("id", "topic", "payload", "qos", "retain", "kind"),
     "state": ("key", "value"),
 }
+# a message's row as it is read: text as bytes (decoded here, so that a damaged topic is one
+# unreadable message, not an error that stops every read)
+MESSAGE_COLUMNS = "id, CAST(topic AS BLOB), CAST(payload AS BLOB), qos, retain, CAST(kind AS BLOB)"
+T = TypeVar("T")
 
 
 # SQLite's own words for its result codes (Python 3.10's exceptions carry no code)
@@ -194,6 +201,19 @@ def _frame_ts(payload: bytes) -> float | None:
     return float(ts)
 
 
+def _backlog_of(rows: Iterable[tuple[Any, Any]]) -> Backlog:
+    """The Backlog of (topic, payload of an event or None) rows, topics read as BLOB."""
+    nodes: set[str] = set()
+    count, times = 0, []
+    for topic, payload in rows:
+        count += 1
+        nodes.add(topic_node(_text(topic)))
+        ts = _frame_ts(payload) if isinstance(payload, bytes) else None
+        if ts is not None:
+            times.append(ts)
+    return Backlog(count, tuple(sorted(nodes)), min(times, default=None), max(times, default=None))
+
+
 @dataclass(frozen=True)
 class Message:
     row_id: int
@@ -202,6 +222,28 @@ class Message:
     qos: int
     retain: bool
     kind: str  # "event" (JSON that gets its publish time) or "raw"
+    unreadable: str | None = None  # why its row cannot be read (damaged): nothing else holds
+
+
+def _message(row: tuple[Any, ...]) -> Message:
+    """A row read with MESSAGE_COLUMNS; ValueError or TypeError when a value is not what
+    facewatch wrote (a topic that is no UTF-8, a value where none can be)."""
+    row_id, topic, payload, qos, retain, kind = row
+    return Message(
+        int(row_id),
+        bytes(topic).decode(),
+        bytes(payload),
+        int(qos),
+        bool(retain),
+        bytes(kind).decode(),
+    )
+
+
+def _text(value: object) -> str:
+    """A value read as BLOB, as text for the log (bytes that are no UTF-8 as ``\\xe5``)."""
+    return (
+        bytes(value).decode(errors="backslashreplace") if isinstance(value, bytes) else str(value)
+    )
 
 
 class Spool:
@@ -225,6 +267,9 @@ class Spool:
             os.close(self._lock_file)
             raise _unusable(self.path, exc) from exc
         self._lock = threading.Lock()
+        # what a spool found damaged while running remembered, while its new file cannot
+        # be made yet (its disk full): None when the spool is open
+        self._pending: list[tuple[str, str]] | None = None
         self._dropped, self._next_drop_log = 0, 0.0
         self._sent_in_wal, self._tidied = False, time.monotonic()  # (see tidy)
         self._check_machine()
@@ -335,7 +380,7 @@ class Spool:
                 "per message)", self.path,
             )  # fmt: skip
 
-    def _set_aside(self, why: sqlite3.DatabaseError) -> None:
+    def _set_aside(self, why: sqlite3.DatabaseError, held: int | None = None) -> None:
         """Move a damaged spool (and its WAL) aside, for a new one in its place."""
         stamp = time.strftime("%Y%m%dT%H%M%S")
         for suffix in ("", "-wal", "-shm"):
@@ -344,10 +389,49 @@ class Spool:
                 damaged.rename(f"{self.path}{suffix}.damaged-{stamp}")
         logger.error(
             "MQTT spool %s is damaged (%s): moved aside as %s.damaged-%s; a new spool "
-            "starts, and the events the old one held are not sent (sqlite3 FILE .recover "
+            "starts, and the %s the old one held %s not sent (sqlite3 FILE .recover "
             "reads what is left of them)",
             self.path, why, self.path.name, stamp,
+            "events" if held is None else f"{held} message(s)", "are" if held != 1 else "is",
         )  # fmt: skip
+
+    def _guarded(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """``work`` done on the spool's database (hold ``_lock``). A spool found damaged
+        while the daemon runs (a bad block, a row SQLite cannot delete) is moved aside as at
+        start, and a new one takes its place, where ``work`` is done again: what it held
+        is not sent, and what it remembered goes over when it can still be read. While the
+        new file cannot be made (its disk full), each call tries again and fails as a full
+        disk does."""
+        if self._pending is not None:
+            self._start_new()
+        try:
+            return work(self._db)
+        except sqlite3.DatabaseError as exc:
+            if not _damaged(exc):
+                raise
+            self._replace(exc)
+        return work(self._db)
+
+    def _replace(self, why: sqlite3.DatabaseError) -> None:
+        """Set the damaged spool aside while running, and start a new one (``_guarded``)."""
+        try:
+            state = [(str(k), str(v)) for k, v in self._db.execute("SELECT key, value FROM state")]
+        except (sqlite3.Error, ValueError):
+            state = []
+        with contextlib.suppress(sqlite3.Error):
+            self._db.close()
+        held, self._count, self._pending = self._count, 0, state
+        self._set_aside(why, held)
+        self._start_new()
+
+    def _start_new(self) -> None:
+        """Open the new spool after ``_replace``, with what the old one remembered."""
+        self._db, self._count = self._open()
+        state, self._pending = self._pending or [], None
+        try:
+            self._db.executemany("INSERT OR REPLACE INTO state (key, value) VALUES (?, ?)", state)
+        except sqlite3.Error as exc:  # (its disk full: the people published are saved anew)
+            logger.debug("MQTT spool %s: what it remembered not kept: %s", self.path, exc)
 
     def __len__(self) -> int:
         return self._count
@@ -356,41 +440,79 @@ class Spool:
         """Store one message (sent with QoS 1, not retained); returns how many old messages
         were dropped to make room."""
         with self._lock:
-            dropped = 0
-            if self._count >= self.max_messages:
-                dropped = self._count - self.max_messages + 1
-                self._db.execute(
-                    "DELETE FROM messages WHERE id IN (SELECT id FROM messages ORDER BY id LIMIT ?)",
-                    (dropped,),
-                )
-                self._count -= dropped
-                self._dropped += dropped
-                if time.monotonic() >= self._next_drop_log:  # once a minute, not per message
-                    logger.warning(
-                        "MQTT spool full (%d): dropped the oldest message (%d so far)",
-                        self.max_messages,
-                        self._dropped,
-                    )
-                    self._next_drop_log = time.monotonic() + 60.0
-            self._db.execute(
-                "INSERT INTO messages (topic, payload, qos, retain, kind) VALUES (?, ?, 1, 0, ?)",
-                (topic, payload, kind),
+            return self._guarded(lambda db: self._append(db, topic, payload, kind))
+
+    def _append(self, db: sqlite3.Connection, topic: str, payload: bytes, kind: str) -> int:
+        dropped = 0
+        if self._count >= self.max_messages:
+            dropped = self._count - self.max_messages + 1
+            db.execute(
+                "DELETE FROM messages WHERE id IN (SELECT id FROM messages ORDER BY id LIMIT ?)",
+                (dropped,),
             )
-            self._count += 1
-            return dropped
+            self._count -= dropped
+            self._dropped += dropped
+            if time.monotonic() >= self._next_drop_log:  # once a minute, not per message
+                logger.warning(
+                    "MQTT spool full (%d): dropped the oldest message (%d so far)",
+                    self.max_messages,
+                    self._dropped,
+                )
+                self._next_drop_log = time.monotonic() + 60.0
+        db.execute(
+            "INSERT INTO messages (topic, payload, qos, retain, kind) VALUES (?, ?, 1, 0, ?)",
+            (topic, payload, kind),
+        )
+        self._count += 1
+        return dropped
 
     def peek(self, limit: int = 1) -> list[Message]:
-        """The oldest ``limit`` messages, oldest first (they stay in the spool)."""
+        """The oldest ``limit`` messages, oldest first (they stay in the spool). One whose
+        row cannot be read (damaged) comes with ``unreadable`` saying why, for the
+        publisher to drop: it would stop every message after it."""
         with self._lock:
-            rows = self._db.execute(
-                "SELECT id, topic, payload, qos, retain, kind FROM messages ORDER BY id LIMIT ?",
-                (limit,),
+            return self._guarded(lambda db: self._oldest(db, limit))
+
+    def _oldest(self, db: sqlite3.Connection, limit: int) -> list[Message]:
+        try:
+            rows = db.execute(
+                f"SELECT {MESSAGE_COLUMNS} FROM messages ORDER BY id LIMIT ?", (limit,)
             ).fetchall()
-        return [Message(r[0], r[1], bytes(r[2]), r[3], bool(r[4]), r[5]) for r in rows]
+            return [_message(row) for row in rows]
+        except (sqlite3.DatabaseError, ValueError, TypeError) as exc:
+            if isinstance(exc, sqlite3.DatabaseError) and not _damaged(exc):
+                raise
+        # one row at a time (the ids come from the table's b-tree alone: damage there is
+        # no row's, and the spool is replaced)
+        ids = db.execute("SELECT id FROM messages ORDER BY id LIMIT ?", (limit,)).fetchall()
+        return [self._one(db, int(row[0])) for row in ids]
+
+    @staticmethod
+    def _one(db: sqlite3.Connection, row_id: int) -> Message:
+        try:
+            row = db.execute(
+                f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = ?", (row_id,)
+            ).fetchone()
+            return _message(row)
+        except (sqlite3.DatabaseError, ValueError, TypeError) as exc:
+            if isinstance(exc, sqlite3.DatabaseError) and not _damaged(exc):
+                raise
+            why = str(exc)
+        said = {"topic": "?", "kind": "?"}  # for the log, what can be read of them
+        for column in said:
+            with contextlib.suppress(sqlite3.DatabaseError, TypeError):
+                value = db.execute(
+                    f"SELECT CAST({column} AS BLOB) FROM messages WHERE id = ?", (row_id,)
+                ).fetchone()[0]
+                said[column] = _text(value)
+        return Message(row_id, said["topic"], b"", 1, False, said["kind"], unreadable=why)
 
     def delete(self, row_id: int) -> None:
+        """Delete a message; a row SQLite cannot delete (damaged) takes the spool aside."""
         with self._lock:
-            deleted = self._db.execute("DELETE FROM messages WHERE id = ?", (row_id,)).rowcount
+            deleted = self._guarded(
+                lambda db: db.execute("DELETE FROM messages WHERE id = ?", (row_id,)).rowcount
+            )
             self._count -= deleted
             self._sent_in_wal = self._sent_in_wal or bool(deleted)
             if deleted and not self._count:
@@ -432,45 +554,46 @@ class Spool:
 
     def _backlog(self, where: str, args: tuple[object, ...]) -> Backlog:
         """The messages ``where`` selects: how many, for which nodes, and of when."""
-        nodes: set[str] = set()
-        count, times = 0, []
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT topic, CASE WHEN kind = 'event' THEN payload END FROM messages "
-                f"{where} ORDER BY id",
-                args,
-            )
-            for topic, payload in rows:
-                count += 1
-                nodes.add(topic_node(topic))
-                ts = None if payload is None else _frame_ts(bytes(payload))
-                if ts is not None:
-                    times.append(ts)
-        return Backlog(
-            count, tuple(sorted(nodes)), min(times, default=None), max(times, default=None)
+        query = (
+            "SELECT CAST(topic AS BLOB), CASE WHEN kind = 'event' THEN payload END "
+            f"FROM messages {where} ORDER BY id"
         )
+        with self._lock:
+            return self._guarded(lambda db: _backlog_of(db.execute(query, args)))
 
     def delete_under(self, topic: str) -> int:
         """Delete every message for ``topic`` and the topics under it; how many went."""
         with self._lock:
-            deleted = self._db.execute(
-                "DELETE FROM messages WHERE topic = ? OR substr(topic, 1, ?) = ?",
-                (topic, len(topic) + 1, f"{topic}/"),
-            ).rowcount
+            deleted = self._guarded(
+                lambda db: (
+                    db.execute(
+                        "DELETE FROM messages WHERE topic = ? OR substr(topic, 1, ?) = ?",
+                        (topic, len(topic) + 1, f"{topic}/"),
+                    ).rowcount
+                )
+            )
             self._count -= deleted
             self._sent_in_wal = self._sent_in_wal or bool(deleted)
         return int(deleted)
 
     def remember(self, key: str, value: str) -> None:
         with self._lock:
-            self._db.execute(
-                "INSERT OR REPLACE INTO state (key, value) VALUES (?, ?)", (key, value)
+            self._guarded(
+                lambda db: db.execute(
+                    "INSERT OR REPLACE INTO state (key, value) VALUES (?, ?)", (key, value)
+                )
             )
 
     def recall(self, key: str) -> str | None:
+        """What ``remember`` kept under ``key`` (None when nothing; text that is no UTF-8,
+        damaged, with its bad bytes replaced)."""
         with self._lock:
-            row = self._db.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
-        return None if row is None else str(row[0])
+            row = self._guarded(
+                lambda db: db.execute(
+                    "SELECT CAST(value AS BLOB) FROM state WHERE key = ?", (key,)
+                ).fetchone()
+            )
+        return None if row is None or row[0] is None else _text(row[0])
 
     def close(self) -> None:
         with self._lock:

@@ -424,6 +424,42 @@ def test_an_unreadable_spooled_event_is_dropped_not_a_wall(tmp_path, broker, cap
     assert caplog.text.count("cannot be read") == 2, caplog.text
 
 
+def test_spooled_messages_with_damaged_topics_are_dropped_not_a_wall(tmp_path, broker, caplog):
+    """Topics one flipped bit damaged: a wildcard (paho refuses it: a traceback, then
+    nothing sent for good), a byte that is no UTF-8 (SQLite's read failed), a control
+    character (mosquitto closes the connection over it, again at each attempt). Each is
+    dropped and logged, and the events around them reach the broker."""
+    subscriber = Subscriber(broker.port, "facewatch/node/events/#")
+    spool = Spool(tmp_path / "spool", 100)
+    publisher = MqttPublisher(MqttConfig(port=broker.port), "node", spool)
+    topic = publisher.event_topic("cam")
+    for n in range(5):
+        spool.append(topic, b'{"n": %d}' % n, kind="event")
+    with sqlite3.connect(spool.path) as db:
+        db.execute("UPDATE messages SET topic = 'facewatch/node/events/#am' WHERE id = 2")
+        db.execute("UPDATE messages SET topic = CAST(x'66e1' AS TEXT) WHERE id = 3")
+        db.execute(
+            "UPDATE messages SET topic = 'facewatch/node/events' || char(15) || 'cam' WHERE id = 4"
+        )
+    db.close()
+    publisher.start()
+    try:
+        wait_for(lambda: len(subscriber.events()) == 2, 15, "the two good events")
+        wait_for(lambda: len(spool) == 0, 5, "the spool empty")
+    finally:
+        publisher.stop()
+        subscriber.close()
+        spool.close()
+    assert [e["n"] for e in subscriber.events()] == [0, 4]
+    dropped = [r.getMessage() for r in caplog.records if r.getMessage().startswith("MQTT: spooled")]
+    assert [line.split(" cannot be ")[0] for line in dropped] == [
+        "MQTT: spooled event 2 for 'facewatch/node/events/#am'",
+        "MQTT: spooled event 3 for 'f\\\\xe1'",  # (the byte as \\xe1, in a repr)
+        "MQTT: spooled event 4 for 'facewatch/node/events\\x0fcam'",
+    ]
+    assert not [r for r in caplog.records if r.exc_info], "no traceback"
+
+
 def test_broker_killed_again_and_again_during_a_backlog_keeps_the_sender_going(
     tmp_path, broker
 ) -> None:

@@ -387,13 +387,15 @@ def test_a_rebuild_that_fails_leaves_the_older_spool_working(tmp_path, monkeypat
     assert _layout(spool.path) == (1024, False)
 
 
-def test_spool_ids_used_again_keep_the_order_and_each_message_goes_once(tmp_path) -> None:
+def test_spool_ids_used_again_keep_the_order_and_each_message_goes_once(tmp_path, caplog) -> None:
     """Without AUTOINCREMENT a drained spool's ids start again. Events come while the
     publisher sends, one acknowledged message's delete fails once (a full disk): each
-    message reaches the broker once, in the order it was spooled."""
+    message reaches the broker once, in the order it was spooled. The failed delete is one
+    line, and one when it deletes again (it was a traceback)."""
     from daemon.config import MqttConfig
     from daemon.mqtt import MqttPublisher
 
+    caplog.set_level("INFO", logger="daemon.mqtt")
     spool = Spool(tmp_path / "spool", 10)
     publisher = MqttPublisher(MqttConfig(), "node", spool)
     received: list[str] = []
@@ -422,8 +424,7 @@ def test_spool_ids_used_again_keep_the_order_and_each_message_goes_once(tmp_path
         for _ in range(sends):
             if k == 2:
                 spool.delete = delete_failing_once  # type: ignore[method-assign]
-                with pytest.raises(sqlite3.OperationalError):
-                    publisher._step()
+                publisher._step()
                 spool.delete = delete  # type: ignore[method-assign]
             else:
                 publisher._step()
@@ -431,6 +432,144 @@ def test_spool_ids_used_again_keep_the_order_and_each_message_goes_once(tmp_path
         publisher._step()
     assert ids == [1, 1, 2, 3, 1, 1], "(the case under test: ids used again)"
     assert received == [f"e/{k}" for k in range(6)]
+    said = [(r.levelname, r.getMessage(), r.exc_info) for r in caplog.records]
+    assert [(level, exc) for level, _, exc in said] == [("ERROR", None), ("INFO", None)], said
+    assert "cannot delete what the broker took (database or disk is full)" in said[0][1]
+    assert said[1][1] == f"MQTT: the spool {spool.path} deletes what was sent again"
+
+
+class AckingClient:
+    """A broker that acknowledges at once, behind paho's own checks of what is published."""
+
+    def __init__(self) -> None:
+        import paho.mqtt.client as paho
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        self.paho = paho.Client(CallbackAPIVersion.VERSION2)  # (not connected)
+        self.received: list[tuple[str, bytes]] = []
+
+    def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False):
+        self.paho.publish(topic, payload, qos=qos, retain=retain)  # its ValueErrors
+        self.received.append((topic, payload))
+        return SimpleNamespace(
+            mid=1, rc=0, wait_for_publish=lambda timeout: None, is_published=lambda: True
+        )
+
+
+def _sending(spool: Spool) -> tuple[object, AckingClient]:
+    from daemon.config import MqttConfig
+    from daemon.mqtt import MqttPublisher
+
+    publisher = MqttPublisher(MqttConfig(), "node", spool)
+    publisher.client = client = AckingClient()  # type: ignore[assignment]
+    publisher.connected.set()
+    return publisher, client
+
+
+def _dropped() -> float:
+    return REGISTRY.get_sample_value("facewatch_mqtt_publishes_total", {"outcome": "dropped"}) or 0
+
+
+@pytest.mark.parametrize(
+    ("damage", "said"),
+    [
+        ("topic = 'facewatch/node/ev#nts/door'", "cannot be published (Publish topic cannot"),
+        ("topic = CAST(x'666163e5' AS TEXT)", "cannot be read ('utf-8' codec can't decode"),
+        ("topic = 'facewatch/node/events/do' || char(13) || 'r'", "cannot be published (a control"),
+        ("qos = 7", "cannot be published (Invalid QoS level.)"),
+    ],
+)
+def test_a_spooled_message_that_cannot_be_read_or_published_is_dropped_and_the_rest_go(
+    tmp_path, caplog, damage, said
+) -> None:
+    """One flipped bit in a spooled event (its topic given a wildcard, a byte that is no
+    UTF-8, a control character; its QoS) stopped every MQTT event after it, for good and
+    across restarts, after one log line: it is dropped, logged with its id and topic, and
+    counted, and the rest go."""
+    spool = Spool(tmp_path / "spool")
+    for n in range(1, 5):
+        spool.append("facewatch/node/events/door", b'{"n": %d}' % n, kind="event")
+    with contextlib.closing(sqlite3.connect(spool.path)) as db, db:
+        db.execute(f"UPDATE messages SET {damage} WHERE id = 2")
+    publisher, client = _sending(spool)
+    dropped = _dropped()
+    for _ in range(10):
+        publisher._step()  # type: ignore[attr-defined]
+    assert [json.loads(payload)["n"] for _, payload in client.received] == [1, 3, 4]
+    assert len(spool) == 0
+    assert _dropped() == dropped + 1
+    [line] = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert line.startswith("MQTT: spooled event 2 for '") and f" {said}" in line, line
+    spool.close()
+
+
+def test_a_spool_damaged_under_a_message_is_set_aside_while_running_and_events_go_on(
+    tmp_path, caplog
+) -> None:
+    """A bad block in a face snapshot's overflow page: SQLite can neither read nor delete
+    its row, and no MQTT event was sent again, ever. The spool is moved aside as at start,
+    saying how many messages it held, what it remembered stays, and events go on."""
+    spool = Spool(tmp_path / "spool")
+    spool.remember("people", '["ann"]')
+    spool.append("facewatch/node/snapshots/door/e1", bytes(range(256)) * 20)
+    for n in range(2):
+        spool.append("facewatch/node/events/door", b'{"n": %d}' % n, kind="event")
+    spool.close()
+    data = bytearray(spool.path.read_bytes())
+    tree = {2, 5, 10, 13}  # the b-tree pages' first byte; the snapshot's overflow pages follow
+    overflow = next(k for k in range(2, len(data) // 1024) if data[k * 1024] not in tree)
+    data[overflow * 1024 : overflow * 1024 + 4] = b"\xff" * 4  # its next page: none such
+    spool.path.write_bytes(bytes(data))
+    spool = Spool(tmp_path / "spool")
+    assert len(spool) == 3
+    publisher, client = _sending(spool)
+    publisher._step()  # type: ignore[attr-defined]
+    spool.append("facewatch/node/events/door", b'{"n": 9}', kind="event")
+    for _ in range(3):
+        publisher._step()  # type: ignore[attr-defined]
+    assert [json.loads(payload)["n"] for _, payload in client.received] == [9]
+    said = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert said[0].startswith("MQTT: spooled message 1 for 'facewatch/node/snapshots/door/e1' ")
+    assert "cannot be read (database disk image is malformed): dropped" in said[0]
+    assert said[1].startswith(f"MQTT spool {spool.path} is damaged (database disk image is")
+    assert "the 3 message(s) the old one held are not sent" in said[1]
+    assert len(said) == 2, said
+    assert spool.recall("people") == '["ann"]'
+    assert any(".damaged-" in p.name for p in spool.folder.iterdir())
+    spool.close()
+
+
+def test_a_sending_error_that_lasts_is_said_again_every_remind_s(
+    tmp_path, monkeypatch, caplog
+) -> None:
+    """The sending thread logged an error once and then retried every second in silence,
+    for good: a week of it shows in today's journal."""
+    from daemon import journal
+    from daemon.journal import REMIND_S
+
+    clock = [0.0]
+    fake = SimpleNamespace(monotonic=lambda: clock[0], time=lambda: 1_746_100_000 + clock[0])
+    monkeypatch.setattr(journal, "time", fake)
+    spool = Spool(tmp_path / "spool")
+    publisher, _ = _sending(spool)
+
+    def step() -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    def wait(timeout: float) -> bool:
+        clock[0] += timeout
+        if clock[0] > 2.5 * REMIND_S:
+            publisher._stop.set()  # type: ignore[attr-defined]
+        return False
+
+    monkeypatch.setattr(publisher, "_step", step)
+    monkeypatch.setattr(publisher._stop, "wait", wait)  # type: ignore[attr-defined]
+    publisher._run()  # type: ignore[attr-defined]
+    said = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert said[0] == "MQTT: sending failed; trying again"
+    assert len(said) == 3, said
+    assert said[1].startswith("MQTT: sending still fails (disk I/O error; first at ")
+    spool.close()
 
 
 def test_a_frame_dropped_from_a_full_queue_passes_its_motion_on() -> None:
