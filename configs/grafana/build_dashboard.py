@@ -292,7 +292,9 @@ def mqtt_row() -> list[Panel]:
         graph(
             "MQTT publications",
             "short",
-            "Publications per second by outcome: ok, failed (retried), dropped (spool full).",
+            "Publications per second by outcome: ok, failed (retried), dropped (spool full, a "
+            "damaged spooled message, another node's the broker refuses), direct (the spool's "
+            "disk refused them), refused (ACL: kept, offered again).",
             (
                 named(
                     f"sum by ({BY}, outcome) (rate(facewatch_mqtt_publishes_total{{{NODE}}}{RATE}))"
