@@ -105,11 +105,13 @@ class Identity:
 
 @dataclass(frozen=True)
 class Enrollment:
-    """One face to enroll: who, its embedding (D,), and the SHA-256 of its source image."""
+    """One face to enroll: who, its embedding (D,), and the SHA-256 of its source image;
+    ``created``: when it was first enrolled (an export's, kept by an import; None: now)."""
 
     name: str
     embedding: np.ndarray
     source_sha256: str
+    created: str | None = None
 
 
 class Gallery:
@@ -529,7 +531,13 @@ class Gallery:
                 cursor = conn.execute(
                     "INSERT OR IGNORE INTO embeddings "
                     "(identity_id, model_id, vector, source_sha256, created) VALUES (?,?,?,?,?)",
-                    (identity_id, self.model_id, vector.tobytes(), face.source_sha256, now_iso()),
+                    (
+                        identity_id,
+                        self.model_id,
+                        vector.tobytes(),
+                        face.source_sha256,
+                        face.created or now_iso(),
+                    ),
                 )
                 if cursor.rowcount:
                     added += 1

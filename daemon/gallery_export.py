@@ -13,6 +13,7 @@ import tokenize
 import zipfile
 import zlib
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -140,7 +141,7 @@ def _read_json(path: Path) -> Export:
             f"version {brief(record.get('version'))}; this facewatch reads {JSON_VERSION}"
         )
     model_id, size, threshold = _header(record)
-    names, rows, sources, thresholds = [], [], [], {}
+    names, rows, sources, created, thresholds = [], [], [], [], {}
     for person in _objects(record["identities"], "identities"):
         name = _text(person["name"], "a name")
         if person.get("threshold") is not None:
@@ -149,8 +150,9 @@ def _read_json(path: Path) -> Export:
             names.append(name)
             rows.append(face["vector"])
             sources.append(_text(face["source_sha256"], "a source_sha256"))
+            created.append(_when(face.get("created")))
     vectors = _embeddings(_json_vectors(rows, size))
-    faces = [Enrollment(*face) for face in zip(names, vectors, sources, strict=True)]
+    faces = [Enrollment(*face) for face in zip(names, vectors, sources, created, strict=True)]
     return Export(model_id, size, threshold, faces, thresholds)
 
 
@@ -162,6 +164,8 @@ def _read_npz(path: Path) -> Export:
             for name, (kind, ndim) in NPZ_MEMBERS.items():
                 arrays[name] = _npz_array(archive, name, kind, ndim, budget)
                 budget -= arrays[name].nbytes
+            if "created.npy" in archive.namelist():  # (exports before it lack it)
+                arrays["created"] = _npz_array(archive, "created", "U", 1, budget)
     except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as exc:
         raise ValueError(f"its zip cannot be unpacked: {exc}") from None  # damaged, cut short
     except RuntimeError:  # zipfile's, for a member that needs a password
@@ -178,13 +182,27 @@ def _read_npz(path: Path) -> Export:
         for name, value in zip(people.tolist(), limits.tolist(), strict=True)
         if not math.isnan(value)  # NaN: the default
     }
+    created: list[str | None] = [None] * len(vectors)
+    if len(arrays.get("created", ())) == len(vectors):
+        created = [_when(str(when)) for when in arrays["created"].tolist()]
     faces = [
-        Enrollment(str(owner), vector, str(source))
-        for owner, vector, source in zip(
-            owners.tolist(), _embeddings(vectors), sources.tolist(), strict=True
+        Enrollment(str(owner), vector, str(source), when)
+        for owner, vector, source, when in zip(
+            owners.tolist(), _embeddings(vectors), sources.tolist(), created, strict=True
         )
     ]
     return Export(model_id, size, threshold, faces, thresholds)
+
+
+def _when(value: object) -> str | None:
+    """A face's enroll time as an export gives it (an ISO time), else None (now)."""
+    if not isinstance(value, str):
+        return None
+    try:
+        datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return value
 
 
 def _npz_array(

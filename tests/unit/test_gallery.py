@@ -609,6 +609,11 @@ def test_an_export_imports_back_whole_as_a_backup(gallery, capsys, suffix) -> No
     path = gallery.path
     gallery.set_threshold("bob", 0.5)
     gallery.set_threshold(None, 0.9)
+    gallery.close()
+    with sqlite3.connect(path) as db:  # (enrolled long ago: `gallery list NAME` shows when)
+        db.execute("UPDATE embeddings SET created = '2020-01-02T03:04:05+00:00' WHERE id = 1")
+    db.close()
+    gallery = Gallery.open(path, MODEL)
     before = (gallery.identities(), gallery.embeddings())
     gallery.close()
     backup = path.with_name(f"backup{suffix}")
@@ -621,9 +626,10 @@ def test_an_export_imports_back_whole_as_a_backup(gallery, capsys, suffix) -> No
         assert again.threshold == 0.9 and again.embedding_size == D
         people = {i.name: (i.threshold, i.embeddings) for i in again.identities()}
         assert people == {p.name: (p.threshold, p.embeddings) for p in before[0]}
-        vectors, owners, sources, _ = again.embeddings()
+        vectors, owners, sources, created = again.embeddings()
         np.testing.assert_array_equal(vectors, before[1][0])
         assert (owners, sources) == (before[1][1], before[1][2])
+        assert created == before[1][3], "each face's enroll time, as the export has it"
     assert stat.S_IMODE(restored.stat().st_mode) == 0o600
     code, out, _ = gallery_cli(restored, capsys, "import", str(backup))
     assert code == 0 and "imported 0 new embedding(s)" in out
