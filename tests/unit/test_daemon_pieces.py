@@ -255,7 +255,7 @@ def test_tls_files_that_cannot_be_used_are_a_config_error_naming_mqtt_tls(tmp_pa
     (tmp_path / "ca.crt").write_bytes(b"not a certificate")
     config = MqttConfig(tls=TlsConfig(ca_file=str(tmp_path / "ca.crt")))
     spool = Spool(tmp_path / "spool")
-    with pytest.raises(ConfigError, match=r"^mqtt\.tls: "):
+    with pytest.raises(ConfigError, match=r"^mqtt\.tls\.ca_file: .*ca\.crt: not a PEM certificate"):
         MqttPublisher(config, "node", spool)
     spool.close()
 
