@@ -1270,6 +1270,30 @@ def test_an_import_is_one_transaction_with_its_thresholds(gallery, capsys) -> No
     assert not fresh.exists()
 
 
+def test_an_import_with_own_thresholds_does_not_read_every_identity_per_person(
+    tmp_path,
+) -> None:
+    """An import set each person's own threshold after looking the person up by reading
+    every identity: 5 s for 5,000 people (2 s without thresholds), a minute at 20,000. Now
+    the identities are read a fixed number of times, however many people come."""
+    rng = np.random.default_rng(0)
+    people = [f"p{k}" for k in range(400)]
+    vectors = rng.normal(size=(len(people), D)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    with Gallery.create(tmp_path / "g.sqlite", MODEL, D) as g:
+        g.enroll([Enrollment("p0", axis(0), "old")])  # one already enrolled, one new
+        statements: list[str] = []
+        g._conn.set_trace_callback(statements.append)
+        g.enroll(
+            [Enrollment(n, v, n) for n, v in zip(people, vectors, strict=True)],
+            dict.fromkeys(people, 0.12),
+        )
+        g._conn.set_trace_callback(None)
+        assert {i.name: i.threshold for i in g.identities()} == dict.fromkeys(people, 0.12)
+    reads = [s for s in statements if s.startswith("SELECT id, name FROM identities")]
+    assert len(reads) <= 3, f"{len(reads)} reads of the identities"
+
+
 def test_a_full_disk_is_said_plainly_and_the_gallery_kept(gallery) -> None:
     """On a full disk SQLite rolls the transaction back itself; the ROLLBACK after it failed
     with 'cannot rollback - no transaction is active' and a traceback hid the first error.
