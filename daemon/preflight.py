@@ -99,6 +99,17 @@ def file_problems(config: Config) -> list[str]:
     ]
 
 
+class Serious(str):
+    """A warning ``run`` logs as an error: the daemon runs, but names the wrong people often
+    (a large gallery at its starting threshold names most strangers)."""
+
+
+def log_warnings(config: Config, log: logging.Logger) -> None:
+    """``warnings``, as ``run`` logs them at its start (to ``log``): a Serious one at ERROR."""
+    for warning in warnings(config):
+        log.log(logging.ERROR if isinstance(warning, Serious) else logging.WARNING, warning)
+
+
 def warnings(config: Config) -> list[str]:
     """What weakens the daemon's security without stopping it, each as "key: what and why"
     (``run`` logs them, ``validate-config`` prints them)."""
@@ -351,7 +362,8 @@ def _changed_model(model: Path, gallery: Path, enrolled_with: str, model_id: str
 def _threshold_warnings(config: Config) -> list[str]:
     """A gallery still at the threshold galleries started at before facewatch started them
     at the model's, which names strangers far more often (``outdated_threshold``), or one
-    grown large at its starting threshold (``gallery_cli.uncalibrated``)."""
+    grown large at its starting threshold (``gallery_cli.uncalibrated``: Serious where it
+    would name more than a fifth of strangers). Read at the start only, not at a reload."""
     path, model = Path(config.recognition.gallery), _model_file(config)
     if model is None or config.recognition.threshold is not None or not path.is_file():
         return []
@@ -364,7 +376,10 @@ def _threshold_warnings(config: Config) -> list[str]:
     except (GalleryError, EngineError):
         return []  # (a problem, said by _gallery_problems)
     if better is None:
-        return [f"recognition.gallery: {path}: {grown}"] if grown else []
+        if grown is None:
+            return []
+        line = f"recognition.gallery: {path}: {grown.text}"
+        return [Serious(line) if grown.serious else line]
     return [
         f"recognition.gallery: its default threshold {shown_threshold(threshold)} is the "
         "model's LFW best-accuracy one, where galleries started before 2026-11-30: "

@@ -289,6 +289,41 @@ def calibrate(
     )
 
 
+# faces ``strangers_named`` takes as strangers': beyond, a fixed random sample (its share
+# then lies within 1-2 % of all faces', and a gallery of 25,000 faces takes a second)
+STRANGER_PROBES = 5000
+
+
+def strangers_named(
+    vectors: np.ndarray, owners: list[str], limits: np.ndarray, probes: int = STRANGER_PROBES
+) -> tuple[float, int]:
+    """How often the gallery would name a stranger, from its own faces: each face taken as
+    a stranger's photo, its person left out, is named when its nearest face of anyone else
+    lies under that face's person's threshold (``limits``, per face), as ``Gallery.match``
+    names a face. The share named, and how many faces were tried (at most ``probes``); (0,
+    0) with fewer than 2 people. Against 2,716 never-enrolled LFW people: 1,565 enrolled,
+    84 % said, 82.8 % named; 1,000, 74-76 % against 74-75 %; 100 (some 300 faces: a rough
+    guess), 11-28 % against 19-22 %."""
+    index: dict[str, int] = {}
+    who = np.array([index.setdefault(o, len(index)) for o in owners], np.int64)
+    if len(index) < 2:
+        return 0.0, 0
+    unit = np.asarray(vectors, np.float32)
+    unit = unit / np.maximum(np.linalg.norm(unit, axis=1, keepdims=True), 1e-12)
+    limits = np.asarray(limits, np.float64)
+    tried = np.arange(len(unit))
+    if len(tried) > probes:
+        tried = np.sort(np.random.default_rng(0).choice(len(unit), probes, replace=False))
+    named = 0
+    for start in range(0, len(tried), 512):
+        rows = tried[start : start + 512]
+        dist = _distances(unit[rows], unit)
+        dist[who[rows, None] == who[None, :]] = np.inf  # the stranger's own person: not enrolled
+        nearest = dist.argmin(axis=1)
+        named += int(np.sum(dist[np.arange(len(rows)), nearest] < limits[nearest]))
+    return named / len(tried), len(tried)
+
+
 MIN_OTHERS = 2  # a photo is judged against its person's other faces only when they are 2+
 # a photo is refused as unlike its person beyond this many times the threshold: at the
 # threshold itself 11 % of CelebA same-person pairs lie farther (sunglasses, a hat, years

@@ -136,7 +136,9 @@ def _add_identify(commands: argparse._SubParsersAction) -> None:
         "frame rate too) and the vote's confidence, found as the daemon finds them (its "
         "detection, tracking and votes; --config: its settings), on every frame at --fps, "
         "none dropped, as fast as the machine goes; then a summary line. Ctrl-C keeps what "
-        "was printed and says where it stopped (exit status 130).",
+        "was printed and says where it stopped (exit status 130). A gallery of 120 faces or "
+        "more still at the threshold a new gallery starts at is warned of first, with the "
+        "share of strangers it would name (`gallery calibrate` chooses a threshold).",
     )
     p.add_argument(
         "images",
@@ -273,6 +275,7 @@ def run_identify(args: argparse.Namespace) -> int:
         recognition = gallery_cli.daemon_recognition(args)
         if recognition is not None:  # match as the daemon does
             gallery.threshold_override = recognition.threshold
+        _warn_uncalibrated(gallery, models, camera)
     except GalleryError as exc:
         print_error(str(exc))
         return 1
@@ -290,6 +293,19 @@ def run_identify(args: argparse.Namespace) -> int:
     ]
     with gallery:
         return _identify_files(models, gallery, paths, args, camera)
+
+
+def _warn_uncalibrated(gallery: Gallery, models: Models, camera: CameraConfig | None) -> None:
+    """Once, on stderr: the gallery is large and still at its starting threshold, where it
+    names many strangers (``gallery_cli.uncalibrated``), unless --config's or --camera's
+    threshold replaces it (identify named strangers as enrolled people without a word)."""
+    if gallery.threshold_override is not None:
+        return
+    if camera is not None and camera.recognition.threshold is not None:
+        return
+    warning = gallery_cli.uncalibrated(gallery, models.facenet.meta.extra)
+    if warning is not None:
+        print(f"warning: gallery {gallery.path}: {warning.text}", file=sys.stderr)
 
 
 def _identify_files(

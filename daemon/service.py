@@ -208,8 +208,7 @@ class Service:
         cfg = self.config
         self._install_signals()  # now: a SIGHUP or SIGTERM while the engines load is no kill
         preflight.check(cfg)
-        for warning in preflight.warnings(cfg):
-            logger.warning(warning)
+        preflight.log_warnings(cfg, logger)
         preflight.prepare_outputs(cfg)
         with preflight.outputs_claimed(cfg):  # before the engines load: refused at once
             return self._run_claimed()

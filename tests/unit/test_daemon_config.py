@@ -952,14 +952,20 @@ def test_the_smallest_face_recognised_is_the_cameras_own_else_the_recognition_se
     assert parse_config(raw).min_face_px(parse_config(raw).cameras[0]) == 48
 
 
-def test_validate_config_warns_of_a_grown_gallery_still_at_its_starting_threshold(
-    tmp_path, capsys
+def test_validate_config_and_run_warn_of_a_grown_gallery_still_at_its_starting_threshold(
+    tmp_path, capsys, caplog
 ) -> None:
     """A stranger is compared with every enrolled face: at the model's starting threshold
-    (0.154 per comparison) a gallery of 70 people x 5 photos named a third of strangers.
-    From 120 faces, validate-config (and run: the same warnings) says so and points to
-    `gallery calibrate`; a threshold the user set, or a small gallery, is not warned of."""
+    (0.154 per comparison) 1,565 people named 83 % of strangers, and the warning's fixed
+    text said 14-34 %. From 120 faces, validate-config and run say how many strangers this
+    gallery would name, measured on its own faces, and point to `gallery calibrate`; run
+    logs it as an error above a fifth. A threshold the user set, or a small gallery, is not
+    warned of."""
+    import logging
+
+    from daemon import preflight
     from daemon.cli import main
+    from daemon.config_file import load_config
     from daemon.gallery import Enrollment, Gallery
     from engines.base import ModelMetadata
     from engines.facenet import model_id_of, starting_threshold
@@ -979,10 +985,13 @@ def test_validate_config_warns_of_a_grown_gallery_still_at_its_starting_threshol
             }
         )
     )
-    vectors = np.random.default_rng(0).normal(size=(120, meta.embedding_size or 128))
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    rng = np.random.default_rng(0)
+    apart = rng.normal(size=(120, meta.embedding_size or 128))  # 20 people, far from another
+    alike = apart[:1] + 0.05 * rng.normal(size=apart.shape)  # all near one face: look-alikes
+    for vectors in (apart, alike):
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
 
-    def validate(faces: int, threshold: float) -> str:
+    def validate(faces: int, threshold: float, vectors: np.ndarray = apart) -> str:
         gallery.unlink(missing_ok=True)
         with Gallery.create(gallery, model_id_of(meta, shipped), vectors.shape[1], threshold) as g:
             g.enroll([Enrollment(f"p{k % 20}", v, f"s{k}") for k, v in enumerate(vectors[:faces])])
@@ -990,15 +999,30 @@ def test_validate_config_warns_of_a_grown_gallery_still_at_its_starting_threshol
         out, err = capsys.readouterr()
         return f"{code}\n{out}{err}"
 
+    def logged() -> list[tuple[int, str]]:
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="daemon.service"):  # as run logs them
+            preflight.log_warnings(load_config(str(path)), logging.getLogger("daemon.service"))
+        return [(r.levelno, r.getMessage()) for r in caplog.records if "gallery" in r.message]
+
     grown = validate(120, start)
-    assert (
-        grown.startswith("0\n")
-        and f"recognition.gallery: {gallery}: 120 faces of 20 people" in grown
+    said = (
+        f"recognition.gallery: {gallery}: 120 faces of 20 people, still at the threshold a "
+        f"new gallery starts at ({start:.3f}): at it under 1% of strangers would be named as "
+        "one of your 20 people (measured on your own faces, each of 120 taken as a stranger's"
     )
-    assert f"still at the threshold a new gallery starts at ({start:.3f})" in grown
-    assert "`facewatch gallery calibrate`" in grown, grown
+    assert grown.startswith("0\n") and said in grown, grown
+    assert "run `facewatch gallery calibrate`, which chooses a threshold" in grown
+    assert [(level, message[: len(said)]) for level, message in logged()] == [
+        (logging.WARNING, said)
+    ]
+    crowd = validate(120, start, alike)
+    assert "at it about 100% of strangers would be named as one of your 20 people" in crowd
+    [(level, message)] = logged()
+    assert level == logging.ERROR and "about 100% of strangers" in message
     assert "warning" not in validate(119, start)
-    assert "warning" not in validate(120, 0.12)
+    assert "warning" not in validate(120, 0.12, alike)
+    assert logged() == []
 
 
 def test_validate_config_reads_the_gallery_whole_and_warns_of_damage_sqlite_finds(

@@ -434,6 +434,25 @@ def test_calibration_counts_the_closest_two_people_once() -> None:
     assert result.false_accepts == 1 and result.far == pytest.approx(1 / result.impostor)
 
 
+def test_the_share_of_strangers_a_gallery_names_is_measured_on_its_own_faces() -> None:
+    """The uncalibrated gallery's warning says how many strangers it would name: each face
+    taken as a stranger's is named after its nearest face of anyone else, at that person's
+    threshold (a strict one of their own holds); past ``probes`` faces, a sample says it."""
+    from daemon.recognition import strangers_named
+
+    rng = np.random.default_rng(3)
+    vectors, owners = _people(100, 2)
+    for k in range(0, 40, 4):  # 10 pairs of look-alikes: p{2j+1} near p{2j}, both faces
+        vectors[k + 2 : k + 4] = [_beside(v, 0.05, rng) for v in vectors[k : k + 2]]
+    limits = np.full(len(vectors), 0.154)
+    assert strangers_named(vectors, owners, limits) == (40 / 200, 200)
+    limits[[f for k in range(0, 40, 4) for f in (k, k + 1)]] = 0.01  # p{2j}'s own threshold
+    assert strangers_named(vectors, owners, limits) == (20 / 200, 200)  # p{2j+1}: not as p{2j}
+    share, tried = strangers_named(vectors, owners, limits, probes=100)
+    assert tried == 100 and abs(share - 0.1) < 0.06
+    assert strangers_named(vectors[:2], owners[:2], limits[:2]) == (0.0, 0)  # one person
+
+
 def _beside(vector: np.ndarray, distance: float, rng: np.random.Generator) -> np.ndarray:
     """A unit vector ``distance`` (squared L2) from the unit ``vector``, in a random direction."""
     away = rng.normal(size=vector.shape)
