@@ -13,7 +13,7 @@ is in it, so ``facewatch enroll --name NAME FOLDER`` takes that face. By default
 (``which: unknown``) only the visits none of whose events named anyone are kept. The daemon
 owns the folder: it deletes the oldest visits (folders of that shape holding a visit.json,
 nothing else) when they take more than ``max_mb`` of disk or started more than
-``keep_days`` ago. While it runs it holds the folder's ``lock`` file: a second daemon given
+``keep_days`` ago. While it runs it holds the folder's ``archive.lock`` file: a second daemon given
 the same folder is refused at start (its limits would delete this one's visits). A visit
 still open when the daemon dies is lost; one that cannot be written is counted
 (``facewatch_archive_failures_total``) and logged, never a reason to stop.

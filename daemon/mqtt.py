@@ -96,7 +96,7 @@ class MqttPublisher:
         self._wake = threading.Event()
         self._stop = threading.Event()
         # spool rows the broker acknowledged (or dropped ones), not yet deleted
-        self._acked: set[int] = set()
+        self._acked: set[tuple[int, int]] = set()  # (spool generation, row id)
         self._cameras: set[str] = set()
         self._retained: dict[str, bytes] = {}  # topic -> latest payload
         self._announcements: dict[str, bytes] = {}  # topic -> payload
@@ -757,9 +757,9 @@ class MqttPublisher:
         refuses (full, failing): said in one line, and in one when it deletes them again."""
         try:
             while self._acked:
-                row_id = next(iter(self._acked))
-                self.spool.delete(row_id)
-                self._acked.discard(row_id)
+                generation, row_id = acked = next(iter(self._acked))
+                self.spool.delete(row_id, generation)
+                self._acked.discard(acked)
         except (OSError, sqlite3.Error) as exc:
             if not self._undeleted:
                 logger.error(
@@ -809,8 +809,8 @@ class MqttPublisher:
                     self._keep_refused(message, refused)
                     return
                 self._passed(message)
-                self._acked.add(message.row_id)  # (until deleted: a failed delete would
-                metrics.MQTT_PUBLISHES.labels("ok").inc()  # have it sent again)
+                self._acked.add((message.generation, message.row_id))  # (until deleted: a
+                metrics.MQTT_PUBLISHES.labels("ok").inc()  # failed delete: sent again)
                 self._observe_latency(event)
                 self._delete_acked()
                 return
@@ -835,7 +835,7 @@ class MqttPublisher:
                     self._refusal_said(message.topic, reason),
                 )
                 self._snapshots_refused = True
-            self.spool.delete(message.row_id)
+            self.spool.delete(message.row_id, message.generation)
             return
         metrics.MQTT_REFUSED.set(1)
         if message.topic != self._refused_topic:
@@ -895,7 +895,7 @@ class MqttPublisher:
             kind, message.row_id, message.topic, what, why, began,
         )  # fmt: skip
         metrics.MQTT_PUBLISHES.labels("dropped").inc()
-        self._acked.add(message.row_id)  # (as one sent: never offered again)
+        self._acked.add((message.generation, message.row_id))  # (as one sent: never again)
         self._delete_acked()
 
 

@@ -30,7 +30,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -223,6 +223,7 @@ class Message:
     retain: bool
     kind: str  # "event" (JSON that gets its publish time) or "raw"
     unreadable: str | None = None  # why its row cannot be read (damaged): nothing else holds
+    generation: int = 0  # the spool file it was read from (Spool.generation)
 
 
 def _message(row: tuple[Any, ...]) -> Message:
@@ -270,6 +271,9 @@ class Spool:
         # what a spool found damaged while running remembered, while its new file cannot
         # be made yet (its disk full): None when the spool is open
         self._pending: list[tuple[str, str]] | None = None
+        # how many times a damaged spool was replaced while running: the new file's row ids
+        # start again at 1, and a message of the old one must not delete one of the new
+        self.generation = 0
         self._dropped, self._next_drop_log = 0, 0.0
         self._sent_in_wal, self._tidied = False, time.monotonic()  # (see tidy)
         self._check_machine()
@@ -421,6 +425,7 @@ class Spool:
         with contextlib.suppress(sqlite3.Error):
             self._db.close()
         held, self._count, self._pending = self._count, 0, state
+        self.generation += 1
         self._set_aside(why, held)
         self._start_new()
 
@@ -471,7 +476,8 @@ class Spool:
         row cannot be read (damaged) comes with ``unreadable`` saying why, for the
         publisher to drop: it would stop every message after it."""
         with self._lock:
-            return self._guarded(lambda db: self._oldest(db, limit))
+            messages = self._guarded(lambda db: self._oldest(db, limit))
+            return [replace(m, generation=self.generation) for m in messages]
 
     def _oldest(self, db: sqlite3.Connection, limit: int) -> list[Message]:
         try:
@@ -507,9 +513,13 @@ class Spool:
                 said[column] = _text(value)
         return Message(row_id, said["topic"], b"", 1, False, said["kind"], unreadable=why)
 
-    def delete(self, row_id: int) -> None:
-        """Delete a message; a row SQLite cannot delete (damaged) takes the spool aside."""
+    def delete(self, row_id: int, generation: int | None = None) -> None:
+        """Delete a message; a row SQLite cannot delete (damaged) takes the spool aside.
+        ``generation``: the spool file it was read from; a file set aside since held it
+        (nothing is deleted: that id is another message's in the new file)."""
         with self._lock:
+            if generation is not None and generation != self.generation:
+                return
             deleted = self._guarded(
                 lambda db: db.execute("DELETE FROM messages WHERE id = ?", (row_id,)).rowcount
             )

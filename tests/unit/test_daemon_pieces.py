@@ -411,11 +411,11 @@ def test_spool_ids_used_again_keep_the_order_and_each_message_goes_once(tmp_path
     publisher.connected.set()
     delete, failures = spool.delete, [1]
 
-    def delete_failing_once(row_id: int) -> None:
+    def delete_failing_once(row_id: int, generation: int | None = None) -> None:
         if failures:
             failures.pop()
             raise sqlite3.OperationalError("database or disk is full")
-        delete(row_id)
+        delete(row_id, generation)
 
     ids = []
     for k, sends in enumerate([1, 0, 1, 2, 1, 1]):
@@ -500,6 +500,36 @@ def test_a_spooled_message_that_cannot_be_read_or_published_is_dropped_and_the_r
     assert _dropped() == dropped + 1
     [line] = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert line.startswith("MQTT: spooled event 2 for '") and f" {said}" in line, line
+    spool.close()
+
+
+def test_the_ack_of_a_message_of_a_spool_set_aside_deletes_nothing_of_the_new_one(
+    tmp_path,
+) -> None:
+    """A spool found damaged while a message of it waits for the broker's acknowledgement:
+    the new spool's row ids start again at 1, and the acknowledgement deleted its first
+    event, unsent, without a word. It deletes nothing there now."""
+
+    class Damaged:  # the page the next insert needs is damaged
+        def __init__(self, db: sqlite3.Connection) -> None:
+            self.db = db
+
+        def execute(self, sql: str, *args: object) -> sqlite3.Cursor:
+            if sql.lstrip().upper().startswith("INSERT INTO MESSAGES"):
+                raise sqlite3.DatabaseError("database disk image is malformed")
+            return self.db.execute(sql, *args)
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self.db, name)
+
+    spool = Spool(tmp_path / "spool", 100)
+    spool.append("facewatch/n1/events/door", b'{"event_id":"old"}', "event")
+    in_flight = spool.peek(1)[0]  # published, its acknowledgement to come
+    spool._db = Damaged(spool._db)  # type: ignore[assignment]
+    spool.append("facewatch/n1/events/door", b'{"event_id":"new"}', "event")
+    assert [m.payload for m in spool.peek(5)] == [b'{"event_id":"new"}']
+    spool.delete(in_flight.row_id, in_flight.generation)  # the acknowledgement
+    assert [m.payload for m in spool.peek(5)] == [b'{"event_id":"new"}'] and len(spool) == 1
     spool.close()
 
 
