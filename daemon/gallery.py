@@ -734,11 +734,22 @@ def _make(
 def remove_created(gallery: Gallery) -> bool:
     """Delete the file ``gallery`` created (``Gallery.created``) when nothing was written to
     it since, so that a failed first enroll leaves no empty gallery; a file another process
-    made, or has written to meanwhile (an enroll that opened it), is kept. Whether it went."""
-    if gallery.created is None or file_stamp(gallery.path) != gallery.created:
+    made, or has written to meanwhile (an enroll that opened it), is kept. Whether it went.
+    Its size and time are not compared: a large enroll rolled back changes them (SQLite
+    writes pages to the file before the commit and puts them back); every commit bumps the
+    change counter (the gallery's journal is a rollback journal, never a WAL)."""
+    if gallery.created is None:
+        return False
+    now = file_stamp(gallery.path)
+    if now is None or _unwritten(now) != _unwritten(gallery.created):
         return False
     gallery.path.unlink(missing_ok=True)
     return True
+
+
+def _unwritten(stamp: tuple[int, ...]) -> tuple[int, ...]:
+    """What of a ``file_stamp`` stays while nothing is committed: device, inode, counter."""
+    return (stamp[0], stamp[1], stamp[-1])
 
 
 def _ids_by_name(conn: sqlite3.Connection) -> dict[str, int]:

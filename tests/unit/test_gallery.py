@@ -1430,3 +1430,22 @@ def test_gallery_remove_photos_names_a_photo_of_someone_else_and_needs_real_phot
     assert code == 2 and "--photos keeps the person, --forget removes them whole" in err
     with Gallery.open(path) as reader:
         assert {i.name: i.embeddings for i in reader.identities()} == {"alice": 2, "bob": 2, "carol": 1}  # fmt: skip
+
+
+def test_a_first_enroll_refused_after_a_large_batch_leaves_no_gallery_file(tmp_path) -> None:
+    """3,000 faces and then a name twin: SQLite wrote pages to the file before the refusal
+    and put them back, its time changed, and the empty gallery the enroll had made was
+    kept (the next enroll did not say 'a new gallery'). Only a commit or another process's
+    file keeps it now."""
+    path = tmp_path / "gallery.sqlite"
+    gallery = Gallery.create(path, "m", 512)
+    vectors = np.random.default_rng(0).normal(size=(3000, 512)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    faces = [Enrollment(f"p{k}", v, f"s{k}") for k, v in enumerate(vectors)]
+    with pytest.raises(GalleryError, match="'p1' is enrolled; 'P1' would be another person"):
+        gallery.enroll([*faces, Enrollment("P1", vectors[0], "x")])
+    assert gallery_module.remove_created(gallery) and not path.exists()
+    gallery.close()
+    with Gallery.create(path, "m", 512) as written:  # one face committed: kept
+        written.enroll(faces[:1])
+        assert not gallery_module.remove_created(written) and path.exists()
