@@ -8,7 +8,13 @@ or a photo very unlike the others, unless ``--allow-mismatch``): the images of o
 visit are one track, near each other whoever it shows, so they do not count for each other,
 and a visit whose images fall into two people is refused whole, naming the groups. A new
 person who looks like someone enrolled (nearer than their own photos lie) is warned about.
-Nothing is enrolled while any photo is rejected, unless ``--skip-bad``. Enrolled into the
+Nothing of a person is enrolled while any of their photos is rejected, unless ``--skip-bad``.
+Before any photo is read (``daemon.enroll_plan``): names that only look alike, and one photo
+in two people's folders, are refused; the photos already enrolled for their person are
+skipped, so the same command again goes on where a stopped enroll left. The photos are read
+person by person, their crops embedded EMBED_CHUNK at a time, and the people stored every
+STORE_EVERY faces: Ctrl-C or a kill keeps those stored (Ctrl-C says where it stopped,
+exit status 130). Enrolled into the
 gallery of the daemon's ``--config``, it says that a running daemon takes the change within
 2 s (``scheduler.GALLERY_CHECK_S``) and how to check that a camera names them.
 Exit status: 0 done, 1 an image or the gallery refused (the reason is printed; with
@@ -19,12 +25,13 @@ argument problem.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import math
 import shlex
 import sys
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +42,7 @@ from daemon import gallery_cli
 from daemon.archive_files import VISIT_FILE, archive_level, is_visit_folder, read_visit
 from daemon.cli_args import number
 from daemon.detect_cli import progress_wanted
+from daemon.enroll_plan import Person, Plan, Refused, close_names, plan
 from daemon.gallery import (
     DEFAULT_THRESHOLD,
     Enrollment,
@@ -43,7 +51,7 @@ from daemon.gallery import (
     remove_created,
     shown_threshold,
 )
-from daemon.gallery_names import clean_name
+from daemon.gallery_names import clean_name, lookup_name
 from daemon.journal import print_error
 from daemon.low_light import DARK_P99, is_dark
 from daemon.recognition import (
@@ -52,6 +60,7 @@ from daemon.recognition import (
     MAX_PROFILE_OFFSET,
     MIN_FACE_SCORE,
     UNLIKE_FACTOR,
+    ClosePeople,
     QualityGates,
     Rejected,
     face_at,
@@ -84,7 +93,11 @@ def register(commands: argparse._SubParsersAction) -> None:
         "folder with one sub-folder per person (--dir DIR). Every photo must show exactly one "
         "face (or use --largest), large and sharp enough, not turned to the side; in a face "
         "archive visit folder, the face its visit.json places is taken. A rejected photo is reported with its reason "
-        "and then nothing is enrolled, unless --skip-bad. Exit status: 0 done, 1 a photo or "
+        "and then nothing of its person is enrolled, unless --skip-bad (the other people "
+        "are). Names that only look alike (Ada, ada) and one photo in two people's folders "
+        "are refused before any photo is read; photos already enrolled for their person are "
+        "not read again, so the same command again goes on where a stopped enroll left "
+        "(Ctrl-C keeps the people done and says where it stopped: exit status 130). Exit status: 0 done, 1 a photo or "
         "the gallery refused (with --skip-bad: no photo at all could be enrolled, or a person "
         "got none and is not in the gallery already, named in the summary), 2 a model or "
         "argument problem.",
@@ -133,9 +146,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--skip-bad",
         action="store_true",
-        help="enroll the good photos even if others fail; a person none of whose photos "
-        "could be enrolled (and not in the gallery already) is named ('not enrolled: NAME') "
-        "and the exit status is 1",
+        help="enroll the good photos even if others fail, leave out the folders whose names "
+        "only look like another (Ada beside ada, or beside an enrolled Ada) and a photo "
+        "given for two people; a person none of whose photos could be enrolled (and not in "
+        "the gallery already) is named ('not enrolled: NAME') and the exit status is 1",
     )
     p.add_argument(
         "--allow-mismatch",
@@ -295,6 +309,7 @@ class _Enrolled:
     """What the gallery holds already, as enroll compares new photos with it."""
 
     holders: dict[str, set[str]]  # who holds each photo (by SHA-256)
+    names: list[str]  # everyone enrolled
     vectors: np.ndarray  # (M, D)
     owners: list[str]
     thresholds: dict[str, float]  # each person's own, where set
@@ -311,11 +326,13 @@ def _check_gallery(path: Path, net: FaceNet) -> _Enrolled:
     returns what it holds."""
     if not path.exists() and not path.is_symlink():
         default = _threshold_of(net).get("threshold", DEFAULT_THRESHOLD)
-        return _Enrolled({}, np.zeros((0, net.embedding_size), np.float32), [], {}, default)
+        return _Enrolled({}, [], np.zeros((0, net.embedding_size), np.float32), [], {}, default)
     with Gallery.open(path, net.model_id, writable=True) as gallery:
         vectors, owners, _, _ = gallery.embeddings()
-        own = {i.name: i.threshold for i in gallery.identities() if i.threshold is not None}
-        return _Enrolled(gallery.sources(), vectors, owners, own, gallery.threshold)
+        identities = gallery.identities()
+        own = {i.name: i.threshold for i in identities if i.threshold is not None}
+        names = [i.name for i in identities]
+        return _Enrolled(gallery.sources(), names, vectors, owners, own, gallery.threshold)
 
 
 def _check_photo(holders: dict[str, set[str]], name: str, path: Path) -> str:
@@ -360,43 +377,43 @@ def run_enroll(args: argparse.Namespace) -> int:
     recognition = gallery_cli.daemon_recognition(args)
     if recognition is not None and recognition.threshold is not None:
         enrolled.default = recognition.threshold  # the daemon matches with it, as identify
-    holders = enrolled.holders
-    crops, accepted, rejected = [], [], []
     show = progress_wanted(args) and len(jobs) > 1
-    for name, path in tqdm(jobs, desc="enroll", unit="image", disable=not show, file=sys.stderr):
-        try:
-            crop = _enroll_crop(models, gates, path)
-            accepted.append((name, path, _check_photo(holders, name, path)))
-            crops.append(crop)
-        except (Rejected, ImageError, ValueError, OSError) as exc:
-            reason = _shown(str(exc) if str(path) in str(exc) else f"{path}: {exc}")
-            rejected.append(reason)
-            tqdm.write(f"rejected: {reason}", file=sys.stderr)
-    embeddings = models.facenet.embed(np.stack(crops)) if crops else np.zeros((0, 1))
-    if not args.allow_mismatch:
-        embeddings, accepted = _drop_unlike(enrolled, embeddings, accepted, rejected)
-    if rejected and not args.skip_bad:
-        print_error(
-            f"{len(rejected)} of {len(jobs)} image(s) rejected; nothing was enrolled "
-            + (
-                "(fix or drop them, or pass --skip-bad to enroll the others)"
-                if accepted
-                else _none_taken(jobs, args)
-            )
-        )
+    try:
+        work = plan(jobs, enrolled.names, enrolled.holders, args.skip_bad, show)
+    except Refused as exc:
+        print_error("\n  ".join(_shown(line) for line in str(exc).split("\n  ")))
         return 1
-    if not accepted:
+    for name, why in work.skipped.items():
+        print(_shown(f"skipped {name}: {why}"), file=sys.stderr)
+    run = _Run(args, models, gates, enrolled, _Writer(gallery_path, models.facenet))
+    code = run.all(work.people, show)
+    return _finish(args, run, jobs, work, recognition) if code is None else code
+
+
+def _finish(
+    args: argparse.Namespace,
+    run: _Run,
+    jobs: list[tuple[str, Path]],
+    work: Plan,
+    recognition: Any,
+) -> int:
+    """What the enroll says at its end; its exit status."""
+    tally, gallery_path = run.tally, run.writer.path
+    if not tally.people and not run.refused:
         print_error(f"no image could be enrolled {_none_taken(jobs, args)}")
         return 1
-    _warn_look_alikes(enrolled, embeddings, accepted)
-    left_out = _left_out(jobs, accepted, set(enrolled.owners))
-    code = _store(gallery_path, models, embeddings, accepted, len(rejected), left_out)
-    if code == 0 and recognition is not None and _same_file(gallery_path, recognition.gallery):
-        _say_daemon_reads_it(args.config, gallery_path, accepted)
-    if code == 0 and (recognition is None or recognition.threshold is None):
+    left_out = _left_out(work, run)
+    if tally.people:
+        _say_summary(run, left_out)
+    if run.refused:
+        print_error(_refused_message(run, len(jobs), jobs, args))
+        return 1
+    if tally.added and recognition is not None and _same_file(gallery_path, recognition.gallery):
+        _say_daemon_reads_it(args.config, gallery_path, tally.cameras)
+    if tally.added and (recognition is None or recognition.threshold is None):
         # (the daemon matches with the config's recognition.threshold when it sets one)
-        gallery_cli.warn_uncalibrated(gallery_path, models.facenet.meta.extra)
-    if code == 0 and left_out:  # as --name with every photo rejected: they are not known
+        gallery_cli.warn_uncalibrated(gallery_path, run.models.facenet.meta.extra)
+    if left_out:  # as --name with every photo rejected: they are not known
         print_error(
             _shown(
                 f"{len(left_out)} person(s) not enrolled, none of their photos could be: "
@@ -404,7 +421,306 @@ def run_enroll(args: argparse.Namespace) -> int:
             )
         )
         return 1
-    return code
+    return 0
+
+
+def _refused_message(
+    run: _Run, n_jobs: int, jobs: list[tuple[str, Path]], args: argparse.Namespace
+) -> str:
+    """Without --skip-bad: how many photos were rejected, whose faces were therefore not
+    enrolled, and what to do."""
+    head = f"{run.tally.rejected} of {n_jobs} image(s) rejected; "
+    if not run.tally.people:
+        return (
+            head
+            + "nothing was enrolled "
+            + (
+                "(fix or drop them, or pass --skip-bad to enroll the others)"
+                if run.accepted
+                else _none_taken(jobs, args)
+            )
+        )
+    names = sorted(run.refused)
+    return _shown(
+        head + f"nothing of {_few(names)} was enrolled (fix or drop their rejected photos, "
+        "or pass --skip-bad to enroll their others); the other people were, and the same "
+        "command again reads only the photos not enrolled yet"
+    )
+
+
+def _few(names: list[str]) -> str:
+    """Up to SUMMARY_NAMES names, then how many more."""
+    shown = ", ".join(names[:SUMMARY_NAMES])
+    more = len(names) - SUMMARY_NAMES
+    return shown + (f" and {more} more" if more > 0 else "")
+
+
+# crops embedded at once: what enroll holds of the images it read (a crop is 160x160x3
+# bytes, its float copy 4 times that); a run of 5,528 photos held them all, 4.9 GB at the end
+EMBED_CHUNK = 64
+# faces stored in one transaction, whole people: what a kill or a power cut can lose (and
+# Ctrl-C, when it comes as they are stored); one commit per person is slow on an SD card
+STORE_EVERY = 64
+SUMMARY_NAMES = 20  # more people than this: the summary gives counts, and the names to check
+LOOK_ALIKES_SHOWN = 10
+
+
+@dataclass
+class _Tally:
+    """What the enroll did, for its summary."""
+
+    added: int = 0  # faces new to the gallery
+    offered: int = 0  # faces given to the gallery (some were there already)
+    already: int = 0  # photos skipped as enrolled for their person before (or given twice)
+    rejected: int = 0  # images rejected
+    people: dict[str, bool] = field(default_factory=dict)  # enrolled now or before: new?
+    cameras: set[str] = field(default_factory=set)  # of the face archive visits enrolled
+    look_alikes: list[ClosePeople] = field(default_factory=list)
+
+
+@dataclass
+class _Pending:
+    """People read but not stored yet: their accepted photos, the crops not embedded yet
+    (at most EMBED_CHUNK) and the vectors of the others."""
+
+    people: list[Person] = field(default_factory=list)
+    accepted: list[tuple[str, Path, str]] = field(default_factory=list)
+    crops: list[np.ndarray] = field(default_factory=list)
+    vectors: list[np.ndarray] = field(default_factory=list)
+    rejected: Counter[str] = field(default_factory=Counter)
+
+    def drop_from(self, mark: int, name: str) -> None:
+        """Forget ``name``'s photos, those from ``mark`` on (a person half read)."""
+        embedded = len(self.vectors)
+        self.accepted = self.accepted[:mark]
+        self.vectors = self.vectors[:mark]
+        self.crops = self.crops[: max(0, mark - embedded)]
+        self.rejected.pop(name, None)
+
+
+class _Run:
+    """An enroll's photos read person by person, their crops embedded EMBED_CHUNK at a time,
+    the people stored every STORE_EVERY faces (each in one transaction): memory stays that
+    of a chunk, and a stop keeps the people stored."""
+
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        models: Models,
+        gates: QualityGates,
+        enrolled: _Enrolled,
+        writer: _Writer,
+    ) -> None:
+        self.args, self.models, self.gates, self.enrolled = args, models, gates, enrolled
+        self.writer, self.tally, self.pending = writer, _Tally(), _Pending()
+        self.faces = _Faces(enrolled.vectors, enrolled.owners)  # for the look-alikes
+        self.known = {lookup_name(name) for name in enrolled.names}
+        self.refused: set[str] = set()  # people with a rejected photo (without --skip-bad)
+        self.accepted = 0  # photos that passed every check
+        self.done = 0  # people read and stored (or refused): a stop names the next
+
+    def all(self, people: list[Person], show: bool) -> int | None:
+        """Read and store ``people``; None when it ran to the end, else the exit status (a
+        stop, said with where, or a gallery that refused)."""
+        total = sum(len(p.photos) for p in people)
+        bar = tqdm(total=total, desc="enroll", unit="image", disable=not show, file=sys.stderr)
+        try:
+            with bar:
+                for person in people:
+                    self._read(person, bar)
+                    if len(self.pending.accepted) >= STORE_EVERY:
+                        self._flush()
+                self._flush()
+        except KeyboardInterrupt:
+            # the people read whole are kept (a moment's work; none when the stop came as
+            # they were stored: they went with the transaction)
+            with contextlib.suppress(KeyboardInterrupt, GalleryError):
+                self._flush()
+            return self._stopped(people, "stopped by Ctrl-C", 130)
+        except GalleryError as exc:
+            print_error(str(exc))
+            return self._stopped(people, "stopped", 1)
+        finally:
+            self.writer.close()
+        return None
+
+    def _stopped(self, people: list[Person], how: str, code: int) -> int:
+        """Say what was enrolled and where the enroll stopped: the first person not done."""
+        if self.tally.people:
+            _say_summary(self, {})
+        where = people[min(self.done, len(people) - 1)].name
+        print(
+            _shown(
+                f"{how} at {where} ({self.done + 1} of {len(people)}); "
+                + (
+                    "what was enrolled is kept: run the same command again to go on (it "
+                    "reads only the photos not enrolled yet)"
+                    if self.tally.people
+                    else "nothing was enrolled"
+                )
+            ),
+            file=sys.stderr,
+        )
+        return code
+
+    def _read(self, person: Person, bar: tqdm) -> None:
+        """Each of ``person``'s photos to a crop (embedded each EMBED_CHUNK), or rejected."""
+        pending = self.pending
+        mark = len(pending.accepted)
+        try:
+            self._read_photos(person, bar)
+        except KeyboardInterrupt:
+            pending.drop_from(mark, person.name)  # a person half read is not stored
+            raise
+        pending.people.append(person)
+
+    def _read_photos(self, person: Person, bar: tqdm) -> None:
+        pending = self.pending
+        for reason in person.rejected:
+            self._reject(person.name, _shown(reason))
+        for path, sha in person.photos:
+            try:
+                crop = _enroll_crop(self.models, self.gates, path)
+                sha = sha or _check_photo(self.enrolled.holders, person.name, path)
+                pending.accepted.append((person.name, path, sha))
+                pending.crops.append(crop)
+            except (Rejected, ImageError, ValueError, OSError) as exc:
+                self._reject(
+                    person.name, _shown(str(exc) if str(path) in str(exc) else f"{path}: {exc}")
+                )
+            bar.update()
+            if len(pending.crops) >= EMBED_CHUNK:
+                self._embed()
+
+    def _reject(self, name: str, reason: str) -> None:
+        self.pending.rejected[name] += 1
+        self.tally.rejected += 1
+        tqdm.write(f"rejected: {reason}", file=sys.stderr)
+
+    def _embed(self) -> None:
+        """The crops read so far to vectors (the crops go)."""
+        pending = self.pending
+        if pending.crops:
+            pending.vectors.extend(self.models.facenet.embed(np.stack(pending.crops)))
+            pending.crops = []
+
+    def _flush(self) -> None:
+        """Check the pending people's faces (each person's against their own and the
+        gallery's), warn of look-alikes, and store them in one transaction."""
+        self._embed()
+        pending, self.pending = self.pending, _Pending()
+        self._store(pending)
+        self.done += len(pending.people)
+
+    def _store(self, pending: _Pending) -> None:
+        embeddings, accepted = self._checked(pending)
+        if not self.args.skip_bad:  # a person with a rejected photo: nothing of theirs
+            self.refused.update(name for name in pending.rejected if pending.rejected[name])
+            keep = [k for k, (name, _, _) in enumerate(accepted) if name not in self.refused]
+            embeddings, accepted = embeddings[keep], [accepted[k] for k in keep]
+        for person in pending.people:
+            if person.name not in self.refused:
+                self.tally.already += person.already
+                if person.already:
+                    self.tally.people.setdefault(person.name, False)
+        if not accepted:
+            return
+        self._look_alikes(embeddings, accepted)
+        faces = [
+            Enrollment(name, vector, sha)
+            for (name, _, sha), vector in zip(accepted, embeddings, strict=True)
+        ]
+        self.tally.added += self.writer.store(faces)
+        self.tally.offered += len(faces)
+        for name, path, _ in accepted:
+            self.tally.people.setdefault(name, lookup_name(name) not in self.known)
+            if is_visit_folder(path.parent):
+                self.tally.cameras.add(path.parent.parent.name)
+        self.faces.add(embeddings, [name for name, _, _ in accepted])
+
+    def _checked(self, pending: _Pending) -> tuple[np.ndarray, list[tuple[str, Path, str]]]:
+        """The pending faces less those of a visit of two people and those unlike their
+        person's others (counted as rejected, each said)."""
+        if not pending.accepted:
+            return np.zeros((0, self.faces.vectors.shape[1]), np.float32), []
+        embeddings, accepted = np.stack(pending.vectors), pending.accepted
+        if not self.args.allow_mismatch:
+            rejected: list[str] = []
+            embeddings, accepted = _drop_unlike(self.enrolled, embeddings, accepted, rejected)
+            before = Counter(name for name, _, _ in pending.accepted)
+            pending.rejected.update(before - Counter(name for name, _, _ in accepted))
+            self.tally.rejected += len(rejected)
+        self.accepted += len(accepted)
+        return embeddings, accepted
+
+    def _look_alikes(self, embeddings: np.ndarray, accepted: list[tuple[str, Path, str]]) -> None:
+        """The new people of ``accepted`` who look like someone else (enrolled before, or
+        earlier in this enroll, or in this batch), for the end of the run."""
+        names = [name for name, _, _ in accepted]
+        first = {name for name in names if lookup_name(name) not in self.known}
+        if not first:
+            return
+        vectors = np.concatenate([embeddings, self.faces.vectors])
+        owners = [*names, *self.faces.owners]
+        threshold_of = self.enrolled.threshold_of(set(owners))
+        self.tally.look_alikes.extend(look_alikes(vectors, owners, first, threshold_of))
+
+
+class _Faces:
+    """The gallery's faces and those this enroll stored, grown in place (doubling), for
+    the look-alike check of each next person."""
+
+    def __init__(self, vectors: np.ndarray, owners: list[str]) -> None:
+        self._buffer = np.array(vectors, np.float32, ndmin=2)
+        self._size = len(owners)
+        self.owners = list(owners)
+
+    @property
+    def vectors(self) -> np.ndarray:
+        return self._buffer[: self._size]
+
+    def add(self, vectors: np.ndarray, owners: list[str]) -> None:
+        need = self._size + len(vectors)
+        if need > len(self._buffer) or self._buffer.shape[1] != vectors.shape[1]:
+            grown = np.zeros((max(need, 2 * len(self._buffer)), vectors.shape[1]), np.float32)
+            grown[: self._size] = self.vectors
+            self._buffer = grown
+        self._buffer[self._size : need] = vectors
+        self._size = need
+        self.owners.extend(owners)
+
+
+class _Writer:
+    """The gallery enroll stores into: opened (or made) at the first faces to store, each
+    batch in one transaction; a gallery it made and wrote nothing to is removed again."""
+
+    def __init__(self, path: Path, net: FaceNet) -> None:
+        self.path, self.net = path, net
+        self.gallery: Gallery | None = None
+        self.new = False  # it made the gallery (not when another enroll made it meanwhile)
+        self.threshold: float | None = None
+
+    def store(self, faces: list[Enrollment]) -> int:
+        """Add ``faces`` in one transaction; how many were new. GalleryError: none were."""
+        net = self.net
+        if self.gallery is None:
+            self.gallery = Gallery.open_or_create(
+                self.path, net.model_id, net.embedding_size, **_threshold_of(net)
+            )
+            self.new = self.gallery.created is not None
+            self.threshold = self.gallery.threshold
+        try:
+            return self.gallery.enroll(faces)
+        except BaseException:
+            self.close()  # nothing was enrolled by this one: no empty gallery left behind
+            raise
+
+    def close(self) -> None:
+        if self.gallery is not None:
+            if remove_created(self.gallery):
+                self.new = False
+            self.gallery.close()
+            self.gallery = None
 
 
 def _none_taken(jobs: list[tuple[str, Path]], args: argparse.Namespace) -> str:
@@ -430,13 +746,10 @@ def _same_file(a: Path, b: str | None) -> bool:
         return False
 
 
-def _say_daemon_reads_it(
-    config: Path, gallery_path: Path, accepted: list[tuple[str, Path, str]]
-) -> None:
+def _say_daemon_reads_it(config: Path, gallery_path: Path, cameras: set[str]) -> None:
     """After an enroll into the gallery of the daemon config given: that a running daemon
     takes it without a restart, and how to check that a camera names them."""
-    cameras = {path.parent.parent.name for _, path, _ in accepted if is_visit_folder(path.parent)}
-    camera = cameras.pop() if len(cameras) == 1 else "CAMERA"
+    camera = next(iter(cameras)) if len(cameras) == 1 else "CAMERA"
     print(
         _shown(
             f"a daemon running with {config} picks this up within 2 s (it looks at "
@@ -447,14 +760,19 @@ def _say_daemon_reads_it(
     )
 
 
-def _left_out(
-    jobs: list[tuple[str, Path]], accepted: list[tuple[str, Path, str]], known: set[str]
-) -> dict[str, int]:
+def _left_out(work: Plan, run: _Run) -> dict[str, str]:
     """The people asked for who got no photo enrolled and are not in the gallery already
-    (nobody will be named so): each with how many of their photos were rejected."""
-    asked = Counter(name for name, _ in jobs)
-    got = {name for name, _, _ in accepted}
-    return {name: n for name, n in asked.items() if name not in got and name not in known}
+    (nobody will be named so): each with why (how many of their photos were rejected, or
+    their folder left out for its name)."""
+    got = set(run.tally.people) | run.known
+    out = {
+        person.name: f"{person.asked} photo(s) rejected"
+        for person in work.people
+        if person.name not in got and lookup_name(person.name) not in got
+    }
+    for name in work.skipped:
+        out[name] = "folder left out: its name only looks like another"
+    return out
 
 
 def _source(path: Path) -> Path:
@@ -536,20 +854,14 @@ def _split_visits(
     return dropped
 
 
-def _warn_look_alikes(
-    enrolled: _Enrolled, embeddings: np.ndarray, accepted: list[tuple[str, Path, str]]
-) -> None:
+def _say_look_alikes(run: _Run) -> None:
     """Say which new people look like someone else (enrolled, or in this enroll): nearer
     each other than their own photos lie, as calibrate judges it; one person under two names
-    is named either way, one photo as one, the next as the other."""
-    names = [name for name, _, _ in accepted]
-    first = set(names) - set(enrolled.owners)
-    if not first:
-        return
-    vectors = np.concatenate([embeddings, enrolled.vectors])
-    owners = [*names, *enrolled.owners]
-    threshold_of = enrolled.threshold_of(set(names))
-    for pair in look_alikes(vectors, owners, first, threshold_of):
+    is named either way, one photo as one, the next as the other. The closest
+    LOOK_ALIKES_SHOWN, then how many more (a school's enroll found 57 pairs)."""
+    pairs = sorted(run.tally.look_alikes, key=lambda pair: pair.distance)
+    threshold_of = run.enrolled.threshold_of({pair.second for pair in pairs})
+    for pair in pairs[:LOOK_ALIKES_SHOWN]:
         near = (
             "so near that it may be one photo saved twice (as PNG, or by a photo app)"
             if pair.distance < SAME_PHOTO * threshold_of[pair.second]
@@ -563,63 +875,59 @@ def _warn_look_alikes(
             ),
             file=sys.stderr,
         )
+    more = len(pairs) - LOOK_ALIKES_SHOWN
+    if more > 0:
+        print(
+            f"warning: and {more} more pair(s) of people as near (the closest {LOOK_ALIKES_SHOWN} "
+            "above); `facewatch gallery calibrate --dry-run` lists the gallery's closest",
+            file=sys.stderr,
+        )
 
 
-def _store(
-    gallery_path: Path,
-    models: Models,
-    embeddings: np.ndarray,
-    accepted: list[tuple[str, Path, str]],
-    n_rejected: int,
-    left_out: dict[str, int] | None = None,
-) -> int:
-    faces = [
-        Enrollment(name, vector, sha)
-        for (name, _, sha), vector in zip(accepted, embeddings, strict=True)
-    ]
-    net = models.facenet
-    gallery: Gallery | None = None
-    try:
-        with Gallery.open_or_create(
-            gallery_path, net.model_id, net.embedding_size, **_threshold_of(net)
-        ) as gallery:
-            new = gallery.created is not None  # not when another enroll made it meanwhile
-            names = sorted({name for name, _, _ in accepted})
-            first = {name for name in names if not gallery.knows(name)}
-            added = gallery.enroll(faces)
-            threshold = gallery.threshold
-    except GalleryError as exc:
-        if gallery is not None:
-            remove_created(gallery)  # nothing was enrolled: leave no empty gallery behind
-        print_error(str(exc))
-        return 1
-    except BaseException:
-        if gallery is not None:  # an unforeseen error, or Ctrl-C: no empty gallery either
-            remove_created(gallery)
-        raise
-    print(
-        f"enrolled {added} new face(s) of {len(names)} person(s) into {gallery_path}: "
-        + ", ".join(f"{name} (new person)" if name in first else name for name in names)
-        + (
-            f" ({len(faces) - added} not added: already enrolled, or the same photo twice)"
-            if added < len(faces)
+def _say_summary(run: _Run, left_out: dict[str, str]) -> None:
+    """The enroll's summary line (with the look-alike warnings before it, on stderr): each
+    person, '(new person)' marking who was not enrolled before; above SUMMARY_NAMES people,
+    counts and only the new names close to enrolled ones (a typo of a name meant for someone
+    enrolled). A new gallery is said, with its threshold."""
+    _say_look_alikes(run)
+    tally, writer = run.tally, run.writer
+    names = sorted(tally.people)
+    new = [name for name in names if tally.people[name]]
+    if len(names) <= SUMMARY_NAMES:
+        who = ", ".join(f"{name} (new person)" if tally.people[name] else name for name in names)
+    else:
+        close = close_names(new, run.enrolled.names)
+        who = f"{len(new)} new, {len(names) - len(new)} enrolled before" + (
+            "; new names close to enrolled ones (a typo?): "
+            + _few([f"{name} (like {other})" for name, other in close.items()])
+            if close
             else ""
         )
-        + (f"; {n_rejected} image(s) skipped" if n_rejected else "")
-        + (
-            "; not enrolled: "
-            + ", ".join(f"{name} ({n} photo(s) rejected)" for name, n in left_out.items())
-            if left_out
-            else ""
+    skipped = tally.offered - tally.added + tally.already
+    print(
+        _shown(
+            f"enrolled {tally.added} new face(s) of {len(names)} person(s) into {writer.path}: "
+            + who
+            + (
+                f" ({skipped} not added: already enrolled, or the same photo twice)"
+                if skipped
+                else ""
+            )
+            + (f"; {tally.rejected} image(s) skipped" if tally.rejected else "")
+            + (
+                "; not enrolled: " + _few([f"{name} ({why})" for name, why in left_out.items()])
+                if left_out
+                else ""
+            )
         )
     )
-    if new:
+    if writer.new and writer.threshold is not None:
+        net = writer.net
         source = "the model's" if _threshold_of(net) else "facewatch's default, the model has none"
-        shown = shown_threshold(threshold)
+        shown = shown_threshold(writer.threshold)
         print(f"a new gallery: match threshold {shown} ({source}; `gallery threshold` sets it)")
         if not _threshold_of(net):
-            _warn_default_threshold(net, shown, gallery_path)
-    return 0
+            _warn_default_threshold(net, shown, writer.path)
 
 
 def _warn_default_threshold(net: FaceNet, shown: str, gallery_path: Path) -> None:

@@ -8,7 +8,9 @@ import os
 import re
 import shutil
 import stat
+import sys
 import time
+import weakref
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
@@ -20,7 +22,7 @@ import pytest
 from daemon import enroll_cli
 from daemon import gallery as gallery_module
 from daemon.cli import main
-from daemon.gallery import Enrollment, Gallery
+from daemon.gallery import Enrollment, Gallery, GalleryError
 from daemon.recognition_cli import Models
 from tests.conftest import REPO
 from tests.face_folders import messy_folder
@@ -308,6 +310,122 @@ def test_skip_bad_names_a_person_left_with_no_photo_and_fails(cli, images, tmp_p
     assert "not enrolled" not in out + err and "1 image(s) skipped" in out
 
 
+def _people(images: dict[str, Path], root: Path, who: dict[str, int], quality: int = 95) -> Path:
+    """A --dir tree: each person's folder with that many photos, each of other bytes (the
+    obama and biden photos saved again at other JPEG qualities, from ``quality`` down)."""
+    for name, count in who.items():
+        (root / name).mkdir(parents=True)
+        for k in range(count):
+            image = cv2.imread(str(images["obama" if k % 2 == 0 else "biden"]))
+            cv2.imwrite(str(root / name / f"{k}.jpg"), image, [cv2.IMWRITE_JPEG_QUALITY, quality])
+            quality -= 1
+    return root
+
+
+def test_enroll_dir_holds_a_chunk_of_crops_stores_as_it_goes_and_a_stop_keeps_them(
+    cli, images, tmp_path, monkeypatch
+) -> None:
+    """enroll --dir held every crop to the end (4.9 GB for 5,528 photos), stored nothing
+    until then, and Ctrl-C kept nothing and said only 'interrupted'; a rerun read every
+    photo again. Now crops are embedded EMBED_CHUNK at a time, people stored every
+    STORE_EVERY faces, Ctrl-C keeps those read whole and says where it stopped, and the
+    same command again reads only the photos not enrolled yet."""
+    people = _people(images, tmp_path / "people", {"A": 2, "B": 2, "C": 2, "D": 2})
+    monkeypatch.setattr(enroll_cli, "EMBED_CHUNK", 2, raising=False)
+    monkeypatch.setattr(enroll_cli, "STORE_EVERY", 2, raising=False)
+    real_crop, alive, read, stored_then = enroll_cli._enroll_crop, [0], [], []
+    peak = [0]
+
+    def crop(models: Models, gates: Any, path: Path) -> np.ndarray:
+        if path == people / "C" / "1.jpg" and not stored_then:  # C half read: Ctrl-C
+            with Gallery.open(cli.gallery) as gallery:
+                stored_then.extend(i.name for i in gallery.identities())
+            raise KeyboardInterrupt
+        read.append(path)
+        out = real_crop(models, gates, path)
+        alive[0] += 1
+        peak[0] = max(peak[0], alive[0])
+        weakref.finalize(out, lambda: alive.__setitem__(0, alive[0] - 1))
+        return out
+
+    monkeypatch.setattr(enroll_cli, "_enroll_crop", crop)
+    code, out, err = cli("enroll", "--dir", str(people), "--allow-mismatch")
+    assert code == 130, err
+    assert stored_then == ["A", "B"]  # stored before the end: a kill keeps them too
+    assert "stopped by Ctrl-C at C (3 of 4); what was enrolled is kept: run the same " \
+        "command again to go on" in err  # fmt: skip
+    assert "enrolled 4 new face(s) of 2 person(s)" in out
+    with Gallery.open(cli.gallery) as gallery:
+        assert [i.name for i in gallery.identities()] == ["A", "B"]  # not C, half read
+    assert peak[0] <= 3, peak  # a chunk (and the crop being read), not all 8
+
+    read.clear()
+    code, out, err = cli("enroll", "--dir", str(people), "--allow-mismatch")
+    assert code == 0, err
+    assert read == [people / p / f"{k}.jpg" for p in "CD" for k in (0, 1)]  # A, B not again
+    assert "enrolled 4 new face(s) of 4 person(s)" in out
+    assert "(4 not added: already enrolled, or the same photo twice)" in out
+
+
+def test_names_alike_and_one_photo_in_two_folders_are_refused_before_any_photo_is_read(
+    cli, images, tmp_path, monkeypatch
+) -> None:
+    """'Ada' beside 'ada' (or beside an enrolled 'Ada'), and the same photo in Bob's and
+    Cy's folders: the whole run was read and embedded, then the gallery refused it all at
+    its end (250 s of 1,659 people lost, even with --skip-bad), and a refused first enroll
+    left an empty gallery file. Now they are refused before any photo is read; --skip-bad
+    leaves out the folders (named at the end) and the photo, and enrolls the rest."""
+    people = _people(images, tmp_path / "people", {"Ada": 1, "ada": 1, "Bob": 2, "Cy": 1})
+    shutil.copy(people / "Bob" / "1.jpg", people / "Cy" / "1.jpg")
+    read: list[Path] = []
+    real_crop = enroll_cli._enroll_crop
+    monkeypatch.setattr(enroll_cli, "_enroll_crop", lambda m, g, p: read.append(p) or real_crop(m, g, p))  # fmt: skip
+    code, out, err = cli("enroll", "--dir", str(people))
+    assert code == 1 and not out and not read and not cli.gallery.exists(), err
+    assert "error: 2 problem(s) before any photo is read:" in err
+    assert "\n  'Ada' and 'ada' differ in case, full-width or invisible characters only" in err
+    assert f"\n  the same photo is given for {people / 'Bob' / '1.jpg'} (Bob), " \
+        f"{people / 'Cy' / '1.jpg'} (Cy): one photo, one person" in err  # fmt: skip
+    assert "\n  nothing was read or enrolled: rename such a folder, keep each photo in the " \
+        "folder of the person it shows, or --skip-bad leaves them out" in err  # fmt: skip
+
+    code, out, err = cli("enroll", "--dir", str(people), "--skip-bad")
+    assert code == 1, err
+    assert f"rejected: {people / 'Bob' / '1.jpg'}: the same photo is given for " \
+        f"{people / 'Cy' / '1.jpg'} (Cy) too: one photo, one person" in err  # fmt: skip
+    assert "skipped Ada: 'Ada' and 'ada' differ in case" in err
+    assert "enrolled 2 new face(s) of 2 person(s)" in out and "Bob (new person)" in out
+    assert "not enrolled: Ada (folder left out: its name only looks like another), ada (" in out
+    assert people / "Ada" / "0.jpg" not in read
+    # against the gallery: the enrolled spelling is kept, the other refused before reading
+    read.clear()
+    code, _, err = cli("enroll", "--name", "bob", str(images["obama"]))
+    assert code == 1 and not read
+    assert "'Bob' is enrolled; 'bob' would be another person" in err
+
+
+def test_a_large_enroll_summary_gives_counts_and_the_names_to_check(
+    cli, images, tmp_path, monkeypatch
+) -> None:
+    """Above SUMMARY_NAMES people the summary named each (48,132 characters for 1,565),
+    and every look-alike pair had its warning (57 for LFW). Now counts and only the new
+    names close to enrolled ones; the closest LOOK_ALIKES_SHOWN pairs, then how many more."""
+    monkeypatch.setattr(enroll_cli, "SUMMARY_NAMES", 2, raising=False)
+    monkeypatch.setattr(enroll_cli, "LOOK_ALIKES_SHOWN", 1, raising=False)
+    first = _people(images, tmp_path / "first", {"Ada Lovelace": 1})
+    assert cli("enroll", "--dir", str(first))[0] == 0
+    people = _people(images, tmp_path / "people", {"Ada-lovelace": 1, "Bob": 1, "Cy": 1}, 90)
+    code, out, err = cli("enroll", "--dir", str(people))
+    assert code == 0, err
+    assert "enrolled 3 new face(s) of 3 person(s) into" in out
+    assert ": 3 new, 0 enrolled before; new names close to enrolled ones (a typo?): " \
+        "Ada-lovelace (like Ada Lovelace)" in out  # fmt: skip
+    assert "Bob" not in out
+    assert err.count("looks like") == 1  # the same photos under 4 names: 6 pairs
+    assert "warning: and 5 more pair(s) of people as near (the closest 1 above); " \
+        "`facewatch gallery calibrate --dry-run` lists the gallery's closest" in err  # fmt: skip
+
+
 def test_a_persons_folder_from_a_phone_or_a_nas_takes_every_photo_and_says_what_it_left(
     cli, shared_data, tmp_path
 ) -> None:
@@ -397,7 +515,6 @@ def test_a_full_disk_under_stdout_is_blamed_on_stdout_not_the_photo(
     command stops there (exit status 1)."""
     import errno
     import io
-    import sys
 
     class Full(io.StringIO):
         def write(self, text: str) -> int:
@@ -1024,11 +1141,18 @@ class _StandIn:
 
 
 def _store(gallery: Path, who: list[tuple[str, np.ndarray, str]]) -> int:
-    """enroll's last step (embed, then write the gallery): (name, embedding, photo hash)."""
-    models = cast(Models, SimpleNamespace(facenet=_StandIn()))
-    crops = [vector for _, vector, _ in who]
-    accepted = [(name, Path(f"{name}.jpg"), sha) for name, _, sha in who]
-    return enroll_cli._store(gallery, models, crops, accepted, 0)
+    """enroll's writing of one batch into the gallery: (name, embedding, photo hash); the
+    exit status, 1 with the gallery's refusal said."""
+    writer = enroll_cli._Writer(gallery, cast(Any, _StandIn()))
+    try:
+        writer.store([Enrollment(name, vector, sha) for name, vector, sha in who])
+    except GalleryError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        writer.close()
+    print(f"new gallery: {writer.new}")
+    return 0
 
 
 E0, E1 = np.eye(4, dtype=np.float32)[:2]
@@ -1075,8 +1199,9 @@ def test_an_enroll_that_fails_deletes_only_a_gallery_it_made_and_nobody_wrote(
         assert [i.name for i in kept.identities()] == ["ada"]
     monkeypatch.setattr(Gallery, "open_or_create", real_open_or_create)
     assert _store(path, [("bob", E1, "b1")]) == 0
-    out = capsys.readouterr().out
-    assert "enrolled 1 new face(s) of 1 person(s)" in out and "a new gallery" not in out
+    assert "new gallery: False" in capsys.readouterr().out  # not said to be new
+    with Gallery.open(path) as kept:
+        assert [i.name for i in kept.identities()] == ["ada", "bob"]
 
 
 def test_an_enroll_stopped_by_an_unforeseen_error_leaves_no_empty_gallery(
@@ -1097,7 +1222,6 @@ def test_an_enroll_stopped_by_an_unforeseen_error_leaves_no_empty_gallery(
 def test_a_command_started_with_stdout_closed_runs_as_before(cli, images, monkeypatch) -> None:
     """`facewatch gallery list >&-` (Python's sys.stdout is then None): the stdout guard of
     a full disk wrapped None, and the command failed with an AttributeError traceback."""
-    import sys
 
     assert cli("enroll", "--name", "obama", str(images["obama"]))[0] == 0
     monkeypatch.setattr(sys, "stdout", None)
