@@ -773,6 +773,26 @@ def test_a_person_renamed_or_removed_while_in_view_is_so_at_once(tmp_path) -> No
     assert sinks.faces["unknown"] == 1 and sinks.presence == {"bob": []}
 
 
+class _Door(_OnePerson):
+    """One face at the door, or nobody (``away``)."""
+
+    away = False
+
+    def detect(self, images: list, priors: list | None = None) -> list[FrameDetections]:
+        return [faces() if self.away else faces((100, 100, 160, 160)) for _ in images]
+
+
+def _bob_takes_anns_place(config: Config, ann: np.ndarray, bob: np.ndarray) -> _Recorded:
+    """The door's events at 5 fps: ann 0-3.8 s, nobody for a second, bob from 5 s."""
+    sinks, engines = _Recorded(), _Door(ann)
+    pipeline = Pipeline(config, engines, engines, sinks)  # type: ignore[arg-type]
+    pipeline.reload_gallery()
+    for k in range(40):
+        engines.away, engines.face = 20 <= k < 25, ann if k < 20 else bob
+        pipeline.process([Frame("door", k, 1000.0 + k / 5, np.zeros((360, 640, 3), np.uint8))])
+    return sinks
+
+
 def test_someone_else_at_the_door_ends_the_visit_and_starts_their_own(tmp_path) -> None:
     """The daemon's events when bob takes ann's place at the door after a second: `left`
     for ann at her last frame, `confirmed` for bob with his own track and first_seen, and
@@ -782,20 +802,7 @@ def test_someone_else_at_the_door_ends_the_visit_and_starts_their_own(tmp_path) 
     path, config = _ann_enrolled(tmp_path, ann)
     with Gallery.open(path, writable=True) as gallery:
         gallery.enroll([Enrollment("bob", bob, "b" * 64)])
-    sinks = _Recorded()
-
-    class Door(_OnePerson):
-        away = False
-
-        def detect(self, images: list, priors: list | None = None) -> list[FrameDetections]:
-            return [faces() if self.away else faces((100, 100, 160, 160)) for _ in images]
-
-    engines = Door(ann)
-    pipeline = Pipeline(config, engines, engines, sinks)  # type: ignore[arg-type]
-    pipeline.reload_gallery()
-    for k in range(40):  # 5 fps: ann 0-3.8 s, nobody for a second, bob from 5 s
-        engines.away, engines.face = 20 <= k < 25, ann if k < 20 else bob
-        pipeline.process([Frame("door", k, 1000.0 + k / 5, np.zeros((360, 640, 3), np.uint8))])
+    sinks = _bob_takes_anns_place(config, ann, bob)
     said = [(e["type"], e["track_id"], e["identity"]) for e in sinks.events]
     assert said == [("confirmed", 1, "ann"), ("left", 1, "ann"), ("confirmed", 2, "bob")]
     assert sinks.events[1]["frame_ts"] == pytest.approx(1003.8)
@@ -851,20 +858,7 @@ def test_someone_else_at_a_strict_cameras_door_is_judged_at_its_threshold(tmp_pa
             "recognition": {"model": None, "gallery": str(path)},
         }
     )
-    sinks = _Recorded()
-
-    class Door(_OnePerson):
-        away = False
-
-        def detect(self, images: list, priors: list | None = None) -> list[FrameDetections]:
-            return [faces() if self.away else faces((100, 100, 160, 160)) for _ in images]
-
-    engines = Door(ann)
-    pipeline = Pipeline(config, engines, engines, sinks)  # type: ignore[arg-type]
-    pipeline.reload_gallery()
-    for k in range(40):  # 5 fps: ann 0-3.8 s, nobody for a second, bob from 5 s
-        engines.away, engines.face = 20 <= k < 25, ann if k < 20 else bob
-        pipeline.process([Frame("door", k, 1000.0 + k / 5, np.zeros((360, 640, 3), np.uint8))])
+    sinks = _bob_takes_anns_place(config, ann, bob)
     said = [(e["type"], e["track_id"], e["identity"]) for e in sinks.events]
     assert said == [("confirmed", 1, "ann"), ("left", 1, "ann"), ("confirmed", 2, "bob")]
 
