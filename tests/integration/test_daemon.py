@@ -676,11 +676,11 @@ def test_a_message_the_broker_acknowledged_is_not_sent_again_when_deleting_it_fa
     spool.append(topic, b"once")
     real_delete, calls = spool.delete, []
 
-    def failing_thrice(row_id: int) -> None:
+    def failing_thrice(row_id: int, generation: int | None = None) -> None:
         calls.append(row_id)
         if len(calls) <= 3:
             raise sqlite3.OperationalError("disk I/O error")
-        real_delete(row_id)
+        real_delete(row_id, generation)
 
     monkeypatch.setattr(spool, "delete", failing_thrice)
     try:
