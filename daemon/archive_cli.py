@@ -35,7 +35,8 @@ from daemon.config import (
 from daemon.config_file import load_config
 from daemon.gallery_names import twin_key
 from daemon.journal import print_error
-from engines.base import file_sha256
+from daemon.recognition import MIN_FACE_SCORE
+from engines.base import file_sha256, finite_number
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -230,7 +231,7 @@ def _line(folder: Path, about: dict[str, Any]) -> str:
     listed = about.get("images", [])
     images = [image for image in listed if _on_disk(folder, image)]
     rated = all("enrollable" in image for image in images)
-    enrollable = sum(bool(image.get("enrollable")) for image in images) if rated else "?"
+    enrollable = sum(map(_enrollable, images)) if rated else "?"
     missing = f" ({len(listed) - len(images)} missing)" if len(images) < len(listed) else ""
     who = about.get("identity") or "unknown"
     before = [name for name in _names(about) if name != about.get("identity")]
@@ -240,6 +241,13 @@ def _line(folder: Path, about: dict[str, Any]) -> str:
         f"{start}  {about.get('camera', '?')}  {who}  {len(images)} image(s){missing}, "
         f"{enrollable} enrollable  {lasted:.1f} s  {folder}"
     )
+
+
+def _enrollable(image: dict[str, Any]) -> bool:
+    """Whether enroll's default gates likely take the image: as the archive rated it, and
+    (visits an older facewatch rated) a face the detector scored as one that looks at it."""
+    score = finite_number(image.get("score"))
+    return bool(image.get("enrollable")) and (score is None or score >= MIN_FACE_SCORE)
 
 
 def _on_disk(folder: Path, image: dict[str, Any]) -> bool:

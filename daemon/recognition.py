@@ -8,6 +8,7 @@ Pure numpy + OpenCV on detections (``engines.mtcnn.FrameDetections``) and embedd
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -118,7 +119,8 @@ class QualityGates:
         a photo from elsewhere)."""
         if score is not None and score < self.min_seen_score:
             raise Rejected(
-                f"the camera's detector scored this face {score:.2f} when it was seen (faces "
+                f"the camera's detector scored this face {math.floor(score * 1000) / 1000:g} "
+                "when it was seen (faces "
                 f"that look at the camera score {self.min_seen_score:g} or more): the top or "
                 "back of a head, or a face turned away or covered; take another image of the "
                 "visit (--allow-profile takes it)"

@@ -1050,3 +1050,20 @@ def test_one_folder_for_the_spool_and_the_archive_still_starts(tmp_path) -> None
             assert (folder / "archive.lock").exists()
     finally:
         spool.close()
+
+
+def test_archive_list_counts_an_older_facewatchs_low_scored_face_as_not_enrollable(
+    tmp_path, capsys
+) -> None:
+    """A visit an older facewatch rated (it marked a face the detector scored 0.71, the
+    back of a head, enrollable): the count says what enroll now takes, not the old mark."""
+    folder = tmp_path / "archive" / "2026-11-30" / "door" / "101500-t1-unknown"
+    folder.mkdir(parents=True)
+    images = []
+    for k, score in enumerate((0.99, 0.71, 0.9498), start=1):
+        (folder / f"face-{k}.jpg").write_bytes(b"\xff\xd8")
+        images.append({"file": f"face-{k}.jpg", "score": score, "enrollable": True})
+    about = {"camera": "door", "identity": None, "first_seen_ts": 1.8e9, "images": images}
+    (folder / VISIT_FILE).write_text(json.dumps(about))
+    assert main(["archive", "list", "--dir", str(tmp_path / "archive")]) == 0
+    assert "3 image(s), 1 enrollable" in capsys.readouterr().out
