@@ -1,6 +1,7 @@
-"""The face archive on disk: its folders, ``DAY/CAMERA/HHMMSS-tTRACK-WHO[-N]/`` each with
-its images and a visit.json (daemon/archive.py writes them), and how to tell them from
-anything else: the writer deletes only these, and the commands recognise them.
+"""The face archive on disk: its folders, ``DAY/CAMERA/HHMMSS-tTRACK-WHO[-N]/`` each with its
+images and a visit.json (daemon/archive.py writes them; ``read_visit`` and ``image_faces``
+read what it says), and how to tell them from anything else: the writer deletes only these,
+and the commands recognise them.
 """
 
 from __future__ import annotations
@@ -120,3 +121,23 @@ def read_visit(visit_file: Path) -> dict[str, Any]:
     if not isinstance(record.get("named"), (list, type(None))):
         raise ValueError(f"named {brief(record['named'])} is not a list of names")
     return record
+
+
+def image_faces(visit_file: Path) -> dict[str, tuple[list[float], float | None]]:
+    """file -> (face_xyxy, score) of the images a visit.json places a face in (score None
+    where it gives none): what the camera saw, for enroll to take that face. OSError and
+    ValueError as ``read_visit``; ValueError, KeyError or TypeError for an image the writer
+    does not write (a face_xyxy not of numbers, no file)."""
+    return {
+        str(image["file"]): (_box(image["face_xyxy"]), finite_number(image.get("score")))
+        for image in read_visit(visit_file)["images"]
+        if len(image.get("face_xyxy", ())) == 4
+    }
+
+
+def _box(values: Any) -> list[float]:
+    """A visit.json face_xyxy as floats; ValueError unless every one is a finite number."""
+    box = [finite_number(v) for v in values]
+    if None in box:
+        raise ValueError(f"face_xyxy {brief(values)} is not numbers")
+    return [v for v in box if v is not None]

@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 import pytest
 
-from daemon import enroll_cli
+from daemon import enroll_checks, enroll_run
 from daemon import gallery as gallery_module
 from daemon.cli import main
 from daemon.gallery import Enrollment, Gallery, GalleryError
@@ -331,9 +331,9 @@ def test_enroll_dir_holds_a_chunk_of_crops_stores_as_it_goes_and_a_stop_keeps_th
     STORE_EVERY faces, Ctrl-C keeps those read whole and says where it stopped, and the
     same command again reads only the photos not enrolled yet."""
     people = _people(images, tmp_path / "people", {"A": 2, "B": 2, "C": 2, "D": 2})
-    monkeypatch.setattr(enroll_cli, "EMBED_CHUNK", 2, raising=False)
-    monkeypatch.setattr(enroll_cli, "STORE_EVERY", 2, raising=False)
-    real_crop, alive, read, stored_then = enroll_cli._enroll_crop, [0], [], []
+    monkeypatch.setattr(enroll_run, "EMBED_CHUNK", 2)
+    monkeypatch.setattr(enroll_run, "STORE_EVERY", 2)
+    real_crop, alive, read, stored_then = enroll_checks.enroll_crop, [0], [], []
     peak = [0]
 
     def crop(models: Models, gates: Any, path: Path) -> np.ndarray:
@@ -348,7 +348,7 @@ def test_enroll_dir_holds_a_chunk_of_crops_stores_as_it_goes_and_a_stop_keeps_th
         weakref.finalize(out, lambda: alive.__setitem__(0, alive[0] - 1))
         return out
 
-    monkeypatch.setattr(enroll_cli, "_enroll_crop", crop)
+    monkeypatch.setattr(enroll_run, "enroll_crop", crop)
     code, out, err = cli("enroll", "--dir", str(people), "--allow-mismatch")
     assert code == 130, err
     assert stored_then == ["A", "B"]  # stored before the end: a kill keeps them too
@@ -378,8 +378,8 @@ def test_names_alike_and_one_photo_in_two_folders_are_refused_before_any_photo_i
     people = _people(images, tmp_path / "people", {"Ada": 1, "ada": 1, "Bob": 2, "Cy": 1})
     shutil.copy(people / "Bob" / "1.jpg", people / "Cy" / "1.jpg")
     read: list[Path] = []
-    real_crop = enroll_cli._enroll_crop
-    monkeypatch.setattr(enroll_cli, "_enroll_crop", lambda m, g, p: read.append(p) or real_crop(m, g, p))  # fmt: skip
+    real_crop = enroll_checks.enroll_crop
+    monkeypatch.setattr(enroll_run, "enroll_crop", lambda m, g, p: read.append(p) or real_crop(m, g, p))  # fmt: skip
     code, out, err = cli("enroll", "--dir", str(people))
     assert code == 1 and not out and not read and not cli.gallery.exists(), err
     assert "error: 2 problem(s) before any photo is read:" in err
@@ -410,8 +410,8 @@ def test_a_large_enroll_summary_gives_counts_and_the_names_to_check(
     """Above SUMMARY_NAMES people the summary named each (48,132 characters for 1,565),
     and every look-alike pair had its warning (57 for LFW). Now counts and only the new
     names close to enrolled ones; the closest LOOK_ALIKES_SHOWN pairs, then how many more."""
-    monkeypatch.setattr(enroll_cli, "SUMMARY_NAMES", 2, raising=False)
-    monkeypatch.setattr(enroll_cli, "LOOK_ALIKES_SHOWN", 1, raising=False)
+    monkeypatch.setattr(enroll_run, "SUMMARY_NAMES", 2)
+    monkeypatch.setattr(enroll_run, "LOOK_ALIKES_SHOWN", 1)
     first = _people(images, tmp_path / "first", {"Ada Lovelace": 1})
     assert cli("enroll", "--dir", str(first))[0] == 0
     people = _people(images, tmp_path / "people", {"Ada-lovelace": 1, "Bob": 1, "Cy": 1}, 90)
@@ -718,15 +718,15 @@ def test_a_new_gallery_starts_at_the_lfw_threshold_only_on_its_own_scale() -> No
     an angle or on flipped pairs."""
     from types import SimpleNamespace
 
-    from daemon.enroll_cli import _threshold_of
+    from daemon.enroll_run import new_gallery_threshold
 
     def net(**lfw: object) -> object:
         return SimpleNamespace(meta=SimpleNamespace(extra={"lfw": {"best_threshold": 0.9, **lfw}}))
 
-    assert _threshold_of(net()) == {"threshold": 0.9}  # type: ignore[arg-type]
-    assert _threshold_of(net(far_threshold=0.7)) == {"threshold": 0.7}  # type: ignore[arg-type]
-    assert _threshold_of(net(distance_metric=1)) == {}  # type: ignore[arg-type]
-    assert _threshold_of(net(use_flipped_images=True)) == {}  # type: ignore[arg-type]
+    assert new_gallery_threshold(net()) == {"threshold": 0.9}  # type: ignore[arg-type]
+    assert new_gallery_threshold(net(far_threshold=0.7)) == {"threshold": 0.7}  # type: ignore[arg-type]
+    assert new_gallery_threshold(net(distance_metric=1)) == {}  # type: ignore[arg-type]
+    assert new_gallery_threshold(net(use_flipped_images=True)) == {}  # type: ignore[arg-type]
 
 
 def test_flip_help_says_the_starting_threshold_was_measured_without_it(capsys) -> None:
@@ -828,7 +828,7 @@ def test_a_damaged_visit_json_is_said_once_and_its_photo_taken_as_any(
     """A face box of 400 digits was an OverflowError traceback of `enroll`, a NaN box was
     taken as the face's place. Now the visit.json is unreadable: said, and the photo's
     face is found as in any photo."""
-    from daemon.enroll_cli import archived_face
+    from daemon.enroll_checks import archived_face
 
     visit = tmp_path / "2026-11-29" / "door" / "101500-t1-unknown"
     visit.mkdir(parents=True)
@@ -889,7 +889,7 @@ def test_an_archived_face_just_under_the_detectors_thresholds_is_found_again(
     The face's own score must still reach what the daemon needs to see a face: the back of
     a head the daemon saw at 0.701 (O-Net's threshold 0.7) scored 0.651 in its JPEG and was
     enrolled, and named strangers."""
-    from daemon.enroll_cli import ARCHIVE_THRESHOLDS, _enroll_crop
+    from daemon.enroll_checks import ARCHIVE_THRESHOLDS, enroll_crop
     from daemon.recognition import QualityGates, Rejected
     from daemon.recognition_cli import Models
     from engines.detectors import load_facenet
@@ -904,20 +904,20 @@ def test_an_archived_face_just_under_the_detectors_thresholds_is_found_again(
         if not len(detector.with_config(thresholds=(0.6, r_net, 0.7)).detect([frame])[0])
     )
     with pytest.raises(Rejected, match="no face found"):
-        _enroll_crop(strict, QualityGates(), images["obama"])
+        enroll_crop(strict, QualityGates(), images["obama"])
     visit = _archived_visit(tmp_path, images["obama"], found.bbox_xyxy[main_face])
-    crop = _enroll_crop(strict, QualityGates(), visit / "face-1.jpg")
+    crop = enroll_crop(strict, QualityGates(), visit / "face-1.jpg")
     again = detector.with_config(thresholds=ARCHIVE_THRESHOLDS).detect([frame])[0]
     assert np.array_equal(crop, strict.facenet.align(frame, again, [0])[0])  # that face
     # found at the detector's own thresholds, it keeps their box: the crop of a plain photo
     normal = Models(detector, strict.facenet)
-    crop = _enroll_crop(normal, QualityGates(), visit / "face-1.jpg")
+    crop = enroll_crop(normal, QualityGates(), visit / "face-1.jpg")
     assert np.array_equal(crop, normal.facenet.align(frame, found, [main_face])[0])
     # a daemon whose O-Net needs more than this face scores would not see it: refused
     above = (float(found.score[main_face]) + 1.0) / 2
     assert found.score[main_face] < above < 1.0
     with pytest.raises(Rejected, match=f"the detector scores this face .*, under the {above:g}"):
-        _enroll_crop(normal, QualityGates(min_score=above), visit / "face-1.jpg")
+        enroll_crop(normal, QualityGates(min_score=above), visit / "face-1.jpg")
 
 
 def test_enroll_refuses_an_archived_face_turned_away_from_the_camera(
@@ -1032,7 +1032,7 @@ def test_the_archives_enrollable_count_is_what_enroll_takes_from_its_images(
     for path in images:
         flag = json.loads((path.parent / "visit.json").read_text())["images"][0]["enrollable"]
         try:
-            enroll_cli._enroll_crop(models, QualityGates(), path)
+            enroll_checks.enroll_crop(models, QualityGates(), path)
             taken = True
         except Rejected:
             taken = False
@@ -1143,7 +1143,7 @@ class _StandIn:
 def _store(gallery: Path, who: list[tuple[str, np.ndarray, str]]) -> int:
     """enroll's writing of one batch into the gallery: (name, embedding, photo hash); the
     exit status, 1 with the gallery's refusal said."""
-    writer = enroll_cli._Writer(gallery, cast(Any, _StandIn()))
+    writer = enroll_run.Writer(gallery, cast(Any, _StandIn()))
     try:
         writer.store([Enrollment(name, vector, sha) for name, vector, sha in who])
     except GalleryError as exc:

@@ -1,0 +1,411 @@
+"""`facewatch enroll`'s person-by-person run (daemon/enroll_cli.py starts it): each person's
+photos read (daemon/enroll_checks.py), their crops embedded EMBED_CHUNK at a time, the people
+checked and stored every STORE_EVERY faces, each batch in one transaction (``Writer``), so
+that memory stays that of a chunk and a stop keeps the people stored; what it did
+(``Run.tally``) and its summary with the look-alike warnings (``say_summary``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from daemon.archive_files import is_visit_folder
+from daemon.enroll_checks import Enrolled, check_photo, drop_unlike, enroll_crop, terminal_text
+from daemon.enroll_plan import Person, close_names
+from daemon.gallery import Enrollment, Gallery, GalleryError, remove_created, shown_threshold
+from daemon.gallery_names import lookup_name
+from daemon.journal import print_error
+from daemon.recognition import ClosePeople, QualityGates, Rejected, look_alikes
+from daemon.recognition_cli import Models
+from engines.facenet import FaceNet, starting_threshold
+from engines.images import ImageError
+
+# two faces nearer than this share of the threshold are one photo in another file: on the
+# shipped model (0.154) one photo as JPEG, PNG, WebP, TIFF... lies within 0.008 of itself,
+# two photos of one person 0.05 to 0.08 apart
+SAME_PHOTO = 0.1
+# crops embedded at once: what enroll holds of the images it read (a crop is 160x160x3
+# bytes, its float copy 4 times that); a run of 5,528 photos held them all, 4.9 GB at the end
+EMBED_CHUNK = 64
+# faces stored in one transaction, whole people: what a kill or a power cut can lose (and
+# Ctrl-C, when it comes as they are stored); one commit per person is slow on an SD card
+STORE_EVERY = 64
+SUMMARY_NAMES = 20  # more people than this: the summary gives counts, and the names to check
+LOOK_ALIKES_SHOWN = 10
+
+
+def first_few(names: list[str]) -> str:
+    """Up to SUMMARY_NAMES names, then how many more."""
+    shown = ", ".join(names[:SUMMARY_NAMES])
+    more = len(names) - SUMMARY_NAMES
+    return shown + (f" and {more} more" if more > 0 else "")
+
+
+@dataclass
+class _Tally:
+    """What the enroll did, for its summary."""
+
+    added: int = 0  # faces new to the gallery
+    offered: int = 0  # faces given to the gallery (some were there already)
+    already: int = 0  # photos skipped as enrolled for their person before (or given twice)
+    rejected: int = 0  # images rejected
+    people: dict[str, bool] = field(default_factory=dict)  # enrolled now or before: new?
+    cameras: set[str] = field(default_factory=set)  # of the face archive visits enrolled
+    look_alikes: list[ClosePeople] = field(default_factory=list)
+
+
+@dataclass
+class _Pending:
+    """People read but not stored yet: their accepted photos, the crops not embedded yet
+    (at most EMBED_CHUNK) and the vectors of the others."""
+
+    people: list[Person] = field(default_factory=list)
+    accepted: list[tuple[str, Path, str]] = field(default_factory=list)
+    crops: list[np.ndarray] = field(default_factory=list)
+    vectors: list[np.ndarray] = field(default_factory=list)
+    rejected: Counter[str] = field(default_factory=Counter)
+
+    def drop_from(self, mark: int, name: str) -> None:
+        """Forget ``name``'s photos, those from ``mark`` on (a person half read)."""
+        embedded = len(self.vectors)
+        self.accepted = self.accepted[:mark]
+        self.vectors = self.vectors[:mark]
+        self.crops = self.crops[: max(0, mark - embedded)]
+        self.rejected.pop(name, None)
+
+
+class Run:
+    """An enroll's photos read person by person, their crops embedded EMBED_CHUNK at a time,
+    the people stored every STORE_EVERY faces (each in one transaction): memory stays that
+    of a chunk, and a stop keeps the people stored."""
+
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        models: Models,
+        gates: QualityGates,
+        enrolled: Enrolled,
+        writer: Writer,
+    ) -> None:
+        self.args, self.models, self.gates, self.enrolled = args, models, gates, enrolled
+        self.writer, self.tally, self.pending = writer, _Tally(), _Pending()
+        self.faces = _Faces(enrolled.vectors, enrolled.owners)  # for the look-alikes
+        self.known = {lookup_name(name) for name in enrolled.names}
+        self.refused: set[str] = set()  # people with a rejected photo (without --skip-bad)
+        self.accepted = 0  # photos that passed every check
+        self.done = 0  # people read and stored (or refused): a stop names the next
+
+    def all(self, people: list[Person], show: bool) -> int | None:
+        """Read and store ``people``; None when it ran to the end, else the exit status (a
+        stop, said with where, or a gallery that refused)."""
+        total = sum(len(p.photos) for p in people)
+        bar = tqdm(total=total, desc="enroll", unit="image", disable=not show, file=sys.stderr)
+        try:
+            with bar:
+                for person in people:
+                    self._read(person, bar)
+                    if len(self.pending.accepted) >= STORE_EVERY:
+                        self._flush()
+                self._flush()
+        except KeyboardInterrupt:
+            # the people read whole are kept (a moment's work; none when the stop came as
+            # they were stored: they went with the transaction)
+            with contextlib.suppress(KeyboardInterrupt, GalleryError):
+                self._flush()
+            return self._stopped(people, "stopped by Ctrl-C", 130)
+        except GalleryError as exc:
+            print_error(str(exc))
+            return self._stopped(people, "stopped", 1)
+        finally:
+            self.writer.close()
+        return None
+
+    def _stopped(self, people: list[Person], how: str, code: int) -> int:
+        """Say what was enrolled and where the enroll stopped: the first person not done."""
+        if self.tally.people:
+            say_summary(self, {})
+        where = people[min(self.done, len(people) - 1)].name
+        print(
+            terminal_text(
+                f"{how} at {where} ({self.done + 1} of {len(people)}); "
+                + (
+                    "what was enrolled is kept: run the same command again to go on (it "
+                    "reads only the photos not enrolled yet)"
+                    if self.tally.people
+                    else "nothing was enrolled"
+                )
+            ),
+            file=sys.stderr,
+        )
+        return code
+
+    def _read(self, person: Person, bar: tqdm) -> None:
+        """Each of ``person``'s photos to a crop (embedded each EMBED_CHUNK), or rejected."""
+        pending = self.pending
+        mark = len(pending.accepted)
+        try:
+            self._read_photos(person, bar)
+        except KeyboardInterrupt:
+            pending.drop_from(mark, person.name)  # a person half read is not stored
+            raise
+        pending.people.append(person)
+
+    def _read_photos(self, person: Person, bar: tqdm) -> None:
+        pending = self.pending
+        for reason in person.rejected:
+            self._reject(person.name, terminal_text(reason))
+        for path, sha in person.photos:
+            try:
+                crop = enroll_crop(self.models, self.gates, path)
+                sha = sha or check_photo(self.enrolled.holders, person.name, path)
+                pending.accepted.append((person.name, path, sha))
+                pending.crops.append(crop)
+            except (Rejected, ImageError, ValueError, OSError) as exc:
+                self._reject(
+                    person.name,
+                    terminal_text(str(exc) if str(path) in str(exc) else f"{path}: {exc}"),
+                )
+            bar.update()
+            if len(pending.crops) >= EMBED_CHUNK:
+                self._embed()
+
+    def _reject(self, name: str, reason: str) -> None:
+        self.pending.rejected[name] += 1
+        self.tally.rejected += 1
+        tqdm.write(f"rejected: {reason}", file=sys.stderr)
+
+    def _embed(self) -> None:
+        """The crops read so far to vectors (the crops go)."""
+        pending = self.pending
+        if pending.crops:
+            pending.vectors.extend(self.models.facenet.embed(np.stack(pending.crops)))
+            pending.crops = []
+
+    def _flush(self) -> None:
+        """Check the pending people's faces (each person's against their own and the
+        gallery's), warn of look-alikes, and store them in one transaction."""
+        self._embed()
+        pending, self.pending = self.pending, _Pending()
+        self._store(pending)
+        self.done += len(pending.people)
+
+    def _store(self, pending: _Pending) -> None:
+        embeddings, accepted = self._checked(pending)
+        if not self.args.skip_bad:  # a person with a rejected photo: nothing of theirs
+            self.refused.update(name for name in pending.rejected if pending.rejected[name])
+            keep = [k for k, (name, _, _) in enumerate(accepted) if name not in self.refused]
+            embeddings, accepted = embeddings[keep], [accepted[k] for k in keep]
+        for person in pending.people:
+            if person.name not in self.refused:
+                self.tally.already += person.already
+                if person.already:
+                    self.tally.people.setdefault(person.name, False)
+        if not accepted:
+            return
+        self._look_alikes(embeddings, accepted)
+        faces = [
+            Enrollment(name, vector, sha)
+            for (name, _, sha), vector in zip(accepted, embeddings, strict=True)
+        ]
+        self.tally.added += self.writer.store(faces)
+        self.tally.offered += len(faces)
+        for name, path, _ in accepted:
+            self.tally.people.setdefault(name, lookup_name(name) not in self.known)
+            if is_visit_folder(path.parent):
+                self.tally.cameras.add(path.parent.parent.name)
+        self.faces.add(embeddings, [name for name, _, _ in accepted])
+
+    def _checked(self, pending: _Pending) -> tuple[np.ndarray, list[tuple[str, Path, str]]]:
+        """The pending faces less those of a visit of two people and those unlike their
+        person's others (counted as rejected, each said)."""
+        if not pending.accepted:
+            return np.zeros((0, self.faces.vectors.shape[1]), np.float32), []
+        embeddings, accepted = np.stack(pending.vectors), pending.accepted
+        if not self.args.allow_mismatch:
+            rejected: list[str] = []
+            embeddings, accepted = drop_unlike(self.enrolled, embeddings, accepted, rejected)
+            before = Counter(name for name, _, _ in pending.accepted)
+            pending.rejected.update(before - Counter(name for name, _, _ in accepted))
+            self.tally.rejected += len(rejected)
+        self.accepted += len(accepted)
+        return embeddings, accepted
+
+    def _look_alikes(self, embeddings: np.ndarray, accepted: list[tuple[str, Path, str]]) -> None:
+        """The new people of ``accepted`` who look like someone else (enrolled before, or
+        earlier in this enroll, or in this batch), for the end of the run."""
+        names = [name for name, _, _ in accepted]
+        first = {name for name in names if lookup_name(name) not in self.known}
+        if not first:
+            return
+        vectors = np.concatenate([embeddings, self.faces.vectors])
+        owners = [*names, *self.faces.owners]
+        threshold_of = self.enrolled.threshold_of(set(owners))
+        self.tally.look_alikes.extend(look_alikes(vectors, owners, first, threshold_of))
+
+
+class _Faces:
+    """The gallery's faces and those this enroll stored, grown in place (doubling), for
+    the look-alike check of each next person."""
+
+    def __init__(self, vectors: np.ndarray, owners: list[str]) -> None:
+        self._buffer = np.array(vectors, np.float32, ndmin=2)
+        self._size = len(owners)
+        self.owners = list(owners)
+
+    @property
+    def vectors(self) -> np.ndarray:
+        return self._buffer[: self._size]
+
+    def add(self, vectors: np.ndarray, owners: list[str]) -> None:
+        need = self._size + len(vectors)
+        if need > len(self._buffer) or self._buffer.shape[1] != vectors.shape[1]:
+            grown = np.zeros((max(need, 2 * len(self._buffer)), vectors.shape[1]), np.float32)
+            grown[: self._size] = self.vectors
+            self._buffer = grown
+        self._buffer[self._size : need] = vectors
+        self._size = need
+        self.owners.extend(owners)
+
+
+class Writer:
+    """The gallery enroll stores into: opened (or made) at the first faces to store, each
+    batch in one transaction; a gallery it made and wrote nothing to is removed again."""
+
+    def __init__(self, path: Path, net: FaceNet) -> None:
+        self.path, self.net = path, net
+        self.gallery: Gallery | None = None
+        self.new = False  # it made the gallery (not when another enroll made it meanwhile)
+        self.threshold: float | None = None
+
+    def store(self, faces: list[Enrollment]) -> int:
+        """Add ``faces`` in one transaction; how many were new. GalleryError: none were."""
+        net = self.net
+        if self.gallery is None:
+            self.gallery = Gallery.open_or_create(
+                self.path, net.model_id, net.embedding_size, **new_gallery_threshold(net)
+            )
+            self.new = self.gallery.created is not None
+            self.threshold = self.gallery.threshold
+        try:
+            return self.gallery.enroll(faces)
+        except BaseException:
+            self.close()  # nothing was enrolled by this one: no empty gallery left behind
+            raise
+
+    def close(self) -> None:
+        if self.gallery is not None:
+            if remove_created(self.gallery):
+                self.new = False
+            self.gallery.close()
+            self.gallery = None
+
+
+def _say_look_alikes(run: Run) -> None:
+    """Say which new people look like someone else (enrolled, or in this enroll): nearer
+    each other than their own photos lie, as calibrate judges it; one person under two names
+    is named either way, one photo as one, the next as the other. The closest
+    LOOK_ALIKES_SHOWN, then how many more (a school's enroll found 57 pairs)."""
+    pairs = sorted(run.tally.look_alikes, key=lambda pair: pair.distance)
+    threshold_of = run.enrolled.threshold_of({pair.second for pair in pairs})
+    for pair in pairs[:LOOK_ALIKES_SHOWN]:
+        near = (
+            "so near that it may be one photo saved twice (as PNG, or by a photo app)"
+            if pair.distance < SAME_PHOTO * threshold_of[pair.second]
+            else "as near as photos of one person"
+        )
+        print(
+            terminal_text(
+                f"warning: {pair.first} looks like {pair.second} ({pair.distance:.3f} apart, "
+                f"{near}): the same person? (one person under two names is named as either: "
+                "if so, `gallery remove` one and enroll its photos under the other's name)"
+            ),
+            file=sys.stderr,
+        )
+    more = len(pairs) - LOOK_ALIKES_SHOWN
+    if more > 0:
+        print(
+            f"warning: and {more} more pair(s) of people as near (the closest {LOOK_ALIKES_SHOWN} "
+            "above); `facewatch gallery calibrate --dry-run` lists the gallery's closest",
+            file=sys.stderr,
+        )
+
+
+def say_summary(run: Run, left_out: dict[str, str]) -> None:
+    """The enroll's summary line (with the look-alike warnings before it, on stderr): each
+    person, '(new person)' marking who was not enrolled before; above SUMMARY_NAMES people,
+    counts and only the new names close to enrolled ones (a typo of a name meant for someone
+    enrolled). A new gallery is said, with its threshold."""
+    _say_look_alikes(run)
+    tally, writer = run.tally, run.writer
+    names = sorted(tally.people)
+    new = [name for name in names if tally.people[name]]
+    if len(names) <= SUMMARY_NAMES:
+        who = ", ".join(f"{name} (new person)" if tally.people[name] else name for name in names)
+    else:
+        close = close_names(new, run.enrolled.names)
+        who = f"{len(new)} new, {len(names) - len(new)} enrolled before" + (
+            "; new names close to enrolled ones (a typo?): "
+            + first_few([f"{name} (like {other})" for name, other in close.items()])
+            if close
+            else ""
+        )
+    skipped = tally.offered - tally.added + tally.already
+    print(
+        terminal_text(
+            f"enrolled {tally.added} new face(s) of {len(names)} person(s) into {writer.path}: "
+            + who
+            + (
+                f" ({skipped} not added: already enrolled, or the same photo twice)"
+                if skipped
+                else ""
+            )
+            + (f"; {tally.rejected} image(s) skipped" if tally.rejected else "")
+            + (
+                "; not enrolled: "
+                + first_few([f"{name} ({why})" for name, why in left_out.items()])
+                if left_out
+                else ""
+            )
+        )
+    )
+    if writer.new and writer.threshold is not None:
+        net = writer.net
+        source = (
+            "the model's"
+            if new_gallery_threshold(net)
+            else "facewatch's default, the model has none"
+        )
+        shown = shown_threshold(writer.threshold)
+        print(f"a new gallery: match threshold {shown} ({source}; `gallery threshold` sets it)")
+        if not new_gallery_threshold(net):
+            _warn_default_threshold(net, shown, writer.path)
+
+
+def _warn_default_threshold(net: FaceNet, shown: str, gallery_path: Path) -> None:
+    """A new gallery of a model without LFW figures starts at facewatch's default, the usual
+    cut of facenet-pytorch's published weights: for a model trained here it can be far
+    off (one such model named all 173 strangers of a test at it)."""
+    print(
+        f"warning: the model ({net.model_id}) has no LFW figures, so {gallery_path} starts at "
+        f"{shown}, the usual threshold of facenet-pytorch's published weights, not one "
+        "measured for this model: at it, a model you trained can name strangers as people "
+        "you enrolled. Once some 120 faces are enrolled, `facewatch gallery calibrate` "
+        "sets one from them; or set one with `facewatch gallery threshold --default VALUE`; "
+        "`facewatch train validate MODEL.onnx --align --lfw-dir DIR --lfw-pairs pairs.txt "
+        "--record` gives the model one for new galleries",
+        file=sys.stderr,
+    )
+
+
+def new_gallery_threshold(net: FaceNet) -> dict[str, float]:
+    """A new gallery's threshold: ``engines.facenet.starting_threshold`` of the model."""
+    start = starting_threshold(net.meta.extra)
+    return {"threshold": start} if start is not None else {}
