@@ -263,27 +263,31 @@ def _finish(
 ) -> int:
     """What the enroll says at its end; its exit status."""
     tally, gallery_path = run.tally, run.writer.path
+    if not work.people and work.skipped:  # (--skip-bad: every folder's name a look-alike)
+        print_error(
+            terminal_text(
+                "nothing enrolled: every folder left out, its name only looking like another "
+                f"(rename them): {first_few(sorted(work.skipped))}"
+            )
+        )
+        return 1
     if not tally.people and not run.refused:
         print_error(f"no image could be enrolled {_none_taken(jobs, args)}")
         return 1
     left_out = _left_out(work, run)
     if tally.people:
         say_summary(run, left_out)
-    if run.refused:
-        print_error(_refused_message(run, len(jobs), jobs, args))
-        return 1
     if tally.added and recognition is not None and _same_file(gallery_path, recognition.gallery):
         _say_daemon_reads_it(args.config, gallery_path, tally.cameras)
     if tally.added and (recognition is None or recognition.threshold is None):
         # (the daemon matches with the config's recognition.threshold when it sets one)
         gallery_cli.warn_uncalibrated(gallery_path, run.models.facenet.meta.extra)
+    if run.refused:
+        print_error(_refused_message(run, len(jobs), jobs, args))
+        return 1
     if left_out:  # as --name with every photo rejected: they are not known
-        print_error(
-            terminal_text(
-                f"{len(left_out)} person(s) not enrolled, none of their photos could be: "
-                + ", ".join(left_out)
-            )
-        )
+        said = [f"{name} ({why})" for name, why in left_out.items()]
+        print_error(terminal_text(f"{len(left_out)} person(s) not enrolled: {first_few(said)}"))
         return 1
     return 0
 
@@ -355,7 +359,7 @@ def _left_out(work: Plan, run: Run) -> dict[str, str]:
     their folder left out for its name)."""
     got = set(run.tally.people) | run.known
     out = {
-        person.name: f"{person.asked} photo(s) rejected"
+        person.name: f"{run.rejected_of[person.name]} of {person.asked} photo(s) rejected"
         for person in work.people
         if person.name not in got and lookup_name(person.name) not in got
     }

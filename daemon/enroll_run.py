@@ -100,6 +100,7 @@ class Run:
         self.faces = _Faces(enrolled.vectors, enrolled.owners)  # for the look-alikes
         self.known = {lookup_name(name) for name in enrolled.names}
         self.refused: set[str] = set()  # people with a rejected photo (without --skip-bad)
+        self.rejected_of: Counter[str] = Counter()  # each person's photos rejected
         self.accepted = 0  # photos that passed every check
         self.done = 0  # people read and stored (or refused): a stop names the next
 
@@ -179,6 +180,7 @@ class Run:
 
     def _reject(self, name: str, reason: str) -> None:
         self.pending.rejected[name] += 1
+        self.rejected_of[name] += 1
         self.tally.rejected += 1
         tqdm.write(f"rejected: {reason}", file=sys.stderr)
 

@@ -367,6 +367,9 @@ def _threshold_warnings(config: Config) -> list[str]:
     path, model = Path(config.recognition.gallery), _model_file(config)
     if model is None or config.recognition.threshold is not None or not path.is_file():
         return []
+    enabled = [camera for camera in config.cameras if camera.enabled]
+    if enabled and all(camera.recognition.threshold is not None for camera in enabled):
+        return []  # (no camera matches at the gallery's threshold)
     try:
         extra = ModelMetadata.load(model).extra
         with Gallery.open(path) as gallery:

@@ -281,6 +281,21 @@ def test_enroll_folders_names_and_one_photo_one_person(cli, images, shared_data,
     assert [p["name"] for p in json.loads(cli("gallery", "list", "--json", model=False)[1])["identities"]] == ["Ada Lovelace"]  # fmt: skip
 
 
+def test_a_person_kept_out_for_one_photo_is_said_with_how_many_were_rejected(
+    cli, images, tmp_path
+) -> None:
+    """enroll --dir without --skip-bad, one of Pair's two photos showing two faces: Pair is
+    kept out (the others are enrolled), said as 1 of 2 photos rejected (it said 2)."""
+    people = tmp_path / "people"
+    for who, photos in (("Lin", ["obama"]), ("Pair", ["biden", "two"])):
+        (people / who).mkdir(parents=True)
+        for photo in photos:
+            shutil.copy(images[photo], people / who / images[photo].name)
+    code, out, err = cli("enroll", "--dir", str(people))
+    assert code == 1, err
+    assert "not enrolled: Pair (1 of 2 photo(s) rejected)" in out, out
+
+
 def test_skip_bad_names_a_person_left_with_no_photo_and_fails(cli, images, tmp_path) -> None:
     """enroll --dir --skip-bad where Pair's only photo shows two faces: it said 'enrolled 1
     new face(s) of 1 person(s) ...; 1 image(s) skipped' and exited 0, Pair nowhere in the
@@ -295,9 +310,9 @@ def test_skip_bad_names_a_person_left_with_no_photo_and_fails(cli, images, tmp_p
     assert code == 1
     assert "enrolled 1 new face(s) of 1 person(s)" in out
     assert out.splitlines()[0].endswith(
-        "; 1 image(s) skipped; not enrolled: Pair (1 photo(s) rejected)"
+        "; 1 image(s) skipped; not enrolled: Pair (1 of 1 photo(s) rejected)"
     )
-    assert "error: 1 person(s) not enrolled, none of their photos could be: Pair" in err
+    assert "error: 1 person(s) not enrolled: Pair (1 of 1 photo(s) rejected)" in err
     assert "Lin" in cli("gallery", "list", model=False)[1]
 
     shutil.rmtree(people / "Pair")
