@@ -219,8 +219,9 @@ def test_a_model_cut_short_is_refused_in_one_line_naming_it(tmp_path):
     with pytest.raises(EngineError) as refused:
         MTCNN.load(folder, backend="openvino", threads=1)
     said = str(refused.value)
-    assert said.startswith(f"{onet}: OpenVINO cannot load the model: "), said
-    assert "\n" not in said and "src/" not in said and "parsed" in said, said
+    head = f"{onet}: OpenVINO cannot load the model: "
+    assert said.startswith(head) and len(said) > len(head) + 10, said  # (the reason: its
+    assert "\n" not in said and "src/" not in said, said  # words differ between versions)
 
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
