@@ -404,7 +404,12 @@ def _detect_video(
     except KeyboardInterrupt:
         kept = [w for w, on in (("JSON records", args.json), ("annotated video", out)) if on]
         raise Interrupted(
-            done + (f": its {' and '.join(kept)} end there" if kept else "")
+            done
+            + (
+                f": its {' and '.join(kept)} {'end' if len(kept) > 1 else 'ends'} there"
+                if kept
+                else ""
+            )
         ) from None
     finally:
         bar.close()

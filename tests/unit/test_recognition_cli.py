@@ -294,6 +294,7 @@ def test_a_person_kept_out_for_one_photo_is_said_with_how_many_were_rejected(
     code, out, err = cli("enroll", "--dir", str(people))
     assert code == 1, err
     assert "not enrolled: Pair (1 of 2 photo(s) rejected)" in out, out
+    assert "; 1 image(s) rejected; not enrolled" in out, out  # (not 'skipped': it was not)
 
 
 def test_skip_bad_names_a_person_left_with_no_photo_and_fails(cli, images, tmp_path) -> None:
