@@ -243,7 +243,9 @@ def run_enroll(args: argparse.Namespace) -> int:
         enrolled.default = recognition.threshold  # the daemon matches with it, as identify
     show = progress_wanted(args) and len(jobs) > 1
     try:
-        work = plan(jobs, enrolled.names, enrolled.holders, args.skip_bad, show)
+        work = plan(
+            jobs, enrolled.names, enrolled.holders, args.skip_bad, show, args.dir is not None
+        )
     except Refused as exc:
         print_error("\n  ".join(terminal_text(line) for line in str(exc).split("\n  ")))
         return 1

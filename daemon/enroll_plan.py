@@ -8,6 +8,7 @@ or enrolled) and one photo in two people's folders.
 from __future__ import annotations
 
 import difflib
+import shlex
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -49,12 +50,18 @@ def plan(
     holders: dict[str, set[str]],
     skip_bad: bool,
     show_progress: bool = False,
+    folders: bool = True,
 ) -> Plan:
     """The people of ``jobs`` (name, photo) in order, each with the photos to read; Refused
     for names that only look like another and for a photo in two people's folders, unless
     ``skip_bad`` (then such a folder is left out, and such a photo refused in every folder
-    it is in). ``holders``: who holds each photo enrolled (by SHA-256)."""
+    it is in). ``holders``: who holds each photo enrolled (by SHA-256). ``folders``: the
+    jobs come from --dir's folders; else from --name, whose name only looking like an
+    enrolled one is refused even with ``skip_bad`` (there is nothing else to enroll), with
+    the enrolled spelling to give instead."""
     twins = _twins(list(dict.fromkeys(name for name, _ in jobs)), enrolled_names)
+    if twins and not folders:
+        raise Refused(_name_twin(next(iter(twins)), enrolled_names))
     people: dict[str, Person] = {}
     seen: dict[str, dict[str, Path]] = {}  # SHA-256 -> name -> the first photo of it
     for name, path in tqdm(
@@ -116,6 +123,19 @@ def _twins(names: list[str], enrolled: list[str]) -> dict[str, str]:
                     "apart by case alone"
                 )
     return why
+
+
+def _name_twin(name: str, enrolled: list[str]) -> str:
+    """--name NAME, enrolled under another spelling (case, full-width or invisible
+    characters): who is enrolled, and the two ways on."""
+    other = next(n for n in enrolled if twin_key(n) == twin_key(name))
+    return (
+        f"{other!r} is enrolled, and --name {name!r} differs from it only in case, full-width "
+        "or invisible characters: it would be another person, looking like one (nothing was "
+        f"read or enrolled). To add these photos to {other!r}, give --name "
+        f"{shlex.quote(other)}, its enrolled spelling; for someone else, a name that differs "
+        "in more than that (`facewatch gallery list` lists who is enrolled)"
+    )
 
 
 def _refuse_shared_photos(

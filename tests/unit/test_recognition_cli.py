@@ -417,7 +417,29 @@ def test_names_alike_and_one_photo_in_two_folders_are_refused_before_any_photo_i
     read.clear()
     code, _, err = cli("enroll", "--name", "bob", str(images["obama"]))
     assert code == 1 and not read
-    assert "'Bob' is enrolled; 'bob' would be another person" in err
+    assert "'Bob' is enrolled, and --name 'bob' differs from it only in case" in err
+
+
+def test_a_name_enrolled_in_another_case_is_named_with_the_spelling_to_give(cli, images) -> None:
+    """--name ada with ADA enrolled: the refusal's advice was --dir's ('rename such a
+    folder, ... or --skip-bad leaves them out'), and --skip-bad then said 'every folder left
+    out'. Now it names the enrolled person and the two ways on (their exact spelling, or a
+    clearly different name), with or without --skip-bad, and reads nothing."""
+    assert cli("enroll", "--name", "Ada Lovelace", str(images["obama"]))[0] == 0
+    for extra in ([], ["--skip-bad"]):
+        code, out, err = cli("enroll", "--name", "ADA LOVELACE", str(images["obama2"]), *extra)
+        assert code == 1 and not out, err
+        assert "error: 'Ada Lovelace' is enrolled, and --name 'ADA LOVELACE' differs from it " \
+            "only in case" in err  # fmt: skip
+        assert "To add these photos to 'Ada Lovelace', give --name 'Ada Lovelace', its " \
+            "enrolled spelling; for someone else, a name that differs in more than that" in err  # fmt: skip
+        assert "folder" not in err and "--skip-bad" not in err, err
+    with Gallery.open(cli.gallery) as gallery:
+        assert [(i.name, i.embeddings) for i in gallery.identities()] == [("Ada Lovelace", 1)]
+    code, out, _ = cli(
+        "enroll", "--name", "Ada Lovelace", str(images["obama2"]), "--allow-mismatch"
+    )
+    assert code == 0 and "enrolled 1 new face(s) of 1 person(s)" in out
 
 
 def test_a_large_enroll_summary_gives_counts_and_the_names_to_check(
