@@ -4,7 +4,6 @@ to enroll from (docs/operations.md, section 3)."""
 from __future__ import annotations
 
 import argparse
-import errno
 import json
 import os
 import shlex
@@ -17,13 +16,15 @@ from typing import Any
 from daemon.archive import FaceArchive
 from daemon.archive_files import (
     LOCK_FILE,
+    PRUNE,
+    PRUNE_WAIT_S,
     VISIT_FILE,
     archive_level,
     is_visit_folder,
     read_visit,
     scan_visits,
 )
-from daemon.claims import claim
+from daemon.claims import Busy, claim
 from daemon.cli_args import number
 from daemon.config import (
     DEFAULT_CONFIG,
@@ -427,16 +428,13 @@ def run_prune(args: argparse.Namespace) -> int:
         )
         return 1
     try:
-        lock = claim(root / LOCK_FILE, "archive.dir")
-    except OSError as exc:
-        if exc.errno != errno.EBUSY:
-            print_error(f"{root / LOCK_FILE}: cannot be opened ({exc.strerror or exc})")
-            return 1
-        print(
-            f"{root}: the running daemon (pid {_holder(root)}) prunes it itself, by its "
-            "config's keep_days and max_mb; nothing was deleted"
-        )
+        lock = claim(root / LOCK_FILE, "archive.dir", PRUNE, patience_s=PRUNE_WAIT_S)
+    except Busy as exc:
+        print(_held_by(root, exc))
         return 0
+    except OSError as exc:
+        print_error(f"{root / LOCK_FILE}: cannot be opened ({exc.strerror or exc})")
+        return 1
     try:
         _keep_for_the_daemon(lock, root)
         return _prune(root, settings)
@@ -492,12 +490,21 @@ def _prune(root: Path, settings: ArchiveConfig) -> int:
     return 0
 
 
-def _holder(root: Path) -> str:
-    """The pid the facewatch holding the archive's lock wrote in it ('?' when unreadable)."""
-    try:
-        return (root / LOCK_FILE).read_text(errors="replace").strip() or "?"
-    except OSError:
-        return "?"
+def _held_by(root: Path, busy: Busy) -> str:
+    """Why nothing was pruned: who holds the archive's lock, as it said when it was found
+    held (one read: a daemon starting writes its pid a moment after it locks)."""
+    if busy.brief:
+        return (
+            f"{root}: another `facewatch {busy.brief}` (pid {busy.pid}) has been at it for "
+            f"{PRUNE_WAIT_S:g} s; nothing was deleted by this one: run it again once that one "
+            "is done"
+        )
+    daemon = f"the running daemon (pid {busy.pid})" if busy.pid else "a facewatch daemon"
+    return (
+        f"{root}: {daemon} prunes it itself, by its config's keep_days and max_mb; nothing "
+        f"was deleted (it holds {LOCK_FILE} while it runs; to prune by other limits, stop it "
+        "and run this again)"
+    )
 
 
 def _keep_for_the_daemon(lock: int, root: Path) -> None:

@@ -20,6 +20,11 @@ logger = logging.getLogger(__name__)
 
 VISIT_FILE = "visit.json"
 LOCK_FILE = "archive.lock"  # held by the daemon that writes the archive (daemon/claims.py)
+# `archive prune` holds the lock too, for a moment, saying so in it: a daemon starting then
+# (or another prune) waits this long for it (deleting thousands of visits takes seconds),
+# instead of being refused as if a second daemon wrote the archive
+PRUNE = "archive prune"
+PRUNE_WAIT_S = 30.0
 LAST_TIMESTAMP = datetime(9999, 1, 1, tzinfo=timezone.utc).timestamp()  # what datetime shows
 # the writer's folders, the only ones it deletes: YYYY-MM-DD / CAMERA / HHMMSS-tTRACK-WHO[-N]
 _DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")

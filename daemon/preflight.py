@@ -16,7 +16,7 @@ from pathlib import Path
 
 from daemon import mqtt_tls
 from daemon.archive import FaceArchive
-from daemon.archive_files import LOCK_FILE
+from daemon.archive_files import LOCK_FILE, PRUNE_WAIT_S
 from daemon.cameras import check_file_source
 from daemon.claims import claim
 from daemon.config import Config, ConfigError
@@ -470,14 +470,15 @@ def prepare_outputs(config: Config) -> None:
 def outputs_claimed(config: Config) -> Iterator[None]:
     """``archive.dir`` held for this daemon while it runs: a second facewatch given the same
     folder would delete this one's visits by its own keep_days and max_mb. It is refused at
-    start, exit status 1, naming the other's pid. Commands that only list or delete some
+    start, exit status 1, naming the other's pid; an ``archive prune`` holding it for a
+    moment is waited for (up to PRUNE_WAIT_S). Commands that only list or delete some
     visits (``archive list``, ``gallery remove --forget``) take no claim: they run beside it."""
     if not config.archive.dir:
         yield
         return
     folder = Path(config.archive.dir)
     try:
-        lock = claim(folder / LOCK_FILE, "archive.dir")
+        lock = claim(folder / LOCK_FILE, "archive.dir", patience_s=PRUNE_WAIT_S)
     except OSError as exc:
         raise output_error(f"archive.dir: {folder}", exc) from None
     try:

@@ -640,6 +640,68 @@ def test_a_second_daemon_given_the_same_archive_dir_is_refused_and_archive_list_
     assert "in use by another facewatch" not in capsys.readouterr().err
 
 
+def test_archive_prune_and_a_daemon_starting_on_the_archive_at_one_moment(
+    tmp_path, capsys, monkeypatch
+) -> None:
+    """`archive prune` run as a daemon starts on the same archive: a daemon that had
+    locked archive.lock but not written its pid yet was 'the running daemon (pid ?)' (the
+    pid read twice, once too soon), and a daemon starting while a prune held the lock was
+    refused, 'in use by another facewatch (pid N)', N the prune's, exit status 1 (3 times in
+    30 of a loop of starts and prunes). Now prune waits the moment for the pid, and a
+    daemon (or another prune) waits for a prune, which says what it is in the lock."""
+    import threading
+
+    from daemon import archive_cli, claims, preflight
+    from daemon.claims import claim
+
+    monkeypatch.setattr(claims, "PID_WAIT_S", 0.3)
+    root = tmp_path / "archive"
+    visit = _old_visit(root, "2026-01-02", "080000-t1-unknown", 1000)
+    config = tmp_path / "facewatch.yaml"
+    config.write_text(
+        json.dumps({"cameras": [{"name": "door", "url": str(CLIP)}], "archive": {"dir": str(root)}})
+    )
+    prune = ["archive", "prune", "--config", str(config), "--keep-days", "1"]
+    lock = root / "archive.lock"
+    for written in (True, False):  # a daemon starting: locked, its pid written a moment later
+        held = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if written:
+            threading.Timer(0.1, os.write, (held, str(os.getpid()).encode())).start()
+        try:
+            assert main(prune) == 0
+        finally:
+            os.close(held)
+        out = capsys.readouterr().out
+        daemon = f"the running daemon (pid {os.getpid()})" if written else "a facewatch daemon"
+        assert f"{root}: {daemon} prunes it itself, by its config's keep_days and max_mb; " \
+            "nothing was deleted (it holds archive.lock while it runs; to prune by other " \
+            "limits, stop it and run this again)" in out, out  # fmt: skip
+        assert "pid ?" not in out and visit.exists()
+
+    settings = load_config(str(config))
+    pruning = claim(lock, "archive.dir", "archive prune")  # a prune, done in 0.2 s
+    assert lock.read_text() == f"{os.getpid()} archive prune"
+    threading.Timer(0.2, os.close, (pruning,)).start()
+    started = time.monotonic()
+    with preflight.outputs_claimed(settings):  # the daemon waits for it
+        assert 0.15 < time.monotonic() - started < 5 and lock.read_text() == str(os.getpid())
+    monkeypatch.setattr(preflight, "PRUNE_WAIT_S", 0.2)
+    monkeypatch.setattr(archive_cli, "PRUNE_WAIT_S", 0.2)
+    pruning = claim(lock, "archive.dir", "archive prune")  # one that takes long
+    try:
+        with pytest.raises(OSError) as refused, preflight.outputs_claimed(settings):
+            pass
+        assert f"in use by another facewatch (pid {os.getpid()}, `facewatch archive prune`) " \
+            "with the same archive.dir" in str(refused.value)  # fmt: skip
+        assert main(prune) == 0
+        assert f"{root}: another `facewatch archive prune` (pid {os.getpid()}) has been at it " \
+            "for 0.2 s; nothing was deleted by this one" in capsys.readouterr().out  # fmt: skip
+    finally:
+        os.close(pruning)
+    assert main(prune) == 0 and not visit.exists()
+
+
 def test_archive_list_says_when_the_config_has_no_archive(tmp_path, capsys, monkeypatch) -> None:
     config = tmp_path / "facewatch.yaml"
     config.write_text(json.dumps({"cameras": [{"name": "door", "url": str(CLIP)}]}))
