@@ -18,7 +18,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from daemon import mqtt as mqtt_module
+from daemon import mqtt_diagnosis
 from daemon.cli import main
 from daemon.config import ConfigError, MqttConfig
 from daemon.config_file import parse_config
@@ -495,7 +495,7 @@ def test_two_daemons_with_one_node_id_are_said_to_take_each_others_connection(
     it back, every second. The log blamed the broker or the network at each of them; it names
     the other client with the client id, once for each daemon (the pushes after it at DEBUG),
     and says when the connection holds again (the other one stopped)."""
-    monkeypatch.setattr(mqtt_module, "HOLDS_S", 3.0)
+    monkeypatch.setattr(mqtt_diagnosis, "HOLDS_S", 3.0)
     caplog.set_level(logging.DEBUG, logger="daemon.mqtt")
     taken = (  # (mosquitto 2.0 gives no reason, MQTT 5 either: the line that says both)
         "disconnected: each connection is closed within seconds of being made: another "
@@ -523,7 +523,7 @@ def test_two_daemons_with_one_node_id_are_said_to_take_each_others_connection(
     assert said("DEBUG", taken) >= 4
     # (mosquitto 2.0 closes the connection without the MQTT 5 reason, as with 3.1.1)
     lost = said("WARNING", "the connection was lost: the broker stopped, or the network")
-    pushed_before_told = mqtt_module.TAKEN_OVER_AFTER - 1
+    pushed_before_told = mqtt_diagnosis.TAKEN_OVER_AFTER - 1
     assert lost <= 2 * pushed_before_told, caplog.text
     assert said("INFO", "MQTT: connected to") <= 2 * (pushed_before_told + 1)
     assert said("INFO", "holds again (3 s): no other client with client id facewatch-twin") == 1

@@ -13,7 +13,7 @@ from typing import Any
 import paho.mqtt.publish as mqtt_publish
 import pytest
 
-from daemon import mqtt as mqtt_module
+from daemon import mqtt_retained
 from daemon.cli import main
 from daemon.config import MqttConfig
 from daemon.events import person_key
@@ -241,7 +241,7 @@ def test_a_burst_of_birth_messages_is_answered_twice_not_each_time(
     """Home Assistant's birth message makes the daemon announce its entities again; a burst of
     them (several Home Assistants, a script looping) is answered at once and once more at the
     end of the gap, not with a full set of configs each (40 births were 40 sets)."""
-    monkeypatch.setattr(mqtt_module, "BIRTH_GAP_S", 2.0)
+    monkeypatch.setattr(mqtt_retained, "BIRTH_GAP_S", 2.0)
     config_topic = "homeassistant/sensor/facewatch_test/cam_people/config"
     publisher = MqttPublisher(MqttConfig(port=broker.port), "test", Spool(tmp_path / "s", 100))
     publisher.announce([(config_topic, b"{}")], birth_topic="homeassistant/status")

@@ -22,8 +22,7 @@ import pytest
 import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 
-from daemon import metrics
-from daemon import mqtt as mqtt_module
+from daemon import metrics, mqtt_delivery
 from daemon.cli import main
 from daemon.config import MqttConfig, TlsConfig
 from daemon.config_file import config_changes, load_config
@@ -551,7 +550,7 @@ def test_messages_the_brokers_acl_refuses_are_named_and_kept_until_it_lets_them_
     message, and the publisher deleted them: lost), and once the ACL lets them through they
     are all delivered (with mqtt.protocol 5). A refused face snapshot is dropped: it held
     every event behind it."""
-    monkeypatch.setattr(mqtt_module, "REFUSED_RETRY_S", 0.5)
+    monkeypatch.setattr(mqtt_delivery, "REFUSED_RETRY_S", 0.5)
     caplog.set_level(logging.INFO, logger="daemon.mqtt")
     broker, acl = _acl_broker(tmp_path, ["facewatch/test/cameras/#"])
     spool = Spool(tmp_path / "spool", 100)
@@ -605,7 +604,7 @@ def test_messages_spooled_for_another_node_that_the_acl_refuses_do_not_hold_this
     ACL line for +/boxa/#. The start says what the spool holds for another node (how many,
     when, how to delete them); the refused ones are dropped, one line per topic, and B's
     events go on."""
-    monkeypatch.setattr(mqtt_module, "REFUSED_RETRY_S", 0.5)
+    monkeypatch.setattr(mqtt_delivery, "REFUSED_RETRY_S", 0.5)
     caplog.set_level(logging.INFO, logger="daemon.mqtt")
     broker, _ = _acl_broker(tmp_path, ["facewatch/boxb/#", "homeassistant/+/facewatch_boxb/#"])
     spool = Spool(tmp_path / "spool", 100)

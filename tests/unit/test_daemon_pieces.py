@@ -238,11 +238,11 @@ def test_an_unreadable_list_of_people_published_starts_with_a_warning(tmp_path, 
     spool = Spool(tmp_path / "spool")
     spool.remember("people", '["alex-lac')
     publisher = MqttPublisher(MqttConfig(), "node", spool)
-    assert publisher._people == set()
+    assert publisher.retained.people.names == set()
     [said] = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert said.startswith(f"MQTT spool {spool.path}: the people published before cannot be read")
     spool.remember("people", '["ann"]')  # (as written)
-    assert MqttPublisher(MqttConfig(), "node", spool)._people == {"ann"}
+    assert MqttPublisher(MqttConfig(), "node", spool).retained.people.names == {"ann"}
     spool.close()
 
 
@@ -1033,7 +1033,7 @@ def test_a_broker_that_stays_away_is_said_again_every_remind_s(tmp_path, monkeyp
         spool.append(f"t/{k}", b"{}", kind="event")
     publisher = MqttPublisher(MqttConfig(host="broker.lan"), "node", spool)
     refused = ("[Errno 111] Connection refused", REACH)
-    monkeypatch.setattr(publisher, "_diagnose", lambda: refused)
+    monkeypatch.setattr(publisher.outages, "diagnose", lambda: refused)
     monkeypatch.setattr(
         publisher.connected, "wait", lambda timeout=None: publisher.connected.is_set()
     )
@@ -1102,7 +1102,7 @@ def test_a_connection_another_client_takes_is_said_so_once_not_a_broker_outage(
     from daemon.mqtt import SHORT_LINK_S, MqttPublisher
 
     publisher = MqttPublisher(MqttConfig(protocol="5"), "twin", Spool(tmp_path / "spool", 10))
-    monkeypatch.setattr(publisher, "_diagnose", lambda: ("refused", "the broker"))
+    monkeypatch.setattr(publisher.outages, "diagnose", lambda: ("refused", "the broker"))
 
     class Client:  # a connection that publishes nowhere
         def publish(self, *args: object, **kwargs: object) -> SimpleNamespace:
@@ -1115,7 +1115,7 @@ def test_a_connection_another_client_takes_is_said_so_once_not_a_broker_outage(
     ) -> None:
         client = publisher.client
         publisher._on_connect(client, None, None, SimpleNamespace(), None)
-        publisher._connected_at -= held_s
+        publisher.outages.connected_at -= held_s
         publisher._on_disconnect(client, None, None, SimpleNamespace(value=reason), None)
         if broker_away:
             publisher._on_connect_fail(client, None)
@@ -1137,7 +1137,7 @@ def test_a_connection_another_client_takes_is_said_so_once_not_a_broker_outage(
 
     caplog.clear()
     lonely = MqttPublisher(MqttConfig(), "solo", Spool(tmp_path / "solo", 10))
-    monkeypatch.setattr(lonely, "_diagnose", lambda: ("refused", "the broker"))
+    monkeypatch.setattr(lonely.outages, "diagnose", lambda: ("refused", "the broker"))
     lonely.client = publisher.client
     with caplog.at_level("WARNING", logger="daemon.mqtt"):
         for _ in range(4):
@@ -1170,10 +1170,10 @@ def test_an_acl_that_keeps_refusing_is_said_again_every_remind_s(tmp_path, monke
     [message] = spool.peek(1)
     with caplog.at_level("DEBUG", logger="daemon.mqtt"):
         while clock[0] <= 2 * REMIND_S:
-            publisher._keep_refused(message, "Not authorized")
+            publisher.delivery.keep_refused(message, "Not authorized")
             clock[0] += REFUSED_RETRY_S
-        publisher._passed(message)
-        publisher._keep_refused(message, "Not authorized")
+        publisher.delivery.passed(message)
+        publisher.delivery.keep_refused(message, "Not authorized")
     said = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     since = datetime.fromtimestamp(wall0).strftime("%Y-%m-%d %H:%M")
     again = (
@@ -1496,14 +1496,14 @@ def test_a_message_paho_could_not_send_is_not_acknowledged_and_raises_nothing() 
     the sender must read it as 'not acknowledged' (and send again), not die."""
     import paho.mqtt.client as paho
 
-    from daemon.mqtt import _wait
+    from daemon.mqtt_delivery import wait_acked
 
     info = paho.MQTTMessageInfo(7)
     info.rc = paho.MQTT_ERR_NO_CONN
-    assert _wait(info, 0.05) is False
+    assert wait_acked(info, 0.05) is False
     queued = paho.MQTTMessageInfo(8)
     queued.rc = paho.MQTT_ERR_QUEUE_SIZE
-    assert _wait(queued, 0.05) is False
+    assert wait_acked(queued, 0.05) is False
 
 
 def test_a_camera_status_changed_while_the_connection_is_set_up_is_not_lost(tmp_path) -> None:
@@ -2459,9 +2459,9 @@ def test_a_gallery_change_while_the_spools_disk_is_full_is_applied_and_saved_lat
         pipeline.reload_gallery()  # `facewatch enroll` and `gallery remove`
         pipeline.reload_gallery()  # then a SIGHUP
     assert pipeline._enrolled == set(VISITORS)
-    assert publisher._retained[publisher.person_topic("ann")] == b""
-    assert publisher._retained[publisher.person_snapshot_topic("ann")] == b""
-    assert all(publisher.person_topic(name) in publisher._retained for name in VISITORS)
+    assert publisher.retained.topics[publisher.person_topic("ann")] == b""
+    assert publisher.retained.topics[publisher.person_snapshot_topic("ann")] == b""
+    assert all(publisher.person_topic(name) in publisher.retained.topics for name in VISITORS)
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert errors == [
         f"MQTT: the spool {spool.path} (mqtt.spool_dir) cannot save the people published "
@@ -2493,7 +2493,7 @@ def test_a_start_with_the_spools_disk_full_publishes_its_first_state(tmp_path) -
     _fill_disk(spool)
     publisher = MqttPublisher(daemon.config.mqtt, "node", spool)
     daemon._initial_state(publisher, VISITORS)
-    retained = publisher._retained
+    retained = publisher.retained.topics
     assert retained[publisher.person_topic("bob")] == b""
     assert all(publisher.person_topic(name) in retained for name in VISITORS)
     assert retained[publisher.camera_status_topic("door")] == b"offline"
@@ -3498,7 +3498,7 @@ def test_latency_counts_only_the_events_of_a_frame() -> None:
     """A confirmed sent as its track leaves (undecided: its frame_ts is the last sighting,
     lost_after_s ago) added a ~2 s sample to facewatch_frame_to_event_seconds, as left and
     a gallery change's events would: only the events of a frame are counted."""
-    from daemon.mqtt import MqttPublisher
+    from daemon.mqtt_delivery import observe_latency
 
     def count() -> float:
         return REGISTRY.get_sample_value("facewatch_frame_to_event_seconds_count") or 0.0
@@ -3506,9 +3506,9 @@ def test_latency_counts_only_the_events_of_a_frame() -> None:
     before = count()
     now = time.time()
     for kind, reason in (("confirmed", "lost"), ("left", "lost"), ("identified", "gallery")):
-        MqttPublisher._observe_latency({"type": kind, "reason": reason, "frame_ts": now - 2})
+        observe_latency({"type": kind, "reason": reason, "frame_ts": now - 2})
     assert count() == before
-    MqttPublisher._observe_latency({"type": "confirmed", "reason": None, "frame_ts": now})
+    observe_latency({"type": "confirmed", "reason": None, "frame_ts": now})
     assert count() == before + 1
 
 

@@ -315,7 +315,7 @@ def test_each_persons_snapshot_is_their_own_face_and_goes_with_them(tmp_path) ->
     image[:, 320:] = (255, 0, 0)
     for k in range(10):
         pipeline.process([Frame("door", k, 1000.0 + k / 5, image)])
-    retained = publisher._retained  # what the broker gets, retained, at the next connection
+    retained = publisher.retained.topics  # what the broker gets, retained, at the next connection
     assert _colour(retained[publisher.person_snapshot_topic("ann")]) == "red"
     assert _colour(retained[publisher.person_snapshot_topic("bob")]) == "blue"
     assert retained[publisher.last_snapshot_topic("door")] in (
@@ -328,11 +328,11 @@ def test_each_persons_snapshot_is_their_own_face_and_goes_with_them(tmp_path) ->
     pipeline.reload_gallery()
     for k in range(10, 15):  # bob's face is still there, a stranger now
         pipeline.process([Frame("door", k, 1000.0 + k / 5, image)])
-    assert publisher._retained[publisher.person_snapshot_topic("bob")] == b""
-    assert publisher._announcements[_person_image("bob")] == b""
-    assert _colour(publisher._retained[publisher.person_snapshot_topic("ann")]) == "red"
+    assert publisher.retained.topics[publisher.person_snapshot_topic("bob")] == b""
+    assert publisher.retained.announcements[_person_image("bob")] == b""
+    assert _colour(publisher.retained.topics[publisher.person_snapshot_topic("ann")]) == "red"
     publisher.set_person_snapshot("bob", b"\xff\xd8late")  # a late event of his: not kept
-    assert publisher._retained[publisher.person_snapshot_topic("bob")] == b""
+    assert publisher.retained.topics[publisher.person_snapshot_topic("bob")] == b""
 
 
 def test_without_snapshots_a_start_deletes_the_faces_an_earlier_run_left() -> None:
@@ -342,11 +342,11 @@ def test_without_snapshots_a_start_deletes_the_faces_an_earlier_run_left() -> No
 
     publisher = topics()
     Service(garage())._initial_state(publisher, ["Ada"])
-    assert publisher._retained[publisher.last_snapshot_topic("front-door")] == b""
-    assert publisher._retained[publisher.person_snapshot_topic("Ada")] == b""
+    assert publisher.retained.topics[publisher.last_snapshot_topic("front-door")] == b""
+    assert publisher.retained.topics[publisher.person_snapshot_topic("Ada")] == b""
     publisher = topics()
     Service(garage(True))._initial_state(publisher, ["Ada"])
-    assert publisher.person_snapshot_topic("Ada") not in publisher._retained, "kept"
+    assert publisher.person_snapshot_topic("Ada") not in publisher.retained.topics, "kept"
 
 
 def test_the_docs_automation_fires_on_fresh_events_of_its_person_only() -> None:
