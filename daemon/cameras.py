@@ -127,6 +127,10 @@ class FrameQueues:
         # per camera: [window start (monotonic), frames put, frames dropped, last warned,
         # frames taken of all cameras at the start]
         self._drops = {c: [time.monotonic(), 0, 0, -REMIND_S, 0] for c in cameras}
+        # per camera since the start: [frames put, frames dropped] (said at the stop: a run
+        # shorter than DROPS_WINDOW_S, `--run-for 8`, was never warned of its drops)
+        self._totals = {c: [0, 0] for c in cameras}
+        self._started = time.monotonic()
 
     def put(self, frame: Frame) -> None:
         with self._ready:
@@ -147,6 +151,9 @@ class FrameQueues:
         """Warn (at most every REMIND_S) of a camera whose frames were mostly dropped in a
         minute: the pipeline cannot keep up with it (the advice sized by the frames it took
         in that time, of all cameras)."""
+        totals = self._totals[camera]
+        totals[0] += 1
+        totals[1] += dropped
         window = self._drops[camera]
         window[1] += 1
         window[2] += dropped
@@ -170,6 +177,27 @@ class FrameQueues:
             )  # fmt: skip
             warned = now
         self._drops[camera] = [now, 0, 0, warned, self._taken]
+
+    def say_drops(self) -> None:
+        """At the stop: one line for each camera some of whose frames were dropped in the
+        whole run, how many of how many (the minute's warning never comes in a shorter run).
+        A WARNING, with the 60-s warning's advice, past metrics.DROPS_HIGH of its frames."""
+        with self._ready:
+            now = time.monotonic()
+            for camera, (put, lost) in self._totals.items():
+                if not lost:
+                    continue
+                said = f"camera {camera}: {lost} of {put} frames dropped"
+                if lost <= metrics.DROPS_HIGH * put:
+                    logger.info("%s (the pipeline was behind at times)", said)
+                    continue
+                if not self._taken:
+                    why = "the pipeline took no frame of any camera: it was stalled, not slow"
+                else:
+                    handled = self._taken / max(now - self._started, 1e-3)
+                    advice = metrics.drops_advice(handled, len(self._queues), self._full_scan_every)
+                    why = f"the pipeline could not keep up: {advice}"
+                logger.warning("%s in %.0f s (%s)", said, now - self._started, why)
 
     def pending(self) -> int:
         with self._ready:

@@ -502,6 +502,7 @@ class Service:
                 ", ".join(stuck),
                 READERS_STOP_S,
             )
+        scheduler.queues.say_drops()  # (a run shorter than a minute is warned of no drops)
         scheduler.stop()
         wait_s = max(0.0, end - PUBLISHER_STOP_S - time.monotonic())
         if self.stalled:  # stuck in a call: waiting would only delay the restart

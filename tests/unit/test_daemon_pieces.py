@@ -623,6 +623,78 @@ def test_frame_queues_keep_the_newest_and_count_drops() -> None:
     assert queues.take(8, 0.0, idle_s=0.01) == []
 
 
+def test_frames_dropped_in_a_run_are_said_at_its_stop(caplog) -> None:
+    """A 60-s window had to pass before dropped frames were logged: `--run-for 8` with 4
+    cameras on a file dropped 52 % of each one's frames and said nothing. At the stop, one
+    line per camera that dropped some: how many of how many, a WARNING with the advice past
+    a fifth; none for a camera that dropped none."""
+    queues = FrameQueues(["cam1", "cam2", "cam3"], per_camera=2)
+    image = np.zeros((2, 2, 3), np.uint8)
+    for seq in range(10):  # 8 of 10 dropped
+        queues.put(Frame("cam1", seq, float(seq), image))
+    for seq in range(2):
+        queues.put(Frame("cam2", seq, float(seq), image))
+    queues.take(8, 0.0)
+    for seq in range(11):  # 1 of 11: dropped while the pipeline was behind a moment
+        queues.put(Frame("cam3", seq, float(seq), image))
+        if seq not in (2, 3):
+            queues.take(8, 0.0)
+    with caplog.at_level("INFO", logger="daemon.cameras"):
+        queues.say_drops()
+    said = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert len(said) == 2, said
+    assert said[0][0] == "WARNING"
+    assert said[0][1].startswith("camera cam1: 8 of 10 frames dropped in 0 s (the pipeline "), said
+    assert "could not keep up: it handles " in said[0][1]
+    assert (
+        "set cameras[].fps to at most" in said[0][1] and "for each of the 3 cameras" in said[0][1]
+    )
+    assert said[1] == (
+        "INFO",
+        "camera cam3: 1 of 11 frames dropped (the pipeline was behind at times)",
+    )
+
+
+def test_a_stalled_pipelines_drops_are_said_as_a_stall_at_the_stop(caplog) -> None:
+    queues = FrameQueues(["cam1"], per_camera=1)
+    for seq in range(3):
+        queues.put(Frame("cam1", seq, float(seq), np.zeros((2, 2, 3), np.uint8)))
+    queues.say_drops()
+    assert "camera cam1: 2 of 3 frames dropped in 0 s (the pipeline took no frame" in caplog.text
+
+
+def test_facewatch_run_for_a_few_seconds_says_the_frames_it_dropped(tmp_path) -> None:
+    """The review's reproducer, made sure: `facewatch run --run-for` on a file while the
+    pipeline cannot keep up (each detector call made slow). Its stop says the drops."""
+    config = tmp_path / "facewatch.yaml"
+    clip = REPO / "configs" / "demo" / "hamilton_360p.mp4"
+    config.write_text(
+        f"cameras: [{{name: door, url: {str(clip)!r}, fps: 30}}]\n"
+        "recognition: {model: null}\nbatching: {queue_frames: 1, max_batch: 1}\n"
+        "mqtt: {enabled: false}\nmetrics: {enabled: false}\nevents: {stdout: false}\n"
+    )
+    program = (
+        "import sys, time; from daemon import cli; import engines.mtcnn as m\n"
+        "real = m.MTCNN.detect\n"
+        "def detect(self, *a, **k):\n"
+        "    time.sleep(0.2)\n"
+        "    return real(self, *a, **k)\n"
+        "m.MTCNN.detect = detect\n"
+        f"sys.exit(cli.main(['run', '--config', {str(config)!r}, '--run-for', '3']))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("WATCHDOG_USEC", "NOTIFY_SOCKET")}
+    done = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, env=env, cwd=REPO,
+        timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    said = re.search(r"camera door: (\d+) of (\d+) frames dropped in 3 s \(([^)]*)", done.stderr)
+    assert said, done.stderr
+    assert int(said[1]) > 0.2 * int(said[2]), said[0]
+    assert said[3].startswith("the pipeline could not keep up: it handles "), said[0]
+    assert done.stderr.index(said[0]) < done.stderr.index("facewatch stopped")
+
+
 @pytest.mark.parametrize("max_frames", [1, 2])
 def test_frame_queues_respect_max_batch(max_frames) -> None:
     queues = FrameQueues(["a"], per_camera=4)
@@ -1210,7 +1282,7 @@ def test_a_stop_keeps_its_deadline_when_cameras_hang(monkeypatch, caplog, tmp_pa
             pass  # a read blocked in the stream: the flag is not looked at
 
     class BusyScheduler(HungReader):
-        pass
+        queues = FrameQueues(["cam0"], 2)
 
     config = parse_config(
         {"cameras": [{"name": "cam0", "url": "x.mp4"}], "archive": {"dir": str(tmp_path)}}
@@ -1470,6 +1542,8 @@ def test_what_a_stop_leaves_in_the_spool_is_counted_as_messages(tmp_path, caplog
     from daemon import metrics, service
 
     class Scheduler(threading.Thread):
+        queues = FrameQueues(["cam0"], 2)
+
         def stop(self) -> None:
             pass
 
