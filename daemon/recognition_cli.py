@@ -167,7 +167,8 @@ def _add_identify(commands: argparse._SubParsersAction) -> None:
         "brighten_dark, detection (min_face_size, ignore regions, motion) and recognition "
         "(threshold, min_face_px), as the daemon searches its stream; a photo (a snapshot, "
         "an archived face) with its brighten_dark and threshold only, taken as it is "
-        "(upright, every face in it matched)",
+        "(upright, every face in it matched; a named face smaller than the min_face_px of "
+        "--config or --camera is noted: the daemon would not name it)",
     )
     p.add_argument(
         "--annotate",
@@ -263,9 +264,9 @@ def photo_files(path: Path, suffixes: frozenset[str] = PHOTO_SUFFIXES) -> list[P
 
 def run_identify(args: argparse.Namespace) -> int:
     try:
-        camera = None
-        if args.camera is not None:
-            camera = camera_named(gallery_cli.daemon_config(args), args.camera)
+        config = gallery_cli.daemon_config(args)
+        camera = None if args.camera is None else camera_named(config, args.camera)
+        min_face = _min_face(config, camera)
         models = load_models(args)
     except (EngineError, ConfigError, ValueError) as exc:
         print_error(str(exc))
@@ -292,7 +293,28 @@ def run_identify(args: argparse.Namespace) -> int:
         for file in photo_files(path, suffixes)
     ]
     with gallery:
-        return _identify_files(models, gallery, paths, args, camera)
+        return _identify_files(models, gallery, paths, args, camera, min_face)
+
+
+@dataclass(frozen=True)
+class MinFace:
+    """The daemon's smallest face recognised, ``px``, and the key that sets it (``said``)."""
+
+    px: float
+    said: str
+
+
+def _min_face(config: Config | None, camera: CameraConfig | None) -> MinFace | None:
+    """--config's ``recognition.min_face_px`` (--camera's own where it has one), which a
+    photo is not held to (every face in it is matched), to note the named faces the daemon
+    would not match; None without --config (no daemon to compare with) or at 0."""
+    if config is None:
+        return None
+    if camera is not None and camera.recognition.min_face_px is not None:
+        px, whose = camera.recognition.min_face_px, f"camera {camera.name}'s "
+    else:
+        px, whose = config.recognition.min_face_px, ""
+    return MinFace(px, f"{whose}recognition.min_face_px") if px > 0 else None
 
 
 def _warn_uncalibrated(gallery: Gallery, models: Models, camera: CameraConfig | None) -> None:
@@ -314,9 +336,11 @@ def _identify_files(
     paths: list[tuple[Path, Path]],
     args: argparse.Namespace,
     camera: CameraConfig | None = None,
+    min_face: MinFace | None = None,
 ) -> int:
     """Each photo's faces, each video's visits; the exit status (130 at Ctrl-C in a video,
-    after saying where it stopped and which files were not done). ``camera``: --camera's."""
+    after saying where it stopped and which files were not done). ``camera``: --camera's;
+    ``min_face``: the daemon's, noted on a photo's named faces under it."""
     outputs = Outputs(args.annotate) if args.annotate else None
     errors = 0
     show = progress_wanted(args) and len(paths) > 1
@@ -331,7 +355,7 @@ def _identify_files(
                 _identify_video(models, gallery, path, args)
             else:
                 out = outputs.path_for(name, ".jpg") if outputs else None
-                _identify_one(models, gallery, path, image, args, out, camera)
+                _identify_one(models, gallery, path, image, args, out, camera, min_face)
         except Interrupted as stop:
             left = [str(p) for p, _ in paths[k + 1 :]]
             undone = f"; not done: {', '.join(left)}" if left else ""
@@ -366,10 +390,14 @@ def _identify_one(
     args: argparse.Namespace,
     out: Path | None,
     camera: CameraConfig | None = None,
+    min_face: MinFace | None = None,
 ) -> None:
     """The photo's faces, each named or unknown; with ``camera`` (--camera) as that camera's
     frames are: brightened only where its ``brighten_dark`` is on, matched at its threshold
-    (the night camera a user checks with a snapshot: it was matched at the default)."""
+    (the night camera a user checks with a snapshot: it was matched at the default). Every
+    face is matched; a named one smaller than ``min_face`` says the daemon would not match
+    it (a frame of a camera named a 25-px face the daemon never named; text only, the JSON
+    has its box)."""
     if camera is None or camera.brighten_dark:
         image = brightened(image)  # a dark photo as the daemon's camera reader does
     found = models.detector.detect([image])[0]
@@ -385,7 +413,8 @@ def _identify_one(
         tqdm.write(f"{path}: {len(faces)} face(s)", file=sys.stdout)
         for k, face in enumerate(faces, 1):
             box = " ".join(f"{v:.0f}" for v in face["bbox_xyxy"])
-            tqdm.write(f"  face {k} [{box}]: {_describe(face)}", file=sys.stdout)
+            said = _describe(face) + _too_small(face, min_face)
+            tqdm.write(f"  face {k} [{box}]: {said}", file=sys.stdout)
     if out is not None:
         write_image(out, draw(image, found, matches))
 
@@ -405,6 +434,21 @@ def _match_json(match: Match) -> dict[str, object]:
         "runner_up": match.runner_up if close else None,
         "runner_up_distance": round(match.runner_up_distance, 4) if close else None,
     }
+
+
+def _too_small(face: dict, min_face: MinFace | None) -> str:
+    """A named face's note that the daemon would not match it: its box's shorter side, as
+    the daemon measures it, under ``min_face`` ('' otherwise)."""
+    if min_face is None or face["identity"] is None:
+        return ""
+    x1, y1, x2, y2 = face["bbox_xyxy"]
+    side = min(x2 - x1, y2 - y1)
+    if side >= min_face.px:
+        return ""
+    return (
+        f" ({int(side)} px: smaller than {min_face.said} {min_face.px:g}, the daemon would "
+        "not name it)"
+    )
 
 
 def _describe(face: dict) -> str:

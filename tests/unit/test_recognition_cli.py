@@ -22,6 +22,7 @@ import pytest
 from daemon import enroll_checks, enroll_run
 from daemon import gallery as gallery_module
 from daemon.cli import main
+from daemon.config_file import parse_config
 from daemon.gallery import Enrollment, Gallery, GalleryError
 from daemon.recognition_cli import Models
 from tests.conftest import REPO
@@ -221,6 +222,63 @@ def test_enroll_identify_and_the_gallery_commands(cli, images, tmp_path) -> None
     code, out, _ = cli("identify", str(images["two"]))
     assert code == 0 and out.splitlines()[0] == f"{images['two']}: 2 face(s)"
     assert all(line.startswith("  face ") for line in out.splitlines()[1:])
+
+
+def test_identify_notes_a_named_face_on_a_photo_smaller_than_the_daemons_min_face_px(
+    cli, images, test_model
+) -> None:
+    """A frame taken from a camera's clip: identify named a 25-px face the daemon never
+    named (recognition.min_face_px 30), with no hint why the two differ. With --config such
+    a named face says so; the JSON is unchanged."""
+    photo = str(images["obama"])
+    assert cli("enroll", "--name", "obama", photo)[0] == 0
+    config = cli.gallery.with_name("facewatch.yaml")
+    recognition = {"gallery": str(cli.gallery), "model": str(test_model), "min_face_px": 10000}
+    config.write_text(json.dumps({"cameras": [{"name": "door", "url": "door.mp4"}], "recognition": recognition}))  # fmt: skip
+    code, out, err = cli("identify", "--config", str(config), photo, model=False)
+    assert code == 0, err
+    said = re.fullmatch(
+        r"  face 1 \[[0-9 ]+\]: obama \(distance 0\.000\) \((\d+) px: smaller than "
+        r"recognition\.min_face_px 10000, the daemon would not name it\)",
+        out.splitlines()[1],
+    )
+    assert said, out
+    code, out, err = cli("identify", "--json", "--config", str(config), photo, model=False)
+    (face,) = json.loads(out)["faces"]
+    keys = {"bbox_xyxy", "score", "landmarks", "identity", "distance", "confidence", "nearest"}
+    assert set(face) == keys | {"runner_up", "runner_up_distance"}, "--json keeps its keys"
+    x1, y1, x2, y2 = face["bbox_xyxy"]
+    assert int(said[1]) == int(min(x2 - x1, y2 - y1))  # the box's shorter side, as the daemon
+
+
+def test_the_min_face_px_identify_notes_is_the_daemons_for_that_camera() -> None:
+    """--camera's own min_face_px where it has one, else recognition's; none without
+    --config (no daemon to compare with), at 0 (every face matched), or for a face the
+    photo did not name (the daemon would not name it either)."""
+    from daemon.recognition_cli import MinFace, _min_face, _too_small
+
+    def config(px: float, own: float | None = None) -> Any:
+        camera: dict[str, Any] = {"name": "door", "url": "door.mp4"}
+        if own is not None:
+            camera["recognition"] = {"min_face_px": own}
+        return parse_config({"cameras": [camera], "recognition": {"min_face_px": px}})
+
+    plain, door = config(30), config(30, own=40)
+    assert _min_face(None, None) is None
+    assert _min_face(plain, None) == MinFace(30, "recognition.min_face_px")
+    assert _min_face(plain, plain.cameras[0]) == MinFace(30, "recognition.min_face_px")
+    assert _min_face(door, None) == MinFace(30, "recognition.min_face_px")
+    assert _min_face(door, door.cameras[0]) == MinFace(40, "camera door's recognition.min_face_px")
+    assert _min_face(config(0), None) is None
+    assert _min_face(config(30, own=0), config(30, own=0).cameras[0]) is None
+    face = {"identity": "alex", "bbox_xyxy": [58.0, 185.0, 82.5, 221.0]}
+    min_face = MinFace(30, "recognition.min_face_px")
+    assert _too_small(face, min_face) == (
+        " (24 px: smaller than recognition.min_face_px 30, the daemon would not name it)"
+    )
+    assert _too_small(face, MinFace(24.5, "x")) == ""  # as large as the minimum
+    assert _too_small(face, None) == ""
+    assert _too_small({**face, "identity": None}, min_face) == ""
 
 
 def test_list_rename_remove_threshold_export(cli, images, tmp_path) -> None:
