@@ -369,7 +369,11 @@ def say_summary(run: Run, left_out: dict[str, str]) -> None:
                 if skipped
                 else ""
             )
-            + (f"; {tally.rejected} image(s) {'skipped' if run.args.skip_bad else 'rejected'}" if tally.rejected else "")
+            + (
+                f"; {tally.rejected} image(s) {'skipped' if run.args.skip_bad else 'rejected'}"
+                if tally.rejected
+                else ""
+            )
             + (
                 "; not enrolled: "
                 + first_few([f"{name} ({why})" for name, why in left_out.items()])
