@@ -89,9 +89,15 @@ def make_optimizer(
 
 
 def seed_everything(seed: int) -> None:
+    """The run's seeds, and its CPU threads fixed: until a torch.set_num_threads call, the
+    BLAS under torch (MKL) may choose how many threads each of its calls takes ("dynamic"),
+    which changes the order of its sums; a CPU run's weights were not bit for bit the same
+    when something earlier in the process (an engine of the torch backend) had made the call
+    and when nothing had."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+    torch.set_num_threads(torch.get_num_threads())
 
 
 def _tensorboard(log_dir: Path | None, ctx: DistContext, step: int) -> Any:
