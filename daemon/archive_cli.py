@@ -428,7 +428,7 @@ def run_prune(args: argparse.Namespace) -> int:
         )
         return 1
     try:
-        lock = claim(root / LOCK_FILE, "archive.dir", PRUNE, patience_s=PRUNE_WAIT_S)
+        lock = claim(root / LOCK_FILE, "archive.dir", PRUNE, PRUNE_WAIT_S, _say_waiting)
     except Busy as exc:
         print(_held_by(root, exc))
         return 0
@@ -488,6 +488,11 @@ def _prune(root: Path, settings: ArchiveConfig) -> int:
         )
         return 1
     return 0
+
+
+def _say_waiting(text: str) -> None:
+    """Another prune's wait, on stderr: the command's log shows warnings only."""
+    print(f"note: {text}", file=sys.stderr)
 
 
 def _held_by(root: Path, busy: Busy) -> str:

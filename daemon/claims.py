@@ -13,6 +13,7 @@ import logging
 import os
 import stat
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -45,12 +46,19 @@ def machine_id() -> str | None:
         return None
 
 
-def claim(lock_file: Path, key: str, brief: str = "", patience_s: float = 0.0) -> int:
+def claim(
+    lock_file: Path,
+    key: str,
+    brief: str = "",
+    patience_s: float = 0.0,
+    say: Callable[[str], None] = logger.info,
+) -> int:
     """Lock ``lock_file`` (made if new, owner-only) for this process and write its pid in
     it (then ``brief``, what this process is, when it holds the lock for a moment only: a
     command, not a daemon); the open file, which holds the lock until closed. Another
     facewatch holding it: ``Busy``, once its pid is written (up to PID_WAIT_S), or at
-    once; a holder that said it holds it briefly is waited for up to ``patience_s``. A file
+    once; a holder that said it holds it briefly is waited for up to ``patience_s``, the wait
+    said by ``say`` (a command's user sees it on stderr: the log shows them warnings only). A file
     system without locks (some NFS, FUSE): a warning, and the file all the same. A link
     there is refused, never followed (run as root, the file it points at would be
     emptied)."""
@@ -64,7 +72,7 @@ def claim(lock_file: Path, key: str, brief: str = "", patience_s: float = 0.0) -
         os.close(fd)
         raise linked
     try:
-        _lock(fd, f"{key} {lock_file.parent}", patience_s, key)
+        _lock(fd, f"{key} {lock_file.parent}", patience_s, key, say)
     except Busy:
         os.close(fd)
         raise
@@ -80,7 +88,7 @@ def claim(lock_file: Path, key: str, brief: str = "", patience_s: float = 0.0) -
     return fd
 
 
-def _lock(fd: int, where: str, patience_s: float, key: str) -> None:
+def _lock(fd: int, where: str, patience_s: float, key: str, say: Callable[[str], None]) -> None:
     """Lock ``fd``, waiting for a holder whose pid is not written yet (it is claiming it),
     and for ``patience_s`` for one that holds it briefly (said, naming ``where``); Busy when
     it stays held."""
@@ -96,12 +104,8 @@ def _lock(fd: int, where: str, patience_s: float, key: str) -> None:
             if not being_claimed and not (brief and waited < patience_s):
                 raise Busy(key, pid or None, brief) from None
             if brief and not said:
-                logger.info(
-                    "%s: held by `facewatch %s` (pid %s): waiting for it, up to %g s",
-                    where,
-                    brief,
-                    pid,
-                    patience_s,
+                say(
+                    f"{where}: held by `facewatch {brief}` (pid {pid}): waiting for it, up to {patience_s:g} s"
                 )
                 said = True
         time.sleep(POLL_S)

@@ -210,7 +210,9 @@ class Service:
         preflight.check(cfg)
         preflight.log_warnings(cfg, logger)
         preflight.prepare_outputs(cfg)
-        with preflight.outputs_claimed(cfg):  # before the engines load: refused at once
+        with preflight.outputs_claimed(
+            cfg
+        ):  # before the engines load: refused at once (a prune, waited for)
             return self._run_claimed()
 
     def _run_claimed(self) -> int:
