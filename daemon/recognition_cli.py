@@ -438,7 +438,8 @@ def _match_json(match: Match) -> dict[str, object]:
 
 def _too_small(face: dict, min_face: MinFace | None) -> str:
     """A named face's note that the daemon would not match it: its box's shorter side, as
-    the daemon measures it, under ``min_face`` ('' otherwise)."""
+    the daemon measures it, under ``min_face`` ('' otherwise): to a tenth of a pixel, as
+    a box printed rounded can look as wide as the limit (a 29.6 px side under 30 said '29 px')."""
     if min_face is None or face["identity"] is None:
         return ""
     x1, y1, x2, y2 = face["bbox_xyxy"]
@@ -446,7 +447,7 @@ def _too_small(face: dict, min_face: MinFace | None) -> str:
     if side >= min_face.px:
         return ""
     return (
-        f" ({int(side)} px: smaller than {min_face.said} {min_face.px:g}, the daemon would "
+        f" ({side:.1f} px: smaller than {min_face.said} {min_face.px:g}, the daemon would "
         "not name it)"
     )
 
