@@ -47,11 +47,8 @@ from daemon import metrics
 from daemon.config import ConfigError, MqttConfig, TlsConfig
 from daemon.events import person_key
 from daemon.journal import Outage
-from daemon.mqtt_delivery import REFUSED_RETRY_S as REFUSED_RETRY_S  # (tests read them here)
 from daemon.mqtt_delivery import Delivery, wait_acked
-from daemon.mqtt_diagnosis import REACH as REACH
-from daemon.mqtt_diagnosis import SHORT_LINK_S as SHORT_LINK_S
-from daemon.mqtt_diagnosis import Outages, refusal_said
+from daemon.mqtt_diagnosis import Outages, client_id, refusal_said
 from daemon.mqtt_retained import OFFLINE, ONLINE, Retained
 from daemon.mqtt_tls import RenewableContext, TlsFileError
 from daemon.spool import Spool
@@ -65,7 +62,7 @@ class MqttPublisher:
     def __init__(self, config: MqttConfig, node_id: str, spool: Spool) -> None:
         self.config, self.spool = config, spool
         self.base = f"{config.topic_prefix.rstrip('/')}/{node_id}"
-        self.node_id, self.client_id = node_id, f"facewatch-{node_id}"
+        self.node_id, self.client_id = node_id, client_id(node_id)
         self.status_topic = f"{self.base}/status"
         self.connected = threading.Event()
         self._wake = threading.Event()

@@ -51,6 +51,11 @@ CLIENT_FILES = (
 )
 
 
+def client_id(node_id: str) -> str:
+    """The MQTT client id of the daemon named ``node_id``."""
+    return f"facewatch-{node_id}"
+
+
 class Outages:
     """The connection's failures, losses and takeovers, and their log lines. ``spool`` is
     counted in the reminders; ``stop`` set, nothing more is said of a connection lost."""
@@ -64,7 +69,7 @@ class Outages:
         stop: threading.Event,
     ) -> None:
         self.config, self.node_id, self.tls = config, node_id, tls
-        self.client_id = f"facewatch-{node_id}"
+        self.client_id = client_id(node_id)
         self.spool, self._stop = spool, stop
         # while not connected: since when, what was last said of it and what to check (one
         # tuple: the sending thread's reminder reads it as paho's thread replaces it)

@@ -1091,7 +1091,8 @@ def test_a_broker_that_stays_away_is_said_again_every_remind_s(tmp_path, monkeyp
     from daemon import journal
     from daemon.config import MqttConfig
     from daemon.journal import REMIND_S
-    from daemon.mqtt import REACH, MqttPublisher
+    from daemon.mqtt import MqttPublisher
+    from daemon.mqtt_diagnosis import REACH
 
     wall0, clock = 1_746_100_000.0, [0.0]  # the fake clock: its wall time is wall0 + clock
     fake = SimpleNamespace(monotonic=lambda: clock[0], time=lambda: wall0 + clock[0])
@@ -1171,7 +1172,8 @@ def test_a_connection_another_client_takes_is_said_so_once_not_a_broker_outage(
     to change, once, the pushes after it at DEBUG. Connections lost long after they were
     made, or with the broker away between them, are the broker's or the network's."""
     from daemon.config import MqttConfig
-    from daemon.mqtt import SHORT_LINK_S, MqttPublisher
+    from daemon.mqtt import MqttPublisher
+    from daemon.mqtt_diagnosis import SHORT_LINK_S
 
     publisher = MqttPublisher(MqttConfig(protocol="5"), "twin", Spool(tmp_path / "spool", 10))
     monkeypatch.setattr(publisher.outages, "diagnose", lambda: ("refused", "the broker"))
@@ -1229,7 +1231,8 @@ def test_an_acl_that_keeps_refusing_is_said_again_every_remind_s(tmp_path, monke
     from daemon import journal
     from daemon.config import MqttConfig
     from daemon.journal import REMIND_S
-    from daemon.mqtt import REFUSED_RETRY_S, MqttPublisher
+    from daemon.mqtt import MqttPublisher
+    from daemon.mqtt_delivery import REFUSED_RETRY_S
 
     wall0, clock = 1_746_100_000.0, [0.0]
     fake = SimpleNamespace(monotonic=lambda: clock[0], time=lambda: wall0 + clock[0])
