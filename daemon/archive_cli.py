@@ -27,8 +27,7 @@ from daemon.archive_files import (
 from daemon.claims import Busy, claim
 from daemon.cli_args import number
 from daemon.config import (
-    DEFAULT_CONFIG,
-    SERVICE_CONFIG,
+    CHOSEN_CONFIG,
     ArchiveConfig,
     ConfigError,
     running_config,
@@ -58,8 +57,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--config",
         type=Path,
         default=None,
-        help="the daemon's config, for its archive.dir (default: $FACEWATCH_CONFIG, else "
-        f"{SERVICE_CONFIG} when there is one, else the demo's {DEFAULT_CONFIG})",
+        help=f"the daemon's config, for its archive.dir (default: {CHOSEN_CONFIG})",
     )
     where.add_argument(
         "--dir",
@@ -131,7 +129,7 @@ def _register_prune(sub: argparse._SubParsersAction) -> None:
         type=Path,
         default=None,
         help="the daemon's config: its archive.dir, keep_days and max_mb (default: "
-        f"$FACEWATCH_CONFIG, else {SERVICE_CONFIG} when there is one, else the demo's)",
+        f"{CHOSEN_CONFIG})",
     )
     where.add_argument(
         "--dir",

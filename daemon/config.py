@@ -39,6 +39,10 @@ from engines.plan_cache import default_cache_dir
 
 DEFAULT_CONFIG = data_root() / "configs" / "default.yaml"
 SERVICE_CONFIG = Path("/etc/facewatch/facewatch.yaml")  # the systemd unit's
+# the config a command reads without --config (config_choice), as its --help says it
+CHOSEN_CONFIG = (
+    f"$FACEWATCH_CONFIG, else {SERVICE_CONFIG} when there is one, else the demo's {DEFAULT_CONFIG}"
+)
 
 
 def running_config() -> Path:

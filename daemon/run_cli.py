@@ -12,7 +12,7 @@ import sys
 from typing import Any, NoReturn
 
 from daemon.cli_args import number
-from daemon.config import DEFAULT_CONFIG, SERVICE_CONFIG, ConfigError, config_choice
+from daemon.config import CHOSEN_CONFIG, DEFAULT_CONFIG, SERVICE_CONFIG, ConfigError, config_choice
 from daemon.config_file import load_config, schema_lines
 from daemon.journal import print_error
 
@@ -35,8 +35,7 @@ def register(commands: Any) -> None:
     run.add_argument(
         "--config",
         "-c",
-        help=f"YAML file (default: $FACEWATCH_CONFIG, else {SERVICE_CONFIG} when there is one, "
-        f"else the demo's {DEFAULT_CONFIG})",
+        help=f"YAML file (default: {CHOSEN_CONFIG})",
     )
     run.add_argument(
         "--run-for",

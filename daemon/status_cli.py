@@ -19,7 +19,7 @@ from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from daemon.config import DEFAULT_CONFIG, SERVICE_CONFIG, Config, ConfigError, running_config
+from daemon.config import CHOSEN_CONFIG, Config, ConfigError, running_config
 from daemon.config_file import load_config, redact_url, url_host
 from daemon.journal import print_error
 from daemon.metrics import DROPS_HIGH, drops_advice
@@ -49,8 +49,7 @@ def register(commands: Any) -> None:
     status.add_argument(
         "--config",
         "-c",
-        help="the daemon's YAML file, for where it serves metrics (default: $FACEWATCH_CONFIG, "
-        f"else {SERVICE_CONFIG} when there is one, else the demo's {DEFAULT_CONFIG})",
+        help=f"the daemon's YAML file, for where it serves metrics (default: {CHOSEN_CONFIG})",
     )
     status.add_argument(
         "--url",
