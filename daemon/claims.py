@@ -105,7 +105,8 @@ def _lock(fd: int, where: str, patience_s: float, key: str, say: Callable[[str],
                 raise Busy(key, pid or None, brief) from None
             if brief and not said:
                 say(
-                    f"{where}: held by `facewatch {brief}` (pid {pid}): waiting for it, up to {patience_s:g} s"
+                    f"{where}: held by `facewatch {brief}` (pid {pid}): waiting for it, up to "
+                    f"{patience_s:g} s"
                 )
                 said = True
         time.sleep(POLL_S)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -439,7 +440,8 @@ def _match_json(match: Match) -> dict[str, object]:
 def _too_small(face: dict, min_face: MinFace | None) -> str:
     """A named face's note that the daemon would not match it: its box's shorter side, as
     the daemon measures it, under ``min_face`` ('' otherwise): to a tenth of a pixel, as
-    a box printed rounded can look as wide as the limit (a 29.6 px side under 30 said '29 px')."""
+    a box printed rounded can look as wide as the limit (a 29.6 px side under 30 said '29 px'),
+    rounded down (29.97 is not '30.0 px: smaller than 30')."""
     if min_face is None or face["identity"] is None:
         return ""
     x1, y1, x2, y2 = face["bbox_xyxy"]
@@ -447,7 +449,7 @@ def _too_small(face: dict, min_face: MinFace | None) -> str:
     if side >= min_face.px:
         return ""
     return (
-        f" ({side:.1f} px: smaller than {min_face.said} {min_face.px:g}, the daemon would "
+        f" ({math.floor(side * 10) / 10:.1f} px: smaller than {min_face.said} {min_face.px:g}, the daemon would "
         "not name it)"
     )
 

@@ -210,9 +210,8 @@ class Service:
         preflight.check(cfg)
         preflight.log_warnings(cfg, logger)
         preflight.prepare_outputs(cfg)
-        with preflight.outputs_claimed(
-            cfg
-        ):  # before the engines load: refused at once (a prune, waited for)
+        # claimed before the engines load: refused at once (a prune at work waited for)
+        with preflight.outputs_claimed(cfg):
             return self._run_claimed()
 
     def _run_claimed(self) -> int:

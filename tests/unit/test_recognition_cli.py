@@ -277,6 +277,8 @@ def test_the_min_face_px_identify_notes_is_the_daemons_for_that_camera() -> None
         " (24.5 px: smaller than recognition.min_face_px 30, the daemon would not name it)"
     )
     assert _too_small(face, MinFace(24.5, "x")) == ""  # as large as the minimum
+    near = {"identity": "alex", "bbox_xyxy": [0.0, 0.0, 29.97, 40.0]}
+    assert "(29.9 px: smaller than recognition.min_face_px 30," in _too_small(near, min_face)
     assert _too_small(face, None) == ""
     assert _too_small({**face, "identity": None}, min_face) == ""
 
