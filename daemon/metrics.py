@@ -139,12 +139,6 @@ FRAMES_BRIGHTENED = Counter(
     "(cameras[].brighten_dark)",
     ["camera"],
 )
-SCENE_CUTS = Counter(
-    "facewatch_scene_cuts_total",
-    "frames whose picture cut to another scene (nothing like the camera's frame before): the "
-    "camera's tracks ended there (tracking.end_at_scene_cuts)",
-    ["camera"],
-)
 FRAMES_REFUSED = Counter(
     "facewatch_frames_refused_total",
     "frames skipped because the engines cannot take their size (larger than the TensorRT "
@@ -288,7 +282,6 @@ def init(node: str, cameras: list[str], backend: str, model_id: str, mqtt: bool 
             FRAMES_REFUSED,
             FRAMES_STILL,
             FRAMES_BRIGHTENED,
-            SCENE_CUTS,
             FACES_DETECTED,
             FACES_IGNORED,
             FACES_EMBEDDED,

@@ -32,7 +32,6 @@ from daemon.events import (
 from daemon.gallery import DEFAULT_LOCK_TIMEOUT_S, Gallery, GalleryError, shown_threshold
 from daemon.gallery_file import GalleryBusy, file_stamp
 from daemon.recognition import frontal_offset
-from daemon.scene_cuts import SceneCuts
 from daemon.still_faces import STILL_FACE_S, StillFaces
 from daemon.tracking import Rematch, Track, Tracker, TrackEvent
 from engines.boxes import iou_matrix, points_in_polygon
@@ -96,11 +95,6 @@ class Pipeline:
             if c.detection.ignore
         }
         self._motion = {c.name: config.motion(c) for c in config.cameras}
-        self._scenes = (
-            {c.name: SceneCuts() for c in config.cameras}
-            if config.tracking.end_at_scene_cuts
-            else {}
-        )
         # (not a video file's: a loop finds its faces at the same places, again and again)
         self._still = {c.name: StillFaces() for c in config.cameras if source_kind(c.url) != "file"}
         self._min_face_px = {c.name: config.min_face_px(c) for c in config.cameras}
@@ -136,9 +130,8 @@ class Pipeline:
         if not frames:
             return
         metrics.BATCH_FRAMES.observe(len(frames))
-        cuts = {id(frame) for frame in frames if self._cut(frame)}
         with metrics.STAGE_SECONDS.labels("detect").time():
-            found = self._detect(frames, cuts)
+            found = self._detect(frames)
         faces: list[_Face] = []
         with metrics.STAGE_SECONDS.labels("track").time():
             for frame, detections in zip(frames, found, strict=True):
@@ -146,8 +139,6 @@ class Pipeline:
                 metrics.FACES_DETECTED.labels(frame.camera).inc(len(detections))
                 detections = self._not_ignored(frame, detections)
                 self._follow_size(frame)
-                if id(frame) in cuts:
-                    self._ended(frame.camera, self.trackers[frame.camera].cut(), frame.ts)
                 self._lost_by(frame, stalled[id(frame)])
                 tracks = self.trackers[frame.camera].update(frame.clock, detections, frame.ts)
                 faces += [_Face(frame, detections, k, t) for k, t in enumerate(tracks)]
@@ -187,23 +178,6 @@ class Pipeline:
         ended = self.trackers[frame.camera].expire(frame.clock - stalled_s)
         if ended:
             self._ended(frame.camera, ended, frame.ts)
-
-    def _cut(self, frame: Frame) -> bool:
-        """Whether ``frame``'s picture cut to another scene (``daemon.scene_cuts``; with
-        ``tracking.end_at_scene_cuts``): its camera's tracks end before its faces are matched
-        (a face where another stood before the cut continued that one's track and name), and
-        it is searched whole (not only around those tracks). Counted, and logged (DEBUG)."""
-        scenes = self._scenes.get(frame.camera)
-        likeness = scenes.cut(frame.image) if scenes is not None else None
-        if likeness is None:
-            return False
-        metrics.SCENE_CUTS.labels(frame.camera).inc()
-        logger.debug(
-            "camera %s: the picture cut to another scene (likeness %.2f to the frame before): "
-            "its %d tracks end",
-            frame.camera, likeness, len(self.trackers[frame.camera].tracks),
-        )  # fmt: skip
-        return True
 
     def _takes(self, frame: Frame) -> bool:
         """Whether the detector can take this camera's frames: not those larger than its
@@ -259,14 +233,13 @@ class Pipeline:
         self._last_search[camera] = frame.clock
         return True
 
-    def _detect(self, frames: list[Frame], cuts: set[int]) -> list[FrameDetections]:
-        """One detector call per group of cameras sharing settings (usually one); the
-        frames in ``cuts`` (ids) are searched whole."""
+    def _detect(self, frames: list[Frame]) -> list[FrameDetections]:
+        """One detector call per group of cameras sharing settings (usually one)."""
         results: list[FrameDetections | None] = [None] * len(frames)
         groups: dict[int, list[int]] = {}
         for k, frame in enumerate(frames):
             groups.setdefault(id(self._detectors[frame.camera]), []).append(k)
-        priors = [self._prior(frame, id(frame) in cuts) for frame in frames]
+        priors = [self._prior(frame) for frame in frames]
         # a frame with no face to search around, between full scans: nothing to find, and
         # its image pyramid is not built for nothing
         searched = [prior is None or len(prior) > 0 for prior in priors]
@@ -321,14 +294,14 @@ class Pipeline:
         kept = ~dropped
         return FrameDetections(found.bbox_xyxy[kept], found.score[kept], found.landmarks[kept])
 
-    def _prior(self, frame: Frame, cut: bool = False) -> np.ndarray | None:
-        """None: search the whole frame (every ``full_scan_every`` frames of a camera, a
-        frame of another size than its tracks', and one that ``cut`` to another scene); else
-        the boxes of the camera's tracks, to search only around them."""
+    def _prior(self, frame: Frame) -> np.ndarray | None:
+        """None: search the whole frame (every ``full_scan_every`` frames of a camera, and
+        a frame of another size than its tracks'); else the boxes of the camera's tracks, to
+        search only around them."""
         camera, frame_hw = frame.camera, frame.image.shape[:2]
         resized = self._frame_hw.get(camera, frame_hw) != frame_hw
         self._since_full_scan[camera] += 1
-        if resized or cut or self._since_full_scan[camera] >= self.config.detection.full_scan_every:
+        if resized or self._since_full_scan[camera] >= self.config.detection.full_scan_every:
             self._since_full_scan[camera] = 0
             return None
         tracks = self.trackers[camera].tracks

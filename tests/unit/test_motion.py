@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 
-import cv2
 import numpy as np
 import pytest
 from prometheus_client import REGISTRY
@@ -149,12 +148,8 @@ def test_a_face_missed_a_moment_in_a_still_scene_is_looked_for_again(detector) -
     skipped as still until the next check (presence off for ~10 s, the visit split in two).
     A camera that saw a face within check_every_s searches its still frames."""
     pipeline = pipeline_for(detector)
+    empty = read_frames(DEMO_CLIP, EMPTY_FRAME, 1)[0]
     sitting = read_frames(DEMO_CLIP, 0, 1)[0]
-    empty = sitting.copy()  # the same scene, its faces blurred (another shot: a scene cut)
-    blurred = cv2.GaussianBlur(sitting, (0, 0), 12)
-    for x0, y0, x1, y1 in detector.detect([sitting])[0].bbox_xyxy.astype(int).clip(0):
-        empty[y0:y1, x0:x1] = blurred[y0:y1, x0:x1]
-    assert len(detector.detect([empty])[0]) == 0
     pipeline.process([Frame("door", 0, 1000.0, sitting, moved=True)])
     assert pipeline.trackers["door"].tracks
     for second in range(1, 4):  # no face found (looking down), nothing moves much
