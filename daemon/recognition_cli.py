@@ -311,10 +311,12 @@ def _min_face(config: Config | None, camera: CameraConfig | None) -> MinFace | N
     would not match; None without --config (no daemon to compare with) or at 0."""
     if config is None:
         return None
-    if camera is not None and camera.recognition.min_face_px is not None:
-        px, whose = camera.recognition.min_face_px, f"camera {camera.name}'s "
-    else:
-        px, whose = config.recognition.min_face_px, ""
+    px = config.recognition.min_face_px if camera is None else config.min_face_px(camera)
+    whose = (
+        f"camera {camera.name}'s "
+        if camera is not None and camera.recognition.min_face_px is not None
+        else ""
+    )
     return MinFace(px, f"{whose}recognition.min_face_px") if px > 0 else None
 
 
@@ -448,8 +450,9 @@ def _too_small(face: dict, min_face: MinFace | None) -> str:
     side = min(x2 - x1, y2 - y1)
     if side >= min_face.px:
         return ""
+    shown = math.floor(side * 10) / 10
     return (
-        f" ({math.floor(side * 10) / 10:.1f} px: smaller than {min_face.said} {min_face.px:g}, the daemon would "
+        f" ({shown:.1f} px: smaller than {min_face.said} {min_face.px:g}, the daemon would "
         "not name it)"
     )
 
