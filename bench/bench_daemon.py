@@ -64,7 +64,8 @@ def random_model_and_gallery(folder: Path, more_people: int = 0) -> tuple[Path, 
     person enrolled with it, in ``folder``; with ``more_people`` more, of 5 random faces each
     (a gallery's size is what matching costs, whoever is in it)."""
     from daemon.cli import main as facewatch
-    from daemon.gallery import Enrollment, Gallery
+    from daemon.gallery import Gallery
+    from daemon.gallery_write import Enrollment
 
     model = build_test_model(folder / "model", REPO.parent / "shared" / "data")
     gallery = folder / "gallery.sqlite"

@@ -113,7 +113,8 @@ def worker_torch(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def worker_match(args: argparse.Namespace) -> dict[str, Any]:
-    from daemon.gallery import Enrollment, Gallery
+    from daemon.gallery import Gallery
+    from daemon.gallery_write import Enrollment
     from engines.base import ModelMetadata
 
     size = args.match_dim or int(ModelMetadata.load(args.model).embedding_size or 512)

@@ -30,12 +30,12 @@ from daemon.gallery import (
     DEFAULT_THRESHOLD,
     Gallery,
     GalleryError,
-    Identity,
     check_threshold,
     remove_created,
     shown_threshold,
 )
 from daemon.gallery_names import twin_key
+from daemon.gallery_read import Identity
 from daemon.journal import print_error
 from daemon.recognition import (
     DEFAULT_TARGET_FAR,

@@ -19,7 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from daemon.gallery import UNIT_TOLERANCE, Enrollment, Gallery, GalleryError, check_threshold
+from daemon.gallery import Gallery, GalleryError, check_threshold
+from daemon.gallery_check import UNIT_TOLERANCE
+from daemon.gallery_write import Enrollment
 from engines.base import brief, finite_number, is_count, parse_json, read_json, sync_folder
 
 logger = logging.getLogger(__name__)

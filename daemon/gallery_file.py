@@ -1,5 +1,6 @@
 """The gallery's SQLite file: its schema, creating it owner-only, checking that it may be
-written, and SQLite's errors in words (``daemon.gallery`` is what uses it)."""
+written, and SQLite's errors in words (``daemon.gallery`` and the modules its ``Gallery``
+is made of use it)."""
 
 from __future__ import annotations
 

@@ -28,7 +28,8 @@ from daemon.cli_args import number
 from daemon.config import CameraConfig, Config, ConfigError
 from daemon.detect_cli import Outputs, input_name, progress_wanted, put_label
 from daemon.engine_choice import EngineChoice
-from daemon.gallery import Gallery, GalleryError, Match
+from daemon.gallery import Gallery, GalleryError
+from daemon.gallery_match import Match
 from daemon.journal import StdoutError, print_error
 from daemon.low_light import brightened
 from daemon.recordings import (

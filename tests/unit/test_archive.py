@@ -916,7 +916,8 @@ def test_gallery_remove_forget_deletes_the_visits_that_show_them(tmp_path, capsy
     enrolled from), keeps the others, and lists what facewatch cannot reach."""
     import hashlib
 
-    from daemon.gallery import Enrollment, Gallery
+    from daemon.gallery import Gallery
+    from daemon.gallery_write import Enrollment
 
     root = tmp_path / "faces"
     photo = b"\xff\xd8 the photo Zoe was enrolled from"
@@ -977,7 +978,8 @@ def test_gallery_remove_forget_reaches_every_archive_of_daemons_sharing_the_gall
     (a second run, with her gone from the gallery, could no longer find it)."""
     import hashlib
 
-    from daemon.gallery import Enrollment, Gallery
+    from daemon.gallery import Gallery
+    from daemon.gallery_write import Enrollment
 
     front, garage = tmp_path / "front", tmp_path / "garage"
     photo = b"\xff\xd8 the photo Zoe was enrolled from"
@@ -1003,7 +1005,8 @@ def test_gallery_remove_forget_of_someone_removed_earlier_deletes_their_named_vi
     and the docs' archive recipe failed (exit 2) where no visit was left. Now it deletes the
     visits an event named them in, notes that they were not in the gallery and exits 0; a
     name close to an enrolled one that no visit names is still a typo (exit 1)."""
-    from daemon.gallery import Enrollment, Gallery
+    from daemon.gallery import Gallery
+    from daemon.gallery_write import Enrollment
 
     root = tmp_path / "faces"
     zoe = _named_visit(root, "door", "101500-t1-zo-0a1b2c3d", ["Zoë"], b"\xff\xd8 a")
@@ -1064,7 +1067,8 @@ def test_gallery_remove_forget_says_which_visit_it_could_not_delete(
     'Cannot call rmtree on a symbolic link')."""
     import shutil
 
-    from daemon.gallery import Enrollment, Gallery
+    from daemon.gallery import Gallery
+    from daemon.gallery_write import Enrollment
 
     root = tmp_path / "faces"
     visit = _named_visit(root, "door", "101500-t1-zo-0a1b2c3d", ["Zoë"], b"\xff\xd8 a")

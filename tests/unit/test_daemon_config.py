@@ -904,7 +904,8 @@ def test_auto_without_a_model_beside_a_gallery_of_people_is_a_config_error(
     or an empty one, detection only as documented."""
     from daemon import preflight
     from daemon.cli import main
-    from daemon.gallery import Enrollment, Gallery
+    from daemon.gallery import Gallery
+    from daemon.gallery_write import Enrollment
 
     monkeypatch.setenv("FACEWATCH_MODELS", str(tmp_path / "models"))
     clip = MODELS.parent / "configs" / "demo" / "hamilton_360p.mp4"
@@ -967,7 +968,8 @@ def test_validate_config_and_run_warn_of_a_grown_gallery_still_at_its_starting_t
     from daemon import preflight
     from daemon.cli import main
     from daemon.config_file import load_config
-    from daemon.gallery import Enrollment, Gallery
+    from daemon.gallery import Gallery
+    from daemon.gallery_write import Enrollment
     from engines.base import ModelMetadata
     from engines.facenet import model_id_of, starting_threshold
 
@@ -1044,7 +1046,8 @@ def test_validate_config_reads_the_gallery_whole_and_warns_of_damage_sqlite_find
     import sqlite3
 
     from daemon.cli import main
-    from daemon.gallery import Enrollment, Gallery
+    from daemon.gallery import Gallery
+    from daemon.gallery_write import Enrollment
     from engines.base import ModelMetadata
     from engines.facenet import model_id_of
 

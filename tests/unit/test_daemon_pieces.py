@@ -29,7 +29,8 @@ from daemon.cameras import Frame, FrameQueues
 from daemon.config import ConfigError
 from daemon.config_file import parse_config
 from daemon.events import EventSinks, face_snapshot, in_view_json
-from daemon.gallery import Enrollment, Gallery
+from daemon.gallery import Gallery
+from daemon.gallery_write import Enrollment
 from daemon.scheduler import Pipeline
 from daemon.spool import Spool
 from daemon.systemd_notify import watchdog_healthy

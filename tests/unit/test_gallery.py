@@ -19,10 +19,11 @@ import numpy as np
 import pytest
 
 from daemon import gallery as gallery_module
-from daemon import gallery_export
+from daemon import gallery_export, gallery_write
 from daemon.events import person_key
-from daemon.gallery import DEFAULT_THRESHOLD, Enrollment, Gallery, GalleryError
+from daemon.gallery import DEFAULT_THRESHOLD, Gallery, GalleryError
 from daemon.gallery_file import file_stamp
+from daemon.gallery_write import Enrollment
 from daemon.recognition import calibrate, look_alikes
 
 MODEL = "facenet-test@sha256:0123456789abcdef"
@@ -208,7 +209,8 @@ def test_files_are_owner_only(tmp_path) -> None:
 _CUT_WRITE = """
 import os, sys, time
 import numpy as np
-from daemon.gallery import Enrollment, Gallery
+from daemon.gallery import Gallery
+from daemon.gallery_write import Enrollment
 g = Gallery.create(sys.argv[1], sys.argv[2], int(sys.argv[3]))
 g.enroll([Enrollment("ada", np.eye(int(sys.argv[3]), dtype=np.float32)[0], "a1")])
 conn = g._conn  # a large write, its pages spilled into the file: then the power goes
@@ -308,7 +310,7 @@ def test_a_person_given_a_new_photo_is_updated_then(gallery, monkeypatch) -> Non
     """`gallery list` shows when each person last changed: a new photo of bob is such a
     change, a photo he already has is not, and nobody else changes."""
     before = {i.name: i.updated for i in gallery.identities()}
-    monkeypatch.setattr(gallery_module, "now_iso", lambda: "2031-01-02T03:04:05Z")
+    monkeypatch.setattr(gallery_write, "now_iso", lambda: "2031-01-02T03:04:05Z")
     assert gallery.enroll([Enrollment("bob", unit(0.1, 1), "b2")]) == 1
     assert gallery.enroll([Enrollment("alice", axis(0), "a1")]) == 0
     after = {i.name: i.updated for i in gallery.identities()}
@@ -1378,9 +1380,9 @@ def test_gallery_remove_photos_takes_only_the_faces_of_a_visit_enrolled_by_mista
     (mistake[0].parent / "visit.json").write_text("{}")
     path = tmp_path / "g.sqlite"
     with Gallery.create(path, MODEL, D) as gallery:
-        monkeypatch.setattr(gallery_module, "now_iso", lambda: "2026-12-01T14:40:36+00:00")
+        monkeypatch.setattr(gallery_write, "now_iso", lambda: "2026-12-01T14:40:36+00:00")
         gallery.enroll([Enrollment("Lin", axis(k), _sha(p)) for k, p in enumerate(own)])
-        monkeypatch.setattr(gallery_module, "now_iso", lambda: "2026-12-01T14:41:02+00:00")
+        monkeypatch.setattr(gallery_write, "now_iso", lambda: "2026-12-01T14:41:02+00:00")
         gallery.enroll([Enrollment("Lin", axis(k + 3), _sha(p)) for k, p in enumerate(mistake)])
         gallery.enroll([Enrollment("Alex", axis(6), "x1")])
     monkeypatch.undo()

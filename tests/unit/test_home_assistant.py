@@ -18,7 +18,8 @@ from daemon.cameras import Frame
 from daemon.config import Config, ConfigError, MqttConfig
 from daemon.config_file import parse_config
 from daemon.events import EventSinks, in_view_json, person_json, person_key
-from daemon.gallery import Enrollment, Gallery
+from daemon.gallery import Gallery
+from daemon.gallery_write import Enrollment
 from daemon.home_assistant import birth_topic, discovery_messages, people_messages
 from daemon.mqtt import MqttPublisher
 from daemon.scheduler import Pipeline

@@ -23,7 +23,8 @@ from daemon import enroll_checks, enroll_run
 from daemon import gallery as gallery_module
 from daemon.cli import main
 from daemon.config_file import parse_config
-from daemon.gallery import Enrollment, Gallery, GalleryError
+from daemon.gallery import Gallery, GalleryError
+from daemon.gallery_write import Enrollment
 from daemon.recognition_cli import Models
 from tests.conftest import REPO
 from tests.face_folders import messy_folder

@@ -14,7 +14,9 @@ from daemon.cameras import Frame, FrameQueues
 from daemon.config import Config, TrackingConfig
 from daemon.config_file import parse_config
 from daemon.events import EventSinks
-from daemon.gallery import Enrollment, Gallery, Match
+from daemon.gallery import Gallery
+from daemon.gallery_match import Match
+from daemon.gallery_write import Enrollment
 from daemon.scheduler import BatchScheduler, Pipeline
 from daemon.tracking import Tracker
 from engines.mtcnn import FrameDetections
