@@ -122,7 +122,8 @@ def _validate(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from daemon.run_state import RunState
-    from daemon.service import Service, StartFailed  # engines and MQTT: the daemon's alone
+    from daemon.service import Service  # engines and MQTT: the daemon's alone
+    from daemon.service_start import StartFailed
 
     _dump_stacks_on_abort()
 

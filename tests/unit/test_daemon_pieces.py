@@ -793,12 +793,12 @@ def test_a_hung_engine_call_without_systemds_watchdog_is_said_and_ends_the_run(
     up and hung for good, its log blaming the cameras' fps. Past STALL_S one ERROR says
     where the scheduler is stuck (the engine's call), which cameras deliver, and that
     facewatch stops with exit status 1 for its restart policy; the serve loop ends."""
-    from daemon import service
+    from daemon import service, service_watch
     from daemon.cameras import FrameQueues
     from daemon.scheduler import BatchScheduler
 
     monkeypatch.delenv("WATCHDOG_USEC", raising=False)
-    monkeypatch.setattr(service, "STALL_S", 0.5)
+    monkeypatch.setattr(service_watch, "STALL_S", 0.5)
     config = parse_config(
         {"cameras": [{"name": "door", "url": "x.mp4"}], "recognition": {"model": None}}
     )
@@ -846,8 +846,8 @@ def test_facewatch_run_without_systemd_exits_1_soon_after_an_engine_call_hangs(
         "mqtt: {enabled: false}\nmetrics: {enabled: false}\nevents: {stdout: false}\n"
     )
     program = (
-        "import sys, threading; from daemon import cli, service; import engines.mtcnn as m\n"
-        "service.STALL_S = 2.0\n"
+        "import sys, threading; from daemon import cli, service_watch; import engines.mtcnn as m\n"
+        "service_watch.STALL_S = 2.0\n"
         "real, calls = m.MTCNN.detect, []\n"
         "def detect(self, *a, **k):\n"
         "    calls.append(1)\n"
@@ -1327,7 +1327,7 @@ def test_a_stop_during_the_engines_load_is_said_and_begins_no_further_load(
     import signal
     from pathlib import Path
 
-    from daemon import service
+    from daemon import service, service_start
 
     daemon = service.Service(parse_config({"cameras": [{"name": "door", "url": "x.mp4"}]}))
     loaded: list[str] = []
@@ -1339,7 +1339,7 @@ def test_a_stop_during_the_engines_load_is_said_and_begins_no_further_load(
         return object()
 
     monkeypatch.setattr("daemon.engine_choice.load_detector", slow_detector)
-    monkeypatch.setattr(service, "resolve_model", lambda config: Path("facenet.onnx"))
+    monkeypatch.setattr(service_start, "resolve_model", lambda config: Path("facenet.onnx"))
     monkeypatch.setattr(
         "daemon.engine_choice.load_facenet", lambda *a, **k: loaded.append("facenet")
     )
@@ -1347,7 +1347,7 @@ def test_a_stop_during_the_engines_load_is_said_and_begins_no_further_load(
     kept = {n: signal.getsignal(n) for n in (signal.SIGTERM, signal.SIGHUP)}
     try:
         daemon._install_signals()
-        stopped = pytest.raises(service._StoppedWhileStarting)
+        stopped = pytest.raises(service_start.StoppedWhileStarting)
         with caplog.at_level("INFO", logger="daemon.service"), stopped:
             daemon.load_engines()
     finally:
@@ -1443,7 +1443,7 @@ def test_a_ctrl_c_during_the_engines_load_says_it_interrupts_it(monkeypatch, cap
     import signal
     from pathlib import Path
 
-    from daemon import service
+    from daemon import service, service_start
 
     daemon = service.Service(parse_config({"cameras": [{"name": "door", "url": "x.mp4"}]}))
     loaded: list[str] = []
@@ -1455,7 +1455,7 @@ def test_a_ctrl_c_during_the_engines_load_says_it_interrupts_it(monkeypatch, cap
         return object()
 
     monkeypatch.setattr("daemon.engine_choice.load_detector", slow_detector)
-    monkeypatch.setattr(service, "resolve_model", lambda config: Path("facenet.onnx"))
+    monkeypatch.setattr(service_start, "resolve_model", lambda config: Path("facenet.onnx"))
     monkeypatch.setattr(
         "daemon.engine_choice.load_facenet", lambda *a, **k: loaded.append("facenet")
     )
@@ -1484,7 +1484,7 @@ def test_the_start_and_each_gallery_reload_say_what_runs_and_the_threshold_in_us
     own (a night camera's stricter one was said nowhere); a reload its threshold."""
     from pathlib import Path
 
-    from daemon import build_version, service
+    from daemon import build_version, service, service_start
 
     gallery = tmp_path / "gallery.sqlite"
     with Gallery.create(gallery, "facenet-x@sha256:0123", 8, 0.154) as made:
@@ -1500,7 +1500,7 @@ def test_the_start_and_each_gallery_reload_say_what_runs_and_the_threshold_in_us
         daemon = service.Service(parse_config({"cameras": cameras, "recognition": recognition}))
         facenet = SimpleNamespace(model_id="facenet-x@sha256:0123", runs_as="fp32 on onnxruntime")
         monkeypatch.setattr("daemon.engine_choice.load_detector", lambda *a, **k: object())
-        monkeypatch.setattr(service, "resolve_model", lambda config: Path("facenet.onnx"))
+        monkeypatch.setattr(service_start, "resolve_model", lambda config: Path("facenet.onnx"))
         monkeypatch.setattr("daemon.engine_choice.load_facenet", lambda *a, **k: facenet)
         monkeypatch.setattr(daemon, "_warm_up", lambda *a: None)
         daemon.load_engines()
@@ -3868,11 +3868,11 @@ def test_a_daemon_paused_and_resumed_is_not_taken_for_a_stalled_one(monkeypatch,
     clock went on, and at the resume the serve loop found the scheduler's last round older
     than STALL_S: 'stuck in one round', every thread's stack, exit status 1. The serve
     loop's own sleep says the process was paused; its stall check starts again from then."""
-    from daemon import service
+    from daemon import service, service_watch
 
     monkeypatch.delenv("WATCHDOG_USEC", raising=False)
-    monkeypatch.setattr(service, "STALL_S", 0.25)
-    monkeypatch.setattr(service, "PAUSED_S", 0.2)
+    monkeypatch.setattr(service_watch, "STALL_S", 0.25)
+    monkeypatch.setattr(service_watch, "PAUSED_S", 0.2)
     daemon = service.Service(parse_config({"cameras": [{"name": "door", "url": "x.mp4"}]}))
     daemon.run_for_s = 20.0
     daemon.readers = [SimpleNamespace(up=True, config=SimpleNamespace(name="door"))]  # type: ignore[list-item]
