@@ -543,6 +543,13 @@ class TrackingConfig(Section):
         le=1000,
     )
     snapshots: bool = _field(False, "publish a JPEG of the face with each identity event")
+    end_at_scene_cuts: bool = _field(
+        True,
+        "a frame whose picture is unlike its camera's frame before nearly everywhere, and "
+        "the next frame like it (an edited video's cut, a camera turned to another view), "
+        "ends the camera's tracks (left, reason cut): a face where another was before it "
+        "starts its own visit, not the other's, under the other's name",
+    )
 
     @field_validator("min_votes")
     @classmethod

@@ -139,6 +139,13 @@ FRAMES_BRIGHTENED = Counter(
     "(cameras[].brighten_dark)",
     ["camera"],
 )
+SCENE_CUTS = Counter(
+    "facewatch_scene_cuts_total",
+    "scene cuts: frames whose picture cut to another scene (nearly every part unlike the "
+    "camera's frame before, and the next frame alike), where the camera's tracks ended "
+    "(left, reason cut; tracking.end_at_scene_cuts)",
+    ["camera"],
+)
 FRAMES_REFUSED = Counter(
     "facewatch_frames_refused_total",
     "frames skipped because the engines cannot take their size (larger than the TensorRT "
@@ -282,6 +289,7 @@ def init(node: str, cameras: list[str], backend: str, model_id: str, mqtt: bool 
             FRAMES_REFUSED,
             FRAMES_STILL,
             FRAMES_BRIGHTENED,
+            SCENE_CUTS,
             FACES_DETECTED,
             FACES_IGNORED,
             FACES_EMBEDDED,

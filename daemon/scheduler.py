@@ -9,7 +9,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +32,7 @@ from daemon.events import (
 from daemon.gallery import DEFAULT_LOCK_TIMEOUT_S, Gallery, GalleryError, shown_threshold
 from daemon.gallery_file import GalleryBusy, file_stamp
 from daemon.recognition import frontal_offset
+from daemon.scene_cuts import WITHIN_S, SceneCuts
 from daemon.still_faces import STILL_FACE_S, StillFaces
 from daemon.tracking import Rematch, Track, Tracker, TrackEvent
 from engines.boxes import iou_matrix, points_in_polygon
@@ -47,6 +48,18 @@ GALLERY_CHECK_S = 2.0  # how often the gallery file is looked at for changes
 # runs the engines, every camera waits with it; a gallery being written is tried again at
 # the next check
 GALLERY_LOCK_S = 0.2
+
+
+@dataclass
+class _Step:
+    """A frame on its way: searched, then tracked (a scene cut candidate's waits for its
+    camera's next frame to say whether it is a cut)."""
+
+    frame: Frame
+    stalled_s: float  # (``Pipeline._arrived``)
+    detections: FrameDetections = field(default_factory=FrameDetections)
+    cut: bool | None = None  # None: a candidate cut, not decided yet
+    likeness: float = 1.0  # a cut's, to the frame before (daemon.scene_cuts.likeness)
 
 
 @dataclass
@@ -95,6 +108,13 @@ class Pipeline:
             if c.detection.ignore
         }
         self._motion = {c.name: config.motion(c) for c in config.cameras}
+        self._scenes = (
+            {c.name: SceneCuts() for c in config.cameras}
+            if config.tracking.end_at_scene_cuts
+            else {}
+        )
+        self._waiting: dict[str, _Step] = {}  # camera -> its cut candidate, undecided
+        self._held: dict[str, _Step] = {}  # camera -> that candidate, searched, not tracked
         # (not a video file's: a loop finds its faces at the same places, again and again)
         self._still = {c.name: StillFaces() for c in config.cameras if source_kind(c.url) != "file"}
         self._min_face_px = {c.name: config.min_face_px(c) for c in config.cameras}
@@ -125,24 +145,45 @@ class Pipeline:
     # -- one batch ------------------------------------------------------------------------
 
     def process(self, frames: list[Frame]) -> None:
-        stalled = {id(frame): self._arrived(frame) for frame in frames}
-        frames = [frame for frame in frames if self._takes(frame) and self._worth_a_search(frame)]
-        if not frames:
+        steps = [_Step(frame, self._arrived(frame)) for frame in frames]
+        steps = [s for s in steps if self._takes(s.frame) and self._worth_a_search(s.frame)]
+        if not steps:
             return
-        metrics.BATCH_FRAMES.observe(len(frames))
+        metrics.BATCH_FRAMES.observe(len(steps))
+        whole = {id(step.frame) for step in steps if self._look(step)}
         with metrics.STAGE_SECONDS.labels("detect").time():
-            found = self._detect(frames)
+            found = self._detect([step.frame for step in steps], whole)
+        for step, detections in zip(steps, found, strict=True):
+            step.detections = detections
+        held, self._held = list(self._held.values()), {}
+        self._track(held + steps)
+
+    def _track(self, steps: list[_Step]) -> None:
+        """Tracks, recognition, archive and events of frames already searched (``steps``, in
+        order); a scene cut candidate whose camera has tracks is held until its next frame
+        says whether it is a cut (``_look``), and tracked then, at the latest by ``expire``."""
+        frames: list[Frame] = []
         faces: list[_Face] = []
         with metrics.STAGE_SECONDS.labels("track").time():
-            for frame, detections in zip(frames, found, strict=True):
+            for step in steps:
+                frame, detections = step.frame, step.detections
+                tracker = self.trackers[frame.camera]
+                if step.cut is None and tracker.tracks:
+                    self._held[frame.camera] = step  # (none of its faces joins them yet)
+                    continue
+                frames.append(frame)
+                if step.cut:
+                    self._cut(frame, step.likeness)
                 metrics.FRAMES_PROCESSED.labels(frame.camera).inc()
                 metrics.FACES_DETECTED.labels(frame.camera).inc(len(detections))
                 detections = self._not_ignored(frame, detections)
                 self._follow_size(frame)
-                self._lost_by(frame, stalled[id(frame)])
-                tracks = self.trackers[frame.camera].update(frame.clock, detections, frame.ts)
+                self._lost_by(frame, step.stalled_s)
+                tracks = tracker.update(frame.clock, detections, frame.ts)
                 faces += [_Face(frame, detections, k, t) for k, t in enumerate(tracks)]
                 self._see_still(frame, detections, tracks)
+        if not frames:
+            return
         if self.facenet is not None:
             self._recognise(faces)  # (first: a face found someone else's gets its own track)
             for camera in {frame.camera for frame in frames}:
@@ -157,6 +198,66 @@ class Pipeline:
                         face.frame.camera, face.track, face.frame.image, face.own(), when
                     )
         self._emit_due(frames, faces)
+
+    def _look(self, step: _Step) -> bool:
+        """``daemon.scene_cuts`` (with ``tracking.end_at_scene_cuts``) on ``step``'s frame:
+        a candidate cut waits for its camera's next frame, which says whether it is one
+        (then counted). Whether the frame is searched whole: a candidate, and the frame that
+        confirms one (a face after a cut is not near the tracks before it)."""
+        scenes = self._scenes.get(step.frame.camera)
+        if scenes is None:
+            step.cut = False
+            return False
+        look = scenes.look(step.frame.image, step.frame.clock)
+        waiting = self._waiting.pop(step.frame.camera, None)
+        if waiting is not None and look.confirms is not None:
+            waiting.cut = look.confirms
+            if look.confirms:
+                metrics.SCENE_CUTS.labels(step.frame.camera).inc()
+                waiting.likeness = look.likeness
+        if look.candidate:
+            self._waiting[step.frame.camera] = step  # (its ``cut`` undecided: None)
+        else:
+            step.cut = False
+        return look.candidate or bool(look.confirms)
+
+    def _cut(self, frame: Frame, likeness: float) -> None:
+        """``frame`` is a scene cut, confirmed by its camera's next frame: its camera's
+        tracks end before its faces are matched (a face where another stood before the cut
+        continued that one's track and name), ``left`` with reason ``cut``."""
+        ended = self.trackers[frame.camera].cut()
+        announced = sum(event.kind == "left" for event in ended)
+        if announced:
+            logger.debug(
+                "camera %s: the picture cut to another scene at frame %d (likeness %.2f to "
+                "the frame before): %d announced track(s) end",
+                frame.camera, frame.seq, likeness, announced,
+            )  # fmt: skip
+        self._ended(frame.camera, ended, frame.ts)
+
+    def _release_held(self, now: float, stopping: bool) -> None:
+        """Track the held cut candidates whose next frame did not come within
+        ``scene_cuts.WITHIN_S`` (the camera went quiet), every one when ``stopping``: no
+        cut (a frame is never lost)."""
+        due = [
+            step
+            for camera, step in self._held.items()
+            if stopping or now - step.frame.clock > WITHIN_S
+        ]
+        for step in due:
+            camera = step.frame.camera
+            del self._held[camera]
+            if step.cut is None:
+                step.cut = False
+                self._waiting.pop(camera, None)
+                self._scenes[camera].drop_candidate()
+        if due:
+            self._track(due)
+
+    def forget_held(self) -> None:
+        """After a failure of the engines: the held frames are not tracked (their faces
+        would need the engines); ``expire`` then ends the visits."""
+        self._held.clear()
 
     def _arrived(self, frame: Frame) -> float:
         """Notes ``frame`` as its camera's latest; returns how long the camera sent nothing
@@ -233,13 +334,14 @@ class Pipeline:
         self._last_search[camera] = frame.clock
         return True
 
-    def _detect(self, frames: list[Frame]) -> list[FrameDetections]:
-        """One detector call per group of cameras sharing settings (usually one)."""
+    def _detect(self, frames: list[Frame], whole: set[int]) -> list[FrameDetections]:
+        """One detector call per group of cameras sharing settings (usually one); the
+        frames in ``whole`` (ids) are searched whole."""
         results: list[FrameDetections | None] = [None] * len(frames)
         groups: dict[int, list[int]] = {}
         for k, frame in enumerate(frames):
             groups.setdefault(id(self._detectors[frame.camera]), []).append(k)
-        priors = [self._prior(frame) for frame in frames]
+        priors = [self._prior(frame, id(frame) in whole) for frame in frames]
         # a frame with no face to search around, between full scans: nothing to find, and
         # its image pyramid is not built for nothing
         searched = [prior is None or len(prior) > 0 for prior in priors]
@@ -294,14 +396,16 @@ class Pipeline:
         kept = ~dropped
         return FrameDetections(found.bbox_xyxy[kept], found.score[kept], found.landmarks[kept])
 
-    def _prior(self, frame: Frame) -> np.ndarray | None:
-        """None: search the whole frame (every ``full_scan_every`` frames of a camera, and
-        a frame of another size than its tracks'); else the boxes of the camera's tracks, to
-        search only around them."""
+    def _prior(self, frame: Frame, whole: bool = False) -> np.ndarray | None:
+        """None: search the whole frame (every ``full_scan_every`` frames of a camera, a
+        frame of another size than its tracks', and a ``whole`` one: a scene cut's, which may
+        be unlike the frame before); else the boxes of the camera's tracks, to search only
+        around them."""
         camera, frame_hw = frame.camera, frame.image.shape[:2]
         resized = self._frame_hw.get(camera, frame_hw) != frame_hw
         self._since_full_scan[camera] += 1
-        if resized or self._since_full_scan[camera] >= self.config.detection.full_scan_every:
+        every = self.config.detection.full_scan_every
+        if resized or whole or self._since_full_scan[camera] >= every:
             self._since_full_scan[camera] = 0
             return None
         tracks = self.trackers[camera].tracks
@@ -410,6 +514,7 @@ class Pipeline:
         """``left`` for the tracks gone (for every open one when ``stopping``). A camera that
         sent no frame for a while (a stall) holds its tracks up to STALL_GRACE_S: the faces
         in view when its frames come again are the same visit, not a new arrival."""
+        self._release_held(now, stopping)
         for camera, tracker in self.trackers.items():
             last = self._last_frame.get(camera)
             seen_until = now if last is None else min(now, max(last, now - STALL_GRACE_S))
@@ -655,6 +760,7 @@ class BatchScheduler(threading.Thread):
         """After a failure: `left` (reason stopped) for the faces in view, and nobody in view
         (the retained state), as at a clean stop; a visit must not stay open for good."""
         try:
+            self.pipeline.forget_held()
             self.pipeline.expire(time.monotonic(), stopping=True)
         except Exception:
             logger.exception("the open tracks could not be ended after the failure")

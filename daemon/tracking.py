@@ -25,8 +25,9 @@ Events (``TrackEvent.kind``):
 - ``identified``: a confirmed track's identity is resolved (null -> name);
 - ``changed``: a resolved identity becomes another one, or unknown;
   (``identified`` and ``changed`` have reason ``gallery`` when the gallery changed, not the face)
-- ``left``: a confirmed track has not been seen for ``lost_after_s`` (reason ``lost``), or
-  the daemon stops while it is open (reason ``stopped``).
+- ``left``: a confirmed track has not been seen for ``lost_after_s`` (reason ``lost``), its
+  camera's picture cut to another scene (reason ``cut``), or the daemon stops while it is
+  open (reason ``stopped``).
 
 A track's first identity needs a majority of its recognitions ("unknown" votes included):
 ``min_votes`` of them for a name, ``unknown_votes`` for unknown (a known face seen turned
@@ -263,7 +264,7 @@ class TrackEvent:
     confidence: float
     distance: float | None
     previous: str | None = None
-    # left, and a confirmed sent as its track leaves: "lost" or "stopped"; "gallery"
+    # left, and a confirmed sent as its track leaves: "lost", "cut" or "stopped"; "gallery"
     reason: str | None = None
 
 
@@ -555,6 +556,13 @@ class Tracker:
     def in_view(self) -> list[str | None]:
         """The announced identity of each confirmed track still open (None: unknown)."""
         return [t.identity for t in self.tracks if t.confirmed]
+
+    def cut(self) -> list[TrackEvent]:
+        """The camera's picture cut to another scene (``daemon.scene_cuts``): every track
+        ends, as one not seen for ``lost_after_s`` does (``left`` where it was last seen), with
+        reason ``cut``; a face at the same place after the cut starts its own."""
+        gone, self.tracks = self.tracks, []
+        return [event for track in gone for event in self._leaving(track, "cut")]
 
     def expire(self, now: float, stopping: bool = False) -> list[TrackEvent]:
         """Drop tracks not seen for ``lost_after_s`` (every track when ``stopping``);

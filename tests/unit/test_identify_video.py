@@ -80,17 +80,39 @@ def test_the_demo_clip_names_lin_manuel_miranda_while_he_is_on_screen(identify) 
     his = [v for v in visits if v["identity"] == LIN]
     assert his and all(v["confidence"] > 0.5 and v["distance"] < 0.154 for v in his)
     start, end = min(v["start_s"] for v in his), max(v["end_s"] for v in his)
-    # his close-up, all along; a cut to a face at the same place in the very next frame
-    # continues its track (the daemon's tracker, docs/operations.md "Crossings"): the profile
-    # before it (from 2.0 s) and the audience after it may join his visit
+    # his close-up, all along; the profile before it (from 2.0 s) may join his visit (that
+    # cut keeps a dark block of the stage alike: not taken for one), the audience after it
+    # does not (the cut to it ends his track)
     assert ON_STAGE_S[0] - 1.0 <= start <= ON_STAGE_S[0] + TOLERANCE_S, his
-    assert end >= ON_STAGE_S[1] - TOLERANCE_S, his
+    assert ON_STAGE_S[1] - TOLERANCE_S <= end <= ON_STAGE_S[1], his
     assert sum(v["end_s"] - v["start_s"] for v in his) > 0.8 * (end - start)
     first = min(his, key=lambda v: v["start_s"])
     assert first["start"] == recordings.clock(first["start_s"]) and first["start"][:7] == "00:00:0"
     audience = [v for v in visits if v["start_s"] >= ON_STAGE_S[1] - 0.1]
     assert audience and all(v["identity"] is None for v in audience)
     assert all(v["until"] == "end" for v in audience if v["end_s"] >= 9.0)
+
+
+def test_a_face_after_a_cut_is_not_the_one_before_it(identify, tmp_path) -> None:
+    """The demo clip from 5 s into Lin-Manuel Miranda's close-up to its end, at 10 fps: the
+    picture cuts to the audience (frame 211, 2.04 s into this clip) and an audience member,
+    turned to the side, appears where his face was. His visit ends at the cut, and the
+    audience member's faces are a visit of their own, unknown. They continued his track: one
+    visit, lin-manuel-miranda, to the clip's end."""
+    first, cut = 150, 211
+    clip = tmp_path / "cut.mp4"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter.fourcc(*"mp4v"), 30000 / 1001, (640, 360))
+    for frame in read_frames(DEMO_CLIP, first):
+        writer.write(frame)
+    writer.release()
+    cut_s = (cut - first) * 1001 / 30000
+    code, out, err = identify(str(clip), "--fps", "10", "--json")
+    assert code == 0, err
+    visits = [json.loads(line) for line in out.splitlines()]
+    his = [v for v in visits if v["identity"] == LIN]
+    assert len(his) == 1 and cut_s - 0.2 <= his[0]["end_s"] < cut_s, out
+    after = [v for v in visits if v["end_s"] > cut_s]
+    assert after and all(v["start_s"] >= cut_s and v["identity"] is None for v in after), out
 
 
 def test_a_variable_frame_rate_video_is_timed_by_its_frames_own_times(identify, tmp_path) -> None:

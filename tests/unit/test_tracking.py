@@ -68,6 +68,25 @@ def test_a_track_is_confirmed_identified_changed_and_leaves() -> None:
     assert tracker.in_view() == []
 
 
+def test_a_cut_ends_every_track_and_a_face_in_the_same_place_starts_its_own() -> None:
+    """A scene cut (the scheduler's ``daemon.scene_cuts``): ``left`` (reason cut, its name,
+    its own last box) for the announced track, nothing for one too young to be announced, and
+    a face where the named one was is a new track, not his."""
+    config = TrackingConfig(confirm_frames=2, min_votes=2, vote_window=3)
+    tracker = Tracker("cam", config, reembed_every=1)
+    a, b = (10, 10, 50, 50), (200, 10, 240, 50)
+    run(tracker, 0.0, faces(a), ["ann"])
+    assert run(tracker, 0.1, faces(a), ["ann"]) == [("confirmed", 1, "ann")]
+    run(tracker, 0.2, faces((12, 10, 52, 50), b), ["ann", None])
+    ended = tracker.cut()
+    assert [(e.kind, e.track.track_id, e.identity, e.reason) for e in ended] == [
+        ("left", 1, "ann", "cut")
+    ]
+    assert ended[0].track.bbox_xyxy.tolist() == [12, 10, 52, 50]
+    assert tracker.tracks == [] and tracker.in_view() == []
+    assert [t.track_id for t in tracker.update(0.3, faces(a))] == [3]
+
+
 def test_a_known_face_first_seen_turned_away_is_not_announced_a_stranger() -> None:
     """Bob comes to the door looking aside: his first recognitions match nobody, then he
     turns. He was announced unknown at the third frame (a "stranger at the door"

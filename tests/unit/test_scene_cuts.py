@@ -1,0 +1,151 @@
+"""daemon.scene_cuts on real frames: a picture that cuts to another scene, and what a fixed
+camera sees that must not read as one (someone close to the lens over half the picture, a
+light over half the room, a moment of black with sensor noise or an on-screen clock); and
+the pipeline's wait for the next frame before it ends the tracks at a cut."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from daemon.cameras import Frame
+from daemon.config_file import parse_config
+from daemon.events import EventSinks
+from daemon.scene_cuts import SceneCuts, thumbnail
+from daemon.scheduler import Pipeline
+from tests.clips import DEMO_CLIP, read_frames
+
+CUT_TO_AUDIENCE = 211  # the demo clip's frame where Lin-Manuel Miranda's close-up cuts away
+
+
+def cuts_in(frames: list, fps: float = 10) -> list[int]:
+    """The frames (indices) that ``SceneCuts`` calls cuts, as its next frame confirms."""
+    scenes, cuts = SceneCuts(), []
+    for k, frame in enumerate(frames):
+        if scenes.look(frame, k / fps).confirms:
+            cuts.append(k - 1)
+    return cuts
+
+
+@pytest.fixture(scope="module")
+def crowd(shared_data) -> list:
+    """crowd_1080p at 5 fps, at 960x540: people walking at a fixed camera."""
+    frames = read_frames(shared_data / "videos" / "crowd_1080p.mp4", every=5)
+    return [cv2.resize(frame, (960, 540)) for frame in frames]
+
+
+def test_the_demo_clips_cut_to_the_audience_is_a_cut_and_its_close_up_is_not() -> None:
+    """At 10 fps (every 3rd frame) from the close-up's start: one cut, where the picture
+    turns to the audience; the close-up's frames (he moves, the camera follows) are none."""
+    first = 85
+    frames = read_frames(DEMO_CLIP, first, every=3)
+    assert [first + 3 * k for k in cuts_in(frames)] == [CUT_TO_AUDIENCE]
+
+
+def test_someone_close_to_the_lens_or_a_light_over_half_the_room_is_no_cut(crowd) -> None:
+    """A dark coat over the left 60 % of the picture for 5 frames (someone passing close to
+    the lens), and the top half's light down to 30 % for good: no cut (a picture cut on
+    either one alone, as a whole). The same coat over all of it is one."""
+    coat = [f.copy() for f in crowd]
+    for frame in coat[5:10]:
+        frame[:, : int(0.6 * frame.shape[1])] = (35, 30, 30)
+    assert cuts_in(coat, 5) == []
+    half_dark = [f.copy() for f in crowd]
+    for frame in half_dark[5:]:
+        frame[: frame.shape[0] // 2] = (frame[: frame.shape[0] // 2] * 0.3).astype(np.uint8)
+    assert cuts_in(half_dark, 5) == []
+    stage = read_frames(DEMO_CLIP, CUT_TO_AUDIENCE - 30, 1)[0]
+    other = crowd[:5] + [cv2.resize(stage, (960, 540))] * 5
+    assert cuts_in(other, 5) == [5]
+
+
+def test_black_with_sensor_noise_or_an_on_screen_clock_is_blank_and_no_cut(crowd) -> None:
+    """The light out a moment: black with a sensor's noise, or black with the camera's
+    clock burnt in, is blank (not compared, not remembered): no cut, going dark or coming
+    back. A dark picture is not blank."""
+    rng = np.random.default_rng(0)
+    noisy = np.clip(rng.normal(8, 3, crowd[0].shape), 0, 255).astype(np.uint8)
+    clock = np.zeros_like(crowd[0])
+    cv2.putText(clock, "2026-12-01 19:04:50 CAM1", (20, 40), cv2.FONT_HERSHEY_SIMPLEX, 1.0,
+                (255, 255, 255), 2)  # fmt: skip
+    assert thumbnail(noisy).blank and thumbnail(clock).blank
+    assert not thumbnail((crowd[0] * 0.15).astype(np.uint8)).blank
+    for black in (noisy, clock):
+        assert cuts_in(crowd[:3] + [black] * 2 + crowd[3:6], 5) == []
+
+
+def test_one_frame_of_another_picture_is_no_cut_and_a_lasting_one_is() -> None:
+    """A cut candidate counts only when the next frame is also unlike the frame before it
+    and like the candidate: one frame of the audience inside the close-up (a flash, a corrupt
+    frame) is none; the audience for two frames is one, at its first."""
+    stage = read_frames(DEMO_CLIP, CUT_TO_AUDIENCE - 12, 4, every=3)
+    audience = read_frames(DEMO_CLIP, CUT_TO_AUDIENCE, 2, every=3)
+    assert cuts_in([*stage[:2], audience[0], *stage[2:]]) == []
+    assert cuts_in([*stage, *audience]) == [4]
+
+
+def _pipeline(detector, tmp_path) -> tuple[Pipeline, list[dict]]:
+    config = parse_config(
+        {
+            "cameras": [{"name": "door", "url": "x.mp4", "fps": 10}],
+            "recognition": {"model": None},
+            "tracking": {"confirm_frames": 1},
+        }
+    )
+    events = tmp_path / "events.jsonl"
+    pipeline = Pipeline(config, detector, None, EventSinks(jsonl_file=str(events)))
+
+    def sent() -> list[dict]:
+        lines = events.read_text().splitlines() if events.exists() else []
+        return [json.loads(line) for line in lines]
+
+    return pipeline, sent  # type: ignore[return-value]
+
+
+def test_a_cut_ends_the_tracks_before_its_frame_is_tracked(detector, tmp_path) -> None:
+    """The demo clip at 10 fps, frame by frame. The audience frame (a candidate) waits: its
+    faces join no track, and Lin-Manuel Miranda's track is open. The next frame confirms
+    it: his track leaves (reason cut) at his last sighting, then the audience frame's faces
+    are new tracks, announced at the audience frame's time, then the next frame's."""
+    pipeline, sent = _pipeline(detector, tmp_path)
+    first = CUT_TO_AUDIENCE - 9
+    images = read_frames(DEMO_CLIP, first, 5, every=3)
+    ts = [1000.0 + k / 10 for k in range(5)]
+    for k in range(4):
+        pipeline.process([Frame("door", first + 3 * k, ts[k], images[k])])
+    [his] = pipeline.trackers["door"].tracks
+    assert [e for e in sent() if e["type"] == "left"] == []
+    pipeline.process([Frame("door", first + 12, ts[4], images[4])])
+    events = sent()
+    left = events[1]
+    assert (left["type"], left["track_id"], left["reason"]) == ("left", his.track_id, "cut")
+    assert left["frame_ts"] == pytest.approx(ts[2])
+    after = events[2:]
+    assert after and all(e["type"] == "confirmed" and e["track_id"] > his.track_id for e in after)
+    assert [e["frame_ts"] for e in after] == sorted(e["frame_ts"] for e in after)
+    assert after[0]["frame_ts"] == pytest.approx(ts[3])
+
+
+def test_a_candidate_at_the_end_is_tracked_and_one_frame_reverts(detector, tmp_path) -> None:
+    """The stream ends on the audience frame (a candidate, its next never comes): its faces
+    are still tracked (no frame lost), no cut. One audience frame inside the close-up: no
+    track leaves."""
+    pipeline, sent = _pipeline(detector, tmp_path)
+    first = CUT_TO_AUDIENCE - 9
+    images = read_frames(DEMO_CLIP, first, 4, every=3)
+    for k, image in enumerate(images):
+        pipeline.process([Frame("door", first + 3 * k, 1000.0 + k / 10, image)])
+    pipeline.expire(1000.4, stopping=True)
+    reasons = [(e["type"], e["reason"]) for e in sent() if e["type"] == "left"]
+    assert reasons and all(reason == "stopped" for _, reason in reasons)
+    assert any(e["frame_ts"] == pytest.approx(1000.3) for e in sent())  # the audience's
+    (tmp_path / "revert").mkdir()
+    pipeline, sent = _pipeline(detector, tmp_path / "revert")
+    stage = read_frames(DEMO_CLIP, first, 3, every=3)
+    audience = read_frames(DEMO_CLIP, CUT_TO_AUDIENCE, 1)
+    for k, image in enumerate([*stage[:2], *audience, stage[2]]):
+        pipeline.process([Frame("door", k, 1000.0 + k / 10, image)])
+    assert [e for e in sent() if e["type"] == "left"] == []
