@@ -12,6 +12,9 @@ going off over part of the room, a moment of black, a flash. So:
   own: a light over part of the picture scales its edges but keeps where they are;
 - a cut needs nearly every block changed: fewer than ``ALIKE_BLOCKS`` blocks correlate
   ``ALIKE`` or more (someone over half the picture leaves the other half alike);
+- a block with no edges in either frame (covered, saturated by headlights, a decoder's
+  grey) counts as alike: it is no evidence of another scene. What still reads as one: a
+  textured object filling nearly the whole view for two frames or more;
 - a blank frame (dark, or nearly one grey: ``BLANK_SPREAD``; a clock burnt in on black too)
   is neither compared nor remembered: a light out and back is no cut;
 - a frame more than ``WITHIN_S`` after the frame it would be compared with is not compared
@@ -79,11 +82,11 @@ def thumbnail(image: np.ndarray) -> Thumb:
 
 
 def alike_blocks(before: Thumb, after: Thumb) -> np.ndarray:
-    """Each block's likeness, -1 to 1: the correlation of its edges; 1 where neither frame
-    shows anything there, -1 where only one does."""
-    both, either = before.shows & after.shows, before.shows | after.shows
+    """Each block's likeness, -1 to 1: the correlation of its edges; 1 where either frame
+    shows nothing there (covered, saturated, grey: no evidence of another scene)."""
+    both = before.shows & after.shows
     correlation = (before.blocks * after.blocks).mean(axis=1)
-    return np.where(both, correlation, np.where(either, -1.0, 1.0))
+    return np.where(both, correlation, 1.0)
 
 
 def likeness(before: Thumb, after: Thumb) -> float:

@@ -62,6 +62,37 @@ def test_someone_close_to_the_lens_or_a_light_over_half_the_room_is_no_cut(crowd
     assert cuts_in(other, 5) == [5]
 
 
+@pytest.fixture(scope="module")
+def head(shared_data) -> list:
+    """head_turn at 10 fps, at 864x558: a man turning his head at a fixed camera."""
+    frames = read_frames(shared_data / "videos" / "head_turn_3456x2234.mp4", count=20, every=3)
+    return [cv2.resize(frame, (864, 558)) for frame in frames]
+
+
+def _flare(frame: np.ndarray) -> np.ndarray:
+    """Headlights into the lens: a glow that saturates most of the picture."""
+    height, width = frame.shape[:2]
+    ys, xs = np.mgrid[0:height, 0:width]
+    distance = np.hypot(xs - 0.6 * width, ys - 0.4 * height) / (0.5 * width)
+    glow = 255 * 1.5 * np.clip(1.2 - distance, 0, 1)[..., None]
+    return np.clip(frame + glow, 0, 255).astype(np.uint8)
+
+
+def test_someone_right_in_front_of_the_lens_or_headlights_into_it_is_no_cut(head, crowd) -> None:
+    """A dark coat over the left 85 % of the picture for 2 frames (head_turn) or 3 (crowd),
+    and headlights saturating three quarters of it for 3 frames: no cut. A block covered or
+    saturated in either frame shows nothing there, which is no evidence of another scene
+    (both were cuts, going in and coming out, when such a block counted as unlike)."""
+    for frames, count in ((head, 2), (crowd, 3)):
+        coat = [f.copy() for f in frames]
+        for frame in coat[5 : 5 + count]:
+            frame[:, : int(0.85 * frame.shape[1])] = (35, 30, 30)
+        assert cuts_in(coat) == []
+    flare = [*head[:5], *(_flare(f) for f in head[5:8]), *head[8:]]
+    assert (flare[6] == 255).all(axis=2).mean() > 0.7
+    assert cuts_in(flare) == []
+
+
 def test_black_with_sensor_noise_or_an_on_screen_clock_is_blank_and_no_cut(crowd) -> None:
     """The light out a moment: black with a sensor's noise, or black with the camera's
     clock burnt in, is blank (not compared, not remembered): no cut, going dark or coming
