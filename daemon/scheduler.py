@@ -201,8 +201,8 @@ class Pipeline:
 
     def _look(self, step: _Step) -> bool:
         """``daemon.scene_cuts`` (with ``tracking.end_at_scene_cuts``) on ``step``'s frame:
-        a candidate cut waits for its camera's next frame, which says whether it is one
-        (then counted). Whether the frame is searched whole: a candidate, and the frame that
+        a candidate cut waits for its camera's next frame, which says whether it is one.
+        Whether the frame is searched whole: a candidate, and the frame that
         confirms one (a face after a cut is not near the tracks before it)."""
         scenes = self._scenes.get(step.frame.camera)
         if scenes is None:
@@ -213,7 +213,6 @@ class Pipeline:
         if waiting is not None and look.confirms is not None:
             waiting.cut = look.confirms
             if look.confirms:
-                metrics.SCENE_CUTS.labels(step.frame.camera).inc()
                 waiting.likeness = look.likeness
         if look.candidate:
             self._waiting[step.frame.camera] = step  # (its ``cut`` undecided: None)
@@ -224,7 +223,9 @@ class Pipeline:
     def _cut(self, frame: Frame, likeness: float) -> None:
         """``frame`` is a scene cut, confirmed by its camera's next frame: its camera's
         tracks end before its faces are matched (a face where another stood before the cut
-        continued that one's track and name), ``left`` with reason ``cut``."""
+        continued that one's track and name), ``left`` with reason ``cut``; counted
+        (``facewatch_scene_cuts_total``)."""
+        metrics.SCENE_CUTS.labels(frame.camera).inc()
         ended = self.trackers[frame.camera].cut()
         announced = sum(event.kind == "left" for event in ended)
         if announced:

@@ -10,6 +10,7 @@ import json
 import cv2
 import numpy as np
 import pytest
+from prometheus_client import REGISTRY
 
 from daemon.cameras import Frame
 from daemon.config_file import parse_config
@@ -118,14 +119,13 @@ def test_one_frame_of_another_picture_is_no_cut_and_a_lasting_one_is() -> None:
     assert cuts_in([*stage, *audience]) == [4]
 
 
-def _pipeline(detector, tmp_path) -> tuple[Pipeline, list[dict]]:
-    config = parse_config(
-        {
-            "cameras": [{"name": "door", "url": "x.mp4", "fps": 10}],
-            "recognition": {"model": None},
-            "tracking": {"confirm_frames": 1},
-        }
-    )
+def _pipeline(detector, tmp_path, camera: dict | None = None) -> tuple[Pipeline, list[dict]]:
+    settings: dict = {
+        "cameras": [{"name": "door", "url": "x.mp4", "fps": 10, **(camera or {})}],
+        "recognition": {"model": None},
+        "tracking": {"confirm_frames": 1},
+    }
+    config = parse_config(settings)
     events = tmp_path / "events.jsonl"
     pipeline = Pipeline(config, detector, None, EventSinks(jsonl_file=str(events)))
 
@@ -180,3 +180,27 @@ def test_a_candidate_at_the_end_is_tracked_and_one_frame_reverts(detector, tmp_p
     for k, image in enumerate([*stage[:2], *audience, stage[2]]):
         pipeline.process([Frame("door", k, 1000.0 + k / 10, image)])
     assert [e for e in sent() if e["type"] == "left"] == []
+
+
+def _scene_cuts(camera: str) -> float:
+    return REGISTRY.get_sample_value("facewatch_scene_cuts_total", {"camera": camera}) or 0.0
+
+
+def test_a_cut_is_counted_where_it_ended_the_tracks(detector, tmp_path) -> None:
+    """facewatch_scene_cuts_total goes up by one at the demo clip's cut to the audience,
+    where Lin-Manuel Miranda's track ends; the same frames at a camera whose faces are all
+    ignored (no track to end) count none."""
+    first = CUT_TO_AUDIENCE - 9
+    images = read_frames(DEMO_CLIP, first, 5, every=3)
+    everywhere = [[0, 0], [1, 0], [1, 1], [0, 1]]
+    for name, camera, counted in (
+        ("cut-counted", {}, 1),
+        ("cut-no-tracks", {"detection": {"ignore": [everywhere]}}, 0),
+    ):
+        (tmp_path / name).mkdir()
+        pipeline, sent = _pipeline(detector, tmp_path / name, {"name": name, **camera})
+        before = _scene_cuts(name)
+        for k, image in enumerate(images):
+            pipeline.process([Frame(name, first + 3 * k, 1000.0 + k / 10, image)])
+        assert [e["reason"] for e in sent() if e["type"] == "left"] == ["cut"] * counted
+        assert _scene_cuts(name) - before == counted
