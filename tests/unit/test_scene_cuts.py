@@ -1,7 +1,8 @@
 """daemon.scene_cuts on real frames: a picture that cuts to another scene, and what a fixed
-camera sees that must not read as one (someone close to the lens over half the picture, a
-light over half the room, a moment of black with sensor noise or an on-screen clock); and
-the pipeline's wait for the next frame before it ends the tracks at a cut."""
+camera sees that must not read as one (someone close to the lens, headlights into it, a
+light over half the room, a moment of black with sensor noise or an on-screen clock, two
+different frames in a row, a camera back after 2 s); and the pipeline's wait for the next
+frame before it ends the tracks at a cut, its whole-frame search and its counter."""
 
 from __future__ import annotations
 
@@ -119,12 +120,40 @@ def test_one_frame_of_another_picture_is_no_cut_and_a_lasting_one_is() -> None:
     assert cuts_in([*stage, *audience]) == [4]
 
 
-def _pipeline(detector, tmp_path, camera: dict | None = None) -> tuple[Pipeline, list[dict]]:
+def test_two_different_unlike_frames_in_a_row_are_no_cut() -> None:
+    """The audience inside the close-up, then the clip's opening shot: that frame is unlike
+    the close-up but unlike the audience too (two corrupt frames, two flashes), so it
+    confirms nothing; back to the close-up, no cut."""
+    stage = read_frames(DEMO_CLIP, CUT_TO_AUDIENCE - 12, 4, every=3)
+    audience = read_frames(DEMO_CLIP, CUT_TO_AUDIENCE, 1)
+    opening = read_frames(DEMO_CLIP, 10, 1)
+    assert cuts_in([*stage[:3], *audience, *opening, stage[3]]) == []
+
+
+def test_frames_more_than_a_few_seconds_apart_are_not_compared() -> None:
+    """The close-up, then 2 s later the audience for good: no cut (a camera that went quiet
+    comes back with its people moved); the same frames 0.1 s apart are one."""
+    stage = read_frames(DEMO_CLIP, CUT_TO_AUDIENCE - 12, 4, every=3)
+    audience = read_frames(DEMO_CLIP, CUT_TO_AUDIENCE, 2, every=3)
+    for gap, cuts in ((2.0, []), (0.1, [4])):
+        scenes, found = SceneCuts(), []
+        clocks = [0.0, 0.1, 0.2, 0.3, 0.3 + gap, 0.4 + gap]
+        for k, (image, clock) in enumerate(zip([*stage, *audience], clocks, strict=True)):
+            if scenes.look(image, clock).confirms:
+                found.append(k - 1)
+        assert found == cuts
+
+
+def _pipeline(
+    detector, tmp_path, camera: dict | None = None, full_scan_every: int | None = None
+) -> tuple[Pipeline, list[dict]]:
     settings: dict = {
         "cameras": [{"name": "door", "url": "x.mp4", "fps": 10, **(camera or {})}],
         "recognition": {"model": None},
         "tracking": {"confirm_frames": 1},
     }
+    if full_scan_every is not None:
+        settings["detection"] = {"full_scan_every": full_scan_every}
     config = parse_config(settings)
     events = tmp_path / "events.jsonl"
     pipeline = Pipeline(config, detector, None, EventSinks(jsonl_file=str(events)))
@@ -204,3 +233,37 @@ def test_a_cut_is_counted_where_it_ended_the_tracks(detector, tmp_path) -> None:
             pipeline.process([Frame(name, first + 3 * k, 1000.0 + k / 10, image)])
         assert [e["reason"] for e in sent() if e["type"] == "left"] == ["cut"] * counted
         assert _scene_cuts(name) - before == counted
+
+
+def test_the_faces_after_a_cut_are_searched_for_in_the_whole_frame(detector, tmp_path) -> None:
+    """With full scans rare (full_scan_every 100: between them only around the tracks),
+    the audience's faces after the cut, far from Lin-Manuel Miranda's, are found on the
+    cut's frame (their tracks start there) and on the next (each is seen there): the cut's
+    frame and the frame that confirms it, searched before the tracks end, are searched
+    whole."""
+    pipeline, sent = _pipeline(detector, tmp_path, full_scan_every=100)
+    first = CUT_TO_AUDIENCE - 9
+    images = read_frames(DEMO_CLIP, first, 5, every=3)
+    ts = [1000.0 + k / 10 for k in range(5)]
+    for k, image in enumerate(images):
+        pipeline.process([Frame("door", first + 3 * k, ts[k], image)])
+    confirmed = [e["frame_ts"] for e in sent() if e["type"] == "confirmed"]
+    assert confirmed[0] == pytest.approx(ts[0])  # (his, on the first frame: a full scan)
+    assert sum(t == pytest.approx(ts[3]) for t in confirmed) >= 3
+    tracks = pipeline.trackers["door"].tracks
+    assert len(tracks) >= 3 and all(t.last_seen == pytest.approx(ts[4]) for t in tracks)
+
+
+def test_a_held_frame_forgotten_after_a_failure_is_never_tracked(detector, tmp_path) -> None:
+    """The engines fail while the audience frame (a cut candidate) is held: forget_held
+    drops it, and the visits end (stopped) with no event at the held frame's time."""
+    pipeline, sent = _pipeline(detector, tmp_path)
+    first = CUT_TO_AUDIENCE - 9
+    images = read_frames(DEMO_CLIP, first, 4, every=3)
+    for k, image in enumerate(images):
+        pipeline.process([Frame("door", first + 3 * k, 1000.0 + k / 10, image)])
+    pipeline.forget_held()
+    pipeline.expire(1000.4, stopping=True)
+    events = sent()
+    assert [e["reason"] for e in events if e["type"] == "left"] == ["stopped"]
+    assert not any(e["frame_ts"] == pytest.approx(1000.3) for e in events)
