@@ -1,8 +1,9 @@
 """A scene cut: a camera's picture that is not the one before it at all (an edited video
-jumping to another shot, a camera moved to another view). Its faces are not those of the
-frame before, wherever they stand: the pipeline ends the camera's tracks there
-(``tracking.end_at_scene_cuts``), so a face where another stood before the cut starts its own
-visit instead of continuing the other's, with the other's name.
+jumping to another shot, a camera moved to another view, a PTZ preset; a zoom on the same
+view is not caught). Its faces are not those of the frame before, wherever they stand: the
+pipeline ends the camera's tracks there (``tracking.end_at_scene_cuts``), so a face where
+another stood before the cut starts its own visit instead of continuing the other's, with
+the other's name.
 
 What a fixed camera sees must not read as one: someone passing close to the lens, a light
 going off over part of the room, a moment of black, a flash. So:
