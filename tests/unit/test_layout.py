@@ -222,3 +222,20 @@ def test_threads_0_is_the_cores_the_cgroups_cpu_quota_allows(tmp_path, monkeypat
     (tmp_path / "cpu,cpuacct" / "cpu.cfs_quota_us").write_text("300000\n")
     (tmp_path / "cpu,cpuacct" / "cpu.cfs_period_us").write_text("100000\n")
     assert loader.cpu_threads(0) == 3
+
+
+def test_the_module_map_names_every_module_and_only_modules_that_exist() -> None:
+    """docs/layout.md is where a reader finds each thing: a module added without a line there
+    (or one renamed, moved or removed while its line stayed) would make the map lie."""
+    import re
+
+    text = (REPO / "docs" / "layout.md").read_text()
+    named = set(re.findall(r"`((?:daemon|engines|training|bench)/\w+\.py)`", text))
+    written = {
+        path.relative_to(REPO).as_posix()
+        for package in ("daemon", "engines", "training", "bench")
+        for path in (REPO / package).glob("*.py")
+        if path.name != "__init__.py"
+    }
+    assert sorted(written - named) == [], "not on the map (docs/layout.md)"
+    assert sorted(named - written) == [], "on the map (docs/layout.md) but not in the repository"
