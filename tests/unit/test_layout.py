@@ -230,11 +230,12 @@ def test_the_module_map_names_every_module_and_only_modules_that_exist() -> None
     import re
 
     text = (REPO / "docs" / "layout.md").read_text()
-    named = set(re.findall(r"`((?:daemon|engines|training|bench)/\w+\.py)`", text))
+    named = set(re.findall(r"`((?:daemon|engines|training|bench)/\w+\.(?:py|sh))`", text))
     written = {
         path.relative_to(REPO).as_posix()
         for package in ("daemon", "engines", "training", "bench")
-        for path in (REPO / package).glob("*.py")
+        for pattern in ("*.py", "*.sh")
+        for path in (REPO / package).glob(pattern)
         if path.name != "__init__.py"
     }
     assert sorted(written - named) == [], "not on the map (docs/layout.md)"
