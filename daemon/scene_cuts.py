@@ -11,6 +11,10 @@ going off over part of the room, a moment of black, a flash. So:
 - a frame is shrunk to a ``THUMB_SIZE`` grey thumbnail, and its edges (the blurred gradient
   magnitude) are compared block by block (``GRID`` x ``GRID``), each block levelled on its
   own: a light over part of the picture scales its edges but keeps where they are;
+- black bars (a film letterboxed, a 4:3 or a phone's video pillarboxed) are cropped off
+  first, from both frames and only as far as both have them (``BAR_GREY``): a bar's fixed
+  edge kept the blocks along it alike whatever the picture, and a picture going black over
+  half of it must not move its neighbour's picture;
 - a cut needs nearly every block changed: fewer than ``ALIKE_BLOCKS`` blocks correlate
   ``ALIKE`` or more (someone over half the picture leaves the other half alike);
 - a block with no edges in either frame (covered, saturated by headlights, a decoder's
@@ -27,7 +31,7 @@ going off over part of the room, a moment of black, a flash. So:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
@@ -50,44 +54,94 @@ ALIKE_BLOCKS = 4  # a cut: fewer than this many of the GRID*GRID blocks alike
 # to 120 grey levels; black with sensor noise (sd 3) 1; an on-screen clock on black covers
 # under a tenth of the picture and is left out by the percentiles.
 BLANK_SPREAD = 8.0
+# Black bars (a film letterboxed, 4:3 or a phone's video pillarboxed): the outer rows and
+# columns whose 95th percentile is under BAR_GREY, while MIN_PICTURE of the side remains.
+BAR_GREY = 20
+MIN_PICTURE = 0.25  # a 9:16 video in a 16:9 frame leaves 0.32
 WITHIN_S = 1.5  # frames further apart are not compared (topdown_crowd_no_faces at 0.5 fps)
 
 
 @dataclass
 class Thumb:
-    """A frame as compared: each block's levelled edges, and which blocks show something."""
+    """A frame as compared: its sampled grey picture, its black bars, and its levelled edges
+    by block for each crop it was compared with (the crop both frames' bars share)."""
 
-    blocks: np.ndarray  # (GRID*GRID, cells) float32, each row zero mean, unit variance
-    shows: np.ndarray  # (GRID*GRID,) bool: the block's edges vary (FLAT_EDGES)
+    grey: np.ndarray  # the frame sampled every few pixels, grey
+    bars: tuple[float, float, float, float]  # black top, bottom, left, right (parts of a side)
     blank: bool  # the frame is dark or nearly one grey (BLANK_SPREAD): never compared
+    edges: dict = field(default_factory=dict)  # crop -> (blocks, shows)
+
+    def cropped(self, bars: tuple[float, float, float, float]) -> tuple[np.ndarray, np.ndarray]:
+        """The levelled edges by block, and which blocks show something, inside ``bars``."""
+        height, width = self.grey.shape
+        top, bottom = round(bars[0] * height), height - round(bars[1] * height)
+        left, right = round(bars[2] * width), width - round(bars[3] * width)
+        crop = (top, bottom, left, right)
+        if crop not in self.edges:
+            self.edges[crop] = _edges(_small(self.grey[top:bottom, left:right]))
+        return self.edges[crop]
 
 
-def thumbnail(image: np.ndarray) -> Thumb:
-    """``image`` (BGR or grey) as compared: ``THUMB_SIZE`` grey, its edges by block."""
-    step = max(1, image.shape[1] // SAMPLED_WIDTH)
-    sampled = np.ascontiguousarray(image[::step, ::step])
-    small = cv2.resize(sampled, THUMB_SIZE, interpolation=cv2.INTER_AREA)
-    if small.ndim == 3:
-        small = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY)
-    grey = small.astype(np.float32)
-    low, high = np.percentile(grey, (10, 90))
-    edges = cv2.magnitude(cv2.Sobel(grey, cv2.CV_32F, 1, 0), cv2.Sobel(grey, cv2.CV_32F, 0, 1))
+def _small(grey: np.ndarray) -> np.ndarray:
+    return cv2.resize(grey, THUMB_SIZE, interpolation=cv2.INTER_AREA).astype(np.float32)
+
+
+def _edges(small: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    edges = cv2.magnitude(cv2.Sobel(small, cv2.CV_32F, 1, 0), cv2.Sobel(small, cv2.CV_32F, 0, 1))
     edges = cv2.GaussianBlur(edges, (0, 0), EDGE_BLUR)
     height, width = edges.shape
     blocks = edges.reshape(GRID, height // GRID, GRID, width // GRID).transpose(0, 2, 1, 3)
     blocks = blocks.reshape(GRID * GRID, -1)
     blocks = blocks - blocks.mean(axis=1, keepdims=True)
     spread = blocks.std(axis=1)
-    levelled = blocks / np.maximum(spread, 1e-6)[:, None]
-    return Thumb(levelled, spread > FLAT_EDGES, bool(high - low < BLANK_SPREAD))
+    return blocks / np.maximum(spread, 1e-6)[:, None], spread > FLAT_EDGES
+
+
+def _bars(dark: np.ndarray) -> tuple[int, int]:
+    """How many of the lines (rows or columns) ``dark`` at each end are bars: none when
+    they would leave less than ``MIN_PICTURE`` of the side."""
+    first = int(np.argmin(dark)) if not dark.all() else len(dark)
+    last = int(np.argmin(dark[::-1])) if not dark.all() else len(dark)
+    if len(dark) - first - last < MIN_PICTURE * len(dark):
+        return 0, 0
+    return first, last
+
+
+def thumbnail(image: np.ndarray) -> Thumb:
+    """``image`` (BGR or grey) as compared: sampled grey, its black bars, and its edges by
+    block inside them (``THUMB_SIZE`` grey)."""
+    step = max(1, image.shape[1] // SAMPLED_WIDTH)
+    sampled = np.ascontiguousarray(image[::step, ::step])
+    grey = cv2.cvtColor(sampled, cv2.COLOR_BGR2GRAY) if sampled.ndim == 3 else sampled
+    height, width = grey.shape
+    rows = np.partition(grey, int(0.95 * (width - 1)), axis=1)[:, int(0.95 * (width - 1))]
+    columns = np.partition(grey, int(0.95 * (height - 1)), axis=0)[int(0.95 * (height - 1))]
+    top, bottom = _bars(rows < BAR_GREY)
+    left, right = _bars(columns < BAR_GREY)
+    bars = (top / height, bottom / height, left / width, right / width)
+    small = _small(grey[top : height - bottom, left : width - right])
+    low, high = np.percentile(small, (10, 90))
+    thumb = Thumb(grey, bars, bool(high - low < BLANK_SPREAD))
+    thumb.edges[(top, height - bottom, left, width - right)] = _edges(small)
+    return thumb
 
 
 def alike_blocks(before: Thumb, after: Thumb) -> np.ndarray:
     """Each block's likeness, -1 to 1: the correlation of its edges; 1 where either frame
-    shows nothing there (covered, saturated, grey: no evidence of another scene)."""
-    both = before.shows & after.shows
-    correlation = (before.blocks * after.blocks).mean(axis=1)
-    return np.where(both, correlation, 1.0)
+    shows nothing there (covered, saturated, grey: no evidence of another scene). Both
+    frames are cropped alike: by the bars both have (the smaller of the two on each side),
+    so the bars one frame has (or a picture going dark over part of it) do not move the
+    other's picture."""
+    shared = (
+        min(before.bars[0], after.bars[0]),
+        min(before.bars[1], after.bars[1]),
+        min(before.bars[2], after.bars[2]),
+        min(before.bars[3], after.bars[3]),
+    )
+    blocks_before, shows_before = before.cropped(shared)
+    blocks_after, shows_after = after.cropped(shared)
+    correlation = (blocks_before * blocks_after).mean(axis=1)
+    return np.where(shows_before & shows_after, correlation, 1.0)
 
 
 def likeness(before: Thumb, after: Thumb) -> float:

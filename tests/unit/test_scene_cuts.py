@@ -64,6 +64,46 @@ def test_someone_close_to_the_lens_or_a_light_over_half_the_room_is_no_cut(crowd
     assert cuts_in(other, 5) == [5]
 
 
+def _boxed(frame: np.ndarray, kind: str) -> np.ndarray:
+    """``frame`` as shown with black bars in the same 16:9 frame: the middle of a 2.39:1
+    film letterboxed (what the frame's top and bottom showed: black), or all of it squeezed
+    to 4:3 and pillarboxed (its sides' middle cut would stay a dark stage: 0.57 alike)."""
+    height, width = frame.shape[:2]
+    boxed = np.zeros_like(frame)
+    if kind == "letterbox":
+        band = (height - int(width / 2.39)) // 2
+        boxed[band : height - band] = frame[band : height - band]
+    else:
+        side = (width - int(height * 4 / 3)) // 2
+        boxed[:, side : width - side] = cv2.resize(frame, (width - 2 * side, height))
+    return boxed
+
+
+def test_the_demo_clips_cut_to_the_audience_with_black_bars_is_a_cut() -> None:
+    """Letterboxed (2.39:1) or pillarboxed (4:3): the fixed edge where a bar meets the
+    picture kept the border blocks alike, and no cut was ever found. The bars are cropped:
+    the cut to the audience is one, the close-up's frames letterboxed are none."""
+    first = 85
+    frames = read_frames(DEMO_CLIP, first, every=3)
+    for kind in ("letterbox", "pillarbox"):
+        boxed = [_boxed(frame, kind) for frame in frames]
+        assert [first + 3 * k for k in cuts_in(boxed)] == [CUT_TO_AUDIENCE], kind
+        assert cuts_in(boxed[: (CUT_TO_AUDIENCE - first) // 3]) == [], kind
+
+
+def test_half_the_picture_going_black_is_no_cut_though_black_rows_are_bars(crowd) -> None:
+    """The top half, or the left half, of a fixed camera's picture goes black (0) for good:
+    those rows or columns look like a bar, but the frame before has none, so both are
+    compared whole (a bar one frame has does not crop the other's picture): no cut. (Each
+    frame cropped by its own bars: the left half's is a cut, 0.18 alike.)"""
+    for half in (np.s_[: crowd[0].shape[0] // 2], np.s_[:, : crowd[0].shape[1] // 2]):
+        dark = [f.copy() for f in crowd]
+        for frame in dark[5:]:
+            frame[half] = 0
+        assert max(thumbnail(dark[6]).bars) == 0.5
+        assert cuts_in(dark, 5) == []
+
+
 @pytest.fixture(scope="module")
 def head(shared_data) -> list:
     """head_turn at 10 fps, at 864x558: a man turning his head at a fixed camera."""
