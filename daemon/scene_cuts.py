@@ -112,6 +112,8 @@ def thumbnail(image: np.ndarray) -> Thumb:
     block inside them (``THUMB_SIZE`` grey)."""
     step = max(1, image.shape[1] // SAMPLED_WIDTH)
     sampled = np.ascontiguousarray(image[::step, ::step])
+    if sampled.ndim == 3 and sampled.shape[2] == 1:  # (a grey frame with its channel axis)
+        sampled = sampled[:, :, 0]
     grey = cv2.cvtColor(sampled, cv2.COLOR_BGR2GRAY) if sampled.ndim == 3 else sampled
     height, width = grey.shape
     rows = np.partition(grey, int(0.95 * (width - 1)), axis=1)[:, int(0.95 * (width - 1))]

@@ -16,7 +16,7 @@ from prometheus_client import REGISTRY
 from daemon.cameras import Frame
 from daemon.config_file import parse_config
 from daemon.events import EventSinks
-from daemon.scene_cuts import SceneCuts, thumbnail
+from daemon.scene_cuts import SceneCuts, likeness, thumbnail
 from daemon.scheduler import Pipeline
 from tests.clips import DEMO_CLIP, read_frames
 
@@ -151,6 +151,19 @@ def test_black_with_sensor_noise_or_an_on_screen_clock_is_blank_and_no_cut(crowd
     assert not thumbnail((crowd[0] * 0.15).astype(np.uint8)).blank
     for black in (noisy, clock):
         assert cuts_in(crowd[:3] + [black] * 2 + crowd[3:6], 5) == []
+
+
+def test_a_grey_camera_is_compared_as_its_colour_twin(crowd) -> None:
+    """A grey frame, with or without its channel axis (H, W, 1), is measured as the colour
+    frame it came from: (H, W, 1) raised an OpenCV error in the colour conversion."""
+    colour = crowd[:2]
+    grey = [cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY) for frame in colour]
+    for frames in (grey, [frame[:, :, None] for frame in grey]):
+        thumbs = [thumbnail(frame) for frame in frames]
+        assert not thumbs[0].blank
+        assert likeness(thumbs[0], thumbs[1]) == pytest.approx(
+            likeness(thumbnail(colour[0]), thumbnail(colour[1])), abs=0.02
+        )
 
 
 def test_one_frame_of_another_picture_is_no_cut_and_a_lasting_one_is() -> None:
