@@ -97,6 +97,12 @@ def _edges(small: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return blocks / np.maximum(spread, 1e-6)[:, None], spread > FLAT_EDGES
 
 
+def _brightest(grey: np.ndarray, axis: int) -> np.ndarray:
+    """The 95th percentile of each row (``axis`` 1) or column (``axis`` 0) of ``grey``."""
+    k = int(0.95 * (grey.shape[axis] - 1))
+    return np.take(np.partition(grey, k, axis=axis), k, axis=axis)
+
+
 def _bars(dark: np.ndarray) -> tuple[int, int]:
     """How many of the lines (rows or columns) ``dark`` at each end are bars: none when
     they would leave less than ``MIN_PICTURE`` of the side."""
@@ -116,10 +122,8 @@ def thumbnail(image: np.ndarray) -> Thumb:
         sampled = sampled[:, :, 0]
     grey = cv2.cvtColor(sampled, cv2.COLOR_BGR2GRAY) if sampled.ndim == 3 else sampled
     height, width = grey.shape
-    rows = np.partition(grey, int(0.95 * (width - 1)), axis=1)[:, int(0.95 * (width - 1))]
-    columns = np.partition(grey, int(0.95 * (height - 1)), axis=0)[int(0.95 * (height - 1))]
-    top, bottom = _bars(rows < BAR_GREY)
-    left, right = _bars(columns < BAR_GREY)
+    top, bottom = _bars(_brightest(grey, axis=1) < BAR_GREY)
+    left, right = _bars(_brightest(grey, axis=0) < BAR_GREY)
     bars = (top / height, bottom / height, left / width, right / width)
     small = _small(grey[top : height - bottom, left : width - right])
     low, high = np.percentile(small, (10, 90))
