@@ -203,6 +203,11 @@ class FrameQueues:
         with self._ready:
             return sum(len(q) for q in self._queues.values())
 
+    def cameras_waiting(self) -> set[str]:
+        """The cameras with a frame waiting for the pipeline."""
+        with self._ready:
+            return {camera for camera, queue in self._queues.items() if queue}
+
     def take(self, max_frames: int, max_wait_s: float, idle_s: float = 0.5) -> list[Frame]:
         """Up to ``max_frames`` frames, one per camera in turn, starting with the cameras
         served longest ago (a batch smaller than the number of cameras does not starve the

@@ -8,8 +8,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +18,7 @@ from daemon import metrics
 from daemon.archive import FaceArchive
 from daemon.cameras import Frame, FrameQueues, source_kind
 from daemon.config import CameraConfig, Config
+from daemon.cut_hold import CutHold, Step
 from daemon.events import (
     SNAPSHOT_PAD,
     SNAPSHOT_SIZE,
@@ -32,7 +33,6 @@ from daemon.events import (
 from daemon.gallery import DEFAULT_LOCK_TIMEOUT_S, Gallery, GalleryError, shown_threshold
 from daemon.gallery_file import GalleryBusy, file_stamp
 from daemon.recognition import frontal_offset
-from daemon.scene_cuts import WITHIN_S, SceneCuts
 from daemon.still_faces import STILL_FACE_S, StillFaces
 from daemon.tracking import Rematch, Track, Tracker, TrackEvent
 from engines.boxes import iou_matrix, points_in_polygon
@@ -48,18 +48,6 @@ GALLERY_CHECK_S = 2.0  # how often the gallery file is looked at for changes
 # runs the engines, every camera waits with it; a gallery being written is tried again at
 # the next check
 GALLERY_LOCK_S = 0.2
-
-
-@dataclass
-class _Step:
-    """A frame on its way: searched, then tracked (a scene cut candidate's waits for its
-    camera's next frame to say whether it is a cut)."""
-
-    frame: Frame
-    stalled_s: float  # (``Pipeline._arrived``)
-    detections: FrameDetections = field(default_factory=FrameDetections)
-    cut: bool | None = None  # None: a candidate cut, not decided yet
-    likeness: float = 1.0  # a cut's, to the frame before (daemon.scene_cuts.likeness)
 
 
 @dataclass
@@ -108,13 +96,7 @@ class Pipeline:
             if c.detection.ignore
         }
         self._motion = {c.name: config.motion(c) for c in config.cameras}
-        self._scenes = (
-            {c.name: SceneCuts() for c in config.cameras}
-            if config.tracking.end_at_scene_cuts
-            else {}
-        )
-        self._waiting: dict[str, _Step] = {}  # camera -> its cut candidate, undecided
-        self._held: dict[str, _Step] = {}  # camera -> that candidate, searched, not tracked
+        self._cuts = CutHold((c.name for c in config.cameras), config.tracking.end_at_scene_cuts)
         # (not a video file's: a loop finds its faces at the same places, again and again)
         self._still = {c.name: StillFaces() for c in config.cameras if source_kind(c.url) != "file"}
         self._min_face_px = {c.name: config.min_face_px(c) for c in config.cameras}
@@ -145,23 +127,23 @@ class Pipeline:
     # -- one batch ------------------------------------------------------------------------
 
     def process(self, frames: list[Frame]) -> None:
-        steps = [_Step(frame, self._arrived(frame)) for frame in frames]
+        steps = [Step(frame, self._arrived(frame)) for frame in frames]
         steps = [s for s in steps if self._takes(s.frame) and self._worth_a_search(s.frame)]
         if not steps:
             return
         metrics.BATCH_FRAMES.observe(len(steps))
-        whole = {id(step.frame) for step in steps if self._look(step)}
+        whole = {id(step.frame) for step in steps if self._cuts.look(step)}
         with metrics.STAGE_SECONDS.labels("detect").time():
             found = self._detect([step.frame for step in steps], whole)
         for step, detections in zip(steps, found, strict=True):
             step.detections = detections
-        held, self._held = list(self._held.values()), {}
-        self._track(held + steps)
+        self._track(self._cuts.take() + steps)
 
-    def _track(self, steps: list[_Step]) -> None:
+    def _track(self, steps: list[Step]) -> None:
         """Tracks, recognition, archive and events of frames already searched (``steps``, in
         order); a scene cut candidate whose camera has tracks is held until its next frame
-        says whether it is a cut (``_look``), and tracked then, at the latest by ``expire``."""
+        says whether it is a cut (``daemon.cut_hold``), and tracked then, at the latest by
+        ``expire``."""
         frames: list[Frame] = []
         faces: list[_Face] = []
         with metrics.STAGE_SECONDS.labels("track").time():
@@ -169,7 +151,7 @@ class Pipeline:
                 frame, detections = step.frame, step.detections
                 tracker = self.trackers[frame.camera]
                 if step.cut is None and tracker.tracks:
-                    self._held[frame.camera] = step  # (none of its faces joins them yet)
+                    self._cuts.hold(step)  # (none of its faces joins them yet)
                     continue
                 frames.append(frame)
                 if step.cut:
@@ -199,27 +181,6 @@ class Pipeline:
                     )
         self._emit_due(frames, faces)
 
-    def _look(self, step: _Step) -> bool:
-        """``daemon.scene_cuts`` (with ``tracking.end_at_scene_cuts``) on ``step``'s frame:
-        a candidate cut waits for its camera's next frame, which says whether it is one.
-        Whether the frame is searched whole: a candidate, and the frame that
-        confirms one (a face after a cut is not near the tracks before it)."""
-        scenes = self._scenes.get(step.frame.camera)
-        if scenes is None:
-            step.cut = False
-            return False
-        look = scenes.look(step.frame.image, step.frame.clock)
-        waiting = self._waiting.pop(step.frame.camera, None)
-        if waiting is not None and look.confirms is not None:
-            waiting.cut = look.confirms
-            if look.confirms:
-                waiting.likeness = look.likeness
-        if look.candidate:
-            self._waiting[step.frame.camera] = step  # (its ``cut`` undecided: None)
-        else:
-            step.cut = False
-        return look.candidate or bool(look.confirms)
-
     def _cut(self, frame: Frame, likeness: float) -> None:
         """``frame`` is a scene cut, confirmed by its camera's next frame: its camera's
         tracks end before its faces are matched (a face where another stood before the cut
@@ -236,29 +197,10 @@ class Pipeline:
             )  # fmt: skip
         self._ended(frame.camera, ended, frame.ts)
 
-    def _release_held(self, now: float, stopping: bool) -> None:
-        """Track the held cut candidates whose next frame did not come within
-        ``scene_cuts.WITHIN_S`` (the camera went quiet), every one when ``stopping``: no
-        cut (a frame is never lost)."""
-        due = [
-            step
-            for camera, step in self._held.items()
-            if stopping or now - step.frame.clock > WITHIN_S
-        ]
-        for step in due:
-            camera = step.frame.camera
-            del self._held[camera]
-            if step.cut is None:
-                step.cut = False
-                self._waiting.pop(camera, None)
-                self._scenes[camera].drop_candidate()
-        if due:
-            self._track(due)
-
     def forget_held(self) -> None:
         """After a failure of the engines: the held frames are not tracked (their faces
         would need the engines); ``expire`` then ends the visits."""
-        self._held.clear()
+        self._cuts.forget()
 
     def _arrived(self, frame: Frame) -> float:
         """Notes ``frame`` as its camera's latest; returns how long the camera sent nothing
@@ -511,11 +453,15 @@ class Pipeline:
                 key = (face.frame.camera, face.track.track_id)
                 self._undecided_face[key] = crop.copy()  # not a view: frees the frame
 
-    def expire(self, now: float, stopping: bool = False) -> None:
+    def expire(self, now: float, stopping: bool = False, pending: Collection[str] = ()) -> None:
         """``left`` for the tracks gone (for every open one when ``stopping``). A camera that
         sent no frame for a while (a stall) holds its tracks up to STALL_GRACE_S: the faces
-        in view when its frames come again are the same visit, not a new arrival."""
-        self._release_held(now, stopping)
+        in view when its frames come again are the same visit, not a new arrival. First the
+        held cut candidates whose next frame will not come in time are tracked, as no cut
+        (``pending``: the cameras with a frame waiting for the pipeline, which decides)."""
+        due = self._cuts.due(now, stopping, pending)
+        if due:
+            self._track(due)
         for camera, tracker in self.trackers.items():
             last = self._last_frame.get(camera)
             seen_until = now if last is None else min(now, max(last, now - STALL_GRACE_S))
@@ -745,7 +691,7 @@ class BatchScheduler(threading.Thread):
                 self.last_round = time.monotonic()
                 now = time.monotonic()  # the frames' clock (Frame.clock)
                 if now - last_expire >= EXPIRE_EVERY_S:
-                    self.pipeline.expire(now)
+                    self.pipeline.expire(now, pending=self.queues.cameras_waiting())
                     last_expire = now
                 if stopping and not frames:  # drained: cameras stopped, queues empty
                     self.pipeline.expire(time.monotonic(), stopping=True)

@@ -624,6 +624,19 @@ def test_frame_queues_keep_the_newest_and_count_drops() -> None:
     assert queues.take(8, 0.0, idle_s=0.01) == []
 
 
+def test_frame_queues_say_which_cameras_have_a_frame_waiting() -> None:
+    """What tells the pipeline, running behind, that a camera's next frame has come (the
+    one that decides a held scene cut candidate)."""
+    queues = FrameQueues(["a", "b", "c"], per_camera=2)
+    image = np.zeros((2, 2, 3), np.uint8)
+    assert queues.cameras_waiting() == set()
+    for camera, seq in (("a", 1), ("a", 2), ("c", 1)):
+        queues.put(Frame(camera, seq, float(seq), image))
+    assert queues.cameras_waiting() == {"a", "c"}
+    queues.take(2, 0.0)
+    assert queues.cameras_waiting() == {"a"}
+
+
 def test_frames_dropped_in_a_run_are_said_at_its_stop(caplog) -> None:
     """A 60-s window had to pass before dropped frames were logged: `--run-for 8` with 4
     cameras on a file dropped 52 % of each one's frames and said nothing. At the stop, one

@@ -323,3 +323,23 @@ def test_a_held_frame_forgotten_after_a_failure_is_never_tracked(detector, tmp_p
     events = sent()
     assert [e["reason"] for e in events if e["type"] == "left"] == ["stopped"]
     assert not any(e["frame_ts"] == pytest.approx(1000.3) for e in events)
+
+
+def test_a_cut_is_decided_by_the_next_frame_however_late_the_pipeline_runs(
+    detector, tmp_path
+) -> None:
+    """The pipeline runs 2 s behind its camera: at the expiry after the audience frame (a
+    cut candidate, held) the next frame is already waiting in the camera's queue, and it
+    decides: Lin-Manuel Miranda's track ends at the cut. Had the camera gone quiet instead
+    (nothing waiting), the held frame is tracked then, as no cut."""
+    first = CUT_TO_AUDIENCE - 9
+    images = read_frames(DEMO_CLIP, first, 5, every=3)
+    ts = [1000.0 + k / 10 for k in range(5)]
+    for name, pending, reasons in (("late", {"late"}, ["cut"]), ("quiet", set(), [])):
+        (tmp_path / name).mkdir()
+        pipeline, sent = _pipeline(detector, tmp_path / name, {"name": name})
+        for k, image in enumerate(images[:4]):
+            pipeline.process([Frame(name, first + 3 * k, ts[k], image)])
+        pipeline.expire(ts[3] + 2.0, pending=pending)
+        pipeline.process([Frame(name, first + 12, ts[4], images[4])])
+        assert [e["reason"] for e in sent() if e["type"] == "left"] == reasons
