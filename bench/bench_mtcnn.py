@@ -9,6 +9,11 @@ size). With ``--rounds R`` all that runs R times, alternating, and the median co
 Afterwards the detections are compared: every reference face should be matched by one of ours
 at IoU >= 0.9 (reported, never asserted). Benchmarks measure; they do not assert timings.
 
+Run it on an idle machine. Each worker's CPU seconds and the machine's load are recorded;
+a WARNING line says when other processes ran beside the workers: the reference's OpenMP
+threads spin while they wait, so under load it slows down far more than facewatch, and the
+speed-ups come out several times too high.
+
     .venv-ref/bin/python bench/bench_mtcnn.py [--frames 40] [--threads 2] [--batch 8]
         [--repeat 2] [--rounds 3] [--json OUT]
 
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -149,6 +155,75 @@ def facewatch_detector(
     return detect
 
 
+def cpu_s(who: int = resource.RUSAGE_SELF) -> float:
+    """User + system CPU seconds of this process (or of its waited-for children)."""
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
+
+
+def machine_busy_s() -> float | None:
+    """CPU seconds all the machine's cores have been busy since boot (/proc/stat: all but idle
+    and iowait; steal counts, another VM's use); None where there is no /proc/stat."""
+    try:
+        ticks = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+
+
+# Over this, a run is not comparable: the 1-minute load average before the first worker, or
+# the cores other processes used on average while a worker ran.
+BUSY_LIMIT = 0.5
+
+
+def run_measured(cmd: list[str], env: dict[str, str] | None = None):
+    """Run a worker; returns (the finished process, what the machine did meanwhile): the
+    1-minute load average before it, its CPU seconds and wall seconds, and the cores that
+    other processes used on average while it ran (None without /proc/stat)."""
+    load = os.getloadavg()[0]
+    busy, children, start = machine_busy_s(), cpu_s(resource.RUSAGE_CHILDREN), time.monotonic()
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=False, env=env)
+    wall = time.monotonic() - start
+    worker_cpu = cpu_s(resource.RUSAGE_CHILDREN) - children
+    busy_after = machine_busy_s()
+    others = None
+    if busy is not None and busy_after is not None and wall > 0:
+        others = max(0.0, (busy_after - busy - worker_cpu) / wall)
+    machine = {
+        "load_1min_before": load,
+        "worker_cpu_s": worker_cpu,
+        "worker_wall_s": wall,
+        "others_cores": others,
+    }
+    return proc, machine
+
+
+def machine_summary(machines: list[dict]) -> list[str]:
+    """Lines under the results: the load the workers ran under, and a WARNING when others'
+    load was over BUSY_LIMIT (machines: each worker's, in the order they ran)."""
+    if not machines:
+        return []
+    loads = [m["load_1min_before"] for m in machines]
+    others = [m["others_cores"] for m in machines if m.get("others_cores") is not None]
+    lines = [
+        f"machine: 1-minute load average {loads[0]:.2f} before the first worker "
+        f"({min(loads):.2f}-{max(loads):.2f} before each, the previous workers' included); "
+        + (
+            f"other processes used {max(others):.2f} cores at most while a worker ran"
+            if others
+            else "no /proc/stat: what other processes used is not known"
+        )
+    ]
+    if loads[0] > BUSY_LIMIT or (others and max(others) > BUSY_LIMIT):
+        lines.append(
+            f"WARNING: the machine was not idle (over {BUSY_LIMIT} before the first worker or "
+            "beside one): these figures are not comparable. The reference's OpenMP threads "
+            "spin while they wait and slow down most under load, which inflates the speed-ups "
+            "(bench/README.md, 'Run them on an idle machine')."
+        )
+    return lines
+
+
 def max_rss_mb() -> float:
     """Peak resident set size of this process so far, in MiB (ru_maxrss is KiB on Linux)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -200,7 +275,9 @@ def run_worker(args: argparse.Namespace) -> int:
     if len(frames) <= args.warmup:
         raise SystemExit(f"{args.clip}: only {len(frames)} frames, need more than --warmup")
     rss_decoded = max_rss_mb()
+    cpu_before = cpu_s()
     fps, calls_ms, detections = time_detector(detect, frames, args)
+    timed_cpu_s = cpu_s() - cpu_before
     result = {
         "impl": args.worker,
         "clip": args.clip,
@@ -214,6 +291,8 @@ def run_worker(args: argparse.Namespace) -> int:
         "fps": fps,
         "call_ms_median": statistics.median(calls_ms),
         "call_ms_max": max(calls_ms),
+        "cpu_ms_per_frame": timed_cpu_s * 1000 / ((len(frames) - args.warmup) * args.repeat),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "rss_after_load_mb": rss_loaded,
         "rss_stream_peak_mb": rss_stream,
         "rss_after_decode_mb": rss_decoded,
@@ -298,13 +377,16 @@ def run_one(args: argparse.Namespace, impl: str, clip: str, batch: int) -> dict:
             cmd += ["--backend", args.backend]
         if args.lanes:
             cmd += ["--lanes", str(args.lanes)]
+        env = None
+        if impl == "reference" and args.ref_wait_policy == "passive":
+            env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
         print(f"[bench] {impl} {clip} batch {batch} ...", file=sys.stderr, flush=True)
-        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=False)
+        proc, machine = run_measured(cmd, env)
         if proc.returncode != 0:
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
             print(f"[bench]   failed: {' | '.join(tail)}", file=sys.stderr)
-            return {"error": "\n".join(tail)}
-        return json.loads(Path(out.name).read_text())
+            return {"error": "\n".join(tail), "machine": machine}
+        return {**json.loads(Path(out.name).read_text()), "machine": machine}
 
 
 def fmt(value: float | None, spec: str) -> str:
@@ -317,9 +399,9 @@ def table(rows: list[dict], batch: int) -> str:
         f"| clip | resolution | reference fps b1 / b{batch} | facewatch fps b1 / b{batch} "
         f"| speed-up b1 / b{batch} | peak RSS MB streaming ref / facewatch "
         f"| peak RSS MB with the clip held ref / facewatch b1 / b{batch} "
-        f"| agreement b1 (b{batch}) |"
+        f"| agreement b1 (b{batch}) | CPU ms a frame ref / facewatch b1 (b{batch}) |"
     )
-    lines = [head, "|" + "---|" * 8]
+    lines = [head, "|" + "---|" * 9]
     for row in rows:
         ref, ref_bb, b1, bb = row["reference"], row["ref_bB"], row["ours_b1"], row["ours_bB"]
         speed = [
@@ -332,10 +414,12 @@ def table(rows: list[dict], batch: int) -> str:
         rss = "/".join(fmt(r.get("rss_peak_mb"), ".0f") for r in (ref, b1, bb))
         res = ref.get("resolution_wh") or b1.get("resolution_wh")
         agree = f"{agreement_text(row['agree_b1'])} ({agreement_text(row['agree_bB'])})"
+        cpu = [fmt(r.get("cpu_ms_per_frame"), ".0f") for r in (ref, b1, ref_bb, bb)]
         lines.append(
             f"| {row['clip']} | {'x'.join(map(str, res)) if res else 'n/a'} "
             f"| {fps_text(ref)} / {fps_text(ref_bb)} | {fps_text(b1)} / {fps_text(bb)} "
-            f"| {fmt(speed[0], '.2f')}x / {fmt(speed[1], '.2f')}x | {stream} | {rss} | {agree} |"
+            f"| {fmt(speed[0], '.2f')}x / {fmt(speed[1], '.2f')}x | {stream} | {rss} | {agree} "
+            f"| {cpu[0]} / {cpu[1]} ({cpu[2]} / {cpu[3]}) |"
         )
     return "\n".join(lines)
 
@@ -358,6 +442,9 @@ def merge_rounds(results: list[dict]) -> dict:
     merged = dict(ok[0])
     merged["fps_rounds"] = [r["fps"] for r in ok]
     merged["fps"] = statistics.median(merged["fps_rounds"])
+    cpu = [r["cpu_ms_per_frame"] for r in ok if r.get("cpu_ms_per_frame") is not None]
+    merged["cpu_ms_per_frame"] = statistics.median(cpu) if cpu else None
+    merged["machine"] = [r.get("machine") for r in results]
     for key in ("rss_peak_mb", "rss_stream_peak_mb", "rss_after_load_mb", "rss_after_decode_mb"):
         values = [r[key] for r in ok if r.get(key) is not None]
         merged[key] = max(values) if values else None
@@ -366,16 +453,21 @@ def merge_rounds(results: list[dict]) -> dict:
 
 def run_driver(args: argparse.Namespace) -> int:
     rows = []
+    machines: list[dict] = []  # each worker's, in the order they ran
     for clip in args.clips:
         runs: dict[str, list[dict]] = {
             key: [] for key in ("reference", "ref_bB", "ours_b1", "ours_bB")
         }
+        plan = [
+            ("reference", "reference", 1),
+            ("ours_b1", "facewatch", 1),
+            ("ref_bB", "reference", args.batch),
+            ("ours_bB", "facewatch", args.batch),
+        ][: 4 if args.batch > 1 else 2]
         for _ in range(args.rounds):  # side by side, again and again
-            runs["reference"].append(run_one(args, "reference", clip, 1))
-            runs["ours_b1"].append(run_one(args, "facewatch", clip, 1))
-            if args.batch > 1:
-                runs["ref_bB"].append(run_one(args, "reference", clip, args.batch))
-                runs["ours_bB"].append(run_one(args, "facewatch", clip, args.batch))
+            for key, impl, batch in plan:
+                runs[key].append(run_one(args, impl, clip, batch))
+                machines.append({"worker": f"{clip} {impl} b{batch}", **runs[key][-1]["machine"]})
         ref, b1 = merge_rounds(runs["reference"]), merge_rounds(runs["ours_b1"])
         ref_bb = merge_rounds(runs["ref_bB"]) if args.batch > 1 else ref
         bb = merge_rounds(runs["ours_bB"]) if args.batch > 1 else b1
@@ -390,6 +482,8 @@ def run_driver(args: argparse.Namespace) -> int:
             agree = row[key]
             if agree and agree["mismatched_frames"]:
                 print(f"{row['clip']} {key}: frames that differ: {agree['mismatched_frames']}")
+    for line in machine_summary(machines):
+        print(line)
     if args.json:
         for row in rows:  # keep the JSON small: detections only matter for the comparison
             for key in ("reference", "ref_bB", "ours_b1", "ours_bB"):
@@ -399,7 +493,12 @@ def run_driver(args: argparse.Namespace) -> int:
             for k, v in vars(args).items()
             if k not in ("json", "worker", "clip", "result")
         }
-        out = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "config": config, "rows": rows}
+        out = {
+            "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "config": config,
+            "rows": rows,
+            "machine": machines,
+        }
         Path(args.json).write_text(json.dumps(out, indent=1))
     return 0
 
@@ -441,6 +540,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--backend", help="facewatch's MTCNN backend (default: MTCNN.load's)")
     p.add_argument("--lanes", type=int, help="facewatch's parallel lanes (default: the backend's)")
     p.add_argument("--python-ref", default=sys.executable, help="interpreter with facenet-pytorch")
+    p.add_argument(
+        "--ref-wait-policy",
+        choices=["default", "passive"],
+        default="default",
+        help="'passive' runs the reference with OMP_WAIT_POLICY=PASSIVE (its threads sleep "
+        "instead of spinning while they wait); 'default' leaves it as users run it",
+    )
     p.add_argument("--python-ours", default=sys.executable, help="interpreter for facewatch")
     p.add_argument("--json", help="write the results here")
     p.add_argument("--worker", choices=["reference", "facewatch"], help=argparse.SUPPRESS)

@@ -1,0 +1,118 @@
+"""The benchmark scripts' honesty: what they record about the machine, their exit status when
+a worker failed, where they write, their argument checks. Nothing here times anything: the
+workers are stand-ins (a small script in place of the interpreter) that write a result."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def load_bench(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, REPO / "bench" / f"{name}.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def bench_mtcnn() -> ModuleType:
+    return load_bench("bench_mtcnn")
+
+
+# A stand-in for `python bench/bench_mtcnn.py --worker ...`: burns a little CPU and writes a
+# result of no faces; fails when FAIL names its --worker.
+FAKE_MTCNN_WORKER = """\
+#!{python}
+import json, os, sys
+args = sys.argv[2:]
+opt = dict(zip(args[::2], args[1::2]))
+if opt["--worker"] == os.environ.get("FAIL"):
+    sys.exit("ModuleNotFoundError: No module named 'torchvision'")
+sum(i * i for i in range(300_000))
+frames = int(opt["--frames"]) - int(opt["--warmup"])
+result = {{"impl": opt["--worker"], "fps": 10.0, "resolution_wh": [640, 360],
+          "cpu_ms_per_frame": 50.0, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+          "detections": [{{"bbox_xyxy": [], "score": [], "landmarks": []}}] * frames}}
+open(opt["--result"], "w").write(json.dumps(result))
+"""
+
+
+@pytest.fixture
+def fake_python(tmp_path) -> Path:
+    path = tmp_path / "fake_python"
+    path.write_text(FAKE_MTCNN_WORKER.format(python=sys.executable))
+    path.chmod(0o755)
+    return path
+
+
+def mtcnn_args(fake_python: Path, tmp_path: Path, *more: str) -> list[str]:
+    return [
+        "--clips", "hamilton_360p", "--frames", "3", "--warmup", "1", "--batch", "2",
+        "--python-ref", str(fake_python), "--python-ours", str(fake_python),
+        "--json", str(tmp_path / "out.json"), *more,
+    ]  # fmt: skip
+
+
+def test_bench_mtcnn_records_each_workers_load_and_cpu_seconds(
+    bench_mtcnn, fake_python, tmp_path, capsys
+):
+    assert bench_mtcnn.main(mtcnn_args(fake_python, tmp_path)) == 0
+    out = json.loads((tmp_path / "out.json").read_text())
+    machines = out["machine"]
+    assert [m["worker"] for m in machines] == [
+        "hamilton_360p reference b1",
+        "hamilton_360p facewatch b1",
+        "hamilton_360p reference b2",
+        "hamilton_360p facewatch b2",
+    ]
+    for m in machines:
+        assert m["load_1min_before"] >= 0
+        assert m["worker_cpu_s"] > 0  # the stand-in's own CPU, not the driver's
+        assert m["others_cores"] is None or m["others_cores"] >= 0
+    assert out["rows"][0]["reference"]["cpu_ms_per_frame"] == 50.0
+    printed = capsys.readouterr().out
+    assert "1-minute load average" in printed
+    assert "| 50 / 50 (50 / 50) |" in printed  # CPU ms a frame, in the table
+
+
+def test_bench_mtcnn_warns_when_the_machine_was_busy(
+    bench_mtcnn, fake_python, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setattr(bench_mtcnn.os, "getloadavg", lambda: (4.9, 4.0, 3.0))
+    assert bench_mtcnn.main(mtcnn_args(fake_python, tmp_path)) == 0
+    assert "WARNING: the machine was not idle" in capsys.readouterr().out
+
+
+def test_a_busy_machine_is_judged_by_others_not_by_the_benchs_own_workers(bench_mtcnn):
+    def machine(load: float, others: float | None) -> dict:
+        return {"load_1min_before": load, "others_cores": others}
+
+    # the load before later workers includes the earlier workers': no warning for that
+    quiet = bench_mtcnn.machine_summary([machine(0.1, 0.05), machine(1.8, 0.1)])
+    assert not any(line.startswith("WARNING") for line in quiet)
+    # others using a core beside a worker, or a loaded machine before the first one
+    for busy in ([machine(0.1, 0.05), machine(1.8, 0.9)], [machine(0.8, 0.0)]):
+        assert bench_mtcnn.machine_summary(busy)[-1].startswith("WARNING")
+
+
+def test_bench_mtcnn_ref_wait_policy_passive_reaches_the_reference_only(
+    bench_mtcnn, fake_python, tmp_path, monkeypatch
+):
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    args = mtcnn_args(fake_python, tmp_path, "--ref-wait-policy", "passive")
+    assert bench_mtcnn.main(args) == 0
+    row = json.loads((tmp_path / "out.json").read_text())["rows"][0]
+    assert row["reference"]["omp_wait_policy"] == "PASSIVE"
+    assert row["ours_b1"]["omp_wait_policy"] is None
+    assert bench_mtcnn.main(mtcnn_args(fake_python, tmp_path)) == 0  # default: as users run it
+    row = json.loads((tmp_path / "out.json").read_text())["rows"][0]
+    assert row["reference"]["omp_wait_policy"] is None
