@@ -8,10 +8,15 @@ facenet-pytorch at batch 1 and 16 (facenet-pytorch fp32 at 160x160; facewatch at
 model's input size and storage, fp32 or int8 (`train export --int8`); crops of real faces
 when the shared data is there, else random pixels), then ``Gallery.match`` of 1 face against a gallery of
 ``--gallery-size`` random unit embeddings (a real SQLite gallery file). Benchmarks measure;
-they do not assert timings.
+they do not assert timings. With ``--rounds N`` the embedding workers run N times, the two
+sides in turn, and the median faces/s counts (the range in brackets).
+
+Run it on an idle machine: each worker's CPU seconds and the load are recorded, and a WARNING
+line says when other processes ran beside it (the reference's OpenMP threads spin while they
+wait, so under load it slows down far more than facewatch: the speed-ups come out too high).
 
     .venv/bin/python bench/bench_facenet.py [--model models/facenet/facenet.onnx] [--threads 2]
-        [--seconds 5] [--gallery-size 100000] [--match-dim 128] [--json OUT]
+        [--seconds 5] [--rounds 1] [--gallery-size 100000] [--match-dim 128] [--json OUT]
 
 Without ``--model`` and no default model, a randomly initialised Inception-ResNet-v1 is
 exported to a temporary folder: speed does not depend on the weights.
@@ -23,7 +28,6 @@ import argparse
 import functools
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from bench_mtcnn import machine_summary, run_measured  # bench/, the script's folder
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -152,20 +157,63 @@ def random_model(folder: Path) -> Path:
 
 
 def run_worker(kind: str, args: argparse.Namespace) -> dict[str, Any]:
-    argv = [sys.executable, __file__, "--worker", kind, "--model", str(args.model)]
+    """One worker's result, with what the machine did meanwhile (``machine``)."""
+    argv = [sys.executable, str(Path(__file__).resolve()), "--worker", kind]
+    argv += ["--model", str(Path(args.model).resolve())]
     argv += ["--threads", str(args.threads), "--seconds", str(args.seconds)]
     argv += ["--gallery-size", str(args.gallery_size)]
     if args.match_dim:
         argv += ["--match-dim", str(args.match_dim)]
-    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    print(f"[bench] {kind} ...", file=sys.stderr, flush=True)
+    done, machine = run_measured(argv)
     if done.returncode != 0:
-        return {"error": done.stderr.strip().splitlines()[-1] if done.stderr else "failed"}
-    return json.loads(done.stdout.strip().splitlines()[-1])
+        error = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "failed"
+        return {"error": error, "machine": machine}
+    return {**json.loads(done.stdout.strip().splitlines()[-1]), "machine": machine}
+
+
+def merge_rounds(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One worker's rounds: the median faces/s of each batch size, with every round's; the
+    first error if any round failed; ``machine``: every round's."""
+    machines = [r["machine"] for r in runs]
+    failed = [r for r in runs if "batch1" not in r]
+    if failed or len(runs) == 1:
+        return {**(failed or runs)[0], "machine": machines}
+    merged: dict[str, Any] = {**runs[0], "machine": machines}
+    for batch in BATCHES:
+        rates = [r[f"batch{batch}"]["faces_per_s"] for r in runs]
+        merged[f"batch{batch}"] = {
+            "median_s": statistics.median(r[f"batch{batch}"]["median_s"] for r in runs),
+            "calls": sum(r[f"batch{batch}"]["calls"] for r in runs),
+            "faces_per_s": statistics.median(rates),
+            "faces_per_s_rounds": rates,
+        }
+    return merged
+
+
+def rate_text(result: dict[str, Any], batch: int) -> str:
+    """Faces/s; over several rounds the median, with the range."""
+    stats = result[f"batch{batch}"]
+    text = f"{stats['faces_per_s']:.1f}"
+    rounds = stats.get("faces_per_s_rounds") or []
+    if len(rounds) > 1:
+        text += f" ({min(rounds):.1f}-{max(rounds):.1f})"
+    return text + " f/s"
+
+
+def cpu_text(result: dict[str, Any]) -> str:
+    """The worker's CPU seconds over its wall seconds, over all rounds."""
+    machines = result["machine"] if isinstance(result["machine"], list) else [result["machine"]]
+    cpu = sum(m["worker_cpu_s"] for m in machines)
+    wall = sum(m["worker_wall_s"] for m in machines)
+    return f"{cpu:.0f} / {wall:.0f} s"
 
 
 def table(results: dict[str, Any], args: argparse.Namespace) -> str:
     rows = [f"FaceNet benchmark, {args.threads} thread(s), model {args.model}", ""]
-    rows.append(f"{'implementation':<48} {'batch 1':>14} {'batch 16':>14}")
+    rows.append(
+        f"{'implementation':<48} {'batch 1':>26} {'batch 16':>26} {'worker CPU / wall':>18}"
+    )
     for kind, label in (
         ("ort", "facewatch FaceNet, ONNX Runtime"),
         ("bf16", "facewatch FaceNet, OpenVINO"),
@@ -177,12 +225,12 @@ def table(results: dict[str, Any], args: argparse.Namespace) -> str:
         if "error" in r:
             rows.append(f"{label:<48} error: {r['error']}")
             continue
-        cells = [f"{r[f'batch{b}']['faces_per_s']:9.1f} f/s" for b in BATCHES]
-        rows.append(f"{label:<48} {cells[0]:>14} {cells[1]:>14}")
+        cells = [rate_text(r, b) for b in BATCHES]
+        rows.append(f"{label:<48} {cells[0]:>26} {cells[1]:>26} {cpu_text(r):>18}")
     for kind, label in (("ort", "speed-up, ONNX Runtime"), ("bf16", "speed-up, OpenVINO bf16")):
         if "error" not in results[kind] and "error" not in results["torch"]:
             ratio = [results[kind][f"batch{b}"]["faces_per_s"] / results["torch"][f"batch{b}"]["faces_per_s"] for b in BATCHES]  # fmt: skip
-            rows.append(f"{label:<48} {ratio[0]:>13.2f}x {ratio[1]:>13.2f}x")
+            rows.append(f"{label:<48} {ratio[0]:>25.2f}x {ratio[1]:>25.2f}x")
     m = results["match"]
     rows.append("")
     if "error" in m:
@@ -196,13 +244,20 @@ def table(results: dict[str, Any], args: argparse.Namespace) -> str:
     return "\n".join(rows)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--model", type=Path, default=None)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seconds", type=float, default=5.0, help="timing per measurement")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run the embedding workers this many times, the two sides in turn; the median "
+        "faces/s counts",
+    )
     p.add_argument("--gallery-size", type=int, default=100_000)
     p.add_argument(
         "--match-dim",
@@ -213,17 +268,25 @@ def main() -> int:
     )
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     p.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
-    args = p.parse_args()
+    args = p.parse_args(argv)
     if args.worker:
         print(json.dumps(WORKERS[args.worker](args)))
         return 0
     with tempfile.TemporaryDirectory() as folder:
         if args.model is None:
             args.model = DEFAULT_MODEL if DEFAULT_MODEL.is_file() else random_model(Path(folder))
-        results = {kind: run_worker(kind, args) for kind in KINDS}
+        runs: dict[str, list[dict[str, Any]]] = {kind: [] for kind in KINDS}
+        machines = []  # each worker's, in the order they ran
+        for kind in [k for _ in range(args.rounds) for k in KINDS if k != "match"] + ["match"]:
+            runs[kind].append(run_worker(kind, args))
+            machines.append({"worker": kind, **runs[kind][-1]["machine"]})
+        results = {kind: merge_rounds(runs[kind]) for kind in KINDS}
         print(table(results, args))
+        for line in machine_summary(machines):
+            print(line)
     if args.json:
-        args.json.write_text(json.dumps({"threads": args.threads, **results}, indent=2) + "\n")
+        out = {"threads": args.threads, "rounds": args.rounds, **results, "machine": machines}
+        args.json.write_text(json.dumps(out, indent=2) + "\n")
     return 0
 
 

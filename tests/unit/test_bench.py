@@ -16,6 +16,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def load_bench(name: str) -> ModuleType:
+    if str(REPO / "bench") not in sys.path:  # as when the script runs: its folder first
+        sys.path.insert(0, str(REPO / "bench"))
     spec = importlib.util.spec_from_file_location(name, REPO / "bench" / f"{name}.py")
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
@@ -116,3 +118,61 @@ def test_bench_mtcnn_ref_wait_policy_passive_reaches_the_reference_only(
     assert bench_mtcnn.main(mtcnn_args(fake_python, tmp_path)) == 0  # default: as users run it
     row = json.loads((tmp_path / "out.json").read_text())["rows"][0]
     assert row["reference"]["omp_wait_policy"] is None
+
+
+@pytest.fixture(scope="module")
+def bench_facenet() -> ModuleType:
+    return load_bench("bench_facenet")
+
+
+def facenet_result(kind: str, rate: float) -> dict:
+    machine = {"load_1min_before": 0.1, "worker_cpu_s": 2.0, "worker_wall_s": 1.0}
+    if kind == "match":
+        stats = {"median_s": 1e-3, "calls": 10}
+        return {
+            "embedding_size": 128,
+            "enroll_s": 0.1,
+            "first_match_s": 0.1,
+            **stats,
+            "machine": machine,
+        }
+    batches = {
+        f"batch{b}": {"median_s": b / rate, "calls": 5, "faces_per_s": rate} for b in (1, 16)
+    }
+    return {"input": "160 px, fp32", **batches, "machine": {**machine, "others_cores": 0.0}}
+
+
+def test_bench_facenet_rounds_alternate_the_sides_and_the_median_counts(
+    bench_facenet, tmp_path, monkeypatch, capsys
+):
+    ran: list[str] = []
+    rates = iter([10.0, 100.0, 1.0, 30.0, 300.0, 3.0, 20.0, 200.0, 2.0, 0.0])
+
+    def run_worker(kind, args):
+        ran.append(kind)
+        return facenet_result(kind, next(rates))
+
+    monkeypatch.setattr(bench_facenet, "run_worker", run_worker)
+    out = tmp_path / "facenet.json"
+    args = ["--rounds", "3", "--model", str(tmp_path / "m.onnx"), "--json", str(out)]
+    assert bench_facenet.main(args) == 0
+    assert ran == ["ort", "bf16", "torch"] * 3 + ["match"]
+    results = json.loads(out.read_text())
+    assert results["rounds"] == 3
+    assert results["ort"]["batch1"]["faces_per_s"] == 20.0
+    assert results["ort"]["batch1"]["faces_per_s_rounds"] == [10.0, 30.0, 20.0]
+    assert results["torch"]["batch16"]["faces_per_s"] == 2.0
+    assert len(results["machine"]) == 10
+    printed = capsys.readouterr().out
+    assert "20.0 (10.0-30.0) f/s" in printed
+    assert "10.00x" in printed  # the medians' ratio, 20 / 2
+
+
+def test_bench_facenet_records_a_workers_load_and_cpu_seconds(bench_facenet, tmp_path):
+    args = bench_facenet.argparse.Namespace(
+        model=tmp_path / "unused.onnx", threads=1, seconds=0.01, gallery_size=50, match_dim=8
+    )
+    result = bench_facenet.run_worker("match", args)  # a real worker: a small gallery
+    assert result["embedding_size"] == 8
+    assert result["machine"]["load_1min_before"] >= 0
+    assert result["machine"]["worker_cpu_s"] > 0
