@@ -18,8 +18,11 @@ wait, so under load it slows down far more than facewatch: the speed-ups come ou
     .venv/bin/python bench/bench_facenet.py [--model models/facenet/facenet.onnx] [--threads 2]
         [--seconds 5] [--rounds 1] [--gallery-size 100000] [--match-dim 128] [--json OUT]
 
-Without ``--model`` and no default model, a randomly initialised Inception-ResNet-v1 is
-exported to a temporary folder: speed does not depend on the weights.
+``--model random`` (or no ``--model`` and no models/facenet/facenet.onnx) exports a randomly
+initialised Inception-ResNet-v1 at 160 px to a temporary folder, the network facenet-pytorch
+runs: speed does not depend on the weights. Any other model (the shipped one is dlib's ResNet
+at 150 px) is another network: its ratio to facenet-pytorch is printed, labelled as not a
+speed-up.
 """
 
 from __future__ import annotations
@@ -90,7 +93,13 @@ def worker_ort(args: argparse.Namespace, precision: str = "fp32") -> dict[str, A
         [cv2.resize(c, (width, height), interpolation=cv2.INTER_AREA) for c in crops_bgr()]
     )
     storage = "int8" if net.meta.extra.get("int8") else precision
-    out: dict[str, Any] = {"input": f"{height} px, {storage}"}
+    out: dict[str, Any] = {
+        "input": f"{height} px, {storage}",
+        "model": net.meta.name,
+        # the reference's network at its input size: Inception-ResNet-v1 at 160 px
+        "same_network": (height, width) == (160, 160)
+        and net.meta.extra.get("architecture") != "dlib-resnet",
+    }
     for batch in BATCHES:
         stats = timed(functools.partial(net.embed, crops[:batch]), args.seconds)
         out[f"batch{batch}"] = {**stats, "faces_per_s": batch / stats["median_s"]}
@@ -210,7 +219,8 @@ def cpu_text(result: dict[str, Any]) -> str:
 
 
 def table(results: dict[str, Any], args: argparse.Namespace) -> str:
-    rows = [f"FaceNet benchmark, {args.threads} thread(s), model {args.model}", ""]
+    model = "a random Inception-ResNet-v1" if args.random_model else args.model
+    rows = [f"FaceNet benchmark, {args.threads} thread(s), model {model}", ""]
     rows.append(
         f"{'implementation':<48} {'batch 1':>26} {'batch 16':>26} {'worker CPU / wall':>18}"
     )
@@ -229,6 +239,8 @@ def table(results: dict[str, Any], args: argparse.Namespace) -> str:
         rows.append(f"{label:<48} {cells[0]:>26} {cells[1]:>26} {cpu_text(r):>18}")
     for kind, label in (("ort", "speed-up, ONNX Runtime"), ("bf16", "speed-up, OpenVINO bf16")):
         if "error" not in results[kind] and "error" not in results["torch"]:
+            if not results[kind].get("same_network", True):
+                label = label.replace("speed-up", "ratio (another network, not a speed-up)")
             ratio = [results[kind][f"batch{b}"]["faces_per_s"] / results["torch"][f"batch{b}"]["faces_per_s"] for b in BATCHES]  # fmt: skip
             rows.append(f"{label:<48} {ratio[0]:>25.2f}x {ratio[1]:>25.2f}x")
     m = results["match"]
@@ -248,7 +260,13 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--model", type=Path, default=None)
+    p.add_argument(
+        "--model",
+        default=None,
+        help="facewatch's FaceNet (.onnx with its .json sidecar), or 'random': a random "
+        "Inception-ResNet-v1 at 160 px, the reference's network (default: "
+        "models/facenet/facenet.onnx, else random)",
+    )
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seconds", type=float, default=5.0, help="timing per measurement")
     p.add_argument(
@@ -273,8 +291,11 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(WORKERS[args.worker](args)))
         return 0
     with tempfile.TemporaryDirectory() as folder:
-        if args.model is None:
-            args.model = DEFAULT_MODEL if DEFAULT_MODEL.is_file() else random_model(Path(folder))
+        if args.model is None and DEFAULT_MODEL.is_file():
+            args.model = DEFAULT_MODEL
+        args.random_model = args.model in (None, "random")
+        if args.random_model:
+            args.model = random_model(Path(folder))
         runs: dict[str, list[dict[str, Any]]] = {kind: [] for kind in KINDS}
         machines = []  # each worker's, in the order they ran
         for kind in [k for _ in range(args.rounds) for k in KINDS if k != "match"] + ["match"]:

@@ -176,3 +176,38 @@ def test_bench_facenet_records_a_workers_load_and_cpu_seconds(bench_facenet, tmp
     assert result["embedding_size"] == 8
     assert result["machine"]["load_1min_before"] >= 0
     assert result["machine"]["worker_cpu_s"] > 0
+
+
+def test_bench_facenet_model_random_measures_the_references_network(
+    bench_facenet, tmp_path, monkeypatch, capsys
+):
+    models: list[str] = []
+
+    def run_worker(kind, args):
+        models.append(str(args.model))
+        return facenet_result(kind, 10.0)
+
+    built = tmp_path / "random" / "facenet.onnx"
+    monkeypatch.setattr(bench_facenet, "run_worker", run_worker)
+    monkeypatch.setattr(bench_facenet, "random_model", lambda folder: built)
+    assert bench_facenet.main(["--model", "random"]) == 0
+    assert set(models) == {str(built)}
+    assert "model a random Inception-ResNet-v1" in capsys.readouterr().out
+    models.clear()
+    assert bench_facenet.main([]) == 0  # the shipped model when there is one
+    assert set(models) == {str(bench_facenet.DEFAULT_MODEL)} or not (
+        bench_facenet.DEFAULT_MODEL.is_file()
+    )
+
+
+def test_bench_facenet_does_not_call_another_networks_ratio_a_speed_up(bench_facenet):
+    args = bench_facenet.argparse.Namespace(
+        threads=2, random_model=False, model="m.onnx", gallery_size=10
+    )
+    results = {kind: facenet_result(kind, 100.0) for kind in ("ort", "bf16", "match")}
+    results["torch"] = facenet_result("torch", 10.0)
+    results["ort"]["same_network"] = False  # the shipped dlib ResNet at 150 px
+    results["bf16"]["same_network"] = True
+    text = bench_facenet.table(results, args)
+    assert "ratio (another network, not a speed-up), ONNX Runtime" in text
+    assert "speed-up, OpenVINO bf16" in text
