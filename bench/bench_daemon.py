@@ -228,15 +228,18 @@ def _figures(
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cameras", type=int, nargs="+", default=[1, 2, 4])
-    parser.add_argument("--seconds", type=float, default=60)
-    parser.add_argument("--warmup", type=float, default=10)
-    parser.add_argument("--fps", type=float, default=5)
-    parser.add_argument("--min-face-size", type=float, default=20, help="detection.min_face_size")
-    parser.add_argument(
-        "--full-scan-every", type=int, default=1, help="detection.full_scan_every (default 1)"
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    parser.add_argument(
+        "--cameras", type=int, nargs="+", default=[1, 2, 4], help="one run per camera count"
+    )
+    parser.add_argument("--seconds", type=float, default=60, help="measured seconds per run")
+    parser.add_argument("--warmup", type=float, default=10, help="seconds before the measurement")
+    parser.add_argument("--fps", type=float, default=5, help="each camera's frame rate")
+    parser.add_argument("--min-face-size", type=float, default=20, help="detection.min_face_size")
+    parser.add_argument("--full-scan-every", type=int, default=1, help="detection.full_scan_every")
     parser.add_argument(
         "--set",
         action="append",

@@ -103,12 +103,17 @@ def loop_seconds(clip: Path) -> float:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cameras", type=int, default=2)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--cameras", type=int, default=2, help="RTSP cameras, each the clip")
     parser.add_argument("--still", type=float, default=20, help="seconds nobody is in view")
     parser.add_argument("--loops", type=int, default=2, help="whole loops of the clip measured")
-    parser.add_argument("--warmup", type=float, default=10)
-    parser.add_argument("--fps", type=float, default=5)
+    parser.add_argument(
+        "--warmup", type=float, default=10, help="seconds before each run's measurement"
+    )
+    parser.add_argument("--fps", type=float, default=5, help="each camera's frame rate")
     parser.add_argument(
         "--out", type=Path, default=REPO / "bench" / "results" / "daemon_motion.json"
     )

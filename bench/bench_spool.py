@@ -56,9 +56,12 @@ def bytes_per_event(messages: int, snapshots: bool, sent: bool) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("--messages", type=int, default=1000, help="events per case")
-    parser.add_argument("--label", help="this run's name (default: the commit)")
+    parser.add_argument("--label", help="this run's name (none: the commit, as git describe says)")
     parser.add_argument("--out", type=Path, help="JSON file this run's row is added to")
     args = parser.parse_args()
     label = (

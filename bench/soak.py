@@ -1,5 +1,7 @@
 """Soak test with faults: the daemon on 2 looping RTSP cameras for 30 minutes while the MQTT
-broker and one camera are restarted every few minutes. Run from the repository root:
+broker and one camera are restarted every few minutes.
+
+Run from the repository root:
 
     .venv/bin/python bench/soak.py                  # 30 minutes (+ about 2 to set up and drain)
     .venv/bin/python bench/soak.py --minutes 5      # a short one
@@ -284,12 +286,13 @@ def _report(
 
 def main() -> int:
     parser = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--minutes", type=float, default=30, help="soak length (default 30)")
+    parser.add_argument("--minutes", type=float, default=30, help="soak length")
     parser.add_argument("--fault-every", type=float, default=150, help="seconds between faults")
     parser.add_argument("--outage", type=float, default=20, help="seconds each fault lasts")
-    parser.add_argument("--fps", type=float, default=5, help="camera fps (default 5)")
+    parser.add_argument("--fps", type=float, default=5, help="camera fps")
     parser.add_argument("--sample-every", type=float, default=10, help="seconds between samples")
     parser.add_argument("--warmup-s", type=float, default=120, help="RSS samples ignored first")
     parser.add_argument("--max-growth-mb", type=float, default=50, help="RSS growth that fails")

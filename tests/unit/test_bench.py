@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -211,3 +212,29 @@ def test_bench_facenet_does_not_call_another_networks_ratio_a_speed_up(bench_fac
     text = bench_facenet.table(results, args)
     assert "ratio (another network, not a speed-up), ONNX Runtime" in text
     assert "speed-up, OpenVINO bf16" in text
+
+
+def bench_help(script: str) -> str:
+    done = subprocess.run(
+        [sys.executable, str(REPO / "bench" / f"{script}.py"), "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return done.stdout
+
+
+@pytest.mark.parametrize(
+    "script, option",
+    [
+        ("bench_daemon", "--seconds SECONDS     measured seconds per run (default: 60)"),
+        ("bench_motion", "--warmup WARMUP    seconds before each run's measurement (default: 10)"),
+        ("bench_spool", "--messages MESSAGES  events per case (default: 1000)"),
+        ("soak", "--minutes MINUTES     soak length (default: 30)"),
+    ],
+)
+def test_bench_help_says_what_the_script_does_in_whole_sentences_and_shows_defaults(script, option):
+    text = bench_help(script)
+    description = text.split("\n\n")[1]
+    assert description.rstrip().endswith("."), description
+    assert option in text
