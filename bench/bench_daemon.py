@@ -9,7 +9,9 @@ a gallery of one person. Run from the repository root:
 
     .venv/bin/python bench/bench_daemon.py --cameras 1 2 4 --seconds 60
 
-Writes bench/results/daemon.json and prints a table. It measures; it asserts nothing.
+Writes --out (by default bench/.cache/daemon.json, git-ignored; the committed results in
+bench/results/ are written only when --out names them) and prints a table. It measures;
+it asserts nothing.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from tests.integration.services import (  # noqa: E402
 
 SOURCE = REPO.parent / "shared" / "data" / "videos" / "crowd_1080p.mp4"
 CACHE = REPO / "bench" / ".cache"
+DEFAULT_OUT = CACHE / "daemon.json"  # not bench/results/: a rerun keeps the committed one
 STAGES = ("detect", "track", "embed", "match", "archive")
 
 
@@ -262,7 +265,13 @@ def main() -> int:
         help="the daemon's environment, e.g. PYTHONPATH=/tmp/old-checkout to run another "
         "commit's code or OPENBLAS_NUM_THREADS=2 (repeatable)",
     )
-    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "daemon.json")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=DEFAULT_OUT,
+        help="the results (JSON); bench/.cache/ is git-ignored, and bench/results/ holds the "
+        "committed ones, written only when --out names them",
+    )
     args = parser.parse_args()
     env = dict(item.partition("=")[::2] for item in args.env)
     if not SOURCE.is_file():

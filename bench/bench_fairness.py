@@ -24,7 +24,7 @@ FaceNet (from the large frame), as the scheduler does.
    pairs: false non-match rates are not measured.
 
     .venv/bin/python bench/bench_fairness.py [--data DIR] [--per-group N] [--seed 0]
-        [--threads 2] [--embeddings CACHE.npz] [--out bench/results/fairness.json]
+        [--threads 2] [--embeddings CACHE.npz] [--out OUT.json]
 
 It measures; it asserts nothing.
 """
@@ -46,7 +46,9 @@ from tqdm import tqdm
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 DEFAULT_DATA = REPO / ".gpu_data" / "sources" / "utkface" / "unlabeled"
-DEFAULT_OUT = REPO / "bench" / "results" / "fairness.json"
+DEFAULT_OUT = (
+    REPO / "bench" / ".cache" / "fairness.json"
+)  # not bench/results/: keeps the committed one
 RACES = ("White", "Black", "Asian", "Indian", "Others")
 GENDERS = ("male", "female")
 AGE_BANDS = ((0, 12), (13, 19), (20, 39), (40, 59), (60, 200))
@@ -305,7 +307,13 @@ def main() -> int:
         help="pairs nearer than this (squared L2) are one photo twice: dropped (default 0.02)",
     )
     p.add_argument("--embeddings", type=Path, help="keep the detections and embeddings here")
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=DEFAULT_OUT,
+        help="the results (JSON; default: %(default)s); bench/.cache/ is git-ignored, and bench/results/ holds the "
+        "committed ones, written only when --out names them",
+    )
     args = p.parse_args()
     faces, odd = read_faces(args.data, args.per_group, args.seed)
     if not faces:

@@ -11,7 +11,7 @@ be restarted while the other goes on. Recognition runs with the test FaceNet (ra
 the same computation as a trained one) and a gallery of one person. Every --fault-every
 seconds, alternately, the broker or camera 2 goes away for --outage seconds.
 
-Reports (and writes to bench/results/soak.json): resident memory over time, with the growth
+Reports (and writes to --out, by default bench/.cache/soak.json, git-ignored): resident memory over time, with the growth
 between the first and the last 5 minutes after warm-up; events emitted (the daemon's own
 JSON-lines log) against events delivered to a persistent MQTT subscriber (lost, duplicated);
 camera and broker reconnections; with Home Assistant discovery on, the retained state a
@@ -57,6 +57,7 @@ CAMERAS = ("cam1", "cam2")
 LOST_AFTER_S = 2.0  # tracking.lost_after_s
 ARCHIVE_MB = 5.0  # small: the soak prunes the face archive all along
 LOGS = REPO / "bench" / ".cache" / "soak"  # the logs of the last run
+DEFAULT_OUT = REPO / "bench" / ".cache" / "soak.json"  # not bench/results/: keeps the committed one
 
 
 def received(subscriber: Subscriber) -> list[str]:
@@ -296,7 +297,13 @@ def main() -> int:
     parser.add_argument("--sample-every", type=float, default=10, help="seconds between samples")
     parser.add_argument("--warmup-s", type=float, default=120, help="RSS samples ignored first")
     parser.add_argument("--max-growth-mb", type=float, default=50, help="RSS growth that fails")
-    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "soak.json")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=DEFAULT_OUT,
+        help="the results (JSON); bench/.cache/ is git-ignored, and bench/results/ holds the "
+        "committed ones, written only when --out names them",
+    )
     args = parser.parse_args()
     if args.minutes * 60 < args.warmup_s + 60:
         parser.error("--minutes must leave at least a minute after --warmup-s")

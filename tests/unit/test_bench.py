@@ -22,6 +22,7 @@ def load_bench(name: str) -> ModuleType:
     spec = importlib.util.spec_from_file_location(name, REPO / "bench" / f"{name}.py")
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # as an import would (dataclasses look their module up)
     spec.loader.exec_module(module)
     return module
 
@@ -238,3 +239,12 @@ def test_bench_help_says_what_the_script_does_in_whole_sentences_and_shows_defau
     description = text.split("\n\n")[1]
     assert description.rstrip().endswith("."), description
     assert option in text
+
+
+@pytest.mark.parametrize("script", ["bench_daemon", "bench_motion", "soak", "bench_fairness"])
+def test_a_rerun_does_not_overwrite_the_committed_results(script):
+    default = load_bench(script).DEFAULT_OUT
+    assert default.parent == REPO / "bench" / ".cache"
+    ignored = subprocess.run(["git", "check-ignore", "-q", str(default)], cwd=REPO, check=False)
+    assert ignored.returncode == 0, f"{default} is not git-ignored"
+    assert "bench/results/ holds the committed ones" in " ".join(bench_help(script).split())
