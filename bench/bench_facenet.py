@@ -86,7 +86,7 @@ def worker_ort(args: argparse.Namespace, precision: str = "fp32") -> dict[str, A
     from engines.openvino_backend import cpu_has_bf16
 
     if precision == "bf16" and not cpu_has_bf16():
-        return {"error": "this CPU has no native bf16 (AVX512_BF16 or AMX)"}
+        return {"skipped": "this CPU has no native bf16 (AVX512_BF16 or AMX)"}
     net = FaceNet.load(args.model, threads=args.threads, precision=precision)
     height, width = net.image_size_hw
     crops = np.stack(
@@ -232,13 +232,14 @@ def table(results: dict[str, Any], args: argparse.Namespace) -> str:
         r = results[kind]
         if "input" in r:
             label += f" ({r['input']})"
-        if "error" in r:
-            rows.append(f"{label:<48} error: {r['error']}")
+        if "batch1" not in r:
+            reason = "error: " + r["error"] if "error" in r else "skipped: " + r["skipped"]
+            rows.append(f"{label:<48} {reason}")
             continue
         cells = [rate_text(r, b) for b in BATCHES]
         rows.append(f"{label:<48} {cells[0]:>26} {cells[1]:>26} {cpu_text(r):>18}")
     for kind, label in (("ort", "speed-up, ONNX Runtime"), ("bf16", "speed-up, OpenVINO bf16")):
-        if "error" not in results[kind] and "error" not in results["torch"]:
+        if "batch1" in results[kind] and "batch1" in results["torch"]:
             if not results[kind].get("same_network", True):
                 label = label.replace("speed-up", "ratio (another network, not a speed-up)")
             ratio = [results[kind][f"batch{b}"]["faces_per_s"] / results["torch"][f"batch{b}"]["faces_per_s"] for b in BATCHES]  # fmt: skip
@@ -305,10 +306,14 @@ def main(argv: list[str] | None = None) -> int:
         print(table(results, args))
         for line in machine_summary(machines):
             print(line)
+    failed = [kind for kind in KINDS if "error" in results[kind]]
+    if failed:
+        print(f"FAILED: {', '.join(failed)} (see the error above)")
     if args.json:
-        out = {"threads": args.threads, "rounds": args.rounds, **results, "machine": machines}
+        out = {"failed": bool(failed), "threads": args.threads, "rounds": args.rounds}
+        out |= {**results, "machine": machines}
         args.json.write_text(json.dumps(out, indent=2) + "\n")
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -389,8 +389,8 @@ def run_one(args: argparse.Namespace, impl: str, clip: str, batch: int) -> dict:
         return {**json.loads(Path(out.name).read_text()), "machine": machine}
 
 
-def fmt(value: float | None, spec: str) -> str:
-    return "n/a" if value is None else format(value, spec)
+def fmt(value: float | None, spec: str, unit: str = "") -> str:
+    return "n/a" if value is None else format(value, spec) + unit
 
 
 def table(rows: list[dict], batch: int) -> str:
@@ -418,7 +418,7 @@ def table(rows: list[dict], batch: int) -> str:
         lines.append(
             f"| {row['clip']} | {'x'.join(map(str, res)) if res else 'n/a'} "
             f"| {fps_text(ref)} / {fps_text(ref_bb)} | {fps_text(b1)} / {fps_text(bb)} "
-            f"| {fmt(speed[0], '.2f')}x / {fmt(speed[1], '.2f')}x | {stream} | {rss} | {agree} "
+            f"| {fmt(speed[0], '.2f', 'x')} / {fmt(speed[1], '.2f', 'x')} | {stream} | {rss} | {agree} "
             f"| {cpu[0]} / {cpu[1]} ({cpu[2]} / {cpu[3]}) |"
         )
     return "\n".join(lines)
@@ -467,7 +467,11 @@ def run_driver(args: argparse.Namespace) -> int:
         for _ in range(args.rounds):  # side by side, again and again
             for key, impl, batch in plan:
                 runs[key].append(run_one(args, impl, clip, batch))
-                machines.append({"worker": f"{clip} {impl} b{batch}", **runs[key][-1]["machine"]})
+                result = runs[key][-1]
+                machines.append(
+                    {"worker": f"{clip} {impl} b{batch}", **result["machine"]}
+                    | ({"failed": True} if "error" in result else {})
+                )
         ref, b1 = merge_rounds(runs["reference"]), merge_rounds(runs["ours_b1"])
         ref_bb = merge_rounds(runs["ref_bB"]) if args.batch > 1 else ref
         bb = merge_rounds(runs["ours_bB"]) if args.batch > 1 else b1
@@ -484,6 +488,9 @@ def run_driver(args: argparse.Namespace) -> int:
                 print(f"{row['clip']} {key}: frames that differ: {agree['mismatched_frames']}")
     for line in machine_summary(machines):
         print(line)
+    failed = [m["worker"] for m in machines if m.get("failed")]
+    if failed:
+        print(f"FAILED: {len(failed)} of {len(machines)} workers ({', '.join(failed)})")
     if args.json:
         for row in rows:  # keep the JSON small: detections only matter for the comparison
             for key in ("reference", "ref_bB", "ours_b1", "ours_bB"):
@@ -494,13 +501,14 @@ def run_driver(args: argparse.Namespace) -> int:
             if k not in ("json", "worker", "clip", "result")
         }
         out = {
+            "failed": bool(failed),  # a worker did not run: its rows are errors
             "date": time.strftime("%Y-%m-%d %H:%M:%S"),
             "config": config,
             "rows": rows,
             "machine": machines,
         }
         Path(args.json).write_text(json.dumps(out, indent=1))
-    return 0
+    return 1 if failed else 0
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

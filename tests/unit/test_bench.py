@@ -248,3 +248,43 @@ def test_a_rerun_does_not_overwrite_the_committed_results(script):
     ignored = subprocess.run(["git", "check-ignore", "-q", str(default)], cwd=REPO, check=False)
     assert ignored.returncode == 0, f"{default} is not git-ignored"
     assert "bench/results/ holds the committed ones" in " ".join(bench_help(script).split())
+
+
+def test_bench_mtcnn_exits_1_and_says_failed_when_a_worker_failed(
+    bench_mtcnn, fake_python, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setenv("FAIL", "reference")  # the stand-in fails as without torchvision
+    assert bench_mtcnn.main(mtcnn_args(fake_python, tmp_path)) == 1
+    out = json.loads((tmp_path / "out.json").read_text())
+    assert out["failed"] is True
+    assert "torchvision" in out["rows"][0]["reference"]["error"]
+    printed = capsys.readouterr().out
+    assert "FAILED: 2 of 4 workers" in printed
+    assert "n/ax" not in printed  # an unknown speed-up is n/a
+    monkeypatch.delenv("FAIL")
+    assert bench_mtcnn.main(mtcnn_args(fake_python, tmp_path)) == 0
+    assert json.loads((tmp_path / "out.json").read_text())["failed"] is False
+
+
+@pytest.mark.parametrize(
+    "broken, status",
+    [
+        ({"ort": {"error": "model file not found"}}, 1),
+        ({"match": {"error": "model file not found"}}, 1),
+        ({"bf16": {"skipped": "this CPU has no native bf16"}}, 0),  # not a failure
+    ],
+)
+def test_bench_facenet_exits_1_and_says_failed_when_a_worker_failed(
+    bench_facenet, tmp_path, monkeypatch, capsys, broken, status
+):
+    def run_worker(kind, args):
+        result = facenet_result(kind, 10.0)
+        if kind in broken:
+            return {**broken[kind], "machine": result["machine"]}
+        return result
+
+    monkeypatch.setattr(bench_facenet, "run_worker", run_worker)
+    out = tmp_path / "facenet.json"
+    assert bench_facenet.main(["--model", "m.onnx", "--json", str(out)]) == status
+    assert json.loads(out.read_text())["failed"] is bool(status)
+    assert ("FAILED" in capsys.readouterr().out) is bool(status)
