@@ -17,6 +17,7 @@ it asserts nothing.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import subprocess
 import sys
@@ -118,45 +119,47 @@ def run(
 ) -> dict:
     clip = clip or clip_720p()
     names = [f"cam{k + 1}" for k in range(n)]
-    broker = Mosquitto(folder)
-    broker.start()
-    rtsp = RtspServer(folder, dict.fromkeys(names, clip))
-    rtsp.start()
-    cameras = [{"name": c, "url": rtsp.url(c), "fps": fps} for c in names]
-    settings = daemon_settings(
-        cameras,
-        broker.port,
-        folder,
-        recognition={"model": str(model), "gallery": str(gallery)},
-        detection={"min_face_size": min_face, "full_scan_every": full_scan_every},
-        logging={"level": "WARNING"},
-    )
-    for section, values in (overrides or {}).items():
-        settings[section] = {**settings.get(section, {}), **values}
-    subscriber = Subscriber(broker.port, "facewatch/test/events/#")
-    daemon = Daemon(folder, settings, env)
-    daemon.start()
-    rss: list[float] = []
-    stop = threading.Event()
-    try:
-        wait_for(lambda: daemon.metric("facewatch_batch_frames_count") > 0, 120, "first batch")
-        time.sleep(warmup_s)
-        before, t0 = daemon.metrics(), time.monotonic()
-        n_events = len(subscriber.events())
-        sampler = threading.Thread(target=sample_rss, args=(daemon.proc.pid, stop, rss))  # type: ignore[union-attr]
-        sampler.start()
-        time.sleep(seconds)
-        after, elapsed = daemon.metrics(), time.monotonic() - t0
-        events = subscriber.events()[n_events:]
-    except Exception:
-        print(daemon.log()[-3000:], file=sys.stderr)
-        raise
-    finally:
-        stop.set()
-        daemon.stop()
-        subscriber.close()
-        rtsp.stop()
-        broker.stop()
+    # each part is stopped however the run ends, a start that fails included (its stop is
+    # registered before its start: a broker left running held its port with PPID 1)
+    with contextlib.ExitStack() as running:
+        broker = Mosquitto(folder)
+        running.callback(broker.stop)
+        broker.start()
+        rtsp = RtspServer(folder, dict.fromkeys(names, clip))
+        running.callback(rtsp.stop)
+        rtsp.start()
+        cameras = [{"name": c, "url": rtsp.url(c), "fps": fps} for c in names]
+        settings = daemon_settings(
+            cameras,
+            broker.port,
+            folder,
+            recognition={"model": str(model), "gallery": str(gallery)},
+            detection={"min_face_size": min_face, "full_scan_every": full_scan_every},
+            logging={"level": "WARNING"},
+        )
+        for section, values in (overrides or {}).items():
+            settings[section] = {**settings.get(section, {}), **values}
+        subscriber = Subscriber(broker.port, "facewatch/test/events/#")
+        running.callback(subscriber.close)
+        daemon = Daemon(folder, settings, env)
+        running.callback(daemon.stop)
+        daemon.start()
+        rss: list[float] = []
+        stop = threading.Event()
+        running.callback(stop.set)
+        try:
+            wait_for(lambda: daemon.metric("facewatch_batch_frames_count") > 0, 120, "first batch")
+            time.sleep(warmup_s)
+            before, t0 = daemon.metrics(), time.monotonic()
+            n_events = len(subscriber.events())
+            sampler = threading.Thread(target=sample_rss, args=(daemon.proc.pid, stop, rss))  # type: ignore[union-attr]
+            sampler.start()
+            time.sleep(seconds)
+            after, elapsed = daemon.metrics(), time.monotonic() - t0
+            events = subscriber.events()[n_events:]
+        except Exception:
+            print(daemon.log()[-3000:], file=sys.stderr)
+            raise
     settings_used = {
         "cameras": n,
         "target_fps": fps,
@@ -273,6 +276,8 @@ def main() -> int:
         "committed ones, written only when --out names them",
     )
     args = parser.parse_args()
+    if min(args.cameras) < 1:
+        parser.error(f"--cameras {' '.join(map(str, args.cameras))}: each must be 1 or more")
     env = dict(item.partition("=")[::2] for item in args.env)
     if not SOURCE.is_file():
         print(f"{SOURCE} not found (the shared data folder)", file=sys.stderr)

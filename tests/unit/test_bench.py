@@ -288,3 +288,44 @@ def test_bench_facenet_exits_1_and_says_failed_when_a_worker_failed(
     assert bench_facenet.main(["--model", "m.onnx", "--json", str(out)]) == status
     assert json.loads(out.read_text())["failed"] is bool(status)
     assert ("FAILED" in capsys.readouterr().out) is bool(status)
+
+
+def test_bench_daemon_rejects_zero_cameras():
+    done = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "bench_daemon.py"), "--cameras", "2", "0"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "--cameras 2 0: each must be 1 or more" in done.stderr
+
+
+def test_bench_daemon_stops_the_broker_when_the_rtsp_server_does_not_start(tmp_path, monkeypatch):
+    bench_daemon = load_bench("bench_daemon")
+    stopped: list[str] = []
+
+    class Part:
+        port = 1
+
+        def __init__(self, folder, *args):
+            pass
+
+        def start(self):
+            pass
+
+        def stop(self):
+            stopped.append(type(self).__name__)
+
+    class Broker(Part):
+        pass
+
+    class Rtsp(Part):
+        def start(self):
+            raise RuntimeError("the RTSP server did not start")
+
+    monkeypatch.setattr(bench_daemon, "Mosquitto", Broker)
+    monkeypatch.setattr(bench_daemon, "RtspServer", Rtsp)
+    with pytest.raises(RuntimeError, match="did not start"):
+        bench_daemon.run(1, 1, 5, 0, tmp_path, tmp_path, tmp_path, 20, clip=tmp_path / "c.mp4")
+    assert stopped == ["Rtsp", "Broker"]  # the half-started server too
