@@ -28,6 +28,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -463,7 +464,7 @@ def run_driver(args: argparse.Namespace) -> int:
             ("ours_b1", "facewatch", 1),
             ("ref_bB", "reference", args.batch),
             ("ours_bB", "facewatch", args.batch),
-        ][: 4 if args.batch > 1 else 2]
+        ]
         for _ in range(args.rounds):  # side by side, again and again
             for key, impl, batch in plan:
                 runs[key].append(run_one(args, impl, clip, batch))
@@ -473,8 +474,7 @@ def run_driver(args: argparse.Namespace) -> int:
                     | ({"failed": True} if "error" in result else {})
                 )
         ref, b1 = merge_rounds(runs["reference"]), merge_rounds(runs["ours_b1"])
-        ref_bb = merge_rounds(runs["ref_bB"]) if args.batch > 1 else ref
-        bb = merge_rounds(runs["ours_bB"]) if args.batch > 1 else b1
+        ref_bb, bb = merge_rounds(runs["ref_bB"]), merge_rounds(runs["ours_bB"])
         row = {"clip": clip, "reference": ref, "ref_bB": ref_bb, "ours_b1": b1, "ours_bB": bb}
         for key, ours in (("agree_b1", b1), ("agree_bB", bb)):
             ok = "detections" in ref and "detections" in ours
@@ -534,7 +534,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--threads", type=int, default=2, help="threads for both implementations")
     p.add_argument(
-        "--batch", type=int, default=8, help="frames per call, besides 1, for both implementations"
+        "--batch",
+        type=int,
+        default=8,
+        help="frames per call, besides 1, for both implementations (2 or more)",
     )
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="shared data folder")
     p.add_argument("--models", type=Path, default=DEFAULT_MODELS, help="facewatch MTCNN models")
@@ -564,6 +567,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = set(args.clips) - set(CLIPS)
     if unknown:
         p.error(f"unknown clips {sorted(unknown)}; choose from {list(CLIPS)}")
+    if not args.worker:  # (a worker is told its batch: 1 or --batch)
+        if args.batch < 2:
+            p.error(
+                f"--batch {args.batch}: must be 2 or more (one frame a call is measured anyway)"
+            )
+        for option, python in (
+            ("--python-ref", args.python_ref),
+            ("--python-ours", args.python_ours),
+        ):
+            if shutil.which(python) is None:
+                p.error(
+                    f"{option} {python}: no such interpreter (bench/setup_reference.sh makes .venv-ref)"
+                )
     return args
 
 

@@ -329,3 +329,21 @@ def test_bench_daemon_stops_the_broker_when_the_rtsp_server_does_not_start(tmp_p
     with pytest.raises(RuntimeError, match="did not start"):
         bench_daemon.run(1, 1, 5, 0, tmp_path, tmp_path, tmp_path, 20, clip=tmp_path / "c.mp4")
     assert stopped == ["Rtsp", "Broker"]  # the half-started server too
+
+
+@pytest.mark.parametrize(
+    "bad, says",
+    [
+        (["--batch", "1"], "--batch 1: must be 2 or more"),
+        (["--batch", "0"], "--batch 0: must be 2 or more"),
+        (["--python-ref", "/nonexistent/python"], "--python-ref /nonexistent/python: no such"),
+        (["--python-ours", "/nonexistent/python"], "--python-ours /nonexistent/python: no such"),
+    ],
+)
+def test_bench_mtcnn_refuses_a_batch_under_2_and_a_missing_interpreter(
+    bench_mtcnn, bad, says, capsys
+):
+    with pytest.raises(SystemExit) as exit:
+        bench_mtcnn.main(bad)
+    assert exit.value.code == 2
+    assert says in capsys.readouterr().err
