@@ -197,7 +197,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     result = {
         "backend": args.backend,
         "fp16": args.fp16,
-        "cuda_graphs": args.graphs,
+        "cuda_graphs": graphs_ran(args),  # asked for with --graphs, and run
         "facenet_precision": args.precision,
         "clip": args.clip,
         "frame_hw": list(clip[0].shape[:2]),
@@ -285,6 +285,16 @@ def _write_profile(path: Path, pipeline: TimedPipeline) -> None:
         text.write(f"== {count} batches of the second half of the warm-up ==\n")
         text.write(kernel_table(pipeline.kernels, rows=40))
     path.write_text(text.getvalue())
+
+
+def graphs_ran(args: argparse.Namespace) -> bool:
+    """Whether CUDA graphs ran: asked for (--graphs), on the torch backend, with a GPU (the
+    backend turns them off on the CPU, engines/torch_backend.py)."""
+    if not (args.graphs and args.backend == "torch"):
+        return False
+    import torch
+
+    return bool(torch.cuda.is_available())
 
 
 def device_name(backend: str) -> str:

@@ -347,3 +347,15 @@ def test_bench_mtcnn_refuses_a_batch_under_2_and_a_missing_interpreter(
         bench_mtcnn.main(bad)
     assert exit.value.code == 2
     assert says in capsys.readouterr().err
+
+
+def test_bench_streams_records_cuda_graphs_only_when_they_ran(monkeypatch):
+    torch = pytest.importorskip("torch")
+    bench_streams = load_bench("bench_streams")
+    asked = bench_streams.argparse.Namespace(graphs=True, backend="torch")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert bench_streams.graphs_ran(asked) is False  # the CPU: the backend turns them off
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert bench_streams.graphs_ran(asked) is True
+    for other in ({"graphs": False, "backend": "torch"}, {"graphs": True, "backend": "openvino"}):
+        assert bench_streams.graphs_ran(bench_streams.argparse.Namespace(**other)) is False
