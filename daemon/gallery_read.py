@@ -166,24 +166,37 @@ class GalleryReader:
             raise translate(self.path, exc) from None
 
 
+class Names:
+    """The identities' ids by name, read once, each found as ``find`` finds it: spelt as
+    stored (NFC), else as ``lookup_name`` spells both (a gallery written before names were
+    normalised may hold a macOS NFD name, spaces, a no-break space, and even 'Ada Lovelace'
+    and 'Ada\\xa0Lovelace' as two people: each is found by its own spelling); the first row
+    wins a tie."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.exact: dict[str, int] = {}
+        self.folded: dict[str, int] = {}  # by lookup_name
+        for identity_id, stored in conn.execute("SELECT id, name FROM identities ORDER BY id"):
+            self.add(stored, int(identity_id))
+
+    def add(self, name: str, identity_id: int) -> None:
+        """``name`` enrolled as ``identity_id`` (a person just created)."""
+        self.exact.setdefault(unicodedata.normalize("NFC", name), identity_id)
+        self.folded.setdefault(lookup_name(name), identity_id)
+
+    def get(self, name: str) -> int | None:
+        found = self.exact.get(unicodedata.normalize("NFC", name))
+        return self.folded.get(lookup_name(name)) if found is None else found
+
+
 def ids_by_name(conn: sqlite3.Connection) -> dict[str, int]:
-    """Identity ids by name as ``lookup_name`` spells it (a gallery written before names
-    were normalised may hold a macOS NFD name, spaces, a no-break space); the first row wins
-    a tie."""
-    ids: dict[str, int] = {}
-    for identity_id, stored in conn.execute("SELECT id, name FROM identities ORDER BY id"):
-        ids.setdefault(lookup_name(stored), int(identity_id))
-    return ids
+    """Identity ids by name as ``lookup_name`` spells it (``Names.folded``)."""
+    return Names(conn).folded
 
 
 def find(conn: sqlite3.Connection, name: str) -> int | None:
-    """The identity called ``name``: spelt as stored, else as ``lookup_name`` spells both (a
-    gallery from before may hold 'Ada Lovelace' and 'Ada\\xa0Lovelace': each is found)."""
-    typed = unicodedata.normalize("NFC", name)
-    for identity_id, stored in conn.execute("SELECT id, name FROM identities ORDER BY id"):
-        if unicodedata.normalize("NFC", stored) == typed:
-            return int(identity_id)
-    return ids_by_name(conn).get(lookup_name(name))
+    """The identity called ``name`` (``Names.get``)."""
+    return Names(conn).get(name)
 
 
 def by_folded_name(ids: dict[str, int]) -> dict[str, tuple[str, int]]:

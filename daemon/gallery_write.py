@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-import unicodedata
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +18,8 @@ import numpy as np
 
 from daemon.gallery_check import UNIT_TOLERANCE, check_threshold
 from daemon.gallery_file import GalleryError, now_iso, translate
-from daemon.gallery_names import clean_name, lookup_name, twin_key
-from daemon.gallery_read import GalleryReader, by_folded_name, find, ids_by_name
+from daemon.gallery_names import clean_name, twin_key
+from daemon.gallery_read import GalleryReader, Names, by_folded_name, find, ids_by_name
 
 
 @dataclass(frozen=True)
@@ -76,8 +75,8 @@ class GalleryWriter(GalleryReader):
         limits = {name: check_threshold(value) for name, value in (thresholds or {}).items()}
         added = 0
         with self._transaction() as conn:
-            ids = ids_by_name(conn)
-            folded = by_folded_name(ids)
+            names = Names(conn)
+            folded = by_folded_name(names.folded)
             holders: dict[str, set[int]] = {}
             touched: set[int] = set()
             for source, holder in conn.execute("SELECT source_sha256, identity_id FROM embeddings"):
@@ -95,12 +94,12 @@ class GalleryWriter(GalleryReader):
                         f"{self.path}: embedding for {face.name!r} has length {length:.4g}, "
                         "not 1 (FaceNet's are L2-normalised); nothing was enrolled"
                     )
-                identity_id = ids.get(lookup_name(face.name))
+                identity_id = names.get(face.name)
                 if identity_id is None:
                     name = clean_name(face.name)
                     _refuse_case_twin(folded, name, -1, self.path)
                     identity_id = _create_identity(conn, name)
-                    ids[name] = identity_id
+                    names.add(name, identity_id)
                     folded[twin_key(name)] = (name, identity_id)
                 others = holders.setdefault(face.source_sha256, set()) - {identity_id}
                 if others:
@@ -142,15 +141,10 @@ class GalleryWriter(GalleryReader):
         import of 5,000 people with their own thresholds read all of them for each one)."""
         if not names:
             return {}
-        exact: dict[str, int] = {}
-        for identity_id, stored in conn.execute("SELECT id, name FROM identities ORDER BY id"):
-            exact.setdefault(unicodedata.normalize("NFC", stored), int(identity_id))
-        folded = ids_by_name(conn)
+        enrolled = Names(conn)
         found = {}
         for name in names:
-            identity_id = exact.get(unicodedata.normalize("NFC", name))
-            if identity_id is None:
-                identity_id = folded.get(lookup_name(name))
+            identity_id = enrolled.get(name)
             found[name] = self._identity_id(conn, name) if identity_id is None else identity_id
         return found
 

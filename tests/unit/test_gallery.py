@@ -1076,6 +1076,35 @@ def test_lookalikes_enrolled_before_they_were_refused_are_each_found(gallery, ca
         assert [i.name for i in g.identities()] == ["Ada Lovelace", "alice"]  # not the other
 
 
+@pytest.mark.parametrize(
+    ("older", "newer"),
+    [("Ada\u00a0Lovelace", "Ada Lovelace"), ("Ada Lovelace", "Ada\u00a0Lovelace")],
+)
+def test_a_photo_enrolled_as_one_of_two_legacy_lookalikes_joins_that_one(
+    gallery, older, newer
+) -> None:
+    """A gallery from before: 'Ada Lovelace' and 'Ada\\xa0Lovelace' as two people. A photo
+    enrolled under either spelling joins the person of that spelling, as remove and rename
+    find them, whichever of the two was enrolled first (the older one took every photo, and
+    those photos then matched as the wrong name)."""
+    path = gallery.path
+    gallery.close()
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("UPDATE identities SET name = ? WHERE name = 'bob'", (older,))
+    conn.execute("UPDATE identities SET name = ? WHERE name = 'carol'", (newer,))
+    conn.close()
+    with Gallery.open(path, MODEL, writable=True) as g:
+        assert g.enroll([Enrollment("Ada Lovelace", axis(5), "n1")]) == 1
+        assert g.enroll([Enrollment("Ada\u00a0Lovelace", axis(6), "n2")]) == 1
+        photos = {i.name: {sha for _, sha in g.faces_of(i.name)} for i in g.identities()}
+    enrolled = {"Ada Lovelace": "n1", "Ada\u00a0Lovelace": "n2"}
+    assert photos == {
+        older: {"b1", enrolled[older]},  # bob's row, the older
+        newer: {"c1", enrolled[newer]},
+        "alice": {"a1", "a2"},
+    }
+
+
 def test_twins_enrolled_before_case_was_checked_are_pointed_out(gallery, capsys) -> None:
     """A gallery from before: 'bob' and 'Bob' as two people. It still works, and `gallery
     list` says how to make them one."""
