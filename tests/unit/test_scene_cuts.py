@@ -64,31 +64,62 @@ def test_someone_close_to_the_lens_or_a_light_over_half_the_room_is_no_cut(crowd
     assert cuts_in(other, 5) == [5]
 
 
-def _boxed(frame: np.ndarray, kind: str) -> np.ndarray:
+def _boxed(frame: np.ndarray, kind: str, black: np.ndarray | None = None) -> np.ndarray:
     """``frame`` as shown with black bars in the same 16:9 frame: the middle of a 2.39:1
     film letterboxed (what the frame's top and bottom showed: black), or all of it squeezed
-    to 4:3 and pillarboxed (its sides' middle cut would stay a dark stage: 0.57 alike)."""
+    to 4:3 and pillarboxed (its sides' middle cut would stay a dark stage: 0.57 alike) or to
+    9:16, a phone's video (0.32 of the width is picture). The bars are ``black`` where
+    given (as a decoder gives them), else 0."""
     height, width = frame.shape[:2]
-    boxed = np.zeros_like(frame)
+    boxed = np.zeros_like(frame) if black is None else black.copy()
     if kind == "letterbox":
         band = (height - int(width / 2.39)) // 2
         boxed[band : height - band] = frame[band : height - band]
     else:
-        side = (width - int(height * 4 / 3)) // 2
+        side = (width - int(height * (4 / 3 if kind == "pillarbox" else 9 / 16))) // 2
         boxed[:, side : width - side] = cv2.resize(frame, (width - 2 * side, height))
     return boxed
 
 
 def test_the_demo_clips_cut_to_the_audience_with_black_bars_is_a_cut() -> None:
-    """Letterboxed (2.39:1) or pillarboxed (4:3): the fixed edge where a bar meets the
-    picture kept the border blocks alike, and no cut was ever found. The bars are cropped:
-    the cut to the audience is one, the close-up's frames letterboxed are none."""
+    """Letterboxed (2.39:1) or pillarboxed (4:3, or a phone's 9:16 video: a third of the
+    width is picture): the fixed edge where a bar meets the picture kept the border blocks
+    alike, and no cut was ever found. The bars are cropped: the cut to the audience is one,
+    the close-up's frames letterboxed are none."""
     first = 85
     frames = read_frames(DEMO_CLIP, first, every=3)
-    for kind in ("letterbox", "pillarbox"):
+    assert thumbnail(_boxed(frames[0], "phone")).bars[2] > 0.3
+    for kind in ("letterbox", "pillarbox", "phone"):
         boxed = [_boxed(frame, kind) for frame in frames]
         assert [first + 3 * k for k in cuts_in(boxed)] == [CUT_TO_AUDIENCE], kind
         assert cuts_in(boxed[: (CUT_TO_AUDIENCE - first) // 3]) == [], kind
+
+
+def test_bars_of_a_decoders_black_with_noise_are_cropped_too() -> None:
+    """Bars as a decoder gives them, video black (16, not 0) with a little noise: they are
+    cropped as well, and the cut to the audience letterboxed is one (taken for picture,
+    their fixed edge would hide every cut of the film)."""
+    first = 85
+    frames = read_frames(DEMO_CLIP, first, every=3)
+    rng = np.random.default_rng(0)
+    boxed = [
+        _boxed(f, "letterbox", np.clip(rng.normal(16, 1.5, f.shape), 0, 255).astype(np.uint8))
+        for f in frames
+    ]
+    assert thumbnail(boxed[0]).bars[0] > 0.1
+    assert [first + 3 * k for k in cuts_in(boxed)] == [CUT_TO_AUDIENCE]
+
+
+def test_a_black_band_down_one_side_is_cropped_on_that_side_only() -> None:
+    """A black privacy mask (or one bar) over the right 10 % of the picture: that band is
+    cropped, not the left side, and the cut to the audience is still one."""
+    first = 85
+    masked = read_frames(DEMO_CLIP, first, every=3)
+    band = int(0.9 * masked[0].shape[1])
+    for frame in masked:
+        frame[:, band:] = 0
+    assert thumbnail(masked[0]).bars[2:] == (0, pytest.approx(0.1, abs=0.02))
+    assert [first + 3 * k for k in cuts_in(masked)] == [CUT_TO_AUDIENCE]
 
 
 def test_half_the_picture_going_black_is_no_cut_though_black_rows_are_bars(crowd) -> None:
@@ -102,6 +133,17 @@ def test_half_the_picture_going_black_is_no_cut_though_black_rows_are_bars(crowd
             frame[half] = 0
         assert max(thumbnail(dark[6]).bars) == 0.5
         assert cuts_in(dark, 5) == []
+
+
+def test_rows_dark_but_for_a_few_lights_are_picture_not_bars(crowd) -> None:
+    """A night sky over the top fifth with a street light every 10th column: its rows are
+    mostly black but bright in places (their 95th percentile), so they are picture, not a
+    bar to crop."""
+    frame = crowd[0].copy()
+    top = frame.shape[0] // 5
+    frame[:top] = 0
+    frame[:top, ::10] = 255
+    assert thumbnail(frame).bars[0] == 0
 
 
 @pytest.fixture(scope="module")
@@ -136,6 +178,17 @@ def test_someone_right_in_front_of_the_lens_or_headlights_into_it_is_no_cut(head
     flare = [*head[:5], *(_flare(f) for f in head[5:8]), *head[8:]]
     assert (flare[6] == 255).all(axis=2).mean() > 0.7
     assert cuts_in(flare) == []
+
+
+def test_a_patterned_coat_over_three_quarters_for_two_frames_is_no_cut(crowd) -> None:
+    """Someone in a patterned coat (it has edges, so it counts as a picture) passes over the
+    left 75 % of a fixed camera's picture for two frames: the right quarter's 4 blocks stay
+    alike, as many as ALIKE_BLOCKS asks, and every visit in view goes on (no cut)."""
+    pattern = cv2.resize(read_frames(DEMO_CLIP, CUT_TO_AUDIENCE, 1)[0], (960, 540))
+    coat = [f.copy() for f in crowd]
+    for frame in coat[5:7]:
+        frame[:, :720] = pattern[:, :720]
+    assert cuts_in(coat, 5) == []
 
 
 def test_black_with_sensor_noise_or_an_on_screen_clock_is_blank_and_no_cut(crowd) -> None:
@@ -176,6 +229,18 @@ def test_one_frame_of_another_picture_is_no_cut_and_a_lasting_one_is() -> None:
     assert cuts_in([*stage, *audience]) == [4]
 
 
+def test_the_frame_back_after_a_flash_is_no_candidate_itself() -> None:
+    """A flash (one frame of the audience), then the close-up again: that frame says the
+    flash was no cut, and is no candidate itself (a candidate is held back from tracking
+    and searched whole, for nothing)."""
+    stage = read_frames(DEMO_CLIP, CUT_TO_AUDIENCE - 12, 4, every=3)
+    audience = read_frames(DEMO_CLIP, CUT_TO_AUDIENCE, 1)
+    scenes = SceneCuts()
+    looks = [scenes.look(f, k / 10) for k, f in enumerate([*stage[:3], *audience, stage[3]])]
+    assert looks[3].candidate
+    assert (looks[4].confirms, looks[4].candidate) == (False, False)
+
+
 def test_two_different_unlike_frames_in_a_row_are_no_cut() -> None:
     """The audience inside the close-up, then the clip's opening shot: that frame is unlike
     the close-up but unlike the audience too (two corrupt frames, two flashes), so it
@@ -184,6 +249,17 @@ def test_two_different_unlike_frames_in_a_row_are_no_cut() -> None:
     audience = read_frames(DEMO_CLIP, CUT_TO_AUDIENCE, 1)
     opening = read_frames(DEMO_CLIP, 10, 1)
     assert cuts_in([*stage[:3], *audience, *opening, stage[3]]) == []
+
+
+def test_a_cut_right_after_a_one_frame_glitch_is_found() -> None:
+    """The close-up, one glitch frame (the audience: a corrupt frame, a one-frame
+    dissolve), then the clip's opening shot for good: the cut is found at the opening's
+    first frame, so the faces there do not go on in Lin-Manuel Miranda's track, with his
+    name."""
+    stage = read_frames(DEMO_CLIP, CUT_TO_AUDIENCE - 12, 3, every=3)
+    audience = read_frames(DEMO_CLIP, CUT_TO_AUDIENCE, 1)
+    opening = read_frames(DEMO_CLIP, 10, 2, every=3)
+    assert cuts_in([*stage, *audience, *opening]) == [4]
 
 
 def test_frames_more_than_a_few_seconds_apart_are_not_compared() -> None:
@@ -198,6 +274,14 @@ def test_frames_more_than_a_few_seconds_apart_are_not_compared() -> None:
             if scenes.look(image, clock).confirms:
                 found.append(k - 1)
         assert found == cuts
+
+
+def test_a_1_fps_camera_has_its_cut_found() -> None:
+    """A camera at 1 fps (a frame every second, inside WITHIN_S) switching to another view
+    (a PTZ preset): the cut is one, at the new view's first frame."""
+    stage = read_frames(DEMO_CLIP, CUT_TO_AUDIENCE - 12, 4, every=3)
+    audience = read_frames(DEMO_CLIP, CUT_TO_AUDIENCE, 2, every=3)
+    assert cuts_in([*stage, *audience], fps=1) == [4]
 
 
 def _pipeline(
@@ -265,6 +349,18 @@ def test_a_candidate_at_the_end_is_tracked_and_one_frame_reverts(detector, tmp_p
     for k, image in enumerate([*stage[:2], *audience, stage[2]]):
         pipeline.process([Frame("door", k, 1000.0 + k / 10, image)])
     assert [e for e in sent() if e["type"] == "left"] == []
+
+
+def test_a_candidate_followed_by_black_is_tracked_at_once(detector, tmp_path) -> None:
+    """The audience frame (a cut candidate, held), then a black frame: the black frame says
+    it was no cut, and the audience's faces are tracked then, at their frame's time, not
+    held until the camera's next picture or the hold's expiry."""
+    pipeline, sent = _pipeline(detector, tmp_path)
+    first = CUT_TO_AUDIENCE - 9
+    images = read_frames(DEMO_CLIP, first, 4, every=3)
+    for k, image in enumerate([*images, np.zeros_like(images[0])]):
+        pipeline.process([Frame("door", first + 3 * k, 1000.0 + k / 10, image)])
+    assert any(e["frame_ts"] == pytest.approx(1000.3) for e in sent())
 
 
 def _scene_cuts(camera: str) -> float:
