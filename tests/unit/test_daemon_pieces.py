@@ -799,6 +799,105 @@ def test_a_scheduler_that_goes_on_before_systemds_kill_says_so(monkeypatch, capl
     ], said
 
 
+class _ServeClock:
+    """The serve loop's clock (``service_watch.time``) and its stop event at once: each wait
+    moves the clock on by its timeout, so minutes of serving take no time, whatever the
+    machine's load; ``pings``: when systemd's watchdog was fed."""
+
+    def __init__(self, monkeypatch, daemon) -> None:
+        from daemon import service_watch
+
+        self.now = self.started = 1000.0
+        self.pings: list[float] = []
+        monkeypatch.setattr(service_watch, "time", self)
+        monkeypatch.setattr(service_watch, "sd_notify", self._notify)
+        daemon._stop = self
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def wait(self, timeout: float) -> bool:
+        self.now += timeout
+        return False
+
+    def is_set(self) -> bool:
+        return False
+
+    def _notify(self, message: str) -> bool:
+        if message == "WATCHDOG=1":
+            self.pings.append(self.now)
+        return True
+
+
+def _rounds_ago(clock: _ServeClock, seconds: float) -> object:
+    """A scheduler alive, its round under way for ``seconds``, no frame waiting."""
+
+    class Scheduler:
+        last_round = property(lambda self: clock.now - seconds)
+        queues = SimpleNamespace(waiting_since=None)
+
+        def is_alive(self) -> bool:
+            return True
+
+    return Scheduler()
+
+
+@pytest.mark.parametrize("watchdog_usec", ["200000", "60000000"])
+def test_systemds_watchdog_is_fed_every_half_of_watchdogsec(monkeypatch, watchdog_usec) -> None:
+    """WatchdogSec=0.2s or the unit's 60s, the scheduler coming round: the watchdog is fed
+    from the first tick on, at least every half of WatchdogSec (systemd's advice); fed only
+    every WatchdogSec, the least jitter would let systemd kill a healthy daemon."""
+    from daemon import service
+
+    monkeypatch.setenv("WATCHDOG_USEC", watchdog_usec)
+    watchdog_s = int(watchdog_usec) / 1e6
+    daemon = service.Service(parse_config({"cameras": [{"name": "door", "url": "x.mp4"}]}))
+    daemon.run_for_s = 10 * watchdog_s
+    clock = _ServeClock(monkeypatch, daemon)
+    daemon._serve(_rounds_ago(clock, 0.0))  # type: ignore[arg-type]
+    fed = [clock.started, *clock.pings, clock.now]
+    assert clock.now == pytest.approx(clock.started + daemon.run_for_s)
+    assert max(b - a for a, b in itertools.pairwise(fed)) <= watchdog_s / 2 + 1e-6, fed
+
+
+def test_a_round_longer_than_stall_s_but_inside_watchdogsec_still_feeds_it(
+    monkeypatch, caplog
+) -> None:
+    """Under the unit's WatchdogSec=60s a round of 45 s is no stall yet (STALL_S, 30 s, is
+    for a daemon without systemd's watchdog): the watchdog is fed and nothing is said, so
+    systemd does not restart a daemon whose long round would end in time."""
+    from daemon import service
+
+    monkeypatch.setenv("WATCHDOG_USEC", "60000000")
+    daemon = service.Service(parse_config({"cameras": [{"name": "door", "url": "x.mp4"}]}))
+    daemon.run_for_s = 5.0
+    daemon.readers = []
+    clock = _ServeClock(monkeypatch, daemon)
+    with caplog.at_level("WARNING", logger="daemon.service"):
+        daemon._serve(_rounds_ago(clock, 45.0))  # type: ignore[arg-type]
+    assert clock.pings and caplog.records == []
+
+
+def test_a_scheduler_that_died_ends_the_serve_loop_at_its_next_tick(monkeypatch, caplog) -> None:
+    """The batch scheduler's thread ended with an error (a crash in the pipeline): the serve
+    loop says so and ends at its next tick (the daemon exits, its restart policy starts it
+    again), not at --run-for, and not after a stall's 30 s blamed on a round stuck."""
+    from daemon import service
+
+    monkeypatch.delenv("WATCHDOG_USEC", raising=False)
+    daemon = service.Service(parse_config({"cameras": [{"name": "door", "url": "x.mp4"}]}))
+    daemon.run_for_s = 600.0
+    clock = _ServeClock(monkeypatch, daemon)
+    scheduler = SimpleNamespace(
+        is_alive=lambda: False, error=RuntimeError("boom"), last_round=clock.now,
+        queues=SimpleNamespace(waiting_since=clock.now),
+    )  # fmt: skip
+    with caplog.at_level("ERROR", logger="daemon.service"):
+        daemon._serve(scheduler)  # type: ignore[arg-type]
+    assert clock.now - clock.started == 1.0  # (its tick)
+    assert [r.getMessage() for r in caplog.records] == ["the batch scheduler stopped: boom"]
+
+
 def test_a_hung_engine_call_without_systemds_watchdog_is_said_and_ends_the_run(
     monkeypatch, caplog, detector
 ) -> None:
@@ -1373,6 +1472,84 @@ def test_a_stop_during_the_engines_load_is_said_and_begins_no_further_load(
         f"SIGTERM during the load of the detector (MTCNN in {daemon.config.engines.mtcnn_dir}): "
         "facewatch stops once it ends (the load cannot be cut short)"
     ], lines
+
+
+def _tensorrt_first_start(monkeypatch, stop_after: int | None = None) -> tuple:
+    """A daemon with the tensorrt backend at its first start, each of the detector's three
+    plans built (as the loader asks ``on_build`` before each: minutes); a stop asked during
+    the build number ``stop_after``. (the daemon, what it told systemd, the plans begun)"""
+    from daemon import service, service_start
+
+    config = {"cameras": [{"name": "door", "url": "x.mp4"}], "recognition": {"model": None}}
+    daemon = service.Service(parse_config({**config, "engines": {"backend": "tensorrt"}}))
+    told: list[str] = []
+    begun: list[str] = []
+
+    def load_detector(mtcnn_dir: Path, trt_plans: object, **kwargs: object) -> object:
+        for net in ("pnet", "rnet", "onet"):
+            trt_plans.on_build(Path(mtcnn_dir) / f"{net}.onnx")  # type: ignore[attr-defined]
+            begun.append(net)
+            if len(begun) == stop_after:
+                daemon._stop.set()  # (what SIGTERM's handler does)
+        return object()
+
+    monkeypatch.setattr(service_start, "sd_notify", told.append)
+    monkeypatch.setattr("daemon.engine_choice.load_detector", load_detector)
+    monkeypatch.setattr(daemon, "_warm_up", lambda *a: begun.append("warm-up"))
+    return daemon, told, begun
+
+
+def test_a_tensorrt_build_at_start_extends_systemds_start_timeout_by_30_minutes(
+    monkeypatch,
+) -> None:
+    """Each plan built at the first start extends systemd's start timeout by 30 minutes
+    (EXTEND_TIMEOUT_USEC is in microseconds: in another unit systemd would kill the daemon
+    during every build, restart it, and the plan would never be built) and says which."""
+    daemon, told, begun = _tensorrt_first_start(monkeypatch)
+    daemon.load_engines()
+    assert begun == ["pnet", "rnet", "onet", "warm-up"]
+    assert told == [
+        line
+        for net in ("pnet", "rnet", "onet")
+        for line in (
+            "EXTEND_TIMEOUT_USEC=1800000000",
+            f"STATUS=building the TensorRT plan for {net}.onnx",
+        )
+    ]
+
+
+def test_a_stop_asked_during_a_plan_build_begins_no_next_one(monkeypatch) -> None:
+    """`systemctl stop` while the first of the detector's three plans is built: the start
+    ends when that build does, without beginning the next (each is minutes: past the unit's
+    TimeoutStopSec, a SIGKILL)."""
+    from daemon import service_start
+
+    daemon, told, begun = _tensorrt_first_start(monkeypatch, stop_after=1)
+    with pytest.raises(service_start.StoppedWhileStarting):
+        daemon.load_engines()
+    assert begun == ["pnet"]
+    assert len(told) == 2
+
+
+def test_a_stop_asked_while_facenet_loads_begins_no_warm_up(monkeypatch) -> None:
+    """`systemctl stop` during FaceNet's load (its TensorRT build, minutes): the start ends
+    when the load does, without the engines' warm-up."""
+    from daemon import service, service_start
+
+    daemon = service.Service(parse_config({"cameras": [{"name": "door", "url": "x.mp4"}]}))
+    begun: list[str] = []
+
+    def load_facenet(*args: object, **kwargs: object) -> object:
+        daemon._stop.set()  # (what SIGTERM's handler does)
+        return SimpleNamespace(model_id="facenet", runs_as="fp32 on onnxruntime")
+
+    monkeypatch.setattr("daemon.engine_choice.load_detector", lambda *a, **k: object())
+    monkeypatch.setattr(service_start, "resolve_model", lambda config: Path("facenet.onnx"))
+    monkeypatch.setattr("daemon.engine_choice.load_facenet", load_facenet)
+    monkeypatch.setattr(daemon, "_warm_up", lambda *a: begun.append("warm-up"))
+    with pytest.raises(service_start.StoppedWhileStarting):
+        daemon.load_engines()
+    assert begun == []
 
 
 def test_a_reload_says_what_an_edited_config_changes_and_that_a_restart_applies_it(
