@@ -69,6 +69,38 @@ def test_match_picks_the_nearest_and_unknown_when_too_far(gallery) -> None:
     assert gallery.match(np.zeros((0, D))) == []
 
 
+def test_confidence_is_1_on_an_enrolled_face_and_falls_to_0_at_the_threshold(gallery) -> None:
+    """identify --json's and the events' confidence: 1 for a face as it was enrolled, then
+    1 - distance / threshold (under a threshold of 1: 0.79 at a distance of 0.211, 0.03 at
+    0.971), 0 past the threshold."""
+    assert gallery.match(axis(1)[None])[0].confidence == pytest.approx(1.0)  # bob's own face
+    gallery.set_threshold(None, 1.0)
+    near = gallery.match(unit(0.5, 1)[None])[0]
+    assert (near.identity, near.confidence) == ("bob", pytest.approx(1.0 - 0.2111, abs=1e-3))
+    edge, past = gallery.match(np.stack([unit(0, 0, 0.6, 1), unit(0, 0, 0.5, 1)]))
+    assert (edge.identity, edge.confidence) == ("carol", pytest.approx(0.029, abs=1e-3))  # 0.971
+    assert (past.identity, past.confidence) == (None, 0.0)  # 1.106 from carol
+
+
+def test_the_runner_up_is_the_nearest_other_person_not_the_winners_other_face(gallery) -> None:
+    """identify's runner-up, for a face nearest alice (who has two faces): bob, the nearest
+    other person, never alice again through her second face."""
+    match = gallery.match(unit(1, 0.1)[None], runner_up=True)[0]
+    assert (match.identity, match.runner_up) == ("alice", "bob")
+
+
+def test_a_one_person_gallery_has_no_runner_up(gallery) -> None:
+    """Only alice (two faces) enrolled: a face of hers has no runner-up, not alice again."""
+    gallery.remove("bob")
+    gallery.remove("carol")
+    match = gallery.match(axis(0)[None], runner_up=True)[0]
+    assert (match.identity, match.runner_up, match.runner_up_distance) == (
+        "alice",
+        None,
+        float("inf"),
+    )
+
+
 def test_per_identity_threshold_overrides_the_default(gallery) -> None:
     query = unit(0.5, 1)  # squared distance to bob: 2 - 2 cos = 0.211
     assert gallery.match(query[None])[0].identity == "bob"
