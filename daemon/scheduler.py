@@ -341,17 +341,22 @@ class Pipeline:
 
     def _prior(self, frame: Frame, whole: bool = False) -> np.ndarray | None:
         """None: search the whole frame (every ``full_scan_every`` frames of a camera, a
-        frame of another size than its tracks', and a ``whole`` one: a scene cut's, which may
-        be unlike the frame before); else the boxes of the camera's tracks, to search only
-        around them."""
+        frame of another size than its tracks', a ``whole`` one: a scene cut's, which may
+        be unlike the frame before, and a frame that moved at a camera with a motion gate
+        and no tracks: someone may have come in, and there is nothing to search around);
+        else the boxes of the camera's tracks, to search only around them (none: a still
+        frame of a camera with no tracks, or any frame without a motion gate, is not
+        searched between full scans)."""
         camera, frame_hw = frame.camera, frame.image.shape[:2]
         resized = self._frame_hw.get(camera, frame_hw) != frame_hw
+        tracks = self.trackers[camera].tracks
+        # (without a motion gate every frame "moved": full_scan_every is then its only saving)
+        arriving = not tracks and frame.moved and self._motion[camera].enabled
         self._since_full_scan[camera] += 1
         every = self.config.detection.full_scan_every
-        if resized or whole or self._since_full_scan[camera] >= every:
+        if resized or whole or arriving or self._since_full_scan[camera] >= every:
             self._since_full_scan[camera] = 0
             return None
-        tracks = self.trackers[camera].tracks
         return np.stack([t.bbox_xyxy for t in tracks]) if tracks else np.zeros((0, 4))
 
     def _recognise(self, faces: list[_Face]) -> None:

@@ -1106,9 +1106,17 @@ def test_full_scan_every_n_frames_and_search_around_tracks_in_between(detector) 
     assert seen[0] is None and seen[3] is None and seen[6] is None
     assert all(n is not None and n > 0 for n in (seen[1], seen[2], seen[4], seen[5]))
 
-    # between full scans, a frame of a camera with no face in view is not given to the
-    # detector (there is nothing to search around; its pyramid was built for nothing)
-    pipeline = Pipeline(config, detector, None, EventSinks())
+    # without a motion gate (every frame "moved"), between full scans a frame of a camera
+    # with no face in view is not given to the detector (there is nothing to search around;
+    # its pyramid was built for nothing)
+    ungated = parse_config(
+        {
+            "cameras": [{"name": "door", "url": "x.mp4"}],
+            "detection": {"full_scan_every": 3, "motion": False},
+            "recognition": {"model": None},
+        }
+    )
+    pipeline = Pipeline(ungated, detector, None, EventSinks())
     given: list[int] = []
     real_detect = detector.detect
     blank = np.zeros((360, 640, 3), np.uint8)
@@ -1122,6 +1130,14 @@ def test_full_scan_every_n_frames_and_search_around_tracks_in_between(detector) 
             pipeline.process([Frame("door", k, float(k), blank)])
     assert given == [1, 1, 1], "the full scans only (frames 0, 3, 6)"
     assert pipeline._last_search["door"] == 6.0, "each frame counts as searched"
+    # with one, a frame that moved is searched whole (someone may have come in:
+    # tests/unit/test_motion.py)
+    pipeline = Pipeline(config, detector, None, EventSinks())
+    given.clear()
+    with mock.patch.object(detector, "detect", counting):
+        for k in range(7):
+            pipeline.process([Frame("door", k, float(k), blank, moved=True)])
+    assert given == [1] * 7
     # one with faces in view is searched around them between full scans: every frame
     pipeline = Pipeline(config, detector, None, EventSinks())
     clip = cv2.VideoCapture(str(REPO / "configs" / "demo" / "hamilton_360p.mp4"))
@@ -1136,7 +1152,8 @@ def test_full_scan_every_n_frames_and_search_around_tracks_in_between(detector) 
     config.cameras.extend(config.cameras[0].model_copy(update={"name": n}) for n in "bc")
     pipeline = Pipeline(config, detector, None, EventSinks())
     blank = np.zeros((360, 640, 3), np.uint8)
-    rounds = [[pipeline._prior(Frame(c, 0, 0.0, blank)) is None for c in "dbc"] for _ in range(6)]
+    still = [Frame(c, 0, 0.0, blank, moved=False) for c in "dbc"]  # (moved: searched whole)
+    rounds = [[pipeline._prior(frame) is None for frame in still] for _ in range(6)]
     assert rounds == [[True, False, False], [False, True, False], [False, False, True]] * 2
 
 

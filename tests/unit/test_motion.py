@@ -228,3 +228,41 @@ def test_motion_true_or_false_is_the_gate_on_or_off() -> None:
 def test_bad_motion_settings_name_their_key(motion, where) -> None:
     with pytest.raises(ConfigError, match=re.escape(where)):
         parse_config({"cameras": [{"name": "d", "url": "x", "detection": {"motion": motion}}]})
+
+
+def empty_stage_and_arrival() -> tuple[np.ndarray, np.ndarray]:
+    """The demo clip's stage with no one on it (frame 85, its right half mirrored over the
+    left, where Lin-Manuel Miranda stands), and frame 88: him there (no scene cut between
+    them, 0.81 alike; two faces found)."""
+    stage, arrival = read_frames(DEMO_CLIP, 85, 2, every=3)
+    stage[:, :320] = stage[:, 320:640][:, ::-1]
+    return stage, arrival
+
+
+def test_someone_coming_into_an_empty_view_is_searched_for_between_full_scans(detector) -> None:
+    """With full_scan_every 5 a camera with no track had nothing to search around between
+    its full scans: those frames were not searched, and someone coming in was found at the
+    next full scan, up to 4 frames later (0.87 s median to the first event at 5 fps in a
+    review, 0.67 s with full scans every frame). A frame that moved, at a camera with no
+    track, is searched whole: they are tracked at the frame they came in. A still frame of
+    a camera with no track still waits for the full scan (nothing came in)."""
+    pipeline = pipeline_for(detector, full_scan_every=5)
+    empty, arrival = empty_stage_and_arrival()
+    for k in range(2):  # the camera's full scan, then a frame between full scans
+        pipeline.process([Frame("door", k, 1000.0 + k / 5, empty, moved=True)])
+    assert not pipeline.trackers["door"].tracks
+    pipeline.process([Frame("door", 2, 1000.4, arrival, moved=True)])
+    assert len(pipeline.trackers["door"].tracks) == 2, "found at the frame that moved"
+
+    # a still frame with no track (the faces just lost, looking down): searched only at
+    # the camera's next full scan, as before
+    pipeline = pipeline_for(detector, full_scan_every=5)
+    pipeline.process([Frame("door", 0, 1000.0, arrival, moved=True)])  # its full scan
+    for second in range(1, 4):
+        pipeline.process([Frame("door", second, 1000.0 + second, empty, moved=False)])
+        pipeline.expire(1000.0 + second)
+    assert not pipeline.trackers["door"].tracks, "lost_after_s: the tracks ended"
+    pipeline.process([Frame("door", 4, 1004.0, arrival, moved=False)])
+    assert not pipeline.trackers["door"].tracks, "a still frame between full scans"
+    pipeline.process([Frame("door", 5, 1005.0, arrival, moved=False)])
+    assert len(pipeline.trackers["door"].tracks) == 2, "found at the full scan"
