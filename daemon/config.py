@@ -508,7 +508,14 @@ class TrackingConfig(Section):
         le=5,
     )
     confirm_frames: int = _field(
-        3, "frames a face must be seen before its track is announced", ge=1, le=100
+        3,
+        "frames a face must be seen before its track is announced; a recognised face also "
+        "waits for its vote (one recognition a frame): a known face is announced after "
+        "max(confirm_frames, min_votes) frames, a stranger after unknown_votes, so below "
+        "min_votes it names no one sooner and only lets brief detections through (each a "
+        "confirmed with identity null as it leaves, and its left)",
+        ge=1,
+        le=100,
     )
     lost_after_s: float = _field(
         2.0,
@@ -526,7 +533,9 @@ class TrackingConfig(Section):
     min_votes: int = _field(
         3,
         "votes a name needs, and a majority of the votes so far, before a face is announced "
-        "by it, or changed to it (at most vote_window)",
+        "by it, or changed to it (at most vote_window); one a frame, so a known face is "
+        "announced after max(confirm_frames, min_votes) frames (fewer: sooner, but a "
+        "near-threshold frame or two can name a stranger)",
         ge=1,
         le=1000,
     )

@@ -111,8 +111,8 @@ def log_warnings(config: Config, log: logging.Logger) -> None:
 
 
 def warnings(config: Config) -> list[str]:
-    """What weakens the daemon's security without stopping it, each as "key: what and why"
-    (``run`` logs them, ``validate-config`` prints them)."""
+    """What weakens the daemon's security, or its events, without stopping it, each as
+    "key: what and why" (``run`` logs them, ``validate-config`` prints them)."""
     found = []
     mqtt = config.mqtt
     if mqtt.enabled and mqtt.tls is not None and mqtt.tls.insecure:
@@ -139,6 +139,7 @@ def warnings(config: Config) -> list[str]:
             )
     found += _threshold_warnings(config)
     found += _damage_warnings(config)
+    found += _confirm_warnings(config)
     for k, camera in enumerate(config.cameras):
         if camera.enabled and camera.url.split("://")[0].lower() in ("https", "rtsps"):
             found.append(
@@ -147,6 +148,22 @@ def warnings(config: Config) -> list[str]:
                 "network: keep cameras on a network of their own"
             )
     return found
+
+
+def _confirm_warnings(config: Config) -> list[str]:
+    """``tracking.confirm_frames`` below ``min_votes`` with recognition on: a named face
+    waits for its votes all the same, and brief false detections are announced."""
+    confirm, votes = config.tracking.confirm_frames, config.tracking.min_votes
+    if config.recognition.model is None or confirm >= votes:
+        return []
+    return [
+        f"tracking.confirm_frames: {confirm} is below tracking.min_votes ({votes}): a known "
+        f"face is still announced only once its {votes} votes are in (one a frame: {votes} "
+        f"frames), but a face seen in as few as {confirm} frame(s), most often a false "
+        "detection, is announced as it leaves (confirmed with identity null, then left): a "
+        "stranger who was never there. Set confirm_frames to min_votes or more; a lower "
+        "min_votes names faces sooner, and strangers more often"
+    ]
 
 
 def _mode(path: str | None) -> int | None:
