@@ -146,11 +146,11 @@ class DetectionConfig(Section):
     full_scan_every: int = _field(
         1,
         "search each camera's whole frame every N frames, and in between only around the "
-        "faces it tracks (N > 1: a fraction of the CPU while faces are tracked; another face "
-        "found up to N-1 frames later); a camera that tracks no one has each frame that "
-        "moved searched whole (someone may have come in: found at once, at that CPU) and its "
-        "still frames at the full scans; without the motion gate, every Nth frame only "
-        "(someone coming in found up to N-1 frames later)",
+        "faces it tracks (N > 1: a fraction of the CPU; another face found up to N-1 frames "
+        "later); a camera that tracks no one has the first N frames that moved after a still "
+        "one searched whole (someone coming in is found at once), then, while its view moves "
+        "on, every Nth; without the motion gate, every Nth frame only (someone coming in "
+        "found up to N-1 frames later)",
         ge=1,
         le=100,
     )

@@ -105,6 +105,7 @@ class Pipeline:
         self._last_frame: dict[str, float] = {}  # camera -> ts of its latest frame
         self._last_search: dict[str, float] = {}  # camera -> ts of its last frame searched
         self._last_face: dict[str, float] = {}  # camera -> ts of its last frame with a track
+        self._moving_for: dict[str, int] = {}  # camera -> its latest frames that moved, in a row
         self._frame_hw: dict[str, tuple[int, ...]] = {}  # camera -> its tracks' frames' size
         self._refusals: dict[tuple[str, tuple[int, ...]], str | None] = {}
         # (camera, track id) -> the latest face of a track not yet confirmed, for the snapshot
@@ -264,6 +265,7 @@ class Pipeline:
         search is ``check_every_s`` old (or the clock went back): then the whole frame is
         searched, whatever ``full_scan_every`` says (there is no face to search around)."""
         camera, motion = frame.camera, self._motion[frame.camera]
+        self._moving_for[camera] = self._moving_for.get(camera, 0) + 1 if frame.moved else 0
         since = frame.clock - self._last_search.get(camera, -np.inf)
         if self.trackers[camera].tracks:
             self._last_face[camera] = frame.clock
@@ -342,18 +344,20 @@ class Pipeline:
     def _prior(self, frame: Frame, whole: bool = False) -> np.ndarray | None:
         """None: search the whole frame (every ``full_scan_every`` frames of a camera, a
         frame of another size than its tracks', a ``whole`` one: a scene cut's, which may
-        be unlike the frame before, and a frame that moved at a camera with a motion gate
-        and no tracks: someone may have come in, and there is nothing to search around);
-        else the boxes of the camera's tracks, to search only around them (none: a still
-        frame of a camera with no tracks, or any frame without a motion gate, is not
-        searched between full scans)."""
+        be unlike the frame before, and, at a camera with a motion gate and no tracks, the
+        first ``full_scan_every`` frames that moved after one that did not: someone may have
+        come in, and there is nothing to search around); else the boxes of the camera's
+        tracks, to search only around them (none: the frames of a camera with no tracks
+        are not searched between full scans)."""
         camera, frame_hw = frame.camera, frame.image.shape[:2]
         resized = self._frame_hw.get(camera, frame_hw) != frame_hw
         tracks = self.trackers[camera].tracks
-        # (without a motion gate every frame "moved": full_scan_every is then its only saving)
-        arriving = not tracks and frame.moved and self._motion[camera].enabled
-        self._since_full_scan[camera] += 1
         every = self.config.detection.full_scan_every
+        # (a view that moves on and on, a street, trees in the wind: every Nth frame again;
+        # without a motion gate every frame "moved": full_scan_every is its only saving)
+        moving_for = self._moving_for.get(camera, 0)
+        arriving = not tracks and self._motion[camera].enabled and 0 < moving_for <= every
+        self._since_full_scan[camera] += 1
         if resized or whole or arriving or self._since_full_scan[camera] >= every:
             self._since_full_scan[camera] = 0
             return None

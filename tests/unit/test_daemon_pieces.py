@@ -1130,14 +1130,19 @@ def test_full_scan_every_n_frames_and_search_around_tracks_in_between(detector) 
             pipeline.process([Frame("door", k, float(k), blank)])
     assert given == [1, 1, 1], "the full scans only (frames 0, 3, 6)"
     assert pipeline._last_search["door"] == 6.0, "each frame counts as searched"
-    # with one, a frame that moved is searched whole (someone may have come in:
-    # tests/unit/test_motion.py)
+    # with one, the first 3 frames that moved after a still one are searched whole
+    # (someone may have come in: tests/unit/test_motion.py), then, while the view moves on
+    # with no one in it (a street, trees in the wind), every 3rd again
     pipeline = Pipeline(config, detector, None, EventSinks())
     given.clear()
+    searched: list[int] = []
     with mock.patch.object(detector, "detect", counting):
-        for k in range(7):
-            pipeline.process([Frame("door", k, float(k), blank, moved=True)])
-    assert given == [1] * 7
+        for k in range(12):
+            moved = k not in (7, 8)  # (still: not searched, as frames 7 and 8 say)
+            before = len(given)
+            pipeline.process([Frame("door", k, k / 10, blank, moved=moved)])
+            searched += [k] * (len(given) - before)
+    assert searched == [0, 1, 2, 5, 9, 10, 11]
     # one with faces in view is searched around them between full scans: every frame
     pipeline = Pipeline(config, detector, None, EventSinks())
     clip = cv2.VideoCapture(str(REPO / "configs" / "demo" / "hamilton_360p.mp4"))
