@@ -13,6 +13,10 @@ from daemon.cameras import Frame
 from daemon.scene_cuts import WITHIN_S, SceneCuts
 from engines.mtcnn import FrameDetections
 
+# a candidate waits for a frame waiting in its camera's queue at most this long: such a frame
+# may never decide it (one the engines refuse, of a size the TensorRT plan does not cover)
+PENDING_MAX_S = 4 * WITHIN_S
+
 
 @dataclass
 class Step:
@@ -23,6 +27,7 @@ class Step:
     stalled_s: float  # (``Pipeline._arrived``)
     detections: FrameDetections = field(default_factory=FrameDetections)
     cut: bool | None = None  # None: a candidate cut, not decided yet
+    whole: bool = False  # searched whole: someone may have come in (``Pipeline._worth_a_search``)
     likeness: float = 1.0  # a cut's, to the frame before (daemon.scene_cuts.likeness)
 
 
@@ -68,11 +73,13 @@ class CutHold:
         """The held candidates whose next frame will not come in time (none within
         ``WITHIN_S`` of them by ``now``, the frames' clock), every one when ``stopping``:
         no cut (a frame is never lost). A camera in ``pending`` has a frame waiting for the
-        pipeline: that frame decides, however late the pipeline runs."""
+        pipeline: that frame decides, however late the pipeline runs (up to
+        ``PENDING_MAX_S``)."""
         due = [
             step
             for camera, step in self._held.items()
-            if stopping or (camera not in pending and now - step.frame.clock > WITHIN_S)
+            if stopping
+            or now - step.frame.clock > (PENDING_MAX_S if camera in pending else WITHIN_S)
         ]
         for step in due:
             camera = step.frame.camera

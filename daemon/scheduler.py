@@ -129,11 +129,11 @@ class Pipeline:
 
     def process(self, frames: list[Frame]) -> None:
         steps = [Step(frame, self._arrived(frame)) for frame in frames]
-        steps = [s for s in steps if self._takes(s.frame) and self._worth_a_search(s.frame)]
+        steps = [s for s in steps if self._takes(s.frame) and self._worth_a_search(s)]
         if not steps:
             return
         metrics.BATCH_FRAMES.observe(len(steps))
-        whole = {id(step.frame) for step in steps if self._cuts.look(step)}
+        whole = {id(step.frame) for step in steps if self._cuts.look(step) or step.whole}
         with metrics.STAGE_SECONDS.labels("detect").time():
             found = self._detect([step.frame for step in steps], whole)
         for step, detections in zip(steps, found, strict=True):
@@ -258,14 +258,24 @@ class Pipeline:
         if before is not None and before != (height, width):  # (then searched whole: _prior)
             self.trackers[frame.camera].rescale((width / before[1], height / before[0]))
 
-    def _worth_a_search(self, frame: Frame) -> bool:
+    def _worth_a_search(self, step: Step) -> bool:
         """The motion gate: a frame where nothing moved, of a camera that has seen no face
         for ``check_every_s`` (a face still in the room, missed a moment, e.g. looking
         down, is looked for again), is not searched (and counted), unless its camera's last
         search is ``check_every_s`` old (or the clock went back): then the whole frame is
-        searched, whatever ``full_scan_every`` says (there is no face to search around)."""
+        searched, whatever ``full_scan_every`` says (there is no face to search around).
+        At a camera that tracks no one, the first ``full_scan_every`` frames that moved after
+        a still one are searched whole (``step.whole``): someone may have come in, and there
+        is nothing to search around; while the view moves on (a street, trees in the wind),
+        only at the full scans again. (Without a motion gate every frame "moved":
+        full_scan_every is its only saving.)"""
+        frame = step.frame
         camera, motion = frame.camera, self._motion[frame.camera]
-        self._moving_for[camera] = self._moving_for.get(camera, 0) + 1 if frame.moved else 0
+        moving_for = self._moving_for[camera] = (
+            self._moving_for.get(camera, 0) + 1 if frame.moved else 0
+        )
+        every = self.config.detection.full_scan_every
+        step.whole = motion.enabled and not self.trackers[camera].tracks and 0 < moving_for <= every
         since = frame.clock - self._last_search.get(camera, -np.inf)
         if self.trackers[camera].tracks:
             self._last_face[camera] = frame.clock
@@ -344,21 +354,15 @@ class Pipeline:
     def _prior(self, frame: Frame, whole: bool = False) -> np.ndarray | None:
         """None: search the whole frame (every ``full_scan_every`` frames of a camera, a
         frame of another size than its tracks', a ``whole`` one: a scene cut's, which may
-        be unlike the frame before, and, at a camera with a motion gate and no tracks, the
-        first ``full_scan_every`` frames that moved after one that did not: someone may have
-        come in, and there is nothing to search around); else the boxes of the camera's
-        tracks, to search only around them (none: the frames of a camera with no tracks
-        are not searched between full scans)."""
+        be unlike the frame before, or someone's arrival, ``_worth_a_search``); else the
+        boxes of the camera's tracks, to search only around them (none: the frames of a
+        camera with no tracks are not searched between full scans)."""
         camera, frame_hw = frame.camera, frame.image.shape[:2]
         resized = self._frame_hw.get(camera, frame_hw) != frame_hw
         tracks = self.trackers[camera].tracks
         every = self.config.detection.full_scan_every
-        # (a view that moves on and on, a street, trees in the wind: every Nth frame again;
-        # without a motion gate every frame "moved": full_scan_every is its only saving)
-        moving_for = self._moving_for.get(camera, 0)
-        arriving = not tracks and self._motion[camera].enabled and 0 < moving_for <= every
         self._since_full_scan[camera] += 1
-        if resized or whole or arriving or self._since_full_scan[camera] >= every:
+        if resized or whole or self._since_full_scan[camera] >= every:
             self._since_full_scan[camera] = 0
             return None
         return np.stack([t.bbox_xyxy for t in tracks]) if tracks else np.zeros((0, 4))

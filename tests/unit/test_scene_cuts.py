@@ -15,6 +15,7 @@ from prometheus_client import REGISTRY
 
 from daemon.cameras import Frame
 from daemon.config_file import parse_config
+from daemon.cut_hold import PENDING_MAX_S
 from daemon.events import EventSinks
 from daemon.scene_cuts import SceneCuts, likeness, thumbnail
 from daemon.scheduler import Pipeline
@@ -427,15 +428,20 @@ def test_a_cut_is_decided_by_the_next_frame_however_late_the_pipeline_runs(
     """The pipeline runs 2 s behind its camera: at the expiry after the audience frame (a
     cut candidate, held) the next frame is already waiting in the camera's queue, and it
     decides: Lin-Manuel Miranda's track ends at the cut. Had the camera gone quiet instead
-    (nothing waiting), the held frame is tracked then, as no cut."""
+    (nothing waiting), the held frame is tracked then, as no cut; so it is when a frame has
+    waited over PENDING_MAX_S (one the engines refuse never decides)."""
     first = CUT_TO_AUDIENCE - 9
     images = read_frames(DEMO_CLIP, first, 5, every=3)
     ts = [1000.0 + k / 10 for k in range(5)]
-    for name, pending, reasons in (("late", {"late"}, ["cut"]), ("quiet", set(), [])):
+    for name, late_s, pending, reasons in (
+        ("late", 2.0, {"late"}, ["cut"]),
+        ("quiet", 2.0, set(), []),
+        ("stuck", PENDING_MAX_S + 0.5, {"stuck"}, []),
+    ):
         (tmp_path / name).mkdir()
         pipeline, sent = _pipeline(detector, tmp_path / name, {"name": name})
         for k, image in enumerate(images[:4]):
             pipeline.process([Frame(name, first + 3 * k, ts[k], image)])
-        pipeline.expire(ts[3] + 2.0, pending=pending)
+        pipeline.expire(ts[3] + late_s, pending=pending)
         pipeline.process([Frame(name, first + 12, ts[4], images[4])])
         assert [e["reason"] for e in sent() if e["type"] == "left"] == reasons
