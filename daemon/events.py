@@ -146,6 +146,14 @@ def face_snapshot(image: np.ndarray, bbox_xyxy: np.ndarray) -> bytes:
     return to_jpeg(face_region(image, bbox_xyxy, SNAPSHOT_PAD), SNAPSHOT_SIZE)
 
 
+def _as_it_left(event: dict[str, Any]) -> bool:
+    """Whether ``event`` is a ``confirmed`` sent as its track leaves, undecided (``reason``
+    lost, cut or stopped): often no face at all (the top of a head, a dark background, a
+    second box on a face). Its own snapshot goes with it, but it does not replace the
+    camera's last face, the picture of the docs' stranger notification."""
+    return event["type"] == "confirmed" and event.get("reason") is not None
+
+
 class RetainedState(Protocol):
     """Where the current state goes, the latest value of each only (the MQTT publisher)."""
 
@@ -245,7 +253,7 @@ class EventSinks:
             snapshot_topic = self.snapshot_topic_for(event["camera"], event["event_id"])
             if not (spooled and self._spool_snapshot(spool, snapshot_topic, snapshot)):
                 self._send_direct(snapshot_topic, snapshot)
-            if self.state is not None:
+            if self.state is not None and not _as_it_left(event):
                 self.state.set_last_snapshot(event["camera"], snapshot)
                 if event["identity"] is not None:  # this event's face: not the camera's last,
                     # which another face of the same frame may have replaced by now

@@ -4,7 +4,8 @@ Topics, under ``PREFIX/NODE``:
 - ``status``: retained ``online`` / ``offline`` (also the last will);
 - ``cameras/CAMERA/status``: retained ``online`` / ``offline``;
 - ``cameras/CAMERA/faces``: retained JSON, who the camera sees now (``events.in_view_json``);
-- ``cameras/CAMERA/snapshot``: retained JPEG, the latest face snapshot (when they are on);
+- ``cameras/CAMERA/snapshot``: retained JPEG, the latest face snapshot (when they are on),
+  not one of a ``confirmed`` sent as its face leaves (``events.EventSinks``);
 - ``people/KEY``: retained JSON, where an enrolled person is in view (``events.person_json``);
 - ``people/KEY/snapshot``: retained JPEG, the person's face in the latest event that named
   them (when snapshots are on);

@@ -336,6 +336,82 @@ def test_each_persons_snapshot_is_their_own_face_and_goes_with_them(tmp_path) ->
     assert publisher.retained.topics[publisher.person_snapshot_topic("bob")] == b""
 
 
+class _StrangerAndGlimpse:
+    """The scheduler's engines, scripted: a stranger's face on the left (an embedding nobody
+    enrolled has), and while ``glimpse`` is set a face on the right too small to recognise."""
+
+    model_id = "scripted-facenet"
+    stranger, small = (100, 100, 160, 160), (490, 120, 510, 140)
+
+    def __init__(self) -> None:
+        self.glimpse = True
+
+    def refuses(self, image_hw: tuple[int, int]) -> None:
+        return None
+
+    def detect(self, images: list, priors: list | None = None) -> list[FrameDetections]:
+        boxes = [self.stranger, self.small] if self.glimpse else [self.stranger]
+        bbox = np.array(boxes, np.float32)
+        landmarks = np.zeros((len(boxes), 5, 2), np.float32)
+        return [FrameDetections(bbox, np.ones(len(boxes), np.float32), landmarks) for _ in images]
+
+    def embed_picks(self, picks: list) -> np.ndarray:
+        return np.stack([np.eye(8, dtype=np.float32)[2] for _ in picks])
+
+
+def test_a_face_announced_only_as_it_leaves_does_not_replace_the_cameras_last_face(
+    tmp_path,
+) -> None:
+    """A stranger (red) is decided and announced; then a face seen a moment and never
+    decided (blue: the top of a head, a dark background, a second box on a face) is
+    confirmed as it leaves. The camera's last face, the stranger recipe's picture, stays
+    the stranger's: it became the junk crop. That event still has its own snapshot."""
+    path = tmp_path / "gallery.sqlite"
+    with Gallery.create(path, _StrangerAndGlimpse.model_id, 8) as gallery:
+        gallery.enroll([Enrollment("ann", np.eye(8, dtype=np.float32)[0], "a" * 64)])
+    config = parse_config(
+        {
+            "node_id": "garage",
+            "cameras": [{"name": "door", "url": "door.mp4"}],
+            "recognition": {"model": None, "gallery": str(path)},
+            "tracking": {"snapshots": True},
+            "mqtt": {"home_assistant": {"enabled": True}},
+        }
+    )
+    publisher = topics()
+    sinks = EventSinks(
+        spool=publisher.spool,
+        topic_for=publisher.event_topic,
+        snapshot_topic_for=publisher.snapshot_topic,
+        state=publisher,
+    )
+    engines = _StrangerAndGlimpse()
+    pipeline = Pipeline(config, engines, engines, sinks)  # type: ignore[arg-type]
+    pipeline.reload_gallery()
+    image = np.zeros((360, 640, 3), np.uint8)
+    image[:, :320] = (0, 0, 255)  # BGR: the left half red
+    image[:, 320:] = (255, 0, 0)
+    for k in range(20):  # the small face in the first 5 frames, lost 2 s after (5 fps)
+        engines.glimpse = k < 5
+        pipeline.process([Frame("door", k, 1000.0 + k / 5, image)])
+
+    messages = publisher.spool.peek(100)
+    events = [json.loads(m.payload) for m in messages if m.kind == "event"]
+    said = [(e["type"], e["identity"], e["reason"], e["confidence"]) for e in events]
+    assert said == [
+        ("confirmed", None, None, 1.0),  # the stranger, decided
+        ("confirmed", None, "lost", 0.0),  # the small face, as it leaves
+        ("left", None, "lost", 0.0),
+    ]
+    snapshots = {m.topic: m.payload for m in messages if m.kind == "raw"}
+    stranger, glimpse = (
+        snapshots[publisher.snapshot_topic("door", e["event_id"])] for e in events[:2]
+    )
+    assert (_colour(stranger), _colour(glimpse)) == ("red", "blue"), "each event has its face"
+    last_face = publisher.retained.topics[publisher.last_snapshot_topic("door")]
+    assert _colour(last_face) == "red" and last_face == stranger, "the stranger's face"
+
+
 def test_without_snapshots_a_start_deletes_the_faces_an_earlier_run_left() -> None:
     """snapshots turned off since the last run: the retained faces it left (a camera's last
     face, each person's) are emptied at the start, as their image entities are removed."""
