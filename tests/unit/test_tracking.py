@@ -172,6 +172,75 @@ def test_a_face_too_small_to_match_is_still_announced_and_a_brief_one_as_it_leav
     assert run(approaching, 1.6, faces(box), ["ann"]) == [("confirmed", 1, "ann")]
 
 
+def test_the_docs_filter_keeps_the_events_of_decided_strangers_only() -> None:
+    """docs/operations.md's filter for event consumers, `identity == null and reason == null
+    and confidence > 0` (and its jq line, run when jq is installed), on the events of a
+    stranger, a named face, a glimpse announced as it leaves, a face too small to match, a
+    name the votes turn to unknown and a person removed from the gallery while in view: it
+    keeps the stranger's confirmed and the change to unknown, and nothing else."""
+    import json
+    import shutil
+    import subprocess
+
+    from daemon.events import event_json
+    from tests.conftest import REPO
+
+    docs = (REPO / "docs" / "operations.md").read_text()
+    assert "`identity == null and reason == null and confidence > 0`" in docs
+    jq_line = "jq -c 'select(.identity == null and .reason == null and .confidence > 0)'"
+    assert f"\n{jq_line}\n" in docs
+
+    tracker = Tracker("door", TrackingConfig(), reembed_every=1)  # the defaults
+    stranger, ann, glimpse, far, bob = (box_at(150 * k + 100, 100, 60) for k in range(5))
+    events = []
+    for k in range(20):
+        ts = k / 5
+        shown = {stranger: None, ann: "ann", far: "small", bob: "bob" if k < 5 else None}
+        shown |= {glimpse: "small"} if k < 4 else {}
+        events += tracker.expire(ts)
+        tracks = tracker.update(ts, faces(*shown))
+        for track, who in zip(tracks, shown.values(), strict=True):
+            if who != "small" and tracker.wants_embedding(track):
+                tracker.record(track, who, 0.05 if who else 1.5, np.ones(8, np.float32))
+        events += tracker.decide(tracks)
+    events += tracker.recount(None)  # the gallery deleted: ann, still in view, is nobody now
+    events += tracker.expire(4.0, stopping=True)
+    published = [event_json(e, "node", "door", 1000.0, "m", seq) for seq, e in enumerate(events, 1)]
+    ids = {"stranger": 1, "ann": 2, "far": 3, "bob": 4, "glimpse": 5}  # (as first seen)
+    unknown = [
+        (e["type"], e["track_id"], e["reason"], e["confidence"] > 0)
+        for e in published
+        if e["identity"] is None
+    ]
+    assert sorted(unknown, key=str) == sorted(
+        [
+            ("confirmed", ids["stranger"], None, True),  # decided: kept
+            ("confirmed", ids["glimpse"], "lost", False),  # as it leaves
+            ("left", ids["glimpse"], "lost", False),
+            ("confirmed", ids["far"], None, False),  # too small: never decided
+            ("changed", ids["bob"], None, True),  # bob's votes turned to nobody: kept
+            ("changed", ids["ann"], "gallery", True),  # removed from the gallery
+        ]
+        + [("left", ids[who], "stopped", who != "far") for who in ("stranger", "far", "bob")]
+        + [("left", ids["ann"], "stopped", True)],
+        key=str,
+    )
+
+    def decided_stranger(event: dict) -> bool:
+        return event["identity"] is None and event["reason"] is None and event["confidence"] > 0
+
+    kept = [(e["type"], e["track_id"]) for e in published if decided_stranger(e)]
+    assert kept == [("confirmed", ids["stranger"]), ("changed", ids["bob"])]
+    if shutil.which("jq"):
+        lines = "".join(json.dumps(e) + "\n" for e in published)
+        out = subprocess.run(
+            ["jq", "-c", jq_line.split("'")[1]], input=lines, capture_output=True, text=True
+        )
+        assert [json.loads(line)["seq"] for line in out.stdout.splitlines()] == [
+            e["seq"] for e in published if decided_stranger(e)
+        ]
+
+
 def test_a_window_shorter_than_the_votes_asked_names_with_what_it_holds() -> None:
     """vote_window: 2 in a config, min_votes left at its default (3, once 2): nobody would
     ever be named; the vote asks at most as many as the window holds."""
