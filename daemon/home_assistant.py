@@ -8,7 +8,8 @@ enabled camera is a device, connected via the node, with five entities:
 - ``sensor`` *faces*: how many confirmed faces are in view;
 - ``sensor`` *people*: the names in view, ``stranger`` when only faces nobody matches are,
   ``nobody`` when none is; the in-view state is its attributes;
-- ``image`` *last face*, with ``tracking.snapshots`` on: the latest face snapshot.
+- ``image`` *last face*, with ``tracking.snapshots`` on: the latest face snapshot (not that
+  of a face announced only as it leaves: ``daemon.events``).
 
 Each enrolled person (unless ``people`` is off) is a ``binary_sensor`` (occupancy) of the
 node, named after them: on while a camera sees them, with the cameras as attributes; with
