@@ -48,6 +48,17 @@ DEFAULT_OUT = CACHE / "daemon.json"  # not bench/results/: a rerun keeps the com
 STAGES = ("detect", "track", "embed", "match", "archive")
 
 
+def out_argument(parser: argparse.ArgumentParser, name: str) -> None:
+    """--out, by default bench/.cache/NAME: a rerun keeps the committed results."""
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=CACHE / name,
+        help="the results (JSON); bench/.cache/ is git-ignored, and bench/results/ holds the "
+        "committed ones, written only when --out names them",
+    )
+
+
 def clip_720p() -> Path:
     """crowd_1080p.mp4 scaled to 1280x720 H.264 once (GStreamer, no re-encode later)."""
     out = CACHE / "crowd_720p.mp4"
@@ -268,13 +279,7 @@ def main() -> int:
         help="the daemon's environment, e.g. PYTHONPATH=/tmp/old-checkout to run another "
         "commit's code or OPENBLAS_NUM_THREADS=2 (repeatable)",
     )
-    parser.add_argument(
-        "--out",
-        type=Path,
-        default=DEFAULT_OUT,
-        help="the results (JSON); bench/.cache/ is git-ignored, and bench/results/ holds the "
-        "committed ones, written only when --out names them",
-    )
+    out_argument(parser, DEFAULT_OUT.name)
     args = parser.parse_args()
     if min(args.cameras) < 1:
         parser.error(f"--cameras {' '.join(map(str, args.cameras))}: each must be 1 or more")

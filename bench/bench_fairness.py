@@ -45,10 +45,11 @@ from tqdm import tqdm
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from bench_daemon import CACHE, out_argument  # noqa: E402  (bench/, the script's folder)
+
 DEFAULT_DATA = REPO / ".gpu_data" / "sources" / "utkface" / "unlabeled"
-DEFAULT_OUT = (
-    REPO / "bench" / ".cache" / "fairness.json"
-)  # not bench/results/: keeps the committed one
+DEFAULT_OUT = CACHE / "fairness.json"  # not bench/results/: keeps the committed one
 RACES = ("White", "Black", "Asian", "Indian", "Others")
 GENDERS = ("male", "female")
 AGE_BANDS = ((0, 12), (13, 19), (20, 39), (40, 59), (60, 200))
@@ -307,13 +308,7 @@ def main() -> int:
         help="pairs nearer than this (squared L2) are one photo twice: dropped (default 0.02)",
     )
     p.add_argument("--embeddings", type=Path, help="keep the detections and embeddings here")
-    p.add_argument(
-        "--out",
-        type=Path,
-        default=DEFAULT_OUT,
-        help="the results (JSON; default: %(default)s); bench/.cache/ is git-ignored, and bench/results/ holds the "
-        "committed ones, written only when --out names them",
-    )
+    out_argument(p, DEFAULT_OUT.name)
     args = p.parse_args()
     faces, odd = read_faces(args.data, args.per_group, args.seed)
     if not faces:

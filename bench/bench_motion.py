@@ -33,7 +33,12 @@ import cv2
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench_daemon import CACHE, random_model_and_gallery, run  # noqa: E402  (its daemon run)
+from bench_daemon import (  # noqa: E402  (its daemon run)
+    CACHE,
+    out_argument,
+    random_model_and_gallery,
+    run,
+)
 
 from tests.clips import doorway_clip  # noqa: E402
 
@@ -118,13 +123,7 @@ def main() -> int:
         "--warmup", type=float, default=10, help="seconds before each run's measurement"
     )
     parser.add_argument("--fps", type=float, default=5, help="each camera's frame rate")
-    parser.add_argument(
-        "--out",
-        type=Path,
-        default=DEFAULT_OUT,
-        help="the results (JSON); bench/.cache/ is git-ignored, and bench/results/ holds the "
-        "committed ones, written only when --out names them",
-    )
+    out_argument(parser, DEFAULT_OUT.name)
     args = parser.parse_args()
     clip = doorway_720p(args.still)
     seconds = args.loops * loop_seconds(clip)

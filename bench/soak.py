@@ -37,6 +37,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench_daemon import CACHE, out_argument  # noqa: E402  (bench/, the script's folder)
+
 from daemon.archive_files import disk_bytes  # noqa: E402
 from daemon.scheduler import STALL_GRACE_S  # noqa: E402
 from tests.facenet_model import build_test_model  # noqa: E402
@@ -56,8 +58,8 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 CAMERAS = ("cam1", "cam2")
 LOST_AFTER_S = 2.0  # tracking.lost_after_s
 ARCHIVE_MB = 5.0  # small: the soak prunes the face archive all along
-LOGS = REPO / "bench" / ".cache" / "soak"  # the logs of the last run
-DEFAULT_OUT = REPO / "bench" / ".cache" / "soak.json"  # not bench/results/: keeps the committed one
+LOGS = CACHE / "soak"  # the logs of the last run
+DEFAULT_OUT = CACHE / "soak.json"  # not bench/results/: keeps the committed one
 
 
 def received(subscriber: Subscriber) -> list[str]:
@@ -297,13 +299,7 @@ def main() -> int:
     parser.add_argument("--sample-every", type=float, default=10, help="seconds between samples")
     parser.add_argument("--warmup-s", type=float, default=120, help="RSS samples ignored first")
     parser.add_argument("--max-growth-mb", type=float, default=50, help="RSS growth that fails")
-    parser.add_argument(
-        "--out",
-        type=Path,
-        default=DEFAULT_OUT,
-        help="the results (JSON); bench/.cache/ is git-ignored, and bench/results/ holds the "
-        "committed ones, written only when --out names them",
-    )
+    out_argument(parser, DEFAULT_OUT.name)
     args = parser.parse_args()
     if args.minutes * 60 < args.warmup_s + 60:
         parser.error("--minutes must leave at least a minute after --warmup-s")
