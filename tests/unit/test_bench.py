@@ -232,6 +232,7 @@ def bench_help(script: str) -> str:
         ("bench_motion", "--warmup WARMUP    seconds before each run's measurement (default: 10)"),
         ("bench_spool", "--messages MESSAGES  events per case (default: 1000)"),
         ("soak", "--minutes MINUTES     soak length (default: 30)"),
+        ("bench_arrivals", "--visits VISITS       visits measured (23.9 s each) (default: 6)"),
     ],
 )
 def test_bench_help_says_what_the_script_does_in_whole_sentences_and_shows_defaults(script, option):
@@ -241,7 +242,9 @@ def test_bench_help_says_what_the_script_does_in_whole_sentences_and_shows_defau
     assert option in text
 
 
-@pytest.mark.parametrize("script", ["bench_daemon", "bench_motion", "soak", "bench_fairness"])
+@pytest.mark.parametrize(
+    "script", ["bench_daemon", "bench_motion", "soak", "bench_fairness", "bench_arrivals"]
+)
 def test_a_rerun_does_not_overwrite_the_committed_results(script):
     default = load_bench(script).DEFAULT_OUT
     assert default.parent == REPO / "bench" / ".cache"
@@ -359,3 +362,124 @@ def test_bench_streams_records_cuda_graphs_only_when_they_ran(monkeypatch):
     assert bench_streams.graphs_ran(asked) is True
     for other in ({"graphs": False, "backend": "torch"}, {"graphs": True, "backend": "openvino"}):
         assert bench_streams.graphs_ran(bench_streams.argparse.Namespace(**other)) is False
+
+
+@pytest.fixture(scope="module")
+def bench_arrivals() -> ModuleType:
+    return load_bench("bench_arrivals")
+
+
+@pytest.mark.parametrize(
+    "bad, says",
+    [
+        (["--visits", "0"], "--visits 0: must be 1 or more"),
+        (["--set", "tracking.lost_after_s"], "--set tracking.lost_after_s: expected KEY=VALUE"),
+        (["--config", "demo"], "invalid choice: 'demo'"),
+    ],
+)
+def test_bench_arrivals_refuses_no_visits_a_setting_without_value_and_an_unknown_config(
+    bench_arrivals, bad, says, capsys
+):
+    with pytest.raises(SystemExit) as exit:
+        bench_arrivals.main(bad)
+    assert exit.value.code == 2
+    assert says in capsys.readouterr().err
+
+
+def test_bench_arrivals_runs_the_shipped_config_on_its_own_camera_broker_and_paths(
+    bench_arrivals, tmp_path
+):
+    settings = bench_arrivals.adapted_config(
+        "rtsp-example", tmp_path, "rtsp://127.0.0.1:1/door", 2, 3, tmp_path / "g.sqlite"
+    )
+    bench_arrivals.set_key(settings, "detection.full_scan_every", 1)
+    bench_arrivals.set_key(settings, "tracking.lost_after_s", 1.0)
+    assert settings["cameras"] == [{"name": "door", "url": "rtsp://127.0.0.1:1/door", "fps": 5}]
+    assert settings["detection"]["full_scan_every"] == 1
+    assert settings["detection"]["motion"] == {"check_every_s": 10}  # the rest kept
+    assert settings["tracking"] == {"snapshots": True, "lost_after_s": 1.0}
+    assert settings["mqtt"]["port"] == 2 and "tls" not in settings["mqtt"]
+    assert settings["mqtt"]["home_assistant"] == {"enabled": True}
+    assert settings["recognition"]["model"] == str(bench_arrivals.MODEL)
+    assert settings["metrics"]["port"] == 3
+
+
+def message(t: float, kind: str, track: int, identity: str | None, reason: str | None = None):
+    payload = {"type": kind, "track_id": track, "identity": identity, "reason": reason}
+    return (t, "facewatch/demo/events/door", payload)
+
+
+def faces(t: float, n: int):
+    return (t, "facewatch/demo/cameras/door/faces", {"faces": n})
+
+
+def test_bench_arrivals_times_each_visit_from_the_servers_marks(bench_arrivals):
+    marks = [("appear", 0, 100.0), ("leave", 0, 108.0), ("appear", 1, 124.0)]
+    messages = [
+        (100.1, "facewatch/demo/status", None),  # not JSON: skipped
+        faces(100.3, 1),
+        message(100.4, "confirmed", 1, None),  # a false stranger first
+        message(100.5, "confirmed", 2, "lin-manuel-miranda"),
+        message(101.0, "left", 1, None, "lost"),
+        faces(109.4, 1),
+        message(109.6, "left", 2, "lin-manuel-miranda", "lost"),
+        faces(109.6, 0),
+        message(124.5, "confirmed", 3, "lin-manuel-miranda"),  # the next loop, no leave yet
+    ]
+    result = bench_arrivals.analyse(marks, messages, stranger=False, ended=130.0)
+    assert result["per_visit"] == [
+        {
+            "first_event_s": 0.4,
+            "named_s": 0.5,
+            "left_s": 1.6,
+            "faces_0_s": 1.6,
+            "tracks_announced": 1,
+            "split_by_cut": 0,
+            "false_unknown": 1,
+        }
+    ]
+    assert result["summary"]["visits"] == 1
+    assert result["summary"]["named_s"] == {"median": 0.5, "worst": 0.5, "missing": 0}
+    stranger = bench_arrivals.analyse(marks, messages, stranger=True, ended=130.0)
+    assert stranger["per_visit"][0]["unknown_s"] == 0.4
+    assert stranger["per_visit"][0]["left_s"] is None  # the one announced left before he did
+
+
+def test_bench_arrivals_counts_a_wait_that_never_came_as_missing(bench_arrivals):
+    marks = [("appear", 0, 100.0), ("leave", 0, 108.0), ("appear", 1, 124.0), ("leave", 1, 132.0)]
+    messages = [
+        message(100.5, "confirmed", 2, "lin-manuel-miranda"),
+        message(103.0, "left", 2, "lin-manuel-miranda", "cut"),  # a false scene cut
+        message(103.2, "confirmed", 3, "lin-manuel-miranda"),
+        message(109.7, "left", 3, "lin-manuel-miranda", "lost"),
+        faces(109.7, 0),
+        message(124.9, "confirmed", 4, "lin-manuel-miranda"),
+    ]
+    summary = bench_arrivals.analyse(marks, messages, stranger=False, ended=140.0)["summary"]
+    assert summary["visits"] == 2
+    assert summary["left_s"] == {"median": 1.7, "worst": 1.7, "missing": 1}
+    assert summary["named_s"] == {"median": 0.7, "worst": 0.9, "missing": 0}
+    assert summary["split_by_cut"] == 1
+    assert summary["false_unknown"] == 0
+
+
+def test_bench_arrivals_marking_server_marks_each_loops_chosen_frames(capsys):
+    rtsp_marked = load_bench("rtsp_marked")
+    assert rtsp_marked.parse_marks("2:appear,4:leave") == {2: "appear", 4: "leave"}
+    pushed: list[int] = []
+
+    class Source:
+        def emit(self, signal, value):
+            pushed.append(value)
+            return "ok"
+
+    source = rtsp_marked.MarkingSource(Source(), 5, {2: "appear", 4: "leave"})
+    assert [source.emit("push-buffer", k) for k in range(11)] == ["ok"] * 11
+    assert pushed == list(range(11))
+    lines = [line.split()[:3] for line in capsys.readouterr().out.splitlines()]
+    assert lines == [
+        ["MARK", "appear", "0"],
+        ["MARK", "leave", "0"],
+        ["MARK", "appear", "1"],
+        ["MARK", "leave", "1"],
+    ]
