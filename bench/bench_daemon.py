@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import signal
 import subprocess
 import sys
 import tempfile
@@ -46,6 +47,13 @@ SOURCE = REPO.parent / "shared" / "data" / "videos" / "crowd_1080p.mp4"
 CACHE = REPO / "bench" / ".cache"
 DEFAULT_OUT = CACHE / "daemon.json"  # not bench/results/: a rerun keeps the committed one
 STAGES = ("detect", "track", "embed", "match", "archive")
+
+
+def stop_on_sigterm() -> None:
+    """A kill (a timeout, a cancelled job) stops what the run started, as Ctrl-C does: the
+    broker, RTSP servers and daemon run in sessions of their own, out of the signal's reach,
+    and only the run's clean-up stops them."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
 
 def out_argument(parser: argparse.ArgumentParser, name: str) -> None:
@@ -295,6 +303,7 @@ def main() -> int:
             parser.error(f"--set {item}: expected SECTION.KEY=VALUE")
         overrides.setdefault(section, {})[name] = yaml.safe_load(value)
     results = []
+    stop_on_sigterm()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         model, gallery = random_model_and_gallery(folder, args.gallery_people)

@@ -38,6 +38,7 @@ from bench_daemon import (  # noqa: E402  (its daemon run)
     out_argument,
     random_model_and_gallery,
     run,
+    stop_on_sigterm,
 )
 
 from tests.clips import doorway_clip  # noqa: E402
@@ -128,6 +129,7 @@ def main() -> int:
     clip = doorway_720p(args.still)
     seconds = args.loops * loop_seconds(clip)
     results = []
+    stop_on_sigterm()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         model, gallery = random_model_and_gallery(folder)

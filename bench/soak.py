@@ -37,7 +37,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench_daemon import CACHE, out_argument  # noqa: E402  (bench/, the script's folder)
+from bench_daemon import CACHE, out_argument, stop_on_sigterm  # noqa: E402  (bench/, the script's folder)
 
 from daemon.archive_files import disk_bytes  # noqa: E402
 from daemon.scheduler import STALL_GRACE_S  # noqa: E402
@@ -303,6 +303,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.minutes * 60 < args.warmup_s + 60:
         parser.error("--minutes must leave at least a minute after --warmup-s")
+    stop_on_sigterm()
     with tempfile.TemporaryDirectory() as tmp:
         result = soak(args, Path(tmp))
     args.out.parent.mkdir(parents=True, exist_ok=True)

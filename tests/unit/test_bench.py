@@ -443,6 +443,14 @@ def test_bench_arrivals_times_each_visit_from_the_servers_marks(bench_arrivals):
     stranger = bench_arrivals.analyse(marks, messages, stranger=True, ended=130.0)
     assert stranger["per_visit"][0]["unknown_s"] == 0.4
     assert stranger["per_visit"][0]["left_s"] is None  # the one announced left before he did
+    # a glimpse announced as it left (reason lost) is not the stranger's announcement
+    glimpse = [
+        message(100.3, "confirmed", 9, None, "lost"),
+        message(100.3, "left", 9, None, "lost"),
+    ]
+    decided = [message(101.0, "confirmed", 10, None), message(109.6, "left", 10, None, "lost")]
+    stranger = bench_arrivals.analyse(marks, glimpse + decided, stranger=True, ended=130.0)
+    assert stranger["per_visit"][0]["unknown_s"] == 1.0
 
 
 def test_bench_arrivals_counts_a_wait_that_never_came_as_missing(bench_arrivals):
