@@ -282,15 +282,10 @@ def _colour(jpeg: bytes) -> str:
     return "red" if red > blue else "blue"
 
 
-def test_each_persons_snapshot_is_their_own_face_and_goes_with_them(tmp_path) -> None:
-    """ann (left, red) and bob (right, blue) in the same frames: ann's retained snapshot is
-    ann's face, bob's is bob's (the camera's last face is one of them, whichever event was
-    last: what a notification attached before). bob removed from the gallery: his image
-    entity and his retained snapshot are deleted, and nothing brings them back."""
-    path = tmp_path / "gallery.sqlite"
-    ann, bob = np.eye(8, dtype=np.float32)[:2]
-    with Gallery.create(path, _TwoPeople.model_id, 8) as gallery:
-        gallery.enroll([Enrollment("ann", ann, "a" * 64), Enrollment("bob", bob, "b" * 64)])
+def _snapshot_pipeline(path, engines, people: bool = False):  # type: ignore[no-untyped-def]
+    """A pipeline on camera door with the gallery at ``path``, snapshots and Home Assistant
+    on, its messages to a recording publisher (``people``: with each person's announcement),
+    and a frame whose left half is red, its right half blue."""
     config = parse_config(
         {
             "node_id": "garage",
@@ -301,19 +296,33 @@ def test_each_persons_snapshot_is_their_own_face_and_goes_with_them(tmp_path) ->
         }
     )
     publisher = topics()
-    publisher.people_announcements = partial(people_messages, config, publisher)
+    if people:
+        publisher.people_announcements = partial(people_messages, config, publisher)
     sinks = EventSinks(
         spool=publisher.spool,
         topic_for=publisher.event_topic,
         snapshot_topic_for=publisher.snapshot_topic,
         state=publisher,
     )
-    engines = _TwoPeople()
-    pipeline = Pipeline(config, engines, engines, sinks)  # type: ignore[arg-type]
+    pipeline = Pipeline(config, engines, engines, sinks)
     pipeline.reload_gallery()
     image = np.zeros((360, 640, 3), np.uint8)
     image[:, :320] = (0, 0, 255)  # BGR: the left half red
     image[:, 320:] = (255, 0, 0)
+    return publisher, pipeline, image
+
+
+def test_each_persons_snapshot_is_their_own_face_and_goes_with_them(tmp_path) -> None:
+    """ann (left, red) and bob (right, blue) in the same frames: ann's retained snapshot is
+    ann's face, bob's is bob's (the camera's last face is one of them, whichever event was
+    last: what a notification attached before). bob removed from the gallery: his image
+    entity and his retained snapshot are deleted, and nothing brings them back."""
+    path = tmp_path / "gallery.sqlite"
+    ann, bob = np.eye(8, dtype=np.float32)[:2]
+    with Gallery.create(path, _TwoPeople.model_id, 8) as gallery:
+        gallery.enroll([Enrollment("ann", ann, "a" * 64), Enrollment("bob", bob, "b" * 64)])
+    engines = _TwoPeople()
+    publisher, pipeline, image = _snapshot_pipeline(path, engines, people=True)
     for k in range(10):
         pipeline.process([Frame("door", k, 1000.0 + k / 5, image)])
     retained = publisher.retained.topics  # what the broker gets, retained, at the next connection
@@ -369,28 +378,8 @@ def test_a_face_announced_only_as_it_leaves_does_not_replace_the_cameras_last_fa
     path = tmp_path / "gallery.sqlite"
     with Gallery.create(path, _StrangerAndGlimpse.model_id, 8) as gallery:
         gallery.enroll([Enrollment("ann", np.eye(8, dtype=np.float32)[0], "a" * 64)])
-    config = parse_config(
-        {
-            "node_id": "garage",
-            "cameras": [{"name": "door", "url": "door.mp4"}],
-            "recognition": {"model": None, "gallery": str(path)},
-            "tracking": {"snapshots": True},
-            "mqtt": {"home_assistant": {"enabled": True}},
-        }
-    )
-    publisher = topics()
-    sinks = EventSinks(
-        spool=publisher.spool,
-        topic_for=publisher.event_topic,
-        snapshot_topic_for=publisher.snapshot_topic,
-        state=publisher,
-    )
     engines = _StrangerAndGlimpse()
-    pipeline = Pipeline(config, engines, engines, sinks)  # type: ignore[arg-type]
-    pipeline.reload_gallery()
-    image = np.zeros((360, 640, 3), np.uint8)
-    image[:, :320] = (0, 0, 255)  # BGR: the left half red
-    image[:, 320:] = (255, 0, 0)
+    publisher, pipeline, image = _snapshot_pipeline(path, engines)
     for k in range(20):  # the small face in the first 5 frames, lost 2 s after (5 fps)
         engines.glimpse = k < 5
         pipeline.process([Frame("door", k, 1000.0 + k / 5, image)])
