@@ -16,7 +16,7 @@ from pathlib import Path
 
 from engines.loader import default_facenet, default_models_dir
 from engines.mtcnn import MTCNNConfig
-from training.cli_teacher import register_teacher
+from training.cli_teacher import fail, register_teacher
 from training.help_format import NO_PROGRESS_HELP, DefaultsHelpFormatter
 
 logger = logging.getLogger(__name__)
@@ -29,11 +29,6 @@ def register_facenet(commands: argparse._SubParsersAction) -> None:
     _add_validate(commands)
     _add_export(commands)
     register_teacher(commands)
-
-
-def _fail(message: str) -> int:
-    print(f"error: {message}", file=sys.stderr)
-    return 2
 
 
 def _count(least: int) -> object:
@@ -176,7 +171,7 @@ def _align(args: argparse.Namespace) -> int:
             args.input_dir, args.output_dir, opts, args.mtcnn_dir, progress=not args.no_progress
         )
     except (DataError, ValueError, EngineError) as exc:
-        return _fail(str(exc))
+        return fail(str(exc))
     print(summary.text())
     print(f"crops in {args.output_dir} (train on them: facewatch train triplet --data-dir ...)")
     return 0
@@ -212,10 +207,10 @@ def _triplet(args: argparse.Namespace) -> int:
         apply_config(args, parser)
         model_dir = train(args)
     except (OptionError, DataError, ModelFileError, FileNotFoundError, EngineError) as exc:
-        return _fail(_without_worker_traceback(str(exc)))
+        return fail(_without_worker_traceback(str(exc)))
     except ValueError as exc:  # ours name the file or option; the traceback, if it is a bug
         logger.debug("details", exc_info=True)
-        return _fail(f"{exc} (facewatch --log-level DEBUG train ... shows where)")
+        return fail(f"{exc} (facewatch --log-level DEBUG train ... shows where)")
     except TrainingInterrupted as exc:
         if os.environ.get("RANK", "0") == "0":
             print(f"interrupted: {exc}", file=sys.stderr)
@@ -392,11 +387,11 @@ def _validate(args: argparse.Namespace) -> int:
 
     args.model = _run_checkpoint(args.model)
     if args.record and args.model.suffix.lower() != ".onnx":
-        return _fail("--record needs an ONNX model (checkpoints keep their figures in extra)")
+        return fail("--record needs an ONNX model (checkpoints keep their figures in extra)")
     try:
         result, no_face = run_validate(args)
     except (DataError, ValueError, FileNotFoundError, EngineError) as exc:
-        return _fail(str(exc))
+        return fail(str(exc))
     print(f"{args.model}: {result.summary()}")  # type: ignore[attr-defined]
     if no_face:
         print(f"{no_face} image(s) without a detected face were centre-cropped")
@@ -506,9 +501,9 @@ def _export(args: argparse.Namespace) -> int:
     args.checkpoint = _run_checkpoint(args.checkpoint)
     refused = out_refused(args.out, args.force)
     if refused:
-        return _fail(refused)
+        return fail(refused)
     if args.int8 and args.parity_images is None:
-        return _fail("--int8 needs --parity-images: face crops to calibrate the quantisation on")
+        return fail("--int8 needs --parity-images: face crops to calibrate the quantisation on")
     try:
         checkpoint = load_model_file(args.checkpoint)
         size = int(checkpoint.options["image_size"])
@@ -532,11 +527,11 @@ def _export(args: argparse.Namespace) -> int:
         )
     except OSError as exc:
         if exc.errno is None:  # ours, naming its file (a checkpoint or images not found)
-            return _fail(str(exc))
+            return fail(str(exc))
         where = f" ({exc.filename})" if exc.filename else ""  # the system's: writing --out
-        return _fail(f"--out {args.out}: {exc.strerror or exc}{where}")
+        return fail(f"--out {args.out}: {exc.strerror or exc}{where}")
     except (DataError, ValueError, RuntimeError) as exc:
-        return _fail(str(exc))
+        return fail(str(exc))
     print(f"wrote {path} (+ sidecar, model card); ONNX Runtime vs PyTorch max abs diff {diff:.2e}")
     if args.parity_images is not None:  # faces of several people, not random pixels
         from training.export_facenet import warn_collapsed

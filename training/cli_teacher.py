@@ -25,7 +25,9 @@ def register_teacher(commands: argparse._SubParsersAction) -> None:
     _add_import_dlib(commands)
 
 
-def _fail(message: str) -> int:
+def fail(message: str) -> int:
+    """``error: MESSAGE`` on stderr; the exit status of a `facewatch train` command that
+    failed (2)."""
     print(f"error: {message}", file=sys.stderr)
     return 2
 
@@ -52,7 +54,7 @@ def _embed(args: argparse.Namespace) -> int:
             args.model, dataset, args.data_dir, args.out, progress=not args.no_progress
         )
     except (DataError, ValueError, FileNotFoundError) as exc:
-        return _fail(str(exc))
+        return fail(str(exc))
     print(f"wrote {out}")
     return 0
 
@@ -162,7 +164,7 @@ def _embed_dlib(args: argparse.Namespace) -> int:
             dtype="float16" if args.float16 else "float32",
         )
     except (DlibMissing, DataError, ValueError, FileNotFoundError) as exc:
-        return _fail(str(exc))
+        return fail(str(exc))
     print(summary.text())
     return 1 if summary.unreadable else 0
 
@@ -187,7 +189,7 @@ def _validate_dlib(args: argparse.Namespace) -> int:
         )
         raw = raw_distance_result(embedder, args.lfw_pairs, args.lfw_dir, args.lfw_nrof_folds)
     except (DlibMissing, DataError, ValueError, FileNotFoundError) as exc:
-        return _fail(str(exc))
+        return fail(str(exc))
     print(f"dlib ResNet ({args.locate}), L2-normalised: {result.summary()}")
     print(f"dlib ResNet ({args.locate}), raw descriptors: {raw.summary()}")
     undetected = int((~embedder.detected).sum())
@@ -239,13 +241,13 @@ def _import_dlib(args: argparse.Namespace) -> int:
 
     refused = out_refused(args.out, args.force)
     if refused:
-        return _fail(refused)
+        return fail(refused)
     try:
         model = args.model or models_dir() / DESCRIPTOR_MODEL
         command = f"facewatch train import-dlib {model.name} --out {_shown(args.out)}"
         path, diff = export_dlib(model, args.out, command)
     except (DlibMissing, DataError, ValueError) as exc:
-        return _fail(str(exc))
+        return fail(str(exc))
     print(
         f"wrote {path} (+ sidecar, model card); ONNX Runtime (fp16 weights) vs PyTorch max abs "
         f"diff {diff:.2e}. Measure it: facewatch train validate {path} --align --record ..."
