@@ -267,27 +267,54 @@ def _local_time(ts: float) -> str:
 
 
 def run_list(args: argparse.Namespace) -> int:
+    """The archive's folder (--dir, else the config's archive.dir) checked, the visits the
+    options ask for listed, then how many, and how to enroll from them or why none matched."""
     if args.track is not None and args.camera is None:
         print_error("--track needs --camera: each camera numbers its own tracks")
         return 2
-    root, which = args.dir, None
-    if root is None:
-        try:
-            args.config = args.config or running_config()
-            archive = load_config(args.config, secrets=False).archive
-        except ConfigError as exc:
-            print_error(str(exc))
-            return 2
-        root, which = archive.dir, archive.which
-        if root is None:
-            print_error(f"{args.config}: archive.dir is not set (the archive is off)")
-            return 2
-        root = Path(root)
+    try:
+        root, which = _archive_folder(args)
+    except ConfigError as exc:
+        print_error(str(exc))
+        return 2
+    refused = _check_folder(root, given=args.dir is not None)
+    if refused is not None:
+        return refused
+    visits = read_visits(root)
+    shown = _print_visits(visits, args)
+    if not args.json:
+        print(f"{shown} of the {len(visits)} visit(s) in {root}", file=sys.stderr)
+        if shown:
+            _say_how_to_enroll(args.config)
+    if not shown:
+        _say_why_none(args, [about for _, about in visits], which)
+    return 0
+
+
+def _archive_folder(args: argparse.Namespace) -> tuple[Path, str | None]:
+    """The folder to list, and the archive.which its visits were kept by (None with --dir:
+    not known): --dir, else the --config's archive.dir (the running daemon's config by
+    default, then set as ``args.config``). ConfigError for a config that cannot be read or
+    has no archive.dir."""
+    if args.dir is not None:
+        return args.dir, None
+    args.config = args.config or running_config()
+    archive = load_config(args.config, secrets=False).archive
+    if archive.dir is None:
+        raise ConfigError(f"{args.config}: archive.dir is not set (the archive is off)")
+    return Path(archive.dir), archive.which
+
+
+def _check_folder(root: Path, given: bool) -> int | None:
+    """None when ``root`` is an archive's folder this user can read; else what is wrong,
+    said, and the exit status: 2 for a file, a --dir (``given``) that does not exist or a
+    folder inside an archive, 1 for a folder this user cannot read, 0 for a config's
+    archive.dir the daemon has not made yet (no visits)."""
     try:
         if root.exists() and not root.is_dir():
             print_error(f"{root}: a file, not the archive's folder")
             return 2
-        if not root.is_dir() and args.dir is not None:  # a typo, more likely than no visit
+        if not root.is_dir() and given:  # a typo, more likely than no visit
             print_error(f"--dir {root}: no such folder (the archive's folder, archive.dir)")
             return 2
         if not root.is_dir():
@@ -309,7 +336,13 @@ def run_list(args: argparse.Namespace) -> int:
             "(archive.dir)"
         )
         return 2
-    shown, visits = 0, read_visits(root)
+    return None
+
+
+def _print_visits(visits: list[tuple[Path, dict[str, Any]]], args: argparse.Namespace) -> int:
+    """The visits the options ask for, on stdout: one line each (--json: one object, its
+    visit.json and folder); how many."""
+    shown = 0
     for folder, about in visits:
         if not _wanted(about, args):
             continue
@@ -318,18 +351,18 @@ def run_list(args: argparse.Namespace) -> int:
             print(json.dumps({**about, "folder": str(folder)}, ensure_ascii=False))
         else:
             print(_line(folder, about))
-    if not args.json:
-        print(f"{shown} of the {len(visits)} visit(s) in {root}", file=sys.stderr)
-    if shown and not args.json:
-        config = shlex.quote(str(args.config)) if args.config is not None else "CONFIG"
-        print(
-            f"to enroll someone from their visits: facewatch enroll --config {config} "
-            "--name NAME FOLDER... (the folders above; --skip-bad leaves out images it refuses)",
-            file=sys.stderr,
-        )
-    if not shown:
-        _say_why_none(args, [about for _, about in visits], which)
-    return 0
+    return shown
+
+
+def _say_how_to_enroll(config: Path | None) -> None:
+    """The enroll command that takes the folders listed, with the config given (else
+    CONFIG), on stderr: stdout stays the visits' lines."""
+    shown = shlex.quote(str(config)) if config is not None else "CONFIG"
+    print(
+        f"to enroll someone from their visits: facewatch enroll --config {shown} "
+        "--name NAME FOLDER... (the folders above; --skip-bad leaves out images it refuses)",
+        file=sys.stderr,
+    )
 
 
 def _say_why_none(
