@@ -20,6 +20,7 @@ from daemon.cli_args import number
 from daemon.journal import StdoutError, print_error
 from daemon.low_light import brightened
 from daemon.video_files import (
+    CutShort,
     Interrupted,
     Seen,
     TimedWriter,
@@ -351,14 +352,35 @@ def _detect_image(
         write_image(out, draw(image, found))
 
 
+@dataclass
+class _VideoRun:
+    """How far the search of the video at ``path`` has got: the frames decoded and the last
+    one's time, the frames searched, the faces found and when, the frames searched compared
+    with the one before (a stuck picture), the annotated video (to ``out``) and the last
+    frame searched (its number and time: where a Ctrl-C leaves the outputs)."""
+
+    path: Path
+    out: Path | None
+    fps: float  # the header's
+    decoded: int = 0
+    clock_s: float = -1.0
+    searched: int = 0
+    faces: int = 0
+    seen: Seen = field(default_factory=Seen)
+    stuck: StuckPicture = field(default_factory=StuckPicture)
+    writer: TimedWriter | None = None
+    last_searched: tuple[int, float] | None = None
+
+
 def _detect_video(
     detector: MTCNN, path: Path, args: argparse.Namespace, summary: Summary, out: Path | None
 ) -> None:
+    """The video's frames (every --every-th) searched in batches of --batch, each printed
+    (--json) and drawn (--annotate); then its line, or a VideoError when it has no picture
+    of its own."""
     capture = open_video(path)
     total = header_frames(capture)
-    fps = native_fps(capture)
-    writer: TimedWriter | None = None
-    faces_before = summary.faces
+    run = _VideoRun(path, out, native_fps(capture))
     bar = tqdm(
         total=total,
         desc=path.name,
@@ -367,74 +389,116 @@ def _detect_video(
         file=sys.stderr,
         leave=False,
     )
-    index, batch, numbers, times, searched = 0, [], [], [], 0
-    clock_s, seen = -1.0, Seen()
-    stuck = StuckPicture()
-    done = f"in {path} before its first frame was searched"
     try:
-        while True:
-            ok, frame = capture.read()
-            if ok:
-                clock_s = frame_time(capture, clock_s, fps)
-            if ok and index % args.every == 0:
-                batch.append(brightened(frame))  # as the daemon's camera reader does
-                numbers.append(index)
-                times.append(clock_s)
-                stuck.see(frame, 0.0)
-            if batch and (not ok or len(batch) == args.batch):
-                for number, at, image, found in zip(
-                    numbers, times, batch, detector.detect(batch), strict=True
-                ):
-                    summary.frames += 1
-                    searched += 1
-                    summary.faces += len(found)
-                    seen.add(at, len(found))
-                    _emit(args, path, number, image.shape, found, at)
-                    done = f"in {path} after frame {number} ({clock(at)})"
-                    if out is not None:
-                        writer = writer or TimedWriter(
-                            out, image.shape, output_fps(times, fps / args.every)
-                        )
-                        writer.write(draw(image, found), at)
-                bar.update(numbers[-1] + 1 - bar.n)
-                batch, numbers, times = [], [], []
-            if not ok:
-                break
-            index += 1
+        for batch in _batches(_frames_to_search(capture, run, args.every), args.batch):
+            _search(detector, batch, run, args, summary)
+            bar.update(batch[-1][0] + 1 - bar.n)
     except KeyboardInterrupt:
-        kept = [w for w, on in (("JSON records", args.json), ("annotated video", out)) if on]
-        raise Interrupted(
-            done
-            + (
-                f": its {' and '.join(kept)} {'end' if len(kept) > 1 else 'ends'} there"
-                if kept
-                else ""
-            )
-        ) from None
+        raise _interrupted(run, args.json) from None
     finally:
         bar.close()
         capture.release()
-        if writer is not None:
-            writer.release()
-    if index == 0:
-        raise VideoError(f"{path}: no frame could be decoded")
-    if stuck.count and stuck.count >= searched - 1:  # (the first is compared with none)
-        # no picture of its own: the faces found, if any, are in a stale buffer's picture
-        summary.faces = faces_before
-        how = "all black" if stuck.black else "the same picture"
-        raise VideoError(f"{path}: its {searched} frames searched decode {how}: {STUCK_FILE}")
-    faces = summary.faces - faces_before
-    short = cut_short(path, index, clock_s, total, fps)
+        if run.writer is not None:
+            run.writer.release()
+    no_picture = _no_picture(run)
+    if no_picture is not None:
+        summary.faces -= run.faces  # (those found, if any, are in a stale buffer's picture)
+        raise VideoError(no_picture)
+    short = cut_short(path, run.decoded, run.clock_s, total, run.fps)
     if not args.json:
-        every = f" ({searched} searched: every {args.every})" if args.every > 1 else ""
-        when = f" seen {clock(seen.first)}-{clock(seen.last)}" if faces else ""
-        cut = f" (cut short: {index} of {total} frames decoded)" if short else ""
-        tqdm.write(
-            f"{path}: {index} frames{every}, {clock(0)}-{clock(clock_s)}, {faces} faces{when}"
-            + cut,
-            file=sys.stdout,
-        )
+        _say_video(run, args.every, total, short)
     say_cut_short(short, args.json)
+
+
+_Sampled = tuple[int, float, np.ndarray]  # a frame to search: its number, time and picture
+
+
+def _frames_to_search(capture: cv2.VideoCapture, run: _VideoRun, every: int) -> Iterator[_Sampled]:
+    """Every ``every``-th frame, brightened as the daemon's camera reader does; each frame
+    decoded is counted and timed in ``run``, each taken compared with the one before."""
+    while True:
+        ok, frame = capture.read()
+        if not ok:
+            return
+        run.clock_s = frame_time(capture, run.clock_s, run.fps)
+        if run.decoded % every == 0:
+            image = brightened(frame)
+            run.stuck.see(frame, 0.0)
+            yield run.decoded, run.clock_s, image
+        run.decoded += 1
+
+
+def _batches(frames: Iterator[_Sampled], size: int) -> Iterator[list[_Sampled]]:
+    """``frames`` in lists of ``size`` (the last one shorter), each as soon as it is full."""
+    batch: list[_Sampled] = []
+    for frame in frames:
+        batch.append(frame)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _search(
+    detector: MTCNN,
+    batch: list[_Sampled],
+    run: _VideoRun,
+    args: argparse.Namespace,
+    summary: Summary,
+) -> None:
+    """One detector call for ``batch``; each frame's faces counted, printed and drawn."""
+    found_in = detector.detect([image for _, _, image in batch])
+    for (seq, at, image), found in zip(batch, found_in, strict=True):
+        summary.frames += 1
+        summary.faces += len(found)
+        run.searched += 1
+        run.faces += len(found)
+        run.seen.add(at, len(found))
+        _emit(args, run.path, seq, image.shape, found, at)
+        run.last_searched = seq, at
+        if run.out is not None:
+            if run.writer is None:  # at the rate the first batch's frames come at
+                rate = output_fps([t for _, t, _ in batch], run.fps / args.every)
+                run.writer = TimedWriter(run.out, image.shape, rate)
+            run.writer.write(draw(image, found), at)
+
+
+def _interrupted(run: _VideoRun, json_out: bool) -> Interrupted:
+    """Ctrl-C: where it stopped, and that the outputs written end there."""
+    if run.last_searched is None:
+        where = f"in {run.path} before its first frame was searched"
+    else:
+        seq, at = run.last_searched
+        where = f"in {run.path} after frame {seq} ({clock(at)})"
+    kept = [w for w, on in (("JSON records", json_out), ("annotated video", run.out)) if on]
+    if not kept:
+        return Interrupted(where)
+    ends = "end" if len(kept) > 1 else "ends"
+    return Interrupted(f"{where}: its {' and '.join(kept)} {ends} there")
+
+
+def _no_picture(run: _VideoRun) -> str | None:
+    """Why the video showed no picture of its own: no frame decoded, or every frame
+    searched black or the same (a stale buffer's: an interlaced video); None when it did."""
+    if run.decoded == 0:
+        return f"{run.path}: no frame could be decoded"
+    if run.stuck.count and run.stuck.count >= run.searched - 1:  # (the first is compared with none)
+        how = "all black" if run.stuck.black else "the same picture"
+        return f"{run.path}: its {run.searched} frames searched decode {how}: {STUCK_FILE}"
+    return None
+
+
+def _say_video(run: _VideoRun, every: int, total: int | None, short: CutShort | None) -> None:
+    """The video's line: its frames (how many searched), its length, its faces and when."""
+    searched = f" ({run.searched} searched: every {every})" if every > 1 else ""
+    when = f" seen {clock(run.seen.first)}-{clock(run.seen.last)}" if run.faces else ""
+    cut = f" (cut short: {run.decoded} of {total} frames decoded)" if short else ""
+    tqdm.write(
+        f"{run.path}: {run.decoded} frames{searched}, {clock(0)}-{clock(run.clock_s)}, "
+        f"{run.faces} faces{when}{cut}",
+        file=sys.stdout,
+    )
 
 
 def draw(image: np.ndarray, found: FrameDetections) -> np.ndarray:
