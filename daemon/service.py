@@ -32,8 +32,9 @@ from daemon.cameras import CameraReader, FrameQueues, ffmpeg_environment
 from daemon.config import CameraConfig, Config, ConfigError
 from daemon.events import EventSinks, in_view_json, person_json
 from daemon.gallery import GalleryError
+from daemon.gallery_open import open_gallery, threshold_said
 from daemon.mqtt import DRAIN_ON_STOP_S, MqttPublisher
-from daemon.scheduler import BatchScheduler, Pipeline, open_gallery, threshold_said
+from daemon.scheduler import BatchScheduler, Pipeline
 from daemon.service_start import EngineLoading, StoppedWhileStarting
 from daemon.service_watch import STALLED_STOP_S, Serving
 from daemon.spool import Spool
