@@ -23,6 +23,13 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 GOLDEN = REPO / "tests" / "golden"
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked ``first`` (the longest, a minute or more in CI) run before the others,
+    the rest in their order: xdist hands out tests in file order, and the last-started long
+    one set when the run ended, with one worker on it and the other idle."""
+    items.sort(key=lambda item: item.get_closest_marker("first") is None)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """../shared/data, or skip: the test needs the shared face images and videos."""

@@ -220,6 +220,7 @@ def test_model_id_names_the_file_and_the_flip(test_model) -> None:
     assert flipped.model_id == plain.model_id + "+flip"
 
 
+@pytest.mark.first  # 7,700 images: the longest test (2 minutes in CI)
 def test_lfw_through_detect_align_embed_matches_training_validation(
     shipped_model, shared_data, detector
 ) -> None:

@@ -705,6 +705,7 @@ def _best_face(record: dict) -> dict | None:
     return max(faces, key=lambda f: f["bbox_xyxy"][2] - f["bbox_xyxy"][0]) if faces else None
 
 
+@pytest.mark.first  # 46 s in CI
 def test_celeba_rank1_and_unknown_rejection_with_the_shipped_model(
     shipped_model, shared_data, tmp_path, capsys
 ) -> None:
