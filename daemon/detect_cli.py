@@ -474,7 +474,7 @@ def _interrupted(run: _VideoRun, json_out: bool) -> Interrupted:
     kept = [w for w, on in (("JSON records", json_out), ("annotated video", run.out)) if on]
     if not kept:
         return Interrupted(where)
-    ends = "end" if len(kept) > 1 else "ends"
+    ends = "ends" if kept == ["annotated video"] else "end"  # the records end there
     return Interrupted(f"{where}: its {' and '.join(kept)} {ends} there")
 
 

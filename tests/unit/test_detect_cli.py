@@ -209,6 +209,27 @@ def test_ctrl_c_says_where_it_stopped_and_what_was_done(
     assert "summary: 1 file(s), 9 image(s)/frame(s), " in err
 
 
+@pytest.mark.parametrize(
+    ("json_out", "annotate", "said"),
+    [
+        (True, False, ": its JSON records end there"),
+        (False, True, ": its annotated video ends there"),
+        (True, True, ": its JSON records and annotated video end there"),
+        (False, False, ""),
+    ],
+)
+def test_ctrl_c_says_which_outputs_end_there_in_words_that_agree(
+    json_out, annotate, said, tmp_path
+) -> None:
+    """ "its JSON records ends there" was said for --json alone."""
+    from daemon.detect_cli import _interrupted, _VideoRun
+
+    run = _VideoRun(Path("clip.mp4"), tmp_path / "out.mp4" if annotate else None, 30.0)
+    run.last_searched = (7, 0.2)
+    said_at = "in clip.mp4 after frame 7 (00:00:00.2)"
+    assert str(_interrupted(run, json_out)) == said_at + said
+
+
 def test_annotations_keep_the_inputs_tree_and_a_second_run_replaces_them(
     shared_data, tmp_path, capsys
 ) -> None:
