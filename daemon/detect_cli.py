@@ -471,7 +471,8 @@ def _interrupted(run: _VideoRun, json_out: bool) -> Interrupted:
     else:
         seq, at = run.last_searched
         where = f"in {run.path} after frame {seq} ({clock(at)})"
-    kept = [w for w, on in (("JSON records", json_out), ("annotated video", run.out)) if on]
+    written = run.writer is not None  # (none before its first frame: an older one stays as it was)
+    kept = [w for w, on in (("JSON records", json_out), ("annotated video", written)) if on]
     if not kept:
         return Interrupted(where)
     ends = "ends" if kept == ["annotated video"] else "end"  # the records end there

@@ -210,7 +210,7 @@ def test_ctrl_c_says_where_it_stopped_and_what_was_done(
 
 
 @pytest.mark.parametrize(
-    ("json_out", "annotate", "said"),
+    ("json_out", "annotated", "said"),
     [
         (True, False, ": its JSON records end there"),
         (False, True, ": its annotated video ends there"),
@@ -219,13 +219,19 @@ def test_ctrl_c_says_where_it_stopped_and_what_was_done(
     ],
 )
 def test_ctrl_c_says_which_outputs_end_there_in_words_that_agree(
-    json_out, annotate, said, tmp_path
+    json_out, annotated, said, tmp_path
 ) -> None:
-    """ "its JSON records ends there" was said for --json alone."""
+    """ "its JSON records ends there" was said for --json alone; and an annotated video was
+    said to end there when Ctrl-C came before its first frame was written (none was)."""
     from daemon.detect_cli import _interrupted, _VideoRun
+    from daemon.video_files import TimedWriter
 
-    run = _VideoRun(Path("clip.mp4"), tmp_path / "out.mp4" if annotate else None, 30.0)
+    run = _VideoRun(Path("clip.mp4"), tmp_path / "out.mp4", 30.0)
+    assert str(_interrupted(run, False)) == "in clip.mp4 before its first frame was searched"
     run.last_searched = (7, 0.2)
+    if annotated:
+        run.writer = TimedWriter(run.out, (48, 64, 3), 30.0)
+        run.writer.release()
     said_at = "in clip.mp4 after frame 7 (00:00:00.2)"
     assert str(_interrupted(run, json_out)) == said_at + said
 
