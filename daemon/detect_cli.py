@@ -421,11 +421,10 @@ def _frames_to_search(capture: cv2.VideoCapture, run: _VideoRun, every: int) -> 
         if not ok:
             return
         run.clock_s = frame_time(capture, run.clock_s, run.fps)
-        if run.decoded % every == 0:
-            image = brightened(frame)
+        seq, run.decoded = run.decoded, run.decoded + 1
+        if seq % every == 0:
             run.stuck.see(frame, 0.0)
-            yield run.decoded, run.clock_s, image
-        run.decoded += 1
+            yield seq, run.clock_s, brightened(frame)
 
 
 def _batches(frames: Iterator[_Sampled], size: int) -> Iterator[list[_Sampled]]:
