@@ -108,6 +108,11 @@ class Run:
                 num_workers=a.workers,
                 pin_memory=self.ctx.device.type == "cuda",
                 persistent_workers=a.workers > 0,
+                # the workers start from a clean server process, as Python 3.14 starts them
+                # by default on Linux: a fork of this process, torch's threads running in
+                # it, can deadlock a worker (3.12 and 3.13 warn of it), and every Python
+                # then runs the loader the same way
+                multiprocessing_context="forkserver" if a.workers > 0 else None,
                 # its own generator: drawing the workers' seeds from the global one would move
                 # the dropout masks differently for each number of workers
                 generator=torch.Generator().manual_seed(a.seed),
