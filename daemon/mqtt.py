@@ -49,7 +49,7 @@ from daemon.config import ConfigError, MqttConfig, TlsConfig
 from daemon.events import person_key
 from daemon.journal import Outage
 from daemon.mqtt_delivery import Delivery, wait_acked
-from daemon.mqtt_diagnosis import Outages, client_id, refusal_said
+from daemon.mqtt_diagnosis import Outages, broker_address, client_id, refusal_said
 from daemon.mqtt_retained import OFFLINE, ONLINE, Retained
 from daemon.mqtt_tls import RenewableContext, TlsFileError
 from daemon.spool import Spool
@@ -138,7 +138,8 @@ class MqttPublisher:
 
     def start(self) -> None:
         cfg = self.config
-        logger.info("MQTT: connecting to %s:%d%s", cfg.host, cfg.port, " (TLS)" if cfg.tls else "")
+        tls = " (TLS)" if cfg.tls else ""
+        logger.info("MQTT: connecting to %s%s", broker_address(cfg), tls)
         strays = self.spool.strays(self.base)
         if strays is not None:
             self.delivery.strays_said(strays)

@@ -21,6 +21,7 @@ import threading
 import time
 
 from daemon.config import MqttConfig, TlsConfig
+from daemon.config_file import url_host
 from daemon.journal import Outage
 from daemon.mqtt_tls import RenewableContext
 from daemon.spool import Spool, topic_node
@@ -54,6 +55,11 @@ CLIENT_FILES = (
 def client_id(node_id: str) -> str:
     """The MQTT client id of the daemon named ``node_id``."""
     return f"facewatch-{node_id}"
+
+
+def broker_address(config: MqttConfig) -> str:
+    """The broker as the log names it, HOST:PORT ([::1]:1883 for an IPv6 address)."""
+    return f"{url_host(config.host)}:{config.port}"
 
 
 class Outages:
@@ -96,7 +102,7 @@ class Outages:
             else "mqtt.username, the password's credential and the broker's password file and ACL"
         )
         self._failed(
-            f"broker {cfg.host}:{cfg.port} refused the connection{user}: {reason}",
+            f"broker {broker_address(cfg)} refused the connection{user}: {reason}",
             check,
         )
 
@@ -104,7 +110,7 @@ class Outages:
         """The broker took the connection: the outage ends."""
         self.connected_at = time.monotonic()
         level = logging.INFO if self._taken is None else logging.DEBUG  # (again and again)
-        logger.log(level, "MQTT: connected to %s:%d", self.config.host, self.config.port)
+        logger.log(level, "MQTT: connected to %s", broker_address(self.config))
         self._outage = None
 
     def cannot_connect(self) -> None:
@@ -112,7 +118,7 @@ class Outages:
         self._short_links = 0  # (a broker away: no other client takes its connections)
         cfg = self.config
         why, check = self.diagnose()
-        self._failed(f"cannot connect to {cfg.host}:{cfg.port}: {why}", check)
+        self._failed(f"cannot connect to {broker_address(cfg)}: {why}", check)
 
     def disconnected(self, reason: object, was_connected: bool) -> None:
         """paho's disconnection, with its ``reason``: of a connection the broker had taken
@@ -151,9 +157,9 @@ class Outages:
         if self._taken is None or time.monotonic() - self.connected_at < HOLDS_S:
             return
         logger.info(
-            "MQTT: the connection to %s:%d holds again (%g s): no other client with client "
+            "MQTT: the connection to %s holds again (%g s): no other client with client "
             "id %s took it since (it was taken %d times)",
-            self.config.host, self.config.port, HOLDS_S, self.client_id, self._taken_times,
+            broker_address(self.config), HOLDS_S, self.client_id, self._taken_times,
         )  # fmt: skip
         self._taken, self._taken_times = None, 0
 
@@ -198,10 +204,10 @@ class Outages:
         if self.tls is not None:
             why, check = self.diagnose()
             if check in (TLS_FILES, CLIENT_FILES):
-                self._failed(f"cannot connect to {cfg.host}:{cfg.port}: {why}", check)
+                self._failed(f"cannot connect to {broker_address(cfg)}: {why}", check)
                 return
         self._failed(
-            f"{cfg.host}:{cfg.port} takes the connection but closes it without answering "
+            f"{broker_address(cfg)} takes the connection but closes it without answering "
             "as an MQTT broker",
             "mqtt.port: is it a websockets port, a TLS one without mqtt.tls, another service?",
         )
@@ -209,7 +215,7 @@ class Outages:
     def _lost(self, why: str) -> None:
         logger.warning("MQTT: disconnected (%s); events are spooled until it is back", why)
         cfg = self.config  # (its reminder names the broker)
-        self._outage = (Outage(), f"disconnected from {cfg.host}:{cfg.port} ({why})", REACH)
+        self._outage = (Outage(), f"disconnected from {broker_address(cfg)} ({why})", REACH)
 
     def _taken_over(self, reason: object, lost: bool) -> bool:
         """Whether another client with this client id took the connection: an MQTT 5 broker
@@ -240,7 +246,7 @@ class Outages:
         self._taken_times += 1
         cfg = self.config
         check = "node_id: each facewatch on this broker needs its own"
-        self._outage = (Outage(), f"disconnected from {cfg.host}:{cfg.port} ({why})", check)
+        self._outage = (Outage(), f"disconnected from {broker_address(cfg)} ({why})", check)
         if self._taken is None:
             self._taken = Outage()
             logger.warning(

@@ -1229,6 +1229,35 @@ def test_mqtt_failures_are_logged_once_per_outage_and_when_the_reason_changes(
     assert "s3cret" not in caplog.text
 
 
+def test_an_ipv6_broker_is_named_in_brackets_in_every_line(tmp_path, caplog) -> None:
+    """mqtt.host: "::1" read 'cannot connect to ::1:1883' (port 1883 of host ::1:1883? of
+    ::1?): each line that names the broker writes an IPv6 address as in a URL, [::1]:1883."""
+    from daemon.config import MqttConfig
+    from daemon.mqtt import MqttPublisher
+
+    publisher = MqttPublisher(MqttConfig(host="::1", port=1), "node", Spool(tmp_path / "s", 10))
+
+    class Client:  # a connection that publishes nowhere
+        def publish(self, *args: object, **kwargs: object) -> SimpleNamespace:
+            return SimpleNamespace(mid=1)
+
+    lost = SimpleNamespace(value=128)  # paho's reason for a lost socket
+    refusal = SimpleNamespace(is_failure=True)  # (as paho's reason code "Not authorized")
+    with caplog.at_level("INFO", logger="daemon.mqtt"):
+        publisher._on_connect_fail(publisher.client, None)  # nothing listens on port 1
+        publisher._on_connect(publisher.client, None, None, refusal, None)
+        publisher._on_disconnect(publisher.client, None, None, lost, None)  # (the refusal's)
+        publisher._on_disconnect(publisher.client, None, None, lost, None)  # no MQTT answer
+        publisher.client = Client()  # type: ignore[assignment]
+        publisher._on_connect(publisher.client, None, None, SimpleNamespace(), None)
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 4, said
+    assert said[0].startswith("MQTT: cannot connect to [::1]:1: "), said
+    assert said[1].startswith("MQTT: broker [::1]:1 refused the connection "), said
+    assert said[2].startswith("MQTT: [::1]:1 takes the connection but closes it "), said
+    assert said[3] == "MQTT: connected to [::1]:1"
+
+
 def test_a_broker_that_stays_away_is_said_again_every_remind_s(tmp_path, monkeypatch, caplog):
     """A broker down for a week was logged once, at its start: `journalctl --since today`
     showed nothing of it. While the publisher is not connected, the outage's latest line
