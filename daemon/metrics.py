@@ -328,7 +328,8 @@ def serve(address: str, port: int) -> None:
     try:
         start_http_server(port, addr=address)
     except OSError as exc:
-        raise OSError(f"metrics: cannot listen on {address}:{port}: {exc.strerror or exc}") from exc
+        where = f"{url_host(address)}:{port}"
+        raise OSError(f"metrics: cannot listen on {where}: {exc.strerror or exc}") from exc
     logger.info("metrics on http://%s:%d/metrics", url_host(address), port)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import sqlite3
 from pathlib import Path
 
@@ -107,3 +108,17 @@ def sqlite_default_build(monkeypatch) -> None:
         return conn
 
     monkeypatch.setattr(sqlite3, "connect", default_build)
+
+
+@pytest.fixture(scope="session")
+def ipv6_loopback() -> str:
+    """The address ::1, or skip: the test needs IPv6 on loopback (a host or container may
+    have none)."""
+    if not socket.has_ipv6:
+        pytest.skip("this Python is built without IPv6")
+    try:
+        with socket.socket(socket.AF_INET6) as sock:
+            sock.bind(("::1", 0))
+    except OSError as exc:
+        pytest.skip(f"::1 cannot be bound here (no IPv6 on loopback): {exc}")
+    return "::1"

@@ -2169,6 +2169,19 @@ def test_the_node_id_is_a_label_of_build_info_alone() -> None:
     assert [line for line in lines if "node=" in line] == [build]
 
 
+def test_metrics_at_an_ipv6_address_it_cannot_listen_on_are_named_in_brackets(
+    ipv6_loopback,
+) -> None:
+    """metrics.address "::1" on a port in use said 'cannot listen on ::1:PORT'; the address
+    is written as in the URL the log gives when it listens, [::1]:PORT."""
+    from daemon import metrics
+
+    with socket.create_server((ipv6_loopback, 0), family=socket.AF_INET6) as taken:
+        port = taken.getsockname()[1]
+        with pytest.raises(OSError, match=rf"^metrics: cannot listen on \[::1\]:{port}: "):
+            metrics.serve("::1", port)
+
+
 def test_metrics_name_a_forgotten_person_nowhere() -> None:
     """/metrics carries no `_created` series: facewatch_recognitions_created{identity=NAME}
     (the client's default) kept the person's name in Prometheus after the deletion that
