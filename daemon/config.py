@@ -619,6 +619,20 @@ class TlsConfig(Section):
     insecure: bool = _field(False, "skip the host name check (testing only)")
 
 
+def _an_address(value: object) -> object:
+    """A host name or address as sockets take it: an IPv6 address written in brackets, as in
+    a URL ([::1]), is the address (::1); one YAML read as a number (all digits and ':'
+    unquoted: a number in base 60) is refused with how to write it."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        raise ValueError(
+            "a number: YAML reads digits and ':' unquoted as one (in base 60): write an IPv6 "
+            'address in quotes, "2001:0:0:0:0:0:0:1"'
+        )
+    if isinstance(value, str) and value.startswith("[") and value.endswith("]"):
+        return value[1:-1]
+    return value
+
+
 def _topic_root(topic: str) -> str:
     """A topic that others go under (a trailing / dropped): no wildcard, no empty level, and
     not one of the broker's own ($SYS...), where brokers drop what clients publish."""
@@ -654,7 +668,9 @@ class HomeAssistantConfig(Section):
 
 class MqttConfig(Section):
     enabled: bool = _field(True, "publish to an MQTT broker")
-    host: str = _field("127.0.0.1", "broker host")
+    host: str = _field(
+        "127.0.0.1", 'broker host name or address (IPv6 in quotes: "fd00::10", "::1")'
+    )
     port: int = _field(1883, "broker port (8883 for TLS, usually)", ge=1, le=65535)
     username: str | None = _field(None, "user name")
     password: str | None = _field(None, "password: use ${credential:mqtt_password} or ${ENV}")
@@ -670,6 +686,7 @@ class MqttConfig(Section):
     )
 
     _topic = field_validator("topic_prefix")(_topic_root)
+    _host = field_validator("host", mode="before")(_an_address)
 
     @field_validator("protocol", mode="before")
     @classmethod
@@ -699,7 +716,12 @@ class MqttConfig(Section):
 
 class MetricsConfig(Section):
     enabled: bool = _field(True, "serve Prometheus metrics")
-    address: str = _field("127.0.0.1", "listen address (0.0.0.0 exposes it to the network)")
+    address: str = _field(
+        "127.0.0.1",
+        'listen address (0.0.0.0 exposes it to the network; IPv6 in quotes: "::" every '
+        'interface, IPv4 too where the system allows, "::1" loopback)',
+    )
+    _address = field_validator("address", mode="before")(_an_address)
     port: int = _field(9708, "listen port", ge=1, le=65535)
     identities: bool = _field(
         True,

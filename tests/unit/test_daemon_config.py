@@ -797,6 +797,23 @@ def test_a_camera_address_without_its_scheme_gets_one_suggested(url) -> None:
 CAMERA_YAML = 'cameras: [{name: door, url: "rtsp://10.0.0.5/s"}]\n'
 
 
+def test_ipv6_addresses_are_taken_with_or_without_brackets(tmp_path) -> None:
+    """mqtt.host and metrics.address written as in a URL, "[::1]", passed validate-config,
+    then `run` stopped: 'metrics: cannot listen on [::1]:9708: Name or service not known'
+    (and the broker's client looked the bracketed name up): they are read as ::1. Digits
+    and ':' unquoted, YAML reads a number (in base 60): refused, with how to write it."""
+    path = tmp_path / "facewatch.yaml"
+    path.write_text(CAMERA_YAML + 'mqtt: {host: "[fd00::10]"}\nmetrics: {address: "[::]"}\n')
+    config = load_config(path, secrets=False)
+    assert (config.mqtt.host, config.metrics.address) == ("fd00::10", "::")
+    path.write_text(CAMERA_YAML + 'mqtt: {host: "::1"}\nmetrics: {address: "::1"}\n')
+    config = load_config(path, secrets=False)
+    assert (config.mqtt.host, config.metrics.address) == ("::1", "::1")
+    path.write_text(CAMERA_YAML + "mqtt:\n  host: 2001:0:0:0:0:0:0:1\n")
+    with pytest.raises(ConfigError, match=r"mqtt\.host: a number: .* write an IPv6 address in q"):
+        load_config(path, secrets=False)
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
