@@ -621,12 +621,16 @@ class TlsConfig(Section):
 
 def _an_address(value: object) -> object:
     """A host name or address as sockets take it: an IPv6 address written in brackets, as in
-    a URL ([::1]), is the address (::1); one YAML read as a number (all digits and ':'
-    unquoted: a number in base 60) is refused with how to write it."""
+    a URL ([::1]), is the address (::1); one YAML read as something else (unquoted, digits
+    and ':' are a number in base 60, [fd00::10] a list) is refused with how to write it."""
     if isinstance(value, int) and not isinstance(value, bool):
         raise ValueError(
             "a number: YAML reads digits and ':' unquoted as one (in base 60): write an IPv6 "
             'address in quotes, "2001:0:0:0:0:0:0:1"'
+        )
+    if isinstance(value, list):
+        raise ValueError(
+            'a list: YAML reads [...] unquoted as one: write an IPv6 address in quotes, "::1"'
         )
     if isinstance(value, str) and value.startswith("[") and value.endswith("]"):
         return value[1:-1]

@@ -22,6 +22,8 @@ from daemon.config import CameraConfig, Config, ConfigError, Section
 
 _REFERENCE = re.compile(r"\$\{(credential:)?([A-Za-z_][A-Za-z0-9_.-]*)\}")
 _ANY_REFERENCE = re.compile(r"\$\{[^}]*\}")
+# an IPv6 address unquoted, where YAML stops: `address: ::`, `host: fd00::`, `host: [::1]`
+_BARE_IPV6 = re.compile(r":\s+\[?[0-9A-Fa-f.]*::")
 
 
 def _substitute(value: Any, where: str, missing: list[tuple[str, str]], secrets: bool) -> Any:
@@ -290,11 +292,21 @@ def load_config(path: str | Path, secrets: bool = True) -> Config:
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}): save it as UTF-8") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        raise ConfigError(f"{path}: not valid YAML: {exc}{_ipv6_hint(exc, text)}") from None
     except (ValueError, RecursionError) as exc:  # a 5000-digit number; lists 1000 deep
         why = "nested too deep" if isinstance(exc, RecursionError) else str(exc)
         raise ConfigError(f"{path}: cannot be read: {why}") from None
     return resolve_paths(parse_config(raw, str(path), secrets), path.resolve().parent)
+
+
+def _ipv6_hint(exc: yaml.YAMLError, text: str) -> str:
+    """How to write an IPv6 address, when the line YAML stopped at holds one unquoted."""
+    mark = getattr(exc, "problem_mark", None)
+    lines = text.splitlines()
+    line = lines[mark.line] if mark is not None and mark.line < len(lines) else ""
+    if not _BARE_IPV6.search(line):
+        return ""
+    return '\n(write an IPv6 address in quotes: address: "::", host: "fd00::10")'
 
 
 class _StrictLoader(yaml.SafeLoader):

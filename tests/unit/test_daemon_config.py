@@ -814,6 +814,29 @@ def test_ipv6_addresses_are_taken_with_or_without_brackets(tmp_path) -> None:
         load_config(path, secrets=False)
 
 
+QUOTES = 'write an IPv6 address in quotes: address: "::", host: "fd00::10"'
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("metrics:\n  address: ::\n", QUOTES),
+        ("metrics: {address: ::}\n", QUOTES),
+        ("mqtt:\n  host: fd00::\n", QUOTES),
+        ("mqtt:\n  host: [::1]\n", QUOTES),
+        ("mqtt:\n  host: [fd00::10]\n", "mqtt.host: a list: YAML reads [...] unquoted as one"),
+    ],
+)
+def test_an_ipv6_address_left_unquoted_is_said_to_need_quotes(tmp_path, text, expected) -> None:
+    """Unquoted, "::" and an address ending in "::" or in brackets are no YAML (it said
+    'mapping values are not allowed here', or 'expected the node content, but found ':''),
+    and [fd00::10] is a list ('Input should be a valid string'): each says how to write it."""
+    path = tmp_path / "facewatch.yaml"
+    path.write_text(CAMERA_YAML + text)
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        load_config(path, secrets=False)
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
