@@ -25,6 +25,7 @@ import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 
 from daemon.cli import main as facewatch_main
+from daemon.config_file import url_host
 from tests.conftest import REPO
 
 PEOPLE = REPO / "configs" / "demo" / "people"
@@ -253,14 +254,21 @@ class HungCamera(LocalServer):
 
 
 class Mosquitto(Process):
-    """A broker on ``port``, or on a free one. Started again (a test that killed it), it is
-    on the same port: the clients' config names it."""
+    """A broker on ``port``, or on a free one, of ``address``. Started again (a test that
+    killed it), it is on the same port: the clients' config names it."""
 
-    def __init__(self, folder: Path, port: int | None = None, extra_conf: str = "") -> None:
+    def __init__(
+        self,
+        folder: Path,
+        port: int | None = None,
+        extra_conf: str = "",
+        address: str = "127.0.0.1",
+    ) -> None:
         self.binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         if not Path(self.binary).exists():
             pytest.skip("mosquitto is not installed (apt-get install mosquitto; .ci/run does)")
         self.folder, self.extra_conf, self.port_given = folder, extra_conf, port is not None
+        self.address = address
         super().__init__([], folder / "mosquitto.log")
         self._use_port(port or free_port())
 
@@ -268,7 +276,7 @@ class Mosquitto(Process):
         self.port = port
         conf = self.folder / f"mosquitto-{port}.conf"
         conf.write_text(
-            f"listener {port} 127.0.0.1\npersistence false\nlog_type error\n"
+            f"listener {port} {self.address}\npersistence false\nlog_type error\n"
             # run as root, mosquitto would become user 'mosquitto' before reading the
             # password file in the test's private folder
             f"user {pwd.getpwuid(os.geteuid()).pw_name}\n"
@@ -292,6 +300,7 @@ class RtspServer(Process):
         port: int | None = None,
         user: str | None = None,
         no_keyframes: bool = False,
+        address: str = "127.0.0.1",
     ) -> None:
         """``user``: NAME:PASSWORD, asked for with Digest authentication. ``no_keyframes``:
         the clips are served without their keyframes (a stream that never decodes)."""
@@ -306,7 +315,8 @@ class RtspServer(Process):
             pytest.skip("GStreamer's RTSP server is not installed (gir1.2-gst-rtsp-server-1.0)")
         self.folder, self.port_given = folder, port is not None
         mounts = [f"{name}={path}" for name, path in clips.items()]
-        self.base_args = [SYSTEM_PYTHON, str(RTSP_SERVER), *mounts]
+        self.address = address
+        self.base_args = [SYSTEM_PYTHON, str(RTSP_SERVER), "--address", address, *mounts]
         if user is not None:
             self.base_args[2:2] = ["--user", user]
         if no_keyframes:
@@ -320,7 +330,7 @@ class RtspServer(Process):
         self.log_path = self.folder / f"rtsp-{port}.log"
 
     def url(self, name: str) -> str:
-        return f"rtsp://127.0.0.1:{self.port}/{name}"
+        return f"rtsp://{url_host(self.address)}:{self.port}/{name}"
 
     def start(self) -> None:
         """Started again (a test that stopped it), it is on the same port: the URLs name it."""
@@ -339,13 +349,14 @@ class Daemon(Process):
         self.config_path = folder / "facewatch.yaml"
         self.config_path.write_text(yaml.safe_dump(settings))
         self.metrics_port = settings.get("metrics", {}).get("port")
+        self.metrics_host = url_host(settings.get("metrics", {}).get("address", "127.0.0.1"))
         full_env = dict(os.environ, **(env or {}))
         args = [str(FACEWATCH), "run", "--config", str(self.config_path)]
         super().__init__(args, folder / "daemon.log", env=full_env)
 
     def metrics(self) -> dict[str, float]:
         """The /metrics page as {'name{labels}': value}."""
-        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        url = f"http://{self.metrics_host}:{self.metrics_port}/metrics"
         with urllib.request.urlopen(url, timeout=5) as response:
             text = response.read().decode()
         values = {}
@@ -371,7 +382,12 @@ class Subscriber:
     """An MQTT client that records every message under ``topic``."""
 
     def __init__(
-        self, port: int, topic: str = "#", persistent_id: str | None = None, **tls: Any
+        self,
+        port: int,
+        topic: str = "#",
+        persistent_id: str | None = None,
+        host: str = "127.0.0.1",
+        **tls: Any,
     ) -> None:
         """``persistent_id``: a persistent session under that client id, which the broker
         keeps (subscription and queued messages) across the subscriber's and, with
@@ -391,7 +407,7 @@ class Subscriber:
             self.client.tls_set(tls["ca_file"], tls.get("cert_file"), tls.get("key_file"))
         self.client.on_message = self._on_message
         self.client.on_connect = lambda c, *a: c.subscribe(topic, qos=1)
-        self.client.connect("127.0.0.1", port)
+        self.client.connect(host, port)
         self.client.loop_start()
 
     def _on_message(self, client: Any, userdata: Any, message: paho.MQTTMessage) -> None:

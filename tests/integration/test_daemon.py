@@ -758,6 +758,64 @@ def test_rtsp_server_restart_reconnects_while_the_other_camera_goes_on(
     )
 
 
+def test_a_broker_camera_and_metrics_at_ipv6_addresses(tmp_path, ipv6_loopback) -> None:
+    """Everything at ::1: mqtt.host "::1", a camera rtsp://USER:PASSWORD@[::1]:PORT/PATH,
+    metrics.address "[::1]" (as in a URL). The daemon reads the camera, publishes, spools
+    while the broker is away and sends it all once it is back; `facewatch status` reads
+    /metrics by the config and by --url; each log line names the broker and /metrics as
+    [::1]:PORT (the broker's were ::1:PORT: port PORT of ::1, or of ::1:PORT?)."""
+    secret = "cam-Secret-0v6"
+    broker = Mosquitto(tmp_path, address=ipv6_loopback)
+    broker.start()
+    camera = RtspServer(tmp_path, {"cam1": CLIP}, user=f"viewer:{secret}", address=ipv6_loopback)
+    camera.start()
+    url = camera.url("cam1").replace("rtsp://", f"rtsp://viewer:{secret}@")
+    settings = daemon_settings(
+        [{"name": "cam1", "url": url, "fps": 5}],
+        broker.port,
+        tmp_path,
+        mqtt={"host": ipv6_loopback},
+        metrics={"address": f"[{ipv6_loopback}]"},
+    )
+    metrics_url = f"http://[::1]:{settings['metrics']['port']}/metrics"
+    subscriber = Subscriber(broker.port, "facewatch/test/#", host=ipv6_loopback)
+    daemon = Daemon(tmp_path, settings)
+    daemon.start()
+    try:
+        wait_for(lambda: len(subscriber.events()) >= 2, 60, "events through the broker at ::1")
+        assert subscriber.last("facewatch/test/cameras/cam1/status") == b"online"
+        for where in (["--config", str(daemon.config_path)], ["--url", metrics_url]):
+            status = subprocess.run(
+                [str(FACEWATCH), "status", *where, "--interval", "0.5"],
+                capture_output=True, text=True, timeout=30,
+            )  # fmt: skip
+            assert status.returncode == 0, status.stdout + status.stderr
+            assert f" at {metrics_url}: up " in status.stdout and "MQTT connected" in status.stdout
+        broker.stop(signal.SIGKILL)
+        wait_for(lambda: daemon.metric("facewatch_mqtt_spool_events") >= 2, 60, "events spooled")
+        refused = f"MQTT: cannot connect to [::1]:{broker.port}: "
+        wait_for(lambda: refused in daemon.log(), 30, "a connection attempt refused")
+        broker.start()
+        wait_for(
+            lambda: (
+                daemon.metric("facewatch_mqtt_connected") == 1
+                and daemon.metric("facewatch_mqtt_spool_events") == 0
+            ),
+            60,
+            "the spool sent to the broker back at ::1",
+        )
+    finally:
+        assert daemon.stop() == 0, daemon.log()[-3000:]
+        subscriber.close()
+        camera.stop()
+        broker.stop()
+    log = daemon.log()
+    assert f"metrics on {metrics_url}" in log
+    assert f"MQTT: connecting to [::1]:{broker.port}\n" in log
+    assert log.count(f"MQTT: connected to [::1]:{broker.port}\n") == 2, log
+    assert "camera cam1: up" in log and secret not in log
+
+
 def _status(daemon: Daemon, interval_s: float = 3) -> tuple[int, dict]:
     """``facewatch status --json`` on the daemon's config: exit status and report (its rates
     over ``interval_s``: over 1 s, a 5 fps camera whose frames came in a burst read 1.99)."""
