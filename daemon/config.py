@@ -319,8 +319,10 @@ class CameraConfig(Section):
         scheme, found, _ = url.partition("://")
         if not found:
             # a camera's address without its scheme (192.168.1.50:554/stream, cam.lan:554/1)
-            if re.fullmatch(r"[A-Za-z0-9.\-]+:[0-9]+(/.*)?", url) or re.fullmatch(
-                r"[0-9]+(\.[0-9]+){3}(/.*)?", url
+            if (
+                re.fullmatch(r"[A-Za-z0-9.\-]+:[0-9]+(/.*)?", url)
+                or re.fullmatch(r"[0-9]+(\.[0-9]+){3}(/.*)?", url)
+                or re.fullmatch(r"\[[0-9A-Fa-f:.]+(%[\w.-]+)?\](:[0-9]+)?(/.*)?", url)
             ):
                 raise ValueError(f"no scheme: did you mean rtsp://{url} ?")
             return url
@@ -335,6 +337,15 @@ class CameraConfig(Section):
         try:
             urlsplit(url).port  # noqa: B018  (parsing it is the check)
         except ValueError as exc:  # a bracket left open, a port that is no number
+            rest = url.partition("://")[2]
+            netloc = rest.split("/", 1)[0]
+            # (an @ after the first / only: a password holding a /, where the host is unknown)
+            host = netloc.rpartition("@")[2] if "@" in netloc or "@" not in rest else ""
+            if host.count(":") > 1 and "[" not in host:  # rtsp://fd00::10:554/1
+                raise ValueError(
+                    "an IPv6 address is written in brackets, the port after them: "
+                    f"{scheme}://[fd00::10]:554/PATH"
+                ) from None
             why = "no port number after the host's ':'" if "Port" in str(exc) else str(exc)
             raise ValueError(f"cannot be read as a URL ({why}): {encode}") from None
         return url

@@ -180,6 +180,26 @@ def test_a_camera_url_that_cannot_be_read_is_refused(url) -> None:
     assert "pw" not in str(error.value).replace("password", "")
 
 
+BRACKETS = "an IPv6 address is written in brackets, the port after them: rtsp://[fd00::10]:554/"
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("[fd00::5]:554/stream", "no scheme: did you mean rtsp://[fd00::5]:554/stream ?"),
+        ("rtsp://fd00::5:554/stream", BRACKETS),
+        ("rtsp://viewer:pw@fd00::5/1", BRACKETS),
+    ],
+)
+def test_a_camera_at_an_ipv6_address_is_told_how_to_write_it(url, expected) -> None:
+    """Without brackets an IPv6 camera URL said 'cannot be read as a URL (no port number
+    after the host's ':'): a password holding / ? # must be written percent-encoded';
+    bracketed without a scheme, it was taken for a file ('no such file')."""
+    with pytest.raises(ConfigError, match=re.escape(f"(door).url: {expected}")) as error:
+        parse_config({"cameras": [{"name": "door", "url": url}]})
+    assert "pw" not in str(error.value)
+
+
 @pytest.mark.parametrize("url", ["htp://10.0.0.2/cam", "rstp://u:pw@cam.lan/1", "ftp://x/y"])
 def test_a_camera_url_with_an_unknown_scheme_is_refused(url) -> None:
     with pytest.raises(ConfigError, match=r"cameras\[0\] \(door\)\.url: unknown scheme") as error:
