@@ -201,7 +201,10 @@ def metrics_request(url: str) -> MetricsUrl:
     except ValueError:  # a port that is no number
         ok = False
     if not ok:
-        raise ValueError(f"--url {redact_url(url)}: expected http(s)://HOST:PORT/metrics")
+        host = url.partition("://")[2 if "://" in url else 0].split("/", 1)[0].rpartition("@")[2]
+        bare = host.count(":") > 1 and "[" not in host  # ::1:9708
+        hint = " (an IPv6 address in brackets: http://[::1]:9708/metrics)" if bare else ""
+        raise ValueError(f"--url {redact_url(url)}: expected http(s)://HOST:PORT/metrics{hint}")
     netloc = parts.netloc.rpartition("@")[2]
     plain = urlunsplit((parts.scheme, netloc, parts.path or "/metrics", parts.query, ""))
     return MetricsUrl(parts, netloc, plain)

@@ -540,6 +540,18 @@ def test_status_behind_a_proxy_with_a_password_and_its_usage_errors(capsys) -> N
     assert "expected http(s)://HOST:PORT/metrics" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("url", ["::1:9708", "http://::1:9708/metrics", "fd00::5:9708"])
+def test_status_at_an_ipv6_address_without_brackets_says_to_add_them(url, capsys) -> None:
+    """--url ::1:9708 said 'expected http(s)://HOST:PORT/metrics' alone."""
+    from daemon.cli import main
+
+    assert main(["status", "--url", url]) == 2
+    assert (
+        f"--url {url}: expected http(s)://HOST:PORT/metrics (an IPv6 address in brackets: "
+        "http://[::1]:9708/metrics)" in capsys.readouterr().err
+    )
+
+
 def test_whether_an_rtsp_camera_answers_is_asked_with_options_and_any_answer_will_do() -> None:
     """Before OpenCV opens a stream (under a lock every camera's open needs) the camera is
     asked whether it answers at all. With OPTIONS: a DESCRIBE sets up the stream, which an
