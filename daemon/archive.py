@@ -46,7 +46,7 @@ from daemon.archive_files import (
     scan_visits,
     write_private,
 )
-from daemon.config import ArchiveConfig
+from daemon.config_outputs import ArchiveConfig
 from daemon.events import person_key, region_xyxy, to_jpeg
 from daemon.recognition import Aligner, FaceRating, rate_face, reference_crop
 from daemon.tracking import Track, TrackEvent

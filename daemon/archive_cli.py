@@ -26,13 +26,9 @@ from daemon.archive_files import (
 )
 from daemon.claims import Busy, claim
 from daemon.cli_args import number
-from daemon.config import (
-    CHOSEN_CONFIG,
-    ArchiveConfig,
-    ConfigError,
-    running_config,
-)
+from daemon.config import CHOSEN_CONFIG, ConfigError, running_config
 from daemon.config_file import load_config
+from daemon.config_outputs import ArchiveConfig
 from daemon.gallery_names import twin_key
 from daemon.journal import print_error
 from daemon.recognition import MIN_FACE_SCORE

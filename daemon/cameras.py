@@ -35,7 +35,7 @@ import cv2
 import numpy as np
 
 from daemon import metrics
-from daemon.config import CameraConfig, MotionConfig
+from daemon.config_cameras import CameraConfig, MotionConfig
 from daemon.config_file import redact_url
 from daemon.journal import REMIND_S
 from daemon.low_light import Brightener

@@ -18,7 +18,9 @@ from urllib.parse import unquote
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from daemon.config import CameraConfig, Config, ConfigError, Section
+from daemon.config import Config, ConfigError
+from daemon.config_cameras import CameraConfig
+from daemon.config_section import Section
 
 _REFERENCE = re.compile(r"\$\{(credential:)?([A-Za-z_][A-Za-z0-9_.-]*)\}")
 _ANY_REFERENCE = re.compile(r"\$\{[^}]*\}")

@@ -24,8 +24,9 @@ import numpy as np
 
 from daemon import forget, gallery_export
 from daemon.cli_args import number
-from daemon.config import Config, ConfigError, RecognitionConfig
+from daemon.config import Config, ConfigError
 from daemon.config_file import load_config
+from daemon.config_pipeline import RecognitionConfig
 from daemon.gallery import (
     DEFAULT_THRESHOLD,
     Gallery,

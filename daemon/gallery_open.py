@@ -9,7 +9,8 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from daemon.config import CameraConfig, Config
+from daemon.config import Config
+from daemon.config_cameras import CameraConfig
 from daemon.gallery import DEFAULT_LOCK_TIMEOUT_S, Gallery, GalleryError, shown_threshold
 
 logger = logging.getLogger(__name__)

@@ -31,7 +31,8 @@ import json
 from typing import Any, Protocol
 
 from daemon import build_version
-from daemon.config import Config, HomeAssistantConfig
+from daemon.config import Config
+from daemon.config_outputs import HomeAssistantConfig
 from daemon.events import person_key
 
 # Home Assistant refuses a state longer than 255 characters (the full list is an attribute).

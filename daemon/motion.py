@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 if TYPE_CHECKING:
-    from daemon.config import MotionConfig
+    from daemon.config_cameras import MotionConfig
 
 WIDTH = 320  # pixels across the grey copy (1080p: each of them averages a 6x6 block)
 BLUR = (5, 5)

@@ -45,7 +45,8 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
 from daemon import metrics
-from daemon.config import ConfigError, MqttConfig, TlsConfig
+from daemon.config import ConfigError
+from daemon.config_outputs import MqttConfig, TlsConfig
 from daemon.events import person_key
 from daemon.journal import Outage
 from daemon.mqtt_delivery import Delivery, wait_acked

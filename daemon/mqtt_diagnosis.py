@@ -20,8 +20,8 @@ import ssl
 import threading
 import time
 
-from daemon.config import MqttConfig, TlsConfig
 from daemon.config_file import url_host
+from daemon.config_outputs import MqttConfig, TlsConfig
 from daemon.journal import Outage
 from daemon.mqtt_tls import RenewableContext
 from daemon.spool import Spool, topic_node

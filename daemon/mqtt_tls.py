@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from daemon.config import TlsConfig
+from daemon.config_outputs import TlsConfig
 
 FILE_KEYS = ("ca_file", "cert_file", "key_file")
 

@@ -25,7 +25,8 @@ import cv2
 from tqdm import tqdm
 
 from daemon.cameras import TURNS, Frame, FrameSchedule, ffmpeg_environment
-from daemon.config import CameraConfig, Config
+from daemon.config import Config
+from daemon.config_cameras import CameraConfig
 from daemon.events import EventSinks
 from daemon.gallery import Gallery
 from daemon.low_light import Brightener

@@ -29,7 +29,8 @@ from types import FrameType
 from daemon import build_version, home_assistant, metrics, preflight
 from daemon.archive import FaceArchive
 from daemon.cameras import CameraReader, FrameQueues, ffmpeg_environment
-from daemon.config import CameraConfig, Config, ConfigError
+from daemon.config import Config, ConfigError
+from daemon.config_cameras import CameraConfig
 from daemon.events import EventSinks, in_view_json, person_json
 from daemon.gallery import GalleryError
 from daemon.gallery_open import open_gallery, threshold_said

@@ -52,7 +52,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from daemon.config import TrackingConfig
+from daemon.config_pipeline import TrackingConfig
 from daemon.gallery_match import Match
 from engines.boxes import center_shift_matrix, greedy_pairs, iou_matrix
 from engines.mtcnn import FrameDetections

@@ -14,7 +14,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from daemon.cameras import READ_TIMEOUT_MS, CameraReader, FrameQueues, open_capture, source_kind
-from daemon.config import CameraConfig
+from daemon.config_cameras import CameraConfig
 from tests.clips import DEMO_CLIP
 from tests.integration.services import HungCamera, RtspServer, wait_for
 

@@ -20,8 +20,9 @@ import pytest
 
 from daemon import mqtt_diagnosis
 from daemon.cli import main
-from daemon.config import ConfigError, MqttConfig
+from daemon.config import ConfigError
 from daemon.config_file import parse_config
+from daemon.config_outputs import MqttConfig
 from daemon.events import SCHEMA_PATH
 from daemon.gallery import Gallery
 from daemon.mqtt import MqttPublisher
@@ -594,7 +595,7 @@ def test_a_link_cut_again_and_again_during_a_backlog_loses_no_message(tmp_path) 
 
 _KILLED_PUBLISHER = """
 import sys, time
-from daemon.config import MqttConfig
+from daemon.config_outputs import MqttConfig
 from daemon.mqtt import MqttPublisher
 from daemon.spool import Spool
 port, folder, count = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])

@@ -14,7 +14,7 @@ import pytest
 import yaml
 from prometheus_client import REGISTRY
 
-from daemon.config import MqttConfig
+from daemon.config_outputs import MqttConfig
 from daemon.events import EventSinks
 from daemon.mqtt import MqttPublisher
 from daemon.spool import Spool

@@ -15,7 +15,7 @@ import pytest
 
 from daemon import mqtt_retained
 from daemon.cli import main
-from daemon.config import MqttConfig
+from daemon.config_outputs import MqttConfig
 from daemon.events import person_key
 from daemon.mqtt import MqttPublisher
 from daemon.spool import Spool

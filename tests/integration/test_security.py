@@ -24,8 +24,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from daemon import metrics, mqtt_delivery
 from daemon.cli import main
-from daemon.config import MqttConfig, TlsConfig
 from daemon.config_file import config_changes, load_config
+from daemon.config_outputs import MqttConfig, TlsConfig
 from daemon.mqtt import MqttPublisher
 from daemon.mqtt_tls import RenewableContext
 from daemon.spool import Spool

@@ -25,8 +25,9 @@ from daemon.archive import FaceArchive
 from daemon.archive_cli import _moment
 from daemon.archive_files import VISIT_FILE, scan_visits
 from daemon.cli import main
-from daemon.config import ArchiveConfig, ConfigError
+from daemon.config import ConfigError
 from daemon.config_file import load_config, parse_config
+from daemon.config_outputs import ArchiveConfig
 from daemon.events import face_region, person_key
 from daemon.preflight import check
 from daemon.recognition import MIN_FACE_SCORE, rate_face

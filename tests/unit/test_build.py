@@ -684,7 +684,7 @@ def test_a_camera_size_is_read_alike_by_the_config_and_engines_build(size, hw, c
     from pydantic import ValidationError
 
     from daemon.cli import build_parser
-    from daemon.config import TensorRTConfig
+    from daemon.config_pipeline import TensorRTConfig
 
     command = ["engines", "build", "x.onnx", f"--camera={size}"]
     if hw is None:

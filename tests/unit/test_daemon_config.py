@@ -10,7 +10,8 @@ import types
 import numpy as np
 import pytest
 
-from daemon.config import DEFAULT_CONFIG, WARM_UP_HW, CameraConfig, ConfigError, plan_request
+from daemon.config import DEFAULT_CONFIG, WARM_UP_HW, ConfigError, plan_request
+from daemon.config_cameras import CameraConfig
 from daemon.config_file import config_changes, load_config, parse_config, redact_url, schema_lines
 from tests.conftest import MODELS, REPO
 

@@ -233,7 +233,7 @@ def test_an_unreadable_list_of_people_published_starts_with_a_warning(tmp_path, 
     """A cut value in the spool's state (people published) stopped the start with exit
     status 2 and 'mqtt.tls: Unterminated string ...' (systemd left the daemon down): it is
     read as nobody, with a warning naming the spool."""
-    from daemon.config import MqttConfig
+    from daemon.config_outputs import MqttConfig
     from daemon.mqtt import MqttPublisher
 
     spool = Spool(tmp_path / "spool")
@@ -250,7 +250,7 @@ def test_an_unreadable_list_of_people_published_starts_with_a_warning(tmp_path, 
 def test_tls_files_that_cannot_be_used_are_a_config_error_naming_mqtt_tls(tmp_path) -> None:
     """Only the TLS set-up's errors are called ``mqtt.tls`` (exit status 2, not restarted):
     the spool's, read in the same step, were too."""
-    from daemon.config import MqttConfig, TlsConfig
+    from daemon.config_outputs import MqttConfig, TlsConfig
     from daemon.mqtt import MqttPublisher
 
     (tmp_path / "ca.crt").write_bytes(b"not a certificate")
@@ -393,7 +393,7 @@ def test_spool_ids_used_again_keep_the_order_and_each_message_goes_once(tmp_path
     publisher sends, one acknowledged message's delete fails once (a full disk): each
     message reaches the broker once, in the order it was spooled. The failed delete is one
     line, and one when it deletes again (it was a traceback)."""
-    from daemon.config import MqttConfig
+    from daemon.config_outputs import MqttConfig
     from daemon.mqtt import MqttPublisher
 
     caplog.set_level("INFO", logger="daemon.mqtt")
@@ -458,7 +458,7 @@ class AckingClient:
 
 
 def _sending(spool: Spool) -> tuple[object, AckingClient]:
-    from daemon.config import MqttConfig
+    from daemon.config_outputs import MqttConfig
     from daemon.mqtt import MqttPublisher
 
     publisher = MqttPublisher(MqttConfig(), "node", spool)
@@ -1194,7 +1194,7 @@ def test_frame_queues_serve_every_camera_when_batches_are_smaller() -> None:
 def test_mqtt_failures_are_logged_once_per_outage_and_when_the_reason_changes(
     tmp_path, caplog
 ) -> None:
-    from daemon.config import MqttConfig
+    from daemon.config_outputs import MqttConfig
     from daemon.mqtt import MqttPublisher
 
     config = MqttConfig(port=1, username="cam", password="s3cret")
@@ -1232,7 +1232,7 @@ def test_mqtt_failures_are_logged_once_per_outage_and_when_the_reason_changes(
 def test_an_ipv6_broker_is_named_in_brackets_in_every_line(tmp_path, caplog) -> None:
     """mqtt.host: "::1" read 'cannot connect to ::1:1883' (port 1883 of host ::1:1883? of
     ::1?): each line that names the broker writes an IPv6 address as in a URL, [::1]:1883."""
-    from daemon.config import MqttConfig
+    from daemon.config_outputs import MqttConfig
     from daemon.mqtt import MqttPublisher
 
     publisher = MqttPublisher(MqttConfig(host="::1", port=1), "node", Spool(tmp_path / "s", 10))
@@ -1266,7 +1266,7 @@ def test_a_broker_that_stays_away_is_said_again_every_remind_s(tmp_path, monkeyp
     from datetime import datetime
 
     from daemon import journal
-    from daemon.config import MqttConfig
+    from daemon.config_outputs import MqttConfig
     from daemon.journal import REMIND_S
     from daemon.mqtt import MqttPublisher
     from daemon.mqtt_diagnosis import REACH
@@ -1348,7 +1348,7 @@ def test_a_connection_another_client_takes_is_said_so_once_not_a_broker_outage(
     'disconnected (Session taken over)' at each push, once a second. It names the node_id
     to change, once, the pushes after it at DEBUG. Connections lost long after they were
     made, or with the broker away between them, are the broker's or the network's."""
-    from daemon.config import MqttConfig
+    from daemon.config_outputs import MqttConfig
     from daemon.mqtt import MqttPublisher
     from daemon.mqtt_diagnosis import SHORT_LINK_S
 
@@ -1406,7 +1406,7 @@ def test_an_acl_that_keeps_refusing_is_said_again_every_remind_s(tmp_path, monke
     from datetime import datetime
 
     from daemon import journal
-    from daemon.config import MqttConfig
+    from daemon.config_outputs import MqttConfig
     from daemon.journal import REMIND_S
     from daemon.mqtt import MqttPublisher
     from daemon.mqtt_delivery import REFUSED_RETRY_S
@@ -1842,7 +1842,7 @@ def test_a_camera_status_changed_while_the_connection_is_set_up_is_not_lost(tmp_
     """The first frame of a camera often arrives while the publisher is connecting: its
     ``online`` must reach the broker, not fall between the retained states sent at the
     connection and the moment the publisher counts as connected."""
-    from daemon.config import MqttConfig
+    from daemon.config_outputs import MqttConfig
     from daemon.mqtt import MqttPublisher
 
     publisher = MqttPublisher(MqttConfig(), "test", Spool(tmp_path / "spool", 10))
@@ -2702,7 +2702,7 @@ def test_a_cameras_outage_start_follows_the_wall_clock_set_right(monkeypatch) ->
     next retry: it said 2024 for as long as the camera stayed down."""
     from daemon import cameras
     from daemon.cameras import CameraReader
-    from daemon.config import CameraConfig
+    from daemon.config_cameras import CameraConfig
 
     reader = CameraReader(
         CameraConfig(name="porch", url="rtsp://10.0.0.9/live"), FrameQueues(["porch"], 2)
@@ -2726,7 +2726,7 @@ def test_deletions_are_sent_at_the_next_connection_then_forgotten(tmp_path) -> N
     for good (2002 messages a reconnection after 1000 removals)."""
     from types import SimpleNamespace
 
-    from daemon.config import MqttConfig
+    from daemon.config_outputs import MqttConfig
     from daemon.mqtt import MqttPublisher
 
     publisher = MqttPublisher(MqttConfig(port=1), "node", Spool(tmp_path / "spool", 10))
@@ -2778,7 +2778,7 @@ def test_a_gallery_change_while_the_spools_disk_is_full_is_applied_and_saved_lat
     could not save whom the publisher had published. The reload is applied whole (the new
     people's topics set, the removed one's deleted), the failure is said once, and the list
     is saved when the spool takes it again."""
-    from daemon.config import MqttConfig
+    from daemon.config_outputs import MqttConfig
     from daemon.mqtt import MqttPublisher
 
     path = tmp_path / "gallery.sqlite"
@@ -2859,7 +2859,7 @@ def test_an_interlaced_camera_is_down_with_why_not_up_with_no_picture(
     frames encoded progressive keep it up."""
     from daemon import cameras
     from daemon.cameras import CameraReader
-    from daemon.config import CameraConfig
+    from daemon.config_cameras import CameraConfig
     from tests.clips import DEMO_CLIP, read_frames, x264_clip
 
     monkeypatch.setattr(cameras, "BLANK_S", 0.6)  # (10 s and 60 s: too long for a test)
@@ -2915,7 +2915,7 @@ def test_a_picture_that_never_changes_is_down_after_a_while_and_up_again_once_it
     stale picture may hold a face: a visitor who would never leave)."""
     from daemon import cameras
     from daemon.cameras import BLANK_DOWN, BLANK_S, FROZEN_DOWN, FROZEN_S, CameraReader
-    from daemon.config import CameraConfig
+    from daemon.config_cameras import CameraConfig
     from tests.clips import DEMO_CLIP, EMPTY_FRAME, noisy_copies, read_frames
 
     clock = [1000.0]
@@ -3180,7 +3180,7 @@ def test_a_camera_that_drops_each_connection_at_once_backs_off_and_is_logged_onc
     STABLE_S is the same outage: the backoff grows, and it is logged once."""
     from daemon import cameras
     from daemon.cameras import CameraReader
-    from daemon.config import CameraConfig
+    from daemon.config_cameras import CameraConfig
 
     reader = CameraReader(
         CameraConfig(name="porch", url="rtsp://10.0.0.9/live"), FrameQueues(["porch"], 2)
@@ -3231,7 +3231,7 @@ def test_a_flapping_camera_logs_up_and_down_with_its_outage_not_every_cycle(
     status still gets every change."""
     from daemon import cameras
     from daemon.cameras import REMIND_S, CameraReader
-    from daemon.config import CameraConfig
+    from daemon.config_cameras import CameraConfig
 
     statuses: list[bool] = []
     reader = CameraReader(
@@ -3291,7 +3291,7 @@ def test_a_stream_that_opens_but_decodes_no_frame_is_not_called_a_stall(
     says what happened and what to set; a stream that delivered frames still stalls."""
     from daemon import cameras
     from daemon.cameras import NO_FRAME, CameraReader
-    from daemon.config import CameraConfig
+    from daemon.config_cameras import CameraConfig
 
     reader = CameraReader(
         CameraConfig(name="porch", url="rtsp://10.0.0.9/live"), FrameQueues(["porch"], 2)
@@ -3324,7 +3324,7 @@ def test_a_camera_opening_at_the_stop_says_no_retrying(monkeypatch, caplog) -> N
     in flight at the stop failed, and the reader announced a retry it would not make."""
     from daemon import cameras
     from daemon.cameras import CameraReader
-    from daemon.config import CameraConfig
+    from daemon.config_cameras import CameraConfig
 
     reader = CameraReader(
         CameraConfig(name="drive", url="rtsp://10.0.0.9/live"), FrameQueues(["drive"], 2)
@@ -3347,7 +3347,7 @@ def test_a_camera_counts_a_disconnect_each_time_it_is_lost_not_each_retry(monkey
     retries, streams again and drops has 2, and a stop is none."""
     from daemon import cameras
     from daemon.cameras import CameraReader
-    from daemon.config import CameraConfig
+    from daemon.config_cameras import CameraConfig
 
     reader = CameraReader(
         CameraConfig(name="shed", url="rtsp://10.0.0.9/live"), FrameQueues(["shed"], 2)
@@ -3460,7 +3460,7 @@ def test_a_spool_holding_another_nodes_messages_is_said_at_start_with_the_line_t
     messages went out under the old node's topics, a second time where the old box had
     delivered them, without a word. The start names how many, for which node, of when, and
     the sqlite3 line that deletes them; that line leaves this node's own messages."""
-    from daemon.config import MqttConfig
+    from daemon.config_outputs import MqttConfig
     from daemon.mqtt import MqttPublisher
 
     spool = Spool(tmp_path / "spool", 100)
@@ -3539,7 +3539,7 @@ def test_a_spool_copied_to_another_machine_is_said_at_start_with_the_line_to_emp
 def test_a_broker_port_that_is_no_mqtt_broker_is_said(tmp_path, caplog) -> None:
     """mqtt.port set to something that takes the connection and closes it (a web server, a
     websockets or TLS listener): the log said only 'connecting to', while events spooled."""
-    from daemon.config import MqttConfig
+    from daemon.config_outputs import MqttConfig
     from daemon.mqtt import MqttPublisher
 
     listener = socket.socket()
@@ -4105,7 +4105,7 @@ def test_a_file_camera_says_once_that_it_plays_the_file_again(tmp_path, caplog) 
     INFO, with the command for a recording (identify); later ones at DEBUG only, so a short
     clip fills no log (it replayed in silence: its visits repeated with nothing saying so)."""
     from daemon.cameras import CameraReader
-    from daemon.config import CameraConfig
+    from daemon.config_cameras import CameraConfig
     from tests.clips import DEMO_CLIP, read_frames
 
     clip = tmp_path / "door.mp4"

@@ -15,8 +15,9 @@ import pytest
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from daemon.cameras import Frame
-from daemon.config import Config, ConfigError, MqttConfig
+from daemon.config import Config, ConfigError
 from daemon.config_file import parse_config
+from daemon.config_outputs import MqttConfig
 from daemon.events import EventSinks, in_view_json, person_json, person_key
 from daemon.gallery import Gallery
 from daemon.gallery_write import Enrollment

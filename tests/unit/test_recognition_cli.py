@@ -1109,7 +1109,7 @@ def test_the_archives_enrollable_count_is_what_enroll_takes_from_its_images(
     as too blurry. Rated on the JPEG as enroll reads it, the count and the images agree
     (but for the few where enroll, finding the face again, places its landmarks apart)."""
     from daemon.archive import FaceArchive
-    from daemon.config import ArchiveConfig
+    from daemon.config_outputs import ArchiveConfig
     from daemon.recognition import QualityGates, Rejected
     from daemon.tracking import Track, TrackEvent
     from engines.detectors import load_facenet
@@ -1356,7 +1356,7 @@ def clip_visits(detector, tmp_path_factory) -> dict[str, Path]:
     clip's frames: Lin twice, the man once, and one track that passed from Lin (3 images) to
     him (2), as a track does when one person takes another's place."""
     from daemon.archive import FaceArchive
-    from daemon.config import ArchiveConfig
+    from daemon.config_outputs import ArchiveConfig
     from daemon.tracking import Track, TrackEvent
 
     root = tmp_path_factory.mktemp("clip-archive") / "archive"

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from daemon.cameras import Frame, FrameQueues
-from daemon.config import Config, TrackingConfig
+from daemon.config import Config
 from daemon.config_file import parse_config
+from daemon.config_pipeline import TrackingConfig
 from daemon.events import EventSinks
 from daemon.gallery import Gallery
 from daemon.gallery_match import Match
