@@ -95,6 +95,10 @@ def test_the_documented_torchrun_command_trains_with_two_processes(tmp_path) -> 
     """README's multi-GPU launch, `torchrun --nproc-per-node N -m training.cli_facenet
     triplet ...`, here with 2 CPU processes (gloo): both join and the run saves its
     checkpoint."""
+    try:
+        socket.getaddrinfo(socket.gethostname(), None)
+    except OSError as exc:
+        pytest.skip(f"torchrun waits for ever where the host name does not resolve ({exc})")
     data = celeba_people(tmp_path / "people", [4, 4, 4, 4])
     recipe = Path(__file__).resolve().parents[2] / "configs" / "training" / "facenet_smoke_cpu.yaml"
     torchrun = Path(sys.executable).with_name("torchrun")
