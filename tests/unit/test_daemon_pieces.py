@@ -3266,6 +3266,81 @@ def test_a_lit_patch_of_a_dark_frame_keeps_its_levels_apart_none_turns_white() -
     assert out[-1, 0] == 255 and out[-1, -1] == 0 and np.all(lifted >= patch)
 
 
+def _frame_of_levels(counts: dict[int, int]) -> np.ndarray:
+    """A grey frame whose sampled pixels (every 4th of every 4th row: ``levels``) hold
+    ``counts`` (grey level: how many of the 10 000), each pixel a 4 x 4 block."""
+    grey = np.concatenate([np.full(n, level, np.uint8) for level, n in counts.items()])
+    return np.repeat(np.repeat(grey.reshape(100, 100), 4, axis=0), 4, axis=1)
+
+
+def test_a_dark_frames_black_stays_black_and_its_top_is_lifted_unless_a_lamp_lights_it() -> None:
+    """A dark frame (its brightest 1 % at grey 40, its darkest 1 % at 20) with a few black
+    pixels under its darkest 1 %: they stay black (no speckle of another level). With no lit
+    part (its brightest 0.1 % a few levels above its 1 %) the brightest 1 % goes up to
+    about grey 228 of TOP 240; with a lamp (its brightest 0.1 % 40 levels above) to LIT_TOP
+    only, the lamp's face keeping its contrast."""
+    from daemon.low_light import LIT_TOP, brightened, levels
+
+    for lamp, top in ((45, 228), (80, LIT_TOP)):
+        frame = _frame_of_levels({0: 50, 20: 9750, 40: 100, lamp: 100})
+        assert levels(frame, (0.01, 0.99, 0.999)) == (20, 40, lamp)
+        out = brightened(frame)
+        assert out[frame == 0].max() == 0, lamp
+        assert out[frame == 20].max() == 0 and np.all(out[frame == 40] == top), lamp
+
+
+def test_a_near_flat_dark_frames_noise_is_not_stretched_into_a_picture() -> None:
+    """A dark frame of one grey with a level of noise either way (a lens cap in dim light,
+    a blank wall): a level of noise is lifted at most TOP / MIN_SPAN (30 levels), not to
+    half the range, which the motion gate and the detector saw as texture."""
+    from daemon.low_light import MIN_SPAN, TOP, brightened
+
+    frame = np.random.default_rng(3).integers(29, 32, (240, 320), dtype=np.uint8)
+    out = brightened(frame).astype(int)
+    assert out is not frame
+    steps = [out[frame == level].max() - out[frame == level - 1].max() for level in (30, 31)]
+    assert max(steps) <= TOP / MIN_SPAN, steps
+
+
+def test_a_covered_lens_at_night_is_not_brightened_and_dark_means_what_is_brightened() -> None:
+    """A covered lens's sensor noise up to grey 9 (its brightest 1 % under BLACK_P99) is left
+    as it is (there is nothing to bring out). An enrolment photo is noted dark exactly when
+    the cameras' frames would be brightened: its brightest 1 % at grey 79 is, at 80 is not."""
+    from daemon.low_light import brightened, is_dark, levels
+
+    black = np.random.default_rng(4).integers(0, 10, (240, 320), dtype=np.uint8)
+    assert levels(black)[1] == 9 and brightened(black) is black
+    for high, dark in ((79, True), (80, False)):
+        photo = _frame_of_levels({30: 9000, high: 1000})
+        assert levels(photo)[1] == high
+        assert is_dark(photo) is dark and (brightened(photo) is not photo) is dark
+
+
+def test_a_cameras_dark_frames_are_counted_and_said_once_its_lit_ones_not(caplog) -> None:
+    """facewatch_frames_brightened_total counts the camera's dark frames only (a lit frame
+    between them is not brightened, so not counted), and the log says it once, at the
+    first dark frame, not at every one (25 lines a second)."""
+    from daemon.low_light import Brightener
+
+    def count() -> float:
+        return (
+            REGISTRY.get_sample_value(
+                "facewatch_frames_brightened_total", {"camera": "yard-low-light"}
+            )
+            or 0.0
+        )
+
+    dark = _frame_of_levels({20: 9000, 40: 1000})
+    lit = _frame_of_levels({60: 9000, 200: 1000})
+    brighten = Brightener("yard-low-light")
+    with caplog.at_level("INFO", logger="daemon.low_light"):
+        for frame in (lit, dark, lit, dark, dark):
+            brighten(frame)
+    assert count() == 3
+    assert len(caplog.records) == 1
+    assert caplog.records[0].getMessage().startswith("camera yard-low-light: its frames are dark")
+
+
 def test_a_still_scene_at_the_edge_of_dark_is_not_brightened_by_fits_and_starts() -> None:
     """At dusk a still scene's brightest 1 % sits at grey 80, where brightening stops, and
     sensor noise moves it a level either way. Frames a level apart came out one raw and the
