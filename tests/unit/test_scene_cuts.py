@@ -445,3 +445,50 @@ def test_a_cut_is_decided_by_the_next_frame_however_late_the_pipeline_runs(
         pipeline.expire(ts[3] + late_s, pending=pending)
         pipeline.process([Frame(name, first + 12, ts[4], images[4])])
         assert [e["reason"] for e in sent() if e["type"] == "left"] == reasons
+
+
+def _cut_steps(camera: str = "door") -> list:
+    """The demo clip's frames around its cut to the audience (the 4th), 0.1 s apart, as the
+    pipeline's steps."""
+    from daemon.cut_hold import Step
+
+    first = CUT_TO_AUDIENCE - 9
+    images = read_frames(DEMO_CLIP, first, 5, every=3)
+    return [Step(Frame(camera, first + 3 * k, 1000.0 + k / 10, image), 0.0) for k, image in
+            enumerate(images)]  # fmt: skip
+
+
+def test_a_held_cut_is_handed_back_once_and_a_camera_without_cut_detection_holds_none() -> None:
+    """The audience frame, held as a candidate, is confirmed a cut by the next frame (which
+    is searched whole) and handed back for tracking once: the batch after that tracks it
+    no second time. A camera with tracking.end_at_scene_cuts off has no candidate, nor a
+    whole-frame search for it: its frames are searched as full_scan_every says."""
+    from daemon.cut_hold import CutHold
+
+    steps, hold = _cut_steps(), CutHold(["door"], True)
+    assert [hold.look(step) for step in steps[:4]] == [False, False, False, True]
+    assert [step.cut for step in steps[:4]] == [False, False, False, None]
+    hold.hold(steps[3])
+    assert hold.look(steps[4]) is True and steps[3].cut is True
+    assert hold.take() == [steps[3]] and hold.take() == []
+    steps, off = _cut_steps(), CutHold(["door"], False)
+    assert [off.look(step) for step in steps] == [False] * 5
+    assert [step.cut for step in steps] == [False] * 5
+
+
+def test_a_held_candidate_waits_up_to_pending_max_s_for_the_frame_in_its_queue() -> None:
+    """The pipeline runs behind: a candidate whose camera has a frame waiting in its queue
+    is held for that frame while it is under PENDING_MAX_S (4 x WITHIN_S: 6 s) late; past it, it is handed
+    back as no cut. One whose camera sent nothing more is handed back past WITHIN_S."""
+    from daemon.cut_hold import CutHold
+    from daemon.scene_cuts import WITHIN_S
+
+    for pending, wait_s in (({"door"}, 4 * WITHIN_S), (set(), WITHIN_S)):  # (6 s, 1.5 s)
+        steps, hold = _cut_steps(), CutHold(["door"], True)
+        for step in steps[:4]:
+            hold.look(step)
+        hold.hold(steps[3])
+        held_at = steps[3].frame.clock
+        assert hold.due(held_at + wait_s - 0.1, False, pending) == []
+        assert hold.due(held_at + wait_s + 0.1, False, pending) == [steps[3]]
+        assert steps[3].cut is False and hold.take() == []
