@@ -266,3 +266,47 @@ def test_someone_coming_into_an_empty_view_is_searched_for_between_full_scans(de
     assert not pipeline.trackers["door"].tracks, "a still frame between full scans"
     pipeline.process([Frame("door", 5, 1005.0, arrival, moved=False)])
     assert len(pipeline.trackers["door"].tracks) == 2, "found at the full scan"
+
+
+@pytest.mark.parametrize("fps", [5, 25])
+def test_a_change_moves_for_about_a_second_at_any_frame_rate(fps) -> None:
+    """The gate's memory is about a second of frames, at the camera's fps: a light turned
+    on still moves 0.4 s later (someone coming in slowly is not taken for the scene), and
+    is still 5 s later, at 5 fps as at 25 (with the memory counted in frames, a 25 fps
+    camera forgot a change in a fifth of a second). A camera whose gate is off has none."""
+    config = parse_config(
+        {"cameras": [{"name": "door", "url": "x.mp4"}], "detection": {"motion": True}}
+    )
+    motion = MotionDetector.gate(config.motion(config.cameras[0]), fps)
+    assert motion is not None
+    dark = np.full((360, 640, 3), 60, np.uint8)
+    lit = dark + np.uint8(100)
+    for _ in range(fps):
+        motion.moved(dark)
+    moved = [motion.moved(lit) for _ in range(5 * fps)]
+    assert all(moved[: round(0.4 * fps) + 1]) and not any(moved[-fps:]), moved
+    off = parse_config(
+        {"cameras": [{"name": "door", "url": "x.mp4"}], "detection": {"motion": False}}
+    )
+    assert MotionDetector.gate(off.motion(off.cameras[0]), fps) is None
+
+
+def test_a_change_of_more_than_min_change_levels_moves_and_one_of_it_does_not() -> None:
+    """A dim scene whose light changes by 15 grey levels (min_change_levels) has not moved;
+    by 17 it has, against the frames before it (not an average that already holds it)."""
+    for change, moved in ((15, False), (17, True)):
+        motion = gate()
+        dark = np.full((360, 640, 3), 60, np.uint8)
+        for _ in range(5):
+            motion.moved(dark)
+        assert motion.moved(dark + np.uint8(change)) is moved, change
+
+
+def test_sensor_noise_on_a_tiny_substream_does_not_move() -> None:
+    """An 80x45 substream (a quarter of the gate's width) is compared at its own size,
+    blurred as it is: not blown up, which left its sensor noise too sharp for the blur."""
+    motion = gate()
+    small = np.ascontiguousarray(read_frames(DEMO_CLIP, EMPTY_FRAME, 1)[0][::8, ::8])
+    assert small.shape[1] < 320
+    frames = noisy_copies(small, 10, 10)
+    assert [motion.moved(f) for f in frames] == [True] + [False] * 9
