@@ -50,6 +50,17 @@ def test_nms_min_mode_removes_box_inside_a_larger_one():
     assert bx.nms(boxes, scores, 0.7, mode="min").tolist() == [0]  # fully inside
 
 
+def test_nms_keeps_a_box_whose_overlap_equals_the_threshold_in_min_mode_and_for_zero_scores():
+    """O-Net's "min" pass and a box scored 0 (OpenCV skips those: the numpy pass) drop a box
+    only when its overlap exceeds the threshold, as the OpenCV pass does: half of the
+    smaller box covered, at 0.5, keeps both."""
+    boxes = np.array([[0, 0, 10, 10], [5, 0, 15, 10]], np.float32)  # half of either covered
+    assert bx.nms(boxes, np.array([0.9, 0.8], np.float32), 0.5, mode="min").tolist() == [0, 1]
+    assert bx.nms(boxes, np.array([0.9, 0.8], np.float32), 0.49, mode="min").tolist() == [0]
+    touching = np.array([[0, 0, 10, 10], [0, 0, 10, 5]], np.float32)  # IoU exactly 0.5
+    assert bx.nms(touching, np.array([0.9, 0.0], np.float32), 0.5).tolist() == [0, 1]
+
+
 def greedy_nms(boxes, scores, threshold, inclusive):
     """Textbook greedy NMS, one box at a time, to check the fast paths against."""
     one = 1.0 if inclusive else 0.0
@@ -203,6 +214,24 @@ def test_greedy_match_takes_best_pairs_first_and_each_box_once():
     assert bx.greedy_match(a, b, 0.5) == [(0, 1), (1, 2)]
     assert bx.greedy_match(a, b, 0.95) == [(0, 1)]
     assert bx.greedy_match(a[:0], b, 0.5) == []
+
+
+def test_a_pair_at_exactly_the_minimum_score_is_matched() -> None:
+    """ "None below min_score": a face whose box overlaps its track's by exactly the minimum
+    IoU still continues it."""
+    scores = np.array([[0.3, 0.1], [0.05, 0.2]])
+    assert bx.greedy_pairs(scores, 0.2) == [(0, 0), (1, 1)]
+    assert bx.greedy_pairs(scores, 0.21) == [(0, 0)]
+
+
+def test_a_centre_shift_is_counted_in_the_geometric_mean_of_the_two_widths() -> None:
+    """A face coming at the camera fast (its box 40 px wide, then 160): centres 80 px apart
+    are one width apart (the geometric mean, 80 px), not 0.8 (the arithmetic mean, 100 px)
+    nor 0.5 (the wider box): the tracker's limits on a jump mean the same at any pace."""
+    far = np.array([[100.0, 100, 140, 150]])  # (centre 120, 125)
+    near = np.array([[120.0, 45, 280, 205]])  # (centre 200, 125)
+    assert bx.center_shift_matrix(far, near)[0, 0] == pytest.approx(1.0)
+    assert bx.center_shift_matrix(near, far)[0, 0] == pytest.approx(1.0)
 
 
 SQUARE = [(0.2, 0.2), (0.6, 0.2), (0.6, 0.6), (0.2, 0.6)]
