@@ -54,3 +54,53 @@ def test_align_similarity_puts_landmarks_on_the_template() -> None:
 def test_main_face_is_large_and_central() -> None:
     boxes = np.array([[0, 0, 60, 60], [70, 70, 130, 130], [150, 150, 160, 160]], np.float32)
     assert pick_main_face(boxes, (200, 200)) == 1
+
+
+def test_a_crop_is_rounded_and_a_box_just_past_the_edge_is_refused_as_outside() -> None:
+    """The margin crop's bilinear values are rounded to the nearest level, as the crops cut
+    on a GPU are (0.75 is 1, not 0: truncated, every crop came out darker); a box whose
+    grown window is just past the image's right edge (no column left) is refused as outside,
+    not handed to the resize (an OpenCV error)."""
+    image = np.array([[0, 1], [0, 1]], np.uint8)
+    crop = crop_with_margin(image, [0, 0, 2, 2], margin=0, image_size=4)
+    assert crop.tolist() == [[0, 0, 1, 1]] * 4  # (0, 0.25, 0.75, 1 across)
+    with pytest.raises(ValueError, match="outside"):
+        crop_with_margin(np.zeros((50, 100, 3), np.uint8), [116, 10, 140, 40], margin=32)
+
+
+def test_the_reference_template_scales_with_the_crop_and_a_model_may_use_its_edge() -> None:
+    """The five reference points sit at the same place of any crop size (at 224 px, twice
+    where they are at 112); a model's own template may put a point on its input's edge."""
+    from engines.align import template_of
+
+    assert np.allclose(reference_landmarks(224), 2 * reference_landmarks(112))
+    assert np.allclose(reference_landmarks(160)[0], [54.71, 73.85], atol=0.01)
+    edge = [[0, 0], [160, 0], [80, 80], [0, 160], [160, 160]]
+    assert template_of({"landmarks": edge}, 160).tolist() == edge
+
+
+def test_a_mirrored_face_is_not_aligned_mirrored_and_its_fit_is_the_closest() -> None:
+    """Landmarks whose left and right come swapped (a mirror, or the detector's mistake):
+    the alignment is a rotation, never a reflection (the crop is never flipped), scaled for
+    the least squared distance to the template; landmarks all at one point are refused."""
+    template = reference_landmarks(160).astype(np.float64)
+    mirrored = template * np.array([-1.0, 1.0]) + np.array([300.0, 40.0])
+    matrix = similarity_matrix(mirrored, template)
+    assert np.linalg.det(matrix[:, :2]) > 0
+
+    def misfit(scale: float) -> float:
+        moved = mirrored @ (scale * matrix[:, :2]).T
+        return float(((moved + (template - moved).mean(axis=0) - template) ** 2).sum())
+
+    assert misfit(1.0) < min(misfit(0.99), misfit(1.01))
+    with pytest.raises(ValueError, match="all at one point"):
+        similarity_matrix(np.full((5, 2), 7.0), template)
+
+
+def test_what_an_aligned_face_shows_beyond_the_frame_is_black() -> None:
+    """A face at the frame's edge: the part of the crop that lies beyond the frame is
+    black, as in the crops the model was trained on, not the edge's pixels smeared."""
+    template = reference_landmarks(160)
+    image = np.full((200, 200, 3), 200, np.uint8)
+    aligned = align_similarity(image, template - np.array([60.0, 0.0]), image_size=160)
+    assert aligned[:, :50].max() == 0 and aligned[:, 70:].min() == 200
