@@ -1034,6 +1034,89 @@ def test_gallery_remove_forget_of_someone_removed_earlier_deletes_their_named_vi
         assert [p.name for p in left.identities()] == ["Bob"]
 
 
+def test_gallery_remove_forget_takes_the_archives_given_and_refuses_one_it_cannot_write(
+    tmp_path, capsys, monkeypatch
+) -> None:
+    """`--archive` names the archives to forget in, before the --config's archive.dir; one
+    that does not exist yet has no visit (0 deleted); a config without archive.dir says it
+    has no archive and removes her all the same. An archive this user cannot write (the
+    daemon's, run as another user), or a file given as one, is refused before anything is
+    removed, with the way to run it as the daemon's user."""
+    from daemon.gallery import Gallery
+    from daemon.gallery_write import Enrollment
+
+    config_archive, given = tmp_path / "config-faces", tmp_path / "given-faces"
+    kept = _named_visit(config_archive, "door", "101500-t1-zoe-0a1b2c3d", ["Zoe"], b"\xff\xd8 a")
+    gone = _named_visit(given, "door", "101600-t2-zoe-0a1b2c3d", ["Zoe"], b"\xff\xd8 b")
+    gallery = tmp_path / "gallery.sqlite"
+
+    def enrolled(*names: str) -> None:
+        with Gallery.create(gallery, "facenet-test@sha256:0123", 4) as made:
+            made.enroll([Enrollment(n, np.array([1, 0, 0, 0], np.float32), n) for n in names])
+
+    def config(archive: Path | None) -> str:
+        path = tmp_path / "facewatch.yaml"
+        settings = {"cameras": [{"name": "door", "url": str(CLIP)}],
+                    "recognition": {"gallery": str(gallery)}}  # fmt: skip
+        if archive is not None:
+            settings["archive"] = {"dir": str(archive)}
+        path.write_text(json.dumps(settings))
+        return str(path)
+
+    enrolled("Zoe")
+    remove = ["gallery", "remove", "Zoe", "--forget", "--config"]
+    missing = tmp_path / "not-made-yet"
+    assert main([*remove, config(config_archive), "--archive", str(given), "--archive",
+                 str(missing)]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert not gone.exists() and kept.exists()
+    assert f"deleted 0 visit(s) of Zoe from the face archive {missing}" in out
+    gallery.unlink()
+    enrolled("Zoe")
+    assert main([*remove, config(None)]) == 0
+    assert (
+        "archive.dir is not set: no face archive to delete visits from" in capsys.readouterr().out
+    )
+    gallery.unlink()
+    enrolled("Zoe")
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    real_access = os.access
+    monkeypatch.setattr(
+        os, "access", lambda path, mode: real_access(path, mode) and not (
+            Path(path) == config_archive and mode & os.W_OK)
+    )  # fmt: skip
+    for refused in (config_archive, a_file):
+        assert main([*remove, config(refused)]) == 1
+        err = capsys.readouterr().err
+        assert f"{refused}: the face archive cannot be read and written by this user" in err
+        assert kept.exists()
+    with Gallery.open(gallery) as left:
+        assert [p.name for p in left.identities()] == ["Zoe"]
+
+
+def test_gallery_remove_forget_of_someone_removed_earlier_reaches_every_archive(
+    tmp_path, capsys
+) -> None:
+    """Someone removed earlier, forgotten with two `--archive`s (and a third not made yet):
+    the visits named after them are deleted in each of them, not the first only."""
+    from daemon.gallery import Gallery
+    from daemon.gallery_write import Enrollment
+
+    front, garage = tmp_path / "front", tmp_path / "garage"
+    visits = [_named_visit(root, "door", "101500-t1-zoe-0a1b2c3d", ["Zoe"], b"\xff\xd8 a")
+              for root in (front, garage)]  # fmt: skip
+    gallery = tmp_path / "gallery.sqlite"
+    with Gallery.create(gallery, "facenet-test@sha256:0123", 4) as made:
+        made.enroll([Enrollment("Bob", np.array([0, 1, 0, 0], np.float32), "b1")])
+    argv = ["gallery", "remove", "Zoe", "--forget", "--gallery", str(gallery)]
+    roots = [str(root) for root in (tmp_path / "not-made-yet", front, garage)]
+    assert main([*argv, *(a for root in roots for a in ("--archive", root))]) == 0
+    out = capsys.readouterr().out
+    assert not any(visit.exists() for visit in visits)
+    assert f"deleted 1 visit(s) of Zoe from the face archive {garage}" in out
+
+
 def test_gallery_remove_says_what_it_removes(capsys) -> None:
     """Its help promised to "forget a person and all their faces": their archived visits,
     events and history stayed."""
