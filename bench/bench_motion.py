@@ -67,7 +67,7 @@ def confirmations(clip: Path, fps: float, gate: bool) -> list[int]:
     """The clip's frames (at ``fps``, as a camera reader keeps them) through the pipeline
     with the gate on or off, twice round: the index in the clip of each frame where a face
     was confirmed. Same frames, same detector: where the two runs differ, the gate did."""
-    from daemon.cameras import Frame
+    from daemon.camera_frames import Frame
     from daemon.config_file import parse_config
     from daemon.events import EventSinks
     from daemon.motion import MotionDetector

@@ -48,7 +48,7 @@ import bench_mtcnn as bm  # noqa: E402  (the clips and their decoding)
 from bench_gpu import kernel_table, profiler_activities, sync  # noqa: E402
 from prometheus_client import REGISTRY  # noqa: E402
 
-from daemon.cameras import Frame, FrameQueues  # noqa: E402
+from daemon.camera_frames import Frame, FrameQueues  # noqa: E402
 from daemon.config import Config  # noqa: E402
 from daemon.config_file import parse_config  # noqa: E402
 from daemon.events import EventSinks  # noqa: E402

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 
-from daemon.cameras import Frame
+from daemon.camera_frames import Frame
 from daemon.scene_cuts import WITHIN_S, SceneCuts
 from engines.mtcnn import FrameDetections
 

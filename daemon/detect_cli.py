@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from daemon.cameras import STUCK_FILE, StuckPicture, ffmpeg_environment
+from daemon.camera_open import STUCK_FILE, StuckPicture, ffmpeg_environment
 from daemon.cli_args import number
 from daemon.journal import StdoutError, print_error
 from daemon.low_light import brightened

@@ -17,7 +17,7 @@ from pathlib import Path
 from daemon import mqtt_tls
 from daemon.archive import FaceArchive
 from daemon.archive_files import LOCK_FILE, PRUNE_WAIT_S
-from daemon.cameras import check_file_source
+from daemon.camera_open import check_file_source
 from daemon.claims import claim
 from daemon.config import Config, ConfigError
 from daemon.events import open_jsonl

@@ -24,7 +24,9 @@ from typing import Any
 import cv2
 from tqdm import tqdm
 
-from daemon.cameras import TURNS, Frame, FrameSchedule, ffmpeg_environment
+from daemon.camera_frames import Frame, FrameSchedule
+from daemon.camera_open import ffmpeg_environment
+from daemon.cameras import TURNS
 from daemon.config import Config
 from daemon.config_cameras import CameraConfig
 from daemon.events import EventSinks

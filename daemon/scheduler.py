@@ -15,7 +15,8 @@ import numpy as np
 
 from daemon import metrics
 from daemon.archive import FaceArchive
-from daemon.cameras import Frame, FrameQueues, source_kind
+from daemon.camera_frames import Frame, FrameQueues
+from daemon.camera_open import source_kind
 from daemon.config import Config
 from daemon.cut_hold import CutHold, Step
 from daemon.events import (
@@ -42,7 +43,7 @@ from engines.mtcnn import MTCNN, FrameDetections
 logger = logging.getLogger(__name__)
 
 EXPIRE_EVERY_S = 0.25
-STALL_GRACE_S = 10.0  # a camera silent this long is down (cameras.READ_TIMEOUT_MS, 3 tries)
+STALL_GRACE_S = 10.0  # a camera silent this long is down (camera_open.READ_TIMEOUT_MS, 3 tries)
 GALLERY_CHECK_S = 2.0  # how often the gallery file is looked at for changes
 # how long a reload waits for a writer's lock (enroll, a gallery command): on the thread that
 # runs the engines, every camera waits with it; a gallery being written is tried again at

@@ -28,7 +28,9 @@ from types import FrameType
 
 from daemon import build_version, home_assistant, metrics, preflight
 from daemon.archive import FaceArchive
-from daemon.cameras import CameraReader, FrameQueues, ffmpeg_environment
+from daemon.camera_frames import FrameQueues
+from daemon.camera_open import ffmpeg_environment
+from daemon.cameras import CameraReader
 from daemon.config import Config, ConfigError
 from daemon.config_cameras import CameraConfig
 from daemon.events import EventSinks, in_view_json, person_json

@@ -16,7 +16,7 @@ from typing import BinaryIO
 import cv2
 import numpy as np
 
-from daemon.cameras import ffmpeg_environment
+from daemon.camera_open import ffmpeg_environment
 from engines.image_files import HEIC_SUFFIXES, PHOTO_SUFFIXES, VIDEO_SUFFIXES
 from engines.images import ImageError, as_bgr8, cv_path, read_image, shown
 

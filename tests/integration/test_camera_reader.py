@@ -13,7 +13,9 @@ from functools import partial
 import pytest
 from prometheus_client import REGISTRY
 
-from daemon.cameras import READ_TIMEOUT_MS, CameraReader, FrameQueues, open_capture, source_kind
+from daemon.camera_frames import FrameQueues
+from daemon.camera_open import READ_TIMEOUT_MS, open_capture, source_kind
+from daemon.cameras import CameraReader
 from daemon.config_cameras import CameraConfig
 from tests.clips import DEMO_CLIP
 from tests.integration.services import HungCamera, RtspServer, wait_for

@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 
-from daemon.cameras import Frame, FrameQueues
+from daemon.camera_frames import Frame, FrameQueues
 from daemon.config import ConfigError
 from daemon.config_file import parse_config
 from daemon.events import EventSinks, face_snapshot, in_view_json
@@ -1003,7 +1003,7 @@ def test_a_hung_engine_call_without_systemds_watchdog_is_said_and_ends_the_run(
     where the scheduler is stuck (the engine's call), which cameras deliver, and that
     facewatch stops with exit status 1 for its restart policy; the serve loop ends."""
     from daemon import service, service_watch
-    from daemon.cameras import FrameQueues
+    from daemon.camera_frames import FrameQueues
     from daemon.scheduler import BatchScheduler
 
     monkeypatch.delenv("WATCHDOG_USEC", raising=False)
@@ -1137,10 +1137,10 @@ def test_a_cameras_decoder_and_opencvs_pool_keep_to_the_cpu_budget(
     more for four 1080p cameras). A camera decodes with at most DECODER_THREADS, fewer when
     the process may use fewer cores; the daemon's start sets OpenCV's pool to the engines'
     thread budget."""
-    from daemon import cameras, service
+    from daemon import camera_open, service
 
-    monkeypatch.setattr(cameras, "usable_cpus", lambda: usable, raising=False)
-    capture = cameras.open_capture(str(REPO / "configs" / "demo" / "hamilton_360p.mp4"))
+    monkeypatch.setattr(camera_open, "usable_cpus", lambda: usable, raising=False)
+    capture = camera_open.open_capture(str(REPO / "configs" / "demo" / "hamilton_360p.mp4"))
     try:
         assert capture.get(cv2.CAP_PROP_N_THREADS) == decoders
     finally:
@@ -2972,13 +2972,13 @@ def test_an_interlaced_camera_is_down_with_why_not_up_with_no_picture(
     is well, and no face was ever found. Now it is down with the cause (the reason on
     /metrics that `facewatch status` and FacewatchCameraDown show), warned once; the same
     frames encoded progressive keep it up."""
-    from daemon import cameras
+    from daemon import camera_open
     from daemon.cameras import CameraReader
     from daemon.config_cameras import CameraConfig
     from tests.clips import DEMO_CLIP, read_frames, x264_clip
 
-    monkeypatch.setattr(cameras, "BLANK_S", 0.6)  # (10 s and 60 s: too long for a test)
-    monkeypatch.setattr(cameras, "FROZEN_S", 0.6)
+    monkeypatch.setattr(camera_open, "BLANK_S", 0.6)  # (10 s and 60 s: too long for a test)
+    monkeypatch.setattr(camera_open, "FROZEN_S", 0.6)
     frames = read_frames(DEMO_CLIP, count=61)  # 2 s, played in a loop
     clips = {
         "attic": x264_clip(tmp_path / "interlaced.mp4", frames, interlaced=True),
@@ -3029,7 +3029,8 @@ def test_a_picture_that_never_changes_is_down_after_a_while_and_up_again_once_it
     stale frame) is down after FROZEN_S. Frames are not handed on while it is down (a
     stale picture may hold a face: a visitor who would never leave)."""
     from daemon import cameras
-    from daemon.cameras import BLANK_DOWN, BLANK_S, FROZEN_DOWN, FROZEN_S, CameraReader
+    from daemon.camera_open import BLANK_S, FROZEN_S
+    from daemon.cameras import BLANK_DOWN, FROZEN_DOWN, CameraReader
     from daemon.config_cameras import CameraConfig
     from tests.clips import DEMO_CLIP, EMPTY_FRAME, noisy_copies, read_frames
 
@@ -3582,9 +3583,9 @@ def test_a_camera_whose_frames_are_mostly_dropped_is_logged_now_and_then(
     """More camera than the CPU can take: the newest frames are kept and the rest dropped,
     as designed, but only Prometheus's alert said so (after 10 minutes). The log says it,
     at most every REMIND_S, for that camera alone."""
-    from daemon import cameras
+    from daemon import camera_frames
 
-    monkeypatch.setattr(cameras, "DROPS_WINDOW_S", 0.0)  # every frame closes a window
+    monkeypatch.setattr(camera_frames, "DROPS_WINDOW_S", 0.0)  # every frame closes a window
     queues = FrameQueues(["gate", "door"], per_camera=1)
     image = np.zeros((1, 1, 3), np.uint8)
     with caplog.at_level("WARNING", logger="daemon.cameras"):
@@ -3602,9 +3603,9 @@ def test_a_camera_whose_frames_are_mostly_dropped_is_logged_now_and_then(
 def test_a_pipeline_that_takes_no_frame_is_logged_as_stalled_not_slow(monkeypatch, caplog) -> None:
     """A hung engine call: every frame of every camera dropped, and the log said the
     pipeline cannot keep up, set cameras[].fps lower. No frame taken at all is a stall."""
-    from daemon import cameras
+    from daemon import camera_frames
 
-    monkeypatch.setattr(cameras, "DROPS_WINDOW_S", 0.0)
+    monkeypatch.setattr(camera_frames, "DROPS_WINDOW_S", 0.0)
     queues = FrameQueues(["gate"], per_camera=1)
     with caplog.at_level("WARNING", logger="daemon.cameras"):
         for seq in range(5):
@@ -3621,11 +3622,11 @@ def test_the_log_of_a_pipeline_behind_says_which_fps_would_do(monkeypatch, caplo
     detection.full_scan_every, or move to a GPU`, with full_scan_every already 5 and no
     word of which fps. It says what the pipeline handled in the minute, of all cameras, and
     each camera's share of it, under the key's name."""
-    from daemon import cameras
+    from daemon import camera_frames
 
     clock = [0.0]
     monkeypatch.setattr(
-        cameras, "time", SimpleNamespace(monotonic=lambda: clock[0], time=time.time)
+        camera_frames, "time", SimpleNamespace(monotonic=lambda: clock[0], time=time.time)
     )
     queues = FrameQueues(["gate", "door"], per_camera=2, full_scan_every=5)
     image = np.zeros((1, 1, 3), np.uint8)

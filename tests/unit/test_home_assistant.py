@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from daemon.cameras import Frame
+from daemon.camera_frames import Frame
 from daemon.config import Config, ConfigError
 from daemon.config_file import parse_config
 from daemon.config_outputs import MqttConfig

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 
-from daemon.cameras import Frame
+from daemon.camera_frames import Frame
 from daemon.config import ConfigError
 from daemon.config_file import parse_config
 from daemon.events import EventSinks

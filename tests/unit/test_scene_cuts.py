@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 
-from daemon.cameras import Frame
+from daemon.camera_frames import Frame
 from daemon.config_file import parse_config
 from daemon.cut_hold import PENDING_MAX_S
 from daemon.events import EventSinks

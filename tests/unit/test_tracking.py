@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from daemon.cameras import Frame, FrameQueues
+from daemon.camera_frames import Frame, FrameQueues
 from daemon.config import Config
 from daemon.config_file import parse_config
 from daemon.config_pipeline import TrackingConfig

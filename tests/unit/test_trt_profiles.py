@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 import pytest
 
-from daemon.cameras import Frame
+from daemon.camera_frames import Frame
 from daemon.config import WARM_UP_HW, plan_request
 from daemon.config_file import parse_config
 from daemon.events import EventSinks
