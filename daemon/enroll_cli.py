@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from daemon import gallery_cli
+from daemon import gallery_calibrate, gallery_choice
 from daemon.archive_files import archive_level
 from daemon.cli_args import number
 from daemon.detect_cli import progress_wanted
@@ -213,7 +213,7 @@ def _check_gallery(path: Path, net: FaceNet) -> Enrolled:
 def _gates(args: argparse.Namespace) -> QualityGates:
     """The options' gates; a face must score what the daemon needs to see it (its --config's
     detection.thresholds, else the detector's defaults)."""
-    config = gallery_cli.daemon_config(args)
+    config = gallery_choice.daemon_config(args)
     return QualityGates(
         args.min_face_px,
         args.min_sharpness,
@@ -231,14 +231,14 @@ def run_enroll(args: argparse.Namespace) -> int:
     except (ValueError, EngineError) as exc:
         print_error(str(exc))
         return 2
-    gallery_path = gallery_cli.gallery_path(args)
+    gallery_path = gallery_choice.gallery_path(args)
     gates = _gates(args)
     try:
         enrolled = _check_gallery(gallery_path, models.facenet)
     except GalleryError as exc:
         print_error(str(exc))
         return 1
-    recognition = gallery_cli.daemon_recognition(args)
+    recognition = gallery_choice.daemon_recognition(args)
     if recognition is not None and recognition.threshold is not None:
         enrolled.default = recognition.threshold  # the daemon matches with it, as identify
     show = progress_wanted(args) and len(jobs) > 1
@@ -283,7 +283,7 @@ def _finish(
         _say_daemon_reads_it(args.config, gallery_path, tally.cameras)
     if tally.added and (recognition is None or recognition.threshold is None):
         # (the daemon matches with the config's recognition.threshold when it sets one)
-        gallery_cli.warn_uncalibrated(gallery_path, run.models.facenet.meta.extra)
+        gallery_calibrate.warn_uncalibrated(gallery_path, run.models.facenet.meta.extra)
     if run.refused:
         print_error(_refused_message(run, len(jobs), jobs, args))
         return 1

@@ -22,7 +22,7 @@ from daemon.claims import claim
 from daemon.config import Config, ConfigError
 from daemon.events import open_jsonl
 from daemon.gallery import REENROLL, Gallery, GalleryError, shown_threshold
-from daemon.gallery_cli import uncalibrated
+from daemon.gallery_calibrate import uncalibrated
 from engines.base import EngineError, ModelMetadata
 from engines.facenet import (
     checked_metadata,
@@ -379,7 +379,7 @@ def _changed_model(model: Path, gallery: Path, enrolled_with: str, model_id: str
 def _threshold_warnings(config: Config) -> list[str]:
     """A gallery still at the threshold galleries started at before facewatch started them
     at the model's, which names strangers far more often (``outdated_threshold``), or one
-    grown large at its starting threshold (``gallery_cli.uncalibrated``: Serious where it
+    grown large at its starting threshold (``gallery_calibrate.uncalibrated``: Serious where it
     would name more than a fifth of strangers). Read at the start only, not at a reload."""
     path, model = Path(config.recognition.gallery), _model_file(config)
     if model is None or config.recognition.threshold is not None or not path.is_file():

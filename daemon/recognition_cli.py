@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from daemon import gallery_cli
+from daemon import gallery_calibrate, gallery_choice, gallery_cli
 from daemon.archive_files import VISIT_FILE
 from daemon.cli_args import number
 from daemon.config import Config, ConfigError
@@ -84,7 +84,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def add_model_options(p: argparse.ArgumentParser) -> None:
-    gallery_cli.add_gallery_option(p)
+    gallery_choice.add_gallery_option(p)
     p.add_argument(
         "--model",
         type=Path,
@@ -193,7 +193,7 @@ class Models:
 def load_models(args: argparse.Namespace) -> Models:
     """The detector and the FaceNet model, or EngineError with what to do. With --config the
     daemon's: its model, flip and engines (``EngineChoice.of_config``)."""
-    config = gallery_cli.daemon_config(args)  # --config: the daemon's models
+    config = gallery_choice.daemon_config(args)  # --config: the daemon's models
     if config is None:
         model, choice = args.model, _choice_of_args(args)
     else:
@@ -267,7 +267,7 @@ def photo_files(path: Path, suffixes: frozenset[str] = PHOTO_SUFFIXES) -> list[P
 
 def run_identify(args: argparse.Namespace) -> int:
     try:
-        config = gallery_cli.daemon_config(args)
+        config = gallery_choice.daemon_config(args)
         camera = None if args.camera is None else camera_named(config, args.camera)
         min_face = _min_face(config, camera)
         models = load_models(args)
@@ -275,8 +275,8 @@ def run_identify(args: argparse.Namespace) -> int:
         print_error(str(exc))
         return 2
     try:
-        gallery = Gallery.open(gallery_cli.gallery_path(args), models.facenet.model_id)
-        recognition = gallery_cli.daemon_recognition(args)
+        gallery = Gallery.open(gallery_choice.gallery_path(args), models.facenet.model_id)
+        recognition = gallery_choice.daemon_recognition(args)
         if recognition is not None:  # match as the daemon does
             gallery.threshold_override = recognition.threshold
         _warn_uncalibrated(gallery, models, camera)
@@ -324,13 +324,13 @@ def _min_face(config: Config | None, camera: CameraConfig | None) -> MinFace | N
 
 def _warn_uncalibrated(gallery: Gallery, models: Models, camera: CameraConfig | None) -> None:
     """Once, on stderr: the gallery is large and still at its starting threshold, where it
-    names many strangers (``gallery_cli.uncalibrated``), unless --config's or --camera's
+    names many strangers (``gallery_calibrate.uncalibrated``), unless --config's or --camera's
     threshold replaces it (identify named strangers as enrolled people without a word)."""
     if gallery.threshold_override is not None:
         return
     if camera is not None and camera.recognition.threshold is not None:
         return
-    warning = gallery_cli.uncalibrated(gallery, models.facenet.meta.extra)
+    warning = gallery_calibrate.uncalibrated(gallery, models.facenet.meta.extra)
     if warning is not None:
         print(f"warning: gallery {gallery.path}: {warning.text}", file=sys.stderr)
 
@@ -381,7 +381,7 @@ def _identify_files(
 
 def _identify_video(models: Models, gallery: Gallery, path: Path, args: argparse.Namespace) -> None:
     """The visits in a video, by the daemon's pipeline with its --config's settings."""
-    config = video_config(gallery_cli.daemon_config(args), path, args.fps, args.camera)
+    config = video_config(gallery_choice.daemon_config(args), path, args.fps, args.camera)
     identify_video(
         path, config, models.detector, models.facenet, gallery, args.json, progress_wanted(args)
     )
