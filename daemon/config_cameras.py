@@ -4,6 +4,7 @@ recognition settings, and the checks of a camera's name and URL."""
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -212,6 +213,24 @@ def _camera_key(name: str) -> str:
     return name.lower().replace("-", "_")
 
 
+IPV6_IN_BRACKETS = "an IPv6 address is written in brackets, the port after them: "
+
+
+def bare_ipv6(text: str) -> bool:
+    """Whether ``text`` (a URL's host and port) is an IPv6 address without its brackets,
+    alone or with a ``:PORT`` after it (fd00::10, fd00::5:554, ::1:9708); not a host or an
+    IPv4 address with one ':' too many (192.168.1.5:554:554)."""
+    if "[" in text or text.count(":") < 2:
+        return False
+    for address in (text, text.rpartition(":")[0]):
+        try:
+            ipaddress.IPv6Address(address)
+        except ValueError:
+            continue
+        return True
+    return False
+
+
 class CameraConfig(Section):
     name: str = Field(
         description="camera name: letters, digits, _ and - (1 to 64), not starting with -, with "
@@ -255,6 +274,8 @@ class CameraConfig(Section):
         scheme, found, _ = url.partition("://")
         if not found:
             # a camera's address without its scheme (192.168.1.50:554/stream, cam.lan:554/1)
+            if bare_ipv6(url.split("/", 1)[0]):  # fd00::5:554/stream
+                raise ValueError(f"no scheme, and {IPV6_IN_BRACKETS}rtsp://[fd00::10]:554/PATH")
             if (
                 re.fullmatch(r"[A-Za-z0-9.\-]+:[0-9]+(/.*)?", url)
                 or re.fullmatch(r"[0-9]+(\.[0-9]+){3}(/.*)?", url)
@@ -277,11 +298,8 @@ class CameraConfig(Section):
             netloc = rest.split("/", 1)[0]
             # (an @ after the first / only: a password holding a /, where the host is unknown)
             host = netloc.rpartition("@")[2] if "@" in netloc or "@" not in rest else ""
-            if host.count(":") > 1 and "[" not in host:  # rtsp://fd00::10:554/1
-                raise ValueError(
-                    "an IPv6 address is written in brackets, the port after them: "
-                    f"{scheme}://[fd00::10]:554/PATH"
-                ) from None
+            if bare_ipv6(host):  # rtsp://fd00::10:554/1
+                raise ValueError(f"{IPV6_IN_BRACKETS}{scheme}://[fd00::10]:554/PATH") from None
             why = "no port number after the host's ':'" if "Port" in str(exc) else str(exc)
             raise ValueError(f"cannot be read as a URL ({why}): {encode}") from None
         return url

@@ -20,6 +20,7 @@ from urllib.parse import SplitResult, urlsplit, urlunsplit
 from prometheus_client.parser import text_string_to_metric_families
 
 from daemon.config import CHOSEN_CONFIG, Config, ConfigError, running_config
+from daemon.config_cameras import bare_ipv6
 from daemon.config_file import load_config, redact_url, url_host
 from daemon.journal import print_error
 from daemon.metrics import DROPS_HIGH, drops_advice
@@ -202,8 +203,9 @@ def metrics_request(url: str) -> MetricsUrl:
         ok = False
     if not ok:
         host = url.partition("://")[2 if "://" in url else 0].split("/", 1)[0].rpartition("@")[2]
-        bare = host.count(":") > 1 and "[" not in host  # ::1:9708
-        hint = " (an IPv6 address in brackets: http://[::1]:9708/metrics)" if bare else ""
+        hint = (
+            " (an IPv6 address in brackets: http://[::1]:9708/metrics)" if bare_ipv6(host) else ""
+        )
         raise ValueError(f"--url {redact_url(url)}: expected http(s)://HOST:PORT/metrics{hint}")
     netloc = parts.netloc.rpartition("@")[2]
     plain = urlunsplit((parts.scheme, netloc, parts.path or "/metrics", parts.query, ""))

@@ -188,6 +188,7 @@ BRACKETS = "an IPv6 address is written in brackets, the port after them: rtsp://
     ("url", "expected"),
     [
         ("[fd00::5]:554/stream", "no scheme: did you mean rtsp://[fd00::5]:554/stream ?"),
+        ("fd00::5:554/stream", "no scheme, and " + BRACKETS),
         ("rtsp://fd00::5:554/stream", BRACKETS),
         ("rtsp://viewer:pw@fd00::5/1", BRACKETS),
     ],
@@ -199,6 +200,14 @@ def test_a_camera_at_an_ipv6_address_is_told_how_to_write_it(url, expected) -> N
     with pytest.raises(ConfigError, match=re.escape(f"(door).url: {expected}")) as error:
         parse_config({"cameras": [{"name": "door", "url": url}]})
     assert "pw" not in str(error.value)
+
+
+@pytest.mark.parametrize("url", ["rtsp://192.168.1.5:554:554/1", "rtsp://cam::554/1"])
+def test_a_port_written_twice_is_not_taken_for_an_ipv6_address(url) -> None:
+    """A host or an IPv4 address with a ':' too many is no IPv6 address: no brackets said."""
+    with pytest.raises(ConfigError, match="no port number after the host's ':'") as error:
+        parse_config({"cameras": [{"name": "door", "url": url}]})
+    assert "IPv6" not in str(error.value)
 
 
 @pytest.mark.parametrize("url", ["htp://10.0.0.2/cam", "rstp://u:pw@cam.lan/1", "ftp://x/y"])

@@ -552,6 +552,15 @@ def test_status_at_an_ipv6_address_without_brackets_says_to_add_them(url, capsys
     )
 
 
+@pytest.mark.parametrize("url", ["cam:1:2", "http://10.0.0.5:9708:9708/metrics"])
+def test_status_at_a_host_with_a_colon_too_many_is_not_told_about_ipv6(url, capsys) -> None:
+    from daemon.cli import main
+
+    assert main(["status", "--url", url]) == 2
+    said = capsys.readouterr().err
+    assert f"--url {url}: expected http(s)://HOST:PORT/metrics" in said and "IPv6" not in said
+
+
 def test_whether_an_rtsp_camera_answers_is_asked_with_options_and_any_answer_will_do() -> None:
     """Before OpenCV opens a stream (under a lock every camera's open needs) the camera is
     asked whether it answers at all. With OPTIONS: a DESCRIBE sets up the stream, which an
