@@ -62,7 +62,9 @@ def claim(
     system without locks (some NFS, FUSE): a warning, and the file all the same. A link
     there is refused, never followed (run as root, the file it points at would be
     emptied)."""
-    linked = OSError(errno.EPERM, "a link, not a plain file: remove it", str(lock_file))
+    linked = OSError(
+        errno.EPERM, "not a plain file of its own (a link, a FIFO...): remove it", str(lock_file)
+    )
     try:
         fd = os.open(lock_file, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     except OSError as exc:

@@ -1181,7 +1181,7 @@ def test_archive_prune_never_follows_a_link_planted_as_the_archives_lock(tmp_pat
     precious.write_text("root:secret\n")
     (root / "archive.lock").symlink_to(precious)
     assert main(["archive", "prune", "--dir", str(root), "--keep-days", "1"]) == 1
-    assert "a link, not a plain file: remove it" in capsys.readouterr().err
+    assert "not a plain file of its own (a link, a FIFO...): remove it" in capsys.readouterr().err
     (root / "archive.lock").unlink()
     os.link(precious, root / "archive.lock")  # (a hard link, where the system allows one)
     assert main(["archive", "prune", "--dir", str(root), "--keep-days", "1"]) == 1

@@ -231,12 +231,17 @@ def test_a_lock_whose_holder_has_not_written_its_pid_yet_is_waited_for_silently(
     lock = tmp_path / "archive.lock"
     said: list[str] = []
     held = _held_lock(lock, "")
+    started = time.monotonic()
     try:
         with pytest.raises(claims.Busy) as busy:
             claims.claim(lock, "archive.dir", "archive prune", 5.0, said.append)
     finally:
         os.close(held)
+    assert time.monotonic() - started >= 0.2, "refused before the pid could be written"
     assert busy.value.pid is None and said == []
+
+
+NOT_PLAIN = "not a plain file of its own (a link, a FIFO...): remove it"
 
 
 def test_a_lock_file_is_owner_only_and_a_fifo_planted_there_is_refused(tmp_path) -> None:
@@ -250,7 +255,7 @@ def test_a_lock_file_is_owner_only_and_a_fifo_planted_there_is_refused(tmp_path)
     assert stat.S_IMODE(lock.stat().st_mode) == 0o600
     planted = tmp_path / "planted.lock"
     os.mkfifo(planted)
-    with pytest.raises(OSError, match="a link, not a plain file: remove it"):
+    with pytest.raises(OSError, match=re.escape(NOT_PLAIN)):
         claims.claim(planted, "state folder")
 
 
