@@ -17,17 +17,10 @@ import numpy as np
 from tqdm import tqdm
 
 from daemon.archive_files import VISIT_FILE, image_faces
+from daemon.calibration import UNLIKE_FACTOR, split_visit, unlike_faces
 from daemon.gallery import shown_threshold
 from daemon.low_light import DARK_P99, is_dark
-from daemon.recognition import (
-    UNLIKE_FACTOR,
-    QualityGates,
-    Rejected,
-    face_at,
-    largest_note,
-    split_visit,
-    unlike_faces,
-)
+from daemon.recognition import QualityGates, Rejected, face_at, largest_note
 from daemon.recognition_cli import Models
 from daemon.stream_probe import peer_text
 from engines.base import file_sha256

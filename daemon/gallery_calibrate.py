@@ -14,11 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from daemon.config import Config
-from daemon.gallery import DEFAULT_THRESHOLD, Gallery, GalleryError, shown_threshold
-from daemon.gallery_choice import daemon_config, gallery_path
-from daemon.journal import print_error
-from daemon.recognition import (
+from daemon.calibration import (
     MAX_STORED_FRR,
     Calibration,
     ClosePeople,
@@ -26,6 +22,10 @@ from daemon.recognition import (
     closest_people,
     strangers_named,
 )
+from daemon.config import Config
+from daemon.gallery import DEFAULT_THRESHOLD, Gallery, GalleryError, shown_threshold
+from daemon.gallery_choice import daemon_config, gallery_path
+from daemon.journal import print_error
 from engines.facenet import starting_threshold
 
 # from this many enrolled faces, a gallery at its starting threshold is worth calibrating
@@ -45,7 +45,7 @@ QUIET_SHARE = 0.02
 @dataclass(frozen=True)
 class Uncalibrated:
     """A gallery grown large at its starting threshold: what to tell the user, and the share
-    of strangers it would name (``recognition.strangers_named``)."""
+    of strangers it would name (``calibration.strangers_named``)."""
 
     text: str
     share: float

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon import forget, gallery_export
+from daemon.calibration import DEFAULT_TARGET_FAR, MAX_STORED_FRR
 from daemon.cli_args import number
 from daemon.config import ConfigError
 from daemon.gallery import Gallery, GalleryError, check_threshold, remove_created, shown_threshold
@@ -26,7 +27,6 @@ from daemon.gallery_choice import add_gallery_option, daemon_config, gallery_pat
 from daemon.gallery_names import twin_key
 from daemon.gallery_read import Identity
 from daemon.journal import print_error
-from daemon.recognition import DEFAULT_TARGET_FAR, MAX_STORED_FRR
 from engines.base import file_sha256
 from engines.image_files import folder_files
 

@@ -20,11 +20,11 @@ import pytest
 
 from daemon import gallery as gallery_module
 from daemon import gallery_export, gallery_write
+from daemon.calibration import calibrate, look_alikes
 from daemon.events import person_key
 from daemon.gallery import DEFAULT_THRESHOLD, Gallery, GalleryError
 from daemon.gallery_file import file_stamp
 from daemon.gallery_write import Enrollment
-from daemon.recognition import calibrate, look_alikes
 
 MODEL = "facenet-test@sha256:0123456789abcdef"
 D = 8
@@ -472,7 +472,7 @@ def test_the_share_of_strangers_a_gallery_names_is_measured_on_its_own_faces() -
     """The uncalibrated gallery's warning says how many strangers it would name: each face
     taken as a stranger's is named after its nearest face of anyone else, at that person's
     threshold (a strict one of their own holds); past ``probes`` faces, a sample says it."""
-    from daemon.recognition import strangers_named
+    from daemon.calibration import strangers_named
 
     rng = np.random.default_rng(3)
     vectors, owners = _people(100, 2)
@@ -503,7 +503,7 @@ def test_calibrates_close_people_are_listed_without_a_burden_at_thousands_of_peo
     pairs are gathered: one person enrolled twice first, then the closest, and the count."""
     import tracemalloc
 
-    from daemon.recognition import closest_people
+    from daemon.calibration import closest_people
 
     rng = np.random.default_rng(2)
     vectors, owners = _people(1500, 2)  # p{k}: faces 2k and 2k+1
