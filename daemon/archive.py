@@ -49,7 +49,7 @@ from daemon.archive_files import (
 from daemon.config_outputs import ArchiveConfig
 from daemon.events import person_key, region_xyxy, to_jpeg
 from daemon.recognition import Aligner, FaceRating, rate_face, reference_crop
-from daemon.tracking import Track, TrackEvent
+from daemon.tracks import Track, TrackEvent
 from engines.base import sync_folder
 
 logger = logging.getLogger(__name__)

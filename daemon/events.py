@@ -28,7 +28,7 @@ import numpy as np
 from daemon import metrics
 from daemon.journal import Outage
 from daemon.spool import Spool
-from daemon.tracking import TrackEvent
+from daemon.tracks import TrackEvent
 
 logger = logging.getLogger(__name__)
 

@@ -35,7 +35,8 @@ from daemon.gallery_file import GalleryBusy, file_stamp
 from daemon.gallery_open import came_and_went, open_gallery, threshold_said
 from daemon.recognition import frontal_offset
 from daemon.still_faces import STILL_FACE_S, StillFaces
-from daemon.tracking import Rematch, Track, Tracker, TrackEvent
+from daemon.tracking import Rematch, Tracker
+from daemon.tracks import Track, TrackEvent
 from engines.boxes import iou_matrix, points_in_polygon
 from engines.facenet import FaceNet
 from engines.mtcnn import MTCNN, FrameDetections

@@ -31,7 +31,7 @@ from daemon.config_outputs import ArchiveConfig
 from daemon.events import face_region, person_key
 from daemon.preflight import check
 from daemon.recognition import MIN_FACE_SCORE, rate_face
-from daemon.tracking import Track, TrackEvent
+from daemon.tracks import Track, TrackEvent
 from engines.base import EngineError
 from engines.boxes import iou_matrix
 from tests.conftest import REPO

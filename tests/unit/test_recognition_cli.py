@@ -1111,7 +1111,7 @@ def test_the_archives_enrollable_count_is_what_enroll_takes_from_its_images(
     from daemon.archive import FaceArchive
     from daemon.config_outputs import ArchiveConfig
     from daemon.recognition import QualityGates, Rejected
-    from daemon.tracking import Track, TrackEvent
+    from daemon.tracks import Track, TrackEvent
     from engines.detectors import load_facenet
 
     facenet = load_facenet(shipped_model, threads=2)
@@ -1357,7 +1357,7 @@ def clip_visits(detector, tmp_path_factory) -> dict[str, Path]:
     him (2), as a track does when one person takes another's place."""
     from daemon.archive import FaceArchive
     from daemon.config_outputs import ArchiveConfig
-    from daemon.tracking import Track, TrackEvent
+    from daemon.tracks import Track, TrackEvent
 
     root = tmp_path_factory.mktemp("clip-archive") / "archive"
     archive = FaceArchive(ArchiveConfig(dir=str(root), which="all"), "node", "m-1")

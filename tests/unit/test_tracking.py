@@ -1321,7 +1321,7 @@ def test_a_jittery_box_does_not_stop_a_walking_face_and_a_turn_back_does() -> No
     detector's box, not the face): its velocity goes on (any move back zeroed it, and the
     track, predicting nothing for 3 frames, lost the walker in a synthetic scene); a face
     that turns back by a fifth of its width (a lean coming back) has none."""
-    from daemon.tracking import Track
+    from daemon.tracks import Track
 
     def walked(steps: list[float]) -> Track:
         track = Track(1, np.array(box_at(100, 300), np.float32), np.zeros((5, 2)), 0.0, 0.0)
