@@ -29,7 +29,8 @@ import paho.mqtt.client as paho
 
 from daemon import metrics
 from daemon.journal import Outage
-from daemon.spool import Backlog, Message, Spool, as_owner
+from daemon.spool import Spool
+from daemon.spool_messages import Backlog, Message, as_owner
 
 logger = logging.getLogger("daemon.mqtt")
 

@@ -24,7 +24,8 @@ from daemon.config_file import url_host
 from daemon.config_outputs import MqttConfig, TlsConfig
 from daemon.journal import Outage
 from daemon.mqtt_tls import RenewableContext
-from daemon.spool import Spool, topic_node
+from daemon.spool import Spool
+from daemon.spool_messages import topic_node
 
 logger = logging.getLogger("daemon.mqtt")
 

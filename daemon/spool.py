@@ -20,231 +20,47 @@ that finds it empty.
 from __future__ import annotations
 
 import contextlib
-import errno
-import json
 import logging
 import os
-import pwd
 import shlex
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
-from datetime import datetime
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from daemon.claims import claim, machine_id
+from daemon.spool_messages import (
+    MESSAGE_COLUMNS,
+    Backlog,
+    Message,
+    _backlog_of,
+    _message,
+    _text,
+    as_owner,
+)
+from daemon.spool_sqlite import (
+    MESSAGES_TABLE,
+    PAGE_SIZE,
+    STATE_TABLE,
+    _autoincrement,
+    _check_tables,
+    _damaged,
+    _old_layout,
+    _unusable,
+)
 
 logger = logging.getLogger(__name__)
 
 SPOOL_FILE = "mqtt-spool.sqlite"
-SQLITE_IOERR, SQLITE_CORRUPT, SQLITE_FULL, SQLITE_NOTADB = 10, 11, 13, 26
 SHRINK_ABOVE_BYTES = 8 << 20  # an empty spool's file larger than this is vacuumed
 # a drained spool's write-ahead log is emptied at most this often: it holds the messages sent
 # (events, face snapshots) until then, also after a crash
 TIDY_EVERY_S = 60.0
 WAL_LIMIT_BYTES = 1 << 20  # what an emptied WAL file keeps of its size
-MAX_TS = 253402300799.0  # 9999-12-31: an event time beyond is none to show
-PAGE_SIZE = 1024  # an event (~0.5 KB) fits in one page; a face snapshot spans a few
-# Without AUTOINCREMENT a new message's id is the highest id + 1, so the oldest is still the
-# lowest id. An id is used again only once every message from it up was deleted, and only
-# the publisher deletes the newest (a full spool drops the oldest): it holds no id it deleted.
-MESSAGES_TABLE = (
-    "CREATE TABLE IF NOT EXISTS {name} (id INTEGER PRIMARY KEY, topic TEXT NOT NULL, "
-    "payload BLOB NOT NULL, qos INTEGER NOT NULL, retain INTEGER NOT NULL, kind TEXT NOT NULL)"
-)
-STATE_TABLE = "CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
-COLUMNS = {  # what each table must have, in this order (the rebuild copies rows as they are)
-    "messages": ("id", "topic", "payload", "qos", "retain", "kind"),
-    "state": ("key", "value"),
-}
-# a message's row as it is read: text as bytes (decoded here, so that a damaged topic is one
-# unreadable message, not an error that stops every read)
-MESSAGE_COLUMNS = "id, CAST(topic AS BLOB), CAST(payload AS BLOB), qos, retain, CAST(kind AS BLOB)"
 T = TypeVar("T")
-
-
-# SQLite's own words for its result codes (Python 3.10's exceptions carry no code)
-_MESSAGES = {
-    "disk i/o error": SQLITE_IOERR,
-    "malformed": SQLITE_CORRUPT,
-    "database or disk is full": SQLITE_FULL,
-    "file is not a database": SQLITE_NOTADB,
-}
-
-
-def _code(exc: sqlite3.Error) -> int:
-    """SQLite's primary result code of ``exc`` (0 when it cannot be told)."""
-    code = getattr(exc, "sqlite_errorcode", None)  # Python 3.11 and later
-    if code is not None:
-        return int(code) & 0xFF
-    text = str(exc).lower()
-    return next((value for words, value in _MESSAGES.items() if words in text), 0)
-
-
-class WrongTables(sqlite3.DatabaseError):
-    """A spool whose tables are not those facewatch makes (an old or hand-made one)."""
-
-
-def _damaged(exc: sqlite3.Error) -> bool:
-    """Whether ``exc`` says the spool file is damaged (it is moved aside for a new one), not
-    that its disk is full or failing (that is waited out)."""
-    if isinstance(exc, WrongTables):
-        return True
-    return isinstance(exc, sqlite3.DatabaseError) and _code(exc) in (SQLITE_CORRUPT, SQLITE_NOTADB)
-
-
-def _unusable(path: Path, exc: OSError | sqlite3.Error) -> OSError:
-    """Why the spool cannot be opened, as an OSError whose errno says whether waiting may
-    help (a full disk, an I/O error: ENOSPC, EIO) or someone must act (the rest)."""
-    if isinstance(exc, OSError):
-        number, said = exc.errno, exc.strerror or str(exc)
-    else:
-        number = {SQLITE_FULL: errno.ENOSPC, SQLITE_IOERR: errno.EIO}.get(_code(exc))
-        said = str(exc)
-    if number not in (errno.ENOSPC, errno.EIO) and _full(path.parent):
-        number, said = errno.ENOSPC, f"{said} (its disk is full)"  # SQLite: 'cannot open'
-    return OSError(number, f"MQTT spool {path}: cannot open: {said}")
-
-
-def _full(folder: Path) -> bool:
-    """No block or no inode left for a new file in ``folder`` (or the nearest that exists)."""
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    try:
-        disk = os.statvfs(folder)
-    except OSError:
-        return False
-    return disk.f_bavail == 0 or (disk.f_files > 0 and disk.f_favail == 0)
-
-
-def _autoincrement(db: sqlite3.Connection) -> bool:
-    """The messages table an older facewatch made: AUTOINCREMENT ids."""
-    row = db.execute("SELECT sql FROM sqlite_master WHERE name = 'messages'").fetchone()
-    return "AUTOINCREMENT" in str(row[0]).upper()
-
-
-def _check_tables(db: sqlite3.Connection) -> None:
-    """WrongTables when a table lacks a column facewatch reads or writes (a table of an
-    older or hand-made spool that ``CREATE TABLE IF NOT EXISTS`` kept)."""
-    for table, expected in COLUMNS.items():
-        found = tuple(str(row[1]) for row in db.execute(f"PRAGMA table_info({table})"))
-        if found != expected:
-            raise WrongTables(
-                f"its table {table} has the columns ({', '.join(found)}), not "
-                f"({', '.join(expected)})"
-            )
-
-
-def _old_layout(db: sqlite3.Connection) -> bool:
-    """A spool an older facewatch made: 4 KB pages, or AUTOINCREMENT ids."""
-    page_size = int(db.execute("PRAGMA page_size").fetchone()[0])
-    return page_size != PAGE_SIZE or _autoincrement(db)
-
-
-def topic_node(topic: str) -> str:
-    """The ``PREFIX/NODE`` a spooled message's topic names: the part before
-    ``/events/CAMERA`` or ``/snapshots/CAMERA/EVENT_ID`` (the topic itself when neither)."""
-    levels = topic.split("/")
-    if len(levels) >= 4 and levels[-2] == "events":
-        return "/".join(levels[:-2])
-    if len(levels) >= 5 and levels[-3] == "snapshots":
-        return "/".join(levels[:-3])
-    return topic
-
-
-@dataclass(frozen=True)
-class Backlog:
-    """Some of the spooled messages, for the log: how many, for which nodes, of when."""
-
-    count: int
-    nodes: tuple[str, ...]  # the PREFIX/NODE their topics name
-    first_ts: float | None  # the frame times of the oldest and newest event among them
-    last_ts: float | None
-
-    def when(self) -> str:
-        """`` (events of 2025-05-01 14:03 to 2025-05-02 09:12)`` in local time, or nothing
-        when no event among them says when it was seen."""
-        if self.first_ts is None or self.last_ts is None:
-            return ""
-        first, last = (_local(ts) for ts in (self.first_ts, self.last_ts))
-        return f" (events of {first}" + ("" if last == first else f" to {last}") + ")"
-
-
-def _local(ts: float) -> str:
-    """A time as the log's reminders say it, ``2025-05-01 14:03``."""
-    return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M")
-
-
-def as_owner() -> str:
-    """``sudo -u USER `` for a command on the daemon's files (SQLite files root made beside
-    the spool's would keep the daemon out), or nothing when it runs as root."""
-    uid = os.geteuid()
-    if uid == 0:
-        return ""
-    try:
-        return f"sudo -u {pwd.getpwuid(uid).pw_name} "
-    except KeyError:  # (a container's user without a name)
-        return f"sudo -u '#{uid}' "
-
-
-def _frame_ts(payload: bytes) -> float | None:
-    """An event's ``frame_ts``, or None when the payload has none (damaged, another version)."""
-    try:
-        ts = json.loads(payload).get("frame_ts")
-    except (ValueError, AttributeError):
-        return None
-    if not isinstance(ts, (int, float)) or not 0 < ts < MAX_TS:  # (NaN too)
-        return None  # (a time that cannot be shown: milliseconds, a hand edit)
-    return float(ts)
-
-
-def _backlog_of(rows: Iterable[tuple[Any, Any]]) -> Backlog:
-    """The Backlog of (topic, payload of an event or None) rows, topics read as BLOB."""
-    nodes: set[str] = set()
-    count, times = 0, []
-    for topic, payload in rows:
-        count += 1
-        nodes.add(topic_node(_text(topic)))
-        ts = _frame_ts(payload) if isinstance(payload, bytes) else None
-        if ts is not None:
-            times.append(ts)
-    return Backlog(count, tuple(sorted(nodes)), min(times, default=None), max(times, default=None))
-
-
-@dataclass(frozen=True)
-class Message:
-    row_id: int
-    topic: str
-    payload: bytes
-    qos: int
-    retain: bool
-    kind: str  # "event" (JSON that gets its publish time) or "raw"
-    unreadable: str | None = None  # why its row cannot be read (damaged): nothing else holds
-    generation: int = 0  # the spool file it was read from (Spool.generation)
-
-
-def _message(row: tuple[Any, ...]) -> Message:
-    """A row read with MESSAGE_COLUMNS; ValueError or TypeError when a value is not what
-    facewatch wrote (a topic that is no UTF-8, a value where none can be)."""
-    row_id, topic, payload, qos, retain, kind = row
-    return Message(
-        int(row_id),
-        bytes(topic).decode(),
-        bytes(payload),
-        int(qos),
-        bool(retain),
-        bytes(kind).decode(),
-    )
-
-
-def _text(value: object) -> str:
-    """A value read as BLOB, as text for the log (bytes that are no UTF-8 as ``\\xe5``)."""
-    return (
-        bytes(value).decode(errors="backslashreplace") if isinstance(value, bytes) else str(value)
-    )
 
 
 class Spool:

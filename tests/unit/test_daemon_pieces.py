@@ -144,20 +144,20 @@ def test_a_drained_spool_keeps_no_sent_message_in_its_wal(tmp_path) -> None:
 def test_sqlite_errors_are_told_apart_without_their_codes_too() -> None:
     """Python 3.10 (JetPack 6's) gives no sqlite_errorcode: SQLite's words tell the damaged
     spool to set aside and the full disk to wait for."""
-    from daemon import spool as spool_module
+    from daemon import spool_sqlite
 
     for words, code in [
-        ("database disk image is malformed", spool_module.SQLITE_CORRUPT),
-        ("file is not a database", spool_module.SQLITE_NOTADB),
-        ("database or disk is full", spool_module.SQLITE_FULL),
-        ("disk I/O error", spool_module.SQLITE_IOERR),
+        ("database disk image is malformed", spool_sqlite.SQLITE_CORRUPT),
+        ("file is not a database", spool_sqlite.SQLITE_NOTADB),
+        ("database or disk is full", spool_sqlite.SQLITE_FULL),
+        ("disk I/O error", spool_sqlite.SQLITE_IOERR),
         ("no such table: x", 0),
     ]:
-        assert spool_module._code(sqlite3.DatabaseError(words)) == code, words
+        assert spool_sqlite._code(sqlite3.DatabaseError(words)) == code, words
     # Python 3.11 and later: the extended code (SQLITE_IOERR_WRITE: an I/O error to wait out)
     write_failed = sqlite3.OperationalError("disk I/O error")
     write_failed.sqlite_errorcode = 778  # type: ignore[attr-defined]
-    assert spool_module._code(write_failed) == spool_module.SQLITE_IOERR
+    assert spool_sqlite._code(write_failed) == spool_sqlite.SQLITE_IOERR
 
 
 def test_a_spool_in_use_by_another_daemon_is_refused(tmp_path) -> None:
@@ -4369,7 +4369,7 @@ def test_a_spooled_event_time_beyond_any_date_is_shown_as_none() -> None:
     """A stray spooled event with a time in milliseconds (or a hand edit): the start's
     warning about the spool's other-node messages crashed on it (year 57887 is out of
     range); such a time is no time to show."""
-    from daemon.spool import _frame_ts
+    from daemon.spool_messages import _frame_ts
 
     assert _frame_ts(b'{"frame_ts": 1764600000.5}') == 1764600000.5
     for bad in (b'{"frame_ts": 1764600000500}', b'{"frame_ts": NaN}', b'{"frame_ts": -1}'):
