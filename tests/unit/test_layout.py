@@ -100,6 +100,17 @@ def test_the_engines_package_names_every_backend():
     assert [b for b in BACKENDS if f"``{b}``" not in engines.__doc__] == []
 
 
+def test_the_config_takes_every_backend_the_engines_have() -> None:
+    """The config's `engines.backend` is a list of its own (a type, for the schema and its
+    error message): a backend added to the engines is one a config can choose."""
+    from typing import get_args
+
+    from daemon.config_pipeline import EnginesConfig
+    from engines.loader import BACKENDS
+
+    assert sorted(get_args(EnginesConfig.model_fields["backend"].annotation)) == sorted(BACKENDS)
+
+
 def test_daemon_imports_no_training_and_no_torch():
     modules = modules_of("daemon")
     assert "daemon.cli" in modules and "daemon.gallery" in modules
