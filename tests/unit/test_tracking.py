@@ -908,7 +908,7 @@ def test_a_face_just_past_lost_after_s_starts_its_own_visit_between_expiries() -
     track: his visit lasted 2 s longer, carrying another person's face, and theirs began late
     (a file camera's loop did it in the demo). His `left` comes at his last frame, and the
     face starts its own visit. A camera that sent nothing meanwhile (a stall) still keeps
-    its tracks for the face back in view (test_daemon_pieces: a short stall)."""
+    its tracks for the face back in view (test_scheduler: a short stall)."""
     config = parse_config(
         {"cameras": [{"name": "door", "url": "door.mp4"}], "recognition": {"model": None}}
     )
