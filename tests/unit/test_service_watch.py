@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -339,4 +340,6 @@ def test_a_daemon_paused_and_resumed_is_not_taken_for_a_stalled_one(monkeypatch,
     with caplog.at_level("INFO", logger="daemon.service"):
         daemon._serve(scheduler)  # type: ignore[arg-type]
     assert not daemon.stalled
-    assert "resumed after 0.3 s paused" in caplog.text
+    # (0.3 s frozen, and on a loaded machine a little more before the loop looks)
+    paused = re.search(r"resumed after ([0-9.]+) s paused", caplog.text)
+    assert paused is not None and 0.3 <= float(paused.group(1)) < 1.5, caplog.text
