@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench_daemon import CACHE, out_argument, stop_on_sigterm  # noqa: E402  (bench/, the script's folder)
-from bench_mtcnn import machine_busy_s  # noqa: E402
+from measure import machine_busy_s  # noqa: E402
 
 from tests.integration.services import (  # noqa: E402
     PEOPLE,

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from bench_mtcnn import machine_summary, run_measured  # bench/, the script's folder
+from measure import machine_summary, run_measured  # bench/, the script's folder
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))

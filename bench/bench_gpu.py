@@ -38,7 +38,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "bench")]
 
-import bench_mtcnn as bm  # noqa: E402  (clips, decoding and matching shared with the CPU bench)
+import mtcnn_clips  # noqa: E402  (clips, decoding and settings shared with the CPU bench)
+
+from engines.boxes import greedy_match  # noqa: E402
 
 Detect = Callable[[list[np.ndarray]], list[tuple[np.ndarray, np.ndarray]]]
 
@@ -55,9 +57,9 @@ def reference_mtcnn(device: str) -> Detect:
 
     mtcnn = MTCNN(
         keep_all=True,
-        min_face_size=bm.MIN_FACE_SIZE,
-        thresholds=list(bm.THRESHOLDS),
-        factor=bm.SCALE_FACTOR,
+        min_face_size=mtcnn_clips.MIN_FACE_SIZE,
+        thresholds=list(mtcnn_clips.THRESHOLDS),
+        factor=mtcnn_clips.SCALE_FACTOR,
         post_process=False,
         device=device,
     )
@@ -82,9 +84,9 @@ def facewatch_mtcnn(models: Path, backend: str, env: dict[str, str], lanes: int)
         backend=backend,
         threads=lanes,
         lanes=lanes,
-        min_face_size=bm.MIN_FACE_SIZE,
-        thresholds=bm.THRESHOLDS,
-        scale_factor=bm.SCALE_FACTOR,
+        min_face_size=mtcnn_clips.MIN_FACE_SIZE,
+        thresholds=mtcnn_clips.THRESHOLDS,
+        scale_factor=mtcnn_clips.SCALE_FACTOR,
     )
     for key in env:
         os.environ.pop(key, None)
@@ -111,7 +113,7 @@ def time_batches(detect: Detect, frames: list[np.ndarray], batch: int) -> tuple[
 def agreement(ref: list, ours: list) -> str:
     matched = total = extra = 0
     for (rb, _), (ob, _) in zip(ref, ours, strict=True):
-        pairs = bm.greedy_match(np.asarray(rb).reshape(-1, 4), np.asarray(ob).reshape(-1, 4), 0.9)
+        pairs = greedy_match(np.asarray(rb).reshape(-1, 4), np.asarray(ob).reshape(-1, 4), 0.9)
         matched, total, extra = matched + len(pairs), total + len(rb), extra + len(ob) - len(pairs)
     return f"{matched}/{total}" + (f" (+{extra})" if extra else "")
 
@@ -170,7 +172,7 @@ def tensorrt_mtcnn(models: Path, camera_hw: tuple[int, int], batch: int, precisi
 def bench_mtcnn(args: argparse.Namespace, models: Path) -> list[dict[str, Any]]:
     rows = []
     for clip in args.clips.split(","):
-        frames = bm.decode_clip(args.data, clip, args.frames)
+        frames = mtcnn_clips.decode_clip(args.data, clip, args.frames)
         ref_found = None
         variants = mtcnn_variants(models, args.device)
         if args.device == "cuda" and tensorrt_available():
@@ -201,7 +203,7 @@ def bench_mtcnn(args: argparse.Namespace, models: Path) -> list[dict[str, Any]]:
 
 def profile_mtcnn(args: argparse.Namespace, models: Path) -> str:
     """cProfile of the fp16 torch MTCNN on one batch of the first clip (after a warm-up)."""
-    frames = bm.decode_clip(args.data, args.clips.split(",")[0], args.batch)
+    frames = mtcnn_clips.decode_clip(args.data, args.clips.split(",")[0], args.batch)
     variants = mtcnn_variants(models, args.device)
     detect = variants.get("facewatch torch fp16 graphs", variants["facewatch torch fp32"])()
     detect(frames)
@@ -403,7 +405,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--data", type=Path, default=bm.DEFAULT_DATA)
+    p.add_argument("--data", type=Path, default=mtcnn_clips.DEFAULT_DATA)
     p.add_argument(
         "--models",
         type=Path,
@@ -432,7 +434,7 @@ def export_mtcnn_programs(folder: Path, data: Path) -> Path:
 
     for name in ("pnet", "rnet", "onet"):
         for suffix in (".onnx", ".json"):
-            shutil.copy(bm.DEFAULT_MODELS / f"{name}{suffix}", folder)
+            shutil.copy(mtcnn_clips.DEFAULT_MODELS / f"{name}{suffix}", folder)
     export_mtcnn(data / "weights" / "mtcnn", folder)
     return folder
 

@@ -27,288 +27,27 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
-import cv2
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from measure import machine_summary, run_measured  # noqa: E402
+from mtcnn_clips import CLIPS, DEFAULT_DATA, DEFAULT_MODELS  # noqa: E402  (bench/, the script's folder)
+from mtcnn_worker import run_worker  # noqa: E402
+
 from engines.boxes import greedy_match  # noqa: E402  (the work tree's engines)
 
-DEFAULT_DATA = REPO.parent / "shared" / "data"
-DEFAULT_MODELS = REPO / "models" / "mtcnn"
-
-# name -> (video relative to the data folder, resize_wh or None)
-CLIPS: dict[str, tuple[str, tuple[int, int] | None]] = {
-    "crowd_1080p": ("videos/crowd_1080p.mp4", None),
-    "crowd_720p": ("videos/crowd_1080p.mp4", (1280, 720)),
-    "hamilton_360p": ("videos/hamilton_360p.mp4", None),
-}
-MIN_FACE_SIZE = 20
-THRESHOLDS = (0.6, 0.7, 0.7)
-SCALE_FACTOR = 0.709
 AGREE_IOU = 0.9
-
-# One frame's detections: boxes (K,4) xyxy, scores (K,), landmarks (K,5,2).
-Detections = tuple[np.ndarray, np.ndarray, np.ndarray]
-Detector = Callable[[list[np.ndarray]], list[Detections]]
-VERSIONS: dict[str, str] = {"numpy": np.__version__, "opencv": cv2.__version__}
-
-
-# ---------------------------------------------------------------- worker side (one subprocess)
-
-
-def decode_clip(data: Path, clip: str, n_frames: int) -> list[np.ndarray]:
-    """The first n_frames BGR frames of a clip, resized with INTER_AREA where the clip says so."""
-    return list(iter_clip(data, clip, n_frames))
-
-
-def iter_clip(data: Path, clip: str, n_frames: int) -> Iterator[np.ndarray]:
-    """decode_clip one frame at a time."""
-    video, resize_wh = CLIPS[clip]
-    cap = cv2.VideoCapture(str(data / video))
-    if not cap.isOpened():
-        raise SystemExit(f"cannot open {data / video}")
-    for _ in range(n_frames):
-        ok, frame = cap.read()
-        if not ok:
-            break
-        if resize_wh is not None:
-            frame = cv2.resize(frame, resize_wh, interpolation=cv2.INTER_AREA)
-        yield frame
-    cap.release()
-
-
-def reference_detector(threads: int) -> Detector:
-    """facenet-pytorch's MTCNN on CPU; the BGR->RGB copy is part of each timed call."""
-    import torch
-    import torchvision
-    from facenet_pytorch import MTCNN
-
-    VERSIONS.update(torch=torch.__version__, torchvision=torchvision.__version__)
-    torch.set_num_threads(threads)
-    torch.set_num_interop_threads(1)
-    mtcnn = MTCNN(
-        keep_all=True,
-        min_face_size=MIN_FACE_SIZE,
-        thresholds=list(THRESHOLDS),
-        factor=SCALE_FACTOR,
-        post_process=False,
-        device="cpu",
-    )
-
-    def detect(frames: list[np.ndarray]) -> list[Detections]:
-        rgb = [np.ascontiguousarray(bgr[:, :, ::-1]) for bgr in frames]
-        if len(rgb) == 1:
-            found = [mtcnn.detect(rgb[0], landmarks=True)]
-        else:  # facenet-pytorch batches frames of one size through each stage
-            found = list(zip(*mtcnn.detect(rgb, landmarks=True), strict=True))
-        out = []
-        for boxes, probs, points in found:
-            if boxes is None:
-                out.append((np.zeros((0, 4)), np.zeros(0), np.zeros((0, 5, 2))))
-            else:
-                out.append((np.asarray(boxes), np.asarray(probs, dtype=float), points))
-        return out
-
-    return detect
-
-
-def facewatch_detector(
-    models: Path, threads: int, border: str | None, backend: str | None, lanes: int | None
-) -> Detector:
-    """facewatch's MTCNN (default backend and lanes unless told otherwise); takes BGR frames
-    as they come from OpenCV."""
-    sys.path.insert(0, str(REPO))
-    import onnxruntime
-
-    from engines.detectors import load_detector
-    from engines.openvino_backend import import_openvino
-
-    openvino = import_openvino()
-
-    VERSIONS.update(onnxruntime=onnxruntime.__version__, openvino=openvino.__version__)
-
-    det = load_detector(
-        str(models),
-        **({"backend": backend} if backend else {}),
-        threads=threads,
-        lanes=lanes,
-        min_face_size=MIN_FACE_SIZE,
-        thresholds=THRESHOLDS,
-        scale_factor=SCALE_FACTOR,
-        **({"border": border} if border else {}),
-    )
-
-    def detect(frames: list[np.ndarray]) -> list[Detections]:
-        return [(r.bbox_xyxy, r.score, r.landmarks) for r in det.detect(frames)]
-
-    return detect
-
-
-def cpu_s(who: int = resource.RUSAGE_SELF) -> float:
-    """User + system CPU seconds of this process (or of its waited-for children)."""
-    usage = resource.getrusage(who)
-    return usage.ru_utime + usage.ru_stime
-
-
-def machine_busy_s() -> float | None:
-    """CPU seconds all the machine's cores have been busy since boot (/proc/stat: all but idle
-    and iowait; steal counts, another VM's use); None where there is no /proc/stat."""
-    try:
-        ticks = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-    except (OSError, ValueError):
-        return None
-    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
-
-
-# Over this, a run is not comparable: the 1-minute load average before the first worker, or
-# the cores other processes used on average while a worker ran.
-BUSY_LIMIT = 0.5
-
-
-def run_measured(cmd: list[str], env: dict[str, str] | None = None):
-    """Run a worker; returns (the finished process, what the machine did meanwhile): the
-    1-minute load average before it, its CPU seconds and wall seconds, and the cores that
-    other processes used on average while it ran (None without /proc/stat)."""
-    load = os.getloadavg()[0]
-    busy, children, start = machine_busy_s(), cpu_s(resource.RUSAGE_CHILDREN), time.monotonic()
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=False, env=env)
-    wall = time.monotonic() - start
-    worker_cpu = cpu_s(resource.RUSAGE_CHILDREN) - children
-    busy_after = machine_busy_s()
-    others = None
-    if busy is not None and busy_after is not None and wall > 0:
-        others = max(0.0, (busy_after - busy - worker_cpu) / wall)
-    machine = {
-        "load_1min_before": load,
-        "worker_cpu_s": worker_cpu,
-        "worker_wall_s": wall,
-        "others_cores": others,
-    }
-    return proc, machine
-
-
-def machine_summary(machines: list[dict]) -> list[str]:
-    """Lines under the results: the load the workers ran under, and a WARNING when others'
-    load was over BUSY_LIMIT (machines: each worker's, in the order they ran)."""
-    if not machines:
-        return []
-    loads = [m["load_1min_before"] for m in machines]
-    others = [m["others_cores"] for m in machines if m.get("others_cores") is not None]
-    lines = [
-        f"machine: 1-minute load average {loads[0]:.2f} before the first worker "
-        f"({min(loads):.2f}-{max(loads):.2f} before each, the previous workers' included); "
-        + (
-            f"other processes used {max(others):.2f} cores at most while a worker ran"
-            if others
-            else "no /proc/stat: what other processes used is not known"
-        )
-    ]
-    if loads[0] > BUSY_LIMIT or (others and max(others) > BUSY_LIMIT):
-        lines.append(
-            f"WARNING: the machine was not idle (over {BUSY_LIMIT} before the first worker or "
-            "beside one): these figures are not comparable. The reference's OpenMP threads "
-            "spin while they wait and slow down most under load, which inflates the speed-ups "
-            "(bench/README.md, 'Run them on an idle machine')."
-        )
-    return lines
-
-
-def max_rss_mb() -> float:
-    """Peak resident set size of this process so far, in MiB (ru_maxrss is KiB on Linux)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def time_detector(detect: Detector, frames: list[np.ndarray], args: argparse.Namespace):
-    """Warm up, then time frames[warmup:] in calls of `batch` frames, `repeat` times.
-
-    Returns (best fps over the repeats, every call's ms, the first pass's detections)."""
-    warmup, batch = args.warmup, args.batch
-    if batch == 1:
-        for frame in frames[:warmup]:
-            detect([frame])
-    else:  # one untimed call of the batch size that the timed calls use
-        detect([frames[i % len(frames)] for i in range(batch)])
-    timed = frames[warmup:]
-    calls_ms, detections, best_fps = [], [], 0.0
-    for rep in range(args.repeat):
-        start = time.perf_counter()
-        for i in range(0, len(timed), batch):
-            t0 = time.perf_counter()
-            out = detect(timed[i : i + batch])
-            calls_ms.append((time.perf_counter() - t0) * 1000)
-            if rep == 0:
-                detections.extend(out)
-        best_fps = max(best_fps, len(timed) / (time.perf_counter() - start))
-    return best_fps, calls_ms, detections
-
-
-def run_worker(args: argparse.Namespace) -> int:
-    """One implementation on one clip at one batch size; writes its result JSON to --result.
-
-    Before the timed run, a one-frame-per-call worker also runs --stream-frames frames as a
-    camera daemon would, each decoded just before it is detected, and notes its peak RSS
-    then, before the frames for the timing are decoded and held."""
-    if args.worker == "reference":
-        detect = reference_detector(args.threads)
-    else:
-        detect = facewatch_detector(
-            args.models, args.threads, args.border, args.backend, args.lanes
-        )
-    rss_loaded = max_rss_mb()
-    rss_stream = None
-    if args.batch == 1 and args.stream_frames > 0:
-        for frame in iter_clip(args.data, args.clip, args.stream_frames):
-            detect([frame])
-        rss_stream = max_rss_mb()
-    frames = decode_clip(args.data, args.clip, args.frames)
-    if len(frames) <= args.warmup:
-        raise SystemExit(f"{args.clip}: only {len(frames)} frames, need more than --warmup")
-    rss_decoded = max_rss_mb()
-    cpu_before = cpu_s()
-    fps, calls_ms, detections = time_detector(detect, frames, args)
-    timed_cpu_s = cpu_s() - cpu_before
-    result = {
-        "impl": args.worker,
-        "clip": args.clip,
-        "batch": args.batch,
-        "threads": args.threads,
-        "python": sys.executable,
-        "versions": VERSIONS,
-        "resolution_wh": [frames[0].shape[1], frames[0].shape[0]],
-        "frames_timed": len(frames) - args.warmup,
-        "repeat": args.repeat,
-        "fps": fps,
-        "call_ms_median": statistics.median(calls_ms),
-        "call_ms_max": max(calls_ms),
-        "cpu_ms_per_frame": timed_cpu_s * 1000 / ((len(frames) - args.warmup) * args.repeat),
-        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-        "rss_after_load_mb": rss_loaded,
-        "rss_stream_peak_mb": rss_stream,
-        "rss_after_decode_mb": rss_decoded,
-        "rss_peak_mb": max_rss_mb(),
-        "detections": [
-            {
-                "bbox_xyxy": np.asarray(b).tolist(),
-                "score": np.asarray(s).tolist(),
-                "landmarks": np.asarray(lm).tolist(),
-            }
-            for b, s, lm in detections
-        ],
-    }
-    Path(args.result).write_text(json.dumps(result))
-    return 0
+ROW_KEYS = ("reference", "ref_bB", "ours_b1", "ours_bB")  # a row's four workers
 
 
 # ---------------------------------------------------------------- comparison
@@ -452,35 +191,42 @@ def merge_rounds(results: list[dict]) -> dict:
     return merged
 
 
-def run_driver(args: argparse.Namespace) -> int:
-    rows = []
-    machines: list[dict] = []  # each worker's, in the order they ran
-    for clip in args.clips:
-        runs: dict[str, list[dict]] = {
-            key: [] for key in ("reference", "ref_bB", "ours_b1", "ours_bB")
-        }
-        plan = [
-            ("reference", "reference", 1),
-            ("ours_b1", "facewatch", 1),
-            ("ref_bB", "reference", args.batch),
-            ("ours_bB", "facewatch", args.batch),
-        ]
-        for _ in range(args.rounds):  # side by side, again and again
-            for key, impl, batch in plan:
-                runs[key].append(run_one(args, impl, clip, batch))
-                result = runs[key][-1]
-                machines.append(
-                    {"worker": f"{clip} {impl} b{batch}", **result["machine"]}
-                    | ({"failed": True} if "error" in result else {})
-                )
-        ref, b1 = merge_rounds(runs["reference"]), merge_rounds(runs["ours_b1"])
-        ref_bb, bb = merge_rounds(runs["ref_bB"]), merge_rounds(runs["ours_bB"])
-        row = {"clip": clip, "reference": ref, "ref_bB": ref_bb, "ours_b1": b1, "ours_bB": bb}
-        for key, ours in (("agree_b1", b1), ("agree_bB", bb)):
-            ok = "detections" in ref and "detections" in ours
-            row[key] = compare(ref["detections"], ours["detections"], args.warmup) if ok else None
-        rows.append(row)
-    print(table(rows, args.batch))
+def run_clip(args: argparse.Namespace, clip: str, machines: list[dict]) -> dict:
+    """One clip's row: its four workers, --rounds times side by side, merged, and their
+    agreement; each worker's machine figures are appended to ``machines`` as it ends."""
+    runs: dict[str, list[dict]] = {key: [] for key in ROW_KEYS}
+    plan = [
+        ("reference", "reference", 1),
+        ("ours_b1", "facewatch", 1),
+        ("ref_bB", "reference", args.batch),
+        ("ours_bB", "facewatch", args.batch),
+    ]
+    for _ in range(args.rounds):  # side by side, again and again
+        for key, impl, batch in plan:
+            runs[key].append(run_one(args, impl, clip, batch))
+            result = runs[key][-1]
+            machines.append(
+                {"worker": f"{clip} {impl} b{batch}", **result["machine"]}
+                | ({"failed": True} if "error" in result else {})
+            )
+    ref, b1 = merge_rounds(runs["reference"]), merge_rounds(runs["ours_b1"])
+    ref_bb, bb = merge_rounds(runs["ref_bB"]), merge_rounds(runs["ours_bB"])
+    row: dict[str, Any] = {
+        "clip": clip,
+        "reference": ref,
+        "ref_bB": ref_bb,
+        "ours_b1": b1,
+        "ours_bB": bb,
+    }
+    for key, ours in (("agree_b1", b1), ("agree_bB", bb)):
+        ok = "detections" in ref and "detections" in ours
+        row[key] = compare(ref["detections"], ours["detections"], args.warmup) if ok else None
+    return row
+
+
+def print_report(rows: list[dict], machines: list[dict], batch: int) -> list[str]:
+    """The table, the frames that differ, the machine's lines; returns the failed workers."""
+    print(table(rows, batch))
     for row in rows:
         for key in ("agree_b1", "agree_bB"):
             agree = row[key]
@@ -491,28 +237,40 @@ def run_driver(args: argparse.Namespace) -> int:
     failed = [m["worker"] for m in machines if m.get("failed")]
     if failed:
         print(f"FAILED: {len(failed)} of {len(machines)} workers ({', '.join(failed)})")
+    return failed
+
+
+def write_json(args: argparse.Namespace, rows: list[dict], machines: list[dict], failed: bool):
+    """The results to --json, without the detections (they only matter for the comparison)."""
+    for row in rows:  # keep the JSON small: detections only matter for the comparison
+        for key in ROW_KEYS:
+            row[key] = {k: v for k, v in row[key].items() if k != "detections"}
+    config = {
+        k: str(v) if isinstance(v, Path) else v
+        for k, v in vars(args).items()
+        if k not in ("json", "worker", "clip", "result")
+    }
+    out = {
+        "failed": failed,  # a worker did not run: its rows are errors
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "config": config,
+        "rows": rows,
+        "machine": machines,
+    }
+    Path(args.json).write_text(json.dumps(out, indent=1))
+
+
+def run_driver(args: argparse.Namespace) -> int:
+    machines: list[dict] = []  # each worker's, in the order they ran
+    rows = [run_clip(args, clip, machines) for clip in args.clips]
+    failed = print_report(rows, machines, args.batch)
     if args.json:
-        for row in rows:  # keep the JSON small: detections only matter for the comparison
-            for key in ("reference", "ref_bB", "ours_b1", "ours_bB"):
-                row[key] = {k: v for k, v in row[key].items() if k != "detections"}
-        config = {
-            k: str(v) if isinstance(v, Path) else v
-            for k, v in vars(args).items()
-            if k not in ("json", "worker", "clip", "result")
-        }
-        out = {
-            "failed": bool(failed),  # a worker did not run: its rows are errors
-            "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "config": config,
-            "rows": rows,
-            "machine": machines,
-        }
-        Path(args.json).write_text(json.dumps(out, indent=1))
+        write_json(args, rows, machines, bool(failed))
     return 1 if failed else 0
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_run_options(p: argparse.ArgumentParser) -> None:
+    """What is measured: the clips, frames, rounds, threads and batch size."""
     p.add_argument("--clips", type=lambda s: s.split(","), default=list(CLIPS),
                    help=f"comma-separated, from {','.join(CLIPS)}")  # fmt: skip
     p.add_argument("--frames", type=int, default=40, help="frames decoded per clip")
@@ -539,6 +297,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=8,
         help="frames per call, besides 1, for both implementations (2 or more)",
     )
+
+
+def add_implementation_options(p: argparse.ArgumentParser) -> None:
+    """Where the data and models are, how each side runs, and the worker's hidden options."""
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="shared data folder")
     p.add_argument("--models", type=Path, default=DEFAULT_MODELS, help="facewatch MTCNN models")
     p.add_argument(
@@ -563,23 +325,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--worker", choices=["reference", "facewatch"], help=argparse.SUPPRESS)
     p.add_argument("--clip", choices=list(CLIPS), help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
+
+
+def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Known clips; for the driver, a batch of 2 or more and interpreters that exist."""
     unknown = set(args.clips) - set(CLIPS)
     if unknown:
         p.error(f"unknown clips {sorted(unknown)}; choose from {list(CLIPS)}")
-    if not args.worker:  # (a worker is told its batch: 1 or --batch)
-        if args.batch < 2:
+    if args.worker:  # (a worker is told its batch: 1 or --batch)
+        return
+    if args.batch < 2:
+        p.error(f"--batch {args.batch}: must be 2 or more (one frame a call is measured anyway)")
+    for option, python in (("--python-ref", args.python_ref), ("--python-ours", args.python_ours)):
+        if shutil.which(python) is None:
             p.error(
-                f"--batch {args.batch}: must be 2 or more (one frame a call is measured anyway)"
+                f"{option} {python}: no such interpreter (bench/setup_reference.sh makes .venv-ref)"
             )
-        for option, python in (
-            ("--python-ref", args.python_ref),
-            ("--python-ours", args.python_ours),
-        ):
-            if shutil.which(python) is None:
-                p.error(
-                    f"{option} {python}: no such interpreter (bench/setup_reference.sh makes .venv-ref)"
-                )
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_run_options(p)
+    add_implementation_options(p)
+    args = p.parse_args(argv)
+    check_args(p, args)
     return args
 
 

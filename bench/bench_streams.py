@@ -44,7 +44,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "bench")]
 
-import bench_mtcnn as bm  # noqa: E402  (the clips and their decoding)
+import mtcnn_clips  # noqa: E402  (the clips and their decoding)
 from bench_gpu import kernel_table, profiler_activities, sync  # noqa: E402
 from prometheus_client import REGISTRY  # noqa: E402
 
@@ -141,7 +141,7 @@ def stand_in_facenet(folder: Path, backend: str) -> Path:
 
 def mtcnn_folder(folder: Path, backend: str, data: Path) -> Path:
     if backend != "torch":
-        return bm.DEFAULT_MODELS
+        return mtcnn_clips.DEFAULT_MODELS
     from bench_gpu import export_mtcnn_programs
 
     return export_mtcnn_programs(folder, data)
@@ -180,7 +180,7 @@ def build(args: argparse.Namespace, work: Path) -> tuple[Config, TimedPipeline]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    clip = bm.decode_clip(args.data, args.clip, args.frames)
+    clip = mtcnn_clips.decode_clip(args.data, args.clip, args.frames)
     if not clip:
         raise SystemExit(f"{args.clip}: no frames decoded from {args.data}")
     with tempfile.TemporaryDirectory() as tmp:
@@ -313,7 +313,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--backend", default="openvino", help="engines.backend (torch for the GPU)")
     p.add_argument("--streams", type=int, default=16, help="cameras (default 16)")
     p.add_argument("--fps", type=float, default=25.0, help="frames/s per camera (default 25)")
-    p.add_argument("--clip", default="crowd_1080p", choices=sorted(bm.CLIPS))
+    p.add_argument("--clip", default="crowd_1080p", choices=sorted(mtcnn_clips.CLIPS))
     p.add_argument("--frames", type=int, default=30, help="decoded frames each camera loops")
     p.add_argument("--seconds", type=float, default=30.0, help="measured time")
     p.add_argument("--warmup", type=float, default=5.0, help="seconds run before measuring")
@@ -327,7 +327,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--fp16", action="store_true", help="torch backend: fp16 autocast")
     p.add_argument("--graphs", action="store_true", help="torch backend: CUDA graphs")
-    p.add_argument("--data", type=Path, default=bm.DEFAULT_DATA)
+    p.add_argument("--data", type=Path, default=mtcnn_clips.DEFAULT_DATA)
     p.add_argument("--json", type=Path, default=None, help="write the result here")
     p.add_argument("--profile", type=Path, default=None, help="write a cProfile here")
     p.add_argument("--quick", action="store_true", help="2 cameras of 360p for 3 s")

@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-import bench_mtcnn as bm  # noqa: E402
+import mtcnn_clips  # noqa: E402
 import torch  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
@@ -92,10 +92,10 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--frames", type=int, default=16, help="frames in the batch (default 16)")
     p.add_argument("--clip", default="crowd_1080p", help="a clip of bench_mtcnn's")
-    p.add_argument("--data", type=Path, default=bm.DEFAULT_DATA)
+    p.add_argument("--data", type=Path, default=mtcnn_clips.DEFAULT_DATA)
     p.add_argument("--top", type=int, default=25, help="lines of code listed (default 25)")
     args = p.parse_args()
-    frames = bm.decode_clip(args.data, args.clip, args.frames)
+    frames = mtcnn_clips.decode_clip(args.data, args.clip, args.frames)
     if len(frames) < args.frames:
         raise SystemExit(f"{args.clip}: {len(frames)} frames decoded, {args.frames} asked for")
     from bench_gpu import export_mtcnn_programs
