@@ -45,7 +45,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "bench")]
 
 import mtcnn_clips  # noqa: E402  (the clips and their decoding)
-from bench_gpu import kernel_table, profiler_activities, sync  # noqa: E402
+from gpu_timing import kernel_table, profiler_activities, sync  # noqa: E402
 from prometheus_client import REGISTRY  # noqa: E402
 
 from daemon.camera_frames import Frame, FrameQueues  # noqa: E402
