@@ -26,7 +26,6 @@ import argparse
 import contextlib
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -39,8 +38,9 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from arrivals_analysis import CAMERA, PERSON, analyse, received, table  # noqa: E402
 from bench_daemon import CACHE, out_argument, stop_on_sigterm  # noqa: E402  (bench/, the script's folder)
-from measure import machine_busy_s  # noqa: E402
+from measure import machine_busy_s, others_cores  # noqa: E402
 
 from tests.integration.services import (  # noqa: E402
     PEOPLE,
@@ -60,8 +60,6 @@ CONFIGS = {
     "default": REPO / "configs" / "default.yaml",
     "rtsp-example": REPO / "configs" / "rtsp-example.yaml",
 }
-PERSON = "lin-manuel-miranda"  # the clip's person, one of configs/demo/people
-CAMERA = "door"
 EMPTY_S = 8.0  # empty stage before and after him
 BACKGROUND, FIRST, LAST = 85, 88, 205  # frames of the source: the curtain, his first and last
 DEFAULT_OUT = CACHE / "arrivals.json"  # not bench/results/: a rerun keeps the committed one
@@ -210,103 +208,6 @@ def proc_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _first(messages: list[tuple[float, str, Any]], start: float, end: float, test: Any):
-    for when, topic, payload in messages:
-        if start <= when < end and isinstance(payload, dict) and test(topic, payload):
-            return round(when - start, 3)
-    return None
-
-
-def analyse(
-    marks: list[tuple[str, int, float]],
-    messages: list[tuple[float, str, Any]],
-    stranger: bool,
-    ended: float,
-) -> dict[str, Any]:
-    """Each visit's waits from ``marks`` (kind, loop, time) and the ``messages`` received
-    (time, topic, payload): appear -> first event, -> named (``stranger``: -> announced
-    unknown), leave -> his track's ``left`` and -> faces 0. A visit counts when its leave
-    mark came; a wait is None when it never came before the next appear (or ``ended``)."""
-    appears = sorted(when for kind, _, when in marks if kind == "appear")
-    leaves = sorted(when for kind, _, when in marks if kind == "leave")
-
-    def event(topic: str) -> bool:
-        return topic.endswith(f"/events/{CAMERA}")
-
-    def answer(topic: str, p: dict) -> bool:  # his naming, or his announcement as unknown
-        wanted = None if stranger else PERSON
-        return (
-            event(topic)
-            and p["type"] in ("confirmed", "identified")
-            and p["identity"] == wanted
-            and p.get("reason") is None  # (not a glimpse announced as it left)
-        )
-
-    visits = []
-    for k, appear in enumerate(appears):
-        leave = next((t for t in leaves if t > appear), None)
-        if leave is None:
-            break
-        following = appears[k + 1] if k + 1 < len(appears) else ended
-        announced = [
-            p["track_id"]
-            for t, topic, p in messages
-            if appear <= t < leave and isinstance(p, dict) and answer(topic, p)
-        ]
-        false_unknown = [
-            p["track_id"]
-            for t, topic, p in messages
-            if appear <= t < following
-            and isinstance(p, dict)
-            and event(topic)
-            and p["type"] == "confirmed"
-            and p["identity"] is None
-        ]
-        visits.append(
-            {
-                "first_event_s": _first(messages, appear, leave, lambda t, p: event(t)),
-                ("unknown_s" if stranger else "named_s"): _first(messages, appear, leave, answer),
-                "left_s": _first(
-                    messages,
-                    leave,
-                    following,
-                    lambda t, p, ids=announced: (
-                        event(t) and p["type"] == "left" and p["track_id"] in ids
-                    ),
-                ),
-                "faces_0_s": _first(
-                    messages,
-                    leave,
-                    following,
-                    lambda t, p: t.endswith(f"/cameras/{CAMERA}/faces") and p["faces"] == 0,
-                ),
-                "tracks_announced": len(set(announced)),
-                "split_by_cut": sum(
-                    1
-                    for t, topic, p in messages
-                    if appear <= t < leave
-                    and isinstance(p, dict)
-                    and event(topic)
-                    and p["type"] == "left"
-                    and p.get("reason") == "cut"
-                ),
-                **({} if stranger else {"false_unknown": len(set(false_unknown))}),
-            }
-        )
-    summary: dict[str, Any] = {"visits": len(visits)}
-    for key in ("first_event_s", "unknown_s" if stranger else "named_s", "left_s", "faces_0_s"):
-        values = [v[key] for v in visits if v[key] is not None]
-        summary[key] = {
-            "median": round(statistics.median(values), 2) if values else None,
-            "worst": round(max(values), 2) if values else None,
-            "missing": len(visits) - len(values),
-        }
-    if not stranger:
-        summary["false_unknown"] = sum(v["false_unknown"] for v in visits)
-    summary["split_by_cut"] = sum(v["split_by_cut"] > 0 for v in visits)
-    return {"summary": summary, "per_visit": visits}
-
-
 def daemon_running(daemon: Daemon) -> bool:
     """True while the daemon runs; its exit (a bad --set) said at once, not at the timeout."""
     if daemon.proc is not None and daemon.proc.poll() is not None:
@@ -314,24 +215,66 @@ def daemon_running(daemon: Daemon) -> bool:
     return True
 
 
+def start_services(
+    args: argparse.Namespace,
+    folder: Path,
+    running: contextlib.ExitStack,
+    clip: tuple[Path, int, int],
+    gallery: Path,
+) -> tuple[Mosquitto, MarkedRtspServer, dict[str, Any]]:
+    """The broker and the marked RTSP server started (each stopped when ``running`` closes),
+    and the daemon's settings for them: the config adapted, with --set applied."""
+    path, appear, leave = clip
+    port = args.port
+    broker = Mosquitto(folder, port)
+    running.callback(broker.stop)
+    broker.start()
+    rtsp = MarkedRtspServer(folder, path, {appear: "appear", leave: "leave"}, port and port + 1)
+    running.callback(rtsp.stop)
+    rtsp.start()
+    metrics_port = port + 2 if port else free_port()
+    settings = adapted_config(
+        args.config, folder, rtsp.url(CAMERA), broker.port, metrics_port, gallery
+    )
+    for item in args.set:
+        key, _, value = item.partition("=")
+        set_key(settings, key, yaml.safe_load(value))
+    return broker, rtsp, settings
+
+
+def wait_for_visits(
+    args: argparse.Namespace,
+    daemon: Daemon,
+    rtsp: MarkedRtspServer,
+    settings: dict[str, Any],
+    loop_s: float,
+) -> None:
+    """Until --visits leave marks came, then until his last visit's events are in; the
+    daemon's log on stderr when it stopped or the wait timed out."""
+    timeout = args.visits * loop_s + 120
+    try:
+        wait_for(
+            lambda: (
+                daemon_running(daemon)
+                and len([m for m in rtsp.marks() if m[0] == "leave"]) >= args.visits
+            ),
+            timeout,
+            f"{args.visits} visits",
+            every_s=0.5,
+        )
+        time.sleep(settings.get("tracking", {}).get("lost_after_s", 2.0) + AFTER_LEAVE_S)
+    except AssertionError:
+        print(daemon.log()[-3000:], file=sys.stderr)
+        raise
+
+
 def run(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     clip, appear, leave = make_clip()
     gallery = make_gallery(folder, args.stranger)
-    port = args.port
     with contextlib.ExitStack() as running:  # each part stopped however the run ends
-        broker = Mosquitto(folder, port)
-        running.callback(broker.stop)
-        broker.start()
-        rtsp = MarkedRtspServer(folder, clip, {appear: "appear", leave: "leave"}, port and port + 1)
-        running.callback(rtsp.stop)
-        rtsp.start()
-        metrics_port = port + 2 if port else free_port()
-        settings = adapted_config(
-            args.config, folder, rtsp.url(CAMERA), broker.port, metrics_port, gallery
+        broker, rtsp, settings = start_services(
+            args, folder, running, (clip, appear, leave), gallery
         )
-        for item in args.set:
-            key, _, value = item.partition("=")
-            set_key(settings, key, yaml.safe_load(value))
         subscriber = TimedSubscriber(broker.port)
         running.callback(subscriber.close)
         load = os.getloadavg()[0]
@@ -344,33 +287,30 @@ def run(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
             assert part.proc is not None
             pids[name] = part.proc.pid
         cpu_before = {name: proc_cpu_s(pid) for name, pid in pids.items()}
-        loop_s = (leave + appear) / 30  # the clip's length: to his leaving, then the empty stage
-        timeout = args.visits * loop_s + 120
-        try:
-            wait_for(
-                lambda: (
-                    daemon_running(daemon)
-                    and len([m for m in rtsp.marks() if m[0] == "leave"]) >= args.visits
-                ),
-                timeout,
-                f"{args.visits} visits",
-                every_s=0.5,
-            )
-            time.sleep(settings.get("tracking", {}).get("lost_after_s", 2.0) + AFTER_LEAVE_S)
-        except AssertionError:
-            print(daemon.log()[-3000:], file=sys.stderr)
-            raise
+        # the clip's length: to his leaving, then the empty stage
+        wait_for_visits(args, daemon, rtsp, settings, (leave + appear) / 30)
         ended = time.time()
         cpu = {name: round(proc_cpu_s(pid) - cpu_before[name], 1) for name, pid in pids.items()}
         wall = time.monotonic() - start
         busy_after = machine_busy_s()
         marks, messages = rtsp.marks(), list(subscriber.timed)
-    others = None
-    if busy is not None and busy_after is not None:
-        others = round(max(0.0, (busy_after - busy - sum(cpu.values())) / wall), 2)
+    others = others_cores(busy, busy_after, sum(cpu.values()), wall)
     result = analyse(marks, messages, args.stranger, ended)
     result["received"] = received(messages)
     result["marks"] = marks
+    machine = {
+        "cores": os.cpu_count(),
+        "load_1min_before": round(load, 2),
+        "load_1min_after": round(os.getloadavg()[0], 2),
+        "wall_s": round(wall, 1),
+        "cpu_s": cpu,
+        "others_cores": None if others is None else round(others, 2),
+    }
+    return {**run_settings(args, settings), **result, "machine": machine}
+
+
+def run_settings(args: argparse.Namespace, settings: dict[str, Any]) -> dict[str, Any]:
+    """What a run's record says it ran with."""
     return {
         "config": args.config,
         "set": args.set,
@@ -380,59 +320,7 @@ def run(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
             section: settings.get(section)
             for section in ("cameras", "detection", "tracking", "recognition", "batching")
         },
-        **result,
-        "machine": {
-            "cores": os.cpu_count(),
-            "load_1min_before": round(load, 2),
-            "load_1min_after": round(os.getloadavg()[0], 2),
-            "wall_s": round(wall, 1),
-            "cpu_s": cpu,
-            "others_cores": others,
-        },
     }
-
-
-def received(messages: list[tuple[float, str, Any]]) -> list[list[Any]]:
-    """What analyse() read, to analyse again: [time, topic's last two levels, the event's
-    type, track, identity and reason, or the faces state's count]."""
-    kept = []
-    for when, topic, payload in messages:
-        if not isinstance(payload, dict):
-            continue
-        where = "/".join(topic.split("/")[-2:])
-        if topic.endswith(f"/events/{CAMERA}"):
-            fields = [payload[k] for k in ("type", "track_id", "identity", "reason")]
-            kept.append([round(when, 3), where, *fields])
-        elif topic.endswith(f"/cameras/{CAMERA}/faces"):
-            kept.append([round(when, 3), where, payload["faces"]])
-    return kept
-
-
-def table(result: dict[str, Any]) -> str:
-    summary, stranger = result["summary"], result["stranger"]
-    answer = "unknown_s" if stranger else "named_s"
-    head = "appear->unknown" if stranger else "appear->named"
-    lines = [
-        f"{result['config']}{' ' + ' '.join(result['set']) if result['set'] else ''}, "
-        f"{'a stranger' if stranger else 'a known person'}, {summary['visits']} visits "
-        "(seconds, median / worst)",
-        f"{'appear->first event':>20} {head:>16} {'leave->left':>12} {'leave->faces 0':>15}",
-        "  ".join(
-            f"{summary[k]['median']!s:>7} / {summary[k]['worst']!s:<6}"
-            + (f" ({summary[k]['missing']} never)" if summary[k]["missing"] else "")
-            for k in ("first_event_s", answer, "left_s", "faces_0_s")
-        ),
-    ]
-    if not stranger:
-        lines.append(f"false unknowns announced during his visits: {summary['false_unknown']}")
-    lines.append(f"visits split by a scene cut: {summary['split_by_cut']}")
-    machine = result["machine"]
-    lines.append(
-        f"machine: {machine['cores']} cores, 1-minute load average {machine['load_1min_before']}"
-        f" before, {machine['load_1min_after']} after; other processes used "
-        f"{machine['others_cores']} cores on average; CPU s of the parts: {machine['cpu_s']}"
-    )
-    return "\n".join(lines)
 
 
 def parser() -> argparse.ArgumentParser:
