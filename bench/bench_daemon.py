@@ -33,6 +33,8 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from daemon_figures import figures  # noqa: E402  (bench/, the script's folder)
+
 from tests.facenet_model import build_test_model  # noqa: E402
 from tests.integration.services import (  # noqa: E402
     Daemon,
@@ -46,7 +48,6 @@ from tests.integration.services import (  # noqa: E402
 SOURCE = REPO.parent / "shared" / "data" / "videos" / "crowd_1080p.mp4"
 CACHE = REPO / "bench" / ".cache"
 DEFAULT_OUT = CACHE / "daemon.json"  # not bench/results/: a rerun keeps the committed one
-STAGES = ("detect", "track", "embed", "match", "archive")
 
 
 def stop_on_sigterm() -> None:
@@ -118,8 +119,57 @@ def sample_rss(pid: int, stop: threading.Event, into: list[float]) -> None:
             return
 
 
-def delta(after: dict[str, float], before: dict[str, float], key: str) -> float:
-    return after.get(key, 0.0) - before.get(key, 0.0)
+def daemon_config(
+    cameras: list[dict],
+    broker_port: int,
+    folder: Path,
+    model: Path,
+    gallery: Path,
+    detection: dict[str, object],
+    overrides: dict[str, dict[str, object]] | None,
+) -> dict:
+    """The tests' daemon settings for these cameras and broker, with the model, the gallery,
+    the ``detection`` settings and ``overrides`` (section -> settings) on top."""
+    settings = daemon_settings(
+        cameras,
+        broker_port,
+        folder,
+        recognition={"model": str(model), "gallery": str(gallery)},
+        detection=detection,
+        logging={"level": "WARNING"},
+    )
+    for section, values in (overrides or {}).items():
+        settings[section] = {**settings.get(section, {}), **values}
+    return settings
+
+
+def measure(
+    daemon: Daemon,
+    subscriber: Subscriber,
+    warmup_s: float,
+    seconds: float,
+    running: contextlib.ExitStack,
+) -> tuple[dict[str, float], dict[str, float], float, list[dict], list[float]]:
+    """After the first batch and ``warmup_s``: the daemon's metrics before and after
+    ``seconds`` (and the seconds they were apart), the events received meanwhile and its RSS
+    every 0.5 s. The daemon's log on stderr when that fails."""
+    rss: list[float] = []
+    stop = threading.Event()
+    running.callback(stop.set)
+    try:
+        wait_for(lambda: daemon.metric("facewatch_batch_frames_count") > 0, 120, "first batch")
+        time.sleep(warmup_s)
+        before, t0 = daemon.metrics(), time.monotonic()
+        n_events = len(subscriber.events())
+        sampler = threading.Thread(target=sample_rss, args=(daemon.proc.pid, stop, rss))  # type: ignore[union-attr]
+        sampler.start()
+        time.sleep(seconds)
+        after, elapsed = daemon.metrics(), time.monotonic() - t0
+        events = subscriber.events()[n_events:]
+    except Exception:
+        print(daemon.log()[-3000:], file=sys.stderr)
+        raise
+    return before, after, elapsed, events, rss
 
 
 def run(
@@ -148,37 +198,17 @@ def run(
         running.callback(rtsp.stop)
         rtsp.start()
         cameras = [{"name": c, "url": rtsp.url(c), "fps": fps} for c in names]
-        settings = daemon_settings(
-            cameras,
-            broker.port,
-            folder,
-            recognition={"model": str(model), "gallery": str(gallery)},
-            detection={"min_face_size": min_face, "full_scan_every": full_scan_every},
-            logging={"level": "WARNING"},
-        )
-        for section, values in (overrides or {}).items():
-            settings[section] = {**settings.get(section, {}), **values}
+        detection: dict[str, object] = {
+            "min_face_size": min_face,
+            "full_scan_every": full_scan_every,
+        }
+        settings = daemon_config(cameras, broker.port, folder, model, gallery, detection, overrides)
         subscriber = Subscriber(broker.port, "facewatch/test/events/#")
         running.callback(subscriber.close)
         daemon = Daemon(folder, settings, env)
         running.callback(daemon.stop)
         daemon.start()
-        rss: list[float] = []
-        stop = threading.Event()
-        running.callback(stop.set)
-        try:
-            wait_for(lambda: daemon.metric("facewatch_batch_frames_count") > 0, 120, "first batch")
-            time.sleep(warmup_s)
-            before, t0 = daemon.metrics(), time.monotonic()
-            n_events = len(subscriber.events())
-            sampler = threading.Thread(target=sample_rss, args=(daemon.proc.pid, stop, rss))  # type: ignore[union-attr]
-            sampler.start()
-            time.sleep(seconds)
-            after, elapsed = daemon.metrics(), time.monotonic() - t0
-            events = subscriber.events()[n_events:]
-        except Exception:
-            print(daemon.log()[-3000:], file=sys.stderr)
-            raise
+        measured = measure(daemon, subscriber, warmup_s, seconds, running)
     settings_used = {
         "cameras": n,
         "target_fps": fps,
@@ -187,72 +217,10 @@ def run(
         "overrides": overrides or {},
         "env": env or {},
     }
-    return {**settings_used, **_figures(names, before, after, elapsed, events, rss)}
+    return {**settings_used, **figures(names, *measured)}
 
 
-def _figures(
-    names: list[str],
-    before: dict[str, float],
-    after: dict[str, float],
-    elapsed: float,
-    events: list[dict],
-    rss: list[float],
-) -> dict:
-    """Rates, latencies, memory and stage times between two scrapes of the daemon's metrics."""
-
-    def change(metric: str) -> float:
-        return delta(after, before, metric)
-
-    def per_frame(total: float) -> float:
-        return round(total / max(frames, 1), 2)
-
-    def ms(values: np.ndarray, q: float) -> float | None:
-        return round(float(np.percentile(values, q)) * 1000, 1) if len(values) else None
-
-    per_camera = {
-        c: {
-            "read_fps": change(f'facewatch_frames_read_total{{camera="{c}"}}') / elapsed,
-            "processed_fps": change(f'facewatch_frames_processed_total{{camera="{c}"}}') / elapsed,
-            "dropped": change(f'facewatch_frames_dropped_total{{camera="{c}"}}'),
-            "still_fps": change(f'facewatch_frames_still_total{{camera="{c}"}}') / elapsed,
-        }
-        for c in names
-    }
-    frames = sum(change(f'facewatch_frames_processed_total{{camera="{c}"}}') for c in names)
-    # "left" events wait tracking.lost_after_s after the last frame by design: not latency
-    latency = np.array([e["published_ts"] - e["frame_ts"] for e in events if e["type"] != "left"])
-    cpu = change("process_cpu_seconds_total")
-    return {
-        "seconds": round(elapsed, 1),
-        "per_camera": per_camera,
-        "events": len(events),
-        "confirmed": sum(e["type"] == "confirmed" for e in events),
-        "latency_p50_ms": ms(latency, 50),
-        "latency_p99_ms": ms(latency, 99),
-        "latency_max_ms": ms(latency, 100),
-        "rss_max_mb": round(max(rss), 1) if rss else None,
-        "rss_first_last_mb": [round(rss[0], 1), round(rss[-1], 1)] if rss else None,
-        "cpu_s_per_s": round(cpu / elapsed, 2),
-        "cpu_ms_per_frame": round(1000 * cpu / max(frames, 1), 1),
-        "stage_ms_per_frame": {
-            s: round(
-                1000 * change(f'facewatch_stage_seconds_sum{{stage="{s}"}}') / max(frames, 1), 1
-            )
-            for s in STAGES
-        },
-        "mean_batch_frames": round(
-            change("facewatch_batch_frames_sum") / max(change("facewatch_batch_frames_count"), 1), 2
-        ),
-        "faces_per_frame": per_frame(
-            sum(change(f'facewatch_faces_detected_total{{camera="{c}"}}') for c in names)
-        ),
-        "embedded_per_frame": per_frame(
-            sum(change(f'facewatch_faces_embedded_total{{camera="{c}"}}') for c in names)
-        ),
-    }
-
-
-def main() -> int:
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -288,22 +256,28 @@ def main() -> int:
         "commit's code or OPENBLAS_NUM_THREADS=2 (repeatable)",
     )
     out_argument(parser, DEFAULT_OUT.name)
-    args = parser.parse_args()
-    if min(args.cameras) < 1:
-        parser.error(f"--cameras {' '.join(map(str, args.cameras))}: each must be 1 or more")
-    env = dict(item.partition("=")[::2] for item in args.env)
-    if not SOURCE.is_file():
-        print(f"{SOURCE} not found (the shared data folder)", file=sys.stderr)
-        return 1
+    return parser
+
+
+def parse_overrides(
+    parser: argparse.ArgumentParser, items: list[str]
+) -> dict[str, dict[str, object]]:
+    """--set SECTION.KEY=VALUE items as section -> {key: value} (values read as YAML)."""
     overrides: dict[str, dict[str, object]] = {}
-    for item in args.set:
+    for item in items:
         key, _, value = item.partition("=")
         section, _, name = key.partition(".")
         if not (section and name and value):
             parser.error(f"--set {item}: expected SECTION.KEY=VALUE")
         overrides.setdefault(section, {})[name] = yaml.safe_load(value)
+    return overrides
+
+
+def run_all(
+    args: argparse.Namespace, overrides: dict[str, dict[str, object]], env: dict[str, str]
+) -> list[dict]:
+    """One run per --cameras count, in a folder of its own, each printed as it ends."""
     results = []
-    stop_on_sigterm()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         model, gallery = random_model_and_gallery(folder, args.gallery_people)
@@ -326,8 +300,10 @@ def main() -> int:
             result["gallery_people"] = 1 + args.gallery_people
             results.append(result)
             print(json.dumps(result), flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=1) + "\n")
+    return results
+
+
+def print_table(results: list[dict]) -> None:
     print(
         f"\n{'cams':>4} {'fps/cam':>8} {'dropped':>8} {'p50 ms':>7} {'p99 ms':>7} {'RSS MB':>7} {'CPU s/s':>7}  ms/frame by stage"
     )
@@ -338,6 +314,23 @@ def main() -> int:
             f"{r['cameras']:>4} {fps_cam:>8.2f} {dropped:>8.0f} {r['latency_p50_ms']!s:>7} {r['latency_p99_ms']!s:>7} "
             f"{r['rss_max_mb']!s:>7} {r['cpu_s_per_s']:>7}  {r['stage_ms_per_frame']}"
         )
+
+
+def main() -> int:
+    p = parser()
+    args = p.parse_args()
+    if min(args.cameras) < 1:
+        p.error(f"--cameras {' '.join(map(str, args.cameras))}: each must be 1 or more")
+    env = dict(item.partition("=")[::2] for item in args.env)
+    if not SOURCE.is_file():
+        print(f"{SOURCE} not found (the shared data folder)", file=sys.stderr)
+        return 1
+    overrides = parse_overrides(p, args.set)
+    stop_on_sigterm()
+    results = run_all(args, overrides, env)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=1) + "\n")
+    print_table(results)
     return 0
 
 
