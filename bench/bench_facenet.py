@@ -257,7 +257,7 @@ def table(results: dict[str, Any], args: argparse.Namespace) -> str:
     return "\n".join(rows)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -287,22 +287,33 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     p.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
+    return p
+
+
+def measure_all(args: argparse.Namespace, folder: Path) -> tuple[dict[str, Any], list[dict]]:
+    """Every worker, the embedding ones --rounds times in turn, then the matching one; the
+    model is --model, the shipped one, or a random Inception-ResNet-v1 made in ``folder``.
+    Returns each kind's merged result and each worker's machine figures in the order run."""
+    if args.model is None and DEFAULT_MODEL.is_file():
+        args.model = DEFAULT_MODEL
+    args.random_model = args.model in (None, "random")
+    if args.random_model:
+        args.model = random_model(folder)
+    runs: dict[str, list[dict[str, Any]]] = {kind: [] for kind in KINDS}
+    machines = []  # each worker's, in the order they ran
+    for kind in [k for _ in range(args.rounds) for k in KINDS if k != "match"] + ["match"]:
+        runs[kind].append(run_worker(kind, args))
+        machines.append({"worker": kind, **runs[kind][-1]["machine"]})
+    return {kind: merge_rounds(runs[kind]) for kind in KINDS}, machines
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     if args.worker:
         print(json.dumps(WORKERS[args.worker](args)))
         return 0
     with tempfile.TemporaryDirectory() as folder:
-        if args.model is None and DEFAULT_MODEL.is_file():
-            args.model = DEFAULT_MODEL
-        args.random_model = args.model in (None, "random")
-        if args.random_model:
-            args.model = random_model(Path(folder))
-        runs: dict[str, list[dict[str, Any]]] = {kind: [] for kind in KINDS}
-        machines = []  # each worker's, in the order they ran
-        for kind in [k for _ in range(args.rounds) for k in KINDS if k != "match"] + ["match"]:
-            runs[kind].append(run_worker(kind, args))
-            machines.append({"worker": kind, **runs[kind][-1]["machine"]})
-        results = {kind: merge_rounds(runs[kind]) for kind in KINDS}
+        results, machines = measure_all(args, Path(folder))
         print(table(results, args))
         for line in machine_summary(machines):
             print(line)

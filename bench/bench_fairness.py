@@ -285,7 +285,7 @@ def table(result: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
-def main() -> int:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -309,10 +309,12 @@ def main() -> int:
     )
     p.add_argument("--embeddings", type=Path, help="keep the detections and embeddings here")
     out_argument(p, DEFAULT_OUT.name)
-    args = p.parse_args()
-    faces, odd = read_faces(args.data, args.per_group, args.seed)
-    if not faces:
-        raise SystemExit(f"{args.data}: no UTKFace images (AGE_GENDER_RACE_DATE.jpg.chip.jpg)")
+    return p
+
+
+def embeddings(faces: list[Face], args: argparse.Namespace) -> dict[str, Any]:
+    """The detections and embeddings of ``faces``: read from --embeddings when it is there,
+    else computed (and kept there when it is given)."""
     if args.embeddings and args.embeddings.is_file():
         found = dict(np.load(args.embeddings))
         found["runs_as"] = str(found["runs_as"])
@@ -320,13 +322,20 @@ def main() -> int:
         found = run_models(faces, args)
         if args.embeddings:
             np.savez(args.embeddings, **found)
+    return found
+
+
+def fairness(
+    args: argparse.Namespace, faces: list[Face], odd: list[str], found: dict[str, Any]
+) -> dict[str, Any]:
+    """The results: how the run was set up, each group's figures and those across races."""
     from engines.facenet import DEFAULT_THRESHOLD, checked_metadata, starting_threshold
 
     threshold = starting_threshold(checked_metadata(args.model).extra) or DEFAULT_THRESHOLD
     embedded = found["large"]
     cells = np.array([f.cell for f in faces])[embedded]
     pairs = pair_histograms(found["vectors"][embedded], cells)
-    result = {
+    return {
         "config": {
             "data": str(args.data),
             "skipped_names": odd,
@@ -343,6 +352,14 @@ def main() -> int:
         "groups": group_figures(faces, found, pairs, args.near_duplicate, threshold),
         "across_races": across_races(faces, embedded, pairs, args.near_duplicate, threshold),
     }
+
+
+def main() -> int:
+    args = parser().parse_args()
+    faces, odd = read_faces(args.data, args.per_group, args.seed)
+    if not faces:
+        raise SystemExit(f"{args.data}: no UTKFace images (AGE_GENDER_RACE_DATE.jpg.chip.jpg)")
+    result = fairness(args, faces, odd, embeddings(faces, args))
     print(table(result))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

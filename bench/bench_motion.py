@@ -112,7 +112,7 @@ def loop_seconds(clip: Path) -> float:
         capture.release()
 
 
-def main() -> int:
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -125,11 +125,12 @@ def main() -> int:
     )
     parser.add_argument("--fps", type=float, default=5, help="each camera's frame rate")
     out_argument(parser, DEFAULT_OUT.name)
-    args = parser.parse_args()
-    clip = doorway_720p(args.still)
-    seconds = args.loops * loop_seconds(clip)
+    return parser
+
+
+def daemon_runs(args: argparse.Namespace, clip: Path, seconds: float) -> list[dict[str, Any]]:
+    """bench_daemon's run with the motion gate on, then off; each printed as it ends."""
     results = []
-    stop_on_sigterm()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         model, gallery = random_model_and_gallery(folder)
@@ -146,15 +147,10 @@ def main() -> int:
             }
             results.append(result)
             print(json.dumps(result), flush=True)
-    # the same frames through the pipeline: when each face was confirmed, with and without
-    same_frames = {
-        f"gate_{'on' if gate else 'off'}_confirmed_at_s": [
-            round(k / args.fps, 1) for k in confirmations(clip, args.fps, gate)
-        ]
-        for gate in (True, False)
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"runs": results, "same_frames": same_frames}, indent=1) + "\n")
+    return results
+
+
+def print_table(results: list[dict[str, Any]], same_frames: dict[str, list[float]]) -> None:
     print(
         f"\n{'gate':>5} {'CPU s/s':>8} {'searched/s':>10} {'still/s':>8} {'events':>7} "
         f"{'confirmed':>9} {'p99 ms':>7}"
@@ -169,6 +165,24 @@ def main() -> int:
         )
     for key, seconds in same_frames.items():
         print(f"{key} (s into the loop, twice round): {seconds}")
+
+
+def main() -> int:
+    args = parser().parse_args()
+    clip = doorway_720p(args.still)
+    seconds = args.loops * loop_seconds(clip)
+    stop_on_sigterm()
+    results = daemon_runs(args, clip, seconds)
+    # the same frames through the pipeline: when each face was confirmed, with and without
+    same_frames = {
+        f"gate_{'on' if gate else 'off'}_confirmed_at_s": [
+            round(k / args.fps, 1) for k in confirmations(clip, args.fps, gate)
+        ]
+        for gate in (True, False)
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"runs": results, "same_frames": same_frames}, indent=1) + "\n")
+    print_table(results, same_frames)
     return 0
 
 

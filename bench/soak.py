@@ -134,24 +134,7 @@ def soak(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     try:
         wait_for(lambda: daemon.metric("facewatch_batch_frames_count") > 0, 180, "first batch")
         samples, faults = _observe(args, daemon, broker, servers, jsonl, subscriber)
-        # drain: cameras off, everything in the spool delivered, and the open tracks left:
-        # a silent camera keeps its tracks for STALL_GRACE_S (it may only be stalling), then
-        # they are lost after lost_after_s
-        final = daemon.metrics()
-        for server in servers.values():
-            server.stop()
-        time.sleep(STALL_GRACE_S + LOST_AFTER_S + 3)
-        wait_for(
-            lambda: set(emitted(jsonl)) <= set(received(subscriber)),
-            180,
-            "every emitted event to reach the subscriber",
-            every_s=1,
-        )
-        after_drain = retained(broker.port)
-        left = sum(1 for line in jsonl.read_text().splitlines() if '"type":"left"' in line)
-        wait_for(lambda: archived(daemon) >= left, 30, "a visit written for each `left`")
-        archive = archive_state(daemon, folder / "archive", left)
-        rc = daemon.stop()
+        final, after_drain, archive, rc = _drain(daemon, broker, servers, jsonl, subscriber, folder)
     finally:
         subscriber.close()
         daemon.stop()
@@ -259,6 +242,35 @@ def _observe(
             )
         time.sleep(args.sample_every)
     return samples, faults
+
+
+def _drain(
+    daemon: Daemon,
+    broker: Mosquitto,
+    servers: dict[str, RtspServer],
+    jsonl: Path,
+    subscriber: Subscriber,
+    folder: Path,
+) -> tuple[dict[str, float], dict[str, Any], dict[str, Any], int | None]:
+    """Cameras off, everything in the spool delivered, and the open tracks left: a silent
+    camera keeps its tracks for STALL_GRACE_S (it may only be stalling), then they are lost
+    after lost_after_s. Returns the daemon's metrics before, the retained state after, the
+    archive's state and the daemon's exit status."""
+    final = daemon.metrics()
+    for server in servers.values():
+        server.stop()
+    time.sleep(STALL_GRACE_S + LOST_AFTER_S + 3)
+    wait_for(
+        lambda: set(emitted(jsonl)) <= set(received(subscriber)),
+        180,
+        "every emitted event to reach the subscriber",
+        every_s=1,
+    )
+    after_drain = retained(broker.port)
+    left = sum(1 for line in jsonl.read_text().splitlines() if '"type":"left"' in line)
+    wait_for(lambda: archived(daemon) >= left, 30, "a visit written for each `left`")
+    archive = archive_state(daemon, folder / "archive", left)
+    return final, after_drain, archive, daemon.stop()
 
 
 def _report(
