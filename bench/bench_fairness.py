@@ -260,6 +260,12 @@ def shown(figures: dict[str, Any] | None) -> str:
     return f"{figures['fmr_at_threshold']:>9.2e} {figures['threshold_for_fmr_1e-3']:>6.3f}"
 
 
+def share(part: int, whole: int) -> str:
+    """``part`` of ``whole`` in per cent; '-' for a group without images (a race and gender
+    that a small or filtered set does not have)."""
+    return f"{part / whole:.1%}" if whole else "-"
+
+
 def shown_path(path: Path) -> str:
     """``path`` relative to the repository when it lies inside it (the results are committed)."""
     full = path.resolve()
@@ -274,8 +280,8 @@ def table(result: dict[str, Any]) -> str:
     ]
     for name, g in result["groups"].items():
         rows.append(
-            f"{name:<14} {g['images']:>6} {g['missed_large'] / g['images']:>6.1%} "
-            f"{g['missed_small'] / g['images']:>7.1%} {g['pairs']:>9} "
+            f"{name:<14} {g['images']:>6} {share(g['missed_large'], g['images']):>6} "
+            f"{share(g['missed_small'], g['images']):>7} {g['pairs']:>9} "
             f"{g['near_duplicates_dropped']:>4} {shown(g)} "
             f"{shown(g.get('ages_20_59')) if 'ages_20_59' in g else ''}"
         )

@@ -491,3 +491,20 @@ def test_bench_arrivals_marking_server_marks_each_loops_chosen_frames(capsys):
         ["MARK", "appear", "1"],
         ["MARK", "leave", "1"],
     ]
+
+
+def test_the_fairness_table_shows_a_group_without_images_as_a_dash() -> None:
+    """A set without one race and gender (a filtered or small UTKFace) had a group of 0
+    images: its missed share divided by zero and the whole table was lost."""
+    bench_fairness = load_bench("bench_fairness")
+    empty = {"images": 0, "missed_large": 0, "missed_small": 0, "pairs": 0}
+    some = {"images": 8, "missed_large": 1, "missed_small": 2, "pairs": 0}
+    group = {"near_duplicates_dropped": 0}
+    result = {
+        "config": {"threshold": 0.6},
+        "groups": {"Asian female": empty | group, "all": some | group},
+        "across_races": {},
+    }
+    rows = bench_fairness.table(result).splitlines()
+    assert rows[1].split()[2:5] == ["0", "-", "-"], rows[1]
+    assert rows[2].split()[1:4] == ["8", "12.5%", "25.0%"], rows[2]
