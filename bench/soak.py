@@ -40,7 +40,7 @@ sys.path.insert(0, str(REPO))
 from bench_daemon import CACHE, out_argument, stop_on_sigterm  # noqa: E402  (bench/, the script's folder)
 
 from daemon.archive_files import disk_bytes  # noqa: E402
-from daemon.scheduler import STALL_GRACE_S  # noqa: E402
+from daemon.frame_admission import STALL_GRACE_S  # noqa: E402
 from tests.facenet_model import build_test_model  # noqa: E402
 from tests.integration.services import (  # noqa: E402
     Daemon,

@@ -24,10 +24,10 @@ class Step:
     camera's next frame to say whether it is a cut)."""
 
     frame: Frame
-    stalled_s: float  # (``Pipeline._arrived``)
+    stalled_s: float  # (``FrameAdmission.arrived``)
     detections: FrameDetections = field(default_factory=FrameDetections)
     cut: bool | None = None  # None: a candidate cut, not decided yet
-    whole: bool = False  # searched whole: someone may have come in (``Pipeline._worth_a_search``)
+    whole: bool = False  # searched whole: someone may have come in (``FaceSearch.worth_a_search``)
     likeness: float = 1.0  # a cut's, to the frame before (daemon.scene_cuts.likeness)
 
 

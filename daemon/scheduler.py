@@ -16,7 +16,6 @@ import numpy as np
 from daemon import metrics
 from daemon.archive import FaceArchive
 from daemon.camera_frames import Frame, FrameQueues
-from daemon.camera_open import source_kind
 from daemon.config import Config
 from daemon.cut_hold import CutHold, Step
 from daemon.events import (
@@ -30,21 +29,20 @@ from daemon.events import (
     person_json,
     to_jpeg,
 )
+from daemon.face_search import FaceSearch, camera_detectors
+from daemon.frame_admission import FrameAdmission
 from daemon.gallery import Gallery, GalleryError
 from daemon.gallery_file import GalleryBusy, file_stamp
 from daemon.gallery_open import came_and_went, open_gallery, threshold_said
 from daemon.recognition import frontal_offset
-from daemon.still_faces import STILL_FACE_S, StillFaces
 from daemon.tracking import Rematch, Tracker
 from daemon.tracks import Track, TrackEvent
-from engines.boxes import iou_matrix, points_in_polygon
 from engines.facenet import FaceNet
 from engines.mtcnn import MTCNN, FrameDetections
 
 logger = logging.getLogger(__name__)
 
 EXPIRE_EVERY_S = 0.25
-STALL_GRACE_S = 10.0  # a camera silent this long is down (camera_open.READ_TIMEOUT_MS, 3 tries)
 GALLERY_CHECK_S = 2.0  # how often the gallery file is looked at for changes
 # how long a reload waits for a writer's lock (enroll, a gallery command): on the thread that
 # runs the engines, every camera waits with it; a gallery being written is tried again at
@@ -86,30 +84,12 @@ class Pipeline:
             )
             for c in config.cameras
         }
-        self._detectors: dict[str, MTCNN] = {}
-        for camera in config.cameras:
-            size = camera.detection.min_face_size
-            self._detectors[camera.name] = (
-                detector if size is None else detector.with_config(min_face_size=size)
-            )
-        self._ignore = {
-            c.name: [np.asarray(region, np.float64) for region in c.detection.ignore]
-            for c in config.cameras
-            if c.detection.ignore
-        }
-        self._motion = {c.name: config.motion(c) for c in config.cameras}
+        detectors = camera_detectors(config, detector)
+        self.admission = FrameAdmission(config, detectors, self.trackers)
+        self.search = FaceSearch(config, detectors, self.trackers, self.admission)
         self._cuts = CutHold((c.name for c in config.cameras), config.tracking.end_at_scene_cuts)
-        # (not a video file's: a loop finds its faces at the same places, again and again)
-        self._still = {c.name: StillFaces() for c in config.cameras if source_kind(c.url) != "file"}
         self._min_face_px = {c.name: config.min_face_px(c) for c in config.cameras}
-        self._interval_s = {c.name: 1.0 / c.fps for c in config.cameras}
         self._threshold = {c.name: c.recognition.threshold for c in config.cameras}
-        self._last_frame: dict[str, float] = {}  # camera -> ts of its latest frame
-        self._last_search: dict[str, float] = {}  # camera -> ts of its last frame searched
-        self._last_face: dict[str, float] = {}  # camera -> ts of its last frame with a track
-        self._moving_for: dict[str, int] = {}  # camera -> its latest frames that moved, in a row
-        self._frame_hw: dict[str, tuple[int, ...]] = {}  # camera -> its tracks' frames' size
-        self._refusals: dict[tuple[str, tuple[int, ...]], str | None] = {}
         # (camera, track id) -> the latest face of a track not yet confirmed, for the snapshot
         # of a confirmed sent as it leaves (with tracking.snapshots)
         self._undecided_face: dict[tuple[str, int], np.ndarray] = {}
@@ -120,24 +100,20 @@ class Pipeline:
         self._gallery_busy = False  # the last reload found it being written (said once)
         self._seq = 0
         self.model_id = facenet.model_id if facenet is not None else None
-        # cameras take their full scans in different batches (a full scan costs several
-        # local ones): camera k's first full scan is its (k mod N)+1-th frame
-        every = config.detection.full_scan_every
-        self._since_full_scan = {
-            c.name: every - 1 - k % every for k, c in enumerate(config.cameras)
-        }
 
     # -- one batch ------------------------------------------------------------------------
 
     def process(self, frames: list[Frame]) -> None:
-        steps = [Step(frame, self._arrived(frame)) for frame in frames]
-        steps = [s for s in steps if self._takes(s.frame) and self._worth_a_search(s)]
+        steps = [Step(frame, self.admission.arrived(frame)) for frame in frames]
+        steps = [
+            s for s in steps if self.admission.takes(s.frame) and self.search.worth_a_search(s)
+        ]
         if not steps:
             return
         metrics.BATCH_FRAMES.observe(len(steps))
         whole = {id(step.frame) for step in steps if self._cuts.look(step) or step.whole}
         with metrics.STAGE_SECONDS.labels("detect").time():
-            found = self._detect([step.frame for step in steps], whole)
+            found = self.search.detect([step.frame for step in steps], whole)
         for step, detections in zip(steps, found, strict=True):
             step.detections = detections
         self._track(self._cuts.take() + steps)
@@ -161,12 +137,12 @@ class Pipeline:
                     self._cut(frame, step.likeness)
                 metrics.FRAMES_PROCESSED.labels(frame.camera).inc()
                 metrics.FACES_DETECTED.labels(frame.camera).inc(len(detections))
-                detections = self._not_ignored(frame, detections)
-                self._follow_size(frame)
+                detections = self.search.not_ignored(frame, detections)
+                self.admission.follow_size(frame)
                 self._lost_by(frame, step.stalled_s)
                 tracks = tracker.update(frame.clock, detections, frame.ts)
                 faces += [_Face(frame, detections, k, t) for k, t in enumerate(tracks)]
-                self._see_still(frame, detections, tracks)
+                self.search.see_still(frame, detections, tracks)
         if not frames:
             return
         if self.facenet is not None:
@@ -205,18 +181,6 @@ class Pipeline:
         would need the engines); ``expire`` then ends the visits."""
         self._cuts.forget()
 
-    def _arrived(self, frame: Frame) -> float:
-        """Notes ``frame`` as its camera's latest; returns how long the camera sent nothing
-        before it beyond its frame interval (``fps``), up to STALL_GRACE_S: a stall, time its
-        tracks could not be seen in, which does not count toward their ``lost_after_s`` (as
-        ``expire`` holds them while it lasts)."""
-        last = self._last_frame.get(frame.camera)
-        self._last_frame[frame.camera] = max(frame.clock, last or 0)
-        if last is None:
-            return 0.0
-        silent = frame.clock - last - self._interval_s[frame.camera]
-        return min(max(silent, 0.0), STALL_GRACE_S)
-
     def _lost_by(self, frame: Frame, stalled_s: float) -> None:
         """``left`` for the tracks of ``frame``'s camera unseen for ``lost_after_s`` by its
         time (less ``stalled_s``), before its faces are matched: the periodic ``expire`` may
@@ -225,149 +189,6 @@ class Pipeline:
         ended = self.trackers[frame.camera].expire(frame.clock - stalled_s)
         if ended:
             self._ended(frame.camera, ended, frame.ts)
-
-    def _takes(self, frame: Frame) -> bool:
-        """Whether the detector can take this camera's frames: not those larger than its
-        TensorRT plan was built for (``engines.tensorrt.camera_sizes``), which would stop
-        every camera. They are skipped and counted, with an error once per camera and size."""
-        hw = frame.image.shape[:2]
-        key = (frame.camera, hw)
-        if key not in self._refusals:
-            reason = self._detectors[frame.camera].refuses((hw[0], hw[1]))
-            self._refusals[key] = reason
-            if reason is not None:
-                logger.error(
-                    "camera %s: its %dx%d frames are skipped: %s; add %dx%d to "
-                    "engines.tensorrt.camera_sizes and restart (the plan is rebuilt)",
-                    frame.camera,
-                    hw[1],
-                    hw[0],
-                    reason,
-                    hw[1],
-                    hw[0],
-                )
-        if self._refusals[key] is None:
-            return True
-        metrics.FRAMES_REFUSED.labels(frame.camera).inc()
-        return False
-
-    def _follow_size(self, frame: Frame) -> None:
-        """A camera whose frames change size (back at another resolution) keeps its tracks,
-        in the new frames' pixels (else everyone in view left, and came again)."""
-        height, width = frame.image.shape[:2]
-        before = self._frame_hw.get(frame.camera)
-        self._frame_hw[frame.camera] = (height, width)
-        if before is not None and before != (height, width):  # (then searched whole: _prior)
-            self.trackers[frame.camera].rescale((width / before[1], height / before[0]))
-
-    def _worth_a_search(self, step: Step) -> bool:
-        """The motion gate: a frame where nothing moved, of a camera that has seen no face
-        for ``check_every_s`` (a face still in the room, missed a moment, e.g. looking
-        down, is looked for again), is not searched (and counted), unless its camera's last
-        search is ``check_every_s`` old (or the clock went back): then the whole frame is
-        searched, whatever ``full_scan_every`` says (there is no face to search around).
-        At a camera that tracks no one, the first ``full_scan_every`` frames that moved after
-        a still one are searched whole (``step.whole``): someone may have come in, and there
-        is nothing to search around; while the view moves on (a street, trees in the wind),
-        only at the full scans again. (Without a motion gate every frame "moved":
-        full_scan_every is its only saving.)"""
-        frame = step.frame
-        camera, motion = frame.camera, self._motion[frame.camera]
-        moving_for = self._moving_for[camera] = (
-            self._moving_for.get(camera, 0) + 1 if frame.moved else 0
-        )
-        every = self.config.detection.full_scan_every
-        step.whole = motion.enabled and not self.trackers[camera].tracks and 0 < moving_for <= every
-        since = frame.clock - self._last_search.get(camera, -np.inf)
-        if self.trackers[camera].tracks:
-            self._last_face[camera] = frame.clock
-        faces_seen = 0 <= frame.clock - self._last_face.get(camera, -np.inf) < motion.check_every_s
-        still = motion.enabled and not frame.moved and not faces_seen
-        if still and 0 <= since < motion.check_every_s:
-            metrics.FRAMES_STILL.labels(camera).inc()
-            return False
-        if still:
-            self._since_full_scan[camera] = self.config.detection.full_scan_every
-        self._last_search[camera] = frame.clock
-        return True
-
-    def _detect(self, frames: list[Frame], whole: set[int]) -> list[FrameDetections]:
-        """One detector call per group of cameras sharing settings (usually one); the
-        frames in ``whole`` (ids) are searched whole."""
-        results: list[FrameDetections | None] = [None] * len(frames)
-        groups: dict[int, list[int]] = {}
-        for k, frame in enumerate(frames):
-            groups.setdefault(id(self._detectors[frame.camera]), []).append(k)
-        priors = [self._prior(frame, id(frame) in whole) for frame in frames]
-        # a frame with no face to search around, between full scans: nothing to find, and
-        # its image pyramid is not built for nothing
-        searched = [prior is None or len(prior) > 0 for prior in priors]
-        for members in groups.values():
-            members = [k for k in members if searched[k]]
-            if not members:
-                continue
-            detector = self._detectors[frames[members[0]].camera]
-            images = [frames[k].image for k in members]
-            found = detector.detect(images, priors=[priors[k] for k in members])
-            for k, detections in zip(members, found, strict=True):
-                results[k] = detections
-        return [r if r is not None else FrameDetections() for r in results]
-
-    def _see_still(self, frame: Frame, found: FrameDetections, tracks: list[Track]) -> None:
-        """Say a face that has stayed at one place for half an hour (``StillFaces``), with
-        the ``detection.ignore`` region that drops faces there, the box and a margin."""
-        still = self._still.get(frame.camera)
-        if still is None:
-            return
-        for box in still.see(frame.clock, found.bbox_xyxy):
-            height, width = frame.image.shape[:2]
-            margin = 0.1 * (box[2:] - box[:2])  # (and outwards to the printed 0.01)
-            x0, y0 = np.floor(np.clip((box[:2] - margin) / (width, height), 0, 1) * 100) / 100
-            x1, y1 = np.ceil(np.clip((box[2:] + margin) / (width, height), 0, 1) * 100) / 100
-            track = tracks[int(iou_matrix(box[None], found.bbox_xyxy).argmax())]
-            logger.warning(
-                "camera %s: a face has stayed at one place for %d min (box %d,%d to %d,%d of "
-                "its %dx%d frame, named %s): a photo, a poster, a screen? To drop faces "
-                "there, add to the camera's detection.ignore: [[%.2f, %.2f], [%.2f, %.2f], "
-                "[%.2f, %.2f], [%.2f, %.2f]] (someone who sat that still: nothing to do)",
-                frame.camera, STILL_FACE_S // 60, *box.round(), width, height,
-                track.identity or "nobody", x0, y0, x1, y0, x1, y1, x0, y1,
-            )  # fmt: skip
-
-    def _not_ignored(self, frame: Frame, found: FrameDetections) -> FrameDetections:
-        """``found`` without the faces centred in the camera's ``detection.ignore`` regions
-        (the centre of the part of the box inside the frame)."""
-        regions = self._ignore.get(frame.camera)
-        if not regions or not len(found):
-            return found
-        height, width = frame.image.shape[:2]
-        visible = np.clip(found.bbox_xyxy, 0, (width, height, width, height))  # a face cut
-        centres = (visible[:, :2] + visible[:, 2:]) / 2 / (width, height)  # off by the edge
-        centres = np.clip(centres, 0, np.nextafter(1, 0))  # a region's far edge is in it
-        dropped = np.zeros(len(found), bool)
-        for region in regions:
-            dropped |= points_in_polygon(centres, region)
-        if not dropped.any():
-            return found
-        metrics.FACES_IGNORED.labels(frame.camera).inc(int(dropped.sum()))
-        kept = ~dropped
-        return FrameDetections(found.bbox_xyxy[kept], found.score[kept], found.landmarks[kept])
-
-    def _prior(self, frame: Frame, whole: bool = False) -> np.ndarray | None:
-        """None: search the whole frame (every ``full_scan_every`` frames of a camera, a
-        frame of another size than its tracks', a ``whole`` one: a scene cut's, which may
-        be unlike the frame before, or someone's arrival, ``_worth_a_search``); else the
-        boxes of the camera's tracks, to search only around them (none: the frames of a
-        camera with no tracks are not searched between full scans)."""
-        camera, frame_hw = frame.camera, frame.image.shape[:2]
-        resized = self._frame_hw.get(camera, frame_hw) != frame_hw
-        tracks = self.trackers[camera].tracks
-        every = self.config.detection.full_scan_every
-        self._since_full_scan[camera] += 1
-        if resized or whole or self._since_full_scan[camera] >= every:
-            self._since_full_scan[camera] = 0
-            return None
-        return np.stack([t.bbox_xyxy for t in tracks]) if tracks else np.zeros((0, 4))
 
     def _recognise(self, faces: list[_Face]) -> None:
         facenet = self.facenet
@@ -478,8 +299,7 @@ class Pipeline:
         if due:
             self._track(due)
         for camera, tracker in self.trackers.items():
-            last = self._last_frame.get(camera)
-            seen_until = now if last is None else min(now, max(last, now - STALL_GRACE_S))
+            seen_until = self.admission.seen_until(camera, now)
             self._ended(camera, tracker.expire(seen_until, stopping), time.time())
 
     def _ended(self, camera: str, events: list[TrackEvent], ts: float) -> None:

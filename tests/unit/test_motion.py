@@ -110,7 +110,7 @@ def test_still_frames_are_searched_only_every_check_every_s_while_no_face_is_in_
     before = still_count()
     for second in range(12):  # a still, empty scene: searched at 0, 5 and 10 s
         pipeline.process([Frame("door", second, 1000.0 + second, empty, moved=False)])
-        searched.append(pipeline._last_search["door"] == 1000.0 + second)
+        searched.append(pipeline.search._last_search["door"] == 1000.0 + second)
     assert [s for s, yes in enumerate(searched) if yes] == [0, 5, 10]
     assert still_count() - before == 9
 
@@ -120,14 +120,14 @@ def test_still_frames_are_searched_only_every_check_every_s_while_no_face_is_in_
     assert pipeline.trackers["door"].tracks
     for k, image in enumerate(stays):  # standing still in front of the camera
         pipeline.process([Frame("door", 13 + k, 1013.0 + k, image, moved=False)])
-        assert pipeline._last_search["door"] == 1013.0 + k
+        assert pipeline.search._last_search["door"] == 1013.0 + k
     assert still_count() - before == 9
 
     # a clock set back: searched at once, not after check_every_s
     pipeline = pipeline_for(detector)
     pipeline.process([Frame("door", 1, 1000.0, empty, moved=False)])
     pipeline.process([Frame("door", 2, 990.0, empty, moved=False)])
-    assert pipeline._last_search["door"] == 990.0
+    assert pipeline.search._last_search["door"] == 990.0
 
 
 def test_the_check_of_a_still_scene_searches_the_whole_frame(detector) -> None:
@@ -157,12 +157,12 @@ def test_a_face_missed_a_moment_in_a_still_scene_is_looked_for_again(detector) -
         pipeline.expire(1000.0 + second)
     assert not pipeline.trackers["door"].tracks, "lost_after_s: the track ended"
     pipeline.process([Frame("door", 4, 1004.0, sitting, moved=False)])
-    assert pipeline._last_search["door"] == 1004.0 and pipeline.trackers["door"].tracks
+    assert pipeline.search._last_search["door"] == 1004.0 and pipeline.trackers["door"].tracks
     for second in range(5, 15):  # gone for good: still frames are skipped again...
         pipeline.process([Frame("door", second, 1000.0 + second, empty, moved=False)])
         pipeline.expire(1000.0 + second)
     # ...once check_every_s (5 s) passed since the last frame with a track (at 7 s)
-    assert pipeline._last_search["door"] == 1011.0
+    assert pipeline.search._last_search["door"] == 1011.0
 
 
 def test_without_the_gate_every_frame_is_searched(detector) -> None:
@@ -171,7 +171,7 @@ def test_without_the_gate_every_frame_is_searched(detector) -> None:
     before = still_count()
     for second in range(3):
         pipeline.process([Frame("door", second, 1000.0 + second, empty, moved=False)])
-        assert pipeline._last_search["door"] == 1000.0 + second
+        assert pipeline.search._last_search["door"] == 1000.0 + second
     assert still_count() == before
 
 

@@ -37,7 +37,7 @@ def test_full_scan_every_n_frames_and_search_around_tracks_in_between(detector) 
     for k in range(7):
         ok, image = clip.read()
         assert ok
-        prior = pipeline._prior(Frame("door", k, float(k), image))
+        prior = pipeline.search.prior(Frame("door", k, float(k), image))
         seen.append(None if prior is None else len(prior))
         pipeline.trackers["door"].update(float(k), detector.detect([image])[0])
     faces = len(pipeline.trackers["door"].tracks)
@@ -68,7 +68,7 @@ def test_full_scan_every_n_frames_and_search_around_tracks_in_between(detector) 
         for k in range(7):
             pipeline.process([Frame("door", k, float(k), blank)])
     assert given == [1, 1, 1], "the full scans only (frames 0, 3, 6)"
-    assert pipeline._last_search["door"] == 6.0, "each frame counts as searched"
+    assert pipeline.search._last_search["door"] == 6.0, "each frame counts as searched"
 
     # with one, the first 3 frames that moved after a still one are searched whole
     # (someone may have come in: tests/unit/test_motion.py), then, while the view moves on
@@ -109,7 +109,7 @@ def test_full_scan_every_n_frames_and_search_around_tracks_in_between(detector) 
     pipeline = Pipeline(config, detector, None, EventSinks())
     blank = np.zeros((360, 640, 3), np.uint8)
     still = [Frame(c, 0, 0.0, blank, moved=False) for c in "dbc"]  # (moved: searched whole)
-    rounds = [[pipeline._prior(frame) is None for frame in still] for _ in range(6)]
+    rounds = [[pipeline.search.prior(frame) is None for frame in still] for _ in range(6)]
     assert rounds == [[True, False, False], [False, True, False], [False, False, True]] * 2
 
 
@@ -296,7 +296,7 @@ def test_an_ignore_region_at_the_frames_edge_takes_faces_the_edge_cuts_off() -> 
     )
     pipeline = Pipeline(config, None, None, EventSinks())  # type: ignore[arg-type]
     frame = Frame("door", 1, 0.0, np.zeros((360, 640, 3), np.uint8))
-    kept = pipeline._not_ignored(
+    kept = pipeline.search.not_ignored(
         frame, faces((-60, 100, 40, 220), (600, 100, 700, 220), (300, 100, 340, 140))
     )
     assert kept.bbox_xyxy.tolist() == [[300, 100, 340, 140]]
