@@ -1,14 +1,20 @@
 """A face track (``Track``): where its face was and where it should be now (its velocity),
 its identity votes and their verdict, and the track as it was before a face that may be
-someone else's (``_Doubt``); and an event of a track (``TrackEvent``). The tracker that
-starts, matches and ends them, and decides their events, is ``daemon.tracking``'s."""
+someone else's (``_Doubt``); an event of a track (``TrackEvent``); and a face of a frame
+with its track, on its way through the pipeline (``TrackedFace``). The tracker that starts,
+matches and ends them, and decides their events, is ``daemon.tracking``'s."""
 
 from __future__ import annotations
 
 from collections import Counter, deque
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from daemon.camera_frames import Frame
+    from engines.mtcnn import FrameDetections
 
 UNKNOWN = ""  # the vote of a face that matched nobody
 # a track's velocity: this weight for the latest move (one jittery box moves it half-way),
@@ -197,6 +203,22 @@ class TrackEvent:
     previous: str | None = None
     # left, and a confirmed sent as its track leaves: "lost", "cut" or "stopped"; "gallery"
     reason: str | None = None
+
+
+@dataclass
+class TrackedFace:
+    """A face of a frame of the batch, and its track (``daemon.scheduler.Pipeline``)."""
+
+    frame: Frame
+    detections: FrameDetections
+    index: int
+    track: Track
+
+    def own(self) -> tuple[np.ndarray, np.ndarray, float]:
+        """The face's box, landmarks and score in its own frame (the track holds those of
+        its latest frame, a later one when a batch has several frames of the camera)."""
+        found, k = self.detections, self.index
+        return found.bbox_xyxy[k], found.landmarks[k], float(found.score[k])
 
 
 def _looks_at(doubt: _Doubt, ts: float) -> bool:

@@ -313,7 +313,7 @@ def test_a_gallery_change_while_the_spools_disk_is_full_is_applied_and_saved_lat
     with caplog.at_level("INFO"):
         pipeline.reload_gallery()  # `facewatch enroll` and `gallery remove`
         pipeline.reload_gallery()  # then a SIGHUP
-    assert pipeline._enrolled == set(VISITORS)
+    assert pipeline.emitter.enrolled == set(VISITORS)
     assert publisher.retained.topics[publisher.person_topic("ann")] == b""
     assert publisher.retained.topics[publisher.person_snapshot_topic("ann")] == b""
     assert all(publisher.person_topic(name) in publisher.retained.topics for name in VISITORS)

@@ -136,13 +136,13 @@ def test_a_persons_presence_follows_their_tracks_on_every_camera() -> None:
 
     state = State()
     pipeline = Pipeline(config, None, None, EventSinks(state=state))  # type: ignore[arg-type]
-    pipeline._enrolled = {"Ada"}
+    pipeline.emitter.enrolled = {"Ada"}
 
     def step(camera: str, ts: float, who: str) -> None:  # a frame with one face, recognised
         tracker = pipeline.trackers[camera]
         tracks = tracker.update(ts, faces((10, 10, 50, 50)))
         tracker.record(tracks[0], who, 0.5)
-        pipeline._changed(camera, tracker.decide(tracks), ts)
+        pipeline.emitter.changed(camera, tracker.decide(tracks), ts)
 
     step("door", 0.0, "Ada")
     assert state.people == {"Ada": ["door"]}
@@ -378,8 +378,8 @@ def test_the_faces_in_view_state_never_goes_back_in_time() -> None:
     pipeline = Pipeline(config, None, None, EventSinks(state=State()))  # type: ignore[arg-type]
     tracker = pipeline.trackers["door"]
     tracks = tracker.update(0.0, faces((10, 10, 50, 50)))
-    pipeline._changed("door", tracker.decide(tracks), 100.0)
-    pipeline._changed("door", tracker.expire(5.0), 102.5)  # the clock at the expiry
+    pipeline.emitter.changed("door", tracker.decide(tracks), 100.0)
+    pipeline.emitter.changed("door", tracker.expire(5.0), 102.5)  # the clock at the expiry
     tracks = tracker.update(5.1, faces((10, 10, 50, 50)))  # a frame taken before it
-    pipeline._changed("door", tracker.decide(tracks), 102.1)
+    pipeline.emitter.changed("door", tracker.decide(tracks), 102.1)
     assert [(s["faces"], s["ts"]) for s in states] == [(1, 100.0), (0, 102.5), (1, 102.5)]

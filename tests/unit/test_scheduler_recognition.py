@@ -291,7 +291,7 @@ def test_a_confirmed_sent_as_its_face_leaves_has_the_snapshot_of_its_last_face(t
     last_face = np.array([310.0, 170.0, 330.0, 190.0])
     assert snapshot == face_snapshot(images[-1], last_face)
     assert none is None
-    assert pipeline._undecided_face == {}, "nothing kept once the track is gone"
+    assert pipeline.emitter._undecided_face == {}, "nothing kept once the track is gone"
 
 
 def test_a_reload_that_meets_a_writer_after_reading_the_gallery_goes_on(
@@ -331,7 +331,7 @@ def test_a_reload_that_meets_a_writer_after_reading_the_gallery_goes_on(
     assert said.startswith(f"gallery {path}: 1 person, threshold ") and said.endswith(
         "(the gallery's), 1 with their own"
     ), said
-    assert pipeline.gallery is not None and pipeline._enrolled == {"ann"}
+    assert pipeline.gallery is not None and pipeline.emitter.enrolled == {"ann"}
 
 
 def test_a_gallery_damaged_while_the_daemon_runs_leaves_the_old_one_in_use(
@@ -363,7 +363,7 @@ def test_a_gallery_damaged_while_the_daemon_runs_leaves_the_old_one_in_use(
         "gallery file is damaged: restore an export into a new gallery (`facewatch gallery "
         "import FILE --gallery NEW`), or `facewatch gallery remove 'bob'` and enroll them again"
     ]
-    assert pipeline.gallery is not None and pipeline._enrolled == {"ann"}
+    assert pipeline.gallery is not None and pipeline.emitter.enrolled == {"ann"}
     [match] = pipeline.gallery.match(np.eye(8, dtype=np.float32)[:1])
     assert match.identity == "ann"
     assert REGISTRY.get_sample_value("facewatch_gallery_identities") == 1

@@ -1180,7 +1180,7 @@ def test_a_gallery_being_written_holds_the_cameras_a_moment_and_is_read_when_don
     reads the file at the next check once the writer is done."""
     import sqlite3
 
-    from daemon.scheduler import GALLERY_LOCK_S
+    from daemon.gallery_live import GALLERY_LOCK_S
 
     ann = np.eye(8, dtype=np.float32)[0]
     path, config = _ann_enrolled(tmp_path, ann)
@@ -1202,7 +1202,7 @@ def test_a_gallery_being_written_holds_the_cameras_a_moment_and_is_read_when_don
     writer.close()
     assert pipeline.gallery_changed(), "tried again at the next check"
     pipeline.reload_gallery()
-    assert pipeline.gallery is not None and not pipeline._gallery_busy
+    assert pipeline.gallery is not None and not pipeline.live_gallery._gallery_busy
 
 
 def test_a_gallery_event_after_a_clock_step_carries_the_frames_time(tmp_path) -> None:
