@@ -5,7 +5,7 @@ compression noise), compared with a running average of the camera's last second 
 frames, and called *moved* when enough of its pixels differ from that average by more than a
 threshold.
 A camera reader owns one ``MotionDetector``; the scheduler skips the detector on a frame that
-did not move while its camera has no faces in view (``Pipeline``).
+did not move while its camera has no faces in view (``daemon.face_search``).
 """
 
 from __future__ import annotations
