@@ -1,5 +1,6 @@
-"""Stand-ins the daemon's unit tests share: a pipeline's events recorded, scripted engines
-that find one face, and a gallery of two people for their embeddings."""
+"""Stand-ins the daemon's unit tests share: a pipeline's events recorded, the scheduler's
+engines scripted (the one fake DESIGN.md allows: engines whose outputs a test controls), and
+a gallery of two people for their embeddings."""
 
 from __future__ import annotations
 
@@ -26,23 +27,41 @@ class Recorded(EventSinks):
         self.sent.append((event, snapshot))
 
 
-class OneFace:
-    """The scheduler's engines, scripted: one face in the middle of every frame, ``side``
-    pixels wide; its embedding is ann's (the first axis). Counts the faces embedded."""
+def found(boxes, landmarks=None) -> FrameDetections:  # type: ignore[no-untyped-def]
+    """A frame's faces as the detector gives them: ``boxes`` (x0, y0, x1, y1), each scored 1,
+    with ``landmarks`` (5 points each) or all at 0."""
+    bbox = np.array(boxes, np.float32).reshape(-1, 4)
+    points = np.zeros((len(bbox), 5, 2)) if landmarks is None else landmarks
+    return FrameDetections(bbox, np.ones(len(bbox), np.float32), np.array(points, np.float32))
+
+
+class ScriptedEngines:
+    """The scheduler's engines, scripted: a subclass says the faces the detector finds
+    (``detect``) and the embeddings FaceNet gives them (``embed_picks``); no frame size is
+    refused, and the model id is the gallery's."""
 
     model_id = "scripted-facenet"
-
-    def __init__(self) -> None:
-        self.side, self.embedded = 60.0, 0
 
     def refuses(self, image_hw: tuple[int, int]) -> None:
         return None
 
     def detect(self, images: list, priors: list | None = None) -> list[FrameDetections]:
+        raise NotImplementedError
+
+    def embed_picks(self, picks: list) -> np.ndarray:
+        raise NotImplementedError
+
+
+class OneFace(ScriptedEngines):
+    """One face in the middle of every frame, ``side`` pixels wide; its embedding is ann's
+    (the first axis). Counts the faces embedded."""
+
+    def __init__(self) -> None:
+        self.side, self.embedded = 60.0, 0
+
+    def detect(self, images: list, priors: list | None = None) -> list[FrameDetections]:
         half = self.side / 2
-        bbox = np.array([[320 - half, 180 - half, 320 + half, 180 + half]], np.float32)
-        landmarks = np.zeros((1, 5, 2), np.float32)
-        return [FrameDetections(bbox, np.ones(1, np.float32), landmarks) for _ in images]
+        return [found([(320 - half, 180 - half, 320 + half, 180 + half)]) for _ in images]
 
     def embed_picks(self, picks: list) -> np.ndarray:
         self.embedded += len(picks)

@@ -27,6 +27,7 @@ from daemon.scheduler import Pipeline
 from daemon.spool import Spool
 from engines.mtcnn import FrameDetections
 from tests.conftest import REPO
+from tests.pipeline_fakes import ScriptedEngines, found
 
 BASE = "facewatch/garage"
 
@@ -257,20 +258,14 @@ def test_with_snapshots_each_enrolled_person_shows_their_own_last_face() -> None
     assert zoe["image_topic"] != ada["image_topic"] and zoe["unique_id"] != ada["unique_id"]
 
 
-class _TwoPeople:
-    """The scheduler's engines, scripted: two faces in every frame, the left one ann's, the
-    right one bob's (their embeddings: the first two axes)."""
+class _TwoPeople(ScriptedEngines):
+    """Two faces in every frame, the left one ann's, the right one bob's (their embeddings:
+    the first two axes)."""
 
-    model_id = "scripted-facenet"
     boxes = ((100, 100, 160, 160), (460, 100, 520, 160))
 
-    def refuses(self, image_hw: tuple[int, int]) -> None:
-        return None
-
     def detect(self, images: list, priors: list | None = None) -> list[FrameDetections]:
-        bbox = np.array(self.boxes, np.float32)
-        landmarks = np.zeros((2, 5, 2), np.float32)
-        return [FrameDetections(bbox, np.ones(2, np.float32), landmarks) for _ in images]
+        return [found(self.boxes) for _ in images]
 
     def embed_picks(self, picks: list) -> np.ndarray:
         axes = np.eye(8, dtype=np.float32)
@@ -346,24 +341,18 @@ def test_each_persons_snapshot_is_their_own_face_and_goes_with_them(tmp_path) ->
     assert publisher.retained.topics[publisher.person_snapshot_topic("bob")] == b""
 
 
-class _StrangerAndGlimpse:
-    """The scheduler's engines, scripted: a stranger's face on the left (an embedding nobody
-    enrolled has), and while ``glimpse`` is set a face on the right too small to recognise."""
+class _StrangerAndGlimpse(ScriptedEngines):
+    """A stranger's face on the left (an embedding nobody enrolled has), and while ``glimpse``
+    is set a face on the right too small to recognise."""
 
-    model_id = "scripted-facenet"
     stranger, small = (100, 100, 160, 160), (490, 120, 510, 140)
 
     def __init__(self) -> None:
         self.glimpse = True
 
-    def refuses(self, image_hw: tuple[int, int]) -> None:
-        return None
-
     def detect(self, images: list, priors: list | None = None) -> list[FrameDetections]:
         boxes = [self.stranger, self.small] if self.glimpse else [self.stranger]
-        bbox = np.array(boxes, np.float32)
-        landmarks = np.zeros((len(boxes), 5, 2), np.float32)
-        return [FrameDetections(bbox, np.ones(len(boxes), np.float32), landmarks) for _ in images]
+        return [found(boxes) for _ in images]
 
     def embed_picks(self, picks: list) -> np.ndarray:
         return np.stack([np.eye(8, dtype=np.float32)[2] for _ in picks])

@@ -19,6 +19,7 @@ from daemon.scheduler import Pipeline
 from engines.mtcnn import FrameDetections
 from tests.pipeline_fakes import OneFace as _OneFace
 from tests.pipeline_fakes import Recorded as _Recorded
+from tests.pipeline_fakes import ScriptedEngines, found
 from tests.pipeline_fakes import gallery_of_ann_and_bob as _gallery_of_ann_and_bob
 
 
@@ -176,28 +177,22 @@ def test_a_gallery_reload_names_the_faces_in_view_at_their_cameras_threshold(tmp
     assert pipeline.trackers["night"].in_view() == [None]
 
 
-class _Passer:
-    """The scheduler's engines, scripted: one face in the middle of the frame while
-    ``present``, straight on or (``turned``) a profile, its nose 3 half eye distances off
-    the eyes' middle; its embedding is on axis ``axis`` (0: ann's)."""
+class _Passer(ScriptedEngines):
+    """One face in the middle of the frame while ``present``, straight on or (``turned``) a
+    profile, its nose 3 half eye distances off the eyes' middle; its embedding is on axis
+    ``axis`` (0: ann's)."""
 
-    model_id = "scripted-facenet"
     FRONTAL = ((305, 170), (335, 170), (320, 185), (308, 198), (332, 198))
     PROFILE = ((330, 170), (345, 170), (360, 185), (335, 198), (350, 198))
 
     def __init__(self, axis: int, turned: bool) -> None:
         self.axis, self.turned, self.present = axis, turned, True
 
-    def refuses(self, image_hw: tuple[int, int]) -> None:
-        return None
-
     def detect(self, images: list, priors: list | None = None) -> list[FrameDetections]:
         if not self.present:
-            empty = np.zeros((0, 4), np.float32), np.zeros(0, np.float32)
-            return [FrameDetections(*empty, np.zeros((0, 5, 2), np.float32)) for _ in images]
-        bbox = np.array([[290, 150, 370, 230]], np.float32)
-        landmarks = np.array([self.PROFILE if self.turned else self.FRONTAL], np.float32)
-        return [FrameDetections(bbox, np.ones(1, np.float32), landmarks) for _ in images]
+            return [found([]) for _ in images]
+        landmarks = [self.PROFILE if self.turned else self.FRONTAL]
+        return [found([(290, 150, 370, 230)], landmarks) for _ in images]
 
     def embed_picks(self, picks: list) -> np.ndarray:
         return np.stack([np.eye(8, dtype=np.float32)[self.axis] for _ in picks])

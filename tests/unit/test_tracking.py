@@ -21,6 +21,7 @@ from daemon.gallery_write import Enrollment
 from daemon.scheduler import BatchScheduler, Pipeline
 from daemon.tracking import Tracker
 from engines.mtcnn import FrameDetections
+from tests.pipeline_fakes import ScriptedEngines
 
 
 def faces(*boxes: tuple[float, float, float, float]) -> FrameDetections:
@@ -784,17 +785,11 @@ def test_left_carries_the_announced_identitys_support() -> None:
     assert (left.identity, left.confidence, left.distance) == ("ann", 3 / 5, 0.5)
 
 
-class _OnePerson:
-    """The scheduler's engines, scripted (the only fakes the tests allow): the detector finds
-    one face in every frame, and FaceNet gives it ``face``'s embedding."""
-
-    model_id = "scripted-facenet"
+class _OnePerson(ScriptedEngines):
+    """The detector finds one face in every frame, and FaceNet gives it ``face``'s embedding."""
 
     def __init__(self, face: np.ndarray) -> None:
         self.face = face
-
-    def refuses(self, image_hw: tuple[int, int]) -> None:
-        return None
 
     def detect(self, images: list, priors: list | None = None) -> list[FrameDetections]:
         return [faces((100, 100, 160, 160)) for _ in images]
