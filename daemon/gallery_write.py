@@ -82,47 +82,11 @@ class GalleryWriter(GalleryReader):
             for source, holder in conn.execute("SELECT source_sha256, identity_id FROM embeddings"):
                 holders.setdefault(source, set()).add(holder)
             for face in faces:
-                vector = np.asarray(face.embedding, dtype="<f4").reshape(-1)
-                if vector.size != self.embedding_size or not np.all(np.isfinite(vector)):
-                    raise GalleryError(
-                        f"{self.path}: embedding for {face.name!r} has {vector.size} finite "
-                        f"values expected {self.embedding_size}; nothing was enrolled"
-                    )
-                length = float(np.linalg.norm(vector.astype(np.float64)))
-                if abs(length - 1.0) > UNIT_TOLERANCE:  # the distances assume unit vectors
-                    raise GalleryError(
-                        f"{self.path}: embedding for {face.name!r} has length {length:.4g}, "
-                        "not 1 (FaceNet's are L2-normalised); nothing was enrolled"
-                    )
-                identity_id = names.get(face.name)
-                if identity_id is None:
-                    name = clean_name(face.name)
-                    _refuse_case_twin(folded, name, -1, self.path)
-                    identity_id = _create_identity(conn, name)
-                    names.add(name, identity_id)
-                    folded[twin_key(name)] = (name, identity_id)
-                others = holders.setdefault(face.source_sha256, set()) - {identity_id}
-                if others:
-                    (holder,) = conn.execute(
-                        "SELECT name FROM identities WHERE id = ?", (min(others),)
-                    ).fetchone()
-                    raise GalleryError(
-                        f"{self.path}: a photo of {face.name!r} is already enrolled as "
-                        f"{holder!r}; nothing was enrolled"
-                    )
+                vector = self._unit_vector(face)
+                identity_id = self._identity_or_new(conn, names, folded, face.name)
+                self._refuse_held_by_another(conn, holders, face, identity_id)
                 holders[face.source_sha256].add(identity_id)
-                cursor = conn.execute(
-                    "INSERT OR IGNORE INTO embeddings "
-                    "(identity_id, model_id, vector, source_sha256, created) VALUES (?,?,?,?,?)",
-                    (
-                        identity_id,
-                        self.model_id,
-                        vector.tobytes(),
-                        face.source_sha256,
-                        face.created or now_iso(),
-                    ),
-                )
-                if cursor.rowcount:
+                if self._insert_face(conn, identity_id, vector, face):
                     added += 1
                     touched.add(identity_id)
             now = now_iso()
@@ -135,6 +99,78 @@ class GalleryWriter(GalleryReader):
                 [(value, found[name]) for name, value in limits.items()],
             )
         return added
+
+    def _unit_vector(self, face: Enrollment) -> np.ndarray:
+        """``face``'s embedding as float32 (D,); GalleryError unless it is a finite unit
+        vector of the gallery's size."""
+        vector = np.asarray(face.embedding, dtype="<f4").reshape(-1)
+        if vector.size != self.embedding_size or not np.all(np.isfinite(vector)):
+            raise GalleryError(
+                f"{self.path}: embedding for {face.name!r} has {vector.size} finite "
+                f"values expected {self.embedding_size}; nothing was enrolled"
+            )
+        length = float(np.linalg.norm(vector.astype(np.float64)))
+        if abs(length - 1.0) > UNIT_TOLERANCE:  # the distances assume unit vectors
+            raise GalleryError(
+                f"{self.path}: embedding for {face.name!r} has length {length:.4g}, "
+                "not 1 (FaceNet's are L2-normalised); nothing was enrolled"
+            )
+        return vector
+
+    def _identity_or_new(
+        self,
+        conn: sqlite3.Connection,
+        names: Names,
+        folded: dict[str, tuple[str, int]],
+        name: str,
+    ) -> int:
+        """The id of the identity ``name``, created (and added to ``names`` and ``folded``)
+        when there is none; GalleryError for a name that only looks like an enrolled one."""
+        identity_id = names.get(name)
+        if identity_id is None:
+            name = clean_name(name)
+            _refuse_case_twin(folded, name, -1, self.path)
+            identity_id = _create_identity(conn, name)
+            names.add(name, identity_id)
+            folded[twin_key(name)] = (name, identity_id)
+        return identity_id
+
+    def _refuse_held_by_another(
+        self,
+        conn: sqlite3.Connection,
+        holders: dict[str, set[int]],
+        face: Enrollment,
+        identity_id: int,
+    ) -> None:
+        """GalleryError when ``face``'s source image is enrolled as someone else already
+        (``holders``: the identities enrolled from each source image)."""
+        others = holders.setdefault(face.source_sha256, set()) - {identity_id}
+        if others:
+            (holder,) = conn.execute(
+                "SELECT name FROM identities WHERE id = ?", (min(others),)
+            ).fetchone()
+            raise GalleryError(
+                f"{self.path}: a photo of {face.name!r} is already enrolled as "
+                f"{holder!r}; nothing was enrolled"
+            )
+
+    def _insert_face(
+        self, conn: sqlite3.Connection, identity_id: int, vector: np.ndarray, face: Enrollment
+    ) -> bool:
+        """Store ``face``'s ``vector`` as ``identity_id``'s; False when that identity was
+        enrolled from its source image already."""
+        cursor = conn.execute(
+            "INSERT OR IGNORE INTO embeddings "
+            "(identity_id, model_id, vector, source_sha256, created) VALUES (?,?,?,?,?)",
+            (
+                identity_id,
+                self.model_id,
+                vector.tobytes(),
+                face.source_sha256,
+                face.created or now_iso(),
+            ),
+        )
+        return bool(cursor.rowcount)
 
     def _identity_ids(self, conn: sqlite3.Connection, names: list[str]) -> dict[str, int]:
         """Each of ``names`` as ``_identity_id`` finds it, from one read of the identities (an
