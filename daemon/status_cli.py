@@ -234,69 +234,82 @@ def read_status(where: MetricsUrl, interval_s: float) -> Status:
     (before, _), start = scrape(where), time.monotonic()
     time.sleep(interval_s)
     after, now = scrape(where)
-    elapsed = max(time.monotonic() - start, 1e-9)
-
-    def value(name: str, **labels: str) -> float:
-        return after.get((name, tuple(sorted(labels.items()))), 0.0)
-
-    def rate(name: str, camera: str) -> float:
-        key = (name, (("camera", camera),))
-        return max(0.0, after.get(key, 0.0) - before.get(key, 0.0)) / elapsed
-
+    reads = _Reads(before, after, elapsed_s=max(time.monotonic() - start, 1e-9))
     build = next((dict(labels) for (name, labels) in after if name == "facewatch_build_info"), None)
     if build is None:
         raise NotFacewatch("Prometheus metrics, but no facewatch_build_info among them")
-    cameras = sorted(
-        {
-            dict(labels).get("camera", "?")
-            for (name, labels) in after
-            if name == "facewatch_camera_up"
-        }
-    )
-    down = {  # camera: (since, reason)
-        dict(labels).get("camera", "?"): (since, dict(labels).get("reason", "?"))
-        for (name, labels), since in after.items()
-        if name == "facewatch_camera_down_since_seconds"
-    }
     mqtt_key = ("facewatch_mqtt_connected", ())
     return Status(
         url=where.plain,
         version=build.get("version", "?"),
         backend=build.get("backend", "?"),
         model=build.get("model") or "none (detection only)",
-        uptime_s=max(0.0, now - value("process_start_time_seconds")),
+        uptime_s=max(0.0, now - reads.value("process_start_time_seconds")),
         mqtt="off"
         if mqtt_key not in after
         else "connected"
         if after[mqtt_key] == 1
         else "disconnected",
-        spooled=int(value("facewatch_mqtt_spool_events")),
-        refused=value("facewatch_mqtt_refused") == 1,
-        enrolled=int(value("facewatch_gallery_identities")),
-        cameras=[
-            Camera(
-                name=c,
-                up=value("facewatch_camera_up", camera=c) == 1,
-                decoded_fps=rate("facewatch_frames_decoded_total", c),
-                read_fps=rate("facewatch_frames_read_total", c),
-                searched_fps=rate("facewatch_frames_processed_total", c),
-                still_fps=rate("facewatch_frames_still_total", c),
-                dropped_fps=rate("facewatch_frames_dropped_total", c),
-                faces_per_s=rate("facewatch_faces_detected_total", c),
-                reconnects=int(value("facewatch_camera_reconnects_total", camera=c)),
-                down_since=down[c][0] if c in down else None,
-                down_reason=down[c][1] if c in down else None,
-                behind=_dropping(
-                    rate("facewatch_frames_read_total", c) * elapsed,
-                    rate("facewatch_frames_dropped_total", c) * elapsed,
-                ),
-            )
-            for c in cameras
-        ],
+        spooled=int(reads.value("facewatch_mqtt_spool_events")),
+        refused=reads.value("facewatch_mqtt_refused") == 1,
+        enrolled=int(reads.value("facewatch_gallery_identities")),
+        cameras=reads.cameras(),
         now=now,
-        archive_failing=value("facewatch_archive_failing") == 1,
-        archive_errors=int(value("facewatch_archive_failures_total", reason="error")),
+        archive_failing=reads.value("facewatch_archive_failing") == 1,
+        archive_errors=int(reads.value("facewatch_archive_failures_total", reason="error")),
     )
+
+
+@dataclass(frozen=True)
+class _Reads:
+    """Two scrapes ``elapsed_s`` seconds apart: the later one's values, the rates between."""
+
+    before: Samples
+    after: Samples
+    elapsed_s: float
+
+    def value(self, name: str, **labels: str) -> float:
+        return self.after.get((name, tuple(sorted(labels.items()))), 0.0)
+
+    def rate(self, name: str, camera: str) -> float:
+        key = (name, (("camera", camera),))
+        return max(0.0, self.after.get(key, 0.0) - self.before.get(key, 0.0)) / self.elapsed_s
+
+    def cameras(self) -> list[Camera]:
+        """Each camera the daemon reads, by name."""
+        names = sorted(
+            {
+                dict(labels).get("camera", "?")
+                for (name, labels) in self.after
+                if name == "facewatch_camera_up"
+            }
+        )
+        down = {  # camera: (since, reason)
+            dict(labels).get("camera", "?"): (since, dict(labels).get("reason", "?"))
+            for (name, labels), since in self.after.items()
+            if name == "facewatch_camera_down_since_seconds"
+        }
+        return [self._camera(c, down.get(c)) for c in names]
+
+    def _camera(self, c: str, down: tuple[float, str] | None) -> Camera:
+        """Camera ``c``; ``down``: since when and why it is down, if it is."""
+        return Camera(
+            name=c,
+            up=self.value("facewatch_camera_up", camera=c) == 1,
+            decoded_fps=self.rate("facewatch_frames_decoded_total", c),
+            read_fps=self.rate("facewatch_frames_read_total", c),
+            searched_fps=self.rate("facewatch_frames_processed_total", c),
+            still_fps=self.rate("facewatch_frames_still_total", c),
+            dropped_fps=self.rate("facewatch_frames_dropped_total", c),
+            faces_per_s=self.rate("facewatch_faces_detected_total", c),
+            reconnects=int(self.value("facewatch_camera_reconnects_total", camera=c)),
+            down_since=down[0] if down is not None else None,
+            down_reason=down[1] if down is not None else None,
+            behind=_dropping(
+                self.rate("facewatch_frames_read_total", c) * self.elapsed_s,
+                self.rate("facewatch_frames_dropped_total", c) * self.elapsed_s,
+            ),
+        )
 
 
 def _duration(seconds: float) -> str:
