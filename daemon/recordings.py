@@ -218,27 +218,13 @@ def identify_video(
     ffmpeg_environment()  # FFmpeg's own messages off (a damaged file's: said by us)
     capture = open_video(path)
     total, fps = header_frames(capture), native_fps(capture)
-
-    def print_visit(visit: Visit) -> None:
-        progress.visits.append(visit)
-        if json_out:
-            print(json.dumps(visit.to_json()), flush=True)
-        else:
-            tqdm.write(visit.line(), file=sys.stdout)
-
     if not json_out:
         tqdm.write(
             f"{path}: visits, each as it ends (from when to when in the video):", file=sys.stdout
         )
     progress = Progress()
-    sink = VisitSink(str(path), progress, print_visit)
-    detection = config.detection  # the daemon's detector settings
-    detector = detector.with_config(
-        min_face_size=detection.min_face_size,
-        thresholds=detection.thresholds,
-        scale_factor=detection.scale_factor,
-    )
-    pipeline = Pipeline(config, detector, facenet, sink, gallery=gallery)
+    sink = VisitSink(str(path), progress, _visit_printer(progress, json_out))
+    pipeline = Pipeline(config, _daemons_detector(detector, config), facenet, sink, gallery=gallery)
     batching = config.batching  # a batch holds at most queue_frames frames of a camera
     size = min(batching.max_batch, batching.queue_frames)
     started = time.monotonic()
@@ -264,6 +250,30 @@ def identify_video(
     _summary(path, progress, config.cameras[0].fps, seconds, json_out, short)
     say_cut_short(short, json_out)
     return progress
+
+
+def _visit_printer(progress: Progress, json_out: bool) -> Callable[[Visit], None]:
+    """What prints each visit as it ends (a JSON object, or a line above the progress
+    bar), keeping it in ``progress`` for the summary."""
+
+    def print_visit(visit: Visit) -> None:
+        progress.visits.append(visit)
+        if json_out:
+            print(json.dumps(visit.to_json()), flush=True)
+        else:
+            tqdm.write(visit.line(), file=sys.stdout)
+
+    return print_visit
+
+
+def _daemons_detector(detector: MTCNN, config: Config) -> MTCNN:
+    """``detector`` with the daemon's detector settings (``config.detection``)."""
+    detection = config.detection
+    return detector.with_config(
+        min_face_size=detection.min_face_size,
+        thresholds=detection.thresholds,
+        scale_factor=detection.scale_factor,
+    )
 
 
 def _run(
