@@ -15,12 +15,13 @@ import zlib
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
 from daemon.gallery import Gallery, GalleryError, check_threshold
 from daemon.gallery_check import UNIT_TOLERANCE
+from daemon.gallery_read import Identity
 from daemon.gallery_write import Enrollment
 from engines.base import brief, finite_number, is_count, parse_json, read_json, sync_folder
 
@@ -47,15 +48,7 @@ def write(gallery_path: Path, target: Path, force: bool) -> tuple[int, int]:
     aside and moved into place (never half a file); returns (people, embeddings)."""
     suffix = _format(target)
     _check_target(target, gallery_path, force)
-    with Gallery.open(gallery_path) as gallery:
-        people = gallery.identities()
-        vectors, owners, sources, created = gallery.embeddings()
-        header = {
-            "model_id": gallery.model_id,
-            "embedding_size": gallery.embedding_size,
-            "threshold": gallery.threshold,
-            "distance": "squared euclidean on L2-normalised embeddings",
-        }
+    contents = _Contents.read(gallery_path)
     part = target.with_name(f".{target.name}.{os.getpid()}.part")
     try:
         fd = os.open(part, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
@@ -64,42 +57,74 @@ def write(gallery_path: Path, target: Path, force: bool) -> tuple[int, int]:
     try:
         with os.fdopen(fd, "wb") as handle:
             if suffix == ".npz":
-                np.savez(
-                    handle,
-                    vectors=vectors,
-                    names=np.array(owners, dtype=str),
-                    source_sha256=np.array(sources, dtype=str),
-                    created=np.array(created, dtype=str),
-                    identity_names=np.array([p.name for p in people], dtype=str),
-                    identity_thresholds=np.array(
-                        [np.nan if p.threshold is None else p.threshold for p in people],
-                        np.float32,
-                    ),
-                    header=np.array(json.dumps(header)),
-                )
+                contents.save_npz(handle)
             else:
-                by_name: dict[str, list[dict[str, Any]]] = {p.name: [] for p in people}
-                for vector, owner, source, when in zip(
-                    vectors, owners, sources, created, strict=True
-                ):
-                    by_name[owner].append(
-                        {"vector": [float(v) for v in vector], "source_sha256": source,
-                         "created": when}
-                    )  # fmt: skip
-                identities = [
-                    {"name": p.name, "threshold": p.threshold, "created": p.created,
-                     "updated": p.updated, "embeddings": by_name[p.name]}
-                    for p in people
-                ]  # fmt: skip
-                record = {"format": JSON_FORMAT, "version": JSON_VERSION, **header}
-                handle.write(json.dumps({**record, "identities": identities}).encode())
+                handle.write(json.dumps(contents.as_json()).encode())
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(part, target)
         sync_folder(target.parent)
     finally:
         part.unlink(missing_ok=True)
-    return len(people), len(vectors)
+    return len(contents.people), len(contents.vectors)
+
+
+@dataclass(frozen=True)
+class _Contents:
+    """What an export holds, as read from the gallery: its people, their embeddings (with,
+    per row, the owner's name, source hash and time) and the gallery's header."""
+
+    people: list[Identity]
+    vectors: np.ndarray
+    owners: list[str]
+    sources: list[str]
+    created: list[str]
+    header: dict[str, Any]
+
+    @classmethod
+    def read(cls, gallery_path: Path) -> _Contents:
+        with Gallery.open(gallery_path) as gallery:
+            people = gallery.identities()
+            vectors, owners, sources, created = gallery.embeddings()
+            header = {
+                "model_id": gallery.model_id,
+                "embedding_size": gallery.embedding_size,
+                "threshold": gallery.threshold,
+                "distance": "squared euclidean on L2-normalised embeddings",
+            }
+        return cls(people, vectors, owners, sources, created, header)
+
+    def save_npz(self, handle: BinaryIO) -> None:
+        people = self.people
+        np.savez(
+            handle,
+            vectors=self.vectors,
+            names=np.array(self.owners, dtype=str),
+            source_sha256=np.array(self.sources, dtype=str),
+            created=np.array(self.created, dtype=str),
+            identity_names=np.array([p.name for p in people], dtype=str),
+            identity_thresholds=np.array(
+                [np.nan if p.threshold is None else p.threshold for p in people], np.float32
+            ),
+            header=np.array(json.dumps(self.header)),
+        )
+
+    def as_json(self) -> dict[str, Any]:
+        """The JSON export's record: each person with their embeddings."""
+        by_name: dict[str, list[dict[str, Any]]] = {p.name: [] for p in self.people}
+        for vector, owner, source, when in zip(
+            self.vectors, self.owners, self.sources, self.created, strict=True
+        ):
+            by_name[owner].append(
+                {"vector": [float(v) for v in vector], "source_sha256": source, "created": when}
+            )
+        identities = [
+            {"name": p.name, "threshold": p.threshold, "created": p.created,
+             "updated": p.updated, "embeddings": by_name[p.name]}
+            for p in self.people
+        ]  # fmt: skip
+        record = {"format": JSON_FORMAT, "version": JSON_VERSION, **self.header}
+        return {**record, "identities": identities}
 
 
 @dataclass(frozen=True)
