@@ -15,6 +15,8 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -57,50 +59,62 @@ class Serving:
         ping_every = watchdog_s / 2  # systemd's advice
         tick = min(1.0, ping_every) if watchdog_s else 1.0  # a SIGHUP waits at most this
         stall_s = max(STALL_S, watchdog_s)
-        next_ping = time.monotonic()
+        feeding = _Feeding(ping_every, tick, next_ping=time.monotonic())
         deadline = time.monotonic() + self.run_for_s if self.run_for_s else float("inf")
-        starving = False
         last_tick = time.monotonic()
         while not self._stop.wait(min(tick, max(0.0, deadline - time.monotonic()))):
-            if time.monotonic() >= deadline:
-                logger.info("--run-for %.0f s reached: stopping", self.run_for_s)
-                return
-            if self._hup.is_set():
-                self._hup.clear()
-                self._reload(scheduler)
-            if not scheduler.is_alive():
-                logger.error("the batch scheduler stopped: %s", scheduler.error)
+            if not self._goes_on(scheduler, deadline):
                 return
             now = time.monotonic()
-            if now - last_tick > PAUSED_S:  # the process was frozen (Ctrl-Z, docker pause):
-                logger.info(
-                    "resumed after %.1f s paused (stopped, or the container paused)",
-                    now - last_tick,
-                )
-                scheduler.last_round = max(scheduler.last_round, now)  # not a stall
-                if scheduler.queues.waiting_since is not None:
-                    scheduler.queues.waiting_since = max(scheduler.queues.waiting_since, now)
+            if now - last_tick > PAUSED_S:  # the process was frozen (Ctrl-Z, docker pause)
+                _resumed(scheduler, now, paused_s=now - last_tick)
             last_tick = now
             healthy = partial(
                 watchdog_healthy, now, scheduler.last_round, scheduler.queues.waiting_since
             )
-            if not watchdog_s:
-                if not healthy(stall_s):
-                    self._say_stalled(scheduler, now, stall_s)
-                    self.stalled = True
-                    return
-                continue
-            if now < next_ping:
-                continue
-            if healthy(stall_s):
-                sd_notify("WATCHDOG=1")
-                next_ping = now + ping_every - tick / 2  # due by the tick nearest the interval
-                if starving:  # before systemd's kill: its ERROR promised one
-                    logger.warning("the batch scheduler goes on again: the watchdog is fed")
-                starving = False
-            elif not starving:  # once: systemd's kill follows
-                self._say_starving(scheduler, now, stall_s)
-                starving = True
+            if watchdog_s:
+                self._feed(feeding, scheduler, now, healthy, stall_s)
+            elif not healthy(stall_s):
+                self._say_stalled(scheduler, now, stall_s)
+                self.stalled = True
+                return
+
+    def _goes_on(self, scheduler: BatchScheduler, deadline: float) -> bool:
+        """False, said, at the ``--run-for`` deadline or when the scheduler stopped; a
+        SIGHUP's reload in between."""
+        if time.monotonic() >= deadline:
+            logger.info("--run-for %.0f s reached: stopping", self.run_for_s)
+            return False
+        if self._hup.is_set():
+            self._hup.clear()
+            self._reload(scheduler)
+        if not scheduler.is_alive():
+            logger.error("the batch scheduler stopped: %s", scheduler.error)
+            return False
+        return True
+
+    def _feed(
+        self,
+        feeding: _Feeding,
+        scheduler: BatchScheduler,
+        now: float,
+        healthy: Callable[[float], bool],
+        stall_s: float,
+    ) -> None:
+        """systemd's watchdog fed when a ping is due and frames flow; when they stop, said
+        once (systemd's kill follows), and said again should they flow before it."""
+        if now < feeding.next_ping:
+            return
+        if healthy(stall_s):
+            sd_notify("WATCHDOG=1")
+            # due by the tick nearest the interval
+            feeding.next_ping = now + feeding.ping_every_s - feeding.tick_s / 2
+            if feeding.starving:  # before systemd's kill: its ERROR promised one
+                logger.warning("the batch scheduler goes on again: the watchdog is fed")
+            feeding.starving = False
+        elif not feeding.starving:  # once: systemd's kill follows
+            self._say_starving(scheduler, now, stall_s)
+            feeding.starving = True
 
     def _reload(self, scheduler: BatchScheduler) -> None:
         """SIGHUP (`systemctl reload facewatch`): the gallery is read again, TLS files
@@ -202,3 +216,24 @@ def _stuck_in(scheduler: BatchScheduler) -> str:
             return f" in {name} ({where})"
         frame = frame.f_back
     return ""
+
+
+@dataclass
+class _Feeding:
+    """The serve loop's feeding of systemd's watchdog: a ping every ``ping_every_s`` (the
+    loop wakes every ``tick_s``), the next one due at ``next_ping``; ``starving``: no longer
+    fed, said."""
+
+    ping_every_s: float
+    tick_s: float
+    next_ping: float
+    starving: bool = False
+
+
+def _resumed(scheduler: BatchScheduler, now: float, paused_s: float) -> None:
+    """The process was frozen (Ctrl-Z, docker pause) for ``paused_s``: said, and not taken
+    for a stall (the scheduler's round and the frames' wait start again ``now``)."""
+    logger.info("resumed after %.1f s paused (stopped, or the container paused)", paused_s)
+    scheduler.last_round = max(scheduler.last_round, now)  # not a stall
+    if scheduler.queues.waiting_since is not None:
+        scheduler.queues.waiting_since = max(scheduler.queues.waiting_since, now)
