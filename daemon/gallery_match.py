@@ -130,33 +130,41 @@ class GalleryMatcher(GalleryReader):
         distances = np.maximum(2.0 - 2.0 * similarity[rows, best], 0.0)
         seconds: list[tuple[str | None, float]] = [(None, float("inf"))] * len(queries)
         if runner_up:
-            others = np.where(owner[None, :] == owner[best][:, None], -np.inf, similarity)
-            second = np.argmax(others, axis=1)  # the nearest face of anyone else
-            second_distances = np.maximum(2.0 - 2.0 * others[rows, second], 0.0)
-            seconds = [
-                (names[int(owner[j])] if np.isfinite(d) else None, float(d))
-                for j, d in zip(second, second_distances, strict=True)
-            ]
+            seconds = _runners_up(similarity, best, owner, names)
         results = []
         instead = [None] * len(queries) if defaults is None else defaults
-        for row, dist, (other, other_distance), default in zip(
-            best, distances, seconds, instead, strict=True
-        ):
+        for row, dist, second, default in zip(best, distances, seconds, instead, strict=True):
             who = int(owner[row])
             limit = float(thresholds[who])
             if default is not None:  # a person's own (NaN: none) holds only where stricter
                 limit = float(np.fmin(theirs[who], default))
-            known = bool(dist < limit)
-            confidence = float(np.clip(1.0 - dist / limit, 0.0, 1.0)) if known else 0.0
-            results.append(
-                Match(
-                    names[who] if known else None,
-                    float(dist),
-                    confidence,
-                    names[who],
-                    limit,
-                    other,
-                    other_distance,
-                )
-            )
+            results.append(_judged(names[who], dist, limit, second))
         return results
+
+
+def _runners_up(
+    similarity: np.ndarray, best: np.ndarray, owner: np.ndarray, names: list[str]
+) -> list[tuple[str | None, float]]:
+    """For each face (a row of ``similarity`` (N, M), ``best`` its nearest column), the
+    closest identity other than the nearest one's and its distance; (None, inf) when the
+    gallery holds no one else."""
+    rows = np.arange(len(similarity))
+    others = np.where(owner[None, :] == owner[best][:, None], -np.inf, similarity)
+    second = np.argmax(others, axis=1)  # the nearest face of anyone else
+    second_distances = np.maximum(2.0 - 2.0 * others[rows, second], 0.0)
+    return [
+        (names[int(owner[j])] if np.isfinite(d) else None, float(d))
+        for j, d in zip(second, second_distances, strict=True)
+    ]
+
+
+def _judged(name: str, dist: float, limit: float, second: tuple[str | None, float]) -> Match:
+    """The answer for a face at (squared) distance ``dist`` of its nearest enrolled face,
+    ``name``'s: named when closer than ``limit``; ``second``: the runner-up and its
+    distance."""
+    known = bool(dist < limit)
+    confidence = float(np.clip(1.0 - dist / limit, 0.0, 1.0)) if known else 0.0
+    other, other_distance = second
+    return Match(
+        name if known else None, float(dist), confidence, name, limit, other, other_distance
+    )
