@@ -350,51 +350,59 @@ def say_summary(run: Run, left_out: dict[str, str]) -> None:
     _say_look_alikes(run)
     tally, writer = run.tally, run.writer
     names = sorted(tally.people)
-    new = [name for name in names if tally.people[name]]
-    if len(names) <= SUMMARY_NAMES:
-        who = ", ".join(f"{name} (new person)" if tally.people[name] else name for name in names)
-    else:
-        close = close_names(new, run.enrolled.names)
-        who = f"{len(new)} new, {len(names) - len(new)} enrolled before" + (
-            "; new names close to enrolled ones (a typo?): "
-            + first_few([f"{name} (like {other})" for name, other in close.items()])
-            if close
-            else ""
-        )
-    skipped = tally.offered - tally.added + tally.already
     print(
         terminal_text(
             f"enrolled {tally.added} new face(s) of {len(names)} person(s) into {writer.path}: "
-            + who
-            + (
-                f" ({skipped} not added: already enrolled, or the same photo twice)"
-                if skipped
-                else ""
-            )
-            + (
-                f"; {tally.rejected} image(s) {'skipped' if run.args.skip_bad else 'rejected'}"
-                if tally.rejected
-                else ""
-            )
-            + (
-                "; not enrolled: "
-                + first_few([f"{name} ({why})" for name, why in left_out.items()])
-                if left_out
-                else ""
-            )
+            + _who(run, names)
+            + _not_added(run, left_out)
         )
     )
     if writer.new and writer.threshold is not None:
-        net = writer.net
-        source = (
-            "the model's"
-            if new_gallery_threshold(net)
-            else "facewatch's default, the model has none"
+        _say_new_gallery(writer.net, writer.threshold, writer.path)
+
+
+def _who(run: Run, names: list[str]) -> str:
+    """The summary's people: each by name, or above SUMMARY_NAMES counts of the new and
+    the enrolled before, with the new names close to enrolled ones."""
+    people = run.tally.people
+    if len(names) <= SUMMARY_NAMES:
+        return ", ".join(f"{name} (new person)" if people[name] else name for name in names)
+    new = [name for name in names if people[name]]
+    close = close_names(new, run.enrolled.names)
+    return f"{len(new)} new, {len(names) - len(new)} enrolled before" + (
+        "; new names close to enrolled ones (a typo?): "
+        + first_few([f"{name} (like {other})" for name, other in close.items()])
+        if close
+        else ""
+    )
+
+
+def _not_added(run: Run, left_out: dict[str, str]) -> str:
+    """The summary's end: the faces not added, the images skipped or rejected, and the
+    people not enrolled (``left_out``, with why); '' when none."""
+    tally = run.tally
+    skipped = tally.offered - tally.added + tally.already
+    said = ""
+    if skipped:
+        said += f" ({skipped} not added: already enrolled, or the same photo twice)"
+    if tally.rejected:
+        said += f"; {tally.rejected} image(s) {'skipped' if run.args.skip_bad else 'rejected'}"
+    if left_out:
+        said += "; not enrolled: " + first_few(
+            [f"{name} ({why})" for name, why in left_out.items()]
         )
-        shown = shown_threshold(writer.threshold)
-        print(f"a new gallery: match threshold {shown} ({source}; `gallery threshold` sets it)")
-        if not new_gallery_threshold(net):
-            _warn_default_threshold(net, shown, writer.path)
+    return said
+
+
+def _say_new_gallery(net: FaceNet, threshold: float, gallery_path: Path) -> None:
+    """A new gallery's match threshold, and where it comes from."""
+    source = (
+        "the model's" if new_gallery_threshold(net) else "facewatch's default, the model has none"
+    )
+    shown = shown_threshold(threshold)
+    print(f"a new gallery: match threshold {shown} ({source}; `gallery threshold` sets it)")
+    if not new_gallery_threshold(net):
+        _warn_default_threshold(net, shown, gallery_path)
 
 
 def _warn_default_threshold(net: FaceNet, shown: str, gallery_path: Path) -> None:
