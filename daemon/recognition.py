@@ -74,27 +74,41 @@ class QualityGates:
             found.bbox_xyxy[:, 2] - found.bbox_xyxy[:, 0],
             found.bbox_xyxy[:, 3] - found.bbox_xyxy[:, 1],
         )
+        k = self._pick(found, sides, expected_xyxy)
+        self._check_face(found, k, sides[k], image_hw)
+        return k
+
+    def _pick(
+        self, found: FrameDetections, sides: np.ndarray, expected_xyxy: np.ndarray | None
+    ) -> int:
+        """Which of the faces ``found`` (``sides``: each one's shorter side) to enroll: the
+        one at ``expected_xyxy``, the only one, or with ``largest`` the largest."""
         if expected_xyxy is not None:
             placed = face_at(found, expected_xyxy)
             if placed is None:
                 raise Rejected("the face its visit.json places was not found again")
-            k = placed
-        elif len(found) > 1 and not self.largest:
+            return placed
+        if len(found) > 1 and not self.largest:
             raise Rejected(
                 f"{len(found)} faces found, expected exactly one "
                 "(pass --largest to enroll the largest face)"
             )
-        else:
-            k = int(np.argmax(sides))
+        return int(np.argmax(sides))
+
+    def _check_face(
+        self, found: FrameDetections, k: int, side_px: float, image_hw: tuple[int, int]
+    ) -> None:
+        """Rejected, with the reason, unless face ``k`` (``side_px``: its shorter side) is
+        clear enough to enroll: scored as a face, large, whole and frontal enough."""
         if found.score[k] < self.min_score:
             raise Rejected(
                 f"the detector scores this face {found.score[k]:.2f}, under the "
                 f"{self.min_score:g} the daemon needs to see a face at all (detection."
                 "thresholds): the back or top of a head, or no face"
             )
-        if sides[k] < self.min_face_px:
+        if side_px < self.min_face_px:
             raise Rejected(
-                f"face too small: {sides[k]:.0f} px, the minimum is {self.min_face_px:.0f} px "
+                f"face too small: {side_px:.0f} px, the minimum is {self.min_face_px:.0f} px "
                 "(--min-face-px)"
             )
         outside = outside_fraction(found.bbox_xyxy[k], image_hw)
@@ -110,7 +124,6 @@ class QualityGates:
                 f"distances off the middle, the most is {self.max_profile_offset:g}); a "
                 "frontal photo matches better (--allow-profile takes it)"
             )
-        return k
 
     def check_seen_score(self, score: float | None) -> None:
         """Rejected when a face archive image's face scored low as the camera saw it (None:
