@@ -310,37 +310,56 @@ def _exchange(
     connection.settimeout(timeout_s)
     connection.sendall(request)
     data = bytearray()
-    end = -1
-    while end < 0:
-        if len(data) > HEAD_LIMIT:
-            raise ValueError(f"the answer's head is over {HEAD_LIMIT // 1024} kB")
-        if not _receive(connection, data, deadline):
-            return bytes(data), b""  # no blank line: what came is the head (_parse tells)
-        end = _head_end(data)
+    end = _receive_head(connection, data, deadline)
+    if end < 0:
+        return bytes(data), b""  # no blank line: what came is the head (_parse tells)
     head = bytes(data[:end]).rstrip(b"\r\n")
     if not body_limit:
         return head, b""
     length = _CONTENT_LENGTH.search(head)
     size = int(length.group(1)) if length is not None else None
     chunked = size is None and _CHUNKED.search(head) is not None
-    while len(data) - end <= body_limit:
-        if size is not None and len(data) - end >= size:
-            break
-        if chunked and data.endswith(b"0\r\n\r\n") and _chunks(data, end) is not None:
-            break
+    while len(data) - end <= body_limit and not _body_complete(data, end, size, chunked):
         if not _receive(connection, data, deadline):
             break
+    return head, _body(data, end, size, chunked, body_limit)
+
+
+def _receive_head(connection: socket.socket, data: bytearray, deadline: float) -> int:
+    """Receive into ``data`` up to the blank line after the answer's head; where its body
+    starts, or -1 when the connection ends first (ValueError past HEAD_LIMIT)."""
+    end = -1
+    while end < 0:
+        if len(data) > HEAD_LIMIT:
+            raise ValueError(f"the answer's head is over {HEAD_LIMIT // 1024} kB")
+        if not _receive(connection, data, deadline):
+            return -1
+        end = _head_end(data)
+    return end
+
+
+def _body_complete(data: bytearray, end: int, size: int | None, chunked: bool) -> bool:
+    """Whether ``data`` holds the whole body from ``end``: its Content-Length ``size``, or
+    (``chunked``) up to the last chunk."""
+    if size is not None:
+        return len(data) - end >= size
+    return chunked and data.endswith(b"0\r\n\r\n") and _chunks(data, end) is not None
+
+
+def _body(data: bytearray, end: int, size: int | None, chunked: bool, body_limit: int) -> bytes:
+    """The body received from ``end`` of ``data``, chunks joined; ValueError past
+    ``body_limit``, or when it was cut short."""
     body = bytes(data[end:])
     if len(body) > body_limit:
         raise ValueError(f"the answer is over {body_limit // 1_000_000} MB")
     if size is not None and len(body) < size:
         raise ValueError(f"the answer was cut short ({len(body)} of {size} bytes)")
     if not chunked:
-        return head, body
+        return body
     joined = _chunks(data, end)
     if joined is None:
         raise ValueError("the answer was cut short, or its chunks cannot be read")
-    return head, joined
+    return joined
 
 
 def _receive(connection: socket.socket, data: bytearray, deadline: float) -> bool:
