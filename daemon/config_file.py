@@ -41,27 +41,32 @@ def _substitute(value: Any, where: str, missing: list[tuple[str, str]], secrets:
         return [_substitute(v, _item(where, i, v), missing, secrets) for i, v in enumerate(value)]
     if not isinstance(value, str):
         return value
-
-    def lookup(match: re.Match[str]) -> str:
-        name = match.group(2)
-        try:
-            if match.group(1):
-                return _credential(name, where)
-            if name not in os.environ:
-                raise ConfigError(f"{where}: environment variable {name} is not set")
-        except ConfigError as exc:
-            if secrets:
-                missing.append((where, str(exc)))
-            return match.group(0)
-        return os.environ[name]
-
     for written in _ANY_REFERENCE.findall(value):
         if not _REFERENCE.fullmatch(written):
             missing.append(
                 (where, f"{where}: {written} is no reference: write ${{NAME}} (an environment "
                  "variable: letters, digits, _ . -) or ${credential:NAME}")
             )  # fmt: skip
-    return _REFERENCE.sub(lookup, value)
+    return _REFERENCE.sub(lambda match: _referenced(match, where, missing, secrets), value)
+
+
+def _referenced(
+    match: re.Match[str], where: str, missing: list[tuple[str, str]], secrets: bool
+) -> str:
+    """What the reference ``match`` (at key path ``where``) stands for: the credential or
+    the environment variable it names; when there is none, the reference as written, and
+    with ``secrets`` on (key path, reason) joins ``missing``."""
+    name = match.group(2)
+    try:
+        if match.group(1):
+            return _credential(name, where)
+        if name not in os.environ:
+            raise ConfigError(f"{where}: environment variable {name} is not set")
+    except ConfigError as exc:
+        if secrets:
+            missing.append((where, str(exc)))
+        return match.group(0)
+    return os.environ[name]
 
 
 def _item(where: str, index: int, value: Any) -> str:
