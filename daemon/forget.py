@@ -10,7 +10,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from daemon.archive_cli import visits_of
+from daemon.archive_list import visits_of
 from daemon.config import Config, ConfigError
 from daemon.gallery import Gallery, GalleryError
 from daemon.gallery_names import twin_key

@@ -652,7 +652,7 @@ def test_archive_prune_and_a_daemon_starting_on_the_archive_at_one_moment(
     daemon (or another prune) waits for a prune, which says what it is in the lock."""
     import threading
 
-    from daemon import archive_cli, claims, preflight
+    from daemon import archive_prune, claims, preflight
     from daemon.claims import claim
 
     monkeypatch.setattr(claims, "PID_WAIT_S", 0.3)
@@ -688,7 +688,7 @@ def test_archive_prune_and_a_daemon_starting_on_the_archive_at_one_moment(
     with preflight.outputs_claimed(settings):  # the daemon waits for it
         assert 0.15 < time.monotonic() - started < 5 and lock.read_text() == str(os.getpid())
     monkeypatch.setattr(preflight, "PRUNE_WAIT_S", 0.2)
-    monkeypatch.setattr(archive_cli, "PRUNE_WAIT_S", 0.2)
+    monkeypatch.setattr(archive_prune, "PRUNE_WAIT_S", 0.2)
     pruning = claim(lock, "archive.dir", "archive prune")  # one that takes long
     try:
         with pytest.raises(OSError) as refused, preflight.outputs_claimed(settings):
