@@ -37,7 +37,7 @@ import numpy as np
 from daemon import gallery_calibrate, gallery_choice
 from daemon.archive_files import archive_level
 from daemon.cli_args import number
-from daemon.detect_cli import progress_wanted
+from daemon.cli_output import progress_wanted
 from daemon.enroll_checks import Enrolled, source_of, terminal_text
 from daemon.enroll_plan import Plan, Refused, plan
 from daemon.enroll_run import Run, Writer, first_few, new_gallery_threshold, say_summary

@@ -25,9 +25,9 @@ from tqdm import tqdm
 from daemon import gallery_calibrate, gallery_choice, gallery_cli
 from daemon.archive_files import VISIT_FILE
 from daemon.cli_args import number
+from daemon.cli_output import Outputs, input_name, progress_wanted, put_label
 from daemon.config import Config, ConfigError
 from daemon.config_cameras import CameraConfig
-from daemon.detect_cli import Outputs, input_name, progress_wanted, put_label
 from daemon.engine_choice import EngineChoice
 from daemon.gallery import Gallery, GalleryError
 from daemon.gallery_match import Match

@@ -223,7 +223,7 @@ def test_ctrl_c_says_which_outputs_end_there_in_words_that_agree(
 ) -> None:
     """ "its JSON records ends there" was said for --json alone; and an annotated video was
     said to end there when Ctrl-C came before its first frame was written (none was)."""
-    from daemon.detect_cli import _interrupted, _VideoRun
+    from daemon.detect_search import _interrupted, _VideoRun
     from daemon.video_files import TimedWriter
 
     run = _VideoRun(Path("clip.mp4"), tmp_path / "out.mp4", 30.0)
@@ -577,7 +577,7 @@ def test_a_label_at_the_frame_edge_is_drawn_whole() -> None:
     """A face at the right or top edge: its name is moved inside the frame, not cut off."""
     import numpy as np
 
-    from daemon.detect_cli import put_label
+    from daemon.cli_output import put_label
 
     text = "lin-manuel-miranda 0.15"
     inside = np.zeros((100, 300, 3), np.uint8)
