@@ -96,8 +96,8 @@ def _validate(args: argparse.Namespace) -> int:
         mtcnn_load_problems,
         problems,
         recognition_summary,
-        warnings,
     )
+    from daemon.preflight_warnings import warnings
 
     try:
         config = load_config(args.file, secrets=not args.settings_only)

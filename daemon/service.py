@@ -26,7 +26,7 @@ from functools import partial
 from pathlib import Path
 from types import FrameType
 
-from daemon import build_version, home_assistant, metrics, preflight
+from daemon import build_version, home_assistant, metrics, preflight, preflight_warnings
 from daemon.archive import FaceArchive
 from daemon.camera_frames import FrameQueues
 from daemon.camera_open import ffmpeg_environment
@@ -129,7 +129,7 @@ class Service(EngineLoading, Serving):
         cfg = self.config
         self._install_signals()  # now: a SIGHUP or SIGTERM while the engines load is no kill
         preflight.check(cfg)
-        preflight.log_warnings(cfg, logger)
+        preflight_warnings.log_warnings(cfg, logger)
         preflight.prepare_outputs(cfg)
         # claimed before the engines load: refused at once (a prune at work waited for)
         with preflight.outputs_claimed(cfg):

@@ -649,7 +649,7 @@ def test_confirm_frames_below_min_votes_is_warned_of(tmp_path, capsys, caplog) -
     start say so; not at min_votes or above, nor without recognition."""
     import logging
 
-    from daemon import preflight
+    from daemon import preflight_warnings
     from daemon.cli import main
 
     path = tmp_path / "fast.yaml"
@@ -671,7 +671,7 @@ def test_confirm_frames_below_min_votes_is_warned_of(tmp_path, capsys, caplog) -
     assert "warning" not in warned("{confirm_frames: 1}", "recognition: {model: null}\n")
     path.write_text(camera + "tracking: {confirm_frames: 2}\n")
     with caplog.at_level(logging.WARNING, logger="daemon.service"):  # as run logs them
-        preflight.log_warnings(load_config(str(path)), logging.getLogger("daemon.service"))
+        preflight_warnings.log_warnings(load_config(str(path)), logging.getLogger("daemon.service"))
     assert [r.getMessage()[:55] for r in caplog.records] == [
         "tracking.confirm_frames: 2 is below tracking.min_votes "
     ]
@@ -1070,7 +1070,7 @@ def test_validate_config_and_run_warn_of_a_grown_gallery_still_at_its_starting_t
     calibrate`', as if something were wrong) is not warned of."""
     import logging
 
-    from daemon import preflight
+    from daemon import preflight_warnings
     from daemon.cli import main
     from daemon.config_file import load_config
     from daemon.gallery import Gallery
@@ -1114,7 +1114,9 @@ def test_validate_config_and_run_warn_of_a_grown_gallery_still_at_its_starting_t
     def logged() -> list[tuple[int, str]]:
         caplog.clear()
         with caplog.at_level(logging.WARNING, logger="daemon.service"):  # as run logs them
-            preflight.log_warnings(load_config(str(path)), logging.getLogger("daemon.service"))
+            preflight_warnings.log_warnings(
+                load_config(str(path)), logging.getLogger("daemon.service")
+            )
         return [(r.levelno, r.getMessage()) for r in caplog.records if "gallery" in r.message]
 
     fine = validate(120, start)  # 20 people far from each other: nobody named
