@@ -41,67 +41,71 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="list, remove, rename, set thresholds, export, import, calibrate enrolled people",
     )
     sub = p.add_subparsers(dest="gallery_command", metavar="ACTION", required=True)
-    actions = {
-        "list": ("who is enrolled", _list),
-        "remove": (
-            "remove a person and their enrolled faces from the gallery, or with --photos "
-            "only the faces enrolled from some photos",
-            _remove,
-        ),
-        "rename": ("rename a person", _rename),
-        "threshold": ("set one person's match threshold, or the gallery default", _threshold),
-        "export": ("write every embedding to FILE (.json or .npz, by its suffix)", _export),
-        "import": ("add the people of an export to the gallery (a backup, another box)", _import),
-        "calibrate": ("choose the match threshold from the enrolled people", _calibrate),
-    }
-    descriptions = {
-        "threshold": "NAME VALUE sets NAME's own threshold (squared L2 in (0, 4]: a face "
-        "matches NAME when closer than this); NAME default makes NAME use the gallery default "
-        "again; --default VALUE sets the gallery default (what `gallery calibrate` chooses).",
-        "remove": "Remove a person and their enrolled faces from the gallery (their embeddings); "
-        "the daemon stops naming them at its next reload and deletes their MQTT topics. "
-        "Their face archive visits, events and history elsewhere stay: --forget deletes the "
-        "visits and lists the rest (docs/operations.md, 'Forgetting a person'). With "
-        "--photos, only the faces enrolled from those photos go (a visit of someone else "
-        "enrolled by mistake), and the person stays.",
-        "list": "Who is enrolled: each person's faces, threshold and last change. With NAME, "
+    _register_list(sub)
+    _register_remove(sub)
+    _register_rename(sub)
+    _register_threshold(sub)
+    _register_export(sub)
+    _register_import(sub)
+    _register_calibrate(sub)
+
+
+def _action(
+    sub: argparse._SubParsersAction,
+    name: str,
+    help_text: str,
+    func: Any,
+    description: str | None = None,
+) -> argparse.ArgumentParser:
+    """One action's parser, with --gallery and --config (``add_gallery_option``) and its
+    function guarded (``_guarded``); its description: ``help_text`` unless given."""
+    parser = sub.add_parser(
+        name, help=help_text, description=help_text if description is None else description
+    )
+    add_gallery_option(parser)
+    parser.set_defaults(func=_guarded(func))
+    return parser
+
+
+def _register_list(sub: argparse._SubParsersAction) -> None:
+    listing = _action(
+        sub,
+        "list",
+        "who is enrolled",
+        _list,
+        "Who is enrolled: each person's faces, threshold and last change. With NAME, "
         "each of that person's faces: when it was enrolled and the SHA-256 of the photo it "
         "came from (the photos of one enroll share its time), for `gallery remove NAME "
         "--photos`. Every face is read, as the daemon reads them: a damaged gallery (a face "
         "that is not a unit vector of the gallery's size, a threshold that is not a number) "
         "is an error naming the person, the face and what to do (exit status 1).",
-        "export": "Write every enrolled embedding, with names, thresholds and the model id, to "
-        "FILE (owner-only: these are biometric data). An existing FILE is kept unless --force.",
-        "import": "Add every person and embedding of FILE (a `gallery export`, .json or .npz) "
-        "to the gallery, with their own thresholds; a new gallery takes the export's model and "
-        "default threshold. The gallery's model must be the export's. Faces already there are "
-        "not added twice; a photo enrolled as another person refuses the whole import.",
-        "calibrate": "Choose the gallery's default match threshold from the enrolled people "
-        "themselves: each enrolled face in turn is matched against all the others (leave one "
-        "out), the pair it makes with the nearest face of another person is an impostor trial "
-        "(two faces that are each other's nearest make one trial), its distance to the nearest "
-        "other face of its own person a genuine one. The largest threshold whose false-accept "
-        "rate stays at or under --target-far is stored, with the false-reject rate it costs. "
-        "People need two faces or more to count as genuine trials; identities with their own "
-        "threshold keep it.",
-    }
-    parsers = {}
-    for name, (help_text, func) in actions.items():
-        parsers[name] = sub.add_parser(
-            name, help=help_text, description=descriptions.get(name, help_text)
-        )
-        add_gallery_option(parsers[name])
-        parsers[name].set_defaults(func=_guarded(func))
-    parsers["list"].add_argument(
+    )
+    listing.add_argument(
         "name", nargs="?", help="one person: each of their faces, when enrolled, from what"
     )
-    parsers["list"].add_argument(
+    listing.add_argument(
         "--json",
         action="store_true",
         help="JSON on stdout (each person's faces too: created, source_sha256)",
     )
-    parsers["remove"].add_argument("name", help="the person to remove, as `gallery list` shows")
-    parsers["remove"].add_argument(
+
+
+def _register_remove(sub: argparse._SubParsersAction) -> None:
+    remove = _action(
+        sub,
+        "remove",
+        "remove a person and their enrolled faces from the gallery, or with --photos "
+        "only the faces enrolled from some photos",
+        _remove,
+        "Remove a person and their enrolled faces from the gallery (their embeddings); "
+        "the daemon stops naming them at its next reload and deletes their MQTT topics. "
+        "Their face archive visits, events and history elsewhere stay: --forget deletes the "
+        "visits and lists the rest (docs/operations.md, 'Forgetting a person'). With "
+        "--photos, only the faces enrolled from those photos go (a visit of someone else "
+        "enrolled by mistake), and the person stays.",
+    )
+    remove.add_argument("name", help="the person to remove, as `gallery list` shows")
+    remove.add_argument(
         "--forget",
         action="store_true",
         help="also delete the face archive's visits that show them (an event named them, in "
@@ -109,7 +113,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         "cannot delete; needs --config or --archive. Someone removed earlier (or this run "
         "again): their named visits are deleted, exit status 0",
     )
-    parsers["remove"].add_argument(
+    remove.add_argument(
         "--photos",
         nargs="+",
         metavar="PHOTO",
@@ -118,7 +122,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         "be one a face of NAME came from, else nothing is removed. Their last face: the "
         "person is removed, as without --photos",
     )
-    parsers["remove"].add_argument(
+    remove.add_argument(
         "--archive",
         type=Path,
         action="append",
@@ -127,9 +131,24 @@ def register(commands: argparse._SubParsersAction) -> None:
         "again for each archive of daemons that share this gallery, all in one run (their "
         "enrolled photos, which find the visits they were enrolled from, go with them)",
     )
-    parsers["rename"].add_argument("old", help="the person's name now")
-    parsers["rename"].add_argument("new", help="the new name")
-    threshold = parsers["threshold"]
+
+
+def _register_rename(sub: argparse._SubParsersAction) -> None:
+    rename = _action(sub, "rename", "rename a person", _rename)
+    rename.add_argument("old", help="the person's name now")
+    rename.add_argument("new", help="the new name")
+
+
+def _register_threshold(sub: argparse._SubParsersAction) -> None:
+    threshold = _action(
+        sub,
+        "threshold",
+        "set one person's match threshold, or the gallery default",
+        _threshold,
+        "NAME VALUE sets NAME's own threshold (squared L2 in (0, 4]: a face "
+        "matches NAME when closer than this); NAME default makes NAME use the gallery default "
+        "again; --default VALUE sets the gallery default (what `gallery calibrate` chooses).",
+    )
     threshold.usage = (
         "facewatch gallery threshold NAME VALUE|default [--gallery FILE | --config FILE]\n"
         "       facewatch gallery threshold --default VALUE [--gallery FILE | --config FILE]"
@@ -141,12 +160,50 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="set the gallery default (the daemon uses its config's recognition.threshold "
         "instead, when that is set)",
     )
-    parsers["export"].add_argument("file", type=Path, help="output: FILE.json or FILE.npz")
-    parsers["export"].add_argument("--force", action="store_true", help="replace FILE if it exists")
-    parsers["import"].add_argument(
-        "file", type=Path, help="a gallery export: FILE.json or FILE.npz"
+
+
+def _register_export(sub: argparse._SubParsersAction) -> None:
+    export = _action(
+        sub,
+        "export",
+        "write every embedding to FILE (.json or .npz, by its suffix)",
+        _export,
+        "Write every enrolled embedding, with names, thresholds and the model id, to "
+        "FILE (owner-only: these are biometric data). An existing FILE is kept unless --force.",
     )
-    calib = parsers["calibrate"]
+    export.add_argument("file", type=Path, help="output: FILE.json or FILE.npz")
+    export.add_argument("--force", action="store_true", help="replace FILE if it exists")
+
+
+def _register_import(sub: argparse._SubParsersAction) -> None:
+    imports = _action(
+        sub,
+        "import",
+        "add the people of an export to the gallery (a backup, another box)",
+        _import,
+        "Add every person and embedding of FILE (a `gallery export`, .json or .npz) "
+        "to the gallery, with their own thresholds; a new gallery takes the export's model and "
+        "default threshold. The gallery's model must be the export's. Faces already there are "
+        "not added twice; a photo enrolled as another person refuses the whole import.",
+    )
+    imports.add_argument("file", type=Path, help="a gallery export: FILE.json or FILE.npz")
+
+
+def _register_calibrate(sub: argparse._SubParsersAction) -> None:
+    calib = _action(
+        sub,
+        "calibrate",
+        "choose the match threshold from the enrolled people",
+        _calibrate,
+        "Choose the gallery's default match threshold from the enrolled people "
+        "themselves: each enrolled face in turn is matched against all the others (leave one "
+        "out), the pair it makes with the nearest face of another person is an impostor trial "
+        "(two faces that are each other's nearest make one trial), its distance to the nearest "
+        "other face of its own person a genuine one. The largest threshold whose false-accept "
+        "rate stays at or under --target-far is stored, with the false-reject rate it costs. "
+        "People need two faces or more to count as genuine trials; identities with their own "
+        "threshold keep it.",
+    )
     calib.add_argument(
         "--target-far",
         type=number(float, ge=0, lt=1),
