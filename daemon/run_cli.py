@@ -20,6 +20,11 @@ logger = logging.getLogger(__name__)
 
 
 def register(commands: Any) -> None:
+    _register_run(commands)
+    _register_validate(commands)
+
+
+def _register_run(commands: Any) -> None:
     run = commands.add_parser(
         "run",
         help="run the daemon: cameras in, identity events to MQTT, metrics to Prometheus",
@@ -45,6 +50,8 @@ def register(commands: Any) -> None:
     )
     run.set_defaults(func=_run)
 
+
+def _register_validate(commands: Any) -> None:
     check = commands.add_parser(
         "validate-config",
         help="check a daemon configuration file and exit (non-zero when invalid)",
