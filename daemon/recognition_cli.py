@@ -156,6 +156,20 @@ def _add_identify(commands: argparse._SubParsersAction) -> None:
         help="one JSON object per photo on stdout ({source, error} for a file that failed); "
         + VISIT_SCHEMA,
     )
+    _add_camera_options(p)
+    p.add_argument(
+        "--annotate",
+        type=Path,
+        metavar="DIR",
+        help="write photos with names drawn, in the inputs' folder tree (as detect does; "
+        "videos are not drawn)",
+    )
+    add_model_options(p)
+    p.set_defaults(func=run_identify)
+
+
+def _add_camera_options(p: argparse.ArgumentParser) -> None:
+    """--fps and --camera: a video searched, or a photo taken, as a camera of --config."""
     p.add_argument(
         "--fps",
         type=number(float, gt=0, le=60),
@@ -173,15 +187,6 @@ def _add_identify(commands: argparse._SubParsersAction) -> None:
         "(upright, every face in it matched; a named face smaller than the min_face_px of "
         "--config or --camera is noted: the daemon would not name it)",
     )
-    p.add_argument(
-        "--annotate",
-        type=Path,
-        metavar="DIR",
-        help="write photos with names drawn, in the inputs' folder tree (as detect does; "
-        "videos are not drawn)",
-    )
-    add_model_options(p)
-    p.set_defaults(func=run_identify)
 
 
 @dataclass
