@@ -116,6 +116,23 @@ def _register_build(sub: argparse._SubParsersAction) -> None:
         type=Path,
         help="a daemon YAML file: build the plans it opens (instead of MODEL.onnx and options)",
     )
+    _add_precision_options(b)
+    _add_profile_options(b)
+    b.add_argument(
+        "--workspace-bytes", type=int, help=f"builder workspace (default {DEFAULT_WORKSPACE_BYTES})"
+    )
+    b.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="plan cache (default: $FACEWATCH_ENGINE_CACHE, else ~/.cache/facewatch/engines)",
+    )
+    b.add_argument("--force", action="store_true", help="rebuild even if a cached plan matches")
+    b.set_defaults(func=run_build)
+
+
+def _add_precision_options(b: argparse.ArgumentParser) -> None:
+    """--fp16 or --int8, and int8's calibration images."""
     precision = b.add_mutually_exclusive_group()
     precision.add_argument("--fp16", action="store_true", default=None, help="allow fp16 kernels")
     precision.add_argument(
@@ -123,6 +140,11 @@ def _register_build(sub: argparse._SubParsersAction) -> None:
     )
     b.add_argument("--calib-dir", type=Path, help="images for int8 calibration (with --int8)")
     b.add_argument("--calib-images", type=int, help="at most this many (default 256)")
+
+
+def _add_profile_options(b: argparse.ArgumentParser) -> None:
+    """--batch, --camera, --min-face-size and --scale-factor: the optimisation profiles'
+    batch and image sizes."""
     b.add_argument(
         "--batch",
         type=int,
@@ -152,17 +174,6 @@ def _register_build(sub: argparse._SubParsersAction) -> None:
         type=number(float, **SCALE_FACTOR_BOUNDS),
         help=f"as the detector (default {MTCNNConfig.scale_factor:g})",
     )
-    b.add_argument(
-        "--workspace-bytes", type=int, help=f"builder workspace (default {DEFAULT_WORKSPACE_BYTES})"
-    )
-    b.add_argument(
-        "--cache-dir",
-        type=Path,
-        default=None,
-        help="plan cache (default: $FACEWATCH_ENGINE_CACHE, else ~/.cache/facewatch/engines)",
-    )
-    b.add_argument("--force", action="store_true", help="rebuild even if a cached plan matches")
-    b.set_defaults(func=run_build)
 
 
 def options_from_args(args: argparse.Namespace) -> BuildOptions:
