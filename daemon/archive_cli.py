@@ -50,6 +50,15 @@ def _register_list(sub: argparse._SubParsersAction) -> None:
         help="the archive folder itself (one that does not exist is an error, exit status 2; "
         "--config's archive.dir not yet made by the daemon: no visits yet, 0)",
     )
+    _add_visit_filters(listing)
+    listing.add_argument(
+        "--json", action="store_true", help="one JSON object per visit: its visit.json and folder"
+    )
+    listing.set_defaults(func=run_list)
+
+
+def _add_visit_filters(listing: argparse.ArgumentParser) -> None:
+    """--camera, --track, --since, and --unknown or --name: which visits are listed."""
     listing.add_argument("--camera", help="only this camera's visits")
     listing.add_argument(
         "--track",
@@ -74,10 +83,6 @@ def _register_list(sub: argparse._SubParsersAction) -> None:
         help="only visits an event of which named this person, in any case (kept with "
         "archive.which: all only)",
     )
-    listing.add_argument(
-        "--json", action="store_true", help="one JSON object per visit: its visit.json and folder"
-    )
-    listing.set_defaults(func=run_list)
 
 
 def _register_remove(sub: argparse._SubParsersAction) -> None:
