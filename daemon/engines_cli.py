@@ -1,4 +1,5 @@
-"""`facewatch engines build|list`: compile ONNX models to TensorRT plans, list cached plans."""
+"""`facewatch engines build|list|prune`: compile ONNX models to TensorRT plans, list cached
+plans, delete those this machine will not open again."""
 
 from __future__ import annotations
 
