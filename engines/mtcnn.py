@@ -9,26 +9,20 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from engines import boxes as bx
-from engines.base import (
-    CROPS_PER_CALL,
-    Engine,
-    batch_limit,
-    bounds_text,
-    input_limits,
-    padded_batch,
-    within,
-)
-from engines.images import AreaPyramid, area_crop_sums, as_bgr8
-from engines.mtcnn_calls import PNetTile, crop_chunks, default_lanes, pnet_tiles, spread
+from engines.base import Engine, bounds_text, input_limits, within
+from engines.images import AreaPyramid, as_bgr8
+from engines.mtcnn_base import Candidates, concat_candidates, no_candidates
+from engines.mtcnn_calls import default_lanes
+from engines.mtcnn_pnet import PNetSearch
 from engines.mtcnn_stages import STAGES, load_stage, stage_sidecar
 
 if TYPE_CHECKING:
@@ -36,11 +30,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-T = TypeVar("T")
-R = TypeVar("R")
-
-PNET_SCALE_NMS = 0.5  # within one scale of one frame (IoU)
-PNET_FRAME_NMS = 0.7  # across the scales of one frame (IoU)
 RNET_NMS = 0.7
 ONET_NMS = 0.7  # intersection over the smaller box
 
@@ -114,19 +103,7 @@ class FrameDetections:
         ]
 
 
-@dataclass
-class Candidates:
-    """Boxes of all frames in flight between stages; ``frame`` says whose each box is."""
-
-    boxes: np.ndarray  # (K, 4) xyxy
-    score: np.ndarray  # (K,)
-    frame: np.ndarray  # (K,) index into the batch
-
-    def take(self, keep: np.ndarray) -> Candidates:
-        return Candidates(self.boxes[keep], self.score[keep], self.frame[keep])
-
-
-class MTCNN:
+class MTCNN(PNetSearch):
     """Face detector. ``detect(frames)`` takes a list of HxWx3 uint8 BGR frames."""
 
     def __init__(
@@ -270,111 +247,6 @@ class MTCNN:
         self._spare = pyramids
         return pyramids
 
-    # -- stage 1: P-Net over the pyramid -----------------------------------------------
-
-    def _propose(self, pyramids: list[AreaPyramid], indices: list[int]) -> Candidates:
-        """P-Net over the whole pyramid of the frames ``indices``."""
-        by_size: dict[tuple[int, int], list[int]] = {}
-        for i in indices:
-            by_size.setdefault(pyramids[i].image_hw, []).append(i)
-        parts = [self._propose_same_size(pyramids, idx) for idx in by_size.values()]
-        cand = concat_candidates(parts)
-        keep = self._nms(cand.boxes[:, :4], cand.score, PNET_FRAME_NMS, groups=cand.frame)
-        return cand.take(keep)
-
-    def _propose_same_size(self, pyramids: list[AreaPyramid], indices: list[int]) -> Candidates:
-        """P-Net on frames of one size, in tiles (``mtcnn_calls.pnet_tiles``) spread over
-        the lanes.
-
-        Returns boxes (K, 9) in frame pixels with their score and P-Net's regression.
-        """
-        image_hw = pyramids[indices[0]].image_hw
-        cfg = self.config
-        scales = bx.pyramid_scales(image_hw, cfg.min_face_size, cfg.scale_factor)
-        tiles = pnet_tiles(self.pnet, image_hw, scales, indices, len(self._lanes) + 1)
-
-        def run(lane: MTCNN, part: list[PNetTile]) -> list[Candidates]:
-            found = []
-            for tile in part:
-                size_hw = bx.scaled_size_hw(image_hw, scales[tile.scale])
-                rows = None
-                if tile.map_rows is not None:
-                    rows = bx.pnet_band(size_hw[0], *tile.map_rows)
-                boxes, local = lane._pnet_candidates(
-                    pyramids, tile.frames, size_hw, rows, scales[tile.scale]
-                )
-                cand = Candidates(boxes, boxes[:, 4].copy(), tile.frames[local])
-                found.append(cand if rows else self._level_nms(cand))
-            return found
-
-        per_tile = self._spread(tiles, PNetTile.cost, run)
-        # The bands of a level are put together before their NMS (whole levels had theirs).
-        banded = {tile.scale for tile in tiles if tile.map_rows}
-        parts = [cand for tile, cand in zip(tiles, per_tile, strict=True) if not tile.map_rows]
-        for k in sorted(banded):
-            mine = [cand for tile, cand in zip(tiles, per_tile, strict=True) if tile.scale == k]
-            parts.append(self._level_nms(concat_candidates(mine)))
-        return concat_candidates(parts) if parts else no_candidates()
-
-    def _pnet_candidates(
-        self,
-        pyramids: list[AreaPyramid],
-        frames: np.ndarray,
-        size_hw: tuple[int, int],
-        rows: tuple[int, int] | None,
-        scale: float,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """P-Net on the pyramid level ``size_hw`` of ``frames`` (its level rows ``rows``
-        only, when given): ``bx.pnet_candidates``' boxes and their index into ``frames``."""
-        levels = [pyramids[i].level_sums(size_hw, rows) for i in frames]
-        blob = np.empty((len(levels), 3, *levels[0][1].shape), np.float32)
-        for image, (sums, area) in zip(blob, levels, strict=True):
-            self._normalise(sums, area, out=image)
-        out = self.pnet.infer({"image": blob})
-        first_row = rows[0] // bx.PNET_STRIDE if rows else 0
-        return bx.pnet_candidates(
-            out["reg"], out["prob"][:, 1], scale, self.config.thresholds[0], first_row
-        )
-
-    def _propose_around(
-        self, pyramids: list[AreaPyramid], priors: dict[int, np.ndarray]
-    ) -> Candidates:
-        """P-Net on a square region ``bx.ROI_SIDE`` face sizes wide around each prior face,
-        at each ``bx.ROI_CANVAS`` size: the regions of all frames in as few calls as the
-        engine takes."""
-        frame = np.concatenate([np.full(len(b), i, np.int64) for i, b in priors.items()])
-        square = bx.square(np.concatenate([b[:, :4] for b in priors.values()]).astype(np.float32))
-        half = (square[:, 2] - square[:, 0]) * bx.ROI_SIDE / 2
-        cx, cy = (square[:, 0] + square[:, 2]) / 2, (square[:, 1] + square[:, 3]) / 2
-        windows = np.round(np.stack([cx - half, cy - half, cx + half, cy + half], 1))
-        windows = windows.astype(np.int64)
-        side = np.maximum(windows[:, 2] - windows[:, 0], 1).astype(np.float32)
-        found: list[np.ndarray] = []
-        whose: list[np.ndarray] = []
-        step = batch_limit(self.pnet, CROPS_PER_CALL)  # regions per P-Net call
-        for canvas in bx.ROI_CANVAS:
-            parts = []
-            for start in range(0, len(windows), step):
-                part = slice(start, start + step)
-                parts.append(
-                    self._infer_windows(self.pnet, pyramids, windows[part], frame[part], canvas)
-                )
-            out = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
-            boxes, region = bx.pnet_candidates(
-                out["reg"], out["prob"][:, 1], 1.0, self.config.thresholds[0]
-            )
-            keep = self._nms(boxes[:, :4], boxes[:, 4], PNET_SCALE_NMS, groups=region)
-            boxes, region = boxes[keep], region[keep]
-            # canvas pixels -> frame pixels
-            boxes[:, :4] = boxes[:, :4] * (side[region] / canvas)[:, None]
-            boxes[:, :4] += windows[region][:, [0, 1, 0, 1]]
-            found.append(boxes)
-            whose.append(frame[region])
-        boxes = np.concatenate(found)
-        cand = Candidates(boxes, boxes[:, 4].copy(), np.concatenate(whose))
-        keep = self._nms(cand.boxes[:, :4], cand.score, PNET_FRAME_NMS, groups=cand.frame)
-        return cand.take(keep)
-
     # -- stages 2 and 3 ------------------------------------------------------------------
 
     def _refine(self, pyramids: list[AreaPyramid], cand: Candidates) -> Candidates:
@@ -412,152 +284,3 @@ class MTCNN:
                 cand.score[mine].astype(np.float32),
                 landmarks[mine],
             )
-
-    # -- NMS ----------------------------------------------------------------------------
-
-    def _nms(
-        self,
-        boxes_xyxy: np.ndarray,
-        scores: np.ndarray,
-        threshold: float,
-        groups: np.ndarray | None = None,
-        mode: str = "union",
-        inclusive: bool = False,
-    ) -> np.ndarray:
-        """``engines.boxes.nms``: where every suppression of the detector runs (the device
-        pipeline runs them on its device)."""
-        return bx.nms(boxes_xyxy, scores, threshold, groups, mode, inclusive)
-
-    def _level_nms(self, cand: Candidates) -> Candidates:
-        """P-Net's NMS within one pyramid level of each frame."""
-        return cand.take(self._nms(cand.boxes[:, :4], cand.score, PNET_SCALE_NMS, cand.frame))
-
-    # -- parallel lanes ------------------------------------------------------------------
-
-    def _spread(
-        self, items: list[T], cost: Callable[[T], float], work: Callable[[MTCNN, list[T]], list[R]]
-    ) -> list[R]:
-        """``work(lane, [item])`` for every item, this detector and its lanes in parallel
-        (``mtcnn_calls.spread``); the results in the order of ``items``."""
-        return spread(self._pool, [self, *self._lanes], items, cost, work)
-
-    def _infer_spread(
-        self, net: str, pyramids: list[AreaPyramid], cand: Candidates, size: int
-    ) -> dict[str, np.ndarray]:
-        """R-Net or O-Net on the crops of all candidates, split between the lanes."""
-        engine = self.rnet if net == "rnet" else self.onet
-        chunks = crop_chunks(engine, net, len(cand.score), len(self._lanes) + 1)
-        pad = not self._lanes  # lanes' calls are of a few sizes already (``crop_chunks``)
-
-        def run(lane: MTCNN, part: list[np.ndarray]) -> list[dict[str, Any]]:
-            engine = lane.rnet if net == "rnet" else lane.onet
-            return [lane._infer_crops(engine, pyramids, cand.take(c), size, pad) for c in part]
-
-        return self._joined(self._spread(chunks, len, run))
-
-    def _joined(self, outputs: list[dict[str, Any]]) -> dict[str, np.ndarray]:
-        """The outputs of the calls of ``_infer_spread``, in order, as one set of arrays."""
-        return {key: np.concatenate([o[key] for o in outputs]) for key in outputs[0]}
-
-    # -- tensors -------------------------------------------------------------------------
-
-    def _normalise(self, sums: np.ndarray, area: np.ndarray, out: np.ndarray) -> None:
-        """Bin sums (..., H, W, 3) int32 and bin areas (..., H, W) -> the networks' input
-        (mean / area - 127.5) / 128 in channels-first order, written into ``out``."""
-        channels_first = np.moveaxis(sums, -1, -3)
-        if self._swap_rb:
-            channels_first = channels_first[..., ::-1, :, :]
-        scale = np.float32(1 / 128.0) / area[..., None, :, :]
-        np.multiply(channels_first, scale, out=out, dtype=np.float32, casting="unsafe")
-        out -= np.float32(127.5 / 128.0)
-
-    def _infer_crops(
-        self,
-        engine: Engine,
-        pyramids: list[AreaPyramid],
-        cand: Candidates,
-        size: int,
-        pad: bool = True,
-    ) -> dict[str, Any]:
-        """R-Net or O-Net on square crops of every candidate, zero-padded at image borders
-        (or cut there, ``border="clip"``), area-resized to size x size; ``_joined`` puts
-        the outputs of several calls together. ``pad``: as ``_infer_windows``."""
-        return self._infer_windows(
-            engine, pyramids, self._crop_windows(pyramids, cand), cand.frame, size, pad
-        )
-
-    def _crop_windows(self, pyramids: list[AreaPyramid], cand: Candidates) -> np.ndarray:
-        """The square crop window of each candidate (``bx.crop_windows``), cut at its
-        frame's edges when ``border="clip"``."""
-        windows = bx.crop_windows(cand.boxes)
-        if self.config.border == "clip":
-            windows = _clip_windows(windows, pyramids, cand.frame)
-        return windows
-
-    def _infer_windows(
-        self,
-        engine: Engine,
-        pyramids: list[AreaPyramid],
-        windows: np.ndarray,
-        frame: np.ndarray,
-        size: int,
-        pad: bool = True,
-    ) -> dict[str, np.ndarray]:
-        """``engine`` on the windows of the frames, as ``_window_blob`` cuts them; with
-        ``pad``, the call zero-padded to one of a few batch sizes (``padded_batch``: where
-        the callers' sizes are not few already)."""
-        rows = len(windows)
-        blob = self._window_blob(
-            pyramids, windows, frame, size, padded_batch(engine, rows) if pad else rows
-        )
-        return {name: value[:rows] for name, value in engine.infer({"image": blob}).items()}
-
-    def _window_blob(
-        self,
-        pyramids: list[AreaPyramid],
-        windows: np.ndarray,
-        frame: np.ndarray,
-        size: int,
-        rows: int,
-    ) -> np.ndarray:
-        """Integer windows (K, 4: x0, y0, x1, y1, end exclusive) of the frames ``frame``,
-        zero outside the image, area-resized to size x size: a normalised NCHW blob of
-        ``rows`` rows (K or more: those past K are zeros)."""
-        count = len(windows)
-        blob = np.empty((rows, 3, size, size), np.float32)
-        blob[count:] = 0.0
-        head = blob[:count]
-        frames = np.unique(frame)
-        for f in frames:
-            mine = frame == f
-            part = head if len(frames) == 1 else np.empty((mine.sum(), 3, size, size), np.float32)
-            pyramid = pyramids[f]
-            sums, area = area_crop_sums(pyramid.sums, windows[mine], size, pyramid.sums16)
-            self._normalise(sums, area, out=part)
-            if part is not head:
-                head[mine] = part
-        return blob
-
-
-def _clip_windows(
-    windows: np.ndarray, pyramids: list[AreaPyramid], frame: np.ndarray
-) -> np.ndarray:
-    """Cut each crop window at its frame's edges (keeping at least one pixel)."""
-    hw = np.array([p.image_hw for p in pyramids], np.int64)[frame]
-    x0 = np.clip(windows[:, 0], 0, hw[:, 1] - 1)
-    y0 = np.clip(windows[:, 1], 0, hw[:, 0] - 1)
-    x1 = np.clip(windows[:, 2], x0 + 1, hw[:, 1])
-    y1 = np.clip(windows[:, 3], y0 + 1, hw[:, 0])
-    return np.stack([x0, y0, x1, y1], axis=1)
-
-
-def no_candidates() -> Candidates:
-    return Candidates(np.zeros((0, 9), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64))
-
-
-def concat_candidates(parts: list[Candidates]) -> Candidates:
-    return Candidates(
-        np.concatenate([p.boxes for p in parts]),
-        np.concatenate([p.score for p in parts]),
-        np.concatenate([p.frame for p in parts]),
-    )

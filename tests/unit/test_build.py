@@ -98,8 +98,8 @@ def test_fixed_size_models_get_one_batch_profile(name):
 
 def test_default_batch_covers_what_the_engines_ask(test_model):
     """Without --batch a plan takes the largest call the daemon makes of that model."""
+    from engines.base import CROPS_PER_CALL
     from engines.facenet import DEFAULT_MAX_BATCH
-    from engines.mtcnn import CROPS_PER_CALL
 
     for name in ("rnet", "onet"):
         assert default_batch(ModelMetadata.load(MODELS / "mtcnn" / f"{name}.onnx"))[2] == (

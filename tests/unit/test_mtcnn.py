@@ -389,7 +389,7 @@ def test_search_around_prior_faces_finds_them_where_they_went(detector, shared_d
 def test_search_around_faces_calls_p_net_with_bounded_batches(shared_data, monkeypatch):
     """The regions around all faces of a batch go to P-Net CROPS_PER_CALL at a time (a
     TensorRT plan's profile ends there): the same faces as one call with all of them."""
-    import engines.mtcnn as mtcnn_module
+    import engines.mtcnn_pnet as pnet_module
 
     frames = video_frames(shared_data / "videos" / "crowd_1080p.mp4", [0, 5, 30], (1280, 720))
     detector = MTCNN.load(MODELS / "mtcnn", threads=2)
@@ -404,7 +404,7 @@ def test_search_around_faces_calls_p_net_with_bounded_batches(shared_data, monke
         return infer(feeds)
 
     monkeypatch.setattr(detector.pnet, "infer", recording)
-    monkeypatch.setattr(mtcnn_module, "CROPS_PER_CALL", 4)
+    monkeypatch.setattr(pnet_module, "CROPS_PER_CALL", 4)
     chunked = detector.detect(frames, priors=priors)
     assert batches and max(batches) == 4 and len(batches) > len(bx.ROI_CANVAS)
     for ours, ref in zip(chunked, whole, strict=True):
@@ -417,7 +417,7 @@ def test_r_net_and_o_net_are_called_with_a_few_batch_sizes_and_the_same_faces_fo
     """One lane (engines.threads 1, or a one-core box) called R-Net and O-Net with as many
     candidates as each frame gave: OpenVINO keeps memory for each batch size it meets (3.5
     GB after 1000 of R-Net's). Calls are padded to a few sizes, and find what they found."""
-    from engines import mtcnn as mtcnn_module
+    from engines import mtcnn_base
 
     detector = MTCNN.load(MODELS / "mtcnn", threads=1)
     seen: dict[str, set[int]] = {"rnet": set(), "onet": set()}
@@ -436,7 +436,7 @@ def test_r_net_and_o_net_are_called_with_a_few_batch_sizes_and_the_same_faces_fo
     allowed = {2**k for k in range(7)} | set(range(128, 1025, 64))
     assert seen["rnet"] <= allowed and seen["onet"] <= allowed, seen
     assert len(seen["rnet"]) > 2, "the frames gave candidate counts of several sizes"
-    monkeypatch.setattr(mtcnn_module, "padded_batch", lambda engine, rows: rows)
+    monkeypatch.setattr(mtcnn_base, "padded_batch", lambda engine, rows: rows)
     unpadded = [detector.detect(frames[k : k + 2]) for k in range(0, len(frames), 2)]
     for padded_batch, plain_batch in zip(found, unpadded, strict=True):
         for padded, plain in zip(padded_batch, plain_batch, strict=True):
