@@ -157,7 +157,7 @@ def _export(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace, path: Path, crops: object) -> None:
     """What the written model is like (collapsed embeddings, int8's cosine) and who uses it."""
     if args.parity_images is not None:  # faces of several people, not random pixels
-        from training.export_facenet import warn_collapsed
+        from training.export_quality import warn_collapsed
 
         warn_collapsed(path, crops)
     if args.int8:

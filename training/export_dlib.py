@@ -22,7 +22,8 @@ from training.dlib_net import (
     read_dlib_net,
 )
 from training.embedders import OnnxEmbedder
-from training.export_facenet import FP16_TOLERANCE, OPSET, export_onnx, weights_to_fp16
+from training.export_facenet import FP16_TOLERANCE, OPSET, export_onnx
+from training.export_precision import weights_to_fp16
 from training.export_staging import staged
 from training.model_card import model_card
 

@@ -170,8 +170,8 @@ def test_export_warns_of_a_model_without_lfw_figures_and_of_one_that_collapsed(
     """No LFW figures: new galleries would start at 1.1, no threshold of this model's; every
     face at one point (an untrained network): anyone would match anyone."""
     from tests.face_folders import SHARED
-    from training.export_facenet import warn_collapsed
     from training.export_inputs import parity_crops
+    from training.export_quality import warn_collapsed
 
     good = tiny_checkpoint(tmp_path / "good.pt", lfw=_figures(0.987, 0.003))
     untrained = tiny_checkpoint(tmp_path / "untrained.pt")  # no figures, and collapsed
