@@ -137,6 +137,12 @@ def load_model_file(path: str | Path) -> Checkpoint:
     raw = _read(path)
     if _is_checkpoint(raw):
         return Checkpoint(**raw)
+    return _imported(_inception_state(raw, path), path)
+
+
+def _inception_state(raw: Any, path: str | Path) -> dict[str, torch.Tensor]:
+    """``raw`` checked to be facenet-pytorch's Inception-ResNet-v1 state dict (ValueError
+    naming ``path`` otherwise), without its classifier head."""
     if (
         not isinstance(raw, dict)
         or not raw
@@ -165,6 +171,13 @@ def load_model_file(path: str | Path) -> Checkpoint:
         net.load_state_dict(state, strict=True)
     except RuntimeError as exc:  # a shape differs
         raise ValueError(f"{path}: does not fit Inception-ResNet-v1: {exc}") from None
+    return state
+
+
+def _imported(state: dict[str, torch.Tensor], path: str | Path) -> Checkpoint:
+    """facenet-pytorch's weights as a checkpoint of zero epochs, with the preprocessing of
+    the published weights."""
+    head = state["last_linear.weight"]
     return Checkpoint(
         model=state,
         average=None,

@@ -55,6 +55,44 @@ def _groups(extra: dict[str, Any]) -> list[str]:
     return ["", *lines]
 
 
+def _preprocessing(meta: ModelMetadata) -> str:
+    """What is done to a crop's pixels before the network sees them."""
+    return (
+        "per-image prewhitened"
+        if meta.extra.get("prewhiten")
+        else f"(x - {meta.mean}) / {meta.std}"
+    )
+
+
+def _storage(extra: dict[str, Any]) -> str:
+    """How the weights are stored (fp32, fp16 or int8), with what that cost."""
+    storage = "fp32"
+    if extra.get("int8"):
+        storage = f"int8, calibrated (min cosine to fp32 {extra.get('int8_min_cosine', float('nan')):.4f})"
+    if extra.get("fp16_weights"):
+        storage = f"fp16 (max abs diff {extra.get('fp16_max_abs_diff', float('nan')):.2e})"
+    return storage
+
+
+def _network(extra: dict[str, Any]) -> str:
+    """The card's opening words: which network it is."""
+    return (
+        "Face embedding model (dlib's ResNet: 29 convolutions) "
+        if extra.get("architecture") == "dlib-resnet"
+        else "FaceNet face embedding model (Inception-ResNet-v1) "
+    )
+
+
+def _face_crop(extra: dict[str, Any]) -> str:
+    """How the face crop is made from the detection (margin, or a 5-landmark warp)."""
+    return (
+        "similarity warp of the 5 landmarks onto "
+        + ("its own template" if extra.get("landmarks") else "the reference template")
+        if extra.get("alignment") == "similarity"
+        else f"{extra.get('alignment')} (margin {extra.get('margin')} px)"
+    )
+
+
 def model_card(meta: ModelMetadata, onnx_path: Path) -> str:
     """A short markdown card, entirely from the sidecar."""
     lfw = meta.extra.get("lfw") or {}
@@ -63,28 +101,11 @@ def model_card(meta: ModelMetadata, onnx_path: Path) -> str:
     if lfw:
         acc = f"{lfw['accuracy_mean'] * 100:.2f} % ± {lfw['accuracy_std'] * 100:.2f}"
     size_hw = meta.input_size_hw or (0, 0)
-    prep = (
-        "per-image prewhitened"
-        if meta.extra.get("prewhiten")
-        else f"(x - {meta.mean}) / {meta.std}"
-    )
+    prep = _preprocessing(meta)
     diff = meta.extra.get("parity_max_abs_diff")
-    storage = "fp32"
-    if meta.extra.get("int8"):
-        storage = f"int8, calibrated (min cosine to fp32 {meta.extra.get('int8_min_cosine', float('nan')):.4f})"
-    if meta.extra.get("fp16_weights"):
-        storage = f"fp16 (max abs diff {meta.extra.get('fp16_max_abs_diff', float('nan')):.2e})"
-    network = (
-        "Face embedding model (dlib's ResNet: 29 convolutions) "
-        if meta.extra.get("architecture") == "dlib-resnet"
-        else "FaceNet face embedding model (Inception-ResNet-v1) "
-    )
-    crop = (
-        "similarity warp of the 5 landmarks onto "
-        + ("its own template" if meta.extra.get("landmarks") else "the reference template")
-        if meta.extra.get("alignment") == "similarity"
-        else f"{meta.extra.get('alignment')} (margin {meta.extra.get('margin')} px)"
-    )
+    storage = _storage(meta.extra)
+    network = _network(meta.extra)
+    crop = _face_crop(meta.extra)
     loss = meta.extra.get("loss") or "n/a"
     rows = [
         f"# {meta.name}",

@@ -91,6 +91,28 @@ def check_crops(args: argparse.Namespace, dataset: list[ImageClass] | None = Non
         _check_image_sizes(args, dataset)
     settings = settings or {}
     crops, margin = settings.get("image_size"), settings.get("margin")
+    _check_crop_size(args, crops)
+    _check_framing(args, settings)
+    if not isinstance(margin, int) or margin == args.margin:
+        return
+    # (crops warped onto landmarks are framed by them: their margin is only room to crop)
+    if "margin" in getattr(args, GIVEN, set()) and settings.get("alignment") != "similarity":
+        logger.warning(
+            "%s differs from the margin the crops were aligned with (%s says %d): using %d, "
+            "the crops' own, which the exported model must crop faces with; re-align with "
+            "`facewatch train align --margin %d` for that margin",
+            given_as(args, "margin"),
+            Path(args.data_dir) / SETTINGS_FILE,
+            margin,
+            margin,
+            args.margin,
+        )
+    args.margin = margin
+
+
+def _check_crop_size(args: argparse.Namespace, crops: Any) -> None:
+    """Warn when the crops' size (alignment.json's) is smaller than --image-size, or so much
+    larger that training sees only their centre."""
     if isinstance(crops, int) and crops < args.image_size:
         logger.warning(
             "%s holds %d px crops: --image-size %d enlarges them (and --random-crop has "
@@ -112,22 +134,6 @@ def check_crops(args: argparse.Namespace, dataset: list[ImageClass] | None = Non
             round(1.14 * args.image_size),
             args.image_size,
         )
-    _check_framing(args, settings)
-    if not isinstance(margin, int) or margin == args.margin:
-        return
-    # (crops warped onto landmarks are framed by them: their margin is only room to crop)
-    if "margin" in getattr(args, GIVEN, set()) and settings.get("alignment") != "similarity":
-        logger.warning(
-            "%s differs from the margin the crops were aligned with (%s says %d): using %d, "
-            "the crops' own, which the exported model must crop faces with; re-align with "
-            "`facewatch train align --margin %d` for that margin",
-            given_as(args, "margin"),
-            Path(args.data_dir) / SETTINGS_FILE,
-            margin,
-            margin,
-            args.margin,
-        )
-    args.margin = margin
 
 
 def _check_image_sizes(args: argparse.Namespace, dataset: list[ImageClass]) -> None:

@@ -50,7 +50,7 @@ import importlib.util
 import json
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing import get_context
@@ -365,13 +365,7 @@ def embed_dataset(
     from training.data import flatten, load_dataset
 
     settings = settings or DlibSettings()
-    settings.check()
-    import_dlib()  # fail before any work when dlib or its model files are missing
-    models_dir(models)
-    if workers < 1 or chunk < 1 or save_every < 1:
-        raise ValueError("workers, chunk and save_every must be >= 1")
-    if dtype not in ("float32", "float16"):
-        raise ValueError(f"dtype {dtype!r}: float32 or float16")
+    _check_run(settings, models, workers, chunk, save_every, dtype)
     root, out = Path(data_dir).expanduser(), Path(out)
     paths, _ = flatten(load_dataset(root))
     names = [p.relative_to(root).as_posix() for p in paths]
@@ -389,24 +383,12 @@ def embed_dataset(
         _write(where, kept, emb, np.array([done[k][1] for k in kept], bool), tag, dtype)
 
     bar = tqdm(total=len(names), initial=summary.reused, desc="dlib descriptors", unit="img")
-    since_save = 0
     if todo:
         with _pool(workers, settings, models) as pool:
             batches = list(_chunks(todo, chunk))
-            results = pool.map(_embed_files, [[str(paths[i]) for i in b] for b in batches])
-            for batch, (emb, det, errors) in zip(batches, results, strict=True):
-                bad = {i for i, _ in errors}
-                for j, i in enumerate(batch):
-                    if j in bad:
-                        continue
-                    done[names[i]] = (emb[j], bool(det[j]))
-                summary.unreadable += [(names[batch[j]], e) for j, e in errors]
-                summary.embedded += len(batch) - len(errors)
-                since_save += len(batch)
-                bar.update(len(batch))
-                if since_save >= save_every:
-                    save(partial)
-                    since_save = 0
+            _embed_batches(
+                pool, batches, paths, names, done, summary, bar, save_every, lambda: save(partial)
+            )
     bar.close()
     final = {n: done[n] for n in names if n in done}
     done.clear()
@@ -416,6 +398,56 @@ def embed_dataset(
     save(out)
     partial.unlink(missing_ok=True)
     return summary
+
+
+def _check_run(
+    settings: DlibSettings,
+    models: str | Path | None,
+    workers: int,
+    chunk: int,
+    save_every: int,
+    dtype: str,
+) -> None:
+    """``embed_dataset``'s arguments checked, and dlib with its model files found, before any
+    work (each a clear error)."""
+    settings.check()
+    import_dlib()  # fail before any work when dlib or its model files are missing
+    models_dir(models)
+    if workers < 1 or chunk < 1 or save_every < 1:
+        raise ValueError("workers, chunk and save_every must be >= 1")
+    if dtype not in ("float32", "float16"):
+        raise ValueError(f"dtype {dtype!r}: float32 or float16")
+
+
+def _embed_batches(
+    pool: ProcessPoolExecutor | _InProcess,
+    batches: list[list[int]],
+    paths: list[Path],
+    names: list[str],
+    done: dict[str, tuple[np.ndarray, bool]],
+    summary: EmbedSummary,
+    bar: tqdm,
+    save_every: int,
+    save_partial: Callable[[], None],
+) -> None:
+    """The images of ``batches`` (indices into ``paths`` and ``names``) embedded in ``pool``,
+    into ``done`` (name -> descriptor, face detected) and ``summary``; ``save_partial`` after
+    every ``save_every`` images or so."""
+    since_save = 0
+    results = pool.map(_embed_files, [[str(paths[i]) for i in b] for b in batches])
+    for batch, (emb, det, errors) in zip(batches, results, strict=True):
+        bad = {i for i, _ in errors}
+        for j, i in enumerate(batch):
+            if j in bad:
+                continue
+            done[names[i]] = (emb[j], bool(det[j]))
+        summary.unreadable += [(names[batch[j]], e) for j, e in errors]
+        summary.embedded += len(batch) - len(errors)
+        since_save += len(batch)
+        bar.update(len(batch))
+        if since_save >= save_every:
+            save_partial()
+            since_save = 0
 
 
 # ---- LFW: the teacher's ceiling with the project's protocol ----
