@@ -1,5 +1,5 @@
 """Which engines run the detector and FaceNet, and how: one choice for the daemon
-(``Service.load_engines``) and for `enroll` / `identify` (``recognition_cli.load_models``),
+(``Service.load_engines``) and for `enroll` / `identify` (``cli_models.load_models``),
 so that `identify --config FILE` runs the engines the daemon runs for that file.
 
 MTCNN runs on the backend (``engines.backend``, or the commands' --backend); FaceNet beside

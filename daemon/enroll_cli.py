@@ -37,6 +37,7 @@ import numpy as np
 from daemon import gallery_calibrate, gallery_choice
 from daemon.archive_files import archive_level
 from daemon.cli_args import number
+from daemon.cli_models import add_model_options, load_models, photo_files
 from daemon.cli_output import progress_wanted
 from daemon.enroll_checks import Enrolled, source_of, terminal_text
 from daemon.enroll_plan import Plan, Refused, plan
@@ -51,7 +52,6 @@ from daemon.recognition import (
     MIN_FACE_SCORE,
     QualityGates,
 )
-from daemon.recognition_cli import add_model_options, load_models, photo_files
 from engines import EngineError
 from engines.facenet import FaceNet
 from engines.image_files import is_hidden

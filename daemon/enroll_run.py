@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from daemon.archive_files import is_visit_folder
 from daemon.calibration import ClosePeople, look_alikes
+from daemon.cli_models import Models
 from daemon.enroll_checks import Enrolled, check_photo, drop_unlike, enroll_crop, terminal_text
 from daemon.enroll_plan import Person, close_names
 from daemon.gallery import Gallery, GalleryError, remove_created, shown_threshold
@@ -26,7 +27,6 @@ from daemon.gallery_names import lookup_name
 from daemon.gallery_write import Enrollment
 from daemon.journal import print_error
 from daemon.recognition import QualityGates, Rejected
-from daemon.recognition_cli import Models
 from engines.facenet import FaceNet, starting_threshold
 from engines.images import ImageError
 

@@ -1,18 +1,17 @@
-"""`facewatch identify`: who is in a photo, or in a video and when (daemon/recordings.py);
-and the models it shares with `enroll`.
+"""`facewatch identify`: who is in a photo, or in a video and when (daemon/recordings.py).
 
 `identify` and `enroll` (daemon/enroll_cli.py) detect faces with MTCNN, cut them the way
-the FaceNet model's sidecar says, and embed them (``load_models``, with the options of
-``add_model_options``; with --config on the daemon's engines, ``daemon.engine_choice``);
-the `gallery` commands (daemon/gallery_cli.py) manage what is enrolled. Exit status: 0
-done, 1 an image refused (the reason is printed), 2 a model or argument problem.
+the FaceNet model's sidecar says, and embed them (daemon/cli_models.py: ``load_models``, with
+the options of ``add_model_options``; with --config on the daemon's engines,
+``daemon.engine_choice``); the `gallery` commands (daemon/gallery_cli.py) manage what is
+enrolled. Exit status: 0 done, 1 an image refused (the reason is printed), 2 a model or
+argument problem.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
 import math
 import sys
 from dataclasses import dataclass
@@ -23,12 +22,11 @@ import numpy as np
 from tqdm import tqdm
 
 from daemon import gallery_calibrate, gallery_choice, gallery_cli
-from daemon.archive_files import VISIT_FILE
 from daemon.cli_args import number
+from daemon.cli_models import Models, add_model_options, load_models, photo_files
 from daemon.cli_output import Outputs, input_name, progress_wanted, put_label
 from daemon.config import Config, ConfigError
 from daemon.config_cameras import CameraConfig
-from daemon.engine_choice import EngineChoice
 from daemon.gallery import Gallery, GalleryError
 from daemon.gallery_match import Match
 from daemon.journal import StdoutError, print_error
@@ -41,87 +39,20 @@ from daemon.recordings import (
     video_config,
 )
 from daemon.video_files import Interrupted, VideoError, image_or_video
-from engines import BACKENDS, EngineError
-from engines.facenet import FaceNet
-from engines.image_files import PHOTO_SUFFIXES, VIDEO_SUFFIXES, folder_files
+from engines import EngineError
+from engines.image_files import PHOTO_SUFFIXES, VIDEO_SUFFIXES
 from engines.images import ImageError, shown, write_image
-from engines.loader import (
-    PRECISIONS,
-    THREAD_BOUNDS,
-    cpu_threads,
-    default_facenet,
-    default_models_dir,
-)
-from engines.mtcnn import MTCNN, FrameDetections
-
-logger = logging.getLogger(__name__)
-
-NO_DEFAULT_MODEL = (
-    "the model facewatch ships is missing there (models/facenet/ of a checkout: dlib's ResNet, "
-    "made again by facewatch train import-dlib --out {path}). Export one there from "
-    "facenet-pytorch's published weights (facewatch train export 20180402-114759-vggface2.pt "
-    "--out {path}) or "
-    "from your own training run (facewatch train export RUN_DIR/latest.pt --out {path}), "
-    "or pass --model PATH to a FaceNet .onnx with its .json sidecar, or --config FILE to use "
-    "the daemon's recognition.model"
-)
-
+from engines.mtcnn import FrameDetections
 
 # a named face's next nearest person this close behind is shown with it (squared L2): on the
 # shipped model one person's photos lie about 0.08 apart, so 0.02 is within one person's spread
 RUNNER_UP_MARGIN = 0.02
 
 
-def default_model_path() -> Path:
-    """models/facenet/facenet.onnx under $FACEWATCH_MODELS or the repository's models/."""
-    return default_facenet()
-
-
 def register(commands: argparse._SubParsersAction) -> None:
     """``identify`` and the ``gallery`` commands (``enroll``: daemon/enroll_cli.py)."""
     _add_identify(commands)
     gallery_cli.register(commands)
-
-
-def add_model_options(p: argparse.ArgumentParser) -> None:
-    gallery_choice.add_gallery_option(p)
-    p.add_argument(
-        "--model",
-        type=Path,
-        default=None,
-        help=f"FaceNet .onnx with its .json sidecar (default: {default_model_path()})",
-    )
-    p.add_argument(
-        "--backend",
-        choices=BACKENDS,
-        default=None,
-        help="engine backend, as the daemon's engines.backend: MTCNN runs on it, FaceNet too "
-        "on tensorrt and torch, on ONNX Runtime beside a CPU backend (default: openvino; "
-        "--config: its engines.backend)",
-    )
-    p.add_argument(
-        "--threads",
-        type=number(int, **THREAD_BOUNDS),
-        default=None,
-        help="CPU threads (0: all the cores it may use; default 0, --config: its engines.threads)",
-    )
-    p.add_argument(
-        "--precision",
-        choices=("auto", *PRECISIONS),
-        default=None,
-        help="bf16: FaceNet on OpenVINO in bf16, about 2x faster on CPUs with native bf16 "
-        "(AVX512_BF16, AMX), same gallery as fp32; auto (default; --config: its "
-        "recognition.precision): bf16 where the CPU has it",
-    )
-    p.add_argument(
-        "--flip",
-        action="store_true",
-        help="average each face's embedding with its mirror image's (a gallery remembers "
-        "this: enroll and identify must agree). Faces then lie nearer each other, so the "
-        "threshold a new gallery starts at, the model's measured without flip, names more "
-        "strangers: run `facewatch gallery calibrate` on a flip gallery",
-    )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _add_identify(commands: argparse._SubParsersAction) -> None:
@@ -187,84 +118,6 @@ def _add_camera_options(p: argparse.ArgumentParser) -> None:
         "(upright, every face in it matched; a named face smaller than the min_face_px of "
         "--config or --camera is noted: the daemon would not name it)",
     )
-
-
-@dataclass
-class Models:
-    detector: MTCNN
-    facenet: FaceNet
-
-
-def load_models(args: argparse.Namespace) -> Models:
-    """The detector and the FaceNet model, or EngineError with what to do. With --config the
-    daemon's: its model, flip and engines (``EngineChoice.of_config``)."""
-    config = gallery_choice.daemon_config(args)  # --config: the daemon's models
-    if config is None:
-        model, choice = args.model, _choice_of_args(args)
-    else:
-        model, choice = _configured_model(args, config), _choice_of_config(args, config)
-    path = model or default_model_path()
-    if not path.is_file() and model is None:
-        raise EngineError(f"{path}: no FaceNet model. " + NO_DEFAULT_MODEL.format(path=path))
-    facenet = choice.facenet(path)
-    models = Models(choice.detector(), facenet)
-    logger.info("%s", choice.said(facenet))
-    return models
-
-
-def _choice_of_args(args: argparse.Namespace) -> EngineChoice:
-    """The engines the options ask for (the shipped MTCNN, or $FACEWATCH_MODELS')."""
-    return EngineChoice(
-        default_models_dir() / "mtcnn",
-        backend=args.backend or "openvino",
-        threads=cpu_threads(args.threads or 0),
-        precision=args.precision or "auto",
-        flip=args.flip,
-    )
-
-
-def _configured_model(args: argparse.Namespace, config: Config) -> Path | None:
-    """--config's recognition.model (None: the shipped one's place); EngineError for a
-    --model or --flip beside it that the daemon would refuse, or a null model."""
-    recognition = config.recognition
-    if args.model is not None or (args.flip and not recognition.flip):
-        raise EngineError(
-            f"--config {args.config} gives the model and flip the daemon uses: --model "
-            "and --flip would make a gallery it refuses; drop them (or --config)"
-        )
-    if recognition.model is None:
-        raise EngineError(f"{args.config}: recognition.model is null (detection only)")
-    return None if recognition.model == "auto" else Path(recognition.model)
-
-
-def _choice_of_config(args: argparse.Namespace, config: Config) -> EngineChoice:
-    """The daemon's engines for --config; EngineError for a --backend or --precision beside
-    it that asks for others (--threads, which changes only the speed, is taken)."""
-    asked = {
-        "--backend": (args.backend, "engines.backend", config.engines.backend),
-        "--precision": (args.precision, "recognition.precision", config.recognition.precision),
-    }
-    for option, (value, key, configured) in asked.items():
-        if value is not None and value != configured:
-            raise EngineError(
-                f"--config {args.config} gives the engines the daemon runs: {option} {value} "
-                f"would run others than its {key} {configured}; drop {option} (or --config)"
-            )
-    return EngineChoice.of_config(config, args.config, threads=args.threads)
-
-
-def photo_files(path: Path, suffixes: frozenset[str] = PHOTO_SUFFIXES) -> list[Path]:
-    """A file as given; a folder's photos (or files of other ``suffixes``) at any depth (as
-    ``engines.image_files`` walks it), sorted, with a note of the files left out by their
-    extension. A folder without any is kept, to be reported as a rejected image."""
-    if not path.is_dir():
-        return [path]
-    walk = folder_files(path, suffixes)
-    walk.left_out = [p for p in walk.left_out if p.name != VISIT_FILE]  # a face archive visit's
-    note = walk.note(path)
-    if note:
-        tqdm.write(f"note: {shown(note)}", file=sys.stderr)
-    return walk.files or [path]
 
 
 # -- identify -----------------------------------------------------------------------------

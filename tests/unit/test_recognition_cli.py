@@ -22,10 +22,10 @@ import pytest
 from daemon import enroll_checks, enroll_run
 from daemon import gallery as gallery_module
 from daemon.cli import main
+from daemon.cli_models import Models
 from daemon.config_file import parse_config
 from daemon.gallery import Gallery, GalleryError
 from daemon.gallery_write import Enrollment
-from daemon.recognition_cli import Models
 from tests.conftest import REPO
 from tests.face_folders import messy_folder
 
@@ -999,9 +999,9 @@ def test_an_archived_face_just_under_the_detectors_thresholds_is_found_again(
     The face's own score must still reach what the daemon needs to see a face: the back of
     a head the daemon saw at 0.701 (O-Net's threshold 0.7) scored 0.651 in its JPEG and was
     enrolled, and named strangers."""
+    from daemon.cli_models import Models
     from daemon.enroll_checks import ARCHIVE_THRESHOLDS, enroll_crop
     from daemon.recognition import QualityGates, Rejected
-    from daemon.recognition_cli import Models
     from engines.detectors import load_facenet
 
     frame = cv2.imread(str(images["obama"]))
@@ -1198,7 +1198,7 @@ def test_the_daemons_config_gives_the_engines_and_backend_runs_both_models(
     the daemon's plans). With --config it runs the daemon's engines and says which (INFO); a
     --backend or --precision asking for others is refused, as --model is. Without --config,
     --backend is the daemon's engines.backend: MTCNN's too (it was FaceNet's only)."""
-    from daemon.recognition_cli import load_models
+    from daemon.cli_models import load_models
     from engines.opencv_dnn import OpenCVEngine
 
     config = tmp_path / "facewatch.yaml"
