@@ -41,7 +41,8 @@ from daemon.cli_models import add_model_options, load_models, photo_files
 from daemon.cli_output import progress_wanted
 from daemon.enroll_checks import Enrolled, source_of, terminal_text
 from daemon.enroll_plan import Plan, Refused, plan
-from daemon.enroll_run import Run, Writer, first_few, new_gallery_threshold, say_summary
+from daemon.enroll_run import Run, Writer
+from daemon.enroll_summary import first_few, new_gallery_threshold, say_summary
 from daemon.gallery import DEFAULT_THRESHOLD, Gallery, GalleryError
 from daemon.gallery_names import clean_name, lookup_name
 from daemon.journal import print_error

@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 import pytest
 
-from daemon import enroll_checks, enroll_run
+from daemon import enroll_checks, enroll_run, enroll_summary
 from daemon import gallery as gallery_module
 from daemon.cli import main
 from daemon.cli_models import Models
@@ -519,8 +519,8 @@ def test_a_large_enroll_summary_gives_counts_and_the_names_to_check(
     """Above SUMMARY_NAMES people the summary named each (48,132 characters for 1,565),
     and every look-alike pair had its warning (57 for LFW). Now counts and only the new
     names close to enrolled ones; the closest LOOK_ALIKES_SHOWN pairs, then how many more."""
-    monkeypatch.setattr(enroll_run, "SUMMARY_NAMES", 2)
-    monkeypatch.setattr(enroll_run, "LOOK_ALIKES_SHOWN", 1)
+    monkeypatch.setattr(enroll_summary, "SUMMARY_NAMES", 2)
+    monkeypatch.setattr(enroll_summary, "LOOK_ALIKES_SHOWN", 1)
     first = _people(images, tmp_path / "first", {"Ada Lovelace": 1})
     assert cli("enroll", "--dir", str(first))[0] == 0
     people = _people(images, tmp_path / "people", {"Ada-lovelace": 1, "Bob": 1, "Cy": 1}, 90)
@@ -828,7 +828,7 @@ def test_a_new_gallery_starts_at_the_lfw_threshold_only_on_its_own_scale() -> No
     an angle or on flipped pairs."""
     from types import SimpleNamespace
 
-    from daemon.enroll_run import new_gallery_threshold
+    from daemon.enroll_summary import new_gallery_threshold
 
     def net(**lfw: object) -> object:
         return SimpleNamespace(meta=SimpleNamespace(extra={"lfw": {"best_threshold": 0.9, **lfw}}))
