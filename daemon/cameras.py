@@ -37,7 +37,7 @@ from daemon.config_file import redact_url
 from daemon.journal import REMIND_S
 from daemon.low_light import Brightener
 from daemon.motion import MotionDetector
-from daemon.stream_probe import peer_text
+from daemon.peer_exchange import peer_text
 
 logger = logging.getLogger(__name__)
 

@@ -21,8 +21,8 @@ from daemon.calibration import UNLIKE_FACTOR, split_visit, unlike_faces
 from daemon.cli_models import Models
 from daemon.gallery import shown_threshold
 from daemon.low_light import DARK_P99, is_dark
+from daemon.peer_exchange import peer_text
 from daemon.recognition import QualityGates, Rejected, face_at, largest_note
-from daemon.stream_probe import peer_text
 from engines.base import file_sha256
 from engines.images import read_image, shown
 

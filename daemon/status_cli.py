@@ -24,7 +24,7 @@ from daemon.config_cameras import bare_ipv6
 from daemon.config_file import load_config, redact_url, url_host
 from daemon.journal import print_error
 from daemon.metrics import DROPS_HIGH, drops_advice
-from daemon.stream_probe import http_get, peer_text
+from daemon.peer_exchange import http_get, peer_text
 
 NOT_RUNNING = 3
 SCRAPE_TIMEOUT_S = 5.0  # for the whole page, however slowly it comes
