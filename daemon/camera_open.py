@@ -12,7 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from daemon.config_file import redact_url
+from daemon.redaction import redact_url
 from daemon.stream_probe import silent_stream, stream_problem
 from engines.loader import usable_cpus
 

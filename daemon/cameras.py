@@ -33,11 +33,11 @@ from daemon import metrics
 from daemon.camera_frames import Frame, FrameQueues, FrameSchedule
 from daemon.camera_open import NO_INTERLACED, StuckPicture, open_capture, source_kind
 from daemon.config_cameras import CameraConfig, MotionConfig
-from daemon.config_file import redact_url
 from daemon.journal import REMIND_S
 from daemon.low_light import Brightener
 from daemon.motion import MotionDetector
 from daemon.peer_exchange import peer_text
+from daemon.redaction import redact_url
 
 logger = logging.getLogger(__name__)
 

@@ -1,26 +1,25 @@
 """Reading the daemon's configuration file: strict YAML (a key given twice is an error),
 ``${NAME}`` replaced by the environment variable NAME and ``${credential:NAME}`` by the
 systemd credential NAME (``$CREDENTIALS_DIRECTORY/NAME``), so secrets stay out of the file;
-validation against ``daemon.config``'s schema with every error naming its key path; paths
-relative to the file's folder; and the one-line-per-setting listing of ``--schema``.
+validation against ``daemon.config``'s schema with every error naming its key path (the
+messages: daemon/config_errors.py); paths relative to the file's folder. A secret it reads is
+remembered, to be masked wherever it shows (daemon/redaction.py).
 """
 
 from __future__ import annotations
 
-import difflib
 import io
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
-from urllib.parse import unquote
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from daemon.config import Config, ConfigError
-from daemon.config_cameras import CameraConfig
-from daemon.config_section import Section
+from daemon.config_errors import explain, key_path
+from daemon.redaction import redact_url, remember_secret, url_passwords
 
 _REFERENCE = re.compile(r"\$\{(credential:)?([A-Za-z_][A-Za-z0-9_.-]*)\}")
 _ANY_REFERENCE = re.compile(r"\$\{[^}]*\}")
@@ -94,123 +93,9 @@ def _credential(name: str, where: str) -> str:
     return value
 
 
-def _key_path(loc: tuple[int | str, ...], raw: Any) -> str:
-    """``('cameras', 1, 'fps')`` -> ``cameras[1] (door).fps``."""
-    parts: list[str] = []
-    node = raw
-    for item in loc:
-        if isinstance(item, int):
-            if parts:
-                parts[-1] = f"{parts[-1]}[{item}]"
-            else:  # a number as a top-level key
-                parts.append(f"[{item}]")
-            node = node[item] if isinstance(node, list) and item < len(node) else None
-            if isinstance(node, dict) and isinstance(node.get("name"), str):
-                parts[-1] += f" ({node['name']})"
-        else:
-            parts.append(str(item))
-            node = node.get(item) if isinstance(node, dict) else None
-    return ".".join(parts) or "(top level)"
-
-
-# user:password@ to the last @ of the URL (a password holding / or @ written as is must not
-# show in part), and the values of query parameters that carry secrets (?user=x&password=y)
-_URL_PASSWORD = re.compile(r"(?<=://)([^/@:\s'\"]*):[^\s'\"]*@")
-_QUERY_SECRET = re.compile(
-    r"(?i)([?&;](?:password|passwd|pass|pwd|pw|psw|loginpas|passcode|token|access_token|api_key"
-    r"|apikey|key|secret|auth|sig|signature)=)[^&;#\s'\"]*"
-)
-# The config's own passwords (camera URLs', the broker's, ${credential:...} values), masked
-# wherever they show: in free text a password holding a quote or a space cannot be told from
-# what follows it. Shorter ones are left to the patterns (they would mask common words).
-_KNOWN_SECRETS: set[str] = set()
-MIN_SECRET_CHARS = 4
-
-
-def remember_secret(value: str) -> None:
-    """Mask ``value`` (and its percent-decoded form) in everything ``redact_url`` shows."""
-    for form in (value, unquote(value)):
-        if len(form) >= MIN_SECRET_CHARS:
-            _KNOWN_SECRETS.add(form)
-
-
-def url_passwords(url: str) -> set[str]:
-    """The password of a URL given alone, both ways it may be read: to the URL's last '@'
-    (a password holding / or @ written as is), and to the first '@' before the path (an
-    @ in the path or the query)."""
-    found = set()
-    rest = url.partition("://")[2]
-    for userinfo in (rest.rpartition("@")[0], rest.split("/", 1)[0].rpartition("@")[0]):
-        if ":" in userinfo:
-            found.add(userinfo.partition(":")[2])
-    return found - {""}
-
-
 def url_host(host: str) -> str:
     """``host`` as it goes into a URL: an IPv6 address in brackets."""
     return f"[{host}]" if ":" in host and not host.startswith("[") else host
-
-
-def redact_url(text: str) -> str:
-    """``text`` with the password of every ``scheme://user:password@host`` in it masked, and
-    the values of secret-looking query parameters (``password=``, ``pwd=``, ``token=``...)."""
-    for secret in sorted(_KNOWN_SECRETS, key=len, reverse=True):
-        text = text.replace(secret, "***")
-    return _QUERY_SECRET.sub(r"\1***", _URL_PASSWORD.sub(r"\1:***@", text))
-
-
-def _explain(error: dict[str, Any]) -> str:
-    kind, loc, ctx = error["type"], error["loc"], error.get("ctx") or {}
-    if kind == "extra_forbidden":
-        if loc[0] != "cameras" and str(loc[-1]) in _keys_beside(loc, CameraConfig):
-            where = ".".join(str(part) for part in loc)
-            return f"unknown key here: it is set per camera, as cameras[].{where}"
-        close = difflib.get_close_matches(str(loc[-1]), _keys_beside(loc), n=1)
-        return "unknown key" + (f" (did you mean {close[0]}?)" if close else "")
-    if kind == "missing":
-        if loc and isinstance(loc[-1], int):  # an item of a fixed-length list
-            return f"too few values: the list needs {loc[-1] + 1} or more"
-        return "required key is missing"
-    if kind in ("too_short", "too_long"):
-        limit = ctx.get("min_length") if kind == "too_short" else ctx.get("max_length")
-        bound = "at least" if kind == "too_short" else "at most"
-        return f"expected {bound} {limit} item(s), got {ctx.get('actual_length')}"
-    got = error.get("input")
-    secret = any("password" in str(part) for part in error["loc"])
-    written = repr(redact_url(got)) if isinstance(got, str) else redact_url(repr(got))
-    shown = "" if secret or isinstance(got, (dict, list)) else f" (got {written})"
-    message = str(error["msg"]).removeprefix("Value error, ")  # pydantic's, for our checks
-    if kind in ("list_type", "tuple_type"):
-        message = "expected a list of values ([a, b, ...])"
-    if error["type"] == "model_type":  # "...or instance of MotionConfig": a class's name
-        message = "expected a section of settings (key: value lines under it)"
-        if error["loc"] and error["loc"][-1] == "motion":
-            message += ", or true / false"
-    return f"{message}{shown}"
-
-
-def _keys_beside(loc: tuple[int | str, ...], root: type[Section] = Config) -> list[str]:
-    """The keys of the section that holds ``loc``'s last key (for "did you mean"), with
-    ``loc`` read from ``root``."""
-    section: type[Section] | None = root
-    for item in loc[:-1]:
-        if isinstance(item, int):
-            continue
-        field = section.model_fields.get(item) if section is not None else None
-        section = _section_in(field.annotation) if field is not None else None
-    return list(section.model_fields) if section is not None else []
-
-
-def _section_in(annotation: Any) -> type[Section] | None:
-    """The Section class a field holds (directly, in a list, or optional), if any."""
-    # get_origin: Python 3.10 calls list[CameraConfig] a type, and issubclass then raises
-    if isinstance(annotation, type) and get_origin(annotation) is None:
-        return annotation if issubclass(annotation, Section) else None
-    for inner in get_args(annotation):
-        found = _section_in(inner)
-        if found is not None:
-            return found
-    return None
 
 
 def parse_config(raw: Any, source: str = "config", secrets: bool = True) -> Config:
@@ -233,9 +118,9 @@ def parse_config(raw: Any, source: str = "config", secrets: bool = True) -> Conf
     except ValidationError as exc:
         unresolved = {where for where, _ in missing}  # their keys' other errors are noise
         for error in exc.errors():
-            key = _key_path(error["loc"], raw)
+            key = key_path(error["loc"], raw)
             if key not in unresolved:  # (a name or a message may quote a URL: masked)
-                lines.append(redact_url(f"{key}: {_explain(dict(error))}"))
+                lines.append(redact_url(f"{key}: {explain(dict(error))}"))
     if lines:
         raise ConfigError(f"{source}: invalid configuration\n  " + "\n  ".join(lines))
     return config
@@ -394,78 +279,3 @@ def resolve_paths(config: Config, base: Path) -> Config:
             "archive": archive,
         }
     )
-
-
-def config_changes(old: Config, new: Config) -> list[str]:
-    """The key paths whose values differ from ``old`` to ``new`` (``mqtt.host``,
-    ``cameras[door].fps``, ``cameras[yard] (added)``), never the values (a password)."""
-    before, after = old.model_dump(), new.model_dump()
-    changed = _changes(
-        {k: v for k, v in before.items() if k != "cameras"},
-        {k: v for k, v in after.items() if k != "cameras"},
-        "",
-    )
-    cameras = {c["name"]: c for c in before["cameras"]}
-    for camera in after["cameras"]:
-        name = camera["name"]
-        if name in cameras:
-            changed += _changes(cameras.pop(name), camera, f"cameras[{name}]")
-        else:
-            changed.append(f"cameras[{name}] (added)")
-    return changed + [f"cameras[{name}] (removed)" for name in cameras]
-
-
-def _changes(old: Any, new: Any, where: str) -> list[str]:
-    if not (isinstance(old, dict) and isinstance(new, dict)):
-        return [] if old == new else [where]
-    keys = [*old, *(k for k in new if k not in old)]
-    return [
-        path for key in keys for path in _changes(old.get(key), new.get(key), _dotted(where, key))
-    ]
-
-
-def _dotted(where: str, key: str) -> str:
-    return f"{where}.{key}" if where else key
-
-
-def schema_lines(model: type[BaseModel] = Config, prefix: str = "") -> list[str]:
-    """One line per setting: key path, default and description (for --schema)."""
-    lines = []
-    for name, info in model.model_fields.items():
-        key = f"{prefix}{name}"
-        section = _section_in(info.annotation)
-        if section is not None:
-            lines.append(f"{key}: {info.description}")
-            item = "[]." if name == "cameras" else "."
-            lines += schema_lines(section, key + item)
-            continue
-        default = "required" if info.is_required() else f"default {_yaml(info.default)}"
-        lines.append(f"{key} ({default}{_allowed(info)}): {info.description}")
-    return lines
-
-
-def _yaml(value: Any) -> str:
-    """A default as it is written in the YAML file (null, true, [0.6, 0.7, 0.7])."""
-    if isinstance(value, tuple):
-        value = list(value)
-    return (
-        yaml.safe_dump(value, default_flow_style=True, width=1000)
-        .strip()
-        .removesuffix("...")
-        .strip()
-    )
-
-
-def _allowed(info: Any) -> str:
-    """'; one of a, b' for a choice, '; >= 1, <= 60' for a bounded number."""
-    choices = [
-        a for a in getattr(info.annotation, "__args__", ()) if isinstance(a, str | int | float)
-    ]
-    if choices and getattr(info.annotation, "__origin__", None) is Literal:
-        return "; one of " + ", ".join(str(c) for c in choices)
-    bounds = []
-    for rule in info.metadata:
-        for attr, sign in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
-            if getattr(rule, attr, None) is not None:
-                bounds.append(f"{sign} {getattr(rule, attr)}")
-    return "; " + ", ".join(bounds) if bounds else ""

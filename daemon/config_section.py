@@ -3,7 +3,7 @@ refuses unknown keys, whose fields each have a default and a one-line descriptio
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -14,3 +14,15 @@ class Section(BaseModel):
 
 def _field(default: Any, description: str, **bounds: Any) -> Any:
     return Field(default=default, description=description, **bounds)
+
+
+def section_in(annotation: Any) -> type[Section] | None:
+    """The Section class a field holds (directly, in a list, or optional), if any."""
+    # get_origin: Python 3.10 calls list[CameraConfig] a type, and issubclass then raises
+    if isinstance(annotation, type) and get_origin(annotation) is None:
+        return annotation if issubclass(annotation, Section) else None
+    for inner in get_args(annotation):
+        found = section_in(inner)
+        if found is not None:
+            return found
+    return None

@@ -13,7 +13,8 @@ from typing import Any, NoReturn
 
 from daemon.cli_args import number
 from daemon.config import CHOSEN_CONFIG, DEFAULT_CONFIG, SERVICE_CONFIG, ConfigError, config_choice
-from daemon.config_file import load_config, schema_lines
+from daemon.config_file import load_config
+from daemon.config_listing import schema_lines
 from daemon.journal import print_error
 
 logger = logging.getLogger(__name__)

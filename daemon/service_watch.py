@@ -23,7 +23,8 @@ from pathlib import Path
 from daemon import preflight
 from daemon.cameras import CameraReader
 from daemon.config import Config, ConfigError
-from daemon.config_file import config_changes, load_config
+from daemon.config_changes import config_changes
+from daemon.config_file import load_config
 from daemon.mqtt import MqttPublisher
 from daemon.scheduler import BatchScheduler
 from daemon.systemd_notify import sd_notify, watchdog_healthy

@@ -21,10 +21,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from daemon.config import CHOSEN_CONFIG, Config, ConfigError, running_config
 from daemon.config_cameras import bare_ipv6
-from daemon.config_file import load_config, redact_url, url_host
+from daemon.config_file import load_config, url_host
 from daemon.journal import print_error
 from daemon.metrics import DROPS_HIGH, drops_advice
 from daemon.peer_exchange import http_get, peer_text
+from daemon.redaction import redact_url
 
 NOT_RUNNING = 3
 SCRAPE_TIMEOUT_S = 5.0  # for the whole page, however slowly it comes

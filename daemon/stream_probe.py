@@ -23,7 +23,6 @@ import ssl
 from typing import NamedTuple
 from urllib.parse import SplitResult, unquote, urlsplit
 
-from daemon.config_file import redact_url
 from daemon.peer_exchange import (
     DEFAULT_PORTS,
     Answer,
@@ -36,6 +35,7 @@ from daemon.peer_exchange import (
     request_path,
     tls_context,
 )
+from daemon.redaction import redact_url
 
 TIMEOUT_S = 3.0
 _CHALLENGE = re.compile(r'(\w+)="?([^",]*)"?')

@@ -24,7 +24,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from daemon import metrics, mqtt_delivery
 from daemon.cli import main
-from daemon.config_file import config_changes, load_config
+from daemon.config_changes import config_changes
+from daemon.config_file import load_config
 from daemon.config_outputs import MqttConfig, TlsConfig
 from daemon.mqtt import MqttPublisher
 from daemon.mqtt_tls import RenewableContext

@@ -12,7 +12,10 @@ import pytest
 
 from daemon.config import DEFAULT_CONFIG, WARM_UP_HW, ConfigError, plan_request
 from daemon.config_cameras import CameraConfig
-from daemon.config_file import config_changes, load_config, parse_config, redact_url, schema_lines
+from daemon.config_changes import config_changes
+from daemon.config_file import load_config, parse_config
+from daemon.config_listing import schema_lines
+from daemon.redaction import redact_url
 from tests.conftest import MODELS, REPO
 
 CAMERA = {"name": "door", "url": "rtsp://cam/stream"}

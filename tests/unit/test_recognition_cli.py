@@ -843,7 +843,7 @@ def test_flip_help_says_the_starting_threshold_was_measured_without_it(capsys) -
     """A --flip gallery's faces lie nearer each other: at the same starting threshold it
     named 41.6 % of strangers where one without flip named 33.7 % (70 people x 5 photos).
     The help of --flip, and of recognition.flip, say so and point to calibrate."""
-    from daemon.config_file import schema_lines
+    from daemon.config_listing import schema_lines
 
     for command in ("enroll", "identify"):
         with pytest.raises(SystemExit):
