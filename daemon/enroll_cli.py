@@ -146,26 +146,34 @@ def _add_check_options(p: argparse.ArgumentParser) -> None:
 
 def _enroll_jobs(args: argparse.Namespace) -> list[tuple[str, Path]]:
     """(name, image) pairs from the arguments; ValueError on a usage mistake."""
-    if args.dir is not None:
-        if args.name or args.images:
-            raise ValueError("--dir takes no --name and no IMAGE arguments")
-        if not args.dir.is_dir():
-            what = "not a folder" if args.dir.exists() else "no such folder"
-            raise ValueError(f"{args.dir}: {what} (one sub-folder per person expected)")
-        level = archive_level(args.dir)
-        if level is not None:
-            raise ValueError(
-                f"{args.dir}: {level} folder of the face archive, not a folder of per-person "
-                "folders: enroll a visit with --name NAME VISIT_FOLDER... (`facewatch archive "
-                "list` finds them)"
-            )
-        entries = sorted(p for p in args.dir.iterdir() if not is_hidden(p.name))
-        people = [p for p in entries if p.is_dir()]
-        if not people:
-            raise ValueError(f"{args.dir}: no sub-folders (one per person expected)")
-        for loose in (p for p in entries if not p.is_dir()):
-            print(f"skipped {terminal_text(loose)}: not in a person's folder", file=sys.stderr)
-        return [(_name(p.name, p), image) for p in people for image in photo_files(p)]
+    return _folder_jobs(args) if args.dir is not None else _named_jobs(args)
+
+
+def _folder_jobs(args: argparse.Namespace) -> list[tuple[str, Path]]:
+    """--dir: (name, image) pairs of its per-person folders."""
+    if args.name or args.images:
+        raise ValueError("--dir takes no --name and no IMAGE arguments")
+    if not args.dir.is_dir():
+        what = "not a folder" if args.dir.exists() else "no such folder"
+        raise ValueError(f"{args.dir}: {what} (one sub-folder per person expected)")
+    level = archive_level(args.dir)
+    if level is not None:
+        raise ValueError(
+            f"{args.dir}: {level} folder of the face archive, not a folder of per-person "
+            "folders: enroll a visit with --name NAME VISIT_FOLDER... (`facewatch archive "
+            "list` finds them)"
+        )
+    entries = sorted(p for p in args.dir.iterdir() if not is_hidden(p.name))
+    people = [p for p in entries if p.is_dir()]
+    if not people:
+        raise ValueError(f"{args.dir}: no sub-folders (one per person expected)")
+    for loose in (p for p in entries if not p.is_dir()):
+        print(f"skipped {terminal_text(loose)}: not in a person's folder", file=sys.stderr)
+    return [(_name(p.name, p), image) for p in people for image in photo_files(p)]
+
+
+def _named_jobs(args: argparse.Namespace) -> list[tuple[str, Path]]:
+    """--name NAME IMAGE...: (name, image) pairs of the images and folders given."""
     if not args.name:
         raise ValueError("give --name NAME with IMAGE arguments, or --dir DIR")
     name = _name(args.name, None)
