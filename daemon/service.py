@@ -272,18 +272,7 @@ class Service(EngineLoading, Serving):
         open tracks), then MQTT, each within its share of ``STOP_BUDGET_S``."""
         sd_notify("STOPPING=1")
         end = time.monotonic() + STOP_BUDGET_S
-        for reader in self.readers:
-            reader.stop()
-        readers_end = time.monotonic() + READERS_STOP_S
-        for reader in self.readers:
-            reader.join(timeout=max(0.0, readers_end - time.monotonic()))
-        stuck = [r.name for r in self.readers if r.is_alive()]
-        if stuck:
-            logger.warning(
-                "%s did not stop within %.0f s (a stream read blocks); left behind",
-                ", ".join(stuck),
-                READERS_STOP_S,
-            )
+        self._stop_readers()
         scheduler.queues.say_drops()  # (a run shorter than a minute is warned of no drops)
         scheduler.stop()
         wait_s = max(0.0, end - PUBLISHER_STOP_S - time.monotonic())
@@ -301,17 +290,38 @@ class Service(EngineLoading, Serving):
         archive_ended = True
         if self.archive is not None:
             archive_ended = self.archive.join(timeout_s=max(0.0, end - time.monotonic()))
-        if self.spool is not None:
-            left = len(self.spool)
-            if left:
-                logger.warning(
-                    "%d message(s) (events and their face snapshots) kept in the spool %s for "
-                    "the next start",
-                    left,
-                    self.spool.path,
-                )
-            self.spool.close()
+        self._close_spool()
         sinks.close()
         self.left_behind = [r.name for r in (*self.readers, scheduler) if r.is_alive()]
         self.left_behind += [] if archive_ended else ["face-archive"]
         logger.info("facewatch stopped")
+
+    def _stop_readers(self) -> None:
+        """Every camera reader stopped, each waited for within ``READERS_STOP_S`` in all;
+        those a stream read still holds are warned of and left behind."""
+        for reader in self.readers:
+            reader.stop()
+        readers_end = time.monotonic() + READERS_STOP_S
+        for reader in self.readers:
+            reader.join(timeout=max(0.0, readers_end - time.monotonic()))
+        stuck = [r.name for r in self.readers if r.is_alive()]
+        if stuck:
+            logger.warning(
+                "%s did not stop within %.0f s (a stream read blocks); left behind",
+                ", ".join(stuck),
+                READERS_STOP_S,
+            )
+
+    def _close_spool(self) -> None:
+        """The spool closed, with a warning of the messages it keeps for the next start."""
+        if self.spool is None:
+            return
+        left = len(self.spool)
+        if left:
+            logger.warning(
+                "%d message(s) (events and their face snapshots) kept in the spool %s for "
+                "the next start",
+                left,
+                self.spool.path,
+            )
+        self.spool.close()
