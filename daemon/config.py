@@ -3,7 +3,7 @@
 Every field has a default, bounds where they make sense, and a one-line description (shown
 by ``facewatch validate-config --schema``). Unknown keys are errors. Reading a file (YAML,
 ``${NAME}`` and ``${credential:NAME}`` references, error messages that name the key path,
-relative paths) is ``daemon.config_file``'s.
+relative paths) is ``daemon.config_file``'s; the messages are ``daemon.config_errors``'.
 
 This module holds the root (``Config``), the file a command reads by default and the
 TensorRT plans a config asks for; the sections are ``daemon.config_cameras``' (cameras,
