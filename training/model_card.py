@@ -1,4 +1,5 @@
-"""The model card (MODEL.md) of an exported FaceNet model, written entirely from its sidecar."""
+"""The model card of an exported FaceNet model, written entirely from its sidecar: ``<model>.md``
+beside the ONNX model (models/facenet/facenet.md; training/export_facenet.py writes it)."""
 
 from __future__ import annotations
 
