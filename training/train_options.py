@@ -10,7 +10,6 @@ on the command line wins over the recipe, even when it repeats the built-in defa
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -19,8 +18,6 @@ import yaml
 
 from training.choices import MIN_INPUT_SIZE
 from training.train_option_defs import add_facewatch_options, add_original_options
-
-logger = logging.getLogger(__name__)
 
 
 class OptionError(ValueError):
