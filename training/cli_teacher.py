@@ -15,7 +15,7 @@ from engines.loader import default_models_dir
 from training.help_format import NO_PROGRESS_HELP
 
 if TYPE_CHECKING:
-    from training.teacher_dlib import DlibSettings
+    from training.dlib_faces import DlibSettings
 
 
 def register_teacher(commands: argparse._SubParsersAction) -> None:
@@ -93,7 +93,7 @@ def _dlib_options(p: argparse.ArgumentParser, box: str, upsample: int) -> None:
 
 
 def _dlib_settings(args: argparse.Namespace) -> DlibSettings:
-    from training.teacher_dlib import DlibSettings
+    from training.dlib_faces import DlibSettings
 
     try:
         box = tuple(float(v) for v in args.box.split(","))
@@ -105,7 +105,7 @@ def _dlib_settings(args: argparse.Namespace) -> DlibSettings:
 
 
 def _add_dlib(commands: argparse._SubParsersAction) -> None:
-    from training.teacher_dlib import CROP_BOX
+    from training.dlib_faces import CROP_BOX
 
     crop_box = ",".join(f"{v:g}" for v in CROP_BOX)
     p = commands.add_parser(
@@ -151,7 +151,8 @@ def _add_dlib(commands: argparse._SubParsersAction) -> None:
 
 def _embed_dlib(args: argparse.Namespace) -> int:
     from training.data import DataError
-    from training.teacher_dlib import DlibMissing, embed_dataset
+    from training.dlib_faces import DlibMissing
+    from training.teacher_dlib import embed_dataset
 
     try:
         summary = embed_dataset(
@@ -171,7 +172,8 @@ def _embed_dlib(args: argparse.Namespace) -> int:
 
 def _validate_dlib(args: argparse.Namespace) -> int:
     from training.data import DataError
-    from training.teacher_dlib import DlibEmbedder, DlibMissing, raw_distance_result
+    from training.dlib_faces import DlibMissing
+    from training.teacher_dlib import DlibEmbedder, raw_distance_result
     from training.validate import MtcnnAligner, evaluate_pairs, write_report
 
     try:
@@ -235,9 +237,9 @@ def _add_import_dlib(commands: argparse._SubParsersAction) -> None:
 
 def _import_dlib(args: argparse.Namespace) -> int:
     from training.data import DataError
+    from training.dlib_faces import DESCRIPTOR_MODEL, DlibMissing, models_dir
     from training.export_dlib import export_dlib
     from training.export_staging import out_refused
-    from training.teacher_dlib import DESCRIPTOR_MODEL, DlibMissing, models_dir
 
     refused = out_refused(args.out, args.force)
     if refused:

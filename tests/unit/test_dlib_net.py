@@ -20,8 +20,8 @@ def test_the_network_gives_dlibs_own_descriptors(shared_data) -> None:
     """Where dlib is installed (training/teacher_dlib.py says how; not in CI): the module
     read from the .dat file gives dlib's descriptors of dlib's own chips."""
     dlib = pytest.importorskip("dlib", reason="dlib is not installed (a separate venv)")
+    from training.dlib_faces import DESCRIPTOR_MODEL, SHAPE_MODEL, DlibMissing, models_dir
     from training.dlib_net import read_dlib_net
-    from training.teacher_dlib import DESCRIPTOR_MODEL, SHAPE_MODEL, DlibMissing, models_dir
 
     try:
         folder = models_dir()

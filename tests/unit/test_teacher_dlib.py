@@ -84,7 +84,7 @@ def test_teacher_file_layout_and_distances(crops: Path, tmp_path: Path) -> None:
 @needs_dlib
 def test_chip_locates_the_face_in_a_crop(crops: Path) -> None:
     from training.data import load_rgb
-    from training.teacher_dlib import DlibFaces, DlibSettings
+    from training.dlib_faces import DlibFaces, DlibSettings
 
     image = load_rgb(next(crops.glob("*/*.jpg")))
     black = {}
