@@ -353,7 +353,8 @@ def raw_distance_result(
 ) -> Any:
     """The protocol again on dlib's own metric (Euclidean distance of the raw descriptors)
     from the descriptors of the last ``evaluate_pairs`` run, in its image order."""
-    from training.lfw import evaluate_distances, pair_distances, read_pairs
+    from training.lfw import evaluate_distances, pair_distances
+    from training.lfw_pairs import read_pairs
 
     pairs, _ = read_pairs(pairs_file, lfw_dir)
     images = sorted({p for pair in pairs for p in (pair.path_a, pair.path_b)})

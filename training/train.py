@@ -36,7 +36,7 @@ from training.checkpoint import (
 from training.data import ImageClass, load_dataset
 from training.distributed import DistContext, convert_sync_batchnorm, init_from_env, shutdown
 from training.facenet_nets import ModelFileError, build_model, load_pretrained
-from training.lfw import nrof_folds_for, read_pairs
+from training.lfw_pairs import nrof_folds_for, read_pairs
 from training.losses import CenterLoss
 from training.run_checks import (
     absolute_paths,

@@ -19,14 +19,8 @@ from engines.align import align_similarity, crop_with_margin, pick_main_face
 from engines.base import file_sha256, progress_wanted
 from training.data import DataError, load_rgb
 from training.embedders import Embedder
-from training.lfw import (
-    LfwResult,
-    evaluate_embedded,
-    nrof_folds_for,
-    pair_images,
-    plot_roc,
-    read_pairs,
-)
+from training.lfw import LfwResult, evaluate_embedded, plot_roc
+from training.lfw_pairs import nrof_folds_for, pair_images, read_pairs
 
 logger = logging.getLogger(__name__)
 

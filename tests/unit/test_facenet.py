@@ -226,7 +226,8 @@ def test_lfw_through_detect_align_embed_matches_training_validation(
 ) -> None:
     """LFW the daemon's way (BGR frames, MTCNN, the adapter's alignment, ONNX Runtime) within
     LFW_AGREEMENT points of `facewatch train validate`'s figure in the shipped sidecar."""
-    from training.lfw import evaluate_embedded, pair_images, read_pairs
+    from training.lfw import evaluate_embedded
+    from training.lfw_pairs import pair_images, read_pairs
 
     recorded = json.loads(ModelMetadata.sidecar_path(shipped_model).read_text())["extra"]["lfw"]
     lfw_dir = shared_data / "lfw" / "images"

@@ -12,15 +12,13 @@ pytest.importorskip("torch")
 
 from training.data import DataError
 from training.lfw import (
-    Pair,
     auc,
     equal_error_rate,
     evaluate_distances,
-    nrof_folds_for,
     pair_distances,
     plot_roc,
-    read_pairs,
 )
+from training.lfw_pairs import Pair, nrof_folds_for, read_pairs
 
 GRID = np.array([0.5, 1.5, 2.5])
 # fold 1: pairs 0-3, fold 2: pairs 4-7
