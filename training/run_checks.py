@@ -1,4 +1,4 @@
-"""What a training run checks before it trains (training/train.py's ``build_run``): what its
+"""What a training run checks before it trains (training/run_setup.py's ``build_run``): what its
 loss needs of the data, the crops' own alignment settings, paths that do not depend on the
 directory the command runs in, and what ``--resume`` finds in the checkpoint."""
 

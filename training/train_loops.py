@@ -149,7 +149,7 @@ def optimise(run: Run, loss: torch.Tensor) -> None:
 def to_device_uint8(images: torch.Tensor, run: Run) -> torch.Tensor:
     """The loader's uint8 batch on the training device: on CUDA copied from pinned memory
     without waiting, channels-last as the network's weights are there
-    (training.train.build_run)."""
+    (training.run_setup.build_run)."""
     if run.ctx.device.type == "cuda":
         images = images.to(run.ctx.device, non_blocking=True, memory_format=torch.channels_last)
     return images

@@ -191,7 +191,7 @@ def _onnx_starts_where_the_checkpoint_ended(
     from engines import ModelMetadata
     from training.embedders import TorchEmbedder
     from training.facenet_nets import build_model
-    from training.train import start_from
+    from training.run_setup import start_from
 
     meta = ModelMetadata.load(onnx_path)
     net = build_model("inception_resnet_v1", 32, 0.8)
@@ -419,7 +419,8 @@ def test_center_and_distill_losses_train(trained: Path, aligned, tmp_path: Path,
     from training.checkpoint import Checkpoint
     from training.distributed import init_from_env
     from training.export_facenet import export_checkpoint
-    from training.train import build_run, train_run
+    from training.run_setup import build_run
+    from training.train import train_run
     from training.train_options import build_parser, check_options
 
     teacher, _ = export_checkpoint(trained / "latest.pt", tmp_path / "teacher.onnx")

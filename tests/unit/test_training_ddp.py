@@ -18,7 +18,7 @@ import torch.multiprocessing as mp  # noqa: E402
 from tests.face_folders import celeba_people, needs_celeba  # noqa: E402
 from training.distributed import DistContext, convert_sync_batchnorm  # noqa: E402
 from training.facenet_nets import build_model  # noqa: E402
-from training.train import make_optimizer  # noqa: E402
+from training.run_setup import make_optimizer  # noqa: E402
 from training.train_loops import FeaturesHead, Run, triplet_step  # noqa: E402
 
 TRIPLETS = 4

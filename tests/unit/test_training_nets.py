@@ -100,7 +100,7 @@ def test_an_onnx_model_to_start_from_must_be_an_inception_resnet_facewatch_expor
     tmp_path,
 ) -> None:
     from training.facenet_nets import ModelFileError
-    from training.train import start_from
+    from training.run_setup import start_from
 
     net = build_model("inception_resnet_v1", 128, 0.8)
     (tmp_path / "x.onnx").write_bytes(b"\x08\x07not a model")
@@ -153,7 +153,7 @@ def test_the_gpu_settings_train_as_the_defaults_do() -> None:
     the fused ADAM takes the plain ADAM's steps (three steps: the same losses)."""
     import torch.nn.functional as F
 
-    from training.train import make_optimizer
+    from training.run_setup import make_optimizer
 
     torch.manual_seed(0)
     plain = build_model("inception_resnet_v1", 128, 0.8)
@@ -227,7 +227,7 @@ def test_adam_and_rmsprop_step_as_tensorflow_1_did(name: str, fused: bool) -> No
     state (ADAM's epsilon depends on the steps taken). Before, torch's Adam added epsilon
     after the bias correction (its first step 29 times TF's with epsilon 0.1) and torch's
     RMSprop started at zeros with epsilon outside the root (15-30 % apart here)."""
-    from training.train import make_optimizer
+    from training.run_setup import make_optimizer
 
     rng = np.random.default_rng(0)
     w0 = rng.normal(size=(8, 16))

@@ -17,7 +17,8 @@ from tests.face_folders import celeba_people, needs_celeba  # noqa: E402
 from training.checkpoint import Checkpoint, save_epoch  # noqa: E402
 from training.cli_facenet import main as cli  # noqa: E402
 from training.distributed import init_from_env  # noqa: E402
-from training.train import build_run, checkpoint_of  # noqa: E402
+from training.run_setup import build_run  # noqa: E402
+from training.train import checkpoint_of  # noqa: E402
 from training.train_options import OptionError, build_parser  # noqa: E402
 
 SMALL = ["--image-size", "80", "--embedding-size", "16", "--gpu", "cpu", "--workers", "0",
