@@ -255,3 +255,24 @@ def test_the_module_map_names_every_module_and_only_modules_that_exist() -> None
     }
     assert sorted(written - named) == [], "not on the map (docs/layout.md)"
     assert sorted(named - written) == [], "on the map (docs/layout.md) but not in the repository"
+
+
+# DESIGN.md's "files under ~400 lines, functions under ~50", with the tilde's room: the code of
+# daemon/, engines/, training/ and bench/ (tests, long lists of what a user sees, are not held)
+MOST_LINES_PER_MODULE = 450
+MOST_LINES_PER_FUNCTION = 55
+
+
+def test_modules_and_functions_keep_to_the_sizes_design_asks() -> None:
+    too_long = []
+    for package in ("daemon", "engines", "training", "bench"):
+        for path in sorted((REPO / package).rglob("*.py")):
+            where, text = path.relative_to(REPO).as_posix(), path.read_text()
+            if (module_lines := text.count("\n")) > MOST_LINES_PER_MODULE:
+                too_long.append(f"{where}: {module_lines} lines")
+            for node in ast.walk(ast.parse(text, where)):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    lines = (node.end_lineno or node.lineno) - node.lineno + 1
+                    if lines > MOST_LINES_PER_FUNCTION:
+                        too_long.append(f"{where}:{node.lineno} {node.name}(): {lines} lines")
+    assert too_long == [], "split these (DESIGN.md, Style):\n" + "\n".join(too_long)
