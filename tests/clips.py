@@ -96,6 +96,22 @@ def x264_clip(out: Path, frames: list, interlaced: bool, fps: str = "30000/1001"
     return out
 
 
+def opencv_reads_interlaced(clip: Path) -> bool:
+    """Whether this OpenCV's FFmpeg turns the interlaced ``clip`` into pictures: OpenCV 5.1's
+    wheels do; 5.0's and older cannot convert interlaced video and read every frame black
+    or one stale picture over and over, with a read that says it succeeded."""
+    capture = cv2.VideoCapture(str(clip))
+    try:
+        samples = [image[::4, ::4] for ok, image in (capture.read() for _ in range(3)) if ok]
+    finally:
+        capture.release()
+    return (
+        len(samples) == 3
+        and all(sample.any() for sample in samples)
+        and not np.array_equal(samples[1], samples[2])
+    )
+
+
 def paused_clip(out: Path, frames: list, fps: float, pause_after: int, pause_s: float) -> Path:
     """``frames`` as MPEG-4 Part 2 in MP4 at ``fps``, with a pause of ``pause_s`` seconds
     after the first ``pause_after`` of them: a variable frame rate, as a motion-triggered

@@ -51,7 +51,7 @@ def test_an_interlaced_camera_is_down_with_why_not_up_with_no_picture(
     from daemon import camera_open
     from daemon.cameras import CameraReader
     from daemon.config_cameras import CameraConfig
-    from tests.clips import DEMO_CLIP, read_frames, x264_clip
+    from tests.clips import DEMO_CLIP, opencv_reads_interlaced, read_frames, x264_clip
 
     monkeypatch.setattr(camera_open, "BLANK_S", 0.6)  # (10 s and 60 s: too long for a test)
     monkeypatch.setattr(camera_open, "FROZEN_S", 0.6)
@@ -76,6 +76,9 @@ def test_an_interlaced_camera_is_down_with_why_not_up_with_no_picture(
             reader.stop()
             reader.join(5)
     attic, porch = readers["attic"], readers["porch"]
+    if opencv_reads_interlaced(clips["attic"]):  # (OpenCV 5.1 converts it: a camera like any)
+        assert attic.stuck is None and up == {"attic": True, "porch": True}
+        return
     assert attic.stuck is not None and "set the camera/NVR stream to progressive" in attic.stuck
     down = [
         sample

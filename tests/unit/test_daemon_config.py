@@ -1286,7 +1286,7 @@ def test_validate_config_names_a_video_file_whose_frames_decode_to_no_picture(
     well, all black or one stale picture): a camera of it was valid and never found a face.
     Its camera's url is named with the cause; the same frames progressive are valid."""
     from daemon.cli import main
-    from tests.clips import DEMO_CLIP, read_frames, x264_clip
+    from tests.clips import DEMO_CLIP, opencv_reads_interlaced, read_frames, x264_clip
 
     frames = read_frames(DEMO_CLIP, count=40)
     interlaced = x264_clip(tmp_path / "interlaced.mp4", frames, interlaced=True)
@@ -1300,6 +1300,9 @@ def test_validate_config_names_a_video_file_whose_frames_decode_to_no_picture(
     }
     path = tmp_path / "facewatch.yaml"
     path.write_text(json.dumps(settings))
+    if opencv_reads_interlaced(interlaced):  # (OpenCV 5.1 converts it: a video like any)
+        assert main(["validate-config", str(path)]) == 0, capsys.readouterr().err
+        return
     assert main(["validate-config", str(path)]) == 2
     err = capsys.readouterr().err
     assert f"\n  cameras[0] (hall).url: {interlaced}: its first 39 frames decode " in err, err
