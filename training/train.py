@@ -106,6 +106,12 @@ def _append_lfw_result(run: Run, accuracy: float, val: float) -> None:
         out.write(f"{run.step}\t{accuracy:.5f}\t{val:.5f}\n")
 
 
+def rate_text(rate: float) -> str:
+    """A rate for the epoch line: whole above 10, else two significant digits (a CPU dry run's
+    0.43 images/s is not "0")."""
+    return f"{rate:.0f}" if rate >= 10 else f"{rate:.2g}"
+
+
 def _log_epoch(run: Run, seconds: float) -> None:
     """One line per epoch (the progress bar's figures, for logs without a terminal)."""
     if not run.ctx.is_main or not run.losses:
@@ -113,7 +119,7 @@ def _log_epoch(run: Run, seconds: float) -> None:
     steps = len(run.losses)
     rate = steps * run.args.batch_size * run.ctx.world / max(seconds, 1e-9)
     logger.info(
-        "epoch %d: loss %.4f (mean of %d steps, last %.4f), lr %.3g, %.0f s, ~%.0f images/s"
+        "epoch %d: loss %.4f (mean of %d steps, last %.4f), lr %.3g, %.0f s, ~%s images/s"
         " (%.0f %% of it waiting for the loader)",
         run.epoch,
         sum(run.losses) / steps,
@@ -121,7 +127,7 @@ def _log_epoch(run: Run, seconds: float) -> None:
         run.losses[-1],
         run.optimizer.param_groups[0]["lr"],
         seconds,
-        rate,
+        rate_text(rate),
         100 * min(run.loader_wait_s / max(seconds, 1e-9), 1.0),
     )
 

@@ -354,3 +354,10 @@ def test_per_epoch_lfw_takes_the_files_folds_and_refuses_one_kind_folds(
     accuracy, val = lfw_figures["accuracy_mean"], lfw_figures["val_mean"]
     assert lines == [f"0\t{accuracy:.5f}\t{val:.5f}", f"7\t{accuracy:.5f}\t{val:.5f}"]
     assert run.log_dir == tmp_path / "home" / "logs" / "facenet" / run.model_dir.name
+
+
+def test_the_epoch_lines_rate_keeps_its_digits_when_slow() -> None:
+    """A CPU run's 0.43 images/s was logged as "~0 images/s"."""
+    assert train_module.rate_text(0.43) == "0.43"
+    assert train_module.rate_text(2.5) == "2.5"
+    assert train_module.rate_text(16600.4) == "16600"
