@@ -394,6 +394,8 @@ train() {
     --data-dir "$work/crops" --models-base-dir "$work/models" --logs-base-dir "$work/logs" \
     --run-name default $BASE_TRAIN_ARGS $(time_limit "$limit") $TRAIN_ARGS "$@" 2>&1 |
     tr '\r' '\n' | sed -e '/it\/s/d' -e '/s\/it/d' | tee -a "$OUT/train.log"
+  local status=("${PIPESTATUS[@]}")
+  return "${status[0]}"  # timeout's: 124 when the time ran out
 }
 
 time_limit() {
@@ -435,9 +437,12 @@ device() {
   # it regardless (epochs slower than planned), so that the export still fits in the call.
   { echo "cores: $(nproc)"; df -h /dev/shm | tail -1; } >> "$OUT/train.log" 2>&1 || true
   started=$SECONDS
-  if ! train "$TRAIN_S" "${start[@]}"; then
-    echo "training stopped (an error, or past TRAIN_S=$TRAIN_S s); exporting the last complete epoch" |
-      tee -a "$OUT/train.log"
+  rc=0
+  train "$TRAIN_S" "${start[@]}" || rc=$?
+  if [ "$rc" != 0 ]; then
+    why="an error, exit $rc, above"
+    [ "$rc" != 124 ] || why="past TRAIN_S=$TRAIN_S s: its epochs were slower than planned"
+    echo "training stopped ($why); exporting the last complete epoch" | tee -a "$OUT/train.log"
     left=$(( TRAIN_S - (SECONDS - started) ))
     if [ ! -f "$work/models/default/latest.pt" ] && [ "$left" -gt 120 ]; then
       # no epoch finished: perhaps the loader's workers (shared memory); once more without them
