@@ -11,7 +11,8 @@
 #
 # Settings: TORCH and TORCHVISION (default 2.11.0 and 0.26.0, as
 # /work/.library/device/KINDS.md lists the device image; the device's Python is 3.12, this venv
-# uses this machine's), VENV (default .venv-device).
+# uses this machine's), VENV (default .venv-device), TRAIN_S (default 200, the dry run's
+# training time: its two tiny epochs took 7 min under a load of 20 on 2 cores; give 900 then).
 # Needs .gpu_data/parts (`training/gpu_job.sh prepare`) for the dry run; without them only the
 # tests run. The dry run's processes find none of the packages that the device image lacks
 # (DEVICE_LACKS), as there: what the device call carries (gpu_check.sh's wheels) must do.
@@ -23,6 +24,7 @@ cd "$(dirname "$0")/.."
 TORCH=${TORCH:-2.11.0}
 TORCHVISION=${TORCHVISION:-0.26.0}
 VENV=${VENV:-.venv-device}
+TRAIN_S=${TRAIN_S:-200}
 # not on the device image (/work/.library/device/KINDS.md's package list, 2026-11-17), though
 # in VENV for the tests: openvino, pydantic, paho-mqtt, jsonschema, facenet-pytorch, TensorRT
 DEVICE_LACKS=${DEVICE_LACKS:-"openvino pydantic pydantic_core paho jsonschema facenet_pytorch tensorrt"}
@@ -79,7 +81,7 @@ if [ -f .gpu_data/parts/parts.txt ]; then
     -e 's/^epoch_size: .*/epoch_size: 3/' -e 's/^batch_size: .*/batch_size: 30/' \
     -e 's/^max_nrof_epochs: .*/max_nrof_epochs: 2/' configs/training/facenet_default_gpu.yaml > "$recipe"
   rm -rf /tmp/facewatch-train
-  PYTHONPATH=$blocked OUT=$out PY=$VENV/bin/python RECIPE=$recipe TRAIN_S=200 \
+  PYTHONPATH=$blocked OUT=$out PY=$VENV/bin/python RECIPE=$recipe TRAIN_S=$TRAIN_S CALL_S=$(( TRAIN_S + 380 )) \
     BENCH_ARGS="--quick --device cpu" bash training/gpu_job.sh device > "$out/job.log" 2>&1 ||
     { tail -30 "$out/job.log"; echo "the device phase failed (above)" >&2; exit 1; }
   grep -E "unpacked|epoch [0-9]+:|parity|benchmark" "$out/job.log"
@@ -91,7 +93,7 @@ if [ -f .gpu_data/parts/parts.txt ]; then
   cat "$out"/facenet.onnx.part* > "$start/facenet.onnx" && cp "$out/facenet.json" "$start/"
   rm -rf /tmp/facewatch-train "${out:?}"/*
   sed -i 's/^max_nrof_epochs: .*/max_nrof_epochs: 1/' "$recipe"
-  PYTHONPATH=$blocked OUT=$out PY=$VENV/bin/python RECIPE=$recipe TRAIN_S=200 SKIP_CHECK=1 \
+  PYTHONPATH=$blocked OUT=$out PY=$VENV/bin/python RECIPE=$recipe TRAIN_S=$TRAIN_S CALL_S=$(( TRAIN_S + 380 )) SKIP_CHECK=1 \
     PRETRAINED=$start/facenet.onnx bash training/gpu_job.sh device > "$out/job.log" 2>&1 ||
     { tail -30 "$out/job.log"; echo "the device phase from PRETRAINED failed (above)" >&2; exit 1; }
   grep -q "started from $start/facenet.onnx" "$out/job.log" ||
