@@ -18,7 +18,7 @@ from daemon import (
     detect_cli,
     engines_cli,
     enroll_cli,
-    recognition_cli,
+    identify_cli,
     run_cli,
     status_cli,
 )
@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     detect_cli.register(commands)
     enroll_cli.register(commands)
-    recognition_cli.register(commands)
+    identify_cli.register(commands)
     engines_cli.register(commands)
     run_cli.register(commands)
     archive_cli.register(commands)

@@ -1,4 +1,4 @@
-"""What `identify` and `enroll` (daemon/recognition_cli.py, daemon/enroll_cli.py) share in
+"""What `identify` and `enroll` (daemon/identify_cli.py, daemon/enroll_cli.py) share in
 their input: the models that detect and embed faces (``load_models``, with the options of
 ``add_model_options``; with --config on the daemon's engines, ``daemon.engine_choice``), and
 the photos of the folders given (``photo_files``).
@@ -32,8 +32,8 @@ from engines.loader import (
 )
 from engines.mtcnn import MTCNN
 
-# the name it logged under in daemon/recognition_cli.py, kept: the log lines name it
-logger = logging.getLogger("daemon.recognition_cli")
+# the name it logged under in daemon/identify_cli.py, kept: the log lines name it
+logger = logging.getLogger("daemon.identify_cli")
 
 NO_DEFAULT_MODEL = (
     "the model facewatch ships is missing there (models/facenet/ of a checkout: dlib's ResNet, "

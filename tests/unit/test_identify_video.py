@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
-from daemon import recordings
+from daemon import identify_video
 from daemon.cli import main
 from tests.clips import (
     DEMO_CLIP,
@@ -33,7 +33,7 @@ LIN = "lin-manuel-miranda"
 # far off on the stage (a face too small to recognise) and a profile, after it the audience
 ON_STAGE_S = (2.84, 7.21)
 TOLERANCE_S = 0.5  # 5 fps: a frame is searched every 0.2 s; a cut may cost a frame or two
-VISIT_KEYS = {k.strip() for k in recordings.VISIT_KEYS.split(",")}
+VISIT_KEYS = {k.strip() for k in identify_video.VISIT_KEYS.split(",")}
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +87,9 @@ def test_the_demo_clip_names_lin_manuel_miranda_while_he_is_on_screen(identify) 
     assert ON_STAGE_S[1] - TOLERANCE_S <= end <= ON_STAGE_S[1], his
     assert sum(v["end_s"] - v["start_s"] for v in his) > 0.8 * (end - start)
     first = min(his, key=lambda v: v["start_s"])
-    assert first["start"] == recordings.clock(first["start_s"]) and first["start"][:7] == "00:00:0"
+    assert (
+        first["start"] == identify_video.clock(first["start_s"]) and first["start"][:7] == "00:00:0"
+    )
     audience = [v for v in visits if v["start_s"] >= ON_STAGE_S[1] - 0.1]
     assert audience and all(v["identity"] is None for v in audience)
     assert all(v["until"] == "end" for v in audience if v["end_s"] >= 9.0)
@@ -189,7 +191,7 @@ def test_ctrl_c_keeps_the_visits_printed_and_says_where_it_stopped(
     then are printed as such, and it says where it stopped and which files were not done
     (exit status 130)."""
     calls = 0
-    process = recordings.Pipeline.process
+    process = identify_video.Pipeline.process
 
     def interrupted_later(self, frames: list) -> None:
         nonlocal calls
@@ -198,7 +200,7 @@ def test_ctrl_c_keeps_the_visits_printed_and_says_where_it_stopped(
             raise KeyboardInterrupt
         process(self, frames)
 
-    monkeypatch.setattr(recordings.Pipeline, "process", interrupted_later)
+    monkeypatch.setattr(identify_video.Pipeline, "process", interrupted_later)
     photo = tmp_path / "later.jpg"
     cv2.imwrite(str(photo), read_frames(DEMO_CLIP, first=100, count=1)[0])
     code, out, err = identify(str(DEMO_CLIP), str(photo))

@@ -1,4 +1,4 @@
-"""`facewatch identify`: who is in a photo, or in a video and when (daemon/recordings.py).
+"""`facewatch identify`: who is in a photo, or in a video and when (daemon/identify_video.py).
 
 `identify` and `enroll` (daemon/enroll_cli.py) detect faces with MTCNN, cut them the way
 the FaceNet model's sidecar says, and embed them (daemon/cli_models.py: ``load_models``, with
@@ -29,15 +29,15 @@ from daemon.config import Config, ConfigError
 from daemon.config_cameras import CameraConfig
 from daemon.gallery import Gallery, GalleryError
 from daemon.gallery_match import Match
-from daemon.journal import StdoutError, print_error
-from daemon.low_light import brightened
-from daemon.recordings import (
+from daemon.identify_video import (
     DEFAULT_FPS,
     VISIT_SCHEMA,
     camera_named,
     identify_video,
     video_config,
 )
+from daemon.journal import StdoutError, print_error
+from daemon.low_light import brightened
 from daemon.video_files import Interrupted, VideoError, image_or_video
 from engines import EngineError
 from engines.image_files import PHOTO_SUFFIXES, VIDEO_SUFFIXES

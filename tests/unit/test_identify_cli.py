@@ -256,7 +256,7 @@ def test_the_min_face_px_identify_notes_is_the_daemons_for_that_camera() -> None
     """--camera's own min_face_px where it has one, else recognition's; none without
     --config (no daemon to compare with), at 0 (every face matched), or for a face the
     photo did not name (the daemon would not name it either)."""
-    from daemon.recognition_cli import MinFace, _min_face, _too_small
+    from daemon.identify_cli import MinFace, _min_face, _too_small
 
     def config(px: float, own: float | None = None) -> Any:
         camera: dict[str, Any] = {"name": "door", "url": "door.mp4"}
@@ -1211,10 +1211,10 @@ def test_the_daemons_config_gives_the_engines_and_backend_runs_both_models(
     config.write_text(json.dumps(settings))
     common = ["--config", str(config), "--threads", "2", "--no-progress"]
     photo = str(images["obama"])
-    with caplog.at_level("INFO", logger="daemon.recognition_cli"):
+    with caplog.at_level("INFO", logger="daemon.identify_cli"):
         assert main(["enroll", "--name", "obama", photo, *common]) == 0
         assert main(["identify", photo, *common, "--backend", "opencv"]) == 0
-    said = [r.getMessage() for r in caplog.records if r.name == "daemon.recognition_cli"]
+    said = [r.getMessage() for r in caplog.records if r.name == "daemon.identify_cli"]
     runs = f"detector MTCNN on opencv, FaceNet {_model_id(test_model)} fp32 on onnxruntime"
     assert said == [runs, runs]
     capsys.readouterr()
