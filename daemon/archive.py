@@ -38,7 +38,7 @@ from daemon import metrics
 from daemon.archive_writer import PRUNE_EVERY_S, WRITE_STEP, ArchiveWriter, _Image, _Visit
 from daemon.config_outputs import ArchiveConfig
 from daemon.events import region_xyxy, to_jpeg
-from daemon.recognition import Aligner, FaceRating, rate_face, reference_crop
+from daemon.face_quality import Aligner, FaceRating, rate_face, reference_crop
 from daemon.tracks import Track, TrackEvent
 
 logger = logging.getLogger(__name__)

@@ -21,9 +21,9 @@ from daemon.archive_files import (
 )
 from daemon.config import ConfigError, running_config
 from daemon.config_file import load_config
+from daemon.face_quality import MIN_FACE_SCORE
 from daemon.gallery_names import twin_key
 from daemon.journal import print_error
-from daemon.recognition import MIN_FACE_SCORE
 from engines.base import file_sha256, finite_number
 
 

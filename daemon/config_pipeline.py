@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 from pydantic import Field, ValidationInfo, field_validator
 
 from daemon.config_section import Section, _field
-from daemon.recognition import MAX_PROFILE_OFFSET
+from daemon.face_quality import MAX_PROFILE_OFFSET
 from engines.build import camera_size_hw
 from engines.loader import THREAD_BOUNDS, default_models_dir
 

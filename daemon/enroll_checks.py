@@ -19,10 +19,10 @@ from tqdm import tqdm
 from daemon.archive_files import VISIT_FILE, image_faces
 from daemon.calibration import UNLIKE_FACTOR, split_visit, unlike_faces
 from daemon.cli_models import Models
+from daemon.face_quality import QualityGates, Rejected, face_at, largest_note
 from daemon.gallery import shown_threshold
 from daemon.low_light import DARK_P99, is_dark
 from daemon.peer_exchange import peer_text
-from daemon.recognition import QualityGates, Rejected, face_at, largest_note
 from engines.base import file_sha256
 from engines.images import read_image, shown
 

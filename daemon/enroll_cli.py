@@ -2,7 +2,7 @@
 face archive's visits.
 
 Every photo must show one face (or ``--largest``), large and sharp enough, not a profile
-(``daemon.recognition.QualityGates``, checked in ``daemon.enroll_checks``); a photo enrolled
+(``daemon.face_quality.QualityGates``, checked in ``daemon.enroll_checks``); a photo enrolled
 as someone else is refused (one photo, one person), and so is a face unlike all of its
 person's other faces (someone else, or a photo very unlike the others, unless
 ``--allow-mismatch``): the images of one archive visit are one track, near each other
@@ -43,16 +43,16 @@ from daemon.enroll_checks import Enrolled, source_of, terminal_text
 from daemon.enroll_plan import Plan, Refused, plan
 from daemon.enroll_run import Run, Writer
 from daemon.enroll_summary import first_few, new_gallery_threshold, say_summary
-from daemon.gallery import DEFAULT_THRESHOLD, Gallery, GalleryError
-from daemon.gallery_names import clean_name, lookup_name
-from daemon.journal import print_error
-from daemon.recognition import (
+from daemon.face_quality import (
     DEFAULT_MIN_FACE_PX,
     DEFAULT_MIN_SHARPNESS,
     MAX_PROFILE_OFFSET,
     MIN_FACE_SCORE,
     QualityGates,
 )
+from daemon.gallery import DEFAULT_THRESHOLD, Gallery, GalleryError
+from daemon.gallery_names import clean_name, lookup_name
+from daemon.journal import print_error
 from engines import EngineError
 from engines.facenet import FaceNet
 from engines.image_files import is_hidden

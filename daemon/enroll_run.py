@@ -23,11 +23,11 @@ from daemon.cli_models import Models
 from daemon.enroll_checks import Enrolled, check_photo, drop_unlike, enroll_crop, terminal_text
 from daemon.enroll_plan import Person
 from daemon.enroll_summary import new_gallery_threshold, say_summary
+from daemon.face_quality import QualityGates, Rejected
 from daemon.gallery import Gallery, GalleryError, remove_created
 from daemon.gallery_names import lookup_name
 from daemon.gallery_write import Enrollment
 from daemon.journal import print_error
-from daemon.recognition import QualityGates, Rejected
 from engines.facenet import FaceNet
 from engines.images import ImageError
 

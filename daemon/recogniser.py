@@ -13,8 +13,8 @@ import numpy as np
 from daemon import metrics
 from daemon.config import Config
 from daemon.event_emitter import EventEmitter
+from daemon.face_quality import frontal_offset
 from daemon.gallery_live import LiveGallery
-from daemon.recognition import frontal_offset
 from daemon.tracking import Tracker
 from daemon.tracks import TrackedFace
 from engines.facenet import FaceNet

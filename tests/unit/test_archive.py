@@ -29,8 +29,8 @@ from daemon.config import ConfigError
 from daemon.config_file import load_config, parse_config
 from daemon.config_outputs import ArchiveConfig
 from daemon.events import face_region, person_key
+from daemon.face_quality import MIN_FACE_SCORE, rate_face
 from daemon.preflight import check
-from daemon.recognition import MIN_FACE_SCORE, rate_face
 from daemon.tracks import Track, TrackEvent
 from engines.base import EngineError
 from engines.boxes import iou_matrix

@@ -1,4 +1,4 @@
-"""daemon.recognition's enrolment gates on hand-built detections: which face of a photo is
+"""daemon.face_quality's enrolment gates on hand-built detections: which face of a photo is
 taken, and which photos are refused, at the limits the options and the docs give."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from daemon.recognition import MAX_FACE_OUTSIDE, QualityGates, Rejected, face_at, largest_note
+from daemon.face_quality import MAX_FACE_OUTSIDE, QualityGates, Rejected, face_at, largest_note
 from engines.mtcnn import FrameDetections
 
 # a face looking straight on: eyes, nose, mouth corners in an 80 x 90 px box

@@ -1001,7 +1001,7 @@ def test_an_archived_face_just_under_the_detectors_thresholds_is_found_again(
     enrolled, and named strangers."""
     from daemon.cli_models import Models
     from daemon.enroll_checks import ARCHIVE_THRESHOLDS, enroll_crop
-    from daemon.recognition import QualityGates, Rejected
+    from daemon.face_quality import QualityGates, Rejected
     from engines.detectors import load_facenet
 
     frame = cv2.imread(str(images["obama"]))
@@ -1074,7 +1074,7 @@ def test_enroll_refuses_an_archived_face_turned_away_from_the_camera(
 def test_the_archives_enrollable_flag_is_what_enroll_decides(test_model, detector) -> None:
     """The archive marks the images enroll would take (and ranks the others low): the same
     size, edge, pose, score and blur gates, the blur on the crop enroll checks."""
-    from daemon.recognition import QualityGates, Rejected, rate_face
+    from daemon.face_quality import QualityGates, Rejected, rate_face
     from engines.detectors import load_facenet
 
     facenet = load_facenet(test_model, threads=2)
@@ -1110,7 +1110,7 @@ def test_the_archives_enrollable_count_is_what_enroll_takes_from_its_images(
     (but for the few where enroll, finding the face again, places its landmarks apart)."""
     from daemon.archive import FaceArchive
     from daemon.config_outputs import ArchiveConfig
-    from daemon.recognition import QualityGates, Rejected
+    from daemon.face_quality import QualityGates, Rejected
     from daemon.tracks import Track, TrackEvent
     from engines.detectors import load_facenet
 

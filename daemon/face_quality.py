@@ -1,6 +1,8 @@
-"""Recognition pieces shared by the commands and the daemon: enrollment quality gates, and
+"""How good a face is, for the commands and the daemon alike: enrollment's quality gates, how
+turned a face is (``frontal_offset``: the pipeline recognises only faces frontal enough), and
 how good a face image is (``rate_face``: the face archive keeps the best, and marks those
-enroll would take). Threshold calibration from the enrolled people themselves is
+enroll would take). Recognition itself is ``daemon.recogniser``'s, matching
+``daemon.gallery_match``'s. Threshold calibration from the enrolled people themselves is
 ``daemon.calibration``'s.
 
 Pure numpy + OpenCV on detections (``engines.mtcnn.FrameDetections``) and embeddings.
