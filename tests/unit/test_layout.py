@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -235,26 +237,54 @@ def test_threads_0_is_the_cores_the_cgroups_cpu_quota_allows(tmp_path, monkeypat
     assert loader.cpu_threads(0) == 3
 
 
-def test_the_module_map_names_every_module_and_only_modules_that_exist() -> None:
-    """docs/layout.md is where a reader finds each thing: a module added without a line there
-    (or one renamed, moved or removed while its line stayed) would make the map lie."""
-    import re
+MAP = REPO / "docs" / "layout.md"
+MAPPED_PACKAGES = ("daemon", "engines", "training", "bench")
 
-    text = (REPO / "docs" / "layout.md").read_text()
-    named = set(re.findall(r"`((?:daemon|engines|training|bench|tests)/[\w/]+\.(?:py|sh))`", text))
-    written = {
+
+def mapped_modules() -> set[str]:
+    """Every module and script of the packages whose files each have a bullet of the map."""
+    return {
         path.relative_to(REPO).as_posix()
-        for package in ("daemon", "engines", "training", "bench")
+        for package in MAPPED_PACKAGES
         for pattern in ("*.py", "*.sh")
         for path in (REPO / package).glob(pattern)
         if path.name != "__init__.py"
-    } | {  # the tests' shared modules and generators (test files are named by what they test)
+    }
+
+
+def test_the_module_map_names_every_module_and_only_modules_that_exist() -> None:
+    """docs/layout.md is where a reader finds each thing: a module added without a line there
+    (or one renamed, moved or removed while its line stayed) would make the map lie."""
+    text = MAP.read_text()
+    named = set(re.findall(r"`((?:daemon|engines|training|bench|tests)/[\w/]+\.(?:py|sh))`", text))
+    # and the tests' shared modules and generators (test files are named by what they test)
+    written = mapped_modules() | {
         path.relative_to(REPO).as_posix()
         for path in (REPO / "tests").rglob("*.py")
         if not path.name.startswith(("test_", "__init__"))
     }
     assert sorted(written - named) == [], "not on the map (docs/layout.md)"
     assert sorted(named - written) == [], "on the map (docs/layout.md) but not in the repository"
+
+
+def test_each_module_begins_a_bullet_of_the_map_of_its_own() -> None:
+    """A search for a module's path finds the bullet that says what it holds, not half a
+    sentence in a bullet of four modules: each module of daemon/, engines/, training/ and
+    bench/ begins exactly one bullet (at any depth: a module that belongs to another is a bullet
+    under it), ``- `daemon/spool.py`: what it holds``."""
+    bullets = re.findall(r"^[ \t]*[-*] (.*)$", MAP.read_text(), re.MULTILINE)
+    begun = Counter(
+        found[1]
+        for bullet in bullets
+        if (found := re.match(r"`((?:daemon|engines|training|bench)/[\w/]+\.(?:py|sh))`", bullet))
+    )
+    modules = mapped_modules()
+    without = [f"{m}: no bullet begins with it" for m in sorted(modules) if begun[m] == 0]
+    twice = [f"{m}: {begun[m]} bullets begin with it" for m in sorted(modules) if begun[m] > 1]
+    assert without + twice == [], (
+        "docs/layout.md: one bullet per module, beginning with its path:\n"
+        + "\n".join(without + twice)
+    )
 
 
 # DESIGN.md's "files under ~400 lines, functions under ~50", with the tilde's room: the code of
