@@ -15,7 +15,9 @@ CAMERA = "door"
 Message = tuple[float, str, Any]
 
 
-def _first(messages: list[tuple[float, str, Any]], start: float, end: float, test: Any):
+def _first(
+    messages: list[tuple[float, str, Any]], start: float, end: float, test: Any
+) -> float | None:
     for when, topic, payload in messages:
         if start <= when < end and isinstance(payload, dict) and test(topic, payload):
             return round(when - start, 3)

@@ -240,7 +240,9 @@ def print_report(rows: list[dict], machines: list[dict], batch: int) -> list[str
     return failed
 
 
-def write_json(args: argparse.Namespace, rows: list[dict], machines: list[dict], failed: bool):
+def write_json(
+    args: argparse.Namespace, rows: list[dict], machines: list[dict], failed: bool
+) -> None:
     """The results to --json, without the detections (they only matter for the comparison)."""
     for row in rows:  # keep the JSON small: detections only matter for the comparison
         for key in ROW_KEYS:

@@ -44,7 +44,9 @@ def others_cores(
     return max(0.0, (busy_after - busy_before - own_cpu_s) / wall_s)
 
 
-def run_measured(cmd: list[str], env: dict[str, str] | None = None):
+def run_measured(
+    cmd: list[str], env: dict[str, str] | None = None
+) -> tuple[subprocess.CompletedProcess[str], dict[str, float | None]]:
     """Run a worker; returns (the finished process, what the machine did meanwhile): the
     1-minute load average before it, its CPU seconds and wall seconds, and the cores that
     other processes used on average while it ran (None without /proc/stat)."""

@@ -94,7 +94,9 @@ def facewatch_detector(
     return detect
 
 
-def time_detector(detect: Detector, frames: list[np.ndarray], args: argparse.Namespace):
+def time_detector(
+    detect: Detector, frames: list[np.ndarray], args: argparse.Namespace
+) -> tuple[float, list[float], list[Detections]]:
     """Warm up, then time frames[warmup:] in calls of `batch` frames, `repeat` times.
 
     Returns (best fps over the repeats, every call's ms, the first pass's detections)."""

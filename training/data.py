@@ -7,6 +7,7 @@ A dataset directory holds one sub-directory per identity, each with that person'
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -274,7 +275,7 @@ class BatchPlan:
     def __init__(self) -> None:
         self.batches: list[list[tuple[int, int]]] = []
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         return iter(list(self.batches))
 
     def __len__(self) -> int:
