@@ -50,11 +50,12 @@ from daemon.face_quality import (
     MIN_FACE_SCORE,
     QualityGates,
 )
-from daemon.gallery import DEFAULT_THRESHOLD, Gallery, GalleryError
+from daemon.gallery import Gallery
+from daemon.gallery_file import GalleryError
 from daemon.gallery_names import clean_name, lookup_name
 from daemon.journal import print_error
 from engines import EngineError
-from engines.facenet import FaceNet
+from engines.facenet import DEFAULT_THRESHOLD, FaceNet
 from engines.image_files import is_hidden
 from engines.mtcnn import MTCNNConfig
 

@@ -24,7 +24,8 @@ from daemon.enroll_checks import Enrolled, check_photo, drop_unlike, enroll_crop
 from daemon.enroll_plan import Person
 from daemon.enroll_summary import new_gallery_threshold, say_summary
 from daemon.face_quality import QualityGates, Rejected
-from daemon.gallery import Gallery, GalleryError, remove_created
+from daemon.gallery import Gallery, remove_created
+from daemon.gallery_file import GalleryError
 from daemon.gallery_names import lookup_name
 from daemon.gallery_write import Enrollment
 from daemon.journal import print_error

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from daemon.archive_list import visits_of
 from daemon.config import Config, ConfigError
-from daemon.gallery import Gallery, GalleryError
+from daemon.gallery import Gallery
+from daemon.gallery_file import GalleryError
 from daemon.gallery_names import twin_key
 
 

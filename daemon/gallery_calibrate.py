@@ -23,10 +23,11 @@ from daemon.calibration import (
     strangers_named,
 )
 from daemon.config import Config
-from daemon.gallery import DEFAULT_THRESHOLD, Gallery, GalleryError, shown_threshold
+from daemon.gallery import Gallery, shown_threshold
 from daemon.gallery_choice import daemon_config, gallery_path
+from daemon.gallery_file import GalleryError
 from daemon.journal import print_error
-from engines.facenet import starting_threshold
+from engines.facenet import DEFAULT_THRESHOLD, starting_threshold
 
 # from this many enrolled faces, a gallery at its starting threshold is worth calibrating
 UNCALIBRATED_FACES = 120  # calibrate needs 100 impostor trials for FAR 1 %: about 120 faces

@@ -20,9 +20,11 @@ from daemon import gallery_export
 from daemon.calibration import DEFAULT_TARGET_FAR, MAX_STORED_FRR
 from daemon.cli_args import number
 from daemon.config import ConfigError
-from daemon.gallery import Gallery, GalleryError, check_threshold, remove_created, shown_threshold
+from daemon.gallery import Gallery, remove_created, shown_threshold
 from daemon.gallery_calibrate import _calibrate, _say_overridden
+from daemon.gallery_check import check_threshold
 from daemon.gallery_choice import add_gallery_option, gallery_path
+from daemon.gallery_file import GalleryError
 from daemon.gallery_names import twin_key
 from daemon.gallery_read import Identity
 from daemon.gallery_remove import _remove

@@ -19,8 +19,9 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from daemon.gallery import Gallery, GalleryError, check_threshold
-from daemon.gallery_check import UNIT_TOLERANCE
+from daemon.gallery import Gallery
+from daemon.gallery_check import UNIT_TOLERANCE, check_threshold
+from daemon.gallery_file import GalleryError
 from daemon.gallery_read import Identity
 from daemon.gallery_write import Enrollment
 from engines.base import brief, finite_number, is_count, parse_json, read_json, sync_folder

@@ -12,8 +12,8 @@ from collections.abc import Mapping
 from daemon import metrics
 from daemon.config import Config
 from daemon.event_emitter import EventEmitter
-from daemon.gallery import Gallery, GalleryError
-from daemon.gallery_file import GalleryBusy, file_stamp
+from daemon.gallery import Gallery
+from daemon.gallery_file import GalleryBusy, GalleryError, file_stamp
 from daemon.gallery_open import came_and_went, open_gallery, threshold_said
 from daemon.tracking import Rematch, Tracker
 from engines.facenet import FaceNet

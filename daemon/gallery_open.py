@@ -11,7 +11,8 @@ from pathlib import Path
 
 from daemon.config import Config
 from daemon.config_cameras import CameraConfig
-from daemon.gallery import DEFAULT_LOCK_TIMEOUT_S, Gallery, GalleryError, shown_threshold
+from daemon.gallery import DEFAULT_LOCK_TIMEOUT_S, Gallery, shown_threshold
+from daemon.gallery_file import GalleryError
 
 logger = logging.getLogger(__name__)
 

@@ -11,8 +11,9 @@ from pathlib import Path
 
 from daemon import forget
 from daemon.config import ConfigError
-from daemon.gallery import Gallery, GalleryError
+from daemon.gallery import Gallery
 from daemon.gallery_choice import daemon_config, gallery_path
+from daemon.gallery_file import GalleryError
 from engines.base import file_sha256
 from engines.image_files import folder_files
 

@@ -27,7 +27,8 @@ from daemon.cli_models import Models, add_model_options, load_models, photo_file
 from daemon.cli_output import Outputs, input_name, progress_wanted, put_label
 from daemon.config import Config, ConfigError
 from daemon.config_cameras import CameraConfig
-from daemon.gallery import Gallery, GalleryError
+from daemon.gallery import Gallery
+from daemon.gallery_file import GalleryError
 from daemon.gallery_match import Match
 from daemon.identify_video import (
     DEFAULT_FPS,

@@ -22,7 +22,8 @@ from daemon.camera_open import check_file_source
 from daemon.claims import claim
 from daemon.config import Config, ConfigError
 from daemon.events import open_jsonl
-from daemon.gallery import REENROLL, Gallery, GalleryError
+from daemon.gallery import REENROLL, Gallery
+from daemon.gallery_file import GalleryError
 from engines.base import EngineError, ModelMetadata
 from engines.facenet import (
     checked_metadata,

@@ -12,8 +12,9 @@ import os
 from pathlib import Path
 
 from daemon.config import Config
-from daemon.gallery import Gallery, GalleryError, shown_threshold
+from daemon.gallery import Gallery, shown_threshold
 from daemon.gallery_calibrate import uncalibrated
+from daemon.gallery_file import GalleryError
 from daemon.preflight import _model_file
 from engines.base import EngineError, ModelMetadata
 from engines.facenet import outdated_threshold

@@ -34,7 +34,7 @@ from daemon.cameras import CameraReader
 from daemon.config import Config, ConfigError
 from daemon.config_cameras import CameraConfig
 from daemon.events import EventSinks, in_view_json, person_json
-from daemon.gallery import GalleryError
+from daemon.gallery_file import GalleryError
 from daemon.gallery_open import open_gallery, threshold_said
 from daemon.mqtt import DRAIN_ON_STOP_S, MqttPublisher
 from daemon.scheduler import BatchScheduler, Pipeline
