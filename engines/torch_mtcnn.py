@@ -30,7 +30,9 @@ from engines import torch_boxes as tb
 from engines.base import Engine, EngineError, batch_limit
 from engines.mtcnn import MTCNN
 from engines.mtcnn_base import Candidates, no_candidates
-from engines.mtcnn_calls import PNET_MAX_PIXELS
+
+# "as" marks it this module's own: bench/device_ops.py sets it here to test the GPU limit on a CPU
+from engines.mtcnn_calls import PNET_MAX_PIXELS as PNET_MAX_PIXELS
 from engines.mtcnn_pnet import PNET_SCALE_NMS
 from engines.torch_backend import import_torch
 from engines.torch_frames import DEVICE_FRAMES, DeviceFrame, integrate

@@ -67,7 +67,10 @@ def export_dlib(dat_path: str | Path, out_path: str | Path, command: str) -> tup
         expected = F.normalize(net(x), dim=1).numpy()
     with staged(out_path) as work, warnings.catch_warnings():
         # the zero-padding of the pooled blocks is traced for 150 px chips, the only input
-        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings(
+            "ignore",
+            category=torch.jit.TracerWarning,  # type: ignore[attr-defined]  # not in torch.jit.__all__
+        )
         export_onnx(net, work, CHIP_SIZE)
         weights_to_fp16(work)
         meta.save(work)
