@@ -40,7 +40,7 @@ class Tally(TorchDispatchMode):
     code that asked for each, and the host's waits."""
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]  # torch's TorchDispatchMode, untyped
         self.counting = False
         self.ops: collections.Counter[str] = collections.Counter()
         self.sites: collections.Counter[str] = collections.Counter()

@@ -111,7 +111,7 @@ class CpuSyncBatchNorm(nn.BatchNorm2d):
         dims = [0, *range(2, x.dim())]
         count = torch.tensor([x.numel() / x.shape[1]], dtype=x.dtype, device=x.device)
         stats = torch.cat([x.sum(dim=dims), (x * x).sum(dim=dims), count])
-        stats = _SumAcrossProcesses.apply(stats)
+        stats = _SumAcrossProcesses.apply(stats)  # type: ignore[no-untyped-call]  # torch's, untyped
         channels = x.shape[1]
         total = stats[-1]
         mean = stats[:channels] / total
