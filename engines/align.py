@@ -12,11 +12,13 @@ Pure numpy + OpenCV. Two ways to cut a face out of a frame:
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import cv2
 import numpy as np
+from numpy.typing import NDArray
 
-from engines.base import brief
+from engines.base import Floats, brief
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +38,7 @@ _TEMPLATE_112 = np.array(
 
 def margin_box(
     bbox_xyxy: np.ndarray | list[float], image_hw: tuple[int, int], margin: int = 32
-) -> np.ndarray:
+) -> NDArray[np.int32]:
     """The integer crop window (x0, y0, x1, y1) of ``crop_with_margin``, clipped to the image."""
     det = np.asarray(bbox_xyxy, dtype=np.float64).reshape(4)
     height, width = image_hw
@@ -80,7 +82,7 @@ def crop_with_margin(
     return np.rint(resized).astype(np.uint8)
 
 
-def template_of(extra: dict, image_size: int) -> np.ndarray | None:
+def template_of(extra: dict[str, Any], image_size: int) -> Floats | None:
     """A model's own 5-point template from its sidecar's ``extra["landmarks"]`` ((5, 2) in
     pixels of its input), or None for the reference one."""
     landmarks = extra.get("landmarks")
@@ -99,12 +101,12 @@ def template_of(extra: dict, image_size: int) -> np.ndarray | None:
     return template
 
 
-def reference_landmarks(image_size: int = 160) -> np.ndarray:
+def reference_landmarks(image_size: int = 160) -> Floats:
     """The 5-point template (5, 2) for a square crop of ``image_size`` pixels."""
     return (_TEMPLATE_112 * (image_size / 112.0)).astype(np.float32)
 
 
-def similarity_matrix(src_5x2: np.ndarray, dst_5x2: np.ndarray) -> np.ndarray:
+def similarity_matrix(src_5x2: np.ndarray, dst_5x2: np.ndarray) -> NDArray[np.float64]:
     """The 2x3 least-squares similarity transform taking ``src`` points onto ``dst`` (Umeyama)."""
     src = np.asarray(src_5x2, dtype=np.float64)
     dst = np.asarray(dst_5x2, dtype=np.float64)

@@ -18,8 +18,20 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
+from numpy.typing import NDArray
 
 logger = logging.getLogger(__name__)
+
+# Arrays by the dtype they really hold, for the signatures (numpy.typing.NDArray); where any
+# dtype comes (an engine's outputs, a caller's array) the signature keeps np.ndarray.
+Image = NDArray[np.uint8]
+"""8-bit BGR pixels: one HxWx3 image (``engines.images.as_bgr8``) or a stack of crops."""
+Floats = NDArray[np.float32]
+"""What the detector and FaceNet give: boxes, scores, landmarks, embeddings; network inputs."""
+Indices = NDArray[np.int64]
+"""Rows kept (NMS), the frame of each candidate, integer crop windows."""
+AnyFloats = NDArray[np.floating[Any]]
+"""Boxes or points in float32 (the detector's) or float64 (the tracks', a config's)."""
 
 
 class EngineError(RuntimeError):

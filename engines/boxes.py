@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+from numpy.typing import NDArray
+
+from engines.base import AnyFloats, Floats, Indices
 
 PNET_STRIDE = 2
 PNET_CELL = 12
@@ -55,7 +58,7 @@ def pnet_band(level_rows: int, first: int, end: int) -> tuple[int, int]:
 
 def pnet_candidates(
     reg: np.ndarray, prob: np.ndarray, scale: float, threshold: float, first_row: int = 0
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[Floats, Indices]:
     """Turn P-Net maps into candidate windows in image coordinates.
 
     ``reg`` is (N, 4, H, W), ``prob`` the face probability (N, H, W); ``first_row`` is the
@@ -70,7 +73,7 @@ def pnet_candidates(
 
 def pnet_boxes(
     xs: np.ndarray, ys: np.ndarray, score: np.ndarray, offsets: np.ndarray, scale: float
-) -> np.ndarray:
+) -> Floats:
     """P-Net map cells (column ``xs``, row ``ys``) with their score and regression (K, 4)
     -> boxes (K, 9) as ``pnet_candidates`` gives them."""
     cells = np.stack([xs, ys], axis=1).astype(np.float32)
@@ -88,7 +91,7 @@ def nms(
     groups: np.ndarray | None = None,
     mode: str = "union",
     inclusive: bool = False,
-) -> np.ndarray:
+) -> Indices:
     """Greedy non-maximum suppression; returns kept indices, best score first.
 
     ``groups`` (e.g. the image index) keeps boxes of different groups apart: the kept
@@ -116,7 +119,7 @@ def nms(
     return _nms_greedy(boxes, scores, threshold, mode, one)
 
 
-def _nms_opencv(boxes: np.ndarray, scores: np.ndarray, threshold: float, one: float) -> np.ndarray:
+def _nms_opencv(boxes: np.ndarray, scores: np.ndarray, threshold: float, one: float) -> Indices:
     """IoU NMS by OpenCV: the same greedy algorithm (best score first, ties in index order,
     dropped when IoU > threshold) in C++. P-Net's cross-scale pass keeps most of its ~800
     boxes per 1080p frame, where a Python loop per kept box costs 14 ms. (OpenCV skips
@@ -137,7 +140,7 @@ def _nms_opencv(boxes: np.ndarray, scores: np.ndarray, threshold: float, one: fl
 
 def _nms_greedy(
     boxes: np.ndarray, scores: np.ndarray, threshold: float, mode: str, one: float
-) -> np.ndarray:
+) -> Indices:
     """Greedy NMS in numpy, one kept box at a time; ``mode`` "union" or "min"."""
     x1, y1, x2, y2 = boxes.T
     area = (x2 - x1 + one) * (y2 - y1 + one)
@@ -159,7 +162,7 @@ def _nms_greedy(
     return np.asarray(keep, dtype=np.int64)
 
 
-def regress(boxes_xyxy: np.ndarray, reg: np.ndarray, inclusive: bool) -> np.ndarray:
+def regress(boxes_xyxy: AnyFloats, reg: AnyFloats, inclusive: bool) -> Floats:
     """Apply MTCNN's box regression (offsets relative to the box size)."""
     one = 1.0 if inclusive else 0.0
     w = boxes_xyxy[:, 2] - boxes_xyxy[:, 0] + one
@@ -168,7 +171,7 @@ def regress(boxes_xyxy: np.ndarray, reg: np.ndarray, inclusive: bool) -> np.ndar
     return (boxes_xyxy + reg * size).astype(np.float32)
 
 
-def square(boxes_xyxy: np.ndarray) -> np.ndarray:
+def square(boxes_xyxy: AnyFloats) -> Floats:
     """Grow each box to a square around its centre (side = the longer side)."""
     w = boxes_xyxy[:, 2] - boxes_xyxy[:, 0]
     h = boxes_xyxy[:, 3] - boxes_xyxy[:, 1]
@@ -178,7 +181,7 @@ def square(boxes_xyxy: np.ndarray) -> np.ndarray:
     return np.stack([x1, y1, x1 + side, y1 + side], axis=1).astype(np.float32)
 
 
-def crop_windows(boxes_xyxy: np.ndarray) -> np.ndarray:
+def crop_windows(boxes_xyxy: AnyFloats) -> Indices:
     """Integer crop windows (K, 4) = x0, y0, x1, y1 (0-based, end exclusive) of each box.
 
     MTCNN truncates box corners to integers and reads them as 1-based inclusive pixel
@@ -188,7 +191,7 @@ def crop_windows(boxes_xyxy: np.ndarray) -> np.ndarray:
     return np.stack([corners[:, 0] - 1, corners[:, 1] - 1, corners[:, 2], corners[:, 3]], axis=1)
 
 
-def landmarks_from_offsets(boxes_xyxy: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+def landmarks_from_offsets(boxes_xyxy: AnyFloats, offsets: AnyFloats) -> Floats:
     """O-Net landmark outputs (K, 10: 5 x then 5 y, relative) -> (K, 5, 2) pixels."""
     w = boxes_xyxy[:, 2] - boxes_xyxy[:, 0] + 1
     h = boxes_xyxy[:, 3] - boxes_xyxy[:, 1] + 1
@@ -197,7 +200,7 @@ def landmarks_from_offsets(boxes_xyxy: np.ndarray, offsets: np.ndarray) -> np.nd
     return np.stack([xs, ys], axis=2).astype(np.float32)
 
 
-def iou_matrix(a_xyxy: np.ndarray, b_xyxy: np.ndarray) -> np.ndarray:
+def iou_matrix(a_xyxy: np.ndarray, b_xyxy: np.ndarray) -> NDArray[np.float64]:
     """Pairwise IoU (len(a), len(b))."""
     a = a_xyxy[:, None, :].astype(np.float64)
     b = b_xyxy[None, :, :].astype(np.float64)
@@ -235,17 +238,20 @@ def greedy_pairs(scores: np.ndarray, min_score: float) -> list[tuple[int, int]]:
     return pairs
 
 
-def center_shift_matrix(a_xyxy: np.ndarray, b_xyxy: np.ndarray) -> np.ndarray:
+def center_shift_matrix(a_xyxy: np.ndarray, b_xyxy: np.ndarray) -> NDArray[np.float64]:
     """Pairwise distance between box centres (len(a), len(b)), in box widths (the geometric
     mean of the two widths)."""
     a, b = a_xyxy.astype(np.float64), b_xyxy.astype(np.float64)
     ca = (a[:, None, :2] + a[:, None, 2:4]) / 2
     cb = (b[None, :, :2] + b[None, :, 2:4]) / 2
     wa, wb = a[:, None, 2] - a[:, None, 0], b[None, :, 2] - b[None, :, 0]
-    return np.linalg.norm(ca - cb, axis=2) / np.sqrt(np.maximum(wa * wb, 1e-9))
+    shift: NDArray[np.float64] = np.linalg.norm(ca - cb, axis=2) / np.sqrt(
+        np.maximum(wa * wb, 1e-9)
+    )
+    return shift
 
 
-def points_in_polygon(points_xy: np.ndarray, polygon_xy: np.ndarray) -> np.ndarray:
+def points_in_polygon(points_xy: np.ndarray, polygon_xy: np.ndarray) -> NDArray[np.bool_]:
     """Whether each of ``points_xy`` (N, 2) lies inside ``polygon_xy`` (M >= 3, 2), a closed
     polygon (any winding, concave allowed): even-odd ray casting towards +x."""
     points = np.asarray(points_xy, dtype=np.float64).reshape(-1, 2)
@@ -255,7 +261,8 @@ def points_in_polygon(points_xy: np.ndarray, polygon_xy: np.ndarray) -> np.ndarr
     straddles = (start[:, 1] > y) != (end[:, 1] > y)
     dy = np.where(end[:, 1] == start[:, 1], 1.0, end[:, 1] - start[:, 1])
     crossing_x = start[:, 0] + (y - start[:, 1]) * (end[:, 0] - start[:, 0]) / dy
-    return np.count_nonzero(straddles & (x < crossing_x), axis=1) % 2 == 1
+    inside: NDArray[np.bool_] = np.count_nonzero(straddles & (x < crossing_x), axis=1) % 2 == 1
+    return inside
 
 
 def polygon_area(polygon_xy: np.ndarray) -> float:

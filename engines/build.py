@@ -238,7 +238,7 @@ class BuildProgress:
         self.label, self.stream = label, stream
         self._lock = threading.Lock()
         self._depth: dict[str, int] = {}
-        self._bars: dict[str, tqdm] = {}
+        self._bars: dict[str, tqdm[Any]] = {}
 
     def phase_start(self, name: str, parent: str | None, steps: int) -> None:
         with self._lock:

@@ -30,6 +30,7 @@ from engines.base import (
     DEFAULT_MAX_BATCH,
     Engine,
     EngineError,
+    Floats,
     ModelMetadata,
     batch_limit,
     brief,
@@ -51,12 +52,13 @@ FacePick = tuple[np.ndarray, FrameDetections, int]
 """One face to embed: the frame, its detections, and which of them."""
 
 
-def _l2_normalise(x: np.ndarray) -> np.ndarray:
+def _l2_normalise(x: np.ndarray) -> Floats:
     x = np.asarray(x, dtype=np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    unit: Floats = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    return unit
 
 
-def prewhiten(images: np.ndarray) -> np.ndarray:
+def prewhiten(images: np.ndarray) -> Floats:
     """The original FaceNet's per-image standardisation of (N, H, W, C) pixels:
     ``(x - mean) / max(std, 1 / sqrt(pixels))`` over each whole image."""
     x = images.astype(np.float32)
@@ -64,7 +66,8 @@ def prewhiten(images: np.ndarray) -> np.ndarray:
     mean = x.mean(axis=axes, keepdims=True)
     std = x.std(axis=axes, keepdims=True)
     floor = np.float32(1.0 / np.sqrt(float(np.prod(x.shape[1:]))))
-    return ((x - mean) / np.maximum(std, floor)).astype(np.float32)
+    whitened: Floats = ((x - mean) / np.maximum(std, floor)).astype(np.float32)
+    return whitened
 
 
 class FaceNet:
@@ -165,11 +168,11 @@ class FaceNet:
             return align_similarity(image, landmarks, size, self.template)
         return crop_with_margin(image, bbox_xyxy, self.margin, size)
 
-    def embed_faces(self, image: np.ndarray, faces: FrameDetections) -> np.ndarray:
+    def embed_faces(self, image: np.ndarray, faces: FrameDetections) -> Floats:
         """Align and embed every face of one frame: (K, D)."""
         return self.embed_picks([(image, faces, k) for k in range(len(faces))])
 
-    def embed_picks(self, picks: Sequence[FacePick]) -> np.ndarray:
+    def embed_picks(self, picks: Sequence[FacePick]) -> Floats:
         """Align and embed the chosen faces of any frames in one pass: (K, D), in order."""
         if not picks:
             return np.zeros((0, self.embedding_size), np.float32)
@@ -177,7 +180,7 @@ class FaceNet:
 
     # -- embedding ------------------------------------------------------------------------
 
-    def preprocess(self, crops: np.ndarray) -> np.ndarray:
+    def preprocess(self, crops: np.ndarray) -> Floats:
         """uint8 BGR crops (N, H, W, 3) -> the model's NCHW float32 input."""
         crops = np.asarray(crops)
         if crops.ndim != 4 or crops.shape[3] != 3:
@@ -195,7 +198,7 @@ class FaceNet:
             x = (crops.astype(np.float32) - self.meta.mean) / self.meta.std
         return np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype=np.float32)
 
-    def embed(self, crops: np.ndarray, flip: bool | None = None) -> np.ndarray:
+    def embed(self, crops: np.ndarray, flip: bool | None = None) -> Floats:
         """L2-normalised embeddings (N, D) float32 of uint8 BGR crops of the model's size."""
         crops = np.asarray(crops)
         if len(crops) == 0:
@@ -206,14 +209,14 @@ class FaceNet:
         out = [self._embed_batch(crops[k : k + step], flip) for k in range(0, len(crops), step)]
         return np.concatenate(out)
 
-    def _embed_batch(self, crops: np.ndarray, flip: bool) -> np.ndarray:
+    def _embed_batch(self, crops: np.ndarray, flip: bool) -> Floats:
         x = self.preprocess(crops)
         if not flip:
             return self._run(x)
         both = self._run(np.concatenate([x, x[..., ::-1]]))
         return _l2_normalise(both[: len(x)] + both[len(x) :])
 
-    def _run(self, x: np.ndarray) -> np.ndarray:
+    def _run(self, x: np.ndarray) -> Floats:
         """Split ``x`` into engine-sized batches (a fixed batch gets its last one zero-padded)."""
         out = []
         for start in range(0, len(x), self.max_batch):

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
+from numpy.typing import NDArray
 
+from engines.base import Floats, Indices
 from engines.image_files import undecodable_reason
 
 JPEG_TAIL_BYTES = 4096  # where a complete JPEG's end marker is, when its segments mislead
@@ -171,7 +174,7 @@ def _png_end(data: np.ndarray) -> int | None:
     return None
 
 
-def integral_image(image: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+def integral_image(image: np.ndarray, out: np.ndarray | None = None) -> NDArray[np.uint32]:
     """(H+1, W+1, C) running sums of a uint8 image, as uint32, written into ``out`` when it
     has that shape and type (a large frame's fresh pages cost more than the sums).
 
@@ -190,8 +193,8 @@ def integral_image(image: np.ndarray, out: np.ndarray | None = None) -> np.ndarr
 
 
 def _bins(
-    start: np.ndarray, length: np.ndarray, size: int, limit: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    start: Indices, length: Indices, size: int, limit: int
+) -> tuple[Indices, Indices, Indices]:
     """Adaptive-average-pooling bins (K, size) ``[start + floor(i*n/size), start + ceil((i+1)*n/size))``
     clipped to ``[0, limit]``, and each bin's unclipped width."""
     i = np.arange(size + 1, dtype=np.int64)
@@ -201,7 +204,7 @@ def _bins(
     return np.clip(lo, 0, limit), np.clip(hi, 0, limit), hi - lo
 
 
-def area_crops(sums: np.ndarray, windows_xyxy: np.ndarray, size: int) -> np.ndarray:
+def area_crops(sums: np.ndarray, windows_xyxy: np.ndarray, size: int) -> Floats:
     """Crop windows (K, 4: x0, y0, x1, y1, end exclusive, may leave the image) and resize each
     to size x size by area averaging (PyTorch's ``interpolate(mode="area")``), with zeros outside
     the image. ``sums`` is the frame's ``integral_image``. Returns (K, size, size, C) float32."""
@@ -238,7 +241,7 @@ def area_crop_sums(
 @functools.lru_cache(maxsize=64)
 def _pool_geometry(
     image_hw: tuple[int, int], size_hw: tuple[int, int], channels: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[Indices, Indices, Indices, Indices, Floats]:
     """For one pyramid level: row bin edges, flat column indices of the bin edges in a
     (rows, columns * channels) view, and each output pixel's bin area (h, w)."""
     (h_in, w_in), (h, w) = image_hw, size_hw
@@ -251,7 +254,7 @@ def _pool_geometry(
     return r0, r1, flat0, flat1, area
 
 
-def _bin_edges(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
+def _bin_edges(n_in: int, n_out: int) -> tuple[Indices, Indices]:
     """Start and end (exclusive) of each adaptive-average-pooling bin along one axis."""
     i = np.arange(n_out + 1, dtype=np.int64)
     return (i[:-1] * n_in) // n_out, (i[1:] * n_in + n_out - 1) // n_out
@@ -265,8 +268,8 @@ class AreaPyramid:
     once and also serves the R-Net / O-Net crops (``area_crops``).
     """
 
-    sums: np.ndarray
-    sums16: np.ndarray
+    sums: NDArray[np.uint32]
+    sums16: NDArray[np.uint16]
 
     def __init__(self, image: np.ndarray, reuse: AreaPyramid | None = None) -> None:
         """``reuse``: a pyramid no longer needed, whose memory this one may take over."""
@@ -281,7 +284,7 @@ class AreaPyramid:
         else:
             self.sums16 = self.sums.astype(np.uint16)
 
-    def level(self, size_hw: tuple[int, int], rows: tuple[int, int] | None = None) -> np.ndarray:
+    def level(self, size_hw: tuple[int, int], rows: tuple[int, int] | None = None) -> Floats:
         """The frame resized to ``size_hw`` as (h, w, C) float32; with ``rows`` = (start,
         end), only those rows of it (a band, the same pixels as in the whole level)."""
         total, area = self.level_sums(size_hw, rows)
@@ -298,7 +301,9 @@ class AreaPyramid:
         r0, r1, flat0, flat1, area = _pool_geometry(self.image_hw, size_hw, channels)
         band = slice(*rows) if rows is not None else slice(None)
         r0, r1, area = r0[band], r1[band], area[band]
-        table = self.sums16 if area.max() * 255 < 2**16 else self.sums
+        table: NDArray[np.unsignedinteger[Any]] = (
+            self.sums16 if area.max() * 255 < 2**16 else self.sums
+        )
         sums = np.take(table, r1, axis=0)
         sums -= np.take(table, r0, axis=0)  # running sums along each row bin
         sums = sums.reshape(len(r0), -1)

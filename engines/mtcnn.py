@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from engines import boxes as bx
-from engines.base import Engine, bounds_text, input_limits, within
+from engines.base import Engine, Floats, bounds_text, input_limits, within
 from engines.images import AreaPyramid, as_bgr8
 from engines.mtcnn_base import Candidates, concat_candidates, no_candidates
 from engines.mtcnn_calls import default_lanes
@@ -82,9 +82,9 @@ class FrameDetections:
     the image), in pixels.
     """
 
-    bbox_xyxy: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
-    score: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
-    landmarks: np.ndarray = field(default_factory=lambda: np.zeros((0, 5, 2), np.float32))
+    bbox_xyxy: Floats = field(default_factory=lambda: np.zeros((0, 4), np.float32))
+    score: Floats = field(default_factory=lambda: np.zeros(0, np.float32))
+    landmarks: Floats = field(default_factory=lambda: np.zeros((0, 5, 2), np.float32))
 
     def __len__(self) -> int:
         return len(self.score)

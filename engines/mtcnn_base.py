@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 
 from engines import boxes as bx
-from engines.base import Engine, padded_batch
+from engines.base import Engine, Indices, padded_batch
 from engines.images import AreaPyramid, area_crop_sums
 from engines.mtcnn_calls import crop_chunks, spread
 
@@ -59,7 +59,7 @@ class MTCNNBase:
         groups: np.ndarray | None = None,
         mode: str = "union",
         inclusive: bool = False,
-    ) -> np.ndarray:
+    ) -> Indices:
         """``engines.boxes.nms``: where every suppression of the detector runs (the device
         pipeline runs them on its device)."""
         return bx.nms(boxes_xyxy, scores, threshold, groups, mode, inclusive)

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from engines.align import margin_box, reference_landmarks, similarity_matrix
-from engines.base import Engine, EngineError, ModelMetadata
+from engines.base import Engine, EngineError, Floats, ModelMetadata
 from engines.facenet import FaceNet, FacePick
 from engines.torch_backend import import_torch
 from engines.torch_frames import DEVICE_FRAMES
@@ -80,7 +80,7 @@ class DeviceFaceNet(FaceNet):
         self._std = torch.tensor(np.asarray(meta.std, np.float32), device=self.device)
         self._std = self._std.reshape(-1, 1, 1)
 
-    def embed_picks(self, picks: Sequence[FacePick]) -> np.ndarray:
+    def embed_picks(self, picks: Sequence[FacePick]) -> Floats:
         if not picks:
             return np.zeros((0, self.embedding_size), np.float32)
         torch = import_torch()
@@ -91,7 +91,8 @@ class DeviceFaceNet(FaceNet):
                 embeddings = both[: len(x)] + both[len(x) :]
             else:
                 embeddings = self._infer(x)
-            return torch.nn.functional.normalize(embeddings, dim=1).cpu().numpy()
+            unit: Floats = torch.nn.functional.normalize(embeddings, dim=1).cpu().numpy()
+            return unit  # float32: the engine's outputs are (TorchEngine.infer_tensors)
 
     def crops(self, picks: Sequence[FacePick]) -> Any:
         """The picked faces cut from their frames on the device: (K, 3, S, S) float32 RGB

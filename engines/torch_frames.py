@@ -84,7 +84,7 @@ class DeviceFrames:
         self.keep = keep
         self.uploads = 0  # frames copied to a device so far (for tests and profiles)
         self._lock = threading.Lock()
-        self._frames: dict[tuple[int, str, bool], tuple[weakref.ref, DeviceFrame]] = {}
+        self._frames: dict[tuple[int, str, bool], tuple[weakref.ref[np.ndarray], DeviceFrame]] = {}
 
     def start_batch(self) -> None:
         with self._lock:

@@ -27,7 +27,7 @@ import numpy as np
 
 from engines import boxes as bx
 from engines import torch_boxes as tb
-from engines.base import Engine, EngineError, batch_limit
+from engines.base import Engine, EngineError, Indices, batch_limit
 from engines.mtcnn import MTCNN
 from engines.mtcnn_base import Candidates, no_candidates
 
@@ -163,7 +163,7 @@ class DeviceMTCNN(MTCNN):
         groups: np.ndarray | None = None,
         mode: str = "union",
         inclusive: bool = False,
-    ) -> np.ndarray:
+    ) -> Indices:
         """``engines.torch_boxes.nms`` on the boxes' numbers, uploaded (a few kB)."""
         torch = import_torch()
 
@@ -179,7 +179,8 @@ class DeviceMTCNN(MTCNN):
                 mode,
                 inclusive,
             )
-            return keep.cpu().numpy()
+            kept: Indices = keep.cpu().numpy()  # int64, as engines.boxes.nms gives
+            return kept
 
     def _infer_crops(  # type: ignore[override]
         self,
