@@ -18,7 +18,7 @@ from daemon.config_outputs import ArchiveConfig
 from daemon.journal import print_error
 
 
-def register(commands: argparse._SubParsersAction) -> None:
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = commands.add_parser("archive", help="the visits kept in the face archive (archive.dir)")
     sub = p.add_subparsers(dest="archive_command", metavar="ACTION", required=True)
     _register_list(sub)
@@ -26,7 +26,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     _register_prune(sub)
 
 
-def _register_list(sub: argparse._SubParsersAction) -> None:
+def _register_list(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     listing = sub.add_parser(
         "list",
         help="one line per visit",
@@ -85,7 +85,7 @@ def _add_visit_filters(listing: argparse.ArgumentParser) -> None:
     )
 
 
-def _register_remove(sub: argparse._SubParsersAction) -> None:
+def _register_remove(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     remove = sub.add_parser(
         "remove",
         help="delete visits",
@@ -104,7 +104,7 @@ def _register_remove(sub: argparse._SubParsersAction) -> None:
     remove.set_defaults(func=run_remove)
 
 
-def _register_prune(sub: argparse._SubParsersAction) -> None:
+def _register_prune(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     prune = sub.add_parser(
         "prune",
         help="delete the visits past keep_days or beyond max_mb now",

@@ -51,7 +51,8 @@ def _distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     dist = np.asarray(a, np.float32) @ np.asarray(b, np.float32).T
     dist *= -2.0  # in place: no second and third (rows, M) array
     dist += 2.0
-    return np.maximum(dist, 0.0, out=dist)
+    clipped: np.ndarray = np.maximum(dist, 0.0, out=dist)  # ``dist`` itself
+    return clipped
 
 
 def _nearest_distances(

@@ -50,7 +50,7 @@ class Outputs:
 
 def draw(image: np.ndarray, found: FrameDetections) -> np.ndarray:
     """A copy of ``image`` with each face's box, score and landmarks drawn."""
-    out = image.copy()
+    out: np.ndarray = image.copy()
     thickness = max(1, round(max(image.shape[:2]) / 600))
     for box, score, points in zip(found.bbox_xyxy, found.score, found.landmarks, strict=True):
         x1, y1, x2, y2 = (round(float(v)) for v in box)

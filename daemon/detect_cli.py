@@ -34,7 +34,7 @@ from engines.mtcnn import (
 logger = logging.getLogger(__name__)
 
 
-def register(commands: argparse._SubParsersAction) -> None:
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = commands.add_parser(
         "detect",
         help="find faces and 5 landmarks in images, videos and folders",

@@ -61,7 +61,7 @@ def parse_wh(text: str) -> tuple[int, int]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def register(commands: argparse._SubParsersAction) -> None:
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = commands.add_parser(
         "engines",
         help="build TensorRT engines from ONNX models, list and prune cached ones",
@@ -101,7 +101,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     pr.set_defaults(func=run_prune)
 
 
-def _register_build(sub: argparse._SubParsersAction) -> None:
+def _register_build(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     b = sub.add_parser(
         "build",
         help="compile an ONNX model (with its .json sidecar), or a daemon config's models, to plans",

@@ -68,8 +68,9 @@ def enroll_crop(models: Models, gates: QualityGates, path: Path) -> np.ndarray:
     if expected is None and len(found) > 1:  # --largest chose: say which, to be checked
         tqdm.write(terminal_text(f"note: {path}: {largest_note(found, k)}"), file=sys.stderr)
     crop = models.facenet.align(image, found, [k])
-    gates.check_sharpness(crop[0])
-    return crop[0]
+    face: np.ndarray = crop[0]
+    gates.check_sharpness(face)
+    return face
 
 
 def archived_face(path: Path) -> np.ndarray | None:

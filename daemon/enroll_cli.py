@@ -60,7 +60,7 @@ from engines.image_files import is_hidden
 from engines.mtcnn import MTCNNConfig
 
 
-def register(commands: argparse._SubParsersAction) -> None:
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = commands.add_parser(
         "enroll",
         help="add people to the gallery from photos",

@@ -13,6 +13,7 @@ import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -139,7 +140,7 @@ class Run:
         )
         return code
 
-    def _read(self, person: Person, bar: tqdm) -> None:
+    def _read(self, person: Person, bar: tqdm[Any]) -> None:
         """Each of ``person``'s photos to a crop (embedded each EMBED_CHUNK), or rejected."""
         pending = self.pending
         mark = len(pending.accepted)
@@ -150,7 +151,7 @@ class Run:
             raise
         pending.people.append(person)
 
-    def _read_photos(self, person: Person, bar: tqdm) -> None:
+    def _read_photos(self, person: Person, bar: tqdm[Any]) -> None:
         pending = self.pending
         for reason in person.rejected:
             self._reject(person.name, terminal_text(reason))

@@ -43,7 +43,8 @@ def _write_line(stream: TextIO, line: str) -> None:
 
 
 def _floats(values: np.ndarray, digits: int = 1) -> list[Any]:
-    return np.round(np.asarray(values, dtype=np.float64), digits).tolist()
+    rounded: list[Any] = np.round(np.asarray(values, dtype=np.float64), digits).tolist()
+    return rounded
 
 
 def event_json(

@@ -33,7 +33,7 @@ from daemon.journal import print_error
 logger = logging.getLogger(__name__)
 
 
-def register(commands: argparse._SubParsersAction) -> None:
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = commands.add_parser(
         "gallery",
         help="list, remove, rename, set thresholds, export, import, calibrate enrolled people",
@@ -49,7 +49,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def _action(
-    sub: argparse._SubParsersAction,
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
     name: str,
     help_text: str,
     func: Any,
@@ -65,7 +65,7 @@ def _action(
     return parser
 
 
-def _register_list(sub: argparse._SubParsersAction) -> None:
+def _register_list(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     listing = _action(
         sub,
         "list",
@@ -88,7 +88,7 @@ def _register_list(sub: argparse._SubParsersAction) -> None:
     )
 
 
-def _register_remove(sub: argparse._SubParsersAction) -> None:
+def _register_remove(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     remove = _action(
         sub,
         "remove",
@@ -131,13 +131,13 @@ def _register_remove(sub: argparse._SubParsersAction) -> None:
     )
 
 
-def _register_rename(sub: argparse._SubParsersAction) -> None:
+def _register_rename(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     rename = _action(sub, "rename", "rename a person", _rename)
     rename.add_argument("old", help="the person's name now")
     rename.add_argument("new", help="the new name")
 
 
-def _register_threshold(sub: argparse._SubParsersAction) -> None:
+def _register_threshold(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     threshold = _action(
         sub,
         "threshold",
@@ -160,7 +160,7 @@ def _register_threshold(sub: argparse._SubParsersAction) -> None:
     )
 
 
-def _register_export(sub: argparse._SubParsersAction) -> None:
+def _register_export(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     export = _action(
         sub,
         "export",
@@ -173,7 +173,7 @@ def _register_export(sub: argparse._SubParsersAction) -> None:
     export.add_argument("--force", action="store_true", help="replace FILE if it exists")
 
 
-def _register_import(sub: argparse._SubParsersAction) -> None:
+def _register_import(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     imports = _action(
         sub,
         "import",
@@ -187,7 +187,7 @@ def _register_import(sub: argparse._SubParsersAction) -> None:
     imports.add_argument("file", type=Path, help="a gallery export: FILE.json or FILE.npz")
 
 
-def _register_calibrate(sub: argparse._SubParsersAction) -> None:
+def _register_calibrate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     calib = _action(
         sub,
         "calibrate",

@@ -11,6 +11,7 @@ import sqlite3
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -34,7 +35,8 @@ class GalleryReader:
 
     def __init__(self, path: Path, conn: sqlite3.Connection, writable: bool) -> None:
         self.path, self._conn, self.writable = path, conn, writable
-        self._meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        # (meta's values are TEXT NOT NULL: gallery_file's schema)
+        self._meta: dict[str, str] = dict(conn.execute("SELECT key, value FROM meta").fetchall())
         self._matrix: tuple[np.ndarray, np.ndarray, list[str], np.ndarray, np.ndarray] | None = None
         # the daemon's recognition.threshold, when set, replaces the stored default
         self.threshold_override: float | None = None
@@ -159,7 +161,7 @@ class GalleryReader:
         close = [twin[0]] if twin else difflib.get_close_matches(lookup_name(name), ids, n=1)
         return close[0] if close else None
 
-    def _read(self, sql: str) -> list[tuple]:
+    def _read(self, sql: str) -> list[tuple[Any, ...]]:
         try:
             return self._conn.execute(sql).fetchall()
         except sqlite3.DatabaseError as exc:

@@ -16,6 +16,7 @@ import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -50,13 +51,13 @@ from engines.mtcnn import FrameDetections
 RUNNER_UP_MARGIN = 0.02
 
 
-def register(commands: argparse._SubParsersAction) -> None:
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """``identify`` and the ``gallery`` commands (``enroll``: daemon/enroll_cli.py)."""
     _add_identify(commands)
     gallery_cli.register(commands)
 
 
-def _add_identify(commands: argparse._SubParsersAction) -> None:
+def _add_identify(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = commands.add_parser(
         "identify",
         help="name every face in photos (or say unknown), and who was in a video, and when",
@@ -300,7 +301,7 @@ def _match_json(match: Match) -> dict[str, object]:
     }
 
 
-def _too_small(face: dict, min_face: MinFace | None) -> str:
+def _too_small(face: dict[str, Any], min_face: MinFace | None) -> str:
     """A named face's note that the daemon would not match it: its box's shorter side, as
     the daemon measures it, under ``min_face`` ('' otherwise): to a tenth of a pixel, as
     a box printed rounded can look as wide as the limit (a 29.6 px side under 30 said '29 px'),
@@ -318,7 +319,7 @@ def _too_small(face: dict, min_face: MinFace | None) -> str:
     )
 
 
-def _describe(face: dict) -> str:
+def _describe(face: dict[str, Any]) -> str:
     if face["identity"] is not None and face["runner_up"] is not None:
         return (
             f"{face['identity']} (distance {face['distance']:.3f}; {face['runner_up']} close "
@@ -333,7 +334,7 @@ def _describe(face: dict) -> str:
 
 def draw(image: np.ndarray, found: FrameDetections, matches: list[Match]) -> np.ndarray:
     """A copy of ``image`` with each face boxed and labelled (green: known, red: unknown)."""
-    out = image.copy()
+    out: np.ndarray = image.copy()
     thickness = max(1, round(max(image.shape[:2]) / 600))
     for box, match in zip(found.bbox_xyxy, matches, strict=True):
         x1, y1, x2, y2 = (round(float(v)) for v in box)

@@ -277,7 +277,7 @@ def _daemons_detector(detector: MTCNN, config: Config) -> MTCNN:
 
 
 def _run(
-    pipeline: Pipeline, frames: Iterator[Frame], size: int, progress: Progress, bar: tqdm
+    pipeline: Pipeline, frames: Iterator[Frame], size: int, progress: Progress, bar: tqdm[Any]
 ) -> None:
     """Feed the pipeline batches of up to ``size`` frames, as its scheduler does when a
     camera's frames wait, its tracks expired on the video's clock before each batch; at the
@@ -302,7 +302,7 @@ def _run(
     pipeline.expire(progress.time_s, stopping=True)
 
 
-def _process(pipeline: Pipeline, batch: list[Frame], progress: Progress, bar: tqdm) -> None:
+def _process(pipeline: Pipeline, batch: list[Frame], progress: Progress, bar: tqdm[Any]) -> None:
     pipeline.expire(batch[0].ts)  # (the scheduler's, every 0.25 s: here at each batch)
     pipeline.process(batch)
     progress.searched += len(batch)

@@ -69,7 +69,10 @@ class Thumb:
     grey: np.ndarray  # the frame sampled every few pixels, grey
     bars: tuple[float, float, float, float]  # black top, bottom, left, right (parts of a side)
     blank: bool  # the frame is dark or nearly one grey (BLANK_SPREAD): never compared
-    edges: dict = field(default_factory=dict)  # crop -> (blocks, shows)
+    # crop -> (blocks, shows)
+    edges: dict[tuple[int, int, int, int], tuple[np.ndarray, np.ndarray]] = field(
+        default_factory=dict
+    )
 
     def cropped(self, bars: tuple[float, float, float, float]) -> tuple[np.ndarray, np.ndarray]:
         """The levelled edges by block, and which blocks show something, inside ``bars``."""
@@ -100,7 +103,8 @@ def _edges(small: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _brightest(grey: np.ndarray, axis: int) -> np.ndarray:
     """The 95th percentile of each row (``axis`` 1) or column (``axis`` 0) of ``grey``."""
     k = int(0.95 * (grey.shape[axis] - 1))
-    return np.take(np.partition(grey, k, axis=axis), k, axis=axis)
+    brightest: np.ndarray = np.take(np.partition(grey, k, axis=axis), k, axis=axis)
+    return brightest
 
 
 def _bars(dark: np.ndarray) -> tuple[int, int]:

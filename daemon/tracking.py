@@ -75,7 +75,8 @@ def squared_distances(embedding: np.ndarray, others: np.ndarray) -> np.ndarray:
     of ``others`` (N, D)."""
     unit = embedding / max(float(np.linalg.norm(embedding)), 1e-12)
     norms = np.maximum(np.linalg.norm(others, axis=1, keepdims=True), 1e-12)
-    return np.maximum(2.0 - 2.0 * (others / norms) @ unit, 0.0)
+    distances: np.ndarray = np.maximum(2.0 - 2.0 * (others / norms) @ unit, 0.0)
+    return distances
 
 
 # the gallery's matching (Gallery.match): (N, D) embeddings -> the Match of each
