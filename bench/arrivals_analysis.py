@@ -28,11 +28,11 @@ def _event(topic: str) -> bool:
     return topic.endswith(f"/events/{CAMERA}")
 
 
-def _answer_test(stranger: bool) -> Callable[[str, dict], bool]:
+def _answer_test(stranger: bool) -> Callable[[str, dict[str, Any]], bool]:
     """Whether a message is his naming, or (``stranger``) his announcement as unknown."""
     wanted = None if stranger else PERSON
 
-    def answer(topic: str, p: dict) -> bool:  # his naming, or his announcement as unknown
+    def answer(topic: str, p: dict[str, Any]) -> bool:  # his naming, or his announcement as unknown
         return (
             _event(topic)
             and p["type"] in ("confirmed", "identified")
@@ -43,7 +43,7 @@ def _answer_test(stranger: bool) -> Callable[[str, dict], bool]:
     return answer
 
 
-def _events(messages: list[Message], start: float, end: float) -> list[dict]:
+def _events(messages: list[Message], start: float, end: float) -> list[dict[str, Any]]:
     """The camera's events received from ``start`` until ``end``."""
     return [
         p for t, topic, p in messages if start <= t < end and isinstance(p, dict) and _event(topic)

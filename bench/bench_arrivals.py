@@ -170,7 +170,7 @@ def adapted_config(
 ) -> dict[str, Any]:
     """configs/NAME.yaml with its first camera's settings on the RTSP camera, the broker and
     metrics ports, the paths in ``folder``, the shipped FaceNet model and ``gallery``."""
-    settings = yaml.safe_load(CONFIGS[name].read_text())
+    settings: dict[str, Any] = yaml.safe_load(CONFIGS[name].read_text())
     camera = {**settings["cameras"][0], "name": CAMERA, "url": camera_url}
     settings["cameras"] = [camera]
     settings["recognition"] = {

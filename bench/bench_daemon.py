@@ -26,6 +26,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import yaml
@@ -120,14 +121,14 @@ def sample_rss(pid: int, stop: threading.Event, into: list[float]) -> None:
 
 
 def daemon_config(
-    cameras: list[dict],
+    cameras: list[dict[str, Any]],
     broker_port: int,
     folder: Path,
     model: Path,
     gallery: Path,
     detection: dict[str, object],
     overrides: dict[str, dict[str, object]] | None,
-) -> dict:
+) -> dict[str, Any]:
     """The tests' daemon settings for these cameras and broker, with the model, the gallery,
     the ``detection`` settings and ``overrides`` (section -> settings) on top."""
     settings = daemon_settings(
@@ -149,7 +150,7 @@ def measure(
     warmup_s: float,
     seconds: float,
     running: contextlib.ExitStack,
-) -> tuple[dict[str, float], dict[str, float], float, list[dict], list[float]]:
+) -> tuple[dict[str, float], dict[str, float], float, list[dict[str, Any]], list[float]]:
     """After the first batch and ``warmup_s``: the daemon's metrics before and after
     ``seconds`` (and the seconds they were apart), the events received meanwhile and its RSS
     every 0.5 s. The daemon's log on stderr when that fails."""
@@ -185,7 +186,7 @@ def run(
     overrides: dict[str, dict[str, object]] | None = None,
     clip: Path | None = None,
     env: dict[str, str] | None = None,
-) -> dict:
+) -> dict[str, Any]:
     clip = clip or clip_720p()
     names = [f"cam{k + 1}" for k in range(n)]
     # each part is stopped however the run ends, a start that fails included (its stop is
@@ -275,7 +276,7 @@ def parse_overrides(
 
 def run_all(
     args: argparse.Namespace, overrides: dict[str, dict[str, object]], env: dict[str, str]
-) -> list[dict]:
+) -> list[dict[str, Any]]:
     """One run per --cameras count, in a folder of its own, each printed as it ends."""
     results = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -303,7 +304,7 @@ def run_all(
     return results
 
 
-def print_table(results: list[dict]) -> None:
+def print_table(results: list[dict[str, Any]]) -> None:
     print(
         f"\n{'cams':>4} {'fps/cam':>8} {'dropped':>8} {'p50 ms':>7} {'p99 ms':>7} {'RSS MB':>7} {'CPU s/s':>7}  ms/frame by stage"
     )

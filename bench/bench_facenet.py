@@ -290,7 +290,9 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def measure_all(args: argparse.Namespace, folder: Path) -> tuple[dict[str, Any], list[dict]]:
+def measure_all(
+    args: argparse.Namespace, folder: Path
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Every worker, the embedding ones --rounds times in turn, then the matching one; the
     model is --model, the shipped one, or a random Inception-ResNet-v1 made in ``folder``.
     Returns each kind's merged result and each worker's machine figures in the order run."""

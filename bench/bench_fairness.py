@@ -235,7 +235,8 @@ def group_figures(
 
 def between(pairs: dict[str, Any], one: np.ndarray, two: np.ndarray) -> np.ndarray:
     """The distance histogram of the pairs of an image of cells ``one`` and one of ``two``."""
-    return pairs["hist"][np.unique(pairs["index"][np.ix_(one, two)])].sum(axis=0)
+    hist: np.ndarray = pairs["hist"][np.unique(pairs["index"][np.ix_(one, two)])].sum(axis=0)
+    return hist
 
 
 def across_races(

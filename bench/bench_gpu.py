@@ -92,12 +92,14 @@ def facewatch_mtcnn(models: Path, backend: str, env: dict[str, str], lanes: int)
     return detect
 
 
-def time_batches(detect: Detect, frames: list[np.ndarray], batch: int) -> tuple[float, list]:
+def time_batches(
+    detect: Detect, frames: list[np.ndarray], batch: int
+) -> tuple[float, list[tuple[np.ndarray, np.ndarray]]]:
     """Frames/s over all full batches after one untimed warm-up batch; and the detections."""
     batches = [frames[i : i + batch] for i in range(0, len(frames) - batch + 1, batch)]
     detect(batches[0])
     sync()
-    found: list = []
+    found: list[tuple[np.ndarray, np.ndarray]] = []
     start = time.perf_counter()
     for chunk in batches:
         found.extend(detect(chunk))
@@ -105,7 +107,9 @@ def time_batches(detect: Detect, frames: list[np.ndarray], batch: int) -> tuple[
     return len(found) / (time.perf_counter() - start), found
 
 
-def agreement(ref: list, ours: list) -> str:
+def agreement(
+    ref: list[tuple[np.ndarray, np.ndarray]], ours: list[tuple[np.ndarray, np.ndarray]]
+) -> str:
     matched = total = extra = 0
     for (rb, _), (ob, _) in zip(ref, ours, strict=True):
         pairs = greedy_match(np.asarray(rb).reshape(-1, 4), np.asarray(ob).reshape(-1, 4), 0.9)
@@ -223,7 +227,12 @@ def environment(device: str) -> dict[str, str]:
     return info
 
 
-def markdown(env: dict[str, str], args: argparse.Namespace, mtcnn: list, faces: list) -> str:
+def markdown(
+    env: dict[str, str],
+    args: argparse.Namespace,
+    mtcnn: list[dict[str, Any]],
+    faces: list[dict[str, Any]],
+) -> str:
     lines = [f"# GPU benchmark ({', '.join(f'{k} {v}' for k, v in env.items())})", ""]
     lines += [f"## MTCNN, batches of {args.batch} frames ({args.frames} frames per clip)", ""]
     lines += [

@@ -53,7 +53,9 @@ ROW_KEYS = ("reference", "ref_bB", "ours_b1", "ours_bB")  # a row's four workers
 # ---------------------------------------------------------------- comparison
 
 
-def compare(ref: list[dict], ours: list[dict], first_frame: int) -> dict:
+def compare(
+    ref: list[dict[str, Any]], ours: list[dict[str, Any]], first_frame: int
+) -> dict[str, Any]:
     """Agreement of two runs over the same frames: matches, misses, extras, worst deviations.
 
     `first_frame` is the clip index of the first compared frame (the timed frames start after
@@ -86,7 +88,7 @@ def compare(ref: list[dict], ours: list[dict], first_frame: int) -> dict:
     }
 
 
-def agreement_text(agree: dict | None) -> str:
+def agreement_text(agree: dict[str, Any] | None) -> str:
     if agree is None:
         return "n/a"
     text = f"{agree['matched']}/{agree['ref_faces']}"
@@ -100,7 +102,7 @@ def agreement_text(agree: dict | None) -> str:
 # ---------------------------------------------------------------- driver
 
 
-def run_one(args: argparse.Namespace, impl: str, clip: str, batch: int) -> dict:
+def run_one(args: argparse.Namespace, impl: str, clip: str, batch: int) -> dict[str, Any]:
     """Run one worker subprocess; returns its result, or {"error": ...} if it failed."""
     python = args.python_ref if impl == "reference" else args.python_ours
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
@@ -133,7 +135,7 @@ def fmt(value: float | None, spec: str, unit: str = "") -> str:
     return "n/a" if value is None else format(value, spec) + unit
 
 
-def table(rows: list[dict], batch: int) -> str:
+def table(rows: list[dict[str, Any]], batch: int) -> str:
     """The markdown summary table; each speed-up is against the reference at the same batch."""
     head = (
         f"| clip | resolution | reference fps b1 / b{batch} | facewatch fps b1 / b{batch} "
@@ -164,7 +166,7 @@ def table(rows: list[dict], batch: int) -> str:
     return "\n".join(lines)
 
 
-def fps_text(result: dict) -> str:
+def fps_text(result: dict[str, Any]) -> str:
     """Frames/s; over several rounds the median, with the range."""
     rounds = result.get("fps_rounds") or []
     text = fmt(result.get("fps"), ".2f")
@@ -173,7 +175,7 @@ def fps_text(result: dict) -> str:
     return text
 
 
-def merge_rounds(results: list[dict]) -> dict:
+def merge_rounds(results: list[dict[str, Any]]) -> dict[str, Any]:
     """One worker's results over the rounds: the median fps, the highest RSS, the first
     round's detections and the rest."""
     ok = [r for r in results if "fps" in r]
@@ -191,10 +193,10 @@ def merge_rounds(results: list[dict]) -> dict:
     return merged
 
 
-def run_clip(args: argparse.Namespace, clip: str, machines: list[dict]) -> dict:
+def run_clip(args: argparse.Namespace, clip: str, machines: list[dict[str, Any]]) -> dict[str, Any]:
     """One clip's row: its four workers, --rounds times side by side, merged, and their
     agreement; each worker's machine figures are appended to ``machines`` as it ends."""
-    runs: dict[str, list[dict]] = {key: [] for key in ROW_KEYS}
+    runs: dict[str, list[dict[str, Any]]] = {key: [] for key in ROW_KEYS}
     plan = [
         ("reference", "reference", 1),
         ("ours_b1", "facewatch", 1),
@@ -224,7 +226,9 @@ def run_clip(args: argparse.Namespace, clip: str, machines: list[dict]) -> dict:
     return row
 
 
-def print_report(rows: list[dict], machines: list[dict], batch: int) -> list[str]:
+def print_report(
+    rows: list[dict[str, Any]], machines: list[dict[str, Any]], batch: int
+) -> list[str]:
     """The table, the frames that differ, the machine's lines; returns the failed workers."""
     print(table(rows, batch))
     for row in rows:
@@ -241,7 +245,10 @@ def print_report(rows: list[dict], machines: list[dict], batch: int) -> list[str
 
 
 def write_json(
-    args: argparse.Namespace, rows: list[dict], machines: list[dict], failed: bool
+    args: argparse.Namespace,
+    rows: list[dict[str, Any]],
+    machines: list[dict[str, Any]],
+    failed: bool,
 ) -> None:
     """The results to --json, without the detections (they only matter for the comparison)."""
     for row in rows:  # keep the JSON small: detections only matter for the comparison
@@ -263,7 +270,7 @@ def write_json(
 
 
 def run_driver(args: argparse.Namespace) -> int:
-    machines: list[dict] = []  # each worker's, in the order they ran
+    machines: list[dict[str, Any]] = []  # each worker's, in the order they ran
     rows = [run_clip(args, clip, machines) for clip in args.clips]
     failed = print_report(rows, machines, args.batch)
     if args.json:

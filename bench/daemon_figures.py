@@ -5,6 +5,7 @@ per camera, latencies, memory, CPU and the work per processed frame."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -20,9 +21,9 @@ def figures(
     before: dict[str, float],
     after: dict[str, float],
     elapsed: float,
-    events: list[dict],
+    events: list[dict[str, Any]],
     rss: list[float],
-) -> dict:
+) -> dict[str, Any]:
     """Rates, latencies, memory and stage times between two scrapes of the daemon's metrics."""
 
     def change(metric: str) -> float:
@@ -59,7 +60,7 @@ def _per_camera(
     }
 
 
-def _latencies(events: list[dict]) -> dict[str, float | None]:
+def _latencies(events: list[dict[str, Any]]) -> dict[str, float | None]:
     """p50, p99 and the worst of frame -> published, in ms, over the events but ``left``."""
 
     def ms(values: np.ndarray, q: float) -> float | None:

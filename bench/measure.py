@@ -10,6 +10,7 @@ import resource
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -64,7 +65,7 @@ def run_measured(
     return proc, machine
 
 
-def machine_summary(machines: list[dict]) -> list[str]:
+def machine_summary(machines: list[dict[str, Any]]) -> list[str]:
     """Lines under the results: the load the workers ran under, and a WARNING when others'
     load was over BUSY_LIMIT (machines: each worker's, in the order they ran)."""
     if not machines:

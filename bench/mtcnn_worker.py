@@ -184,7 +184,7 @@ def worker_result(
     }
 
 
-def detections_json(detections: list[Detections]) -> list[dict[str, list]]:
+def detections_json(detections: list[Detections]) -> list[dict[str, list[Any]]]:
     return [
         {
             "bbox_xyxy": np.asarray(b).tolist(),
