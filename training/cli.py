@@ -15,7 +15,7 @@ from engines.base import install_hint
 logger = logging.getLogger(__name__)
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the `train` command group to the top-level parser."""
     train = subparsers.add_parser(
         "train", help="training tools: import/export MTCNN, train and validate FaceNet"

@@ -13,7 +13,7 @@ from training.cli_teacher import fail
 from training.help_format import DefaultsHelpFormatter
 
 
-def register_export(commands: argparse._SubParsersAction) -> None:
+def register_export(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add `export` to the `facewatch train` sub-parsers."""
     p = commands.add_parser(
         "export",

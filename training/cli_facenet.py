@@ -25,7 +25,7 @@ from training.help_format import NO_PROGRESS_HELP, DefaultsHelpFormatter
 logger = logging.getLogger(__name__)
 
 
-def register_facenet(commands: argparse._SubParsersAction) -> None:
+def register_facenet(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the FaceNet subcommands to the `facewatch train` sub-parsers."""
     _add_align(commands)
     _add_triplet(commands)
@@ -47,7 +47,7 @@ def _true_or_false(text: str) -> bool:
     )
 
 
-def _add_align(commands: argparse._SubParsersAction) -> None:
+def _add_align(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = commands.add_parser(
         "align",
         formatter_class=DefaultsHelpFormatter,
@@ -175,7 +175,7 @@ def _align(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_triplet(commands: argparse._SubParsersAction) -> None:
+def _add_triplet(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from training.train_options import build_parser
 
     p = commands.add_parser(

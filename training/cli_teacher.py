@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from training.dlib_faces import DlibSettings
 
 
-def register_teacher(commands: argparse._SubParsersAction) -> None:
+def register_teacher(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the teacher subcommands to the `facewatch train` sub-parsers."""
     _add_embed(commands)
     _add_dlib(commands)
@@ -32,7 +32,7 @@ def fail(message: str) -> int:
     return 2
 
 
-def _add_embed(commands: argparse._SubParsersAction) -> None:
+def _add_embed(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = commands.add_parser(
         "embed",
         help="embed a folder-per-identity dataset with an ONNX model into a .npz teacher file",
@@ -104,7 +104,7 @@ def _dlib_settings(args: argparse.Namespace) -> DlibSettings:
     return DlibSettings(args.locate, args.upsample, args.jitters, 0.25, box, args.pad)
 
 
-def _add_dlib(commands: argparse._SubParsersAction) -> None:
+def _add_dlib(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from training.dlib_faces import CROP_BOX
 
     crop_box = ",".join(f"{v:g}" for v in CROP_BOX)
@@ -204,7 +204,7 @@ def _validate_dlib(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_import_dlib(commands: argparse._SubParsersAction) -> None:
+def _add_import_dlib(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from engines.loader import default_facenet
 
     p = commands.add_parser(

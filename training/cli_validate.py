@@ -16,7 +16,7 @@ from training.help_format import NO_PROGRESS_HELP, DefaultsHelpFormatter
 logger = logging.getLogger(__name__)
 
 
-def register_validate(commands: argparse._SubParsersAction) -> None:
+def register_validate(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add `validate` to the `facewatch train` sub-parsers."""
     p = commands.add_parser(
         "validate",

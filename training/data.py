@@ -224,7 +224,7 @@ class Augment:
         return np.ascontiguousarray(image.transpose(2, 0, 1))
 
 
-class FaceImages(Dataset):
+class FaceImages(Dataset[tuple[torch.Tensor, int, int]]):
     """Images by path, augmented. A key is an image index or (image index, round);
     items are (CHW uint8 tensor, label, image index).
 

@@ -285,7 +285,7 @@ def _embed_batches(
     names: list[str],
     done: dict[str, tuple[np.ndarray, bool]],
     summary: EmbedSummary,
-    bar: tqdm,
+    bar: tqdm[Any],
     save_every: int,
     save_partial: Callable[[], None],
 ) -> None:

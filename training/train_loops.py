@@ -85,7 +85,7 @@ class Run:
     loader_wait_s: float = 0.0  # this epoch's time spent waiting for the loader's batches
     saved_epoch: int | None = None  # the epoch of the last checkpoint in model_dir
     losses: list[float] = field(default_factory=list)  # the current epoch's, one per step
-    _loader: DataLoader | None = None
+    _loader: DataLoader[tuple[torch.Tensor, int, int]] | None = None
     _plan: BatchPlan = field(default_factory=BatchPlan)
     _offsets: np.ndarray | None = None
 
@@ -257,7 +257,7 @@ def _selection_round(
     ]
 
 
-def triplet_epoch(run: Run, bar: tqdm) -> None:
+def triplet_epoch(run: Run, bar: tqdm[Any]) -> None:
     """``epoch_size`` batches of triplets, reselecting after each people x images sample."""
     a = run.args
     rng = np.random.default_rng((a.seed, run.epoch))
@@ -306,7 +306,7 @@ def _image_batches(run: Run) -> Iterator[tuple[int, torch.Tensor, torch.Tensor, 
         yield batch, x, y, indices
 
 
-def classifier_epoch(run: Run, bar: tqdm) -> None:
+def classifier_epoch(run: Run, bar: tqdm[Any]) -> None:
     """Softmax classification of the identities plus center loss on the embedding."""
     if run.center is None:
         raise RuntimeError("center loss state missing")
@@ -328,7 +328,7 @@ def classifier_epoch(run: Run, bar: tqdm) -> None:
         bar.set_postfix(loss=f"{value:.4f}", center=f"{parts['center']:.4f}")
 
 
-def distill_epoch(run: Run, bar: tqdm) -> None:
+def distill_epoch(run: Run, bar: tqdm[Any]) -> None:
     """Match the teacher's embeddings of the same images (see training/teacher.py).
 
     Each step's loss is read (and reported) once the next step is queued: reading it waits
@@ -369,7 +369,7 @@ def distill_epoch(run: Run, bar: tqdm) -> None:
     report()
 
 
-EPOCHS: dict[str, Callable[[Run, tqdm], None]] = {
+EPOCHS: dict[str, Callable[[Run, tqdm[Any]], None]] = {
     "triplet": triplet_epoch,
     "center": classifier_epoch,
     "distill": distill_epoch,
