@@ -1,13 +1,6 @@
-"""Per-camera face tracks: association by where each track's face is predicted to be, a
-look at a face that came back after a gap, an identity vote over each track, and the
-decisions of when an event is due.
-
-Association: each track keeps the velocity of its face (smoothed, capped, not learnt from a
-box that changed size, zero as soon as the face turns back) and, once it moved steadily
-``tracks.STEADY_MOVES`` times, a frame's faces are matched to the tracks' boxes predicted
-at its time (at most one face width along) or their last boxes, whichever fits better, by
-IoU, then by the nearest centre. A face that passes in front of another keeps its own track,
-and the hidden one is found again when it shows, where it stood or a little along its path.
+"""Per-camera face tracks: association by where each track's face is predicted to be
+(``daemon.track_matching``), a look at a face that came back after a gap, an identity vote
+over each track, and the decisions of when an event is due.
 
 A track that came back after a gap (missing in the camera's frame before) has its face
 embedded at once. When that face and the next are both someone else's, the track ends
@@ -54,13 +47,12 @@ import numpy as np
 
 from daemon.config_pipeline import TrackingConfig
 from daemon.gallery_match import Match
+from daemon.track_matching import match_faces
 from daemon.tracks import UNKNOWN, Track, TrackEvent, Vote, _Before, _Doubt, _looks_at, _restore
-from engines.boxes import center_shift_matrix, greedy_pairs, iou_matrix
 from engines.mtcnn import FrameDetections
 
 logger = logging.getLogger(__name__)
 
-MAX_SIZE_CHANGE = 1.5  # a face matched by its centre alone keeps its size within this factor
 # a stranger's face that came back after a gap is someone else only when it and the track's
 # next face are both farther than this many times the gallery's threshold from the faces
 # the track kept, at least MIN_KEPT of them (one person's faces lie beyond the threshold
@@ -115,15 +107,7 @@ class Tracker:
         assigned: list[Track | None] = [None] * len(faces)
         live = [t for t in self.tracks if t.last_seen < ts]
         if live and len(faces):
-            boxes = faces.bbox_xyxy
-            where = (
-                np.stack([t.predicted(ts) for t in live]),
-                np.stack([t.bbox_xyxy for t in live]),
-            )
-            overlap = np.maximum(iou_matrix(boxes, where[0]), iou_matrix(boxes, where[1]))
-            for i, j in greedy_pairs(overlap, self.config.iou_threshold):
-                assigned[i] = live[j]
-            self._match_moved(boxes, live, where, assigned)
+            assigned = match_faces(faces.bbox_xyxy, live, ts, self.config)
         result = []
         for i, track in enumerate(assigned):
             box = faces.bbox_xyxy[i]
@@ -160,33 +144,6 @@ class Tracker:
             track.hits, track.velocity_xy, track.moves, ts, wall_ts,
         )  # fmt: skip
         track.doubt = _Doubt(before, ts)
-
-    def _match_moved(
-        self,
-        boxes: np.ndarray,
-        live: list[Track],
-        where: tuple[np.ndarray, np.ndarray],
-        assigned: list[Track | None],
-    ) -> None:
-        """Second pass for faces whose box does not overlap their track's predicted or last
-        one (low fps, a turn, a stop): the nearest centre of either within ``max_shift`` face
-        widths, size within 1.5x."""
-        faces = [i for i, t in enumerate(assigned) if t is None]
-        taken = {id(t) for t in assigned if t is not None}
-        free = [j for j, t in enumerate(live) if id(t) not in taken]
-        if not faces or not free or self.config.max_shift <= 0:
-            return
-        predicted, last = where[0][free], where[1][free]
-        shift = np.minimum(
-            center_shift_matrix(boxes[faces], predicted), center_shift_matrix(boxes[faces], last)
-        )
-        width_new = boxes[faces, 2] - boxes[faces, 0]
-        ratio = width_new[:, None] / np.maximum(last[None, :, 2] - last[None, :, 0], 1e-9)
-        scores = np.where(
-            (ratio > 1 / MAX_SIZE_CHANGE) & (ratio < MAX_SIZE_CHANGE), -shift, -np.inf
-        )
-        for i, j in greedy_pairs(scores, -self.config.max_shift):
-            assigned[faces[i]] = live[free[j]]
 
     def wants_embedding(self, track: Track) -> bool:
         """New tracks, undecided ones (no identity, known or unknown, has ``min_votes``
