@@ -14,7 +14,7 @@ Each message costs two small transactions (its append, its delete), each writing
 it touched to the write-ahead log: 1 KB pages, not SQLite's 4 KB, and no AUTOINCREMENT
 (its counter's page was a third page written per append) keep that to about 2 KB written
 per event, not 12.5 KB (SD cards). A spool an older facewatch made is rebuilt so at a start
-that finds it empty.
+that finds it empty (the file, opened, rebuilt or set aside: ``daemon.spool_sqlite``).
 """
 
 from __future__ import annotations
@@ -41,16 +41,7 @@ from daemon.spool_messages import (
     _text,
     as_owner,
 )
-from daemon.spool_sqlite import (
-    MESSAGES_TABLE,
-    PAGE_SIZE,
-    STATE_TABLE,
-    _autoincrement,
-    _check_tables,
-    _damaged,
-    _old_layout,
-    _unusable,
-)
+from daemon.spool_sqlite import _damaged, _unusable, open_file, set_aside
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +50,6 @@ SHRINK_ABOVE_BYTES = 8 << 20  # an empty spool's file larger than this is vacuum
 # a drained spool's write-ahead log is emptied at most this often: it holds the messages sent
 # (events, face snapshots) until then, also after a crash
 TIDY_EVERY_S = 60.0
-WAL_LIMIT_BYTES = 1 << 20  # what an emptied WAL file keeps of its size
 T = TypeVar("T")
 
 
@@ -74,12 +64,12 @@ class Spool:
             raise _unusable(self.path, exc) from exc
         try:
             try:
-                self._db, self._count = self._open()
+                self._db, self._count = open_file(self.path)
             except sqlite3.DatabaseError as exc:
                 if not _damaged(exc):
                     raise
-                self._set_aside(exc)  # the daemon is worth more than what it held
-                self._db, self._count = self._open()
+                set_aside(self.path, exc)  # the daemon is worth more than what it held
+                self._db, self._count = open_file(self.path)
         except (OSError, sqlite3.Error) as exc:
             os.close(self._lock_file)
             raise _unusable(self.path, exc) from exc
@@ -129,92 +119,6 @@ class Spool:
         self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         return claim(self.folder / "lock", "spool_dir")
 
-    def _open(self) -> tuple[sqlite3.Connection, int]:
-        """The spool's database, made if new, and the number of messages in it."""
-        self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.chmod(self.folder, 0o700)
-        if not self.path.exists():
-            fd = os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600)
-            os.close(fd)
-        for suffix in ("", "-wal", "-shm"):  # owner-only, also a spool an older one made
-            part = Path(f"{self.path}{suffix}")
-            if part.exists() and part.stat().st_mode & 0o077:
-                os.chmod(part, 0o600)
-        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        try:
-            db.execute(f"PRAGMA page_size={PAGE_SIZE}")  # (a new file's: before WAL, tables)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            # sent events and face snapshots are overwritten, not left in free pages (SQLite's
-            # default is off; only some builds turn it on)
-            db.execute("PRAGMA secure_delete=ON")
-            db.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
-            db.execute(MESSAGES_TABLE.format(name="messages"))
-            db.execute(STATE_TABLE)
-            _check_tables(db)
-            db.execute("SELECT key, CAST(value AS BLOB) FROM state").fetchall()  # (readable)
-            count = int(db.execute("SELECT COUNT(*) FROM messages").fetchone()[0])
-            if _old_layout(db):
-                self._rebuild(db, count)
-        except BaseException:
-            db.close()
-            raise
-        return db, count
-
-    def _rebuild(self, db: sqlite3.Connection, count: int) -> None:
-        """A spool an older facewatch made (4 KB pages, AUTOINCREMENT) is made anew in the
-        current layout when it is empty, with what it remembers (the people published); one
-        that holds messages is left as it is until a start finds it empty. Each step is one
-        SQLite transaction, so a crash or a full disk leaves the old layout or the new one,
-        every row in it; a step that fails is logged and tried again at the next start."""
-        if count:
-            logger.info(
-                "MQTT spool %s: made by an older facewatch (more disk writes per message); "
-                "rebuilt at the first start that finds it empty", self.path,
-            )  # fmt: skip
-            return
-        try:
-            if _autoincrement(db):
-                with db:  # (copies any row all the same: never one lost)
-                    db.execute("BEGIN IMMEDIATE")
-                    db.execute(MESSAGES_TABLE.format(name="messages_new"))
-                    db.execute("INSERT INTO messages_new SELECT * FROM messages")
-                    db.execute("DROP TABLE messages")
-                    db.execute("ALTER TABLE messages_new RENAME TO messages")
-                    db.execute("DELETE FROM sqlite_sequence")
-            db.execute("PRAGMA journal_mode=DELETE")  # (WAL keeps a file's page size)
-            db.execute("PRAGMA synchronous=FULL")  # (NORMAL is power-safe under WAL only)
-            db.execute(f"PRAGMA page_size={PAGE_SIZE}")
-            db.execute("VACUUM")
-        except sqlite3.Error as exc:
-            logger.warning(
-                "MQTT spool %s: made by an older facewatch, not rebuilt (%s): it writes more "
-                "to the disk per message until a start rebuilds it", self.path, exc,
-            )  # fmt: skip
-        finally:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-        if not _old_layout(db):
-            logger.info(
-                "MQTT spool %s: rebuilt in the current layout (1 KB pages: fewer disk writes "
-                "per message)", self.path,
-            )  # fmt: skip
-
-    def _set_aside(self, why: sqlite3.DatabaseError, held: int | None = None) -> None:
-        """Move a damaged spool (and its WAL) aside, for a new one in its place."""
-        stamp = time.strftime("%Y%m%dT%H%M%S")
-        for suffix in ("", "-wal", "-shm"):
-            damaged = Path(f"{self.path}{suffix}")
-            if damaged.exists():
-                damaged.rename(f"{self.path}{suffix}.damaged-{stamp}")
-        logger.error(
-            "MQTT spool %s is damaged (%s): moved aside as %s.damaged-%s; a new spool "
-            "starts, and the %s the old one held %s not sent (sqlite3 FILE .recover "
-            "reads what is left of them)",
-            self.path, why, self.path.name, stamp,
-            "events" if held is None else f"{held} message(s)", "are" if held != 1 else "is",
-        )  # fmt: skip
-
     def _guarded(self, work: Callable[[sqlite3.Connection], T]) -> T:
         """``work`` done on the spool's database (hold ``_lock``). A spool found damaged
         while the daemon runs (a bad block, a row SQLite cannot delete) is moved aside as at
@@ -242,12 +146,12 @@ class Spool:
             self._db.close()
         held, self._count, self._pending = self._count, 0, state
         self.generation += 1
-        self._set_aside(why, held)
+        set_aside(self.path, why, held)
         self._start_new()
 
     def _start_new(self) -> None:
         """Open the new spool after ``_replace``, with what the old one remembered."""
-        self._db, self._count = self._open()
+        self._db, self._count = open_file(self.path)
         state, self._pending = self._pending or [], None
         try:
             self._db.executemany("INSERT OR REPLACE INTO state (key, value) VALUES (?, ?)", state)
