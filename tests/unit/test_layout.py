@@ -287,10 +287,11 @@ def test_each_module_begins_a_bullet_of_the_map_of_its_own() -> None:
     )
 
 
-# DESIGN.md's "files under ~400 lines, functions under ~50", with the tilde's room: the code of
-# daemon/, engines/, training/ and bench/ (tests, long lists of what a user sees, are not held)
-MOST_LINES_PER_MODULE = 450
-MOST_LINES_PER_FUNCTION = 55
+# DESIGN.md's "files under ~400 lines, functions under ~50", its numbers as they are now that
+# every module and function keeps to them: the code of daemon/, engines/, training/ and bench/
+# (tests, long lists of what a user sees, are not held)
+MOST_LINES_PER_MODULE = 400
+MOST_LINES_PER_FUNCTION = 50
 
 
 def test_modules_and_functions_keep_to_the_sizes_design_asks() -> None:
