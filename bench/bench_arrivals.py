@@ -38,9 +38,9 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from arrivals_analysis import CAMERA, PERSON, analyse, received, table  # noqa: E402
-from bench_daemon import CACHE, out_argument, stop_on_sigterm  # noqa: E402  (bench/, the script's folder)
+from arrivals_analysis import CAMERA, PERSON, analyse, received, table  # noqa: E402  (bench/, the script's folder)
 from measure import machine_busy_s, others_cores  # noqa: E402
+from script_support import CACHE, out_argument, stop_on_sigterm  # noqa: E402
 
 from tests.integration.services import (  # noqa: E402
     PEOPLE,

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import signal
 import subprocess
 import sys
 import tempfile
@@ -35,6 +34,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from daemon_figures import figures  # noqa: E402  (bench/, the script's folder)
+from script_support import CACHE, out_argument, stop_on_sigterm  # noqa: E402
 
 from tests.facenet_model import build_test_model  # noqa: E402
 from tests.integration.services import (  # noqa: E402
@@ -47,26 +47,7 @@ from tests.integration.services import (  # noqa: E402
 )
 
 SOURCE = REPO.parent / "shared" / "data" / "videos" / "crowd_1080p.mp4"
-CACHE = REPO / "bench" / ".cache"
 DEFAULT_OUT = CACHE / "daemon.json"  # not bench/results/: a rerun keeps the committed one
-
-
-def stop_on_sigterm() -> None:
-    """A kill (a timeout, a cancelled job) stops what the run started, as Ctrl-C does: the
-    broker, RTSP servers and daemon run in sessions of their own, out of the signal's reach,
-    and only the run's clean-up stops them."""
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-
-
-def out_argument(parser: argparse.ArgumentParser, name: str) -> None:
-    """--out, by default bench/.cache/NAME: a rerun keeps the committed results."""
-    parser.add_argument(
-        "--out",
-        type=Path,
-        default=CACHE / name,
-        help="the results (JSON); bench/.cache/ is git-ignored, and bench/results/ holds the "
-        "committed ones, written only when --out names them",
-    )
 
 
 def clip_720p() -> Path:

@@ -46,7 +46,7 @@ from tqdm import tqdm
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench_daemon import CACHE, out_argument  # noqa: E402  (bench/, the script's folder)
+from script_support import CACHE, out_argument  # noqa: E402  (bench/, the script's folder)
 
 DEFAULT_DATA = REPO / ".gpu_data" / "sources" / "utkface" / "unlabeled"
 DEFAULT_OUT = CACHE / "fairness.json"  # not bench/results/: keeps the committed one

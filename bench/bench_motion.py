@@ -33,13 +33,8 @@ import cv2
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench_daemon import (  # noqa: E402  (its daemon run)
-    CACHE,
-    out_argument,
-    random_model_and_gallery,
-    run,
-    stop_on_sigterm,
-)
+from bench_daemon import random_model_and_gallery, run  # noqa: E402  (its daemon run)
+from script_support import CACHE, out_argument, stop_on_sigterm  # noqa: E402
 
 from tests.clips import doorway_clip  # noqa: E402
 

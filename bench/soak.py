@@ -37,7 +37,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench_daemon import CACHE, out_argument, stop_on_sigterm  # noqa: E402  (bench/, the script's folder)
+from script_support import CACHE, out_argument, stop_on_sigterm  # noqa: E402  (bench/, the script's folder)
 
 from daemon.archive_files import disk_bytes  # noqa: E402
 from daemon.frame_admission import STALL_GRACE_S  # noqa: E402
