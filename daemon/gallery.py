@@ -88,6 +88,7 @@ class Gallery(GalleryMatcher, GalleryWriter):
             check_writable(path)
         uri = f"{path.resolve().as_uri()}?mode={'rw' if writable else 'ro'}"
         for attempt in range(2):
+            conn = None
             try:
                 conn = sqlite3.connect(uri, uri=True, timeout=lock_timeout_s, isolation_level=None)
                 conn.execute("PRAGMA foreign_keys = ON")
@@ -96,9 +97,15 @@ class Gallery(GalleryMatcher, GalleryWriter):
                 gallery = cls(path, conn, writable)
                 break
             except sqlite3.DatabaseError as exc:
+                if conn is not None:  # (its file closed now, not at the next garbage collection)
+                    conn.close()
                 if attempt or not (hot_journal(exc, path) and roll_back(path, lock_timeout_s)):
                     raise translate(path, exc) from None
-        gallery._check(model_id)
+        try:
+            gallery._check(model_id)
+        except BaseException:
+            gallery.close()
+            raise
         return gallery
 
     @classmethod

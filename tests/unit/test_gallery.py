@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import io
 import json
 import os
@@ -327,6 +328,57 @@ def test_an_empty_file_in_the_gallerys_place_is_named_and_enroll_replaces_it(tmp
         assert [i.name for i in again.identities()] == ["ada"]
     with pytest.raises(GalleryError, match="already exists"):
         Gallery.create(path, MODEL, D)
+
+
+_WRITING = """
+import sqlite3, sys, time
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("BEGIN EXCLUSIVE")  # an enroll, a gallery command, writing it
+print("writing", flush=True)
+time.sleep(60)
+"""
+
+
+def _open_files() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts this process's files")
+def test_a_gallery_refused_leaves_no_file_open(gallery) -> None:
+    """A gallery refused (another model's, a file that is no gallery, one another process is
+    writing) is closed as it is refused, not at Python's next garbage collection: the daemon
+    tries a gallery being written again at every check (2 s), and each refusal left its file
+    open until a collection (here 15 files after 15 refusals)."""
+    path = gallery.path
+    gallery.close()
+    junk = path.with_name("junk.sqlite")
+    junk.write_bytes(b"not sqlite at all" * 100)
+    writer = subprocess.Popen(
+        [sys.executable, "-c", _WRITING, str(path)], stdout=subprocess.PIPE, text=True
+    )
+    collecting = gc.isenabled()
+    gc.disable()  # (a collection would close what a refusal left open)
+    try:
+        assert writer.stdout is not None and writer.stdout.readline() == "writing\n"
+        before = _open_files()
+        for _ in range(5):
+            with pytest.raises(GalleryError, match="locked by another writer"):
+                Gallery.open(path, MODEL, lock_timeout_s=0.01)
+        writer.kill()
+        writer.wait(10)
+        for _ in range(5):
+            with pytest.raises(GalleryError, match="enrolled with model"):
+                Gallery.open(path, "other@sha256:1")
+            with pytest.raises(GalleryError, match="not a facewatch gallery"):
+                Gallery.open(junk)
+        assert _open_files() == before
+    finally:
+        if collecting:
+            gc.enable()
+        writer.kill()
+        writer.wait(10)
+        if writer.stdout is not None:
+            writer.stdout.close()
 
 
 def test_not_a_gallery_and_missing_file(tmp_path) -> None:
