@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 import re
 import tempfile
+from collections.abc import Callable, Iterator
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import cv2
@@ -38,12 +40,25 @@ def render(template: str, payload: bytes) -> str:
     return environment.from_string(template).render(value_json=json.loads(payload)).strip()
 
 
-_SPOOLS = tempfile.TemporaryDirectory(prefix="facewatch-ha-test-")
+# what a test opened through the helpers below (topics()'s spools, in the test's own folder;
+# _snapshot_pipeline's gallery), closed after it
+_TO_CLOSE: list[Callable[[], None]] = []
+_FOLDER: list[Path] = []
+
+
+@pytest.fixture(autouse=True)
+def _closed_after(tmp_path: Path) -> Iterator[None]:
+    _FOLDER[:] = [tmp_path]
+    yield
+    while _TO_CLOSE:
+        _TO_CLOSE.pop()()
 
 
 def topics(node: str = "garage") -> MqttPublisher:
     """The daemon's own topic names: a publisher that never connects."""
-    return MqttPublisher(MqttConfig(), node, Spool(tempfile.mkdtemp(dir=_SPOOLS.name), 10))
+    spool = Spool(tempfile.mkdtemp(prefix="spool-", dir=_FOLDER[0]), 10)
+    _TO_CLOSE.append(spool.close)
+    return MqttPublisher(MqttConfig(), node, spool)
 
 
 def configs(snapshots: bool = False, **mqtt: Any) -> dict[str, Any]:
@@ -302,6 +317,7 @@ def _snapshot_pipeline(path, engines, people: bool = False):  # type: ignore[no-
     )
     pipeline = Pipeline(config, engines, engines, sinks)
     pipeline.reload_gallery()
+    _TO_CLOSE.append(pipeline.close_gallery)
     image = np.zeros((360, 640, 3), np.uint8)
     image[:, :320] = (0, 0, 255)  # BGR: the left half red
     image[:, 320:] = (255, 0, 0)
