@@ -134,6 +134,7 @@ def run_identify(args: argparse.Namespace) -> int:
     except (EngineError, ConfigError, ValueError) as exc:
         print_error(str(exc))
         return 2
+    gallery = None
     try:
         gallery = Gallery.open(gallery_choice.gallery_path(args), models.facenet.model_id)
         recognition = gallery_choice.daemon_recognition(args)
@@ -141,21 +142,23 @@ def run_identify(args: argparse.Namespace) -> int:
             gallery.threshold_override = recognition.threshold
         _warn_uncalibrated(gallery, models, camera)
     except GalleryError as exc:
+        if gallery is not None:
+            gallery.close()
         print_error(str(exc))
         return 1
-    if args.annotate:
-        try:
-            args.annotate.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            print_error(f"--annotate {args.annotate}: {exc.strerror}")
-            return 2
-    suffixes = PHOTO_SUFFIXES | VIDEO_SUFFIXES
-    paths = [
-        (file, input_name(path, file))
-        for path in args.images
-        for file in photo_files(path, suffixes)
-    ]
-    with gallery:
+    with gallery:  # (closed on every way out)
+        if args.annotate:
+            try:
+                args.annotate.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                print_error(f"--annotate {args.annotate}: {exc.strerror}")
+                return 2
+        suffixes = PHOTO_SUFFIXES | VIDEO_SUFFIXES
+        paths = [
+            (file, input_name(path, file))
+            for path in args.images
+            for file in photo_files(path, suffixes)
+        ]
         return _identify_files(models, gallery, paths, args, camera, min_face)
 
 
