@@ -411,11 +411,11 @@ def test_json_piped_to_head_ends_quietly(tmp_path) -> None:
         writer.write(np.full((48, 64, 3), k % 200, np.uint8))
     writer.release()
     command = [sys.executable, "-m", "daemon.cli", "detect", "--json", "--no-progress", str(clip)]
-    reader = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    assert reader.stdout is not None and reader.stderr is not None
-    reader.stdout.close()  # before detect's first line: its models are still loading
-    err = reader.stderr.read().decode()
-    assert reader.wait(timeout=120) == 141
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as reader:
+        assert reader.stdout is not None and reader.stderr is not None
+        reader.stdout.close()  # before detect's first line: its models are still loading
+        err = reader.stderr.read().decode()
+        assert reader.wait(timeout=120) == 141
     assert err == "", err
 
 

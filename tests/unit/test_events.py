@@ -96,6 +96,8 @@ def test_an_event_output_that_fails_loses_its_copy_and_the_daemon_goes_on(tmp_pa
     assert said[1:] == [
         ("INFO", f"events: the events file {good} (events.jsonl_file) takes them again")
     ]
+    sinks.close()
+    spool.close()
 
 
 def test_an_event_output_that_keeps_failing_is_said_again_every_remind_s(
@@ -181,6 +183,7 @@ def test_each_event_output_exports_its_failures_at_zero_from_the_start(tmp_path)
     assert exported() == {"spool": None, "stdout": None, "jsonl_file": 0.0}
     spool = Spool(tmp_path / "spool", 10)
     EventSinks(spool=spool, topic_for=lambda camera: f"t/{camera}", stdout=True).close()
+    spool.close()
     assert exported() == {"spool": 0.0, "stdout": 0.0, "jsonl_file": 0.0}
 
 

@@ -262,15 +262,15 @@ def test_a_write_cut_short_is_rolled_back_and_the_gallery_reads(tmp_path) -> Non
     (the daemon, `gallery list`) was refused as 'read-only' and the daemon did not start.
     The cut write is rolled back; what was committed before it is all there."""
     path = tmp_path / "g.sqlite"
-    writer = subprocess.Popen(
+    with subprocess.Popen(  # (its pipe closed, and it waited for, on the way out)
         [sys.executable, "-c", _CUT_WRITE, str(path), MODEL, str(D)],
         stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parents[2],
-    )  # fmt: skip
-    try:
-        assert writer.stdout is not None and writer.stdout.readline() == "cut here\n"
-    finally:
-        writer.kill()
-        writer.wait(timeout=30)
+    ) as writer:  # fmt: skip
+        try:
+            assert writer.stdout is not None and writer.stdout.readline() == "cut here\n"
+        finally:
+            writer.kill()
+            writer.wait(timeout=30)
     assert (tmp_path / "g.sqlite-journal").stat().st_size > 0  # hot
     uri = f"{path.as_uri()}?mode=ro"
     with pytest.raises(sqlite3.OperationalError, match="readonly"):  # what SQLite does alone

@@ -233,11 +233,11 @@ def test_json_piped_to_head_ends_quietly(shipped_model, demo_gallery) -> None:
         sys.executable, "-m", "daemon.cli", "identify", "--json", "--no-progress",
         "--model", str(shipped_model), "--gallery", str(demo_gallery), str(DEMO_CLIP),
     ]  # fmt: skip
-    reader = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    assert reader.stdout is not None and reader.stderr is not None
-    reader.stdout.close()  # before its first visit: its models are still loading
-    err = reader.stderr.read().decode()
-    assert reader.wait(timeout=120) == 141
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as reader:
+        assert reader.stdout is not None and reader.stderr is not None
+        reader.stdout.close()  # before its first visit: its models are still loading
+        err = reader.stderr.read().decode()
+        assert reader.wait(timeout=120) == 141
     assert "Broken pipe" not in err and "error" not in err, err
 
 

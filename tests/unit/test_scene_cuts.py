@@ -7,6 +7,7 @@ frame before it ends the tracks at a cut, its whole-frame search and its counter
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 
 import cv2
 import numpy as np
@@ -285,6 +286,16 @@ def test_a_1_fps_camera_has_its_cut_found() -> None:
     assert cuts_in([*stage, *audience], fps=1) == [4]
 
 
+_SINKS: list[EventSinks] = []  # _pipeline's, their events file closed after the test
+
+
+@pytest.fixture(autouse=True)
+def _sinks_closed() -> Iterator[None]:
+    yield
+    while _SINKS:
+        _SINKS.pop().close()
+
+
 def _pipeline(
     detector, tmp_path, camera: dict | None = None, full_scan_every: int | None = None
 ) -> tuple[Pipeline, list[dict]]:
@@ -297,7 +308,8 @@ def _pipeline(
         settings["detection"] = {"full_scan_every": full_scan_every}
     config = parse_config(settings)
     events = tmp_path / "events.jsonl"
-    pipeline = Pipeline(config, detector, None, EventSinks(jsonl_file=str(events)))
+    _SINKS.append(EventSinks(jsonl_file=str(events)))
+    pipeline = Pipeline(config, detector, None, _SINKS[-1])
 
     def sent() -> list[dict]:
         lines = events.read_text().splitlines() if events.exists() else []

@@ -260,7 +260,8 @@ def test_a_batch_with_two_frames_of_a_camera_reports_each_frames_own_face(
     archive = FaceArchive(config.archive, "node", None)
     archive.start()
     events = tmp_path / "events.jsonl"
-    pipeline = Pipeline(config, detector, None, EventSinks(jsonl_file=str(events)), archive=archive)
+    sinks = EventSinks(jsonl_file=str(events))
+    pipeline = Pipeline(config, detector, None, sinks, archive=archive)
     clip = cv2.VideoCapture(str(REPO / "configs" / "demo" / "hamilton_360p.mp4"))
     images = []
     for k in range(27):
@@ -268,6 +269,7 @@ def test_a_batch_with_two_frames_of_a_camera_reports_each_frames_own_face(
         assert ok
         if k in (20, 26):  # one face that moves between the two
             images.append(image)
+    clip.release()
     found = [detector.detect([image])[0] for image in images]
     assert [len(f) for f in found] == [1, 1]
     assert np.abs(found[0].bbox_xyxy - found[1].bbox_xyxy).max() > 20
@@ -275,6 +277,7 @@ def test_a_batch_with_two_frames_of_a_camera_reports_each_frames_own_face(
     pipeline.process([Frame("door", k, now + k / 5, image) for k, image in enumerate(images)])
     pipeline.expire(now + 1, stopping=True)
     archive.stop(timeout_s=10)
+    sinks.close()
     [confirmed] = [json.loads(line) for line in events.read_text().splitlines()][:1]
     assert confirmed["type"] == "confirmed" and confirmed["frame_ts"] == pytest.approx(now)
     assert confirmed["bbox_xyxy"] == pytest.approx(found[0].bbox_xyxy[0].tolist(), abs=0.06)

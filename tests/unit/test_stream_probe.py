@@ -30,7 +30,9 @@ def peer(
     listener.listen()
 
     def serve() -> None:
-        connection, _ = listener.accept()
+        connection = _accepted(listener)
+        if connection is None:
+            return
         with connection:
             request = connection.recv(65536)
             if requests is not None:
@@ -38,9 +40,29 @@ def peer(
             with contextlib.suppress(OSError):  # the probe went away
                 answer(connection)
 
-    threading.Thread(target=serve, daemon=True).start()
-    yield listener.getsockname()[1]
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        _closed(listener, thread)
+
+
+def _accepted(listener: socket.socket) -> socket.socket | None:
+    """A connection to ``listener``; None once it is closed (``_closed``)."""
+    try:
+        return listener.accept()[0]
+    except OSError:
+        return None
+
+
+def _closed(listener: socket.socket, thread: threading.Thread) -> None:
+    """A test's peer ended: its listener shut down (which ends an accept() its thread waits
+    in: closing the socket alone does not), closed, and its thread waited for."""
+    with contextlib.suppress(OSError):
+        listener.shutdown(socket.SHUT_RDWR)
     listener.close()
+    thread.join(10)
 
 
 def drip(head: bytes) -> Callable[[socket.socket], None]:
@@ -147,14 +169,19 @@ def metrics_peer(reply: bytes, second: bytes | None = None) -> Iterator[int]:
 
     def serve() -> None:
         for answer in (reply, reply if second is None else second):
-            connection, _ = listener.accept()
+            connection = _accepted(listener)
+            if connection is None:  # (status scraped once)
+                return
             with connection:
                 connection.recv(65536)
                 connection.sendall(answer)
 
-    threading.Thread(target=serve, daemon=True).start()
-    yield listener.getsockname()[1]
-    listener.close()
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        _closed(listener, thread)
 
 
 def test_status_reckons_ages_on_the_daemons_clock(capsys) -> None:
@@ -264,8 +291,10 @@ def test_status_reads_a_page_by_its_length_or_its_chunks(capsys, answer, expecte
     keep: list[socket.socket] = []
 
     def serve() -> None:
-        for _ in range(2):  # two scrapes
-            connection, _ = listener.accept()
+        for _ in range(2):  # two scrapes (one where the first is cut short)
+            connection = _accepted(listener)
+            if connection is None:
+                return
             connection.recv(65536)
             connection.sendall(reply)
             if b"keep-alive" in reply:
@@ -273,14 +302,17 @@ def test_status_reads_a_page_by_its_length_or_its_chunks(capsys, answer, expecte
             else:
                 connection.close()
 
-    threading.Thread(target=serve, daemon=True).start()
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
     start = time.monotonic()
     where = f"127.0.0.1:{listener.getsockname()[1]}"
-    assert main(["status", "--url", where, "--interval", "0.1"]) == expected
-    assert time.monotonic() - start < 4, "a page is whole at its length, not at the timeout"
-    listener.close()
-    for connection in keep:
-        connection.close()
+    try:
+        assert main(["status", "--url", where, "--interval", "0.1"]) == expected
+        assert time.monotonic() - start < 4, "a page is whole at its length, not at the timeout"
+    finally:
+        _closed(listener, thread)
+        for connection in keep:
+            connection.close()
     if expected == 1:
         assert "camera door is down" in capsys.readouterr().out
     else:
@@ -448,8 +480,9 @@ def test_a_redirect_is_named_and_the_credentials_do_not_follow_it(capsys) -> Non
         assert main(["status", "--url", f"http://prom:ProxyPass@{where}", "--interval", "0.1"]) == 3
         assert f"it redirects to {target} (give that URL to --url)" in capsys.readouterr().err
     finally:
-        camera.shutdown()
-        other.shutdown()
+        for server in (camera, other):
+            server.shutdown()
+            server.server_close()  # (its listening socket)
     assert seen == []
 
 
@@ -475,14 +508,18 @@ def test_status_of_a_port_that_is_no_daemon_says_so(capsys) -> None:
     listener.listen()
 
     def banner() -> None:
-        connection, _ = listener.accept()
-        connection.sendall(b"SSH-2.0-OpenSSH_9.6\r\n")
-        connection.close()
+        connection = _accepted(listener)
+        if connection is not None:
+            connection.sendall(b"SSH-2.0-OpenSSH_9.6\r\n")
+            connection.close()
 
-    threading.Thread(target=banner, daemon=True).start()
+    thread = threading.Thread(target=banner, daemon=True)
+    thread.start()
     url = f"http://127.0.0.1:{listener.getsockname()[1]}/metrics"
-    assert main(["status", "--url", url, "--interval", "0.1"]) == 3
-    listener.close()
+    try:
+        assert main(["status", "--url", url, "--interval", "0.1"]) == 3
+    finally:
+        _closed(listener, thread)
     assert f"no facewatch daemon answers at {url}: not a web server there" in (
         capsys.readouterr().err
     )
@@ -536,6 +573,7 @@ def test_status_behind_a_proxy_with_a_password_and_its_usage_errors(capsys) -> N
         assert json.loads(out)["running"] is False
     finally:
         server.shutdown()
+        server.server_close()
     for args in (["--url", "rtsp://cam/x"], ["--interval", "inf"], ["--url", where, "-c", "x"]):
         assert main(["status", *args]) == 2
     assert "expected http(s)://HOST:PORT/metrics" in capsys.readouterr().err
@@ -634,19 +672,22 @@ def test_an_https_camera_with_its_own_certificate_is_left_to_opencv(tmp_path) ->
 
     def serve() -> None:
         for reply in replies:
-            connection, _ = listener.accept()
+            connection = _accepted(listener)
+            if connection is None:
+                return
             secure = context.wrap_socket  # (a handshake the client gave up on: suppressed)
             with connection, contextlib.suppress(OSError), secure(connection, True) as tls:
                 tls.recv(65536)
                 tls.sendall(reply)
 
-    threading.Thread(target=serve, daemon=True).start()
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
     url = f"https://127.0.0.1:{listener.getsockname()[1]}/video.mjpg"
     try:
         assert silent_stream(url, 2.0) is None
         problem = stream_problem(url, 2.0)
     finally:
-        listener.close()
+        _closed(listener, thread)
     assert problem is not None and "no stream at /video.mjpg (HTTP 404" in problem, problem
 
 
