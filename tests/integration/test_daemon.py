@@ -668,7 +668,7 @@ def test_messages_in_flight_when_the_daemon_is_killed_are_sent_after_its_restart
         restarted.stop()
     finally:
         daemon.kill()
-        daemon.wait(timeout=30)
+        daemon.communicate(timeout=30)  # (its pipes closed)
         subscriber.close()
         link.close()
         if spool is not None:
