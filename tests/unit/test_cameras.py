@@ -4,7 +4,10 @@ and their backoff, a turned camera, a file played again."""
 from __future__ import annotations
 
 import itertools
+import os
+import socket
 import time
+from collections.abc import Callable
 from types import SimpleNamespace
 
 import cv2
@@ -481,3 +484,54 @@ def test_a_file_camera_says_once_that_it_plays_the_file_again(tmp_path, caplog) 
     said = ends[0].getMessage()
     assert said.startswith(f"camera door: {clip} played to its end (5 frames): played again")
     assert f"facewatch identify {clip}" in said and "the time of the run" in said
+
+
+def _open_files() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts this process's files")
+def test_a_cameras_reconnections_and_replays_leave_no_file_open(tmp_path, monkeypatch) -> None:
+    """A daemon runs for months, its cameras reconnecting (a stream refused, again and again)
+    and its video files played again: each connection's capture and socket are closed, so
+    the process's open files do not grow with them."""
+    from daemon import cameras
+    from daemon.cameras import CameraReader
+    from daemon.config_cameras import CameraConfig
+    from tests.clips import DEMO_CLIP, read_frames
+
+    monkeypatch.setattr(cameras, "BACKOFF_MIN_S", 0.01)
+    monkeypatch.setattr(cameras, "BACKOFF_MAX_S", 0.02)
+    clip = tmp_path / "door.mp4"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter.fourcc(*"mp4v"), 25, (320, 180))
+    for image in read_frames(DEMO_CLIP, count=3):
+        writer.write(cv2.resize(image, (320, 180)))
+    writer.release()
+    with socket.socket() as taken:  # a port nothing listens on: each connection refused
+        taken.bind(("127.0.0.1", 0))
+        refused = f"rtsp://127.0.0.1:{taken.getsockname()[1]}/live"
+    opened: list[str] = []
+    real_open = cameras.open_capture
+
+    def open_capture(url: str, stopping: Callable[[], bool]) -> cv2.VideoCapture:
+        opened.append(url)
+        return real_open(url, stopping)
+
+    monkeypatch.setattr(cameras, "open_capture", open_capture)
+    for url in (refused, str(clip)):
+        opened.clear()
+        reader = CameraReader(CameraConfig(name="door", url=url), FrameQueues(["door"], 2))
+        counts = {}
+        reader.start()
+        try:
+            deadline = time.monotonic() + 20
+            while len(opened) < 12 and time.monotonic() < deadline:
+                if len(opened) >= 2:
+                    counts.setdefault("second", _open_files())
+                time.sleep(0.01)
+            counts["twelfth"] = _open_files()
+        finally:
+            reader.stop()
+            reader.join(10)
+        assert len(opened) >= 12, (url, len(opened))
+        assert counts["twelfth"] <= counts["second"], (url, counts)
