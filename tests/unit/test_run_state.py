@@ -81,7 +81,7 @@ def test_a_state_folder_that_cannot_be_written_leaves_the_restart_alert_counting
     state.rmdir()  # (root writes a read-only folder: gone, it cannot be written either)
     with caplog.at_level("WARNING", logger="daemon.run_state"):
         for _ in range(3):  # crashing starts
-            RunState.start()
+            RunState.start().close()
             assert count() is None
     said = [r.getMessage() for r in caplog.records]
     assert len(said) == 3 and said[0].startswith(
@@ -105,7 +105,9 @@ def test_a_hand_edited_run_state_is_read_as_unreadable(tmp_path, monkeypatch, ca
     content = written if written == "[1]" else f'{{"running": true, "unclean_stops": {written}}}'
     path.write_text(content)
     with caplog.at_level("WARNING", logger="daemon.run_state"):
-        assert RunState.start().unclean == 0
+        started = RunState.start()
+        started.close()
+        assert started.unclean == 0
     why = "not a JSON object" if written == "[1]" else f"unclean_stops is {written}, not a count"
     assert [r.getMessage() for r in caplog.records] == [
         f"{path}: cannot be read ({why}): unclean stops counted from 0"
@@ -149,7 +151,9 @@ def test_a_second_daemon_under_the_same_state_folder_leaves_the_first_ones_count
     first.close()  # killed: its lock goes with the process, its file says it ran
     caplog.clear()
     with caplog.at_level("WARNING", logger="daemon.run_state"):
-        assert RunState.start().unclean == 1
+        started = RunState.start()
+        started.close()
+        assert started.unclean == 1
     assert "the previous run did not stop cleanly" in caplog.text
     assert count() == 1
 

@@ -33,6 +33,7 @@ def test_spool_is_bounded_fifo_and_survives_reopening(tmp_path) -> None:
     assert len(again) == 9 and again.peek(1)[0].payload == b"3"
     assert oct(again.path.stat().st_mode & 0o777) == "0o600"
     assert oct(again.folder.stat().st_mode & 0o777) == "0o700"
+    again.close()
 
 
 def test_what_the_publisher_remembers_is_its_latest_and_outlives_a_restart(tmp_path) -> None:
@@ -180,6 +181,7 @@ def test_a_damaged_spool_is_set_aside_and_a_new_one_starts(tmp_path, caplog, dam
     assert [m.payload for m in again.peek(5)] == [b"new"]
     aside = [p.name for p in (tmp_path / "spool").iterdir() if ".damaged-" in p.name]
     assert aside and all(p.startswith("mqtt-spool.sqlite") for p in aside), aside
+    again.close()
     assert "is damaged" in caplog.text and "moved aside" in caplog.text
     if damage == "columns":
         assert "its table messages has the columns (id, topic, payload), not (id, topic, " in (
