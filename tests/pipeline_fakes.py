@@ -4,13 +4,17 @@ a gallery of two people for their embeddings."""
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from daemon.events import EventSinks
 from daemon.gallery import Gallery
 from daemon.gallery_write import Enrollment
+from daemon.scheduler import Pipeline
 from engines.mtcnn import FrameDetections
 
 
@@ -72,3 +76,22 @@ def gallery_of_ann_and_bob(path: Path, model_id: str) -> None:
     with Gallery.create(path, model_id, 8) as gallery:
         gallery.enroll([Enrollment("ann", np.eye(8, dtype=np.float32)[0], "a" * 64)])
         gallery.enroll([Enrollment("bob", np.eye(8, dtype=np.float32)[1], "b" * 64)])
+
+
+@pytest.fixture
+def galleries_closed(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The galleries pipelines read on the test's own thread (``reload_gallery``, as the
+    scheduler thread does) are closed after the test: each stayed open to the worker's end.
+    A scheduler thread's is its own to close (SQLite's rule), as it stops."""
+    read: list[Pipeline] = []
+    reload = Pipeline.reload_gallery
+
+    def reload_gallery(pipeline: Pipeline) -> None:
+        if threading.current_thread() is threading.main_thread():
+            read.append(pipeline)
+        reload(pipeline)
+
+    monkeypatch.setattr(Pipeline, "reload_gallery", reload_gallery)
+    yield
+    for pipeline in read:
+        pipeline.close_gallery()

@@ -3,6 +3,7 @@ scrapes of /metrics, systemd's notification socket, and faults injected into eac
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
@@ -327,7 +328,7 @@ def test_the_torch_backend_names_people_with_a_gallery_made_on_the_cpu(
 
 
 def _spooled(folder: Path) -> int:
-    with sqlite3.connect(folder / "spool" / "mqtt-spool.sqlite") as db:
+    with contextlib.closing(sqlite3.connect(folder / "spool" / "mqtt-spool.sqlite")) as db, db:
         return int(db.execute("SELECT COUNT(*) FROM messages").fetchone()[0])
 
 
@@ -442,7 +443,7 @@ def test_spooled_messages_with_damaged_topics_are_dropped_not_a_wall(tmp_path, b
     topic = publisher.event_topic("cam")
     for n in range(5):
         spool.append(topic, b'{"n": %d}' % n, kind="event")
-    with sqlite3.connect(spool.path) as db:
+    with contextlib.closing(sqlite3.connect(spool.path)) as db, db:
         db.execute("UPDATE messages SET topic = 'facewatch/node/events/#am' WHERE id = 2")
         db.execute("UPDATE messages SET topic = CAST(x'66e1' AS TEXT) WHERE id = 3")
         db.execute(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -1175,7 +1176,7 @@ def test_validate_config_reads_the_gallery_whole_and_warns_of_damage_sqlite_find
         gallery.unlink(missing_ok=True)
         with Gallery.create(gallery, model_id_of(meta, shipped), size) as g:
             g.enroll([Enrollment("ann", vectors[0], "a"), Enrollment("bob", vectors[1], "b")])
-        with sqlite3.connect(gallery) as db:
+        with contextlib.closing(sqlite3.connect(gallery)) as db, db:
             if sql:
                 db.execute(sql, params)
         code = main(["validate-config", str(path)])
@@ -1191,7 +1192,7 @@ def test_validate_config_reads_the_gallery_whole_and_warns_of_damage_sqlite_find
 
     gallery.unlink()
     validate()
-    with sqlite3.connect(gallery) as db:
+    with contextlib.closing(sqlite3.connect(gallery)) as db, db:
         (page,) = db.execute(
             "SELECT rootpage FROM sqlite_master WHERE name = 'sqlite_autoindex_embeddings_1'"
         ).fetchone()

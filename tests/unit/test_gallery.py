@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import io
 import json
@@ -273,8 +274,9 @@ def test_a_write_cut_short_is_rolled_back_and_the_gallery_reads(tmp_path) -> Non
             writer.wait(timeout=30)
     assert (tmp_path / "g.sqlite-journal").stat().st_size > 0  # hot
     uri = f"{path.as_uri()}?mode=ro"
-    with pytest.raises(sqlite3.OperationalError, match="readonly"):  # what SQLite does alone
-        sqlite3.connect(uri, uri=True).execute("SELECT count(*) FROM identities").fetchone()
+    alone = contextlib.closing(sqlite3.connect(uri, uri=True))
+    with alone as db, pytest.raises(sqlite3.OperationalError, match="readonly"):  # SQLite's own
+        db.execute("SELECT count(*) FROM identities").fetchone()
     g = Gallery.open(path, MODEL)
     assert [i.name for i in g.identities()] == ["ada"]
     g.close()
@@ -755,7 +757,10 @@ def test_an_export_imports_back_whole_as_a_backup(gallery, capsys, suffix) -> No
     gallery.set_threshold("bob", 0.5)
     gallery.set_threshold(None, 0.9)
     gallery.close()
-    with sqlite3.connect(path) as db:  # (enrolled long ago: `gallery list NAME` shows when)
+    with (
+        contextlib.closing(sqlite3.connect(path)) as db,
+        db,
+    ):  # (enrolled long ago: `gallery list NAME` shows when)
         db.execute("UPDATE embeddings SET created = '2020-01-02T03:04:05+00:00' WHERE id = 1")
     db.close()
     gallery = Gallery.open(path, MODEL)
@@ -1229,7 +1234,7 @@ def test_a_gallery_holding_a_threshold_no_command_stores_is_refused_with_the_fix
     every stranger bob. Matching against such a gallery is refused, saying how to mend it."""
     path = gallery.path
     gallery.close()
-    with sqlite3.connect(path) as db:
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
         if who is None:
             db.execute("UPDATE meta SET value = ? WHERE key = 'threshold'", (value,))
         else:
@@ -1271,7 +1276,7 @@ def test_a_damaged_gallery_is_refused_naming_the_person_and_what_is_wrong(
     sql, params, expected = DAMAGED_GALLERIES[case]
     path = gallery.path
     gallery.close()
-    with sqlite3.connect(path) as db:
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
         db.execute(sql, params)
     with pytest.raises(GalleryError) as error, Gallery.open(path) as stored:
         stored.load()

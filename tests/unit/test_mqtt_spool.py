@@ -22,6 +22,9 @@ from daemon.gallery_write import Enrollment
 from daemon.scheduler import Pipeline
 from daemon.spool import Spool
 from tests.pipeline_fakes import OneFace as _OneFace
+from tests.pipeline_fakes import galleries_closed  # noqa: F401  (a fixture, used by name)
+
+pytestmark = pytest.mark.usefixtures("galleries_closed")
 
 
 def test_an_unreadable_list_of_people_published_starts_with_a_warning(tmp_path, caplog) -> None:

@@ -3,6 +3,7 @@ cameras' own thresholds, gallery reloads, faces seen side on, snapshots."""
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from pathlib import Path
 
@@ -19,8 +20,14 @@ from daemon.scheduler import Pipeline
 from engines.mtcnn import FrameDetections
 from tests.pipeline_fakes import OneFace as _OneFace
 from tests.pipeline_fakes import Recorded as _Recorded
-from tests.pipeline_fakes import ScriptedEngines, found
+from tests.pipeline_fakes import (
+    ScriptedEngines,
+    found,
+    galleries_closed,  # noqa: F401  (a fixture, used by name)
+)
 from tests.pipeline_fakes import gallery_of_ann_and_bob as _gallery_of_ann_and_bob
+
+pytestmark = pytest.mark.usefixtures("galleries_closed")
 
 
 def test_faces_smaller_than_min_face_px_are_not_recognised_and_cast_no_vote(tmp_path) -> None:
@@ -348,7 +355,7 @@ def test_a_gallery_damaged_while_the_daemon_runs_leaves_the_old_one_in_use(
     assert REGISTRY.get_sample_value("facewatch_gallery_identities") == 1
     path.unlink()
     _gallery_of_ann_and_bob(path, _OneFace.model_id)
-    with sqlite3.connect(path) as db:
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
         db.execute("UPDATE embeddings SET vector = ? WHERE id = 2", (bytes(28),))
     assert pipeline.gallery_changed()
     with caplog.at_level("INFO", logger="daemon.scheduler"):

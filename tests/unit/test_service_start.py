@@ -3,6 +3,7 @@ what the start says, and what stops it."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import time
@@ -21,7 +22,10 @@ from daemon.gallery_write import Enrollment
 from daemon.scheduler import Pipeline
 from tests.conftest import REPO
 from tests.pipeline_fakes import OneFace as _OneFace
+from tests.pipeline_fakes import galleries_closed  # noqa: F401  (a fixture, used by name)
 from tests.pipeline_fakes import gallery_of_ann_and_bob as _gallery_of_ann_and_bob
+
+pytestmark = pytest.mark.usefixtures("galleries_closed")
 
 
 @pytest.mark.parametrize(
@@ -352,7 +356,7 @@ def test_a_damaged_gallery_stops_the_start_naming_what_is_wrong(tmp_path, sql, s
 
     path = tmp_path / "gallery.sqlite"
     _gallery_of_ann_and_bob(path, "facenet-x@sha256:0123")
-    with sqlite3.connect(path) as db:
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
         db.execute(sql)
     recognition = {"gallery": str(path), "model": None}
     daemon = service.Service(

@@ -21,7 +21,12 @@ from daemon.gallery_write import Enrollment
 from daemon.scheduler import BatchScheduler, Pipeline
 from daemon.tracking import Tracker
 from engines.mtcnn import FrameDetections
-from tests.pipeline_fakes import ScriptedEngines
+from tests.pipeline_fakes import (
+    ScriptedEngines,
+    galleries_closed,  # noqa: F401  (a fixture, used by name)
+)
+
+pytestmark = pytest.mark.usefixtures("galleries_closed")
 
 
 def faces(*boxes: tuple[float, float, float, float]) -> FrameDetections:

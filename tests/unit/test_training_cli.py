@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 
@@ -224,7 +225,7 @@ def _not_checkpoints(tmp_path: Path) -> list[Path]:
     text = tmp_path / "notckpt.pt"
     text.write_text("hello, not weights\n")  # torch.load: KeyError: 101
     database = tmp_path / "some.sqlite"  # torch.load: advice to load it unsafely
-    with sqlite3.connect(database) as db:
+    with contextlib.closing(sqlite3.connect(database)) as db, db:
         db.execute("create table t (x)")
     return [text, database]
 
