@@ -235,6 +235,7 @@ def test_an_http_camera_that_cannot_be_opened_is_named_with_the_reason(tmp_path)
             open_capture(f"{base}/stream.bin")
     finally:
         server.shutdown()
+        server.server_close()  # (its listening socket)
 
 
 def test_a_camera_that_stays_down_is_logged_once_not_at_every_retry(refused_url, caplog) -> None:
