@@ -500,8 +500,8 @@ def test_a_cameras_reconnections_and_replays_leave_no_file_open(tmp_path, monkey
     from daemon.config_cameras import CameraConfig
     from tests.clips import DEMO_CLIP, read_frames
 
-    monkeypatch.setattr(cameras, "BACKOFF_MIN_S", 0.01)
-    monkeypatch.setattr(cameras, "BACKOFF_MAX_S", 0.02)
+    monkeypatch.setattr(cameras, "BACKOFF_MIN_S", 0.04)
+    monkeypatch.setattr(cameras, "BACKOFF_MAX_S", 0.05)
     clip = tmp_path / "door.mp4"
     writer = cv2.VideoWriter(str(clip), cv2.VideoWriter.fourcc(*"mp4v"), 25, (320, 180))
     for image in read_frames(DEMO_CLIP, count=3):
@@ -525,14 +525,16 @@ def test_a_cameras_reconnections_and_replays_leave_no_file_open(tmp_path, monkey
         samples = []  # (connections so far, files open): the fewest of each stretch counts,
         reader.start()  # not one caught while a connection is in flight
         try:
-            deadline = time.monotonic() + 20
-            while len(opened) < 14 and time.monotonic() < deadline:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:  # (a few of each stretch, on a busy machine too)
                 samples.append((len(opened), _open_files()))
+                if sum(n >= 12 for n, _ in samples) >= 5:
+                    break
                 time.sleep(0.005)
         finally:
             reader.stop()
             reader.join(10)
-        assert len(opened) >= 14, (url, len(opened))
-        early = min(files for n, files in samples if 2 <= n <= 4)
+        assert len(opened) >= 12, (url, len(opened))
+        early = min(files for n, files in samples if 2 <= n <= 6)
         late = min(files for n, files in samples if n >= 12)
         assert late <= early, (url, early, late)
