@@ -40,6 +40,12 @@ def peer(
             with contextlib.suppress(OSError):  # the probe went away
                 answer(connection)
 
+    yield from _serving(listener, serve)
+
+
+def _serving(listener: socket.socket, serve: Callable[[], None]) -> Iterator[int]:
+    """``serve`` run on a thread of its own while the caller holds the listener's port;
+    then the listener and the thread ended (``_closed``)."""
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
     try:
@@ -176,12 +182,7 @@ def metrics_peer(reply: bytes, second: bytes | None = None) -> Iterator[int]:
                 connection.recv(65536)
                 connection.sendall(answer)
 
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        yield listener.getsockname()[1]
-    finally:
-        _closed(listener, thread)
+    yield from _serving(listener, serve)
 
 
 def test_status_reckons_ages_on_the_daemons_clock(capsys) -> None:
