@@ -757,10 +757,8 @@ def test_an_export_imports_back_whole_as_a_backup(gallery, capsys, suffix) -> No
     gallery.set_threshold("bob", 0.5)
     gallery.set_threshold(None, 0.9)
     gallery.close()
-    with (
-        contextlib.closing(sqlite3.connect(path)) as db,
-        db,
-    ):  # (enrolled long ago: `gallery list NAME` shows when)
+    # (enrolled long ago: `gallery list NAME` shows when)
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
         db.execute("UPDATE embeddings SET created = '2020-01-02T03:04:05+00:00' WHERE id = 1")
     db.close()
     gallery = Gallery.open(path, MODEL)
