@@ -79,6 +79,7 @@ def open_video(path: Path) -> cv2.VideoCapture:
     ffmpeg_environment()  # (before the first capture: FFmpeg's own messages name no file)
     capture = cv2.VideoCapture(cv_path(path))
     if not capture.isOpened():
+        capture.release()  # (what FFmpeg opened before it gave up: now, not at a collection)
         raise VideoError(f"{path}: cannot open as a video{why_not_opened(path)}")
     return capture
 
