@@ -247,7 +247,9 @@ FIXED_ON_RESUME = (
 # Optimisers that keep the same state: a run may resume with the other, with a warning (runs
 # saved before ADAM updated as TensorFlow 1.x did trained with what is now ADAM_TORCH).
 SAME_STATE = {"ADAM_TORCH": "ADAM"}
-LOCAL_OPTIONS = frozenset({"resume", "config", "gpu", "workers", "gpu_memory_fraction", "amp"})
+LOCAL_OPTIONS = frozenset(
+    {"resume", "config", "gpu", "nproc_per_node", "workers", "gpu_memory_fraction", "amp"}
+)
 SAME_NETWORK = {"models.inception_resnet_v1": "inception_resnet_v1"}  # --model-def spellings
 
 

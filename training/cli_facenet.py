@@ -184,8 +184,8 @@ def _add_triplet(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         aliases=["facenet"],
         help="train FaceNet (triplet loss; --loss center / distill)",
         description="Train Inception-ResNet-v1 with the options of the original "
-        "train_tripletloss.py. Multi-GPU: torchrun --nproc-per-node N -m training.cli_facenet "
-        "triplet ...",
+        "train_tripletloss.py. Multi-GPU: --nproc-per-node N (several machines: torchrun ... -m "
+        "training.cli_facenet triplet ..., README)",
     )
     build_parser(p)
     p.set_defaults(func=_triplet, _parser=p)
@@ -194,6 +194,7 @@ def _add_triplet(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
 def _triplet(args: argparse.Namespace) -> int:
     from engines.base import EngineError
     from training.data import DataError
+    from training.distributed import under_launcher
     from training.facenet_nets import ModelFileError
     from training.run_checks import NothingToDo
     from training.train import TrainingInterrupted, train
@@ -203,6 +204,8 @@ def _triplet(args: argparse.Namespace) -> int:
     del args._parser, args.func
     try:
         apply_config(args, parser)
+        if args.nproc_per_node > 1 and not under_launcher():
+            return _launch(args)
         model_dir = train(args)
     except (OptionError, DataError, ModelFileError, FileNotFoundError, EngineError) as exc:
         return fail(_without_worker_traceback(str(exc)))
@@ -224,6 +227,25 @@ def _triplet(args: argparse.Namespace) -> int:
     return 0
 
 
+def _launch(args: argparse.Namespace) -> int:
+    """`triplet --nproc-per-node N`: this command, without that option, in N processes."""
+    import torch
+
+    from training.distributed import launch_local, uses_cuda
+    from training.train_options import OptionError, check_options, command_line, given_as
+
+    if uses_cuda(args.gpu) and args.nproc_per_node > torch.cuda.device_count():
+        raise OptionError(
+            f"{given_as(args, 'nproc_per_node')}: one process per CUDA device, and only "
+            f"{torch.cuda.device_count()} are present (--gpu cpu trains on the CPU)"
+        )
+    if not args.resume:  # one error here rather than one from each process
+        check_options(args)
+    level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
+    command = ["-u", "-m", "training.cli_facenet", "--log-level", level, "triplet"]
+    return launch_local(command + command_line(args, "nproc_per_node"), args.nproc_per_node)
+
+
 def _without_worker_traceback(message: str) -> str:
     """A data loader worker's error as PyTorch passes it on ("Caught DataError in DataLoader
     worker process 1. Original Traceback ...: training.data.DataError: MESSAGE"): MESSAGE."""
@@ -234,11 +256,22 @@ def _without_worker_traceback(message: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry for ``torchrun -m training.cli_facenet triplet ...`` (multi-process training)."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    """Entry for ``torchrun -m training.cli_facenet triplet ...`` (multi-process training), and
+    for the processes of ``triplet --nproc-per-node N``."""
     parser = argparse.ArgumentParser(prog="python -m training.cli_facenet")
+    parser.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        help="log verbosity on stderr (default: INFO)",
+    )
     register_facenet(parser.add_subparsers(dest="train_command", required=True))
     args = parser.parse_args(argv)
+    logging.basicConfig(  # as `facewatch` writes them
+        level=args.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%Y-%m-%d %H:%M:%S",
+    )
     return int(args.func(args))
 
 

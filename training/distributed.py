@@ -1,16 +1,21 @@
-"""Multi-process training helpers: torchrun / DDP setup, batch-norm sync, collectives.
+"""Multi-process training helpers: the processes started, torchrun / DDP setup, batch-norm
+sync, collectives.
 
-Launched under ``torchrun`` (RANK, WORLD_SIZE and LOCAL_RANK in the environment) training
-runs one process per device: gloo on CPU, nccl on CUDA. Batch norm statistics are
-computed over the whole global batch (``torch.nn.SyncBatchNorm`` on CUDA; on CPU, where
-that class refuses to run, ``CpuSyncBatchNorm`` below), so N processes compute the same
-loss and gradients as one process on the concatenated batch.
+Launched under ``torchrun``, or by ``launch_local`` (`train triplet --nproc-per-node N`), with
+RANK, WORLD_SIZE and LOCAL_RANK in the environment, training runs one process per device:
+gloo on CPU, nccl on CUDA. Batch norm statistics are computed over the whole global batch
+(``torch.nn.SyncBatchNorm`` on CUDA; on CPU, where that class refuses to run,
+``CpuSyncBatchNorm`` below), so N processes compute the same loss and gradients as one
+process on the concatenated batch.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
+import socket
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,6 +60,72 @@ def pick_device(gpu: str | None) -> torch.device:
     return torch.device("cuda", index)
 
 
+def uses_cuda(gpu: str | None) -> bool:
+    """Whether processes started by torchrun train on CUDA (one GPU each) with ``--gpu``."""
+    return torch.cuda.is_available() and (gpu is None or gpu.lower() != "cpu")
+
+
+def under_launcher() -> bool:
+    """Whether this process is one that torchrun (or ``launch_local``) started."""
+    return "WORLD_SIZE" in os.environ
+
+
+def launch_local(command: list[str], nproc: int) -> int:
+    """Run ``sys.executable *command`` in ``nproc`` processes on this machine, as torchrun
+    does, but with a static rendezvous on 127.0.0.1 and a free port: torchrun's default one
+    (and ``--standalone``'s) waits for ever where the host name does not resolve. Ctrl-C and
+    SIGTERM reach every process (each in a session of its own) once, from here; the others
+    are stopped when one fails. Returns 0, the exit status of the first process that failed,
+    or 128 + the signal that stopped them."""
+    from torch.distributed.elastic.multiprocessing import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    _process_defaults(nproc)
+    with socket.socket() as s:  # a free port for the rendezvous (rank 0's TCPStore)
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = LaunchConfig(
+        min_nodes=1,
+        max_nodes=1,
+        nproc_per_node=nproc,
+        run_id=f"facewatch-{os.getpid()}",
+        rdzv_backend="static",
+        rdzv_endpoint=f"127.0.0.1:{port}",
+        rdzv_configs={"rank": 0},
+        local_addr="127.0.0.1",
+        max_restarts=0,
+    )
+    logger.info("starting %d processes (rendezvous on 127.0.0.1:%d)", nproc, port)
+    try:
+        elastic_launch(config, sys.executable)(*command)
+    except ChildFailedError as exc:
+        rank, failure = exc.get_first_failure()
+        code = failure.exitcode if failure.exitcode >= 0 else 128 - failure.exitcode
+        logger.error("process %d of %d failed (exit status %d); the others were stopped",
+                     rank, nproc, code)  # fmt: skip
+        return code
+    except SignalException as exc:
+        logger.warning("stopped by %s", signal.Signals(exc.sigval).name)
+        return 128 + int(exc.sigval)
+    return 0
+
+
+def _process_defaults(nproc: int) -> None:
+    """What each process inherits where the environment does not say: this machine's cores
+    shared between them (torchrun gives each 1, and says so in a banner), and gloo on the
+    loopback interface (all of them are on this machine; without it gloo warns, where the
+    host name does not resolve, that it falls back to loopback). The launcher's own log
+    keeps its errors (a process that failed), not its INFO and WARNING lines ("Received 2
+    death signal, shutting down workers" at a Ctrl-C): ``launch_local`` says what they say."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    threads = os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (cores or 1) // nproc)))
+    if sys.platform.startswith("linux"):
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.ERROR)
+    logger.info("%s threads per process (OMP_NUM_THREADS)", threads)
+
+
 def init_from_env(gpu: str | None = None) -> DistContext:
     """Join the process group when started by torchrun; otherwise a single process."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -62,7 +133,7 @@ def init_from_env(gpu: str | None = None) -> DistContext:
         return DistContext(device=pick_device(gpu))
     rank = int(os.environ["RANK"])
     local_rank = int(os.environ.get("LOCAL_RANK", rank))
-    use_cuda = torch.cuda.is_available() and (gpu is None or gpu.lower() != "cpu")
+    use_cuda = uses_cuda(gpu)
     device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
     if use_cuda:
         torch.cuda.set_device(device)
@@ -205,8 +276,11 @@ __all__ = [
     "broadcast_object",
     "convert_sync_batchnorm",
     "init_from_env",
+    "launch_local",
     "mean_across",
     "shard_rows",
     "shutdown",
+    "under_launcher",
     "unshard_rows",
+    "uses_cuda",
 ]

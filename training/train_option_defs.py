@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from training.choices import MODEL_DEF_NAMES, RULES, STANDARDIZATIONS
+from training.cli_args import count
 
 # the original's five, updating as TensorFlow 1.x did, and torch's own Adam (the recipes')
 OPTIMIZERS = ("ADAGRAD", "ADADELTA", "ADAM", "RMSPROP", "MOM", "ADAM_TORCH")
@@ -208,6 +209,17 @@ FACEWATCH_OPTIONS: tuple[tuple[str, dict[str, Any]], ...] = (
         {
             "default": None,
             "help": "CUDA device index, or 'cpu' (default: CUDA 0 when present). Under torchrun: LOCAL_RANK",
+        },
+    ),
+    (
+        "nproc_per_node",
+        {
+            "type": count(1),
+            "default": 1,
+            "metavar": "N",
+            "help": "train in N processes on this machine (DDP: one per CUDA GPU, or gloo on "
+            "the CPU), started as torchrun would but on 127.0.0.1, with no host name lookup; "
+            "several machines: torchrun (README)",
         },
     ),
     (

@@ -25,6 +25,7 @@ class OptionError(ValueError):
 
 
 GIVEN = "_given"  # the namespace attribute naming the options the command line gave
+GIVEN_AS = "_given_as"  # and the one holding them as given: (dest, option string, value)
 FROM_RECIPE = "_recipe_keys"  # option -> its key in the --config recipe, for the recipe's values
 
 
@@ -50,12 +51,15 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 
 def _recording(kind: type[argparse.Action]) -> type[argparse.Action]:
     """``kind``, also noting its option as given on the command line (so that a recipe never
-    overrides it, even where the command line repeats the default)."""
+    overrides it, even where the command line repeats the default), and how it was given (so
+    that --nproc-per-node's processes can be given the same command)."""
 
     class Recording(kind):  # type: ignore[misc]
         def __call__(self, parser: Any, namespace: Any, values: Any, option: Any = None) -> None:
             given = set(getattr(namespace, GIVEN, ()))
             setattr(namespace, GIVEN, given | {self.dest})
+            given_as = list(getattr(namespace, GIVEN_AS, ()))
+            setattr(namespace, GIVEN_AS, [*given_as, (self.dest, option, values)])
             super().__call__(parser, namespace, values, option)
 
     return Recording
@@ -180,6 +184,17 @@ def check_options(args: argparse.Namespace) -> None:
             )
     if args.amp and args.gpu is not None and str(args.gpu).lower() == "cpu":
         raise OptionError("--amp needs a CUDA device (mixed precision is CUDA only)")
+
+
+def command_line(args: argparse.Namespace, leave_out: str) -> list[str]:
+    """The options the command line gave, as it gave them (each under its full name), but
+    ``leave_out``'s."""
+    words: list[str] = []
+    for dest, option, value in getattr(args, GIVEN_AS, ()):
+        if dest != leave_out:  # a flag's value is None or [], an option's one value
+            values = value if isinstance(value, list) else [] if value is None else [value]
+            words += [option, *map(str, values)]
+    return words
 
 
 def options_dict(args: argparse.Namespace) -> dict[str, Any]:
