@@ -302,7 +302,7 @@ def _same(key: str, ours: Any, theirs: Any) -> bool:
 
 def resume_command(args: Any, model_dir: Path) -> str:
     """The command that continues a run: ``--resume`` and the machine-local options the user
-    gave (the checkpoint does not keep them: --gpu, --workers, --amp)."""
+    gave (the checkpoint does not keep them: --gpu, --workers, --amp, --nproc-per-node)."""
     import shlex
 
     from training.train_options import GIVEN
@@ -314,4 +314,8 @@ def resume_command(args: Any, model_dir: Path) -> str:
             words += [f"--{key}", str(getattr(args, key))]
     if "amp" in given and getattr(args, "amp", False):
         words.append("--amp")
+    # one of --nproc-per-node's processes (or torchrun's on one machine): as many again
+    local = os.environ.get("LOCAL_WORLD_SIZE", "1")
+    if local == os.environ.get("WORLD_SIZE") and int(local) > 1:
+        words += ["--nproc-per-node", local]
     return shlex.join(words)

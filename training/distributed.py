@@ -122,7 +122,9 @@ def _process_defaults(nproc: int) -> None:
     threads = os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (cores or 1) // nproc)))
     if sys.platform.startswith("linux"):
         os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    logging.getLogger("torch.distributed.elastic").setLevel(logging.ERROR)
+    for name in list(logging.root.manager.loggerDict):  # torch sets each one's own level
+        if name.startswith("torch.distributed.elastic"):
+            logging.getLogger(name).setLevel(logging.ERROR)
     logger.info("%s threads per process (OMP_NUM_THREADS)", threads)
 
 
@@ -140,7 +142,15 @@ def init_from_env(gpu: str | None = None) -> DistContext:
     if not dist.is_initialized():
         dist.init_process_group("nccl" if use_cuda else "gloo", rank=rank, world_size=world)
     logger.info("process %d of %d on %s", rank, world, device)
+    if rank:  # the first process says the rest, once (the same checks, epochs and figures)
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_only_errors_and_where)
     return DistContext(rank, world, device)
+
+
+def _only_errors_and_where(record: logging.LogRecord) -> bool:
+    """What the processes after the first log: their errors, and this module's lines."""
+    return record.levelno >= logging.ERROR or record.name == __name__
 
 
 def shutdown() -> None:

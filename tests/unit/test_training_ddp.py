@@ -153,6 +153,24 @@ def test_nproc_per_node_out_of_range_is_a_clear_error(monkeypatch, capsys) -> No
     assert "--batch-size 10: must be a multiple of 3" in capsys.readouterr().err
 
 
+def test_a_process_of_several_says_to_resume_with_as_many(monkeypatch, tmp_path) -> None:
+    """Ctrl-C's "continue with:" line, printed by the first of --nproc-per-node's processes,
+    starts as many again; on several machines (torchrun's nodes) it does not guess."""
+    from training.checkpoint import resume_command
+    from training.train_options import build_parser
+
+    args = build_parser().parse_args(["--data-dir", "faces", "--gpu", "cpu"])
+    resume = f"facewatch train triplet --resume {tmp_path} --gpu cpu"
+    for name in ("WORLD_SIZE", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    assert resume_command(args, tmp_path) == resume
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert resume_command(args, tmp_path) == f"{resume} --nproc-per-node 4"
+    monkeypatch.setenv("WORLD_SIZE", "8")  # two machines of 4
+    assert resume_command(args, tmp_path) == resume
+
+
 def _can_rename_host() -> str | None:
     """Why a test cannot give its command a host name of its own (None: it can)."""
     if shutil.which("unshare") is None:
@@ -177,8 +195,8 @@ def test_the_documented_command_trains_with_two_processes(tmp_path, host: str) -
         prefix = ["unshare", "--uts", "sh", "-c", 'hostname no-such-host.invalid && exec "$@"', "-"]
     data = celeba_people(tmp_path / "people", [4, 4, 4, 4])
     recipe = Path(__file__).resolve().parents[2] / "configs" / "training" / "facenet_smoke_cpu.yaml"
-    command = [*prefix, sys.executable, "-m", "training.cli_facenet", "triplet",
-               "--nproc-per-node", "2", "--config", str(recipe), "--data-dir", str(data),
+    facewatch = Path(sys.executable).with_name("facewatch")
+    command = [*prefix, str(facewatch), "train", "triplet", "--nproc-per-node", "2", "--config", str(recipe), "--data-dir", str(data),
                "--max-nrof-epochs", "1", "--epoch-size", "1",
                "--models-base-dir", str(tmp_path / "models"),
                "--logs-base-dir", str(tmp_path / "logs")]  # fmt: skip
@@ -193,5 +211,6 @@ def test_the_documented_command_trains_with_two_processes(tmp_path, host: str) -
     for rank in (0, 1):
         assert f"process {rank} of 2 on cpu" in err, err[-3000:]
     assert (tmp_path / "models" / "smoke" / "latest.pt").is_file()
+    assert err.count("has no alignment.json") == 1, err[-3000:]  # a check's warning: once
     assert "OMP_NUM_THREADS environment variable" not in err  # torchrun's banner
     assert "loopback" not in err  # gloo's fallback, where the host name does not resolve
