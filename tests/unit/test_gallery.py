@@ -744,7 +744,8 @@ def test_export_never_overwrites_by_accident(gallery, capsys) -> None:
     assert code == 1 and "the gallery itself" in err
     code, _, err = gallery_cli(path, capsys, "export", str(path.parent / "no" / "x.json"))
     assert code == 1 and "no folder" in err
-    assert Gallery.open(path).identities()  # untouched
+    with Gallery.open(path) as untouched:
+        assert untouched.identities()
     assert not list(path.parent.glob(".*.part"))
 
 

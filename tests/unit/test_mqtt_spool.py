@@ -9,6 +9,8 @@ import socket
 import sqlite3
 import subprocess
 import time
+from collections.abc import Iterator
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -25,6 +27,14 @@ from tests.pipeline_fakes import OneFace as _OneFace
 from tests.pipeline_fakes import galleries_closed  # noqa: F401  (a fixture, used by name)
 
 pytestmark = pytest.mark.usefixtures("galleries_closed")
+
+
+@pytest.fixture
+def small_spool(tmp_path: Path) -> Iterator[Spool]:
+    """A spool of at most 10 messages in the test's folder, closed after the test (its SQLite
+    file and lock stayed open to the worker's end)."""
+    with contextlib.closing(Spool(tmp_path / "spool", 10)) as spool:
+        yield spool
 
 
 def test_an_unreadable_list_of_people_published_starts_with_a_warning(tmp_path, caplog) -> None:
@@ -45,7 +55,9 @@ def test_an_unreadable_list_of_people_published_starts_with_a_warning(tmp_path, 
     spool.close()
 
 
-def test_spool_ids_used_again_keep_the_order_and_each_message_goes_once(tmp_path, caplog) -> None:
+def test_spool_ids_used_again_keep_the_order_and_each_message_goes_once(
+    small_spool, caplog
+) -> None:
     """Without AUTOINCREMENT a drained spool's ids start again. Events come while the
     publisher sends, one acknowledged message's delete fails once (a full disk): each
     message reaches the broker once, in the order it was spooled. The failed delete is one
@@ -54,7 +66,7 @@ def test_spool_ids_used_again_keep_the_order_and_each_message_goes_once(tmp_path
     from daemon.mqtt import MqttPublisher
 
     caplog.set_level("INFO", logger="daemon.mqtt")
-    spool = Spool(tmp_path / "spool", 10)
+    spool = small_spool
     publisher = MqttPublisher(MqttConfig(), "node", spool)
     received: list[str] = []
 
@@ -230,7 +242,7 @@ def test_a_sending_error_that_lasts_is_said_again_every_remind_s(
     spool.close()
 
 
-def test_deletions_are_sent_at_the_next_connection_then_forgotten(tmp_path) -> None:
+def test_deletions_are_sent_at_the_next_connection_then_forgotten(small_spool) -> None:
     """A visitor gallery: someone enrolled and removed each day. Each removal empties their
     retained topic (and Home Assistant config); those were sent again at every connection
     for good (2002 messages a reconnection after 1000 removals)."""
@@ -239,7 +251,7 @@ def test_deletions_are_sent_at_the_next_connection_then_forgotten(tmp_path) -> N
     from daemon.config_outputs import MqttConfig
     from daemon.mqtt import MqttPublisher
 
-    publisher = MqttPublisher(MqttConfig(port=1), "node", Spool(tmp_path / "spool", 10))
+    publisher = MqttPublisher(MqttConfig(port=1), "node", small_spool)
     publisher.people_announcements = lambda names, gone: [
         *((f"ha/{name}/config", b"{}") for name in names),
         *((f"ha/{name}/config", b"") for name in gone),
