@@ -213,7 +213,8 @@ def test_a_state_sent_into_a_silently_dead_link_never_replaces_a_newer_one(
     reconnects is what the broker keeps, not a stale copy delivered after it."""
     link = Partition(broker.port)
     config = MqttConfig(port=link.port, keepalive_s=5)
-    publisher = MqttPublisher(config, "test", Spool(tmp_path / "spool", 100))
+    spool = Spool(tmp_path / "spool", 100)
+    publisher = MqttPublisher(config, "test", spool)
     publisher.set_in_view("cam", {"faces": 0})
     publisher.start()
     try:
@@ -227,6 +228,7 @@ def test_a_state_sent_into_a_silently_dead_link_never_replaces_a_newer_one(
         time.sleep(1.0)  # anything the client kept from before is sent again by now
     finally:
         publisher.stop(timeout_s=2, drain_s=0)
+        spool.close()
         link.close()
     retained = Subscriber(broker.port, FACES.replace("clip", "cam"))
     try:
@@ -244,7 +246,8 @@ def test_a_burst_of_birth_messages_is_answered_twice_not_each_time(
     end of the gap, not with a full set of configs each (40 births were 40 sets)."""
     monkeypatch.setattr(mqtt_retained, "BIRTH_GAP_S", 2.0)
     config_topic = "homeassistant/sensor/facewatch_test/cam_people/config"
-    publisher = MqttPublisher(MqttConfig(port=broker.port), "test", Spool(tmp_path / "s", 100))
+    spool = Spool(tmp_path / "s", 100)
+    publisher = MqttPublisher(MqttConfig(port=broker.port), "test", spool)
     publisher.announce([(config_topic, b"{}")], birth_topic="homeassistant/status")
     subscriber = Subscriber(broker.port, config_topic)
     publisher.start()
@@ -265,6 +268,7 @@ def test_a_burst_of_birth_messages_is_answered_twice_not_each_time(
         wait_for(lambda: len(subscriber.messages) == 4, 10, "a later birth answered at once")
     finally:
         publisher.stop(timeout_s=2, drain_s=0)
+        spool.close()
         subscriber.close()
 
 
