@@ -24,6 +24,12 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 GOLDEN = REPO / "tests" / "golden"
 
 
+def open_files() -> int:
+    """How many files (sockets, pipes) this process has open: what a test that something
+    leaves none open compares before and after (Linux's /proc/self/fd; a test skips without)."""
+    return len(os.listdir("/proc/self/fd"))
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests marked ``first`` (the longest, a minute or more in CI) run before the others,
     the rest in their order: xdist hands out tests in file order, and the last-started long

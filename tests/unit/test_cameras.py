@@ -17,6 +17,7 @@ from prometheus_client import REGISTRY
 
 from daemon.camera_frames import FrameQueues
 from daemon.config_file import parse_config
+from tests.conftest import open_files
 
 
 def test_a_cameras_outage_start_follows_the_wall_clock_set_right(monkeypatch) -> None:
@@ -486,10 +487,6 @@ def test_a_file_camera_says_once_that_it_plays_the_file_again(tmp_path, caplog) 
     assert f"facewatch identify {clip}" in said and "the time of the run" in said
 
 
-def _open_files() -> int:
-    return len(os.listdir("/proc/self/fd"))
-
-
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts this process's files")
 def test_a_cameras_reconnections_and_replays_leave_no_file_open(tmp_path, monkeypatch) -> None:
     """A daemon runs for months, its cameras reconnecting (a stream refused, again and again)
@@ -527,7 +524,7 @@ def test_a_cameras_reconnections_and_replays_leave_no_file_open(tmp_path, monkey
         try:
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline:  # (a few of each stretch, on a busy machine too)
-                samples.append((len(opened), _open_files()))
+                samples.append((len(opened), open_files()))
                 if sum(n >= 12 for n, _ in samples) >= 5:
                     break
                 time.sleep(0.005)

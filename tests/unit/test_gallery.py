@@ -27,6 +27,7 @@ from daemon.events import person_key
 from daemon.gallery import DEFAULT_THRESHOLD, Gallery, GalleryError
 from daemon.gallery_file import file_stamp
 from daemon.gallery_write import Enrollment
+from tests.conftest import open_files
 
 MODEL = "facenet-test@sha256:0123456789abcdef"
 D = 8
@@ -341,10 +342,6 @@ time.sleep(60)
 """
 
 
-def _open_files() -> int:
-    return len(os.listdir("/proc/self/fd"))
-
-
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts this process's files")
 def test_a_gallery_refused_leaves_no_file_open(gallery) -> None:
     """A gallery refused (another model's, a file that is no gallery, one another process is
@@ -362,7 +359,7 @@ def test_a_gallery_refused_leaves_no_file_open(gallery) -> None:
     gc.disable()  # (a collection would close what a refusal left open)
     try:
         assert writer.stdout is not None and writer.stdout.readline() == "writing\n"
-        before = _open_files()
+        before = open_files()
         for _ in range(5):
             with pytest.raises(GalleryError, match="locked by another writer"):
                 Gallery.open(path, MODEL, lock_timeout_s=0.01)
@@ -373,7 +370,7 @@ def test_a_gallery_refused_leaves_no_file_open(gallery) -> None:
                 Gallery.open(path, "other@sha256:1")
             with pytest.raises(GalleryError, match="not a facewatch gallery"):
                 Gallery.open(junk)
-        assert _open_files() == before
+        assert open_files() == before
     finally:
         if collecting:
             gc.enable()
