@@ -83,7 +83,12 @@ class Service(EngineLoading, Serving):
             self.spool = Spool(cfg.mqtt.spool_dir, cfg.mqtt.spool_max_events)
         except OSError as exc:
             raise preflight.output_error("mqtt.spool_dir", exc) from None
-        publisher = MqttPublisher(cfg.mqtt, cfg.node_id, self.spool)  # (mqtt.tls: ConfigError)
+        try:  # (mqtt.tls files changed since preflight read them: a ConfigError)
+            publisher = MqttPublisher(cfg.mqtt, cfg.node_id, self.spool)
+        except BaseException:
+            self.spool.close()  # its SQLite file and lock were left open to the process's end
+            self.spool = None
+            raise
         self.publisher = publisher
         self._initial_state(publisher, enrolled)
         sinks = EventSinks(

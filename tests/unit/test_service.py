@@ -8,12 +8,14 @@ import threading
 import time
 from types import SimpleNamespace
 
+import pytest
 from prometheus_client import REGISTRY
 
 from daemon.camera_frames import FrameQueues
 from daemon.config_file import parse_config
 from daemon.events import EventSinks
 from daemon.spool import Spool
+from tests.conftest import open_files
 
 
 def test_a_stop_keeps_its_deadline_when_cameras_hang(monkeypatch, caplog, tmp_path) -> None:
@@ -173,3 +175,26 @@ def test_what_a_stop_leaves_in_the_spool_is_counted_as_messages(tmp_path, caplog
     scheduler.start()
     daemon._shutdown(scheduler, sinks)  # type: ignore[arg-type]
     assert "2 message(s) (events and their face snapshots) kept in the spool" in caplog.text
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts this process's files")
+def test_a_publisher_that_cannot_be_made_leaves_the_spool_closed(tmp_path) -> None:
+    """mqtt.tls files that preflight read but the publisher cannot use (replaced between the
+    two): the start ends with mqtt.tls's ConfigError, and the spool opened for it is closed
+    then, not left open (its SQLite file and its lock) until the process ends."""
+    from daemon import service
+    from daemon.config import ConfigError
+
+    ca_file = tmp_path / "ca.crt"
+    ca_file.write_bytes(b"not a certificate")
+    config = parse_config(
+        {
+            "cameras": [{"name": "cam0", "url": "x.mp4"}],
+            "mqtt": {"spool_dir": str(tmp_path / "spool"), "tls": {"ca_file": str(ca_file)}},
+        }
+    )
+    daemon = service.Service(config)
+    before = open_files()
+    with pytest.raises(ConfigError, match=r"^mqtt\.tls\.ca_file: "):
+        daemon._start_outputs([])
+    assert open_files() == before and daemon.spool is None
