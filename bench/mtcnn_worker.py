@@ -68,12 +68,11 @@ def facewatch_detector(
     """facewatch's MTCNN (default backend and lanes unless told otherwise); takes BGR frames
     as they come from OpenCV."""
     sys.path.insert(0, str(REPO))
-    import onnxruntime
-
     from engines.detectors import load_detector
     from engines.openvino_backend import import_openvino
+    from engines.ort import import_onnxruntime
 
-    openvino = import_openvino()
+    onnxruntime, openvino = import_onnxruntime(), import_openvino()
 
     VERSIONS.update(onnxruntime=onnxruntime.__version__, openvino=openvino.__version__)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,21 @@ _ORT_TYPES = {
 }
 
 
+def import_onnxruntime() -> Any:
+    """The ``onnxruntime`` module, with its telemetry off for this process. From 1.29 its
+    Linux builds send Microsoft a usage event as a process starts it, then events of its
+    sessions, models and errors, keyed by a device id they keep in
+    ``~/.cache/Microsoft/DeveloperTools`` (with a queue of the events not sent yet): a
+    face-recognition daemon must not tell a third party when and how it runs.
+    ``ORT_DISABLE_TELEMETRY=1``, read once, as the process first starts ONNX Runtime, turns
+    all of it off, so every import of it in facewatch goes through here (a value set in the
+    environment is kept: a user may opt in). ImportError when it is not installed."""
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+    import onnxruntime
+
+    return onnxruntime
+
+
 def _spec(arg: Any) -> TensorSpec:
     shape = tuple(d if isinstance(d, int) else None for d in arg.shape)
     return TensorSpec(str(arg.name), shape, _ORT_TYPES.get(arg.type, str(arg.type)))
@@ -38,7 +54,7 @@ class OrtEngine(SpecsFromLoad):
         self, model_path: str | Path, threads: int = 0, providers: list[str] | None = None
     ) -> None:
         try:
-            import onnxruntime as ort
+            ort = import_onnxruntime()
         except ImportError as exc:  # installed but broken, most often (a core dependency)
             raise sdk_import_error("onnxruntime", "onnxruntime", exc) from exc
         path = Path(model_path)

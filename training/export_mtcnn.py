@@ -111,7 +111,9 @@ def real_inputs(spec: NetSpec, images: list[Path], count: int = 8) -> np.ndarray
 
 def parity_check(spec: NetSpec, onnx_path: Path, weights_dir: Path, images: list[Path]) -> float:
     """Max abs difference between ONNX Runtime and PyTorch on real inputs."""
-    import onnxruntime as ort
+    from engines.ort import import_onnxruntime
+
+    ort = import_onnxruntime()
 
     net = load_net(spec.name, weights_dir / f"{spec.name}.pt")
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])

@@ -43,6 +43,9 @@ def quantize_int8(path: Path, calibration: np.ndarray, out: Path) -> None:
     crops (uint8 RGB). On CPUs with VNNI it runs 2-3.5x faster than fp32 (bench/README.md)."""
     import tempfile
 
+    from engines.ort import import_onnxruntime
+
+    import_onnxruntime()  # first: its telemetry off before onnxruntime.quantization starts it
     from onnxruntime.quantization import (
         CalibrationDataReader,
         QuantFormat,

@@ -94,9 +94,10 @@ def _forward_params(module: nn.Module) -> list[str]:
 
 def parity_with_onnx(pt2_path: str | Path, onnx_path: str | Path, x: np.ndarray) -> float:
     """Max abs difference, exported program vs ONNX Runtime on the CPU, over all outputs."""
-    import onnxruntime as ort
-
+    from engines.ort import import_onnxruntime
     from engines.torch_backend import TorchEngine
+
+    ort = import_onnxruntime()
 
     engine = TorchEngine(pt2_path, device="cpu")
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])

@@ -77,6 +77,26 @@ def test_no_import_anywhere_goes_against_the_dependency_direction():
     assert ("engines/torch_backend.py", "torch") in seen  # the scan sees a lazy import
 
 
+def test_onnxruntime_is_imported_only_with_its_telemetry_off():
+    """ONNX Runtime reads whether to send its usage events once, as a process first starts
+    it: every import goes through engines.ort.import_onnxruntime, which turns them off, or
+    follows a call of it (onnxruntime.quantization)."""
+    unguarded = []
+    for package in ("daemon", "engines", "training", "bench"):
+        for where, module in imports_in(package):
+            path, line = where.split(":")
+            if module != "onnxruntime" or path == "engines/ort.py":
+                continue
+            tree = ast.parse((REPO / path).read_text())
+            calls = [n.lineno for n in ast.walk(tree) if isinstance(n, ast.Call)
+                     and getattr(n.func, "id", None) == "import_onnxruntime"]  # fmt: skip
+            if not any(call < int(line) for call in calls):
+                unguarded.append(where)
+    assert unguarded == []
+    ort = [where for where, module in imports_in("engines") if module == "onnxruntime"]
+    assert [where.split(":")[0] for where in ort] == ["engines/ort.py"]  # the scan sees it
+
+
 def test_the_daemon_package_is_ours_not_python_daemon():
     """``daemon`` is also PyPI's python-daemon: the one imported must be this repository's."""
     import daemon

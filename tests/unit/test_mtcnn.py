@@ -178,6 +178,49 @@ def test_the_openvino_backend_tells_no_third_party_that_it_runs(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+# the variables by which ONNX Runtime (and OpenVINO) know a CI job, where they keep quiet
+_CI_MARKERS = ("CI", "TF_BUILD", "GITHUB_ACTIONS", "GITLAB_CI", "CIRCLECI", "TRAVIS",
+               "JENKINS_URL", "CODEBUILD_BUILD_ID", "BUILDKITE", "TEAMCITY_VERSION",
+               "SYSTEM_TEAMFOUNDATIONCOLLECTIONURI", "ORT_RUNNING_UNIT_TESTS")  # fmt: skip
+
+
+def test_the_onnxruntime_backend_tells_no_third_party_that_it_runs(tmp_path):
+    """ONNX Runtime 1.29 and later send Microsoft usage events, keyed by a device id kept in
+    ~/.cache/Microsoft/DeveloperTools: facewatch's processes turn that off, and write nothing
+    there. (Fresh processes with fresh homes, not seen as a CI job: it keeps quiet in those.)"""
+    import os
+    import subprocess
+    import sys
+
+    import onnxruntime
+
+    def home_after(code: str, name: str) -> list[str]:
+        home = tmp_path / name
+        home.mkdir()
+        env = {k: v for k, v in os.environ.items() if k not in _CI_MARKERS}
+        env.pop("ORT_DISABLE_TELEMETRY", None)
+        env.pop("XDG_CACHE_HOME", None)
+        env.update(HOME=str(home), PYTHONPATH=str(Path(__file__).parents[2]))
+        run = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+        )
+        assert run.returncode == 0, run.stderr
+        return sorted(str(path.relative_to(home)) for path in home.rglob("*"))
+
+    pnet = str(MODELS / "mtcnn" / "pnet.onnx")
+    ours = (
+        "import numpy as np\n"
+        "from engines.loader import load_engine\n"
+        f"engine = load_engine({pnet!r}, backend='onnxruntime', threads=1)\n"
+        "engine.infer({'image': np.zeros((1, 3, 24, 24), np.float32)})\n"
+    )
+    assert home_after(ours, "facewatch") == []
+    # and the check can fail: ONNX Runtime started without facewatch keeps its device id there
+    if tuple(int(part) for part in onnxruntime.__version__.split(".")[:2]) >= (1, 29):
+        plain = f"import onnxruntime\nonnxruntime.InferenceSession({pnet!r})\n"
+        assert ".cache/Microsoft/DeveloperTools/.onnxruntime/deviceid" in home_after(plain, "plain")
+
+
 def test_openvino_engine_names_the_model_in_errors(tmp_path):
     from engines.base import EngineError
     from engines.loader import load_engine

@@ -99,9 +99,10 @@ def test_export_matches_onnx_runtime(exported):
 def test_engine_specs_and_dynamic_shapes(exported):
     """P-Net's one program runs every pyramid level: odd and even heights and widths (it was
     exported at 64x80), down to 12x12, each as ONNX Runtime computes it."""
-    import onnxruntime as ort
-
+    from engines.ort import import_onnxruntime
     from engines.torch_backend import TorchEngine
+
+    ort = import_onnxruntime()
 
     folder, _ = exported
     pnet = TorchEngine(folder / "pnet.onnx", device="cpu")
