@@ -77,24 +77,31 @@ def test_no_import_anywhere_goes_against_the_dependency_direction():
     assert ("engines/torch_backend.py", "torch") in seen  # the scan sees a lazy import
 
 
-def test_onnxruntime_is_imported_only_with_its_telemetry_off():
+# each runtime that reports its use to its vendor unless told not to, and the one function
+# that imports it told not to
+QUIETED = {"onnxruntime": "import_onnxruntime", "openvino": "import_openvino"}
+QUIETED_IN = {"engines/ort.py": "onnxruntime", "engines/openvino_backend.py": "openvino"}
+
+
+def test_runtimes_are_imported_only_with_their_telemetry_off():
     """ONNX Runtime reads whether to send its usage events once, as a process first starts
-    it: every import goes through engines.ort.import_onnxruntime, which turns them off, or
-    follows a call of it (onnxruntime.quantization)."""
+    it, and OpenVINO sends one at its import: every import goes through the function that
+    turns them off (engines.ort.import_onnxruntime, engines.openvino_backend.import_openvino)
+    or follows a call of it in the same file (onnxruntime.quantization)."""
     unguarded = []
     for package in ("daemon", "engines", "training", "bench"):
         for where, module in imports_in(package):
             path, line = where.split(":")
-            if module != "onnxruntime" or path == "engines/ort.py":
+            if module not in QUIETED or QUIETED_IN.get(path) == module:
                 continue
             tree = ast.parse((REPO / path).read_text())
             calls = [n.lineno for n in ast.walk(tree) if isinstance(n, ast.Call)
-                     and getattr(n.func, "id", None) == "import_onnxruntime"]  # fmt: skip
+                     and getattr(n.func, "id", None) == QUIETED[module]]  # fmt: skip
             if not any(call < int(line) for call in calls):
                 unguarded.append(where)
     assert unguarded == []
-    ort = [where for where, module in imports_in("engines") if module == "onnxruntime"]
-    assert [where.split(":")[0] for where in ort] == ["engines/ort.py"]  # the scan sees it
+    seen = {(where.split(":")[0], module) for where, module in imports_in("engines")}
+    assert set(QUIETED_IN.items()) <= seen  # the scan sees their imports
 
 
 def test_the_daemon_package_is_ours_not_python_daemon():
