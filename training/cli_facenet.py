@@ -234,6 +234,11 @@ def _launch(args: argparse.Namespace) -> int:
     from training.distributed import launch_local, uses_cuda
     from training.train_options import OptionError, check_options, command_line, given_as
 
+    if args.gpu is not None and args.gpu.lower() != "cpu":
+        raise OptionError(
+            f"{given_as(args, 'gpu')} with {given_as(args, 'nproc_per_node')}: each process "
+            "takes a GPU of its own, 0 to N-1 (CUDA_VISIBLE_DEVICES=1,2 chooses which)"
+        )
     if uses_cuda(args.gpu) and args.nproc_per_node > torch.cuda.device_count():
         raise OptionError(
             f"{given_as(args, 'nproc_per_node')}: one process per CUDA device, and only "

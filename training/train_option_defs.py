@@ -208,7 +208,7 @@ FACEWATCH_OPTIONS: tuple[tuple[str, dict[str, Any]], ...] = (
         "gpu",
         {
             "default": None,
-            "help": "CUDA device index, or 'cpu' (default: CUDA 0 when present). Under --nproc-per-node or torchrun: LOCAL_RANK",
+            "help": "CUDA device index, or 'cpu' (default: CUDA 0 when present). Under --nproc-per-node or torchrun each process takes CUDA device LOCAL_RANK (CUDA_VISIBLE_DEVICES chooses which)",
         },
     ),
     (

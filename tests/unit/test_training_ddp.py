@@ -148,6 +148,12 @@ def test_nproc_per_node_out_of_range_is_a_clear_error(monkeypatch, capsys) -> No
         "error: --nproc-per-node 2: one process per CUDA device, and only 1 are present "
         "(--gpu cpu trains on the CPU)\n"
     )
+    # a GPU index would be ignored (each process takes its own): said, not ignored
+    assert cli(["triplet", "--nproc-per-node", "2", "--gpu", "1"]) == 2
+    assert capsys.readouterr().err == (
+        "error: --gpu 1 with --nproc-per-node 2: each process takes a GPU of its own, 0 to N-1 "
+        "(CUDA_VISIBLE_DEVICES=1,2 chooses which)\n"
+    )
     # an option the processes would each refuse is refused once, before they start
     assert cli(["triplet", "--nproc-per-node", "2", "--gpu", "cpu", "--batch-size", "10"]) == 2
     assert "--batch-size 10: must be a multiple of 3" in capsys.readouterr().err
