@@ -758,7 +758,6 @@ def test_an_export_imports_back_whole_as_a_backup(gallery, capsys, suffix) -> No
     # (enrolled long ago: `gallery list NAME` shows when)
     with contextlib.closing(sqlite3.connect(path)) as db, db:
         db.execute("UPDATE embeddings SET created = '2020-01-02T03:04:05+00:00' WHERE id = 1")
-    db.close()
     gallery = Gallery.open(path, MODEL)
     before = (gallery.identities(), gallery.embeddings())
     gallery.close()
