@@ -519,19 +519,20 @@ def test_a_cameras_reconnections_and_replays_leave_no_file_open(tmp_path, monkey
         opened.clear()
         name = "reconnecting"  # (its metrics' series are this test's)
         reader = CameraReader(CameraConfig(name=name, url=url), FrameQueues([name], 2))
-        samples = []  # (connections so far, files open): the fewest of each stretch counts,
-        reader.start()  # not one caught while a connection is in flight
+        # (connections so far, files open): the fewest of each stretch of 5 connections
+        # counts, not one caught while a connection is in flight (a file's capture is open
+        # while it plays: a stretch holds some of the moments between two of them)
+        samples = []
+        reader.start()
         try:
             deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:  # (a few of each stretch, on a busy machine too)
+            while time.monotonic() < deadline and len(opened) <= 16:
                 samples.append((len(opened), open_files()))
-                if sum(n >= 12 for n, _ in samples) >= 5:
-                    break
                 time.sleep(0.005)
         finally:
             reader.stop()
             reader.join(10)
-        assert len(opened) >= 12, (url, len(opened))
+        assert len(opened) > 16, (url, len(opened))
         early = min(files for n, files in samples if 2 <= n <= 6)
-        late = min(files for n, files in samples if n >= 12)
+        late = min(files for n, files in samples if 12 <= n <= 16)
         assert late <= early, (url, early, late)
