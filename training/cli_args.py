@@ -1,29 +1,13 @@
-"""What the `facewatch train` commands share of their arguments: a count's type, a run's
-folder taken for its latest checkpoint, a command's own arguments as it was given them."""
+"""What the `facewatch train` commands share of their arguments: a run's folder taken for its
+latest checkpoint, a command's own arguments as it was given them."""
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
-
-
-def count(least: int) -> object:
-    """An argparse type: an integer of at least ``least``."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-        if value < least:
-            raise argparse.ArgumentTypeError(f"{value}: must be >= {least}")
-        return value
-
-    return parse
 
 
 def run_checkpoint(path: Path) -> Path:

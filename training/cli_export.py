@@ -8,7 +8,8 @@ import shlex
 from pathlib import Path
 
 from engines.loader import default_facenet
-from training.cli_args import argv_after, count, run_checkpoint
+from training.choices import count
+from training.cli_args import argv_after, run_checkpoint
 from training.cli_teacher import fail
 from training.help_format import DefaultsHelpFormatter
 

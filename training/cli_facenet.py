@@ -16,7 +16,7 @@ from pathlib import Path
 
 from engines.loader import default_models_dir
 from engines.mtcnn import MTCNNConfig
-from training.cli_args import count
+from training.choices import count
 from training.cli_export import register_export
 from training.cli_teacher import fail, register_teacher
 from training.cli_validate import register_validate

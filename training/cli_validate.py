@@ -9,7 +9,8 @@ import shlex
 from pathlib import Path
 
 from engines.loader import default_models_dir
-from training.cli_args import argv_after, count, run_checkpoint
+from training.choices import count
+from training.cli_args import argv_after, run_checkpoint
 from training.cli_teacher import fail
 from training.help_format import NO_PROGRESS_HELP, DefaultsHelpFormatter
 

@@ -9,8 +9,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from training.choices import MODEL_DEF_NAMES, RULES, STANDARDIZATIONS
-from training.cli_args import count
+from training.choices import MODEL_DEF_NAMES, RULES, STANDARDIZATIONS, count
 
 # the original's five, updating as TensorFlow 1.x did, and torch's own Adam (the recipes')
 OPTIMIZERS = ("ADAGRAD", "ADADELTA", "ADAM", "RMSPROP", "MOM", "ADAM_TORCH")
