@@ -535,4 +535,7 @@ def test_a_cameras_reconnections_and_replays_leave_no_file_open(tmp_path, monkey
         assert len(opened) > 16, (url, len(opened))
         early = min(files for n, files in samples if 2 <= n <= 6)
         late = min(files for n, files in samples if 12 <= n <= 16)
-        assert late <= early, (url, early, late)
+        # a file kept per connection is 10 more here (16 vs 26 when captures were kept); one
+        # or two opened once, late, are not a growth (15 vs 16 twice in CI's workers, never
+        # when run alone)
+        assert late <= early + 2, (url, early, late)
