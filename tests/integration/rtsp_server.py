@@ -1,5 +1,6 @@
 """A real RTSP server for the tests and benchmarks: GStreamer's RTSP server (gst-rtsp-server)
-serving H.264 video files in an endless loop, paced at their native frame rate.
+serving video files in an endless loop, paced at their native frame rate: H.264, H.265 or
+MJPEG in MP4 or QuickTime, the codecs IP cameras stream.
 
 Runs under the system Python, which has GStreamer's introspection bindings:
 
@@ -8,8 +9,8 @@ Runs under the system Python, which has GStreamer's introspection bindings:
 serves rtsp://127.0.0.1:8554/cam1 and /cam2. Each file's encoded frames are read once (no
 re-encoding: the server costs almost no CPU) and replayed with shifted timestamps, so a
 client sees one continuous stream. Prints "ready" on stdout once it listens.
-``--no-keyframes`` serves every frame but the keyframes (their SPS and PPS stay): a camera
-that answers and streams, but whose stream never decodes.
+``--no-keyframes`` serves every frame but the keyframes (their SPS and PPS stay): an H.264
+camera that answers and streams, but whose stream never decodes.
 """
 
 from __future__ import annotations
@@ -28,24 +29,46 @@ gi.require_version("GstRtspServer", "1.0")
 gi.require_version("GstRtsp", "1.0")
 from gi.repository import GLib, Gst, GstRtsp, GstRtspServer  # noqa: E402
 
-SERVED = (
-    "( appsrc name=src is-live=true format=time do-timestamp=false "
-    "! h264parse ! rtph264pay name=pay0 pt=96 config-interval=1 )"
-)
+# each codec's frames as read from the file (whole frames; H.264 and H.265 as Annex B byte
+# stream with their parameter sets inline), and as sent (RTP payload types: 96 dynamic, 26 JPEG)
+CODECS = {
+    "video/x-h264": (
+        "h264parse config-interval=-1 ! video/x-h264,stream-format=byte-stream,alignment=au",
+        "h264parse ! rtph264pay name=pay0 pt=96 config-interval=1",
+    ),
+    "video/x-h265": (
+        "h265parse config-interval=-1 ! video/x-h265,stream-format=byte-stream,alignment=au",
+        "h265parse ! rtph265pay name=pay0 pt=96 config-interval=1",
+    ),
+    "image/jpeg": ("jpegparse", "jpegparse ! rtpjpegpay name=pay0 pt=26"),
+}
 
 
 @dataclass
 class Clip:
+    codec: str  # a key of CODECS
     caps: Gst.Caps
     units: list[tuple[bytes, int, int, int, bool]]  # data, pts, dts, duration (ns), delta
     length_ns: int
 
 
+def _first_caps(launch: str) -> Gst.Caps | None:
+    """The caps of the first buffer that ``launch`` (a pipeline without its sink) gives."""
+    pipeline = Gst.parse_launch(f"{launch} ! appsink name=sink sync=false")
+    pipeline.set_state(Gst.State.PLAYING)
+    sample = pipeline.get_by_name("sink").emit("pull-sample")
+    pipeline.set_state(Gst.State.NULL)
+    return None if sample is None else sample.get_caps()
+
+
 def read_clip(path: str) -> Clip:
-    """Every H.264 access unit of an MP4 file, as Annex B byte stream with SPS/PPS inline."""
+    """Every frame (access unit) of the video track of an MP4 or QuickTime file."""
+    caps = _first_caps(f'filesrc location="{path}" ! qtdemux')
+    codec = caps.get_structure(0).get_name() if caps is not None else None
+    if codec not in CODECS:
+        raise SystemExit(f"{path}: no H.264, H.265 or MJPEG video found ({codec})")
     pipeline = Gst.parse_launch(
-        f'filesrc location="{path}" ! qtdemux ! h264parse config-interval=-1 '
-        "! video/x-h264,stream-format=byte-stream,alignment=au ! appsink name=sink sync=false"
+        f'filesrc location="{path}" ! qtdemux ! {CODECS[codec][0]} ! appsink name=sink sync=false'
     )
     sink = pipeline.get_by_name("sink")
     pipeline.set_state(Gst.State.PLAYING)
@@ -61,15 +84,17 @@ def read_clip(path: str) -> Clip:
         units.append((data, buf.pts, buf.dts, buf.duration, delta))
     pipeline.set_state(Gst.State.NULL)
     if not units or caps is None:
-        raise SystemExit(f"{path}: no H.264 video found")
+        raise SystemExit(f"{path}: no frame of its {codec} video read")
     last = units[-1]
     length = max(u[1] for u in units) + (last[3] if last[3] != Gst.CLOCK_TIME_NONE else 0)
-    return Clip(caps, units, length)
+    return Clip(codec, caps, units, length)
 
 
 def without_keyframes(clip: Clip) -> Clip:
     """The clip with its IDR slices (NAL unit type 5) taken out; the SPS, PPS and SEI units
-    of a keyframe's access unit stay, and every other frame is as it was."""
+    of a keyframe's access unit stay, and every other frame is as it was. (H.264 only.)"""
+    if clip.codec != "video/x-h264":
+        raise SystemExit(f"--no-keyframes serves H.264 clips only, not {clip.codec}")
     units = []
     for data, pts, dts, duration, delta in clip.units:
         if not delta:
@@ -79,7 +104,7 @@ def without_keyframes(clip: Clip) -> Clip:
                 data[a:b] for a, b in zip(starts, ends, strict=True) if data[a + 3] & 0x1F != 5
             )
         units.append((data, pts, dts, duration, delta))
-    return Clip(clip.caps, units, clip.length_ns)
+    return Clip(clip.codec, clip.caps, units, clip.length_ns)
 
 
 def feed(appsrc: Gst.Element, clip: Clip, stop: threading.Event) -> None:
@@ -106,7 +131,8 @@ class LoopingFactory(GstRtspServer.RTSPMediaFactory):
     def __init__(self, clip: Clip) -> None:
         super().__init__()
         self.clip = clip
-        self.set_launch(SERVED)
+        sent = CODECS[clip.codec][1]
+        self.set_launch(f"( appsrc name=src is-live=true format=time do-timestamp=false ! {sent} )")
         self.set_shared(True)
         self.connect("media-configure", self._configure)
 
