@@ -67,15 +67,28 @@ def doorway_clip(out: Path, still_s: float, scale: float = 1.0, sigma: float = 3
     return out
 
 
-def x264_clip(out: Path, frames: list, interlaced: bool, fps: str = "30000/1001") -> Path:
-    """``frames`` (BGR, all one size) as H.264 in MP4, through GStreamer's x264enc (OpenCV's
-    writer has no H.264 encoder). ``interlaced``: field-coded, as an analog camera behind
-    a DVR or a 1080i source sends, each frame's odd lines taken from the next frame (two
-    fields, two moments). Skips the test where gst-launch-1.0 or x264enc is missing."""
+# the codecs IP cameras stream, as GStreamer encodes them: encoder (and its package), parser,
+# container (MJPEG in QuickTime: MP4 has no JPEG video); x264enc's options are set below
+ENCODERS = {
+    "h264": ("x264enc", "gstreamer1.0-plugins-ugly", "h264parse ! mp4mux"),
+    "h265": ("x265enc", "gstreamer1.0-plugins-bad", "h265parse ! mp4mux"),
+    "mjpeg": ("jpegenc", "gstreamer1.0-plugins-good", "jpegparse ! qtmux"),
+}
+
+
+def encoded_clip(
+    out: Path, frames: list, codec: str = "h264", interlaced: bool = False, fps: str = "30000/1001"
+) -> Path:
+    """``frames`` (BGR, all one size) as ``codec`` (a key of ENCODERS) in MP4 or QuickTime,
+    through GStreamer (OpenCV's writer has none of these encoders); a keyframe a second.
+    ``interlaced`` (H.264): field-coded, as an analog camera behind a DVR or a 1080i source
+    sends, each frame's odd lines taken from the next frame (two fields, two moments).
+    Skips the test where gst-launch-1.0 or the encoder is missing."""
+    encoder, package, tail = ENCODERS[codec]
     if shutil.which("gst-launch-1.0") is None or shutil.which("gst-inspect-1.0") is None:
-        pytest.skip("no gst-launch-1.0 (GStreamer) to encode an H.264 test clip")
-    if subprocess.run(["gst-inspect-1.0", "x264enc"], capture_output=True, timeout=60).returncode:
-        pytest.skip("no x264enc (gstreamer1.0-plugins-ugly) to encode an H.264 test clip")
+        pytest.skip(f"no gst-launch-1.0 (GStreamer) to encode a {codec} test clip")
+    if subprocess.run(["gst-inspect-1.0", encoder], capture_output=True, timeout=60).returncode:
+        pytest.skip(f"no {encoder} ({package}) to encode a {codec} test clip")
     if interlaced:
         woven = [a.copy() for a in frames[:-1]]
         for image, later in zip(woven, frames[1:], strict=True):
@@ -83,11 +96,16 @@ def x264_clip(out: Path, frames: list, interlaced: bool, fps: str = "30000/1001"
         frames = woven
     height, width = frames[0].shape[:2]
     fields = "interlaced=true top-field-first=true" if interlaced else ""
+    if codec == "h264":
+        encoder += (
+            f" speed-preset=veryfast key-int-max=30 bframes=0 interlaced={str(interlaced).lower()}"
+        )
+    elif codec == "h265":
+        encoder += " speed-preset=veryfast key-int-max=30 option-string=bframes=0"
     pipeline = (
         f"fdsrc fd=0 blocksize={frames[0].nbytes} ! rawvideoparse format=bgr width={width} "
         f"height={height} framerate={fps} {fields} ! videoconvert ! video/x-raw,format=I420 ! "
-        f"x264enc speed-preset=veryfast key-int-max=30 bframes=0 interlaced={str(interlaced).lower()} ! "
-        f"h264parse ! mp4mux ! filesink location={out}"
+        f"{encoder} ! {tail} ! filesink location={out}"
     )
     data = b"".join(np.ascontiguousarray(image).tobytes() for image in frames)
     subprocess.run(

@@ -55,14 +55,14 @@ def test_an_interlaced_camera_is_down_with_why_not_up_with_no_picture(
     from daemon import camera_open
     from daemon.cameras import CameraReader
     from daemon.config_cameras import CameraConfig
-    from tests.clips import DEMO_CLIP, opencv_reads_interlaced, read_frames, x264_clip
+    from tests.clips import DEMO_CLIP, encoded_clip, opencv_reads_interlaced, read_frames
 
     monkeypatch.setattr(camera_open, "BLANK_S", 0.6)  # (10 s and 60 s: too long for a test)
     monkeypatch.setattr(camera_open, "FROZEN_S", 0.6)
     frames = read_frames(DEMO_CLIP, count=61)  # 2 s, played in a loop
     clips = {
-        "attic": x264_clip(tmp_path / "interlaced.mp4", frames, interlaced=True),
-        "porch": x264_clip(tmp_path / "progressive.mp4", frames, interlaced=False),
+        "attic": encoded_clip(tmp_path / "interlaced.mp4", frames, interlaced=True),
+        "porch": encoded_clip(tmp_path / "progressive.mp4", frames, interlaced=False),
     }
     # (OpenCV 5.1 converts it: a camera like any, which a few of BLANK_S need not wait for)
     converts = opencv_reads_interlaced(clips["attic"])

@@ -1287,11 +1287,11 @@ def test_validate_config_names_a_video_file_whose_frames_decode_to_no_picture(
     well, all black or one stale picture): a camera of it was valid and never found a face.
     Its camera's url is named with the cause; the same frames progressive are valid."""
     from daemon.cli import main
-    from tests.clips import DEMO_CLIP, opencv_reads_interlaced, read_frames, x264_clip
+    from tests.clips import DEMO_CLIP, encoded_clip, opencv_reads_interlaced, read_frames
 
     frames = read_frames(DEMO_CLIP, count=40)
-    interlaced = x264_clip(tmp_path / "interlaced.mp4", frames, interlaced=True)
-    progressive = x264_clip(tmp_path / "progressive.mp4", frames, interlaced=False)
+    interlaced = encoded_clip(tmp_path / "interlaced.mp4", frames, interlaced=True)
+    progressive = encoded_clip(tmp_path / "progressive.mp4", frames, interlaced=False)
     settings = {
         "cameras": [
             {"name": "hall", "url": str(interlaced)},

@@ -424,10 +424,10 @@ def test_an_interlaced_video_is_an_error_naming_the_file_not_0_faces(tmp_path, c
     out black (or one stale picture, with the faces of another video), and detect said
     `0 faces` (or those faces), `0 error(s)`, exit 0. It names the file and the cause; the
     same frames encoded progressive are searched. (OpenCV 5.1 converts it: searched too.)"""
-    from tests.clips import DEMO_CLIP, opencv_reads_interlaced, read_frames, x264_clip
+    from tests.clips import DEMO_CLIP, encoded_clip, opencv_reads_interlaced, read_frames
 
     frames = read_frames(DEMO_CLIP, count=40)
-    interlaced = x264_clip(tmp_path / "interlaced.mp4", frames, interlaced=True)
+    interlaced = encoded_clip(tmp_path / "interlaced.mp4", frames, interlaced=True)
     code, out, err = run_cli(capsys, "--every", "10", str(interlaced))
     if opencv_reads_interlaced(interlaced):
         assert code == 0, err
@@ -438,7 +438,7 @@ def test_an_interlaced_video_is_an_error_naming_the_file_not_0_faces(tmp_path, c
         assert "interlaced video? OpenCV's FFmpeg cannot convert interlaced video" in err
         assert "0 face(s), 1 error(s)" in err  # (a stale picture's faces are not the video's)
 
-    progressive = x264_clip(tmp_path / "progressive.mp4", frames, interlaced=False)
+    progressive = encoded_clip(tmp_path / "progressive.mp4", frames, interlaced=False)
     code, out, err = run_cli(capsys, "--every", "10", str(progressive))
     assert code == 0, err
     faces = int(re.search(r"(\d+) faces", out).group(1))  # type: ignore[union-attr]
