@@ -238,7 +238,10 @@ class CameraConfig(Section):
         "metrics, logs, folder names and Home Assistant's entity ids",
     )
     _name = field_validator("name")(_a_name)
-    url: str = Field(description="rtsp://... URL, a video file, or a V4L2 device (/dev/videoN)")
+    url: str = Field(
+        description="rtsp://... URL (H.264, H.265 or MJPEG), http://... (MJPEG), a video file, "
+        "or a V4L2 device (/dev/videoN)"
+    )
     fps: float = _field(5.0, "frames per second to process (the stream is decimated)", gt=0, le=60)
     enabled: bool = _field(True, "read this camera")
     rotate: Literal[0, 90, 180, 270] = _field(

@@ -1,9 +1,12 @@
 """Real services for the integration tests, started on 127.0.0.1 and stopped by the tests:
-mosquitto, GStreamer's RTSP server, the facewatch daemon, and an MQTT subscriber."""
+mosquitto, GStreamer's RTSP server, an HTTP MJPEG camera, the facewatch daemon, and an MQTT
+subscriber."""
 
 from __future__ import annotations
 
 import contextlib
+import http.server
+import itertools
 import json
 import os
 import pwd
@@ -19,6 +22,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any, ClassVar
 
+import cv2
+import numpy as np
 import paho.mqtt.client as paho
 import pytest
 import yaml
@@ -164,6 +169,41 @@ class LocalServer:
         self.listener.close()
         for sock in self._open:
             sock.close()
+
+
+class HttpMjpegCamera:
+    """An HTTP camera as cheap ones (and ESP32-CAM boards) are: at /video.mjpg, JPEG pictures
+    one after another in one multipart/x-mixed-replace response, ``fps`` a second, in a loop;
+    any other path is a 404. ``url``; ``close()`` stops it."""
+
+    def __init__(self, images: list[np.ndarray], fps: float) -> None:
+        jpegs = [cv2.imencode(".jpg", image)[1].tobytes() for image in images]
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path != "/video.mjpg":
+                    self.send_error(404)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+                self.end_headers()
+                with contextlib.suppress(OSError):  # the client went away
+                    for jpeg in itertools.cycle(jpegs):
+                        head = f"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpeg)}"
+                        self.wfile.write(head.encode() + b"\r\n\r\n" + jpeg + b"\r\n")
+                        time.sleep(1 / fps)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/video.mjpg"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
 
 
 class Partition(LocalServer):
