@@ -233,6 +233,7 @@ def bench_help(script: str) -> str:
         ("bench_spool", "--messages MESSAGES  events per case (default: 1000)"),
         ("soak", "--minutes MINUTES     soak length (default: 30)"),
         ("bench_arrivals", "--visits VISITS       visits measured (23.9 s each) (default: 6)"),
+        ("bench_decode", "--repeat REPEAT       decodes of each clip measured (default: 5)"),
     ],
 )
 def test_bench_help_says_what_the_script_does_in_whole_sentences_and_shows_defaults(script, option):
@@ -243,7 +244,8 @@ def test_bench_help_says_what_the_script_does_in_whole_sentences_and_shows_defau
 
 
 @pytest.mark.parametrize(
-    "script", ["bench_daemon", "bench_motion", "soak", "bench_fairness", "bench_arrivals"]
+    "script",
+    ["bench_daemon", "bench_motion", "soak", "bench_fairness", "bench_arrivals", "bench_decode"],
 )
 def test_a_rerun_does_not_overwrite_the_committed_results(script):
     default = load_bench(script).DEFAULT_OUT
