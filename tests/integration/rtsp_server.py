@@ -10,7 +10,8 @@ serves rtsp://127.0.0.1:8554/cam1 and /cam2. Each file's encoded frames are read
 re-encoding: the server costs almost no CPU) and replayed with shifted timestamps, so a
 client sees one continuous stream. Prints "ready" on stdout once it listens.
 ``--no-keyframes`` serves every frame but the keyframes (their SPS and PPS stay): an H.264
-camera that answers and streams, but whose stream never decodes.
+camera that answers and streams, but whose stream never decodes. ``--audio`` adds a second
+track, a tone in G.711 A-law, as cameras with their microphone on send.
 """
 
 from __future__ import annotations
@@ -127,12 +128,17 @@ def feed(appsrc: Gst.Element, clip: Clip, stop: threading.Event) -> None:
         loop += 1
 
 
+# a camera's microphone: G.711 A-law (PCMA), what most cameras send when their audio is on
+AUDIO = "audiotestsrc is-live=true ! audioconvert ! audioresample ! alawenc ! rtppcmapay name=pay1"
+
+
 class LoopingFactory(GstRtspServer.RTSPMediaFactory):
-    def __init__(self, clip: Clip) -> None:
+    def __init__(self, clip: Clip, audio: bool) -> None:
         super().__init__()
         self.clip = clip
         sent = CODECS[clip.codec][1]
-        self.set_launch(f"( appsrc name=src is-live=true format=time do-timestamp=false ! {sent} )")
+        video = f"appsrc name=src is-live=true format=time do-timestamp=false ! {sent}"
+        self.set_launch(f"( {video} {AUDIO if audio else ''} )")
         self.set_shared(True)
         self.connect("media-configure", self._configure)
 
@@ -166,6 +172,9 @@ def main() -> int:
     parser.add_argument(
         "--no-keyframes", action="store_true", help="serve the clips without their keyframes"
     )
+    parser.add_argument(
+        "--audio", action="store_true", help="an audio track beside the video, as cameras send"
+    )
     parser.add_argument("mounts", nargs="+", metavar="NAME=FILE.mp4")
     args = parser.parse_args()
     Gst.init(None)
@@ -178,7 +187,7 @@ def main() -> int:
     for spec in args.mounts:
         name, _, path = spec.partition("=")
         clip = read_clip(path)
-        factory = LoopingFactory(without_keyframes(clip) if args.no_keyframes else clip)
+        factory = LoopingFactory(without_keyframes(clip) if args.no_keyframes else clip, args.audio)
         if args.user:
             viewer = (
                 "viewer, media.factory.access=(boolean)true, media.factory.construct=(boolean)true"

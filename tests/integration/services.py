@@ -341,9 +341,11 @@ class RtspServer(Process):
         user: str | None = None,
         no_keyframes: bool = False,
         address: str = "127.0.0.1",
+        audio: bool = False,
     ) -> None:
         """``user``: NAME:PASSWORD, asked for with Digest authentication. ``no_keyframes``:
-        the clips are served without their keyframes (a stream that never decodes)."""
+        the clips are served without their keyframes (a stream that never decodes).
+        ``audio``: each stream has an audio track too."""
         if (
             not Path(SYSTEM_PYTHON).exists()
             or subprocess.run(
@@ -361,6 +363,8 @@ class RtspServer(Process):
             self.base_args[2:2] = ["--user", user]
         if no_keyframes:
             self.base_args[2:2] = ["--no-keyframes"]
+        if audio:
+            self.base_args[2:2] = ["--audio"]
         super().__init__([], folder / "rtsp.log")
         self._use_port(port or free_port())
 

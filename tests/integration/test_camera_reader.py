@@ -6,10 +6,13 @@ import http.server
 import itertools
 import logging
 import signal
+import socket
 import threading
 import time
 from functools import partial
 
+import cv2
+import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 
@@ -230,6 +233,32 @@ def test_h265_and_mjpeg_cameras_give_the_faces_of_their_pictures(tmp_path, detec
             assert len(found) >= 4, name
             assert iou_matrix(clear, found.bbox_xyxy).max(axis=1).min() >= 0.8, name
             assert iou_matrix(found.bbox_xyxy, faces.bbox_xyxy).max(axis=1).min() >= 0.5, name
+
+
+def test_a_camera_that_sends_its_microphones_sound_too_gives_its_video(tmp_path) -> None:
+    """Cameras with their microphone on (the default on many) send an audio track beside the
+    video: its frames are read as a silent camera's are, each one of the clip's."""
+    clip = [
+        cv2.resize(image, (64, 36), interpolation=cv2.INTER_AREA)
+        for image in read_frames(DEMO_CLIP)
+    ]
+    server = RtspServer(tmp_path, {"cam": DEMO_CLIP}, audio=True)
+    server.start()
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as connection:
+            connection.sendall(f"DESCRIBE {server.url('cam')} RTSP/1.0\r\nCSeq: 1\r\n\r\n".encode())
+            time.sleep(1)
+            description = connection.recv(65536).decode()
+        assert "m=video" in description and "m=audio" in description, description  # as sent
+        capture = open_capture(server.url("cam"))
+        frames = [capture.read() for _ in range(10)]
+        capture.release()
+    finally:
+        server.stop()
+    for ok, image in frames:
+        assert ok and image.shape == (360, 640, 3)
+        small = cv2.resize(image, (64, 36), interpolation=cv2.INTER_AREA).astype(np.int16)
+        assert min(np.abs(small - frame).mean() for frame in clip) < 2
 
 
 def test_a_camera_that_cannot_be_opened_is_named_with_the_reason(tmp_path, refused_url) -> None:
