@@ -12,6 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from daemon.peer_exchange import camera_ca_file
 from daemon.redaction import redact_url
 from daemon.stream_probe import silent_stream, stream_problem
 from engines.loader import usable_cpus
@@ -47,16 +48,28 @@ def source_kind(url: str) -> str:
 
 def ffmpeg_environment() -> None:
     """OpenCV's FFmpeg settings, before the first capture opens (once, before the camera
-    threads start: they are read from the environment). RTSP over TCP; captures opened side
-    by side, not one at a time. OpenCV's and FFmpeg's
+    threads start: they are read from the environment). Its options (``capture_options``);
+    captures opened side by side, not one at a time. OpenCV's and FFmpeg's
     own messages name no camera (and FFmpeg's go to stdout, among the JSON events): they
     are off; the reader logs each failure with its camera and reason."""
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
-    os.environ.setdefault("OPENCV_FFMPEG_CAPTURE_OPTIONS", "rtsp_transport;tcp")
+    os.environ.setdefault("OPENCV_FFMPEG_CAPTURE_OPTIONS", capture_options())
     # without it OpenCV opens one capture at a time: a camera whose keyframe is slow to come
     # held every other camera's open for seconds (FFmpeg's opens are thread-safe since 4.0)
     os.environ.setdefault("OPENCV_FFMPEG_IS_THREAD_SAFE", "1")
     os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+
+
+def capture_options() -> str:
+    """The options OpenCV gives FFmpeg for each capture: RTSP over TCP, and a TLS camera's
+    (rtsps, https) certificate checked, its name and CA, against ``camera_ca_file()``.
+    (OpenCV 5.1's FFmpeg checks it by default, against files on the machine that built the
+    wheel, so nothing passed; 4.13's does not check it at all.)"""
+    options = "rtsp_transport;tcp|tls_verify;1"
+    ca_file = camera_ca_file()
+    if ca_file is not None and not set(ca_file) & set(";|"):  # (the options' separators)
+        options += f"|ca_file;{ca_file}"
+    return options
 
 
 def _never() -> bool:
@@ -106,7 +119,7 @@ def why_not_open(url: str, kind: str) -> str:
     if kind != "stream":
         return "cannot open as video"
     scheme = url.split("://", 1)[0].lower()
-    if scheme not in ("rtsp", "http", "https"):
+    if scheme not in ("rtsp", "rtsps", "http", "https"):
         return f"cannot open as video ({scheme}:// cameras are not asked why)"
     return stream_problem(url) or (
         "cannot open as video, though the camera answers for this path (its codec, or its "

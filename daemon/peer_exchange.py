@@ -8,6 +8,8 @@ a peer sent made fit to show (``peer_text``). daemon/stream_probe.py asks camera
 from __future__ import annotations
 
 import base64
+import contextlib
+import os
 import re
 import socket
 import ssl
@@ -16,7 +18,14 @@ from dataclasses import dataclass, field
 from urllib.parse import SplitResult, quote, unquote
 
 HEAD_LIMIT = 65536  # bytes of an answer's status line and headers
-DEFAULT_PORTS = {"rtsp": 554, "http": 80, "https": 443}
+DEFAULT_PORTS = {"rtsp": 554, "rtsps": 322, "http": 80, "https": 443}
+TLS_SCHEMES = ("rtsps", "https")
+# where CA certificates are, the first found (Debian and Ubuntu, Red Hat and Fedora, Alpine)
+CA_BUNDLES = (
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/cert.pem",
+)
 
 
 def basic_authorization(user: str, password: str) -> str:
@@ -44,13 +53,14 @@ def http_get(
     timeout_s: float,
     default_path: str = "/",
     body_limit: int = 0,
-    verify: bool = True,
+    context: ssl.SSLContext | None = None,
 ) -> Answer:
     """One GET of the URL ``parts`` at ``netloc`` (HTTP/1.0; the URL's user and password as
     Basic authentication; no redirect followed: a 3xx is the answer), and up to
     ``body_limit`` bytes of its body (ValueError past that). The connection and the answer
-    each get ``timeout_s`` in all (TimeoutError). OSError when it cannot be made. ``verify``
-    False: an https server's certificate is not checked (a camera's: FFmpeg does not)."""
+    each get ``timeout_s`` in all (TimeoutError). OSError when it cannot be made. An https
+    server's certificate is checked against ``context``'s CA certificates (by default the
+    system's)."""
     host, port = parts.hostname or "", parts.port or DEFAULT_PORTS[parts.scheme.lower()]
     lines = [f"GET {request_path(parts, default_path)} HTTP/1.0", f"Host: {netloc}"]
     if parts.username is not None:
@@ -59,7 +69,7 @@ def http_get(
     request = "\r\n".join([*lines, "User-Agent: facewatch", "Connection: close", "", ""]).encode()
     with socket.create_connection((host, port), timeout=timeout_s) as connection:
         if parts.scheme.lower() == "https":
-            context = tls_context(verify)
+            context = context or ssl.create_default_context()
             with context.wrap_socket(connection, server_hostname=host) as secure:
                 head, body = exchange(secure, request, timeout_s, body_limit)
         else:
@@ -69,10 +79,27 @@ def http_get(
     return answer
 
 
-def tls_context(verify: bool) -> ssl.SSLContext:
-    context = ssl.create_default_context()
+def camera_ca_file() -> str | None:
+    """The CA certificates a camera's TLS certificate is checked against (OpenCV's FFmpeg is
+    told them: daemon/camera_open.py): the file SSL_CERT_FILE names, else the system's
+    (CA_BUNDLES, where ``update-ca-certificates`` adds a local CA); None when none is found."""
+    named = os.environ.get("SSL_CERT_FILE")
+    if named:
+        return named
+    return next((path for path in CA_BUNDLES if os.path.isfile(path)), None)
+
+
+def camera_tls_context(verify: bool) -> ssl.SSLContext:
+    """A TLS client context for a camera: its certificate checked (name and CA) as OpenCV's
+    FFmpeg checks it, against ``camera_ca_file()`` only, or (``verify`` False) not at all."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     if not verify:
         context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+        return context
+    ca_file = camera_ca_file()
+    if ca_file is not None:
+        with contextlib.suppress(OSError, ssl.SSLError):  # (unreadable: nothing is trusted)
+            context.load_verify_locations(ca_file)
     return context
 
 

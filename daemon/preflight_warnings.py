@@ -1,8 +1,9 @@
 """What weakens the daemon's security or its events without stopping it (``warnings``: the
 broker's password in the clear, files of personal data others may read, a gallery at a
 threshold that names strangers, or damaged, votes that announce brief false detections,
-cameras over TLS unchecked): ``run`` logs them at its start (``log_warnings``),
-``validate-config`` prints them. What stops the daemon is daemon/preflight.py's.
+cameras over TLS unchecked, which they are only when the environment says so): ``run``
+logs them at its start (``log_warnings``), ``validate-config`` prints them. What stops the
+daemon is daemon/preflight.py's.
 """
 
 from __future__ import annotations
@@ -11,10 +12,12 @@ import logging
 import os
 from pathlib import Path
 
+from daemon.camera_open import capture_options
 from daemon.config import Config
 from daemon.gallery import Gallery, shown_threshold
 from daemon.gallery_calibrate import uncalibrated
 from daemon.gallery_file import GalleryError
+from daemon.peer_exchange import TLS_SCHEMES
 from daemon.preflight import _model_file
 from engines.base import EngineError, ModelMetadata
 from engines.facenet import outdated_threshold
@@ -61,12 +64,15 @@ def warnings(config: Config) -> list[str]:
     found += _threshold_warnings(config)
     found += _damage_warnings(config)
     found += _confirm_warnings(config)
+    options = os.environ.get("OPENCV_FFMPEG_CAPTURE_OPTIONS", capture_options())
     for k, camera in enumerate(config.cameras):
-        if camera.enabled and camera.url.split("://")[0].lower() in ("https", "rtsps"):
+        tls = camera.url.split("://")[0].lower() in TLS_SCHEMES
+        if camera.enabled and tls and "tls_verify;1" not in options.split("|"):
             found.append(
                 f"cameras[{k}] ({camera.name}).url: the camera's TLS certificate is not checked "
-                "(OpenCV's FFmpeg does not), so its password could go to an impostor on the "
-                "network: keep cameras on a network of their own"
+                "(OPENCV_FFMPEG_CAPTURE_OPTIONS in the environment replaces facewatch's options "
+                "and has no tls_verify;1), so its password could go to an impostor on the "
+                "network"
             )
     return found
 

@@ -1,12 +1,13 @@
 """Why a network camera cannot be opened, in its own words.
 
 OpenCV only says that a stream did not open. When it does not, the camera is asked directly:
-for ``rtsp://`` one TCP connection and an RTSP DESCRIBE, for ``http(s)://`` one GET. That
+for ``rtsp(s)://`` one TCP connection and an RTSP DESCRIBE, for ``http(s)://`` one GET. That
 tells apart a host that is not found, a port where nothing listens, a camera that does not
 answer (or accepts the connection and then hangs), a camera that wants a user name and
 password (401), one that refuses the URL's (401 again, after answering its challenge with
-them), and a path with no stream (404). A camera that accepts the request is not the
-problem's cause: the caller says so. Other schemes (rtmp, udp, srt...) are not asked. The
+them), a path with no stream (404), and (rtsps, https) a TLS certificate that is not
+trusted here, checked as OpenCV's FFmpeg is told to check it. A camera that accepts the
+request is not the problem's cause: the caller says so. Other schemes (rtmp, udp, srt...) are not asked. The
 requests and their answers are daemon/peer_exchange.py's.
 
 Before OpenCV opens a stream, ``silent_stream`` asks the camera whether it answers at all
@@ -15,25 +16,29 @@ Before OpenCV opens a stream, ``silent_stream`` asks the camera whether it answe
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
 import socket
 import ssl
+from collections.abc import Iterator
 from typing import NamedTuple
 from urllib.parse import SplitResult, unquote, urlsplit
 
 from daemon.peer_exchange import (
     DEFAULT_PORTS,
+    TLS_SCHEMES,
     Answer,
     AnswerTimeout,
     basic_authorization,
+    camera_ca_file,
+    camera_tls_context,
     exchange,
     http_get,
     parse_answer,
     peer_text,
     request_path,
-    tls_context,
 )
 from daemon.redaction import redact_url
 
@@ -44,7 +49,7 @@ UNREADABLE = "the URL cannot be read (a bracket left open, or no port number aft
 
 class _Camera(NamedTuple):
     parts: SplitResult
-    scheme: str  # rtsp, http or https
+    scheme: str  # rtsp, rtsps, http or https
     host: str
     port: int
     netloc: str  # HOST:PORT, as the messages name it
@@ -67,17 +72,17 @@ def _camera(url: str) -> _Camera | str | None:
 
 
 def stream_problem(url: str, timeout_s: float = TIMEOUT_S) -> str | None:
-    """What is wrong with a camera's ``rtsp://`` or ``http(s)://`` URL, or None when the
+    """What is wrong with a camera's ``rtsp(s)://`` or ``http(s)://`` URL, or None when the
     camera serves it (or another scheme): then the cause lies elsewhere (e.g. the video).
     Each answer is waited for ``timeout_s`` in all, however slowly the camera sends it."""
     camera = _camera(url)
     if not isinstance(camera, _Camera):
         return camera
-    parts, scheme, host, port, netloc = camera
+    parts, scheme, host, _, netloc = camera
     password = unquote(parts.password or "")
     try:
-        if scheme == "rtsp":
-            problem = _rtsp_problem(parts, host, port, netloc, timeout_s)
+        if scheme in ("rtsp", "rtsps"):
+            problem = _rtsp_problem(camera, timeout_s)
         else:
             problem = _http_problem(parts, netloc, timeout_s)
     except (OSError, UnicodeError) as exc:  # UnicodeError: a host name IDNA refuses
@@ -90,33 +95,27 @@ def stream_problem(url: str, timeout_s: float = TIMEOUT_S) -> str | None:
 def silent_stream(url: str, timeout_s: float = TIMEOUT_S) -> str | None:
     """Why a network camera would keep an open waiting (its host not found, nothing
     listening, no answer, or a service that accepts the connection and then hangs), or None
-    when it answers anything at all (or for another scheme than rtsp and http(s)). Asked as
-    lightly as it can be, and only that: for ``rtsp://`` one OPTIONS (a DESCRIBE sets up the
-    stream, which a server may still be tearing down when the real client comes: it refused
-    that one), for ``http(s)://`` one GET whose head alone is read, its certificate not
+    when it answers anything at all (or for another scheme than rtsp(s) and http(s)). Asked
+    as lightly as it can be, and only that: for ``rtsp(s)://`` one OPTIONS (a DESCRIBE sets
+    up the stream, which a server may still be tearing down when the real client comes: it
+    refused that one), for ``http(s)://`` one GET whose head alone is read, a TLS certificate not
     checked. A 401, a redirect, a refused handshake are answers: OpenCV may still open what
-    this cannot (Digest authentication, a self-signed certificate); ``stream_problem`` says
-    why when it does not."""
+    this cannot (Digest authentication); ``stream_problem`` says why when it does not (a
+    certificate not trusted too)."""
     camera = _camera(url)
     if not isinstance(camera, _Camera):
         return camera
-    parts, scheme, host, port, netloc = camera
-    if scheme == "rtsp":
-        request = f"OPTIONS rtsp://{netloc}{request_path(parts)} RTSP/1.0\r\nCSeq: 1\r\n\r\n"
+    parts, scheme, host, _, netloc = camera
+    if scheme in ("rtsp", "rtsps"):
+        request = f"OPTIONS {scheme}://{netloc}{request_path(parts)} RTSP/1.0\r\nCSeq: 1\r\n\r\n"
     else:
         request = (
             f"GET {request_path(parts)} HTTP/1.0\r\nHost: {netloc}\r\nUser-Agent: facewatch\r\n"
             "Connection: close\r\n\r\n"
         )
     try:
-        with socket.create_connection((host, port), timeout=timeout_s) as connection:
-            if scheme == "https":
-                with tls_context(verify=False).wrap_socket(
-                    connection, server_hostname=host
-                ) as secure:
-                    exchange(secure, request.encode(errors="surrogateescape"), timeout_s)
-            else:
-                exchange(connection, request.encode(errors="surrogateescape"), timeout_s)
+        with _connection(camera, timeout_s, verify=False) as connection:
+            exchange(connection, request.encode(errors="surrogateescape"), timeout_s)
     except AnswerTimeout:
         return _hangs(netloc, scheme.upper().rstrip("S"), timeout_s)
     except ssl.SSLError:  # it answered, in a TLS FFmpeg may still speak
@@ -143,13 +142,25 @@ def _masked(text: str, password: str) -> str:
     return redact_url(re.sub(r"(?i)\b(basic)\s+[A-Za-z0-9+/=]{8,}", r"\1 ***", text))
 
 
-def _rtsp_problem(
-    parts: SplitResult, host: str, port: int, netloc: str, timeout_s: float
-) -> str | None:
+@contextlib.contextmanager
+def _connection(camera: _Camera, timeout_s: float, verify: bool) -> Iterator[socket.socket]:
+    """A connection to the camera; for rtsps and https in TLS, its certificate checked as
+    OpenCV's FFmpeg checks it (``verify``: ssl.SSLCertVerificationError when it fails)."""
+    with socket.create_connection((camera.host, camera.port), timeout=timeout_s) as connection:
+        if camera.scheme not in TLS_SCHEMES:
+            yield connection
+            return
+        context = camera_tls_context(verify)
+        with context.wrap_socket(connection, server_hostname=camera.host) as secure:
+            yield secure
+
+
+def _rtsp_problem(camera: _Camera, timeout_s: float) -> str | None:
     """One DESCRIBE (two, answering the camera's challenge with the URL's user)."""
-    target = f"rtsp://{netloc}{request_path(parts)}"
+    parts, netloc = camera.parts, camera.netloc
+    target = f"{parts.scheme.lower()}://{netloc}{request_path(parts)}"
     user = (unquote(parts.username or ""), unquote(parts.password or ""))
-    with socket.create_connection((host, port), timeout=timeout_s) as connection:
+    with _connection(camera, timeout_s, verify=True) as connection:
         try:
             answer = parse_answer(exchange(connection, _describe(target, 1), timeout_s)[0], "RTSP")
             if answer.code == 401 and parts.username is not None:
@@ -182,7 +193,13 @@ def _unreachable(exc: Exception, host: str, netloc: str, timeout_s: float) -> st
     if isinstance(exc, TimeoutError):
         return f"{netloc} does not answer within {timeout_s:g} s (off, unreachable, or a firewall)"
     if isinstance(exc, ssl.SSLCertVerificationError):
-        return f"{netloc}: its TLS certificate is not trusted here ({exc.verify_message})"
+        trusted = camera_ca_file() or "no CA certificates: none found here"
+        return (
+            f"{netloc}: its TLS certificate is not trusted here ({exc.verify_message}; checked "
+            f"against {trusted}): add its CA certificate to this host's "
+            "(update-ca-certificates), or SSL_CERT_FILE in the service's environment naming "
+            "a file of them; or use its unencrypted rtsp:// or http:// stream"
+        )
     return f"{netloc}: {getattr(exc, 'strerror', None) or exc}"
 
 
@@ -194,7 +211,8 @@ def _http_problem(parts: SplitResult, netloc: str, timeout_s: float) -> str | No
     """The answer to one GET of the URL (credentials from it as Basic authentication)."""
     path = parts.path or "/"
     try:
-        answer = _heard(http_get(parts, netloc, timeout_s, verify=False), parts)
+        context = camera_tls_context(verify=True)
+        answer = _heard(http_get(parts, netloc, timeout_s, context=context), parts)
     except AnswerTimeout:
         return (
             f"{netloc} accepts the connection but does not answer the GET within {timeout_s:g} s "

@@ -11,7 +11,8 @@ re-encoding: the server costs almost no CPU) and replayed with shifted timestamp
 client sees one continuous stream. Prints "ready" on stdout once it listens.
 ``--no-keyframes`` serves every frame but the keyframes (their SPS and PPS stay): an H.264
 camera that answers and streams, but whose stream never decodes. ``--audio`` adds a second
-track, a tone in G.711 A-law, as cameras with their microphone on send.
+track, a tone in G.711 A-law, as cameras with their microphone on send. ``--tls CERT,KEY``
+serves rtsps:// (RTSP over TLS) with that certificate.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ import gi
 gi.require_version("Gst", "1.0")
 gi.require_version("GstRtspServer", "1.0")
 gi.require_version("GstRtsp", "1.0")
-from gi.repository import GLib, Gst, GstRtsp, GstRtspServer  # noqa: E402
+gi.require_version("Gio", "2.0")
+from gi.repository import Gio, GLib, Gst, GstRtsp, GstRtspServer  # noqa: E402
 
 # each codec's frames as read from the file (whole frames; H.264 and H.265 as Annex B byte
 # stream with their parameter sets inline), and as sent (RTP payload types: 96 dynamic, 26 JPEG)
@@ -152,13 +154,24 @@ class LoopingFactory(GstRtspServer.RTSPMediaFactory):
         threading.Thread(target=feed, args=(appsrc, self.clip, stop), daemon=True).start()
 
 
-def digest_auth(user: str, password: str) -> GstRtspServer.RTSPAuth:
-    """Only ``user`` with ``password`` may watch (RTSP Digest authentication)."""
+def access(user: str | None, tls: str | None) -> GstRtspServer.RTSPAuth | None:
+    """Who may watch, and how: only USER with PASSWORD (``user``, RTSP Digest
+    authentication) or anyone; over TLS (rtsps) with the CERT,KEY files of ``tls``. None
+    (plain RTSP, anyone) without either."""
+    if user is None and tls is None:
+        return None
     auth = GstRtspServer.RTSPAuth()
     token = GstRtspServer.RTSPToken()
     token.set_string(GstRtspServer.RTSP_TOKEN_MEDIA_FACTORY_ROLE, "viewer")
-    auth.add_digest(user, password, token)
-    auth.set_supported_methods(GstRtsp.RTSPAuthMethod.DIGEST)
+    if user is not None:
+        name, password = user.split(":", 1)
+        auth.add_digest(name, password, token)
+        auth.set_supported_methods(GstRtsp.RTSPAuthMethod.DIGEST)
+    else:
+        auth.set_default_token(token)
+    if tls is not None:
+        certificate, key = tls.split(",", 1)
+        auth.set_tls_certificate(Gio.TlsCertificate.new_from_files(certificate, key))
     return auth
 
 
@@ -175,20 +188,22 @@ def main() -> int:
     parser.add_argument(
         "--audio", action="store_true", help="an audio track beside the video, as cameras send"
     )
+    parser.add_argument("--tls", metavar="CERT,KEY", help="serve rtsps:// with these files")
     parser.add_argument("mounts", nargs="+", metavar="NAME=FILE.mp4")
     args = parser.parse_args()
     Gst.init(None)
     server = GstRtspServer.RTSPServer()
     server.set_address(args.address)
     server.set_service(str(args.port))
-    if args.user:
-        server.set_auth(digest_auth(*args.user.split(":", 1)))
+    auth = access(args.user, args.tls)
+    if auth is not None:
+        server.set_auth(auth)
     points = server.get_mount_points()
     for spec in args.mounts:
         name, _, path = spec.partition("=")
         clip = read_clip(path)
         factory = LoopingFactory(without_keyframes(clip) if args.no_keyframes else clip, args.audio)
-        if args.user:
+        if auth is not None:
             viewer = (
                 "viewer, media.factory.access=(boolean)true, media.factory.construct=(boolean)true"
             )

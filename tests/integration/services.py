@@ -13,6 +13,7 @@ import pwd
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -171,12 +172,73 @@ class LocalServer:
             sock.close()
 
 
+def openssl(*args: str, cwd: Path) -> None:
+    """The openssl command, in ``cwd`` (for the tests' certificates)."""
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
+
+
+def certificate_authority(folder: Path, name: str) -> Path:
+    """A self-signed CA (NAME.crt, NAME.key) in ``folder``."""
+    openssl(
+        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", f"/CN={name}",
+        "-keyout", f"{name}.key", "-out", f"{name}.crt", cwd=folder,
+    )  # fmt: skip
+    return folder / f"{name}.crt"
+
+
+def signed_certificate(folder: Path, ca: str, name: str) -> None:
+    """NAME.crt and NAME.key in ``folder``, for 127.0.0.1, signed by the CA ``ca``."""
+    openssl(
+        "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
+        "-keyout", f"{name}.key", "-out", f"{name}.csr", cwd=folder,
+    )  # fmt: skip
+    (folder / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    openssl(
+        "x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.crt", "-CAkey", f"{ca}.key",
+        "-CAcreateserial", "-days", "2", "-extfile", "san.ext", "-out", f"{name}.crt", cwd=folder,
+    )  # fmt: skip
+
+
+def tls_generation(folder: Path) -> Path:
+    """A CA with a server and a client certificate for 127.0.0.1 (ca, server, client .crt
+    and .key in ``folder``): one generation of a broker's and its clients' TLS files, or a
+    camera's."""
+    folder.mkdir()
+    certificate_authority(folder, "ca")
+    for name in ("server", "client"):
+        signed_certificate(folder, "ca", name)
+    return folder
+
+
+def open_trusting(url: str, ca_file: Path | None, monkeypatch: Any) -> tuple[Any, str]:
+    """What a camera reader gets from ``url`` on a host whose CA certificates are those of
+    ``ca_file`` (None: this host's own), SSL_CERT_FILE unset: its first frame and "", or
+    None and why not."""
+    from daemon import peer_exchange
+    from daemon.camera_open import open_capture
+
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    if ca_file is not None:
+        monkeypatch.setattr(peer_exchange, "CA_BUNDLES", (str(ca_file),))
+    monkeypatch.delenv("OPENCV_FFMPEG_CAPTURE_OPTIONS", raising=False)  # (made again from it)
+    try:
+        capture = open_capture(url)
+    except OSError as exc:
+        return None, str(exc)
+    try:
+        ok, image = capture.read()
+    finally:
+        capture.release()
+    return (image, "") if ok else (None, "opened, but no frame read")
+
+
 class HttpMjpegCamera:
     """An HTTP camera as cheap ones (and ESP32-CAM boards) are: at /video.mjpg, JPEG pictures
     one after another in one multipart/x-mixed-replace response, ``fps`` a second, in a loop;
-    any other path is a 404. ``url``; ``close()`` stops it."""
+    any other path is a 404. ``tls``: a folder of tls_generation's, whose server certificate
+    it serves over https. ``url``; ``close()`` stops it."""
 
-    def __init__(self, images: list[np.ndarray], fps: float) -> None:
+    def __init__(self, images: list[np.ndarray], fps: float, tls: Path | None = None) -> None:
         jpegs = [cv2.imencode(".jpg", image)[1].tobytes() for image in images]
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -198,8 +260,13 @@ class HttpMjpegCamera:
 
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
+        if tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(tls / "server.crt", tls / "server.key")
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/video.mjpg"
+        scheme = "http" if tls is None else "https"
+        self.url = f"{scheme}://127.0.0.1:{self.server.server_address[1]}/video.mjpg"
 
     def close(self) -> None:
         self.server.shutdown()
@@ -342,10 +409,12 @@ class RtspServer(Process):
         no_keyframes: bool = False,
         address: str = "127.0.0.1",
         audio: bool = False,
+        tls: Path | None = None,
     ) -> None:
         """``user``: NAME:PASSWORD, asked for with Digest authentication. ``no_keyframes``:
         the clips are served without their keyframes (a stream that never decodes).
-        ``audio``: each stream has an audio track too."""
+        ``audio``: each stream has an audio track too. ``tls``: a folder of
+        tls_generation's, whose server certificate it serves rtsps:// with."""
         if (
             not Path(SYSTEM_PYTHON).exists()
             or subprocess.run(
@@ -365,6 +434,9 @@ class RtspServer(Process):
             self.base_args[2:2] = ["--no-keyframes"]
         if audio:
             self.base_args[2:2] = ["--audio"]
+        if tls is not None:
+            self.base_args[2:2] = ["--tls", f"{tls / 'server.crt'},{tls / 'server.key'}"]
+        self.scheme = "rtsp" if tls is None else "rtsps"
         super().__init__([], folder / "rtsp.log")
         self._use_port(port or free_port())
 
@@ -374,7 +446,7 @@ class RtspServer(Process):
         self.log_path = self.folder / f"rtsp-{port}.log"
 
     def url(self, name: str) -> str:
-        return f"rtsp://{url_host(self.address)}:{self.port}/{name}"
+        return f"{self.scheme}://{url_host(self.address)}:{self.port}/{name}"
 
     def start(self) -> None:
         """Started again (a test that stopped it), it is on the same port: the URLs name it."""

@@ -22,7 +22,14 @@ from daemon.cameras import CameraReader
 from daemon.config_cameras import CameraConfig
 from engines.boxes import iou_matrix
 from tests.clips import DEMO_CLIP, encoded_clip, noisy_copies, read_frames
-from tests.integration.services import HttpMjpegCamera, HungCamera, RtspServer, wait_for
+from tests.integration.services import (
+    HttpMjpegCamera,
+    HungCamera,
+    RtspServer,
+    open_trusting,
+    tls_generation,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -259,6 +266,28 @@ def test_a_camera_that_sends_its_microphones_sound_too_gives_its_video(tmp_path)
         assert ok and image.shape == (360, 640, 3)
         small = cv2.resize(image, (64, 36), interpolation=cv2.INTER_AREA).astype(np.int16)
         assert min(np.abs(small - frame).mean() for frame in clip) < 2
+
+
+def test_an_rtsps_camera_opens_when_this_host_trusts_its_certificate_and_else_says_so(
+    tmp_path, monkeypatch
+) -> None:
+    """RTSP over TLS (UniFi Protect's streams, some cameras'): as an https camera
+    (tests/unit/test_cameras.py), its certificate is checked against this host's CA
+    certificates, and one that is not trusted is said so (it was 'rtsps:// cameras are not
+    asked why'); a trusted one streams the clip."""
+    tls = tls_generation(tmp_path / "tls")
+    server = RtspServer(tmp_path, {"cam": DEMO_CLIP}, tls=tls)
+    server.start()
+    try:
+        url = server.url("cam")
+        assert url.startswith("rtsps://")
+        image, why = open_trusting(url, None, monkeypatch)
+        assert image is None, "opened, though this host does not trust its certificate"
+        assert why.startswith(url) and "its TLS certificate is not trusted here" in why, why
+        image, why = open_trusting(url, tls / "ca.crt", monkeypatch)
+        assert image is not None and image.shape == (360, 640, 3), why
+    finally:
+        server.stop()
 
 
 def test_a_camera_that_cannot_be_opened_is_named_with_the_reason(tmp_path, refused_url) -> None:

@@ -37,8 +37,11 @@ from tests.integration.services import (
     Mosquitto,
     RtspServer,
     Subscriber,
+    certificate_authority,
     daemon_settings,
     enroll,
+    signed_certificate,
+    tls_generation,
     wait_for,
 )
 
@@ -50,34 +53,13 @@ CAMERA_SECRET = "cam-Secret-51c2e"
 USER = "facewatch"
 
 
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
-
-
-def _certificate_authority(folder: Path, name: str) -> Path:
-    """A self-signed CA (NAME.crt, NAME.key) in ``folder``."""
-    _openssl(
-        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", f"/CN={name}",
-        "-keyout", f"{name}.key", "-out", f"{name}.crt", cwd=folder,
-    )  # fmt: skip
-    return folder / f"{name}.crt"
-
-
 @pytest.fixture
 def tls_broker(tmp_path):
     """mosquitto with TLS only, no anonymous clients, one user with MQTT_SECRET."""
     folder = tmp_path / "broker"
     folder.mkdir()
-    _certificate_authority(folder, "ca")
-    _openssl(
-        "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
-        "-keyout", "server.key", "-out", "server.csr", cwd=folder,
-    )  # fmt: skip
-    (folder / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
-    _openssl(
-        "x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-        "-CAcreateserial", "-days", "2", "-extfile", "san.ext", "-out", "server.crt", cwd=folder,
-    )  # fmt: skip
+    certificate_authority(folder, "ca")
+    signed_certificate(folder, "ca", "server")
     passwords = folder / "passwords"
     subprocess.run(
         ["mosquitto_passwd", "-b", "-c", str(passwords), USER, MQTT_SECRET], check=True, timeout=60
@@ -207,7 +189,7 @@ def test_wrong_password_and_untrusted_ca_are_named_without_the_secret(tmp_path, 
     camera = [{"name": "door", "url": str(CLIP), "fps": 2}]
     other_ca_folder = tmp_path / "other-ca"
     other_ca_folder.mkdir()
-    other_ca = _certificate_authority(other_ca_folder, "other")
+    other_ca = certificate_authority(other_ca_folder, "other")
     daemons = []
     for name, ca_file, password in (
         ("wrong-password", tls_broker.ca_file, CAMERA_SECRET),
@@ -275,35 +257,12 @@ def test_a_broker_ca_without_key_usage_passes_as_it_did_with_paho(tls_broker, mo
         tls.handshake(sock, "127.0.0.1")  # (an SSLError says why not)
 
 
-def _signed(folder: Path, ca: str, name: str) -> None:
-    """NAME.crt and NAME.key in ``folder``, for 127.0.0.1, signed by the CA ``ca``."""
-    _openssl(
-        "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
-        "-keyout", f"{name}.key", "-out", f"{name}.csr", cwd=folder,
-    )  # fmt: skip
-    (folder / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
-    _openssl(
-        "x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.crt", "-CAkey", f"{ca}.key",
-        "-CAcreateserial", "-days", "2", "-extfile", "san.ext", "-out", f"{name}.crt", cwd=folder,
-    )  # fmt: skip
-
-
-def _tls_generation(folder: Path) -> Path:
-    """A CA with a server and a client certificate for 127.0.0.1 (ca, server, client .crt
-    and .key in ``folder``): one generation of a broker's and its clients' TLS files."""
-    folder.mkdir()
-    _certificate_authority(folder, "ca")
-    for name in ("server", "client"):
-        _signed(folder, "ca", name)
-    return folder
-
-
 def test_a_client_certificate_the_broker_refuses_is_named(tmp_path, caplog) -> None:
     """With TLS 1.3 the client's handshake ends before the broker checks its certificate:
     a client certificate it refuses (another CA's, an expired or revoked one) closed the
     connection without an MQTT answer, and the log blamed mqtt.port ('is it a websockets
     port...?'). It names the certificate, the broker's alert and the TLS files to check."""
-    ours, other = _tls_generation(tmp_path / "ours"), _tls_generation(tmp_path / "other")
+    ours, other = tls_generation(tmp_path / "ours"), tls_generation(tmp_path / "other")
     broker = Mosquitto(
         tmp_path,
         extra_conf=(
@@ -351,7 +310,7 @@ def test_tls_files_renewed_in_place_are_used_without_a_restart(tmp_path) -> None
     start, never connected again, and blamed mqtt.host and mqtt.port (a fresh handshake with
     the new files succeeded) until someone restarted it. It says the handshake's own error,
     loads the renewed files at its next attempt, connects and sends what it spooled."""
-    old, new = _tls_generation(tmp_path / "old"), _tls_generation(tmp_path / "new")
+    old, new = tls_generation(tmp_path / "old"), tls_generation(tmp_path / "new")
     broker_files, client_files = tmp_path / "broker", tmp_path / "client"
     for folder, names in ((broker_files, ["ca.crt", "server.crt", "server.key"]),
                           (client_files, ["ca.crt", "client.crt", "client.key"])):  # fmt: skip
@@ -409,7 +368,7 @@ def test_tls_files_caught_half_renewed_are_said_and_tried_again(tmp_path, caplog
     """A client certificate renewed before its key (two copies, one after the other): the
     publisher says why the files cannot be used yet, once, keeps the ones it loaded, and
     loads them at the next attempt once the key is there too."""
-    old, new = _tls_generation(tmp_path / "old"), _tls_generation(tmp_path / "new")
+    old, new = tls_generation(tmp_path / "old"), tls_generation(tmp_path / "new")
     live = tmp_path / "live"
     live.mkdir()
     _in_place(old, live, ["ca.crt", "client.crt", "client.key"])
@@ -485,7 +444,7 @@ def test_tls_files_renewed_by_re_pointing_symlinks_are_loaded(tmp_path, caplog) 
     renewal (or said at every attempt that the deleted one could not be used), and
     certbot's deploy hook `systemctl reload facewatch` was told mqtt.tls.* had changed and
     needed a restart. Each renewal is loaded, and the config reads as unchanged."""
-    generations = [_tls_generation(tmp_path / f"gen{n}") for n in (1, 2, 3)]
+    generations = [tls_generation(tmp_path / f"gen{n}") for n in (1, 2, 3)]
     loaded = []
     with caplog.at_level("INFO", logger="daemon.mqtt"):
         for renew in (_certbot, _kubelet):

@@ -539,3 +539,33 @@ def test_a_cameras_reconnections_and_replays_leave_no_file_open(tmp_path, monkey
         # or two opened once, late, are not a growth (15 vs 16 twice in CI's workers, never
         # when run alone)
         assert late <= early + 2, (url, early, late)
+
+
+def test_an_https_camera_opens_when_this_host_trusts_its_certificate_and_else_says_so(
+    tmp_path, monkeypatch
+) -> None:
+    """An https (or rtsps) camera's certificate is checked, its name and its CA, against this
+    host's CA certificates (update-ca-certificates adds a local CA to them). OpenCV 5.1's
+    FFmpeg checked it against files on the machine that built its wheel, so that no TLS
+    camera opened, said as 'its codec, or its limit of clients?'; OpenCV 4.13's did not
+    check it at all."""
+    from tests.integration.services import HttpMjpegCamera, open_trusting, tls_generation
+
+    tls = tls_generation(tmp_path / "tls")
+    picture = np.full((240, 320, 3), 90, np.uint8)
+    camera = HttpMjpegCamera([picture], fps=10, tls=tls)
+    try:
+        image, why = open_trusting(camera.url, None, monkeypatch)
+        assert image is None, "opened, though this host does not trust its certificate"
+        assert "its TLS certificate is not trusted here" in why, why
+        assert why.startswith(camera.url) and "update-ca-certificates" in why
+        image, why = open_trusting(camera.url, tls / "ca.crt", monkeypatch)
+        assert image is not None and image.shape == picture.shape, why
+        assert abs(float(image.mean()) - 90) < 3
+        # its CA trusted, but the certificate names another host (127.0.0.1, not localhost)
+        elsewhere = camera.url.replace("127.0.0.1", "localhost")
+        image, why = open_trusting(elsewhere, tls / "ca.crt", monkeypatch)
+        assert image is None, "opened, though its certificate names another host"
+        assert "not trusted here" in why and "localhost" in why, why
+    finally:
+        camera.close()

@@ -611,11 +611,13 @@ def test_every_problem_of_a_file_is_listed_at_once(tmp_path, monkeypatch, capsys
     assert "cameras[0] (a).url: unknown scheme" not in err, "the unset variable says it all"
 
 
-def test_weakened_security_is_said_out_loud(tmp_path, capsys) -> None:
+def test_weakened_security_is_said_out_loud(tmp_path, capsys, monkeypatch) -> None:
     """An insecure broker certificate check, a password over plain TCP to another host, a
-    camera over TLS whose certificate nobody checks: valid, and each named."""
+    camera over TLS whose certificate nobody checks (FFmpeg's options replaced, without
+    tls_verify;1): valid, and each named."""
     from daemon.cli import main
 
+    monkeypatch.setenv("OPENCV_FFMPEG_CAPTURE_OPTIONS", "rtsp_transport;tcp|tls_verify;0")
     path = tmp_path / "weak.yaml"
     base = (
         "cameras:\n"
@@ -628,9 +630,12 @@ def test_weakened_security_is_said_out_loud(tmp_path, capsys) -> None:
     assert "warning: mqtt.tls.insecure: true: the broker's certificate is not checked" in err
     assert "warning: cameras[0] (door).url: the camera's TLS certificate is not checked" in err
     assert "(yard)" not in err and "s3cret-pw" not in err
+    monkeypatch.delenv("OPENCV_FFMPEG_CAPTURE_OPTIONS")  # facewatch's: it is checked
     path.write_text(base + "mqtt: {host: broker.lan, password: s3cret-pw}\n")
     assert main(["validate-config", "--settings-only", str(path)]) == 0
-    assert "warning: mqtt.password: sent in the clear to broker.lan" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "warning: mqtt.password: sent in the clear to broker.lan" in err
+    assert "(door)" not in err
     path.write_text("cameras: [{name: yard, url: 'rtsp://h/s'}]\nmqtt: {password: s3cret-pw}\n")
     assert main(["validate-config", "--settings-only", str(path)]) == 0
     assert "warning" not in capsys.readouterr().err  # to 127.0.0.1: the same machine
