@@ -193,7 +193,10 @@ def _unreachable(exc: Exception, host: str, netloc: str, timeout_s: float) -> st
     if isinstance(exc, TimeoutError):
         return f"{netloc} does not answer within {timeout_s:g} s (off, unreachable, or a firewall)"
     if isinstance(exc, ssl.SSLCertVerificationError):
-        trusted = camera_ca_file() or "no CA certificates: none found here"
+        ca_file = camera_ca_file()
+        trusted = ca_file or "no CA certificates: none found here"
+        if ca_file is not None and not os.access(ca_file, os.R_OK):
+            trusted += ", which cannot be read"
         return (
             f"{netloc}: its TLS certificate is not trusted here ({exc.verify_message}; checked "
             f"against {trusted}): add its CA certificate to this host's "

@@ -648,12 +648,13 @@ def test_an_http_camera_that_answers_anything_is_left_to_opencv(reply) -> None:
 
 
 def test_an_https_camera_with_its_own_certificate_is_opened_and_then_its_certificate_named(
-    tmp_path,
+    tmp_path, monkeypatch
 ) -> None:
     """Most cameras' https has a certificate they made themselves. The check before the open
     does not verify it (it asks only whether the camera answers); when the stream does not
     open, the reason is that certificate, which OpenCV's FFmpeg is told to check
-    (camera_open.capture_options) and this host does not trust, not the camera's answer."""
+    (camera_open.capture_options) and this host does not trust, not the camera's answer; and
+    an SSL_CERT_FILE that names no readable file is said to."""
     import shutil
     import ssl
     import subprocess
@@ -688,12 +689,14 @@ def test_an_https_camera_with_its_own_certificate_is_opened_and_then_its_certifi
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
     url = f"https://127.0.0.1:{listener.getsockname()[1]}/video.mjpg"
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "gone.pem"))
     try:
         assert silent_stream(url, 2.0) is None
         problem = stream_problem(url, 2.0)
     finally:
         _closed(listener, thread)
     assert problem is not None and "its TLS certificate is not trusted here" in problem, problem
+    assert f"checked against {tmp_path / 'gone.pem'}, which cannot be read" in problem, problem
 
 
 def test_the_advice_never_names_an_fps_the_config_refuses() -> None:
