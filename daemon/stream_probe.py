@@ -170,7 +170,7 @@ def _rtsp_problem(camera: _Camera, timeout_s: float) -> str | None:
                     answer = parse_answer(exchange(connection, request, timeout_s)[0], "RTSP")
         except AnswerTimeout:
             return _hangs(netloc, "RTSP", timeout_s)
-    return _from_answer(_heard(answer, parts), parts.path or "/", parts.username is not None)
+    return _from_answer(_heard(answer, parts), parts)
 
 
 def _heard(answer: Answer, parts: SplitResult) -> Answer:
@@ -231,7 +231,7 @@ def _http_problem(parts: SplitResult, netloc: str, timeout_s: float) -> str | No
         )
     if answer.code >= 300:
         said = peer_text(answer.reason)
-        return _meaning(answer.code, said, "HTTP", path, parts.username is not None)
+        return _meaning(answer.code, said, "HTTP", parts)
     kind = peer_text((answer.header("content-type") or "").split(";")[0].strip().lower())
     if kind.startswith("text/") or kind in WEB_PAGES:
         return (
@@ -276,27 +276,26 @@ def _digest(fields: dict[str, str], target: str, user: str, password: str) -> st
     return header + f', response="{md5(f"{known}:{nonce}:{asked}")}"'
 
 
-def _from_answer(answer: Answer, path: str, with_credentials: bool) -> str | None:
+def _from_answer(answer: Answer, parts: SplitResult) -> str | None:
     if answer.code == 0:
         return "it does not answer as an RTSP server (is this the camera's RTSP port?)"
-    return _meaning(answer.code, peer_text(answer.reason), "RTSP", path, with_credentials)
+    return _meaning(answer.code, peer_text(answer.reason), "RTSP", parts)
 
 
-def _meaning(
-    code: int, reason: str, protocol: str, path: str, with_credentials: bool
-) -> str | None:
-    """What a camera's status code says about the URL (None: it serves it)."""
+def _meaning(code: int, reason: str, protocol: str, parts: SplitResult) -> str | None:
+    """What a camera's status code says about the URL ``parts`` (None: it serves it)."""
+    path, scheme = parts.path or "/", parts.scheme.lower()
     if code == 404:
         return (
             f"the camera has no stream at {path} ({protocol} 404 {reason}): check the path "
             "in the URL"
         )
     if code in (401, 403):
-        if with_credentials:
+        if parts.username is not None:
             return f"the camera refused the user name or password ({protocol} {code} {reason})"
         return (
             f"the camera wants a user name and password ({protocol} {code} {reason}): "
-            f"{protocol.lower()}://USER:PASSWORD@HOST/PATH, the password as ${{credential:NAME}}"
+            f"{scheme}://USER:PASSWORD@HOST/PATH, the password as ${{credential:NAME}}"
         )
     if code >= 300:
         return f"the camera answered {protocol} {code} {reason}"

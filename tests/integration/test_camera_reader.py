@@ -252,16 +252,18 @@ def test_a_camera_that_sends_its_microphones_sound_too_gives_its_video(tmp_path)
     server = RtspServer(tmp_path, {"cam": DEMO_CLIP}, audio=True)
     server.start()
     try:
+        capture = open_capture(server.url("cam"))
+        frames = [capture.read() for _ in range(10)]
+        # what the camera describes (asked while the capture plays: a DESCRIBE of its own
+        # sets the stream up, and one torn down as the capture came could refuse it)
         with socket.create_connection(("127.0.0.1", server.port), timeout=10) as connection:
             connection.sendall(f"DESCRIBE {server.url('cam')} RTSP/1.0\r\nCSeq: 1\r\n\r\n".encode())
             time.sleep(1)
             description = connection.recv(65536).decode()
-        assert "m=video" in description and "m=audio" in description, description  # as sent
-        capture = open_capture(server.url("cam"))
-        frames = [capture.read() for _ in range(10)]
         capture.release()
     finally:
         server.stop()
+    assert "m=video" in description and "m=audio" in description, description  # as sent
     for ok, image in frames:
         assert ok and image.shape == (360, 640, 3)
         small = cv2.resize(image, (64, 36), interpolation=cv2.INTER_AREA).astype(np.int16)
@@ -274,17 +276,22 @@ def test_an_rtsps_camera_opens_when_this_host_trusts_its_certificate_and_else_sa
     """RTSP over TLS (UniFi Protect's streams, some cameras'): as an https camera
     (tests/unit/test_cameras.py), its certificate is checked against this host's CA
     certificates, and one that is not trusted is said so (it was 'rtsps:// cameras are not
-    asked why'); a trusted one streams the clip."""
+    asked why'); trusted, it is asked why as an rtsp:// camera is (here: a user name and
+    password, Digest over TLS), and with them streams the clip."""
     tls = tls_generation(tmp_path / "tls")
-    server = RtspServer(tmp_path, {"cam": DEMO_CLIP}, tls=tls)
+    server = RtspServer(tmp_path, {"cam": DEMO_CLIP}, user="viewer:s3cret", tls=tls)
     server.start()
     try:
         url = server.url("cam")
+        with_user = url.replace("rtsps://", "rtsps://viewer:s3cret@")
         assert url.startswith("rtsps://")
-        image, why = open_trusting(url, None, monkeypatch)
+        image, why = open_trusting(with_user, None, monkeypatch)
         assert image is None, "opened, though this host does not trust its certificate"
-        assert why.startswith(url) and "its TLS certificate is not trusted here" in why, why
+        assert "its TLS certificate is not trusted here" in why, why
         image, why = open_trusting(url, tls / "ca.crt", monkeypatch)
+        assert image is None and "wants a user name and password (RTSP 401" in why, why
+        assert "rtsps://USER:" in why, why
+        image, why = open_trusting(with_user, tls / "ca.crt", monkeypatch)
         assert image is not None and image.shape == (360, 640, 3), why
     finally:
         server.stop()

@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from email.utils import formatdate
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -431,7 +432,8 @@ def test_status_sizes_its_advice_for_a_pipeline_behind(tmp_path, capsys) -> None
     ],
 )
 def test_what_a_cameras_rtsp_answer_means(answer, credentials, expected) -> None:
-    problem = _from_answer(parse_answer(answer.split(b"\r\n\r\n")[0], "RTSP"), "/live", credentials)
+    url = "rtsp://u:p@cam.lan/live" if credentials else "rtsp://cam.lan/live"
+    problem = _from_answer(parse_answer(answer.split(b"\r\n\r\n")[0], "RTSP"), urlsplit(url))
     assert problem is None if expected is None else expected in problem
 
 
@@ -439,7 +441,8 @@ def test_what_a_camera_says_cannot_forge_log_lines_or_terminal_escapes() -> None
     """The reason phrase is the camera's (or a man in the middle's): it goes into the log,
     a metric label and `facewatch status`, with no line break or escape of its own."""
     answer = b"RTSP/1.0 404 Not Found\nERROR daemon.mqtt: spool deleted\x1b[31m\r\n\r\n"
-    problem = _from_answer(parse_answer(answer.split(b"\r\n\r\n")[0], "RTSP"), "/live", False)
+    head = answer.split(b"\r\n\r\n")[0]
+    problem = _from_answer(parse_answer(head, "RTSP"), urlsplit("rtsp://cam.lan/live"))
     # (a bare line feed ends a line, as RTSP allows: the rest is a header, not the reason)
     assert problem is not None and "no stream at /live (RTSP 404 Not Found)" in problem
     assert problem.isprintable() and "ERROR" not in problem, problem
