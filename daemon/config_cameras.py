@@ -239,8 +239,9 @@ class CameraConfig(Section):
     )
     _name = field_validator("name")(_a_name)
     url: str = Field(
-        description="rtsp://... URL (H.264, H.265 or MJPEG), http://... (MJPEG), a video file, "
-        "or a V4L2 device (/dev/videoN)"
+        description="rtsp://... URL (H.264, H.265 or MJPEG), http://... (MJPEG), rtsps:// or "
+        "https:// (the certificate checked against this host's CA certificates), a video "
+        "file, or a V4L2 device (/dev/videoN)"
     )
     fps: float = _field(5.0, "frames per second to process (the stream is decimated)", gt=0, le=60)
     enabled: bool = _field(True, "read this camera")
