@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -34,6 +33,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from measure import cpu_s  # noqa: E402
 from script_support import CACHE, out_argument  # noqa: E402
 
 from daemon.camera_open import decoder_threads, open_capture  # noqa: E402
@@ -85,19 +85,14 @@ def encoded(size: str, codec: str) -> Path:
     return out
 
 
-def cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
 def decode(path: Path) -> tuple[int, float, float]:
     """Every frame of ``path`` read as a camera reader reads: frames, seconds, CPU seconds."""
     capture = open_capture(str(path))
     frames = 0
-    started, cpu = time.perf_counter(), cpu_seconds()
+    started, cpu = time.perf_counter(), cpu_s()
     while capture.read()[0]:
         frames += 1
-    seconds, cpu = time.perf_counter() - started, cpu_seconds() - cpu
+    seconds, cpu = time.perf_counter() - started, cpu_s() - cpu
     capture.release()
     return frames, seconds, cpu
 

@@ -53,7 +53,8 @@ def ffmpeg_environment() -> None:
     own messages name no camera (and FFmpeg's go to stdout, among the JSON events): they
     are off; the reader logs each failure with its camera and reason."""
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
-    os.environ.setdefault("OPENCV_FFMPEG_CAPTURE_OPTIONS", capture_options())
+    if "OPENCV_FFMPEG_CAPTURE_OPTIONS" not in os.environ:  # (asked at every open: set once)
+        os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = capture_options()
     # without it OpenCV opens one capture at a time: a camera whose keyframe is slow to come
     # held every other camera's open for seconds (FFmpeg's opens are thread-safe since 4.0)
     os.environ.setdefault("OPENCV_FFMPEG_IS_THREAD_SAFE", "1")
