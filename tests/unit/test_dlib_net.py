@@ -13,12 +13,14 @@ from engines.base import EngineError, ModelMetadata
 from engines.facenet import FaceNet
 from engines.images import read_image
 
-torch = pytest.importorskip("torch")
+# (torch is imported by the tests that use it, or by the training code they call: the others,
+# on the shipped ONNX model alone, run in the floor check's venv, which has no torch)
 
 
 def test_the_network_gives_dlibs_own_descriptors(shared_data) -> None:
     """Where dlib is installed (training/teacher_dlib.py says how; not in CI): the module
     read from the .dat file gives dlib's descriptors of dlib's own chips."""
+    torch = pytest.importorskip("torch")
     dlib = pytest.importorskip("dlib", reason="dlib is not installed (a separate venv)")
     from training.dlib_faces import DESCRIPTOR_MODEL, SHAPE_MODEL, DlibMissing, models_dir
     from training.dlib_net import read_dlib_net
@@ -61,6 +63,7 @@ def test_the_shipped_model_gives_dlibs_descriptors_of_dlibs_chips(shipped_model)
 
 
 def test_a_file_that_is_not_dlibs_model_is_refused_by_name(tmp_path) -> None:
+    pytest.importorskip("torch")
     from training.data import DataError
     from training.dlib_net import read_dlib_net
 
@@ -92,6 +95,7 @@ def test_the_shipped_model_warps_faces_onto_its_own_template(
 
 
 def test_the_shipped_models_torch_program_is_made_from_its_onnx_alone(shipped_model, tmp_path):
+    pytest.importorskip("torch")
     from training.export_facenet import torch_program_from_onnx
 
     for suffix in (".onnx", ".json"):
@@ -112,6 +116,7 @@ def test_a_sidecar_template_outside_the_input_is_refused(shipped_model, tmp_path
 
 
 def test_import_dlib_refuses_to_replace_a_model_and_names_a_missing_file(tmp_path, capsys):
+    pytest.importorskip("torch")
     from daemon.cli import main
 
     existing = tmp_path / "facenet.onnx"
