@@ -72,13 +72,11 @@ def test_facenet_program_from_the_onnx_alone(test_model, tmp_path, capsys):
         for key in (k for k in want if not k.endswith("num_batches_tracked")):
             expected = want[key] if exact else want[key].half().float()
             assert torch.equal(got[key], expected), (onnx_path.name, key)
-    assert main(["train", "torch-program", str(fp32), str(fp16)]) == 0
-    lines = capsys.readouterr().out.splitlines()
-    assert [line.split(":")[0] for line in lines] == [
-        f"wrote {fp32.with_suffix('.pt2')}",
-        f"wrote {fp16.with_suffix('.pt2')}",
-    ]
-    assert all(float(line.rsplit(" ", 1)[1]) <= 1e-5 for line in lines), lines
+    # (the program of an fp16 export: test_dlib_net.py's, of the shipped model, which is one)
+    assert main(["train", "torch-program", str(fp32)]) == 0
+    (line,) = capsys.readouterr().out.splitlines()
+    assert line.split(":")[0] == f"wrote {fp32.with_suffix('.pt2')}"
+    assert float(line.rsplit(" ", 1)[1]) <= 1e-5, line
 
     folded = tmp_path / "folded.onnx"
     ours = build_model("inception_resnet_v1", 512, 1.0)

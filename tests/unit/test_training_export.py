@@ -121,7 +121,10 @@ def test_export_refuses_to_replace_a_better_model_and_keeps_the_one_it_replaces(
     good = tiny_checkpoint(tmp_path / "good.pt", lfw=_figures(0.987, 0.003))
     worse = tiny_checkpoint(tmp_path / "worse.pt", lfw=_figures(0.746, 0.02))
     model = tmp_path / "models" / "facenet.onnx"
-    assert cli(["export", str(good), "--out", str(model), "--torch-program"]) == 0
+    assert cli(["export", str(good), "--out", str(model)]) == 0
+    # the .pt2 `--torch-program` writes beside it, kept and dropped with it (its making and
+    # loading are tests/integration/test_training_e2e.py's: here only the file counts)
+    model.with_suffix(".pt2").write_bytes(b"a torch program of facenet.onnx")
     report = model.parent / "lfw"  # `train validate --out-dir` of the model there
     report.mkdir()
     (report / "lfw.json").write_text(json.dumps({"model_sha256": file_sha256(model)}))

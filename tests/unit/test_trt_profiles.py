@@ -80,7 +80,7 @@ def _crowd(shared_data: Any, frames: int) -> list[np.ndarray]:
 def test_the_daemons_calls_fit_the_plans(shared_data, test_model, batch) -> None:
     """Built as the daemon asks (``engines.tensorrt``), every call fits; built by hand with
     smaller batches too: the engines split their calls to the plan's largest batch."""
-    crowd = _crowd(shared_data, 6)
+    crowd = _crowd(shared_data, 4)  # full scans at frames 0 and 3, regions between
     small = [cv2.resize(f, (640, 360), interpolation=cv2.INTER_AREA) for f in crowd]
     odd = [cv2.resize(f, (640, 480), interpolation=cv2.INTER_AREA) for f in crowd]
     # 16 cameras, as a GPU box runs them: 2 of 1080p, 13 of 360p, and one 4:3 camera that
