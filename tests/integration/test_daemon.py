@@ -764,7 +764,7 @@ def test_rtsp_server_restart_reconnects_while_the_other_camera_goes_on(
         assert subscriber.last("facewatch/test/cameras/solo/status") == b"online"
         assert daemon.proc.poll() is None  # type: ignore[union-attr]
         code, status = _status(daemon)
-        assert code == 0 and status["problems"] == [], status
+        assert code == 0 and status["problems"] == [], status["problems"]
     finally:
         daemon.stop()
         other.stop()

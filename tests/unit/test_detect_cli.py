@@ -547,7 +547,7 @@ def test_a_crowded_image_lists_its_first_scores_only(shared_data, capsys) -> Non
         "0.01",
         "0.01",
         "0.01",
-        str(shared_data / "images" / "multiface.jpg"),
+        str(shared_data / "images" / "obama-240p.jpg"),
     )
     [line] = out.splitlines()
     shown = line.split("(scores ")[1].split(", ...")[0].split(", ")
